@@ -1,0 +1,247 @@
+// The partition ring: the in-memory head of a partition's log, in shared memory, written and
+// read in place by any number of processes.
+//
+// Roles are types:
+//   Producer   claims space and offsets together in one atomic step, writes a RecordBatch v2 in
+//              place and publishes it with one release store (try_claim / commit / abort), or
+//              copies a whole batch (offer). Never blocks; back-pressure is a status.
+//   Consumer   reads batches in place at its own position; reading removes nothing. A consumer
+//              that the producers lapped is told the first offset it must read elsewhere.
+//   RingOwner  the process that formatted the ring (later: the node). Moves the reuse limit that
+//              lets producers overwrite space, and seals claims left open by dead producers.
+//
+// Thread contract: a Producer or Consumer object is used by one thread at a time; any number of
+// them, in any processes, share a ring. RingOwner methods are called from one thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "weft/fabric/record_batch.h"
+#include "weft/fabric/result.h"
+#include "weft/fabric/ring_layout.h"
+#include "weft/fabric/types.h"
+
+namespace weft {
+
+struct RingConfig {
+  std::size_t capacity_bytes = 1u << 20;  // power of two, at least 4 KiB
+  std::size_t max_frame_bytes = 0;        // 0: capacity / 4; never more than capacity / 2
+  std::uint32_t producer_slots = 16;
+  std::uint32_t consumer_slots = 16;
+  Offset initial_offset{0};               // the log end offset the ring continues from
+};
+
+// A view of a formatted ring in memory the caller keeps mapped. Cheap to copy.
+class Ring {
+ public:
+  // Bytes of memory a ring with this config needs.
+  static std::size_t required_bytes(const RingConfig& config) noexcept;
+  // Lays out a new ring in `memory` (zeroed by the caller or not: every word is written).
+  static Result<Ring> format(std::span<std::byte> memory, const RingConfig& config);
+  // Checks and opens a ring another process formatted; bad memory gets an error, never a crash.
+  static Result<Ring> attach(std::span<std::byte> memory);
+
+  std::size_t capacity_bytes() const noexcept { return capacity_; }
+  std::size_t max_batch_bytes() const noexcept;
+  ring_layout::RingControl& control() const noexcept { return *control_; }
+  std::byte* data() const noexcept { return data_; }
+  ring_layout::ProducerSlot* producer_slots() const noexcept;
+  ring_layout::ConsumerSlot* consumer_slots() const noexcept;
+
+  // Position and offset that producers claim next (a snapshot; they move on).
+  Position tail_position() const noexcept;
+  // The reuse limit: producers may overwrite only data behind it. A frame boundary.
+  struct Mark {
+    Position position;
+    Offset offset;
+  };
+  Mark reuse_limit() const noexcept;
+
+ private:
+  ring_layout::RingControl* control_ = nullptr;
+  std::byte* data_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::uint64_t mask_ = 0;
+  friend class Producer;
+  friend class Consumer;
+  friend class RingOwner;
+};
+
+enum class ClaimStatus : std::uint8_t {
+  kOk,
+  kBackPressured,  // the space needed is not behind the reuse limit yet: retry later
+  kTooLarge,       // more than max_batch_bytes(); will never fit
+  kInvalid,        // zero records, a batch shorter than its header, or a claim still open
+};
+
+enum class CommitStatus : std::uint8_t {
+  kOk,
+  kMalformed,  // the batch header disagrees with the claim; the claim was aborted instead
+};
+
+// Space and offsets taken by try_claim. Write one RecordBatch v2 into `batch`, then commit.
+struct Claim {
+  std::span<std::byte> batch;
+  Offset base_offset;
+  Position position;  // of the frame
+  std::uint32_t records = 0;
+};
+
+enum class ProducerMode : std::uint8_t {
+  kShared,     // any number of producers; claims with a 16-byte compare-and-swap
+  kExclusive,  // the only producer; claims with plain stores
+};
+
+class Producer {
+ public:
+  static Result<Producer> attach(Ring ring, ProducerMode mode = ProducerMode::kShared);
+  Producer(Producer&& other) noexcept;
+  Producer& operator=(Producer&&) = delete;
+  Producer(const Producer&) = delete;
+  Producer& operator=(const Producer&) = delete;
+  ~Producer();
+
+  // Takes frame space for `batch_bytes` and `records` consecutive offsets. Never blocks.
+  // One claim at a time: commit or abort it before the next (kInvalid otherwise), which lets
+  // the owner tell a dead producer's claim from a live one's.
+  [[nodiscard]] ClaimStatus try_claim(std::size_t batch_bytes, std::uint32_t records, Claim& claim) noexcept;
+  // Publishes the batch written in claim.batch, whose first `used_bytes` bytes hold it (a claim
+  // may be committed shorter than it was taken). Stamps baseOffset; the CRC stays valid.
+  [[nodiscard]] CommitStatus commit(Claim& claim, std::size_t used_bytes) noexcept;
+  [[nodiscard]] CommitStatus commit(Claim& claim) noexcept { return commit(claim, claim.batch.size()); }
+  // Gives the claim up: readers skip its offsets.
+  void abort(Claim& claim) noexcept;
+
+  // Copies a complete batch in (claim, copy, commit). Sets `base` on success.
+  [[nodiscard]] ClaimStatus offer(std::span<const std::byte> batch, Offset* base = nullptr) noexcept;
+  // Encodes one record in place as a single-record batch (claim, build, commit).
+  [[nodiscard]] ClaimStatus offer_record(const RecordInput& record, Offset* base = nullptr) noexcept;
+
+  std::uint64_t back_pressure_events() const noexcept;
+  ProducerMode mode() const noexcept { return mode_; }
+
+ private:
+  Producer(Ring ring, ProducerMode mode, ring_layout::ProducerSlot* slot, bool register_membarrier) noexcept;
+  void wake_parked_readers() noexcept;
+  Ring ring_;
+  ProducerMode mode_;
+  ring_layout::ProducerSlot* slot_;
+  std::uint64_t cached_reuse_limit_ = 0;  // re-read only when it says "full"
+  std::uint64_t guess_position_ = 0;      // last tail seen, the first compare-and-swap's guess
+  std::int64_t guess_offset_ = 0;
+  bool fence_before_wake_check_;
+  bool claim_open_ = false;
+};
+
+// A batch in the ring, viewed in place.
+struct RingBatch {
+  Offset base_offset;
+  std::uint32_t records = 0;
+  std::span<const std::byte> bytes;  // one RecordBatch v2
+  Position position;
+};
+
+enum class PollStatus : std::uint8_t {
+  kOk,
+  kEmpty,    // nothing committed at this position yet
+  kLapped,   // producers overwrote data this consumer had not read; see lapped_offset()
+  kCorrupt,  // a frame header written by another process makes no sense
+};
+
+enum class WaitKind : std::uint8_t {
+  kSpin,   // pause loop; lowest latency, burns a core
+  kYield,  // sched_yield between polls
+  kPark,   // sleep on a futex until a producer commits
+};
+
+enum class StartAt : std::uint8_t { kEarliest, kLatest };
+
+class Consumer {
+ public:
+  static Result<Consumer> attach(Ring ring, StartAt start = StartAt::kEarliest);
+  Consumer(Consumer&& other) noexcept;
+  Consumer& operator=(Consumer&&) = delete;
+  Consumer(const Consumer&) = delete;
+  Consumer& operator=(const Consumer&) = delete;
+  ~Consumer();
+
+  // Returns the next committed batch, skipping padding and aborted ranges. Never blocks.
+  // The view stays readable until producers lap this consumer; the next poll() (or validate())
+  // reports kLapped if the previous view was overwritten while it was being read.
+  [[nodiscard]] PollStatus poll(RingBatch& out) noexcept;
+  // As poll(), waiting up to `timeout_ns` in the chosen way. kEmpty on timeout.
+  [[nodiscard]] PollStatus wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns) noexcept;
+  // True when `batch` (returned by this consumer) had not been overwritten when this returns.
+  [[nodiscard]] bool validate(const RingBatch& batch) const noexcept;
+
+  // After kLapped: the first offset this consumer has not read intact (read it from the log).
+  Offset lapped_offset() const noexcept { return lapped_offset_; }
+  // After kLapped: moves to the oldest intact frame; returns its offset. Offsets in
+  // [lapped_offset(), returned) must be read from the segment files.
+  Offset rejoin() noexcept;
+  // Positions at the batch holding `offset`, walking from the reuse limit. kOutOfRange (with the
+  // earliest offset in the message) when the ring no longer holds it.
+  Result<void> seek(Offset offset);
+
+  Offset next_offset() const noexcept { return next_offset_; }
+  Position position() const noexcept { return Position{position_}; }
+  std::uint64_t aborted_records_skipped() const noexcept { return aborted_skipped_; }
+
+ private:
+  Consumer(Ring ring, ring_layout::ConsumerSlot* slot) noexcept;
+  bool overwritten(std::uint64_t position) const noexcept;
+  PollStatus read_frame(RingBatch& out) noexcept;
+  PollStatus park(RingBatch& out, std::int64_t deadline_ns) noexcept;
+  void publish_position() noexcept;
+  Ring ring_;
+  ring_layout::ConsumerSlot* slot_;
+  std::uint64_t position_ = 0;
+  Offset next_offset_;
+  std::uint64_t last_position_ = ring_layout::kNoClaim;  // previous view, checked at next poll
+  Offset last_offset_;
+  Offset lapped_offset_;
+  Offset skip_below_{-1};  // seek() into the middle of a batch still delivers it whole
+  std::uint64_t aborted_skipped_ = 0;
+  std::uint32_t backoff_pauses_ = 0;
+  bool lapped_ = false;
+};
+
+struct SealedRange {
+  Offset first;
+  std::uint32_t records = 0;
+  std::uint64_t dead_pid = 0;
+};
+
+class RingOwner {
+ public:
+  explicit RingOwner(Ring ring) noexcept;
+
+  // Walks committed, aborted and padding frames from the frontier; returns the first position
+  // (and its offset) that is not yet readable.
+  Ring::Mark scan() noexcept;
+  // Lets producers overwrite data behind `mark`, which must be a frame boundary at or behind the
+  // frontier (as a consumer's position is). Monotonic.
+  void advance_reuse_limit(Ring::Mark mark) noexcept;
+  // Seals claims whose producer died between claim and commit, so readers move past them.
+  std::vector<SealedRange> seal_dead_claims();
+  // Frees slots of producers and consumers that died, once their claims are sealed.
+  std::size_t reclaim_dead_slots();
+
+ private:
+  bool seal_at_frontier(SealedRange& sealed);
+  Ring ring_;
+  std::uint64_t frontier_position_ = 0;
+  Offset frontier_offset_;
+};
+
+// True while the process that wrote (pid, start_time) into a slot still runs.
+bool process_alive(std::uint64_t pid, std::uint64_t start_time) noexcept;
+// Start time of `pid` in clock ticks since boot, from /proc (0 when unknown).
+std::uint64_t process_start_time(std::uint64_t pid) noexcept;
+// CLOCK_MONOTONIC in nanoseconds (vDSO: no syscall).
+std::int64_t monotonic_ns() noexcept;
+
+}  // namespace weft

@@ -1,0 +1,134 @@
+// The partition ring's shared-memory contract, alone: every process that maps a ring agrees on
+// exactly these bytes. Change nothing here without bumping kRingVersion.
+//
+//   [RingControl][ProducerSlot x P][ConsumerSlot x C][pad to 4 KiB][data: capacity bytes]
+//
+// Frames in the data area are 8-byte aligned: a 16-byte FrameHeader, then one RecordBatch v2.
+// A frame's state word holds its own free-running position with its kind in the low 3 bits,
+// so a frame left from an earlier lap can never match the position a reader expects.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "weft/fabric/types.h"
+
+namespace weft::ring_layout {
+
+inline constexpr std::uint64_t kRingMagic = 0x474E495254464557ull;  // "WEFTRING" in memory order
+inline constexpr std::uint32_t kRingVersion = 1;
+inline constexpr std::size_t kFrameAlign = 8;
+inline constexpr std::size_t kFrameHeaderBytes = 16;
+inline constexpr std::size_t kDataAlign = 4096;
+
+// Low 3 bits of a frame's state word; the rest is the frame's position.
+enum FrameKind : std::uint64_t {
+  kFrameClaimed = 1,    // space and offsets taken; the batch is being written
+  kFrameCommitted = 2,  // the batch is readable
+  kFrameAborted = 3,    // offsets taken but no data: readers skip record_count offsets
+  kFramePadding = 4,    // fills the end of the ring so no frame wraps; extends to the end
+};
+inline constexpr std::uint64_t kKindMask = 7;
+
+constexpr std::uint64_t frame_state(std::uint64_t position, FrameKind kind) { return position | kind; }
+
+enum WakeProtocol : std::uint32_t {
+  kWakeFence = 1,       // producers fence (seq_cst) between commit and checking for parked readers
+  kWakeMembarrier = 2,  // parked readers run membarrier(GLOBAL_EXPEDITED); producers only stop the compiler
+};
+
+struct FrameHeader {
+  std::atomic<std::uint64_t> state;  // position | FrameKind
+  std::uint32_t frame_bytes;         // header + batch + padding to 8; written before the state
+  std::uint32_t record_count;        // offsets this frame takes
+};
+static_assert(sizeof(FrameHeader) == kFrameHeaderBytes);
+static_assert(offsetof(FrameHeader, frame_bytes) == 8 && offsetof(FrameHeader, record_count) == 12);
+
+// Written once by Ring::format, read-only afterwards.
+struct alignas(kNoShare) Descriptor {
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t wake_protocol;
+  std::uint64_t capacity_bytes;     // power of two
+  std::uint64_t data_offset;        // from the start of the ring memory
+  std::uint32_t max_frame_bytes;    // at most capacity / 2, so a claim with padding fits
+  std::uint32_t producer_slots;
+  std::uint32_t consumer_slots;
+  std::uint32_t reserved;
+  std::int64_t initial_offset;
+};
+
+// The claim word: producers move both halves in one 16-byte compare-and-swap (cmpxchg16b), so
+// space and offsets are taken in one atomic step.
+struct alignas(kNoShare) ClaimLine {
+  alignas(16) std::uint64_t tail_position;
+  std::uint64_t tail_offset;
+};
+
+// Written by the owner only; a seqlock keeps the (position, offset) pair consistent for readers.
+struct alignas(kNoShare) ReuseLine {
+  std::atomic<std::uint64_t> sequence;  // odd while the owner writes
+  std::atomic<std::uint64_t> position;  // producers may overwrite data only behind this
+  std::atomic<std::int64_t> offset;     // the offset of the frame at `position`
+};
+
+struct alignas(kNoShare) WakeLine {
+  std::atomic<std::uint32_t> futex_sequence;  // bumped by producers that wake parked readers
+  std::atomic<std::uint32_t> parked;          // readers about to sleep or asleep
+};
+
+// Bit 63: one exclusive producer holds the ring. Low bits: count of shared producers.
+struct alignas(kNoShare) ModeLine {
+  std::atomic<std::uint64_t> producers;
+};
+inline constexpr std::uint64_t kExclusiveProducer = 1ull << 63;
+
+struct alignas(kNoShare) RingControl {
+  Descriptor descriptor;
+  ClaimLine claim;
+  ReuseLine reuse;
+  WakeLine wake;
+  ModeLine mode;
+};
+
+// One per attached producer, written by that producer only (its own line pair).
+struct alignas(kNoShare) ProducerSlot {
+  std::atomic<std::uint64_t> owner_pid;         // 0 = free
+  std::atomic<std::uint64_t> owner_start_time;  // /proc/<pid>/stat starttime, guards pid reuse
+  // The claim being attempted or last made: written before each compare-and-swap, so a claim
+  // that succeeded is always named here, even if the producer dies right after.
+  std::atomic<std::uint64_t> pending_position;
+  std::atomic<std::uint32_t> pending_frame_bytes;
+  std::atomic<std::uint32_t> pending_records;
+  std::atomic<std::uint64_t> back_pressure_events;
+  std::atomic<std::uint64_t> exclusive;  // 1 when this producer holds the ring exclusively
+};
+
+// One per attached consumer, written by that consumer only.
+struct alignas(kNoShare) ConsumerSlot {
+  std::atomic<std::uint64_t> owner_pid;
+  std::atomic<std::uint64_t> owner_start_time;
+  std::atomic<std::uint64_t> position;
+  std::atomic<std::int64_t> next_offset;
+  std::atomic<std::uint64_t> lapped_count;
+};
+
+inline constexpr std::uint64_t kNoClaim = ~0ull;
+
+static_assert(sizeof(Descriptor) == kNoShare);
+static_assert(offsetof(RingControl, claim) == 128);
+static_assert(offsetof(RingControl, reuse) == 256);
+static_assert(offsetof(RingControl, wake) == 384);
+static_assert(offsetof(RingControl, mode) == 512);
+static_assert(sizeof(RingControl) == 640);
+static_assert(offsetof(ClaimLine, tail_offset) == 8);
+static_assert(sizeof(ProducerSlot) == kNoShare && sizeof(ConsumerSlot) == kNoShare);
+static_assert(offsetof(ProducerSlot, pending_position) == 16 && offsetof(ProducerSlot, pending_records) == 28);
+static_assert(offsetof(ProducerSlot, exclusive) == 40);
+static_assert(offsetof(ConsumerSlot, next_offset) == 24);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);
+
+}  // namespace weft::ring_layout

@@ -1,0 +1,377 @@
+#include "weft/fabric/record_batch.h"
+
+#include <cstring>
+#include <string>
+
+#include "weft/fabric/crc32c.h"
+
+namespace weft {
+namespace wire {
+
+std::int64_t load_be64(const std::byte* p) noexcept {
+  std::uint64_t v;
+  std::memcpy(&v, p, 8);
+  return static_cast<std::int64_t>(__builtin_bswap64(v));
+}
+std::int32_t load_be32(const std::byte* p) noexcept {
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return static_cast<std::int32_t>(__builtin_bswap32(v));
+}
+std::int16_t load_be16(const std::byte* p) noexcept {
+  std::uint16_t v;
+  std::memcpy(&v, p, 2);
+  return static_cast<std::int16_t>(__builtin_bswap16(v));
+}
+void store_be64(std::byte* p, std::int64_t v) noexcept {
+  const std::uint64_t b = __builtin_bswap64(static_cast<std::uint64_t>(v));
+  std::memcpy(p, &b, 8);
+}
+void store_be32(std::byte* p, std::int32_t v) noexcept {
+  const std::uint32_t b = __builtin_bswap32(static_cast<std::uint32_t>(v));
+  std::memcpy(p, &b, 4);
+}
+void store_be16(std::byte* p, std::int16_t v) noexcept {
+  const std::uint16_t b = __builtin_bswap16(static_cast<std::uint16_t>(v));
+  std::memcpy(p, &b, 2);
+}
+
+namespace {
+std::size_t encode_unsigned(std::uint64_t v, std::byte* out) noexcept {
+  std::size_t n = 0;
+  while (v >= 0x80) {
+    out[n++] = static_cast<std::byte>(v | 0x80);
+    v >>= 7;
+  }
+  out[n++] = static_cast<std::byte>(v);
+  return n;
+}
+std::size_t unsigned_bytes(std::uint64_t v) noexcept {
+  std::size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+constexpr std::uint32_t zigzag32(std::int32_t v) {
+  return (static_cast<std::uint32_t>(v) << 1) ^ static_cast<std::uint32_t>(v >> 31);
+}
+constexpr std::uint64_t zigzag64(std::int64_t v) {
+  return (static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63);
+}
+
+// Reads an unsigned LEB128 of at most `max_bytes`; the last byte may not carry bits past `bits`.
+std::size_t decode_unsigned(const std::byte* p, const std::byte* end, std::uint64_t& out, std::size_t max_bytes,
+                            unsigned bits) noexcept {
+  std::uint64_t value = 0;
+  for (std::size_t i = 0; i < max_bytes; ++i) {
+    if (p + i >= end) return 0;  // truncated
+    const auto b = static_cast<std::uint64_t>(p[i]);
+    const unsigned shift = static_cast<unsigned>(7 * i);
+    if (i == max_bytes - 1 && (b >> (bits - shift)) != 0) return 0;  // overflows the type
+    value |= (b & 0x7F) << shift;
+    if ((b & 0x80) == 0) {
+      out = value;
+      return i + 1;
+    }
+  }
+  return 0;  // too long
+}
+}  // namespace
+
+std::size_t encode_varint(std::int32_t value, std::byte* out) noexcept { return encode_unsigned(zigzag32(value), out); }
+std::size_t encode_varlong(std::int64_t value, std::byte* out) noexcept { return encode_unsigned(zigzag64(value), out); }
+std::size_t varint_bytes(std::int32_t value) noexcept { return unsigned_bytes(zigzag32(value)); }
+std::size_t varlong_bytes(std::int64_t value) noexcept { return unsigned_bytes(zigzag64(value)); }
+
+std::size_t decode_varint(const std::byte* p, const std::byte* end, std::int32_t& value) noexcept {
+  std::uint64_t raw = 0;
+  const std::size_t n = decode_unsigned(p, end, raw, 5, 32);
+  if (n == 0) return 0;
+  const auto u = static_cast<std::uint32_t>(raw);
+  value = static_cast<std::int32_t>((u >> 1) ^ (~(u & 1) + 1));
+  return n;
+}
+
+std::size_t decode_varlong(const std::byte* p, const std::byte* end, std::int64_t& value) noexcept {
+  std::uint64_t raw = 0;
+  const std::size_t n = decode_unsigned(p, end, raw, 10, 64);
+  if (n == 0) return 0;
+  value = static_cast<std::int64_t>((raw >> 1) ^ (~(raw & 1) + 1));
+  return n;
+}
+
+}  // namespace wire
+
+namespace {
+
+std::size_t nullable_bytes(const OptionalBytes& b) noexcept {
+  if (!b) return wire::varint_bytes(-1);
+  const auto n = static_cast<std::int32_t>(b->size());
+  return wire::varint_bytes(n) + b->size();
+}
+
+std::byte* put_nullable(std::byte* p, const OptionalBytes& b) noexcept {
+  if (!b) return p + wire::encode_varint(-1, p);
+  p += wire::encode_varint(static_cast<std::int32_t>(b->size()), p);
+  if (!b->empty()) std::memcpy(p, b->data(), b->size());
+  return p + b->size();
+}
+
+std::size_t record_body_bytes(const RecordInput& r, std::int32_t offset_delta, std::int64_t timestamp_delta) noexcept {
+  std::size_t n = 1;  // attributes
+  n += wire::varlong_bytes(timestamp_delta);
+  n += wire::varint_bytes(offset_delta);
+  n += nullable_bytes(r.key);
+  n += nullable_bytes(r.value);
+  n += wire::varint_bytes(static_cast<std::int32_t>(r.headers.size()));
+  for (const RecordHeader& h : r.headers) {
+    n += wire::varint_bytes(static_cast<std::int32_t>(h.key.size())) + h.key.size();
+    n += nullable_bytes(h.value);
+  }
+  return n;
+}
+
+}  // namespace
+
+std::size_t encoded_record_bytes(const RecordInput& record, std::int32_t offset_delta,
+                                 std::int64_t timestamp_delta) noexcept {
+  const std::size_t body = record_body_bytes(record, offset_delta, timestamp_delta);
+  return wire::varint_bytes(static_cast<std::int32_t>(body)) + body;
+}
+
+BatchBuilder::BatchBuilder(std::span<std::byte> out, const BatchOptions& options) noexcept
+    : out_(out), used_(kBatchHeaderBytes) {
+  WEFT_CHECK(out.size() >= kBatchHeaderBytes, "a batch buffer must hold at least the 61-byte header");
+  std::byte* h = out_.data();
+  wire::store_be64(h + batch_field::kBaseOffset, 0);
+  wire::store_be32(h + batch_field::kPartitionLeaderEpoch, options.partition_leader_epoch);
+  h[batch_field::kMagic] = static_cast<std::byte>(kBatchMagicV2);
+  wire::store_be16(h + batch_field::kAttributes, options.attributes);
+  wire::store_be64(h + batch_field::kProducerId, options.producer_id);
+  wire::store_be16(h + batch_field::kProducerEpoch, options.producer_epoch);
+  wire::store_be32(h + batch_field::kBaseSequence, options.base_sequence);
+}
+
+bool BatchBuilder::append(const RecordInput& r) noexcept {
+  if (record_count_ == 0) {
+    base_timestamp_ = r.timestamp_ms;
+    max_timestamp_ = r.timestamp_ms;
+  }
+  const std::int64_t ts_delta = r.timestamp_ms - base_timestamp_;
+  const std::size_t body = record_body_bytes(r, record_count_, ts_delta);
+  const std::size_t total = wire::varint_bytes(static_cast<std::int32_t>(body)) + body;
+  if (total > out_.size() - used_) return false;
+
+  std::byte* p = out_.data() + used_;
+  p += wire::encode_varint(static_cast<std::int32_t>(body), p);
+  *p++ = std::byte{0};  // record attributes: unused in v2
+  p += wire::encode_varlong(ts_delta, p);
+  p += wire::encode_varint(record_count_, p);
+  p = put_nullable(p, r.key);
+  p = put_nullable(p, r.value);
+  p += wire::encode_varint(static_cast<std::int32_t>(r.headers.size()), p);
+  for (const RecordHeader& h : r.headers) {
+    p += wire::encode_varint(static_cast<std::int32_t>(h.key.size()), p);
+    std::memcpy(p, h.key.data(), h.key.size());
+    p += h.key.size();
+    p = put_nullable(p, h.value);
+  }
+  used_ += total;
+  ++record_count_;
+  if (r.timestamp_ms > max_timestamp_) max_timestamp_ = r.timestamp_ms;
+  return true;
+}
+
+std::span<std::byte> BatchBuilder::finish() noexcept {
+  std::byte* h = out_.data();
+  wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(used_ - kBatchLogOverhead));
+  wire::store_be32(h + batch_field::kLastOffsetDelta, record_count_ > 0 ? record_count_ - 1 : 0);
+  wire::store_be64(h + batch_field::kBaseTimestamp, base_timestamp_);
+  wire::store_be64(h + batch_field::kMaxTimestamp, max_timestamp_);
+  wire::store_be32(h + batch_field::kRecordCount, record_count_);
+  const std::uint32_t crc = crc32c_extend(0, h + batch_field::kAttributes, used_ - batch_field::kAttributes);
+  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(crc));
+  return out_.first(used_);
+}
+
+void stamp_base_offset(std::span<std::byte> batch, Offset base) noexcept {
+  wire::store_be64(batch.data() + batch_field::kBaseOffset, base.value);
+}
+
+void stamp_partition_leader_epoch(std::span<std::byte> batch, std::int32_t epoch) noexcept {
+  wire::store_be32(batch.data() + batch_field::kPartitionLeaderEpoch, epoch);
+}
+
+// ---- decoding ------------------------------------------------------------------------------
+
+Offset BatchView::base_offset() const noexcept { return Offset{wire::load_be64(bytes_.data())}; }
+std::int32_t BatchView::last_offset_delta() const noexcept {
+  return wire::load_be32(bytes_.data() + batch_field::kLastOffsetDelta);
+}
+std::int32_t BatchView::partition_leader_epoch() const noexcept {
+  return wire::load_be32(bytes_.data() + batch_field::kPartitionLeaderEpoch);
+}
+std::int16_t BatchView::attributes() const noexcept { return wire::load_be16(bytes_.data() + batch_field::kAttributes); }
+std::uint32_t BatchView::stored_crc() const noexcept {
+  return static_cast<std::uint32_t>(wire::load_be32(bytes_.data() + batch_field::kCrc));
+}
+std::int64_t BatchView::base_timestamp() const noexcept { return wire::load_be64(bytes_.data() + batch_field::kBaseTimestamp); }
+std::int64_t BatchView::max_timestamp() const noexcept { return wire::load_be64(bytes_.data() + batch_field::kMaxTimestamp); }
+std::int64_t BatchView::producer_id() const noexcept { return wire::load_be64(bytes_.data() + batch_field::kProducerId); }
+std::int16_t BatchView::producer_epoch() const noexcept { return wire::load_be16(bytes_.data() + batch_field::kProducerEpoch); }
+std::int32_t BatchView::base_sequence() const noexcept { return wire::load_be32(bytes_.data() + batch_field::kBaseSequence); }
+std::int32_t BatchView::record_count() const noexcept { return wire::load_be32(bytes_.data() + batch_field::kRecordCount); }
+
+Result<BatchView> BatchView::parse(std::span<const std::byte> bytes) { return parse_impl(bytes, true); }
+Result<BatchView> BatchView::parse_trusted(std::span<const std::byte> bytes) { return parse_impl(bytes, false); }
+
+namespace {
+
+Error corrupt(std::string what) { return Error{Errc::kCorrupt, "record batch: " + std::move(what)}; }
+
+// Checks one record's fields lie inside [p, end) and end exactly there.
+Result<void> validate_record(const std::byte* p, const std::byte* end, std::int32_t index,
+                             std::int32_t last_offset_delta, std::int32_t& previous_delta) {
+  auto where = [&] { return "record " + std::to_string(index) + ": "; };
+  if (p >= end) return corrupt(where() + "empty");
+  ++p;  // attributes
+  std::int64_t ts_delta = 0;
+  std::size_t n = wire::decode_varlong(p, end, ts_delta);
+  if (n == 0) return corrupt(where() + "malformed timestampDelta");
+  p += n;
+  std::int32_t offset_delta = 0;
+  n = wire::decode_varint(p, end, offset_delta);
+  if (n == 0) return corrupt(where() + "malformed offsetDelta");
+  p += n;
+  if (offset_delta <= previous_delta || offset_delta > last_offset_delta)
+    return corrupt(where() + "offsetDelta " + std::to_string(offset_delta) + " out of order or past lastOffsetDelta " +
+                   std::to_string(last_offset_delta));
+  previous_delta = offset_delta;
+  for (const char* field : {"key", "value"}) {
+    std::int32_t len = 0;
+    n = wire::decode_varint(p, end, len);
+    if (n == 0) return corrupt(where() + "malformed " + field + " length");
+    p += n;
+    if (len < -1 || len > end - p)
+      return corrupt(where() + field + " length " + std::to_string(len) + " exceeds the record");
+    if (len > 0) p += len;
+  }
+  std::int32_t header_count = 0;
+  n = wire::decode_varint(p, end, header_count);
+  if (n == 0 || header_count < 0) return corrupt(where() + "malformed header count");
+  p += n;
+  for (std::int32_t h = 0; h < header_count; ++h) {
+    std::int32_t len = 0;
+    n = wire::decode_varint(p, end, len);
+    if (n == 0 || len < 0 || len > end - p - static_cast<std::ptrdiff_t>(n))
+      return corrupt(where() + "header " + std::to_string(h) + " key length invalid");
+    p += n + static_cast<std::size_t>(len);
+    n = wire::decode_varint(p, end, len);
+    if (n == 0 || len < -1 || len > end - p - static_cast<std::ptrdiff_t>(n))
+      return corrupt(where() + "header " + std::to_string(h) + " value length invalid");
+    p += n;
+    if (len > 0) p += len;
+  }
+  if (p != end) return corrupt(where() + std::to_string(end - p) + " bytes left inside the record");
+  return ok();
+}
+
+}  // namespace
+
+Result<BatchView> BatchView::parse_impl(std::span<const std::byte> bytes, bool check_crc) {
+  if (bytes.size() < kBatchHeaderBytes)
+    return corrupt("truncated: " + std::to_string(bytes.size()) + " bytes, the header needs 61");
+  const std::byte* h = bytes.data();
+  const std::int32_t batch_length = wire::load_be32(h + batch_field::kBatchLength);
+  if (batch_length < static_cast<std::int32_t>(kBatchHeaderBytes - kBatchLogOverhead))
+    return corrupt("batchLength " + std::to_string(batch_length) + " is below the minimum 49");
+  const std::size_t total = kBatchLogOverhead + static_cast<std::size_t>(batch_length);
+  if (total > bytes.size())
+    return corrupt("batchLength " + std::to_string(batch_length) + " runs past the " + std::to_string(bytes.size()) +
+                   " bytes given");
+  const auto magic = static_cast<std::int8_t>(h[batch_field::kMagic]);
+  if (magic != kBatchMagicV2) return corrupt("magic " + std::to_string(magic) + ", only 2 is supported");
+  if (check_crc) {
+    const std::uint32_t computed = crc32c_extend(0, h + batch_field::kAttributes, total - batch_field::kAttributes);
+    const auto stored = static_cast<std::uint32_t>(wire::load_be32(h + batch_field::kCrc));
+    if (computed != stored)
+      return corrupt("CRC-32C mismatch: stored " + std::to_string(stored) + ", computed " + std::to_string(computed));
+  }
+  BatchView view(bytes.first(total));
+  const std::int32_t count = view.record_count();
+  const std::int32_t last_delta = view.last_offset_delta();
+  if (count < 0) return corrupt("negative record count " + std::to_string(count));
+  if (last_delta < 0 || (count > 0 && last_delta < count - 1))
+    return corrupt("lastOffsetDelta " + std::to_string(last_delta) + " cannot hold " + std::to_string(count) +
+                   " records");
+  const int codec = view.attributes() & batch_attr::kCompressionMask;
+  if (codec > static_cast<int>(Compression::kZstd)) return corrupt("unknown compression codec " + std::to_string(codec));
+  if (codec != 0) return view;  // compressed records are validated when decompressed
+
+  const std::byte* p = h + kBatchHeaderBytes;
+  const std::byte* end = h + total;
+  // Each record needs at least 7 bytes, so a count that cannot fit is refused before walking.
+  if (static_cast<std::size_t>(count) > static_cast<std::size_t>(end - p))
+    return corrupt("record count " + std::to_string(count) + " cannot fit in " + std::to_string(end - p) + " bytes");
+  std::int32_t previous_delta = -1;
+  for (std::int32_t i = 0; i < count; ++i) {
+    std::int32_t length = 0;
+    const std::size_t n = wire::decode_varint(p, end, length);
+    if (n == 0) return corrupt("record " + std::to_string(i) + ": malformed length");
+    p += n;
+    if (length < 0 || length > end - p)
+      return corrupt("record " + std::to_string(i) + ": length " + std::to_string(length) + " runs past the batch");
+    WEFT_TRY_VOID(validate_record(p, p + length, i, last_delta, previous_delta));
+    p += length;
+  }
+  if (p != end) return corrupt(std::to_string(end - p) + " trailing bytes after the last record");
+  return view;
+}
+
+BatchView::Iterator BatchView::begin() const noexcept {
+  if (compression() != Compression::kNone || record_count() == 0) return end();
+  return Iterator(this, record_count(), bytes_.data() + kBatchHeaderBytes);
+}
+
+BatchView::Iterator::Iterator(const BatchView* batch, std::int32_t remaining, const std::byte* cursor) noexcept
+    : batch_(batch), remaining_(remaining), cursor_(cursor) {
+  if (remaining_ > 0) decode();
+}
+
+BatchView::Iterator& BatchView::Iterator::operator++() noexcept {
+  if (--remaining_ > 0) decode();
+  return *this;
+}
+
+// Decodes the record at cursor_; parse() proved every field lies inside the batch.
+void BatchView::Iterator::decode() noexcept {
+  const std::byte* end = batch_->bytes_.data() + batch_->bytes_.size();
+  const std::byte* p = cursor_;
+  std::int32_t length = 0;
+  p += wire::decode_varint(p, end, length);
+  const std::byte* record_end = p + length;
+  current_.attributes = static_cast<std::int8_t>(*p++);
+  std::int64_t ts_delta = 0;
+  p += wire::decode_varlong(p, record_end, ts_delta);
+  std::int32_t offset_delta = 0;
+  p += wire::decode_varint(p, record_end, offset_delta);
+  current_.timestamp_ms = batch_->base_timestamp() + ts_delta;
+  current_.offset = batch_->base_offset() + offset_delta;
+  for (OptionalBytes* field : {&current_.key, &current_.value}) {
+    std::int32_t len = 0;
+    p += wire::decode_varint(p, record_end, len);
+    if (len < 0) {
+      field->reset();
+    } else {
+      *field = std::span<const std::byte>(p, static_cast<std::size_t>(len));
+      p += len;
+    }
+  }
+  p += wire::decode_varint(p, record_end, current_.header_count);
+  current_.headers_bytes = std::span<const std::byte>(p, static_cast<std::size_t>(record_end - p));
+  cursor_ = record_end;
+}
+
+}  // namespace weft

@@ -1,0 +1,877 @@
+#include "weft/fabric/ring.h"
+
+#include <linux/futex.h>
+#include <linux/membarrier.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace weft {
+
+using namespace ring_layout;
+
+namespace {
+
+constexpr std::size_t kMinCapacity = 4096;
+constexpr std::size_t kMinFrame = kFrameHeaderBytes + kBatchHeaderBytes + 8;
+// While batches keep coming, a reader that finds nothing waits this many pauses before it looks
+// again, so the producer writes whole lines in a stream instead of handing each line over.
+// The wait halves on every empty look, so an idle stream is watched tightly (see bench/ring).
+constexpr std::uint32_t kStreamingBackoffPauses = 32;
+// Parked readers wake at least this often even if no producer wakes them.
+constexpr std::int64_t kParkSliceNs = 100'000'000;
+constexpr std::int64_t kUnsafeParkSliceNs = 1'000'000;
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__)
+  _mm_pause();
+#else
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+#endif
+}
+
+constexpr std::uint64_t align_frame(std::uint64_t n) { return (n + kFrameAlign - 1) & ~(kFrameAlign - 1); }
+
+constexpr bool is_power_of_two(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
+
+std::size_t data_offset_for(std::uint32_t producer_slots, std::uint32_t consumer_slots) {
+  const std::size_t control =
+      sizeof(RingControl) + (std::size_t{producer_slots} + consumer_slots) * kNoShare;
+  return (control + kDataAlign - 1) / kDataAlign * kDataAlign;
+}
+
+inline FrameHeader* frame_at(std::byte* data, std::uint64_t mask, std::uint64_t position) noexcept {
+  return reinterpret_cast<FrameHeader*>(data + (position & mask));
+}
+
+// Padding a claim of `frame` bytes at `position` needs so that the frame does not wrap.
+inline std::uint64_t padding_for(std::uint64_t position, std::uint64_t frame, std::uint64_t capacity,
+                                 std::uint64_t mask) noexcept {
+  const std::uint64_t index = position & mask;
+  return index + frame > capacity ? capacity - index : 0;
+}
+
+// Compare-and-swap of the 16-byte claim word. __sync builtins inline `lock cmpxchg16b` (the
+// __atomic ones call libatomic, whose lock fallback would not work across processes), and act
+// as a full barrier: the slot's pending claim is visible before, the frame writes after.
+inline bool claim_cas(ClaimLine& line, std::uint64_t& position, std::int64_t& offset, std::uint64_t new_position,
+                      std::int64_t new_offset) noexcept {
+  __extension__ typedef unsigned __int128 U128;
+  auto* word = reinterpret_cast<U128*>(&line.tail_position);
+  const U128 expected = (U128{static_cast<std::uint64_t>(offset)} << 64) | position;
+  const U128 desired = (U128{static_cast<std::uint64_t>(new_offset)} << 64) | new_position;
+  const U128 previous = __sync_val_compare_and_swap(word, expected, desired);
+  if (previous == expected) return true;
+  position = static_cast<std::uint64_t>(previous);
+  offset = static_cast<std::int64_t>(static_cast<std::uint64_t>(previous >> 64));
+  return false;
+}
+
+inline std::uint64_t load_tail_position(ClaimLine& line) noexcept {
+  // Relaxed: a snapshot; callers that need ordering fence before reading it.
+  return std::atomic_ref<std::uint64_t>(line.tail_position).load(std::memory_order_relaxed);
+}
+inline std::int64_t load_tail_offset(ClaimLine& line) noexcept {
+  return static_cast<std::int64_t>(
+      std::atomic_ref<std::uint64_t>(line.tail_offset).load(std::memory_order_relaxed));
+}
+
+long futex(std::atomic<std::uint32_t>* word, int op, std::uint32_t value, const timespec* timeout) noexcept {
+  // Shared (not FUTEX_PRIVATE): the word lives in memory mapped by several processes.
+  return syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), op, value, timeout, nullptr, 0);
+}
+
+bool membarrier_global_supported() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  return false;  // TSan cannot see membarrier; use the fence protocol it understands
+#else
+  const long mask = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  return mask > 0 && (mask & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0;
+#endif
+}
+
+bool register_membarrier() noexcept {
+  static const bool registered =
+      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+  return registered;
+}
+
+// Claims slot memory for this process: returns the slot or nullptr when all are taken.
+template <class Slot>
+Slot* take_slot(Slot* slots, std::uint32_t count) noexcept {
+  const auto pid = static_cast<std::uint64_t>(getpid());
+  for (std::uint32_t i = 0; i < count; ++i) {
+    std::uint64_t expected = 0;
+    // acq_rel: acquire the slot after its previous owner's release in the destructor.
+    if (slots[i].owner_pid.compare_exchange_strong(expected, pid, std::memory_order_acq_rel)) {
+      slots[i].owner_start_time.store(process_start_time(pid), std::memory_order_relaxed);
+      return &slots[i];
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+// ---- process helpers ------------------------------------------------------------------------
+
+std::int64_t monotonic_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+namespace {
+// Reads the state letter and starttime (field 22) of /proc/<pid>/stat.
+bool read_proc_stat(std::uint64_t pid, char& state, std::uint64_t& start_time) noexcept {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%llu/stat", static_cast<unsigned long long>(pid));
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return false;
+  char buf[1024];
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces and ')'
+  if (p == nullptr || p[1] == '\0') return false;
+  p += 2;
+  state = *p;
+  // Fields after the name start at 3 (state); starttime is field 22.
+  for (int field = 3; field < 22; ++field) {
+    p = std::strchr(p, ' ');
+    if (p == nullptr) return false;
+    ++p;
+  }
+  start_time = std::strtoull(p, nullptr, 10);
+  return true;
+}
+}  // namespace
+
+std::uint64_t process_start_time(std::uint64_t pid) noexcept {
+  char state = 0;
+  std::uint64_t start = 0;
+  return read_proc_stat(pid, state, start) ? start : 0;
+}
+
+bool process_alive(std::uint64_t pid, std::uint64_t start_time) noexcept {
+  char state = 0;
+  std::uint64_t start = 0;
+  if (!read_proc_stat(pid, state, start)) return false;
+  if (state == 'Z' || state == 'X') return false;  // killed, not yet reaped
+  return start_time == 0 || start == start_time;  // a different start time: the pid was reused
+}
+
+// ---- Ring -----------------------------------------------------------------------------------
+
+std::size_t Ring::required_bytes(const RingConfig& config) noexcept {
+  return data_offset_for(config.producer_slots, config.consumer_slots) + config.capacity_bytes;
+}
+
+Result<Ring> Ring::format(std::span<std::byte> memory, const RingConfig& config) {
+  if (!is_power_of_two(config.capacity_bytes) || config.capacity_bytes < kMinCapacity ||
+      config.capacity_bytes > (std::size_t{1} << 40))
+    return Error{Errc::kInvalidArgument, "ring: capacity " + std::to_string(config.capacity_bytes) +
+                                             " must be a power of two from 4 KiB to 1 TiB"};
+  std::size_t max_frame = config.max_frame_bytes == 0 ? config.capacity_bytes / 4 : config.max_frame_bytes;
+  max_frame &= ~(kFrameAlign - 1);
+  if (max_frame < kMinFrame || max_frame > config.capacity_bytes / 2 || max_frame > UINT32_MAX)
+    return Error{Errc::kInvalidArgument, "ring: max frame " + std::to_string(max_frame) + " must be between " +
+                                             std::to_string(kMinFrame) + " and capacity / 2"};
+  if (config.producer_slots == 0 || config.producer_slots > 4096 || config.consumer_slots == 0 ||
+      config.consumer_slots > 4096)
+    return Error{Errc::kInvalidArgument, "ring: producer and consumer slots must be 1..4096"};
+  const std::size_t data_offset = data_offset_for(config.producer_slots, config.consumer_slots);
+  if (memory.size() < data_offset + config.capacity_bytes)
+    return Error{Errc::kInvalidArgument, "ring: needs " + std::to_string(data_offset + config.capacity_bytes) +
+                                             " bytes, given " + std::to_string(memory.size())};
+  if (reinterpret_cast<std::uintptr_t>(memory.data()) % kDataAlign != 0)
+    return Error{Errc::kInvalidArgument, "ring: memory must be 4 KiB aligned"};
+
+  // Zero everything: a frame left by an earlier ring in this memory could carry the very
+  // position tags the new ring will expect.
+  std::memset(memory.data(), 0, data_offset + config.capacity_bytes);
+  auto* control = reinterpret_cast<RingControl*>(memory.data());
+  Descriptor& d = control->descriptor;
+  d.version = kRingVersion;
+  d.wake_protocol = membarrier_global_supported() ? kWakeMembarrier : kWakeFence;
+  d.capacity_bytes = config.capacity_bytes;
+  d.data_offset = data_offset;
+  d.max_frame_bytes = static_cast<std::uint32_t>(max_frame);
+  d.producer_slots = config.producer_slots;
+  d.consumer_slots = config.consumer_slots;
+  d.initial_offset = config.initial_offset.value;
+  control->claim.tail_position = 0;
+  control->claim.tail_offset = static_cast<std::uint64_t>(config.initial_offset.value);
+  control->reuse.offset.store(config.initial_offset.value, std::memory_order_relaxed);
+  auto* producers = reinterpret_cast<ProducerSlot*>(memory.data() + sizeof(RingControl));
+  for (std::uint32_t i = 0; i < config.producer_slots; ++i)
+    producers[i].pending_position.store(kNoClaim, std::memory_order_relaxed);
+  // Release: a process that sees the magic sees the whole layout.
+  std::atomic_ref<std::uint64_t>(d.magic).store(kRingMagic, std::memory_order_release);
+  return attach(memory);
+}
+
+Result<Ring> Ring::attach(std::span<std::byte> memory) {
+  if (memory.size() < sizeof(RingControl) + kNoShare * 2)
+    return Error{Errc::kInvalidArgument, "ring: memory of " + std::to_string(memory.size()) + " bytes is too small"};
+  auto* control = reinterpret_cast<RingControl*>(memory.data());
+  const Descriptor& d = control->descriptor;
+  // Acquire: pairs with the release of the magic in format().
+  if (std::atomic_ref<const std::uint64_t>(d.magic).load(std::memory_order_acquire) != kRingMagic)
+    return Error{Errc::kCorrupt, "ring: bad magic, this memory holds no weft ring"};
+  if (d.version != kRingVersion)
+    return Error{Errc::kFailedPrecondition,
+                 "ring: layout version " + std::to_string(d.version) + ", this build reads " + std::to_string(kRingVersion)};
+  if (!is_power_of_two(d.capacity_bytes) || d.capacity_bytes < kMinCapacity || d.producer_slots == 0 ||
+      d.consumer_slots == 0 || d.producer_slots > 4096 || d.consumer_slots > 4096 ||
+      d.data_offset != data_offset_for(d.producer_slots, d.consumer_slots) || d.max_frame_bytes < kMinFrame ||
+      d.max_frame_bytes > d.capacity_bytes / 2 || d.max_frame_bytes % kFrameAlign != 0 ||
+      (d.wake_protocol != kWakeFence && d.wake_protocol != kWakeMembarrier))
+    return Error{Errc::kCorrupt, "ring: descriptor fields are inconsistent"};
+  if (memory.size() < d.data_offset + d.capacity_bytes)
+    return Error{Errc::kCorrupt, "ring: capacity runs past the memory given"};
+  Ring ring;
+  ring.control_ = control;
+  ring.data_ = memory.data() + d.data_offset;
+  ring.capacity_ = d.capacity_bytes;
+  ring.mask_ = d.capacity_bytes - 1;
+  return ring;
+}
+
+std::size_t Ring::max_batch_bytes() const noexcept { return control_->descriptor.max_frame_bytes - kFrameHeaderBytes; }
+
+ProducerSlot* Ring::producer_slots() const noexcept {
+  return reinterpret_cast<ProducerSlot*>(reinterpret_cast<std::byte*>(control_) + sizeof(RingControl));
+}
+
+ConsumerSlot* Ring::consumer_slots() const noexcept {
+  return reinterpret_cast<ConsumerSlot*>(producer_slots() + control_->descriptor.producer_slots);
+}
+
+Position Ring::tail_position() const noexcept { return Position{load_tail_position(control_->claim)}; }
+
+Ring::Mark Ring::reuse_limit() const noexcept {
+  ReuseLine& r = control_->reuse;
+  for (;;) {
+    // Seqlock read; acquire pairs with the release that ends a write in advance_reuse_limit.
+    const std::uint64_t before = r.sequence.load(std::memory_order_acquire);
+    if ((before & 1) == 0) {
+      const std::uint64_t position = r.position.load(std::memory_order_relaxed);
+      const std::int64_t offset = r.offset.load(std::memory_order_relaxed);
+      // Keeps the two field loads ahead of the re-check (the seqlock reader's fence).
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (r.sequence.load(std::memory_order_relaxed) == before) return Mark{Position{position}, Offset{offset}};
+    }
+    cpu_relax();
+  }
+}
+
+// ---- Producer -------------------------------------------------------------------------------
+
+Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
+  RingControl& c = ring.control();
+  ProducerSlot* slot = take_slot(ring.producer_slots(), c.descriptor.producer_slots);
+  if (slot == nullptr)
+    return Error{Errc::kResourceExhausted,
+                 "ring: all " + std::to_string(c.descriptor.producer_slots) + " producer slots are taken"};
+  std::atomic<std::uint64_t>& producers = c.mode.producers;
+  std::uint64_t seen = producers.load(std::memory_order_relaxed);
+  bool admitted = false;
+  if (mode == ProducerMode::kExclusive) {
+    seen = 0;
+    // acq_rel: sees every earlier producer's detach, and publishes this one's arrival.
+    admitted = producers.compare_exchange_strong(seen, kExclusiveProducer, std::memory_order_acq_rel);
+  } else {
+    while ((seen & kExclusiveProducer) == 0 &&
+           !producers.compare_exchange_weak(seen, seen + 1, std::memory_order_acq_rel)) {
+    }
+    admitted = (seen & kExclusiveProducer) == 0;
+  }
+  if (!admitted) {
+    slot->owner_pid.store(0, std::memory_order_release);
+    return Error{Errc::kFailedPrecondition,
+                 mode == ProducerMode::kExclusive
+                     ? "ring: cannot hold the ring exclusively, " + std::to_string(seen & ~kExclusiveProducer) +
+                           " shared producer(s) or an exclusive one are attached"
+                     : std::string("ring: an exclusive producer holds the ring")};
+  }
+  slot->pending_position.store(kNoClaim, std::memory_order_relaxed);
+  slot->exclusive.store(mode == ProducerMode::kExclusive ? 1 : 0, std::memory_order_relaxed);
+  const bool membarrier_protocol = c.descriptor.wake_protocol == kWakeMembarrier;
+  return Producer(ring, mode, slot, membarrier_protocol && register_membarrier());
+}
+
+Producer::Producer(Ring ring, ProducerMode mode, ProducerSlot* slot, bool membarrier_registered) noexcept
+    : ring_(ring), mode_(mode), slot_(slot), fence_before_wake_check_(!membarrier_registered) {
+  ClaimLine& line = ring_.control_->claim;
+  guess_position_ = load_tail_position(line);
+  guess_offset_ = load_tail_offset(line);
+  cached_reuse_limit_ = ring_.control_->reuse.position.load(std::memory_order_acquire);
+}
+
+Producer::Producer(Producer&& other) noexcept
+    : ring_(other.ring_),
+      mode_(other.mode_),
+      slot_(std::exchange(other.slot_, nullptr)),
+      cached_reuse_limit_(other.cached_reuse_limit_),
+      guess_position_(other.guess_position_),
+      guess_offset_(other.guess_offset_),
+      fence_before_wake_check_(other.fence_before_wake_check_),
+      claim_open_(other.claim_open_) {}
+
+Producer::~Producer() {
+  if (slot_ == nullptr) return;
+  std::atomic<std::uint64_t>& producers = ring_.control_->mode.producers;
+  if (mode_ == ProducerMode::kExclusive)
+    producers.fetch_and(~kExclusiveProducer, std::memory_order_acq_rel);
+  else
+    producers.fetch_sub(1, std::memory_order_acq_rel);
+  // Release: the next owner of the slot sees this producer's last writes to it.
+  slot_->owner_pid.store(0, std::memory_order_release);
+}
+
+ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, Claim& claim) noexcept {
+  if (records == 0 || batch_bytes < kBatchHeaderBytes || claim_open_) return ClaimStatus::kInvalid;
+  const std::uint64_t frame = align_frame(kFrameHeaderBytes + batch_bytes);
+  if (frame > ring_.control_->descriptor.max_frame_bytes) return ClaimStatus::kTooLarge;
+  const std::uint64_t capacity = ring_.capacity_;
+  ClaimLine& line = ring_.control_->claim;
+  std::uint64_t position = guess_position_;
+  std::int64_t offset = guess_offset_;
+  std::uint64_t padding = 0;
+  std::uint64_t end = 0;
+  for (;;) {
+    padding = padding_for(position, frame, capacity, ring_.mask_);
+    end = position + padding + frame;
+    if (end > cached_reuse_limit_ + capacity) [[unlikely]] {
+      // A2 acquire: pairs with R2 in advance_reuse_limit; readers are done with what it frees.
+      cached_reuse_limit_ = ring_.control_->reuse.position.load(std::memory_order_acquire);
+      if (end > cached_reuse_limit_ + capacity) {
+        // Relaxed: a statistic this producer alone writes.
+        slot_->back_pressure_events.store(slot_->back_pressure_events.load(std::memory_order_relaxed) + 1,
+                                          std::memory_order_relaxed);
+        return ClaimStatus::kBackPressured;
+      }
+    }
+    // Relaxed: read by the owner only after this process died; the claim below orders them.
+    slot_->pending_position.store(position, std::memory_order_relaxed);
+    slot_->pending_frame_bytes.store(static_cast<std::uint32_t>(frame), std::memory_order_relaxed);
+    slot_->pending_records.store(records, std::memory_order_relaxed);
+    if (mode_ == ProducerMode::kExclusive) {
+      // The only writer of the claim word: plain stores. Relaxed for the offset, which only the
+      // owner reads; release for the position, read by lap checks, then a release fence so a
+      // reader that sees any frame byte written below also sees the new tail (seqlock writer).
+      std::atomic_ref<std::uint64_t>(line.tail_offset)
+          .store(static_cast<std::uint64_t>(offset) + records, std::memory_order_relaxed);
+      std::atomic_ref<std::uint64_t>(line.tail_position).store(end, std::memory_order_release);
+      std::atomic_thread_fence(std::memory_order_release);
+      break;
+    }
+    if (claim_cas(line, position, offset, end, offset + records)) break;
+    // Lost the race: `position` and `offset` now hold the current tail; try again from there.
+  }
+  guess_position_ = end;
+  guess_offset_ = offset + records;
+
+  if (padding != 0) {
+    // R3 release: the padding is readable at once; pairs with A1 in Consumer::poll.
+    frame_at(ring_.data_, ring_.mask_, position)->state.store(frame_state(position, kFramePadding),
+                                                              std::memory_order_release);
+  }
+  const std::uint64_t frame_position = position + padding;
+  FrameHeader* header = frame_at(ring_.data_, ring_.mask_, frame_position);
+  header->frame_bytes = static_cast<std::uint32_t>(frame);
+  header->record_count = records;
+  // Relaxed: "claimed" is read only by the owner, after this producer died.
+  header->state.store(frame_state(frame_position, kFrameClaimed), std::memory_order_relaxed);
+  claim.batch = std::span<std::byte>(reinterpret_cast<std::byte*>(header + 1), batch_bytes);
+  claim.base_offset = Offset{offset};
+  claim.position = Position{frame_position};
+  claim.records = records;
+  claim_open_ = true;
+  return ClaimStatus::kOk;
+}
+
+CommitStatus Producer::commit(Claim& claim, std::size_t used_bytes) noexcept {
+  const std::byte* b = claim.batch.data();
+  const auto records = static_cast<std::int32_t>(claim.records);
+  // The header must agree with the claim, or readers would walk off the frame or the offsets.
+  const bool consistent =
+      used_bytes >= kBatchHeaderBytes && used_bytes <= claim.batch.size() &&
+      wire::load_be32(b + batch_field::kBatchLength) == static_cast<std::int32_t>(used_bytes - kBatchLogOverhead) &&
+      static_cast<std::int8_t>(b[batch_field::kMagic]) == kBatchMagicV2 &&
+      wire::load_be32(b + batch_field::kRecordCount) == records &&
+      wire::load_be32(b + batch_field::kLastOffsetDelta) == records - 1;
+  if (!consistent) [[unlikely]] {
+    abort(claim);
+    return CommitStatus::kMalformed;
+  }
+  stamp_base_offset(claim.batch, claim.base_offset);
+  claim_open_ = false;
+  FrameHeader* header = frame_at(ring_.data_, ring_.mask_, claim.position.value);
+  // R1 release: publishes the batch; pairs with A1 in Consumer::poll.
+  header->state.store(frame_state(claim.position.value, kFrameCommitted), std::memory_order_release);
+  wake_parked_readers();
+  return CommitStatus::kOk;
+}
+
+void Producer::abort(Claim& claim) noexcept {
+  FrameHeader* header = frame_at(ring_.data_, ring_.mask_, claim.position.value);
+  // R1 release (abort): readers skip record_count offsets written at claim time.
+  header->state.store(frame_state(claim.position.value, kFrameAborted), std::memory_order_release);
+  claim_open_ = false;
+  wake_parked_readers();
+}
+
+void Producer::wake_parked_readers() noexcept {
+  WakeLine& wake = ring_.control_->wake;
+  if (fence_before_wake_check_) {
+    // StoreLoad: the commit must be visible before `parked` is read; pairs with the seq_cst
+    // fence in Consumer::park (Dekker).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  } else {
+    // Compiler barrier only: a parking reader's membarrier(GLOBAL_EXPEDITED) runs the hardware
+    // barrier on this core for us, so the hot path pays nothing.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  if (wake.parked.load(std::memory_order_relaxed) != 0) [[unlikely]] {
+    wake.futex_sequence.fetch_add(1, std::memory_order_release);
+    futex(&wake.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
+  }
+}
+
+ClaimStatus Producer::offer(std::span<const std::byte> batch, Offset* base) noexcept {
+  if (batch.size() < kBatchHeaderBytes) return ClaimStatus::kInvalid;
+  const std::int32_t records = wire::load_be32(batch.data() + batch_field::kRecordCount);
+  if (records <= 0) return ClaimStatus::kInvalid;
+  Claim claim;
+  const ClaimStatus status = try_claim(batch.size(), static_cast<std::uint32_t>(records), claim);
+  if (status != ClaimStatus::kOk) return status;
+  std::memcpy(claim.batch.data(), batch.data(), batch.size());
+  if (commit(claim) != CommitStatus::kOk) return ClaimStatus::kInvalid;
+  if (base != nullptr) *base = claim.base_offset;
+  return ClaimStatus::kOk;
+}
+
+ClaimStatus Producer::offer_record(const RecordInput& record, Offset* base) noexcept {
+  Claim claim;
+  const ClaimStatus status = try_claim(single_record_batch_bytes(record), 1, claim);
+  if (status != ClaimStatus::kOk) return status;
+  BatchBuilder builder(claim.batch);
+  (void)builder.append(record);  // sized exactly for this record above
+  (void)commit(claim, builder.finish().size());
+  if (base != nullptr) *base = claim.base_offset;
+  return ClaimStatus::kOk;
+}
+
+std::uint64_t Producer::back_pressure_events() const noexcept {
+  return slot_->back_pressure_events.load(std::memory_order_relaxed);
+}
+
+// ---- Consumer -------------------------------------------------------------------------------
+
+namespace {
+// Walks readable frames from `mark` until `stop_before` offset or the first unreadable frame.
+// Only for frames at or after the reuse limit, which producers cannot overwrite.
+Ring::Mark walk(Ring ring, Ring::Mark mark, Offset stop_before) noexcept {
+  const std::uint64_t capacity = ring.capacity_bytes();
+  const std::uint64_t mask = capacity - 1;
+  const std::uint64_t tail = ring.tail_position().value;
+  std::uint64_t position = mark.position.value;
+  Offset offset = mark.offset;
+  while (position < tail && offset < stop_before) {
+    FrameHeader* h = frame_at(ring.data(), mask, position);
+    const std::uint64_t state = h->state.load(std::memory_order_acquire);  // pairs with R1/R3/R4
+    if (state == frame_state(position, kFramePadding)) {
+      position += capacity - (position & mask);
+      continue;
+    }
+    if (state != frame_state(position, kFrameCommitted) && state != frame_state(position, kFrameAborted)) break;
+    const std::uint32_t bytes = h->frame_bytes;
+    const std::uint32_t records = h->record_count;
+    if (bytes < kFrameHeaderBytes || bytes % kFrameAlign != 0 || (position & mask) + bytes > capacity) break;
+    if (offset + records > stop_before) break;  // this frame holds the offset wanted
+    position += bytes;
+    offset += records;
+  }
+  return Ring::Mark{Position{position}, offset};
+}
+}  // namespace
+
+Result<Consumer> Consumer::attach(Ring ring, StartAt start) {
+  const RingControl& c = ring.control();
+  ConsumerSlot* slot = take_slot(ring.consumer_slots(), c.descriptor.consumer_slots);
+  if (slot == nullptr)
+    return Error{Errc::kResourceExhausted,
+                 "ring: all " + std::to_string(c.descriptor.consumer_slots) + " consumer slots are taken"};
+  Consumer consumer(ring, slot);
+  Ring::Mark mark = ring.reuse_limit();
+  if (start == StartAt::kLatest) mark = walk(ring, mark, Offset{INT64_MAX});
+  consumer.position_ = mark.position.value;
+  consumer.next_offset_ = mark.offset;
+  consumer.publish_position();
+  return consumer;
+}
+
+Consumer::Consumer(Ring ring, ConsumerSlot* slot) noexcept : ring_(ring), slot_(slot) {}
+
+Consumer::Consumer(Consumer&& other) noexcept
+    : ring_(other.ring_),
+      slot_(std::exchange(other.slot_, nullptr)),
+      position_(other.position_),
+      next_offset_(other.next_offset_),
+      last_position_(other.last_position_),
+      last_offset_(other.last_offset_),
+      lapped_offset_(other.lapped_offset_),
+      skip_below_(other.skip_below_),
+      aborted_skipped_(other.aborted_skipped_),
+      backoff_pauses_(other.backoff_pauses_),
+      lapped_(other.lapped_) {}
+
+Consumer::~Consumer() {
+  if (slot_ != nullptr) slot_->owner_pid.store(0, std::memory_order_release);  // frees the slot
+}
+
+void Consumer::publish_position() noexcept {
+  // Relaxed: statistics for the owner; this consumer alone writes its slot.
+  slot_->position.store(position_, std::memory_order_relaxed);
+  slot_->next_offset.store(next_offset_.value, std::memory_order_relaxed);
+}
+
+bool Consumer::overwritten(std::uint64_t position) const noexcept {
+  // Seqlock reader: the frame reads before this fence cannot drift past the checks after it.
+  // Pairs with the full barrier of the claim (cmpxchg16b, or the release fence of an exclusive
+  // claim): a reader that saw a byte of a newer lap sees the claim that wrote it.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  // Fast path: nothing at or after the reuse limit can have been overwritten.
+  if (ring_.control_->reuse.position.load(std::memory_order_relaxed) <= position) return false;
+  return load_tail_position(ring_.control_->claim) > position + ring_.capacity_;
+}
+
+bool Consumer::validate(const RingBatch& batch) const noexcept { return !overwritten(batch.position.value); }
+
+PollStatus Consumer::poll(RingBatch& out) noexcept {
+  if (lapped_) return PollStatus::kLapped;
+  if (last_position_ != kNoClaim) {
+    if (overwritten(last_position_)) [[unlikely]] {
+      lapped_ = true;
+      lapped_offset_ = last_offset_;
+      slot_->lapped_count.store(slot_->lapped_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return PollStatus::kLapped;
+    }
+    last_position_ = kNoClaim;
+  }
+  return read_frame(out);
+}
+
+PollStatus Consumer::read_frame(RingBatch& out) noexcept {
+  const std::uint64_t capacity = ring_.capacity_;
+  for (;;) {
+    const std::uint64_t position = position_;
+    const std::uint64_t index = position & ring_.mask_;
+    FrameHeader* h = frame_at(ring_.data_, ring_.mask_, position);
+    // A1 acquire: pairs with R1 (commit/abort), R3 (padding) and R4 (seal).
+    const std::uint64_t state = h->state.load(std::memory_order_acquire);
+    if (state == frame_state(position, kFramePadding)) {
+      position_ = position + (capacity - index);
+      continue;
+    }
+    const bool committed = state == frame_state(position, kFrameCommitted);
+    if (!committed && state != frame_state(position, kFrameAborted)) {
+      if (overwritten(position)) {
+        lapped_ = true;
+        lapped_offset_ = next_offset_;
+        slot_->lapped_count.store(slot_->lapped_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return PollStatus::kLapped;
+      }
+      return PollStatus::kEmpty;
+    }
+    const std::uint32_t frame_bytes = h->frame_bytes;
+    const std::uint32_t records = h->record_count;
+    const auto* batch = reinterpret_cast<const std::byte*>(h + 1);
+    const std::int32_t batch_length = committed ? wire::load_be32(batch + batch_field::kBatchLength) : 0;
+    if (overwritten(position)) [[unlikely]] {  // what was just read may be torn
+      lapped_ = true;
+      lapped_offset_ = next_offset_;
+      return PollStatus::kLapped;
+    }
+    // Another process wrote this header: check it before trusting it.
+    const bool sane = frame_bytes >= kFrameHeaderBytes && frame_bytes % kFrameAlign == 0 &&
+                      index + frame_bytes <= capacity && records > 0 &&
+                      (!committed || (batch_length >= static_cast<std::int32_t>(kBatchHeaderBytes - kBatchLogOverhead) &&
+                                      static_cast<std::uint64_t>(batch_length) + kBatchLogOverhead <=
+                                          frame_bytes - kFrameHeaderBytes));
+    if (!sane) [[unlikely]]
+      return PollStatus::kCorrupt;
+    position_ = position + frame_bytes;
+    const Offset base = next_offset_;
+    next_offset_ += records;
+    if (!committed) {
+      aborted_skipped_ += records;
+      continue;
+    }
+    if (next_offset_.value <= skip_below_.value) continue;  // wholly before a seek target
+    out.base_offset = base;
+    out.records = records;
+    out.bytes = std::span<const std::byte>(batch, static_cast<std::size_t>(batch_length) + kBatchLogOverhead);
+    out.position = Position{position};
+    last_position_ = position;
+    last_offset_ = base;
+    publish_position();
+    return PollStatus::kOk;
+  }
+}
+
+PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns) noexcept {
+  PollStatus status = poll(out);
+  if (status != PollStatus::kEmpty) {
+    backoff_pauses_ = kStreamingBackoffPauses;
+    return status;
+  }
+  const std::int64_t deadline = monotonic_ns() + timeout_ns;
+  if (kind == WaitKind::kPark) return park(out, deadline);
+  for (;;) {
+    if (kind == WaitKind::kYield) {
+      sched_yield();
+    } else {
+      for (std::uint32_t i = 0; i < backoff_pauses_; ++i) cpu_relax();
+      backoff_pauses_ /= 2;
+      cpu_relax();
+    }
+    status = poll(out);
+    if (status != PollStatus::kEmpty) {
+      backoff_pauses_ = kStreamingBackoffPauses;
+      return status;
+    }
+    if (monotonic_ns() >= deadline) return PollStatus::kEmpty;
+  }
+}
+
+PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
+  WakeLine& wake = ring_.control_->wake;
+  const bool membarrier_protocol = ring_.control_->descriptor.wake_protocol == kWakeMembarrier;
+  for (;;) {
+    wake.parked.fetch_add(1, std::memory_order_seq_cst);
+    // Acquire: read before the re-check, so a wake after it changes the value and the
+    // futex_wait below returns at once.
+    const std::uint32_t sequence = wake.futex_sequence.load(std::memory_order_acquire);
+    std::int64_t slice = kParkSliceNs;
+    if (membarrier_protocol) {
+      // Makes every registered producer's commit visible before the re-check, and our `parked`
+      // visible to every later check of theirs (the heavy half of an asymmetric fence).
+      if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0) slice = kUnsafeParkSliceNs;
+    } else {
+      // StoreLoad: `parked` before the re-check; pairs with the fence in wake_parked_readers.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
+    PollStatus status = poll(out);
+    const std::int64_t now = monotonic_ns();
+    if (status != PollStatus::kEmpty || now >= deadline_ns) {
+      wake.parked.fetch_sub(1, std::memory_order_relaxed);
+      return status;
+    }
+    const std::int64_t wait_ns = std::min(deadline_ns - now, slice);
+    timespec timeout{static_cast<time_t>(wait_ns / 1'000'000'000), static_cast<long>(wait_ns % 1'000'000'000)};
+    futex(&wake.futex_sequence, FUTEX_WAIT, sequence, &timeout);
+    wake.parked.fetch_sub(1, std::memory_order_relaxed);
+    status = poll(out);
+    if (status != PollStatus::kEmpty || monotonic_ns() >= deadline_ns) return status;
+  }
+}
+
+Offset Consumer::rejoin() noexcept {
+  const Ring::Mark mark = ring_.reuse_limit();
+  position_ = mark.position.value;
+  next_offset_ = mark.offset;
+  last_position_ = kNoClaim;
+  skip_below_ = Offset{-1};
+  lapped_ = false;
+  publish_position();
+  return mark.offset;
+}
+
+Result<void> Consumer::seek(Offset offset) {
+  const Ring::Mark limit = ring_.reuse_limit();
+  if (offset < limit.offset)
+    return Error{Errc::kOutOfRange, "ring: offset " + std::to_string(offset.value) +
+                                        " is no longer in the ring; the earliest is " + std::to_string(limit.offset.value)};
+  const Ring::Mark mark = walk(ring_, limit, offset + 1);
+  position_ = mark.position.value;
+  next_offset_ = mark.offset;
+  skip_below_ = offset;
+  last_position_ = kNoClaim;
+  lapped_ = false;
+  publish_position();
+  return ok();
+}
+
+// ---- RingOwner ------------------------------------------------------------------------------
+
+RingOwner::RingOwner(Ring ring) noexcept : ring_(ring) {
+  const Ring::Mark mark = ring_.reuse_limit();
+  frontier_position_ = mark.position.value;
+  frontier_offset_ = mark.offset;
+}
+
+Ring::Mark RingOwner::scan() noexcept {
+  const Ring::Mark mark = walk(ring_, Ring::Mark{Position{frontier_position_}, frontier_offset_}, Offset{INT64_MAX});
+  frontier_position_ = mark.position.value;
+  frontier_offset_ = mark.offset;
+  return mark;
+}
+
+void RingOwner::advance_reuse_limit(Ring::Mark mark) noexcept {
+  ReuseLine& r = ring_.control_->reuse;
+  WEFT_CHECK(mark.position.value >= r.position.load(std::memory_order_relaxed), "the reuse limit only moves forward");
+  WEFT_CHECK(mark.position <= ring_.tail_position(), "the reuse limit cannot pass the claimed tail");
+  const std::uint64_t sequence = r.sequence.load(std::memory_order_relaxed);
+  r.sequence.store(sequence + 1, std::memory_order_relaxed);
+  // Seqlock writer: the odd sequence is visible before either field changes.
+  std::atomic_thread_fence(std::memory_order_release);
+  r.offset.store(mark.offset.value, std::memory_order_relaxed);
+  // R2 release: the reads of whoever freed this space happen before a producer overwrites it;
+  // pairs with A2 in Producer::try_claim.
+  r.position.store(mark.position.value, std::memory_order_release);
+  r.sequence.store(sequence + 2, std::memory_order_release);  // ends the write; pairs with reuse_limit()
+}
+
+std::vector<SealedRange> RingOwner::seal_dead_claims() {
+  std::vector<SealedRange> sealed;
+  // Each pass seals at most one claim; the slots bound how many can be open at once.
+  const std::uint32_t max_passes = ring_.control_->descriptor.producer_slots * 2 + 2;
+  for (std::uint32_t pass = 0; pass < max_passes; ++pass) {
+    scan();
+    SealedRange range;
+    if (!seal_at_frontier(range)) break;
+    sealed.push_back(range);
+  }
+  if (!sealed.empty()) {
+    WakeLine& wake = ring_.control_->wake;
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // StoreLoad, as in wake_parked_readers
+    if (wake.parked.load(std::memory_order_relaxed) != 0) {
+      wake.futex_sequence.fetch_add(1, std::memory_order_release);
+      futex(&wake.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
+    }
+  }
+  return sealed;
+}
+
+bool RingOwner::seal_at_frontier(SealedRange& sealed) {
+  const std::uint64_t frontier = frontier_position_;
+  const std::uint64_t tail = ring_.tail_position().value;
+  if (frontier >= tail) return false;
+  const std::uint64_t capacity = ring_.capacity_;
+  const std::uint64_t mask = ring_.mask_;
+  ProducerSlot* slots = ring_.producer_slots();
+  const std::uint32_t slot_count = ring_.control_->descriptor.producer_slots;
+
+  // A frame boundary is real if a claim ended there: the tail, a frame tagged with its own
+  // position, or a claim some producer named.
+  auto boundary = [&](std::uint64_t position) {
+    if (position == tail) return true;
+    const std::uint64_t state = frame_at(ring_.data_, mask, position)->state.load(std::memory_order_acquire);
+    if ((state & ~kKindMask) == position && (state & kKindMask) >= kFrameClaimed && (state & kKindMask) <= kFramePadding)
+      return true;
+    for (std::uint32_t i = 0; i < slot_count; ++i)
+      if (slots[i].owner_pid.load(std::memory_order_acquire) != 0 &&
+          slots[i].pending_position.load(std::memory_order_relaxed) == position)
+        return true;
+    return false;
+  };
+
+  struct Candidate {
+    std::uint64_t claim_position;
+    std::uint64_t frame_bytes;
+    std::uint32_t records;
+    std::uint64_t pid;
+  };
+  Candidate candidates[8];
+  std::size_t found = 0;
+  for (std::uint32_t i = 0; i < slot_count; ++i) {
+    const std::uint64_t pid = slots[i].owner_pid.load(std::memory_order_acquire);
+    if (pid == 0) continue;
+    const std::uint64_t claim_position = slots[i].pending_position.load(std::memory_order_relaxed);
+    if (claim_position == kNoClaim) continue;
+    const std::uint64_t frame_bytes = slots[i].pending_frame_bytes.load(std::memory_order_relaxed);
+    const std::uint64_t padding = padding_for(claim_position, frame_bytes, capacity, mask);
+    if (claim_position != frontier && claim_position + padding != frontier) continue;
+    if (process_alive(pid, slots[i].owner_start_time.load(std::memory_order_relaxed)))
+      return false;  // a live producer holds (or is taking) this claim: it will commit
+    if (found < std::size(candidates))
+      candidates[found++] = {claim_position, frame_bytes, slots[i].pending_records.load(std::memory_order_relaxed), pid};
+  }
+
+  for (std::size_t c = 0; c < found; ++c) {
+    Candidate cand = candidates[c];
+    const std::uint64_t padding = padding_for(cand.claim_position, cand.frame_bytes, capacity, mask);
+    const std::uint64_t frame_position = cand.claim_position + padding;
+    FrameHeader* header = frame_at(ring_.data_, mask, frame_position);
+    if (header->state.load(std::memory_order_acquire) == frame_state(frame_position, kFrameClaimed)) {
+      // The producer stamped its frame before dying: its own header is the truth.
+      cand.frame_bytes = header->frame_bytes;
+      cand.records = header->record_count;
+    }
+    const std::uint64_t end = frame_position + cand.frame_bytes;
+    if (cand.records == 0 || cand.frame_bytes < kFrameHeaderBytes || end > tail || !boundary(end)) continue;
+    if (padding != 0 && frontier == cand.claim_position) {
+      // R3 (seal): as the producer would have published it.
+      frame_at(ring_.data_, mask, frontier)->state.store(frame_state(frontier, kFramePadding), std::memory_order_release);
+    }
+    header->frame_bytes = static_cast<std::uint32_t>(cand.frame_bytes);
+    header->record_count = cand.records;
+    // R4 release: the aborted range is readable (skippable); pairs with A1 in Consumer::poll.
+    header->state.store(frame_state(frame_position, kFrameAborted), std::memory_order_release);
+    sealed = SealedRange{frontier_offset_, cand.records, cand.pid};
+    return true;
+  }
+  return false;
+}
+
+std::size_t RingOwner::reclaim_dead_slots() {
+  scan();
+  std::size_t freed = 0;
+  const std::uint64_t capacity = ring_.capacity_;
+  ProducerSlot* producers = ring_.producer_slots();
+  for (std::uint32_t i = 0; i < ring_.control_->descriptor.producer_slots; ++i) {
+    ProducerSlot& s = producers[i];
+    const std::uint64_t pid = s.owner_pid.load(std::memory_order_acquire);
+    if (pid == 0 || process_alive(pid, s.owner_start_time.load(std::memory_order_relaxed))) continue;
+    const std::uint64_t claim = s.pending_position.load(std::memory_order_relaxed);
+    if (claim != kNoClaim) {
+      const std::uint64_t frame = s.pending_frame_bytes.load(std::memory_order_relaxed);
+      const std::uint64_t end = claim + padding_for(claim, frame, capacity, ring_.mask_) + frame;
+      if (end > frontier_position_) continue;  // its claim is not sealed yet
+    }
+    std::atomic<std::uint64_t>& mode = ring_.control_->mode.producers;
+    if (s.exclusive.load(std::memory_order_relaxed) != 0)
+      mode.fetch_and(~kExclusiveProducer, std::memory_order_acq_rel);
+    else
+      mode.fetch_sub(1, std::memory_order_acq_rel);
+    s.pending_position.store(kNoClaim, std::memory_order_relaxed);
+    s.owner_pid.store(0, std::memory_order_release);  // frees the slot for a new producer
+    ++freed;
+  }
+  ConsumerSlot* consumers = ring_.consumer_slots();
+  for (std::uint32_t i = 0; i < ring_.control_->descriptor.consumer_slots; ++i) {
+    ConsumerSlot& s = consumers[i];
+    const std::uint64_t pid = s.owner_pid.load(std::memory_order_acquire);
+    if (pid == 0 || process_alive(pid, s.owner_start_time.load(std::memory_order_relaxed))) continue;
+    s.owner_pid.store(0, std::memory_order_release);
+    ++freed;
+  }
+  return freed;
+}
+
+}  // namespace weft
