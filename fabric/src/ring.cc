@@ -286,6 +286,9 @@ Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
   if (slot == nullptr)
     return Error{Errc::kResourceExhausted,
                  "ring: all " + std::to_string(c.descriptor.producer_slots) + " producer slots are taken"};
+  // Relaxed: read by the owner only after this process died.
+  slot->pending_position.store(kNoClaim, std::memory_order_relaxed);
+  slot->held_mode.store(kHeldNone, std::memory_order_relaxed);
   std::atomic<std::uint64_t>& producers = c.mode.producers;
   std::uint64_t seen = producers.load(std::memory_order_relaxed);
   bool admitted = false;
@@ -307,8 +310,7 @@ Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
                            " shared producer(s) or an exclusive one are attached"
                      : std::string("ring: an exclusive producer holds the ring")};
   }
-  slot->pending_position.store(kNoClaim, std::memory_order_relaxed);
-  slot->exclusive.store(mode == ProducerMode::kExclusive ? 1 : 0, std::memory_order_relaxed);
+  slot->held_mode.store(mode == ProducerMode::kExclusive ? kHeldExclusive : kHeldShared, std::memory_order_relaxed);
   const bool membarrier_protocol = c.descriptor.wake_protocol == kWakeMembarrier;
   return Producer(ring, mode, slot, membarrier_protocol && register_membarrier());
 }
@@ -483,7 +485,8 @@ std::uint64_t Producer::back_pressure_events() const noexcept {
 // ---- Consumer -------------------------------------------------------------------------------
 
 namespace {
-// Walks readable frames from `mark` until `stop_before` offset or the first unreadable frame.
+// Walks readable frames from `mark` to the one holding offset `stop_before` (or the first
+// unreadable frame).
 // Only for frames at or after the reuse limit, which producers cannot overwrite.
 Ring::Mark walk(Ring ring, Ring::Mark mark, Offset stop_before) noexcept {
   const std::uint64_t capacity = ring.capacity_bytes();
@@ -521,7 +524,7 @@ Result<Consumer> Consumer::attach(Ring ring, StartAt start) {
   if (start == StartAt::kLatest) mark = walk(ring, mark, Offset{INT64_MAX});
   consumer.position_ = mark.position.value;
   consumer.next_offset_ = mark.offset;
-  consumer.publish_position();
+  consumer.publish_position(consumer.position_);
   return consumer;
 }
 
@@ -532,8 +535,6 @@ Consumer::Consumer(Consumer&& other) noexcept
       slot_(std::exchange(other.slot_, nullptr)),
       position_(other.position_),
       next_offset_(other.next_offset_),
-      last_position_(other.last_position_),
-      last_offset_(other.last_offset_),
       lapped_offset_(other.lapped_offset_),
       skip_below_(other.skip_below_),
       aborted_skipped_(other.aborted_skipped_),
@@ -544,10 +545,12 @@ Consumer::~Consumer() {
   if (slot_ != nullptr) slot_->owner_pid.store(0, std::memory_order_release);  // frees the slot
 }
 
-void Consumer::publish_position() noexcept {
-  // Relaxed: statistics for the owner; this consumer alone writes its slot.
-  slot_->position.store(position_, std::memory_order_relaxed);
+void Consumer::publish_position(std::uint64_t in_use_from) noexcept {
+  // Relaxed: a statistic; this consumer alone writes its slot.
   slot_->next_offset.store(next_offset_.value, std::memory_order_relaxed);
+  // R5 release: this consumer is done with every frame before `in_use_from` (the batch it
+  // hands out now is still being read); pairs with A5 in RingOwner::slowest_consumer.
+  slot_->position.store(in_use_from, std::memory_order_release);
 }
 
 bool Consumer::overwritten(std::uint64_t position) const noexcept {
@@ -562,17 +565,16 @@ bool Consumer::overwritten(std::uint64_t position) const noexcept {
 
 bool Consumer::validate(const RingBatch& batch) const noexcept { return !overwritten(batch.position.value); }
 
+PollStatus Consumer::mark_lapped() noexcept {
+  lapped_ = true;
+  lapped_offset_ = next_offset_;
+  // Relaxed: a statistic this consumer alone writes.
+  slot_->lapped_count.store(slot_->lapped_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  return PollStatus::kLapped;
+}
+
 PollStatus Consumer::poll(RingBatch& out) noexcept {
   if (lapped_) return PollStatus::kLapped;
-  if (last_position_ != kNoClaim) {
-    if (overwritten(last_position_)) [[unlikely]] {
-      lapped_ = true;
-      lapped_offset_ = last_offset_;
-      slot_->lapped_count.store(slot_->lapped_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      return PollStatus::kLapped;
-    }
-    last_position_ = kNoClaim;
-  }
   return read_frame(out);
 }
 
@@ -590,23 +592,14 @@ PollStatus Consumer::read_frame(RingBatch& out) noexcept {
     }
     const bool committed = state == frame_state(position, kFrameCommitted);
     if (!committed && state != frame_state(position, kFrameAborted)) {
-      if (overwritten(position)) {
-        lapped_ = true;
-        lapped_offset_ = next_offset_;
-        slot_->lapped_count.store(slot_->lapped_count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        return PollStatus::kLapped;
-      }
-      return PollStatus::kEmpty;
+      return overwritten(position) ? mark_lapped() : PollStatus::kEmpty;
     }
     const std::uint32_t frame_bytes = h->frame_bytes;
     const std::uint32_t records = h->record_count;
     const auto* batch = reinterpret_cast<const std::byte*>(h + 1);
     const std::int32_t batch_length = committed ? wire::load_be32(batch + batch_field::kBatchLength) : 0;
-    if (overwritten(position)) [[unlikely]] {  // what was just read may be torn
-      lapped_ = true;
-      lapped_offset_ = next_offset_;
-      return PollStatus::kLapped;
-    }
+    if (overwritten(position)) [[unlikely]]  // what was just read may be torn
+      return mark_lapped();
     // Another process wrote this header: check it before trusting it.
     const bool sane = frame_bytes >= kFrameHeaderBytes && frame_bytes % kFrameAlign == 0 &&
                       index + frame_bytes <= capacity && records > 0 &&
@@ -627,9 +620,7 @@ PollStatus Consumer::read_frame(RingBatch& out) noexcept {
     out.records = records;
     out.bytes = std::span<const std::byte>(batch, static_cast<std::size_t>(batch_length) + kBatchLogOverhead);
     out.position = Position{position};
-    last_position_ = position;
-    last_offset_ = base;
-    publish_position();
+    publish_position(position);
     return PollStatus::kOk;
   }
 }
@@ -695,10 +686,9 @@ Offset Consumer::rejoin() noexcept {
   const Ring::Mark mark = ring_.reuse_limit();
   position_ = mark.position.value;
   next_offset_ = mark.offset;
-  last_position_ = kNoClaim;
   skip_below_ = Offset{-1};
   lapped_ = false;
-  publish_position();
+  publish_position(position_);
   return mark.offset;
 }
 
@@ -707,13 +697,12 @@ Result<void> Consumer::seek(Offset offset) {
   if (offset < limit.offset)
     return Error{Errc::kOutOfRange, "ring: offset " + std::to_string(offset.value) +
                                         " is no longer in the ring; the earliest is " + std::to_string(limit.offset.value)};
-  const Ring::Mark mark = walk(ring_, limit, offset + 1);
+  const Ring::Mark mark = walk(ring_, limit, offset);
   position_ = mark.position.value;
   next_offset_ = mark.offset;
   skip_below_ = offset;
-  last_position_ = kNoClaim;
   lapped_ = false;
-  publish_position();
+  publish_position(position_);
   return ok();
 }
 
@@ -745,6 +734,46 @@ void RingOwner::advance_reuse_limit(Ring::Mark mark) noexcept {
   // pairs with A2 in Producer::try_claim.
   r.position.store(mark.position.value, std::memory_order_release);
   r.sequence.store(sequence + 2, std::memory_order_release);  // ends the write; pairs with reuse_limit()
+}
+
+Ring::Mark RingOwner::release_to(Position position) noexcept {
+  const Ring::Mark current = ring_.reuse_limit();
+  if (position <= current.position) return current;
+  // Walk frame by frame; stop at the last boundary not past `position`.
+  const std::uint64_t capacity = ring_.capacity_;
+  const std::uint64_t mask = ring_.mask_;
+  std::uint64_t at = current.position.value;
+  Offset offset = current.offset;
+  const Ring::Mark frontier = scan();
+  while (at < frontier.position.value && at < position.value) {
+    FrameHeader* h = frame_at(ring_.data_, mask, at);
+    const std::uint64_t state = h->state.load(std::memory_order_acquire);  // pairs with R1/R3/R4
+    std::uint64_t next = 0;
+    std::uint32_t records = 0;
+    if (state == frame_state(at, kFramePadding)) {
+      next = at + (capacity - (at & mask));
+    } else {
+      next = at + h->frame_bytes;
+      records = h->record_count;
+    }
+    if (next > position.value) break;
+    at = next;
+    offset += records;
+  }
+  const Ring::Mark mark{Position{at}, offset};
+  advance_reuse_limit(mark);
+  return mark;
+}
+
+Position RingOwner::slowest_consumer() const noexcept {
+  std::uint64_t slowest = ring_.tail_position().value;
+  ConsumerSlot* consumers = ring_.consumer_slots();
+  for (std::uint32_t i = 0; i < ring_.control_->descriptor.consumer_slots; ++i) {
+    if (consumers[i].owner_pid.load(std::memory_order_acquire) == 0) continue;
+    // A5 acquire: pairs with R5 in Consumer::publish_position; a stale value is only lower.
+    slowest = std::min(slowest, consumers[i].position.load(std::memory_order_acquire));
+  }
+  return Position{slowest};
 }
 
 std::vector<SealedRange> RingOwner::seal_dead_claims() {
@@ -855,10 +884,12 @@ std::size_t RingOwner::reclaim_dead_slots() {
       if (end > frontier_position_) continue;  // its claim is not sealed yet
     }
     std::atomic<std::uint64_t>& mode = ring_.control_->mode.producers;
-    if (s.exclusive.load(std::memory_order_relaxed) != 0)
+    const std::uint64_t held = s.held_mode.load(std::memory_order_relaxed);
+    if (held == kHeldExclusive)
       mode.fetch_and(~kExclusiveProducer, std::memory_order_acq_rel);
-    else
+    else if (held == kHeldShared)
       mode.fetch_sub(1, std::memory_order_acq_rel);
+    s.held_mode.store(kHeldNone, std::memory_order_relaxed);
     s.pending_position.store(kNoClaim, std::memory_order_relaxed);
     s.owner_pid.store(0, std::memory_order_release);  // frees the slot for a new producer
     ++freed;

@@ -169,8 +169,9 @@ class Consumer {
   ~Consumer();
 
   // Returns the next committed batch, skipping padding and aborted ranges. Never blocks.
-  // The view stays readable until producers lap this consumer; the next poll() (or validate())
-  // reports kLapped if the previous view was overwritten while it was being read.
+  // The view is read in place: once the reuse limit passes it, producers may overwrite it.
+  // Call validate(view) after reading it: false means what was read may be torn, and the
+  // batch must be read again from the log.
   [[nodiscard]] PollStatus poll(RingBatch& out) noexcept;
   // As poll(), waiting up to `timeout_ns` in the chosen way. kEmpty on timeout.
   [[nodiscard]] PollStatus wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns) noexcept;
@@ -194,14 +195,13 @@ class Consumer {
   Consumer(Ring ring, ring_layout::ConsumerSlot* slot) noexcept;
   bool overwritten(std::uint64_t position) const noexcept;
   PollStatus read_frame(RingBatch& out) noexcept;
+  PollStatus mark_lapped() noexcept;
   PollStatus park(RingBatch& out, std::int64_t deadline_ns) noexcept;
-  void publish_position() noexcept;
+  void publish_position(std::uint64_t in_use_from) noexcept;
   Ring ring_;
   ring_layout::ConsumerSlot* slot_;
   std::uint64_t position_ = 0;
   Offset next_offset_;
-  std::uint64_t last_position_ = ring_layout::kNoClaim;  // previous view, checked at next poll
-  Offset last_offset_;
   Offset lapped_offset_;
   Offset skip_below_{-1};  // seek() into the middle of a batch still delivers it whole
   std::uint64_t aborted_skipped_ = 0;
@@ -225,6 +225,11 @@ class RingOwner {
   // Lets producers overwrite data behind `mark`, which must be a frame boundary at or behind the
   // frontier (as a consumer's position is). Monotonic.
   void advance_reuse_limit(Ring::Mark mark) noexcept;
+  // As advance_reuse_limit, to the frame boundary at `position` (found by walking from the
+  // current limit); returns the mark reached, which stops short at the frontier.
+  Ring::Mark release_to(Position position) noexcept;
+  // The lowest position any live attached consumer has published (the tail when there is none).
+  Position slowest_consumer() const noexcept;
   // Seals claims whose producer died between claim and commit, so readers move past them.
   std::vector<SealedRange> seal_dead_claims();
   // Frees slots of producers and consumers that died, once their claims are sealed.

@@ -103,8 +103,11 @@ struct alignas(kNoShare) ProducerSlot {
   std::atomic<std::uint32_t> pending_frame_bytes;
   std::atomic<std::uint32_t> pending_records;
   std::atomic<std::uint64_t> back_pressure_events;
-  std::atomic<std::uint64_t> exclusive;  // 1 when this producer holds the ring exclusively
+  // The share of the mode word this producer holds (kHeld*), set once its increment succeeded,
+  // so the owner undoes exactly what a dead producer did.
+  std::atomic<std::uint64_t> held_mode;
 };
+inline constexpr std::uint64_t kHeldNone = 0, kHeldShared = 1, kHeldExclusive = 2;
 
 // One per attached consumer, written by that consumer only.
 struct alignas(kNoShare) ConsumerSlot {
@@ -126,7 +129,7 @@ static_assert(sizeof(RingControl) == 640);
 static_assert(offsetof(ClaimLine, tail_offset) == 8);
 static_assert(sizeof(ProducerSlot) == kNoShare && sizeof(ConsumerSlot) == kNoShare);
 static_assert(offsetof(ProducerSlot, pending_position) == 16 && offsetof(ProducerSlot, pending_records) == 28);
-static_assert(offsetof(ProducerSlot, exclusive) == 40);
+static_assert(offsetof(ProducerSlot, held_mode) == 40);
 static_assert(offsetof(ConsumerSlot, next_offset) == 24);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);

@@ -1,0 +1,252 @@
+// Producers and consumers in separate processes (fork) on one ring in shared memory, and
+// producers SIGKILLed between claim and commit. Every child is stopped and reaped by its PID;
+// every loop is bounded in count and time.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "ring_fixture.h"
+
+namespace weft {
+namespace {
+
+using test::RingFixture;
+using test::Stamp;
+
+using Clock = std::chrono::steady_clock;
+
+// Exit codes children report with.
+enum ChildExit : int { kChildOk = 0, kChildAttachFailed = 10, kChildOrder = 11, kChildTimeout = 12, kChildLapped = 13 };
+
+// Runs `body` in a child process; returns its PID. The child never returns into gtest.
+template <class Body>
+pid_t spawn(Body body) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int code = kChildAttachFailed;
+    code = body();
+    _exit(code);
+  }
+  return pid;
+}
+
+// Waits for `pid` up to `timeout`; SIGKILLs it past that. Returns the exit code, or -signal.
+int reap(pid_t pid, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  int status = 0;
+  for (;;) {
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (Clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1000;  // timed out
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+int produce_in_child(Ring ring, std::uint32_t id, std::uint64_t count) {
+  Result<Producer> producer = Producer::attach(ring);
+  if (!producer.ok()) return kChildAttachFailed;
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  for (std::uint64_t seq = 0; seq < count;) {
+    if (test::produce(*producer, {id, seq}) == ClaimStatus::kOk)
+      ++seq;
+    else if (Clock::now() > deadline)
+      return kChildTimeout;
+    else
+      sched_yield();
+  }
+  return kChildOk;
+}
+
+TEST(RingMultiProcess, ProducerAndConsumerProcessesAgreeOnEveryRecord) {
+  RingConfig config;
+  config.capacity_bytes = 256 << 10;
+  RingFixture f = RingFixture::make(config);
+  constexpr std::uint32_t kProducers = 3;
+  constexpr std::uint32_t kConsumers = 2;
+  constexpr std::uint64_t kPerProducer = 100'000;
+  int consumer_ready[2];
+  ASSERT_EQ(pipe(consumer_ready), 0);
+
+  std::vector<pid_t> consumers;
+  for (std::uint32_t c = 0; c < kConsumers; ++c) {
+    consumers.push_back(spawn([&] {
+      Result<Consumer> consumer = Consumer::attach(f.ring);
+      if (!consumer.ok()) return int{kChildAttachFailed};
+      const char ready = 'r';
+      if (write(consumer_ready[1], &ready, 1) != 1) return int{kChildAttachFailed};
+      std::vector<std::uint64_t> next(kProducers, 0);
+      std::uint64_t seen = 0;
+      const auto deadline = Clock::now() + std::chrono::seconds(60);
+      RingBatch batch;
+      while (seen < kProducers * kPerProducer) {
+        if (Clock::now() > deadline) return int{kChildTimeout};
+        const PollStatus status = consumer->wait(batch, WaitKind::kYield, 1'000'000);
+        if (status == PollStatus::kEmpty) continue;
+        if (status != PollStatus::kOk) return int{kChildLapped};
+        for (const Stamp s : test::stamps_of(batch)) {
+          if (s.producer >= kProducers || s.sequence != next[s.producer]) return int{kChildOrder};
+          next[s.producer] = s.sequence + 1;
+          ++seen;
+        }
+      }
+      return int{kChildOk};
+    }));
+  }
+  for (std::uint32_t c = 0; c < kConsumers; ++c) {
+    char ready = 0;
+    ASSERT_EQ(read(consumer_ready[0], &ready, 1), 1);
+  }
+  std::vector<pid_t> producers;
+  for (std::uint32_t p = 0; p < kProducers; ++p)
+    producers.push_back(spawn([&, p] { return produce_in_child(f.ring, p, kPerProducer); }));
+
+  // This process owns the ring: it frees space behind the slowest consumer process.
+  RingOwner owner(f.ring);
+  const auto deadline = Clock::now() + std::chrono::seconds(70);
+  std::set<pid_t> running(consumers.begin(), consumers.end());
+  while (!running.empty() && Clock::now() < deadline) {
+    owner.release_to(owner.slowest_consumer());
+    for (auto it = running.begin(); it != running.end();) {
+      int status = 0;
+      if (waitpid(*it, &status, WNOHANG) == *it) {
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == kChildOk) << "consumer exit " << status;
+        it = running.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  for (pid_t pid : running) EXPECT_EQ(reap(pid, std::chrono::milliseconds(1)), kChildOk) << "consumer timed out";
+  for (pid_t pid : producers) EXPECT_EQ(reap(pid, std::chrono::seconds(5)), kChildOk);
+  close(consumer_ready[0]);
+  close(consumer_ready[1]);
+  EXPECT_EQ(f.ring.tail_position().value > 0, true);
+}
+
+TEST(RingMultiProcess, ProducerKilledBetweenClaimAndCommitDoesNotBlockThePartition) {
+  RingFixture f = RingFixture::make(RingConfig{});
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  int claimed[2];
+  ASSERT_EQ(pipe(claimed), 0);
+
+  // Given a producer that commits 10 records, then claims 3 offsets and hangs before commit.
+  const pid_t stuck = spawn([&] {
+    Result<Producer> producer = Producer::attach(f.ring);
+    if (!producer.ok()) return int{kChildAttachFailed};
+    for (std::uint64_t i = 0; i < 10; ++i)
+      if (test::produce(*producer, {0, i}) != ClaimStatus::kOk) return int{kChildOrder};
+    Claim claim;
+    if (producer->try_claim(300, 3, claim) != ClaimStatus::kOk) return int{kChildOrder};
+    std::memset(claim.batch.data(), 0x5A, 100);  // half-written
+    const char c = 'c';
+    if (write(claimed[1], &c, 1) != 1) return int{kChildOrder};
+    pause();  // until killed
+    return int{kChildOk};
+  });
+  char c = 0;
+  ASSERT_EQ(read(claimed[0], &c, 1), 1);
+  // And a live producer behind it.
+  const pid_t live = spawn([&] { return produce_in_child(f.ring, 1, 100); });
+  ASSERT_EQ(reap(live, std::chrono::seconds(30)), kChildOk);
+
+  // Expect: readers stop at the open claim until the owner seals it.
+  RingBatch batch;
+  std::uint64_t from_stuck = 0;
+  while (consumer.poll(batch) == PollStatus::kOk) from_stuck += test::stamps_of(batch).size();
+  EXPECT_EQ(from_stuck, 10u);
+  EXPECT_TRUE(owner.seal_dead_claims().empty()) << "a live producer's claim must not be sealed";
+
+  // When the producer is SIGKILLed mid-claim,
+  ASSERT_EQ(kill(stuck, SIGKILL), 0);
+  EXPECT_EQ(reap(stuck, std::chrono::seconds(5)), -SIGKILL);
+  const std::vector<SealedRange> sealed = owner.seal_dead_claims();
+  ASSERT_EQ(sealed.size(), 1u);
+  EXPECT_EQ(sealed[0].first, Offset{10});
+  EXPECT_EQ(sealed[0].records, 3u);
+  EXPECT_EQ(sealed[0].dead_pid, static_cast<std::uint64_t>(stuck));
+
+  // then every record of the live producer follows the 3-offset gap, in order.
+  std::uint64_t next = 0;
+  Offset expected{13};
+  while (consumer.poll(batch) == PollStatus::kOk) {
+    EXPECT_EQ(batch.base_offset, expected);
+    for (const Stamp s : test::stamps_of(batch)) EXPECT_EQ(s.sequence, next++);
+    expected += batch.records;
+  }
+  EXPECT_EQ(next, 100u);
+  EXPECT_EQ(consumer.aborted_records_skipped(), 3u);
+  EXPECT_EQ(owner.reclaim_dead_slots(), 1u);  // the dead producer's slot is free again
+  close(claimed[0]);
+  close(claimed[1]);
+}
+
+TEST(RingMultiProcess, RepeatedKillsAtRandomPointsNeverLoseOrBlockOffsets) {
+  RingConfig config;
+  config.capacity_bytes = 64 << 10;
+  config.producer_slots = 2;  // dead producers' slots must be reclaimed to go on
+  RingFixture f = RingFixture::make(config);
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  std::mt19937 random(12345);
+  std::vector<std::uint64_t> next_sequence(21, 0);
+  std::uint64_t delivered = 0;
+  std::uint64_t sealed_records = 0;
+  RingBatch batch;
+  auto drain = [&] {
+    for (int i = 0; i < 1'000'000; ++i) {
+      const PollStatus status = consumer.poll(batch);
+      if (status != PollStatus::kOk) {
+        ASSERT_EQ(status, PollStatus::kEmpty);
+        break;
+      }
+      for (const Stamp s : test::stamps_of(batch)) {
+        ASSERT_LT(s.producer, next_sequence.size());
+        EXPECT_EQ(s.sequence, next_sequence[s.producer]) << "producer " << s.producer;
+        next_sequence[s.producer] = s.sequence + 1;
+        ++delivered;
+      }
+    }
+    owner.release_to(consumer.position());
+  };
+
+  for (std::uint32_t round = 0; round < 20; ++round) {
+    // A child produces without end; it is SIGKILLed wherever it happens to be.
+    const pid_t child = spawn([&, round] { return produce_in_child(f.ring, round, UINT64_MAX); });
+    const auto run_until = Clock::now() + std::chrono::microseconds(200 + random() % 3000);
+    while (Clock::now() < run_until) drain();
+    ASSERT_EQ(kill(child, SIGKILL), 0);
+    ASSERT_EQ(reap(child, std::chrono::seconds(5)), -SIGKILL);
+    for (const SealedRange& r : owner.seal_dead_claims()) sealed_records += r.records;
+    drain();
+    owner.reclaim_dead_slots();
+  }
+  // A last producer exits cleanly; everything it wrote is read after all the kills.
+  const pid_t last = spawn([&] { return produce_in_child(f.ring, 20, 1000); });
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (next_sequence[20] < 1000 && Clock::now() < deadline) drain();
+  EXPECT_EQ(reap(last, std::chrono::seconds(5)), kChildOk);
+  EXPECT_EQ(next_sequence[20], 1000u);
+  // Every offset taken was either delivered or sealed: nothing is lost or blocked.
+  EXPECT_EQ(static_cast<std::uint64_t>(consumer.next_offset().value), delivered + sealed_records);
+  EXPECT_EQ(consumer.aborted_records_skipped(), sealed_records);
+  RecordProperty("delivered", static_cast<int>(delivered));
+  RecordProperty("sealed", static_cast<int>(sealed_records));
+}
+
+}  // namespace
+}  // namespace weft

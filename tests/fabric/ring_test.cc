@@ -1,0 +1,421 @@
+// Single-threaded behaviour of the partition ring: layout checks, claims, offsets, wrap-around,
+// back-pressure, aborts, lapping, seeks and producer modes.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "ring_fixture.h"
+
+namespace weft {
+namespace {
+
+using test::produce;
+using test::RingFixture;
+using test::Stamp;
+using test::stamps_of;
+
+RingConfig small_ring(std::size_t capacity = 4096) {
+  RingConfig config;
+  config.capacity_bytes = capacity;
+  config.producer_slots = 4;
+  config.consumer_slots = 4;
+  return config;
+}
+
+// Reads every available batch; returns the stamps in order.
+std::vector<Stamp> drain(Consumer& consumer) {
+  std::vector<Stamp> out;
+  RingBatch batch;
+  for (int i = 0; i < 100000 && consumer.poll(batch) == PollStatus::kOk; ++i)
+    for (Stamp s : stamps_of(batch)) out.push_back(s);
+  return out;
+}
+
+TEST(RingLayout, FormatRejectsBadConfigs) {
+  std::vector<std::byte> memory(1 << 20);
+  auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(memory.data()) + 4095) & ~4095ull);
+  std::span<std::byte> span(aligned, (1 << 19));
+  RingConfig config = small_ring();
+  config.capacity_bytes = 5000;
+  EXPECT_EQ(Ring::format(span, config).error().code, Errc::kInvalidArgument);
+  config.capacity_bytes = 2048;
+  EXPECT_EQ(Ring::format(span, config).error().code, Errc::kInvalidArgument);
+  config = small_ring();
+  config.max_frame_bytes = 4096;  // more than capacity / 2
+  EXPECT_EQ(Ring::format(span, config).error().code, Errc::kInvalidArgument);
+  config = small_ring(1 << 20);  // larger than the memory given
+  EXPECT_EQ(Ring::format(span, config).error().code, Errc::kInvalidArgument);
+  config = small_ring();
+  config.producer_slots = 0;
+  EXPECT_EQ(Ring::format(span, config).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(Ring::format(span.subspan(8), small_ring()).error().code, Errc::kInvalidArgument);  // misaligned
+}
+
+TEST(RingLayout, AttachRejectsMemoryThatHoldsNoRing) {
+  RingFixture f = RingFixture::make(small_ring());
+  std::span<std::byte> bytes = f.memory.bytes();
+  EXPECT_TRUE(Ring::attach(bytes).ok());
+  EXPECT_EQ(Ring::attach(bytes.first(64)).error().code, Errc::kInvalidArgument);
+
+  auto& descriptor = f.ring.control().descriptor;
+  descriptor.capacity_bytes = 12345;  // not a power of two
+  EXPECT_EQ(Ring::attach(bytes).error().code, Errc::kCorrupt);
+  descriptor.capacity_bytes = 4096;
+  descriptor.version = 99;
+  EXPECT_EQ(Ring::attach(bytes).error().code, Errc::kFailedPrecondition);
+  descriptor.version = ring_layout::kRingVersion;
+  descriptor.data_offset = 64;
+  EXPECT_EQ(Ring::attach(bytes).error().code, Errc::kCorrupt);
+  std::memset(bytes.data(), 0, 4096);
+  Result<Ring> zeroed = Ring::attach(bytes);
+  ASSERT_FALSE(zeroed.ok());
+  EXPECT_EQ(zeroed.error().code, Errc::kCorrupt);
+  EXPECT_NE(zeroed.error().message.find("magic"), std::string::npos);
+}
+
+TEST(Ring, CommittedBatchIsReadInPlaceWithItsOffsetStamped) {
+  RingConfig config = small_ring();
+  config.initial_offset = Offset{1000};
+  RingFixture f = RingFixture::make(config);
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingBatch batch;
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kEmpty);
+
+  Offset base;
+  ASSERT_EQ(produce(producer, {7, 1}, &base), ClaimStatus::kOk);
+  EXPECT_EQ(base, Offset{1000});
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{1000});
+  EXPECT_EQ(batch.records, 1u);
+  EXPECT_GE(reinterpret_cast<std::uintptr_t>(batch.bytes.data()), reinterpret_cast<std::uintptr_t>(f.ring.data()));
+  const std::vector<Stamp> stamps = stamps_of(batch);  // the CRC holds after stamping the offset
+  ASSERT_EQ(stamps.size(), 1u);
+  EXPECT_EQ(stamps[0].producer, 7u);
+  EXPECT_EQ(consumer.next_offset(), Offset{1001});
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kEmpty);
+}
+
+TEST(Ring, OffsetsCountRecordsAcrossMultiRecordBatches) {
+  RingFixture f = RingFixture::make(small_ring(1 << 16));
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  std::int64_t expected = 0;
+  for (std::uint32_t records = 1; records <= 5; ++records) {
+    std::vector<std::byte> buffer(1024);
+    BatchBuilder builder(buffer);
+    std::vector<std::vector<std::byte>> values;
+    for (std::uint32_t i = 0; i < records; ++i) values.push_back(test::stamp_bytes({records, i}));
+    for (auto& v : values) ASSERT_TRUE(builder.append(RecordInput{std::nullopt, std::span<const std::byte>(v), 5, {}}));
+    Offset base;
+    ASSERT_EQ(producer.offer(builder.finish(), &base), ClaimStatus::kOk);
+    EXPECT_EQ(base, Offset{expected});
+    RingBatch batch;
+    ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+    EXPECT_EQ(batch.base_offset, Offset{expected});
+    EXPECT_EQ(batch.records, records);
+    Result<BatchView> view = BatchView::parse(batch.bytes);
+    ASSERT_TRUE(view.ok());
+    std::int64_t next = expected;
+    for (const RecordView& r : *view) EXPECT_EQ(r.offset, Offset{next++});
+    expected += records;
+  }
+  EXPECT_EQ(consumer.next_offset(), Offset{expected});
+}
+
+TEST(Ring, WrapsAroundWithPaddingAndNeverReadsAStaleLap) {
+  RingFixture f = RingFixture::make(small_ring(4096));
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  std::uint64_t next_sequence = 0;
+  std::uint64_t produced = 0;
+  // Ten laps of a 4 KiB ring in odd-sized frames, so the wrap falls at different places.
+  for (int round = 0; round < 400; ++round) {
+    const std::size_t value_size = 12 + static_cast<std::size_t>(round % 37);
+    std::vector<std::byte> value = test::stamp_bytes({1, produced}, value_size);
+    RecordInput record;
+    record.value = std::span<const std::byte>(value);
+    ASSERT_EQ(producer.offer_record(record), ClaimStatus::kOk) << "round " << round;
+    ++produced;
+    RingBatch batch;
+    ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+    for (Stamp s : stamps_of(batch)) EXPECT_EQ(s.sequence, next_sequence++);
+    // Nothing else is there: the bytes ahead are an earlier lap's.
+    ASSERT_EQ(consumer.poll(batch), PollStatus::kEmpty);
+    owner.advance_reuse_limit({consumer.position(), consumer.next_offset()});
+  }
+  EXPECT_EQ(next_sequence, produced);
+  EXPECT_GT(f.ring.tail_position().value, 10u * 4096);
+}
+
+TEST(Ring, ProducersAreBackPressuredByTheReuseLimit) {
+  RingFixture f = RingFixture::make(small_ring(4096));
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  int accepted = 0;
+  ClaimStatus status = ClaimStatus::kOk;
+  for (int i = 0; i < 1000 && status == ClaimStatus::kOk; ++i) {
+    status = produce(producer, {1, static_cast<std::uint64_t>(i)});
+    if (status == ClaimStatus::kOk) ++accepted;
+  }
+  EXPECT_EQ(status, ClaimStatus::kBackPressured);
+  EXPECT_GT(accepted, 10);
+  EXPECT_EQ(producer.back_pressure_events(), 1u);
+  EXPECT_EQ(produce(producer, {1, 9999}), ClaimStatus::kBackPressured);
+  // Every accepted record is intact: nothing was overwritten.
+  EXPECT_EQ(static_cast<int>(drain(consumer).size()), accepted);
+  owner.advance_reuse_limit({consumer.position(), consumer.next_offset()});
+  EXPECT_EQ(produce(producer, {1, 10000}), ClaimStatus::kOk);
+}
+
+TEST(Ring, RejectsClaimsThatCanNeverFit) {
+  RingFixture f = RingFixture::make(small_ring(4096));
+  Producer producer = Producer::attach(f.ring).value();
+  Claim claim;
+  EXPECT_EQ(producer.try_claim(f.ring.max_batch_bytes() + 1, 1, claim), ClaimStatus::kTooLarge);
+  EXPECT_EQ(producer.try_claim(100, 0, claim), ClaimStatus::kInvalid);
+  EXPECT_EQ(producer.try_claim(10, 1, claim), ClaimStatus::kInvalid);
+  ASSERT_EQ(producer.try_claim(f.ring.max_batch_bytes(), 1, claim), ClaimStatus::kOk);
+  Claim second;
+  EXPECT_EQ(producer.try_claim(100, 1, second), ClaimStatus::kInvalid);  // one open claim at a time
+  producer.abort(claim);
+  EXPECT_EQ(producer.try_claim(100, 1, second), ClaimStatus::kOk);
+  producer.abort(second);
+}
+
+TEST(Ring, AbortedClaimsAreSkippedAndTheirOffsetsLeftAsAGap) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
+  Claim claim;
+  ASSERT_EQ(producer.try_claim(200, 3, claim), ClaimStatus::kOk);
+  EXPECT_EQ(claim.base_offset, Offset{1});
+  producer.abort(claim);
+  Offset base;
+  ASSERT_EQ(produce(producer, {1, 1}, &base), ClaimStatus::kOk);
+  EXPECT_EQ(base, Offset{4});
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{0});
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{4});
+  EXPECT_EQ(consumer.aborted_records_skipped(), 3u);
+}
+
+TEST(Ring, CommitOfAMalformedBatchAbortsIt) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  Claim claim;
+  ASSERT_EQ(producer.try_claim(100, 2, claim), ClaimStatus::kOk);
+  std::memset(claim.batch.data(), 0xAB, claim.batch.size());  // not a batch at all
+  EXPECT_EQ(producer.commit(claim), CommitStatus::kMalformed);
+  // A batch that says one record where two were claimed is refused too.
+  std::vector<std::byte> value = test::stamp_bytes({1, 1});
+  RecordInput record{std::nullopt, std::span<const std::byte>(value), 0, {}};
+  ASSERT_EQ(producer.try_claim(single_record_batch_bytes(record), 2, claim), ClaimStatus::kOk);
+  BatchBuilder builder(claim.batch);
+  ASSERT_TRUE(builder.append(record));
+  EXPECT_EQ(producer.commit(claim, builder.finish().size()), CommitStatus::kMalformed);
+  RingBatch batch;
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kEmpty);
+  EXPECT_EQ(consumer.next_offset(), Offset{4});
+  EXPECT_EQ(consumer.aborted_records_skipped(), 4u);
+}
+
+TEST(Ring, ClaimMayBeCommittedShorterThanTaken) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  Claim claim;
+  ASSERT_EQ(producer.try_claim(500, 1, claim), ClaimStatus::kOk);
+  std::vector<std::byte> value = test::stamp_bytes({3, 3});
+  BatchBuilder builder(claim.batch);
+  ASSERT_TRUE(builder.append(RecordInput{std::nullopt, std::span<const std::byte>(value), 0, {}}));
+  const std::size_t used = builder.finish().size();
+  ASSERT_EQ(producer.commit(claim, used), CommitStatus::kOk);
+  ASSERT_EQ(produce(producer, {3, 4}), ClaimStatus::kOk);
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.bytes.size(), used);
+  EXPECT_EQ(stamps_of(batch)[0].sequence, 3u);
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(stamps_of(batch)[0].sequence, 4u);
+}
+
+TEST(Ring, LappedConsumerIsToldTheFirstOffsetItMissed) {
+  RingFixture f = RingFixture::make(small_ring(4096));
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer slow = Consumer::attach(f.ring).value();
+  Consumer fast = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  for (std::uint64_t i = 0; i < 3; ++i) ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  RingBatch batch;
+  ASSERT_EQ(slow.poll(batch), PollStatus::kOk);  // slow reads offset 0 only
+  // The log writer (here: `fast`) persists everything, so space is freed past `slow`.
+  for (std::uint64_t i = 3; i < 200; ++i) {
+    drain(fast);
+    owner.advance_reuse_limit({fast.position(), fast.next_offset()});
+    ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  }
+  EXPECT_EQ(slow.poll(batch), PollStatus::kLapped);
+  EXPECT_EQ(slow.lapped_offset(), Offset{1});
+  EXPECT_EQ(slow.poll(batch), PollStatus::kLapped);  // stays lapped until it rejoins
+  const Offset rejoined = slow.rejoin();
+  EXPECT_GT(rejoined, Offset{1});
+  // From the rejoin point on, every batch is intact and contiguous.
+  Offset expected = rejoined;
+  while (slow.poll(batch) == PollStatus::kOk) {
+    EXPECT_EQ(batch.base_offset, expected);
+    EXPECT_EQ(stamps_of(batch)[0].sequence, static_cast<std::uint64_t>(expected.value));
+    expected += 1;
+  }
+  EXPECT_EQ(expected, Offset{200});
+}
+
+TEST(Ring, ViewOverwrittenWhileHeldFailsValidation) {
+  RingFixture f = RingFixture::make(small_ring(4096));
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  Consumer writer = Consumer::attach(f.ring).value();  // stands in for the log writer
+  RingOwner owner(f.ring);
+  ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
+  RingBatch held;
+  ASSERT_EQ(consumer.poll(held), PollStatus::kOk);
+  EXPECT_TRUE(consumer.validate(held));
+  for (std::uint64_t i = 1; i < 100; ++i) {
+    drain(writer);
+    owner.advance_reuse_limit({writer.position(), writer.next_offset()});
+    ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  }
+  EXPECT_FALSE(consumer.validate(held));  // the reader must read offset 0 again from the log
+  RingBatch next;
+  EXPECT_EQ(consumer.poll(next), PollStatus::kLapped);
+  EXPECT_EQ(consumer.lapped_offset(), held.base_offset + 1);
+}
+
+TEST(Ring, SeekFindsTheBatchHoldingAnOffset) {
+  RingFixture f = RingFixture::make(small_ring(1 << 16));
+  Producer producer = Producer::attach(f.ring).value();
+  for (std::uint64_t i = 0; i < 10; ++i) {
+    std::vector<std::byte> buffer(512);
+    BatchBuilder builder(buffer);
+    std::vector<std::byte> a = test::stamp_bytes({1, 2 * i}), b = test::stamp_bytes({1, 2 * i + 1});
+    ASSERT_TRUE(builder.append(RecordInput{std::nullopt, std::span<const std::byte>(a), 0, {}}));
+    ASSERT_TRUE(builder.append(RecordInput{std::nullopt, std::span<const std::byte>(b), 0, {}}));
+    ASSERT_EQ(producer.offer(builder.finish()), ClaimStatus::kOk);
+  }
+  Consumer consumer = Consumer::attach(f.ring).value();
+  ASSERT_TRUE(consumer.seek(Offset{7}).ok());  // the batch [6, 7]
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{6});
+  ASSERT_TRUE(consumer.seek(Offset{18}).ok());
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{18});
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kEmpty);
+  // Past the end: waits there, and skips nothing that comes.
+  ASSERT_TRUE(consumer.seek(Offset{20}).ok());
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kEmpty);
+  ASSERT_EQ(produce(producer, {1, 20}), ClaimStatus::kOk);
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{20});
+
+  RingOwner owner(f.ring);
+  owner.advance_reuse_limit(owner.scan());
+  Result<void> gone = consumer.seek(Offset{3});
+  ASSERT_FALSE(gone.ok());
+  EXPECT_EQ(gone.error().code, Errc::kOutOfRange);
+  EXPECT_NE(gone.error().message.find("earliest is 21"), std::string::npos) << gone.error().message;
+}
+
+TEST(Ring, LatestConsumerStartsAfterWhatIsCommitted) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  for (std::uint64_t i = 0; i < 5; ++i) ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  Consumer latest = Consumer::attach(f.ring, StartAt::kLatest).value();
+  Consumer earliest = Consumer::attach(f.ring, StartAt::kEarliest).value();
+  EXPECT_EQ(latest.next_offset(), Offset{5});
+  EXPECT_EQ(earliest.next_offset(), Offset{0});
+  ASSERT_EQ(produce(producer, {1, 5}), ClaimStatus::kOk);
+  RingBatch batch;
+  ASSERT_EQ(latest.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{5});
+}
+
+TEST(Ring, ExclusiveAndSharedProducersExcludeEachOther) {
+  RingFixture f = RingFixture::make(small_ring());
+  {
+    Producer shared = Producer::attach(f.ring).value();
+    Result<Producer> exclusive = Producer::attach(f.ring, ProducerMode::kExclusive);
+    ASSERT_FALSE(exclusive.ok());
+    EXPECT_EQ(exclusive.error().code, Errc::kFailedPrecondition);
+  }
+  Producer exclusive = Producer::attach(f.ring, ProducerMode::kExclusive).value();
+  EXPECT_EQ(Producer::attach(f.ring).error().code, Errc::kFailedPrecondition);
+  EXPECT_EQ(Producer::attach(f.ring, ProducerMode::kExclusive).error().code, Errc::kFailedPrecondition);
+  Consumer consumer = Consumer::attach(f.ring).value();
+  for (std::uint64_t i = 0; i < 3; ++i) ASSERT_EQ(produce(exclusive, {2, i}), ClaimStatus::kOk);
+  EXPECT_EQ(drain(consumer).size(), 3u);
+  EXPECT_EQ(consumer.next_offset(), Offset{3});
+}
+
+TEST(Ring, SlotsAreLimitedAndFreedOnDetach) {
+  RingFixture f = RingFixture::make(small_ring());
+  std::vector<Producer> producers;
+  for (int i = 0; i < 4; ++i) producers.push_back(Producer::attach(f.ring).value());
+  Result<Producer> fifth = Producer::attach(f.ring);
+  ASSERT_FALSE(fifth.ok());
+  EXPECT_EQ(fifth.error().code, Errc::kResourceExhausted);
+  producers.pop_back();
+  EXPECT_TRUE(Producer::attach(f.ring).ok());
+}
+
+TEST(Ring, ParkedConsumerIsWokenByACommit) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  std::atomic<bool> ready{false};
+  PollStatus status = PollStatus::kEmpty;
+  std::thread reader([&] {
+    RingBatch batch;
+    ready.store(true);
+    status = consumer.wait(batch, WaitKind::kPark, 10'000'000'000);  // bounded: 10 s
+  });
+  while (!ready.load()) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
+  reader.join();
+  EXPECT_EQ(status, PollStatus::kOk);
+}
+
+TEST(Ring, WaitTimesOutWhenNothingComes) {
+  RingFixture f = RingFixture::make(small_ring());
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingBatch batch;
+  for (WaitKind kind : {WaitKind::kSpin, WaitKind::kYield, WaitKind::kPark})
+    EXPECT_EQ(consumer.wait(batch, kind, 2'000'000), PollStatus::kEmpty);
+}
+
+TEST(Ring, CorruptFrameHeaderIsReportedNotFollowed) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
+  // A hostile process rewrites the frame length to run past the ring.
+  auto* header = reinterpret_cast<ring_layout::FrameHeader*>(f.ring.data());
+  header->frame_bytes = 1u << 30;
+  RingBatch batch;
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kCorrupt);
+  header->frame_bytes = 4;
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kCorrupt);
+}
+
+}  // namespace
+}  // namespace weft
