@@ -42,10 +42,67 @@ std::uint32_t portable(std::uint32_t crc, const std::uint8_t* p, std::size_t n) 
   return ~crc;
 }
 
+// Multiplies two polynomials modulo the CRC polynomial (reflected bit order).
+constexpr std::uint32_t multiply_mod_p(std::uint32_t a, std::uint32_t b) {
+  std::uint32_t product = 0;
+  for (std::uint32_t bit = 1u << 31; bit != 0; bit >>= 1) {
+    if (a & bit) product ^= b;
+    b = (b & 1u) ? (b >> 1) ^ kPolynomial : b >> 1;
+  }
+  return product;
+}
+
+// x^(8 * bytes) mod P: the operator that appends `bytes` zero bytes to a CRC register.
+constexpr std::uint32_t zeros_operator(std::size_t bytes) {
+  std::uint32_t result = 1u << 31;  // x^0
+  std::uint32_t power = 1u << 30;   // x^1
+  for (std::size_t bits = bytes * 8; bits != 0; bits >>= 1) {
+    if (bits & 1) result = multiply_mod_p(power, result);
+    power = multiply_mod_p(power, power);
+  }
+  return result;
+}
+
+// Byte tables applying a zeros operator to a register in four lookups.
+using ShiftTable = std::array<std::array<std::uint32_t, 256>, 4>;
+constexpr ShiftTable make_shift_table(std::size_t bytes) {
+  const std::uint32_t op = zeros_operator(bytes);
+  ShiftTable t{};
+  for (std::uint32_t k = 0; k < 4; ++k)
+    for (std::uint32_t b = 0; b < 256; ++b) t[k][b] = multiply_mod_p(op, b << (8 * k));
+  return t;
+}
+
+inline std::uint32_t shift(const ShiftTable& t, std::uint32_t crc) noexcept {
+  return t[0][crc & 0xFF] ^ t[1][(crc >> 8) & 0xFF] ^ t[2][(crc >> 16) & 0xFF] ^ t[3][crc >> 24];
+}
+
+// Three independent lanes hide the crc32 instruction's 3-cycle latency; lanes are joined by
+// shifting the earlier ones past the later ones (CRC is linear).
+constexpr std::size_t kLane = 256;
+const ShiftTable kShiftLane = make_shift_table(kLane);
+const ShiftTable kShiftTwoLanes = make_shift_table(2 * kLane);
+
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) std::uint32_t hardware(std::uint32_t crc, const std::uint8_t* p,
                                                          std::size_t n) noexcept {
   std::uint64_t c = ~crc;
+  while (n >= 3 * kLane) {
+    std::uint64_t b = 0;
+    std::uint64_t d = 0;
+    for (std::size_t i = 0; i < kLane; i += 8) {
+      std::uint64_t w0, w1, w2;
+      std::memcpy(&w0, p + i, 8);
+      std::memcpy(&w1, p + kLane + i, 8);
+      std::memcpy(&w2, p + 2 * kLane + i, 8);
+      c = _mm_crc32_u64(c, w0);
+      b = _mm_crc32_u64(b, w1);
+      d = _mm_crc32_u64(d, w2);
+    }
+    c = shift(kShiftTwoLanes, static_cast<std::uint32_t>(c)) ^ shift(kShiftLane, static_cast<std::uint32_t>(b)) ^ d;
+    p += 3 * kLane;
+    n -= 3 * kLane;
+  }
   while (n >= 8) {
     std::uint64_t word;
     std::memcpy(&word, p, 8);

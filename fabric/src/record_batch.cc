@@ -155,14 +155,16 @@ BatchBuilder::BatchBuilder(std::span<std::byte> out, const BatchOptions& options
 }
 
 bool BatchBuilder::append(const RecordInput& r) noexcept {
+  // The first record sets the base timestamp, but only once it is known to fit.
+  const std::int64_t base_timestamp = record_count_ == 0 ? r.timestamp_ms : base_timestamp_;
+  const std::int64_t ts_delta = r.timestamp_ms - base_timestamp;
+  const std::size_t body = record_body_bytes(r, record_count_, ts_delta);
+  const std::size_t total = wire::varint_bytes(static_cast<std::int32_t>(body)) + body;
+  if (total > out_.size() - used_) return false;
   if (record_count_ == 0) {
     base_timestamp_ = r.timestamp_ms;
     max_timestamp_ = r.timestamp_ms;
   }
-  const std::int64_t ts_delta = r.timestamp_ms - base_timestamp_;
-  const std::size_t body = record_body_bytes(r, record_count_, ts_delta);
-  const std::size_t total = wire::varint_bytes(static_cast<std::int32_t>(body)) + body;
-  if (total > out_.size() - used_) return false;
 
   std::byte* p = out_.data() + used_;
   p += wire::encode_varint(static_cast<std::int32_t>(body), p);
@@ -357,8 +359,11 @@ void BatchView::Iterator::decode() noexcept {
   p += wire::decode_varlong(p, record_end, ts_delta);
   std::int32_t offset_delta = 0;
   p += wire::decode_varint(p, record_end, offset_delta);
-  current_.timestamp_ms = batch_->base_timestamp() + ts_delta;
-  current_.offset = batch_->base_offset() + offset_delta;
+  // Both sums come from the wire and may overflow: wrap as Kafka's Java does, never signed overflow.
+  current_.timestamp_ms = static_cast<std::int64_t>(static_cast<std::uint64_t>(batch_->base_timestamp()) +
+                                                    static_cast<std::uint64_t>(ts_delta));
+  current_.offset = Offset{static_cast<std::int64_t>(static_cast<std::uint64_t>(batch_->base_offset().value) +
+                                                     static_cast<std::uint64_t>(offset_delta))};
   for (OptionalBytes* field : {&current_.key, &current_.value}) {
     std::int32_t len = 0;
     p += wire::decode_varint(p, record_end, len);

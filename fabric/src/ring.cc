@@ -7,7 +7,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -26,10 +28,14 @@ namespace {
 
 constexpr std::size_t kMinCapacity = 4096;
 constexpr std::size_t kMinFrame = kFrameHeaderBytes + kBatchHeaderBytes + 8;
+constexpr std::size_t kDefaultMaxFrameCeiling = std::size_t{1} << 30;
 // While batches keep coming, a reader that finds nothing waits this many pauses before it looks
 // again, so the producer writes whole lines in a stream instead of handing each line over.
 // The wait halves on every empty look, so an idle stream is watched tightly (see bench/ring).
 constexpr std::uint32_t kStreamingBackoffPauses = 32;
+// A poll gives up (kEmpty) after skipping this many padding or aborted frames in a row, so a
+// process rewriting frames ahead of a reader cannot keep it inside one call.
+constexpr int kMaxSkipsPerPoll = 4096;
 // Parked readers wake at least this often even if no producer wakes them.
 constexpr std::int64_t kParkSliceNs = 100'000'000;
 constexpr std::int64_t kUnsafeParkSliceNs = 1'000'000;
@@ -43,12 +49,10 @@ inline void cpu_relax() noexcept {
 }
 
 constexpr std::uint64_t align_frame(std::uint64_t n) { return (n + kFrameAlign - 1) & ~(kFrameAlign - 1); }
-
 constexpr bool is_power_of_two(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
 
 std::size_t data_offset_for(std::uint32_t producer_slots, std::uint32_t consumer_slots) {
-  const std::size_t control =
-      sizeof(RingControl) + (std::size_t{producer_slots} + consumer_slots) * kNoShare;
+  const std::size_t control = sizeof(RingControl) + (std::size_t{producer_slots} + consumer_slots) * kNoShare;
   return (control + kDataAlign - 1) / kDataAlign * kDataAlign;
 }
 
@@ -63,34 +67,54 @@ inline std::uint64_t padding_for(std::uint64_t position, std::uint64_t frame, st
   return index + frame > capacity ? capacity - index : 0;
 }
 
-// Compare-and-swap of the 16-byte claim word. __sync builtins inline `lock cmpxchg16b` (the
-// __atomic ones call libatomic, whose lock fallback would not work across processes), and act
-// as a full barrier: the slot's pending claim is visible before, the frame writes after.
-inline bool claim_cas(ClaimLine& line, std::uint64_t& position, std::int64_t& offset, std::uint64_t new_position,
-                      std::int64_t new_offset) noexcept {
-  __extension__ typedef unsigned __int128 U128;
-  auto* word = reinterpret_cast<U128*>(&line.tail_position);
-  const U128 expected = (U128{static_cast<std::uint64_t>(offset)} << 64) | position;
-  const U128 desired = (U128{static_cast<std::uint64_t>(new_offset)} << 64) | new_position;
-  const U128 previous = __sync_val_compare_and_swap(word, expected, desired);
+// ---- 16-byte words --------------------------------------------------------------------------
+
+__extension__ typedef unsigned __int128 U128;
+
+inline U128 pack(std::uint64_t position, std::int64_t offset) noexcept {
+  return (U128{static_cast<std::uint64_t>(offset)} << 64) | position;
+}
+
+// Compare-and-swap of a PositionPair. __sync builtins inline `lock cmpxchg16b` (the __atomic
+// ones call libatomic, whose lock fallback would not work across processes) and are a full
+// barrier: what the caller wrote before is visible before the swap, what it writes after is
+// not visible before it. On failure `position` and `offset` receive the current value.
+inline bool pair_cas(PositionPair& pair, std::uint64_t& position, std::int64_t& offset, std::uint64_t new_position,
+                     std::int64_t new_offset) noexcept {
+  auto* word = reinterpret_cast<U128*>(&pair);
+  const U128 expected = pack(position, offset);
+  const U128 previous = __sync_val_compare_and_swap(word, expected, pack(new_position, new_offset));
   if (previous == expected) return true;
   position = static_cast<std::uint64_t>(previous);
   offset = static_cast<std::int64_t>(static_cast<std::uint64_t>(previous >> 64));
   return false;
 }
 
-inline std::uint64_t load_tail_position(ClaimLine& line) noexcept {
-  // Relaxed: a snapshot; callers that need ordering fence before reading it.
-  return std::atomic_ref<std::uint64_t>(line.tail_position).load(std::memory_order_relaxed);
+// An atomic 16-byte read: a compare-and-swap that (almost always) fails returns the value; in
+// the rare case it matches, it writes the same value back. For rarely taken paths only.
+inline Ring::Mark pair_load(PositionPair& pair) noexcept {
+  std::uint64_t position = 0;
+  std::int64_t offset = 0;
+  pair_cas(pair, position, offset, 0, 0);
+  return Ring::Mark{Position{position}, Offset{offset}};
 }
-inline std::int64_t load_tail_offset(ClaimLine& line) noexcept {
-  return static_cast<std::int64_t>(
-      std::atomic_ref<std::uint64_t>(line.tail_offset).load(std::memory_order_relaxed));
+
+// The position half alone, for the hot paths. Acquire: pairs with the full barrier of the
+// compare-and-swap that stored it.
+inline std::uint64_t load_position(PositionPair& pair) noexcept {
+  return std::atomic_ref<std::uint64_t>(pair.position).load(std::memory_order_acquire);
 }
+
+// ---- futex and membarrier -------------------------------------------------------------------
 
 long futex(std::atomic<std::uint32_t>* word, int op, std::uint32_t value, const timespec* timeout) noexcept {
   // Shared (not FUTEX_PRIVATE): the word lives in memory mapped by several processes.
   return syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), op, value, timeout, nullptr, 0);
+}
+
+void wake_all(WakeLine& wake) noexcept {
+  wake.futex_sequence.fetch_add(1, std::memory_order_release);  // a waiter about to sleep sees it changed
+  futex(&wake.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
 }
 
 bool membarrier_global_supported() noexcept {
@@ -103,24 +127,147 @@ bool membarrier_global_supported() noexcept {
 }
 
 bool register_membarrier() noexcept {
-  static const bool registered =
-      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+  static const bool registered = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
   return registered;
 }
 
-// Claims slot memory for this process: returns the slot or nullptr when all are taken.
+// ---- process identity -----------------------------------------------------------------------
+
+enum class Liveness { kAlive, kDead, kUnknown };
+
+// Reads the state letter and starttime (field 22) of /proc/<pid>/stat.
+Liveness read_proc_stat(std::uint64_t pid, char& state, std::uint64_t& start_time) noexcept {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%llu/stat", static_cast<unsigned long long>(pid));
+  FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return errno == ENOENT || errno == ESRCH ? Liveness::kDead : Liveness::kUnknown;
+  char buf[1024];
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces and ')'
+  if (p == nullptr || p[1] == '\0') return Liveness::kUnknown;
+  p += 2;
+  state = *p;
+  // Fields after the name start at 3 (state); starttime is field 22.
+  for (int field = 3; field < 22; ++field) {
+    p = std::strchr(p, ' ');
+    if (p == nullptr) return Liveness::kUnknown;
+    ++p;
+  }
+  start_time = std::strtoull(p, nullptr, 10);
+  return Liveness::kAlive;
+}
+
+// Only a certain death counts: a producer whose liveness cannot be read is treated as alive,
+// since sealing a live producer's claim would lose a batch it was told was accepted.
+Liveness liveness(std::uint64_t owner) noexcept {
+  char state = 0;
+  std::uint64_t start = 0;
+  const Liveness read = read_proc_stat(owner_pid(owner), state, start);
+  if (read != Liveness::kAlive) return read;
+  if (state == 'Z' || state == 'X') return Liveness::kDead;  // killed, not yet reaped
+  return start == owner_start_time(owner) ? Liveness::kAlive : Liveness::kDead;  // else the pid was reused
+}
+
+std::uint64_t self_owner() noexcept {
+  const auto pid = static_cast<std::uint64_t>(getpid());
+  return slot_owner(pid, process_start_time(pid));
+}
+
+// Takes a free slot for this process in one step (owner and start time together).
 template <class Slot>
 Slot* take_slot(Slot* slots, std::uint32_t count) noexcept {
-  const auto pid = static_cast<std::uint64_t>(getpid());
+  const std::uint64_t me = self_owner();
   for (std::uint32_t i = 0; i < count; ++i) {
     std::uint64_t expected = 0;
-    // acq_rel: acquire the slot after its previous owner's release in the destructor.
-    if (slots[i].owner_pid.compare_exchange_strong(expected, pid, std::memory_order_acq_rel)) {
-      slots[i].owner_start_time.store(process_start_time(pid), std::memory_order_relaxed);
-      return &slots[i];
-    }
+    // acq_rel: acquire the slot after its previous owner's release when it let go.
+    if (slots[i].owner.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) return &slots[i];
   }
   return nullptr;
+}
+
+// ---- frames ---------------------------------------------------------------------------------
+
+enum class ReadKind { kNotReady, kCommitted, kAborted, kPadding, kCorrupt };
+
+struct FrameRead {
+  ReadKind kind = ReadKind::kNotReady;
+  std::uint32_t frame_bytes = 0;
+  std::uint32_t records = 0;
+  const std::byte* batch = nullptr;  // committed only
+  std::int32_t batch_length = 0;     // committed only
+  Offset base_offset;                // committed only: as stamped in the batch
+};
+
+// Reads the frame at `position` if its state is tagged with that position. Other processes
+// write these bytes, so every length is checked before it is used to address memory.
+FrameRead read_frame_at(std::byte* data, std::uint64_t capacity, std::uint64_t position) noexcept {
+  FrameRead r;
+  const std::uint64_t index = position & (capacity - 1);
+  FrameHeader* h = reinterpret_cast<FrameHeader*>(data + index);
+  // A1 acquire: pairs with R1 (commit/abort), R3 (padding) and R4 (seal).
+  const std::uint64_t state = h->state.load(std::memory_order_acquire);
+  if (state == frame_state(position, kFramePadding)) {
+    r.kind = ReadKind::kPadding;
+    r.frame_bytes = static_cast<std::uint32_t>(capacity - index);
+    return r;
+  }
+  const bool committed = state == frame_state(position, kFrameCommitted);
+  if (!committed && state != frame_state(position, kFrameAborted)) return r;
+  r.kind = ReadKind::kCorrupt;
+  if (index + (committed ? kMinFrame : kFrameHeaderBytes) > capacity) return r;
+  r.frame_bytes = h->frame_bytes;
+  r.records = h->record_count;
+  if (r.frame_bytes < kFrameHeaderBytes || r.frame_bytes % kFrameAlign != 0 || index + r.frame_bytes > capacity ||
+      r.records == 0)
+    return r;
+  if (committed) {
+    r.batch = reinterpret_cast<const std::byte*>(h + 1);
+    r.batch_length = wire::load_be32(r.batch + batch_field::kBatchLength);
+    r.base_offset = Offset{wire::load_be64(r.batch + batch_field::kBaseOffset)};
+    if (r.batch_length < static_cast<std::int32_t>(kBatchHeaderBytes - kBatchLogOverhead) ||
+        static_cast<std::uint64_t>(r.batch_length) + kBatchLogOverhead > r.frame_bytes - kFrameHeaderBytes)
+      return r;
+  }
+  r.kind = committed ? ReadKind::kCommitted : ReadKind::kAborted;
+  return r;
+}
+
+// True when producers may have overwritten the frame at `position` (the ring lapped it).
+bool lapped_past(Ring ring, std::uint64_t position) noexcept {
+  // Seqlock-style reader: the frame reads before this fence cannot drift past the checks after
+  // it. Pairs with the full barrier of the claim (cmpxchg16b, or the release fence of an
+  // exclusive claim): a reader that saw a byte of a newer lap sees the claim that wrote it.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  RingControl& c = ring.control();
+  // Fast path: no claim can reach data at or after the reuse limit.
+  if (load_position(c.reuse.limit) <= position) return false;
+  return load_position(c.claim.tail) > position + ring.capacity_bytes();
+}
+
+// Walks readable frames from the reuse limit to the one holding `target` (or the first
+// unreadable frame). Restarts from the new limit if the limit passes the walk.
+Ring::Mark walk(Ring ring, Offset target) noexcept {
+  Ring::Mark mark = ring.reuse_limit();
+  std::uint64_t position = mark.position.value;
+  Offset offset = mark.offset;
+  const std::uint64_t capacity = ring.capacity_bytes();
+  for (std::uint64_t steps = 0; steps < capacity / kFrameAlign + 1 && offset < target; ++steps) {
+    const FrameRead f = read_frame_at(ring.data(), capacity, position);
+    if (f.kind == ReadKind::kNotReady || f.kind == ReadKind::kCorrupt) break;
+    if (lapped_past(ring, position)) {  // what was read may be from a newer lap: start again
+      mark = ring.reuse_limit();
+      position = mark.position.value;
+      offset = mark.offset;
+      continue;
+    }
+    if (f.kind == ReadKind::kCommitted && f.base_offset != offset) break;  // not the frame expected
+    if (offset + f.records > target) break;  // this frame holds the target
+    position += f.frame_bytes;
+    offset += f.records;
+  }
+  return Ring::Mark{Position{position}, offset};
 }
 
 }  // namespace
@@ -133,44 +280,14 @@ std::int64_t monotonic_ns() noexcept {
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-namespace {
-// Reads the state letter and starttime (field 22) of /proc/<pid>/stat.
-bool read_proc_stat(std::uint64_t pid, char& state, std::uint64_t& start_time) noexcept {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%llu/stat", static_cast<unsigned long long>(pid));
-  FILE* f = std::fopen(path, "re");
-  if (f == nullptr) return false;
-  char buf[1024];
-  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-  std::fclose(f);
-  buf[n] = '\0';
-  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces and ')'
-  if (p == nullptr || p[1] == '\0') return false;
-  p += 2;
-  state = *p;
-  // Fields after the name start at 3 (state); starttime is field 22.
-  for (int field = 3; field < 22; ++field) {
-    p = std::strchr(p, ' ');
-    if (p == nullptr) return false;
-    ++p;
-  }
-  start_time = std::strtoull(p, nullptr, 10);
-  return true;
-}
-}  // namespace
-
 std::uint64_t process_start_time(std::uint64_t pid) noexcept {
   char state = 0;
   std::uint64_t start = 0;
-  return read_proc_stat(pid, state, start) ? start : 0;
+  return read_proc_stat(pid, state, start) == Liveness::kAlive ? start : 0;
 }
 
 bool process_alive(std::uint64_t pid, std::uint64_t start_time) noexcept {
-  char state = 0;
-  std::uint64_t start = 0;
-  if (!read_proc_stat(pid, state, start)) return false;
-  if (state == 'Z' || state == 'X') return false;  // killed, not yet reaped
-  return start_time == 0 || start == start_time;  // a different start time: the pid was reused
+  return liveness(slot_owner(pid, start_time)) != Liveness::kDead;
 }
 
 // ---- Ring -----------------------------------------------------------------------------------
@@ -184,14 +301,18 @@ Result<Ring> Ring::format(std::span<std::byte> memory, const RingConfig& config)
       config.capacity_bytes > (std::size_t{1} << 40))
     return Error{Errc::kInvalidArgument, "ring: capacity " + std::to_string(config.capacity_bytes) +
                                              " must be a power of two from 4 KiB to 1 TiB"};
-  std::size_t max_frame = config.max_frame_bytes == 0 ? config.capacity_bytes / 4 : config.max_frame_bytes;
+  std::size_t max_frame = config.max_frame_bytes != 0
+                              ? config.max_frame_bytes
+                              : std::min(config.capacity_bytes / 4, kDefaultMaxFrameCeiling);
   max_frame &= ~(kFrameAlign - 1);
   if (max_frame < kMinFrame || max_frame > config.capacity_bytes / 2 || max_frame > UINT32_MAX)
     return Error{Errc::kInvalidArgument, "ring: max frame " + std::to_string(max_frame) + " must be between " +
-                                             std::to_string(kMinFrame) + " and capacity / 2"};
-  if (config.producer_slots == 0 || config.producer_slots > 4096 || config.consumer_slots == 0 ||
-      config.consumer_slots > 4096)
-    return Error{Errc::kInvalidArgument, "ring: producer and consumer slots must be 1..4096"};
+                                             std::to_string(kMinFrame) + " and capacity / 2 (at most 4 GiB)"};
+  if (config.producer_slots == 0 || config.producer_slots > kMaxProducerSlots || config.consumer_slots == 0 ||
+      config.consumer_slots > kMaxConsumerSlots)
+    return Error{Errc::kInvalidArgument, "ring: producer slots must be 1..63 and consumer slots 1..4096"};
+  if (config.initial_offset < Offset{0})
+    return Error{Errc::kInvalidArgument, "ring: the initial offset cannot be negative"};
   const std::size_t data_offset = data_offset_for(config.producer_slots, config.consumer_slots);
   if (memory.size() < data_offset + config.capacity_bytes)
     return Error{Errc::kInvalidArgument, "ring: needs " + std::to_string(data_offset + config.capacity_bytes) +
@@ -212,12 +333,14 @@ Result<Ring> Ring::format(std::span<std::byte> memory, const RingConfig& config)
   d.producer_slots = config.producer_slots;
   d.consumer_slots = config.consumer_slots;
   d.initial_offset = config.initial_offset.value;
-  control->claim.tail_position = 0;
-  control->claim.tail_offset = static_cast<std::uint64_t>(config.initial_offset.value);
-  control->reuse.offset.store(config.initial_offset.value, std::memory_order_relaxed);
+  control->claim.tail = PositionPair{0, static_cast<std::uint64_t>(config.initial_offset.value)};
+  control->reuse.limit = PositionPair{0, static_cast<std::uint64_t>(config.initial_offset.value)};
   auto* producers = reinterpret_cast<ProducerSlot*>(memory.data() + sizeof(RingControl));
   for (std::uint32_t i = 0; i < config.producer_slots; ++i)
     producers[i].pending_position.store(kNoClaim, std::memory_order_relaxed);
+  auto* consumers = reinterpret_cast<ConsumerSlot*>(producers + config.producer_slots);
+  for (std::uint32_t i = 0; i < config.consumer_slots; ++i)
+    consumers[i].position.store(kNoClaim, std::memory_order_relaxed);
   // Release: a process that sees the magic sees the whole layout.
   std::atomic_ref<std::uint64_t>(d.magic).store(kRingMagic, std::memory_order_release);
   return attach(memory);
@@ -235,7 +358,7 @@ Result<Ring> Ring::attach(std::span<std::byte> memory) {
     return Error{Errc::kFailedPrecondition,
                  "ring: layout version " + std::to_string(d.version) + ", this build reads " + std::to_string(kRingVersion)};
   if (!is_power_of_two(d.capacity_bytes) || d.capacity_bytes < kMinCapacity || d.producer_slots == 0 ||
-      d.consumer_slots == 0 || d.producer_slots > 4096 || d.consumer_slots > 4096 ||
+      d.consumer_slots == 0 || d.producer_slots > kMaxProducerSlots || d.consumer_slots > kMaxConsumerSlots ||
       d.data_offset != data_offset_for(d.producer_slots, d.consumer_slots) || d.max_frame_bytes < kMinFrame ||
       d.max_frame_bytes > d.capacity_bytes / 2 || d.max_frame_bytes % kFrameAlign != 0 ||
       (d.wake_protocol != kWakeFence && d.wake_protocol != kWakeMembarrier))
@@ -260,23 +383,9 @@ ConsumerSlot* Ring::consumer_slots() const noexcept {
   return reinterpret_cast<ConsumerSlot*>(producer_slots() + control_->descriptor.producer_slots);
 }
 
-Position Ring::tail_position() const noexcept { return Position{load_tail_position(control_->claim)}; }
+Position Ring::tail_position() const noexcept { return Position{load_position(control_->claim.tail)}; }
 
-Ring::Mark Ring::reuse_limit() const noexcept {
-  ReuseLine& r = control_->reuse;
-  for (;;) {
-    // Seqlock read; acquire pairs with the release that ends a write in advance_reuse_limit.
-    const std::uint64_t before = r.sequence.load(std::memory_order_acquire);
-    if ((before & 1) == 0) {
-      const std::uint64_t position = r.position.load(std::memory_order_relaxed);
-      const std::int64_t offset = r.offset.load(std::memory_order_relaxed);
-      // Keeps the two field loads ahead of the re-check (the seqlock reader's fence).
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (r.sequence.load(std::memory_order_relaxed) == before) return Mark{Position{position}, Offset{offset}};
-    }
-    cpu_relax();
-  }
-}
+Ring::Mark Ring::reuse_limit() const noexcept { return pair_load(control_->reuse.limit); }
 
 // ---- Producer -------------------------------------------------------------------------------
 
@@ -286,41 +395,41 @@ Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
   if (slot == nullptr)
     return Error{Errc::kResourceExhausted,
                  "ring: all " + std::to_string(c.descriptor.producer_slots) + " producer slots are taken"};
-  // Relaxed: read by the owner only after this process died.
+  // Relaxed: the owner reads these only for a dead slot, and only after our first claim's
+  // full barrier has published them.
   slot->pending_position.store(kNoClaim, std::memory_order_relaxed);
-  slot->held_mode.store(kHeldNone, std::memory_order_relaxed);
+  const std::uint64_t bit = 1ull << (slot - ring.producer_slots());
   std::atomic<std::uint64_t>& producers = c.mode.producers;
   std::uint64_t seen = producers.load(std::memory_order_relaxed);
   bool admitted = false;
   if (mode == ProducerMode::kExclusive) {
     seen = 0;
     // acq_rel: sees every earlier producer's detach, and publishes this one's arrival.
-    admitted = producers.compare_exchange_strong(seen, kExclusiveProducer, std::memory_order_acq_rel);
+    admitted = producers.compare_exchange_strong(seen, kExclusiveProducer | bit, std::memory_order_acq_rel);
   } else {
     while ((seen & kExclusiveProducer) == 0 &&
-           !producers.compare_exchange_weak(seen, seen + 1, std::memory_order_acq_rel)) {
+           !producers.compare_exchange_weak(seen, seen | bit, std::memory_order_acq_rel)) {
     }
     admitted = (seen & kExclusiveProducer) == 0;
   }
   if (!admitted) {
-    slot->owner_pid.store(0, std::memory_order_release);
+    slot->owner.store(0, std::memory_order_release);
     return Error{Errc::kFailedPrecondition,
-                 mode == ProducerMode::kExclusive
-                     ? "ring: cannot hold the ring exclusively, " + std::to_string(seen & ~kExclusiveProducer) +
-                           " shared producer(s) or an exclusive one are attached"
-                     : std::string("ring: an exclusive producer holds the ring")};
+                 (seen & kExclusiveProducer) != 0
+                     ? std::string("ring: an exclusive producer holds the ring")
+                     : "ring: cannot hold the ring exclusively while " +
+                           std::to_string(std::popcount(seen)) + " other producer(s) are attached"};
   }
-  slot->held_mode.store(mode == ProducerMode::kExclusive ? kHeldExclusive : kHeldShared, std::memory_order_relaxed);
   const bool membarrier_protocol = c.descriptor.wake_protocol == kWakeMembarrier;
   return Producer(ring, mode, slot, membarrier_protocol && register_membarrier());
 }
 
 Producer::Producer(Ring ring, ProducerMode mode, ProducerSlot* slot, bool membarrier_registered) noexcept
     : ring_(ring), mode_(mode), slot_(slot), fence_before_wake_check_(!membarrier_registered) {
-  ClaimLine& line = ring_.control_->claim;
-  guess_position_ = load_tail_position(line);
-  guess_offset_ = load_tail_offset(line);
-  cached_reuse_limit_ = ring_.control_->reuse.position.load(std::memory_order_acquire);
+  const Ring::Mark tail = pair_load(ring_.control_->claim.tail);
+  guess_position_ = tail.position.value;
+  guess_offset_ = tail.offset.value;
+  cached_reuse_limit_ = load_position(ring_.control_->reuse.limit);
 }
 
 Producer::Producer(Producer&& other) noexcept
@@ -331,25 +440,30 @@ Producer::Producer(Producer&& other) noexcept
       guess_position_(other.guess_position_),
       guess_offset_(other.guess_offset_),
       fence_before_wake_check_(other.fence_before_wake_check_),
-      claim_open_(other.claim_open_) {}
+      claim_open_(other.claim_open_),
+      open_claim_(other.open_claim_) {}
 
 Producer::~Producer() {
   if (slot_ == nullptr) return;
-  std::atomic<std::uint64_t>& producers = ring_.control_->mode.producers;
-  if (mode_ == ProducerMode::kExclusive)
-    producers.fetch_and(~kExclusiveProducer, std::memory_order_acq_rel);
-  else
-    producers.fetch_sub(1, std::memory_order_acq_rel);
+  if (claim_open_) abort(open_claim_);  // never leave readers waiting on a claim nobody owns
+  slot_->pending_position.store(kNoClaim, std::memory_order_relaxed);
+  const std::uint64_t bit = 1ull << (slot_ - ring_.producer_slots());
+  // Clearing our own bits is idempotent, so the owner repeating it for a half-detached dead
+  // producer changes nothing. acq_rel: orders our claims before the detach.
+  ring_.control_->mode.producers.fetch_and(~(bit | (mode_ == ProducerMode::kExclusive ? kExclusiveProducer : 0)),
+                                           std::memory_order_acq_rel);
   // Release: the next owner of the slot sees this producer's last writes to it.
-  slot_->owner_pid.store(0, std::memory_order_release);
+  slot_->owner.store(0, std::memory_order_release);
 }
 
 ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, Claim& claim) noexcept {
   if (records == 0 || batch_bytes < kBatchHeaderBytes || claim_open_) return ClaimStatus::kInvalid;
+  const std::uint32_t max_frame = ring_.control_->descriptor.max_frame_bytes;
+  if (batch_bytes > max_frame) return ClaimStatus::kTooLarge;
   const std::uint64_t frame = align_frame(kFrameHeaderBytes + batch_bytes);
-  if (frame > ring_.control_->descriptor.max_frame_bytes) return ClaimStatus::kTooLarge;
+  if (frame > max_frame) return ClaimStatus::kTooLarge;
   const std::uint64_t capacity = ring_.capacity_;
-  ClaimLine& line = ring_.control_->claim;
+  PositionPair& tail = ring_.control_->claim.tail;
   std::uint64_t position = guess_position_;
   std::int64_t offset = guess_offset_;
   std::uint64_t padding = 0;
@@ -358,8 +472,9 @@ ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, 
     padding = padding_for(position, frame, capacity, ring_.mask_);
     end = position + padding + frame;
     if (end > cached_reuse_limit_ + capacity) [[unlikely]] {
-      // A2 acquire: pairs with R2 in advance_reuse_limit; readers are done with what it frees.
-      cached_reuse_limit_ = ring_.control_->reuse.position.load(std::memory_order_acquire);
+      // A2 acquire (in load_position): pairs with R2 in advance_reuse_limit; whatever freed
+      // the space (the log writer) is done with it.
+      cached_reuse_limit_ = load_position(ring_.control_->reuse.limit);
       if (end > cached_reuse_limit_ + capacity) {
         // Relaxed: a statistic this producer alone writes.
         slot_->back_pressure_events.store(slot_->back_pressure_events.load(std::memory_order_relaxed) + 1,
@@ -367,28 +482,28 @@ ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, 
         return ClaimStatus::kBackPressured;
       }
     }
-    // Relaxed: read by the owner only after this process died; the claim below orders them.
+    // Relaxed: made visible by the full barrier of the claim below, before the claim itself.
     slot_->pending_position.store(position, std::memory_order_relaxed);
     slot_->pending_frame_bytes.store(static_cast<std::uint32_t>(frame), std::memory_order_relaxed);
     slot_->pending_records.store(records, std::memory_order_relaxed);
     if (mode_ == ProducerMode::kExclusive) {
-      // The only writer of the claim word: plain stores. Relaxed for the offset, which only the
-      // owner reads; release for the position, read by lap checks, then a release fence so a
-      // reader that sees any frame byte written below also sees the new tail (seqlock writer).
-      std::atomic_ref<std::uint64_t>(line.tail_offset)
+      // The only writer of the claim word: plain stores, offset first (only the owner reads
+      // it), then the position with release, then a release fence so that a reader that sees
+      // any frame byte written below also sees the new tail (seqlock writer).
+      std::atomic_ref<std::uint64_t>(tail.offset)
           .store(static_cast<std::uint64_t>(offset) + records, std::memory_order_relaxed);
-      std::atomic_ref<std::uint64_t>(line.tail_position).store(end, std::memory_order_release);
+      std::atomic_ref<std::uint64_t>(tail.position).store(end, std::memory_order_release);
       std::atomic_thread_fence(std::memory_order_release);
       break;
     }
-    if (claim_cas(line, position, offset, end, offset + records)) break;
+    if (pair_cas(tail, position, offset, end, offset + records)) break;
     // Lost the race: `position` and `offset` now hold the current tail; try again from there.
   }
   guess_position_ = end;
   guess_offset_ = offset + records;
 
   if (padding != 0) {
-    // R3 release: the padding is readable at once; pairs with A1 in Consumer::poll.
+    // R3 release: the padding is readable at once; pairs with A1 in read_frame_at.
     frame_at(ring_.data_, ring_.mask_, position)->state.store(frame_state(position, kFramePadding),
                                                               std::memory_order_release);
   }
@@ -396,44 +511,47 @@ ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, 
   FrameHeader* header = frame_at(ring_.data_, ring_.mask_, frame_position);
   header->frame_bytes = static_cast<std::uint32_t>(frame);
   header->record_count = records;
-  // Relaxed: "claimed" is read only by the owner, after this producer died.
+  // Relaxed: "claimed" is read only by the owner, to learn the frame of a dead producer.
   header->state.store(frame_state(frame_position, kFrameClaimed), std::memory_order_relaxed);
   claim.batch = std::span<std::byte>(reinterpret_cast<std::byte*>(header + 1), batch_bytes);
   claim.base_offset = Offset{offset};
   claim.position = Position{frame_position};
   claim.records = records;
   claim_open_ = true;
+  open_claim_ = claim;
   return ClaimStatus::kOk;
 }
 
 CommitStatus Producer::commit(Claim& claim, std::size_t used_bytes) noexcept {
+  if (!claim_open_ || claim.position != open_claim_.position) return CommitStatus::kNotOpen;
   const std::byte* b = claim.batch.data();
   const auto records = static_cast<std::int32_t>(claim.records);
   // The header must agree with the claim, or readers would walk off the frame or the offsets.
   const bool consistent =
-      used_bytes >= kBatchHeaderBytes && used_bytes <= claim.batch.size() &&
+      used_bytes >= kBatchHeaderBytes && used_bytes <= open_claim_.batch.size() &&
       wire::load_be32(b + batch_field::kBatchLength) == static_cast<std::int32_t>(used_bytes - kBatchLogOverhead) &&
       static_cast<std::int8_t>(b[batch_field::kMagic]) == kBatchMagicV2 &&
       wire::load_be32(b + batch_field::kRecordCount) == records &&
-      wire::load_be32(b + batch_field::kLastOffsetDelta) == records - 1;
+      wire::load_be32(b + batch_field::kLastOffsetDelta) == records - 1 && claim.records == open_claim_.records;
   if (!consistent) [[unlikely]] {
     abort(claim);
     return CommitStatus::kMalformed;
   }
-  stamp_base_offset(claim.batch, claim.base_offset);
+  stamp_base_offset(open_claim_.batch, open_claim_.base_offset);
   claim_open_ = false;
-  FrameHeader* header = frame_at(ring_.data_, ring_.mask_, claim.position.value);
-  // R1 release: publishes the batch; pairs with A1 in Consumer::poll.
-  header->state.store(frame_state(claim.position.value, kFrameCommitted), std::memory_order_release);
+  FrameHeader* header = frame_at(ring_.data_, ring_.mask_, open_claim_.position.value);
+  // R1 release: publishes the batch; pairs with A1 in read_frame_at.
+  header->state.store(frame_state(open_claim_.position.value, kFrameCommitted), std::memory_order_release);
   wake_parked_readers();
   return CommitStatus::kOk;
 }
 
 void Producer::abort(Claim& claim) noexcept {
-  FrameHeader* header = frame_at(ring_.data_, ring_.mask_, claim.position.value);
-  // R1 release (abort): readers skip record_count offsets written at claim time.
-  header->state.store(frame_state(claim.position.value, kFrameAborted), std::memory_order_release);
+  if (!claim_open_ || claim.position != open_claim_.position) return;
   claim_open_ = false;
+  FrameHeader* header = frame_at(ring_.data_, ring_.mask_, open_claim_.position.value);
+  // R1 release (abort): readers skip the record_count offsets written at claim time.
+  header->state.store(frame_state(open_claim_.position.value, kFrameAborted), std::memory_order_release);
   wake_parked_readers();
 }
 
@@ -448,10 +566,8 @@ void Producer::wake_parked_readers() noexcept {
     // barrier on this core for us, so the hot path pays nothing.
     std::atomic_signal_fence(std::memory_order_seq_cst);
   }
-  if (wake.parked.load(std::memory_order_relaxed) != 0) [[unlikely]] {
-    wake.futex_sequence.fetch_add(1, std::memory_order_release);
-    futex(&wake.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
-  }
+  if (wake.parked.load(std::memory_order_relaxed) != 0) [[unlikely]]
+    wake_all(wake);
 }
 
 ClaimStatus Producer::offer(std::span<const std::byte> batch, Offset* base) noexcept {
@@ -484,35 +600,6 @@ std::uint64_t Producer::back_pressure_events() const noexcept {
 
 // ---- Consumer -------------------------------------------------------------------------------
 
-namespace {
-// Walks readable frames from `mark` to the one holding offset `stop_before` (or the first
-// unreadable frame).
-// Only for frames at or after the reuse limit, which producers cannot overwrite.
-Ring::Mark walk(Ring ring, Ring::Mark mark, Offset stop_before) noexcept {
-  const std::uint64_t capacity = ring.capacity_bytes();
-  const std::uint64_t mask = capacity - 1;
-  const std::uint64_t tail = ring.tail_position().value;
-  std::uint64_t position = mark.position.value;
-  Offset offset = mark.offset;
-  while (position < tail && offset < stop_before) {
-    FrameHeader* h = frame_at(ring.data(), mask, position);
-    const std::uint64_t state = h->state.load(std::memory_order_acquire);  // pairs with R1/R3/R4
-    if (state == frame_state(position, kFramePadding)) {
-      position += capacity - (position & mask);
-      continue;
-    }
-    if (state != frame_state(position, kFrameCommitted) && state != frame_state(position, kFrameAborted)) break;
-    const std::uint32_t bytes = h->frame_bytes;
-    const std::uint32_t records = h->record_count;
-    if (bytes < kFrameHeaderBytes || bytes % kFrameAlign != 0 || (position & mask) + bytes > capacity) break;
-    if (offset + records > stop_before) break;  // this frame holds the offset wanted
-    position += bytes;
-    offset += records;
-  }
-  return Ring::Mark{Position{position}, offset};
-}
-}  // namespace
-
 Result<Consumer> Consumer::attach(Ring ring, StartAt start) {
   const RingControl& c = ring.control();
   ConsumerSlot* slot = take_slot(ring.consumer_slots(), c.descriptor.consumer_slots);
@@ -520,8 +607,7 @@ Result<Consumer> Consumer::attach(Ring ring, StartAt start) {
     return Error{Errc::kResourceExhausted,
                  "ring: all " + std::to_string(c.descriptor.consumer_slots) + " consumer slots are taken"};
   Consumer consumer(ring, slot);
-  Ring::Mark mark = ring.reuse_limit();
-  if (start == StartAt::kLatest) mark = walk(ring, mark, Offset{INT64_MAX});
+  const Ring::Mark mark = start == StartAt::kLatest ? walk(ring, Offset{INT64_MAX}) : ring.reuse_limit();
   consumer.position_ = mark.position.value;
   consumer.next_offset_ = mark.offset;
   consumer.publish_position(consumer.position_);
@@ -542,7 +628,9 @@ Consumer::Consumer(Consumer&& other) noexcept
       lapped_(other.lapped_) {}
 
 Consumer::~Consumer() {
-  if (slot_ != nullptr) slot_->owner_pid.store(0, std::memory_order_release);  // frees the slot
+  if (slot_ == nullptr) return;
+  slot_->position.store(kNoClaim, std::memory_order_relaxed);  // holds nothing back any more
+  slot_->owner.store(0, std::memory_order_release);            // frees the slot
 }
 
 void Consumer::publish_position(std::uint64_t in_use_from) noexcept {
@@ -553,15 +641,7 @@ void Consumer::publish_position(std::uint64_t in_use_from) noexcept {
   slot_->position.store(in_use_from, std::memory_order_release);
 }
 
-bool Consumer::overwritten(std::uint64_t position) const noexcept {
-  // Seqlock reader: the frame reads before this fence cannot drift past the checks after it.
-  // Pairs with the full barrier of the claim (cmpxchg16b, or the release fence of an exclusive
-  // claim): a reader that saw a byte of a newer lap sees the claim that wrote it.
-  std::atomic_thread_fence(std::memory_order_acquire);
-  // Fast path: nothing at or after the reuse limit can have been overwritten.
-  if (ring_.control_->reuse.position.load(std::memory_order_relaxed) <= position) return false;
-  return load_tail_position(ring_.control_->claim) > position + ring_.capacity_;
-}
+bool Consumer::overwritten(std::uint64_t position) const noexcept { return lapped_past(ring_, position); }
 
 bool Consumer::validate(const RingBatch& batch) const noexcept { return !overwritten(batch.position.value); }
 
@@ -579,50 +659,37 @@ PollStatus Consumer::poll(RingBatch& out) noexcept {
 }
 
 PollStatus Consumer::read_frame(RingBatch& out) noexcept {
-  const std::uint64_t capacity = ring_.capacity_;
-  for (;;) {
+  for (int skips = 0; skips < kMaxSkipsPerPoll; ++skips) {
     const std::uint64_t position = position_;
-    const std::uint64_t index = position & ring_.mask_;
-    FrameHeader* h = frame_at(ring_.data_, ring_.mask_, position);
-    // A1 acquire: pairs with R1 (commit/abort), R3 (padding) and R4 (seal).
-    const std::uint64_t state = h->state.load(std::memory_order_acquire);
-    if (state == frame_state(position, kFramePadding)) {
-      position_ = position + (capacity - index);
-      continue;
-    }
-    const bool committed = state == frame_state(position, kFrameCommitted);
-    if (!committed && state != frame_state(position, kFrameAborted)) {
-      return overwritten(position) ? mark_lapped() : PollStatus::kEmpty;
-    }
-    const std::uint32_t frame_bytes = h->frame_bytes;
-    const std::uint32_t records = h->record_count;
-    const auto* batch = reinterpret_cast<const std::byte*>(h + 1);
-    const std::int32_t batch_length = committed ? wire::load_be32(batch + batch_field::kBatchLength) : 0;
-    if (overwritten(position)) [[unlikely]]  // what was just read may be torn
+    const FrameRead f = read_frame_at(ring_.data_, ring_.capacity_, position);
+    if (f.kind == ReadKind::kNotReady) return overwritten(position) ? mark_lapped() : PollStatus::kEmpty;
+    // What was just read may be torn if producers lapped this reader meanwhile.
+    if (overwritten(position)) [[unlikely]]
       return mark_lapped();
-    // Another process wrote this header: check it before trusting it.
-    const bool sane = frame_bytes >= kFrameHeaderBytes && frame_bytes % kFrameAlign == 0 &&
-                      index + frame_bytes <= capacity && records > 0 &&
-                      (!committed || (batch_length >= static_cast<std::int32_t>(kBatchHeaderBytes - kBatchLogOverhead) &&
-                                      static_cast<std::uint64_t>(batch_length) + kBatchLogOverhead <=
-                                          frame_bytes - kFrameHeaderBytes));
-    if (!sane) [[unlikely]]
+    if (f.kind == ReadKind::kCorrupt) [[unlikely]]
       return PollStatus::kCorrupt;
-    position_ = position + frame_bytes;
-    const Offset base = next_offset_;
-    next_offset_ += records;
-    if (!committed) {
-      aborted_skipped_ += records;
+    if (f.kind == ReadKind::kPadding) {
+      position_ = position + f.frame_bytes;
       continue;
     }
-    if (next_offset_.value <= skip_below_.value) continue;  // wholly before a seek target
+    if (f.kind == ReadKind::kCommitted && f.base_offset != next_offset_) [[unlikely]]
+      return PollStatus::kCorrupt;  // a stale or forged frame: never deliver it as this offset
+    position_ = position + f.frame_bytes;
+    const Offset base = next_offset_;
+    next_offset_ += f.records;
+    if (f.kind == ReadKind::kAborted) {
+      aborted_skipped_ += f.records;
+      continue;
+    }
+    if (next_offset_ <= skip_below_) continue;  // wholly before a seek target
     out.base_offset = base;
-    out.records = records;
-    out.bytes = std::span<const std::byte>(batch, static_cast<std::size_t>(batch_length) + kBatchLogOverhead);
+    out.records = f.records;
+    out.bytes = std::span<const std::byte>(f.batch, static_cast<std::size_t>(f.batch_length) + kBatchLogOverhead);
     out.position = Position{position};
     publish_position(position);
     return PollStatus::kOk;
   }
+  return PollStatus::kEmpty;
 }
 
 PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns) noexcept {
@@ -631,9 +698,10 @@ PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns
     backoff_pauses_ = kStreamingBackoffPauses;
     return status;
   }
-  const std::int64_t deadline = monotonic_ns() + timeout_ns;
-  if (kind == WaitKind::kPark) return park(out, deadline);
-  for (;;) {
+  if (kind == WaitKind::kPark) return park(out, monotonic_ns() + timeout_ns);
+  // The clock is read every 64 looks only: a streaming reader finds data long before that.
+  std::int64_t deadline = 0;
+  for (std::uint32_t looks = 1;; ++looks) {
     if (kind == WaitKind::kYield) {
       sched_yield();
     } else {
@@ -646,7 +714,11 @@ PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns
       backoff_pauses_ = kStreamingBackoffPauses;
       return status;
     }
-    if (monotonic_ns() >= deadline) return PollStatus::kEmpty;
+    if (looks % 64 == 0) {
+      const std::int64_t now = monotonic_ns();
+      if (deadline == 0) deadline = now + timeout_ns;
+      if (now >= deadline) return PollStatus::kEmpty;
+    }
   }
 }
 
@@ -697,7 +769,7 @@ Result<void> Consumer::seek(Offset offset) {
   if (offset < limit.offset)
     return Error{Errc::kOutOfRange, "ring: offset " + std::to_string(offset.value) +
                                         " is no longer in the ring; the earliest is " + std::to_string(limit.offset.value)};
-  const Ring::Mark mark = walk(ring_, limit, offset);
+  const Ring::Mark mark = walk(ring_, offset);
   position_ = mark.position.value;
   next_offset_ = mark.offset;
   skip_below_ = offset;
@@ -715,62 +787,58 @@ RingOwner::RingOwner(Ring ring) noexcept : ring_(ring) {
 }
 
 Ring::Mark RingOwner::scan() noexcept {
-  const Ring::Mark mark = walk(ring_, Ring::Mark{Position{frontier_position_}, frontier_offset_}, Offset{INT64_MAX});
-  frontier_position_ = mark.position.value;
-  frontier_offset_ = mark.offset;
-  return mark;
+  // The frontier never falls behind the reuse limit, so nothing it walks can be overwritten.
+  const std::uint64_t capacity = ring_.capacity_;
+  const std::uint64_t tail = ring_.tail_position().value;
+  for (std::uint64_t steps = 0; steps < capacity / kFrameAlign + 1 && frontier_position_ < tail; ++steps) {
+    const FrameRead f = read_frame_at(ring_.data_, capacity, frontier_position_);
+    if (f.kind == ReadKind::kNotReady || f.kind == ReadKind::kCorrupt) break;
+    if (f.kind == ReadKind::kCommitted && f.base_offset != frontier_offset_) break;
+    frontier_position_ += f.frame_bytes;
+    frontier_offset_ += f.records;
+  }
+  return Ring::Mark{Position{frontier_position_}, frontier_offset_};
 }
 
-void RingOwner::advance_reuse_limit(Ring::Mark mark) noexcept {
-  ReuseLine& r = ring_.control_->reuse;
-  WEFT_CHECK(mark.position.value >= r.position.load(std::memory_order_relaxed), "the reuse limit only moves forward");
-  WEFT_CHECK(mark.position <= ring_.tail_position(), "the reuse limit cannot pass the claimed tail");
-  const std::uint64_t sequence = r.sequence.load(std::memory_order_relaxed);
-  r.sequence.store(sequence + 1, std::memory_order_relaxed);
-  // Seqlock writer: the odd sequence is visible before either field changes.
-  std::atomic_thread_fence(std::memory_order_release);
-  r.offset.store(mark.offset.value, std::memory_order_relaxed);
-  // R2 release: the reads of whoever freed this space happen before a producer overwrites it;
-  // pairs with A2 in Producer::try_claim.
-  r.position.store(mark.position.value, std::memory_order_release);
-  r.sequence.store(sequence + 2, std::memory_order_release);  // ends the write; pairs with reuse_limit()
+bool RingOwner::advance_reuse_limit(Ring::Mark mark) noexcept {
+  PositionPair& limit = ring_.control_->reuse.limit;
+  std::uint64_t position = load_position(limit);
+  std::int64_t offset = static_cast<std::int64_t>(std::atomic_ref<std::uint64_t>(limit.offset).load(std::memory_order_relaxed));
+  // Never backwards, never past what producers have claimed (the claim word is shared memory,
+  // so this is checked, not assumed).
+  if (mark.position.value < position || mark.position > ring_.tail_position()) return false;
+  // R2: the full barrier of the swap orders whatever this process read before (as a log
+  // writer, the frames it persisted) before producers may overwrite; pairs with A2 in try_claim.
+  while (!pair_cas(limit, position, offset, mark.position.value, mark.offset.value)) {
+  }
+  return true;
 }
 
 Ring::Mark RingOwner::release_to(Position position) noexcept {
   const Ring::Mark current = ring_.reuse_limit();
   if (position <= current.position) return current;
-  // Walk frame by frame; stop at the last boundary not past `position`.
-  const std::uint64_t capacity = ring_.capacity_;
-  const std::uint64_t mask = ring_.mask_;
+  const Ring::Mark frontier = scan();
+  // Walk frame by frame from the limit; stop at the last boundary not past `position`.
   std::uint64_t at = current.position.value;
   Offset offset = current.offset;
-  const Ring::Mark frontier = scan();
-  while (at < frontier.position.value && at < position.value) {
-    FrameHeader* h = frame_at(ring_.data_, mask, at);
-    const std::uint64_t state = h->state.load(std::memory_order_acquire);  // pairs with R1/R3/R4
-    std::uint64_t next = 0;
-    std::uint32_t records = 0;
-    if (state == frame_state(at, kFramePadding)) {
-      next = at + (capacity - (at & mask));
-    } else {
-      next = at + h->frame_bytes;
-      records = h->record_count;
-    }
-    if (next > position.value) break;
-    at = next;
-    offset += records;
+  for (std::uint64_t steps = 0; steps < ring_.capacity_ / kFrameAlign + 1 && at < frontier.position.value; ++steps) {
+    const FrameRead f = read_frame_at(ring_.data_, ring_.capacity_, at);
+    if (f.kind == ReadKind::kNotReady || f.kind == ReadKind::kCorrupt) break;
+    if (at + f.frame_bytes > position.value) break;
+    at += f.frame_bytes;
+    offset += f.records;
   }
   const Ring::Mark mark{Position{at}, offset};
-  advance_reuse_limit(mark);
-  return mark;
+  (void)advance_reuse_limit(mark);
+  return ring_.reuse_limit();
 }
 
 Position RingOwner::slowest_consumer() const noexcept {
   std::uint64_t slowest = ring_.tail_position().value;
   ConsumerSlot* consumers = ring_.consumer_slots();
   for (std::uint32_t i = 0; i < ring_.control_->descriptor.consumer_slots; ++i) {
-    if (consumers[i].owner_pid.load(std::memory_order_acquire) == 0) continue;
-    // A5 acquire: pairs with R5 in Consumer::publish_position; a stale value is only lower.
+    if (consumers[i].owner.load(std::memory_order_acquire) == 0) continue;
+    // A5 acquire: pairs with R5 in Consumer::publish_position.
     slowest = std::min(slowest, consumers[i].position.load(std::memory_order_acquire));
   }
   return Position{slowest};
@@ -789,10 +857,7 @@ std::vector<SealedRange> RingOwner::seal_dead_claims() {
   if (!sealed.empty()) {
     WakeLine& wake = ring_.control_->wake;
     std::atomic_thread_fence(std::memory_order_seq_cst);  // StoreLoad, as in wake_parked_readers
-    if (wake.parked.load(std::memory_order_relaxed) != 0) {
-      wake.futex_sequence.fetch_add(1, std::memory_order_release);
-      futex(&wake.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
-    }
+    if (wake.parked.load(std::memory_order_relaxed) != 0) wake_all(wake);
   }
   return sealed;
 }
@@ -803,6 +868,7 @@ bool RingOwner::seal_at_frontier(SealedRange& sealed) {
   if (frontier >= tail) return false;
   const std::uint64_t capacity = ring_.capacity_;
   const std::uint64_t mask = ring_.mask_;
+  const std::uint32_t max_frame = ring_.control_->descriptor.max_frame_bytes;
   ProducerSlot* slots = ring_.producer_slots();
   const std::uint32_t slot_count = ring_.control_->descriptor.producer_slots;
 
@@ -814,7 +880,7 @@ bool RingOwner::seal_at_frontier(SealedRange& sealed) {
     if ((state & ~kKindMask) == position && (state & kKindMask) >= kFrameClaimed && (state & kKindMask) <= kFramePadding)
       return true;
     for (std::uint32_t i = 0; i < slot_count; ++i)
-      if (slots[i].owner_pid.load(std::memory_order_acquire) != 0 &&
+      if (slots[i].owner.load(std::memory_order_acquire) != 0 &&
           slots[i].pending_position.load(std::memory_order_relaxed) == position)
         return true;
     return false;
@@ -826,20 +892,20 @@ bool RingOwner::seal_at_frontier(SealedRange& sealed) {
     std::uint32_t records;
     std::uint64_t pid;
   };
-  Candidate candidates[8];
+  Candidate candidates[kMaxProducerSlots];
   std::size_t found = 0;
   for (std::uint32_t i = 0; i < slot_count; ++i) {
-    const std::uint64_t pid = slots[i].owner_pid.load(std::memory_order_acquire);
-    if (pid == 0) continue;
+    const std::uint64_t owner = slots[i].owner.load(std::memory_order_acquire);
+    if (owner == 0) continue;
     const std::uint64_t claim_position = slots[i].pending_position.load(std::memory_order_relaxed);
     if (claim_position == kNoClaim) continue;
     const std::uint64_t frame_bytes = slots[i].pending_frame_bytes.load(std::memory_order_relaxed);
+    if (frame_bytes < kFrameHeaderBytes || frame_bytes > max_frame || frame_bytes % kFrameAlign != 0) continue;
     const std::uint64_t padding = padding_for(claim_position, frame_bytes, capacity, mask);
     if (claim_position != frontier && claim_position + padding != frontier) continue;
-    if (process_alive(pid, slots[i].owner_start_time.load(std::memory_order_relaxed)))
-      return false;  // a live producer holds (or is taking) this claim: it will commit
-    if (found < std::size(candidates))
-      candidates[found++] = {claim_position, frame_bytes, slots[i].pending_records.load(std::memory_order_relaxed), pid};
+    if (liveness(owner) != Liveness::kDead) return false;  // a live producer holds or is taking this claim
+    candidates[found++] = {claim_position, frame_bytes, slots[i].pending_records.load(std::memory_order_relaxed),
+                           owner_pid(owner)};
   }
 
   for (std::size_t c = 0; c < found; ++c) {
@@ -847,20 +913,19 @@ bool RingOwner::seal_at_frontier(SealedRange& sealed) {
     const std::uint64_t padding = padding_for(cand.claim_position, cand.frame_bytes, capacity, mask);
     const std::uint64_t frame_position = cand.claim_position + padding;
     FrameHeader* header = frame_at(ring_.data_, mask, frame_position);
-    if (header->state.load(std::memory_order_acquire) == frame_state(frame_position, kFrameClaimed)) {
-      // The producer stamped its frame before dying: its own header is the truth.
-      cand.frame_bytes = header->frame_bytes;
-      cand.records = header->record_count;
+    if (header->state.load(std::memory_order_acquire) == frame_state(frame_position, kFrameClaimed) &&
+        header->frame_bytes == cand.frame_bytes) {
+      cand.records = header->record_count;  // the producer stamped its frame before dying
     }
     const std::uint64_t end = frame_position + cand.frame_bytes;
-    if (cand.records == 0 || cand.frame_bytes < kFrameHeaderBytes || end > tail || !boundary(end)) continue;
+    if (cand.records == 0 || end > tail || !boundary(end)) continue;
     if (padding != 0 && frontier == cand.claim_position) {
       // R3 (seal): as the producer would have published it.
       frame_at(ring_.data_, mask, frontier)->state.store(frame_state(frontier, kFramePadding), std::memory_order_release);
     }
     header->frame_bytes = static_cast<std::uint32_t>(cand.frame_bytes);
     header->record_count = cand.records;
-    // R4 release: the aborted range is readable (skippable); pairs with A1 in Consumer::poll.
+    // R4 release: the aborted range is readable (skippable); pairs with A1 in read_frame_at.
     header->state.store(frame_state(frame_position, kFrameAborted), std::memory_order_release);
     sealed = SealedRange{frontier_offset_, cand.records, cand.pid};
     return true;
@@ -872,35 +937,39 @@ std::size_t RingOwner::reclaim_dead_slots() {
   scan();
   std::size_t freed = 0;
   const std::uint64_t capacity = ring_.capacity_;
+  const std::uint64_t tail = ring_.tail_position().value;
   ProducerSlot* producers = ring_.producer_slots();
+  std::atomic<std::uint64_t>& mode = ring_.control_->mode.producers;
   for (std::uint32_t i = 0; i < ring_.control_->descriptor.producer_slots; ++i) {
     ProducerSlot& s = producers[i];
-    const std::uint64_t pid = s.owner_pid.load(std::memory_order_acquire);
-    if (pid == 0 || process_alive(pid, s.owner_start_time.load(std::memory_order_relaxed))) continue;
+    const std::uint64_t owner = s.owner.load(std::memory_order_acquire);
+    if (owner == 0 || liveness(owner) != Liveness::kDead) continue;
     const std::uint64_t claim = s.pending_position.load(std::memory_order_relaxed);
-    if (claim != kNoClaim) {
+    if (claim != kNoClaim && claim < tail) {
       const std::uint64_t frame = s.pending_frame_bytes.load(std::memory_order_relaxed);
       const std::uint64_t end = claim + padding_for(claim, frame, capacity, ring_.mask_) + frame;
       if (end > frontier_position_) continue;  // its claim is not sealed yet
     }
-    std::atomic<std::uint64_t>& mode = ring_.control_->mode.producers;
-    const std::uint64_t held = s.held_mode.load(std::memory_order_relaxed);
-    if (held == kHeldExclusive)
-      mode.fetch_and(~kExclusiveProducer, std::memory_order_acq_rel);
-    else if (held == kHeldShared)
-      mode.fetch_sub(1, std::memory_order_acq_rel);
-    s.held_mode.store(kHeldNone, std::memory_order_relaxed);
+    // Undo the dead producer's share of the mode word: its bit, and exclusivity if it held it.
+    const std::uint64_t bit = 1ull << i;
+    std::uint64_t seen = mode.load(std::memory_order_relaxed);
+    while ((seen & bit) != 0) {
+      const std::uint64_t cleared = seen & ~bit & ((seen & ~kExclusiveProducer) == bit ? ~kExclusiveProducer : ~0ull);
+      if (mode.compare_exchange_weak(seen, cleared, std::memory_order_acq_rel)) break;
+    }
     s.pending_position.store(kNoClaim, std::memory_order_relaxed);
-    s.owner_pid.store(0, std::memory_order_release);  // frees the slot for a new producer
-    ++freed;
+    // CAS, not store: frees the slot only if it still belongs to the dead process.
+    std::uint64_t expected = owner;
+    if (s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) ++freed;
   }
   ConsumerSlot* consumers = ring_.consumer_slots();
   for (std::uint32_t i = 0; i < ring_.control_->descriptor.consumer_slots; ++i) {
     ConsumerSlot& s = consumers[i];
-    const std::uint64_t pid = s.owner_pid.load(std::memory_order_acquire);
-    if (pid == 0 || process_alive(pid, s.owner_start_time.load(std::memory_order_relaxed))) continue;
-    s.owner_pid.store(0, std::memory_order_release);
-    ++freed;
+    const std::uint64_t owner = s.owner.load(std::memory_order_acquire);
+    if (owner == 0 || liveness(owner) != Liveness::kDead) continue;
+    s.position.store(kNoClaim, std::memory_order_relaxed);
+    std::uint64_t expected = owner;
+    if (s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) ++freed;
   }
   return freed;
 }

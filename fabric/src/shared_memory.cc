@@ -225,15 +225,25 @@ Result<UniqueFd> receive_fd(int socket_fd, std::span<std::byte> payload, std::si
   if (n < 0) return os_error(Errc::kUnavailable, "recvmsg(SCM_RIGHTS)", errno);
   if (n == 0) return Error{Errc::kUnavailable, "recvmsg(SCM_RIGHTS): peer closed the socket"};
   received = payload.empty() ? 0 : static_cast<std::size_t>(n);
-  if ((msg.msg_flags & MSG_CTRUNC) != 0) return Error{Errc::kInvalidArgument, "recvmsg: control data truncated"};
+  // Own every descriptor the kernel installed (CMSG_SPACE padding fits two), so that a peer
+  // sending more than one, or a truncated message, leaks none into this process.
+  UniqueFd first;
+  std::size_t fd_count = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
       int fd = -1;
-      std::memcpy(&fd, CMSG_DATA(c), sizeof(int));
-      return UniqueFd(fd);
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      UniqueFd owned(fd);
+      if (fd_count++ == 0) first = std::move(owned);
     }
   }
-  return Error{Errc::kInvalidArgument, "recvmsg: the message carried no file descriptor"};
+  if ((msg.msg_flags & MSG_CTRUNC) != 0) return Error{Errc::kInvalidArgument, "recvmsg: control data truncated"};
+  if (fd_count == 0) return Error{Errc::kInvalidArgument, "recvmsg: the message carried no file descriptor"};
+  if (fd_count > 1)
+    return Error{Errc::kInvalidArgument,
+                 "recvmsg: expected one file descriptor, received " + std::to_string(fd_count)};
+  return first;
 }
 
 }  // namespace weft

@@ -2,6 +2,9 @@
 // back-pressure, aborts, lapping, seeks and producer modes.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstring>
 #include <thread>
@@ -415,6 +418,144 @@ TEST(Ring, CorruptFrameHeaderIsReportedNotFollowed) {
   EXPECT_EQ(consumer.poll(batch), PollStatus::kCorrupt);
   header->frame_bytes = 4;
   EXPECT_EQ(consumer.poll(batch), PollStatus::kCorrupt);
+}
+
+TEST(Ring, DestroyingAProducerAbortsItsOpenClaim) {
+  RingFixture f = RingFixture::make(small_ring());
+  Consumer consumer = Consumer::attach(f.ring).value();
+  {
+    Producer producer = Producer::attach(f.ring).value();
+    Claim claim;
+    ASSERT_EQ(producer.try_claim(200, 2, claim), ClaimStatus::kOk);
+  }  // an early return with the claim open
+  Producer next = Producer::attach(f.ring).value();
+  Offset base;
+  ASSERT_EQ(produce(next, {1, 0}, &base), ClaimStatus::kOk);
+  EXPECT_EQ(base, Offset{2});
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{2});
+  EXPECT_EQ(consumer.aborted_records_skipped(), 2u);
+}
+
+TEST(Ring, CommitOrAbortOfAClaimNotOpenIsRefused) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  std::vector<std::byte> value = test::stamp_bytes({1, 0});
+  RecordInput record{std::nullopt, std::span<const std::byte>(value), 0, {}};
+  Claim claim;
+  ASSERT_EQ(producer.try_claim(single_record_batch_bytes(record), 1, claim), ClaimStatus::kOk);
+  BatchBuilder builder(claim.batch);
+  ASSERT_TRUE(builder.append(record));
+  const std::size_t used = builder.finish().size();
+  ASSERT_EQ(producer.commit(claim, used), CommitStatus::kOk);
+  EXPECT_EQ(producer.commit(claim, used), CommitStatus::kNotOpen);
+  producer.abort(claim);  // ignored: it is committed
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(consumer.aborted_records_skipped(), 0u);
+}
+
+TEST(Ring, StaleOrForgedFrameAheadIsNeverDeliveredAsNewData) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  // Bytes left where the next frame will start happen to look like a committed frame tagged
+  // with that very position, but carry another offset.
+  const std::uint64_t next = consumer.position().value;
+  std::byte* at = f.ring.data() + next;
+  auto* header = reinterpret_cast<ring_layout::FrameHeader*>(at);
+  header->frame_bytes = 128;
+  header->record_count = 1;
+  std::vector<std::byte> fake(96);
+  BatchBuilder builder(fake);
+  std::vector<std::byte> value = test::stamp_bytes({9, 9});
+  ASSERT_TRUE(builder.append(RecordInput{std::nullopt, std::span<const std::byte>(value), 0, {}}));
+  std::span<std::byte> bytes = builder.finish();
+  stamp_base_offset(bytes, Offset{777});
+  std::memcpy(at + ring_layout::kFrameHeaderBytes, bytes.data(), bytes.size());
+  header->state.store(ring_layout::frame_state(next, ring_layout::kFrameCommitted));
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kCorrupt);
+}
+
+TEST(Ring, HostileTagsNearTheRingEndAreRefusedWithoutReadingPastIt) {
+  RingFixture f = RingFixture::make(small_ring(4096));
+  Producer producer = Producer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  Consumer consumer = Consumer::attach(f.ring).value();
+  // Move every position to just before the ring's end.
+  while (f.ring.tail_position().value < 4096 - 200) {
+    ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
+    RingBatch batch;
+    ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  }
+  const std::uint64_t position = consumer.position().value;
+  // A committed tag in the last 8 bytes: its header would run past the mapping.
+  const std::uint64_t last = (position & ~4095ull) + 4096 - 8;
+  auto* tag = reinterpret_cast<std::atomic<std::uint64_t>*>(f.ring.data() + (last & 4095));
+  tag->store(ring_layout::frame_state(last, ring_layout::kFrameCommitted));
+  // Walk the consumer there with forged padding-free frames is not needed: read it directly.
+  auto* here = reinterpret_cast<ring_layout::FrameHeader*>(f.ring.data() + (position & 4095));
+  here->frame_bytes = static_cast<std::uint32_t>(last - position);
+  here->record_count = 1;
+  here->state.store(ring_layout::frame_state(position, ring_layout::kFrameAborted));
+  RingBatch batch;
+  EXPECT_EQ(consumer.poll(batch), PollStatus::kCorrupt);
+  EXPECT_LE(owner.scan().position.value, last);  // the owner stops there too, without a crash
+}
+
+TEST(Ring, ReuseLimitNeverMovesBackwardsOrPastTheTail) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  for (std::uint64_t i = 0; i < 3; ++i) ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  const Ring::Mark frontier = owner.scan();
+  EXPECT_FALSE(owner.advance_reuse_limit({frontier.position + 8, frontier.offset}));
+  EXPECT_TRUE(owner.advance_reuse_limit(frontier));
+  EXPECT_FALSE(owner.advance_reuse_limit({Position{0}, Offset{0}}));
+  EXPECT_EQ(f.ring.reuse_limit().position, frontier.position);
+  EXPECT_EQ(f.ring.reuse_limit().offset, Offset{3});
+}
+
+// A pid that certainly belonged to a process that is gone.
+std::uint64_t dead_pid() {
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  int status = 0;
+  waitpid(child, &status, 0);
+  return static_cast<std::uint64_t>(child);
+}
+
+TEST(RingOwner, ReclaimsAProducerThatDiedBeforeItsClaimReachedTheTail) {
+  RingFixture f = RingFixture::make(small_ring());
+  RingOwner owner(f.ring);
+  // Given a dead exclusive producer that named a claim but never moved the tail.
+  ring_layout::ProducerSlot& slot = f.ring.producer_slots()[0];
+  slot.owner.store(ring_layout::slot_owner(dead_pid(), 1));
+  slot.pending_position.store(0);
+  slot.pending_frame_bytes.store(160);
+  slot.pending_records.store(1);
+  f.ring.control().mode.producers.store(ring_layout::kExclusiveProducer | 1);
+  EXPECT_EQ(Producer::attach(f.ring).error().code, Errc::kFailedPrecondition);
+  // Expect: nothing to seal, the slot and the exclusivity are released.
+  EXPECT_TRUE(owner.seal_dead_claims().empty());
+  EXPECT_EQ(owner.reclaim_dead_slots(), 1u);
+  EXPECT_EQ(f.ring.control().mode.producers.load(), 0u);
+  EXPECT_TRUE(Producer::attach(f.ring).ok());
+}
+
+TEST(RingOwner, DoesNotFreeASlotWhoseOwnerIsAlive) {
+  RingFixture f = RingFixture::make(small_ring());
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  EXPECT_EQ(owner.reclaim_dead_slots(), 0u);
+  EXPECT_TRUE(process_alive(static_cast<std::uint64_t>(getpid()), process_start_time(static_cast<std::uint64_t>(getpid()))));
+  EXPECT_FALSE(process_alive(dead_pid(), 0));
 }
 
 }  // namespace

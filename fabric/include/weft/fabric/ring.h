@@ -29,8 +29,8 @@ namespace weft {
 struct RingConfig {
   std::size_t capacity_bytes = 1u << 20;  // power of two, at least 4 KiB
   std::size_t max_frame_bytes = 0;        // 0: capacity / 4; never more than capacity / 2
-  std::uint32_t producer_slots = 16;
-  std::uint32_t consumer_slots = 16;
+  std::uint32_t producer_slots = 16;      // at most 63
+  std::uint32_t consumer_slots = 16;      // at most 4096
   Offset initial_offset{0};               // the log end offset the ring continues from
 };
 
@@ -80,6 +80,7 @@ enum class ClaimStatus : std::uint8_t {
 enum class CommitStatus : std::uint8_t {
   kOk,
   kMalformed,  // the batch header disagrees with the claim; the claim was aborted instead
+  kNotOpen,    // not this producer's open claim (committed or aborted already)
 };
 
 // Space and offsets taken by try_claim. Write one RecordBatch v2 into `batch`, then commit.
@@ -112,7 +113,7 @@ class Producer {
   // may be committed shorter than it was taken). Stamps baseOffset; the CRC stays valid.
   [[nodiscard]] CommitStatus commit(Claim& claim, std::size_t used_bytes) noexcept;
   [[nodiscard]] CommitStatus commit(Claim& claim) noexcept { return commit(claim, claim.batch.size()); }
-  // Gives the claim up: readers skip its offsets.
+  // Gives the claim up: readers skip its offsets. Destroying a Producer aborts its open claim.
   void abort(Claim& claim) noexcept;
 
   // Copies a complete batch in (claim, copy, commit). Sets `base` on success.
@@ -134,6 +135,7 @@ class Producer {
   std::int64_t guess_offset_ = 0;
   bool fence_before_wake_check_;
   bool claim_open_ = false;
+  Claim open_claim_;
 };
 
 // A batch in the ring, viewed in place.
@@ -223,8 +225,8 @@ class RingOwner {
   // (and its offset) that is not yet readable.
   Ring::Mark scan() noexcept;
   // Lets producers overwrite data behind `mark`, which must be a frame boundary at or behind the
-  // frontier (as a consumer's position is). Monotonic.
-  void advance_reuse_limit(Ring::Mark mark) noexcept;
+  // frontier (as a consumer's position is). Refuses (false) to move backwards or past the tail.
+  bool advance_reuse_limit(Ring::Mark mark) noexcept;
   // As advance_reuse_limit, to the frame boundary at `position` (found by walking from the
   // current limit); returns the mark reached, which stops short at the frontier.
   Ring::Mark release_to(Position position) noexcept;
@@ -242,7 +244,8 @@ class RingOwner {
   Offset frontier_offset_;
 };
 
-// True while the process that wrote (pid, start_time) into a slot still runs.
+// False only when the process (pid, start_time) is certainly gone: exited, a zombie, or its pid
+// reused. Slots are owned by pid, so producers and the owner must share a PID namespace.
 bool process_alive(std::uint64_t pid, std::uint64_t start_time) noexcept;
 // Start time of `pid` in clock ticks since boot, from /proc (0 when unknown).
 std::uint64_t process_start_time(std::uint64_t pid) noexcept;

@@ -17,7 +17,7 @@
 namespace weft::ring_layout {
 
 inline constexpr std::uint64_t kRingMagic = 0x474E495254464557ull;  // "WEFTRING" in memory order
-inline constexpr std::uint32_t kRingVersion = 1;
+inline constexpr std::uint32_t kRingVersion = 2;
 inline constexpr std::size_t kFrameAlign = 8;
 inline constexpr std::size_t kFrameHeaderBytes = 16;
 inline constexpr std::size_t kDataAlign = 4096;
@@ -60,18 +60,21 @@ struct alignas(kNoShare) Descriptor {
   std::int64_t initial_offset;
 };
 
-// The claim word: producers move both halves in one 16-byte compare-and-swap (cmpxchg16b), so
-// space and offsets are taken in one atomic step.
-struct alignas(kNoShare) ClaimLine {
-  alignas(16) std::uint64_t tail_position;
-  std::uint64_t tail_offset;
+// A (position, offset) pair moved as one 16-byte word with cmpxchg16b. The claim word (the
+// tail producers take next) is written by producers; the reuse limit by the owner only.
+struct alignas(16) PositionPair {
+  std::uint64_t position;
+  std::uint64_t offset;  // an int64 Kafka offset, stored as its two's complement
 };
 
-// Written by the owner only; a seqlock keeps the (position, offset) pair consistent for readers.
+struct alignas(kNoShare) ClaimLine {
+  PositionPair tail;
+};
+
+// Producers may overwrite data only behind `limit.position`, where the frame of offset
+// `limit.offset` starts. Written by the owner.
 struct alignas(kNoShare) ReuseLine {
-  std::atomic<std::uint64_t> sequence;  // odd while the owner writes
-  std::atomic<std::uint64_t> position;  // producers may overwrite data only behind this
-  std::atomic<std::int64_t> offset;     // the offset of the frame at `position`
+  PositionPair limit;
 };
 
 struct alignas(kNoShare) WakeLine {
@@ -79,11 +82,14 @@ struct alignas(kNoShare) WakeLine {
   std::atomic<std::uint32_t> parked;          // readers about to sleep or asleep
 };
 
-// Bit 63: one exclusive producer holds the ring. Low bits: count of shared producers.
+// Bit i (i < 63): producer slot i holds the ring. Bit 63: that holder is exclusive. Setting and
+// clearing a slot's own bit is idempotent, so the owner can undo a dead producer's share safely.
 struct alignas(kNoShare) ModeLine {
   std::atomic<std::uint64_t> producers;
 };
 inline constexpr std::uint64_t kExclusiveProducer = 1ull << 63;
+inline constexpr std::uint32_t kMaxProducerSlots = 63;
+inline constexpr std::uint32_t kMaxConsumerSlots = 4096;
 
 struct alignas(kNoShare) RingControl {
   Descriptor descriptor;
@@ -93,27 +99,31 @@ struct alignas(kNoShare) RingControl {
   ModeLine mode;
 };
 
+// Who holds a slot, in one word so it is published in one step: the pid in the low 22 bits
+// (Linux's pid_max ceiling) and the process start time (clock ticks since boot, from
+// /proc/<pid>/stat) above, which tells a reused pid from the original. 0 = free.
+inline constexpr unsigned kPidBits = 22;
+constexpr std::uint64_t slot_owner(std::uint64_t pid, std::uint64_t start_time) {
+  return (start_time << kPidBits) | pid;
+}
+constexpr std::uint64_t owner_pid(std::uint64_t owner) { return owner & ((1ull << kPidBits) - 1); }
+constexpr std::uint64_t owner_start_time(std::uint64_t owner) { return owner >> kPidBits; }
+
 // One per attached producer, written by that producer only (its own line pair).
 struct alignas(kNoShare) ProducerSlot {
-  std::atomic<std::uint64_t> owner_pid;         // 0 = free
-  std::atomic<std::uint64_t> owner_start_time;  // /proc/<pid>/stat starttime, guards pid reuse
+  std::atomic<std::uint64_t> owner;
   // The claim being attempted or last made: written before each compare-and-swap, so a claim
   // that succeeded is always named here, even if the producer dies right after.
   std::atomic<std::uint64_t> pending_position;
   std::atomic<std::uint32_t> pending_frame_bytes;
   std::atomic<std::uint32_t> pending_records;
   std::atomic<std::uint64_t> back_pressure_events;
-  // The share of the mode word this producer holds (kHeld*), set once its increment succeeded,
-  // so the owner undoes exactly what a dead producer did.
-  std::atomic<std::uint64_t> held_mode;
 };
-inline constexpr std::uint64_t kHeldNone = 0, kHeldShared = 1, kHeldExclusive = 2;
 
 // One per attached consumer, written by that consumer only.
 struct alignas(kNoShare) ConsumerSlot {
-  std::atomic<std::uint64_t> owner_pid;
-  std::atomic<std::uint64_t> owner_start_time;
-  std::atomic<std::uint64_t> position;
+  std::atomic<std::uint64_t> owner;
+  std::atomic<std::uint64_t> position;  // frames before it are no longer read; kNoClaim: none
   std::atomic<std::int64_t> next_offset;
   std::atomic<std::uint64_t> lapped_count;
 };
@@ -126,11 +136,11 @@ static_assert(offsetof(RingControl, reuse) == 256);
 static_assert(offsetof(RingControl, wake) == 384);
 static_assert(offsetof(RingControl, mode) == 512);
 static_assert(sizeof(RingControl) == 640);
-static_assert(offsetof(ClaimLine, tail_offset) == 8);
+static_assert(sizeof(PositionPair) == 16 && offsetof(PositionPair, offset) == 8);
 static_assert(sizeof(ProducerSlot) == kNoShare && sizeof(ConsumerSlot) == kNoShare);
-static_assert(offsetof(ProducerSlot, pending_position) == 16 && offsetof(ProducerSlot, pending_records) == 28);
-static_assert(offsetof(ProducerSlot, held_mode) == 40);
-static_assert(offsetof(ConsumerSlot, next_offset) == 24);
+static_assert(offsetof(ProducerSlot, pending_position) == 8 && offsetof(ProducerSlot, pending_records) == 20);
+static_assert(offsetof(ProducerSlot, back_pressure_events) == 24);
+static_assert(offsetof(ConsumerSlot, position) == 8 && offsetof(ConsumerSlot, next_offset) == 16);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);
 

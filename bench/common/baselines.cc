@@ -1,0 +1,134 @@
+#include "baselines.h"
+
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace weft::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Tells the compiler the memory behind `p` is read, so copies into it are not elided.
+inline void keep(const void* p) { asm volatile("" : : "r"(p) : "memory"); }
+
+std::string read_first_line(const char* path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+}  // namespace
+
+bool pin_to_cpu(int cpu) noexcept {
+  if (cpu < 0) return false;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(static_cast<std::size_t>(cpu), &set);
+  return sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+int cpu_count() noexcept { return static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)); }
+
+double memcpy_gb_per_sec(std::size_t buffer_bytes, double seconds) {
+  std::vector<char> source(buffer_bytes, 1);
+  std::vector<char> destination(buffer_bytes, 0);
+  std::memcpy(destination.data(), source.data(), buffer_bytes);  // fault everything in first
+  std::uint64_t copied = 0;
+  const auto start = Clock::now();
+  const auto until = start + std::chrono::duration<double>(seconds);
+  auto now = start;
+  do {
+    std::memcpy(destination.data(), source.data(), buffer_bytes);
+    keep(destination.data());
+    copied += buffer_bytes;
+    now = Clock::now();
+  } while (now < until);
+  return static_cast<double>(copied) / std::chrono::duration<double>(now - start).count() / 1e9;
+}
+
+double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {
+  struct alignas(128) Line {
+    std::atomic<std::uint64_t> ping;
+    char pad[120];
+    std::atomic<std::uint64_t> pong;
+  };
+  void* memory = mmap(nullptr, sizeof(Line), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) return -1;
+  auto* line = new (memory) Line{};
+  constexpr int kBatches = 9;
+  const std::uint64_t per_batch = std::max<std::uint64_t>(round_trips / kBatches, 1000);
+  const std::uint64_t total = per_batch * kBatches;
+  const pid_t child = fork();
+  if (child == 0) {
+    pin_to_cpu(cpu_b);
+    for (std::uint64_t i = 1; i <= total; ++i) {
+      // Acquire/release: each side hands the line over with one store the other spins on.
+      while (line->ping.load(std::memory_order_acquire) != i) {
+#if defined(__x86_64__)
+        _mm_pause();
+#endif
+      }
+      line->pong.store(i, std::memory_order_release);
+    }
+    _exit(0);
+  }
+  pin_to_cpu(cpu_a);
+  std::vector<double> batch_ns;
+  std::uint64_t i = 0;
+  for (int b = 0; b < kBatches; ++b) {
+    const auto start = Clock::now();
+    for (std::uint64_t k = 0; k < per_batch; ++k) {
+      ++i;
+      line->ping.store(i, std::memory_order_release);
+      while (line->pong.load(std::memory_order_acquire) != i) {
+#if defined(__x86_64__)
+        _mm_pause();
+#endif
+      }
+    }
+    batch_ns.push_back(std::chrono::duration<double, std::nano>(Clock::now() - start).count() /
+                       static_cast<double>(per_batch));
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  munmap(memory, sizeof(Line));
+  std::sort(batch_ns.begin(), batch_ns.end());
+  return batch_ns[batch_ns.size() / 2] / 2.0;
+}
+
+std::string topology() {
+  std::string model;
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  const std::string siblings = read_first_line("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list");
+  const bool smt = siblings.find_first_of(",-") != std::string::npos;
+  int nodes = 0;
+  for (int n = 0; n < 64; ++n) {
+    std::ifstream node("/sys/devices/system/node/node" + std::to_string(n) + "/cpulist");
+    if (node) ++nodes;
+  }
+  return std::to_string(cpu_count()) + " cpus, SMT siblings: " + (smt ? "yes" : "no") +
+         ", NUMA nodes: " + std::to_string(std::max(nodes, 1)) + ", " + model;
+}
+
+}  // namespace weft::bench

@@ -1,0 +1,43 @@
+// CRC-32C: the SSE4.2 path and the portable path, beside memcpy of the same bytes.
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <vector>
+
+#include "weft/fabric/crc32c.h"
+
+namespace {
+
+void BM_Memcpy(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  std::vector<char> src(n, 7), dst(n);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), n);
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+
+void BM_Crc32cHardware(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  std::vector<char> buf(n, 7);
+  for (auto _ : state) benchmark::DoNotOptimize(weft::crc32c_extend(0, buf.data(), n));
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+  state.SetLabel(weft::crc32c_hardware() ? "sse4.2" : "portable (no sse4.2)");
+}
+
+void BM_Crc32cPortable(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  std::vector<char> buf(n, 7);
+  for (auto _ : state) benchmark::DoNotOptimize(weft::crc32c_extend_portable(0, buf.data(), n));
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
+}
+
+BENCHMARK(BM_Memcpy)->Arg(80)->Arg(4096)->Arg(65536);
+BENCHMARK(BM_Crc32cHardware)->Arg(80)->Arg(4096)->Arg(65536);
+BENCHMARK(BM_Crc32cPortable)->Arg(80)->Arg(4096)->Arg(65536);
+
+}  // namespace
+
+BENCHMARK_MAIN();
