@@ -48,6 +48,24 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+// The seqlock-style fences that pair a reader's frame reads with a producer's claim. TSan
+// models no standalone fence (GCC refuses them under -fsanitize=thread); the paths TSan runs
+// never race a reader with an overwrite, so there they compile to compiler barriers.
+inline void frame_reads_done() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  std::atomic_signal_fence(std::memory_order_acquire);
+#else
+  std::atomic_thread_fence(std::memory_order_acquire);
+#endif
+}
+inline void claim_before_frame_writes() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  std::atomic_signal_fence(std::memory_order_release);
+#else
+  std::atomic_thread_fence(std::memory_order_release);
+#endif
+}
+
 constexpr std::uint64_t align_frame(std::uint64_t n) { return (n + kFrameAlign - 1) & ~(kFrameAlign - 1); }
 constexpr bool is_power_of_two(std::uint64_t n) { return n != 0 && (n & (n - 1)) == 0; }
 
@@ -239,7 +257,7 @@ bool lapped_past(Ring ring, std::uint64_t position) noexcept {
   // Seqlock-style reader: the frame reads before this fence cannot drift past the checks after
   // it. Pairs with the full barrier of the claim (cmpxchg16b, or the release fence of an
   // exclusive claim): a reader that saw a byte of a newer lap sees the claim that wrote it.
-  std::atomic_thread_fence(std::memory_order_acquire);
+  frame_reads_done();
   RingControl& c = ring.control();
   // Fast path: no claim can reach data at or after the reuse limit.
   if (load_position(c.reuse.limit) <= position) return false;
@@ -493,7 +511,7 @@ ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, 
       std::atomic_ref<std::uint64_t>(tail.offset)
           .store(static_cast<std::uint64_t>(offset) + records, std::memory_order_relaxed);
       std::atomic_ref<std::uint64_t>(tail.position).store(end, std::memory_order_release);
-      std::atomic_thread_fence(std::memory_order_release);
+      claim_before_frame_writes();
       break;
     }
     if (pair_cas(tail, position, offset, end, offset + records)) break;
@@ -557,16 +575,18 @@ void Producer::abort(Claim& claim) noexcept {
 
 void Producer::wake_parked_readers() noexcept {
   WakeLine& wake = ring_.control_->wake;
+  std::uint32_t parked = 0;
   if (fence_before_wake_check_) {
-    // StoreLoad: the commit must be visible before `parked` is read; pairs with the seq_cst
-    // fence in Consumer::park (Dekker).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // seq_cst read-modify-write: either it reads a parker's increment, or that increment reads
+    // from it and the parker's re-check then sees this commit (Dekker, without a fence).
+    parked = wake.parked.fetch_add(0, std::memory_order_seq_cst);
   } else {
     // Compiler barrier only: a parking reader's membarrier(GLOBAL_EXPEDITED) runs the hardware
     // barrier on this core for us, so the hot path pays nothing.
     std::atomic_signal_fence(std::memory_order_seq_cst);
+    parked = wake.parked.load(std::memory_order_relaxed);
   }
-  if (wake.parked.load(std::memory_order_relaxed) != 0) [[unlikely]]
+  if (parked != 0) [[unlikely]]
     wake_all(wake);
 }
 
@@ -735,10 +755,7 @@ PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
       // Makes every registered producer's commit visible before the re-check, and our `parked`
       // visible to every later check of theirs (the heavy half of an asymmetric fence).
       if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0) slice = kUnsafeParkSliceNs;
-    } else {
-      // StoreLoad: `parked` before the re-check; pairs with the fence in wake_parked_readers.
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-    }
+    }  // else: the seq_cst increment above pairs with the producers' read-modify-write
     PollStatus status = poll(out);
     const std::int64_t now = monotonic_ns();
     if (status != PollStatus::kEmpty || now >= deadline_ns) {
@@ -856,8 +873,7 @@ std::vector<SealedRange> RingOwner::seal_dead_claims() {
   }
   if (!sealed.empty()) {
     WakeLine& wake = ring_.control_->wake;
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // StoreLoad, as in wake_parked_readers
-    if (wake.parked.load(std::memory_order_relaxed) != 0) wake_all(wake);
+    if (wake.parked.fetch_add(0, std::memory_order_seq_cst) != 0) wake_all(wake);  // as in wake_parked_readers
   }
   return sealed;
 }
