@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -73,21 +74,28 @@ double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {
   constexpr int kBatches = 9;
   const std::uint64_t per_batch = std::max<std::uint64_t>(round_trips / kBatches, 1000);
   const std::uint64_t total = per_batch * kBatches;
+  const pid_t parent = getpid();
   const pid_t child = fork();
   if (child == 0) {
     pin_to_cpu(cpu_b);
     for (std::uint64_t i = 1; i <= total; ++i) {
       // Acquire/release: each side hands the line over with one store the other spins on.
-      while (line->ping.load(std::memory_order_acquire) != i) {
+      for (std::uint32_t spins = 0; line->ping.load(std::memory_order_acquire) != i; ++spins) {
 #if defined(__x86_64__)
         _mm_pause();
 #endif
+        if (spins == (1u << 24)) {
+          if (getppid() != parent) _exit(1);  // the parent is gone: stop spinning
+          spins = 0;
+        }
       }
       line->pong.store(i, std::memory_order_release);
     }
     _exit(0);
   }
   pin_to_cpu(cpu_a);
+  // Bounded: a pong that does not come within a second means the child is gone.
+  const auto give_up = [start = Clock::now()] { return Clock::now() - start > std::chrono::seconds(30); };
   std::vector<double> batch_ns;
   std::uint64_t i = 0;
   for (int b = 0; b < kBatches; ++b) {
@@ -95,10 +103,19 @@ double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {
     for (std::uint64_t k = 0; k < per_batch; ++k) {
       ++i;
       line->ping.store(i, std::memory_order_release);
-      while (line->pong.load(std::memory_order_acquire) != i) {
+      for (std::uint32_t spins = 0; line->pong.load(std::memory_order_acquire) != i; ++spins) {
 #if defined(__x86_64__)
         _mm_pause();
 #endif
+        if (spins == (1u << 24)) {
+          if (give_up()) {
+            kill(child, SIGKILL);
+            waitpid(child, nullptr, 0);
+            munmap(memory, sizeof(Line));
+            return -1;
+          }
+          spins = 0;
+        }
       }
     }
     batch_ns.push_back(std::chrono::duration<double, std::nano>(Clock::now() - start).count() /

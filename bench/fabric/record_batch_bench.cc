@@ -63,6 +63,22 @@ void BM_DecodeBatch(benchmark::State& state, bool check_crc) {
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(batch.size()));
 }
 
+void BM_ReadBatchOnePass(benchmark::State& state) {
+  std::vector<std::byte> scratch(1 << 16);
+  const std::vector<std::byte> batch = encode(static_cast<std::size_t>(state.range(0)), scratch);
+  for (auto _ : state) {
+    auto view = BatchView::parse_header(batch, false);
+    weft::RecordReader reader(*view);
+    weft::RecordView r;
+    std::uint64_t sum = 0;
+    while (reader.next(r)) sum += r.value->size();
+    benchmark::DoNotOptimize(sum);
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(batch.size()));
+}
+
+BENCHMARK(BM_ReadBatchOnePass)->Arg(1)->Arg(64);
 BENCHMARK(BM_MemcpyBatchBytes)->Arg(1)->Arg(64);
 BENCHMARK(BM_EncodeBatch)->Arg(1)->Arg(64);
 BENCHMARK_CAPTURE(BM_DecodeBatch, with_crc, true)->Arg(1)->Arg(64);

@@ -37,30 +37,6 @@ void store_be16(std::byte* p, std::int16_t v) noexcept {
 }
 
 namespace {
-std::size_t encode_unsigned(std::uint64_t v, std::byte* out) noexcept {
-  std::size_t n = 0;
-  while (v >= 0x80) {
-    out[n++] = static_cast<std::byte>(v | 0x80);
-    v >>= 7;
-  }
-  out[n++] = static_cast<std::byte>(v);
-  return n;
-}
-std::size_t unsigned_bytes(std::uint64_t v) noexcept {
-  std::size_t n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-constexpr std::uint32_t zigzag32(std::int32_t v) {
-  return (static_cast<std::uint32_t>(v) << 1) ^ static_cast<std::uint32_t>(v >> 31);
-}
-constexpr std::uint64_t zigzag64(std::int64_t v) {
-  return (static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63);
-}
-
 // Reads an unsigned LEB128 of at most `max_bytes`; the last byte may not carry bits past `bits`.
 std::size_t decode_unsigned(const std::byte* p, const std::byte* end, std::uint64_t& out, std::size_t max_bytes,
                             unsigned bits) noexcept {
@@ -80,12 +56,7 @@ std::size_t decode_unsigned(const std::byte* p, const std::byte* end, std::uint6
 }
 }  // namespace
 
-std::size_t encode_varint(std::int32_t value, std::byte* out) noexcept { return encode_unsigned(zigzag32(value), out); }
-std::size_t encode_varlong(std::int64_t value, std::byte* out) noexcept { return encode_unsigned(zigzag64(value), out); }
-std::size_t varint_bytes(std::int32_t value) noexcept { return unsigned_bytes(zigzag32(value)); }
-std::size_t varlong_bytes(std::int64_t value) noexcept { return unsigned_bytes(zigzag64(value)); }
-
-std::size_t decode_varint(const std::byte* p, const std::byte* end, std::int32_t& value) noexcept {
+std::size_t decode_varint_slow(const std::byte* p, const std::byte* end, std::int32_t& value) noexcept {
   std::uint64_t raw = 0;
   const std::size_t n = decode_unsigned(p, end, raw, 5, 32);
   if (n == 0) return 0;
@@ -94,7 +65,7 @@ std::size_t decode_varint(const std::byte* p, const std::byte* end, std::int32_t
   return n;
 }
 
-std::size_t decode_varlong(const std::byte* p, const std::byte* end, std::int64_t& value) noexcept {
+std::size_t decode_varlong_slow(const std::byte* p, const std::byte* end, std::int64_t& value) noexcept {
   std::uint64_t raw = 0;
   const std::size_t n = decode_unsigned(p, end, raw, 10, 64);
   if (n == 0) return 0;
@@ -282,7 +253,83 @@ Result<void> validate_record(const std::byte* p, const std::byte* end, std::int3
 
 }  // namespace
 
-Result<BatchView> BatchView::parse_impl(std::span<const std::byte> bytes, bool check_crc) {
+namespace {
+
+// Decodes one record whose body (after its length prefix) spans exactly [p, end), checking
+// every field against `end`. False on any fault; validate_record() then says which.
+inline bool decode_record(const std::byte* p, const std::byte* end, std::int32_t last_offset_delta,
+                          std::int32_t& previous_delta, std::int64_t base_timestamp, Offset base_offset,
+                          RecordView& out) noexcept {
+  if (p >= end) return false;
+  out.attributes = static_cast<std::int8_t>(*p++);
+  std::int64_t ts_delta = 0;
+  std::size_t n = wire::decode_varlong(p, end, ts_delta);
+  if (n == 0) return false;
+  p += n;
+  std::int32_t offset_delta = 0;
+  n = wire::decode_varint(p, end, offset_delta);
+  if (n == 0 || offset_delta <= previous_delta || offset_delta > last_offset_delta) return false;
+  p += n;
+  previous_delta = offset_delta;
+  for (OptionalBytes* field : {&out.key, &out.value}) {
+    std::int32_t len = 0;
+    n = wire::decode_varint(p, end, len);
+    if (n == 0) return false;
+    p += n;
+    if (len < -1 || len > end - p) return false;
+    if (len < 0) {
+      field->reset();
+    } else {
+      *field = std::span<const std::byte>(p, static_cast<std::size_t>(len));
+      p += len;
+    }
+  }
+  n = wire::decode_varint(p, end, out.header_count);
+  if (n == 0 || out.header_count < 0) return false;
+  p += n;
+  const std::byte* headers = p;
+  for (std::int32_t h = 0; h < out.header_count; ++h) {
+    std::int32_t len = 0;
+    n = wire::decode_varint(p, end, len);
+    if (n == 0 || len < 0 || len > end - p - static_cast<std::ptrdiff_t>(n)) return false;
+    p += n + static_cast<std::size_t>(len);
+    n = wire::decode_varint(p, end, len);
+    if (n == 0 || len < -1 || len > end - p - static_cast<std::ptrdiff_t>(n)) return false;
+    p += n + static_cast<std::size_t>(std::max(len, 0));
+  }
+  if (p != end) return false;
+  out.headers_bytes = std::span<const std::byte>(headers, static_cast<std::size_t>(end - headers));
+  // Both sums come from the wire and may overflow: wrap as Kafka's Java does, never signed overflow.
+  out.timestamp_ms =
+      static_cast<std::int64_t>(static_cast<std::uint64_t>(base_timestamp) + static_cast<std::uint64_t>(ts_delta));
+  out.offset = Offset{static_cast<std::int64_t>(static_cast<std::uint64_t>(base_offset.value) +
+                                                static_cast<std::uint64_t>(offset_delta))};
+  return true;
+}
+
+// Reads record `index` at `p` (its length prefix first): advances `p` past it, or explains why not.
+Result<void> next_record(const std::byte*& p, const std::byte* end, std::int32_t index, std::int32_t last_delta,
+                         std::int32_t& previous_delta, std::int64_t base_timestamp, Offset base_offset,
+                         RecordView& out) {
+  std::int32_t length = 0;
+  const std::size_t n = wire::decode_varint(p, end, length);
+  if (n == 0) return corrupt("record " + std::to_string(index) + ": malformed length");
+  if (length < 0 || length > end - p - static_cast<std::ptrdiff_t>(n))
+    return corrupt("record " + std::to_string(index) + ": length " + std::to_string(length) + " runs past the batch");
+  const std::byte* body = p + n;
+  const std::int32_t before = previous_delta;
+  if (!decode_record(body, body + length, last_delta, previous_delta, base_timestamp, base_offset, out)) [[unlikely]] {
+    previous_delta = before;
+    WEFT_TRY_VOID(validate_record(body, body + length, index, last_delta, previous_delta));
+    return corrupt("record " + std::to_string(index) + ": malformed");
+  }
+  p = body + length;
+  return ok();
+}
+
+}  // namespace
+
+Result<BatchView> BatchView::parse_header(std::span<const std::byte> bytes, bool check_crc) {
   if (bytes.size() < kBatchHeaderBytes)
     return corrupt("truncated: " + std::to_string(bytes.size()) + " bytes, the header needs 61");
   const std::byte* h = bytes.data();
@@ -310,24 +357,24 @@ Result<BatchView> BatchView::parse_impl(std::span<const std::byte> bytes, bool c
                    " records");
   const int codec = view.attributes() & batch_attr::kCompressionMask;
   if (codec > static_cast<int>(Compression::kZstd)) return corrupt("unknown compression codec " + std::to_string(codec));
-  if (codec != 0) return view;  // compressed records are validated when decompressed
+  // Each record takes at least one byte, so a count that cannot fit is refused before walking.
+  if (codec == 0 && static_cast<std::size_t>(count) > total - kBatchHeaderBytes)
+    return corrupt("record count " + std::to_string(count) + " cannot fit in " +
+                   std::to_string(total - kBatchHeaderBytes) + " bytes");
+  return view;
+}
 
-  const std::byte* p = h + kBatchHeaderBytes;
-  const std::byte* end = h + total;
-  // Each record needs at least 7 bytes, so a count that cannot fit is refused before walking.
-  if (static_cast<std::size_t>(count) > static_cast<std::size_t>(end - p))
-    return corrupt("record count " + std::to_string(count) + " cannot fit in " + std::to_string(end - p) + " bytes");
+Result<BatchView> BatchView::parse_impl(std::span<const std::byte> bytes, bool check_crc) {
+  WEFT_TRY(BatchView view, parse_header(bytes, check_crc));
+  if (view.compression() != Compression::kNone) return view;  // validated when decompressed
+  const std::byte* p = view.bytes_.data() + kBatchHeaderBytes;
+  const std::byte* end = view.bytes_.data() + view.bytes_.size();
+  const std::int32_t count = view.record_count();
+  const std::int32_t last_delta = view.last_offset_delta();
   std::int32_t previous_delta = -1;
-  for (std::int32_t i = 0; i < count; ++i) {
-    std::int32_t length = 0;
-    const std::size_t n = wire::decode_varint(p, end, length);
-    if (n == 0) return corrupt("record " + std::to_string(i) + ": malformed length");
-    p += n;
-    if (length < 0 || length > end - p)
-      return corrupt("record " + std::to_string(i) + ": length " + std::to_string(length) + " runs past the batch");
-    WEFT_TRY_VOID(validate_record(p, p + length, i, last_delta, previous_delta));
-    p += length;
-  }
+  RecordView scratch;
+  for (std::int32_t i = 0; i < count; ++i)
+    WEFT_TRY_VOID(next_record(p, end, i, last_delta, previous_delta, 0, Offset{0}, scratch));
   if (p != end) return corrupt(std::to_string(end - p) + " trailing bytes after the last record");
   return view;
 }
@@ -347,36 +394,48 @@ BatchView::Iterator& BatchView::Iterator::operator++() noexcept {
   return *this;
 }
 
-// Decodes the record at cursor_; parse() proved every field lies inside the batch.
+// Decodes the record at cursor_; parse() proved every field lies inside the batch, so the
+// checks here only repeat what passed.
 void BatchView::Iterator::decode() noexcept {
   const std::byte* end = batch_->bytes_.data() + batch_->bytes_.size();
-  const std::byte* p = cursor_;
   std::int32_t length = 0;
-  p += wire::decode_varint(p, end, length);
-  const std::byte* record_end = p + length;
-  current_.attributes = static_cast<std::int8_t>(*p++);
-  std::int64_t ts_delta = 0;
-  p += wire::decode_varlong(p, record_end, ts_delta);
-  std::int32_t offset_delta = 0;
-  p += wire::decode_varint(p, record_end, offset_delta);
-  // Both sums come from the wire and may overflow: wrap as Kafka's Java does, never signed overflow.
-  current_.timestamp_ms = static_cast<std::int64_t>(static_cast<std::uint64_t>(batch_->base_timestamp()) +
-                                                    static_cast<std::uint64_t>(ts_delta));
-  current_.offset = Offset{static_cast<std::int64_t>(static_cast<std::uint64_t>(batch_->base_offset().value) +
-                                                     static_cast<std::uint64_t>(offset_delta))};
-  for (OptionalBytes* field : {&current_.key, &current_.value}) {
-    std::int32_t len = 0;
-    p += wire::decode_varint(p, record_end, len);
-    if (len < 0) {
-      field->reset();
-    } else {
-      *field = std::span<const std::byte>(p, static_cast<std::size_t>(len));
-      p += len;
-    }
+  const std::byte* body = cursor_ + wire::decode_varint(cursor_, end, length);
+  std::int32_t previous_delta = -1;  // order was checked by parse()
+  (void)decode_record(body, body + length, INT32_MAX, previous_delta, batch_->base_timestamp(), batch_->base_offset(),
+                      current_);
+  cursor_ = body + length;
+}
+
+RecordReader::RecordReader(const BatchView& batch) noexcept
+    : batch_(batch),
+      cursor_(batch.bytes().data() + kBatchHeaderBytes),
+      remaining_(batch.compression() == Compression::kNone ? batch.record_count() : 0) {}
+
+bool RecordReader::next(RecordView& out) noexcept {
+  const std::byte* end = batch_.bytes().data() + batch_.bytes().size();
+  if (remaining_ <= 0) {
+    if (!failed_ && cursor_ != end && batch_.compression() == Compression::kNone) failed_ = true;  // trailing bytes
+    return false;
   }
-  p += wire::decode_varint(p, record_end, current_.header_count);
-  current_.headers_bytes = std::span<const std::byte>(p, static_cast<std::size_t>(record_end - p));
-  cursor_ = record_end;
+  std::int32_t length = 0;
+  const std::size_t n = wire::decode_varint(cursor_, end, length);
+  const std::byte* body = cursor_ + n;
+  if (n == 0 || length < 0 || length > end - body ||
+      !decode_record(body, body + length, batch_.last_offset_delta(), previous_delta_, batch_.base_timestamp(),
+                     batch_.base_offset(), out)) [[unlikely]] {
+    failed_ = true;
+    remaining_ = 0;
+    return false;
+  }
+  cursor_ = body + length;
+  --remaining_;
+  return true;
+}
+
+Error RecordReader::error() const {
+  if (!failed_) return Error{Errc::kOk, {}};
+  Result<BatchView> full = BatchView::parse_trusted(batch_.bytes());
+  return full.ok() ? Error{Errc::kCorrupt, "record batch: malformed"} : full.error();
 }
 
 }  // namespace weft
