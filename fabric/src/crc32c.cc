@@ -82,6 +82,10 @@ inline std::uint32_t shift(const ShiftTable& t, std::uint32_t crc) noexcept {
 constexpr std::size_t kLane = 256;
 const ShiftTable kShiftLane = make_shift_table(kLane);
 const ShiftTable kShiftTwoLanes = make_shift_table(2 * kLane);
+// Short lanes for batches of one or a few records (about 100 to 700 bytes).
+constexpr std::size_t kShortLane = 32;
+const ShiftTable kShiftShortLane = make_shift_table(kShortLane);
+const ShiftTable kShiftTwoShortLanes = make_shift_table(2 * kShortLane);
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) std::uint32_t hardware(std::uint32_t crc, const std::uint8_t* p,
@@ -102,6 +106,22 @@ __attribute__((target("sse4.2"))) std::uint32_t hardware(std::uint32_t crc, cons
     c = shift(kShiftTwoLanes, static_cast<std::uint32_t>(c)) ^ shift(kShiftLane, static_cast<std::uint32_t>(b)) ^ d;
     p += 3 * kLane;
     n -= 3 * kLane;
+  }
+  while (n >= 3 * kShortLane) {
+    std::uint64_t b = 0;
+    std::uint64_t d = 0;
+    for (std::size_t i = 0; i < kShortLane; i += 8) {
+      std::uint64_t w0, w1, w2;
+      std::memcpy(&w0, p + i, 8);
+      std::memcpy(&w1, p + kShortLane + i, 8);
+      std::memcpy(&w2, p + 2 * kShortLane + i, 8);
+      c = _mm_crc32_u64(c, w0);
+      b = _mm_crc32_u64(b, w1);
+      d = _mm_crc32_u64(d, w2);
+    }
+    c = shift(kShiftTwoShortLanes, static_cast<std::uint32_t>(c)) ^ shift(kShiftShortLane, static_cast<std::uint32_t>(b)) ^ d;
+    p += 3 * kShortLane;
+    n -= 3 * kShortLane;
   }
   while (n >= 8) {
     std::uint64_t word;

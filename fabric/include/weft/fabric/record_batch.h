@@ -221,9 +221,20 @@ constexpr std::uint64_t zigzag64(std::int64_t v) {
 }
 // Bytes of an unsigned LEB128: 7 bits a byte, at least one byte.
 constexpr std::size_t unsigned_bytes(std::uint64_t v) {
-  return (static_cast<std::size_t>(std::bit_width(v | 1)) + 6) / 7;
+  if (v < 0x80) [[likely]] return 1;
+  if (v < 0x4000) return 2;
+  return (static_cast<std::size_t>(std::bit_width(v)) + 6) / 7;
 }
 inline std::size_t encode_unsigned(std::uint64_t v, std::byte* out) noexcept {
+  if (v < 0x80) [[likely]] {
+    out[0] = static_cast<std::byte>(v);
+    return 1;
+  }
+  if (v < 0x4000) {
+    out[0] = static_cast<std::byte>(v | 0x80);
+    out[1] = static_cast<std::byte>(v >> 7);
+    return 2;
+  }
   std::size_t n = 0;
   while (v >= 0x80) {
     out[n++] = static_cast<std::byte>(v | 0x80);
