@@ -5,7 +5,7 @@
 //
 //   weft-ring-bench [--records N] [--value-bytes B] [--batch-records K] [--rate R]
 //                   [--latency-records N] [--capacity BYTES] [--wait spin|yield|park]
-//                   [--exclusive] [--no-hugepages] [--cpus A,B] [--json]
+//                   [--shared] [--no-hugepages] [--cpus A,B] [--json]
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -41,21 +41,23 @@ struct Options {
   std::uint32_t batch_records = 64;
   std::size_t capacity = 8u << 20;
   WaitKind wait = WaitKind::kSpin;
-  ProducerMode mode = ProducerMode::kShared;
+  // One producer: it holds the ring exclusively (plain-store claims), as Aeron's exclusive
+  // publication does; --shared measures the compare-and-swap path any number can share.
+  ProducerMode mode = ProducerMode::kExclusive;
   bool hugepages = true;
   bool json = false;
   int cpu_producer = 0;
   int cpu_consumer = 1;
 };
 
-[[noreturn]] void usage(const char* message) {
+[[noreturn]] void usage(const char* message, int exit_code = 2) {
   std::fprintf(stderr,
                "weft-ring-bench: %s\n"
                "usage: weft-ring-bench [--records N] [--batch-run-records N] [--value-bytes B]\n"
                "         [--batch-records K] [--rate R] [--latency-records N] [--capacity BYTES]\n"
-               "         [--wait spin|yield|park] [--exclusive] [--no-hugepages] [--cpus A,B] [--json]\n",
+               "         [--wait spin|yield|park] [--shared] [--no-hugepages] [--cpus A,B] [--json]\n",
                message);
-  std::exit(2);
+  std::exit(exit_code);
 }
 
 std::uint64_t parse_count(const char* flag, const char* text) {
@@ -84,6 +86,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--batch-records") o.batch_records = static_cast<std::uint32_t>(parse_count("--batch-records", next()));
     else if (a == "--capacity") o.capacity = parse_count("--capacity", next());
     else if (a == "--exclusive") o.mode = ProducerMode::kExclusive;
+    else if (a == "--shared") o.mode = ProducerMode::kShared;
     else if (a == "--no-hugepages") o.hugepages = false;
     else if (a == "--json") o.json = true;
     else if (a == "--wait") {
@@ -95,7 +98,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--cpus") {
       if (std::sscanf(next(), "%d,%d", &o.cpu_producer, &o.cpu_consumer) != 2) usage("--cpus takes A,B");
     } else if (a == "--help" || a == "-h") {
-      usage("one producer process and one consumer process on a shared-memory ring");
+      usage("one producer process and one consumer process on a shared-memory ring", 0);
     } else {
       usage(("unknown flag " + std::string(a)).c_str());
     }
