@@ -29,10 +29,12 @@ namespace {
 constexpr std::size_t kMinCapacity = 4096;
 constexpr std::size_t kMinFrame = kFrameHeaderBytes + kBatchHeaderBytes + 8;
 constexpr std::size_t kDefaultMaxFrameCeiling = std::size_t{1} << 30;
-// While batches keep coming, a reader that finds nothing waits this many pauses before it looks
-// again, so the producer writes whole lines in a stream instead of handing each line over.
-// The wait halves on every empty look, so an idle stream is watched tightly (see bench/ring).
-constexpr std::uint32_t kStreamingBackoffPauses = 32;
+// A spinning reader that finds nothing right after a batch waits this many pauses (about 1 µs
+// here) before it looks again, so a streaming producer writes whole lines instead of handing
+// each line over; if it still finds nothing the stream is idle and it watches tightly, so a
+// record that comes later than that is seen at once. weft-ring-bench, one-record batches:
+// 9.8 M records/s with 32 pauses, 12.8 M with 256, p50 latency unchanged (docs/performance.md).
+constexpr std::uint32_t kStreamingBackoffPauses = 256;
 // A poll gives up (kEmpty) after skipping this many padding or aborted frames in a row, so a
 // process rewriting frames ahead of a reader cannot keep it inside one call.
 constexpr int kMaxSkipsPerPoll = 4096;
@@ -726,7 +728,7 @@ PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns
       sched_yield();
     } else {
       for (std::uint32_t i = 0; i < backoff_pauses_; ++i) cpu_relax();
-      backoff_pauses_ /= 2;
+      backoff_pauses_ = 0;
       cpu_relax();
     }
     status = poll(out);
