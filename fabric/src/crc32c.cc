@@ -88,41 +88,33 @@ const ShiftTable kShiftShortLane = make_shift_table(kShortLane);
 const ShiftTable kShiftTwoShortLanes = make_shift_table(2 * kShortLane);
 
 #if defined(__x86_64__)
+// Consumes whole blocks of three `Lane`-byte lanes from p/n into the register c.
+template <std::size_t Lane>
+__attribute__((target("sse4.2"))) inline void three_lanes(std::uint64_t& c, const std::uint8_t*& p, std::size_t& n,
+                                                         const ShiftTable& shift_one, const ShiftTable& shift_two) noexcept {
+  while (n >= 3 * Lane) {
+    std::uint64_t b = 0;
+    std::uint64_t d = 0;
+    for (std::size_t i = 0; i < Lane; i += 8) {
+      std::uint64_t w0, w1, w2;
+      std::memcpy(&w0, p + i, 8);
+      std::memcpy(&w1, p + Lane + i, 8);
+      std::memcpy(&w2, p + 2 * Lane + i, 8);
+      c = _mm_crc32_u64(c, w0);
+      b = _mm_crc32_u64(b, w1);
+      d = _mm_crc32_u64(d, w2);
+    }
+    c = shift(shift_two, static_cast<std::uint32_t>(c)) ^ shift(shift_one, static_cast<std::uint32_t>(b)) ^ d;
+    p += 3 * Lane;
+    n -= 3 * Lane;
+  }
+}
+
 __attribute__((target("sse4.2"))) std::uint32_t hardware(std::uint32_t crc, const std::uint8_t* p,
                                                          std::size_t n) noexcept {
   std::uint64_t c = ~crc;
-  while (n >= 3 * kLane) {
-    std::uint64_t b = 0;
-    std::uint64_t d = 0;
-    for (std::size_t i = 0; i < kLane; i += 8) {
-      std::uint64_t w0, w1, w2;
-      std::memcpy(&w0, p + i, 8);
-      std::memcpy(&w1, p + kLane + i, 8);
-      std::memcpy(&w2, p + 2 * kLane + i, 8);
-      c = _mm_crc32_u64(c, w0);
-      b = _mm_crc32_u64(b, w1);
-      d = _mm_crc32_u64(d, w2);
-    }
-    c = shift(kShiftTwoLanes, static_cast<std::uint32_t>(c)) ^ shift(kShiftLane, static_cast<std::uint32_t>(b)) ^ d;
-    p += 3 * kLane;
-    n -= 3 * kLane;
-  }
-  while (n >= 3 * kShortLane) {
-    std::uint64_t b = 0;
-    std::uint64_t d = 0;
-    for (std::size_t i = 0; i < kShortLane; i += 8) {
-      std::uint64_t w0, w1, w2;
-      std::memcpy(&w0, p + i, 8);
-      std::memcpy(&w1, p + kShortLane + i, 8);
-      std::memcpy(&w2, p + 2 * kShortLane + i, 8);
-      c = _mm_crc32_u64(c, w0);
-      b = _mm_crc32_u64(b, w1);
-      d = _mm_crc32_u64(d, w2);
-    }
-    c = shift(kShiftTwoShortLanes, static_cast<std::uint32_t>(c)) ^ shift(kShiftShortLane, static_cast<std::uint32_t>(b)) ^ d;
-    p += 3 * kShortLane;
-    n -= 3 * kShortLane;
-  }
+  three_lanes<kLane>(c, p, n, kShiftLane, kShiftTwoLanes);
+  three_lanes<kShortLane>(c, p, n, kShiftShortLane, kShiftTwoShortLanes);
   while (n >= 8) {
     std::uint64_t word;
     std::memcpy(&word, p, 8);
