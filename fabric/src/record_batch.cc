@@ -77,20 +77,20 @@ std::size_t decode_varlong_slow(const std::byte* p, const std::byte* end, std::i
 
 namespace {
 
-std::size_t nullable_bytes(const OptionalBytes& b) noexcept {
+[[gnu::always_inline]] inline std::size_t nullable_bytes(const OptionalBytes& b) noexcept {
   if (!b) return wire::varint_bytes(-1);
   const auto n = static_cast<std::int32_t>(b->size());
   return wire::varint_bytes(n) + b->size();
 }
 
-std::byte* put_nullable(std::byte* p, const OptionalBytes& b) noexcept {
+[[gnu::always_inline]] inline std::byte* put_nullable(std::byte* p, const OptionalBytes& b) noexcept {
   if (!b) return p + wire::encode_varint(-1, p);
   p += wire::encode_varint(static_cast<std::int32_t>(b->size()), p);
   if (!b->empty()) std::memcpy(p, b->data(), b->size());
   return p + b->size();
 }
 
-std::size_t record_body_bytes(const RecordInput& r, std::int32_t offset_delta, std::int64_t timestamp_delta) noexcept {
+[[gnu::always_inline]] inline std::size_t record_body_bytes(const RecordInput& r, std::int32_t offset_delta, std::int64_t timestamp_delta) noexcept {
   std::size_t n = 1;  // attributes
   n += wire::varlong_bytes(timestamp_delta);
   n += wire::varint_bytes(offset_delta);
