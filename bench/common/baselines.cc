@@ -76,6 +76,10 @@ double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {
   const std::uint64_t total = per_batch * kBatches;
   const pid_t parent = getpid();
   const pid_t child = fork();
+  if (child < 0) {
+    munmap(memory, sizeof(Line));
+    return -1;
+  }
   if (child == 0) {
     pin_to_cpu(cpu_b);
     for (std::uint64_t i = 1; i <= total; ++i) {
@@ -94,7 +98,7 @@ double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {
     _exit(0);
   }
   pin_to_cpu(cpu_a);
-  // Bounded: a pong that does not come within a second means the child is gone.
+  // Bounded: no pong 30 s after the start means the child is gone.
   const auto give_up = [start = Clock::now()] { return Clock::now() - start > std::chrono::seconds(30); };
   std::vector<double> batch_ns;
   std::uint64_t i = 0;

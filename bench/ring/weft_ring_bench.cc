@@ -3,11 +3,12 @@
 // memcpy over a buffer the size of the ring, a cache-line ping-pong between two processes, and
 // boost::lockfree::spsc_queue between two threads.
 //
-//   weft-ring-bench [--records N] [--value-bytes B] [--batch-records K] [--rate R]
-//                   [--latency-records N] [--capacity BYTES] [--wait spin|yield|park]
-//                   [--shared] [--no-hugepages] [--cpus A,B] [--json]
+//   weft-ring-bench [--records N] [--batch-run-records N] [--value-bytes B] [--batch-records K]
+//                   [--rate R] [--latency-records N] [--capacity BYTES] [--wait spin|yield|park]
+//                   [--shared | --exclusive] [--no-hugepages] [--cpus A,B] [--json]
 #include <sched.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,7 +56,7 @@ struct Options {
                "weft-ring-bench: %s\n"
                "usage: weft-ring-bench [--records N] [--batch-run-records N] [--value-bytes B]\n"
                "         [--batch-records K] [--rate R] [--latency-records N] [--capacity BYTES]\n"
-               "         [--wait spin|yield|park] [--shared] [--no-hugepages] [--cpus A,B] [--json]\n",
+               "         [--wait spin|yield|park] [--shared | --exclusive] [--no-hugepages] [--cpus A,B] [--json]\n",
                message);
   std::exit(exit_code);
 }
@@ -128,6 +129,7 @@ struct RunResult {
   std::uint64_t errors = 0;
   std::uint64_t back_pressured = 0;
   LatencyHistogram latency;
+  std::string backing;  // how this run's ring memory was backed, and why not hugepages if not
 };
 
 struct Run {
@@ -140,7 +142,7 @@ struct Run {
 // and (paced) records now - send time. It frees ring space behind itself, standing in for the
 // node's log writer.
 void consume(Ring ring, const Options& o, const Run& run, Report& report) {
-  pin_to_cpu(o.cpu_consumer);
+  if (!pin_to_cpu(o.cpu_consumer)) std::fprintf(stderr, "weft-ring-bench: could not pin the consumer to cpu %d\n", o.cpu_consumer);
   Result<Consumer> attached = Consumer::attach(ring);
   if (!attached.ok()) {
     std::fprintf(stderr, "consumer: %s\n", attached.error().message.c_str());
@@ -153,14 +155,17 @@ void consume(Ring ring, const Options& o, const Run& run, Report& report) {
   report.consumer_ready.store(1, std::memory_order_release);
   std::uint64_t expected = 0;
   std::uint64_t checksum = 0;
-  const std::int64_t give_up = monotonic_ns() + 120'000'000'000;
+  // Bounded: ten seconds with nothing to read means the producer is gone.
+  std::int64_t idle_since = 0;  // when the current run of empty waits began; 0: not idle
   RingBatch batch;
   while (expected < run.records) {
     const PollStatus status = consumer.wait(batch, o.wait, 1'000'000'000);
-    if (status == PollStatus::kEmpty) {
-      if (monotonic_ns() > give_up) break;
+    if (status == PollStatus::kEmpty) {  // each empty wait lasted a second
+      if (idle_since == 0) idle_since = monotonic_ns();
+      else if (monotonic_ns() - idle_since > 10'000'000'000) break;
       continue;
     }
+    idle_since = 0;
     if (status != PollStatus::kOk) {
       ++report.lapped;
       break;
@@ -227,30 +232,6 @@ RunResult run_once(const Options& o, const Run& run) {
     std::fprintf(stderr, "weft-ring-bench: %s\n", ring.error().message.c_str());
     std::exit(1);
   }
-  void* shared = mmap(nullptr, sizeof(Report), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (shared == MAP_FAILED) std::exit(1);
-  auto* report = new (shared) Report{};
-
-  const pid_t child = fork();
-  if (child == 0) {
-    consume(*ring, o, run, *report);
-    _exit(0);
-  }
-  pin_to_cpu(o.cpu_producer);
-  Result<Producer> attached = Producer::attach(*ring, o.mode);
-  if (!attached.ok()) {
-    std::fprintf(stderr, "producer: %s\n", attached.error().message.c_str());
-    std::exit(1);
-  }
-  Producer& producer = *attached;
-  while (report->consumer_ready.load(std::memory_order_acquire) == 0) {
-    if (waitpid(child, nullptr, WNOHANG) == child) {
-      std::fprintf(stderr, "weft-ring-bench: the consumer process failed to start\n");
-      std::exit(1);
-    }
-    sched_yield();
-  }
-
   std::vector<std::byte> value(o.value_bytes, std::byte{0x5A});
   RecordInput record;
   record.value = std::span<const std::byte>(value);
@@ -259,6 +240,41 @@ RunResult run_once(const Options& o, const Run& run) {
   std::size_t batch_bytes = kBatchHeaderBytes;
   for (std::uint32_t i = 0; i < run.batch_records; ++i)
     batch_bytes += encoded_record_bytes(record, static_cast<std::int32_t>(i), 0);
+  if (batch_bytes > ring->max_batch_bytes()) {
+    std::fprintf(stderr, "weft-ring-bench: a batch of %zu bytes exceeds the ring's limit of %zu; use a larger --capacity\n",
+                 batch_bytes, ring->max_batch_bytes());
+    std::exit(2);
+  }
+
+  void* shared = mmap(nullptr, sizeof(Report), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shared == MAP_FAILED) std::exit(1);
+  auto* report = new (shared) Report{};
+
+  const pid_t child = fork();
+  if (child < 0) {
+    std::perror("weft-ring-bench: fork");
+    std::exit(1);
+  }
+  if (child == 0) {
+    consume(*ring, o, run, *report);
+    _exit(0);
+  }
+  // Every exit from here on stops the consumer process first, by its pid.
+  auto fail = [child](const char* what) {
+    std::fprintf(stderr, "weft-ring-bench: %s\n", what);
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    std::exit(1);
+  };
+  if (!pin_to_cpu(o.cpu_producer)) std::fprintf(stderr, "weft-ring-bench: could not pin the producer to cpu %d\n", o.cpu_producer);
+  Result<Producer> attached = Producer::attach(*ring, o.mode);
+  if (!attached.ok()) fail(attached.error().message.c_str());
+  Producer& producer = *attached;
+  const std::int64_t ready_by = monotonic_ns() + 30'000'000'000;
+  while (report->consumer_ready.load(std::memory_order_acquire) == 0) {
+    if (monotonic_ns() > ready_by) fail("the consumer process did not start within 30 s");
+    sched_yield();
+  }
   const std::int64_t interval_ns = 1'000'000'000 / static_cast<std::int64_t>(o.rate);
 
   const std::int64_t start = monotonic_ns();
@@ -289,10 +305,7 @@ RunResult run_once(const Options& o, const Run& run) {
         std::exit(1);
       }
     }
-    if (status != ClaimStatus::kOk) {
-      std::fprintf(stderr, "producer: claim failed (%d)\n", static_cast<int>(status));
-      std::exit(1);
-    }
+    if (status != ClaimStatus::kOk) fail("a claim failed for a reason other than back-pressure");
     BatchBuilder builder(claim.batch);
     for (std::uint32_t i = 0; i < in_batch; ++i) {
       std::memcpy(value.data(), &sequence, 8);
@@ -305,6 +318,7 @@ RunResult run_once(const Options& o, const Run& run) {
   int status = 0;
   waitpid(child, &status, 0);
   RunResult result;
+  result.backing = memory->describe();
   result.seconds = static_cast<double>(report->last_ns - start) / 1e9;
   result.records = report->records;
   result.errors = report->errors + report->lapped + (WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1);
@@ -352,20 +366,9 @@ int main_impl(int argc, char** argv) {
   const Options o = parse(argc, argv);
   if (bench::cpu_count() < 2) std::fprintf(stderr, "weft-ring-bench: fewer than 2 cpus; figures mean little\n");
 
-  // Report how the ring memory is backed before anything is measured.
-  std::string backing;
-  {
-    ShmOptions probe;
-    probe.name = "weft-ring-bench-probe";
-    RingConfig config;
-    config.capacity_bytes = o.capacity;
-    probe.size_bytes = Ring::required_bytes(config);
-    probe.prefer_hugepages = o.hugepages;
-    Result<SharedMemory> m = SharedMemory::create(probe);
-    backing = m.ok() ? m->describe() : m.error().message;
-  }
-  if (!o.json) std::printf("weft-ring-bench: %s\nring memory: %s\n\n", topology().c_str(), backing.c_str());
-
+  // Baselines and runs on the same cores: memcpy on the producer's.
+  if (!pin_to_cpu(o.cpu_producer)) std::fprintf(stderr, "weft-ring-bench: could not pin to cpu %d\n", o.cpu_producer);
+  if (!o.json) std::printf("weft-ring-bench: %s\n\n", topology().c_str());
   const double memcpy_gbs = memcpy_gb_per_sec(o.capacity, 0.3);
   const double pingpong_ns = pingpong_one_way_ns(o.cpu_producer, o.cpu_consumer, 200'000);
   const double spsc = spsc_items_per_sec(o, std::min<std::uint64_t>(o.records, 20'000'000));
@@ -391,17 +394,23 @@ int main_impl(int argc, char** argv) {
         "\"baseline\": {\"memcpy_gb_per_sec\": %.2f, \"pingpong_one_way_ns\": %.1f, "
         "\"spsc_queue_items_per_sec\": %.0f}, "
         "\"ratios\": {\"records_vs_spsc_queue\": %.2f, \"p50_vs_pingpong\": %.2f}, "
-        "\"config\": {\"value_bytes\": %zu, \"capacity_bytes\": %zu, \"producer\": \"%s\", \"wait\": \"%s\"}, "
+        "\"config\": {\"value_bytes\": %zu, \"capacity_bytes\": %zu, \"producer\": \"%s\", \"wait\": \"%s\", "
+        "\"ring_memory\": \"%s\"}, "
         "\"errors\": %" PRIu64 "}\n",
         single_rps, single_mbs, o.batch_records, batched_rps, batched_mbs, batched_mbs / (memcpy_gbs * 1000.0), o.rate,
         h.count(), h.percentile(0.50), h.percentile(0.90), h.percentile(0.99), h.percentile(0.999), h.max(), memcpy_gbs,
         pingpong_ns, spsc, single_rps / spsc, static_cast<double>(h.percentile(0.50)) / pingpong_ns, o.value_bytes,
         o.capacity, o.mode == ProducerMode::kExclusive ? "exclusive" : "shared",
-        o.wait == WaitKind::kSpin ? "spin" : o.wait == WaitKind::kYield ? "yield" : "park", errors);
+        o.wait == WaitKind::kSpin ? "spin" : o.wait == WaitKind::kYield ? "yield" : "park", single.backing.c_str(),
+        errors);
   } else {
+    std::printf("ring memory: %s\n\n", single.backing.c_str());
     std::printf("baselines (same run, cpus %d -> %d)\n", o.cpu_producer, o.cpu_consumer);
     std::printf("  memcpy over %zu MiB            %10.2f GB/s\n", o.capacity >> 20, memcpy_gbs);
-    std::printf("  cache-line ping-pong one-way  %10.1f ns\n", pingpong_ns);
+    if (pingpong_ns > 0)
+      std::printf("  cache-line ping-pong one-way  %10.1f ns\n", pingpong_ns);
+    else
+      std::printf("  cache-line ping-pong one-way  failed (fork or a lost child); ratios below are void\n");
     std::printf("  boost spsc_queue, 64 B items  %10.2f M items/s\n\n", spsc / 1e6);
     std::printf("ring, %zu-byte values, %s producer, %s consumer\n", o.value_bytes,
                 o.mode == ProducerMode::kExclusive ? "exclusive" : "shared",

@@ -1,5 +1,6 @@
 #include "weft/fabric/record_batch.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -394,29 +395,36 @@ BatchView::Iterator& BatchView::Iterator::operator++() noexcept {
   return *this;
 }
 
-// Decodes the record at cursor_; parse() proved every field lies inside the batch, so the
-// checks here only repeat what passed.
+// Decodes the record at cursor_. After parse() these checks only repeat what passed; they stay
+// because a view from parse_header(), or ring memory a producer overwrites meanwhile, can hold
+// anything: a record that does not decode ends the iteration, inside the batch.
 void BatchView::Iterator::decode() noexcept {
   const std::byte* end = batch_->bytes_.data() + batch_->bytes_.size();
   std::int32_t length = 0;
-  const std::byte* body = cursor_ + wire::decode_varint(cursor_, end, length);
+  const std::size_t n = wire::decode_varint(cursor_, end, length);
+  const std::byte* body = cursor_ + n;
   std::int32_t previous_delta = -1;  // order was checked by parse()
-  (void)decode_record(body, body + length, INT32_MAX, previous_delta, batch_->base_timestamp(), batch_->base_offset(),
-                      current_);
+  if (n == 0 || length < 0 || length > end - body ||
+      !decode_record(body, body + length, INT32_MAX, previous_delta, batch_->base_timestamp(), batch_->base_offset(),
+                     current_)) [[unlikely]] {
+    remaining_ = 0;
+    current_ = RecordView{};
+    return;
+  }
   cursor_ = body + length;
 }
 
 RecordReader::RecordReader(const BatchView& batch) noexcept
     : batch_(batch),
       cursor_(batch.bytes().data() + kBatchHeaderBytes),
-      remaining_(batch.compression() == Compression::kNone ? batch.record_count() : 0) {}
+      remaining_(batch.compression() == Compression::kNone ? batch.record_count() : 0),
+      // An uncompressed batch of no records must end at its header.
+      failed_(remaining_ == 0 && batch.compression() == Compression::kNone &&
+              cursor_ != batch.bytes().data() + batch.bytes().size()) {}
 
 bool RecordReader::next(RecordView& out) noexcept {
   const std::byte* end = batch_.bytes().data() + batch_.bytes().size();
-  if (remaining_ <= 0) {
-    if (!failed_ && cursor_ != end && batch_.compression() == Compression::kNone) failed_ = true;  // trailing bytes
-    return false;
-  }
+  if (remaining_ <= 0) return false;
   std::int32_t length = 0;
   const std::size_t n = wire::decode_varint(cursor_, end, length);
   const std::byte* body = cursor_ + n;
@@ -428,7 +436,7 @@ bool RecordReader::next(RecordView& out) noexcept {
     return false;
   }
   cursor_ = body + length;
-  --remaining_;
+  if (--remaining_ == 0 && cursor_ != end) failed_ = true;  // bytes after the last record: corrupt
   return true;
 }
 

@@ -172,5 +172,13 @@ TEST(Crc32c, ExtendByAnEmptyBufferKeepsTheCrc) {
   EXPECT_EQ(crc32c_extend_portable(crc, data.data(), 0), crc);
 }
 
+TEST(Crc32c, UsesTheInstructionWhereTheProcessorHasIt) {
+#if defined(__x86_64__)
+  EXPECT_EQ(crc32c_hardware(), __builtin_cpu_supports("sse4.2") != 0);
+#else
+  EXPECT_FALSE(crc32c_hardware());
+#endif
+}
+
 }  // namespace
 }  // namespace weft

@@ -6,7 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <random>
 #include <set>
@@ -26,34 +29,70 @@ using Clock = std::chrono::steady_clock;
 // Exit codes children report with.
 enum ChildExit : int { kChildOk = 0, kChildAttachFailed = 10, kChildOrder = 11, kChildTimeout = 12, kChildLapped = 13 };
 
-// Runs `body` in a child process; returns its PID. The child never returns into gtest.
-template <class Body>
-pid_t spawn(Body body) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    int code = kChildAttachFailed;
-    code = body();
-    _exit(code);
-  }
-  return pid;
-}
-
-// Waits for `pid` up to `timeout`; SIGKILLs it past that. Returns the exit code, or -signal.
-int reap(pid_t pid, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  int status = 0;
-  for (;;) {
-    const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (Clock::now() > deadline) {
+// Every child a test starts, each stopped (SIGKILL) and reaped by its PID when the test ends,
+// however it ends. A failed fork is a test failure, never a pid of -1 to signal.
+class Children {
+ public:
+  Children() = default;
+  Children(const Children&) = delete;
+  Children& operator=(const Children&) = delete;
+  ~Children() {
+    for (pid_t pid : pids_) {
       kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1000;  // timed out
+      waitpid(pid, nullptr, 0);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
+
+  // Runs `body` in a child process; returns its PID (or -1 after recording a failure). The
+  // child never returns into gtest.
+  template <class Body>
+  pid_t spawn(Body body) {
+    const pid_t pid = fork();
+    if (pid < 0) {
+      ADD_FAILURE() << "fork: " << std::strerror(errno);
+      return -1;
+    }
+    if (pid == 0) _exit(body());
+    pids_.push_back(pid);
+    return pid;
+  }
+
+  // Waits for `pid` up to `timeout`; SIGKILLs it past that. Returns the exit code, -signal, or
+  // kTimedOut. Forgets the pid once reaped.
+  int reap(pid_t pid, std::chrono::milliseconds timeout) {
+    if (pid <= 0 || std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return kNotOurs;
+    const auto deadline = Clock::now() + timeout;
+    int status = 0;
+    int result = kTimedOut;
+    for (;;) {
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        result = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        break;
+      }
+      if (Clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    pids_.erase(std::find(pids_.begin(), pids_.end(), pid));
+    return result;
+  }
+
+  // True (with its status) if `pid` has exited; it is then reaped and forgotten.
+  bool exited(pid_t pid, int& status) {
+    if (waitpid(pid, &status, WNOHANG) != pid) return false;
+    pids_.erase(std::find(pids_.begin(), pids_.end(), pid));
+    return true;
+  }
+
+  static constexpr int kTimedOut = -1000;
+  static constexpr int kNotOurs = -1001;
+
+ private:
+  std::vector<pid_t> pids_;
+};
 
 int produce_in_child(Ring ring, std::uint32_t id, std::uint64_t count) {
   Result<Producer> producer = Producer::attach(ring);
@@ -77,12 +116,13 @@ TEST(RingMultiProcess, ProducerAndConsumerProcessesAgreeOnEveryRecord) {
   constexpr std::uint32_t kProducers = 3;
   constexpr std::uint32_t kConsumers = 2;
   constexpr std::uint64_t kPerProducer = 100'000;
+  Children children;
   int consumer_ready[2];
   ASSERT_EQ(pipe(consumer_ready), 0);
 
   std::vector<pid_t> consumers;
   for (std::uint32_t c = 0; c < kConsumers; ++c) {
-    consumers.push_back(spawn([&] {
+    consumers.push_back(children.spawn([&] {
       Result<Consumer> consumer = Consumer::attach(f.ring);
       if (!consumer.ok()) return int{kChildAttachFailed};
       const char ready = 'r';
@@ -105,13 +145,15 @@ TEST(RingMultiProcess, ProducerAndConsumerProcessesAgreeOnEveryRecord) {
       return int{kChildOk};
     }));
   }
+  close(consumer_ready[1]);  // a read now ends (0) if every consumer died before it was ready
   for (std::uint32_t c = 0; c < kConsumers; ++c) {
     char ready = 0;
-    ASSERT_EQ(read(consumer_ready[0], &ready, 1), 1);
+    ASSERT_EQ(read(consumer_ready[0], &ready, 1), 1) << "a consumer process failed to start";
   }
+  close(consumer_ready[0]);
   std::vector<pid_t> producers;
   for (std::uint32_t p = 0; p < kProducers; ++p)
-    producers.push_back(spawn([&, p] { return produce_in_child(f.ring, p, kPerProducer); }));
+    producers.push_back(children.spawn([&, p] { return produce_in_child(f.ring, p, kPerProducer); }));
 
   // This process owns the ring: it frees space behind the slowest consumer process.
   RingOwner owner(f.ring);
@@ -121,7 +163,7 @@ TEST(RingMultiProcess, ProducerAndConsumerProcessesAgreeOnEveryRecord) {
     owner.release_to(owner.slowest_consumer());
     for (auto it = running.begin(); it != running.end();) {
       int status = 0;
-      if (waitpid(*it, &status, WNOHANG) == *it) {
+      if (children.exited(*it, status)) {
         EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == kChildOk) << "consumer exit " << status;
         it = running.erase(it);
       } else {
@@ -130,22 +172,20 @@ TEST(RingMultiProcess, ProducerAndConsumerProcessesAgreeOnEveryRecord) {
     }
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  for (pid_t pid : running) EXPECT_EQ(reap(pid, std::chrono::milliseconds(1)), kChildOk) << "consumer timed out";
-  for (pid_t pid : producers) EXPECT_EQ(reap(pid, std::chrono::seconds(5)), kChildOk);
-  close(consumer_ready[0]);
-  close(consumer_ready[1]);
-  EXPECT_EQ(f.ring.tail_position().value > 0, true);
+  EXPECT_TRUE(running.empty()) << running.size() << " consumer process(es) did not finish in time";
+  for (pid_t pid : producers) EXPECT_EQ(children.reap(pid, std::chrono::seconds(5)), kChildOk);
 }
 
 TEST(RingMultiProcess, ProducerKilledBetweenClaimAndCommitDoesNotBlockThePartition) {
   RingFixture f = RingFixture::make(RingConfig{});
   Consumer consumer = Consumer::attach(f.ring).value();
   RingOwner owner(f.ring);
+  Children children;
   int claimed[2];
   ASSERT_EQ(pipe(claimed), 0);
 
   // Given a producer that commits 10 records, then claims 3 offsets and hangs before commit.
-  const pid_t stuck = spawn([&] {
+  const pid_t stuck = children.spawn([&] {
     Result<Producer> producer = Producer::attach(f.ring);
     if (!producer.ok()) return int{kChildAttachFailed};
     for (std::uint64_t i = 0; i < 10; ++i)
@@ -158,11 +198,14 @@ TEST(RingMultiProcess, ProducerKilledBetweenClaimAndCommitDoesNotBlockThePartiti
     pause();  // until killed
     return int{kChildOk};
   });
+  ASSERT_GT(stuck, 0);
+  close(claimed[1]);  // a read now ends (0) if the child died before claiming
   char c = 0;
-  ASSERT_EQ(read(claimed[0], &c, 1), 1);
+  ASSERT_EQ(read(claimed[0], &c, 1), 1) << "the producer process failed before its claim";
+  close(claimed[0]);
   // And a live producer behind it.
-  const pid_t live = spawn([&] { return produce_in_child(f.ring, 1, 100); });
-  ASSERT_EQ(reap(live, std::chrono::seconds(30)), kChildOk);
+  const pid_t live = children.spawn([&] { return produce_in_child(f.ring, 1, 100); });
+  ASSERT_EQ(children.reap(live, std::chrono::seconds(30)), kChildOk);
 
   // Expect: readers stop at the open claim until the owner seals it.
   RingBatch batch;
@@ -173,7 +216,7 @@ TEST(RingMultiProcess, ProducerKilledBetweenClaimAndCommitDoesNotBlockThePartiti
 
   // When the producer is SIGKILLed mid-claim,
   ASSERT_EQ(kill(stuck, SIGKILL), 0);
-  EXPECT_EQ(reap(stuck, std::chrono::seconds(5)), -SIGKILL);
+  EXPECT_EQ(children.reap(stuck, std::chrono::seconds(5)), -SIGKILL);
   const std::vector<SealedRange> sealed = owner.seal_dead_claims();
   ASSERT_EQ(sealed.size(), 1u);
   EXPECT_EQ(sealed[0].first, Offset{10});
@@ -191,8 +234,6 @@ TEST(RingMultiProcess, ProducerKilledBetweenClaimAndCommitDoesNotBlockThePartiti
   EXPECT_EQ(next, 100u);
   EXPECT_EQ(consumer.aborted_records_skipped(), 3u);
   EXPECT_EQ(owner.reclaim_dead_slots(), 1u);  // the dead producer's slot is free again
-  close(claimed[0]);
-  close(claimed[1]);
 }
 
 TEST(RingMultiProcess, RepeatedKillsAtRandomPointsNeverLoseOrBlockOffsets) {
@@ -202,6 +243,7 @@ TEST(RingMultiProcess, RepeatedKillsAtRandomPointsNeverLoseOrBlockOffsets) {
   RingFixture f = RingFixture::make(config);
   Consumer consumer = Consumer::attach(f.ring).value();
   RingOwner owner(f.ring);
+  Children children;
   std::mt19937 random(12345);
   std::vector<std::uint64_t> next_sequence(21, 0);
   std::uint64_t delivered = 0;
@@ -226,20 +268,21 @@ TEST(RingMultiProcess, RepeatedKillsAtRandomPointsNeverLoseOrBlockOffsets) {
 
   for (std::uint32_t round = 0; round < 20; ++round) {
     // A child produces without end; it is SIGKILLed wherever it happens to be.
-    const pid_t child = spawn([&, round] { return produce_in_child(f.ring, round, UINT64_MAX); });
+    const pid_t child = children.spawn([&, round] { return produce_in_child(f.ring, round, UINT64_MAX); });
+    ASSERT_GT(child, 0);
     const auto run_until = Clock::now() + std::chrono::microseconds(200 + random() % 3000);
     while (Clock::now() < run_until) drain();
     ASSERT_EQ(kill(child, SIGKILL), 0);
-    ASSERT_EQ(reap(child, std::chrono::seconds(5)), -SIGKILL);
+    ASSERT_EQ(children.reap(child, std::chrono::seconds(5)), -SIGKILL);
     for (const SealedRange& r : owner.seal_dead_claims()) sealed_records += r.records;
     drain();
     owner.reclaim_dead_slots();
   }
   // A last producer exits cleanly; everything it wrote is read after all the kills.
-  const pid_t last = spawn([&] { return produce_in_child(f.ring, 20, 1000); });
+  const pid_t last = children.spawn([&] { return produce_in_child(f.ring, 20, 1000); });
   const auto deadline = Clock::now() + std::chrono::seconds(30);
   while (next_sequence[20] < 1000 && Clock::now() < deadline) drain();
-  EXPECT_EQ(reap(last, std::chrono::seconds(5)), kChildOk);
+  EXPECT_EQ(children.reap(last, std::chrono::seconds(5)), kChildOk);
   EXPECT_EQ(next_sequence[20], 1000u);
   // Every offset taken was either delivered or sealed: nothing is lost or blocked.
   EXPECT_EQ(static_cast<std::uint64_t>(consumer.next_offset().value), delivered + sealed_records);

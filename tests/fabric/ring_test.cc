@@ -392,10 +392,17 @@ TEST(Ring, ParkedConsumerIsWokenByACommit) {
     status = consumer.wait(batch, WaitKind::kPark, 10'000'000'000);  // bounded: 10 s
   });
   while (!ready.load()) std::this_thread::yield();
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Wait (bounded) until the reader has parked, so the commit must take the wake path.
+  auto& wake = f.ring.control().wake;
+  for (int i = 0; i < 10'000 && wake.parked.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  ASSERT_EQ(wake.parked.load(), 1u) << "the reader never parked";
+  const std::uint32_t before = wake.futex_sequence.load();
   ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
   reader.join();
   EXPECT_EQ(status, PollStatus::kOk);
+  // The producer saw the parked reader and woke it (not the park slice running out).
+  EXPECT_GT(wake.futex_sequence.load(), before);
+  EXPECT_EQ(wake.parked.load(), 0u);
 }
 
 TEST(Ring, WaitTimesOutWhenNothingComes) {
@@ -485,7 +492,6 @@ TEST(Ring, StaleOrForgedFrameAheadIsNeverDeliveredAsNewData) {
 TEST(Ring, HostileTagsNearTheRingEndAreRefusedWithoutReadingPastIt) {
   RingFixture f = RingFixture::make(small_ring(4096));
   Producer producer = Producer::attach(f.ring).value();
-  RingOwner owner(f.ring);
   Consumer consumer = Consumer::attach(f.ring).value();
   // Move every position to just before the ring's end.
   while (f.ring.tail_position().value < 4096 - 200) {
@@ -505,7 +511,6 @@ TEST(Ring, HostileTagsNearTheRingEndAreRefusedWithoutReadingPastIt) {
   here->state.store(ring_layout::frame_state(position, ring_layout::kFrameAborted));
   RingBatch batch;
   EXPECT_EQ(consumer.poll(batch), PollStatus::kCorrupt);
-  EXPECT_LE(owner.scan().position.value, last);  // the owner stops there too, without a crash
 }
 
 TEST(Ring, ReuseLimitNeverMovesBackwardsOrPastTheTail) {
@@ -546,6 +551,79 @@ TEST(RingOwner, ReclaimsAProducerThatDiedBeforeItsClaimReachedTheTail) {
   EXPECT_EQ(owner.reclaim_dead_slots(), 1u);
   EXPECT_EQ(f.ring.control().mode.producers.load(), 0u);
   EXPECT_TRUE(Producer::attach(f.ring).ok());
+}
+
+// Makes the producer slot that names `claim_start` look owned by a process that died.
+void mark_claimer_dead(Ring ring, std::uint64_t claim_start) {
+  for (std::uint32_t i = 0; i < ring.control().descriptor.producer_slots; ++i) {
+    ring_layout::ProducerSlot& slot = ring.producer_slots()[i];
+    if (slot.owner.load() != 0 && slot.pending_position.load() == claim_start) {
+      slot.owner.store(ring_layout::slot_owner(dead_pid(), 1));
+      return;
+    }
+  }
+  ADD_FAILURE() << "no slot names the claim at " << claim_start;
+}
+
+TEST(RingOwner, SealsAClaimWhoseProducerDiedBeforeStampingItsFrame) {
+  RingFixture f = RingFixture::make(small_ring());
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  Producer dying = Producer::attach(f.ring).value();
+  ASSERT_EQ(produce(dying, {1, 0}), ClaimStatus::kOk);
+  Claim claim;
+  ASSERT_EQ(dying.try_claim(200, 3, claim), ClaimStatus::kOk);
+  // Given: it died right after its compare-and-swap: only its slot names the claim.
+  reinterpret_cast<ring_layout::FrameHeader*>(f.ring.data() + claim.position.value)->state.store(0);
+  mark_claimer_dead(f.ring, claim.position.value);
+  Producer live = Producer::attach(f.ring).value();
+  ASSERT_EQ(produce(live, {2, 0}), ClaimStatus::kOk);
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kEmpty);  // stuck behind the open claim
+  // Expect: sealed from the slot's record of it, and the live producer's record follows.
+  const std::vector<SealedRange> sealed = owner.seal_dead_claims();
+  ASSERT_EQ(sealed.size(), 1u);
+  EXPECT_EQ(sealed[0].first, Offset{1});
+  EXPECT_EQ(sealed[0].records, 3u);
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{4});
+  EXPECT_EQ(stamps_of(batch)[0].producer, 2u);
+  EXPECT_EQ(owner.reclaim_dead_slots(), 1u);
+}
+
+TEST(RingOwner, SealsADeadClaimAtTheWrapAsPaddingAndAnAbortedFrame) {
+  RingFixture f = RingFixture::make(small_ring(4096));
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingOwner owner(f.ring);
+  Producer dying = Producer::attach(f.ring).value();
+  RingBatch batch;
+  // Bring the tail within 150 bytes of the ring's end, freeing space as a log writer would.
+  while ((f.ring.tail_position().value & 4095) < 4096 - 150) {
+    ASSERT_EQ(produce(dying, {1, 0}), ClaimStatus::kOk);
+    ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+    owner.advance_reuse_limit({consumer.position(), consumer.next_offset()});
+  }
+  const std::uint64_t claim_start = f.ring.tail_position().value;
+  const Offset first = consumer.next_offset();
+  Claim claim;
+  ASSERT_EQ(dying.try_claim(200, 2, claim), ClaimStatus::kOk);
+  ASSERT_GT(claim.position.value, claim_start);  // the claim took padding to the ring's end
+  // Given: it died before publishing even the padding.
+  reinterpret_cast<std::atomic<std::uint64_t>*>(f.ring.data() + (claim_start & 4095))->store(0);
+  reinterpret_cast<ring_layout::FrameHeader*>(f.ring.data() + (claim.position.value & 4095))->state.store(0);
+  mark_claimer_dead(f.ring, claim_start);
+  Producer live = Producer::attach(f.ring).value();
+  ASSERT_EQ(produce(live, {2, 0}), ClaimStatus::kOk);
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kEmpty);
+  // Expect: the padding and the frame are sealed; readers go past both.
+  const std::vector<SealedRange> sealed = owner.seal_dead_claims();
+  ASSERT_EQ(sealed.size(), 1u);
+  EXPECT_EQ(sealed[0].first, first);
+  EXPECT_EQ(sealed[0].records, 2u);
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, first + 2);
+  EXPECT_EQ(stamps_of(batch)[0].producer, 2u);
 }
 
 TEST(RingOwner, DoesNotFreeASlotWhoseOwnerIsAlive) {

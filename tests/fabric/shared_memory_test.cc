@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -137,6 +139,52 @@ TEST(SharedMemory, CreateWithHugepagesGivesHugetlbOrAReportedFallback) {
   // Expect: the whole mapping is usable either way.
   fill_pattern(shm->bytes(), 2);
   EXPECT_EQ(first_mismatch(shm->bytes(), 2), shm->size());
+}
+
+TEST(SharedMemory, HugetlbfsFileIsCreatedReopenableAndRemoved) {
+  if (geteuid() != 0) GTEST_SKIP() << "hugetlbfs: mounting one for the test needs root";
+  // Given: a child in a private mount namespace, with a hugetlbfs of its own (gone with it).
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0) << std::strerror(errno);
+  if (pid == 0) {
+    alarm(30);
+    if (unshare(CLONE_NEWNS) != 0) _exit(20);
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(21);
+    char dir[] = "/tmp/weft-hugetlbfs-XXXXXX";
+    if (mkdtemp(dir) == nullptr) _exit(22);
+    const int mounted = mount("nodev", dir, "hugetlbfs", 0, "pagesize=2M");
+    int code = 0;
+    if (mounted == 0) {
+      ShmOptions options;
+      options.name = "ring";
+      options.size_bytes = 4096;
+      options.hugetlbfs_dir = dir;
+      const std::string path = std::string(dir) + "/ring";
+      {
+        Result<SharedMemory> shm = SharedMemory::create(options);
+        if (!shm.ok()) {
+          code = 23;
+        } else if (shm->backing() == ShmBacking::kHugeTlbFsFile) {
+          // Expect: a file another process could open by path, 2 MiB pages, removed after.
+          std::memset(shm->data(), 0x5A, 64);
+          if (shm->size() != (2u << 20) || !std::filesystem::exists(path)) code = 24;
+        } else if (shm->backing() != ShmBacking::kMemfd || shm->fallback_reason().empty()) {
+          code = 25;  // without free hugepages the fallback must say why
+        }
+      }
+      if (code == 0 && std::filesystem::exists(path)) code = 26;
+      umount(dir);
+    } else {
+      code = 27;  // no hugetlbfs in this kernel: reported below, not a failure of the code
+    }
+    rmdir(dir);
+    _exit(code);
+  }
+  const int status = wait_bounded(pid, std::chrono::seconds(30));
+  ASSERT_TRUE(WIFEXITED(status)) << "child status " << status;
+  if (WEXITSTATUS(status) == 27) GTEST_SKIP() << "hugetlbfs: the kernel refused the mount";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "20-22 setup, 23 create, 24 file or size, 25 fallback, 26 not removed";
 }
 
 TEST(SharedMemory, CreateRejectsSizeZero) {

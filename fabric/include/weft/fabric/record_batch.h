@@ -123,8 +123,10 @@ struct RecordView {
   void for_each_header(Fn&& fn) const;
 };
 
-// A RecordBatch v2 whose every length and the CRC were checked by parse(). Decoding its
-// records afterwards cannot fail and never reads outside the batch.
+// A RecordBatch v2 checked by parse() (every length and the CRC) or parse_header() (the header
+// only). Iterating its records never reads outside the batch; after parse() it yields every
+// record, after parse_header() it stops at the first one that does not decode (use a
+// RecordReader to learn that it stopped).
 class BatchView {
  public:
   // Validates the batch at the start of `bytes` (which may hold more after it).
@@ -189,11 +191,13 @@ class BatchView {
 };
 
 // Decodes the records of a batch that parse_header() accepted, checking each one as it goes:
-// never reads outside the batch, and stops at the first malformed record.
+// never reads outside the batch, and stops at the first malformed record. A compressed batch
+// yields no records and does not fail (its records are read once decompressed).
 class RecordReader {
  public:
   explicit RecordReader(const BatchView& batch) noexcept;
-  // The next record; false at the end, or at a malformed record (then failed() is true).
+  // The next record; false at the end, or at a malformed record (then failed() is true, and
+  // `out` holds nothing usable). Bytes left after the last record set failed() as it is read.
   bool next(RecordView& out) noexcept;
   bool failed() const noexcept { return failed_; }
   // What was malformed (builds the message; only for the failure path).

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "weft/fabric/types.h"
 
@@ -131,6 +132,17 @@ struct alignas(kNoShare) ConsumerSlot {
 inline constexpr std::uint64_t kNoClaim = ~0ull;
 
 static_assert(sizeof(Descriptor) == kNoShare);
+static_assert(offsetof(Descriptor, magic) == 0 && offsetof(Descriptor, version) == 8 &&
+              offsetof(Descriptor, wake_protocol) == 12 && offsetof(Descriptor, capacity_bytes) == 16 &&
+              offsetof(Descriptor, data_offset) == 24 && offsetof(Descriptor, max_frame_bytes) == 32 &&
+              offsetof(Descriptor, producer_slots) == 36 && offsetof(Descriptor, consumer_slots) == 40 &&
+              offsetof(Descriptor, initial_offset) == 48);
+static_assert(offsetof(WakeLine, futex_sequence) == 0 && offsetof(WakeLine, parked) == 4);
+static_assert(offsetof(ModeLine, producers) == 0);
+static_assert(offsetof(ProducerSlot, owner) == 0 && offsetof(ProducerSlot, pending_frame_bytes) == 16);
+static_assert(offsetof(ConsumerSlot, owner) == 0 && offsetof(ConsumerSlot, lapped_count) == 24);
+static_assert(std::is_standard_layout_v<RingControl> && std::is_standard_layout_v<ProducerSlot> &&
+              std::is_standard_layout_v<ConsumerSlot> && std::is_standard_layout_v<FrameHeader>);
 static_assert(offsetof(RingControl, claim) == 128);
 static_assert(offsetof(RingControl, reuse) == 256);
 static_assert(offsetof(RingControl, wake) == 384);
