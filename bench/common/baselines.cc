@@ -43,6 +43,13 @@ bool pin_to_cpu(int cpu) noexcept {
   return sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
+void unpin() noexcept {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int cpu = 0; cpu < cpu_count() && cpu < CPU_SETSIZE; ++cpu) CPU_SET(static_cast<std::size_t>(cpu), &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
 int cpu_count() noexcept { return static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)); }
 
 double memcpy_gb_per_sec(std::size_t buffer_bytes, double seconds) {

@@ -10,6 +10,8 @@ namespace weft::bench {
 
 // Pins the calling thread to `cpu`; false when the kernel refuses (then it runs unpinned).
 bool pin_to_cpu(int cpu) noexcept;
+// Lets the calling thread run on every online cpu again.
+void unpin() noexcept;
 int cpu_count() noexcept;
 
 // memcpy bandwidth over `buffer_bytes` (source and destination each), in GB/s (1e9 bytes).
