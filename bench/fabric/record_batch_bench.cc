@@ -50,6 +50,19 @@ void BM_EncodeBatch(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(size));
 }
 
+void BM_EncodeSingleRecordBatch(benchmark::State& state) {
+  std::vector<std::byte> value(64, std::byte{1});
+  std::vector<std::byte> out(1 << 10);
+  RecordInput record{std::nullopt, std::span<const std::byte>(value), 1'700'000'000'000, {}};
+  std::size_t size = 0;
+  for (auto _ : state) {
+    size = weft::encode_single_record_batch(out, record).size();
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(size));
+}
+
 void BM_DecodeBatch(benchmark::State& state, bool check_crc) {
   std::vector<std::byte> scratch(1 << 16);
   const std::vector<std::byte> batch = encode(static_cast<std::size_t>(state.range(0)), scratch);
@@ -81,6 +94,7 @@ void BM_ReadBatchOnePass(benchmark::State& state) {
 BENCHMARK(BM_ReadBatchOnePass)->Arg(1)->Arg(64);
 BENCHMARK(BM_MemcpyBatchBytes)->Arg(1)->Arg(64);
 BENCHMARK(BM_EncodeBatch)->Arg(1)->Arg(64);
+BENCHMARK(BM_EncodeSingleRecordBatch);
 BENCHMARK_CAPTURE(BM_DecodeBatch, with_crc, true)->Arg(1)->Arg(64);
 BENCHMARK_CAPTURE(BM_DecodeBatch, trusted, false)->Arg(1)->Arg(64);
 

@@ -170,6 +170,43 @@ std::span<std::byte> BatchBuilder::finish() noexcept {
   return out_.first(used_);
 }
 
+std::span<std::byte> encode_single_record_batch(std::span<std::byte> out, const RecordInput& r,
+                                                const BatchOptions& options) noexcept {
+  const std::size_t body = record_body_bytes(r, 0, 0);
+  const std::size_t total = kBatchHeaderBytes + wire::varint_bytes(static_cast<std::int32_t>(body)) + body;
+  if (total > out.size()) return {};
+  std::byte* h = out.data();
+  wire::store_be64(h + batch_field::kBaseOffset, 0);
+  wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(total - kBatchLogOverhead));
+  wire::store_be32(h + batch_field::kPartitionLeaderEpoch, options.partition_leader_epoch);
+  h[batch_field::kMagic] = static_cast<std::byte>(kBatchMagicV2);
+  wire::store_be16(h + batch_field::kAttributes, options.attributes);
+  wire::store_be32(h + batch_field::kLastOffsetDelta, 0);
+  wire::store_be64(h + batch_field::kBaseTimestamp, r.timestamp_ms);
+  wire::store_be64(h + batch_field::kMaxTimestamp, r.timestamp_ms);
+  wire::store_be64(h + batch_field::kProducerId, options.producer_id);
+  wire::store_be16(h + batch_field::kProducerEpoch, options.producer_epoch);
+  wire::store_be32(h + batch_field::kBaseSequence, options.base_sequence);
+  wire::store_be32(h + batch_field::kRecordCount, 1);
+  std::byte* p = h + kBatchHeaderBytes;
+  p += wire::encode_varint(static_cast<std::int32_t>(body), p);
+  *p++ = std::byte{0};          // record attributes: unused in v2
+  *p++ = std::byte{0};          // timestampDelta 0
+  *p++ = std::byte{0};          // offsetDelta 0
+  p = put_nullable(p, r.key);
+  p = put_nullable(p, r.value);
+  p += wire::encode_varint(static_cast<std::int32_t>(r.headers.size()), p);
+  for (const RecordHeader& header : r.headers) {
+    p += wire::encode_varint(static_cast<std::int32_t>(header.key.size()), p);
+    std::memcpy(p, header.key.data(), header.key.size());
+    p += header.key.size();
+    p = put_nullable(p, header.value);
+  }
+  const std::uint32_t crc = crc32c_extend(0, h + batch_field::kAttributes, total - batch_field::kAttributes);
+  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(crc));
+  return out.first(total);
+}
+
 void stamp_base_offset(std::span<std::byte> batch, Offset base) noexcept {
   wire::store_be64(batch.data() + batch_field::kBaseOffset, base.value);
 }

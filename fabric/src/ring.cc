@@ -629,9 +629,8 @@ ClaimStatus Producer::offer_record(const RecordInput& record, Offset* base) noex
   Claim claim;
   const ClaimStatus status = try_claim(single_record_batch_bytes(record), 1, claim);
   if (status != ClaimStatus::kOk) return status;
-  BatchBuilder builder(claim.batch);
-  (void)builder.append(record);  // sized exactly for this record above
-  (void)commit(claim, builder.finish().size());
+  // Sized exactly for this record above, so the encoding fits.
+  (void)commit(claim, encode_single_record_batch(claim.batch, record).size());
   if (base != nullptr) *base = claim.base_offset;
   return ClaimStatus::kOk;
 }

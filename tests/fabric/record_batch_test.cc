@@ -1082,6 +1082,30 @@ TEST(RecordBatch, ParseOfRandomlyMutatedResignedBatchesStaysInsideTheBatch) {
   EXPECT_GT(rejected, 0);
 }
 
+TEST(RecordBatch, SingleRecordEncoderWritesWhatTheBuilderWrites) {
+  const std::vector<OwnedRecord> records = {record("key", "value", 5, {{"h", bytes_of("x")}, {"n", std::nullopt}}),
+                                            OwnedRecord{std::nullopt, std::nullopt, -7, {}},
+                                            record("", std::string(300, 'v'), 1'700'000'000'000, {})};
+  for (const OwnedRecord& owned : records) {
+    std::vector<RecordHeader> headers;
+    for (const OwnedHeader& h : owned.headers) headers.push_back(RecordHeader{h.key, view_of(h.value)});
+    const RecordInput input{view_of(owned.key), view_of(owned.value), owned.timestamp_ms,
+                            std::span<const RecordHeader>(headers)};
+    BatchOptions options;
+    options.producer_id = 42;
+    options.base_sequence = 7;
+    const Bytes expected = build({owned}, options);
+    Bytes single(1024);
+    const std::span<std::byte> got = encode_single_record_batch(single, input, options);
+    ASSERT_EQ(got.size(), expected.size());
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), expected.begin()));
+    EXPECT_TRUE(BatchView::parse(got).ok());
+    // Expect: a buffer one byte short is refused, not overrun.
+    Bytes tight(expected.size() - 1);
+    EXPECT_TRUE(encode_single_record_batch(tight, input, options).empty());
+  }
+}
+
 TEST(RecordReader, ReadsWhatTheIteratorReadsInOnePass) {
   const Bytes batch = build({record("key", "value", 5, {{"h", bytes_of("x")}, {"n", std::nullopt}}),
                              record("", "v", -5, {}), OwnedRecord{std::nullopt, std::nullopt, 6, {}}});
