@@ -129,6 +129,11 @@ Result<SharedMemory> SharedMemory::map(UniqueFd fd) {
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) return os_error(Errc::kInvalidArgument, "fstat of shared memory fd", errno);
   if (st.st_size <= 0) return Error{Errc::kInvalidArgument, "shared memory fd has size 0"};
+  // A memfd that can still shrink could be cut under this mapping by a peer (a touch past the
+  // new end raises SIGBUS). Files that take no seals (hugetlbfs paths) are accepted as they are.
+  const int seals = fcntl(fd.get(), F_GET_SEALS);
+  if (seals >= 0 && (seals & F_SEAL_SHRINK) == 0)
+    return Error{Errc::kFailedPrecondition, "shared memory fd is not sealed against shrinking (F_SEAL_SHRINK)"};
   struct statfs fs {};
   const bool huge = fstatfs(fd.get(), &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
   const auto size = static_cast<std::size_t>(st.st_size);

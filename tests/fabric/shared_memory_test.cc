@@ -242,6 +242,18 @@ TEST(SharedMemory, MapRejectsAnFdOfSizeZero) {
   EXPECT_NE(shm.error().message.find("size 0"), std::string::npos) << shm.error().message;
 }
 
+TEST(SharedMemory, MapRefusesAMemfdThatCouldStillShrink) {
+  // Given: memory from a peer that did not seal its size.
+  UniqueFd fd(memfd_create("weft-unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  ASSERT_TRUE(fd.valid());
+  ASSERT_EQ(ftruncate(fd.get(), 4096), 0);
+  // Expect
+  Result<SharedMemory> mapped = SharedMemory::map(std::move(fd));
+  ASSERT_FALSE(mapped.ok());
+  EXPECT_EQ(mapped.error().code, Errc::kFailedPrecondition);
+  EXPECT_NE(mapped.error().message.find("F_SEAL_SHRINK"), std::string::npos);
+}
+
 TEST(SharedMemory, MapRejectsAnInvalidFd) {
   // Expect: an error, not a crash.
   Result<SharedMemory> shm = SharedMemory::map(UniqueFd());
