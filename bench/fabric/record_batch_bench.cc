@@ -91,7 +91,20 @@ void BM_ReadBatchOnePass(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(batch.size()));
 }
 
+void BM_DecodeSingleRecordBatch(benchmark::State& state) {
+  std::vector<std::byte> scratch(1 << 10);
+  const std::vector<std::byte> batch = encode(1, scratch);
+  weft::RecordView r;
+  for (auto _ : state) {
+    const bool ok = weft::decode_single_record_batch(batch, r);
+    benchmark::DoNotOptimize(ok);
+    benchmark::DoNotOptimize(r.value->data());
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 BENCHMARK(BM_ReadBatchOnePass)->Arg(1)->Arg(64);
+BENCHMARK(BM_DecodeSingleRecordBatch);
 BENCHMARK(BM_MemcpyBatchBytes)->Arg(1)->Arg(64);
 BENCHMARK(BM_EncodeBatch)->Arg(1)->Arg(64);
 BENCHMARK(BM_EncodeSingleRecordBatch);

@@ -367,6 +367,27 @@ Result<void> next_record(const std::byte*& p, const std::byte* end, std::int32_t
 
 }  // namespace
 
+bool decode_single_record_batch(std::span<const std::byte> bytes, RecordView& out) noexcept {
+  if (bytes.size() < kBatchHeaderBytes) return false;
+  const std::byte* h = bytes.data();
+  const std::int32_t batch_length = wire::load_be32(h + batch_field::kBatchLength);
+  if (batch_length < static_cast<std::int32_t>(kBatchHeaderBytes - kBatchLogOverhead) ||
+      kBatchLogOverhead + static_cast<std::size_t>(batch_length) > bytes.size())
+    return false;
+  if (static_cast<std::int8_t>(h[batch_field::kMagic]) != kBatchMagicV2 ||
+      (wire::load_be16(h + batch_field::kAttributes) & batch_attr::kCompressionMask) != 0 ||
+      wire::load_be32(h + batch_field::kRecordCount) != 1 || wire::load_be32(h + batch_field::kLastOffsetDelta) != 0)
+    return false;
+  const std::byte* end = h + kBatchLogOverhead + batch_length;
+  const std::byte* p = h + kBatchHeaderBytes;
+  std::int32_t length = 0;
+  const std::size_t n = wire::decode_varint(p, end, length);
+  if (n == 0 || length != end - p - static_cast<std::ptrdiff_t>(n)) return false;
+  std::int32_t previous_delta = -1;
+  return decode_record(p + n, end, 0, previous_delta, wire::load_be64(h + batch_field::kBaseTimestamp),
+                       Offset{wire::load_be64(h + batch_field::kBaseOffset)}, out);
+}
+
 Result<BatchView> BatchView::parse_header(std::span<const std::byte> bytes, bool check_crc) {
   if (bytes.size() < kBatchHeaderBytes)
     return corrupt("truncated: " + std::to_string(bytes.size()) + " bytes, the header needs 61");

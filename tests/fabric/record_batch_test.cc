@@ -1106,6 +1106,29 @@ TEST(RecordBatch, SingleRecordEncoderWritesWhatTheBuilderWrites) {
   }
 }
 
+TEST(RecordBatch, SingleRecordDecoderAgreesWithParse) {
+  // Given: one-record batches, and batches it must refuse.
+  const Bytes one = build({record("key", "value", 5, {{"h", bytes_of("x")}})});
+  const Bytes two = build({record("a", "b", 1, {}), record("c", "d", 2, {})});
+  RecordView r;
+  // Expect
+  ASSERT_TRUE(decode_single_record_batch(one, r));
+  Result<BatchView> full = BatchView::parse(one);
+  ASSERT_TRUE(full.ok());
+  const RecordView expected = *full->begin();
+  EXPECT_EQ(r.offset, expected.offset);
+  EXPECT_EQ(r.timestamp_ms, expected.timestamp_ms);
+  EXPECT_EQ(r.value->data(), expected.value->data());
+  EXPECT_EQ(r.header_count, 1);
+  EXPECT_FALSE(decode_single_record_batch(two, r));
+  for (std::size_t cut = 0; cut < one.size(); ++cut)
+    EXPECT_FALSE(decode_single_record_batch(std::span<const std::byte>(one).first(cut), r)) << cut;
+  Bytes trailing = one;
+  put_be32(trailing, 8, get_be32(trailing, 8) + 1);  // batchLength claims one byte more
+  trailing.push_back(std::byte{0});
+  EXPECT_FALSE(decode_single_record_batch(trailing, r));
+}
+
 TEST(RecordReader, ReadsWhatTheIteratorReadsInOnePass) {
   const Bytes batch = build({record("key", "value", 5, {{"h", bytes_of("x")}, {"n", std::nullopt}}),
                              record("", "v", -5, {}), OwnedRecord{std::nullopt, std::nullopt, 6, {}}});
