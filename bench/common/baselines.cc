@@ -35,6 +35,16 @@ std::string read_first_line(const char* path) {
 
 }  // namespace
 
+namespace {
+// The affinity the process started with, so unpin() gives back exactly that.
+const cpu_set_t kStartAffinity = [] {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  sched_getaffinity(0, sizeof set, &set);
+  return set;
+}();
+}  // namespace
+
 bool pin_to_cpu(int cpu) noexcept {
   if (cpu < 0) return false;
   cpu_set_t set;
@@ -43,12 +53,7 @@ bool pin_to_cpu(int cpu) noexcept {
   return sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
-void unpin() noexcept {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  for (int cpu = 0; cpu < cpu_count() && cpu < CPU_SETSIZE; ++cpu) CPU_SET(static_cast<std::size_t>(cpu), &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
+void unpin() noexcept { sched_setaffinity(0, sizeof kStartAffinity, &kStartAffinity); }
 
 int cpu_count() noexcept { return static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)); }
 

@@ -10,7 +10,7 @@ namespace weft::bench {
 
 // Pins the calling thread to `cpu`; false when the kernel refuses (then it runs unpinned).
 bool pin_to_cpu(int cpu) noexcept;
-// Lets the calling thread run on every online cpu again.
+// Gives the calling thread back the cpus the process started with.
 void unpin() noexcept;
 int cpu_count() noexcept;
 

@@ -279,6 +279,10 @@ RunResult run_once(const Options& o, const Run& run) {
   const std::int64_t ready_by = monotonic_ns() + 30'000'000'000;
   while (report->consumer_ready.load(std::memory_order_acquire) == 0) {
     if (monotonic_ns() > ready_by) fail("the consumer process did not start within 30 s");
+    if (waitpid(child, nullptr, WNOHANG) == child) {
+      std::fprintf(stderr, "weft-ring-bench: the consumer process failed to start\n");
+      std::exit(1);
+    }
     sched_yield();
   }
   const std::int64_t interval_ns = 1'000'000'000 / static_cast<std::int64_t>(o.rate);

@@ -838,6 +838,7 @@ Ring::Mark RingOwner::scan() noexcept {
     const FrameRead f = read_frame_at(ring_.data_, capacity, frontier_position_);
     if (f.kind == ReadKind::kNotReady || f.kind == ReadKind::kCorrupt) break;
     if (f.kind == ReadKind::kCommitted && f.base_offset != frontier_offset_) break;
+    if (frontier_position_ + f.frame_bytes > tail) break;  // a forged length: never pass the tail
     frontier_position_ += f.frame_bytes;
     frontier_offset_ += f.records;
   }

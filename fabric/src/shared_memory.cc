@@ -39,7 +39,11 @@ Result<Mapped> map_memfd(const ShmOptions& options, std::size_t size, bool huge)
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, map_flags, fd.get(), 0);
   if (p == MAP_FAILED) return os_error(Errc::kResourceExhausted, "mmap of " + std::to_string(size) + " bytes", errno);
   // Seal the size so a peer cannot shrink the memory under us (its touch would SIGBUS us).
-  (void)fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    const int e = errno;
+    munmap(p, size);
+    return os_error(Errc::kInternal, "sealing the shared memory", e);
+  }
   return Mapped{std::move(fd), static_cast<std::byte*>(p)};
 }
 
@@ -130,9 +134,10 @@ Result<SharedMemory> SharedMemory::map(UniqueFd fd) {
   if (fstat(fd.get(), &st) != 0) return os_error(Errc::kInvalidArgument, "fstat of shared memory fd", errno);
   if (st.st_size <= 0) return Error{Errc::kInvalidArgument, "shared memory fd has size 0"};
   // A memfd that can still shrink could be cut under this mapping by a peer (a touch past the
-  // new end raises SIGBUS). Files that take no seals (hugetlbfs paths) are accepted as they are.
+  // new end raises SIGBUS). Files that cannot take seals (other files report none; hugetlbfs
+  // files report F_SEAL_SEAL alone) are accepted as they are.
   const int seals = fcntl(fd.get(), F_GET_SEALS);
-  if (seals >= 0 && (seals & F_SEAL_SHRINK) == 0)
+  if (seals >= 0 && (seals & (F_SEAL_SHRINK | F_SEAL_SEAL)) == 0)
     return Error{Errc::kFailedPrecondition, "shared memory fd is not sealed against shrinking (F_SEAL_SHRINK)"};
   struct statfs fs {};
   const bool huge = fstatfs(fd.get(), &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;

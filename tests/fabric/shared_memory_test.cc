@@ -2,6 +2,7 @@
 // a forked process over a Unix socket. Every child is waited for by PID, within a bound.
 #include "weft/fabric/shared_memory.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sched.h>
@@ -166,9 +167,13 @@ TEST(SharedMemory, HugetlbfsFileIsCreatedReopenableAndRemoved) {
         if (!shm.ok()) {
           code = 23;
         } else if (shm->backing() == ShmBacking::kHugeTlbFsFile) {
-          // Expect: a file another process could open by path, 2 MiB pages, removed after.
+          // Expect: a file another process could open by path and map, 2 MiB pages, removed after.
           std::memset(shm->data(), 0x5A, 64);
           if (shm->size() != (2u << 20) || !std::filesystem::exists(path)) code = 24;
+          UniqueFd reopened(open(path.c_str(), O_RDWR | O_CLOEXEC));
+          Result<SharedMemory> again = SharedMemory::map(std::move(reopened));
+          if (code == 0 && (!again.ok() || again->size() != shm->size() || again->data()[63] != std::byte{0x5A}))
+            code = 28;
         } else if (shm->backing() != ShmBacking::kMemfd || shm->fallback_reason().empty()) {
           code = 25;  // without free hugepages the fallback must say why
         }
@@ -184,7 +189,8 @@ TEST(SharedMemory, HugetlbfsFileIsCreatedReopenableAndRemoved) {
   const int status = wait_bounded(pid, std::chrono::seconds(30));
   ASSERT_TRUE(WIFEXITED(status)) << "child status " << status;
   if (WEXITSTATUS(status) == 27) GTEST_SKIP() << "hugetlbfs: the kernel refused the mount";
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "20-22 setup, 23 create, 24 file or size, 25 fallback, 26 not removed";
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "20-22 setup, 23 create, 24 file or size, 25 fallback, 26 not removed, 28 reopened file not mappable";
 }
 
 TEST(SharedMemory, CreateRejectsSizeZero) {

@@ -115,9 +115,10 @@ std::span<std::byte> encode_single_record_batch(std::span<std::byte> out, const 
                                                 const BatchOptions& options = {}) noexcept;
 
 struct RecordView;
-// Checks and decodes, in one pass, a batch that must hold exactly one uncompressed record (the
-// common one-record claim): no CRC check, every length checked against the batch. False if the
-// batch is not such a batch or is malformed; parse() then says why.
+// Checks and decodes, in one pass, a batch that must hold exactly one uncompressed record at
+// offset delta 0 (the common one-record claim): no CRC check, every length checked against the
+// batch. False if it is not such a batch (a valid batch of another shape is read with
+// parse_header() and a RecordReader) or is malformed (parse() then says why).
 bool decode_single_record_batch(std::span<const std::byte> bytes, RecordView& out) noexcept;
 
 // One record of a validated batch; views point into the batch bytes.
