@@ -113,10 +113,10 @@ std::size_t encoded_record_bytes(const RecordInput& record, std::int32_t offset_
   return wire::varint_bytes(static_cast<std::int32_t>(body)) + body;
 }
 
-BatchBuilder::BatchBuilder(std::span<std::byte> out, const BatchOptions& options) noexcept
-    : out_(out), used_(kBatchHeaderBytes) {
-  WEFT_CHECK(out.size() >= kBatchHeaderBytes, "a batch buffer must hold at least the 61-byte header");
-  std::byte* h = out_.data();
+namespace {
+
+// The header fields a batch's options decide (all but lengths, counts, timestamps and the CRC).
+[[gnu::always_inline]] inline void write_fixed_header(std::byte* h, const BatchOptions& options) noexcept {
   wire::store_be64(h + batch_field::kBaseOffset, 0);
   wire::store_be32(h + batch_field::kPartitionLeaderEpoch, options.partition_leader_epoch);
   h[batch_field::kMagic] = static_cast<std::byte>(kBatchMagicV2);
@@ -124,6 +124,45 @@ BatchBuilder::BatchBuilder(std::span<std::byte> out, const BatchOptions& options
   wire::store_be64(h + batch_field::kProducerId, options.producer_id);
   wire::store_be16(h + batch_field::kProducerEpoch, options.producer_epoch);
   wire::store_be32(h + batch_field::kBaseSequence, options.base_sequence);
+}
+
+// Completes a batch of `size` bytes and `records` records: lengths, counts, timestamps, CRC.
+[[gnu::always_inline]] inline void seal_header(std::byte* h, std::size_t size, std::int32_t records,
+                                               std::int64_t base_timestamp, std::int64_t max_timestamp) noexcept {
+  wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(size - kBatchLogOverhead));
+  wire::store_be32(h + batch_field::kLastOffsetDelta, records > 0 ? records - 1 : 0);
+  wire::store_be64(h + batch_field::kBaseTimestamp, base_timestamp);
+  wire::store_be64(h + batch_field::kMaxTimestamp, max_timestamp);
+  wire::store_be32(h + batch_field::kRecordCount, records);
+  const std::uint32_t crc = crc32c_extend(0, h + batch_field::kAttributes, size - batch_field::kAttributes);
+  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(crc));
+}
+
+// Writes one record (its length prefix first) whose body takes `body` bytes; returns its end.
+[[gnu::always_inline]] inline std::byte* write_record(std::byte* p, const RecordInput& r, std::size_t body,
+                                                      std::int32_t offset_delta, std::int64_t timestamp_delta) noexcept {
+  p += wire::encode_varint(static_cast<std::int32_t>(body), p);
+  *p++ = std::byte{0};  // record attributes: unused in v2
+  p += wire::encode_varlong(timestamp_delta, p);
+  p += wire::encode_varint(offset_delta, p);
+  p = put_nullable(p, r.key);
+  p = put_nullable(p, r.value);
+  p += wire::encode_varint(static_cast<std::int32_t>(r.headers.size()), p);
+  for (const RecordHeader& h : r.headers) {
+    p += wire::encode_varint(static_cast<std::int32_t>(h.key.size()), p);
+    std::memcpy(p, h.key.data(), h.key.size());
+    p += h.key.size();
+    p = put_nullable(p, h.value);
+  }
+  return p;
+}
+
+}  // namespace
+
+BatchBuilder::BatchBuilder(std::span<std::byte> out, const BatchOptions& options) noexcept
+    : out_(out), used_(kBatchHeaderBytes) {
+  WEFT_CHECK(out.size() >= kBatchHeaderBytes, "a batch buffer must hold at least the 61-byte header");
+  write_fixed_header(out_.data(), options);
 }
 
 bool BatchBuilder::append(const RecordInput& r) noexcept {
@@ -137,21 +176,7 @@ bool BatchBuilder::append(const RecordInput& r) noexcept {
     base_timestamp_ = r.timestamp_ms;
     max_timestamp_ = r.timestamp_ms;
   }
-
-  std::byte* p = out_.data() + used_;
-  p += wire::encode_varint(static_cast<std::int32_t>(body), p);
-  *p++ = std::byte{0};  // record attributes: unused in v2
-  p += wire::encode_varlong(ts_delta, p);
-  p += wire::encode_varint(record_count_, p);
-  p = put_nullable(p, r.key);
-  p = put_nullable(p, r.value);
-  p += wire::encode_varint(static_cast<std::int32_t>(r.headers.size()), p);
-  for (const RecordHeader& h : r.headers) {
-    p += wire::encode_varint(static_cast<std::int32_t>(h.key.size()), p);
-    std::memcpy(p, h.key.data(), h.key.size());
-    p += h.key.size();
-    p = put_nullable(p, h.value);
-  }
+  write_record(out_.data() + used_, r, body, record_count_, ts_delta);
   used_ += total;
   ++record_count_;
   if (r.timestamp_ms > max_timestamp_) max_timestamp_ = r.timestamp_ms;
@@ -159,14 +184,7 @@ bool BatchBuilder::append(const RecordInput& r) noexcept {
 }
 
 std::span<std::byte> BatchBuilder::finish() noexcept {
-  std::byte* h = out_.data();
-  wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(used_ - kBatchLogOverhead));
-  wire::store_be32(h + batch_field::kLastOffsetDelta, record_count_ > 0 ? record_count_ - 1 : 0);
-  wire::store_be64(h + batch_field::kBaseTimestamp, base_timestamp_);
-  wire::store_be64(h + batch_field::kMaxTimestamp, max_timestamp_);
-  wire::store_be32(h + batch_field::kRecordCount, record_count_);
-  const std::uint32_t crc = crc32c_extend(0, h + batch_field::kAttributes, used_ - batch_field::kAttributes);
-  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(crc));
+  seal_header(out_.data(), used_, record_count_, base_timestamp_, max_timestamp_);
   return out_.first(used_);
 }
 
@@ -175,35 +193,9 @@ std::span<std::byte> encode_single_record_batch(std::span<std::byte> out, const 
   const std::size_t body = record_body_bytes(r, 0, 0);
   const std::size_t total = kBatchHeaderBytes + wire::varint_bytes(static_cast<std::int32_t>(body)) + body;
   if (total > out.size()) return {};
-  std::byte* h = out.data();
-  wire::store_be64(h + batch_field::kBaseOffset, 0);
-  wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(total - kBatchLogOverhead));
-  wire::store_be32(h + batch_field::kPartitionLeaderEpoch, options.partition_leader_epoch);
-  h[batch_field::kMagic] = static_cast<std::byte>(kBatchMagicV2);
-  wire::store_be16(h + batch_field::kAttributes, options.attributes);
-  wire::store_be32(h + batch_field::kLastOffsetDelta, 0);
-  wire::store_be64(h + batch_field::kBaseTimestamp, r.timestamp_ms);
-  wire::store_be64(h + batch_field::kMaxTimestamp, r.timestamp_ms);
-  wire::store_be64(h + batch_field::kProducerId, options.producer_id);
-  wire::store_be16(h + batch_field::kProducerEpoch, options.producer_epoch);
-  wire::store_be32(h + batch_field::kBaseSequence, options.base_sequence);
-  wire::store_be32(h + batch_field::kRecordCount, 1);
-  std::byte* p = h + kBatchHeaderBytes;
-  p += wire::encode_varint(static_cast<std::int32_t>(body), p);
-  *p++ = std::byte{0};          // record attributes: unused in v2
-  *p++ = std::byte{0};          // timestampDelta 0
-  *p++ = std::byte{0};          // offsetDelta 0
-  p = put_nullable(p, r.key);
-  p = put_nullable(p, r.value);
-  p += wire::encode_varint(static_cast<std::int32_t>(r.headers.size()), p);
-  for (const RecordHeader& header : r.headers) {
-    p += wire::encode_varint(static_cast<std::int32_t>(header.key.size()), p);
-    std::memcpy(p, header.key.data(), header.key.size());
-    p += header.key.size();
-    p = put_nullable(p, header.value);
-  }
-  const std::uint32_t crc = crc32c_extend(0, h + batch_field::kAttributes, total - batch_field::kAttributes);
-  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(crc));
+  write_fixed_header(out.data(), options);
+  write_record(out.data() + kBatchHeaderBytes, r, body, 0, 0);
+  seal_header(out.data(), total, 1, r.timestamp_ms, r.timestamp_ms);
   return out.first(total);
 }
 

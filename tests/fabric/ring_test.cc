@@ -183,6 +183,11 @@ TEST(Ring, RejectsClaimsThatCanNeverFit) {
   EXPECT_EQ(producer.try_claim(f.ring.max_batch_bytes() + 1, 1, claim), ClaimStatus::kTooLarge);
   EXPECT_EQ(producer.try_claim(100, 0, claim), ClaimStatus::kInvalid);
   EXPECT_EQ(producer.try_claim(10, 1, claim), ClaimStatus::kInvalid);
+  // A copied batch that is shorter than its header, or holds no records, is refused.
+  std::vector<std::byte> short_batch(kBatchHeaderBytes - 1);
+  EXPECT_EQ(producer.offer(short_batch), ClaimStatus::kInvalid);
+  std::vector<std::byte> empty(kBatchHeaderBytes);
+  EXPECT_EQ(producer.offer(BatchBuilder(empty).finish()), ClaimStatus::kInvalid);
   ASSERT_EQ(producer.try_claim(f.ring.max_batch_bytes(), 1, claim), ClaimStatus::kOk);
   Claim second;
   EXPECT_EQ(producer.try_claim(100, 1, second), ClaimStatus::kInvalid);  // one open claim at a time
