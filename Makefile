@@ -16,9 +16,10 @@ configure: deps
 build: configure
 	@cmake --build --preset $(PRESET)
 
-# The main job: the ring end to end across two processes, with same-run baselines.
+# The main job: weft perf on an embedded node (a producer and a consumer process through the
+# client API), with same-run baselines.
 demo: build
-	@$(BUILD_DIR)/bench/weft-ring-bench
+	@$(BUILD_DIR)/tools/weft perf
 
 test: build
 	@ctest --preset $(PRESET)
@@ -31,7 +32,7 @@ test-tsan:
 
 # Google Benchmark micro-benches (release build).
 bench: build
-	@for b in crc32c_bench record_batch_bench ring_bench; do $(BUILD_DIR)/bench/$$b; done
+	@for b in crc32c_bench record_batch_bench ring_bench client_bench; do $(BUILD_DIR)/bench/$$b; done
 
 clean:
 	@rm -rf build

@@ -22,6 +22,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::kUnsupported: return "unsupported";
     case Errc::kIo: return "io error";
     case Errc::kInternal: return "internal error";
+    case Errc::kPermissionDenied: return "permission denied";
     default: return "unknown error";
   }
 }

@@ -40,6 +40,8 @@ constexpr std::int64_t kStreamingBackoffNs = 1'200;
 constexpr int kMaxSkipsPerPoll = 4096;
 // Parked readers wake at least this often even if no producer wakes them.
 constexpr std::int64_t kParkSliceNs = 100'000'000;
+// Polls (each after a pause) a parking reader makes before it parks: a few microseconds.
+constexpr std::uint32_t kPollsBeforePark = 512;
 constexpr std::int64_t kUnsafeParkSliceNs = 1'000'000;
 
 inline void cpu_relax() noexcept {
@@ -739,7 +741,19 @@ PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns
     backoff_pauses_ = streaming_backoff_pauses();
     return status;
   }
-  if (kind == WaitKind::kPark) return park(out, deadline_after(timeout_ns));
+  if (kind == WaitKind::kPark) {
+    // Spin a few microseconds first: a reader of a busy stream then never parks, so neither it
+    // (membarrier) nor the producers (futex wake after each commit) pay for parking.
+    for (std::uint32_t looks = 0; looks < kPollsBeforePark; ++looks) {
+      cpu_relax();
+      status = poll(out);
+      if (status != PollStatus::kEmpty) {
+        backoff_pauses_ = streaming_backoff_pauses();
+        return status;
+      }
+    }
+    return park(out, deadline_after(timeout_ns));
+  }
   // The clock is read every 64 looks only (the timeout counts from the first of those reads):
   // a streaming reader finds data long before that.
   std::int64_t deadline = 0;

@@ -27,6 +27,7 @@ enum class Errc : std::uint8_t {
   kUnsupported,
   kIo,                  // the operating system refused an IO call
   kInternal,            // our bug
+  kPermissionDenied,    // the caller is not allowed; retrying will not help
 };
 
 std::string_view errc_name(Errc code) noexcept;

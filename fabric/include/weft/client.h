@@ -1,0 +1,62 @@
+// A client's handle on a node: embedded in this process, or weftd on this host reached over its
+// Unix socket. Producers and consumers (weft/producer.h, weft/consumer.h) work the same on both:
+// they read and write the partitions' rings in shared memory; this handle only manages topics and
+// hands out ring memory.
+//
+// Thread contract: a Client may be shared by threads; its calls are control-plane (a request to
+// the node each), never on the send or poll path.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "weft/fabric/result.h"
+#include "weft/node.h"
+
+namespace weft {
+
+// Topic settings by name (see set_topic_config); the node's defaults fill in the rest.
+using TopicSettings = std::vector<std::pair<std::string, std::string>>;
+
+struct NodeStatus {
+  std::uint32_t topics = 0;
+  std::uint64_t ring_memory_bytes = 0;
+  std::uint64_t uptime_ms = 0;
+  std::uint32_t pid = 0;
+  std::uint32_t connections = 0;  // local clients connected now (0 when embedded)
+  std::uint64_t accepted = 0;
+  std::uint64_t refused = 0;
+  std::uint64_t bad_requests = 0;
+  std::uint64_t requests = 0;
+  bool embedded = false;
+};
+
+class Client {
+ public:
+  // Connects to weftd on this host (empty path: local::default_socket_path()). The error says
+  // whether no node is running there or this user is not admitted.
+  static Result<std::shared_ptr<Client>> connect(std::string socket_path = {});
+  // A client of a node in this process; the node must outlive the client and everything made
+  // from it.
+  static std::shared_ptr<Client> embedded(Node& node);
+
+  virtual ~Client() = default;
+  virtual Result<TopicInfo> create_topic(std::string_view name, const TopicSettings& settings) = 0;
+  Result<TopicInfo> create_topic(std::string_view name, std::uint32_t partitions) {
+    return create_topic(name, TopicSettings{{"partitions", std::to_string(partitions)}});
+  }
+  virtual Result<void> delete_topic(std::string_view name) = 0;
+  virtual Result<std::vector<std::string>> list_topics() = 0;
+  virtual Result<TopicInfo> describe_topic(std::string_view name) = 0;
+  virtual Result<NodeStatus> status() = 0;
+  // Maps one partition's ring into this process.
+  virtual Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) = 0;
+  virtual bool is_embedded() const noexcept = 0;
+  virtual std::string describe() const = 0;  // "embedded node" or "weftd at PATH (pid N)"
+};
+
+}  // namespace weft

@@ -1,0 +1,108 @@
+// Reading records from topics' partitions, in place in their rings.
+//
+//   auto consumer = weft::TopicConsumer::create(client);
+//   consumer->assign("clicks", {}, weft::SeekTo::earliest());
+//   auto polled = consumer->poll(100);
+//   for (const weft::ConsumedRecord& r : polled->records) ...
+//
+// Records are views into the rings: no copy. They stay valid until the next poll unless the
+// producers lap this consumer meanwhile (a consumer a whole ring behind); views_intact() says
+// whether they were. A lapped consumer gets a kLapped notice naming the offsets it missed (the
+// storage issue serves them from the segment files) and continues from the oldest intact batch.
+//
+// Thread contract: one TopicConsumer per thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "weft/client.h"
+#include "weft/fabric/record_batch.h"
+#include "weft/fabric/ring.h"
+
+namespace weft {
+
+struct SeekTo {
+  enum class Kind : std::uint8_t { kEarliest, kLatest, kOffset, kTimestamp };
+  Kind kind = Kind::kLatest;
+  std::int64_t value = 0;
+  static SeekTo earliest() { return {Kind::kEarliest, 0}; }
+  static SeekTo latest() { return {Kind::kLatest, 0}; }
+  static SeekTo offset(std::int64_t o) { return {Kind::kOffset, o}; }
+  static SeekTo timestamp(std::int64_t unix_ms) { return {Kind::kTimestamp, unix_ms}; }
+};
+
+struct ConsumerOptions {
+  WaitKind wait = WaitKind::kPark;
+  std::size_t max_poll_records = 500;
+  // Check each batch's CRC-32C. Off by default for rings: the bytes were written in this host's
+  // memory by an admitted producer and every length is checked anyway; the log store checks
+  // CRCs of everything it reads from disk.
+  bool check_crcs = false;
+};
+
+struct ConsumedRecord {
+  std::string_view topic;
+  std::uint32_t partition = 0;
+  Offset offset;
+  std::int64_t timestamp_ms = 0;
+  OptionalBytes key;
+  OptionalBytes value;
+  std::int32_t header_count = 0;
+  std::span<const std::byte> headers_bytes;
+  template <class Fn>
+  void for_each_header(Fn&& fn) const {
+    RecordView v;
+    v.header_count = header_count;
+    v.headers_bytes = headers_bytes;
+    v.for_each_header(static_cast<Fn&&>(fn));
+  }
+};
+
+struct PollNotice {
+  enum class Kind : std::uint8_t {
+    kLapped,   // offsets [from, to) were overwritten before this consumer read them
+    kCorrupt,  // the batch at `from` failed validation and was skipped up to `to`
+  };
+  Kind kind = Kind::kLapped;
+  std::string_view topic;
+  std::uint32_t partition = 0;
+  Offset from;
+  Offset to;
+};
+
+struct PollResult {
+  std::span<const ConsumedRecord> records;
+  std::span<const PollNotice> notices;
+};
+
+class TopicConsumer {
+ public:
+  static Result<TopicConsumer> create(std::shared_ptr<Client> client, ConsumerOptions options = {});
+  TopicConsumer(TopicConsumer&&) noexcept;
+  TopicConsumer& operator=(TopicConsumer&&) noexcept;
+  ~TopicConsumer();
+
+  // Adds partitions of a topic (empty: all of them), each positioned at `start`.
+  Result<void> assign(std::string_view topic, std::vector<std::uint32_t> partitions = {}, SeekTo start = SeekTo::latest());
+  Result<void> seek(std::string_view topic, std::uint32_t partition, SeekTo to);
+  // Waits up to `timeout_ms` (0: not at all) for records; returns at most max_poll_records.
+  Result<PollResult> poll(std::int64_t timeout_ms);
+  // True when nothing the last poll returned has been overwritten since.
+  bool views_intact() const noexcept;
+  // The next offset this consumer will read from a partition.
+  Result<Offset> position(std::string_view topic, std::uint32_t partition) const;
+  std::size_t assigned_partitions() const noexcept;
+
+ private:
+  struct State;
+  explicit TopicConsumer(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace weft

@@ -1,0 +1,132 @@
+// The node: owns topics, their partitions and every partition's ring.
+//
+// The same Node runs embedded in an application (weft::Node::start) or inside weftd, which adds
+// the Unix-socket admission of local clients (weft/fabric/local_server.h). Topics live in memory
+// for now; the log store (segments on disk, the storage issue) and remote listeners (the Kafka
+// protocol) plug in behind the same calls.
+//
+// Thread contract: every method may be called from any thread. A maintenance thread (started by
+// start()) moves each ring's reuse limit, seals claims of dead producers, frees their slots and
+// refreshes the counters that describe_topic() reports.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "weft/fabric/result.h"
+#include "weft/fabric/ring.h"
+#include "weft/fabric/shared_memory.h"
+
+namespace weft {
+
+enum class FsyncPolicy : std::uint8_t { kNone, kInterval, kAlways };
+
+// Per-topic settings. Retention and durability are recorded now and honoured by the storage issue.
+struct TopicConfig {
+  std::uint32_t partitions = 1;
+  std::size_t ring_capacity_bytes = std::size_t{4} << 20;  // power of two, 64 KiB..1 GiB
+  std::size_t max_batch_bytes = std::size_t{1} << 20;      // at most ring_capacity_bytes / 4
+  std::int64_t retention_bytes = -1;                       // per partition; -1: unlimited
+  std::int64_t retention_ms = 7LL * 24 * 3600 * 1000;      // -1: unlimited
+  FsyncPolicy fsync = FsyncPolicy::kNone;
+  std::int64_t fsync_interval_ms = 0;  // with kInterval
+  // Attached consumers hold producers back (Aeron's flow control): nothing a live consumer has
+  // not read is overwritten, and a stalled consumer stalls the producers. Off by default: a slow
+  // consumer then never slows a producer and is lapped instead.
+  bool consumer_flow_control = false;
+  std::uint32_t producer_slots = 32;   // live producers per partition, at most 63
+  std::uint32_t consumer_slots = 64;   // live consumers per partition, at most 4096
+};
+
+// Sets one setting by its Kafka-style name (partitions, ring.capacity.bytes, max.batch.bytes,
+// retention.bytes, retention.ms, fsync = none|always|interval=<ms>, flow.control = none|consumers,
+// producer.slots, consumer.slots). The error says which key or value is wrong.
+Result<void> set_topic_config(TopicConfig& config, std::string_view key, std::string_view value);
+// Checks a whole config; the error names the offending setting and its limits.
+Result<void> validate_topic_config(const TopicConfig& config);
+// Kafka's rule: 1..249 characters of [A-Za-z0-9._-], and not "." or "..".
+Result<void> validate_topic_name(std::string_view name);
+std::string fsync_policy_name(const TopicConfig& config);
+
+// What a partition's ring has seen, as of the last maintenance pass.
+struct PartitionStats {
+  std::uint32_t partition = 0;
+  Offset start_offset;  // the earliest offset the ring still holds
+  Offset end_offset;    // the next offset producers will be given (Kafka's log end offset)
+  std::uint64_t records = 0;       // records published since the topic was created
+  std::uint64_t bytes = 0;         // ring bytes they took, frame headers and padding included
+  std::uint32_t producers = 0;     // attached producers
+  std::uint32_t consumers = 0;     // attached consumers
+  std::uint32_t lapped_consumers = 0;  // attached consumers that were lapped at least once
+  std::uint64_t lapped_events = 0;     // laps the attached consumers have taken in total
+  std::uint64_t back_pressure_events = 0;  // claims refused for lack of space (attached producers)
+  std::uint64_t sealed_claims = 0;         // claims of dead producers sealed as aborted
+  std::string memory;                      // how the ring memory is backed (hugepages or why not)
+};
+
+struct TopicInfo {
+  std::string name;
+  std::uint64_t id = 0;  // unique per node run; a recreated topic gets a new id
+  TopicConfig config;
+  std::vector<PartitionStats> partitions;
+};
+
+struct NodeOptions {
+  TopicConfig default_topic;               // for topics created without their own config
+  bool prefer_hugepages = true;            // rings in hugepages when the kernel has them reserved
+  std::string hugetlbfs_dir;               // a hugetlbfs mount to use instead of memfd
+  std::size_t ring_memory_budget_bytes = std::size_t{16} << 30;  // all rings of the node together
+  std::size_t max_topics = 100'000;
+  bool start_maintenance_thread = true;    // false: the caller runs maintain() (tests)
+  // The maintenance thread comes back before the busiest ring's producers could use a quarter of
+  // their free space, within these bounds.
+  std::int64_t maintenance_min_interval_us = 50;
+  std::int64_t maintenance_max_interval_us = 2'000;
+};
+
+// A partition's ring memory as handed to a client: mapped here (embedded) or passed as an fd.
+struct PartitionMemory {
+  std::shared_ptr<SharedMemory> memory;
+  Ring ring;
+  std::uint64_t topic_id = 0;
+  std::uint32_t partition = 0;
+};
+
+class Node {
+ public:
+  static Result<std::unique_ptr<Node>> start(NodeOptions options);
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  Result<TopicInfo> create_topic(std::string_view name, const TopicConfig& config);
+  Result<TopicInfo> create_topic(std::string_view name) { return create_topic(name, options_.default_topic); }
+  // The rings stay mapped in clients that hold them; nothing new reaches them.
+  Result<void> delete_topic(std::string_view name);
+  std::vector<std::string> list_topics() const;
+  Result<TopicInfo> describe_topic(std::string_view name) const;
+  Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) const;
+
+  // One maintenance pass over every partition; returns true when any ring moved.
+  bool maintain();
+  // Stops the maintenance thread after a last pass. Idempotent; the destructor calls it.
+  void stop();
+
+  const NodeOptions& options() const noexcept { return options_; }
+  std::size_t ring_memory_bytes() const;
+
+ private:
+  struct Partition;
+  struct Topic;
+  struct State;
+  explicit Node(NodeOptions options);
+  double maintain_pass();  // the largest share of a ring's free space used since the last pass
+  NodeOptions options_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace weft

@@ -1,0 +1,106 @@
+// Sending records to a topic through its partitions' rings.
+//
+//   auto producer = weft::TopicProducer::create(client, "clicks");
+//   weft::RecordInput record;  record.key = ...; record.value = ...;
+//   auto sent = producer->send(record);  // sent->partition, sent->offset
+//
+// The partition follows Kafka's default partitioner: murmur2 of the key, and for records without
+// a key a sticky partition that changes after each sticky_batch_bytes. A send copies the record
+// into the ring as a one-record RecordBatch v2 (no syscall, no lock, no allocation); send_batch
+// puts many records in one batch; claim/commit writes a batch in place with no copy at all.
+//
+// Thread contract: one TopicProducer per thread (make one per thread; each holds its own
+// producer slot per partition).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "weft/client.h"
+#include "weft/fabric/record_batch.h"
+#include "weft/fabric/ring.h"
+
+namespace weft {
+
+enum class Acks : std::int8_t {
+  kNone = 0,    // sent: the record is in the ring
+  kLeader = 1,  // in the partition's log (with no log store yet: the ring)
+  kAll = -1,    // in the log of every in-sync replica, durably where the topic asks (single
+                // in-memory node: as kLeader until the storage and replication issues)
+};
+
+struct ProducerOptions {
+  ProducerMode mode = ProducerMode::kShared;  // kExclusive: this is the only producer of the topic
+  Acks acks = Acks::kLeader;
+  std::int64_t max_block_ms = 60'000;  // how long a send waits for ring space (Kafka's max.block.ms)
+  std::size_t sticky_batch_bytes = 16 * 1024;  // Kafka's batch.size, for keyless records
+  WaitKind back_pressure_wait = WaitKind::kYield;  // how a send waits for space (kPark sleeps 50 µs)
+};
+
+struct SendResult {
+  std::uint32_t partition = 0;
+  Offset offset;  // of the (first) record
+};
+
+// A batch claimed in a ring: write one RecordBatch v2 into `bytes` (BatchBuilder does it), then
+// commit or abort it before the next send to that partition.
+struct ZeroCopyBatch {
+  std::span<std::byte> bytes;
+  std::uint32_t partition = 0;
+  Offset base_offset;
+  Claim claim;
+};
+
+// Kafka's murmur2 (seed 0x9747b28c), as its default partitioner computes it.
+std::int32_t murmur2(std::span<const std::byte> bytes) noexcept;
+// Kafka's partition for a key: (murmur2(key) & 0x7fffffff) % partitions.
+std::uint32_t partition_for_key(std::span<const std::byte> key, std::uint32_t partitions) noexcept;
+
+struct ProducerStats {
+  std::uint64_t records = 0;
+  std::uint64_t batches = 0;
+  std::uint64_t back_pressure_waits = 0;  // sends that found their ring full and waited
+};
+
+class TopicProducer {
+ public:
+  static Result<TopicProducer> create(std::shared_ptr<Client> client, std::string_view topic, ProducerOptions options = {});
+  TopicProducer(TopicProducer&&) noexcept;
+  TopicProducer& operator=(TopicProducer&&) noexcept;
+  ~TopicProducer();
+
+  Result<SendResult> send(const RecordInput& record);
+  Result<SendResult> send_to(std::uint32_t partition, const RecordInput& record);
+  // All records in one batch, with consecutive offsets from the result's offset.
+  Result<SendResult> send_batch(std::uint32_t partition, std::span<const RecordInput> records);
+  // Claims space for a batch of `records` records in at most `batch_bytes` bytes.
+  Result<ZeroCopyBatch> claim(std::uint32_t partition, std::size_t batch_bytes, std::uint32_t records);
+  // Publishes a claimed batch whose first `used_bytes` bytes hold it.
+  Result<SendResult> commit(ZeroCopyBatch& batch, std::size_t used_bytes);
+  void abort(ZeroCopyBatch& batch);
+  // Waits until every send so far is acknowledged at the producer's acks level.
+  Result<void> flush(std::int64_t timeout_ms = 60'000);
+
+  // The partition the default partitioner chooses (for a keyless record, the sticky partition).
+  std::uint32_t partition_for(const OptionalBytes& key) noexcept;
+  std::uint32_t partitions() const noexcept;
+  const std::string& topic() const noexcept;
+  ProducerStats stats() const noexcept;
+  std::size_t max_batch_bytes() const noexcept;
+
+ private:
+  struct State;
+  explicit TopicProducer(std::unique_ptr<State> state);
+  Result<Producer*> ring_producer(std::uint32_t partition);
+  Result<SendResult> send_slow(std::uint32_t partition, const RecordInput& record);
+  Result<void> wait_for_space(std::uint32_t partition, std::int64_t& deadline_ns);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace weft

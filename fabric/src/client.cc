@@ -1,0 +1,244 @@
+#include "weft/client.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "weft/fabric/local_protocol.h"
+
+namespace weft {
+namespace {
+
+using local::MessageType;
+
+TopicConfig apply_settings(TopicConfig config, const TopicSettings& settings, Result<void>& outcome) {
+  for (const auto& [key, value] : settings) {
+    outcome = set_topic_config(config, key, value);
+    if (!outcome.ok()) break;
+  }
+  return config;
+}
+
+class EmbeddedClient final : public Client {
+ public:
+  explicit EmbeddedClient(Node& node) : node_(node) {}
+  Result<TopicInfo> create_topic(std::string_view name, const TopicSettings& settings) override {
+    Result<void> outcome;
+    const TopicConfig config = apply_settings(node_.options().default_topic, settings, outcome);
+    WEFT_TRY_VOID(outcome);
+    return node_.create_topic(name, config);
+  }
+  Result<void> delete_topic(std::string_view name) override { return node_.delete_topic(name); }
+  Result<std::vector<std::string>> list_topics() override { return node_.list_topics(); }
+  Result<TopicInfo> describe_topic(std::string_view name) override { return node_.describe_topic(name); }
+  Result<NodeStatus> status() override {
+    NodeStatus s;
+    s.topics = static_cast<std::uint32_t>(node_.list_topics().size());
+    s.ring_memory_bytes = node_.ring_memory_bytes();
+    s.pid = static_cast<std::uint32_t>(getpid());
+    s.embedded = true;
+    return s;
+  }
+  Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) override {
+    return node_.open_partition(topic, partition);
+  }
+  bool is_embedded() const noexcept override { return true; }
+  std::string describe() const override { return "embedded node"; }
+
+ private:
+  Node& node_;
+};
+
+class SocketClient final : public Client {
+ public:
+  SocketClient(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+
+  Result<void> hello() {
+    std::vector<std::byte> body;
+    local::Writer w(body);
+    w.u32(local::kVersion);
+    w.str("weft-client");
+    WEFT_TRY_VOID(call(MessageType::kHello, body, nullptr));
+    local::Reader r(response_body_);
+    (void)r.u32();
+    node_pid_ = r.u32();
+    return r.finish("hello response");
+  }
+
+  Result<TopicInfo> create_topic(std::string_view name, const TopicSettings& settings) override {
+    std::lock_guard lock(mutex_);
+    // The node's defaults live in the node: settings travel as names and values, checked here
+    // first so a typo is reported before the round trip.
+    Result<void> outcome;
+    (void)apply_settings(TopicConfig{}, settings, outcome);
+    WEFT_TRY_VOID(outcome);
+    std::vector<std::byte> body;
+    local::Writer w(body);
+    w.str(name);
+    w.u32(static_cast<std::uint32_t>(settings.size()));
+    for (const auto& [key, value] : settings) {
+      w.str(key);
+      w.str(value);
+    }
+    WEFT_TRY_VOID(call(MessageType::kCreateTopic, body, nullptr));
+    local::Reader r(response_body_);
+    TopicInfo info = local::read_topic_info(r);
+    WEFT_TRY_VOID(r.finish("create topic response"));
+    return info;
+  }
+
+  Result<void> delete_topic(std::string_view name) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::byte> body;
+    local::Writer(body).str(name);
+    return call(MessageType::kDeleteTopic, body, nullptr);
+  }
+
+  Result<std::vector<std::string>> list_topics() override {
+    std::lock_guard lock(mutex_);
+    WEFT_TRY_VOID(call(MessageType::kListTopics, {}, nullptr));
+    local::Reader r(response_body_);
+    const std::uint32_t n = r.u32();
+    std::vector<std::string> names;
+    for (std::uint32_t i = 0; i < n && !r.failed(); ++i) names.push_back(r.str(512));
+    WEFT_TRY_VOID(r.finish("list topics response"));
+    return names;
+  }
+
+  Result<TopicInfo> describe_topic(std::string_view name) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::byte> body;
+    local::Writer(body).str(name);
+    WEFT_TRY_VOID(call(MessageType::kDescribeTopic, body, nullptr));
+    local::Reader r(response_body_);
+    TopicInfo info = local::read_topic_info(r);
+    WEFT_TRY_VOID(r.finish("describe topic response"));
+    return info;
+  }
+
+  Result<NodeStatus> status() override {
+    std::lock_guard lock(mutex_);
+    WEFT_TRY_VOID(call(MessageType::kStatus, {}, nullptr));
+    local::Reader r(response_body_);
+    NodeStatus s;
+    s.topics = r.u32();
+    s.ring_memory_bytes = r.u64();
+    s.uptime_ms = r.u64();
+    s.pid = r.u32();
+    s.connections = r.u32();
+    s.accepted = r.u64();
+    s.refused = r.u64();
+    s.bad_requests = r.u64();
+    s.requests = r.u64();
+    WEFT_TRY_VOID(r.finish("status response"));
+    return s;
+  }
+
+  Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::byte> body;
+    local::Writer w(body);
+    w.str(topic);
+    w.u32(partition);
+    UniqueFd fd;
+    WEFT_TRY_VOID(call(MessageType::kOpenPartition, body, &fd));
+    local::Reader r(response_body_);
+    PartitionMemory memory;
+    memory.topic_id = r.u64();
+    memory.partition = r.u32();
+    const std::uint64_t size = r.u64();
+    WEFT_TRY_VOID(r.finish("open partition response"));
+    if (!fd.valid()) return Error{Errc::kCorrupt, "weftd answered open partition without the ring's memory"};
+    WEFT_TRY(SharedMemory mapped, SharedMemory::map(std::move(fd)));
+    if (mapped.size() != size)
+      return Error{Errc::kCorrupt, "ring memory is " + std::to_string(mapped.size()) + " bytes, weftd said " + std::to_string(size)};
+    memory.memory = std::make_shared<SharedMemory>(std::move(mapped));
+    WEFT_TRY(memory.ring, Ring::attach(memory.memory->bytes()));
+    return memory;
+  }
+
+  bool is_embedded() const noexcept override { return false; }
+  std::string describe() const override { return "weftd at " + path_ + " (pid " + std::to_string(node_pid_) + ")"; }
+
+ private:
+  // One request, one response; the response body (after the ok byte) lands in response_body_.
+  Result<void> call(MessageType type, std::span<const std::byte> body, UniqueFd* fd) {
+    const std::uint32_t id = ++request_id_;
+    local::begin_message(buffer_, static_cast<std::uint16_t>(type), id);
+    buffer_.insert(buffer_.end(), body.begin(), body.end());
+    local::finish_message(buffer_);
+    // A node that refused this client said why before closing: a failed send still reads that.
+    const Result<void> sent = local::send_message(fd_.get(), buffer_);
+    UniqueFd received_fd;
+    Result<void> received = local::receive_message(fd_.get(), buffer_, local::kMaxMessageBytes, &received_fd);
+    if (!received.ok() && received.error().code == Errc::kAborted) {
+      // A node that closes a connection with our request unread (a refusal at accept) makes the
+      // kernel report ECONNRESET first, ahead of the reply it queued before closing: read that.
+      received = local::receive_message(fd_.get(), buffer_, local::kMaxMessageBytes, &received_fd);
+    }
+    if (!sent.ok() && !received.ok())
+      return Error{Errc::kUnavailable, "weftd at " + path_ + " is gone (" + sent.error().message + ")"};
+    if (!received.ok()) {
+      if (received.error().code == Errc::kAborted)
+        return Error{Errc::kUnavailable, "weftd at " + path_ + " closed the connection; is it still running?"};
+      return received;
+    }
+    std::span<const std::byte> payload;
+    WEFT_TRY(const local::Header header, local::parse_header(buffer_, payload));
+    local::Reader r(payload);
+    const auto code = static_cast<Errc>(r.u8());
+    if (code != Errc::kOk) {
+      std::string message = r.str(64 * 1024);
+      return Error{code, message.empty() ? std::string("weftd refused the request") : std::move(message)};
+    }
+    if (!sent.ok()) return Error{Errc::kUnavailable, "weftd at " + path_ + " closed the connection"};
+    if (header.type != (static_cast<std::uint16_t>(type) | local::kResponseBit) || header.request_id != id)
+      return Error{Errc::kCorrupt, "weftd answered a different request"};
+    response_body_.assign(payload.begin() + 1, payload.end());
+    if (fd != nullptr) *fd = std::move(received_fd);
+    return ok();
+  }
+
+  std::mutex mutex_;
+  UniqueFd fd_;
+  std::string path_;
+  std::uint32_t request_id_ = 0;
+  std::uint32_t node_pid_ = 0;
+  std::vector<std::byte> buffer_;
+  std::vector<std::byte> response_body_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<Client>> Client::connect(std::string socket_path) {
+  if (socket_path.empty()) socket_path = local::default_socket_path();
+  sockaddr_un addr{};
+  if (socket_path.size() >= sizeof(addr.sun_path))
+    return Error{Errc::kInvalidArgument, "socket path '" + socket_path + "' is too long for a Unix socket"};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return os_error(Errc::kIo, "socket(AF_UNIX)", errno);
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int error = errno;
+    if (error == ENOENT || error == ECONNREFUSED)
+      return Error{Errc::kUnavailable, "no weft node is running at " + socket_path + " (start one with `weftd`, or pass --socket PATH)"};
+    if (error == EACCES)
+      return Error{Errc::kPermissionDenied, "not allowed to open " + socket_path + " (check its file mode and weftd's socket_mode)"};
+    return os_error(Errc::kUnavailable, "connecting to " + socket_path, error);
+  }
+  // A receive that outlives a hung node fails instead of blocking the caller forever.
+  timeval timeout{30, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  auto client = std::make_shared<SocketClient>(std::move(fd), socket_path);
+  WEFT_TRY_VOID(client->hello());
+  return std::shared_ptr<Client>(std::move(client));
+}
+
+std::shared_ptr<Client> Client::embedded(Node& node) { return std::make_shared<EmbeddedClient>(node); }
+
+}  // namespace weft

@@ -1,0 +1,375 @@
+#include "weft/fabric/local_server.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "weft/fabric/local_protocol.h"
+#include "weft/fabric/log.h"
+
+namespace weft {
+namespace {
+
+using local::MessageType;
+
+Result<void> make_parent_directory(const std::string& path) {
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos || slash == 0) return ok();
+  const std::string dir = path.substr(0, slash);
+  std::string partial;
+  for (std::size_t i = 1; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      partial = dir.substr(0, i);
+      if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
+        return os_error(Errc::kIo, "creating the socket directory " + partial, errno);
+    }
+  }
+  return ok();
+}
+
+sockaddr_un socket_address(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  return addr;
+}
+
+struct Connection {
+  UniqueFd fd;
+  ucred peer{};
+};
+
+}  // namespace
+
+struct LocalServer::Impl {
+  Node* node = nullptr;
+  LocalServerOptions options;
+  UniqueFd lock_fd;
+  UniqueFd listen_fd;
+  UniqueFd epoll_fd;
+  UniqueFd stop_fd;
+  std::thread thread;
+  std::unordered_map<int, Connection> connections;
+  std::atomic<bool> stopped{false};
+  mutable std::mutex stats_mutex;
+  LocalServerStats stats;
+  std::int64_t started_ns = monotonic_ns();
+  std::vector<std::byte> in;
+  std::vector<std::byte> out;
+
+  bool allowed(const ucred& peer) const {
+    if (peer.uid == 0 || peer.uid == geteuid()) return true;
+    return std::find(options.allow_uids.begin(), options.allow_uids.end(), peer.uid) != options.allow_uids.end() ||
+           std::find(options.allow_gids.begin(), options.allow_gids.end(), peer.gid) != options.allow_gids.end();
+  }
+
+  void count(std::uint64_t LocalServerStats::*field) {
+    std::lock_guard lock(stats_mutex);
+    ++(stats.*field);
+  }
+
+  void send_error(int fd, std::uint16_t type, std::uint32_t request_id, const Error& error) {
+    local::begin_message(out, static_cast<std::uint16_t>(type | local::kResponseBit), request_id);
+    local::Writer w(out);
+    w.u8(static_cast<std::uint8_t>(error.code));
+    w.str(error.message);
+    local::finish_message(out);
+    (void)local::send_message(fd, out);  // the peer may be gone already; nothing to do then
+  }
+
+  void accept_one() {
+    UniqueFd fd(accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd.valid()) return;  // the peer left before we got to it, or fds ran out: try again later
+    ucred peer{};
+    socklen_t len = sizeof(peer);
+    if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) return;
+    const std::string who = "pid=" + std::to_string(peer.pid) + " uid=" + std::to_string(peer.uid) + " gid=" + std::to_string(peer.gid);
+    if (!allowed(peer)) {
+      count(&LocalServerStats::refused);
+      log(LogLevel::kWarn, "client refused", {{"peer", who}, {"reason", "uid and gid not in the allow list"}});
+      send_error(fd.get(), 0, 0,
+                 Error{Errc::kPermissionDenied, "weftd does not admit uid " + std::to_string(peer.uid) + " gid " +
+                                                    std::to_string(peer.gid) + "; add it to allow_uids or allow_gids in weftd's config"});
+      return;
+    }
+    if (connections.size() >= options.max_connections) {
+      count(&LocalServerStats::refused);
+      log(LogLevel::kWarn, "client refused", {{"peer", who}, {"reason", "connection limit reached"}});
+      send_error(fd.get(), 0, 0, Error{Errc::kResourceExhausted, "weftd has its maximum of " + std::to_string(options.max_connections) + " local clients"});
+      return;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.fd = fd.get();
+    if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, fd.get(), &ev) != 0) return;
+    // A response is one datagram, which the kernel caps at the socket's send buffer (208 KiB by
+    // default): make room for the largest the protocol allows (FORCE needs CAP_NET_ADMIN; without
+    // it the kernel caps the request at net.core.wmem_max).
+    const int send_buffer = static_cast<int>(local::kMaxMessageBytes);
+    if (setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUFFORCE, &send_buffer, sizeof send_buffer) != 0)
+      (void)setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &send_buffer, sizeof send_buffer);
+    log(LogLevel::kDebug, "client admitted", {{"peer", who}});
+    const int key = fd.get();
+    connections.emplace(key, Connection{std::move(fd), peer});
+    std::lock_guard lock(stats_mutex);
+    ++stats.accepted;
+    stats.connections = static_cast<std::uint32_t>(connections.size());
+  }
+
+  void close_connection(int fd) {
+    epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, fd, nullptr);
+    connections.erase(fd);
+    std::lock_guard lock(stats_mutex);
+    stats.connections = static_cast<std::uint32_t>(connections.size());
+  }
+
+  // Serves one request; false closes the connection.
+  bool serve(Connection& c) {
+    UniqueFd stray;  // clients send no fds; one that does is refused and the fd closed
+    const Result<void> received = local::receive_message(c.fd.get(), in, local::kMaxRequestBytes, &stray);
+    if (!received.ok()) {
+      if (received.error().code == Errc::kUnavailable) return true;  // a spurious wakeup
+      if (received.error().code == Errc::kAborted) return false;      // the client left
+      count(&LocalServerStats::bad_requests);
+      log(LogLevel::kWarn, "closing client connection", {{"pid", std::to_string(c.peer.pid)}, {"reason", received.error().message}});
+      return false;
+    }
+    std::span<const std::byte> payload;
+    Result<local::Header> header = local::parse_header(in, payload);
+    if (!header.ok() || stray.valid()) {
+      count(&LocalServerStats::bad_requests);
+      const std::string reason = header.ok() ? "a file descriptor was attached" : header.error().message;
+      log(LogLevel::kWarn, "closing client connection", {{"pid", std::to_string(c.peer.pid)}, {"reason", reason}});
+      // The header's own code (kUnsupported for another protocol version) tells the client what to do.
+      send_error(c.fd.get(), header.ok() ? header->type : 0, header.ok() ? header->request_id : 0,
+                 Error{header.ok() ? Errc::kInvalidArgument : header.error().code, reason});
+      return false;
+    }
+    count(&LocalServerStats::requests);
+    const std::uint16_t type = header->type;
+    local::Reader r(payload);
+    local::begin_message(out, static_cast<std::uint16_t>(type | local::kResponseBit), header->request_id);
+    local::Writer w(out);
+    int fd_to_send = -1;
+    Result<void> outcome = handle(type, r, w, fd_to_send);
+    if (!outcome.ok()) {
+      // Truncated fields, or bytes left after them: the request breaks the protocol, not a rule.
+      const bool malformed = outcome.error().code == Errc::kInvalidArgument && (r.failed() || !r.at_end());
+      send_error(c.fd.get(), type, header->request_id, outcome.error());
+      if (malformed || outcome.error().code == Errc::kUnsupported) {
+        count(&LocalServerStats::bad_requests);
+        log(LogLevel::kWarn, "closing client connection", {{"pid", std::to_string(c.peer.pid)}, {"reason", outcome.error().message}});
+        return false;
+      }
+      return true;
+    }
+    local::finish_message(out);
+    if (out.size() <= local::kMaxMessageBytes && local::send_message(c.fd.get(), out, fd_to_send).ok()) return true;
+    // Too large for the protocol or for the socket's send buffer (or the peer is gone, and this
+    // fails too): an answer that says so beats a connection closed without a word.
+    send_error(c.fd.get(), type, header->request_id,
+               Error{Errc::kResourceExhausted,
+                     "the response of " + std::to_string(out.size()) + " bytes is larger than weftd can send in one message (" +
+                         (out.size() > local::kMaxMessageBytes ? std::to_string(local::kMaxMessageBytes) + " bytes at most"
+                                                               : std::string("the socket's send buffer; raise net.core.wmem_max")) +
+                         ")"});
+    return true;
+  }
+
+  // Decodes and runs one request, writing the body after an ok byte.
+  Result<void> handle(std::uint16_t type, local::Reader& r, local::Writer& w, int& fd_to_send) {
+    switch (static_cast<MessageType>(type)) {
+      case MessageType::kHello: {
+        const std::uint32_t client_version = r.u32();
+        const std::string name = r.str(256);
+        WEFT_TRY_VOID(r.finish("hello"));
+        if (client_version != local::kVersion)
+          return Error{Errc::kUnsupported, "client protocol " + std::to_string(client_version) + " is not weftd's " + std::to_string(local::kVersion)};
+        w.u8(0);
+        w.u32(local::kVersion);
+        w.u32(static_cast<std::uint32_t>(getpid()));
+        return ok();
+      }
+      case MessageType::kCreateTopic: {
+        const std::string name = r.str(512);
+        const std::uint32_t count = r.u32();
+        if (count > 64) return Error{Errc::kInvalidArgument, "create topic: more than 64 settings"};
+        TopicConfig config = node->options().default_topic;
+        std::vector<std::pair<std::string, std::string>> settings;
+        for (std::uint32_t i = 0; i < count && !r.failed(); ++i) {
+          std::string key = r.str(256);
+          std::string value = r.str(256);
+          settings.emplace_back(std::move(key), std::move(value));
+        }
+        WEFT_TRY_VOID(r.finish("create topic"));
+        for (const auto& [key, value] : settings) WEFT_TRY_VOID(set_topic_config(config, key, value));
+        WEFT_TRY(const TopicInfo info, node->create_topic(name, config));
+        log(LogLevel::kInfo, "topic created", {{"topic", info.name}, {"partitions", std::to_string(info.config.partitions)}});
+        w.u8(0);
+        local::write_topic_info(w, info);
+        return ok();
+      }
+      case MessageType::kDeleteTopic: {
+        const std::string name = r.str(512);
+        WEFT_TRY_VOID(r.finish("delete topic"));
+        WEFT_TRY_VOID(node->delete_topic(name));
+        log(LogLevel::kInfo, "topic deleted", {{"topic", name}});
+        w.u8(0);
+        return ok();
+      }
+      case MessageType::kListTopics: {
+        WEFT_TRY_VOID(r.finish("list topics"));
+        const std::vector<std::string> names = node->list_topics();
+        w.u8(0);
+        w.u32(static_cast<std::uint32_t>(names.size()));
+        for (const std::string& n : names) w.str(n);
+        return ok();
+      }
+      case MessageType::kDescribeTopic: {
+        const std::string name = r.str(512);
+        WEFT_TRY_VOID(r.finish("describe topic"));
+        WEFT_TRY(const TopicInfo info, node->describe_topic(name));
+        w.u8(0);
+        local::write_topic_info(w, info);
+        return ok();
+      }
+      case MessageType::kOpenPartition: {
+        const std::string name = r.str(512);
+        const std::uint32_t partition = r.u32();
+        WEFT_TRY_VOID(r.finish("open partition"));
+        WEFT_TRY(const PartitionMemory memory, node->open_partition(name, partition));
+        w.u8(0);
+        w.u64(memory.topic_id);
+        w.u32(memory.partition);
+        w.u64(memory.memory->size());
+        fd_to_send = memory.memory->fd();
+        return ok();
+      }
+      case MessageType::kStatus: {
+        WEFT_TRY_VOID(r.finish("status"));
+        const LocalServerStats s = [this] {
+          std::lock_guard lock(stats_mutex);
+          return stats;
+        }();
+        w.u8(0);
+        w.u32(static_cast<std::uint32_t>(node->list_topics().size()));
+        w.u64(node->ring_memory_bytes());
+        w.u64(static_cast<std::uint64_t>((monotonic_ns() - started_ns) / 1'000'000));
+        w.u32(static_cast<std::uint32_t>(getpid()));
+        w.u32(s.connections);
+        w.u64(s.accepted);
+        w.u64(s.refused);
+        w.u64(s.bad_requests);
+        w.u64(s.requests);
+        return ok();
+      }
+    }
+    return Error{Errc::kUnsupported, "unknown request type " + std::to_string(type)};
+  }
+
+  void run() {
+    epoll_event events[64];
+    while (!stopped.load(std::memory_order_relaxed)) {  // relaxed: stop_fd's wakeup orders it
+      const int n = epoll_wait(epoll_fd.get(), events, 64, 1000);
+      for (int i = 0; i < n; ++i) {
+        const int fd = events[i].data.fd;
+        if (fd == stop_fd.get()) return;
+        if (fd == listen_fd.get()) {
+          accept_one();
+          continue;
+        }
+        auto it = connections.find(fd);
+        if (it == connections.end()) continue;
+        bool keep = (events[i].events & EPOLLIN) != 0 ? serve(it->second) : false;
+        if ((events[i].events & (EPOLLHUP | EPOLLERR)) != 0 && (events[i].events & EPOLLIN) == 0) keep = false;
+        if (!keep) close_connection(fd);
+      }
+    }
+  }
+};
+
+LocalServer::LocalServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+LocalServer::~LocalServer() { stop(); }
+
+const std::string& LocalServer::socket_path() const noexcept { return impl_->options.socket_path; }
+
+LocalServerStats LocalServer::stats() const {
+  std::lock_guard lock(impl_->stats_mutex);
+  return impl_->stats;
+}
+
+Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerOptions options) {
+  if (options.socket_path.empty()) options.socket_path = local::default_socket_path();
+  const std::string& path = options.socket_path;
+  if (path.size() >= sizeof(sockaddr_un{}.sun_path))
+    return Error{Errc::kInvalidArgument, "socket path '" + path + "' is longer than the " +
+                                             std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes a Unix socket allows"};
+  auto impl = std::make_unique<Impl>();
+  impl->node = &node;
+  impl->options = options;
+  WEFT_TRY_VOID(make_parent_directory(path));
+  // The lock file serialises nodes starting on one path, so a stale socket is removed safely.
+  const std::string lock_path = path + ".lock";
+  impl->lock_fd = UniqueFd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!impl->lock_fd.valid()) return os_error(Errc::kIo, "opening " + lock_path, errno);
+  if (flock(impl->lock_fd.get(), LOCK_EX | LOCK_NB) != 0)
+    return Error{Errc::kAlreadyExists, "another weft node holds " + lock_path + "; stop it first or use another --socket"};
+  const sockaddr_un addr = socket_address(path);
+  struct stat st{};
+  if (lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      return Error{Errc::kAlreadyExists, path + " exists and is not a socket; remove it or use another --socket"};
+    UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0)
+      return Error{Errc::kAlreadyExists, "another weft node is listening on " + path};
+    unlink(path.c_str());  // stale: its node is gone
+  }
+  impl->listen_fd = UniqueFd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!impl->listen_fd.valid()) return os_error(Errc::kIo, "socket(AF_UNIX)", errno);
+  if (bind(impl->listen_fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0)
+    return os_error(Errc::kIo, "binding " + path, errno);
+  if (chmod(path.c_str(), options.socket_mode) != 0) return os_error(Errc::kIo, "chmod " + path, errno);
+  if (listen(impl->listen_fd.get(), 128) != 0) return os_error(Errc::kIo, "listen on " + path, errno);
+  impl->epoll_fd = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  impl->stop_fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!impl->epoll_fd.valid() || !impl->stop_fd.valid()) return os_error(Errc::kIo, "epoll/eventfd", errno);
+  for (const int fd : {impl->listen_fd.get(), impl->stop_fd.get()}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return os_error(Errc::kIo, "epoll_ctl", errno);
+  }
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<LocalServer>(new LocalServer(std::move(impl)));
+}
+
+void LocalServer::stop() {
+  if (!impl_ || impl_->stopped.exchange(true)) return;
+  const std::uint64_t one = 1;
+  if (write(impl_->stop_fd.get(), &one, sizeof(one)) < 0) {
+    // eventfd writes fail only on overflow; the epoll timeout still ends the loop.
+  }
+  if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->connections.clear();
+  unlink(impl_->options.socket_path.c_str());
+  impl_->listen_fd = UniqueFd();
+  // The lock file stays (removing it would race a node starting now); its lock goes with the fd.
+  impl_->lock_fd = UniqueFd();
+}
+
+}  // namespace weft

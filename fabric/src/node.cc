@@ -1,0 +1,413 @@
+#include "weft/node.h"
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <charconv>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <thread>
+
+namespace weft {
+namespace {
+
+constexpr std::size_t kMinRing = std::size_t{64} << 10;
+constexpr std::size_t kMaxRing = std::size_t{1} << 30;
+constexpr std::int64_t kSealEveryNs = 20'000'000;     // a stalled claim is looked at this often
+constexpr std::int64_t kReclaimEveryNs = 1'000'000'000;
+
+template <class Int>
+Result<Int> parse_int(std::string_view key, std::string_view text) {
+  Int value{};
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end != text.data() + text.size())
+    return Error{Errc::kInvalidArgument, "topic config " + std::string(key) + ": '" + std::string(text) + "' is not a whole number in range"};
+  return value;
+}
+
+}  // namespace
+
+Result<void> validate_topic_name(std::string_view name) {
+  if (name.empty() || name.size() > 249)
+    return Error{Errc::kInvalidArgument, "topic name must be 1 to 249 characters long"};
+  if (name == "." || name == "..") return Error{Errc::kInvalidArgument, "topic name cannot be '.' or '..'"};
+  for (const char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-';
+    if (!ok) return Error{Errc::kInvalidArgument, "topic name '" + std::string(name) + "' may hold only letters, digits, '.', '_' and '-'"};
+  }
+  return ok();
+}
+
+Result<void> validate_topic_config(const TopicConfig& c) {
+  if (c.partitions < 1 || c.partitions > 10'000)
+    return Error{Errc::kInvalidArgument, "partitions must be between 1 and 10000"};
+  if (!std::has_single_bit(c.ring_capacity_bytes) || c.ring_capacity_bytes < kMinRing || c.ring_capacity_bytes > kMaxRing)
+    return Error{Errc::kInvalidArgument, "ring.capacity.bytes must be a power of two from 65536 to 1073741824"};
+  if (c.max_batch_bytes < 1024 || c.max_batch_bytes > c.ring_capacity_bytes / 4)
+    return Error{Errc::kInvalidArgument, "max.batch.bytes must be between 1024 and a quarter of ring.capacity.bytes (" +
+                                             std::to_string(c.ring_capacity_bytes / 4) + ")"};
+  if (c.retention_bytes < -1 || c.retention_ms < -1)
+    return Error{Errc::kInvalidArgument, "retention.bytes and retention.ms must be -1 (unlimited) or positive"};
+  if (c.fsync == FsyncPolicy::kInterval && c.fsync_interval_ms <= 0)
+    return Error{Errc::kInvalidArgument, "fsync=interval needs a positive interval in milliseconds"};
+  if (c.producer_slots < 1 || c.producer_slots > 63) return Error{Errc::kInvalidArgument, "producer.slots must be between 1 and 63"};
+  if (c.consumer_slots < 1 || c.consumer_slots > 4096)
+    return Error{Errc::kInvalidArgument, "consumer.slots must be between 1 and 4096"};
+  return ok();
+}
+
+Result<void> set_topic_config(TopicConfig& c, std::string_view key, std::string_view value) {
+  if (key == "partitions") {
+    WEFT_TRY(const auto v, parse_int<std::uint32_t>(key, value));
+    c.partitions = v;
+  } else if (key == "ring.capacity.bytes") {
+    WEFT_TRY(const auto v, parse_int<std::size_t>(key, value));
+    c.ring_capacity_bytes = v;
+  } else if (key == "max.batch.bytes") {
+    WEFT_TRY(const auto v, parse_int<std::size_t>(key, value));
+    c.max_batch_bytes = v;
+  } else if (key == "retention.bytes") {
+    WEFT_TRY(const auto v, parse_int<std::int64_t>(key, value));
+    c.retention_bytes = v;
+  } else if (key == "retention.ms") {
+    WEFT_TRY(const auto v, parse_int<std::int64_t>(key, value));
+    c.retention_ms = v;
+  } else if (key == "producer.slots") {
+    WEFT_TRY(const auto v, parse_int<std::uint32_t>(key, value));
+    c.producer_slots = v;
+  } else if (key == "consumer.slots") {
+    WEFT_TRY(const auto v, parse_int<std::uint32_t>(key, value));
+    c.consumer_slots = v;
+  } else if (key == "flow.control") {
+    if (value == "none") c.consumer_flow_control = false;
+    else if (value == "consumers") c.consumer_flow_control = true;
+    else return Error{Errc::kInvalidArgument, "flow.control must be none or consumers"};
+  } else if (key == "fsync") {
+    if (value == "none") {
+      c.fsync = FsyncPolicy::kNone;
+    } else if (value == "always") {
+      c.fsync = FsyncPolicy::kAlways;
+    } else if (value.starts_with("interval=")) {
+      WEFT_TRY(const auto v, parse_int<std::int64_t>(key, value.substr(9)));
+      c.fsync = FsyncPolicy::kInterval;
+      c.fsync_interval_ms = v;
+    } else {
+      return Error{Errc::kInvalidArgument, "fsync must be none, always or interval=<ms>"};
+    }
+  } else {
+    return Error{Errc::kInvalidArgument, "unknown topic config '" + std::string(key) +
+                                             "' (known: partitions, ring.capacity.bytes, max.batch.bytes, retention.bytes, "
+                                             "retention.ms, fsync, flow.control, producer.slots, consumer.slots)"};
+  }
+  return ok();
+}
+
+std::string fsync_policy_name(const TopicConfig& c) {
+  switch (c.fsync) {
+    case FsyncPolicy::kNone: return "none";
+    case FsyncPolicy::kAlways: return "always";
+    case FsyncPolicy::kInterval: return "interval=" + std::to_string(c.fsync_interval_ms);
+  }
+  return "none";
+}
+
+// ---- state ----------------------------------------------------------------------------------
+
+struct Node::Partition {
+  Partition(std::shared_ptr<SharedMemory> m, Ring r) : memory(std::move(m)), ring(r), owner(r) {}
+  std::shared_ptr<SharedMemory> memory;
+  Ring ring;
+  RingOwner owner;  // the maintenance pass alone uses it (under State::maintain_mutex)
+  Ring::Mark created_at{};
+  std::int64_t last_seal_ns = 0;
+  std::int64_t last_reclaim_ns = 0;
+  std::uint64_t sealed = 0;
+  std::deque<Ring::Mark> checkpoints;  // frontiers of earlier passes, oldest first (maintenance only)
+  PartitionStats stats;  // under State::stats_mutex
+};
+
+struct Node::Topic {
+  std::string name;
+  std::uint64_t id = 0;
+  TopicConfig config;
+  std::vector<std::unique_ptr<Partition>> partitions;
+  std::size_t ring_bytes = 0;  // what create_topic added to State::ring_bytes; delete takes back as much
+};
+
+struct Node::State {
+  mutable std::shared_mutex topics_mutex;
+  std::map<std::string, std::shared_ptr<Topic>, std::less<>> topics;
+  std::uint64_t next_id = 1;
+  std::size_t ring_bytes = 0;
+  std::mutex maintain_mutex;
+  mutable std::mutex stats_mutex;
+  std::mutex wake_mutex;
+  std::condition_variable wake;
+  bool stopping = false;
+  std::thread thread;
+};
+
+Node::Node(NodeOptions options) : options_(std::move(options)), state_(std::make_unique<State>()) {}
+
+Node::~Node() { stop(); }
+
+Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
+  WEFT_TRY_VOID(validate_topic_config(options.default_topic));
+  if (options.maintenance_min_interval_us <= 0 || options.maintenance_max_interval_us < options.maintenance_min_interval_us)
+    return Error{Errc::kInvalidArgument, "maintenance intervals must be positive and min <= max"};
+  std::unique_ptr<Node> node(new Node(std::move(options)));
+  if (node->options_.start_maintenance_thread) {
+    Node* self = node.get();
+    node->state_->thread = std::thread([self] {
+      const std::int64_t min_us = self->options_.maintenance_min_interval_us;
+      const std::int64_t max_us = self->options_.maintenance_max_interval_us;
+      std::int64_t interval = max_us;
+      std::int64_t last_pass = monotonic_ns();
+      std::unique_lock lock(self->state_->wake_mutex);
+      while (!self->state_->stopping) {
+        lock.unlock();
+        const double used = self->maintain_pass();
+        const std::int64_t now = monotonic_ns();
+        const auto elapsed_us = static_cast<double>(now - last_pass) / 1000.0;
+        last_pass = now;
+        // Come back before the busiest ring's producers have used a quarter of their free space,
+        // and no sooner: every wakeup of this thread takes a cpu from a producer or a consumer.
+        const double next = used > 0 ? elapsed_us * 0.25 / used : static_cast<double>(max_us);
+        interval = std::clamp(static_cast<std::int64_t>(next), min_us, max_us);
+        lock.lock();
+        self->state_->wake.wait_for(lock, std::chrono::microseconds(interval), [self] { return self->state_->stopping; });
+      }
+    });
+  }
+  return node;
+}
+
+void Node::stop() {
+  {
+    std::lock_guard lock(state_->wake_mutex);
+    if (state_->stopping) return;
+    state_->stopping = true;
+  }
+  state_->wake.notify_all();
+  if (state_->thread.joinable()) state_->thread.join();
+  maintain();  // a last pass: counters and limits as of the stop
+}
+
+std::size_t Node::ring_memory_bytes() const {
+  std::shared_lock lock(state_->topics_mutex);
+  return state_->ring_bytes;
+}
+
+Result<TopicInfo> Node::create_topic(std::string_view name, const TopicConfig& config) {
+  WEFT_TRY_VOID(validate_topic_name(name));
+  WEFT_TRY_VOID(validate_topic_config(config));
+  RingConfig ring_config;
+  ring_config.capacity_bytes = config.ring_capacity_bytes;
+  // A frame is its 16-byte header and the batch, padded to 8: exactly what max.batch.bytes allows.
+  ring_config.max_frame_bytes =
+      std::min((config.max_batch_bytes + ring_layout::kFrameHeaderBytes + ring_layout::kFrameAlign - 1) & ~(ring_layout::kFrameAlign - 1),
+               config.ring_capacity_bytes / 2);
+  ring_config.producer_slots = config.producer_slots;
+  ring_config.consumer_slots = config.consumer_slots;
+  const std::size_t ring_bytes = Ring::required_bytes(ring_config);
+  {
+    std::shared_lock lock(state_->topics_mutex);
+    if (state_->topics.contains(name)) return Error{Errc::kAlreadyExists, "topic '" + std::string(name) + "' already exists"};
+    if (state_->topics.size() >= options_.max_topics)
+      return Error{Errc::kResourceExhausted, "the node holds its maximum of " + std::to_string(options_.max_topics) + " topics"};
+    if (state_->ring_bytes + ring_bytes * config.partitions > options_.ring_memory_budget_bytes)
+      return Error{Errc::kResourceExhausted,
+                   "topic '" + std::string(name) + "' needs " + std::to_string(ring_bytes * config.partitions) +
+                       " bytes of ring memory; the node's budget has " +
+                       std::to_string(options_.ring_memory_budget_bytes - state_->ring_bytes) +
+                       " left (use fewer partitions or a smaller ring.capacity.bytes)"};
+  }
+  // Rings are made outside the lock: hugepage reservation and zeroing take milliseconds.
+  auto topic = std::make_shared<Topic>();
+  topic->name = std::string(name);
+  topic->config = config;
+  for (std::uint32_t p = 0; p < config.partitions; ++p) {
+    ShmOptions shm;
+    // The name only labels the mapping (memfd names stop at 249 bytes, hugetlbfs file names at 255),
+    // so a long topic name is cut rather than refused.
+    shm.name = "weft-" + topic->name.substr(0, 200) + "-" + std::to_string(p);
+    shm.size_bytes = ring_bytes;
+    shm.prefer_hugepages = options_.prefer_hugepages;
+    shm.hugetlbfs_dir = options_.hugetlbfs_dir;
+    Result<SharedMemory> memory = SharedMemory::create(shm);
+    if (!memory.ok()) return Error{memory.error().code, "topic '" + topic->name + "' partition " + std::to_string(p) + ": " + memory.error().message};
+    auto shared = std::make_shared<SharedMemory>(std::move(*memory));
+    WEFT_TRY(Ring ring, Ring::format(shared->bytes(), ring_config));
+    auto partition = std::make_unique<Partition>(shared, ring);
+    partition->created_at = ring.reuse_limit();
+    partition->stats.partition = p;
+    partition->stats.memory = shared->describe();
+    topic->partitions.push_back(std::move(partition));
+  }
+  std::unique_lock lock(state_->topics_mutex);
+  if (state_->topics.contains(name)) return Error{Errc::kAlreadyExists, "topic '" + std::string(name) + "' already exists"};
+  // Checked again: another create may have taken the budget or the last topic while the rings were made.
+  if (state_->topics.size() >= options_.max_topics)
+    return Error{Errc::kResourceExhausted, "the node holds its maximum of " + std::to_string(options_.max_topics) + " topics"};
+  topic->ring_bytes = ring_bytes * config.partitions;
+  if (state_->ring_bytes + topic->ring_bytes > options_.ring_memory_budget_bytes)
+    return Error{Errc::kResourceExhausted, "topic '" + std::string(name) + "' needs " + std::to_string(topic->ring_bytes) +
+                                               " bytes of ring memory; the node's budget has " +
+                                               std::to_string(options_.ring_memory_budget_bytes - state_->ring_bytes) + " left"};
+  topic->id = state_->next_id++;
+  state_->ring_bytes += topic->ring_bytes;
+  state_->topics.emplace(topic->name, topic);
+  lock.unlock();
+  return describe_topic(name);
+}
+
+Result<void> Node::delete_topic(std::string_view name) {
+  std::shared_ptr<Topic> topic;
+  {
+    std::unique_lock lock(state_->topics_mutex);
+    auto it = state_->topics.find(name);
+    if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
+    topic = it->second;
+    state_->topics.erase(it);
+    state_->ring_bytes -= topic->ring_bytes;
+  }
+  // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
+  std::lock_guard guard(state_->maintain_mutex);
+  topic.reset();
+  return ok();
+}
+
+std::vector<std::string> Node::list_topics() const {
+  std::shared_lock lock(state_->topics_mutex);
+  std::vector<std::string> names;
+  names.reserve(state_->topics.size());
+  for (const auto& [name, topic] : state_->topics) names.push_back(name);
+  return names;
+}
+
+Result<TopicInfo> Node::describe_topic(std::string_view name) const {
+  std::shared_ptr<Topic> topic;
+  {
+    std::shared_lock lock(state_->topics_mutex);
+    auto it = state_->topics.find(name);
+    if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
+    topic = it->second;
+  }
+  TopicInfo info;
+  info.name = topic->name;
+  info.id = topic->id;
+  info.config = topic->config;
+  std::lock_guard lock(state_->stats_mutex);
+  for (const auto& p : topic->partitions) {
+    info.partitions.push_back(p->stats);
+    // The log end offset is read live: tools expect it to move as soon as a send returns.
+    PartitionStats& s = info.partitions.back();
+    s.end_offset = Offset{static_cast<std::int64_t>(
+        std::atomic_ref<std::uint64_t>(p->ring.control().claim.tail.offset).load(std::memory_order_relaxed))};
+  }
+  return info;
+}
+
+Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_t partition) const {
+  std::shared_lock lock(state_->topics_mutex);
+  auto it = state_->topics.find(name);
+  if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
+  const Topic& topic = *it->second;
+  if (partition >= topic.partitions.size())
+    return Error{Errc::kNotFound, "topic '" + topic.name + "' has " + std::to_string(topic.partitions.size()) +
+                                      " partitions; there is no partition " + std::to_string(partition)};
+  const Partition& p = *topic.partitions[partition];
+  return PartitionMemory{p.memory, p.ring, topic.id, partition};
+}
+
+bool Node::maintain() { return maintain_pass() > 0; }
+
+double Node::maintain_pass() {
+  std::vector<std::shared_ptr<Topic>> topics;
+  {
+    std::shared_lock lock(state_->topics_mutex);
+    topics.reserve(state_->topics.size());
+    for (const auto& [name, topic] : state_->topics) topics.push_back(topic);
+  }
+  std::lock_guard guard(state_->maintain_mutex);
+  double used = 0;  // the largest share of a ring's free space taken since the last pass
+  const std::int64_t now = monotonic_ns();
+  for (const auto& topic : topics) {
+    for (const auto& p : topic->partitions) {
+      const Ring::Mark before = p->owner.scan();
+      Ring::Mark frontier = before;
+      const std::uint64_t tail = p->ring.tail_position().value;
+      // A claim that stays open while the frontier stands still may belong to a dead producer.
+      if (tail > frontier.position.value && now - p->last_seal_ns > kSealEveryNs) {
+        p->last_seal_ns = now;
+        const std::vector<SealedRange> sealed = p->owner.seal_dead_claims();
+        p->sealed += sealed.size();
+        if (!sealed.empty()) frontier = p->owner.scan();
+      }
+      if (now - p->last_reclaim_ns > kReclaimEveryNs) {
+        p->last_reclaim_ns = now;
+        p->owner.reclaim_dead_slots();
+      }
+      // With no log store yet, nothing holds producers back but the ring itself: the older half
+      // stays readable (earliest, seeks, slow readers) and the newer half is free for claims.
+      const std::uint64_t keep = p->ring.capacity_bytes() / 2;
+      const Ring::Mark limit = p->ring.reuse_limit();
+      // Past frontiers are frame boundaries: releasing to the newest one far enough behind needs no
+      // walk over the frames again.
+      if (p->checkpoints.empty() || frontier.position.value - p->checkpoints.back().position.value >= keep / 64)
+        p->checkpoints.push_back(frontier);
+      std::uint64_t target = frontier.position.value > keep ? frontier.position.value - keep : 0;
+      if (topic->config.consumer_flow_control) target = std::min(target, p->owner.slowest_consumer().value);
+      if (target > limit.position.value) {
+        std::optional<Ring::Mark> release;
+        while (!p->checkpoints.empty() && p->checkpoints.front().position.value <= target) {
+          release = p->checkpoints.front();
+          p->checkpoints.pop_front();
+        }
+        if (release && release->position.value + keep / 16 >= target) {
+          if (release->position.value > limit.position.value) p->owner.advance_reuse_limit(*release);
+        } else {
+          // The passes were too far apart (the thread was starved): walk to the target instead.
+          p->owner.release_to(Position{target});
+        }
+      }
+      const std::uint64_t moved = frontier.position.value - (p->created_at.position.value + p->stats.bytes);
+      used = std::max(used, static_cast<double>(moved) / static_cast<double>(keep));
+
+      PartitionStats s;
+      s.partition = p->stats.partition;
+      s.memory = p->stats.memory;
+      s.start_offset = p->ring.reuse_limit().offset;
+      s.end_offset = frontier.offset;
+      s.records = static_cast<std::uint64_t>(frontier.offset.value - p->created_at.offset.value);
+      s.bytes = frontier.position.value - p->created_at.position.value;
+      s.sealed_claims = p->sealed;
+      const auto& d = p->ring.control().descriptor;
+      for (std::uint32_t i = 0; i < d.producer_slots; ++i) {
+        // Relaxed: statistics, each word written by its producer alone.
+        const ring_layout::ProducerSlot& slot = p->ring.producer_slots()[i];
+        if (slot.owner.load(std::memory_order_relaxed) == 0) continue;
+        ++s.producers;
+        s.back_pressure_events += slot.back_pressure_events.load(std::memory_order_relaxed);
+      }
+      for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
+        const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
+        if (slot.owner.load(std::memory_order_relaxed) == 0) continue;
+        ++s.consumers;
+        const std::uint64_t laps = slot.lapped_count.load(std::memory_order_relaxed);
+        if (laps > 0) ++s.lapped_consumers;
+        s.lapped_events += laps;
+      }
+      std::lock_guard lock(state_->stats_mutex);
+      p->stats = std::move(s);
+    }
+  }
+  return used;
+}
+
+}  // namespace weft

@@ -1,0 +1,243 @@
+// Runs the real weftd and weft binaries: a node started by the test (stopped by pid), topics,
+// produce and consume through the CLI, the daemon's config and refusals, and weft perf.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "process.h"
+
+namespace {
+
+using weft::test::Background;
+using weft::test::Output;
+using weft::test::run;
+
+bool can_connect(const std::string& path) {
+  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+std::set<std::string> lines_of(const std::string& text) {
+  std::set<std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) lines.insert(line);
+  return lines;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/weft-cli-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    socket_ = dir_ + "/weftd.sock";
+  }
+  void TearDown() override {
+    node_.reset();
+    std::system(("rm -rf " + dir_).c_str());
+  }
+  // Starts weftd and waits (bounded) until it accepts connections.
+  void start_node(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args{WEFTD_PATH, "--socket", socket_, "--data-dir", dir_ + "/data", "--log-level", "debug"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    node_ = std::make_unique<Background>(args, dir_ + "/weftd.log");
+    for (int i = 0; i < 500 && !can_connect(socket_); ++i) {
+      ASSERT_TRUE(node_->running()) << "weftd exited: " << read_file(dir_ + "/weftd.log");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_TRUE(can_connect(socket_)) << read_file(dir_ + "/weftd.log");
+  }
+  Output weft(std::vector<std::string> args, const std::string& input = {}) {
+    args.insert(args.begin(), {WEFT_PATH, "--socket", socket_});
+    return run(args, input);
+  }
+  std::string dir_;
+  std::string socket_;
+  std::unique_ptr<Background> node_;
+};
+
+TEST_F(Cli, TopicLifecycleProduceAndConsume) {
+  start_node();
+  Output created = weft({"topic", "create", "events", "--partitions", "3"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  EXPECT_NE(created.out.find("created topic events with 3 partitions"), std::string::npos);
+  Output listed = weft({"topic", "list"});
+  EXPECT_EQ(listed.exit_code, 0);
+  EXPECT_EQ(listed.out, "events\n");
+
+  const std::string input = "alice:signed in\nbob:clicked buy\nno key here\ncarol:left\n";
+  Output produced = weft({"produce", "events", "--key-sep", ":"}, input);
+  ASSERT_EQ(produced.exit_code, 0) << produced.err;
+  EXPECT_NE(produced.err.find("sent 4 records"), std::string::npos);
+
+  Output consumed = weft({"consume", "events", "--from", "earliest", "--count", "4", "--timeout-ms", "5000", "--format", "key-value"});
+  ASSERT_EQ(consumed.exit_code, 0) << consumed.err;
+  EXPECT_EQ(lines_of(consumed.out), (std::set<std::string>{"alice\tsigned in", "bob\tclicked buy", "\tno key here", "carol\tleft"}));
+
+  Output json = weft({"consume", "events", "--from", "earliest", "--count", "4", "--timeout-ms", "5000", "--format", "json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_NE(json.out.find("\"key\":\"alice\",\"value\":\"signed in\""), std::string::npos);
+  EXPECT_NE(json.out.find("\"key\":null,\"value\":\"no key here\""), std::string::npos);
+
+  Output described = weft({"topic", "describe", "events"});
+  ASSERT_EQ(described.exit_code, 0);
+  EXPECT_NE(described.out.find("partitions 3"), std::string::npos);
+
+  Output status = weft({"status"});
+  ASSERT_EQ(status.exit_code, 0);
+  EXPECT_NE(status.out.find("events"), std::string::npos);
+
+  Output deleted = weft({"topic", "delete", "events"});
+  EXPECT_EQ(deleted.exit_code, 0);
+  EXPECT_EQ(weft({"topic", "list"}).out, "");
+}
+
+TEST_F(Cli, ConsumeFromOffsetTimestampAndLatest) {
+  start_node();
+  ASSERT_EQ(weft({"topic", "create", "log", "--partitions", "1"}).exit_code, 0);
+  ASSERT_EQ(weft({"produce", "log"}, "one\ntwo\nthree\n").exit_code, 0);
+  Output from_offset = weft({"consume", "log", "--from", "1", "--count", "2", "--timeout-ms", "5000"});
+  EXPECT_EQ(from_offset.out, "two\nthree\n");
+  // Every record so far is older than now + 1 minute: nothing until a new one arrives.
+  const auto later = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() + 60'000;
+  Output none = weft({"consume", "log", "--from", "@" + std::to_string(later), "--timeout-ms", "300"});
+  EXPECT_EQ(none.exit_code, 0);
+  EXPECT_EQ(none.out, "");
+  Output from_time = weft({"consume", "log", "--from", "@0", "--count", "3", "--timeout-ms", "5000"});
+  EXPECT_EQ(from_time.out, "one\ntwo\nthree\n");
+  Output latest = weft({"consume", "log", "--from", "latest", "--timeout-ms", "300"});
+  EXPECT_EQ(latest.out, "");
+  Output from_file = weft({"produce", "log", "--file", "/dev/null"});
+  EXPECT_EQ(from_file.exit_code, 0);
+}
+
+TEST_F(Cli, ErrorsSayWhatToDo) {
+  start_node();
+  Output no_topic = weft({"consume", "missing", "--timeout-ms", "100"});
+  EXPECT_EQ(no_topic.exit_code, 3);
+  EXPECT_NE(no_topic.err.find("topic 'missing' does not exist"), std::string::npos) << no_topic.err;
+  ASSERT_EQ(weft({"topic", "create", "t"}).exit_code, 0);
+  Output duplicate = weft({"topic", "create", "t"});
+  EXPECT_NE(duplicate.exit_code, 0);
+  EXPECT_NE(duplicate.err.find("already exists"), std::string::npos);
+  Output bad_name = weft({"topic", "create", "bad/name"});
+  EXPECT_EQ(bad_name.exit_code, 2);
+  Output bad_config = weft({"topic", "create", "t2", "--config", "ring.capacity.bytes=1000"});
+  EXPECT_EQ(bad_config.exit_code, 2);
+  EXPECT_NE(bad_config.err.find("power of two"), std::string::npos) << bad_config.err;
+  Output bad_from = weft({"consume", "t", "--from", "yesterday"});
+  EXPECT_EQ(bad_from.exit_code, 2);
+  Output group = weft({"consume", "t", "--group", "g1", "--timeout-ms", "100"});
+  EXPECT_NE(group.exit_code, 0);
+  EXPECT_NE(group.err.find("consumer groups"), std::string::npos);
+  Output help = weft({"produce", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("--key-sep"), std::string::npos);
+
+  Output no_node = run({WEFT_PATH, "--socket", dir_ + "/nobody.sock", "topic", "list"});
+  EXPECT_EQ(no_node.exit_code, 4);
+  EXPECT_NE(no_node.err.find("no weft node is running"), std::string::npos) << no_node.err;
+}
+
+TEST_F(Cli, DaemonRefusesASecondNodeAndStopsCleanly) {
+  start_node();
+  Output same_socket = run({WEFTD_PATH, "--socket", socket_, "--data-dir", dir_ + "/other"}, {}, 5000);
+  EXPECT_EQ(same_socket.exit_code, 1);
+  EXPECT_NE(same_socket.err.find("another weft node"), std::string::npos) << same_socket.err;
+  Output same_data = run({WEFTD_PATH, "--socket", dir_ + "/other.sock", "--data-dir", dir_ + "/data"}, {}, 5000);
+  EXPECT_EQ(same_data.exit_code, 1);
+  EXPECT_NE(same_data.err.find("data directory"), std::string::npos) << same_data.err;
+  EXPECT_EQ(node_->stop(SIGTERM, 5000), 0);
+  const std::string log = read_file(dir_ + "/weftd.log");
+  EXPECT_NE(log.find("msg=\"weftd ready\""), std::string::npos) << log;
+  EXPECT_NE(log.find("msg=\"weftd stopped\""), std::string::npos) << log;
+  // The socket is gone, so the next node starts on the same path.
+  start_node();
+}
+
+TEST_F(Cli, DaemonReadsTomlAndFlagsWin) {
+  const std::string config = dir_ + "/weftd.toml";
+  std::ofstream(config) << "socket = \"" << dir_ << "/from-file.sock\"\n"
+                        << "data_dir = \"" << dir_ << "/data\"\n"
+                        << "default_partitions = 4\n"
+                        << "log_level = \"info\"\n";
+  {
+    Background node({WEFTD_PATH, "--config", config}, dir_ + "/a.log");
+    for (int i = 0; i < 500 && !can_connect(dir_ + "/from-file.sock"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(can_connect(dir_ + "/from-file.sock")) << read_file(dir_ + "/a.log");
+    Output created = run({WEFT_PATH, "--socket", dir_ + "/from-file.sock", "topic", "create", "t"});
+    EXPECT_NE(created.out.find("4 partitions"), std::string::npos) << created.out << created.err;
+    EXPECT_EQ(node.stop(SIGTERM), 0);
+  }
+  // A flag overrides the file.
+  start_node({"--config", config, "--default-partitions", "2"});
+  Output created = weft({"topic", "create", "t"});
+  EXPECT_NE(created.out.find("2 partitions"), std::string::npos) << created.out << created.err;
+
+  std::ofstream(dir_ + "/bad.toml") << "sockett = \"/tmp/x\"\n";
+  Output typo = run({WEFTD_PATH, "--config", dir_ + "/bad.toml"}, {}, 5000);
+  EXPECT_EQ(typo.exit_code, 1);
+  EXPECT_NE(typo.err.find("unknown key 'sockett'"), std::string::npos) << typo.err;
+  std::ofstream(dir_ + "/broken.toml") << "socket = \n";
+  Output broken = run({WEFTD_PATH, "--config", dir_ + "/broken.toml"}, {}, 5000);
+  EXPECT_EQ(broken.exit_code, 1);
+  EXPECT_NE(broken.err.find("line 1"), std::string::npos) << broken.err;
+}
+
+TEST_F(Cli, ProduceWhileConsuming) {
+  start_node();
+  ASSERT_EQ(weft({"topic", "create", "stream", "--partitions", "2"}).exit_code, 0);
+  std::string input;
+  for (int i = 0; i < 2000; ++i) input += "k" + std::to_string(i % 17) + "=" + std::to_string(i) + "\n";
+  Output consumed;
+  std::thread consumer([&] { consumed = weft({"consume", "stream", "--from", "earliest", "--count", "2000", "--timeout-ms", "10000"}); });
+  Output produced = weft({"produce", "stream", "--key-sep", "="}, input);
+  consumer.join();
+  ASSERT_EQ(produced.exit_code, 0) << produced.err;
+  ASSERT_EQ(consumed.exit_code, 0) << consumed.err;
+  EXPECT_EQ(lines_of(consumed.out).size(), 2000u);
+}
+
+TEST_F(Cli, PerfEmbeddedAndAgainstWeftd) {
+  Output embedded = run({WEFT_PATH, "perf", "--records", "20000", "--latency-records", "2000", "--latency-rate", "20000", "--no-baselines", "--json"},
+                        {}, 60'000);
+  ASSERT_EQ(embedded.exit_code, 0) << embedded.out << embedded.err;
+  EXPECT_NE(embedded.out.find("\"records_per_sec\":"), std::string::npos);
+  EXPECT_NE(embedded.out.find("\"errors\":0}"), std::string::npos) << embedded.out;
+  EXPECT_NE(embedded.out.find("\"lost\":0"), std::string::npos) << embedded.out;
+
+  start_node();
+  Output remote = weft({"perf", "--records", "20000", "--producers", "2", "--consumers", "2", "--partitions", "2", "--latency-records", "0",
+                        "--no-baselines", "--json"});
+  ASSERT_EQ(remote.exit_code, 0) << remote.out << remote.err;
+  EXPECT_NE(remote.out.find("weftd at"), std::string::npos) << remote.out;
+  EXPECT_NE(remote.out.find("\"errors\":0}"), std::string::npos) << remote.out;
+  Output report = run({WEFT_PATH, "perf", "--records", "5000", "--latency-records", "500", "--latency-rate", "10000", "--threads", "--no-baselines"}, {}, 60'000);
+  ASSERT_EQ(report.exit_code, 0) << report.out << report.err;
+  EXPECT_NE(report.out.find("delivered (per consumer, slowest)"), std::string::npos) << report.out;
+  EXPECT_NE(report.out.find("p99.9"), std::string::npos);
+}
+
+}  // namespace

@@ -1,0 +1,36 @@
+// The weft CLI's commands, each a function that returns the process exit code.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace weft::cli {
+
+struct PerfOptions {
+  std::string socket;       // empty: an embedded node in this process
+  bool use_socket = false;  // --socket given: run against that weftd
+  std::uint32_t producers = 1;
+  std::uint32_t consumers = 1;
+  std::uint32_t partitions = 1;
+  std::uint32_t record_size = 64;  // value bytes
+  std::uint64_t records = 10'000'000;  // per producer, throughput run
+  double duration_s = 0;               // > 0: run the throughput phase this long instead
+  std::uint64_t rate = 0;              // records/s per producer in the throughput run; 0: flat out
+  std::uint64_t latency_records = 200'000;  // per producer, paced run
+  std::uint64_t latency_rate = 100'000;     // records/s per producer in the paced run
+  std::uint32_t batch_records = 1;
+  std::string acks = "1";
+  std::string wait = "spin";
+  bool threads = false;  // producers and consumers as threads of this process, not processes
+  bool exclusive = true;  // one producer per partition claims with plain stores
+  bool json = false;
+  bool hugepages = true;
+  std::uint64_t ring_bytes = std::uint64_t{64} << 20;
+  bool baselines = true;
+  bool flow_control = true;  // consumers hold producers back, so nothing is lost to laps
+};
+
+int run_perf(const PerfOptions& options);
+
+}  // namespace weft::cli

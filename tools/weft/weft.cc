@@ -1,0 +1,362 @@
+// weft: the command-line tool. Topics, producing and consuming lines, node status, and perf.
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <charconv>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+
+#include "commands.h"
+#include "weft/client.h"
+#include "weft/consumer.h"
+#include "weft/fabric/local_protocol.h"
+#include "weft/producer.h"
+
+namespace {
+
+using namespace weft;
+
+std::atomic<bool> g_interrupted{false};
+
+int report(const Error& e, std::string_view doing) {
+  std::fprintf(stderr, "weft: %.*s: %s\n", static_cast<int>(doing.size()), doing.data(), e.message.c_str());
+  switch (e.code) {
+    case Errc::kInvalidArgument: return 2;
+    case Errc::kNotFound: return 3;
+    case Errc::kUnavailable: return 4;
+    case Errc::kPermissionDenied: return 5;
+    default: return 1;
+  }
+}
+
+std::string human_bytes(std::uint64_t b) {
+  char out[32];
+  if (b >= (std::uint64_t{1} << 30)) std::snprintf(out, sizeof(out), "%.1f GiB", static_cast<double>(b) / (1 << 30));
+  else if (b >= (1u << 20)) std::snprintf(out, sizeof(out), "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  else if (b >= (1u << 10)) std::snprintf(out, sizeof(out), "%.1f KiB", static_cast<double>(b) / (1 << 10));
+  else std::snprintf(out, sizeof(out), "%llu B", static_cast<unsigned long long>(b));
+  return out;
+}
+
+std::string_view as_text(const OptionalBytes& b) {
+  if (!b) return {};
+  return {reinterpret_cast<const char*>(b->data()), b->size()};
+}
+
+void json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char esc[8];
+          std::snprintf(esc, sizeof(esc), "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+          out += esc;
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+Result<std::shared_ptr<Client>> connect_to(const std::string& socket) { return Client::connect(socket); }
+
+void print_topic(const TopicInfo& info) {
+  std::printf("topic %s  partitions %u  ring %s  max batch %s  retention.ms %lld  retention.bytes %lld  fsync %s\n",
+              info.name.c_str(), info.config.partitions, human_bytes(info.config.ring_capacity_bytes).c_str(),
+              human_bytes(info.config.max_batch_bytes).c_str(), static_cast<long long>(info.config.retention_ms),
+              static_cast<long long>(info.config.retention_bytes), fsync_policy_name(info.config).c_str());
+  std::printf("%9s %12s %12s %12s %10s %9s %9s %7s %13s %6s  %s\n", "partition", "start", "end", "records", "bytes",
+              "producers", "consumers", "lapped", "backpressure", "sealed", "memory");
+  for (const PartitionStats& p : info.partitions)
+    std::printf("%9u %12lld %12lld %12llu %10s %9u %9u %7u %13llu %6llu  %s\n", p.partition,
+                static_cast<long long>(p.start_offset.value), static_cast<long long>(p.end_offset.value),
+                static_cast<unsigned long long>(p.records), human_bytes(p.bytes).c_str(), p.producers, p.consumers,
+                p.lapped_consumers, static_cast<unsigned long long>(p.back_pressure_events),
+                static_cast<unsigned long long>(p.sealed_claims), p.memory.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  CLI::App app{"weft: manage topics, produce and consume records, and measure a weft node.\n"
+               "Talks to weftd on this host through its Unix socket (see --socket)."};
+  app.require_subcommand(1);
+  std::string socket = local::default_socket_path();
+  app.add_option("--socket", socket, "weftd's Unix socket (default: $WEFT_SOCKET or weftd's default, " + socket + ")");
+
+  // ---- topic ----
+  CLI::App* topic = app.add_subcommand("topic", "create, list, describe and delete topics");
+  topic->require_subcommand(1);
+  CLI::App* create = topic->add_subcommand("create", "create a topic");
+  std::string topic_name;
+  std::uint32_t partitions = 0;
+  std::vector<std::string> config_pairs;
+  create->add_option("NAME", topic_name, "topic name: letters, digits, '.', '_' and '-'")->required();
+  create->add_option("--partitions,-p", partitions, "partitions (default: the node's default_partitions)");
+  create->add_option("--config,-c", config_pairs,
+                     "KEY=VALUE settings: ring.capacity.bytes, max.batch.bytes, retention.ms, retention.bytes, fsync, "
+                     "flow.control, producer.slots, consumer.slots");
+  CLI::App* list = topic->add_subcommand("list", "list topics");
+  CLI::App* describe = topic->add_subcommand("describe", "show a topic's settings and per-partition counters");
+  describe->add_option("NAME", topic_name, "topic name")->required();
+  CLI::App* remove = topic->add_subcommand("delete", "delete a topic and its records");
+  remove->add_option("NAME", topic_name, "topic name")->required();
+
+  // ---- produce ----
+  CLI::App* produce = app.add_subcommand("produce", "send lines from stdin (or --file) as records, one per line");
+  std::string key_sep;
+  std::string acks = "1";
+  std::string file;
+  std::int64_t partition = -1;
+  produce->add_option("TOPIC", topic_name, "topic to send to")->required();
+  produce->add_option("--key-sep", key_sep, "split each line at the first occurrence: key before it, value after");
+  produce->add_option("--acks", acks, "0, 1 or all: what each send waits for")->check(CLI::IsMember({"0", "1", "all", "-1"}));
+  produce->add_option("--file,-f", file, "read lines from this file instead of stdin")->check(CLI::ExistingFile);
+  produce->add_option("--partition", partition, "send every record to this partition (default: Kafka's partitioner)");
+
+  // ---- consume ----
+  CLI::App* consume = app.add_subcommand("consume", "print records of a topic, one per line");
+  std::string from = "latest";
+  std::int64_t count = -1;
+  std::int64_t timeout_ms = -1;
+  std::string group;
+  std::string format = "value";
+  std::string wait = "park";
+  consume->add_option("TOPIC", topic_name, "topic to read")->required();
+  consume->add_option("--from", from, "earliest, latest, an OFFSET, or @UNIX_MS (first record at or after that time)");
+  consume->add_option("--count,-n", count, "stop after this many records");
+  consume->add_option("--timeout-ms", timeout_ms, "stop after this long without a record (default: wait forever)");
+  consume->add_option("--group,-g", group, "consumer group whose committed offsets to use and commit");
+  consume->add_option("--format", format, "value, key-value (key TAB value), or json")->check(CLI::IsMember({"value", "key-value", "json"}));
+  consume->add_option("--partition", partition, "read only this partition (default: all)");
+  consume->add_option("--wait", wait, "spin, yield or park while waiting for records")->check(CLI::IsMember({"spin", "yield", "park"}));
+
+  // ---- status ----
+  CLI::App* status = app.add_subcommand("status", "show the node and its topics at a glance");
+
+  // ---- perf ----
+  CLI::App* perf = app.add_subcommand("perf", "measure throughput and latency end to end, with same-run baselines");
+  cli::PerfOptions po;
+  perf->add_option("--producers", po.producers, "producer processes (or threads)")->check(CLI::Range(1, 64));
+  perf->add_option("--consumers", po.consumers, "consumer processes (or threads), each reading every partition")->check(CLI::Range(0, 64));
+  perf->add_option("--partitions", po.partitions, "partitions of the perf topic")->check(CLI::Range(1, 1024));
+  perf->add_option("--record-size", po.record_size, "value bytes per record (at least 16)")->check(CLI::Range(16, 1 << 20));
+  perf->add_option("--records", po.records, "records per producer in the throughput run");
+  perf->add_option("--duration", po.duration_s, "seconds of throughput run instead of --records");
+  perf->add_option("--rate", po.rate, "records/s per producer in the throughput run (default: flat out)");
+  perf->add_option("--latency-records", po.latency_records, "records per producer in the paced latency run (0: skip)");
+  perf->add_option("--latency-rate", po.latency_rate, "records/s per producer in the latency run");
+  perf->add_option("--batch-records", po.batch_records, "records per batch (send_batch) in the throughput run")->check(CLI::Range(1, 4096));
+  perf->add_option("--acks", po.acks, "0, 1 or all")->check(CLI::IsMember({"0", "1", "all", "-1"}));
+  perf->add_option("--wait", po.wait, "how consumers wait: spin, yield or park")->check(CLI::IsMember({"spin", "yield", "park"}));
+  perf->add_flag("--threads", po.threads, "run producers and consumers as threads of one process");
+  perf->add_flag("!--shared", po.exclusive, "producers claim with compare-and-swap even when alone on a partition");
+  perf->add_option("--ring-bytes", po.ring_bytes, "ring capacity per partition (power of two)");
+  perf->add_flag("!--no-hugepages", po.hugepages, "rings in 4 KiB pages (embedded node)");
+  perf->add_flag("!--no-baselines", po.baselines, "skip the memcpy and ping-pong baselines");
+  perf->add_flag("!--no-flow-control", po.flow_control, "let producers lap slow consumers (records lost to laps are counted)");
+  perf->add_flag("--json", po.json, "print one JSON object instead of the report");
+
+  CLI11_PARSE(app, argc, argv);
+  const std::string& sock = socket;
+
+  if (*perf) {
+    po.use_socket = app.count("--socket") > 0;
+    po.socket = socket;
+    return cli::run_perf(po);
+  }
+
+  Result<std::shared_ptr<Client>> client = connect_to(sock);
+  if (!client.ok()) return report(client.error(), "connecting to weftd");
+
+  if (*create) {
+    TopicSettings settings;
+    if (partitions > 0) settings.emplace_back("partitions", std::to_string(partitions));
+    for (const std::string& pair : config_pairs) {
+      const std::size_t eq = pair.find('=');
+      if (eq == std::string::npos || eq == 0)
+        return report(Error{Errc::kInvalidArgument, "--config takes KEY=VALUE, not '" + pair + "'"}, "creating the topic");
+      settings.emplace_back(pair.substr(0, eq), pair.substr(eq + 1));
+    }
+    Result<TopicInfo> info = (*client)->create_topic(topic_name, settings);
+    if (!info.ok()) return report(info.error(), "creating topic '" + topic_name + "'");
+    std::printf("created topic %s with %u partitions\n", info->name.c_str(), info->config.partitions);
+    return 0;
+  }
+  if (*list) {
+    Result<std::vector<std::string>> names = (*client)->list_topics();
+    if (!names.ok()) return report(names.error(), "listing topics");
+    for (const std::string& n : *names) std::printf("%s\n", n.c_str());
+    return 0;
+  }
+  if (*describe) {
+    Result<TopicInfo> info = (*client)->describe_topic(topic_name);
+    if (!info.ok()) return report(info.error(), "describing topic '" + topic_name + "'");
+    print_topic(*info);
+    return 0;
+  }
+  if (*remove) {
+    if (Result<void> deleted = (*client)->delete_topic(topic_name); !deleted.ok())
+      return report(deleted.error(), "deleting topic '" + topic_name + "'");
+    std::printf("deleted topic %s\n", topic_name.c_str());
+    return 0;
+  }
+  if (*status) {
+    Result<NodeStatus> s = (*client)->status();
+    if (!s.ok()) return report(s.error(), "reading node status");
+    std::printf("node     %s, up %.1f s\n", (*client)->describe().c_str(), static_cast<double>(s->uptime_ms) / 1000.0);
+    std::printf("clients  %u connected, %llu admitted, %llu refused, %llu bad requests\n", s->connections,
+                static_cast<unsigned long long>(s->accepted), static_cast<unsigned long long>(s->refused),
+                static_cast<unsigned long long>(s->bad_requests));
+    std::printf("topics   %u, ring memory %s\n", s->topics, human_bytes(s->ring_memory_bytes).c_str());
+    Result<std::vector<std::string>> names = (*client)->list_topics();
+    if (!names.ok()) return report(names.error(), "listing topics");
+    if (!names->empty())
+      std::printf("\n%-32s %10s %14s %10s %10s %8s\n", "topic", "partitions", "records", "producers", "consumers", "lapped");
+    for (const std::string& n : *names) {
+      Result<TopicInfo> info = (*client)->describe_topic(n);
+      if (!info.ok()) continue;  // deleted meanwhile
+      std::uint64_t records = 0;
+      std::uint32_t producers = 0, consumers = 0, lapped = 0;
+      for (const PartitionStats& p : info->partitions) {
+        records += p.records;
+        producers += p.producers;
+        consumers += p.consumers;
+        lapped += p.lapped_consumers;
+      }
+      std::printf("%-32s %10u %14llu %10u %10u %8u\n", n.c_str(), info->config.partitions,
+                  static_cast<unsigned long long>(records), producers, consumers, lapped);
+    }
+    return 0;
+  }
+  if (*produce) {
+    ProducerOptions options;
+    options.acks = acks == "0" ? Acks::kNone : (acks == "1" ? Acks::kLeader : Acks::kAll);
+    Result<TopicProducer> producer = TopicProducer::create(*client, topic_name, options);
+    if (!producer.ok()) return report(producer.error(), "opening topic '" + topic_name + "'");
+    if (partition >= 0 && static_cast<std::uint64_t>(partition) >= producer->partitions())
+      return report(Error{Errc::kInvalidArgument, "topic '" + topic_name + "' has " + std::to_string(producer->partitions()) + " partitions"},
+                    "producing");
+    std::ifstream in_file;
+    if (!file.empty()) in_file.open(file);
+    std::istream& in = file.empty() ? std::cin : in_file;
+    std::string line;
+    std::uint64_t sent = 0, line_number = 0;
+    while (std::getline(in, line)) {
+      ++line_number;
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      RecordInput record;
+      std::string_view value = line;
+      std::string_view key;
+      bool has_key = false;
+      if (!key_sep.empty()) {
+        const std::size_t at = line.find(key_sep);
+        if (at != std::string::npos) {
+          key = std::string_view(line).substr(0, at);
+          value = std::string_view(line).substr(at + key_sep.size());
+          has_key = true;
+        }
+      }
+      if (has_key) record.key = std::as_bytes(std::span(key.data(), key.size()));
+      record.value = std::as_bytes(std::span(value.data(), value.size()));
+      timespec now{};
+      clock_gettime(CLOCK_REALTIME, &now);
+      record.timestamp_ms = static_cast<std::int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
+      Result<SendResult> r = partition >= 0 ? producer->send_to(static_cast<std::uint32_t>(partition), record) : producer->send(record);
+      if (!r.ok()) return report(r.error(), "sending line " + std::to_string(line_number));
+      ++sent;
+    }
+    if (Result<void> flushed = producer->flush(); !flushed.ok()) return report(flushed.error(), "flushing");
+    std::fprintf(stderr, "weft: sent %llu records to %s\n", static_cast<unsigned long long>(sent), topic_name.c_str());
+    return 0;
+  }
+  if (*consume) {
+    if (!group.empty())
+      return report(Error{Errc::kUnsupported, "consumer groups keep their offsets in the log store, which this build does not have yet; "
+                                              "use --from to choose where to start"},
+                    "joining group '" + group + "'");
+    SeekTo start = SeekTo::latest();
+    if (from == "earliest") {
+      start = SeekTo::earliest();
+    } else if (from == "latest") {
+      start = SeekTo::latest();
+    } else {
+      const bool at_time = !from.empty() && from[0] == '@';
+      const std::string_view digits = at_time ? std::string_view(from).substr(1) : std::string_view(from);
+      std::int64_t v = 0;
+      const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+      if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || v < 0)
+        return report(Error{Errc::kInvalidArgument, "--from takes earliest, latest, an offset or @UNIX_MS, not '" + from + "'"},
+                      "consuming");
+      start = at_time ? SeekTo::timestamp(v) : SeekTo::offset(v);
+    }
+    ConsumerOptions options;
+    options.wait = wait == "spin" ? WaitKind::kSpin : (wait == "yield" ? WaitKind::kYield : WaitKind::kPark);
+    Result<TopicConsumer> consumer = TopicConsumer::create(*client, options);
+    if (!consumer.ok()) return report(consumer.error(), "consuming");
+    std::vector<std::uint32_t> parts;
+    if (partition >= 0) parts.push_back(static_cast<std::uint32_t>(partition));
+    if (Result<void> a = consumer->assign(topic_name, parts, start); !a.ok()) return report(a.error(), "reading topic '" + topic_name + "'");
+    struct sigaction sa{};
+    sa.sa_handler = [](int) { g_interrupted.store(true, std::memory_order_relaxed); };
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    std::int64_t printed = 0;
+    std::int64_t idle_since = monotonic_ns();
+    std::string line;
+    while (!g_interrupted.load(std::memory_order_relaxed) && (count < 0 || printed < count)) {
+      Result<PollResult> polled = consumer->poll(100);
+      if (!polled.ok()) return report(polled.error(), "polling");
+      for (const PollNotice& n : polled->notices)
+        std::fprintf(stderr, "weft: partition %u: offsets %lld..%lld %s\n", n.partition, static_cast<long long>(n.from.value),
+                     static_cast<long long>(n.to.value - 1),
+                     n.kind == PollNotice::Kind::kLapped ? "were overwritten before they were read (lapped)" : "failed validation and were skipped");
+      for (const ConsumedRecord& r : polled->records) {
+        if (count >= 0 && printed >= count) break;
+        line.clear();
+        if (format == "value") {
+          line += as_text(r.value);
+        } else if (format == "key-value") {
+          line += r.key ? as_text(r.key) : std::string_view("");
+          line += '\t';
+          line += as_text(r.value);
+        } else {
+          line += "{\"topic\":";
+          json_string(line, r.topic);
+          line += ",\"partition\":" + std::to_string(r.partition) + ",\"offset\":" + std::to_string(r.offset.value) +
+                  ",\"timestamp\":" + std::to_string(r.timestamp_ms) + ",\"key\":";
+          if (r.key) json_string(line, as_text(r.key));
+          else line += "null";
+          line += ",\"value\":";
+          if (r.value) json_string(line, as_text(r.value));
+          else line += "null";
+          line += '}';
+        }
+        line += '\n';
+        std::fwrite(line.data(), 1, line.size(), stdout);
+        ++printed;
+      }
+      if (!polled->records.empty()) {
+        std::fflush(stdout);
+        idle_since = monotonic_ns();
+      } else if (timeout_ms >= 0 && monotonic_ns() - idle_since >= timeout_ms * 1'000'000) {
+        break;
+      }
+    }
+    std::fflush(stdout);
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,250 @@
+// weftd: the weft node daemon. Runs a node and admits local clients over its Unix socket.
+//
+// Settings come from built-in defaults, then the TOML file given with --config, then flags; every
+// key of the file has a flag of the same name (underscores become dashes).
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <toml++/toml.h>
+#include <vector>
+
+#include "weft/fabric/local_protocol.h"
+#include "weft/fabric/local_server.h"
+#include "weft/fabric/log.h"
+#include "weft/node.h"
+
+namespace {
+
+using namespace weft;
+
+struct Settings {
+  std::string socket = local::default_socket_path();
+  std::string socket_mode = "0660";
+  std::string data_dir;
+  std::vector<std::int64_t> allow_uids;
+  std::vector<std::int64_t> allow_gids;
+  std::int64_t max_connections = 1024;
+  std::string log_level = "info";
+  bool hugepages = true;
+  std::string hugetlbfs_dir;
+  std::int64_t ring_memory_budget = std::int64_t{16} << 30;
+  std::int64_t default_partitions = 1;
+  std::int64_t default_ring_capacity = std::int64_t{4} << 20;
+  std::string fsync = "none";
+};
+
+std::string default_data_dir() {
+  if (geteuid() == 0) return "/var/lib/weft";
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg != nullptr && *xdg != '\0') return std::string(xdg) + "/weft";
+  if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') return std::string(home) + "/.local/share/weft";
+  return "/tmp/weft-" + std::to_string(geteuid()) + "/data";
+}
+
+// Reads the TOML file into `s`; unknown keys are errors (a typo must not pass silently).
+Result<void> load_config(const std::string& path, Settings& s) {
+  toml::table t;
+  try {
+    t = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    return Error{Errc::kInvalidArgument, path + ": " + std::string(e.description()) + " at line " +
+                                             std::to_string(e.source().begin.line)};
+  }
+  for (const auto& [key, node] : t) {
+    const std::string k(key.str());
+    auto want_string = [&](std::string& out) -> Result<void> {
+      if (auto v = node.value<std::string>()) {
+        out = *v;
+        return ok();
+      }
+      return Error{Errc::kInvalidArgument, path + ": " + k + " must be a string"};
+    };
+    auto want_int = [&](std::int64_t& out) -> Result<void> {
+      if (auto v = node.value<std::int64_t>()) {
+        out = *v;
+        return ok();
+      }
+      return Error{Errc::kInvalidArgument, path + ": " + k + " must be an integer"};
+    };
+    auto want_ints = [&](std::vector<std::int64_t>& out) -> Result<void> {
+      const toml::array* a = node.as_array();
+      if (a == nullptr) return Error{Errc::kInvalidArgument, path + ": " + k + " must be an array of integers"};
+      out.clear();
+      for (const auto& e : *a) {
+        auto v = e.value<std::int64_t>();
+        if (!v) return Error{Errc::kInvalidArgument, path + ": " + k + " must hold integers only"};
+        out.push_back(*v);
+      }
+      return ok();
+    };
+    Result<void> r;
+    if (k == "socket") r = want_string(s.socket);
+    else if (k == "socket_mode") r = want_string(s.socket_mode);
+    else if (k == "data_dir") r = want_string(s.data_dir);
+    else if (k == "allow_uids") r = want_ints(s.allow_uids);
+    else if (k == "allow_gids") r = want_ints(s.allow_gids);
+    else if (k == "max_connections") r = want_int(s.max_connections);
+    else if (k == "log_level") r = want_string(s.log_level);
+    else if (k == "hugepages") {
+      if (auto v = node.value<bool>()) s.hugepages = *v;
+      else r = Error{Errc::kInvalidArgument, path + ": hugepages must be true or false"};
+    } else if (k == "hugetlbfs_dir") r = want_string(s.hugetlbfs_dir);
+    else if (k == "ring_memory_budget") r = want_int(s.ring_memory_budget);
+    else if (k == "default_partitions") r = want_int(s.default_partitions);
+    else if (k == "default_ring_capacity") r = want_int(s.default_ring_capacity);
+    else if (k == "fsync") r = want_string(s.fsync);
+    else r = Error{Errc::kInvalidArgument, path + ": unknown key '" + k + "' (see weftd --help for the keys)"};
+    WEFT_TRY_VOID(r);
+  }
+  return ok();
+}
+
+Result<void> make_directories(const std::string& dir) {
+  for (std::size_t i = 1; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      const std::string partial = dir.substr(0, i);
+      if (mkdir(partial.c_str(), 0750) != 0 && errno != EEXIST) return os_error(Errc::kIo, "creating " + partial, errno);
+    }
+  }
+  return ok();
+}
+
+int fail(const Error& e) {
+  log(LogLevel::kError, "weftd cannot start", {{"error", e.message}});
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"weftd: the weft node daemon. Serves topics to producers and consumers on this host over shared memory.\n"
+               "Every config-file key also works as a flag (--data-dir for data_dir, ...); flags win."};
+  std::string config_path;
+  Settings flags;
+  app.add_option("--config", config_path, "TOML config file")->check(CLI::ExistingFile);
+  app.add_option("--socket", flags.socket, "Unix socket where local clients connect (socket)");
+  app.add_option("--socket-mode", flags.socket_mode, "file mode of the socket, octal (socket_mode)");
+  app.add_option("--data-dir", flags.data_dir, "node data directory; one node per directory (data_dir)");
+  app.add_option("--allow-uid", flags.allow_uids, "uids admitted besides root and weftd's own (allow_uids)");
+  app.add_option("--allow-gid", flags.allow_gids, "gids admitted (allow_gids)");
+  app.add_option("--max-connections", flags.max_connections, "local clients at once (max_connections)");
+  app.add_option("--log-level", flags.log_level, "debug, info, warn or error (log_level)");
+  app.add_flag("--hugepages,!--no-hugepages", flags.hugepages, "rings in hugepages when reserved (hugepages)");
+  app.add_option("--hugetlbfs-dir", flags.hugetlbfs_dir, "a hugetlbfs mount for ring memory (hugetlbfs_dir)");
+  app.add_option("--ring-memory-budget", flags.ring_memory_budget, "bytes of ring memory for all topics (ring_memory_budget)");
+  app.add_option("--default-partitions", flags.default_partitions, "partitions of a topic created without a count (default_partitions)");
+  app.add_option("--default-ring-capacity", flags.default_ring_capacity, "ring bytes per partition, a power of two (default_ring_capacity)");
+  app.add_option("--fsync", flags.fsync, "fsync policy of new topics: none, always, interval=<ms> (fsync)");
+  CLI11_PARSE(app, argc, argv);
+
+  // Defaults, then the file, then every flag given on the command line.
+  Settings s;
+  if (!config_path.empty())
+    if (Result<void> loaded = load_config(config_path, s); !loaded.ok()) return fail(loaded.error());
+  auto given = [&](const char* name) { return app.count(name) > 0; };
+  if (given("--socket")) s.socket = flags.socket;
+  if (given("--socket-mode")) s.socket_mode = flags.socket_mode;
+  if (given("--data-dir")) s.data_dir = flags.data_dir;
+  if (given("--allow-uid")) s.allow_uids = flags.allow_uids;
+  if (given("--allow-gid")) s.allow_gids = flags.allow_gids;
+  if (given("--max-connections")) s.max_connections = flags.max_connections;
+  if (given("--log-level")) s.log_level = flags.log_level;
+  if (given("--hugepages") || given("--no-hugepages")) s.hugepages = flags.hugepages;
+  if (given("--hugetlbfs-dir")) s.hugetlbfs_dir = flags.hugetlbfs_dir;
+  if (given("--ring-memory-budget")) s.ring_memory_budget = flags.ring_memory_budget;
+  if (given("--default-partitions")) s.default_partitions = flags.default_partitions;
+  if (given("--default-ring-capacity")) s.default_ring_capacity = flags.default_ring_capacity;
+  if (given("--fsync")) s.fsync = flags.fsync;
+  if (s.data_dir.empty()) s.data_dir = default_data_dir();
+
+  Result<LogLevel> level = parse_log_level(s.log_level);
+  if (!level.ok()) return fail(level.error());
+  set_log_level(*level);
+
+  NodeOptions options;
+  options.prefer_hugepages = s.hugepages;
+  options.hugetlbfs_dir = s.hugetlbfs_dir;
+  if (s.ring_memory_budget <= 0) return fail(Error{Errc::kInvalidArgument, "ring_memory_budget must be positive"});
+  options.ring_memory_budget_bytes = static_cast<std::size_t>(s.ring_memory_budget);
+  for (const auto& [key, value] : {std::pair<const char*, std::string>{"partitions", std::to_string(s.default_partitions)},
+                                   {"ring.capacity.bytes", std::to_string(s.default_ring_capacity)},
+                                   {"fsync", s.fsync}})
+    if (Result<void> set = set_topic_config(options.default_topic, key, value); !set.ok()) return fail(set.error());
+  if (Result<void> valid = validate_topic_config(options.default_topic); !valid.ok()) return fail(valid.error());
+
+  LocalServerOptions server_options;
+  server_options.socket_path = s.socket;
+  char* mode_end = nullptr;
+  const unsigned long mode = std::strtoul(s.socket_mode.c_str(), &mode_end, 8);
+  if (s.socket_mode.empty() || *mode_end != '\0' || mode > 0777)
+    return fail(Error{Errc::kInvalidArgument, "socket_mode must be an octal file mode such as 0660, not '" + s.socket_mode + "'"});
+  server_options.socket_mode = static_cast<mode_t>(mode);
+  for (const std::int64_t uid : s.allow_uids) server_options.allow_uids.push_back(static_cast<uid_t>(uid));
+  for (const std::int64_t gid : s.allow_gids) server_options.allow_gids.push_back(static_cast<gid_t>(gid));
+  if (s.max_connections < 1) return fail(Error{Errc::kInvalidArgument, "max_connections must be at least 1"});
+  server_options.max_connections = static_cast<std::size_t>(s.max_connections);
+
+  // One node per data directory: the lock lives as long as this process.
+  if (Result<void> made = make_directories(s.data_dir); !made.ok()) return fail(made.error());
+  const std::string lock_path = s.data_dir + "/weftd.lock";
+  const int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (lock_fd < 0) return fail(os_error(Errc::kIo, "opening " + lock_path, errno));
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
+    return fail(Error{Errc::kAlreadyExists, "another weftd uses the data directory " + s.data_dir + "; stop it or pass another --data-dir"});
+  const std::string pid_text = std::to_string(getpid()) + "\n";
+  if (ftruncate(lock_fd, 0) == 0 && write(lock_fd, pid_text.data(), pid_text.size()) < 0) {
+    // The pid in the lock file is a courtesy for operators; the lock is what counts.
+  }
+
+  // Signals are taken synchronously by this thread alone; every thread started after this
+  // inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  const std::int64_t started = monotonic_ns();
+  Result<std::unique_ptr<Node>> node = Node::start(options);
+  if (!node.ok()) return fail(node.error());
+  Result<std::unique_ptr<LocalServer>> server = LocalServer::start(**node, server_options);
+  if (!server.ok()) return fail(server.error());
+  char elapsed[32];
+  std::snprintf(elapsed, sizeof(elapsed), "%.1f", static_cast<double>(monotonic_ns() - started) / 1e6);
+  log(LogLevel::kInfo, "weftd ready",
+      {{"pid", std::to_string(getpid())}, {"socket", s.socket}, {"data_dir", s.data_dir},
+       {"hugepages", s.hugepages ? "preferred" : "off"}, {"free_hugepages", std::to_string(free_hugepages())},
+       {"default_partitions", std::to_string(s.default_partitions)}, {"startup_ms", elapsed}});
+
+  int received = 0;
+  for (;;) {
+    if (sigwait(&signals, &received) != 0) continue;
+    if (received == SIGHUP) {
+      log(LogLevel::kInfo, "SIGHUP ignored: settings are read at start; restart weftd to change them");
+      continue;
+    }
+    break;
+  }
+  log(LogLevel::kInfo, "weftd stopping", {{"signal", received == SIGTERM ? "SIGTERM" : "SIGINT"}});
+  // Drain: no new clients or requests, then a last maintenance pass so counters and limits are
+  // final. Clients keep their mapped rings; with no log store yet there is nothing to flush.
+  const LocalServerStats stats = (*server)->stats();
+  (*server)->stop();
+  (*node)->stop();
+  log(LogLevel::kInfo, "weftd stopped",
+      {{"clients_accepted", std::to_string(stats.accepted)}, {"clients_refused", std::to_string(stats.refused)},
+       {"bad_requests", std::to_string(stats.bad_requests)}});
+  close(lock_fd);
+  return 0;
+}
