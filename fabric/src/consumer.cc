@@ -14,6 +14,7 @@ struct Assignment {
   PartitionMemory memory;
   std::optional<Consumer> consumer;
   Offset skip_below{-1};  // after a seek into the middle of a batch: its earlier records are not returned
+  bool caught_up = false;  // the last poll drained this partition
   // A batch that max_poll_records cut short (the ring consumer is past it): its records from
   // skip_below on come first in the next poll.
   std::optional<RingBatch> pending{};
@@ -33,6 +34,7 @@ struct TopicConsumer::State {
   };
   std::vector<Polled> polled;  // per run of one partition's batches in the last poll, its oldest
   std::size_t next_assignment = 0;
+  RecordView scratch;
 
   Assignment* find(std::string_view topic, std::uint32_t partition) {
     for (Assignment& a : assignments)
@@ -66,10 +68,11 @@ struct TopicConsumer::State {
         a.skip_below = r.offset;
         return false;
       }
-      records.push_back(ConsumedRecord{a.topic, a.partition, r.offset, r.timestamp_ms, r.key, r.value, r.header_count, r.headers_bytes});
+      // Built in place (parenthesised aggregate initialisation): no temporary to copy.
+      records.emplace_back(a.topic, a.partition, r.offset, r.timestamp_ms, r.key, r.value, r.header_count, r.headers_bytes);
       return true;
     };
-    RecordView r;
+    RecordView& r = scratch;  // reused: value-initialising a RecordView per batch shows in profiles
     if (batch.records == 1 && !options.check_crcs && decode_single_record_batch(batch.bytes, r)) {
       add(r);
     } else {
@@ -229,7 +232,10 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         }
         // The oldest batch of a partition's run decides whether the run is intact (producers
         // overwrite in position order), so only that one is kept.
-        if (s.polled.empty() || s.polled.back().from != &a) s.polled.push_back(State::Polled{&a, batch});
+        if (s.polled.empty() || s.polled.back().from != &a) {
+          s.polled.push_back(State::Polled{&a, batch});
+          c.hold(batch.position);  // its views are in use until the next poll
+        }
         return true;
       }
       case PollStatus::kLapped: {
@@ -251,10 +257,16 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     return false;
   };
 
-  for (;;) {
+  for (Assignment& a : s.assignments) a.consumer->release_hold();  // the last poll's views end here
+  // A reader that found its one partition drained last time waits first (the ring pauses before
+  // it looks), rather than looking at once at the frame a producer is writing.
+  bool look_first = !(n == 1 && timeout_ms > 0 && s.assignments.front().caught_up && !s.assignments.front().pending);
+  for (;; look_first = true) {
     // Round-robin from where the last poll stopped, so one busy partition starves none.
-    for (std::size_t k = 0; k < n && s.records.size() < max; ++k) {
-      Assignment& a = s.assignments[(s.next_assignment + k) % n];
+    // (No `%`: a 64-bit division costs more than the rest of a one-record poll.)
+    std::size_t index = s.next_assignment;
+    for (std::size_t k = 0; look_first && k < n && s.records.size() < max; ++k, index = index + 1 == n ? 0 : index + 1) {
+      Assignment& a = s.assignments[index];
       if (a.pending) {
         // The rest of a batch the last poll cut short, unless producers overwrote it meanwhile.
         const RingBatch rest = *a.pending;
@@ -268,10 +280,17 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         }
       }
       RingBatch batch;
-      while (s.records.size() < max && handle(a, a.consumer->poll(batch), batch)) {
+      const std::size_t before = s.records.size();
+      PollStatus status = PollStatus::kOk;
+      while (s.records.size() < max) {
+        status = a.consumer->poll(batch);
+        if (!handle(a, status, batch)) break;
       }
+      // Drained right after data (taken in this pass or by the wait that led to it).
+      a.caught_up = status == PollStatus::kEmpty && (s.records.size() > before || !s.polled.empty());
+      if (a.caught_up) a.consumer->mark_caught_up();
     }
-    s.next_assignment = (s.next_assignment + 1) % n;
+    s.next_assignment = s.next_assignment + 1 == n ? 0 : s.next_assignment + 1;
     if (!s.records.empty() || !s.notices.empty() || timeout_ms <= 0) break;
     const std::int64_t now = monotonic_ns();
     if (deadline < 0) deadline = now + timeout_ms * 1'000'000;

@@ -339,55 +339,102 @@ double Node::maintain_pass() {
   const std::int64_t now = monotonic_ns();
   for (const auto& topic : topics) {
     for (const auto& p : topic->partitions) {
-      const Ring::Mark before = p->owner.scan();
-      Ring::Mark frontier = before;
+      const std::uint64_t keep = p->ring.capacity_bytes() / 2;
+      const Ring::Mark limit = p->ring.reuse_limit();
       const std::uint64_t tail = p->ring.tail_position().value;
-      // A claim that stays open while the frontier stands still may belong to a dead producer.
-      if (tail > frontier.position.value && now - p->last_seal_ns > kSealEveryNs) {
+      const auto& d = p->ring.control().descriptor;
+
+      // Frame boundaries come from the consumers when there are any: every frame before a
+      // consumer's published position was committed, aborted or padding when it walked past,
+      // and the frame at that position is checked here. Walking the frames again would cost the
+      // node as much as a consumer's reading does. With no consumer to ask, the node walks.
+      std::uint64_t slowest = UINT64_MAX, fastest = 0;
+      for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
+        const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
+        // Acquire: pairs with the consumer's release of its position (R5 in ring.cc).
+        if (slot.owner.load(std::memory_order_acquire) == 0) continue;
+        const std::uint64_t position = slot.position.load(std::memory_order_acquire);
+        if (position == ring_layout::kNoClaim) continue;
+        slowest = std::min(slowest, position);
+        fastest = std::max(fastest, position);
+      }
+      std::optional<Ring::Mark> hint;
+      if (fastest > limit.position.value) hint = p->owner.committed_frame_at(Position{fastest});
+      Ring::Mark frontier;
+      if (hint) {
+        frontier = *hint;
+      } else {
+        frontier = p->owner.scan();
+        // A claim that stays open while the frontier stands still may belong to a dead producer.
+        if (tail > frontier.position.value && now - p->last_seal_ns > kSealEveryNs) {
+          p->last_seal_ns = now;
+          const std::vector<SealedRange> sealed = p->owner.seal_dead_claims();
+          p->sealed += sealed.size();
+          if (!sealed.empty()) frontier = p->owner.scan();
+        }
+      }
+      if (hint && now - p->last_seal_ns > kSealEveryNs * 5) {
+        // Consumers walk for the node, so a claim they wait on is looked at here: a producer
+        // whose last claim lies ahead of every consumer and whose process is gone.
         p->last_seal_ns = now;
-        const std::vector<SealedRange> sealed = p->owner.seal_dead_claims();
-        p->sealed += sealed.size();
-        if (!sealed.empty()) frontier = p->owner.scan();
+        bool dead = false;
+        for (std::uint32_t i = 0; i < d.producer_slots && !dead; ++i) {
+          const ring_layout::ProducerSlot& slot = p->ring.producer_slots()[i];
+          const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
+          const std::uint64_t pending = slot.pending_position.load(std::memory_order_acquire);
+          if (owner == 0 || pending == ring_layout::kNoClaim || pending < slowest) continue;
+          dead = !process_alive(ring_layout::owner_pid(owner), ring_layout::owner_start_time(owner));
+        }
+        if (dead) p->sealed += p->owner.seal_dead_claims().size();
       }
       if (now - p->last_reclaim_ns > kReclaimEveryNs) {
         p->last_reclaim_ns = now;
         p->owner.reclaim_dead_slots();
       }
+
       // With no log store yet, nothing holds producers back but the ring itself: the older half
       // stays readable (earliest, seeks, slow readers) and the newer half is free for claims.
-      const std::uint64_t keep = p->ring.capacity_bytes() / 2;
-      const Ring::Mark limit = p->ring.reuse_limit();
-      // Past frontiers are frame boundaries: releasing to the newest one far enough behind needs no
-      // walk over the frames again.
-      if (p->checkpoints.empty() || frontier.position.value - p->checkpoints.back().position.value >= keep / 64)
+      // Past boundaries are kept as checkpoints, so moving the limit needs no walk.
+      if (p->checkpoints.empty() ||
+          (frontier.position.value > p->checkpoints.back().position.value &&
+           frontier.position.value - p->checkpoints.back().position.value >= keep / 256))
         p->checkpoints.push_back(frontier);
-      std::uint64_t target = frontier.position.value > keep ? frontier.position.value - keep : 0;
-      if (topic->config.consumer_flow_control) target = std::min(target, p->owner.slowest_consumer().value);
+      const std::uint64_t ahead = std::max(tail, frontier.position.value);
+      std::uint64_t target = ahead > keep ? ahead - keep : 0;
+      target = std::min(target, frontier.position.value);
+      if (topic->config.consumer_flow_control) target = std::min(target, slowest);
       if (target > limit.position.value) {
         std::optional<Ring::Mark> release;
         while (!p->checkpoints.empty() && p->checkpoints.front().position.value <= target) {
           release = p->checkpoints.front();
           p->checkpoints.pop_front();
         }
-        if (release && release->position.value + keep / 16 >= target) {
+        if (topic->config.consumer_flow_control && slowest == target)
+          if (std::optional<Ring::Mark> at = p->owner.committed_frame_at(Position{slowest}); at) release = at;
+        const std::uint64_t free_space = limit.position.value + p->ring.capacity_bytes() - std::min(tail, limit.position.value + p->ring.capacity_bytes());
+        if (release && (release->position.value + keep / 16 >= target || free_space >= keep / 4)) {
           if (release->position.value > limit.position.value) p->owner.advance_reuse_limit(*release);
-        } else {
-          // The passes were too far apart (the thread was starved): walk to the target instead.
+        } else if (free_space < keep / 4) {
+          // Producers are about to run out of space and no known boundary is near the target
+          // (passes too far apart, or the consumers read everything between two passes): walk.
           p->owner.release_to(Position{target});
         }
       }
-      const std::uint64_t moved = frontier.position.value - (p->created_at.position.value + p->stats.bytes);
+      const std::uint64_t claimed = tail - p->created_at.position.value;
+      const std::uint64_t moved = claimed - std::min(claimed, p->stats.bytes);
       used = std::max(used, static_cast<double>(moved) / static_cast<double>(keep));
 
       PartitionStats s;
       s.partition = p->stats.partition;
       s.memory = p->stats.memory;
+      // Claimed, not necessarily committed yet: the claim word is one read, the frontier a walk.
+      const Offset claimed_offset{static_cast<std::int64_t>(
+          std::atomic_ref<std::uint64_t>(p->ring.control().claim.tail.offset).load(std::memory_order_relaxed))};
       s.start_offset = p->ring.reuse_limit().offset;
-      s.end_offset = frontier.offset;
-      s.records = static_cast<std::uint64_t>(frontier.offset.value - p->created_at.offset.value);
-      s.bytes = frontier.position.value - p->created_at.position.value;
+      s.end_offset = claimed_offset;
+      s.records = static_cast<std::uint64_t>(claimed_offset.value - p->created_at.offset.value);
+      s.bytes = claimed;
       s.sealed_claims = p->sealed;
-      const auto& d = p->ring.control().descriptor;
       for (std::uint32_t i = 0; i < d.producer_slots; ++i) {
         // Relaxed: statistics, each word written by its producer alone.
         const ring_layout::ProducerSlot& slot = p->ring.producer_slots()[i];

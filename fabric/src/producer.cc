@@ -140,10 +140,29 @@ Result<void> TopicProducer::wait_for_space(std::uint32_t partition, std::int64_t
   return ok();
 }
 
+namespace {
+
+// The common case of send and send_to, inlined into both: an attached partition with space.
+[[gnu::always_inline]] inline bool send_fast(std::vector<PartitionProducer>& partitions, ProducerStats& stats,
+                                             std::uint32_t partition, const RecordInput& record, Offset& base) noexcept {
+  if (partition >= partitions.size()) [[unlikely]]
+    return false;
+  std::optional<Producer>& producer = partitions[partition].producer;
+  if (!producer || producer->offer_record(record, &base) != ClaimStatus::kOk) [[unlikely]]
+    return false;
+  ++stats.records;
+  ++stats.batches;
+  return true;
+}
+
+}  // namespace
+
 Result<SendResult> TopicProducer::send(const RecordInput& record) {
   State& s = *state_;
-  const std::uint32_t partition = partition_for(record.key);
-  Result<SendResult> sent = send_to(partition, record);
+  const std::uint32_t partition = record.key ? partition_for_key(*record.key, static_cast<std::uint32_t>(s.partitions.size())) : s.sticky;
+  Offset base;
+  Result<SendResult> sent = send_fast(s.partitions, s.stats, partition, record, base) ? Result<SendResult>(SendResult{partition, base})
+                                                                                     : send_slow(partition, record);
   if (!record.key && sent.ok()) {
     // Kafka's sticky partitioner: keyless records stay on one partition for a batch's worth of
     // bytes, then move to another chosen at random. The byte count is approximate on purpose.
@@ -161,17 +180,9 @@ Result<SendResult> TopicProducer::send(const RecordInput& record) {
 }
 
 Result<SendResult> TopicProducer::send_to(std::uint32_t partition, const RecordInput& record) {
-  // Fast path: an attached partition with space. Everything else is send_slow's business.
-  if (partition < state_->partitions.size()) [[likely]] {
-    if (std::optional<Producer>& producer = state_->partitions[partition].producer; producer) [[likely]] {
-      Offset base;
-      if (producer->offer_record(record, &base) == ClaimStatus::kOk) [[likely]] {
-        ++state_->stats.records;
-        ++state_->stats.batches;
-        return SendResult{partition, base};
-      }
-    }
-  }
+  Offset base;
+  if (send_fast(state_->partitions, state_->stats, partition, record, base)) [[likely]]
+    return SendResult{partition, base};
   return send_slow(partition, record);
 }
 

@@ -668,7 +668,9 @@ Consumer::Consumer(Consumer&& other) noexcept
       skip_below_(other.skip_below_),
       aborted_skipped_(other.aborted_skipped_),
       backoff_pauses_(other.backoff_pauses_),
-      lapped_(other.lapped_) {}
+      hold_(other.hold_),
+      lapped_(other.lapped_),
+      caught_up_(other.caught_up_) {}
 
 Consumer::~Consumer() {
   if (slot_ == nullptr) return;
@@ -681,7 +683,7 @@ void Consumer::publish_position(std::uint64_t in_use_from) noexcept {
   slot_->next_offset.store(next_offset_.value, std::memory_order_relaxed);
   // R5 release: this consumer is done with every frame before `in_use_from` (the batch it
   // hands out now is still being read); pairs with A5 in RingOwner::slowest_consumer.
-  slot_->position.store(in_use_from, std::memory_order_release);
+  slot_->position.store(std::min(in_use_from, hold_), std::memory_order_release);
 }
 
 bool Consumer::overwritten(std::uint64_t position) const noexcept { return lapped_past(ring_, position); }
@@ -736,6 +738,10 @@ PollStatus Consumer::read_frame(RingBatch& out) noexcept {
 }
 
 PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns) noexcept {
+  if (caught_up_) {
+    caught_up_ = false;
+    for (std::uint32_t i = streaming_backoff_pauses(); i > 0; --i) cpu_relax();
+  }
   PollStatus status = poll(out);
   if (status != PollStatus::kEmpty) {
     backoff_pauses_ = streaming_backoff_pauses();
@@ -807,6 +813,7 @@ PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
 }
 
 Offset Consumer::rejoin() noexcept {
+  hold_ = ~0ull;
   const Ring::Mark mark = ring_.reuse_limit();
   position_ = mark.position.value;
   next_offset_ = mark.offset;
@@ -822,6 +829,7 @@ Result<void> Consumer::seek(Offset offset) {
     return Error{Errc::kOutOfRange, "ring: offset " + std::to_string(offset.value) +
                                         " is no longer in the ring; the earliest is " + std::to_string(limit.offset.value)};
   const Ring::Mark mark = walk(ring_, offset);
+  hold_ = ~0ull;
   position_ = mark.position.value;
   next_offset_ = mark.offset;
   skip_below_ = offset;
@@ -901,6 +909,13 @@ Position RingOwner::slowest_consumer() const noexcept {
     slowest = std::min(slowest, consumers[i].position.load(std::memory_order_acquire));
   }
   return Position{slowest};
+}
+
+std::optional<Ring::Mark> RingOwner::committed_frame_at(Position position) const noexcept {
+  if (position.value % kFrameAlign != 0 || position > ring_.tail_position()) return std::nullopt;
+  const FrameRead f = read_frame_at(ring_.data_, ring_.capacity_, position.value);
+  if (f.kind != ReadKind::kCommitted || lapped_past(ring_, position.value)) return std::nullopt;
+  return Ring::Mark{position, f.base_offset};
 }
 
 std::vector<SealedRange> RingOwner::seal_dead_claims() {

@@ -509,14 +509,15 @@ TEST(NodeReuseLimit, OlderHalfOfTheRingStaysReadableAndALaggardIsLapped) {
   EXPECT_GT(send_numbered(*node, *producer, 0, kRecords), 0u);
   node->maintain();
 
-  // Expect the limit to trail the frontier by half the ring (within one frame)
+  // Expect the limit to trail the frontier by at least half the ring, and producers to have at
+  // least an eighth of the ring free after a pass (the node releases to a known boundary)
   Result<PartitionMemory> memory = node->open_partition("busy", 0);
   ASSERT_TRUE(memory.ok());
   const Ring::Mark limit = memory->ring.reuse_limit();
   const std::uint64_t kept = memory->ring.tail_position().value - limit.position.value;
   const std::uint64_t half = memory->ring.capacity_bytes() / 2;
   EXPECT_GE(kept, half);
-  EXPECT_LT(kept, half + memory->ring.max_batch_bytes() + 16);
+  EXPECT_LE(kept, memory->ring.capacity_bytes() - half / 4 + memory->ring.max_batch_bytes() + 16);
   Result<TopicInfo> info = node->describe_topic("busy");
   ASSERT_TRUE(info.ok());
   const PartitionStats s = info->partitions[0];

@@ -93,6 +93,7 @@ int main(int argc, char** argv) {
   CLI::App app{"weft: manage topics, produce and consume records, and measure a weft node.\n"
                "Talks to weftd on this host through its Unix socket (see --socket)."};
   app.require_subcommand(1);
+  app.fallthrough();  // --socket works after a subcommand too (subcommands inherit this)
   std::string socket = local::default_socket_path();
   app.add_option("--socket", socket, "weftd's Unix socket (default: $WEFT_SOCKET or weftd's default, " + socket + ")");
 

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -189,6 +190,15 @@ class Consumer {
   // earliest offset in the message) when the ring no longer holds it.
   Result<void> seek(Offset offset);
 
+  // Keeps the published position at `position` (a batch this consumer handed out whose view is
+  // still in use) while later batches are read: under consumer flow control producers then leave
+  // it intact. rejoin(), seek() and release_hold() end it.
+  void hold(Position position) noexcept { hold_ = position.value; }
+  void release_hold() noexcept { hold_ = ~0ull; }
+  // Says the last look found nothing right after data: the next wait() first pauses as a
+  // streaming reader does, rather than looking at once at a frame a producer is writing.
+  void mark_caught_up() noexcept { caught_up_ = true; }
+
   Offset next_offset() const noexcept { return next_offset_; }
   Position position() const noexcept { return Position{position_}; }
   std::uint64_t aborted_records_skipped() const noexcept { return aborted_skipped_; }
@@ -208,7 +218,9 @@ class Consumer {
   Offset skip_below_{-1};  // seek() into the middle of a batch still delivers it whole
   std::uint64_t aborted_skipped_ = 0;
   std::uint32_t backoff_pauses_ = 0;
+  std::uint64_t hold_ = ~0ull;  // published positions never pass it
   bool lapped_ = false;
+  bool caught_up_ = false;
 };
 
 struct SealedRange {
@@ -232,6 +244,10 @@ class RingOwner {
   Ring::Mark release_to(Position position) noexcept;
   // The lowest position any live attached consumer has published (the tail when there is none).
   Position slowest_consumer() const noexcept;
+  // The mark of the committed frame that starts at `position` (a consumer's published position,
+  // say), or nothing when none does. Lets the owner use a boundary a consumer walked to instead
+  // of walking the frames itself.
+  std::optional<Ring::Mark> committed_frame_at(Position position) const noexcept;
   // Seals claims whose producer died between claim and commit, so readers move past them.
   std::vector<SealedRange> seal_dead_claims();
   // Frees slots of producers and consumers that died, once their claims are sealed.
