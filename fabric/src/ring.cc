@@ -599,18 +599,20 @@ void Producer::abort(Claim& claim) noexcept {
 
 void Producer::wake_parked_readers() noexcept {
   WakeLine& wake = ring_.control_->wake;
-  std::uint32_t parked = 0;
+  std::uint32_t needed = 0;
   if (fence_before_wake_check_) {
-    // seq_cst read-modify-write: either it reads a parker's increment, or that increment reads
+    // seq_cst read-modify-write: either it reads a parker's flag, or the parker's exchange reads
     // from it and the parker's re-check then sees this commit (Dekker, without a fence).
-    parked = wake.parked.fetch_add(0, std::memory_order_seq_cst);
+    needed = wake.wake_needed.fetch_add(0, std::memory_order_seq_cst);
   } else {
     // Compiler barrier only: a parking reader's membarrier(GLOBAL_EXPEDITED) runs the hardware
     // barrier on this core for us, so the hot path pays nothing.
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    parked = wake.parked.load(std::memory_order_relaxed);
+    needed = wake.wake_needed.load(std::memory_order_relaxed);
   }
-  if (parked != 0) [[unlikely]]
+  // Only the first commit after readers park wakes them: the exchange lets one producer through.
+  // acq_rel: orders this commit before the sequence bump the sleepers re-read.
+  if (needed != 0 && wake.wake_needed.exchange(0, std::memory_order_acq_rel) != 0) [[unlikely]]
     wake_all(wake);
 }
 
@@ -787,16 +789,19 @@ PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
   WakeLine& wake = ring_.control_->wake;
   const bool membarrier_protocol = ring_.control_->descriptor.wake_protocol == kWakeMembarrier;
   for (;;) {
-    wake.parked.fetch_add(1, std::memory_order_seq_cst);
+    wake.parked.fetch_add(1, std::memory_order_relaxed);  // a statistic
+    // seq_cst: the reader's half of the Dekker pair with wake_parked_readers (see there).
+    wake.wake_needed.exchange(1, std::memory_order_seq_cst);
     // Acquire: read before the re-check, so a wake after it changes the value and the
     // futex_wait below returns at once.
     const std::uint32_t sequence = wake.futex_sequence.load(std::memory_order_acquire);
     std::int64_t slice = kParkSliceNs;
     if (membarrier_protocol) {
-      // Makes every registered producer's commit visible before the re-check, and our `parked`
-      // visible to every later check of theirs (the heavy half of an asymmetric fence).
+      // Makes every registered producer's commit visible before the re-check, and our
+      // wake_needed flag visible to every later check of theirs (the heavy half of an
+      // asymmetric fence).
       if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0) slice = kUnsafeParkSliceNs;
-    }  // else: the seq_cst increment above pairs with the producers' read-modify-write
+    }  // else: the seq_cst exchange above pairs with the producers' read-modify-write
     PollStatus status = poll(out);
     const std::int64_t now = monotonic_ns();
     if (status != PollStatus::kEmpty || now >= deadline_ns) {

@@ -86,18 +86,21 @@ WaitKind wait_kind(const std::string& w) {
   return w == "spin" ? WaitKind::kSpin : (w == "yield" ? WaitKind::kYield : WaitKind::kPark);
 }
 
-int cpu_for(bool producer, std::uint32_t index) {
-  // Producers from cpu 0 upwards, consumers from the last cpu downwards: with one of each on a
-  // two-cpu machine, each has its own cpu, as in the ring benchmark.
-  const int cpus = bench::cpu_count();
-  if (cpus <= 1) return 0;
-  return producer ? static_cast<int>(index % static_cast<std::uint32_t>(cpus))
-                  : cpus - 1 - static_cast<int>(index % static_cast<std::uint32_t>(cpus));
+// Producers take the first cpus, consumers the rest; when there are more of them than cpus,
+// consumers share the cpus producers do not use (so adding consumers measures what they cost a
+// producer through the ring, not through the scheduler), and producers share among themselves.
+int cpu_for(const PerfOptions& o, bool producer, std::uint32_t index) {
+  const auto cpus = static_cast<std::uint32_t>(std::max(bench::cpu_count(), 1));
+  if (cpus == 1) return 0;
+  const std::uint32_t producer_cpus = std::min(o.producers, o.consumers > 0 ? cpus - 1 : cpus);
+  if (producer) return static_cast<int>(index % producer_cpus);
+  const std::uint32_t consumer_cpus = cpus - producer_cpus;
+  return static_cast<int>(producer_cpus + index % consumer_cpus);
 }
 
 void run_producer(const PerfOptions& o, const Phase& phase, std::shared_ptr<Client> client, const std::string& topic,
                   std::uint32_t id, Board& board) {
-  bench::pin_to_cpu(cpu_for(true, id));
+  bench::pin_to_cpu(cpu_for(o, true, id));
   Board::ProducerReport& me = board.producers[id];
   ProducerOptions options;
   options.mode = o.exclusive && o.producers == 1 ? ProducerMode::kExclusive : ProducerMode::kShared;
@@ -179,7 +182,7 @@ void run_producer(const PerfOptions& o, const Phase& phase, std::shared_ptr<Clie
 
 void run_consumer(const PerfOptions& o, const Phase& phase, std::shared_ptr<Client> client, const std::string& topic,
                   std::uint32_t id, Board& board) {
-  bench::pin_to_cpu(cpu_for(false, id));
+  bench::pin_to_cpu(cpu_for(o, false, id));
   Board::ConsumerReport& me = board.consumers[id];
   ConsumerOptions options;
   options.wait = wait_kind(o.wait);

@@ -18,7 +18,7 @@
 namespace weft::ring_layout {
 
 inline constexpr std::uint64_t kRingMagic = 0x474E495254464557ull;  // "WEFTRING" in memory order
-inline constexpr std::uint32_t kRingVersion = 2;
+inline constexpr std::uint32_t kRingVersion = 3;
 inline constexpr std::size_t kFrameAlign = 8;
 inline constexpr std::size_t kFrameHeaderBytes = 16;
 inline constexpr std::size_t kDataAlign = 4096;
@@ -80,7 +80,10 @@ struct alignas(kNoShare) ReuseLine {
 
 struct alignas(kNoShare) WakeLine {
   std::atomic<std::uint32_t> futex_sequence;  // bumped by producers that wake parked readers
-  std::atomic<std::uint32_t> parked;          // readers about to sleep or asleep
+  std::atomic<std::uint32_t> parked;          // readers about to sleep or asleep (a statistic)
+  // Set by each reader about to sleep; the first commit after it clears it and wakes them all,
+  // so only that commit pays the futex call, however many readers sleep.
+  std::atomic<std::uint32_t> wake_needed;
 };
 
 // Bit i (i < 63): producer slot i holds the ring. Bit 63: that holder is exclusive. Setting and
@@ -137,7 +140,8 @@ static_assert(offsetof(Descriptor, magic) == 0 && offsetof(Descriptor, version) 
               offsetof(Descriptor, data_offset) == 24 && offsetof(Descriptor, max_frame_bytes) == 32 &&
               offsetof(Descriptor, producer_slots) == 36 && offsetof(Descriptor, consumer_slots) == 40 &&
               offsetof(Descriptor, initial_offset) == 48);
-static_assert(offsetof(WakeLine, futex_sequence) == 0 && offsetof(WakeLine, parked) == 4);
+static_assert(offsetof(WakeLine, futex_sequence) == 0 && offsetof(WakeLine, parked) == 4 &&
+              offsetof(WakeLine, wake_needed) == 8);
 static_assert(offsetof(ModeLine, producers) == 0);
 static_assert(offsetof(ProducerSlot, owner) == 0 && offsetof(ProducerSlot, pending_frame_bytes) == 16);
 static_assert(offsetof(ConsumerSlot, owner) == 0 && offsetof(ConsumerSlot, lapped_count) == 24);
