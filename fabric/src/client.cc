@@ -62,6 +62,7 @@ class SocketClient final : public Client {
     local::Writer w(body);
     w.u32(local::kVersion);
     w.str("weft-client");
+    w.u32(static_cast<std::uint32_t>(getpid()));
     WEFT_TRY_VOID(call(MessageType::kHello, body, nullptr));
     local::Reader r(response_body_);
     (void)r.u32();
@@ -174,21 +175,28 @@ class SocketClient final : public Client {
     // A node that refused this client said why before closing: a failed send still reads that.
     const Result<void> sent = local::send_message(fd_.get(), buffer_);
     UniqueFd received_fd;
-    Result<void> received = local::receive_message(fd_.get(), buffer_, local::kMaxMessageBytes, &received_fd);
-    if (!received.ok() && received.error().code == Errc::kAborted) {
-      // A node that closes a connection with our request unread (a refusal at accept) makes the
-      // kernel report ECONNRESET first, ahead of the reply it queued before closing: read that.
-      received = local::receive_message(fd_.get(), buffer_, local::kMaxMessageBytes, &received_fd);
-    }
-    if (!sent.ok() && !received.ok())
-      return Error{Errc::kUnavailable, "weftd at " + path_ + " is gone (" + sent.error().message + ")"};
-    if (!received.ok()) {
-      if (received.error().code == Errc::kAborted)
-        return Error{Errc::kUnavailable, "weftd at " + path_ + " closed the connection; is it still running?"};
-      return received;
-    }
     std::span<const std::byte> payload;
-    WEFT_TRY(const local::Header header, local::parse_header(buffer_, payload));
+    local::Header header;
+    // Replies to requests that timed out earlier may still arrive: skip them (bounded), so one
+    // slow answer does not put every later call out of step. Id 0 is a refusal at accept.
+    for (int stale = 0;; ++stale) {
+      received_fd = UniqueFd();
+      Result<void> received = local::receive_message(fd_.get(), buffer_, local::kMaxMessageBytes, &received_fd);
+      if (!received.ok() && received.error().code == Errc::kAborted) {
+        // A node that closes a connection with our request unread (a refusal at accept) makes
+        // the kernel report ECONNRESET first, ahead of the reply it queued before closing.
+        received = local::receive_message(fd_.get(), buffer_, local::kMaxMessageBytes, &received_fd);
+      }
+      if (!sent.ok() && !received.ok())
+        return Error{Errc::kUnavailable, "weftd at " + path_ + " is gone (" + sent.error().message + ")"};
+      if (!received.ok()) {
+        if (received.error().code == Errc::kAborted)
+          return Error{Errc::kUnavailable, "weftd at " + path_ + " closed the connection; is it still running?"};
+        return received;
+      }
+      WEFT_TRY(header, local::parse_header(buffer_, payload));
+      if (header.request_id == id || header.request_id == 0 || stale >= 64) break;
+    }
     local::Reader r(payload);
     const auto code = static_cast<Errc>(r.u8());
     if (code != Errc::kOk) {
@@ -215,7 +223,12 @@ class SocketClient final : public Client {
 }  // namespace
 
 Result<std::shared_ptr<Client>> Client::connect(std::string socket_path) {
-  if (socket_path.empty()) socket_path = local::default_socket_path();
+  if (socket_path.empty()) {
+    // The default path may be the shared /tmp fallback, where another user could plant a socket.
+    socket_path = local::default_socket_path();
+    if (Result<void> trusted = local::check_socket_directory(socket_path); !trusted.ok() && trusted.error().code != Errc::kNotFound)
+      return std::move(trusted).error();
+  }
   sockaddr_un addr{};
   if (socket_path.size() >= sizeof(addr.sun_path))
     return Error{Errc::kInvalidArgument, "socket path '" + socket_path + "' is too long for a Unix socket"};

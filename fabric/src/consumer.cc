@@ -293,7 +293,8 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     s.next_assignment = s.next_assignment + 1 == n ? 0 : s.next_assignment + 1;
     if (!s.records.empty() || !s.notices.empty() || timeout_ms <= 0) break;
     const std::int64_t now = monotonic_ns();
-    if (deadline < 0) deadline = now + timeout_ms * 1'000'000;
+    // Saturating: a "forever" timeout of INT64_MAX ms must not overflow into the past.
+    if (deadline < 0) deadline = now + std::min<std::int64_t>(timeout_ms, std::int64_t{1} << 40) * 1'000'000;
     if (now >= deadline) break;
     if (n == 1) {
       // One partition: the ring's own wait (spin, yield or futex park) until data or the deadline.

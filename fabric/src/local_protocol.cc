@@ -1,6 +1,7 @@
 #include "weft/fabric/local_protocol.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -216,6 +217,19 @@ std::string default_socket_path() {
   if (const char* runtime = std::getenv("XDG_RUNTIME_DIR"); runtime != nullptr && *runtime != '\0')
     return std::string(runtime) + "/weft/weftd.sock";
   return "/tmp/weft-" + std::to_string(geteuid()) + "/weftd.sock";
+}
+
+Result<void> check_socket_directory(const std::string& socket_path) {
+  const std::size_t slash = socket_path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : socket_path.substr(0, slash));
+  struct stat st{};
+  if (stat(dir.c_str(), &st) != 0) return os_error(Errc::kNotFound, "socket directory " + dir, errno);
+  if (st.st_uid != geteuid() && st.st_uid != 0)
+    return Error{Errc::kPermissionDenied, "socket directory " + dir + " belongs to uid " + std::to_string(st.st_uid) +
+                                              ", not to this user or root: refusing a socket someone else may have planted"};
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0)
+    return Error{Errc::kPermissionDenied, "socket directory " + dir + " is writable by other users and not sticky: refusing it"};
+  return ok();
 }
 
 }  // namespace weft::local

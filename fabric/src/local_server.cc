@@ -50,6 +50,7 @@ sockaddr_un socket_address(const std::string& path) {
 struct Connection {
   UniqueFd fd;
   ucred peer{};
+  bool greeted = false;  // a hello with the right pid came first
 };
 
 }  // namespace
@@ -69,11 +70,36 @@ struct LocalServer::Impl {
   std::int64_t started_ns = monotonic_ns();
   std::vector<std::byte> in;
   std::vector<std::byte> out;
+  UniqueFd spare_fd{open("/dev/null", O_RDONLY | O_CLOEXEC)};
+  std::int64_t last_shed_log_ns = 0;
+  std::shared_ptr<SharedMemory> sending;  // keeps the fd being sent open until it is sent
 
-  bool allowed(const ucred& peer) const {
+  // Root, the node's own uid, a listed uid, or a listed gid among the peer's primary and
+  // supplementary groups (SO_PEERGROUPS: membership in a `weft` group is the usual setup).
+  bool allowed(int fd, const ucred& peer) const {
     if (peer.uid == 0 || peer.uid == geteuid()) return true;
-    return std::find(options.allow_uids.begin(), options.allow_uids.end(), peer.uid) != options.allow_uids.end() ||
-           std::find(options.allow_gids.begin(), options.allow_gids.end(), peer.gid) != options.allow_gids.end();
+    const auto listed_gid = [&](gid_t g) { return std::find(options.allow_gids.begin(), options.allow_gids.end(), g) != options.allow_gids.end(); };
+    if (std::find(options.allow_uids.begin(), options.allow_uids.end(), peer.uid) != options.allow_uids.end() || listed_gid(peer.gid))
+      return true;
+    if (options.allow_gids.empty()) return false;
+    gid_t groups[256];
+    socklen_t len = sizeof(groups);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) return false;
+    return std::any_of(groups, groups + len / sizeof(gid_t), listed_gid);
+  }
+
+  // accept4 failing with EMFILE leaves the listener readable: epoll would wake this thread
+  // again at once, for ever. A spare descriptor lets it take the connection and close it.
+  void shed_connection() {
+    spare_fd = UniqueFd();
+    UniqueFd dropped(accept4(listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    spare_fd = UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
+    const std::int64_t now = monotonic_ns();
+    if (now - last_shed_log_ns > 1'000'000'000) {
+      last_shed_log_ns = now;
+      log(LogLevel::kWarn, "client refused", {{"reason", "weftd has no file descriptors left (raise its RLIMIT_NOFILE)"}});
+    }
+    count(&LocalServerStats::refused);
   }
 
   void count(std::uint64_t LocalServerStats::*field) {
@@ -92,12 +118,15 @@ struct LocalServer::Impl {
 
   void accept_one() {
     UniqueFd fd(accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd.valid()) return;  // the peer left before we got to it, or fds ran out: try again later
+    if (!fd.valid()) {
+      if (errno == EMFILE || errno == ENFILE) shed_connection();
+      return;  // otherwise the peer left before we got to it
+    }
     ucred peer{};
     socklen_t len = sizeof(peer);
     if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) return;
     const std::string who = "pid=" + std::to_string(peer.pid) + " uid=" + std::to_string(peer.uid) + " gid=" + std::to_string(peer.gid);
-    if (!allowed(peer)) {
+    if (!allowed(fd.get(), peer)) {
       count(&LocalServerStats::refused);
       log(LogLevel::kWarn, "client refused", {{"peer", who}, {"reason", "uid and gid not in the allow list"}});
       send_error(fd.get(), 0, 0,
@@ -164,7 +193,7 @@ struct LocalServer::Impl {
     local::begin_message(out, static_cast<std::uint16_t>(type | local::kResponseBit), header->request_id);
     local::Writer w(out);
     int fd_to_send = -1;
-    Result<void> outcome = handle(type, r, w, fd_to_send);
+    Result<void> outcome = handle(c, type, r, w, fd_to_send);
     if (!outcome.ok()) {
       // Truncated fields, or bytes left after them: the request breaks the protocol, not a rule.
       const bool malformed = outcome.error().code == Errc::kInvalidArgument && (r.failed() || !r.at_end());
@@ -177,7 +206,9 @@ struct LocalServer::Impl {
       return true;
     }
     local::finish_message(out);
-    if (out.size() <= local::kMaxMessageBytes && local::send_message(c.fd.get(), out, fd_to_send).ok()) return true;
+    const bool sent = out.size() <= local::kMaxMessageBytes && local::send_message(c.fd.get(), out, fd_to_send).ok();
+    sending.reset();
+    if (sent) return true;
     // Too large for the protocol or for the socket's send buffer (or the peer is gone, and this
     // fails too): an answer that says so beats a connection closed without a word.
     send_error(c.fd.get(), type, header->request_id,
@@ -190,14 +221,21 @@ struct LocalServer::Impl {
   }
 
   // Decodes and runs one request, writing the body after an ok byte.
-  Result<void> handle(std::uint16_t type, local::Reader& r, local::Writer& w, int& fd_to_send) {
+  Result<void> handle(Connection& c, std::uint16_t type, local::Reader& r, local::Writer& w, int& fd_to_send) {
     switch (static_cast<MessageType>(type)) {
       case MessageType::kHello: {
         const std::uint32_t client_version = r.u32();
         const std::string name = r.str(256);
+        const std::uint32_t client_pid = r.u32();
         WEFT_TRY_VOID(r.finish("hello"));
         if (client_version != local::kVersion)
           return Error{Errc::kUnsupported, "client protocol " + std::to_string(client_version) + " is not weftd's " + std::to_string(local::kVersion)};
+        // Rings know their producers by pid (a dead one's claim is sealed): a client whose pid
+        // means something else here, in another PID namespace, would be taken for dead.
+        if (client_pid != static_cast<std::uint32_t>(c.peer.pid))
+          return Error{Errc::kPermissionDenied, "the client says it is pid " + std::to_string(client_pid) + " but is pid " +
+                                                    std::to_string(c.peer.pid) + " here: weft clients must run in weftd's PID namespace"};
+        c.greeted = true;
         w.u8(0);
         w.u32(local::kVersion);
         w.u32(static_cast<std::uint32_t>(getpid()));
@@ -250,7 +288,9 @@ struct LocalServer::Impl {
         const std::string name = r.str(512);
         const std::uint32_t partition = r.u32();
         WEFT_TRY_VOID(r.finish("open partition"));
+        if (!c.greeted) return Error{Errc::kFailedPrecondition, "open partition: say hello first (the client's pid is checked there)"};
         WEFT_TRY(const PartitionMemory memory, node->open_partition(name, partition));
+        sending = memory.memory;  // a topic deleted meanwhile must not close the fd before it is sent
         w.u8(0);
         w.u64(memory.topic_id);
         w.u32(memory.partition);
@@ -322,6 +362,7 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
   impl->node = &node;
   impl->options = options;
   WEFT_TRY_VOID(make_parent_directory(path));
+  WEFT_TRY_VOID(local::check_socket_directory(path));
   // The lock file serialises nodes starting on one path, so a stale socket is removed safely.
   const std::string lock_path = path + ".lock";
   impl->lock_fd = UniqueFd(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));

@@ -349,12 +349,16 @@ double Node::maintain_pass() {
       // and the frame at that position is checked here. Walking the frames again would cost the
       // node as much as a consumer's reading does. With no consumer to ask, the node walks.
       std::uint64_t slowest = UINT64_MAX, fastest = 0;
+      bool attaching = false;  // a consumer that took its slot and has not said where it starts
       for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
         const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
         // Acquire: pairs with the consumer's release of its position (R5 in ring.cc).
         if (slot.owner.load(std::memory_order_acquire) == 0) continue;
         const std::uint64_t position = slot.position.load(std::memory_order_acquire);
-        if (position == ring_layout::kNoClaim) continue;
+        if (position == ring_layout::kNoClaim) {
+          attaching = true;
+          continue;
+        }
         slowest = std::min(slowest, position);
         fastest = std::max(fastest, position);
       }
@@ -402,7 +406,11 @@ double Node::maintain_pass() {
       const std::uint64_t ahead = std::max(tail, frontier.position.value);
       std::uint64_t target = ahead > keep ? ahead - keep : 0;
       target = std::min(target, frontier.position.value);
-      if (topic->config.consumer_flow_control) target = std::min(target, slowest);
+      if (topic->config.consumer_flow_control) {
+        target = std::min(target, slowest);
+        // It read the limit to start from: moving it now could lap it before its first read.
+        if (attaching) target = limit.position.value;
+      }
       if (target > limit.position.value) {
         std::optional<Ring::Mark> release;
         while (!p->checkpoints.empty() && p->checkpoints.front().position.value <= target) {

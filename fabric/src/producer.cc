@@ -123,7 +123,8 @@ Result<void> TopicProducer::wait_for_space(std::uint32_t partition, std::int64_t
   // as the ring moves on); wait for it without burning the core the node may need.
   ++state_->stats.back_pressure_waits;
   const std::int64_t now = monotonic_ns();
-  if (deadline_ns == 0) deadline_ns = now + state_->options.max_block_ms * 1'000'000;
+  // Saturating: max_block_ms of INT64_MAX means "wait as long as it takes".
+  if (deadline_ns == 0) deadline_ns = now + std::min<std::int64_t>(state_->options.max_block_ms, std::int64_t{1} << 40) * 1'000'000;
   if (now >= deadline_ns)
     return Error{Errc::kUnavailable, "topic '" + state_->topic + "' partition " + std::to_string(partition) +
                                          ": no ring space within max_block_ms=" + std::to_string(state_->options.max_block_ms) +

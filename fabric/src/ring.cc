@@ -706,10 +706,16 @@ PollStatus Consumer::poll(RingBatch& out) noexcept {
 }
 
 PollStatus Consumer::read_frame(RingBatch& out) noexcept {
+  const std::uint64_t started_at = position_;
   for (int skips = 0; skips < kMaxSkipsPerPoll; ++skips) {
     const std::uint64_t position = position_;
     const FrameRead f = read_frame_at(ring_.data_, ring_.capacity_, position);
-    if (f.kind == ReadKind::kNotReady) return overwritten(position) ? mark_lapped() : PollStatus::kEmpty;
+    if (f.kind == ReadKind::kNotReady) {
+      if (overwritten(position)) return mark_lapped();
+      // Skipped padding or aborted frames: say so, or flow control would wait on them forever.
+      if (position != started_at) publish_position(position);
+      return PollStatus::kEmpty;
+    }
     // What was just read may be torn if producers lapped this reader meanwhile.
     if (overwritten(position)) [[unlikely]]
       return mark_lapped();
@@ -736,6 +742,7 @@ PollStatus Consumer::read_frame(RingBatch& out) noexcept {
     publish_position(position);
     return PollStatus::kOk;
   }
+  if (position_ != started_at) publish_position(position_);
   return PollStatus::kEmpty;
 }
 
@@ -790,11 +797,13 @@ PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
   const bool membarrier_protocol = ring_.control_->descriptor.wake_protocol == kWakeMembarrier;
   for (;;) {
     wake.parked.fetch_add(1, std::memory_order_relaxed);  // a statistic
+    // Acquire, and before the flag is set: a producer that clears the flag bumps the sequence
+    // after this read, so the futex_wait below returns at once and the flag is set again. (Read
+    // after the flag, a clear-and-bump could fall between the two, and a later commit would
+    // find the flag clear and leave this reader asleep.)
+    const std::uint32_t sequence = wake.futex_sequence.load(std::memory_order_acquire);
     // seq_cst: the reader's half of the Dekker pair with wake_parked_readers (see there).
     wake.wake_needed.exchange(1, std::memory_order_seq_cst);
-    // Acquire: read before the re-check, so a wake after it changes the value and the
-    // futex_wait below returns at once.
-    const std::uint32_t sequence = wake.futex_sequence.load(std::memory_order_acquire);
     std::int64_t slice = kParkSliceNs;
     if (membarrier_protocol) {
       // Makes every registered producer's commit visible before the re-check, and our
@@ -934,8 +943,9 @@ std::vector<SealedRange> RingOwner::seal_dead_claims() {
     sealed.push_back(range);
   }
   if (!sealed.empty()) {
-    WakeLine& wake = ring_.control_->wake;
-    if (wake.parked.fetch_add(0, std::memory_order_seq_cst) != 0) wake_all(wake);  // as in wake_parked_readers
+    // Sealing is rare: wake every sleeper unconditionally rather than reason about the flag.
+    ring_.control_->wake.wake_needed.store(0, std::memory_order_relaxed);
+    wake_all(ring_.control_->wake);
   }
   return sealed;
 }

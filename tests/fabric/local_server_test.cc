@@ -271,6 +271,7 @@ std::vector<std::byte> hello(std::uint32_t version = local::kVersion) {
   return message(static_cast<std::uint16_t>(local::MessageType::kHello), [&](local::Writer& w) {
     w.u32(version);
     w.str("raw-test");
+    w.u32(static_cast<std::uint32_t>(getpid()));
   });
 }
 
@@ -454,6 +455,74 @@ TEST_F(LocalServerTest, AdmitsAListedUidThatThenProduces) {
   for (int i = 0; i < 5; ++i) EXPECT_EQ(got.records[static_cast<std::size_t>(i)].value, "from-nobody-" + std::to_string(i));
   EXPECT_EQ(server_->stats().refused, 0u);
   EXPECT_EQ(server_->stats().accepted, 1u);
+}
+
+// One reply on a raw connection: its code and message (kOk with an empty message for a good one).
+std::pair<Errc, std::string> read_reply(int fd) {
+  std::vector<std::byte> buffer(local::kMaxMessageBytes);
+  pollfd pfd{fd, POLLIN, 0};
+  if (poll(&pfd, 1, 5000) <= 0) return {Errc::kUnavailable, "no reply within 5 s"};
+  const ssize_t n = recv(fd, buffer.data(), buffer.size(), 0);
+  if (n <= 0) return {Errc::kAborted, "closed"};
+  std::span<const std::byte> payload;
+  Result<local::Header> header = local::parse_header(std::span<const std::byte>(buffer.data(), static_cast<std::size_t>(n)), payload);
+  if (!header.ok() || payload.empty()) return {Errc::kCorrupt, "unparseable reply"};
+  local::Reader r(payload);
+  const auto code = static_cast<Errc>(r.u8());
+  return {code, code == Errc::kOk ? std::string() : r.str(64 * 1024)};
+}
+
+TEST_F(LocalServerTest, AClientInAnotherPidNamespaceIsRefusedItsRings) {
+  // Given a topic, and a client whose hello names a pid that is not its pid here (as a client in
+  // another PID namespace would: its slots would look dead to the node)
+  serve();
+  ASSERT_TRUE(node_->create_topic("t").ok());
+  UniqueFd fd = connect_raw(path_);
+  ASSERT_TRUE(send_raw(fd.get(), message(static_cast<std::uint16_t>(local::MessageType::kHello), [](local::Writer& w) {
+    w.u32(local::kVersion);
+    w.str("elsewhere");
+    w.u32(static_cast<std::uint32_t>(getpid()) + 1);
+  })));
+  // Expect the hello refused with the reason, and no ring handed out afterwards
+  const auto [hello_code, hello_message] = read_reply(fd.get());
+  EXPECT_EQ(hello_code, Errc::kPermissionDenied) << hello_message;
+  EXPECT_NE(hello_message.find("PID namespace"), std::string::npos) << hello_message;
+  ASSERT_TRUE(send_raw(fd.get(), message(static_cast<std::uint16_t>(local::MessageType::kOpenPartition), [](local::Writer& w) {
+    w.str("t");
+    w.u32(0);
+  })));
+  const auto [open_code, open_message] = read_reply(fd.get());
+  EXPECT_EQ(open_code, Errc::kFailedPrecondition) << open_message;
+  EXPECT_NE(open_message.find("hello"), std::string::npos) << open_message;
+  expect_serving();
+}
+
+TEST_F(LocalServerTest, AdmitsAUserThroughASupplementaryGroup) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to give a child uid 65534 and a supplementary group";
+  // Given gid 4242 on the allow list, and a process of uid 65534 whose primary group is 65534
+  // and which belongs to 4242 only as a supplementary group
+  constexpr gid_t kGroup = 4242;
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);
+  LocalServerOptions options;
+  options.socket_mode = 0666;
+  options.allow_gids = {kGroup};
+  serve(options);
+  Pipe result = Pipe::make();
+  const std::string path = path_;
+  const pid_t child = children_.spawn([&]() -> int {
+    result.read_end = UniqueFd();
+    const gid_t groups[] = {kGroup};
+    if (setgroups(1, groups) != 0 || setgid(kNobody) != 0 || setuid(kNobody) != 0) return kChildSetuidFailed;
+    report(result.write_end.get(), Client::connect(path));
+    return kChildOk;
+  });
+  result.write_end = UniqueFd();
+  const std::optional<Reported> reported = read_report(result.read_end.get());
+  EXPECT_EQ(children_.reap(child, std::chrono::seconds(10)), kChildOk);
+  // Expect it admitted
+  ASSERT_TRUE(reported.has_value());
+  EXPECT_EQ(reported->code, Errc::kOk) << reported->message;
+  EXPECT_EQ(server_->stats().refused, 0u);
 }
 
 TEST_F(LocalServerTest, ConnectionsBeyondTheLimitAreRefusedWithAReason) {

@@ -314,6 +314,7 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
   const std::int64_t began = monotonic_ns();
   const std::int64_t give_up = began + 600'000'000'000;  // bounded: ten minutes at most
   bool total_published = false;
+  std::uint64_t failed_children = 0;
   for (;;) {
     std::uint32_t alive = 0;
     if (o.threads) {
@@ -321,8 +322,18 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
     } else {
       for (pid_t& pid : children) {
         if (pid <= 0) continue;
-        if (waitpid(pid, nullptr, WNOHANG) == pid) pid = -1;
-        else ++alive;
+        int status = 0;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+          pid = -1;
+          if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            // A child that could not connect, or crashed, reported nothing: count it.
+            std::fprintf(stderr, "weft perf: a %s process %s\n", phase.name.c_str(),
+                         WIFEXITED(status) ? ("exited with status " + std::to_string(WEXITSTATUS(status))).c_str() : "was killed by a signal");
+            ++failed_children;
+          }
+        } else {
+          ++alive;
+        }
       }
     }
     if (!total_published && board->producers_done.load(std::memory_order_acquire) == o.producers) {
@@ -355,6 +366,7 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
   if (progress) std::fprintf(stderr, "\r%100s\r", "");
 
   PhaseResult r;
+  r.errors += failed_children;
   std::int64_t first_start = INT64_MAX, last_end = 0;
   for (std::uint32_t p = 0; p < o.producers; ++p) {
     const Board::ProducerReport& pr = board->producers[p];

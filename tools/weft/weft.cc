@@ -352,7 +352,7 @@ int main(int argc, char** argv) {
       if (!polled->records.empty()) {
         std::fflush(stdout);
         idle_since = monotonic_ns();
-      } else if (timeout_ms >= 0 && monotonic_ns() - idle_since >= timeout_ms * 1'000'000) {
+      } else if (timeout_ms >= 0 && monotonic_ns() - idle_since >= std::min<std::int64_t>(timeout_ms, std::int64_t{1} << 40) * 1'000'000) {
         break;
       }
     }

@@ -6,6 +6,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -192,6 +193,13 @@ int main(int argc, char** argv) {
   for (const std::int64_t gid : s.allow_gids) server_options.allow_gids.push_back(static_cast<gid_t>(gid));
   if (s.max_connections < 1) return fail(Error{Errc::kInvalidArgument, "max_connections must be at least 1"});
   server_options.max_connections = static_cast<std::size_t>(s.max_connections);
+
+  // Every partition's ring is an open memfd and every client a socket: take all the descriptors
+  // the hard limit allows (a soft limit of 1024 would cap the node near a thousand partitions).
+  if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   // One node per data directory: the lock lives as long as this process.
   if (Result<void> made = make_directories(s.data_dir); !made.ok()) return fail(made.error());

@@ -116,4 +116,8 @@ Result<void> receive_message(int socket_fd, std::vector<std::byte>& buffer, std:
 // else $XDG_RUNTIME_DIR/weft/weftd.sock, else /tmp/weft-<uid>/weftd.sock.
 std::string default_socket_path();
 
+// Refuses a socket whose directory another user could have planted it in: the directory must
+// belong to this user or root, and be writable by nobody else unless it is sticky (as /tmp is).
+Result<void> check_socket_directory(const std::string& socket_path);
+
 }  // namespace weft::local
