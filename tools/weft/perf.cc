@@ -80,6 +80,7 @@ struct PhaseResult {
   std::uint64_t back_pressure_waits = 0;
   LatencyHistogram latency;
   std::vector<std::uint64_t> partition_records;
+  std::string memory;  // how the topic's rings were backed
 };
 
 WaitKind wait_kind(const std::string& w) {
@@ -271,7 +272,6 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
                          {"max.batch.bytes", std::to_string(std::min<std::uint64_t>(o.ring_bytes / 4, std::uint64_t{1} << 20))},
                          {"flow.control", o.flow_control ? "consumers" : "none"}};
   WEFT_TRY(const TopicInfo info, client->create_topic(topic, settings));
-  (void)info;
   void* shared = mmap(nullptr, sizeof(Board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) return os_error(Errc::kResourceExhausted, "mmap for the perf board", errno);
   auto* board = new (shared) Board{};
@@ -367,6 +367,7 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
 
   PhaseResult r;
   r.errors += failed_children;
+  if (!info.partitions.empty()) r.memory = info.partitions.front().memory;
   std::int64_t first_start = INT64_MAX, last_end = 0;
   for (std::uint32_t p = 0; p < o.producers; ++p) {
     const Board::ProducerReport& pr = board->producers[p];
@@ -479,14 +480,7 @@ int run_perf(const PerfOptions& in) {
     Phase latency{"latency", o.latency_records, 0, o.latency_rate, 1, true};
     l = run_phase(o, latency, client, socket, progress);
   }
-  std::string memory;
-  if (node) {
-    // Ring backing as the node reports it (hugepages, or why not).
-    if (Result<TopicInfo> probe = node->create_topic("weft-perf-probe-" + std::to_string(getpid()), TopicConfig{}); probe.ok()) {
-      memory = probe->partitions.front().memory;
-      (void)node->delete_topic(probe->name);
-    }
-  }
+  const std::string memory = t.ok() ? t->memory : std::string();  // hugepages, or why not
   server.reset();
   if (node) node->stop();
   if (made_temp) rmdir(temp_dir);
@@ -533,7 +527,7 @@ int run_perf(const PerfOptions& in) {
   std::printf("flow:       %s\n", o.flow_control ? "consumers hold producers back (flow.control=consumers)"
                                                   : "none: a consumer that falls a ring behind is lapped");
   std::printf("machine:    %s\n", bench::topology().c_str());
-  if (!memory.empty()) std::printf("ring memory: %s\n", memory.c_str());
+  if (!memory.empty()) std::printf("ring memory: %s per partition\n", memory.c_str());
   std::printf("\n%-34s %14s %12s\n", "", "records/s", "MB/s");
   std::printf("%-34s %14s %12.1f\n", "sent (all producers)", format_count(tr.send_rps).c_str(), tr.send_rps * o.record_size / 1e6);
   std::printf("%-34s %14s %12.1f\n", "delivered (per consumer, slowest)", format_count(tr.deliver_rps).c_str(), tr.mb_per_sec);
