@@ -149,22 +149,9 @@ TopicInfo read_topic_info(Reader& r) {
 }
 
 Result<void> send_message(int socket_fd, std::span<const std::byte> message, int fd) {
-  iovec iov{const_cast<std::byte*>(message.data()), message.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (fd >= 0) {
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-  }
+  if (fd >= 0) return send_fd(socket_fd, fd, message);
   ssize_t n;
-  do n = sendmsg(socket_fd, &msg, MSG_NOSIGNAL);
+  do n = send(socket_fd, message.data(), message.size(), MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
   if (n < 0) return os_error(Errc::kUnavailable, "sending to the weft node's socket", errno);
   return ok();

@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "children.h"
 #include "client_fixture.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
@@ -55,63 +56,7 @@ enum ChildExit : int {
   kChildUnexpected = 25,
 };
 
-// Every child a test starts, each stopped (SIGKILL) and reaped by its PID when the test ends,
-// however it ends. A failed fork is a test failure, never a pid of -1 to signal.
-class Children {
- public:
-  Children() = default;
-  Children(const Children&) = delete;
-  Children& operator=(const Children&) = delete;
-  ~Children() {
-    for (pid_t pid : pids_) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-
-  // Runs `body` in a child process; returns its PID (or -1 after recording a failure). The
-  // child never returns into gtest.
-  template <class Body>
-  pid_t spawn(Body body) {
-    const pid_t pid = fork();
-    if (pid < 0) {
-      ADD_FAILURE() << "fork: " << std::strerror(errno);
-      return -1;
-    }
-    if (pid == 0) _exit(body());
-    pids_.push_back(pid);
-    return pid;
-  }
-
-  // Waits for `pid` up to `timeout`; SIGKILLs it past that. Returns the exit code, -signal, or
-  // kTimedOut. Forgets the pid once reaped.
-  int reap(pid_t pid, std::chrono::milliseconds timeout) {
-    if (pid <= 0 || std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return kNotOurs;
-    const auto deadline = Clock::now() + timeout;
-    int status = 0;
-    int result = kTimedOut;
-    for (;;) {
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        result = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-        break;
-      }
-      if (Clock::now() > deadline) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    pids_.erase(std::find(pids_.begin(), pids_.end(), pid));
-    return result;
-  }
-
-  static constexpr int kTimedOut = -1000;
-  static constexpr int kNotOurs = -1001;
-
- private:
-  std::vector<pid_t> pids_;
-};
+using test::Children;
 
 // A pipe whose ends close with it.
 struct Pipe {

@@ -17,11 +17,13 @@
 #include <thread>
 #include <vector>
 
+#include "children.h"
 #include "ring_fixture.h"
 
 namespace weft {
 namespace {
 
+using test::Children;
 using test::RingFixture;
 using test::Stamp;
 
@@ -30,71 +32,6 @@ using Clock = std::chrono::steady_clock;
 // Exit codes children report with.
 enum ChildExit : int { kChildOk = 0, kChildAttachFailed = 10, kChildOrder = 11, kChildTimeout = 12, kChildLapped = 13 };
 
-// Every child a test starts, each stopped (SIGKILL) and reaped by its PID when the test ends,
-// however it ends. A failed fork is a test failure, never a pid of -1 to signal.
-class Children {
- public:
-  Children() = default;
-  Children(const Children&) = delete;
-  Children& operator=(const Children&) = delete;
-  ~Children() {
-    for (pid_t pid : pids_) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-
-  // Runs `body` in a child process; returns its PID (or -1 after recording a failure). The
-  // child never returns into gtest.
-  template <class Body>
-  pid_t spawn(Body body) {
-    const pid_t pid = fork();
-    if (pid < 0) {
-      ADD_FAILURE() << "fork: " << std::strerror(errno);
-      return -1;
-    }
-    if (pid == 0) _exit(body());
-    pids_.push_back(pid);
-    return pid;
-  }
-
-  // Waits for `pid` up to `timeout`; SIGKILLs it past that. Returns the exit code, -signal, or
-  // kTimedOut. Forgets the pid once reaped.
-  int reap(pid_t pid, std::chrono::milliseconds timeout) {
-    if (pid <= 0 || std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return kNotOurs;
-    const auto deadline = Clock::now() + timeout;
-    int status = 0;
-    int result = kTimedOut;
-    for (;;) {
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        result = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-        break;
-      }
-      if (Clock::now() > deadline) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    pids_.erase(std::find(pids_.begin(), pids_.end(), pid));
-    return result;
-  }
-
-  // True (with its status) if `pid` has exited; it is then reaped and forgotten.
-  bool exited(pid_t pid, int& status) {
-    if (pid <= 0 || std::find(pids_.begin(), pids_.end(), pid) == pids_.end()) return false;
-    if (waitpid(pid, &status, WNOHANG) != pid) return false;
-    pids_.erase(std::find(pids_.begin(), pids_.end(), pid));
-    return true;
-  }
-
-  static constexpr int kTimedOut = -1000;
-  static constexpr int kNotOurs = -1001;
-
- private:
-  std::vector<pid_t> pids_;
-};
 
 int produce_in_child(Ring ring, std::uint32_t id, std::uint64_t count) {
   Result<Producer> producer = Producer::attach(ring);
