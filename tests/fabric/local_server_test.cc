@@ -22,6 +22,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -572,6 +573,60 @@ TEST_F(LocalServerTest, MalformedRequestsCloseOnlyTheirOwnConnection) {
     expect_serving();
   }
   EXPECT_EQ(node_->list_topics(), (std::vector<std::string>{"kept"}));
+}
+
+TEST_F(LocalServerTest, ThousandsOfMutatedRequestsNeverCrashOrWedgeTheServer) {
+  // Given valid requests of every type, mutated at random (bytes flipped, cut short, grown)
+  serve();
+  ASSERT_TRUE(node_->create_topic("fuzzed").ok());
+  constexpr auto type = [](local::MessageType t) { return static_cast<std::uint16_t>(t); };
+  const std::vector<std::vector<std::byte>> seeds = {
+      hello(),
+      message(type(local::MessageType::kListTopics)),
+      message(type(local::MessageType::kStatus)),
+      message(type(local::MessageType::kDescribeTopic), [](local::Writer& w) { w.str("fuzzed"); }),
+      message(type(local::MessageType::kOpenPartition), [](local::Writer& w) {
+        w.str("fuzzed");
+        w.u32(0);
+      }),
+      message(type(local::MessageType::kCreateTopic), [](local::Writer& w) {
+        w.str("made-by-fuzz");
+        w.u32(1);
+        w.str("partitions");
+        w.str("2");
+      }),
+      message(type(local::MessageType::kDeleteTopic), [](local::Writer& w) { w.str("made-by-fuzz"); }),
+  };
+  std::mt19937_64 random(20261126);
+  const auto give_up = Clock::now() + std::chrono::seconds(30);
+  int sent = 0;
+  // When they arrive on a few connections, each reopened when the server closes it
+  for (int connection = 0; connection < 400 && Clock::now() < give_up; ++connection) {
+    UniqueFd fd = connect_raw(path_);
+    ASSERT_TRUE(fd.valid());
+    (void)send_raw(fd.get(), hello());
+    for (int i = 0; i < 100; ++i, ++sent) {
+      std::vector<std::byte> bytes = seeds[random() % seeds.size()];
+      switch (random() % 4) {
+        case 0: bytes[random() % bytes.size()] ^= static_cast<std::byte>(1u << (random() % 8)); break;
+        case 1: bytes.resize(random() % bytes.size()); break;
+        case 2: bytes.resize(bytes.size() + random() % 64, static_cast<std::byte>(random())); break;
+        default:
+          for (int k = 0; k < 4; ++k) bytes[random() % bytes.size()] = static_cast<std::byte>(random());
+      }
+      if (bytes.empty()) bytes.push_back(std::byte{0});
+      if (send(fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL) < 0) break;  // closed on us
+      // Drain whatever came back, without waiting for it.
+      std::byte reply[4096];
+      while (recv(fd.get(), reply, sizeof(reply), MSG_DONTWAIT) > 0) {
+      }
+    }
+  }
+  // Expect the server alive, serving, and the node's topics intact
+  EXPECT_GT(sent, 1000);
+  expect_serving();
+  EXPECT_TRUE(node_->describe_topic("fuzzed").ok());
+  EXPECT_TRUE(eventually([&] { return server_->stats().connections <= 1; }));
 }
 
 TEST_F(LocalServerTest, ARequestCutShortByAClosedConnectionIsCountedAndForgotten) {
