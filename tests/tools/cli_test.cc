@@ -206,6 +206,14 @@ TEST_F(Cli, DaemonReadsTomlAndFlagsWin) {
   EXPECT_NE(broken.err.find("line 1"), std::string::npos) << broken.err;
 }
 
+TEST_F(Cli, TheExampleConfigIsAcceptedAsItStands) {
+  // Only the paths change (the example's are system paths); every other key is read from it.
+  start_node({"--config", WEFTD_EXAMPLE_CONFIG});
+  Output created = weft({"topic", "create", "t"});
+  EXPECT_EQ(created.exit_code, 0) << created.err;
+  EXPECT_EQ(node_->stop(SIGTERM), 0);
+}
+
 TEST_F(Cli, ProduceWhileConsuming) {
   start_node();
   ASSERT_EQ(weft({"topic", "create", "stream", "--partitions", "2"}).exit_code, 0);
