@@ -1,0 +1,340 @@
+#include "weft/storage/segment.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <functional>
+
+#include "weft/fabric/record_batch.h"
+
+namespace weft::storage {
+namespace {
+
+// Kafka keeps segments under 2 GiB so positions fit the index's int32.
+constexpr std::uint64_t kMaxSegmentBytes = std::uint64_t{INT32_MAX};
+// A batch length beyond this in a file is corruption, not data (Kafka's message.max.bytes is 1 MiB).
+constexpr std::uint64_t kMaxBatchBytes = std::uint64_t{64} << 20;
+
+Result<void> write_all(int fd, std::span<const std::byte> bytes, std::uint64_t at, const std::string& what) {
+  while (!bytes.empty()) {
+    const ssize_t n = pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(at));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return os_error(errno == ENOSPC ? Errc::kResourceExhausted : Errc::kIo, "writing " + what, errno);
+    }
+    bytes = bytes.subspan(static_cast<std::size_t>(n));
+    at += static_cast<std::uint64_t>(n);
+  }
+  return ok();
+}
+
+// Reads exactly bytes.size() bytes, or fewer only at the end of the file.
+Result<std::size_t> read_at(int fd, std::span<std::byte> bytes, std::uint64_t at, const std::string& what) {
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = pread(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(at + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return os_error(Errc::kIo, "reading " + what, errno);
+    }
+    if (n == 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  return done;
+}
+
+// The fields of a batch header needed to walk a log without its records.
+struct BatchHeader {
+  Offset base;
+  std::uint64_t total_bytes = 0;  // the whole batch, log overhead included
+  std::int32_t last_offset_delta = 0;
+  std::int64_t max_timestamp = 0;
+};
+
+BatchHeader header_of(const std::byte* p) {
+  BatchHeader h;
+  h.base = Offset{wire::load_be64(p + batch_field::kBaseOffset)};
+  h.total_bytes = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(p + batch_field::kBatchLength));
+  h.last_offset_delta = wire::load_be32(p + batch_field::kLastOffsetDelta);
+  h.max_timestamp = wire::load_be64(p + batch_field::kMaxTimestamp);
+  return h;
+}
+
+void put_be32(std::byte* p, std::int32_t v) { wire::store_be32(p, v); }
+
+}  // namespace
+
+std::string segment_file_name(Offset base, std::string_view extension) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "%020lld", static_cast<long long>(base.value));
+  return std::string(name) + std::string(extension);
+}
+
+Result<void> Segment::open_files(const std::string& dir, bool create) {
+  log_path_ = dir + "/" + segment_file_name(base_, ".log");
+  index_path_ = dir + "/" + segment_file_name(base_, ".index");
+  time_index_path_ = dir + "/" + segment_file_name(base_, ".timeindex");
+  const int log_flags = O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_EXCL : 0);
+  log_ = UniqueFd(::open(log_path_.c_str(), log_flags, 0644));
+  if (!log_.valid())
+    return os_error(errno == EEXIST ? Errc::kAlreadyExists : (errno == ENOENT ? Errc::kNotFound : Errc::kIo), "opening " + log_path_, errno);
+  // The indexes are derived data: rebuilt from the log whenever a segment is opened.
+  index_file_ = UniqueFd(::open(index_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!index_file_.valid()) return os_error(Errc::kIo, "opening " + index_path_, errno);
+  time_index_file_ = UniqueFd(::open(time_index_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!time_index_file_.valid()) return os_error(Errc::kIo, "opening " + time_index_path_, errno);
+  return ok();
+}
+
+Result<Segment> Segment::create(const std::string& dir, Offset base, const SegmentOptions& options) {
+  if (base.value < 0) return Error{Errc::kInvalidArgument, "segment base offset must not be negative"};
+  Segment s;
+  s.options_ = options;
+  s.base_ = base;
+  s.next_ = base;
+  WEFT_TRY_VOID(s.open_files(dir, true));
+  return s;
+}
+
+Result<Segment> Segment::open(const std::string& dir, Offset base, bool last, SegmentRecovery* recovery,
+                              const SegmentOptions& options) {
+  Segment s;
+  s.options_ = options;
+  s.base_ = base;
+  s.next_ = base;
+  WEFT_TRY_VOID(s.open_files(dir, false));
+  SegmentRecovery local;
+  WEFT_TRY_VOID(s.recover(last, recovery != nullptr ? *recovery : local));
+  return s;
+}
+
+void Segment::note_batch(std::uint64_t position, Offset base, Offset last, std::int64_t max_timestamp, std::size_t bytes) {
+  (void)base;
+  max_timestamp_ = std::max(max_timestamp_, max_timestamp);
+  // Kafka's rule: an index entry once index_interval_bytes of log have gone by since the last
+  // one, naming the batch's last offset and its start; the time index grows with it when the
+  // largest timestamp so far moved.
+  if (index_.empty() || bytes_since_index_ >= options_.index_interval_bytes) {
+    const auto relative = static_cast<std::int32_t>(last.value - base_.value);
+    index_.push_back(IndexEntry{relative, static_cast<std::int32_t>(position)});
+    if (time_index_.empty() || max_timestamp_ > time_index_.back().timestamp)
+      time_index_.push_back(TimeIndexEntry{max_timestamp_, relative});
+    bytes_since_index_ = 0;
+  }
+  bytes_since_index_ += bytes;
+  next_ = Offset{last.value + 1};
+  size_ = position + bytes;
+}
+
+Result<void> Segment::write_indexes() {
+  if (index_written_ < index_.size()) {
+    std::vector<std::byte> bytes((index_.size() - index_written_) * 8);
+    for (std::size_t i = index_written_; i < index_.size(); ++i) {
+      std::byte* p = bytes.data() + (i - index_written_) * 8;
+      put_be32(p, index_[i].relative_offset);
+      put_be32(p + 4, index_[i].position);
+    }
+    WEFT_TRY_VOID(write_all(index_file_.get(), bytes, index_written_ * 8, index_path_));
+    index_written_ = index_.size();
+  }
+  if (time_index_written_ < time_index_.size()) {
+    std::vector<std::byte> bytes((time_index_.size() - time_index_written_) * 12);
+    for (std::size_t i = time_index_written_; i < time_index_.size(); ++i) {
+      std::byte* p = bytes.data() + (i - time_index_written_) * 12;
+      wire::store_be64(p, time_index_[i].timestamp);
+      put_be32(p + 8, time_index_[i].relative_offset);
+    }
+    WEFT_TRY_VOID(write_all(time_index_file_.get(), bytes, time_index_written_ * 12, time_index_path_));
+    time_index_written_ = time_index_.size();
+  }
+  return ok();
+}
+
+Result<void> Segment::append(std::span<const std::byte> batch) {
+  WEFT_TRY(const BatchView view, BatchView::parse_header(batch, false));
+  const Offset base = view.base_offset();
+  if (base < next_)
+    return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the segment's next offset " +
+                                             std::to_string(next_.value)};
+  if (view.last_offset() - base_.value > Offset{INT32_MAX})
+    return Error{Errc::kResourceExhausted, "offsets beyond 2^31 past the segment's base: roll to a new segment"};
+  if (size_ + batch.size() > kMaxSegmentBytes)
+    return Error{Errc::kResourceExhausted, "segment " + log_path_ + " would pass 2 GiB: roll to a new segment"};
+  WEFT_TRY_VOID(write_all(log_.get(), batch, size_, log_path_));
+  note_batch(size_, base, view.last_offset(), view.max_timestamp(), batch.size());
+  return write_indexes();
+}
+
+Result<void> Segment::sync() {
+  for (const auto& [fd, path] : {std::pair<int, const std::string*>{log_.get(), &log_path_},
+                                 {index_file_.get(), &index_path_},
+                                 {time_index_file_.get(), &time_index_path_}})
+    if (fdatasync(fd) != 0) return os_error(Errc::kIo, "fdatasync " + *path, errno);
+  return ok();
+}
+
+namespace {
+
+// Where a walk over a log file stopped, and why (no problem: at the end of the file).
+struct Walk {
+  std::uint64_t position = 0;
+  std::string problem;
+};
+
+// Walks the batches of a log file from its start, checking each one's length, CRC and offset
+// order, calling `on_batch` for each good one; stops at the first bad one.
+Result<Walk> walk_batches(int fd, const std::string& path, std::uint64_t file_bytes, Offset next,
+                          const std::function<void(std::uint64_t, const BatchView&, std::uint64_t)>& on_batch) {
+  std::vector<std::byte> buffer(std::size_t{1} << 20);
+  Walk w;
+  while (w.position < file_bytes) {
+    const std::uint64_t left = file_bytes - w.position;
+    if (left < kBatchHeaderBytes) {
+      w.problem = "a batch header cut short (" + std::to_string(left) + " bytes)";
+      break;
+    }
+    WEFT_TRY(const std::size_t got, read_at(fd, std::span(buffer.data(), kBatchHeaderBytes), w.position, path));
+    if (got < kBatchHeaderBytes) {
+      w.problem = "a batch header cut short";
+      break;
+    }
+    const BatchHeader h = header_of(buffer.data());
+    if (h.total_bytes < kBatchHeaderBytes || h.total_bytes > kMaxBatchBytes) {
+      w.problem = "a batch length of " + std::to_string(h.total_bytes) + " bytes";
+      break;
+    }
+    if (h.total_bytes > left) {
+      w.problem = "a batch of " + std::to_string(h.total_bytes) + " bytes with " + std::to_string(left) + " left in the file";
+      break;
+    }
+    if (h.total_bytes > buffer.size()) buffer.resize(h.total_bytes);
+    WEFT_TRY(const std::size_t whole, read_at(fd, std::span(buffer.data(), h.total_bytes), w.position, path));
+    if (whole < h.total_bytes) {
+      w.problem = "a batch cut short";
+      break;
+    }
+    Result<BatchView> view = BatchView::parse(std::span<const std::byte>(buffer.data(), h.total_bytes));
+    if (!view.ok()) {
+      w.problem = view.error().message;
+      break;
+    }
+    if (view->base_offset() < next) {
+      w.problem = "offset " + std::to_string(view->base_offset().value) + " after " + std::to_string(next.value - 1);
+      break;
+    }
+    on_batch(w.position, *view, h.total_bytes);
+    next = Offset{view->last_offset().value + 1};
+    w.position += h.total_bytes;
+  }
+  return w;
+}
+
+}  // namespace
+
+Result<void> Segment::recover(bool last, SegmentRecovery& recovery) {
+  struct stat st{};
+  if (fstat(log_.get(), &st) != 0) return os_error(Errc::kIo, "stat " + log_path_, errno);
+  const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
+  WEFT_TRY(const Walk w, walk_batches(log_.get(), log_path_, file_bytes, next_,
+                                      [&](std::uint64_t position, const BatchView& view, std::uint64_t bytes) {
+                                        note_batch(position, view.base_offset(), view.last_offset(), view.max_timestamp(), bytes);
+                                        ++recovery.batches;
+                                      }));
+  recovery.valid_bytes = w.position;
+  if (!w.problem.empty()) {
+    if (!last)
+      return Error{Errc::kCorrupt, log_path_ + ": " + w.problem + " at byte " + std::to_string(w.position) +
+                                       " of a segment that is not the last: its data cannot be trusted"};
+    // The active segment of a node that stopped mid-write: cut the torn tail.
+    if (ftruncate(log_.get(), static_cast<off_t>(w.position)) != 0) return os_error(Errc::kIo, "truncating " + log_path_, errno);
+    recovery.truncated_bytes = file_bytes - w.position;
+    recovery.truncated_from = next_;
+    recovery.reason = w.problem;
+  }
+  size_ = w.position;
+  recovery.index_rebuilt = true;
+  return write_indexes();
+}
+
+Result<LogScan> scan_log(const std::string& path, const std::function<void(std::uint64_t, const BatchView&)>& on_batch) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return os_error(errno == ENOENT ? Errc::kNotFound : Errc::kIo, "opening " + path, errno);
+  struct stat st{};
+  if (fstat(fd.get(), &st) != 0) return os_error(Errc::kIo, "stat " + path, errno);
+  LogScan scan;
+  scan.file_bytes = static_cast<std::uint64_t>(st.st_size);
+  WEFT_TRY(const Walk w, walk_batches(fd.get(), path, scan.file_bytes, Offset{0},
+                                      [&](std::uint64_t position, const BatchView& view, std::uint64_t) {
+                                        if (scan.batches++ == 0) scan.first = view.base_offset();
+                                        scan.next = Offset{view.last_offset().value + 1};
+                                        if (on_batch) on_batch(position, view);
+                                      }));
+  scan.valid_bytes = w.position;
+  scan.problem = w.problem;
+  return scan;
+}
+
+Result<std::uint64_t> Segment::find(Offset offset) const {
+  if (offset < base_ || offset >= next_)
+    return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is not in segment [" + std::to_string(base_.value) + ", " +
+                                        std::to_string(next_.value) + ")"};
+  // The last index entry whose last offset lies before the target: its batch ends before it.
+  std::uint64_t position = 0;
+  const auto relative = static_cast<std::int32_t>(offset.value - base_.value);
+  auto it = std::lower_bound(index_.begin(), index_.end(), relative,
+                             [](const IndexEntry& e, std::int32_t r) { return e.relative_offset < r; });
+  if (it != index_.begin()) position = static_cast<std::uint64_t>(std::prev(it)->position);
+  std::byte header[kBatchHeaderBytes];
+  while (position < size_) {
+    WEFT_TRY(const std::size_t got, read_at(log_.get(), header, position, log_path_));
+    if (got < kBatchHeaderBytes) break;
+    const BatchHeader h = header_of(header);
+    if (h.total_bytes < kBatchHeaderBytes) break;
+    if (h.base.value + h.last_offset_delta >= offset.value) return position;
+    position += h.total_bytes;
+  }
+  return Error{Errc::kCorrupt, "segment " + log_path_ + " ends before its next offset " + std::to_string(next_.value)};
+}
+
+Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) const {
+  std::uint64_t position = 0;
+  auto it = std::lower_bound(time_index_.begin(), time_index_.end(), timestamp_ms,
+                             [](const TimeIndexEntry& e, std::int64_t t) { return e.timestamp < t; });
+  if (it != time_index_.begin()) {
+    // Batches up to that entry's offset all have smaller timestamps: start after them.
+    Result<std::uint64_t> at = find(Offset{base_.value + std::prev(it)->relative_offset});
+    if (at.ok()) position = *at;
+  }
+  std::byte header[kBatchHeaderBytes];
+  while (position < size_) {
+    WEFT_TRY(const std::size_t got, read_at(log_.get(), header, position, log_path_));
+    if (got < kBatchHeaderBytes) break;
+    const BatchHeader h = header_of(header);
+    if (h.total_bytes < kBatchHeaderBytes) break;
+    if (h.max_timestamp >= timestamp_ms) return position;
+    position += h.total_bytes;
+  }
+  return Error{Errc::kOutOfRange, "no batch in " + log_path_ + " has a timestamp at or after " + std::to_string(timestamp_ms)};
+}
+
+Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> out) const {
+  if (position >= size_) return std::size_t{0};
+  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - position));
+  WEFT_TRY(const std::size_t got, read_at(log_.get(), out.first(want), position, log_path_));
+  std::size_t whole = 0;
+  while (got - whole >= kBatchLogOverhead) {
+    const std::uint64_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(out.data() + whole + batch_field::kBatchLength));
+    if (total > got - whole) break;
+    whole += static_cast<std::size_t>(total);
+  }
+  if (whole == 0 && got > 0)
+    return Error{Errc::kInvalidArgument, "the batch at byte " + std::to_string(position) + " of " + log_path_ + " is larger than the " +
+                                             std::to_string(out.size()) + "-byte buffer"};
+  return whole;
+}
+
+}  // namespace weft::storage

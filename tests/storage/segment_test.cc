@@ -1,0 +1,278 @@
+// The segment: Kafka's file names and index layouts, appends, lookups by offset and time,
+// reading whole batches, and recovery (torn tails cut in the last segment, corruption refused
+// elsewhere, indexes rebuilt).
+#include "weft/storage/segment.h"
+
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "weft/fabric/record_batch.h"
+
+namespace weft::storage {
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/weft-segment-XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A batch of `records` records at `base`, timestamps from `ts` up by one, ~`value_bytes` each.
+std::vector<std::byte> make_batch(std::int64_t base, int records, std::int64_t ts, std::size_t value_bytes = 100) {
+  std::vector<std::byte> out(kBatchHeaderBytes + static_cast<std::size_t>(records) * (value_bytes + 32));
+  std::vector<std::byte> value(value_bytes, std::byte{0x61});
+  BatchBuilder builder(out);
+  for (int i = 0; i < records; ++i) {
+    RecordInput r;
+    r.value = std::span<const std::byte>(value);
+    r.timestamp_ms = ts + i;
+    EXPECT_TRUE(builder.append(r));
+  }
+  std::span<std::byte> batch = builder.finish();
+  stamp_base_offset(batch, Offset{base});
+  out.resize(batch.size());
+  return out;
+}
+
+struct Written {
+  std::vector<std::int64_t> bases;
+  std::vector<int> counts;
+};
+
+// 300 batches of 1..5 records, with a gap of 3 offsets after every 50th (an aborted claim).
+Written fill(Segment& s) {
+  Written w;
+  std::int64_t offset = s.next_offset().value;
+  for (int i = 0; i < 300; ++i) {
+    const int n = 1 + i % 5;
+    const std::vector<std::byte> batch = make_batch(offset, n, 1'000'000 + offset * 10);
+    EXPECT_TRUE(s.append(batch).ok());
+    w.bases.push_back(offset);
+    w.counts.push_back(n);
+    offset += n + (i % 50 == 49 ? 3 : 0);
+  }
+  return w;
+}
+
+std::int64_t base_at(const Segment& s, std::uint64_t position) {
+  std::vector<std::byte> buffer(1 << 16);
+  Result<std::size_t> got = s.read(position, buffer);
+  EXPECT_TRUE(got.ok());
+  return got.ok() && *got > 0 ? wire::load_be64(buffer.data()) : -1;
+}
+
+TEST(Segment, FilesAreNamedByBaseOffsetAsKafkaNamesThem) {
+  EXPECT_EQ(segment_file_name(Offset{0}, ".log"), "00000000000000000000.log");
+  EXPECT_EQ(segment_file_name(Offset{1234567}, ".timeindex"), "00000000000001234567.timeindex");
+  TempDir dir;
+  Result<Segment> s = Segment::create(dir.path(), Offset{42});
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  for (const char* ext : {".log", ".index", ".timeindex"})
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/00000000000000000042" + ext)) << ext;
+  EXPECT_EQ(Segment::create(dir.path(), Offset{42}).error().code, Errc::kAlreadyExists);
+  EXPECT_EQ(Segment::open(dir.path(), Offset{7}, true).error().code, Errc::kNotFound);
+}
+
+TEST(Segment, FindsEveryOffsetAndSkipsGaps) {
+  TempDir dir;
+  Segment s = Segment::create(dir.path(), Offset{1000}).value();
+  const Written w = fill(s);
+  for (std::size_t i = 0; i < w.bases.size(); ++i) {
+    for (int k = 0; k < w.counts[i]; ++k) {
+      Result<std::uint64_t> at = s.find(Offset{w.bases[i] + k});
+      ASSERT_TRUE(at.ok()) << at.error().message;
+      EXPECT_EQ(base_at(s, *at), w.bases[i]);
+    }
+  }
+  EXPECT_EQ(s.find(Offset{999}).error().code, Errc::kOutOfRange);
+  EXPECT_EQ(s.find(s.next_offset()).error().code, Errc::kOutOfRange);
+  // An offset an aborted claim skipped lies in no batch: the next batch is where reading goes on.
+  const std::int64_t gap = w.bases[49] + w.counts[49];
+  Result<std::uint64_t> after_gap = s.find(Offset{gap});
+  ASSERT_TRUE(after_gap.ok());
+  EXPECT_EQ(base_at(s, *after_gap), w.bases[50]);
+  // Appending behind the end is refused.
+  EXPECT_EQ(s.append(make_batch(1000, 1, 0)).error().code, Errc::kInvalidArgument);
+}
+
+TEST(Segment, IndexesFollowKafkasLayoutAndInterval) {
+  TempDir dir;
+  Segment s = Segment::create(dir.path(), Offset{0}).value();
+  (void)fill(s);
+  ASSERT_GT(s.index().size(), 5u);
+  // Entries about every 4 KiB of log, increasing in both fields.
+  for (std::size_t i = 1; i < s.index().size(); ++i) {
+    EXPECT_GT(s.index()[i].relative_offset, s.index()[i - 1].relative_offset);
+    const auto gap = s.index()[i].position - s.index()[i - 1].position;
+    EXPECT_GE(gap, 4096);
+    EXPECT_LT(gap, 4096 + 1024);
+  }
+  // The index file: 8 bytes an entry, big-endian relative offset then position.
+  std::ifstream in(dir.path() + "/00000000000000000000.index", std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_EQ(bytes.size(), s.index().size() * 8);
+  const auto* p = reinterpret_cast<const std::byte*>(bytes.data());
+  EXPECT_EQ(wire::load_be32(p + 8), s.index()[1].relative_offset);
+  EXPECT_EQ(wire::load_be32(p + 12), s.index()[1].position);
+  std::ifstream tin(dir.path() + "/00000000000000000000.timeindex", std::ios::binary);
+  std::vector<char> tbytes((std::istreambuf_iterator<char>(tin)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(tbytes.size(), s.time_index().size() * 12);
+}
+
+TEST(Segment, FindsByTimeTheFirstBatchAtOrAfterIt) {
+  TempDir dir;
+  Segment s = Segment::create(dir.path(), Offset{0}).value();
+  const Written w = fill(s);
+  // Timestamps are 1'000'000 + offset * 10 + i within a batch: the batch holding offset o has
+  // a max timestamp of at least 1'000'000 + o * 10.
+  const std::size_t i = 137;
+  Result<std::uint64_t> at = s.find_time(1'000'000 + w.bases[i] * 10);
+  ASSERT_TRUE(at.ok()) << at.error().message;
+  EXPECT_EQ(base_at(s, *at), w.bases[i]);
+  Result<std::uint64_t> first = s.find_time(0);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(*first, 0u);
+  EXPECT_EQ(s.find_time(1'000'000'000'000).error().code, Errc::kOutOfRange);
+}
+
+TEST(Segment, ReadsWholeBatchesOnly) {
+  TempDir dir;
+  Segment s = Segment::create(dir.path(), Offset{0}).value();
+  (void)fill(s);
+  std::vector<std::byte> buffer(1000);
+  Result<std::size_t> got = s.read(0, buffer);
+  ASSERT_TRUE(got.ok());
+  ASSERT_GT(*got, 0u);
+  // Every batch in what came back parses with its CRC, and nothing is cut.
+  std::size_t at = 0;
+  while (at < *got) {
+    const std::size_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(buffer.data() + at + batch_field::kBatchLength));
+    ASSERT_LE(at + total, *got);
+    EXPECT_TRUE(BatchView::parse(std::span<const std::byte>(buffer.data() + at, total)).ok());
+    at += total;
+  }
+  std::vector<std::byte> tiny(10);
+  EXPECT_EQ(s.read(0, tiny).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(s.read(s.size_bytes(), buffer).value(), 0u);
+}
+
+TEST(Segment, ReopensToTheSameStateAndRebuildsIndexes) {
+  TempDir dir;
+  Offset next;
+  std::uint64_t size = 0;
+  std::vector<IndexEntry> index;
+  {
+    Segment s = Segment::create(dir.path(), Offset{500}).value();
+    (void)fill(s);
+    ASSERT_TRUE(s.sync().ok());
+    next = s.next_offset();
+    size = s.size_bytes();
+    index = s.index();
+  }
+  std::filesystem::remove(dir.path() + "/00000000000000000500.index");  // a lost index
+  SegmentRecovery recovery;
+  Result<Segment> s = Segment::open(dir.path(), Offset{500}, true, &recovery);
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_EQ(s->next_offset(), next);
+  EXPECT_EQ(s->size_bytes(), size);
+  EXPECT_EQ(recovery.batches, 300u);
+  EXPECT_EQ(recovery.truncated_bytes, 0u);
+  EXPECT_TRUE(recovery.index_rebuilt);
+  ASSERT_EQ(s->index().size(), index.size());
+  for (std::size_t i = 0; i < index.size(); ++i) EXPECT_EQ(s->index()[i].position, index[i].position);
+  EXPECT_EQ(std::filesystem::file_size(dir.path() + "/00000000000000000500.index"), index.size() * 8);
+  // And it carries on where it stopped.
+  EXPECT_TRUE(s->append(make_batch(next.value, 2, 5)).ok());
+}
+
+TEST(Segment, ATornTailOfTheLastSegmentIsCutAndReported) {
+  TempDir dir;
+  std::uint64_t size = 0;
+  Written w;
+  {
+    Segment s = Segment::create(dir.path(), Offset{0}).value();
+    w = fill(s);
+    size = s.size_bytes();
+  }
+  const std::string log = dir.path() + "/00000000000000000000.log";
+  // Every cut inside the last batch leaves the batches before it and nothing else.
+  const std::size_t last_bytes = make_batch(0, w.counts.back(), 0).size();
+  for (const std::uint64_t cut : {std::uint64_t{1}, std::uint64_t{12}, std::uint64_t{61}, std::uint64_t{last_bytes - 1}}) {
+    SCOPED_TRACE(cut);
+    ASSERT_EQ(truncate(log.c_str(), static_cast<off_t>(size - cut)), 0);
+    SegmentRecovery recovery;
+    Result<Segment> s = Segment::open(dir.path(), Offset{0}, true, &recovery);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    EXPECT_EQ(s->next_offset(), Offset{w.bases.back()});
+    EXPECT_EQ(recovery.truncated_from, Offset{w.bases.back()});
+    EXPECT_EQ(recovery.truncated_bytes, last_bytes - cut);
+    EXPECT_FALSE(recovery.reason.empty());
+    EXPECT_EQ(std::filesystem::file_size(log), size - last_bytes);
+    // Restore the whole last batch for the next cut.
+    ASSERT_TRUE(s->append(make_batch(w.bases.back(), w.counts.back(), 1'000'000 + w.bases.back() * 10)).ok());
+  }
+}
+
+TEST(Segment, CorruptionInAClosedSegmentIsRefusedAndInTheLastIsCut) {
+  TempDir dir;
+  std::uint64_t middle = 0;
+  Written w;
+  {
+    Segment s = Segment::create(dir.path(), Offset{0}).value();
+    w = fill(s);
+    middle = s.find(Offset{w.bases[150]}).value();
+  }
+  const std::string log = dir.path() + "/00000000000000000000.log";
+  {
+    // One flipped byte in a record of batch 150 (past its header, so only the CRC notices).
+    const int fd = ::open(log.c_str(), O_RDWR);
+    std::byte b{};
+    ASSERT_EQ(pread(fd, &b, 1, static_cast<off_t>(middle + 70)), 1);
+    b ^= std::byte{0x10};
+    ASSERT_EQ(pwrite(fd, &b, 1, static_cast<off_t>(middle + 70)), 1);
+    close(fd);
+  }
+  Result<Segment> closed = Segment::open(dir.path(), Offset{0}, false);
+  ASSERT_FALSE(closed.ok());
+  EXPECT_EQ(closed.error().code, Errc::kCorrupt);
+  EXPECT_NE(closed.error().message.find("not the last"), std::string::npos) << closed.error().message;
+
+  SegmentRecovery recovery;
+  Result<Segment> last = Segment::open(dir.path(), Offset{0}, true, &recovery);
+  ASSERT_TRUE(last.ok()) << last.error().message;
+  // Batch 149 ends before the gap that precedes batch 150: offsets from its end on were cut.
+  EXPECT_EQ(last->next_offset(), Offset{w.bases[149] + w.counts[149]});
+  EXPECT_EQ(recovery.truncated_from, Offset{w.bases[149] + w.counts[149]});
+  EXPECT_NE(recovery.reason.find("CRC"), std::string::npos) << recovery.reason;
+}
+
+TEST(Segment, GarbageInTheFileIsCutNeverRead) {
+  TempDir dir;
+  { (void)Segment::create(dir.path(), Offset{0}).value(); }
+  const std::string log = dir.path() + "/00000000000000000000.log";
+  for (const std::size_t garbage : {std::size_t{5}, std::size_t{61}, std::size_t{4096}}) {
+    SCOPED_TRACE(garbage);
+    std::ofstream(log, std::ios::binary | std::ios::trunc) << std::string(garbage, '\xff');
+    SegmentRecovery recovery;
+    Result<Segment> s = Segment::open(dir.path(), Offset{0}, true, &recovery);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    EXPECT_EQ(s->size_bytes(), 0u);
+    EXPECT_EQ(recovery.truncated_bytes, garbage);
+  }
+}
+
+}  // namespace
+}  // namespace weft::storage
