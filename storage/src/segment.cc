@@ -92,20 +92,15 @@ Result<void> Segment::open_files(const std::string& dir, bool create) {
 
 Result<Segment> Segment::create(const std::string& dir, Offset base, const SegmentOptions& options) {
   if (base.value < 0) return Error{Errc::kInvalidArgument, "segment base offset must not be negative"};
-  Segment s;
-  s.options_ = options;
-  s.base_ = base;
-  s.next_ = base;
+  Segment s(base, options);
   WEFT_TRY_VOID(s.open_files(dir, true));
   return s;
 }
 
 Result<Segment> Segment::open(const std::string& dir, Offset base, bool last, SegmentRecovery* recovery,
                               const SegmentOptions& options) {
-  Segment s;
-  s.options_ = options;
-  s.base_ = base;
-  s.next_ = base;
+  if (base.value < 0) return Error{Errc::kInvalidArgument, "segment base offset must not be negative"};
+  Segment s(base, options);
   WEFT_TRY_VOID(s.open_files(dir, false));
   SegmentRecovery local;
   WEFT_TRY_VOID(s.recover(last, recovery != nullptr ? *recovery : local));

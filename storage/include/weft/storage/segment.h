@@ -90,7 +90,7 @@ class Segment {
   const std::string& log_path() const noexcept { return log_path_; }
 
  private:
-  Segment() = default;
+  Segment(Offset base, const SegmentOptions& options) : options_(options), base_(base), next_(base) {}
   Result<void> open_files(const std::string& dir, bool create);
   Result<void> recover(bool last, SegmentRecovery& recovery);
   Result<void> write_indexes();
