@@ -5,8 +5,8 @@
 // timestamp int64, relative offset int32, big-endian), one entry whenever the maximum timestamp
 // grows past an index interval.
 //
-// Thread contract: one thread writes a Segment; reads (find, read) may come from other threads
-// once the bytes they ask for were appended (pread on the same fd).
+// Thread contract: one thread at a time (appends grow the in-memory indexes that lookups read);
+// SegmentLog serialises its segments' users.
 #pragma once
 
 #include <cstddef>

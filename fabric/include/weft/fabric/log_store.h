@@ -1,0 +1,29 @@
+// The port through which the node keeps a partition's log: declared here, implemented by
+// storage/ (segment files on a local disk), so the core builds and tests without a disk.
+#pragma once
+
+#include <cstddef>
+#include <span>
+
+#include "weft/fabric/result.h"
+#include "weft/fabric/types.h"
+
+namespace weft {
+
+class PartitionLog {
+ public:
+  virtual ~PartitionLog() = default;
+  // Appends one batch (RecordBatch v2, baseOffset stamped) at or after next_offset().
+  virtual Result<void> append(std::span<const std::byte> batch) = 0;
+  // Makes everything appended so far durable.
+  virtual Result<void> sync() = 0;
+  // The earliest offset the log holds, and the one the next batch gets.
+  virtual Offset start_offset() const = 0;
+  virtual Offset next_offset() const = 0;
+  // Copies whole batches, starting with the one that holds `offset` (or the next batch, if an
+  // aborted claim skipped it), into `out`; returns the bytes copied (0: nothing from there yet).
+  // kOutOfRange before start_offset() or past next_offset().
+  virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) const = 0;
+};
+
+}  // namespace weft

@@ -1,0 +1,59 @@
+// A partition's log on a local disk: a folder of segments (weft/storage/segment.h) that rolls
+// to a new segment by size. Implements the node's PartitionLog port.
+//
+// Thread contract: any thread; calls are serialised by one mutex (a read holds it for its pread,
+// which is fine for the node's log writer and catch-up reads; cold reads at line rate will want
+// their own file handles).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "weft/fabric/log_store.h"
+#include "weft/storage/segment.h"
+
+namespace weft::storage {
+
+struct SegmentLogOptions {
+  std::uint64_t segment_bytes = std::uint64_t{1} << 30;  // Kafka's segment.bytes
+  SegmentOptions segment;
+};
+
+// What opening a partition folder found (for the node's log).
+struct SegmentLogRecovery {
+  std::uint32_t segments = 0;
+  std::uint64_t batches = 0;
+  std::uint64_t truncated_bytes = 0;
+  Offset truncated_from{-1};
+  std::string reason;
+};
+
+class SegmentLog final : public PartitionLog {
+ public:
+  // Opens (or creates) the folder `dir` for a log that starts at `start` when empty. Every
+  // segment is checked; a torn tail of the last one is cut; a bad batch in any other is an
+  // error (kCorrupt): the partition cannot be served.
+  static Result<std::unique_ptr<SegmentLog>> open(const std::string& dir, Offset start, SegmentLogOptions options = {},
+                                                  SegmentLogRecovery* recovery = nullptr);
+
+  Result<void> append(std::span<const std::byte> batch) override;
+  Result<void> sync() override;
+  Offset start_offset() const override;
+  Offset next_offset() const override;
+  Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override;
+
+  std::size_t segment_count() const;
+  const std::string& dir() const noexcept { return dir_; }
+
+ private:
+  SegmentLog(std::string dir, SegmentLogOptions options) : dir_(std::move(dir)), options_(options) {}
+  std::string dir_;
+  SegmentLogOptions options_;
+  mutable std::mutex mutex_;  // every call: segments are single-threaded
+  std::vector<std::unique_ptr<Segment>> segments_;
+};
+
+}  // namespace weft::storage
