@@ -1,5 +1,7 @@
 #include "weft/node.h"
 
+#include "weft/fabric/log.h"
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -129,6 +131,13 @@ struct Node::Partition {
   std::uint64_t sealed = 0;
   std::deque<Ring::Mark> checkpoints;  // frontiers of earlier passes, oldest first (maintenance only)
   PartitionStats stats;  // under State::stats_mutex
+  // The log writer (maintenance only): a consumer that reads every batch into the log.
+  std::unique_ptr<PartitionLog> log;
+  std::optional<Consumer> writer;
+  std::uint64_t durable_position = 0;  // producers may overwrite only what lies before it
+  std::uint64_t unsynced_position = 0;  // written to the log, not yet synced
+  std::int64_t last_sync_ns = 0;
+  std::string log_error;
 };
 
 struct Node::Topic {
@@ -242,8 +251,23 @@ Result<TopicInfo> Node::create_topic(std::string_view name, const TopicConfig& c
     Result<SharedMemory> memory = SharedMemory::create(shm);
     if (!memory.ok()) return Error{memory.error().code, "topic '" + topic->name + "' partition " + std::to_string(p) + ": " + memory.error().message};
     auto shared = std::make_shared<SharedMemory>(std::move(*memory));
-    WEFT_TRY(Ring ring, Ring::format(shared->bytes(), ring_config));
+    std::unique_ptr<PartitionLog> log;
+    RingConfig partition_config = ring_config;
+    if (options_.open_log) {
+      Result<std::unique_ptr<PartitionLog>> opened = options_.open_log(topic->name, p, config);
+      if (!opened.ok())
+        return Error{opened.error().code, "topic '" + topic->name + "' partition " + std::to_string(p) + " log: " + opened.error().message};
+      log = std::move(*opened);
+      partition_config.initial_offset = log->next_offset();  // the ring carries on where the log ends
+    }
+    WEFT_TRY(Ring ring, Ring::format(shared->bytes(), partition_config));
     auto partition = std::make_unique<Partition>(shared, ring);
+    if (log) {
+      WEFT_TRY(Consumer writer, Consumer::attach(ring, StartAt::kEarliest));
+      partition->writer.emplace(std::move(writer));
+      partition->log = std::move(log);
+      partition->durable_position = ring.reuse_limit().position.value;
+    }
     partition->created_at = ring.reuse_limit();
     partition->stats.partition = p;
     partition->stats.memory = shared->describe();
@@ -278,8 +302,12 @@ Result<void> Node::delete_topic(std::string_view name) {
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
+  Result<void> removed;
+  for (const auto& p : topic->partitions)
+    if (p->log)
+      if (Result<void> r = p->log->remove(); !r.ok() && removed.ok()) removed = r;
   topic.reset();
-  return ok();
+  return removed;
 }
 
 std::vector<std::string> Node::list_topics() const {
@@ -323,6 +351,57 @@ Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_
                                       " partitions; there is no partition " + std::to_string(partition)};
   const Partition& p = *topic.partitions[partition];
   return PartitionMemory{p.memory, p.ring, topic.id, partition};
+}
+
+void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t now) {
+  if (!p.log_error.empty()) return;  // stopped: producers fill the ring and are back-pressured
+  Consumer& writer = *p.writer;
+  RingBatch batch;
+  bool appended = false;
+  // Bounded per pass (a ring's worth), so one busy partition cannot starve the others.
+  for (std::size_t bytes = 0; bytes < p.ring.capacity_bytes();) {
+    const PollStatus status = writer.poll(batch);
+    if (status == PollStatus::kEmpty) break;
+    if (status != PollStatus::kOk) {
+      // The limit never passes the writer, so a lap or a corrupt frame is a bug or a hostile
+      // client: stop taking this partition's batches rather than persist a gap silently.
+      p.log_error = status == PollStatus::kLapped ? "the log writer was lapped" : "a corrupt frame in the ring";
+      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}, {"offset", std::to_string(writer.next_offset().value)}});
+      return;
+    }
+    if (Result<void> written = p.log->append(batch.bytes); !written.ok()) {
+      p.log_error = written.error().message;
+      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}, {"offset", std::to_string(batch.base_offset.value)}});
+      return;
+    }
+    bytes += batch.bytes.size();
+    appended = true;
+  }
+  if (appended) {
+    if (Result<void> flushed = p.log->flush(); !flushed.ok()) {
+      p.log_error = flushed.error().message;
+      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}});
+      return;
+    }
+  }
+  const std::uint64_t written = writer.position().value;
+  if (config.fsync == FsyncPolicy::kNone) {
+    p.durable_position = written;  // in the page cache is all this topic asks
+    return;
+  }
+  if (appended) p.unsynced_position = written;
+  const bool due = config.fsync == FsyncPolicy::kAlways || now - p.last_sync_ns >= config.fsync_interval_ms * 1'000'000;
+  if (p.unsynced_position > p.durable_position && due) {
+    // One fdatasync for everything appended since the last: producers waiting on durability
+    // are released together (group commit).
+    if (Result<void> synced = p.log->sync(); !synced.ok()) {
+      p.log_error = synced.error().message;
+      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}});
+      return;
+    }
+    p.last_sync_ns = now;
+    p.durable_position = p.unsynced_position;
+  }
 }
 
 bool Node::maintain() { return maintain_pass() > 0; }
@@ -396,9 +475,11 @@ double Node::maintain_pass() {
         p->owner.reclaim_dead_slots();
       }
 
-      // With no log store yet, nothing holds producers back but the ring itself: the older half
-      // stays readable (earliest, seeks, slow readers) and the newer half is free for claims.
-      // Past boundaries are kept as checkpoints, so moving the limit needs no walk.
+      if (p->log) drain_to_log(*p, topic->config, now);
+
+      // Nothing else holds producers back but the ring itself (and the log, below): the older
+      // half stays readable (earliest, seeks, slow readers) and the newer half is free for
+      // claims. Past boundaries are kept as checkpoints, so moving the limit needs no walk.
       if (p->checkpoints.empty() ||
           (frontier.position.value > p->checkpoints.back().position.value &&
            frontier.position.value - p->checkpoints.back().position.value >= keep / 256))
@@ -406,6 +487,7 @@ double Node::maintain_pass() {
       const std::uint64_t ahead = std::max(tail, frontier.position.value);
       std::uint64_t target = ahead > keep ? ahead - keep : 0;
       target = std::min(target, frontier.position.value);
+      if (p->log) target = std::min(target, p->durable_position);  // never past what is not in the log
       if (topic->config.consumer_flow_control) {
         target = std::min(target, slowest);
         // It read the limit to start from: moving it now could lap it before its first read.
@@ -443,6 +525,10 @@ double Node::maintain_pass() {
       s.records = static_cast<std::uint64_t>(claimed_offset.value - p->created_at.offset.value);
       s.bytes = claimed;
       s.sealed_claims = p->sealed;
+      if (p->log) {
+        s.log_end_offset = p->log->next_offset();
+        s.log_error = p->log_error;
+      }
       for (std::uint32_t i = 0; i < d.producer_slots; ++i) {
         // Relaxed: statistics, each word written by its producer alone.
         const ring_layout::ProducerSlot& slot = p->ring.producer_slots()[i];
@@ -453,6 +539,7 @@ double Node::maintain_pass() {
       for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
         const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
         if (slot.owner.load(std::memory_order_relaxed) == 0) continue;
+        if (p->writer && &slot == p->writer->slot()) continue;  // the log writer is not a client
         ++s.consumers;
         const std::uint64_t laps = slot.lapped_count.load(std::memory_order_relaxed);
         if (laps > 0) ++s.lapped_consumers;

@@ -159,12 +159,31 @@ Result<void> Segment::append(std::span<const std::byte> batch) {
     return Error{Errc::kResourceExhausted, "offsets beyond 2^31 past the segment's base: roll to a new segment"};
   if (size_ + batch.size() > kMaxSegmentBytes)
     return Error{Errc::kResourceExhausted, "segment " + log_path_ + " would pass 2 GiB: roll to a new segment"};
-  WEFT_TRY_VOID(write_all(log_.get(), batch, size_, log_path_));
-  note_batch(size_, base, view.last_offset(), view.max_timestamp(), batch.size());
+  const std::uint64_t position = size_;
+  pending_.insert(pending_.end(), batch.begin(), batch.end());
+  note_batch(position, base, view.last_offset(), view.max_timestamp(), batch.size());
+  if (pending_.size() >= options_.write_buffer_bytes) return flush();
+  return ok();
+}
+
+Segment::~Segment() {
+  if (!pending_.empty() && log_.valid()) (void)flush();
+}
+
+Result<void> Segment::flush() {
+  if (pending_.empty()) return ok();
+  const std::uint64_t at = size_ - pending_.size();
+  if (Result<void> written = write_all(log_.get(), pending_, at, log_path_); !written.ok()) {
+    // Nothing of the buffer counts as appended: the caller sees the error and stops, and a
+    // later recovery cuts whatever part did reach the file.
+    return written;
+  }
+  pending_.clear();
   return write_indexes();
 }
 
 Result<void> Segment::sync() {
+  WEFT_TRY_VOID(flush());
   for (const auto& [fd, path] : {std::pair<int, const std::string*>{log_.get(), &log_path_},
                                  {index_file_.get(), &index_path_},
                                  {time_index_file_.get(), &time_index_path_}})
@@ -273,7 +292,8 @@ Result<LogScan> scan_log(const std::string& path, const std::function<void(std::
   return scan;
 }
 
-Result<std::uint64_t> Segment::find(Offset offset) const {
+Result<std::uint64_t> Segment::find(Offset offset) {
+  WEFT_TRY_VOID(flush());
   if (offset < base_ || offset >= next_)
     return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is not in segment [" + std::to_string(base_.value) + ", " +
                                         std::to_string(next_.value) + ")"};
@@ -295,7 +315,8 @@ Result<std::uint64_t> Segment::find(Offset offset) const {
   return Error{Errc::kCorrupt, "segment " + log_path_ + " ends before its next offset " + std::to_string(next_.value)};
 }
 
-Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) const {
+Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) {
+  WEFT_TRY_VOID(flush());
   std::uint64_t position = 0;
   auto it = std::lower_bound(time_index_.begin(), time_index_.end(), timestamp_ms,
                              [](const TimeIndexEntry& e, std::int64_t t) { return e.timestamp < t; });
@@ -316,7 +337,8 @@ Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) const {
   return Error{Errc::kOutOfRange, "no batch in " + log_path_ + " has a timestamp at or after " + std::to_string(timestamp_ms)};
 }
 
-Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> out) const {
+Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> out) {
+  WEFT_TRY_VOID(flush());
   if (position >= size_) return std::size_t{0};
   const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - position));
   WEFT_TRY(const std::size_t got, read_at(log_.get(), out.first(want), position, log_path_));

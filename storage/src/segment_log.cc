@@ -59,6 +59,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
 
 Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   std::lock_guard lock(mutex_);
+  if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " was removed with its topic"};
   Segment* active = segments_.back().get();
   if (active->size_bytes() > 0 && active->size_bytes() + batch.size() > options_.segment_bytes) {
     // Roll: the new segment is named by the offset this batch starts at.
@@ -75,9 +76,24 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   return active->append(batch);
 }
 
+Result<void> SegmentLog::flush() {
+  std::lock_guard lock(mutex_);
+  return segments_.back()->flush();
+}
+
 Result<void> SegmentLog::sync() {
   std::lock_guard lock(mutex_);
   return segments_.back()->sync();
+}
+
+Result<void> SegmentLog::remove() {
+  std::lock_guard lock(mutex_);
+  removed_ = true;
+  segments_.resize(1);  // keep one (closed below) so the other calls stay well defined
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+  if (ec) return Error{Errc::kIo, "removing " + dir_ + ": " + ec.message()};
+  return ok();
 }
 
 Offset SegmentLog::start_offset() const {
@@ -97,7 +113,7 @@ std::size_t SegmentLog::segment_count() const {
 
 Result<std::size_t> SegmentLog::read(Offset offset, std::span<std::byte> out) const {
   std::lock_guard lock(mutex_);
-  const Segment* segment = nullptr;
+  Segment* segment = nullptr;
   {
     if (offset < segments_.front()->base_offset())
       return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is before the log's start, " +

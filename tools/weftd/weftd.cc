@@ -23,6 +23,7 @@
 #include "weft/fabric/local_server.h"
 #include "weft/fabric/log.h"
 #include "weft/node.h"
+#include "weft/storage/segment_log.h"
 
 namespace {
 
@@ -42,6 +43,7 @@ struct Settings {
   std::int64_t default_partitions = 1;
   std::int64_t default_ring_capacity = std::int64_t{4} << 20;
   std::string fsync = "none";
+  bool in_memory = false;
 };
 
 std::string default_data_dir() {
@@ -103,6 +105,10 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "default_partitions") r = want_int(s.default_partitions);
     else if (k == "default_ring_capacity") r = want_int(s.default_ring_capacity);
     else if (k == "fsync") r = want_string(s.fsync);
+    else if (k == "in_memory") {
+      if (auto v = node.value<bool>()) s.in_memory = *v;
+      else r = Error{Errc::kInvalidArgument, path + ": in_memory must be true or false"};
+    }
     else r = Error{Errc::kInvalidArgument, path + ": unknown key '" + k + "' (see weftd --help for the keys)"};
     WEFT_TRY_VOID(r);
   }
@@ -145,6 +151,7 @@ int main(int argc, char** argv) {
   app.add_option("--default-partitions", flags.default_partitions, "partitions of a topic created without a count (default_partitions)");
   app.add_option("--default-ring-capacity", flags.default_ring_capacity, "ring bytes per partition, a power of two (default_ring_capacity)");
   app.add_option("--fsync", flags.fsync, "fsync policy of new topics: none, always, interval=<ms> (fsync)");
+  app.add_flag("--in-memory", flags.in_memory, "keep no logs on disk: rings only, nothing survives a restart (in_memory)");
   CLI11_PARSE(app, argc, argv);
 
   // Defaults, then the file, then every flag given on the command line.
@@ -165,6 +172,7 @@ int main(int argc, char** argv) {
   if (given("--default-partitions")) s.default_partitions = flags.default_partitions;
   if (given("--default-ring-capacity")) s.default_ring_capacity = flags.default_ring_capacity;
   if (given("--fsync")) s.fsync = flags.fsync;
+  if (given("--in-memory")) s.in_memory = flags.in_memory;
   if (s.data_dir.empty()) s.data_dir = default_data_dir();
 
   Result<LogLevel> level = parse_log_level(s.log_level);
@@ -172,6 +180,19 @@ int main(int argc, char** argv) {
   set_log_level(*level);
 
   NodeOptions options;
+  // Each partition's log: <data_dir>/<topic>-<partition>/, segments in Kafka's layout. A topic
+  // created again after a restart carries on from its log's end.
+  const std::string data_dir = s.data_dir;
+  if (!s.in_memory) options.open_log = [data_dir](std::string_view topic, std::uint32_t partition, const TopicConfig&) -> Result<std::unique_ptr<PartitionLog>> {
+    const std::string dir = data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
+    storage::SegmentLogRecovery recovery;
+    WEFT_TRY(std::unique_ptr<storage::SegmentLog> opened, storage::SegmentLog::open(dir, Offset{0}, {}, &recovery));
+    if (recovery.truncated_bytes > 0)
+      log(LogLevel::kWarn, "partition log tail cut",
+          {{"dir", dir}, {"from_offset", std::to_string(recovery.truncated_from.value)},
+           {"bytes", std::to_string(recovery.truncated_bytes)}, {"reason", recovery.reason}});
+    return std::unique_ptr<PartitionLog>(std::move(opened));
+  };
   options.prefer_hugepages = s.hugepages;
   options.hugetlbfs_dir = s.hugetlbfs_dir;
   if (s.ring_memory_budget <= 0) return fail(Error{Errc::kInvalidArgument, "ring_memory_budget must be positive"});
@@ -233,7 +254,8 @@ int main(int argc, char** argv) {
   log(LogLevel::kInfo, "weftd ready",
       {{"pid", std::to_string(getpid())}, {"socket", s.socket}, {"data_dir", s.data_dir},
        {"hugepages", s.hugepages ? "preferred" : "off"}, {"free_hugepages", std::to_string(free_hugepages())},
-       {"default_partitions", std::to_string(s.default_partitions)}, {"startup_ms", elapsed}});
+       {"default_partitions", std::to_string(s.default_partitions)}, {"logs", s.in_memory ? "none (in memory)" : "on disk"},
+       {"startup_ms", elapsed}});
 
   int received = 0;
   for (;;) {

@@ -12,11 +12,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "weft/fabric/log_store.h"
 #include "weft/fabric/result.h"
 #include "weft/fabric/ring.h"
 #include "weft/fabric/shared_memory.h"
@@ -66,6 +68,8 @@ struct PartitionStats {
   std::uint64_t back_pressure_events = 0;  // claims refused for lack of space (attached producers)
   std::uint64_t sealed_claims = 0;         // claims of dead producers sealed as aborted
   std::string memory;                      // how the ring memory is backed (hugepages or why not)
+  Offset log_end_offset{-1};  // the next offset the partition's log will hold (-1: no log)
+  std::string log_error;      // why the log stopped taking batches (empty: it has not)
 };
 
 struct TopicInfo {
@@ -75,7 +79,14 @@ struct TopicInfo {
   std::vector<PartitionStats> partitions;
 };
 
+// Opens a partition's durable log (in weftd: storage::SegmentLog in the data directory).
+using OpenPartitionLog =
+    std::function<Result<std::unique_ptr<PartitionLog>>(std::string_view topic, std::uint32_t partition, const TopicConfig& config)>;
+
 struct NodeOptions {
+  // With a log, the maintenance pass drains every ring into it and producers may overwrite only
+  // what it wrote (and synced, as the topic's fsync policy asks). Without one, rings only.
+  OpenPartitionLog open_log;
   TopicConfig default_topic;               // for topics created without their own config
   bool prefer_hugepages = true;            // rings in hugepages when the kernel has them reserved
   std::string hugetlbfs_dir;               // a hugetlbfs mount to use instead of memfd
@@ -125,6 +136,7 @@ class Node {
   struct State;
   explicit Node(NodeOptions options);
   double maintain_pass();  // the largest share of a ring's free space used since the last pass
+  void drain_to_log(Partition& partition, const TopicConfig& config, std::int64_t now);
   NodeOptions options_;
   std::unique_ptr<State> state_;
 };

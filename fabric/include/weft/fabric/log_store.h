@@ -15,8 +15,13 @@ class PartitionLog {
   virtual ~PartitionLog() = default;
   // Appends one batch (RecordBatch v2, baseOffset stamped) at or after next_offset().
   virtual Result<void> append(std::span<const std::byte> batch) = 0;
-  // Makes everything appended so far durable.
+  // Hands everything appended so far to the operating system (appends may be buffered):
+  // after it, a crash of this process loses nothing, a crash of the machine may.
+  virtual Result<void> flush() = 0;
+  // Makes everything appended so far durable (flushes first).
   virtual Result<void> sync() = 0;
+  // Deletes the log's files (its topic was deleted); the log takes nothing afterwards.
+  virtual Result<void> remove() = 0;
   // The earliest offset the log holds, and the one the next batch gets.
   virtual Offset start_offset() const = 0;
   virtual Offset next_offset() const = 0;

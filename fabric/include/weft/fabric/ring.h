@@ -201,6 +201,7 @@ class Consumer {
 
   Offset next_offset() const noexcept { return next_offset_; }
   Position position() const noexcept { return Position{position_}; }
+  const ring_layout::ConsumerSlot* slot() const noexcept { return slot_; }
   std::uint64_t aborted_records_skipped() const noexcept { return aborted_skipped_; }
 
  private:

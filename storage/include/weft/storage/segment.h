@@ -29,6 +29,7 @@ std::string segment_file_name(Offset base, std::string_view extension);
 
 struct SegmentOptions {
   std::size_t index_interval_bytes = 4096;  // Kafka's index.interval.bytes
+  std::size_t write_buffer_bytes = std::size_t{1} << 20;
 };
 
 // What opening an existing segment found and did.
@@ -63,23 +64,27 @@ class Segment {
 
   Segment(Segment&&) noexcept = default;
   Segment& operator=(Segment&&) noexcept = default;
+  // Writes what is still buffered, as closing a file does; flush() first to see errors.
+  ~Segment();
 
   // Appends one validated batch whose baseOffset is at least next_offset() (offsets an aborted
-  // claim skipped leave a gap, as in the ring). The bytes reach the page cache, not the disk.
+  // claim skipped leave a gap, as in the ring). Appends gather in a buffer (one write per
+  // write_buffer_bytes, not one per batch); flush() hands them to the page cache.
   Result<void> append(std::span<const std::byte> batch);
-  // fdatasync of the log and both indexes.
+  Result<void> flush();
+  // flush(), then fdatasync of the log and both indexes.
   Result<void> sync();
 
   // The file position of the first batch whose last offset is at or after `offset` (the batch
   // that holds it, or the next one when an aborted claim skipped it): an index lookup, then a
   // scan of batch headers. kOutOfRange outside [base_offset(), next_offset()).
-  Result<std::uint64_t> find(Offset offset) const;
+  Result<std::uint64_t> find(Offset offset);
   // The position of the first batch whose max timestamp is at or after `timestamp_ms`
   // (time index, then a scan); kOutOfRange when none is.
-  Result<std::uint64_t> find_time(std::int64_t timestamp_ms) const;
+  Result<std::uint64_t> find_time(std::int64_t timestamp_ms);
   // Reads whole batches starting at `position` into `out` (up to its size); returns the bytes
-  // read, always a whole number of batches (0 at the end).
-  Result<std::size_t> read(std::uint64_t position, std::span<std::byte> out) const;
+  // read, always a whole number of batches (0 at the end). Lookups and reads flush first.
+  Result<std::size_t> read(std::uint64_t position, std::span<std::byte> out);
 
   Offset base_offset() const noexcept { return base_; }
   Offset next_offset() const noexcept { return next_; }
@@ -106,6 +111,7 @@ class Segment {
   std::int64_t max_timestamp_ = -1;
   std::vector<IndexEntry> index_;
   std::vector<TimeIndexEntry> time_index_;
+  std::vector<std::byte> pending_;      // appended, not yet written; starts at size_ - pending_.size()
   std::size_t index_written_ = 0;       // entries already in the index file
   std::size_t time_index_written_ = 0;  // entries already in the time index file
 };

@@ -40,7 +40,9 @@ class SegmentLog final : public PartitionLog {
                                                   SegmentLogRecovery* recovery = nullptr);
 
   Result<void> append(std::span<const std::byte> batch) override;
+  Result<void> flush() override;
   Result<void> sync() override;
+  Result<void> remove() override;
   Offset start_offset() const override;
   Offset next_offset() const override;
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override;
@@ -54,6 +56,7 @@ class SegmentLog final : public PartitionLog {
   SegmentLogOptions options_;
   mutable std::mutex mutex_;  // every call: segments are single-threaded
   std::vector<std::unique_ptr<Segment>> segments_;
+  bool removed_ = false;
 };
 
 }  // namespace weft::storage

@@ -1,0 +1,169 @@
+// The node with a log: every ring drained into segment files, producers allowed to overwrite
+// only what the log holds (and, with fsync=always, what it synced), offsets carried on after a
+// restart.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "weft/client.h"
+#include "weft/consumer.h"
+#include "weft/node.h"
+#include "weft/producer.h"
+#include "weft/storage/segment_log.h"
+
+namespace weft::storage {
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/weft-node-log-XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+NodeOptions logged_node(const std::string& data_dir) {
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.start_maintenance_thread = false;  // the test runs the passes
+  options.open_log = [data_dir](std::string_view topic, std::uint32_t partition, const TopicConfig&) -> Result<std::unique_ptr<PartitionLog>> {
+    SegmentLogOptions o;
+    o.segment_bytes = 256 * 1024;
+    WEFT_TRY(std::unique_ptr<SegmentLog> log,
+             SegmentLog::open(data_dir + "/" + std::string(topic) + "-" + std::to_string(partition), Offset{0}, o));
+    return std::unique_ptr<PartitionLog>(std::move(log));
+  };
+  return options;
+}
+
+TopicSettings small(const char* fsync = "none") {
+  return {{"partitions", "1"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"fsync", fsync}};
+}
+
+// Sends `count` 100-byte records, running a maintenance pass whenever the ring is full.
+std::int64_t send(Node& node, TopicProducer& producer, std::int64_t count) {
+  std::vector<std::byte> value(100, std::byte{0x33});
+  std::int64_t sent = 0;
+  for (int attempts = 0; sent < count && attempts < 1'000'000; ++attempts) {
+    RecordInput record;
+    record.value = std::span<const std::byte>(value);
+    record.timestamp_ms = 1'700'000'000'000 + sent;
+    if (producer.send_to(0, record).ok()) ++sent;
+    else node.maintain();
+  }
+  node.maintain();
+  return sent;
+}
+
+TEST(NodeLog, EveryRecordReachesTheLogAndTheRingWaitsForIt) {
+  for (const char* fsync : {"none", "always", "interval=1"}) {
+    SCOPED_TRACE(fsync);
+    TempDir dir;
+    auto node = Node::start(logged_node(dir.path())).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("events", small(fsync)).ok());
+    ProducerOptions options;
+    options.max_block_ms = 0;  // a full ring answers at once: the test then runs a pass
+    TopicProducer producer = TopicProducer::create(client, "events", options).value();
+
+    // Without a pass nothing is written, so producers stop at a ring's worth.
+    std::vector<std::byte> value(100, std::byte{1});
+    RecordInput record;
+    record.value = std::span<const std::byte>(value);
+    int before_full = 0;
+    while (producer.send_to(0, record).ok() && before_full < 100'000) ++before_full;
+    EXPECT_LT(before_full * 160, 65536);
+    EXPECT_GT(before_full, 100);
+
+    // With passes, ten rings' worth goes through and all of it is in the log.
+    const std::int64_t total = before_full + send(*node, producer, 4000);
+    if (std::string(fsync) == "interval=1") {
+      usleep(2000);
+      node->maintain();
+    }
+    node->maintain();
+    const PartitionStats s = node->describe_topic("events")->partitions[0];
+    EXPECT_EQ(s.log_end_offset, Offset{total});
+    EXPECT_TRUE(s.log_error.empty()) << s.log_error;
+    EXPECT_EQ(s.consumers, 0u);  // the log writer is not counted as a client
+    // Every batch is in the segment files, readable by offset.
+    SegmentLogRecovery recovery;
+    auto log = SegmentLog::open(dir.path() + "/events-0", Offset{0}, {}, &recovery).value();
+    EXPECT_EQ(log->next_offset(), Offset{total});
+    EXPECT_EQ(recovery.batches, static_cast<std::uint64_t>(total));
+    EXPECT_EQ(recovery.truncated_bytes, 0u);
+  }
+}
+
+TEST(NodeLog, ARestartedNodeCarriesOnFromTheLogsEnd) {
+  TempDir dir;
+  {
+    auto node = Node::start(logged_node(dir.path())).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("events", small()).ok());
+    ProducerOptions options;
+    options.max_block_ms = 0;
+    TopicProducer producer = TopicProducer::create(client, "events", options).value();
+    EXPECT_EQ(send(*node, producer, 1000), 1000);
+  }
+  auto node = Node::start(logged_node(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("events", small()).ok());
+  TopicProducer producer = TopicProducer::create(client, "events").value();
+  std::vector<std::byte> value(10, std::byte{2});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+  Result<SendResult> sent = producer.send_to(0, record);
+  ASSERT_TRUE(sent.ok());
+  EXPECT_EQ(sent->offset, Offset{1000});
+  node->maintain();
+  EXPECT_EQ(node->describe_topic("events")->partitions[0].log_end_offset, Offset{1001});
+}
+
+TEST(NodeLog, DeletingATopicDeletesItsLogs) {
+  TempDir dir;
+  auto node = Node::start(logged_node(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("gone", TopicSettings{{"partitions", "2"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}}).ok());
+  TopicProducer producer = TopicProducer::create(client, "gone").value();
+  std::vector<std::byte> value(10, std::byte{2});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+  ASSERT_TRUE(producer.send_to(1, record).ok());
+  node->maintain();
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/gone-0"));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/gone-1/00000000000000000000.log"));
+  ASSERT_TRUE(client->delete_topic("gone").ok());
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/gone-0"));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/gone-1"));
+  // A new topic of the same name starts from offset 0.
+  ASSERT_TRUE(client->create_topic("gone", 1).ok());
+  TopicProducer again = TopicProducer::create(client, "gone").value();
+  EXPECT_EQ(again.send_to(0, record)->offset, Offset{0});
+}
+
+TEST(NodeLog, ALogThatCannotOpenFailsTheTopicClearly) {
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.start_maintenance_thread = false;
+  options.open_log = [](std::string_view, std::uint32_t, const TopicConfig&) -> Result<std::unique_ptr<PartitionLog>> {
+    return Error{Errc::kCorrupt, "segment 00000000000000000000.log: bad batch"};
+  };
+  auto node = Node::start(options).value();
+  Result<TopicInfo> created = node->create_topic("broken", TopicConfig{});
+  ASSERT_FALSE(created.ok());
+  EXPECT_EQ(created.error().code, Errc::kCorrupt);
+  EXPECT_NE(created.error().message.find("partition 0 log"), std::string::npos) << created.error().message;
+  EXPECT_TRUE(node->list_topics().empty());
+}
+
+}  // namespace
+}  // namespace weft::storage
