@@ -2,6 +2,14 @@
 
 #include "weft/fabric/log.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <fstream>
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -170,6 +178,7 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
   if (options.maintenance_min_interval_us <= 0 || options.maintenance_max_interval_us < options.maintenance_min_interval_us)
     return Error{Errc::kInvalidArgument, "maintenance intervals must be positive and min <= max"};
   std::unique_ptr<Node> node(new Node(std::move(options)));
+  if (!node->options_.metadata_dir.empty()) WEFT_TRY_VOID(node->load_topics());
   if (node->options_.start_maintenance_thread) {
     Node* self = node.get();
     node->state_->thread = std::thread([self] {
@@ -213,6 +222,10 @@ std::size_t Node::ring_memory_bytes() const {
 }
 
 Result<TopicInfo> Node::create_topic(std::string_view name, const TopicConfig& config) {
+  return create_topic_impl(name, config, !options_.metadata_dir.empty());
+}
+
+Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConfig& config, bool save) {
   WEFT_TRY_VOID(validate_topic_name(name));
   WEFT_TRY_VOID(validate_topic_config(config));
   RingConfig ring_config;
@@ -283,6 +296,7 @@ Result<TopicInfo> Node::create_topic(std::string_view name, const TopicConfig& c
     return Error{Errc::kResourceExhausted, "topic '" + std::string(name) + "' needs " + std::to_string(topic->ring_bytes) +
                                                " bytes of ring memory; the node's budget has " +
                                                std::to_string(options_.ring_memory_budget_bytes - state_->ring_bytes) + " left"};
+  if (save) WEFT_TRY_VOID(save_topic(topic->name, config));
   topic->id = state_->next_id++;
   state_->ring_bytes += topic->ring_bytes;
   state_->topics.emplace(topic->name, topic);
@@ -303,6 +317,10 @@ Result<void> Node::delete_topic(std::string_view name) {
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
   Result<void> removed;
+  if (!options_.metadata_dir.empty()) {
+    const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
+  }
   for (const auto& p : topic->partitions)
     if (p->log)
       if (Result<void> r = p->log->remove(); !r.ok() && removed.ok()) removed = r;
@@ -402,6 +420,58 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
     p.last_sync_ns = now;
     p.durable_position = p.unsynced_position;
   }
+}
+
+Result<void> Node::save_topic(const std::string& name, const TopicConfig& c) const {
+  // Settings by name, one per line, as set_topic_config reads them; written aside, synced and
+  // renamed into place, so a crash leaves the old file or the new one.
+  std::string text = "partitions=" + std::to_string(c.partitions) + "\nring.capacity.bytes=" + std::to_string(c.ring_capacity_bytes) +
+                     "\nmax.batch.bytes=" + std::to_string(c.max_batch_bytes) + "\nretention.bytes=" + std::to_string(c.retention_bytes) +
+                     "\nretention.ms=" + std::to_string(c.retention_ms) + "\nfsync=" + fsync_policy_name(c) +
+                     "\nflow.control=" + (c.consumer_flow_control ? "consumers" : "none") +
+                     "\nproducer.slots=" + std::to_string(c.producer_slots) + "\nconsumer.slots=" + std::to_string(c.consumer_slots) + "\n";
+  const std::string path = options_.metadata_dir + "/" + name + ".topic";
+  const std::string temp = path + ".tmp";
+  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return os_error(Errc::kIo, "writing " + temp, errno);
+  if (write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) || fdatasync(fd.get()) != 0)
+    return os_error(Errc::kIo, "writing " + temp, errno);
+  if (::rename(temp.c_str(), path.c_str()) != 0) return os_error(Errc::kIo, "renaming " + temp, errno);
+  return ok();
+}
+
+Result<void> Node::load_topics() {
+  const std::string& dir = options_.metadata_dir;
+  if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) return os_error(Errc::kIo, "creating " + dir, errno);
+  DIR* listing = opendir(dir.c_str());
+  if (listing == nullptr) return os_error(Errc::kIo, "listing " + dir, errno);
+  std::vector<std::string> names;
+  while (const dirent* e = readdir(listing)) {
+    const std::string file = e->d_name;
+    if (file.size() > 6 && file.ends_with(".topic")) names.push_back(file.substr(0, file.size() - 6));
+  }
+  closedir(listing);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    // A topic that cannot be read or recovered is logged and left out; the others serve.
+    std::ifstream in(dir + "/" + name + ".topic");
+    TopicConfig config = options_.default_topic;
+    std::string line;
+    Result<void> parsed;
+    while (parsed.ok() && std::getline(in, line)) {
+      const std::size_t eq = line.find('=');
+      if (line.empty()) continue;
+      parsed = eq == std::string::npos ? Result<void>(Error{Errc::kCorrupt, "a line without '=': " + line})
+                                       : set_topic_config(config, line.substr(0, eq), line.substr(eq + 1));
+    }
+    Result<TopicInfo> created = parsed.ok() ? create_topic_impl(name, config, false) : Result<TopicInfo>(parsed.error());
+    if (created.ok()) {
+      log(LogLevel::kInfo, "topic recovered", {{"topic", name}, {"partitions", std::to_string(config.partitions)}});
+    } else {
+      log(LogLevel::kError, "topic not served", {{"topic", name}, {"reason", created.error().message}});
+    }
+  }
+  return ok();
 }
 
 bool Node::maintain() { return maintain_pass() > 0; }

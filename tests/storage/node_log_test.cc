@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -148,6 +149,36 @@ TEST(NodeLog, DeletingATopicDeletesItsLogs) {
   ASSERT_TRUE(client->create_topic("gone", 1).ok());
   TopicProducer again = TopicProducer::create(client, "gone").value();
   EXPECT_EQ(again.send_to(0, record)->offset, Offset{0});
+}
+
+TEST(NodeLog, ANodeStartedAgainServesItsTopicsFromWhereTheirLogsEnd) {
+  TempDir dir;
+  NodeOptions options = logged_node(dir.path());
+  options.metadata_dir = dir.path() + "/topics";
+  {
+    auto node = Node::start(options).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("kept", TopicSettings{{"partitions", "2"}, {"ring.capacity.bytes", "65536"},
+                                                          {"max.batch.bytes", "8192"}, {"fsync", "always"}}).ok());
+    ASSERT_TRUE(client->create_topic("dropped", 1).ok());
+    ASSERT_TRUE(client->delete_topic("dropped").ok());
+    ProducerOptions producer_options;
+    producer_options.max_block_ms = 0;
+    TopicProducer producer = TopicProducer::create(client, "kept", producer_options).value();
+    EXPECT_EQ(send(*node, producer, 500), 500);
+  }
+  std::ofstream(dir.path() + "/topics/broken.topic") << "partitions=zero\n";
+  auto node = Node::start(options).value();
+  // The topic is back with its settings; the deleted and the unreadable ones are not.
+  EXPECT_EQ(node->list_topics(), (std::vector<std::string>{"kept"}));
+  Result<TopicInfo> info = node->describe_topic("kept");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->config.partitions, 2u);
+  EXPECT_EQ(info->config.fsync, FsyncPolicy::kAlways);
+  EXPECT_EQ(info->config.ring_capacity_bytes, 65536u);
+  EXPECT_EQ(info->partitions[0].end_offset, Offset{500});
+  node->maintain();
+  EXPECT_EQ(node->describe_topic("kept")->partitions[0].log_end_offset, Offset{500});
 }
 
 TEST(NodeLog, ALogThatCannotOpenFailsTheTopicClearly) {

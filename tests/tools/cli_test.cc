@@ -180,10 +180,26 @@ TEST_F(Cli, DaemonRefusesASecondNodeAndStopsCleanly) {
   start_node();
 }
 
+TEST_F(Cli, TopicsAndTheirOffsetsSurviveARestart) {
+  start_node();
+  ASSERT_EQ(weft({"topic", "create", "kept", "--partitions", "1"}).exit_code, 0);
+  ASSERT_EQ(weft({"produce", "kept"}, "a\nb\nc\n").exit_code, 0);
+  EXPECT_EQ(node_->stop(SIGTERM), 0);
+  // The log holds the three records, in Kafka's layout, where weft dump can read them.
+  Output dumped = run({WEFT_PATH, "dump", dir_ + "/data/kept-0"});
+  EXPECT_EQ(dumped.exit_code, 0) << dumped.out;
+  EXPECT_NE(dumped.out.find("3 batches, offsets 0..2"), std::string::npos) << dumped.out;
+  start_node();
+  EXPECT_EQ(weft({"topic", "list"}).out, "kept\n");
+  ASSERT_EQ(weft({"produce", "kept"}, "d\n").exit_code, 0);
+  Output consumed = weft({"consume", "kept", "--from", "3", "--count", "1", "--timeout-ms", "5000", "--format", "json"});
+  EXPECT_NE(consumed.out.find("\"offset\":3"), std::string::npos) << consumed.out << consumed.err;
+}
+
 TEST_F(Cli, DaemonReadsTomlAndFlagsWin) {
   const std::string config = dir_ + "/weftd.toml";
   std::ofstream(config) << "socket = \"" << dir_ << "/from-file.sock\"\n"
-                        << "data_dir = \"" << dir_ << "/data\"\n"
+                        << "data_dir = \"" << dir_ << "/data-file\"\n"
                         << "default_partitions = 4\n"
                         << "log_level = \"info\"\n";
   {

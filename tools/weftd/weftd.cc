@@ -193,6 +193,7 @@ int main(int argc, char** argv) {
            {"bytes", std::to_string(recovery.truncated_bytes)}, {"reason", recovery.reason}});
     return std::unique_ptr<PartitionLog>(std::move(opened));
   };
+  if (!s.in_memory) options.metadata_dir = data_dir + "/topics";  // topics come back after a restart
   options.prefer_hugepages = s.hugepages;
   options.hugetlbfs_dir = s.hugetlbfs_dir;
   if (s.ring_memory_budget <= 0) return fail(Error{Errc::kInvalidArgument, "ring_memory_budget must be positive"});

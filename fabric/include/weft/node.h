@@ -87,6 +87,10 @@ struct NodeOptions {
   // With a log, the maintenance pass drains every ring into it and producers may overwrite only
   // what it wrote (and synced, as the topic's fsync policy asks). Without one, rings only.
   OpenPartitionLog open_log;
+  // Where topics and their settings are kept (one `<topic>.topic` file each), so a node that
+  // starts again serves the topics it had, each partition carrying on from its log. Empty:
+  // topics live in memory only.
+  std::string metadata_dir;
   TopicConfig default_topic;               // for topics created without their own config
   bool prefer_hugepages = true;            // rings in hugepages when the kernel has them reserved
   std::string hugetlbfs_dir;               // a hugetlbfs mount to use instead of memfd
@@ -135,7 +139,10 @@ class Node {
   struct Topic;
   struct State;
   explicit Node(NodeOptions options);
-  double maintain_pass();  // the largest share of a ring's free space used since the last pass
+  double maintain_pass();
+  Result<TopicInfo> create_topic_impl(std::string_view name, const TopicConfig& config, bool save);
+  Result<void> save_topic(const std::string& name, const TopicConfig& config) const;
+  Result<void> load_topics();  // the largest share of a ring's free space used since the last pass
   void drain_to_log(Partition& partition, const TopicConfig& config, std::int64_t now);
   NodeOptions options_;
   std::unique_ptr<State> state_;
