@@ -15,11 +15,8 @@ namespace {
 
 using local::MessageType;
 
-TopicConfig apply_settings(TopicConfig config, const TopicSettings& settings, Result<void>& outcome) {
-  for (const auto& [key, value] : settings) {
-    outcome = set_topic_config(config, key, value);
-    if (!outcome.ok()) break;
-  }
+Result<TopicConfig> apply_settings(TopicConfig config, const TopicSettings& settings) {
+  for (const auto& [key, value] : settings) WEFT_TRY_VOID(set_topic_config(config, key, value));
   return config;
 }
 
@@ -27,9 +24,7 @@ class EmbeddedClient final : public Client {
  public:
   explicit EmbeddedClient(Node& node) : node_(node) {}
   Result<TopicInfo> create_topic(std::string_view name, const TopicSettings& settings) override {
-    Result<void> outcome;
-    const TopicConfig config = apply_settings(node_.options().default_topic, settings, outcome);
-    WEFT_TRY_VOID(outcome);
+    WEFT_TRY(const TopicConfig config, apply_settings(node_.options().default_topic, settings));
     return node_.create_topic(name, config);
   }
   Result<void> delete_topic(std::string_view name) override { return node_.delete_topic(name); }
@@ -74,9 +69,7 @@ class SocketClient final : public Client {
     std::lock_guard lock(mutex_);
     // The node's defaults live in the node: settings travel as names and values, checked here
     // first so a typo is reported before the round trip.
-    Result<void> outcome;
-    (void)apply_settings(TopicConfig{}, settings, outcome);
-    WEFT_TRY_VOID(outcome);
+    WEFT_TRY_VOID(apply_settings(TopicConfig{}, settings));
     std::vector<std::byte> body;
     local::Writer w(body);
     w.str(name);

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <functional>
+#include <optional>
 
 #include "weft/fabric/record_batch.h"
 
@@ -66,6 +67,22 @@ BatchHeader header_of(const std::byte* p) {
 
 void put_be32(std::byte* p, std::int32_t v) { wire::store_be32(p, v); }
 
+// Walks batch headers from `position` (a batch start) to `end`, returning the position of the
+// first batch `wanted` accepts; nothing when none does or the headers stop making sense.
+Result<std::optional<std::uint64_t>> first_header_from(int fd, const std::string& path, std::uint64_t position, std::uint64_t end,
+                                                       const std::function<bool(const BatchHeader&)>& wanted) {
+  std::byte header[kBatchHeaderBytes];
+  while (position < end) {
+    WEFT_TRY(const std::size_t got, read_at(fd, header, position, path));
+    if (got < kBatchHeaderBytes) break;
+    const BatchHeader h = header_of(header);
+    if (h.total_bytes < kBatchHeaderBytes) break;
+    if (wanted(h)) return std::optional<std::uint64_t>(position);
+    position += h.total_bytes;
+  }
+  return std::optional<std::uint64_t>();
+}
+
 }  // namespace
 
 std::string segment_file_name(Offset base, std::string_view extension) {
@@ -107,8 +124,7 @@ Result<Segment> Segment::open(const std::string& dir, Offset base, bool last, Se
   return s;
 }
 
-void Segment::note_batch(std::uint64_t position, Offset base, Offset last, std::int64_t max_timestamp, std::size_t bytes) {
-  (void)base;
+void Segment::note_batch(std::uint64_t position, Offset last, std::int64_t max_timestamp, std::size_t bytes) {
   max_timestamp_ = std::max(max_timestamp_, max_timestamp);
   // Kafka's rule: an index entry once index_interval_bytes of log have gone by since the last
   // one, naming the batch's last offset and its start; the time index grows with it when the
@@ -161,7 +177,7 @@ Result<void> Segment::append(std::span<const std::byte> batch) {
     return Error{Errc::kResourceExhausted, "segment " + log_path_ + " would pass 2 GiB: roll to a new segment"};
   const std::uint64_t position = size_;
   pending_.insert(pending_.end(), batch.begin(), batch.end());
-  note_batch(position, base, view.last_offset(), view.max_timestamp(), batch.size());
+  note_batch(position, view.last_offset(), view.max_timestamp(), batch.size());
   if (pending_.size() >= options_.write_buffer_bytes) return flush();
   return ok();
 }
@@ -255,7 +271,7 @@ Result<void> Segment::recover(bool last, SegmentRecovery& recovery) {
   const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
   WEFT_TRY(const Walk w, walk_batches(log_.get(), log_path_, file_bytes, next_,
                                       [&](std::uint64_t position, const BatchView& view, std::uint64_t bytes) {
-                                        note_batch(position, view.base_offset(), view.last_offset(), view.max_timestamp(), bytes);
+                                        note_batch(position, view.last_offset(), view.max_timestamp(), bytes);
                                         ++recovery.batches;
                                       }));
   recovery.valid_bytes = w.position;
@@ -303,15 +319,10 @@ Result<std::uint64_t> Segment::find(Offset offset) {
   auto it = std::lower_bound(index_.begin(), index_.end(), relative,
                              [](const IndexEntry& e, std::int32_t r) { return e.relative_offset < r; });
   if (it != index_.begin()) position = static_cast<std::uint64_t>(std::prev(it)->position);
-  std::byte header[kBatchHeaderBytes];
-  while (position < size_) {
-    WEFT_TRY(const std::size_t got, read_at(log_.get(), header, position, log_path_));
-    if (got < kBatchHeaderBytes) break;
-    const BatchHeader h = header_of(header);
-    if (h.total_bytes < kBatchHeaderBytes) break;
-    if (h.base.value + h.last_offset_delta >= offset.value) return position;
-    position += h.total_bytes;
-  }
+  WEFT_TRY(const std::optional<std::uint64_t> found,
+           first_header_from(log_.get(), log_path_, position, size_,
+                             [&](const BatchHeader& h) { return h.base.value + h.last_offset_delta >= offset.value; }));
+  if (found) return *found;
   return Error{Errc::kCorrupt, "segment " + log_path_ + " ends before its next offset " + std::to_string(next_.value)};
 }
 
@@ -325,15 +336,10 @@ Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) {
     Result<std::uint64_t> at = find(Offset{base_.value + std::prev(it)->relative_offset});
     if (at.ok()) position = *at;
   }
-  std::byte header[kBatchHeaderBytes];
-  while (position < size_) {
-    WEFT_TRY(const std::size_t got, read_at(log_.get(), header, position, log_path_));
-    if (got < kBatchHeaderBytes) break;
-    const BatchHeader h = header_of(header);
-    if (h.total_bytes < kBatchHeaderBytes) break;
-    if (h.max_timestamp >= timestamp_ms) return position;
-    position += h.total_bytes;
-  }
+  WEFT_TRY(const std::optional<std::uint64_t> found,
+           first_header_from(log_.get(), log_path_, position, size_,
+                             [&](const BatchHeader& h) { return h.max_timestamp >= timestamp_ms; }));
+  if (found) return *found;
   return Error{Errc::kOutOfRange, "no batch in " + log_path_ + " has a timestamp at or after " + std::to_string(timestamp_ms)};
 }
 

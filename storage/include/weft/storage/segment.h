@@ -99,7 +99,7 @@ class Segment {
   Result<void> open_files(const std::string& dir, bool create);
   Result<void> recover(bool last, SegmentRecovery& recovery);
   Result<void> write_indexes();
-  void note_batch(std::uint64_t position, Offset base, Offset last, std::int64_t max_timestamp, std::size_t bytes);
+  void note_batch(std::uint64_t position, Offset last, std::int64_t max_timestamp, std::size_t bytes);
 
   SegmentOptions options_;
   std::string log_path_, index_path_, time_index_path_;
