@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <mutex>
 
 #include "weft/fabric/local_protocol.h"
@@ -40,6 +41,18 @@ class EmbeddedClient final : public Client {
   }
   Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) override {
     return node_.open_partition(topic, partition);
+  }
+  Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) override {
+    return node_.open_log_slice(topic, partition, offset);
+  }
+  Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) override {
+    return node_.log_offset_for_timestamp(topic, partition, timestamp_ms);
+  }
+  Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) override {
+    return node_.commit_offsets(group, offsets);
+  }
+  Result<std::vector<CommittedOffset>> fetch_offsets(std::string_view group, std::string_view topic) override {
+    return node_.fetch_offsets(group, topic);
   }
   bool is_embedded() const noexcept override { return true; }
   std::string describe() const override { return "embedded node"; }
@@ -153,6 +166,83 @@ class SocketClient final : public Client {
     memory.memory = std::make_shared<SharedMemory>(std::move(mapped));
     WEFT_TRY(memory.ring, Ring::attach(memory.memory->bytes()));
     return memory;
+  }
+
+  Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::byte> body;
+    local::Writer w(body);
+    w.str(topic);
+    w.u32(partition);
+    w.i64(offset.value);
+    LogSlice slice;
+    WEFT_TRY_VOID(call(MessageType::kOpenLogSlice, body, &slice.file));
+    local::Reader r(response_body_);
+    slice.position = r.u64();
+    slice.end = r.u64();
+    slice.offset = Offset{r.i64()};
+    WEFT_TRY_VOID(r.finish("open log slice response"));
+    if (!slice.file.valid()) return Error{Errc::kCorrupt, "weftd answered open log slice without the segment file"};
+    if (slice.position > slice.end) return Error{Errc::kCorrupt, "weftd answered a log slice that ends before it starts"};
+    return slice;
+  }
+
+  Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::byte> body;
+    local::Writer w(body);
+    w.str(topic);
+    w.u32(partition);
+    w.i64(timestamp_ms);
+    WEFT_TRY_VOID(call(MessageType::kLogOffsetForTimestamp, body, nullptr));
+    local::Reader r(response_body_);
+    const Offset offset{r.i64()};
+    WEFT_TRY_VOID(r.finish("log offset for timestamp response"));
+    return offset;
+  }
+
+  Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) override {
+    std::lock_guard lock(mutex_);
+    constexpr std::size_t kPart = 500;  // keeps a request well inside the node's 64 KiB limit
+    for (std::size_t from = 0; from < offsets.size(); from += kPart) {
+      const std::span<const CommittedOffset> part = offsets.subspan(from, std::min(kPart, offsets.size() - from));
+      std::vector<std::byte> body;
+      local::Writer w(body);
+      w.str(group);
+      w.u32(static_cast<std::uint32_t>(part.size()));
+      for (const CommittedOffset& o : part) {
+        if (o.metadata.size() > 64) return Error{Errc::kInvalidArgument, "commit: metadata over the socket is limited to 64 bytes"};
+        w.str(o.topic);
+        w.u32(o.partition);
+        w.i64(o.offset.value);
+        w.str(o.metadata);
+      }
+      WEFT_TRY_VOID(call(MessageType::kCommitOffsets, body, nullptr));
+    }
+    return ok();
+  }
+
+  Result<std::vector<CommittedOffset>> fetch_offsets(std::string_view group, std::string_view topic) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::byte> body;
+    local::Writer w(body);
+    w.str(group);
+    w.str(topic);
+    WEFT_TRY_VOID(call(MessageType::kFetchOffsets, body, nullptr));
+    local::Reader r(response_body_);
+    const std::uint32_t n = r.u32();
+    std::vector<CommittedOffset> offsets;
+    for (std::uint32_t i = 0; i < n && i < 100'000 && !r.failed(); ++i) {
+      CommittedOffset o;
+      o.topic = r.str(512);
+      o.partition = r.u32();
+      o.offset = Offset{r.i64()};
+      o.metadata = r.str(4096);
+      o.commit_time_ms = r.i64();
+      offsets.push_back(std::move(o));
+    }
+    WEFT_TRY_VOID(r.finish("fetch offsets response"));
+    return offsets;
   }
 
   bool is_embedded() const noexcept override { return false; }

@@ -1,18 +1,30 @@
 #include "weft/consumer.h"
 
 #include <sched.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <deque>
 #include <optional>
 
 namespace weft {
 namespace {
 
+// Reading a partition's log from a segment file while the ring no longer holds the position.
+struct ColdRead {
+  LogSlice slice;                 // slice.position: the next byte to read from the file
+  std::vector<std::byte> buffer;  // whole batches read from the file...
+  std::size_t at = 0;             // ... [at, size) not yet returned
+  std::size_t size = 0;
+};
+
 struct Assignment {
   std::string topic;  // stable: records' topic views point here (assignments live in a deque)
   std::uint32_t partition = 0;
   PartitionMemory memory;
-  std::optional<Consumer> consumer;
+  std::optional<Consumer> consumer;  // reading the ring; none while cold
+  std::optional<ColdRead> cold;      // reading the log; the next offset is skip_below
+  bool no_log = false;               // the node keeps no log of this partition
   Offset skip_below{-1};  // after a seek into the middle of a batch: its earlier records are not returned
   bool caught_up = false;  // the last poll drained this partition
   // A batch that max_poll_records cut short (the ring consumer is past it): its records from
@@ -57,14 +69,15 @@ struct TopicConsumer::State {
     return first;
   }
 
-  // Appends a batch's records, up to max_poll_records (the rest is left pending); false (records
-  // untouched) when the batch is malformed.
-  bool take(Assignment& a, const RingBatch& batch) {
+  // Appends a batch's records, up to max_poll_records (the rest is left pending: `cut` set, and
+  // for a ring batch a.pending); false (records untouched) when the batch is malformed.
+  bool take(Assignment& a, const RingBatch& batch, bool from_ring = true, bool* cut = nullptr) {
     const std::size_t before = records.size();
     auto add = [&](const RecordView& r) {
       if (r.offset < a.skip_below) return true;
       if (records.size() >= options.max_poll_records) {
-        a.pending = batch;
+        if (from_ring) a.pending = batch;
+        if (cut != nullptr) *cut = true;
         a.skip_below = r.offset;
         return false;
       }
@@ -88,6 +101,143 @@ struct TopicConsumer::State {
     }
     return true;
   }
+
+  // ---- behind the ring: the log -------------------------------------------------------------
+
+  // Starts reading the log at `offset`. False when the node keeps no log of this partition
+  // (a.no_log set); retention having deleted the offset is a kOutOfRange notice, then the
+  // log's start.
+  Result<bool> go_cold(Assignment& a, Offset offset, bool to_earliest_when_deleted = true) {
+    Result<LogSlice> slice = client->open_log_slice(a.topic, a.partition, offset);
+    if (!slice.ok() && slice.error().code == Errc::kOutOfRange && to_earliest_when_deleted) {
+      slice = client->open_log_slice(a.topic, a.partition, kEarliestOffset);
+      if (slice.ok()) notices.push_back(PollNotice{PollNotice::Kind::kOutOfRange, a.topic, a.partition, offset, slice->offset});
+    }
+    if (!slice.ok()) {
+      if (slice.error().code != Errc::kUnsupported) return std::move(slice).error();
+      a.no_log = true;
+      return false;
+    }
+    a.consumer.reset();  // its slot would hold producers back under flow control
+    a.pending.reset();
+    a.skip_below = slice->offset;
+    ColdRead& cold = a.cold.emplace();
+    cold.slice = std::move(*slice);
+    return true;
+  }
+
+  // The ring overwrote what `a` had not read from `missed` on: read it from the log, or, with no
+  // log, report the loss and go on from the oldest intact batch.
+  Result<void> lapped(Assignment& a, Offset missed) {
+    if (!a.no_log) {
+      WEFT_TRY(const bool cold, go_cold(a, missed));
+      if (cold) return ok();
+    }
+    const Offset resumed = a.consumer->rejoin();
+    notices.push_back(PollNotice{PollNotice::Kind::kLapped, a.topic, a.partition, missed, resumed});
+    return ok();
+  }
+
+  // Moves a cold partition to the ring once the ring holds its next offset.
+  bool try_hot(Assignment& a) {
+    if (a.memory.ring.reuse_limit().offset > a.skip_below) return false;
+    if (!a.consumer) {
+      Result<Consumer> attached = Consumer::attach(a.memory.ring, StartAt::kEarliest);
+      if (!attached.ok()) return false;  // no slot free now: keep reading the log
+      a.consumer.emplace(std::move(*attached));
+    }
+    if (!a.consumer->seek(a.skip_below).ok()) return false;  // overwritten meanwhile: still cold
+    a.cold.reset();
+    return true;
+  }
+
+  // Reads the next whole batches of the slice into the buffer; false at the slice's end.
+  Result<bool> refill(Assignment& a) {
+    ColdRead& c = *a.cold;
+    c.at = c.size = 0;
+    while (c.slice.position < c.slice.end) {
+      if (c.buffer.size() < options.log_read_bytes) c.buffer.resize(options.log_read_bytes);
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(c.buffer.size(), c.slice.end - c.slice.position));
+      const ssize_t got = pread(c.slice.file.get(), c.buffer.data(), want, static_cast<off_t>(c.slice.position));
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        return os_error(Errc::kIo, "reading the log of '" + a.topic + "' partition " + std::to_string(a.partition), errno);
+      }
+      if (got == 0) return Error{Errc::kCorrupt, "the log of '" + a.topic + "' partition " + std::to_string(a.partition) + " ended early"};
+      // Whole batches only: a batch cut by the read's end is read again next time.
+      std::size_t whole = 0;
+      const auto n = static_cast<std::size_t>(got);
+      std::uint64_t first_batch = 0;
+      while (n - whole >= kBatchLogOverhead) {
+        const std::uint64_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(c.buffer.data() + whole + batch_field::kBatchLength));
+        if (first_batch == 0) first_batch = total;
+        if (total < kBatchHeaderBytes || total > n - whole) break;
+        whole += static_cast<std::size_t>(total);
+      }
+      if (whole == 0) {
+        // One batch larger than the buffer: grow to it (within reason), or give up on the file.
+        if (first_batch < kBatchHeaderBytes || first_batch > (std::uint64_t{1} << 30) || first_batch <= c.buffer.size())
+          return Error{Errc::kCorrupt, "a batch in the log of '" + a.topic + "' partition " + std::to_string(a.partition) +
+                                           " has an impossible length at byte " + std::to_string(c.slice.position)};
+        c.buffer.resize(static_cast<std::size_t>(first_batch));
+        continue;
+      }
+      c.slice.position += whole;
+      c.size = whole;
+      return true;
+    }
+    return false;
+  }
+
+  // Returns records of a cold partition from its buffer, reading on from the file or the next
+  // segment as needed, until max_poll_records; switches it to the ring when the ring holds its
+  // next offset (then true: poll the ring now).
+  Result<bool> poll_cold(Assignment& a) {
+    const std::size_t max = options.max_poll_records;
+    bool returned = false;  // records of the buffer are in use: it must not be refilled now
+    for (int round = 0; round < 64 && records.size() < max; ++round) {
+      ColdRead& c = *a.cold;
+      while (c.at < c.size && records.size() < max) {
+        const std::span<const std::byte> bytes(c.buffer.data() + c.at, c.size - c.at);
+        const std::size_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(bytes.data() + batch_field::kBatchLength));
+        const std::span<const std::byte> one = bytes.first(total);
+        const Offset base{wire::load_be64(one.data() + batch_field::kBaseOffset)};
+        Result<BatchView> view = BatchView::parse(one);  // from disk: every length and the CRC
+        RingBatch batch;
+        batch.bytes = one;
+        batch.base_offset = base;
+        bool cut = false;
+        if (!view.ok() || !take(a, batch, false, &cut)) {
+          const Offset end{base.value + 1 + (view.ok() ? view->last_offset().value - base.value : 0)};
+          notices.push_back(PollNotice{PollNotice::Kind::kCorrupt, a.topic, a.partition, a.skip_below, std::max(end, a.skip_below)});
+          a.skip_below = std::max(end, a.skip_below);
+          c.at += total;
+          continue;
+        }
+        returned = true;
+        if (cut) break;
+        a.skip_below = std::max(a.skip_below, Offset{view->last_offset().value + 1});
+        c.at += total;
+      }
+      if (records.size() >= max || returned) return false;
+      if (try_hot(a)) return true;
+      WEFT_TRY(const bool more, refill(a));
+      if (more) continue;
+      // The end of this slice: the next segment, or (an empty slice) the end of the log.
+      const Offset next = a.skip_below;
+      Result<bool> cold = go_cold(a, next);
+      if (!cold.ok()) return std::move(cold).error();
+      if (!*cold) return false;
+      if (a.cold->slice.position == a.cold->slice.end) {
+        // Nothing at or after `next` in the log, though the ring no longer holds it: offsets an
+        // aborted claim took at the log's end. The ring's window starts after them.
+        a.skip_below = std::max(a.skip_below, a.memory.ring.reuse_limit().offset);
+        if (try_hot(a)) return true;
+        return false;
+      }
+    }
+    return false;
+  }
 };
 
 TopicConsumer::TopicConsumer(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -98,6 +248,7 @@ TopicConsumer::~TopicConsumer() = default;
 Result<TopicConsumer> TopicConsumer::create(std::shared_ptr<Client> client, ConsumerOptions options) {
   if (!client) return Error{Errc::kInvalidArgument, "consumer: no client"};
   if (options.max_poll_records == 0) return Error{Errc::kInvalidArgument, "consumer: max_poll_records must be at least 1"};
+  if (!options.group.empty()) WEFT_TRY_VOID(validate_group_id(options.group));
   auto state = std::make_unique<State>();
   state->client = std::move(client);
   state->options = options;
@@ -117,7 +268,7 @@ Result<void> TopicConsumer::assign(std::string_view topic, std::vector<std::uint
                                                " partitions; there is no partition " + std::to_string(p)};
     if (state_->find(topic, p) != nullptr) continue;
     WEFT_TRY(PartitionMemory memory, state_->client->open_partition(topic, p));
-    state_->assignments.push_back(Assignment{info.name, p, std::move(memory), std::nullopt});
+    state_->assignments.push_back(Assignment{info.name, p, std::move(memory), std::nullopt, std::nullopt, false});
     if (Result<void> positioned = seek(topic, p, start); !positioned.ok()) {
       state_->assignments.pop_back();
       return positioned;
@@ -133,7 +284,13 @@ Result<void> TopicConsumer::seek(std::string_view topic, std::uint32_t partition
   state_->polled.clear();  // a seek ends the last poll's views
   a->skip_below = Offset{-1};
   a->pending.reset();
+  a->cold.reset();
   const Ring ring = a->memory.ring;
+  // Where the partition has a log, positions before the ring's window are read from it.
+  auto cold_at = [&](Offset offset) -> Result<bool> {
+    if (a->no_log) return false;
+    return state_->go_cold(*a, offset, false);
+  };
   auto attach = [&](StartAt at) -> Result<void> {
     a->consumer.reset();  // frees its slot before taking one
     WEFT_TRY(Consumer c, Consumer::attach(ring, at));
@@ -144,19 +301,54 @@ Result<void> TopicConsumer::seek(std::string_view topic, std::uint32_t partition
     return Offset{static_cast<std::int64_t>(std::atomic_ref<std::uint64_t>(ring.control().claim.tail.offset).load(std::memory_order_acquire))};
   };
   switch (to.kind) {
-    case SeekTo::Kind::kEarliest: return attach(StartAt::kEarliest);
+    case SeekTo::Kind::kCommitted: {
+      WEFT_TRY(const std::optional<Offset> committed, this->committed(topic, partition));
+      const SeekTo otherwise{to.otherwise == SeekTo::Kind::kEarliest ? SeekTo::Kind::kEarliest : SeekTo::Kind::kLatest, 0};
+      if (!committed) return seek(topic, partition, otherwise);
+      Result<void> at = seek(topic, partition, SeekTo::offset(committed->value));
+      if (!at.ok() && at.error().code == Errc::kOutOfRange) return seek(topic, partition, otherwise);  // deleted or past the end
+      return at;
+    }
+    case SeekTo::Kind::kEarliest: {
+      WEFT_TRY(const bool cold, cold_at(kEarliestOffset));
+      if (cold) return ok();
+      return attach(StartAt::kEarliest);
+    }
     case SeekTo::Kind::kLatest: return attach(StartAt::kLatest);
     case SeekTo::Kind::kOffset: {
       const Offset end = end_offset();
-      if (to.value > end.value)
+      if (to.value > end.value || to.value < 0)
         return Error{Errc::kOutOfRange, "offset " + std::to_string(to.value) + " is past the end of partition " +
                                             std::to_string(partition) + " (the next offset is " + std::to_string(end.value) + ")"};
+      if (Offset{to.value} < ring.reuse_limit().offset) {
+        Result<bool> cold = cold_at(Offset{to.value});
+        if (!cold.ok() && cold.error().code == Errc::kOutOfRange) {
+          // Seeking before the log's start is the caller's mistake: say so rather than move on.
+          Result<LogSlice> earliest = state_->client->open_log_slice(a->topic, partition, kEarliestOffset);
+          a->cold.reset();
+          return Error{Errc::kOutOfRange, "offset " + std::to_string(to.value) + " of partition " + std::to_string(partition) +
+                                              " was deleted by retention; the earliest offset is " +
+                                              (earliest.ok() ? std::to_string(earliest->offset.value) : std::string("unknown"))};
+        }
+        WEFT_TRY(const bool is_cold, std::move(cold));
+        if (is_cold) {
+          a->skip_below = Offset{to.value};
+          return ok();
+        }
+      }
       if (!a->consumer) WEFT_TRY_VOID(attach(StartAt::kEarliest));
       WEFT_TRY_VOID(a->consumer->seek(Offset{to.value}));
       a->skip_below = Offset{to.value};
       return ok();
     }
     case SeekTo::Kind::kTimestamp: {
+      if (!a->no_log) {
+        // The log's time index first; only what the log does not hold yet is looked for in the ring.
+        Result<Offset> found = state_->client->log_offset_for_timestamp(a->topic, partition, to.value);
+        if (found.ok()) return seek(topic, partition, SeekTo::offset(found->value));
+        if (found.error().code == Errc::kUnsupported) a->no_log = true;
+        else if (found.error().code != Errc::kNotFound) return std::move(found).error();
+      }
       // The earliest offset whose timestamp is at or after the target (Kafka's ListOffsets):
       // walk the ring's batches by their max timestamp, then the records of the one that holds it.
       WEFT_TRY_VOID(attach(StartAt::kEarliest));
@@ -196,10 +388,34 @@ Result<void> TopicConsumer::seek(std::string_view topic, std::uint32_t partition
 
 Result<Offset> TopicConsumer::position(std::string_view topic, std::uint32_t partition) const {
   Assignment* a = state_->find(topic, partition);
-  if (a == nullptr || !a->consumer)
+  if (a == nullptr || (!a->consumer && !a->cold))
     return Error{Errc::kFailedPrecondition, "partition " + std::to_string(partition) + " of topic '" + std::string(topic) + "' is not assigned"};
-  if (a->pending) return a->skip_below;  // the rest of a batch the last poll cut short
+  if (a->pending || a->cold) return a->skip_below;  // the rest of a batch the last poll cut short, or the log's next
   return a->consumer->next_offset();
+}
+
+Result<void> TopicConsumer::commit() {
+  std::vector<CommittedOffset> offsets;
+  for (const Assignment& a : state_->assignments) {
+    WEFT_TRY(const Offset next, position(a.topic, a.partition));
+    offsets.push_back(CommittedOffset{a.topic, a.partition, next, {}, 0});
+  }
+  if (state_->options.group.empty()) return Error{Errc::kFailedPrecondition, "commit: the consumer has no group (ConsumerOptions::group)"};
+  return state_->client->commit_offsets(state_->options.group, offsets);
+}
+
+Result<void> TopicConsumer::commit(std::string_view topic, std::uint32_t partition, Offset next) {
+  if (state_->options.group.empty()) return Error{Errc::kFailedPrecondition, "commit: the consumer has no group (ConsumerOptions::group)"};
+  const CommittedOffset offset{std::string(topic), partition, next, {}, 0};
+  return state_->client->commit_offsets(state_->options.group, std::span<const CommittedOffset>(&offset, 1));
+}
+
+Result<std::optional<Offset>> TopicConsumer::committed(std::string_view topic, std::uint32_t partition) const {
+  if (state_->options.group.empty()) return Error{Errc::kFailedPrecondition, "committed: the consumer has no group (ConsumerOptions::group)"};
+  WEFT_TRY(const std::vector<CommittedOffset> offsets, state_->client->fetch_offsets(state_->options.group, topic));
+  for (const CommittedOffset& o : offsets)
+    if (o.partition == partition) return std::optional<Offset>(o.offset);
+  return std::optional<Offset>();
 }
 
 bool TopicConsumer::views_intact() const noexcept {
@@ -220,6 +436,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
   std::int64_t deadline = -1;  // read the clock only when there is nothing to return at once
   const std::size_t n = s.assignments.size();
 
+  std::optional<Error> failure;  // reading the log failed: the poll returns it
   // Handles one poll status of assignment `a`; false when that partition has nothing more now.
   auto handle = [&](Assignment& a, PollStatus status, const RingBatch& batch) {
     Consumer& c = *a.consumer;
@@ -241,9 +458,11 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       case PollStatus::kLapped: {
         // What this poll already took from the partition is older still, so overwritten too.
         const Offset missed = s.drop_polled(a, c.lapped_offset());
-        const Offset resumed = c.rejoin();
-        s.notices.push_back(PollNotice{PollNotice::Kind::kLapped, a.topic, a.partition, missed, resumed});
-        return true;
+        if (Result<void> moved = s.lapped(a, missed); !moved.ok()) {
+          failure = std::move(moved).error();
+          return false;
+        }
+        return a.consumer.has_value();  // on from the oldest intact batch; none: reading the log
       }
       case PollStatus::kCorrupt: {
         // A frame written by another process makes no sense: skip to the oldest intact one.
@@ -257,7 +476,8 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     return false;
   };
 
-  for (Assignment& a : s.assignments) a.consumer->release_hold();  // the last poll's views end here
+  for (Assignment& a : s.assignments)
+    if (a.consumer) a.consumer->release_hold();  // the last poll's views end here
   // A reader that found its one partition drained last time waits first (the ring pauses before
   // it looks), rather than looking at once at the frame a producer is writing.
   bool look_first = !(n == 1 && timeout_ms > 0 && s.assignments.front().caught_up && !s.assignments.front().pending);
@@ -267,6 +487,11 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     std::size_t index = s.next_assignment;
     for (std::size_t k = 0; look_first && k < n && s.records.size() < max; ++k, index = index + 1 == n ? 0 : index + 1) {
       Assignment& a = s.assignments[index];
+      if (a.cold) {
+        Result<bool> hot = s.poll_cold(a);
+        if (!hot.ok()) return std::move(hot).error();
+        if (!*hot) continue;
+      }
       if (a.pending) {
         // The rest of a batch the last poll cut short, unless producers overwrote it meanwhile.
         const RingBatch rest = *a.pending;
@@ -275,8 +500,8 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
           handle(a, PollStatus::kOk, rest);
         } else {
           const Offset missed = s.drop_polled(a, a.skip_below);
-          const Offset resumed = a.consumer->rejoin();
-          s.notices.push_back(PollNotice{PollNotice::Kind::kLapped, a.topic, a.partition, missed, resumed});
+          WEFT_TRY_VOID(s.lapped(a, missed));
+          continue;
         }
       }
       RingBatch batch;
@@ -286,6 +511,8 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         status = a.consumer->poll(batch);
         if (!handle(a, status, batch)) break;
       }
+      if (failure) return std::move(*failure);
+      if (!a.consumer) continue;  // lapped: reading the log now
       // Drained right after data (taken in this pass or by the wait that led to it).
       a.caught_up = status == PollStatus::kEmpty && (s.records.size() > before || !s.polled.empty());
       if (a.caught_up) a.consumer->mark_caught_up();
@@ -296,18 +523,20 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     // Saturating: a "forever" timeout of INT64_MAX ms must not overflow into the past.
     if (deadline < 0) deadline = now + std::min<std::int64_t>(timeout_ms, std::int64_t{1} << 40) * 1'000'000;
     if (now >= deadline) break;
-    if (n == 1) {
+    if (n == 1 && s.assignments.front().consumer) {
       // One partition: the ring's own wait (spin, yield or futex park) until data or the deadline.
       Assignment& a = s.assignments.front();
       RingBatch batch;
       const PollStatus status = a.consumer->wait(batch, s.options.wait, deadline - now);
       handle(a, status, batch);
-    } else if (s.options.wait == WaitKind::kPark) {
+      if (failure) return std::move(*failure);
+    } else if (s.options.wait == WaitKind::kPark && s.assignments[s.next_assignment].consumer) {
       // A futex waits on one ring; with several, sleep in short slices on the first.
       Assignment& a = s.assignments[s.next_assignment];
       RingBatch batch;
       handle(a, a.consumer->wait(batch, WaitKind::kPark, std::min<std::int64_t>(deadline - now, 1'000'000)), batch);
-    } else if (s.options.wait == WaitKind::kYield) {
+      if (failure) return std::move(*failure);
+    } else if (s.options.wait == WaitKind::kYield || s.options.wait == WaitKind::kPark) {
       sched_yield();
     }
   }
@@ -318,8 +547,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     if (p.from->consumer->validate(p.batch)) continue;
     Assignment& from = *p.from;  // `p` moves when drop_polled erases
     const Offset missed = s.drop_polled(from, from.consumer->next_offset());
-    const Offset resumed = from.consumer->rejoin();
-    s.notices.push_back(PollNotice{PollNotice::Kind::kLapped, from.topic, from.partition, missed, resumed});
+    WEFT_TRY_VOID(s.lapped(from, missed));
     i = static_cast<std::size_t>(-1);  // start over: the list changed
   }
   return PollResult{s.records, s.notices};

@@ -84,6 +84,8 @@ void write_config(Writer& w, const TopicConfig& c) {
   w.u32(c.producer_slots);
   w.u32(c.consumer_slots);
   w.u8(c.consumer_flow_control ? 1 : 0);
+  w.i64(c.segment_bytes);
+  w.i64(c.segment_ms);
 }
 
 TopicConfig read_config(Reader& r) {
@@ -99,6 +101,8 @@ TopicConfig read_config(Reader& r) {
   c.producer_slots = r.u32();
   c.consumer_slots = r.u32();
   c.consumer_flow_control = r.u8() != 0;
+  c.segment_bytes = r.i64();
+  c.segment_ms = r.i64();
   return c;
 }
 
@@ -120,6 +124,10 @@ void write_topic_info(Writer& w, const TopicInfo& info) {
     w.u64(s.back_pressure_events);
     w.u64(s.sealed_claims);
     w.str(s.memory);
+    w.i64(s.log_start_offset.value);
+    w.i64(s.log_end_offset.value);
+    w.u64(s.log_bytes);
+    w.str(s.log_error);
   }
 }
 
@@ -143,6 +151,10 @@ TopicInfo read_topic_info(Reader& r) {
     s.back_pressure_events = r.u64();
     s.sealed_claims = r.u64();
     s.memory = r.str();
+    s.log_start_offset = Offset{r.i64()};
+    s.log_end_offset = Offset{r.i64()};
+    s.log_bytes = r.u64();
+    s.log_error = r.str();
     info.partitions.push_back(std::move(s));
   }
   return info;

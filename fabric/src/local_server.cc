@@ -73,6 +73,7 @@ struct LocalServer::Impl {
   UniqueFd spare_fd{open("/dev/null", O_RDONLY | O_CLOEXEC)};
   std::int64_t last_shed_log_ns = 0;
   std::shared_ptr<SharedMemory> sending;  // keeps the fd being sent open until it is sent
+  UniqueFd sending_file;                  // the same for a log slice's segment file
 
   // Root, the node's own uid, a listed uid, or a listed gid among the peer's primary and
   // supplementary groups (SO_PEERGROUPS: membership in a `weft` group is the usual setup).
@@ -198,7 +199,11 @@ struct LocalServer::Impl {
       // Truncated fields, or bytes left after them: the request breaks the protocol, not a rule.
       const bool malformed = outcome.error().code == Errc::kInvalidArgument && (r.failed() || !r.at_end());
       send_error(c.fd.get(), type, header->request_id, outcome.error());
-      if (malformed || outcome.error().code == Errc::kUnsupported) {
+      // Another protocol (an unknown request, a hello of another version) ends the connection;
+      // a request the node cannot serve (a partition with no log) does not.
+      const bool foreign = outcome.error().code == Errc::kUnsupported &&
+                           (type == static_cast<std::uint16_t>(MessageType::kHello) || !local::known_message_type(type));
+      if (malformed || foreign) {
         count(&LocalServerStats::bad_requests);
         log(LogLevel::kWarn, "closing client connection", {{"pid", std::to_string(c.peer.pid)}, {"reason", outcome.error().message}});
         return false;
@@ -208,6 +213,7 @@ struct LocalServer::Impl {
     local::finish_message(out);
     const bool sent = out.size() <= local::kMaxMessageBytes && local::send_message(c.fd.get(), out, fd_to_send).ok();
     sending.reset();
+    sending_file = UniqueFd();
     if (sent) return true;
     // Too large for the protocol or for the socket's send buffer (or the peer is gone, and this
     // fails too): an answer that says so beats a connection closed without a word.
@@ -296,6 +302,65 @@ struct LocalServer::Impl {
         w.u32(memory.partition);
         w.u64(memory.memory->size());
         fd_to_send = memory.memory->fd();
+        return ok();
+      }
+      case MessageType::kOpenLogSlice: {
+        const std::string name = r.str(512);
+        const std::uint32_t partition = r.u32();
+        const Offset offset{r.i64()};
+        WEFT_TRY_VOID(r.finish("open log slice"));
+        if (!c.greeted) return Error{Errc::kFailedPrecondition, "open log slice: say hello first"};
+        WEFT_TRY(LogSlice slice, node->open_log_slice(name, partition, offset));
+        w.u8(0);
+        w.u64(slice.position);
+        w.u64(slice.end);
+        w.i64(slice.offset.value);
+        sending_file = std::move(slice.file);  // closed once sent
+        fd_to_send = sending_file.get();
+        return ok();
+      }
+      case MessageType::kLogOffsetForTimestamp: {
+        const std::string name = r.str(512);
+        const std::uint32_t partition = r.u32();
+        const std::int64_t timestamp = r.i64();
+        WEFT_TRY_VOID(r.finish("log offset for timestamp"));
+        WEFT_TRY(const Offset offset, node->log_offset_for_timestamp(name, partition, timestamp));
+        w.u8(0);
+        w.i64(offset.value);
+        return ok();
+      }
+      case MessageType::kCommitOffsets: {
+        const std::string group = r.str(512);
+        const std::uint32_t count = r.u32();
+        if (count > 1000) return Error{Errc::kInvalidArgument, "commit offsets: more than 1000 entries in one request"};
+        std::vector<CommittedOffset> offsets;
+        for (std::uint32_t i = 0; i < count && !r.failed(); ++i) {
+          CommittedOffset o;
+          o.topic = r.str(512);
+          o.partition = r.u32();
+          o.offset = Offset{r.i64()};
+          o.metadata = r.str(64);
+          offsets.push_back(std::move(o));
+        }
+        WEFT_TRY_VOID(r.finish("commit offsets"));
+        WEFT_TRY_VOID(node->commit_offsets(group, offsets));
+        w.u8(0);
+        return ok();
+      }
+      case MessageType::kFetchOffsets: {
+        const std::string group = r.str(512);
+        const std::string topic = r.str(512);
+        WEFT_TRY_VOID(r.finish("fetch offsets"));
+        WEFT_TRY(const std::vector<CommittedOffset> offsets, node->fetch_offsets(group, topic));
+        w.u8(0);
+        w.u32(static_cast<std::uint32_t>(offsets.size()));
+        for (const CommittedOffset& o : offsets) {
+          w.str(o.topic);
+          w.u32(o.partition);
+          w.i64(o.offset.value);
+          w.str(o.metadata);
+          w.i64(o.commit_time_ms);
+        }
         return ok();
       }
       case MessageType::kStatus: {

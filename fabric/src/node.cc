@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <ctime>
 #include <fstream>
 
 #include <algorithm>
@@ -29,6 +30,12 @@ constexpr std::size_t kMinRing = std::size_t{64} << 10;
 constexpr std::size_t kMaxRing = std::size_t{1} << 30;
 constexpr std::int64_t kSealEveryNs = 20'000'000;     // a stalled claim is looked at this often
 constexpr std::int64_t kReclaimEveryNs = 1'000'000'000;
+
+std::int64_t wall_clock_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+}
 
 template <class Int>
 Result<Int> parse_int(std::string_view key, std::string_view text) {
@@ -63,6 +70,9 @@ Result<void> validate_topic_config(const TopicConfig& c) {
                                              std::to_string(c.ring_capacity_bytes / 4) + ")"};
   if (c.retention_bytes < -1 || c.retention_ms < -1)
     return Error{Errc::kInvalidArgument, "retention.bytes and retention.ms must be -1 (unlimited) or positive"};
+  if (c.segment_bytes < 4096 || c.segment_bytes > INT32_MAX)
+    return Error{Errc::kInvalidArgument, "segment.bytes must be between 4096 and 2147483647"};
+  if (c.segment_ms < 1) return Error{Errc::kInvalidArgument, "segment.ms must be positive"};
   if (c.fsync == FsyncPolicy::kInterval && c.fsync_interval_ms <= 0)
     return Error{Errc::kInvalidArgument, "fsync=interval needs a positive interval in milliseconds"};
   if (c.producer_slots < 1 || c.producer_slots > 63) return Error{Errc::kInvalidArgument, "producer.slots must be between 1 and 63"};
@@ -87,6 +97,12 @@ Result<void> set_topic_config(TopicConfig& c, std::string_view key, std::string_
   } else if (key == "retention.ms") {
     WEFT_TRY(const auto v, parse_int<std::int64_t>(key, value));
     c.retention_ms = v;
+  } else if (key == "segment.bytes") {
+    WEFT_TRY(const auto v, parse_int<std::int64_t>(key, value));
+    c.segment_bytes = v;
+  } else if (key == "segment.ms") {
+    WEFT_TRY(const auto v, parse_int<std::int64_t>(key, value));
+    c.segment_ms = v;
   } else if (key == "producer.slots") {
     WEFT_TRY(const auto v, parse_int<std::uint32_t>(key, value));
     c.producer_slots = v;
@@ -112,7 +128,7 @@ Result<void> set_topic_config(TopicConfig& c, std::string_view key, std::string_
   } else {
     return Error{Errc::kInvalidArgument, "unknown topic config '" + std::string(key) +
                                              "' (known: partitions, ring.capacity.bytes, max.batch.bytes, retention.bytes, "
-                                             "retention.ms, fsync, flow.control, producer.slots, consumer.slots)"};
+                                             "retention.ms, segment.bytes, segment.ms, fsync, flow.control, producer.slots, consumer.slots)"};
   }
   return ok();
 }
@@ -139,13 +155,24 @@ struct Node::Partition {
   std::uint64_t sealed = 0;
   std::deque<Ring::Mark> checkpoints;  // frontiers of earlier passes, oldest first (maintenance only)
   PartitionStats stats;  // under State::stats_mutex
-  // The log writer (maintenance only): a consumer that reads every batch into the log.
+  // The log writer (maintenance only): a consumer that reads every batch into the log. The log
+  // itself is set at creation and thread-safe, so readers behind the ring use it from any thread.
   std::unique_ptr<PartitionLog> log;
   std::optional<Consumer> writer;
-  std::uint64_t durable_position = 0;  // producers may overwrite only what lies before it
-  std::uint64_t unsynced_position = 0;  // written to the log, not yet synced
+  std::optional<RingBatch> refused;  // a batch the log did not take (a full disk): offered again
+  bool unflushed = false;            // a flush failed: what the log took waits in its buffer
+  std::uint64_t written_position = 0;  // ring position up to which the log holds every batch...
+  Offset written_offset{0};            // ... and the offset there
+  std::uint64_t durable_position = 0;  // ... and synced as the topic asks: producers may reuse
+  Offset durable_offset{0};            // what lies before it
+  Offset published_written{-1};        // what producers were last told
+  Offset published_durable{-1};
   std::int64_t last_sync_ns = 0;
-  std::string log_error;
+  std::int64_t last_retention_ns = 0;
+  std::int64_t log_retry_at_ns = 0;
+  std::string log_error;  // why the log takes nothing now (empty: it does)
+  Errc log_error_code = Errc::kOk;
+  bool log_stopped = false;  // for good: a failed sync or a broken ring; the topic must be recreated
 };
 
 struct Node::Topic {
@@ -163,6 +190,7 @@ struct Node::State {
   std::size_t ring_bytes = 0;
   std::mutex maintain_mutex;
   mutable std::mutex stats_mutex;
+  std::unique_ptr<OffsetStore> offsets;  // none without NodeOptions::offsets_dir
   std::mutex wake_mutex;
   std::condition_variable wake;
   bool stopping = false;
@@ -179,6 +207,11 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
     return Error{Errc::kInvalidArgument, "maintenance intervals must be positive and min <= max"};
   std::unique_ptr<Node> node(new Node(std::move(options)));
   if (!node->options_.metadata_dir.empty()) WEFT_TRY_VOID(node->load_topics());
+  if (!node->options_.offsets_dir.empty()) {
+    WEFT_TRY(node->state_->offsets, OffsetStore::open(node->options_.offsets_dir));
+    for (const OffsetLoadProblem& problem : node->state_->offsets->load_problems())
+      log(LogLevel::kError, "consumer group offsets not loaded", {{"group", problem.group}, {"reason", problem.error.message}});
+  }
   if (node->options_.start_maintenance_thread) {
     Node* self = node.get();
     node->state_->thread = std::thread([self] {
@@ -278,8 +311,10 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
     if (log) {
       WEFT_TRY(Consumer writer, Consumer::attach(ring, StartAt::kEarliest));
       partition->writer.emplace(std::move(writer));
+      partition->written_offset = partition->durable_offset = log->next_offset();
       partition->log = std::move(log);
-      partition->durable_position = ring.reuse_limit().position.value;
+      partition->written_position = partition->durable_position = ring.reuse_limit().position.value;
+      publish_log_progress(ring, LogProgress{partition->written_offset, partition->durable_offset, Errc::kOk});
     }
     partition->created_at = ring.reuse_limit();
     partition->stats.partition = p;
@@ -324,8 +359,37 @@ Result<void> Node::delete_topic(std::string_view name) {
   for (const auto& p : topic->partitions)
     if (p->log)
       if (Result<void> r = p->log->remove(); !r.ok() && removed.ok()) removed = r;
+  // A topic created again under the name starts with no group positions, as in Kafka.
+  if (state_->offsets)
+    if (Result<void> r = state_->offsets->forget_topic(topic->name); !r.ok() && removed.ok()) removed = r;
   topic.reset();
   return removed;
+}
+
+Result<void> Node::commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) {
+  if (!state_->offsets)
+    return Error{Errc::kFailedPrecondition, "this node keeps no committed offsets (run it with a data directory; NodeOptions::offsets_dir)"};
+  {
+    std::shared_lock lock(state_->topics_mutex);
+    for (const CommittedOffset& o : offsets) {
+      auto it = state_->topics.find(o.topic);
+      if (it == state_->topics.end()) return Error{Errc::kNotFound, "commit: topic '" + o.topic + "' does not exist"};
+      if (o.partition >= it->second->partitions.size())
+        return Error{Errc::kNotFound, "commit: topic '" + o.topic + "' has no partition " + std::to_string(o.partition)};
+    }
+  }
+  std::vector<CommittedOffset> stamped(offsets.begin(), offsets.end());
+  const std::int64_t now = wall_clock_ms();
+  for (CommittedOffset& o : stamped) o.commit_time_ms = now;  // the node's clock, as Kafka's broker stamps commits
+  return state_->offsets->commit(group, stamped);
+}
+
+Result<std::vector<CommittedOffset>> Node::fetch_offsets(std::string_view group, std::string_view topic) const {
+  if (!state_->offsets) return std::vector<CommittedOffset>{};
+  WEFT_TRY_VOID(validate_group_id(group));
+  std::vector<CommittedOffset> all = state_->offsets->fetch_all(group);
+  if (!topic.empty()) std::erase_if(all, [&](const CommittedOffset& o) { return o.topic != topic; });
+  return all;
 }
 
 std::vector<std::string> Node::list_topics() const {
@@ -371,55 +435,110 @@ Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_
   return PartitionMemory{p.memory, p.ring, topic.id, partition};
 }
 
+void Node::log_failed(Partition& p, const Error& error, bool retry, std::int64_t now) {
+  const bool first = p.log_error.empty();
+  p.log_error = error.message;
+  p.log_error_code = error.code == Errc::kOk ? Errc::kInternal : error.code;
+  p.log_stopped = !retry;
+  p.log_retry_at_ns = now + options_.log_retry_interval_ms * 1'000'000;
+  if (first || !retry)
+    log(LogLevel::kError, retry ? "partition log refused a write; producers get errors until it takes them again" : "partition log stopped",
+        {{"reason", p.log_error}, {"written_offset", std::to_string(p.written_offset.value)}});
+  // Producers waiting on acknowledgements get the error now; what the log holds still serves.
+  publish_log_progress(p.ring, LogProgress{p.written_offset, p.durable_offset, p.log_error_code});
+}
+
 void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t now) {
-  if (!p.log_error.empty()) return;  // stopped: producers fill the ring and are back-pressured
+  if (p.log_stopped || (!p.log_error.empty() && now < p.log_retry_at_ns)) return;
   Consumer& writer = *p.writer;
-  RingBatch batch;
-  bool appended = false;
+  // Writes and flushes that fail (a full disk) are tried again: the ring keeps every batch the
+  // log has not taken, since the reuse limit never passes written_position.
+  bool took = false;
+  if (p.refused) {
+    if (Result<void> taken = p.log->append(p.refused->bytes); !taken.ok()) return log_failed(p, taken.error(), true, now);
+    p.refused.reset();
+    took = true;
+  }
   // Bounded per pass (a ring's worth), so one busy partition cannot starve the others.
   for (std::size_t bytes = 0; bytes < p.ring.capacity_bytes();) {
+    RingBatch batch;
     const PollStatus status = writer.poll(batch);
     if (status == PollStatus::kEmpty) break;
     if (status != PollStatus::kOk) {
       // The limit never passes the writer, so a lap or a corrupt frame is a bug or a hostile
       // client: stop taking this partition's batches rather than persist a gap silently.
-      p.log_error = status == PollStatus::kLapped ? "the log writer was lapped" : "a corrupt frame in the ring";
-      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}, {"offset", std::to_string(writer.next_offset().value)}});
-      return;
+      return log_failed(p, Error{Errc::kInternal, status == PollStatus::kLapped ? "the log writer was lapped" : "a corrupt frame in the ring"},
+                        false, now);
     }
-    if (Result<void> written = p.log->append(batch.bytes); !written.ok()) {
-      p.log_error = written.error().message;
-      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}, {"offset", std::to_string(batch.base_offset.value)}});
-      return;
+    if (Result<void> taken = p.log->append(batch.bytes); !taken.ok()) {
+      p.refused = batch;
+      if (took) (void)p.log->flush();  // what it did take this pass may still reach the file
+      return log_failed(p, taken.error(), taken.error().code != Errc::kInvalidArgument, now);
     }
     bytes += batch.bytes.size();
-    appended = true;
+    took = true;
   }
-  if (appended) {
+  if (took || p.unflushed) {
     if (Result<void> flushed = p.log->flush(); !flushed.ok()) {
-      p.log_error = flushed.error().message;
-      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}});
-      return;
+      p.unflushed = true;
+      return log_failed(p, flushed.error(), true, now);
     }
+    p.unflushed = false;
+    p.written_position = writer.position().value;
+    p.written_offset = writer.next_offset();
   }
-  const std::uint64_t written = writer.position().value;
   if (config.fsync == FsyncPolicy::kNone) {
-    p.durable_position = written;  // in the page cache is all this topic asks
-    return;
-  }
-  if (appended) p.unsynced_position = written;
-  const bool due = config.fsync == FsyncPolicy::kAlways || now - p.last_sync_ns >= config.fsync_interval_ms * 1'000'000;
-  if (p.unsynced_position > p.durable_position && due) {
-    // One fdatasync for everything appended since the last: producers waiting on durability
-    // are released together (group commit).
-    if (Result<void> synced = p.log->sync(); !synced.ok()) {
-      p.log_error = synced.error().message;
-      log(LogLevel::kError, "partition log stopped", {{"reason", p.log_error}});
-      return;
-    }
+    // In the page cache is all this topic asks.
+    p.durable_position = p.written_position;
+    p.durable_offset = p.written_offset;
+  } else if (p.written_offset > p.durable_offset &&
+             (config.fsync == FsyncPolicy::kAlways || now - p.last_sync_ns >= config.fsync_interval_ms * 1'000'000)) {
+    // One fdatasync for everything written since the last: producers waiting on durability are
+    // answered together (group commit). A failed fdatasync is not retried: the kernel may have
+    // dropped the dirty pages it could not write, so a retry could report success falsely.
+    if (Result<void> synced = p.log->sync(); !synced.ok()) return log_failed(p, synced.error(), false, now);
     p.last_sync_ns = now;
-    p.durable_position = p.unsynced_position;
+    p.durable_position = p.written_position;
+    p.durable_offset = p.written_offset;
   }
+  if (!p.log_error.empty()) {
+    log(LogLevel::kInfo, "partition log takes writes again", {{"written_offset", std::to_string(p.written_offset.value)}});
+    p.log_error.clear();
+    p.log_error_code = Errc::kOk;
+    p.published_written = Offset{-1};  // publish, clearing the error
+  }
+  if (p.written_offset != p.published_written || p.durable_offset != p.published_durable) {
+    publish_log_progress(p.ring, LogProgress{p.written_offset, p.durable_offset, Errc::kOk});
+    p.published_written = p.written_offset;
+    p.published_durable = p.durable_offset;
+  }
+}
+
+Result<PartitionLog*> Node::partition_log(std::string_view name, std::uint32_t partition, std::shared_ptr<Topic>& keep) const {
+  {
+    std::shared_lock lock(state_->topics_mutex);
+    auto it = state_->topics.find(name);
+    if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
+    keep = it->second;
+  }
+  if (partition >= keep->partitions.size())
+    return Error{Errc::kNotFound, "topic '" + keep->name + "' has " + std::to_string(keep->partitions.size()) +
+                                      " partitions; there is no partition " + std::to_string(partition)};
+  PartitionLog* log = keep->partitions[partition]->log.get();
+  if (log == nullptr) return Error{Errc::kUnsupported, "topic '" + keep->name + "' has no log on this node (in memory only)"};
+  return log;
+}
+
+Result<LogSlice> Node::open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) const {
+  std::shared_ptr<Topic> keep;
+  WEFT_TRY(PartitionLog * log, partition_log(topic, partition, keep));
+  return log->slice(offset);
+}
+
+Result<Offset> Node::log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const {
+  std::shared_ptr<Topic> keep;
+  WEFT_TRY(PartitionLog * log, partition_log(topic, partition, keep));
+  return log->offset_for_timestamp(timestamp_ms);
 }
 
 Result<void> Node::save_topic(const std::string& name, const TopicConfig& c) const {
@@ -427,7 +546,8 @@ Result<void> Node::save_topic(const std::string& name, const TopicConfig& c) con
   // renamed into place, so a crash leaves the old file or the new one.
   std::string text = "partitions=" + std::to_string(c.partitions) + "\nring.capacity.bytes=" + std::to_string(c.ring_capacity_bytes) +
                      "\nmax.batch.bytes=" + std::to_string(c.max_batch_bytes) + "\nretention.bytes=" + std::to_string(c.retention_bytes) +
-                     "\nretention.ms=" + std::to_string(c.retention_ms) + "\nfsync=" + fsync_policy_name(c) +
+                     "\nretention.ms=" + std::to_string(c.retention_ms) + "\nsegment.bytes=" + std::to_string(c.segment_bytes) +
+                     "\nsegment.ms=" + std::to_string(c.segment_ms) + "\nfsync=" + fsync_policy_name(c) +
                      "\nflow.control=" + (c.consumer_flow_control ? "consumers" : "none") +
                      "\nproducer.slots=" + std::to_string(c.producer_slots) + "\nconsumer.slots=" + std::to_string(c.consumer_slots) + "\n";
   const std::string path = options_.metadata_dir + "/" + name + ".topic";
@@ -545,7 +665,24 @@ double Node::maintain_pass() {
         p->owner.reclaim_dead_slots();
       }
 
-      if (p->log) drain_to_log(*p, topic->config, now);
+      if (p->log) {
+        drain_to_log(*p, topic->config, now);
+        // Producers waiting on the log: come back at once rather than at the ring's pace.
+        if (log_waiters(p->ring) != 0) used = std::max(used, 1e9);
+        if (now - p->last_retention_ns >= options_.retention_check_interval_ms * 1'000'000 &&
+            (topic->config.retention_bytes >= 0 || topic->config.retention_ms >= 0)) {
+          p->last_retention_ns = now;
+          Result<RetentionOutcome> kept = p->log->apply_retention(topic->config.retention_bytes, topic->config.retention_ms, wall_clock_ms());
+          if (!kept.ok()) {
+            log(LogLevel::kWarn, "retention failed", {{"topic", topic->name}, {"reason", kept.error().message}});
+          } else if (kept->segments_deleted > 0) {
+            log(LogLevel::kInfo, "retention deleted segments",
+                {{"topic", topic->name}, {"partition", std::to_string(p->stats.partition)},
+                 {"segments", std::to_string(kept->segments_deleted)}, {"bytes", std::to_string(kept->bytes_deleted)},
+                 {"log_start_offset", std::to_string(kept->start_offset.value)}});
+          }
+        }
+      }
 
       // Nothing else holds producers back but the ring itself (and the log, below): the older
       // half stays readable (earliest, seeks, slow readers) and the newer half is free for
@@ -596,7 +733,9 @@ double Node::maintain_pass() {
       s.bytes = claimed;
       s.sealed_claims = p->sealed;
       if (p->log) {
+        s.log_start_offset = p->log->start_offset();
         s.log_end_offset = p->log->next_offset();
+        s.log_bytes = p->log->size_bytes();
         s.log_error = p->log_error;
       }
       for (std::uint32_t i = 0; i < d.producer_slots; ++i) {

@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <time.h>
 
+#include <algorithm>
 #include <optional>
 
 namespace weft {
@@ -48,6 +49,7 @@ namespace {
 struct PartitionProducer {
   PartitionMemory memory;
   std::optional<Producer> producer;  // attached at the first send, so idle partitions hold no slot
+  Offset sent_end{0};                // the offset after the last record sent here (flush waits for it)
 };
 
 std::uint64_t seed_from_clock() noexcept {
@@ -125,6 +127,8 @@ Result<void> TopicProducer::wait_for_space(std::uint32_t partition, std::int64_t
   const std::int64_t now = monotonic_ns();
   // Saturating: max_block_ms of INT64_MAX means "wait as long as it takes".
   if (deadline_ns == 0) deadline_ns = now + std::min<std::int64_t>(state_->options.max_block_ms, std::int64_t{1} << 40) * 1'000'000;
+  // A log that stopped (a full disk) holds the ring full: say so rather than time out.
+  if (read_log_progress(state_->partitions[partition].memory.ring).error != Errc::kOk) return log_stopped_error(partition);
   if (now >= deadline_ns)
     return Error{Errc::kUnavailable, "topic '" + state_->topic + "' partition " + std::to_string(partition) +
                                          ": no ring space within max_block_ms=" + std::to_string(state_->options.max_block_ms) +
@@ -151,6 +155,7 @@ namespace {
   std::optional<Producer>& producer = partitions[partition].producer;
   if (!producer || producer->offer_record(record, &base) != ClaimStatus::kOk) [[unlikely]]
     return false;
+  partitions[partition].sent_end = Offset{base.value + 1};
   ++stats.records;
   ++stats.batches;
   return true;
@@ -196,6 +201,7 @@ Result<SendResult> TopicProducer::send_slow(std::uint32_t partition, const Recor
       case ClaimStatus::kOk:
         ++state_->stats.records;
         ++state_->stats.batches;
+        state_->partitions[partition].sent_end = Offset{base.value + 1};
         return SendResult{partition, base};
       case ClaimStatus::kBackPressured: WEFT_TRY_VOID(wait_for_space(partition, deadline)); break;
       case ClaimStatus::kTooLarge:
@@ -253,6 +259,7 @@ Result<SendResult> TopicProducer::commit(ZeroCopyBatch& batch, std::size_t used_
     case CommitStatus::kOk:
       state_->stats.records += batch.claim.records;
       ++state_->stats.batches;
+      state_->partitions[batch.partition].sent_end = Offset{batch.base_offset.value + batch.claim.records};
       return SendResult{batch.partition, batch.base_offset};
     case CommitStatus::kMalformed:
       return Error{Errc::kInvalidArgument, "commit: the batch header does not match the claim (record count, length or magic); the claim was aborted"};
@@ -265,10 +272,50 @@ void TopicProducer::abort(ZeroCopyBatch& batch) {
   if (Result<Producer*> producer = ring_producer(batch.partition); producer.ok()) (*producer)->abort(batch.claim);
 }
 
+namespace {
+
+std::int64_t deadline_after(std::int64_t timeout_ms) {
+  return monotonic_ns() + std::clamp<std::int64_t>(timeout_ms, 0, std::int64_t{1} << 40) * 1'000'000;
+}
+
+}  // namespace
+
+Result<void> TopicProducer::wait_for_log(std::uint32_t partition, Offset end, Acks acks, std::int64_t deadline_ns) {
+  if (acks == Acks::kNone) return ok();  // in the ring when send returned
+  const Ring& ring = state_->partitions[partition].memory.ring;
+  switch (weft::wait_for_log(ring, end, acks == Acks::kAll, deadline_ns)) {
+    case AckStatus::kOk:
+    case AckStatus::kNoLog: return ok();
+    case AckStatus::kTimeout:
+      return Error{Errc::kUnavailable, "topic '" + state_->topic + "' partition " + std::to_string(partition) +
+                                           ": not acknowledged in time (is the node running and its disk keeping up?)"};
+    case AckStatus::kLogError: break;
+  }
+  return log_stopped_error(partition);
+}
+
+Error TopicProducer::log_stopped_error(std::uint32_t partition) const {
+  const Errc code = read_log_progress(state_->partitions[partition].memory.ring).error;
+  const std::string where = "topic '" + state_->topic + "' partition " + std::to_string(partition) + ": ";
+  if (code == Errc::kResourceExhausted)
+    return Error{code, where + "the log is out of disk space; the node keeps what it has, retries, and takes records again when space returns"};
+  return Error{code, where + "the log stopped taking records (" + std::string(errc_name(code)) + "); see the node's log"};
+}
+
+Result<void> TopicProducer::await(const SendResult& sent, Acks acks, std::int64_t timeout_ms) {
+  if (sent.partition >= state_->partitions.size())
+    return Error{Errc::kInvalidArgument, "await: topic '" + state_->topic + "' has no partition " + std::to_string(sent.partition)};
+  // A batch reaches the log whole, so the first record's offset stands for all of them.
+  return wait_for_log(sent.partition, Offset{sent.offset.value + 1}, acks, deadline_after(timeout_ms));
+}
+
 Result<void> TopicProducer::flush(std::int64_t timeout_ms) {
-  // Every send is in its ring when it returns, which is all acks=0 and, without a log store or
-  // replicas, acks=1 and acks=all ask for. The storage issue makes this wait for the log writer.
-  (void)timeout_ms;
+  const std::int64_t deadline = deadline_after(timeout_ms);
+  for (std::uint32_t p = 0; p < state_->partitions.size(); ++p) {
+    const PartitionProducer& partition = state_->partitions[p];
+    if (!partition.producer || partition.sent_end.value == 0) continue;
+    WEFT_TRY_VOID(wait_for_log(p, partition.sent_end, state_->options.acks, deadline));
+  }
   return ok();
 }
 

@@ -377,6 +377,8 @@ Result<Ring> Ring::format(std::span<std::byte> memory, const RingConfig& config)
   d.initial_offset = config.initial_offset.value;
   control->claim.tail = PositionPair{0, static_cast<std::uint64_t>(config.initial_offset.value)};
   control->reuse.limit = PositionPair{0, static_cast<std::uint64_t>(config.initial_offset.value)};
+  control->log.written_offset.store(kNoLog, std::memory_order_relaxed);
+  control->log.durable_offset.store(kNoLog, std::memory_order_relaxed);
   auto* producers = reinterpret_cast<ProducerSlot*>(memory.data() + sizeof(RingControl));
   for (std::uint32_t i = 0; i < config.producer_slots; ++i)
     producers[i].pending_position.store(kNoClaim, std::memory_order_relaxed);
@@ -1060,6 +1062,70 @@ std::size_t RingOwner::reclaim_dead_slots() {
     if (s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) ++freed;
   }
   return freed;
+}
+
+// ---- the log's progress ------------------------------------------------------------------------
+
+void publish_log_progress(const Ring& ring, const LogProgress& progress) noexcept {
+  ring_layout::LogLine& line = ring.control().log;
+  // Release: a producer that sees an offset here sees the log state behind it (nothing else to
+  // see in this memory, but the order costs nothing on x86 and states the intent).
+  line.error.store(static_cast<std::uint32_t>(progress.error), std::memory_order_release);
+  line.written_offset.store(progress.written.value, std::memory_order_release);
+  line.durable_offset.store(progress.durable.value, std::memory_order_release);
+  // Seq_cst pairs with the waiter's seq_cst increment of `waiters` before it re-reads the
+  // offsets: either it sees the new offsets or this sees it waiting (Dekker's pattern).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (line.waiters.load(std::memory_order_relaxed) != 0) {
+    line.futex_sequence.fetch_add(1, std::memory_order_release);
+    futex(&line.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
+  }
+}
+
+LogProgress read_log_progress(const Ring& ring) noexcept {
+  const ring_layout::LogLine& line = ring.control().log;
+  LogProgress p;
+  // Acquire: pairs with publish_log_progress.
+  p.written = Offset{line.written_offset.load(std::memory_order_acquire)};
+  p.durable = Offset{line.durable_offset.load(std::memory_order_acquire)};
+  p.error = static_cast<Errc>(line.error.load(std::memory_order_acquire));
+  return p;
+}
+
+std::uint32_t log_waiters(const Ring& ring) noexcept {
+  return ring.control().log.waiters.load(std::memory_order_relaxed);  // a hint for the writer's pace
+}
+
+AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t deadline_ns) noexcept {
+  ring_layout::LogLine& line = ring.control().log;
+  auto check = [&]() -> std::optional<AckStatus> {
+    const LogProgress p = read_log_progress(ring);
+    if (p.written.value == ring_layout::kNoLog) return AckStatus::kNoLog;
+    if ((durable ? p.durable : p.written) >= end) return AckStatus::kOk;
+    if (p.error != Errc::kOk) return AckStatus::kLogError;
+    return std::nullopt;
+  };
+  // The writer answers within a maintenance pass (tens of µs) or an fdatasync (hundreds): spin
+  // a little for the first, sleep for the second.
+  for (int i = 0; i < 256; ++i) {
+    if (const auto status = check()) return *status;
+    cpu_relax();
+  }
+  for (;;) {
+    const std::int64_t now = monotonic_ns();
+    if (now >= deadline_ns) return AckStatus::kTimeout;
+    const std::uint32_t sequence = line.futex_sequence.load(std::memory_order_acquire);
+    line.waiters.fetch_add(1, std::memory_order_seq_cst);
+    const std::optional<AckStatus> status = check();
+    if (!status) {
+      // Bounded sleeps: a writer in another process that dies must not leave us asleep.
+      const std::int64_t wait_ns = std::min<std::int64_t>(deadline_ns - now, 10'000'000);
+      const timespec timeout{0, static_cast<long>(wait_ns)};
+      futex(&line.futex_sequence, FUTEX_WAIT, sequence, &timeout);
+    }
+    line.waiters.fetch_sub(1, std::memory_order_relaxed);
+    if (status) return *status;
+  }
 }
 
 }  // namespace weft

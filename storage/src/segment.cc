@@ -25,7 +25,7 @@ Result<void> write_all(int fd, std::span<const std::byte> bytes, std::uint64_t a
     const ssize_t n = pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(at));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return os_error(errno == ENOSPC ? Errc::kResourceExhausted : Errc::kIo, "writing " + what, errno);
+      return os_error(errno == ENOSPC || errno == EDQUOT ? Errc::kResourceExhausted : Errc::kIo, "writing " + what, errno);
     }
     bytes = bytes.subspan(static_cast<std::size_t>(n));
     at += static_cast<std::uint64_t>(n);
@@ -175,10 +175,12 @@ Result<void> Segment::append(std::span<const std::byte> batch) {
     return Error{Errc::kResourceExhausted, "offsets beyond 2^31 past the segment's base: roll to a new segment"};
   if (size_ + batch.size() > kMaxSegmentBytes)
     return Error{Errc::kResourceExhausted, "segment " + log_path_ + " would pass 2 GiB: roll to a new segment"};
+  // The buffer is written before it would overflow, never after taking the batch: an append
+  // that fails took nothing, so the caller can offer the same batch again.
+  if (!pending_.empty() && pending_.size() + batch.size() > options_.write_buffer_bytes) WEFT_TRY_VOID(flush());
   const std::uint64_t position = size_;
   pending_.insert(pending_.end(), batch.begin(), batch.end());
   note_batch(position, view.last_offset(), view.max_timestamp(), batch.size());
-  if (pending_.size() >= options_.write_buffer_bytes) return flush();
   return ok();
 }
 
@@ -187,13 +189,11 @@ Segment::~Segment() {
 }
 
 Result<void> Segment::flush() {
-  if (pending_.empty()) return ok();
+  if (pending_.empty()) return write_indexes();  // a failed flush may have left the indexes behind
   const std::uint64_t at = size_ - pending_.size();
-  if (Result<void> written = write_all(log_.get(), pending_, at, log_path_); !written.ok()) {
-    // Nothing of the buffer counts as appended: the caller sees the error and stops, and a
-    // later recovery cuts whatever part did reach the file.
-    return written;
-  }
+  // On failure (a full disk) the buffer stays: the next flush writes it again at the same place,
+  // and a recovery before then cuts whatever part reached the file.
+  WEFT_TRY_VOID(write_all(log_.get(), pending_, at, log_path_));
   pending_.clear();
   return write_indexes();
 }
@@ -358,6 +358,27 @@ Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> o
     return Error{Errc::kInvalidArgument, "the batch at byte " + std::to_string(position) + " of " + log_path_ + " is larger than the " +
                                              std::to_string(out.size()) + "-byte buffer"};
   return whole;
+}
+
+Result<std::vector<std::byte>> Segment::read_batch(std::uint64_t position) {
+  WEFT_TRY_VOID(flush());
+  std::byte header[kBatchHeaderBytes];
+  WEFT_TRY(const std::size_t got, read_at(log_.get(), header, position, log_path_));
+  if (got < kBatchHeaderBytes) return Error{Errc::kOutOfRange, "no batch at byte " + std::to_string(position) + " of " + log_path_};
+  const BatchHeader h = header_of(header);
+  if (h.total_bytes < kBatchHeaderBytes || position + h.total_bytes > size_)
+    return Error{Errc::kCorrupt, "the batch at byte " + std::to_string(position) + " of " + log_path_ + " runs past the segment"};
+  std::vector<std::byte> batch(h.total_bytes);
+  WEFT_TRY(const std::size_t whole, read_at(log_.get(), batch, position, log_path_));
+  if (whole != batch.size()) return Error{Errc::kCorrupt, log_path_ + " ended inside the batch at byte " + std::to_string(position)};
+  return batch;
+}
+
+Result<void> Segment::remove_files() {
+  pending_.clear();  // nothing more reaches these files
+  for (const std::string* path : {&log_path_, &index_path_, &time_index_path_})
+    if (::unlink(path->c_str()) != 0 && errno != ENOENT) return os_error(Errc::kIo, "deleting " + *path, errno);
+  return ok();
 }
 
 }  // namespace weft::storage

@@ -1,15 +1,27 @@
 #include "weft/storage/segment_log.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <filesystem>
 
+#include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 
 namespace weft::storage {
+namespace {
+
+std::int64_t wall_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+}  // namespace
 
 Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Offset start, SegmentLogOptions options,
                                                      SegmentLogRecovery* recovery) {
@@ -54,6 +66,8 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     WEFT_TRY(Segment first, Segment::create(dir, start, options.segment));
     log->segments_.push_back(std::make_unique<Segment>(std::move(first)));
   }
+  // A reopened active segment's age counts from now: its first batch's time is not kept.
+  if (log->segments_.back()->size_bytes() > 0) log->active_since_ms_ = wall_ms();
   return log;
 }
 
@@ -61,7 +75,9 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   std::lock_guard lock(mutex_);
   if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " was removed with its topic"};
   Segment* active = segments_.back().get();
-  if (active->size_bytes() > 0 && active->size_bytes() + batch.size() > options_.segment_bytes) {
+  const bool full = active->size_bytes() + batch.size() > options_.segment_bytes;
+  const bool old = active_since_ms_ >= 0 && wall_ms() - active_since_ms_ >= options_.segment_ms;
+  if (active->size_bytes() > 0 && (full || old)) {
     // Roll: the new segment is named by the offset this batch starts at.
     if (batch.size() < kBatchHeaderBytes) return Error{Errc::kInvalidArgument, "a batch shorter than its header"};
     const Offset base{wire::load_be64(batch.data() + batch_field::kBaseOffset)};
@@ -72,8 +88,11 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     WEFT_TRY(Segment next, Segment::create(dir_, base, options_.segment));
     segments_.push_back(std::make_unique<Segment>(std::move(next)));
     active = segments_.back().get();
+    active_since_ms_ = -1;
   }
-  return active->append(batch);
+  WEFT_TRY_VOID(active->append(batch));
+  if (active_since_ms_ < 0) active_since_ms_ = wall_ms();
+  return ok();
 }
 
 Result<void> SegmentLog::flush() {
@@ -111,27 +130,121 @@ std::size_t SegmentLog::segment_count() const {
   return segments_.size();
 }
 
+Segment* SegmentLog::segment_for(Offset offset) const {
+  // The last segment whose base is at or before the offset; an offset in the gap at a
+  // segment's end (skipped by an aborted claim) goes on in the next segment.
+  auto it = std::upper_bound(segments_.begin(), segments_.end(), offset,
+                             [](Offset o, const std::unique_ptr<Segment>& s) { return o < s->base_offset(); });
+  if (it != segments_.begin()) --it;
+  if (offset >= (*it)->next_offset() && std::next(it) != segments_.end()) ++it;
+  return offset >= (*it)->next_offset() ? nullptr : it->get();
+}
+
+namespace {
+
+Error before_start(Offset offset, Offset start) {
+  return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is before the log's start; the earliest offset is " +
+                                      std::to_string(start.value)};
+}
+
+}  // namespace
+
 Result<std::size_t> SegmentLog::read(Offset offset, std::span<std::byte> out) const {
   std::lock_guard lock(mutex_);
-  Segment* segment = nullptr;
-  {
-    if (offset < segments_.front()->base_offset())
-      return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is before the log's start, " +
-                                          std::to_string(segments_.front()->base_offset().value)};
-    if (offset > segments_.back()->next_offset())
-      return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is past the log's end, " +
-                                          std::to_string(segments_.back()->next_offset().value)};
-    // The last segment whose base is at or before the offset; an offset in the gap at a
-    // segment's end (skipped by an aborted claim) goes on in the next segment.
-    auto it = std::upper_bound(segments_.begin(), segments_.end(), offset,
-                               [](Offset o, const std::unique_ptr<Segment>& s) { return o < s->base_offset(); });
-    --it;
-    if (offset >= (*it)->next_offset() && std::next(it) != segments_.end()) ++it;
-    segment = it->get();
-  }
-  if (offset >= segment->next_offset()) return std::size_t{0};  // the end of the log: nothing yet
+  if (offset < segments_.front()->base_offset()) return before_start(offset, segments_.front()->base_offset());
+  if (offset > segments_.back()->next_offset())
+    return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is past the log's end, " +
+                                        std::to_string(segments_.back()->next_offset().value)};
+  Segment* segment = segment_for(offset);
+  if (segment == nullptr) return std::size_t{0};  // the end of the log: nothing yet
   WEFT_TRY(const std::uint64_t position, segment->find(std::max(offset, segment->base_offset())));
   return segment->read(position, out);
+}
+
+Result<LogSlice> SegmentLog::slice(Offset offset) {
+  std::lock_guard lock(mutex_);
+  if (removed_) return Error{Errc::kNotFound, "the log at " + dir_ + " was removed with its topic"};
+  const Offset start = segments_.front()->base_offset();
+  if (offset == kEarliestOffset) offset = start;
+  if (offset < start) return before_start(offset, start);
+  Segment* segment = segment_for(offset);
+  if (segment == nullptr) segment = segments_.back().get();  // at the end: an empty slice of the active segment
+  LogSlice slice;
+  slice.offset = offset;
+  if (offset < segment->next_offset()) {
+    WEFT_TRY(slice.position, segment->find(std::max(offset, segment->base_offset())));
+  } else {
+    slice.position = segment->written_bytes();
+  }
+  slice.end = segment->written_bytes();
+  // Opened anew, read-only: the reader may be another process, and must not get a writable file.
+  slice.file = UniqueFd(::open(segment->log_path().c_str(), O_RDONLY | O_CLOEXEC));
+  if (!slice.file.valid()) return os_error(Errc::kIo, "opening " + segment->log_path(), errno);
+  return slice;
+}
+
+Result<Offset> SegmentLog::offset_for_timestamp(std::int64_t timestamp_ms) {
+  std::lock_guard lock(mutex_);
+  for (const auto& segment : segments_) {
+    if (segment->max_timestamp() < timestamp_ms) continue;  // every batch in it is earlier
+    WEFT_TRY(const std::uint64_t position, segment->find_time(timestamp_ms));
+    // Kafka's ListOffsets answers with the first record at or after the time, not its batch.
+    WEFT_TRY(const std::vector<std::byte> bytes, segment->read_batch(position));
+    WEFT_TRY(const BatchView view, BatchView::parse(bytes));
+    RecordReader reader(view);
+    RecordView r;
+    while (reader.next(r))
+      if (r.timestamp_ms >= timestamp_ms) return r.offset;
+    return view.last_offset();
+  }
+  return Error{Errc::kNotFound, "no record in the log has a timestamp at or after " + std::to_string(timestamp_ms)};
+}
+
+Result<RetentionOutcome> SegmentLog::apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) {
+  std::lock_guard lock(mutex_);
+  RetentionOutcome outcome;
+  std::uint64_t total = 0;
+  for (const auto& segment : segments_) total += segment->size_bytes();
+  while (segments_.size() > 1 && !removed_) {
+    Segment& oldest = *segments_.front();
+    const bool too_big = max_bytes >= 0 && total > static_cast<std::uint64_t>(max_bytes) &&
+                         total - oldest.size_bytes() >= static_cast<std::uint64_t>(max_bytes);
+    // An empty segment's max timestamp is -1: old enough to go, but only once a later one exists.
+    const bool too_old = max_age_ms >= 0 && oldest.max_timestamp() < now_ms - max_age_ms;
+    if (!too_big && !too_old) break;
+    // Readers holding the file keep reading it: unlinking leaves open files intact.
+    WEFT_TRY_VOID(oldest.remove_files());
+    total -= oldest.size_bytes();
+    outcome.bytes_deleted += oldest.size_bytes();
+    ++outcome.segments_deleted;
+    segments_.erase(segments_.begin());
+  }
+  outcome.start_offset = segments_.front()->base_offset();
+  return outcome;
+}
+
+std::uint64_t SegmentLog::size_bytes() const {
+  std::lock_guard lock(mutex_);
+  std::uint64_t total = 0;
+  for (const auto& segment : segments_) total += segment->size_bytes();
+  return total;
+}
+
+OpenPartitionLog open_segment_logs(std::string data_dir) {
+  return [data_dir = std::move(data_dir)](std::string_view topic, std::uint32_t partition,
+                                          const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
+    const std::string dir = data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
+    SegmentLogOptions options;
+    options.segment_bytes = static_cast<std::uint64_t>(config.segment_bytes);
+    options.segment_ms = config.segment_ms;
+    SegmentLogRecovery recovery;
+    WEFT_TRY(std::unique_ptr<SegmentLog> opened, SegmentLog::open(dir, Offset{0}, options, &recovery));
+    if (recovery.truncated_bytes > 0)
+      log(LogLevel::kWarn, "partition log tail cut",
+          {{"dir", dir}, {"from_offset", std::to_string(recovery.truncated_from.value)},
+           {"bytes", std::to_string(recovery.truncated_bytes)}, {"reason", recovery.reason}});
+    return std::unique_ptr<PartitionLog>(std::move(opened));
+  };
 }
 
 }  // namespace weft::storage

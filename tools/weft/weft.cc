@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <string>
 
 #include "commands.h"
@@ -200,7 +201,8 @@ int main(int argc, char** argv) {
   consume->add_option("--from", from, "earliest, latest, an OFFSET, or @UNIX_MS (first record at or after that time)");
   consume->add_option("--count,-n", count, "stop after this many records");
   consume->add_option("--timeout-ms", timeout_ms, "stop after this long without a record (default: wait forever)");
-  consume->add_option("--group,-g", group, "consumer group whose committed offsets to use and commit");
+  consume->add_option("--group,-g", group,
+                      "consumer group: start at its committed offsets (--from earliest|latest where it has none) and commit what was printed");
   consume->add_option("--format", format, "value, key-value (key TAB value), or json")->check(CLI::IsMember({"value", "key-value", "json"}));
   consume->add_option("--partition", partition, "read only this partition (default: all)");
   consume->add_option("--wait", wait, "spin, yield or park while waiting for records")->check(CLI::IsMember({"spin", "yield", "park"}));
@@ -354,15 +356,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*consume) {
-    if (!group.empty())
-      return report(Error{Errc::kUnsupported, "consumer groups keep their offsets in the log store, which this build does not have yet; "
-                                              "use --from to choose where to start"},
-                    "joining group '" + group + "'");
     SeekTo start = SeekTo::latest();
     if (from == "earliest") {
-      start = SeekTo::earliest();
+      start = group.empty() ? SeekTo::earliest() : SeekTo::committed(SeekTo::Kind::kEarliest);
     } else if (from == "latest") {
-      start = SeekTo::latest();
+      start = group.empty() ? SeekTo::latest() : SeekTo::committed(SeekTo::Kind::kLatest);
     } else {
       const bool at_time = !from.empty() && from[0] == '@';
       const std::string_view digits = at_time ? std::string_view(from).substr(1) : std::string_view(from);
@@ -375,6 +373,7 @@ int main(int argc, char** argv) {
     }
     ConsumerOptions options;
     options.wait = wait == "spin" ? WaitKind::kSpin : (wait == "yield" ? WaitKind::kYield : WaitKind::kPark);
+    options.group = group;
     Result<TopicConsumer> consumer = TopicConsumer::create(*client, options);
     if (!consumer.ok()) return report(consumer.error(), "consuming");
     std::vector<std::uint32_t> parts;
@@ -387,13 +386,25 @@ int main(int argc, char** argv) {
     std::int64_t printed = 0;
     std::int64_t idle_since = monotonic_ns();
     std::string line;
+    // With a group, what was printed is committed (each partition's next offset): every second,
+    // and at the end.
+    std::map<std::uint32_t, Offset> next_offsets;
+    std::int64_t last_commit = monotonic_ns();
+    auto commit = [&]() -> Result<void> {
+      if (group.empty() || next_offsets.empty()) return ok();
+      for (const auto& [p, next] : next_offsets) WEFT_TRY_VOID(consumer->commit(topic_name, p, next));
+      next_offsets.clear();
+      return ok();
+    };
     while (!g_interrupted.load(std::memory_order_relaxed) && (count < 0 || printed < count)) {
       Result<PollResult> polled = consumer->poll(100);
       if (!polled.ok()) return report(polled.error(), "polling");
       for (const PollNotice& n : polled->notices)
         std::fprintf(stderr, "weft: partition %u: offsets %lld..%lld %s\n", n.partition, static_cast<long long>(n.from.value),
                      static_cast<long long>(n.to.value - 1),
-                     n.kind == PollNotice::Kind::kLapped ? "were overwritten before they were read (lapped)" : "failed validation and were skipped");
+                     n.kind == PollNotice::Kind::kLapped      ? "were overwritten before they were read (lapped)"
+                     : n.kind == PollNotice::Kind::kOutOfRange ? "were deleted by retention before they were read"
+                                                               : "failed validation and were skipped");
       for (const ConsumedRecord& r : polled->records) {
         if (count >= 0 && printed >= count) break;
         line.clear();
@@ -418,6 +429,12 @@ int main(int argc, char** argv) {
         line += '\n';
         std::fwrite(line.data(), 1, line.size(), stdout);
         ++printed;
+        if (!group.empty()) next_offsets[r.partition] = Offset{r.offset.value + 1};
+      }
+      if (!group.empty() && monotonic_ns() - last_commit > 1'000'000'000) {
+        std::fflush(stdout);  // committed only once printed
+        if (Result<void> c = commit(); !c.ok()) return report(c.error(), "committing group '" + group + "'");
+        last_commit = monotonic_ns();
       }
       if (!polled->records.empty()) {
         std::fflush(stdout);
@@ -427,6 +444,7 @@ int main(int argc, char** argv) {
       }
     }
     std::fflush(stdout);
+    if (Result<void> c = commit(); !c.ok()) return report(c.error(), "committing group '" + group + "'");
     return 0;
   }
   return 0;

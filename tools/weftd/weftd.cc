@@ -183,17 +183,11 @@ int main(int argc, char** argv) {
   // Each partition's log: <data_dir>/<topic>-<partition>/, segments in Kafka's layout. A topic
   // created again after a restart carries on from its log's end.
   const std::string data_dir = s.data_dir;
-  if (!s.in_memory) options.open_log = [data_dir](std::string_view topic, std::uint32_t partition, const TopicConfig&) -> Result<std::unique_ptr<PartitionLog>> {
-    const std::string dir = data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
-    storage::SegmentLogRecovery recovery;
-    WEFT_TRY(std::unique_ptr<storage::SegmentLog> opened, storage::SegmentLog::open(dir, Offset{0}, {}, &recovery));
-    if (recovery.truncated_bytes > 0)
-      log(LogLevel::kWarn, "partition log tail cut",
-          {{"dir", dir}, {"from_offset", std::to_string(recovery.truncated_from.value)},
-           {"bytes", std::to_string(recovery.truncated_bytes)}, {"reason", recovery.reason}});
-    return std::unique_ptr<PartitionLog>(std::move(opened));
-  };
-  if (!s.in_memory) options.metadata_dir = data_dir + "/topics";  // topics come back after a restart
+  if (!s.in_memory) options.open_log = storage::open_segment_logs(data_dir);
+  if (!s.in_memory) {
+    options.metadata_dir = data_dir + "/topics";    // topics come back after a restart
+    options.offsets_dir = data_dir + "/offsets";    // and consumer groups' committed offsets
+  }
   options.prefer_hugepages = s.hugepages;
   options.hugetlbfs_dir = s.hugetlbfs_dir;
   if (s.ring_memory_budget <= 0) return fail(Error{Errc::kInvalidArgument, "ring_memory_budget must be positive"});

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -55,6 +56,13 @@ class Client {
   virtual Result<NodeStatus> status() = 0;
   // Maps one partition's ring into this process.
   virtual Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) = 0;
+  // For consumers behind the ring (Node::open_log_slice): a segment file to read from.
+  virtual Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) = 0;
+  virtual Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) = 0;
+  // Consumer groups' committed offsets (Node::commit_offsets / fetch_offsets). Over the socket a
+  // commit of many partitions travels in parts of 500, each durable on its own.
+  virtual Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) = 0;
+  virtual Result<std::vector<CommittedOffset>> fetch_offsets(std::string_view group, std::string_view topic) = 0;
   virtual bool is_embedded() const noexcept = 0;
   virtual std::string describe() const = 0;  // "embedded node" or "weftd at PATH (pid N)"
 };

@@ -14,11 +14,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "weft/fabric/log_store.h"
+#include "weft/fabric/offset_store.h"
 #include "weft/fabric/result.h"
 #include "weft/fabric/ring.h"
 #include "weft/fabric/shared_memory.h"
@@ -27,13 +29,16 @@ namespace weft {
 
 enum class FsyncPolicy : std::uint8_t { kNone, kInterval, kAlways };
 
-// Per-topic settings. Retention and durability are recorded now and honoured by the storage issue.
+// Per-topic settings. Retention, segments and fsync apply to partitions with a log (weftd unless
+// --in-memory); a node without logs keeps only the rings.
 struct TopicConfig {
   std::uint32_t partitions = 1;
   std::size_t ring_capacity_bytes = std::size_t{4} << 20;  // power of two, 64 KiB..1 GiB
   std::size_t max_batch_bytes = std::size_t{1} << 20;      // at most ring_capacity_bytes / 4
   std::int64_t retention_bytes = -1;                       // per partition; -1: unlimited
   std::int64_t retention_ms = 7LL * 24 * 3600 * 1000;      // -1: unlimited
+  std::int64_t segment_bytes = std::int64_t{1} << 30;      // a log segment rolls at this size...
+  std::int64_t segment_ms = 7LL * 24 * 3600 * 1000;        // ... or this age
   FsyncPolicy fsync = FsyncPolicy::kNone;
   std::int64_t fsync_interval_ms = 0;  // with kInterval
   // Attached consumers hold producers back (Aeron's flow control): nothing a live consumer has
@@ -45,8 +50,8 @@ struct TopicConfig {
 };
 
 // Sets one setting by its Kafka-style name (partitions, ring.capacity.bytes, max.batch.bytes,
-// retention.bytes, retention.ms, fsync = none|always|interval=<ms>, flow.control = none|consumers,
-// producer.slots, consumer.slots). The error says which key or value is wrong.
+// retention.bytes, retention.ms, segment.bytes, segment.ms, fsync = none|always|interval=<ms>,
+// flow.control = none|consumers, producer.slots, consumer.slots). The error says which key or value is wrong.
 Result<void> set_topic_config(TopicConfig& config, std::string_view key, std::string_view value);
 // Checks a whole config; the error names the offending setting and its limits.
 Result<void> validate_topic_config(const TopicConfig& config);
@@ -68,8 +73,10 @@ struct PartitionStats {
   std::uint64_t back_pressure_events = 0;  // claims refused for lack of space (attached producers)
   std::uint64_t sealed_claims = 0;         // claims of dead producers sealed as aborted
   std::string memory;                      // how the ring memory is backed (hugepages or why not)
-  Offset log_end_offset{-1};  // the next offset the partition's log will hold (-1: no log)
-  std::string log_error;      // why the log stopped taking batches (empty: it has not)
+  Offset log_start_offset{-1};  // the earliest offset the partition's log holds (-1: no log)
+  Offset log_end_offset{-1};    // the next offset the partition's log will hold (-1: no log)
+  std::uint64_t log_bytes = 0;  // on disk
+  std::string log_error;        // why the log takes no batches now (empty: it does)
 };
 
 struct TopicInfo {
@@ -91,6 +98,9 @@ struct NodeOptions {
   // starts again serves the topics it had, each partition carrying on from its log. Empty:
   // topics live in memory only.
   std::string metadata_dir;
+  // Where consumer groups' committed offsets are kept (weft/fabric/offset_store.h). Empty: this
+  // node takes no commits.
+  std::string offsets_dir;
   TopicConfig default_topic;               // for topics created without their own config
   bool prefer_hugepages = true;            // rings in hugepages when the kernel has them reserved
   std::string hugetlbfs_dir;               // a hugetlbfs mount to use instead of memfd
@@ -101,6 +111,11 @@ struct NodeOptions {
   // their free space, within these bounds.
   std::int64_t maintenance_min_interval_us = 50;
   std::int64_t maintenance_max_interval_us = 2'000;
+  // How often each partition's log is checked against its topic's retention (Kafka's
+  // log.retention.check.interval.ms, which defaults to 5 minutes).
+  std::int64_t retention_check_interval_ms = 1'000;
+  // After the log refuses a write (a full disk), how long before the node tries again.
+  std::int64_t log_retry_interval_ms = 1'000;
 };
 
 // A partition's ring memory as handed to a client: mapped here (embedded) or passed as an fd.
@@ -125,6 +140,18 @@ class Node {
   std::vector<std::string> list_topics() const;
   Result<TopicInfo> describe_topic(std::string_view name) const;
   Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) const;
+  // For readers behind the ring: where `offset` (or kEarliestOffset) lies in the partition's log.
+  // kUnsupported when the partition has no log; kOutOfRange before the log's start.
+  Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) const;
+  // The first offset in the partition's log with a timestamp at or after `timestamp_ms`
+  // (kNotFound: none in the log; the ring may hold later ones). kUnsupported: no log.
+  Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const;
+
+  // Consumer groups' committed offsets, durable when the call returns. Every entry must name an
+  // existing topic and partition (kNotFound otherwise, nothing committed).
+  Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets);
+  // A group's committed offsets for one topic (empty topic: every topic), by topic and partition.
+  Result<std::vector<CommittedOffset>> fetch_offsets(std::string_view group, std::string_view topic) const;
 
   // One maintenance pass over every partition; returns true when any ring moved.
   bool maintain();
@@ -144,6 +171,8 @@ class Node {
   Result<void> save_topic(const std::string& name, const TopicConfig& config) const;
   Result<void> load_topics();  // the largest share of a ring's free space used since the last pass
   void drain_to_log(Partition& partition, const TopicConfig& config, std::int64_t now);
+  void log_failed(Partition& partition, const Error& error, bool retry, std::int64_t now);
+  Result<PartitionLog*> partition_log(std::string_view topic, std::uint32_t partition, std::shared_ptr<Topic>& keep) const;
   NodeOptions options_;
   std::unique_ptr<State> state_;
 };

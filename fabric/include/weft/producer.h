@@ -30,9 +30,10 @@ namespace weft {
 
 enum class Acks : std::int8_t {
   kNone = 0,    // sent: the record is in the ring
-  kLeader = 1,  // in the partition's log (with no log store yet: the ring)
-  kAll = -1,    // in the log of every in-sync replica, durably where the topic asks (single
-                // in-memory node: as kLeader until the storage and replication issues)
+  kLeader = 1,  // in the partition's log (the page cache); a node without logs: the ring
+  kAll = -1,    // in the log and as durable as the topic's fsync policy asks (always: synced,
+                // group-committed; interval: at the next sync; none: as kLeader). Replicas
+                // join in with the replication issue.
 };
 
 struct ProducerOptions {
@@ -86,6 +87,10 @@ class TopicProducer {
   void abort(ZeroCopyBatch& batch);
   // Waits until every send so far is acknowledged at the producer's acks level.
   Result<void> flush(std::int64_t timeout_ms = 60'000);
+  // Waits until one send is acknowledged at `acks`. kUnavailable after the timeout; when the
+  // partition's log stopped taking records, its reason (kResourceExhausted: out of disk space,
+  // the node retries; kIo: see the node's log).
+  Result<void> await(const SendResult& sent, Acks acks, std::int64_t timeout_ms = 60'000);
 
   // The partition the default partitioner chooses (for a keyless record, the sticky partition).
   std::uint32_t partition_for(const OptionalBytes& key) noexcept;
@@ -100,6 +105,8 @@ class TopicProducer {
   Result<Producer*> ring_producer(std::uint32_t partition);
   Result<SendResult> send_slow(std::uint32_t partition, const RecordInput& record);
   Result<void> wait_for_space(std::uint32_t partition, std::int64_t& deadline_ns);
+  Result<void> wait_for_log(std::uint32_t partition, Offset end, Acks acks, std::int64_t deadline_ns);
+  Error log_stopped_error(std::uint32_t partition) const;
   std::unique_ptr<State> state_;
 };
 

@@ -1,7 +1,7 @@
 // The local control protocol between weftd and the clients on its host: one request, one
 // response, each a single SOCK_SEQPACKET datagram (so a message arrives whole or not at all),
 // little-endian, every length checked. OpenPartition's response carries the ring's memory fd
-// (SCM_RIGHTS). The hot path never uses this socket: it only admits clients and hands out rings.
+// (SCM_RIGHTS), OpenLogSlice's a read-only segment file for a reader behind the ring. The hot path never uses this socket: it only admits clients and hands out rings.
 //
 // Datagram: magic u32 'WEFT' | version u16 | type u16 | request_id u32 | payload_bytes u32 | payload
 // A response has the request's type with kResponseBit set, then u8 errc (0: ok), then either the
@@ -23,7 +23,7 @@
 namespace weft::local {
 
 inline constexpr std::uint32_t kMagic = 0x54464557;  // "WEFT" read little-endian
-inline constexpr std::uint16_t kVersion = 1;
+inline constexpr std::uint16_t kVersion = 2;
 inline constexpr std::size_t kHeaderBytes = 16;
 inline constexpr std::size_t kMaxMessageBytes = std::size_t{1} << 20;  // a topic list of thousands fits
 inline constexpr std::size_t kMaxRequestBytes = 64 * 1024;            // what the node accepts
@@ -37,7 +37,12 @@ enum class MessageType : std::uint16_t {
   kDescribeTopic = 5,
   kOpenPartition = 6,
   kStatus = 7,
+  kOpenLogSlice = 8,            // topic, partition, offset -> position, end, offset + the segment's fd
+  kLogOffsetForTimestamp = 9,   // topic, partition, timestamp -> offset
+  kCommitOffsets = 10,          // group, [topic, partition, offset, metadata]
+  kFetchOffsets = 11,           // group, topic -> [partition, offset, metadata]
 };
+inline constexpr bool known_message_type(std::uint16_t type) { return type >= 1 && type <= 11; }
 
 struct Header {
   std::uint16_t type = 0;

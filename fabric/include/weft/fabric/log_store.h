@@ -6,9 +6,27 @@
 #include <span>
 
 #include "weft/fabric/result.h"
+#include "weft/fabric/shared_memory.h"
 #include "weft/fabric/types.h"
 
 namespace weft {
+
+// A stretch of one segment file for a reader behind the ring to read itself (pread): the batch
+// holding the wanted offset starts at `position`, whole batches follow up to `end`.
+struct LogSlice {
+  UniqueFd file;               // the segment's log file, opened read-only for the reader
+  std::uint64_t position = 0;  // where the batch holding `offset` (or the next batch) starts
+  std::uint64_t end = 0;       // bytes written so far; the next slice starts past this segment
+  Offset offset{0};            // the offset asked for (the log's start, for kEarliestOffset)
+};
+inline constexpr Offset kEarliestOffset{-2};
+
+// What a retention pass deleted.
+struct RetentionOutcome {
+  std::uint32_t segments_deleted = 0;
+  std::uint64_t bytes_deleted = 0;
+  Offset start_offset{0};  // the log's start afterwards
+};
 
 class PartitionLog {
  public:
@@ -29,6 +47,18 @@ class PartitionLog {
   // aborted claim skipped it), into `out`; returns the bytes copied (0: nothing from there yet).
   // kOutOfRange before start_offset() or past next_offset().
   virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) const = 0;
+  // Where `offset` (or kEarliestOffset) lies, as a file the caller reads. kOutOfRange before
+  // start_offset() (the message names it); at next_offset() an empty slice.
+  virtual Result<LogSlice> slice(Offset offset) = 0;
+  // The offset of the first batch whose max timestamp is at or after `timestamp_ms` (the time
+  // index, then a scan); kNotFound when no batch is that late.
+  virtual Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) = 0;
+  // Deletes whole closed segments, oldest first, while the log holds more than `max_bytes` or
+  // their newest record is older than `max_age_ms` before `now_ms` (-1: no limit). The active
+  // segment stays, as in Kafka.
+  virtual Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) = 0;
+  // Bytes the log holds on disk.
+  virtual std::uint64_t size_bytes() const = 0;
 };
 
 }  // namespace weft

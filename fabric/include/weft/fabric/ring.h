@@ -261,6 +261,27 @@ class RingOwner {
   Offset frontier_offset_;
 };
 
+// The partition's log as its writer (the node) publishes it in the ring, for producers that wait
+// for acknowledgements in any process.
+struct LogProgress {
+  Offset written{ring_layout::kNoLog};  // offsets below it are in the log; kNoLog: no log
+  Offset durable{ring_layout::kNoLog};  // ... and synced as the topic's fsync policy asks
+  Errc error = Errc::kOk;               // why the log takes nothing now
+};
+// Owner side: publishes progress and wakes the producers waiting on it.
+void publish_log_progress(const Ring& ring, const LogProgress& progress) noexcept;
+LogProgress read_log_progress(const Ring& ring) noexcept;
+// Producers waiting now (the owner writes the log sooner while there are any).
+std::uint32_t log_waiters(const Ring& ring) noexcept;
+enum class AckStatus : std::uint8_t {
+  kOk,        // every offset below `end` is written (durably, when asked)
+  kNoLog,     // the partition has no log: the ring is all there is
+  kLogError,  // the log takes nothing now; read_log_progress().error says why
+  kTimeout,
+};
+// Waits (spinning briefly, then on a futex) until the log holds every offset below `end`.
+AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t deadline_ns) noexcept;
+
 // False only when the process (pid, start_time) is certainly gone: exited, a zombie, or its pid
 // reused. Slots are owned by pid, so producers and the owner must share a PID namespace.
 bool process_alive(std::uint64_t pid, std::uint64_t start_time) noexcept;

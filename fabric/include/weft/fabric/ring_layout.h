@@ -18,7 +18,7 @@
 namespace weft::ring_layout {
 
 inline constexpr std::uint64_t kRingMagic = 0x474E495254464557ull;  // "WEFTRING" in memory order
-inline constexpr std::uint32_t kRingVersion = 3;
+inline constexpr std::uint32_t kRingVersion = 4;
 inline constexpr std::size_t kFrameAlign = 8;
 inline constexpr std::size_t kFrameHeaderBytes = 16;
 inline constexpr std::size_t kDataAlign = 4096;
@@ -95,12 +95,24 @@ inline constexpr std::uint64_t kExclusiveProducer = 1ull << 63;
 inline constexpr std::uint32_t kMaxProducerSlots = 63;
 inline constexpr std::uint32_t kMaxConsumerSlots = 4096;
 
+// Where the partition's log stands, published by the node's log writer to producers that wait
+// for acknowledgements. Written by the owner only.
+struct alignas(kNoShare) LogLine {
+  std::atomic<std::int64_t> written_offset;  // every offset below it is in the log; kNoLog: no log
+  std::atomic<std::int64_t> durable_offset;  // ... and as durable as the topic's fsync policy asks
+  std::atomic<std::uint32_t> futex_sequence;  // bumped when either moves while a producer waits
+  std::atomic<std::uint32_t> waiters;         // producers waiting on futex_sequence
+  std::atomic<std::uint32_t> error;           // an Errc: why the log takes nothing now (0: it does)
+};
+inline constexpr std::int64_t kNoLog = -1;
+
 struct alignas(kNoShare) RingControl {
   Descriptor descriptor;
   ClaimLine claim;
   ReuseLine reuse;
   WakeLine wake;
   ModeLine mode;
+  LogLine log;
 };
 
 // Who holds a slot, in one word so it is published in one step: the pid in the low 22 bits
@@ -151,13 +163,17 @@ static_assert(offsetof(RingControl, claim) == 128);
 static_assert(offsetof(RingControl, reuse) == 256);
 static_assert(offsetof(RingControl, wake) == 384);
 static_assert(offsetof(RingControl, mode) == 512);
-static_assert(sizeof(RingControl) == 640);
+static_assert(offsetof(RingControl, log) == 640);
+static_assert(offsetof(LogLine, written_offset) == 0 && offsetof(LogLine, durable_offset) == 8 &&
+              offsetof(LogLine, futex_sequence) == 16 && offsetof(LogLine, waiters) == 20 && offsetof(LogLine, error) == 24);
+static_assert(sizeof(RingControl) == 768);
 static_assert(sizeof(PositionPair) == 16 && offsetof(PositionPair, offset) == 8);
 static_assert(sizeof(ProducerSlot) == kNoShare && sizeof(ConsumerSlot) == kNoShare);
 static_assert(offsetof(ProducerSlot, pending_position) == 8 && offsetof(ProducerSlot, pending_records) == 20);
 static_assert(offsetof(ProducerSlot, back_pressure_events) == 24);
 static_assert(offsetof(ConsumerSlot, position) == 8 && offsetof(ConsumerSlot, next_offset) == 16);
-static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free &&
+              std::atomic<std::int64_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);
 
 }  // namespace weft::ring_layout

@@ -69,7 +69,8 @@ class Segment {
 
   // Appends one validated batch whose baseOffset is at least next_offset() (offsets an aborted
   // claim skipped leave a gap, as in the ring). Appends gather in a buffer (one write per
-  // write_buffer_bytes, not one per batch); flush() hands them to the page cache.
+  // write_buffer_bytes, not one per batch); flush() hands them to the page cache. An append
+  // that fails took nothing; a flush that fails (a full disk) keeps the buffer for the next one.
   Result<void> append(std::span<const std::byte> batch);
   Result<void> flush();
   // flush(), then fdatasync of the log and both indexes.
@@ -85,10 +86,16 @@ class Segment {
   // Reads whole batches starting at `position` into `out` (up to its size); returns the bytes
   // read, always a whole number of batches (0 at the end). Lookups and reads flush first.
   Result<std::size_t> read(std::uint64_t position, std::span<std::byte> out);
+  // The one batch at `position`, whole, whatever its size.
+  Result<std::vector<std::byte>> read_batch(std::uint64_t position);
+  // Deletes the segment's three files (retention, or its topic was deleted).
+  Result<void> remove_files();
 
   Offset base_offset() const noexcept { return base_; }
   Offset next_offset() const noexcept { return next_; }
   std::uint64_t size_bytes() const noexcept { return size_; }
+  // Bytes in the file (the rest of size_bytes() waits in the write buffer).
+  std::uint64_t written_bytes() const noexcept { return size_ - pending_.size(); }
   std::int64_t max_timestamp() const noexcept { return max_timestamp_; }
   const std::vector<IndexEntry>& index() const noexcept { return index_; }
   const std::vector<TimeIndexEntry>& time_index() const noexcept { return time_index_; }

@@ -1,5 +1,6 @@
 // A partition's log on a local disk: a folder of segments (weft/storage/segment.h) that rolls
-// to a new segment by size. Implements the node's PartitionLog port.
+// to a new segment by size and by age, and drops its oldest segments by retention. Implements
+// the node's PartitionLog port.
 //
 // Thread contract: any thread; calls are serialised by one mutex (a read holds it for its pread,
 // which is fine for the node's log writer and catch-up reads; cold reads at line rate will want
@@ -7,18 +8,21 @@
 #pragma once
 
 #include <cstdint>
+#include <cstddef>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "weft/fabric/log_store.h"
+#include "weft/node.h"
 #include "weft/storage/segment.h"
 
 namespace weft::storage {
 
 struct SegmentLogOptions {
   std::uint64_t segment_bytes = std::uint64_t{1} << 30;  // Kafka's segment.bytes
+  std::int64_t segment_ms = 7LL * 24 * 3600 * 1000;       // Kafka's segment.ms: roll a segment this old
   SegmentOptions segment;
 };
 
@@ -46,17 +50,29 @@ class SegmentLog final : public PartitionLog {
   Offset start_offset() const override;
   Offset next_offset() const override;
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override;
+  Result<LogSlice> slice(Offset offset) override;
+  Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) override;
+  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override;
+  std::uint64_t size_bytes() const override;
 
   std::size_t segment_count() const;
   const std::string& dir() const noexcept { return dir_; }
 
  private:
   SegmentLog(std::string dir, SegmentLogOptions options) : dir_(std::move(dir)), options_(options) {}
+  // The segment holding `offset` (or the next batch after it); null past the end. Under mutex_.
+  Segment* segment_for(Offset offset) const;
   std::string dir_;
   SegmentLogOptions options_;
   mutable std::mutex mutex_;  // every call: segments are single-threaded
   std::vector<std::unique_ptr<Segment>> segments_;
   bool removed_ = false;
+  std::int64_t active_since_ms_ = -1;  // wall time of the active segment's first batch (-1: empty)
 };
+
+// The node's OpenPartitionLog for logs kept under `data_dir`: one folder `<topic>-<partition>`
+// per partition, segments rolled by the topic's segment.bytes and segment.ms. A torn tail cut
+// at recovery is logged with its offsets.
+OpenPartitionLog open_segment_logs(std::string data_dir);
 
 }  // namespace weft::storage
