@@ -314,6 +314,7 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
       partition->written_offset = partition->durable_offset = log->next_offset();
       partition->log = std::move(log);
       partition->written_position = partition->durable_position = ring.reuse_limit().position.value;
+      partition->last_sync_ns = monotonic_ns();  // an fsync interval starts with the partition
       publish_log_progress(ring, LogProgress{partition->written_offset, partition->durable_offset, Errc::kOk});
     }
     partition->created_at = ring.reuse_limit();

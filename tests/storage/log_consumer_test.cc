@@ -1,0 +1,423 @@
+// What producers and consumers get from a partition's log: acknowledgements that wait for the
+// log writer, consumers behind the ring reading segment files and carrying on in the ring with
+// no gap or duplicate, retention with its "out of range", time lookups through the time index,
+// and consumer groups' committed offsets across a restart.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "weft/client.h"
+#include "weft/consumer.h"
+#include "weft/node.h"
+#include "weft/producer.h"
+#include "weft/storage/segment_log.h"
+
+namespace weft::storage {
+namespace {
+
+// Recent timestamps, so the default retention.ms (a week) keeps the records.
+const std::int64_t kBaseTimestamp =
+    std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() - 600'000;
+constexpr std::int64_t kLongAgo = 1'600'000'000'000;  // 2020
+
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/weft-log-consumer-XXXXXX";
+    path_ = mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+NodeOptions options_for(const std::string& dir, bool maintenance_thread = true) {
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.start_maintenance_thread = maintenance_thread;
+  options.open_log = open_segment_logs(dir + "/data");
+  options.metadata_dir = dir + "/topics";
+  options.offsets_dir = dir + "/offsets";
+  options.retention_check_interval_ms = 10;
+  return options;
+}
+
+// A 64 KiB ring and 16 KiB segments: a few thousand small records lap the ring and fill many
+// segments.
+TopicSettings small_topic(const char* fsync = "none") {
+  return {{"partitions", "1"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"},
+          {"segment.bytes", "16384"}, {"fsync", fsync}};
+}
+
+std::string value_of(std::int64_t i) { return "record-" + std::to_string(i) + std::string(80, '.'); }
+
+// Sends records [from, to) with values value_of(i) and timestamps base + i.
+void send_range(TopicProducer& producer, std::int64_t from, std::int64_t to, std::int64_t base = kBaseTimestamp) {
+  for (std::int64_t i = from; i < to; ++i) {
+    const std::string value = value_of(i);
+    RecordInput record;
+    record.value = std::as_bytes(std::span(value.data(), value.size()));
+    record.timestamp_ms = base + i;
+    Result<SendResult> sent = producer.send_to(0, record);
+    ASSERT_TRUE(sent.ok()) << sent.error().message;
+    ASSERT_EQ(sent->offset, Offset{i});
+  }
+}
+
+struct Read {
+  std::vector<std::int64_t> offsets;
+  std::vector<PollNotice::Kind> notices;
+  bool values_match = true;
+};
+
+// Polls until `count` records arrived or 20 s passed, checking every value against its offset.
+Read read_records(TopicConsumer& consumer, std::size_t count) {
+  Read read;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (int polls = 0; read.offsets.size() < count && polls < 1'000'000 && std::chrono::steady_clock::now() < deadline; ++polls) {
+    Result<PollResult> polled = consumer.poll(10);
+    if (!polled.ok()) {
+      ADD_FAILURE() << polled.error().message;
+      break;
+    }
+    for (const PollNotice& n : polled->notices) read.notices.push_back(n.kind);
+    for (const ConsumedRecord& r : polled->records) {
+      read.offsets.push_back(r.offset.value);
+      const std::string expected = value_of(r.offset.value);
+      if (!r.value || std::string_view(reinterpret_cast<const char*>(r.value->data()), r.value->size()) != expected)
+        read.values_match = false;
+    }
+  }
+  return read;
+}
+
+void expect_contiguous(const std::vector<std::int64_t>& offsets, std::int64_t first) {
+  for (std::size_t i = 0; i < offsets.size(); ++i) {
+    ASSERT_EQ(offsets[i], first + static_cast<std::int64_t>(i)) << "at index " << i;
+  }
+}
+
+TEST(Acks, AProducerWaitsForTheLogAtTheLevelItAsks) {
+  TempDir dir;
+  // Given a node whose passes the test runs: nothing reaches the log until one does
+  auto node = Node::start(options_for(dir.path(), false)).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("acked", small_topic("always")).ok());
+  TopicProducer producer = TopicProducer::create(client, "acked").value();
+  const std::string value = value_of(0);
+  RecordInput record;
+  record.value = std::as_bytes(std::span(value.data(), value.size()));
+  const SendResult sent = producer.send_to(0, record).value();
+
+  // Expect acks=0 at once, and acks=1 and acks=all to wait (and time out) without a pass
+  EXPECT_TRUE(producer.await(sent, Acks::kNone, 0).ok());
+  const Result<void> waited = producer.await(sent, Acks::kLeader, 20);
+  ASSERT_FALSE(waited.ok());
+  EXPECT_EQ(waited.error().code, Errc::kUnavailable);
+  EXPECT_FALSE(producer.await(sent, Acks::kAll, 20).ok());
+
+  // When a pass writes and syncs the log (always: one fdatasync for the pass)
+  node->maintain();
+
+  // Expect both acknowledged, and flush too
+  EXPECT_TRUE(producer.await(sent, Acks::kLeader, 1000).ok());
+  EXPECT_TRUE(producer.await(sent, Acks::kAll, 1000).ok());
+  EXPECT_TRUE(producer.flush(1000).ok());
+  EXPECT_EQ(node->describe_topic("acked")->partitions[0].log_end_offset, Offset{1});
+}
+
+TEST(Acks, WithAnIntervalDurableWaitsForTheNextSync) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path(), false)).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic("interval=50");
+  ASSERT_TRUE(client->create_topic("lazy", settings).ok());
+  TopicProducer producer = TopicProducer::create(client, "lazy").value();
+  const std::string value = value_of(0);
+  RecordInput record;
+  record.value = std::as_bytes(std::span(value.data(), value.size()));
+  node->maintain();  // a first pass syncs nothing and starts the interval
+  const SendResult sent = producer.send_to(0, record).value();
+  // Given the record written by a pass inside the interval
+  node->maintain();
+  // Expect it in the log at once, durable only after the interval's sync
+  EXPECT_TRUE(producer.await(sent, Acks::kLeader, 1000).ok());
+  EXPECT_FALSE(producer.await(sent, Acks::kAll, 10).ok());
+  usleep(60'000);
+  node->maintain();
+  EXPECT_TRUE(producer.await(sent, Acks::kAll, 1000).ok());
+}
+
+TEST(Acks, ManyProducersWaitingOnAlwaysAreAnsweredByTheMaintenanceThread) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("group-commit", small_topic("always")).ok());
+  // Given 4 producers each sending and waiting for durability, 50 times
+  std::vector<std::thread> threads;
+  std::atomic<int> acknowledged{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      TopicProducer producer = TopicProducer::create(client, "group-commit").value();
+      const std::string value(100, 'g');
+      RecordInput record;
+      record.value = std::as_bytes(std::span(value.data(), value.size()));
+      for (int i = 0; i < 50; ++i) {
+        Result<SendResult> sent = producer.send_to(0, record);
+        if (sent.ok() && producer.await(*sent, Acks::kAll, 10'000).ok()) acknowledged.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  // Expect every send acknowledged, and every acknowledged record in the log
+  EXPECT_EQ(acknowledged.load(), 200);
+  node->stop();
+  EXPECT_EQ(node->describe_topic("group-commit")->partitions[0].log_end_offset, Offset{200});
+}
+
+TEST(ColdReads, AConsumerFromTheStartReadsTheLogThenTheRingWithNoGap) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("history", small_topic()).ok());
+  TopicProducer producer = TopicProducer::create(client, "history").value();
+  // Given twenty rings' worth of records: the ring holds only the newest few hundred
+  constexpr std::int64_t kRecords = 8000;
+  send_range(producer, 0, kRecords);
+  ASSERT_TRUE(producer.flush().ok());
+  const PartitionStats stats = node->describe_topic("history")->partitions[0];
+  ASSERT_GT(stats.start_offset.value, 1000) << "the ring should no longer hold the start";
+
+  // When a consumer starts at the earliest offset
+  ConsumerOptions options;
+  options.max_poll_records = 300;
+  TopicConsumer consumer = TopicConsumer::create(client, options).value();
+  ASSERT_TRUE(consumer.assign("history", {0}, SeekTo::earliest()).ok());
+  EXPECT_EQ(consumer.position("history", 0).value(), Offset{0});
+
+  // Expect every record, in order, intact, with no notice; then the ring's new records follow
+  Read read = read_records(consumer, kRecords);
+  EXPECT_TRUE(read.notices.empty());
+  ASSERT_EQ(read.offsets.size(), static_cast<std::size_t>(kRecords));
+  expect_contiguous(read.offsets, 0);
+  EXPECT_TRUE(read.values_match);
+  send_range(producer, kRecords, kRecords + 10);
+  Read tail = read_records(consumer, 10);
+  ASSERT_EQ(tail.offsets.size(), 10u);
+  expect_contiguous(tail.offsets, kRecords);
+}
+
+TEST(ColdReads, HandoffFromLogToRingUnderConcurrentProduceHasNoGapOrDuplicate) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("busy", small_topic()).ok());
+  TopicProducer producer = TopicProducer::create(client, "busy").value();
+  send_range(producer, 0, 3000);
+  ASSERT_TRUE(producer.flush().ok());
+
+  // Given a producer that keeps sending while a consumer catches up from offset 100
+  constexpr std::int64_t kTotal = 30'000;
+  std::jthread sender([&] {
+    TopicProducer more = TopicProducer::create(client, "busy").value();
+    send_range(more, 3000, kTotal);
+  });
+  ConsumerOptions options;
+  options.max_poll_records = 64;
+  options.log_read_bytes = 4096;  // small reads: many slices and handoffs
+  TopicConsumer consumer = TopicConsumer::create(client, options).value();
+  ASSERT_TRUE(consumer.assign("busy", {0}, SeekTo::offset(100)).ok());
+  Read read = read_records(consumer, kTotal - 100);
+  sender.join();
+
+  // Expect each offset exactly once, in order, whether it came from the log or the ring
+  EXPECT_TRUE(read.notices.empty());
+  ASSERT_EQ(read.offsets.size(), static_cast<std::size_t>(kTotal - 100));
+  expect_contiguous(read.offsets, 100);
+  EXPECT_TRUE(read.values_match);
+}
+
+TEST(ColdReads, ALappedConsumerReadsWhatItMissedFromTheLog) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("fast", small_topic()).ok());
+  TopicProducer producer = TopicProducer::create(client, "fast").value();
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  ASSERT_TRUE(consumer.assign("fast", {0}, SeekTo::earliest()).ok());
+  send_range(producer, 0, 10);
+  Read first = read_records(consumer, 10);
+  ASSERT_EQ(first.offsets.size(), 10u);
+  // Given producers that lap the consumer many times over
+  send_range(producer, 10, 6000);
+  ASSERT_TRUE(producer.flush().ok());
+  // Expect no loss reported: what the ring overwrote comes from the log
+  Read rest = read_records(consumer, 5990);
+  EXPECT_TRUE(rest.notices.empty());
+  ASSERT_EQ(rest.offsets.size(), 5990u);
+  expect_contiguous(rest.offsets, 10);
+  EXPECT_TRUE(rest.values_match);
+}
+
+TEST(ColdReads, RecordsFromBeforeARestartAndSeekByTimestampUseTheLog) {
+  TempDir dir;
+  {
+    auto node = Node::start(options_for(dir.path())).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("kept", small_topic()).ok());
+    TopicProducer producer = TopicProducer::create(client, "kept").value();
+    send_range(producer, 0, 2000);
+    ASSERT_TRUE(producer.flush().ok());
+  }
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  // Expect the ring empty after the restart, yet every record readable from the start
+  ASSERT_TRUE(consumer.assign("kept", {0}, SeekTo::earliest()).ok());
+  Read read = read_records(consumer, 2000);
+  ASSERT_EQ(read.offsets.size(), 2000u);
+  expect_contiguous(read.offsets, 0);
+  // And a timestamp found through the time index: the first record at or after it
+  ASSERT_TRUE(consumer.seek("kept", 0, SeekTo::timestamp(kBaseTimestamp + 1234)).ok());
+  EXPECT_EQ(consumer.position("kept", 0).value(), Offset{1234});
+  Read from_time = read_records(consumer, 5);
+  ASSERT_GE(from_time.offsets.size(), 5u);  // a poll returns what it has, up to max_poll_records
+  expect_contiguous(from_time.offsets, 1234);
+}
+
+TEST(Retention, BySizeDeletesTheOldestSegmentsAndOlderOffsetsAreOutOfRange) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic();
+  settings.emplace_back("retention.bytes", "65536");
+  ASSERT_TRUE(client->create_topic("bounded", settings).ok());
+  TopicProducer producer = TopicProducer::create(client, "bounded").value();
+  // Given a consumer positioned at offset 0 that has not read yet
+  TopicConsumer slow = TopicConsumer::create(client).value();
+  ASSERT_TRUE(slow.assign("bounded", {0}, SeekTo::earliest()).ok());
+  // When ten times the retained size is written
+  send_range(producer, 0, 6000);
+  ASSERT_TRUE(producer.flush().ok());
+  PartitionStats stats;
+  for (int i = 0; i < 500; ++i) {
+    stats = node->describe_topic("bounded")->partitions[0];
+    if (stats.log_bytes <= 65536 + 16384) break;
+    usleep(10'000);
+  }
+  // Expect the log within the limit plus one segment, starting later
+  EXPECT_LE(stats.log_bytes, 65536u + 16384u);
+  EXPECT_GT(stats.log_start_offset.value, 0);
+  EXPECT_LT(stats.log_start_offset.value, 6000);
+  // And a seek before the start refused, naming the earliest offset
+  TopicConsumer late = TopicConsumer::create(client).value();
+  const Result<void> too_old = late.assign("bounded", {0}, SeekTo::offset(0));
+  ASSERT_FALSE(too_old.ok());
+  EXPECT_EQ(too_old.error().code, Errc::kOutOfRange);
+  EXPECT_NE(too_old.error().message.find("earliest offset is"), std::string::npos) << too_old.error().message;
+  // And the waiting consumer told what was deleted, then reading from the log's start
+  Result<PollResult> polled = slow.poll(1000);
+  ASSERT_TRUE(polled.ok());
+  ASSERT_FALSE(polled->notices.empty());
+  EXPECT_EQ(polled->notices[0].kind, PollNotice::Kind::kOutOfRange);
+  EXPECT_EQ(polled->notices[0].from, Offset{0});
+  ASSERT_FALSE(polled->records.empty());
+  EXPECT_EQ(polled->records[0].offset, polled->notices[0].to);
+}
+
+TEST(Retention, ByTimeDeletesSegmentsWhoseRecordsAreAllOlder) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic();
+  settings.emplace_back("retention.ms", "3600000");
+  ASSERT_TRUE(client->create_topic("aged", settings).ok());
+  TopicProducer producer = TopicProducer::create(client, "aged").value();
+  send_range(producer, 0, 2000, kLongAgo);  // far older than an hour
+  ASSERT_TRUE(producer.flush().ok());
+  PartitionStats stats;
+  for (int i = 0; i < 500; ++i) {
+    stats = node->describe_topic("aged")->partitions[0];
+    if (stats.log_bytes <= 16384) break;
+    usleep(10'000);
+  }
+  // Expect only the active segment left
+  EXPECT_LE(stats.log_bytes, 16384u);
+  EXPECT_GT(stats.log_start_offset.value, 1500);
+  EXPECT_EQ(stats.log_end_offset, Offset{2000});
+}
+
+TEST(Segments, RollByAge) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic();
+  settings.emplace_back("segment.ms", "20");
+  ASSERT_TRUE(client->create_topic("slow", settings).ok());
+  TopicProducer producer = TopicProducer::create(client, "slow").value();
+  for (std::int64_t i = 0; i < 4; ++i) {
+    send_range(producer, i, i + 1);
+    ASSERT_TRUE(producer.flush().ok());
+    usleep(40'000);
+  }
+  std::size_t logs = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/data/slow-0"))
+    logs += entry.path().extension() == ".log" ? 1u : 0u;
+  EXPECT_GE(logs, 3u);  // a few bytes each: only age rolled them
+}
+
+TEST(ConsumerGroups, CommittedOffsetsSurviveARestart) {
+  TempDir dir;
+  {
+    auto node = Node::start(options_for(dir.path())).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("orders", small_topic()).ok());
+    TopicProducer producer = TopicProducer::create(client, "orders").value();
+    send_range(producer, 0, 100);
+    ASSERT_TRUE(producer.flush().ok());
+    ConsumerOptions options;
+    options.group = "billing";
+    options.max_poll_records = 40;
+    TopicConsumer consumer = TopicConsumer::create(client, options).value();
+    ASSERT_TRUE(consumer.assign("orders", {0}, SeekTo::committed(SeekTo::Kind::kEarliest)).ok());
+    // Given a group that read 40 records and committed
+    Read read = read_records(consumer, 40);
+    ASSERT_EQ(read.offsets.size(), 40u);
+    ASSERT_TRUE(consumer.commit().ok());
+    EXPECT_EQ(consumer.committed("orders", 0).value(), std::optional<Offset>(Offset{40}));
+    // And a commit to a partition that does not exist refused
+    EXPECT_EQ(consumer.commit("orders", 7, Offset{1}).error().code, Errc::kNotFound);
+  }
+  // When the node starts again
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ConsumerOptions options;
+  options.group = "billing";
+  TopicConsumer consumer = TopicConsumer::create(client, options).value();
+  ASSERT_TRUE(consumer.assign("orders", {0}, SeekTo::committed(SeekTo::Kind::kEarliest)).ok());
+  // Expect the group to carry on at 40; a new group to start where it is told
+  EXPECT_EQ(consumer.position("orders", 0).value(), Offset{40});
+  Read rest = read_records(consumer, 60);
+  ASSERT_EQ(rest.offsets.size(), 60u);
+  expect_contiguous(rest.offsets, 40);
+  ConsumerOptions other;
+  other.group = "audit";
+  TopicConsumer fresh = TopicConsumer::create(client, other).value();
+  ASSERT_TRUE(fresh.assign("orders", {0}, SeekTo::committed(SeekTo::Kind::kLatest)).ok());
+  EXPECT_EQ(fresh.position("orders", 0).value(), Offset{100});
+  // And a bad group name refused clearly
+  ConsumerOptions bad;
+  bad.group = "no/slashes";
+  EXPECT_FALSE(TopicConsumer::create(client, bad).ok());
+}
+
+}  // namespace
+}  // namespace weft::storage
