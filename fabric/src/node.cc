@@ -173,6 +173,7 @@ struct Node::Partition {
   std::string log_error;  // why the log takes nothing now (empty: it does)
   Errc log_error_code = Errc::kOk;
   bool log_stopped = false;  // for good: a failed sync or a broken ring; the topic must be recreated
+  bool log_backlog = false;  // the last pass left batches to write
 };
 
 struct Node::Topic {
@@ -460,8 +461,11 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
     p.refused.reset();
     took = true;
   }
-  // Bounded per pass (a ring's worth), so one busy partition cannot starve the others.
-  for (std::size_t bytes = 0; bytes < p.ring.capacity_bytes();) {
+  // Bounded per pass, so producers get space back (the limit moves at the end of a pass) while
+  // the disk is busy with the rest, and one busy partition cannot starve the others.
+  const std::size_t budget = std::min<std::size_t>(p.ring.capacity_bytes(), std::size_t{4} << 20);
+  std::size_t bytes = 0;
+  for (; bytes < budget;) {
     RingBatch batch;
     const PollStatus status = writer.poll(batch);
     if (status == PollStatus::kEmpty) break;
@@ -479,6 +483,7 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
     bytes += batch.bytes.size();
     took = true;
   }
+  p.log_backlog = bytes >= budget;  // more to write: the next pass comes at once
   if (took || p.unflushed) {
     if (Result<void> flushed = p.log->flush(); !flushed.ok()) {
       p.unflushed = true;
@@ -669,7 +674,7 @@ double Node::maintain_pass() {
       if (p->log) {
         drain_to_log(*p, topic->config, now);
         // Producers waiting on the log: come back at once rather than at the ring's pace.
-        if (log_waiters(p->ring) != 0) used = std::max(used, 1e9);
+        if (log_waiters(p->ring) != 0 || p->log_backlog) used = std::max(used, 1e9);
         if (now - p->last_retention_ns >= options_.retention_check_interval_ms * 1'000'000 &&
             (topic->config.retention_bytes >= 0 || topic->config.retention_ms >= 0)) {
           p->last_retention_ns = now;
@@ -695,7 +700,10 @@ double Node::maintain_pass() {
       const std::uint64_t ahead = std::max(tail, frontier.position.value);
       std::uint64_t target = ahead > keep ? ahead - keep : 0;
       target = std::min(target, frontier.position.value);
-      if (p->log) target = std::min(target, p->durable_position);  // never past what is not in the log
+      // Never past what is not in the log. The ring is memory like the page cache, so holding it
+      // until a sync protects nothing more; only `always` does (it syncs every pass anyway), and
+      // an interval policy's durability is what its acknowledgements wait for.
+      if (p->log) target = std::min(target, topic->config.fsync == FsyncPolicy::kAlways ? p->durable_position : p->written_position);
       if (topic->config.consumer_flow_control) {
         target = std::min(target, slowest);
         // It read the limit to start from: moving it now could lap it before its first read.

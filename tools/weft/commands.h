@@ -29,7 +29,16 @@ struct PerfOptions {
   std::uint64_t ring_bytes = std::uint64_t{64} << 20;
   bool baselines = true;
   bool flow_control = true;  // consumers hold producers back, so nothing is lost to laps
+  // With a data directory the embedded node keeps logs there (a folder per run, removed after),
+  // and the run adds the disk's baselines, an acknowledgement run and a catch-up read.
+  std::string data_dir;
+  std::string fsync = "none";         // the perf topic's fsync policy
+  std::uint64_t bytes = 0;            // > 0: log bytes to write in the throughput run (sets --records)
+  std::uint64_t ack_records = 2'000;  // per producer in the acknowledgement run (send, then wait)
 };
+
+// "4G", "512M", "64k" or a plain number of bytes; 0 when the text is not one.
+std::uint64_t parse_size(const std::string& text);
 
 int run_perf(const PerfOptions& options);
 

@@ -4,15 +4,25 @@
 // Two phases: a throughput run (flat out, or at --rate) and a paced latency run, each on a fresh
 // topic. Values carry a sequence number, the producer's id and its send time (CLOCK_MONOTONIC);
 // consumers check per-producer order on every partition and record one-way latency.
+//
+// With --data-dir the node keeps logs: the run first measures the disk itself (sequential
+// O_DIRECT writes and reads, 4 KiB write + fdatasync), then after the throughput run reads the
+// whole log back from cold segments (catch-up), and with --acks 1|all adds an acknowledgement
+// run where every producer sends one record at a time and waits for it (group commit shows as
+// throughput growing with producers).
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <new>
 #include <string>
 #include <thread>
@@ -20,6 +30,7 @@
 
 #include "baselines.h"
 #include "commands.h"
+#include "disk_baselines.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
 #include "weft/fabric/histogram.h"
@@ -27,6 +38,7 @@
 #include "weft/fabric/log.h"
 #include "weft/node.h"
 #include "weft/producer.h"
+#include "weft/storage/segment_log.h"
 
 namespace weft::cli {
 namespace {
@@ -47,6 +59,7 @@ struct Board {
     std::int64_t end_ns;
     std::uint64_t back_pressure_waits;
     std::uint64_t errors;
+    LatencyHistogram ack_latency;  // the acknowledgement run: send to acknowledged
   } producers[kMaxProducers];
   struct alignas(128) ConsumerReport {
     std::atomic<std::uint64_t> received;
@@ -67,6 +80,8 @@ struct Phase {
   std::uint64_t rate;  // per producer; 0: flat out
   std::uint32_t batch_records;
   bool measure_latency;
+  bool wait_each = false;  // send one record, wait for its acknowledgement, repeat
+  bool catch_up = false;   // afterwards, read the whole log back from cold segments
 };
 
 struct PhaseResult {
@@ -79,8 +94,14 @@ struct PhaseResult {
   std::uint64_t lost = 0;
   std::uint64_t back_pressure_waits = 0;
   LatencyHistogram latency;
+  LatencyHistogram ack_latency;
   std::vector<std::uint64_t> partition_records;
   std::string memory;  // how the topic's rings were backed
+  std::uint64_t log_bytes = 0;          // the topic's logs at the end of the phase
+  double log_mb_per_sec = 0;            // log bytes over the producers' span (all acknowledged)
+  double catch_up_mb_per_sec = 0;       // log bytes read back from cold segments
+  double catch_up_records_per_sec = 0;
+  std::uint64_t catch_up_records = 0;
 };
 
 WaitKind wait_kind(const std::string& w) {
@@ -120,6 +141,9 @@ void run_producer(const PerfOptions& o, const Phase& phase, std::shared_ptr<Clie
 
   std::vector<std::byte> value(o.record_size, std::byte{0x5A});
   std::vector<RecordInput> batch(phase.batch_records);
+  // Now, so retention (a week by default) keeps what the run writes.
+  const std::int64_t wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch()).count();
   const std::int64_t interval_ns = phase.rate > 0 ? 1'000'000'000 / static_cast<std::int64_t>(phase.rate) : 0;
   const std::int64_t start = monotonic_ns();
   const std::int64_t stop_at = phase.duration_s > 0 ? start + static_cast<std::int64_t>(phase.duration_s * 1e9) : INT64_MAX;
@@ -138,13 +162,18 @@ void run_producer(const PerfOptions& o, const Phase& phase, std::shared_ptr<Clie
     } else {
       send_ns = phase.measure_latency ? monotonic_ns() : 0;
     }
+    if (phase.wait_each) send_ns = monotonic_ns();
     std::memcpy(value.data(), &sequence, 8);
     std::memcpy(value.data() + 8, &send_ns, 8);
     RecordInput record;
     record.value = std::span<const std::byte>(value);
-    record.timestamp_ms = 1'700'000'000'000;
+    record.timestamp_ms = wall_ms;
     std::uint64_t in_batch = 1;
     Result<SendResult> sent = phase.batch_records <= 1 ? producer->send(record) : Result<SendResult>(SendResult{});
+    if (phase.wait_each && sent.ok()) {
+      if (Result<void> acked = producer->await(*sent, options.acks, 30'000); !acked.ok()) sent = acked.error();
+      else me.ack_latency.record(static_cast<std::uint64_t>(monotonic_ns() - send_ns));
+    }
     if (phase.batch_records > 1) {
       // A batch's values must differ, so each record gets its own copy of the value buffer.
       in_batch = std::min<std::uint64_t>(phase.batch_records, limit - sequence);
@@ -172,7 +201,10 @@ void run_producer(const PerfOptions& o, const Phase& phase, std::shared_ptr<Clie
       since_publish = 0;
     }
   }
-  (void)producer->flush();
+  if (Result<void> flushed = producer->flush(); !flushed.ok()) {
+    std::fprintf(stderr, "weft perf: producer %u: %s\n", id, flushed.error().message.c_str());
+    ++me.errors;
+  }
   me.end_ns = monotonic_ns();
   for (std::size_t p = 0; p < per_partition.size() && p < kMaxPartitions; ++p)
     board.partition_records[p].fetch_add(per_partition[p], std::memory_order_relaxed);
@@ -263,6 +295,38 @@ std::string format_count(double v) {
   return out;
 }
 
+// Reads the whole topic back from the start, from segment files out of the page cache (dropped
+// first, so the disk is read), as a batch job or a replay would.
+Result<void> catch_up(const PerfOptions& o, const std::shared_ptr<Client>& client, const std::string& topic, PhaseResult& r) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(o.data_dir, ec)) {
+    if (!entry.is_regular_file() || entry.path().extension() != ".log") continue;
+    const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    fdatasync(fd);  // dirty pages cannot be dropped
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+  }
+  ConsumerOptions options;
+  options.max_poll_records = 4096;
+  options.log_read_bytes = std::size_t{4} << 20;
+  WEFT_TRY(TopicConsumer consumer, TopicConsumer::create(client, options));
+  WEFT_TRY_VOID(consumer.assign(topic, {}, SeekTo::earliest()));
+  const std::int64_t start = monotonic_ns();
+  std::uint64_t got = 0;
+  for (std::int64_t idle_since = start; got < r.sent && monotonic_ns() - idle_since < kIdleLimitNs;) {
+    WEFT_TRY(const PollResult polled, consumer.poll(100));
+    if (!polled.records.empty()) idle_since = monotonic_ns();
+    got += polled.records.size();
+  }
+  const double seconds = static_cast<double>(monotonic_ns() - start) / 1e9;
+  r.catch_up_records = got;
+  r.catch_up_records_per_sec = static_cast<double>(got) / seconds;
+  r.catch_up_mb_per_sec = static_cast<double>(r.log_bytes) / 1e6 / seconds;
+  if (got < r.sent) ++r.errors;
+  return ok();
+}
+
 // Runs one phase on a fresh topic; producers and consumers are processes (or threads).
 Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const std::shared_ptr<Client>& client,
                               const std::string& socket_for_children, bool progress) {
@@ -270,7 +334,8 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
   TopicSettings settings{{"partitions", std::to_string(o.partitions)},
                          {"ring.capacity.bytes", std::to_string(o.ring_bytes)},
                          {"max.batch.bytes", std::to_string(std::min<std::uint64_t>(o.ring_bytes / 4, std::uint64_t{1} << 20))},
-                         {"flow.control", o.flow_control ? "consumers" : "none"}};
+                         {"flow.control", o.flow_control ? "consumers" : "none"},
+                         {"fsync", o.fsync}};
   WEFT_TRY(const TopicInfo info, client->create_topic(topic, settings));
   void* shared = mmap(nullptr, sizeof(Board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (shared == MAP_FAILED) return os_error(Errc::kResourceExhausted, "mmap for the perf board", errno);
@@ -398,12 +463,30 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
   r.mb_per_sec = r.deliver_rps * o.record_size / 1e6;
   for (std::uint32_t p = 0; p < o.partitions && p < kMaxPartitions; ++p)
     r.partition_records.push_back(board->partition_records[p].load(std::memory_order_relaxed));
+  for (std::uint32_t p = 0; p < o.producers; ++p) r.ack_latency.merge(board->producers[p].ack_latency);
   munmap(shared, sizeof(Board));
+  if (Result<TopicInfo> described = client->describe_topic(topic); described.ok()) {
+    for (const PartitionStats& s : described->partitions) r.log_bytes += s.log_bytes;
+    if (last_end > first_start) r.log_mb_per_sec = static_cast<double>(r.log_bytes) / 1e6 / (static_cast<double>(last_end - first_start) / 1e9);
+  }
+  if (phase.catch_up && r.log_bytes > 0) WEFT_TRY_VOID(catch_up(o, client, topic, r));
   (void)client->delete_topic(topic);
   return r;
 }
 
 }  // namespace
+
+std::uint64_t parse_size(const std::string& text) {
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end == text.data()) return 0;
+  const std::string_view unit(end, static_cast<std::size_t>(text.data() + text.size() - end));
+  if (unit.empty()) return value;
+  if (unit == "k" || unit == "K") return value << 10;
+  if (unit == "m" || unit == "M") return value << 20;
+  if (unit == "g" || unit == "G") return value << 30;
+  return 0;
+}
 
 int run_perf(const PerfOptions& in) {
   PerfOptions o = in;
@@ -427,6 +510,16 @@ int run_perf(const PerfOptions& in) {
   std::string node_description;
   char temp_dir[] = "/tmp/weft-perf-XXXXXX";
   bool made_temp = false;
+  std::string log_dir;  // removed at the end
+  if (!o.data_dir.empty() && o.use_socket) {
+    std::fprintf(stderr, "weft perf: --data-dir is for the embedded node; a running weftd keeps its logs in its own\n");
+    return 2;
+  }
+  if (o.bytes > 0) {
+    // A one-record batch takes its 61-byte header, ~10 bytes of record framing and the value.
+    o.records = std::max<std::uint64_t>(1, o.bytes / (o.record_size + 71) / o.producers);
+    o.duration_s = 0;
+  }
   if (o.use_socket) {
     Result<std::shared_ptr<Client>> c = Client::connect(socket);
     if (!c.ok()) {
@@ -438,6 +531,10 @@ int run_perf(const PerfOptions& in) {
   } else {
     NodeOptions options;
     options.prefer_hugepages = o.hugepages;
+    if (!o.data_dir.empty()) {
+      log_dir = o.data_dir + "/weft-perf-" + std::to_string(getpid());
+      options.open_log = storage::open_segment_logs(log_dir);
+    }
     Result<std::unique_ptr<Node>> started = Node::start(options);
     if (!started.ok()) {
       std::fprintf(stderr, "weft perf: %s\n", started.error().message.c_str());
@@ -471,8 +568,23 @@ int run_perf(const PerfOptions& in) {
     memcpy_gbs = bench::memcpy_gb_per_sec(std::size_t{64} << 20, 0.3);
     if (bench::cpu_count() >= 2) pingpong_ns = bench::pingpong_one_way_ns(0, 1, 200'000);
   }
+  // The disk under the data directory, measured in this run before the node writes to it.
+  const bool logged = !o.data_dir.empty();
+  bench::DiskWrite disk_write;
+  bench::DiskRead disk_read;
+  bench::SyncLatency disk_sync;
+  if (logged && o.baselines) {
+    if (progress) std::fprintf(stderr, "  measuring the disk under %s ...", o.data_dir.c_str());
+    disk_write = bench::disk_sequential_write(o.data_dir, std::uint64_t{1} << 30);
+    disk_read = bench::disk_sequential_read(o.data_dir, std::uint64_t{1} << 30);
+    disk_sync = bench::disk_write_fdatasync_latency(o.data_dir, 2000);
+    if (progress) std::fprintf(stderr, "\r%100s\r", "");
+    for (const std::string* error : {&disk_write.error, &disk_read.error, &disk_sync.error})
+      if (!error->empty()) std::fprintf(stderr, "weft perf: disk baseline: %s\n", error->c_str());
+  }
 
   Phase throughput{"throughput", o.records, o.duration_s, o.rate, o.batch_records, o.rate > 0};
+  throughput.catch_up = logged;
   Result<PhaseResult> t = run_phase(o, throughput, client, socket, progress);
   Result<PhaseResult> l = PhaseResult{};
   const bool run_latency = o.latency_records > 0 && o.consumers > 0;
@@ -480,18 +592,35 @@ int run_perf(const PerfOptions& in) {
     Phase latency{"latency", o.latency_records, 0, o.latency_rate, 1, true};
     l = run_phase(o, latency, client, socket, progress);
   }
+  // Acknowledgements: each producer sends one record and waits for it, over and over.
+  Result<PhaseResult> a = PhaseResult{};
+  const bool run_acks = logged && o.acks != "0" && o.ack_records > 0;
+  if (t.ok() && l.ok() && run_acks) {
+    Phase acks{"acks", o.ack_records, 5.0, 0, 1, false};  // at most 5 s: with interval=MS each wait takes up to MS
+    acks.wait_each = true;
+    PerfOptions quiet = o;
+    quiet.consumers = 0;
+    a = run_phase(quiet, acks, client, socket, progress);
+  }
   const std::string memory = t.ok() ? t->memory : std::string();  // hugepages, or why not
   server.reset();
   if (node) node->stop();
   if (made_temp) rmdir(temp_dir);
-  if (!t.ok() || !l.ok()) {
-    std::fprintf(stderr, "weft perf: %s\n", (!t.ok() ? t.error() : l.error()).message.c_str());
+  if (!log_dir.empty()) std::filesystem::remove_all(log_dir);
+  if (!t.ok() || !l.ok() || !a.ok()) {
+    std::fprintf(stderr, "weft perf: %s\n", (!t.ok() ? t.error() : (!l.ok() ? l.error() : a.error())).message.c_str());
     return 1;
   }
+  const PhaseResult& ar = *a;
   const PhaseResult& tr = *t;
   const PhaseResult& lr = *l;
   const LatencyHistogram& h = run_latency ? lr.latency : tr.latency;
-  const std::uint64_t errors = tr.errors + lr.errors;
+  const std::uint64_t errors = tr.errors + lr.errors + ar.errors;
+  const LatencyHistogram& acked = ar.ack_latency;
+  const double ack_rps = ar.send_rps;
+  const double write_ratio = disk_write.mb_per_sec > 0 ? tr.log_mb_per_sec / disk_write.mb_per_sec : 0;
+  const double read_ratio = disk_read.mb_per_sec > 0 ? tr.catch_up_mb_per_sec / disk_read.mb_per_sec : 0;
+  const double ack_ratio = disk_sync.p99_ns > 0 ? static_cast<double>(acked.percentile(0.99)) / static_cast<double>(disk_sync.p99_ns) : 0;
   const double p50 = static_cast<double>(h.percentile(0.5));
   const double memcpy_ratio = memcpy_gbs > 0 ? tr.mb_per_sec / 1e3 / memcpy_gbs : 0;
   const double pingpong_ratio = pingpong_ns > 0 ? p50 / pingpong_ns : 0;
@@ -506,7 +635,20 @@ int run_perf(const PerfOptions& in) {
                 ",\"p999\":%" PRIu64 ",\"max\":%" PRIu64 "},",
                 run_latency ? o.latency_rate : o.rate, h.count(), h.percentile(0.5), h.percentile(0.9), h.percentile(0.99),
                 h.percentile(0.999), h.max());
-    std::printf("\"baseline\":{\"memcpy_gb_per_sec\":%.2f,\"pingpong_one_way_ns\":%.1f},", memcpy_gbs, pingpong_ns);
+    std::printf("\"baseline\":{\"memcpy_gb_per_sec\":%.2f,\"pingpong_one_way_ns\":%.1f", memcpy_gbs, pingpong_ns);
+    if (logged)
+      std::printf(",\"disk_write_mb_per_sec\":%.1f,\"disk_read_mb_per_sec\":%.1f,\"fdatasync_p50_ns\":%" PRIu64 ",\"fdatasync_p99_ns\":%" PRIu64,
+                  disk_write.mb_per_sec, disk_read.mb_per_sec, disk_sync.p50_ns, disk_sync.p99_ns);
+    std::printf("},");
+    if (logged) {
+      std::printf("\"log\":{\"fsync\":\"%s\",\"bytes\":%" PRIu64 ",\"produce_mb_per_sec\":%.1f,\"produce_vs_disk_write\":%.3f,"
+                  "\"catch_up_mb_per_sec\":%.1f,\"catch_up_records_per_sec\":%.0f,\"catch_up_vs_disk_read\":%.3f},",
+                  o.fsync.c_str(), tr.log_bytes, tr.log_mb_per_sec, write_ratio, tr.catch_up_mb_per_sec, tr.catch_up_records_per_sec, read_ratio);
+      if (run_acks)
+        std::printf("\"acks_run\":{\"acks\":\"%s\",\"records_per_sec\":%.0f,\"p50_ns\":%" PRIu64 ",\"p99_ns\":%" PRIu64 ",\"max_ns\":%" PRIu64
+                    ",\"p99_vs_fdatasync_p99\":%.2f},",
+                    o.acks.c_str(), ack_rps, acked.percentile(0.5), acked.percentile(0.99), acked.max(), ack_ratio);
+    }
     std::printf("\"ratios\":{\"throughput_vs_memcpy\":%.3f,\"p50_vs_pingpong\":%.2f},", memcpy_ratio, pingpong_ratio);
     std::printf("\"partitions\":[");
     for (std::size_t p = 0; p < tr.partition_records.size(); ++p)
@@ -544,8 +686,29 @@ int run_perf(const PerfOptions& in) {
                   tr.sent ? 100.0 * static_cast<double>(tr.partition_records[p]) / static_cast<double>(tr.sent) : 0.0);
     std::printf("\n");
   }
+  if (logged) {
+    std::printf("\nlog (fsync=%s) in %s:\n", o.fsync.c_str(), o.data_dir.c_str());
+    std::printf("  produced into the log          %8.1f MB/s   (%.2f GB, every record acknowledged at acks=%s)\n", tr.log_mb_per_sec,
+                static_cast<double>(tr.log_bytes) / 1e9, o.acks.c_str());
+    std::printf("  catch-up read from segments    %8.1f MB/s   %s records/s, page cache dropped first\n", tr.catch_up_mb_per_sec,
+                format_count(tr.catch_up_records_per_sec).c_str());
+    if (run_acks) {
+      std::printf("  send, then wait (acks=%s)      %8s records/s with %u producer%s\n", o.acks.c_str(), format_count(ack_rps).c_str(),
+                  o.producers, o.producers == 1 ? "" : "s");
+      std::printf("    acknowledged in  p50 %" PRIu64 " ns   p99 %" PRIu64 " ns   max %" PRIu64 " ns\n", acked.percentile(0.5),
+                  acked.percentile(0.99), acked.max());
+    }
+  }
   if (o.baselines) {
     std::printf("\nbaselines (same run):\n");
+    if (logged) {
+      std::printf("  disk sequential write        %8.1f MB/s    log produce = %.0f%% of it (%s)\n", disk_write.mb_per_sec,
+                  write_ratio * 100, disk_write.mode.c_str());
+      std::printf("  disk sequential read         %8.1f MB/s    catch-up = %.0f%% of it (%s)\n", disk_read.mb_per_sec, read_ratio * 100,
+                  disk_read.mode.c_str());
+      std::printf("  4 KiB write + fdatasync      p50 %" PRIu64 " ns, p99 %" PRIu64 " ns%s\n", disk_sync.p50_ns, disk_sync.p99_ns,
+                  run_acks ? (" (ack p99 = " + std::to_string(ack_ratio).substr(0, 4) + "x it)").c_str() : "");
+    }
     std::printf("  memcpy                       %8.2f GB/s    delivered = %.0f%% of it\n", memcpy_gbs, memcpy_ratio * 100);
     if (pingpong_ns > 0) std::printf("  cache-line ping-pong one-way %8.1f ns      p50 = %.1fx it\n", pingpong_ns, pingpong_ratio);
   }

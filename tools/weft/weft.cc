@@ -239,6 +239,12 @@ int main(int argc, char** argv) {
   perf->add_flag("!--no-baselines", po.baselines, "skip the memcpy and ping-pong baselines");
   perf->add_flag("!--no-flow-control", po.flow_control, "let producers lap slow consumers (records lost to laps are counted)");
   perf->add_flag("--json", po.json, "print one JSON object instead of the report");
+  std::string perf_bytes;
+  perf->add_option("--data-dir", po.data_dir, "keep the embedded node's logs here (and measure this disk); default: rings only")
+      ->check(CLI::ExistingDirectory);
+  perf->add_option("--fsync", po.fsync, "the perf topic's fsync policy: none, always or interval=MS");
+  perf->add_option("--bytes", perf_bytes, "log bytes to write in the throughput run, e.g. 4G (sets --records)");
+  perf->add_option("--ack-records", po.ack_records, "records per producer in the send-then-wait run (with --data-dir and --acks 1|all)");
 
   CLI11_PARSE(app, argc, argv);
   const std::string& sock = socket;
@@ -246,6 +252,12 @@ int main(int argc, char** argv) {
   if (*perf) {
     po.use_socket = app.count("--socket") > 0;
     po.socket = socket;
+    if (!perf_bytes.empty() && (po.bytes = cli::parse_size(perf_bytes)) == 0)
+      return report(Error{Errc::kInvalidArgument, "--bytes takes a size such as 4G, 512M or 65536, not '" + perf_bytes + "'"}, "perf");
+    {
+      TopicConfig probe;  // the policy is checked here, before any baseline runs
+      if (Result<void> fsync = set_topic_config(probe, "fsync", po.fsync); !fsync.ok()) return report(fsync.error(), "perf");
+    }
     return cli::run_perf(po);
   }
 

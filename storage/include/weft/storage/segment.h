@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -30,6 +31,32 @@ std::string segment_file_name(Offset base, std::string_view extension);
 struct SegmentOptions {
   std::size_t index_interval_bytes = 4096;  // Kafka's index.interval.bytes
   std::size_t write_buffer_bytes = std::size_t{1} << 20;
+  // Whole blocks of a large flush go to the disk with O_DIRECT, skipping the page cache's copy
+  // (with the alignment statx reports for the file); the ragged ends of each flush are written
+  // through the page cache. Where O_DIRECT is refused (tmpfs on older kernels), all is buffered.
+  bool direct_io = true;
+};
+
+// Appended bytes not yet written, laid out so that the byte for file offset F sits at an address
+// congruent to F modulo the alignment: whole blocks go to the file with O_DIRECT straight from it.
+class WriteBuffer {
+ public:
+  // Empty; the next byte appended belongs at `file_offset`.
+  void reset(std::uint64_t file_offset, std::size_t alignment);
+  void append(std::span<const std::byte> bytes);
+  bool empty() const noexcept { return size_ == 0; }
+  std::size_t size() const noexcept { return size_; }
+  const std::byte* data() const noexcept { return storage_.get() + pad_; }
+
+ private:
+  struct Free {
+    void operator()(std::byte* p) const noexcept;
+  };
+  std::unique_ptr<std::byte[], Free> storage_;
+  std::size_t capacity_ = 0;
+  std::size_t pad_ = 0;  // file_offset % alignment: where the first byte sits
+  std::size_t size_ = 0;
+  std::size_t alignment_ = 4096;
 };
 
 // What opening an existing segment found and did.
@@ -73,7 +100,7 @@ class Segment {
   // that fails took nothing; a flush that fails (a full disk) keeps the buffer for the next one.
   Result<void> append(std::span<const std::byte> batch);
   Result<void> flush();
-  // flush(), then fdatasync of the log and both indexes.
+  // flush(), then fdatasync of the log (the indexes are derived: rebuilt on open).
   Result<void> sync();
 
   // The file position of the first batch whose last offset is at or after `offset` (the batch
@@ -118,7 +145,9 @@ class Segment {
   std::int64_t max_timestamp_ = -1;
   std::vector<IndexEntry> index_;
   std::vector<TimeIndexEntry> time_index_;
-  std::vector<std::byte> pending_;      // appended, not yet written; starts at size_ - pending_.size()
+  WriteBuffer pending_;                 // appended, not yet written; starts at size_ - pending_.size()
+  UniqueFd direct_;                     // the log opened with O_DIRECT (invalid: buffered only)
+  std::size_t direct_alignment_ = 4096;
   std::size_t index_written_ = 0;       // entries already in the index file
   std::size_t time_index_written_ = 0;  // entries already in the time index file
 };
