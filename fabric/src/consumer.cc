@@ -1,9 +1,12 @@
 #include "weft/consumer.h"
 
+#include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <memory>
 #include <deque>
 #include <optional>
 
@@ -12,11 +15,18 @@ namespace {
 
 // Reading a partition's log from a segment file while the ring no longer holds the position.
 struct ColdRead {
-  LogSlice slice;                 // slice.position: the next byte to read from the file
-  std::vector<std::byte> buffer;  // whole batches read from the file...
-  std::size_t at = 0;             // ... [at, size) not yet returned
+  struct Free {
+    void operator()(std::byte* p) const noexcept { std::free(p); }
+  };
+  LogSlice slice;                              // slice.position: the next byte to read from the file
+  std::unique_ptr<std::byte[], Free> buffer;   // page-aligned, for O_DIRECT: whole batches read...
+  std::size_t capacity = 0;
+  std::size_t at = 0;                          // ... [at, size) not yet returned
   std::size_t size = 0;
+  bool direct = true;                          // reading with O_DIRECT (until the file refuses)
+  std::byte* data() const noexcept { return buffer.get(); }
 };
+constexpr std::size_t kDirectReadAlign = 4096;
 
 struct Assignment {
   std::string topic;  // stable: records' topic views point here (assignments live in a deque)
@@ -155,34 +165,59 @@ struct TopicConsumer::State {
   Result<bool> refill(Assignment& a) {
     ColdRead& c = *a.cold;
     c.at = c.size = 0;
+    std::size_t wanted = std::max(options.log_read_bytes, kDirectReadAlign * 4);
     while (c.slice.position < c.slice.end) {
-      if (c.buffer.size() < options.log_read_bytes) c.buffer.resize(options.log_read_bytes);
-      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(c.buffer.size(), c.slice.end - c.slice.position));
-      const ssize_t got = pread(c.slice.file.get(), c.buffer.data(), want, static_cast<off_t>(c.slice.position));
+      if (c.capacity < wanted + kDirectReadAlign) {
+        const std::size_t capacity = (wanted + 2 * kDirectReadAlign - 1) / kDirectReadAlign * kDirectReadAlign;
+        auto* raw = static_cast<std::byte*>(std::aligned_alloc(kDirectReadAlign, capacity));
+        if (raw == nullptr) return Error{Errc::kResourceExhausted, "no memory for a log read of " + std::to_string(capacity) + " bytes"};
+        c.buffer.reset(raw);
+        c.capacity = capacity;
+      }
+      if (c.direct) {
+        // Cold data is read straight from the disk into the buffer, sparing the page cache's copy
+        // (a reader streaming a whole log would only evict what others use).
+        const int flags = fcntl(c.slice.file.get(), F_GETFL);
+        c.direct = flags >= 0 && ((flags & O_DIRECT) != 0 || fcntl(c.slice.file.get(), F_SETFL, flags | O_DIRECT) == 0);
+      }
+      // With O_DIRECT the read starts at the block holding `position` and covers whole blocks.
+      const std::uint64_t from = c.direct ? c.slice.position & ~std::uint64_t{kDirectReadAlign - 1} : c.slice.position;
+      const std::size_t head = static_cast<std::size_t>(c.slice.position - from);
+      std::uint64_t span = std::min<std::uint64_t>(c.capacity - kDirectReadAlign, c.slice.end - from);
+      if (c.direct) span = (span + kDirectReadAlign - 1) & ~std::uint64_t{kDirectReadAlign - 1};
+      const ssize_t got = pread(c.slice.file.get(), c.data(), static_cast<std::size_t>(span), static_cast<off_t>(from));
       if (got < 0) {
         if (errno == EINTR) continue;
+        if (errno == EINVAL && c.direct) {
+          c.direct = false;  // the file system refuses direct reads: the page cache, then
+          const int flags = fcntl(c.slice.file.get(), F_GETFL);
+          if (flags >= 0) fcntl(c.slice.file.get(), F_SETFL, flags & ~O_DIRECT);
+          continue;
+        }
         return os_error(Errc::kIo, "reading the log of '" + a.topic + "' partition " + std::to_string(a.partition), errno);
       }
-      if (got == 0) return Error{Errc::kCorrupt, "the log of '" + a.topic + "' partition " + std::to_string(a.partition) + " ended early"};
+      // Bytes past the slice's end may be a batch being written: never look at them.
+      const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(got), c.slice.end - from));
+      if (n <= head) return Error{Errc::kCorrupt, "the log of '" + a.topic + "' partition " + std::to_string(a.partition) + " ended early"};
       // Whole batches only: a batch cut by the read's end is read again next time.
-      std::size_t whole = 0;
-      const auto n = static_cast<std::size_t>(got);
+      std::size_t whole = head;
       std::uint64_t first_batch = 0;
       while (n - whole >= kBatchLogOverhead) {
-        const std::uint64_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(c.buffer.data() + whole + batch_field::kBatchLength));
+        const std::uint64_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(c.data() + whole + batch_field::kBatchLength));
         if (first_batch == 0) first_batch = total;
         if (total < kBatchHeaderBytes || total > n - whole) break;
         whole += static_cast<std::size_t>(total);
       }
-      if (whole == 0) {
+      if (whole == head) {
         // One batch larger than the buffer: grow to it (within reason), or give up on the file.
-        if (first_batch < kBatchHeaderBytes || first_batch > (std::uint64_t{1} << 30) || first_batch <= c.buffer.size())
+        if (first_batch < kBatchHeaderBytes || first_batch > (std::uint64_t{1} << 30) || first_batch + head + kDirectReadAlign <= c.capacity)
           return Error{Errc::kCorrupt, "a batch in the log of '" + a.topic + "' partition " + std::to_string(a.partition) +
                                            " has an impossible length at byte " + std::to_string(c.slice.position)};
-        c.buffer.resize(static_cast<std::size_t>(first_batch));
+        wanted = static_cast<std::size_t>(first_batch) + head + kDirectReadAlign;
         continue;
       }
-      c.slice.position += whole;
+      c.slice.position += whole - head;
+      c.at = head;
       c.size = whole;
       return true;
     }
@@ -198,11 +233,12 @@ struct TopicConsumer::State {
     for (int round = 0; round < 64 && records.size() < max; ++round) {
       ColdRead& c = *a.cold;
       while (c.at < c.size && records.size() < max) {
-        const std::span<const std::byte> bytes(c.buffer.data() + c.at, c.size - c.at);
+        const std::span<const std::byte> bytes(c.data() + c.at, c.size - c.at);
         const std::size_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(bytes.data() + batch_field::kBatchLength));
         const std::span<const std::byte> one = bytes.first(total);
         const Offset base{wire::load_be64(one.data() + batch_field::kBaseOffset)};
-        Result<BatchView> view = BatchView::parse(one);  // from disk: every length and the CRC
+        // From disk: the CRC and the header here; each record is checked as take() decodes it.
+        Result<BatchView> view = BatchView::parse_header(one, true);
         RingBatch batch;
         batch.bytes = one;
         batch.base_offset = base;

@@ -23,6 +23,8 @@
 #include <shared_mutex>
 #include <thread>
 
+#include <tbb/parallel_for.h>
+
 namespace weft {
 namespace {
 
@@ -30,6 +32,17 @@ constexpr std::size_t kMinRing = std::size_t{64} << 10;
 constexpr std::size_t kMaxRing = std::size_t{1} << 30;
 constexpr std::int64_t kSealEveryNs = 20'000'000;     // a stalled claim is looked at this often
 constexpr std::int64_t kReclaimEveryNs = 1'000'000'000;
+
+// Runs fn(0..n-1) on oneTBB's workers: recovering a partition's log is a scan of its segments,
+// so a node with many partitions starts in the time of its largest few, not of all of them.
+template <class Fn>
+void for_each_in_parallel(std::size_t n, const Fn& fn) {
+#if defined(__SANITIZE_THREAD__)
+  for (std::size_t i = 0; i < n; ++i) fn(i);  // TSan cannot see oneTBB's own (uninstrumented) synchronisation
+#else
+  tbb::parallel_for(std::size_t{0}, n, [&](std::size_t i) { fn(i); });
+#endif
+}
 
 std::int64_t wall_clock_ms() {
   timespec ts{};
@@ -287,6 +300,10 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
   auto topic = std::make_shared<Topic>();
   topic->name = std::string(name);
   topic->config = config;
+  // Logs first, all partitions at once (each recovers its folder); then the rings.
+  std::vector<std::optional<Result<std::unique_ptr<PartitionLog>>>> logs(config.partitions);
+  if (options_.open_log)
+    for_each_in_parallel(config.partitions, [&](std::size_t p) { logs[p].emplace(options_.open_log(topic->name, static_cast<std::uint32_t>(p), config)); });
   for (std::uint32_t p = 0; p < config.partitions; ++p) {
     ShmOptions shm;
     // The name only labels the mapping (memfd names stop at 249 bytes, hugetlbfs file names at 255),
@@ -301,7 +318,7 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
     std::unique_ptr<PartitionLog> log;
     RingConfig partition_config = ring_config;
     if (options_.open_log) {
-      Result<std::unique_ptr<PartitionLog>> opened = options_.open_log(topic->name, p, config);
+      Result<std::unique_ptr<PartitionLog>>& opened = *logs[p];
       if (!opened.ok())
         return Error{opened.error().code, "topic '" + topic->name + "' partition " + std::to_string(p) + " log: " + opened.error().message};
       log = std::move(*opened);
@@ -578,7 +595,8 @@ Result<void> Node::load_topics() {
   }
   closedir(listing);
   std::sort(names.begin(), names.end());
-  for (const std::string& name : names) {
+  for_each_in_parallel(names.size(), [&](std::size_t i) {
+    const std::string& name = names[i];
     // A topic that cannot be read or recovered is logged and left out; the others serve.
     std::ifstream in(dir + "/" + name + ".topic");
     TopicConfig config = options_.default_topic;
@@ -596,7 +614,7 @@ Result<void> Node::load_topics() {
     } else {
       log(LogLevel::kError, "topic not served", {{"topic", name}, {"reason", created.error().message}});
     }
-  }
+  });
   return ok();
 }
 

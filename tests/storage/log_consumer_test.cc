@@ -138,7 +138,7 @@ TEST(Acks, WithAnIntervalDurableWaitsForTheNextSync) {
   TempDir dir;
   auto node = Node::start(options_for(dir.path(), false)).value();
   auto client = Client::embedded(*node);
-  TopicSettings settings = small_topic("interval=50");
+  TopicSettings settings = small_topic("interval=500");  // long enough for a loaded machine
   ASSERT_TRUE(client->create_topic("lazy", settings).ok());
   TopicProducer producer = TopicProducer::create(client, "lazy").value();
   const std::string value = value_of(0);
@@ -151,7 +151,7 @@ TEST(Acks, WithAnIntervalDurableWaitsForTheNextSync) {
   // Expect it in the log at once, durable only after the interval's sync
   EXPECT_TRUE(producer.await(sent, Acks::kLeader, 1000).ok());
   EXPECT_FALSE(producer.await(sent, Acks::kAll, 10).ok());
-  usleep(60'000);
+  usleep(520'000);
   node->maintain();
   EXPECT_TRUE(producer.await(sent, Acks::kAll, 1000).ok());
 }

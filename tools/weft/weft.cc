@@ -88,6 +88,13 @@ void print_topic(const TopicInfo& info) {
                 static_cast<unsigned long long>(p.records), human_bytes(p.bytes).c_str(), p.producers, p.consumers,
                 p.lapped_consumers, static_cast<unsigned long long>(p.back_pressure_events),
                 static_cast<unsigned long long>(p.sealed_claims), p.memory.c_str());
+  // The ring's window above; the log's below, where the node keeps one.
+  if (info.partitions.empty() || info.partitions.front().log_end_offset.value < 0) return;
+  std::printf("\n%9s %12s %12s %10s  %s\n", "partition", "log start", "log end", "log bytes", "log");
+  for (const PartitionStats& p : info.partitions)
+    std::printf("%9u %12lld %12lld %10s  %s\n", p.partition, static_cast<long long>(p.log_start_offset.value),
+                static_cast<long long>(p.log_end_offset.value), human_bytes(p.log_bytes).c_str(),
+                p.log_error.empty() ? "ok" : p.log_error.c_str());
 }
 
 // weft dump: reads segment files without changing them (storage::scan_log checks every length,
