@@ -82,6 +82,8 @@ struct Phase {
   bool measure_latency;
   bool wait_each = false;  // send one record, wait for its acknowledgement, repeat
   bool catch_up = false;   // afterwards, read the whole log back from cold segments
+  bool keep_topic = false;       // leave the topic for a later phase (PhaseResult::topic)
+  std::string background_topic{};  // meanwhile, a batch reader replays this topic from its start
 };
 
 struct PhaseResult {
@@ -102,6 +104,8 @@ struct PhaseResult {
   double catch_up_mb_per_sec = 0;       // log bytes read back from cold segments
   double catch_up_records_per_sec = 0;
   std::uint64_t catch_up_records = 0;
+  std::string topic;
+  double background_mb_per_sec = 0;  // what the batch reader replayed meanwhile
 };
 
 WaitKind wait_kind(const std::string& w) {
@@ -371,6 +375,31 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
     children.push_back(pid);
     return true;
   };
+  // A batch job replaying an old topic from its start, over and over, while this phase runs.
+  std::atomic<bool> background_stop{false};
+  std::atomic<std::uint64_t> background_bytes{0};
+  std::int64_t background_ns = 0;
+  std::thread background;
+  if (!phase.background_topic.empty()) {
+    background = std::thread([&] {
+      const std::int64_t began_ns = monotonic_ns();
+      ConsumerOptions options;
+      options.max_poll_records = 4096;
+      options.log_read_bytes = std::size_t{4} << 20;
+      while (!background_stop.load(std::memory_order_relaxed)) {
+        Result<TopicConsumer> replay = TopicConsumer::create(client, options);
+        if (!replay.ok() || !replay->assign(phase.background_topic, {}, SeekTo::earliest()).ok()) break;
+        for (int empty = 0; empty < 3 && !background_stop.load(std::memory_order_relaxed);) {
+          Result<PollResult> polled = replay->poll(10);
+          if (!polled.ok()) break;
+          if (polled->records.empty()) ++empty;
+          for (const ConsumedRecord& rec : polled->records)
+            background_bytes.fetch_add(rec.value ? rec.value->size() : 0, std::memory_order_relaxed);
+        }
+      }
+      background_ns = monotonic_ns() - began_ns;
+    });
+  }
   bool started = true;
   for (std::uint32_t c = 0; c < o.consumers && started; ++c) started = start_role(false, c);
   for (std::uint32_t p = 0; p < o.producers && started; ++p) started = start_role(true, p);
@@ -423,6 +452,8 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
     usleep(o.threads ? 20'000 : 100'000);
   }
   for (std::thread& t : threads) t.join();
+  background_stop.store(true, std::memory_order_relaxed);
+  if (background.joinable()) background.join();
   for (pid_t pid : children)
     if (pid > 0) {
       kill(pid, SIGKILL);
@@ -432,6 +463,7 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
 
   PhaseResult r;
   r.errors += failed_children;
+  if (background_ns > 0) r.background_mb_per_sec = static_cast<double>(background_bytes.load()) / 1e6 / (static_cast<double>(background_ns) / 1e9);
   if (!info.partitions.empty()) r.memory = info.partitions.front().memory;
   std::int64_t first_start = INT64_MAX, last_end = 0;
   for (std::uint32_t p = 0; p < o.producers; ++p) {
@@ -470,7 +502,8 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
     if (last_end > first_start) r.log_mb_per_sec = static_cast<double>(r.log_bytes) / 1e6 / (static_cast<double>(last_end - first_start) / 1e9);
   }
   if (phase.catch_up && r.log_bytes > 0) WEFT_TRY_VOID(catch_up(o, client, topic, r));
-  (void)client->delete_topic(topic);
+  if (phase.keep_topic) r.topic = topic;
+  else (void)client->delete_topic(topic);
   return r;
 }
 
@@ -585,12 +618,25 @@ int run_perf(const PerfOptions& in) {
 
   Phase throughput{"throughput", o.records, o.duration_s, o.rate, o.batch_records, o.rate > 0};
   throughput.catch_up = logged;
+  throughput.keep_topic = logged;  // replayed by a batch reader during the second latency run
   Result<PhaseResult> t = run_phase(o, throughput, client, socket, progress);
   Result<PhaseResult> l = PhaseResult{};
   const bool run_latency = o.latency_records > 0 && o.consumers > 0;
   if (t.ok() && run_latency) {
     Phase latency{"latency", o.latency_records, 0, o.latency_rate, 1, true};
     l = run_phase(o, latency, client, socket, progress);
+  }
+  // The same latency run while a batch job replays the throughput run's log at full speed.
+  Result<PhaseResult> lb = PhaseResult{};
+  if (t.ok() && l.ok() && run_latency && logged && !t->topic.empty()) {
+    Phase latency{"latency-replay", o.latency_records, 0, o.latency_rate, 1, true};
+    latency.background_topic = t->topic;
+    lb = run_phase(o, latency, client, socket, progress);
+  }
+  if (t.ok() && !t->topic.empty()) (void)client->delete_topic(t->topic);
+  if (!lb.ok()) {
+    std::fprintf(stderr, "weft perf: %s\n", lb.error().message.c_str());
+    return 1;
   }
   // Acknowledgements: each producer sends one record and waits for it, over and over.
   Result<PhaseResult> a = PhaseResult{};
@@ -615,7 +661,8 @@ int run_perf(const PerfOptions& in) {
   const PhaseResult& tr = *t;
   const PhaseResult& lr = *l;
   const LatencyHistogram& h = run_latency ? lr.latency : tr.latency;
-  const std::uint64_t errors = tr.errors + lr.errors + ar.errors;
+  const std::uint64_t errors = tr.errors + lr.errors + ar.errors + lb->errors;
+  const LatencyHistogram& replayed = lb->latency;
   const LatencyHistogram& acked = ar.ack_latency;
   const double ack_rps = ar.send_rps;
   const double write_ratio = disk_write.mb_per_sec > 0 ? tr.log_mb_per_sec / disk_write.mb_per_sec : 0;
@@ -640,6 +687,9 @@ int run_perf(const PerfOptions& in) {
       std::printf(",\"disk_write_mb_per_sec\":%.1f,\"disk_read_mb_per_sec\":%.1f,\"fdatasync_p50_ns\":%" PRIu64 ",\"fdatasync_p99_ns\":%" PRIu64,
                   disk_write.mb_per_sec, disk_read.mb_per_sec, disk_sync.p50_ns, disk_sync.p99_ns);
     std::printf("},");
+    if (logged && replayed.count() > 0)
+      std::printf("\"latency_during_replay_ns\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"p999\":%" PRIu64 ",\"replay_mb_per_sec\":%.1f},",
+                  replayed.percentile(0.5), replayed.percentile(0.99), replayed.percentile(0.999), lb->background_mb_per_sec);
     if (logged) {
       std::printf("\"log\":{\"fsync\":\"%s\",\"bytes\":%" PRIu64 ",\"produce_mb_per_sec\":%.1f,\"produce_vs_disk_write\":%.3f,"
                   "\"catch_up_mb_per_sec\":%.1f,\"catch_up_records_per_sec\":%.0f,\"catch_up_vs_disk_read\":%.3f},",
@@ -692,6 +742,11 @@ int run_perf(const PerfOptions& in) {
                 static_cast<double>(tr.log_bytes) / 1e9, o.acks.c_str());
     std::printf("  catch-up read from segments    %8.1f MB/s   %s records/s, page cache dropped first\n", tr.catch_up_mb_per_sec,
                 format_count(tr.catch_up_records_per_sec).c_str());
+    if (replayed.count() > 0)
+      std::printf("  latency while a batch job replays the log (%.0f MB/s):\n    p50 %" PRIu64 " ns   p99 %" PRIu64 " ns   p99.9 %" PRIu64
+                  " ns   (without: p50 %" PRIu64 ", p99 %" PRIu64 ")\n",
+                  lb->background_mb_per_sec, replayed.percentile(0.5), replayed.percentile(0.99), replayed.percentile(0.999),
+                  h.percentile(0.5), h.percentile(0.99));
     if (run_acks) {
       std::printf("  send, then wait (acks=%s)      %8s records/s with %u producer%s\n", o.acks.c_str(), format_count(ack_rps).c_str(),
                   o.producers, o.producers == 1 ? "" : "s");
