@@ -1073,10 +1073,10 @@ void publish_log_progress(const Ring& ring, const LogProgress& progress) noexcep
   line.error.store(static_cast<std::uint32_t>(progress.error), std::memory_order_release);
   line.written_offset.store(progress.written.value, std::memory_order_release);
   line.durable_offset.store(progress.durable.value, std::memory_order_release);
-  // Seq_cst pairs with the waiter's seq_cst increment of `waiters` before it re-reads the
-  // offsets: either it sees the new offsets or this sees it waiting (Dekker's pattern).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (line.waiters.load(std::memory_order_relaxed) != 0) {
+  // A seq_cst read-modify-write (a full barrier TSan can see, unlike a fence) pairs with the
+  // waiter's seq_cst increment before it re-reads the offsets: either it sees the new offsets
+  // or this sees it waiting (Dekker's pattern).
+  if (line.waiters.fetch_add(0, std::memory_order_seq_cst) != 0) {
     line.futex_sequence.fetch_add(1, std::memory_order_release);
     futex(&line.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
   }
