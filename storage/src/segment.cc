@@ -381,8 +381,15 @@ Result<LogScan> scan_log(const std::string& path, const std::function<void(std::
   return scan;
 }
 
+std::uint64_t Segment::readable_end() {
+  // Lookups want everything appended: flush it. If the disk is full the buffer stays, and what
+  // is in the file still serves (the node's readers never ask for more than it wrote).
+  (void)flush();
+  return written_bytes();
+}
+
 Result<std::uint64_t> Segment::find(Offset offset) {
-  WEFT_TRY_VOID(flush());
+  const std::uint64_t end = readable_end();
   if (offset < base_ || offset >= next_)
     return Error{Errc::kOutOfRange, "offset " + std::to_string(offset.value) + " is not in segment [" + std::to_string(base_.value) + ", " +
                                         std::to_string(next_.value) + ")"};
@@ -393,14 +400,16 @@ Result<std::uint64_t> Segment::find(Offset offset) {
                              [](const IndexEntry& e, std::int32_t r) { return e.relative_offset < r; });
   if (it != index_.begin()) position = static_cast<std::uint64_t>(std::prev(it)->position);
   WEFT_TRY(const std::optional<std::uint64_t> found,
-           first_header_from(log_.get(), log_path_, position, size_,
+           first_header_from(log_.get(), log_path_, position, end,
                              [&](const BatchHeader& h) { return h.base.value + h.last_offset_delta >= offset.value; }));
   if (found) return *found;
+  if (end < size_)
+    return Error{Errc::kUnavailable, "offset " + std::to_string(offset.value) + " of " + log_path_ + " is not written yet (the disk is full)"};
   return Error{Errc::kCorrupt, "segment " + log_path_ + " ends before its next offset " + std::to_string(next_.value)};
 }
 
 Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) {
-  WEFT_TRY_VOID(flush());
+  const std::uint64_t end = readable_end();
   std::uint64_t position = 0;
   auto it = std::lower_bound(time_index_.begin(), time_index_.end(), timestamp_ms,
                              [](const TimeIndexEntry& e, std::int64_t t) { return e.timestamp < t; });
@@ -410,16 +419,16 @@ Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) {
     if (at.ok()) position = *at;
   }
   WEFT_TRY(const std::optional<std::uint64_t> found,
-           first_header_from(log_.get(), log_path_, position, size_,
+           first_header_from(log_.get(), log_path_, position, end,
                              [&](const BatchHeader& h) { return h.max_timestamp >= timestamp_ms; }));
   if (found) return *found;
   return Error{Errc::kOutOfRange, "no batch in " + log_path_ + " has a timestamp at or after " + std::to_string(timestamp_ms)};
 }
 
 Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> out) {
-  WEFT_TRY_VOID(flush());
-  if (position >= size_) return std::size_t{0};
-  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), size_ - position));
+  const std::uint64_t end = readable_end();
+  if (position >= end) return std::size_t{0};
+  const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), end - position));
   WEFT_TRY(const std::size_t got, read_at(log_.get(), out.first(want), position, log_path_));
   std::size_t whole = 0;
   while (got - whole >= kBatchLogOverhead) {
@@ -434,12 +443,12 @@ Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> o
 }
 
 Result<std::vector<std::byte>> Segment::read_batch(std::uint64_t position) {
-  WEFT_TRY_VOID(flush());
+  const std::uint64_t end = readable_end();
   std::byte header[kBatchHeaderBytes];
   WEFT_TRY(const std::size_t got, read_at(log_.get(), header, position, log_path_));
   if (got < kBatchHeaderBytes) return Error{Errc::kOutOfRange, "no batch at byte " + std::to_string(position) + " of " + log_path_};
   const BatchHeader h = header_of(header);
-  if (h.total_bytes < kBatchHeaderBytes || position + h.total_bytes > size_)
+  if (h.total_bytes < kBatchHeaderBytes || position + h.total_bytes > end)
     return Error{Errc::kCorrupt, "the batch at byte " + std::to_string(position) + " of " + log_path_ + " runs past the segment"};
   std::vector<std::byte> batch(h.total_bytes);
   WEFT_TRY(const std::size_t whole, read_at(log_.get(), batch, position, log_path_));

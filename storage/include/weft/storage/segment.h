@@ -111,7 +111,8 @@ class Segment {
   // (time index, then a scan); kOutOfRange when none is.
   Result<std::uint64_t> find_time(std::int64_t timestamp_ms);
   // Reads whole batches starting at `position` into `out` (up to its size); returns the bytes
-  // read, always a whole number of batches (0 at the end). Lookups and reads flush first.
+  // read, always a whole number of batches (0 at the end). Lookups and reads flush first; when
+  // that fails (a full disk) they serve what is in the file.
   Result<std::size_t> read(std::uint64_t position, std::span<std::byte> out);
   // The one batch at `position`, whole, whatever its size.
   Result<std::vector<std::byte>> read_batch(std::uint64_t position);
@@ -133,6 +134,7 @@ class Segment {
   Result<void> open_files(const std::string& dir, bool create);
   Result<void> recover(bool last, SegmentRecovery& recovery);
   Result<void> write_indexes();
+  std::uint64_t readable_end();  // flushes if it can; the bytes in the file
   void note_batch(std::uint64_t position, Offset last, std::int64_t max_timestamp, std::size_t bytes);
 
   SegmentOptions options_;
