@@ -187,6 +187,7 @@ struct Node::Partition {
   Errc log_error_code = Errc::kOk;
   bool log_stopped = false;  // for good: a failed sync or a broken ring; the topic must be recreated
   bool log_backlog = false;  // the last pass left batches to write
+  std::string offline;       // set: the log could not be trusted at recovery; nothing is served
 };
 
 struct Node::Topic {
@@ -272,7 +273,7 @@ Result<TopicInfo> Node::create_topic(std::string_view name, const TopicConfig& c
   return create_topic_impl(name, config, !options_.metadata_dir.empty());
 }
 
-Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConfig& config, bool save) {
+Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConfig& config, bool save, bool recovering) {
   WEFT_TRY_VOID(validate_topic_name(name));
   WEFT_TRY_VOID(validate_topic_config(config));
   RingConfig ring_config;
@@ -317,15 +318,31 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
     auto shared = std::make_shared<SharedMemory>(std::move(*memory));
     std::unique_ptr<PartitionLog> log;
     RingConfig partition_config = ring_config;
+    std::string offline;  // why this partition serves nothing
     if (options_.open_log) {
       Result<std::unique_ptr<PartitionLog>>& opened = *logs[p];
-      if (!opened.ok())
-        return Error{opened.error().code, "topic '" + topic->name + "' partition " + std::to_string(p) + " log: " + opened.error().message};
-      log = std::move(*opened);
-      partition_config.initial_offset = log->next_offset();  // the ring carries on where the log ends
+      if (!opened.ok()) {
+        const std::string why = "topic '" + topic->name + "' partition " + std::to_string(p) + " log: " + opened.error().message;
+        // A new topic must start whole. A recovered one with a log that cannot be trusted (a
+        // corrupt batch inside a closed segment) keeps that partition offline, untouched for
+        // an operator, and the others serve.
+        if (!recovering || opened.error().code != Errc::kCorrupt) return Error{opened.error().code, why};
+        offline = "offline: " + opened.error().message;
+        weft::log(LogLevel::kError, "partition offline", {{"topic", topic->name}, {"partition", std::to_string(p)}, {"reason", opened.error().message}});
+      } else {
+        log = std::move(*opened);
+        partition_config.initial_offset = log->next_offset();  // the ring carries on where the log ends
+      }
     }
     WEFT_TRY(Ring ring, Ring::format(shared->bytes(), partition_config));
     auto partition = std::make_unique<Partition>(shared, ring);
+    if (!offline.empty()) {
+      // Producers are refused at attach (the ring says its log is corrupt); readers get the reason.
+      partition->offline = offline;
+      partition->log_error = offline;
+      partition->log_error_code = Errc::kCorrupt;
+      publish_log_progress(ring, LogProgress{Offset{0}, Offset{0}, Errc::kCorrupt});
+    }
     if (log) {
       WEFT_TRY(Consumer writer, Consumer::attach(ring, StartAt::kEarliest));
       partition->writer.emplace(std::move(writer));
@@ -547,7 +564,10 @@ Result<PartitionLog*> Node::partition_log(std::string_view name, std::uint32_t p
   if (partition >= keep->partitions.size())
     return Error{Errc::kNotFound, "topic '" + keep->name + "' has " + std::to_string(keep->partitions.size()) +
                                       " partitions; there is no partition " + std::to_string(partition)};
-  PartitionLog* log = keep->partitions[partition]->log.get();
+  const Partition& p = *keep->partitions[partition];
+  if (!p.offline.empty())
+    return Error{Errc::kUnavailable, "topic '" + keep->name + "' partition " + std::to_string(partition) + " is " + p.offline};
+  PartitionLog* log = p.log.get();
   if (log == nullptr) return Error{Errc::kUnsupported, "topic '" + keep->name + "' has no log on this node (in memory only)"};
   return log;
 }
@@ -608,7 +628,7 @@ Result<void> Node::load_topics() {
       parsed = eq == std::string::npos ? Result<void>(Error{Errc::kCorrupt, "a line without '=': " + line})
                                        : set_topic_config(config, line.substr(0, eq), line.substr(eq + 1));
     }
-    Result<TopicInfo> created = parsed.ok() ? create_topic_impl(name, config, false) : Result<TopicInfo>(parsed.error());
+    Result<TopicInfo> created = parsed.ok() ? create_topic_impl(name, config, false, true) : Result<TopicInfo>(parsed.error());
     if (created.ok()) {
       log(LogLevel::kInfo, "topic recovered", {{"topic", name}, {"partitions", std::to_string(config.partitions)}});
     } else {
@@ -759,6 +779,7 @@ double Node::maintain_pass() {
       s.records = static_cast<std::uint64_t>(claimed_offset.value - p->created_at.offset.value);
       s.bytes = claimed;
       s.sealed_claims = p->sealed;
+      if (!p->offline.empty()) s.log_error = p->offline;
       if (p->log) {
         s.log_start_offset = p->log->start_offset();
         s.log_end_offset = p->log->next_offset();

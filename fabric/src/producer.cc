@@ -112,6 +112,9 @@ Result<Producer*> TopicProducer::ring_producer(std::uint32_t partition) {
                                              " partitions; there is no partition " + std::to_string(partition)};
   PartitionProducer& p = state_->partitions[partition];
   if (!p.producer) [[unlikely]] {
+    if (read_log_progress(p.memory.ring).error == Errc::kCorrupt)
+      return Error{Errc::kUnavailable, "topic '" + state_->topic + "' partition " + std::to_string(partition) +
+                                           " is offline: its log failed its checks at the node's start (see the node's log)"};
     Result<Producer> attached = Producer::attach(p.memory.ring, state_->options.mode);
     if (!attached.ok())
       return Error{attached.error().code, "topic '" + state_->topic + "' partition " + std::to_string(partition) + ": " + attached.error().message};

@@ -196,5 +196,63 @@ TEST(NodeLog, ALogThatCannotOpenFailsTheTopicClearly) {
   EXPECT_TRUE(node->list_topics().empty());
 }
 
+TEST(NodeLog, APartitionWhoseLogIsCorruptInsideStaysOfflineAndTheOthersServe) {
+  TempDir dir;
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.start_maintenance_thread = false;
+  options.open_log = open_segment_logs(dir.path() + "/data");
+  options.metadata_dir = dir.path() + "/topics";
+  const TopicSettings settings{{"partitions", "2"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"},
+                               {"segment.bytes", "8192"}};
+  {
+    auto node = Node::start(options).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("mixed", settings).ok());
+    ProducerOptions producer_options;
+    producer_options.max_block_ms = 0;
+    TopicProducer producer = TopicProducer::create(client, "mixed", producer_options).value();
+    std::vector<std::byte> value(100, std::byte{7});
+    RecordInput record;
+    record.value = std::span<const std::byte>(value);
+    for (int i = 0; i < 400; ++i) {
+      ASSERT_TRUE(producer.send_to(static_cast<std::uint32_t>(i % 2), record).ok());
+      if (i % 50 == 49) node->maintain();
+    }
+    node->maintain();
+  }
+  // Given a byte flipped inside the first (closed) segment of partition 1
+  const std::string first = dir.path() + "/data/mixed-1/" + segment_file_name(Offset{0}, ".log");
+  ASSERT_TRUE(std::filesystem::exists(dir.path() + "/data/mixed-1/" + segment_file_name(Offset{0}, ".log")));
+  {
+    std::fstream f(first, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(300);
+    f.put('\x5A');
+  }
+  // When the node starts again
+  auto node = Node::start(options).value();
+  auto client = Client::embedded(*node);
+  // Expect the topic served, partition 1 offline with the reason, partition 0 whole
+  ASSERT_EQ(node->list_topics(), (std::vector<std::string>{"mixed"}));
+  node->maintain();
+  const TopicInfo info = node->describe_topic("mixed").value();
+  EXPECT_TRUE(info.partitions[0].log_error.empty()) << info.partitions[0].log_error;
+  EXPECT_NE(info.partitions[1].log_error.find("offline"), std::string::npos) << info.partitions[1].log_error;
+  TopicProducer producer = TopicProducer::create(client, "mixed").value();
+  std::vector<std::byte> value(10, std::byte{1});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+  EXPECT_EQ(producer.send_to(0, record)->offset, Offset{200});
+  const Result<SendResult> refused = producer.send_to(1, record);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::kUnavailable);
+  EXPECT_NE(refused.error().message.find("offline"), std::string::npos) << refused.error().message;
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  EXPECT_TRUE(consumer.assign("mixed", {0}, SeekTo::earliest()).ok());
+  const Result<void> unreadable = consumer.assign("mixed", {1}, SeekTo::earliest());
+  ASSERT_FALSE(unreadable.ok());
+  EXPECT_NE(unreadable.error().message.find("offline"), std::string::npos) << unreadable.error().message;
+}
+
 }  // namespace
 }  // namespace weft::storage

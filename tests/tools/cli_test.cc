@@ -183,6 +183,15 @@ TEST_F(Cli, ErrorsSayWhatToDo) {
   EXPECT_NE(no_node.err.find("no weft node is running"), std::string::npos) << no_node.err;
 }
 
+TEST_F(Cli, DaemonRefusesADataDirectoryOfAnotherLayout) {
+  std::filesystem::create_directories(dir_ + "/future");
+  std::ofstream(dir_ + "/future/weft-data-version") << "weft data directory, layout 99\n";
+  Output refused = run({WEFTD_PATH, "--socket", dir_ + "/future.sock", "--data-dir", dir_ + "/future"}, {}, 5000);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("layout 99"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("another --data-dir"), std::string::npos) << refused.err;
+}
+
 TEST_F(Cli, DaemonRefusesASecondNodeAndStopsCleanly) {
   start_node();
   Output same_socket = run({WEFTD_PATH, "--socket", socket_, "--data-dir", dir_ + "/other"}, {}, 5000);

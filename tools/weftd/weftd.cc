@@ -15,6 +15,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <toml++/toml.h>
 #include <vector>
@@ -224,6 +226,24 @@ int main(int argc, char** argv) {
   if (lock_fd < 0) return fail(os_error(Errc::kIo, "opening " + lock_path, errno));
   if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0)
     return fail(Error{Errc::kAlreadyExists, "another weftd uses the data directory " + s.data_dir + "; stop it or pass another --data-dir"});
+  // The data directory's format: a directory written by another version is refused whole
+  // rather than half-read. One without the file (an empty one, or from before it) is this one.
+  if (!s.in_memory) {
+    const std::string version_path = s.data_dir + "/weft-data-version";
+    const std::string expected = "weft data directory, layout 1\n";
+    std::ifstream in(version_path);
+    std::string found((std::istreambuf_iterator<char>(in)), {});
+    if (in.is_open() && found != expected)
+      return fail(Error{Errc::kFailedPrecondition, "the data directory " + s.data_dir + " has layout '" +
+                                                       found.substr(0, found.find('\n')) + "' (in " + version_path +
+                                                       "); this weftd reads '" + expected.substr(0, expected.size() - 1) +
+                                                       "'. Use the weftd that wrote it, or another --data-dir"});
+    if (!in.is_open()) {
+      std::ofstream out(version_path);
+      out << expected;
+      if (!out) return fail(Error{Errc::kIo, "writing " + version_path});
+    }
+  }
   const std::string pid_text = std::to_string(getpid()) + "\n";
   if (ftruncate(lock_fd, 0) == 0 && write(lock_fd, pid_text.data(), pid_text.size()) < 0) {
     // The pid in the lock file is a courtesy for operators; the lock is what counts.

@@ -167,7 +167,7 @@ class Node {
   struct State;
   explicit Node(NodeOptions options);
   double maintain_pass();
-  Result<TopicInfo> create_topic_impl(std::string_view name, const TopicConfig& config, bool save);
+  Result<TopicInfo> create_topic_impl(std::string_view name, const TopicConfig& config, bool save, bool recovering = false);
   Result<void> save_topic(const std::string& name, const TopicConfig& config) const;
   Result<void> load_topics();  // the largest share of a ring's free space used since the last pass
   void drain_to_log(Partition& partition, const TopicConfig& config, std::int64_t now);
