@@ -57,6 +57,7 @@ struct TopicConsumer::State {
   std::vector<Polled> polled;  // per run of one partition's batches in the last poll, its oldest
   std::size_t next_assignment = 0;
   RecordView scratch;
+  std::optional<Error> deferred;  // a failure after records were taken: reported by the next poll
 
   Assignment* find(std::string_view topic, std::uint32_t partition) {
     for (Assignment& a : assignments)
@@ -68,11 +69,14 @@ struct TopicConsumer::State {
   // `otherwise` when nothing was taken.
   Offset drop_polled(Assignment& a, Offset otherwise) {
     a.pending.reset();  // older than what was overwritten, so overwritten too
+    // Reading resumes at the first record this poll took from `a` (not its batch's base: the
+    // batch may have been cut by an earlier poll or a seek, whose records were delivered).
     Offset first = otherwise;
-    for (const Polled& p : polled)
-      if (p.from == &a) {
-        first = p.batch.base_offset;
-        break;
+    bool took = false;
+    for (const ConsumedRecord& r : records)
+      if (r.partition == a.partition && r.topic.data() == a.topic.data() && (!took || r.offset < first)) {
+        first = r.offset;
+        took = true;
       }
     std::erase_if(records, [&](const ConsumedRecord& r) { return r.partition == a.partition && r.topic.data() == a.topic.data(); });
     std::erase_if(polled, [&](const Polled& p) { return p.from == &a; });
@@ -156,7 +160,10 @@ struct TopicConsumer::State {
       if (!attached.ok()) return false;  // no slot free now: keep reading the log
       a.consumer.emplace(std::move(*attached));
     }
-    if (!a.consumer->seek(a.skip_below).ok()) return false;  // overwritten meanwhile: still cold
+    if (!a.consumer->seek(a.skip_below).ok()) {
+      a.consumer.reset();  // overwritten meanwhile: still cold, and holding no producer back
+      return false;
+    }
     a.cold.reset();
     return true;
   }
@@ -314,6 +321,21 @@ Result<void> TopicConsumer::assign(std::string_view topic, std::vector<std::uint
 }
 
 Result<void> TopicConsumer::seek(std::string_view topic, std::uint32_t partition, SeekTo to) {
+  const Result<Offset> before = position(topic, partition);
+  Result<void> moved = seek_to(topic, partition, to);
+  Assignment* a = state_->find(topic, partition);
+  if (!moved.ok() && a != nullptr && !a->consumer && !a->cold) {
+    // A seek that failed part-way left the partition unpositioned: back where it was, or (if
+    // even that is gone) at the end, so the next poll reads something sane.
+    if (before.ok()) (void)seek_to(topic, partition, SeekTo::offset(before->value));
+    if (!a->consumer && !a->cold) {
+      if (Result<Consumer> at_end = Consumer::attach(a->memory.ring, StartAt::kLatest); at_end.ok()) a->consumer.emplace(std::move(*at_end));
+    }
+  }
+  return moved;
+}
+
+Result<void> TopicConsumer::seek_to(std::string_view topic, std::uint32_t partition, SeekTo to) {
   Assignment* a = state_->find(topic, partition);
   if (a == nullptr)
     return Error{Errc::kFailedPrecondition, "partition " + std::to_string(partition) + " of topic '" + std::string(topic) + "' is not assigned"};
@@ -373,7 +395,16 @@ Result<void> TopicConsumer::seek(std::string_view topic, std::uint32_t partition
         }
       }
       if (!a->consumer) WEFT_TRY_VOID(attach(StartAt::kEarliest));
-      WEFT_TRY_VOID(a->consumer->seek(Offset{to.value}));
+      Result<void> in_ring = a->consumer->seek(Offset{to.value});
+      if (!in_ring.ok() && in_ring.error().code == Errc::kOutOfRange && !a->no_log) {
+        // The ring moved on between the look at its limit and the walk: the log has it.
+        WEFT_TRY(const bool is_cold, cold_at(Offset{to.value}));
+        if (is_cold) {
+          a->skip_below = Offset{to.value};
+          return ok();
+        }
+      }
+      WEFT_TRY_VOID(std::move(in_ring));
       a->skip_below = Offset{to.value};
       return ok();
     }
@@ -468,6 +499,11 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
   s.notices.clear();
   s.polled.clear();
   if (s.assignments.empty()) return Error{Errc::kFailedPrecondition, "poll: no partitions assigned (call assign first)"};
+  if (s.deferred) {
+    Error error = std::move(*s.deferred);
+    s.deferred.reset();
+    return error;
+  }
   const std::size_t max = s.options.max_poll_records;
   std::int64_t deadline = -1;  // read the clock only when there is nothing to return at once
   const std::size_t n = s.assignments.size();
@@ -525,9 +561,15 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       Assignment& a = s.assignments[index];
       if (a.cold) {
         Result<bool> hot = s.poll_cold(a);
-        if (!hot.ok()) return std::move(hot).error();
+        if (!hot.ok()) {
+          // What other partitions gave this poll goes out; the error comes with the next poll.
+          if (s.records.empty()) return std::move(hot).error();
+          s.deferred = std::move(hot).error();
+          break;
+        }
         if (!*hot) continue;
       }
+      if (!a.consumer) continue;  // neither cold nor in the ring: a failed seek left it unpositioned
       if (a.pending) {
         // The rest of a batch the last poll cut short, unless producers overwrote it meanwhile.
         const RingBatch rest = *a.pending;
@@ -547,7 +589,11 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         status = a.consumer->poll(batch);
         if (!handle(a, status, batch)) break;
       }
-      if (failure) return std::move(*failure);
+      if (failure) {
+        if (s.records.empty()) return std::move(*failure);
+        s.deferred = std::move(*failure);
+        break;
+      }
       if (!a.consumer) continue;  // lapped: reading the log now
       // Drained right after data (taken in this pass or by the wait that led to it).
       a.caught_up = status == PollStatus::kEmpty && (s.records.size() > before || !s.polled.empty());
@@ -559,14 +605,14 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     // Saturating: a "forever" timeout of INT64_MAX ms must not overflow into the past.
     if (deadline < 0) deadline = now + std::min<std::int64_t>(timeout_ms, std::int64_t{1} << 40) * 1'000'000;
     if (now >= deadline) break;
-    if (n == 1 && s.assignments.front().consumer) {
+    if (n == 1 && s.assignments.front().consumer && !s.assignments.front().cold) {
       // One partition: the ring's own wait (spin, yield or futex park) until data or the deadline.
       Assignment& a = s.assignments.front();
       RingBatch batch;
       const PollStatus status = a.consumer->wait(batch, s.options.wait, deadline - now);
       handle(a, status, batch);
       if (failure) return std::move(*failure);
-    } else if (s.options.wait == WaitKind::kPark && s.assignments[s.next_assignment].consumer) {
+    } else if (s.options.wait == WaitKind::kPark && s.assignments[s.next_assignment].consumer && !s.assignments[s.next_assignment].cold) {
       // A futex waits on one ring; with several, sleep in short slices on the first.
       Assignment& a = s.assignments[s.next_assignment];
       RingBatch batch;

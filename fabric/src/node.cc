@@ -499,7 +499,8 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
   // log has not taken, since the reuse limit never passes written_position.
   bool took = false;
   if (p.refused) {
-    if (Result<void> taken = p.log->append(p.refused->bytes); !taken.ok()) return log_failed(p, taken.error(), true, now);
+    if (Result<void> taken = p.log->append(p.refused->bytes); !taken.ok())
+      return log_failed(p, taken.error(), taken.error().code != Errc::kDataLoss, now);
     p.refused.reset();
     took = true;
   }
@@ -520,7 +521,7 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
     if (Result<void> taken = p.log->append(batch.bytes); !taken.ok()) {
       p.refused = batch;
       if (took) (void)p.log->flush();  // what it did take this pass may still reach the file
-      return log_failed(p, taken.error(), taken.error().code != Errc::kInvalidArgument, now);
+      return log_failed(p, taken.error(), taken.error().code != Errc::kInvalidArgument && taken.error().code != Errc::kDataLoss, now);
     }
     bytes += batch.bytes.size();
     took = true;

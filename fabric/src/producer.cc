@@ -166,7 +166,29 @@ namespace {
 
 }  // namespace
 
-Result<SendResult> TopicProducer::send(const RecordInput& record) {
+namespace {
+
+std::int64_t wall_clock_ms() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);  // vDSO: no syscall
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+// Kafka's CreateTime: a record sent without a timestamp gets the producer's clock, so time
+// retention and time lookups see when it was sent (not 1970, which retention deletes at once).
+const RecordInput& stamped(const RecordInput& record, RecordInput& copy) noexcept {
+  if (record.timestamp_ms != 0) [[likely]]
+    return record;
+  copy = record;
+  copy.timestamp_ms = wall_clock_ms();
+  return copy;
+}
+
+}  // namespace
+
+Result<SendResult> TopicProducer::send(const RecordInput& unstamped) {
+  RecordInput copy;
+  const RecordInput& record = stamped(unstamped, copy);
   State& s = *state_;
   const std::uint32_t partition = record.key ? partition_for_key(*record.key, static_cast<std::uint32_t>(s.partitions.size())) : s.sticky;
   Offset base;
@@ -188,7 +210,9 @@ Result<SendResult> TopicProducer::send(const RecordInput& record) {
   return sent;
 }
 
-Result<SendResult> TopicProducer::send_to(std::uint32_t partition, const RecordInput& record) {
+Result<SendResult> TopicProducer::send_to(std::uint32_t partition, const RecordInput& unstamped) {
+  RecordInput copy;
+  const RecordInput& record = stamped(unstamped, copy);
   Offset base;
   if (send_fast(state_->partitions, state_->stats, partition, record, base)) [[likely]]
     return SendResult{partition, base};
@@ -220,13 +244,18 @@ Result<SendResult> TopicProducer::send_slow(std::uint32_t partition, const Recor
 Result<SendResult> TopicProducer::send_batch(std::uint32_t partition, std::span<const RecordInput> records) {
   if (records.empty()) return Error{Errc::kInvalidArgument, "send_batch: no records"};
   std::size_t bytes = kBatchHeaderBytes;
-  const std::int64_t base_ts = records.front().timestamp_ms;
+  // Records without a timestamp get the producer's clock (see stamped()).
+  const std::int64_t now_ms = wall_clock_ms();
+  auto time_of = [&](const RecordInput& r) { return r.timestamp_ms != 0 ? r.timestamp_ms : now_ms; };
+  const std::int64_t base_ts = time_of(records.front());
   for (std::size_t i = 0; i < records.size(); ++i)
-    bytes += encoded_record_bytes(records[i], static_cast<std::int32_t>(i), records[i].timestamp_ms - base_ts);
+    bytes += encoded_record_bytes(records[i], static_cast<std::int32_t>(i), time_of(records[i]) - base_ts);
   WEFT_TRY(ZeroCopyBatch batch, claim(partition, bytes, static_cast<std::uint32_t>(records.size())));
   BatchBuilder builder(batch.bytes);
   for (const RecordInput& r : records) {
-    if (!builder.append(r)) {
+    RecordInput copy;
+    const RecordInput& record = r.timestamp_ms != 0 ? r : (copy = r, copy.timestamp_ms = now_ms, copy);
+    if (!builder.append(record)) {
       abort(batch);
       return Error{Errc::kInternal, "send_batch: a record did not fit the size computed for it"};
     }

@@ -60,6 +60,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
       found.truncated_from = r.truncated_from;
       found.reason = r.reason;
     }
+    if (!last) segment.seal();
     log->segments_.push_back(std::make_unique<Segment>(std::move(segment)));
   }
   if (log->segments_.empty()) {
@@ -84,7 +85,10 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     if (base < active->next_offset())
       return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the log's next offset " +
                                                std::to_string(active->next_offset().value)};
-    WEFT_TRY_VOID(active->sync());  // a closed segment is complete on disk before the next begins
+    // A closed segment is complete on disk before the next begins. A failed fdatasync is not
+    // to be retried (the kernel may have dropped the pages): kDataLoss stops the log.
+    if (Result<void> synced = active->sync(); !synced.ok()) return Error{Errc::kDataLoss, synced.error().message};
+    active->seal();
     WEFT_TRY(Segment next, Segment::create(dir_, base, options_.segment));
     segments_.push_back(std::make_unique<Segment>(std::move(next)));
     active = segments_.back().get();

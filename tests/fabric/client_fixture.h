@@ -3,6 +3,8 @@
 #pragma once
 
 #include <gtest/gtest.h>
+
+#include "../temp_dir.h"
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -38,28 +40,6 @@ inline NodeOptions test_node_options(bool maintenance_thread) {
   options.ring_memory_budget_bytes = std::size_t{512} << 20;
   return options;
 }
-
-// A fresh directory under /tmp, removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/weft-test-XXXXXX";
-    const char* made = mkdtemp(pattern);
-    EXPECT_NE(made, nullptr) << "mkdtemp: " << std::strerror(errno);
-    if (made != nullptr) path_ = made;
-  }
-  ~TempDir() {
-    if (path_.empty()) return;
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const noexcept { return path_; }
-
- private:
-  std::string path_;
-};
 
 // A record as consumed, copied out of the ring.
 struct Got {

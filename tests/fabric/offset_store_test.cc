@@ -20,31 +20,12 @@
 #include <vector>
 
 #include "weft/fabric/crc32c.h"
+#include "../temp_dir.h"
 
 namespace weft {
 namespace {
 
-// A fresh directory under /tmp, removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/weft-offsets-XXXXXX";
-    const char* made = mkdtemp(pattern);
-    EXPECT_NE(made, nullptr) << "mkdtemp: " << std::strerror(errno);
-    if (made != nullptr) path_ = made;
-  }
-  ~TempDir() {
-    if (path_.empty()) return;
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const noexcept { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 std::unique_ptr<OffsetStore> open_store(const std::string& dir) {
   Result<std::unique_ptr<OffsetStore>> store = OffsetStore::open(dir);

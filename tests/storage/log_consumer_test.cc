@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "../temp_dir.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
 #include "weft/node.h"
@@ -26,18 +27,7 @@ const std::int64_t kBaseTimestamp =
     std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count() - 600'000;
 constexpr std::int64_t kLongAgo = 1'600'000'000'000;  // 2020
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/weft-log-consumer-XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 NodeOptions options_for(const std::string& dir, bool maintenance_thread = true) {
   NodeOptions options;
@@ -426,6 +416,52 @@ TEST(ConsumerGroups, CommittedOffsetsSurviveARestart) {
   ConsumerOptions bad;
   bad.group = "no/slashes";
   EXPECT_FALSE(TopicConsumer::create(client, bad).ok());
+}
+
+TEST(Producers, RecordsSentWithoutATimestampGetTheProducersClockAndOutliveRetentionChecks) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("untimed", small_topic()).ok());  // retention.ms: a week
+  TopicProducer producer = TopicProducer::create(client, "untimed").value();
+  const std::int64_t before = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch()).count();
+  // Given records with no timestamp, enough for many closed segments
+  for (std::int64_t i = 0; i < 2000; ++i) {
+    const std::string value = value_of(i);
+    RecordInput record;
+    record.value = std::as_bytes(std::span(value.data(), value.size()));
+    ASSERT_TRUE(producer.send_to(0, record).ok());
+  }
+  ASSERT_TRUE(producer.flush().ok());
+  usleep(100'000);  // ten retention checks
+  // Expect every record kept, stamped with the time it was sent
+  EXPECT_EQ(node->describe_topic("untimed")->partitions[0].log_start_offset, Offset{0});
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  ASSERT_TRUE(consumer.assign("untimed", {0}, SeekTo::earliest()).ok());
+  Result<PollResult> polled = consumer.poll(1000);
+  ASSERT_TRUE(polled.ok());
+  ASSERT_FALSE(polled->records.empty());
+  EXPECT_GE(polled->records[0].timestamp_ms, before);
+}
+
+TEST(ColdReads, AFailedSeekLeavesThePartitionReadable) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("sought", small_topic()).ok());
+  TopicProducer producer = TopicProducer::create(client, "sought").value();
+  send_range(producer, 0, 3000);
+  ASSERT_TRUE(producer.flush().ok());
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  ASSERT_TRUE(consumer.assign("sought", {0}, SeekTo::earliest()).ok());  // cold: the ring moved on
+  // When a seek past the end fails
+  EXPECT_EQ(consumer.seek("sought", 0, SeekTo::offset(1'000'000)).error().code, Errc::kOutOfRange);
+  // Expect the partition where it was, and polls that read on
+  EXPECT_EQ(consumer.position("sought", 0).value(), Offset{0});
+  Read read = read_records(consumer, 3000);
+  ASSERT_EQ(read.offsets.size(), 3000u);
+  expect_contiguous(read.offsets, 0);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../temp_dir.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
 #include "weft/node.h"
@@ -18,18 +19,7 @@
 namespace weft::storage {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/weft-node-log-XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 NodeOptions logged_node(const std::string& data_dir) {
   NodeOptions options;

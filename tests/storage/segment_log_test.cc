@@ -14,21 +14,15 @@
 #include <vector>
 
 #include "weft/fabric/record_batch.h"
+#include "../temp_dir.h"
 
 namespace weft::storage {
 namespace {
 
-class TempDir {
+// A partition's folder inside a fresh temporary directory.
+class TempDir : public test::TempDir {
  public:
-  TempDir() {
-    char pattern[] = "/tmp/weft-segment-log-XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string partition() const { return path_ + "/events-0"; }
-
- private:
-  std::string path_;
+  std::string partition() const { return path() + "/events-0"; }
 };
 
 std::vector<std::byte> batch_at(std::int64_t base, int records) {

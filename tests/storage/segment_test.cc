@@ -13,22 +13,12 @@
 #include <vector>
 
 #include "weft/fabric/record_batch.h"
+#include "../temp_dir.h"
 
 namespace weft::storage {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/weft-segment-XXXXXX";
-    path_ = mkdtemp(pattern);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // A batch of `records` records at `base`, timestamps from `ts` up by one, ~`value_bytes` each.
 std::vector<std::byte> make_batch(std::int64_t base, int records, std::int64_t ts, std::size_t value_bytes = 100) {

@@ -126,6 +126,7 @@ class TopicConsumer {
  private:
   struct State;
   explicit TopicConsumer(std::unique_ptr<State> state);
+  Result<void> seek_to(std::string_view topic, std::uint32_t partition, SeekTo to);
   std::unique_ptr<State> state_;
 };
 

@@ -63,7 +63,7 @@ struct RecordHeader {
 struct RecordInput {
   OptionalBytes key;
   OptionalBytes value;
-  std::int64_t timestamp_ms = 0;
+  std::int64_t timestamp_ms = 0;  // 0: TopicProducer stamps its wall clock (Kafka's CreateTime)
   std::span<const RecordHeader> headers;
 };
 

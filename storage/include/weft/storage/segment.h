@@ -118,6 +118,9 @@ class Segment {
   Result<std::vector<std::byte>> read_batch(std::uint64_t position);
   // Deletes the segment's three files (retention, or its topic was deleted).
   Result<void> remove_files();
+  // A closed segment takes no more appends: its direct-write handle is closed (a log of many
+  // segments would otherwise hold one more descriptor each).
+  void seal() noexcept { direct_ = UniqueFd(); }
 
   Offset base_offset() const noexcept { return base_; }
   Offset next_offset() const noexcept { return next_; }
