@@ -203,20 +203,25 @@ class SocketClient final : public Client {
 
   Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) override {
     std::lock_guard lock(mutex_);
-    constexpr std::size_t kPart = 500;  // keeps a request well inside the node's 64 KiB limit
-    for (std::size_t from = 0; from < offsets.size(); from += kPart) {
-      const std::span<const CommittedOffset> part = offsets.subspan(from, std::min(kPart, offsets.size() - from));
+    // Parts by encoded size, each well inside the node's 64 KiB request limit.
+    constexpr std::size_t kPartBytes = 48 * 1024;
+    for (std::size_t from = 0; from < offsets.size();) {
+      std::vector<std::byte> entries;
+      local::Writer e(entries);
+      std::uint32_t count = 0;
+      for (; from < offsets.size() && entries.size() < kPartBytes && count < 1000; ++from, ++count) {
+        const CommittedOffset& o = offsets[from];
+        if (o.metadata.size() > 64) return Error{Errc::kInvalidArgument, "commit: metadata over the socket is limited to 64 bytes"};
+        e.str(o.topic);
+        e.u32(o.partition);
+        e.i64(o.offset.value);
+        e.str(o.metadata);
+      }
       std::vector<std::byte> body;
       local::Writer w(body);
       w.str(group);
-      w.u32(static_cast<std::uint32_t>(part.size()));
-      for (const CommittedOffset& o : part) {
-        if (o.metadata.size() > 64) return Error{Errc::kInvalidArgument, "commit: metadata over the socket is limited to 64 bytes"};
-        w.str(o.topic);
-        w.u32(o.partition);
-        w.i64(o.offset.value);
-        w.str(o.metadata);
-      }
+      w.u32(count);
+      body.insert(body.end(), entries.begin(), entries.end());
       WEFT_TRY_VOID(call(MessageType::kCommitOffsets, body, nullptr));
     }
     return ok();

@@ -128,10 +128,16 @@ Result<void> Segment::open_files(const std::string& dir, bool create) {
     if (!direct_.valid()) direct_alignment_ = 4096;
   }
   // The indexes are derived data: rebuilt from the log whenever a segment is opened.
+  // A segment being created that cannot get its indexes is removed again: left behind, its
+  // empty .log would make every retry fail with "exists".
+  auto undo = [&](const std::string& path, int error) {
+    if (create) ::unlink(log_path_.c_str());
+    return os_error(error == ENOSPC ? Errc::kResourceExhausted : Errc::kIo, "opening " + path, error);
+  };
   index_file_ = UniqueFd(::open(index_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!index_file_.valid()) return os_error(Errc::kIo, "opening " + index_path_, errno);
+  if (!index_file_.valid()) return undo(index_path_, errno);
   time_index_file_ = UniqueFd(::open(time_index_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!time_index_file_.valid()) return os_error(Errc::kIo, "opening " + time_index_path_, errno);
+  if (!time_index_file_.valid()) return undo(time_index_path_, errno);
   return ok();
 }
 

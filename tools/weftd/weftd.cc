@@ -239,9 +239,14 @@ int main(int argc, char** argv) {
                                                        "); this weftd reads '" + expected.substr(0, expected.size() - 1) +
                                                        "'. Use the weftd that wrote it, or another --data-dir"});
     if (!in.is_open()) {
-      std::ofstream out(version_path);
-      out << expected;
-      if (!out) return fail(Error{Errc::kIo, "writing " + version_path});
+      // Written aside, synced and renamed: a crash leaves no file or the whole one.
+      const std::string temp = version_path + ".tmp";
+      const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      const bool written = fd >= 0 && ::write(fd, expected.data(), expected.size()) == static_cast<ssize_t>(expected.size()) &&
+                           ::fdatasync(fd) == 0;
+      if (fd >= 0) ::close(fd);
+      if (!written || ::rename(temp.c_str(), version_path.c_str()) != 0)
+        return fail(os_error(Errc::kIo, "writing " + version_path, errno));
     }
   }
   const std::string pid_text = std::to_string(getpid()) + "\n";

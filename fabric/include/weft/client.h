@@ -60,7 +60,7 @@ class Client {
   virtual Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) = 0;
   virtual Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) = 0;
   // Consumer groups' committed offsets (Node::commit_offsets / fetch_offsets). Over the socket a
-  // commit of many partitions travels in parts of 500, each durable on its own.
+  // commit of many partitions travels in parts of up to 48 KiB, each durable on its own.
   virtual Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) = 0;
   virtual Result<std::vector<CommittedOffset>> fetch_offsets(std::string_view group, std::string_view topic) = 0;
   virtual bool is_embedded() const noexcept = 0;
