@@ -189,6 +189,8 @@ struct Node::Partition {
   Errc log_error_code = Errc::kOk;
   bool log_stopped = false;  // for good: a failed sync or a broken ring; the topic must be recreated
   bool log_backlog = false;  // the last pass left batches to write
+  std::int64_t waited_claim = -1;      // the claim offset at the last pass...
+  std::int64_t last_claim_seen_ns = 0;  // ... and when it last moved
   std::string offline;       // set: the log could not be trusted at recovery; nothing is served
 };
 
@@ -722,7 +724,14 @@ double Node::maintain_pass() {
       if (p->log) {
         drain_to_log(*p, topic->config, now);
         // Producers waiting on the log: come back at once rather than at the ring's pace.
-        if (log_waiters(p->ring) != 0) ack_waiters = true;
+        // Producers waiting, and records arriving for them to wait on (a producer killed while
+        // waiting leaves the count raised: after 10 ms without new records, the ring's pace).
+        const auto claimed = static_cast<std::int64_t>(std::atomic_ref<std::uint64_t>(p->ring.control().claim.tail.offset).load(std::memory_order_relaxed));
+        if (claimed != p->waited_claim) {
+          p->waited_claim = claimed;
+          p->last_claim_seen_ns = now;
+        }
+        if (log_waiters(p->ring) != 0 && now - p->last_claim_seen_ns < 10'000'000) ack_waiters = true;
         if (p->log_backlog) used = std::max(used, 1e9);
         if (now - p->last_retention_ns >= options_.retention_check_interval_ms * 1'000'000 &&
             (topic->config.retention_bytes >= 0 || topic->config.retention_ms >= 0)) {
