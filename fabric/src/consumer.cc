@@ -67,20 +67,31 @@ struct TopicConsumer::State {
 
   // Forgets what this poll took from `a` (it was overwritten); returns the first offset lost, or
   // `otherwise` when nothing was taken.
-  Offset drop_polled(Assignment& a, Offset otherwise) {
+  // Forgets what this poll took from `a` (it was overwritten). Returns where the loss begins
+  // as a notice reports it (the oldest polled batch's base, or `otherwise`), and where a reader
+  // of the log resumes (the first record this poll took: a batch cut by an earlier poll or a
+  // seek had its earlier records delivered already).
+  struct Dropped {
+    Offset notice_from;
+    Offset resume_from;
+  };
+  Dropped drop_polled(Assignment& a, Offset otherwise) {
     a.pending.reset();  // older than what was overwritten, so overwritten too
-    // Reading resumes at the first record this poll took from `a` (not its batch's base: the
-    // batch may have been cut by an earlier poll or a seek, whose records were delivered).
-    Offset first = otherwise;
+    Dropped d{otherwise, otherwise};
+    for (const Polled& p : polled)
+      if (p.from == &a) {
+        d.notice_from = p.batch.base_offset;
+        break;
+      }
     bool took = false;
     for (const ConsumedRecord& r : records)
-      if (r.partition == a.partition && r.topic.data() == a.topic.data() && (!took || r.offset < first)) {
-        first = r.offset;
+      if (r.partition == a.partition && r.topic.data() == a.topic.data() && (!took || r.offset < d.resume_from)) {
+        d.resume_from = r.offset;
         took = true;
       }
     std::erase_if(records, [&](const ConsumedRecord& r) { return r.partition == a.partition && r.topic.data() == a.topic.data(); });
     std::erase_if(polled, [&](const Polled& p) { return p.from == &a; });
-    return first;
+    return d;
   }
 
   // Appends a batch's records, up to max_poll_records (the rest is left pending: `cut` set, and
@@ -142,13 +153,13 @@ struct TopicConsumer::State {
 
   // The ring overwrote what `a` had not read from `missed` on: read it from the log, or, with no
   // log, report the loss and go on from the oldest intact batch.
-  Result<void> lapped(Assignment& a, Offset missed) {
+  Result<void> lapped(Assignment& a, Dropped missed) {
     if (!a.no_log) {
-      WEFT_TRY(const bool cold, go_cold(a, missed));
+      WEFT_TRY(const bool cold, go_cold(a, missed.resume_from));
       if (cold) return ok();
     }
     const Offset resumed = a.consumer->rejoin();
-    notices.push_back(PollNotice{PollNotice::Kind::kLapped, a.topic, a.partition, missed, resumed});
+    notices.push_back(PollNotice{PollNotice::Kind::kLapped, a.topic, a.partition, missed.notice_from, resumed});
     return ok();
   }
 
@@ -529,7 +540,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       }
       case PollStatus::kLapped: {
         // What this poll already took from the partition is older still, so overwritten too.
-        const Offset missed = s.drop_polled(a, c.lapped_offset());
+        const State::Dropped missed = s.drop_polled(a, c.lapped_offset());
         if (Result<void> moved = s.lapped(a, missed); !moved.ok()) {
           failure = std::move(moved).error();
           return false;
@@ -577,7 +588,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
           a.pending.reset();
           handle(a, PollStatus::kOk, rest);
         } else {
-          const Offset missed = s.drop_polled(a, a.skip_below);
+          const State::Dropped missed = s.drop_polled(a, a.skip_below);
           WEFT_TRY_VOID(s.lapped(a, missed));
           continue;
         }
@@ -628,7 +639,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     const State::Polled& p = s.polled[i];
     if (p.from->consumer->validate(p.batch)) continue;
     Assignment& from = *p.from;  // `p` moves when drop_polled erases
-    const Offset missed = s.drop_polled(from, from.consumer->next_offset());
+    const State::Dropped missed = s.drop_polled(from, from.consumer->next_offset());
     WEFT_TRY_VOID(s.lapped(from, missed));
     i = static_cast<std::size_t>(-1);  // start over: the list changed
   }
