@@ -46,12 +46,6 @@ void for_each_in_parallel(std::size_t n, const Fn& fn) {
 #endif
 }
 
-std::int64_t wall_clock_ms() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
-
 template <class Int>
 Result<Int> parse_int(std::string_view key, std::string_view text) {
   Int value{};

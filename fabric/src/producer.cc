@@ -168,12 +168,6 @@ namespace {
 
 namespace {
 
-std::int64_t wall_clock_ms() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);  // vDSO: no syscall
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
-
 // Kafka's CreateTime: a record sent without a timestamp gets the producer's clock, so time
 // retention and time lookups see when it was sent (not 1970, which retention deletes at once).
 const RecordInput& stamped(const RecordInput& record, RecordInput& copy) noexcept {

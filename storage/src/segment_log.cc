@@ -13,15 +13,6 @@
 #include "weft/fabric/record_batch.h"
 
 namespace weft::storage {
-namespace {
-
-std::int64_t wall_ms() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000;
-}
-
-}  // namespace
 
 Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Offset start, SegmentLogOptions options,
                                                      SegmentLogRecovery* recovery) {
@@ -68,7 +59,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     log->segments_.push_back(std::make_unique<Segment>(std::move(first)));
   }
   // A reopened active segment's age counts from now: its first batch's time is not kept.
-  if (log->segments_.back()->size_bytes() > 0) log->active_since_ms_ = wall_ms();
+  if (log->segments_.back()->size_bytes() > 0) log->active_since_ms_ = wall_clock_ms();
   return log;
 }
 
@@ -77,7 +68,7 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " was removed with its topic"};
   Segment* active = segments_.back().get();
   const bool full = active->size_bytes() + batch.size() > options_.segment_bytes;
-  const bool old = active_since_ms_ >= 0 && wall_ms() - active_since_ms_ >= options_.segment_ms;
+  const bool old = active_since_ms_ >= 0 && wall_clock_ms() - active_since_ms_ >= options_.segment_ms;
   if (active->size_bytes() > 0 && (full || old)) {
     // Roll: the new segment is named by the offset this batch starts at.
     if (batch.size() < kBatchHeaderBytes) return Error{Errc::kInvalidArgument, "a batch shorter than its header"};
@@ -95,7 +86,7 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     active_since_ms_ = -1;
   }
   WEFT_TRY_VOID(active->append(batch));
-  if (active_since_ms_ < 0) active_since_ms_ = wall_ms();
+  if (active_since_ms_ < 0) active_since_ms_ = wall_clock_ms();
   return ok();
 }
 

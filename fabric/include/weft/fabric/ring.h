@@ -289,5 +289,7 @@ bool process_alive(std::uint64_t pid, std::uint64_t start_time) noexcept;
 std::uint64_t process_start_time(std::uint64_t pid) noexcept;
 // CLOCK_MONOTONIC in nanoseconds (vDSO: no syscall).
 std::int64_t monotonic_ns() noexcept;
+// CLOCK_REALTIME in milliseconds (vDSO): Kafka timestamps, retention, segment age.
+std::int64_t wall_clock_ms() noexcept;
 
 }  // namespace weft
