@@ -3,7 +3,7 @@
 # reserves hugepages for the rings when running as root. Safe to run again.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ ccache pkg-config libgtest-dev libbenchmark-dev libboost-dev libcli11-dev libtomlplusplus-dev libtbb-dev)
+packages=(cmake ninja-build g++ ccache pkg-config libgtest-dev libbenchmark-dev libboost-dev libcli11-dev libtomlplusplus-dev libtbb-dev liburing-dev)
 hugepages_wanted=${WEFT_HUGEPAGES:-64}
 
 missing=()

@@ -170,6 +170,14 @@ struct Node::Partition {
   std::optional<Consumer> writer;
   std::optional<RingBatch> refused;  // a batch the log did not take (a full disk): offered again
   bool unflushed = false;            // a flush failed: what the log took waits in its buffer
+  // Passes whose writes the disk still holds (oldest first): the log's offset at the end of each
+  // and the writer's ring offset and position there, for moving written_* when they finish.
+  struct LogWrite {
+    Offset log_next;
+    Offset ring_next;
+    std::uint64_t position = 0;
+  };
+  std::vector<LogWrite> log_writes;
   std::uint64_t written_position = 0;  // ring position up to which the log holds every batch...
   Offset written_offset{0};            // ... and the offset there
   std::uint64_t durable_position = 0;  // ... and synced as the topic asks: producers may reuse
@@ -524,25 +532,40 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
   }
   p.log_backlog = bytes >= budget;  // more to write: the next pass comes at once
   if (took || p.unflushed) {
-    if (Result<void> flushed = p.log->flush(); !flushed.ok()) {
+    // The disk writes in the background (a later pass collects it); a retry after a failure
+    // waits for everything, so the error is known now.
+    if (Result<void> started = p.unflushed ? p.log->flush() : p.log->submit(p.log_backlog); !started.ok()) {
       p.unflushed = true;
-      return log_failed(p, flushed.error(), true, now);
+      return log_failed(p, started.error(), true, now);
     }
     p.unflushed = false;
-    p.written_position = writer.position().value;
-    p.written_offset = writer.next_offset();
+    p.log_writes.push_back({p.log->next_offset(), writer.next_offset(), writer.position().value});
   }
-  if (config.fsync == FsyncPolicy::kNone) {
-    // In the page cache is all this topic asks.
-    p.durable_position = p.written_position;
-    p.durable_offset = p.written_offset;
-  } else if (p.written_offset > p.durable_offset &&
-             (config.fsync == FsyncPolicy::kAlways || now - p.last_sync_ns >= config.fsync_interval_ms * 1'000'000)) {
+  const bool sync_due = config.fsync == FsyncPolicy::kAlways ||
+                        (config.fsync == FsyncPolicy::kInterval && now - p.last_sync_ns >= config.fsync_interval_ms * 1'000'000);
+  const bool unsynced = !p.log_writes.empty() || p.written_offset > p.durable_offset;
+  if (config.fsync != FsyncPolicy::kNone && sync_due && unsynced) {
     // One fdatasync for everything written since the last: producers waiting on durability are
     // answered together (group commit). A failed fdatasync is not retried: the kernel may have
     // dropped the dirty pages it could not write, so a retry could report success falsely.
     if (Result<void> synced = p.log->sync(); !synced.ok()) return log_failed(p, synced.error(), false, now);
     p.last_sync_ns = now;
+  }
+  if (!p.log_writes.empty()) {
+    Result<Offset> written = p.log->written_offset();
+    if (!written.ok()) {
+      p.unflushed = true;
+      return log_failed(p, written.error(), true, now);
+    }
+    std::size_t done = 0;
+    for (; done < p.log_writes.size() && p.log_writes[done].log_next <= *written; ++done) {
+      p.written_offset = p.log_writes[done].ring_next;
+      p.written_position = p.log_writes[done].position;
+    }
+    p.log_writes.erase(p.log_writes.begin(), p.log_writes.begin() + static_cast<std::ptrdiff_t>(done));
+  }
+  if (config.fsync == FsyncPolicy::kNone || (sync_due && unsynced)) {
+    // In the page cache is all a `none` topic asks; the others were just synced.
     p.durable_position = p.written_position;
     p.durable_offset = p.written_offset;
   }
@@ -727,6 +750,7 @@ double Node::maintain_pass() {
         }
         if (log_waiters(p->ring) != 0 && now - p->last_claim_seen_ns < 10'000'000) ack_waiters = true;
         if (p->log_backlog) used = std::max(used, 1e9);
+        if (!p->log_writes.empty()) ack_waiters = true;  // collect the disk's writes soon
         if (now - p->last_retention_ns >= options_.retention_check_interval_ms * 1'000'000 &&
             (topic->config.retention_bytes >= 0 || topic->config.retention_ms >= 0)) {
           p->last_retention_ns = now;

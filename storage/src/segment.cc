@@ -13,6 +13,8 @@
 #include <new>
 #include <optional>
 
+#include "io_ring.h"
+#include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 
 namespace weft::storage {
@@ -40,17 +42,25 @@ std::size_t direct_alignment(int fd) {
   return 4096;
 }
 
-Result<void> write_all(int fd, std::span<const std::byte> bytes, std::uint64_t at, const std::string& what) {
+// 0, or the errno of the write that failed.
+int pwrite_all(int fd, std::span<const std::byte> bytes, std::uint64_t at) {
   while (!bytes.empty()) {
     const ssize_t n = pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(at));
     if (n < 0) {
       if (errno == EINTR) continue;
-      const int error = errno;
-      const Errc code = error == ENOSPC || error == EDQUOT ? Errc::kResourceExhausted : (error == EINVAL ? Errc::kInvalidArgument : Errc::kIo);
-      return os_error(code, "writing " + what, error);
+      return errno;
     }
+    if (n == 0) return EIO;
     bytes = bytes.subspan(static_cast<std::size_t>(n));
     at += static_cast<std::uint64_t>(n);
+  }
+  return 0;
+}
+
+Result<void> write_all(int fd, std::span<const std::byte> bytes, std::uint64_t at, const std::string& what) {
+  if (const int error = pwrite_all(fd, bytes, at); error != 0) {
+    const Errc code = error == ENOSPC || error == EDQUOT ? Errc::kResourceExhausted : (error == EINVAL ? Errc::kInvalidArgument : Errc::kIo);
+    return os_error(code, "writing " + what, error);
   }
   return ok();
 }
@@ -199,6 +209,13 @@ Result<void> Segment::write_indexes() {
   return ok();
 }
 
+Segment::Segment(Offset base, const SegmentOptions& options) : options_(options), base_(base), next_(base), written_next_(base) {
+  buffers_.resize(1);
+}
+
+Segment::Segment(Segment&&) noexcept = default;
+Segment& Segment::operator=(Segment&&) noexcept = default;
+
 Result<void> Segment::append(std::span<const std::byte> batch) {
   WEFT_TRY(const BatchView view, BatchView::parse_header(batch, false));
   const Offset base = view.base_offset();
@@ -209,53 +226,242 @@ Result<void> Segment::append(std::span<const std::byte> batch) {
     return Error{Errc::kResourceExhausted, "offsets beyond 2^31 past the segment's base: roll to a new segment"};
   if (size_ + batch.size() > kMaxSegmentBytes)
     return Error{Errc::kResourceExhausted, "segment " + log_path_ + " would pass 2 GiB: roll to a new segment"};
-  // The buffer is written before it would overflow, never after taking the batch: an append
-  // that fails took nothing, so the caller can offer the same batch again.
-  if (!pending_.empty() && pending_.size() + batch.size() > options_.write_buffer_bytes) WEFT_TRY_VOID(flush());
+  // The buffer starts writing before it would overflow, never after taking the batch: an
+  // append that fails took nothing, so the caller can offer the same batch again.
+  WriteBuffer* filling = &buffers_[filling_];
+  if (!filling->empty() && filling->size() + batch.size() > options_.write_buffer_bytes) {
+    WEFT_TRY_VOID(start_writes(false));
+    filling = &buffers_[filling_];
+  }
   const std::uint64_t position = size_;
-  if (pending_.empty()) pending_.reset(size_, direct_alignment_);
-  pending_.append(batch);
+  if (filling->empty()) {
+    filling->reset(size_, direct_alignment_);
+    filling_at_ = size_;
+  }
+  filling->append(batch);
   note_batch(position, view.last_offset(), view.max_timestamp(), batch.size());
+  recent_[recent_count_++ % kRecentBoundaries] = Boundary{size_, next_};
   return ok();
 }
 
 Segment::~Segment() {
-  if (!pending_.empty() && log_.valid()) (void)flush();
+  if (log_.valid()) (void)flush();
 }
 
-Result<void> Segment::flush() {
-  if (pending_.empty()) return write_indexes();  // a failed flush may have left the indexes behind
-  const std::uint64_t at = size_ - pending_.size();
-  const std::span<const std::byte> bytes(pending_.data(), pending_.size());
-  // On failure (a full disk) the buffer stays: the next flush writes it again at the same place,
-  // and a recovery before then cuts whatever part reached the file.
+Segment::Boundary Segment::boundary_at_or_before(std::uint64_t end) const {
+  if (end >= size_) return Boundary{size_, next_};
+  const std::size_t known = std::min(recent_count_, kRecentBoundaries);
+  for (std::size_t i = 1; i <= known; ++i) {
+    const Boundary& b = recent_[(recent_count_ - i) % kRecentBoundaries];
+    if (b.end <= end) return b;
+  }
+  // Further back than the circle reaches: the end of the last write started (a lower boundary
+  // only delays what written_bytes() shows).
+  if (!flights_.empty()) return Boundary{flights_.back().boundary, flights_.back().next};
+  return Boundary{written_, written_next_};
+}
+
+Error Segment::flight_error(const Flight& flight) const {
+  const int error = flight.error;
+  const Errc code = error == ENOSPC || error == EDQUOT ? Errc::kResourceExhausted : Errc::kIo;
+  return os_error(code, "writing " + log_path_ + " at byte " + std::to_string(flight.begin), error);
+}
+
+void Segment::write_range(std::size_t buffer, std::uint64_t begin, std::uint64_t end, bool direct) {
+  if (begin == end) return;
+  Flight flight;
+  flight.begin = begin;
+  flight.end = end;
+  const Boundary b = boundary_at_or_before(end);
+  flight.boundary = std::max(b.end, flights_.empty() ? written_ : flights_.back().boundary);
+  flight.next = flight.boundary == b.end ? b.next : (flights_.empty() ? written_next_ : flights_.back().next);
+  flight.buffer = buffer;
+  flight.direct = direct;
+  flight.tag = next_tag_++;
+  const std::span<const std::byte> bytes = buffers_[buffer].range(begin, end);
+  if (direct && !io_ring_ && !io_ring_refused_ && options_.io_uring) {
+    std::string why;
+    io_ring_ = IoRing::create(static_cast<unsigned>(2 * options_.write_buffers), &why);
+    if (!io_ring_) {
+      io_ring_refused_ = true;
+      log(LogLevel::kWarn, "io_uring refused: writing segments with pwrite", {{"reason", why}, {"file", log_path_}});
+    }
+  }
+  flights_.push_back(flight);
+  if (direct && io_ring_ && io_ring_->write(direct_.get(), bytes, begin, flight.tag)) return;
+  // Small writes through the page cache go at once: io_uring would hand them to a worker thread.
+  const int error = pwrite_all(direct && direct_.valid() ? direct_.get() : log_.get(), bytes, begin);
+  finish(flights_.back(), error == 0 ? static_cast<std::int32_t>(bytes.size()) : -error);
+}
+
+void Segment::finish(Flight& flight, std::int32_t result) {
+  const std::uint64_t length = flight.end - flight.begin;
+  if (result >= 0 && static_cast<std::uint64_t>(result) == length) {
+    flight.state = Flight::State::kDone;
+    return;
+  }
+  if (result == -EINVAL && flight.direct) direct_ = UniqueFd();  // the file system refuses after all: buffered from now on
+  const bool again = result >= 0 || result == -EINVAL || result == -EAGAIN || result == -EINTR;
+  if (!again) {
+    flight.state = Flight::State::kFailed;
+    flight.error = -result;
+    return;
+  }
+  // A short write, or one to do through the page cache: the rest at once.
+  const std::uint64_t done = result > 0 ? static_cast<std::uint64_t>(result) : 0;
+  const int error = pwrite_all(log_.get(), buffers_[flight.buffer].range(flight.begin + done, flight.end), flight.begin + done);
+  flight.state = error == 0 ? Flight::State::kDone : Flight::State::kFailed;
+  flight.error = error;
+}
+
+void Segment::collect(bool wait) {
+  if (io_ring_ && io_ring_->in_flight() > 0) {
+    IoCompletion done[16];
+    const std::size_t got = io_ring_->reap(done, wait);
+    for (std::size_t i = 0; i < got; ++i)
+      for (Flight& flight : flights_)
+        if (flight.tag == done[i].tag) finish(flight, done[i].result);
+    if (wait && got == 0) {
+      // The ring stopped completing (it should not): whatever it held is written again by hand.
+      for (Flight& flight : flights_)
+        if (flight.state == Flight::State::kInFlight) finish(flight, 0);
+      io_ring_.reset();
+      io_ring_refused_ = true;
+    }
+  }
+  advance_written();
+}
+
+void Segment::advance_written() {
+  std::size_t done = 0;
+  while (done < flights_.size() && flights_[done].state == Flight::State::kDone) {
+    written_ = flights_[done].boundary;
+    written_next_ = flights_[done].next;
+    ++done;
+  }
+  if (done > 0) flights_.erase(flights_.begin(), flights_.begin() + static_cast<std::ptrdiff_t>(done));
+}
+
+Result<void> Segment::retry_failed() {
+  for (Flight& flight : flights_) {
+    if (flight.state != Flight::State::kFailed) continue;
+    const int fd = flight.direct && direct_.valid() ? direct_.get() : log_.get();
+    const int error = pwrite_all(fd, buffers_[flight.buffer].range(flight.begin, flight.end), flight.begin);
+    finish(flight, error == 0 ? static_cast<std::int32_t>(flight.end - flight.begin) : -error);
+    if (flight.state == Flight::State::kFailed) {
+      advance_written();
+      return flight_error(flight);
+    }
+  }
+  advance_written();
+  return ok();
+}
+
+Result<std::size_t> Segment::free_buffer() {
+  for (;;) {
+    for (std::size_t i = 0; i < buffers_.size(); ++i) {
+      if (i == filling_) continue;
+      bool busy = false;
+      for (const Flight& flight : flights_) busy = busy || flight.buffer == i;
+      if (!busy) return i;
+    }
+    if (buffers_.size() < std::max<std::size_t>(options_.write_buffers, 1) + 1) {
+      buffers_.emplace_back();
+      return buffers_.size() - 1;
+    }
+    // Every buffer waits on the disk. A failed write holds its buffer until a flush retries it.
+    for (const Flight& flight : flights_)
+      if (flight.state == Flight::State::kFailed) return flight_error(flight);
+    collect(true);
+  }
+}
+
+Result<void> Segment::start_writes(bool whole) {
+  const std::uint64_t at = filling_at_;
+  const std::uint64_t end = size_;
+  if (at == end) return ok();
   const std::uint64_t mask = direct_alignment_ - 1;
   const std::uint64_t first = (at + mask) & ~mask;  // whole blocks [first, last) go direct
-  const std::uint64_t last = size_ & ~mask;
-  if (direct_.valid() && bytes.size() >= kDirectMinBytes && last > first) {
-    // The ragged ends through the page cache, the blocks between straight from the buffer (its
-    // layout puts them at aligned addresses). The two never share a page, so the direct write
-    // forces no write-back of a dirty page.
-    WEFT_TRY_VOID(write_all(log_.get(), bytes.first(first - at), at, log_path_));
-    const std::span<const std::byte> blocks = bytes.subspan(first - at, last - first);
-    Result<void> direct = write_all(direct_.get(), blocks, first, log_path_);
-    if (!direct.ok() && direct.error().code == Errc::kInvalidArgument) {
-      direct_ = UniqueFd();  // the file system refuses after all: buffered from now on
-      direct = write_all(log_.get(), blocks, first, log_path_);
+  const std::uint64_t last = end & ~mask;
+  if (!direct_.valid() || end - at < kDirectMinBytes || last <= first) {
+    // All through the page cache, at once; on failure the bytes stay in the buffer.
+    write_range(filling_, at, end, false);
+    if (flights_.back().state == Flight::State::kFailed) {
+      const Error error = flight_error(flights_.back());
+      flights_.pop_back();
+      return error;
     }
-    WEFT_TRY_VOID(std::move(direct));
-    WEFT_TRY_VOID(write_all(log_.get(), bytes.subspan(last - at), last, log_path_));
-  } else {
-    WEFT_TRY_VOID(write_all(log_.get(), bytes, at, log_path_));
+    buffers_[filling_].reset(end, direct_alignment_);
+    filling_at_ = end;
+    advance_written();
+    return ok();
   }
-  pending_.reset(size_, direct_alignment_);
+  // The buffer that takes the appends next (for a partial hand-off, with the ragged tail).
+  WEFT_TRY(const std::size_t next, free_buffer());
+  // The ragged ends go through the page cache, the blocks between straight from the buffer (its
+  // layout puts them at aligned addresses). The two never share a page, so a direct write
+  // forces no write-back of a dirty page.
+  if (first > at) {
+    write_range(filling_, at, first, false);
+    if (flights_.back().state == Flight::State::kFailed) {
+      const Error error = flight_error(flights_.back());
+      flights_.pop_back();
+      return error;
+    }
+  }
+  write_range(filling_, first, last, true);
+  if (whole) write_range(filling_, last, end, false);
+  const std::size_t handed = filling_;
+  filling_ = next;
+  if (whole) {
+    buffers_[next].reset(end, direct_alignment_);
+    filling_at_ = end;
+  } else {
+    buffers_[next].reset(last, direct_alignment_);
+    buffers_[next].append(buffers_[handed].range(last, end));
+    filling_at_ = last;
+  }
+  advance_written();
+  return ok();
+}
+
+Result<void> Segment::submit(bool more_coming) {
+  WEFT_TRY_VOID(start_writes(!more_coming));
+  collect(false);
   return write_indexes();
 }
 
+Result<void> Segment::poll_writes() {
+  collect(false);
+  for (const Flight& flight : flights_)
+    if (flight.state == Flight::State::kFailed) return flight_error(flight);
+  return ok();
+}
+
+Result<void> Segment::flush() {
+  // Failed writes first: they come before whatever the filling buffer holds.
+  WEFT_TRY_VOID(retry_failed());
+  WEFT_TRY_VOID(start_writes(true));
+  while (!flights_.empty()) {
+    bool waiting = false;
+    for (const Flight& flight : flights_) waiting = waiting || flight.state == Flight::State::kInFlight;
+    if (!waiting) break;
+    collect(true);
+  }
+  WEFT_TRY_VOID(retry_failed());
+  return write_indexes();
+}
+
+void Segment::seal() noexcept {
+  (void)flush();
+  io_ring_.reset();
+  direct_ = UniqueFd();
+}
 void WriteBuffer::Free::operator()(std::byte* p) const noexcept { std::free(p); }
 
 void WriteBuffer::reset(std::uint64_t file_offset, std::size_t alignment) {
   alignment_ = alignment;
+  file_offset_ = file_offset;
   pad_ = static_cast<std::size_t>(file_offset % alignment);
   size_ = 0;
 }
@@ -365,6 +571,8 @@ Result<void> Segment::recover(bool last, SegmentRecovery& recovery) {
     recovery.reason = w.problem;
   }
   size_ = w.position;
+  filling_at_ = written_ = size_;
+  written_next_ = next_;
   recovery.index_rebuilt = true;
   return write_indexes();
 }
@@ -463,7 +671,11 @@ Result<std::vector<std::byte>> Segment::read_batch(std::uint64_t position) {
 }
 
 Result<void> Segment::remove_files() {
-  pending_.reset(size_, direct_alignment_);  // nothing more reaches these files
+  // Nothing more reaches these files: writes in flight finish, the rest is dropped.
+  while (io_ring_ && io_ring_->in_flight() > 0) collect(true);
+  flights_.clear();
+  buffers_[filling_].reset(size_, direct_alignment_);
+  filling_at_ = size_;
   for (const std::string* path : {&log_path_, &index_path_, &time_index_path_})
     if (::unlink(path->c_str()) != 0 && errno != ENOENT) return os_error(Errc::kIo, "deleting " + *path, errno);
   return ok();

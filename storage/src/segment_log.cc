@@ -100,6 +100,19 @@ Result<void> SegmentLog::sync() {
   return segments_.back()->sync();
 }
 
+Result<void> SegmentLog::submit(bool more_coming) {
+  std::lock_guard lock(mutex_);
+  return segments_.back()->submit(more_coming);
+}
+
+Result<Offset> SegmentLog::written_offset() {
+  std::lock_guard lock(mutex_);
+  // Closed segments were synced whole when the log rolled past them.
+  Segment& active = *segments_.back();
+  WEFT_TRY_VOID(active.poll_writes());
+  return active.written_next_offset();
+}
+
 Result<void> SegmentLog::remove() {
   std::lock_guard lock(mutex_);
   removed_ = true;
@@ -225,11 +238,12 @@ std::uint64_t SegmentLog::size_bytes() const {
   return total;
 }
 
-OpenPartitionLog open_segment_logs(std::string data_dir) {
-  return [data_dir = std::move(data_dir)](std::string_view topic, std::uint32_t partition,
+OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment) {
+  return [data_dir = std::move(data_dir), segment](std::string_view topic, std::uint32_t partition,
                                           const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
     const std::string dir = data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
     SegmentLogOptions options;
+    options.segment = segment;
     options.segment_bytes = static_cast<std::uint64_t>(config.segment_bytes);
     options.segment_ms = config.segment_ms;
     SegmentLogRecovery recovery;

@@ -49,6 +49,7 @@
 #include "weft/consumer.h"
 #include "weft/node.h"
 #include "weft/producer.h"
+#include "weft/fabric/record_batch.h"
 #include "weft/storage/segment_log.h"
 
 extern char** environ;
@@ -680,6 +681,86 @@ TEST(FullDisk, ProducersAreToldTheDiskIsFullAndAcknowledgementsResumeWhenSpaceRe
   // ... and every acknowledged record, from before the disk filled and after, readable in order
   const std::vector<CopiedRecord> records = read_from_earliest(client, topic, 0, static_cast<std::int64_t>(acked));
   expect_sequence(records, static_cast<std::int64_t>(acked), kRun);
+}
+
+// One batch of `records` records of `value_bytes` each, at `base`.
+std::vector<std::byte> batch_at(std::int64_t base, int records, std::size_t value_bytes) {
+  std::vector<std::byte> out(kBatchHeaderBytes + static_cast<std::size_t>(records) * (value_bytes + 32));
+  const std::vector<std::byte> value(value_bytes, std::byte{0x5a});
+  BatchBuilder builder(out);
+  for (int i = 0; i < records; ++i) {
+    RecordInput r;
+    r.value = std::span<const std::byte>(value);
+    r.timestamp_ms = 1'700'000'000'000 + base + i;
+    EXPECT_TRUE(builder.append(r));
+  }
+  std::span<std::byte> batch = builder.finish();
+  stamp_base_offset(batch, Offset{base});
+  out.resize(batch.size());
+  return out;
+}
+
+TEST(FullDisk, DirectWritesInFlightThatFailAreKeptAndWrittenWhenSpaceReturns) {
+  constexpr std::size_t kDiskBytes = std::size_t{8} << 20;
+  constexpr std::size_t kFreeBytes = std::size_t{3} << 20;
+  TmpfsMount disk(kDiskBytes);
+  if (!disk.mounted()) GTEST_SKIP() << "full disk: " << disk.why_not();
+  // Given a segment writing large flushes in the background (io_uring where allowed) on a disk
+  // with 3 MiB left
+  const std::string filler = disk.path() + "/filler";
+  ASSERT_TRUE(write_filler(filler, kDiskBytes - kFreeBytes)) << "could not fill the tmpfs";
+  SegmentOptions options;
+  options.write_buffer_bytes = 256 * 1024;
+  options.write_buffers = 3;
+  Segment segment = Segment::create(disk.path(), Offset{0}, options).value();
+
+  // When batches keep coming (bounded: 8 MiB of them, more than the disk holds)
+  std::int64_t offset = 0;
+  std::optional<Error> refused;
+  for (int i = 0; i < 512 && !refused; ++i) {
+    const std::vector<std::byte> batch = batch_at(offset, 16, 1000);
+    Result<void> step = segment.append(batch);
+    if (step.ok()) offset += 16;
+    if (step.ok() && i % 8 == 7) step = segment.submit(i % 16 == 7);
+    if (step.ok()) step = segment.poll_writes();
+    if (!step.ok()) refused = step.error();
+  }
+
+  // Expect a clear "disk full", a flush that fails the same way, and what is shown as written
+  // ending at a batch inside the file
+  ASSERT_TRUE(refused.has_value()) << "8 MiB of batches fit in 3 MiB?";
+  EXPECT_EQ(refused->code, Errc::kResourceExhausted) << refused->message;
+  Result<void> flushed = segment.flush();
+  ASSERT_FALSE(flushed.ok());
+  EXPECT_EQ(flushed.error().code, Errc::kResourceExhausted) << flushed.error().message;
+  EXPECT_LT(segment.written_bytes(), segment.size_bytes());
+  EXPECT_LE(segment.written_next_offset(), segment.next_offset());
+  std::ifstream uring_switch("/proc/sys/kernel/io_uring_disabled");
+  int uring_disabled = 0;
+  if (!(uring_switch >> uring_disabled) || uring_disabled == 0) {
+    EXPECT_TRUE(segment.writes_with_io_uring()) << "io_uring allowed but not used: the background writes were not tested";
+  }
+  std::printf("[ enospc   ] refused after %lld records: %s; %llu of %llu bytes written\n", static_cast<long long>(offset),
+              refused->message.c_str(), static_cast<unsigned long long>(segment.written_bytes()),
+              static_cast<unsigned long long>(segment.size_bytes()));
+
+  // When space returns
+  ASSERT_EQ(::unlink(filler.c_str()), 0) << std::strerror(errno);
+
+  // Expect the kept writes to go out with the next flush, and appends to carry on
+  ASSERT_TRUE(segment.flush().ok());
+  EXPECT_EQ(segment.written_bytes(), segment.size_bytes());
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_TRUE(segment.append(batch_at(offset, 16, 1000)).ok());
+    offset += 16;
+  }
+  ASSERT_TRUE(segment.sync().ok());
+  // ... and the file, reopened, to hold every batch appended, in order, nothing cut
+  SegmentRecovery recovery;
+  Segment reopened = Segment::open(disk.path(), Offset{0}, true, &recovery).value();
+  EXPECT_EQ(recovery.truncated_bytes, 0u) << recovery.reason;
+  EXPECT_EQ(reopened.next_offset(), Offset{offset});
+  EXPECT_EQ(recovery.batches, static_cast<std::uint64_t>(offset / 16));
 }
 
 // ---- 3. a failed fdatasync ------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -266,17 +267,34 @@ TEST(Segment, GarbageInTheFileIsCutNeverRead) {
   }
 }
 
-TEST(Segment, DirectAndBufferedWritesLeaveTheSameFile) {
-  // Given the same batches written with O_DIRECT for whole blocks and through the page cache,
-  // flushed at ragged places (small flushes stay buffered, large ones split three ways)
+// Whether this kernel lets processes use io_uring (a seccomp profile may still refuse it).
+bool io_uring_allowed() {
+  std::ifstream in("/proc/sys/kernel/io_uring_disabled");
+  int disabled = 0;
+  return !(in >> disabled) || disabled == 0;
+}
+
+TEST(Segment, DirectUringPwriteAndBufferedWritesLeaveTheSameFile) {
+  // Given the same batches written three ways (whole blocks with O_DIRECT through io_uring, the
+  // same with pwrite, everything through the page cache), flushed and submitted at ragged
+  // places (small flushes stay buffered, large ones split three ways, a submit for more to come
+  // keeps its ragged tail back)
   TempDir dir;
+  struct Mode {
+    const char* name;
+    bool direct;
+    bool uring;
+  };
   std::vector<std::string> files;
-  for (const bool direct : {true, false}) {
-    const std::string sub = dir.path() + (direct ? "/direct" : "/buffered");
+  for (const Mode mode : {Mode{"uring", true, true}, Mode{"pwrite", true, false}, Mode{"buffered", false, false}}) {
+    SCOPED_TRACE(mode.name);
+    const std::string sub = dir.path() + "/" + mode.name;
     std::filesystem::create_directories(sub);
     SegmentOptions options;
-    options.direct_io = direct;
+    options.direct_io = mode.direct;
+    options.io_uring = mode.uring;
     options.write_buffer_bytes = 300 * 1024;
+    options.write_buffers = 2;
     auto segment = Segment::create(sub, Offset{0}, options).value();
     std::int64_t offset = 0;
     for (int i = 0; i < 2000; ++i) {
@@ -287,8 +305,19 @@ TEST(Segment, DirectAndBufferedWritesLeaveTheSameFile) {
       if (i % 97 == 0 || i % 331 == 0) {
         ASSERT_TRUE(segment.flush().ok());
       }
+      if (i % 89 == 0) {
+        ASSERT_TRUE(segment.submit(i % 2 == 0).ok());
+      }
     }
     ASSERT_TRUE(segment.sync().ok());
+    EXPECT_EQ(segment.written_bytes(), segment.size_bytes());
+    EXPECT_EQ(segment.written_next_offset(), Offset{offset});
+    if (mode.uring && io_uring_allowed()) {
+      EXPECT_TRUE(segment.writes_with_io_uring()) << "io_uring allowed but not used";
+    }
+    if (!mode.uring) {
+      EXPECT_FALSE(segment.writes_with_io_uring());
+    }
     // Expect every batch readable through the segment's own lookups
     EXPECT_EQ(segment.find(Offset{offset - 1}).ok(), true);
     files.push_back(sub + "/" + segment_file_name(Offset{0}, ".log"));
@@ -298,13 +327,56 @@ TEST(Segment, DirectAndBufferedWritesLeaveTheSameFile) {
     return std::string(std::istreambuf_iterator<char>(in), {});
   };
   // Expect identical bytes, and a reopened segment that finds nothing to cut
-  const std::string direct_bytes = read_all(files[0]);
-  EXPECT_GT(direct_bytes.size(), std::size_t{1} << 20);
-  EXPECT_EQ(direct_bytes, read_all(files[1]));
+  const std::string uring_bytes = read_all(files[0]);
+  EXPECT_GT(uring_bytes.size(), std::size_t{1} << 20);
+  EXPECT_EQ(uring_bytes, read_all(files[1]));
+  EXPECT_EQ(uring_bytes, read_all(files[2]));
   SegmentRecovery recovery;
-  auto reopened = Segment::open(dir.path() + "/direct", Offset{0}, true, &recovery).value();
+  auto reopened = Segment::open(dir.path() + "/uring", Offset{0}, true, &recovery).value();
   EXPECT_EQ(recovery.truncated_bytes, 0u);
   EXPECT_EQ(recovery.batches, 2000u);
+}
+
+TEST(Segment, WrittenBytesFollowFinishedWritesAndStopAtBatchBoundaries) {
+  // Given a segment with small buffers, so several direct writes are in flight at once, and
+  // batches that straddle block boundaries
+  TempDir dir;
+  SegmentOptions options;
+  options.write_buffer_bytes = 128 * 1024;
+  options.write_buffers = 3;
+  auto segment = Segment::create(dir.path(), Offset{0}, options).value();
+  std::map<std::uint64_t, std::int64_t> next_at_end;  // every batch's end -> the offset after it
+  next_at_end[0] = 0;
+  std::uint64_t last_written = 0;
+  std::int64_t offset = 0;
+  for (int i = 0; i < 3000; ++i) {
+    const int records = 1 + i % 4;
+    const std::vector<std::byte> batch = make_batch(offset, records, 1'700'000'000'000 + offset, 200 + static_cast<std::size_t>(i % 11) * 97);
+    ASSERT_TRUE(segment.append(batch).ok());
+    offset += records + (i % 100 == 99 ? 2 : 0);  // an aborted claim's gap now and then
+    next_at_end[segment.size_bytes()] = segment.next_offset().value;
+    if (i % 50 == 0) {
+      ASSERT_TRUE(segment.submit(i % 100 != 0).ok());
+    }
+    if (i % 7 == 0) {
+      ASSERT_TRUE(segment.poll_writes().ok());
+    }
+    // Expect what is shown as written never to go back, never to pass what was appended, and to
+    // end where a batch ends, with the offset after that batch
+    const std::uint64_t written = segment.written_bytes();
+    ASSERT_GE(written, last_written);
+    ASSERT_LE(written, segment.size_bytes());
+    auto at = next_at_end.find(written);
+    ASSERT_NE(at, next_at_end.end()) << "written_bytes " << written << " is inside a batch";
+    ASSERT_EQ(segment.written_next_offset().value, at->second);
+    last_written = written;
+  }
+  // ... and after a flush, everything
+  ASSERT_TRUE(segment.flush().ok());
+  EXPECT_EQ(segment.written_bytes(), segment.size_bytes());
+  EXPECT_EQ(segment.written_next_offset(), segment.next_offset());
+  EXPECT_FALSE(segment.writes_in_flight());
+  EXPECT_GT(last_written, 0u) << "no write finished before the flush: nothing was tested";
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ struct PerfOptions {
   // and the run adds the disk's baselines, an acknowledgement run and a catch-up read.
   std::string data_dir;
   std::string fsync = "none";         // the perf topic's fsync policy
+  bool io_uring = true;               // the log's direct writes through io_uring (else pwrite)
   std::uint64_t bytes = 0;            // > 0: log bytes to write in the throughput run (sets --records)
   std::uint64_t ack_records = 2'000;  // per producer in the acknowledgement run (send, then wait)
 };

@@ -38,6 +38,16 @@ class PartitionLog {
   virtual Result<void> flush() = 0;
   // Makes everything appended so far durable (flushes first).
   virtual Result<void> sync() = 0;
+  // Starts writing everything appended so far without waiting for it; written_offset() follows
+  // the writes as they finish. With `more_coming` (the caller appends more at once) the log may
+  // keep a ragged tail back for the next write. A log that writes synchronously flushes.
+  virtual Result<void> submit(bool more_coming = false) {
+    (void)more_coming;
+    return flush();
+  }
+  // The offset below which every appended record is written (as after flush()), collecting
+  // finished writes without waiting. An error: a write failed, and flush() tries it again.
+  virtual Result<Offset> written_offset() { return next_offset(); }
   // Deletes the log's files (its topic was deleted); the log takes nothing afterwards.
   virtual Result<void> remove() = 0;
   // The earliest offset the log holds, and the one the next batch gets.

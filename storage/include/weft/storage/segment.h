@@ -35,6 +35,11 @@ struct SegmentOptions {
   // (with the alignment statx reports for the file); the ragged ends of each flush are written
   // through the page cache. Where O_DIRECT is refused (tmpfs on older kernels), all is buffered.
   bool direct_io = true;
+  // Direct writes go through io_uring, up to write_buffers of them in flight while appends fill
+  // the next buffer (bench: `weft perf --data-dir`, docs/performance.md "Storage"); pwrite, one
+  // at a time, where io_uring is refused or this is off.
+  bool io_uring = true;
+  std::size_t write_buffers = 4;
 };
 
 // Appended bytes not yet written, laid out so that the byte for file offset F sits at an address
@@ -47,6 +52,10 @@ class WriteBuffer {
   bool empty() const noexcept { return size_ == 0; }
   std::size_t size() const noexcept { return size_; }
   const std::byte* data() const noexcept { return storage_.get() + pad_; }
+  // The bytes for file offsets [begin, end), which must lie within what was appended.
+  std::span<const std::byte> range(std::uint64_t begin, std::uint64_t end) const noexcept {
+    return {data() + (begin - file_offset_), static_cast<std::size_t>(end - begin)};
+  }
 
  private:
   struct Free {
@@ -54,6 +63,7 @@ class WriteBuffer {
   };
   std::unique_ptr<std::byte[], Free> storage_;
   std::size_t capacity_ = 0;
+  std::uint64_t file_offset_ = 0;  // of the first byte
   std::size_t pad_ = 0;  // file_offset % alignment: where the first byte sits
   std::size_t size_ = 0;
   std::size_t alignment_ = 4096;
@@ -79,6 +89,8 @@ struct TimeIndexEntry {
   std::int32_t relative_offset = 0;
 };
 
+class IoRing;
+
 class Segment {
  public:
   // A new, empty segment in `dir` (which must exist); refuses to overwrite an existing one.
@@ -89,17 +101,26 @@ class Segment {
   static Result<Segment> open(const std::string& dir, Offset base, bool last, SegmentRecovery* recovery = nullptr,
                               const SegmentOptions& options = {});
 
-  Segment(Segment&&) noexcept = default;
-  Segment& operator=(Segment&&) noexcept = default;
+  Segment(Segment&&) noexcept;
+  Segment& operator=(Segment&&) noexcept;
   // Writes what is still buffered, as closing a file does; flush() first to see errors.
   ~Segment();
 
   // Appends one validated batch whose baseOffset is at least next_offset() (offsets an aborted
-  // claim skipped leave a gap, as in the ring). Appends gather in a buffer (one write per
-  // write_buffer_bytes, not one per batch); flush() hands them to the page cache. An append
-  // that fails took nothing; a flush that fails (a full disk) keeps the buffer for the next one.
+  // claim skipped leave a gap, as in the ring). Appends gather in a buffer; a full buffer's
+  // whole blocks start writing (in the background, with io_uring) and the next buffer fills. An
+  // append that fails took nothing.
   Result<void> append(std::span<const std::byte> batch);
+  // Starts writing everything appended, without waiting for the direct writes in flight;
+  // written_bytes() and written_next_offset() follow them as they finish. With `more_coming`,
+  // only whole blocks: the ragged tail waits for the next appends rather than going through the
+  // page cache (where, on ext4, it would wait for the direct writes in flight).
+  Result<void> submit(bool more_coming = false);
+  // Everything appended is in the file (the page cache, or the disk for direct writes). A write
+  // that fails (a full disk) is kept and tried again by the next flush.
   Result<void> flush();
+  // Collects finished writes without waiting; an error: a write failed (flush() retries it).
+  Result<void> poll_writes();
   // flush(), then fdatasync of the log (the indexes are derived: rebuilt on open).
   Result<void> sync();
 
@@ -120,21 +141,59 @@ class Segment {
   Result<void> remove_files();
   // A closed segment takes no more appends: its direct-write handle is closed (a log of many
   // segments would otherwise hold one more descriptor each).
-  void seal() noexcept { direct_ = UniqueFd(); }
+  void seal() noexcept;
 
   Offset base_offset() const noexcept { return base_; }
   Offset next_offset() const noexcept { return next_; }
   std::uint64_t size_bytes() const noexcept { return size_; }
-  // Bytes in the file (the rest of size_bytes() waits in the write buffer).
-  std::uint64_t written_bytes() const noexcept { return size_ - pending_.size(); }
+  // Bytes in the file, up to a batch boundary (the rest of size_bytes() is buffered or being
+  // written), and the offset that follows them.
+  std::uint64_t written_bytes() const noexcept { return written_; }
+  Offset written_next_offset() const noexcept { return written_next_; }
+  bool writes_in_flight() const noexcept { return !flights_.empty(); }
+  // Whether direct writes go through io_uring (false before the first, or where it is refused).
+  bool writes_with_io_uring() const noexcept { return io_ring_ != nullptr; }
   std::int64_t max_timestamp() const noexcept { return max_timestamp_; }
   const std::vector<IndexEntry>& index() const noexcept { return index_; }
   const std::vector<TimeIndexEntry>& time_index() const noexcept { return time_index_; }
   const std::string& log_path() const noexcept { return log_path_; }
 
  private:
-  Segment(Offset base, const SegmentOptions& options) : options_(options), base_(base), next_(base) {}
+  // A write handed to the kernel (or done, waiting for an earlier one to finish): file bytes
+  // [begin, end) from buffers_[buffer]. Flights are contiguous and kept oldest first.
+  struct Flight {
+    enum class State : unsigned char { kInFlight, kDone, kFailed };
+    std::uint64_t begin = 0;
+    std::uint64_t end = 0;
+    std::uint64_t boundary = 0;  // the last batch boundary at or before end...
+    Offset next{0};              // ... and the offset after it
+    std::uint64_t tag = 0;
+    std::size_t buffer = 0;
+    bool direct = false;
+    State state = State::kInFlight;
+    int error = 0;
+  };
+  // A batch's end and the offset after it, for finding the boundary a write ends after.
+  struct Boundary {
+    std::uint64_t end = 0;
+    Offset next{0};
+  };
+  static constexpr std::size_t kRecentBoundaries = 64;
+
+  Segment(Offset base, const SegmentOptions& options);
   Result<void> open_files(const std::string& dir, bool create);
+  // Hands the filling buffer to the kernel: everything (`whole`), or its whole blocks only, the
+  // ragged tail moving to the next buffer.
+  Result<void> start_writes(bool whole);
+  // Writes [begin, end) of buffer `buffer` now (pwrite) or in the background; records a flight.
+  void write_range(std::size_t buffer, std::uint64_t begin, std::uint64_t end, bool direct);
+  Result<std::size_t> free_buffer();  // waits for a write to finish when every buffer is busy
+  void finish(Flight& flight, std::int32_t result);
+  void collect(bool wait);
+  Result<void> retry_failed();
+  void advance_written();
+  Boundary boundary_at_or_before(std::uint64_t end) const;
+  Error flight_error(const Flight& flight) const;
   Result<void> recover(bool last, SegmentRecovery& recovery);
   Result<void> write_indexes();
   std::uint64_t readable_end();  // flushes if it can; the bytes in the file
@@ -150,7 +209,17 @@ class Segment {
   std::int64_t max_timestamp_ = -1;
   std::vector<IndexEntry> index_;
   std::vector<TimeIndexEntry> time_index_;
-  WriteBuffer pending_;                 // appended, not yet written; starts at size_ - pending_.size()
+  std::vector<WriteBuffer> buffers_;  // the filling one, and those the kernel may be writing from
+  std::size_t filling_ = 0;            // appends go to buffers_[filling_], which starts at...
+  std::uint64_t filling_at_ = 0;       // ... this file offset and ends at size_
+  std::vector<Flight> flights_;
+  std::uint64_t next_tag_ = 1;
+  std::uint64_t written_ = 0;
+  Offset written_next_;
+  Boundary recent_[kRecentBoundaries];  // the last batches' ends, a circle
+  std::size_t recent_count_ = 0;
+  std::unique_ptr<IoRing> io_ring_;     // created at the first direct write; closed at seal()
+  bool io_ring_refused_ = false;
   UniqueFd direct_;                     // the log opened with O_DIRECT (invalid: buffered only)
   std::size_t direct_alignment_ = 4096;
   std::size_t index_written_ = 0;       // entries already in the index file

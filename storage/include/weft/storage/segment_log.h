@@ -46,6 +46,8 @@ class SegmentLog final : public PartitionLog {
   Result<void> append(std::span<const std::byte> batch) override;
   Result<void> flush() override;
   Result<void> sync() override;
+  Result<void> submit(bool more_coming = false) override;
+  Result<Offset> written_offset() override;
   Result<void> remove() override;
   Offset start_offset() const override;
   Offset next_offset() const override;
@@ -72,7 +74,8 @@ class SegmentLog final : public PartitionLog {
 
 // The node's OpenPartitionLog for logs kept under `data_dir`: one folder `<topic>-<partition>`
 // per partition, segments rolled by the topic's segment.bytes and segment.ms. A torn tail cut
-// at recovery is logged with its offsets.
-OpenPartitionLog open_segment_logs(std::string data_dir);
+// at recovery is logged with its offsets. `segment` sets how segments write (buffers, O_DIRECT,
+// io_uring).
+OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment = {});
 
 }  // namespace weft::storage

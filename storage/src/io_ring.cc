@@ -1,0 +1,76 @@
+#include "io_ring.h"
+
+#include <liburing.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace weft::storage {
+
+struct IoRing::Impl {
+  io_uring ring{};
+};
+
+IoRing::IoRing() : impl_(std::make_unique<Impl>()) {}
+
+IoRing::~IoRing() {
+  // The kernel may still be writing from the caller's buffers: finish before they go.
+  IoCompletion done[8];
+  while (in_flight_ > 0)
+    if (reap(done, true) == 0) break;
+  io_uring_queue_exit(&impl_->ring);
+}
+
+std::unique_ptr<IoRing> IoRing::create(unsigned entries, std::string* why) {
+  std::unique_ptr<IoRing> ring(new IoRing());
+  if (const int error = io_uring_queue_init(entries, &ring->impl_->ring, 0); error < 0) {
+    if (why != nullptr) *why = std::string("io_uring_queue_init: ") + std::strerror(-error);
+    ring->impl_.reset();
+    return nullptr;
+  }
+  return ring;
+}
+
+bool IoRing::write(int fd, std::span<const std::byte> bytes, std::uint64_t offset, std::uint64_t tag) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&impl_->ring);
+  if (sqe == nullptr) return false;
+  io_uring_prep_write(sqe, fd, bytes.data(), static_cast<unsigned>(bytes.size()), offset);
+  io_uring_sqe_set_data64(sqe, tag);
+  int submitted;
+  do {
+    submitted = io_uring_submit(&impl_->ring);
+  } while (submitted == -EINTR);
+  if (submitted < 1) {
+    // The entry stays in the queue and would go with the next submit: turn it into a no-op that
+    // the reaper ignores (tag 0), since the caller writes these bytes itself.
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, 0);
+    ++in_flight_;
+    return false;
+  }
+  ++in_flight_;
+  return true;
+}
+
+std::size_t IoRing::reap(std::span<IoCompletion> out, bool wait) {
+  std::size_t got = 0;
+  int failures = 0;
+  while (got < out.size() && in_flight_ > 0) {
+    io_uring_cqe* cqe = nullptr;
+    if (io_uring_peek_cqe(&impl_->ring, &cqe) != 0 || cqe == nullptr) {
+      if (!wait || got > 0) break;
+      // Submits whatever a failed submit left queued, then sleeps for a completion.
+      const int error = io_uring_submit_and_wait(&impl_->ring, 1);
+      if (error < 0 && error != -EINTR && ++failures > 3) break;  // the caller reports it
+      continue;
+    }
+    const std::uint64_t tag = io_uring_cqe_get_data64(cqe);
+    const std::int32_t result = cqe->res;
+    io_uring_cqe_seen(&impl_->ring, cqe);
+    --in_flight_;
+    if (tag != 0) out[got++] = IoCompletion{tag, result};
+  }
+  return got;
+}
+
+}  // namespace weft::storage
