@@ -9,22 +9,43 @@
 #include <memory>
 #include <deque>
 #include <optional>
+#include <utility>
+
+#include "weft/fabric/io_ring.h"
 
 namespace weft {
 namespace {
 
 // Reading a partition's log from a segment file while the ring no longer holds the position.
+// While the caller decodes one buffer, the next stretch of the file is read into the other
+// (io_uring where allowed: O_DIRECT has no kernel read-ahead of its own).
 struct ColdRead {
   struct Free {
     void operator()(std::byte* p) const noexcept { std::free(p); }
   };
-  LogSlice slice;                              // slice.position: the next byte to read from the file
-  std::unique_ptr<std::byte[], Free> buffer;   // page-aligned, for O_DIRECT: whole batches read...
-  std::size_t capacity = 0;
-  std::size_t at = 0;                          // ... [at, size) not yet returned
+  using Buffer = std::unique_ptr<std::byte[], Free>;
+  LogSlice slice;       // slice.position: the next byte to read from the file
+  Buffer buffer;        // page-aligned, for O_DIRECT: whole batches read...
+  Buffer spare;         // ... and the stretch after them, being read ahead into this one
+  std::size_t capacity = 0;  // of each
+  std::size_t at = 0;        // [at, size) of buffer not yet returned
   std::size_t size = 0;
-  bool direct = true;                          // reading with O_DIRECT (until the file refuses)
+  bool direct = true;   // reading with O_DIRECT (until the file refuses)
+  // The read ahead: [ahead_from, ahead_from + ahead_span) of the file into spare.
+  bool ahead = false;
+  std::uint64_t ahead_from = 0;
+  std::uint64_t ahead_span = 0;
+  bool no_ring = false;          // io_uring refused: plain reads, one at a time
+  std::unique_ptr<IoRing> ring;  // last: gone first, waiting for a read into the buffers above
   std::byte* data() const noexcept { return buffer.get(); }
+
+  // The read ahead's result (bytes, or -errno); waits for it.
+  std::int64_t finish_ahead() {
+    ahead = false;
+    IoCompletion done[1];
+    if (!ring || ring->reap(done, true) == 0) return -EIO;
+    return done[0].result;
+  }
 };
 constexpr std::size_t kDirectReadAlign = 4096;
 
@@ -179,17 +200,24 @@ struct TopicConsumer::State {
     return true;
   }
 
-  // Reads the next whole batches of the slice into the buffer; false at the slice's end.
+  // Reads the next whole batches of the slice into the buffer, then starts reading the stretch
+  // after them; false at the slice's end.
   Result<bool> refill(Assignment& a) {
     ColdRead& c = *a.cold;
     c.at = c.size = 0;
     std::size_t wanted = std::max(options.log_read_bytes, kDirectReadAlign * 4);
     while (c.slice.position < c.slice.end) {
       if (c.capacity < wanted + kDirectReadAlign) {
+        if (c.ahead) (void)c.finish_ahead();  // it reads into the buffer about to go
         const std::size_t capacity = (wanted + 2 * kDirectReadAlign - 1) / kDirectReadAlign * kDirectReadAlign;
         auto* raw = static_cast<std::byte*>(std::aligned_alloc(kDirectReadAlign, capacity));
-        if (raw == nullptr) return Error{Errc::kResourceExhausted, "no memory for a log read of " + std::to_string(capacity) + " bytes"};
+        auto* spare = static_cast<std::byte*>(std::aligned_alloc(kDirectReadAlign, capacity));
         c.buffer.reset(raw);
+        c.spare.reset(spare);
+        if (raw == nullptr || spare == nullptr) {
+          c.capacity = 0;
+          return Error{Errc::kResourceExhausted, "no memory for a log read of " + std::to_string(capacity) + " bytes"};
+        }
         c.capacity = capacity;
       }
       if (c.direct) {
@@ -203,16 +231,29 @@ struct TopicConsumer::State {
       const std::size_t head = static_cast<std::size_t>(c.slice.position - from);
       std::uint64_t span = std::min<std::uint64_t>(c.capacity - kDirectReadAlign, c.slice.end - from);
       if (c.direct) span = (span + kDirectReadAlign - 1) & ~std::uint64_t{kDirectReadAlign - 1};
-      const ssize_t got = pread(c.slice.file.get(), c.data(), static_cast<std::size_t>(span), static_cast<off_t>(from));
+      std::int64_t got = -EAGAIN;
+      if (c.ahead) {
+        const bool same = c.ahead_from == from && c.ahead_span == span;
+        got = c.finish_ahead();
+        if (same && got >= 0) {
+          std::swap(c.buffer, c.spare);
+        } else {
+          got = -EAGAIN;  // not the stretch wanted now, or it failed: read it here
+        }
+      }
+      if (got == -EAGAIN) {
+        const ssize_t n = pread(c.slice.file.get(), c.data(), static_cast<std::size_t>(span), static_cast<off_t>(from));
+        got = n < 0 ? -errno : n;
+      }
       if (got < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EINVAL && c.direct) {
+        if (got == -EINTR) continue;
+        if (got == -EINVAL && c.direct) {
           c.direct = false;  // the file system refuses direct reads: the page cache, then
           const int flags = fcntl(c.slice.file.get(), F_GETFL);
           if (flags >= 0) fcntl(c.slice.file.get(), F_SETFL, flags & ~O_DIRECT);
           continue;
         }
-        return os_error(Errc::kIo, "reading the log of '" + a.topic + "' partition " + std::to_string(a.partition), errno);
+        return os_error(Errc::kIo, "reading the log of '" + a.topic + "' partition " + std::to_string(a.partition), static_cast<int>(-got));
       }
       // Bytes past the slice's end may be a batch being written: never look at them.
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(got), c.slice.end - from));
@@ -237,9 +278,37 @@ struct TopicConsumer::State {
       c.slice.position += whole - head;
       c.at = head;
       c.size = whole;
+      read_ahead(c);
       return true;
     }
     return false;
+  }
+
+  // Starts reading the stretch after the buffer's batches into the spare buffer, as the next
+  // refill() will ask for it.
+  static void read_ahead(ColdRead& c) {
+    if (c.no_ring || c.slice.position >= c.slice.end) return;
+    if (!c.ring) {
+      c.ring = IoRing::create(2, nullptr);
+      if (!c.ring) {
+        c.no_ring = true;
+        return;
+      }
+    }
+    const std::uint64_t from = c.direct ? c.slice.position & ~std::uint64_t{kDirectReadAlign - 1} : c.slice.position;
+    std::uint64_t span = std::min<std::uint64_t>(c.capacity - kDirectReadAlign, c.slice.end - from);
+    if (c.direct) span = (span + kDirectReadAlign - 1) & ~std::uint64_t{kDirectReadAlign - 1};
+    if (!c.ring->read(c.slice.file.get(), std::span<std::byte>(c.spare.get(), static_cast<std::size_t>(span)), from, 1)) {
+      // Refused, not queued: nothing will land in spare; the next refill reads by itself.
+      if (c.ring->in_flight() > 0) {
+        IoCompletion done[1];
+        (void)c.ring->reap(done, true);
+      }
+      return;
+    }
+    c.ahead = true;
+    c.ahead_from = from;
+    c.ahead_span = span;
   }
 
   // Returns records of a cold partition from its buffer, reading on from the file or the next

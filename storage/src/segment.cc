@@ -13,7 +13,6 @@
 #include <new>
 #include <optional>
 
-#include "io_ring.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "weft/fabric/io_ring.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/result.h"
 #include "weft/fabric/shared_memory.h"
@@ -88,8 +89,6 @@ struct TimeIndexEntry {
   std::int64_t timestamp = 0;
   std::int32_t relative_offset = 0;
 };
-
-class IoRing;
 
 class Segment {
  public:

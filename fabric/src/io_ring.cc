@@ -1,11 +1,11 @@
-#include "io_ring.h"
+#include "weft/fabric/io_ring.h"
 
 #include <liburing.h>
 
 #include <cerrno>
 #include <cstring>
 
-namespace weft::storage {
+namespace weft {
 
 struct IoRing::Impl {
   io_uring ring{};
@@ -14,7 +14,7 @@ struct IoRing::Impl {
 IoRing::IoRing() : impl_(std::make_unique<Impl>()) {}
 
 IoRing::~IoRing() {
-  // The kernel may still be writing from the caller's buffers: finish before they go.
+  // The kernel may still be using the caller's buffers: finish before they go.
   IoCompletion done[8];
   while (in_flight_ > 0)
     if (reap(done, true) == 0) break;
@@ -36,20 +36,30 @@ bool IoRing::write(int fd, std::span<const std::byte> bytes, std::uint64_t offse
   if (sqe == nullptr) return false;
   io_uring_prep_write(sqe, fd, bytes.data(), static_cast<unsigned>(bytes.size()), offset);
   io_uring_sqe_set_data64(sqe, tag);
+  return submit_queued(sqe);
+}
+
+bool IoRing::read(int fd, std::span<std::byte> into, std::uint64_t offset, std::uint64_t tag) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&impl_->ring);
+  if (sqe == nullptr) return false;
+  io_uring_prep_read(sqe, fd, into.data(), static_cast<unsigned>(into.size()), offset);
+  io_uring_sqe_set_data64(sqe, tag);
+  return submit_queued(sqe);
+}
+
+bool IoRing::submit_queued(void* queued) {
   int submitted;
   do {
     submitted = io_uring_submit(&impl_->ring);
   } while (submitted == -EINTR);
-  if (submitted < 1) {
-    // The entry stays in the queue and would go with the next submit: turn it into a no-op that
-    // the reaper ignores (tag 0), since the caller writes these bytes itself.
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, 0);
-    ++in_flight_;
-    return false;
-  }
   ++in_flight_;
-  return true;
+  if (submitted >= 1) return true;
+  // The entry stays queued and would go with the next submit: it becomes a no-op that reap()
+  // drops (tag 0), since the caller moves these bytes itself.
+  auto* last = static_cast<io_uring_sqe*>(queued);
+  io_uring_prep_nop(last);
+  io_uring_sqe_set_data64(last, 0);
+  return false;
 }
 
 std::size_t IoRing::reap(std::span<IoCompletion> out, bool wait) {
@@ -73,4 +83,4 @@ std::size_t IoRing::reap(std::span<IoCompletion> out, bool wait) {
   return got;
 }
 
-}  // namespace weft::storage
+}  // namespace weft

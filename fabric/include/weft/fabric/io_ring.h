@@ -1,9 +1,9 @@
-// A small io_uring for one segment's writes: queue writes, submit them, collect completions.
-// No threads of its own and no registered buffers (a non-root user's RLIMIT_MEMLOCK is 8 MiB);
-// its value here is that the kernel writes one buffer while the caller fills the next.
+// A small io_uring for file reads and writes: queue one, submit it, collect completions. No
+// threads of its own and no registered buffers (a non-root user's RLIMIT_MEMLOCK is 8 MiB); its
+// value is overlap: the kernel writes one buffer while a segment fills the next, or reads the
+// next stretch of a log while a consumer decodes the last.
 //
-// Thread contract: one thread at a time (the segment's owner). liburing stays out of every
-// header but this private one.
+// Thread contract: one thread at a time (its owner). liburing stays out of this header.
 #pragma once
 
 #include <cstddef>
@@ -12,11 +12,12 @@
 #include <span>
 #include <string>
 
-namespace weft::storage {
+namespace weft {
 
 struct IoCompletion {
+  // Which request: the tag given to write() or read().
   std::uint64_t tag = 0;
-  std::int32_t result = 0;  // bytes written, or -errno
+  std::int32_t result = 0;  // bytes moved, or -errno
 };
 
 class IoRing {
@@ -29,8 +30,11 @@ class IoRing {
   IoRing& operator=(const IoRing&) = delete;
 
   // Queues a write of `bytes` at `offset` and submits it; false when the ring refuses it (no
-  // room, or the submit failed): the caller writes it itself.
+  // room, or the submit failed): the caller writes it itself. The bytes must stay put until the
+  // write completes.
   bool write(int fd, std::span<const std::byte> bytes, std::uint64_t offset, std::uint64_t tag);
+  // The same for a read into `into`.
+  bool read(int fd, std::span<std::byte> into, std::uint64_t offset, std::uint64_t tag);
   // Fills `out` with finished writes, waiting for at least one if `wait` (and any are in
   // flight); returns how many.
   std::size_t reap(std::span<IoCompletion> out, bool wait);
@@ -38,9 +42,10 @@ class IoRing {
 
  private:
   IoRing();
+  bool submit_queued(void* queued);  // an io_uring_sqe*
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::size_t in_flight_ = 0;
 };
 
-}  // namespace weft::storage
+}  // namespace weft
