@@ -1,5 +1,6 @@
 #include "weft/node.h"
 
+#include "weft/fabric/file.h"
 #include "weft/fabric/log.h"
 
 #include <dirent.h>
@@ -621,14 +622,7 @@ Result<void> Node::save_topic(const std::string& name, const TopicConfig& c) con
                      "\nsegment.ms=" + std::to_string(c.segment_ms) + "\nfsync=" + fsync_policy_name(c) +
                      "\nflow.control=" + (c.consumer_flow_control ? "consumers" : "none") +
                      "\nproducer.slots=" + std::to_string(c.producer_slots) + "\nconsumer.slots=" + std::to_string(c.consumer_slots) + "\n";
-  const std::string path = options_.metadata_dir + "/" + name + ".topic";
-  const std::string temp = path + ".tmp";
-  UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!fd.valid()) return os_error(Errc::kIo, "writing " + temp, errno);
-  if (write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) || fdatasync(fd.get()) != 0)
-    return os_error(Errc::kIo, "writing " + temp, errno);
-  if (::rename(temp.c_str(), path.c_str()) != 0) return os_error(Errc::kIo, "renaming " + temp, errno);
-  return ok();
+  return replace_file(options_.metadata_dir + "/" + name + ".topic", text);
 }
 
 Result<void> Node::load_topics() {

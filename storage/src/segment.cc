@@ -122,7 +122,7 @@ std::string segment_file_name(Offset base, std::string_view extension) {
   return std::string(name) + std::string(extension);
 }
 
-Result<void> Segment::open_files(const std::string& dir, bool create) {
+Result<void> Segment::open_files(const std::string& dir, bool create, bool keep_indexes) {
   log_path_ = dir + "/" + segment_file_name(base_, ".log");
   index_path_ = dir + "/" + segment_file_name(base_, ".index");
   time_index_path_ = dir + "/" + segment_file_name(base_, ".timeindex");
@@ -143,9 +143,10 @@ Result<void> Segment::open_files(const std::string& dir, bool create) {
     if (create) ::unlink(log_path_.c_str());
     return os_error(error == ENOSPC ? Errc::kResourceExhausted : Errc::kIo, "opening " + path, error);
   };
-  index_file_ = UniqueFd(::open(index_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  const int index_flags = O_RDWR | O_CREAT | O_CLOEXEC | (keep_indexes ? 0 : O_TRUNC);
+  index_file_ = UniqueFd(::open(index_path_.c_str(), index_flags, 0644));
   if (!index_file_.valid()) return undo(index_path_, errno);
-  time_index_file_ = UniqueFd(::open(time_index_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  time_index_file_ = UniqueFd(::open(time_index_path_.c_str(), index_flags, 0644));
   if (!time_index_file_.valid()) return undo(time_index_path_, errno);
   return ok();
 }
@@ -165,6 +166,87 @@ Result<Segment> Segment::open(const std::string& dir, Offset base, bool last, Se
   SegmentRecovery local;
   WEFT_TRY_VOID(s.recover(last, recovery != nullptr ? *recovery : local));
   return s;
+}
+
+Result<Segment> Segment::open_trusted(const std::string& dir, Offset base, SegmentRecovery* recovery, const SegmentOptions& options) {
+  if (base.value < 0) return Error{Errc::kInvalidArgument, "segment base offset must not be negative"};
+  Segment s(base, options);
+  WEFT_TRY_VOID(s.open_files(dir, false, true));
+  if (!s.load_indexes()) return open(dir, base, false, recovery, options);
+  if (recovery != nullptr) recovery->trusted = true;
+  return s;
+}
+
+bool Segment::load_indexes() {
+  struct stat st{};
+  if (fstat(log_.get(), &st) != 0) return false;
+  const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
+  if (file_bytes > kMaxSegmentBytes) return false;
+  auto read_file = [](int fd, std::size_t entry) -> std::optional<std::vector<std::byte>> {
+    struct stat f{};
+    if (fstat(fd, &f) != 0 || f.st_size < 0 || static_cast<std::size_t>(f.st_size) % entry != 0 || f.st_size > (off_t{1} << 30))
+      return std::nullopt;
+    std::vector<std::byte> bytes(static_cast<std::size_t>(f.st_size));
+    Result<std::size_t> got = read_at(fd, bytes, 0, "");
+    if (!got.ok() || *got != bytes.size()) return std::nullopt;
+    return bytes;
+  };
+  const std::optional<std::vector<std::byte>> index = read_file(index_file_.get(), 8);
+  const std::optional<std::vector<std::byte>> times = read_file(time_index_file_.get(), 12);
+  if (!index || !times) return false;
+  // Kafka's sanity checks: entries in order, inside the log.
+  for (std::size_t i = 0; i < index->size(); i += 8) {
+    const IndexEntry e{wire::load_be32(index->data() + i), wire::load_be32(index->data() + i + 4)};
+    if (e.relative_offset < 0 || e.position < 0 || static_cast<std::uint64_t>(e.position) >= file_bytes) return false;
+    if (!index_.empty() && (e.relative_offset <= index_.back().relative_offset || e.position <= index_.back().position)) return false;
+    index_.push_back(e);
+  }
+  for (std::size_t i = 0; i < times->size(); i += 12) {
+    const TimeIndexEntry e{wire::load_be64(times->data() + i), wire::load_be32(times->data() + i + 8)};
+    if (e.relative_offset < 0 || (!index_.empty() && e.relative_offset > index_.back().relative_offset)) return false;
+    if (!time_index_.empty() && (e.timestamp <= time_index_.back().timestamp || e.relative_offset < time_index_.back().relative_offset))
+      return false;
+    time_index_.push_back(e);
+  }
+  // The batches from the last indexed one to the end, header by header: they give the next
+  // offset and the largest timestamp, and re-add the last entries exactly as appends made them.
+  // The largest timestamp up to the last indexed batch is the time index's last entry (an entry
+  // is added whenever an indexed batch finds the maximum grown).
+  max_timestamp_ = time_index_.empty() ? -1 : time_index_.back().timestamp;
+  std::uint64_t position = 0;
+  if (!index_.empty()) {
+    position = static_cast<std::uint64_t>(index_.back().position);
+    if (!time_index_.empty() && time_index_.back().relative_offset == index_.back().relative_offset) time_index_.pop_back();
+    index_.pop_back();
+    next_ = Offset{base_.value + (index_.empty() ? 0 : index_.back().relative_offset + 1)};  // a lower bound
+    bytes_since_index_ = options_.index_interval_bytes;
+  }
+  index_written_ = index_.size();
+  time_index_written_ = time_index_.size();
+  std::byte header[kBatchHeaderBytes];
+  while (position < file_bytes) {
+    Result<std::size_t> got = read_at(log_.get(), header, position, log_path_);
+    if (!got.ok() || *got < kBatchHeaderBytes) return false;
+    const BatchHeader h = header_of(header);
+    if (h.total_bytes < kBatchHeaderBytes || h.total_bytes > kMaxBatchBytes || h.total_bytes > file_bytes - position) return false;
+    if (h.base < next_ || h.last_offset_delta < 0) return false;
+    const Offset last{h.base.value + h.last_offset_delta};
+    if (last.value - base_.value > INT32_MAX) return false;
+    note_batch(position, last, h.max_timestamp, h.total_bytes);
+    position += h.total_bytes;
+  }
+  if (position != file_bytes) return false;
+  filling_at_ = written_ = size_ = file_bytes;
+  written_next_ = next_;
+  // An entry the walk added (an index file cut short) goes to the file now.
+  return write_indexes().ok();
+}
+
+Result<void> Segment::sync_indexes() {
+  WEFT_TRY_VOID(flush());
+  if (fdatasync(index_file_.get()) != 0) return os_error(Errc::kIo, "fdatasync " + index_path_, errno);
+  if (fdatasync(time_index_file_.get()) != 0) return os_error(Errc::kIo, "fdatasync " + time_index_path_, errno);
+  return ok();
 }
 
 void Segment::note_batch(std::uint64_t position, Offset last, std::int64_t max_timestamp, std::size_t bytes) {

@@ -7,12 +7,40 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <span>
 
+#include "weft/fabric/crc32c.h"
+#include "weft/fabric/file.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 
 namespace weft::storage {
+namespace {
+
+constexpr const char* kRecoveryPointFile = "/recovery-point";
+
+// "1 <offset> <crc32c of the text before it, hex>": a torn or foreign file reads as none.
+std::string recovery_point_text(Offset offset) {
+  const std::string body = "1 " + std::to_string(offset.value);
+  char crc[16];
+  std::snprintf(crc, sizeof(crc), "%08x", crc32c(std::as_bytes(std::span(body.data(), body.size()))));
+  return body + " " + crc + "\n";
+}
+
+Offset read_recovery_point(const std::string& dir) {
+  std::ifstream in(dir + kRecoveryPointFile);
+  std::string version, offset, crc;
+  if (!(in >> version >> offset >> crc) || version != "1") return Offset{-1};
+  std::int64_t value = -1;
+  const auto [end, parse_error] = std::from_chars(offset.data(), offset.data() + offset.size(), value);
+  if (parse_error != std::errc{} || end != offset.data() + offset.size() || value < 0) return Offset{-1};
+  return recovery_point_text(Offset{value}) == version + " " + offset + " " + crc + "\n" ? Offset{value} : Offset{-1};
+}
+
+}  // namespace
 
 Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Offset start, SegmentLogOptions options,
                                                      SegmentLogRecovery* recovery) {
@@ -36,10 +64,15 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   std::unique_ptr<SegmentLog> log(new SegmentLog(dir, options));
   SegmentLogRecovery local;
   SegmentLogRecovery& found = recovery != nullptr ? *recovery : local;
+  found.recovery_point = read_recovery_point(dir);
   for (std::size_t i = 0; i < bases.size(); ++i) {
     const bool last = i + 1 == bases.size();
     SegmentRecovery r;
-    WEFT_TRY(Segment segment, Segment::open(dir, Offset{bases[i]}, last, &r, options.segment));
+    // Whole on disk when the recovery point moved past the next segment's base.
+    const bool trusted = !last && found.recovery_point.value >= bases[i + 1];
+    WEFT_TRY(Segment segment, trusted ? Segment::open_trusted(dir, Offset{bases[i]}, &r, options.segment)
+                                      : Segment::open(dir, Offset{bases[i]}, last, &r, options.segment));
+    if (r.trusted) ++found.trusted_segments;
     if (!log->segments_.empty() && segment.base_offset() < log->segments_.back()->next_offset())
       return Error{Errc::kCorrupt, segment.log_path() + " starts at offset " + std::to_string(bases[i]) +
                                        ", inside the segment before it (which ends at " +
@@ -82,6 +115,11 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     active->seal();
     WEFT_TRY(Segment next, Segment::create(dir_, base, options_.segment));
     segments_.push_back(std::make_unique<Segment>(std::move(next)));
+    // The closed segment, synced with its indexes, needs no reading through at the next start.
+    // Failing that, the next start reads more: nothing is lost.
+    Result<void> marked = active->sync_indexes();
+    if (marked.ok()) marked = replace_file(dir_ + kRecoveryPointFile, recovery_point_text(base));
+    if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", dir_}, {"reason", marked.error().message}});
     active = segments_.back().get();
     active_since_ms_ = -1;
   }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -108,7 +109,11 @@ TEST(SegmentLog, ReopensWhereItStoppedAndCarriesOn) {
   EXPECT_EQ((*log)->next_offset(), next);
   EXPECT_EQ((*log)->segment_count(), segments);
   EXPECT_EQ(recovery.segments, segments);
-  EXPECT_EQ(recovery.batches, 200u);
+  // Every closed segment was synced before the recovery point moved past it: only the last is
+  // read through
+  EXPECT_EQ(recovery.trusted_segments, segments - 1);
+  EXPECT_GT(recovery.batches, 0u);
+  EXPECT_LT(recovery.batches, 200u);
   EXPECT_EQ(recovery.truncated_bytes, 0u);
   EXPECT_TRUE((*log)->append(batch_at(next.value, 3)).ok());
   EXPECT_EQ(first_base(**log, next), next.value);
@@ -134,7 +139,9 @@ TEST(SegmentLog, ATornLastSegmentIsCutAndACorruptEarlierOneRefused) {
   EXPECT_GE(recovery.truncated_from.value, 0);
   EXPECT_EQ((*torn)->next_offset(), recovery.truncated_from);
   torn->reset();
-  // A flipped byte in an earlier segment: the partition cannot be opened, and says where.
+  // A flipped byte in an earlier segment that no recovery point vouches for (a crash before it
+  // moved): the partition cannot be opened, and says where.
+  std::filesystem::remove(dir.partition() + "/recovery-point");
   {
     const int fd = ::open(logs[1].c_str(), O_RDWR);
     std::byte b{};
@@ -147,6 +154,80 @@ TEST(SegmentLog, ATornLastSegmentIsCutAndACorruptEarlierOneRefused) {
   ASSERT_FALSE(corrupt.ok());
   EXPECT_EQ(corrupt.error().code, Errc::kCorrupt);
   EXPECT_NE(corrupt.error().message.find(logs[1].filename().string()), std::string::npos) << corrupt.error().message;
+}
+
+// Batches whose timestamps go up and down, so the time index keeps maxima between its entries.
+std::int64_t fill_unordered_times(SegmentLog& log, std::int64_t from, int batches) {
+  std::int64_t offset = from;
+  for (int i = 0; i < batches; ++i) {
+    const int n = 1 + i % 4;
+    const std::int64_t ts = 1'700'000'000'000 + (i * 7919) % 1000 * 10;
+    std::vector<std::byte> batch(kBatchHeaderBytes + static_cast<std::size_t>(n) * 160);
+    const std::vector<std::byte> value(120, std::byte{0x42});
+    BatchBuilder builder(batch);
+    for (int r = 0; r < n; ++r) {
+      RecordInput record;
+      record.value = std::span<const std::byte>(value);
+      record.timestamp_ms = ts + r;
+      EXPECT_TRUE(builder.append(record));
+    }
+    std::span<std::byte> built = builder.finish();
+    stamp_base_offset(built, Offset{offset});
+    batch.resize(built.size());
+    EXPECT_TRUE(log.append(batch).ok());
+    offset += n + (i % 40 == 39 ? 2 : 0);
+  }
+  return offset;
+}
+
+TEST(SegmentLog, SegmentsBeforeTheRecoveryPointOpenFromTheirIndexesAndAnswerAsAFullCheckDoes) {
+  TempDir dir;
+  // Given a log of many closed segments (timestamps up and down), closed cleanly
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    (void)fill_unordered_times(*log, 0, 600);
+    ASSERT_TRUE(log->sync().ok());
+  }
+  // When it is opened twice: as it is (closed segments trusted), and with no recovery point
+  SegmentLogRecovery trusted_recovery, full_recovery;
+  auto trusted = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &trusted_recovery).value();
+  const std::string copy = dir.path() + "/copy-0";
+  std::filesystem::copy(dir.partition(), copy);
+  std::filesystem::remove(copy + "/recovery-point");
+  auto full = SegmentLog::open(copy, Offset{0}, small_segments(), &full_recovery).value();
+
+  // Expect every closed segment opened from its indexes in the first, none in the second
+  ASSERT_GE(trusted->segment_count(), 8u);
+  EXPECT_EQ(trusted_recovery.trusted_segments, trusted->segment_count() - 1);
+  EXPECT_EQ(full_recovery.trusted_segments, 0u);
+  // ... and both answering alike: ends, sizes, every offset, and lookups by time
+  EXPECT_EQ(trusted->next_offset(), full->next_offset());
+  EXPECT_EQ(trusted->size_bytes(), full->size_bytes());
+  for (std::int64_t o = 0; o < full->next_offset().value; ++o) ASSERT_EQ(first_base(*trusted, Offset{o}), first_base(*full, Offset{o})) << o;
+  for (std::int64_t t = 1'700'000'000'000 - 5; t < 1'700'000'000'000 + 10'010; t += 7) {
+    Result<Offset> a = trusted->offset_for_timestamp(t);
+    Result<Offset> b = full->offset_for_timestamp(t);
+    ASSERT_EQ(a.ok(), b.ok()) << t;
+    if (a.ok()) {
+      ASSERT_EQ(*a, *b) << t;
+    }
+  }
+  // ... and index files that do not hold together (cut short, garbage) checked in full instead
+  std::vector<std::filesystem::path> indexes;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.partition()))
+    if (entry.path().extension() == ".index") indexes.push_back(entry.path());
+  std::sort(indexes.begin(), indexes.end());
+  trusted.reset();
+  std::filesystem::resize_file(indexes[1], std::filesystem::file_size(indexes[1]) - 3);
+  {
+    std::fstream f(indexes[2], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0);
+    f.write("\x7f\xff\xff\xff\x7f\xff\xff\xff", 8);
+  }
+  SegmentLogRecovery damaged_recovery;
+  auto damaged = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &damaged_recovery).value();
+  EXPECT_EQ(damaged_recovery.trusted_segments, damaged->segment_count() - 3);
+  for (std::int64_t o = 0; o < full->next_offset().value; ++o) ASSERT_EQ(first_base(*damaged, Offset{o}), first_base(*full, Offset{o})) << o;
 }
 
 TEST(SegmentLog, ReadsMayComeFromAnotherThreadWhileItAppends) {

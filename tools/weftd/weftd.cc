@@ -21,6 +21,7 @@
 #include <toml++/toml.h>
 #include <vector>
 
+#include "weft/fabric/file.h"
 #include "weft/fabric/local_protocol.h"
 #include "weft/fabric/local_server.h"
 #include "weft/fabric/log.h"
@@ -239,14 +240,8 @@ int main(int argc, char** argv) {
                                                        "); this weftd reads '" + expected.substr(0, expected.size() - 1) +
                                                        "'. Use the weftd that wrote it, or another --data-dir"});
     if (!in.is_open()) {
-      // Written aside, synced and renamed: a crash leaves no file or the whole one.
-      const std::string temp = version_path + ".tmp";
-      const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      const bool written = fd >= 0 && ::write(fd, expected.data(), expected.size()) == static_cast<ssize_t>(expected.size()) &&
-                           ::fdatasync(fd) == 0;
-      if (fd >= 0) ::close(fd);
-      if (!written || ::rename(temp.c_str(), version_path.c_str()) != 0)
-        return fail(os_error(Errc::kIo, "writing " + version_path, errno));
+      // A crash leaves no file or the whole one.
+      if (Result<void> written = replace_file(version_path, expected); !written.ok()) return fail(std::move(written).error());
     }
   }
   const std::string pid_text = std::to_string(getpid()) + "\n";

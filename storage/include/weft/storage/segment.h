@@ -77,6 +77,7 @@ struct SegmentRecovery {
   std::uint64_t truncated_bytes = 0;  // a torn or corrupt tail cut off (last segment only)
   Offset truncated_from{-1};          // the offset where the cut began, when known
   bool index_rebuilt = false;
+  bool trusted = false;  // below the log's recovery point: opened from its indexes, not read through
   std::string reason;  // why the tail was cut, for the log
 };
 
@@ -99,6 +100,12 @@ class Segment {
   // in any other segment it is an error (kCorrupt): its data cannot be trusted.
   static Result<Segment> open(const std::string& dir, Offset base, bool last, SegmentRecovery* recovery = nullptr,
                               const SegmentOptions& options = {});
+  // A closed segment known to be whole (synced, with its indexes, before the log's recovery
+  // point moved past it): opened from its index files and the batch headers after their last
+  // entry, without reading the log through. Indexes that do not hold together fall back to
+  // open()'s full check.
+  static Result<Segment> open_trusted(const std::string& dir, Offset base, SegmentRecovery* recovery = nullptr,
+                                      const SegmentOptions& options = {});
 
   Segment(Segment&&) noexcept;
   Segment& operator=(Segment&&) noexcept;
@@ -122,6 +129,8 @@ class Segment {
   Result<void> poll_writes();
   // flush(), then fdatasync of the log (the indexes are derived: rebuilt on open).
   Result<void> sync();
+  // fdatasync of both index files, for a segment about to be trusted (open_trusted).
+  Result<void> sync_indexes();
 
   // The file position of the first batch whose last offset is at or after `offset` (the batch
   // that holds it, or the next one when an aborted claim skipped it): an index lookup, then a
@@ -180,7 +189,8 @@ class Segment {
   static constexpr std::size_t kRecentBoundaries = 64;
 
   Segment(Offset base, const SegmentOptions& options);
-  Result<void> open_files(const std::string& dir, bool create);
+  Result<void> open_files(const std::string& dir, bool create, bool keep_indexes = false);
+  bool load_indexes();  // false: the index files do not hold together
   // Hands the filling buffer to the kernel: everything (`whole`), or its whole blocks only, the
   // ragged tail moving to the next buffer.
   Result<void> start_writes(bool whole);

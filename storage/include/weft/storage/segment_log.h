@@ -29,6 +29,8 @@ struct SegmentLogOptions {
 // What opening a partition folder found (for the node's log).
 struct SegmentLogRecovery {
   std::uint32_t segments = 0;
+  std::uint32_t trusted_segments = 0;  // closed before the recovery point: not read through
+  Offset recovery_point{-1};           // from the folder's recovery-point file (-1: none)
   std::uint64_t batches = 0;
   std::uint64_t truncated_bytes = 0;
   Offset truncated_from{-1};
@@ -37,9 +39,11 @@ struct SegmentLogRecovery {
 
 class SegmentLog final : public PartitionLog {
  public:
-  // Opens (or creates) the folder `dir` for a log that starts at `start` when empty. Every
-  // segment is checked; a torn tail of the last one is cut; a bad batch in any other is an
-  // error (kCorrupt): the partition cannot be served.
+  // Opens (or creates) the folder `dir` for a log that starts at `start` when empty. Segments
+  // that closed before the folder's recovery point (`recovery-point`: moved to each new
+  // segment's base once the one before is synced with its indexes) are opened from their
+  // indexes; every other segment is read through and checked: a torn tail of the last one is
+  // cut; a bad batch in any other is an error (kCorrupt): the partition cannot be served.
   static Result<std::unique_ptr<SegmentLog>> open(const std::string& dir, Offset start, SegmentLogOptions options = {},
                                                   SegmentLogRecovery* recovery = nullptr);
 
