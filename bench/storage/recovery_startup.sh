@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # How long a node with many partitions takes to come back: creates a topic of N partitions
-# (64 KiB rings), writes R records spread over them by key, stops weftd, starts it again and
-# times start-to-ready (every partition's log recovered: segments scanned, CRCs checked,
-# indexes rebuilt). Usage: recovery_startup.sh [BUILD_DIR] [PARTITIONS] [RECORDS]
+# (64 KiB rings, segments of SEGMENT_BYTES), writes R records spread over them by key, stops
+# weftd, then times start-to-ready three times (every partition's log recovered: closed
+# segments below the recovery point opened from their indexes, the rest read through with
+# CRCs checked, indexes rebuilt), the third with the recovery points removed (everything read
+# through). Usage: recovery_startup.sh [BUILD_DIR] [PARTITIONS] [RECORDS] [SEGMENT_BYTES]
 set -euo pipefail
 build=${1:-build/release}
 partitions=${2:-1000}
 records=${3:-200000}
+segment_bytes=${4:-1073741824}
 dir=$(mktemp -d /tmp/weft-recovery-XXXXXX)
 pid=
 cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$dir"; }
@@ -24,13 +27,22 @@ start() {
 stop() { kill -TERM "$pid"; wait "$pid" || true; pid=; }
 
 start
-"$build/tools/weft" --socket "$sock" topic create many --partitions "$partitions" --config ring.capacity.bytes=65536 --config max.batch.bytes=16384 >/dev/null
+"$build/tools/weft" --socket "$sock" topic create many --partitions "$partitions" --config ring.capacity.bytes=65536 --config max.batch.bytes=16384 --config segment.bytes="$segment_bytes" >/dev/null
 seq 1 "$records" | sed 's/^\(.*\)$/key\1:value-\1-padding-padding-padding-padding/' |
   "$build/tools/weft" --socket "$sock" produce many --key-sep : 2>/dev/null
 stop
 du -sh "$dir/data" | awk '{print "data directory: " $1}'
-began=$(date +%s%N)
-start
-ready=$(date +%s%N)
-echo "partitions=$partitions records=$records restart_to_serving_ms=$(( (ready - began) / 1000000 ))"
+restart() {
+  local began ready
+  began=$(date +%s%N)
+  start
+  ready=$(date +%s%N)
+  echo "$1: partitions=$partitions records=$records segment_bytes=$segment_bytes restart_to_serving_ms=$(( (ready - began) / 1000000 ))"
+}
+restart "first restart"
 "$build/tools/weft" --socket "$sock" topic describe many | head -3
+stop
+restart "second restart"
+stop
+find "$dir/data" -name recovery-point -delete
+restart "without recovery points (every segment read through)"

@@ -189,7 +189,7 @@ class Segment {
   static constexpr std::size_t kRecentBoundaries = 64;
 
   Segment(Offset base, const SegmentOptions& options);
-  Result<void> open_files(const std::string& dir, bool create, bool keep_indexes = false);
+  Result<void> open_files(const std::string& dir, bool create);
   bool load_indexes();  // false: the index files do not hold together
   // Hands the filling buffer to the kernel: everything (`whole`), or its whole blocks only, the
   // ragged tail moving to the next buffer.
