@@ -2,8 +2,12 @@
 
 #include <liburing.h>
 
+#include <sched.h>
+
 #include <cerrno>
 #include <cstring>
+
+#include "weft/fabric/result.h"
 
 namespace weft {
 
@@ -16,8 +20,7 @@ IoRing::IoRing() : impl_(std::make_unique<Impl>()) {}
 IoRing::~IoRing() {
   // The kernel may still be using the caller's buffers: finish before they go.
   IoCompletion done[8];
-  while (in_flight_ > 0)
-    if (reap(done, true) == 0) break;
+  while (in_flight_ > 0) (void)reap(done, true);
   io_uring_queue_exit(&impl_->ring);
 }
 
@@ -64,14 +67,16 @@ bool IoRing::submit_queued(void* queued) {
 
 std::size_t IoRing::reap(std::span<IoCompletion> out, bool wait) {
   std::size_t got = 0;
-  int failures = 0;
   while (got < out.size() && in_flight_ > 0) {
     io_uring_cqe* cqe = nullptr;
     if (io_uring_peek_cqe(&impl_->ring, &cqe) != 0 || cqe == nullptr) {
       if (!wait || got > 0) break;
-      // Submits whatever a failed submit left queued, then sleeps for a completion.
+      // Submits whatever a failed submit left queued, then sleeps for a completion. The kernel
+      // owns the callers' buffers until each request completes, so there is no giving up: a
+      // busy ring is waited out; any other error is our misuse of the ring.
       const int error = io_uring_submit_and_wait(&impl_->ring, 1);
-      if (error < 0 && error != -EINTR && ++failures > 3) break;  // the caller reports it
+      if (error == -EBUSY || error == -EAGAIN) sched_yield();
+      WEFT_CHECK(error >= 0 || error == -EINTR || error == -EBUSY || error == -EAGAIN, "io_uring_submit_and_wait failed");
       continue;
     }
     const std::uint64_t tag = io_uring_cqe_get_data64(cqe);

@@ -534,20 +534,38 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
     took = true;
   }
   p.log_backlog = bytes >= budget;  // more to write: the next pass comes at once
-  if (took || p.unflushed) {
+  // A pass that left more in the ring kept its ragged tail back for the next; if that one finds
+  // nothing new, the tail goes now.
+  const bool tail_kept = !took && !p.unflushed && !p.log_writes.empty();
+  if (took || p.unflushed || tail_kept) {
     // The disk writes in the background (a later pass collects it); a retry after a failure
     // waits for everything, so the error is known now.
     if (Result<void> started = p.unflushed ? p.log->flush() : p.log->submit(p.log_backlog); !started.ok()) {
       p.unflushed = true;
       return log_failed(p, started.error(), true, now);
     }
+    const bool retried = p.unflushed;
     p.unflushed = false;
-    p.log_writes.push_back({p.log->next_offset(), writer.next_offset(), writer.position().value});
+    if (took || retried) {
+      const Partition::LogWrite checkpoint{p.log->next_offset(), writer.next_offset(), writer.position().value};
+      // Bounded: past 64 passes in flight (a slow disk, passes every 10 µs) the newest stands for
+      // them all, which only delays acknowledgements until it is written.
+      if (p.log_writes.size() >= 64) {
+        p.log_writes.back() = checkpoint;
+      } else {
+        p.log_writes.push_back(checkpoint);
+      }
+    }
   }
   const bool sync_due = config.fsync == FsyncPolicy::kAlways ||
                         (config.fsync == FsyncPolicy::kInterval && now - p.last_sync_ns >= config.fsync_interval_ms * 1'000'000);
   const bool unsynced = !p.log_writes.empty() || p.written_offset > p.durable_offset;
   if (config.fsync != FsyncPolicy::kNone && sync_due && unsynced) {
+    // Writes first: one that failed (a full disk) is retried later, like any write.
+    if (Result<void> flushed = p.log->flush(); !flushed.ok()) {
+      p.unflushed = true;
+      return log_failed(p, flushed.error(), true, now);
+    }
     // One fdatasync for everything written since the last: producers waiting on durability are
     // answered together (group commit). A failed fdatasync is not retried: the kernel may have
     // dropped the dirty pages it could not write, so a retry could report success falsely.

@@ -300,7 +300,6 @@ Segment::Segment(Offset base, const SegmentOptions& options) : options_(options)
 }
 
 Segment::Segment(Segment&&) noexcept = default;
-Segment& Segment::operator=(Segment&&) noexcept = default;
 
 Result<void> Segment::append(std::span<const std::byte> batch) {
   WEFT_TRY(const BatchView view, BatchView::parse_header(batch, false));
@@ -365,6 +364,7 @@ void Segment::write_range(std::size_t buffer, std::uint64_t begin, std::uint64_t
   flight.direct = direct;
   flight.tag = next_tag_++;
   const std::span<const std::byte> bytes = buffers_[buffer].range(begin, end);
+  direct = direct && direct_.valid();  // a completion may have turned the segment buffered
   if (direct && !io_ring_ && !io_ring_refused_ && options_.io_uring) {
     std::string why;
     io_ring_ = IoRing::create(static_cast<unsigned>(2 * options_.write_buffers), &why);
@@ -376,7 +376,7 @@ void Segment::write_range(std::size_t buffer, std::uint64_t begin, std::uint64_t
   flights_.push_back(flight);
   if (direct && io_ring_ && io_ring_->write(direct_.get(), bytes, begin, flight.tag)) return;
   // Small writes through the page cache go at once: io_uring would hand them to a worker thread.
-  const int error = pwrite_all(direct && direct_.valid() ? direct_.get() : log_.get(), bytes, begin);
+  const int error = pwrite_all(direct ? direct_.get() : log_.get(), bytes, begin);
   finish(flights_.back(), error == 0 ? static_cast<std::int32_t>(bytes.size()) : -error);
 }
 
@@ -407,15 +407,19 @@ void Segment::collect(bool wait) {
     for (std::size_t i = 0; i < got; ++i)
       for (Flight& flight : flights_)
         if (flight.tag == done[i].tag) finish(flight, done[i].result);
-    if (wait && got == 0) {
-      // The ring stopped completing (it should not): whatever it held is written again by hand.
-      for (Flight& flight : flights_)
-        if (flight.state == Flight::State::kInFlight) finish(flight, 0);
-      io_ring_.reset();
-      io_ring_refused_ = true;
-    }
   }
   advance_written();
+}
+
+void Segment::wait_for_writes() {
+  for (;;) {
+    bool waiting = false;
+    for (const Flight& flight : flights_) waiting = waiting || flight.state == Flight::State::kInFlight;
+    if (!waiting) return;
+    // A flight in flight is in the ring until it completes (reap waits it out, never gives up).
+    WEFT_CHECK(io_ring_ && io_ring_->in_flight() > 0, "a segment write in flight without its ring");
+    collect(true);
+  }
 }
 
 void Segment::advance_written() {
@@ -525,21 +529,19 @@ Result<void> Segment::poll_writes() {
 }
 
 Result<void> Segment::flush() {
-  // Failed writes first: they come before whatever the filling buffer holds.
+  // Writes in flight finish first (an error returned below leaves none behind), then failed
+  // writes are tried again: they come before whatever the filling buffer holds.
+  wait_for_writes();
   WEFT_TRY_VOID(retry_failed());
   WEFT_TRY_VOID(start_writes(true));
-  while (!flights_.empty()) {
-    bool waiting = false;
-    for (const Flight& flight : flights_) waiting = waiting || flight.state == Flight::State::kInFlight;
-    if (!waiting) break;
-    collect(true);
-  }
+  wait_for_writes();
   WEFT_TRY_VOID(retry_failed());
   return write_indexes();
 }
 
 void Segment::seal() noexcept {
-  (void)flush();
+  (void)flush();  // on failure the failed writes stay for a later flush, with pwrite
+  wait_for_writes();
   io_ring_.reset();
   direct_ = UniqueFd();
 }
@@ -553,6 +555,7 @@ void WriteBuffer::reset(std::uint64_t file_offset, std::size_t alignment) {
 }
 
 void WriteBuffer::append(std::span<const std::byte> bytes) {
+  if (bytes.empty()) return;
   const std::size_t needed = pad_ + size_ + bytes.size();
   if (needed > capacity_) {
     // Grows by doubling, aligned, keeping the pad so addresses stay congruent to file offsets.
@@ -776,7 +779,7 @@ Result<std::vector<std::byte>> Segment::read_batch(std::uint64_t position) {
 
 Result<void> Segment::remove_files() {
   // Nothing more reaches these files: writes in flight finish, the rest is dropped.
-  while (io_ring_ && io_ring_->in_flight() > 0) collect(true);
+  wait_for_writes();
   flights_.clear();
   buffers_[filling_].reset(size_, direct_alignment_);
   filling_at_ = size_;

@@ -109,8 +109,10 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     if (base < active->next_offset())
       return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the log's next offset " +
                                                std::to_string(active->next_offset().value)};
-    // A closed segment is complete on disk before the next begins. A failed fdatasync is not
-    // to be retried (the kernel may have dropped the pages): kDataLoss stops the log.
+    // A closed segment is complete on disk before the next begins. A write that fails (a full
+    // disk) fails this append, to be offered again; a failed fdatasync is not to be retried
+    // (the kernel may have dropped the pages): kDataLoss stops the log.
+    WEFT_TRY_VOID(active->flush());
     if (Result<void> synced = active->sync(); !synced.ok()) return Error{Errc::kDataLoss, synced.error().message};
     active->seal();
     WEFT_TRY(Segment next, Segment::create(dir_, base, options_.segment));

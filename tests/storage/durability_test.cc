@@ -683,6 +683,60 @@ TEST(FullDisk, ProducersAreToldTheDiskIsFullAndAcknowledgementsResumeWhenSpaceRe
   expect_sequence(records, static_cast<std::int64_t>(acked), kRun);
 }
 
+TEST(FullDisk, WithFsyncAlwaysAndLargeWritesTheLogRetriesRatherThanStops) {
+  constexpr std::size_t kDiskBytes = std::size_t{8} << 20;
+  constexpr std::size_t kFreeBytes = std::size_t{2} << 20;
+  TmpfsMount disk(kDiskBytes);
+  if (!disk.mounted()) GTEST_SKIP() << "full disk: " << disk.why_not();
+  TempDir metadata;
+  // Given a node logging an fsync=always topic on a disk with 2 MiB left, and producers sending
+  // records large enough that each pass's writes go direct, in the background
+  const std::string filler = disk.path() + "/filler";
+  ASSERT_TRUE(write_filler(filler, kDiskBytes - kFreeBytes)) << "could not fill the tmpfs";
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.open_log = open_segment_logs(disk.path() + "/data");
+  options.metadata_dir = metadata.path() + "/topics";
+  options.log_retry_interval_ms = 20;
+  Result<std::unique_ptr<Node>> node = Node::start(options);
+  ASSERT_TRUE(node.ok()) << node.error().message;
+  std::shared_ptr<Client> client = Client::embedded(**node);
+  ASSERT_TRUE(client->create_topic("big", TopicSettings{{"partitions", "1"}, {"ring.capacity.bytes", "8388608"},
+                                                       {"max.batch.bytes", "131072"}, {"fsync", "always"}, {"retention.ms", "-1"}})
+                  .ok());
+  ProducerOptions producer_options;
+  producer_options.acks = Acks::kAll;
+  producer_options.max_block_ms = 10'000;
+  TopicProducer producer = TopicProducer::create(client, "big", producer_options).value();
+  const std::vector<std::byte> value(60'000, std::byte{0x44});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+
+  // When they keep sending, 8 records (480 KB) between acknowledgements (bounded: 200 records,
+  // 12 MB, six times the space left)
+  Result<void> refused = ok();
+  for (int i = 0; i < 200 && refused.ok(); ++i) {
+    Result<SendResult> sent = producer.send_to(0, record);
+    if (!sent.ok()) refused = std::move(sent).error();
+    if (refused.ok() && i % 8 == 7) refused = producer.flush(10'000);
+  }
+
+  // Expect "out of disk space", retried: not a log stopped for good
+  ASSERT_FALSE(refused.ok()) << "12 MB fit in 2 MiB?";
+  EXPECT_EQ(refused.error().code, Errc::kResourceExhausted) << refused.error().message;
+  const std::string full_error = wait_for_log_error(*client, "big", [](const std::string& e) { return !e.empty(); });
+  EXPECT_FALSE(full_error.empty());
+  // ... and when space returns, everything sent acknowledged (within 10 s)
+  ASSERT_EQ(::unlink(filler.c_str()), 0) << std::strerror(errno);
+  Result<void> resumed = Error{Errc::kUnavailable, "not tried"};
+  const auto deadline = Clock::now() + seconds(10);
+  for (int rounds = 0; rounds < 1000 && !resumed.ok() && Clock::now() < deadline; ++rounds) {
+    resumed = producer.flush(100);
+    if (!resumed.ok() && resumed.error().code == Errc::kResourceExhausted) std::this_thread::sleep_for(milliseconds(10));
+  }
+  EXPECT_TRUE(resumed.ok()) << "the log stopped for good after a full disk: " << resumed.error().message;
+}
+
 // One batch of `records` records of `value_bytes` each, at `base`.
 std::vector<std::byte> batch_at(std::int64_t base, int records, std::size_t value_bytes) {
   std::vector<std::byte> out(kBatchHeaderBytes + static_cast<std::size_t>(records) * (value_bytes + 32));

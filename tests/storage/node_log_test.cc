@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
+#include <thread>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "../temp_dir.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
+#include "weft/fabric/record_batch.h"
 #include "weft/node.h"
 #include "weft/producer.h"
 #include "weft/storage/segment_log.h"
@@ -94,6 +97,57 @@ TEST(NodeLog, EveryRecordReachesTheLogAndTheRingWaitsForIt) {
     EXPECT_EQ(recovery.batches, static_cast<std::uint64_t>(total));
     EXPECT_EQ(recovery.truncated_bytes, 0u);
   }
+}
+
+TEST(NodeLog, ATailKeptBackForABusyPassIsWrittenWhenNoMoreComes) {
+  TempDir dir;
+  // Given a node whose log writer takes at most 4 MiB a pass, and a burst of records that ends
+  // just past 4 MiB (so the pass that takes it thinks more is coming and keeps its ragged tail
+  // for the next pass, and the next pass finds nothing new)
+  NodeOptions node_options = logged_node(dir.path());
+  node_options.open_log = open_segment_logs(dir.path() + "/data");
+  auto node = Node::start(node_options).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("burst", TopicSettings{{"partitions", "1"}, {"ring.capacity.bytes", "16777216"},
+                                                         {"max.batch.bytes", "65536"}, {"fsync", "none"}})
+                  .ok());
+  ProducerOptions producer_options;
+  producer_options.acks = Acks::kLeader;
+  producer_options.max_block_ms = 0;
+  TopicProducer producer = TopicProducer::create(client, "burst", producer_options).value();
+  // Large batches, so the last of the pass's 1 MiB write buffers holds more than the 64 KiB that
+  // go direct (smaller ends are written through the page cache whatever comes next).
+  const std::vector<std::byte> value(60'000, std::byte{0x33});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+  // One record per batch, each the same size: just enough batches to pass 4 MiB with the last.
+  std::vector<std::byte> scratch(65536);
+  BatchBuilder builder(scratch);
+  RecordInput stamped = record;
+  stamped.timestamp_ms = 1;
+  ASSERT_TRUE(builder.append(stamped));
+  const std::size_t batch_bytes = builder.finish().size();
+  const std::size_t batches = ((std::size_t{4} << 20) + batch_bytes - 1) / batch_bytes;
+  SendResult last{};
+  for (std::size_t i = 0; i < batches; ++i) {
+    Result<SendResult> sent = producer.send_to(0, record);
+    ASSERT_TRUE(sent.ok()) << sent.error().message;
+    last = *sent;
+  }
+  // When the passes run (bounded: 2 000 of them, a millisecond apart)
+  std::atomic<bool> acknowledged{false};
+  std::thread passes([&] {
+    for (int i = 0; i < 2000 && !acknowledged.load(); ++i) {
+      node->maintain();
+      usleep(1000);
+    }
+  });
+  // Expect the last record acknowledged at acks=1 (in the log), not left waiting on a tail
+  const Result<void> acked = producer.await(last, Acks::kLeader, 5'000);
+  acknowledged = true;
+  passes.join();
+  EXPECT_TRUE(acked.ok()) << acked.error().message;
+  EXPECT_EQ(node->describe_topic("burst")->partitions[0].log_end_offset, Offset{last.offset.value + 1});
 }
 
 TEST(NodeLog, ARestartedNodeCarriesOnFromTheLogsEnd) {

@@ -108,7 +108,8 @@ class Segment {
                                       const SegmentOptions& options = {});
 
   Segment(Segment&&) noexcept;
-  Segment& operator=(Segment&&) noexcept;
+  // Not assignable: the segment assigned over might have writes in flight from its buffers.
+  Segment& operator=(Segment&&) = delete;
   // Writes what is still buffered, as closing a file does; flush() first to see errors.
   ~Segment();
 
@@ -199,6 +200,7 @@ class Segment {
   Result<std::size_t> free_buffer();  // waits for a write to finish when every buffer is busy
   void finish(Flight& flight, std::int32_t result);
   void collect(bool wait);
+  void wait_for_writes();  // until no flight is in flight (failed ones stay)
   Result<void> retry_failed();
   void advance_written();
   Boundary boundary_at_or_before(std::uint64_t end) const;
