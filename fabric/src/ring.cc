@@ -201,9 +201,25 @@ Liveness read_proc_stat(std::uint64_t pid, char& state, std::uint64_t& start_tim
   return Liveness::kAlive;
 }
 
+// This process's owner word, read once per process (a forked child reads its own).
+std::uint64_t self_owner_cached() noexcept {
+  // Relaxed: each a value computed the same way by any thread; a race computes it twice.
+  static std::atomic<std::uint64_t> cached_pid{0};
+  static std::atomic<std::uint64_t> cached_owner{0};
+  const auto pid = static_cast<std::uint64_t>(getpid());
+  if (cached_pid.load(std::memory_order_acquire) == pid) return cached_owner.load(std::memory_order_relaxed);
+  const std::uint64_t owner = slot_owner(pid, process_start_time(pid));
+  cached_owner.store(owner, std::memory_order_relaxed);
+  cached_pid.store(pid, std::memory_order_release);  // pairs with the acquire above: owner first
+  return owner;
+}
+
 // Only a certain death counts: a producer whose liveness cannot be read is treated as alive,
 // since sealing a live producer's claim would lose a batch it was told was accepted.
 Liveness liveness(std::uint64_t owner) noexcept {
+  // This process's own slots (a node's log writer, every pass's reclaim): alive, without reading
+  // /proc (1 000 partitions made that 1 000 file reads a second).
+  if (owner_pid(owner) == static_cast<std::uint64_t>(getpid()) && owner == self_owner_cached()) return Liveness::kAlive;
   char state = 0;
   std::uint64_t start = 0;
   const Liveness read = read_proc_stat(owner_pid(owner), state, start);
