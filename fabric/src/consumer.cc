@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <memory>
@@ -35,7 +36,26 @@ struct ColdRead {
   bool ahead = false;
   std::uint64_t ahead_from = 0;
   std::uint64_t ahead_span = 0;
-  bool no_ring = false;          // io_uring refused: plain reads, one at a time
+  bool no_ring = false;          // io_uring refused, or rings enough: plain reads, one at a time
+  // One of the process's read-ahead rings. Each holds a descriptor: a consumer replaying a
+  // thousand partitions must not spend its descriptor limit on them (the slices need theirs).
+  struct RingSlot {
+    static constexpr int kMaxRings = 64;
+    static inline std::atomic<int> live{0};  // relaxed: a count, guarding nothing else
+    bool held = false;
+    RingSlot() = default;
+    RingSlot(RingSlot&& other) noexcept : held(std::exchange(other.held, false)) {}
+    RingSlot& operator=(RingSlot&&) = delete;
+    ~RingSlot() {
+      if (held) live.fetch_sub(1, std::memory_order_relaxed);
+    }
+    bool take() {
+      held = live.fetch_add(1, std::memory_order_relaxed) < kMaxRings;
+      if (!held) live.fetch_sub(1, std::memory_order_relaxed);
+      return held;
+    }
+  };
+  RingSlot ring_slot;
   std::unique_ptr<IoRing> ring;  // last: gone first, waiting for a read into the buffers above
   std::byte* data() const noexcept { return buffer.get(); }
 
@@ -235,7 +255,8 @@ struct TopicConsumer::State {
       if (c.ahead) {
         const bool same = c.ahead_from == from && c.ahead_span == span;
         got = c.finish_ahead();
-        if (same && got >= 0) {
+        // Short of what the slice holds there (it should not be): read it again here.
+        if (same && got >= 0 && static_cast<std::uint64_t>(got) >= std::min<std::uint64_t>(span, c.slice.end - from)) {
           std::swap(c.buffer, c.spare);
         } else {
           got = -EAGAIN;  // not the stretch wanted now, or it failed: read it here
@@ -289,7 +310,7 @@ struct TopicConsumer::State {
   static void read_ahead(ColdRead& c) {
     if (c.no_ring || c.slice.position >= c.slice.end) return;
     if (!c.ring) {
-      c.ring = IoRing::create(2, nullptr);
+      if (c.ring_slot.take()) c.ring = IoRing::create(2, nullptr);
       if (!c.ring) {
         c.no_ring = true;
         return;

@@ -18,6 +18,7 @@ struct IoRing::Impl {
 IoRing::IoRing() : impl_(std::make_unique<Impl>()) {}
 
 IoRing::~IoRing() {
+  if (!impl_) return;  // never set up (create() refused)
   // The kernel may still be using the caller's buffers: finish before they go.
   IoCompletion done[8];
   while (in_flight_ > 0) (void)reap(done, true);

@@ -179,6 +179,7 @@ Result<Segment> Segment::open_trusted(const std::string& dir, Offset base, Segme
   WEFT_TRY_VOID(s.open_files(dir, false));
   if (!s.load_indexes()) return open(dir, base, false, recovery, options);
   if (recovery != nullptr) recovery->trusted = true;
+  s.indexes_durable_ = true;
   return s;
 }
 
@@ -199,6 +200,8 @@ bool Segment::load_indexes() {
   const std::optional<std::vector<std::byte>> index = read_file(index_file_.get(), 8);
   const std::optional<std::vector<std::byte>> times = read_file(time_index_file_.get(), 12);
   if (!index || !times) return false;
+  // The first batch makes an entry in both; no more entries than batches fit in the log.
+  if (index->empty() != times->empty() || index->size() / 8 > file_bytes / kBatchHeaderBytes + 1) return false;
   // Kafka's sanity checks: entries in order, inside the log.
   for (std::size_t i = 0; i < index->size(); i += 8) {
     const IndexEntry e{wire::load_be32(index->data() + i), wire::load_be32(index->data() + i + 4)};
@@ -251,6 +254,7 @@ Result<void> Segment::sync_indexes() {
   WEFT_TRY_VOID(flush());
   if (fdatasync(index_file_.get()) != 0) return os_error(Errc::kIo, "fdatasync " + index_path_, errno);
   if (fdatasync(time_index_file_.get()) != 0) return os_error(Errc::kIo, "fdatasync " + time_index_path_, errno);
+  indexes_durable_ = true;
   return ok();
 }
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -65,6 +66,10 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   SegmentLogRecovery local;
   SegmentLogRecovery& found = recovery != nullptr ? *recovery : local;
   found.recovery_point = read_recovery_point(dir);
+  // A point is always a segment's base: any other (a file left by a log deleted halfway and
+  // made again) vouches for nothing.
+  if (found.recovery_point.value >= 0 && !std::binary_search(bases.begin(), bases.end(), found.recovery_point.value))
+    found.recovery_point = Offset{-1};
   for (std::size_t i = 0; i < bases.size(); ++i) {
     const bool last = i + 1 == bases.size();
     SegmentRecovery r;
@@ -119,7 +124,11 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     segments_.push_back(std::make_unique<Segment>(std::move(next)));
     // The closed segment, synced with its indexes, needs no reading through at the next start.
     // Failing that, the next start reads more: nothing is lost.
-    Result<void> marked = active->sync_indexes();
+    // Every closed segment below the point must have its indexes on disk: those rebuilt at open
+    // (no point yet, or one that lagged) and any whose sync failed at an earlier roll.
+    Result<void> marked = ok();
+    for (std::size_t i = 0; i + 1 < segments_.size() && marked.ok(); ++i)
+      if (!segments_[i]->indexes_durable()) marked = segments_[i]->sync_indexes();
     if (marked.ok()) marked = replace_file(dir_ + kRecoveryPointFile, recovery_point_text(base));
     if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", dir_}, {"reason", marked.error().message}});
     active = segments_.back().get();
@@ -157,6 +166,8 @@ Result<void> SegmentLog::remove() {
   std::lock_guard lock(mutex_);
   removed_ = true;
   segments_.resize(1);  // keep one (closed below) so the other calls stay well defined
+  // The point first: a crash halfway through must not leave it to vouch for a new log's segments.
+  ::unlink((dir_ + kRecoveryPointFile).c_str());
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
   if (ec) return Error{Errc::kIo, "removing " + dir_ + ": " + ec.message()};

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -212,6 +213,17 @@ TEST(SegmentLog, SegmentsBeforeTheRecoveryPointOpenFromTheirIndexesAndAnswerAsAF
       ASSERT_EQ(*a, *b) << t;
     }
   }
+  // ... and a recovery point that names no segment's base, or is not one at all, trusted for
+  // nothing (a file left behind by a log deleted halfway, or garbage)
+  const std::string point = std::string(std::istreambuf_iterator<char>(std::ifstream(dir.partition() + "/recovery-point").rdbuf()), {});
+  for (const std::string& text : {std::string("1 7 00000000\n"), std::string("garbage"), std::string("")}) {
+    std::ofstream(copy + "/recovery-point", std::ios::trunc) << text;
+    SegmentLogRecovery r;
+    auto reopened = SegmentLog::open(copy, Offset{0}, small_segments(), &r).value();
+    EXPECT_EQ(r.trusted_segments, 0u) << text;
+    EXPECT_EQ(reopened->next_offset(), full->next_offset());
+  }
+  EXPECT_FALSE(point.empty());
   // ... and index files that do not hold together (cut short, garbage) checked in full instead
   std::vector<std::filesystem::path> indexes;
   for (const auto& entry : std::filesystem::directory_iterator(dir.partition()))

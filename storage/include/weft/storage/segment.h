@@ -132,6 +132,8 @@ class Segment {
   Result<void> sync();
   // fdatasync of both index files, for a segment about to be trusted (open_trusted).
   Result<void> sync_indexes();
+  // Its index files are on disk as they are in memory (synced, or loaded by open_trusted).
+  bool indexes_durable() const noexcept { return indexes_durable_; }
 
   // The file position of the first batch whose last offset is at or after `offset` (the batch
   // that holds it, or the next one when an aborted claim skipped it): an index lookup, then a
@@ -231,6 +233,7 @@ class Segment {
   std::size_t recent_count_ = 0;
   std::unique_ptr<IoRing> io_ring_;     // created at the first direct write; closed at seal()
   bool io_ring_refused_ = false;
+  bool indexes_durable_ = false;
   UniqueFd direct_;                     // the log opened with O_DIRECT (invalid: buffered only)
   std::size_t direct_alignment_ = 4096;
   std::size_t index_written_ = 0;       // entries already in the index file
