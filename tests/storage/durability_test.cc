@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "../temp_dir.h"
+#include "test_batches.h"
 #include "../fabric/children.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
@@ -566,6 +567,16 @@ std::string wait_for_log_error(Client& client, const std::string& topic, Wanted 
   return error;
 }
 
+// A node logging on the test's small disk, retrying a refused write every 20 ms.
+NodeOptions full_disk_node(const std::string& disk, const std::string& metadata) {
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.open_log = open_segment_logs(disk + "/data");
+  options.metadata_dir = metadata + "/topics";
+  options.log_retry_interval_ms = 20;
+  return options;
+}
+
 TEST(FullDisk, ProducersAreToldTheDiskIsFullAndAcknowledgementsResumeWhenSpaceReturns) {
   constexpr std::size_t kDiskBytes = std::size_t{4} << 20;
   constexpr std::size_t kFreeBytes = 1280 * 1024;  // past one 1 MiB segment: the log rolls before it fills the disk
@@ -576,12 +587,7 @@ TEST(FullDisk, ProducersAreToldTheDiskIsFullAndAcknowledgementsResumeWhenSpaceRe
   // Given a disk with little space left and a node logging a topic there
   const std::string filler = disk.path() + "/filler";
   ASSERT_TRUE(write_filler(filler, kDiskBytes - kFreeBytes)) << "could not fill the tmpfs";
-  NodeOptions options;
-  options.prefer_hugepages = false;
-  options.open_log = open_segment_logs(disk.path() + "/data");
-  options.metadata_dir = metadata.path() + "/topics";
-  options.log_retry_interval_ms = 20;
-  Result<std::unique_ptr<Node>> node = Node::start(options);
+  Result<std::unique_ptr<Node>> node = Node::start(full_disk_node(disk.path(), metadata.path()));
   ASSERT_TRUE(node.ok()) << node.error().message;
   std::shared_ptr<Client> client = Client::embedded(**node);
   const std::string topic = "full";
@@ -693,12 +699,7 @@ TEST(FullDisk, WithFsyncAlwaysAndLargeWritesTheLogRetriesRatherThanStops) {
   // records large enough that each pass's writes go direct, in the background
   const std::string filler = disk.path() + "/filler";
   ASSERT_TRUE(write_filler(filler, kDiskBytes - kFreeBytes)) << "could not fill the tmpfs";
-  NodeOptions options;
-  options.prefer_hugepages = false;
-  options.open_log = open_segment_logs(disk.path() + "/data");
-  options.metadata_dir = metadata.path() + "/topics";
-  options.log_retry_interval_ms = 20;
-  Result<std::unique_ptr<Node>> node = Node::start(options);
+  Result<std::unique_ptr<Node>> node = Node::start(full_disk_node(disk.path(), metadata.path()));
   ASSERT_TRUE(node.ok()) << node.error().message;
   std::shared_ptr<Client> client = Client::embedded(**node);
   ASSERT_TRUE(client->create_topic("big", TopicSettings{{"partitions", "1"}, {"ring.capacity.bytes", "8388608"},
@@ -739,19 +740,7 @@ TEST(FullDisk, WithFsyncAlwaysAndLargeWritesTheLogRetriesRatherThanStops) {
 
 // One batch of `records` records of `value_bytes` each, at `base`.
 std::vector<std::byte> batch_at(std::int64_t base, int records, std::size_t value_bytes) {
-  std::vector<std::byte> out(kBatchHeaderBytes + static_cast<std::size_t>(records) * (value_bytes + 32));
-  const std::vector<std::byte> value(value_bytes, std::byte{0x5a});
-  BatchBuilder builder(out);
-  for (int i = 0; i < records; ++i) {
-    RecordInput r;
-    r.value = std::span<const std::byte>(value);
-    r.timestamp_ms = 1'700'000'000'000 + base + i;
-    EXPECT_TRUE(builder.append(r));
-  }
-  std::span<std::byte> batch = builder.finish();
-  stamp_base_offset(batch, Offset{base});
-  out.resize(batch.size());
-  return out;
+  return test::make_batch(base, records, 1'700'000'000'000 + base, value_bytes, std::byte{0x5a});
 }
 
 TEST(FullDisk, DirectWritesInFlightThatFailAreKeptAndWrittenWhenSpaceReturns) {

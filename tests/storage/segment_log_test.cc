@@ -17,6 +17,7 @@
 
 #include "weft/fabric/record_batch.h"
 #include "../temp_dir.h"
+#include "test_batches.h"
 
 namespace weft::storage {
 namespace {
@@ -28,19 +29,7 @@ class TempDir : public test::TempDir {
 };
 
 std::vector<std::byte> batch_at(std::int64_t base, int records) {
-  std::vector<std::byte> out(kBatchHeaderBytes + static_cast<std::size_t>(records) * 160);
-  std::vector<std::byte> value(120, std::byte{0x42});
-  BatchBuilder builder(out);
-  for (int i = 0; i < records; ++i) {
-    RecordInput r;
-    r.value = std::span<const std::byte>(value);
-    r.timestamp_ms = 1'700'000'000'000 + base + i;
-    EXPECT_TRUE(builder.append(r));
-  }
-  std::span<std::byte> b = builder.finish();
-  stamp_base_offset(b, Offset{base});
-  out.resize(b.size());
-  return out;
+  return test::make_batch(base, records, 1'700'000'000'000 + base, 120, std::byte{0x42});
 }
 
 SegmentLogOptions small_segments() {
@@ -163,18 +152,7 @@ std::int64_t fill_unordered_times(SegmentLog& log, std::int64_t from, int batche
   for (int i = 0; i < batches; ++i) {
     const int n = 1 + i % 4;
     const std::int64_t ts = 1'700'000'000'000 + (i * 7919) % 1000 * 10;
-    std::vector<std::byte> batch(kBatchHeaderBytes + static_cast<std::size_t>(n) * 160);
-    const std::vector<std::byte> value(120, std::byte{0x42});
-    BatchBuilder builder(batch);
-    for (int r = 0; r < n; ++r) {
-      RecordInput record;
-      record.value = std::span<const std::byte>(value);
-      record.timestamp_ms = ts + r;
-      EXPECT_TRUE(builder.append(record));
-    }
-    std::span<std::byte> built = builder.finish();
-    stamp_base_offset(built, Offset{offset});
-    batch.resize(built.size());
+    const std::vector<std::byte> batch = test::make_batch(offset, n, ts, 120, std::byte{0x42});
     EXPECT_TRUE(log.append(batch).ok());
     offset += n + (i % 40 == 39 ? 2 : 0);
   }

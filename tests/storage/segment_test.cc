@@ -15,28 +15,14 @@
 
 #include "weft/fabric/record_batch.h"
 #include "../temp_dir.h"
+#include "test_batches.h"
 
 namespace weft::storage {
 namespace {
 
 using test::TempDir;
 
-// A batch of `records` records at `base`, timestamps from `ts` up by one, ~`value_bytes` each.
-std::vector<std::byte> make_batch(std::int64_t base, int records, std::int64_t ts, std::size_t value_bytes = 100) {
-  std::vector<std::byte> out(kBatchHeaderBytes + static_cast<std::size_t>(records) * (value_bytes + 32));
-  std::vector<std::byte> value(value_bytes, std::byte{0x61});
-  BatchBuilder builder(out);
-  for (int i = 0; i < records; ++i) {
-    RecordInput r;
-    r.value = std::span<const std::byte>(value);
-    r.timestamp_ms = ts + i;
-    EXPECT_TRUE(builder.append(r));
-  }
-  std::span<std::byte> batch = builder.finish();
-  stamp_base_offset(batch, Offset{base});
-  out.resize(batch.size());
-  return out;
-}
+using test::make_batch;
 
 struct Written {
   std::vector<std::int64_t> bases;
