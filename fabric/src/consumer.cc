@@ -17,6 +17,8 @@
 namespace weft {
 namespace {
 
+constexpr std::size_t kDirectReadAlign = 4096;
+
 // Reading a partition's log from a segment file while the ring no longer holds the position.
 // While the caller decodes one buffer, the next stretch of the file is read into the other
 // (io_uring where allowed: O_DIRECT has no kernel read-ahead of its own).
@@ -59,6 +61,14 @@ struct ColdRead {
   std::unique_ptr<IoRing> ring;  // last: gone first, waiting for a read into the buffers above
   std::byte* data() const noexcept { return buffer.get(); }
 
+  // The stretch a read from slice.position covers: with O_DIRECT it starts at the block
+  // holding the position and covers whole blocks.
+  std::uint64_t read_from() const noexcept { return direct ? slice.position & ~std::uint64_t{kDirectReadAlign - 1} : slice.position; }
+  std::uint64_t read_span(std::uint64_t from) const noexcept {
+    const std::uint64_t span = std::min<std::uint64_t>(capacity - kDirectReadAlign, slice.end - from);
+    return direct ? (span + kDirectReadAlign - 1) & ~std::uint64_t{kDirectReadAlign - 1} : span;
+  }
+
   // The read ahead's result (bytes, or -errno); waits for it.
   std::int64_t finish_ahead() {
     ahead = false;
@@ -67,7 +77,6 @@ struct ColdRead {
     return done[0].result;
   }
 };
-constexpr std::size_t kDirectReadAlign = 4096;
 
 struct Assignment {
   std::string topic;  // stable: records' topic views point here (assignments live in a deque)
@@ -247,10 +256,9 @@ struct TopicConsumer::State {
         c.direct = flags >= 0 && ((flags & O_DIRECT) != 0 || fcntl(c.slice.file.get(), F_SETFL, flags | O_DIRECT) == 0);
       }
       // With O_DIRECT the read starts at the block holding `position` and covers whole blocks.
-      const std::uint64_t from = c.direct ? c.slice.position & ~std::uint64_t{kDirectReadAlign - 1} : c.slice.position;
+      const std::uint64_t from = c.read_from();
       const std::size_t head = static_cast<std::size_t>(c.slice.position - from);
-      std::uint64_t span = std::min<std::uint64_t>(c.capacity - kDirectReadAlign, c.slice.end - from);
-      if (c.direct) span = (span + kDirectReadAlign - 1) & ~std::uint64_t{kDirectReadAlign - 1};
+      const std::uint64_t span = c.read_span(from);
       std::int64_t got = -EAGAIN;
       if (c.ahead) {
         const bool same = c.ahead_from == from && c.ahead_span == span;
@@ -316,9 +324,8 @@ struct TopicConsumer::State {
         return;
       }
     }
-    const std::uint64_t from = c.direct ? c.slice.position & ~std::uint64_t{kDirectReadAlign - 1} : c.slice.position;
-    std::uint64_t span = std::min<std::uint64_t>(c.capacity - kDirectReadAlign, c.slice.end - from);
-    if (c.direct) span = (span + kDirectReadAlign - 1) & ~std::uint64_t{kDirectReadAlign - 1};
+    const std::uint64_t from = c.read_from();
+    const std::uint64_t span = c.read_span(from);
     if (!c.ring->read(c.slice.file.get(), std::span<std::byte>(c.spare.get(), static_cast<std::size_t>(span)), from, 1)) {
       // Refused, not queued: nothing will land in spare; the next refill reads by itself.
       if (c.ring->in_flight() > 0) {

@@ -12,16 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "../io_uring_allowed.h"
 #include "../temp_dir.h"
 
 namespace weft {
 namespace {
 
-bool io_uring_allowed() {
-  std::ifstream in("/proc/sys/kernel/io_uring_disabled");
-  int disabled = 0;
-  return !(in >> disabled) || disabled == 0;
-}
+using test::io_uring_allowed;
 
 TEST(IoRing, ARefusedSetUpReturnsNothingAndSaysWhy) {
   // Given a ring the kernel refuses (no entries)

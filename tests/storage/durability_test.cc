@@ -43,6 +43,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../io_uring_allowed.h"
 #include "../temp_dir.h"
 #include "test_batches.h"
 #include "../fabric/children.h"
@@ -778,9 +779,7 @@ TEST(FullDisk, DirectWritesInFlightThatFailAreKeptAndWrittenWhenSpaceReturns) {
   EXPECT_EQ(flushed.error().code, Errc::kResourceExhausted) << flushed.error().message;
   EXPECT_LT(segment.written_bytes(), segment.size_bytes());
   EXPECT_LE(segment.written_next_offset(), segment.next_offset());
-  std::ifstream uring_switch("/proc/sys/kernel/io_uring_disabled");
-  int uring_disabled = 0;
-  if (!(uring_switch >> uring_disabled) || uring_disabled == 0) {
+  if (test::io_uring_allowed()) {
     EXPECT_TRUE(segment.writes_with_io_uring()) << "io_uring allowed but not used: the background writes were not tested";
   }
   std::printf("[ enospc   ] refused after %lld records: %s; %llu of %llu bytes written\n", static_cast<long long>(offset),

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "weft/fabric/record_batch.h"
+#include "../io_uring_allowed.h"
 #include "../temp_dir.h"
 #include "test_batches.h"
 
@@ -253,12 +254,7 @@ TEST(Segment, GarbageInTheFileIsCutNeverRead) {
   }
 }
 
-// Whether this kernel lets processes use io_uring (a seccomp profile may still refuse it).
-bool io_uring_allowed() {
-  std::ifstream in("/proc/sys/kernel/io_uring_disabled");
-  int disabled = 0;
-  return !(in >> disabled) || disabled == 0;
-}
+using test::io_uring_allowed;
 
 TEST(Segment, DirectUringPwriteAndBufferedWritesLeaveTheSameFile) {
   // Given the same batches written three ways (whole blocks with O_DIRECT through io_uring, the
