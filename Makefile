@@ -3,7 +3,7 @@ PRESET ?= release
 CMAKE_ARGS ?=
 BUILD_DIR := build/$(PRESET)
 
-.PHONY: all deps configure build demo test test-asan test-tsan bench clean
+.PHONY: all deps configure build demo test test-asan test-tsan fuzz bench clean
 
 all: build
 
@@ -29,6 +29,16 @@ test-asan:
 
 test-tsan:
 	@$(MAKE) --no-print-directory test PRESET=tsan
+
+# The Kafka request decoder under libFuzzer (clang, ASan+UBSan) for FUZZ_SECONDS, from a seed
+# corpus of well-formed requests; the corpus it grows stays in build/fuzz/corpus.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@cmake --preset fuzz $(CMAKE_ARGS) >/dev/null
+	@cmake --build --preset fuzz
+	@mkdir -p build/fuzz/corpus && /usr/bin/python3 tests/kafka/fuzz/seeds.py build/fuzz/seeds
+	@build/fuzz/tests/kafka/fuzz/kafka_request_fuzzer -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	  -print_final_stats=1 build/fuzz/corpus build/fuzz/seeds
 
 # Google Benchmark micro-benches (release build).
 bench: build

@@ -3,7 +3,13 @@
 # reserves hugepages for the rings when running as root. Safe to run again.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ ccache pkg-config libgtest-dev libbenchmark-dev libboost-dev libcli11-dev libtomlplusplus-dev libtbb-dev liburing-dev)
+packages=(cmake ninja-build g++ ccache pkg-config libgtest-dev libbenchmark-dev libboost-dev libcli11-dev libtomlplusplus-dev libtbb-dev liburing-dev
+          # codecs for batches Kafka clients compress (the C++ consumer and weft consume read them)
+          zlib1g-dev libsnappy-dev liblz4-dev libzstd-dev
+          # librdkafka: weft produce|consume|perf --bootstrap (the Kafka protocol)
+          librdkafka-dev
+          # Kafka clients, for the compatibility tests only (tests/kafka)
+          kcat python3-confluent-kafka python3-kafka)
 hugepages_wanted=${WEFT_HUGEPAGES:-64}
 
 missing=()

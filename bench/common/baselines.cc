@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <signal.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -72,6 +75,52 @@ double memcpy_gb_per_sec(std::size_t buffer_bytes, double seconds) {
     now = Clock::now();
   } while (now < until);
   return static_cast<double>(copied) / std::chrono::duration<double>(now - start).count() / 1e9;
+}
+
+double tcp_loopback_gb_per_sec(double seconds) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listener < 0) return -1;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(listener, 1) != 0 ||
+      ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    ::close(listener);
+    return -1;
+  }
+  const int sender = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (sender < 0 || ::connect(sender, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    ::close(listener);
+    if (sender >= 0) ::close(sender);
+    return -1;
+  }
+  const int receiver = ::accept(listener, nullptr, nullptr);
+  ::close(listener);
+  if (receiver < 0) {
+    ::close(sender);
+    return -1;
+  }
+  std::atomic<std::uint64_t> received{0};
+  std::thread reader([&] {
+    std::vector<char> buffer(std::size_t{256} << 10);
+    for (;;) {
+      const ssize_t got = ::recv(receiver, buffer.data(), buffer.size(), 0);
+      if (got <= 0) return;
+      received.fetch_add(static_cast<std::uint64_t>(got), std::memory_order_relaxed);
+    }
+  });
+  std::vector<char> block(std::size_t{256} << 10, 7);
+  const auto start = Clock::now();
+  const auto until = start + std::chrono::duration<double>(seconds);
+  while (Clock::now() < until)
+    if (::send(sender, block.data(), block.size(), MSG_NOSIGNAL) < 0) break;
+  ::shutdown(sender, SHUT_WR);
+  reader.join();
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  ::close(sender);
+  ::close(receiver);
+  return static_cast<double>(received.load()) / elapsed / 1e9;
 }
 
 double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {

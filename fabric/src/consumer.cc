@@ -108,6 +108,14 @@ struct TopicConsumer::State {
   std::size_t next_assignment = 0;
   RecordView scratch;
   std::optional<Error> deferred;  // a failure after records were taken: reported by the next poll
+  // Compressed batches (Kafka clients send them): each one a poll takes records from is
+  // decompressed into a buffer of its own, as its records' views last until the next poll. The
+  // buffers and the codecs' contexts are kept from poll to poll, so a steady stream allocates nothing.
+  Decompressor decompressor;
+  std::vector<std::vector<std::byte>> inflated;  // [0, inflated_used) hold this poll's records
+  std::size_t inflated_used = 0;
+  std::size_t inflated_bytes = 0;     // in those buffers: a poll stops taking batches past max_decompressed_bytes
+  std::vector<std::byte> compressed;  // a ring batch's records section, copied out of producers' reach
 
   Assignment* find(std::string_view topic, std::uint32_t partition) {
     for (Assignment& a : assignments)
@@ -161,20 +169,65 @@ struct TopicConsumer::State {
       return true;
     };
     RecordView& r = scratch;  // reused: value-initialising a RecordView per batch shows in profiles
+    auto read = [&](RecordReader& reader) {
+      while (reader.next(r) && add(r)) {
+      }
+      if (reader.failed()) records.resize(before);
+      return !reader.failed();
+    };
     if (batch.records == 1 && !options.check_crcs && decode_single_record_batch(batch.bytes, r)) {
       add(r);
     } else {
       Result<BatchView> view = BatchView::parse_header(batch.bytes, options.check_crcs);
       if (!view.ok()) return false;
+      if (view->compression() != Compression::kNone) [[unlikely]] {
+        const std::optional<std::span<const std::byte>> decompressed = inflate(*view, from_ring);
+        if (!decompressed) return false;
+        RecordReader reader(*view, *decompressed);
+        if (!read(reader)) return false;
+        if (records.size() > before) keep_inflated();  // else nothing points into it: reused
+        return true;
+      }
       RecordReader reader(*view);
-      while (reader.next(r) && add(r)) {
-      }
-      if (reader.failed()) {
-        records.resize(before);
-        return false;
-      }
+      if (!read(reader)) return false;
     }
     return true;
+  }
+
+  // The records section of a compressed batch, decompressed into this poll's next buffer (which
+  // keep_inflated() keeps for the records taken from it); nothing if it does not decompress.
+  std::optional<std::span<const std::byte>> inflate(const BatchView& view, bool from_ring) {
+    std::span<const std::byte> in = view.bytes().subspan(kBatchHeaderBytes);
+    if (from_ring) {
+      // Producers may overwrite ring memory while it is read (the poll's final check then drops
+      // what was read from it); the codecs are given bytes that hold still.
+      compressed.assign(in.begin(), in.end());
+      in = compressed;
+    }
+    if (inflated_used == inflated.size()) inflated.emplace_back();
+    std::vector<std::byte>& out = inflated[inflated_used];
+    if (!decompressor.decompress(view.compression(), in, out, options.max_decompressed_bytes).ok()) return std::nullopt;
+    return std::span<const std::byte>(out);
+  }
+  void keep_inflated() {
+    inflated_bytes += inflated[inflated_used].size();
+    ++inflated_used;
+  }
+  // This poll holds as many records, or as many decompressed bytes, as it may.
+  bool full() const noexcept {
+    return records.size() >= options.max_poll_records || inflated_bytes >= options.max_decompressed_bytes;
+  }
+  // At the start of a poll: the last poll's decompressed records are no longer in use. Buffers
+  // are kept for the next batches, unless together they grew past twice a poll's budget.
+  void reuse_inflated() {
+    inflated_used = 0;
+    inflated_bytes = 0;
+    std::size_t held = compressed.capacity();
+    for (const std::vector<std::byte>& buffer : inflated) held += buffer.capacity();
+    if (held > 2 * options.max_decompressed_bytes) {
+      inflated.clear();
+      compressed = {};
+    }
   }
 
   // ---- behind the ring: the log -------------------------------------------------------------
@@ -343,11 +396,10 @@ struct TopicConsumer::State {
   // segment as needed, until max_poll_records; switches it to the ring when the ring holds its
   // next offset (then true: poll the ring now).
   Result<bool> poll_cold(Assignment& a) {
-    const std::size_t max = options.max_poll_records;
     bool returned = false;  // records of the buffer are in use: it must not be refilled now
-    for (int round = 0; round < 64 && records.size() < max; ++round) {
+    for (int round = 0; round < 64 && !full(); ++round) {
       ColdRead& c = *a.cold;
-      while (c.at < c.size && records.size() < max) {
+      while (c.at < c.size && !full()) {
         const std::span<const std::byte> bytes(c.data() + c.at, c.size - c.at);
         const std::size_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(bytes.data() + batch_field::kBatchLength));
         const std::span<const std::byte> one = bytes.first(total);
@@ -370,7 +422,7 @@ struct TopicConsumer::State {
         a.skip_below = std::max(a.skip_below, Offset{view->last_offset().value + 1});
         c.at += total;
       }
-      if (records.size() >= max || returned) return false;
+      if (full() || returned) return false;
       if (try_hot(a)) return true;
       WEFT_TRY(const bool more, refill(a));
       if (more) continue;
@@ -399,6 +451,7 @@ TopicConsumer::~TopicConsumer() = default;
 Result<TopicConsumer> TopicConsumer::create(std::shared_ptr<Client> client, ConsumerOptions options) {
   if (!client) return Error{Errc::kInvalidArgument, "consumer: no client"};
   if (options.max_poll_records == 0) return Error{Errc::kInvalidArgument, "consumer: max_poll_records must be at least 1"};
+  if (options.max_decompressed_bytes == 0) return Error{Errc::kInvalidArgument, "consumer: max_decompressed_bytes must be at least 1"};
   if (!options.group.empty()) WEFT_TRY_VOID(validate_group_id(options.group));
   auto state = std::make_unique<State>();
   state->client = std::move(client);
@@ -539,7 +592,10 @@ Result<void> TopicConsumer::seek_to(std::string_view topic, std::uint32_t partit
         if (status != PollStatus::kOk) return Error{Errc::kCorrupt, "partition " + std::to_string(partition) + ": corrupt frame while seeking"};
         Result<BatchView> view = BatchView::parse_header(batch.bytes, false);
         if (!view.ok() || view->max_timestamp() < to.value) continue;
-        RecordReader reader(*view);
+        // A compressed batch is read decompressed, into a buffer no record of the last poll uses.
+        std::optional<std::span<const std::byte>> decompressed;
+        if (view->compression() != Compression::kNone) decompressed = state_->inflate(*view, true);
+        RecordReader reader = decompressed ? RecordReader(*view, *decompressed) : RecordReader(*view);
         RecordView r;
         Offset found = view->last_offset();
         while (reader.next(r))
@@ -606,13 +662,13 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
   s.records.clear();
   s.notices.clear();
   s.polled.clear();
+  s.reuse_inflated();
   if (s.assignments.empty()) return Error{Errc::kFailedPrecondition, "poll: no partitions assigned (call assign first)"};
   if (s.deferred) {
     Error error = std::move(*s.deferred);
     s.deferred.reset();
     return error;
   }
-  const std::size_t max = s.options.max_poll_records;
   std::int64_t deadline = -1;  // read the clock only when there is nothing to return at once
   const std::size_t n = s.assignments.size();
 
@@ -665,7 +721,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     // Round-robin from where the last poll stopped, so one busy partition starves none.
     // (No `%`: a 64-bit division costs more than the rest of a one-record poll.)
     std::size_t index = s.next_assignment;
-    for (std::size_t k = 0; look_first && k < n && s.records.size() < max; ++k, index = index + 1 == n ? 0 : index + 1) {
+    for (std::size_t k = 0; look_first && k < n && !s.full(); ++k, index = index + 1 == n ? 0 : index + 1) {
       Assignment& a = s.assignments[index];
       if (a.cold) {
         Result<bool> hot = s.poll_cold(a);
@@ -693,7 +749,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       RingBatch batch;
       const std::size_t before = s.records.size();
       PollStatus status = PollStatus::kOk;
-      while (s.records.size() < max) {
+      while (!s.full()) {
         status = a.consumer->poll(batch);
         if (!handle(a, status, batch)) break;
       }

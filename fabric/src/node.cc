@@ -211,6 +211,7 @@ struct Node::State {
   mutable std::shared_mutex topics_mutex;
   std::map<std::string, std::shared_ptr<Topic>, std::less<>> topics;
   std::uint64_t next_id = 1;
+  std::atomic<std::uint64_t> topics_version{0};  // moves on every create and delete
   std::size_t ring_bytes = 0;
   std::mutex maintain_mutex;
   mutable std::mutex stats_mutex;
@@ -219,6 +220,8 @@ struct Node::State {
   std::mutex wake_mutex;
   std::condition_variable wake;
   bool stopping = false;
+  bool hurry = false;        // a pass is wanted now (guarded by wake_mutex)
+  std::atomic<int> pass_event{-1};  // an eventfd told after passes that found log waiters
   std::thread thread;
 };
 
@@ -251,6 +254,11 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
       while (!self->state_->stopping) {
         lock.unlock();
         const double used = self->maintain_pass();
+        // Relaxed: the fd is set once, before the listener that set it waits on it.
+        if (const int event = self->state_->pass_event.load(std::memory_order_relaxed); event >= 0 && self->state_->ack_waiters) {
+          const std::uint64_t one = 1;
+          (void)!::write(event, &one, sizeof one);
+        }
         const std::int64_t now = monotonic_ns();
         const auto elapsed_us = static_cast<double>(now - last_pass) / 1000.0;
         last_pass = now;
@@ -261,7 +269,8 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
         // Producers waiting on acknowledgements: the next pass soon, whatever the rings' pace.
         if (self->state_->ack_waiters) interval = std::min<std::int64_t>(interval, kAckWaitIntervalUs);
         lock.lock();
-        self->state_->wake.wait_for(lock, std::chrono::microseconds(interval), [self] { return self->state_->stopping; });
+        self->state_->wake.wait_for(lock, std::chrono::microseconds(interval), [self] { return self->state_->stopping || self->state_->hurry; });
+        self->state_->hurry = false;
       }
     });
   }
@@ -277,6 +286,20 @@ void Node::stop() {
   state_->wake.notify_all();
   if (state_->thread.joinable()) state_->thread.join();
   maintain();  // a last pass: counters and limits as of the stop
+}
+
+void Node::hurry() {
+  {
+    std::lock_guard lock(state_->wake_mutex);
+    state_->hurry = true;
+  }
+  state_->wake.notify_one();
+}
+
+void Node::set_pass_event(int event_fd) noexcept { state_->pass_event.store(event_fd, std::memory_order_relaxed); }
+
+std::uint64_t Node::topics_version() const noexcept {
+  return state_->topics_version.load(std::memory_order_acquire);  // pairs with the release in create/delete
 }
 
 std::size_t Node::ring_memory_bytes() const {
@@ -386,6 +409,8 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
   topic->id = state_->next_id++;
   state_->ring_bytes += topic->ring_bytes;
   state_->topics.emplace(topic->name, topic);
+  // Release: a reader that sees the new version finds the topic map changed under the mutex.
+  state_->topics_version.fetch_add(1, std::memory_order_release);
   lock.unlock();
   return describe_topic(name);
 }
@@ -398,6 +423,7 @@ Result<void> Node::delete_topic(std::string_view name) {
     if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
     topic = it->second;
     state_->topics.erase(it);
+    state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
     state_->ring_bytes -= topic->ring_bytes;
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
@@ -441,6 +467,11 @@ Result<std::vector<CommittedOffset>> Node::fetch_offsets(std::string_view group,
   std::vector<CommittedOffset> all = state_->offsets->fetch_all(group);
   if (!topic.empty()) std::erase_if(all, [&](const CommittedOffset& o) { return o.topic != topic; });
   return all;
+}
+
+std::vector<std::string> Node::list_groups() const {
+  if (!state_->offsets) return {};
+  return state_->offsets->groups();
 }
 
 std::vector<std::string> Node::list_topics() const {
@@ -787,6 +818,7 @@ double Node::maintain_pass() {
           (frontier.position.value > p->checkpoints.back().position.value &&
            frontier.position.value - p->checkpoints.back().position.value >= keep / 256))
         p->checkpoints.push_back(frontier);
+      const std::uint64_t max_frame = d.max_frame_bytes;
       const std::uint64_t ahead = std::max(tail, frontier.position.value);
       std::uint64_t target = ahead > keep ? ahead - keep : 0;
       target = std::min(target, frontier.position.value);
@@ -808,12 +840,20 @@ double Node::maintain_pass() {
         if (topic->config.consumer_flow_control && slowest == target)
           if (std::optional<Ring::Mark> at = p->owner.committed_frame_at(Position{slowest}); at) release = at;
         const std::uint64_t free_space = limit.position.value + p->ring.capacity_bytes() - std::min(tail, limit.position.value + p->ring.capacity_bytes());
-        if (release && (release->position.value + keep / 16 >= target || free_space >= keep / 4)) {
+        // Producers are short of space below room for the largest claim and its padding at the
+        // ring's end (Kafka clients send ~1 MB batches into a 4 MiB ring), or a quarter of the kept
+        // half, whichever is more.
+        const std::uint64_t low_water = std::min(keep, std::max<std::uint64_t>(keep / 4, 2 * max_frame));
+        if (release && (release->position.value + keep / 16 >= target || free_space >= low_water)) {
           if (release->position.value > limit.position.value) p->owner.advance_reuse_limit(*release);
-        } else if (free_space < keep / 4) {
+        } else if (free_space < low_water) {
           // Producers are about to run out of space and no known boundary is near the target
           // (passes too far apart, or the consumers read everything between two passes): walk.
-          p->owner.release_to(Position{target});
+          // The walk stops at the boundary before the target; when that frees nothing (the
+          // target lies inside the oldest frame, a 1 MB batch say) producers would wait for good,
+          // so it goes on to the boundary past the target, and the kept half loses that frame.
+          const Ring::Mark reached = p->owner.release_to(Position{target});
+          if (reached.position == limit.position) p->owner.release_to(Position{std::min(target + max_frame, frontier.position.value)});
         }
       }
       const std::uint64_t claimed = tail - p->created_at.position.value;

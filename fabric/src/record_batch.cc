@@ -466,19 +466,27 @@ void BatchView::Iterator::decode() noexcept {
 
 RecordReader::RecordReader(const BatchView& batch) noexcept
     : batch_(batch),
-      cursor_(batch.bytes().data() + kBatchHeaderBytes),
+      begin_(batch.bytes().data() + kBatchHeaderBytes),
+      cursor_(begin_),
+      end_(batch.bytes().data() + batch.bytes().size()),
       remaining_(batch.compression() == Compression::kNone ? batch.record_count() : 0),
       // An uncompressed batch of no records must end at its header.
-      failed_(remaining_ == 0 && batch.compression() == Compression::kNone &&
-              cursor_ != batch.bytes().data() + batch.bytes().size()) {}
+      failed_(remaining_ == 0 && batch.compression() == Compression::kNone && cursor_ != end_) {}
+
+RecordReader::RecordReader(const BatchView& batch, std::span<const std::byte> records) noexcept
+    : batch_(batch),
+      begin_(records.data()),
+      cursor_(begin_),
+      end_(records.data() + records.size()),
+      remaining_(batch.record_count()),
+      failed_(remaining_ == 0 && cursor_ != end_) {}
 
 bool RecordReader::next(RecordView& out) noexcept {
-  const std::byte* end = batch_.bytes().data() + batch_.bytes().size();
   if (remaining_ <= 0) return false;
   std::int32_t length = 0;
-  const std::size_t n = wire::decode_varint(cursor_, end, length);
+  const std::size_t n = wire::decode_varint(cursor_, end_, length);
   const std::byte* body = cursor_ + n;
-  if (n == 0 || length < 0 || length > end - body ||
+  if (n == 0 || length < 0 || length > end_ - body ||
       !decode_record(body, body + length, batch_.last_offset_delta(), previous_delta_, batch_.base_timestamp(),
                      batch_.base_offset(), out)) [[unlikely]] {
     failed_ = true;
@@ -486,14 +494,23 @@ bool RecordReader::next(RecordView& out) noexcept {
     return false;
   }
   cursor_ = body + length;
-  if (--remaining_ == 0 && cursor_ != end) failed_ = true;  // bytes after the last record: corrupt
+  if (--remaining_ == 0 && cursor_ != end_) failed_ = true;  // bytes after the last record: corrupt
   return true;
 }
 
 Error RecordReader::error() const {
   if (!failed_) return Error{Errc::kOk, {}};
-  Result<BatchView> full = BatchView::parse_trusted(batch_.bytes());
-  return full.ok() ? Error{Errc::kCorrupt, "record batch: malformed"} : full.error();
+  // Walks the records again, explaining the first fault (the header passed parse_header()).
+  const std::byte* p = begin_;
+  const std::int32_t count = batch_.record_count();
+  std::int32_t previous_delta = -1;
+  RecordView scratch;
+  for (std::int32_t i = 0; i < count; ++i)
+    if (Result<void> record = next_record(p, end_, i, batch_.last_offset_delta(), previous_delta, 0, Offset{0}, scratch);
+        !record.ok())
+      return std::move(record).error();
+  if (p != end_) return corrupt(std::to_string(end_ - p) + " trailing bytes after the last record");
+  return Error{Errc::kCorrupt, "record batch: malformed"};
 }
 
 }  // namespace weft

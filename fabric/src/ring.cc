@@ -453,6 +453,11 @@ Position Ring::tail_position() const noexcept { return Position{load_position(co
 
 Ring::Mark Ring::reuse_limit() const noexcept { return pair_load(control_->reuse.limit); }
 
+Offset Ring::claimed_offset() const noexcept {
+  // Relaxed: a snapshot of one half of the claim word; nothing is read through it.
+  return Offset{static_cast<std::int64_t>(std::atomic_ref<std::uint64_t>(control_->claim.tail.offset).load(std::memory_order_relaxed))};
+}
+
 // ---- Producer -------------------------------------------------------------------------------
 
 Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
@@ -1116,6 +1121,14 @@ LogProgress read_log_progress(const Ring& ring) noexcept {
 
 std::uint32_t log_waiters(const Ring& ring) noexcept {
   return ring.control().log.waiters.load(std::memory_order_relaxed);  // a hint for the writer's pace
+}
+
+void add_log_waiter(const Ring& ring) noexcept {
+  ring.control().log.waiters.fetch_add(1, std::memory_order_seq_cst);  // as wait_for_log counts itself
+}
+
+void remove_log_waiter(const Ring& ring) noexcept {
+  ring.control().log.waiters.fetch_sub(1, std::memory_order_relaxed);  // only a hint to the owner
 }
 
 AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t deadline_ns) noexcept {

@@ -1,11 +1,14 @@
 // Runs the real weftd and weft binaries: a node started by the test (stopped by pid), topics,
 // produce and consume through the CLI, the daemon's config and refusals, and weft perf.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -63,7 +66,8 @@ class Cli : public ::testing::Test {
   }
   // Starts weftd and waits (bounded) until it accepts connections.
   void start_node(std::vector<std::string> extra = {}) {
-    std::vector<std::string> args{WEFTD_PATH, "--socket", socket_, "--data-dir", dir_ + "/data", "--log-level", "debug"};
+    std::vector<std::string> args{WEFTD_PATH, "--socket", socket_, "--data-dir", dir_ + "/data", "--log-level", "debug", "--kafka-listen", "127.0.0.1:0",
+                                  "--metrics-listen", "127.0.0.1:0"};
     args.insert(args.end(), extra.begin(), extra.end());
     node_ = std::make_unique<Background>(args, dir_ + "/weftd.log");
     for (int i = 0; i < 500 && !can_connect(socket_); ++i) {
@@ -186,7 +190,7 @@ TEST_F(Cli, ErrorsSayWhatToDo) {
 TEST_F(Cli, DaemonRefusesADataDirectoryOfAnotherLayout) {
   std::filesystem::create_directories(dir_ + "/future");
   std::ofstream(dir_ + "/future/weft-data-version") << "weft data directory, layout 99\n";
-  Output refused = run({WEFTD_PATH, "--socket", dir_ + "/future.sock", "--data-dir", dir_ + "/future"}, {}, 5000);
+  Output refused = run({WEFTD_PATH, "--socket", dir_ + "/future.sock", "--data-dir", dir_ + "/future", "--kafka-listen", "127.0.0.1:0"}, {}, 5000);
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_NE(refused.err.find("layout 99"), std::string::npos) << refused.err;
   EXPECT_NE(refused.err.find("another --data-dir"), std::string::npos) << refused.err;
@@ -194,10 +198,10 @@ TEST_F(Cli, DaemonRefusesADataDirectoryOfAnotherLayout) {
 
 TEST_F(Cli, DaemonRefusesASecondNodeAndStopsCleanly) {
   start_node();
-  Output same_socket = run({WEFTD_PATH, "--socket", socket_, "--data-dir", dir_ + "/other"}, {}, 5000);
+  Output same_socket = run({WEFTD_PATH, "--socket", socket_, "--data-dir", dir_ + "/other", "--kafka-listen", "127.0.0.1:0"}, {}, 5000);
   EXPECT_EQ(same_socket.exit_code, 1);
   EXPECT_NE(same_socket.err.find("another weft node"), std::string::npos) << same_socket.err;
-  Output same_data = run({WEFTD_PATH, "--socket", dir_ + "/other.sock", "--data-dir", dir_ + "/data"}, {}, 5000);
+  Output same_data = run({WEFTD_PATH, "--socket", dir_ + "/other.sock", "--data-dir", dir_ + "/data", "--kafka-listen", "127.0.0.1:0"}, {}, 5000);
   EXPECT_EQ(same_data.exit_code, 1);
   EXPECT_NE(same_data.err.find("data directory"), std::string::npos) << same_data.err;
   EXPECT_EQ(node_->stop(SIGTERM, 5000), 0);
@@ -232,7 +236,9 @@ TEST_F(Cli, DaemonReadsTomlAndFlagsWin) {
   std::ofstream(config) << "socket = \"" << dir_ << "/from-file.sock\"\n"
                         << "data_dir = \"" << dir_ << "/data-file\"\n"
                         << "default_partitions = 4\n"
-                        << "log_level = \"info\"\n";
+                        << "log_level = \"info\"\n"
+                        << "kafka_listen = \"127.0.0.1:0\"\n"
+                        << "metrics_listen = \"127.0.0.1:0\"\n";
   {
     Background node({WEFTD_PATH, "--config", config}, dir_ + "/a.log");
     for (int i = 0; i < 500 && !can_connect(dir_ + "/from-file.sock"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -276,6 +282,131 @@ TEST_F(Cli, ProduceWhileConsuming) {
   ASSERT_EQ(produced.exit_code, 0) << produced.err;
   ASSERT_EQ(consumed.exit_code, 0) << consumed.err;
   EXPECT_EQ(lines_of(consumed.out).size(), 2000u);
+}
+
+// The HOST:PORT a weftd log line `msg="<message>" ... listen=HOST:PORT` names (empty: none within 5 s).
+std::string listen_address_in_log(const std::string& log_path, const std::string& message) {
+  for (int i = 0; i < 500; ++i) {
+    const std::string log = read_file(log_path);
+    const std::size_t line = log.find("msg=\"" + message + "\"");
+    const std::size_t eol = line == std::string::npos ? line : log.find('\n', line);
+    const std::size_t at = line == std::string::npos ? line : log.find(" listen=", line);
+    if (at != std::string::npos && at < eol) {
+      const std::size_t start = at + 8;
+      return log.substr(start, log.find_first_of(" \n", start) - start);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return {};
+}
+
+std::uint16_t port_of(const std::string& address) {
+  return static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+// Sends `request` to 127.0.0.1:port; reads until the peer closes, or only one size-prefixed Kafka
+// response when `kafka_frame`. Every read is bounded (5 s).
+std::string exchange(std::uint16_t port, const std::string& request, bool kafka_frame = false) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+    char buffer[4096];
+    std::size_t want = kafka_frame ? 4 : SIZE_MAX;
+    while (response.size() < want) {
+      const ssize_t got = recv(fd, buffer, sizeof buffer, 0);
+      if (got <= 0) break;
+      response.append(buffer, static_cast<std::size_t>(got));
+      if (kafka_frame && want == 4 && response.size() >= 4) {
+        const auto* b = reinterpret_cast<const unsigned char*>(response.data());
+        want = 4 + (std::size_t{b[0]} << 24 | std::size_t{b[1]} << 16 | std::size_t{b[2]} << 8 | std::size_t{b[3]});
+      }
+    }
+  }
+  close(fd);
+  return response;
+}
+
+// A Kafka ApiVersions v0 request (correlation id 7, client id "cli-test").
+std::string api_versions_request() {
+  const std::string body = std::string("\0\x12\0\0\0\0\0\x07\0\x08", 10) + "cli-test";
+  return std::string("\0\0\0", 3) + static_cast<char>(body.size()) + body;
+}
+
+std::uint16_t free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof a;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || getsockname(fd, reinterpret_cast<sockaddr*>(&a), &length) != 0) a.sin_port = 0;
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+TEST_F(Cli, DaemonServesPrometheusMetricsAndStatusSummarizesThem) {
+  // Given weftd with its metrics and Kafka listener on free loopback ports (named in its log), a
+  // topic with three records in partition 1, a group that read one of them, and one Kafka request
+  start_node();
+  const std::string log = dir_ + "/weftd.log";
+  const std::string metrics = listen_address_in_log(log, "metrics ready");
+  const std::string kafka = listen_address_in_log(log, "kafka listener ready");
+  ASSERT_FALSE(metrics.empty()) << read_file(log);
+  ASSERT_FALSE(kafka.empty()) << read_file(log);
+  ASSERT_EQ(weft({"topic", "create", "events", "--partitions", "2"}).exit_code, 0);
+  ASSERT_EQ(weft({"produce", "events", "--partition", "1"}, "a\nb\nc\n").exit_code, 0);
+  Output read = weft({"consume", "events", "--group", "billing", "--from", "earliest", "--count", "1", "--timeout-ms", "5000"});
+  ASSERT_EQ(read.out, "a\n") << read.err;
+  ASSERT_GT(exchange(port_of(kafka), api_versions_request(), true).size(), 8u);
+
+  // Expect the page over plain HTTP: partitions' end offsets, the group's lag, the Kafka counters
+  const std::string response = exchange(port_of(metrics), "GET /metrics HTTP/1.1\r\nHost: " + metrics + "\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(response.substr(0, response.find("\r\n")), "HTTP/1.1 200 OK") << response;
+  EXPECT_NE(response.find("\r\nContent-Type: text/plain; version=0.0.4"), std::string::npos) << response;
+  const std::set<std::string> page = lines_of(response);
+  for (const std::string& line : std::vector<std::string>{
+           "weft_topics 1", R"(weft_partition_end_offset{topic="events",partition="0"} 0)",
+           R"(weft_partition_end_offset{topic="events",partition="1"} 3)",
+           R"(weft_consumer_group_lag{group="billing",topic="events",partition="1"} 2)",
+           "# TYPE weft_kafka_requests_total counter", R"(weft_kafka_requests_total{api="ApiVersions"} 1)",
+           R"(weft_kafka_requests_total{api="Produce"} 0)", R"(weft_kafka_request_errors_total{api="ApiVersions"} 0)",
+           "# TYPE weft_kafka_request_latency_seconds histogram",
+           R"(weft_kafka_request_latency_seconds_count{api="ApiVersions"} 1)", "weft_kafka_connections_accepted_total 1"})
+    EXPECT_EQ(page.count(line), 1u) << line << "\n" << response;
+  const std::string missing = exchange(port_of(metrics), "GET /nope HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(missing.substr(0, missing.find("\r\n")), "HTTP/1.1 404 Not Found");
+
+  // Expect weft status to add the Kafka listener's and the groups' summary
+  Output status = weft({"status", "--metrics", metrics});
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_NE(status.out.find("events"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("metrics  http://" + metrics + "/metrics"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("(1 accepted, 0 refused)"), std::string::npos) << status.out;
+  bool api_line = false, group_line = false;
+  for (const std::string& line : lines_of(status.out)) {
+    std::istringstream fields(line);
+    std::string first, second, third;
+    fields >> first >> second >> third;
+    if (first == "ApiVersions") api_line = second == "1" && third == "0";  // requests, errors
+    if (first == "billing") group_line = second == "-" && third == "2";    // no Kafka membership, lag
+  }
+  EXPECT_TRUE(api_line) << status.out;
+  EXPECT_TRUE(group_line) << status.out;
+
+  // Expect status as before, plus one line, where nothing serves metrics; nothing with off
+  Output unreachable = weft({"status", "--metrics", "127.0.0.1:" + std::to_string(free_port())});
+  EXPECT_EQ(unreachable.exit_code, 0) << unreachable.err;
+  EXPECT_NE(unreachable.out.find("events"), std::string::npos) << unreachable.out;
+  EXPECT_NE(unreachable.out.find("metrics  not reachable"), std::string::npos) << unreachable.out;
+  Output off = weft({"status", "--metrics", "off"});
+  EXPECT_EQ(off.exit_code, 0) << off.err;
+  EXPECT_EQ(off.out.find("metrics"), std::string::npos) << off.out;
 }
 
 std::vector<std::byte> one_batch(std::int64_t base, int records) {

@@ -43,4 +43,22 @@ std::uint64_t parse_size(const std::string& text);
 
 int run_perf(const PerfOptions& options);
 
+// The commands over the Kafka protocol (--bootstrap), through librdkafka.
+struct RemoteOptions {
+  std::string bootstrap;  // HOST:PORT[,HOST:PORT...]
+};
+int run_remote_produce(const RemoteOptions& o, const std::string& topic, const std::string& key_sep, const std::string& acks,
+                       const std::string& file, std::int64_t partition);
+struct RemoteConsume {
+  std::string topic;
+  std::string from = "latest";  // earliest, latest, OFFSET or @UNIX_MS
+  std::int64_t count = -1;
+  std::int64_t timeout_ms = -1;
+  std::string group;
+  std::string format = "value";
+  std::int64_t partition = -1;
+};
+int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c);
+int run_remote_perf(const RemoteOptions& o, const PerfOptions& p);
+
 }  // namespace weft::cli

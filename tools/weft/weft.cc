@@ -14,6 +14,8 @@
 #include <string>
 
 #include "commands.h"
+#include "format.h"
+#include "status_metrics.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
 #include "weft/fabric/local_protocol.h"
@@ -49,28 +51,6 @@ std::string human_bytes(std::uint64_t b) {
 std::string_view as_text(const OptionalBytes& b) {
   if (!b) return {};
   return {reinterpret_cast<const char*>(b->data()), b->size()};
-}
-
-void json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char esc[8];
-          std::snprintf(esc, sizeof(esc), "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
-          out += esc;
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
 }
 
 Result<std::shared_ptr<Client>> connect_to(const std::string& socket) { return Client::connect(socket); }
@@ -160,11 +140,13 @@ int run_dump(const std::string& path, bool records) {
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   CLI::App app{"weft: manage topics, produce and consume records, and measure a weft node.\n"
-               "Talks to weftd on this host through its Unix socket (see --socket)."};
+               "Talks to weftd on this host through its Unix socket (see --socket); produce, consume and perf also\n"
+               "reach a node over the network through its Kafka listener (see --bootstrap)."};
   app.require_subcommand(1);
   app.fallthrough();  // --socket works after a subcommand too (subcommands inherit this)
   std::string socket = local::default_socket_path();
   app.add_option("--socket", socket, "weftd's Unix socket (default: $WEFT_SOCKET or weftd's default, " + socket + ")");
+  std::string bootstrap;  // produce, consume and perf over the Kafka protocol instead
 
   // ---- topic ----
   CLI::App* topic = app.add_subcommand("topic", "create, list, describe and delete topics");
@@ -191,6 +173,7 @@ int main(int argc, char** argv) {
   std::string file;
   std::int64_t partition = -1;
   produce->add_option("TOPIC", topic_name, "topic to send to")->required();
+  produce->add_option("--bootstrap", bootstrap, "HOST:PORT of a node's Kafka listener (or any Kafka broker): send over the network");
   produce->add_option("--key-sep", key_sep, "split each line at the first occurrence: key before it, value after");
   produce->add_option("--acks", acks, "0, 1 or all: what each send waits for")->check(CLI::IsMember({"0", "1", "all", "-1"}));
   produce->add_option("--file,-f", file, "read lines from this file instead of stdin")->check(CLI::ExistingFile);
@@ -205,6 +188,7 @@ int main(int argc, char** argv) {
   std::string format = "value";
   std::string wait = "park";
   consume->add_option("TOPIC", topic_name, "topic to read")->required();
+  consume->add_option("--bootstrap", bootstrap, "HOST:PORT of a node's Kafka listener (or any Kafka broker): read over the network");
   consume->add_option("--from", from, "earliest, latest, an OFFSET, or @UNIX_MS (first record at or after that time)");
   consume->add_option("--count,-n", count, "stop after this many records");
   consume->add_option("--timeout-ms", timeout_ms, "stop after this long without a record (default: wait forever)");
@@ -223,6 +207,10 @@ int main(int argc, char** argv) {
 
   // ---- status ----
   CLI::App* status = app.add_subcommand("status", "show the node and its topics at a glance");
+  std::string metrics_address = "127.0.0.1:9644";
+  status->add_option("--metrics", metrics_address,
+                     "HOST:PORT of weftd's metrics (its metrics_listen) for the Kafka and consumer-group summary; off: skip it")
+      ->capture_default_str();
 
   // ---- perf ----
   CLI::App* perf = app.add_subcommand("perf", "measure throughput and latency end to end, with same-run baselines");
@@ -246,6 +234,8 @@ int main(int argc, char** argv) {
   perf->add_flag("!--no-baselines", po.baselines, "skip the memcpy and ping-pong baselines");
   perf->add_flag("!--no-flow-control", po.flow_control, "let producers lap slow consumers (records lost to laps are counted)");
   perf->add_flag("--json", po.json, "print one JSON object instead of the report");
+  perf->add_option("--bootstrap", bootstrap,
+                   "HOST:PORT of a node's Kafka listener: produce, fetch and paced-latency runs over the Kafka protocol (librdkafka)");
   std::string perf_bytes;
   perf->add_option("--data-dir", po.data_dir, "keep the embedded node's logs here (and measure this disk); default: rings only")
       ->check(CLI::ExistingDirectory);
@@ -256,6 +246,23 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   const std::string& sock = socket;
+
+  if (!bootstrap.empty()) {
+    const cli::RemoteOptions remote{bootstrap};
+    if (*perf) return cli::run_remote_perf(remote, po);
+    if (*produce) return cli::run_remote_produce(remote, topic_name, key_sep, acks, file, partition);
+    if (*consume) {
+      if (from != "earliest" && from != "latest") {
+        const bool at_time = !from.empty() && from[0] == '@';
+        const std::string_view digits = at_time ? std::string_view(from).substr(1) : std::string_view(from);
+        std::int64_t v = 0;
+        const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+        if (digits.empty() || ec != std::errc{} || end != digits.data() + digits.size() || v < 0)
+          return report(Error{Errc::kInvalidArgument, "--from takes earliest, latest, an offset or @UNIX_MS, not '" + from + "'"}, "consuming");
+      }
+      return cli::run_remote_consume(remote, cli::RemoteConsume{topic_name, from, count, timeout_ms, group, format, partition});
+    }
+  }
 
   if (*perf) {
     po.use_socket = app.count("--socket") > 0;
@@ -332,6 +339,7 @@ int main(int argc, char** argv) {
       std::printf("%-32s %10u %14llu %10u %10u %8u\n", n.c_str(), info->config.partitions,
                   static_cast<unsigned long long>(records), producers, consumers, lapped);
     }
+    cli::print_status_metrics(metrics_address, s->pid);
     return 0;
   }
   if (*produce) {
@@ -428,25 +436,10 @@ int main(int argc, char** argv) {
       for (const ConsumedRecord& r : polled->records) {
         if (count >= 0 && printed >= count) break;
         line.clear();
-        if (format == "value") {
-          line += as_text(r.value);
-        } else if (format == "key-value") {
-          line += r.key ? as_text(r.key) : std::string_view("");
-          line += '\t';
-          line += as_text(r.value);
-        } else {
-          line += "{\"topic\":";
-          json_string(line, r.topic);
-          line += ",\"partition\":" + std::to_string(r.partition) + ",\"offset\":" + std::to_string(r.offset.value) +
-                  ",\"timestamp\":" + std::to_string(r.timestamp_ms) + ",\"key\":";
-          if (r.key) json_string(line, as_text(r.key));
-          else line += "null";
-          line += ",\"value\":";
-          if (r.value) json_string(line, as_text(r.value));
-          else line += "null";
-          line += '}';
-        }
-        line += '\n';
+        cli::PrintedRecord printed_record{r.topic, r.partition, r.offset.value, r.timestamp_ms,
+                                          r.key ? std::optional<std::string_view>(as_text(r.key)) : std::nullopt,
+                                          r.value ? std::optional<std::string_view>(as_text(r.value)) : std::nullopt};
+        cli::format_record(line, format, printed_record);
         std::fwrite(line.data(), 1, line.size(), stdout);
         ++printed;
         if (!group.empty()) next_offsets[r.partition] = Offset{r.offset.value + 1};

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -25,8 +26,10 @@
 #include "weft/fabric/local_protocol.h"
 #include "weft/fabric/local_server.h"
 #include "weft/fabric/log.h"
+#include "weft/kafka/listener.h"
 #include "weft/node.h"
 #include "weft/storage/segment_log.h"
+#include "metrics.h"
 
 namespace {
 
@@ -47,7 +50,30 @@ struct Settings {
   std::int64_t default_ring_capacity = std::int64_t{4} << 20;
   std::string fsync = "none";
   bool in_memory = false;
+  // The Kafka wire-protocol listener (bindings/kafka).
+  bool kafka = true;
+  std::string kafka_listen = "127.0.0.1:9092";
+  std::string kafka_advertise;  // empty: the listen address
+  std::int64_t kafka_max_request_bytes = std::int64_t{100} << 20;
+  std::int64_t kafka_max_connections = 1024;
+  std::int64_t kafka_idle_timeout_ms = 600'000;
+  bool kafka_auto_create_topics = true;
+  std::int64_t kafka_initial_rebalance_delay_ms = 3'000;
+  std::string metrics_listen = "127.0.0.1:9644";  // Prometheus metrics over HTTP (metrics.h); "" or "off": none
 };
+
+// "HOST:PORT" (an IPv6 host in brackets) into its parts.
+Result<std::pair<std::string, std::uint16_t>> parse_host_port(const std::string& key, const std::string& text) {
+  const std::size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
+    return Error{Errc::kInvalidArgument, key + " must be HOST:PORT, not '" + text + "'"};
+  std::string host = text.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  char* end = nullptr;
+  const unsigned long port = std::strtoul(text.c_str() + colon + 1, &end, 10);
+  if (*end != '\0' || port > 65535) return Error{Errc::kInvalidArgument, key + ": '" + text.substr(colon + 1) + "' is not a port (0..65535)"};
+  return std::pair<std::string, std::uint16_t>{host, static_cast<std::uint16_t>(port)};
+}
 
 std::string default_data_dir() {
   if (geteuid() == 0) return "/var/lib/weft";
@@ -111,7 +137,17 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "in_memory") {
       if (auto v = node.value<bool>()) s.in_memory = *v;
       else r = Error{Errc::kInvalidArgument, path + ": in_memory must be true or false"};
-    }
+    } else if (k == "kafka" || k == "kafka_auto_create_topics") {
+      bool& out = k == "kafka" ? s.kafka : s.kafka_auto_create_topics;
+      if (auto v = node.value<bool>()) out = *v;
+      else r = Error{Errc::kInvalidArgument, path + ": " + k + " must be true or false"};
+    } else if (k == "kafka_listen") r = want_string(s.kafka_listen);
+    else if (k == "kafka_advertise") r = want_string(s.kafka_advertise);
+    else if (k == "kafka_max_request_bytes") r = want_int(s.kafka_max_request_bytes);
+    else if (k == "kafka_max_connections") r = want_int(s.kafka_max_connections);
+    else if (k == "kafka_idle_timeout_ms") r = want_int(s.kafka_idle_timeout_ms);
+    else if (k == "kafka_initial_rebalance_delay_ms") r = want_int(s.kafka_initial_rebalance_delay_ms);
+    else if (k == "metrics_listen") r = want_string(s.metrics_listen);
     else r = Error{Errc::kInvalidArgument, path + ": unknown key '" + k + "' (see weftd --help for the keys)"};
     WEFT_TRY_VOID(r);
   }
@@ -155,6 +191,15 @@ int main(int argc, char** argv) {
   app.add_option("--default-ring-capacity", flags.default_ring_capacity, "ring bytes per partition, a power of two (default_ring_capacity)");
   app.add_option("--fsync", flags.fsync, "fsync policy of new topics: none, always, interval=<ms> (fsync)");
   app.add_flag("--in-memory", flags.in_memory, "keep no logs on disk: rings only, nothing survives a restart (in_memory)");
+  app.add_flag("--kafka,!--no-kafka", flags.kafka, "serve Kafka clients over TCP (kafka)");
+  app.add_option("--kafka-listen", flags.kafka_listen, "HOST:PORT of the Kafka listener, default 127.0.0.1:9092 (kafka_listen)");
+  app.add_option("--kafka-advertise", flags.kafka_advertise, "HOST:PORT Kafka clients are told to connect to; default: the listen address (kafka_advertise)");
+  app.add_option("--kafka-max-request-bytes", flags.kafka_max_request_bytes, "largest Kafka request; a larger one closes its connection (kafka_max_request_bytes)");
+  app.add_option("--kafka-max-connections", flags.kafka_max_connections, "Kafka connections at once (kafka_max_connections)");
+  app.add_option("--kafka-idle-timeout-ms", flags.kafka_idle_timeout_ms, "idle Kafka connections close after this (kafka_idle_timeout_ms)");
+  app.add_option("--kafka-auto-create-topics", flags.kafka_auto_create_topics, "create unknown topics on Metadata and Produce, true or false (kafka_auto_create_topics)");
+  app.add_option("--kafka-initial-rebalance-delay-ms", flags.kafka_initial_rebalance_delay_ms, "a new consumer group's first rebalance waits this long for more members (kafka_initial_rebalance_delay_ms)");
+  app.add_option("--metrics-listen", flags.metrics_listen, "HOST:PORT serving Prometheus metrics at /metrics, default 127.0.0.1:9644; off: none (metrics_listen)");
   CLI11_PARSE(app, argc, argv);
 
   // Defaults, then the file, then every flag given on the command line.
@@ -176,6 +221,15 @@ int main(int argc, char** argv) {
   if (given("--default-ring-capacity")) s.default_ring_capacity = flags.default_ring_capacity;
   if (given("--fsync")) s.fsync = flags.fsync;
   if (given("--in-memory")) s.in_memory = flags.in_memory;
+  if (given("--kafka") || given("--no-kafka")) s.kafka = flags.kafka;
+  if (given("--kafka-listen")) s.kafka_listen = flags.kafka_listen;
+  if (given("--kafka-advertise")) s.kafka_advertise = flags.kafka_advertise;
+  if (given("--kafka-max-request-bytes")) s.kafka_max_request_bytes = flags.kafka_max_request_bytes;
+  if (given("--kafka-max-connections")) s.kafka_max_connections = flags.kafka_max_connections;
+  if (given("--kafka-idle-timeout-ms")) s.kafka_idle_timeout_ms = flags.kafka_idle_timeout_ms;
+  if (given("--kafka-auto-create-topics")) s.kafka_auto_create_topics = flags.kafka_auto_create_topics;
+  if (given("--kafka-initial-rebalance-delay-ms")) s.kafka_initial_rebalance_delay_ms = flags.kafka_initial_rebalance_delay_ms;
+  if (given("--metrics-listen")) s.metrics_listen = flags.metrics_listen;
   if (s.data_dir.empty()) s.data_dir = default_data_dir();
 
   Result<LogLevel> level = parse_log_level(s.log_level);
@@ -212,6 +266,35 @@ int main(int argc, char** argv) {
   for (const std::int64_t gid : s.allow_gids) server_options.allow_gids.push_back(static_cast<gid_t>(gid));
   if (s.max_connections < 1) return fail(Error{Errc::kInvalidArgument, "max_connections must be at least 1"});
   server_options.max_connections = static_cast<std::size_t>(s.max_connections);
+
+  kafka::KafkaListenerOptions kafka_options;
+  if (s.kafka) {
+    Result<std::pair<std::string, std::uint16_t>> listen = parse_host_port("kafka_listen", s.kafka_listen);
+    if (!listen.ok()) return fail(listen.error());
+    kafka_options.listen_host = listen->first;
+    kafka_options.listen_port = listen->second;
+    if (!s.kafka_advertise.empty()) {
+      Result<std::pair<std::string, std::uint16_t>> advertise = parse_host_port("kafka_advertise", s.kafka_advertise);
+      if (!advertise.ok()) return fail(advertise.error());
+      kafka_options.advertised_host = advertise->first;
+      kafka_options.advertised_port = advertise->second;
+    }
+    if (s.kafka_max_request_bytes < 1024 || s.kafka_max_connections < 1 || s.kafka_idle_timeout_ms < 1 || s.kafka_initial_rebalance_delay_ms < 0)
+      return fail(Error{Errc::kInvalidArgument, "kafka limits: max request bytes >= 1024, max connections >= 1, idle timeout >= 1 ms, rebalance delay >= 0"});
+    kafka_options.max_request_bytes = static_cast<std::size_t>(s.kafka_max_request_bytes);
+    kafka_options.max_connections = static_cast<std::size_t>(s.kafka_max_connections);
+    kafka_options.idle_timeout_ms = s.kafka_idle_timeout_ms;
+    kafka_options.auto_create_topics = s.kafka_auto_create_topics;
+    kafka_options.default_partitions = static_cast<std::uint32_t>(std::max<std::int64_t>(s.default_partitions, 1));
+    kafka_options.groups.initial_rebalance_delay_ms = static_cast<std::int32_t>(std::min<std::int64_t>(s.kafka_initial_rebalance_delay_ms, INT32_MAX));
+  }
+
+  std::pair<std::string, std::uint16_t> metrics_listen;  // an empty host: no metrics
+  if (!s.metrics_listen.empty() && s.metrics_listen != "off") {
+    Result<std::pair<std::string, std::uint16_t>> parsed = parse_host_port("metrics_listen", s.metrics_listen);
+    if (!parsed.ok()) return fail(parsed.error());
+    metrics_listen = *parsed;
+  }
 
   // Every partition's ring is an open memfd and every client a socket: take all the descriptors
   // the hard limit allows (a soft limit of 1024 would cap the node near a thousand partitions).
@@ -264,6 +347,19 @@ int main(int argc, char** argv) {
   if (!node.ok()) return fail(node.error());
   Result<std::unique_ptr<LocalServer>> server = LocalServer::start(**node, server_options);
   if (!server.ok()) return fail(server.error());
+  std::unique_ptr<kafka::KafkaListener> kafka_listener;
+  if (s.kafka) {
+    Result<std::unique_ptr<kafka::KafkaListener>> started_listener = kafka::KafkaListener::start(**node, kafka_options);
+    if (!started_listener.ok()) return fail(started_listener.error());
+    kafka_listener = std::move(*started_listener);
+  }
+  std::unique_ptr<weftd::MetricsServer> metrics;
+  if (!metrics_listen.first.empty()) {
+    Result<std::unique_ptr<weftd::MetricsServer>> started_metrics = weftd::start_node_metrics(
+        metrics_listen.first, metrics_listen.second, **node, server->get(), kafka_listener.get(), started);
+    if (!started_metrics.ok()) return fail(started_metrics.error());
+    metrics = std::move(*started_metrics);
+  }
   char elapsed[32];
   std::snprintf(elapsed, sizeof(elapsed), "%.1f", static_cast<double>(monotonic_ns() - started) / 1e6);
   log(LogLevel::kInfo, "weftd ready",
@@ -285,6 +381,8 @@ int main(int argc, char** argv) {
   // Drain: no new clients or requests, then a last maintenance pass so counters and limits are
   // final. Clients keep their mapped rings; with no log store yet there is nothing to flush.
   const LocalServerStats stats = (*server)->stats();
+  if (metrics) metrics->stop();
+  if (kafka_listener) kafka_listener->stop();
   (*server)->stop();
   (*node)->stop();
   log(LogLevel::kInfo, "weftd stopped",

@@ -7,7 +7,10 @@
 //
 // Records are views into the rings: no copy. They stay valid until the next poll unless the
 // producers lap this consumer meanwhile (a consumer a whole ring behind); views_intact() says
-// whether they were.
+// whether they were. Batches that Kafka clients compressed (gzip, snappy, lz4, zstd; stored as
+// they came) are decompressed into the consumer's own buffers, reused from poll to poll: their
+// records are views into those, valid until the next poll. One that does not decompress is
+// skipped with a kCorrupt notice.
 //
 // A consumer behind the ring (a replay, a batch job, a lapped real-time reader) reads the
 // partition's log instead: whole segment files, read with pread in large chunks and checked
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "weft/client.h"
+#include "weft/fabric/compression.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/ring.h"
 
@@ -56,6 +60,10 @@ struct ConsumerOptions {
   bool check_crcs = false;
   // Bytes per read from the log when behind the ring (grows for a larger batch).
   std::size_t log_read_bytes = std::size_t{1} << 20;
+  // Decompressed bytes a compressed batch may hold: one that inflates past it is skipped as
+  // corrupt (a decompression bomb). A poll also takes no further compressed batch once those it
+  // took hold this much.
+  std::size_t max_decompressed_bytes = kDefaultMaxDecompressedBytes;
   // The consumer group whose offsets commit() stores and SeekTo::committed() reads. Partitions
   // are assigned by the application (the Kafka protocol's group coordinator comes with it).
   std::string group;

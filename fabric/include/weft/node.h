@@ -152,6 +152,8 @@ class Node {
   Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets);
   // A group's committed offsets for one topic (empty topic: every topic), by topic and partition.
   Result<std::vector<CommittedOffset>> fetch_offsets(std::string_view group, std::string_view topic) const;
+  // The groups that have committed offsets here, in name order (none without an offset store).
+  std::vector<std::string> list_groups() const;
 
   // One maintenance pass over every partition; returns true when any ring moved.
   bool maintain();
@@ -160,6 +162,15 @@ class Node {
 
   const NodeOptions& options() const noexcept { return options_; }
   std::size_t ring_memory_bytes() const;
+  // Runs the next maintenance pass now rather than at the rings' pace: a producer that cannot
+  // sleep in wait_for_log (an event loop answering remote producers) waits on the log.
+  void hurry();
+  // After each pass that found producers waiting on the log, writes 1 to `event_fd` (an eventfd
+  // the caller polls with the rest of its sockets), so acknowledgements need no timer. -1: none.
+  void set_pass_event(int event_fd) noexcept;
+  // Moves whenever a topic is created or deleted: lets a cache of topics (the Kafka listener's)
+  // check itself with one load.
+  std::uint64_t topics_version() const noexcept;
 
  private:
   struct Partition;

@@ -68,7 +68,7 @@ struct RecordInput {
 };
 
 struct BatchOptions {
-  std::int16_t attributes = 0;  // compression bits are carried as given; codecs come later
+  std::int16_t attributes = 0;  // carried as given (compress_batch() in compression.h compresses)
   std::int32_t partition_leader_epoch = -1;
   std::int64_t producer_id = -1;
   std::int16_t producer_epoch = -1;
@@ -205,10 +205,15 @@ class BatchView {
 
 // Decodes the records of a batch that parse_header() accepted, checking each one as it goes:
 // never reads outside the batch, and stops at the first malformed record. A compressed batch
-// yields no records and does not fail (its records are read once decompressed).
+// yields no records and does not fail: its records are read once decompressed (compression.h),
+// by a reader given them.
 class RecordReader {
  public:
   explicit RecordReader(const BatchView& batch) noexcept;
+  // Reads a compressed batch's records from `records`, its records section decompressed:
+  // offsets, timestamps and the count come from the batch's header, and the views of the
+  // records point into `records`, which must outlive them.
+  RecordReader(const BatchView& batch, std::span<const std::byte> records) noexcept;
   // The next record; false at the end, or at a malformed record (then failed() is true, and
   // `out` holds nothing usable). Bytes left after the last record set failed() as it is read.
   bool next(RecordView& out) noexcept;
@@ -218,7 +223,9 @@ class RecordReader {
 
  private:
   BatchView batch_;
+  const std::byte* begin_;  // the records section read
   const std::byte* cursor_;
+  const std::byte* end_;
   std::int32_t remaining_;
   std::int32_t previous_delta_ = -1;
   bool failed_ = false;

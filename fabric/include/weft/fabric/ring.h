@@ -60,6 +60,9 @@ class Ring {
     Offset offset;
   };
   Mark reuse_limit() const noexcept;
+  // The offset producers claim next: a snapshot, claimed but maybe not committed yet (Kafka's
+  // log end offset as the node reports it).
+  Offset claimed_offset() const noexcept;
 
  private:
   ring_layout::RingControl* control_ = nullptr;
@@ -273,6 +276,10 @@ void publish_log_progress(const Ring& ring, const LogProgress& progress) noexcep
 LogProgress read_log_progress(const Ring& ring) noexcept;
 // Producers waiting now (the owner writes the log sooner while there are any).
 std::uint32_t log_waiters(const Ring& ring) noexcept;
+// Counts a waiter that polls read_log_progress instead of sleeping in wait_for_log (an event
+// loop answering remote producers), so the owner hurries for it too. Pair every add with a remove.
+void add_log_waiter(const Ring& ring) noexcept;
+void remove_log_waiter(const Ring& ring) noexcept;
 enum class AckStatus : std::uint8_t {
   kOk,        // every offset below `end` is written (durably, when asked)
   kNoLog,     // the partition has no log: the ring is all there is

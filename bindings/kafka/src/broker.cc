@@ -1,0 +1,1298 @@
+// The Broker's topic cache, the frame builder, dispatch, and the APIs about topics and data:
+// ApiVersions, Metadata, Produce, Fetch, ListOffsets, CreateTopics, DeleteTopics,
+// DescribeConfigs, InitProducerId. Group APIs are in groups.cc.
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "broker.h"
+#include "weft/fabric/log.h"
+#include "weft/fabric/record_batch.h"
+
+namespace weft::kafka::detail {
+
+namespace {
+
+constexpr std::int32_t kNullAuthorizedOperations = INT32_MIN;
+
+std::int64_t monotonic_ms() noexcept { return monotonic_ns() / 1'000'000; }
+
+}  // namespace
+
+// ---- Frame ----------------------------------------------------------------------------------
+
+Frame::Frame(const RequestHeader& header) { begin_frame(w, header); }
+
+void Frame::file_region(std::shared_ptr<UniqueFd> file, std::uint64_t offset, std::size_t length) {
+  total_ += w.size();
+  chunks_.push_back(OutChunk{w.take(), nullptr, 0, 0, 0});
+  w.buffer().clear();
+  chunks_.push_back(OutChunk{{}, std::move(file), offset, length, 0});
+  total_ += length;
+}
+
+std::vector<OutChunk> Frame::finish() {
+  total_ += w.size();
+  if (w.size() > 0) chunks_.push_back(OutChunk{w.take(), nullptr, 0, 0, 0});
+  std::string& first = chunks_.front().bytes;
+  std::byte size[4];
+  wire::store_be32(size, static_cast<std::int32_t>(total_ - 4));
+  std::memcpy(first.data(), size, 4);
+  return std::move(chunks_);
+}
+
+// ---- Broker ---------------------------------------------------------------------------------
+
+Broker::Broker(Node& node, const KafkaListenerOptions& options, std::uint16_t bound_port)
+    : node_(node), options_(options), groups_(options.groups) {
+  advertised_host_ = options_.advertised_host.empty() ? options_.listen_host : options_.advertised_host;
+  if (advertised_host_ == "0.0.0.0" || advertised_host_ == "::") advertised_host_ = "127.0.0.1";
+  advertised_port_ = options_.advertised_port != 0 ? options_.advertised_port : bound_port;
+  // Producer ids must not repeat across restarts (producer state is not kept): start from the
+  // wall clock in milliseconds, times 1024 ids per millisecond of uptime.
+  next_producer_id_ = wall_clock_ms() * 1024;
+}
+
+Broker::~Broker() = default;
+
+std::int64_t Broker::now_ms() const noexcept { return monotonic_ms(); }
+
+std::shared_ptr<TopicState> Broker::topic(std::string_view name) {
+  const std::uint64_t version = node_.topics_version();
+  if (version != topics_version_) {
+    // A topic was created or deleted: drop cached topics that are gone or were recreated.
+    topics_version_ = version;
+    for (auto it = topics_.begin(); it != topics_.end();) {
+      Result<TopicInfo> info = node_.describe_topic(it->first);
+      if (!info.ok() || info->id != it->second->id) it = topics_.erase(it);
+      else ++it;
+    }
+  }
+  auto it = topics_.find(name);
+  if (it != topics_.end()) return it->second;
+  Result<TopicInfo> info = node_.describe_topic(name);
+  if (!info.ok()) return nullptr;
+  auto state = std::make_shared<TopicState>();
+  state->name = std::string(name);
+  state->id = info->id;
+  state->config = info->config;
+  state->has_log = static_cast<bool>(node_.options().open_log);  // every partition of such a node keeps one
+  for (std::uint32_t p = 0; p < info->config.partitions; ++p) {
+    Result<PartitionMemory> memory = node_.open_partition(name, p);
+    if (!memory.ok()) {
+      log(LogLevel::kWarn, "kafka: cannot open a partition", {{"topic", std::string(name)}, {"partition", std::to_string(p)}, {"error", memory.error().message}});
+      return nullptr;
+    }
+    auto partition = std::make_unique<PartitionState>();
+    partition->memory = std::move(*memory);
+    state->partitions.push_back(std::move(partition));
+    state->log_start.push_back(info->partitions[p].log_start_offset.value >= 0 ? info->partitions[p].log_start_offset
+                                                                                : info->partitions[p].start_offset);
+  }
+  state->log_start_refreshed_ms = now_ms();
+  topics_.emplace(state->name, state);
+  return state;
+}
+
+std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool allow_create, std::int16_t& error) {
+  error = error::kNone;
+  if (!validate_topic_name(name).ok()) {
+    error = error::kInvalidTopicException;
+    return nullptr;
+  }
+  if (std::shared_ptr<TopicState> t = topic(name)) return t;
+  if (!allow_create || !options_.auto_create_topics) {
+    error = error::kUnknownTopicOrPartition;
+    return nullptr;
+  }
+  TopicConfig config = node_.options().default_topic;
+  config.partitions = options_.default_partitions;
+  Result<TopicInfo> created = node_.create_topic(name, config);
+  if (!created.ok() && created.error().code != Errc::kAlreadyExists) {
+    log(LogLevel::kWarn, "kafka: auto-creating a topic failed", {{"topic", std::string(name)}, {"error", created.error().message}});
+    error = error::kUnknownTopicOrPartition;
+    return nullptr;
+  }
+  if (created.ok()) log(LogLevel::kInfo, "kafka: topic auto-created", {{"topic", std::string(name)}, {"partitions", std::to_string(config.partitions)}});
+  std::shared_ptr<TopicState> t = topic(name);
+  if (!t) error = error::kUnknownTopicOrPartition;
+  return t;
+}
+
+Offset Broker::log_start(TopicState& t, std::uint32_t partition) {
+  const std::int64_t now = now_ms();
+  if (now - t.log_start_refreshed_ms > 500) {
+    Result<TopicInfo> info = node_.describe_topic(t.name);
+    if (info.ok() && info->id == t.id) {
+      for (std::size_t p = 0; p < t.log_start.size() && p < info->partitions.size(); ++p)
+        t.log_start[p] = info->partitions[p].log_start_offset.value >= 0 ? info->partitions[p].log_start_offset : info->partitions[p].start_offset;
+    }
+    t.log_start_refreshed_ms = now;
+  }
+  return t.log_start[partition];
+}
+
+Offset Broker::earliest(TopicState& t, std::uint32_t partition) {
+  if (t.has_log) {
+    Result<LogSlice> slice = node_.open_log_slice(t.name, partition, kEarliestOffset);
+    if (slice.ok()) {
+      t.log_start[partition] = slice->offset;
+      return slice->offset;
+    }
+  }
+  if (!t.has_log) return t.partitions[partition]->memory.ring.reuse_limit().offset;
+  return log_start(t, partition);
+}
+
+void Broker::tick(std::int64_t now_ns) {
+  const std::int64_t now = now_ns / 1'000'000;
+  groups_.tick(now);
+  // Tail readers nobody fetched through for a while give their consumer slot back (and, under
+  // consumer flow control, stop holding producers).
+  for (auto& [name, t] : topics_)
+    for (auto& p : t->partitions)
+      if (p->reader && now - p->reader_used_ms > 5'000) p->reader.reset();
+}
+
+// ---- Dispatch -------------------------------------------------------------------------------
+
+Outcome Broker::handle(const Request& r) {
+  const RequestHeader& h = r.header;
+  const ApiSupport* api = find_api(h.api_key);
+  if (api == nullptr) {
+    return Outcome{Outcome::Kind::kClose, {}, nullptr, "unknown API key " + std::to_string(h.api_key), 0};
+  }
+  if (api->key == ApiKey::kApiVersions) return api_versions(r);
+  if (h.api_version < api->min_version || h.api_version > api->max_version) {
+    // As Kafka does: only ApiVersions is answered in a version the broker does not serve.
+    return Outcome{Outcome::Kind::kClose, {}, nullptr,
+                   std::string(api->name) + " v" + std::to_string(h.api_version) + " is not served (v" + std::to_string(api->min_version) +
+                       "..v" + std::to_string(api->max_version) + ")",
+                   0};
+  }
+  Reader in(r.body);
+  Outcome out;
+  switch (api->key) {
+    case ApiKey::kMetadata: out = metadata(r, in); break;
+    case ApiKey::kProduce: out = produce(r, in); break;
+    case ApiKey::kFetch: out = fetch(r, in); break;
+    case ApiKey::kListOffsets: out = list_offsets(r, in); break;
+    case ApiKey::kFindCoordinator: out = find_coordinator(r, in); break;
+    case ApiKey::kJoinGroup: out = join_group(r, in); break;
+    case ApiKey::kSyncGroup: out = sync_group(r, in); break;
+    case ApiKey::kHeartbeat: out = heartbeat(r, in); break;
+    case ApiKey::kLeaveGroup: out = leave_group(r, in); break;
+    case ApiKey::kOffsetCommit: out = offset_commit(r, in); break;
+    case ApiKey::kOffsetFetch: out = offset_fetch(r, in); break;
+    case ApiKey::kListGroups: out = list_groups(r, in); break;
+    case ApiKey::kDescribeGroups: out = describe_groups(r, in); break;
+    case ApiKey::kCreateTopics: out = create_topics(r, in); break;
+    case ApiKey::kDeleteTopics: out = delete_topics(r, in); break;
+    case ApiKey::kDescribeConfigs: out = describe_configs(r, in); break;
+    case ApiKey::kInitProducerId: out = init_producer_id(r, in); break;
+    case ApiKey::kApiVersions: break;
+  }
+  if (!in.ok()) {
+    if (out.parked) abandon(*out.parked);
+    return Outcome{Outcome::Kind::kClose, {}, nullptr, "malformed " + std::string(api->name) + " v" + std::to_string(h.api_version) + " request: " + in.error(), 0};
+  }
+  return out;
+}
+
+// ---- ApiVersions ----------------------------------------------------------------------------
+
+Outcome Broker::api_versions(const Request& r) {
+  const RequestHeader& h = r.header;
+  const ApiSupport* api = find_api(h.api_key);
+  Outcome out;
+  if (h.api_version > api->max_version || h.api_version < 0) {
+    // Answered in v0 with UNSUPPORTED_VERSION and the ranges served, so the client retries lower.
+    RequestHeader v0 = h;
+    v0.flexible = false;
+    Frame f(v0);
+    f.w.i16(error::kUnsupportedVersion);
+    f.w.array(supported_apis().size(), false);
+    for (const ApiSupport& a : supported_apis()) {
+      f.w.i16(static_cast<std::int16_t>(a.key));
+      f.w.i16(a.min_version);
+      f.w.i16(a.max_version);
+    }
+    out.response = f.finish();
+    out.error = error::kUnsupportedVersion;
+    return out;
+  }
+  const bool flex = h.flexible;
+  if (flex) {
+    // ClientSoftwareName and ClientSoftwareVersion (v3+): read to check the frame is whole.
+    Reader in(r.body);
+    (void)in.string(true);
+    (void)in.string(true);
+    in.tagged_fields(true);
+    if (!in.ok()) return Outcome{Outcome::Kind::kClose, {}, nullptr, "malformed ApiVersions request: " + in.error(), 0};
+  }
+  Frame f(h);
+  f.w.i16(error::kNone);
+  f.w.array(supported_apis().size(), flex);
+  for (const ApiSupport& a : supported_apis()) {
+    f.w.i16(static_cast<std::int16_t>(a.key));
+    f.w.i16(a.min_version);
+    f.w.i16(a.max_version);
+    f.w.tagged_fields(flex);
+  }
+  if (h.api_version >= 1) f.w.i32(0);  // throttle
+  f.w.tagged_fields(flex);
+  out.response = f.finish();
+  return out;
+}
+
+// ---- Metadata -------------------------------------------------------------------------------
+
+Outcome Broker::metadata(const Request& r, Reader& in) {
+  const std::int16_t v = r.header.api_version;
+  const bool flex = r.header.flexible;
+  std::vector<std::optional<std::string_view>> names;
+  const std::int32_t count = in.array(flex, v >= 1, 2);
+  bool all = count < 0 || (v == 0 && count == 0);
+  for (std::int32_t i = 0; i < std::max(count, 0) && in.ok(); ++i) {
+    if (v >= 10) (void)in.uuid();
+    names.push_back(v >= 10 ? in.nullable_string(flex) : std::optional<std::string_view>(in.string(flex)));
+    in.tagged_fields(flex);
+  }
+  bool allow_auto_create = true;
+  if (v >= 4) allow_auto_create = in.boolean();
+  if (v >= 8 && v <= 10) (void)in.boolean();
+  if (v >= 8) (void)in.boolean();
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+
+  struct Entry {
+    std::string name;
+    std::int16_t error = 0;
+    std::uint32_t partitions = 0;
+  };
+  std::vector<Entry> entries;
+  if (all) {
+    for (const std::string& name : node_.list_topics()) {
+      std::shared_ptr<TopicState> t = topic(name);
+      if (t) entries.push_back({name, 0, static_cast<std::uint32_t>(t->partitions.size())});
+    }
+  } else {
+    for (const auto& name : names) {
+      if (!name) {
+        entries.push_back({"", error::kUnknownTopicId, 0});
+        continue;
+      }
+      std::int16_t err = 0;
+      std::shared_ptr<TopicState> t = topic_or_create(*name, allow_auto_create, err);
+      entries.push_back({std::string(*name), err, t ? static_cast<std::uint32_t>(t->partitions.size()) : 0});
+    }
+  }
+
+  Outcome out;
+  Frame f(r.header);
+  Writer& w = f.w;
+  if (v >= 3) w.i32(0);
+  w.array(1, flex);
+  w.i32(options_.node_id);
+  w.string(advertised_host_, flex);
+  w.i32(advertised_port_);
+  if (v >= 1) w.nullable_string(std::nullopt, flex);  // rack
+  w.tagged_fields(flex);
+  if (v >= 2) w.nullable_string(options_.cluster_id, flex);
+  if (v >= 1) w.i32(options_.node_id);  // the controller: this node (admin requests come here)
+  w.array(entries.size(), flex);
+  for (const Entry& e : entries) {
+    w.i16(e.error);
+    if (e.error != 0 && out.error == 0) out.error = e.error;
+    w.string(e.name, flex);
+    if (v >= 10) w.uuid({});  // weft has no topic ids on the wire: the zero UUID means none
+    if (v >= 1) w.boolean(false);
+    w.array(e.partitions, flex);
+    for (std::uint32_t p = 0; p < e.partitions; ++p) {
+      w.i16(0);
+      w.i32(static_cast<std::int32_t>(p));
+      w.i32(options_.node_id);
+      if (v >= 7) w.i32(0);  // leader epoch
+      w.array(1, flex);
+      w.i32(options_.node_id);
+      w.array(1, flex);
+      w.i32(options_.node_id);
+      if (v >= 5) w.array(0, flex);
+      w.tagged_fields(flex);
+    }
+    if (v >= 8) w.i32(kNullAuthorizedOperations);
+    w.tagged_fields(flex);
+  }
+  if (v >= 8 && v <= 10) w.i32(kNullAuthorizedOperations);
+  w.tagged_fields(flex);
+  out.response = f.finish();
+  return out;
+}
+
+// ---- Produce --------------------------------------------------------------------------------
+
+namespace {
+
+std::int32_t next_sequence(std::int32_t s) noexcept { return s == INT32_MAX ? 0 : s + 1; }
+
+}  // namespace
+
+Outcome Broker::produce(const Request& r, Reader& in) {
+  const bool flex = r.header.flexible;
+  auto parked = std::make_unique<Parked>();
+  parked->kind = Parked::Kind::kProduce;
+  parked->header = r.header;
+  parked->arrived_ns = r.arrived_ns;
+  const std::optional<std::string_view> transactional_id = in.nullable_string(flex);
+  parked->acks = in.i16();
+  const std::int32_t timeout_ms = in.i32();
+  const std::int32_t topics = in.array(flex, false, 2);
+  for (std::int32_t t = 0; t < topics && in.ok(); ++t) {
+    const std::string_view name = in.string(flex);
+    std::int16_t topic_error = 0;
+    std::shared_ptr<TopicState> state = topic_or_create(name, true, topic_error);
+    const std::int32_t partitions = in.array(flex, false, 4);
+    for (std::int32_t p = 0; p < partitions && in.ok(); ++p) {
+      Parked::ProducePart part;
+      part.topic = std::string(name);
+      part.partition = in.i32();
+      const std::optional<std::span<const std::byte>> records = in.nullable_bytes(flex);
+      in.tagged_fields(flex);
+      if (!in.ok()) break;
+      if (!state) {
+        part.error = topic_error;
+      } else if (part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
+        part.error = error::kUnknownTopicOrPartition;
+      } else if (!records || records->empty()) {
+        part.error = error::kInvalidRecord;
+        part.error_message = "no records";
+      } else {
+        part.state = state;
+        part.batch = *records;
+      }
+      parked->produce.push_back(std::move(part));
+    }
+    in.tagged_fields(flex);
+  }
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+  if (parked->acks != 0 && parked->acks != 1 && parked->acks != -1) {
+    for (auto& part : parked->produce) part.error = error::kInvalidRequiredAcks;
+  } else if (transactional_id) {
+    for (auto& part : parked->produce) {
+      part.error = error::kInvalidTxnState;
+      part.error_message = "weft does not support transactions";
+    }
+  }
+  for (auto& part : parked->produce)
+    if (part.error == 0 && part.state) append(part);
+  parked->deadline_ns = r.arrived_ns + std::int64_t{std::max(timeout_ms, 0)} * 1'000'000;
+  if (parked->acks == 0) {
+    // No response at all, as Kafka does; what could not be appended now is dropped (logged).
+    for (auto& part : parked->produce) {
+      if (part.waiting_for_log) remove_log_waiter(part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring);
+      if (!part.appended && part.error == 0) part.error = error::kRequestTimedOut;
+    }
+    return Outcome{Outcome::Kind::kNoResponse, {}, nullptr, {}, 0};
+  }
+  return resume(*parked, r.arrived_ns).kind == Outcome::Kind::kParked ? Outcome{Outcome::Kind::kParked, {}, std::move(parked), {}, 0}
+                                                                     : Outcome{Outcome::Kind::kRespond, produce_response(*parked), nullptr, {}, 0};
+}
+
+void Broker::append(Parked::ProducePart& part) {
+  PartitionState& p = *part.state->partitions[static_cast<std::size_t>(part.partition)];
+  const std::span<const std::byte> bytes = part.batch;
+  if (!part.validated) {
+    // One RecordBatch v2, whole, as Kafka requires of Produce v3+.
+    if (bytes.size() < kBatchHeaderBytes || bytes[batch_field::kMagic] != std::byte{kBatchMagicV2}) {
+      part.error = bytes.size() > batch_field::kMagic && bytes[batch_field::kMagic] != std::byte{kBatchMagicV2} ? error::kUnsupportedForMessageFormat
+                                                                                                              : error::kCorruptMessage;
+      part.error_message = "not a RecordBatch v2";
+      return;
+    }
+    const std::int64_t batch_length = wire::load_be32(bytes.data() + batch_field::kBatchLength);
+    if (batch_length + static_cast<std::int64_t>(kBatchLogOverhead) != static_cast<std::int64_t>(bytes.size())) {
+      part.error = error::kInvalidRecord;
+      part.error_message = "the records must be exactly one batch";
+      return;
+    }
+    // The CRC once; every record too when they are not compressed (compressed ones are stored as
+    // they came and checked by whoever decompresses them).
+    Result<BatchView> batch = BatchView::parse_header(bytes, false);
+    if (batch.ok()) batch = batch->compression() == Compression::kNone ? BatchView::parse(bytes) : BatchView::parse_header(bytes, true);
+    if (!batch.ok()) {
+      part.error = error::kCorruptMessage;
+      part.error_message = batch.error().message;
+      return;
+    }
+    part.records = batch->record_count();
+    if (part.records <= 0 || batch->last_offset_delta() != part.records - 1) {
+      part.error = error::kInvalidRecord;
+      part.error_message = "record count and last offset delta disagree";
+      return;
+    }
+    if ((batch->attributes() & (batch_attr::kTransactional | batch_attr::kControl)) != 0) {
+      part.error = error::kInvalidTxnState;
+      part.error_message = "weft does not support transactions";
+      return;
+    }
+    if (bytes.size() > p.memory.ring.max_batch_bytes()) {
+      part.error = error::kMessageTooLarge;
+      part.error_message = "batch of " + std::to_string(bytes.size()) + " bytes; the topic takes at most " + std::to_string(p.memory.ring.max_batch_bytes());
+      return;
+    }
+    part.validated = true;
+  }
+  const std::int32_t records = part.records;
+  // Idempotence: duplicates get the offset they had, gaps are refused (Kafka's rules).
+  const std::int64_t producer_id = wire::load_be64(bytes.data() + batch_field::kProducerId);
+  const std::int16_t epoch = wire::load_be16(bytes.data() + batch_field::kProducerEpoch);
+  ProducerSequences* sequences = nullptr;
+  const std::int32_t first_sequence = wire::load_be32(bytes.data() + batch_field::kBaseSequence);
+  const std::int32_t last_sequence = first_sequence < 0 ? -1 : static_cast<std::int32_t>((std::int64_t{first_sequence} + records - 1) % (std::int64_t{INT32_MAX} + 1));
+  if (producer_id >= 0 && first_sequence >= 0) {
+    sequences = &p.producers[producer_id];
+    if (sequences->epoch >= 0 && epoch < sequences->epoch) {
+      part.error = error::kInvalidProducerEpoch;
+      part.error_message = "producer epoch " + std::to_string(epoch) + " is older than " + std::to_string(sequences->epoch);
+      return;
+    }
+    if (sequences->epoch >= 0 && epoch == sequences->epoch && !sequences->recent.empty()) {
+      for (const auto& a : sequences->recent) {
+        if (a.first_sequence == first_sequence && a.last_sequence == last_sequence) {
+          part.appended = true;  // a retry of a batch already appended: its offset, no error
+          part.base_offset = a.base_offset;
+          part.end_offset = a.base_offset + records;
+          return;
+        }
+      }
+      if (first_sequence != next_sequence(sequences->recent.back().last_sequence)) {
+        part.error = error::kOutOfOrderSequenceNumber;
+        part.error_message = "expected sequence " + std::to_string(next_sequence(sequences->recent.back().last_sequence)) + ", got " + std::to_string(first_sequence);
+        return;
+      }
+    } else if (sequences->epoch >= 0 && epoch > sequences->epoch && first_sequence != 0) {
+      part.error = error::kOutOfOrderSequenceNumber;
+      part.error_message = "a new producer epoch must start at sequence 0";
+      return;
+    }
+    // An unknown producer (its state was never here, or this node restarted) starts where it says.
+  }
+  if (!p.producer) {
+    Result<Producer> producer = Producer::attach(p.memory.ring, ProducerMode::kShared);
+    if (!producer.ok()) {
+      part.error = error::kKafkaStorageError;
+      part.error_message = producer.error().message;
+      return;
+    }
+    p.producer.emplace(std::move(*producer));
+  }
+  Claim claim;
+  const ClaimStatus status = p.producer->try_claim(bytes.size(), static_cast<std::uint32_t>(records), claim);
+  if (status == ClaimStatus::kBackPressured) return;  // tried again from resume()
+  if (status != ClaimStatus::kOk) {
+    part.error = status == ClaimStatus::kTooLarge ? error::kMessageTooLarge : error::kInvalidRecord;
+    return;
+  }
+  std::memcpy(claim.batch.data(), bytes.data(), bytes.size());
+  stamp_partition_leader_epoch(claim.batch, 0);  // the epoch Metadata reports; outside the CRC
+  if (p.producer->commit(claim) != CommitStatus::kOk) {
+    part.error = error::kCorruptMessage;
+    return;
+  }
+  part.appended = true;
+  part.base_offset = claim.base_offset;
+  part.end_offset = claim.base_offset + records;
+  records_in_ += static_cast<std::uint64_t>(records);
+  appended_ = true;
+  if (sequences != nullptr) {
+    sequences->epoch = epoch;
+    sequences->recent.push_back({first_sequence, last_sequence, claim.base_offset});
+    if (sequences->recent.size() > 5) sequences->recent.pop_front();
+  }
+}
+
+bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {
+  bool done = true;
+  for (auto& part : parked.produce) {
+    if (part.error != 0 || !part.state) continue;
+    if (!part.appended) append(part);
+    if (part.error != 0) continue;
+    if (!part.appended) {
+      done = false;  // no ring space yet
+      continue;
+    }
+    const Ring& ring = part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring;
+    const LogProgress progress = read_log_progress(ring);
+    bool acknowledged = progress.written.value == ring_layout::kNoLog || (parked.acks == -1 ? progress.durable : progress.written) >= part.end_offset;
+    if (!acknowledged && progress.error != Errc::kOk) {
+      part.error = error::kKafkaStorageError;
+      part.error_message = std::string("the partition's log takes no writes: ") + std::string(errc_name(progress.error));
+      acknowledged = true;
+    }
+    if (acknowledged) {
+      if (part.waiting_for_log) remove_log_waiter(ring);
+      part.waiting_for_log = false;
+      continue;
+    }
+    if (!part.waiting_for_log) {
+      add_log_waiter(ring);
+      node_.hurry();  // the node's next pass writes the log now; its pass event wakes the loop
+    }
+    part.waiting_for_log = true;
+    done = false;
+  }
+  if (!done && now_ns >= parked.deadline_ns) {
+    for (auto& part : parked.produce) {
+      if (part.waiting_for_log) remove_log_waiter(part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring);
+      if (part.error == 0 && (!part.appended || part.waiting_for_log)) part.error = error::kRequestTimedOut;
+      part.waiting_for_log = false;
+    }
+    return true;
+  }
+  return done;
+}
+
+std::vector<OutChunk> Broker::produce_response(Parked& parked) {
+  const std::int16_t v = parked.header.api_version;
+  const bool flex = parked.header.flexible;
+  Frame f(parked.header);
+  Writer& w = f.w;
+  // Group the partitions by topic, in request order.
+  std::vector<std::pair<std::string, std::vector<const Parked::ProducePart*>>> by_topic;
+  for (const auto& part : parked.produce) {
+    if (by_topic.empty() || by_topic.back().first != part.topic) by_topic.push_back({part.topic, {}});
+    by_topic.back().second.push_back(&part);
+  }
+  w.array(by_topic.size(), flex);
+  for (const auto& [name, parts] : by_topic) {
+    w.string(name, flex);
+    w.array(parts.size(), flex);
+    for (const Parked::ProducePart* part : parts) {
+      w.i32(part->partition);
+      w.i16(part->error);
+      w.i64(part->error == 0 ? part->base_offset.value : -1);
+      w.i64(-1);  // log append time: -1 for CreateTime topics
+      if (v >= 5) w.i64(part->state && part->error == 0 ? log_start(*part->state, static_cast<std::uint32_t>(part->partition)).value : -1);
+      if (v >= 8) {
+        w.array(0, flex);
+        w.nullable_string(part->error_message.empty() ? std::nullopt : std::optional<std::string_view>(part->error_message), flex);
+      }
+      w.tagged_fields(flex);
+      if (part->error != 0)
+        log(LogLevel::kDebug, "kafka: produce refused", {{"topic", name}, {"partition", std::to_string(part->partition)}, {"error", std::to_string(part->error)}, {"why", part->error_message}});
+    }
+    w.tagged_fields(flex);
+  }
+  w.i32(0);  // throttle
+  w.tagged_fields(flex);
+  return f.finish();
+}
+
+// ---- Fetch ----------------------------------------------------------------------------------
+
+Outcome Broker::fetch(const Request& r, Reader& in) {
+  const std::int16_t v = r.header.api_version;
+  const bool flex = r.header.flexible;
+  auto parked = std::make_unique<Parked>();
+  parked->kind = Parked::Kind::kFetch;
+  parked->header = r.header;
+  parked->arrived_ns = r.arrived_ns;
+  (void)in.i32();  // replica id: -1 for consumers
+  const std::int32_t max_wait_ms = in.i32();
+  parked->min_bytes = in.i32();
+  parked->max_bytes = v >= 3 ? in.i32() : INT32_MAX;
+  if (v >= 4) (void)in.i8();  // isolation level: no transactions, so read_committed reads the same
+  if (v >= 7) {
+    (void)in.i32();  // session id: sessions are not kept; answering 0 makes clients send full fetches
+    (void)in.i32();
+  }
+  const std::int32_t topics = in.array(flex, false, 2);
+  for (std::int32_t t = 0; t < topics && in.ok(); ++t) {
+    const std::string_view name = in.string(flex);
+    parked->fetch.push_back({std::string(name), {}});
+    const std::int32_t partitions = in.array(flex, false, 16);
+    for (std::int32_t p = 0; p < partitions && in.ok(); ++p) {
+      Parked::FetchPart part;
+      part.topic = std::string(name);
+      part.partition = in.i32();
+      if (v >= 9) (void)in.i32();
+      part.offset = in.i64();
+      if (v >= 12) (void)in.i32();
+      if (v >= 5) (void)in.i64();
+      part.max_bytes = in.i32();
+      in.tagged_fields(flex);
+      parked->fetch.back().second.push_back(std::move(part));
+    }
+    in.tagged_fields(flex);
+  }
+  if (v >= 7) {
+    const std::int32_t forgotten = in.array(flex, false, 2);
+    for (std::int32_t i = 0; i < forgotten && in.ok(); ++i) {
+      (void)in.string(flex);
+      const std::int32_t n = in.array(flex, false, 4);
+      for (std::int32_t j = 0; j < n && in.ok(); ++j) (void)in.i32();
+      in.tagged_fields(flex);
+    }
+  }
+  if (v >= 11) (void)in.string(flex);
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+  parked->deadline_ns = r.arrived_ns + std::int64_t{std::clamp(max_wait_ms, 0, 300'000)} * 1'000'000;
+  Outcome out = resume(*parked, r.arrived_ns);
+  if (out.kind == Outcome::Kind::kParked) out.parked = std::move(parked);
+  return out;
+}
+
+Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partition, std::int64_t offset, std::size_t max_bytes, bool first) {
+  PartitionRead read;
+  PartitionState& p = *t.partitions[partition];
+  const Ring& ring = p.memory.ring;
+  const Offset end = ring.claimed_offset();
+  read.high_watermark = end;
+  read.log_start = t.has_log ? log_start(t, partition) : ring.reuse_limit().offset;
+  if (offset > end.value || offset < 0) {
+    read.error = error::kOffsetOutOfRange;
+    return read;
+  }
+  if (offset == end.value || max_bytes == 0) return read;
+  const Offset ring_start = ring.reuse_limit().offset;
+  if (offset >= ring_start.value) {
+    // From the ring: the tail reader continues where the last fetch stopped, or seeks.
+    if (!p.reader) {
+      Result<Consumer> reader = Consumer::attach(ring, StartAt::kLatest);
+      if (reader.ok()) p.reader.emplace(std::move(*reader));
+    }
+    if (p.reader) {
+      p.reader_used_ms = now_ms();
+      bool positioned = p.reader->next_offset().value == offset;
+      if (!positioned) positioned = p.reader->seek(Offset{offset}).ok();
+      if (positioned) {
+        const std::uint64_t first_position = p.reader->position().value;
+        (void)first_position;
+        RingBatch batch;
+        bool torn = false;
+        for (int i = 0; i < 100'000; ++i) {
+          const PollStatus status = p.reader->poll(batch);
+          if (status != PollStatus::kOk) {
+            if (status == PollStatus::kLapped) torn = true;
+            break;
+          }
+          if (!read.bytes.empty() && read.bytes.size() + batch.bytes.size() > max_bytes) {
+            // Not taken: the next fetch starts at this batch.
+            (void)p.reader->seek(batch.base_offset);
+            break;
+          }
+          if (read.bytes.empty() && batch.bytes.size() > max_bytes && !first) {
+            (void)p.reader->seek(batch.base_offset);
+            break;
+          }
+          read.bytes.append(reinterpret_cast<const char*>(batch.bytes.data()), batch.bytes.size());
+          if (!p.reader->validate(batch)) {
+            torn = true;
+            break;
+          }
+          if (read.bytes.size() >= max_bytes) break;
+        }
+        if (!torn) return read;
+        // Producers overwrote what was read: serve it from the log instead.
+        read.bytes.clear();
+        p.reader.reset();
+      }
+    }
+  }
+  if (!t.has_log) {
+    read.error = error::kOffsetOutOfRange;  // lapped: the ring no longer holds it and there is no log
+    return read;
+  }
+  Result<LogSlice> slice = node_.open_log_slice(t.name, partition, Offset{offset});
+  if (!slice.ok()) {
+    read.error = slice.error().code == Errc::kOutOfRange ? error::kOffsetOutOfRange : error::kKafkaStorageError;
+    if (read.error == error::kKafkaStorageError)
+      log(LogLevel::kWarn, "kafka: reading a log failed", {{"topic", t.name}, {"partition", std::to_string(partition)}, {"error", slice.error().message}});
+    return read;
+  }
+  if (slice->end <= slice->position) return read;
+  std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(slice->end - slice->position, max_bytes));
+  // The first batch goes whole even past the limits (KIP-74), so a large batch never stalls.
+  std::byte header[kBatchLogOverhead];
+  if (::pread(slice->file.get(), header, sizeof header, static_cast<off_t>(slice->position)) == static_cast<ssize_t>(sizeof header)) {
+    const std::uint64_t first_batch = static_cast<std::uint64_t>(wire::load_be32(header + batch_field::kBatchLength)) + kBatchLogOverhead;
+    if (first_batch > length && first_batch <= slice->end - slice->position) {
+      if (!first) return read;
+      length = static_cast<std::size_t>(first_batch);
+    }
+  }
+  read.file = std::make_shared<UniqueFd>(std::move(slice->file));
+  read.file_offset = slice->position;
+  read.file_bytes = length;
+  return read;
+}
+
+std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool force, std::int16_t& first_error) {
+  const std::int16_t v = parked.header.api_version;
+  const bool flex = parked.header.flexible;
+  struct Read {
+    std::int32_t partition;
+    PartitionRead read;
+  };
+  std::vector<std::vector<Read>> reads(parked.fetch.size());
+  std::size_t budget = static_cast<std::size_t>(std::max(parked.max_bytes, 0));
+  std::size_t total = 0;
+  bool any_error = false;
+  for (std::size_t t = 0; t < parked.fetch.size(); ++t) {
+    const auto& [name, parts] = parked.fetch[t];
+    std::shared_ptr<TopicState> state = topic(name);
+    for (const Parked::FetchPart& part : parts) {
+      Read r{part.partition, {}};
+      if (!state || part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
+        r.read.error = error::kUnknownTopicOrPartition;
+      } else {
+        const std::size_t limit = std::min(budget, static_cast<std::size_t>(std::max(part.max_bytes, 0)));
+        r.read = read_partition(*state, static_cast<std::uint32_t>(part.partition), part.offset, limit, total == 0);
+        budget -= std::min(budget, r.read.size());
+        total += r.read.size();
+      }
+      if (r.read.error != 0) {
+        any_error = true;
+        if (first_error == 0) first_error = r.read.error;
+      }
+      reads[t].push_back(std::move(r));
+    }
+  }
+  if (!force && !any_error && total < static_cast<std::size_t>(std::max(parked.min_bytes, 1))) {
+    // Not enough yet: give back what the readers took, so the next look starts at the same place.
+    for (std::size_t t = 0; t < parked.fetch.size(); ++t) {
+      if (total == 0) break;
+      std::shared_ptr<TopicState> state = topic(parked.fetch[t].first);
+      for (std::size_t i = 0; state && i < reads[t].size(); ++i) {
+        const auto& part = parked.fetch[t].second[i];
+        if (reads[t][i].read.bytes.empty()) continue;
+        PartitionState& p = *state->partitions[static_cast<std::size_t>(part.partition)];
+        if (p.reader) (void)p.reader->seek(Offset{part.offset});
+      }
+    }
+    return std::nullopt;
+  }
+  Frame f(parked.header);
+  Writer& w = f.w;
+  w.i32(0);  // throttle
+  if (v >= 7) {
+    w.i16(0);
+    w.i32(0);  // session id: none
+  }
+  w.array(parked.fetch.size(), flex);
+  for (std::size_t t = 0; t < parked.fetch.size(); ++t) {
+    w.string(parked.fetch[t].first, flex);
+    w.array(reads[t].size(), flex);
+    for (Read& r : reads[t]) {
+      w.i32(r.partition);
+      w.i16(r.read.error);
+      w.i64(r.read.high_watermark.value);
+      w.i64(r.read.high_watermark.value);  // last stable offset: no transactions
+      if (v >= 5) w.i64(r.read.log_start.value);
+      w.null_array(flex);  // aborted transactions: none
+      if (v >= 11) w.i32(-1);
+      w.records_length(r.read.size(), flex);
+      if (r.read.file) f.file_region(std::move(r.read.file), r.read.file_offset, r.read.file_bytes);
+      else w.raw(r.read.bytes);
+      w.tagged_fields(flex);
+    }
+    w.tagged_fields(flex);
+  }
+  w.tagged_fields(flex);
+  return f.finish();
+}
+
+// ---- Parked requests ------------------------------------------------------------------------
+
+Outcome Broker::resume(Parked& parked, std::int64_t now_ns) {
+  Outcome out;
+  switch (parked.kind) {
+    case Parked::Kind::kProduce:
+      if (!produce_done(parked, now_ns)) {
+        out.kind = Outcome::Kind::kParked;
+        return out;
+      }
+      out.response = produce_response(parked);
+      for (const auto& part : parked.produce)
+        if (part.error != 0) {
+          out.error = part.error;
+          break;
+        }
+      return out;
+    case Parked::Kind::kFetch: {
+      std::optional<std::vector<OutChunk>> response = fetch_response(parked, now_ns >= parked.deadline_ns, out.error);
+      if (!response) {
+        out.kind = Outcome::Kind::kParked;
+        return out;
+      }
+      out.response = std::move(*response);
+      return out;
+    }
+    case Parked::Kind::kGroup:
+      if (!parked.group_reply || !*parked.group_reply) {
+        out.kind = Outcome::Kind::kParked;
+        return out;
+      }
+      out.response = std::move(**parked.group_reply);
+      return out;
+  }
+  return out;
+}
+
+bool Broker::needs_frame(Parked& parked) const noexcept {
+  if (parked.kind != Parked::Kind::kProduce) return true;
+  for (Parked::ProducePart& part : parked.produce) {
+    if (part.error == 0 && part.state && !part.appended) return true;
+    part.batch = {};  // appended or refused: never read again
+  }
+  return false;
+}
+
+void Broker::abandon(Parked& parked) {
+  for (auto& part : parked.produce) {
+    if (part.waiting_for_log) remove_log_waiter(part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring);
+    part.waiting_for_log = false;
+  }
+  // A group join or sync completes later into a reply nobody reads; the member's session then
+  // expires as Kafka's would.
+}
+
+// ---- ListOffsets ----------------------------------------------------------------------------
+
+Outcome Broker::list_offsets(const Request& r, Reader& in) {
+  const std::int16_t v = r.header.api_version;
+  const bool flex = r.header.flexible;
+  (void)in.i32();           // replica id
+  if (v >= 2) (void)in.i8();  // isolation level
+  struct Part {
+    std::int32_t partition;
+    std::int16_t error = 0;
+    std::int64_t timestamp = -1;
+    std::int64_t offset = -1;
+  };
+  std::vector<std::pair<std::string, std::vector<Part>>> topics;
+  const std::int32_t n = in.array(flex, false, 2);
+  for (std::int32_t t = 0; t < n && in.ok(); ++t) {
+    const std::string_view name = in.string(flex);
+    std::shared_ptr<TopicState> state = topic(name);
+    topics.push_back({std::string(name), {}});
+    const std::int32_t parts = in.array(flex, false, 12);
+    for (std::int32_t i = 0; i < parts && in.ok(); ++i) {
+      Part part{in.i32()};
+      if (v >= 4) (void)in.i32();
+      const std::int64_t timestamp = in.i64();
+      in.tagged_fields(flex);
+      if (!in.ok()) break;
+      if (!state || part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
+        part.error = error::kUnknownTopicOrPartition;
+      } else {
+        const auto p = static_cast<std::uint32_t>(part.partition);
+        if (timestamp == -1) {
+          part.offset = state->partitions[p]->memory.ring.claimed_offset().value;
+        } else if (timestamp == -2) {
+          part.offset = earliest(*state, p).value;
+        } else if (timestamp < 0) {
+          part.error = error::kInvalidTimestamp;  // -3 (max timestamp) and -4 come with v7 and v8
+        } else if (state->has_log) {
+          Result<Offset> found = node_.log_offset_for_timestamp(name, p, timestamp);
+          if (found.ok()) {
+            part.offset = found->value;
+            part.timestamp = timestamp;  // at or before the found record's own timestamp
+          } else if (found.error().code != Errc::kNotFound) {
+            part.error = error::kKafkaStorageError;
+          }
+        }
+      }
+      topics.back().second.push_back(part);
+    }
+    in.tagged_fields(flex);
+  }
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+  Outcome out;
+  Frame f(r.header);
+  Writer& w = f.w;
+  if (v >= 2) w.i32(0);
+  w.array(topics.size(), flex);
+  for (const auto& [name, parts] : topics) {
+    w.string(name, flex);
+    w.array(parts.size(), flex);
+    for (const Part& part : parts) {
+      w.i32(part.partition);
+      w.i16(part.error);
+      if (part.error != 0 && out.error == 0) out.error = part.error;
+      w.i64(part.timestamp);
+      w.i64(part.offset);
+      if (v >= 4) w.i32(0);
+      w.tagged_fields(flex);
+    }
+    w.tagged_fields(flex);
+  }
+  w.tagged_fields(flex);
+  out.response = f.finish();
+  return out;
+}
+
+// ---- CreateTopics / DeleteTopics -------------------------------------------------------------
+
+namespace {
+
+// Kafka topic configs: the ones weft keeps under its own names, and the ones that describe what
+// weft does anyway (accepted, nothing to store).
+std::optional<std::string_view> weft_config_name(std::string_view kafka) {
+  if (kafka == "retention.ms" || kafka == "retention.bytes" || kafka == "segment.bytes" || kafka == "segment.ms") return kafka;
+  if (kafka == "max.message.bytes") return std::string_view("max.batch.bytes");
+  return std::nullopt;
+}
+
+bool accepted_as_is(std::string_view name, std::string_view value) {
+  if (name == "cleanup.policy") return value == "delete";
+  if (name == "compression.type") return value == "producer";
+  if (name == "message.timestamp.type") return value == "CreateTime";
+  return name == "min.insync.replicas" || name == "unclean.leader.election.enable" || name == "message.downconversion.enable" ||
+         name == "index.interval.bytes" || name == "segment.index.bytes" || name == "file.delete.delay.ms" ||
+         name == "flush.messages" || name == "flush.ms" || name == "preallocate";
+}
+
+}  // namespace
+
+Outcome Broker::create_topics(const Request& r, Reader& in) {
+  const std::int16_t v = r.header.api_version;
+  const bool flex = r.header.flexible;
+  struct Entry {
+    std::string name;
+    std::int32_t partitions = -1;
+    std::int16_t replication = -1;
+    std::int16_t error = 0;
+    std::string message;
+    TopicConfig config;
+  };
+  std::vector<Entry> entries;
+  const std::int32_t n = in.array(flex, false, 2);
+  for (std::int32_t i = 0; i < n && in.ok(); ++i) {
+    Entry e;
+    e.config = node_.options().default_topic;
+    e.name = std::string(in.string(flex));
+    e.partitions = in.i32();
+    e.replication = in.i16();
+    const std::int32_t assignments = in.array(flex, false, 4);
+    for (std::int32_t a = 0; a < assignments && in.ok(); ++a) {
+      (void)in.i32();
+      const std::int32_t brokers = in.array(flex, false, 4);
+      for (std::int32_t b = 0; b < brokers && in.ok(); ++b)
+        if (in.i32() != options_.node_id && e.error == 0) {
+          e.error = error::kInvalidReplicaAssignment;
+          e.message = "this cluster has one broker, " + std::to_string(options_.node_id);
+        }
+      in.tagged_fields(flex);
+    }
+    if (assignments > 0 && e.partitions == -1) e.partitions = assignments;
+    const std::int32_t configs = in.array(flex, false, 2);
+    for (std::int32_t c = 0; c < configs && in.ok(); ++c) {
+      const std::string_view key = in.string(flex);
+      const std::optional<std::string_view> value = in.nullable_string(flex);
+      in.tagged_fields(flex);
+      if (!value || e.error != 0 || accepted_as_is(key, *value)) continue;
+      const std::string_view ours = weft_config_name(key).value_or(key);
+      if (ours == "partitions") continue;
+      Result<void> set = set_topic_config(e.config, ours, *value);
+      if (!set.ok()) {
+        e.error = error::kInvalidConfig;
+        e.message = set.error().message;
+      }
+    }
+    in.tagged_fields(flex);
+    entries.push_back(std::move(e));
+  }
+  (void)in.i32();  // timeout: creation is synchronous here
+  const bool validate_only = v >= 1 && in.boolean();
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+
+  for (Entry& e : entries) {
+    if (e.error != 0) continue;
+    if (!validate_topic_name(e.name).ok()) {
+      e.error = error::kInvalidTopicException;
+      e.message = validate_topic_name(e.name).error().message;
+    } else if (e.partitions == 0 || e.partitions < -1) {
+      e.error = error::kInvalidPartitions;
+      e.message = "a topic needs at least one partition";
+    } else if (e.replication != -1 && e.replication != 1) {
+      e.error = error::kInvalidReplicationFactor;
+      e.message = "replication factor " + std::to_string(e.replication) + " needs that many brokers; this cluster has one";
+    } else {
+      e.config.partitions = e.partitions == -1 ? options_.default_partitions : static_cast<std::uint32_t>(e.partitions);
+      Result<void> valid = validate_topic_config(e.config);
+      if (!valid.ok()) {
+        e.error = error::kInvalidConfig;
+        e.message = valid.error().message;
+      } else if (topic(e.name)) {
+        e.error = error::kTopicAlreadyExists;
+        e.message = "topic '" + e.name + "' already exists";
+      } else if (!validate_only) {
+        Result<TopicInfo> created = node_.create_topic(e.name, e.config);
+        if (!created.ok()) {
+          e.error = created.error().code == Errc::kAlreadyExists ? error::kTopicAlreadyExists
+                    : created.error().code == Errc::kInvalidArgument ? error::kInvalidConfig
+                                                                      : error::kPolicyViolation;
+          e.message = created.error().message;
+        } else {
+          log(LogLevel::kInfo, "kafka: topic created", {{"topic", e.name}, {"partitions", std::to_string(e.config.partitions)}});
+        }
+      }
+    }
+  }
+
+  Outcome out;
+  Frame f(r.header);
+  Writer& w = f.w;
+  if (v >= 2) w.i32(0);
+  w.array(entries.size(), flex);
+  for (const Entry& e : entries) {
+    w.string(e.name, flex);
+    if (v >= 7) w.uuid({});
+    w.i16(e.error);
+    if (e.error != 0 && out.error == 0) out.error = e.error;
+    if (v >= 1) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
+    if (v >= 5) {
+      w.i32(e.error == 0 ? static_cast<std::int32_t>(e.config.partitions) : -1);
+      w.i16(e.error == 0 ? 1 : -1);
+      w.array(0, flex);  // configs: DescribeConfigs lists them
+    }
+    w.tagged_fields(flex);
+  }
+  w.tagged_fields(flex);
+  out.response = f.finish();
+  return out;
+}
+
+Outcome Broker::delete_topics(const Request& r, Reader& in) {
+  const std::int16_t v = r.header.api_version;
+  const bool flex = r.header.flexible;
+  struct Entry {
+    std::optional<std::string> name;
+    std::string id;
+    std::int16_t error = 0;
+    std::string message;
+  };
+  std::vector<Entry> entries;
+  if (v >= 6) {
+    const std::int32_t n = in.array(flex, false, 17);
+    for (std::int32_t i = 0; i < n && in.ok(); ++i) {
+      Entry e;
+      if (const auto name = in.nullable_string(flex)) e.name = std::string(*name);
+      e.id = std::string(in.uuid());
+      in.tagged_fields(flex);
+      entries.push_back(std::move(e));
+    }
+  } else {
+    const std::int32_t n = in.array(flex, false, 2);
+    for (std::int32_t i = 0; i < n && in.ok(); ++i) entries.push_back(Entry{std::string(in.string(flex)), {}, 0, {}});
+  }
+  (void)in.i32();  // timeout
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+  for (Entry& e : entries) {
+    if (!e.name) {
+      e.error = error::kUnknownTopicId;  // weft names topics; it has no topic ids
+      continue;
+    }
+    Result<void> deleted = node_.delete_topic(*e.name);
+    if (!deleted.ok()) {
+      e.error = deleted.error().code == Errc::kNotFound ? error::kUnknownTopicOrPartition : error::kUnknownServerError;
+      e.message = deleted.error().message;
+    } else {
+      topics_.erase(*e.name);
+      log(LogLevel::kInfo, "kafka: topic deleted", {{"topic", *e.name}});
+    }
+  }
+  Outcome out;
+  Frame f(r.header);
+  Writer& w = f.w;
+  if (v >= 1) w.i32(0);
+  w.array(entries.size(), flex);
+  for (const Entry& e : entries) {
+    if (v >= 6) w.nullable_string(e.name ? std::optional<std::string_view>(*e.name) : std::nullopt, flex);
+    else w.string(e.name.value_or(""), flex);
+    if (v >= 6) w.uuid(e.id);
+    w.i16(e.error);
+    if (e.error != 0 && out.error == 0) out.error = e.error;
+    if (v >= 5) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
+    w.tagged_fields(flex);
+  }
+  w.tagged_fields(flex);
+  out.response = f.finish();
+  return out;
+}
+
+// ---- DescribeConfigs ------------------------------------------------------------------------
+
+namespace {
+
+struct ConfigEntry {
+  std::string name;
+  std::string value;
+  bool is_default;
+  std::int8_t type;  // ConfigType: 1 boolean, 2 string, 3 int, 5 long
+};
+
+constexpr std::int8_t kResourceTopic = 2;
+constexpr std::int8_t kResourceBroker = 4;
+constexpr std::int8_t kSourceDynamicTopic = 1;
+constexpr std::int8_t kSourceStaticBroker = 4;
+constexpr std::int8_t kSourceDefault = 5;
+
+std::vector<ConfigEntry> topic_configs(const TopicConfig& c, const TopicConfig& defaults) {
+  return {
+      {"retention.ms", std::to_string(c.retention_ms), c.retention_ms == defaults.retention_ms, 5},
+      {"retention.bytes", std::to_string(c.retention_bytes), c.retention_bytes == defaults.retention_bytes, 5},
+      {"segment.bytes", std::to_string(c.segment_bytes), c.segment_bytes == defaults.segment_bytes, 3},
+      {"segment.ms", std::to_string(c.segment_ms), c.segment_ms == defaults.segment_ms, 5},
+      {"max.message.bytes", std::to_string(c.max_batch_bytes), c.max_batch_bytes == defaults.max_batch_bytes, 3},
+      {"cleanup.policy", "delete", true, 2},
+      {"compression.type", "producer", true, 2},
+      {"message.timestamp.type", "CreateTime", true, 2},
+      {"min.insync.replicas", "1", true, 3},
+      {"ring.capacity.bytes", std::to_string(c.ring_capacity_bytes), c.ring_capacity_bytes == defaults.ring_capacity_bytes, 5},
+      {"fsync", fsync_policy_name(c), fsync_policy_name(c) == fsync_policy_name(defaults), 2},
+      {"flow.control", c.consumer_flow_control ? "consumers" : "none", c.consumer_flow_control == defaults.consumer_flow_control, 2},
+  };
+}
+
+}  // namespace
+
+Outcome Broker::describe_configs(const Request& r, Reader& in) {
+  const std::int16_t v = r.header.api_version;
+  const bool flex = r.header.flexible;
+  struct Resource {
+    std::int8_t type;
+    std::string name;
+    std::optional<std::vector<std::string>> keys;
+  };
+  std::vector<Resource> resources;
+  const std::int32_t n = in.array(flex, false, 4);
+  for (std::int32_t i = 0; i < n && in.ok(); ++i) {
+    Resource res;
+    res.type = in.i8();
+    res.name = std::string(in.string(flex));
+    const std::int32_t keys = in.array(flex, true, 1);
+    if (keys >= 0) {
+      res.keys.emplace();
+      for (std::int32_t k = 0; k < keys && in.ok(); ++k) res.keys->push_back(std::string(in.string(flex)));
+    }
+    in.tagged_fields(flex);
+    resources.push_back(std::move(res));
+  }
+  if (v >= 1) (void)in.boolean();
+  if (v >= 3) (void)in.boolean();
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+
+  Outcome out;
+  Frame f(r.header);
+  Writer& w = f.w;
+  w.i32(0);
+  w.array(resources.size(), flex);
+  for (const Resource& res : resources) {
+    std::int16_t err = 0;
+    std::string message;
+    std::vector<ConfigEntry> configs;
+    std::int8_t source = kSourceDynamicTopic;
+    if (res.type == kResourceTopic) {
+      std::shared_ptr<TopicState> t = topic(res.name);
+      if (!t) {
+        err = error::kUnknownTopicOrPartition;
+        message = "topic '" + res.name + "' does not exist";
+      } else {
+        configs = topic_configs(t->config, node_.options().default_topic);
+      }
+    } else if (res.type == kResourceBroker) {
+      source = kSourceStaticBroker;
+      configs = {
+          {"broker.id", std::to_string(options_.node_id), false, 3},
+          {"num.partitions", std::to_string(options_.default_partitions), false, 3},
+          {"auto.create.topics.enable", options_.auto_create_topics ? "true" : "false", false, 1},
+          {"socket.request.max.bytes", std::to_string(options_.max_request_bytes), false, 3},
+          {"connections.max.idle.ms", std::to_string(options_.idle_timeout_ms), false, 5},
+          {"group.initial.rebalance.delay.ms", std::to_string(options_.groups.initial_rebalance_delay_ms), false, 3},
+          {"group.min.session.timeout.ms", std::to_string(options_.groups.min_session_timeout_ms), false, 3},
+          {"group.max.session.timeout.ms", std::to_string(options_.groups.max_session_timeout_ms), false, 3},
+      };
+    } else {
+      err = error::kInvalidRequest;
+      message = "resource type " + std::to_string(res.type) + " has no configs here (topics: 2, brokers: 4)";
+    }
+    if (res.keys) {
+      std::erase_if(configs, [&](const ConfigEntry& c) { return std::find(res.keys->begin(), res.keys->end(), c.name) == res.keys->end(); });
+    }
+    w.i16(err);
+    if (err != 0 && out.error == 0) out.error = err;
+    w.nullable_string(err != 0 ? std::optional<std::string_view>(message) : std::nullopt, flex);
+    w.i8(res.type);
+    w.string(res.name, flex);
+    w.array(configs.size(), flex);
+    for (const ConfigEntry& c : configs) {
+      w.string(c.name, flex);
+      w.nullable_string(c.value, flex);
+      w.boolean(res.type == kResourceBroker);  // read only: brokers take settings from their config file
+      if (v == 0) w.boolean(c.is_default);
+      if (v >= 1) w.i8(c.is_default && res.type == kResourceTopic ? kSourceDefault : source);
+      w.boolean(false);  // sensitive
+      if (v >= 1) w.array(0, flex);  // synonyms
+      if (v >= 3) {
+        w.i8(c.type);
+        w.nullable_string(std::nullopt, flex);
+      }
+      w.tagged_fields(flex);
+    }
+    w.tagged_fields(flex);
+  }
+  w.tagged_fields(flex);
+  out.response = f.finish();
+  return out;
+}
+
+// ---- InitProducerId -------------------------------------------------------------------------
+
+Outcome Broker::init_producer_id(const Request& r, Reader& in) {
+  const std::int16_t v = r.header.api_version;
+  const bool flex = r.header.flexible;
+  const std::optional<std::string_view> transactional_id = in.nullable_string(flex);
+  (void)in.i32();  // transaction timeout
+  std::int64_t producer_id = -1;
+  std::int16_t epoch = -1;
+  if (v >= 3) {
+    producer_id = in.i64();
+    epoch = in.i16();
+  }
+  in.tagged_fields(flex);
+  if (!in.ok()) return {};
+  Outcome out;
+  std::int16_t err = 0;
+  if (transactional_id) {
+    err = error::kInvalidTxnState;  // non-retriable: the client learns at once that transactions are not served
+    log(LogLevel::kInfo, "kafka: refused a transactional producer (not supported)", {{"transactional_id", std::string(*transactional_id)}});
+    producer_id = -1;
+    epoch = -1;
+  } else if (producer_id >= 0 && epoch >= 0 && epoch < INT16_MAX - 1) {
+    ++epoch;  // KIP-360: the producer keeps its id with a new epoch, and restarts its sequences
+  } else {
+    producer_id = next_producer_id_++;
+    epoch = 0;
+  }
+  Frame f(r.header);
+  f.w.i32(0);
+  f.w.i16(err);
+  f.w.i64(producer_id);
+  f.w.i16(epoch);
+  f.w.tagged_fields(flex);
+  out.error = err;
+  out.response = f.finish();
+  return out;
+}
+
+}  // namespace weft::kafka::detail

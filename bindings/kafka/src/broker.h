@@ -1,0 +1,224 @@
+// Inside the Kafka listener: the Broker answers requests (one API at a time, per Kafka's message
+// schemas) against the node; the event loop (listener.cc) moves bytes. Both run on the loop
+// thread only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "weft/fabric/group_coordinator.h"
+#include "weft/fabric/ring.h"
+#include "weft/fabric/shared_memory.h"
+#include "weft/kafka/listener.h"
+#include "weft/kafka/wire.h"
+#include "weft/node.h"
+
+namespace weft::kafka::detail {
+
+// One piece of a response: bytes, or a region of a segment file sent with sendfile.
+struct OutChunk {
+  std::string bytes;
+  std::shared_ptr<UniqueFd> file;
+  std::uint64_t file_offset = 0;
+  std::size_t file_bytes = 0;
+  std::size_t sent = 0;
+  std::size_t size() const noexcept { return file ? file_bytes : bytes.size(); }
+};
+
+// A response frame under construction: the size is patched in when it is finished.
+class Frame {
+ public:
+  explicit Frame(const RequestHeader& header);
+  Writer w;
+  // The next `length` bytes of the frame come from `file` at `offset` (after a records length).
+  void file_region(std::shared_ptr<UniqueFd> file, std::uint64_t offset, std::size_t length);
+  std::vector<OutChunk> finish();
+
+ private:
+  std::vector<OutChunk> chunks_;
+  std::size_t total_ = 0;
+};
+
+// Idempotent producers: the last batches of one producer id on one partition (Kafka keeps 5).
+struct ProducerSequences {
+  std::int16_t epoch = -1;
+  struct Appended {
+    std::int32_t first_sequence;
+    std::int32_t last_sequence;
+    Offset base_offset;
+  };
+  std::deque<Appended> recent;  // newest last, at most 5
+};
+
+struct PartitionState {
+  PartitionMemory memory;
+  std::optional<Producer> producer;
+  std::optional<Consumer> reader;  // the tail reader for fetches (moved by seek when needed)
+  std::int64_t reader_used_ms = 0;
+  std::unordered_map<std::int64_t, ProducerSequences> producers;
+};
+
+struct TopicState {
+  std::string name;
+  std::uint64_t id = 0;
+  TopicConfig config;
+  bool has_log = false;
+  std::vector<std::unique_ptr<PartitionState>> partitions;
+  // From the node's last maintenance pass, refreshed now and then: where each log starts.
+  std::vector<Offset> log_start;
+  std::int64_t log_start_refreshed_ms = 0;
+};
+
+// A request that waits: a produce for its acknowledgements (or ring space), a fetch for data,
+// a group join or sync for the other members.
+struct Parked {
+  enum class Kind : std::uint8_t { kProduce, kFetch, kGroup };
+  Kind kind = Kind::kProduce;
+  RequestHeader header;
+  std::string client_id;  // header.client_id points into the request; keep a copy
+  std::int64_t arrived_ns = 0;
+  std::int64_t deadline_ns = 0;
+
+  struct ProducePart {
+    std::string topic;
+    std::int32_t partition = 0;
+    std::shared_ptr<TopicState> state;  // null: the topic or partition is unknown
+    std::span<const std::byte> batch;   // in the connection's input buffer, kept until answered
+    std::int16_t error = 0;
+    std::string error_message;
+    bool appended = false;
+    bool validated = false;        // checked once; a retry for ring space only claims again
+    std::int32_t records = 0;
+    bool waiting_for_log = false;  // counted with add_log_waiter
+    Offset base_offset{-1};
+    Offset end_offset{-1};
+  };
+  std::int16_t acks = 1;
+  std::vector<ProducePart> produce;
+
+  struct FetchPart {
+    std::string topic;
+    std::int32_t partition = 0;
+    std::int64_t offset = 0;
+    std::int32_t max_bytes = 0;
+  };
+  std::int32_t min_bytes = 0;
+  std::int32_t max_bytes = 0;
+  std::vector<std::pair<std::string, std::vector<FetchPart>>> fetch;  // by topic, request order
+
+  // Set by the coordinator's completion (maybe later, from another connection's request).
+  std::shared_ptr<std::optional<std::vector<OutChunk>>> group_reply;
+};
+
+struct Request {
+  RequestHeader header;
+  std::span<const std::byte> body;
+  std::int64_t arrived_ns = 0;
+  std::string_view client_host;
+};
+
+struct Outcome {
+  enum class Kind : std::uint8_t { kRespond, kParked, kNoResponse, kClose };
+  Kind kind = Kind::kRespond;
+  std::vector<OutChunk> response;
+  std::unique_ptr<Parked> parked;
+  std::string close_reason;
+  std::int16_t error = 0;  // the first error code the response carries (for the statistics)
+};
+
+class Broker {
+ public:
+  Broker(Node& node, const KafkaListenerOptions& options, std::uint16_t bound_port);
+  ~Broker();
+
+  Outcome handle(const Request& request);
+  // Tries a parked request again: kParked while it must still wait. `now_ns` is monotonic.
+  Outcome resume(Parked& parked, std::int64_t now_ns);
+  // Whether a parked request still reads its frame (a produce with batches not yet in the ring,
+  // and every request but a produce, to keep the rule simple); if not, the frame may go.
+  bool needs_frame(Parked& parked) const noexcept;
+  // Gives up a parked request whose connection closed.
+  void abandon(Parked& parked);
+  // Timers: group sessions, caches.
+  void tick(std::int64_t now_ns);
+  std::optional<std::int64_t> next_group_deadline_ms() const { return groups_.next_deadline_ms(); }
+  std::vector<GroupListing> groups() const { return groups_.list(); }
+  std::uint64_t records_in() const noexcept { return records_in_; }
+  // True once this broker appended data since the last call (parked fetches look again).
+  bool take_appended() noexcept {
+    const bool a = appended_;
+    appended_ = false;
+    return a;
+  }
+
+ private:
+  Outcome api_versions(const Request& r);
+  Outcome metadata(const Request& r, Reader& in);
+  Outcome produce(const Request& r, Reader& in);
+  Outcome fetch(const Request& r, Reader& in);
+  Outcome list_offsets(const Request& r, Reader& in);
+  Outcome find_coordinator(const Request& r, Reader& in);
+  Outcome join_group(const Request& r, Reader& in);
+  Outcome sync_group(const Request& r, Reader& in);
+  Outcome heartbeat(const Request& r, Reader& in);
+  Outcome leave_group(const Request& r, Reader& in);
+  Outcome offset_commit(const Request& r, Reader& in);
+  Outcome offset_fetch(const Request& r, Reader& in);
+  Outcome list_groups(const Request& r, Reader& in);
+  Outcome describe_groups(const Request& r, Reader& in);
+  Outcome create_topics(const Request& r, Reader& in);
+  Outcome delete_topics(const Request& r, Reader& in);
+  Outcome describe_configs(const Request& r, Reader& in);
+  Outcome init_producer_id(const Request& r, Reader& in);
+
+  // Produce.
+  void append(Parked::ProducePart& part);
+  bool produce_done(Parked& parked, std::int64_t now_ns);
+  std::vector<OutChunk> produce_response(Parked& parked);
+  // Fetch: builds the response when enough is there (or `force`); nothing otherwise.
+  std::optional<std::vector<OutChunk>> fetch_response(Parked& parked, bool force, std::int16_t& first_error);
+  struct PartitionRead {
+    std::int16_t error = 0;
+    std::string bytes;                 // from the ring
+    std::shared_ptr<UniqueFd> file;    // or from a segment file
+    std::uint64_t file_offset = 0;
+    std::size_t file_bytes = 0;
+    Offset high_watermark{-1};
+    Offset log_start{-1};
+    std::size_t size() const noexcept { return file ? file_bytes : bytes.size(); }
+  };
+  PartitionRead read_partition(TopicState& topic, std::uint32_t partition, std::int64_t offset, std::size_t max_bytes, bool first);
+
+  // Topics: a cache of the node's topics with their rings mapped, checked against the node's
+  // topics version on every lookup.
+  std::shared_ptr<TopicState> topic(std::string_view name);
+  // As topic(), creating it when auto-creation is on and `allow_create`. `error` says why not.
+  std::shared_ptr<TopicState> topic_or_create(std::string_view name, bool allow_create, std::int16_t& error);
+  Offset log_start(TopicState& topic, std::uint32_t partition);
+  Offset earliest(TopicState& topic, std::uint32_t partition);
+
+  std::int16_t group_code(GroupError error) const noexcept;
+  std::int64_t now_ms() const noexcept;
+
+  Node& node_;
+  KafkaListenerOptions options_;
+  std::string advertised_host_;
+  std::int32_t advertised_port_ = 0;
+  GroupCoordinator groups_;
+  std::map<std::string, std::shared_ptr<TopicState>, std::less<>> topics_;
+  std::uint64_t topics_version_ = ~0ull;
+  std::int64_t next_producer_id_ = 0;
+  std::uint64_t records_in_ = 0;
+  bool appended_ = false;
+};
+
+}  // namespace weft::kafka::detail

@@ -1,0 +1,604 @@
+// The Kafka listener's event loop: one thread, epoll, non-blocking sockets. It frames requests,
+// hands them to the Broker one at a time per connection (Kafka answers each connection's requests
+// in order), parks the ones that must wait and sends responses (sendfile for segment regions).
+#include "weft/kafka/listener.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "broker.h"
+#include "weft/fabric/log.h"
+#include "weft/fabric/record_batch.h"
+
+namespace weft::kafka {
+
+using detail::Broker;
+using detail::OutChunk;
+using detail::Outcome;
+using detail::Parked;
+
+namespace {
+
+constexpr std::uint64_t kListenTag = 0;
+constexpr std::uint64_t kWakeTag = 1;
+constexpr std::size_t kReadChunk = 256 * 1024;
+constexpr std::size_t kMaxQueuedResponseBytes = std::size_t{8} << 20;  // stop reading requests past it
+constexpr std::size_t kMinFrameBytes = 10;
+constexpr std::size_t kMaxPipelined = 64;  // produces in flight per connection  // api key, version, correlation id, client id length
+
+struct Connection {
+  std::uint64_t id = 0;
+  UniqueFd fd;
+  std::string peer;
+  std::string host;
+  std::vector<std::byte> in;
+  std::size_t in_start = 0;  // first byte not yet taken by a request
+  std::size_t in_end = 0;
+  std::deque<OutChunk> out;
+  std::size_t out_bytes = 0;
+  // Requests taken and not yet answered, oldest first; responses leave in this order. Produces
+  // waiting only for acknowledgements (their batches are in the ring already) let the next
+  // Produce be taken behind them, so a client's pipelined batches reach the log together;
+  // anything else waits for the queue to drain. A request that still needs its frame (a produce
+  // waiting for ring space, a fetch, a group join) keeps it in `in` and stops the reading.
+  struct Pending {
+    std::unique_ptr<Parked> parked;   // null once answered
+    std::vector<OutChunk> response;   // ready, waiting for the ones before it
+    bool ready = false;
+    bool no_response = false;         // acks=0
+    std::size_t frame_bytes = 0;      // still in `in` (only the last one may keep its frame)
+    std::int16_t api_key = 0;
+    std::int16_t error = 0;
+    std::int64_t arrived_ns = 0;
+  };
+  std::deque<Pending> pending;
+  bool blocked() const noexcept { return !pending.empty() && pending.back().frame_bytes > 0; }
+  bool busy() const noexcept { return !pending.empty(); }
+  std::int64_t last_active_ms = 0;
+  std::uint32_t events = 0;  // registered with epoll
+};
+
+std::int64_t now_ms() { return monotonic_ns() / 1'000'000; }
+
+std::size_t latency_bucket(std::int64_t micros) {
+  if (micros <= 0) return 0;
+  const auto b = static_cast<std::size_t>(std::bit_width(static_cast<std::uint64_t>(micros)));
+  return std::min<std::size_t>(b, 23);
+}
+
+}  // namespace
+
+struct KafkaListener::Impl {
+  Node& node;
+  KafkaListenerOptions options;
+  UniqueFd listen_fd;
+  UniqueFd epoll_fd;
+  UniqueFd wake_fd;
+  std::uint16_t port = 0;
+  std::unique_ptr<Broker> broker;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Connection>> connections;
+  std::uint64_t next_id = 2;
+  std::atomic<bool> stopping{false};
+  std::thread thread;
+  mutable std::mutex stats_mutex;  // the loop publishes; stats() and groups() copy
+  KafkaListenerStats stats;
+  std::vector<GroupListing> groups_snapshot;
+  std::int64_t last_tick_ms = 0;
+  std::int64_t last_idle_check_ms = 0;
+
+  Impl(Node& n, KafkaListenerOptions o) : node(n), options(std::move(o)) {}
+
+  void run();
+  void accept_all();
+  void on_event(Connection& c, std::uint32_t events);
+  bool read_some(Connection& c);
+  void process(Connection& c);
+  void answer(Connection& c, std::vector<OutChunk>& response, std::int16_t error, std::int16_t api_key, std::int64_t arrived_ns);
+  void drain_pending(Connection& c, std::int64_t now_ns);
+  bool flush(Connection& c);
+  void update_interest(Connection& c);
+  void close(Connection& c, std::string_view why, bool bad_request);
+  void resume_parked(std::int64_t now_ns);
+};
+
+void KafkaListener::Impl::run() {
+  epoll_event events[64];
+  while (!stopping.load(std::memory_order_relaxed)) {
+    bool any_parked = false;
+    for (auto& [id, c] : connections)
+      if (c->busy()) any_parked = true;
+    timespec timeout{1, 0};
+    if (any_parked) {
+      timeout = {0, static_cast<long>(std::max<std::int64_t>(options.poll_interval_us, 10) * 1000)};
+    } else if (const auto deadline = broker->next_group_deadline_ms()) {
+      const std::int64_t wait = std::clamp<std::int64_t>(*deadline - now_ms(), 0, 1000);
+      timeout = {0, static_cast<long>(wait * 1'000'000)};
+      if (wait >= 1000) timeout = {1, 0};
+    }
+    const int n = epoll_pwait2(epoll_fd.get(), events, 64, &timeout, nullptr);
+    if (n < 0 && errno != EINTR) {
+      log(LogLevel::kError, "kafka: epoll failed; the listener stops", {{"error", std::strerror(errno)}});
+      return;
+    }
+    for (int i = 0; i < std::max(n, 0); ++i) {
+      const std::uint64_t tag = events[i].data.u64;
+      if (tag == kListenTag) {
+        accept_all();
+      } else if (tag == kWakeTag) {
+        std::uint64_t value = 0;
+        (void)::read(wake_fd.get(), &value, sizeof value);
+      } else {
+        auto it = connections.find(tag);
+        if (it != connections.end()) on_event(*it->second, events[i].events);
+      }
+    }
+    const std::int64_t now_ns = monotonic_ns();
+    const std::int64_t now = now_ns / 1'000'000;
+    if (now - last_tick_ms >= 10) {
+      broker->tick(now_ns);
+      last_tick_ms = now;
+    }
+    resume_parked(now_ns);
+    if (now - last_idle_check_ms >= 1000) {
+      last_idle_check_ms = now;
+      std::vector<Connection*> idle;
+      for (auto& [id, c] : connections)
+        if (!c->busy() && c->out.empty() && now - c->last_active_ms > options.idle_timeout_ms) idle.push_back(c.get());
+      for (Connection* c : idle) {
+        {
+          std::lock_guard lock(stats_mutex);
+          ++stats.connections_closed_idle;
+        }
+        close(*c, "idle", false);
+      }
+      std::vector<GroupListing> listed = broker->groups();
+      std::lock_guard lock(stats_mutex);
+      groups_snapshot = std::move(listed);
+      stats.records_in = broker->records_in();
+    }
+  }
+}
+
+void KafkaListener::Impl::accept_all() {
+  for (int i = 0; i < 256; ++i) {
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    const int fd = ::accept4(listen_fd.get(), reinterpret_cast<sockaddr*>(&address), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      log(LogLevel::kWarn, "kafka: accept failed", {{"error", std::strerror(errno)}});
+      return;
+    }
+    UniqueFd socket(fd);
+    char host[INET6_ADDRSTRLEN] = "?";
+    int peer_port = 0;
+    if (address.ss_family == AF_INET) {
+      const auto* a = reinterpret_cast<const sockaddr_in*>(&address);
+      inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+      peer_port = ntohs(a->sin_port);
+    } else if (address.ss_family == AF_INET6) {
+      const auto* a = reinterpret_cast<const sockaddr_in6*>(&address);
+      inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+      peer_port = ntohs(a->sin6_port);
+    }
+    if (connections.size() >= options.max_connections) {
+      {
+        std::lock_guard lock(stats_mutex);
+        ++stats.connections_refused;
+      }
+      log(LogLevel::kWarn, "kafka: connection refused: at the connection limit",
+          {{"peer", std::string(host) + ":" + std::to_string(peer_port)}, {"max_connections", std::to_string(options.max_connections)}});
+      continue;  // closed by UniqueFd
+    }
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    auto c = std::make_unique<Connection>();
+    c->id = next_id++;
+    c->fd = std::move(socket);
+    c->host = host;
+    c->peer = std::string(host) + ":" + std::to_string(peer_port);
+    c->last_active_ms = now_ms();
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = c->id;
+    if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, fd, &ev) != 0) continue;
+    c->events = ev.events;
+    {
+      std::lock_guard lock(stats_mutex);
+      ++stats.connections_accepted;
+      stats.connections_open = connections.size() + 1;
+    }
+    log(LogLevel::kDebug, "kafka: connection accepted", {{"peer", c->peer}});
+    connections.emplace(c->id, std::move(c));
+  }
+}
+
+void KafkaListener::Impl::on_event(Connection& c, std::uint32_t events) {
+  if ((events & (EPOLLERR | EPOLLHUP)) != 0) {
+    close(c, "connection reset", false);
+    return;
+  }
+  if ((events & EPOLLOUT) != 0) {
+    if (!flush(c)) return;
+    if (!c.blocked()) process(c);  // responses drained: requests waiting in the buffer go on
+    if (connections.find(c.id) == connections.end()) return;
+  }
+  if ((events & (EPOLLIN | EPOLLRDHUP)) != 0 && !c.blocked() && c.pending.size() < kMaxPipelined) {
+    if (!read_some(c)) return;
+    process(c);
+  } else if ((events & EPOLLRDHUP) != 0) {
+    close(c, "peer closed", false);  // a parked request's client went away
+    return;
+  }
+  auto it = connections.find(c.id);
+  if (it != connections.end()) update_interest(c);
+}
+
+bool KafkaListener::Impl::read_some(Connection& c) {
+  std::size_t taken = 0;
+  for (int i = 0; i < 16; ++i) {  // bounded: other connections get their turn
+    if (c.in.size() - c.in_end < kReadChunk / 4) {
+      if (c.in_start > 0 && c.in_start == c.in_end) {
+        c.in_start = c.in_end = 0;
+      } else if (c.in_start > c.in.size() / 2) {
+        std::memmove(c.in.data(), c.in.data() + c.in_start, c.in_end - c.in_start);
+        c.in_end -= c.in_start;
+        c.in_start = 0;
+      }
+      if (c.in.size() - c.in_end < kReadChunk / 4) c.in.resize(std::max(c.in.size() * 2, kReadChunk));
+    }
+    const ssize_t got = ::recv(c.fd.get(), c.in.data() + c.in_end, c.in.size() - c.in_end, 0);
+    if (got > 0) {
+      c.in_end += static_cast<std::size_t>(got);
+      taken += static_cast<std::size_t>(got);
+      // Enough for the next whole frame: let it be answered before reading more.
+      if (c.in_end - c.in_start >= 4) {
+        const auto size = static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start));
+        if (c.in_end - c.in_start >= std::size_t{size} + 4 || size > options.max_request_bytes) break;
+        if (std::size_t{size} + 4 > c.in.size() - c.in_start) {
+          // A large frame: make room for all of it at once.
+          std::memmove(c.in.data(), c.in.data() + c.in_start, c.in_end - c.in_start);
+          c.in_end -= c.in_start;
+          c.in_start = 0;
+          if (std::size_t{size} + 4 > c.in.size()) c.in.resize(std::size_t{size} + 4 + kReadChunk / 4);
+        }
+      }
+      continue;
+    }
+    if (got == 0) {
+      close(c, "peer closed", false);
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    close(c, std::string("read failed: ") + std::strerror(errno), false);
+    return false;
+  }
+  if (taken > 0) {
+    c.last_active_ms = now_ms();
+    std::lock_guard lock(stats_mutex);
+    stats.bytes_in += taken;
+  }
+  return true;
+}
+
+void KafkaListener::Impl::process(Connection& c) {
+  const std::uint64_t id = c.id;
+  for (int i = 0; i < 1024 && !c.blocked() && c.pending.size() < kMaxPipelined && c.out_bytes < kMaxQueuedResponseBytes; ++i) {
+    const std::size_t available = c.in_end - c.in_start;
+    if (available < 4) break;
+    const auto size = static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start));
+    if (size > options.max_request_bytes) {
+      close(c, "request of " + std::to_string(size) + " bytes is larger than the limit of " + std::to_string(options.max_request_bytes), true);
+      return;
+    }
+    if (size < kMinFrameBytes) {
+      close(c, "frame of " + std::to_string(size) + " bytes is shorter than a request header", true);
+      return;
+    }
+    if (available < std::size_t{size} + 4) break;
+    const std::int16_t api_key = wire::load_be16(c.in.data() + c.in_start + 4);
+    // Behind requests still waiting, only a Produce is taken (it only appends).
+    if (c.busy() && (api_key != static_cast<std::int16_t>(ApiKey::kProduce) || c.pending.back().api_key != api_key)) break;
+    detail::Request request;
+    request.arrived_ns = monotonic_ns();
+    request.client_host = c.host;
+    Reader reader(std::span<const std::byte>(c.in.data() + c.in_start + 4, size));
+    request.header = read_request_header(reader);
+    if (!reader.ok()) {
+      close(c, "malformed request header: " + reader.error(), true);
+      return;
+    }
+    request.body = reader.rest();
+    Outcome outcome = broker->handle(request);
+    if (connections.find(id) == connections.end()) return;
+    if (outcome.kind == Outcome::Kind::kClose) {
+      close(c, outcome.close_reason, true);  // logged there, with the peer
+      return;
+    }
+    const std::size_t frame_bytes = std::size_t{size} + 4;
+    if (outcome.kind == Outcome::Kind::kParked) {
+      outcome.parked->client_id = std::string(request.header.client_id.value_or(""));
+      outcome.parked->header.client_id = std::nullopt;  // pointed into the frame; the copy is above
+      Connection::Pending p;
+      p.api_key = request.header.api_key;
+      p.arrived_ns = request.arrived_ns;
+      // A produce whose batches are all in the ring needs its frame no more.
+      const bool keeps_frame = broker->needs_frame(*outcome.parked);
+      p.parked = std::move(outcome.parked);
+      if (keeps_frame) {
+        p.frame_bytes = frame_bytes;
+        c.pending.push_back(std::move(p));
+        break;
+      }
+      c.pending.push_back(std::move(p));
+      c.in_start += frame_bytes;
+      continue;
+    }
+    if (c.busy()) {
+      Connection::Pending p;
+      p.api_key = request.header.api_key;
+      p.arrived_ns = request.arrived_ns;
+      p.ready = true;
+      p.no_response = outcome.kind == Outcome::Kind::kNoResponse;
+      p.response = std::move(outcome.response);
+      p.error = outcome.error;
+      c.pending.push_back(std::move(p));
+    } else if (outcome.kind == Outcome::Kind::kRespond) {
+      answer(c, outcome.response, outcome.error, request.header.api_key, request.arrived_ns);
+    }
+    c.in_start += frame_bytes;
+  }
+  if (c.in_start == c.in_end && !c.blocked()) c.in_start = c.in_end = 0;
+  flush(c);
+}
+
+void KafkaListener::Impl::answer(Connection& c, std::vector<OutChunk>& response, std::int16_t error, std::int16_t api_key, std::int64_t arrived_ns) {
+  std::size_t bytes = 0;
+  for (OutChunk& chunk : response) {
+    bytes += chunk.size();
+    c.out.push_back(std::move(chunk));
+  }
+  c.out_bytes += bytes;
+  const std::int64_t micros = (monotonic_ns() - arrived_ns) / 1000;
+  std::lock_guard lock(stats_mutex);
+  if (api_key >= 0 && static_cast<std::size_t>(api_key) < stats.apis.size()) {
+    KafkaApiStats& s = stats.apis[static_cast<std::size_t>(api_key)];
+    ++s.requests;
+    if (error != 0) ++s.errors;
+    ++s.latency_us_log2[latency_bucket(micros)];
+    s.latency_us_sum += static_cast<std::uint64_t>(std::max<std::int64_t>(micros, 0));
+  }
+}
+
+// Looks at every waiting request of the connection, then answers from the front while ready.
+void KafkaListener::Impl::drain_pending(Connection& c, std::int64_t now_ns) {
+  for (Connection::Pending& p : c.pending) {
+    if (p.ready) continue;
+    Outcome outcome = broker->resume(*p.parked, now_ns);
+    if (outcome.kind == Outcome::Kind::kParked) continue;
+    p.ready = true;
+    p.response = std::move(outcome.response);
+    p.error = outcome.error;
+    p.parked.reset();
+  }
+  while (!c.pending.empty() && c.pending.front().ready) {
+    Connection::Pending& p = c.pending.front();
+    if (!p.no_response) answer(c, p.response, p.error, p.api_key, p.arrived_ns);
+    c.in_start += p.frame_bytes;
+    c.pending.pop_front();
+  }
+}
+
+void KafkaListener::Impl::resume_parked(std::int64_t now_ns) {
+  (void)broker->take_appended();  // every waiting request looks again on each pass anyway
+  std::vector<std::uint64_t> ids;
+  for (auto& [id, c] : connections)
+    if (c->busy()) ids.push_back(id);
+  for (std::uint64_t id : ids) {
+    auto it = connections.find(id);
+    if (it == connections.end()) continue;
+    Connection& c = *it->second;
+    const std::size_t before = c.pending.size();
+    drain_pending(c, now_ns);
+    if (c.pending.size() == before) continue;
+    process(c);
+    if (connections.find(id) != connections.end()) update_interest(c);
+  }
+}
+
+bool KafkaListener::Impl::flush(Connection& c) {
+  std::size_t sent_total = 0;
+  while (!c.out.empty()) {
+    OutChunk& chunk = c.out.front();
+    ssize_t sent = 0;
+    if (chunk.file) {
+      off_t offset = static_cast<off_t>(chunk.file_offset + chunk.sent);
+      sent = ::sendfile(c.fd.get(), chunk.file->get(), &offset, chunk.file_bytes - chunk.sent);
+      if (sent == 0 && chunk.sent < chunk.file_bytes) {
+        // The file is shorter than the region (truncated meanwhile): the frame cannot be finished.
+        close(c, "a segment file ended early while it was being sent", false);
+        return false;
+      }
+    } else {
+      // Gather the memory chunks at the front into one send.
+      iovec iov[16];
+      int count = 0;
+      for (auto it = c.out.begin(); it != c.out.end() && count < 16 && !it->file; ++it, ++count) {
+        iov[count].iov_base = it->bytes.data() + it->sent;
+        iov[count].iov_len = it->bytes.size() - it->sent;
+      }
+      msghdr message{};
+      message.msg_iov = iov;
+      message.msg_iovlen = static_cast<std::size_t>(count);
+      sent = ::sendmsg(c.fd.get(), &message, MSG_NOSIGNAL);
+    }
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      close(c, std::string("write failed: ") + std::strerror(errno), false);
+      return false;
+    }
+    auto left = static_cast<std::size_t>(sent);
+    sent_total += left;
+    while (left > 0 && !c.out.empty()) {
+      OutChunk& front = c.out.front();
+      const std::size_t rest = front.size() - front.sent;
+      if (left >= rest) {
+        left -= rest;
+        c.out_bytes -= front.size();
+        c.out.pop_front();
+      } else {
+        front.sent += left;
+        left = 0;
+      }
+    }
+    // Chunks a sendfile finished exactly (left == 0 at a boundary) are popped above.
+    while (!c.out.empty() && c.out.front().sent == c.out.front().size() && c.out.front().size() > 0) {
+      c.out_bytes -= c.out.front().size();
+      c.out.pop_front();
+    }
+    while (!c.out.empty() && c.out.front().size() == 0) c.out.pop_front();
+  }
+  if (sent_total > 0) {
+    c.last_active_ms = now_ms();
+    std::lock_guard lock(stats_mutex);
+    stats.bytes_out += sent_total;
+  }
+  return true;
+}
+
+void KafkaListener::Impl::update_interest(Connection& c) {
+  std::uint32_t want = EPOLLRDHUP;
+  if (!c.blocked() && c.pending.size() < kMaxPipelined && c.out_bytes < kMaxQueuedResponseBytes) want |= EPOLLIN;
+  if (!c.out.empty()) want |= EPOLLOUT;
+  if (want == c.events) return;
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.u64 = c.id;
+  if (epoll_ctl(epoll_fd.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) == 0) c.events = want;
+}
+
+void KafkaListener::Impl::close(Connection& c, std::string_view why, bool bad_request) {
+  for (Connection::Pending& p : c.pending)
+    if (p.parked) broker->abandon(*p.parked);
+  epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+  log(bad_request ? LogLevel::kWarn : LogLevel::kDebug, "kafka: connection closed", {{"peer", c.peer}, {"reason", std::string(why)}});
+  const std::uint64_t id = c.id;
+  connections.erase(id);  // destroys c
+  std::lock_guard lock(stats_mutex);
+  stats.connections_open = connections.size();
+  if (bad_request) ++stats.connections_closed_bad_request;
+}
+
+// ---- KafkaListener --------------------------------------------------------------------------
+
+Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaListenerOptions options) {
+  if (options.max_request_bytes < 1024 || options.max_request_bytes > (std::size_t{1} << 30))
+    return Error{Errc::kInvalidArgument, "kafka max request bytes must be within 1 KiB..1 GiB"};
+  if (options.max_connections == 0) return Error{Errc::kInvalidArgument, "kafka max connections must be at least 1"};
+  if (options.default_partitions == 0) return Error{Errc::kInvalidArgument, "kafka default partitions must be at least 1"};
+  auto impl = std::make_unique<Impl>(node, std::move(options));
+  const KafkaListenerOptions& o = impl->options;
+
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  int family = AF_INET;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+  const std::string host = o.listen_host == "localhost" ? "127.0.0.1" : o.listen_host;
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(o.listen_port);
+    length = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    family = AF_INET6;
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(o.listen_port);
+    length = sizeof(sockaddr_in6);
+  } else {
+    return Error{Errc::kInvalidArgument, "kafka listen address '" + o.listen_host + "' is not an IPv4 or IPv6 address"};
+  }
+  impl->listen_fd = UniqueFd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!impl->listen_fd.valid()) return os_error(Errc::kIo, "kafka listener socket", errno);
+  const int one = 1;
+  setsockopt(impl->listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  const std::string where = o.listen_host + ":" + std::to_string(o.listen_port);
+  if (::bind(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&address), length) != 0) {
+    const int e = errno;
+    if (e == EADDRINUSE) return Error{Errc::kIo, "kafka listen address " + where + " is in use; stop what listens there or pass --kafka-listen HOST:PORT"};
+    return os_error(Errc::kIo, "kafka listener bind " + where, e);
+  }
+  if (::listen(impl->listen_fd.get(), 1024) != 0) return os_error(Errc::kIo, "kafka listener listen", errno);
+  sockaddr_storage bound{};
+  socklen_t bound_length = sizeof bound;
+  getsockname(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_length);
+  impl->port = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+
+  impl->epoll_fd = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  impl->wake_fd = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!impl->epoll_fd.valid() || !impl->wake_fd.valid()) return os_error(Errc::kIo, "kafka listener epoll", errno);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenTag;
+  epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, impl->listen_fd.get(), &ev);
+  ev.data.u64 = kWakeTag;
+  epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, impl->wake_fd.get(), &ev);
+
+  impl->broker = std::make_unique<Broker>(node, impl->options, impl->port);
+  node.set_pass_event(impl->wake_fd.get());  // produces waiting on the log are answered after each pass
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->run(); });
+  log(LogLevel::kInfo, "kafka listener ready",
+      {{"listen", o.listen_host + ":" + std::to_string(impl->port)},
+       {"advertise", (o.advertised_host.empty() ? o.listen_host : o.advertised_host) + ":" +
+                         std::to_string(o.advertised_port != 0 ? o.advertised_port : impl->port)}});
+  return std::unique_ptr<KafkaListener>(new KafkaListener(std::move(impl)));
+}
+
+KafkaListener::KafkaListener(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+KafkaListener::~KafkaListener() { stop(); }
+
+void KafkaListener::stop() {
+  if (!impl_ || impl_->stopping.exchange(true)) return;
+  impl_->node.set_pass_event(-1);
+  const std::uint64_t one = 1;
+  (void)::write(impl_->wake_fd.get(), &one, sizeof one);
+  if (impl_->thread.joinable()) impl_->thread.join();
+  // Parked requests are abandoned (their log waiters counted off); connections close.
+  for (auto& [id, c] : impl_->connections)
+    for (Connection::Pending& p : c->pending)
+      if (p.parked) impl_->broker->abandon(*p.parked);
+  impl_->connections.clear();
+  impl_->broker.reset();
+}
+
+std::uint16_t KafkaListener::port() const noexcept { return impl_->port; }
+
+KafkaListenerStats KafkaListener::stats() const {
+  std::lock_guard lock(impl_->stats_mutex);
+  return impl_->stats;
+}
+
+std::vector<GroupListing> KafkaListener::groups() const {
+  std::lock_guard lock(impl_->stats_mutex);
+  return impl_->groups_snapshot;
+}
+
+}  // namespace weft::kafka

@@ -1,0 +1,67 @@
+// How `weft consume` prints a record (--format value | key-value | json), shared by the local
+// (shared-memory) and the remote (Kafka protocol) paths.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace weft::cli {
+
+inline void json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char esc[8];
+          std::snprintf(esc, sizeof(esc), "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+          out += esc;
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+struct PrintedRecord {
+  std::string_view topic;
+  std::uint32_t partition = 0;
+  std::int64_t offset = 0;
+  std::int64_t timestamp_ms = 0;
+  std::optional<std::string_view> key;    // nullopt: a null key
+  std::optional<std::string_view> value;  // nullopt: a null value
+};
+
+// Appends the record as one line (with its newline) in `format`.
+inline void format_record(std::string& line, std::string_view format, const PrintedRecord& r) {
+  if (format == "value") {
+    line += r.value.value_or("");
+  } else if (format == "key-value") {
+    line += r.key.value_or("");
+    line += '\t';
+    line += r.value.value_or("");
+  } else {
+    line += "{\"topic\":";
+    json_string(line, r.topic);
+    line += ",\"partition\":" + std::to_string(r.partition) + ",\"offset\":" + std::to_string(r.offset) +
+            ",\"timestamp\":" + std::to_string(r.timestamp_ms) + ",\"key\":";
+    if (r.key) json_string(line, *r.key);
+    else line += "null";
+    line += ",\"value\":";
+    if (r.value) json_string(line, *r.value);
+    else line += "null";
+    line += '}';
+  }
+  line += '\n';
+}
+
+}  // namespace weft::cli

@@ -1,0 +1,479 @@
+// `weft produce|consume|perf --bootstrap HOST:PORT`: the same commands against a node reached
+// over the Kafka protocol (weftd's Kafka listener, or any Kafka broker), through librdkafka.
+//
+// perf over the network runs three phases on a fresh topic, after a same-run baseline of one
+// TCP stream over loopback: produce flat out (records/s and record bytes/s against the
+// baseline), fetch the whole backlog from the beginning, then a paced end-to-end latency run
+// (each value carries its send time; producer and consumer are threads of this process).
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "baselines.h"
+#include "commands.h"
+#include "format.h"
+#include "weft/fabric/histogram.h"
+#include "weft/fabric/ring.h"
+
+namespace weft::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+struct KafkaDeleter {
+  void operator()(rd_kafka_t* rk) const noexcept { rd_kafka_destroy(rk); }
+};
+using KafkaHandle = std::unique_ptr<rd_kafka_t, KafkaDeleter>;
+
+int fail(const std::string& what) {
+  std::fprintf(stderr, "weft: %s\n", what.c_str());
+  return 1;
+}
+
+// A client with the given settings; the error names the setting librdkafka refused.
+KafkaHandle make_client(rd_kafka_type_t type, const std::vector<std::pair<std::string, std::string>>& settings, std::string& error,
+                        void (*delivered)(rd_kafka_t*, const rd_kafka_message_t*, void*) = nullptr, void* opaque = nullptr) {
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  char text[512];
+  for (const auto& [key, value] : settings) {
+    if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), text, sizeof text) != RD_KAFKA_CONF_OK) {
+      error = key + "=" + value + ": " + text;
+      rd_kafka_conf_destroy(conf);
+      return nullptr;
+    }
+  }
+  if (delivered != nullptr) rd_kafka_conf_set_dr_msg_cb(conf, delivered);
+  if (opaque != nullptr) rd_kafka_conf_set_opaque(conf, opaque);
+  rd_kafka_t* rk = rd_kafka_new(type, conf, text, sizeof text);
+  if (rk == nullptr) {
+    error = text;
+    rd_kafka_conf_destroy(conf);
+    return nullptr;
+  }
+  return KafkaHandle(rk);
+}
+
+// Partition count of `topic` (-1 with `error` set when the broker does not know it).
+int partition_count(rd_kafka_t* rk, const std::string& topic, std::string& error) {
+  rd_kafka_topic_t* handle = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+  const rd_kafka_metadata_t* metadata = nullptr;
+  const rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, handle, &metadata, 10'000);
+  rd_kafka_topic_destroy(handle);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    error = std::string("metadata: ") + rd_kafka_err2str(err);
+    return -1;
+  }
+  int count = -1;
+  if (metadata->topic_cnt == 1) {
+    if (metadata->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) error = rd_kafka_err2str(metadata->topics[0].err);
+    else count = metadata->topics[0].partition_cnt;
+  }
+  rd_kafka_metadata_destroy(metadata);
+  return count;
+}
+
+// Creates (or deletes, when `partitions` is 0) a topic with the admin API and waits for it.
+bool admin_topic(rd_kafka_t* rk, const std::string& topic, int partitions, std::string& error) {
+  char text[512];
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
+  if (partitions > 0) {
+    rd_kafka_NewTopic_t* create = rd_kafka_NewTopic_new(topic.c_str(), partitions, -1, text, sizeof text);
+    if (create == nullptr) {
+      error = text;
+      rd_kafka_queue_destroy(queue);
+      return false;
+    }
+    rd_kafka_CreateTopics(rk, &create, 1, nullptr, queue);
+    rd_kafka_NewTopic_destroy(create);
+  } else {
+    rd_kafka_DeleteTopic_t* remove = rd_kafka_DeleteTopic_new(topic.c_str());
+    rd_kafka_DeleteTopics(rk, &remove, 1, nullptr, queue);
+    rd_kafka_DeleteTopic_destroy(remove);
+  }
+  rd_kafka_event_t* event = rd_kafka_queue_poll(queue, 30'000);
+  bool ok = event != nullptr && rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR;
+  if (event == nullptr) error = "no answer from the broker within 30 s";
+  else if (!ok) error = rd_kafka_event_error_string(event);
+  if (ok) {
+    size_t n = 0;
+    const rd_kafka_topic_result_t** results = partitions > 0 ? rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(event), &n)
+                                                             : rd_kafka_DeleteTopics_result_topics(rd_kafka_event_DeleteTopics_result(event), &n);
+    for (size_t i = 0; i < n; ++i) {
+      if (rd_kafka_topic_result_error(results[i]) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ok = false;
+        const char* message = rd_kafka_topic_result_error_string(results[i]);
+        error = message != nullptr ? message : rd_kafka_err2str(rd_kafka_topic_result_error(results[i]));
+      }
+    }
+  }
+  if (event != nullptr) rd_kafka_event_destroy(event);
+  rd_kafka_queue_destroy(queue);
+  return ok;
+}
+
+std::string acks_setting(const std::string& acks) { return acks == "all" ? "-1" : acks; }
+
+struct DeliveryCounts {
+  std::atomic<std::uint64_t> delivered{0};
+  std::atomic<std::uint64_t> failed{0};
+  std::string first_error;
+};
+
+void count_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
+  auto* counts = static_cast<DeliveryCounts*>(opaque);
+  if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    counts->delivered.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    if (counts->failed.fetch_add(1, std::memory_order_relaxed) == 0) counts->first_error = rd_kafka_err2str(message->err);
+  }
+}
+
+// Sends one record, serving delivery reports while librdkafka's queue is full.
+bool send(rd_kafka_t* rk, const std::string& topic, std::int32_t partition, const void* key, std::size_t key_bytes, const void* value,
+          std::size_t value_bytes, std::int64_t timestamp_ms, std::string& error) {
+  for (int attempt = 0; attempt < 60'000; ++attempt) {
+    // librdkafka's RD_KAFKA_V_* macros cast in C style.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wold-style-cast"
+    const rd_kafka_resp_err_t err =
+        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_KEY(const_cast<void*>(key), key_bytes), RD_KAFKA_V_VALUE(const_cast<void*>(value), value_bytes),
+                          RD_KAFKA_V_TIMESTAMP(timestamp_ms), RD_KAFKA_V_END);
+#pragma GCC diagnostic pop
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) return true;
+    if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+      error = rd_kafka_err2str(err);
+      return false;
+    }
+    rd_kafka_poll(rk, 1);
+  }
+  error = "librdkafka's queue stayed full for a minute";
+  return false;
+}
+
+}  // namespace
+
+int run_remote_produce(const RemoteOptions& o, const std::string& topic, const std::string& key_sep, const std::string& acks,
+                       const std::string& file, std::int64_t partition) {
+  DeliveryCounts counts;
+  std::string error;
+  KafkaHandle rk = make_client(RD_KAFKA_PRODUCER,
+                               {{"bootstrap.servers", o.bootstrap}, {"acks", acks_setting(acks)}, {"partitioner", "murmur2_random"},
+                                {"linger.ms", "5"}, {"client.id", "weft-cli"}},
+                               error, count_delivery, &counts);
+  if (!rk) return fail("connecting to " + o.bootstrap + ": " + error);
+  rd_kafka_set_log_level(rk.get(), 3);
+  std::ifstream in_file;
+  if (!file.empty()) in_file.open(file);
+  std::istream& in = file.empty() ? std::cin : in_file;
+  std::string line;
+  std::uint64_t sent = 0;
+  const std::int32_t target = partition >= 0 ? static_cast<std::int32_t>(partition) : RD_KAFKA_PARTITION_UA;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::string_view value = line;
+    std::string_view key;
+    bool has_key = false;
+    if (!key_sep.empty()) {
+      if (const std::size_t at = line.find(key_sep); at != std::string::npos) {
+        key = std::string_view(line).substr(0, at);
+        value = std::string_view(line).substr(at + key_sep.size());
+        has_key = true;
+      }
+    }
+    if (!send(rk.get(), topic, target, has_key ? key.data() : nullptr, has_key ? key.size() : 0, value.data(), value.size(), 0, error))
+      return fail("sending to " + topic + ": " + error);
+    ++sent;
+    rd_kafka_poll(rk.get(), 0);
+  }
+  const rd_kafka_resp_err_t flushed = rd_kafka_flush(rk.get(), 60'000);
+  if (flushed != RD_KAFKA_RESP_ERR_NO_ERROR) return fail(std::string("flushing: ") + rd_kafka_err2str(flushed));
+  if (counts.failed.load() > 0)
+    return fail(std::to_string(counts.failed.load()) + " of " + std::to_string(sent) + " records were not delivered: " + counts.first_error);
+  std::fprintf(stderr, "weft: sent %llu records to %s at %s\n", static_cast<unsigned long long>(sent), topic.c_str(), o.bootstrap.c_str());
+  return 0;
+}
+
+int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
+  std::vector<std::pair<std::string, std::string>> settings{{"bootstrap.servers", o.bootstrap},
+                                                            {"client.id", "weft-cli"},
+                                                            {"enable.auto.commit", "false"},
+                                                            {"enable.partition.eof", "false"}};
+  const bool subscribe = !c.group.empty() && c.partition < 0 && (c.from == "earliest" || c.from == "latest");
+  settings.emplace_back("group.id", c.group.empty() ? "weft-cli" : c.group);
+  if (subscribe) settings.emplace_back("auto.offset.reset", c.from == "earliest" ? "earliest" : "latest");
+  std::string error;
+  KafkaHandle rk = make_client(RD_KAFKA_CONSUMER, settings, error);
+  if (!rk) return fail("connecting to " + o.bootstrap + ": " + error);
+  rd_kafka_set_log_level(rk.get(), 3);
+  rd_kafka_poll_set_consumer(rk.get());
+
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(8);
+  if (subscribe) {
+    // A group member: the group's committed offsets, else --from (auto.offset.reset).
+    rd_kafka_topic_partition_list_add(list, c.topic.c_str(), RD_KAFKA_PARTITION_UA);
+    const rd_kafka_resp_err_t err = rd_kafka_subscribe(rk.get(), list);
+    rd_kafka_topic_partition_list_destroy(list);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) return fail(std::string("subscribing: ") + rd_kafka_err2str(err));
+  } else {
+    const int partitions = partition_count(rk.get(), c.topic, error);
+    if (partitions < 0) {
+      rd_kafka_topic_partition_list_destroy(list);
+      return fail("topic '" + c.topic + "' at " + o.bootstrap + ": " + error);
+    }
+    if (c.partition >= partitions) {
+      rd_kafka_topic_partition_list_destroy(list);
+      return fail("topic '" + c.topic + "' has " + std::to_string(partitions) + " partitions");
+    }
+    std::int64_t start = RD_KAFKA_OFFSET_END;
+    bool by_time = false;
+    if (c.from == "earliest") {
+      start = RD_KAFKA_OFFSET_BEGINNING;
+    } else if (c.from != "latest") {
+      by_time = c.from[0] == '@';
+      start = std::stoll(by_time ? c.from.substr(1) : c.from);
+    }
+    for (int p = 0; p < partitions; ++p)
+      if (c.partition < 0 || c.partition == p) rd_kafka_topic_partition_list_add(list, c.topic.c_str(), p)->offset = start;
+    if (by_time) {
+      const rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(rk.get(), list, 10'000);
+      if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_topic_partition_list_destroy(list);
+        return fail(std::string("looking up offsets by time: ") + rd_kafka_err2str(err));
+      }
+      for (int i = 0; i < list->cnt; ++i)
+        if (list->elems[i].offset < 0) list->elems[i].offset = RD_KAFKA_OFFSET_END;  // nothing that late yet
+    }
+    const rd_kafka_resp_err_t err = rd_kafka_assign(rk.get(), list);
+    rd_kafka_topic_partition_list_destroy(list);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) return fail(std::string("assigning: ") + rd_kafka_err2str(err));
+  }
+
+  struct sigaction sa{};
+  sa.sa_handler = [](int) { g_stop.store(true, std::memory_order_relaxed); };
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  std::int64_t printed = 0;
+  std::int64_t idle_since = monotonic_ns();
+  std::string line;
+  int status = 0;
+  while (!g_stop.load(std::memory_order_relaxed) && (c.count < 0 || printed < c.count)) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk.get(), 100);
+    if (m == nullptr) {
+      if (c.timeout_ms >= 0 && monotonic_ns() - idle_since >= std::min<std::int64_t>(c.timeout_ms, std::int64_t{1} << 40) * 1'000'000) break;
+      continue;
+    }
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      std::fprintf(stderr, "weft: %s\n", rd_kafka_message_errstr(m));
+      const bool fatal = m->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+      rd_kafka_message_destroy(m);
+      if (fatal) {
+        status = 3;
+        break;
+      }
+      continue;
+    }
+    PrintedRecord r;
+    r.topic = c.topic;
+    r.partition = static_cast<std::uint32_t>(m->partition);
+    r.offset = m->offset;
+    rd_kafka_timestamp_type_t type;
+    r.timestamp_ms = rd_kafka_message_timestamp(m, &type);
+    if (m->key != nullptr) r.key = std::string_view(static_cast<const char*>(m->key), m->key_len);
+    if (m->payload != nullptr) r.value = std::string_view(static_cast<const char*>(m->payload), m->len);
+    line.clear();
+    format_record(line, c.format, r);
+    std::fwrite(line.data(), 1, line.size(), stdout);
+    ++printed;
+    idle_since = monotonic_ns();
+    if (!c.group.empty()) rd_kafka_commit_message(rk.get(), m, 1);  // what was printed, asynchronously
+    rd_kafka_message_destroy(m);
+  }
+  std::fflush(stdout);
+  if (!c.group.empty()) (void)rd_kafka_commit(rk.get(), nullptr, 0);
+  rd_kafka_consumer_close(rk.get());
+  return status;
+}
+
+// ---- perf -----------------------------------------------------------------------------------
+
+namespace {
+
+struct PhaseResult {
+  std::uint64_t records = 0;
+  double seconds = 0;
+  std::uint64_t failed = 0;
+};
+
+PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, std::uint64_t rate,
+                          bool low_latency, std::string& error) {
+  DeliveryCounts counts;
+  KafkaHandle rk = make_client(RD_KAFKA_PRODUCER,
+                               {{"bootstrap.servers", o.bootstrap},
+                                {"acks", acks_setting(p.acks)},
+                                {"linger.ms", low_latency ? "0" : "5"},
+                                {"batch.size", "1000000"},
+                                {"queue.buffering.max.kbytes", "1048576"},
+                                {"client.id", "weft-perf"}},
+                               error, count_delivery, &counts);
+  PhaseResult result;
+  if (!rk) return result;
+  std::vector<char> value(p.record_size, 'w');
+  const std::int64_t start = monotonic_ns();
+  for (std::uint64_t i = 0; i < records && !g_stop.load(std::memory_order_relaxed); ++i) {
+    if (rate > 0) {
+      const std::int64_t due = start + static_cast<std::int64_t>(static_cast<double>(i) * 1e9 / static_cast<double>(rate));
+      while (monotonic_ns() < due) rd_kafka_poll(rk.get(), 0);
+    }
+    const std::int64_t now = monotonic_ns();
+    std::memcpy(value.data(), &now, sizeof now);  // the send time, read back by the latency consumer
+    if (!send(rk.get(), topic, static_cast<std::int32_t>(i % p.partitions), nullptr, 0, value.data(), value.size(), 0, error)) break;
+    if ((i & 1023) == 0) rd_kafka_poll(rk.get(), 0);
+  }
+  rd_kafka_flush(rk.get(), 120'000);
+  result.seconds = static_cast<double>(monotonic_ns() - start) / 1e9;
+  result.records = counts.delivered.load();
+  result.failed = counts.failed.load();
+  if (result.failed > 0 && error.empty()) error = counts.first_error;
+  return result;
+}
+
+// Reads `records` from the beginning of every partition; with `latency`, records each value's
+// age. Stops after 30 s without a record.
+PhaseResult fetch_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, bool from_end,
+                        LatencyHistogram* latency, std::atomic<bool>* ready, std::string& error) {
+  KafkaHandle rk = make_client(RD_KAFKA_CONSUMER,
+                               {{"bootstrap.servers", o.bootstrap},
+                                {"group.id", "weft-perf"},
+                                {"enable.auto.commit", "false"},
+                                {"fetch.wait.max.ms", latency != nullptr ? "10" : "100"},
+                                {"client.id", "weft-perf"}},
+                               error);
+  PhaseResult result;
+  if (!rk) return result;
+  rd_kafka_poll_set_consumer(rk.get());
+  rd_kafka_topic_partition_list_t* list = rd_kafka_topic_partition_list_new(static_cast<int>(p.partitions));
+  for (std::uint32_t i = 0; i < p.partitions; ++i)
+    rd_kafka_topic_partition_list_add(list, topic.c_str(), static_cast<std::int32_t>(i))->offset = from_end ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
+  rd_kafka_assign(rk.get(), list);
+  rd_kafka_topic_partition_list_destroy(list);
+  if (ready != nullptr) {
+    // Wait until the fetcher is positioned before the producer starts.
+    for (int i = 0; i < 20; ++i) {
+      rd_kafka_message_t* m = rd_kafka_consumer_poll(rk.get(), 50);
+      if (m != nullptr) rd_kafka_message_destroy(m);
+    }
+    ready->store(true);
+  }
+  std::int64_t start = 0;
+  std::int64_t last = monotonic_ns();
+  std::uint64_t bytes = 0;
+  while (result.records < records && !g_stop.load(std::memory_order_relaxed)) {
+    rd_kafka_message_t* m = rd_kafka_consumer_poll(rk.get(), 100);
+    const std::int64_t now = monotonic_ns();
+    if (m == nullptr) {
+      if (now - last > 30'000'000'000) {
+        error = "no record for 30 s after " + std::to_string(result.records);
+        break;
+      }
+      continue;
+    }
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      if (start == 0) start = now;
+      ++result.records;
+      bytes += m->len;
+      if (latency != nullptr && m->len >= sizeof(std::int64_t)) {
+        std::int64_t sent = 0;
+        std::memcpy(&sent, m->payload, sizeof sent);
+        latency->record(static_cast<std::uint64_t>(std::max<std::int64_t>(now - sent, 0)));
+      }
+      last = now;
+    }
+    rd_kafka_message_destroy(m);
+  }
+  result.seconds = start == 0 ? 0 : static_cast<double>(last - start) / 1e9;
+  rd_kafka_consumer_close(rk.get());
+  return result;
+}
+
+}  // namespace
+
+int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
+  struct sigaction sa{};
+  sa.sa_handler = [](int) { g_stop.store(true, std::memory_order_relaxed); };
+  sigaction(SIGINT, &sa, nullptr);
+  const double tcp = p.baselines ? weft::bench::tcp_loopback_gb_per_sec(2.0) : 0;
+  std::string error;
+  KafkaHandle admin = make_client(RD_KAFKA_PRODUCER, {{"bootstrap.servers", o.bootstrap}}, error);
+  if (!admin) return fail("connecting to " + o.bootstrap + ": " + error);
+  const std::string topic = "weft-perf-" + std::to_string(getpid());
+  if (!admin_topic(admin.get(), topic, static_cast<int>(p.partitions), error)) return fail("creating " + topic + ": " + error);
+
+  const std::uint64_t records = p.records;
+  const PhaseResult produced = produce_phase(o, p, topic, records, p.rate, false, error);
+  if (produced.records == 0) return fail("producing: " + error);
+  const PhaseResult fetched = fetch_phase(o, p, topic, produced.records, false, nullptr, nullptr, error);
+
+  LatencyHistogram latency;
+  PhaseResult paced;
+  if (p.latency_records > 0) {
+    std::atomic<bool> ready{false};
+    PhaseResult seen;
+    std::string fetch_error;
+    std::thread reader([&] { seen = fetch_phase(o, p, topic, p.latency_records, true, &latency, &ready, fetch_error); });
+    for (int i = 0; i < 2000 && !ready.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    paced = produce_phase(o, p, topic, p.latency_records, p.latency_rate, true, error);
+    reader.join();
+    if (!fetch_error.empty()) std::fprintf(stderr, "weft: latency run: %s\n", fetch_error.c_str());
+  }
+  (void)admin_topic(admin.get(), topic, 0, error);
+
+  const double record_bytes = static_cast<double>(p.record_size);
+  const double produce_gbs = produced.seconds > 0 ? static_cast<double>(produced.records) * record_bytes / produced.seconds / 1e9 : 0;
+  const double fetch_gbs = fetched.seconds > 0 ? static_cast<double>(fetched.records) * record_bytes / fetched.seconds / 1e9 : 0;
+  auto us = [&](double q) { return static_cast<double>(latency.percentile(q)) / 1000.0; };
+  if (p.json) {
+    std::printf("{\"bootstrap\":\"%s\",\"record_size\":%u,\"partitions\":%u,\"acks\":\"%s\",\"tcp_loopback_gb_per_s\":%.3f,"
+                "\"produce\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f,\"failed\":%llu},"
+                "\"fetch\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},"
+                "\"latency\":{\"records\":%llu,\"rate\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}}\n",
+                o.bootstrap.c_str(), p.record_size, p.partitions, p.acks.c_str(), tcp, static_cast<unsigned long long>(produced.records),
+                produced.seconds, static_cast<double>(produced.records) / std::max(produced.seconds, 1e-9), produce_gbs,
+                tcp > 0 ? produce_gbs / tcp : 0, static_cast<unsigned long long>(produced.failed), static_cast<unsigned long long>(fetched.records),
+                fetched.seconds, static_cast<double>(fetched.records) / std::max(fetched.seconds, 1e-9), fetch_gbs, tcp > 0 ? fetch_gbs / tcp : 0,
+                static_cast<unsigned long long>(latency.count()), static_cast<unsigned long long>(p.latency_rate), us(0.5), us(0.99), us(0.999),
+                static_cast<double>(latency.max()) / 1000.0);
+    return produced.failed == 0 ? 0 : 1;
+  }
+  std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, acks=%s (librdkafka %s)\n", o.bootstrap.c_str(),
+              p.record_size, p.partitions, p.acks.c_str(), rd_kafka_version_str());
+  if (tcp > 0) std::printf("  baseline   one TCP stream on loopback: %.2f GB/s (%.1f Gbit/s)\n", tcp, tcp * 8);
+  std::printf("  produce    %llu records in %.2f s: %.0f records/s, %.3f GB/s of record bytes%s\n",
+              static_cast<unsigned long long>(produced.records), produced.seconds,
+              static_cast<double>(produced.records) / std::max(produced.seconds, 1e-9), produce_gbs,
+              tcp > 0 ? (" = " + std::to_string(static_cast<int>(produce_gbs / tcp * 100 + 0.5)) + "% of the baseline").c_str() : "");
+  std::printf("  fetch      %llu records of backlog in %.2f s: %.0f records/s, %.3f GB/s%s\n",
+              static_cast<unsigned long long>(fetched.records), fetched.seconds,
+              static_cast<double>(fetched.records) / std::max(fetched.seconds, 1e-9), fetch_gbs,
+              tcp > 0 ? (" = " + std::to_string(static_cast<int>(fetch_gbs / tcp * 100 + 0.5)) + "% of the baseline").c_str() : "");
+  if (p.latency_records > 0)
+    std::printf("  latency    %llu records at %llu/s, produce to fetch: p50 %.0f us, p99 %.0f us, p99.9 %.0f us, max %.0f us\n",
+                static_cast<unsigned long long>(latency.count()), static_cast<unsigned long long>(p.latency_rate), us(0.5), us(0.99),
+                us(0.999), static_cast<double>(latency.max()) / 1000.0);
+  if (produced.failed > 0) std::printf("  %llu records were not delivered: %s\n", static_cast<unsigned long long>(produced.failed), error.c_str());
+  return produced.failed == 0 ? 0 : 1;
+}
+
+}  // namespace weft::cli

@@ -1,0 +1,631 @@
+#include "metrics.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <set>
+#include <thread>
+#include <tuple>
+#include <utility>
+
+#include "weft/fabric/log.h"
+#include "weft/fabric/ring.h"
+#include "weft/fabric/shared_memory.h"
+#include "weft/kafka/wire.h"
+
+namespace weft::weftd {
+namespace {
+
+// ---- the page ---------------------------------------------------------------------------------
+
+using Label = std::pair<std::string_view, std::string_view>;
+
+// The length of the well-formed UTF-8 sequence at `i` (RFC 3629: no overlongs, no surrogates,
+// nothing above U+10FFFF), or 0.
+std::size_t utf8_sequence(std::string_view s, std::size_t i) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = byte(i);
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // the second byte's range
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c == 0xE0) n = 3, lo = 0xA0;
+  else if (c >= 0xE1 && c <= 0xEF) n = 3, hi = c == 0xED ? 0x9F : 0xBF;
+  else if (c == 0xF0) n = 4, lo = 0x90;
+  else if (c >= 0xF1 && c <= 0xF3) n = 4;
+  else if (c == 0xF4) n = 4, hi = 0x8F;
+  else return 0;
+  if (i + n > s.size() || byte(i + 1) < lo || byte(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k)
+    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF) return 0;
+  return n;
+}
+
+// Seconds from whole microseconds, exactly: "0.000512", "4.194304", "0".
+std::string seconds_from_micros(std::uint64_t micros) {
+  std::string out = std::to_string(micros / 1'000'000);
+  std::uint64_t fraction = micros % 1'000'000;
+  if (fraction == 0) return out;
+  char digits[8];
+  std::snprintf(digits, sizeof digits, "%06llu", static_cast<unsigned long long>(fraction));
+  std::string_view f(digits, 6);
+  while (f.back() == '0') f.remove_suffix(1);
+  out += '.';
+  out += f;
+  return out;
+}
+
+class Page {
+ public:
+  // A family's HELP and TYPE lines; its samples must follow before the next family.
+  void family(std::string_view name, std::string_view type, std::string_view help) {
+    out_ += "# HELP ";
+    out_ += name;
+    out_ += ' ';
+    for (const char c : help) {
+      if (c == '\\') out_ += "\\\\";
+      else if (c == '\n') out_ += "\\n";
+      else out_ += c;
+    }
+    out_ += "\n# TYPE ";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+  void sample(std::string_view name, std::initializer_list<Label> labels, std::string_view value) {
+    out_ += name;
+    if (labels.size() > 0) {
+      out_ += '{';
+      bool first = true;
+      for (const auto& [key, v] : labels) {
+        if (!first) out_ += ',';
+        first = false;
+        out_ += key;
+        out_ += "=\"";
+        out_ += escape_label_value(v);
+        out_ += '"';
+      }
+      out_ += '}';
+    }
+    out_ += ' ';
+    out_ += value;
+    out_ += '\n';
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+std::string num(std::uint64_t v) { return std::to_string(v); }
+std::string num(std::int64_t v) { return std::to_string(v); }
+
+// A per-partition family: how to read its value (nothing: this partition has no such series).
+struct PartitionFamily {
+  std::string_view name;
+  std::string_view type;
+  std::string_view help;
+  std::optional<std::string> (*value)(const PartitionStats&);
+};
+
+bool has_log(const PartitionStats& p) { return p.log_end_offset.value >= 0; }
+
+constexpr PartitionFamily kPartitionFamilies[] = {
+    {"weft_partition_start_offset", "gauge", "The earliest offset the partition's ring still holds.",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(p.start_offset.value); }},
+    {"weft_partition_end_offset", "gauge", "The next offset producers will be given (Kafka's log end offset).",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(p.end_offset.value); }},
+    {"weft_partition_records_total", "counter", "Records published to the partition since its topic was created.",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(p.records); }},
+    {"weft_partition_bytes_total", "counter", "Ring bytes those records took, frame headers and padding included.",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(p.bytes); }},
+    {"weft_partition_producers", "gauge", "Producers attached to the partition's ring.",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(std::uint64_t{p.producers}); }},
+    {"weft_partition_consumers", "gauge", "Consumers attached to the partition's ring.",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(std::uint64_t{p.consumers}); }},
+    {"weft_partition_lapped_consumers", "gauge", "Attached consumers that producers lapped at least once.",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(std::uint64_t{p.lapped_consumers}); }},
+    {"weft_partition_back_pressure_events_total", "counter",
+     "Claims refused for lack of ring space, summed over the attached producers (it drops when one detaches).",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(p.back_pressure_events); }},
+    {"weft_partition_sealed_claims_total", "counter", "Claims of dead producers sealed as aborted ranges.",
+     [](const PartitionStats& p) -> std::optional<std::string> { return num(p.sealed_claims); }},
+    {"weft_partition_log_start_offset", "gauge", "The earliest offset the partition's log holds (partitions with a log).",
+     [](const PartitionStats& p) -> std::optional<std::string> {
+       if (!has_log(p)) return std::nullopt;
+       return num(p.log_start_offset.value);
+     }},
+    {"weft_partition_log_end_offset", "gauge", "The next offset the partition's log will hold (partitions with a log).",
+     [](const PartitionStats& p) -> std::optional<std::string> {
+       if (!has_log(p)) return std::nullopt;
+       return num(p.log_end_offset.value);
+     }},
+    {"weft_partition_log_bytes", "gauge", "Bytes of the partition's log on disk (partitions with a log).",
+     [](const PartitionStats& p) -> std::optional<std::string> {
+       if (!has_log(p)) return std::nullopt;
+       return num(p.log_bytes);
+     }},
+    {"weft_partition_log_error", "gauge",
+     "1 while the partition's log takes no batches (a full disk, a failed sync, offline since start): weft topic describe says why.",
+     [](const PartitionStats& p) -> std::optional<std::string> {
+       if (!has_log(p) && p.log_error.empty()) return std::nullopt;
+       return std::string(p.log_error.empty() ? "0" : "1");
+     }},
+};
+
+void render_node(Page& page, const MetricsSources& s) {
+  page.family("weft_node_info", "gauge", "The weftd process serving this page (weft status checks the pid against its node's).");
+  const std::string pid = std::to_string(s.pid);
+  page.sample("weft_node_info", {{"pid", pid}}, "1");
+  page.family("weft_uptime_seconds", "gauge", "Seconds since weftd started.");
+  page.sample("weft_uptime_seconds", {}, seconds_from_micros(static_cast<std::uint64_t>(std::max<std::int64_t>(s.uptime_ms, 0)) * 1000));
+  page.family("weft_topics", "gauge", "Topics on the node.");
+  page.sample("weft_topics", {}, num(std::uint64_t{s.topics.size()}));
+  std::uint64_t partitions = 0;
+  for (const TopicInfo& t : s.topics) partitions += t.partitions.size();
+  page.family("weft_partitions", "gauge", "Partitions of all topics on the node.");
+  page.sample("weft_partitions", {}, num(partitions));
+  page.family("weft_ring_memory_bytes", "gauge", "Ring memory all topics take (counted against ring_memory_budget).");
+  page.sample("weft_ring_memory_bytes", {}, num(s.ring_memory_bytes));
+  if (!s.local) return;
+  const LocalServerStats& l = *s.local;
+  page.family("weft_local_clients", "gauge", "Local clients connected over the Unix socket now.");
+  page.sample("weft_local_clients", {}, num(std::uint64_t{l.connections}));
+  page.family("weft_local_clients_accepted_total", "counter", "Local clients admitted.");
+  page.sample("weft_local_clients_accepted_total", {}, num(l.accepted));
+  page.family("weft_local_clients_refused_total", "counter", "Local clients refused (credentials not allowed, or too many).");
+  page.sample("weft_local_clients_refused_total", {}, num(l.refused));
+  page.family("weft_local_requests_total", "counter", "Requests local clients sent over the Unix socket.");
+  page.sample("weft_local_requests_total", {}, num(l.requests));
+  page.family("weft_local_bad_requests_total", "counter", "Malformed, oversized or unknown local requests (each closed its connection).");
+  page.sample("weft_local_bad_requests_total", {}, num(l.bad_requests));
+}
+
+void render_partitions(Page& page, const MetricsSources& s) {
+  for (const PartitionFamily& f : kPartitionFamilies) {
+    page.family(f.name, f.type, f.help);
+    for (const TopicInfo& t : s.topics)
+      for (const PartitionStats& p : t.partitions)
+        if (std::optional<std::string> v = f.value(p)) page.sample(f.name, {{"topic", t.name}, {"partition", std::to_string(p.partition)}}, *v);
+  }
+}
+
+void render_kafka(Page& page, const kafka::KafkaListenerStats& k) {
+  // Every API the listener serves has its counters from the start (a counter that appears at its
+  // first increment loses that increment to rate()); its 26-line histogram appears with its first
+  // request (most clients use a handful of the APIs). Other keys are summed as "Unknown".
+  std::vector<std::pair<std::string_view, kafka::KafkaApiStats>> apis;
+  for (const kafka::ApiSupport& api : kafka::supported_apis()) {
+    const auto key = static_cast<std::size_t>(api.key);
+    apis.emplace_back(api.name, key < k.apis.size() ? k.apis[key] : kafka::KafkaApiStats{});
+  }
+  kafka::KafkaApiStats unknown;
+  for (std::size_t key = 0; key < k.apis.size(); ++key) {
+    if (kafka::find_api(static_cast<std::int16_t>(key)) != nullptr) continue;
+    const kafka::KafkaApiStats& a = k.apis[key];
+    unknown.requests += a.requests;
+    unknown.errors += a.errors;
+    unknown.latency_us_sum += a.latency_us_sum;
+    for (std::size_t i = 0; i < a.latency_us_log2.size(); ++i) unknown.latency_us_log2[i] += a.latency_us_log2[i];
+  }
+  if (unknown.requests > 0) apis.emplace_back("Unknown", unknown);
+
+  page.family("weft_kafka_requests_total", "counter", "Kafka requests answered, by API.");
+  for (const auto& [name, a] : apis) page.sample("weft_kafka_requests_total", {{"api", name}}, num(a.requests));
+  page.family("weft_kafka_request_errors_total", "counter", "Kafka responses that carried an error code (in any partition or entry), by API.");
+  for (const auto& [name, a] : apis) page.sample("weft_kafka_request_errors_total", {{"api", name}}, num(a.errors));
+  // The listener's bucket i counts latencies below 2^i us, measured in whole microseconds; the
+  // last bucket counts everything above, so it is only in +Inf.
+  page.family("weft_kafka_request_latency_seconds", "histogram", "Time from a Kafka request's arrival to its response being queued, by API.");
+  constexpr std::size_t kBuckets = std::tuple_size_v<decltype(kafka::KafkaApiStats::latency_us_log2)>;
+  for (const auto& [name, a] : apis) {
+    if (a.requests == 0) continue;
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i + 1 < kBuckets; ++i) {
+      cumulative += a.latency_us_log2[i];
+      page.sample("weft_kafka_request_latency_seconds_bucket", {{"api", name}, {"le", seconds_from_micros(std::uint64_t{1} << i)}}, num(cumulative));
+    }
+    cumulative += a.latency_us_log2[kBuckets - 1];
+    page.sample("weft_kafka_request_latency_seconds_bucket", {{"api", name}, {"le", "+Inf"}}, num(cumulative));
+    page.sample("weft_kafka_request_latency_seconds_sum", {{"api", name}}, seconds_from_micros(a.latency_us_sum));
+    page.sample("weft_kafka_request_latency_seconds_count", {{"api", name}}, num(cumulative));
+  }
+
+  const std::pair<std::string_view, std::string_view> families[] = {
+      {"weft_kafka_connections_accepted_total", "Kafka connections accepted."},
+      {"weft_kafka_connections_refused_total", "Kafka connections refused (over kafka_max_connections)."},
+      {"weft_kafka_connections_closed_bad_request_total", "Kafka connections closed for a malformed, oversized or unsupported request."},
+      {"weft_kafka_connections_closed_idle_total", "Kafka connections closed after kafka_idle_timeout_ms without a request."},
+      {"weft_kafka_bytes_in_total", "Bytes received from Kafka clients."},
+      {"weft_kafka_bytes_out_total", "Bytes sent to Kafka clients."},
+      {"weft_kafka_records_in_total", "Records Kafka clients produced."},
+  };
+  const std::uint64_t values[] = {k.connections_accepted, k.connections_refused, k.connections_closed_bad_request,
+                                  k.connections_closed_idle, k.bytes_in, k.bytes_out, k.records_in};
+  page.family("weft_kafka_connections", "gauge", "Kafka connections open now.");
+  page.sample("weft_kafka_connections", {}, num(k.connections_open));
+  for (std::size_t i = 0; i < std::size(families); ++i) {
+    page.family(families[i].first, "counter", families[i].second);
+    page.sample(families[i].first, {}, num(values[i]));
+  }
+}
+
+void render_groups(Page& page, const MetricsSources& s) {
+  page.family("weft_consumer_group_state", "gauge", "1 for each consumer group the Kafka coordinator knows, labelled with its state.");
+  for (const GroupListing& g : s.group_states) page.sample("weft_consumer_group_state", {{"group", g.group_id}, {"state", g.state}}, "1");
+
+  std::map<std::pair<std::string_view, std::uint32_t>, std::int64_t> end_offsets;
+  for (const TopicInfo& t : s.topics)
+    for (const PartitionStats& p : t.partitions) end_offsets[{t.name, p.partition}] = p.end_offset.value;
+  page.family("weft_consumer_group_committed_offset", "gauge", "The next offset the group will read, as it committed it.");
+  for (const GroupOffsets& g : s.group_offsets)
+    for (const CommittedOffset& o : g.offsets)
+      page.sample("weft_consumer_group_committed_offset", {{"group", g.group}, {"topic", o.topic}, {"partition", std::to_string(o.partition)}},
+                  num(o.offset.value));
+  page.family("weft_consumer_group_lag", "gauge", "Records the group has yet to read: the partition's end offset minus the committed offset, at least 0.");
+  for (const GroupOffsets& g : s.group_offsets)
+    for (const CommittedOffset& o : g.offsets) {
+      auto end = end_offsets.find({o.topic, o.partition});
+      if (end == end_offsets.end()) continue;  // the topic went after the commit was read
+      page.sample("weft_consumer_group_lag", {{"group", g.group}, {"topic", o.topic}, {"partition", std::to_string(o.partition)}},
+                  num(std::max<std::int64_t>(end->second - o.offset.value, 0)));
+    }
+}
+
+// ---- HTTP -------------------------------------------------------------------------------------
+
+constexpr int kPollSliceMs = 100;  // how promptly the thread sees stop()
+constexpr std::string_view kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
+
+bool is_tchar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+std::string_view reason_phrase(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+  }
+}
+
+std::int64_t now_ms() { return monotonic_ns() / 1'000'000; }
+
+}  // namespace
+
+std::string escape_label_value(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (std::size_t i = 0; i < value.size();) {
+    const char c = value[i];
+    if (static_cast<unsigned char>(c) < 0x80) {
+      if (c == '\\') out += "\\\\";
+      else if (c == '"') out += "\\\"";
+      else if (c == '\n') out += "\\n";
+      else out += c;
+      ++i;
+    } else if (const std::size_t n = utf8_sequence(value, i); n > 0) {
+      out.append(value.substr(i, n));
+      i += n;
+    } else {
+      out += "\xEF\xBF\xBD";  // U+FFFD: the format is UTF-8, and one bad byte would fail the whole scrape
+      ++i;
+    }
+  }
+  return out;
+}
+
+std::string render_metrics(const MetricsSources& sources) {
+  Page page;
+  render_node(page, sources);
+  render_partitions(page, sources);
+  if (sources.kafka) render_kafka(page, *sources.kafka);
+  render_groups(page, sources);
+  return page.take();
+}
+
+MetricsSources collect_metrics(const Node& node, const LocalServer* local, const kafka::KafkaListener* kafka,
+                               std::int64_t started_ns) {
+  MetricsSources s;
+  s.pid = static_cast<std::uint32_t>(getpid());
+  s.uptime_ms = (monotonic_ns() - started_ns) / 1'000'000;
+  s.ring_memory_bytes = node.ring_memory_bytes();
+  for (const std::string& name : node.list_topics())
+    if (Result<TopicInfo> info = node.describe_topic(name); info.ok()) s.topics.push_back(std::move(*info));  // else deleted meanwhile
+  if (local != nullptr) s.local = local->stats();
+  std::vector<std::string> listed = node.list_groups();
+  std::set<std::string> groups(listed.begin(), listed.end());
+  if (kafka != nullptr) {
+    s.kafka = kafka->stats();
+    s.group_states = kafka->groups();
+    std::sort(s.group_states.begin(), s.group_states.end(),
+              [](const GroupListing& a, const GroupListing& b) { return a.group_id < b.group_id; });
+    for (const GroupListing& g : s.group_states) groups.insert(g.group_id);
+  }
+  for (const std::string& group : groups) {
+    // A Kafka group id the offset store cannot hold (not a file name) has no offsets: an error here.
+    Result<std::vector<CommittedOffset>> offsets = node.fetch_offsets(group, "");
+    if (offsets.ok() && !offsets->empty()) s.group_offsets.push_back({group, std::move(*offsets)});
+  }
+  return s;
+}
+
+HttpRequestHead parse_request_head(std::string_view head) {
+  HttpRequestHead out;
+  std::size_t line_end = head.find('\n');
+  std::string_view line = head.substr(0, line_end);
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  // METHOD SP TARGET SP VERSION, single spaces (RFC 9112 3).
+  const std::size_t sp1 = line.find(' ');
+  const std::size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos) return out;
+  const std::string_view method = line.substr(0, sp1);
+  std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  const std::string_view version = line.substr(sp2 + 1);
+  if (method.empty() || !std::all_of(method.begin(), method.end(), is_tchar)) return out;
+  if (target.empty() || std::any_of(target.begin(), target.end(), [](char c) {
+        return static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f;
+      }))
+    return out;
+  const bool http_version = version.size() == 8 && version.substr(0, 5) == "HTTP/" && version[6] == '.' &&
+                            version[5] >= '0' && version[5] <= '9' && version[7] >= '0' && version[7] <= '9';
+  if (!http_version) return out;
+  // Headers: `name: value` lines; their values do not matter here, their shape does.
+  while (line_end != std::string_view::npos && line_end + 1 < head.size()) {
+    const std::size_t start = line_end + 1;
+    line_end = head.find('\n', start);
+    std::string_view header = head.substr(start, line_end == std::string_view::npos ? std::string_view::npos : line_end - start);
+    if (!header.empty() && header.back() == '\r') header.remove_suffix(1);
+    if (header.empty()) break;  // the blank line that ends the head
+    const std::size_t colon = header.find(':');
+    if (colon == 0 || colon == std::string_view::npos) return out;
+    const std::string_view name = header.substr(0, colon);
+    if (!std::all_of(name.begin(), name.end(), is_tchar)) return out;  // also obsolete line folding
+    if (std::any_of(header.begin() + static_cast<std::ptrdiff_t>(colon), header.end(), [](char c) {
+          return (static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f;
+        }))
+      return out;
+  }
+  if (target.front() != '/') {
+    // Absolute form (a proxy's): http://host[:port]/path.
+    const std::size_t scheme = target.find("://");
+    if (scheme == std::string_view::npos) return out;
+    const std::size_t slash = target.find('/', scheme + 3);
+    target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+  }
+  out.path = std::string(target.substr(0, target.find_first_of("?#")));
+  if (version[5] != '1') {
+    out.status = 505;
+    return out;
+  }
+  if (method == "GET" || method == "HEAD") {
+    out.status = 200;
+    out.head_only = method == "HEAD";
+  } else {
+    out.status = 405;
+  }
+  return out;
+}
+
+struct MetricsServer::Impl {
+  MetricsServerOptions options;
+  Render render;
+  UniqueFd listen_fd;
+  std::uint16_t port = 0;
+  std::atomic<bool> stopping{false};
+  std::thread thread;
+
+  void run();
+  void serve(int fd);
+  void respond(int fd, int status, std::string_view content_type, const std::string& body, bool head_only,
+               std::string_view extra_headers = {});
+  bool stop_requested() const noexcept {
+    return stopping.load(std::memory_order_relaxed);  // a flag looked at every slice; join() orders the rest
+  }
+};
+
+void MetricsServer::Impl::run() {
+  while (!stop_requested()) {
+    pollfd p{listen_fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, kPollSliceMs) <= 0) continue;  // the slice passed, or EINTR
+    const int fd = ::accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: the connection waits in the backlog; try again a slice later, not in a spin.
+        log(LogLevel::kWarn, "metrics: accept failed", {{"error", std::strerror(errno)}});
+        std::this_thread::sleep_for(std::chrono::milliseconds(kPollSliceMs));
+      }
+      continue;  // EAGAIN (the client went), ECONNABORTED, EINTR
+    }
+    UniqueFd connection(fd);
+    try {
+      serve(connection.get());
+    } catch (const std::exception& e) {
+      // Only allocation can throw here; the connection is dropped, the server carries on.
+      log(LogLevel::kWarn, "metrics: request dropped", {{"error", e.what()}});
+    }
+  }
+}
+
+void MetricsServer::Impl::serve(int fd) {
+  std::string request;
+  const std::int64_t deadline = now_ms() + options.request_timeout_ms;
+  char buffer[4096];
+  std::size_t head_end = std::string::npos;
+  while (head_end == std::string::npos) {
+    if (stop_requested()) return;
+    const std::int64_t left = deadline - now_ms();
+    if (left <= 0) return respond(fd, 408, "text/plain", "request not received in time\n", false);
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left, kPollSliceMs))) <= 0) continue;
+    // Never more than one byte past the limit, so a head that ends beyond it is told apart.
+    const std::size_t room = options.max_request_bytes + 1 - std::min(request.size(), options.max_request_bytes);
+    const ssize_t got = ::recv(fd, buffer, std::min(sizeof buffer, room), 0);
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+      return;  // reset by the client
+    }
+    if (got == 0) {
+      if (request.empty()) return;  // connected and went (a port check)
+      return respond(fd, 400, "text/plain", "incomplete request\n", false);
+    }
+    const std::size_t searched_from = request.size() >= 3 ? request.size() - 3 : 0;
+    request.append(buffer, static_cast<std::size_t>(got));
+    // The head ends at the first empty line: CRLF CRLF, or bare LFs, which RFC 9112 lets a server accept.
+    const std::size_t crlf = request.find("\r\n\r\n", searched_from);
+    const std::size_t lf = request.find("\n\n", searched_from);
+    head_end = std::min(crlf == std::string::npos ? crlf : crlf + 4, lf == std::string::npos ? lf : lf + 2);
+    if ((head_end == std::string::npos && request.size() > options.max_request_bytes) ||
+        (head_end != std::string::npos && head_end > options.max_request_bytes))
+      return respond(fd, 431, "text/plain", "request head over " + std::to_string(options.max_request_bytes) + " bytes\n", false);
+  }
+  const HttpRequestHead head = parse_request_head(std::string_view(request).substr(0, head_end));
+  if (head.status == 405) return respond(fd, 405, "text/plain", "only GET and HEAD\n", false, "Allow: GET, HEAD\r\n");
+  if (head.status != 200) return respond(fd, head.status, "text/plain", std::string(reason_phrase(head.status)) + "\n", false);
+  if (head.path == "/") return respond(fd, 200, "text/plain", "weftd: Prometheus metrics at /metrics\n", head.head_only);
+  if (head.path != "/metrics") return respond(fd, 404, "text/plain", "not found; weftd serves /metrics\n", head.head_only);
+  std::string page;
+  try {
+    page = render();
+  } catch (const std::exception& e) {
+    log(LogLevel::kWarn, "metrics: the page could not be built", {{"error", e.what()}});
+    return respond(fd, 500, "text/plain", "the page could not be built\n", head.head_only);
+  }
+  respond(fd, 200, kMetricsContentType, page, head.head_only);
+}
+
+void MetricsServer::Impl::respond(int fd, int status, std::string_view content_type, const std::string& body, bool head_only,
+                                  std::string_view extra_headers) {
+  std::string head = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason_phrase(status)) + "\r\nContent-Type: ";
+  head += content_type;
+  head += "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n";
+  head += extra_headers;
+  head += "\r\n";
+  const std::int64_t deadline = now_ms() + options.response_timeout_ms;
+  for (const std::string_view part : {std::string_view(head), head_only ? std::string_view() : std::string_view(body)}) {
+    std::size_t sent = 0;
+    while (sent < part.size()) {
+      if (stop_requested() || now_ms() >= deadline) return;
+      const ssize_t put = ::send(fd, part.data() + sent, part.size() - sent, MSG_NOSIGNAL);
+      if (put > 0) {
+        sent += static_cast<std::size_t>(put);
+        continue;
+      }
+      if (put < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return;  // the client went
+      pollfd p{fd, POLLOUT, 0};
+      (void)::poll(&p, 1, kPollSliceMs);
+    }
+  }
+  // Close after the client has what was sent: a close with unread request bytes would reset the
+  // connection and could lose the response on its way, so read what is left, briefly.
+  ::shutdown(fd, SHUT_WR);
+  const std::int64_t linger_until = now_ms() + 200;
+  char sink[1024];
+  for (int reads = 0; reads < 64 && now_ms() < linger_until && !stop_requested(); ++reads) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 50) <= 0) continue;
+    const ssize_t got = ::recv(fd, sink, sizeof sink, 0);
+    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) return;
+  }
+}
+
+MetricsServer::MetricsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+MetricsServer::~MetricsServer() { stop(); }
+
+Result<std::unique_ptr<MetricsServer>> MetricsServer::start(MetricsServerOptions options, Render render) {
+  if (options.max_request_bytes < 64) return Error{Errc::kInvalidArgument, "metrics: max request bytes must be at least 64"};
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  impl->render = std::move(render);
+  const MetricsServerOptions& o = impl->options;
+
+  sockaddr_storage address{};
+  socklen_t length = 0;
+  int family = AF_INET;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+  const std::string host = o.host == "localhost" ? "127.0.0.1" : o.host;
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(o.port);
+    length = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    family = AF_INET6;
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(o.port);
+    length = sizeof(sockaddr_in6);
+  } else {
+    return Error{Errc::kInvalidArgument, "metrics listen address '" + o.host + "' is not an IPv4 or IPv6 address"};
+  }
+  // Non-blocking, so an accept after poll never waits for a client that already went.
+  impl->listen_fd = UniqueFd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!impl->listen_fd.valid()) return os_error(Errc::kIo, "metrics listener socket", errno);
+  const int one = 1;
+  setsockopt(impl->listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  const std::string where = (family == AF_INET6 ? "[" + host + "]" : host) + ":" + std::to_string(o.port);
+  if (::bind(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&address), length) != 0) {
+    const int e = errno;
+    if (e == EADDRINUSE)
+      return Error{Errc::kIo, "metrics listen address " + where + " is in use; stop what listens there or pass --metrics-listen HOST:PORT (or off)"};
+    return os_error(Errc::kIo, "metrics listener bind " + where, e);
+  }
+  if (::listen(impl->listen_fd.get(), 64) != 0) return os_error(Errc::kIo, "metrics listener listen", errno);
+  sockaddr_storage bound{};
+  socklen_t bound_length = sizeof bound;
+  if (getsockname(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_length) != 0)
+    return os_error(Errc::kIo, "metrics listener getsockname", errno);
+  impl->port = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  impl->options.host = host;
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<MetricsServer>(new MetricsServer(std::move(impl)));
+}
+
+void MetricsServer::stop() {
+  // Relaxed: the thread polls the flag each slice and join() orders the rest; the exchange lets
+  // only the first stop() join.
+  if (!impl_ || impl_->stopping.exchange(true, std::memory_order_relaxed)) return;
+  if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->listen_fd = UniqueFd();
+}
+
+std::uint16_t MetricsServer::port() const noexcept { return impl_->port; }
+
+std::string MetricsServer::listen_address() const {
+  const std::string& host = impl_->options.host;
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(impl_->port);
+}
+
+Result<std::unique_ptr<MetricsServer>> start_node_metrics(const std::string& host, std::uint16_t port, const Node& node,
+                                                          const LocalServer* local, const kafka::KafkaListener* kafka,
+                                                          std::int64_t started_ns) {
+  MetricsServerOptions options;
+  options.host = host;
+  options.port = port;
+  Result<std::unique_ptr<MetricsServer>> server =
+      MetricsServer::start(std::move(options), [&node, local, kafka, started_ns] {
+        return render_metrics(collect_metrics(node, local, kafka, started_ns));
+      });
+  if (server.ok()) log(LogLevel::kInfo, "metrics ready", {{"listen", (*server)->listen_address()}, {"path", "/metrics"}});
+  return server;
+}
+
+}  // namespace weft::weftd
