@@ -559,6 +559,16 @@ TEST_F(KafkaListenerTest, ListOffsetsInEveryVersion) {
   }
 }
 
+TEST_F(KafkaListenerTest, AcksZeroGetsNoResponseAndItsRecordsAreStored) {
+  ASSERT_TRUE(node_->create_topic("fire").ok());
+  KafkaClient c(port());
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.send_raw(test::kafka_frame(kProduce, 7, 100 + i, false, produce_request(7, "fire", 0, batch(2), 0))));
+  // The next answer on the connection is the ListOffsets one: the produces sent none.
+  std::optional<std::string> end = c.call(kListOffsets, 1, false, list_offsets_request(1, "fire", -1));
+  ASSERT_TRUE(end);
+  EXPECT_EQ(read_list_offsets(1, *end), 10);
+}
+
 TEST_F(KafkaListenerTest, IdempotentProducersGetDuplicatesDroppedAndGapsRefused) {
   ASSERT_TRUE(node_->create_topic("idem").ok());
   KafkaClient c(port());

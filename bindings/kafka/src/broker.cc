@@ -389,16 +389,11 @@ Outcome Broker::produce(const Request& r, Reader& in) {
   for (auto& part : parked->produce)
     if (part.error == 0 && part.state) append(part);
   parked->deadline_ns = r.arrived_ns + std::int64_t{std::max(timeout_ms, 0)} * 1'000'000;
-  if (parked->acks == 0) {
-    // No response at all, as Kafka does; what could not be appended now is dropped (logged).
-    for (auto& part : parked->produce) {
-      if (part.waiting_for_log) remove_log_waiter(part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring);
-      if (!part.appended && part.error == 0) part.error = error::kRequestTimedOut;
-    }
-    return Outcome{Outcome::Kind::kNoResponse, {}, nullptr, {}, 0};
-  }
-  return resume(*parked, r.arrived_ns).kind == Outcome::Kind::kParked ? Outcome{Outcome::Kind::kParked, {}, std::move(parked), {}, 0}
-                                                                     : Outcome{Outcome::Kind::kRespond, produce_response(*parked), nullptr, {}, 0};
+  // acks=0 gets no response at all, as in Kafka; a batch waiting for ring space is still
+  // appended when space comes (parked like any produce), not dropped.
+  Outcome out = resume(*parked, r.arrived_ns);
+  if (out.kind == Outcome::Kind::kParked) out.parked = std::move(parked);
+  return out;
 }
 
 void Broker::append(Parked::ProducePart& part) {
@@ -524,6 +519,7 @@ bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {
       done = false;  // no ring space yet
       continue;
     }
+    if (parked.acks == 0) continue;  // in the ring is all acks=0 waits for
     const Ring& ring = part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring;
     const LogProgress progress = read_log_progress(ring);
     bool acknowledged = progress.written.value == ring_layout::kNoLog || (parked.acks == -1 ? progress.durable : progress.written) >= part.end_offset;
@@ -814,6 +810,13 @@ Outcome Broker::resume(Parked& parked, std::int64_t now_ns) {
     case Parked::Kind::kProduce:
       if (!produce_done(parked, now_ns)) {
         out.kind = Outcome::Kind::kParked;
+        return out;
+      }
+      if (parked.acks == 0) {
+        for (const auto& part : parked.produce)
+          if (part.error != 0)
+            log(LogLevel::kDebug, "kafka: an acks=0 batch was refused", {{"topic", part.topic}, {"partition", std::to_string(part.partition)}, {"error", std::to_string(part.error)}});
+        out.kind = Outcome::Kind::kNoResponse;
         return out;
       }
       out.response = produce_response(parked);

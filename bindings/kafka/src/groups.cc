@@ -422,7 +422,9 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
         answer.topics.back().second.push_back(Answer{static_cast<std::int32_t>(c.partition), c.offset.value, c.metadata, 0});
       }
     } else {
-      for (const auto& [name, parts] : *ask.topics) {
+      for (const auto& topic_ask : *ask.topics) {
+        const std::string& name = topic_ask.first;  // a plain reference: lambdas below capture it
+        const std::vector<std::int32_t>& parts = topic_ask.second;
         answer.topics.push_back({name, {}});
         for (std::int32_t p : parts) {
           Answer a{p, -1, {}, 0};

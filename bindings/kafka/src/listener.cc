@@ -393,6 +393,7 @@ void KafkaListener::Impl::drain_pending(Connection& c, std::int64_t now_ns) {
     Outcome outcome = broker->resume(*p.parked, now_ns);
     if (outcome.kind == Outcome::Kind::kParked) continue;
     p.ready = true;
+    p.no_response = outcome.kind == Outcome::Kind::kNoResponse;
     p.response = std::move(outcome.response);
     p.error = outcome.error;
     p.parked.reset();
