@@ -18,6 +18,7 @@
 #include "status_metrics.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
+#include "weft/fabric/compression.h"
 #include "weft/fabric/local_protocol.h"
 #include "weft/producer.h"
 #include "weft/storage/segment.h"
@@ -89,11 +90,26 @@ int run_dump(const std::string& path, bool records) {
                   static_cast<long long>(b.base_offset().value), static_cast<long long>(b.last_offset().value), b.record_count(),
                   b.size_bytes(), static_cast<long long>(b.max_timestamp()),
                   (b.attributes() & batch_attr::kCompressionMask) != 0 ? " (compressed)" : "");
-      if (!records || (b.attributes() & batch_attr::kCompressionMask) != 0) return;
-      for (const RecordView& r : b)
+      if (!records) return;
+      auto print = [](const RecordView& r) {
         std::printf("%12s offset %lld  timestamp %lld  key %s  value %s\n", "", static_cast<long long>(r.offset.value),
                     static_cast<long long>(r.timestamp_ms), r.key ? (std::to_string(r.key->size()) + " B").c_str() : "null",
                     r.value ? (std::to_string(r.value->size()) + " B").c_str() : "null");
+      };
+      if (b.compression() == Compression::kNone) {
+        for (const RecordView& r : b) print(r);
+        return;
+      }
+      // A batch a Kafka client compressed: its records once decompressed.
+      std::vector<std::byte> inflated;
+      if (Result<void> d = decompress_records(b.compression(), b.bytes().subspan(kBatchHeaderBytes), inflated, kDefaultMaxDecompressedBytes); !d.ok()) {
+        std::printf("%12s records not readable: %s\n", "", d.error().message.c_str());
+        return;
+      }
+      RecordReader reader(b, inflated);
+      RecordView r;
+      while (reader.next(r)) print(r);
+      if (reader.failed()) std::printf("%12s records not readable: %s\n", "", reader.error().message.c_str());
     });
   };
   auto summary = [](const std::string& file, const storage::LogScan& scan) {

@@ -345,7 +345,7 @@ Outcome Broker::produce(const Request& r, Reader& in) {
   parked->kind = Parked::Kind::kProduce;
   parked->header = r.header;
   parked->arrived_ns = r.arrived_ns;
-  const std::optional<std::string_view> transactional_id = in.nullable_string(flex);
+  const std::optional<std::string_view> transactional_id = r.header.api_version >= 3 ? in.nullable_string(flex) : std::nullopt;
   parked->acks = in.i16();
   const std::int32_t timeout_ms = in.i32();
   const std::int32_t topics = in.array(flex, false, 2);
@@ -570,7 +570,7 @@ std::vector<OutChunk> Broker::produce_response(Parked& parked) {
       w.i32(part->partition);
       w.i16(part->error);
       w.i64(part->error == 0 ? part->base_offset.value : -1);
-      w.i64(-1);  // log append time: -1 for CreateTime topics
+      if (v >= 2) w.i64(-1);  // log append time: -1 for CreateTime topics
       if (v >= 5) w.i64(part->state && part->error == 0 ? log_start(*part->state, static_cast<std::uint32_t>(part->partition)).value : -1);
       if (v >= 8) {
         w.array(0, flex);
@@ -582,7 +582,7 @@ std::vector<OutChunk> Broker::produce_response(Parked& parked) {
     }
     w.tagged_fields(flex);
   }
-  w.i32(0);  // throttle
+  if (v >= 1) w.i32(0);  // throttle
   w.tagged_fields(flex);
   return f.finish();
 }

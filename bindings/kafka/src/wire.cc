@@ -10,11 +10,13 @@ namespace weft::kafka {
 namespace {
 
 // The versions served: the ranges current clients negotiate (librdkafka 2.x, the Java client,
-// kafka-python, kafkajs), limited to what weft implements exactly. Produce starts at v3 and
-// Fetch at v4, the first versions that carry RecordBatch v2 (the only format weft stores);
-// Fetch stops at v12, the last that names topics (v13 uses topic ids).
+// kafka-python, kafkajs), limited to what weft implements exactly. Fetch starts at v4, the first
+// version that carries RecordBatch v2 (the only format weft stores), and stops at v12, the last
+// that names topics (v13 uses topic ids). Produce is served from v0 because librdkafka compresses
+// with gzip, snappy or lz4 only for a broker that lists Produce v0; a v0-v2 request carrying the
+// old message formats (magic 0 or 1) is answered UNSUPPORTED_FOR_MESSAGE_FORMAT per partition.
 constexpr std::array<ApiSupport, 18> kApis{{
-    {ApiKey::kProduce, 3, 9, 9, "Produce"},
+    {ApiKey::kProduce, 0, 9, 9, "Produce"},
     {ApiKey::kFetch, 4, 12, 12, "Fetch"},
     {ApiKey::kListOffsets, 1, 6, 6, "ListOffsets"},
     {ApiKey::kMetadata, 0, 12, 9, "Metadata"},
