@@ -33,7 +33,8 @@ test-tsan:
 # The Kafka request decoder under libFuzzer (clang, ASan+UBSan) for FUZZ_SECONDS, from a seed
 # corpus of well-formed requests; the corpus it grows stays in build/fuzz/corpus.
 FUZZ_SECONDS ?= 60
-fuzz: deps
+fuzz:
+	@WEFT_EXTRA_PACKAGES="clang libclang-rt-14-dev" scripts/setup.sh
 	@cmake --preset fuzz $(CMAKE_ARGS) >/dev/null
 	@cmake --build --preset fuzz
 	@mkdir -p build/fuzz/corpus && /usr/bin/python3 tests/kafka/fuzz/seeds.py build/fuzz/seeds

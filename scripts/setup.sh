@@ -10,6 +10,9 @@ packages=(cmake ninja-build g++ ccache pkg-config libgtest-dev libbenchmark-dev 
           librdkafka-dev
           # Kafka clients, for the compatibility tests only (tests/kafka)
           kcat python3-confluent-kafka python3-kafka)
+# Targets that need more name it here (make fuzz: clang and its libFuzzer runtime).
+read -r -a extra <<< "${WEFT_EXTRA_PACKAGES:-}"
+packages+=("${extra[@]}")
 hugepages_wanted=${WEFT_HUGEPAGES:-64}
 
 missing=()

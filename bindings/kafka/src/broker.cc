@@ -692,7 +692,11 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
           }
           if (read.bytes.size() >= max_bytes) break;
         }
-        if (!torn) return read;
+        if (!torn) {
+          // Batches committed while this fetch read are in the answer: the high watermark covers them.
+          if (p.reader->next_offset() > read.high_watermark) read.high_watermark = p.reader->next_offset();
+          return read;
+        }
         // Producers overwrote what was read: serve it from the log instead.
         read.bytes.clear();
         p.reader.reset();
