@@ -165,9 +165,9 @@ class KafkaCompat : public ::testing::Test {
   }
 
   // Runs compat/<script> BOOTSTRAP compat with Debian's python, unbuffered so that a script cut
-  // off at its bound still shows how far it got.
+  // off at its bound still shows how far it got, and writing no bytecode into the source tree.
   Output script(const std::string& name) {
-    return run({kPython, "-u", std::string(KAFKA_COMPAT_SCRIPTS_DIR) + "/" + name, bootstrap_, "compat"}, {}, kScriptTimeoutMs);
+    return run({kPython, "-u", "-B", std::string(KAFKA_COMPAT_SCRIPTS_DIR) + "/" + name, bootstrap_, "compat"}, {}, kScriptTimeoutMs);
   }
 
   // Skips the test when kcat is not installed.

@@ -1,8 +1,11 @@
 // The node with a log: every ring drained into segment files, producers allowed to overwrite
 // only what the log holds (and, with fsync=always, what it synced), offsets carried on after a
 // restart.
-#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
+
+#include <gtest/gtest.h>
 
 #include <atomic>
 #include <filesystem>
@@ -97,6 +100,52 @@ TEST(NodeLog, EveryRecordReachesTheLogAndTheRingWaitsForIt) {
     EXPECT_EQ(recovery.batches, static_cast<std::uint64_t>(total));
     EXPECT_EQ(recovery.truncated_bytes, 0u);
   }
+}
+
+TEST(NodeLog, HurryRunsAPassNowAndThePassEventTellsAnEventLoop) {
+  TempDir dir;
+  // Given a node whose maintenance thread would otherwise come back only once a minute, an
+  // eventfd registered as its pass event, and a record in the ring that nobody waits on yet
+  NodeOptions options = logged_node(dir.path());
+  options.start_maintenance_thread = true;
+  options.maintenance_min_interval_us = 60'000'000;
+  options.maintenance_max_interval_us = 60'000'000;
+  auto node = Node::start(options).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("remote", small()).ok());
+  const int event = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  ASSERT_GE(event, 0);
+  node->set_pass_event(event);
+  TopicProducer producer = TopicProducer::create(client, "remote", ProducerOptions{}).value();
+  RecordInput record;
+  const std::string value = "one";
+  record.value = std::as_bytes(std::span(value.data(), value.size()));
+  ASSERT_TRUE(producer.send_to(0, record).ok());
+  PartitionMemory memory = node->open_partition("remote", 0).value();
+
+  // When an event loop counts itself as a log waiter and hurries the node (as the Kafka listener
+  // does for a produce that waits for its acknowledgement)
+  add_log_waiter(memory.ring);
+  node->hurry();
+
+  // Expect the eventfd to be written within the bound (a minute's interval otherwise), and the
+  // log to hold the record by then
+  pollfd p{event, POLLIN, 0};
+  Offset written{0};
+  for (int i = 0; i < 100 && written < Offset{1}; ++i) {
+    if (::poll(&p, 1, 100) == 1) {
+      std::uint64_t count = 0;
+      ASSERT_EQ(::read(event, &count, sizeof count), static_cast<ssize_t>(sizeof count));
+      EXPECT_GE(count, 1u);
+    }
+    written = read_log_progress(memory.ring).written;
+    if (written < Offset{1}) node->hurry();  // the first pass may run before the waiter counted
+  }
+  EXPECT_EQ(written, Offset{1});
+  remove_log_waiter(memory.ring);
+  node->set_pass_event(-1);
+  node->stop();
+  ::close(event);
 }
 
 TEST(NodeLog, ATailKeptBackForABusyPassIsWrittenWhenNoMoreComes) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "../loopback.h"
 #include "process.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/storage/segment.h"
@@ -304,33 +305,8 @@ std::uint16_t port_of(const std::string& address) {
   return static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
 }
 
-// Sends `request` to 127.0.0.1:port; reads until the peer closes, or only one size-prefixed Kafka
-// response when `kafka_frame`. Every read is bounded (5 s).
 std::string exchange(std::uint16_t port, const std::string& request, bool kafka_frame = false) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
-    char buffer[4096];
-    std::size_t want = kafka_frame ? 4 : SIZE_MAX;
-    while (response.size() < want) {
-      const ssize_t got = recv(fd, buffer, sizeof buffer, 0);
-      if (got <= 0) break;
-      response.append(buffer, static_cast<std::size_t>(got));
-      if (kafka_frame && want == 4 && response.size() >= 4) {
-        const auto* b = reinterpret_cast<const unsigned char*>(response.data());
-        want = 4 + (std::size_t{b[0]} << 24 | std::size_t{b[1]} << 16 | std::size_t{b[2]} << 8 | std::size_t{b[3]});
-      }
-    }
-  }
-  close(fd);
-  return response;
+  return weft::test::loopback_exchange(port, request, {.one_kafka_frame = kafka_frame});
 }
 
 // A Kafka ApiVersions v0 request (correlation id 7, client id "cli-test").

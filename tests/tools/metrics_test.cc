@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "../loopback.h"
 #include "weft/client.h"
 #include "weft/kafka/listener.h"
 #include "weft/node.h"
@@ -374,28 +375,8 @@ TEST(ParseRequestHead, RefusesMalformedHeads) {
 
 // ---- the server over loopback ----
 
-// Sends `request` to 127.0.0.1:port and returns everything read until the server closes (5 s at most).
 std::string exchange(std::uint16_t port, const std::string& request, bool close_write = false) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-    if (!request.empty()) (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-    if (close_write) shutdown(fd, SHUT_WR);
-    char buffer[4096];
-    for (;;) {
-      const ssize_t got = recv(fd, buffer, sizeof buffer, 0);
-      if (got <= 0) break;
-      response.append(buffer, static_cast<std::size_t>(got));
-    }
-  }
-  close(fd);
-  return response;
+  return weft::test::loopback_exchange(port, request, {.close_write = close_write});
 }
 
 std::string status_line(const std::string& response) { return response.substr(0, response.find("\r\n")); }
@@ -484,32 +465,8 @@ TEST(MetricsServer, RefusesAnAddressInUseAndOneThatIsNone) {
 
 // ---- a node scraped end to end ----
 
-// Sends one Kafka request to 127.0.0.1:port and returns its response (size prefix included).
 std::string kafka_round_trip(std::uint16_t port, const std::string& request) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
-    char buffer[4096];
-    std::size_t want = 4;
-    while (response.size() < want) {
-      const ssize_t got = recv(fd, buffer, sizeof buffer, 0);
-      if (got <= 0) break;
-      response.append(buffer, static_cast<std::size_t>(got));
-      if (want == 4 && response.size() >= 4) {
-        const auto* b = reinterpret_cast<const unsigned char*>(response.data());
-        want = 4 + (std::size_t{b[0]} << 24 | std::size_t{b[1]} << 16 | std::size_t{b[2]} << 8 | std::size_t{b[3]});
-      }
-    }
-  }
-  close(fd);
-  return response;
+  return weft::test::loopback_exchange(port, request, {.one_kafka_frame = true});
 }
 
 // An ApiVersions v0 request, answered by any Kafka listener.

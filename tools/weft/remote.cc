@@ -569,7 +569,6 @@ PhaseResult wire_fetch_phase(const RemoteOptions& o, const PerfOptions& p, const
   WireClient client;
   if (!client.connect_to(o.bootstrap, error)) return result;
   std::vector<std::int64_t> next(p.partitions, 0);
-  std::uint64_t bytes = 0;
   std::string frame;
   const std::int64_t start = monotonic_ns();
   for (std::int32_t correlation = 0; result.records < records && !g_stop.load(std::memory_order_relaxed); ++correlation) {
@@ -628,7 +627,6 @@ PhaseResult wire_fetch_phase(const RemoteOptions& o, const PerfOptions& p, const
           if (base + count > next[static_cast<std::size_t>(partition)]) {
             result.records += static_cast<std::uint64_t>(base + count - std::max(base, next[static_cast<std::size_t>(partition)]));
             next[static_cast<std::size_t>(partition)] = base + count;
-            bytes += size;
             progress = true;
           }
           at += size;
@@ -645,7 +643,6 @@ PhaseResult wire_fetch_phase(const RemoteOptions& o, const PerfOptions& p, const
     }
   }
   result.seconds = static_cast<double>(monotonic_ns() - start) / 1e9;
-  (void)bytes;
   return result;
 }
 

@@ -501,7 +501,6 @@ void Broker::append(Parked::ProducePart& part) {
   part.base_offset = claim.base_offset;
   part.end_offset = claim.base_offset + records;
   records_in_ += static_cast<std::uint64_t>(records);
-  appended_ = true;
   if (sequences != nullptr) {
     sequences->epoch = epoch;
     sequences->recent.push_back({first_sequence, last_sequence, claim.base_offset});
@@ -666,8 +665,6 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
       bool positioned = p.reader->next_offset().value == offset;
       if (!positioned) positioned = p.reader->seek(Offset{offset}).ok();
       if (positioned) {
-        const std::uint64_t first_position = p.reader->position().value;
-        (void)first_position;
         RingBatch batch;
         bool torn = false;
         for (int i = 0; i < 100'000; ++i) {

@@ -83,8 +83,7 @@ struct TopicState {
 struct Parked {
   enum class Kind : std::uint8_t { kProduce, kFetch, kGroup };
   Kind kind = Kind::kProduce;
-  RequestHeader header;
-  std::string client_id;  // header.client_id points into the request; keep a copy
+  RequestHeader header;  // client_id cleared: it pointed into the request's frame
   std::int64_t arrived_ns = 0;
   std::int64_t deadline_ns = 0;
 
@@ -153,12 +152,6 @@ class Broker {
   std::optional<std::int64_t> next_group_deadline_ms() const { return groups_.next_deadline_ms(); }
   std::vector<GroupListing> groups() const { return groups_.list(); }
   std::uint64_t records_in() const noexcept { return records_in_; }
-  // True once this broker appended data since the last call (parked fetches look again).
-  bool take_appended() noexcept {
-    const bool a = appended_;
-    appended_ = false;
-    return a;
-  }
 
  private:
   Outcome api_versions(const Request& r);
@@ -218,7 +211,6 @@ class Broker {
   std::uint64_t topics_version_ = ~0ull;
   std::int64_t next_producer_id_ = 0;
   std::uint64_t records_in_ = 0;
-  bool appended_ = false;
 };
 
 }  // namespace weft::kafka::detail

@@ -333,8 +333,7 @@ void KafkaListener::Impl::process(Connection& c) {
     }
     const std::size_t frame_bytes = std::size_t{size} + 4;
     if (outcome.kind == Outcome::Kind::kParked) {
-      outcome.parked->client_id = std::string(request.header.client_id.value_or(""));
-      outcome.parked->header.client_id = std::nullopt;  // pointed into the frame; the copy is above
+      outcome.parked->header.client_id = std::nullopt;  // pointed into the frame
       Connection::Pending p;
       p.api_key = request.header.api_key;
       p.arrived_ns = request.arrived_ns;
@@ -407,7 +406,7 @@ void KafkaListener::Impl::drain_pending(Connection& c, std::int64_t now_ns) {
 }
 
 void KafkaListener::Impl::resume_parked(std::int64_t now_ns) {
-  (void)broker->take_appended();  // every waiting request looks again on each pass anyway
+  // Every waiting request looks again on each loop pass, so one appended by this pass is seen now.
   std::vector<std::uint64_t> ids;
   for (auto& [id, c] : connections)
     if (c->busy()) ids.push_back(id);
@@ -469,12 +468,7 @@ bool KafkaListener::Impl::flush(Connection& c) {
         left = 0;
       }
     }
-    // Chunks a sendfile finished exactly (left == 0 at a boundary) are popped above.
-    while (!c.out.empty() && c.out.front().sent == c.out.front().size() && c.out.front().size() > 0) {
-      c.out_bytes -= c.out.front().size();
-      c.out.pop_front();
-    }
-    while (!c.out.empty() && c.out.front().size() == 0) c.out.pop_front();
+    while (!c.out.empty() && c.out.front().size() == 0) c.out.pop_front();  // nothing to send in it
   }
   if (sent_total > 0) {
     c.last_active_ms = now_ms();

@@ -24,20 +24,13 @@ import time
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from report import fail, step
+
 PARTITIONS = 4
 ALL = set(range(PARTITIONS))
 
 
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
-
-STARTED = time.monotonic()
-
-
-def step(message):
-    print(f"[{time.monotonic() - STARTED:5.1f} s] {message}", flush=True)
 
 
 class Member:

@@ -22,22 +22,15 @@ from confluent_kafka import (OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, Consumer, 
                              TopicPartition)
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from report import fail, step
+
 PARTITIONS = 3
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 PER_CODEC = 200
 TIMESTAMP_BASE_MS = 1_700_000_000_000
 
 
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
-
-STARTED = time.monotonic()
-
-
-def step(message):
-    print(f"[{time.monotonic() - STARTED:5.1f} s] {message}", flush=True)
 
 
 def murmur2(data):

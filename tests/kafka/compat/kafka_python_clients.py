@@ -21,18 +21,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, NoBrokersAvailable
 
+from report import fail, step
+
 PARTITIONS = 3
 RECORDS = 500
-STARTED = time.monotonic()
-
-
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def step(message):
-    print(f"[{time.monotonic() - STARTED:5.1f} s] {message}", flush=True)
 
 
 def connect(what, make):
