@@ -9,7 +9,9 @@ packages=(cmake ninja-build g++ ccache pkg-config libgtest-dev libbenchmark-dev 
           # librdkafka: weft produce|consume|perf --bootstrap (the Kafka protocol)
           librdkafka-dev
           # Kafka clients, for the compatibility tests only (tests/kafka)
-          kcat python3-confluent-kafka python3-kafka)
+          kcat python3-confluent-kafka python3-kafka
+          # etcd: the cluster metadata store (storage/, parsed with nlohmann/json) and the etcd its tests start
+          nlohmann-json3-dev etcd-server etcd-client)
 # Targets that need more name it here (make fuzz: clang and its libFuzzer runtime).
 read -r -a extra <<< "${WEFT_EXTRA_PACKAGES:-}"
 packages+=("${extra[@]}")

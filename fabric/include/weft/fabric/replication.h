@@ -1,0 +1,167 @@
+// Replication of partitions between nodes over links (weft/fabric/link.h).
+//
+// A partition has one leader and followers. A follower opens a link to the leader's node (one
+// link per pair of nodes carries every partition between them), gives it a landing region and
+// says from which offset, and under which last leader epoch, its log continues. The leader
+// checks that against its leader-epoch history (Kafka's OffsetsForLeaderEpoch rule): a
+// follower whose log diverged is told where to truncate first. Then the leader pushes whole
+// batches into the region with one write each (an RDMA WRITE_WITH_IMM where the link is RDMA;
+// the immediate names the partition's stream), the follower checks and appends them to its own
+// log and reports its log end, its durable end and the region bytes it has freed (flow
+// control). The high watermark is the lowest durable end in the in-sync set; the leader sends
+// it to the followers as it moves. A follower that does not catch up within
+// `replica_lag_max_ms` is proposed out of the in-sync set, and one that catches up back in; the
+// caller commits such changes to the cluster metadata and then applies them (set_isr), so the
+// high watermark never counts on a set the metadata does not hold.
+//
+// The replicator is driven by one thread (run_once); it never blocks beyond its wait.
+#pragma once
+
+#include <compare>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "weft/fabric/link.h"
+#include "weft/fabric/result.h"
+#include "weft/fabric/types.h"
+
+namespace weft {
+
+using NodeId = std::int32_t;
+
+struct PartitionId {
+  std::string topic;
+  std::uint32_t partition = 0;
+  auto operator<=>(const PartitionId&) const = default;
+};
+
+// Kafka's leader-epoch cache: where each leader epoch of a replica's log starts.
+class EpochHistory {
+ public:
+  struct Entry {
+    std::int32_t epoch = 0;
+    Offset start{0};
+  };
+  // Records that `epoch` starts at `start`; ignored unless it is above the last epoch.
+  void assign(std::int32_t epoch, Offset start);
+  std::int32_t last_epoch() const noexcept { return entries_.empty() ? -1 : entries_.back().epoch; }
+  // The largest epoch at or below `epoch` known here and where it ends here (the start of the
+  // next epoch, or `log_end` for the last one). {-1, log start} when none is that low.
+  std::pair<std::int32_t, Offset> end_of(std::int32_t epoch, Offset log_end) const noexcept;
+  // Forgets epochs that start at or after `end` (the log was truncated there).
+  void truncate_to(Offset end);
+  const std::vector<Entry>& entries() const noexcept { return entries_; }
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+// One replica of a partition's log as replication sees it: the node's ring and segment log
+// together, or an in-memory log in tests. Used by the replicator's thread only.
+class ReplicaLog {
+ public:
+  virtual ~ReplicaLog() = default;
+  virtual Offset log_start() const = 0;
+  virtual Offset log_end() const = 0;      // the offset the next batch gets
+  virtual Offset durable_end() const = 0;  // below it, every batch is synced as the topic asks
+  // Leader: copies whole batches, from the one holding `offset`, into `out`; returns the bytes
+  // (0: nothing there yet, or the next batch is larger than `out`).
+  virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) = 0;
+  // Follower: appends batches (RecordBatch v2, offsets stamped, CRC checked) that start at or
+  // after log_end().
+  virtual Result<void> append(std::span<const std::byte> batches) = 0;
+  // Follower: drops every batch at or after `end` (a divergent suffix).
+  virtual Result<void> truncate(Offset end) = 0;
+  // Follower: drops the whole log and continues at `start` (the leader no longer holds where
+  // this log ends: retention deleted it).
+  virtual Result<void> reset(Offset start) = 0;
+  virtual EpochHistory& epochs() = 0;
+};
+
+struct ReplicationOptions {
+  std::size_t region_bytes = std::size_t{8} << 20;      // a follower's landing region per partition
+  std::size_t max_write_bytes = std::size_t{1} << 20;   // one push; at least the largest batch
+  std::size_t writes_in_flight = 4;                     // pushes per follower before their completions
+  std::int64_t replica_lag_max_ms = 10'000;             // Kafka's replica.lag.time.max.ms
+  std::int64_t retry_backoff_ms = 100;                  // before reconnecting or following again
+  int connect_timeout_ms = 1'000;
+};
+
+// A change to a partition's in-sync set that the leader wants committed.
+struct IsrProposal {
+  PartitionId partition;
+  std::int32_t leader_epoch = 0;
+  std::vector<NodeId> isr;
+  std::string reason;
+};
+
+struct ReplicaStatus {
+  PartitionId partition;
+  bool leader = false;
+  std::int32_t leader_epoch = 0;
+  NodeId leader_id = -1;
+  Offset log_end{0};
+  Offset high_watermark{0};
+  std::vector<NodeId> isr;  // leader only
+  struct Follower {
+    NodeId id = -1;
+    bool connected = false;
+    Offset log_end{0};
+    Offset durable_end{0};
+    std::int64_t lag_ms = 0;  // since it was last caught up
+  };
+  std::vector<Follower> followers;  // leader only
+  std::string state;                // follower: streaming, connecting, refused: <why>, ...
+};
+
+class Replicator {
+ public:
+  // Listens for followers on `listen_address` (a transport address; port 0 picks one).
+  static Result<std::unique_ptr<Replicator>> start(Transport& transport, NodeId self, std::string_view listen_address,
+                                                   ReplicationOptions options = {});
+  ~Replicator();
+  Replicator(const Replicator&) = delete;
+  Replicator& operator=(const Replicator&) = delete;
+
+  const std::string& address() const noexcept;
+  NodeId self() const noexcept;
+
+  // Leads `partition` from `epoch` on (which starts at the log's end). `replicas` may follow;
+  // `isr` is the in-sync set the metadata holds (this node included).
+  Result<void> lead(const PartitionId& partition, ReplicaLog* log, std::int32_t epoch, std::vector<NodeId> replicas,
+                    std::vector<NodeId> isr);
+  // Follows `leader` (reached at `leader_address`) for `partition` at `epoch`.
+  Result<void> follow(const PartitionId& partition, ReplicaLog* log, std::int32_t epoch, NodeId leader,
+                      std::string leader_address);
+  // Stops leading or following `partition` (its log may then be dropped).
+  void forget(const PartitionId& partition);
+  // The in-sync set the metadata now holds for a partition led here.
+  void set_isr(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> isr);
+  // The replicas the metadata now names (a reassignment adds or drops some) for a partition led
+  // here; a dropped replica's stream ends.
+  void set_replicas(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> replicas);
+  // In-sync set changes wanted since the last call (at most one outstanding per partition).
+  std::vector<IsrProposal> take_isr_proposals();
+  // Below it, every record is durable on every in-sync replica (a follower learns it from its
+  // leader). nullopt: the partition is neither led nor followed here.
+  std::optional<Offset> high_watermark(const PartitionId& partition) const;
+  std::vector<ReplicaStatus> status() const;
+
+  // One round: accepts links, polls them, pushes new batches, reports progress, checks lag and
+  // reconnects. Waits up to `timeout_ms` for something to happen when there is nothing to do.
+  void run_once(int timeout_ms);
+
+ private:
+  struct Impl;
+  explicit Replicator(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace weft

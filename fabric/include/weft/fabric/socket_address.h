@@ -1,0 +1,31 @@
+// "HOST:PORT" for the node's sockets: numeric IPv4, bracketed IPv6 or localhost (no DNS on
+// the paths that use it, so a lookup never stalls a node).
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "weft/fabric/result.h"
+
+namespace weft {
+
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  int family() const noexcept { return storage.ss_family; }
+  const sockaddr* get() const noexcept { return reinterpret_cast<const sockaddr*>(&storage); }
+  sockaddr* get() noexcept { return reinterpret_cast<sockaddr*>(&storage); }
+  std::uint16_t port() const noexcept;
+  std::string to_string() const;  // HOST:PORT, IPv6 in brackets
+};
+
+// `what` names the setting in the error ("replication listen address").
+Result<SocketAddress> parse_socket_address(std::string_view text, std::string_view what);
+// The local address of a bound socket.
+Result<SocketAddress> local_address(int fd);
+
+}  // namespace weft

@@ -1,0 +1,555 @@
+#include "weft/fabric/cluster.h"
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <set>
+#include <thread>
+
+#include "weft/fabric/log.h"
+
+namespace weft {
+namespace {
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// `key=value` fields separated by spaces; a value runs to the next space.
+std::map<std::string, std::string, std::less<>> fields_of(std::string_view text) {
+  std::map<std::string, std::string, std::less<>> out;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    while (at < text.size() && text[at] == ' ') ++at;
+    const std::size_t end = std::min(text.find(' ', at), text.size());
+    const std::string_view field = text.substr(at, end - at);
+    const std::size_t eq = field.find('=');
+    if (eq != std::string_view::npos) out.emplace(std::string(field.substr(0, eq)), std::string(field.substr(eq + 1)));
+    at = end;
+  }
+  return out;
+}
+
+template <class T>
+bool parse_number(std::string_view text, T& out) {
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc{} && end == text.data() + text.size();
+}
+
+bool parse_ids(std::string_view text, std::vector<NodeId>& out) {
+  out.clear();
+  if (text.empty()) return true;
+  std::size_t at = 0;
+  while (at <= text.size()) {
+    const std::size_t end = std::min(text.find(',', at), text.size());
+    NodeId id = 0;
+    if (!parse_number(text.substr(at, end - at), id)) return false;
+    out.push_back(id);
+    at = end + 1;
+  }
+  return true;
+}
+
+std::string ids_text(const std::vector<NodeId>& ids) {
+  std::string out;
+  for (NodeId id : ids) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(id);
+  }
+  return out;
+}
+
+bool contains(const std::vector<NodeId>& ids, NodeId id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+
+std::string describe(const PartitionId& p) { return p.topic + "/" + std::to_string(p.partition); }
+
+}  // namespace
+
+std::string encode_node(const NodeRecord& n) {
+  return "replication=" + n.replication_address + " kafka=" + n.kafka_address + " rack=" + n.rack + " draining=" + (n.draining ? "1" : "0");
+}
+
+Result<NodeRecord> decode_node(NodeId id, std::string_view text) {
+  auto f = fields_of(text);
+  NodeRecord n;
+  n.id = id;
+  n.replication_address = f["replication"];
+  n.kafka_address = f["kafka"];
+  n.rack = f["rack"];
+  n.draining = f["draining"] == "1";
+  if (n.replication_address.empty()) return Error{Errc::kCorrupt, "node " + std::to_string(id) + " has no replication address"};
+  return n;
+}
+
+std::string encode_topic(const TopicRecord& t) {
+  return "partitions=" + std::to_string(t.partitions) + " replication=" + std::to_string(t.replication_factor) + " config=" + t.config;
+}
+
+Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
+  auto f = fields_of(text);
+  TopicRecord t;
+  t.name = std::string(name);
+  t.config = f["config"];
+  if (!parse_number(f["partitions"], t.partitions) || !parse_number(f["replication"], t.replication_factor) || t.partitions == 0 ||
+      t.replication_factor == 0) {
+    return Error{Errc::kCorrupt, "topic " + std::string(name) + ": unreadable record '" + std::string(text) + "'"};
+  }
+  return t;
+}
+
+std::string encode_partition(const PartitionState& s) {
+  return "replicas=" + ids_text(s.replicas) + " leader=" + std::to_string(s.leader) + " epoch=" + std::to_string(s.leader_epoch) +
+         " isr=" + ids_text(s.isr);
+}
+
+Result<PartitionState> decode_partition(std::string_view text) {
+  auto f = fields_of(text);
+  PartitionState s;
+  if (!parse_ids(f["replicas"], s.replicas) || !parse_number(f["leader"], s.leader) || !parse_number(f["epoch"], s.leader_epoch) ||
+      !parse_ids(f["isr"], s.isr) || s.replicas.empty()) {
+    return Error{Errc::kCorrupt, "unreadable partition state '" + std::string(text) + "'"};
+  }
+  return s;
+}
+
+Result<std::vector<std::vector<NodeId>>> assign_replicas(const std::vector<NodeRecord>& nodes, std::uint32_t partitions,
+                                                         std::uint32_t replication_factor, std::uint32_t first_partition) {
+  std::vector<NodeRecord> usable;
+  for (const NodeRecord& n : nodes) {
+    if (!n.draining) usable.push_back(n);
+  }
+  if (replication_factor == 0 || usable.size() < replication_factor) {
+    return Error{Errc::kInvalidArgument, "replication factor " + std::to_string(replication_factor) + " needs as many live nodes; " +
+                                             std::to_string(usable.size()) + " are live"};
+  }
+  // Interleave racks (a1 b1 c1 a2 b2 ...), so consecutive picks land on different racks.
+  std::map<std::string, std::vector<NodeId>> by_rack;
+  for (const NodeRecord& n : usable) by_rack[n.rack].push_back(n.id);
+  for (auto& [rack, ids] : by_rack) std::sort(ids.begin(), ids.end());
+  std::vector<NodeId> order;
+  for (std::size_t i = 0; order.size() < usable.size(); ++i) {
+    for (auto& [rack, ids] : by_rack) {
+      if (i < ids.size()) order.push_back(ids[i]);
+    }
+  }
+  std::map<NodeId, std::string> rack_of;
+  for (const NodeRecord& node : usable) rack_of[node.id] = node.rack;
+  std::vector<std::vector<NodeId>> out;
+  const std::size_t n = order.size();
+  for (std::uint32_t p = 0; p < partitions; ++p) {
+    const std::size_t index = first_partition + p;
+    // The leader moves one node per partition; followers are picked from a shift that changes
+    // each lap (so a node's partitions do not all share the same followers), taking the next
+    // node on a rack not yet used while there is one.
+    std::vector<NodeId> replicas{order[index % n]};
+    std::set<std::string> racks{rack_of[replicas[0]]};
+    const std::size_t shift = 1 + (index / n) % (n > 1 ? n - 1 : 1);
+    std::size_t cursor = index % n;
+    while (replicas.size() < replication_factor) {
+      cursor = (cursor + shift) % n;
+      std::size_t pick = n;
+      for (std::size_t k = 0; k < n && pick == n; ++k) {
+        const NodeId id = order[(cursor + k) % n];
+        if (!contains(replicas, id) && !racks.contains(rack_of[id])) pick = (cursor + k) % n;
+      }
+      for (std::size_t k = 0; k < n && pick == n; ++k) {
+        if (!contains(replicas, order[(cursor + k) % n])) pick = (cursor + k) % n;
+      }
+      replicas.push_back(order[pick]);
+      racks.insert(rack_of[order[pick]]);
+    }
+    out.push_back(std::move(replicas));
+  }
+  return out;
+}
+
+NodeId choose_leader(const PartitionState& state, const std::map<NodeId, NodeRecord>& live, NodeId avoid) {
+  NodeId fallback = -1;
+  for (NodeId id : state.replicas) {
+    if (id == avoid || !contains(state.isr, id)) continue;
+    auto n = live.find(id);
+    if (n == live.end()) continue;
+    if (!n->second.draining) return id;
+    if (fallback < 0) fallback = id;
+  }
+  return fallback;
+}
+
+struct ClusterMember::Impl {
+  std::shared_ptr<MetadataStore> store;
+  ClusterOptions options;
+  std::string prefix;
+  std::int64_t lease = 0;
+  std::int64_t last_keepalive_ms = 0;
+  bool reachable = true;
+  std::string error;
+  std::unique_ptr<MetadataWatch> watch;
+  std::int64_t revision = 0;
+  bool dirty = true;
+  std::int64_t last_reload_ms = 0;
+
+  std::map<NodeId, NodeRecord> nodes;
+  std::map<std::string, TopicRecord> topics;
+  std::map<PartitionId, PartitionState> partitions;
+  std::map<PartitionId, std::vector<NodeId>> reassignments;
+  NodeId controller = -1;
+  std::map<PartitionId, Assignment> given;  // the roles last handed out
+  std::vector<Assignment> pending;
+
+  std::string key(std::string_view rest) const { return prefix + std::string(rest); }
+  std::string node_key(NodeId id) const { return key("nodes/" + std::to_string(id)); }
+  std::string partition_key(const PartitionId& p) const { return key("partitions/" + p.topic + "/" + std::to_string(p.partition)); }
+
+  void failed(const Error& e) {
+    if (reachable) log(LogLevel::kWarn, "cluster: the metadata store is unreachable; metadata is frozen", {{"error", e.message}});
+    reachable = false;
+    error = e.message;
+  }
+  void succeeded() {
+    if (!reachable) log(LogLevel::kInfo, "cluster: the metadata store is reachable again", {});
+    reachable = true;
+    error.clear();
+  }
+
+  Result<void> register_self() {
+    WEFT_TRY(lease, store->grant_lease(options.lease_ttl_s));
+    WEFT_TRY(bool created, store->compare_and_put(node_key(options.self.id), 0, encode_node(options.self), lease));
+    if (!created) {
+      (void)store->revoke_lease(lease);
+      return Error{Errc::kAlreadyExists, "node id " + std::to_string(options.self.id) + " is already registered by a live node"};
+    }
+    last_keepalive_ms = now_ms();
+    return ok();
+  }
+
+  void keep_alive() {
+    const std::int64_t now = now_ms();
+    if (now - last_keepalive_ms < options.lease_ttl_s * 1000 / 3) return;
+    Result<void> renewed = store->keep_alive(lease);
+    if (renewed.ok()) {
+      last_keepalive_ms = now;
+      return;
+    }
+    if (renewed.error().code != Errc::kNotFound) return failed(renewed.error());
+    // The lease ran out (the store was away longer than the TTL): register again.
+    log(LogLevel::kWarn, "cluster: this node's lease expired; registering again", {});
+    Result<std::int64_t> granted = store->grant_lease(options.lease_ttl_s);
+    if (!granted.ok()) return failed(granted.error());
+    lease = *granted;
+    Result<std::int64_t> put = store->put(node_key(options.self.id), encode_node(options.self), lease);
+    if (!put.ok()) return failed(put.error());
+    last_keepalive_ms = now;
+    dirty = true;
+  }
+
+  void reload() {
+    Result<RangeResult> all = store->list(prefix);
+    if (!all.ok()) return failed(all.error());
+    succeeded();
+    revision = all->revision;
+    nodes.clear();
+    topics.clear();
+    partitions.clear();
+    reassignments.clear();
+    controller = -1;
+    for (const KeyValue& kv : all->kvs) {
+      const std::string_view rest = std::string_view(kv.key).substr(prefix.size());
+      auto after = [&](std::string_view head) { return rest.substr(head.size()); };
+      if (rest == "controller") {
+        (void)parse_number(kv.value, controller);
+      } else if (rest.starts_with("nodes/")) {
+        NodeId id = 0;
+        if (!parse_number(after("nodes/"), id)) continue;
+        if (Result<NodeRecord> n = decode_node(id, kv.value); n.ok()) nodes[id] = *n;
+      } else if (rest.starts_with("topics/")) {
+        if (Result<TopicRecord> t = decode_topic(after("topics/"), kv.value); t.ok()) topics[t->name] = *t;
+      } else if (rest.starts_with("partitions/") || rest.starts_with("reassign/")) {
+        const bool is_reassign = rest.starts_with("reassign/");
+        const std::string_view path = after(is_reassign ? "reassign/" : "partitions/");
+        const std::size_t slash = path.rfind('/');
+        PartitionId id;
+        if (slash == std::string_view::npos || !parse_number(path.substr(slash + 1), id.partition)) continue;
+        id.topic = std::string(path.substr(0, slash));
+        if (is_reassign) {
+          std::vector<NodeId> target;
+          if (parse_ids(fields_of(kv.value)["replicas"], target) && !target.empty()) reassignments[id] = target;
+        } else if (Result<PartitionState> s = decode_partition(kv.value); s.ok()) {
+          s->revision = kv.mod_revision;
+          partitions[id] = *s;
+        } else {
+          log(LogLevel::kError, "cluster: an unreadable partition state is ignored", {{"partition", describe(id)}, {"error", s.error().message}});
+        }
+      }
+    }
+    dirty = false;
+    last_reload_ms = now_ms();
+    hand_out_roles();
+  }
+
+  void hand_out_roles() {
+    const NodeId self = options.self.id;
+    std::set<PartitionId> seen;
+    for (const auto& [id, state] : partitions) {
+      if (!contains(state.replicas, self)) continue;
+      seen.insert(id);
+      Assignment a;
+      a.partition = id;
+      a.state = state;
+      a.leader = state.leader == self;
+      if (auto n = nodes.find(state.leader); n != nodes.end()) a.leader_address = n->second.replication_address;
+      auto before = given.find(id);
+      const bool same = before != given.end() && before->second.leader == a.leader && before->second.replica &&
+                        before->second.state.leader == state.leader && before->second.state.leader_epoch == state.leader_epoch &&
+                        before->second.state.isr == state.isr && before->second.state.replicas == state.replicas &&
+                        before->second.leader_address == a.leader_address;
+      if (same) continue;
+      given[id] = a;
+      pending.push_back(a);
+    }
+    for (auto it = given.begin(); it != given.end();) {
+      if (seen.contains(it->first)) {
+        ++it;
+        continue;
+      }
+      Assignment gone;
+      gone.partition = it->first;
+      gone.replica = false;
+      pending.push_back(gone);
+      it = given.erase(it);
+    }
+  }
+
+  void stand_for_controller() {
+    if (controller >= 0) return;
+    Result<bool> won = store->compare_and_put(key("controller"), 0, std::to_string(options.self.id), lease);
+    if (!won.ok()) return failed(won.error());
+    if (*won) {
+      log(LogLevel::kInfo, "cluster: this node is the controller", {{"node", std::to_string(options.self.id)}});
+      controller = options.self.id;
+    }
+    dirty = true;
+  }
+
+  // Writes a partition state if nobody changed it since it was read; a lost race re-reads.
+  void write_state(const PartitionId& id, const PartitionState& state, const char* why) {
+    Result<bool> written = store->compare_and_put(partition_key(id), state.revision, encode_partition(state));
+    if (!written.ok()) return failed(written.error());
+    if (*written) {
+      log(LogLevel::kInfo, "cluster: partition state changed",
+          {{"partition", describe(id)}, {"why", why}, {"leader", std::to_string(state.leader)}, {"epoch", std::to_string(state.leader_epoch)},
+           {"isr", ids_text(state.isr)}, {"replicas", ids_text(state.replicas)}});
+    }
+    dirty = true;
+  }
+
+  void controller_duties() {
+    std::vector<NodeRecord> live;
+    for (const auto& [id, n] : nodes) live.push_back(n);
+    // New topics (or new partitions of one): assign their replicas.
+    for (const auto& [name, topic] : topics) {
+      for (std::uint32_t p = 0; p < topic.partitions; ++p) {
+        const PartitionId id{name, p};
+        if (partitions.contains(id)) continue;
+        Result<std::vector<std::vector<NodeId>>> replicas = assign_replicas(live, 1, topic.replication_factor, p);
+        if (!replicas.ok()) {
+          log(LogLevel::kWarn, "cluster: a partition cannot be assigned yet", {{"partition", describe(id)}, {"error", replicas.error().message}});
+          break;
+        }
+        PartitionState s;
+        s.replicas = replicas->front();
+        s.leader = s.replicas.front();
+        s.leader_epoch = 1;
+        s.isr = s.replicas;
+        write_state(id, s, "new partition");
+      }
+    }
+    for (auto& [id, state] : partitions) {
+      // Partitions of deleted topics go.
+      if (!topics.contains(id.topic)) {
+        (void)store->erase(partition_key(id), state.revision);
+        (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)));
+        dirty = true;
+        continue;
+      }
+      PartitionState next = state;
+      // Dead replicas leave the in-sync set (the last one stays, so that it can come back).
+      std::vector<NodeId> alive_isr;
+      for (NodeId r : next.isr) {
+        if (nodes.contains(r)) alive_isr.push_back(r);
+      }
+      if (alive_isr.empty() && !next.isr.empty()) alive_isr.push_back(next.leader >= 0 ? next.leader : next.isr.front());
+      next.isr = alive_isr;
+      // A leader that is gone or draining is replaced by an in-sync replica.
+      auto leader = nodes.find(next.leader);
+      const bool leader_gone = next.leader < 0 || leader == nodes.end();
+      const bool leader_draining = !leader_gone && leader->second.draining;
+      if (leader_gone || leader_draining) {
+        const NodeId chosen = choose_leader(next, nodes, leader_draining ? next.leader : -1);
+        if (chosen >= 0 && chosen != next.leader) {
+          next.leader = chosen;
+          ++next.leader_epoch;
+        } else if (leader_gone && next.leader >= 0) {
+          next.leader = -1;  // offline until an in-sync replica returns
+          ++next.leader_epoch;
+        }
+      }
+      // Reassignment, Kafka's way: add the new replicas, wait until they are in sync, then drop
+      // the old ones (moving the leadership if it was on one).
+      if (auto target = reassignments.find(id); target != reassignments.end()) {
+        std::vector<NodeId> all = next.replicas;
+        for (NodeId r : target->second) {
+          if (!contains(all, r)) all.push_back(r);
+        }
+        const bool all_in_sync = std::all_of(target->second.begin(), target->second.end(), [&](NodeId r) { return contains(next.isr, r); });
+        if (!all_in_sync) {
+          next.replicas = all;
+        } else {
+          next.replicas = target->second;
+          std::vector<NodeId> isr;
+          for (NodeId r : next.isr) {
+            if (contains(target->second, r)) isr.push_back(r);
+          }
+          next.isr = isr;
+          if (!contains(next.replicas, next.leader)) {
+            next.leader = choose_leader(next, nodes);
+            ++next.leader_epoch;
+          }
+          (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)));
+        }
+      }
+      if (next.replicas != state.replicas || next.leader != state.leader || next.leader_epoch != state.leader_epoch || next.isr != state.isr) {
+        write_state(id, next, leader_gone ? "leader gone" : leader_draining ? "leader draining" : "replicas changed");
+      }
+    }
+  }
+};
+
+ClusterMember::ClusterMember(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ClusterMember::~ClusterMember() = default;
+
+Result<std::unique_ptr<ClusterMember>> ClusterMember::join(std::shared_ptr<MetadataStore> store, ClusterOptions options) {
+  if (store == nullptr) return Error{Errc::kInvalidArgument, "cluster: no metadata store"};
+  if (options.self.id < 0) return Error{Errc::kInvalidArgument, "cluster: a node id must be 0 or more"};
+  if (options.self.replication_address.empty()) return Error{Errc::kInvalidArgument, "cluster: the node needs a replication address"};
+  if (options.cluster.empty() || options.cluster.find('/') != std::string::npos) {
+    return Error{Errc::kInvalidArgument, "cluster: the cluster name must be non-empty without '/'"};
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->store = std::move(store);
+  impl->options = std::move(options);
+  impl->prefix = "/weft/" + impl->options.cluster + "/";
+  WEFT_TRY_VOID(impl->register_self());
+  impl->reload();
+  if (!impl->reachable) return Error{Errc::kUnavailable, "cluster: " + impl->error};
+  return std::unique_ptr<ClusterMember>(new ClusterMember(std::move(impl)));
+}
+
+void ClusterMember::run_once(int timeout_ms) {
+  Impl& i = *impl_;
+  i.keep_alive();
+  if (i.watch == nullptr) {
+    Result<std::unique_ptr<MetadataWatch>> w = i.store->watch(i.prefix, i.revision + 1);
+    if (w.ok()) {
+      i.watch = std::move(w.value());
+    } else {
+      i.failed(w.error());
+      i.dirty = true;
+    }
+  }
+  if (!i.dirty && i.watch != nullptr) {
+    std::vector<WatchEvent> events;
+    Result<void> got = i.watch->next(events, timeout_ms);
+    if (!got.ok()) {
+      i.watch.reset();
+      i.dirty = true;
+      if (got.error().code != Errc::kOutOfRange) i.failed(got.error());
+    } else {
+      // Events the last read already reflects change nothing.
+      for (const WatchEvent& e : events) i.dirty = i.dirty || e.kv.mod_revision > i.revision;
+    }
+  } else if (i.watch == nullptr && timeout_ms > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(timeout_ms, 100)));
+  }
+  // A periodic re-read as well: cheap at this size, and it heals a watch that missed something.
+  if (i.dirty || now_ms() - i.last_reload_ms > 1'000) i.reload();
+  if (!i.reachable) return;
+  i.stand_for_controller();
+  if (i.controller == i.options.self.id) {
+    if (i.dirty) i.reload();
+    i.controller_duties();
+  }
+}
+
+NodeId ClusterMember::self() const noexcept { return impl_->options.self.id; }
+bool ClusterMember::is_controller() const noexcept { return impl_->controller == impl_->options.self.id; }
+NodeId ClusterMember::controller() const noexcept { return impl_->controller; }
+bool ClusterMember::store_reachable() const noexcept { return impl_->reachable; }
+const std::string& ClusterMember::store_error() const noexcept { return impl_->error; }
+std::map<NodeId, NodeRecord> ClusterMember::nodes() const { return impl_->nodes; }
+std::map<std::string, TopicRecord> ClusterMember::topics() const { return impl_->topics; }
+std::map<PartitionId, PartitionState> ClusterMember::partitions() const { return impl_->partitions; }
+std::vector<Assignment> ClusterMember::take_assignments() { return std::exchange(impl_->pending, {}); }
+
+Result<void> ClusterMember::create_topic(const TopicRecord& topic) {
+  if (topic.partitions == 0 || topic.replication_factor == 0) {
+    return Error{Errc::kInvalidArgument, "a topic needs at least one partition and one replica"};
+  }
+  WEFT_TRY(bool created, impl_->store->compare_and_put(impl_->key("topics/" + topic.name), 0, encode_topic(topic)));
+  if (!created) return Error{Errc::kAlreadyExists, "topic " + topic.name + " already exists"};
+  impl_->dirty = true;
+  return ok();
+}
+
+Result<void> ClusterMember::delete_topic(std::string_view name) {
+  WEFT_TRY(bool erased, impl_->store->erase(impl_->key("topics/" + std::string(name))));
+  if (!erased) return Error{Errc::kNotFound, "topic " + std::string(name) + " does not exist"};
+  impl_->dirty = true;
+  return ok();
+}
+
+Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr) {
+  WEFT_TRY(std::optional<KeyValue> kv, impl_->store->get(impl_->partition_key(partition)));
+  if (!kv) return false;
+  WEFT_TRY(PartitionState state, decode_partition(kv->value));
+  if (state.leader_epoch != epoch || state.leader != impl_->options.self.id) return false;
+  state.isr = isr;
+  WEFT_TRY(bool written, impl_->store->compare_and_put(impl_->partition_key(partition), kv->mod_revision, encode_partition(state)));
+  impl_->dirty = true;
+  return written;
+}
+
+Result<void> ClusterMember::reassign(const PartitionId& partition, const std::vector<NodeId>& replicas) {
+  if (replicas.empty()) return Error{Errc::kInvalidArgument, "a reassignment needs at least one replica"};
+  std::set<NodeId> unique(replicas.begin(), replicas.end());
+  if (unique.size() != replicas.size()) return Error{Errc::kInvalidArgument, "a replica is named twice"};
+  for (NodeId r : replicas) {
+    if (!impl_->nodes.contains(r)) return Error{Errc::kInvalidArgument, "node " + std::to_string(r) + " is not a live node"};
+  }
+  if (!impl_->partitions.contains(partition)) return Error{Errc::kNotFound, "partition " + describe(partition) + " does not exist"};
+  WEFT_TRY(std::int64_t revision, impl_->store->put(impl_->key("reassign/" + partition.topic + "/" + std::to_string(partition.partition)),
+                                                    "replicas=" + ids_text(replicas)));
+  (void)revision;
+  impl_->dirty = true;
+  return ok();
+}
+
+Result<void> ClusterMember::drain() {
+  impl_->options.self.draining = true;
+  WEFT_TRY(std::int64_t revision, impl_->store->put(impl_->node_key(impl_->options.self.id), encode_node(impl_->options.self), impl_->lease));
+  (void)revision;
+  impl_->dirty = true;
+  return ok();
+}
+
+std::size_t ClusterMember::partitions_led() const {
+  std::size_t n = 0;
+  for (const auto& [id, state] : impl_->partitions) n += state.leader == impl_->options.self.id ? 1u : 0u;
+  return n;
+}
+
+void ClusterMember::leave() {
+  if (impl_->lease != 0) (void)impl_->store->revoke_lease(impl_->lease);
+  impl_->lease = 0;
+}
+
+}  // namespace weft

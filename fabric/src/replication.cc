@@ -1,0 +1,947 @@
+#include "weft/fabric/replication.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <map>
+
+#include "weft/fabric/log.h"
+#include "weft/fabric/record_batch.h"
+
+namespace weft {
+
+// ---- EpochHistory ----------------------------------------------------------------------------
+
+void EpochHistory::assign(std::int32_t epoch, Offset start) {
+  if (!entries_.empty() && epoch <= entries_.back().epoch) return;
+  if (!entries_.empty() && entries_.back().start == start) entries_.pop_back();  // an epoch with no batches
+  entries_.push_back(Entry{epoch, start});
+}
+
+std::pair<std::int32_t, Offset> EpochHistory::end_of(std::int32_t epoch, Offset log_end) const noexcept {
+  for (std::size_t i = entries_.size(); i-- > 0;) {
+    if (entries_[i].epoch > epoch) continue;
+    const Offset end = i + 1 < entries_.size() ? entries_[i + 1].start : log_end;
+    return {entries_[i].epoch, end};
+  }
+  return {-1, entries_.empty() ? log_end : entries_.front().start};
+}
+
+void EpochHistory::truncate_to(Offset end) {
+  while (!entries_.empty() && entries_.back().start >= end) entries_.pop_back();
+}
+
+// ---- the wire: control messages --------------------------------------------------------------
+
+namespace {
+
+enum class MessageType : std::uint8_t {
+  kFollow = 1,     // follower -> leader: where my log ends, and my landing region
+  kProgress = 2,   // follower -> leader: my log end, durable end, region bytes freed
+  kAccepted = 3,   // leader -> follower: writes follow
+  kDiverging = 4,  // leader -> follower: truncate to where your last epoch ends here
+  kRefused = 5,    // leader -> follower: not now (not the leader, another epoch, ...)
+  kHighWatermark = 6,
+  kOutOfRange = 7,  // leader -> follower: I no longer hold your log end; start again at my log start
+  kUnfollow = 8,    // follower -> leader: stop pushing this stream
+};
+
+// Little-endian fixed layouts, appended and read with memcpy (both ends run the same build).
+class MessageWriter {
+ public:
+  template <class T>
+  MessageWriter& put(T value) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    if (size_ + sizeof(T) <= bytes_.size()) std::memcpy(bytes_.data() + size_, &value, sizeof(T));
+    size_ += sizeof(T);
+    return *this;
+  }
+  MessageWriter& put_string(std::string_view s) {
+    put(static_cast<std::uint16_t>(s.size()));
+    if (size_ + s.size() <= bytes_.size()) std::memcpy(bytes_.data() + size_, s.data(), s.size());
+    size_ += s.size();
+    return *this;
+  }
+  bool fits() const noexcept { return size_ <= bytes_.size(); }
+  std::span<const std::byte> bytes() const noexcept { return std::span(bytes_.data(), std::min(size_, bytes_.size())); }
+
+ private:
+  std::array<std::byte, kLinkMaxMessageBytes> bytes_{};
+  std::size_t size_ = 0;
+};
+
+class MessageReader {
+ public:
+  explicit MessageReader(std::span<const std::byte> bytes) : bytes_(bytes) {}
+  template <class T>
+  T get() {
+    T value{};
+    if (at_ + sizeof(T) <= bytes_.size()) {
+      std::memcpy(&value, bytes_.data() + at_, sizeof(T));
+    } else {
+      failed_ = true;
+    }
+    at_ += sizeof(T);
+    return value;
+  }
+  std::string get_string() {
+    const auto n = get<std::uint16_t>();
+    if (failed_ || at_ + n > bytes_.size()) {
+      failed_ = true;
+      return {};
+    }
+    std::string s(reinterpret_cast<const char*>(bytes_.data() + at_), n);
+    at_ += n;
+    return s;
+  }
+  bool failed() const noexcept { return failed_; }
+
+ private:
+  std::span<const std::byte> bytes_;
+  std::size_t at_ = 0;
+  bool failed_ = false;
+};
+
+// A write's immediate: the follower's stream id, and this bit when the write starts the region
+// again (the tail after the previous write was skipped).
+constexpr std::uint32_t kWrapBit = 1u << 16;
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+bool contains(const std::vector<NodeId>& ids, NodeId id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+
+std::string describe(const PartitionId& p) { return p.topic + "/" + std::to_string(p.partition); }
+
+}  // namespace
+
+// ---- the replicator --------------------------------------------------------------------------
+
+struct Replicator::Impl {
+  using Buffer = std::unique_ptr<std::vector<std::byte>>;
+
+  struct Connection;
+
+  // The leader's side of one follower's stream, on the link the follower opened.
+  struct LeaderStream {
+    PartitionId partition;
+    NodeId follower = -1;
+    RegionDescriptor region;
+    Offset next_offset{0};          // the next offset to push
+    std::uint64_t head = 0;         // where the next write starts in the region
+    std::uint64_t written = 0;      // region bytes used so far, skipped tails included
+    std::uint64_t consumed = 0;     // region bytes the follower has freed
+    std::size_t in_flight = 0;
+    std::vector<Buffer> free_buffers;
+    bool hw_due = false;
+    bool stuck_reported = false;
+    Offset hw_sent{-1};
+  };
+
+  struct Connection {
+    std::unique_ptr<Link> link;
+    bool outgoing = false;
+    std::string address;          // outgoing: the leader's address
+    std::int64_t retry_at_ms = 0;  // outgoing and down: when to connect again
+    std::map<std::uint16_t, LeaderStream> streams;  // incoming: the followers' streams
+    // Writes posted and not yet completed, in posting order (a link completes them in order):
+    // their stream and buffer, which must live until the link is done reading it.
+    struct InFlight {
+      std::uint16_t stream;
+      Buffer buffer;
+    };
+    std::deque<InFlight> in_flight;
+    bool up() const noexcept { return link != nullptr && link->connected(); }
+  };
+
+  struct FollowerState {
+    Offset log_end{0};
+    Offset durable_end{0};
+    std::int64_t last_caught_up_ms = 0;
+    Offset leader_end_at_last_report{0};
+    std::int64_t last_report_ms = 0;
+    Connection* connection = nullptr;  // where its stream is (nullptr: not connected)
+    std::uint16_t stream = 0;
+  };
+
+  struct Led {
+    ReplicaLog* log = nullptr;
+    std::int32_t epoch = 0;
+    Offset epoch_start{0};
+    std::vector<NodeId> replicas;
+    std::vector<NodeId> isr;
+    Offset hw{0};
+    std::map<NodeId, FollowerState> followers;
+    bool proposal_pending = false;
+  };
+
+  enum class FollowState : std::uint8_t { kNeedFollow, kAwaitAccept, kStreaming, kBackoff };
+
+  struct Followed {
+    ReplicaLog* log = nullptr;
+    std::int32_t epoch = 0;
+    NodeId leader = -1;
+    std::string address;
+    std::uint16_t stream = 0;
+    FollowState state = FollowState::kNeedFollow;
+    std::string why;  // the last refusal or failure
+    std::int64_t retry_at_ms = 0;
+    std::vector<std::byte> region;
+    RegionDescriptor descriptor;
+    std::uint64_t position = 0;  // where the leader's next write lands
+    std::uint64_t consumed = 0;
+    Offset hw{0};
+    Offset reported_end{-1};
+    Offset reported_durable{-1};
+    std::uint64_t reported_consumed = 0;
+    bool progress_due = false;
+  };
+
+  Transport& transport;
+  NodeId self;
+  ReplicationOptions options;
+  std::unique_ptr<LinkListener> listener;
+  std::string address;
+  std::vector<std::unique_ptr<Connection>> incoming;
+  std::map<std::string, std::unique_ptr<Connection>> outgoing;
+  std::map<PartitionId, Led> led;
+  std::map<PartitionId, Followed> followed;
+  std::map<std::uint16_t, PartitionId> followed_by_stream;
+  std::uint16_t next_stream = 1;
+  std::vector<IsrProposal> proposals;
+  std::int64_t last_lag_check_ms = 0;
+
+  Impl(Transport& t, NodeId id, ReplicationOptions o) : transport(t), self(id), options(o) {}
+
+  // -- sending --
+
+  static bool send(Connection& c, const MessageWriter& m) {
+    return c.up() && c.link->post_send(m.bytes(), 0) == PostStatus::kOk;
+  }
+
+  void refuse(Connection& c, std::uint16_t stream, MessageType type, std::int32_t epoch, std::int64_t offset, std::string_view why) {
+    MessageWriter m;
+    m.put(static_cast<std::uint8_t>(type)).put(stream).put(epoch).put(offset).put_string(why.substr(0, 200));
+    send(c, m);
+  }
+
+  // -- the leader's side --
+
+  void on_follow(Connection& c, MessageReader& r) {
+    const auto stream = r.get<std::uint16_t>();
+    const auto follower = r.get<NodeId>();
+    const auto epoch = r.get<std::int32_t>();
+    const auto partition_index = r.get<std::uint32_t>();
+    const Offset fetch_offset{r.get<std::int64_t>()};
+    const auto last_epoch = r.get<std::int32_t>();
+    const auto region = r.get<RegionDescriptor>();
+    const PartitionId partition{r.get_string(), partition_index};
+    if (r.failed()) {
+      log(LogLevel::kWarn, "replication: a malformed follow request; the link is closed", {{"peer", c.link->peer_address()}});
+      c.link->close();
+      return;
+    }
+    c.streams.erase(stream);
+    auto found = led.find(partition);
+    if (found == led.end()) {
+      refuse(c, stream, MessageType::kRefused, -1, -1, "node " + std::to_string(self) + " does not lead " + describe(partition));
+      return;
+    }
+    Led& l = found->second;
+    if (epoch != l.epoch) {
+      refuse(c, stream, MessageType::kRefused, l.epoch, -1,
+             "leader epoch " + std::to_string(epoch) + " is not the current " + std::to_string(l.epoch));
+      return;
+    }
+    if (!contains(l.replicas, follower) || follower == self) {
+      refuse(c, stream, MessageType::kRefused, l.epoch, -1, "node " + std::to_string(follower) + " is not a replica of " + describe(partition));
+      return;
+    }
+    if (region.length < options.max_write_bytes || region.key == 0) {
+      refuse(c, stream, MessageType::kRefused, l.epoch, -1, "the landing region is smaller than one write");
+      return;
+    }
+    const Offset log_end = l.log->log_end();
+    if (fetch_offset < l.log->log_start()) {
+      refuse(c, stream, MessageType::kOutOfRange, l.epoch, l.log->log_start().value, "the leader's log starts later");
+      return;
+    }
+    // Kafka's divergence rule: the follower's last epoch must end here no earlier than its log.
+    if (last_epoch >= 0 || fetch_offset > log_end) {
+      const auto [known_epoch, end] = l.log->epochs().end_of(last_epoch < 0 ? l.epoch : last_epoch, log_end);
+      if (known_epoch != last_epoch || end < fetch_offset) {
+        const Offset truncate_to = std::min(end, fetch_offset);
+        refuse(c, stream, MessageType::kDiverging, known_epoch, truncate_to.value, "diverging");
+        return;
+      }
+    }
+    LeaderStream s;
+    s.partition = partition;
+    s.follower = follower;
+    s.region = region;
+    s.next_offset = fetch_offset;
+    for (std::size_t i = 0; i < options.writes_in_flight; ++i) {
+      s.free_buffers.push_back(std::make_unique<std::vector<std::byte>>(options.max_write_bytes));
+    }
+    c.streams[stream] = std::move(s);
+    FollowerState& f = l.followers[follower];
+    if (f.connection != nullptr && f.connection != &c) f.connection->streams.erase(f.stream);
+    f.connection = &c;
+    f.stream = stream;
+    f.log_end = fetch_offset;
+    MessageWriter m;
+    m.put(static_cast<std::uint8_t>(MessageType::kAccepted)).put(stream).put(l.epoch).put(l.hw.value);
+    send(c, m);
+    c.streams[stream].hw_sent = l.hw;
+  }
+
+  void on_progress(Connection& c, MessageReader& r) {
+    const auto stream = r.get<std::uint16_t>();
+    const Offset log_end{r.get<std::int64_t>()};
+    const Offset durable{r.get<std::int64_t>()};
+    const auto consumed = r.get<std::uint64_t>();
+    auto s = c.streams.find(stream);
+    if (r.failed() || s == c.streams.end()) return;
+    s->second.consumed = std::max(s->second.consumed, consumed);
+    auto l = led.find(s->second.partition);
+    if (l == led.end()) return;
+    FollowerState& f = l->second.followers[s->second.follower];
+    const std::int64_t now = now_ms();
+    const Offset leader_end = l->second.log->log_end();
+    // Kafka's rule: caught up now if at the leader's end; else caught up as of the previous
+    // report if it has reached the end the leader had then.
+    if (log_end >= leader_end) {
+      f.last_caught_up_ms = now;
+    } else if (log_end >= f.leader_end_at_last_report && f.last_report_ms > 0) {
+      f.last_caught_up_ms = std::max(f.last_caught_up_ms, f.last_report_ms);
+    }
+    f.leader_end_at_last_report = leader_end;
+    f.last_report_ms = now;
+    f.log_end = log_end;
+    f.durable_end = std::max(f.durable_end, durable);
+    update_hw(s->second.partition, l->second);
+  }
+
+  void update_hw(const PartitionId& partition, Led& l) {
+    Offset hw = l.log->durable_end();
+    for (NodeId id : l.isr) {
+      if (id == self) continue;
+      auto f = l.followers.find(id);
+      hw = std::min(hw, f == l.followers.end() ? l.hw : f->second.durable_end);
+    }
+    if (hw <= l.hw) return;
+    l.hw = hw;
+    for (auto& [id, f] : l.followers) {
+      if (f.connection == nullptr) continue;
+      auto s = f.connection->streams.find(f.stream);
+      if (s != f.connection->streams.end() && s->second.partition == partition) s->second.hw_due = true;
+    }
+  }
+
+  // Pushes what the log holds past each stream's position, while the region has room.
+  bool push(Connection& c) {
+    bool any = false;
+    for (auto& [id, s] : c.streams) {
+      auto l = led.find(s.partition);
+      if (l == led.end()) continue;
+      ReplicaLog& log_ = *l->second.log;
+      if (s.hw_due && s.hw_sent != l->second.hw) {
+        MessageWriter m;
+        m.put(static_cast<std::uint8_t>(MessageType::kHighWatermark)).put(id).put(l->second.hw.value);
+        if (send(c, m)) {
+          s.hw_sent = l->second.hw;
+          s.hw_due = false;
+        }
+      }
+      while (!s.free_buffers.empty() && s.next_offset < log_.log_end()) {
+        const std::uint64_t size = s.region.length;
+        const std::uint64_t free = size - (s.written - s.consumed);
+        Buffer& buffer = s.free_buffers.back();
+        // Whole batches go at the head while they fit before the region's end; when the next
+        // one does not, the tail is skipped and the write starts the region again (the wrap bit
+        // of the immediate tells the follower so).
+        std::uint64_t skip = 0;
+        std::uint64_t room = std::min<std::uint64_t>({options.max_write_bytes, free, size - s.head});
+        Result<std::size_t> read = room > 0 ? log_.read(s.next_offset, std::span(buffer->data(), room)) : Result<std::size_t>(std::size_t{0});
+        if (read.ok() && *read == 0 && s.head != 0 && free > size - s.head) {
+          skip = size - s.head;
+          room = std::min<std::uint64_t>(options.max_write_bytes, free - skip);
+          read = log_.read(s.next_offset, std::span(buffer->data(), room));
+        }
+        if (!read.ok()) {
+          log(LogLevel::kWarn, "replication: the leader cannot read its log; the follower's stream stops",
+              {{"partition", describe(s.partition)}, {"error", read.error().message}});
+          c.link->close();
+          return any;
+        }
+        if (*read == 0) {
+          if (free == size && !s.stuck_reported) {
+            log(LogLevel::kError, "replication: a batch is larger than one replication write (max_write_bytes); the stream waits",
+                {{"partition", describe(s.partition)}, {"offset", std::to_string(s.next_offset.value)}});
+            s.stuck_reported = true;
+          }
+          break;  // the next batch needs more room than the follower has freed yet
+        }
+        // Where the next push starts: the offset after the last batch read.
+        std::span<const std::byte> chunk(buffer->data(), *read);
+        Offset next = s.next_offset;
+        for (std::size_t at = 0; at < chunk.size();) {
+          Result<BatchView> batch = BatchView::parse_header(chunk.subspan(at), false);
+          if (!batch.ok()) break;
+          next = batch->last_offset() + 1;
+          at += batch->size_bytes();
+        }
+        const std::uint64_t start = skip > 0 ? 0 : s.head;
+        const std::span<const std::byte> gather[1] = {chunk};
+        const std::uint32_t immediate = id | (skip > 0 ? kWrapBit : 0u);
+        const PostStatus posted = c.link->post_write(s.region, start, gather, immediate, id);
+        if (posted != PostStatus::kOk) break;  // a full queue: the next round; a dead link: its end is polled
+        c.in_flight.push_back(Connection::InFlight{id, std::move(buffer)});
+        s.free_buffers.pop_back();
+        ++s.in_flight;
+        s.written += skip + chunk.size();
+        s.head = start + chunk.size();
+        s.next_offset = next;
+        any = true;
+      }
+    }
+    return any;
+  }
+
+  void on_write_done(Connection& c) {
+    if (c.in_flight.empty()) return;
+    Connection::InFlight done = std::move(c.in_flight.front());
+    c.in_flight.pop_front();
+    auto s = c.streams.find(done.stream);
+    if (s == c.streams.end()) return;  // the stream ended: the buffer goes
+    --s->second.in_flight;
+    s->second.free_buffers.push_back(std::move(done.buffer));
+  }
+
+  void check_lag() {
+    const std::int64_t now = now_ms();
+    for (auto& [partition, l] : led) {
+      const Offset leader_end = l.log->log_end();
+      for (auto& [id, f] : l.followers) {
+        if (f.connection != nullptr && f.log_end >= leader_end) f.last_caught_up_ms = now;
+      }
+      if (l.proposal_pending) continue;
+      std::vector<NodeId> isr = l.isr;
+      std::string reason;
+      for (NodeId id : l.isr) {
+        if (id == self) continue;
+        const FollowerState& f = l.followers[id];
+        if (now - f.last_caught_up_ms > options.replica_lag_max_ms) {
+          isr.erase(std::find(isr.begin(), isr.end(), id));
+          reason += "node " + std::to_string(id) + " has not caught up for " + std::to_string(now - f.last_caught_up_ms) + " ms; ";
+        }
+      }
+      for (auto& [id, f] : l.followers) {
+        if (contains(isr, id) || f.connection == nullptr || !contains(l.replicas, id)) continue;
+        // Kafka's rule (at the high watermark and past this epoch's start), and caught up
+        // lately: a follower just proposed out is not proposed back in the same breath.
+        if (f.log_end >= l.hw && f.log_end >= l.epoch_start && f.durable_end >= l.hw &&
+            now - f.last_caught_up_ms <= options.replica_lag_max_ms) {
+          isr.push_back(id);
+          reason += "node " + std::to_string(id) + " caught up; ";
+        }
+      }
+      if (isr != l.isr) {
+        std::sort(isr.begin(), isr.end());
+        proposals.push_back(IsrProposal{partition, l.epoch, isr, reason});
+        l.proposal_pending = true;
+      }
+    }
+  }
+
+  // -- the follower's side --
+
+  Connection& connection_to(const std::string& leader_address) {
+    auto& c = outgoing[leader_address];
+    if (c == nullptr) {
+      c = std::make_unique<Connection>();
+      c->outgoing = true;
+      c->address = leader_address;
+    }
+    return *c;
+  }
+
+  void send_follow(Connection& c, Followed& f, const PartitionId& partition) {
+    MessageWriter m;
+    m.put(static_cast<std::uint8_t>(MessageType::kFollow))
+        .put(f.stream)
+        .put(self)
+        .put(f.epoch)
+        .put(partition.partition)
+        .put(f.log->log_end().value)
+        .put(f.log->epochs().last_epoch())
+        .put(f.descriptor)
+        .put_string(partition.topic);
+    if (send(c, m)) {
+      f.state = FollowState::kAwaitAccept;
+      f.position = 0;
+      f.consumed = 0;
+      f.reported_consumed = 0;
+    }
+  }
+
+  void send_progress(Connection& c, Followed& f) {
+    MessageWriter m;
+    const Offset end = f.log->log_end();
+    const Offset durable = f.log->durable_end();
+    m.put(static_cast<std::uint8_t>(MessageType::kProgress)).put(f.stream).put(end.value).put(durable.value).put(f.consumed);
+    if (send(c, m)) {
+      f.reported_end = end;
+      f.reported_durable = durable;
+      f.reported_consumed = f.consumed;
+      f.progress_due = false;
+    } else {
+      f.progress_due = true;
+    }
+  }
+
+  void back_off(Followed& f, std::string why) {
+    f.state = FollowState::kBackoff;
+    f.retry_at_ms = now_ms() + options.retry_backoff_ms;
+    f.why = std::move(why);
+  }
+
+  void on_leader_message(Connection& c, MessageType type, MessageReader& r) {
+    const auto stream = r.get<std::uint16_t>();
+    auto p = followed_by_stream.find(stream);
+    if (p == followed_by_stream.end()) return;
+    Followed& f = followed[p->second];
+    if (f.address != c.address) return;
+    switch (type) {
+      case MessageType::kAccepted: {
+        (void)r.get<std::int32_t>();
+        f.hw = std::max(f.hw, Offset{r.get<std::int64_t>()});
+        f.state = FollowState::kStreaming;
+        f.why.clear();
+        return;
+      }
+      case MessageType::kHighWatermark:
+        f.hw = std::max(f.hw, Offset{r.get<std::int64_t>()});
+        return;
+      case MessageType::kDiverging: {
+        const auto epoch = r.get<std::int32_t>();
+        const Offset leader_end{r.get<std::int64_t>()};
+        // Truncate to where the epoch ends on both logs, then follow again from there.
+        const Offset own_end = f.log->epochs().end_of(epoch, f.log->log_end()).second;
+        const Offset to = std::max(f.log->log_start(), std::min(leader_end, own_end));
+        log(LogLevel::kInfo, "replication: truncating a divergent suffix",
+            {{"partition", describe(p->second)}, {"from", std::to_string(f.log->log_end().value)}, {"to", std::to_string(to.value)}});
+        if (Result<void> cut = f.log->truncate(to); !cut.ok()) {
+          back_off(f, "truncation failed: " + cut.error().message);
+          return;
+        }
+        f.log->epochs().truncate_to(to);
+        f.hw = std::min(f.hw, to);
+        f.state = FollowState::kNeedFollow;
+        return;
+      }
+      case MessageType::kOutOfRange: {
+        (void)r.get<std::int32_t>();
+        const Offset start{r.get<std::int64_t>()};
+        if (Result<void> reset = f.log->reset(start); !reset.ok()) {
+          back_off(f, "reset failed: " + reset.error().message);
+          return;
+        }
+        f.log->epochs().truncate_to(Offset{0});
+        f.state = FollowState::kNeedFollow;
+        return;
+      }
+      case MessageType::kRefused: {
+        (void)r.get<std::int32_t>();
+        (void)r.get<std::int64_t>();
+        back_off(f, "refused: " + r.get_string());
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  void on_write_received(Connection& c, const LinkCompletion& done) {
+    auto p = followed_by_stream.find(static_cast<std::uint16_t>(done.immediate & 0xffff));
+    if (p == followed_by_stream.end()) return;
+    Followed& f = followed[p->second];
+    if (f.address != c.address || f.state != FollowState::kStreaming) return;
+    const std::uint64_t size = f.region.size();
+    std::uint64_t start = f.position;
+    if ((done.immediate & kWrapBit) != 0) {
+      f.consumed += size - start;  // the skipped tail is free again at once
+      start = 0;
+    }
+    if (start + done.length > size) {
+      log(LogLevel::kError, "replication: a write past the landing region's end; following again", {{"partition", describe(p->second)}});
+      f.state = FollowState::kNeedFollow;
+      return;
+    }
+    std::span<const std::byte> chunk(f.region.data() + start, done.length);
+    f.position = start + done.length;
+    // Every batch is checked (the CRC too): what lands here is appended and served.
+    std::size_t skip = 0;
+    const Offset end = f.log->log_end();
+    for (std::size_t at = 0; at < chunk.size();) {
+      Result<BatchView> batch = BatchView::parse(chunk.subspan(at));
+      if (!batch.ok()) {
+        log(LogLevel::kError, "replication: a corrupt batch from the leader; following again",
+            {{"partition", describe(p->second)}, {"error", batch.error().message}});
+        f.state = FollowState::kNeedFollow;
+        return;
+      }
+      if (batch->last_offset() < end) skip = at + batch->size_bytes();  // already held
+      at += batch->size_bytes();
+      const std::int32_t epoch = batch->partition_leader_epoch();
+      if (epoch > f.log->epochs().last_epoch() && batch->last_offset() >= end) f.log->epochs().assign(epoch, batch->base_offset());
+    }
+    if (skip < chunk.size()) {
+      if (Result<void> appended = f.log->append(chunk.subspan(skip)); !appended.ok()) {
+        log(LogLevel::kError, "replication: the follower's log refused batches; following again later",
+            {{"partition", describe(p->second)}, {"error", appended.error().message}});
+        back_off(f, "append failed: " + appended.error().message);
+        return;
+      }
+    }
+    f.consumed += done.length;
+    send_progress(c, f);
+  }
+
+  // -- links --
+
+  void handle(Connection& c, const LinkCompletion& done) {
+    switch (done.kind) {
+      case LinkCompletion::Kind::kWriteDone:
+        on_write_done(c);
+        return;
+      case LinkCompletion::Kind::kSendDone:
+        return;
+      case LinkCompletion::Kind::kWriteReceived:
+        on_write_received(c, done);
+        return;
+      case LinkCompletion::Kind::kMessageReceived: {
+        MessageReader r(done.message);
+        const auto type = static_cast<MessageType>(r.get<std::uint8_t>());
+        if (type == MessageType::kFollow) {
+          on_follow(c, r);
+        } else if (type == MessageType::kProgress) {
+          on_progress(c, r);
+        } else if (type == MessageType::kUnfollow) {
+          const auto stream = r.get<std::uint16_t>();
+          c.streams.erase(stream);
+        } else {
+          on_leader_message(c, type, r);
+        }
+        return;
+      }
+      case LinkCompletion::Kind::kPeerGone:
+        on_link_gone(c);
+        return;
+    }
+  }
+
+  void on_link_gone(Connection& c) {
+    for (auto& [partition, l] : led) {
+      for (auto& [id, f] : l.followers) {
+        if (f.connection == &c) f.connection = nullptr;
+      }
+    }
+    c.streams.clear();
+    if (c.outgoing) {
+      log(LogLevel::kWarn, "replication: the link to a leader ended; reconnecting",
+          {{"leader", c.address}, {"error", c.link != nullptr ? c.link->error().message : ""}});
+      c.retry_at_ms = now_ms() + options.retry_backoff_ms;
+      for (auto& [partition, f] : followed) {
+        if (f.address == c.address && f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
+      }
+    }
+  }
+
+  bool poll_connection(Connection& c) {
+    if (c.link == nullptr) return false;
+    std::array<LinkCompletion, 64> batch;
+    bool any = false;
+    for (int round = 0; round < 16; ++round) {
+      const std::size_t n = c.link->poll(batch);
+      for (std::size_t i = 0; i < n; ++i) {
+        handle(c, batch[i]);
+        if (c.link == nullptr) return true;
+      }
+      any = any || n > 0;
+      if (n < batch.size()) break;
+    }
+    return any;
+  }
+
+  bool step_followers() {
+    bool any = false;
+    const std::int64_t now = now_ms();
+    for (auto& [address_, c] : outgoing) {
+      const bool wanted = std::any_of(followed.begin(), followed.end(), [&](const auto& f) { return f.second.address == address_; });
+      if (!wanted) continue;
+      if (!c->up() && now >= c->retry_at_ms) {
+        if (c->link != nullptr) c->in_flight.clear();
+        Result<std::unique_ptr<Link>> link = transport.connect(address_, options.connect_timeout_ms);
+        if (link.ok()) {
+          c->link = std::move(link.value());
+          for (auto& [partition, f] : followed) {
+            if (f.address == address_ && f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
+          }
+          any = true;
+        } else {
+          c->link.reset();
+          c->retry_at_ms = now + options.retry_backoff_ms;
+          for (auto& [partition, f] : followed) {
+            if (f.address == address_) f.why = "cannot reach the leader: " + link.error().message;
+          }
+        }
+      }
+    }
+    for (auto& [partition, f] : followed) {
+      auto c = outgoing.find(f.address);
+      if (c == outgoing.end() || !c->second->up()) continue;
+      if (f.state == FollowState::kBackoff && now >= f.retry_at_ms) f.state = FollowState::kNeedFollow;
+      if (f.state == FollowState::kNeedFollow) {
+        send_follow(*c->second, f, partition);
+        any = true;
+      } else if (f.state == FollowState::kStreaming &&
+                 (f.progress_due || f.log->durable_end() != f.reported_durable || f.log->log_end() != f.reported_end)) {
+        send_progress(*c->second, f);
+        any = true;
+      }
+    }
+    return any;
+  }
+
+  bool step_listener() {
+    bool any = false;
+    for (int i = 0; i < 16; ++i) {
+      Result<std::unique_ptr<Link>> link = listener->accept();
+      if (!link.ok()) {
+        if (link.error().code != Errc::kUnavailable || link.error().message != "no peer is waiting") {
+          log(LogLevel::kWarn, "replication: a peer was refused", {{"error", link.error().message}});
+          continue;
+        }
+        break;
+      }
+      auto c = std::make_unique<Connection>();
+      c->link = std::move(link.value());
+      incoming.push_back(std::move(c));
+      any = true;
+    }
+    // Ended incoming links go once their last completions are polled.
+    std::erase_if(incoming, [&](const std::unique_ptr<Connection>& c) {
+      if (c->up()) return false;
+      on_link_gone(*c);
+      return true;
+    });
+    return any;
+  }
+
+  void wait(int timeout_ms) {
+    std::vector<pollfd> fds;
+    fds.push_back(pollfd{listener->event_fd(), POLLIN, 0});
+    for (auto& c : incoming) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
+    for (auto& [a, c] : outgoing) {
+      if (c->link != nullptr) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
+    }
+    ::poll(fds.data(), fds.size(), timeout_ms);
+  }
+};
+
+Replicator::Replicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Replicator::~Replicator() = default;
+
+Result<std::unique_ptr<Replicator>> Replicator::start(Transport& transport, NodeId self, std::string_view listen_address,
+                                                      ReplicationOptions options) {
+  if (options.max_write_bytes == 0 || options.region_bytes < options.max_write_bytes || options.writes_in_flight == 0) {
+    return Error{Errc::kInvalidArgument, "replication: the region must hold at least one write, and writes must be allowed"};
+  }
+  auto impl = std::make_unique<Impl>(transport, self, options);
+  WEFT_TRY(impl->listener, transport.listen(listen_address));
+  impl->address = impl->listener->address();
+  return std::unique_ptr<Replicator>(new Replicator(std::move(impl)));
+}
+
+const std::string& Replicator::address() const noexcept { return impl_->address; }
+NodeId Replicator::self() const noexcept { return impl_->self; }
+
+Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, std::int32_t epoch, std::vector<NodeId> replicas,
+                              std::vector<NodeId> isr) {
+  if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + describe(partition)};
+  // A follower promoted keeps the high watermark it had learned; followers in the set give
+  // theirs soon, and it only moves up from there.
+  Offset hw = log_->log_start();
+  if (auto was = impl_->followed.find(partition); was != impl_->followed.end()) hw = std::min(was->second.hw, log_->log_end());
+  forget(partition);
+  Impl::Led& l = impl_->led[partition];
+  l.log = log_;
+  l.epoch = epoch;
+  l.epoch_start = log_->log_end();
+  log_->epochs().assign(epoch, l.epoch_start);
+  l.replicas = std::move(replicas);
+  l.isr = std::move(isr);
+  std::sort(l.isr.begin(), l.isr.end());
+  l.hw = std::max(hw, log_->log_start());
+  const std::int64_t now = now_ms();
+  for (NodeId id : l.isr) {
+    if (id == impl_->self) continue;
+    Impl::FollowerState& f = l.followers[id];
+    f.last_caught_up_ms = now;  // every member of the set gets the full lag time to report
+    f.durable_end = l.hw;
+  }
+  impl_->update_hw(partition, l);
+  return ok();
+}
+
+Result<void> Replicator::follow(const PartitionId& partition, ReplicaLog* log_, std::int32_t epoch, NodeId leader,
+                                std::string leader_address) {
+  if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + describe(partition)};
+  forget(partition);
+  Impl::Followed f;
+  f.log = log_;
+  f.epoch = epoch;
+  f.leader = leader;
+  f.address = std::move(leader_address);
+  f.region.resize(impl_->options.region_bytes);
+  WEFT_TRY(LocalRegion region, impl_->transport.register_region(f.region));
+  f.descriptor = region.descriptor;
+  for (int tries = 0; tries < 65536 && impl_->followed_by_stream.contains(impl_->next_stream); ++tries) ++impl_->next_stream;
+  f.stream = impl_->next_stream++;
+  if (impl_->next_stream == 0) impl_->next_stream = 1;
+  impl_->followed_by_stream[f.stream] = partition;
+  impl_->connection_to(f.address);
+  impl_->followed[partition] = std::move(f);
+  return ok();
+}
+
+void Replicator::forget(const PartitionId& partition) {
+  if (auto l = impl_->led.find(partition); l != impl_->led.end()) {
+    for (auto& c : impl_->incoming) {
+      for (auto s = c->streams.begin(); s != c->streams.end();) {
+        if (s->second.partition == partition) {
+          impl_->refuse(*c, s->first, MessageType::kRefused, l->second.epoch, -1, "the leader stepped down");
+          s = c->streams.erase(s);
+        } else {
+          ++s;
+        }
+      }
+    }
+    impl_->led.erase(l);
+  }
+  if (auto f = impl_->followed.find(partition); f != impl_->followed.end()) {
+    auto c = impl_->outgoing.find(f->second.address);
+    if (c != impl_->outgoing.end() && c->second->up()) {
+      MessageWriter m;
+      m.put(static_cast<std::uint8_t>(MessageType::kUnfollow)).put(f->second.stream);
+      Impl::send(*c->second, m);
+    }
+    // The region may still be written by a write in flight: only a closed link is sure not to.
+    // Deregistering makes such a write end the link (which then reconnects), never land.
+    (void)impl_->transport.deregister_region(f->second.descriptor.key);
+    impl_->followed_by_stream.erase(f->second.stream);
+    impl_->followed.erase(f);
+  }
+}
+
+void Replicator::set_isr(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> isr) {
+  auto l = impl_->led.find(partition);
+  if (l == impl_->led.end() || l->second.epoch != epoch) return;
+  std::sort(isr.begin(), isr.end());
+  l->second.isr = std::move(isr);
+  l->second.proposal_pending = false;
+  const std::int64_t now = now_ms();
+  for (NodeId id : l->second.isr) {
+    if (id == impl_->self) continue;
+    auto& f = l->second.followers[id];
+    if (f.last_caught_up_ms == 0) f.last_caught_up_ms = now;
+  }
+  impl_->update_hw(partition, l->second);
+}
+
+void Replicator::set_replicas(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> replicas) {
+  auto l = impl_->led.find(partition);
+  if (l == impl_->led.end() || l->second.epoch != epoch) return;
+  l->second.replicas = std::move(replicas);
+  for (auto f = l->second.followers.begin(); f != l->second.followers.end();) {
+    if (contains(l->second.replicas, f->first)) {
+      ++f;
+      continue;
+    }
+    if (f->second.connection != nullptr) {
+      impl_->refuse(*f->second.connection, f->second.stream, MessageType::kRefused, epoch, -1, "no longer a replica");
+      f->second.connection->streams.erase(f->second.stream);
+    }
+    f = l->second.followers.erase(f);
+  }
+}
+
+std::vector<IsrProposal> Replicator::take_isr_proposals() { return std::exchange(impl_->proposals, {}); }
+
+std::optional<Offset> Replicator::high_watermark(const PartitionId& partition) const {
+  if (auto l = impl_->led.find(partition); l != impl_->led.end()) return l->second.hw;
+  if (auto f = impl_->followed.find(partition); f != impl_->followed.end()) return std::min(f->second.hw, f->second.log->log_end());
+  return std::nullopt;
+}
+
+std::vector<ReplicaStatus> Replicator::status() const {
+  std::vector<ReplicaStatus> out;
+  const std::int64_t now = now_ms();
+  for (const auto& [partition, l] : impl_->led) {
+    ReplicaStatus s;
+    s.partition = partition;
+    s.leader = true;
+    s.leader_epoch = l.epoch;
+    s.leader_id = impl_->self;
+    s.log_end = l.log->log_end();
+    s.high_watermark = l.hw;
+    s.isr = l.isr;
+    s.state = "leading";
+    for (const auto& [id, f] : l.followers) {
+      s.followers.push_back(ReplicaStatus::Follower{id, f.connection != nullptr, f.log_end, f.durable_end, now - f.last_caught_up_ms});
+    }
+    out.push_back(std::move(s));
+  }
+  for (const auto& [partition, f] : impl_->followed) {
+    ReplicaStatus s;
+    s.partition = partition;
+    s.leader_epoch = f.epoch;
+    s.leader_id = f.leader;
+    s.log_end = f.log->log_end();
+    s.high_watermark = std::min(f.hw, s.log_end);
+    switch (f.state) {
+      case Impl::FollowState::kStreaming: s.state = "streaming"; break;
+      case Impl::FollowState::kAwaitAccept: s.state = "following"; break;
+      case Impl::FollowState::kNeedFollow: s.state = f.why.empty() ? "connecting" : "connecting: " + f.why; break;
+      case Impl::FollowState::kBackoff: s.state = f.why; break;
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void Replicator::run_once(int timeout_ms) {
+  Impl& i = *impl_;
+  bool any = i.step_listener();
+  for (auto& c : i.incoming) any = i.poll_connection(*c) || any;
+  for (auto& [a, c] : i.outgoing) any = i.poll_connection(*c) || any;
+  any = i.step_followers() || any;
+  for (auto& c : i.incoming) {
+    if (c->up()) any = i.push(*c) || any;
+  }
+  for (auto& [partition, l] : i.led) i.update_hw(partition, l);  // the leader's own durable end moves too
+  const std::int64_t now = now_ms();
+  if (now - i.last_lag_check_ms >= 50) {
+    i.last_lag_check_ms = now;
+    i.check_lag();
+  }
+  if (!any && timeout_ms > 0) i.wait(timeout_ms);
+}
+
+}  // namespace weft

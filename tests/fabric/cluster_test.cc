@@ -1,0 +1,359 @@
+// The control plane on the in-memory metadata store: registration, the controller election,
+// replica assignment across racks, leader election with epochs when a leader leaves, dies or
+// drains, in-sync set commits, reassignment, and a store that goes away.
+#include "weft/fabric/cluster.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <set>
+#include <vector>
+
+#include "weft/fabric/metadata_store.h"
+
+namespace weft::test {
+namespace {
+
+// A store that can be made unreachable, as etcd behind a cut link.
+class FlakyStore final : public MetadataStore {
+ public:
+  explicit FlakyStore(std::shared_ptr<MetadataStore> inner) : inner_(std::move(inner)) {}
+  bool down = false;
+  Error gone() const { return Error{Errc::kUnavailable, "the store is unreachable (test)"}; }
+  Result<std::int64_t> put(std::string_view k, std::string_view v, std::int64_t lease) override {
+    if (down) return gone();
+    return inner_->put(k, v, lease);
+  }
+  Result<std::optional<KeyValue>> get(std::string_view k) override {
+    if (down) return gone();
+    return inner_->get(k);
+  }
+  Result<RangeResult> list(std::string_view p) override {
+    if (down) return gone();
+    return inner_->list(p);
+  }
+  Result<bool> compare_and_put(std::string_view k, std::int64_t r, std::string_view v, std::int64_t lease) override {
+    if (down) return gone();
+    return inner_->compare_and_put(k, r, v, lease);
+  }
+  Result<bool> erase(std::string_view k, std::int64_t r) override {
+    if (down) return gone();
+    return inner_->erase(k, r);
+  }
+  Result<std::int64_t> grant_lease(std::int64_t ttl) override {
+    if (down) return gone();
+    return inner_->grant_lease(ttl);
+  }
+  Result<void> keep_alive(std::int64_t lease) override {
+    if (down) return gone();
+    return inner_->keep_alive(lease);
+  }
+  Result<void> revoke_lease(std::int64_t lease) override {
+    if (down) return gone();
+    return inner_->revoke_lease(lease);
+  }
+  Result<std::unique_ptr<MetadataWatch>> watch(std::string_view p, std::int64_t from) override {
+    if (down) return gone();
+    return inner_->watch(p, from);
+  }
+
+ private:
+  std::shared_ptr<MetadataStore> inner_;
+};
+
+NodeRecord node(NodeId id, std::string rack = "") {
+  NodeRecord n;
+  n.id = id;
+  n.replication_address = "127.0.0.1:" + std::to_string(9100 + id);
+  n.kafka_address = "127.0.0.1:" + std::to_string(9200 + id);
+  n.rack = std::move(rack);
+  return n;
+}
+
+class ClusterTest : public testing::Test {
+ protected:
+  ClusterMember& join(NodeId id, std::string rack = "") {
+    ClusterOptions o;
+    o.cluster = "test";
+    o.self = node(id, std::move(rack));
+    o.lease_ttl_s = 1;
+    auto m = ClusterMember::join(store_, o);
+    EXPECT_TRUE(m.ok()) << m.error().message;
+    members_.push_back(std::move(m.value()));
+    return *members_.back();
+  }
+
+  // Runs every member until `done` or 10 s.
+  bool run_until(const std::function<bool()>& done, int timeout_ms = 10'000) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      for (auto& m : members_) {
+        if (m != nullptr) m->run_once(5);
+      }
+    }
+    return true;
+  }
+
+  ClusterMember* controller() {
+    for (auto& m : members_) {
+      if (m != nullptr && m->is_controller()) return m.get();
+    }
+    return nullptr;
+  }
+
+  std::shared_ptr<FlakyStore> store_ = std::make_shared<FlakyStore>(make_memory_metadata_store());
+  std::vector<std::unique_ptr<ClusterMember>> members_;
+};
+
+TEST(ClusterRecords, RoundTripAndRefuseGarbage) {
+  NodeRecord n = node(4, "rack-b");
+  n.draining = true;
+  Result<NodeRecord> back = decode_node(4, encode_node(n));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->replication_address, n.replication_address);
+  EXPECT_EQ(back->kafka_address, n.kafka_address);
+  EXPECT_EQ(back->rack, "rack-b");
+  EXPECT_TRUE(back->draining);
+  EXPECT_FALSE(decode_node(4, "kafka=x").ok());
+
+  PartitionState s{{3, 1, 2}, 1, 7, {1, 3}, 0};
+  Result<PartitionState> state = decode_partition(encode_partition(s));
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(state->replicas, s.replicas);
+  EXPECT_EQ(state->leader, 1);
+  EXPECT_EQ(state->leader_epoch, 7);
+  EXPECT_EQ(state->isr, s.isr);
+  for (const char* bad : {"", "replicas= leader=1 epoch=1 isr=1", "replicas=1,x leader=1 epoch=1 isr=1", "replicas=1 leader=one epoch=1 isr=1"}) {
+    EXPECT_FALSE(decode_partition(bad).ok()) << bad;
+  }
+
+  TopicRecord t{"clicks", 12, 3, "retention.ms=1000,segment.bytes=1048576"};
+  Result<TopicRecord> topic = decode_topic("clicks", encode_topic(t));
+  ASSERT_TRUE(topic.ok());
+  EXPECT_EQ(topic->partitions, 12u);
+  EXPECT_EQ(topic->replication_factor, 3u);
+  EXPECT_EQ(topic->config, t.config);
+  EXPECT_FALSE(decode_topic("clicks", "partitions=0 replication=1").ok());
+}
+
+TEST(AssignReplicas, SpreadsRacksFirstAndLeadersEvenly) {
+  std::vector<NodeRecord> nodes = {node(1, "a"), node(2, "a"), node(3, "b"), node(4, "b"), node(5, "c"), node(6, "c")};
+  Result<std::vector<std::vector<NodeId>>> assigned = assign_replicas(nodes, 60, 3);
+  ASSERT_TRUE(assigned.ok());
+  std::map<NodeId, int> leaders, replicas;
+  std::map<NodeId, std::string> rack_of;
+  for (const NodeRecord& n : nodes) rack_of[n.id] = n.rack;
+  for (const auto& r : *assigned) {
+    ASSERT_EQ(r.size(), 3u);
+    std::set<std::string> racks;
+    for (NodeId id : r) {
+      racks.insert(rack_of[id]);
+      ++replicas[id];
+    }
+    EXPECT_EQ(racks.size(), 3u) << "every replica on its own rack";
+    ++leaders[r.front()];
+  }
+  for (const auto& [id, count] : leaders) EXPECT_EQ(count, 10) << "node " << id;
+  for (const auto& [id, count] : replicas) EXPECT_NEAR(count, 30, 3) << "node " << id;
+
+  EXPECT_EQ(assign_replicas({node(1), node(2)}, 1, 3).error().code, Errc::kInvalidArgument);
+  NodeRecord draining = node(3);
+  draining.draining = true;
+  EXPECT_FALSE(assign_replicas({node(1), node(2), draining}, 1, 3).ok()) << "a draining node takes no new replicas";
+}
+
+TEST(ChooseLeader, TakesTheFirstLiveInSyncReplica) {
+  std::map<NodeId, NodeRecord> live = {{2, node(2)}, {3, node(3)}};
+  EXPECT_EQ(choose_leader(PartitionState{{1, 2, 3}, 1, 1, {1, 2, 3}, 0}, live), 2);
+  EXPECT_EQ(choose_leader(PartitionState{{1, 2, 3}, 1, 1, {1, 3}, 0}, live), 3) << "never outside the in-sync set";
+  EXPECT_EQ(choose_leader(PartitionState{{1, 2, 3}, 1, 1, {1}, 0}, live), -1);
+  live[2].draining = true;
+  EXPECT_EQ(choose_leader(PartitionState{{1, 2, 3}, 1, 1, {1, 2, 3}, 0}, live), 3) << "draining nodes last";
+  EXPECT_EQ(choose_leader(PartitionState{{1, 2}, 1, 1, {1, 2}, 0}, live), 2) << "... but better than none";
+}
+
+TEST_F(ClusterTest, OneControllerAssignsReplicasAndEveryNodeLearnsItsRoles) {
+  ClusterMember& a = join(1);
+  ClusterMember& b = join(2);
+  ClusterMember& c = join(3);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr && a.controller() == b.controller() && b.controller() == c.controller(); }));
+  int controllers = 0;
+  for (auto& m : members_) controllers += m->is_controller() ? 1 : 0;
+  EXPECT_EQ(controllers, 1);
+  ASSERT_TRUE(b.create_topic(TopicRecord{"clicks", 6, 3, "retention.ms=60000"}).ok());
+  EXPECT_EQ(b.create_topic(TopicRecord{"clicks", 6, 3, ""}).error().code, Errc::kAlreadyExists);
+  ASSERT_TRUE(run_until([&] { return a.partitions().size() == 6 && b.partitions().size() == 6 && c.partitions().size() == 6; }));
+  std::map<NodeId, int> led;
+  for (const auto& [id, s] : a.partitions()) {
+    EXPECT_EQ(s.replicas.size(), 3u);
+    EXPECT_EQ(s.leader_epoch, 1);
+    EXPECT_EQ(s.isr.size(), 3u);
+    ++led[s.leader];
+  }
+  EXPECT_EQ(led.size(), 3u) << "leaders spread";
+  // Every node was handed a role for each of the six partitions.
+  for (auto& m : members_) {
+    std::vector<Assignment> roles = m->take_assignments();
+    ASSERT_EQ(roles.size(), 6u) << "node " << m->self();
+    for (const Assignment& r : roles) {
+      EXPECT_TRUE(r.replica);
+      EXPECT_EQ(r.leader, r.state.leader == m->self());
+      EXPECT_EQ(r.leader_address, node(r.state.leader).replication_address);
+    }
+  }
+  EXPECT_EQ(a.topics().at("clicks").config, "retention.ms=60000");
+}
+
+TEST_F(ClusterTest, ASecondNodeWithTheSameIdIsRefused) {
+  join(1);
+  ClusterOptions o;
+  o.cluster = "test";
+  o.self = node(1);
+  auto again = ClusterMember::join(store_, o);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, Errc::kAlreadyExists);
+}
+
+TEST_F(ClusterTest, ADeadLeaderIsReplacedFromTheInSyncSetWithANewEpoch) {
+  join(1);
+  join(2);
+  join(3);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 3, 3, ""}).ok());
+  ASSERT_TRUE(run_until([&] {
+    return members_[0]->partitions().size() == 3 && members_[1]->partitions().size() == 3 && members_[2]->partitions().size() == 3;
+  }));
+  // The node that leads partition 0 dies: no leave, its lease runs out.
+  const NodeId dead = members_[0]->partitions().at(PartitionId{"t", 0}).leader;
+  for (auto& m : members_) {
+    if (m->self() == dead) m.reset();
+  }
+  ClusterMember* survivor = members_[0] != nullptr ? members_[0].get() : members_[1].get();
+  ASSERT_TRUE(run_until([&] {
+    for (const auto& [id, s] : survivor->partitions()) {
+      if (s.leader == dead || s.leader < 0 || std::count(s.isr.begin(), s.isr.end(), dead) > 0) return false;
+    }
+    return true;
+  }));
+  const PartitionState& s = survivor->partitions().at(PartitionId{"t", 0});
+  EXPECT_EQ(s.leader_epoch, 2);
+  EXPECT_EQ(s.isr.size(), 2u);
+  EXPECT_EQ(s.replicas.size(), 3u) << "the dead node stays a replica; it comes back as a follower";
+  EXPECT_EQ(survivor->nodes().size(), 2u);
+}
+
+TEST_F(ClusterTest, TheControllerRoleMovesWhenTheControllerLeaves) {
+  join(1);
+  join(2);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  const NodeId first = controller()->self();
+  for (auto& m : members_) {
+    if (m->self() == first) {
+      m->leave();
+      m.reset();
+    }
+  }
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  EXPECT_NE(controller()->self(), first);
+}
+
+TEST_F(ClusterTest, ADrainingNodeHandsOverItsLeadershipsFirst) {
+  join(1);
+  join(2);
+  join(3);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[2]->create_topic(TopicRecord{"t", 6, 2, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 6 && members_[0]->partitions_led() > 0; }));
+  ASSERT_TRUE(members_[0]->drain().ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions_led() == 0; }));
+  for (const auto& [id, s] : members_[1]->partitions()) EXPECT_NE(s.leader, 1);
+  members_[0]->leave();
+}
+
+TEST_F(ClusterTest, ALeaderCommitsInSyncSetChangesAtItsEpochOnly) {
+  join(1);
+  join(2);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const PartitionId p{"t", 0};
+  const PartitionState s = members_[0]->partitions().at(p);
+  ClusterMember& leader = s.leader == 1 ? *members_[0] : *members_[1];
+  ClusterMember& follower = s.leader == 1 ? *members_[1] : *members_[0];
+  EXPECT_FALSE(follower.commit_isr(p, s.leader_epoch, {follower.self()}).value()) << "only the leader commits";
+  EXPECT_FALSE(leader.commit_isr(p, s.leader_epoch + 1, {leader.self()}).value()) << "a stale or future epoch is refused";
+  ASSERT_TRUE(leader.commit_isr(p, s.leader_epoch, {leader.self()}).value());
+  ASSERT_TRUE(run_until([&] { return follower.partitions().at(p).isr == std::vector<NodeId>{leader.self()}; }));
+  (void)follower.take_assignments();
+  ASSERT_TRUE(leader.commit_isr(p, s.leader_epoch, {1, 2}).value());
+  ASSERT_TRUE(run_until([&] { return follower.partitions().at(p).isr.size() == 2; }));
+  std::vector<Assignment> roles = follower.take_assignments();
+  ASSERT_FALSE(roles.empty()) << "a changed in-sync set is a changed role";
+  EXPECT_EQ(roles.back().state.isr.size(), 2u);
+}
+
+TEST_F(ClusterTest, AReassignmentAddsReplicasThenDropsTheOldOnesOnceInSync) {
+  join(1);
+  join(2);
+  join(3);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  const PartitionId p{"t", 0};
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1; }));
+  const PartitionState before = members_[0]->partitions().at(p);
+  NodeId outsider = 1;
+  while (std::count(before.replicas.begin(), before.replicas.end(), outsider) > 0) ++outsider;
+  const NodeId kept = before.replicas[1];  // a follower stays; the leader goes
+  EXPECT_EQ(members_[0]->reassign(p, {outsider, outsider}).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(members_[0]->reassign(p, {9}).error().code, Errc::kInvalidArgument);
+  ASSERT_TRUE(members_[0]->reassign(p, {kept, outsider}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().at(p).replicas.size() == 3; }));
+  // The new replica catches up; its leader commits it into the in-sync set.
+  ClusterMember* leader = nullptr;
+  for (auto& m : members_) {
+    if (m->self() == before.leader) leader = m.get();
+  }
+  ASSERT_TRUE(leader->commit_isr(p, before.leader_epoch, {before.leader, kept, outsider}).value());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().at(p).replicas.size() == 2; }));
+  const PartitionState after = members_[0]->partitions().at(p);
+  EXPECT_EQ(after.replicas, (std::vector<NodeId>{kept, outsider}));
+  EXPECT_EQ(after.leader, kept) << "leadership moved off the dropped replica";
+  EXPECT_EQ(after.leader_epoch, before.leader_epoch + 1);
+}
+
+TEST_F(ClusterTest, AnUnreachableStoreFreezesTheViewAndHeals) {
+  join(1);
+  join(2);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 2, 2, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[1]->partitions().size() == 2; }));
+  store_->down = true;
+  ASSERT_TRUE(run_until([&] { return !members_[0]->store_reachable() && !members_[1]->store_reachable(); }));
+  EXPECT_EQ(members_[1]->partitions().size(), 2u) << "the last view stays";
+  EXPECT_NE(members_[1]->store_error().find("unreachable"), std::string::npos);
+  EXPECT_EQ(members_[1]->create_topic(TopicRecord{"u", 1, 1, ""}).error().code, Errc::kUnavailable);
+  store_->down = false;
+  ASSERT_TRUE(run_until([&] { return members_[0]->store_reachable() && members_[1]->store_reachable(); }));
+  ASSERT_TRUE(members_[1]->create_topic(TopicRecord{"u", 1, 1, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 3; }));
+}
+
+TEST_F(ClusterTest, DeletingATopicRemovesItsPartitionsAndRoles) {
+  join(1);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 2, 1, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 2; }));
+  (void)members_[0]->take_assignments();
+  ASSERT_TRUE(members_[0]->delete_topic("t").ok());
+  EXPECT_EQ(members_[0]->delete_topic("t").error().code, Errc::kNotFound);
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().empty(); }));
+  std::vector<Assignment> roles = members_[0]->take_assignments();
+  ASSERT_EQ(roles.size(), 2u);
+  EXPECT_FALSE(roles[0].replica);
+}
+
+}  // namespace
+}  // namespace weft::test

@@ -1,0 +1,304 @@
+// Replication between replicators over the loopback and the TCP transports: followers copy
+// the leader's log byte for byte, the high watermark follows the in-sync set's durable ends,
+// lagging followers leave the set and return, divergent logs are truncated to the leader's
+// epoch boundary, and links that end are opened again.
+#include "weft/fabric/replication.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "memory_replica_log.h"
+#include "weft/transport/loopback.h"
+#include "weft/transport/tcp.h"
+
+namespace weft::test {
+namespace {
+
+struct Case {
+  std::string name;
+  bool tcp = false;
+};
+
+class ReplicationTest : public testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    if (GetParam().tcp) {
+      transport_ = make_tcp_transport();
+    } else {
+      transport_ = make_loopback_transport(make_loopback_network());
+    }
+  }
+
+  Replicator& start(NodeId id, ReplicationOptions options = small_options()) {
+    auto r = Replicator::start(*transport_, id, GetParam().tcp ? "127.0.0.1:0" : "", options);
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    nodes_.push_back(std::move(r.value()));
+    return *nodes_.back();
+  }
+
+  // A small region and small writes, so that the region wraps many times in every test.
+  static ReplicationOptions small_options() {
+    ReplicationOptions o;
+    o.region_bytes = 256 * 1024;
+    o.max_write_bytes = 64 * 1024;
+    o.writes_in_flight = 3;
+    o.replica_lag_max_ms = 400;
+    o.retry_backoff_ms = 20;
+    return o;
+  }
+
+  // Runs every live replicator (all in this thread) until `done` or 15 s.
+  bool run_until(const std::function<bool()>& done, const std::vector<Replicator*>& paused = {}, int timeout_ms = 15'000) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      for (auto& n : nodes_) {
+        if (n == nullptr || std::find(paused.begin(), paused.end(), n.get()) != paused.end()) continue;
+        n->run_once(0);
+      }
+    }
+    return true;
+  }
+
+  // Applies the leader's in-sync set proposals, as the controller would after committing them.
+  void commit_proposals(Replicator& leader, std::vector<IsrProposal>* seen = nullptr) {
+    for (IsrProposal& p : leader.take_isr_proposals()) {
+      leader.set_isr(p.partition, p.leader_epoch, p.isr);
+      if (seen != nullptr) seen->push_back(p);
+    }
+  }
+
+  // Nodes 1, 2 and 3, with node 1 leading kP at epoch 1 and the others following it.
+  bool three_replicas();
+
+  std::unique_ptr<Transport> transport_;
+  std::vector<std::unique_ptr<Replicator>> nodes_;
+  MemoryReplicaLog logs_[3];
+};
+
+const PartitionId kP{"events", 3};
+
+bool ReplicationTest::three_replicas() {
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  Replicator& n3 = start(3);
+  return n1.lead(kP, &logs_[0], 1, {1, 2, 3}, {1, 2, 3}).ok() && n2.follow(kP, &logs_[1], 1, 1, n1.address()).ok() &&
+         n3.follow(kP, &logs_[2], 1, 1, n1.address()).ok();
+}
+
+bool same_log(const MemoryReplicaLog& a, const MemoryReplicaLog& b) { return a.log_end() == b.log_end() && a.batches() == b.batches(); }
+
+TEST_P(ReplicationTest, FollowersCopyTheLeaderByteForByteAndTheHighWatermarkFollows) {
+  ASSERT_TRUE(three_replicas());
+  Replicator &n1 = *nodes_[0], &n2 = *nodes_[1], &n3 = *nodes_[2];
+  MemoryReplicaLog &l1 = logs_[0], &l2 = logs_[1], &l3 = logs_[2];
+  // Batches of different sizes (some near a write's size) arrive while followers copy.
+  for (int round = 0; round < 50; ++round) {
+    for (int i = 0; i < 20; ++i) l1.produce(1 + (round * 7 + i) % 40, 1, std::byte{static_cast<unsigned char>(round)}, 50 + static_cast<std::size_t>(i * 97 % 1200));
+    n1.run_once(0);
+    n2.run_once(0);
+    n3.run_once(0);
+  }
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2) && same_log(l1, l3) && n1.high_watermark(kP) == l1.log_end(); }))
+      << "leader " << l1.log_end().value << ", followers " << l2.log_end().value << " and " << l3.log_end().value << ", hw "
+      << n1.high_watermark(kP)->value;
+  ASSERT_TRUE(run_until([&] { return n2.high_watermark(kP) == l1.log_end() && n3.high_watermark(kP) == l1.log_end(); }));
+  EXPECT_EQ(l2.epochs().last_epoch(), 1) << "followers learn the epoch from the batches";
+  std::vector<ReplicaStatus> status = n1.status();
+  ASSERT_EQ(status.size(), 1u);
+  EXPECT_TRUE(status[0].leader);
+  EXPECT_EQ(status[0].followers.size(), 2u);
+  EXPECT_TRUE(n1.take_isr_proposals().empty()) << "nobody lagged";
+}
+
+TEST_P(ReplicationTest, TheHighWatermarkWaitsForEveryInSyncReplicasDurableEnd) {
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  MemoryReplicaLog l1;
+  MemoryReplicaLog l2(Offset{0}, /*auto_sync=*/false);
+  ASSERT_TRUE(n1.lead(kP, &l1, 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(n2.follow(kP, &l2, 1, 1, n1.address()).ok());
+  l1.produce(10, 1);
+  ASSERT_TRUE(run_until([&] { return l2.log_end() == Offset{10}; }));
+  for (int i = 0; i < 20; ++i) {
+    n1.run_once(0);
+    n2.run_once(0);
+  }
+  EXPECT_EQ(n1.high_watermark(kP), Offset{0}) << "written on the follower is not durable there";
+  l2.sync();
+  ASSERT_TRUE(run_until([&] { return n1.high_watermark(kP) == Offset{10}; }));
+}
+
+TEST_P(ReplicationTest, ALaggingFollowerLeavesTheInSyncSetAndComesBack) {
+  ASSERT_TRUE(three_replicas());
+  Replicator &n1 = *nodes_[0], &n3 = *nodes_[2];
+  MemoryReplicaLog &l1 = logs_[0], &l2 = logs_[1], &l3 = logs_[2];
+  l1.produce(5, 1);
+  ASSERT_TRUE(run_until([&] { return n1.high_watermark(kP) == Offset{5}; }));
+  // Node 3 stops taking part (its thread is stuck): the high watermark stops with it...
+  l1.produce(5, 1);
+  std::vector<IsrProposal> seen;
+  ASSERT_TRUE(run_until([&] { return l2.log_end() == Offset{10}; }, {&n3}));
+  EXPECT_EQ(n1.high_watermark(kP), Offset{5});
+  // ... until the leader proposes it out of the set and the proposal is committed.
+  ASSERT_TRUE(run_until(
+      [&] {
+        commit_proposals(n1, &seen);
+        return !seen.empty();
+      },
+      {&n3}));
+  EXPECT_EQ(seen.back().isr, (std::vector<NodeId>{1, 2}));
+  EXPECT_NE(seen.back().reason.find("node 3"), std::string::npos) << seen.back().reason;
+  ASSERT_TRUE(run_until([&] { return n1.high_watermark(kP) == Offset{10}; }, {&n3}));
+  // Node 3 comes back, catches up, and is proposed back in.
+  seen.clear();
+  ASSERT_TRUE(run_until([&] {
+    commit_proposals(n1, &seen);
+    return !seen.empty() && seen.back().isr == std::vector<NodeId>{1, 2, 3};
+  }));
+  EXPECT_TRUE(same_log(l1, l3));
+}
+
+TEST_P(ReplicationTest, ADivergentFollowerIsTruncatedToTheLeadersEpochBoundary) {
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  // Both had epoch 1 up to offset 100. Node 2, then leader, appended 50 more under epoch 1 that
+  // never reached node 1; node 1 became leader at epoch 2 and took other batches from 100.
+  MemoryReplicaLog l1, l2;
+  for (int i = 0; i < 10; ++i) {
+    l1.produce(10, 1, std::byte{1});
+    l2.produce(10, 1, std::byte{1});
+  }
+  l2.produce(25, 1, std::byte{0xee});
+  l2.produce(25, 1, std::byte{0xee});
+  ASSERT_TRUE(n1.lead(kP, &l1, 2, {1, 2}, {1}).ok());
+  l1.produce(30, 2, std::byte{2});
+  l1.produce(30, 2, std::byte{2});
+  ASSERT_TRUE(n2.follow(kP, &l2, 2, 1, n1.address()).ok());
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2); })) << "follower ends at " << l2.log_end().value;
+  EXPECT_GE(l2.truncations(), 1);
+  EXPECT_EQ(l2.epochs().last_epoch(), 2);
+  ASSERT_EQ(l2.epochs().entries().size(), 2u);
+  EXPECT_EQ(l2.epochs().entries()[1].start, Offset{100});
+  for (const auto& b : l2.batches()) EXPECT_NE(b.back(), std::byte{0xee}) << "no byte of the divergent suffix is left";
+}
+
+TEST_P(ReplicationTest, AFollowerWithAnUnknownLaterEpochTruncatesToTheLastCommonOne) {
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  MemoryReplicaLog l1, l2;
+  l1.produce(10, 1);
+  l2.produce(10, 1);
+  l2.produce(10, 2);  // epoch 2 existed only on node 2
+  ASSERT_TRUE(n1.lead(kP, &l1, 3, {1, 2}, {1}).ok());
+  l1.produce(7, 3);
+  ASSERT_TRUE(n2.follow(kP, &l2, 3, 1, n1.address()).ok());
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2); })) << "follower ends at " << l2.log_end().value;
+  EXPECT_EQ(l2.log_end(), Offset{17});
+}
+
+TEST_P(ReplicationTest, AFollowerBehindTheLeadersLogStartStartsAgainThere) {
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  MemoryReplicaLog l1, l2;
+  for (int i = 0; i < 10; ++i) l1.produce(10, 1);
+  l2.produce(10, 1);
+  l1.drop_before(Offset{50});  // retention removed what the follower needs next
+  ASSERT_TRUE(n1.lead(kP, &l1, 2, {1, 2}, {1}).ok());
+  ASSERT_TRUE(n2.follow(kP, &l2, 2, 1, n1.address()).ok());
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2); }));
+  EXPECT_EQ(l2.resets(), 1);
+  EXPECT_EQ(l2.log_start(), Offset{50});
+}
+
+TEST_P(ReplicationTest, AFollowerOfANodeThatDoesNotLeadIsRefusedUntilItDoes) {
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  MemoryReplicaLog l1, l2;
+  ASSERT_TRUE(n2.follow(kP, &l2, 1, 1, n1.address()).ok());
+  ASSERT_TRUE(run_until([&] {
+    const auto s = n2.status();
+    return !s.empty() && s[0].state.find("does not lead") != std::string::npos;
+  }));
+  ASSERT_TRUE(n1.lead(kP, &l1, 1, {1, 2}, {1, 2}).ok());
+  l1.produce(3, 1);
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2); }));
+  // A follower on another epoch is refused too, and says why.
+  MemoryReplicaLog l3;
+  Replicator& n3 = start(3);
+  ASSERT_TRUE(n3.follow(kP, &l3, 7, 1, n1.address()).ok());
+  ASSERT_TRUE(run_until([&] {
+    const auto s = n3.status();
+    return !s.empty() && s[0].state.find("epoch 7") != std::string::npos;
+  }));
+}
+
+TEST_P(ReplicationTest, AFollowerCarriesOnAfterTheLeadersNodeRestarts) {
+  ReplicationOptions options = small_options();
+  nodes_.push_back(nullptr);
+  auto first = Replicator::start(*transport_, 1, GetParam().tcp ? "127.0.0.1:0" : "leader-1", options);
+  ASSERT_TRUE(first.ok());
+  const std::string address = first.value()->address();
+  nodes_[0] = std::move(first.value());
+  Replicator& n2 = start(2);
+  MemoryReplicaLog l1, l2;
+  ASSERT_TRUE(nodes_[0]->lead(kP, &l1, 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(n2.follow(kP, &l2, 1, 1, address).ok());
+  l1.produce(20, 1);
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2); }));
+  nodes_[0].reset();  // the leader's process goes; its log stays on disk
+  l1.produce(20, 1);
+  ASSERT_TRUE(run_until([&] {
+    const auto s = n2.status();
+    return !s.empty() && s[0].state != "streaming";
+  }));
+  auto again = Replicator::start(*transport_, 1, address, options);
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  nodes_[0] = std::move(again.value());
+  ASSERT_TRUE(nodes_[0]->lead(kP, &l1, 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2); }));
+}
+
+TEST_P(ReplicationTest, APromotedFollowerLeadsFromWhereItIs) {
+  ASSERT_TRUE(three_replicas());
+  Replicator &n1 = *nodes_[0], &n2 = *nodes_[1], &n3 = *nodes_[2];
+  MemoryReplicaLog &l1 = logs_[0], &l2 = logs_[1], &l3 = logs_[2];
+  l1.produce(40, 1);
+  ASSERT_TRUE(run_until([&] { return n2.high_watermark(kP) == Offset{40} && n3.high_watermark(kP) == Offset{40}; }));
+  // Node 1 fails; node 2 leads at epoch 2, node 3 follows it; the old leader's log is left alone.
+  n1.forget(kP);
+  ASSERT_TRUE(n2.lead(kP, &l2, 2, {1, 2, 3}, {2, 3}).ok());
+  EXPECT_EQ(n2.high_watermark(kP), Offset{40}) << "a promoted follower keeps the high watermark it learned";
+  ASSERT_TRUE(n3.follow(kP, &l3, 2, 2, n2.address()).ok());
+  l2.produce(15, 2);
+  ASSERT_TRUE(run_until([&] { return same_log(l2, l3) && n2.high_watermark(kP) == Offset{55}; }));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, ReplicationTest, testing::Values(Case{"Loopback", false}, Case{"Tcp", true}),
+                         [](const testing::TestParamInfo<Case>& param) { return param.param.name; });
+
+TEST(EpochHistory, AnswersWhereAnEpochEnds) {
+  EpochHistory h;
+  h.assign(1, Offset{0});
+  h.assign(3, Offset{100});
+  h.assign(2, Offset{150});  // not above the last: ignored
+  h.assign(5, Offset{200});
+  EXPECT_EQ(h.end_of(1, Offset{300}), std::make_pair(1, Offset{100}));
+  EXPECT_EQ(h.end_of(2, Offset{300}), std::make_pair(1, Offset{100})) << "the largest epoch at or below";
+  EXPECT_EQ(h.end_of(3, Offset{300}), std::make_pair(3, Offset{200}));
+  EXPECT_EQ(h.end_of(9, Offset{300}), std::make_pair(5, Offset{300}));
+  EXPECT_EQ(h.end_of(0, Offset{300}).first, -1);
+  h.truncate_to(Offset{150});
+  EXPECT_EQ(h.last_epoch(), 3);
+  h.assign(4, Offset{150});
+  h.assign(6, Offset{150});  // epoch 4 had no batches: replaced
+  ASSERT_EQ(h.entries().size(), 3u);
+  EXPECT_EQ(h.entries().back().epoch, 6);
+}
+
+}  // namespace
+}  // namespace weft::test

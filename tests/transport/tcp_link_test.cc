@@ -1,0 +1,172 @@
+#include "weft/transport/tcp.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "link_conformance.h"
+#include "weft/fabric/socket_address.h"
+
+namespace weft::test {
+namespace {
+
+INSTANTIATE_TEST_SUITE_P(Tcp, LinkConformance,
+                         testing::Values(TransportCase{"Tcp", [] { return make_tcp_transport(); }, "127.0.0.1:0"}), case_name);
+
+// A plain socket connected to `address`, for peers that do not speak the link protocol.
+int raw_connect(const std::string& address) {
+  auto where = parse_socket_address(address, "test");
+  if (!where.ok()) return -1;
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (::connect(fd, where->get(), where->length) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+class TcpLinkTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    TcpTransportOptions options;
+    options.handshake_timeout_ms = 300;
+    transport = make_tcp_transport(options);
+    auto listening = transport->listen("127.0.0.1:0");
+    ASSERT_TRUE(listening.ok()) << listening.error().message;
+    listener = std::move(listening.value());
+  }
+  Result<std::unique_ptr<Link>> accept_within(int timeout_ms) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (true) {
+      auto accepted = listener->accept();
+      if (accepted.ok() || accepted.error().code != Errc::kUnavailable || accepted.error().message != "no peer is waiting" ||
+          std::chrono::steady_clock::now() > deadline) {
+        return accepted;
+      }
+      pollfd p{listener->event_fd(), POLLIN, 0};
+      ::poll(&p, 1, 10);
+    }
+  }
+  // A peer that speaks the hello by hand, then whatever the test sends on `fd`.
+  std::unique_ptr<Link> accept_hand_made_peer(int& fd) {
+    fd = raw_connect(listener->address());
+    if (fd < 0) return nullptr;
+    const char hello[8] = {'W', 'E', 'F', 'T', 'L', 'N', 'K', '1'};
+    if (::send(fd, hello, sizeof hello, MSG_NOSIGNAL) != 8) return nullptr;
+    auto accepted = accept_within(5'000);
+    EXPECT_TRUE(accepted.ok()) << accepted.error().message;
+    return accepted.ok() ? std::move(accepted.value()) : nullptr;
+  }
+  std::unique_ptr<Transport> transport;
+  std::unique_ptr<LinkListener> listener;
+};
+
+TEST_F(TcpLinkTest, AStrangerIsRefusedAtAcceptAndTheListenerGoesOn) {
+  const int fd = raw_connect(listener->address());
+  ASSERT_GE(fd, 0);
+  const std::string http = "GET / HTTP/1.1\r\n\r\n";
+  ASSERT_EQ(::send(fd, http.data(), http.size(), MSG_NOSIGNAL), static_cast<ssize_t>(http.size()));
+  auto refused = accept_within(5'000);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::kCorrupt);
+  EXPECT_NE(refused.error().message.find("not a weft link"), std::string::npos) << refused.error().message;
+  ::close(fd);
+  auto client = transport->connect(listener->address(), 1'000);
+  ASSERT_TRUE(client.ok()) << client.error().message;
+  EXPECT_TRUE(accept_within(5'000).ok());
+}
+
+TEST_F(TcpLinkTest, ASilentPeerIsDroppedAfterTheHandshakeTimeout) {
+  const int fd = raw_connect(listener->address());
+  ASSERT_GE(fd, 0);
+  auto dropped = accept_within(5'000);
+  ASSERT_FALSE(dropped.ok());
+  EXPECT_NE(dropped.error().message.find("timed out"), std::string::npos) << dropped.error().message;
+  ::close(fd);
+}
+
+TEST_F(TcpLinkTest, AMalformedFrameEndsTheLink) {
+  int fd = -1;
+  std::unique_ptr<Link> link = accept_hand_made_peer(fd);
+  ASSERT_NE(link, nullptr);
+  unsigned char frame[24] = {9};  // operation 9 does not exist
+  ASSERT_EQ(::send(fd, frame, sizeof frame, MSG_NOSIGNAL), 24);
+  std::vector<LinkCompletion> seen;
+  ASSERT_TRUE(pump_until(*link, seen, [&] { return count_kind(seen, LinkCompletion::Kind::kPeerGone) == 1; }));
+  EXPECT_EQ(link->error().code, Errc::kCorrupt);
+  EXPECT_NE(link->error().message.find("malformed frame"), std::string::npos) << link->error().message;
+  ::close(fd);
+}
+
+TEST_F(TcpLinkTest, AnOversizedMessageEndsTheLink) {
+  int fd = -1;
+  std::unique_ptr<Link> link = accept_hand_made_peer(fd);
+  ASSERT_NE(link, nullptr);
+  unsigned char frame[24] = {2};  // a message...
+  const std::uint32_t length = 1 << 30;  // ... claiming a gigabyte
+  std::memcpy(frame + 12, &length, 4);
+  ASSERT_EQ(::send(fd, frame, sizeof frame, MSG_NOSIGNAL), 24);
+  std::vector<LinkCompletion> seen;
+  ASSERT_TRUE(pump_until(*link, seen, [&] { return count_kind(seen, LinkCompletion::Kind::kPeerGone) == 1; }));
+  EXPECT_EQ(link->error().code, Errc::kCorrupt);
+  ::close(fd);
+}
+
+TEST_F(TcpLinkTest, APeerProcessKilledMidWriteIsSeen) {
+  std::vector<std::byte> region(std::size_t{64} << 20);
+  auto registered = transport->register_region(region);
+  ASSERT_TRUE(registered.ok());
+  const RegionDescriptor remote = registered->descriptor;
+  const std::string address = listener->address();
+  const pid_t child = fork();
+  if (child == 0) {
+    // The writer: starts a 64 MiB write, of which the socket takes a few MiB, and dies (SIGKILL).
+    auto peer = make_tcp_transport();
+    auto link = peer->connect(address, 2'000);
+    if (!link.ok()) _exit(2);
+    std::vector<std::byte> big(std::size_t{64} << 20, std::byte{7});
+    const std::span<const std::byte> piece = big;
+    if (link.value()->post_write(remote, 0, std::span(&piece, 1), 1, 1) != PostStatus::kOk) _exit(3);
+    raise(SIGKILL);
+    _exit(4);
+  }
+  ASSERT_GT(child, 0);
+  auto accepted = accept_within(5'000);
+  ASSERT_TRUE(accepted.ok()) << accepted.error().message;
+  std::unique_ptr<Link> link = std::move(accepted.value());
+  std::vector<LinkCompletion> seen;
+  const bool gone = pump_until(*link, seen, [&] { return count_kind(seen, LinkCompletion::Kind::kPeerGone) == 1; }, nullptr, nullptr, 20'000);
+  if (!gone) kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(count_kind(seen, LinkCompletion::Kind::kWriteReceived), 0u) << "a torn write is never reported as landed";
+  EXPECT_FALSE(link->error().message.empty());
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the writer died as planned";
+}
+
+TEST(TcpTransport, AddressesAreCheckedAndPortsReported) {
+  auto transport = make_tcp_transport();
+  EXPECT_EQ(transport->listen("nonsense").error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(transport->listen("example.com:1").error().code, Errc::kInvalidArgument) << "no DNS";
+  auto listener = transport->listen("127.0.0.1:0");
+  ASSERT_TRUE(listener.ok());
+  EXPECT_NE(listener.value()->address(), "127.0.0.1:0");
+  EXPECT_EQ(transport->listen(listener.value()->address()).error().code, Errc::kIo) << "in use";
+  // Nothing listens on a port we just closed.
+  std::string closed;
+  {
+    auto other = transport->listen("127.0.0.1:0");
+    ASSERT_TRUE(other.ok());
+    closed = other.value()->address();
+  }
+  auto refused = transport->connect(closed, 1'000);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::kUnavailable);
+}
+
+}  // namespace
+}  // namespace weft::test
