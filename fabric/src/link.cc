@@ -60,10 +60,10 @@ std::byte* RegionTable::find(std::uint32_t key, std::uint64_t offset, std::uint6
   if (key == 0) return nullptr;
   const Slot& slot = slots_[key & (kSlots - 1)];
   if (slot.key.load(std::memory_order_acquire) != key) return nullptr;  // pairs with add's release
-  std::byte* base = slot.base.load(std::memory_order_relaxed);
-  const std::uint64_t size = slot.length.load(std::memory_order_relaxed);
-  // Re-checked after reading: a slot reused meanwhile has another key (acquire orders the loads).
-  std::atomic_thread_fence(std::memory_order_acquire);
+  // Acquire: the key's re-check below cannot move above these loads (free on x86).
+  std::byte* base = slot.base.load(std::memory_order_acquire);
+  const std::uint64_t size = slot.length.load(std::memory_order_acquire);
+  // Re-checked after reading: a slot reused meanwhile has another key.
   if (slot.key.load(std::memory_order_relaxed) != key) return nullptr;
   if (offset > size || length > size - offset) return nullptr;
   return base + offset;

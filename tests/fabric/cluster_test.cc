@@ -238,7 +238,7 @@ TEST_F(ClusterTest, ADeadLeaderIsReplacedFromTheInSyncSetWithANewEpoch) {
     }
     return true;
   }));
-  const PartitionState& s = survivor->partitions().at(PartitionId{"t", 0});
+  const PartitionState s = survivor->partitions().at(PartitionId{"t", 0});
   EXPECT_EQ(s.leader_epoch, 2);
   EXPECT_EQ(s.isr.size(), 2u);
   EXPECT_EQ(s.replicas.size(), 3u) << "the dead node stays a replica; it comes back as a follower";
