@@ -103,7 +103,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
 
 Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   std::lock_guard lock(mutex_);
-  if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " was removed with its topic"};
+  if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
   Segment* active = segments_.back().get();
   const bool full = active->size_bytes() + batch.size() > options_.segment_bytes;
   const bool old = active_since_ms_ >= 0 && wall_clock_ms() - active_since_ms_ >= options_.segment_ms;
@@ -165,6 +165,7 @@ Result<Offset> SegmentLog::written_offset() {
 Result<void> SegmentLog::remove() {
   std::lock_guard lock(mutex_);
   removed_ = true;
+  refusal_ = "was removed with its topic";
   segments_.resize(1);  // keep one (closed below) so the other calls stay well defined
   // The point first: a crash halfway through must not leave it to vouch for a new log's segments.
   ::unlink((dir_ + kRecoveryPointFile).c_str());
@@ -222,7 +223,7 @@ Result<std::size_t> SegmentLog::read(Offset offset, std::span<std::byte> out) co
 
 Result<LogSlice> SegmentLog::slice(Offset offset) {
   std::lock_guard lock(mutex_);
-  if (removed_) return Error{Errc::kNotFound, "the log at " + dir_ + " was removed with its topic"};
+  if (removed_) return Error{Errc::kNotFound, "the log at " + dir_ + " " + refusal_};
   const Offset start = segments_.front()->base_offset();
   if (offset == kEarliestOffset) offset = start;
   if (offset < start) return before_start(offset, start);
@@ -287,6 +288,83 @@ std::uint64_t SegmentLog::size_bytes() const {
   std::uint64_t total = 0;
   for (const auto& segment : segments_) total += segment->size_bytes();
   return total;
+}
+
+Result<Offset> SegmentLog::truncate(Offset end) {
+  std::lock_guard lock(mutex_);
+  if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
+  if (end >= segments_.back()->next_offset()) return segments_.back()->next_offset();
+  if (end <= segments_.front()->base_offset()) {
+    WEFT_TRY_VOID(restart_at(end));
+    return end;
+  }
+  // Everything appended reaches the file first: no write in flight may land past the cut.
+  WEFT_TRY_VOID(segments_.back()->flush());
+  // The recovery point first: it must never vouch for a segment that is about to change. It
+  // stays where it was if that is at or below the segment that will be the last.
+  const Offset point = read_recovery_point(dir_);
+  while (segments_.size() > 1 && segments_.back()->base_offset() >= end) {
+    if (point.value >= 0 && point >= segments_.back()->base_offset()) ::unlink((dir_ + kRecoveryPointFile).c_str());
+    WEFT_TRY_VOID(segments_.back()->remove_files());
+    segments_.pop_back();
+  }
+  // The segment holding `end` is cut at the batch holding it, then opened again as the active
+  // segment (its indexes rebuilt from what is left, checked as at recovery).
+  const Offset base = segments_.back()->base_offset();
+  std::uint64_t cut = segments_.back()->written_bytes();
+  if (end < segments_.back()->next_offset()) {
+    WEFT_TRY(cut, segments_.back()->find(end));
+  }
+  const std::string path = segments_.back()->log_path();
+  if (point.value >= 0 && point > base) ::unlink((dir_ + kRecoveryPointFile).c_str());
+  // The old segment object stays until the cut one opens, so that a failure leaves the log
+  // answering (stopped) rather than without segments. It holds nothing buffered (flushed above).
+  auto cut_and_reopen = [&]() -> Result<Segment> {
+    if (::truncate(path.c_str(), static_cast<off_t>(cut)) != 0) return os_error(Errc::kIo, "truncating " + path, errno);
+    WEFT_TRY(Segment segment, Segment::open(dir_, base, true, nullptr, options_.segment));
+    WEFT_TRY_VOID(segment.sync());
+    return Result<Segment>(std::move(segment));
+  };
+  Result<Segment> reopened = cut_and_reopen();
+  if (!reopened.ok()) return stop_after(reopened.error());
+  segments_.back() = std::make_unique<Segment>(std::move(reopened.value()));
+  active_since_ms_ = segments_.back()->size_bytes() > 0 ? wall_clock_ms() : -1;
+  return segments_.back()->next_offset();
+}
+
+Result<void> SegmentLog::reset(Offset start) {
+  std::lock_guard lock(mutex_);
+  if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
+  return restart_at(start);
+}
+
+Result<void> SegmentLog::restart_at(Offset start) {
+  if (start.value < 0) return Error{Errc::kInvalidArgument, "a log cannot start at a negative offset"};
+  ::unlink((dir_ + kRecoveryPointFile).c_str());
+  for (auto& segment : segments_) {
+    (void)segment->flush();  // nothing may still be written into a file being deleted
+    if (Result<void> removed = segment->remove_files(); !removed.ok()) return stop_after(removed.error());
+  }
+  auto create = [&]() -> Result<Segment> {
+    WEFT_TRY(Segment segment, Segment::create(dir_, start, options_.segment));
+    WEFT_TRY_VOID(segment.sync());
+    return Result<Segment>(std::move(segment));
+  };
+  Result<Segment> first = create();
+  if (!first.ok()) return stop_after(first.error());
+  segments_.clear();
+  segments_.push_back(std::make_unique<Segment>(std::move(first.value())));
+  active_since_ms_ = -1;
+  return ok();
+}
+
+Error SegmentLog::stop_after(Error error) {
+  // The log's files no longer match its segments: it takes nothing more (as a removed one) and
+  // says why; the segments it keeps only answer the other calls.
+  log(LogLevel::kError, "partition log stopped: a truncation failed", {{"dir", dir_}, {"error", error.message}});
+  removed_ = true;
+  refusal_ = "takes nothing more: a truncation failed (" + error.message + ")";
+  return Error{Errc::kDataLoss, "the log at " + dir_ + " could not be truncated and takes nothing more: " + error.message};
 }
 
 OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment) {

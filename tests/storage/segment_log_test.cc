@@ -246,5 +246,107 @@ TEST(SegmentLog, RefusesSilentlyWrongSettings) {
   EXPECT_EQ(SegmentLog::open(dir.partition(), Offset{0}, tiny).error().code, Errc::kInvalidArgument);
 }
 
+// Truncation (a replica's divergent suffix): whole batches go, the cut survives a reopen, and
+// appends go on from the new end.
+TEST(SegmentLog, TruncatesInsideTheActiveSegmentAtABatchBoundary) {
+  TempDir dir;
+  SegmentLogOptions big;
+  big.segment_bytes = 1 << 20;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, big).value();
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(log->append(batch_at(i * 10, 10)).ok());
+  // 505 lies inside the batch at 500: that batch goes too.
+  Result<Offset> cut = log->truncate(Offset{505});
+  ASSERT_TRUE(cut.ok()) << cut.error().message;
+  EXPECT_EQ(*cut, Offset{500});
+  EXPECT_EQ(log->next_offset(), Offset{500});
+  EXPECT_EQ(first_base(*log, Offset{490}), 490);
+  std::vector<std::byte> out(4096);
+  Result<std::size_t> at_cut = log->read(Offset{500}, out);
+  EXPECT_TRUE(!at_cut.ok() || *at_cut == 0) << "nothing at the cut";
+  // Past the end: nothing changes.
+  EXPECT_EQ(log->truncate(Offset{9'000}).value(), Offset{500});
+  ASSERT_TRUE(log->append(batch_at(500, 3)).ok());
+  ASSERT_TRUE(log->sync().ok());
+  log.reset();
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, big).value();
+  EXPECT_EQ(again->next_offset(), Offset{503});
+  EXPECT_EQ(first_base(*again, Offset{501}), 500);
+  EXPECT_EQ(first_base(*again, Offset{0}), 0);
+}
+
+TEST(SegmentLog, TruncatesAcrossSegmentsAndReopensFromTheCut) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  const std::int64_t end = fill(*log, 0, 400);
+  ASSERT_GE(log->segment_count(), 8u);
+  ASSERT_TRUE(log->sync().ok());
+  const std::size_t before = log->segment_count();
+  const Offset target{end / 3};
+  Result<Offset> cut = log->truncate(target);
+  ASSERT_TRUE(cut.ok()) << cut.error().message;
+  EXPECT_LE(*cut, target);
+  EXPECT_GE(*cut + 4, target) << "at most one batch more than asked";
+  EXPECT_LT(log->segment_count(), before);
+  // No segment file starts at or after the cut.
+  for (const auto& entry : std::filesystem::directory_iterator(dir.partition())) {
+    const std::string name = entry.path().filename().string();
+    if (name.ends_with(".log")) {
+      EXPECT_LT(std::stoll(name.substr(0, 20)), cut->value) << name;
+    }
+  }
+  // The next append continues at the cut, in the segment it falls in, and everything reopens.
+  ASSERT_TRUE(log->append(batch_at(cut->value, 2)).ok());
+  ASSERT_TRUE(log->sync().ok());
+  const Offset next = log->next_offset();
+  log.reset();
+  SegmentLogRecovery recovery;
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery).value();
+  EXPECT_EQ(again->next_offset(), next);
+  EXPECT_EQ(recovery.truncated_bytes, 0u) << "the cut was clean";
+  for (std::int64_t o = 0; o < next.value; o += 7) EXPECT_GE(first_base(*again, Offset{o}), 0) << o;
+}
+
+TEST(SegmentLog, TruncatingToASegmentsBaseDropsThatSegment) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  fill(*log, 0, 200);
+  ASSERT_GE(log->segment_count(), 3u);
+  // The base of the second segment: what the first segment holds ends right there.
+  std::int64_t second_base = -1;
+  std::vector<std::int64_t> bases;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.partition())) {
+    const std::string name = entry.path().filename().string();
+    if (name.ends_with(".log")) bases.push_back(std::stoll(name.substr(0, 20)));
+  }
+  std::sort(bases.begin(), bases.end());
+  second_base = bases[1];
+  EXPECT_EQ(log->truncate(Offset{second_base}).value(), Offset{second_base});
+  EXPECT_EQ(log->segment_count(), 1u);
+  ASSERT_TRUE(log->append(batch_at(second_base, 1)).ok()) << "the first segment takes appends again";
+  EXPECT_EQ(log->next_offset(), Offset{second_base + 1});
+}
+
+TEST(SegmentLog, TruncatingBeforeTheStartOrResettingEmptiesTheLog) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{100}, small_segments()).value();
+  fill(*log, 100, 100);
+  EXPECT_EQ(log->truncate(Offset{50}).value(), Offset{50});
+  EXPECT_EQ(log->start_offset(), Offset{50});
+  EXPECT_EQ(log->next_offset(), Offset{50});
+  EXPECT_EQ(log->segment_count(), 1u);
+  // A reset moves the empty log to a later start (the leader's log starts there now).
+  ASSERT_TRUE(log->append(batch_at(50, 5)).ok());
+  ASSERT_TRUE(log->reset(Offset{7'000}).ok());
+  EXPECT_EQ(log->start_offset(), Offset{7'000});
+  EXPECT_EQ(log->next_offset(), Offset{7'000});
+  ASSERT_TRUE(log->append(batch_at(7'000, 4)).ok());
+  ASSERT_TRUE(log->sync().ok());
+  log.reset();
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  EXPECT_EQ(again->start_offset(), Offset{7'000});
+  EXPECT_EQ(again->next_offset(), Offset{7'004});
+  EXPECT_EQ(again->reset(Offset{-1}).error().code, Errc::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace weft::storage

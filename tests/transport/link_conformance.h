@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "weft/fabric/link.h"
@@ -32,7 +33,8 @@ struct TransportCase {
 
 inline std::string case_name(const testing::TestParamInfo<TransportCase>& info) { return info.param.name; }
 
-inline std::span<const std::byte> bytes_of(const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); }
+// A string literal's or a live string's bytes (a view: never of a temporary).
+inline std::span<const std::byte> bytes_of(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
 
 // Received messages copied out of their links (a message is valid only until the next poll).
 inline std::vector<std::unique_ptr<std::vector<std::byte>>>& kept_messages() {

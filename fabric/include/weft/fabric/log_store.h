@@ -69,6 +69,20 @@ class PartitionLog {
   virtual Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) = 0;
   // Bytes the log holds on disk.
   virtual std::uint64_t size_bytes() const = 0;
+  // Drops every batch at or after `end` — whole batches: one that holds `end` goes too — and
+  // makes the cut durable; returns the log's next offset afterwards. A replica's divergent
+  // suffix goes this way (Kafka's leader-epoch truncation). An `end` at or before the log's
+  // start empties it, and it continues at `end`; past the log's end nothing changes.
+  virtual Result<Offset> truncate(Offset end) {
+    (void)end;
+    return Error{Errc::kUnsupported, "this log cannot be truncated"};
+  }
+  // Drops the whole log; it continues at `start` (a replica whose leader no longer holds where
+  // this log ends).
+  virtual Result<void> reset(Offset start) {
+    (void)start;
+    return Error{Errc::kUnsupported, "this log cannot be reset"};
+  }
 };
 
 }  // namespace weft

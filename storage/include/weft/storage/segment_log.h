@@ -60,6 +60,8 @@ class SegmentLog final : public PartitionLog {
   Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) override;
   Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override;
   std::uint64_t size_bytes() const override;
+  Result<Offset> truncate(Offset end) override;
+  Result<void> reset(Offset start) override;
 
   std::size_t segment_count() const;
   const std::string& dir() const noexcept { return dir_; }
@@ -68,11 +70,16 @@ class SegmentLog final : public PartitionLog {
   SegmentLog(std::string dir, SegmentLogOptions options) : dir_(std::move(dir)), options_(options) {}
   // The segment holding `offset` (or the next batch after it); null past the end. Under mutex_.
   Segment* segment_for(Offset offset) const;
+  // Deletes every segment and starts an empty one at `start`. Under mutex_.
+  Result<void> restart_at(Offset start);
+  // After a failed cut or restart: the log takes nothing more; returns the error to report.
+  Error stop_after(Error error);
   std::string dir_;
   SegmentLogOptions options_;
   mutable std::mutex mutex_;  // every call: segments are single-threaded
   std::vector<std::unique_ptr<Segment>> segments_;
   bool removed_ = false;
+  std::string refusal_;  // why a removed or stopped log takes nothing
   std::int64_t active_since_ms_ = -1;  // wall time of the active segment's first batch (-1: empty)
 };
 
