@@ -162,13 +162,13 @@ class BenchLog final : public ReplicaLog {
     std::memcpy(out.data(), bytes_.data() + first, n);
     return n;
   }
-  Result<void> append(std::span<const std::byte> batches) override {
+  Result<std::size_t> append(std::span<const std::byte> batches) override {
     for (std::size_t at = 0; at < batches.size();) {
       WEFT_TRY(BatchView view, BatchView::parse_header(batches.subspan(at), false));
       end_ = view.last_offset() + 1;
       at += view.size_bytes();
     }
-    return ok();
+    return batches.size();
   }
   Result<void> truncate(Offset end) override {
     end_ = std::min(end_, end);

@@ -2,6 +2,7 @@
 
 #include "weft/fabric/file.h"
 #include "weft/fabric/log.h"
+#include "weft/fabric/record_batch.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -17,6 +18,7 @@
 #include <atomic>
 #include <bit>
 #include <charconv>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -229,6 +231,33 @@ Node::Node(NodeOptions options) : options_(std::move(options)), state_(std::make
 
 Node::~Node() { stop(); }
 
+namespace {
+
+RingConfig ring_config_for(const TopicConfig& config) {
+  RingConfig ring_config;
+  ring_config.capacity_bytes = config.ring_capacity_bytes;
+  // A frame is its 16-byte header and the batch, padded to 8: exactly what max.batch.bytes allows.
+  ring_config.max_frame_bytes =
+      std::min((config.max_batch_bytes + ring_layout::kFrameHeaderBytes + ring_layout::kFrameAlign - 1) & ~(ring_layout::kFrameAlign - 1),
+               config.ring_capacity_bytes / 2);
+  ring_config.producer_slots = config.producer_slots;
+  ring_config.consumer_slots = config.consumer_slots;
+  return ring_config;
+}
+
+ShmOptions ring_memory_options(const NodeOptions& options, const std::string& topic, std::uint32_t partition, std::size_t bytes) {
+  ShmOptions shm;
+  // The name only labels the mapping (memfd names stop at 249 bytes, hugetlbfs file names at 255),
+  // so a long topic name is cut rather than refused.
+  shm.name = "weft-" + topic.substr(0, 200) + "-" + std::to_string(partition);
+  shm.size_bytes = bytes;
+  shm.prefer_hugepages = options.prefer_hugepages;
+  shm.hugetlbfs_dir = options.hugetlbfs_dir;
+  return shm;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
   WEFT_TRY_VOID(validate_topic_config(options.default_topic));
   if (options.maintenance_min_interval_us <= 0 || options.maintenance_max_interval_us < options.maintenance_min_interval_us)
@@ -314,14 +343,7 @@ Result<TopicInfo> Node::create_topic(std::string_view name, const TopicConfig& c
 Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConfig& config, bool save, bool recovering) {
   WEFT_TRY_VOID(validate_topic_name(name));
   WEFT_TRY_VOID(validate_topic_config(config));
-  RingConfig ring_config;
-  ring_config.capacity_bytes = config.ring_capacity_bytes;
-  // A frame is its 16-byte header and the batch, padded to 8: exactly what max.batch.bytes allows.
-  ring_config.max_frame_bytes =
-      std::min((config.max_batch_bytes + ring_layout::kFrameHeaderBytes + ring_layout::kFrameAlign - 1) & ~(ring_layout::kFrameAlign - 1),
-               config.ring_capacity_bytes / 2);
-  ring_config.producer_slots = config.producer_slots;
-  ring_config.consumer_slots = config.consumer_slots;
+  const RingConfig ring_config = ring_config_for(config);
   const std::size_t ring_bytes = Ring::required_bytes(ring_config);
   {
     std::shared_lock lock(state_->topics_mutex);
@@ -344,14 +366,7 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
   if (options_.open_log)
     for_each_in_parallel(config.partitions, [&](std::size_t p) { logs[p].emplace(options_.open_log(topic->name, static_cast<std::uint32_t>(p), config)); });
   for (std::uint32_t p = 0; p < config.partitions; ++p) {
-    ShmOptions shm;
-    // The name only labels the mapping (memfd names stop at 249 bytes, hugetlbfs file names at 255),
-    // so a long topic name is cut rather than refused.
-    shm.name = "weft-" + topic->name.substr(0, 200) + "-" + std::to_string(p);
-    shm.size_bytes = ring_bytes;
-    shm.prefer_hugepages = options_.prefer_hugepages;
-    shm.hugetlbfs_dir = options_.hugetlbfs_dir;
-    Result<SharedMemory> memory = SharedMemory::create(shm);
+    Result<SharedMemory> memory = SharedMemory::create(ring_memory_options(options_, topic->name, p, ring_bytes));
     if (!memory.ok()) return Error{memory.error().code, "topic '" + topic->name + "' partition " + std::to_string(p) + ": " + memory.error().message};
     auto shared = std::make_shared<SharedMemory>(std::move(*memory));
     std::unique_ptr<PartitionLog> log;
@@ -910,6 +925,189 @@ double Node::maintain_pass() {
   }
   state_->ack_waiters = ack_waiters;
   return used;
+}
+
+// ---- replication ---------------------------------------------------------------------------
+
+Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::uint32_t index, Offset end, bool reset) {
+  Partition& p = *topic->partitions[index];
+  std::lock_guard guard(state_->maintain_mutex);
+  // Whatever the ring still holds goes to the log first, so that the cut sees all of it.
+  for (int pass = 0; pass < 1'000; ++pass) {
+    drain_to_log(p, topic->config, monotonic_ns());
+    if (!p.log_backlog && !p.refused) break;
+  }
+  WEFT_TRY_VOID(p.log->flush());
+  Offset next = end;
+  if (reset) {
+    WEFT_TRY_VOID(p.log->reset(end));
+  } else {
+    WEFT_TRY(next, p.log->truncate(end));
+  }
+  // A fresh ring from the new end. Readers of the old one keep it mapped (their shared_ptr), as
+  // for a deleted topic, and see nothing new there.
+  const RingConfig base_config = ring_config_for(topic->config);
+  RingConfig config = base_config;
+  config.initial_offset = next;
+  WEFT_TRY(SharedMemory created, SharedMemory::create(ring_memory_options(options_, topic->name, index, Ring::required_bytes(config))));
+  auto memory = std::make_shared<SharedMemory>(std::move(created));
+  WEFT_TRY(Ring ring, Ring::format(memory->bytes(), config));
+  WEFT_TRY(Consumer writer, Consumer::attach(ring, StartAt::kEarliest));
+  // The old log writer leaves its slot in the old ring while that is still mapped.
+  const std::shared_ptr<SharedMemory> old_memory = p.memory;
+  p.writer.reset();
+  {
+    std::unique_lock lock(state_->topics_mutex);  // open_partition reads memory and ring under it
+    p.memory = memory;
+    p.ring = ring;
+  }
+  p.owner = RingOwner(ring);
+  p.writer.emplace(std::move(writer));
+  p.refused.reset();
+  p.unflushed = false;
+  p.log_writes.clear();
+  p.checkpoints.clear();
+  p.created_at = ring.reuse_limit();
+  p.written_offset = p.durable_offset = next;
+  p.written_position = p.durable_position = ring.reuse_limit().position.value;
+  p.published_written = p.published_durable = Offset{-1};
+  p.waited_claim = -1;
+  p.log_backlog = false;
+  publish_log_progress(ring, LogProgress{next, next, Errc::kOk});
+  {
+    std::lock_guard lock(state_->stats_mutex);
+    p.stats.memory = memory->describe();
+    p.stats.bytes = 0;
+  }
+  // Release: a cache that sees the new version finds the new ring (as in create_topic_impl).
+  state_->topics_version.fetch_add(1, std::memory_order_release);
+  log(LogLevel::kInfo, reset ? "replica restarted at the leader's log start" : "replica truncated to its leader's epoch boundary",
+      {{"topic", topic->name}, {"partition", std::to_string(index)}, {"end", std::to_string(next.value)}});
+  return next;
+}
+
+// The replicator's view of one partition of this node (one thread uses it).
+class Node::Replica final : public ReplicaLog {
+ public:
+  Replica(Node& node, std::shared_ptr<Topic> topic, std::uint32_t index) : node_(node), topic_(std::move(topic)), index_(index) {
+    load_epochs();
+  }
+  ~Replica() override { partition().log->set_leader_epoch(-1); }
+
+  Offset log_start() const override { return partition().log->start_offset(); }
+  // The ring's end: what producers (or this follower) put there, on its way to the log.
+  Offset log_end() const override { return partition().ring.claimed_offset(); }
+  Offset durable_end() const override { return read_log_progress(partition().ring).durable; }
+
+  Result<std::size_t> read(Offset offset, std::span<std::byte> out) override {
+    // Only what the log holds: the leader pushes from the log (its page cache), never from a
+    // ring slot a producer may still be writing.
+    if (offset >= read_log_progress(partition().ring).written) return std::size_t{0};
+    return partition().log->read(offset, out);
+  }
+
+  Result<std::size_t> append(std::span<const std::byte> batches) override {
+    Partition& p = partition();
+    if (!writer_) {
+      Result<Producer> attached = Producer::attach(p.ring, ProducerMode::kExclusive);
+      if (!attached.ok()) {
+        return Error{Errc::kFailedPrecondition, "a follower's partition takes only its leader's batches, and a local producer holds it: " +
+                                                    attached.error().message};
+      }
+      writer_.emplace(std::move(attached.value()));
+    }
+    std::size_t taken = 0;
+    while (taken < batches.size()) {
+      WEFT_TRY(BatchView batch, BatchView::parse_header(batches.subspan(taken), false));
+      const Offset base = batch.base_offset();
+      const Offset next = p.ring.claimed_offset();
+      if (base < next) {
+        return Error{Errc::kFailedPrecondition, "the leader's batch at offset " + std::to_string(base.value) + " is behind this replica's end " +
+                                                    std::to_string(next.value)};
+      }
+      if (base > next) {
+        // Offsets the leader skipped (an aborted claim there): skipped here too, in one aborted claim.
+        Claim gap;
+        const ClaimStatus status = writer_->try_claim(kBatchHeaderBytes, static_cast<std::uint32_t>(base - next), gap);
+        if (status == ClaimStatus::kBackPressured) break;
+        if (status != ClaimStatus::kOk) return Error{Errc::kInternal, "replica: a gap of offsets could not be claimed"};
+        writer_->abort(gap);
+      }
+      const auto records = static_cast<std::uint32_t>(batch.last_offset_delta() + 1);
+      Claim claim;
+      const ClaimStatus status = writer_->try_claim(batch.size_bytes(), records, claim);
+      if (status == ClaimStatus::kBackPressured) break;  // the log writer frees room; offered again
+      if (status != ClaimStatus::kOk) {
+        return Error{Errc::kInvalidArgument, "the leader's batch at offset " + std::to_string(base.value) + " does not fit this replica's ring (" +
+                                                 std::to_string(batch.size_bytes()) + " bytes)"};
+      }
+      std::memcpy(claim.batch.data(), batch.bytes().data(), batch.size_bytes());
+      if (writer_->commit(claim, batch.size_bytes()) != CommitStatus::kOk) {
+        return Error{Errc::kCorrupt, "the leader's batch at offset " + std::to_string(base.value) + " disagrees with its own header"};
+      }
+      taken += batch.size_bytes();
+    }
+    if (taken > 0 && taken < batches.size()) node_.hurry();  // the log writer makes the room
+    return taken;
+  }
+
+  Result<void> truncate(Offset end) override {
+    writer_.reset();
+    WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, end, false));
+    epochs_.truncate_to(cut);
+    return ok();
+  }
+
+  Result<void> reset(Offset start) override {
+    writer_.reset();
+    WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, start, true));
+    epochs_.truncate_to(Offset{0});
+    (void)cut;
+    return ok();
+  }
+
+  EpochHistory& epochs() override { return epochs_; }
+
+  void stamp_leader_epoch(std::int32_t epoch) override {
+    partition().log->set_leader_epoch(epoch);
+    if (epoch >= 0) writer_.reset();  // a leader's ring is its producers'
+  }
+
+ private:
+  Partition& partition() const { return *topic_->partitions[index_]; }
+
+  // Where each epoch starts, from the batches' partitionLeaderEpoch. Reads the log through;
+  // a leader-epoch checkpoint file would spare that (Kafka keeps one), and is still to come.
+  void load_epochs() {
+    PartitionLog& log = *partition().log;
+    std::vector<std::byte> chunk(std::size_t{1} << 20);
+    Offset at = log.start_offset();
+    const Offset end = log.next_offset();
+    while (at < end) {
+      Result<std::size_t> got = log.read(at, chunk);
+      if (!got.ok() || *got == 0) break;
+      for (std::size_t pos = 0; pos < *got;) {
+        Result<BatchView> batch = BatchView::parse_header(std::span(chunk.data() + pos, *got - pos), false);
+        if (!batch.ok()) return;
+        if (batch->partition_leader_epoch() >= 0) epochs_.assign(batch->partition_leader_epoch(), batch->base_offset());
+        at = batch->last_offset() + 1;
+        pos += batch->size_bytes();
+      }
+    }
+  }
+
+  Node& node_;
+  std::shared_ptr<Topic> topic_;
+  std::uint32_t index_;
+  EpochHistory epochs_;
+  std::optional<Producer> writer_;
+};
+
+Result<std::unique_ptr<ReplicaLog>> Node::replica_log(std::string_view name, std::uint32_t partition) {
+  std::shared_ptr<Topic> topic;
+  WEFT_TRY(PartitionLog * log, partition_log(name, partition, topic));
+  (void)log;
+  return std::unique_ptr<ReplicaLog>(new Replica(*this, std::move(topic), partition));
 }
 
 }  // namespace weft

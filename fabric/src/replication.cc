@@ -200,6 +200,13 @@ struct Replicator::Impl {
     Offset reported_durable{-1};
     std::uint64_t reported_consumed = 0;
     bool progress_due = false;
+    // Writes landed and not yet wholly appended (the log had no room): what is left of each, and
+    // the region bytes it frees once taken.
+    struct Pending {
+      std::span<const std::byte> bytes;
+      std::uint32_t region_bytes = 0;
+    };
+    std::deque<Pending> pending;
   };
 
   Transport& transport;
@@ -487,6 +494,7 @@ struct Replicator::Impl {
       f.position = 0;
       f.consumed = 0;
       f.reported_consumed = 0;
+      f.pending.clear();
     }
   }
 
@@ -575,7 +583,8 @@ struct Replicator::Impl {
     const std::uint64_t size = f.region.size();
     std::uint64_t start = f.position;
     if ((done.immediate & kWrapBit) != 0) {
-      f.consumed += size - start;  // the skipped tail is free again at once
+      // The skipped tail frees in order, after whatever still waits before it.
+      f.pending.push_back(Followed::Pending{{}, static_cast<std::uint32_t>(size - start)});
       start = 0;
     }
     if (start + done.length > size) {
@@ -601,16 +610,33 @@ struct Replicator::Impl {
       const std::int32_t epoch = batch->partition_leader_epoch();
       if (epoch > f.log->epochs().last_epoch() && batch->last_offset() >= end) f.log->epochs().assign(epoch, batch->base_offset());
     }
-    if (skip < chunk.size()) {
-      if (Result<void> appended = f.log->append(chunk.subspan(skip)); !appended.ok()) {
-        log(LogLevel::kError, "replication: the follower's log refused batches; following again later",
-            {{"partition", describe(p->second)}, {"error", appended.error().message}});
-        back_off(f, "append failed: " + appended.error().message);
-        return;
+    f.pending.push_back(Followed::Pending{chunk.subspan(skip), done.length});
+    take_pending(c, f, p->second);
+  }
+
+  // Appends what has landed, oldest first; a log without room keeps the rest for the next
+  // round, and the region space stays unfreed (so the leader waits) until it is taken.
+  void take_pending(Connection& c, Followed& f, const PartitionId& partition) {
+    bool took = false;
+    while (!f.pending.empty()) {
+      Followed::Pending& next = f.pending.front();
+      if (!next.bytes.empty()) {
+        Result<std::size_t> appended = f.log->append(next.bytes);
+        if (!appended.ok()) {
+          log(LogLevel::kError, "replication: the follower's log refused batches; following again later",
+              {{"partition", describe(partition)}, {"error", appended.error().message}});
+          f.pending.clear();
+          back_off(f, "append failed: " + appended.error().message);
+          return;
+        }
+        next.bytes = next.bytes.subspan(*appended);
+        if (!next.bytes.empty()) break;
       }
+      f.consumed += next.region_bytes;
+      f.pending.pop_front();
+      took = true;
     }
-    f.consumed += done.length;
-    send_progress(c, f);
+    if (took) send_progress(c, f);
   }
 
   // -- links --
@@ -710,6 +736,9 @@ struct Replicator::Impl {
       if (f.state == FollowState::kNeedFollow) {
         send_follow(*c->second, f, partition);
         any = true;
+      } else if (f.state == FollowState::kStreaming && !f.pending.empty()) {
+        take_pending(*c->second, f, partition);
+        any = true;
       } else if (f.state == FollowState::kStreaming &&
                  (f.progress_due || f.log->durable_end() != f.reported_durable || f.log->log_end() != f.reported_end)) {
         send_progress(*c->second, f);
@@ -785,6 +814,7 @@ Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, st
   l.epoch = epoch;
   l.epoch_start = log_->log_end();
   log_->epochs().assign(epoch, l.epoch_start);
+  log_->stamp_leader_epoch(epoch);
   l.replicas = std::move(replicas);
   l.isr = std::move(isr);
   std::sort(l.isr.begin(), l.isr.end());
@@ -804,6 +834,7 @@ Result<void> Replicator::follow(const PartitionId& partition, ReplicaLog* log_, 
                                 std::string leader_address) {
   if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + describe(partition)};
   forget(partition);
+  log_->stamp_leader_epoch(-1);
   Impl::Followed f;
   f.log = log_;
   f.epoch = epoch;

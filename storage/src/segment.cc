@@ -305,7 +305,9 @@ Segment::Segment(Offset base, const SegmentOptions& options) : options_(options)
 
 Segment::Segment(Segment&&) noexcept = default;
 
-Result<void> Segment::append(std::span<const std::byte> batch) {
+Result<void> Segment::append(std::span<const std::byte> batch) { return append(batch, -1); }
+
+Result<void> Segment::append(std::span<const std::byte> batch, std::int32_t leader_epoch) {
   WEFT_TRY(const BatchView view, BatchView::parse_header(batch, false));
   const Offset base = view.base_offset();
   if (base < next_)
@@ -327,7 +329,8 @@ Result<void> Segment::append(std::span<const std::byte> batch) {
     filling->reset(size_, direct_alignment_);
     filling_at_ = size_;
   }
-  filling->append(batch);
+  const std::span<std::byte> kept = filling->append(batch);
+  if (leader_epoch >= 0 && view.partition_leader_epoch() < 0) stamp_partition_leader_epoch(kept, leader_epoch);
   note_batch(position, view.last_offset(), view.max_timestamp(), batch.size());
   recent_[recent_count_++ % kRecentBoundaries] = Boundary{size_, next_};
   return ok();
@@ -558,8 +561,8 @@ void WriteBuffer::reset(std::uint64_t file_offset, std::size_t alignment) {
   size_ = 0;
 }
 
-void WriteBuffer::append(std::span<const std::byte> bytes) {
-  if (bytes.empty()) return;
+std::span<std::byte> WriteBuffer::append(std::span<const std::byte> bytes) {
+  if (bytes.empty()) return {};
   const std::size_t needed = pad_ + size_ + bytes.size();
   if (needed > capacity_) {
     // Grows by doubling, aligned, keeping the pad so addresses stay congruent to file offsets.
@@ -573,8 +576,10 @@ void WriteBuffer::append(std::span<const std::byte> bytes) {
     storage_ = std::move(grown);
     capacity_ = capacity;
   }
-  std::memcpy(storage_.get() + pad_ + size_, bytes.data(), bytes.size());
+  std::byte* at = storage_.get() + pad_ + size_;
+  std::memcpy(at, bytes.data(), bytes.size());
   size_ += bytes.size();
+  return {at, bytes.size()};
 }
 
 Result<void> Segment::sync() {

@@ -134,7 +134,7 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     active = segments_.back().get();
     active_since_ms_ = -1;
   }
-  WEFT_TRY_VOID(active->append(batch));
+  WEFT_TRY_VOID(active->append(batch, leader_epoch()));
   if (active_since_ms_ < 0) active_since_ms_ = wall_clock_ms();
   return ok();
 }

@@ -44,7 +44,7 @@ class MemoryReplicaLog final : public ReplicaLog {
     return copied;
   }
 
-  Result<void> append(std::span<const std::byte> bytes) override {
+  Result<std::size_t> append(std::span<const std::byte> bytes) override {
     for (std::size_t at = 0; at < bytes.size();) {
       WEFT_TRY(BatchView view, BatchView::parse(bytes.subspan(at)));
       if (view.base_offset() < end_) return Error{Errc::kInvalidArgument, "append below the log's end"};
@@ -54,7 +54,7 @@ class MemoryReplicaLog final : public ReplicaLog {
     }
     ++appends_;
     if (auto_sync_) durable_ = end_;
-    return ok();
+    return bytes.size();
   }
 
   Result<void> truncate(Offset end) override {

@@ -21,6 +21,7 @@
 
 #include "weft/fabric/log_store.h"
 #include "weft/fabric/offset_store.h"
+#include "weft/fabric/replication.h"
 #include "weft/fabric/result.h"
 #include "weft/fabric/ring.h"
 #include "weft/fabric/shared_memory.h"
@@ -168,9 +169,18 @@ class Node {
   // After each pass that found producers waiting on the log, writes 1 to `event_fd` (an eventfd
   // the caller polls with the rest of its sockets), so acknowledgements need no timer. -1: none.
   void set_pass_event(int event_fd) noexcept;
-  // Moves whenever a topic is created or deleted: lets a cache of topics (the Kafka listener's)
-  // check itself with one load.
+  // Moves whenever a topic is created or deleted (or a replica's ring is replaced): lets a cache
+  // of topics (the Kafka listener's) check itself with one load.
   std::uint64_t topics_version() const noexcept;
+
+  // A partition as replication sees it (weft/fabric/replication.h), for the replicator's thread.
+  // As leader it reads what the log holds, and the log stamps the leader epoch into batches
+  // produced here. As follower it appends the leader's batches into the ring with their own
+  // offsets (holding the ring exclusively, so no local producer writes there meanwhile; the log
+  // writer persists them as any other), and truncates: the log is cut and the partition gets a
+  // fresh ring from the cut (clients attached to the old ring keep it, as for a deleted topic).
+  // kUnsupported without a log.
+  Result<std::unique_ptr<ReplicaLog>> replica_log(std::string_view topic, std::uint32_t partition);
 
  private:
   struct Partition;
@@ -184,6 +194,10 @@ class Node {
   void drain_to_log(Partition& partition, const TopicConfig& config, std::int64_t now);
   void log_failed(Partition& partition, const Error& error, bool retry, std::int64_t now);
   Result<PartitionLog*> partition_log(std::string_view topic, std::uint32_t partition, std::shared_ptr<Topic>& keep) const;
+  // Cuts a partition's log at `end` (or restarts it there, `reset`) and gives the partition a
+  // fresh ring from the new end. Returns that end.
+  Result<Offset> rewind_partition(const std::shared_ptr<Topic>& topic, std::uint32_t index, Offset end, bool reset);
+  class Replica;
   NodeOptions options_;
   std::unique_ptr<State> state_;
 };

@@ -2,7 +2,9 @@
 // storage/ (segment files on a local disk), so the core builds and tests without a disk.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 
 #include "weft/fabric/result.h"
@@ -33,6 +35,14 @@ class PartitionLog {
   virtual ~PartitionLog() = default;
   // Appends one batch (RecordBatch v2, baseOffset stamped) at or after next_offset().
   virtual Result<void> append(std::span<const std::byte> batch) = 0;
+  // Batches appended from now on whose partitionLeaderEpoch is -1 (as producers write them) get
+  // `epoch` in the log's copy: a replicated partition's leader stamps its epoch (Kafka's rule:
+  // the broker, not the client, sets it). -1: batches are kept as they come (a follower's
+  // carry their leader's).
+  // Relaxed: the epoch changes only with the partition's role, and a batch drained during the
+  // change is stamped with either (the follower's divergence check sorts out the old leader's).
+  void set_leader_epoch(std::int32_t epoch) noexcept { leader_epoch_.store(epoch, std::memory_order_relaxed); }
+  std::int32_t leader_epoch() const noexcept { return leader_epoch_.load(std::memory_order_relaxed); }
   // Hands everything appended so far to the operating system (appends may be buffered):
   // after it, a crash of this process loses nothing, a crash of the machine may.
   virtual Result<void> flush() = 0;
@@ -83,6 +93,9 @@ class PartitionLog {
     (void)start;
     return Error{Errc::kUnsupported, "this log cannot be reset"};
   }
+
+ private:
+  std::atomic<std::int32_t> leader_epoch_{-1};  // set by the replication thread, read by the log writer
 };
 
 }  // namespace weft

@@ -75,14 +75,19 @@ class ReplicaLog {
   // (0: nothing there yet, or the next batch is larger than `out`).
   virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) = 0;
   // Follower: appends batches (RecordBatch v2, offsets stamped, CRC checked) that start at or
-  // after log_end().
-  virtual Result<void> append(std::span<const std::byte> batches) = 0;
+  // after log_end(); returns the bytes taken, whole batches, fewer than given when the log has
+  // no room now (the rest is offered again later).
+  virtual Result<std::size_t> append(std::span<const std::byte> batches) = 0;
   // Follower: drops every batch at or after `end` (a divergent suffix).
   virtual Result<void> truncate(Offset end) = 0;
   // Follower: drops the whole log and continues at `start` (the leader no longer holds where
   // this log ends: retention deleted it).
   virtual Result<void> reset(Offset start) = 0;
   virtual EpochHistory& epochs() = 0;
+  // Batches produced here from now on carry `epoch` in their partitionLeaderEpoch (-1: this
+  // replica follows, and its batches keep their leader's). The replicator calls it on lead()
+  // and follow().
+  virtual void stamp_leader_epoch(std::int32_t epoch) { (void)epoch; }
 };
 
 struct ReplicationOptions {

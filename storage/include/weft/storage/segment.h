@@ -49,7 +49,8 @@ class WriteBuffer {
  public:
   // Empty; the next byte appended belongs at `file_offset`.
   void reset(std::uint64_t file_offset, std::size_t alignment);
-  void append(std::span<const std::byte> bytes);
+  // Returns where the bytes now are (valid until the next append or reset).
+  std::span<std::byte> append(std::span<const std::byte> bytes);
   bool empty() const noexcept { return size_ == 0; }
   std::size_t size() const noexcept { return size_; }
   const std::byte* data() const noexcept { return storage_.get() + pad_; }
@@ -118,6 +119,9 @@ class Segment {
   // whole blocks start writing (in the background, with io_uring) and the next buffer fills. An
   // append that fails took nothing.
   Result<void> append(std::span<const std::byte> batch);
+  // As append(); a batch whose partitionLeaderEpoch is -1 (a producer's) gets `leader_epoch` in
+  // the copy the segment keeps (outside the CRC: nothing else changes).
+  Result<void> append(std::span<const std::byte> batch, std::int32_t leader_epoch);
   // Starts writing everything appended, without waiting for the direct writes in flight;
   // written_bytes() and written_next_offset() follow them as they finish. With `more_coming`,
   // only whole blocks: the ragged tail waits for the next appends rather than going through the

@@ -1,0 +1,159 @@
+// Two nodes with segment logs replicate a partition through their rings and logs: the leader's
+// log stamps its epoch, the follower's ring takes the leader's batches with their own offsets
+// (so local consumers on the follower read them from shared memory), the high watermark
+// follows, and a node that led and diverged is cut back to its new leader's epoch boundary and
+// gets a fresh ring from there.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "../temp_dir.h"
+#include "test_batches.h"
+#include "weft/fabric/record_batch.h"
+#include "weft/fabric/replication.h"
+#include "weft/node.h"
+#include "weft/storage/segment_log.h"
+#include "weft/transport/loopback.h"
+
+namespace weft::test {
+namespace {
+
+const PartitionId kP{"events", 0};
+
+struct TestNode {
+  explicit TestNode(NodeId node_id) : id(node_id) {
+    NodeOptions o;
+    o.open_log = storage::open_segment_logs(dir.path() + "/data");
+    o.maintenance_max_interval_us = 500;
+    node = Node::start(std::move(o)).value();
+    TopicConfig config;
+    config.ring_capacity_bytes = std::size_t{1} << 20;
+    config.max_batch_bytes = 64 * 1024;
+    EXPECT_TRUE(node->create_topic(kP.topic, config).ok());
+    replica = node->replica_log(kP.topic, 0).value();
+  }
+  // A local producer on this node's partition (the ring as it is now).
+  void produce(int batches, int records, std::byte fill) {
+    PartitionMemory memory = node->open_partition(kP.topic, 0).value();
+    Producer producer = Producer::attach(memory.ring).value();
+    for (int i = 0; i < batches; ++i) {
+      const std::vector<std::byte> batch = make_batch(0, records, 1'700'000'000'000 + i, 200, fill);
+      ClaimStatus status = ClaimStatus::kBackPressured;
+      for (int tries = 0; tries < 10'000 && status == ClaimStatus::kBackPressured; ++tries) {
+        status = producer.offer(batch);
+        if (status == ClaimStatus::kBackPressured) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      ASSERT_EQ(status, ClaimStatus::kOk);
+    }
+  }
+  // Every batch the log holds, as bytes.
+  std::vector<std::vector<std::byte>> log_batches() {
+    std::vector<std::vector<std::byte>> out;
+    std::vector<std::byte> chunk(std::size_t{1} << 20);
+    Offset at = replica->log_start();
+    for (int rounds = 0; rounds < 10'000; ++rounds) {
+      Result<std::size_t> got = replica->read(at, chunk);
+      if (!got.ok() || *got == 0) break;
+      for (std::size_t pos = 0; pos < *got;) {
+        const BatchView b = BatchView::parse(std::span(chunk.data() + pos, *got - pos)).value();
+        out.emplace_back(b.bytes().begin(), b.bytes().end());
+        at = b.last_offset() + 1;
+        pos += b.size_bytes();
+      }
+    }
+    return out;
+  }
+  NodeId id;
+  TempDir dir;
+  std::unique_ptr<Node> node;
+  std::unique_ptr<ReplicaLog> replica;
+  std::unique_ptr<Replicator> replicator;
+};
+
+class NodeReplication : public testing::Test {
+ protected:
+  void SetUp() override {
+    for (NodeId id : {1, 2}) {
+      nodes_.push_back(std::make_unique<TestNode>(id));
+      nodes_.back()->replicator = Replicator::start(*transport_, id, "node-" + std::to_string(id)).value();
+    }
+  }
+  bool run_until(const std::function<bool()>& done, int timeout_ms = 20'000) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      for (auto& n : nodes_) n->replicator->run_once(1);
+    }
+    return true;
+  }
+  TestNode& a() { return *nodes_[0]; }
+  TestNode& b() { return *nodes_[1]; }
+
+  std::unique_ptr<Transport> transport_ = make_loopback_transport(make_loopback_network());
+  std::vector<std::unique_ptr<TestNode>> nodes_;
+};
+
+TEST_F(NodeReplication, AFollowersRingAndLogTakeTheLeadersBatchesWithTheirOffsetsAndEpoch) {
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1").ok());
+  // A consumer on the follower's host, reading its ring from the start.
+  PartitionMemory follower_ring = b().node->open_partition(kP.topic, 0).value();
+  Consumer local = Consumer::attach(follower_ring.ring, StartAt::kEarliest).value();
+  a().produce(300, 5, std::byte{0x11});
+  const Offset end{1'500};
+  ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == end; }))
+      << "hw " << a().replicator->high_watermark(kP)->value << ", follower end " << b().replica->log_end().value;
+  ASSERT_TRUE(run_until([&] { return b().replicator->high_watermark(kP) == end && b().replica->durable_end() == end; }));
+  const auto leader = a().log_batches();
+  const auto follower = b().log_batches();
+  ASSERT_EQ(leader.size(), 300u);
+  EXPECT_EQ(follower, leader) << "the follower's log holds the leader's bytes";
+  EXPECT_EQ(BatchView::parse(leader.back()).value().partition_leader_epoch(), 1) << "the leader's log stamped its epoch";
+  // The follower's local consumer read them all from shared memory.
+  std::int64_t records = 0;
+  RingBatch batch;
+  for (int polls = 0; polls < 100'000 && records < 1'500; ++polls) {
+    if (local.poll(batch) == PollStatus::kOk) records += BatchView::parse(batch.bytes).value().record_count();
+  }
+  EXPECT_EQ(records, 1'500);
+}
+
+TEST_F(NodeReplication, ANodeThatLedAndDivergedIsCutBackToItsNewLeadersEpoch) {
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1").ok());
+  a().produce(100, 5, std::byte{0x11});
+  ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == Offset{500}; }));
+  // Node 2 stops following; node 1 takes 20 more batches that never reach it...
+  b().replicator->forget(kP);
+  a().produce(20, 5, std::byte{0xee});
+  ASSERT_TRUE(run_until([&] { return read_log_progress(a().node->open_partition(kP.topic, 0)->ring).written == Offset{600}; }));
+  // ... then node 2 leads at epoch 2 and takes its own batches, and node 1 follows it.
+  a().replicator->forget(kP);
+  ASSERT_TRUE(b().replicator->lead(kP, b().replica.get(), 2, {1, 2}, {2}).ok());
+  b().produce(30, 3, std::byte{0x22});
+  ASSERT_TRUE(a().replicator->follow(kP, a().replica.get(), 2, 2, "node-2").ok());
+  ASSERT_TRUE(run_until([&] { return a().replica->log_end() == Offset{590} && a().replica->durable_end() == Offset{590}; }))
+      << "node 1 ends at " << a().replica->log_end().value;
+  const auto leader = b().log_batches();
+  const auto follower = a().log_batches();
+  EXPECT_EQ(follower, leader) << "no byte of node 1's divergent suffix is left";
+  ASSERT_EQ(a().replica->epochs().entries().size(), 2u);
+  EXPECT_EQ(a().replica->epochs().entries()[1].epoch, 2);
+  EXPECT_EQ(a().replica->epochs().entries()[1].start, Offset{500});
+  // Node 1's new ring starts at the cut: a consumer from the earliest offset there sees only
+  // the new leader's batches.
+  PartitionMemory fresh = a().node->open_partition(kP.topic, 0).value();
+  Consumer local = Consumer::attach(fresh.ring, StartAt::kEarliest).value();
+  RingBatch batch;
+  std::int64_t first = -1;
+  for (int polls = 0; polls < 100'000 && first < 0; ++polls) {
+    if (local.poll(batch) == PollStatus::kOk) first = BatchView::parse(batch.bytes).value().base_offset().value;
+  }
+  EXPECT_EQ(first, 500);
+}
+
+}  // namespace
+}  // namespace weft::test
