@@ -159,6 +159,7 @@ class BenchLog final : public ReplicaLog {
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) override {
     const std::size_t first = static_cast<std::size_t>(offset.value / 16) * batch_bytes_;
     const std::size_t n = std::min(out.size() / batch_bytes_ * batch_bytes_, bytes_.size() - first);
+    if (n == 0 && first < bytes_.size()) return Error{Errc::kResourceExhausted, "the next batch is larger than the buffer"};
     std::memcpy(out.data(), bytes_.data() + first, n);
     return n;
   }

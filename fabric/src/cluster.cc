@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "weft/fabric/log.h"
+#include "weft/node.h"
 
 namespace weft {
 namespace {
@@ -490,19 +491,31 @@ std::map<std::string, TopicRecord> ClusterMember::topics() const { return impl_-
 std::map<PartitionId, PartitionState> ClusterMember::partitions() const { return impl_->partitions; }
 std::vector<Assignment> ClusterMember::take_assignments() { return std::exchange(impl_->pending, {}); }
 
-Result<void> ClusterMember::create_topic(const TopicRecord& topic) {
+Result<void> create_cluster_topic(MetadataStore& store, std::string_view cluster, const TopicRecord& topic) {
+  WEFT_TRY_VOID(validate_topic_name(topic.name));
   if (topic.partitions == 0 || topic.replication_factor == 0) {
     return Error{Errc::kInvalidArgument, "a topic needs at least one partition and one replica"};
   }
-  WEFT_TRY(bool created, impl_->store->compare_and_put(impl_->key("topics/" + topic.name), 0, encode_topic(topic)));
+  const std::string key = "/weft/" + std::string(cluster) + "/topics/" + topic.name;
+  WEFT_TRY(bool created, store.compare_and_put(key, 0, encode_topic(topic)));
   if (!created) return Error{Errc::kAlreadyExists, "topic " + topic.name + " already exists"};
+  return ok();
+}
+
+Result<void> delete_cluster_topic(MetadataStore& store, std::string_view cluster, std::string_view name) {
+  WEFT_TRY(bool erased, store.erase("/weft/" + std::string(cluster) + "/topics/" + std::string(name)));
+  if (!erased) return Error{Errc::kNotFound, "topic " + std::string(name) + " does not exist"};
+  return ok();
+}
+
+Result<void> ClusterMember::create_topic(const TopicRecord& topic) {
+  WEFT_TRY_VOID(create_cluster_topic(*impl_->store, impl_->options.cluster, topic));
   impl_->dirty = true;
   return ok();
 }
 
 Result<void> ClusterMember::delete_topic(std::string_view name) {
-  WEFT_TRY(bool erased, impl_->store->erase(impl_->key("topics/" + std::string(name))));
-  if (!erased) return Error{Errc::kNotFound, "topic " + std::string(name) + " does not exist"};
+  WEFT_TRY_VOID(delete_cluster_topic(*impl_->store, impl_->options.cluster, name));
   impl_->dirty = true;
   return ok();
 }

@@ -992,8 +992,6 @@ class Node::Replica final : public ReplicaLog {
   Replica(Node& node, std::shared_ptr<Topic> topic, std::uint32_t index) : node_(node), topic_(std::move(topic)), index_(index) {
     load_epochs();
   }
-  ~Replica() override { partition().log->set_leader_epoch(-1); }
-
   Offset log_start() const override { return partition().log->start_offset(); }
   // The ring's end: what producers (or this follower) put there, on its way to the log.
   Offset log_end() const override { return partition().ring.claimed_offset(); }
@@ -1003,7 +1001,10 @@ class Node::Replica final : public ReplicaLog {
     // Only what the log holds: the leader pushes from the log (its page cache), never from a
     // ring slot a producer may still be writing.
     if (offset >= read_log_progress(partition().ring).written) return std::size_t{0};
-    return partition().log->read(offset, out);
+    WEFT_TRY(std::size_t got, partition().log->read(offset, out));
+    // Below what the log holds, nothing read means the next batch did not fit.
+    if (got == 0) return Error{Errc::kResourceExhausted, "the batch at offset " + std::to_string(offset.value) + " is larger than the buffer"};
+    return got;
   }
 
   Result<std::size_t> append(std::span<const std::byte> batches) override {

@@ -373,12 +373,21 @@ struct Replicator::Impl {
         // one does not, the tail is skipped and the write starts the region again (the wrap bit
         // of the immediate tells the follower so).
         std::uint64_t skip = 0;
-        std::uint64_t room = std::min<std::uint64_t>({options.max_write_bytes, free, size - s.head});
-        Result<std::size_t> read = room > 0 ? log_.read(s.next_offset, std::span(buffer->data(), room)) : Result<std::size_t>(std::size_t{0});
-        if (read.ok() && *read == 0 && s.head != 0 && free > size - s.head) {
+        bool too_big = false;  // the next batch needs more room than was offered
+        auto read_into = [&](std::uint64_t room) -> Result<std::size_t> {
+          if (room == 0) return std::size_t{0};
+          Result<std::size_t> got = log_.read(s.next_offset, std::span(buffer->data(), room));
+          if (!got.ok() && got.error().code == Errc::kResourceExhausted) {
+            too_big = true;
+            return std::size_t{0};
+          }
+          return got;
+        };
+        Result<std::size_t> read = read_into(std::min<std::uint64_t>({options.max_write_bytes, free, size - s.head}));
+        if (read.ok() && *read == 0 && too_big && s.head != 0 && free > size - s.head) {
           skip = size - s.head;
-          room = std::min<std::uint64_t>(options.max_write_bytes, free - skip);
-          read = log_.read(s.next_offset, std::span(buffer->data(), room));
+          too_big = false;
+          read = read_into(std::min<std::uint64_t>(options.max_write_bytes, free - skip));
         }
         if (!read.ok()) {
           log(LogLevel::kWarn, "replication: the leader cannot read its log; the follower's stream stops",
@@ -387,12 +396,12 @@ struct Replicator::Impl {
           return any;
         }
         if (*read == 0) {
-          if (free == size && !s.stuck_reported) {
+          if (too_big && free == size && !s.stuck_reported) {
             log(LogLevel::kError, "replication: a batch is larger than one replication write (max_write_bytes); the stream waits",
                 {{"partition", describe(s.partition)}, {"offset", std::to_string(s.next_offset.value)}});
             s.stuck_reported = true;
           }
-          break;  // the next batch needs more room than the follower has freed yet
+          break;  // nothing new yet, or the next batch needs more room than the follower has freed
         }
         // Where the next push starts: the offset after the last batch read.
         std::span<const std::byte> chunk(buffer->data(), *read);

@@ -37,7 +37,10 @@ class MemoryReplicaLog final : public ReplicaLog {
     for (const auto& b : batches_) {
       const BatchView view = BatchView::parse_trusted(b).value();
       if (view.last_offset() < offset) continue;
-      if (copied + b.size() > out.size()) break;
+      if (copied + b.size() > out.size()) {
+        if (copied == 0) return Error{Errc::kResourceExhausted, "the next batch is larger than the buffer"};
+        break;
+      }
       std::memcpy(out.data() + copied, b.data(), b.size());
       copied += b.size();
     }

@@ -72,6 +72,11 @@ Result<std::vector<std::vector<NodeId>>> assign_replicas(const std::vector<NodeR
 // none (the partition goes offline; weft never elects a replica outside the set).
 NodeId choose_leader(const PartitionState& state, const std::map<NodeId, NodeRecord>& live, NodeId avoid = -1);
 
+// Topic records written straight to the store (any member, the CLI): the controller assigns
+// the partitions. kAlreadyExists / kNotFound as the topic is or is not there.
+Result<void> create_cluster_topic(MetadataStore& store, std::string_view cluster, const TopicRecord& topic);
+Result<void> delete_cluster_topic(MetadataStore& store, std::string_view cluster, std::string_view name);
+
 struct ClusterOptions {
   std::string cluster = "weft";
   NodeRecord self;

@@ -72,7 +72,7 @@ class ReplicaLog {
   virtual Offset log_end() const = 0;      // the offset the next batch gets
   virtual Offset durable_end() const = 0;  // below it, every batch is synced as the topic asks
   // Leader: copies whole batches, from the one holding `offset`, into `out`; returns the bytes
-  // (0: nothing there yet, or the next batch is larger than `out`).
+  // (0: nothing there yet). kResourceExhausted: the next batch is larger than `out`.
   virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) = 0;
   // Follower: appends batches (RecordBatch v2, offsets stamped, CRC checked) that start at or
   // after log_end(); returns the bytes taken, whole batches, fewer than given when the log has

@@ -1,0 +1,84 @@
+// A node in a cluster: the glue between a Node (its rings and logs), a Replicator (the data
+// path between nodes) and a ClusterMember (the metadata). weftd runs one in cluster mode; tests
+// run several in one process.
+//
+// Two threads: the control thread renews the lease and follows the metadata (a store call may
+// take its whole timeout when the store is away); the replication thread applies the roles it
+// hands over — creating the topic locally, leading or following each replica — runs the
+// replicator, and hands in-sync set proposals back for the control thread to commit. Losing the
+// store stalls the control thread only: replication of healthy partitions goes on.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "weft/fabric/cluster.h"
+#include "weft/fabric/link.h"
+#include "weft/fabric/metadata_store.h"
+#include "weft/fabric/replication.h"
+#include "weft/fabric/result.h"
+#include "weft/node.h"
+
+namespace weft {
+
+struct ClusterNodeOptions {
+  ClusterOptions cluster;           // cluster name, this node's record (id, addresses, rack), lease
+  std::string replication_listen;   // the transport address followers open links to
+  ReplicationOptions replication;
+};
+
+// What clients of a partition need to know (Kafka's Metadata, produce and fetch routing).
+struct PartitionView {
+  NodeId leader = -1;
+  std::int32_t leader_epoch = 0;
+  std::vector<NodeId> replicas;
+  std::vector<NodeId> isr;
+  Offset high_watermark{0};  // known only where this node is a replica (0 elsewhere)
+  bool replica_here = false;
+};
+
+class ClusterNode {
+ public:
+  // Registers with the cluster and starts both threads. `node`, `transport` and `store` must
+  // outlive it. The replication listener's address (port 0 resolved) goes into this node's record.
+  static Result<std::unique_ptr<ClusterNode>> start(Node& node, Transport& transport, std::shared_ptr<MetadataStore> store,
+                                                    ClusterNodeOptions options);
+  // Stops both threads (without handing leaderships over: call drain() first for that).
+  ~ClusterNode();
+  ClusterNode(const ClusterNode&) = delete;
+  ClusterNode& operator=(const ClusterNode&) = delete;
+
+  NodeId id() const noexcept;
+  const std::string& replication_address() const noexcept;
+
+  // A topic for the whole cluster: the controller assigns its replicas and every replica's node
+  // creates it locally with `config` (partitions and replication factor from here).
+  Result<void> create_topic(std::string_view name, std::uint32_t partitions, std::uint32_t replication_factor, const TopicConfig& config);
+  Result<void> delete_topic(std::string_view name);
+
+  // Snapshots, safe from any thread.
+  std::optional<PartitionView> partition(std::string_view topic, std::uint32_t partition) const;
+  std::vector<NodeRecord> nodes() const;
+  NodeId controller() const;
+  bool store_reachable() const;
+  std::vector<ReplicaStatus> replicas() const;
+
+  // A clean shutdown's first step: leadership moves to other in-sync replicas; returns once this
+  // node leads nothing (or `timeout_ms` passed: kUnavailable, saying how many it still leads).
+  Result<void> drain(int timeout_ms);
+
+ private:
+  struct Impl;
+  explicit ClusterNode(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// "key=value,key=value" (a cluster topic record's settings) into a TopicConfig, from `base`.
+Result<TopicConfig> topic_config_from_text(std::string_view text, TopicConfig base);
+std::string topic_config_text(const TopicConfig& config);
+
+}  // namespace weft

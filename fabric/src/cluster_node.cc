@@ -1,0 +1,310 @@
+#include "weft/cluster_node.h"
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "weft/fabric/log.h"
+
+namespace weft {
+namespace {
+
+std::string describe(const PartitionId& p) { return p.topic + "/" + std::to_string(p.partition); }
+
+}  // namespace
+
+Result<TopicConfig> topic_config_from_text(std::string_view text, TopicConfig base) {
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const std::size_t end = std::min(text.find(',', at), text.size());
+    const std::string_view pair = text.substr(at, end - at);
+    const std::size_t eq = pair.find('=');
+    if (eq == std::string_view::npos) return Error{Errc::kInvalidArgument, "topic setting '" + std::string(pair) + "' is not key=value"};
+    WEFT_TRY_VOID(set_topic_config(base, pair.substr(0, eq), pair.substr(eq + 1)));
+    at = end + 1;
+  }
+  return base;
+}
+
+std::string topic_config_text(const TopicConfig& c) {
+  return "ring.capacity.bytes=" + std::to_string(c.ring_capacity_bytes) + ",max.batch.bytes=" + std::to_string(c.max_batch_bytes) +
+         ",retention.bytes=" + std::to_string(c.retention_bytes) + ",retention.ms=" + std::to_string(c.retention_ms) +
+         ",segment.bytes=" + std::to_string(c.segment_bytes) + ",segment.ms=" + std::to_string(c.segment_ms) + ",fsync=" + fsync_policy_name(c);
+}
+
+struct ClusterNode::Impl {
+  Node& node;
+  Transport& transport;
+  std::shared_ptr<MetadataStore> store;
+  ClusterNodeOptions options;
+  std::unique_ptr<Replicator> replicator;
+  std::unique_ptr<ClusterMember> member;
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> drain_requested{false};
+  bool drained = false;  // control thread
+  std::thread control;
+  std::thread replication;
+
+  // Between the threads and for readers, under `mutex`.
+  mutable std::mutex mutex;
+  std::vector<Assignment> roles;  // control -> replication: roles to take
+  std::vector<IsrProposal> proposals;  // replication -> control: in-sync set changes to commit
+  std::map<std::string, TopicRecord> topics;
+  std::map<PartitionId, PartitionState> partitions;
+  std::map<NodeId, NodeRecord> nodes;
+  NodeId controller = -1;
+  bool reachable = true;
+  std::map<PartitionId, Offset> high_watermarks;
+  std::vector<ReplicaStatus> status;
+
+  // The replication thread's own.
+  struct Role {
+    Assignment assignment;
+    std::unique_ptr<ReplicaLog> log;
+  };
+  std::map<PartitionId, Role> taken;
+  std::vector<Assignment> retry;  // roles that could not be taken yet (the topic not created)
+
+  Impl(Node& n, Transport& t, std::shared_ptr<MetadataStore> s, ClusterNodeOptions o)
+      : node(n), transport(t), store(std::move(s)), options(std::move(o)) {}
+
+  void control_loop() {
+    while (!stopping.load(std::memory_order_relaxed)) {
+      if (drain_requested.load(std::memory_order_relaxed) && !drained) {
+        if (member->drain().ok()) drained = true;
+      }
+      member->run_once(20);
+      std::vector<Assignment> fresh = member->take_assignments();
+      std::vector<IsrProposal> wanted;
+      {
+        std::lock_guard lock(mutex);
+        roles.insert(roles.end(), std::make_move_iterator(fresh.begin()), std::make_move_iterator(fresh.end()));
+        topics = member->topics();
+        partitions = member->partitions();
+        nodes = member->nodes();
+        controller = member->controller();
+        reachable = member->store_reachable();
+        wanted.swap(proposals);
+      }
+      for (const IsrProposal& p : wanted) {
+        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr);
+        if (committed.ok() && *committed) {
+          log(LogLevel::kInfo, "cluster: in-sync set changed", {{"partition", describe(p.partition)}, {"why", p.reason}});
+          continue;  // the new state comes back as a role change
+        }
+        // Refused (the partition moved on) or the store is away: hand the leader the set the
+        // metadata holds, which ends its proposal; it proposes again if it still wants to.
+        std::lock_guard lock(mutex);
+        if (auto s = partitions.find(p.partition); s != partitions.end()) {
+          Assignment again;
+          again.partition = p.partition;
+          again.state = s->second;
+          again.leader = s->second.leader == options.cluster.self.id;
+          again.replica = true;
+          roles.push_back(again);
+        }
+      }
+    }
+  }
+
+  // Creates the topic here when a role for it arrives first.
+  bool ensure_local_topic(const PartitionId& id, const std::map<std::string, TopicRecord>& records) {
+    if (node.describe_topic(id.topic).ok()) return true;
+    auto record = records.find(id.topic);
+    if (record == records.end()) return false;
+    Result<TopicConfig> config = topic_config_from_text(record->second.config, node.options().default_topic);
+    if (!config.ok()) {
+      log(LogLevel::kError, "cluster: a topic's settings are unreadable; its replicas here wait", {{"topic", id.topic}, {"error", config.error().message}});
+      return false;
+    }
+    config->partitions = record->second.partitions;
+    Result<TopicInfo> created = node.create_topic(id.topic, *config);
+    if (!created.ok() && created.error().code != Errc::kAlreadyExists) {
+      log(LogLevel::kError, "cluster: a replica's topic could not be created here", {{"topic", id.topic}, {"error", created.error().message}});
+      return false;
+    }
+    return true;
+  }
+
+  void apply(const Assignment& a, const std::map<std::string, TopicRecord>& records) {
+    const PartitionId& id = a.partition;
+    if (!a.replica) {
+      replicator->forget(id);
+      taken.erase(id);
+      return;
+    }
+    if (!ensure_local_topic(id, records)) {
+      retry.push_back(a);
+      return;
+    }
+    Role& role = taken[id];
+    if (role.log == nullptr) {
+      Result<std::unique_ptr<ReplicaLog>> opened = node.replica_log(id.topic, id.partition);
+      if (!opened.ok()) {
+        log(LogLevel::kError, "cluster: a replica cannot be served here", {{"partition", describe(id)}, {"error", opened.error().message}});
+        taken.erase(id);
+        return;
+      }
+      role.log = std::move(opened.value());
+    }
+    const Assignment before = role.assignment;
+    const bool same_epoch = before.replica && before.state.leader == a.state.leader && before.state.leader_epoch == a.state.leader_epoch &&
+                            before.leader_address == a.leader_address;
+    role.assignment = a;
+    if (a.leader) {
+      if (same_epoch && before.leader) {
+        replicator->set_replicas(id, a.state.leader_epoch, a.state.replicas);
+        replicator->set_isr(id, a.state.leader_epoch, a.state.isr);
+        return;
+      }
+      if (Result<void> led = replicator->lead(id, role.log.get(), a.state.leader_epoch, a.state.replicas, a.state.isr); !led.ok()) {
+        log(LogLevel::kError, "cluster: cannot lead a partition", {{"partition", describe(id)}, {"error", led.error().message}});
+      } else {
+        log(LogLevel::kInfo, "cluster: leading", {{"partition", describe(id)}, {"epoch", std::to_string(a.state.leader_epoch)}});
+      }
+      return;
+    }
+    if (a.state.leader < 0 || a.leader_address.empty()) {
+      replicator->forget(id);  // no leader to follow now
+      role.assignment.replica = false;
+      return;
+    }
+    if (same_epoch && !before.leader) return;
+    if (Result<void> followed = replicator->follow(id, role.log.get(), a.state.leader_epoch, a.state.leader, a.leader_address); !followed.ok()) {
+      log(LogLevel::kError, "cluster: cannot follow a partition", {{"partition", describe(id)}, {"error", followed.error().message}});
+    }
+  }
+
+  void replication_loop() {
+    auto last_status = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+    while (!stopping.load(std::memory_order_relaxed)) {
+      std::vector<Assignment> next;
+      std::map<std::string, TopicRecord> records;
+      {
+        std::lock_guard lock(mutex);
+        next.swap(roles);
+        if (!next.empty() || !retry.empty()) records = topics;
+      }
+      std::vector<Assignment> again = std::move(retry);
+      retry.clear();
+      for (const Assignment& a : again) apply(a, records);
+      for (const Assignment& a : next) apply(a, records);
+      replicator->run_once(1);
+      std::vector<IsrProposal> wanted = replicator->take_isr_proposals();
+      std::map<PartitionId, Offset> marks;
+      for (const auto& [id, role] : taken) {
+        if (std::optional<Offset> hw = replicator->high_watermark(id)) marks[id] = *hw;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      std::vector<ReplicaStatus> fresh;
+      const bool refresh = now - last_status > std::chrono::milliseconds(100);
+      if (refresh) {
+        fresh = replicator->status();
+        last_status = now;
+      }
+      std::lock_guard lock(mutex);
+      proposals.insert(proposals.end(), wanted.begin(), wanted.end());
+      high_watermarks = std::move(marks);
+      if (refresh) status = std::move(fresh);
+    }
+  }
+};
+
+ClusterNode::ClusterNode(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ClusterNode::~ClusterNode() {
+  impl_->stopping = true;
+  if (impl_->control.joinable()) impl_->control.join();
+  if (impl_->replication.joinable()) impl_->replication.join();
+  // After a drain the registration goes at once; otherwise (a crash, as far as the cluster can
+  // tell) the lease runs out.
+  if (impl_->drained) impl_->member->leave();
+}
+
+Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& transport, std::shared_ptr<MetadataStore> store,
+                                                        ClusterNodeOptions options) {
+  auto impl = std::make_unique<Impl>(node, transport, std::move(store), std::move(options));
+  WEFT_TRY(impl->replicator, Replicator::start(transport, impl->options.cluster.self.id, impl->options.replication_listen, impl->options.replication));
+  impl->options.cluster.self.replication_address = impl->replicator->address();
+  WEFT_TRY(impl->member, ClusterMember::join(impl->store, impl->options.cluster));
+  Impl* raw = impl.get();
+  raw->control = std::thread([raw] { raw->control_loop(); });
+  raw->replication = std::thread([raw] { raw->replication_loop(); });
+  log(LogLevel::kInfo, "cluster: joined",
+      {{"node", std::to_string(raw->options.cluster.self.id)}, {"cluster", raw->options.cluster.cluster}, {"replication", raw->replicator->address()}});
+  return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));
+}
+
+NodeId ClusterNode::id() const noexcept { return impl_->options.cluster.self.id; }
+const std::string& ClusterNode::replication_address() const noexcept { return impl_->options.cluster.self.replication_address; }
+
+Result<void> ClusterNode::create_topic(std::string_view name, std::uint32_t partitions, std::uint32_t replication_factor, const TopicConfig& config) {
+  TopicConfig checked = config;
+  checked.partitions = partitions;
+  WEFT_TRY_VOID(validate_topic_config(checked));
+  return create_cluster_topic(*impl_->store, impl_->options.cluster.cluster,
+                              TopicRecord{std::string(name), partitions, replication_factor, topic_config_text(config)});
+}
+
+Result<void> ClusterNode::delete_topic(std::string_view name) { return delete_cluster_topic(*impl_->store, impl_->options.cluster.cluster, name); }
+
+std::optional<PartitionView> ClusterNode::partition(std::string_view topic, std::uint32_t partition) const {
+  std::lock_guard lock(impl_->mutex);
+  const PartitionId id{std::string(topic), partition};
+  auto s = impl_->partitions.find(id);
+  if (s == impl_->partitions.end()) return std::nullopt;
+  PartitionView view;
+  view.leader = s->second.leader;
+  view.leader_epoch = s->second.leader_epoch;
+  view.replicas = s->second.replicas;
+  view.isr = s->second.isr;
+  if (auto hw = impl_->high_watermarks.find(id); hw != impl_->high_watermarks.end()) {
+    view.high_watermark = hw->second;
+    view.replica_here = true;
+  }
+  return view;
+}
+
+std::vector<NodeRecord> ClusterNode::nodes() const {
+  std::lock_guard lock(impl_->mutex);
+  std::vector<NodeRecord> out;
+  for (const auto& [id, n] : impl_->nodes) out.push_back(n);
+  return out;
+}
+
+NodeId ClusterNode::controller() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->controller;
+}
+
+bool ClusterNode::store_reachable() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->reachable;
+}
+
+std::vector<ReplicaStatus> ClusterNode::replicas() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->status;
+}
+
+Result<void> ClusterNode::drain(int timeout_ms) {
+  impl_->drain_requested = true;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    std::size_t led = 0;
+    {
+      std::lock_guard lock(impl_->mutex);
+      for (const auto& [id, s] : impl_->partitions) led += s.leader == impl_->options.cluster.self.id ? 1u : 0u;
+    }
+    if (led == 0) return ok();
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Error{Errc::kUnavailable, "node " + std::to_string(id()) + " still leads " + std::to_string(led) +
+                                           " partitions (no other in-sync replica to take them?)"};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+}  // namespace weft
