@@ -1,6 +1,10 @@
 #include "weft/cluster_node.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -46,6 +50,7 @@ struct ClusterNode::Impl {
   bool drained = false;  // control thread
   std::thread control;
   std::thread replication;
+  UniqueFd wake;
 
   // Between the threads and for readers, under `mutex`.
   mutable std::mutex mutex;
@@ -191,7 +196,7 @@ struct ClusterNode::Impl {
       retry.clear();
       for (const Assignment& a : again) apply(a, records);
       for (const Assignment& a : next) apply(a, records);
-      replicator->run_once(1);
+      replicator->run_once(5);
       std::vector<IsrProposal> wanted = replicator->take_isr_proposals();
       std::map<PartitionId, Offset> marks;
       for (const auto& [id, role] : taken) {
@@ -218,6 +223,8 @@ ClusterNode::~ClusterNode() {
   impl_->stopping = true;
   if (impl_->control.joinable()) impl_->control.join();
   if (impl_->replication.joinable()) impl_->replication.join();
+  impl_->node.set_replication_event(-1);
+  impl_->taken.clear();  // the replicas' logs, before the node they belong to may go
   // After a drain the registration goes at once; otherwise (a crash, as far as the cluster can
   // tell) the lease runs out.
   if (impl_->drained) impl_->member->leave();
@@ -229,6 +236,11 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   WEFT_TRY(impl->replicator, Replicator::start(transport, impl->options.cluster.self.id, impl->options.replication_listen, impl->options.replication));
   impl->options.cluster.self.replication_address = impl->replicator->address();
   WEFT_TRY(impl->member, ClusterMember::join(impl->store, impl->options.cluster));
+  // The node's passes wake the replication thread as records arrive and logs move.
+  impl->wake = UniqueFd(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!impl->wake.valid()) return os_error(Errc::kIo, "eventfd for the replication thread", errno);
+  node.set_replication_event(impl->wake.get());
+  impl->replicator->set_wake_fd(impl->wake.get());
   Impl* raw = impl.get();
   raw->control = std::thread([raw] { raw->control_loop(); });
   raw->replication = std::thread([raw] { raw->replication_loop(); });

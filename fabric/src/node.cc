@@ -15,6 +15,7 @@
 #include <fstream>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <charconv>
@@ -224,6 +225,7 @@ struct Node::State {
   bool stopping = false;
   bool hurry = false;        // a pass is wanted now (guarded by wake_mutex)
   std::atomic<int> pass_event{-1};  // an eventfd told after passes that found log waiters
+  std::atomic<int> replication_event{-1};  // another (the replication thread's), told the same way
   std::thread thread;
 };
 
@@ -284,9 +286,11 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
         lock.unlock();
         const double used = self->maintain_pass();
         // Relaxed: the fd is set once, before the listener that set it waits on it.
-        if (const int event = self->state_->pass_event.load(std::memory_order_relaxed); event >= 0 && self->state_->ack_waiters) {
-          const std::uint64_t one = 1;
-          (void)!::write(event, &one, sizeof one);
+        for (const std::atomic<int>* slot : {&self->state_->pass_event, &self->state_->replication_event}) {
+          if (const int event = slot->load(std::memory_order_relaxed); event >= 0 && self->state_->ack_waiters) {
+            const std::uint64_t one = 1;
+            (void)!::write(event, &one, sizeof one);
+          }
         }
         const std::int64_t now = monotonic_ns();
         const auto elapsed_us = static_cast<double>(now - last_pass) / 1000.0;
@@ -326,6 +330,7 @@ void Node::hurry() {
 }
 
 void Node::set_pass_event(int event_fd) noexcept { state_->pass_event.store(event_fd, std::memory_order_relaxed); }
+void Node::set_replication_event(int event_fd) noexcept { state_->replication_event.store(event_fd, std::memory_order_relaxed); }
 
 std::uint64_t Node::topics_version() const noexcept {
   return state_->topics_version.load(std::memory_order_acquire);  // pairs with the release in create/delete
@@ -991,20 +996,82 @@ class Node::Replica final : public ReplicaLog {
  public:
   Replica(Node& node, std::shared_ptr<Topic> topic, std::uint32_t index) : node_(node), topic_(std::move(topic)), index_(index) {
     load_epochs();
+    watch(partition().ring);
+  }
+  ~Replica() override {
+    if (watched_) remove_log_waiter(*watched_);
   }
   Offset log_start() const override { return partition().log->start_offset(); }
   // The ring's end: what producers (or this follower) put there, on its way to the log.
   Offset log_end() const override { return partition().ring.claimed_offset(); }
   Offset durable_end() const override { return read_log_progress(partition().ring).durable; }
 
+  // Committed batches from the ring while it holds them (copied out, then checked against
+  // producers reusing the space), else from the log. Reading the log's tail would make it
+  // write its buffer early, so the ring serves the tail. Batches a producer wrote (epoch -1) get
+  // the leader's epoch in the copy, as the log stamps its own.
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) override {
-    // Only what the log holds: the leader pushes from the log (its page cache), never from a
-    // ring slot a producer may still be writing.
-    if (offset >= read_log_progress(partition().ring).written) return std::size_t{0};
-    WEFT_TRY(std::size_t got, partition().log->read(offset, out));
-    // Below what the log holds, nothing read means the next batch did not fit.
-    if (got == 0) return Error{Errc::kResourceExhausted, "the batch at offset " + std::to_string(offset.value) + " is larger than the buffer"};
-    return got;
+    Partition& p = partition();
+    watch(p.ring);
+    if (reader_ring_ != p.ring.data()) {
+      for (TailReader& r : readers_) r.clear();
+      reader_ring_ = p.ring.data();
+    }
+    // One tail reader per follower stream (each reads at its own pace): the one already there,
+    // else the least recently used, moved.
+    TailReader* reader = nullptr;
+    for (TailReader& r : readers_) {
+      if (r.consumer && ((r.held && r.held->base_offset == offset) || (!r.held && r.consumer->next_offset() == offset))) reader = &r;
+    }
+    if (reader == nullptr) {
+      reader = &readers_[0];
+      for (TailReader& r : readers_) {
+        if (r.last_used < reader->last_used) reader = &r;
+      }
+      reader->held.reset();
+      if (!reader->consumer) {
+        Result<Consumer> attached = Consumer::attach(p.ring, StartAt::kLatest);
+        if (!attached.ok()) return from_log(offset, out);
+        reader->consumer.emplace(std::move(attached.value()));
+      }
+      if (reader->consumer->next_offset() != offset && !reader->consumer->seek(offset).ok()) {
+        return from_log(offset, out);  // behind the ring: the log has it
+      }
+    }
+    reader->last_used = ++reads_;
+    Consumer& consumer = *reader->consumer;
+    const std::int32_t epoch = p.log->leader_epoch();
+    std::size_t copied = 0;
+    for (;;) {
+      RingBatch batch;
+      if (reader->held) {
+        batch = *reader->held;
+        reader->held.reset();
+      } else {
+        const PollStatus status = consumer.poll(batch);
+        if (status == PollStatus::kEmpty) break;
+        if (status != PollStatus::kOk) {
+          reader->consumer.reset();
+          return copied > 0 ? Result<std::size_t>(copied) : from_log(offset, out);
+        }
+      }
+      if (batch.bytes.size() > out.size() - copied) {
+        reader->held = batch;  // the next read starts with it
+        if (copied == 0) {
+          return Error{Errc::kResourceExhausted, "the batch at offset " + std::to_string(batch.base_offset.value) + " is larger than the buffer"};
+        }
+        break;
+      }
+      std::memcpy(out.data() + copied, batch.bytes.data(), batch.bytes.size());
+      if (!consumer.validate(batch)) {  // overwritten while copied: the log has it
+        reader->consumer.reset();
+        return copied > 0 ? Result<std::size_t>(copied) : from_log(offset, out);
+      }
+      const std::span<std::byte> copy(out.data() + copied, batch.bytes.size());
+      if (epoch >= 0 && wire::load_be32(copy.data() + batch_field::kPartitionLeaderEpoch) < 0) stamp_partition_leader_epoch(copy, epoch);
+      copied += batch.bytes.size();
+    }
+    return copied;
   }
 
   Result<std::size_t> append(std::span<const std::byte> batches) override {
@@ -1054,6 +1121,7 @@ class Node::Replica final : public ReplicaLog {
 
   Result<void> truncate(Offset end) override {
     writer_.reset();
+    for (TailReader& r : readers_) r.clear();
     WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, end, false));
     epochs_.truncate_to(cut);
     return ok();
@@ -1061,6 +1129,7 @@ class Node::Replica final : public ReplicaLog {
 
   Result<void> reset(Offset start) override {
     writer_.reset();
+    for (TailReader& r : readers_) r.clear();
     WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, start, true));
     epochs_.truncate_to(Offset{0});
     (void)cut;
@@ -1076,6 +1145,24 @@ class Node::Replica final : public ReplicaLog {
 
  private:
   Partition& partition() const { return *topic_->partitions[index_]; }
+
+  Result<std::size_t> from_log(Offset offset, std::span<std::byte> out) {
+    if (offset >= read_log_progress(partition().ring).written) return std::size_t{0};
+    WEFT_TRY(std::size_t got, partition().log->read(offset, out));
+    // Below what the log holds, nothing read means the next batch did not fit.
+    if (got == 0) return Error{Errc::kResourceExhausted, "the batch at offset " + std::to_string(offset.value) + " is larger than the buffer"};
+    return got;
+  }
+
+  // Counts the replicator as a waiter on the ring's log, so the node's passes come quickly and
+  // tell the replication event while records arrive (the ring changes on a truncation).
+  void watch(const Ring& ring) {
+    if (watched_ && watched_->data() == ring.data()) return;
+    if (watched_) remove_log_waiter(*watched_);
+    add_log_waiter(ring);
+    watched_ = ring;
+    watched_memory_ = partition().memory;  // the old ring stays mapped while counted
+  }
 
   // Where each epoch starts, from the batches' partitionLeaderEpoch. Reads the log through;
   // a leader-epoch checkpoint file would spare that (Kafka keeps one), and is still to come.
@@ -1102,6 +1189,21 @@ class Node::Replica final : public ReplicaLog {
   std::uint32_t index_;
   EpochHistory epochs_;
   std::optional<Producer> writer_;
+  struct TailReader {
+    std::optional<Consumer> consumer;
+    std::optional<RingBatch> held;  // read from the ring, did not fit the last buffer
+    std::uint64_t last_used = 0;
+    void clear() noexcept {
+      consumer.reset();
+      held.reset();
+      last_used = 0;
+    }
+  };
+  std::array<TailReader, 4> readers_;  // the leader's, one per follower stream
+  const std::byte* reader_ring_ = nullptr;
+  std::uint64_t reads_ = 0;
+  std::optional<Ring> watched_;
+  std::shared_ptr<SharedMemory> watched_memory_;
 };
 
 Result<std::unique_ptr<ReplicaLog>> Node::replica_log(std::string_view name, std::uint32_t partition) {

@@ -1,6 +1,7 @@
 #include "weft/fabric/replication.h"
 
 #include <poll.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -782,14 +783,20 @@ struct Replicator::Impl {
     return any;
   }
 
+  int wake_fd = -1;
+
   void wait(int timeout_ms) {
     std::vector<pollfd> fds;
     fds.push_back(pollfd{listener->event_fd(), POLLIN, 0});
+    if (wake_fd >= 0) fds.push_back(pollfd{wake_fd, POLLIN, 0});
     for (auto& c : incoming) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
     for (auto& [a, c] : outgoing) {
       if (c->link != nullptr) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
     }
-    ::poll(fds.data(), fds.size(), timeout_ms);
+    if (::poll(fds.data(), fds.size(), timeout_ms) > 0 && wake_fd >= 0 && (fds[1].revents & POLLIN) != 0) {
+      std::uint64_t count = 0;
+      (void)!::read(wake_fd, &count, sizeof count);
+    }
   }
 };
 
@@ -965,6 +972,8 @@ std::vector<ReplicaStatus> Replicator::status() const {
   }
   return out;
 }
+
+void Replicator::set_wake_fd(int fd) noexcept { impl_->wake_fd = fd; }
 
 void Replicator::run_once(int timeout_ms) {
   Impl& i = *impl_;

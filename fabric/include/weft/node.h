@@ -169,6 +169,9 @@ class Node {
   // After each pass that found producers waiting on the log, writes 1 to `event_fd` (an eventfd
   // the caller polls with the rest of its sockets), so acknowledgements need no timer. -1: none.
   void set_pass_event(int event_fd) noexcept;
+  // Another such eventfd, for the replication thread (replica_log counts it as a waiter on each
+  // replicated partition's log, so passes tell it as records arrive).
+  void set_replication_event(int event_fd) noexcept;
   // Moves whenever a topic is created or deleted (or a replica's ring is replaced): lets a cache
   // of topics (the Kafka listener's) check itself with one load.
   std::uint64_t topics_version() const noexcept;

@@ -162,6 +162,9 @@ class Replicator {
   // One round: accepts links, polls them, pushes new batches, reports progress, checks lag and
   // reconnects. Waits up to `timeout_ms` for something to happen when there is nothing to do.
   void run_once(int timeout_ms);
+  // An eventfd the wait also watches (and drains): the node's log progress, so new batches and
+  // durable ends are seen at once rather than at the next timeout. -1: none.
+  void set_wake_fd(int fd) noexcept;
 
  private:
   struct Impl;
