@@ -332,15 +332,19 @@ struct ClusterMember::Impl {
   }
 
   // Writes a partition state if nobody changed it since it was read; a lost race re-reads.
-  void write_state(const PartitionId& id, const PartitionState& state, const char* why) {
+  bool write_state(const PartitionId& id, const PartitionState& state, const char* why) {
     Result<bool> written = store->compare_and_put(partition_key(id), state.revision, encode_partition(state));
-    if (!written.ok()) return failed(written.error());
+    dirty = true;
+    if (!written.ok()) {
+      failed(written.error());
+      return false;
+    }
     if (*written) {
       log(LogLevel::kInfo, "cluster: partition state changed",
           {{"partition", describe(id)}, {"why", why}, {"leader", std::to_string(state.leader)}, {"epoch", std::to_string(state.leader_epoch)},
            {"isr", ids_text(state.isr)}, {"replicas", ids_text(state.replicas)}});
     }
-    dirty = true;
+    return *written;
   }
 
   void controller_duties() {
@@ -395,8 +399,13 @@ struct ClusterMember::Impl {
         }
       }
       // Reassignment, Kafka's way: add the new replicas, wait until they are in sync, then drop
-      // the old ones (moving the leadership if it was on one).
-      if (auto target = reassignments.find(id); target != reassignments.end()) {
+      // the old ones (moving the leadership if it was on one). The request goes once the state
+      // says it is done, so a lost compare-and-swap only retries it.
+      bool reassignment_done = false;
+      if (auto target = reassignments.find(id); target != reassignments.end() && state.replicas == target->second) {
+        (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)));
+        dirty = true;
+      } else if (target != reassignments.end()) {
         std::vector<NodeId> all = next.replicas;
         for (NodeId r : target->second) {
           if (!contains(all, r)) all.push_back(r);
@@ -415,9 +424,10 @@ struct ClusterMember::Impl {
             next.leader = choose_leader(next, nodes);
             ++next.leader_epoch;
           }
-          (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)));
+          reassignment_done = true;
         }
       }
+      (void)reassignment_done;
       if (next.replicas != state.replicas || next.leader != state.leader || next.leader_epoch != state.leader_epoch || next.isr != state.isr) {
         write_state(id, next, leader_gone ? "leader gone" : leader_draining ? "leader draining" : "replicas changed");
       }
@@ -520,11 +530,21 @@ Result<void> ClusterMember::delete_topic(std::string_view name) {
   return ok();
 }
 
-Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr) {
+Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
+                                       const std::vector<NodeId>& based_on) {
   WEFT_TRY(std::optional<KeyValue> kv, impl_->store->get(impl_->partition_key(partition)));
   if (!kv) return false;
   WEFT_TRY(PartitionState state, decode_partition(kv->value));
   if (state.leader_epoch != epoch || state.leader != impl_->options.self.id) return false;
+  // A proposal made against another set (the controller dropped a dead node meanwhile) is stale.
+  std::vector<NodeId> held = state.isr;
+  std::vector<NodeId> expected = based_on;
+  std::sort(held.begin(), held.end());
+  std::sort(expected.begin(), expected.end());
+  if (!based_on.empty() && held != expected) return false;
+  for (NodeId id : isr) {
+    if (!contains(state.replicas, id)) return false;  // a reassignment dropped it
+  }
   state.isr = isr;
   WEFT_TRY(bool written, impl_->store->compare_and_put(impl_->partition_key(partition), kv->mod_revision, encode_partition(state)));
   impl_->dirty = true;

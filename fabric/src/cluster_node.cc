@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -94,7 +95,7 @@ struct ClusterNode::Impl {
         wanted.swap(proposals);
       }
       for (const IsrProposal& p : wanted) {
-        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr);
+        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on);
         if (committed.ok() && *committed) {
           log(LogLevel::kInfo, "cluster: in-sync set changed", {{"partition", describe(p.partition)}, {"why", p.reason}});
           continue;  // the new state comes back as a role change
@@ -108,6 +109,7 @@ struct ClusterNode::Impl {
           again.state = s->second;
           again.leader = s->second.leader == options.cluster.self.id;
           again.replica = true;
+          if (auto n = nodes.find(s->second.leader); n != nodes.end()) again.leader_address = n->second.replication_address;
           roles.push_back(again);
         }
       }
@@ -138,6 +140,14 @@ struct ClusterNode::Impl {
     if (!a.replica) {
       replicator->forget(id);
       taken.erase(id);
+      // A deleted topic's local copy goes with its last replica here, so a topic made again
+      // under the name starts empty.
+      const bool any_left = std::any_of(taken.begin(), taken.end(), [&](const auto& t) { return t.first.topic == id.topic; });
+      if (!records.contains(id.topic) && !any_left) {
+        if (Result<void> deleted = node.delete_topic(id.topic); !deleted.ok() && deleted.error().code != Errc::kNotFound) {
+          log(LogLevel::kWarn, "cluster: a deleted topic's local copy stays", {{"topic", id.topic}, {"error", deleted.error().message}});
+        }
+      }
       return;
     }
     if (!ensure_local_topic(id, records)) {

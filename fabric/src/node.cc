@@ -226,6 +226,7 @@ struct Node::State {
   bool hurry = false;        // a pass is wanted now (guarded by wake_mutex)
   std::atomic<int> pass_event{-1};  // an eventfd told after passes that found log waiters
   std::atomic<int> replication_event{-1};  // another (the replication thread's), told the same way
+  std::mutex event_mutex;  // the event fds change and are written under it
   std::thread thread;
 };
 
@@ -286,10 +287,14 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
         lock.unlock();
         const double used = self->maintain_pass();
         // Relaxed: the fd is set once, before the listener that set it waits on it.
-        for (const std::atomic<int>* slot : {&self->state_->pass_event, &self->state_->replication_event}) {
-          if (const int event = slot->load(std::memory_order_relaxed); event >= 0 && self->state_->ack_waiters) {
+        if (self->state_->ack_waiters) {
+          // Under the mutex the setters take: once set_*_event returns, no write to the old fd
+          // is under way or to come (its owner may close it, and the number be reused).
+          std::lock_guard events(self->state_->event_mutex);
+          for (const int event : {self->state_->pass_event.load(std::memory_order_relaxed),
+                                  self->state_->replication_event.load(std::memory_order_relaxed)}) {
             const std::uint64_t one = 1;
-            (void)!::write(event, &one, sizeof one);
+            if (event >= 0) (void)!::write(event, &one, sizeof one);
           }
         }
         const std::int64_t now = monotonic_ns();
@@ -329,8 +334,14 @@ void Node::hurry() {
   state_->wake.notify_one();
 }
 
-void Node::set_pass_event(int event_fd) noexcept { state_->pass_event.store(event_fd, std::memory_order_relaxed); }
-void Node::set_replication_event(int event_fd) noexcept { state_->replication_event.store(event_fd, std::memory_order_relaxed); }
+void Node::set_pass_event(int event_fd) noexcept {
+  std::lock_guard lock(state_->event_mutex);
+  state_->pass_event.store(event_fd, std::memory_order_relaxed);
+}
+void Node::set_replication_event(int event_fd) noexcept {
+  std::lock_guard lock(state_->event_mutex);
+  state_->replication_event.store(event_fd, std::memory_order_relaxed);
+}
 
 std::uint64_t Node::topics_version() const noexcept {
   return state_->topics_version.load(std::memory_order_acquire);  // pairs with the release in create/delete
@@ -1076,6 +1087,7 @@ class Node::Replica final : public ReplicaLog {
 
   Result<std::size_t> append(std::span<const std::byte> batches) override {
     Partition& p = partition();
+    watch(p.ring);
     if (!writer_) {
       Result<Producer> attached = Producer::attach(p.ring, ProducerMode::kExclusive);
       if (!attached.ok()) {
@@ -1115,7 +1127,7 @@ class Node::Replica final : public ReplicaLog {
       }
       taken += batch.size_bytes();
     }
-    if (taken > 0 && taken < batches.size()) node_.hurry();  // the log writer makes the room
+    if (taken < batches.size()) node_.hurry();  // the log writer makes the room (and wakes us)
     return taken;
   }
 

@@ -157,8 +157,21 @@ struct Replicator::Impl {
       Buffer buffer;
     };
     std::deque<InFlight> in_flight;
+    // Landing regions of partitions no longer followed through this link: a write may still be
+    // landing in them, so they stay registered and allocated until the link is gone.
+    struct Retired {
+      std::uint32_t key = 0;
+      std::vector<std::byte> bytes;
+    };
+    std::vector<Retired> retired;
     bool up() const noexcept { return link != nullptr && link->connected(); }
   };
+
+  // Frees the retired regions of a connection whose link is closed (or about to be replaced).
+  void release_retired(Connection& c) {
+    for (Connection::Retired& r : c.retired) (void)transport.deregister_region(r.key);
+    c.retired.clear();
+  }
 
   struct FollowerState {
     Offset log_end{0};
@@ -179,6 +192,7 @@ struct Replicator::Impl {
     Offset hw{0};
     std::map<NodeId, FollowerState> followers;
     bool proposal_pending = false;
+    std::vector<NodeId> proposed_additions;  // members a pending proposal adds
   };
 
   enum class FollowState : std::uint8_t { kNeedFollow, kAwaitAccept, kStreaming, kBackoff };
@@ -337,11 +351,16 @@ struct Replicator::Impl {
 
   void update_hw(const PartitionId& partition, Led& l) {
     Offset hw = l.log->durable_end();
-    for (NodeId id : l.isr) {
-      if (id == self) continue;
+    // The committed set, and while an expansion is proposed, the members it would add (Kafka's
+    // "maximal" in-sync set, KIP-497): a replica the metadata may already hold in the set, and
+    // could elect, is never behind the high watermark.
+    auto counts = [&](NodeId id) {
+      if (id == self) return;
       auto f = l.followers.find(id);
       hw = std::min(hw, f == l.followers.end() ? l.hw : f->second.durable_end);
-    }
+    };
+    for (NodeId id : l.isr) counts(id);
+    for (NodeId id : l.proposed_additions) counts(id);
     if (hw <= l.hw) return;
     l.hw = hw;
     for (auto& [id, f] : l.followers) {
@@ -354,7 +373,10 @@ struct Replicator::Impl {
   // Pushes what the log holds past each stream's position, while the region has room.
   bool push(Connection& c) {
     bool any = false;
-    for (auto& [id, s] : c.streams) {
+    for (auto& entry : c.streams) {
+      // Named, not structured bindings: the lambda below captures them (clang 14 cannot).
+      const std::uint16_t id = entry.first;
+      LeaderStream& s = entry.second;
       auto l = led.find(s.partition);
       if (l == led.end()) continue;
       ReplicaLog& log_ = *l->second.log;
@@ -384,9 +406,14 @@ struct Replicator::Impl {
           }
           return got;
         };
-        Result<std::size_t> read = read_into(std::min<std::uint64_t>({options.max_write_bytes, free, size - s.head}));
-        if (read.ok() && *read == 0 && too_big && s.head != 0 && free > size - s.head) {
+        const std::uint64_t at_head = std::min<std::uint64_t>({options.max_write_bytes, free, size - s.head});
+        Result<std::size_t> read = read_into(at_head);
+        // Wrap when the next batch does not fit before the end — or nothing does (a write ended
+        // exactly at the end: skip is then 0, and the wrap bit still says "from the start").
+        bool wrapped = false;
+        if (read.ok() && *read == 0 && (too_big || s.head == size) && s.head != 0 && free >= size - s.head) {
           skip = size - s.head;
+          wrapped = true;
           too_big = false;
           read = read_into(std::min<std::uint64_t>(options.max_write_bytes, free - skip));
         }
@@ -413,9 +440,9 @@ struct Replicator::Impl {
           next = batch->last_offset() + 1;
           at += batch->size_bytes();
         }
-        const std::uint64_t start = skip > 0 ? 0 : s.head;
+        const std::uint64_t start = wrapped ? 0 : s.head;
         const std::span<const std::byte> gather[1] = {chunk};
-        const std::uint32_t immediate = id | (skip > 0 ? kWrapBit : 0u);
+        const std::uint32_t immediate = id | (wrapped ? kWrapBit : 0u);
         const PostStatus posted = c.link->post_write(s.region, start, gather, immediate, id);
         if (posted != PostStatus::kOk) break;  // a full queue: the next round; a dead link: its end is polled
         c.in_flight.push_back(Connection::InFlight{id, std::move(buffer)});
@@ -470,7 +497,11 @@ struct Replicator::Impl {
       }
       if (isr != l.isr) {
         std::sort(isr.begin(), isr.end());
-        proposals.push_back(IsrProposal{partition, l.epoch, isr, reason});
+        l.proposed_additions.clear();
+        for (NodeId id : isr) {
+          if (!contains(l.isr, id)) l.proposed_additions.push_back(id);
+        }
+        proposals.push_back(IsrProposal{partition, l.epoch, isr, reason, l.isr});
         l.proposal_pending = true;
       }
     }
@@ -593,8 +624,8 @@ struct Replicator::Impl {
     const std::uint64_t size = f.region.size();
     std::uint64_t start = f.position;
     if ((done.immediate & kWrapBit) != 0) {
-      // The skipped tail frees in order, after whatever still waits before it.
-      f.pending.push_back(Followed::Pending{{}, static_cast<std::uint32_t>(size - start)});
+      // The skipped tail (maybe empty) frees in order, after whatever still waits before it.
+      if (size > start) f.pending.push_back(Followed::Pending{{}, static_cast<std::uint32_t>(size - start)});
       start = 0;
     }
     if (start + done.length > size) {
@@ -626,7 +657,8 @@ struct Replicator::Impl {
 
   // Appends what has landed, oldest first; a log without room keeps the rest for the next
   // round, and the region space stays unfreed (so the leader waits) until it is taken.
-  void take_pending(Connection& c, Followed& f, const PartitionId& partition) {
+  // True when it took anything.
+  bool take_pending(Connection& c, Followed& f, const PartitionId& partition) {
     bool took = false;
     while (!f.pending.empty()) {
       Followed::Pending& next = f.pending.front();
@@ -637,8 +669,9 @@ struct Replicator::Impl {
               {{"partition", describe(partition)}, {"error", appended.error().message}});
           f.pending.clear();
           back_off(f, "append failed: " + appended.error().message);
-          return;
+          return took;
         }
+        took = took || *appended > 0;
         next.bytes = next.bytes.subspan(*appended);
         if (!next.bytes.empty()) break;
       }
@@ -647,6 +680,7 @@ struct Replicator::Impl {
       took = true;
     }
     if (took) send_progress(c, f);
+    return took;
   }
 
   // -- links --
@@ -690,6 +724,8 @@ struct Replicator::Impl {
     }
     c.streams.clear();
     if (c.outgoing) {
+      if (c.link != nullptr) c.link->close();
+      release_retired(c);
       log(LogLevel::kWarn, "replication: the link to a leader ended; reconnecting",
           {{"leader", c.address}, {"error", c.link != nullptr ? c.link->error().message : ""}});
       c.retry_at_ms = now_ms() + options.retry_backoff_ms;
@@ -718,11 +754,17 @@ struct Replicator::Impl {
   bool step_followers() {
     bool any = false;
     const std::int64_t now = now_ms();
-    for (auto& [address_, c] : outgoing) {
+    for (auto& entry : outgoing) {
+      const std::string& address_ = entry.first;  // captured below: not a structured binding (clang 14)
+      std::unique_ptr<Connection>& c = entry.second;
       const bool wanted = std::any_of(followed.begin(), followed.end(), [&](const auto& f) { return f.second.address == address_; });
       if (!wanted) continue;
       if (!c->up() && now >= c->retry_at_ms) {
-        if (c->link != nullptr) c->in_flight.clear();
+        if (c->link != nullptr) {
+          c->link->close();
+          c->in_flight.clear();
+          release_retired(*c);
+        }
         Result<std::unique_ptr<Link>> link = transport.connect(address_, options.connect_timeout_ms);
         if (link.ok()) {
           c->link = std::move(link.value());
@@ -747,8 +789,7 @@ struct Replicator::Impl {
         send_follow(*c->second, f, partition);
         any = true;
       } else if (f.state == FollowState::kStreaming && !f.pending.empty()) {
-        take_pending(*c->second, f, partition);
-        any = true;
+        any = take_pending(*c->second, f, partition) || any;  // no room yet: wait for the log writer's wake-up
       } else if (f.state == FollowState::kStreaming &&
                  (f.progress_due || f.log->durable_end() != f.reported_durable || f.log->log_end() != f.reported_end)) {
         send_progress(*c->second, f);
@@ -801,7 +842,17 @@ struct Replicator::Impl {
 };
 
 Replicator::Replicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Replicator::~Replicator() = default;
+Replicator::~Replicator() {
+  // Links first (nothing lands any more), then the regions they wrote into.
+  for (auto& c : impl_->incoming) {
+    if (c->link != nullptr) c->link->close();
+  }
+  for (auto& [address, c] : impl_->outgoing) {
+    if (c->link != nullptr) c->link->close();
+    impl_->release_retired(*c);
+  }
+  for (auto& [partition, f] : impl_->followed) (void)impl_->transport.deregister_region(f.descriptor.key);
+}
 
 Result<std::unique_ptr<Replicator>> Replicator::start(Transport& transport, NodeId self, std::string_view listen_address,
                                                       ReplicationOptions options) {
@@ -889,9 +940,13 @@ void Replicator::forget(const PartitionId& partition) {
       m.put(static_cast<std::uint8_t>(MessageType::kUnfollow)).put(f->second.stream);
       Impl::send(*c->second, m);
     }
-    // The region may still be written by a write in flight: only a closed link is sure not to.
-    // Deregistering makes such a write end the link (which then reconnects), never land.
-    (void)impl_->transport.deregister_region(f->second.descriptor.key);
+    // A write may still be landing in the region: it stays registered and allocated with the
+    // link until that ends (a write for the old stream lands there harmlessly meanwhile).
+    if (c != impl_->outgoing.end() && c->second->link != nullptr) {
+      c->second->retired.push_back(Impl::Connection::Retired{f->second.descriptor.key, std::move(f->second.region)});
+    } else {
+      (void)impl_->transport.deregister_region(f->second.descriptor.key);
+    }
     impl_->followed_by_stream.erase(f->second.stream);
     impl_->followed.erase(f);
   }
@@ -903,6 +958,7 @@ void Replicator::set_isr(const PartitionId& partition, std::int32_t epoch, std::
   std::sort(isr.begin(), isr.end());
   l->second.isr = std::move(isr);
   l->second.proposal_pending = false;
+  l->second.proposed_additions.clear();
   const std::int64_t now = now_ms();
   for (NodeId id : l->second.isr) {
     if (id == impl_->self) continue;

@@ -31,6 +31,18 @@ std::string recovery_point_text(Offset offset) {
   return body + " " + crc + "\n";
 }
 
+// Makes unlinks and creations in `dir` durable (a cut that a crash could undo would leave a
+// deleted segment beside the one that now holds its offsets).
+Result<void> sync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return os_error(Errc::kIo, "opening " + dir, errno);
+  const int synced = ::fsync(fd);
+  const int e = errno;
+  ::close(fd);
+  if (synced != 0) return os_error(Errc::kIo, "fsync " + dir, e);
+  return ok();
+}
+
 Offset read_recovery_point(const std::string& dir) {
   std::ifstream in(dir + kRecoveryPointFile);
   std::string version, offset, crc;
@@ -328,6 +340,7 @@ Result<Offset> SegmentLog::truncate(Offset end) {
   Result<Segment> reopened = cut_and_reopen();
   if (!reopened.ok()) return stop_after(reopened.error());
   segments_.back() = std::make_unique<Segment>(std::move(reopened.value()));
+  WEFT_TRY_VOID(sync_dir(dir_));
   active_since_ms_ = segments_.back()->size_bytes() > 0 ? wall_clock_ms() : -1;
   return segments_.back()->next_offset();
 }
@@ -355,7 +368,7 @@ Result<void> SegmentLog::restart_at(Offset start) {
   segments_.clear();
   segments_.push_back(std::make_unique<Segment>(std::move(first.value())));
   active_since_ms_ = -1;
-  return ok();
+  return sync_dir(dir_);
 }
 
 Error SegmentLog::stop_after(Error error) {

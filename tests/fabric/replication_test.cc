@@ -277,6 +277,25 @@ TEST_P(ReplicationTest, APromotedFollowerLeadsFromWhereItIs) {
   ASSERT_TRUE(run_until([&] { return same_log(l2, l3) && n2.high_watermark(kP) == Offset{55}; }));
 }
 
+TEST_P(ReplicationTest, WritesThatEndExactlyAtTheRegionsEndWrapAndGoOn) {
+  // Batches of one size B, writes of 2B into a region of 8B: every fourth write ends exactly at
+  // the region's end, and the next must start it again (a stall here once stopped the stream).
+  MemoryReplicaLog probe;
+  probe.produce(3, 1);
+  const std::size_t b = probe.batches().front().size();
+  ReplicationOptions o = small_options();
+  o.region_bytes = 8 * b;
+  o.max_write_bytes = 2 * b;
+  Replicator& n1 = start(1, o);
+  Replicator& n2 = start(2, o);
+  MemoryReplicaLog l1, l2;
+  ASSERT_TRUE(n1.lead(kP, &l1, 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(n2.follow(kP, &l2, 1, 1, n1.address()).ok());
+  for (int i = 0; i < 200; ++i) l1.produce(3, 1);
+  ASSERT_TRUE(run_until([&] { return same_log(l1, l2) && n1.high_watermark(kP) == l1.log_end(); }))
+      << "the follower stopped at " << l2.log_end().value << " of " << l1.log_end().value;
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, ReplicationTest, testing::Values(Case{"Loopback", false}, Case{"Tcp", true}),
                          [](const testing::TestParamInfo<Case>& param) { return param.param.name; });
 

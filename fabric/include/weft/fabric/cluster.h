@@ -123,7 +123,10 @@ class ClusterMember {
   Result<void> delete_topic(std::string_view name);
   // A leader's in-sync set change; false when the partition moved on (another epoch or a
   // concurrent change): the leader re-reads and proposes again if it still wants it.
-  Result<bool> commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr);
+  // `based_on`: the set the proposal changed; a metadata set that differs means the proposal is
+  // stale (false). Empty: not checked.
+  Result<bool> commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
+                          const std::vector<NodeId>& based_on = {});
   Result<void> reassign(const PartitionId& partition, const std::vector<NodeId>& replicas);
   // Asks the controller to move every leadership off this node (a clean shutdown).
   Result<void> drain();

@@ -105,6 +105,7 @@ struct IsrProposal {
   std::int32_t leader_epoch = 0;
   std::vector<NodeId> isr;
   std::string reason;
+  std::vector<NodeId> based_on;  // the set it changes: commit only if the metadata still holds it
 };
 
 struct ReplicaStatus {
