@@ -973,7 +973,10 @@ Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::
   const std::shared_ptr<SharedMemory> old_memory = p.memory;
   p.writer.reset();
   {
-    std::unique_lock lock(state_->topics_mutex);  // open_partition reads memory and ring under it
+    // open_partition reads memory and ring under the topics mutex, describe_topic the ring under
+    // the stats mutex (the order every path takes them in).
+    std::unique_lock lock(state_->topics_mutex);
+    std::lock_guard stats(state_->stats_mutex);
     p.memory = memory;
     p.ring = ring;
   }
