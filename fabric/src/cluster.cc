@@ -7,14 +7,13 @@
 #include <thread>
 
 #include "weft/fabric/log.h"
+#include "weft/fabric/ring.h"
 #include "weft/node.h"
 
 namespace weft {
 namespace {
 
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+std::int64_t now_ms() noexcept { return monotonic_ns() / 1'000'000; }
 
 // `key=value` fields separated by spaces; a value runs to the next space.
 std::map<std::string, std::string, std::less<>> fields_of(std::string_view text) {
@@ -61,8 +60,6 @@ std::string ids_text(const std::vector<NodeId>& ids) {
 }
 
 bool contains(const std::vector<NodeId>& ids, NodeId id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
-
-std::string describe(const PartitionId& p) { return p.topic + "/" + std::to_string(p.partition); }
 
 }  // namespace
 
@@ -278,7 +275,7 @@ struct ClusterMember::Impl {
           s->revision = kv.mod_revision;
           partitions[id] = *s;
         } else {
-          log(LogLevel::kError, "cluster: an unreadable partition state is ignored", {{"partition", describe(id)}, {"error", s.error().message}});
+          log(LogLevel::kError, "cluster: an unreadable partition state is ignored", {{"partition", to_string(id)}, {"error", s.error().message}});
         }
       }
     }
@@ -341,7 +338,7 @@ struct ClusterMember::Impl {
     }
     if (*written) {
       log(LogLevel::kInfo, "cluster: partition state changed",
-          {{"partition", describe(id)}, {"why", why}, {"leader", std::to_string(state.leader)}, {"epoch", std::to_string(state.leader_epoch)},
+          {{"partition", to_string(id)}, {"why", why}, {"leader", std::to_string(state.leader)}, {"epoch", std::to_string(state.leader_epoch)},
            {"isr", ids_text(state.isr)}, {"replicas", ids_text(state.replicas)}});
     }
     return *written;
@@ -357,7 +354,7 @@ struct ClusterMember::Impl {
         if (partitions.contains(id)) continue;
         Result<std::vector<std::vector<NodeId>>> replicas = assign_replicas(live, 1, topic.replication_factor, p);
         if (!replicas.ok()) {
-          log(LogLevel::kWarn, "cluster: a partition cannot be assigned yet", {{"partition", describe(id)}, {"error", replicas.error().message}});
+          log(LogLevel::kWarn, "cluster: a partition cannot be assigned yet", {{"partition", to_string(id)}, {"error", replicas.error().message}});
           break;
         }
         PartitionState s;
@@ -401,7 +398,6 @@ struct ClusterMember::Impl {
       // Reassignment, Kafka's way: add the new replicas, wait until they are in sync, then drop
       // the old ones (moving the leadership if it was on one). The request goes once the state
       // says it is done, so a lost compare-and-swap only retries it.
-      bool reassignment_done = false;
       if (auto target = reassignments.find(id); target != reassignments.end() && state.replicas == target->second) {
         (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)));
         dirty = true;
@@ -424,10 +420,8 @@ struct ClusterMember::Impl {
             next.leader = choose_leader(next, nodes);
             ++next.leader_epoch;
           }
-          reassignment_done = true;
         }
       }
-      (void)reassignment_done;
       if (next.replicas != state.replicas || next.leader != state.leader || next.leader_epoch != state.leader_epoch || next.isr != state.isr) {
         write_state(id, next, leader_gone ? "leader gone" : leader_draining ? "leader draining" : "replicas changed");
       }
@@ -558,7 +552,7 @@ Result<void> ClusterMember::reassign(const PartitionId& partition, const std::ve
   for (NodeId r : replicas) {
     if (!impl_->nodes.contains(r)) return Error{Errc::kInvalidArgument, "node " + std::to_string(r) + " is not a live node"};
   }
-  if (!impl_->partitions.contains(partition)) return Error{Errc::kNotFound, "partition " + describe(partition) + " does not exist"};
+  if (!impl_->partitions.contains(partition)) return Error{Errc::kNotFound, "partition " + to_string(partition) + " does not exist"};
   WEFT_TRY(std::int64_t revision, impl_->store->put(impl_->key("reassign/" + partition.topic + "/" + std::to_string(partition.partition)),
                                                     "replicas=" + ids_text(replicas)));
   (void)revision;

@@ -14,12 +14,6 @@
 #include "weft/fabric/log.h"
 
 namespace weft {
-namespace {
-
-std::string describe(const PartitionId& p) { return p.topic + "/" + std::to_string(p.partition); }
-
-}  // namespace
-
 Result<TopicConfig> topic_config_from_text(std::string_view text, TopicConfig base) {
   std::size_t at = 0;
   while (at < text.size()) {
@@ -97,7 +91,7 @@ struct ClusterNode::Impl {
       for (const IsrProposal& p : wanted) {
         Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on);
         if (committed.ok() && *committed) {
-          log(LogLevel::kInfo, "cluster: in-sync set changed", {{"partition", describe(p.partition)}, {"why", p.reason}});
+          log(LogLevel::kInfo, "cluster: in-sync set changed", {{"partition", to_string(p.partition)}, {"why", p.reason}});
           continue;  // the new state comes back as a role change
         }
         // Refused (the partition moved on) or the store is away: hand the leader the set the
@@ -158,7 +152,7 @@ struct ClusterNode::Impl {
     if (role.log == nullptr) {
       Result<std::unique_ptr<ReplicaLog>> opened = node.replica_log(id.topic, id.partition);
       if (!opened.ok()) {
-        log(LogLevel::kError, "cluster: a replica cannot be served here", {{"partition", describe(id)}, {"error", opened.error().message}});
+        log(LogLevel::kError, "cluster: a replica cannot be served here", {{"partition", to_string(id)}, {"error", opened.error().message}});
         taken.erase(id);
         return;
       }
@@ -175,9 +169,9 @@ struct ClusterNode::Impl {
         return;
       }
       if (Result<void> led = replicator->lead(id, role.log.get(), a.state.leader_epoch, a.state.replicas, a.state.isr); !led.ok()) {
-        log(LogLevel::kError, "cluster: cannot lead a partition", {{"partition", describe(id)}, {"error", led.error().message}});
+        log(LogLevel::kError, "cluster: cannot lead a partition", {{"partition", to_string(id)}, {"error", led.error().message}});
       } else {
-        log(LogLevel::kInfo, "cluster: leading", {{"partition", describe(id)}, {"epoch", std::to_string(a.state.leader_epoch)}});
+        log(LogLevel::kInfo, "cluster: leading", {{"partition", to_string(id)}, {"epoch", std::to_string(a.state.leader_epoch)}});
       }
       return;
     }
@@ -188,7 +182,7 @@ struct ClusterNode::Impl {
     }
     if (same_epoch && !before.leader) return;
     if (Result<void> followed = replicator->follow(id, role.log.get(), a.state.leader_epoch, a.state.leader, a.leader_address); !followed.ok()) {
-      log(LogLevel::kError, "cluster: cannot follow a partition", {{"partition", describe(id)}, {"error", followed.error().message}});
+      log(LogLevel::kError, "cluster: cannot follow a partition", {{"partition", to_string(id)}, {"error", followed.error().message}});
     }
   }
 
@@ -208,10 +202,6 @@ struct ClusterNode::Impl {
       for (const Assignment& a : next) apply(a, records);
       replicator->run_once(5);
       std::vector<IsrProposal> wanted = replicator->take_isr_proposals();
-      std::map<PartitionId, Offset> marks;
-      for (const auto& [id, role] : taken) {
-        if (std::optional<Offset> hw = replicator->high_watermark(id)) marks[id] = *hw;
-      }
       const auto now = std::chrono::steady_clock::now();
       std::vector<ReplicaStatus> fresh;
       const bool refresh = now - last_status > std::chrono::milliseconds(100);
@@ -221,7 +211,11 @@ struct ClusterNode::Impl {
       }
       std::lock_guard lock(mutex);
       proposals.insert(proposals.end(), wanted.begin(), wanted.end());
-      high_watermarks = std::move(marks);
+      // Updated in place: the map allocates only when a replica comes or goes.
+      std::erase_if(high_watermarks, [&](const auto& entry) { return !taken.contains(entry.first); });
+      for (const auto& entry : taken) {
+        if (std::optional<Offset> hw = replicator->high_watermark(entry.first)) high_watermarks[entry.first] = *hw;
+      }
       if (refresh) status = std::move(fresh);
     }
   }

@@ -5,13 +5,13 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <cstring>
 #include <deque>
 #include <map>
 
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
+#include "weft/fabric/ring.h"
 
 namespace weft {
 
@@ -111,15 +111,13 @@ class MessageReader {
 // again (the tail after the previous write was skipped).
 constexpr std::uint32_t kWrapBit = 1u << 16;
 
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+std::int64_t now_ms() noexcept { return monotonic_ns() / 1'000'000; }
 
 bool contains(const std::vector<NodeId>& ids, NodeId id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
 
-std::string describe(const PartitionId& p) { return p.topic + "/" + std::to_string(p.partition); }
-
 }  // namespace
+
+std::string to_string(const PartitionId& p) { return p.topic + "/" + std::to_string(p.partition); }
 
 // ---- the replicator --------------------------------------------------------------------------
 
@@ -137,7 +135,6 @@ struct Replicator::Impl {
     std::uint64_t head = 0;         // where the next write starts in the region
     std::uint64_t written = 0;      // region bytes used so far, skipped tails included
     std::uint64_t consumed = 0;     // region bytes the follower has freed
-    std::size_t in_flight = 0;
     std::vector<Buffer> free_buffers;
     bool hw_due = false;
     bool stuck_reported = false;
@@ -213,7 +210,6 @@ struct Replicator::Impl {
     Offset hw{0};
     Offset reported_end{-1};
     Offset reported_durable{-1};
-    std::uint64_t reported_consumed = 0;
     bool progress_due = false;
     // Writes landed and not yet wholly appended (the log had no room): what is left of each, and
     // the region bytes it frees once taken.
@@ -271,7 +267,7 @@ struct Replicator::Impl {
     c.streams.erase(stream);
     auto found = led.find(partition);
     if (found == led.end()) {
-      refuse(c, stream, MessageType::kRefused, -1, -1, "node " + std::to_string(self) + " does not lead " + describe(partition));
+      refuse(c, stream, MessageType::kRefused, -1, -1, "node " + std::to_string(self) + " does not lead " + to_string(partition));
       return;
     }
     Led& l = found->second;
@@ -281,7 +277,7 @@ struct Replicator::Impl {
       return;
     }
     if (!contains(l.replicas, follower) || follower == self) {
-      refuse(c, stream, MessageType::kRefused, l.epoch, -1, "node " + std::to_string(follower) + " is not a replica of " + describe(partition));
+      refuse(c, stream, MessageType::kRefused, l.epoch, -1, "node " + std::to_string(follower) + " is not a replica of " + to_string(partition));
       return;
     }
     if (region.length < options.max_write_bytes || region.key == 0) {
@@ -419,14 +415,14 @@ struct Replicator::Impl {
         }
         if (!read.ok()) {
           log(LogLevel::kWarn, "replication: the leader cannot read its log; the follower's stream stops",
-              {{"partition", describe(s.partition)}, {"error", read.error().message}});
+              {{"partition", to_string(s.partition)}, {"error", read.error().message}});
           c.link->close();
           return any;
         }
         if (*read == 0) {
           if (too_big && free == size && !s.stuck_reported) {
             log(LogLevel::kError, "replication: a batch is larger than one replication write (max_write_bytes); the stream waits",
-                {{"partition", describe(s.partition)}, {"offset", std::to_string(s.next_offset.value)}});
+                {{"partition", to_string(s.partition)}, {"offset", std::to_string(s.next_offset.value)}});
             s.stuck_reported = true;
           }
           break;  // nothing new yet, or the next batch needs more room than the follower has freed
@@ -447,7 +443,6 @@ struct Replicator::Impl {
         if (posted != PostStatus::kOk) break;  // a full queue: the next round; a dead link: its end is polled
         c.in_flight.push_back(Connection::InFlight{id, std::move(buffer)});
         s.free_buffers.pop_back();
-        ++s.in_flight;
         s.written += skip + chunk.size();
         s.head = start + chunk.size();
         s.next_offset = next;
@@ -463,7 +458,6 @@ struct Replicator::Impl {
     c.in_flight.pop_front();
     auto s = c.streams.find(done.stream);
     if (s == c.streams.end()) return;  // the stream ended: the buffer goes
-    --s->second.in_flight;
     s->second.free_buffers.push_back(std::move(done.buffer));
   }
 
@@ -534,7 +528,6 @@ struct Replicator::Impl {
       f.state = FollowState::kAwaitAccept;
       f.position = 0;
       f.consumed = 0;
-      f.reported_consumed = 0;
       f.pending.clear();
     }
   }
@@ -547,7 +540,6 @@ struct Replicator::Impl {
     if (send(c, m)) {
       f.reported_end = end;
       f.reported_durable = durable;
-      f.reported_consumed = f.consumed;
       f.progress_due = false;
     } else {
       f.progress_due = true;
@@ -584,7 +576,7 @@ struct Replicator::Impl {
         const Offset own_end = f.log->epochs().end_of(epoch, f.log->log_end()).second;
         const Offset to = std::max(f.log->log_start(), std::min(leader_end, own_end));
         log(LogLevel::kInfo, "replication: truncating a divergent suffix",
-            {{"partition", describe(p->second)}, {"from", std::to_string(f.log->log_end().value)}, {"to", std::to_string(to.value)}});
+            {{"partition", to_string(p->second)}, {"from", std::to_string(f.log->log_end().value)}, {"to", std::to_string(to.value)}});
         if (Result<void> cut = f.log->truncate(to); !cut.ok()) {
           back_off(f, "truncation failed: " + cut.error().message);
           return;
@@ -629,7 +621,7 @@ struct Replicator::Impl {
       start = 0;
     }
     if (start + done.length > size) {
-      log(LogLevel::kError, "replication: a write past the landing region's end; following again", {{"partition", describe(p->second)}});
+      log(LogLevel::kError, "replication: a write past the landing region's end; following again", {{"partition", to_string(p->second)}});
       f.state = FollowState::kNeedFollow;
       return;
     }
@@ -642,7 +634,7 @@ struct Replicator::Impl {
       Result<BatchView> batch = BatchView::parse(chunk.subspan(at));
       if (!batch.ok()) {
         log(LogLevel::kError, "replication: a corrupt batch from the leader; following again",
-            {{"partition", describe(p->second)}, {"error", batch.error().message}});
+            {{"partition", to_string(p->second)}, {"error", batch.error().message}});
         f.state = FollowState::kNeedFollow;
         return;
       }
@@ -666,7 +658,7 @@ struct Replicator::Impl {
         Result<std::size_t> appended = f.log->append(next.bytes);
         if (!appended.ok()) {
           log(LogLevel::kError, "replication: the follower's log refused batches; following again later",
-              {{"partition", describe(partition)}, {"error", appended.error().message}});
+              {{"partition", to_string(partition)}, {"error", appended.error().message}});
           f.pending.clear();
           back_off(f, "append failed: " + appended.error().message);
           return took;
@@ -870,7 +862,7 @@ NodeId Replicator::self() const noexcept { return impl_->self; }
 
 Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, std::int32_t epoch, std::vector<NodeId> replicas,
                               std::vector<NodeId> isr) {
-  if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + describe(partition)};
+  if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + to_string(partition)};
   // A follower promoted keeps the high watermark it had learned; followers in the set give
   // theirs soon, and it only moves up from there.
   Offset hw = log_->log_start();
@@ -899,7 +891,7 @@ Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, st
 
 Result<void> Replicator::follow(const PartitionId& partition, ReplicaLog* log_, std::int32_t epoch, NodeId leader,
                                 std::string leader_address) {
-  if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + describe(partition)};
+  if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + to_string(partition)};
   forget(partition);
   log_->stamp_leader_epoch(-1);
   Impl::Followed f;

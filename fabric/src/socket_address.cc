@@ -1,6 +1,7 @@
 #include "weft/fabric/socket_address.h"
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <charconv>
@@ -40,23 +41,42 @@ Result<SocketAddress> parse_socket_address(std::string_view text, std::string_vi
     return Error{Errc::kInvalidArgument, std::string(what) + ": '" + std::string(port_text) + "' is not a port (0..65535)"};
   }
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return socket_address(host, static_cast<std::uint16_t>(port), what);
+}
+
+Result<SocketAddress> socket_address(std::string_view host, std::uint16_t port, std::string_view what) {
   const std::string name = host == "localhost" ? "127.0.0.1" : std::string(host);
   SocketAddress address;
   auto* v4 = reinterpret_cast<sockaddr_in*>(&address.storage);
   auto* v6 = reinterpret_cast<sockaddr_in6*>(&address.storage);
   if (inet_pton(AF_INET, name.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
-    v4->sin_port = htons(static_cast<std::uint16_t>(port));
+    v4->sin_port = htons(port);
     address.length = sizeof(sockaddr_in);
   } else if (inet_pton(AF_INET6, name.c_str(), &v6->sin6_addr) == 1) {
     v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<std::uint16_t>(port));
+    v6->sin6_port = htons(port);
     address.length = sizeof(sockaddr_in6);
   } else {
     return Error{Errc::kInvalidArgument,
-                 std::string(what) + ": '" + std::string(host) + "' is not an IPv4 address, a bracketed IPv6 address or localhost"};
+                 std::string(what) + ": '" + std::string(host) + "' is not an IPv4 address, an IPv6 address or localhost"};
   }
   return address;
+}
+
+Result<UniqueFd> listen_tcp(const SocketAddress& address, int backlog, std::string_view what, std::string_view hint) {
+  UniqueFd fd(::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  const std::string where = address.to_string();
+  if (!fd.valid()) return os_error(Errc::kIo, std::string(what) + " " + where + ": socket", errno);
+  const int one = 1;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd.get(), address.get(), address.length) != 0) {
+    const int e = errno;
+    if (e == EADDRINUSE) return Error{Errc::kIo, std::string(what) + " " + where + " is in use; " + std::string(hint)};
+    return os_error(Errc::kIo, std::string(what) + " " + where + ": bind", e);
+  }
+  if (::listen(fd.get(), backlog) != 0) return os_error(Errc::kIo, std::string(what) + " " + where + ": listen", errno);
+  return fd;
 }
 
 Result<SocketAddress> local_address(int fd) {

@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include "weft/fabric/socket_address.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -557,42 +559,11 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::start(MetricsServerOptions
   impl->render = std::move(render);
   const MetricsServerOptions& o = impl->options;
 
-  sockaddr_storage address{};
-  socklen_t length = 0;
-  int family = AF_INET;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+  WEFT_TRY(const SocketAddress address, socket_address(o.host, o.port, "metrics listen address"));
+  WEFT_TRY(impl->listen_fd, listen_tcp(address, 64, "metrics listen address", "stop what listens there or pass --metrics-listen HOST:PORT (or off)"));
+  WEFT_TRY(const SocketAddress bound, local_address(impl->listen_fd.get()));
+  impl->port = bound.port();
   const std::string host = o.host == "localhost" ? "127.0.0.1" : o.host;
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(o.port);
-    length = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    family = AF_INET6;
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(o.port);
-    length = sizeof(sockaddr_in6);
-  } else {
-    return Error{Errc::kInvalidArgument, "metrics listen address '" + o.host + "' is not an IPv4 or IPv6 address"};
-  }
-  // Non-blocking, so an accept after poll never waits for a client that already went.
-  impl->listen_fd = UniqueFd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!impl->listen_fd.valid()) return os_error(Errc::kIo, "metrics listener socket", errno);
-  const int one = 1;
-  setsockopt(impl->listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  const std::string where = (family == AF_INET6 ? "[" + host + "]" : host) + ":" + std::to_string(o.port);
-  if (::bind(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&address), length) != 0) {
-    const int e = errno;
-    if (e == EADDRINUSE)
-      return Error{Errc::kIo, "metrics listen address " + where + " is in use; stop what listens there or pass --metrics-listen HOST:PORT (or off)"};
-    return os_error(Errc::kIo, "metrics listener bind " + where, e);
-  }
-  if (::listen(impl->listen_fd.get(), 64) != 0) return os_error(Errc::kIo, "metrics listener listen", errno);
-  sockaddr_storage bound{};
-  socklen_t bound_length = sizeof bound;
-  if (getsockname(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_length) != 0)
-    return os_error(Errc::kIo, "metrics listener getsockname", errno);
-  impl->port = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
   impl->options.host = host;
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->run(); });

@@ -3,6 +3,8 @@
 // in order), parks the ones that must wait and sends responses (sendfile for segment regions).
 #include "weft/kafka/listener.h"
 
+#include "weft/fabric/socket_address.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -511,39 +513,10 @@ Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaLis
   auto impl = std::make_unique<Impl>(node, std::move(options));
   const KafkaListenerOptions& o = impl->options;
 
-  sockaddr_storage address{};
-  socklen_t length = 0;
-  int family = AF_INET;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
-  const std::string host = o.listen_host == "localhost" ? "127.0.0.1" : o.listen_host;
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(o.listen_port);
-    length = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    family = AF_INET6;
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(o.listen_port);
-    length = sizeof(sockaddr_in6);
-  } else {
-    return Error{Errc::kInvalidArgument, "kafka listen address '" + o.listen_host + "' is not an IPv4 or IPv6 address"};
-  }
-  impl->listen_fd = UniqueFd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!impl->listen_fd.valid()) return os_error(Errc::kIo, "kafka listener socket", errno);
-  const int one = 1;
-  setsockopt(impl->listen_fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  const std::string where = o.listen_host + ":" + std::to_string(o.listen_port);
-  if (::bind(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&address), length) != 0) {
-    const int e = errno;
-    if (e == EADDRINUSE) return Error{Errc::kIo, "kafka listen address " + where + " is in use; stop what listens there or pass --kafka-listen HOST:PORT"};
-    return os_error(Errc::kIo, "kafka listener bind " + where, e);
-  }
-  if (::listen(impl->listen_fd.get(), 1024) != 0) return os_error(Errc::kIo, "kafka listener listen", errno);
-  sockaddr_storage bound{};
-  socklen_t bound_length = sizeof bound;
-  getsockname(impl->listen_fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_length);
-  impl->port = ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  WEFT_TRY(const SocketAddress address, socket_address(o.listen_host, o.listen_port, "kafka listen address"));
+  WEFT_TRY(impl->listen_fd, listen_tcp(address, 1024, "kafka listen address", "stop what listens there or pass --kafka-listen HOST:PORT"));
+  WEFT_TRY(const SocketAddress bound, local_address(impl->listen_fd.get()));
+  impl->port = bound.port();
 
   impl->epoll_fd = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
   impl->wake_fd = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));

@@ -479,16 +479,7 @@ class TcpTransport final : public Transport {
 
   Result<std::unique_ptr<LinkListener>> listen(std::string_view address) override {
     WEFT_TRY(SocketAddress where, parse_socket_address(address, "link listen address"));
-    UniqueFd socket(::socket(where.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-    if (!socket.valid()) return os_error(Errc::kIo, "link listener socket", errno);
-    const int one = 1;
-    setsockopt(socket.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(socket.get(), where.get(), where.length) != 0) {
-      const int e = errno;
-      if (e == EADDRINUSE) return Error{Errc::kIo, "link listen address " + std::string(address) + " is in use"};
-      return os_error(Errc::kIo, "link listener bind " + std::string(address), e);
-    }
-    if (::listen(socket.get(), 128) != 0) return os_error(Errc::kIo, "link listener listen", errno);
+    WEFT_TRY(UniqueFd socket, listen_tcp(where, 128, "link listen address", "stop what listens there or pass another --replication-listen"));
     WEFT_TRY(SocketAddress bound, local_address(socket.get()));
     return std::unique_ptr<LinkListener>(new TcpListener(shared_, std::move(socket), bound.to_string()));
   }

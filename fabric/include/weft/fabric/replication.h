@@ -41,6 +41,8 @@ struct PartitionId {
   std::uint32_t partition = 0;
   auto operator<=>(const PartitionId&) const = default;
 };
+// "topic/partition", for logs and errors.
+std::string to_string(const PartitionId& partition);
 
 // Kafka's leader-epoch cache: where each leader epoch of a replica's log starts.
 class EpochHistory {

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "weft/fabric/result.h"
+#include "weft/fabric/shared_memory.h"
 
 namespace weft {
 
@@ -25,6 +26,11 @@ struct SocketAddress {
 
 // `what` names the setting in the error ("replication listen address").
 Result<SocketAddress> parse_socket_address(std::string_view text, std::string_view what);
+// The same from a host (numeric IPv4 or IPv6 without brackets, or localhost) and a port.
+Result<SocketAddress> socket_address(std::string_view host, std::uint16_t port, std::string_view what);
+// A non-blocking TCP socket listening at `address` (SO_REUSEADDR). An address in use is
+// kIo saying "<what> HOST:PORT is in use; <hint>".
+Result<UniqueFd> listen_tcp(const SocketAddress& address, int backlog, std::string_view what, std::string_view hint);
 // The local address of a bound socket.
 Result<SocketAddress> local_address(int fd);
 
