@@ -64,7 +64,8 @@ bool contains(const std::vector<NodeId>& ids, NodeId id) { return std::find(ids.
 }  // namespace
 
 std::string encode_node(const NodeRecord& n) {
-  return "replication=" + n.replication_address + " kafka=" + n.kafka_address + " rack=" + n.rack + " draining=" + (n.draining ? "1" : "0");
+  return "replication=" + n.replication_address + " kafka=" + n.kafka_address + " rack=" + n.rack + " draining=" + (n.draining ? "1" : "0") +
+         " metrics=" + n.metrics_address;
 }
 
 Result<NodeRecord> decode_node(NodeId id, std::string_view text) {
@@ -75,6 +76,7 @@ Result<NodeRecord> decode_node(NodeId id, std::string_view text) {
   n.kafka_address = f["kafka"];
   n.rack = f["rack"];
   n.draining = f["draining"] == "1";
+  n.metrics_address = f["metrics"];
   if (n.replication_address.empty()) return Error{Errc::kCorrupt, "node " + std::to_string(id) + " has no replication address"};
   return n;
 }
@@ -245,40 +247,12 @@ struct ClusterMember::Impl {
     if (!all.ok()) return failed(all.error());
     succeeded();
     revision = all->revision;
-    nodes.clear();
-    topics.clear();
-    partitions.clear();
-    reassignments.clear();
-    controller = -1;
-    for (const KeyValue& kv : all->kvs) {
-      const std::string_view rest = std::string_view(kv.key).substr(prefix.size());
-      auto after = [&](std::string_view head) { return rest.substr(head.size()); };
-      if (rest == "controller") {
-        (void)parse_number(kv.value, controller);
-      } else if (rest.starts_with("nodes/")) {
-        NodeId id = 0;
-        if (!parse_number(after("nodes/"), id)) continue;
-        if (Result<NodeRecord> n = decode_node(id, kv.value); n.ok()) nodes[id] = *n;
-      } else if (rest.starts_with("topics/")) {
-        if (Result<TopicRecord> t = decode_topic(after("topics/"), kv.value); t.ok()) topics[t->name] = *t;
-      } else if (rest.starts_with("partitions/") || rest.starts_with("reassign/")) {
-        const bool is_reassign = rest.starts_with("reassign/");
-        const std::string_view path = after(is_reassign ? "reassign/" : "partitions/");
-        const std::size_t slash = path.rfind('/');
-        PartitionId id;
-        if (slash == std::string_view::npos || !parse_number(path.substr(slash + 1), id.partition)) continue;
-        id.topic = std::string(path.substr(0, slash));
-        if (is_reassign) {
-          std::vector<NodeId> target;
-          if (parse_ids(fields_of(kv.value)["replicas"], target) && !target.empty()) reassignments[id] = target;
-        } else if (Result<PartitionState> s = decode_partition(kv.value); s.ok()) {
-          s->revision = kv.mod_revision;
-          partitions[id] = *s;
-        } else {
-          log(LogLevel::kError, "cluster: an unreadable partition state is ignored", {{"partition", to_string(id)}, {"error", s.error().message}});
-        }
-      }
-    }
+    ClusterSnapshot snapshot = parse_cluster_snapshot(prefix, all->kvs);
+    nodes = std::move(snapshot.nodes);
+    topics = std::move(snapshot.topics);
+    partitions = std::move(snapshot.partitions);
+    reassignments = std::move(snapshot.reassignments);
+    controller = snapshot.controller;
     dirty = false;
     last_reload_ms = now_ms();
     hand_out_roles();
@@ -545,18 +519,81 @@ Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_
   return written;
 }
 
-Result<void> ClusterMember::reassign(const PartitionId& partition, const std::vector<NodeId>& replicas) {
+namespace {
+
+Result<void> check_reassignment(const std::map<NodeId, NodeRecord>& nodes, const std::map<PartitionId, PartitionState>& partitions,
+                                const PartitionId& partition, const std::vector<NodeId>& replicas) {
   if (replicas.empty()) return Error{Errc::kInvalidArgument, "a reassignment needs at least one replica"};
   std::set<NodeId> unique(replicas.begin(), replicas.end());
   if (unique.size() != replicas.size()) return Error{Errc::kInvalidArgument, "a replica is named twice"};
   for (NodeId r : replicas) {
-    if (!impl_->nodes.contains(r)) return Error{Errc::kInvalidArgument, "node " + std::to_string(r) + " is not a live node"};
+    if (!nodes.contains(r)) return Error{Errc::kInvalidArgument, "node " + std::to_string(r) + " is not a live node"};
   }
-  if (!impl_->partitions.contains(partition)) return Error{Errc::kNotFound, "partition " + to_string(partition) + " does not exist"};
-  WEFT_TRY(std::int64_t revision, impl_->store->put(impl_->key("reassign/" + partition.topic + "/" + std::to_string(partition.partition)),
-                                                    "replicas=" + ids_text(replicas)));
+  if (!partitions.contains(partition)) return Error{Errc::kNotFound, "partition " + to_string(partition) + " does not exist"};
+  return ok();
+}
+
+std::string reassign_key(std::string_view prefix, const PartitionId& partition) {
+  return std::string(prefix) + "reassign/" + partition.topic + "/" + std::to_string(partition.partition);
+}
+
+}  // namespace
+
+Result<void> ClusterMember::reassign(const PartitionId& partition, const std::vector<NodeId>& replicas) {
+  WEFT_TRY_VOID(check_reassignment(impl_->nodes, impl_->partitions, partition, replicas));
+  WEFT_TRY(std::int64_t revision, impl_->store->put(reassign_key(impl_->prefix, partition), "replicas=" + ids_text(replicas)));
   (void)revision;
   impl_->dirty = true;
+  return ok();
+}
+
+ClusterSnapshot parse_cluster_snapshot(std::string_view prefix, const std::vector<KeyValue>& kvs) {
+  ClusterSnapshot out;
+  for (const KeyValue& kv : kvs) {
+    if (!kv.key.starts_with(prefix)) continue;
+    const std::string_view rest = std::string_view(kv.key).substr(prefix.size());
+    auto after = [&](std::string_view head) { return rest.substr(head.size()); };
+    if (rest == "controller") {
+      (void)parse_number(kv.value, out.controller);
+    } else if (rest.starts_with("nodes/")) {
+      NodeId id = 0;
+      if (!parse_number(after("nodes/"), id)) continue;
+      if (Result<NodeRecord> n = decode_node(id, kv.value); n.ok()) out.nodes[id] = *n;
+    } else if (rest.starts_with("topics/")) {
+      if (Result<TopicRecord> t = decode_topic(after("topics/"), kv.value); t.ok()) out.topics[t->name] = *t;
+    } else if (rest.starts_with("partitions/") || rest.starts_with("reassign/")) {
+      const bool is_reassign = rest.starts_with("reassign/");
+      const std::string_view path = after(is_reassign ? "reassign/" : "partitions/");
+      const std::size_t slash = path.rfind('/');
+      PartitionId id;
+      if (slash == std::string_view::npos || !parse_number(path.substr(slash + 1), id.partition)) continue;
+      id.topic = std::string(path.substr(0, slash));
+      if (is_reassign) {
+        std::vector<NodeId> target;
+        if (parse_ids(fields_of(kv.value)["replicas"], target) && !target.empty()) out.reassignments[id] = target;
+      } else if (Result<PartitionState> s = decode_partition(kv.value); s.ok()) {
+        s->revision = kv.mod_revision;
+        out.partitions[id] = *s;
+      } else {
+        log(LogLevel::kError, "cluster: an unreadable partition state is ignored", {{"partition", to_string(id)}, {"error", s.error().message}});
+      }
+    }
+  }
+  return out;
+}
+
+Result<ClusterSnapshot> read_cluster(MetadataStore& store, std::string_view cluster) {
+  const std::string prefix = "/weft/" + std::string(cluster) + "/";
+  WEFT_TRY(RangeResult all, store.list(prefix));
+  return parse_cluster_snapshot(prefix, all.kvs);
+}
+
+Result<void> reassign_partition(MetadataStore& store, std::string_view cluster, const PartitionId& partition,
+                                const std::vector<NodeId>& replicas) {
+  WEFT_TRY(ClusterSnapshot now, read_cluster(store, cluster));
+  WEFT_TRY_VOID(check_reassignment(now.nodes, now.partitions, partition, replicas));
+  WEFT_TRY(std::int64_t revision, store.put(reassign_key("/weft/" + std::string(cluster) + "/", partition), "replicas=" + ids_text(replicas)));
+  (void)revision;
   return ok();
 }
 

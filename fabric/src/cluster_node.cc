@@ -58,6 +58,7 @@ struct ClusterNode::Impl {
   bool reachable = true;
   std::map<PartitionId, Offset> high_watermarks;
   std::vector<ReplicaStatus> status;
+  IsrChanges isr_changes;
 
   // The replication thread's own.
   struct Role {
@@ -91,6 +92,10 @@ struct ClusterNode::Impl {
       for (const IsrProposal& p : wanted) {
         Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on);
         if (committed.ok() && *committed) {
+          {
+            std::lock_guard lock(mutex);
+            (p.isr.size() < p.based_on.size() ? isr_changes.shrinks : isr_changes.expands) += 1;
+          }
           log(LogLevel::kInfo, "cluster: in-sync set changed", {{"partition", to_string(p.partition)}, {"why", p.reason}});
           continue;  // the new state comes back as a role change
         }
@@ -288,6 +293,37 @@ std::vector<NodeRecord> ClusterNode::nodes() const {
   std::vector<NodeRecord> out;
   for (const auto& [id, n] : impl_->nodes) out.push_back(n);
   return out;
+}
+
+ClusterNode::IsrChanges ClusterNode::isr_changes() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->isr_changes;
+}
+
+std::vector<TopicRecord> ClusterNode::topics() const {
+  std::lock_guard lock(impl_->mutex);
+  std::vector<TopicRecord> out;
+  for (const auto& [name, t] : impl_->topics) out.push_back(t);
+  return out;
+}
+
+std::optional<TopicRecord> ClusterNode::topic(std::string_view name) const {
+  std::lock_guard lock(impl_->mutex);
+  auto t = impl_->topics.find(std::string(name));
+  if (t == impl_->topics.end()) return std::nullopt;
+  return t->second;
+}
+
+NodeId ClusterNode::group_coordinator(std::string_view group) const {
+  // FNV-1a: stable across processes and builds, unlike std::hash.
+  std::uint64_t hash = 14695981039346656037ull;
+  for (const char c : group) hash = (hash ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  std::lock_guard lock(impl_->mutex);
+  std::vector<NodeId> candidates;
+  for (const auto& [id, n] : impl_->nodes)
+    if (!n.kafka_address.empty() && !n.draining) candidates.push_back(id);  // the map keeps them sorted
+  if (candidates.empty()) return -1;
+  return candidates[hash % candidates.size()];
 }
 
 NodeId ClusterNode::controller() const {

@@ -350,6 +350,7 @@ std::string_view group_error_name(GroupError error) noexcept {
     case GroupError::kGroupIdNotFound: return "GROUP_ID_NOT_FOUND";
     case GroupError::kNonEmptyGroup: return "NON_EMPTY_GROUP";
     case GroupError::kCoordinatorNotAvailable: return "COORDINATOR_NOT_AVAILABLE";
+    case GroupError::kNotCoordinator: return "NOT_COORDINATOR";
     default: return "UNKNOWN_GROUP_ERROR";
   }
 }
@@ -873,17 +874,20 @@ GroupCoordinator::~GroupCoordinator() {
 void GroupCoordinator::join(JoinGroupRequest request, std::int64_t now_ms, JoinDone done) {
   Completions out;
   if (!done) done = [](JoinGroupResult) {};  // a waiting join is marked by its completion
+  if (!owns(request.group_id)) return done(join_error(GroupError::kNotCoordinator, request.member_id));
   state_->join(std::move(request), now_ms, std::move(done), out);
 }
 
 void GroupCoordinator::sync(SyncGroupRequest request, std::int64_t now_ms, SyncDone done) {
   Completions out;
   if (!done) done = [](SyncGroupResult) {};
+  if (!owns(request.group_id)) return done(sync_error(GroupError::kNotCoordinator));
   state_->sync(std::move(request), now_ms, std::move(done), out);
 }
 
 GroupError GroupCoordinator::heartbeat(std::string_view group_id, std::int32_t generation, std::string_view member_id,
                                        const std::optional<std::string>& group_instance_id, std::int64_t now_ms) {
+  if (!owns(group_id)) return GroupError::kNotCoordinator;
   return state_->heartbeat(group_id, generation, member_id, group_instance_id, now_ms);
 }
 
@@ -891,6 +895,7 @@ std::vector<GroupError> GroupCoordinator::leave(std::string_view group_id, const
                                                 std::int64_t now_ms) {
   Completions out;
   if (group_id.empty()) return std::vector<GroupError>(members.size(), GroupError::kInvalidGroupId);
+  if (!owns(group_id)) return std::vector<GroupError>(members.size(), GroupError::kNotCoordinator);
   Group* group = state_->find(group_id);
   if (group == nullptr) return std::vector<GroupError>(members.size(), GroupError::kUnknownMemberId);
   std::vector<GroupError> errors;
@@ -901,6 +906,7 @@ std::vector<GroupError> GroupCoordinator::leave(std::string_view group_id, const
 
 GroupError GroupCoordinator::check_commit(std::string_view group_id, std::int32_t generation, std::string_view member_id,
                                           const std::optional<std::string>& group_instance_id, std::int64_t now_ms) {
+  if (!owns(group_id)) return GroupError::kNotCoordinator;
   return state_->check_commit(group_id, generation, member_id, group_instance_id, now_ms);
 }
 
@@ -955,6 +961,8 @@ GroupDescription GroupCoordinator::describe(std::string_view group_id) const {
   }
   return out;
 }
+
+bool GroupCoordinator::owns(std::string_view group_id) const { return !state_->options.owns_group || state_->options.owns_group(group_id); }
 
 std::size_t GroupCoordinator::group_count() const noexcept { return state_->groups.size(); }
 

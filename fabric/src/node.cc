@@ -477,7 +477,7 @@ Result<void> Node::delete_topic(std::string_view name) {
 Result<void> Node::commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) {
   if (!state_->offsets)
     return Error{Errc::kFailedPrecondition, "this node keeps no committed offsets (run it with a data directory; NodeOptions::offsets_dir)"};
-  {
+  if (!options_.offsets_for_any_topic) {
     std::shared_lock lock(state_->topics_mutex);
     for (const CommittedOffset& o : offsets) {
       auto it = state_->topics.find(o.topic);

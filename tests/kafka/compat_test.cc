@@ -29,6 +29,9 @@
 namespace {
 
 using weft::test::Background;
+using weft::test::can_connect;
+using weft::test::read_file;
+using weft::test::tail;
 using weft::test::Output;
 using weft::test::run;
 using weft::test::TempDir;
@@ -55,29 +58,6 @@ int free_port() {
                   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
   close(fd);
   return ok ? ntohs(addr.sin_port) : -1;
-}
-
-bool can_connect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  close(fd);
-  return ok;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string tail(const std::string& text, std::size_t bytes = 8000) {
-  return text.size() <= bytes ? text : "...\n" + text.substr(text.size() - bytes);
 }
 
 std::set<std::string> lines_of(const std::string& text) {

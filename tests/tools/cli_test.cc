@@ -26,6 +26,7 @@ namespace {
 
 using weft::test::Background;
 using weft::test::Output;
+using weft::test::read_file;
 using weft::test::run;
 
 bool can_connect(const std::string& path) {
@@ -44,13 +45,6 @@ std::set<std::string> lines_of(const std::string& text) {
   std::string line;
   while (std::getline(in, line)) lines.insert(line);
   return lines;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 class Cli : public ::testing::Test {

@@ -524,7 +524,7 @@ TEST(NodeMetrics, ANodeItsListenerAndItsGroupsScrapedOverHttp) {
     ASSERT_TRUE(listener.ok()) << listener.error().message;
     ASSERT_GT(kafka_round_trip((*listener)->port(), api_versions_request()).size(), 8u);
 
-    auto metrics = weft::weftd::start_node_metrics("127.0.0.1", 0, **node, nullptr, listener->get(), started);
+    auto metrics = weft::weftd::start_node_metrics("127.0.0.1", 0, **node, nullptr, listener->get(), nullptr, started);
     ASSERT_TRUE(metrics.ok()) << metrics.error().message;
     // Expect the partition, the group's lag and the Kafka counters on the page
     const std::string page = body_of(exchange((*metrics)->port(), "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"));

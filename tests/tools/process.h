@@ -8,8 +8,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -148,5 +154,31 @@ class Background {
   pid_t pid_ = -1;
   int exit_code_ = -1;
 };
+
+// A whole file's text ("" when it cannot be read).
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The end of a log for a failure message.
+inline std::string tail(const std::string& text, std::size_t bytes = 8000) {
+  return text.size() <= bytes ? text : "...\n" + text.substr(text.size() - bytes);
+}
+
+// Whether a TCP connection to 127.0.0.1:`port` succeeds now.
+inline bool can_connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
 
 }  // namespace weft::test

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace weft::cli {
@@ -60,5 +61,18 @@ struct RemoteConsume {
 };
 int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c);
 int run_remote_perf(const RemoteOptions& o, const PerfOptions& p);
+
+// The commands on a cluster's metadata in etcd (weft/fabric/cluster.h).
+struct ClusterCliOptions {
+  std::string etcd;              // http://HOST:PORT; default $WEFT_ETCD
+  std::string cluster = "weft";  // the cluster's name (its key prefix)
+  std::int64_t timeout_ms = 2'000;
+};
+int run_cluster_status(const ClusterCliOptions& o);
+int run_cluster_topic_create(const ClusterCliOptions& o, const std::string& name, std::uint32_t partitions, std::uint32_t replication_factor,
+                             const std::vector<std::pair<std::string, std::string>>& settings);
+int run_cluster_topic_delete(const ClusterCliOptions& o, const std::string& name);
+int run_cluster_topic_list(const ClusterCliOptions& o);
+int run_partition_reassign(const ClusterCliOptions& o, const std::string& topic, std::uint32_t partition, const std::vector<std::int32_t>& replicas);
 
 }  // namespace weft::cli

@@ -163,6 +163,13 @@ int main(int argc, char** argv) {
   std::string socket = local::default_socket_path();
   app.add_option("--socket", socket, "weftd's Unix socket (default: $WEFT_SOCKET or weftd's default, " + socket + ")");
   std::string bootstrap;  // produce, consume and perf over the Kafka protocol instead
+  // The cluster commands read and write the cluster's metadata in etcd.
+  cli::ClusterCliOptions cluster_options;
+  if (const char* etcd = std::getenv("WEFT_ETCD"); etcd != nullptr) cluster_options.etcd = etcd;
+  auto cluster_flags = [&](CLI::App* command, const std::string& what) {
+    command->add_option("--etcd", cluster_options.etcd, "the cluster's etcd, http://HOST:PORT (default: $WEFT_ETCD): " + what);
+    command->add_option("--cluster", cluster_options.cluster, "the cluster's name in etcd (weftd's cluster)")->capture_default_str();
+  };
 
   // ---- topic ----
   CLI::App* topic = app.add_subcommand("topic", "create, list, describe and delete topics");
@@ -176,11 +183,32 @@ int main(int argc, char** argv) {
   create->add_option("--config,-c", config_pairs,
                      "KEY=VALUE settings: ring.capacity.bytes, max.batch.bytes, retention.ms, retention.bytes, fsync, "
                      "flow.control, producer.slots, consumer.slots");
+  std::uint32_t replication_factor = 0;
+  create->add_option("--replication-factor,-r", replication_factor, "replicas of each partition, on as many nodes (a cluster: needs --etcd)")
+      ->check(CLI::Range(1, 64));
+  cluster_flags(create, "create the topic in the cluster, its replicas assigned by the controller");
   CLI::App* list = topic->add_subcommand("list", "list topics");
+  cluster_flags(list, "list the cluster's topics");
   CLI::App* describe = topic->add_subcommand("describe", "show a topic's settings and per-partition counters");
   describe->add_option("NAME", topic_name, "topic name")->required();
   CLI::App* remove = topic->add_subcommand("delete", "delete a topic and its records");
   remove->add_option("NAME", topic_name, "topic name")->required();
+  cluster_flags(remove, "delete the topic from the whole cluster");
+
+  // ---- cluster, partition ----
+  CLI::App* cluster = app.add_subcommand("cluster", "a cluster of weftd nodes (their metadata in etcd)");
+  cluster->require_subcommand(1);
+  CLI::App* cluster_status = cluster->add_subcommand("status", "nodes, controller, and every partition's leader, replicas, in-sync set and lag");
+  cluster_flags(cluster_status, "read the cluster there");
+  CLI::App* partition_cmd = app.add_subcommand("partition", "a cluster's partitions");
+  partition_cmd->require_subcommand(1);
+  CLI::App* reassign = partition_cmd->add_subcommand("reassign", "move a partition's replicas to other nodes (the first is the preferred leader)");
+  std::uint32_t reassign_partition = 0;
+  std::vector<std::int32_t> reassign_replicas;
+  reassign->add_option("TOPIC", topic_name, "topic")->required();
+  reassign->add_option("PARTITION", reassign_partition, "partition index")->required();
+  reassign->add_option("--replicas", reassign_replicas, "node ids, comma-separated, e.g. 2,3,4")->required()->delimiter(',');
+  cluster_flags(reassign, "the cluster's controller carries it out");
 
   // ---- produce ----
   CLI::App* produce = app.add_subcommand("produce", "send lines from stdin (or --file) as records, one per line");
@@ -293,6 +321,22 @@ int main(int argc, char** argv) {
   }
 
   if (*dump) return run_dump(dump_path, dump_records);
+  if (*cluster_status) return cli::run_cluster_status(cluster_options);
+  if (*reassign) return cli::run_partition_reassign(cluster_options, topic_name, reassign_partition, reassign_replicas);
+  const bool in_cluster = !cluster_options.etcd.empty() && (create->count("--etcd") > 0 || list->count("--etcd") > 0 || remove->count("--etcd") > 0 ||
+                                                            std::getenv("WEFT_ETCD") != nullptr);
+  if (*create && (in_cluster || replication_factor > 1)) {
+    std::vector<std::pair<std::string, std::string>> settings;
+    for (const std::string& pair : config_pairs) {
+      const std::size_t eq = pair.find('=');
+      if (eq == std::string::npos || eq == 0)
+        return report(Error{Errc::kInvalidArgument, "--config takes KEY=VALUE, not '" + pair + "'"}, "creating the topic");
+      settings.emplace_back(pair.substr(0, eq), pair.substr(eq + 1));
+    }
+    return cli::run_cluster_topic_create(cluster_options, topic_name, partitions, replication_factor, settings);
+  }
+  if (*list && in_cluster) return cli::run_cluster_topic_list(cluster_options);
+  if (*remove && in_cluster) return cli::run_cluster_topic_delete(cluster_options, topic_name);
 
   Result<std::shared_ptr<Client>> client = connect_to(sock);
   if (!client.ok()) return report(client.error(), "connecting to weftd");

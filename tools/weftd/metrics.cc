@@ -284,6 +284,50 @@ void render_groups(Page& page, const MetricsSources& s) {
     }
 }
 
+void render_cluster(Page& page, const MetricsSources::Cluster& c) {
+  page.family("weft_cluster_node", "gauge", "This node's id in its cluster.");
+  page.sample("weft_cluster_node", {}, std::to_string(c.node));
+  page.family("weft_cluster_controller", "gauge", "The controller's node id as this node last saw it (-1: none).");
+  page.sample("weft_cluster_controller", {}, std::to_string(c.controller));
+  page.family("weft_cluster_live_nodes", "gauge", "Nodes registered in the metadata store.");
+  page.sample("weft_cluster_live_nodes", {}, num(static_cast<std::uint64_t>(c.live_nodes)));
+  page.family("weft_cluster_store_reachable", "gauge", "1 while the metadata store (etcd) answers; 0: metadata frozen, data path running.");
+  page.sample("weft_cluster_store_reachable", {}, c.store_reachable ? "1" : "0");
+  page.family("weft_cluster_isr_shrinks_total", "counter", "In-sync set shrinks this node committed as a leader.");
+  page.sample("weft_cluster_isr_shrinks_total", {}, num(c.isr_changes.shrinks));
+  page.family("weft_cluster_isr_expands_total", "counter", "In-sync set expansions this node committed as a leader.");
+  page.sample("weft_cluster_isr_expands_total", {}, num(c.isr_changes.expands));
+
+  auto each = [&](const char* name, const char* help, auto value) {
+    page.family(name, "gauge", help);
+    for (const ReplicaStatus& r : c.replicas)
+      page.sample(name, {{"topic", r.partition.topic}, {"partition", std::to_string(r.partition.partition)}}, value(r));
+  };
+  each("weft_replica_leader", "1 where this node leads the partition, 0 where it follows.", [](const ReplicaStatus& r) { return std::string(r.leader ? "1" : "0"); });
+  each("weft_replica_leader_epoch", "The partition's leader epoch as this replica knows it.", [](const ReplicaStatus& r) { return std::to_string(r.leader_epoch); });
+  each("weft_replica_log_end_offset", "This replica's log end.", [](const ReplicaStatus& r) { return std::to_string(r.log_end.value); });
+  each("weft_replica_high_watermark", "The partition's high watermark as this replica knows it: what consumers may read.",
+       [](const ReplicaStatus& r) { return std::to_string(r.high_watermark.value); });
+  page.family("weft_replica_in_sync_replicas", "gauge", "Size of the partition's in-sync set (leaders only).");
+  for (const ReplicaStatus& r : c.replicas)
+    if (r.leader)
+      page.sample("weft_replica_in_sync_replicas", {{"topic", r.partition.topic}, {"partition", std::to_string(r.partition.partition)}},
+                  num(static_cast<std::uint64_t>(r.isr.size())));
+  auto followers = [&](const char* name, const char* help, auto value) {
+    page.family(name, "gauge", help);
+    for (const ReplicaStatus& r : c.replicas)
+      for (const ReplicaStatus::Follower& f : r.followers)
+        page.sample(name, {{"topic", r.partition.topic}, {"partition", std::to_string(r.partition.partition)}, {"follower", std::to_string(f.id)}},
+                    value(r, f));
+  };
+  followers("weft_replica_follower_lag_records", "Records a follower lacks: the leader's log end minus the follower's (leaders only).",
+            [](const ReplicaStatus& r, const ReplicaStatus::Follower& f) { return std::to_string(std::max<std::int64_t>(r.log_end.value - f.log_end.value, 0)); });
+  followers("weft_replica_follower_lag_seconds", "Seconds since a follower last held the leader's whole log (leaders only).",
+            [](const ReplicaStatus&, const ReplicaStatus::Follower& f) { return seconds_from_micros(static_cast<std::uint64_t>(std::max<std::int64_t>(f.lag_ms, 0)) * 1000); });
+  followers("weft_replica_follower_connected", "1 while a follower's link to the leader is up (leaders only).",
+            [](const ReplicaStatus&, const ReplicaStatus::Follower& f) { return std::string(f.connected ? "1" : "0"); });
+}
+
 // ---- HTTP -------------------------------------------------------------------------------------
 
 constexpr int kPollSliceMs = 100;  // how promptly the thread sees stop()
@@ -340,11 +384,12 @@ std::string render_metrics(const MetricsSources& sources) {
   render_partitions(page, sources);
   if (sources.kafka) render_kafka(page, *sources.kafka);
   render_groups(page, sources);
+  if (sources.cluster) render_cluster(page, *sources.cluster);
   return page.take();
 }
 
 MetricsSources collect_metrics(const Node& node, const LocalServer* local, const kafka::KafkaListener* kafka,
-                               std::int64_t started_ns) {
+                               const ClusterNode* cluster, std::int64_t started_ns) {
   MetricsSources s;
   s.pid = static_cast<std::uint32_t>(getpid());
   s.uptime_ms = (monotonic_ns() - started_ns) / 1'000'000;
@@ -365,6 +410,16 @@ MetricsSources collect_metrics(const Node& node, const LocalServer* local, const
     // A Kafka group id the offset store cannot hold (not a file name) has no offsets: an error here.
     Result<std::vector<CommittedOffset>> offsets = node.fetch_offsets(group, "");
     if (offsets.ok() && !offsets->empty()) s.group_offsets.push_back({group, std::move(*offsets)});
+  }
+  if (cluster != nullptr) {
+    MetricsSources::Cluster c;
+    c.node = cluster->id();
+    c.controller = cluster->controller();
+    c.store_reachable = cluster->store_reachable();
+    c.live_nodes = cluster->nodes().size();
+    c.replicas = cluster->replicas();
+    c.isr_changes = cluster->isr_changes();
+    s.cluster = std::move(c);
   }
   return s;
 }
@@ -587,13 +642,13 @@ std::string MetricsServer::listen_address() const {
 
 Result<std::unique_ptr<MetricsServer>> start_node_metrics(const std::string& host, std::uint16_t port, const Node& node,
                                                           const LocalServer* local, const kafka::KafkaListener* kafka,
-                                                          std::int64_t started_ns) {
+                                                          const ClusterNode* cluster, std::int64_t started_ns) {
   MetricsServerOptions options;
   options.host = host;
   options.port = port;
   Result<std::unique_ptr<MetricsServer>> server =
-      MetricsServer::start(std::move(options), [&node, local, kafka, started_ns] {
-        return render_metrics(collect_metrics(node, local, kafka, started_ns));
+      MetricsServer::start(std::move(options), [&node, local, kafka, cluster, started_ns] {
+        return render_metrics(collect_metrics(node, local, kafka, cluster, started_ns));
       });
   if (server.ok()) log(LogLevel::kInfo, "metrics ready", {{"listen", (*server)->listen_address()}, {"path", "/metrics"}});
   return server;

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "weft/cluster_node.h"
 #include "weft/fabric/group_coordinator.h"
 #include "weft/fabric/local_server.h"
 #include "weft/fabric/offset_store.h"
@@ -44,13 +45,22 @@ struct MetricsSources {
   std::optional<kafka::KafkaListenerStats> kafka;   // none: the Kafka listener is off
   std::vector<GroupListing> group_states;           // groups the Kafka listener's coordinator knows
   std::vector<GroupOffsets> group_offsets;          // groups with committed offsets, by group
+  struct Cluster {
+    NodeId node = -1;
+    NodeId controller = -1;
+    bool store_reachable = true;
+    std::size_t live_nodes = 0;
+    std::vector<ReplicaStatus> replicas;  // the partitions this node leads or follows
+    ClusterNode::IsrChanges isr_changes;
+  };
+  std::optional<Cluster> cluster;                   // none: a single node
 };
 
 // Takes the snapshot: every topic's description, every group the listener knows or that has
 // committed offsets in the node, and the servers' counters. Any thread; `local` and `kafka` may be
 // null. `started_ns` is weftd's start on the monotonic clock (uptime).
 MetricsSources collect_metrics(const Node& node, const LocalServer* local, const kafka::KafkaListener* kafka,
-                               std::int64_t started_ns);
+                               const ClusterNode* cluster, std::int64_t started_ns);
 
 // The page, in the text exposition format 0.0.4. Consumer-group lag is the partition's end offset
 // minus the committed offset, never below 0, for committed partitions of existing topics.
@@ -111,6 +121,6 @@ class MetricsServer {
 // logs `msg="metrics ready" listen=HOST:PORT`. The parts must outlive the server (stop it first).
 Result<std::unique_ptr<MetricsServer>> start_node_metrics(const std::string& host, std::uint16_t port, const Node& node,
                                                           const LocalServer* local, const kafka::KafkaListener* kafka,
-                                                          std::int64_t started_ns);
+                                                          const ClusterNode* cluster, std::int64_t started_ns);
 
 }  // namespace weft::weftd

@@ -22,13 +22,16 @@
 #include <toml++/toml.h>
 #include <vector>
 
+#include "weft/cluster_node.h"
 #include "weft/fabric/file.h"
 #include "weft/fabric/local_protocol.h"
 #include "weft/fabric/local_server.h"
 #include "weft/fabric/log.h"
 #include "weft/kafka/listener.h"
 #include "weft/node.h"
+#include "weft/storage/etcd_metadata_store.h"
 #include "weft/storage/segment_log.h"
+#include "weft/transport/tcp.h"
 #include "metrics.h"
 
 namespace {
@@ -60,6 +63,19 @@ struct Settings {
   bool kafka_auto_create_topics = true;
   std::int64_t kafka_initial_rebalance_delay_ms = 3'000;
   std::string metrics_listen = "127.0.0.1:9644";  // Prometheus metrics over HTTP (metrics.h); "" or "off": none
+  // Cluster mode (weft/cluster_node.h): both node_id and etcd, or neither (a single node).
+  std::int64_t node_id = -1;
+  std::string etcd;                                  // the metadata store's endpoint, http://HOST:PORT
+  std::string cluster = "weft";                      // several clusters may share one etcd
+  std::string rack;
+  std::string replication_listen = "127.0.0.1:0";    // followers' links; port 0: any (published in etcd)
+  std::int64_t default_replication_factor = 1;       // Kafka's default.replication.factor
+  std::int64_t replica_lag_max_ms = 10'000;          // Kafka's replica.lag.time.max.ms
+  std::int64_t drain_timeout_ms = 10'000;            // SIGTERM: how long leadership may take to move
+  std::int64_t etcd_timeout_ms = 2'000;              // each etcd call
+  // A node that stops renewing is gone after this; failover takes about this long. etcd rounds
+  // it up to 1.5 of its election timeouts (with etcd's default of 1 s: 2 s).
+  std::int64_t lease_ttl_s = 2;
 };
 
 // "HOST:PORT" (an IPv6 host in brackets) into its parts.
@@ -148,6 +164,16 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "kafka_idle_timeout_ms") r = want_int(s.kafka_idle_timeout_ms);
     else if (k == "kafka_initial_rebalance_delay_ms") r = want_int(s.kafka_initial_rebalance_delay_ms);
     else if (k == "metrics_listen") r = want_string(s.metrics_listen);
+    else if (k == "node_id") r = want_int(s.node_id);
+    else if (k == "etcd") r = want_string(s.etcd);
+    else if (k == "cluster") r = want_string(s.cluster);
+    else if (k == "rack") r = want_string(s.rack);
+    else if (k == "replication_listen") r = want_string(s.replication_listen);
+    else if (k == "default_replication_factor") r = want_int(s.default_replication_factor);
+    else if (k == "replica_lag_max_ms") r = want_int(s.replica_lag_max_ms);
+    else if (k == "drain_timeout_ms") r = want_int(s.drain_timeout_ms);
+    else if (k == "etcd_timeout_ms") r = want_int(s.etcd_timeout_ms);
+    else if (k == "lease_ttl_s") r = want_int(s.lease_ttl_s);
     else r = Error{Errc::kInvalidArgument, path + ": unknown key '" + k + "' (see weftd --help for the keys)"};
     WEFT_TRY_VOID(r);
   }
@@ -200,6 +226,16 @@ int main(int argc, char** argv) {
   app.add_option("--kafka-auto-create-topics", flags.kafka_auto_create_topics, "create unknown topics on Metadata and Produce, true or false (kafka_auto_create_topics)");
   app.add_option("--kafka-initial-rebalance-delay-ms", flags.kafka_initial_rebalance_delay_ms, "a new consumer group's first rebalance waits this long for more members (kafka_initial_rebalance_delay_ms)");
   app.add_option("--metrics-listen", flags.metrics_listen, "HOST:PORT serving Prometheus metrics at /metrics, default 127.0.0.1:9644; off: none (metrics_listen)");
+  app.add_option("--node-id", flags.node_id, "this node's id in a cluster, unique, >= 0; with --etcd (node_id)");
+  app.add_option("--etcd", flags.etcd, "etcd endpoint holding the cluster's metadata, e.g. http://127.0.0.1:2379; with --node-id (etcd)");
+  app.add_option("--cluster", flags.cluster, "cluster name: the key prefix in etcd, default weft (cluster)");
+  app.add_option("--rack", flags.rack, "this node's rack: a partition's replicas spread over racks first (rack)");
+  app.add_option("--replication-listen", flags.replication_listen, "HOST:PORT other nodes replicate from; port 0: any, published in etcd (replication_listen)");
+  app.add_option("--default-replication-factor", flags.default_replication_factor, "replicas of a topic created without a factor, auto-created ones too (default_replication_factor)");
+  app.add_option("--replica-lag-max-ms", flags.replica_lag_max_ms, "a follower this far behind leaves the in-sync set (replica_lag_max_ms)");
+  app.add_option("--drain-timeout-ms", flags.drain_timeout_ms, "on SIGTERM, how long to wait for leadership to move off this node (drain_timeout_ms)");
+  app.add_option("--etcd-timeout-ms", flags.etcd_timeout_ms, "bound on each etcd call (etcd_timeout_ms)");
+  app.add_option("--lease-ttl-s", flags.lease_ttl_s, "seconds after which a silent node is declared gone and its partitions fail over (lease_ttl_s)");
   CLI11_PARSE(app, argc, argv);
 
   // Defaults, then the file, then every flag given on the command line.
@@ -230,6 +266,16 @@ int main(int argc, char** argv) {
   if (given("--kafka-auto-create-topics")) s.kafka_auto_create_topics = flags.kafka_auto_create_topics;
   if (given("--kafka-initial-rebalance-delay-ms")) s.kafka_initial_rebalance_delay_ms = flags.kafka_initial_rebalance_delay_ms;
   if (given("--metrics-listen")) s.metrics_listen = flags.metrics_listen;
+  if (given("--node-id")) s.node_id = flags.node_id;
+  if (given("--etcd")) s.etcd = flags.etcd;
+  if (given("--cluster")) s.cluster = flags.cluster;
+  if (given("--rack")) s.rack = flags.rack;
+  if (given("--replication-listen")) s.replication_listen = flags.replication_listen;
+  if (given("--default-replication-factor")) s.default_replication_factor = flags.default_replication_factor;
+  if (given("--replica-lag-max-ms")) s.replica_lag_max_ms = flags.replica_lag_max_ms;
+  if (given("--drain-timeout-ms")) s.drain_timeout_ms = flags.drain_timeout_ms;
+  if (given("--etcd-timeout-ms")) s.etcd_timeout_ms = flags.etcd_timeout_ms;
+  if (given("--lease-ttl-s")) s.lease_ttl_s = flags.lease_ttl_s;
   if (s.data_dir.empty()) s.data_dir = default_data_dir();
 
   Result<LogLevel> level = parse_log_level(s.log_level);
@@ -254,6 +300,19 @@ int main(int argc, char** argv) {
                                    {"fsync", s.fsync}})
     if (Result<void> set = set_topic_config(options.default_topic, key, value); !set.ok()) return fail(set.error());
   if (Result<void> valid = validate_topic_config(options.default_topic); !valid.ok()) return fail(valid.error());
+
+  const bool clustered = !s.etcd.empty() || s.node_id >= 0;
+  if (clustered) {
+    if (s.etcd.empty() || s.node_id < 0 || s.node_id > INT32_MAX)
+      return fail(Error{Errc::kInvalidArgument, "a cluster node needs both --node-id (0.." + std::to_string(INT32_MAX) + ") and --etcd URL; a single node needs neither"});
+    if (s.in_memory) return fail(Error{Errc::kInvalidArgument, "a cluster node keeps logs (followers catch up from them): drop in_memory"});
+    if (!s.kafka) return fail(Error{Errc::kInvalidArgument, "a cluster node serves Kafka clients (they follow leaders through it): drop --no-kafka"});
+    if (s.cluster.empty() || s.cluster.find('/') != std::string::npos) return fail(Error{Errc::kInvalidArgument, "cluster must be a name without '/'"});
+    if (s.default_replication_factor < 1 || s.replica_lag_max_ms < 1 || s.drain_timeout_ms < 0 || s.etcd_timeout_ms < 1 || s.lease_ttl_s < 1 || s.lease_ttl_s > 3600)
+      return fail(Error{Errc::kInvalidArgument, "cluster limits: default_replication_factor >= 1, replica_lag_max_ms >= 1, drain_timeout_ms >= 0, etcd_timeout_ms >= 1, lease_ttl_s 1..3600"});
+    if (Result<std::pair<std::string, std::uint16_t>> r = parse_host_port("replication_listen", s.replication_listen); !r.ok()) return fail(r.error());
+    options.offsets_for_any_topic = true;  // a group's coordinator may hold no replica of its topics
+  }
 
   LocalServerOptions server_options;
   server_options.socket_path = s.socket;
@@ -287,6 +346,9 @@ int main(int argc, char** argv) {
     kafka_options.auto_create_topics = s.kafka_auto_create_topics;
     kafka_options.default_partitions = static_cast<std::uint32_t>(std::max<std::int64_t>(s.default_partitions, 1));
     kafka_options.groups.initial_rebalance_delay_ms = static_cast<std::int32_t>(std::min<std::int64_t>(s.kafka_initial_rebalance_delay_ms, INT32_MAX));
+    kafka_options.default_replication_factor = static_cast<std::uint32_t>(std::min<std::int64_t>(s.default_replication_factor, 64));
+    if (clustered && kafka_options.listen_port == 0)
+      return fail(Error{Errc::kInvalidArgument, "a cluster node's kafka_listen needs a port: the other nodes tell clients where it is"});
   }
 
   std::pair<std::string, std::uint16_t> metrics_listen;  // an empty host: no metrics
@@ -347,6 +409,39 @@ int main(int argc, char** argv) {
   if (!node.ok()) return fail(node.error());
   Result<std::unique_ptr<LocalServer>> server = LocalServer::start(**node, server_options);
   if (!server.ok()) return fail(server.error());
+  // Cluster mode: the replication transport, the metadata store and the cluster node, before the
+  // Kafka listener that routes clients by them.
+  std::unique_ptr<Transport> transport;
+  std::unique_ptr<ClusterNode> cluster;
+  if (clustered) {
+    transport = make_tcp_transport();
+    Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(s.etcd, storage::EtcdOptions{static_cast<int>(std::min<std::int64_t>(s.etcd_timeout_ms, INT32_MAX))});
+    if (!store.ok()) return fail(store.error());
+    ClusterNodeOptions cluster_options;
+    cluster_options.cluster.cluster = s.cluster;
+    cluster_options.cluster.self.id = static_cast<NodeId>(s.node_id);
+    cluster_options.cluster.self.rack = s.rack;
+    cluster_options.cluster.lease_ttl_s = s.lease_ttl_s;
+    const std::string advertised_host = kafka_options.advertised_host.empty() ? kafka_options.listen_host : kafka_options.advertised_host;
+    const std::uint16_t advertised_port = kafka_options.advertised_port != 0 ? kafka_options.advertised_port : kafka_options.listen_port;
+    const bool v6 = advertised_host.find(':') != std::string::npos;
+    cluster_options.cluster.self.kafka_address =
+        (v6 ? "[" + advertised_host + "]" : (advertised_host == "0.0.0.0" ? std::string("127.0.0.1") : advertised_host)) + ":" + std::to_string(advertised_port);
+    // Where `weft cluster status` reads this node's replication lag (a fixed port only).
+    if (!metrics_listen.first.empty() && metrics_listen.second != 0) {
+      const std::string& host = metrics_listen.first;
+      cluster_options.cluster.self.metrics_address =
+          (host.find(':') != std::string::npos ? "[" + host + "]" : (host == "0.0.0.0" ? std::string("127.0.0.1") : host)) + ":" +
+          std::to_string(metrics_listen.second);
+    }
+    cluster_options.replication_listen = s.replication_listen;
+    cluster_options.replication.replica_lag_max_ms = s.replica_lag_max_ms;
+    Result<std::unique_ptr<ClusterNode>> joined =
+        ClusterNode::start(**node, *transport, std::shared_ptr<MetadataStore>(std::move(*store)), std::move(cluster_options));
+    if (!joined.ok()) return fail(joined.error());
+    cluster = std::move(*joined);
+    kafka_options.cluster = cluster.get();
+  }
   std::unique_ptr<kafka::KafkaListener> kafka_listener;
   if (s.kafka) {
     Result<std::unique_ptr<kafka::KafkaListener>> started_listener = kafka::KafkaListener::start(**node, kafka_options);
@@ -356,7 +451,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<weftd::MetricsServer> metrics;
   if (!metrics_listen.first.empty()) {
     Result<std::unique_ptr<weftd::MetricsServer>> started_metrics = weftd::start_node_metrics(
-        metrics_listen.first, metrics_listen.second, **node, server->get(), kafka_listener.get(), started);
+        metrics_listen.first, metrics_listen.second, **node, server->get(), kafka_listener.get(), cluster.get(), started);
     if (!started_metrics.ok()) return fail(started_metrics.error());
     metrics = std::move(*started_metrics);
   }
@@ -366,7 +461,8 @@ int main(int argc, char** argv) {
       {{"pid", std::to_string(getpid())}, {"socket", s.socket}, {"data_dir", s.data_dir},
        {"hugepages", s.hugepages ? "preferred" : "off"}, {"free_hugepages", std::to_string(free_hugepages())},
        {"default_partitions", std::to_string(s.default_partitions)}, {"logs", s.in_memory ? "none (in memory)" : "on disk"},
-       {"startup_ms", elapsed}});
+       {"cluster", clustered ? s.cluster + " node " + std::to_string(s.node_id) + " via " + s.etcd : "none (single node)"},
+       {"replication", cluster ? cluster->replication_address() : "-"}, {"startup_ms", elapsed}});
 
   int received = 0;
   for (;;) {
@@ -380,9 +476,20 @@ int main(int argc, char** argv) {
   log(LogLevel::kInfo, "weftd stopping", {{"signal", received == SIGTERM ? "SIGTERM" : "SIGINT"}});
   // Drain: no new clients or requests, then a last maintenance pass so counters and limits are
   // final. Clients keep their mapped rings; with no log store yet there is nothing to flush.
+  if (cluster) {
+    // A clean shutdown hands its leaderships to other in-sync replicas first, so clients move
+    // over without waiting for this node's lease to run out.
+    const std::int64_t drain_started = monotonic_ns();
+    Result<void> drained = cluster->drain(static_cast<int>(std::min<std::int64_t>(s.drain_timeout_ms, INT32_MAX)));
+    char drain_ms[32];
+    std::snprintf(drain_ms, sizeof(drain_ms), "%.1f", static_cast<double>(monotonic_ns() - drain_started) / 1e6);
+    if (drained.ok()) log(LogLevel::kInfo, "cluster: leadership moved off this node", {{"ms", drain_ms}});
+    else log(LogLevel::kWarn, "cluster: leaving with partitions still led here", {{"error", drained.error().message}, {"ms", drain_ms}});
+  }
   const LocalServerStats stats = (*server)->stats();
   if (metrics) metrics->stop();
   if (kafka_listener) kafka_listener->stop();
+  cluster.reset();  // after the listener that routes by it, before the node whose logs it replicates
   (*server)->stop();
   (*node)->stop();
   log(LogLevel::kInfo, "weftd stopped",

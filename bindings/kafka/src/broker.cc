@@ -45,8 +45,29 @@ std::vector<OutChunk> Frame::finish() {
 
 // ---- Broker ---------------------------------------------------------------------------------
 
+namespace {
+
+GroupCoordinatorOptions group_options(const KafkaListenerOptions& options) {
+  GroupCoordinatorOptions groups = options.groups;
+  if (ClusterNode* cluster = options.cluster) {
+    // Unknown (no live node listed yet): this node answers, as FindCoordinator says.
+    groups.owns_group = [cluster](std::string_view group) {
+      const NodeId coordinator = cluster->group_coordinator(group);
+      return coordinator < 0 || coordinator == cluster->id();
+    };
+  }
+  return groups;
+}
+
+KafkaListenerOptions with_cluster_id(KafkaListenerOptions options) {
+  if (options.cluster != nullptr) options.node_id = options.cluster->id();
+  return options;
+}
+
+}  // namespace
+
 Broker::Broker(Node& node, const KafkaListenerOptions& options, std::uint16_t bound_port)
-    : node_(node), options_(options), groups_(options.groups) {
+    : node_(node), options_(with_cluster_id(options)), cluster_(options.cluster), groups_(group_options(options)) {
   advertised_host_ = options_.advertised_host.empty() ? options_.listen_host : options_.advertised_host;
   if (advertised_host_ == "0.0.0.0" || advertised_host_ == "::") advertised_host_ = "127.0.0.1";
   advertised_port_ = options_.advertised_port != 0 ? options_.advertised_port : bound_port;
@@ -103,6 +124,36 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
     return nullptr;
   }
   if (std::shared_ptr<TopicState> t = topic(name)) return t;
+  if (cluster_ != nullptr) {
+    if (cluster_->topic(name)) {
+      error = error::kNotLeaderOrFollower;  // the topic has no replica on this node
+      return nullptr;
+    }
+    if (!allow_create || !options_.auto_create_topics) {
+      error = error::kUnknownTopicOrPartition;
+      return nullptr;
+    }
+    // Kafka's answer to an auto-created topic: LEADER_NOT_AVAILABLE until its leaders are elected
+    // (or, with fewer live nodes than the default factor, until enough have joined).
+    const std::uint32_t replication = std::max(options_.default_replication_factor, 1u);
+    if (cluster_->nodes().size() < replication) {
+      log(LogLevel::kWarn, "kafka: not auto-creating a topic: fewer live nodes than default_replication_factor",
+          {{"topic", std::string(name)}, {"live", std::to_string(cluster_->nodes().size())}, {"replication", std::to_string(replication)}});
+      error = error::kLeaderNotAvailable;
+      return nullptr;
+    }
+    Result<void> created = cluster_->create_topic(name, options_.default_partitions, replication, node_.options().default_topic);
+    if (!created.ok() && created.error().code != Errc::kAlreadyExists) {
+      log(LogLevel::kWarn, "kafka: auto-creating a cluster topic failed", {{"topic", std::string(name)}, {"error", created.error().message}});
+      error = error::kUnknownTopicOrPartition;
+      return nullptr;
+    }
+    if (created.ok())
+      log(LogLevel::kInfo, "kafka: cluster topic auto-created",
+          {{"topic", std::string(name)}, {"partitions", std::to_string(options_.default_partitions)}, {"replication", std::to_string(replication)}});
+    error = error::kLeaderNotAvailable;
+    return nullptr;
+  }
   if (!allow_create || !options_.auto_create_topics) {
     error = error::kUnknownTopicOrPartition;
     return nullptr;
@@ -119,6 +170,37 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
   std::shared_ptr<TopicState> t = topic(name);
   if (!t) error = error::kUnknownTopicOrPartition;
   return t;
+}
+
+std::int16_t Broker::leader_error(std::string_view topic, std::int32_t partition, PartitionView* view) const {
+  std::optional<PartitionView> state = partition >= 0 ? cluster_->partition(topic, static_cast<std::uint32_t>(partition)) : std::nullopt;
+  if (!state) {
+    const std::optional<TopicRecord> record = cluster_->topic(topic);
+    return record && partition >= 0 && static_cast<std::uint32_t>(partition) < record->partitions ? error::kLeaderNotAvailable
+                                                                                                  : error::kUnknownTopicOrPartition;
+  }
+  if (view != nullptr) *view = *state;
+  if (state->leader < 0) return error::kLeaderNotAvailable;
+  if (state->leader != options_.node_id) return error::kNotLeaderOrFollower;
+  return state->replica_here ? error::kNone : error::kLeaderNotAvailable;  // elected, not yet leading here
+}
+
+std::vector<Broker::BrokerAddress> Broker::brokers() const {
+  std::vector<BrokerAddress> out;
+  if (cluster_ != nullptr) {
+    for (const NodeRecord& n : cluster_->nodes()) {
+      if (n.id == options_.node_id) continue;  // this one from its own settings, below
+      const std::size_t colon = n.kafka_address.rfind(':');
+      if (colon == std::string::npos || colon == 0) continue;  // a node without a Kafka listener
+      const int port = std::atoi(n.kafka_address.c_str() + colon + 1);
+      std::string host = n.kafka_address.substr(0, colon);
+      if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+      if (port > 0 && port <= 65535) out.push_back({n.id, std::move(host), port, n.rack});
+    }
+  }
+  out.push_back(self_address());
+  std::sort(out.begin(), out.end(), [](const BrokerAddress& a, const BrokerAddress& b) { return a.id < b.id; });
+  return out;
 }
 
 Offset Broker::log_start(TopicState& t, std::uint32_t partition) {
@@ -267,41 +349,82 @@ Outcome Broker::metadata(const Request& r, Reader& in) {
   in.tagged_fields(flex);
   if (!in.ok()) return {};
 
+  struct PartitionEntry {
+    std::int16_t error = 0;
+    std::int32_t leader = -1;
+    std::int32_t leader_epoch = 0;
+    std::vector<std::int32_t> replicas;
+    std::vector<std::int32_t> isr;
+  };
   struct Entry {
     std::string name;
     std::int16_t error = 0;
-    std::uint32_t partitions = 0;
+    std::vector<PartitionEntry> partitions;
+  };
+  // A single node leads all it has; a cluster says what its metadata holds.
+  auto describe = [&](std::string_view name, std::uint32_t partitions) {
+    Entry e{std::string(name), 0, {}};
+    for (std::uint32_t p = 0; p < partitions; ++p) {
+      PartitionEntry pe;
+      if (cluster_ == nullptr) {
+        pe = {0, options_.node_id, 0, {options_.node_id}, {options_.node_id}};
+      } else if (std::optional<PartitionView> view = cluster_->partition(name, p)) {
+        pe = {view->leader < 0 ? error::kLeaderNotAvailable : error::kNone, view->leader, view->leader_epoch, view->replicas, view->isr};
+      } else {
+        pe.error = error::kLeaderNotAvailable;  // not assigned yet
+      }
+      e.partitions.push_back(std::move(pe));
+    }
+    return e;
   };
   std::vector<Entry> entries;
-  if (all) {
+  if (all && cluster_ != nullptr) {
+    for (const TopicRecord& t : cluster_->topics()) entries.push_back(describe(t.name, t.partitions));
+  } else if (all) {
     for (const std::string& name : node_.list_topics()) {
       std::shared_ptr<TopicState> t = topic(name);
-      if (t) entries.push_back({name, 0, static_cast<std::uint32_t>(t->partitions.size())});
+      if (t) entries.push_back(describe(name, static_cast<std::uint32_t>(t->partitions.size())));
     }
   } else {
     for (const auto& name : names) {
       if (!name) {
-        entries.push_back({"", error::kUnknownTopicId, 0});
+        entries.push_back({"", error::kUnknownTopicId, {}});
         continue;
       }
       std::int16_t err = 0;
+      if (cluster_ != nullptr) {
+        if (std::optional<TopicRecord> record = cluster_->topic(*name)) {
+          entries.push_back(describe(*name, record->partitions));
+          continue;
+        }
+      }
       std::shared_ptr<TopicState> t = topic_or_create(*name, allow_auto_create, err);
-      entries.push_back({std::string(*name), err, t ? static_cast<std::uint32_t>(t->partitions.size()) : 0});
+      if (t) entries.push_back(describe(*name, static_cast<std::uint32_t>(t->partitions.size())));
+      else entries.push_back({std::string(*name), err, {}});
     }
+  }
+  const std::vector<BrokerAddress> listed = brokers();
+  // Admin requests go to the controller, so it must be a listed broker.
+  std::int32_t controller = options_.node_id;
+  if (cluster_ != nullptr) {
+    const NodeId c = cluster_->controller();
+    if (std::any_of(listed.begin(), listed.end(), [&](const BrokerAddress& b) { return b.id == c; })) controller = c;
   }
 
   Outcome out;
   Frame f(r.header);
   Writer& w = f.w;
   if (v >= 3) w.i32(0);
-  w.array(1, flex);
-  w.i32(options_.node_id);
-  w.string(advertised_host_, flex);
-  w.i32(advertised_port_);
-  if (v >= 1) w.nullable_string(std::nullopt, flex);  // rack
-  w.tagged_fields(flex);
+  w.array(listed.size(), flex);
+  for (const BrokerAddress& b : listed) {
+    w.i32(b.id);
+    w.string(b.host, flex);
+    w.i32(b.port);
+    if (v >= 1) w.nullable_string(b.rack.empty() ? std::nullopt : std::optional<std::string_view>(b.rack), flex);
+    w.tagged_fields(flex);
+  }
   if (v >= 2) w.nullable_string(options_.cluster_id, flex);
-  if (v >= 1) w.i32(options_.node_id);  // the controller: this node (admin requests come here)
+  if (v >= 1) w.i32(controller);
   w.array(entries.size(), flex);
   for (const Entry& e : entries) {
     w.i16(e.error);
@@ -309,17 +432,25 @@ Outcome Broker::metadata(const Request& r, Reader& in) {
     w.string(e.name, flex);
     if (v >= 10) w.uuid({});  // weft has no topic ids on the wire: the zero UUID means none
     if (v >= 1) w.boolean(false);
-    w.array(e.partitions, flex);
-    for (std::uint32_t p = 0; p < e.partitions; ++p) {
-      w.i16(0);
+    w.array(e.partitions.size(), flex);
+    for (std::size_t p = 0; p < e.partitions.size(); ++p) {
+      const PartitionEntry& pe = e.partitions[p];
+      w.i16(pe.error);
       w.i32(static_cast<std::int32_t>(p));
-      w.i32(options_.node_id);
-      if (v >= 7) w.i32(0);  // leader epoch
-      w.array(1, flex);
-      w.i32(options_.node_id);
-      w.array(1, flex);
-      w.i32(options_.node_id);
-      if (v >= 5) w.array(0, flex);
+      w.i32(pe.leader);
+      if (v >= 7) w.i32(pe.leader_epoch);
+      w.array(pe.replicas.size(), flex);
+      for (const std::int32_t replica : pe.replicas) w.i32(replica);
+      w.array(pe.isr.size(), flex);
+      for (const std::int32_t replica : pe.isr) w.i32(replica);
+      if (v >= 5) {
+        // Offline replicas: assigned to nodes that are not live.
+        std::vector<std::int32_t> offline;
+        for (const std::int32_t replica : pe.replicas)
+          if (std::none_of(listed.begin(), listed.end(), [&](const BrokerAddress& b) { return b.id == replica; })) offline.push_back(replica);
+        w.array(offline.size(), flex);
+        for (const std::int32_t replica : offline) w.i32(replica);
+      }
       w.tagged_fields(flex);
     }
     if (v >= 8) w.i32(kNullAuthorizedOperations);
@@ -361,8 +492,12 @@ Outcome Broker::produce(const Request& r, Reader& in) {
       const std::optional<std::span<const std::byte>> records = in.nullable_bytes(flex);
       in.tagged_fields(flex);
       if (!in.ok()) break;
-      if (!state) {
-        part.error = topic_error;
+      PartitionView view;
+      const std::int16_t routed = cluster_ != nullptr ? leader_error(name, part.partition, &view) : error::kNone;
+      if (routed != error::kNone) {
+        part.error = routed;
+      } else if (!state) {
+        part.error = cluster_ != nullptr ? error::kLeaderNotAvailable : topic_error;  // leading, the local copy not made yet
       } else if (part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
         part.error = error::kUnknownTopicOrPartition;
       } else if (!records || records->empty()) {
@@ -371,6 +506,12 @@ Outcome Broker::produce(const Request& r, Reader& in) {
       } else {
         part.state = state;
         part.batch = *records;
+        PartitionState& ps = *state->partitions[static_cast<std::size_t>(part.partition)];
+        if (cluster_ != nullptr && ps.leader_epoch != view.leader_epoch) {
+          // Led anew: other leaders may have taken batches since, so producer state is learned again.
+          ps.producers.clear();
+          ps.leader_epoch = view.leader_epoch;
+        }
       }
       parked->produce.push_back(std::move(part));
     }
@@ -448,7 +589,9 @@ void Broker::append(Parked::ProducePart& part) {
   const std::int32_t first_sequence = wire::load_be32(bytes.data() + batch_field::kBaseSequence);
   const std::int32_t last_sequence = first_sequence < 0 ? -1 : static_cast<std::int32_t>((std::int64_t{first_sequence} + records - 1) % (std::int64_t{INT32_MAX} + 1));
   if (producer_id >= 0 && first_sequence >= 0) {
-    sequences = &p.producers[producer_id];
+    auto known = p.producers.find(producer_id);
+    if (known == p.producers.end()) known = p.producers.emplace(producer_id, recover_sequences(p, producer_id)).first;
+    sequences = &known->second;
     if (sequences->epoch >= 0 && epoch < sequences->epoch) {
       part.error = error::kInvalidProducerEpoch;
       part.error_message = "producer epoch " + std::to_string(epoch) + " is older than " + std::to_string(sequences->epoch);
@@ -508,6 +651,28 @@ void Broker::append(Parked::ProducePart& part) {
   }
 }
 
+ProducerSequences Broker::recover_sequences(PartitionState& p, std::int64_t producer_id) {
+  ProducerSequences recovered;
+  Result<Consumer> walker = Consumer::attach(p.memory.ring, StartAt::kEarliest);
+  if (!walker.ok()) return recovered;
+  RingBatch batch;
+  // Bounded by what the ring holds; a walk overtaken by producers keeps what it found.
+  for (int i = 0; i < 1'000'000 && walker->poll(batch) == PollStatus::kOk; ++i) {
+    const std::byte* header = batch.bytes.data();
+    if (batch.bytes.size() < kBatchHeaderBytes || wire::load_be64(header + batch_field::kProducerId) != producer_id) continue;
+    const std::int16_t epoch = wire::load_be16(header + batch_field::kProducerEpoch);
+    const std::int32_t first = wire::load_be32(header + batch_field::kBaseSequence);
+    const std::int32_t delta = wire::load_be32(header + batch_field::kLastOffsetDelta);
+    if (first < 0 || delta < 0 || epoch < recovered.epoch || !walker->validate(batch)) continue;
+    if (epoch > recovered.epoch) recovered.recent.clear();
+    recovered.epoch = epoch;
+    const auto last = static_cast<std::int32_t>((std::int64_t{first} + delta) % (std::int64_t{INT32_MAX} + 1));
+    recovered.recent.push_back({first, last, batch.base_offset});
+    if (recovered.recent.size() > 5) recovered.recent.pop_front();
+  }
+  return recovered;
+}
+
 bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {
   bool done = true;
   for (auto& part : parked.produce) {
@@ -519,6 +684,15 @@ bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {
       continue;
     }
     if (parked.acks == 0) continue;  // in the ring is all acks=0 waits for
+    if (cluster_ != nullptr && parked.acks == -1) {
+      // acks=all in a cluster: the in-sync set holds it once the high watermark passes it.
+      PartitionView view;
+      part.error = leader_error(part.topic, part.partition, &view);
+      part.waiting_for_replicas = part.error == error::kNone && view.high_watermark < part.end_offset;
+      if (part.error != error::kNone) part.error_message = "leadership moved while the batch waited for the in-sync replicas";
+      if (part.waiting_for_replicas) done = false;
+      continue;
+    }
     const Ring& ring = part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring;
     const LogProgress progress = read_log_progress(ring);
     bool acknowledged = progress.written.value == ring_layout::kNoLog || (parked.acks == -1 ? progress.durable : progress.written) >= part.end_offset;
@@ -542,8 +716,9 @@ bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {
   if (!done && now_ns >= parked.deadline_ns) {
     for (auto& part : parked.produce) {
       if (part.waiting_for_log) remove_log_waiter(part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring);
-      if (part.error == 0 && (!part.appended || part.waiting_for_log)) part.error = error::kRequestTimedOut;
+      if (part.error == 0 && (!part.appended || part.waiting_for_log || part.waiting_for_replicas)) part.error = error::kRequestTimedOut;
       part.waiting_for_log = false;
+      part.waiting_for_replicas = false;
     }
     return true;
   }
@@ -641,18 +816,21 @@ Outcome Broker::fetch(const Request& r, Reader& in) {
   return out;
 }
 
-Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partition, std::int64_t offset, std::size_t max_bytes, bool first) {
+Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partition, std::int64_t offset, std::size_t max_bytes, bool first,
+                                             std::optional<Offset> visible) {
   PartitionRead read;
   PartitionState& p = *t.partitions[partition];
   const Ring& ring = p.memory.ring;
   const Offset end = ring.claimed_offset();
-  read.high_watermark = end;
+  // A cluster serves up to its high watermark only: what every in-sync replica holds.
+  const Offset limit = visible ? std::min(*visible, end) : end;
+  read.high_watermark = limit;
   read.log_start = t.has_log ? log_start(t, partition) : ring.reuse_limit().offset;
   if (offset > end.value || offset < 0) {
     read.error = error::kOffsetOutOfRange;
     return read;
   }
-  if (offset == end.value || max_bytes == 0) return read;
+  if (offset >= limit.value || max_bytes == 0) return read;
   const Offset ring_start = ring.reuse_limit().offset;
   if (offset >= ring_start.value) {
     // From the ring: the tail reader continues where the last fetch stopped, or seeks.
@@ -673,6 +851,10 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
             if (status == PollStatus::kLapped) torn = true;
             break;
           }
+          if (batch.base_offset >= limit) {
+            (void)p.reader->seek(batch.base_offset);  // past the high watermark: a later fetch
+            break;
+          }
           if (!read.bytes.empty() && read.bytes.size() + batch.bytes.size() > max_bytes) {
             // Not taken: the next fetch starts at this batch.
             (void)p.reader->seek(batch.base_offset);
@@ -691,7 +873,7 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
         }
         if (!torn) {
           // Batches committed while this fetch read are in the answer: the high watermark covers them.
-          if (p.reader->next_offset() > read.high_watermark) read.high_watermark = p.reader->next_offset();
+          if (!visible && p.reader->next_offset() > read.high_watermark) read.high_watermark = p.reader->next_offset();
           return read;
         }
         // Producers overwrote what was read: serve it from the log instead.
@@ -712,12 +894,27 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
     return read;
   }
   if (slice->end <= slice->position) return read;
-  std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(slice->end - slice->position, max_bytes));
+  std::uint64_t slice_end = slice->end;
+  if (visible && limit < end) {
+    // The log may hold batches past the high watermark: stop before the first of them.
+    std::uint64_t at = slice->position;
+    std::byte head[12];  // base offset and batch length
+    while (at < slice_end && at - slice->position < max_bytes) {
+      if (::pread(slice->file.get(), head, sizeof head, static_cast<off_t>(at)) != static_cast<ssize_t>(sizeof head)) break;
+      if (wire::load_be64(head) >= limit.value) {
+        slice_end = at;
+        break;
+      }
+      at += static_cast<std::uint64_t>(wire::load_be32(head + batch_field::kBatchLength)) + kBatchLogOverhead;
+    }
+    if (slice_end <= slice->position) return read;
+  }
+  std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(slice_end - slice->position, max_bytes));
   // The first batch goes whole even past the limits (KIP-74), so a large batch never stalls.
   std::byte header[kBatchLogOverhead];
   if (::pread(slice->file.get(), header, sizeof header, static_cast<off_t>(slice->position)) == static_cast<ssize_t>(sizeof header)) {
     const std::uint64_t first_batch = static_cast<std::uint64_t>(wire::load_be32(header + batch_field::kBatchLength)) + kBatchLogOverhead;
-    if (first_batch > length && first_batch <= slice->end - slice->position) {
+    if (first_batch > length && first_batch <= slice_end - slice->position) {
       if (!first) return read;
       length = static_cast<std::size_t>(first_batch);
     }
@@ -744,11 +941,19 @@ std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool
     std::shared_ptr<TopicState> state = topic(name);
     for (const Parked::FetchPart& part : parts) {
       Read r{part.partition, {}};
-      if (!state || part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
-        r.read.error = error::kUnknownTopicOrPartition;
+      std::optional<Offset> visible;
+      if (cluster_ != nullptr) {
+        PartitionView view;
+        r.read.error = leader_error(name, part.partition, &view);
+        visible = view.high_watermark;
+      }
+      if (r.read.error != error::kNone) {
+        // Not served here: the client asks Metadata again and goes to the leader.
+      } else if (!state || part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
+        r.read.error = cluster_ != nullptr ? error::kLeaderNotAvailable : error::kUnknownTopicOrPartition;
       } else {
         const std::size_t limit = std::min(budget, static_cast<std::size_t>(std::max(part.max_bytes, 0)));
-        r.read = read_partition(*state, static_cast<std::uint32_t>(part.partition), part.offset, limit, total == 0);
+        r.read = read_partition(*state, static_cast<std::uint32_t>(part.partition), part.offset, limit, total == 0, visible);
         budget -= std::min(budget, r.read.size());
         total += r.read.size();
       }
@@ -891,12 +1096,18 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
       const std::int64_t timestamp = in.i64();
       in.tagged_fields(flex);
       if (!in.ok()) break;
-      if (!state || part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
-        part.error = error::kUnknownTopicOrPartition;
+      PartitionView view;
+      if (cluster_ != nullptr) part.error = leader_error(name, part.partition, &view);
+      if (part.error != error::kNone) {
+        // Another node leads it (or none does yet): the client asks Metadata again.
+      } else if (!state || part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
+        part.error = cluster_ != nullptr ? error::kLeaderNotAvailable : error::kUnknownTopicOrPartition;
       } else {
         const auto p = static_cast<std::uint32_t>(part.partition);
         if (timestamp == -1) {
-          part.offset = state->partitions[p]->memory.ring.claimed_offset().value;
+          // Latest: the high watermark in a cluster (what consumers may read), the ring's end alone.
+          const Offset end = state->partitions[p]->memory.ring.claimed_offset();
+          part.offset = (cluster_ != nullptr ? std::min(end, view.high_watermark) : end).value;
         } else if (timestamp == -2) {
           part.offset = earliest(*state, p).value;
         } else if (timestamp < 0) {
@@ -988,9 +1199,10 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
       (void)in.i32();
       const std::int32_t brokers = in.array(flex, false, 4);
       for (std::int32_t b = 0; b < brokers && in.ok(); ++b)
-        if (in.i32() != options_.node_id && e.error == 0) {
+        if ((cluster_ != nullptr || in.i32() != options_.node_id) && e.error == 0) {
           e.error = error::kInvalidReplicaAssignment;
-          e.message = "this cluster has one broker, " + std::to_string(options_.node_id);
+          e.message = cluster_ != nullptr ? "weft's controller assigns replicas; leave the assignment out (weft partition reassign moves them)"
+                                          : "this cluster has one broker, " + std::to_string(options_.node_id);
         }
       in.tagged_fields(flex);
     }
@@ -1025,9 +1237,36 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
     } else if (e.partitions == 0 || e.partitions < -1) {
       e.error = error::kInvalidPartitions;
       e.message = "a topic needs at least one partition";
-    } else if (e.replication != -1 && e.replication != 1) {
+    } else if (cluster_ == nullptr && e.replication != -1 && e.replication != 1) {
       e.error = error::kInvalidReplicationFactor;
       e.message = "replication factor " + std::to_string(e.replication) + " needs that many brokers; this cluster has one";
+    } else if (cluster_ != nullptr) {
+      // The controller assigns the replicas; topics_ learns the topic when a replica lands here.
+      if (e.replication == -1) e.replication = static_cast<std::int16_t>(std::max(options_.default_replication_factor, 1u));
+      e.config.partitions = e.partitions == -1 ? options_.default_partitions : static_cast<std::uint32_t>(e.partitions);
+      const std::size_t live = cluster_->nodes().size();
+      Result<void> valid = validate_topic_config(e.config);
+      if (!valid.ok()) {
+        e.error = error::kInvalidConfig;
+        e.message = valid.error().message;
+      } else if (e.replication < 1 || static_cast<std::size_t>(e.replication) > live) {
+        e.error = error::kInvalidReplicationFactor;
+        e.message = "replication factor " + std::to_string(e.replication) + " needs that many live nodes; the cluster has " + std::to_string(live);
+      } else if (cluster_->topic(e.name)) {
+        e.error = error::kTopicAlreadyExists;
+        e.message = "topic '" + e.name + "' already exists";
+      } else if (!validate_only) {
+        Result<void> created = cluster_->create_topic(e.name, e.config.partitions, static_cast<std::uint32_t>(e.replication), e.config);
+        if (!created.ok()) {
+          e.error = created.error().code == Errc::kAlreadyExists ? error::kTopicAlreadyExists
+                    : created.error().code == Errc::kInvalidArgument ? error::kInvalidConfig
+                                                                      : error::kUnknownServerError;
+          e.message = created.error().message;
+        } else {
+          log(LogLevel::kInfo, "kafka: cluster topic created",
+              {{"topic", e.name}, {"partitions", std::to_string(e.config.partitions)}, {"replication", std::to_string(e.replication)}});
+        }
+      }
     } else {
       e.config.partitions = e.partitions == -1 ? options_.default_partitions : static_cast<std::uint32_t>(e.partitions);
       Result<void> valid = validate_topic_config(e.config);
@@ -1064,7 +1303,7 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
     if (v >= 1) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
     if (v >= 5) {
       w.i32(e.error == 0 ? static_cast<std::int32_t>(e.config.partitions) : -1);
-      w.i16(e.error == 0 ? 1 : -1);
+      w.i16(e.error == 0 ? (cluster_ != nullptr ? e.replication : std::int16_t{1}) : std::int16_t{-1});
       w.array(0, flex);  // configs: DescribeConfigs lists them
     }
     w.tagged_fields(flex);
@@ -1105,7 +1344,8 @@ Outcome Broker::delete_topics(const Request& r, Reader& in) {
       e.error = error::kUnknownTopicId;  // weft names topics; it has no topic ids
       continue;
     }
-    Result<void> deleted = node_.delete_topic(*e.name);
+    // In a cluster every replica's node deletes its copy when the controller drops the topic.
+    Result<void> deleted = cluster_ != nullptr ? cluster_->delete_topic(*e.name) : node_.delete_topic(*e.name);
     if (!deleted.ok()) {
       e.error = deleted.error().code == Errc::kNotFound ? error::kUnknownTopicOrPartition : error::kUnknownServerError;
       e.message = deleted.error().message;

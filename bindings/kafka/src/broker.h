@@ -18,6 +18,7 @@
 #include "weft/fabric/group_coordinator.h"
 #include "weft/fabric/ring.h"
 #include "weft/fabric/shared_memory.h"
+#include "weft/cluster_node.h"
 #include "weft/kafka/listener.h"
 #include "weft/kafka/wire.h"
 #include "weft/node.h"
@@ -65,6 +66,7 @@ struct PartitionState {
   std::optional<Consumer> reader;  // the tail reader for fetches (moved by seek when needed)
   std::int64_t reader_used_ms = 0;
   std::unordered_map<std::int64_t, ProducerSequences> producers;
+  std::int32_t leader_epoch = -1;  // in a cluster: the epoch `producers` was learned under
 };
 
 struct TopicState {
@@ -98,6 +100,7 @@ struct Parked {
     bool validated = false;        // checked once; a retry for ring space only claims again
     std::int32_t records = 0;
     bool waiting_for_log = false;  // counted with add_log_waiter
+    bool waiting_for_replicas = false;  // acks=all in a cluster: for the high watermark
     Offset base_offset{-1};
     Offset end_offset{-1};
   };
@@ -175,6 +178,9 @@ class Broker {
 
   // Produce.
   void append(Parked::ProducePart& part);
+  // The last batches of a producer this broker has not seen on the partition, from the ring: it
+  // may have written through another leader, and a retry of those batches must not land twice.
+  static ProducerSequences recover_sequences(PartitionState& partition, std::int64_t producer_id);
   bool produce_done(Parked& parked, std::int64_t now_ns);
   std::vector<OutChunk> produce_response(Parked& parked);
   // Fetch: builds the response when enough is there (or `force`); nothing otherwise.
@@ -189,7 +195,23 @@ class Broker {
     Offset log_start{-1};
     std::size_t size() const noexcept { return file ? file_bytes : bytes.size(); }
   };
-  PartitionRead read_partition(TopicState& topic, std::uint32_t partition, std::int64_t offset, std::size_t max_bytes, bool first);
+  // `visible`: the high watermark in a cluster (nothing at or past it is served); the ring's end
+  // on a single node.
+  PartitionRead read_partition(TopicState& topic, std::uint32_t partition, std::int64_t offset, std::size_t max_bytes, bool first,
+                               std::optional<Offset> visible);
+
+  // Cluster mode (options_.cluster). 0 when this node leads the partition and serves it, else
+  // the Kafka error that sends the client elsewhere; `view` gets the partition's state.
+  std::int16_t leader_error(std::string_view topic, std::int32_t partition, PartitionView* view = nullptr) const;
+  struct BrokerAddress {
+    std::int32_t id;
+    std::string host;
+    std::int32_t port;
+    std::string rack;
+  };
+  // The brokers Metadata lists: the cluster's nodes with a Kafka address (this one always).
+  std::vector<BrokerAddress> brokers() const;
+  BrokerAddress self_address() const { return {options_.node_id, advertised_host_, advertised_port_, {}}; }
 
   // Topics: a cache of the node's topics with their rings mapped, checked against the node's
   // topics version on every lookup.
@@ -204,6 +226,7 @@ class Broker {
 
   Node& node_;
   KafkaListenerOptions options_;
+  ClusterNode* cluster_ = nullptr;
   std::string advertised_host_;
   std::int32_t advertised_port_ = 0;
   GroupCoordinator groups_;

@@ -39,6 +39,7 @@ std::int16_t Broker::group_code(GroupError e) const noexcept {
     case GroupError::kGroupIdNotFound: return error::kGroupIdNotFound;
     case GroupError::kNonEmptyGroup: return error::kNonEmptyGroup;
     case GroupError::kCoordinatorNotAvailable: return error::kCoordinatorNotAvailable;
+    case GroupError::kNotCoordinator: return error::kNotCoordinator;
   }
   return error::kUnknownServerError;
 }
@@ -56,28 +57,40 @@ Outcome Broker::find_coordinator(const Request& r, Reader& in) {
   }
   in.tagged_fields(flex);
   if (!in.ok()) return {};
-  // Every group's coordinator is this node; transactions have none.
+  // A single node coordinates every group; a cluster's nodes agree on one per group. Transactions
+  // have none.
   const std::int16_t err = key_type == kCoordinatorGroup ? error::kNone : error::kCoordinatorNotAvailable;
   const std::optional<std::string_view> message =
       err != 0 ? std::optional<std::string_view>("weft does not support transactions") : std::nullopt;
+  const std::vector<BrokerAddress> listed = cluster_ != nullptr ? brokers() : std::vector<BrokerAddress>{};
+  auto coordinator = [&](const std::string& key) {
+    if (cluster_ != nullptr) {
+      const NodeId id = cluster_->group_coordinator(key);
+      for (const BrokerAddress& b : listed)
+        if (b.id == id) return b;
+    }
+    return self_address();
+  };
   Outcome out;
   out.error = err;
   Frame f(r.header);
   Writer& w = f.w;
   if (v >= 1) w.i32(0);
   if (v <= 3) {
+    const BrokerAddress b = coordinator(keys.empty() ? std::string() : keys.front());
     w.i16(err);
     if (v >= 1) w.nullable_string(message, flex);
-    w.i32(err == 0 ? options_.node_id : -1);
-    w.string(err == 0 ? advertised_host_ : "", flex);
-    w.i32(err == 0 ? advertised_port_ : -1);
+    w.i32(err == 0 ? b.id : -1);
+    w.string(err == 0 ? b.host : "", flex);
+    w.i32(err == 0 ? b.port : -1);
   } else {
     w.array(keys.size(), flex);
     for (const std::string& key : keys) {
+      const BrokerAddress b = coordinator(key);
       w.string(key, flex);
-      w.i32(err == 0 ? options_.node_id : -1);
-      w.string(err == 0 ? advertised_host_ : "", flex);
-      w.i32(err == 0 ? advertised_port_ : -1);
+      w.i32(err == 0 ? b.id : -1);
+      w.string(err == 0 ? b.host : "", flex);
+      w.i32(err == 0 ? b.port : -1);
       w.i16(err);
       w.nullable_string(message, flex);
       w.tagged_fields(flex);
@@ -289,7 +302,14 @@ Outcome Broker::offset_commit(const Request& r, Reader& in) {
   const std::int32_t n = in.array(flex, false, 2);
   for (std::int32_t t = 0; t < n && in.ok(); ++t) {
     const std::string_view name = in.string(flex);
-    std::shared_ptr<TopicState> state = topic(name);
+    // The coordinator of a cluster's group may hold no replica of the topic: the cluster's record
+    // says which partitions exist.
+    std::size_t partition_count = 0;
+    if (cluster_ != nullptr) {
+      if (std::optional<TopicRecord> record = cluster_->topic(name)) partition_count = record->partitions;
+    } else if (std::shared_ptr<TopicState> state = topic(name)) {
+      partition_count = state->partitions.size();
+    }
     topics.push_back({std::string(name), {}});
     const std::int32_t parts = in.array(flex, false, 14);
     for (std::int32_t i = 0; i < parts && in.ok(); ++i) {
@@ -304,7 +324,7 @@ Outcome Broker::offset_commit(const Request& r, Reader& in) {
       const std::optional<std::string_view> metadata = in.nullable_string(flex);
       in.tagged_fields(flex);
       if (!in.ok()) break;
-      if (!state || part.partition < 0 || static_cast<std::size_t>(part.partition) >= state->partitions.size()) {
+      if (part.partition < 0 || static_cast<std::size_t>(part.partition) >= partition_count) {
         part.error = error::kUnknownTopicOrPartition;
       } else if (metadata && metadata->size() > kMaxOffsetMetadataBytes) {
         part.error = error::kOffsetMetadataTooLarge;
@@ -412,6 +432,19 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
       answer.error = error::kInvalidGroupId;
       answers.push_back(std::move(answer));
       continue;
+    }
+    if (cluster_ != nullptr) {
+      const NodeId coordinator = cluster_->group_coordinator(ask.group);
+      if (coordinator >= 0 && coordinator != options_.node_id) {
+        answer.error = error::kNotCoordinator;
+        if (ask.topics)  // v0 and v1 have no group-level error: each partition says it
+          for (const auto& [name, parts] : *ask.topics) {
+            answer.topics.push_back({name, {}});
+            for (const std::int32_t p : parts) answer.topics.back().second.push_back(Answer{p, -1, {}, error::kNotCoordinator});
+          }
+        answers.push_back(std::move(answer));
+        continue;
+      }
     }
     Result<std::vector<CommittedOffset>> stored = node_.fetch_offsets(ask.group, "");
     std::vector<CommittedOffset> committed = stored.ok() ? std::move(*stored) : std::vector<CommittedOffset>{};

@@ -63,9 +63,21 @@ class ClusterNode {
   // Snapshots, safe from any thread.
   std::optional<PartitionView> partition(std::string_view topic, std::uint32_t partition) const;
   std::vector<NodeRecord> nodes() const;
+  std::vector<TopicRecord> topics() const;
+  std::optional<TopicRecord> topic(std::string_view name) const;
+  // The node Kafka clients of a consumer group go to (FindCoordinator): one of the live nodes
+  // with a Kafka address, by a hash of the group id, so every node names the same one. -1: none.
+  NodeId group_coordinator(std::string_view group) const;
   NodeId controller() const;
   bool store_reachable() const;
   std::vector<ReplicaStatus> replicas() const;
+  // In-sync set changes this node committed as a leader (Kafka's IsrShrinksPerSec and
+  // IsrExpandsPerSec, as totals).
+  struct IsrChanges {
+    std::uint64_t shrinks = 0;
+    std::uint64_t expands = 0;
+  };
+  IsrChanges isr_changes() const;
 
   // A clean shutdown's first step: leadership moves to other in-sync replicas; returns once this
   // node leads nothing (or `timeout_ms` passed: kUnavailable, saying how many it still leads).

@@ -102,6 +102,9 @@ struct NodeOptions {
   // Where consumer groups' committed offsets are kept (weft/fabric/offset_store.h). Empty: this
   // node takes no commits.
   std::string offsets_dir;
+  // In a cluster, a group's coordinator may hold no replica of the topics it commits for: the
+  // caller checks them against the cluster's topics and this node stores them unchecked.
+  bool offsets_for_any_topic = false;
   TopicConfig default_topic;               // for topics created without their own config
   bool prefer_hugepages = true;            // rings in hugepages when the kernel has them reserved
   std::string hugetlbfs_dir;               // a hugetlbfs mount to use instead of memfd

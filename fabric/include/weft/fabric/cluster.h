@@ -4,7 +4,7 @@
 // and every node watches the partition states to learn what it leads and follows.
 //
 // Keys, under /weft/<cluster>/ (values are one line of `key=value` fields separated by spaces):
-//   nodes/<id>                  a live node (leased): replication=, kafka=, rack=, draining=
+//   nodes/<id>                  a live node (leased): replication=, kafka=, rack=, draining=, metrics=
 //   controller                  the controller's node id (leased)
 //   topics/<name>               partitions=, replication=, config= (the topic's settings)
 //   partitions/<topic>/<index>  replicas=, leader=, epoch=, isr=: written by the controller, and
@@ -36,6 +36,7 @@ struct NodeRecord {
   std::string kafka_address;        // HOST:PORT Kafka clients connect to ("" if none)
   std::string rack;                 // replicas of a partition spread across racks first
   bool draining = false;            // shutting down: leadership moves off it
+  std::string metrics_address;      // HOST:PORT of its Prometheus page ("" if none): `weft cluster status` reads lag there
 };
 
 struct TopicRecord {
@@ -76,6 +77,23 @@ NodeId choose_leader(const PartitionState& state, const std::map<NodeId, NodeRec
 // the partitions. kAlreadyExists / kNotFound as the topic is or is not there.
 Result<void> create_cluster_topic(MetadataStore& store, std::string_view cluster, const TopicRecord& topic);
 Result<void> delete_cluster_topic(MetadataStore& store, std::string_view cluster, std::string_view name);
+
+// Everything under a cluster's keys, decoded (unreadable entries are skipped and logged).
+struct ClusterSnapshot {
+  std::map<NodeId, NodeRecord> nodes;  // live ones
+  NodeId controller = -1;
+  std::map<std::string, TopicRecord> topics;
+  std::map<PartitionId, PartitionState> partitions;
+  std::map<PartitionId, std::vector<NodeId>> reassignments;  // asked for, not yet carried out
+};
+ClusterSnapshot parse_cluster_snapshot(std::string_view prefix, const std::vector<KeyValue>& kvs);
+// One read of the store (the CLI's `weft cluster status`).
+Result<ClusterSnapshot> read_cluster(MetadataStore& store, std::string_view cluster);
+// Asks the controller to move a partition's replicas to `replicas` (the first becomes the
+// preferred leader): new replicas catch up first, then the old ones leave. Checked against the
+// live nodes and the existing partitions.
+Result<void> reassign_partition(MetadataStore& store, std::string_view cluster, const PartitionId& partition,
+                                const std::vector<NodeId>& replicas);
 
 struct ClusterOptions {
   std::string cluster = "weft";

@@ -56,6 +56,7 @@ enum class GroupError : std::uint8_t {
   kGroupIdNotFound,
   kNonEmptyGroup,
   kCoordinatorNotAvailable,   // the coordinator was shut down
+  kNotCoordinator,            // another node coordinates this group (a cluster): ask FindCoordinator again
 };
 std::string_view group_error_name(GroupError error) noexcept;
 
@@ -146,6 +147,9 @@ struct GroupCoordinatorOptions {
   std::int32_t max_session_timeout_ms = 1'800'000;   // group.max.session.timeout.ms
   std::int32_t initial_rebalance_delay_ms = 3'000;   // group.initial.rebalance.delay.ms
   std::uint32_t max_group_size = 0x7fffffff;         // group.max.size
+  // In a cluster, whether this node coordinates a group (null: every group). Requests for
+  // another node's group get kNotCoordinator.
+  std::function<bool(std::string_view group_id)> owns_group;
 };
 
 class GroupCoordinator {
@@ -181,6 +185,7 @@ class GroupCoordinator {
   std::size_t group_count() const noexcept;
 
  private:
+  bool owns(std::string_view group_id) const;
   struct State;
   std::unique_ptr<State> state_;
 };

@@ -25,6 +25,7 @@
 
 namespace weft {
 class Node;
+class ClusterNode;
 }
 
 namespace weft::kafka {
@@ -44,6 +45,13 @@ struct KafkaListenerOptions {
   bool auto_create_topics = true;          // auto.create.topics.enable
   std::uint32_t default_partitions = 1;    // num.partitions, for auto-created topics
   GroupCoordinatorOptions groups;
+  // In a cluster (weft/cluster_node.h): Metadata names the cluster's brokers, leaders and
+  // in-sync sets; produce, fetch and ListOffsets go to leaders only (NOT_LEADER_OR_FOLLOWER
+  // elsewhere); acks=all waits for the high watermark and fetches stop at it; topics are created
+  // and deleted cluster-wide; each consumer group has one coordinator node. Null: a single node.
+  // node_id is then the cluster node's id. Must outlive the listener.
+  ClusterNode* cluster = nullptr;
+  std::uint32_t default_replication_factor = 1;  // default.replication.factor (auto-created topics too)
   // How often parked fetches and unacknowledged produces look at the rings again (data written
   // by this listener wakes them at once; local shared-memory producers are seen on this tick).
   std::int64_t poll_interval_us = 200;
