@@ -46,6 +46,7 @@ struct ClusterNode::Impl {
   std::thread control;
   std::thread replication;
   UniqueFd wake;
+  int hw_event = -1;  // under `mutex`, so set_high_watermark_event(-1) means no write follows
 
   // Between the threads and for readers, under `mutex`.
   mutable std::mutex mutex;
@@ -214,14 +215,25 @@ struct ClusterNode::Impl {
         fresh = replicator->status();
         last_status = now;
       }
-      std::lock_guard lock(mutex);
-      proposals.insert(proposals.end(), wanted.begin(), wanted.end());
-      // Updated in place: the map allocates only when a replica comes or goes.
-      std::erase_if(high_watermarks, [&](const auto& entry) { return !taken.contains(entry.first); });
-      for (const auto& entry : taken) {
-        if (std::optional<Offset> hw = replicator->high_watermark(entry.first)) high_watermarks[entry.first] = *hw;
+      bool moved = false;
+      {
+        std::lock_guard lock(mutex);
+        proposals.insert(proposals.end(), wanted.begin(), wanted.end());
+        // Updated in place: the map allocates only when a replica comes or goes.
+        std::erase_if(high_watermarks, [&](const auto& entry) { return !taken.contains(entry.first); });
+        for (const auto& entry : taken) {
+          std::optional<Offset> hw = replicator->high_watermark(entry.first);
+          if (!hw) continue;
+          Offset& known = high_watermarks[entry.first];
+          moved = moved || known != *hw;
+          known = *hw;
+        }
+        if (refresh) status = std::move(fresh);
+        if (moved && hw_event >= 0) {
+          const std::uint64_t one = 1;
+          (void)!::write(hw_event, &one, sizeof one);  // a non-blocking eventfd: never waits
+        }
       }
-      if (refresh) status = std::move(fresh);
     }
   }
 };
@@ -256,6 +268,16 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   log(LogLevel::kInfo, "cluster: joined",
       {{"node", std::to_string(raw->options.cluster.self.id)}, {"cluster", raw->options.cluster.cluster}, {"replication", raw->replicator->address()}});
   return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));
+}
+
+void ClusterNode::records_committed() {
+  const std::uint64_t one = 1;
+  (void)!::write(impl_->wake.get(), &one, sizeof one);  // non-blocking eventfd, open for the node's life
+}
+
+void ClusterNode::set_high_watermark_event(int fd) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->hw_event = fd;
 }
 
 NodeId ClusterNode::id() const noexcept { return impl_->options.cluster.self.id; }
@@ -347,13 +369,17 @@ Result<void> ClusterNode::drain(int timeout_ms) {
   for (;;) {
     std::size_t led = 0;
     {
+      // Only what can move: a partition with no other in-sync replica has nowhere to go (it goes
+      // offline when this node leaves, as in Kafka), so waiting for it would only delay the exit.
       std::lock_guard lock(impl_->mutex);
-      for (const auto& [id, s] : impl_->partitions) led += s.leader == impl_->options.cluster.self.id ? 1u : 0u;
+      const NodeId self = impl_->options.cluster.self.id;
+      for (const auto& [id, s] : impl_->partitions)
+        led += s.leader == self && std::any_of(s.isr.begin(), s.isr.end(), [&](NodeId r) { return r != self && impl_->nodes.contains(r); }) ? 1u : 0u;
     }
     if (led == 0) return ok();
     if (std::chrono::steady_clock::now() > deadline) {
       return Error{Errc::kUnavailable, "node " + std::to_string(id()) + " still leads " + std::to_string(led) +
-                                           " partitions (no other in-sync replica to take them?)"};
+                                           " partitions that other in-sync replicas could take"};
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

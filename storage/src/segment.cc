@@ -767,7 +767,7 @@ Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> o
     whole += static_cast<std::size_t>(total);
   }
   if (whole == 0 && got > 0)
-    return Error{Errc::kInvalidArgument, "the batch at byte " + std::to_string(position) + " of " + log_path_ + " is larger than the " +
+    return Error{Errc::kResourceExhausted, "the batch at byte " + std::to_string(position) + " of " + log_path_ + " is larger than the " +
                                              std::to_string(out.size()) + "-byte buffer"};
   return whole;
 }

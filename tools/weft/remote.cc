@@ -54,6 +54,8 @@ KafkaHandle make_client(rd_kafka_type_t type, const std::vector<std::pair<std::s
                         void (*delivered)(rd_kafka_t*, const rd_kafka_message_t*, void*) = nullptr, void* opaque = nullptr) {
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   char text[512];
+  // Nagle off, as the Java client has it: a small request must not wait for the last one's ACK.
+  (void)rd_kafka_conf_set(conf, "socket.nagle.disable", "true", text, sizeof text);
   for (const auto& [key, value] : settings) {
     if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), text, sizeof text) != RD_KAFKA_CONF_OK) {
       error = key + "=" + value + ": " + text;
@@ -136,12 +138,20 @@ struct DeliveryCounts {
   std::atomic<std::uint64_t> delivered{0};
   std::atomic<std::uint64_t> failed{0};
   std::string first_error;
+  // The paced run: each record's time from its send to its acknowledgement (the value starts
+  // with the send time). Delivery reports run in the producing thread, in rd_kafka_poll.
+  LatencyHistogram* acked = nullptr;
 };
 
 void count_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque) {
   auto* counts = static_cast<DeliveryCounts*>(opaque);
   if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
     counts->delivered.fetch_add(1, std::memory_order_relaxed);
+    if (counts->acked != nullptr && message->len >= sizeof(std::int64_t)) {
+      std::int64_t sent = 0;
+      std::memcpy(&sent, message->payload, sizeof sent);
+      counts->acked->record(static_cast<std::uint64_t>(std::max<std::int64_t>(monotonic_ns() - sent, 0)));
+    }
   } else {
     if (counts->failed.fetch_add(1, std::memory_order_relaxed) == 0) counts->first_error = rd_kafka_err2str(message->err);
   }
@@ -325,8 +335,9 @@ struct PhaseResult {
 };
 
 PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, std::uint64_t rate,
-                          bool low_latency, std::string& error) {
+                          bool low_latency, std::string& error, LatencyHistogram* acked = nullptr) {
   DeliveryCounts counts;
+  counts.acked = acked;
   KafkaHandle rk = make_client(RD_KAFKA_PRODUCER,
                                {{"bootstrap.servers", o.bootstrap},
                                 {"acks", acks_setting(p.acks)},
@@ -674,6 +685,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   }
 
   LatencyHistogram latency;
+  LatencyHistogram acked;
   PhaseResult paced;
   if (p.latency_records > 0) {
     std::atomic<bool> ready{false};
@@ -681,7 +693,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
     std::string fetch_error;
     std::thread reader([&] { seen = fetch_phase(o, p, topic, p.latency_records, true, &latency, &ready, fetch_error); });
     for (int i = 0; i < 2000 && !ready.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    paced = produce_phase(o, p, topic, p.latency_records, p.latency_rate, true, error);
+    paced = produce_phase(o, p, topic, p.latency_records, p.latency_rate, true, error, &acked);
     reader.join();
     if (!fetch_error.empty()) std::fprintf(stderr, "weft: latency run: %s\n", fetch_error.c_str());
   }
@@ -697,7 +709,8 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 "\"produce\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f,\"failed\":%llu},"
                 "\"fetch\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},"
                 "\"wire_produce\":{\"records\":%llu,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},\"wire_fetch\":{\"records\":%llu,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},"
-                "\"latency\":{\"records\":%llu,\"rate\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}}\n",
+                "\"latency\":{\"records\":%llu,\"rate\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f},"
+                "\"ack_latency\":{\"records\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}}\n",
                 o.bootstrap.c_str(), p.record_size, p.partitions, p.acks.c_str(), tcp, static_cast<unsigned long long>(produced.records),
                 produced.seconds, static_cast<double>(produced.records) / std::max(produced.seconds, 1e-9), produce_gbs,
                 tcp > 0 ? produce_gbs / tcp : 0, static_cast<unsigned long long>(produced.failed), static_cast<unsigned long long>(fetched.records),
@@ -705,7 +718,9 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 static_cast<unsigned long long>(wire_produced.records), gbs(wire_produced), tcp > 0 ? gbs(wire_produced) / tcp : 0,
                 static_cast<unsigned long long>(wire_fetched.records), gbs(wire_fetched), tcp > 0 ? gbs(wire_fetched) / tcp : 0,
                 static_cast<unsigned long long>(latency.count()), static_cast<unsigned long long>(p.latency_rate), us(0.5), us(0.99), us(0.999),
-                static_cast<double>(latency.max()) / 1000.0);
+                static_cast<double>(latency.max()) / 1000.0, static_cast<unsigned long long>(acked.count()),
+                static_cast<double>(acked.percentile(0.5)) / 1000.0, static_cast<double>(acked.percentile(0.99)) / 1000.0,
+                static_cast<double>(acked.percentile(0.999)) / 1000.0, static_cast<double>(acked.max()) / 1000.0);
     return produced.failed == 0 ? 0 : 1;
   }
   std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, acks=%s (librdkafka %s)\n", o.bootstrap.c_str(),
@@ -729,6 +744,10 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
     std::printf("  latency    %llu records at %llu/s, produce to fetch: p50 %.0f us, p99 %.0f us, p99.9 %.0f us, max %.0f us\n",
                 static_cast<unsigned long long>(latency.count()), static_cast<unsigned long long>(p.latency_rate), us(0.5), us(0.99),
                 us(0.999), static_cast<double>(latency.max()) / 1000.0);
+  if (p.latency_records > 0 && acked.count() > 0)
+    std::printf("  acks=%s    same records, produce to acknowledgement: p50 %.0f us, p99 %.0f us, p99.9 %.0f us, max %.0f us\n", p.acks.c_str(),
+                static_cast<double>(acked.percentile(0.5)) / 1000.0, static_cast<double>(acked.percentile(0.99)) / 1000.0,
+                static_cast<double>(acked.percentile(0.999)) / 1000.0, static_cast<double>(acked.max()) / 1000.0);
   if (produced.failed > 0) std::printf("  %llu records were not delivered: %s\n", static_cast<unsigned long long>(produced.failed), error.c_str());
   return produced.failed == 0 ? 0 : 1;
 }

@@ -527,8 +527,18 @@ Outcome Broker::produce(const Request& r, Reader& in) {
       part.error_message = "weft does not support transactions";
     }
   }
+  bool appended = false;
   for (auto& part : parked->produce)
-    if (part.error == 0 && part.state) append(part);
+    if (part.error == 0 && part.state) {
+      append(part);
+      appended = appended || part.appended;
+    }
+  if (appended && cluster_ != nullptr) {
+    // acks=all waits for every in-sync log: the followers get the records now, and the leader's
+    // own log writes them now, neither waiting for the node's next pass.
+    cluster_->records_committed();
+    node_.hurry();
+  }
   parked->deadline_ns = r.arrived_ns + std::int64_t{std::max(timeout_ms, 0)} * 1'000'000;
   // acks=0 gets no response at all, as in Kafka; a batch waiting for ring space is still
   // appended when space comes (parked like any produce), not dropped.

@@ -530,6 +530,8 @@ Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaLis
 
   impl->broker = std::make_unique<Broker>(node, impl->options, impl->port);
   node.set_pass_event(impl->wake_fd.get());  // produces waiting on the log are answered after each pass
+  // acks=all and fetches at the high watermark are answered as it moves.
+  if (options.cluster != nullptr) options.cluster->set_high_watermark_event(impl->wake_fd.get());
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->run(); });
   log(LogLevel::kInfo, "kafka listener ready",
@@ -546,6 +548,7 @@ KafkaListener::~KafkaListener() { stop(); }
 void KafkaListener::stop() {
   if (!impl_ || impl_->stopping.exchange(true)) return;
   impl_->node.set_pass_event(-1);
+  if (impl_->options.cluster != nullptr) impl_->options.cluster->set_high_watermark_event(-1);
   const std::uint64_t one = 1;
   (void)::write(impl_->wake_fd.get(), &one, sizeof one);
   if (impl_->thread.joinable()) impl_->thread.join();

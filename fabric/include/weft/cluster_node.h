@@ -60,6 +60,14 @@ class ClusterNode {
   Result<void> create_topic(std::string_view name, std::uint32_t partitions, std::uint32_t replication_factor, const TopicConfig& config);
   Result<void> delete_topic(std::string_view name);
 
+  // An eventfd written whenever a high watermark here moves (acks=all producers and fetches at
+  // the high watermark wait on it); -1: none. The fd must outlive the ClusterNode or be unset.
+  void set_high_watermark_event(int fd);
+
+  // Records were committed to a partition this node leads: the replication thread pushes them now
+  // rather than after the node's next pass. Any thread; a write to an eventfd.
+  void records_committed();
+
   // Snapshots, safe from any thread.
   std::optional<PartitionView> partition(std::string_view topic, std::uint32_t partition) const;
   std::vector<NodeRecord> nodes() const;
@@ -80,7 +88,8 @@ class ClusterNode {
   IsrChanges isr_changes() const;
 
   // A clean shutdown's first step: leadership moves to other in-sync replicas; returns once this
-  // node leads nothing (or `timeout_ms` passed: kUnavailable, saying how many it still leads).
+  // node leads nothing another live in-sync replica could take (or `timeout_ms` passed:
+  // kUnavailable, saying how many it still leads).
   Result<void> drain(int timeout_ms);
 
  private:

@@ -65,7 +65,8 @@ class PartitionLog {
   virtual Offset next_offset() const = 0;
   // Copies whole batches, starting with the one that holds `offset` (or the next batch, if an
   // aborted claim skipped it), into `out`; returns the bytes copied (0: nothing from there yet).
-  // kOutOfRange before start_offset() or past next_offset().
+  // kOutOfRange before start_offset() or past next_offset(); kResourceExhausted when that first
+  // batch is larger than `out`.
   virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) const = 0;
   // Where `offset` (or kEarliestOffset) lies, as a file the caller reads. kOutOfRange before
   // start_offset() (the message names it); at next_offset() an empty slice.

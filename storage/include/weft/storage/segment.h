@@ -147,8 +147,9 @@ class Segment {
   // (time index, then a scan); kOutOfRange when none is.
   Result<std::uint64_t> find_time(std::int64_t timestamp_ms);
   // Reads whole batches starting at `position` into `out` (up to its size); returns the bytes
-  // read, always a whole number of batches (0 at the end). Lookups and reads flush first; when
-  // that fails (a full disk) they serve what is in the file.
+  // read, always a whole number of batches (0 at the end; kResourceExhausted when the first batch
+  // does not fit in `out`). Lookups and reads flush first; when that fails (a full disk) they
+  // serve what is in the file.
   Result<std::size_t> read(std::uint64_t position, std::span<std::byte> out);
   // The one batch at `position`, whole, whatever its size.
   Result<std::vector<std::byte>> read_batch(std::uint64_t position);
