@@ -56,11 +56,12 @@ inline std::vector<std::uint16_t> free_ports(std::size_t count) {
   return ports;
 }
 
-// One HTTP/1.0 request to 127.0.0.1:`port`; the answer's body, or "" when the request failed
-// or took longer than `timeout_ms`. HTTP/1.0 keeps the server from chunking: the body runs to
-// the end of the connection. For test set-up only (health checks, etcd calls the port lacks).
+// One HTTP/1.0 request to `host` (an IPv4 address, 127.0.0.1 by default):`port`; the answer's
+// body, or "" when the request failed or took longer than `timeout_ms`. HTTP/1.0 keeps the
+// server from chunking: the body runs to the end of the connection. For test set-up only
+// (health checks, etcd calls the port lacks, metrics pages).
 inline std::string http_request(std::uint16_t port, std::string_view method, std::string_view path,
-                                std::string_view body = {}, int timeout_ms = 2000) {
+                                std::string_view body = {}, int timeout_ms = 2000, const std::string& host = "127.0.0.1") {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return {};
   const timeval timeout{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
@@ -68,7 +69,10 @@ inline std::string http_request(std::uint16_t port, std::string_view method, std
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
   sockaddr_in address{};
   address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::inet_pton(AF_INET, host.c_str(), &address.sin_addr) != 1) {
+    ::close(fd);
+    return {};
+  }
   address.sin_port = htons(port);
   std::string answer;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) {
@@ -93,6 +97,8 @@ struct EtcdServerOptions {
   std::uint16_t peer_port = 0;    // 0: a free port
   // --initial-cluster; empty: this member alone, "<name>=http://127.0.0.1:<peer_port>".
   std::string initial_cluster;
+  // Other local addresses (a veth's, say) where clients may reach it too, on the client port.
+  std::vector<std::string> also_listen_on;
   bool wait_healthy = true;  // start() returns once GET /health answers true (up to 10 s)
   // Short raft timers: a one-member cluster elects itself at once, and etcd's least lease TTL
   // (1.5 election timeouts, rounded up to whole seconds) is 1 s instead of 2.
@@ -124,12 +130,14 @@ class EtcdServer {
     peer_port_ = options.peer_port;
     log_path_ = data_dir + ".log";
     const std::string client_url = "http://127.0.0.1:" + std::to_string(client_port_);
+    std::string client_urls = client_url;
+    for (const std::string& host : options.also_listen_on) client_urls += ",http://" + host + ":" + std::to_string(client_port_);
     const std::string peer_url = "http://127.0.0.1:" + std::to_string(peer_port_);
     if (options.initial_cluster.empty()) options.initial_cluster = options.name + "=" + peer_url;
     std::vector<std::string> args = {kEtcdBinary,
                                      "--name=" + options.name,
                                      "--data-dir=" + data_dir,
-                                     "--listen-client-urls=" + client_url,
+                                     "--listen-client-urls=" + client_urls,
                                      "--advertise-client-urls=" + client_url,
                                      "--listen-peer-urls=" + peer_url,
                                      "--initial-advertise-peer-urls=" + peer_url,
