@@ -1166,7 +1166,16 @@ class Node::Replica final : public ReplicaLog {
 
   void stamp_leader_epoch(std::int32_t epoch) override {
     partition().log->set_leader_epoch(epoch);
-    if (epoch >= 0) writer_.reset();  // a leader's ring is its producers'
+    if (epoch >= 0) {
+      writer_.reset();  // a leader's ring is its producers'
+      return;
+    }
+    // A follower's ring takes only its leader's batches: hold it now, so no local producer gets in
+    // (one already attached keeps it until it lets go; appends wait for that).
+    if (!writer_) {
+      Result<Producer> attached = Producer::attach(partition().ring, ProducerMode::kExclusive);
+      if (attached.ok()) writer_.emplace(std::move(attached.value()));
+    }
   }
 
  private:

@@ -487,7 +487,8 @@ Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
     slot->owner.store(0, std::memory_order_release);
     return Error{Errc::kFailedPrecondition,
                  (seen & kExclusiveProducer) != 0
-                     ? std::string("ring: an exclusive producer holds the ring")
+                     ? std::string("ring: an exclusive producer holds the ring (a single-writer producer, or, in a cluster, this "
+                                   "node follows the partition's leader: produce to the leader)")
                      : "ring: cannot hold the ring exclusively while " +
                            std::to_string(std::popcount(seen)) + " other producer(s) are attached"};
   }

@@ -233,6 +233,7 @@ class Broker {
   std::map<std::string, std::shared_ptr<TopicState>, std::less<>> topics_;
   std::uint64_t topics_version_ = ~0ull;
   std::int64_t next_producer_id_ = 0;
+  std::int64_t last_leadership_check_ms_ = 0;
   std::uint64_t records_in_ = 0;
 };
 
