@@ -93,6 +93,40 @@ int partition_count(rd_kafka_t* rk, const std::string& topic, std::string& error
   return count;
 }
 
+// HOST:PORT of the broker that leads every partition of `topic`, once each has a leader (a
+// cluster elects them a moment after creating the topic); "" with `error` set when none does
+// within 20 s or the partitions have different leaders (the bare client speaks to one broker).
+std::string sole_leader(rd_kafka_t* rk, const std::string& topic, std::string& error) {
+  const std::int64_t deadline = monotonic_ns() + 20'000'000'000;
+  while (monotonic_ns() < deadline) {
+    rd_kafka_topic_t* handle = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
+    const rd_kafka_metadata_t* metadata = nullptr;
+    const rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, handle, &metadata, 5'000);
+    rd_kafka_topic_destroy(handle);
+    std::string found;
+    bool ready = err == RD_KAFKA_RESP_ERR_NO_ERROR && metadata->topic_cnt == 1 && metadata->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                 metadata->topics[0].partition_cnt > 0;
+    std::int32_t leader = -1;
+    for (int i = 0; ready && i < metadata->topics[0].partition_cnt; ++i) {
+      const std::int32_t l = metadata->topics[0].partitions[i].leader;
+      if (l < 0) ready = false;
+      else if (leader >= 0 && l != leader) {
+        error = "its partitions have different leaders";
+        rd_kafka_metadata_destroy(metadata);
+        return {};
+      }
+      leader = l;
+    }
+    for (int b = 0; ready && b < metadata->broker_cnt; ++b)
+      if (metadata->brokers[b].id == leader) found = std::string(metadata->brokers[b].host) + ":" + std::to_string(metadata->brokers[b].port);
+    if (metadata != nullptr) rd_kafka_metadata_destroy(metadata);
+    if (!found.empty()) return found;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  error = "no leader for every partition within 20 s";
+  return {};
+}
+
 // Creates (or deletes, when `partitions` is 0) a topic with the admin API and waits for it.
 bool admin_topic(rd_kafka_t* rk, const std::string& topic, int partitions, std::string& error) {
   char text[512];
@@ -679,8 +713,15 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   const std::string wire_topic = topic + "-wire";
   PhaseResult wire_produced, wire_fetched;
   if (admin_topic(admin.get(), wire_topic, static_cast<int>(p.partitions), error)) {
-    wire_produced = wire_produce_phase(o, p, wire_topic, records, error);
-    if (wire_produced.records > 0) wire_fetched = wire_fetch_phase(o, p, wire_topic, wire_produced.records, error);
+    std::string why;
+    const std::string leader = sole_leader(admin.get(), wire_topic, why);
+    if (leader.empty()) {
+      std::fprintf(stderr, "weft: the bare client's run is skipped: %s\n", why.c_str());
+    } else {
+      const RemoteOptions at_leader{leader};
+      wire_produced = wire_produce_phase(at_leader, p, wire_topic, records, error);
+      if (wire_produced.records > 0) wire_fetched = wire_fetch_phase(at_leader, p, wire_topic, wire_produced.records, error);
+    }
     (void)admin_topic(admin.get(), wire_topic, 0, error);
   }
 

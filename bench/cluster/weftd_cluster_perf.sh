@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The replication issue's numbers with real processes: an etcd, three weftd in one cluster and a
+# fourth weftd alone, all on loopback ports, then `weft perf --bootstrap` (librdkafka and the bare
+# wire client, 1 KiB records, acks=all) against the single node and against the cluster, in the
+# same run. Everything it starts it stops by pid; its files go in a temporary folder.
+#
+# Usage: bench/cluster/weftd_cluster_perf.sh [BUILD_DIR] [RECORDS] [LATENCY_RATE]
+set -euo pipefail
+
+build=${1:-build/release}
+records=${2:-300000}
+rate=${3:-10000}
+weftd=$build/tools/weftd
+weft=$build/tools/weft
+for tool in "$weftd" "$weft" /usr/bin/etcd; do
+  [[ -x $tool ]] || { echo "missing $tool (build first: make build; etcd: Debian package etcd-server)" >&2; exit 2; }
+done
+
+work=$(mktemp -d /tmp/weftd-cluster-perf-XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Free ports, picked by the kernel.
+read -r -a ports <<<"$(/usr/bin/python3 -c '
+import socket
+s=[socket.socket() for _ in range(8)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')"
+etcd_client=${ports[0]} etcd_peer=${ports[1]}
+
+/usr/bin/etcd --name perf --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+  --initial-cluster "perf=http://127.0.0.1:$etcd_peer" --heartbeat-interval 50 --election-timeout 500 \
+  --log-level warn >"$work/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  /usr/bin/python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$etcd_client/health', timeout=1)" 2>/dev/null && break
+  sleep 0.1
+done
+
+cluster=()
+for id in 1 2 3; do
+  kafka=${ports[$((1 + id))]}
+  "$weftd" --node-id "$id" --etcd "http://127.0.0.1:$etcd_client" --data-dir "$work/node$id" --socket "$work/node$id.sock" \
+    --kafka-listen "127.0.0.1:$kafka" --metrics-listen "127.0.0.1:${ports[$((4 + id))]}" --default-replication-factor 3 \
+    --lease-ttl-s 1 >"$work/node$id.log" 2>&1 &
+  pids+=($!)
+  cluster+=("127.0.0.1:$kafka")
+done
+single_port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$weftd" --data-dir "$work/single" --socket "$work/single.sock" --kafka-listen "127.0.0.1:$single_port" --metrics-listen off \
+  >"$work/single.log" 2>&1 &
+pids+=($!)
+sleep 2
+bootstrap=$(IFS=,; echo "${cluster[*]}")
+
+# Latency first, on idle nodes (after the throughput runs, three replicas' writeback on one disk
+# stalls writes for a while), then throughput.
+for target in "single node|127.0.0.1:$single_port" "three nodes, replication factor 3|$bootstrap"; do
+  echo "== ${target%%|*}: acks=all latency at $rate records/s"
+  "$weft" perf --bootstrap "${target#*|}" --acks all --record-size 1024 --records 10000 \
+    --latency-records $((rate * 3)) --latency-rate "$rate" | grep -E "latency|acks="
+done
+for target in "single node|127.0.0.1:$single_port" "three nodes, replication factor 3|$bootstrap"; do
+  echo "== ${target%%|*}: acks=all throughput, $records records"
+  "$weft" perf --bootstrap "${target#*|}" --acks all --record-size 1024 --records "$records" --latency-records 0 | tail -n +2
+  sync
+done
+"$weft" cluster status --etcd "http://127.0.0.1:$etcd_client" | head -6
