@@ -9,11 +9,14 @@
 
 #include "../temp_dir.h"
 #include "kafka_client.h"
+#include "weft/cluster_node.h"
+#include "weft/fabric/metadata_store.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/kafka/listener.h"
 #include "weft/kafka/wire.h"
 #include "weft/node.h"
 #include "weft/storage/segment_log.h"
+#include "weft/transport/loopback.h"
 
 namespace weft {
 namespace {
@@ -1283,6 +1286,201 @@ TEST_F(KafkaListenerTest, ARequestAboveTheSizeLimitClosesItsConnection) {
   std::optional<std::string> small = d.call(kProduce, 7, false, produce_request(7, "big", 0, batch(2)));
   ASSERT_TRUE(small);
   EXPECT_EQ(read_produce(7, *small).error, 0);
+}
+
+// ---- In a cluster --------------------------------------------------------------------------
+// Two nodes in this process (segment logs, ClusterNodes over loopback links, an in-memory
+// metadata store), each with its Kafka listener: clients are sent to the leader, acks=all waits
+// for the follower, and each group has one coordinator.
+
+std::uint16_t free_tcp_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  std::uint16_t port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+class KafkaListenerInCluster : public ::testing::Test {
+ protected:
+  struct Member {
+    NodeId id = 0;
+    test::TempDir dir;
+    std::unique_ptr<Transport> transport;
+    std::unique_ptr<Node> node;
+    std::unique_ptr<ClusterNode> cluster;
+    std::unique_ptr<kafka::KafkaListener> listener;
+  };
+
+  void SetUp() override {
+    for (NodeId id = 1; id <= 2; ++id) {
+      auto m = std::make_unique<Member>();
+      m->id = id;
+      m->transport = make_loopback_transport(network_);
+      NodeOptions o;
+      o.open_log = storage::open_segment_logs(m->dir.path() + "/data");
+      o.offsets_dir = m->dir.path() + "/offsets";
+      o.offsets_for_any_topic = true;
+      m->node = Node::start(std::move(o)).value();
+      const std::uint16_t port = free_tcp_port();
+      ASSERT_NE(port, 0);
+      ClusterNodeOptions c;
+      c.cluster.cluster = "listener";
+      c.cluster.self.id = id;
+      c.cluster.self.kafka_address = "127.0.0.1:" + std::to_string(port);
+      c.cluster.lease_ttl_s = 1;
+      c.replication_listen = "";
+      auto cluster = ClusterNode::start(*m->node, *m->transport, store_, c);
+      ASSERT_TRUE(cluster.ok()) << cluster.error().message;
+      m->cluster = std::move(*cluster);
+      kafka::KafkaListenerOptions k;
+      k.listen_port = port;
+      k.cluster = m->cluster.get();
+      k.default_replication_factor = 2;
+      k.groups.initial_rebalance_delay_ms = 0;
+      auto listener = kafka::KafkaListener::start(*m->node, k);
+      ASSERT_TRUE(listener.ok()) << listener.error().message;
+      m->listener = std::move(*listener);
+      members_.push_back(std::move(m));
+    }
+    ASSERT_TRUE(eventually([&] { return members_[0]->cluster->nodes().size() == 2 && members_[1]->cluster->nodes().size() == 2; }));
+  }
+
+  void TearDown() override {
+    for (auto& m : members_) m->listener.reset();  // before the cluster node it routes by
+    for (auto& m : members_) m->cluster.reset();
+  }
+
+  static bool eventually(const std::function<bool()>& done, int timeout_ms = 20'000) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+  }
+
+  Member& member(NodeId id) { return *members_[static_cast<std::size_t>(id - 1)]; }
+
+  std::shared_ptr<LoopbackNetwork> network_ = make_loopback_network();
+  std::shared_ptr<MetadataStore> store_ = make_memory_metadata_store();
+  std::vector<std::unique_ptr<Member>> members_;
+};
+
+TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFollower) {
+  // Given a topic with two replicas, created through the second node's listener
+  {
+    KafkaClient c(member(2).listener->port());
+    Writer w;
+    w.array(1, false);
+    w.string("rep", false);
+    w.i32(1);
+    w.i16(2);
+    w.array(0, false);
+    w.array(0, false);
+    w.i32(10'000);
+    std::optional<std::string> body = c.call(kCreateTopics, 0, false, w.buffer());
+    ASSERT_TRUE(body);
+    Reader r = reader_of(*body);
+    EXPECT_EQ(r.array(false), 1);
+    EXPECT_EQ(r.string(false), "rep");
+    EXPECT_EQ(r.i16(), 0);
+  }
+  ASSERT_TRUE(eventually([&] {
+    auto v = member(1).cluster->partition("rep", 0);
+    auto w = member(2).cluster->partition("rep", 0);
+    return v && w && v->leader > 0 && v->isr.size() == 2 && v->replica_here && w->replica_here;
+  }));
+  const NodeId leader = member(1).cluster->partition("rep", 0)->leader;
+  Member& l = member(leader);
+  Member& f = member(leader == 1 ? 2 : 1);
+  KafkaClient to_leader(l.listener->port());
+  KafkaClient to_follower(f.listener->port());
+
+  // Metadata from the follower names both brokers and the real leader, replicas and in-sync set
+  std::optional<std::string> md = to_follower.call(kMetadata, 7, false, metadata_request(7, {"rep"}));
+  ASSERT_TRUE(md);
+  {
+    Reader r = reader_of(*md);
+    (void)r.i32();
+    ASSERT_EQ(r.array(false), 2);
+    std::vector<std::int32_t> ids;
+    for (int b = 0; b < 2; ++b) {
+      ids.push_back(r.i32());
+      EXPECT_EQ(r.string(false), "127.0.0.1");
+      const std::int32_t port = r.i32();
+      EXPECT_EQ(port, member(ids.back()).listener->port());
+      (void)r.nullable_string(false);
+    }
+    EXPECT_EQ(ids, (std::vector<std::int32_t>{1, 2}));
+    (void)r.nullable_string(false);                               // cluster id
+    EXPECT_EQ(r.i32(), l.cluster->controller());                  // controller
+    EXPECT_EQ(r.array(false), 1);
+    EXPECT_EQ(r.i16(), 0);
+    EXPECT_EQ(r.string(false), "rep");
+    EXPECT_FALSE(r.boolean());
+    EXPECT_EQ(r.array(false), 1);
+    EXPECT_EQ(r.i16(), 0);
+    EXPECT_EQ(r.i32(), 0);
+    EXPECT_EQ(r.i32(), leader);
+    EXPECT_GE(r.i32(), 1);         // leader epoch
+    EXPECT_EQ(r.array(false), 2);  // replicas
+    (void)r.i32(), (void)r.i32();
+    EXPECT_EQ(r.array(false), 2);  // in-sync set
+    (void)r.i32(), (void)r.i32();
+    EXPECT_EQ(r.array(false), 0);  // offline
+    EXPECT_TRUE(r.ok()) << r.error();
+  }
+
+  // Produce and fetch on the follower are refused with NOT_LEADER_OR_FOLLOWER
+  std::optional<std::string> refused = to_follower.call(kProduce, 7, false, produce_request(7, "rep", 0, batch(4), -1));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(read_produce(7, *refused).error, kafka::error::kNotLeaderOrFollower);
+  std::optional<std::string> not_here = to_follower.call(kFetch, 11, false, fetch_request(11, "rep", 0, 0));
+  ASSERT_TRUE(not_here);
+  EXPECT_EQ(read_fetch(11, *not_here).error, kafka::error::kNotLeaderOrFollower);
+
+  // acks=all on the leader is answered once the follower holds the batch
+  std::optional<std::string> acked = to_leader.call(kProduce, 7, false, produce_request(7, "rep", 0, batch(4), -1));
+  ASSERT_TRUE(acked);
+  const ProduceAnswer answer = read_produce(7, *acked);
+  EXPECT_EQ(answer.error, 0);
+  EXPECT_EQ(answer.base_offset, 0);
+  EXPECT_GE(f.cluster->partition("rep", 0)->high_watermark.value, 0);
+  std::optional<std::string> fetched = to_leader.call(kFetch, 11, false, fetch_request(11, "rep", 0, 0));
+  ASSERT_TRUE(fetched);
+  const FetchAnswer fa = read_fetch(11, *fetched);
+  EXPECT_EQ(fa.error, 0);
+  EXPECT_EQ(fa.high_watermark, 4);
+  EXPECT_FALSE(fa.records.empty());
+  std::optional<std::string> latest = to_leader.call(kListOffsets, 2, false, list_offsets_request(2, "rep", -1));
+  ASSERT_TRUE(latest);
+  EXPECT_EQ(read_list_offsets(2, *latest), 4);
+
+  // A group has one coordinator: FindCoordinator names it on both nodes, the other refuses joins
+  const NodeId coordinator = l.cluster->group_coordinator("billing");
+  ASSERT_GT(coordinator, 0);
+  for (Member* m : {&l, &f}) {
+    KafkaClient c(m->listener->port());
+    Writer w;
+    w.string("billing", false);
+    std::optional<std::string> body = c.call(kFindCoordinator, 0, false, w.buffer());
+    ASSERT_TRUE(body);
+    Reader r = reader_of(*body);
+    EXPECT_EQ(r.i16(), 0);
+    EXPECT_EQ(r.i32(), coordinator);
+    EXPECT_EQ(r.string(false), "127.0.0.1");
+    EXPECT_EQ(r.i32(), member(coordinator).listener->port());
+  }
+  KafkaClient elsewhere(member(coordinator == 1 ? 2 : 1).listener->port());
+  std::optional<std::string> joined = elsewhere.call(kJoinGroup, 5, false, join_request(5, "billing", ""));
+  ASSERT_TRUE(joined);
+  EXPECT_EQ(read_join(5, *joined).error, kafka::error::kNotCoordinator);
 }
 
 }  // namespace
