@@ -16,8 +16,17 @@ namespace {
 
 using local::MessageType;
 
-Result<TopicConfig> apply_settings(TopicConfig config, const TopicSettings& settings) {
-  for (const auto& [key, value] : settings) WEFT_TRY_VOID(set_topic_config(config, key, value));
+// `replication.factor` is not a TopicConfig setting but the node's to judge: weftd in a cluster
+// takes as many replicas as it has live nodes, a node alone (`alone`, embedded) only 1.
+Result<TopicConfig> apply_settings(TopicConfig config, const TopicSettings& settings, bool alone) {
+  for (const auto& [key, value] : settings) {
+    if (key == "replication.factor") {
+      if (alone && value != "1")
+        return Error{Errc::kInvalidArgument, "replication factor " + value + " needs a cluster; an embedded node runs alone"};
+      continue;
+    }
+    WEFT_TRY_VOID(set_topic_config(config, key, value));
+  }
   return config;
 }
 
@@ -25,7 +34,7 @@ class EmbeddedClient final : public Client {
  public:
   explicit EmbeddedClient(Node& node) : node_(node) {}
   Result<TopicInfo> create_topic(std::string_view name, const TopicSettings& settings) override {
-    WEFT_TRY(const TopicConfig config, apply_settings(node_.options().default_topic, settings));
+    WEFT_TRY(const TopicConfig config, apply_settings(node_.options().default_topic, settings, true));
     return node_.create_topic(name, config);
   }
   Result<void> delete_topic(std::string_view name) override { return node_.delete_topic(name); }
@@ -82,7 +91,7 @@ class SocketClient final : public Client {
     std::lock_guard lock(mutex_);
     // The node's defaults live in the node: settings travel as names and values, checked here
     // first so a typo is reported before the round trip.
-    WEFT_TRY_VOID(apply_settings(TopicConfig{}, settings));
+    WEFT_TRY_VOID(apply_settings(TopicConfig{}, settings, false));
     std::vector<std::byte> body;
     local::Writer w(body);
     w.str(name);

@@ -259,8 +259,22 @@ struct LocalServer::Impl {
           settings.emplace_back(std::move(key), std::move(value));
         }
         WEFT_TRY_VOID(r.finish("create topic"));
-        for (const auto& [key, value] : settings) WEFT_TRY_VOID(set_topic_config(config, key, value));
-        WEFT_TRY(const TopicInfo info, node->create_topic(name, config));
+        std::uint32_t replication_factor = 0;
+        for (const auto& [key, value] : settings) {
+          if (key == "replication.factor") {
+            char* end = nullptr;
+            const unsigned long parsed = std::strtoul(value.c_str(), &end, 10);
+            if (value.empty() || *end != '\0' || parsed < 1 || parsed > 64)
+              return Error{Errc::kInvalidArgument, "replication.factor must be 1..64, not '" + value + "'"};
+            replication_factor = static_cast<std::uint32_t>(parsed);
+            continue;
+          }
+          WEFT_TRY_VOID(set_topic_config(config, key, value));
+        }
+        if (!options.create_topic && replication_factor > 1)
+          return Error{Errc::kInvalidArgument, "replication factor " + std::to_string(replication_factor) +
+                                                   " needs a cluster; this node runs alone (start weftd with --node-id and --etcd)"};
+        WEFT_TRY(const TopicInfo info, options.create_topic ? options.create_topic(name, config, replication_factor) : node->create_topic(name, config));
         log(LogLevel::kInfo, "topic created", {{"topic", info.name}, {"partitions", std::to_string(info.config.partitions)}});
         w.u8(0);
         local::write_topic_info(w, info);
@@ -269,7 +283,7 @@ struct LocalServer::Impl {
       case MessageType::kDeleteTopic: {
         const std::string name = r.str(512);
         WEFT_TRY_VOID(r.finish("delete topic"));
-        WEFT_TRY_VOID(node->delete_topic(name));
+        WEFT_TRY_VOID(options.delete_topic ? options.delete_topic(name) : node->delete_topic(name));
         log(LogLevel::kInfo, "topic deleted", {{"topic", name}});
         w.u8(0);
         return ok();

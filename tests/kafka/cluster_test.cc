@@ -263,6 +263,16 @@ TEST_F(KafkaCluster, CliCreatesReassignsAndReportsReplicatedTopics) {
   }
   EXPECT_EQ(partition_lines, 2) << status.out;
 
+  // Through a node's local socket too: the topic is the cluster's, with the factor asked for
+  Output via_socket = run({WEFT_PATH, "--socket", dir_.path() + "/node2.sock", "topic", "create", "local", "--partitions", "2",
+                           "--replication-factor", "3"},
+                          {}, 30'000);
+  ASSERT_EQ(via_socket.exit_code, 0) << via_socket.out << via_socket.err;
+  ASSERT_TRUE(wait_for("local", full_isr, 20'000)) << logs();
+  Output too_wide = run({WEFT_PATH, "--socket", dir_.path() + "/node2.sock", "topic", "create", "wider", "--replication-factor", "4"}, {}, 30'000);
+  EXPECT_NE(too_wide.exit_code, 0);
+  EXPECT_NE(too_wide.err.find("needs that many live nodes"), std::string::npos) << too_wide.err;
+
   Output deleted = weft({"topic", "delete", "ops"});
   EXPECT_EQ(deleted.exit_code, 0) << deleted.err;
   auto record = store_->get("/weft/weft/topics/ops");

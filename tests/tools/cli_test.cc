@@ -168,6 +168,9 @@ TEST_F(Cli, ErrorsSayWhatToDo) {
   Output bad_config = weft({"topic", "create", "t2", "--config", "ring.capacity.bytes=1000"});
   EXPECT_EQ(bad_config.exit_code, 2);
   EXPECT_NE(bad_config.err.find("power of two"), std::string::npos) << bad_config.err;
+  Output replicated = weft({"topic", "create", "t3", "--replication-factor", "3"});
+  EXPECT_EQ(replicated.exit_code, 2);
+  EXPECT_NE(replicated.err.find("needs a cluster"), std::string::npos) << replicated.err;
   Output bad_from = weft({"consume", "t", "--from", "yesterday"});
   EXPECT_EQ(bad_from.exit_code, 2);
   Output bad_group = weft({"consume", "t", "--group", "no/slash", "--timeout-ms", "100"});

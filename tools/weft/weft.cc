@@ -184,7 +184,8 @@ int main(int argc, char** argv) {
                      "KEY=VALUE settings: ring.capacity.bytes, max.batch.bytes, retention.ms, retention.bytes, fsync, "
                      "flow.control, producer.slots, consumer.slots");
   std::uint32_t replication_factor = 0;
-  create->add_option("--replication-factor,-r", replication_factor, "replicas of each partition, on as many nodes (a cluster: needs --etcd)")
+  create->add_option("--replication-factor,-r", replication_factor,
+                     "replicas of each partition, on as many nodes (a cluster: through its etcd with --etcd, or a cluster node's socket)")
       ->check(CLI::Range(1, 64));
   cluster_flags(create, "create the topic in the cluster, its replicas assigned by the controller");
   CLI::App* list = topic->add_subcommand("list", "list topics");
@@ -325,7 +326,7 @@ int main(int argc, char** argv) {
   if (*reassign) return cli::run_partition_reassign(cluster_options, topic_name, reassign_partition, reassign_replicas);
   const bool in_cluster = !cluster_options.etcd.empty() && (create->count("--etcd") > 0 || list->count("--etcd") > 0 || remove->count("--etcd") > 0 ||
                                                             std::getenv("WEFT_ETCD") != nullptr);
-  if (*create && (in_cluster || replication_factor > 1)) {
+  if (*create && in_cluster) {
     std::vector<std::pair<std::string, std::string>> settings;
     for (const std::string& pair : config_pairs) {
       const std::size_t eq = pair.find('=');
@@ -344,6 +345,8 @@ int main(int argc, char** argv) {
   if (*create) {
     TopicSettings settings;
     if (partitions > 0) settings.emplace_back("partitions", std::to_string(partitions));
+    // weftd in a cluster creates it cluster-wide with this factor (its default without one).
+    if (replication_factor > 0) settings.emplace_back("replication.factor", std::to_string(replication_factor));
     for (const std::string& pair : config_pairs) {
       const std::size_t eq = pair.find('=');
       if (eq == std::string::npos || eq == 0)

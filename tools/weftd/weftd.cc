@@ -16,9 +16,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <toml++/toml.h>
 #include <vector>
 
@@ -407,12 +409,12 @@ int main(int argc, char** argv) {
   const std::int64_t started = monotonic_ns();
   Result<std::unique_ptr<Node>> node = Node::start(options);
   if (!node.ok()) return fail(node.error());
-  Result<std::unique_ptr<LocalServer>> server = LocalServer::start(**node, server_options);
-  if (!server.ok()) return fail(server.error());
   // Cluster mode: the replication transport, the metadata store and the cluster node, before the
-  // Kafka listener that routes clients by them.
+  // Kafka listener that routes clients by them and the local server whose topic calls go to it
+  // (declared after it, so on every way out the server goes first).
   std::unique_ptr<Transport> transport;
   std::unique_ptr<ClusterNode> cluster;
+  std::unique_ptr<LocalServer> local_server;
   if (clustered) {
     transport = make_tcp_transport();
     Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(s.etcd, storage::EtcdOptions{static_cast<int>(std::min<std::int64_t>(s.etcd_timeout_ms, INT32_MAX))});
@@ -441,6 +443,38 @@ int main(int argc, char** argv) {
     if (!joined.ok()) return fail(joined.error());
     cluster = std::move(*joined);
     kafka_options.cluster = cluster.get();
+    // Local clients' topics are the cluster's too: the controller assigns them, and the call
+    // returns once this node holds its replicas (if it is one), bounded by 5 s.
+    ClusterNode* members = cluster.get();
+    Node* here = node->get();
+    const std::uint32_t default_factor = static_cast<std::uint32_t>(std::min<std::int64_t>(s.default_replication_factor, 64));
+    server_options.create_topic = [members, here, default_factor](const std::string& name, const TopicConfig& config,
+                                                                  std::uint32_t factor) -> Result<TopicInfo> {
+      WEFT_TRY_VOID(members->create_topic(name, config.partitions, factor == 0 ? default_factor : factor, config));
+      const std::int64_t deadline = monotonic_ns() + 5'000'000'000;
+      while (monotonic_ns() < deadline) {
+        if (Result<TopicInfo> info = here->describe_topic(name); info.ok()) return info;
+        bool replica_here = false;
+        bool assigned = true;
+        for (std::uint32_t p = 0; p < config.partitions; ++p) {
+          const std::optional<PartitionView> view = members->partition(name, p);
+          assigned = assigned && view.has_value();
+          replica_here = replica_here || (view && std::find(view->replicas.begin(), view->replicas.end(), members->id()) != view->replicas.end());
+        }
+        if (assigned && !replica_here) break;  // its replicas are on other nodes
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      TopicInfo info;  // created in the cluster, with no replica here (yet)
+      info.name = name;
+      info.config = config;
+      return info;
+    };
+    server_options.delete_topic = [members](const std::string& name) { return members->delete_topic(name); };
+  }
+  {
+    Result<std::unique_ptr<LocalServer>> started_server = LocalServer::start(**node, server_options);
+    if (!started_server.ok()) return fail(started_server.error());
+    local_server = std::move(*started_server);
   }
   std::unique_ptr<kafka::KafkaListener> kafka_listener;
   if (s.kafka) {
@@ -451,7 +485,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<weftd::MetricsServer> metrics;
   if (!metrics_listen.first.empty()) {
     Result<std::unique_ptr<weftd::MetricsServer>> started_metrics = weftd::start_node_metrics(
-        metrics_listen.first, metrics_listen.second, **node, server->get(), kafka_listener.get(), cluster.get(), started);
+        metrics_listen.first, metrics_listen.second, **node, local_server.get(), kafka_listener.get(), cluster.get(), started);
     if (!started_metrics.ok()) return fail(started_metrics.error());
     metrics = std::move(*started_metrics);
   }
@@ -486,11 +520,11 @@ int main(int argc, char** argv) {
     if (drained.ok()) log(LogLevel::kInfo, "cluster: leadership moved off this node", {{"ms", drain_ms}});
     else log(LogLevel::kWarn, "cluster: leaving with partitions still led here", {{"error", drained.error().message}, {"ms", drain_ms}});
   }
-  const LocalServerStats stats = (*server)->stats();
+  const LocalServerStats stats = local_server->stats();
   if (metrics) metrics->stop();
   if (kafka_listener) kafka_listener->stop();
-  cluster.reset();  // after the listener that routes by it, before the node whose logs it replicates
-  (*server)->stop();
+  local_server->stop();  // its topic calls go through the cluster node
+  cluster.reset();  // after the listener and the server that route by it, before the node whose logs it replicates
   (*node)->stop();
   log(LogLevel::kInfo, "weftd stopped",
       {{"clients_accepted", std::to_string(stats.accepted)}, {"clients_refused", std::to_string(stats.refused)},

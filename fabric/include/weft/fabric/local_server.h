@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,11 @@ struct LocalServerOptions {
   std::vector<uid_t> allow_uids;
   std::vector<gid_t> allow_gids;
   std::size_t max_connections = 1024;
+  // In a cluster, topics are created and deleted for the whole cluster (weftd sets these from its
+  // ClusterNode); null: on this node. A create request's `replication.factor` setting goes to
+  // create_topic (0 when not given); without the hook only 1 is accepted.
+  std::function<Result<TopicInfo>(const std::string& name, const TopicConfig& config, std::uint32_t replication_factor)> create_topic;
+  std::function<Result<void>(const std::string& name)> delete_topic;
 };
 
 struct LocalServerStats {
