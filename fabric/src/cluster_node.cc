@@ -287,9 +287,11 @@ Result<void> ClusterNode::create_topic(std::string_view name, std::uint32_t part
   TopicConfig checked = config;
   checked.partitions = partitions;
   WEFT_TRY_VOID(validate_topic_config(checked));
-  const std::size_t live = nodes().size();
+  // The store's own list, not this node's view of it (which trails a node that just joined).
+  WEFT_TRY(const ClusterSnapshot now, read_cluster(*impl_->store, impl_->options.cluster.cluster));
+  const std::size_t live = now.nodes.size();
   if (replication_factor < 1 || replication_factor > live)
-    return Error{Errc::kInvalidArgument, "replication factor " + std::to_string(replication_factor) + " needs that many live nodes; the cluster has " +
+    return Error{Errc::kFailedPrecondition, "replication factor " + std::to_string(replication_factor) + " needs that many live nodes; the cluster has " +
                                              std::to_string(live)};
   return create_cluster_topic(*impl_->store, impl_->options.cluster.cluster,
                               TopicRecord{std::string(name), partitions, replication_factor, topic_config_text(config)});

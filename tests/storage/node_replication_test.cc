@@ -1,8 +1,8 @@
 // Two nodes with segment logs replicate a partition through their rings and logs: the leader's
 // log stamps its epoch, the follower's ring takes the leader's batches with their own offsets
 // (so local consumers on the follower read them from shared memory), the high watermark
-// follows, and a node that led and diverged is cut back to its new leader's epoch boundary and
-// gets a fresh ring from there.
+// follows, a node that led and diverged is cut back to its new leader's epoch boundary and gets
+// a fresh ring from there, and a follower far behind catches up from the leader's segments.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -153,6 +153,29 @@ TEST_F(NodeReplication, ANodeThatLedAndDivergedIsCutBackToItsNewLeadersEpoch) {
     if (local.poll(batch) == PollStatus::kOk) first = BatchView::parse(batch.bytes).value().base_offset().value;
   }
   EXPECT_EQ(first, 500);
+}
+
+TEST_F(NodeReplication, AFollowerFarBehindCatchesUpFromTheLeadersSegments) {
+  // Landing regions far smaller than the backlog, so the leader reads its segments with only the
+  // room left before each wrap of the region (where a batch that does not fit must say so).
+  ReplicationOptions small;
+  small.region_bytes = 256 * 1024;
+  small.max_write_bytes = 64 * 1024;
+  for (auto& n : nodes_) {
+    n->replicator.reset();
+    n->replicator = Replicator::start(*transport_, n->id, "small-" + std::to_string(n->id), small).value();
+  }
+  // Given a leader whose ring (1 MiB) long since dropped the start of its log (~3 MB of batches)
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1}).ok());
+  a().produce(3'000, 5, std::byte{0x33});
+  ASSERT_TRUE(run_until([&] { return read_log_progress(a().node->open_partition(kP.topic, 0)->ring).written == Offset{15'000}; }));
+  ASSERT_GT(a().node->open_partition(kP.topic, 0)->ring.reuse_limit().offset.value, 0) << "the ring still holds the log's start";
+  // When a follower starts from nothing
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "small-1").ok());
+  // Then it holds the leader's log, byte for byte
+  ASSERT_TRUE(run_until([&] { return b().replica->log_end() == Offset{15'000} && b().replica->durable_end() == Offset{15'000}; }, 60'000))
+      << "the follower ends at " << b().replica->log_end().value << " (" << (b().replicator->status().empty() ? std::string("no status") : b().replicator->status().front().state) << ")";
+  EXPECT_EQ(b().log_batches(), a().log_batches());
 }
 
 }  // namespace

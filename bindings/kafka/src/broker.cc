@@ -1264,23 +1264,25 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
       // The controller assigns the replicas; topics_ learns the topic when a replica lands here.
       if (e.replication == -1) e.replication = static_cast<std::int16_t>(std::max(options_.default_replication_factor, 1u));
       e.config.partitions = e.partitions == -1 ? options_.default_partitions : static_cast<std::uint32_t>(e.partitions);
-      const std::size_t live = cluster_->nodes().size();
       Result<void> valid = validate_topic_config(e.config);
       if (!valid.ok()) {
         e.error = error::kInvalidConfig;
         e.message = valid.error().message;
-      } else if (e.replication < 1 || static_cast<std::size_t>(e.replication) > live) {
+      } else if (e.replication < 1) {
         e.error = error::kInvalidReplicationFactor;
-        e.message = "replication factor " + std::to_string(e.replication) + " needs that many live nodes; the cluster has " + std::to_string(live);
+        e.message = "replication factor " + std::to_string(e.replication) + " is not at least 1";
       } else if (cluster_->topic(e.name)) {
         e.error = error::kTopicAlreadyExists;
         e.message = "topic '" + e.name + "' already exists";
       } else if (!validate_only) {
         Result<void> created = cluster_->create_topic(e.name, e.config.partitions, static_cast<std::uint32_t>(e.replication), e.config);
         if (!created.ok()) {
-          e.error = created.error().code == Errc::kAlreadyExists ? error::kTopicAlreadyExists
-                    : created.error().code == Errc::kInvalidArgument ? error::kInvalidConfig
-                                                                      : error::kUnknownServerError;
+          // kFailedPrecondition: fewer live nodes than the factor (the store's count, not this
+          // node's view of it, which trails a node that just joined).
+          e.error = created.error().code == Errc::kAlreadyExists        ? error::kTopicAlreadyExists
+                    : created.error().code == Errc::kFailedPrecondition ? error::kInvalidReplicationFactor
+                    : created.error().code == Errc::kInvalidArgument    ? error::kInvalidConfig
+                                                                        : error::kUnknownServerError;
           e.message = created.error().message;
         } else {
           log(LogLevel::kInfo, "kafka: cluster topic created",

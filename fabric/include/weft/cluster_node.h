@@ -57,6 +57,7 @@ class ClusterNode {
 
   // A topic for the whole cluster: the controller assigns its replicas and every replica's node
   // creates it locally with `config` (partitions and replication factor from here).
+  // kFailedPrecondition when fewer nodes are registered (in the store) than the factor.
   Result<void> create_topic(std::string_view name, std::uint32_t partitions, std::uint32_t replication_factor, const TopicConfig& config);
   Result<void> delete_topic(std::string_view name);
 
