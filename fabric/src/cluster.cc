@@ -187,6 +187,7 @@ struct ClusterMember::Impl {
   std::int64_t revision = 0;
   bool dirty = true;
   std::int64_t last_reload_ms = 0;
+  std::int64_t last_rebalance_ms = 0;
 
   std::map<NodeId, NodeRecord> nodes;
   std::map<std::string, TopicRecord> topics;
@@ -319,6 +320,9 @@ struct ClusterMember::Impl {
   }
 
   void controller_duties() {
+    const std::int64_t now = now_ms();
+    const bool rebalance = options.leader_rebalance_interval_ms > 0 && now - last_rebalance_ms >= options.leader_rebalance_interval_ms;
+    if (rebalance) last_rebalance_ms = now;
     std::vector<NodeRecord> live;
     for (const auto& [id, n] : nodes) live.push_back(n);
     // New topics (or new partitions of one): assign their replicas.
@@ -396,8 +400,21 @@ struct ClusterMember::Impl {
           }
         }
       }
+      const char* why = leader_gone ? "leader gone" : leader_draining ? "leader draining" : "replicas changed";
+      // The preferred replica back in sync: leadership returns to it (never while anything else
+      // about the partition changes in this pass).
+      if (rebalance && next.leader >= 0 && next.leader == state.leader && next.replicas == state.replicas && !next.replicas.empty() &&
+          next.leader != next.replicas.front() && !reassignments.contains(id)) {
+        const NodeId preferred = next.replicas.front();
+        auto p = nodes.find(preferred);
+        if (p != nodes.end() && !p->second.draining && contains(next.isr, preferred)) {
+          next.leader = preferred;
+          ++next.leader_epoch;
+          why = "preferred leader back";
+        }
+      }
       if (next.replicas != state.replicas || next.leader != state.leader || next.leader_epoch != state.leader_epoch || next.isr != state.isr) {
-        write_state(id, next, leader_gone ? "leader gone" : leader_draining ? "leader draining" : "replicas changed");
+        write_state(id, next, why);
       }
     }
   }

@@ -74,11 +74,12 @@ NodeRecord node(NodeId id, std::string rack = "") {
 
 class ClusterTest : public testing::Test {
  protected:
-  ClusterMember& join(NodeId id, std::string rack = "") {
+  ClusterMember& join(NodeId id, std::string rack = "", std::int64_t rebalance_ms = 0) {
     ClusterOptions o;
     o.cluster = "test";
     o.self = node(id, std::move(rack));
     o.lease_ttl_s = 1;
+    o.leader_rebalance_interval_ms = rebalance_ms;
     auto m = ClusterMember::join(store_, o);
     EXPECT_TRUE(m.ok()) << m.error().message;
     members_.push_back(std::move(m.value()));
@@ -243,6 +244,38 @@ TEST_F(ClusterTest, ADeadLeaderIsReplacedFromTheInSyncSetWithANewEpoch) {
   EXPECT_EQ(s.isr.size(), 2u);
   EXPECT_EQ(s.replicas.size(), 3u) << "the dead node stays a replica; it comes back as a follower";
   EXPECT_EQ(survivor->nodes().size(), 2u);
+}
+
+TEST_F(ClusterTest, LeadershipReturnsToThePreferredReplicaOnceItIsInSyncAgain) {
+  join(1, "", 20);
+  join(2, "", 20);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  const PartitionId p{"t", 0};
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const NodeId preferred = members_[0]->partitions().at(p).replicas.front();
+  const NodeId other = preferred == 1 ? 2 : 1;
+  ASSERT_EQ(members_[0]->partitions().at(p).leader, preferred);
+  // The preferred leader leaves cleanly: the other replica leads, alone in the in-sync set.
+  ClusterMember& leaving = *members_[static_cast<std::size_t>(preferred - 1)];
+  ASSERT_TRUE(leaving.drain().ok());
+  ClusterMember& staying = *members_[static_cast<std::size_t>(other - 1)];
+  ASSERT_TRUE(run_until([&] { return staying.partitions().at(p).leader == other; }));
+  leaving.leave();
+  members_[static_cast<std::size_t>(preferred - 1)].reset();
+  ASSERT_TRUE(run_until([&] { return staying.partitions().at(p).isr == std::vector<NodeId>{other}; }));
+  // It comes back: while it is out of the in-sync set, the leadership stays...
+  join(preferred, "", 20);
+  ASSERT_TRUE(run_until([&] { return members_.back()->partitions().size() == 1; }));
+  for (int i = 0; i < 20; ++i)
+    for (auto& m : members_)
+      if (m != nullptr) m->run_once(5);
+  PartitionState now = staying.partitions().at(p);
+  EXPECT_EQ(now.leader, other) << "a replica out of sync never leads";
+  // ... and once its leader takes it back into the set, the leadership returns to it.
+  ASSERT_TRUE(staying.commit_isr(p, now.leader_epoch, {1, 2}, now.isr).value());
+  ASSERT_TRUE(run_until([&] { return staying.partitions().at(p).leader == preferred; }));
+  EXPECT_EQ(staying.partitions().at(p).leader_epoch, now.leader_epoch + 1);
 }
 
 TEST_F(ClusterTest, TheControllerRoleMovesWhenTheControllerLeaves) {

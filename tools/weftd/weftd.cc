@@ -78,6 +78,7 @@ struct Settings {
   // A node that stops renewing is gone after this; failover takes about this long. etcd rounds
   // it up to 1.5 of its election timeouts (with etcd's default of 1 s: 2 s).
   std::int64_t lease_ttl_s = 2;
+  std::int64_t leader_rebalance_interval_ms = 30'000;  // leadership back to preferred replicas; 0: never
 };
 
 // "HOST:PORT" (an IPv6 host in brackets) into its parts.
@@ -176,6 +177,7 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "drain_timeout_ms") r = want_int(s.drain_timeout_ms);
     else if (k == "etcd_timeout_ms") r = want_int(s.etcd_timeout_ms);
     else if (k == "lease_ttl_s") r = want_int(s.lease_ttl_s);
+    else if (k == "leader_rebalance_interval_ms") r = want_int(s.leader_rebalance_interval_ms);
     else r = Error{Errc::kInvalidArgument, path + ": unknown key '" + k + "' (see weftd --help for the keys)"};
     WEFT_TRY_VOID(r);
   }
@@ -238,6 +240,8 @@ int main(int argc, char** argv) {
   app.add_option("--drain-timeout-ms", flags.drain_timeout_ms, "on SIGTERM, how long to wait for leadership to move off this node (drain_timeout_ms)");
   app.add_option("--etcd-timeout-ms", flags.etcd_timeout_ms, "bound on each etcd call (etcd_timeout_ms)");
   app.add_option("--lease-ttl-s", flags.lease_ttl_s, "seconds after which a silent node is declared gone and its partitions fail over (lease_ttl_s)");
+  app.add_option("--leader-rebalance-interval-ms", flags.leader_rebalance_interval_ms,
+                 "how often leadership goes back to each partition's preferred replica once it is in sync again; 0: never (leader_rebalance_interval_ms)");
   CLI11_PARSE(app, argc, argv);
 
   // Defaults, then the file, then every flag given on the command line.
@@ -278,6 +282,7 @@ int main(int argc, char** argv) {
   if (given("--drain-timeout-ms")) s.drain_timeout_ms = flags.drain_timeout_ms;
   if (given("--etcd-timeout-ms")) s.etcd_timeout_ms = flags.etcd_timeout_ms;
   if (given("--lease-ttl-s")) s.lease_ttl_s = flags.lease_ttl_s;
+  if (given("--leader-rebalance-interval-ms")) s.leader_rebalance_interval_ms = flags.leader_rebalance_interval_ms;
   if (s.data_dir.empty()) s.data_dir = default_data_dir();
 
   Result<LogLevel> level = parse_log_level(s.log_level);
@@ -424,6 +429,7 @@ int main(int argc, char** argv) {
     cluster_options.cluster.self.id = static_cast<NodeId>(s.node_id);
     cluster_options.cluster.self.rack = s.rack;
     cluster_options.cluster.lease_ttl_s = s.lease_ttl_s;
+    cluster_options.cluster.leader_rebalance_interval_ms = std::max<std::int64_t>(s.leader_rebalance_interval_ms, 0);
     const std::string advertised_host = kafka_options.advertised_host.empty() ? kafka_options.listen_host : kafka_options.advertised_host;
     const std::uint16_t advertised_port = kafka_options.advertised_port != 0 ? kafka_options.advertised_port : kafka_options.listen_port;
     const bool v6 = advertised_host.find(':') != std::string::npos;

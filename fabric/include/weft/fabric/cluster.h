@@ -99,6 +99,10 @@ struct ClusterOptions {
   std::string cluster = "weft";
   NodeRecord self;
   std::int64_t lease_ttl_s = 2;  // a node that stops renewing is gone after this (etcd may round it up)
+  // How often the controller hands leadership back to each partition's preferred (first) replica
+  // when that one is live, not draining and in sync, so leaders spread again after failovers
+  // (Kafka's auto.leader.rebalance). 0: never.
+  std::int64_t leader_rebalance_interval_ms = 30'000;
 };
 
 // A partition role this node must take, from the latest partition states.
