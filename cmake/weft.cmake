@@ -7,6 +7,10 @@ target_compile_options(weft_warnings INTERFACE
   -Wold-style-cast -Wimplicit-fallthrough
   $<$<BOOL:${WEFT_WERROR}>:-Werror>)
 
+# The core tests (labels unit and stress): what the sanitizer presets build and run, so that CI
+# spends its sanitizer time on them rather than on the daemons and multi-process suites.
+add_custom_target(weft_core_tests)
+
 # weft_add_test(NAME SOURCES ... LIBS ... LABELS ... [TIMEOUT s])
 # One test binary per file; GoogleTest; one ctest entry per binary.
 function(weft_add_test name)
@@ -18,6 +22,9 @@ function(weft_add_test name)
     set(T_TIMEOUT 120)
   endif()
   set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT} SKIP_RETURN_CODE 77)
+  if("unit" IN_LIST T_LABELS OR "stress" IN_LIST T_LABELS)
+    add_dependencies(weft_core_tests ${name})
+  endif()
 endfunction()
 
 # weft_add_bench(NAME SOURCES ... LIBS ...): a Google Benchmark binary.
