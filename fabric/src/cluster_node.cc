@@ -300,6 +300,14 @@ Result<void> ClusterNode::create_topic(std::string_view name, std::uint32_t part
 Result<void> ClusterNode::delete_topic(std::string_view name) { return delete_cluster_topic(*impl_->store, impl_->options.cluster.cluster, name); }
 
 std::optional<PartitionView> ClusterNode::partition(std::string_view topic, std::uint32_t partition) const {
+  return view_of(topic, partition, true);
+}
+
+std::optional<PartitionView> ClusterNode::leadership(std::string_view topic, std::uint32_t partition) const {
+  return view_of(topic, partition, false);
+}
+
+std::optional<PartitionView> ClusterNode::view_of(std::string_view topic, std::uint32_t partition, bool with_sets) const {
   std::lock_guard lock(impl_->mutex);
   const PartitionId id{std::string(topic), partition};
   auto s = impl_->partitions.find(id);
@@ -307,8 +315,10 @@ std::optional<PartitionView> ClusterNode::partition(std::string_view topic, std:
   PartitionView view;
   view.leader = s->second.leader;
   view.leader_epoch = s->second.leader_epoch;
-  view.replicas = s->second.replicas;
-  view.isr = s->second.isr;
+  if (with_sets) {
+    view.replicas = s->second.replicas;
+    view.isr = s->second.isr;
+  }
   if (auto hw = impl_->high_watermarks.find(id); hw != impl_->high_watermarks.end()) {
     view.high_watermark = hw->second;
     view.replica_here = true;

@@ -142,6 +142,21 @@ class NodeCutOff : public ::testing::Test {
 
   // Lines from..from+count-1 to the partition, through `bootstrap` (nodes 1 and 2 by default);
   // `inside`: from within node 3's namespace.
+  // Waits (bounded, 10 s) until the leader and node 3 both report `expected` as the partition's
+  // log end on their metrics pages, then checks both.
+  void expect_log_ends(int leader, int partition, long long expected) {
+    long long leader_end = -1, node3_end = -1;
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (Clock::now() < deadline) {
+      leader_end = log_end(leader, partition);
+      node3_end = log_end(kNodes, partition);
+      if (leader_end == expected && node3_end == expected) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_EQ(leader_end, expected) << logs();
+    EXPECT_EQ(node3_end, expected) << logs();
+  }
+
   Output produce(int partition, int from, int count, const std::string& acks = "all", std::string bootstrap = {}, bool inside = false) {
     std::string lines;
     for (int i = from; i < from + count; ++i) lines += std::to_string(i) + "\n";
@@ -225,18 +240,7 @@ TEST_F(NodeCutOff, LeavesTheInSyncSetAndCatchesUpWhenItsLinkReturns) {
   std::printf("node 3 back in every in-sync set %lld ms after its link returned\n",
               static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - back_at).count()));
   // And it holds every record the leader does (500 records written in 2 batches of lines)
-  const weft::ClusterSnapshot after = *snapshot();
-  const int leader = after.partitions.at(watched).leader;
-  long long leader_end = -1, follower_end = -1;
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (Clock::now() < deadline) {
-    leader_end = log_end(leader, followed);
-    follower_end = log_end(kNodes, followed);
-    if (leader_end == 500 && follower_end == 500) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  EXPECT_EQ(leader_end, 500) << logs();
-  EXPECT_EQ(follower_end, 500) << logs();
+  expect_log_ends(snapshot()->partitions.at(watched).leader, followed, 500);
 }
 
 TEST_F(NodeCutOff, AnIsolatedLeadersDivergentTailIsTruncatedWhenItReturns) {
@@ -271,17 +275,7 @@ TEST_F(NodeCutOff, AnIsolatedLeadersDivergentTailIsTruncatedWhenItReturns) {
   // exactly the new leader's log; the partition serves none of the stale records
   ASSERT_NO_FATAL_FAILURE(set_link(true));
   ASSERT_TRUE(wait_until([&](const weft::ClusterSnapshot& s) { return all_in_sync(s); }, 40'000)) << logs();
-  const int leader = snapshot()->partitions.at(watched).leader;
-  long long leader_end = -1, returned_end = -1;
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (Clock::now() < deadline) {
-    leader_end = log_end(leader, led);
-    returned_end = log_end(kNodes, led);
-    if (leader_end == 170 && returned_end == 170) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  EXPECT_EQ(leader_end, 170) << logs();
-  EXPECT_EQ(returned_end, 170) << logs();
+  expect_log_ends(snapshot()->partitions.at(watched).leader, led, 170);
   EXPECT_NE(read_file(log_[kNodes - 1]).find("replica truncated to its leader's epoch boundary"), std::string::npos) << logs();
   Output read = run({kKcat, "-b", kafka(1) + "," + kafka(2), "-C", "-t", "div", "-p", std::to_string(led), "-o", "beginning", "-c", "170", "-q",
                      "-X", "topic.metadata.refresh.interval.ms=500"},

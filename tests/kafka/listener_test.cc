@@ -1451,7 +1451,8 @@ TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFol
   const ProduceAnswer answer = read_produce(7, *acked);
   EXPECT_EQ(answer.error, 0);
   EXPECT_EQ(answer.base_offset, 0);
-  EXPECT_GE(f.cluster->partition("rep", 0)->high_watermark.value, 0);
+  // The follower holds it too: the leader's high watermark reaches it in a HighWatermark message.
+  EXPECT_TRUE(eventually([&] { return f.cluster->partition("rep", 0)->high_watermark == Offset{4}; }));
   std::optional<std::string> fetched = to_leader.call(kFetch, 11, false, fetch_request(11, "rep", 0, 0));
   ASSERT_TRUE(fetched);
   const FetchAnswer fa = read_fetch(11, *fetched);

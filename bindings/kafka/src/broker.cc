@@ -173,7 +173,7 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
 }
 
 std::int16_t Broker::leader_error(std::string_view topic, std::int32_t partition, PartitionView* view) const {
-  std::optional<PartitionView> state = partition >= 0 ? cluster_->partition(topic, static_cast<std::uint32_t>(partition)) : std::nullopt;
+  std::optional<PartitionView> state = partition >= 0 ? cluster_->leadership(topic, static_cast<std::uint32_t>(partition)) : std::nullopt;
   if (!state) {
     const std::optional<TopicRecord> record = cluster_->topic(topic);
     return record && partition >= 0 && static_cast<std::uint32_t>(partition) < record->partitions ? error::kLeaderNotAvailable

@@ -71,6 +71,9 @@ class ClusterNode {
 
   // Snapshots, safe from any thread.
   std::optional<PartitionView> partition(std::string_view topic, std::uint32_t partition) const;
+  // As partition() without the replica and in-sync lists (left empty): what routing a produce or
+  // fetch needs, with no copy of them on every look at a waiting request.
+  std::optional<PartitionView> leadership(std::string_view topic, std::uint32_t partition) const;
   std::vector<NodeRecord> nodes() const;
   std::vector<TopicRecord> topics() const;
   std::optional<TopicRecord> topic(std::string_view name) const;
@@ -96,6 +99,7 @@ class ClusterNode {
  private:
   struct Impl;
   explicit ClusterNode(std::unique_ptr<Impl> impl);
+  std::optional<PartitionView> view_of(std::string_view topic, std::uint32_t partition, bool with_sets) const;
   std::unique_ptr<Impl> impl_;
 };
 
