@@ -51,6 +51,9 @@ class EmbeddedClient final : public Client {
   Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) override {
     return node_.open_partition(topic, partition);
   }
+  Result<PartitionRoute> partition_route(std::string_view topic, std::uint32_t partition) override {
+    return node_.partition_route(topic, partition);
+  }
   Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) override {
     return node_.open_log_slice(topic, partition, offset);
   }
@@ -175,6 +178,23 @@ class SocketClient final : public Client {
     memory.memory = std::make_shared<SharedMemory>(std::move(mapped));
     WEFT_TRY(memory.ring, Ring::attach(memory.memory->bytes()));
     return memory;
+  }
+
+  Result<PartitionRoute> partition_route(std::string_view topic, std::uint32_t partition) override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::byte> body;
+    local::Writer w(body);
+    w.str(topic);
+    w.u32(partition);
+    WEFT_TRY_VOID(call(MessageType::kPartitionRoute, body, nullptr));
+    local::Reader r(response_body_);
+    PartitionRoute route;
+    route.here = r.u8() != 0;
+    route.leader = static_cast<std::int32_t>(r.u32());
+    route.leader_epoch = static_cast<std::int32_t>(r.u32());
+    route.kafka_address = r.str(512);
+    WEFT_TRY_VOID(r.finish("partition route response"));
+    return route;
   }
 
   Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) override {

@@ -241,6 +241,7 @@ struct ClusterNode::Impl {
 ClusterNode::ClusterNode(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 ClusterNode::~ClusterNode() {
+  impl_->node.set_partition_router({});
   impl_->stopping = true;
   if (impl_->control.joinable()) impl_->control.join();
   if (impl_->replication.joinable()) impl_->replication.join();
@@ -263,6 +264,22 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   node.set_replication_event(impl->wake.get());
   impl->replicator->set_wake_fd(impl->wake.get());
   Impl* raw = impl.get();
+  // Local producers ask where a partition takes records: here when this node leads it, else at
+  // the leader's Kafka listener (the client library re-routes there).
+  node.set_partition_router([raw](std::string_view topic, std::uint32_t partition) -> Result<PartitionRoute> {
+    std::lock_guard lock(raw->mutex);
+    auto s = raw->partitions.find(PartitionId{std::string(topic), partition});
+    if (s == raw->partitions.end()) return PartitionRoute{};  // a topic of this node alone
+    PartitionRoute route;
+    route.leader = s->second.leader;
+    route.leader_epoch = s->second.leader_epoch;
+    route.here = route.leader == raw->options.cluster.self.id;
+    if (route.leader < 0)
+      return Error{Errc::kUnavailable, "topic '" + std::string(topic) + "' partition " + std::to_string(partition) +
+                                           " has no leader now (an election is under way)"};
+    if (auto n = raw->nodes.find(route.leader); n != raw->nodes.end()) route.kafka_address = n->second.kafka_address;
+    return route;
+  });
   raw->control = std::thread([raw] { raw->control_loop(); });
   raw->replication = std::thread([raw] { raw->replication_loop(); });
   log(LogLevel::kInfo, "cluster: joined",

@@ -90,7 +90,23 @@ struct Assignment {
   // A batch that max_poll_records cut short (the ring consumer is past it): its records from
   // skip_below on come first in the next poll.
   std::optional<RingBatch> pending{};
+  Offset visible_end{0};  // the high watermark last read (a replicated partition's)
 };
+
+// Kafka's rule for a replicated partition: nothing at or past the high watermark reaches a
+// consumer. Costs a load of the ring's read-mostly mode line per batch; the high watermark is
+// re-read only when a batch reaches the one last seen.
+bool beyond_high_watermark(Assignment& a, Offset last) noexcept {
+  // Relaxed: the mode line moves only with the node's role, and the first batches after a
+  // change are checked against the high watermark, read with acquire below.
+  if (a.memory.ring.control().mode.leader_epoch.load(std::memory_order_relaxed) == ring_layout::kNotReplicated) [[likely]]
+    return false;
+  if (last < a.visible_end) return false;
+  a.visible_end = visible_end(a.memory.ring);
+  return last >= a.visible_end;
+}
+
+Offset last_offset_of(const RingBatch& batch) noexcept { return Offset{batch.base_offset.value + batch.records - 1}; }
 
 }  // namespace
 
@@ -407,6 +423,7 @@ struct TopicConsumer::State {
         const Offset base{wire::load_be64(one.data() + batch_field::kBaseOffset)};
         // From disk: the CRC and the header here; each record is checked as take() decodes it.
         Result<BatchView> view = BatchView::parse_header(one, true);
+        if (view.ok() && beyond_high_watermark(a, view->last_offset())) return false;  // read it once replicated
         RingBatch batch;
         batch.bytes = one;
         batch.base_offset = base;
@@ -679,6 +696,11 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     Consumer& c = *a.consumer;
     switch (status) {
       case PollStatus::kOk: {
+        if (beyond_high_watermark(a, last_offset_of(batch))) {
+          a.pending = batch;  // read once the in-sync replicas all hold it
+          a.skip_below = std::max(a.skip_below, batch.base_offset);  // where a lapped read resumes
+          return false;
+        }
         if (!s.take(a, batch)) {
           s.notices.push_back(PollNotice{PollNotice::Kind::kCorrupt, a.topic, a.partition, batch.base_offset,
                                          Offset{batch.base_offset.value + batch.records}});
@@ -741,6 +763,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         if (a.consumer->validate(rest)) {
           a.pending.reset();
           handle(a, PollStatus::kOk, rest);
+          if (a.pending) continue;  // still past the high watermark (or cut short again)
         } else {
           const State::Dropped missed = s.drop_polled(a, a.skip_below);
           WEFT_TRY_VOID(s.lapped(a, missed));
@@ -770,7 +793,11 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     // Saturating: a "forever" timeout of INT64_MAX ms must not overflow into the past.
     if (deadline < 0) deadline = now + std::min<std::int64_t>(timeout_ms, std::int64_t{1} << 40) * 1'000'000;
     if (now >= deadline) break;
-    if (n == 1 && s.assignments.front().consumer && !s.assignments.front().cold) {
+    if (Assignment& next = s.assignments[s.next_assignment]; next.pending && next.consumer) {
+      // A batch waits for the high watermark: sleep on it (the ring holds the batch already).
+      const std::int64_t slice = n == 1 ? deadline - now : std::min<std::int64_t>(deadline - now, 1'000'000);
+      (void)wait_for_visible(next.memory.ring, Offset{last_offset_of(*next.pending).value + 1}, now + slice);
+    } else if (n == 1 && s.assignments.front().consumer && !s.assignments.front().cold) {
       // One partition: the ring's own wait (spin, yield or futex park) until data or the deadline.
       Assignment& a = s.assignments.front();
       RingBatch batch;

@@ -318,6 +318,18 @@ struct LocalServer::Impl {
         fd_to_send = memory.memory->fd();
         return ok();
       }
+      case MessageType::kPartitionRoute: {
+        const std::string name = r.str(512);
+        const std::uint32_t partition = r.u32();
+        WEFT_TRY_VOID(r.finish("partition route"));
+        WEFT_TRY(const PartitionRoute route, node->partition_route(name, partition));
+        w.u8(0);
+        w.u8(route.here ? 1 : 0);
+        w.u32(static_cast<std::uint32_t>(route.leader));
+        w.u32(static_cast<std::uint32_t>(route.leader_epoch));
+        w.str(route.kafka_address);
+        return ok();
+      }
       case MessageType::kOpenLogSlice: {
         const std::string name = r.str(512);
         const std::uint32_t partition = r.u32();

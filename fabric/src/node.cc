@@ -234,6 +234,8 @@ struct Node::State {
   std::atomic<int> pass_event{-1};  // an eventfd told after passes that found log waiters
   std::atomic<int> replication_event{-1};  // another (the replication thread's), told the same way
   std::mutex event_mutex;  // the event fds change and are written under it
+  mutable std::mutex router_mutex;
+  PartitionRouter router;  // a cluster's (ClusterNode's); empty: every partition is led here
   std::thread thread;
 };
 
@@ -554,6 +556,23 @@ Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_
                                       " partitions; there is no partition " + std::to_string(partition)};
   const Partition& p = *topic.partitions[partition];
   return PartitionMemory{p.memory, p.ring, topic.id, partition};
+}
+
+Result<PartitionRoute> Node::partition_route(std::string_view name, std::uint32_t partition) const {
+  WEFT_TRY(const PartitionMemory memory, open_partition(name, partition));  // checks the topic and partition
+  (void)memory;
+  PartitionRouter router;
+  {
+    std::lock_guard lock(state_->router_mutex);
+    router = state_->router;
+  }
+  if (!router) return PartitionRoute{};
+  return router(name, partition);
+}
+
+void Node::set_partition_router(PartitionRouter router) {
+  std::lock_guard lock(state_->router_mutex);
+  state_->router = std::move(router);
 }
 
 void Node::log_failed(Partition& p, const Error& error, bool retry, std::int64_t now) {
@@ -982,6 +1001,11 @@ Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::
   auto memory = std::make_shared<SharedMemory>(std::move(created));
   WEFT_TRY(Ring ring, Ring::format(memory->bytes(), config));
   WEFT_TRY(Consumer writer, Consumer::attach(ring, StartAt::kEarliest));
+  // The new ring is fenced as the old one was (a follower's, nearly always); producers still on
+  // the old one are fenced for good and open the partition again.
+  set_leader_epoch(ring, leader_epoch(p.ring));
+  publish_high_watermark(ring, read_log_progress(p.ring).replicated);
+  set_leader_epoch(p.ring, ring_layout::kRetired);
   // The old log writer leaves its slot in the old ring while that is still mapped.
   const std::shared_ptr<SharedMemory> old_memory = p.memory;
   p.writer.reset();
@@ -1101,11 +1125,8 @@ class Node::Replica final : public ReplicaLog {
   Result<std::size_t> append(std::span<const std::byte> batches) override {
     Partition& p = partition();
     if (!writer_) {
-      Result<Producer> attached = Producer::attach(p.ring, ProducerMode::kExclusive);
-      if (!attached.ok()) {
-        return Error{Errc::kFailedPrecondition, "a follower's partition takes only its leader's batches, and a local producer holds it: " +
-                                                    attached.error().message};
-      }
+      Result<Producer> attached = Producer::attach_follower(p.ring);
+      if (!attached.ok()) return Error{Errc::kFailedPrecondition, "a follower's ring: " + attached.error().message};
       writer_.emplace(std::move(attached.value()));
     }
     std::size_t taken = 0;
@@ -1166,17 +1187,17 @@ class Node::Replica final : public ReplicaLog {
 
   void stamp_leader_epoch(std::int32_t epoch) override {
     partition().log->set_leader_epoch(epoch);
-    if (epoch >= 0) {
-      writer_.reset();  // a leader's ring is its producers'
-      return;
-    }
-    // A follower's ring takes only its leader's batches: hold it now, so no local producer gets in
-    // (one already attached keeps it until it lets go; appends wait for that).
-    if (!writer_) {
-      Result<Producer> attached = Producer::attach(partition().ring, ProducerMode::kExclusive);
-      if (attached.ok()) writer_.emplace(std::move(attached.value()));
-    }
+    // Producers attached under another epoch stop at their next claim (and their acks=all waits
+    // end): a follower's ring takes only its leader's batches, and a leader's producers must
+    // attach again under the new epoch.
+    set_leader_epoch(partition().ring, epoch >= 0 ? epoch : ring_layout::kFollowing);
+    writer_.reset();
+    if (epoch >= 0) return;  // a leader's ring is its producers'
+    Result<Producer> attached = Producer::attach_follower(partition().ring);
+    if (attached.ok()) writer_.emplace(std::move(attached.value()));
   }
+
+  void publish_high_watermark(Offset hw) override { weft::publish_high_watermark(partition().ring, hw); }
 
  private:
   Partition& partition() const { return *topic_->partitions[index_]; }

@@ -50,7 +50,13 @@ struct PartitionProducer {
   PartitionMemory memory;
   std::optional<Producer> producer;  // attached at the first send, so idle partitions hold no slot
   Offset sent_end{0};                // the offset after the last record sent here (flush waits for it)
+  std::int32_t sent_epoch = kAnyLeaderEpoch;  // the ring's leader epoch for those sends
+  std::optional<PartitionRoute> remote;       // another node leads: sends go to it
+  bool remote_refused = false;                // ... but it said it does not lead now: ask again
 };
+
+// Acknowledgement levels in order of strength (kAll is -1 on the wire).
+int strength(Acks acks) noexcept { return acks == Acks::kAll ? 2 : static_cast<int>(acks); }
 
 std::uint64_t seed_from_clock() noexcept {
   timespec ts{};
@@ -70,6 +76,7 @@ struct TopicProducer::State {
   std::size_t sticky_bytes = 0;
   std::uint64_t random = 0;
   ProducerStats stats;
+  std::vector<std::byte> remote_batch;  // a batch bound for another node's leader, encoded here
 };
 
 TopicProducer::TopicProducer(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -89,7 +96,7 @@ Result<TopicProducer> TopicProducer::create(std::shared_ptr<Client> client, std:
   for (std::uint32_t p = 0; p < info.config.partitions; ++p) {
     WEFT_TRY(PartitionMemory memory, state->client->open_partition(topic, p));
     state->max_batch_bytes = memory.ring.max_batch_bytes();
-    state->partitions.push_back(PartitionProducer{std::move(memory), std::nullopt});
+    state->partitions.push_back(PartitionProducer{std::move(memory), std::nullopt, Offset{0}, kAnyLeaderEpoch, std::nullopt, false});
   }
   state->sticky = static_cast<std::uint32_t>(state->random % state->partitions.size());
   return TopicProducer(std::move(state));
@@ -111,16 +118,60 @@ Result<Producer*> TopicProducer::ring_producer(std::uint32_t partition) {
     return Error{Errc::kInvalidArgument, "topic '" + state_->topic + "' has " + std::to_string(state_->partitions.size()) +
                                              " partitions; there is no partition " + std::to_string(partition)};
   PartitionProducer& p = state_->partitions[partition];
-  if (!p.producer) [[unlikely]] {
+  if (p.producer) [[likely]]
+    return &*p.producer;
+  // Sent to another node's leader until this node's ring opens to producers again.
+  if (p.remote && !p.remote_refused && leader_epoch(p.memory.ring) == ring_layout::kFollowing) return nullptr;
+  return attach_or_route(partition);
+}
+
+Result<Producer*> TopicProducer::attach_or_route(std::uint32_t partition) {
+  State& s = *state_;
+  PartitionProducer& p = s.partitions[partition];
+  const std::string where = "topic '" + s.topic + "' partition " + std::to_string(partition);
+  const std::int64_t deadline = monotonic_ns() + std::min<std::int64_t>(s.options.max_block_ms, std::int64_t{1} << 40) * 1'000'000;
+  const bool was_remote = p.remote.has_value();
+  for (;;) {
+    // The node replaced the ring (a replica's truncation): the partition lives in a new one.
+    if (leader_epoch(p.memory.ring) == ring_layout::kRetired) {
+      WEFT_TRY(PartitionMemory reopened, s.client->open_partition(s.topic, partition));
+      p.memory = std::move(reopened);
+    }
     if (read_log_progress(p.memory.ring).error == Errc::kCorrupt)
-      return Error{Errc::kUnavailable, "topic '" + state_->topic + "' partition " + std::to_string(partition) +
-                                           " is offline: its log failed its checks at the node's start (see the node's log)"};
-    Result<Producer> attached = Producer::attach(p.memory.ring, state_->options.mode);
-    if (!attached.ok())
-      return Error{attached.error().code, "topic '" + state_->topic + "' partition " + std::to_string(partition) + ": " + attached.error().message};
-    p.producer.emplace(std::move(*attached));
+      return Error{Errc::kUnavailable, where + " is offline: its log failed its checks at the node's start (see the node's log)"};
+    Result<Producer> attached = Producer::attach(p.memory.ring, s.options.mode);
+    if (attached.ok()) {
+      p.producer.emplace(std::move(*attached));
+      if (was_remote) ++s.stats.reroutes;
+      p.remote.reset();
+      return &*p.producer;
+    }
+    const std::int32_t epoch = leader_epoch(p.memory.ring);
+    if (epoch != ring_layout::kFollowing && epoch != ring_layout::kRetired)
+      return Error{attached.error().code, where + ": " + attached.error().message};
+    // This node follows the partition: produce where its leader is.
+    Result<PartitionRoute> route = s.client->partition_route(s.topic, partition);
+    if (route.ok() && !route->here) {
+      if (!s.options.remote)
+        return Error{Errc::kFailedPrecondition, where + " is led by node " + std::to_string(route->leader) +
+                                                    (route->kafka_address.empty() ? "" : " (Kafka listener " + route->kafka_address + ")") +
+                                                    "; this producer has no route there: set ProducerOptions::remote "
+                                                    "(weft::kafka::make_remote_producer()) or produce on the leader's host"};
+      if (route->kafka_address.empty())
+        return Error{Errc::kUnavailable, where + " is led by node " + std::to_string(route->leader) + ", which has no Kafka listener to produce to"};
+      if (!was_remote || p.remote->leader != route->leader) ++s.stats.reroutes;
+      p.remote = std::move(*route);
+      p.remote_refused = false;
+      return nullptr;
+    }
+    // Led here but the node has not opened the ring yet, or no leader now: an election is
+    // under way, which takes up to a lease's time.
+    if (monotonic_ns() >= deadline)
+      return Error{Errc::kUnavailable, where + ": no leader took it within max_block_ms=" + std::to_string(s.options.max_block_ms) +
+                                           (route.ok() ? std::string() : " (" + route.error().message + ")")};
+    const timespec pause{0, 2'000'000};
+    nanosleep(&pause, nullptr);
   }
-  return &*p.producer;
 }
 
 Result<void> TopicProducer::wait_for_space(std::uint32_t partition, std::int64_t& deadline_ns) {
@@ -152,16 +203,25 @@ namespace {
 
 // The common case of send and send_to, inlined into both: an attached partition with space.
 [[gnu::always_inline]] inline bool send_fast(std::vector<PartitionProducer>& partitions, ProducerStats& stats,
-                                             std::uint32_t partition, const RecordInput& record, Offset& base) noexcept {
+                                             std::uint32_t partition, const RecordInput& record, SendResult& sent) noexcept {
   if (partition >= partitions.size()) [[unlikely]]
     return false;
-  std::optional<Producer>& producer = partitions[partition].producer;
-  if (!producer || producer->offer_record(record, &base) != ClaimStatus::kOk) [[unlikely]]
+  PartitionProducer& p = partitions[partition];
+  if (!p.producer || p.producer->offer_record(record, &sent.offset) != ClaimStatus::kOk) [[unlikely]]
     return false;
-  partitions[partition].sent_end = Offset{base.value + 1};
+  sent.partition = partition;
+  sent.leader_epoch = p.producer->leader_epoch();
+  p.sent_end = Offset{sent.offset.value + 1};
+  p.sent_epoch = sent.leader_epoch;
   ++stats.records;
   ++stats.batches;
   return true;
+}
+
+SendResult ring_sent(std::uint32_t partition, Offset base, const Producer& producer) noexcept {
+  SendResult sent{partition, base};
+  sent.leader_epoch = producer.leader_epoch();
+  return sent;
 }
 
 }  // namespace
@@ -185,9 +245,8 @@ Result<SendResult> TopicProducer::send(const RecordInput& unstamped) {
   const RecordInput& record = stamped(unstamped, copy);
   State& s = *state_;
   const std::uint32_t partition = record.key ? partition_for_key(*record.key, static_cast<std::uint32_t>(s.partitions.size())) : s.sticky;
-  Offset base;
-  Result<SendResult> sent = send_fast(s.partitions, s.stats, partition, record, base) ? Result<SendResult>(SendResult{partition, base})
-                                                                                     : send_slow(partition, record);
+  SendResult fast;
+  Result<SendResult> sent = send_fast(s.partitions, s.stats, partition, record, fast) ? Result<SendResult>(fast) : send_slow(partition, record);
   if (!record.key && sent.ok()) {
     // Kafka's sticky partitioner: keyless records stay on one partition for a batch's worth of
     // bytes, then move to another chosen at random. The byte count is approximate on purpose.
@@ -207,24 +266,40 @@ Result<SendResult> TopicProducer::send(const RecordInput& unstamped) {
 Result<SendResult> TopicProducer::send_to(std::uint32_t partition, const RecordInput& unstamped) {
   RecordInput copy;
   const RecordInput& record = stamped(unstamped, copy);
-  Offset base;
-  if (send_fast(state_->partitions, state_->stats, partition, record, base)) [[likely]]
-    return SendResult{partition, base};
+  SendResult sent;
+  if (send_fast(state_->partitions, state_->stats, partition, record, sent)) [[likely]]
+    return sent;
   return send_slow(partition, record);
 }
 
 Result<SendResult> TopicProducer::send_slow(std::uint32_t partition, const RecordInput& record) {
-  WEFT_TRY(Producer* producer, ring_producer(partition));
   std::int64_t deadline = 0;
-  for (;;) {
+  for (int reroutes = 0;; ++reroutes) {
+    WEFT_TRY(Producer * producer, ring_producer(partition));
+    if (producer == nullptr) {
+      std::vector<std::byte>& buffer = state_->remote_batch;
+      buffer.resize(single_record_batch_bytes(record));
+      Result<SendResult> sent = send_encoded(partition, encode_single_record_batch(buffer, record));
+      if (sent.ok()) {
+        ++state_->stats.records;
+        ++state_->stats.batches;
+      }
+      return sent;
+    }
     Offset base;
     switch (producer->offer_record(record, &base)) {
       case ClaimStatus::kOk:
         ++state_->stats.records;
         ++state_->stats.batches;
         state_->partitions[partition].sent_end = Offset{base.value + 1};
-        return SendResult{partition, base};
+        state_->partitions[partition].sent_epoch = producer->leader_epoch();
+        return ring_sent(partition, base, *producer);
       case ClaimStatus::kBackPressured: WEFT_TRY_VOID(wait_for_space(partition, deadline)); break;
+      case ClaimStatus::kFenced:
+        // Leadership moved since this producer attached: attach again, or send to the leader.
+        state_->partitions[partition].producer.reset();
+        if (reroutes > 1'000) return Error{Errc::kUnavailable, "topic '" + state_->topic + "': leadership keeps moving"};
+        break;
       case ClaimStatus::kTooLarge:
         return Error{Errc::kInvalidArgument, "a record of " + std::to_string(single_record_batch_bytes(record)) +
                                                  " bytes exceeds topic '" + state_->topic + "' max.batch.bytes of " +
@@ -233,6 +308,55 @@ Result<SendResult> TopicProducer::send_slow(std::uint32_t partition, const Recor
         return Error{Errc::kFailedPrecondition, "partition " + std::to_string(partition) + " has a claim open; commit or abort it first"};
     }
   }
+}
+
+Result<SendResult> TopicProducer::send_encoded(std::uint32_t partition, std::span<const std::byte> batch) {
+  std::int64_t deadline = 0;
+  const std::int64_t reroute_deadline = monotonic_ns() + std::min<std::int64_t>(state_->options.max_block_ms, std::int64_t{1} << 40) * 1'000'000;
+  for (;;) {
+    WEFT_TRY(Producer * producer, ring_producer(partition));
+    if (producer == nullptr) {
+      Result<SendResult> sent = send_remote(partition, batch);
+      // kAborted: that node no longer leads and took nothing; ask again (this node's metadata
+      // may trail the election for a moment) and resend.
+      if (sent.ok() || sent.error().code != Errc::kAborted || monotonic_ns() >= reroute_deadline) return sent;
+      const timespec pause{0, 5'000'000};
+      nanosleep(&pause, nullptr);
+      continue;
+    }
+    Offset base;
+    switch (producer->offer(batch, &base)) {
+      case ClaimStatus::kOk: {
+        const auto records = static_cast<std::uint32_t>(wire::load_be32(batch.data() + batch_field::kRecordCount));
+        state_->partitions[partition].sent_end = Offset{base.value + records};
+        state_->partitions[partition].sent_epoch = producer->leader_epoch();
+        return ring_sent(partition, base, *producer);
+      }
+      case ClaimStatus::kBackPressured: WEFT_TRY_VOID(wait_for_space(partition, deadline)); break;
+      case ClaimStatus::kFenced: state_->partitions[partition].producer.reset(); break;
+      case ClaimStatus::kTooLarge:
+        return Error{Errc::kInvalidArgument, "a batch of " + std::to_string(batch.size()) + " bytes exceeds topic '" + state_->topic +
+                                                 "' max.batch.bytes of " + std::to_string(state_->max_batch_bytes)};
+      case ClaimStatus::kInvalid: return Error{Errc::kFailedPrecondition, "partition " + std::to_string(partition) + " has a claim open"};
+    }
+  }
+}
+
+Result<SendResult> TopicProducer::send_remote(std::uint32_t partition, std::span<const std::byte> batch) {
+  State& s = *state_;
+  PartitionProducer& p = s.partitions[partition];
+  const Acks acks = s.options.acks == Acks::kAll ? Acks::kAll : Acks::kLeader;
+  Result<Offset> base = s.options.remote->produce(p.remote->kafka_address, s.topic, partition, batch, acks, s.options.max_block_ms);
+  if (!base.ok()) {
+    const std::string where = "topic '" + s.topic + "' partition " + std::to_string(partition) + " at its leader, node " +
+                              std::to_string(p.remote->leader) + " (" + p.remote->kafka_address + "): ";
+    if (base.error().code == Errc::kAborted) p.remote_refused = true;  // asked again on the next send
+    return Error{base.error().code, where + base.error().message};
+  }
+  ++s.stats.remote_batches;
+  SendResult sent{partition, *base};
+  sent.acknowledged = acks;
+  return sent;
 }
 
 Result<SendResult> TopicProducer::send_batch(std::uint32_t partition, std::span<const RecordInput> records) {
@@ -259,17 +383,35 @@ Result<SendResult> TopicProducer::send_batch(std::uint32_t partition, std::span<
 }
 
 Result<ZeroCopyBatch> TopicProducer::claim(std::uint32_t partition, std::size_t batch_bytes, std::uint32_t records) {
-  WEFT_TRY(Producer* producer, ring_producer(partition));
   std::int64_t deadline = 0;
   ZeroCopyBatch batch;
   batch.partition = partition;
-  for (;;) {
+  for (int reroutes = 0;; ++reroutes) {
+    WEFT_TRY(Producer * producer, ring_producer(partition));
+    if (producer == nullptr) {
+      // Another node leads: the batch is written here and sent at commit.
+      if (records == 0 || batch_bytes < kBatchHeaderBytes)
+        return Error{Errc::kInvalidArgument, "claim: zero records, or fewer bytes than a batch header"};
+      if (batch_bytes > state_->max_batch_bytes)
+        return Error{Errc::kInvalidArgument, "a batch of " + std::to_string(batch_bytes) + " bytes exceeds topic '" + state_->topic +
+                                                 "' max.batch.bytes of " + std::to_string(state_->max_batch_bytes)};
+      state_->remote_batch.resize(batch_bytes);
+      batch.bytes = state_->remote_batch;
+      batch.base_offset = Offset{-1};
+      batch.claim.records = records;
+      batch.remote = true;
+      return batch;
+    }
     switch (producer->try_claim(batch_bytes, records, batch.claim)) {
       case ClaimStatus::kOk:
         batch.bytes = batch.claim.batch;
         batch.base_offset = batch.claim.base_offset;
         return batch;
       case ClaimStatus::kBackPressured: WEFT_TRY_VOID(wait_for_space(partition, deadline)); break;
+      case ClaimStatus::kFenced:
+        state_->partitions[partition].producer.reset();
+        if (reroutes > 1'000) return Error{Errc::kUnavailable, "topic '" + state_->topic + "': leadership keeps moving"};
+        break;
       case ClaimStatus::kTooLarge:
         return Error{Errc::kInvalidArgument, "a batch of " + std::to_string(batch_bytes) + " bytes exceeds topic '" +
                                                  state_->topic + "' max.batch.bytes of " + std::to_string(state_->max_batch_bytes)};
@@ -280,13 +422,27 @@ Result<ZeroCopyBatch> TopicProducer::claim(std::uint32_t partition, std::size_t 
 }
 
 Result<SendResult> TopicProducer::commit(ZeroCopyBatch& batch, std::size_t used_bytes) {
-  WEFT_TRY(Producer* producer, ring_producer(batch.partition));
-  switch (producer->commit(batch.claim, used_bytes)) {
+  if (batch.remote) {
+    const bool consistent = batch.partition < state_->partitions.size() && used_bytes >= kBatchHeaderBytes &&
+                            used_bytes <= batch.bytes.size() && batch.bytes.data() == state_->remote_batch.data() &&
+                            wire::load_be32(batch.bytes.data() + batch_field::kRecordCount) == static_cast<std::int32_t>(batch.claim.records);
+    batch.remote = false;  // committed or refused: not again
+    if (!consistent) return Error{Errc::kInvalidArgument, "commit: the batch does not match its claim (record count or length)"};
+    WEFT_TRY(SendResult sent, send_encoded(batch.partition, batch.bytes.first(used_bytes)));
+    state_->stats.records += batch.claim.records;
+    ++state_->stats.batches;
+    return sent;
+  }
+  if (batch.partition >= state_->partitions.size() || !state_->partitions[batch.partition].producer)
+    return Error{Errc::kFailedPrecondition, "commit: the claim is not open (committed or aborted already)"};
+  Producer& producer = *state_->partitions[batch.partition].producer;
+  switch (producer.commit(batch.claim, used_bytes)) {
     case CommitStatus::kOk:
       state_->stats.records += batch.claim.records;
       ++state_->stats.batches;
       state_->partitions[batch.partition].sent_end = Offset{batch.base_offset.value + batch.claim.records};
-      return SendResult{batch.partition, batch.base_offset};
+      state_->partitions[batch.partition].sent_epoch = producer.leader_epoch();
+      return ring_sent(batch.partition, batch.base_offset, producer);
     case CommitStatus::kMalformed:
       return Error{Errc::kInvalidArgument, "commit: the batch header does not match the claim (record count, length or magic); the claim was aborted"};
     case CommitStatus::kNotOpen: break;
@@ -295,7 +451,12 @@ Result<SendResult> TopicProducer::commit(ZeroCopyBatch& batch, std::size_t used_
 }
 
 void TopicProducer::abort(ZeroCopyBatch& batch) {
-  if (Result<Producer*> producer = ring_producer(batch.partition); producer.ok()) (*producer)->abort(batch.claim);
+  if (batch.remote) {
+    batch.remote = false;  // nothing left here
+    return;
+  }
+  if (batch.partition >= state_->partitions.size()) return;
+  if (std::optional<Producer>& producer = state_->partitions[batch.partition].producer) producer->abort(batch.claim);
 }
 
 namespace {
@@ -306,15 +467,19 @@ std::int64_t deadline_after(std::int64_t timeout_ms) {
 
 }  // namespace
 
-Result<void> TopicProducer::wait_for_log(std::uint32_t partition, Offset end, Acks acks, std::int64_t deadline_ns) {
+Result<void> TopicProducer::wait_for_log(std::uint32_t partition, Offset end, Acks acks, std::int64_t deadline_ns, std::int32_t epoch) {
   if (acks == Acks::kNone) return ok();  // in the ring when send returned
   const Ring& ring = state_->partitions[partition].memory.ring;
-  switch (weft::wait_for_log(ring, end, acks == Acks::kAll, deadline_ns)) {
+  const std::string where = "topic '" + state_->topic + "' partition " + std::to_string(partition);
+  switch (weft::wait_for_log(ring, end, acks == Acks::kAll, deadline_ns, epoch)) {
     case AckStatus::kOk:
     case AckStatus::kNoLog: return ok();
     case AckStatus::kTimeout:
-      return Error{Errc::kUnavailable, "topic '" + state_->topic + "' partition " + std::to_string(partition) +
-                                           ": not acknowledged in time (is the node running and its disk keeping up?)"};
+      return Error{Errc::kUnavailable, where + ": not acknowledged in time (is the node running and its disk keeping up?" +
+                                           (read_log_progress(ring).replicated.value != ring_layout::kNoLog ? " are the in-sync replicas?)" : ")")};
+    case AckStatus::kFenced:
+      return Error{Errc::kAborted, where + ": leadership moved off this node before the records were acknowledged; they may or "
+                                           "may not be in the log (Kafka's NOT_LEADER_OR_FOLLOWER)"};
     case AckStatus::kLogError: break;
   }
   return log_stopped_error(partition);
@@ -331,16 +496,25 @@ Error TopicProducer::log_stopped_error(std::uint32_t partition) const {
 Result<void> TopicProducer::await(const SendResult& sent, Acks acks, std::int64_t timeout_ms) {
   if (sent.partition >= state_->partitions.size())
     return Error{Errc::kInvalidArgument, "await: topic '" + state_->topic + "' has no partition " + std::to_string(sent.partition)};
+  if (sent.acknowledged != Acks::kNone) {
+    // Answered by another node's leader when it was sent, at the producer's acks level.
+    if (strength(sent.acknowledged) >= strength(acks)) return ok();
+    return Error{Errc::kFailedPrecondition, "await: the record went to the partition's leader on another node with acks=1; "
+                                            "await it at acks=all by producing with ProducerOptions::acks = Acks::kAll"};
+  }
   // A batch reaches the log whole, so the first record's offset stands for all of them.
-  return wait_for_log(sent.partition, Offset{sent.offset.value + 1}, acks, deadline_after(timeout_ms));
+  return wait_for_log(sent.partition, Offset{sent.offset.value + 1}, acks, deadline_after(timeout_ms), sent.leader_epoch);
 }
 
 Result<void> TopicProducer::flush(std::int64_t timeout_ms) {
   const std::int64_t deadline = deadline_after(timeout_ms);
   for (std::uint32_t p = 0; p < state_->partitions.size(); ++p) {
-    const PartitionProducer& partition = state_->partitions[p];
-    if (!partition.producer || partition.sent_end.value == 0) continue;
-    WEFT_TRY_VOID(wait_for_log(p, partition.sent_end, state_->options.acks, deadline));
+    PartitionProducer& partition = state_->partitions[p];
+    if (partition.sent_end.value == 0) continue;
+    Result<void> acknowledged = wait_for_log(p, partition.sent_end, state_->options.acks, deadline, partition.sent_epoch);
+    // Said once: a later flush waits only for what is sent after it.
+    if (!acknowledged.ok() && acknowledged.error().code == Errc::kAborted) partition.sent_end = Offset{0};
+    WEFT_TRY_VOID(acknowledged);
   }
   return ok();
 }

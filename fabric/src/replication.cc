@@ -359,6 +359,7 @@ struct Replicator::Impl {
     for (NodeId id : l.proposed_additions) counts(id);
     if (hw <= l.hw) return;
     l.hw = hw;
+    l.log->publish_high_watermark(hw);
     for (auto& [id, f] : l.followers) {
       if (f.connection == nullptr) continue;
       auto s = f.connection->streams.find(f.stream);
@@ -562,12 +563,14 @@ struct Replicator::Impl {
       case MessageType::kAccepted: {
         (void)r.get<std::int32_t>();
         f.hw = std::max(f.hw, Offset{r.get<std::int64_t>()});
+        f.log->publish_high_watermark(f.hw);
         f.state = FollowState::kStreaming;
         f.why.clear();
         return;
       }
       case MessageType::kHighWatermark:
         f.hw = std::max(f.hw, Offset{r.get<std::int64_t>()});
+        f.log->publish_high_watermark(f.hw);
         return;
       case MessageType::kDiverging: {
         const auto epoch = r.get<std::int32_t>();
@@ -873,11 +876,13 @@ Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, st
   l.epoch = epoch;
   l.epoch_start = log_->log_end();
   log_->epochs().assign(epoch, l.epoch_start);
-  log_->stamp_leader_epoch(epoch);
   l.replicas = std::move(replicas);
   l.isr = std::move(isr);
   std::sort(l.isr.begin(), l.isr.end());
   l.hw = std::max(hw, log_->log_start());
+  // The high watermark before the ring opens to producers: their acks=all waits read it.
+  log_->publish_high_watermark(l.hw);
+  log_->stamp_leader_epoch(epoch);
   const std::int64_t now = now_ms();
   for (NodeId id : l.isr) {
     if (id == impl_->self) continue;

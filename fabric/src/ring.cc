@@ -401,6 +401,8 @@ Result<Ring> Ring::format(std::span<std::byte> memory, const RingConfig& config)
   control->reuse.limit = PositionPair{0, static_cast<std::uint64_t>(config.initial_offset.value)};
   control->log.written_offset.store(kNoLog, std::memory_order_relaxed);
   control->log.durable_offset.store(kNoLog, std::memory_order_relaxed);
+  control->log.replicated_offset.store(kNoLog, std::memory_order_relaxed);
+  control->mode.leader_epoch.store(kNotReplicated, std::memory_order_relaxed);
   auto* producers = reinterpret_cast<ProducerSlot*>(memory.data() + sizeof(RingControl));
   for (std::uint32_t i = 0; i < config.producer_slots; ++i)
     producers[i].pending_position.store(kNoClaim, std::memory_order_relaxed);
@@ -461,6 +463,23 @@ Offset Ring::claimed_offset() const noexcept {
 // ---- Producer -------------------------------------------------------------------------------
 
 Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
+  // Acquire: pairs with set_leader_epoch; a producer admitted here claims under this epoch.
+  const std::int32_t epoch = ring.control().mode.leader_epoch.load(std::memory_order_acquire);
+  if (epoch == kFollowing)
+    return Error{Errc::kFailedPrecondition, "ring: this node follows the partition's leader; produce to the leader"};
+  if (epoch == kRetired) return Error{Errc::kFailedPrecondition, "ring: the node replaced this ring; open the partition again"};
+  return attach_as(ring, mode, epoch);
+}
+
+Result<Producer> Producer::attach_follower(Ring ring) {
+  const std::int32_t epoch = ring.control().mode.leader_epoch.load(std::memory_order_acquire);  // as in attach
+  if (epoch != kFollowing) return Error{Errc::kFailedPrecondition, "ring: the node does not follow this partition"};
+  Result<Producer> exclusive = attach_as(ring, ProducerMode::kExclusive, epoch);
+  if (exclusive.ok()) return exclusive;
+  return attach_as(ring, ProducerMode::kShared, epoch);
+}
+
+Result<Producer> Producer::attach_as(Ring ring, ProducerMode mode, std::int32_t epoch) {
   RingControl& c = ring.control();
   ProducerSlot* slot = take_slot(ring.producer_slots(), c.descriptor.producer_slots);
   if (slot == nullptr)
@@ -493,11 +512,11 @@ Result<Producer> Producer::attach(Ring ring, ProducerMode mode) {
                            std::to_string(std::popcount(seen)) + " other producer(s) are attached"};
   }
   const bool membarrier_protocol = c.descriptor.wake_protocol == kWakeMembarrier;
-  return Producer(ring, mode, slot, membarrier_protocol && register_membarrier());
+  return Producer(ring, mode, slot, membarrier_protocol && register_membarrier(), epoch);
 }
 
-Producer::Producer(Ring ring, ProducerMode mode, ProducerSlot* slot, bool membarrier_registered) noexcept
-    : ring_(ring), mode_(mode), slot_(slot), fence_before_wake_check_(!membarrier_registered) {
+Producer::Producer(Ring ring, ProducerMode mode, ProducerSlot* slot, bool membarrier_registered, std::int32_t epoch) noexcept
+    : ring_(ring), mode_(mode), slot_(slot), fence_before_wake_check_(!membarrier_registered), epoch_(epoch) {
   const Ring::Mark tail = pair_load(ring_.control_->claim.tail);
   guess_position_ = tail.position.value;
   guess_offset_ = tail.offset.value;
@@ -513,6 +532,7 @@ Producer::Producer(Producer&& other) noexcept
       guess_offset_(other.guess_offset_),
       fence_before_wake_check_(other.fence_before_wake_check_),
       claim_open_(other.claim_open_),
+      epoch_(other.epoch_),
       open_claim_(other.open_claim_) {}
 
 Producer::~Producer() {
@@ -530,6 +550,11 @@ Producer::~Producer() {
 
 ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, Claim& claim) noexcept {
   if (records == 0 || batch_bytes < kBatchHeaderBytes || claim_open_) return ClaimStatus::kInvalid;
+  // Relaxed: a claim racing the fence lands in a ring whose node follows now; the follower cuts
+  // it off at its leader's epoch boundary, and acks=all waits re-check the epoch, so none is
+  // acknowledged.
+  if (ring_.control_->mode.leader_epoch.load(std::memory_order_relaxed) != epoch_) [[unlikely]]
+    return ClaimStatus::kFenced;
   const std::uint32_t max_frame = ring_.control_->descriptor.max_frame_bytes;
   if (batch_bytes > max_frame) return ClaimStatus::kTooLarge;
   const std::uint64_t frame = align_frame(kFrameHeaderBytes + batch_bytes);
@@ -1094,6 +1119,22 @@ std::size_t RingOwner::reclaim_dead_slots() {
 
 // ---- the log's progress ------------------------------------------------------------------------
 
+namespace {
+
+// Wakes producers asleep in wait_for_log after the owner changed what they wait on.
+void wake_log_waiters(ring_layout::LogLine& line) noexcept {
+  // A seq_cst read-modify-write (a full barrier TSan can see, unlike a fence) pairs with the
+  // waiter's seq_cst increment before it re-reads the offsets: either it sees the new values or
+  // this sees it waiting (Dekker's pattern). fetch_add on the sequence: the log writer and the
+  // replicator publish from different threads.
+  if (line.waiters.fetch_add(0, std::memory_order_seq_cst) != 0) {
+    line.futex_sequence.fetch_add(1, std::memory_order_release);
+    futex(&line.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
+  }
+}
+
+}  // namespace
+
 void publish_log_progress(const Ring& ring, const LogProgress& progress) noexcept {
   ring_layout::LogLine& line = ring.control().log;
   // Release: a producer that sees an offset here sees the log state behind it (nothing else to
@@ -1101,23 +1142,37 @@ void publish_log_progress(const Ring& ring, const LogProgress& progress) noexcep
   line.error.store(static_cast<std::uint32_t>(progress.error), std::memory_order_release);
   line.written_offset.store(progress.written.value, std::memory_order_release);
   line.durable_offset.store(progress.durable.value, std::memory_order_release);
-  // A seq_cst read-modify-write (a full barrier TSan can see, unlike a fence) pairs with the
-  // waiter's seq_cst increment before it re-reads the offsets: either it sees the new offsets
-  // or this sees it waiting (Dekker's pattern).
-  if (line.waiters.fetch_add(0, std::memory_order_seq_cst) != 0) {
-    line.futex_sequence.fetch_add(1, std::memory_order_release);
-    futex(&line.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
-  }
+  wake_log_waiters(line);
 }
 
 LogProgress read_log_progress(const Ring& ring) noexcept {
   const ring_layout::LogLine& line = ring.control().log;
   LogProgress p;
-  // Acquire: pairs with publish_log_progress.
+  // Acquire: pairs with publish_log_progress and publish_high_watermark.
   p.written = Offset{line.written_offset.load(std::memory_order_acquire)};
   p.durable = Offset{line.durable_offset.load(std::memory_order_acquire)};
   p.error = static_cast<Errc>(line.error.load(std::memory_order_acquire));
+  p.replicated = Offset{line.replicated_offset.load(std::memory_order_acquire)};
   return p;
+}
+
+
+void publish_high_watermark(const Ring& ring, Offset high_watermark) noexcept {
+  ring_layout::LogLine& line = ring.control().log;
+  // Release: pairs with read_log_progress.
+  line.replicated_offset.store(high_watermark.value, std::memory_order_release);
+  wake_log_waiters(line);
+}
+
+void set_leader_epoch(const Ring& ring, std::int32_t epoch) noexcept {
+  // seq_cst: ordered before the owner's next look at which producers are attached (a follower
+  // attaching its own writer), and before the wake-up below.
+  ring.control().mode.leader_epoch.store(epoch, std::memory_order_seq_cst);
+  wake_log_waiters(ring.control().log);
+}
+
+std::int32_t leader_epoch(const Ring& ring) noexcept {
+  return ring.control().mode.leader_epoch.load(std::memory_order_acquire);  // pairs with set_leader_epoch
 }
 
 std::uint32_t log_waiters(const Ring& ring) noexcept {
@@ -1132,19 +1187,16 @@ void remove_log_waiter(const Ring& ring) noexcept {
   ring.control().log.waiters.fetch_sub(1, std::memory_order_relaxed);  // only a hint to the owner
 }
 
-AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t deadline_ns) noexcept {
+namespace {
+
+// Waits until `check` has an answer: spinning a little (the writer answers within a maintenance
+// pass, tens of µs), then sleeping on the log line's futex (an fdatasync or a replication round
+// takes hundreds); kTimeout at the deadline.
+template <class Check>
+AckStatus wait_on_log_line(const Ring& ring, std::int64_t deadline_ns, Check check) noexcept {
   ring_layout::LogLine& line = ring.control().log;
-  auto check = [&]() -> std::optional<AckStatus> {
-    const LogProgress p = read_log_progress(ring);
-    if (p.written.value == ring_layout::kNoLog) return AckStatus::kNoLog;
-    if ((durable ? p.durable : p.written) >= end) return AckStatus::kOk;
-    if (p.error != Errc::kOk) return AckStatus::kLogError;
-    return std::nullopt;
-  };
-  // The writer answers within a maintenance pass (tens of µs) or an fdatasync (hundreds): spin
-  // a little for the first, sleep for the second.
   for (int i = 0; i < 256; ++i) {
-    if (const auto status = check()) return *status;
+    if (const std::optional<AckStatus> status = check()) return *status;
     cpu_relax();
   }
   for (;;) {
@@ -1162,6 +1214,34 @@ AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t 
     line.waiters.fetch_sub(1, std::memory_order_relaxed);
     if (status) return *status;
   }
+}
+
+}  // namespace
+
+AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t deadline_ns, std::int32_t epoch) noexcept {
+  return wait_on_log_line(ring, deadline_ns, [&]() -> std::optional<AckStatus> {
+    // The epoch first: offsets reached after a leader change may hold another leader's records.
+    if (epoch != kAnyLeaderEpoch && leader_epoch(ring) != epoch) return AckStatus::kFenced;
+    const LogProgress p = read_log_progress(ring);
+    if (p.written.value == ring_layout::kNoLog) return AckStatus::kNoLog;
+    const bool replicated = !durable || p.replicated.value == ring_layout::kNoLog || p.replicated >= end;
+    if ((durable ? p.durable : p.written) >= end && replicated) return AckStatus::kOk;
+    if (p.error != Errc::kOk) return AckStatus::kLogError;
+    return std::nullopt;
+  });
+}
+
+Offset visible_end(const Ring& ring) noexcept {
+  if (leader_epoch(ring) == ring_layout::kNotReplicated) return Offset{INT64_MAX};
+  const Offset hw = read_log_progress(ring).replicated;
+  return hw.value == ring_layout::kNoLog ? Offset{0} : hw;
+}
+
+bool wait_for_visible(const Ring& ring, Offset end, std::int64_t deadline_ns) noexcept {
+  return wait_on_log_line(ring, deadline_ns, [&]() -> std::optional<AckStatus> {
+    if (visible_end(ring) >= end) return AckStatus::kOk;
+    return std::nullopt;
+  }) == AckStatus::kOk;
 }
 
 }  // namespace weft

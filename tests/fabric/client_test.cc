@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client_fixture.h"
@@ -353,6 +355,166 @@ TEST_P(ClientTest, ClaimAndCommitWriteABatchInPlace) {
   EXPECT_EQ(got.records[3].timestamp_ms, 1002);
   EXPECT_EQ(got.records[4].value, "short");
   EXPECT_EQ(got.records[5].value, "after");
+}
+
+// ---- a cluster's follower: producers follow the partition's leader ------------------------------
+
+// Stands in for the leader on another node: takes batches, numbers them from 100.
+class FakeLeader final : public RemoteProducer {
+ public:
+  struct Call {
+    std::string address;
+    std::string topic;
+    std::uint32_t partition = 0;
+    std::int32_t records = 0;
+    std::string bytes;
+    Acks acks = Acks::kNone;
+  };
+  Result<Offset> produce(const std::string& leader_address, std::string_view topic, std::uint32_t partition, std::span<const std::byte> batch,
+                         Acks acks, std::int64_t) override {
+    if (refuse_next) {
+      refuse_next = false;
+      if (on_refuse) on_refuse();
+      return Error{Errc::kAborted, "not the leader now"};
+    }
+    Result<BatchView> view = BatchView::parse(batch);
+    if (!view.ok()) return view.error();
+    calls.push_back({leader_address, std::string(topic), partition, view->record_count(),
+                     std::string(reinterpret_cast<const char*>(batch.data()), batch.size()), acks});
+    const Offset base = next;
+    next = next + view->record_count();
+    return base;
+  }
+  std::vector<Call> calls;
+  Offset next{100};
+  bool refuse_next = false;
+  std::function<void()> on_refuse;
+};
+
+TEST_P(ClientTest, ProducersOnAFollowersRingSendToTheLeaderAndComeBackWhenItLeadsAgain) {
+  create("routed", 1);
+  // Given a node that says another node leads the partition while its ring is fenced
+  bool led_here = true;
+  node_->set_partition_router([&](std::string_view, std::uint32_t) -> Result<PartitionRoute> {
+    if (led_here) return PartitionRoute{};
+    return PartitionRoute{false, 7, 3, "10.0.0.7:9092"};
+  });
+  ASSERT_OK_AND_ASSIGN(const PartitionMemory memory, node_->open_partition("routed", 0));
+  auto leader = std::make_shared<FakeLeader>();
+  ProducerOptions options;
+  options.remote = leader;
+  ASSERT_OK_AND_ASSIGN(TopicProducer producer, TopicProducer::create(client_, "routed", options));
+  ASSERT_OK_AND_ASSIGN(const SendResult in_ring, producer.send_to(0, value_record("here")));
+  EXPECT_EQ(in_ring.offset, Offset{0});
+  EXPECT_EQ(in_ring.acknowledged, Acks::kNone);
+
+  // When the node starts to follow (the replicator fences the ring)
+  led_here = false;
+  set_leader_epoch(memory.ring, ring_layout::kFollowing);
+
+  // Then sends go to the leader, each answered with the leader's offset
+  ASSERT_OK_AND_ASSIGN(const SendResult away, producer.send_to(0, value_record("there")));
+  EXPECT_EQ(away.offset, Offset{100});
+  EXPECT_EQ(away.acknowledged, Acks::kLeader);
+  ASSERT_EQ(leader->calls.size(), 1u);
+  EXPECT_EQ(leader->calls[0].address, "10.0.0.7:9092");
+  EXPECT_EQ(leader->calls[0].topic, "routed");
+  EXPECT_EQ(leader->calls[0].records, 1);
+  EXPECT_NE(leader->calls[0].bytes.find("there"), std::string::npos);
+  EXPECT_EQ(producer.stats().remote_batches, 1u);
+  EXPECT_EQ(producer.stats().reroutes, 1u);
+  // And a send acknowledged by the leader's log cannot be awaited at acks=all afterwards
+  EXPECT_TRUE(producer.await(away, Acks::kLeader).ok());
+  EXPECT_EQ(producer.await(away, Acks::kAll).error().code, Errc::kFailedPrecondition);
+  // And the record sent into the ring before the fence is not acknowledged as if it had survived
+  EXPECT_EQ(producer.await(in_ring, Acks::kLeader, 100).error().code, Errc::kAborted);
+  EXPECT_EQ(producer.flush(100).error().code, Errc::kAborted);
+  EXPECT_TRUE(producer.flush(100).ok());  // said once
+
+  // And batches and zero-copy claims go there too, whole
+  const RecordInput pair[2] = {value_record("b1"), value_record("b2")};
+  ASSERT_OK_AND_ASSIGN(const SendResult batch, producer.send_batch(0, pair));
+  EXPECT_EQ(batch.offset, Offset{101});
+  ASSERT_OK_AND_ASSIGN(ZeroCopyBatch claimed, producer.claim(0, 512, 1));
+  EXPECT_TRUE(claimed.remote);
+  BatchBuilder builder(claimed.bytes);
+  ASSERT_TRUE(builder.append(value_record("in place", 5)));
+  ASSERT_OK_AND_ASSIGN(const SendResult committed, producer.commit(claimed, builder.finish().size()));
+  EXPECT_EQ(committed.offset, Offset{103});
+  ASSERT_EQ(leader->calls.size(), 3u);
+  EXPECT_EQ(leader->calls[1].records, 2);
+  EXPECT_NE(leader->calls[2].bytes.find("in place"), std::string::npos);
+  ASSERT_OK_AND_ASSIGN(ZeroCopyBatch dropped, producer.claim(0, 512, 1));
+  producer.abort(dropped);
+  EXPECT_EQ(producer.commit(dropped, 100).error().code, Errc::kFailedPrecondition);
+
+  // And a producer with no remote route names the leader instead
+  ASSERT_OK_AND_ASSIGN(TopicProducer stranded, TopicProducer::create(client_, "routed"));
+  Result<SendResult> refused = stranded.send_to(0, value_record("nowhere"));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::kFailedPrecondition);
+  EXPECT_NE(refused.error().message.find("led by node 7"), std::string::npos) << refused.error().message;
+
+  // When leadership comes back (the leader refuses, this node leads at a new epoch)
+  leader->refuse_next = true;
+  leader->on_refuse = [&] {
+    led_here = true;
+    set_leader_epoch(memory.ring, 4);
+  };
+  ASSERT_OK_AND_ASSIGN(const SendResult back, producer.send_to(0, value_record("home")));
+  // Then the record lands in this node's ring again, after what it held
+  EXPECT_EQ(back.offset, Offset{1});
+  EXPECT_EQ(back.acknowledged, Acks::kNone);
+  EXPECT_EQ(back.leader_epoch, 4);
+  EXPECT_EQ(leader->calls.size(), 3u);
+  EXPECT_EQ(producer.stats().reroutes, 2u);
+  ASSERT_OK_AND_ASSIGN(const SendResult fast, producer.send_to(0, value_record("fast path")));
+  EXPECT_EQ(fast.offset, Offset{2});
+  node_->set_partition_router({});
+}
+
+TEST_P(ClientTest, ConsumersOfAReplicatedPartitionReadOnlyBelowTheHighWatermark) {
+  create("replicated", 2);
+  // Given partition 0 replicated (its node leads it at epoch 1) with a high watermark of 2, and
+  // partition 1 on this node alone
+  ASSERT_OK_AND_ASSIGN(const PartitionMemory memory, node_->open_partition("replicated", 0));
+  set_leader_epoch(memory.ring, 1);
+  publish_high_watermark(memory.ring, Offset{2});
+  ASSERT_OK_AND_ASSIGN(TopicProducer producer, TopicProducer::create(client_, "replicated"));
+  for (const char* v : {"r0", "r1", "r2", "r3", "r4"}) ASSERT_TRUE(producer.send_to(0, value_record(v)).ok());
+  const RecordInput pair[2] = {value_record("r5"), value_record("r6")};
+  ASSERT_TRUE(producer.send_batch(0, pair).ok());
+  ASSERT_TRUE(producer.send_to(1, value_record("alone")).ok());
+  ASSERT_OK_AND_ASSIGN(TopicConsumer consumer, TopicConsumer::create(client_));
+  ASSERT_TRUE(consumer.assign("replicated", {0, 1}, SeekTo::earliest()).ok());
+
+  // When it polls, it sees partition 0 below the high watermark only, and partition 1 whole
+  Drained got = drain(consumer, 3, std::chrono::milliseconds(2'000));
+  std::set<std::string> values;
+  for (const test::Got& g : got.records) values.insert(g.value);
+  EXPECT_EQ(values, (std::set<std::string>{"r0", "r1", "alone"}));
+  ASSERT_OK_AND_ASSIGN(PollResult none, consumer.poll(0));
+  EXPECT_TRUE(none.records.empty());
+
+  // When the high watermark passes part of a batch, the batch still waits (batches are whole)
+  publish_high_watermark(memory.ring, Offset{6});
+  got = drain(consumer, 3, std::chrono::milliseconds(2'000));
+  EXPECT_EQ(offsets_of(got), (std::vector<std::int64_t>{2, 3, 4}));
+
+  // And a poll waiting for it is woken when it passes the rest
+  std::thread replicas([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    publish_high_watermark(memory.ring, Offset{7});
+  });
+  ASSERT_OK_AND_ASSIGN(TopicConsumer one, TopicConsumer::create(client_));
+  ASSERT_TRUE(one.assign("replicated", {0}, SeekTo::offset(5)).ok());
+  ASSERT_OK_AND_ASSIGN(PollResult woken, one.poll(10'000));
+  replicas.join();
+  ASSERT_EQ(woken.records.size(), 2u);
+  EXPECT_EQ(woken.records[0].offset, Offset{5});
+  EXPECT_EQ(woken.records[1].offset, Offset{6});
+  got = drain(consumer, 2, std::chrono::milliseconds(2'000));
+  EXPECT_EQ(offsets_of(got), (std::vector<std::int64_t>{5, 6}));
 }
 
 TEST_P(ClientTest, AbortLeavesAGapThatConsumersSkip) {

@@ -374,6 +374,87 @@ TEST(Ring, ExclusiveAndSharedProducersExcludeEachOther) {
   EXPECT_EQ(consumer.next_offset(), Offset{3});
 }
 
+TEST(Ring, ProducersAreFencedWhenTheLeaderEpochChanges) {
+  RingFixture f = RingFixture::make(small_ring());
+  EXPECT_EQ(leader_epoch(f.ring), ring_layout::kNotReplicated);
+  Producer alone = Producer::attach(f.ring).value();
+  EXPECT_EQ(alone.leader_epoch(), ring_layout::kNotReplicated);
+  ASSERT_EQ(produce(alone, {1, 0}), ClaimStatus::kOk);
+
+  // When the node leads at an epoch, producers of before stop; new ones claim under it
+  set_leader_epoch(f.ring, 3);
+  EXPECT_EQ(produce(alone, {1, 1}), ClaimStatus::kFenced);
+  Producer leading = Producer::attach(f.ring).value();
+  EXPECT_EQ(leading.leader_epoch(), 3);
+  ASSERT_EQ(produce(leading, {2, 0}), ClaimStatus::kOk);
+
+  // When it follows: nobody attaches but its own writer, which gets the ring alone once the
+  // fenced producers are gone, and shares it (with them claiming nothing) while they are not
+  set_leader_epoch(f.ring, ring_layout::kFollowing);
+  EXPECT_EQ(produce(leading, {2, 1}), ClaimStatus::kFenced);
+  Result<Producer> refused = Producer::attach(f.ring);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::kFailedPrecondition);
+  EXPECT_NE(refused.error().message.find("follows"), std::string::npos);
+  {
+    Producer follower = Producer::attach_follower(f.ring).value();
+    EXPECT_EQ(follower.mode(), ProducerMode::kShared);
+    ASSERT_EQ(produce(follower, {3, 0}), ClaimStatus::kOk);
+  }
+  {
+    Producer detached_one = std::move(alone);  // the fenced producers let go
+    Producer detached_two = std::move(leading);
+  }
+  Producer follower = Producer::attach_follower(f.ring).value();
+  EXPECT_EQ(follower.mode(), ProducerMode::kExclusive);
+  ASSERT_EQ(produce(follower, {3, 1}), ClaimStatus::kOk);
+  Consumer consumer = Consumer::attach(f.ring).value();
+  EXPECT_EQ(drain(consumer).size(), 4u);  // nothing a fenced producer tried got in
+
+  // And a ring the node replaced takes nobody at all
+  set_leader_epoch(f.ring, ring_layout::kRetired);
+  EXPECT_EQ(produce(follower, {3, 2}), ClaimStatus::kFenced);
+  EXPECT_EQ(Producer::attach(f.ring).error().code, Errc::kFailedPrecondition);
+  EXPECT_EQ(Producer::attach_follower(f.ring).error().code, Errc::kFailedPrecondition);
+}
+
+TEST(Ring, AcksAllWaitsForTheHighWatermarkAndEndsWhenFenced) {
+  RingFixture f = RingFixture::make(small_ring());
+  set_leader_epoch(f.ring, 1);
+  publish_log_progress(f.ring, LogProgress{Offset{10}, Offset{10}, Errc::kOk});
+  const auto soon = [] { return monotonic_ns() + 2'000'000; };
+  // Not replicated: durable is enough
+  EXPECT_EQ(wait_for_log(f.ring, Offset{10}, true, soon(), 1), AckStatus::kOk);
+  // Replicated: acks=all waits for the high watermark as well, acks=1 does not
+  publish_high_watermark(f.ring, Offset{6});
+  EXPECT_EQ(read_log_progress(f.ring).replicated, Offset{6});
+  EXPECT_EQ(wait_for_log(f.ring, Offset{6}, true, soon(), 1), AckStatus::kOk);
+  EXPECT_EQ(wait_for_log(f.ring, Offset{7}, true, soon(), 1), AckStatus::kTimeout);
+  EXPECT_EQ(wait_for_log(f.ring, Offset{10}, false, soon(), 1), AckStatus::kOk);
+  // Under another epoch than the producer's: never acknowledged, whatever the offsets say
+  EXPECT_EQ(wait_for_log(f.ring, Offset{6}, true, soon(), 2), AckStatus::kFenced);
+  EXPECT_EQ(wait_for_log(f.ring, Offset{6}, true, soon()), AckStatus::kOk);  // any epoch
+
+  // A waiter asleep on the high watermark is woken by it, and by a fence
+  for (const bool fence : {false, true}) {
+    std::atomic<bool> started{false};
+    AckStatus status = AckStatus::kTimeout;
+    std::thread waiter([&] {
+      started.store(true);
+      status = wait_for_log(f.ring, Offset{fence ? 20 : 9}, true, monotonic_ns() + 10'000'000'000, 1);  // bounded: 10 s
+    });
+    while (!started.load()) std::this_thread::yield();
+    for (int i = 0; i < 10'000 && f.ring.control().log.waiters.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (fence) {
+      set_leader_epoch(f.ring, ring_layout::kFollowing);
+    } else {
+      publish_high_watermark(f.ring, Offset{9});
+    }
+    waiter.join();
+    EXPECT_EQ(status, fence ? AckStatus::kFenced : AckStatus::kOk);
+  }
+}
+
 TEST(Ring, SlotsAreLimitedAndFreedOnDetach) {
   RingFixture f = RingFixture::make(small_ring());
   std::vector<Producer> producers;

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -272,6 +273,31 @@ TEST_F(KafkaCluster, CliCreatesReassignsAndReportsReplicatedTopics) {
   Output too_wide = run({WEFT_PATH, "--socket", dir_.path() + "/node2.sock", "topic", "create", "wider", "--replication-factor", "4"}, {}, 30'000);
   EXPECT_NE(too_wide.exit_code, 0);
   EXPECT_NE(too_wide.err.find("needs that many live nodes"), std::string::npos) << too_wide.err;
+
+  // Local producers on every node write to both partitions, whichever node leads each: the
+  // client library sends to the leader's listener where it does not lead here
+  std::set<std::string> sent;
+  for (int node = 1; node <= kNodes; ++node) {
+    for (int partition = 0; partition < 2; ++partition) {
+      std::string input;
+      for (int i = 0; i < 10; ++i) {
+        const std::string value = "n" + std::to_string(node) + "p" + std::to_string(partition) + "r" + std::to_string(i);
+        input += value + "\n";
+        sent.insert(value);
+      }
+      Output produced = run({WEFT_PATH, "--socket", dir_.path() + "/node" + std::to_string(node) + ".sock", "produce", "local", "--partition",
+                             std::to_string(partition), "--acks", "all"},
+                            input, 30'000);
+      ASSERT_EQ(produced.exit_code, 0) << "node " << node << " partition " << partition << ": " << produced.err;
+    }
+  }
+  Output consumed = run({WEFT_PATH, "consume", "local", "--bootstrap", bootstrap(), "--from", "earliest", "--count", "60", "--timeout-ms", "20000"}, {},
+                        40'000);
+  ASSERT_EQ(consumed.exit_code, 0) << consumed.err;
+  std::istringstream got_lines(consumed.out);
+  std::multiset<std::string> got;
+  for (std::string value; std::getline(got_lines, value);) got.insert(value);
+  EXPECT_EQ(got, std::multiset<std::string>(sent.begin(), sent.end()));
 
   Output deleted = weft({"topic", "delete", "ops"});
   EXPECT_EQ(deleted.exit_code, 0) << deleted.err;

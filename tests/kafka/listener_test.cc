@@ -9,12 +9,15 @@
 
 #include "../temp_dir.h"
 #include "kafka_client.h"
+#include "weft/client.h"
 #include "weft/cluster_node.h"
 #include "weft/fabric/metadata_store.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/kafka/listener.h"
+#include "weft/kafka/remote_producer.h"
 #include "weft/kafka/wire.h"
 #include "weft/node.h"
+#include "weft/producer.h"
 #include "weft/storage/segment_log.h"
 #include "weft/transport/loopback.h"
 
@@ -1367,18 +1370,13 @@ class KafkaListenerInCluster : public ::testing::Test {
 
   Member& member(NodeId id) { return *members_[static_cast<std::size_t>(id - 1)]; }
 
-  std::shared_ptr<LoopbackNetwork> network_ = make_loopback_network();
-  std::shared_ptr<MetadataStore> store_ = make_memory_metadata_store();
-  std::vector<std::unique_ptr<Member>> members_;
-};
-
-TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFollower) {
-  // Given a topic with two replicas, created through the second node's listener
-  {
+  // A topic of one partition on both nodes, created through the second node's listener; waits
+  // until both hold it and both are in sync.
+  void create_replicated_topic(const std::string& name) {
     KafkaClient c(member(2).listener->port());
     Writer w;
     w.array(1, false);
-    w.string("rep", false);
+    w.string(name, false);
     w.i32(1);
     w.i16(2);
     w.array(0, false);
@@ -1388,14 +1386,23 @@ TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFol
     ASSERT_TRUE(body);
     Reader r = reader_of(*body);
     EXPECT_EQ(r.array(false), 1);
-    EXPECT_EQ(r.string(false), "rep");
+    EXPECT_EQ(r.string(false), name);
     EXPECT_EQ(r.i16(), 0);
+    ASSERT_TRUE(eventually([&] {
+      auto v = member(1).cluster->partition(name, 0);
+      auto w2 = member(2).cluster->partition(name, 0);
+      return v && w2 && v->leader > 0 && v->isr.size() == 2 && v->replica_here && w2->replica_here;
+    }));
   }
-  ASSERT_TRUE(eventually([&] {
-    auto v = member(1).cluster->partition("rep", 0);
-    auto w = member(2).cluster->partition("rep", 0);
-    return v && w && v->leader > 0 && v->isr.size() == 2 && v->replica_here && w->replica_here;
-  }));
+
+  std::shared_ptr<LoopbackNetwork> network_ = make_loopback_network();
+  std::shared_ptr<MetadataStore> store_ = make_memory_metadata_store();
+  std::vector<std::unique_ptr<Member>> members_;
+};
+
+TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFollower) {
+  // Given a topic with two replicas, created through the second node's listener
+  ASSERT_NO_FATAL_FAILURE(create_replicated_topic("rep"));
   const NodeId leader = member(1).cluster->partition("rep", 0)->leader;
   Member& l = member(leader);
   Member& f = member(leader == 1 ? 2 : 1);
@@ -1482,6 +1489,78 @@ TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFol
   std::optional<std::string> joined = elsewhere.call(kJoinGroup, 5, false, join_request(5, "billing", ""));
   ASSERT_TRUE(joined);
   EXPECT_EQ(read_join(5, *joined).error, kafka::error::kNotCoordinator);
+}
+
+
+TEST_F(KafkaListenerInCluster, LocalProducersFollowThePartitionLeaderAcrossALeaderChange) {
+  ASSERT_NO_FATAL_FAILURE(create_replicated_topic("routed"));
+  const NodeId leader = member(1).cluster->partition("routed", 0)->leader;
+  Member& l = member(leader);
+  Member& f = member(leader == 1 ? 2 : 1);
+  auto value = [](const std::string& text) {
+    RecordInput r;
+    r.value = std::as_bytes(std::span(text.data(), text.size()));
+    return r;
+  };
+
+  // Given a producer on the follower's host with no remote route: it is told who leads
+  std::shared_ptr<Client> on_follower = Client::embedded(*f.node);
+  {
+    Result<TopicProducer> stranded = TopicProducer::create(on_follower, "routed");
+    ASSERT_TRUE(stranded.ok()) << stranded.error().message;
+    Result<SendResult> refused = stranded->send_to(0, value("nowhere"));
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.error().code, Errc::kFailedPrecondition);
+    EXPECT_NE(refused.error().message.find("led by node " + std::to_string(leader)), std::string::npos) << refused.error().message;
+  }
+
+  // When producers on both hosts send with acks=all and a route to the leader's listener
+  ProducerOptions options;
+  options.acks = Acks::kAll;
+  options.max_block_ms = 20'000;
+  options.remote = kafka::make_remote_producer();
+  Result<TopicProducer> from_follower = TopicProducer::create(on_follower, "routed", options);
+  Result<TopicProducer> from_leader = TopicProducer::create(Client::embedded(*l.node), "routed", options);
+  ASSERT_TRUE(from_follower.ok() && from_leader.ok());
+  std::int64_t next = 0;
+  for (int i = 0; i < 20; ++i) {
+    // Then the follower's go to the leader, answered once both replicas hold them
+    Result<SendResult> sent = from_follower->send_to(0, value("f" + std::to_string(i)));
+    ASSERT_TRUE(sent.ok()) << sent.error().message;
+    EXPECT_EQ(sent->offset, Offset{next++});
+    EXPECT_EQ(sent->acknowledged, Acks::kAll);
+    // And the leader's go into its ring, acknowledged at the high watermark
+    Result<SendResult> local = from_leader->send_to(0, value("l" + std::to_string(i)));
+    ASSERT_TRUE(local.ok()) << local.error().message;
+    EXPECT_EQ(local->offset, Offset{next++});
+    ASSERT_TRUE(from_leader->await(*local, Acks::kAll, 20'000).ok());
+  }
+  EXPECT_EQ(from_follower->stats().remote_batches, 20u);
+  EXPECT_EQ(from_leader->stats().remote_batches, 0u);
+  EXPECT_TRUE(from_follower->flush().ok());
+  EXPECT_TRUE(from_leader->flush(20'000).ok());
+
+  // When the leader shuts down cleanly (leadership moves to the other replica first)
+  Result<void> drained = l.cluster->drain(20'000);
+  ASSERT_TRUE(drained.ok()) << drained.error().message;
+  ASSERT_TRUE(eventually([&] { return f.cluster->partition("routed", 0)->leader == f.id; }));
+
+  // Then the old leader's producer is fenced and follows the leadership over the network, and
+  // the new leader's writes into its ring; offsets go on with no gap and no duplicate
+  for (int i = 0; i < 5; ++i) {
+    Result<SendResult> moved = from_leader->send_to(0, value("moved" + std::to_string(i)));
+    ASSERT_TRUE(moved.ok()) << moved.error().message;
+    EXPECT_EQ(moved->offset, Offset{next++});
+    EXPECT_EQ(moved->acknowledged, Acks::kAll);
+    Result<SendResult> home = from_follower->send_to(0, value("home" + std::to_string(i)));
+    ASSERT_TRUE(home.ok()) << home.error().message;
+    EXPECT_EQ(home->offset, Offset{next++});
+    EXPECT_EQ(home->acknowledged, Acks::kNone);
+    ASSERT_TRUE(from_follower->await(*home, Acks::kAll, 20'000).ok());
+  }
+  EXPECT_GE(from_leader->stats().reroutes, 1u);
+  EXPECT_GE(from_follower->stats().reroutes, 2u);
+  EXPECT_EQ(from_follower->stats().remote_batches, 20u);
 }
 
 }  // namespace

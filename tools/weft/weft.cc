@@ -20,6 +20,7 @@
 #include "weft/consumer.h"
 #include "weft/fabric/compression.h"
 #include "weft/fabric/local_protocol.h"
+#include "weft/kafka/remote_producer.h"
 #include "weft/producer.h"
 #include "weft/storage/segment.h"
 
@@ -408,6 +409,7 @@ int main(int argc, char** argv) {
   if (*produce) {
     ProducerOptions options;
     options.acks = acks == "0" ? Acks::kNone : (acks == "1" ? Acks::kLeader : Acks::kAll);
+    options.remote = kafka::make_remote_producer("weft-cli");  // in a cluster, partitions led elsewhere
     Result<TopicProducer> producer = TopicProducer::create(*client, topic_name, options);
     if (!producer.ok()) return report(producer.error(), "opening topic '" + topic_name + "'");
     if (partition >= 0 && static_cast<std::uint64_t>(partition) >= producer->partitions())

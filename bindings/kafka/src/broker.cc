@@ -641,7 +641,9 @@ void Broker::append(Parked::ProducePart& part) {
   if (!p.producer) {
     Result<Producer> producer = Producer::attach(p.memory.ring, ProducerMode::kShared);
     if (!producer.ok()) {
-      part.error = error::kKafkaStorageError;
+      // A ring fenced for a follower (or replaced): the client asks Metadata for the leader.
+      const std::int32_t fence = leader_epoch(p.memory.ring);
+      part.error = fence == ring_layout::kFollowing || fence == ring_layout::kRetired ? error::kNotLeaderOrFollower : error::kKafkaStorageError;
       part.error_message = producer.error().message;
       return;
     }
@@ -650,6 +652,12 @@ void Broker::append(Parked::ProducePart& part) {
   Claim claim;
   const ClaimStatus status = p.producer->try_claim(bytes.size(), static_cast<std::uint32_t>(records), claim);
   if (status == ClaimStatus::kBackPressured) return;  // tried again from resume()
+  if (status == ClaimStatus::kFenced) {
+    p.producer.reset();  // leadership moved since it attached; the client re-routes
+    part.error = error::kNotLeaderOrFollower;
+    part.error_message = "leadership of the partition moved";
+    return;
+  }
   if (status != ClaimStatus::kOk) {
     part.error = status == ClaimStatus::kTooLarge ? error::kMessageTooLarge : error::kInvalidRecord;
     return;

@@ -56,6 +56,9 @@ class Client {
   virtual Result<NodeStatus> status() = 0;
   // Maps one partition's ring into this process.
   virtual Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) = 0;
+  // Where producers of the partition write now (Node::partition_route): here, or in a cluster
+  // at the leader's Kafka listener when another node leads it.
+  virtual Result<PartitionRoute> partition_route(std::string_view topic, std::uint32_t partition) = 0;
   // For consumers behind the ring (Node::open_log_slice): a segment file to read from.
   virtual Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) = 0;
   virtual Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) = 0;

@@ -130,6 +130,17 @@ struct PartitionMemory {
   std::uint32_t partition = 0;
 };
 
+// Where a partition takes records now: on this node, or (in a cluster) at the node leading it.
+struct PartitionRoute {
+  bool here = true;                 // this node leads the partition, or runs alone
+  std::int32_t leader = -1;         // the leading node's id (-1: none now, or alone)
+  std::int32_t leader_epoch = -1;
+  std::string kafka_address;        // the leader's Kafka listener, HOST:PORT ("" when it has none)
+};
+// Answers partition_route; a cluster node installs one (ClusterNode). kUnavailable while the
+// partition has no leader.
+using PartitionRouter = std::function<Result<PartitionRoute>(std::string_view topic, std::uint32_t partition)>;
+
 class Node {
  public:
   static Result<std::unique_ptr<Node>> start(NodeOptions options);
@@ -150,6 +161,12 @@ class Node {
   // The first offset in the partition's log with a timestamp at or after `timestamp_ms`
   // (kNotFound: none in the log; the ring may hold later ones). kUnsupported: no log.
   Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const;
+
+  // Where producers of the partition write now (here, without a router). kNotFound: no such
+  // topic or partition.
+  Result<PartitionRoute> partition_route(std::string_view topic, std::uint32_t partition) const;
+  // Installs (or, empty, removes) the cluster's answer to partition_route.
+  void set_partition_router(PartitionRouter router);
 
   // Consumer groups' committed offsets, durable when the call returns. Every entry must name an
   // existing topic and partition (kNotFound otherwise, nothing committed).

@@ -36,17 +36,41 @@ enum class Acks : std::int8_t {
                 // join in with the replication issue.
 };
 
+// Sends batches to a partition's leader on another node of a cluster, for a TopicProducer whose
+// node follows that partition. weft::kafka::make_remote_producer() (weft/kafka/remote_producer.h)
+// speaks the Kafka protocol to the leader's listener; tests plug in fakes.
+class RemoteProducer {
+ public:
+  virtual ~RemoteProducer() = default;
+  // Appends one RecordBatch v2 (offsets from 0) to `topic`/`partition` at the Kafka listener
+  // `leader_address` (HOST:PORT); returns the offset the leader gave its first record, once
+  // acknowledged at `acks` (kLeader or kAll). kAborted: that node does not lead the partition (any
+  // more) and took nothing, so the caller asks for the route again and resends; any other error
+  // leaves it unknown whether the batch is in the log.
+  virtual Result<Offset> produce(const std::string& leader_address, std::string_view topic, std::uint32_t partition,
+                                 std::span<const std::byte> batch, Acks acks, std::int64_t timeout_ms) = 0;
+};
+
 struct ProducerOptions {
   ProducerMode mode = ProducerMode::kShared;  // kExclusive: this is the only producer of the topic
   Acks acks = Acks::kLeader;
   std::int64_t max_block_ms = 60'000;  // how long a send waits for ring space (Kafka's max.block.ms)
   std::size_t sticky_batch_bytes = 16 * 1024;  // Kafka's batch.size, for keyless records
   WaitKind back_pressure_wait = WaitKind::kYield;  // how a send waits for space (kPark sleeps 50 µs)
+  // In a cluster, where sends go for partitions another node leads: each such send waits for
+  // the leader's answer (acks=all when `acks` is kAll, else the leader's log), so it returns the
+  // offset; when the leader changes, sends follow it (back to this node's ring when it leads
+  // again). Without one, such sends fail with kFailedPrecondition, naming the leader.
+  std::shared_ptr<RemoteProducer> remote;
 };
 
 struct SendResult {
   std::uint32_t partition = 0;
   Offset offset;  // of the (first) record
+  // A send into this node's ring: the ring's leader epoch then (await fails if it changes). A
+  // send to another node's leader: the level it was acknowledged at, kNone for ring sends.
+  std::int32_t leader_epoch = kAnyLeaderEpoch;
+  Acks acknowledged = Acks::kNone;
 };
 
 // A batch claimed in a ring: write one RecordBatch v2 into `bytes` (BatchBuilder does it), then
@@ -54,8 +78,9 @@ struct SendResult {
 struct ZeroCopyBatch {
   std::span<std::byte> bytes;
   std::uint32_t partition = 0;
-  Offset base_offset;
+  Offset base_offset;  // -1 for a batch bound for another node's leader (known at commit)
   Claim claim;
+  bool remote = false;  // `bytes` is the producer's own buffer, sent to the leader at commit
 };
 
 // Kafka's murmur2 (seed 0x9747b28c), as its default partitioner computes it.
@@ -67,6 +92,8 @@ struct ProducerStats {
   std::uint64_t records = 0;
   std::uint64_t batches = 0;
   std::uint64_t back_pressure_waits = 0;  // sends that found their ring full and waited
+  std::uint64_t remote_batches = 0;       // sent to another node that leads the partition
+  std::uint64_t reroutes = 0;             // times a partition's route changed (a leader moved)
 };
 
 class TopicProducer {
@@ -89,7 +116,9 @@ class TopicProducer {
   Result<void> flush(std::int64_t timeout_ms = 60'000);
   // Waits until one send is acknowledged at `acks`. kUnavailable after the timeout; when the
   // partition's log stopped taking records, its reason (kResourceExhausted: out of disk space,
-  // the node retries; kIo: see the node's log).
+  // the node retries; kIo: see the node's log); kAborted when leadership moved off this node
+  // first (the records may or may not survive; Kafka's NOT_LEADER_OR_FOLLOWER). In a cluster,
+  // kAll waits for the high watermark.
   Result<void> await(const SendResult& sent, Acks acks, std::int64_t timeout_ms = 60'000);
 
   // The partition the default partitioner chooses (for a keyless record, the sticky partition).
@@ -102,10 +131,15 @@ class TopicProducer {
  private:
   struct State;
   explicit TopicProducer(std::unique_ptr<State> state);
+  // The partition's ring producer; nullptr when another node leads it (send_remote).
   Result<Producer*> ring_producer(std::uint32_t partition);
+  Result<Producer*> attach_or_route(std::uint32_t partition);
   Result<SendResult> send_slow(std::uint32_t partition, const RecordInput& record);
+  // One encoded batch, to the ring or to the leader, whichever leads now.
+  Result<SendResult> send_encoded(std::uint32_t partition, std::span<const std::byte> batch);
+  Result<SendResult> send_remote(std::uint32_t partition, std::span<const std::byte> batch);
   Result<void> wait_for_space(std::uint32_t partition, std::int64_t& deadline_ns);
-  Result<void> wait_for_log(std::uint32_t partition, Offset end, Acks acks, std::int64_t deadline_ns);
+  Result<void> wait_for_log(std::uint32_t partition, Offset end, Acks acks, std::int64_t deadline_ns, std::int32_t epoch);
   Error log_stopped_error(std::uint32_t partition) const;
   std::unique_ptr<State> state_;
 };

@@ -41,8 +41,9 @@ enum class MessageType : std::uint16_t {
   kLogOffsetForTimestamp = 9,   // topic, partition, timestamp -> offset
   kCommitOffsets = 10,          // group, [topic, partition, offset, metadata]
   kFetchOffsets = 11,           // group, topic -> [partition, offset, metadata]
+  kPartitionRoute = 12,         // topic, partition -> here u8, leader u32, leader epoch u32, kafka address
 };
-inline constexpr bool known_message_type(std::uint16_t type) { return type >= 1 && type <= 11; }
+inline constexpr bool known_message_type(std::uint16_t type) { return type >= 1 && type <= 12; }
 
 struct Header {
   std::uint16_t type = 0;

@@ -90,6 +90,8 @@ class ReplicaLog {
   // replica follows, and its batches keep their leader's). The replicator calls it on lead()
   // and follow().
   virtual void stamp_leader_epoch(std::int32_t epoch) { (void)epoch; }
+  // The high watermark as this replica knows it, for producers here that wait for acks=all.
+  virtual void publish_high_watermark(Offset hw) { (void)hw; }
 };
 
 struct ReplicationOptions {

@@ -79,6 +79,8 @@ enum class ClaimStatus : std::uint8_t {
   kBackPressured,  // the space needed is not behind the reuse limit yet: retry later
   kTooLarge,       // more than max_batch_bytes(); will never fit
   kInvalid,        // zero records, a batch shorter than its header, or a claim still open
+  kFenced,         // the node stopped leading the partition, or leads it at a new epoch, since
+                   // this producer attached: detach, and ask the node where to produce now
 };
 
 enum class CommitStatus : std::uint8_t {
@@ -102,7 +104,12 @@ enum class ProducerMode : std::uint8_t {
 
 class Producer {
  public:
+  // kFailedPrecondition when the ring's node follows the partition's leader (or replaced the ring).
   static Result<Producer> attach(Ring ring, ProducerMode mode = ProducerMode::kShared);
+  // The follower's own writer, on a ring its node fenced with set_leader_epoch(kFollowing):
+  // exclusive when it can be, shared while fenced producers that have not noticed yet are still
+  // attached (they claim nothing more).
+  static Result<Producer> attach_follower(Ring ring);
   Producer(Producer&& other) noexcept;
   Producer& operator=(Producer&&) = delete;
   Producer(const Producer&) = delete;
@@ -127,9 +134,12 @@ class Producer {
 
   std::uint64_t back_pressure_events() const noexcept;
   ProducerMode mode() const noexcept { return mode_; }
+  // The ring's leader epoch when this producer attached; its claims are fenced once it changes.
+  std::int32_t leader_epoch() const noexcept { return epoch_; }
 
  private:
-  Producer(Ring ring, ProducerMode mode, ring_layout::ProducerSlot* slot, bool register_membarrier) noexcept;
+  static Result<Producer> attach_as(Ring ring, ProducerMode mode, std::int32_t epoch);
+  Producer(Ring ring, ProducerMode mode, ring_layout::ProducerSlot* slot, bool register_membarrier, std::int32_t epoch) noexcept;
   void wake_parked_readers() noexcept;
   Ring ring_;
   ProducerMode mode_;
@@ -139,6 +149,7 @@ class Producer {
   std::int64_t guess_offset_ = 0;
   bool fence_before_wake_check_;
   bool claim_open_ = false;
+  std::int32_t epoch_;
   Claim open_claim_;
 };
 
@@ -270,10 +281,17 @@ struct LogProgress {
   Offset written{ring_layout::kNoLog};  // offsets below it are in the log; kNoLog: no log
   Offset durable{ring_layout::kNoLog};  // ... and synced as the topic's fsync policy asks
   Errc error = Errc::kOk;               // why the log takes nothing now
+  Offset replicated{ring_layout::kNoLog};  // the high watermark in a cluster; kNoLog: not replicated
 };
 // Owner side: publishes progress and wakes the producers waiting on it.
 void publish_log_progress(const Ring& ring, const LogProgress& progress) noexcept;
 LogProgress read_log_progress(const Ring& ring) noexcept;
+// Owner side, in a cluster: publishes the partition's high watermark and wakes acks=all waiters.
+void publish_high_watermark(const Ring& ring, Offset high_watermark) noexcept;
+// Owner side: fences every producer attached under another epoch (ring_layout::kFollowing,
+// kRetired, or the epoch this node now leads at) and wakes their waiters to see it.
+void set_leader_epoch(const Ring& ring, std::int32_t epoch) noexcept;
+std::int32_t leader_epoch(const Ring& ring) noexcept;
 // Producers waiting now (the owner writes the log sooner while there are any).
 std::uint32_t log_waiters(const Ring& ring) noexcept;
 // Counts a waiter that polls read_log_progress instead of sleeping in wait_for_log (an event
@@ -285,9 +303,22 @@ enum class AckStatus : std::uint8_t {
   kNoLog,     // the partition has no log: the ring is all there is
   kLogError,  // the log takes nothing now; read_log_progress().error says why
   kTimeout,
+  kFenced,    // the ring's leader epoch is no longer `epoch`: whether the records survive the
+              // leader change is unknown (Kafka's NOT_LEADER_OR_FOLLOWER on a pending produce)
 };
-// Waits (spinning briefly, then on a futex) until the log holds every offset below `end`.
-AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t deadline_ns) noexcept;
+inline constexpr std::int32_t kAnyLeaderEpoch = INT32_MIN;
+// Waits (spinning briefly, then on a futex) until the log holds every offset below `end`; with
+// `durable`, synced and, in a cluster, below the high watermark. A producer passes the epoch it
+// sent under (Producer::leader_epoch()).
+AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t deadline_ns,
+                       std::int32_t epoch = kAnyLeaderEpoch) noexcept;
+
+// What local readers of the partition may read: offsets below the high watermark in a cluster
+// (none while it is not known yet), everything (INT64_MAX) on a node alone. Kafka's rule:
+// consumers never see what the in-sync replicas do not all hold.
+Offset visible_end(const Ring& ring) noexcept;
+// Waits until visible_end(ring) >= end; false at the deadline.
+bool wait_for_visible(const Ring& ring, Offset end, std::int64_t deadline_ns) noexcept;
 
 // False only when the process (pid, start_time) is certainly gone: exited, a zombie, or its pid
 // reused. Slots are owned by pid, so producers and the owner must share a PID namespace.

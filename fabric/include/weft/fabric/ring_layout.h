@@ -18,7 +18,7 @@
 namespace weft::ring_layout {
 
 inline constexpr std::uint64_t kRingMagic = 0x474E495254464557ull;  // "WEFTRING" in memory order
-inline constexpr std::uint32_t kRingVersion = 4;
+inline constexpr std::uint32_t kRingVersion = 5;
 inline constexpr std::size_t kFrameAlign = 8;
 inline constexpr std::size_t kFrameHeaderBytes = 16;
 inline constexpr std::size_t kDataAlign = 4096;
@@ -88,9 +88,17 @@ struct alignas(kNoShare) WakeLine {
 
 // Bit i (i < 63): producer slot i holds the ring. Bit 63: that holder is exclusive. Setting and
 // clearing a slot's own bit is idempotent, so the owner can undo a dead producer's share safely.
+// leader_epoch fences producers in a cluster: a producer claims only while it equals the value
+// it saw when it attached, so a node that stops leading (or leads at a new epoch) stops every
+// producer of the old one at its next claim. Written by the owner only; read on every claim, and
+// written rarely, so the line stays in every producer's cache.
 struct alignas(kNoShare) ModeLine {
   std::atomic<std::uint64_t> producers;
+  std::atomic<std::int32_t> leader_epoch;  // >= 0: this node leads at that epoch; or one below
 };
+inline constexpr std::int32_t kNotReplicated = -2;  // a node alone: producers are never fenced
+inline constexpr std::int32_t kFollowing = -1;      // only the replica's own writer may attach
+inline constexpr std::int32_t kRetired = -3;        // the node replaced this ring (a truncation)
 inline constexpr std::uint64_t kExclusiveProducer = 1ull << 63;
 inline constexpr std::uint32_t kMaxProducerSlots = 63;
 inline constexpr std::uint32_t kMaxConsumerSlots = 4096;
@@ -103,6 +111,9 @@ struct alignas(kNoShare) LogLine {
   std::atomic<std::uint32_t> futex_sequence;  // bumped when either moves while a producer waits
   std::atomic<std::uint32_t> waiters;         // producers waiting on futex_sequence
   std::atomic<std::uint32_t> error;           // an Errc: why the log takes nothing now (0: it does)
+  // The high watermark in a cluster: every in-sync replica holds the offsets below it (acks=all
+  // waits for it too). kNoLog: the partition is not replicated.
+  std::atomic<std::int64_t> replicated_offset;
 };
 inline constexpr std::int64_t kNoLog = -1;
 
@@ -154,7 +165,7 @@ static_assert(offsetof(Descriptor, magic) == 0 && offsetof(Descriptor, version) 
               offsetof(Descriptor, initial_offset) == 48);
 static_assert(offsetof(WakeLine, futex_sequence) == 0 && offsetof(WakeLine, parked) == 4 &&
               offsetof(WakeLine, wake_needed) == 8);
-static_assert(offsetof(ModeLine, producers) == 0);
+static_assert(offsetof(ModeLine, producers) == 0 && offsetof(ModeLine, leader_epoch) == 8);
 static_assert(offsetof(ProducerSlot, owner) == 0 && offsetof(ProducerSlot, pending_frame_bytes) == 16);
 static_assert(offsetof(ConsumerSlot, owner) == 0 && offsetof(ConsumerSlot, lapped_count) == 24);
 static_assert(std::is_standard_layout_v<RingControl> && std::is_standard_layout_v<ProducerSlot> &&
@@ -165,7 +176,8 @@ static_assert(offsetof(RingControl, wake) == 384);
 static_assert(offsetof(RingControl, mode) == 512);
 static_assert(offsetof(RingControl, log) == 640);
 static_assert(offsetof(LogLine, written_offset) == 0 && offsetof(LogLine, durable_offset) == 8 &&
-              offsetof(LogLine, futex_sequence) == 16 && offsetof(LogLine, waiters) == 20 && offsetof(LogLine, error) == 24);
+              offsetof(LogLine, futex_sequence) == 16 && offsetof(LogLine, waiters) == 20 && offsetof(LogLine, error) == 24 &&
+              offsetof(LogLine, replicated_offset) == 32);
 static_assert(sizeof(RingControl) == 768);
 static_assert(sizeof(PositionPair) == 16 && offsetof(PositionPair, offset) == 8);
 static_assert(sizeof(ProducerSlot) == kNoShare && sizeof(ConsumerSlot) == kNoShare);
@@ -173,7 +185,7 @@ static_assert(offsetof(ProducerSlot, pending_position) == 8 && offsetof(Producer
 static_assert(offsetof(ProducerSlot, back_pressure_events) == 24);
 static_assert(offsetof(ConsumerSlot, position) == 8 && offsetof(ConsumerSlot, next_offset) == 16);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free &&
-              std::atomic<std::int64_t>::is_always_lock_free);
+              std::atomic<std::int64_t>::is_always_lock_free && std::atomic<std::int32_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<std::uint64_t>) == 8 && sizeof(std::atomic<std::uint32_t>) == 4);
 
 }  // namespace weft::ring_layout
