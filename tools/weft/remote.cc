@@ -5,12 +5,7 @@
 // TCP stream over loopback: produce flat out (records/s and record bytes/s against the
 // baseline), fetch the whole backlog from the beginning, then a paced end-to-end latency run
 // (each value carries its send time; producer and consumer are threads of this process).
-#include <arpa/inet.h>
 #include <librdkafka/rdkafka.h>
-#include <netdb.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -22,6 +17,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +28,7 @@
 #include "weft/fabric/histogram.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/ring.h"
+#include "weft/kafka/remote_producer.h"
 #include "weft/kafka/wire.h"
 
 namespace weft::cli {
@@ -469,84 +466,24 @@ PhaseResult fetch_phase(const RemoteOptions& o, const PerfOptions& p, const std:
 // The listener alone, without librdkafka's per-record cost: a bare client that sends one
 // pre-encoded ~1 MB batch of records again and again (Produce v7, up to 16 requests in flight),
 // then reads the partition back with Fetch v11 (16 MiB per fetch).
-class WireClient {
- public:
-  bool connect_to(const std::string& bootstrap, std::string& error) {
-    const std::string first = bootstrap.substr(0, bootstrap.find(','));
-    const std::size_t colon = first.rfind(':');
-    if (colon == std::string::npos) {
-      error = "bootstrap must be HOST:PORT";
-      return false;
-    }
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* found = nullptr;
-    if (getaddrinfo(first.substr(0, colon).c_str(), first.substr(colon + 1).c_str(), &hints, &found) != 0 || found == nullptr) {
-      error = "cannot resolve " + first;
-      return false;
-    }
-    fd_ = ::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const bool connected = fd_ >= 0 && ::connect(fd_, found->ai_addr, found->ai_addrlen) == 0;
-    freeaddrinfo(found);
-    if (!connected) {
-      error = "cannot connect to " + first;
-      return false;
-    }
-    const int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return true;
+// Connects to the first bootstrap address (kafka::WireConnection: Nagle off).
+std::optional<kafka::WireConnection> connect_wire(const std::string& bootstrap, std::string& error) {
+  Result<kafka::WireConnection> opened = kafka::WireConnection::open(bootstrap.substr(0, bootstrap.find(',')), 5'000);
+  if (!opened.ok()) {
+    error = opened.error().message;
+    return std::nullopt;
   }
-  ~WireClient() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  bool send_all(const std::string& bytes) {
-    for (std::size_t sent = 0; sent < bytes.size();) {
-      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n <= 0) return false;
-      sent += static_cast<std::size_t>(n);
-    }
-    return true;
-  }
-  // One response frame (without its size), waiting at most 30 s.
-  bool read_frame(std::string& out) {
-    char size_bytes[4];
-    if (!read_exactly(size_bytes, 4)) return false;
-    const auto size = static_cast<std::uint32_t>(wire::load_be32(reinterpret_cast<const std::byte*>(size_bytes)));
-    if (size > (256u << 20)) return false;
-    out.resize(size);
-    return read_exactly(out.data(), size);
-  }
-
- private:
-  bool read_exactly(char* out, std::size_t n) {
-    for (std::size_t got = 0; got < n;) {
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 30'000) <= 0) return false;
-      const ssize_t r = ::recv(fd_, out + got, n - got, 0);
-      if (r <= 0) return false;
-      got += static_cast<std::size_t>(r);
-    }
-    return true;
-  }
-  int fd_ = -1;
-};
+  return std::move(*opened);
+}
 
 std::string wire_request(std::int16_t key, std::int16_t version, std::int32_t correlation, const std::string& body) {
-  kafka::Writer w;
-  w.i32(0);
-  w.i16(key);
-  w.i16(version);
-  w.i32(correlation);
-  w.string("weft-perf-wire", false);
-  w.raw(body);
-  w.patch_i32(0, static_cast<std::int32_t>(w.size() - 4));
-  return w.take();
+  return kafka::request_frame(key, version, correlation, "weft-perf-wire", body);
 }
 
 PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, std::string& error) {
   PhaseResult result;
-  WireClient client;
-  if (!client.connect_to(o.bootstrap, error)) return result;
+  std::optional<kafka::WireConnection> client = connect_wire(o.bootstrap, error);
+  if (!client) return result;
   // One batch of ~1 MB of records (Kafka's default batch.size for librdkafka), encoded once.
   const std::string value(p.record_size, 'w');
   const std::uint32_t per_batch = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(1'000'000 / (p.record_size + 16)));
@@ -580,16 +517,18 @@ PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, con
   const std::int64_t start = monotonic_ns();
   while (answered < total && !g_stop.load(std::memory_order_relaxed)) {
     while (sent < total && sent - answered < kInFlight) {
-      if (!client.send_all(wire_request(0, 7, static_cast<std::int32_t>(sent), requests[sent % requests.size()]))) {
+      if (!client->send_all(wire_request(0, 7, static_cast<std::int32_t>(sent), requests[sent % requests.size()])).ok()) {
         error = "the connection closed while sending";
         return result;
       }
       ++sent;
     }
-    if (!client.read_frame(frame)) {
+    Result<std::string> answer = client->read_frame(30'000);
+    if (!answer.ok()) {
       error = "no answer to a produce within 30 s";
       break;
     }
+    frame = std::move(*answer);
     // correlation id, responses [topic [partition, error, ...]]: the error sits at a fixed place.
     kafka::Reader r(std::as_bytes(std::span(frame.data(), frame.size())));
     (void)r.i32();
@@ -611,8 +550,8 @@ PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, con
 
 PhaseResult wire_fetch_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, std::string& error) {
   PhaseResult result;
-  WireClient client;
-  if (!client.connect_to(o.bootstrap, error)) return result;
+  std::optional<kafka::WireConnection> client = connect_wire(o.bootstrap, error);
+  if (!client) return result;
   std::vector<std::int64_t> next(p.partitions, 0);
   std::string frame;
   const std::int64_t start = monotonic_ns();
@@ -637,10 +576,13 @@ PhaseResult wire_fetch_phase(const RemoteOptions& o, const PerfOptions& p, const
     }
     body.array(0, false);
     body.string("", false);
-    if (!client.send_all(wire_request(1, 11, correlation, body.take())) || !client.read_frame(frame)) {
+    Result<std::string> answer = Error{Errc::kUnavailable, "send failed"};
+    if (client->send_all(wire_request(1, 11, correlation, body.take())).ok()) answer = client->read_frame(30'000);
+    if (!answer.ok()) {
       error = "fetch: the connection closed or nothing came within 30 s";
       break;
     }
+    frame = std::move(*answer);
     kafka::Reader r(std::as_bytes(std::span(frame.data(), frame.size())));
     (void)r.i32();
     (void)r.i32();
