@@ -1171,6 +1171,7 @@ class Node::Replica final : public ReplicaLog {
     for (TailReader& r : readers_) r.clear();
     WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, end, false));
     epochs_.truncate_to(cut);
+    save_epochs();
     return ok();
   }
 
@@ -1179,11 +1180,20 @@ class Node::Replica final : public ReplicaLog {
     for (TailReader& r : readers_) r.clear();
     WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, start, true));
     epochs_.truncate_to(Offset{0});
+    save_epochs();
     (void)cut;
     return ok();
   }
 
   EpochHistory& epochs() override { return epochs_; }
+
+  void save_epochs() override {
+    Result<void> saved = partition().log->save_epochs(epochs_.entries());
+    // Not fatal: the log leaves no stale history behind, so the next start reads the log through.
+    if (!saved.ok() && saved.error().code != Errc::kUnsupported)
+      log(LogLevel::kWarn, "replica: the epoch history was not saved; the next start reads the log through",
+          {{"topic", topic_->name}, {"partition", std::to_string(index_)}, {"error", saved.error().message}});
+  }
 
   void stamp_leader_epoch(std::int32_t epoch) override {
     partition().log->set_leader_epoch(epoch);
@@ -1210,10 +1220,26 @@ class Node::Replica final : public ReplicaLog {
     return got;
   }
 
-  // Where each epoch starts, from the batches' partitionLeaderEpoch. Reads the log through;
-  // a leader-epoch checkpoint file would spare that (Kafka keeps one), and is still to come.
+  // Where each epoch starts: from the log's saved history (Kafka's leader-epoch checkpoint),
+  // else from the batches' partitionLeaderEpoch, reading the log through (a log from before the
+  // history was kept, or whose history was lost), after which the history is saved.
   void load_epochs() {
-    PartitionLog& log = *partition().log;
+    PartitionLog& partition_log = *partition().log;
+    Result<std::vector<EpochStart>> saved = partition_log.load_epochs();
+    if (saved.ok() && epochs_.restore(std::move(*saved), partition_log.next_offset())) return;
+    if (!saved.ok() && saved.error().code == Errc::kUnsupported) {
+      scan_epochs(partition_log);
+      return;
+    }
+    if (saved.ok() || saved.error().code != Errc::kNotFound)
+      log(LogLevel::kWarn, "replica: the saved epoch history is unreadable; reading the log through",
+          {{"topic", topic_->name}, {"partition", std::to_string(index_)},
+           {"error", saved.ok() ? std::string("epochs out of order") : saved.error().message}});
+    scan_epochs(partition_log);
+    save_epochs();
+  }
+
+  void scan_epochs(PartitionLog& log) {
     std::vector<std::byte> chunk(std::size_t{1} << 20);
     Offset at = log.start_offset();
     const Offset end = log.next_offset();

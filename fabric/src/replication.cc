@@ -36,6 +36,18 @@ void EpochHistory::truncate_to(Offset end) {
   while (!entries_.empty() && entries_.back().start >= end) entries_.pop_back();
 }
 
+bool EpochHistory::restore(std::vector<Entry> entries, Offset log_end) {
+  for (std::size_t i = 1; i < entries.size(); ++i)
+    if (entries[i].epoch <= entries[i - 1].epoch || entries[i].start < entries[i - 1].start) return false;
+  for (const Entry& e : entries)
+    if (e.epoch < 0 || e.start < Offset{0}) return false;
+  entries_ = std::move(entries);
+  // An epoch that starts at or past the log's end holds nothing here (Kafka's truncateFromEnd):
+  // the log lost that tail in a crash, or the node led it without a batch.
+  truncate_to(log_end);
+  return true;
+}
+
 // ---- the wire: control messages --------------------------------------------------------------
 
 namespace {
@@ -644,7 +656,10 @@ struct Replicator::Impl {
       if (batch->last_offset() < end) skip = at + batch->size_bytes();  // already held
       at += batch->size_bytes();
       const std::int32_t epoch = batch->partition_leader_epoch();
-      if (epoch > f.log->epochs().last_epoch() && batch->last_offset() >= end) f.log->epochs().assign(epoch, batch->base_offset());
+      if (epoch > f.log->epochs().last_epoch() && batch->last_offset() >= end) {
+        f.log->epochs().assign(epoch, batch->base_offset());
+        f.log->save_epochs();  // before the batch is appended: a saved history is never behind its log
+      }
     }
     f.pending.push_back(Followed::Pending{chunk.subspan(skip), done.length});
     take_pending(c, f, p->second);
@@ -876,6 +891,7 @@ Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, st
   l.epoch = epoch;
   l.epoch_start = log_->log_end();
   log_->epochs().assign(epoch, l.epoch_start);
+  log_->save_epochs();
   l.replicas = std::move(replicas);
   l.isr = std::move(isr);
   std::sort(l.isr.begin(), l.isr.end());

@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <string>
 #include <span>
 
 #include "weft/fabric/crc32c.h"
@@ -172,6 +174,62 @@ Result<Offset> SegmentLog::written_offset() {
   Segment& active = *segments_.back();
   WEFT_TRY_VOID(active.poll_writes());
   return active.written_next_offset();
+}
+
+namespace {
+
+constexpr const char* kEpochsFile = "/leader-epoch-checkpoint";
+constexpr std::string_view kEpochsHeader = "weft-leader-epochs 1";
+constexpr std::size_t kMaxEpochsFileBytes = std::size_t{16} << 20;
+
+}  // namespace
+
+Result<void> SegmentLog::save_epochs(std::span<const EpochStart> epochs) {
+  std::string text(kEpochsHeader);
+  text += "\n" + std::to_string(epochs.size()) + "\n";
+  for (const EpochStart& e : epochs) text += std::to_string(e.epoch) + " " + std::to_string(e.start.value) + "\n";
+  const std::string path = dir_ + kEpochsFile;
+  Result<void> saved = replace_file(path, text);
+  // A history left from before this change would be wrong once the log moves on: none is better.
+  if (!saved.ok()) ::unlink(path.c_str());
+  return saved;
+}
+
+Result<std::vector<EpochStart>> SegmentLog::load_epochs() const {
+  const std::string path = dir_ + kEpochsFile;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error{Errc::kNotFound, path + " does not exist"};
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > kMaxEpochsFileBytes) return Error{Errc::kCorrupt, path + " is larger than an epoch history can be"};
+  auto bad = [&](const std::string& why) { return Error{Errc::kCorrupt, path + ": " + why}; };
+  std::string_view rest = text;
+  auto next_line = [&](std::string_view& line) {
+    const std::size_t eol = rest.find('\n');
+    if (eol == std::string_view::npos) return false;
+    line = rest.substr(0, eol);
+    rest.remove_prefix(eol + 1);
+    return true;
+  };
+  auto number = [](std::string_view field, auto& out) {
+    const auto [end, error] = std::from_chars(field.data(), field.data() + field.size(), out);
+    return error == std::errc() && end == field.data() + field.size() && !field.empty();
+  };
+  std::string_view line;
+  if (!next_line(line) || line != kEpochsHeader) return bad("not an epoch history (header)");
+  std::uint64_t count = 0;
+  if (!next_line(line) || !number(line, count) || count > text.size() / 4) return bad("bad entry count");
+  std::vector<EpochStart> epochs;
+  epochs.reserve(count);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    if (!next_line(line)) return bad("fewer entries than its count");
+    const std::size_t space = line.find(' ');
+    EpochStart e;
+    if (space == std::string_view::npos || !number(line.substr(0, space), e.epoch) || !number(line.substr(space + 1), e.start.value))
+      return bad("entry " + std::to_string(i) + " is not `epoch start`");
+    epochs.push_back(e);
+  }
+  if (!rest.empty()) return bad("bytes after its last entry");
+  return epochs;
 }
 
 Result<void> SegmentLog::remove() {

@@ -6,8 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "../temp_dir.h"
@@ -143,6 +147,8 @@ TEST_F(NodeReplication, ANodeThatLedAndDivergedIsCutBackToItsNewLeadersEpoch) {
   ASSERT_EQ(a().replica->epochs().entries().size(), 2u);
   EXPECT_EQ(a().replica->epochs().entries()[1].epoch, 2);
   EXPECT_EQ(a().replica->epochs().entries()[1].start, Offset{500});
+  // The history is kept beside the log: a replica opened again takes it from there
+  EXPECT_EQ(a().node->replica_log(kP.topic, 0).value()->epochs().entries(), a().replica->epochs().entries());
   // Node 1's new ring starts at the cut: a consumer from the earliest offset there sees only
   // the new leader's batches.
   PartitionMemory fresh = a().node->open_partition(kP.topic, 0).value();
@@ -178,5 +184,35 @@ TEST_F(NodeReplication, AFollowerFarBehindCatchesUpFromTheLeadersSegments) {
   EXPECT_EQ(b().log_batches(), a().log_batches());
 }
 
+
+TEST_F(NodeReplication, AReplicaTakesItsSavedEpochHistoryAndReadsTheLogThroughOnlyWithoutOne) {
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 3, {1}, {1}).ok());
+  a().produce(40, 5, std::byte{0x33});
+  ASSERT_TRUE(run_until([&] { return a().replica->durable_end() == Offset{200}; }));
+  std::string checkpoint;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(a().dir.path()))
+    if (entry.path().filename() == "leader-epoch-checkpoint") checkpoint = entry.path().string();
+  ASSERT_FALSE(checkpoint.empty()) << "lead() saved no epoch history";
+  const std::vector<EpochStart> scanned = {{3, Offset{0}}};
+  EXPECT_EQ(a().node->replica_log(kP.topic, 0).value()->epochs().entries(), scanned);
+
+  // A saved history is taken as it is (so a start reads no segment), less what lies past the log's end
+  std::ofstream(checkpoint, std::ios::trunc) << "weft-leader-epochs 1\n3\n2 0\n3 100\n9 200\n";
+  const std::vector<EpochStart> saved = {{2, Offset{0}}, {3, Offset{100}}};
+  EXPECT_EQ(a().node->replica_log(kP.topic, 0).value()->epochs().entries(), saved);
+
+  // A mangled one, or none, and the log is read through, and the history saved again
+  for (const char* damage : {"weft-leader-epochs 1\n5\n", "weft-leader-epochs 1\n2\n4 0\n3 10\n", ""}) {
+    if (*damage == '\0') {
+      std::filesystem::remove(checkpoint);
+    } else {
+      std::ofstream(checkpoint, std::ios::trunc) << damage;
+    }
+    EXPECT_EQ(a().node->replica_log(kP.topic, 0).value()->epochs().entries(), scanned) << damage;
+    std::ifstream again(checkpoint);
+    const std::string text((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(text, "weft-leader-epochs 1\n1\n3 0\n") << damage;
+  }
+}
 }  // namespace
 }  // namespace weft::test

@@ -109,6 +109,34 @@ TEST(SegmentLog, ReopensWhereItStoppedAndCarriesOn) {
   EXPECT_EQ(first_base(**log, next), next.value);
 }
 
+TEST(SegmentLog, KeepsAReplicasEpochHistoryBesideItAndRefusesAMangledOne) {
+  TempDir dir;
+  const std::string path = dir.partition() + "/leader-epoch-checkpoint";
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    EXPECT_EQ(log->load_epochs().error().code, Errc::kNotFound);
+    const std::vector<EpochStart> history = {{1, Offset{0}}, {4, Offset{120}}, {7, Offset{120'000'000'000}}};
+    ASSERT_TRUE(log->save_epochs(history).ok());
+    EXPECT_EQ(log->load_epochs().value(), history);
+    ASSERT_TRUE(log->save_epochs({}).ok());  // a reset replica
+    EXPECT_TRUE(log->load_epochs().value().empty());
+    ASSERT_TRUE(log->save_epochs(history).ok());
+  }
+  // It survives the log's reopening
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  ASSERT_EQ(log->load_epochs().value().size(), 3u);
+  // And a file that is not exactly what it wrote is refused, never half read
+  for (const std::string& mangled : {std::string("weft-leader-epochs 2\n0\n"), std::string("weft-leader-epochs 1\n2\n1 0\n"),
+                                     std::string("weft-leader-epochs 1\n1\n1 0\n2 5\n"), std::string("weft-leader-epochs 1\n1\n1 x\n"),
+                                     std::string("weft-leader-epochs 1\n1\n1 0"), std::string("weft-leader-epochs 1\n99999999999\n"),
+                                     std::string("")}) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << mangled;
+    Result<std::vector<EpochStart>> loaded = log->load_epochs();
+    ASSERT_FALSE(loaded.ok()) << mangled;
+    EXPECT_EQ(loaded.error().code, Errc::kCorrupt) << mangled;
+  }
+}
+
 TEST(SegmentLog, ATornLastSegmentIsCutAndACorruptEarlierOneRefused) {
   TempDir dir;
   std::vector<std::filesystem::path> logs;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "weft/fabric/result.h"
 #include "weft/fabric/shared_memory.h"
@@ -28,6 +29,13 @@ struct RetentionOutcome {
   std::uint32_t segments_deleted = 0;
   std::uint64_t bytes_deleted = 0;
   Offset start_offset{0};  // the log's start afterwards
+};
+
+// Where a leader epoch starts in a replicated partition's log (Kafka's leader-epoch cache).
+struct EpochStart {
+  std::int32_t epoch = 0;
+  Offset start{0};
+  bool operator==(const EpochStart&) const = default;
 };
 
 class PartitionLog {
@@ -88,6 +96,15 @@ class PartitionLog {
     (void)end;
     return Error{Errc::kUnsupported, "this log cannot be truncated"};
   }
+  // A replica's epoch history, kept beside the log (Kafka's leader-epoch checkpoint) so a node
+  // that starts learns it without reading its log through. save_epochs replaces what was saved,
+  // durably; when it fails, nothing stale is left to load. load_epochs: kNotFound when nothing
+  // was saved, kCorrupt when the file fails its checks. kUnsupported: this log keeps none.
+  virtual Result<void> save_epochs(std::span<const EpochStart> epochs) {
+    (void)epochs;
+    return Error{Errc::kUnsupported, "this log keeps no epoch history"};
+  }
+  virtual Result<std::vector<EpochStart>> load_epochs() const { return Error{Errc::kUnsupported, "this log keeps no epoch history"}; }
   // Drops the whole log; it continues at `start` (a replica whose leader no longer holds where
   // this log ends).
   virtual Result<void> reset(Offset start) {

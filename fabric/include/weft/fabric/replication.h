@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "weft/fabric/link.h"
+#include "weft/fabric/log_store.h"
 #include "weft/fabric/result.h"
 #include "weft/fabric/types.h"
 
@@ -47,10 +48,7 @@ std::string to_string(const PartitionId& partition);
 // Kafka's leader-epoch cache: where each leader epoch of a replica's log starts.
 class EpochHistory {
  public:
-  struct Entry {
-    std::int32_t epoch = 0;
-    Offset start{0};
-  };
+  using Entry = EpochStart;
   // Records that `epoch` starts at `start`; ignored unless it is above the last epoch.
   void assign(std::int32_t epoch, Offset start);
   std::int32_t last_epoch() const noexcept { return entries_.empty() ? -1 : entries_.back().epoch; }
@@ -60,6 +58,9 @@ class EpochHistory {
   // Forgets epochs that start at or after `end` (the log was truncated there).
   void truncate_to(Offset end);
   const std::vector<Entry>& entries() const noexcept { return entries_; }
+  // Takes a saved history (epochs rising, starts not falling) for entries before `log_end`;
+  // false, changing nothing, when it is not well formed.
+  bool restore(std::vector<Entry> entries, Offset log_end);
 
  private:
   std::vector<Entry> entries_;
@@ -86,6 +87,9 @@ class ReplicaLog {
   // this log ends: retention deleted it).
   virtual Result<void> reset(Offset start) = 0;
   virtual EpochHistory& epochs() = 0;
+  // Keeps epochs() as it is now (the replicator calls it after changing it), so a restart finds
+  // it without reading the log through.
+  virtual void save_epochs() {}
   // Batches produced here from now on carry `epoch` in their partitionLeaderEpoch (-1: this
   // replica follows, and its batches keep their leader's). The replicator calls it on lead()
   // and follow().

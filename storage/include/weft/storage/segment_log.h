@@ -62,6 +62,9 @@ class SegmentLog final : public PartitionLog {
   std::uint64_t size_bytes() const override;
   Result<Offset> truncate(Offset end) override;
   Result<void> reset(Offset start) override;
+  // In `leader-epoch-checkpoint`: a header line, the count, then `epoch start` per line.
+  Result<void> save_epochs(std::span<const EpochStart> epochs) override;
+  Result<std::vector<EpochStart>> load_epochs() const override;
 
   std::size_t segment_count() const;
   const std::string& dir() const noexcept { return dir_; }
