@@ -247,6 +247,7 @@ ClusterNode::~ClusterNode() {
   if (impl_->replication.joinable()) impl_->replication.join();
   impl_->node.set_replication_event(-1);
   impl_->taken.clear();  // the replicas' logs, before the node they belong to may go
+  impl_->replicator.reset();  // its connects under way write to `wake` when done: before it closes
   // After a drain the registration goes at once; otherwise (a crash, as far as the cluster can
   // tell) the lease runs out.
   if (impl_->drained) impl_->member->leave();

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <deque>
+#include <future>
 #include <map>
 
 #include "weft/fabric/log.h"
@@ -158,6 +160,9 @@ struct Replicator::Impl {
     bool outgoing = false;
     std::string address;          // outgoing: the leader's address
     std::int64_t retry_at_ms = 0;  // outgoing and down: when to connect again
+    // outgoing: a connect under way on its own thread, so a leader that does not answer (a cut
+    // link: SYNs unanswered until connect_timeout_ms) stalls no other partition's replication
+    std::future<Result<std::unique_ptr<Link>>> connecting;
     std::map<std::uint16_t, LeaderStream> streams;  // incoming: the followers' streams
     // Writes posted and not yet completed, in posting order (a link completes them in order):
     // their stream and buffer, which must live until the link is done reading it.
@@ -769,13 +774,23 @@ struct Replicator::Impl {
       std::unique_ptr<Connection>& c = entry.second;
       const bool wanted = std::any_of(followed.begin(), followed.end(), [&](const auto& f) { return f.second.address == address_; });
       if (!wanted) continue;
-      if (!c->up() && now >= c->retry_at_ms) {
+      if (!c->up() && !c->connecting.valid() && now >= c->retry_at_ms) {
         if (c->link != nullptr) {
           c->link->close();
           c->in_flight.clear();
           release_retired(*c);
+          c->link.reset();
         }
-        Result<std::unique_ptr<Link>> link = transport.connect(address_, options.connect_timeout_ms);
+        // The connect's thread wakes this one when it is done (its wake fd, when it has one).
+        c->connecting = std::async(std::launch::async, [&t = transport, address = address_, timeout = options.connect_timeout_ms, fd = wake_fd] {
+          Result<std::unique_ptr<Link>> link = t.connect(address, timeout);
+          const std::uint64_t one = 1;
+          if (fd >= 0) (void)!::write(fd, &one, sizeof one);
+          return link;
+        });
+      }
+      if (c->connecting.valid() && c->connecting.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+        Result<std::unique_ptr<Link>> link = c->connecting.get();
         if (link.ok()) {
           c->link = std::move(link.value());
           for (auto& [partition, f] : followed) {

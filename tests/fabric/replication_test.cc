@@ -7,8 +7,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "memory_replica_log.h"
@@ -298,6 +301,70 @@ TEST_P(ReplicationTest, WritesThatEndExactlyAtTheRegionsEndWrapAndGoOn) {
 
 INSTANTIATE_TEST_SUITE_P(Transports, ReplicationTest, testing::Values(Case{"Loopback", false}, Case{"Tcp", true}),
                          [](const testing::TestParamInfo<Case>& param) { return param.param.name; });
+
+// Delegates to another transport, except that a connect to `silent` hangs until released (a
+// leader whose SYNs go unanswered, its link cut), then fails.
+class SilentPeerTransport final : public Transport {
+ public:
+  SilentPeerTransport(Transport& inner, std::string silent) : inner_(inner), silent_(std::move(silent)) {}
+  std::string_view name() const noexcept override { return inner_.name(); }
+  Result<LocalRegion> register_region(std::span<std::byte> bytes) override { return inner_.register_region(bytes); }
+  Result<void> deregister_region(std::uint32_t key) override { return inner_.deregister_region(key); }
+  Result<std::unique_ptr<LinkListener>> listen(std::string_view address) override { return inner_.listen(address); }
+  Result<std::unique_ptr<Link>> connect(std::string_view address, int timeout_ms) override {
+    if (address != silent_) return inner_.connect(address, timeout_ms);
+    std::unique_lock lock(mutex_);
+    ++attempts_;
+    released_cv_.wait_for(lock, std::chrono::seconds(30), [&] { return released_; });
+    return Error{Errc::kUnavailable, "link connect to " + silent_ + " timed out"};
+  }
+  void release() {
+    std::lock_guard lock(mutex_);
+    released_ = true;
+    released_cv_.notify_all();
+  }
+  int attempts() {
+    std::lock_guard lock(mutex_);
+    return attempts_;
+  }
+
+ private:
+  Transport& inner_;
+  std::string silent_;
+  std::mutex mutex_;
+  std::condition_variable released_cv_;
+  bool released_ = false;
+  int attempts_ = 0;
+};
+
+TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {
+  std::unique_ptr<Transport> base = make_loopback_transport(make_loopback_network());
+  SilentPeerTransport transport(*base, "silent");
+  ReplicationOptions options;
+  options.retry_backoff_ms = 20;
+  std::unique_ptr<Replicator> leader = Replicator::start(*base, 1, "", options).value();
+  std::unique_ptr<Replicator> follower = Replicator::start(transport, 2, "", options).value();
+  MemoryReplicaLog led, followed, orphaned;
+  const PartitionId other{"events", 4};
+  // Given a follower of two partitions: one led by a live node, one by a node that never answers
+  ASSERT_TRUE(leader->lead(kP, &led, 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(follower->follow(other, &orphaned, 1, 3, "silent").ok());
+  ASSERT_TRUE(follower->follow(kP, &followed, 1, 1, leader->address()).ok());
+  for (int i = 0; i < 40; ++i) led.produce(5, 1);
+  // When the connect to the silent one hangs, the other partition is copied all the same
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  bool copied = false;
+  while (!copied && std::chrono::steady_clock::now() < deadline) {
+    leader->run_once(0);
+    follower->run_once(0);
+    copied = same_log(led, followed) && leader->high_watermark(kP) == led.log_end();
+  }
+  EXPECT_TRUE(copied) << "the follower stopped at " << followed.log_end().value << " of " << led.log_end().value;
+  EXPECT_EQ(transport.attempts(), 1) << "one connect to the silent leader, still under way";
+  transport.release();  // the connect's thread ends; the replicators may go
+  follower.reset();
+  leader.reset();
+}
 
 TEST(EpochHistory, AnswersWhereAnEpochEnds) {
   EpochHistory h;
