@@ -194,6 +194,7 @@ struct ClusterMember::Impl {
   std::map<PartitionId, PartitionState> partitions;
   std::map<PartitionId, std::vector<NodeId>> reassignments;
   NodeId controller = -1;
+  WriteGuard controller_guard;  // this node's election, while it is the controller
   std::map<PartitionId, Assignment> given;  // the roles last handed out
   std::vector<Assignment> pending;
 
@@ -254,6 +255,7 @@ struct ClusterMember::Impl {
     partitions = std::move(snapshot.partitions);
     reassignments = std::move(snapshot.reassignments);
     controller = snapshot.controller;
+    if (controller == options.self.id) controller_guard = WriteGuard{key("controller"), snapshot.controller_since};
     dirty = false;
     last_reload_ms = now_ms();
     hand_out_roles();
@@ -296,16 +298,21 @@ struct ClusterMember::Impl {
     if (controller >= 0) return;
     Result<bool> won = store->compare_and_put(key("controller"), 0, std::to_string(options.self.id), lease);
     if (!won.ok()) return failed(won.error());
-    if (*won) {
-      log(LogLevel::kInfo, "cluster: this node is the controller", {{"node", std::to_string(options.self.id)}});
-      controller = options.self.id;
-    }
     dirty = true;
+    if (!*won) return;
+    // Every write as controller is guarded by the key as this election created it, so a
+    // controller whose lease ran out (and whose key went with it) writes nothing more.
+    Result<std::optional<KeyValue>> mine = store->get(key("controller"));
+    if (!mine.ok()) return failed(mine.error());
+    if (!*mine || (*mine)->value != std::to_string(options.self.id)) return;
+    controller_guard = WriteGuard{key("controller"), (*mine)->create_revision};
+    log(LogLevel::kInfo, "cluster: this node is the controller", {{"node", std::to_string(options.self.id)}});
+    controller = options.self.id;
   }
 
   // Writes a partition state if nobody changed it since it was read; a lost race re-reads.
   bool write_state(const PartitionId& id, const PartitionState& state, const char* why) {
-    Result<bool> written = store->compare_and_put(partition_key(id), state.revision, encode_partition(state));
+    Result<bool> written = store->compare_and_put(partition_key(id), state.revision, encode_partition(state), 0, &controller_guard);
     dirty = true;
     if (!written.ok()) {
       failed(written.error());
@@ -346,8 +353,8 @@ struct ClusterMember::Impl {
     for (auto& [id, state] : partitions) {
       // Partitions of deleted topics go.
       if (!topics.contains(id.topic)) {
-        (void)store->erase(partition_key(id), state.revision);
-        (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)));
+        (void)store->erase(partition_key(id), state.revision, &controller_guard);
+        (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)), 0, &controller_guard);
         dirty = true;
         continue;
       }
@@ -377,7 +384,7 @@ struct ClusterMember::Impl {
       // the old ones (moving the leadership if it was on one). The request goes once the state
       // says it is done, so a lost compare-and-swap only retries it.
       if (auto target = reassignments.find(id); target != reassignments.end() && state.replicas == target->second) {
-        (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)));
+        (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)), 0, &controller_guard);
         dirty = true;
       } else if (target != reassignments.end()) {
         std::vector<NodeId> all = next.replicas;
@@ -572,6 +579,7 @@ ClusterSnapshot parse_cluster_snapshot(std::string_view prefix, const std::vecto
     auto after = [&](std::string_view head) { return rest.substr(head.size()); };
     if (rest == "controller") {
       (void)parse_number(kv.value, out.controller);
+      out.controller_since = kv.create_revision;
     } else if (rest.starts_with("nodes/")) {
       NodeId id = 0;
       if (!parse_number(after("nodes/"), id)) continue;

@@ -187,11 +187,19 @@ class MemoryMetadataStore final : public MetadataStore {
     return range;
   }
 
+  // Under the state's mutex.
+  bool holds(const WriteGuard* guard) const {
+    if (guard == nullptr) return true;
+    const auto it = state_->keys.find(guard->key);
+    return it != state_->keys.end() && it->second.create_revision == guard->create_revision;
+  }
+
   Result<bool> compare_and_put(std::string_view key, std::int64_t expected_mod_revision, std::string_view value,
-                               std::int64_t lease) override {
+                               std::int64_t lease, const WriteGuard* guard) override {
     if (key.empty()) return empty_key();
     std::lock_guard lock(state_->mutex);
     state_->expire_leases();
+    if (!holds(guard)) return false;
     const auto it = state_->keys.find(key);
     const std::int64_t current = it == state_->keys.end() ? 0 : it->second.mod_revision;
     if (current != expected_mod_revision) return false;
@@ -200,10 +208,11 @@ class MemoryMetadataStore final : public MetadataStore {
     return true;
   }
 
-  Result<bool> erase(std::string_view key, std::int64_t expected_mod_revision) override {
+  Result<bool> erase(std::string_view key, std::int64_t expected_mod_revision, const WriteGuard* guard) override {
     if (key.empty()) return empty_key();
     std::lock_guard lock(state_->mutex);
     state_->expire_leases();
+    if (!holds(guard)) return false;
     const auto it = state_->keys.find(key);
     if (it == state_->keys.end()) return false;
     if (expected_mod_revision != 0 && it->second.mod_revision != expected_mod_revision) return false;

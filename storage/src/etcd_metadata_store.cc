@@ -350,7 +350,7 @@ class EtcdMetadataStore final : public MetadataStore {
   }
 
   Result<bool> compare_and_put(std::string_view key, std::int64_t expected_mod_revision, std::string_view value,
-                               std::int64_t lease) override {
+                               std::int64_t lease, const WriteGuard* guard) override {
     if (key.empty()) return empty_key();
     json put = json::object();
     put["key"] = base64(key);
@@ -358,17 +358,26 @@ class EtcdMetadataStore final : public MetadataStore {
     if (lease != 0) put["lease"] = std::to_string(lease);
     json operation = json::object();
     operation["request_put"] = std::move(put);
-    return transaction(key, expected_mod_revision, std::move(operation));
+    return transaction(key, expected_mod_revision, std::move(operation), guard);
   }
 
-  Result<bool> erase(std::string_view key, std::int64_t expected_mod_revision) override {
+  Result<bool> erase(std::string_view key, std::int64_t expected_mod_revision, const WriteGuard* guard) override {
     if (key.empty()) return empty_key();
     json range = json::object();
     range["key"] = base64(key);
-    if (expected_mod_revision != 0) {
+    if (expected_mod_revision != 0 || guard != nullptr) {
       json operation = json::object();
       operation["request_delete_range"] = std::move(range);
-      return transaction(key, expected_mod_revision, std::move(operation));
+      // Without an expected revision, only the guard is compared (-1).
+      WEFT_TRY(const json answer, transaction_answer(key, expected_mod_revision != 0 ? expected_mod_revision : -1, std::move(operation), guard));
+      if (!bool_field(answer, "succeeded")) return false;
+      // Succeeded: whether a key was there to delete is in the delete's own answer.
+      const auto responses = answer.find("responses");
+      if (responses == answer.end() || !responses->is_array() || responses->empty()) return bad_answer(label_, "/v3/kv/txn", "no responses");
+      const auto deleted = (*responses)[0].find("response_delete_range");
+      if (deleted == (*responses)[0].end()) return bad_answer(label_, "/v3/kv/txn", "no delete answer");
+      WEFT_TRY(const std::int64_t count, int64_field(*deleted, "deleted", label_, "/v3/kv/txn"));
+      return count > 0;
     }
     static constexpr std::string_view kPath = "/v3/kv/deleterange";
     WEFT_TRY(const json answer, call(kPath, range));
@@ -445,25 +454,41 @@ class EtcdMetadataStore final : public MetadataStore {
   }
 
   // `operation` when `key`'s mod revision is `expected` (0: when it does not exist).
-  Result<bool> transaction(std::string_view key, std::int64_t expected, json operation) {
+  Result<bool> transaction(std::string_view key, std::int64_t expected, json operation, const WriteGuard* guard) {
+    WEFT_TRY(const json answer, transaction_answer(key, expected, std::move(operation), guard));
+    return bool_field(answer, "succeeded");
+  }
+
+  // A transaction: the operation when `key` has mod revision `expected` (0: when the key does
+  // not exist; -1: whatever it is) and the guard's key has the guard's create revision.
+  Result<json> transaction_answer(std::string_view key, std::int64_t expected, json operation, const WriteGuard* guard) {
     static constexpr std::string_view kPath = "/v3/kv/txn";
-    json compare = json::object();
-    compare["key"] = base64(key);
-    compare["result"] = "EQUAL";
-    if (expected == 0) {
-      compare["target"] = "CREATE";
-      compare["create_revision"] = "0";
-    } else {
-      compare["target"] = "MOD";
-      compare["mod_revision"] = std::to_string(expected);
-    }
     json request = json::object();
     request["compare"] = json::array();
-    request["compare"].push_back(std::move(compare));
+    if (expected >= 0) {
+      json compare = json::object();
+      compare["key"] = base64(key);
+      compare["result"] = "EQUAL";
+      if (expected == 0) {
+        compare["target"] = "CREATE";
+        compare["create_revision"] = "0";
+      } else {
+        compare["target"] = "MOD";
+        compare["mod_revision"] = std::to_string(expected);
+      }
+      request["compare"].push_back(std::move(compare));
+    }
+    if (guard != nullptr) {
+      json compare = json::object();
+      compare["key"] = base64(guard->key);
+      compare["result"] = "EQUAL";
+      compare["target"] = "CREATE";
+      compare["create_revision"] = std::to_string(guard->create_revision);
+      request["compare"].push_back(std::move(compare));
+    }
     request["success"] = json::array();
     request["success"].push_back(std::move(operation));
-    WEFT_TRY(const json answer, call(kPath, request));
-    return bool_field(answer, "succeeded");
+    return call(kPath, request);
   }
 
   const HttpEndpoint endpoint_;

@@ -34,13 +34,13 @@ class FlakyStore final : public MetadataStore {
     if (down) return gone();
     return inner_->list(p);
   }
-  Result<bool> compare_and_put(std::string_view k, std::int64_t r, std::string_view v, std::int64_t lease) override {
+  Result<bool> compare_and_put(std::string_view k, std::int64_t r, std::string_view v, std::int64_t lease, const WriteGuard* guard) override {
     if (down) return gone();
-    return inner_->compare_and_put(k, r, v, lease);
+    return inner_->compare_and_put(k, r, v, lease, guard);
   }
-  Result<bool> erase(std::string_view k, std::int64_t r) override {
+  Result<bool> erase(std::string_view k, std::int64_t r, const WriteGuard* guard) override {
     if (down) return gone();
-    return inner_->erase(k, r);
+    return inner_->erase(k, r, guard);
   }
   Result<std::int64_t> grant_lease(std::int64_t ttl) override {
     if (down) return gone();

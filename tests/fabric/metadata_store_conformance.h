@@ -284,6 +284,46 @@ TYPED_TEST_P(MetadataStoreConformance, EraseWithARevisionDeletesOnlyThatVersion)
   EXPECT_FALSE(this->read(k).has_value());
 }
 
+TYPED_TEST_P(MetadataStoreConformance, GuardedWritesNeedTheGuardKeyAsItWasCreated) {
+  // Given a controller key created by an election, and a guard naming it as created then
+  const std::string controller = this->key("controller");
+  const std::string k = this->key("state");
+  Result<std::int64_t> lease = this->store().grant_lease(30);
+  ASSERT_TRUE(lease.ok()) << lease.error().message;
+  ASSERT_TRUE(this->store().compare_and_put(controller, 0, "a", *lease).value());
+  const std::optional<KeyValue> elected = this->read(controller);
+  ASSERT_TRUE(elected.has_value());
+  const WriteGuard mine{controller, elected->create_revision};
+  // Expect guarded writes and deletes to go through while it holds
+  Result<bool> created = this->store().compare_and_put(k, 0, "one", 0, &mine);
+  ASSERT_TRUE(created.ok()) << created.error().message;
+  EXPECT_TRUE(*created);
+  const std::int64_t one = this->read(k)->mod_revision;
+  EXPECT_TRUE(this->store().compare_and_put(k, one, "two", 0, &mine).value());
+  EXPECT_FALSE(this->store().compare_and_put(k, one, "stale", 0, &mine).value()) << "the key's own revision still counts";
+  this->put_ok(this->key("extra"), "x");
+  EXPECT_TRUE(this->store().erase(this->key("extra"), 0, &mine).value());
+  EXPECT_FALSE(this->store().erase(this->key("extra"), 0, &mine).value()) << "nothing left to delete";
+  // When the election ends and another one creates the key again (same value, even)
+  ASSERT_TRUE(this->store().revoke_lease(*lease).ok());
+  Result<std::int64_t> again = this->store().grant_lease(30);
+  ASSERT_TRUE(again.ok());
+  ASSERT_TRUE(this->store().compare_and_put(controller, 0, "a", *again).value());
+  // Expect the old guard to hold nothing: no write, no delete
+  const std::int64_t two = this->read(k)->mod_revision;
+  Result<bool> fenced = this->store().compare_and_put(k, two, "from the old controller", 0, &mine);
+  ASSERT_TRUE(fenced.ok()) << fenced.error().message;
+  EXPECT_FALSE(*fenced);
+  Result<bool> fenced_delete = this->store().erase(k, 0, &mine);
+  ASSERT_TRUE(fenced_delete.ok()) << fenced_delete.error().message;
+  EXPECT_FALSE(*fenced_delete);
+  EXPECT_EQ(this->read(k)->value, "two");
+  // And a guard on a key that does not exist holds nothing either
+  const WriteGuard nobody{this->key("nobody"), 1};
+  EXPECT_FALSE(this->store().compare_and_put(this->key("other"), 0, "x", 0, &nobody).value());
+  EXPECT_TRUE(this->store().revoke_lease(*again).ok());
+}
+
 TYPED_TEST_P(MetadataStoreConformance, GrantRefusesATtlBelowOneSecond) {
   // Expect
   Result<std::int64_t> lease = this->store().grant_lease(0);
@@ -510,6 +550,7 @@ REGISTER_TYPED_TEST_SUITE_P(MetadataStoreConformance, PutThenGetReturnsTheValueA
                             BinaryKeysAndValuesRoundTrip, EmptyKeyIsInvalid, RevisionMovesWithEveryChange,
                             CompareAndPutWithZeroCreatesOnlyWhenAbsent, CompareAndPutWritesOnlyAtTheExpectedModRevision,
                             EraseWithoutARevisionDeletesWhateverIsThere, EraseWithARevisionDeletesOnlyThatVersion,
+                            GuardedWritesNeedTheGuardKeyAsItWasCreated,
                             GrantRefusesATtlBelowOneSecond, LeasedKeyVanishesWhenItsLeaseExpires,
                             KeepAliveKeepsALeasedKey, RevokeDeletesTheLeasesKeysAtOnce,
                             WatchFromARevisionSeesTheChangesSinceInOrder, WatchFromNowSeesOnlyLaterChanges,

@@ -1544,6 +1544,10 @@ TEST_F(KafkaListenerInCluster, LocalProducersFollowThePartitionLeaderAcrossALead
   Result<void> drained = l.cluster->drain(20'000);
   ASSERT_TRUE(drained.ok()) << drained.error().message;
   ASSERT_TRUE(eventually([&] { return f.cluster->partition("routed", 0)->leader == f.id; }));
+  // Both nodes have taken their new roles (until the old leader has, it is the stale leader Kafka
+  // has too: a send there lands in a ring it will truncate, and is never acknowledged at acks=all)
+  auto fence_of = [](Member& m) { return leader_epoch(m.node->open_partition("routed", 0)->ring); };
+  ASSERT_TRUE(eventually([&] { return fence_of(l) == ring_layout::kFollowing && fence_of(f) >= 0; }));
 
   // Then the old leader's producer is fenced and follows the leadership over the network, and
   // the new leader's writes into its ring; offsets go on with no gap and no duplicate

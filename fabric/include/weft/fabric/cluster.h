@@ -82,6 +82,7 @@ Result<void> delete_cluster_topic(MetadataStore& store, std::string_view cluster
 struct ClusterSnapshot {
   std::map<NodeId, NodeRecord> nodes;  // live ones
   NodeId controller = -1;
+  std::int64_t controller_since = 0;  // the controller key's create revision (its election)
   std::map<std::string, TopicRecord> topics;
   std::map<PartitionId, PartitionState> partitions;
   std::map<PartitionId, std::vector<NodeId>> reassignments;  // asked for, not yet carried out

@@ -54,6 +54,14 @@ struct RangeResult {
   std::int64_t revision = 0;
 };
 
+// A condition a write needs besides its own: `key` exists, created at `create_revision` (the
+// controller's election key as this node created it: a controller that lost its lease, and so
+// the key, writes nothing more — Kafka's controller-epoch fencing, as etcd's elections do it).
+struct WriteGuard {
+  std::string key;
+  std::int64_t create_revision = 0;
+};
+
 // A client of the store. Thread-safe: any thread may call any method.
 class MetadataStore {
  public:
@@ -68,12 +76,13 @@ class MetadataStore {
   // Every key that starts with `prefix`, in key order.
   virtual Result<RangeResult> list(std::string_view prefix) = 0;
   // Writes `value` only when `key`'s mod revision is `expected_mod_revision` (0: the key must not
-  // exist). Returns whether it was written; the caller re-reads and retries when not.
+  // exist) and the guard, if any, holds. Returns whether it was written; the caller re-reads and
+  // retries when not.
   virtual Result<bool> compare_and_put(std::string_view key, std::int64_t expected_mod_revision, std::string_view value,
-                                       std::int64_t lease = 0) = 0;
-  // Deletes `key` only when its mod revision is `expected_mod_revision` (0: whatever it is).
-  // Returns whether a key was deleted.
-  virtual Result<bool> erase(std::string_view key, std::int64_t expected_mod_revision = 0) = 0;
+                                       std::int64_t lease = 0, const WriteGuard* guard = nullptr) = 0;
+  // Deletes `key` only when its mod revision is `expected_mod_revision` (0: whatever it is) and
+  // the guard, if any, holds. Returns whether a key was deleted.
+  virtual Result<bool> erase(std::string_view key, std::int64_t expected_mod_revision = 0, const WriteGuard* guard = nullptr) = 0;
 
   // A lease of `ttl_seconds` (at least 1); keys put with it vanish when it expires or is revoked,
   // all at one revision. It expires no sooner than its TTL after the last renewal (etcd rounds a
