@@ -571,6 +571,153 @@ Result<void> ClusterMember::reassign(const PartitionId& partition, const std::ve
   return ok();
 }
 
+// ---- committed offsets in the metadata store -----------------------------------------------------
+
+namespace {
+
+constexpr std::size_t kMaxOffsetValueBytes = std::size_t{1} << 20;  // well inside etcd's 1.5 MiB request
+
+// Beside the cluster's prefix, not under it: the members watch that one, and a commit is not a
+// change to the cluster's shape.
+std::string offsets_prefix(std::string_view cluster) { return "/weft-offsets/" + std::string(cluster) + "/"; }
+
+std::string hex_of(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (const char c : bytes) {
+    const auto b = static_cast<unsigned char>(c);
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 15]);
+  }
+  return out;
+}
+
+std::optional<std::string> bytes_of_hex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(hex.size() / 2);
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    const int high = digit(hex[i]), low = digit(hex[i + 1]);
+    if (high < 0 || low < 0) return std::nullopt;
+    out.push_back(static_cast<char>(high * 16 + low));
+  }
+  return out;
+}
+
+// One key's value: `partition offset commit_time_ms metadata-hex` per line, by partition.
+std::string encode_topic_offsets(const std::map<std::uint32_t, CommittedOffset>& partitions) {
+  std::string out;
+  for (const auto& [partition, o] : partitions)
+    out += std::to_string(partition) + " " + std::to_string(o.offset.value) + " " + std::to_string(o.commit_time_ms) + " " + hex_of(o.metadata) + "\n";
+  return out;
+}
+
+std::optional<std::map<std::uint32_t, CommittedOffset>> decode_topic_offsets(std::string_view topic, std::string_view text) {
+  std::map<std::uint32_t, CommittedOffset> out;
+  while (!text.empty()) {
+    const std::size_t eol = text.find('\n');
+    if (eol == std::string_view::npos) return std::nullopt;
+    std::string_view line = text.substr(0, eol);
+    text.remove_prefix(eol + 1);
+    std::string_view fields[4];
+    for (int i = 0; i < 4; ++i) {
+      const std::size_t space = i < 3 ? line.find(' ') : line.size();
+      if (space == std::string_view::npos) return std::nullopt;
+      fields[i] = line.substr(0, space);
+      line.remove_prefix(std::min(line.size(), space + (i < 3 ? 1 : 0)));
+    }
+    CommittedOffset o;
+    o.topic = std::string(topic);
+    std::optional<std::string> metadata = bytes_of_hex(fields[3]);
+    if (!parse_number(fields[0], o.partition) || !parse_number(fields[1], o.offset.value) || !parse_number(fields[2], o.commit_time_ms) ||
+        !metadata || o.offset < Offset{0})
+      return std::nullopt;
+    o.metadata = std::move(*metadata);
+    out.insert_or_assign(o.partition, std::move(o));
+  }
+  return out;
+}
+
+class StoreOffsetMirror final : public OffsetMirror {
+ public:
+  StoreOffsetMirror(std::shared_ptr<MetadataStore> store, std::string cluster)
+      : store_(std::move(store)), prefix_(offsets_prefix(cluster)) {}
+
+  Result<void> commit(std::string_view group, std::span<const CommittedOffset> offsets) override {
+    WEFT_TRY_VOID(validate_commit(group, offsets));
+    std::map<std::string, std::vector<const CommittedOffset*>> by_topic;
+    for (const CommittedOffset& o : offsets) by_topic[o.topic].push_back(&o);
+    for (const auto& [topic, entries] : by_topic) {
+      const std::string key = prefix_ + std::string(group) + "/" + topic;
+      // A compare-and-swap on the key, so a commit racing another (a coordinator handing over)
+      // loses nothing the other wrote.
+      for (int attempt = 0;; ++attempt) {
+        WEFT_TRY(const std::optional<KeyValue> now, store_->get(key));
+        std::map<std::uint32_t, CommittedOffset> partitions;
+        if (now) {
+          std::optional<std::map<std::uint32_t, CommittedOffset>> known = decode_topic_offsets(topic, now->value);
+          if (known) partitions = std::move(*known);
+          else log(LogLevel::kWarn, "cluster: committed offsets in the store are unreadable; replaced", {{"key", key}});
+        }
+        for (const CommittedOffset* o : entries) partitions.insert_or_assign(o->partition, *o);
+        const std::string value = encode_topic_offsets(partitions);
+        if (value.size() > kMaxOffsetValueBytes)
+          return Error{Errc::kResourceExhausted, "committed offsets of group '" + std::string(group) + "' for topic '" + topic + "' would take " +
+                                                     std::to_string(value.size()) + " bytes in the metadata store (at most " +
+                                                     std::to_string(kMaxOffsetValueBytes) + ")"};
+        WEFT_TRY(const bool written, store_->compare_and_put(key, now ? now->mod_revision : 0, value));
+        if (written) break;
+        if (attempt >= 16) return Error{Errc::kUnavailable, "committed offsets of group '" + std::string(group) + "': the store kept changing under the commit"};
+      }
+    }
+    return ok();
+  }
+
+  Result<std::vector<CommittedOffset>> fetch(std::string_view group) override {
+    const std::string group_prefix = prefix_ + std::string(group) + "/";
+    WEFT_TRY(const RangeResult found, store_->list(group_prefix));
+    std::vector<CommittedOffset> out;
+    for (const KeyValue& kv : found.kvs) {
+      const std::string_view topic = std::string_view(kv.key).substr(group_prefix.size());
+      std::optional<std::map<std::uint32_t, CommittedOffset>> partitions = decode_topic_offsets(topic, kv.value);
+      if (!partitions) {
+        log(LogLevel::kWarn, "cluster: committed offsets in the store are unreadable; left out", {{"key", kv.key}});
+        continue;
+      }
+      for (auto& [partition, o] : *partitions) out.push_back(std::move(o));
+    }
+    return out;  // keys come in order, so topics do; partitions are ordered within each
+  }
+
+ private:
+  std::shared_ptr<MetadataStore> store_;
+  std::string prefix_;
+};
+
+}  // namespace
+
+std::shared_ptr<OffsetMirror> make_store_offset_mirror(std::shared_ptr<MetadataStore> store, std::string cluster) {
+  return std::make_shared<StoreOffsetMirror>(std::move(store), std::move(cluster));
+}
+
+Result<void> forget_topic_offsets(MetadataStore& store, std::string_view cluster, std::string_view topic) {
+  const std::string prefix = offsets_prefix(cluster);
+  WEFT_TRY(const RangeResult all, store.list(prefix));
+  const std::string suffix = "/" + std::string(topic);
+  for (const KeyValue& kv : all.kvs) {
+    if (!kv.key.ends_with(suffix) || kv.key.find('/', prefix.size()) != kv.key.size() - suffix.size()) continue;
+    WEFT_TRY(const bool erased, store.erase(kv.key));
+    (void)erased;
+  }
+  return ok();
+}
+
 ClusterSnapshot parse_cluster_snapshot(std::string_view prefix, const std::vector<KeyValue>& kvs) {
   ClusterSnapshot out;
   for (const KeyValue& kv : kvs) {

@@ -242,6 +242,7 @@ ClusterNode::ClusterNode(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 ClusterNode::~ClusterNode() {
   impl_->node.set_partition_router({});
+  impl_->node.set_offset_mirror(nullptr);
   impl_->stopping = true;
   if (impl_->control.joinable()) impl_->control.join();
   if (impl_->replication.joinable()) impl_->replication.join();
@@ -281,6 +282,8 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
     if (auto n = raw->nodes.find(route.leader); n != raw->nodes.end()) route.kafka_address = n->second.kafka_address;
     return route;
   });
+  // Committed offsets live in the store, so a group's next coordinator has them.
+  node.set_offset_mirror(make_store_offset_mirror(raw->store, raw->options.cluster.cluster));
   raw->control = std::thread([raw] { raw->control_loop(); });
   raw->replication = std::thread([raw] { raw->replication_loop(); });
   log(LogLevel::kInfo, "cluster: joined",
@@ -315,7 +318,11 @@ Result<void> ClusterNode::create_topic(std::string_view name, std::uint32_t part
                               TopicRecord{std::string(name), partitions, replication_factor, topic_config_text(config)});
 }
 
-Result<void> ClusterNode::delete_topic(std::string_view name) { return delete_cluster_topic(*impl_->store, impl_->options.cluster.cluster, name); }
+Result<void> ClusterNode::delete_topic(std::string_view name) {
+  WEFT_TRY_VOID(delete_cluster_topic(*impl_->store, impl_->options.cluster.cluster, name));
+  // Groups' committed offsets of the topic go too (a topic made again starts with none), as Kafka's do.
+  return forget_topic_offsets(*impl_->store, impl_->options.cluster.cluster, name);
+}
 
 std::optional<PartitionView> ClusterNode::partition(std::string_view topic, std::uint32_t partition) const {
   return view_of(topic, partition, true);

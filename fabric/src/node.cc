@@ -236,6 +236,7 @@ struct Node::State {
   std::mutex event_mutex;  // the event fds change and are written under it
   mutable std::mutex router_mutex;
   PartitionRouter router;  // a cluster's (ClusterNode's); empty: every partition is led here
+  std::shared_ptr<OffsetMirror> offset_mirror;  // a cluster's, under router_mutex
   std::thread thread;
 };
 
@@ -484,8 +485,18 @@ Result<void> Node::delete_topic(std::string_view name) {
   return removed;
 }
 
+void Node::set_offset_mirror(std::shared_ptr<OffsetMirror> mirror) {
+  std::lock_guard lock(state_->router_mutex);
+  state_->offset_mirror = std::move(mirror);
+}
+
 Result<void> Node::commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) {
-  if (!state_->offsets)
+  std::shared_ptr<OffsetMirror> mirror;
+  {
+    std::lock_guard lock(state_->router_mutex);
+    mirror = state_->offset_mirror;
+  }
+  if (!state_->offsets && !mirror)
     return Error{Errc::kFailedPrecondition, "this node keeps no committed offsets (run it with a data directory; NodeOptions::offsets_dir)"};
   if (!options_.offsets_for_any_topic) {
     std::shared_lock lock(state_->topics_mutex);
@@ -499,13 +510,29 @@ Result<void> Node::commit_offsets(std::string_view group, std::span<const Commit
   std::vector<CommittedOffset> stamped(offsets.begin(), offsets.end());
   const std::int64_t now = wall_clock_ms();
   for (CommittedOffset& o : stamped) o.commit_time_ms = now;  // the node's clock, as Kafka's broker stamps commits
+  WEFT_TRY_VOID(validate_commit(group, stamped));
+  // The cluster's copy first: what a commit answers for must outlive this node.
+  if (mirror) {
+    WEFT_TRY_VOID(mirror->commit(group, stamped));
+  }
+  if (!state_->offsets) return ok();
   return state_->offsets->commit(group, stamped);
 }
 
 Result<std::vector<CommittedOffset>> Node::fetch_offsets(std::string_view group, std::string_view topic) const {
-  if (!state_->offsets) return std::vector<CommittedOffset>{};
   WEFT_TRY_VOID(validate_group_id(group));
-  std::vector<CommittedOffset> all = state_->offsets->fetch_all(group);
+  std::shared_ptr<OffsetMirror> mirror;
+  {
+    std::lock_guard lock(state_->router_mutex);
+    mirror = state_->offset_mirror;
+  }
+  std::vector<CommittedOffset> all;
+  // The cluster's copy is the truth (another node may have coordinated the group since); this
+  // node's own store answers for a group committed before the node joined a cluster.
+  if (mirror) {
+    WEFT_TRY(all, mirror->fetch(group));
+  }
+  if (all.empty() && state_->offsets) all = state_->offsets->fetch_all(group);
   if (!topic.empty()) std::erase_if(all, [&](const CommittedOffset& o) { return o.topic != topic; });
   return all;
 }

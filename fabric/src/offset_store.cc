@@ -333,12 +333,17 @@ Result<std::unique_ptr<OffsetStore>> OffsetStore::open(std::string dir) {
   return std::unique_ptr<OffsetStore>(new OffsetStore(std::move(state)));
 }
 
-Result<void> OffsetStore::commit(std::string_view group, std::span<const CommittedOffset> offsets) {
+Result<void> validate_commit(std::string_view group, std::span<const CommittedOffset> offsets) {
   WEFT_TRY_VOID(validate_group_id(group));
   for (const CommittedOffset& e : offsets) {
     if (Result<void> valid = validate_entry(e); !valid.ok())
       return Error{Errc::kInvalidArgument, "commit to group '" + std::string(group) + "': " + valid.error().message};
   }
+  return ok();
+}
+
+Result<void> OffsetStore::commit(std::string_view group, std::span<const CommittedOffset> offsets) {
+  WEFT_TRY_VOID(validate_commit(group, offsets));
   std::lock_guard lock(state_->mutex);
   if (state_->unloaded.contains(group))
     return Error{Errc::kFailedPrecondition, "offsets of group '" + std::string(group) + "' failed to load from " +

@@ -249,8 +249,14 @@ TEST_F(KafkaCluster, CliCreatesReassignsAndReportsReplicatedTopics) {
   EXPECT_NE(unknown.err.find("node 7 is not a live node"), std::string::npos) << unknown.err;
 
   // Status names every node, the controller, and each partition's leader, in-sync set and lag
-  // (read from the leader's metrics page)
-  Output status = weft({"cluster", "status"});
+  // (read from the leader's metrics page, which knows a follower's lag once that follower's
+  // stream reached the leader the reassignment may just have made: asked again, bounded, until then)
+  Output status;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    status = weft({"cluster", "status"});
+    if (status.exit_code != 0 || status.out.find('?') == std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   EXPECT_EQ(status.exit_code, 0) << status.err;
   EXPECT_NE(status.out.find("3 live nodes"), std::string::npos) << status.out;
   EXPECT_NE(status.out.find("0 under-replicated, 0 offline"), std::string::npos) << status.out;

@@ -220,5 +220,50 @@ TEST_F(ClusterNodeTest, ADrainedNodeHandsItsLeadershipsOverBeforeItLeaves) {
   for (std::uint32_t p = 0; p < 3; ++p) produce_acked(p, 3, std::byte{8});
 }
 
+
+TEST_F(ClusterNodeTest, CommittedOffsetsOutliveTheNodeThatTookTheCommit) {
+  start(1);
+  start(2);
+  ASSERT_TRUE(eventually([&] { return any().cluster->nodes().size() == 2; }));
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  Result<void> created = any().cluster->create_topic("orders", 2, 2, config);
+  ASSERT_TRUE(created.ok()) << created.error().message;
+  ASSERT_TRUE(eventually([&] { return by_id(1)->node->open_partition("orders", 1).ok() && by_id(2)->node->open_partition("orders", 1).ok(); }));
+  auto offsets_of = [](Member& m) {
+    Result<std::vector<CommittedOffset>> got = m.node->fetch_offsets("billing", "");
+    EXPECT_TRUE(got.ok()) << got.error().message;
+    std::vector<std::pair<std::int64_t, std::string>> out;
+    if (got.ok())
+      for (const CommittedOffset& o : *got) out.emplace_back(o.offset.value, o.topic + "/" + std::to_string(o.partition) + "/" + o.metadata);
+    return out;
+  };
+  // Given a commit taken by node 1 (its metadata with bytes a text format must carry)
+  const std::string binary("m\0 \n\xff", 5);
+  const std::vector<CommittedOffset> first = {{"orders", 0, Offset{42}, binary, 0}, {"orders", 1, Offset{7}, "", 0}};
+  ASSERT_TRUE(by_id(1)->node->commit_offsets("billing", first).ok());
+  // Expect node 2, with no copy of its own, to answer with it
+  const std::vector<std::pair<std::int64_t, std::string>> expected = {{42, "orders/0/" + binary}, {7, "orders/1/"}};
+  EXPECT_EQ(offsets_of(*by_id(2)), expected);
+  // And a later commit through node 2 to change only the partition it names
+  const std::vector<CommittedOffset> second = {{"orders", 0, Offset{50}, "", 0}};
+  ASSERT_TRUE(by_id(2)->node->commit_offsets("billing", second).ok());
+  const std::vector<std::pair<std::int64_t, std::string>> merged = {{50, "orders/0/"}, {7, "orders/1/"}};
+  EXPECT_EQ(offsets_of(*by_id(1)), merged);
+  // And a bad commit to write nothing anywhere
+  const std::vector<CommittedOffset> bad = {{"orders", 0, Offset{-5}, "", 0}};
+  EXPECT_EQ(by_id(1)->node->commit_offsets("billing", bad).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(by_id(1)->node->commit_offsets("bad/group", second).error().code, Errc::kInvalidArgument);
+
+  // When node 1 is gone for good, node 2 still has every committed offset
+  Member& one = *by_id(1);
+  one.cluster.reset();
+  one.node.reset();
+  EXPECT_EQ(offsets_of(*by_id(2)), merged);
+  // And deleting the topic deletes its groups' offsets (a topic made again starts with none)
+  ASSERT_TRUE(by_id(2)->cluster->delete_topic("orders").ok());
+  EXPECT_TRUE(offsets_of(*by_id(2)).empty());
+}
 }  // namespace
 }  // namespace weft::test

@@ -168,6 +168,10 @@ class Node {
   // Installs (or, empty, removes) the cluster's answer to partition_route.
   void set_partition_router(PartitionRouter router);
 
+  // In a cluster, where committed offsets live beyond this node (ClusterNode installs it): commits
+  // go there first, fetches read from there, so a group's next coordinator has them. Empty: none.
+  void set_offset_mirror(std::shared_ptr<OffsetMirror> mirror);
+
   // Consumer groups' committed offsets, durable when the call returns. Every entry must name an
   // existing topic and partition (kNotFound otherwise, nothing committed).
   Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets);

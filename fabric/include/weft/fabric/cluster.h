@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "weft/fabric/metadata_store.h"
+#include "weft/fabric/offset_store.h"
 #include "weft/fabric/replication.h"
 #include "weft/fabric/result.h"
 
@@ -93,6 +94,12 @@ Result<ClusterSnapshot> read_cluster(MetadataStore& store, std::string_view clus
 // Asks the controller to move a partition's replicas to `replicas` (the first becomes the
 // preferred leader): new replicas catch up first, then the old ones leave. Checked against the
 // live nodes and the existing partitions.
+// Consumer groups' committed offsets in the metadata store, one key per group and topic
+// (`/weft-offsets/<cluster>/<group>/<topic>`, beside the watched cluster prefix: a line `partition offset commit_time_ms metadata-hex`
+// per partition), each commit a compare-and-swap on its key. ClusterNode installs it on its node.
+std::shared_ptr<OffsetMirror> make_store_offset_mirror(std::shared_ptr<MetadataStore> store, std::string cluster);
+// Deletes every group's committed offsets of `topic` (the topic was deleted).
+Result<void> forget_topic_offsets(MetadataStore& store, std::string_view cluster, std::string_view topic);
 Result<void> reassign_partition(MetadataStore& store, std::string_view cluster, const PartitionId& partition,
                                 const std::vector<NodeId>& replicas);
 

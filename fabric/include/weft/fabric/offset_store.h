@@ -55,6 +55,19 @@ struct OffsetLoadProblem {
 
 // Validates a group id as the store does; the error says what is wrong.
 Result<void> validate_group_id(std::string_view group);
+// Validates a commit as OffsetStore::commit does (the group id and every entry): kInvalidArgument.
+Result<void> validate_commit(std::string_view group, std::span<const CommittedOffset> offsets);
+
+// Where a cluster keeps consumer groups' committed offsets beyond one node, so that a group's
+// next coordinator finds them (ClusterNode keeps them in the metadata store). Thread-safe.
+class OffsetMirror {
+ public:
+  virtual ~OffsetMirror() = default;
+  // Replaces the given (topic, partition) entries of `group`; durable and shared on return.
+  virtual Result<void> commit(std::string_view group, std::span<const CommittedOffset> offsets) = 0;
+  // The group's entries ordered by topic, then partition (empty for a group never committed).
+  virtual Result<std::vector<CommittedOffset>> fetch(std::string_view group) = 0;
+};
 
 // Lifecycle: open() loads every group's file; the object then serves from memory and writes
 // through to disk. Thread contract: every method may be called from any thread; one mutex
