@@ -514,6 +514,36 @@ PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, con
   constexpr std::uint64_t kInFlight = 16;
   std::uint64_t sent = 0, answered = 0;
   std::string frame;
+  // Untimed and uncounted: one batch to every partition until each is taken, as a Kafka client
+  // retries LEADER_NOT_AVAILABLE (5) and NOT_LEADER_OR_FOLLOWER (6) while a new topic's leaders
+  // take their roles. (The fetch phase reads the first `records` records, so the extra batches
+  // do not count there either.)
+  for (std::size_t partition = 0; partition < requests.size(); ++partition) {
+    for (int attempt = 0;; ++attempt) {
+      if (!client->send_all(wire_request(0, 7, -1, requests[partition])).ok()) {
+        error = "the connection closed while sending";
+        return result;
+      }
+      Result<std::string> answer = client->read_frame(30'000);
+      if (!answer.ok()) {
+        error = "no answer to a produce within 30 s";
+        return result;
+      }
+      kafka::Reader r(std::as_bytes(std::span(answer->data(), answer->size())));
+      (void)r.i32();
+      (void)r.array(false);
+      (void)r.string(false);
+      (void)r.array(false);
+      (void)r.i32();
+      const std::int16_t code = r.i16();
+      if (r.ok() && code == 0) break;
+      if (!r.ok() || (code != 5 && code != 6) || attempt >= 200) {
+        error = "produce answered with error " + std::to_string(code);
+        return result;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
   const std::int64_t start = monotonic_ns();
   while (answered < total && !g_stop.load(std::memory_order_relaxed)) {
     while (sent < total && sent - answered < kInFlight) {
@@ -661,7 +691,11 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
       std::fprintf(stderr, "weft: the bare client's run is skipped: %s\n", why.c_str());
     } else {
       const RemoteOptions at_leader{leader};
-      wire_produced = wire_produce_phase(at_leader, p, wire_topic, records, error);
+      std::string wire_error;
+      wire_produced = wire_produce_phase(at_leader, p, wire_topic, records, wire_error);
+      if (wire_produced.failed > 0 || !wire_error.empty())
+        std::fprintf(stderr, "weft: the bare client: %llu produce requests failed: %s\n", static_cast<unsigned long long>(wire_produced.failed),
+                     wire_error.c_str());
       if (wire_produced.records > 0) wire_fetched = wire_fetch_phase(at_leader, p, wire_topic, wire_produced.records, error);
     }
     (void)admin_topic(admin.get(), wire_topic, 0, error);
