@@ -480,6 +480,20 @@ std::string wire_request(std::int16_t key, std::int16_t version, std::int32_t co
   return kafka::request_frame(key, version, correlation, "weft-perf-wire", body);
 }
 
+// A Produce v7 answer's first partition error: correlation id, responses [topic [partition,
+// error, ...]], so it sits at a fixed place. Nothing when the answer does not parse.
+std::optional<std::int16_t> produce_error(const std::string& frame) {
+  kafka::Reader r(std::as_bytes(std::span(frame.data(), frame.size())));
+  (void)r.i32();
+  (void)r.array(false);
+  (void)r.string(false);
+  (void)r.array(false);
+  (void)r.i32();
+  const std::int16_t code = r.i16();
+  if (!r.ok()) return std::nullopt;
+  return code;
+}
+
 PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, std::string& error) {
   PhaseResult result;
   std::optional<kafka::WireConnection> client = connect_wire(o.bootstrap, error);
@@ -513,7 +527,6 @@ PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, con
   const std::uint64_t total = (records + static_cast<std::uint64_t>(in_batch) - 1) / static_cast<std::uint64_t>(in_batch);
   constexpr std::uint64_t kInFlight = 16;
   std::uint64_t sent = 0, answered = 0;
-  std::string frame;
   // Untimed and uncounted: one batch to every partition until each is taken, as a Kafka client
   // retries LEADER_NOT_AVAILABLE (5) and NOT_LEADER_OR_FOLLOWER (6) while a new topic's leaders
   // take their roles. (The fetch phase reads the first `records` records, so the extra batches
@@ -529,16 +542,10 @@ PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, con
         error = "no answer to a produce within 30 s";
         return result;
       }
-      kafka::Reader r(std::as_bytes(std::span(answer->data(), answer->size())));
-      (void)r.i32();
-      (void)r.array(false);
-      (void)r.string(false);
-      (void)r.array(false);
-      (void)r.i32();
-      const std::int16_t code = r.i16();
-      if (r.ok() && code == 0) break;
-      if (!r.ok() || (code != 5 && code != 6) || attempt >= 200) {
-        error = "produce answered with error " + std::to_string(code);
+      const std::optional<std::int16_t> code = produce_error(*answer);
+      if (code == 0) break;
+      if (!code || (*code != 5 && *code != 6) || attempt >= 200) {
+        error = "produce answered with error " + std::to_string(code.value_or(-1));
         return result;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -558,18 +565,10 @@ PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, con
       error = "no answer to a produce within 30 s";
       break;
     }
-    frame = std::move(*answer);
-    // correlation id, responses [topic [partition, error, ...]]: the error sits at a fixed place.
-    kafka::Reader r(std::as_bytes(std::span(frame.data(), frame.size())));
-    (void)r.i32();
-    (void)r.array(false);
-    (void)r.string(false);
-    (void)r.array(false);
-    (void)r.i32();
-    const std::int16_t code = r.i16();
-    if (!r.ok() || code != 0) {
+    const std::optional<std::int16_t> code = produce_error(*answer);
+    if (code != 0) {
       ++result.failed;
-      if (error.empty()) error = "produce answered with error " + std::to_string(code);
+      if (error.empty()) error = "produce answered with error " + std::to_string(code.value_or(-1));
     }
     ++answered;
   }
