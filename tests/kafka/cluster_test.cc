@@ -19,6 +19,7 @@
 #include "../etcd_server.h"
 #include "../temp_dir.h"
 #include "../tools/process.h"
+#include "kafka_client.h"
 #include "weft/fabric/cluster.h"
 #include "weft/storage/etcd_metadata_store.h"
 
@@ -181,8 +182,34 @@ TEST_F(KafkaCluster, AcknowledgedRecordsSurviveRepeatedLeaderKills) {
   const int exit_code = client.running() ? client.stop(SIGKILL) : client.exit_code();
   const std::string out = read_file(client_log);
   EXPECT_EQ(exit_code, 0) << tail(out) << logs();
-  EXPECT_NE(out.find("\nOK "), std::string::npos) << tail(out);
-  std::printf("%s", out.substr(out.rfind("OK ") == std::string::npos ? 0 : out.rfind("OK ")).c_str());
+  ASSERT_NE(out.find("\nOK "), std::string::npos) << tail(out);
+  std::printf("%s", out.substr(out.rfind("OK ")).c_str());
+
+  // And the group's committed offset outlives its coordinator: with the node that took the last
+  // commit (the group member's, as it closed) SIGKILLed and another with it, a new member of the
+  // group asks the one left and is told that offset, one past every record
+  const long long sent = std::stoll(out.substr(out.rfind("OK sent=") + 8));
+  weft::test::KafkaClient asking(static_cast<std::uint16_t>(nodes_[0].kafka_port));
+  weft::kafka::Writer find;
+  find.string("failover-group", false);
+  std::optional<std::string> found = asking.call(10, 0, false, find.buffer());  // FindCoordinator v0
+  ASSERT_TRUE(found) << logs();
+  weft::kafka::Reader r(weft::test::as_bytes(*found));
+  ASSERT_EQ(r.i16(), 0);
+  const int coordinator = r.i32();
+  ASSERT_GE(coordinator, 1);
+  ASSERT_LE(coordinator, kNodes);
+  const int kept = coordinator == kNodes ? 1 : kNodes;
+  for (int id = 1; id <= kNodes; ++id)
+    if (id != kept) nodes_[id - 1].process->stop(SIGKILL);
+  const std::string survivor = "127.0.0.1:" + std::to_string(nodes_[kept - 1].kafka_port);
+  Output asked = run({kPython, "-u", "-B", std::string(KAFKA_COMPAT_SCRIPTS_DIR) + "/cluster_failover.py", "--committed", survivor, "failover",
+                      "failover-group"},
+                     {}, 90'000);
+  ASSERT_EQ(asked.exit_code, 0) << asked.out << asked.err << logs();
+  const std::size_t at = asked.out.rfind("COMMITTED ");
+  ASSERT_NE(at, std::string::npos) << asked.out;
+  EXPECT_EQ(std::stoll(asked.out.substr(at + 10)), sent) << asked.out;
 }
 
 TEST_F(KafkaCluster, CleanShutdownMovesLeadershipBeforeExit) {

@@ -79,9 +79,32 @@ def read_all(bootstrap, topic, expected_end, group=None, stop=None, seen=None):
     return values
 
 
+def committed(bootstrap, topic, group):
+    """Prints the offset `group` has committed for the topic's partition 0, as a new member of
+    the group asks for it (from whichever node coordinates the group now)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                answer = consumer.committed([TopicPartition(topic, 0)], timeout=5)
+            except Exception as error:  # the coordinator is moving: ask again
+                print("retry: %s" % error, flush=True)
+                time.sleep(0.5)
+                continue
+            print("COMMITTED %d" % answer[0].offset, flush=True)
+            return
+    finally:
+        consumer.close()
+    fail("no committed offset for group %s within 60 s" % group)
+
+
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--committed":
+        committed(*sys.argv[2:5])
+        return
     if len(sys.argv) != 4:
-        fail("usage: cluster_failover.py BOOTSTRAP TOPIC STOP_FILE")
+        fail("usage: cluster_failover.py BOOTSTRAP TOPIC STOP_FILE | --committed BOOTSTRAP TOPIC GROUP")
     bootstrap, topic, stop_file = sys.argv[1:4]
     started = time.monotonic()
     create_topic(bootstrap, topic)
