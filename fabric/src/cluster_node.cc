@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "weft/fabric/log.h"
+#include "weft/fabric/thread_name.h"
 
 namespace weft {
 Result<TopicConfig> topic_config_from_text(std::string_view text, TopicConfig base) {
@@ -284,8 +285,14 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   });
   // Committed offsets live in the store, so a group's next coordinator has them.
   node.set_offset_mirror(make_store_offset_mirror(raw->store, raw->options.cluster.cluster));
-  raw->control = std::thread([raw] { raw->control_loop(); });
-  raw->replication = std::thread([raw] { raw->replication_loop(); });
+  raw->control = std::thread([raw] {
+    name_this_thread("weft-control");
+    raw->control_loop();
+  });
+  raw->replication = std::thread([raw] {
+    name_this_thread("weft-replica");
+    raw->replication_loop();
+  });
   log(LogLevel::kInfo, "cluster: joined",
       {{"node", std::to_string(raw->options.cluster.self.id)}, {"cluster", raw->options.cluster.cluster}, {"replication", raw->replicator->address()}});
   return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(impl)));

@@ -19,6 +19,7 @@
 
 #include "weft/fabric/local_protocol.h"
 #include "weft/fabric/log.h"
+#include "weft/fabric/thread_name.h"
 
 namespace weft {
 namespace {
@@ -486,7 +487,10 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
     if (epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return os_error(Errc::kIo, "epoll_ctl", errno);
   }
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] { raw->run(); });
+  impl->thread = std::thread([raw] {
+    name_this_thread("weft-local");
+    raw->run();
+  });
   return std::unique_ptr<LocalServer>(new LocalServer(std::move(impl)));
 }
 

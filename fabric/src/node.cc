@@ -3,6 +3,7 @@
 #include "weft/fabric/file.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
+#include "weft/fabric/thread_name.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -285,6 +286,7 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
   if (node->options_.start_maintenance_thread) {
     Node* self = node.get();
     node->state_->thread = std::thread([self] {
+      name_this_thread("weft-maint");
       // The default 50 µs timer slack would double a short sleep: producers waiting on the
       // log are answered by this thread's next pass.
       prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);

@@ -14,6 +14,7 @@
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/ring.h"
+#include "weft/fabric/thread_name.h"
 
 namespace weft {
 
@@ -783,6 +784,7 @@ struct Replicator::Impl {
         }
         // The connect's thread wakes this one when it is done (its wake fd, when it has one).
         c->connecting = std::async(std::launch::async, [&t = transport, address = address_, timeout = options.connect_timeout_ms, fd = wake_fd] {
+          name_this_thread("weft-connect");
           Result<std::unique_ptr<Link>> link = t.connect(address, timeout);
           const std::uint64_t one = 1;
           if (fd >= 0) (void)!::write(fd, &one, sizeof one);

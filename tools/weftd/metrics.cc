@@ -23,6 +23,7 @@
 #include "weft/fabric/log.h"
 #include "weft/fabric/ring.h"
 #include "weft/fabric/shared_memory.h"
+#include "weft/fabric/thread_name.h"
 #include "weft/kafka/wire.h"
 
 namespace weft::weftd {
@@ -621,7 +622,10 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::start(MetricsServerOptions
   const std::string host = o.host == "localhost" ? "127.0.0.1" : o.host;
   impl->options.host = host;
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] { raw->run(); });
+  impl->thread = std::thread([raw] {
+    name_this_thread("weft-metrics");
+    raw->run();
+  });
   return std::unique_ptr<MetricsServer>(new MetricsServer(std::move(impl)));
 }
 

@@ -25,6 +25,7 @@
 #include "broker.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
+#include "weft/fabric/thread_name.h"
 
 namespace weft::kafka {
 
@@ -533,7 +534,10 @@ Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaLis
   // acks=all and fetches at the high watermark are answered as it moves.
   if (options.cluster != nullptr) options.cluster->set_high_watermark_event(impl->wake_fd.get());
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] { raw->run(); });
+  impl->thread = std::thread([raw] {
+    name_this_thread("weft-kafka");
+    raw->run();
+  });
   log(LogLevel::kInfo, "kafka listener ready",
       {{"listen", o.listen_host + ":" + std::to_string(impl->port)},
        {"advertise", (o.advertised_host.empty() ? o.listen_host : o.advertised_host) + ":" +
