@@ -1,4 +1,5 @@
 // weft: the command-line tool. Topics, producing and consuming lines, node status, and perf.
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -6,12 +7,14 @@
 #include <atomic>
 #include <algorithm>
 #include <charconv>
+#include <deque>
 #include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "commands.h"
 #include "format.h"
@@ -418,32 +421,81 @@ int main(int argc, char** argv) {
     std::ifstream in_file;
     if (!file.empty()) in_file.open(file);
     std::istream& in = file.empty() ? std::cin : in_file;
-    std::string line;
+    // Lines go out in batches, one per partition, sent when full, when the input has nothing
+    // more ready (so typed lines go at once) and at the end: through a ring that is fewer batch
+    // headers; to a leader on another node (a cluster node that follows the partition), fewer
+    // round trips. Keyed lines take their key's partition, keyless ones one partition per batch
+    // (Kafka's sticky partitioner), each line its own timestamp.
+    struct Pending {
+      std::deque<std::string> lines;  // a deque: the records' views stay put as it grows
+      std::vector<RecordInput> records;
+      std::size_t bytes = kBatchHeaderBytes;
+      std::uint64_t first_line = 0;
+    };
+    std::vector<Pending> pending(producer->partitions());
+    const std::size_t batch_limit = std::max<std::size_t>(producer->max_batch_bytes() / 2, kBatchHeaderBytes + 1);
+    std::uint32_t keyless_partition = static_cast<std::uint32_t>(::getpid()) % producer->partitions();
+    std::size_t keyless_bytes = 0;
     std::uint64_t sent = 0, line_number = 0;
+    auto send_pending = [&](std::uint32_t p) -> Result<void> {
+      Pending& batch = pending[p];
+      if (batch.records.empty()) return ok();
+      Result<SendResult> r = producer->send_batch(p, batch.records);
+      if (!r.ok())
+        return Error{r.error().code, "sending lines " + std::to_string(batch.first_line) + "-" +
+                                         std::to_string(batch.first_line + batch.records.size() - 1) + ": " + r.error().message};
+      sent += batch.records.size();
+      batch = Pending{};
+      return ok();
+    };
+    auto input_ready = [&] {
+      if (in.rdbuf()->in_avail() > 0) return true;
+      if (!file.empty()) return in.good();
+      pollfd stdin_fd{0, POLLIN, 0};
+      return ::poll(&stdin_fd, 1, 0) > 0;  // more to read now (or the end, which getline finds)
+    };
+    std::string line;
     while (std::getline(in, line)) {
       ++line_number;
       if (!line.empty() && line.back() == '\r') line.pop_back();
-      RecordInput record;
-      std::string_view value = line;
-      std::string_view key;
-      bool has_key = false;
-      if (!key_sep.empty()) {
-        const std::size_t at = line.find(key_sep);
-        if (at != std::string::npos) {
-          key = std::string_view(line).substr(0, at);
-          value = std::string_view(line).substr(at + key_sep.size());
-          has_key = true;
+      const std::size_t at = key_sep.empty() ? std::string::npos : line.find(key_sep);
+      const bool has_key = at != std::string::npos;
+      const std::size_t value_from = has_key ? at + key_sep.size() : 0;
+      const std::uint32_t target = partition >= 0 ? static_cast<std::uint32_t>(partition)
+                                   : has_key      ? partition_for_key(std::as_bytes(std::span(line.data(), at)), producer->partitions())
+                                                  : keyless_partition;
+      // Room for the record at any place in the batch (its varints grow with its index).
+      const std::size_t record_bytes = line.size() + 32;
+      if (pending[target].bytes + record_bytes > batch_limit || pending[target].records.size() >= 512) {
+        if (Result<void> s2 = send_pending(target); !s2.ok()) return report(s2.error(), "producing");
+      }
+      if (!has_key && partition < 0) {
+        // Kafka's sticky partitioner: keyless records stay on one partition for a batch's worth
+        // of bytes (the producer's sticky_batch_bytes), then move to the next.
+        keyless_bytes += record_bytes;
+        if (keyless_bytes >= ProducerOptions{}.sticky_batch_bytes) {
+          keyless_bytes = 0;
+          keyless_partition = (keyless_partition + 1) % producer->partitions();
         }
       }
-      if (has_key) record.key = std::as_bytes(std::span(key.data(), key.size()));
-      record.value = std::as_bytes(std::span(value.data(), value.size()));
+      Pending& batch = pending[target];
+      if (batch.records.empty()) batch.first_line = line_number;
+      const std::string& kept = batch.lines.emplace_back(std::move(line));
+      RecordInput record;
+      if (has_key) record.key = std::as_bytes(std::span(kept.data(), at));
+      record.value = std::as_bytes(std::span(kept.data() + value_from, kept.size() - value_from));
       timespec now{};
       clock_gettime(CLOCK_REALTIME, &now);
       record.timestamp_ms = static_cast<std::int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1'000'000;
-      Result<SendResult> r = partition >= 0 ? producer->send_to(static_cast<std::uint32_t>(partition), record) : producer->send(record);
-      if (!r.ok()) return report(r.error(), "sending line " + std::to_string(line_number));
-      ++sent;
+      batch.records.push_back(record);
+      batch.bytes += record_bytes;
+      if (!input_ready()) {
+        for (std::uint32_t p = 0; p < pending.size(); ++p)
+          if (Result<void> s2 = send_pending(p); !s2.ok()) return report(s2.error(), "producing");
+      }
     }
+    for (std::uint32_t p = 0; p < pending.size(); ++p)
+      if (Result<void> s2 = send_pending(p); !s2.ok()) return report(s2.error(), "producing");
     if (Result<void> flushed = producer->flush(); !flushed.ok()) return report(flushed.error(), "flushing");
     std::fprintf(stderr, "weft: sent %llu records to %s\n", static_cast<unsigned long long>(sent), topic_name.c_str());
     return 0;
