@@ -235,9 +235,13 @@ struct Node::State {
   std::atomic<int> pass_event{-1};  // an eventfd told after passes that found log waiters
   std::atomic<int> replication_event{-1};  // another (the replication thread's), told the same way
   std::mutex event_mutex;  // the event fds change and are written under it
-  mutable std::mutex router_mutex;
-  PartitionRouter router;  // a cluster's (ClusterNode's); empty: every partition is led here
-  std::shared_ptr<OffsetMirror> offset_mirror;  // a cluster's, under router_mutex
+  mutable std::mutex cluster_hooks_mutex;  // guards the two hooks a ClusterNode installs:
+  PartitionRouter router;                    // empty: every partition is led here
+  std::shared_ptr<OffsetMirror> offset_mirror;
+  std::shared_ptr<OffsetMirror> mirror() const {
+    std::lock_guard lock(cluster_hooks_mutex);
+    return offset_mirror;
+  }
   std::thread thread;
 };
 
@@ -488,16 +492,12 @@ Result<void> Node::delete_topic(std::string_view name) {
 }
 
 void Node::set_offset_mirror(std::shared_ptr<OffsetMirror> mirror) {
-  std::lock_guard lock(state_->router_mutex);
+  std::lock_guard lock(state_->cluster_hooks_mutex);
   state_->offset_mirror = std::move(mirror);
 }
 
 Result<void> Node::commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) {
-  std::shared_ptr<OffsetMirror> mirror;
-  {
-    std::lock_guard lock(state_->router_mutex);
-    mirror = state_->offset_mirror;
-  }
+  const std::shared_ptr<OffsetMirror> mirror = state_->mirror();
   if (!state_->offsets && !mirror)
     return Error{Errc::kFailedPrecondition, "this node keeps no committed offsets (run it with a data directory; NodeOptions::offsets_dir)"};
   if (!options_.offsets_for_any_topic) {
@@ -512,7 +512,6 @@ Result<void> Node::commit_offsets(std::string_view group, std::span<const Commit
   std::vector<CommittedOffset> stamped(offsets.begin(), offsets.end());
   const std::int64_t now = wall_clock_ms();
   for (CommittedOffset& o : stamped) o.commit_time_ms = now;  // the node's clock, as Kafka's broker stamps commits
-  WEFT_TRY_VOID(validate_commit(group, stamped));
   // The cluster's copy first: what a commit answers for must outlive this node.
   if (mirror) {
     WEFT_TRY_VOID(mirror->commit(group, stamped));
@@ -523,11 +522,7 @@ Result<void> Node::commit_offsets(std::string_view group, std::span<const Commit
 
 Result<std::vector<CommittedOffset>> Node::fetch_offsets(std::string_view group, std::string_view topic) const {
   WEFT_TRY_VOID(validate_group_id(group));
-  std::shared_ptr<OffsetMirror> mirror;
-  {
-    std::lock_guard lock(state_->router_mutex);
-    mirror = state_->offset_mirror;
-  }
+  const std::shared_ptr<OffsetMirror> mirror = state_->mirror();
   std::vector<CommittedOffset> all;
   // The cluster's copy is the truth (another node may have coordinated the group since); this
   // node's own store answers for a group committed before the node joined a cluster.
@@ -592,7 +587,7 @@ Result<PartitionRoute> Node::partition_route(std::string_view name, std::uint32_
   (void)memory;
   PartitionRouter router;
   {
-    std::lock_guard lock(state_->router_mutex);
+    std::lock_guard lock(state_->cluster_hooks_mutex);
     router = state_->router;
   }
   if (!router) return PartitionRoute{};
@@ -600,7 +595,7 @@ Result<PartitionRoute> Node::partition_route(std::string_view name, std::uint32_
 }
 
 void Node::set_partition_router(PartitionRouter router) {
-  std::lock_guard lock(state_->router_mutex);
+  std::lock_guard lock(state_->cluster_hooks_mutex);
   state_->router = std::move(router);
 }
 

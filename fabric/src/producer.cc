@@ -46,13 +46,15 @@ std::uint32_t partition_for_key(std::span<const std::byte> key, std::uint32_t pa
 
 namespace {
 
+constexpr std::int32_t kRoutedHere = -1;  // PartitionProducer::routed_to: this node's ring
+
 struct PartitionProducer {
   PartitionMemory memory;
   std::optional<Producer> producer;  // attached at the first send, so idle partitions hold no slot
   Offset sent_end{0};                // the offset after the last record sent here (flush waits for it)
   std::int32_t sent_epoch = kAnyLeaderEpoch;  // the ring's leader epoch for those sends
-  std::optional<PartitionRoute> remote;       // another node leads: sends go to it
-  bool remote_refused = false;                // ... but it said it does not lead now: ask again
+  std::optional<PartitionRoute> remote;       // another node leads: sends go to it (none: ask)
+  std::int32_t routed_to = kRoutedHere;       // where sends went last (a change counts as a reroute)
 };
 
 // Acknowledgement levels in order of strength (kAll is -1 on the wire).
@@ -77,6 +79,7 @@ struct TopicProducer::State {
   std::uint64_t random = 0;
   ProducerStats stats;
   std::vector<std::byte> remote_batch;  // a batch bound for another node's leader, encoded here
+  bool remote_claim_open = false;       // remote_batch is a claim the caller is writing
 };
 
 TopicProducer::TopicProducer(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -96,7 +99,7 @@ Result<TopicProducer> TopicProducer::create(std::shared_ptr<Client> client, std:
   for (std::uint32_t p = 0; p < info.config.partitions; ++p) {
     WEFT_TRY(PartitionMemory memory, state->client->open_partition(topic, p));
     state->max_batch_bytes = memory.ring.max_batch_bytes();
-    state->partitions.push_back(PartitionProducer{std::move(memory), std::nullopt, Offset{0}, kAnyLeaderEpoch, std::nullopt, false});
+    state->partitions.emplace_back().memory = std::move(memory);
   }
   state->sticky = static_cast<std::uint32_t>(state->random % state->partitions.size());
   return TopicProducer(std::move(state));
@@ -121,7 +124,7 @@ Result<Producer*> TopicProducer::ring_producer(std::uint32_t partition) {
   if (p.producer) [[likely]]
     return &*p.producer;
   // Sent to another node's leader until this node's ring opens to producers again.
-  if (p.remote && !p.remote_refused && leader_epoch(p.memory.ring) == ring_layout::kFollowing) return nullptr;
+  if (p.remote && leader_epoch(p.memory.ring) == ring_layout::kFollowing) return nullptr;
   return attach_or_route(partition);
 }
 
@@ -130,7 +133,6 @@ Result<Producer*> TopicProducer::attach_or_route(std::uint32_t partition) {
   PartitionProducer& p = s.partitions[partition];
   const std::string where = "topic '" + s.topic + "' partition " + std::to_string(partition);
   const std::int64_t deadline = monotonic_ns() + std::min<std::int64_t>(s.options.max_block_ms, std::int64_t{1} << 40) * 1'000'000;
-  const bool was_remote = p.remote.has_value();
   for (;;) {
     // The node replaced the ring (a replica's truncation): the partition lives in a new one.
     if (leader_epoch(p.memory.ring) == ring_layout::kRetired) {
@@ -142,7 +144,8 @@ Result<Producer*> TopicProducer::attach_or_route(std::uint32_t partition) {
     Result<Producer> attached = Producer::attach(p.memory.ring, s.options.mode);
     if (attached.ok()) {
       p.producer.emplace(std::move(*attached));
-      if (was_remote) ++s.stats.reroutes;
+      if (p.routed_to != kRoutedHere) ++s.stats.reroutes;
+      p.routed_to = kRoutedHere;
       p.remote.reset();
       return &*p.producer;
     }
@@ -159,9 +162,9 @@ Result<Producer*> TopicProducer::attach_or_route(std::uint32_t partition) {
                                                     "(weft::kafka::make_remote_producer()) or produce on the leader's host"};
       if (route->kafka_address.empty())
         return Error{Errc::kUnavailable, where + " is led by node " + std::to_string(route->leader) + ", which has no Kafka listener to produce to"};
-      if (!was_remote || p.remote->leader != route->leader) ++s.stats.reroutes;
+      if (p.routed_to != route->leader) ++s.stats.reroutes;
+      p.routed_to = route->leader;
       p.remote = std::move(*route);
-      p.remote_refused = false;
       return nullptr;
     }
     // Led here but the node has not opened the ring yet, or no leader now: an election is
@@ -277,6 +280,9 @@ Result<SendResult> TopicProducer::send_slow(std::uint32_t partition, const Recor
   for (int reroutes = 0;; ++reroutes) {
     WEFT_TRY(Producer * producer, ring_producer(partition));
     if (producer == nullptr) {
+      // As a ring refuses a send while a claim is open: the claim is being written in this buffer.
+      if (state_->remote_claim_open)
+        return Error{Errc::kFailedPrecondition, "partition " + std::to_string(partition) + " has a claim open; commit or abort it first"};
       std::vector<std::byte>& buffer = state_->remote_batch;
       buffer.resize(single_record_batch_bytes(record));
       Result<SendResult> sent = send_encoded(partition, encode_single_record_batch(buffer, record));
@@ -350,7 +356,7 @@ Result<SendResult> TopicProducer::send_remote(std::uint32_t partition, std::span
   if (!base.ok()) {
     const std::string where = "topic '" + s.topic + "' partition " + std::to_string(partition) + " at its leader, node " +
                               std::to_string(p.remote->leader) + " (" + p.remote->kafka_address + "): ";
-    if (base.error().code == Errc::kAborted) p.remote_refused = true;  // asked again on the next send
+    if (base.error().code == Errc::kAborted) p.remote.reset();  // asked again on the next send
     return Error{base.error().code, where + base.error().message};
   }
   ++s.stats.remote_batches;
@@ -390,8 +396,8 @@ Result<ZeroCopyBatch> TopicProducer::claim(std::uint32_t partition, std::size_t 
     WEFT_TRY(Producer * producer, ring_producer(partition));
     if (producer == nullptr) {
       // Another node leads: the batch is written here and sent at commit.
-      if (records == 0 || batch_bytes < kBatchHeaderBytes)
-        return Error{Errc::kInvalidArgument, "claim: zero records, or fewer bytes than a batch header"};
+      if (records == 0 || batch_bytes < kBatchHeaderBytes || state_->remote_claim_open)
+        return Error{Errc::kInvalidArgument, "claim: zero records, fewer bytes than a batch header, or a claim still open"};
       if (batch_bytes > state_->max_batch_bytes)
         return Error{Errc::kInvalidArgument, "a batch of " + std::to_string(batch_bytes) + " bytes exceeds topic '" + state_->topic +
                                                  "' max.batch.bytes of " + std::to_string(state_->max_batch_bytes)};
@@ -400,6 +406,7 @@ Result<ZeroCopyBatch> TopicProducer::claim(std::uint32_t partition, std::size_t 
       batch.base_offset = Offset{-1};
       batch.claim.records = records;
       batch.remote = true;
+      state_->remote_claim_open = true;
       return batch;
     }
     switch (producer->try_claim(batch_bytes, records, batch.claim)) {
@@ -427,6 +434,7 @@ Result<SendResult> TopicProducer::commit(ZeroCopyBatch& batch, std::size_t used_
                             used_bytes <= batch.bytes.size() && batch.bytes.data() == state_->remote_batch.data() &&
                             wire::load_be32(batch.bytes.data() + batch_field::kRecordCount) == static_cast<std::int32_t>(batch.claim.records);
     batch.remote = false;  // committed or refused: not again
+    state_->remote_claim_open = false;
     if (!consistent) return Error{Errc::kInvalidArgument, "commit: the batch does not match its claim (record count or length)"};
     WEFT_TRY(SendResult sent, send_encoded(batch.partition, batch.bytes.first(used_bytes)));
     state_->stats.records += batch.claim.records;
@@ -453,6 +461,7 @@ Result<SendResult> TopicProducer::commit(ZeroCopyBatch& batch, std::size_t used_
 void TopicProducer::abort(ZeroCopyBatch& batch) {
   if (batch.remote) {
     batch.remote = false;  // nothing left here
+    state_->remote_claim_open = false;
     return;
   }
   if (batch.partition >= state_->partitions.size()) return;

@@ -437,6 +437,9 @@ TEST_P(ClientTest, ProducersOnAFollowersRingSendToTheLeaderAndComeBackWhenItLead
   EXPECT_EQ(batch.offset, Offset{101});
   ASSERT_OK_AND_ASSIGN(ZeroCopyBatch claimed, producer.claim(0, 512, 1));
   EXPECT_TRUE(claimed.remote);
+  // While it is open, nothing else is written where it is being built (as with a ring's claim)
+  EXPECT_EQ(producer.send_to(0, value_record("meanwhile")).error().code, Errc::kFailedPrecondition);
+  EXPECT_EQ(producer.claim(0, 512, 1).error().code, Errc::kInvalidArgument);
   BatchBuilder builder(claimed.bytes);
   ASSERT_TRUE(builder.append(value_record("in place", 5)));
   ASSERT_OK_AND_ASSIGN(const SendResult committed, producer.commit(claimed, builder.finish().size()));

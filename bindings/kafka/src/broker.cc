@@ -236,15 +236,13 @@ void Broker::tick(std::int64_t now_ns) {
   for (auto& [name, t] : topics_)
     for (auto& p : t->partitions)
       if (p->reader && now - p->reader_used_ms > 5'000) p->reader.reset();
-  // A partition this node no longer leads: its producer lets go of the ring, which the replica
-  // now writes alone (a follower's ring takes only its leader's batches). Every 100 ms.
-  if (cluster_ != nullptr && now - last_leadership_check_ms_ >= 100) {
+  // A producer the ring fenced (the node follows now, or leads at a new epoch) lets go of its
+  // slot, so an idle partition's follower writes its ring alone. Every 100 ms.
+  if (now - last_leadership_check_ms_ >= 100) {
     last_leadership_check_ms_ = now;
     for (auto& [name, t] : topics_)
-      for (std::size_t i = 0; i < t->partitions.size(); ++i) {
-        PartitionState& p = *t->partitions[i];
-        if (p.producer && leader_error(name, static_cast<std::int32_t>(i)) == error::kNotLeaderOrFollower) p.producer.reset();
-      }
+      for (auto& p : t->partitions)
+        if (p->producer && leader_epoch(p->memory.ring) != p->producer->leader_epoch()) p->producer.reset();
   }
 }
 
