@@ -226,7 +226,9 @@ struct ClusterNode::Impl {
           std::optional<Offset> hw = replicator->high_watermark(entry.first);
           if (!hw) continue;
           Offset& known = high_watermarks[entry.first];
-          moved = moved || known != *hw;
+          // Only a leader's listener waits on its high watermark (acks=all, fetches); a follower's
+          // moves with every record and would wake its listener for nothing.
+          moved = moved || (known != *hw && entry.second.assignment.leader);
           known = *hw;
         }
         if (refresh) status = std::move(fresh);

@@ -152,6 +152,7 @@ struct Replicator::Impl {
     std::uint64_t consumed = 0;     // region bytes the follower has freed
     std::vector<Buffer> free_buffers;
     bool hw_due = false;
+    std::int64_t hw_due_ns = 0;  // sent alone from then on; before, only ahead of a write
     bool stuck_reported = false;
     Offset hw_sent{-1};
   };
@@ -381,9 +382,19 @@ struct Replicator::Impl {
     for (auto& [id, f] : l.followers) {
       if (f.connection == nullptr) continue;
       auto s = f.connection->streams.find(f.stream);
-      if (s != f.connection->streams.end() && s->second.partition == partition) s->second.hw_due = true;
+      if (s == f.connection->streams.end() || s->second.partition != partition || s->second.hw_due) continue;
+      s->second.hw_due = true;
+      s->second.hw_due_ns = monotonic_ns() + kHighWatermarkDelayNs;
+      next_hw_due_ns = std::min(next_hw_due_ns, s->second.hw_due_ns);
     }
   }
+
+  // A follower learns the high watermark ahead of the next write to it, or alone once this has
+  // passed: a message of its own per record woke each follower twice per record. Its own
+  // consumers see records up to this much later when the stream goes quiet; Kafka's followers
+  // learn it a fetch later.
+  static constexpr std::int64_t kHighWatermarkDelayNs = 1'000'000;
+  std::int64_t next_hw_due_ns = INT64_MAX;  // the earliest hw_due_ns of any stream: the wait ends then
 
   // Pushes what the log holds past each stream's position, while the region has room.
   bool push(Connection& c) {
@@ -395,7 +406,9 @@ struct Replicator::Impl {
       auto l = led.find(s.partition);
       if (l == led.end()) continue;
       ReplicaLog& log_ = *l->second.log;
-      if (s.hw_due && s.hw_sent != l->second.hw) {
+      if (s.hw_due && s.hw_sent == l->second.hw) s.hw_due = false;
+      const bool write_ready = !s.free_buffers.empty() && s.next_offset < log_.log_end();
+      if (s.hw_due && (write_ready || monotonic_ns() >= s.hw_due_ns)) {
         MessageWriter m;
         m.put(static_cast<std::uint8_t>(MessageType::kHighWatermark)).put(id).put(l->second.hw.value);
         if (send(c, m)) {
@@ -403,6 +416,7 @@ struct Replicator::Impl {
           s.hw_due = false;
         }
       }
+      if (s.hw_due) next_hw_due_ns = std::min(next_hw_due_ns, s.hw_due_ns);
       while (!s.free_buffers.empty() && s.next_offset < log_.log_end()) {
         const std::uint64_t size = s.region.length;
         const std::uint64_t free = size - (s.written - s.consumed);
@@ -826,9 +840,21 @@ struct Replicator::Impl {
     return any;
   }
 
+  // Whether a follower may be waiting to connect: the listener was readable at the last wait,
+  // or 10 ms passed (a replicator kept busy never waits). An accept per round that finds no
+  // one is a syscall per record on a busy leader.
+  bool listener_ready = true;
+  std::int64_t last_accept_ms = 0;
+
   bool step_listener() {
     bool any = false;
-    for (int i = 0; i < 16; ++i) {
+    const std::int64_t now = now_ms();
+    const bool look = listener_ready || now - last_accept_ms >= 10;
+    if (look) {
+      listener_ready = false;
+      last_accept_ms = now;
+    }
+    for (int i = 0; look && i < 16; ++i) {
       Result<std::unique_ptr<Link>> link = listener->accept();
       if (!link.ok()) {
         if (link.error().code != Errc::kUnavailable || link.error().message != "no peer is waiting") {
@@ -837,6 +863,7 @@ struct Replicator::Impl {
         }
         break;
       }
+      listener_ready = i == 15;  // more may be waiting
       auto c = std::make_unique<Connection>();
       c->link = std::move(link.value());
       incoming.push_back(std::move(c));
@@ -853,15 +880,19 @@ struct Replicator::Impl {
 
   int wake_fd = -1;
 
+  std::vector<pollfd> fds;  // wait()'s, kept to spare an allocation per wait
+
   void wait(int timeout_ms) {
-    std::vector<pollfd> fds;
+    fds.clear();
     fds.push_back(pollfd{listener->event_fd(), POLLIN, 0});
     if (wake_fd >= 0) fds.push_back(pollfd{wake_fd, POLLIN, 0});
     for (auto& c : incoming) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
     for (auto& [a, c] : outgoing) {
       if (c->link != nullptr) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
     }
-    if (::poll(fds.data(), fds.size(), timeout_ms) > 0 && wake_fd >= 0 && (fds[1].revents & POLLIN) != 0) {
+    if (::poll(fds.data(), fds.size(), timeout_ms) <= 0) return;
+    listener_ready = listener_ready || (fds[0].revents & POLLIN) != 0;
+    if (wake_fd >= 0 && (fds[1].revents & POLLIN) != 0) {
       std::uint64_t count = 0;
       (void)!::read(wake_fd, &count, sizeof count);
     }
@@ -1067,6 +1098,7 @@ void Replicator::run_once(int timeout_ms) {
   for (auto& c : i.incoming) any = i.poll_connection(*c) || any;
   for (auto& [a, c] : i.outgoing) any = i.poll_connection(*c) || any;
   any = i.step_followers() || any;
+  i.next_hw_due_ns = INT64_MAX;
   for (auto& c : i.incoming) {
     if (c->up()) any = i.push(*c) || any;
   }
@@ -1076,7 +1108,13 @@ void Replicator::run_once(int timeout_ms) {
     i.last_lag_check_ms = now;
     i.check_lag();
   }
-  if (!any && timeout_ms > 0) i.wait(timeout_ms);
+  if (!any && timeout_ms > 0) {
+    if (i.next_hw_due_ns != INT64_MAX) {
+      const std::int64_t until_ms = (i.next_hw_due_ns - monotonic_ns() + 999'999) / 1'000'000;
+      timeout_ms = static_cast<int>(std::clamp<std::int64_t>(until_ms, 0, timeout_ms));
+    }
+    i.wait(timeout_ms);
+  }
 }
 
 }  // namespace weft

@@ -343,6 +343,37 @@ TEST(Ring, SeekFindsTheBatchHoldingAnOffset) {
   EXPECT_NE(gone.error().message.find("earliest is 21"), std::string::npos) << gone.error().message;
 }
 
+TEST(Ring, UnreadGivesBackBatchesWithoutAWalkAndALappedOneReadsAsLapped) {
+  RingFixture f = RingFixture::make(small_ring(1 << 16));
+  Producer producer = Producer::attach(f.ring).value();
+  for (std::uint64_t i = 0; i < 4; ++i) ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  Consumer consumer = Consumer::attach(f.ring).value();
+  RingBatch first, second, again;
+  ASSERT_EQ(consumer.poll(first), PollStatus::kOk);
+  ASSERT_EQ(consumer.poll(second), PollStatus::kOk);
+  consumer.unread(second);  // the latest
+  EXPECT_EQ(consumer.next_offset(), Offset{1});
+  ASSERT_EQ(consumer.poll(again), PollStatus::kOk);
+  EXPECT_EQ(again.base_offset, Offset{1});
+  EXPECT_EQ(again.position.value, second.position.value);
+  consumer.unread(first);  // an earlier one: everything after it comes again, in order
+  for (std::int64_t expected = 0; expected < 4; ++expected) {
+    ASSERT_EQ(consumer.poll(again), PollStatus::kOk);
+    EXPECT_EQ(again.base_offset, Offset{expected});
+  }
+  EXPECT_EQ(consumer.poll(again), PollStatus::kEmpty);
+
+  // Given back, then overwritten: the next poll says lapped, never hands out the new bytes as it.
+  consumer.unread(first);
+  RingOwner owner(f.ring);
+  for (std::uint64_t i = 4; i < 2'000; ++i) {
+    owner.advance_reuse_limit(owner.scan());
+    ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  }
+  EXPECT_EQ(consumer.poll(again), PollStatus::kLapped);
+  EXPECT_EQ(consumer.lapped_offset(), Offset{0});
+}
+
 TEST(Ring, LatestConsumerStartsAfterWhatIsCommitted) {
   RingFixture f = RingFixture::make(small_ring());
   Producer producer = Producer::attach(f.ring).value();

@@ -28,10 +28,11 @@ namespace {
 const PartitionId kP{"events", 0};
 
 struct TestNode {
-  explicit TestNode(NodeId node_id) : id(node_id) {
+  explicit TestNode(NodeId node_id, bool maintenance_thread = true) : id(node_id) {
     NodeOptions o;
     o.open_log = storage::open_segment_logs(dir.path() + "/data");
     o.maintenance_max_interval_us = 500;
+    o.start_maintenance_thread = maintenance_thread;
     node = Node::start(std::move(o)).value();
     TopicConfig config;
     config.ring_capacity_bytes = std::size_t{1} << 20;
@@ -123,6 +124,23 @@ TEST_F(NodeReplication, AFollowersRingAndLogTakeTheLeadersBatchesWithTheirOffset
     if (local.poll(batch) == PollStatus::kOk) records += BatchView::parse(batch.bytes).value().record_count();
   }
   EXPECT_EQ(records, 1'500);
+}
+
+// A follower writes what it appends to its log from the replicator's thread and reports it at
+// once: its durable end, and so the leader's high watermark, never wait for its maintenance pass
+// (here there is none). Its high watermark comes with the leader's next write, or alone once the
+// stream is quiet.
+TEST_F(NodeReplication, AFollowersAppendsAreDurableWithoutItsMaintenancePass) {
+  nodes_[1] = std::make_unique<TestNode>(2, false);
+  nodes_[1]->replicator = Replicator::start(*transport_, 2, "node-2b").value();
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1").ok());
+  a().produce(20, 5, std::byte{0x22});
+  const Offset end{100};
+  ASSERT_TRUE(run_until([&] { return b().replica->durable_end() == end; })) << "follower durable end " << b().replica->durable_end().value;
+  ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == end; }));
+  ASSERT_TRUE(run_until([&] { return b().replicator->high_watermark(kP) == end; })) << "the quiet stream's high watermark";
+  EXPECT_EQ(b().log_batches(), a().log_batches());
 }
 
 TEST_F(NodeReplication, ANodeThatLedAndDivergedIsCutBackToItsNewLeadersEpoch) {

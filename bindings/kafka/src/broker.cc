@@ -877,19 +877,21 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
             if (status == PollStatus::kLapped) torn = true;
             break;
           }
+          // A batch not taken is given back: the next fetch starts at it. (A seek would walk from
+          // the ring's reuse limit, and a parked fetch looks again on every listener wake-up.)
           if (batch.base_offset >= limit) {
-            (void)p.reader->seek(batch.base_offset);  // past the high watermark: a later fetch
+            p.reader->unread(batch);  // past the high watermark: a later fetch
             break;
           }
           if (!read.bytes.empty() && read.bytes.size() + batch.bytes.size() > max_bytes) {
-            // Not taken: the next fetch starts at this batch.
-            (void)p.reader->seek(batch.base_offset);
+            p.reader->unread(batch);
             break;
           }
           if (read.bytes.empty() && batch.bytes.size() > max_bytes && !first) {
-            (void)p.reader->seek(batch.base_offset);
+            p.reader->unread(batch);
             break;
           }
+          if (!read.first) read.first = batch;
           read.bytes.append(reinterpret_cast<const char*>(batch.bytes.data()), batch.bytes.size());
           if (!p.reader->validate(batch)) {
             torn = true;
@@ -904,6 +906,7 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
         }
         // Producers overwrote what was read: serve it from the log instead.
         read.bytes.clear();
+        read.first.reset();
         p.reader.reset();
       }
     }
@@ -999,7 +1002,11 @@ std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool
         const auto& part = parked.fetch[t].second[i];
         if (reads[t][i].read.bytes.empty()) continue;
         PartitionState& p = *state->partitions[static_cast<std::size_t>(part.partition)];
-        if (p.reader) (void)p.reader->seek(Offset{part.offset});
+        if (p.reader && reads[t][i].read.first) {
+          p.reader->unread(*reads[t][i].read.first);
+        } else if (p.reader) {
+          (void)p.reader->seek(Offset{part.offset});
+        }
       }
     }
     return std::nullopt;

@@ -218,12 +218,16 @@ class Node {
   Result<TopicInfo> create_topic_impl(std::string_view name, const TopicConfig& config, bool save, bool recovering = false);
   Result<void> save_topic(const std::string& name, const TopicConfig& config) const;
   Result<void> load_topics();  // the largest share of a ring's free space used since the last pass
-  void drain_to_log(Partition& partition, const TopicConfig& config, std::int64_t now);
+  // Moves the ring's new batches into the log. `wait`: the writes are finished before it returns
+  // (a follower's write-through), rather than collected by a later pass.
+  void drain_to_log(Partition& partition, const TopicConfig& config, std::int64_t now, bool wait = false);
   void log_failed(Partition& partition, const Error& error, bool retry, std::int64_t now);
   Result<PartitionLog*> partition_log(std::string_view topic, std::uint32_t partition, std::shared_ptr<Topic>& keep) const;
   // Cuts a partition's log at `end` (or restarts it there, `reset`) and gives the partition a
   // fresh ring from the new end. Returns that end.
   Result<Offset> rewind_partition(const std::shared_ptr<Topic>& topic, std::uint32_t index, Offset end, bool reset);
+  // A follower's appended batches written to its log from the caller's thread (see Replica::append).
+  void write_through(const std::shared_ptr<Topic>& topic, std::uint32_t index);
   class Replica;
   NodeOptions options_;
   std::unique_ptr<State> state_;

@@ -203,6 +203,13 @@ class Consumer {
   // Positions at the batch holding `offset`, walking from the reuse limit. kOutOfRange (with the
   // earliest offset in the message) when the ring no longer holds it.
   Result<void> seek(Offset offset);
+  // Steps back to `batch`, which this consumer returned (its latest, or an earlier one it has
+  // walked on from), so the next poll returns it again: a seek without the walk. A batch
+  // overwritten since reads as lapped.
+  void unread(const RingBatch& batch) noexcept {
+    position_ = batch.position.value;
+    next_offset_ = batch.base_offset;
+  }
 
   // Keeps the published position at `position` (a batch this consumer handed out whose view is
   // still in use) while later batches are read: under consumer flow control producers then leave
