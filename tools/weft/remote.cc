@@ -90,38 +90,45 @@ int partition_count(rd_kafka_t* rk, const std::string& topic, std::string& error
   return count;
 }
 
-// HOST:PORT of the broker that leads every partition of `topic`, once each has a leader (a
-// cluster elects them a moment after creating the topic); "" with `error` set when none does
-// within 20 s or the partitions have different leaders (the bare client speaks to one broker).
-std::string sole_leader(rd_kafka_t* rk, const std::string& topic, std::string& error) {
+// HOST:PORT of the broker leading each partition of `topic`, once every one has a leader (a
+// cluster elects them a moment after creating the topic); empty with `error` set when they do not
+// within 20 s. A timed run waits for this first: librdkafka would otherwise spend its first
+// second on metadata retries and count it as the run's.
+std::vector<std::string> partition_leaders(rd_kafka_t* rk, const std::string& topic, std::string& error) {
   const std::int64_t deadline = monotonic_ns() + 20'000'000'000;
   while (monotonic_ns() < deadline) {
     rd_kafka_topic_t* handle = rd_kafka_topic_new(rk, topic.c_str(), nullptr);
     const rd_kafka_metadata_t* metadata = nullptr;
     const rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, handle, &metadata, 5'000);
     rd_kafka_topic_destroy(handle);
-    std::string found;
-    bool ready = err == RD_KAFKA_RESP_ERR_NO_ERROR && metadata->topic_cnt == 1 && metadata->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-                 metadata->topics[0].partition_cnt > 0;
-    std::int32_t leader = -1;
-    for (int i = 0; ready && i < metadata->topics[0].partition_cnt; ++i) {
-      const std::int32_t l = metadata->topics[0].partitions[i].leader;
-      if (l < 0) ready = false;
-      else if (leader >= 0 && l != leader) {
-        error = "its partitions have different leaders";
-        rd_kafka_metadata_destroy(metadata);
-        return {};
-      }
-      leader = l;
+    std::vector<std::string> leaders;
+    const bool listed = err == RD_KAFKA_RESP_ERR_NO_ERROR && metadata->topic_cnt == 1 &&
+                        metadata->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR && metadata->topics[0].partition_cnt > 0;
+    for (int i = 0; listed && i < metadata->topics[0].partition_cnt; ++i) {
+      const std::int32_t leader = metadata->topics[0].partitions[i].leader;
+      for (int b = 0; b < metadata->broker_cnt; ++b)
+        if (metadata->brokers[b].id == leader) leaders.push_back(std::string(metadata->brokers[b].host) + ":" + std::to_string(metadata->brokers[b].port));
+      if (leaders.size() != static_cast<std::size_t>(i) + 1) break;  // no leader yet
     }
-    for (int b = 0; ready && b < metadata->broker_cnt; ++b)
-      if (metadata->brokers[b].id == leader) found = std::string(metadata->brokers[b].host) + ":" + std::to_string(metadata->brokers[b].port);
+    const bool ready = listed && leaders.size() == static_cast<std::size_t>(metadata->topics[0].partition_cnt);
     if (metadata != nullptr) rd_kafka_metadata_destroy(metadata);
-    if (!found.empty()) return found;
+    if (ready) return leaders;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   error = "no leader for every partition within 20 s";
   return {};
+}
+
+// The one broker leading every partition of `topic` (the bare client speaks to one broker); ""
+// with `error` set when there is none.
+std::string sole_leader(rd_kafka_t* rk, const std::string& topic, std::string& error) {
+  const std::vector<std::string> leaders = partition_leaders(rk, topic, error);
+  if (leaders.empty()) return {};
+  if (std::any_of(leaders.begin(), leaders.end(), [&](const std::string& l) { return l != leaders.front(); })) {
+    error = "its partitions have different leaders";
+    return {};
+  }
+  return leaders.front();
 }
 
 // Creates (or deletes, when `partitions` is 0) a topic with the admin API and waits for it.
@@ -674,6 +681,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   if (!admin) return fail("connecting to " + o.bootstrap + ": " + error);
   const std::string topic = "weft-perf-" + std::to_string(getpid());
   if (!admin_topic(admin.get(), topic, static_cast<int>(p.partitions), error)) return fail("creating " + topic + ": " + error);
+  if (partition_leaders(admin.get(), topic, error).empty()) return fail(topic + ": " + error);
 
   const std::uint64_t records = p.records;
   const PhaseResult produced = produce_phase(o, p, topic, records, p.rate, false, error);
