@@ -635,6 +635,13 @@ CommitStatus Producer::commit(Claim& claim, std::size_t used_bytes) noexcept {
     return CommitStatus::kMalformed;
   }
   stamp_base_offset(open_claim_.batch, open_claim_.base_offset);
+  // On a replicated partition's leader the batch carries the epoch this producer attached under
+  // (Kafka's broker overwrites the client's value the same way): a claim is fenced once the epoch
+  // moves, so that is the epoch it was written at. A client's own value (librdkafka sends 0) would
+  // otherwise reach followers' epoch histories as an epoch nobody led, and a later divergence check
+  // would cut acknowledged records. Single nodes and a follower's writer keep what was written.
+  // Outside the CRC, so the batch stays valid.
+  if (epoch_ >= 0) wire::store_be32(open_claim_.batch.data() + batch_field::kPartitionLeaderEpoch, epoch_);
   claim_open_ = false;
   FrameHeader* header = frame_at(ring_.data_, ring_.mask_, open_claim_.position.value);
   // R1 release: publishes the batch; pairs with A1 in read_frame_at.

@@ -449,6 +449,45 @@ TEST(Ring, ProducersAreFencedWhenTheLeaderEpochChanges) {
   EXPECT_EQ(Producer::attach_follower(f.ring).error().code, Errc::kFailedPrecondition);
 }
 
+// Kafka's broker, not its client, sets a batch's partitionLeaderEpoch: a leading ring stamps the
+// epoch its producer attached under over whatever the client wrote (librdkafka writes 0); a
+// single node and a follower's writer keep what was written.
+TEST(Ring, ALeadingRingStampsItsEpochOverTheClientsAndOthersKeepWhatWasWritten) {
+  RingFixture f = RingFixture::make(small_ring());
+  Consumer consumer = Consumer::attach(f.ring).value();
+  auto offer_with_epoch = [](Producer& producer, std::int32_t client_epoch) {
+    std::vector<std::byte> buffer(256);
+    BatchBuilder builder(buffer);
+    const std::vector<std::byte> value = test::stamp_bytes({1, 0});
+    EXPECT_TRUE(builder.append(RecordInput{std::nullopt, std::span<const std::byte>(value), 0, {}}));
+    std::span<std::byte> batch = builder.finish();
+    stamp_partition_leader_epoch(batch, client_epoch);
+    return producer.offer(batch);
+  };
+  auto next_epoch = [&] {
+    RingBatch batch;
+    EXPECT_EQ(consumer.poll(batch), PollStatus::kOk);
+    return BatchView::parse(batch.bytes).value().partition_leader_epoch();
+  };
+  {
+    Producer alone = Producer::attach(f.ring).value();  // a single node
+    ASSERT_EQ(offer_with_epoch(alone, 0), ClaimStatus::kOk);
+  }
+  EXPECT_EQ(next_epoch(), 0);
+  set_leader_epoch(f.ring, 4);
+  {
+    Producer leading = Producer::attach(f.ring).value();
+    ASSERT_EQ(offer_with_epoch(leading, 0), ClaimStatus::kOk);
+    ASSERT_EQ(offer_with_epoch(leading, -1), ClaimStatus::kOk);
+  }
+  EXPECT_EQ(next_epoch(), 4);
+  EXPECT_EQ(next_epoch(), 4);
+  set_leader_epoch(f.ring, ring_layout::kFollowing);
+  Producer follower = Producer::attach_follower(f.ring).value();
+  ASSERT_EQ(offer_with_epoch(follower, 2), ClaimStatus::kOk);  // its leader's batch, epoch 2
+  EXPECT_EQ(next_epoch(), 2);
+}
+
 TEST(Ring, AcksAllWaitsForTheHighWatermarkAndEndsWhenFenced) {
   RingFixture f = RingFixture::make(small_ring());
   set_leader_epoch(f.ring, 1);

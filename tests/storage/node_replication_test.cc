@@ -41,11 +41,13 @@ struct TestNode {
     replica = node->replica_log(kP.topic, 0).value();
   }
   // A local producer on this node's partition (the ring as it is now).
-  void produce(int batches, int records, std::byte fill) {
+  // `client_epoch`: the partitionLeaderEpoch the producer writes (Kafka clients write 0 or -1).
+  void produce(int batches, int records, std::byte fill, std::int32_t client_epoch = -1) {
     PartitionMemory memory = node->open_partition(kP.topic, 0).value();
     Producer producer = Producer::attach(memory.ring).value();
     for (int i = 0; i < batches; ++i) {
-      const std::vector<std::byte> batch = make_batch(0, records, 1'700'000'000'000 + i, 200, fill);
+      std::vector<std::byte> batch = make_batch(0, records, 1'700'000'000'000 + i, 200, fill);
+      stamp_partition_leader_epoch(batch, client_epoch);
       ClaimStatus status = ClaimStatus::kBackPressured;
       for (int tries = 0; tries < 10'000 && status == ClaimStatus::kBackPressured; ++tries) {
         status = producer.offer(batch);
@@ -141,6 +143,20 @@ TEST_F(NodeReplication, AFollowersAppendsAreDurableWithoutItsMaintenancePass) {
   ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == end; }));
   ASSERT_TRUE(run_until([&] { return b().replicator->high_watermark(kP) == end; })) << "the quiet stream's high watermark";
   EXPECT_EQ(b().log_batches(), a().log_batches());
+}
+
+// A client's partitionLeaderEpoch (librdkafka writes 0) never reaches a follower: the leader's
+// ring stamps the epoch it leads at, so the follower's history names only epochs that were led
+// (an epoch 0 learned from clients once made a divergence check cut acknowledged records).
+TEST_F(NodeReplication, AClientsPartitionLeaderEpochNeverReachesAFollowersHistory) {
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 3, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 3, 1, "node-1").ok());
+  a().produce(10, 2, std::byte{0x33}, 0);
+  ASSERT_TRUE(run_until([&] { return b().replica->durable_end() == Offset{20}; }));
+  for (const auto& batch : b().log_batches()) EXPECT_EQ(BatchView::parse(batch).value().partition_leader_epoch(), 3);
+  ASSERT_EQ(b().replica->epochs().entries().size(), 1u);
+  EXPECT_EQ(b().replica->epochs().entries().front().epoch, 3);
+  EXPECT_EQ(b().replica->epochs().entries().front().start, Offset{0});
 }
 
 TEST_F(NodeReplication, ANodeThatLedAndDivergedIsCutBackToItsNewLeadersEpoch) {

@@ -661,7 +661,9 @@ void Broker::append(Parked::ProducePart& part) {
     return;
   }
   std::memcpy(claim.batch.data(), bytes.data(), bytes.size());
-  stamp_partition_leader_epoch(claim.batch, 0);  // the epoch Metadata reports; outside the CRC
+  // The epoch Metadata reports for a single node (outside the CRC); a replicated partition's ring
+  // stamps its leader epoch at commit instead.
+  stamp_partition_leader_epoch(claim.batch, 0);
   if (p.producer->commit(claim) != CommitStatus::kOk) {
     part.error = error::kCorruptMessage;
     return;
