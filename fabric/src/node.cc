@@ -168,13 +168,18 @@ struct Node::Partition {
   std::shared_ptr<SharedMemory> memory;
   Ring ring;
   RingOwner owner;  // the maintenance pass alone uses it (under State::maintain_mutex)
+  // The log writer's state below (writer, log_writes, written_*, ...) and the owner's moves: taken
+  // by the maintenance pass for each partition it visits and by a follower's write_through, which
+  // then waits on the disk without holding up every other partition's pass. Always after
+  // State::maintain_mutex when both are held.
+  std::mutex log_mutex;
   Ring::Mark created_at{};
   std::int64_t last_seal_ns = 0;
   std::int64_t last_reclaim_ns = 0;
   std::uint64_t sealed = 0;
   std::deque<Ring::Mark> checkpoints;  // frontiers of earlier passes, oldest first (maintenance only)
   PartitionStats stats;  // under State::stats_mutex
-  // The log writer (maintenance only): a consumer that reads every batch into the log. The log
+  // The log writer (under log_mutex): a consumer that reads every batch into the log. The log
   // itself is set at creation and thread-safe, so readers behind the ring use it from any thread.
   std::unique_ptr<PartitionLog> log;
   std::optional<Consumer> writer;
@@ -197,7 +202,7 @@ struct Node::Partition {
   std::int64_t last_sync_ns = 0;
   std::int64_t last_retention_ns = 0;
   // What a replicator here acts on, as of the last pass that told it: new batches, the log's
-  // progress and room freed in the ring (maintenance only).
+  // progress and room freed in the ring (under log_mutex).
   struct ReplicaNews {
     Offset claimed{-1};
     Offset written{-1};
@@ -494,9 +499,11 @@ Result<void> Node::delete_topic(std::string_view name) {
     const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
   }
-  for (const auto& p : topic->partitions)
+  for (const auto& p : topic->partitions) {
+    std::lock_guard partition_guard(p->log_mutex);  // a follower's write-through may be under way
     if (p->log)
       if (Result<void> r = p->log->remove(); !r.ok() && removed.ok()) removed = r;
+  }
   // A topic created again under the name starts with no group positions, as in Kafka.
   if (state_->offsets)
     if (Result<void> r = state_->offsets->forget_topic(topic->name); !r.ok() && removed.ok()) removed = r;
@@ -823,6 +830,7 @@ double Node::maintain_pass() {
   const std::int64_t now = monotonic_ns();
   for (const auto& topic : topics) {
     for (const auto& p : topic->partitions) {
+      std::lock_guard partition_guard(p->log_mutex);
       const std::uint64_t keep = p->ring.capacity_bytes() / 2;
       const Ring::Mark limit = p->ring.reuse_limit();
       const std::uint64_t tail = p->ring.tail_position().value;
@@ -1026,7 +1034,7 @@ double Node::maintain_pass() {
 
 void Node::write_through(const std::shared_ptr<Topic>& topic, std::uint32_t index) {
   Partition& p = *topic->partitions[index];
-  std::lock_guard guard(state_->maintain_mutex);
+  std::lock_guard guard(p.log_mutex);
   drain_to_log(p, topic->config, monotonic_ns(), true);
   // The replicator that called knows what it appended and wrote: no news for it in the next pass.
   p.replica_news.claimed = p.ring.claimed_offset();
@@ -1037,6 +1045,7 @@ void Node::write_through(const std::shared_ptr<Topic>& topic, std::uint32_t inde
 Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::uint32_t index, Offset end, bool reset) {
   Partition& p = *topic->partitions[index];
   std::lock_guard guard(state_->maintain_mutex);
+  std::lock_guard partition_guard(p.log_mutex);
   // Whatever the ring still holds goes to the log first, so that the cut sees all of it.
   for (int pass = 0; pass < 1'000; ++pass) {
     drain_to_log(p, topic->config, monotonic_ns());
