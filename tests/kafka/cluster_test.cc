@@ -331,6 +331,11 @@ TEST_F(KafkaCluster, CliCreatesReassignsAndReportsReplicatedTopics) {
   std::multiset<std::string> got;
   for (std::string value; std::getline(got_lines, value);) got.insert(value);
   EXPECT_EQ(got, std::multiset<std::string>(sent.begin(), sent.end()));
+  // Over the network too, fewer records than --count before the timeout is an error (exit 4).
+  Output short_count = run({WEFT_PATH, "consume", "local", "--bootstrap", bootstrap(), "--from", "earliest", "--count", "61", "--timeout-ms", "1000"},
+                           {}, 40'000);
+  EXPECT_EQ(short_count.exit_code, 4) << short_count.err;
+  EXPECT_NE(short_count.err.find("60 of the 61 records asked for"), std::string::npos) << short_count.err;
 
   Output deleted = weft({"topic", "delete", "ops"});
   EXPECT_EQ(deleted.exit_code, 0) << deleted.err;

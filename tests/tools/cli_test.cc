@@ -150,6 +150,11 @@ TEST_F(Cli, ConsumeFromOffsetTimestampAndLatest) {
   EXPECT_EQ(from_time.out, "one\ntwo\nthree\n");
   Output latest = weft({"consume", "log", "--from", "latest", "--timeout-ms", "300"});
   EXPECT_EQ(latest.out, "");
+  // Asked for more than come before the timeout: what came is printed, and the exit says so.
+  Output short_count = weft({"consume", "log", "--from", "earliest", "--count", "5", "--timeout-ms", "300"});
+  EXPECT_EQ(short_count.out, "one\ntwo\nthree\n");
+  EXPECT_EQ(short_count.exit_code, 4);
+  EXPECT_NE(short_count.err.find("3 of the 5 records asked for"), std::string::npos) << short_count.err;
   Output from_file = weft({"produce", "log", "--file", "/dev/null"});
   EXPECT_EQ(from_file.exit_code, 0);
 }

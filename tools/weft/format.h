@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "weft/fabric/result.h"
+
 namespace weft::cli {
 
 inline void json_string(std::string& out, std::string_view s) {
@@ -62,6 +64,13 @@ inline void format_record(std::string& line, std::string_view format, const Prin
     line += '}';
   }
   line += '\n';
+}
+
+// `weft consume --count N` that stopped at its timeout with fewer: an error (exit 4, as for
+// anything unavailable now), so a script that asked for N records does not take fewer for all.
+inline Error short_count(std::int64_t printed, std::int64_t count, std::int64_t timeout_ms) {
+  return Error{Errc::kUnavailable, std::to_string(printed) + " of the " + std::to_string(count) + " records asked for (--count) arrived before " +
+                                       std::to_string(timeout_ms) + " ms passed without one (--timeout-ms)"};
 }
 
 }  // namespace weft::cli

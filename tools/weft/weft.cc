@@ -239,7 +239,7 @@ int main(int argc, char** argv) {
   consume->add_option("TOPIC", topic_name, "topic to read")->required();
   consume->add_option("--bootstrap", bootstrap, "HOST:PORT of a node's Kafka listener (or any Kafka broker): read over the network");
   consume->add_option("--from", from, "earliest, latest, an OFFSET, or @UNIX_MS (first record at or after that time)");
-  consume->add_option("--count,-n", count, "stop after this many records");
+  consume->add_option("--count,-n", count, "stop after this many records (exit status 4 when --timeout-ms passes first)");
   consume->add_option("--timeout-ms", timeout_ms, "stop after this long without a record (default: wait forever)");
   consume->add_option("--group,-g", group,
                       "consumer group: start at its committed offsets (--from earliest|latest where it has none) and commit what was printed");
@@ -575,6 +575,8 @@ int main(int argc, char** argv) {
     }
     std::fflush(stdout);
     if (Result<void> c = commit(); !c.ok()) return report(c.error(), "committing group '" + group + "'");
+    // A script that asked for --count records must not take fewer for all of them.
+    if (!g_interrupted.load(std::memory_order_relaxed) && count >= 0 && printed < count) return report(cli::short_count(printed, count, timeout_ms), "consuming");
     return 0;
   }
   return 0;
