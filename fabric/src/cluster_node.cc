@@ -128,6 +128,7 @@ struct ClusterNode::Impl {
       return false;
     }
     config->partitions = record->second.partitions;
+    config->replicated = true;
     Result<TopicInfo> created = node.create_topic(id.topic, *config);
     if (!created.ok() && created.error().code != Errc::kAlreadyExists) {
       log(LogLevel::kError, "cluster: a replica's topic could not be created here", {{"topic", id.topic}, {"error", created.error().message}});

@@ -128,6 +128,10 @@ Result<void> set_topic_config(TopicConfig& c, std::string_view key, std::string_
   } else if (key == "consumer.slots") {
     WEFT_TRY(const auto v, parse_int<std::uint32_t>(key, value));
     c.consumer_slots = v;
+  } else if (key == "replicated") {
+    if (value == "true") c.replicated = true;
+    else if (value == "false") c.replicated = false;
+    else return Error{Errc::kInvalidArgument, "replicated must be true or false"};
   } else if (key == "flow.control") {
     if (value == "none") c.consumer_flow_control = false;
     else if (value == "consumers") c.consumer_flow_control = true;
@@ -439,6 +443,8 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
       }
     }
     WEFT_TRY(Ring ring, Ring::format(shared->bytes(), partition_config));
+    // Fenced until the replicator stamps this node's role (see TopicConfig::replicated).
+    if (config.replicated) set_leader_epoch(ring, ring_layout::kFollowing);
     auto partition = std::make_unique<Partition>(shared, ring);
     if (!offline.empty()) {
       // Producers are refused at attach (the ring says its log is corrupt); readers get the reason.
@@ -774,7 +780,8 @@ Result<void> Node::save_topic(const std::string& name, const TopicConfig& c) con
                      "\nretention.ms=" + std::to_string(c.retention_ms) + "\nsegment.bytes=" + std::to_string(c.segment_bytes) +
                      "\nsegment.ms=" + std::to_string(c.segment_ms) + "\nfsync=" + fsync_policy_name(c) +
                      "\nflow.control=" + (c.consumer_flow_control ? "consumers" : "none") +
-                     "\nproducer.slots=" + std::to_string(c.producer_slots) + "\nconsumer.slots=" + std::to_string(c.consumer_slots) + "\n";
+                     "\nproducer.slots=" + std::to_string(c.producer_slots) + "\nconsumer.slots=" + std::to_string(c.consumer_slots) +
+                     "\nreplicated=" + (c.replicated ? "true" : "false") + "\n";
   return replace_file(options_.metadata_dir + "/" + name + ".topic", text);
 }
 

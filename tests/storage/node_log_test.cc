@@ -276,6 +276,37 @@ TEST(NodeLog, ANodeStartedAgainServesItsTopicsFromWhereTheirLogsEnd) {
   EXPECT_EQ(node->describe_topic("kept")->partitions[0].log_end_offset, Offset{500});
 }
 
+// A cluster's topic takes no local producer until the replicator stamps this node's role, from
+// its creation and again after a restart (acks from an unreplicated log that a follower's
+// truncation would cut); a node's own topic is open at once.
+TEST(NodeLog, AClustersTopicIsFencedUntilItsRoleIsStampedAndAfterARestart) {
+  TempDir dir;
+  NodeOptions options = logged_node(dir.path());
+  options.metadata_dir = dir.path() + "/topics";
+  TopicConfig replicated;
+  replicated.ring_capacity_bytes = 65536;
+  replicated.max_batch_bytes = 8192;
+  replicated.replicated = true;
+  TopicConfig own = replicated;
+  own.replicated = false;
+  {
+    auto node = Node::start(options).value();
+    ASSERT_TRUE(node->create_topic("cluster", replicated).ok());
+    ASSERT_TRUE(node->create_topic("own", own).ok());
+    EXPECT_TRUE(Producer::attach(node->open_partition("own", 0)->ring).ok());
+    const PartitionMemory fenced = node->open_partition("cluster", 0).value();
+    Result<Producer> early = Producer::attach(fenced.ring);
+    ASSERT_FALSE(early.ok());
+    EXPECT_EQ(early.error().code, Errc::kFailedPrecondition);
+    set_leader_epoch(fenced.ring, 1);  // the replicator's stamp when this node leads
+    EXPECT_TRUE(Producer::attach(fenced.ring).ok());
+  }
+  auto node = Node::start(options).value();
+  EXPECT_TRUE(node->describe_topic("cluster")->config.replicated);
+  EXPECT_FALSE(Producer::attach(node->open_partition("cluster", 0)->ring).ok()) << "fenced again after a restart";
+  EXPECT_TRUE(Producer::attach(node->open_partition("own", 0)->ring).ok());
+}
+
 TEST(NodeLog, ALogThatCannotOpenFailsTheTopicClearly) {
   NodeOptions options;
   options.prefer_hugepages = false;

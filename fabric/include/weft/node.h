@@ -48,11 +48,16 @@ struct TopicConfig {
   bool consumer_flow_control = false;
   std::uint32_t producer_slots = 32;   // live producers per partition, at most 63
   std::uint32_t consumer_slots = 64;   // live consumers per partition, at most 4096
+  // A cluster's topic (ClusterNode sets it): its rings take no local producer until this node's
+  // role in the partition is known, so nothing is acknowledged from an unreplicated log that a
+  // follower's truncation would cut. A node's own topics are open at once.
+  bool replicated = false;
 };
 
 // Sets one setting by its Kafka-style name (partitions, ring.capacity.bytes, max.batch.bytes,
 // retention.bytes, retention.ms, segment.bytes, segment.ms, fsync = none|always|interval=<ms>,
-// flow.control = none|consumers, producer.slots, consumer.slots). The error says which key or value is wrong.
+// flow.control = none|consumers, producer.slots, consumer.slots, replicated = true|false). The
+// error says which key or value is wrong.
 Result<void> set_topic_config(TopicConfig& config, std::string_view key, std::string_view value);
 // Checks a whole config; the error names the offending setting and its limits.
 Result<void> validate_topic_config(const TopicConfig& config);
