@@ -8,8 +8,6 @@
 #include <string>
 #include <string_view>
 
-#include "weft/fabric/result.h"
-
 namespace weft::cli {
 
 inline void json_string(std::string& out, std::string_view s) {
@@ -66,11 +64,13 @@ inline void format_record(std::string& line, std::string_view format, const Prin
   line += '\n';
 }
 
-// `weft consume --count N` that stopped at its timeout with fewer: an error (exit 4, as for
-// anything unavailable now), so a script that asked for N records does not take fewer for all.
-inline Error short_count(std::int64_t printed, std::int64_t count, std::int64_t timeout_ms) {
-  return Error{Errc::kUnavailable, std::to_string(printed) + " of the " + std::to_string(count) + " records asked for (--count) arrived before " +
-                                       std::to_string(timeout_ms) + " ms passed without one (--timeout-ms)"};
+// `weft consume --count N` that stopped at its timeout with fewer, locally or over the network:
+// says so and returns exit status 4 (as for anything unavailable now), so a script that asked for
+// N records does not take fewer for all of them.
+inline int consumed_too_few(std::int64_t printed, std::int64_t count, std::int64_t timeout_ms) {
+  std::fprintf(stderr, "weft: consuming: %lld of the %lld records asked for (--count) arrived before %lld ms passed without one (--timeout-ms)\n",
+               static_cast<long long>(printed), static_cast<long long>(count), static_cast<long long>(timeout_ms));
+  return 4;
 }
 
 }  // namespace weft::cli

@@ -359,10 +359,8 @@ int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
   std::fflush(stdout);
   if (!c.group.empty()) (void)rd_kafka_commit(rk.get(), nullptr, 0);
   rd_kafka_consumer_close(rk.get());
-  if (status == 0 && !g_stop.load(std::memory_order_relaxed) && c.count >= 0 && printed < c.count) {
-    std::fprintf(stderr, "weft: consuming: %s\n", short_count(printed, c.count, c.timeout_ms).message.c_str());
-    return 4;
-  }
+  if (status == 0 && !g_stop.load(std::memory_order_relaxed) && c.count >= 0 && printed < c.count)
+    return consumed_too_few(printed, c.count, c.timeout_ms);
   return status;
 }
 

@@ -576,7 +576,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     if (Result<void> c = commit(); !c.ok()) return report(c.error(), "committing group '" + group + "'");
     // A script that asked for --count records must not take fewer for all of them.
-    if (!g_interrupted.load(std::memory_order_relaxed) && count >= 0 && printed < count) return report(cli::short_count(printed, count, timeout_ms), "consuming");
+    if (!g_interrupted.load(std::memory_order_relaxed) && count >= 0 && printed < count) return cli::consumed_too_few(printed, count, timeout_ms);
     return 0;
   }
   return 0;

@@ -893,7 +893,7 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
             p.reader->unread(batch);
             break;
           }
-          if (!read.first) read.first = batch;
+          if (!read.first_batch) read.first_batch = batch;
           read.bytes.append(reinterpret_cast<const char*>(batch.bytes.data()), batch.bytes.size());
           if (!p.reader->validate(batch)) {
             torn = true;
@@ -908,7 +908,7 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
         }
         // Producers overwrote what was read: serve it from the log instead.
         read.bytes.clear();
-        read.first.reset();
+        read.first_batch.reset();
         p.reader.reset();
       }
     }
@@ -1002,13 +1002,10 @@ std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool
       std::shared_ptr<TopicState> state = topic(parked.fetch[t].first);
       for (std::size_t i = 0; state && i < reads[t].size(); ++i) {
         const auto& part = parked.fetch[t].second[i];
-        if (reads[t][i].read.bytes.empty()) continue;
+        // Only the ring's reads are given back (a segment file's are not read yet).
+        if (!reads[t][i].read.first_batch) continue;
         PartitionState& p = *state->partitions[static_cast<std::size_t>(part.partition)];
-        if (p.reader && reads[t][i].read.first) {
-          p.reader->unread(*reads[t][i].read.first);
-        } else if (p.reader) {
-          (void)p.reader->seek(Offset{part.offset});
-        }
+        if (p.reader) p.reader->unread(*reads[t][i].read.first_batch);
       }
     }
     return std::nullopt;

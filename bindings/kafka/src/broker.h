@@ -193,7 +193,7 @@ class Broker {
     std::size_t file_bytes = 0;
     Offset high_watermark{-1};
     Offset log_start{-1};
-    std::optional<RingBatch> first;    // the first batch read from the ring: given back by unread()
+    std::optional<RingBatch> first_batch;  // the first batch read from the ring: given back by unread()
     std::size_t size() const noexcept { return file ? file_bytes : bytes.size(); }
   };
   // `visible`: the high watermark in a cluster (nothing at or past it is served); the ring's end

@@ -56,8 +56,7 @@ struct TopicConfig {
 
 // Sets one setting by its Kafka-style name (partitions, ring.capacity.bytes, max.batch.bytes,
 // retention.bytes, retention.ms, segment.bytes, segment.ms, fsync = none|always|interval=<ms>,
-// flow.control = none|consumers, producer.slots, consumer.slots, replicated = true|false). The
-// error says which key or value is wrong.
+// flow.control = none|consumers, producer.slots, consumer.slots). The error says which key or value is wrong.
 Result<void> set_topic_config(TopicConfig& config, std::string_view key, std::string_view value);
 // Checks a whole config; the error names the offending setting and its limits.
 Result<void> validate_topic_config(const TopicConfig& config);
