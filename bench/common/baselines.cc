@@ -193,6 +193,20 @@ double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {
   return batch_ns[batch_ns.size() / 2] / 2.0;
 }
 
+std::string placement_warning(double pingpong_before_ns, double pingpong_after_ns) {
+  // A hand-off far below any cross-core figure: the two cpus shared a physical core.
+  constexpr double kSameCoreNs = 30.0;
+  auto figure = [](double ns) { return std::to_string(static_cast<long long>(ns + 0.5)) + " ns"; };
+  if (pingpong_before_ns > 0 && pingpong_before_ns < kSameCoreNs)
+    return "ping-pong " + figure(pingpong_before_ns) + ": the two cpus likely shared a physical core; ratios not comparable";
+  if (pingpong_before_ns <= 0 || pingpong_after_ns <= 0) return {};
+  const double ratio = std::max(pingpong_before_ns, pingpong_after_ns) / std::min(pingpong_before_ns, pingpong_after_ns);
+  if (ratio > 1.5)
+    return "ping-pong " + figure(pingpong_before_ns) + " before the runs, " + figure(pingpong_after_ns) +
+           " after: the cpus' placement changed during the run; compare only runs that saw one placement";
+  return {};
+}
+
 std::string topology() {
   std::string model;
   std::ifstream cpuinfo("/proc/cpuinfo");

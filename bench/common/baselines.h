@@ -26,6 +26,13 @@ double tcp_loopback_gb_per_sec(double seconds);
 // over batches of round trips, divided by two, in ns.
 double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips);
 
+// What a run's ping-pong, measured before its runs and again after them, says about the two
+// cpus' placement: empty when both are cross-core figures within 1.5x of each other, else why
+// the run's ratios cannot be set beside another run's (on a VM the hypervisor may put both cpus
+// on one physical core, or move them apart, between or during runs). Either figure <= 0: not
+// measured, and not judged.
+std::string placement_warning(double pingpong_before_ns, double pingpong_after_ns);
+
 // "2 cores, SMT siblings: no, NUMA nodes: 1, Intel Xeon ..." for reports.
 std::string topology();
 

@@ -400,12 +400,11 @@ int main_impl(int argc, char** argv) {
   const double batched_mbs = batched_rps * static_cast<double>(o.value_bytes) / 1e6;
   const LatencyHistogram& h = paced.latency;
   const std::uint64_t errors = single.errors + batched.errors + paced.errors;
-  // A hand-off far below any cross-core figure means the two cpus shared a physical core in
-  // this run (a hypervisor's choice): ratios against it compare unlike things.
-  constexpr double kSameCoreNs = 30.0;
-  const char* placement = pingpong_ns <= 0            ? "ping-pong failed; ratios against it are void"
-                          : pingpong_ns < kSameCoreNs ? "the two cpus likely shared a physical core; ratios not comparable"
-                                                      : "";
+  // Measured again after the runs: the hypervisor may move the two cpus meanwhile, and then
+  // this run's figures belong to two machines.
+  const double pingpong_after_ns = pingpong_one_way_ns(o.cpu_producer, o.cpu_consumer, 200'000);
+  const std::string placement =
+      pingpong_ns <= 0 ? std::string("ping-pong failed; ratios against it are void") : placement_warning(pingpong_ns, pingpong_after_ns);
 
   if (o.json) {
     std::printf(
@@ -414,7 +413,7 @@ int main_impl(int argc, char** argv) {
         "\"memcpy_ratio\": %.3f}, "
         "\"latency_ns\": {\"rate\": %" PRIu64 ", \"count\": %" PRIu64 ", \"p50\": %" PRIu64 ", \"p90\": %" PRIu64
         ", \"p99\": %" PRIu64 ", \"p999\": %" PRIu64 ", \"max\": %" PRIu64 "}, "
-        "\"baseline\": {\"memcpy_gb_per_sec\": %.2f, \"pingpong_one_way_ns\": %.1f, "
+        "\"baseline\": {\"memcpy_gb_per_sec\": %.2f, \"pingpong_one_way_ns\": %.1f, \"pingpong_after_ns\": %.1f, "
         "\"spsc_queue_items_per_sec\": %.0f}, "
         "\"ratios\": {\"records_vs_spsc_queue\": %.2f, \"p50_vs_pingpong\": %.2f}, "
         "\"config\": {\"value_bytes\": %zu, \"capacity_bytes\": %zu, \"producer\": \"%s\", \"wait\": \"%s\", "
@@ -422,16 +421,16 @@ int main_impl(int argc, char** argv) {
         "\"warning\": \"%s\", \"errors\": %" PRIu64 "}\n",
         single_rps, single_mbs, o.batch_records, batched_rps, batched_mbs, batched_mbs / (memcpy_gbs * 1000.0), o.rate,
         h.count(), h.percentile(0.50), h.percentile(0.90), h.percentile(0.99), h.percentile(0.999), h.max(), memcpy_gbs,
-        pingpong_ns, spsc, single_rps / spsc, static_cast<double>(h.percentile(0.50)) / pingpong_ns, o.value_bytes,
+        pingpong_ns, pingpong_after_ns, spsc, single_rps / spsc, static_cast<double>(h.percentile(0.50)) / pingpong_ns, o.value_bytes,
         o.capacity, o.mode == ProducerMode::kExclusive ? "exclusive" : "shared",
         o.wait == WaitKind::kSpin ? "spin" : o.wait == WaitKind::kYield ? "yield" : "park", single.backing.c_str(),
-        placement, errors);
+        placement.c_str(), errors);
   } else {
     std::printf("ring memory: %s\n\n", single.backing.c_str());
     std::printf("baselines (same run, cpus %d -> %d)\n", o.cpu_producer, o.cpu_consumer);
     std::printf("  memcpy over %zu MiB            %10.2f GB/s\n", o.capacity >> 20, memcpy_gbs);
-    std::printf("  cache-line ping-pong one-way  %10.1f ns\n", pingpong_ns);
-    if (*placement != '\0') std::printf("  warning: %s\n", placement);
+    std::printf("  cache-line ping-pong one-way  %10.1f ns (%.1f ns after the runs)\n", pingpong_ns, pingpong_after_ns);
+    if (!placement.empty()) std::printf("  warning: %s\n", placement.c_str());
     std::printf("  boost spsc_queue, 64 B items  %10.2f M items/s\n\n", spsc / 1e6);
     std::printf("ring, %zu-byte values, %s producer, %s consumer\n", o.value_bytes,
                 o.mode == ProducerMode::kExclusive ? "exclusive" : "shared",

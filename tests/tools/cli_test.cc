@@ -457,4 +457,25 @@ TEST_F(Cli, PerfEmbeddedAndAgainstWeftd) {
   EXPECT_NE(report.out.find("p99.9"), std::string::npos);
 }
 
+TEST_F(Cli, PerfOverKafkaRunsEveryPhaseOnTopicsWithTheRingAsked) {
+  start_node();
+  const std::string kafka = listen_address_in_log(dir_ + "/weftd.log", "kafka listener ready");
+  ASSERT_FALSE(kafka.empty()) << read_file(dir_ + "/weftd.log");
+  Output perf = run({WEFT_PATH, "perf", "--bootstrap", kafka, "--records", "3000", "--latency-records", "300", "--latency-rate", "3000",
+                     "--ring-bytes", "8388608", "--no-baselines", "--json"},
+                    {}, 120'000);
+  ASSERT_EQ(perf.exit_code, 0) << perf.out << perf.err;
+  EXPECT_NE(perf.out.find("\"ring_bytes\":8388608"), std::string::npos) << perf.out;
+  EXPECT_NE(perf.out.find("\"produce\":{\"records\":3000,"), std::string::npos) << perf.out;
+  EXPECT_NE(perf.out.find("\"failed\":0}"), std::string::npos) << perf.out;
+  EXPECT_NE(perf.out.find("\"fetch\":{\"records\":3000,"), std::string::npos) << perf.out;
+  EXPECT_NE(perf.out.find("\"latency\":{\"records\":300,"), std::string::npos) << perf.out;
+  // The ring is a topic config the node checks: one it refuses fails the run, and says why.
+  Output refused = run({WEFT_PATH, "perf", "--bootstrap", kafka, "--records", "100", "--latency-records", "0", "--ring-bytes", "1000",
+                        "--no-baselines"},
+                       {}, 60'000);
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("ring.capacity.bytes must be a power of two"), std::string::npos) << refused.out << refused.err;
+}
+
 }  // namespace

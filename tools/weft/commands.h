@@ -28,6 +28,7 @@ struct PerfOptions {
   bool json = false;
   bool hugepages = true;
   std::uint64_t ring_bytes = std::uint64_t{64} << 20;
+  bool ring_bytes_given = false;  // --ring-bytes given: over --bootstrap, the perf topics' ring (else the node's default)
   bool baselines = true;
   bool flow_control = true;  // consumers hold producers back, so nothing is lost to laps
   // With a data directory the embedded node keeps logs there (a folder per run, removed after),

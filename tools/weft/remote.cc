@@ -132,7 +132,9 @@ std::string sole_leader(rd_kafka_t* rk, const std::string& topic, std::string& e
 }
 
 // Creates (or deletes, when `partitions` is 0) a topic with the admin API and waits for it.
-bool admin_topic(rd_kafka_t* rk, const std::string& topic, int partitions, std::string& error) {
+// Creates `topic` with `partitions` (and `configs`), or deletes it when `partitions` is 0.
+bool admin_topic(rd_kafka_t* rk, const std::string& topic, int partitions, std::string& error,
+                 const std::vector<std::pair<std::string, std::string>>& configs = {}) {
   char text[512];
   rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
   if (partitions > 0) {
@@ -141,6 +143,14 @@ bool admin_topic(rd_kafka_t* rk, const std::string& topic, int partitions, std::
       error = text;
       rd_kafka_queue_destroy(queue);
       return false;
+    }
+    for (const auto& [name, value] : configs) {
+      if (rd_kafka_resp_err_t err = rd_kafka_NewTopic_set_config(create, name.c_str(), value.c_str()); err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        error = name + ": " + rd_kafka_err2str(err);
+        rd_kafka_NewTopic_destroy(create);
+        rd_kafka_queue_destroy(queue);
+        return false;
+      }
     }
     rd_kafka_CreateTopics(rk, &create, 1, nullptr, queue);
     rd_kafka_NewTopic_destroy(create);
@@ -195,15 +205,16 @@ void count_delivery(rd_kafka_t*, const rd_kafka_message_t* message, void* opaque
   }
 }
 
-// Sends one record, serving delivery reports while librdkafka's queue is full.
+// Sends one record, serving delivery reports while librdkafka's queue is full. With `copy`
+// false, librdkafka keeps pointers to key and value: they must stay unchanged until delivered.
 bool send(rd_kafka_t* rk, const std::string& topic, std::int32_t partition, const void* key, std::size_t key_bytes, const void* value,
-          std::size_t value_bytes, std::int64_t timestamp_ms, std::string& error) {
+          std::size_t value_bytes, std::int64_t timestamp_ms, std::string& error, bool copy = true) {
   for (int attempt = 0; attempt < 60'000; ++attempt) {
     // librdkafka's RD_KAFKA_V_* macros cast in C style.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wold-style-cast"
     const rd_kafka_resp_err_t err =
-        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic.c_str()), RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_MSGFLAGS(copy ? RD_KAFKA_MSG_F_COPY : 0),
                           RD_KAFKA_V_KEY(const_cast<void*>(key), key_bytes), RD_KAFKA_V_VALUE(const_cast<void*>(value), value_bytes),
                           RD_KAFKA_V_TIMESTAMP(timestamp_ms), RD_KAFKA_V_END);
 #pragma GCC diagnostic pop
@@ -389,6 +400,10 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
   PhaseResult result;
   if (!rk) return result;
   std::vector<char> value(p.record_size, 'w');
+  // Only the latency runs read the send time back. The throughput run sends one unchanging
+  // value without librdkafka's copy of it (RD_KAFKA_MSG_F_COPY: a malloc and a memcpy per
+  // record), as a throughput-minded application would.
+  const bool stamped = low_latency || acked != nullptr;
   const std::int64_t start = monotonic_ns();
   for (std::uint64_t i = 0; i < records && !g_stop.load(std::memory_order_relaxed); ++i) {
     if (rate > 0) {
@@ -401,9 +416,11 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
         if (wait > 20'000) std::this_thread::sleep_for(std::chrono::nanoseconds(wait - 10'000));
       }
     }
-    const std::int64_t now = monotonic_ns();
-    std::memcpy(value.data(), &now, sizeof now);  // the send time, read back by the latency consumer
-    if (!send(rk.get(), topic, static_cast<std::int32_t>(i % p.partitions), nullptr, 0, value.data(), value.size(), 0, error)) break;
+    if (stamped) {
+      const std::int64_t now = monotonic_ns();
+      std::memcpy(value.data(), &now, sizeof now);  // the send time, read back by the latency consumer
+    }
+    if (!send(rk.get(), topic, static_cast<std::int32_t>(i % p.partitions), nullptr, 0, value.data(), value.size(), 0, error, stamped)) break;
     if ((i & 1023) == 0) rd_kafka_poll(rk.get(), 0);
   }
   rd_kafka_flush(rk.get(), 120'000);
@@ -682,7 +699,12 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   KafkaHandle admin = make_client(RD_KAFKA_PRODUCER, {{"bootstrap.servers", o.bootstrap}}, error);
   if (!admin) return fail("connecting to " + o.bootstrap + ": " + error);
   const std::string topic = "weft-perf-" + std::to_string(getpid());
-  if (!admin_topic(admin.get(), topic, static_cast<int>(p.partitions), error)) return fail("creating " + topic + ": " + error);
+  // The node's defaults unless --ring-bytes is given (the same pair a local run sets).
+  std::vector<std::pair<std::string, std::string>> configs;
+  if (p.ring_bytes_given)
+    configs = {{"ring.capacity.bytes", std::to_string(p.ring_bytes)},
+               {"max.batch.bytes", std::to_string(std::min<std::uint64_t>(p.ring_bytes / 4, std::uint64_t{1} << 20))}};
+  if (!admin_topic(admin.get(), topic, static_cast<int>(p.partitions), error, configs)) return fail("creating " + topic + ": " + error);
   if (partition_leaders(admin.get(), topic, error).empty()) return fail(topic + ": " + error);
 
   const std::uint64_t records = p.records;
@@ -693,7 +715,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   // The same again with a bare client: what the listener takes without librdkafka's cost per record.
   const std::string wire_topic = topic + "-wire";
   PhaseResult wire_produced, wire_fetched;
-  if (admin_topic(admin.get(), wire_topic, static_cast<int>(p.partitions), error)) {
+  if (admin_topic(admin.get(), wire_topic, static_cast<int>(p.partitions), error, configs)) {
     std::string why;
     const std::string leader = sole_leader(admin.get(), wire_topic, why);
     if (leader.empty()) {
@@ -731,13 +753,14 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   auto us = [&](double q) { return static_cast<double>(latency.percentile(q)) / 1000.0; };
   auto gbs = [&](const PhaseResult& r) { return r.seconds > 0 ? static_cast<double>(r.records) * record_bytes / r.seconds / 1e9 : 0.0; };
   if (p.json) {
-    std::printf("{\"bootstrap\":\"%s\",\"record_size\":%u,\"partitions\":%u,\"acks\":\"%s\",\"tcp_loopback_gb_per_s\":%.3f,"
+    std::printf("{\"bootstrap\":\"%s\",\"record_size\":%u,\"partitions\":%u,\"acks\":\"%s\",\"ring_bytes\":%llu,\"tcp_loopback_gb_per_s\":%.3f,"
                 "\"produce\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f,\"failed\":%llu},"
                 "\"fetch\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},"
                 "\"wire_produce\":{\"records\":%llu,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},\"wire_fetch\":{\"records\":%llu,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},"
                 "\"latency\":{\"records\":%llu,\"rate\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f},"
                 "\"ack_latency\":{\"records\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}}\n",
-                o.bootstrap.c_str(), p.record_size, p.partitions, p.acks.c_str(), tcp, static_cast<unsigned long long>(produced.records),
+                o.bootstrap.c_str(), p.record_size, p.partitions, p.acks.c_str(), static_cast<unsigned long long>(p.ring_bytes_given ? p.ring_bytes : 0),
+                tcp, static_cast<unsigned long long>(produced.records),
                 produced.seconds, static_cast<double>(produced.records) / std::max(produced.seconds, 1e-9), produce_gbs,
                 tcp > 0 ? produce_gbs / tcp : 0, static_cast<unsigned long long>(produced.failed), static_cast<unsigned long long>(fetched.records),
                 fetched.seconds, static_cast<double>(fetched.records) / std::max(fetched.seconds, 1e-9), fetch_gbs, tcp > 0 ? fetch_gbs / tcp : 0,
@@ -749,8 +772,9 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 static_cast<double>(acked.percentile(0.999)) / 1000.0, static_cast<double>(acked.max()) / 1000.0);
     return produced.failed == 0 ? 0 : 1;
   }
-  std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, acks=%s (librdkafka %s)\n", o.bootstrap.c_str(),
-              p.record_size, p.partitions, p.acks.c_str(), rd_kafka_version_str());
+  const std::string ring = p.ring_bytes_given ? std::to_string(p.ring_bytes >> 20) + " MiB rings" : "the node's default rings";
+  std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, %s, acks=%s (librdkafka %s)\n", o.bootstrap.c_str(),
+              p.record_size, p.partitions, ring.c_str(), p.acks.c_str(), rd_kafka_version_str());
   if (tcp > 0) std::printf("  baseline   one TCP stream on loopback: %.2f GB/s (%.1f Gbit/s)\n", tcp, tcp * 8);
   std::printf("  produce    %llu records in %.2f s: %.0f records/s, %.3f GB/s of record bytes%s\n",
               static_cast<unsigned long long>(produced.records), produced.seconds,

@@ -278,7 +278,7 @@ int main(int argc, char** argv) {
   perf->add_option("--wait", po.wait, "how consumers wait: spin, yield or park")->check(CLI::IsMember({"spin", "yield", "park"}));
   perf->add_flag("--threads", po.threads, "run producers and consumers as threads of one process");
   perf->add_flag("!--shared", po.exclusive, "producers claim with compare-and-swap even when alone on a partition");
-  perf->add_option("--ring-bytes", po.ring_bytes, "ring capacity per partition (power of two)");
+  CLI::Option* ring_bytes = perf->add_option("--ring-bytes", po.ring_bytes, "ring capacity per partition (power of two); with --bootstrap, of the perf topics (default: the node's)");
   perf->add_flag("!--no-hugepages", po.hugepages, "rings in 4 KiB pages (embedded node)");
   perf->add_flag("!--no-baselines", po.baselines, "skip the memcpy and ping-pong baselines");
   perf->add_flag("!--no-flow-control", po.flow_control, "let producers lap slow consumers (records lost to laps are counted)");
@@ -298,7 +298,10 @@ int main(int argc, char** argv) {
 
   if (!bootstrap.empty()) {
     const cli::RemoteOptions remote{bootstrap};
-    if (*perf) return cli::run_remote_perf(remote, po);
+    if (*perf) {
+      po.ring_bytes_given = ring_bytes->count() > 0;
+      return cli::run_remote_perf(remote, po);
+    }
     if (*produce) return cli::run_remote_produce(remote, topic_name, key_sep, acks, file, partition);
     if (*consume) {
       if (from != "earliest" && from != "latest") {
