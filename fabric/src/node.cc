@@ -606,14 +606,19 @@ Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_
 
 Result<PartitionRoute> Node::partition_route(std::string_view name, std::uint32_t partition) const {
   WEFT_TRY(const PartitionMemory memory, open_partition(name, partition));  // checks the topic and partition
-  (void)memory;
   PartitionRouter router;
   {
     std::lock_guard lock(state_->cluster_hooks_mutex);
     router = state_->router;
   }
-  if (!router) return PartitionRoute{};
-  return router(name, partition);
+  if (router) return router(name, partition);
+  // No cluster here, yet the ring waits for a role from one (a cluster's topic file on a node
+  // started alone): no leader will ever come, so producers are told now rather than time out.
+  if (leader_epoch(memory.ring) == ring_layout::kFollowing)
+    return Error{Errc::kFailedPrecondition, "topic '" + std::string(name) + "' partition " + std::to_string(partition) +
+                                                " belongs to a cluster and this node runs without one: it takes no writes here "
+                                                "(start weftd with its --node-id and --etcd)"};
+  return PartitionRoute{};
 }
 
 void Node::set_partition_router(PartitionRouter router) {

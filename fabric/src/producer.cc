@@ -154,6 +154,7 @@ Result<Producer*> TopicProducer::attach_or_route(std::uint32_t partition) {
       return Error{attached.error().code, where + ": " + attached.error().message};
     // This node follows the partition: produce where its leader is.
     Result<PartitionRoute> route = s.client->partition_route(s.topic, partition);
+    if (!route.ok() && route.error().code == Errc::kFailedPrecondition) return route.error();  // no leader will come
     if (route.ok() && !route->here) {
       if (!s.options.remote)
         return Error{Errc::kFailedPrecondition, where + " is led by node " + std::to_string(route->leader) +

@@ -236,6 +236,23 @@ TEST_F(Cli, TopicsAndTheirOffsetsSurviveARestart) {
   EXPECT_EQ(everything.out, "a\nb\nc\nd\n") << everything.err;
 }
 
+TEST_F(Cli, DaemonAloneSaysWhyAClustersTopicTakesNoWrites) {
+  start_node();
+  ASSERT_EQ(weft({"topic", "create", "shared", "--partitions", "1"}).exit_code, 0);
+  EXPECT_EQ(node_->stop(SIGTERM), 0);
+  // As a cluster node leaves its topic file: the mark that fences the rings until a role comes.
+  std::ofstream(dir_ + "/data/topics/shared.topic", std::ios::app) << "replicated=true\n";
+  start_node();
+  // At once, not after max_block_ms: no leader will come.
+  Output refused = weft({"produce", "shared"}, "a\n");
+  EXPECT_NE(refused.exit_code, 0) << refused.out << refused.err;
+  EXPECT_NE(refused.err.find("belongs to a cluster and this node runs without one"), std::string::npos) << refused.err;
+  EXPECT_EQ(node_->stop(SIGTERM), 0);
+  const std::string log = read_file(dir_ + "/weftd.log");
+  EXPECT_NE(log.find("msg=\"a cluster's topic on a node started without a cluster"), std::string::npos) << log;
+  EXPECT_NE(log.find("topic=shared"), std::string::npos) << log;
+}
+
 TEST_F(Cli, DaemonReadsTomlAndFlagsWin) {
   const std::string config = dir_ + "/weftd.toml";
   std::ofstream(config) << "socket = \"" << dir_ << "/from-file.sock\"\n"

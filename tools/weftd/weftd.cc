@@ -414,6 +414,15 @@ int main(int argc, char** argv) {
   const std::int64_t started = monotonic_ns();
   Result<std::unique_ptr<Node>> node = Node::start(options);
   if (!node.ok()) return fail(node.error());
+  if (!clustered) {
+    // A cluster's topic keeps its rings fenced until a replicator gives this node a role, which
+    // no replicator will without a cluster: say so once, not only in each refused produce.
+    for (const std::string& name : (*node)->list_topics()) {
+      if (Result<TopicInfo> info = (*node)->describe_topic(name); info.ok() && info->config.replicated)
+        log(LogLevel::kWarn, "a cluster's topic on a node started without a cluster: it takes no writes here; start weftd with its --node-id and --etcd",
+            {{"topic", name}});
+    }
+  }
   // Cluster mode: the replication transport, the metadata store and the cluster node, before the
   // Kafka listener that routes clients by them and the local server whose topic calls go to it
   // (declared after it, so on every way out the server goes first).
