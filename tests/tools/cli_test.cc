@@ -479,10 +479,11 @@ TEST_F(Cli, PerfOverKafkaRunsEveryPhaseOnTopicsWithTheRingAsked) {
   const std::string kafka = listen_address_in_log(dir_ + "/weftd.log", "kafka listener ready");
   ASSERT_FALSE(kafka.empty()) << read_file(dir_ + "/weftd.log");
   Output perf = run({WEFT_PATH, "perf", "--bootstrap", kafka, "--records", "3000", "--latency-records", "300", "--latency-rate", "3000",
-                     "--ring-bytes", "8388608", "--no-baselines", "--json"},
+                     "--ring-bytes", "8388608", "--compression", "lz4", "--no-baselines", "--json"},
                     {}, 120'000);
   ASSERT_EQ(perf.exit_code, 0) << perf.out << perf.err;
   EXPECT_NE(perf.out.find("\"ring_bytes\":8388608"), std::string::npos) << perf.out;
+  EXPECT_NE(perf.out.find("\"compression\":\"lz4\""), std::string::npos) << perf.out;
   EXPECT_NE(perf.out.find("\"produce\":{\"records\":3000,"), std::string::npos) << perf.out;
   EXPECT_NE(perf.out.find("\"failed\":0}"), std::string::npos) << perf.out;
   EXPECT_NE(perf.out.find("\"fetch\":{\"records\":3000,"), std::string::npos) << perf.out;
@@ -493,6 +494,10 @@ TEST_F(Cli, PerfOverKafkaRunsEveryPhaseOnTopicsWithTheRingAsked) {
                        {}, 60'000);
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_NE(refused.err.find("ring.capacity.bytes must be a power of two"), std::string::npos) << refused.out << refused.err;
+  // Compression is the Kafka client's: a local run says so rather than ignore it.
+  Output local = run({WEFT_PATH, "perf", "--records", "100", "--compression", "zstd", "--no-baselines"}, {}, 60'000);
+  EXPECT_NE(local.exit_code, 0);
+  EXPECT_NE(local.err.find("--compression applies to Kafka clients"), std::string::npos) << local.out << local.err;
 }
 
 }  // namespace

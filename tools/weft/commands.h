@@ -28,6 +28,7 @@ struct PerfOptions {
   bool json = false;
   bool hugepages = true;
   std::uint64_t ring_bytes = std::uint64_t{64} << 20;
+  std::string compression = "none";  // over --bootstrap: librdkafka's compression.type for the produce runs
   bool ring_bytes_given = false;  // --ring-bytes given: over --bootstrap, the perf topics' ring (else the node's default)
   bool baselines = true;
   bool flow_control = true;  // consumers hold producers back, so nothing is lost to laps

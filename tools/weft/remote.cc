@@ -385,6 +385,46 @@ struct PhaseResult {
   std::uint64_t failed = 0;
 };
 
+// Text that compresses about as log lines do (words from a small vocabulary, numbers,
+// separators), not a run of one byte that any codec shrinks to nothing. The same every run.
+std::vector<char> log_like_text(std::size_t bytes) {
+  static constexpr std::string_view kWords[] = {"GET",  "POST", "/api/v1/orders", "/static/app.js", "status=", "200",     "404",
+                                                "user", "id=",  "session",        "latency_ms=",    "region=", "eu-west", "us-east",
+                                                "ok",   "true", "false",          "referer=",       "agent=",  "Mozilla/5.0"};
+  std::vector<char> text;
+  text.reserve(bytes);
+  std::uint64_t state = 0x9E3779B97F4A7C15ull;
+  while (text.size() < bytes) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;  // a fixed LCG: the same text every run
+    const std::uint64_t pick = state >> 33;
+    if (pick % 4 == 0) {
+      const std::string number = std::to_string(pick % 100'000);
+      text.insert(text.end(), number.begin(), number.end());
+    } else {
+      const std::string_view word = kWords[pick % std::size(kWords)];
+      text.insert(text.end(), word.begin(), word.end());
+    }
+    text.push_back(pick % 7 == 0 ? '\n' : ' ');
+  }
+  text.resize(bytes);
+  return text;
+}
+
+// Record values cut from one long stretch of that text, each starting elsewhere, so that a batch
+// of them compresses as a batch of different log lines would, not as one value repeated.
+class RecordValues {
+ public:
+  explicit RecordValues(std::size_t record_bytes) : bytes_(record_bytes), text_(log_like_text(kStretch + record_bytes)) {}
+  const char* at(std::uint64_t i) const { return text_.data() + (i * kStep) % kStretch; }
+  std::size_t size() const { return bytes_; }
+
+ private:
+  static constexpr std::size_t kStretch = std::size_t{4} << 20;
+  static constexpr std::uint64_t kStep = 977;  // prime: record i and i+1 share at most a few words
+  std::size_t bytes_;
+  std::vector<char> text_;
+};
+
 PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, std::uint64_t rate,
                           bool low_latency, std::string& error, LatencyHistogram* acked = nullptr) {
   DeliveryCounts counts;
@@ -395,14 +435,17 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
                                 {"linger.ms", low_latency ? "0" : "5"},
                                 {"batch.size", "1000000"},
                                 {"queue.buffering.max.kbytes", "1048576"},
+                                {"compression.type", p.compression},
                                 {"client.id", "weft-perf"}},
                                error, count_delivery, &counts);
   PhaseResult result;
   if (!rk) return result;
-  std::vector<char> value(p.record_size, 'w');
-  // Only the latency runs read the send time back. The throughput run sends one unchanging
-  // value without librdkafka's copy of it (RD_KAFKA_MSG_F_COPY: a malloc and a memcpy per
-  // record), as a throughput-minded application would.
+  const RecordValues values(p.record_size);
+  std::vector<char> value(p.record_size);
+  // Only the latency runs read the send time back (from a copy of the value, stamped). The
+  // throughput run hands librdkafka values that stay unchanged until delivered, without its copy
+  // of them (RD_KAFKA_MSG_F_COPY: a malloc and a memcpy per record), as a throughput-minded
+  // application would.
   const bool stamped = low_latency || acked != nullptr;
   const std::int64_t start = monotonic_ns();
   for (std::uint64_t i = 0; i < records && !g_stop.load(std::memory_order_relaxed); ++i) {
@@ -416,11 +459,14 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
         if (wait > 20'000) std::this_thread::sleep_for(std::chrono::nanoseconds(wait - 10'000));
       }
     }
+    const char* bytes = values.at(i);
     if (stamped) {
+      std::memcpy(value.data(), bytes, value.size());
       const std::int64_t now = monotonic_ns();
       std::memcpy(value.data(), &now, sizeof now);  // the send time, read back by the latency consumer
+      bytes = value.data();
     }
-    if (!send(rk.get(), topic, static_cast<std::int32_t>(i % p.partitions), nullptr, 0, value.data(), value.size(), 0, error, stamped)) break;
+    if (!send(rk.get(), topic, static_cast<std::int32_t>(i % p.partitions), nullptr, 0, bytes, values.size(), 0, error, stamped)) break;
     if ((i & 1023) == 0) rd_kafka_poll(rk.get(), 0);
   }
   rd_kafka_flush(rk.get(), 120'000);
@@ -525,13 +571,13 @@ PhaseResult wire_produce_phase(const RemoteOptions& o, const PerfOptions& p, con
   std::optional<kafka::WireConnection> client = connect_wire(o.bootstrap, error);
   if (!client) return result;
   // One batch of ~1 MB of records (Kafka's default batch.size for librdkafka), encoded once.
-  const std::string value(p.record_size, 'w');
+  const RecordValues values(p.record_size);
   const std::uint32_t per_batch = std::max<std::uint32_t>(1, static_cast<std::uint32_t>(1'000'000 / (p.record_size + 16)));
   std::vector<std::byte> buffer(std::size_t{per_batch} * (p.record_size + 32) + 4096);
   BatchBuilder builder(buffer);
   for (std::uint32_t i = 0; i < per_batch; ++i) {
     RecordInput r;
-    r.value = std::as_bytes(std::span(value.data(), value.size()));
+    r.value = std::as_bytes(std::span(values.at(i), values.size()));
     r.timestamp_ms = wall_clock_ms();
     if (!builder.append(r)) break;
   }
@@ -753,13 +799,14 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   auto us = [&](double q) { return static_cast<double>(latency.percentile(q)) / 1000.0; };
   auto gbs = [&](const PhaseResult& r) { return r.seconds > 0 ? static_cast<double>(r.records) * record_bytes / r.seconds / 1e9 : 0.0; };
   if (p.json) {
-    std::printf("{\"bootstrap\":\"%s\",\"record_size\":%u,\"partitions\":%u,\"acks\":\"%s\",\"ring_bytes\":%llu,\"tcp_loopback_gb_per_s\":%.3f,"
+    std::printf("{\"bootstrap\":\"%s\",\"record_size\":%u,\"partitions\":%u,\"acks\":\"%s\",\"compression\":\"%s\",\"ring_bytes\":%llu,\"tcp_loopback_gb_per_s\":%.3f,"
                 "\"produce\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f,\"failed\":%llu},"
                 "\"fetch\":{\"records\":%llu,\"seconds\":%.3f,\"records_per_s\":%.0f,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},"
                 "\"wire_produce\":{\"records\":%llu,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},\"wire_fetch\":{\"records\":%llu,\"gb_per_s\":%.3f,\"vs_tcp\":%.3f},"
                 "\"latency\":{\"records\":%llu,\"rate\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f},"
                 "\"ack_latency\":{\"records\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}}\n",
-                o.bootstrap.c_str(), p.record_size, p.partitions, p.acks.c_str(), static_cast<unsigned long long>(p.ring_bytes_given ? p.ring_bytes : 0),
+                o.bootstrap.c_str(), p.record_size, p.partitions, p.acks.c_str(), p.compression.c_str(),
+                static_cast<unsigned long long>(p.ring_bytes_given ? p.ring_bytes : 0),
                 tcp, static_cast<unsigned long long>(produced.records),
                 produced.seconds, static_cast<double>(produced.records) / std::max(produced.seconds, 1e-9), produce_gbs,
                 tcp > 0 ? produce_gbs / tcp : 0, static_cast<unsigned long long>(produced.failed), static_cast<unsigned long long>(fetched.records),
@@ -773,8 +820,8 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
     return produced.failed == 0 ? 0 : 1;
   }
   const std::string ring = p.ring_bytes_given ? std::to_string(p.ring_bytes >> 20) + " MiB rings" : "the node's default rings";
-  std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, %s, acks=%s (librdkafka %s)\n", o.bootstrap.c_str(),
-              p.record_size, p.partitions, ring.c_str(), p.acks.c_str(), rd_kafka_version_str());
+  std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, %s, acks=%s, compression=%s (librdkafka %s)\n",
+              o.bootstrap.c_str(), p.record_size, p.partitions, ring.c_str(), p.acks.c_str(), p.compression.c_str(), rd_kafka_version_str());
   if (tcp > 0) std::printf("  baseline   one TCP stream on loopback: %.2f GB/s (%.1f Gbit/s)\n", tcp, tcp * 8);
   std::printf("  produce    %llu records in %.2f s: %.0f records/s, %.3f GB/s of record bytes%s\n",
               static_cast<unsigned long long>(produced.records), produced.seconds,
@@ -785,7 +832,8 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
               static_cast<double>(fetched.records) / std::max(fetched.seconds, 1e-9), fetch_gbs,
               tcp > 0 ? (" = " + std::to_string(static_cast<int>(fetch_gbs / tcp * 100 + 0.5)) + "% of the baseline").c_str() : "");
   auto percent = [&](double v) { return tcp > 0 ? " = " + std::to_string(static_cast<int>(v / tcp * 100 + 0.5)) + "% of the baseline" : std::string(); };
-  std::printf("  bare client, pre-encoded 1 MB batches (the listener without librdkafka's cost per record):\n");
+  std::printf("  bare client, pre-encoded 1 MB batches%s (the listener without librdkafka's cost per record):\n",
+              p.compression == "none" ? "" : ", uncompressed");
   std::printf("  produce    %llu records in %.2f s: %.3f GB/s%s\n", static_cast<unsigned long long>(wire_produced.records), wire_produced.seconds,
               gbs(wire_produced), percent(gbs(wire_produced)).c_str());
   std::printf("  fetch      %llu records in %.2f s: %.3f GB/s%s\n", static_cast<unsigned long long>(wire_fetched.records), wire_fetched.seconds,

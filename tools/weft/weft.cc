@@ -283,6 +283,8 @@ int main(int argc, char** argv) {
   perf->add_flag("!--no-baselines", po.baselines, "skip the memcpy and ping-pong baselines");
   perf->add_flag("!--no-flow-control", po.flow_control, "let producers lap slow consumers (records lost to laps are counted)");
   perf->add_flag("--json", po.json, "print one JSON object instead of the report");
+  perf->add_option("--compression", po.compression, "with --bootstrap: the producer's compression.type (none, gzip, snappy, lz4, zstd)")
+      ->check(CLI::IsMember({"none", "gzip", "snappy", "lz4", "zstd"}));
   perf->add_option("--bootstrap", bootstrap,
                    "HOST:PORT of a node's Kafka listener: produce, fetch and paced-latency runs over the Kafka protocol (librdkafka)");
   std::string perf_bytes;
@@ -317,6 +319,8 @@ int main(int argc, char** argv) {
   }
 
   if (*perf) {
+    if (po.compression != "none")
+      return report(Error{Errc::kInvalidArgument, "--compression applies to Kafka clients: give --bootstrap HOST:PORT too"}, "perf");
     po.use_socket = app.count("--socket") > 0;
     po.socket = socket;
     if (!perf_bytes.empty() && (po.bytes = cli::parse_size(perf_bytes)) == 0)
