@@ -197,8 +197,8 @@ std::string placement_warning(double pingpong_before_ns, double pingpong_after_n
   // A hand-off far below any cross-core figure: the two cpus shared a physical core.
   constexpr double kSameCoreNs = 30.0;
   auto figure = [](double ns) { return std::to_string(static_cast<long long>(ns + 0.5)) + " ns"; };
-  if (pingpong_before_ns > 0 && pingpong_before_ns < kSameCoreNs)
-    return "ping-pong " + figure(pingpong_before_ns) + ": the two cpus likely shared a physical core; ratios not comparable";
+  for (const double ns : {pingpong_before_ns, pingpong_after_ns})
+    if (ns > 0 && ns < kSameCoreNs) return "ping-pong " + figure(ns) + ": the two cpus likely shared a physical core; ratios not comparable";
   if (pingpong_before_ns <= 0 || pingpong_after_ns <= 0) return {};
   const double ratio = std::max(pingpong_before_ns, pingpong_after_ns) / std::min(pingpong_before_ns, pingpong_after_ns);
   if (ratio > 1.5)

@@ -253,6 +253,7 @@ struct Node::State {
   std::mutex event_mutex;  // the event fds change and are written under it
   mutable std::mutex cluster_hooks_mutex;  // guards the two hooks a ClusterNode installs:
   PartitionRouter router;                    // empty: every partition is led here
+  bool had_router = false;                   // a cluster node (its router goes before its threads stop)
   std::shared_ptr<OffsetMirror> offset_mirror;
   std::shared_ptr<OffsetMirror> mirror() const {
     std::lock_guard lock(cluster_hooks_mutex);
@@ -607,22 +608,26 @@ Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_
 Result<PartitionRoute> Node::partition_route(std::string_view name, std::uint32_t partition) const {
   WEFT_TRY(const PartitionMemory memory, open_partition(name, partition));  // checks the topic and partition
   PartitionRouter router;
+  bool had_router = false;
   {
     std::lock_guard lock(state_->cluster_hooks_mutex);
     router = state_->router;
+    had_router = state_->had_router;
   }
   if (router) return router(name, partition);
-  // No cluster here, yet the ring waits for a role from one (a cluster's topic file on a node
+  // Never a cluster here, yet the ring waits for a role from one (a cluster's topic file on a node
   // started alone): no leader will ever come, so producers are told now rather than time out.
-  if (leader_epoch(memory.ring) == ring_layout::kFollowing)
+  // (A cluster node between removing its router and stopping answers as before: wait.)
+  if (!had_router && leader_epoch(memory.ring) == ring_layout::kFollowing)
     return Error{Errc::kFailedPrecondition, "topic '" + std::string(name) + "' partition " + std::to_string(partition) +
                                                 " belongs to a cluster and this node runs without one: it takes no writes here "
-                                                "(start weftd with its --node-id and --etcd)"};
+                                                "(run the node in its cluster: weftd's --node-id and --etcd)"};
   return PartitionRoute{};
 }
 
 void Node::set_partition_router(PartitionRouter router) {
   std::lock_guard lock(state_->cluster_hooks_mutex);
+  state_->had_router = state_->had_router || static_cast<bool>(router);
   state_->router = std::move(router);
 }
 

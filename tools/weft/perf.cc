@@ -655,7 +655,7 @@ int run_perf(const PerfOptions& in) {
   if (node) node->stop();
   if (made_temp) rmdir(temp_dir);
   if (!log_dir.empty()) std::filesystem::remove_all(log_dir);
-  // Again after the runs, with the node stopped: the hypervisor may move the two cpus meanwhile.
+  // Again after the runs (an embedded node stopped by now): the hypervisor may move the two cpus meanwhile.
   const double pingpong_after_ns = o.baselines && bench::cpu_count() >= 2 ? bench::pingpong_one_way_ns(0, 1, 200'000) : 0;
   if (!t.ok() || !l.ok() || !a.ok()) {
     std::fprintf(stderr, "weft perf: %s\n", (!t.ok() ? t.error() : (!l.ok() ? l.error() : a.error())).message.c_str());
@@ -770,9 +770,11 @@ int run_perf(const PerfOptions& in) {
                   run_acks ? (" (ack p99 = " + std::to_string(ack_ratio).substr(0, 4) + "x it)").c_str() : "");
     }
     std::printf("  memcpy                       %8.2f GB/s    delivered = %.0f%% of it\n", memcpy_gbs, memcpy_ratio * 100);
-    if (pingpong_ns > 0)
-      std::printf("  cache-line ping-pong one-way %8.1f ns      p50 = %.1fx it (%.1f ns after the runs)\n", pingpong_ns, pingpong_ratio,
-                  pingpong_after_ns);
+    if (pingpong_ns > 0) {
+      std::printf("  cache-line ping-pong one-way %8.1f ns      p50 = %.1fx it", pingpong_ns, pingpong_ratio);
+      if (pingpong_after_ns > 0) std::printf(" (%.1f ns after the runs)", pingpong_after_ns);
+      std::printf("\n");
+    }
   }
   std::printf("\nsent %" PRIu64 ", lost to laps %" PRIu64 ", back-pressure waits %" PRIu64 ", errors %" PRIu64 "\n", tr.sent, tr.lost,
               tr.back_pressure_waits, errors);

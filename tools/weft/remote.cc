@@ -131,8 +131,8 @@ std::string sole_leader(rd_kafka_t* rk, const std::string& topic, std::string& e
   return leaders.front();
 }
 
-// Creates (or deletes, when `partitions` is 0) a topic with the admin API and waits for it.
-// Creates `topic` with `partitions` (and `configs`), or deletes it when `partitions` is 0.
+// Creates `topic` with `partitions` (and `configs`), or deletes it when `partitions` is 0, with
+// the admin API, and waits for the answer.
 bool admin_topic(rd_kafka_t* rk, const std::string& topic, int partitions, std::string& error,
                  const std::vector<std::pair<std::string, std::string>>& configs = {}) {
   char text[512];
@@ -178,6 +178,32 @@ bool admin_topic(rd_kafka_t* rk, const std::string& topic, int partitions, std::
   if (event != nullptr) rd_kafka_event_destroy(event);
   rd_kafka_queue_destroy(queue);
   return ok;
+}
+
+// A topic config as the node reports it (DescribeConfigs); empty when it does not answer.
+std::string topic_config(rd_kafka_t* rk, const std::string& topic, std::string_view name) {
+  std::string found;
+  rd_kafka_ConfigResource_t* resource = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic.c_str());
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
+  rd_kafka_DescribeConfigs(rk, &resource, 1, nullptr, queue);
+  if (rd_kafka_event_t* event = rd_kafka_queue_poll(queue, 10'000); event != nullptr) {
+    if (const rd_kafka_DescribeConfigs_result_t* result = rd_kafka_event_DescribeConfigs_result(event); result != nullptr) {
+      std::size_t resources = 0;
+      const rd_kafka_ConfigResource_t** described = rd_kafka_DescribeConfigs_result_resources(result, &resources);
+      for (std::size_t r = 0; r < resources; ++r) {
+        std::size_t entries = 0;
+        const rd_kafka_ConfigEntry_t** configs = rd_kafka_ConfigResource_configs(described[r], &entries);
+        for (std::size_t e = 0; e < entries; ++e) {
+          const char* value = rd_kafka_ConfigEntry_value(configs[e]);
+          if (name == rd_kafka_ConfigEntry_name(configs[e]) && value != nullptr) found = value;
+        }
+      }
+    }
+    rd_kafka_event_destroy(event);
+  }
+  rd_kafka_queue_destroy(queue);
+  rd_kafka_ConfigResource_destroy(resource);
+  return found;
 }
 
 std::string acks_setting(const std::string& acks) { return acks == "all" ? "-1" : acks; }
@@ -414,14 +440,20 @@ std::vector<char> log_like_text(std::size_t bytes) {
 // of them compresses as a batch of different log lines would, not as one value repeated.
 class RecordValues {
  public:
-  explicit RecordValues(std::size_t record_bytes) : bytes_(record_bytes), text_(log_like_text(kStretch + record_bytes)) {}
-  const char* at(std::uint64_t i) const { return text_.data() + (i * kStep) % kStretch; }
+  // Consecutive values do not overlap (the step is at least a value, and odd, so the starts cycle
+  // through the stretch rather than repeat after a few values).
+  explicit RecordValues(std::size_t record_bytes)
+      : bytes_(record_bytes),
+        step_((record_bytes + 64) | 1),
+        stretch_(std::max<std::size_t>(std::size_t{4} << 20, 16 * step_)),
+        text_(log_like_text(stretch_ + record_bytes)) {}
+  const char* at(std::uint64_t i) const { return text_.data() + (i * step_) % stretch_; }
   std::size_t size() const { return bytes_; }
 
  private:
-  static constexpr std::size_t kStretch = std::size_t{4} << 20;
-  static constexpr std::uint64_t kStep = 977;  // prime: record i and i+1 share at most a few words
   std::size_t bytes_;
+  std::size_t step_;
+  std::size_t stretch_;
   std::vector<char> text_;
 };
 
@@ -429,6 +461,9 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
                           bool low_latency, std::string& error, LatencyHistogram* acked = nullptr) {
   DeliveryCounts counts;
   counts.acked = acked;
+  // Before the client: librdkafka points into these values until they are delivered, and a flush
+  // that times out leaves some queued, so they must outlive the client's destruction.
+  const RecordValues values(p.record_size);
   KafkaHandle rk = make_client(RD_KAFKA_PRODUCER,
                                {{"bootstrap.servers", o.bootstrap},
                                 {"acks", acks_setting(p.acks)},
@@ -440,8 +475,15 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
                                error, count_delivery, &counts);
   PhaseResult result;
   if (!rk) return result;
-  const RecordValues values(p.record_size);
   std::vector<char> value(p.record_size);
+  // Untimed: this producer learns the topic's leaders before the clock starts. Once its first
+  // metadata is in, librdkafka asks about a topic it has not seen only on its next 1 s scan, and
+  // the timed run counted that second (10 records "took" 1 s).
+  if (rd_kafka_topic_t* handle = rd_kafka_topic_new(rk.get(), topic.c_str(), nullptr); handle != nullptr) {
+    const rd_kafka_metadata_t* metadata = nullptr;
+    if (rd_kafka_metadata(rk.get(), 0, handle, &metadata, 5'000) == RD_KAFKA_RESP_ERR_NO_ERROR) rd_kafka_metadata_destroy(metadata);
+    rd_kafka_topic_destroy(handle);
+  }
   // Only the latency runs read the send time back (from a copy of the value, stamped). The
   // throughput run hands librdkafka values that stay unchanged until delivered, without its copy
   // of them (RD_KAFKA_MSG_F_COPY: a malloc and a memcpy per record), as a throughput-minded
@@ -752,6 +794,8 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                {"max.batch.bytes", std::to_string(std::min<std::uint64_t>(p.ring_bytes / 4, std::uint64_t{1} << 20))}};
   if (!admin_topic(admin.get(), topic, static_cast<int>(p.partitions), error, configs)) return fail("creating " + topic + ": " + error);
   if (partition_leaders(admin.get(), topic, error).empty()) return fail(topic + ": " + error);
+  // What the node made of the topic, not what was asked: 0 when it does not say.
+  const std::uint64_t ring_bytes = std::strtoull(topic_config(admin.get(), topic, "ring.capacity.bytes").c_str(), nullptr, 10);
 
   const std::uint64_t records = p.records;
   const PhaseResult produced = produce_phase(o, p, topic, records, p.rate, false, error);
@@ -806,7 +850,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 "\"latency\":{\"records\":%llu,\"rate\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f},"
                 "\"ack_latency\":{\"records\":%llu,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"max_us\":%.1f}}\n",
                 o.bootstrap.c_str(), p.record_size, p.partitions, p.acks.c_str(), p.compression.c_str(),
-                static_cast<unsigned long long>(p.ring_bytes_given ? p.ring_bytes : 0),
+                static_cast<unsigned long long>(ring_bytes),
                 tcp, static_cast<unsigned long long>(produced.records),
                 produced.seconds, static_cast<double>(produced.records) / std::max(produced.seconds, 1e-9), produce_gbs,
                 tcp > 0 ? produce_gbs / tcp : 0, static_cast<unsigned long long>(produced.failed), static_cast<unsigned long long>(fetched.records),
@@ -819,7 +863,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 static_cast<double>(acked.percentile(0.999)) / 1000.0, static_cast<double>(acked.max()) / 1000.0);
     return produced.failed == 0 ? 0 : 1;
   }
-  const std::string ring = p.ring_bytes_given ? std::to_string(p.ring_bytes >> 20) + " MiB rings" : "the node's default rings";
+  const std::string ring = std::to_string(ring_bytes) + "-byte rings" + (p.ring_bytes_given ? "" : " (the node's default)");
   std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, %s, acks=%s, compression=%s (librdkafka %s)\n",
               o.bootstrap.c_str(), p.record_size, p.partitions, ring.c_str(), p.acks.c_str(), p.compression.c_str(), rd_kafka_version_str());
   if (tcp > 0) std::printf("  baseline   one TCP stream on loopback: %.2f GB/s (%.1f Gbit/s)\n", tcp, tcp * 8);

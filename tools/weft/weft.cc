@@ -302,6 +302,12 @@ int main(int argc, char** argv) {
     const cli::RemoteOptions remote{bootstrap};
     if (*perf) {
       po.ring_bytes_given = ring_bytes->count() > 0;
+      // Kafka clients send batches of up to 1 MB (librdkafka's batch.size, the bare client's), and a
+      // ring takes batches of at most a quarter of itself.
+      if (po.ring_bytes_given && po.ring_bytes < (std::uint64_t{4} << 20))
+        return report(Error{Errc::kInvalidArgument, "with --bootstrap, --ring-bytes must be at least 4194304: the runs send batches of up to 1 MB, "
+                                                    "and a ring takes batches of a quarter of itself"},
+                      "perf");
       return cli::run_remote_perf(remote, po);
     }
     if (*produce) return cli::run_remote_produce(remote, topic_name, key_sep, acks, file, partition);

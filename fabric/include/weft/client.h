@@ -57,7 +57,8 @@ class Client {
   // Maps one partition's ring into this process.
   virtual Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) = 0;
   // Where producers of the partition write now (Node::partition_route): here, or in a cluster
-  // at the leader's Kafka listener when another node leads it.
+  // at the leader's Kafka listener when another node leads it. kFailedPrecondition: a cluster's
+  // partition on a node running without its cluster (no leader will come).
   virtual Result<PartitionRoute> partition_route(std::string_view topic, std::uint32_t partition) = 0;
   // For consumers behind the ring (Node::open_log_slice): a segment file to read from.
   virtual Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) = 0;

@@ -167,7 +167,8 @@ class Node {
   Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const;
 
   // Where producers of the partition write now (here, without a router). kNotFound: no such
-  // topic or partition.
+  // topic or partition. kFailedPrecondition: a cluster's partition (its ring fenced until a role
+  // comes) on a node that never had a router, so no leader will come.
   Result<PartitionRoute> partition_route(std::string_view topic, std::uint32_t partition) const;
   // Installs (or, empty, removes) the cluster's answer to partition_route.
   void set_partition_router(PartitionRouter router);
