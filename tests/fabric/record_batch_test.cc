@@ -1085,7 +1085,8 @@ TEST(RecordBatch, ParseOfRandomlyMutatedResignedBatchesStaysInsideTheBatch) {
 TEST(RecordBatch, SingleRecordEncoderWritesWhatTheBuilderWrites) {
   const std::vector<OwnedRecord> records = {record("key", "value", 5, {{"h", bytes_of("x")}, {"n", std::nullopt}}),
                                             OwnedRecord{std::nullopt, std::nullopt, -7, {}},
-                                            record("", std::string(300, 'v'), 1'700'000'000'000, {})};
+                                            record("", std::string(300, 'v'), 1'700'000'000'000, {}),
+                                            record(std::string(5000, 'k'), std::string(70, 'v'), 3, {{std::string(400, 'h'), bytes_of("y")}})};
   for (const OwnedRecord& owned : records) {
     std::vector<RecordHeader> headers;
     for (const OwnedHeader& h : owned.headers) headers.push_back(RecordHeader{h.key, view_of(h.value)});
@@ -1094,8 +1095,10 @@ TEST(RecordBatch, SingleRecordEncoderWritesWhatTheBuilderWrites) {
     BatchOptions options;
     options.producer_id = 42;
     options.base_sequence = 7;
+    options.producer_epoch = 3;
+    options.attributes = 0x10;  // carried as given (the CRC covers it)
     const Bytes expected = build({owned}, options);
-    Bytes single(1024);
+    Bytes single(8192);
     const std::span<std::byte> got = encode_single_record_batch(single, input, options);
     ASSERT_EQ(got.size(), expected.size());
     EXPECT_TRUE(std::equal(got.begin(), got.end(), expected.begin()));
