@@ -130,16 +130,26 @@ namespace {
   wire::store_be32(h + batch_field::kBaseSequence, options.base_sequence);
 }
 
-// Completes a batch of `size` bytes and `records` records: lengths, counts, timestamps, CRC.
-[[gnu::always_inline]] inline void seal_header(std::byte* h, std::size_t size, std::int32_t records,
-                                               std::int64_t base_timestamp, std::int64_t max_timestamp) noexcept {
+// The header fields that wait for the batch's end: lengths, counts, timestamps (all but the CRC).
+[[gnu::always_inline]] inline void seal_fields(std::byte* h, std::size_t size, std::int32_t records, std::int64_t base_timestamp,
+                                               std::int64_t max_timestamp) noexcept {
   wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(size - kBatchLogOverhead));
   wire::store_be32(h + batch_field::kLastOffsetDelta, records > 0 ? records - 1 : 0);
   wire::store_be64(h + batch_field::kBaseTimestamp, base_timestamp);
   wire::store_be64(h + batch_field::kMaxTimestamp, max_timestamp);
   wire::store_be32(h + batch_field::kRecordCount, records);
-  const std::uint32_t crc = crc32c_extend(0, h + batch_field::kAttributes, size - batch_field::kAttributes);
-  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(crc));
+}
+
+// The CRC of a batch of `size` bytes, read from the batch itself.
+[[gnu::always_inline]] inline std::uint32_t batch_crc(const std::byte* h, std::size_t size) noexcept {
+  return crc32c_extend(0, h + batch_field::kAttributes, size - batch_field::kAttributes);
+}
+
+// Completes a batch of `size` bytes and `records` records: lengths, counts, timestamps, CRC.
+[[gnu::always_inline]] inline void seal_header(std::byte* h, std::size_t size, std::int32_t records,
+                                               std::int64_t base_timestamp, std::int64_t max_timestamp) noexcept {
+  seal_fields(h, size, records, base_timestamp, max_timestamp);
+  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(batch_crc(h, size)));
 }
 
 // Writes one record (its length prefix first) whose body takes `body` bytes; returns its end.
@@ -206,19 +216,8 @@ __attribute__((target("sse4.2"))) inline std::uint32_t crc_varint(std::uint32_t 
 }
 
 // ... over bytes in memory the encoder did not just write (the caller's key and value).
-__attribute__((target("sse4.2"))) inline std::uint32_t crc_bytes(std::uint32_t c, std::span<const std::byte> bytes) noexcept {
-  const std::byte* p = bytes.data();
-  std::size_t n = bytes.size();
-  if (n >= 256) return ~crc32c_extend(~c, p, n);  // the three-lane loop pays off
-  std::uint64_t c64 = c;
-  for (; n >= 8; p += 8, n -= 8) {
-    std::uint64_t word;
-    std::memcpy(&word, p, 8);
-    c64 = _mm_crc32_u64(c64, word);
-  }
-  c = static_cast<std::uint32_t>(c64);
-  for (; n > 0; ++p, --n) c = _mm_crc32_u8(c, static_cast<std::uint8_t>(*p));
-  return c;
+inline std::uint32_t crc_bytes(std::uint32_t c, std::span<const std::byte> bytes) noexcept {
+  return ~crc32c_extend(~c, bytes.data(), bytes.size());
 }
 
 __attribute__((target("sse4.2"))) inline std::uint32_t crc_nullable(std::uint32_t c, const OptionalBytes& b) noexcept {
@@ -268,18 +267,13 @@ std::span<std::byte> encode_single_record_batch(std::span<std::byte> out, const 
   std::byte* h = out.data();
   write_fixed_header(h, options);
   write_record(h + kBatchHeaderBytes, r, body, 0, 0);
+  seal_fields(h, total, 1, r.timestamp_ms, r.timestamp_ms);
 #if defined(__x86_64__)
-  if (crc32c_hardware()) [[likely]] {
-    wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(total - kBatchLogOverhead));
-    wire::store_be32(h + batch_field::kLastOffsetDelta, 0);
-    wire::store_be64(h + batch_field::kBaseTimestamp, r.timestamp_ms);
-    wire::store_be64(h + batch_field::kMaxTimestamp, r.timestamp_ms);
-    wire::store_be32(h + batch_field::kRecordCount, 1);
-    wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(single_record_batch_crc(r, body, options)));
-    return out.first(total);
-  }
+  const std::uint32_t crc = crc32c_hardware() ? single_record_batch_crc(r, body, options) : batch_crc(h, total);
+#else
+  const std::uint32_t crc = batch_crc(h, total);
 #endif
-  seal_header(h, total, 1, r.timestamp_ms, r.timestamp_ms);
+  wire::store_be32(h + batch_field::kCrc, static_cast<std::int32_t>(crc));
   return out.first(total);
 }
 

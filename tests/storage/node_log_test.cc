@@ -305,6 +305,16 @@ TEST(NodeLog, AClustersTopicIsFencedUntilItsRoleIsStampedAndAfterARestart) {
   EXPECT_TRUE(node->describe_topic("cluster")->config.replicated);
   EXPECT_FALSE(Producer::attach(node->open_partition("cluster", 0)->ring).ok()) << "fenced again after a restart";
   EXPECT_TRUE(Producer::attach(node->open_partition("own", 0)->ring).ok());
+  // Alone (no cluster ever routed here), the fenced partition will never get a leader: producers
+  // asking where to write are told so at once. Its own topic routes here as before.
+  Result<PartitionRoute> alone = node->partition_route("cluster", 0);
+  ASSERT_FALSE(alone.ok());
+  EXPECT_EQ(alone.error().code, Errc::kFailedPrecondition);
+  EXPECT_TRUE(node->partition_route("own", 0).ok());
+  // A cluster node whose router went (it is stopping) answers "here, wait" instead, as it did.
+  node->set_partition_router([](std::string_view, std::uint32_t) -> Result<PartitionRoute> { return PartitionRoute{}; });
+  node->set_partition_router({});
+  EXPECT_TRUE(node->partition_route("cluster", 0).ok());
 }
 
 TEST(NodeLog, ALogThatCannotOpenFailsTheTopicClearly) {

@@ -1,6 +1,7 @@
 // The weft CLI's commands, each a function that returns the process exit code.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -43,6 +44,10 @@ struct PerfOptions {
 
 // "4G", "512M", "64k" or a plain number of bytes; 0 when the text is not one.
 std::uint64_t parse_size(const std::string& text);
+
+// The perf topics' max.batch.bytes for a ring of `ring_bytes`: the largest a ring takes (a
+// quarter of itself), up to the 1 MiB that Kafka clients' batches reach.
+inline std::uint64_t perf_max_batch_bytes(std::uint64_t ring_bytes) { return std::min<std::uint64_t>(ring_bytes / 4, std::uint64_t{1} << 20); }
 
 int run_perf(const PerfOptions& options);
 

@@ -337,7 +337,7 @@ Result<PhaseResult> run_phase(const PerfOptions& o, const Phase& phase, const st
   const std::string topic = "weft-perf-" + std::to_string(getpid()) + "-" + phase.name;
   TopicSettings settings{{"partitions", std::to_string(o.partitions)},
                          {"ring.capacity.bytes", std::to_string(o.ring_bytes)},
-                         {"max.batch.bytes", std::to_string(std::min<std::uint64_t>(o.ring_bytes / 4, std::uint64_t{1} << 20))},
+                         {"max.batch.bytes", std::to_string(perf_max_batch_bytes(o.ring_bytes))},
                          {"flow.control", o.flow_control ? "consumers" : "none"},
                          {"fsync", o.fsync}};
   WEFT_TRY(const TopicInfo info, client->create_topic(topic, settings));

@@ -791,7 +791,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   std::vector<std::pair<std::string, std::string>> configs;
   if (p.ring_bytes_given)
     configs = {{"ring.capacity.bytes", std::to_string(p.ring_bytes)},
-               {"max.batch.bytes", std::to_string(std::min<std::uint64_t>(p.ring_bytes / 4, std::uint64_t{1} << 20))}};
+               {"max.batch.bytes", std::to_string(perf_max_batch_bytes(p.ring_bytes))}};
   if (!admin_topic(admin.get(), topic, static_cast<int>(p.partitions), error, configs)) return fail("creating " + topic + ": " + error);
   if (partition_leaders(admin.get(), topic, error).empty()) return fail(topic + ": " + error);
   // What the node made of the topic, not what was asked: 0 when it does not say.
