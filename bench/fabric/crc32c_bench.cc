@@ -1,4 +1,5 @@
-// CRC-32C: the SSE4.2 path and the portable path, beside memcpy of the same bytes.
+// CRC-32C: each path the processor has (the chosen one, then each by name), beside memcpy of
+// the same bytes.
 #include <benchmark/benchmark.h>
 
 #include <cstring>
@@ -24,7 +25,18 @@ void BM_Crc32cHardware(benchmark::State& state) {
   std::vector<char> buf(n, 7);
   for (auto _ : state) benchmark::DoNotOptimize(weft::crc32c_extend(0, buf.data(), n));
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
-  state.SetLabel(weft::crc32c_hardware() ? "sse4.2" : "portable (no sse4.2)");
+  state.SetLabel(weft::crc32c_path_name(weft::crc32c_chosen_path()));
+}
+
+void BM_Crc32cPath(benchmark::State& state, weft::Crc32cPath path) {
+  if (!weft::crc32c_path_available(path)) {
+    state.SkipWithError("this processor lacks the path");
+    return;
+  }
+  const auto n = static_cast<std::size_t>(state.range(0));
+  std::vector<char> buf(n, 7);
+  for (auto _ : state) benchmark::DoNotOptimize(weft::crc32c_extend_on(path, 0, buf.data(), n));
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(n));
 }
 
 void BM_Crc32cPortable(benchmark::State& state) {
@@ -37,6 +49,8 @@ void BM_Crc32cPortable(benchmark::State& state) {
 BENCHMARK(BM_Memcpy)->Arg(80)->Arg(113)->Arg(512)->Arg(4096)->Arg(65536);
 // 113 bytes: what a one-record batch of a 64-byte value covers (short lanes); 512: a few records.
 BENCHMARK(BM_Crc32cHardware)->Arg(80)->Arg(113)->Arg(512)->Arg(4096)->Arg(65536);
+BENCHMARK_CAPTURE(BM_Crc32cPath, vpclmulqdq, weft::Crc32cPath::kFolding512)->Arg(256)->Arg(384)->Arg(512)->Arg(4096)->Arg(65536);
+BENCHMARK_CAPTURE(BM_Crc32cPath, sse4_2, weft::Crc32cPath::kInstruction)->Arg(256)->Arg(384)->Arg(512)->Arg(4096)->Arg(65536);
 BENCHMARK(BM_Crc32cPortable)->Arg(80)->Arg(113)->Arg(512)->Arg(4096)->Arg(65536);
 
 }  // namespace

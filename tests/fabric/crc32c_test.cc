@@ -18,14 +18,16 @@ namespace weft {
 namespace {
 
 // The definition itself, one bit at a time: shares no table or instruction with the library.
-std::uint32_t reference_crc32c(const std::byte* p, std::size_t n) {
-  std::uint32_t crc = 0xFFFFFFFFu;
+std::uint32_t reference_crc32c_from(std::uint32_t start, const std::byte* p, std::size_t n) {
+  std::uint32_t crc = ~start;
   for (std::size_t i = 0; i < n; ++i) {
     crc ^= std::to_integer<std::uint32_t>(p[i]);
     for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ ((crc & 1u) != 0 ? 0x82F63B78u : 0u);
   }
   return ~crc;
 }
+
+std::uint32_t reference_crc32c(const std::byte* p, std::size_t n) { return reference_crc32c_from(0, p, n); }
 
 std::vector<std::byte> bytes_of(std::string_view s) {
   std::vector<std::byte> out(s.size());
@@ -42,9 +44,24 @@ std::vector<std::byte> random_bytes(std::size_t n, std::uint32_t seed) {
 }
 
 void record_path() {
-  const char* path = crc32c_hardware() ? "sse4.2" : "portable";
+  const char* path = crc32c_path_name(crc32c_chosen_path());
   ::testing::Test::RecordProperty("crc32c_path", path);
   std::printf("crc32c: the chosen path is %s\n", path);
+}
+
+constexpr std::array kAllPaths = {Crc32cPath::kFolding512, Crc32cPath::kInstruction,
+                                  Crc32cPath::kPortable};
+
+// The paths this processor has; the others are named so a run shows what it did not cover.
+std::vector<Crc32cPath> available_paths() {
+  std::vector<Crc32cPath> paths;
+  for (Crc32cPath path : kAllPaths) {
+    if (crc32c_path_available(path))
+      paths.push_back(path);
+    else
+      std::printf("crc32c: this processor lacks the %s path; not tested here\n", crc32c_path_name(path));
+  }
+  return paths;
 }
 
 struct CheckValue {
@@ -122,6 +139,52 @@ TEST(Crc32c, HardwareAndPortablePathsAgreeOnLongBuffers) {
   }
 }
 
+TEST(Crc32c, EveryPathAgreesWithTheReferenceOnLongBuffersAtEveryAlignment) {
+  // Given: lengths on and around each folding loop's strides (16, 64 and 256 bytes) and its
+  // thresholds, read at offsets 0..63 from a 64-byte-aligned start, from a non-zero CRC too.
+  std::vector<std::size_t> lengths;
+  for (std::size_t base : {64u, 256u, 511u, 512u, 513u, 1024u, 4096u, 65'536u})
+    for (std::size_t delta = 0; delta <= 33; ++delta) lengths.push_back(base + delta);
+  constexpr std::size_t kMaxOffset = 63;
+  const std::vector<std::byte> source = random_bytes(65'536 + 33 + kMaxOffset, 0x5EED5u);
+  std::vector<std::byte> aligned(source.size() + 64);
+  std::byte* start = aligned.data() + (64 - reinterpret_cast<std::uintptr_t>(aligned.data()) % 64) % 64;
+  std::copy(source.begin(), source.end(), start);
+
+  const std::vector<Crc32cPath> paths = available_paths();
+  ASSERT_FALSE(paths.empty());
+  for (std::size_t length : lengths) {
+    for (std::size_t offset = 0; offset <= kMaxOffset; offset += (length > 5000 ? 21 : 1)) {
+      const std::byte* p = start + offset;
+      const std::uint32_t reference = reference_crc32c(p, length);
+      const std::uint32_t continued = reference_crc32c_from(0xDEADBEEFu, p, length);
+      for (Crc32cPath path : paths) {
+        // Expect: each path gives the definition's value, from 0 and from a running CRC.
+        ASSERT_EQ(crc32c_extend_on(path, 0, p, length), reference)
+            << crc32c_path_name(path) << " offset " << offset << " length " << length;
+        ASSERT_EQ(crc32c_extend_on(path, 0xDEADBEEFu, p, length), continued)
+            << crc32c_path_name(path) << " offset " << offset << " length " << length;
+      }
+    }
+  }
+}
+
+TEST(Crc32c, EveryPathAgreesOnShortBuffersAndPatternsThatFoldToZero) {
+  // Given: every length up to 300, and long buffers of zeros and of 0xFF, whose folded blocks
+  // cancel or repeat (a wrong constant that survives random data rarely survives these).
+  const std::vector<std::byte> random = random_bytes(300, 99);
+  for (Crc32cPath path : available_paths()) {
+    for (std::size_t length = 0; length <= random.size(); ++length)
+      ASSERT_EQ(crc32c_extend_on(path, 7, random.data(), length), reference_crc32c_from(7, random.data(), length))
+          << crc32c_path_name(path) << " length " << length;
+    for (std::byte fill : {std::byte{0x00}, std::byte{0xFF}}) {
+      const std::vector<std::byte> flat(3000, fill);
+      ASSERT_EQ(crc32c_extend_on(path, 0, flat.data(), flat.size()), reference_crc32c(flat.data(), flat.size()))
+          << crc32c_path_name(path);
+    }
+  }
+}
+
 TEST(Crc32c, PathsAgreeWhenContinuingFromANonZeroCrc) {
   // Given: a running CRC that is not 0, so the pre- and post-inversion are exercised.
   const std::vector<std::byte> data = random_bytes(257, 7);
@@ -175,9 +238,19 @@ TEST(Crc32c, ExtendByAnEmptyBufferKeepsTheCrc) {
 TEST(Crc32c, UsesTheInstructionWhereTheProcessorHasIt) {
 #if defined(__x86_64__)
   EXPECT_EQ(crc32c_hardware(), __builtin_cpu_supports("sse4.2") != 0);
+  // Expect: the fastest path the processor has is the one chosen.
+  const bool vpclmul = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                       __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("pclmul") &&
+                       __builtin_cpu_supports("sse4.2");
+  const Crc32cPath expected = vpclmul                            ? Crc32cPath::kFolding512
+                              : __builtin_cpu_supports("sse4.2") ? Crc32cPath::kInstruction
+                                                                 : Crc32cPath::kPortable;
+  EXPECT_EQ(crc32c_chosen_path(), expected);
 #else
   EXPECT_FALSE(crc32c_hardware());
+  EXPECT_EQ(crc32c_chosen_path(), Crc32cPath::kPortable);
 #endif
+  EXPECT_TRUE(crc32c_path_available(Crc32cPath::kPortable));
 }
 
 }  // namespace
