@@ -13,34 +13,6 @@
 namespace weft {
 namespace wire {
 
-std::int64_t load_be64(const std::byte* p) noexcept {
-  std::uint64_t v;
-  std::memcpy(&v, p, 8);
-  return static_cast<std::int64_t>(__builtin_bswap64(v));
-}
-std::int32_t load_be32(const std::byte* p) noexcept {
-  std::uint32_t v;
-  std::memcpy(&v, p, 4);
-  return static_cast<std::int32_t>(__builtin_bswap32(v));
-}
-std::int16_t load_be16(const std::byte* p) noexcept {
-  std::uint16_t v;
-  std::memcpy(&v, p, 2);
-  return static_cast<std::int16_t>(__builtin_bswap16(v));
-}
-void store_be64(std::byte* p, std::int64_t v) noexcept {
-  const std::uint64_t b = __builtin_bswap64(static_cast<std::uint64_t>(v));
-  std::memcpy(p, &b, 8);
-}
-void store_be32(std::byte* p, std::int32_t v) noexcept {
-  const std::uint32_t b = __builtin_bswap32(static_cast<std::uint32_t>(v));
-  std::memcpy(p, &b, 4);
-}
-void store_be16(std::byte* p, std::int16_t v) noexcept {
-  const std::uint16_t b = __builtin_bswap16(static_cast<std::uint16_t>(v));
-  std::memcpy(p, &b, 2);
-}
-
 namespace {
 // Reads an unsigned LEB128 of at most `max_bytes`; the last byte may not carry bits past `bits`.
 std::size_t decode_unsigned(const std::byte* p, const std::byte* end, std::uint64_t& out, std::size_t max_bytes,

@@ -310,12 +310,34 @@ inline std::size_t decode_varlong(const std::byte* p, const std::byte* end, std:
   return decode_varlong_slow(p, end, value);
 }
 
-std::int64_t load_be64(const std::byte* p) noexcept;
-std::int32_t load_be32(const std::byte* p) noexcept;
-std::int16_t load_be16(const std::byte* p) noexcept;
-void store_be64(std::byte* p, std::int64_t v) noexcept;
-void store_be32(std::byte* p, std::int32_t v) noexcept;
-void store_be16(std::byte* p, std::int16_t v) noexcept;
+// Big-endian fields, inline: the ring's reader and the batch encoders use them per frame.
+inline std::int64_t load_be64(const std::byte* p) noexcept {
+  std::uint64_t v;
+  __builtin_memcpy(&v, p, 8);
+  return static_cast<std::int64_t>(__builtin_bswap64(v));
+}
+inline std::int32_t load_be32(const std::byte* p) noexcept {
+  std::uint32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return static_cast<std::int32_t>(__builtin_bswap32(v));
+}
+inline std::int16_t load_be16(const std::byte* p) noexcept {
+  std::uint16_t v;
+  __builtin_memcpy(&v, p, 2);
+  return static_cast<std::int16_t>(__builtin_bswap16(v));
+}
+inline void store_be64(std::byte* p, std::int64_t v) noexcept {
+  const std::uint64_t b = __builtin_bswap64(static_cast<std::uint64_t>(v));
+  __builtin_memcpy(p, &b, 8);
+}
+inline void store_be32(std::byte* p, std::int32_t v) noexcept {
+  const std::uint32_t b = __builtin_bswap32(static_cast<std::uint32_t>(v));
+  __builtin_memcpy(p, &b, 4);
+}
+inline void store_be16(std::byte* p, std::int16_t v) noexcept {
+  const std::uint16_t b = __builtin_bswap16(static_cast<std::uint16_t>(v));
+  __builtin_memcpy(p, &b, 2);
+}
 }  // namespace wire
 
 template <class Fn>
