@@ -30,16 +30,19 @@ test-asan:
 test-tsan:
 	@$(MAKE) --no-print-directory test PRESET=tsan
 
-# The Kafka request decoder under libFuzzer (clang, ASan+UBSan) for FUZZ_SECONDS, from a seed
-# corpus of well-formed requests; the corpus it grows stays in build/fuzz/corpus.
+# The fuzzers (clang, libFuzzer, ASan+UBSan), each for FUZZ_SECONDS from a seed corpus of
+# well-formed inputs: the Kafka request decoder, and record batches with their codecs. The
+# corpora they grow stay in build/fuzz/corpus and build/fuzz/batch-corpus.
 FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -print_final_stats=1
 fuzz:
 	@WEFT_EXTRA_PACKAGES="clang libclang-rt-14-dev" scripts/setup.sh
 	@cmake --preset fuzz $(CMAKE_ARGS) >/dev/null
 	@cmake --build --preset fuzz
 	@mkdir -p build/fuzz/corpus && /usr/bin/python3 tests/kafka/fuzz/seeds.py build/fuzz/seeds
-	@build/fuzz/tests/kafka/fuzz/kafka_request_fuzzer -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
-	  -print_final_stats=1 build/fuzz/corpus build/fuzz/seeds
+	@build/fuzz/tests/kafka/fuzz/kafka_request_fuzzer $(FUZZ_FLAGS) build/fuzz/corpus build/fuzz/seeds
+	@mkdir -p build/fuzz/batch-corpus build/fuzz/batch-seeds && build/fuzz/tests/fabric/fuzz/record_batch_fuzz_seeds build/fuzz/batch-seeds
+	@build/fuzz/tests/fabric/fuzz/record_batch_fuzzer $(FUZZ_FLAGS) build/fuzz/batch-corpus build/fuzz/batch-seeds
 
 # Google Benchmark micro-benches (release build).
 bench: build
