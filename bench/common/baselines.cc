@@ -193,6 +193,95 @@ double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips) {
   return batch_ns[batch_ns.size() / 2] / 2.0;
 }
 
+double cross_core_stream_gb_per_sec(int cpu_a, int cpu_b, std::size_t buffer_bytes, double seconds) {
+  constexpr std::size_t kBlock = 4096;
+  struct alignas(64) Control {
+    std::atomic<std::uint64_t> head;  // bytes published by the writer
+    char pad1[56];
+    std::atomic<std::uint64_t> tail;  // bytes freed by the reader
+    char pad2[56];
+    std::atomic<std::uint32_t> stop;
+  };
+  const std::size_t ring_bytes = std::max(buffer_bytes / kBlock, std::size_t{2}) * kBlock;
+  const std::size_t mapped = sizeof(Control) + ring_bytes;
+  void* memory = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) return -1;
+  std::memset(memory, 0, mapped);  // faulted in before the clock starts
+  auto* control = new (memory) Control{};
+  auto* ring = static_cast<char*>(memory) + sizeof(Control);
+  const pid_t parent = getpid();
+  const pid_t child = fork();
+  if (child < 0) {
+    munmap(memory, mapped);
+    return -1;
+  }
+  if (child == 0) {
+    pin_to_cpu(cpu_b);
+    std::uint64_t position = 0;
+    std::uint64_t sum = 0;
+    for (std::uint32_t spins = 0;;) {
+      // Acquire: the block's bytes were written before the writer's release of `head`.
+      const std::uint64_t head = control->head.load(std::memory_order_acquire);
+      if (head == position) {
+        if (control->stop.load(std::memory_order_acquire) != 0) break;
+#if defined(__x86_64__)
+        _mm_pause();
+#endif
+        if (++spins == (1u << 24)) {
+          if (getppid() != parent) _exit(1);  // the writer is gone: stop spinning
+          spins = 0;
+        }
+        continue;
+      }
+      for (; position < head; position += kBlock) {
+        const char* block = ring + position % ring_bytes;
+        for (std::size_t i = 0; i < kBlock; i += 8) {
+          std::uint64_t word;
+          std::memcpy(&word, block + i, 8);
+          sum += word;
+        }
+      }
+      // Release: the reads of the freed blocks happen before the writer may reuse them.
+      control->tail.store(position, std::memory_order_release);
+    }
+    _exit(sum == 1 ? 2 : 0);  // the sum is used, so the reads are not elided
+  }
+  pin_to_cpu(cpu_a);
+  std::vector<char> source(std::size_t{1} << 20, 7);
+  const auto give_up = [start = Clock::now()] { return Clock::now() - start > std::chrono::seconds(30); };
+  std::uint64_t position = 0;
+  bool failed = false;
+  const auto start = Clock::now();
+  const auto until = start + std::chrono::duration<double>(seconds);
+  for (std::uint64_t blocks = 0; !failed; ++blocks) {
+    if (blocks % 64 == 0 && Clock::now() >= until) break;
+    // Acquire: pairs with the reader's release of `tail`.
+    for (std::uint32_t spins = 0; position + kBlock - control->tail.load(std::memory_order_acquire) > ring_bytes; ++spins) {
+#if defined(__x86_64__)
+      _mm_pause();
+#endif
+      if (spins == (1u << 20) && (spins = 0, give_up())) {
+        failed = true;
+        break;
+      }
+    }
+    if (failed) break;
+    std::memcpy(ring + position % ring_bytes, source.data() + position % source.size(), kBlock);
+    position += kBlock;
+    control->head.store(position, std::memory_order_release);  // publishes the block
+  }
+  // Counted once the reader has taken every block.
+  while (!failed && control->tail.load(std::memory_order_acquire) != position) {
+    if (give_up()) failed = true;
+  }
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  control->stop.store(1, std::memory_order_release);
+  if (failed) kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  munmap(memory, mapped);
+  return failed ? -1 : static_cast<double>(position) / elapsed / 1e9;
+}
+
 std::string placement_warning(double pingpong_before_ns, double pingpong_after_ns) {
   // A hand-off far below any cross-core figure: the two cpus shared a physical core.
   constexpr double kSameCoreNs = 30.0;

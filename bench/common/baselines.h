@@ -26,6 +26,13 @@ double tcp_loopback_gb_per_sec(double seconds);
 // over batches of round trips, divided by two, in ns.
 double pingpong_one_way_ns(int cpu_a, int cpu_b, std::uint64_t round_trips);
 
+// Bytes streamed from one process to another through shared memory, pinned to `cpu_a` (writer)
+// and `cpu_b` (reader), for `seconds`: the writer copies 4 KiB blocks into a ring of
+// `buffer_bytes` and publishes each with one release store; the reader waits for it, reads
+// every 8-byte word and frees the block. No format, no checks: the ceiling, on these two cpus,
+// for any ring that hands over bytes in batches, in GB/s. -1 when it cannot be set up.
+double cross_core_stream_gb_per_sec(int cpu_a, int cpu_b, std::size_t buffer_bytes, double seconds);
+
 // What a run's ping-pong, measured before its runs and again after them, says about the two
 // cpus' placement: empty when both are cross-core figures within 1.5x of each other, else why
 // the run's ratios cannot be set beside another run's (on a VM the hypervisor may put both cpus

@@ -1,7 +1,8 @@
 // weft-ring-bench: the partition ring end to end across two processes (a producer process and
 // a consumer process, each pinned to its own core), beside baselines measured in the same run:
-// memcpy over a buffer the size of the ring, a cache-line ping-pong between two processes, and
-// boost::lockfree::spsc_queue between two threads.
+// memcpy over a buffer the size of the ring, a cache-line ping-pong between two processes,
+// boost::lockfree::spsc_queue between two threads, and a raw stream of 4 KiB blocks between two
+// processes on the same two cpus (what batches could move at best there).
 //
 //   weft-ring-bench [--records N] [--batch-run-records N] [--value-bytes B] [--batch-records K]
 //                   [--rate R] [--latency-records N] [--capacity BYTES] [--wait spin|yield|park]
@@ -389,6 +390,7 @@ int main_impl(int argc, char** argv) {
   const double memcpy_gbs = memcpy_gb_per_sec(o.capacity, 0.3);
   const double pingpong_ns = pingpong_one_way_ns(o.cpu_producer, o.cpu_consumer, 200'000);
   const double spsc = spsc_items_per_sec(o, std::min<std::uint64_t>(o.records, 20'000'000));
+  const double stream_gbs = cross_core_stream_gb_per_sec(o.cpu_producer, o.cpu_consumer, o.capacity, 0.3);
 
   const RunResult single = run_once(o, Run{o.records, 1, false});
   const RunResult batched = run_once(o, Run{o.batch_run_records, o.batch_records, false});
@@ -410,18 +412,19 @@ int main_impl(int argc, char** argv) {
     std::printf(
         "{\"records_per_sec\": %.0f, \"mb_per_sec\": %.1f, "
         "\"batch\": {\"records_per_batch\": %u, \"records_per_sec\": %.0f, \"value_mb_per_sec\": %.1f, "
-        "\"memcpy_ratio\": %.3f}, "
+        "\"memcpy_ratio\": %.3f, \"stream_ratio\": %.3f}, "
         "\"latency_ns\": {\"rate\": %" PRIu64 ", \"count\": %" PRIu64 ", \"p50\": %" PRIu64 ", \"p90\": %" PRIu64
         ", \"p99\": %" PRIu64 ", \"p999\": %" PRIu64 ", \"max\": %" PRIu64 "}, "
         "\"baseline\": {\"memcpy_gb_per_sec\": %.2f, \"pingpong_one_way_ns\": %.1f, \"pingpong_after_ns\": %.1f, "
-        "\"spsc_queue_items_per_sec\": %.0f}, "
+        "\"spsc_queue_items_per_sec\": %.0f, \"cross_core_stream_gb_per_sec\": %.2f}, "
         "\"ratios\": {\"records_vs_spsc_queue\": %.2f, \"p50_vs_pingpong\": %.2f}, "
         "\"config\": {\"value_bytes\": %zu, \"capacity_bytes\": %zu, \"producer\": \"%s\", \"wait\": \"%s\", "
         "\"ring_memory\": \"%s\"}, "
         "\"warning\": \"%s\", \"errors\": %" PRIu64 "}\n",
-        single_rps, single_mbs, o.batch_records, batched_rps, batched_mbs, batched_mbs / (memcpy_gbs * 1000.0), o.rate,
+        single_rps, single_mbs, o.batch_records, batched_rps, batched_mbs, batched_mbs / (memcpy_gbs * 1000.0),
+        batched_mbs / (stream_gbs * 1000.0), o.rate,
         h.count(), h.percentile(0.50), h.percentile(0.90), h.percentile(0.99), h.percentile(0.999), h.max(), memcpy_gbs,
-        pingpong_ns, pingpong_after_ns, spsc, single_rps / spsc, static_cast<double>(h.percentile(0.50)) / pingpong_ns, o.value_bytes,
+        pingpong_ns, pingpong_after_ns, spsc, stream_gbs, single_rps / spsc, static_cast<double>(h.percentile(0.50)) / pingpong_ns, o.value_bytes,
         o.capacity, o.mode == ProducerMode::kExclusive ? "exclusive" : "shared",
         o.wait == WaitKind::kSpin ? "spin" : o.wait == WaitKind::kYield ? "yield" : "park", single.backing.c_str(),
         placement.c_str(), errors);
@@ -431,14 +434,16 @@ int main_impl(int argc, char** argv) {
     std::printf("  memcpy over %zu MiB            %10.2f GB/s\n", o.capacity >> 20, memcpy_gbs);
     std::printf("  cache-line ping-pong one-way  %10.1f ns (%.1f ns after the runs)\n", pingpong_ns, pingpong_after_ns);
     if (!placement.empty()) std::printf("  warning: %s\n", placement.c_str());
-    std::printf("  boost spsc_queue, 64 B items  %10.2f M items/s\n\n", spsc / 1e6);
+    std::printf("  boost spsc_queue, 64 B items  %10.2f M items/s\n", spsc / 1e6);
+    std::printf("  cross-core stream, 4 KiB      %10.2f GB/s (raw bytes, one release store a block)\n\n", stream_gbs);
     std::printf("ring, %zu-byte values, %s producer, %s consumer\n", o.value_bytes,
                 o.mode == ProducerMode::kExclusive ? "exclusive" : "shared",
                 o.wait == WaitKind::kSpin ? "spinning" : o.wait == WaitKind::kYield ? "yielding" : "parked");
     std::printf("  1 record/batch, unpaced       %10.2f M records/s  %8.1f MB/s   %.2fx spsc_queue\n", single_rps / 1e6,
                 single_mbs, single_rps / spsc);
-    std::printf("  %u records/batch, unpaced     %10.2f M records/s  %8.1f MB/s   %.0f%% of memcpy\n", o.batch_records,
-                batched_rps / 1e6, batched_mbs, 100.0 * batched_mbs / (memcpy_gbs * 1000.0));
+    std::printf("  %u records/batch, unpaced     %10.2f M records/s  %8.1f MB/s   %.0f%% of memcpy, %.0f%% of the stream\n",
+                o.batch_records, batched_rps / 1e6, batched_mbs, 100.0 * batched_mbs / (memcpy_gbs * 1000.0),
+                100.0 * batched_mbs / (stream_gbs * 1000.0));
     std::printf("  latency at %" PRIu64 " records/s (%" PRIu64 " records), one-way:\n", o.rate, h.count());
     std::printf("    p50 %" PRIu64 " ns (%.1fx ping-pong)  p90 %" PRIu64 " ns  p99 %" PRIu64 " ns  p99.9 %" PRIu64
                 " ns  max %" PRIu64 " ns\n",

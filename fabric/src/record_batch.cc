@@ -337,7 +337,7 @@ namespace {
 
 // Decodes one record whose body (after its length prefix) spans exactly [p, end), checking
 // every field against `end`. False on any fault; validate_record() then says which.
-inline bool decode_record(const std::byte* p, const std::byte* end, std::int32_t last_offset_delta,
+[[gnu::always_inline]] inline bool decode_record(const std::byte* p, const std::byte* end, std::int32_t last_offset_delta,
                           std::int32_t& previous_delta, std::int64_t base_timestamp, Offset base_offset,
                           RecordView& out) noexcept {
   if (p >= end) return false;
@@ -468,15 +468,13 @@ Result<BatchView> BatchView::parse_header(std::span<const std::byte> bytes, bool
 Result<BatchView> BatchView::parse_impl(std::span<const std::byte> bytes, bool check_crc) {
   WEFT_TRY(BatchView view, parse_header(bytes, check_crc));
   if (view.compression() != Compression::kNone) return view;  // validated when decompressed
-  const std::byte* p = view.bytes_.data() + kBatchHeaderBytes;
-  const std::byte* end = view.bytes_.data() + view.bytes_.size();
-  const std::int32_t count = view.record_count();
-  const std::int32_t last_delta = view.last_offset_delta();
-  std::int32_t previous_delta = -1;
+  // The one-pass reader checks every record; the walk that explains a fault runs only on one.
+  RecordReader reader(view);
   RecordView scratch;
-  for (std::int32_t i = 0; i < count; ++i)
-    WEFT_TRY_VOID(next_record(p, end, i, last_delta, previous_delta, 0, Offset{0}, scratch));
-  if (p != end) return corrupt(std::to_string(end - p) + " trailing bytes after the last record");
+  while (reader.next(scratch)) {
+  }
+  if (reader.failed()) [[unlikely]]
+    return reader.error();
   return view;
 }
 
@@ -516,6 +514,9 @@ void BatchView::Iterator::decode() noexcept {
 
 RecordReader::RecordReader(const BatchView& batch) noexcept
     : batch_(batch),
+      base_timestamp_(batch.base_timestamp()),
+      base_offset_(batch.base_offset()),
+      last_offset_delta_(batch.last_offset_delta()),
       begin_(batch.bytes().data() + kBatchHeaderBytes),
       cursor_(begin_),
       end_(batch.bytes().data() + batch.bytes().size()),
@@ -525,6 +526,9 @@ RecordReader::RecordReader(const BatchView& batch) noexcept
 
 RecordReader::RecordReader(const BatchView& batch, std::span<const std::byte> records) noexcept
     : batch_(batch),
+      base_timestamp_(batch.base_timestamp()),
+      base_offset_(batch.base_offset()),
+      last_offset_delta_(batch.last_offset_delta()),
       begin_(records.data()),
       cursor_(begin_),
       end_(records.data() + records.size()),
@@ -537,8 +541,7 @@ bool RecordReader::next(RecordView& out) noexcept {
   const std::size_t n = wire::decode_varint(cursor_, end_, length);
   const std::byte* body = cursor_ + n;
   if (n == 0 || length < 0 || length > end_ - body ||
-      !decode_record(body, body + length, batch_.last_offset_delta(), previous_delta_, batch_.base_timestamp(),
-                     batch_.base_offset(), out)) [[unlikely]] {
+      !decode_record(body, body + length, last_offset_delta_, previous_delta_, base_timestamp_, base_offset_, out)) [[unlikely]] {
     failed_ = true;
     remaining_ = 0;
     return false;

@@ -223,6 +223,10 @@ class RecordReader {
 
  private:
   BatchView batch_;
+  // The header fields every record needs, read once instead of per record.
+  std::int64_t base_timestamp_;
+  Offset base_offset_;
+  std::int32_t last_offset_delta_;
   const std::byte* begin_;  // the records section read
   const std::byte* cursor_;
   const std::byte* end_;
