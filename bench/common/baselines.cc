@@ -260,9 +260,12 @@ double cross_core_stream_gb_per_sec(int cpu_a, int cpu_b, std::size_t buffer_byt
 #if defined(__x86_64__)
       _mm_pause();
 #endif
-      if (spins == (1u << 20) && (spins = 0, give_up())) {
-        failed = true;
-        break;
+      if (spins == (1u << 20)) {
+        spins = 0;
+        if (give_up()) {  // the reader is gone or stuck
+          failed = true;
+          break;
+        }
       }
     }
     if (failed) break;
