@@ -60,7 +60,27 @@ single_port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("12
 "$weftd" --data-dir "$work/single" --socket "$work/single.sock" --kafka-listen "127.0.0.1:$single_port" --metrics-listen off \
   >"$work/single.log" 2>&1 &
 pids+=($!)
-sleep 2
+# Ready when etcd lists three live nodes and a controller, and every Kafka port answers
+# (bounded: 10 s).
+ready=0
+for _ in $(seq 100); do
+  status=$("$weft" cluster status --etcd "http://127.0.0.1:$etcd_client" 2>/dev/null || true)
+  if [[ $status == *"3 live nodes, controller"* ]] &&
+    /usr/bin/python3 -c '
+import socket, sys
+for port in sys.argv[1:]:
+    socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()' \
+      "${ports[2]}" "${ports[3]}" "${ports[4]}" "$single_port" 2>/dev/null; then
+    ready=1
+    break
+  fi
+  sleep 0.1
+done
+if (( ! ready )); then
+  echo "the nodes did not come up in 10 s:" >&2
+  tail -n 5 "$work"/*.log >&2
+  exit 1  # the EXIT trap stops what was started
+fi
 bootstrap=$(IFS=,; echo "${cluster[*]}")
 
 # Latency first, on idle nodes (after the throughput runs, three replicas' writeback on one disk
