@@ -238,8 +238,10 @@ bool Segment::load_indexes() {
     const BatchHeader h = header_of(header);
     if (h.total_bytes < kBatchHeaderBytes || h.total_bytes > kMaxBatchBytes || h.total_bytes > file_bytes - position) return false;
     if (h.base < next_ || h.last_offset_delta < 0) return false;
-    const Offset last{h.base.value + h.last_offset_delta};
-    if (last.value - base_.value > INT32_MAX) return false;
+    // Its offsets must fit this segment's 32-bit relative ones (checked before adding: the
+    // header's base is read from the file, outside the CRC, and may be anything).
+    if (h.base.value - base_.value > INT32_MAX - h.last_offset_delta) return false;
+    const Offset last = h.base + h.last_offset_delta;
     note_batch(position, last, h.max_timestamp, h.total_bytes);
     position += h.total_bytes;
   }
@@ -599,8 +601,9 @@ struct Walk {
 };
 
 // Walks the batches of a log file from its start, checking each one's length, CRC and offset
-// order, calling `on_batch` for each good one; stops at the first bad one.
-Result<Walk> walk_batches(int fd, const std::string& path, std::uint64_t file_bytes, Offset next,
+// order, and that its last offset is at most `max_last`, calling `on_batch` for each good one;
+// stops at the first bad one.
+Result<Walk> walk_batches(int fd, const std::string& path, std::uint64_t file_bytes, Offset next, Offset max_last,
                           const std::function<void(std::uint64_t, const BatchView&, std::uint64_t)>& on_batch) {
   // The file is read in windows of up to 256 KiB, each batch checked in place; a batch that
   // runs past a window starts the next one (which grows to hold it). Small at first: a
@@ -653,8 +656,14 @@ Result<Walk> walk_batches(int fd, const std::string& path, std::uint64_t file_by
       w.problem = "offset " + std::to_string(view->base_offset().value) + " after " + std::to_string(next.value - 1);
       break;
     }
+    // baseOffset lies outside the CRC: a flipped bit there passes every other check.
+    if (view->base_offset() > max_last - view->last_offset_delta()) {
+      w.problem = "offsets " + std::to_string(view->base_offset().value) + " + " + std::to_string(view->last_offset_delta()) +
+                  " past " + std::to_string(max_last.value);
+      break;
+    }
     on_batch(w.position, *view, h.total_bytes);
-    next = Offset{view->last_offset().value + 1};
+    next = view->last_offset() + 1;
     w.position += h.total_bytes;
   }
   return w;
@@ -666,7 +675,9 @@ Result<void> Segment::recover(bool last, SegmentRecovery& recovery) {
   struct stat st{};
   if (fstat(log_.get(), &st) != 0) return os_error(Errc::kIo, "stat " + log_path_, errno);
   const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
-  WEFT_TRY(const Walk w, walk_batches(log_.get(), log_path_, file_bytes, next_,
+  // Relative offsets are 32-bit in the indexes, as in Kafka.
+  const Offset max_last{base_.value > INT64_MAX - 1 - INT32_MAX ? INT64_MAX - 1 : base_.value + INT32_MAX};
+  WEFT_TRY(const Walk w, walk_batches(log_.get(), log_path_, file_bytes, next_, max_last,
                                       [&](std::uint64_t position, const BatchView& view, std::uint64_t bytes) {
                                         note_batch(position, view.last_offset(), view.max_timestamp(), bytes);
                                         ++recovery.batches;
@@ -700,7 +711,7 @@ Result<LogScan> scan_log(const std::string& path, const std::function<void(std::
   if (fstat(fd.get(), &st) != 0) return os_error(Errc::kIo, "stat " + path, errno);
   LogScan scan;
   scan.file_bytes = static_cast<std::uint64_t>(st.st_size);
-  WEFT_TRY(const Walk w, walk_batches(fd.get(), path, scan.file_bytes, Offset{0},
+  WEFT_TRY(const Walk w, walk_batches(fd.get(), path, scan.file_bytes, Offset{0}, Offset{INT64_MAX - 1},
                                       [&](std::uint64_t position, const BatchView& view, std::uint64_t) {
                                         if (scan.batches++ == 0) scan.first = view.base_offset();
                                         scan.next = Offset{view.last_offset().value + 1};
@@ -731,7 +742,7 @@ Result<std::uint64_t> Segment::find(Offset offset) {
   if (it != index_.begin()) position = static_cast<std::uint64_t>(std::prev(it)->position);
   WEFT_TRY(const std::optional<std::uint64_t> found,
            first_header_from(log_.get(), log_path_, position, end,
-                             [&](const BatchHeader& h) { return h.base.value + h.last_offset_delta >= offset.value; }));
+                             [&](const BatchHeader& h) { return h.base + h.last_offset_delta >= offset; }));
   if (found) return *found;
   if (end < size_)
     return Error{Errc::kUnavailable, "offset " + std::to_string(offset.value) + " of " + log_path_ + " is not written yet (the disk is full)"};

@@ -5,6 +5,7 @@
 #include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace weft {
 
@@ -16,14 +17,20 @@ struct Strong {
   constexpr explicit Strong(Rep v) : value(v) {}
   constexpr auto operator<=>(const Strong&) const = default;
 
-  // Moving by a count keeps the unit; the difference of two is a plain count.
-  constexpr Strong operator+(Rep delta) const { return Strong{static_cast<Rep>(value + delta)}; }
-  constexpr Strong operator-(Rep delta) const { return Strong{static_cast<Rep>(value - delta)}; }
+  // Moving by a count keeps the unit; the difference of two is a plain count. Computed in the
+  // unsigned type, so values read from the wire or a file wrap (as Kafka's Java does) instead of
+  // overflowing, which would be undefined; callers range-check what they accept.
+  constexpr Strong operator+(Rep delta) const { return Strong{wrap(static_cast<U>(value) + static_cast<U>(delta))}; }
+  constexpr Strong operator-(Rep delta) const { return Strong{wrap(static_cast<U>(value) - static_cast<U>(delta))}; }
   constexpr Strong& operator+=(Rep delta) {
-    value = static_cast<Rep>(value + delta);
+    value = wrap(static_cast<U>(value) + static_cast<U>(delta));
     return *this;
   }
-  constexpr Rep operator-(Strong other) const { return static_cast<Rep>(value - other.value); }
+  constexpr Rep operator-(Strong other) const { return wrap(static_cast<U>(value) - static_cast<U>(other.value)); }
+
+ private:
+  using U = std::make_unsigned_t<Rep>;
+  static constexpr Rep wrap(U v) { return static_cast<Rep>(v); }
 };
 
 // Kafka offsets count records from the start of a partition.
