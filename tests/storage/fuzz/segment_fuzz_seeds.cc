@@ -1,0 +1,88 @@
+// Writes a seed corpus for segment_fuzzer into DIR: real segments (written by Segment with small
+// index intervals, synced with their indexes) in each of the fuzzer's three modes, whole and
+// with a torn tail, so it starts from recovery's and the trusted open's happy paths.
+//
+// usage: segment_fuzz_seeds DIR
+#include <stdlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "weft/fabric/record_batch.h"
+#include "weft/storage/segment.h"
+
+namespace {
+
+constexpr weft::Offset kBase{1000};
+
+std::vector<char> read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+bool write_seed(const std::string& path, std::uint8_t mode, const std::vector<char>& index, const std::vector<char>& time,
+                const std::vector<char>& log) {
+  std::ofstream out(path, std::ios::binary);
+  const char header[5] = {static_cast<char>(mode), static_cast<char>(index.size() & 0xFF), static_cast<char>(index.size() >> 8),
+                          static_cast<char>(time.size() & 0xFF), static_cast<char>(time.size() >> 8)};
+  out.write(header, 5);
+  out.write(index.data(), static_cast<std::streamsize>(index.size()));
+  out.write(time.data(), static_cast<std::streamsize>(time.size()));
+  out.write(log.data(), static_cast<std::streamsize>(log.size()));
+  return static_cast<bool>(out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s DIR\n", argv[0]);
+    return 2;
+  }
+  const std::string out_dir = argv[1];
+  int written = 0;
+  for (int batches : {1, 8, 40}) {
+    char pattern[] = "/tmp/weft-segment-seeds-XXXXXX";
+    if (mkdtemp(pattern) == nullptr) return 1;
+    const std::string dir = pattern;
+    weft::storage::SegmentOptions options;
+    options.direct_io = false;
+    options.io_uring = false;
+    options.index_interval_bytes = 256;
+    {
+      weft::Result<weft::storage::Segment> segment = weft::storage::Segment::create(dir, kBase, options);
+      if (!segment.ok()) return 1;
+      const std::string value(120, 'v');
+      std::int64_t offset = kBase.value;
+      for (int b = 0; b < batches; ++b) {
+        std::vector<std::byte> buffer(1 << 14);
+        weft::BatchBuilder builder(buffer);
+        const int records = 1 + b % 5;
+        for (int r = 0; r < records; ++r)
+          (void)builder.append({std::nullopt, std::as_bytes(std::span(value.data(), value.size())), 1'700'000'000'000 + b * 10 + r, {}});
+        std::span<std::byte> batch = builder.finish();
+        weft::stamp_base_offset(batch, weft::Offset{offset});
+        offset += records + (b % 7 == 6 ? 3 : 0);  // now and then a gap, as an aborted claim leaves
+        if (!segment->append(batch, 5).ok()) return 1;
+      }
+      if (!segment->sync().ok() || !segment->sync_indexes().ok()) return 1;
+    }
+    const std::vector<char> log = read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".log"));
+    const std::vector<char> index = read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".index"));
+    const std::vector<char> time = read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".timeindex"));
+    std::filesystem::remove_all(dir);
+    if (index.size() > 0xFFFF || time.size() > 0xFFFF) return 1;
+    const std::vector<char> torn(log.begin(), log.begin() + static_cast<std::ptrdiff_t>(log.size() - log.size() / 7));
+    for (std::uint8_t mode = 0; mode < 3; ++mode) {
+      const std::string name = out_dir + "/b" + std::to_string(batches) + "-m" + std::to_string(mode);
+      if (!write_seed(name, mode, index, time, log) || !write_seed(name + "-torn", mode, index, time, torn)) return 1;
+      written += 2;
+    }
+  }
+  std::printf("segment_fuzz_seeds: %d seeds in %s\n", written, out_dir.c_str());
+  return 0;
+}
