@@ -28,10 +28,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Free ports, picked by the kernel.
+# Free ports, picked by the kernel, for every listener (one left to the kernel at a node's start
+# could take a port picked here for a node not started yet).
 read -r -a ports <<<"$(/usr/bin/python3 -c '
 import socket
-s=[socket.socket() for _ in range(8)]
+s=[socket.socket() for _ in range(11)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(" ".join(str(x.getsockname()[1]) for x in s))')"
 etcd_client=${ports[0]} etcd_peer=${ports[1]}
@@ -51,7 +52,8 @@ cluster=()
 for id in 1 2 3; do
   kafka=${ports[$((1 + id))]}
   "$weftd" --node-id "$id" --etcd "http://127.0.0.1:$etcd_client" --data-dir "$work/node$id" --socket "$work/node$id.sock" \
-    --kafka-listen "127.0.0.1:$kafka" --metrics-listen "127.0.0.1:${ports[$((4 + id))]}" --default-replication-factor 3 \
+    --kafka-listen "127.0.0.1:$kafka" --metrics-listen "127.0.0.1:${ports[$((4 + id))]}" \
+    --replication-listen "127.0.0.1:${ports[$((7 + id))]}" --default-replication-factor 3 \
     --lease-ttl-s 1 >"$work/node$id.log" 2>&1 &
   pids+=($!)
   cluster+=("127.0.0.1:$kafka")

@@ -76,11 +76,13 @@ class NodeCutOff : public ::testing::Test {
     auto store = weft::storage::open_etcd_metadata_store(etcd_.endpoint());
     ASSERT_TRUE(store.ok()) << store.error().message;
     store_ = std::move(*store);
-    const std::vector<std::uint16_t> ports = weft::test::free_ports(2 * kNodes);
-    ASSERT_EQ(ports.size(), static_cast<std::size_t>(2 * kNodes));
+    // Every listener on a port picked here (one left to the kernel could take another node's).
+    const std::vector<std::uint16_t> ports = weft::test::free_ports(3 * kNodes);
+    ASSERT_EQ(ports.size(), static_cast<std::size_t>(3 * kNodes));
     for (int i = 0; i < kNodes; ++i) {
       kafka_port_[i] = ports[static_cast<std::size_t>(i)];
       metrics_port_[i] = ports[static_cast<std::size_t>(kNodes + i)];
+      replication_port_[i] = ports[static_cast<std::size_t>(2 * kNodes + i)];
     }
   }
 
@@ -103,7 +105,7 @@ class NodeCutOff : public ::testing::Test {
     if (id == kNodes) args = {kIp, "netns", "exec", ns_};  // exec's the daemon: the pid is weftd's
     const std::vector<std::string> daemon = {WEFTD_PATH, "--node-id", std::to_string(id), "--etcd", etcd_endpoint_,
                                              "--data-dir", prefix + ".data", "--socket", prefix + ".sock",
-                                             "--kafka-listen", kafka(id), "--replication-listen", address(id) + ":0",
+                                             "--kafka-listen", kafka(id), "--replication-listen", address(id) + ":" + std::to_string(replication_port_[id - 1]),
                                              "--metrics-listen", address(id) + ":" + std::to_string(metrics_port_[id - 1]),
                                              "--lease-ttl-s", "1", "--replica-lag-max-ms", "1000", "--etcd-timeout-ms", "500"};
     args.insert(args.end(), daemon.begin(), daemon.end());
@@ -202,6 +204,7 @@ class NodeCutOff : public ::testing::Test {
   std::unique_ptr<weft::MetadataStore> store_;
   int kafka_port_[kNodes] = {};
   int metrics_port_[kNodes] = {};
+  int replication_port_[kNodes] = {};
   std::string log_[kNodes];
   std::unique_ptr<Background> nodes_[kNodes];
 };

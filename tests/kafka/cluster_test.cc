@@ -45,11 +45,14 @@ class KafkaCluster : public ::testing::Test {
     auto store = weft::storage::open_etcd_metadata_store(etcd_.endpoint());
     ASSERT_TRUE(store.ok()) << store.error().message;
     store_ = std::move(*store);
-    const std::vector<std::uint16_t> ports = weft::test::free_ports(2 * kNodes);
-    ASSERT_EQ(ports.size(), static_cast<std::size_t>(2 * kNodes));
+    // Every listener on a port picked here: a replication listener left to the kernel's choice
+    // once took another node's Kafka port, free between this pick and that node's start.
+    const std::vector<std::uint16_t> ports = weft::test::free_ports(3 * kNodes);
+    ASSERT_EQ(ports.size(), static_cast<std::size_t>(3 * kNodes));
     for (int i = 0; i < kNodes; ++i) {
       nodes_[i].kafka_port = ports[static_cast<std::size_t>(i)];
       nodes_[i].metrics_port = ports[static_cast<std::size_t>(kNodes + i)];
+      nodes_[i].replication_port = ports[static_cast<std::size_t>(2 * kNodes + i)];
     }
   }
 
@@ -61,6 +64,7 @@ class KafkaCluster : public ::testing::Test {
   struct Node {
     int kafka_port = 0;
     int metrics_port = 0;
+    int replication_port = 0;
     int starts = 0;
     std::string log_path;
     std::unique_ptr<Background> process;
@@ -80,7 +84,8 @@ class KafkaCluster : public ::testing::Test {
     n.process = std::make_unique<Background>(
         std::vector<std::string>{WEFTD_PATH, "--node-id", std::to_string(id), "--etcd", etcd_.endpoint(), "--data-dir", prefix + ".data",
                                  "--socket", prefix + ".sock", "--kafka-listen", "127.0.0.1:" + std::to_string(n.kafka_port),
-                                 "--metrics-listen", "127.0.0.1:" + std::to_string(n.metrics_port), "--default-replication-factor", "3", "--lease-ttl-s", "1", "--kafka-initial-rebalance-delay-ms", "0",
+                                 "--metrics-listen", "127.0.0.1:" + std::to_string(n.metrics_port),
+                                 "--replication-listen", "127.0.0.1:" + std::to_string(n.replication_port), "--default-replication-factor", "3", "--lease-ttl-s", "1", "--kafka-initial-rebalance-delay-ms", "0",
                                  "--log-level", "info"},
         n.log_path);
     const auto deadline = Clock::now() + std::chrono::seconds(20);
