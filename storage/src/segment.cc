@@ -714,7 +714,7 @@ Result<LogScan> scan_log(const std::string& path, const std::function<void(std::
   WEFT_TRY(const Walk w, walk_batches(fd.get(), path, scan.file_bytes, Offset{0}, Offset{INT64_MAX - 1},
                                       [&](std::uint64_t position, const BatchView& view, std::uint64_t) {
                                         if (scan.batches++ == 0) scan.first = view.base_offset();
-                                        scan.next = Offset{view.last_offset().value + 1};
+                                        scan.next = view.last_offset() + 1;
                                         if (on_batch) on_batch(position, view);
                                       }));
   scan.valid_bytes = w.position;

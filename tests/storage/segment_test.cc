@@ -206,15 +206,20 @@ TEST(Segment, ATornTailOfTheLastSegmentIsCutAndReported) {
   }
 }
 
+// A closed segment at base 0 in `dir`, filled; `middle` gets batch 150's file position.
+Written closed_filled_segment(const std::string& dir, std::uint64_t& middle) {
+  Segment s = Segment::create(dir, Offset{0}).value();
+  Written w = fill(s);
+  middle = s.find(Offset{w.bases[150]}).value();
+  EXPECT_TRUE(s.sync().ok());
+  EXPECT_TRUE(s.sync_indexes().ok());
+  return w;
+}
+
 TEST(Segment, CorruptionInAClosedSegmentIsRefusedAndInTheLastIsCut) {
   TempDir dir;
   std::uint64_t middle = 0;
-  Written w;
-  {
-    Segment s = Segment::create(dir.path(), Offset{0}).value();
-    w = fill(s);
-    middle = s.find(Offset{w.bases[150]}).value();
-  }
+  const Written w = closed_filled_segment(dir.path(), middle);
   const std::string log = dir.path() + "/00000000000000000000.log";
   {
     // One flipped byte in a record of batch 150 (past its header, so only the CRC notices).
@@ -247,14 +252,7 @@ TEST(Segment, ABaseOffsetPastWhatTheSegmentCanIndexIsCutNotAddedUp) {
     SCOPED_TRACE(bad_base);
     TempDir dir;
     std::uint64_t middle = 0;
-    Written w;
-    {
-      Segment s = Segment::create(dir.path(), Offset{0}).value();
-      w = fill(s);
-      middle = s.find(Offset{w.bases[150]}).value();
-      ASSERT_TRUE(s.sync().ok());
-      ASSERT_TRUE(s.sync_indexes().ok());
-    }
+    const Written w = closed_filled_segment(dir.path(), middle);
     const std::string log = dir.path() + "/00000000000000000000.log";
     {
       const int fd = ::open(log.c_str(), O_RDWR);
@@ -278,6 +276,12 @@ TEST(Segment, ABaseOffsetPastWhatTheSegmentCanIndexIsCutNotAddedUp) {
     EXPECT_TRUE(last->find(Offset{w.bases[149]}).ok());
   }
 }
+
+// Offset sums of values from a file wrap rather than overflow: constant evaluation refuses
+// undefined behaviour, so these would not compile if they overflowed.
+static_assert((Offset{INT64_MAX} + 1).value == INT64_MIN);
+static_assert((Offset{INT64_MIN} - 1).value == INT64_MAX);
+static_assert(Offset{INT64_MIN} - Offset{1} == INT64_MAX);
 
 TEST(Segment, GarbageInTheFileIsCutNeverRead) {
   TempDir dir;

@@ -5,6 +5,8 @@
 
 namespace {
 
+using weft::bench::cpu_count;
+using weft::bench::cross_core_stream_gb_per_sec;
 using weft::bench::placement_warning;
 
 TEST(Baselines, OnePlacementThroughoutIsNotWarnedAbout) {
@@ -28,6 +30,14 @@ TEST(Baselines, ASharedCoreIsWarnedAboutInEitherReading) {
 TEST(Baselines, AReadingNotTakenIsNotJudged) {
   EXPECT_EQ(placement_warning(50.0, 0.0), "");
   EXPECT_EQ(placement_warning(0.0, 200.0), "");
+}
+
+TEST(Baselines, TheCrossCoreStreamMovesBytesBetweenTwoProcesses) {
+  // Given a short run between the first two cpus (the same cpu when there is only one)
+  const int other = cpu_count() > 1 ? 1 : 0;
+  // Expect: a rate, not the -1 of a run that could not be set up or whose reader stopped
+  const double gbs = cross_core_stream_gb_per_sec(0, other, std::size_t{1} << 20, 0.05);
+  EXPECT_GT(gbs, 0.0);
 }
 
 }  // namespace
