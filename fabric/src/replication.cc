@@ -160,6 +160,10 @@ struct Replicator::Impl {
   struct Connection {
     std::unique_ptr<Link> link;
     bool outgoing = false;
+    // poll() the link: its event fd was readable in the last wait, or something was posted on it
+    // since (its completions wait in the link), or the thread did not wait. A poll of an idle TCP
+    // link is a recv that fails, and a leader's thread woke for one follower polled them all.
+    bool poll_due = true;
     std::string address;          // outgoing: the leader's address
     std::int64_t retry_at_ms = 0;  // outgoing and down: when to connect again
     // outgoing: a connect under way on its own thread, so a leader that does not answer (a cut
@@ -258,7 +262,9 @@ struct Replicator::Impl {
   // -- sending --
 
   static bool send(Connection& c, const MessageWriter& m) {
-    return c.up() && c.link->post_send(m.bytes(), 0) == PostStatus::kOk;
+    if (!c.up()) return false;
+    c.poll_due = true;
+    return c.link->post_send(m.bytes(), 0) == PostStatus::kOk;
   }
 
   void refuse(Connection& c, std::uint16_t stream, MessageType type, std::int32_t epoch, std::int64_t offset, std::string_view why) {
@@ -472,6 +478,7 @@ struct Replicator::Impl {
         const std::uint64_t start = wrapped ? 0 : s.head;
         const std::span<const std::byte> gather[1] = {chunk};
         const std::uint32_t immediate = id | (wrapped ? kWrapBit : 0u);
+        c.poll_due = true;
         const PostStatus posted = c.link->post_write(s.region, start, gather, immediate, id);
         if (posted != PostStatus::kOk) break;  // a full queue: the next round; a dead link: its end is polled
         c.in_flight.push_back(Connection::InFlight{id, std::move(buffer)});
@@ -766,7 +773,8 @@ struct Replicator::Impl {
   }
 
   bool poll_connection(Connection& c) {
-    if (c.link == nullptr) return false;
+    if (c.link == nullptr || !c.poll_due) return false;
+    c.poll_due = false;
     std::array<LinkCompletion, 64> batch;
     bool any = false;
     for (int round = 0; round < 16; ++round) {
@@ -776,8 +784,9 @@ struct Replicator::Impl {
         if (c.link == nullptr) return true;
       }
       any = any || n > 0;
-      if (n < batch.size()) break;
+      if (n < batch.size()) return any;
     }
+    c.poll_due = true;  // more than 16 full batches: the rest in the next round
     return any;
   }
 
@@ -880,22 +889,41 @@ struct Replicator::Impl {
 
   int wake_fd = -1;
 
-  std::vector<pollfd> fds;  // wait()'s, kept to spare an allocation per wait
+  std::vector<pollfd> fds;             // wait()'s, kept to spare an allocation per wait...
+  std::vector<Connection*> fd_owners;  // ... and whose link each of fds[first_link_fd..] is
 
+  // The next round polls the links found readable here (and those posted on since, see
+  // Connection::poll_due); a round that does not wait polls them all.
   void wait(int timeout_ms) {
     fds.clear();
+    fd_owners.clear();
     fds.push_back(pollfd{listener->event_fd(), POLLIN, 0});
     if (wake_fd >= 0) fds.push_back(pollfd{wake_fd, POLLIN, 0});
-    for (auto& c : incoming) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
-    for (auto& [a, c] : outgoing) {
-      if (c->link != nullptr) fds.push_back(pollfd{c->link->event_fd(), POLLIN, 0});
+    const std::size_t first_link_fd = fds.size();
+    auto watch = [&](Connection& c) {
+      if (c.link == nullptr) return;
+      fds.push_back(pollfd{c.link->event_fd(), POLLIN, 0});
+      fd_owners.push_back(&c);
+    };
+    for (auto& c : incoming) watch(*c);
+    for (auto& [a, c] : outgoing) watch(*c);
+    const int ready = ::poll(fds.data(), fds.size(), timeout_ms);
+    for (std::size_t k = 0; k < fd_owners.size(); ++k) {
+      // A timeout polls them all too: a link's state is its own (RDMA: a completion queue), and
+      // this keeps anything it holds back from waiting longer than a timeout.
+      fd_owners[k]->poll_due = fd_owners[k]->poll_due || ready <= 0 || fds[first_link_fd + k].revents != 0;
     }
-    if (::poll(fds.data(), fds.size(), timeout_ms) <= 0) return;
+    if (ready <= 0) return;
     listener_ready = listener_ready || (fds[0].revents & POLLIN) != 0;
     if (wake_fd >= 0 && (fds[1].revents & POLLIN) != 0) {
       std::uint64_t count = 0;
       (void)!::read(wake_fd, &count, sizeof count);
     }
+  }
+
+  void poll_every_link_next() {
+    for (auto& c : incoming) c->poll_due = true;
+    for (auto& [a, c] : outgoing) c->poll_due = true;
   }
 };
 
@@ -1102,7 +1130,11 @@ void Replicator::run_once(int timeout_ms) {
   for (auto& c : i.incoming) {
     if (c->up()) any = i.push(*c) || any;
   }
-  for (auto& [partition, l] : i.led) i.update_hw(partition, l);  // the leader's own durable end moves too
+  for (auto& [partition, l] : i.led) {
+    // After the pushes, so the followers write while the leader does.
+    l.log->write_through();
+    i.update_hw(partition, l);  // the leader's own durable end moves too
+  }
   const std::int64_t now = now_ms();
   if (now - i.last_lag_check_ms >= 50) {
     i.last_lag_check_ms = now;
@@ -1114,6 +1146,8 @@ void Replicator::run_once(int timeout_ms) {
       timeout_ms = static_cast<int>(std::clamp<std::int64_t>(until_ms, 0, timeout_ms));
     }
     i.wait(timeout_ms);
+  } else {
+    i.poll_every_link_next();
   }
 }
 

@@ -145,6 +145,27 @@ TEST_F(NodeReplication, AFollowersAppendsAreDurableWithoutItsMaintenancePass) {
   EXPECT_EQ(b().log_batches(), a().log_batches());
 }
 
+// The leader's replicator writes its own log after pushing new batches, so its durable end, and
+// with the follower's the high watermark, moves without the leader's maintenance pass (here
+// there is none): an acks=all produce waits on two threads fewer.
+TEST_F(NodeReplication, ALeadersOwnLogIsWrittenByItsReplicatorWithoutItsMaintenancePass) {
+  nodes_[0] = std::make_unique<TestNode>(1, false);
+  nodes_[0]->replicator = Replicator::start(*transport_, 1, "node-1b").value();
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1b").ok());
+  a().produce(20, 5, std::byte{0x33});
+  const Offset end{100};
+  ASSERT_TRUE(run_until([&] { return a().replica->durable_end() == end; })) << "leader durable end " << a().replica->durable_end().value;
+  ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == end; })) << "hw " << a().replicator->high_watermark(kP)->value;
+  const auto leader = a().log_batches();
+  ASSERT_EQ(leader.size(), 20u);
+  EXPECT_EQ(b().log_batches(), leader);
+  // More batches later: written too (the replicator writes only when producers claimed more).
+  a().produce(10, 5, std::byte{0x34});
+  ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == Offset{150}; }));
+  EXPECT_EQ(a().log_batches().size(), 30u);
+}
+
 // A client's partitionLeaderEpoch (librdkafka writes 0) never reaches a follower: the leader's
 // ring stamps the epoch it leads at, so the follower's history names only epochs that were led
 // (an epoch 0 learned from clients once made a divergence check cut acknowledged records).

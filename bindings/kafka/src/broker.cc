@@ -542,10 +542,11 @@ Outcome Broker::produce(const Request& r, Reader& in) {
       appended = appended || part.appended;
     }
   if (appended && cluster_ != nullptr) {
-    // acks=all waits for every in-sync log: the followers get the records now, and the leader's
-    // own log writes them now, neither waiting for the node's next pass.
+    // The followers get the records now, and the replication thread writes the leader's own log
+    // after pushing them: acks=all waits for no pass of the node's (a hand-off to one more
+    // thread per record). acks=1 waits for the log alone, which the next pass writes now.
     cluster_->records_committed();
-    node_.hurry();
+    if (parked->acks != -1) node_.hurry();
   }
   parked->deadline_ns = r.arrived_ns + std::int64_t{std::max(timeout_ms, 0)} * 1'000'000;
   // acks=0 gets no response at all, as in Kafka; a batch waiting for ring space is still

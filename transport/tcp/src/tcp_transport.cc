@@ -258,6 +258,7 @@ class TcpLink final : public Link {
   // Reads frames while completions have room; a frame's payload goes straight to its place.
   void receive() {
     std::size_t budget = 4 << 20;  // bytes per poll, so one busy link cannot starve its caller's other work
+    socket_drained_ = false;
     while (!gone_ && received_in_cq_ < kLinkQueueDepth && budget > 0) {
       if (hello_pending_) {
         if (staged() < kHello.size()) {
@@ -294,8 +295,10 @@ class TcpLink final : public Link {
       }
       if (payload_left_ > 0) {
         if (payload_left_ >= kDirectReadBytes) {
+          if (socket_drained_) return;
           const ssize_t n = ::recv(socket_.get(), payload_at_, payload_left_, MSG_DONTWAIT);
           if (!received(n, true)) return;
+          socket_drained_ = static_cast<std::size_t>(n) < payload_left_;
           payload_at_ += n;
           payload_left_ -= static_cast<std::size_t>(n);
           budget -= std::min<std::size_t>(budget, static_cast<std::size_t>(n));
@@ -321,8 +324,11 @@ class TcpLink final : public Link {
       stage_end_ -= stage_begin_;
       stage_begin_ = 0;
     }
-    const ssize_t n = ::recv(socket_.get(), staging_.data() + stage_end_, std::min(at_most, staging_.size() - stage_end_), MSG_DONTWAIT);
+    if (socket_drained_) return false;
+    const std::size_t asked = std::min(at_most, staging_.size() - stage_end_);
+    const ssize_t n = ::recv(socket_.get(), staging_.data() + stage_end_, asked, MSG_DONTWAIT);
     if (!received(n, in_payload_ || staged() > 0)) return false;
+    socket_drained_ = static_cast<std::size_t>(n) < asked;
     stage_end_ += static_cast<std::size_t>(n);
     budget -= std::min<std::size_t>(budget, static_cast<std::size_t>(n));
     return true;
@@ -426,6 +432,9 @@ class TcpLink final : public Link {
   std::size_t stage_end_ = 0;
   bool in_payload_ = false;
   bool last_frame_large_ = false;
+  // A recv in this poll() returned less than it asked: the socket held no more then, and one
+  // more recv would only fail with EAGAIN. What arrives since keeps event_fd() readable.
+  bool socket_drained_ = false;
   std::byte* payload_at_ = nullptr;
   std::size_t payload_left_ = 0;
   LinkCompletion pending_;

@@ -96,6 +96,10 @@ class ReplicaLog {
   virtual void stamp_leader_epoch(std::int32_t epoch) { (void)epoch; }
   // The high watermark as this replica knows it, for producers here that wait for acks=all.
   virtual void publish_high_watermark(Offset hw) { (void)hw; }
+  // Leader: writes the batches produced since the last call to the log now, from the
+  // replicator's thread, which then sees its own durable end move without a hand-off to
+  // another thread. The replicator calls it after each round of pushes.
+  virtual void write_through() {}
 };
 
 struct ReplicationOptions {
