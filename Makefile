@@ -31,8 +31,9 @@ test-tsan:
 	@$(MAKE) --no-print-directory test PRESET=tsan
 
 # The fuzzers (clang, libFuzzer, ASan+UBSan), each for FUZZ_SECONDS from a seed corpus of
-# well-formed inputs: the Kafka request decoder, record batches with their codecs, and segment
-# files as a restarted node finds them. The corpora they grow stay in build/fuzz/*corpus.
+# well-formed inputs: the Kafka request decoder, record batches with their codecs, segment files
+# as a restarted node finds them, and its checkpoint files (group offsets, epoch histories).
+# The corpora they grow stay in build/fuzz/*corpus.
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -print_final_stats=1
 fuzz:
@@ -45,6 +46,8 @@ fuzz:
 	@build/fuzz/tests/fabric/fuzz/record_batch_fuzzer $(FUZZ_FLAGS) build/fuzz/batch-corpus build/fuzz/batch-seeds
 	@mkdir -p build/fuzz/segment-corpus build/fuzz/segment-seeds && build/fuzz/tests/storage/fuzz/segment_fuzz_seeds build/fuzz/segment-seeds
 	@build/fuzz/tests/storage/fuzz/segment_fuzzer $(FUZZ_FLAGS) build/fuzz/segment-corpus build/fuzz/segment-seeds
+	@mkdir -p build/fuzz/checkpoint-corpus build/fuzz/checkpoint-seeds && build/fuzz/tests/storage/fuzz/checkpoint_fuzz_seeds build/fuzz/checkpoint-seeds
+	@build/fuzz/tests/storage/fuzz/checkpoint_fuzzer $(FUZZ_FLAGS) build/fuzz/checkpoint-corpus build/fuzz/checkpoint-seeds
 
 # Google Benchmark micro-benches (release build).
 bench: build

@@ -1242,6 +1242,10 @@ class Node::Replica final : public ReplicaLog {
       }
       if (base > next) {
         // Offsets the leader skipped (an aborted claim there): skipped here too, in one aborted claim.
+        if (base - next > INT32_MAX) {
+          return Error{Errc::kCorrupt, "the leader's batch at offset " + std::to_string(base.value) + " leaves a gap of " +
+                                           std::to_string(base - next) + " offsets after this replica's end " + std::to_string(next.value)};
+        }
         Claim gap;
         const ClaimStatus status = writer_->try_claim(kBatchHeaderBytes, static_cast<std::uint32_t>(base - next), gap);
         if (status == ClaimStatus::kBackPressured) break;
@@ -1356,6 +1360,7 @@ class Node::Replica final : public ReplicaLog {
         Result<BatchView> batch = BatchView::parse_header(std::span(chunk.data() + pos, *got - pos), false);
         if (!batch.ok()) return;
         if (batch->partition_leader_epoch() >= 0) epochs_.assign(batch->partition_leader_epoch(), batch->base_offset());
+        if (batch->last_offset() < at) return;  // offsets that do not rise: the log's reads refuse those
         at = batch->last_offset() + 1;
         pos += batch->size_bytes();
       }

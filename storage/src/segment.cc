@@ -98,17 +98,47 @@ BatchHeader header_of(const std::byte* p) {
 
 void put_be32(std::byte* p, std::int32_t v) { wire::store_be32(p, v); }
 
+// The offsets a walk of a segment's batches allows next: from `after` (the batch before ended
+// just below it) to below `next` (the segment's end).
+struct OffsetWindow {
+  Offset after;
+  Offset next;
+};
+
+// Why the header at `position` cannot be where it is, or nothing when it can: a length below a
+// header's or above any batch's, offsets outside the segment or not after the batch before. A
+// header's base offset and length lie outside the batch's CRC, and a segment opened trusted (from
+// its indexes) was not read through, so lookups check every header they walk: a damaged file is
+// an error, never a walk that stands still, goes back or serves records under other offsets.
+std::optional<Error> misplaced(const BatchHeader& h, const OffsetWindow& w, std::uint64_t position, const std::string& path) {
+  const char* why = nullptr;
+  if (h.total_bytes < kBatchHeaderBytes || h.total_bytes > kMaxBatchBytes) {
+    why = "a length no batch has";
+  } else if (h.last_offset_delta < 0) {
+    why = "a negative last offset delta";
+  } else if (h.base < w.after) {
+    why = "a base offset not after the batch before it";
+  } else if (h.base.value > w.next.value - 1 - h.last_offset_delta) {  // last >= next, without overflow
+    why = "offsets past the segment's end";
+  }
+  if (why == nullptr) return std::nullopt;
+  return Error{Errc::kCorrupt, path + ": the batch header at byte " + std::to_string(position) + " has " + why + " (base offset " +
+                                   std::to_string(h.base.value) + "; the segment is damaged)"};
+}
+
 // Walks batch headers from `position` (a batch start) to `end`, returning the position of the
-// first batch `wanted` accepts; nothing when none does or the headers stop making sense.
+// first batch `wanted` accepts; nothing when none does. Every header walked must fit `window`,
+// which moves past each (kCorrupt otherwise).
 Result<std::optional<std::uint64_t>> first_header_from(int fd, const std::string& path, std::uint64_t position, std::uint64_t end,
-                                                       const std::function<bool(const BatchHeader&)>& wanted) {
+                                                       OffsetWindow window, const std::function<bool(const BatchHeader&)>& wanted) {
   std::byte header[kBatchHeaderBytes];
   while (position < end) {
     WEFT_TRY(const std::size_t got, read_at(fd, header, position, path));
     if (got < kBatchHeaderBytes) break;
     const BatchHeader h = header_of(header);
-    if (h.total_bytes < kBatchHeaderBytes) break;
+    if (std::optional<Error> bad = misplaced(h, window, position, path)) return *bad;
     if (wanted(h)) return std::optional<std::uint64_t>(position);
+    window.after = h.base + h.last_offset_delta + 1;
     position += h.total_bytes;
   }
   return std::optional<std::uint64_t>();
@@ -739,10 +769,24 @@ Result<std::uint64_t> Segment::find(Offset offset) {
   const auto relative = static_cast<std::int32_t>(offset.value - base_.value);
   auto it = std::lower_bound(index_.begin(), index_.end(), relative,
                              [](const IndexEntry& e, std::int32_t r) { return e.relative_offset < r; });
-  if (it != index_.begin()) position = static_cast<std::uint64_t>(std::prev(it)->position);
+  // The entry's batch must end where the entry says: its base lies after the entry before.
+  Offset after = base_;
+  if (it != index_.begin()) {
+    position = static_cast<std::uint64_t>(std::prev(it)->position);
+    if (std::prev(it) != index_.begin()) after = base_ + std::prev(std::prev(it))->relative_offset + 1;
+  }
+  const Offset entry_last = it != index_.begin() ? base_ + std::prev(it)->relative_offset : Offset{-1};
+  bool first = true;
+  bool entry_mismatch = false;
   WEFT_TRY(const std::optional<std::uint64_t> found,
-           first_header_from(log_.get(), log_path_, position, end,
-                             [&](const BatchHeader& h) { return h.base + h.last_offset_delta >= offset; }));
+           first_header_from(log_.get(), log_path_, position, end, OffsetWindow{after, next_}, [&](const BatchHeader& h) {
+             if (first && entry_last.value >= 0 && h.base + h.last_offset_delta != entry_last) entry_mismatch = true;
+             first = false;
+             return entry_mismatch || h.base + h.last_offset_delta >= offset;
+           }));
+  if (entry_mismatch)
+    return Error{Errc::kCorrupt, log_path_ + ": the batch at byte " + std::to_string(position) + " does not end at offset " +
+                                     std::to_string(entry_last.value) + " as its index says (the segment is damaged)"};
   if (found) return *found;
   if (end < size_)
     return Error{Errc::kUnavailable, "offset " + std::to_string(offset.value) + " of " + log_path_ + " is not written yet (the disk is full)"};
@@ -760,7 +804,7 @@ Result<std::uint64_t> Segment::find_time(std::int64_t timestamp_ms) {
     if (at.ok()) position = *at;
   }
   WEFT_TRY(const std::optional<std::uint64_t> found,
-           first_header_from(log_.get(), log_path_, position, end,
+           first_header_from(log_.get(), log_path_, position, end, OffsetWindow{base_, next_},
                              [&](const BatchHeader& h) { return h.max_timestamp >= timestamp_ms; }));
   if (found) return *found;
   return Error{Errc::kOutOfRange, "no batch in " + log_path_ + " has a timestamp at or after " + std::to_string(timestamp_ms)};
@@ -772,10 +816,17 @@ Result<std::size_t> Segment::read(std::uint64_t position, std::span<std::byte> o
   const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), end - position));
   WEFT_TRY(const std::size_t got, read_at(log_.get(), out.first(want), position, log_path_));
   std::size_t whole = 0;
-  while (got - whole >= kBatchLogOverhead) {
-    const std::uint64_t total = kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(out.data() + whole + batch_field::kBatchLength));
-    if (total > got - whole) break;
-    whole += static_cast<std::size_t>(total);
+  OffsetWindow window{base_, next_};
+  while (got - whole >= kBatchHeaderBytes) {
+    const BatchHeader h = header_of(out.data() + whole);
+    // A damaged header ends what this read returns; the read that starts at it is the error.
+    if (std::optional<Error> bad = misplaced(h, window, position + whole, log_path_)) {
+      if (whole == 0) return *bad;
+      break;
+    }
+    if (h.total_bytes > got - whole) break;
+    window.after = h.base + h.last_offset_delta + 1;
+    whole += static_cast<std::size_t>(h.total_bytes);
   }
   if (whole == 0 && got > 0)
     return Error{Errc::kResourceExhausted, "the batch at byte " + std::to_string(position) + " of " + log_path_ + " is larger than the " +

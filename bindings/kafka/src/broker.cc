@@ -931,13 +931,25 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
     // The log may hold batches past the high watermark: stop before the first of them.
     std::uint64_t at = slice->position;
     std::byte head[12];  // base offset and batch length
+    std::int64_t after = -1;  // the base offset before: each must be larger
     while (at < slice_end && at - slice->position < max_bytes) {
       if (::pread(slice->file.get(), head, sizeof head, static_cast<off_t>(at)) != static_cast<ssize_t>(sizeof head)) break;
-      if (wire::load_be64(head) >= limit.value) {
+      const std::int64_t base = wire::load_be64(head);
+      const std::uint64_t total = static_cast<std::uint32_t>(wire::load_be32(head + batch_field::kBatchLength)) + std::uint64_t{kBatchLogOverhead};
+      // Outside the batch's CRC, so a damaged file can say anything here: a length that does not
+      // move on (the walk would stand still or go back) or offsets that do not rise.
+      if (total < kBatchHeaderBytes || base <= after) {
+        log(LogLevel::kError, "kafka: a damaged batch header in a partition's log",
+            {{"topic", t.name}, {"partition", std::to_string(partition)}, {"byte", std::to_string(at)}, {"base_offset", std::to_string(base)}});
+        read.error = error::kKafkaStorageError;
+        return read;
+      }
+      if (base >= limit.value) {
         slice_end = at;
         break;
       }
-      at += static_cast<std::uint64_t>(wire::load_be32(head + batch_field::kBatchLength)) + kBatchLogOverhead;
+      after = base;
+      at += total;
     }
     if (slice_end <= slice->position) return read;
   }
@@ -945,7 +957,7 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
   // The first batch goes whole even past the limits (KIP-74), so a large batch never stalls.
   std::byte header[kBatchLogOverhead];
   if (::pread(slice->file.get(), header, sizeof header, static_cast<off_t>(slice->position)) == static_cast<ssize_t>(sizeof header)) {
-    const std::uint64_t first_batch = static_cast<std::uint64_t>(wire::load_be32(header + batch_field::kBatchLength)) + kBatchLogOverhead;
+    const std::uint64_t first_batch = static_cast<std::uint32_t>(wire::load_be32(header + batch_field::kBatchLength)) + std::uint64_t{kBatchLogOverhead};
     if (first_batch > length && first_batch <= slice_end - slice->position) {
       if (!first) return read;
       length = static_cast<std::size_t>(first_batch);
