@@ -1359,8 +1359,8 @@ class Node::Replica final : public ReplicaLog {
       for (std::size_t pos = 0; pos < *got;) {
         Result<BatchView> batch = BatchView::parse_header(std::span(chunk.data() + pos, *got - pos), false);
         if (!batch.ok()) return;
-        if (batch->partition_leader_epoch() >= 0) epochs_.assign(batch->partition_leader_epoch(), batch->base_offset());
         if (batch->last_offset() < at) return;  // offsets that do not rise: the log's reads refuse those
+        if (batch->partition_leader_epoch() >= 0) epochs_.assign(batch->partition_leader_epoch(), batch->base_offset());
         at = batch->last_offset() + 1;
         pos += batch->size_bytes();
       }

@@ -818,6 +818,7 @@ struct Replicator::Impl {
         Result<std::unique_ptr<Link>> link = c->connecting.get();
         if (link.ok()) {
           c->link = std::move(link.value());
+          c->poll_due = true;
           for (auto& [partition, f] : followed) {
             if (f.address == address_ && f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
           }
