@@ -210,6 +210,7 @@ class SocketClient final : public Client {
     slice.position = r.u64();
     slice.end = r.u64();
     slice.offset = Offset{r.i64()};
+    slice.end_offset = Offset{r.i64()};
     WEFT_TRY_VOID(r.finish("open log slice response"));
     if (!slice.file.valid()) return Error{Errc::kCorrupt, "weftd answered open log slice without the segment file"};
     if (slice.position > slice.end) return Error{Errc::kCorrupt, "weftd answered a log slice that ends before it starts"};

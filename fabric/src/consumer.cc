@@ -39,6 +39,10 @@ struct ColdRead {
   std::uint64_t ahead_from = 0;
   std::uint64_t ahead_span = 0;
   bool no_ring = false;          // io_uring refused, or rings enough: plain reads, one at a time
+  // The last offset of the batch before in this slice (-1: none yet), and where records stopped
+  // being delivered when a batch header was found damaged (reported once a good batch follows).
+  Offset last_taken{-1};
+  std::optional<Offset> damaged_from;
   // One of the process's read-ahead rings. Each holds a descriptor: a consumer replaying a
   // thousand partitions must not spend its descriptor limit on them (the slices need theirs).
   struct RingSlot {
@@ -423,20 +427,37 @@ struct TopicConsumer::State {
         const Offset base{wire::load_be64(one.data() + batch_field::kBaseOffset)};
         // From disk: the CRC and the header here; each record is checked as take() decodes it.
         Result<BatchView> view = BatchView::parse_header(one, true);
+        // The base offset lies outside the CRC: a batch must come after the one before and below
+        // the segment's end when sliced, or its records would be delivered under offsets they
+        // do not have (a higher base also moved skip_below past every later record). Skipped,
+        // and reported from where delivery stopped to the next good batch.
+        const Offset slice_end = c.slice.end_offset;
+        if ((c.last_taken.value >= 0 && base <= c.last_taken) || base >= slice_end || (view.ok() && view->last_offset() >= slice_end)) {
+          if (!c.damaged_from) c.damaged_from = a.skip_below;
+          c.at += total;
+          continue;
+        }
         if (view.ok() && beyond_high_watermark(a, view->last_offset())) return false;  // read it once replicated
+        if (c.damaged_from) {
+          notices.push_back(PollNotice{PollNotice::Kind::kCorrupt, a.topic, a.partition, *c.damaged_from, std::max(base, *c.damaged_from)});
+          a.skip_below = std::max(base, a.skip_below);
+          c.damaged_from.reset();
+        }
         RingBatch batch;
         batch.bytes = one;
         batch.base_offset = base;
         bool cut = false;
         if (!view.ok() || !take(a, batch, false, &cut)) {
-          const Offset end{base.value + 1 + (view.ok() ? view->last_offset().value - base.value : 0)};
+          // Wrapping sums: `base` may be anything when the header failed its checks.
+          const Offset end = view.ok() ? view->last_offset() + 1 : base + 1;
           notices.push_back(PollNotice{PollNotice::Kind::kCorrupt, a.topic, a.partition, a.skip_below, std::max(end, a.skip_below)});
           a.skip_below = std::max(end, a.skip_below);
           c.at += total;
           continue;
         }
         returned = true;
-        if (cut) break;
+        if (cut) break;  // the rest of it with the next poll, from the same place
+        c.last_taken = view->last_offset();
         a.skip_below = std::max(a.skip_below, Offset{view->last_offset().value + 1});
         c.at += total;
       }

@@ -342,6 +342,7 @@ struct LocalServer::Impl {
         w.u64(slice.position);
         w.u64(slice.end);
         w.i64(slice.offset.value);
+        w.i64(slice.end_offset.value);
         sending_file = std::move(slice.file);  // closed once sent
         fd_to_send = sending_file.get();
         return ok();

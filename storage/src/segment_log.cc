@@ -307,6 +307,7 @@ Result<LogSlice> SegmentLog::slice(Offset offset) {
     slice.position = segment->written_bytes();
   }
   slice.end = segment->written_bytes();
+  slice.end_offset = segment->next_offset();
   // Opened anew, read-only: the reader may be another process, and must not get a writable file.
   slice.file = UniqueFd(::open(segment->log_path().c_str(), O_RDONLY | O_CLOEXEC));
   if (!slice.file.valid()) return os_error(Errc::kIo, "opening " + segment->log_path(), errno);

@@ -8,6 +8,9 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <algorithm>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +18,7 @@
 #include "../temp_dir.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
+#include "weft/fabric/record_batch.h"
 #include "weft/node.h"
 #include "weft/producer.h"
 #include "weft/storage/segment_log.h"
@@ -290,6 +294,65 @@ TEST(ColdReads, RecordsFromBeforeARestartAndSeekByTimestampUseTheLog) {
   Read from_time = read_records(consumer, 5);
   ASSERT_GE(from_time.offsets.size(), 5u);  // a poll returns what it has, up to max_poll_records
   expect_contiguous(from_time.offsets, 1234);
+}
+
+// A batch's base offset lies outside its CRC, and a segment before the recovery point opens
+// trusted: a consumer reading such a segment with one base damaged (behind the batch before, or
+// past all the partition holds) skips that batch with a kCorrupt notice and delivers every other
+// record under its own offset, never records under offsets they do not have.
+TEST(ColdReads, ADamagedBaseOffsetInATrustedSegmentIsSkippedWithANoticeNotMisread) {
+  for (const std::int64_t damaged_base : {std::int64_t{0}, std::int64_t{1'000'000'000'000}}) {
+    SCOPED_TRACE("base offset written: " + std::to_string(damaged_base));
+    TempDir dir;
+    {
+      auto node = Node::start(options_for(dir.path())).value();
+      auto client = Client::embedded(*node);
+      ASSERT_TRUE(client->create_topic("kept", small_topic()).ok());
+      TopicProducer producer = TopicProducer::create(client, "kept").value();
+      send_range(producer, 0, 2000);
+      ASSERT_TRUE(producer.flush().ok());
+    }
+    // The second segment's middle batch gets another base offset (its CRC still holds).
+    std::vector<std::filesystem::path> segments;
+    for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/data/kept-0"))
+      if (entry.path().extension() == ".log") segments.push_back(entry.path());
+    std::sort(segments.begin(), segments.end());
+    ASSERT_GE(segments.size(), 4u);
+    std::vector<std::uint64_t> starts;
+    {
+      std::ifstream in(segments[1], std::ios::binary);
+      const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+      for (std::uint64_t at = 0; at + kBatchHeaderBytes <= bytes.size();) {
+        starts.push_back(at);
+        at += kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(reinterpret_cast<const std::byte*>(bytes.data()) + at + batch_field::kBatchLength));
+      }
+    }
+    ASSERT_GE(starts.size(), 3u);
+    std::int64_t lost_from = -1, lost_records = 0;
+    {
+      std::fstream f(segments[1], std::ios::in | std::ios::out | std::ios::binary);
+      std::byte header[kBatchHeaderBytes];
+      f.seekg(static_cast<std::streamoff>(starts[starts.size() / 2]));
+      f.read(reinterpret_cast<char*>(header), sizeof header);
+      lost_from = wire::load_be64(header + batch_field::kBaseOffset);
+      lost_records = wire::load_be32(header + batch_field::kLastOffsetDelta) + 1;
+      wire::store_be64(header + batch_field::kBaseOffset, damaged_base);
+      f.seekp(static_cast<std::streamoff>(starts[starts.size() / 2]));
+      f.write(reinterpret_cast<const char*>(header), 8);
+    }
+    auto node = Node::start(options_for(dir.path())).value();
+    auto client = Client::embedded(*node);
+    TopicConsumer consumer = TopicConsumer::create(client).value();
+    ASSERT_TRUE(consumer.assign("kept", {0}, SeekTo::earliest()).ok());
+    Read read = read_records(consumer, static_cast<std::size_t>(2000 - lost_records));
+    EXPECT_TRUE(read.values_match) << "every record under its own offset";
+    ASSERT_EQ(read.offsets.size(), static_cast<std::size_t>(2000 - lost_records));
+    std::vector<std::int64_t> expected;
+    for (std::int64_t o = 0; o < 2000; ++o)
+      if (o < lost_from || o >= lost_from + lost_records) expected.push_back(o);
+    EXPECT_EQ(read.offsets, expected);
+    EXPECT_EQ(std::count(read.notices.begin(), read.notices.end(), PollNotice::Kind::kCorrupt), 1);
+  }
 }
 
 TEST(Retention, BySizeDeletesTheOldestSegmentsAndOlderOffsetsAreOutOfRange) {

@@ -23,7 +23,7 @@
 namespace weft::local {
 
 inline constexpr std::uint32_t kMagic = 0x54464557;  // "WEFT" read little-endian
-inline constexpr std::uint16_t kVersion = 2;
+inline constexpr std::uint16_t kVersion = 3;  // 3: OpenLogSlice answers the slice's end offset
 inline constexpr std::size_t kHeaderBytes = 16;
 inline constexpr std::size_t kMaxMessageBytes = std::size_t{1} << 20;  // a topic list of thousands fits
 inline constexpr std::size_t kMaxRequestBytes = 64 * 1024;            // what the node accepts
@@ -37,7 +37,7 @@ enum class MessageType : std::uint16_t {
   kDescribeTopic = 5,
   kOpenPartition = 6,
   kStatus = 7,
-  kOpenLogSlice = 8,            // topic, partition, offset -> position, end, offset + the segment's fd
+  kOpenLogSlice = 8,            // topic, partition, offset -> position, end, offset, end offset + the segment's fd
   kLogOffsetForTimestamp = 9,   // topic, partition, timestamp -> offset
   kCommitOffsets = 10,          // group, [topic, partition, offset, metadata]
   kFetchOffsets = 11,           // group, topic -> [partition, offset, metadata]

@@ -21,6 +21,9 @@ struct LogSlice {
   std::uint64_t position = 0;  // where the batch holding `offset` (or the next batch) starts
   std::uint64_t end = 0;       // bytes written so far; the next slice starts past this segment
   Offset offset{0};            // the offset asked for (the log's start, for kEarliestOffset)
+  // Every batch in [position, end) ends below this (the segment's next offset when sliced): a
+  // reader's check on base offsets, which the batches' CRC does not cover.
+  Offset end_offset{INT64_MAX};
 };
 inline constexpr Offset kEarliestOffset{-2};
 
