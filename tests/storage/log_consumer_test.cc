@@ -5,17 +5,18 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <algorithm>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "../temp_dir.h"
+#include "test_batches.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
 #include "weft/fabric/record_batch.h"
@@ -270,16 +271,19 @@ TEST(ColdReads, ALappedConsumerReadsWhatItMissedFromTheLog) {
   EXPECT_TRUE(rest.values_match);
 }
 
+// Topic "kept": records [0, 2000) in many small segments, by a node stopped since.
+void fill_kept_and_stop(const TempDir& dir) {
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("kept", small_topic()).ok());
+  TopicProducer producer = TopicProducer::create(client, "kept").value();
+  send_range(producer, 0, 2000);
+  ASSERT_TRUE(producer.flush().ok());
+}
+
 TEST(ColdReads, RecordsFromBeforeARestartAndSeekByTimestampUseTheLog) {
   TempDir dir;
-  {
-    auto node = Node::start(options_for(dir.path())).value();
-    auto client = Client::embedded(*node);
-    ASSERT_TRUE(client->create_topic("kept", small_topic()).ok());
-    TopicProducer producer = TopicProducer::create(client, "kept").value();
-    send_range(producer, 0, 2000);
-    ASSERT_TRUE(producer.flush().ok());
-  }
+  fill_kept_and_stop(dir);
   auto node = Node::start(options_for(dir.path())).value();
   auto client = Client::embedded(*node);
   TopicConsumer consumer = TopicConsumer::create(client).value();
@@ -304,29 +308,14 @@ TEST(ColdReads, ADamagedBaseOffsetInATrustedSegmentIsSkippedWithANoticeNotMisrea
   for (const std::int64_t damaged_base : {std::int64_t{0}, std::int64_t{1'000'000'000'000}}) {
     SCOPED_TRACE("base offset written: " + std::to_string(damaged_base));
     TempDir dir;
-    {
-      auto node = Node::start(options_for(dir.path())).value();
-      auto client = Client::embedded(*node);
-      ASSERT_TRUE(client->create_topic("kept", small_topic()).ok());
-      TopicProducer producer = TopicProducer::create(client, "kept").value();
-      send_range(producer, 0, 2000);
-      ASSERT_TRUE(producer.flush().ok());
-    }
+    fill_kept_and_stop(dir);
     // The second segment's middle batch gets another base offset (its CRC still holds).
     std::vector<std::filesystem::path> segments;
     for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/data/kept-0"))
       if (entry.path().extension() == ".log") segments.push_back(entry.path());
     std::sort(segments.begin(), segments.end());
     ASSERT_GE(segments.size(), 4u);
-    std::vector<std::uint64_t> starts;
-    {
-      std::ifstream in(segments[1], std::ios::binary);
-      const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-      for (std::uint64_t at = 0; at + kBatchHeaderBytes <= bytes.size();) {
-        starts.push_back(at);
-        at += kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(reinterpret_cast<const std::byte*>(bytes.data()) + at + batch_field::kBatchLength));
-      }
-    }
+    const std::vector<std::uint64_t> starts = test::batch_starts(segments[1].string());
     ASSERT_GE(starts.size(), 3u);
     std::int64_t lost_from = -1, lost_records = 0;
     {

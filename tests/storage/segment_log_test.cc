@@ -268,15 +268,7 @@ TEST(SegmentLog, ADamagedHeaderInATrustedSegmentIsAnErrorNeverAnotherAnswer) {
   ASSERT_GE(segments.size(), 3u);
   // Batch starts in the second segment (the first of its batches, one in the middle).
   const std::string second = dir.partition() + "/" + segments[1].string();
-  std::vector<std::uint64_t> starts;
-  {
-    std::ifstream in(second, std::ios::binary);
-    const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-    for (std::uint64_t at = 0; at + kBatchHeaderBytes <= bytes.size();) {
-      starts.push_back(at);
-      at += kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(reinterpret_cast<const std::byte*>(bytes.data()) + at + batch_field::kBatchLength));
-    }
-  }
+  const std::vector<std::uint64_t> starts = test::batch_starts(second);
   ASSERT_GE(starts.size(), 10u);
 
   struct Damage {

@@ -6,7 +6,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "weft/fabric/record_batch.h"
@@ -28,6 +31,18 @@ inline std::vector<std::byte> make_batch(std::int64_t base, int records, std::in
   stamp_base_offset(batch, Offset{base});
   out.resize(batch.size());
   return out;
+}
+
+// Where each batch of a segment's log file starts, walked by the lengths its headers give.
+inline std::vector<std::uint64_t> batch_starts(const std::string& log_file) {
+  std::ifstream in(log_file, std::ios::binary);
+  const std::vector<char> bytes{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::vector<std::uint64_t> starts;
+  for (std::uint64_t at = 0; at + kBatchHeaderBytes <= bytes.size();) {
+    starts.push_back(at);
+    at += kBatchLogOverhead + static_cast<std::uint32_t>(wire::load_be32(reinterpret_cast<const std::byte*>(bytes.data()) + at + batch_field::kBatchLength));
+  }
+  return starts;
 }
 
 }  // namespace weft::test
