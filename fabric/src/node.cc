@@ -925,7 +925,7 @@ double Node::maintain_pass() {
         // above: a follower's appends and the leader's Kafka produces are written through by the
         // replication thread itself, and passing every 250 µs for them woke each node 4 000
         // times a second for nothing.
-        if (p->ring.claimed_offset() != p->replica_news.claimed) p->last_unseen_claim_ns = now;
+        if (Offset{claimed} != p->replica_news.claimed) p->last_unseen_claim_ns = now;
         if (p->replicas.load(std::memory_order_relaxed) > 0 && now - p->last_unseen_claim_ns < 10'000'000) replica_waiters = true;
         if (p->log_backlog) used = std::max(used, 1e9);
         if (!p->log_writes.empty()) ack_waiters = true;  // collect the disk's writes soon

@@ -98,11 +98,17 @@ BatchHeader header_of(const std::byte* p) {
 
 void put_be32(std::byte* p, std::int32_t v) { wire::store_be32(p, v); }
 
+// One past the last offset a segment based at `base` can hold: its indexes' relative offsets
+// are 32-bit, as in Kafka (saturating at the top of the offset range).
+Offset index_end(Offset base) { return Offset{base.value > INT64_MAX - INT32_MAX - 1 ? INT64_MAX : base.value + INT32_MAX + 1}; }
+
 // The offsets a walk of a segment's batches allows next: from `after` (the batch before ended
-// just below it) to below `next` (the segment's end).
+// just below it) to below `next` (the segment's end); and, when set, where the first batch
+// walked must end (the offset of the index entry the walk starts from).
 struct OffsetWindow {
   Offset after;
   Offset next;
+  Offset first_last{-1};
 };
 
 // Why the header at `position` cannot be where it is, or nothing when it can: a length below a
@@ -120,6 +126,8 @@ std::optional<Error> misplaced(const BatchHeader& h, const OffsetWindow& w, std:
     why = "a base offset not after the batch before it";
   } else if (h.base.value > w.next.value - 1 - h.last_offset_delta) {  // last >= next, without overflow
     why = "offsets past the segment's end";
+  } else if (w.first_last.value >= 0 && h.base + h.last_offset_delta != w.first_last) {
+    why = "a last offset other than its index entry's";
   }
   if (why == nullptr) return std::nullopt;
   return Error{Errc::kCorrupt, path + ": the batch header at byte " + std::to_string(position) + " has " + why + " (base offset " +
@@ -139,6 +147,7 @@ Result<std::optional<std::uint64_t>> first_header_from(int fd, const std::string
     if (std::optional<Error> bad = misplaced(h, window, position, path)) return *bad;
     if (wanted(h)) return std::optional<std::uint64_t>(position);
     window.after = h.base + h.last_offset_delta + 1;
+    window.first_last = Offset{-1};
     position += h.total_bytes;
   }
   return std::optional<std::uint64_t>();
@@ -266,11 +275,9 @@ bool Segment::load_indexes() {
     Result<std::size_t> got = read_at(log_.get(), header, position, log_path_);
     if (!got.ok() || *got < kBatchHeaderBytes) return false;
     const BatchHeader h = header_of(header);
-    if (h.total_bytes < kBatchHeaderBytes || h.total_bytes > kMaxBatchBytes || h.total_bytes > file_bytes - position) return false;
-    if (h.base < next_ || h.last_offset_delta < 0) return false;
-    // Its offsets must fit this segment's 32-bit relative ones (checked before adding: the
-    // header's base is read from the file, outside the CRC, and may be anything).
-    if (h.base.value - base_.value > INT32_MAX - h.last_offset_delta) return false;
+    // The checks of a lookup's walk, up to what the indexes can hold (the header's base is read
+    // from the file, outside the CRC, and may be anything).
+    if (h.total_bytes > file_bytes - position || misplaced(h, OffsetWindow{next_, index_end(base_)}, position, log_path_)) return false;
     const Offset last = h.base + h.last_offset_delta;
     note_batch(position, last, h.max_timestamp, h.total_bytes);
     position += h.total_bytes;
@@ -345,7 +352,7 @@ Result<void> Segment::append(std::span<const std::byte> batch, std::int32_t lead
   if (base < next_)
     return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the segment's next offset " +
                                              std::to_string(next_.value)};
-  if (view.last_offset() - base_.value > Offset{INT32_MAX})
+  if (view.last_offset() >= index_end(base_))
     return Error{Errc::kResourceExhausted, "offsets beyond 2^31 past the segment's base: roll to a new segment"};
   if (size_ + batch.size() > kMaxSegmentBytes)
     return Error{Errc::kResourceExhausted, "segment " + log_path_ + " would pass 2 GiB: roll to a new segment"};
@@ -705,8 +712,7 @@ Result<void> Segment::recover(bool last, SegmentRecovery& recovery) {
   struct stat st{};
   if (fstat(log_.get(), &st) != 0) return os_error(Errc::kIo, "stat " + log_path_, errno);
   const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
-  // Relative offsets are 32-bit in the indexes, as in Kafka.
-  const Offset max_last{base_.value > INT64_MAX - 1 - INT32_MAX ? INT64_MAX - 1 : base_.value + INT32_MAX};
+  const Offset max_last = index_end(base_) - 1;
   WEFT_TRY(const Walk w, walk_batches(log_.get(), log_path_, file_bytes, next_, max_last,
                                       [&](std::uint64_t position, const BatchView& view, std::uint64_t bytes) {
                                         note_batch(position, view.last_offset(), view.max_timestamp(), bytes);
@@ -769,24 +775,16 @@ Result<std::uint64_t> Segment::find(Offset offset) {
   const auto relative = static_cast<std::int32_t>(offset.value - base_.value);
   auto it = std::lower_bound(index_.begin(), index_.end(), relative,
                              [](const IndexEntry& e, std::int32_t r) { return e.relative_offset < r; });
-  // The entry's batch must end where the entry says: its base lies after the entry before.
-  Offset after = base_;
+  // The entry's batch must end where the entry says, after the entry before.
+  OffsetWindow window{base_, next_};
   if (it != index_.begin()) {
     position = static_cast<std::uint64_t>(std::prev(it)->position);
-    if (std::prev(it) != index_.begin()) after = base_ + std::prev(std::prev(it))->relative_offset + 1;
+    window.first_last = base_ + std::prev(it)->relative_offset;
+    if (std::prev(it) != index_.begin()) window.after = base_ + std::prev(std::prev(it))->relative_offset + 1;
   }
-  const Offset entry_last = it != index_.begin() ? base_ + std::prev(it)->relative_offset : Offset{-1};
-  bool first = true;
-  bool entry_mismatch = false;
   WEFT_TRY(const std::optional<std::uint64_t> found,
-           first_header_from(log_.get(), log_path_, position, end, OffsetWindow{after, next_}, [&](const BatchHeader& h) {
-             if (first && entry_last.value >= 0 && h.base + h.last_offset_delta != entry_last) entry_mismatch = true;
-             first = false;
-             return entry_mismatch || h.base + h.last_offset_delta >= offset;
-           }));
-  if (entry_mismatch)
-    return Error{Errc::kCorrupt, log_path_ + ": the batch at byte " + std::to_string(position) + " does not end at offset " +
-                                     std::to_string(entry_last.value) + " as its index says (the segment is damaged)"};
+           first_header_from(log_.get(), log_path_, position, end, window,
+                             [&](const BatchHeader& h) { return h.base + h.last_offset_delta >= offset; }));
   if (found) return *found;
   if (end < size_)
     return Error{Errc::kUnavailable, "offset " + std::to_string(offset.value) + " of " + log_path_ + " is not written yet (the disk is full)"};

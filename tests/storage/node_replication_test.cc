@@ -96,6 +96,15 @@ class NodeReplication : public testing::Test {
     }
     return true;
   }
+  // Node `i` again with no maintenance thread, so whatever moves on it is its replicator's
+  // doing; it listens at a new address, which this returns.
+  std::string without_maintenance_thread(std::size_t i) {
+    const NodeId id = nodes_[i]->id;
+    const std::string address = "node-" + std::to_string(id) + "b";
+    nodes_[i] = std::make_unique<TestNode>(id, false);
+    nodes_[i]->replicator = Replicator::start(*transport_, id, address).value();
+    return address;
+  }
   TestNode& a() { return *nodes_[0]; }
   TestNode& b() { return *nodes_[1]; }
 
@@ -133,8 +142,7 @@ TEST_F(NodeReplication, AFollowersRingAndLogTakeTheLeadersBatchesWithTheirOffset
 // (here there is none). Its high watermark comes with the leader's next write, or alone once the
 // stream is quiet.
 TEST_F(NodeReplication, AFollowersAppendsAreDurableWithoutItsMaintenancePass) {
-  nodes_[1] = std::make_unique<TestNode>(2, false);
-  nodes_[1]->replicator = Replicator::start(*transport_, 2, "node-2b").value();
+  (void)without_maintenance_thread(1);
   ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
   ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1").ok());
   a().produce(20, 5, std::byte{0x22});
@@ -149,17 +157,16 @@ TEST_F(NodeReplication, AFollowersAppendsAreDurableWithoutItsMaintenancePass) {
 // with the follower's the high watermark, moves without the leader's maintenance pass (here
 // there is none): an acks=all produce waits on two threads fewer.
 TEST_F(NodeReplication, ALeadersOwnLogIsWrittenByItsReplicatorWithoutItsMaintenancePass) {
-  nodes_[0] = std::make_unique<TestNode>(1, false);
-  nodes_[0]->replicator = Replicator::start(*transport_, 1, "node-1b").value();
+  const std::string leader = without_maintenance_thread(0);
   ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
-  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1b").ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, leader).ok());
   a().produce(20, 5, std::byte{0x33});
   const Offset end{100};
   ASSERT_TRUE(run_until([&] { return a().replica->durable_end() == end; })) << "leader durable end " << a().replica->durable_end().value;
   ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == end; })) << "hw " << a().replicator->high_watermark(kP)->value;
-  const auto leader = a().log_batches();
-  ASSERT_EQ(leader.size(), 20u);
-  EXPECT_EQ(b().log_batches(), leader);
+  const auto written = a().log_batches();
+  ASSERT_EQ(written.size(), 20u);
+  EXPECT_EQ(b().log_batches(), written);
   // More batches later: written too (the replicator writes only when producers claimed more).
   a().produce(10, 5, std::byte{0x34});
   ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == Offset{150}; }));

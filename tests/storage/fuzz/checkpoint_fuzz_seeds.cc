@@ -3,31 +3,21 @@
 // written by SegmentLog, so the fuzzer starts from the loaders' happy paths.
 //
 // usage: checkpoint_fuzz_seeds DIR
-#include <stdlib.h>
-
+#include <algorithm>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "fuzz_files.h"
 #include "weft/fabric/offset_store.h"
 #include "weft/storage/segment_log.h"
 
 namespace {
 
-std::vector<char> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-bool write_seed(const std::string& path, std::uint8_t mode, const std::vector<char>& file, std::size_t drop_tail = 0) {
-  std::ofstream out(path, std::ios::binary);
-  const char header = static_cast<char>(mode);
-  out.write(&header, 1);
-  out.write(file.data(), static_cast<std::streamsize>(file.size() - std::min(drop_tail, file.size())));
-  return static_cast<bool>(out);
+// mode, then the file without its last `drop_tail` bytes.
+void write_seed(const std::string& path, std::uint8_t mode, std::span<const std::uint8_t> file, std::size_t drop_tail = 0) {
+  weft::fuzz::write_file(path, {std::span(&mode, 1), file.first(file.size() - std::min(drop_tail, file.size()))});
 }
 
 }  // namespace
@@ -38,9 +28,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string out_dir = argv[1];
-  char pattern[] = "/tmp/weft-checkpoint-seeds-XXXXXX";
-  if (mkdtemp(pattern) == nullptr) return 1;
-  const std::string scratch = pattern;
+  const weft::fuzz::ScratchDir scratch_dir("/tmp/weft-checkpoint-seeds-");
+  const std::string& scratch = scratch_dir.path();
   int written = 0;
   // Offsets: groups of 0, 1 and 3 entries, one with metadata.
   for (int entries : {0, 1, 3}) {
@@ -65,10 +54,11 @@ int main(int argc, char** argv) {
     }
     if (!(*store)->commit("g", commit).ok()) return 1;
     if (entries == 0 && !(*store)->forget_topic("gone").ok()) return 1;
-    const std::vector<char> file = read_all(dir + "/g.offsets");
+    const std::vector<std::uint8_t> file = weft::fuzz::read_all(dir + "/g.offsets");
     if (file.empty()) return 1;
-    written += write_seed(out_dir + "/offsets-" + std::to_string(entries), 0x00, file);
-    written += write_seed(out_dir + "/offsets-crc-appended-" + std::to_string(entries), 0x80, file, 4);
+    write_seed(out_dir + "/offsets-" + std::to_string(entries), 0x00, file);
+    write_seed(out_dir + "/offsets-crc-appended-" + std::to_string(entries), 0x80, file, 4);
+    written += 2;
   }
   // Epoch histories: none, one epoch, several.
   const std::vector<std::vector<weft::EpochStart>> histories = {
@@ -77,10 +67,9 @@ int main(int argc, char** argv) {
     const std::string dir = scratch + "/epochs-" + std::to_string(h);
     auto log = weft::storage::SegmentLog::open(dir, weft::Offset{0});
     if (!log.ok() || !(*log)->save_epochs(histories[h]).ok()) return 1;
-    written += write_seed(out_dir + "/epochs-" + std::to_string(h), 0x01, read_all(dir + "/leader-epoch-checkpoint"));
+    write_seed(out_dir + "/epochs-" + std::to_string(h), 0x01, weft::fuzz::read_all(dir + "/leader-epoch-checkpoint"));
+    ++written;
   }
-  std::error_code ignored;
-  std::filesystem::remove_all(scratch, ignored);
   std::printf("checkpoint_fuzz_seeds: %d seeds in %s\n", written, out_dir.c_str());
   return written == 9 ? 0 : 1;
 }

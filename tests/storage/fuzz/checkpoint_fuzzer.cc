@@ -11,10 +11,6 @@
 // look-ups for a history. Any crash, leak, out-of-bounds access, hang or undefined behaviour is
 // a bug; an error is the expected answer to a bad file, and a group that failed to load must
 // take no commits until deleted.
-#include <fcntl.h>
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -22,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_files.h"
 #include "weft/fabric/crc32c.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/offset_store.h"
@@ -30,40 +27,13 @@
 
 namespace {
 
-struct Directory {
-  std::string path;
-  Directory() {
-    weft::set_log_level(weft::LogLevel::kError);
-    char pattern[] = "/dev/shm/weft-checkpoint-fuzz-XXXXXX";  // tmpfs: no disk I/O per input
-    if (mkdtemp(pattern) == nullptr) __builtin_trap();
-    path = pattern;
-  }
-  ~Directory() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-};
-
-void write_file(const std::string& path, std::span<const std::uint8_t> bytes, std::span<const std::uint8_t> tail = {}) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) __builtin_trap();
-  for (std::span<const std::uint8_t> part : {bytes, tail}) {
-    for (std::size_t done = 0; done < part.size();) {
-      const ssize_t n = ::write(fd, part.data() + done, part.size() - done);
-      if (n <= 0) __builtin_trap();
-      done += static_cast<std::size_t>(n);
-    }
-  }
-  ::close(fd);
-}
-
 void offsets_file(const std::string& dir, std::span<const std::uint8_t> file, bool append_crc) {
   std::uint8_t crc[4] = {};
   if (append_crc) {
     const std::uint32_t value = weft::crc32c(std::as_bytes(file));
     for (int i = 0; i < 4; ++i) crc[i] = static_cast<std::uint8_t>(value >> (8 * i));
   }
-  write_file(dir + "/g.offsets", file, append_crc ? std::span<const std::uint8_t>(crc) : std::span<const std::uint8_t>());
+  weft::fuzz::write_file(dir + "/g.offsets", {file, append_crc ? std::span<const std::uint8_t>(crc) : std::span<const std::uint8_t>()});
   weft::Result<std::unique_ptr<weft::OffsetStore>> store = weft::OffsetStore::open(dir);
   if (!store.ok()) return;  // only a directory that cannot be listed; not this input's doing
   weft::OffsetStore& s = **store;
@@ -85,7 +55,7 @@ void offsets_file(const std::string& dir, std::span<const std::uint8_t> file, bo
 void epoch_history(const std::string& dir, std::span<const std::uint8_t> file) {
   const std::string log_dir = dir + "/p-0";
   std::filesystem::create_directory(log_dir);
-  write_file(log_dir + "/leader-epoch-checkpoint", file);
+  weft::fuzz::write_file(log_dir + "/leader-epoch-checkpoint", {file});
   weft::Result<std::unique_ptr<weft::storage::SegmentLog>> log = weft::storage::SegmentLog::open(log_dir, weft::Offset{0});
   if (!log.ok()) __builtin_trap();  // an empty log opens whatever its epoch file holds
   weft::Result<std::vector<weft::EpochStart>> loaded = (*log)->load_epochs();
@@ -108,11 +78,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 1) return 0;
   const std::uint8_t mode = data[0];
   const std::span<const std::uint8_t> file(data + 1, size - 1);
-  const Directory dir;
+  weft::set_log_level(weft::LogLevel::kError);  // a bad file is logged: every input has one
+  const weft::fuzz::ScratchDir dir("/dev/shm/weft-checkpoint-fuzz-");  // a fresh one per input: the stores leave files
   if ((mode & 1) == 0) {
-    offsets_file(dir.path, file, (mode & 0x80) != 0);
+    offsets_file(dir.path(), file, (mode & 0x80) != 0);
   } else {
-    epoch_history(dir.path, file);
+    epoch_history(dir.path(), file);
   }
   return 0;
 }

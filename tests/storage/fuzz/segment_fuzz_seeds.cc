@@ -3,15 +3,12 @@
 // with a torn tail, so it starts from recovery's and the trusted open's happy paths.
 //
 // usage: segment_fuzz_seeds DIR
-#include <stdlib.h>
-
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "fuzz_files.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/storage/segment.h"
 
@@ -19,21 +16,12 @@ namespace {
 
 constexpr weft::Offset kBase{1000};
 
-std::vector<char> read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-bool write_seed(const std::string& path, std::uint8_t mode, const std::vector<char>& index, const std::vector<char>& time,
-                const std::vector<char>& log) {
-  std::ofstream out(path, std::ios::binary);
-  const char header[5] = {static_cast<char>(mode), static_cast<char>(index.size() & 0xFF), static_cast<char>(index.size() >> 8),
-                          static_cast<char>(time.size() & 0xFF), static_cast<char>(time.size() >> 8)};
-  out.write(header, 5);
-  out.write(index.data(), static_cast<std::streamsize>(index.size()));
-  out.write(time.data(), static_cast<std::streamsize>(time.size()));
-  out.write(log.data(), static_cast<std::streamsize>(log.size()));
-  return static_cast<bool>(out);
+// The fuzzer's input: mode, the two index sizes (u16, little-endian), then the three files.
+void write_seed(const std::string& path, std::uint8_t mode, std::span<const std::uint8_t> index, std::span<const std::uint8_t> time,
+                std::span<const std::uint8_t> log) {
+  const std::uint8_t header[5] = {mode, static_cast<std::uint8_t>(index.size() & 0xFF), static_cast<std::uint8_t>(index.size() >> 8),
+                                  static_cast<std::uint8_t>(time.size() & 0xFF), static_cast<std::uint8_t>(time.size() >> 8)};
+  weft::fuzz::write_file(path, {header, index, time, log});
 }
 
 }  // namespace
@@ -46,9 +34,8 @@ int main(int argc, char** argv) {
   const std::string out_dir = argv[1];
   int written = 0;
   for (int batches : {1, 8, 40}) {
-    char pattern[] = "/tmp/weft-segment-seeds-XXXXXX";
-    if (mkdtemp(pattern) == nullptr) return 1;
-    const std::string dir = pattern;
+    const weft::fuzz::ScratchDir scratch("/tmp/weft-segment-seeds-");
+    const std::string& dir = scratch.path();
     weft::storage::SegmentOptions options;
     options.direct_io = false;
     options.io_uring = false;
@@ -71,15 +58,15 @@ int main(int argc, char** argv) {
       }
       if (!segment->sync().ok() || !segment->sync_indexes().ok()) return 1;
     }
-    const std::vector<char> log = read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".log"));
-    const std::vector<char> index = read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".index"));
-    const std::vector<char> time = read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".timeindex"));
-    std::filesystem::remove_all(dir);
+    const std::vector<std::uint8_t> log = weft::fuzz::read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".log"));
+    const std::vector<std::uint8_t> index = weft::fuzz::read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".index"));
+    const std::vector<std::uint8_t> time = weft::fuzz::read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".timeindex"));
     if (index.size() > 0xFFFF || time.size() > 0xFFFF) return 1;
-    const std::vector<char> torn(log.begin(), log.begin() + static_cast<std::ptrdiff_t>(log.size() - log.size() / 7));
+    const std::span<const std::uint8_t> torn = std::span(log).first(log.size() - log.size() / 7);
     for (std::uint8_t mode = 0; mode < 3; ++mode) {
       const std::string name = out_dir + "/b" + std::to_string(batches) + "-m" + std::to_string(mode);
-      if (!write_seed(name, mode, index, time, log) || !write_seed(name + "-torn", mode, index, time, torn)) return 1;
+      write_seed(name, mode, index, time, log);
+      write_seed(name + "-torn", mode, index, time, torn);
       written += 2;
     }
   }

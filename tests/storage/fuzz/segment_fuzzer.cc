@@ -8,48 +8,20 @@
 // or trusted, from its indexes. What opens is then read through: every batch, offset and
 // timestamp lookups. Any crash, leak, out-of-bounds access, hang or undefined behaviour is a bug;
 // an error is the expected answer to a bad file.
-#include <fcntl.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
-#include <filesystem>
 #include <span>
 #include <string>
 
+#include "fuzz_files.h"
 #include "weft/fabric/log.h"
 #include "weft/storage/segment.h"
 
 namespace {
 
 constexpr weft::Offset kBase{1000};
-
-struct Directory {
-  std::string path;
-  Directory() {
-    weft::set_log_level(weft::LogLevel::kError);
-    char pattern[] = "/dev/shm/weft-segment-fuzz-XXXXXX";  // tmpfs: no disk I/O per input
-    if (mkdtemp(pattern) == nullptr) __builtin_trap();
-    path = pattern;
-  }
-  ~Directory() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-};
-
-void write_file(const std::string& path, std::span<const std::uint8_t> bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) __builtin_trap();
-  for (std::size_t done = 0; done < bytes.size();) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) __builtin_trap();
-    done += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-}
 
 std::uint64_t touch(std::span<const std::byte> bytes) {
   std::uint64_t sum = 0;
@@ -81,7 +53,8 @@ void read_through(weft::storage::Segment& segment) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  static Directory dir;
+  static const weft::fuzz::ScratchDir dir("/dev/shm/weft-segment-fuzz-");  // tmpfs: no disk I/O per input
+  weft::set_log_level(weft::LogLevel::kError);  // a bad file is logged: most inputs have one
   if (size < 5) return 0;
   const std::uint8_t mode = data[0] % 3;
   std::size_t index_bytes = static_cast<std::size_t>(data[1]) | static_cast<std::size_t>(data[2]) << 8;
@@ -94,12 +67,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::span<const std::uint8_t> time_index = rest.first(time_bytes);
   const std::span<const std::uint8_t> log = rest.subspan(time_bytes);
 
-  const std::string log_path = dir.path + "/" + weft::storage::segment_file_name(kBase, ".log");
-  const std::string index_path = dir.path + "/" + weft::storage::segment_file_name(kBase, ".index");
-  const std::string time_path = dir.path + "/" + weft::storage::segment_file_name(kBase, ".timeindex");
-  write_file(log_path, log);
-  write_file(index_path, index);
-  write_file(time_path, time_index);
+  const std::string log_path = dir.path() + "/" + weft::storage::segment_file_name(kBase, ".log");
+  const std::string index_path = dir.path() + "/" + weft::storage::segment_file_name(kBase, ".index");
+  const std::string time_path = dir.path() + "/" + weft::storage::segment_file_name(kBase, ".timeindex");
+  weft::fuzz::write_file(log_path, {log});
+  weft::fuzz::write_file(index_path, {index});
+  weft::fuzz::write_file(time_path, {time_index});
 
   weft::storage::SegmentOptions options;
   options.direct_io = false;  // tmpfs
@@ -107,9 +80,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   options.index_interval_bytes = 256;
   weft::storage::SegmentRecovery recovery;
   weft::Result<weft::storage::Segment> segment =
-      mode == 0   ? weft::storage::Segment::open(dir.path, kBase, true, &recovery, options)
-      : mode == 1 ? weft::storage::Segment::open(dir.path, kBase, false, &recovery, options)
-                  : weft::storage::Segment::open_trusted(dir.path, kBase, &recovery, options);
+      mode == 0   ? weft::storage::Segment::open(dir.path(), kBase, true, &recovery, options)
+      : mode == 1 ? weft::storage::Segment::open(dir.path(), kBase, false, &recovery, options)
+                  : weft::storage::Segment::open_trusted(dir.path(), kBase, &recovery, options);
   if (segment.ok()) read_through(*segment);
   ::unlink(log_path.c_str());
   ::unlink(index_path.c_str());
