@@ -767,10 +767,10 @@ Result<PartitionLog*> Node::partition_log(std::string_view name, std::uint32_t p
   return log;
 }
 
-Result<LogSlice> Node::open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) const {
+Result<LogSlice> Node::open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset, Offset until) const {
   std::shared_ptr<Topic> keep;
   WEFT_TRY(PartitionLog * log, partition_log(topic, partition, keep));
-  return log->slice(offset);
+  return log->slice(offset, until);
 }
 
 Result<Offset> Node::log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const {

@@ -291,7 +291,7 @@ Result<std::size_t> SegmentLog::read(Offset offset, std::span<std::byte> out) co
   return segment->read(position, out);
 }
 
-Result<LogSlice> SegmentLog::slice(Offset offset) {
+Result<LogSlice> SegmentLog::slice(Offset offset, Offset until) {
   std::lock_guard lock(mutex_);
   if (removed_) return Error{Errc::kNotFound, "the log at " + dir_ + " " + refusal_};
   const Offset start = segments_.front()->base_offset();
@@ -308,6 +308,14 @@ Result<LogSlice> SegmentLog::slice(Offset offset) {
   }
   slice.end = segment->written_bytes();
   slice.end_offset = segment->next_offset();
+  if (until < slice.end_offset && offset < until) {
+    // The batch reaching `until` starts the part not served: found as any lookup is, every
+    // header on the way checked (a damaged one is kCorrupt, never a wrong bound).
+    WEFT_TRY(slice.end, segment->find(std::max(until, segment->base_offset())));
+    slice.end_offset = until;
+  } else if (until <= offset) {
+    slice.end = slice.position;
+  }
   // Opened anew, read-only: the reader may be another process, and must not get a writable file.
   slice.file = UniqueFd(::open(segment->log_path().c_str(), O_RDONLY | O_CLOEXEC));
   if (!slice.file.valid()) return os_error(Errc::kIo, "opening " + segment->log_path(), errno);

@@ -523,7 +523,7 @@ class MemoryLog final : public PartitionLog {
     return next_;
   }
   Result<std::size_t> read(Offset, std::span<std::byte>) const override { return Error{Errc::kUnsupported, "not in this test"}; }
-  Result<LogSlice> slice(Offset offset) override {
+  Result<LogSlice> slice(Offset offset, Offset until) override {
     std::lock_guard lock(mutex_);
     const Offset start = batches_.empty() ? next_ : batches_.front().base;
     if (offset == kEarliestOffset) offset = start;
@@ -537,6 +537,11 @@ class MemoryLog final : public PartitionLog {
         break;
       }
     slice.end = size_;
+    for (const Entry& e : batches_)
+      if (e.last >= until) {
+        slice.end = std::max(slice.position, e.position);
+        break;
+      }
     slice.file = UniqueFd(open(("/proc/self/fd/" + std::to_string(fd_.get())).c_str(), O_RDONLY | O_CLOEXEC));
     if (!slice.file.valid()) return Error{Errc::kIo, "reopening the memfd"};
     return slice;

@@ -825,7 +825,7 @@ class FailingSyncLog final : public PartitionLog {
   Offset start_offset() const override { return log_->start_offset(); }
   Offset next_offset() const override { return log_->next_offset(); }
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override { return log_->read(offset, out); }
-  Result<LogSlice> slice(Offset offset) override { return log_->slice(offset); }
+  Result<LogSlice> slice(Offset offset, Offset until) override { return log_->slice(offset, until); }
   Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) override { return log_->offset_for_timestamp(timestamp_ms); }
   Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override {
     return log_->apply_retention(max_bytes, max_age_ms, now_ms);

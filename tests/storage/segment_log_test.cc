@@ -315,17 +315,63 @@ TEST(SegmentLog, ADamagedHeaderInATrustedSegmentIsAnErrorNeverAnotherAnswer) {
       }
       EXPECT_GT(refused, 0) << "the damage was noticed";
       for (std::int64_t o = 0; o < end; o += 7) {
-        Result<LogSlice> slice = damaged->slice(Offset{o});
-        Result<LogSlice> good = intact->slice(Offset{o});
-        ASSERT_TRUE(good.ok());
-        if (slice.ok()) {
-          ASSERT_EQ(slice->position, good->position) << o;
-        } else {
-          ASSERT_EQ(slice.error().code, Errc::kCorrupt) << o;
+        // Bounded or not: a bound is found by the same checked walk as a start.
+        for (const Offset until : {kLogEnd, Offset{o + 37}}) {
+          Result<LogSlice> slice = damaged->slice(Offset{o}, until);
+          Result<LogSlice> good = intact->slice(Offset{o}, until);
+          ASSERT_TRUE(good.ok());
+          if (slice.ok()) {
+            ASSERT_EQ(slice->position, good->position) << o;
+            ASSERT_EQ(slice->end, good->end) << o;
+          } else {
+            ASSERT_EQ(slice.error().code, Errc::kCorrupt) << o;
+          }
         }
       }
     }
   }
+}
+
+// A replicated partition's Kafka fetch serves its log only below the high watermark.
+TEST(SegmentLog, ASliceBoundedByAnOffsetHoldsOnlyTheBatchesThatEndBelowIt) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  const std::int64_t end = fill(*log, 0, 200);
+  ASSERT_GE(log->segment_count(), 3u);
+  int bounded = 0;
+  for (std::int64_t o = 0; o < end; o += 5) {
+    for (const std::int64_t until : {o, o + 1, o + 3, o + 9, o + 60, end, end + 5}) {
+      SCOPED_TRACE("offset " + std::to_string(o) + " until " + std::to_string(until));
+      Result<LogSlice> whole = log->slice(Offset{o}, kLogEnd);
+      Result<LogSlice> slice = log->slice(Offset{o}, Offset{until});
+      ASSERT_TRUE(slice.ok()) << slice.error().message;
+      ASSERT_EQ(slice->position, whole->position);
+      ASSERT_LE(slice->end, whole->end);
+      if (until <= o) {
+        EXPECT_EQ(slice->end, slice->position) << "nothing below the bound from there";
+        continue;
+      }
+      // Every batch in the slice ends below the bound, and the one after it (in this segment) does not.
+      std::vector<std::byte> bytes(whole->end - whole->position);
+      ASSERT_EQ(::pread(whole->file.get(), bytes.data(), bytes.size(), static_cast<off_t>(whole->position)), static_cast<ssize_t>(bytes.size()));
+      std::uint64_t at = 0;
+      while (at < slice->end - slice->position) {
+        const BatchView batch = BatchView::parse(std::span(bytes).subspan(at)).value();
+        EXPECT_LT(batch.last_offset().value, until);
+        EXPECT_LT(batch.last_offset(), slice->end_offset);
+        at += batch.bytes().size();
+      }
+      ASSERT_EQ(at, slice->end - slice->position) << "the bound is a batch boundary";
+      if (slice->end < whole->end) {
+        ++bounded;
+        EXPECT_EQ(slice->end_offset, Offset{until});
+        EXPECT_GE(BatchView::parse(std::span(bytes).subspan(at)).value().last_offset().value, until);
+      } else {
+        EXPECT_EQ(slice->end_offset, whole->end_offset);
+      }
+    }
+  }
+  EXPECT_GT(bounded, 100) << "the bounds fell inside the slices";
 }
 
 TEST(SegmentLog, ReadsMayComeFromAnotherThreadWhileItAppends) {

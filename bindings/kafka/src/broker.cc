@@ -883,8 +883,8 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
           }
           // A batch not taken is given back: the next fetch starts at it. (A seek would walk from
           // the ring's reuse limit, and a parked fetch looks again on every listener wake-up.)
-          if (batch.base_offset >= limit) {
-            p.reader->unread(batch);  // past the high watermark: a later fetch
+          if (batch.base_offset.value + batch.records > limit.value) {
+            p.reader->unread(batch);  // reaches the high watermark: a later fetch
             break;
           }
           if (!read.bytes.empty() && read.bytes.size() + batch.bytes.size() > max_bytes) {
@@ -919,7 +919,8 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
     read.error = error::kOffsetOutOfRange;  // lapped: the ring no longer holds it and there is no log
     return read;
   }
-  Result<LogSlice> slice = node_.open_log_slice(t.name, partition, Offset{offset});
+  // The log may hold batches past the high watermark: the slice stops before the first of them.
+  Result<LogSlice> slice = node_.open_log_slice(t.name, partition, Offset{offset}, visible ? limit : kLogEnd);
   if (!slice.ok()) {
     read.error = slice.error().code == Errc::kOutOfRange ? error::kOffsetOutOfRange : error::kKafkaStorageError;
     if (read.error == error::kKafkaStorageError)
@@ -927,33 +928,7 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
     return read;
   }
   if (slice->end <= slice->position) return read;
-  std::uint64_t slice_end = slice->end;
-  if (visible && limit < end) {
-    // The log may hold batches past the high watermark: stop before the first of them.
-    std::uint64_t at = slice->position;
-    std::byte head[12];  // base offset and batch length
-    std::int64_t after = -1;  // the base offset before: each must be larger
-    while (at < slice_end && at - slice->position < max_bytes) {
-      if (::pread(slice->file.get(), head, sizeof head, static_cast<off_t>(at)) != static_cast<ssize_t>(sizeof head)) break;
-      const std::int64_t base = wire::load_be64(head);
-      const std::uint64_t total = static_cast<std::uint32_t>(wire::load_be32(head + batch_field::kBatchLength)) + std::uint64_t{kBatchLogOverhead};
-      // Outside the batch's CRC, so a damaged file can say anything here: a length that does not
-      // move on (the walk would stand still or go back) or offsets that do not rise.
-      if (total < kBatchHeaderBytes || base <= after) {
-        log(LogLevel::kError, "kafka: a damaged batch header in a partition's log",
-            {{"topic", t.name}, {"partition", std::to_string(partition)}, {"byte", std::to_string(at)}, {"base_offset", std::to_string(base)}});
-        read.error = error::kKafkaStorageError;
-        return read;
-      }
-      if (base >= limit.value) {
-        slice_end = at;
-        break;
-      }
-      after = base;
-      at += total;
-    }
-    if (slice_end <= slice->position) return read;
-  }
+  const std::uint64_t slice_end = slice->end;
   std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(slice_end - slice->position, max_bytes));
   // The first batch goes whole even past the limits (KIP-74), so a large batch never stalls.
   std::byte header[kBatchLogOverhead];

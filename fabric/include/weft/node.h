@@ -160,8 +160,9 @@ class Node {
   Result<TopicInfo> describe_topic(std::string_view name) const;
   Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) const;
   // For readers behind the ring: where `offset` (or kEarliestOffset) lies in the partition's log.
-  // kUnsupported when the partition has no log; kOutOfRange before the log's start.
-  Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset) const;
+  // kUnsupported when the partition has no log; kOutOfRange before the log's start. The slice
+  // holds no batch that reaches `until` (PartitionLog::slice).
+  Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset, Offset until = kLogEnd) const;
   // The first offset in the partition's log with a timestamp at or after `timestamp_ms`
   // (kNotFound: none in the log; the ring may hold later ones). kUnsupported: no log.
   Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const;

@@ -26,6 +26,7 @@ struct LogSlice {
   Offset end_offset{INT64_MAX};
 };
 inline constexpr Offset kEarliestOffset{-2};
+inline constexpr Offset kLogEnd{INT64_MAX};  // a slice bound: up to what the log holds
 
 // What a retention pass deleted.
 struct RetentionOutcome {
@@ -80,8 +81,10 @@ class PartitionLog {
   // batch is larger than `out`.
   virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) const = 0;
   // Where `offset` (or kEarliestOffset) lies, as a file the caller reads. kOutOfRange before
-  // start_offset() (the message names it); at next_offset() an empty slice.
-  virtual Result<LogSlice> slice(Offset offset) = 0;
+  // start_offset() (the message names it); at next_offset() an empty slice. The slice stops
+  // before the first batch whose last offset is at or after `until` (a replicated partition's
+  // high watermark: what followers do not all hold yet is not served); kLogEnd: no bound.
+  virtual Result<LogSlice> slice(Offset offset, Offset until) = 0;
   // The offset of the first batch whose max timestamp is at or after `timestamp_ms` (the time
   // index, then a scan); kNotFound when no batch is that late.
   virtual Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) = 0;
