@@ -231,6 +231,7 @@ class Consumer {
   PollStatus read_frame(RingBatch& out) noexcept;
   PollStatus mark_lapped() noexcept;
   PollStatus park(RingBatch& out, std::int64_t deadline_ns) noexcept;
+  void pause_after_data() noexcept;
   void publish_position(std::uint64_t in_use_from) noexcept;
   Ring ring_;
   ring_layout::ConsumerSlot* slot_;
@@ -239,7 +240,12 @@ class Consumer {
   Offset lapped_offset_;
   Offset skip_below_{-1};  // seek() into the middle of a batch still delivers it whole
   std::uint64_t aborted_skipped_ = 0;
-  std::uint32_t backoff_pauses_ = 0;
+  // The pause a spinning reader takes on catching up right after data (ring.cc says why).
+  std::uint64_t frames_read_ = 0;      // batches delivered, for the stream's pace
+  std::uint64_t frames_at_pause_ = 0;  // frames_read_ at the last pause
+  std::int64_t last_pause_ns_ = 0;
+  std::uint32_t pause_shift_ = 0;      // the pause is the base pause << this
+  bool data_since_pause_ = false;
   std::uint64_t hold_ = ~0ull;  // published positions never pass it
   bool lapped_ = false;
   bool caught_up_ = false;
