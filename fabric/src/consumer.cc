@@ -371,8 +371,9 @@ struct TopicConsumer::State {
         whole += static_cast<std::size_t>(total);
       }
       if (whole == head) {
-        // One batch larger than the buffer: grow to it (within reason), or give up on the file.
-        if (first_batch < kBatchHeaderBytes || first_batch > (std::uint64_t{1} << 30) || first_batch + head + kDirectReadAlign <= c.capacity)
+        // One batch larger than the buffer: grow to it, or give up on the file. Its length lies
+        // outside the CRC, so it is believed only as far as the segment holds bytes after it.
+        if (first_batch < kBatchHeaderBytes || first_batch > c.slice.end - c.slice.position || first_batch + head + kDirectReadAlign <= c.capacity)
           return Error{Errc::kCorrupt, "a batch in the log of '" + a.topic + "' partition " + std::to_string(a.partition) +
                                            " has an impossible length at byte " + std::to_string(c.slice.position)};
         wanted = static_cast<std::size_t>(first_batch) + head + kDirectReadAlign;

@@ -3,6 +3,7 @@
 // no gap or duplicate, retention with its "out of range", time lookups through the time index,
 // and consumer groups' committed offsets across a restart.
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -341,6 +343,63 @@ TEST(ColdReads, ADamagedBaseOffsetInATrustedSegmentIsSkippedWithANoticeNotMisrea
       if (o < lost_from || o >= lost_from + lost_records) expected.push_back(o);
     EXPECT_EQ(read.offsets, expected);
     EXPECT_EQ(std::count(read.notices.begin(), read.notices.end(), PollNotice::Kind::kCorrupt), 1);
+  }
+}
+
+// A batch's length lies outside its CRC too. A consumer reading a segment with one length
+// damaged gets the records before it and then a kCorrupt error naming it, and never sizes its
+// read buffers by the damaged length: no batch is longer than the segment holds after it.
+TEST(ColdReads, ADamagedBatchLengthIsAnErrorAndNeverSizesTheReadBuffer) {
+  for (const std::uint32_t damaged_length : {std::uint32_t{400} << 20, std::uint32_t{0x7fffffff}, std::uint32_t{3}}) {
+    SCOPED_TRACE("batch length written: " + std::to_string(damaged_length));
+    TempDir dir;
+    fill_kept_and_stop(dir);
+    std::vector<std::filesystem::path> segments;
+    for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/data/kept-0"))
+      if (entry.path().extension() == ".log") segments.push_back(entry.path());
+    std::sort(segments.begin(), segments.end());
+    ASSERT_GE(segments.size(), 4u);
+    const std::vector<std::uint64_t> starts = test::batch_starts(segments[1].string());
+    ASSERT_GE(starts.size(), 3u);
+    std::int64_t damaged_base = -1;
+    {
+      std::fstream f(segments[1], std::ios::in | std::ios::out | std::ios::binary);
+      std::byte header[kBatchHeaderBytes];
+      f.seekg(static_cast<std::streamoff>(starts[starts.size() / 2]));
+      f.read(reinterpret_cast<char*>(header), sizeof header);
+      damaged_base = wire::load_be64(header + batch_field::kBaseOffset);
+      wire::store_be32(header + batch_field::kBatchLength, static_cast<std::int32_t>(damaged_length));
+      f.seekp(static_cast<std::streamoff>(starts[starts.size() / 2]));
+      f.write(reinterpret_cast<const char*>(header), batch_field::kBatchLength + 4);
+    }
+    auto node = Node::start(options_for(dir.path())).value();
+    auto client = Client::embedded(*node);
+    const std::size_t mapped_before = mallinfo2().hblkhd;
+    TopicConsumer consumer = TopicConsumer::create(client).value();
+    ASSERT_TRUE(consumer.assign("kept", {0}, SeekTo::earliest()).ok());
+    std::vector<std::int64_t> offsets;
+    std::optional<Error> failed;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    for (int polls = 0; !failed && polls < 100'000 && std::chrono::steady_clock::now() < deadline; ++polls) {
+      Result<PollResult> polled = consumer.poll(10);
+      if (!polled.ok()) {
+        failed = polled.error();
+        break;
+      }
+      for (const ConsumedRecord& r : polled->records) {
+        offsets.push_back(r.offset.value);
+        EXPECT_EQ(std::string(reinterpret_cast<const char*>(r.value->data()), r.value->size()), value_of(r.offset.value));
+      }
+    }
+    // The records before the damaged batch, in order, then the error
+    ASSERT_EQ(offsets.size(), static_cast<std::size_t>(damaged_base));
+    expect_contiguous(offsets, 0);
+    ASSERT_TRUE(failed) << "the damage was reported";
+    EXPECT_EQ(failed->code, Errc::kCorrupt);
+    EXPECT_NE(failed->message.find("impossible length"), std::string::npos) << failed->message;
+    // And the read buffers stayed the size of real batches (glibc's count of mmapped blocks,
+    // where allocations of 128 KiB and more go; 0 under the sanitizers' allocators)
+    EXPECT_LT(mallinfo2().hblkhd, mapped_before + (std::size_t{64} << 20));
   }
 }
 
