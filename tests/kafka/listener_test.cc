@@ -2,7 +2,11 @@
 // built field by field from Kafka's message schemas, responses read back field by field to the
 // last byte), byte-exact vectors, a table of malformed frames, and the limits.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <thread>
@@ -473,6 +477,32 @@ TEST_F(KafkaListenerTest, AParkedFetchIsAnsweredWhenAnotherConnectionProduces) {
   EXPECT_EQ(hex(a.records), hex(stored(b, 0)));
 }
 
+// Fetches partition 0 of `topic` from offset 0 up to `end` in fetches of `max_bytes`, appending
+// the batches to `read` (whole batches only: a trailing partial one is read again, as clients do).
+void fetch_all(KafkaClient& c, std::string_view topic, std::int64_t end, std::int32_t max_bytes, std::string& read) {
+  std::int64_t offset = 0;
+  for (int i = 0; i < 1000 && offset < end; ++i) {
+    std::optional<std::string> body = c.call(kFetch, 4, false, fetch_request(4, topic, 0, offset, 0, max_bytes));
+    ASSERT_TRUE(body);
+    const FetchAnswer a = read_fetch(4, *body);
+    ASSERT_EQ(a.error, 0);
+    std::size_t at = 0;
+    while (at + kBatchLogOverhead <= a.records.size()) {
+      const auto* p = reinterpret_cast<const std::byte*>(a.records.data() + at);
+      const std::size_t size = static_cast<std::size_t>(wire::load_be32(p + batch_field::kBatchLength)) + kBatchLogOverhead;
+      if (at + size > a.records.size()) break;
+      Result<BatchView> view = BatchView::parse(std::span<const std::byte>(p, size));
+      ASSERT_TRUE(view.ok()) << view.error().message;
+      if (view->last_offset().value >= offset) {
+        read.append(a.records, at, size);
+        offset = view->last_offset().value + 1;
+      }
+      at += size;
+    }
+  }
+  EXPECT_EQ(offset, end);
+}
+
 TEST_F(KafkaListenerTest, FetchReadsSegmentFilesOnceTheRingMovedOn) {
   start({}, std::size_t{64} << 10);  // a small ring: most of what is produced is only in the log
   ASSERT_TRUE(node_->create_topic("old").ok());
@@ -489,29 +519,54 @@ TEST_F(KafkaListenerTest, FetchReadsSegmentFilesOnceTheRingMovedOn) {
   }
   // Everything comes back, in fetches of at most 16 KiB, starting in the segment files.
   std::string read;
-  std::int64_t offset = 0;
-  for (int i = 0; i < 1000 && offset < next; ++i) {
-    std::optional<std::string> body = c.call(kFetch, 4, false, fetch_request(4, "old", 0, offset, 0, 16 << 10));
-    ASSERT_TRUE(body);
-    const FetchAnswer a = read_fetch(4, *body);
-    ASSERT_EQ(a.error, 0);
-    // Whole batches only count; a trailing partial one is read again (as clients do).
-    std::size_t at = 0;
-    while (at + kBatchLogOverhead <= a.records.size()) {
-      const auto* p = reinterpret_cast<const std::byte*>(a.records.data() + at);
-      const std::size_t size = static_cast<std::size_t>(wire::load_be32(p + batch_field::kBatchLength)) + kBatchLogOverhead;
-      if (at + size > a.records.size()) break;
-      Result<BatchView> view = BatchView::parse(std::span<const std::byte>(p, size));
-      ASSERT_TRUE(view.ok()) << view.error().message;
-      if (view->last_offset().value >= offset) {
-        read.append(a.records, at, size);
-        offset = view->last_offset().value + 1;
-      }
-      at += size;
-    }
-  }
-  EXPECT_EQ(offset, next);
+  ASSERT_NO_FATAL_FAILURE(fetch_all(c, "old", next, 16 << 10, read));
   EXPECT_TRUE(read == all) << "the fetched bytes differ from the produced ones";
+}
+
+// A fetch from a segment the page cache does not hold is read ahead while the loop serves others,
+// then sent whole: the listener never waits on the disk inside its loop for it.
+TEST_F(KafkaListenerTest, AFetchFromAColdSegmentIsReadAheadThenSent) {
+  ASSERT_TRUE(node_->create_topic("cold").ok());  // 1 MiB ring: most of what follows is only in the log
+  KafkaClient c(port());
+  std::string all;
+  std::int64_t next = 0;
+  const std::string value(1000, 'c');
+  for (int i = 0; i < 48; ++i) {
+    std::vector<std::byte> out(64 << 10);
+    BatchBuilder builder(out);
+    for (int r = 0; r < 60; ++r) {
+      RecordInput record;
+      record.value = test::as_bytes(value);
+      record.timestamp_ms = 1'700'000'000'000 + next + r;
+      ASSERT_TRUE(builder.append(record));
+    }
+    const std::span<std::byte> b = builder.finish();
+    const std::string bytes(reinterpret_cast<const char*>(b.data()), b.size());
+    std::optional<std::string> body = c.call(kProduce, 7, false, produce_request(7, "cold", 0, bytes));
+    ASSERT_TRUE(body);
+    ASSERT_EQ(read_produce(7, *body).error, 0);
+    all += stored(bytes, next);
+    next += 60;
+  }
+  // The segment leaves the page cache (written back first: dirty pages would stay).
+  bool evicted = false;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path() + "/data/cold-0")) {
+    if (entry.path().extension() != ".log") continue;
+    UniqueFd file(::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(file.valid());
+    ASSERT_EQ(::fdatasync(file.get()), 0);
+    ASSERT_EQ(::posix_fadvise(file.get(), 0, 0, POSIX_FADV_DONTNEED), 0);
+    std::byte probe;
+    iovec v{&probe, 1};
+    evicted = ::preadv2(file.get(), &v, 1, 1 << 20, RWF_NOWAIT) < 0 && errno == EAGAIN;
+  }
+  if (!evicted) GTEST_SKIP() << "this file system keeps the segment in memory (tmpfs?): no cold read to test";
+  // Everything comes back, in fetches of up to 1 MiB from the cold segment
+  std::string read;
+  ASSERT_NO_FATAL_FAILURE(fetch_all(c, "cold", next, 1 << 20, read));
+  EXPECT_TRUE(read == all) << "the fetched bytes differ from the produced ones";
+  // And the first cold region was read ahead rather than waited for in the loop
+  EXPECT_GE(listener_->stats().fetch_disk_waits, 1u);
 }
 
 std::string list_offsets_request(std::int16_t v, std::string_view topic, std::int64_t timestamp) {

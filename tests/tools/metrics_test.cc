@@ -149,6 +149,7 @@ TEST(RenderMetrics, KafkaCountersForEveryServedApi) {
                                  "# TYPE weft_kafka_connections gauge", "weft_kafka_connections 1",
                                  "weft_kafka_connections_accepted_total 3", "weft_kafka_connections_refused_total 0",
                                  "weft_kafka_connections_closed_bad_request_total 0", "weft_kafka_connections_closed_idle_total 0",
+                                 "weft_kafka_fetch_disk_waits_total 0",
                                  "weft_kafka_bytes_in_total 300", "weft_kafka_bytes_out_total 200", "weft_kafka_records_in_total 12"})
     EXPECT_TRUE(has_line(page, line)) << line << "\n" << page;
   EXPECT_TRUE(lines_starting(page, "weft_kafka_requests_total{api=\"Unknown\"}").empty());

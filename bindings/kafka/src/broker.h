@@ -32,6 +32,7 @@ struct OutChunk {
   std::uint64_t file_offset = 0;
   std::size_t file_bytes = 0;
   std::size_t sent = 0;
+  std::uint64_t advised_to = 0;  // the file is being read ahead up to here (the listener's flush)
   std::size_t size() const noexcept { return file ? file_bytes : bytes.size(); }
 };
 

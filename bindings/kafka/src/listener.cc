@@ -9,9 +9,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -41,7 +44,15 @@ constexpr std::uint64_t kWakeTag = 1;
 constexpr std::size_t kReadChunk = 256 * 1024;
 constexpr std::size_t kMaxQueuedResponseBytes = std::size_t{8} << 20;  // stop reading requests past it
 constexpr std::size_t kMinFrameBytes = 10;
-constexpr std::size_t kMaxPipelined = 64;  // produces in flight per connection  // api key, version, correlation id, client id length
+constexpr std::size_t kMaxPipelined = 64;  // produces in flight per connection
+// A segment region goes out in sendfile calls of what the page cache holds of its next window,
+// looked at in steps: what is not read in yet is read ahead while the loop serves other
+// connections, instead of sendfile waiting on the disk inside the loop, and what is read in goes
+// out meanwhile (the read and the send overlap, as inside a blocking sendfile).
+constexpr std::size_t kSendfileWindow = std::size_t{1} << 20;
+constexpr std::size_t kCacheCheckStep = std::size_t{128} << 10;
+constexpr std::int64_t kDiskWaitCheckNs = 20'000;    // how often a connection waiting on the disk looks again
+constexpr std::int64_t kMaxDiskWaitNs = 50'000'000;  // then it sends anyway: pages the cache keeps dropping
 
 struct Connection {
   std::uint64_t id = 0;
@@ -73,9 +84,45 @@ struct Connection {
   bool busy() const noexcept { return !pending.empty(); }
   std::int64_t last_active_ms = 0;
   std::uint32_t events = 0;  // registered with epoll
+  std::int64_t disk_wait_since_ns = 0;  // the front file region is being read ahead (0: not waiting)
 };
 
 std::int64_t now_ms() { return monotonic_ns() / 1'000'000; }
+
+// Whether every page of [offset, offset + length) is in the page cache, by cachestat(2) (Linux
+// 6.5), which leaves the file's read-ahead state alone (a RWF_NOWAIT read would start a small
+// read of its own and reset it). A kernel without it says yes: sendfile then behaves as it
+// always did. The numbers are the kernel's ABI (the same on every architecture); Debian 12's
+// headers predate them.
+bool in_page_cache(int file, std::uint64_t offset, std::uint64_t length) {
+  struct Range {
+    std::uint64_t offset, length;
+  } range{offset, length};
+  struct Stat {
+    std::uint64_t cached, dirty, writeback, evicted, recently_evicted;
+  } stat{};
+  constexpr long kCachestat = 451;
+  static std::atomic<bool> missing{false};
+  if (missing.load(std::memory_order_relaxed)) return true;  // relaxed: a hint, set once
+  if (::syscall(kCachestat, file, &range, &stat, 0) != 0) {
+    if (errno == ENOSYS) missing.store(true, std::memory_order_relaxed);
+    return true;
+  }
+  const std::uint64_t page = 4096;
+  const std::uint64_t pages = (offset + length + page - 1) / page - offset / page;
+  return stat.cached >= pages;
+}
+
+// How much of [offset, offset + length) from its start is in the page cache, in whole steps.
+std::uint64_t cached_prefix(int file, std::uint64_t offset, std::uint64_t length) {
+  std::uint64_t ready = 0;
+  while (ready < length) {
+    const std::uint64_t step = std::min<std::uint64_t>(kCacheCheckStep, length - ready);
+    if (!in_page_cache(file, offset + ready, step)) break;
+    ready += step;
+  }
+  return ready;
+}
 
 std::size_t latency_bucket(std::int64_t micros) {
   if (micros <= 0) return 0;
@@ -116,17 +163,23 @@ struct KafkaListener::Impl {
   void update_interest(Connection& c);
   void close(Connection& c, std::string_view why, bool bad_request);
   void resume_parked(std::int64_t now_ns);
+  void resume_disk_waits();
 };
 
 void KafkaListener::Impl::run() {
   epoll_event events[64];
   while (!stopping.load(std::memory_order_relaxed)) {
     bool any_parked = false;
-    for (auto& [id, c] : connections)
+    bool any_disk_wait = false;
+    for (auto& [id, c] : connections) {
       if (c->busy()) any_parked = true;
+      if (c->disk_wait_since_ns != 0) any_disk_wait = true;
+    }
     timespec timeout{1, 0};
-    if (any_parked) {
-      timeout = {0, static_cast<long>(std::max<std::int64_t>(options.poll_interval_us, 10) * 1000)};
+    if (any_parked || any_disk_wait) {
+      std::int64_t ns = any_parked ? std::max<std::int64_t>(options.poll_interval_us, 10) * 1000 : kDiskWaitCheckNs;
+      if (any_disk_wait) ns = std::min(ns, kDiskWaitCheckNs);
+      timeout = {0, static_cast<long>(ns)};
     } else if (const auto deadline = broker->next_group_deadline_ms()) {
       const std::int64_t wait = std::clamp<std::int64_t>(*deadline - now_ms(), 0, 1000);
       timeout = {0, static_cast<long>(wait * 1'000'000)};
@@ -156,6 +209,7 @@ void KafkaListener::Impl::run() {
       last_tick_ms = now;
     }
     resume_parked(now_ns);
+    if (any_disk_wait) resume_disk_waits();
     if (now - last_idle_check_ms >= 1000) {
       last_idle_check_ms = now;
       std::vector<Connection*> idle;
@@ -425,14 +479,49 @@ void KafkaListener::Impl::resume_parked(std::int64_t now_ns) {
   }
 }
 
+void KafkaListener::Impl::resume_disk_waits() {
+  std::vector<std::uint64_t> ids;
+  for (auto& [id, c] : connections)
+    if (c->disk_wait_since_ns != 0) ids.push_back(id);
+  for (std::uint64_t id : ids) {
+    auto it = connections.find(id);
+    if (it == connections.end()) continue;
+    Connection& c = *it->second;
+    if (!flush(c)) continue;  // closed
+    if (!c.blocked()) process(c);  // as after EPOLLOUT: requests waiting in the buffer go on
+    if (connections.find(id) != connections.end()) update_interest(c);
+  }
+}
+
 bool KafkaListener::Impl::flush(Connection& c) {
   std::size_t sent_total = 0;
   while (!c.out.empty()) {
     OutChunk& chunk = c.out.front();
     ssize_t sent = 0;
     if (chunk.file) {
-      off_t offset = static_cast<off_t>(chunk.file_offset + chunk.sent);
-      sent = ::sendfile(c.fd.get(), chunk.file->get(), &offset, chunk.file_bytes - chunk.sent);
+      const int file = chunk.file->get();
+      const std::uint64_t at = chunk.file_offset + chunk.sent;
+      const std::size_t window = std::min(chunk.file_bytes - chunk.sent, kSendfileWindow);
+      std::size_t ready = window == 0 ? 0 : static_cast<std::size_t>(cached_prefix(file, at, window));
+      if (ready < window && chunk.advised_to < at + window) {
+        // Read the rest in now, and the window after it: it is then on its way while this is sent.
+        const std::uint64_t to = std::min<std::uint64_t>(chunk.file_offset + chunk.file_bytes, at + 2 * kSendfileWindow);
+        (void)::posix_fadvise(file, static_cast<off_t>(at + ready), static_cast<off_t>(to - at - ready), POSIX_FADV_WILLNEED);
+        chunk.advised_to = to;
+      }
+      if (window > 0 && ready == 0) {
+        const std::int64_t now = monotonic_ns();
+        if (c.disk_wait_since_ns == 0) {
+          c.disk_wait_since_ns = now;
+          std::lock_guard lock(stats_mutex);
+          ++stats.fetch_disk_waits;
+        }
+        if (now - c.disk_wait_since_ns < kMaxDiskWaitNs) break;  // resume_disk_waits looks again
+        ready = window;  // waited long enough: the disk, then
+      }
+      c.disk_wait_since_ns = 0;
+      off_t offset = static_cast<off_t>(at);
+      sent = ::sendfile(c.fd.get(), file, &offset, ready);
       if (sent == 0 && chunk.sent < chunk.file_bytes) {
         // The file is shorter than the region (truncated meanwhile): the frame cannot be finished.
         close(c, "a segment file ended early while it was being sent", false);
@@ -484,7 +573,7 @@ bool KafkaListener::Impl::flush(Connection& c) {
 void KafkaListener::Impl::update_interest(Connection& c) {
   std::uint32_t want = EPOLLRDHUP;
   if (!c.blocked() && c.pending.size() < kMaxPipelined && c.out_bytes < kMaxQueuedResponseBytes) want |= EPOLLIN;
-  if (!c.out.empty()) want |= EPOLLOUT;
+  if (!c.out.empty() && c.disk_wait_since_ns == 0) want |= EPOLLOUT;  // not while the disk is read
   if (want == c.events) return;
   epoll_event ev{};
   ev.events = want;
@@ -536,6 +625,8 @@ Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaLis
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] {
     name_this_thread("weft-kafka");
+    // The default 50 µs timer slack would stretch the short looks at a region being read in.
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
     raw->run();
   });
   log(LogLevel::kInfo, "kafka listener ready",

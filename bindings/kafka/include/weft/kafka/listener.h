@@ -72,6 +72,9 @@ struct KafkaListenerStats {
   std::uint64_t connections_refused = 0;  // over max_connections
   std::uint64_t connections_closed_bad_request = 0;  // malformed, oversized or unsupported frames
   std::uint64_t connections_closed_idle = 0;
+  // Fetch responses whose segment region was not in the page cache: read ahead while the loop
+  // served others, instead of sendfile waiting on the disk in it.
+  std::uint64_t fetch_disk_waits = 0;
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t records_in = 0;
