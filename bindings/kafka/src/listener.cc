@@ -51,7 +51,11 @@ constexpr std::size_t kMaxPipelined = 64;  // produces in flight per connection
 // out meanwhile (the read and the send overlap, as inside a blocking sendfile).
 constexpr std::size_t kSendfileWindow = std::size_t{1} << 20;
 constexpr std::size_t kCacheCheckStep = std::size_t{128} << 10;
-constexpr std::int64_t kDiskWaitCheckNs = 20'000;    // how often a connection waiting on the disk looks again
+// A connection waiting on the disk looks again after 20 µs times the number waiting, at most
+// 1 ms: one cold reader is sent to as soon as its pages arrive, and many do not keep the loop
+// busy asking (about one look per 20 µs in all).
+constexpr std::int64_t kDiskWaitCheckNs = 20'000;
+constexpr std::int64_t kMaxDiskWaitCheckNs = 1'000'000;
 constexpr std::int64_t kMaxDiskWaitNs = 50'000'000;  // then it sends anyway: pages the cache keeps dropping
 
 struct Connection {
@@ -85,6 +89,7 @@ struct Connection {
   std::int64_t last_active_ms = 0;
   std::uint32_t events = 0;  // registered with epoll
   std::int64_t disk_wait_since_ns = 0;  // the front file region is being read ahead (0: not waiting)
+  std::int64_t disk_check_at_ns = 0;     // when the wait looks again
 };
 
 std::int64_t now_ms() { return monotonic_ns() / 1'000'000; }
@@ -149,6 +154,7 @@ struct KafkaListener::Impl {
   std::vector<GroupListing> groups_snapshot;
   std::int64_t last_tick_ms = 0;
   std::int64_t last_idle_check_ms = 0;
+  std::int64_t disk_waiters = 0;  // connections whose disk_wait_since_ns is set
 
   Impl(Node& n, KafkaListenerOptions o) : node(n), options(std::move(o)) {}
 
@@ -163,22 +169,23 @@ struct KafkaListener::Impl {
   void update_interest(Connection& c);
   void close(Connection& c, std::string_view why, bool bad_request);
   void resume_parked(std::int64_t now_ns);
-  void resume_disk_waits();
+  void resume_disk_waits(std::int64_t now_ns);
 };
 
 void KafkaListener::Impl::run() {
   epoll_event events[64];
   while (!stopping.load(std::memory_order_relaxed)) {
     bool any_parked = false;
-    bool any_disk_wait = false;
+    std::int64_t next_disk_check_ns = INT64_MAX;
     for (auto& [id, c] : connections) {
       if (c->busy()) any_parked = true;
-      if (c->disk_wait_since_ns != 0) any_disk_wait = true;
+      if (c->disk_wait_since_ns != 0) next_disk_check_ns = std::min(next_disk_check_ns, c->disk_check_at_ns);
     }
+    const bool any_disk_wait = next_disk_check_ns != INT64_MAX;
     timespec timeout{1, 0};
     if (any_parked || any_disk_wait) {
-      std::int64_t ns = any_parked ? std::max<std::int64_t>(options.poll_interval_us, 10) * 1000 : kDiskWaitCheckNs;
-      if (any_disk_wait) ns = std::min(ns, kDiskWaitCheckNs);
+      std::int64_t ns = any_parked ? std::max<std::int64_t>(options.poll_interval_us, 10) * 1000 : kMaxDiskWaitCheckNs;
+      if (any_disk_wait) ns = std::clamp<std::int64_t>(next_disk_check_ns - monotonic_ns(), 0, ns);
       timeout = {0, static_cast<long>(ns)};
     } else if (const auto deadline = broker->next_group_deadline_ms()) {
       const std::int64_t wait = std::clamp<std::int64_t>(*deadline - now_ms(), 0, 1000);
@@ -209,7 +216,7 @@ void KafkaListener::Impl::run() {
       last_tick_ms = now;
     }
     resume_parked(now_ns);
-    if (any_disk_wait) resume_disk_waits();
+    if (any_disk_wait) resume_disk_waits(monotonic_ns());
     if (now - last_idle_check_ms >= 1000) {
       last_idle_check_ms = now;
       std::vector<Connection*> idle;
@@ -479,10 +486,10 @@ void KafkaListener::Impl::resume_parked(std::int64_t now_ns) {
   }
 }
 
-void KafkaListener::Impl::resume_disk_waits() {
+void KafkaListener::Impl::resume_disk_waits(std::int64_t now_ns) {
   std::vector<std::uint64_t> ids;
   for (auto& [id, c] : connections)
-    if (c->disk_wait_since_ns != 0) ids.push_back(id);
+    if (c->disk_wait_since_ns != 0 && c->disk_check_at_ns <= now_ns) ids.push_back(id);
   for (std::uint64_t id : ids) {
     auto it = connections.find(id);
     if (it == connections.end()) continue;
@@ -513,13 +520,18 @@ bool KafkaListener::Impl::flush(Connection& c) {
         const std::int64_t now = monotonic_ns();
         if (c.disk_wait_since_ns == 0) {
           c.disk_wait_since_ns = now;
+          ++disk_waiters;
           std::lock_guard lock(stats_mutex);
           ++stats.fetch_disk_waits;
         }
+        c.disk_check_at_ns = now + std::min(kDiskWaitCheckNs * disk_waiters, kMaxDiskWaitCheckNs);
         if (now - c.disk_wait_since_ns < kMaxDiskWaitNs) break;  // resume_disk_waits looks again
         ready = window;  // waited long enough: the disk, then
       }
-      c.disk_wait_since_ns = 0;
+      if (c.disk_wait_since_ns != 0) {
+        c.disk_wait_since_ns = 0;
+        --disk_waiters;
+      }
       off_t offset = static_cast<off_t>(at);
       sent = ::sendfile(c.fd.get(), file, &offset, ready);
       if (sent == 0 && chunk.sent < chunk.file_bytes) {
@@ -584,6 +596,7 @@ void KafkaListener::Impl::update_interest(Connection& c) {
 void KafkaListener::Impl::close(Connection& c, std::string_view why, bool bad_request) {
   for (Connection::Pending& p : c.pending)
     if (p.parked) broker->abandon(*p.parked);
+  if (c.disk_wait_since_ns != 0) --disk_waiters;
   epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
   log(bad_request ? LogLevel::kWarn : LogLevel::kDebug, "kafka: connection closed", {{"peer", c.peer}, {"reason", std::string(why)}});
   const std::uint64_t id = c.id;
