@@ -6,10 +6,10 @@
 #include "weft/fabric/socket_address.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
-#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/sendfile.h>
@@ -113,7 +113,7 @@ bool in_page_cache(int file, std::uint64_t offset, std::uint64_t length) {
     if (errno == ENOSYS) missing.store(true, std::memory_order_relaxed);
     return true;
   }
-  const std::uint64_t page = 4096;
+  static const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));  // what cachestat counts in
   const std::uint64_t pages = (offset + length + page - 1) / page - offset / page;
   return stat.cached >= pages;
 }
