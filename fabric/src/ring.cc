@@ -38,7 +38,7 @@ constexpr std::int64_t kStreamingBackoffNs = 1'200;
 // While frames come faster than one every kFastStreamFrameNs the reader itself is what holds the
 // writer back (each look takes a line the writer is filling), so the pause doubles, up to
 // kStreamingBackoffNs << kMaxPauseShift (19 µs); a slower stream halves it back. One-record
-// batches unpaced: 14–18 M records/s → 23–24 M; paced at 4 and 8 M/s the p50 stays ~0.8 µs.
+// batches unpaced: 14–18 M records/s → 20–25 M; paced at 1 and 4 M/s the p50 stays ~0.8 µs.
 constexpr std::int64_t kFastStreamFrameNs = 80;
 constexpr std::uint32_t kMaxPauseShift = 4;
 // A poll gives up (kEmpty) after skipping this many padding or aborted frames in a row, so a

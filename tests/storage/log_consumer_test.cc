@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -283,6 +285,28 @@ void fill_kept_and_stop(const TempDir& dir) {
   ASSERT_TRUE(producer.flush().ok());
 }
 
+// Rewrites fields of the middle batch's header in the second segment of fill_kept_and_stop's
+// log (fields the batch's CRC does not cover, so the segment still opens trusted); `header`
+// holds the header as it was.
+void damage_middle_batch(const TempDir& dir, const std::function<void(std::byte*)>& edit, std::byte (&header)[kBatchHeaderBytes]) {
+  std::vector<std::filesystem::path> segments;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/data/kept-0"))
+    if (entry.path().extension() == ".log") segments.push_back(entry.path());
+  std::sort(segments.begin(), segments.end());
+  ASSERT_GE(segments.size(), 4u);
+  const std::vector<std::uint64_t> starts = test::batch_starts(segments[1].string());
+  ASSERT_GE(starts.size(), 3u);
+  std::fstream f(segments[1], std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(starts[starts.size() / 2]));
+  f.read(reinterpret_cast<char*>(header), sizeof header);
+  std::byte damaged[kBatchHeaderBytes];
+  std::memcpy(damaged, header, sizeof damaged);
+  edit(damaged);
+  f.seekp(static_cast<std::streamoff>(starts[starts.size() / 2]));
+  f.write(reinterpret_cast<const char*>(damaged), sizeof damaged);
+  ASSERT_TRUE(f.good());
+}
+
 TEST(ColdReads, RecordsFromBeforeARestartAndSeekByTimestampUseTheLog) {
   TempDir dir;
   fill_kept_and_stop(dir);
@@ -311,26 +335,10 @@ TEST(ColdReads, ADamagedBaseOffsetInATrustedSegmentIsSkippedWithANoticeNotMisrea
     SCOPED_TRACE("base offset written: " + std::to_string(damaged_base));
     TempDir dir;
     fill_kept_and_stop(dir);
-    // The second segment's middle batch gets another base offset (its CRC still holds).
-    std::vector<std::filesystem::path> segments;
-    for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/data/kept-0"))
-      if (entry.path().extension() == ".log") segments.push_back(entry.path());
-    std::sort(segments.begin(), segments.end());
-    ASSERT_GE(segments.size(), 4u);
-    const std::vector<std::uint64_t> starts = test::batch_starts(segments[1].string());
-    ASSERT_GE(starts.size(), 3u);
-    std::int64_t lost_from = -1, lost_records = 0;
-    {
-      std::fstream f(segments[1], std::ios::in | std::ios::out | std::ios::binary);
-      std::byte header[kBatchHeaderBytes];
-      f.seekg(static_cast<std::streamoff>(starts[starts.size() / 2]));
-      f.read(reinterpret_cast<char*>(header), sizeof header);
-      lost_from = wire::load_be64(header + batch_field::kBaseOffset);
-      lost_records = wire::load_be32(header + batch_field::kLastOffsetDelta) + 1;
-      wire::store_be64(header + batch_field::kBaseOffset, damaged_base);
-      f.seekp(static_cast<std::streamoff>(starts[starts.size() / 2]));
-      f.write(reinterpret_cast<const char*>(header), 8);
-    }
+    std::byte was[kBatchHeaderBytes];
+    ASSERT_NO_FATAL_FAILURE(damage_middle_batch(dir, [&](std::byte* h) { wire::store_be64(h + batch_field::kBaseOffset, damaged_base); }, was));
+    const std::int64_t lost_from = wire::load_be64(was + batch_field::kBaseOffset);
+    const std::int64_t lost_records = wire::load_be32(was + batch_field::kLastOffsetDelta) + 1;
     auto node = Node::start(options_for(dir.path())).value();
     auto client = Client::embedded(*node);
     TopicConsumer consumer = TopicConsumer::create(client).value();
@@ -354,24 +362,10 @@ TEST(ColdReads, ADamagedBatchLengthIsAnErrorAndNeverSizesTheReadBuffer) {
     SCOPED_TRACE("batch length written: " + std::to_string(damaged_length));
     TempDir dir;
     fill_kept_and_stop(dir);
-    std::vector<std::filesystem::path> segments;
-    for (const auto& entry : std::filesystem::directory_iterator(dir.path() + "/data/kept-0"))
-      if (entry.path().extension() == ".log") segments.push_back(entry.path());
-    std::sort(segments.begin(), segments.end());
-    ASSERT_GE(segments.size(), 4u);
-    const std::vector<std::uint64_t> starts = test::batch_starts(segments[1].string());
-    ASSERT_GE(starts.size(), 3u);
-    std::int64_t damaged_base = -1;
-    {
-      std::fstream f(segments[1], std::ios::in | std::ios::out | std::ios::binary);
-      std::byte header[kBatchHeaderBytes];
-      f.seekg(static_cast<std::streamoff>(starts[starts.size() / 2]));
-      f.read(reinterpret_cast<char*>(header), sizeof header);
-      damaged_base = wire::load_be64(header + batch_field::kBaseOffset);
-      wire::store_be32(header + batch_field::kBatchLength, static_cast<std::int32_t>(damaged_length));
-      f.seekp(static_cast<std::streamoff>(starts[starts.size() / 2]));
-      f.write(reinterpret_cast<const char*>(header), batch_field::kBatchLength + 4);
-    }
+    std::byte was[kBatchHeaderBytes];
+    ASSERT_NO_FATAL_FAILURE(damage_middle_batch(
+        dir, [&](std::byte* h) { wire::store_be32(h + batch_field::kBatchLength, static_cast<std::int32_t>(damaged_length)); }, was));
+    const std::int64_t damaged_base = wire::load_be64(was + batch_field::kBaseOffset);
     auto node = Node::start(options_for(dir.path())).value();
     auto client = Client::embedded(*node);
     const std::size_t mapped_before = mallinfo2().hblkhd;

@@ -1,7 +1,6 @@
 // The Broker's topic cache, the frame builder, dispatch, and the APIs about topics and data:
 // ApiVersions, Metadata, Produce, Fetch, ListOffsets, CreateTopics, DeleteTopics,
 // DescribeConfigs, InitProducerId. Group APIs are in groups.cc.
-#include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -26,11 +25,13 @@ std::int64_t monotonic_ms() noexcept { return monotonic_ns() / 1'000'000; }
 
 Frame::Frame(const RequestHeader& header) { begin_frame(w, header); }
 
-void Frame::file_region(std::shared_ptr<UniqueFd> file, std::uint64_t offset, std::size_t length) {
+void Frame::file_region(std::shared_ptr<UniqueFd> file, std::uint64_t offset, std::size_t length, std::uint64_t readable_end) {
   total_ += w.size();
   chunks_.push_back(OutChunk{w.take(), nullptr, 0, 0, 0});
   w.buffer().clear();
-  chunks_.push_back(OutChunk{{}, std::move(file), offset, length, 0});
+  OutChunk region{{}, std::move(file), offset, length, 0};
+  region.readable_end = readable_end;
+  chunks_.push_back(std::move(region));
   total_ += length;
 }
 
@@ -939,17 +940,12 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
       length = static_cast<std::size_t>(first_batch);
     }
   }
-  // A consumer of a backlog asks for the stretch after this one next: the disk reads it while
-  // this one is sent and consumed. The log is written around the page cache, so otherwise the
-  // next sendfile waits on the disk inside the listener's loop. Advice only: failure changes
-  // nothing. At most 4 MiB: the advice itself allocates the pages, in the listener's loop.
-  const std::uint64_t ahead_from = slice->position + length;
-  const std::uint64_t ahead_to = std::min<std::uint64_t>(slice->end, ahead_from + std::min<std::uint64_t>(2 * std::uint64_t{length}, 4u << 20));
-  if (ahead_to > ahead_from)
-    (void)::posix_fadvise(slice->file.get(), static_cast<off_t>(ahead_from), static_cast<off_t>(ahead_to - ahead_from), POSIX_FADV_WILLNEED);
+  // Read-ahead is the listener's, when it sends the region: a parked fetch reads again on every
+  // look and may never be sent.
   read.file = std::make_shared<UniqueFd>(std::move(slice->file));
   read.file_offset = slice->position;
   read.file_bytes = length;
+  read.file_readable_end = slice->end;
   return read;
 }
 
@@ -1027,7 +1023,7 @@ std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool
       w.null_array(flex);  // aborted transactions: none
       if (v >= 11) w.i32(-1);
       w.records_length(r.read.size(), flex);
-      if (r.read.file) f.file_region(std::move(r.read.file), r.read.file_offset, r.read.file_bytes);
+      if (r.read.file) f.file_region(std::move(r.read.file), r.read.file_offset, r.read.file_bytes, r.read.file_readable_end);
       else w.raw(r.read.bytes);
       w.tagged_fields(flex);
     }

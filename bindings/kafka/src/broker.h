@@ -32,7 +32,13 @@ struct OutChunk {
   std::uint64_t file_offset = 0;
   std::size_t file_bytes = 0;
   std::size_t sent = 0;
-  std::uint64_t advised_to = 0;  // the file is being read ahead up to here (the listener's flush)
+  // The listener's read-ahead (cached_window): the segment's written bytes bound it; the stretch after
+  // the region is advised once, and the region itself up to `advised_to`; the page cache was
+  // found to hold it up to `cached_to`.
+  std::uint64_t readable_end = 0;
+  bool ahead_advised = false;
+  std::uint64_t advised_to = 0;
+  std::uint64_t cached_to = 0;
   std::size_t size() const noexcept { return file ? file_bytes : bytes.size(); }
 };
 
@@ -41,8 +47,9 @@ class Frame {
  public:
   explicit Frame(const RequestHeader& header);
   Writer w;
-  // The next `length` bytes of the frame come from `file` at `offset` (after a records length).
-  void file_region(std::shared_ptr<UniqueFd> file, std::uint64_t offset, std::size_t length);
+  // The next `length` bytes of the frame come from `file` at `offset` (after a records length);
+  // the file holds `readable_end` bytes.
+  void file_region(std::shared_ptr<UniqueFd> file, std::uint64_t offset, std::size_t length, std::uint64_t readable_end);
   std::vector<OutChunk> finish();
 
  private:
@@ -192,6 +199,7 @@ class Broker {
     std::shared_ptr<UniqueFd> file;    // or from a segment file
     std::uint64_t file_offset = 0;
     std::size_t file_bytes = 0;
+    std::uint64_t file_readable_end = 0;  // the segment's written bytes
     Offset high_watermark{-1};
     Offset log_start{-1};
     std::optional<RingBatch> first_batch;  // the first batch read from the ring: given back by unread()
