@@ -5,10 +5,12 @@
 #include <stdlib.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <string>
 #include <system_error>
+#include <thread>
 
 namespace weft::test {
 
@@ -22,8 +24,13 @@ class TempDir {
   }
   ~TempDir() {
     if (path_.empty()) return;
+    // A few times: a removed log's folder may be going on a thread of its own meanwhile, and
+    // remove_all gives up at the first entry that vanished under it.
     std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
+    for (int attempt = 0; attempt < 5 && std::filesystem::exists(path_, ignored); ++attempt) {
+      if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::filesystem::remove_all(path_, ignored);
+    }
   }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

@@ -6,19 +6,29 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <string>
+#include <string_view>
 #include <span>
+#include <system_error>
+#include <thread>
 
 #include "weft/fabric/crc32c.h"
 #include "weft/fabric/file.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
+#include "weft/fabric/thread_name.h"
 
 namespace weft::storage {
 namespace {
@@ -232,16 +242,129 @@ Result<std::vector<EpochStart>> SegmentLog::load_epochs() const {
   return epochs;
 }
 
+namespace {
+
+constexpr std::size_t kMaxNameBytes = 255;  // NAME_MAX on Linux file systems
+constexpr std::size_t kDeleteSuffixBytes = 1 + 16 + 7;  // ".<16 hex digits>-delete"
+
+// Ends in "-delete", which no partition folder (`<topic>-<number>`) does. The clock as well as
+// the pid: a pid repeats across restarts (as pid 1 in a container), folders of earlier runs may
+// still be there.
+std::string deletion_suffix() {
+  static std::atomic<std::uint64_t> removals{0};
+  const std::uint64_t nonce = (static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) << 16) ^
+                              (static_cast<std::uint64_t>(::getpid()) << 40) ^ removals.fetch_add(1, std::memory_order_relaxed);
+  char text[kDeleteSuffixBytes + 1];
+  std::snprintf(text, sizeof text, ".%016llx-delete", static_cast<unsigned long long>(nonce));
+  return text;
+}
+
+bool is_deleted_log_folder(std::string_view name) {
+  if (name.size() <= kDeleteSuffixBytes || !name.ends_with("-delete")) return false;
+  const std::string_view nonce = name.substr(name.size() - kDeleteSuffixBytes, 17);
+  return nonce[0] == '.' && std::all_of(nonce.begin() + 1, nonce.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
+}
+
+// One thread per process deletes removed logs' folders, each once its log has closed its files.
+// Never destroyed: it may still be deleting while the process exits (what is left, the next start
+// deletes).
+class LogDeleter {
+ public:
+  static LogDeleter& instance() {
+    static LogDeleter* const deleter = new LogDeleter();
+    return *deleter;
+  }
+
+  void add(std::string dir, std::weak_ptr<const void> owner) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back(Pending{std::move(dir), std::move(owner), std::chrono::steady_clock::now()});
+      start_locked();
+    }
+    changed_.notify_all();
+  }
+
+  bool wait_until_empty(int timeout_ms) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return queue_.empty() && busy_ == 0; });
+  }
+
+ private:
+  struct Pending {
+    std::string dir;
+    std::weak_ptr<const void> owner;
+    std::chrono::steady_clock::time_point since;
+  };
+  static constexpr auto kMaxWait = std::chrono::minutes(1);  // then the folder goes, open or not
+
+  void start_locked() {
+    if (started_) return;
+    try {
+      std::thread([this] { run(); }).detach();
+      started_ = true;
+    } catch (const std::system_error&) {
+      // No thread to be had: the next add tries again; wait_until_empty reports what stays.
+    }
+  }
+
+  void run() {
+    name_this_thread("weft-delete");
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      const auto now = std::chrono::steady_clock::now();
+      auto ready = std::find_if(queue_.begin(), queue_.end(), [&](const Pending& p) { return p.owner.expired() || now - p.since >= kMaxWait; });
+      if (ready == queue_.end()) {
+        // Owners expire without a word: look again every 10 ms while any wait.
+        if (queue_.empty()) {
+          changed_.wait(lock);
+        } else {
+          changed_.wait_for(lock, std::chrono::milliseconds(10));
+        }
+        continue;
+      }
+      const std::string dir = std::move(ready->dir);
+      queue_.erase(ready);
+      ++busy_;
+      lock.unlock();
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+      if (ec) log(LogLevel::kWarn, "a removed log's folder stays", {{"dir", dir}, {"error", ec.message()}});
+      lock.lock();
+      --busy_;
+      changed_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<Pending> queue_;
+  int busy_ = 0;
+  bool started_ = false;
+};
+
+}  // namespace
+
+bool wait_for_log_deletions(int timeout_ms) { return LogDeleter::instance().wait_until_empty(timeout_ms); }
+
 Result<void> SegmentLog::remove() {
   std::lock_guard lock(mutex_);
   removed_ = true;
   refusal_ = "was removed with its topic";
-  segments_.resize(1);  // keep one (closed below) so the other calls stay well defined
-  // The point first: a crash halfway through must not leave it to vouch for a new log's segments.
-  ::unlink((dir_ + kRecoveryPointFile).c_str());
-  std::error_code ec;
-  std::filesystem::remove_all(dir_, ec);
-  if (ec) return Error{Errc::kIo, "removing " + dir_ + ": " + ec.message()};
+  segments_.resize(1);  // keep one so the other calls stay well defined; its files close with the log
+  // The folder's name, cut so that the suffix fits NAME_MAX (a topic name may take 249 bytes).
+  const std::size_t slash = dir_.find_last_of('/');
+  const std::string parent = slash == std::string::npos ? std::string(".") : dir_.substr(0, slash);
+  const std::string name = slash == std::string::npos ? dir_ : dir_.substr(slash + 1);
+  const std::string doomed = parent + "/" + name.substr(0, std::min(name.size(), kMaxNameBytes - kDeleteSuffixBytes)) + deletion_suffix();
+  if (::rename(dir_.c_str(), doomed.c_str()) != 0) {
+    // In place, the point first: a crash halfway must not leave it to vouch for a new log's segments.
+    ::unlink((dir_ + kRecoveryPointFile).c_str());
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    if (ec) return Error{Errc::kIo, "removing " + dir_ + ": " + ec.message()};
+    return ok();
+  }
+  LogDeleter::instance().add(doomed, open_files_);
   return ok();
 }
 
@@ -448,6 +571,12 @@ Error SegmentLog::stop_after(Error error) {
 }
 
 OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment) {
+  // Folders of logs removed by an earlier run that stopped before it had deleted them.
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(data_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (is_deleted_log_folder(it->path().filename().string()) && it->is_directory(type_ec)) LogDeleter::instance().add(it->path().string(), {});
+  }
   return [data_dir = std::move(data_dir), segment](std::string_view topic, std::uint32_t partition,
                                           const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
     const std::string dir = data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);

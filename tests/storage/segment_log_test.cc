@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -80,6 +81,75 @@ TEST(SegmentLog, RollsBySizeAndReadsEveryOffsetAcrossSegments) {
   EXPECT_EQ(log->read(Offset{99}, out).error().code, Errc::kOutOfRange);
   EXPECT_EQ(log->read(log->next_offset(), out).value(), 0u);  // the end: nothing yet
   EXPECT_EQ(log->read(Offset{log->next_offset().value + 1}, out).error().code, Errc::kOutOfRange);
+}
+
+// The folders under `dir` whose names end in "-delete" (removed logs not yet deleted).
+std::vector<std::string> doomed_folders(const std::string& dir) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
+    if (entry.path().filename().string().ends_with("-delete")) found.push_back(entry.path().string());
+  return found;
+}
+
+// Waits (bounded: 10 s) until no removed log's folder is left under `dir`.
+bool doomed_folders_gone(const std::string& dir) { return wait_for_log_deletions(10'000) && doomed_folders(dir).empty(); }
+
+TEST(SegmentLog, ARemovedLogLeavesItsPlaceAtOnceAndIsDeletedOnceItsFilesAreClosed) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  fill(*log, 0, 400);  // several segments
+  ASSERT_TRUE(log->flush().ok());
+  ASSERT_GT(log->segment_count(), 2u);
+  ASSERT_TRUE(log->remove().ok());
+  // The name is free at once: a log opened there now starts empty.
+  EXPECT_FALSE(std::filesystem::exists(dir.partition()));
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  EXPECT_EQ(again->next_offset(), Offset{0});
+  // The removed log's files wait for it to close them (well past the deleter's 10 ms looks); then
+  // its folder goes.
+  const std::vector<std::string> doomed = doomed_folders(dir.path());
+  ASSERT_EQ(doomed.size(), 1u);
+  EXPECT_FALSE(wait_for_log_deletions(200));
+  EXPECT_TRUE(std::filesystem::exists(doomed[0] + "/00000000000000000000.log"));
+  EXPECT_EQ(log->append(batch_at(0, 1)).error().code, Errc::kFailedPrecondition);  // a removed log takes nothing
+  log.reset();
+  EXPECT_TRUE(doomed_folders_gone(dir.path()));
+  EXPECT_TRUE(std::filesystem::exists(dir.partition()));
+}
+
+TEST(SegmentLog, FoldersOfRemovedLogsThatOutlivedTheirProcessGoAtTheNextStart) {
+  TempDir dir;
+  const std::string leftover = dir.path() + "/events-0.00c0ffee1a2b3c4d-delete";
+  std::filesystem::create_directories(leftover);
+  std::ofstream(leftover + "/00000000000000000000.log") << "whatever a crash left";
+  // What is not a removed log's folder stays: partitions (of a topic named like one too), files,
+  // and other folders that merely end in "-delete".
+  for (const char* kept : {"/events-1", "/to-be-delete-0", "/to-delete", "/x.1234-delete"}) std::filesystem::create_directories(dir.path() + kept);
+  std::ofstream(dir.path() + "/notes.00c0ffee1a2b3c4d-delete") << "a file";
+  const OpenPartitionLog open_log = open_segment_logs(dir.path());
+  EXPECT_TRUE(wait_for_log_deletions(10'000));
+  EXPECT_FALSE(std::filesystem::exists(leftover));
+  for (const char* kept : {"/events-1", "/to-be-delete-0", "/to-delete", "/x.1234-delete", "/notes.00c0ffee1a2b3c4d-delete"})
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + kept)) << kept;
+  TopicConfig config;
+  auto opened = open_log("events", 0, config);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  EXPECT_TRUE(std::filesystem::exists(dir.partition()));
+}
+
+TEST(SegmentLog, ALogOfTheLongestTopicNameIsRenamedAsideToo) {
+  TempDir dir;
+  // Kafka takes topic names of up to 249 characters: with "-<partition>" the folder's name is at
+  // NAME_MAX, and the removal's suffix must cut it rather than fail the rename.
+  const std::string folder = dir.path() + "/" + std::string(249, 't') + "-12345";
+  auto log = SegmentLog::open(folder, Offset{0}, small_segments()).value();
+  fill(*log, 0, 10);
+  ASSERT_TRUE(log->remove().ok());
+  EXPECT_FALSE(std::filesystem::exists(folder));
+  EXPECT_EQ(doomed_folders(dir.path()).size(), 1u);  // renamed aside, not deleted in place
+  log.reset();
+  EXPECT_TRUE(doomed_folders_gone(dir.path()));
 }
 
 TEST(SegmentLog, ReopensWhereItStoppedAndCarriesOn) {

@@ -70,7 +70,8 @@ class PartitionLog {
   // The offset below which every appended record is written (as after flush()), collecting
   // finished writes without waiting. An error: a write failed, and flush() tries it again.
   virtual Result<Offset> written_offset() { return next_offset(); }
-  // Deletes the log's files (its topic was deleted); the log takes nothing afterwards.
+  // Deletes the log's files (its topic was deleted); the log takes nothing afterwards. It may
+  // finish after returning, on a thread of its own, once the log is destroyed (storage::SegmentLog).
   virtual Result<void> remove() = 0;
   // The earliest offset the log holds, and the one the next batch gets.
   virtual Offset start_offset() const = 0;

@@ -52,6 +52,11 @@ class SegmentLog final : public PartitionLog {
   Result<void> sync() override;
   Result<void> submit(bool more_coming = false) override;
   Result<Offset> written_offset() override;
+  // Renames the folder to `<dir>.<16 hex digits>-delete` at once (a topic made again under the
+  // name starts empty); the process's deleter thread deletes it once this log is destroyed (at
+  // most a minute later), as Kafka does. The last close of a large log's files waits on its
+  // writeback and on the disk's discards: the caller (a node's replication thread, the
+  // maintenance pass) does not. Where the rename fails the folder goes at once, here.
   Result<void> remove() override;
   Offset start_offset() const override;
   Offset next_offset() const override;
@@ -79,6 +84,9 @@ class SegmentLog final : public PartitionLog {
   Error stop_after(Error error);
   std::string dir_;
   SegmentLogOptions options_;
+  // Expires once this log is destroyed, its segments' files closed (declared before segments_, so
+  // destroyed after them): a removed folder's deletion waits for it.
+  std::shared_ptr<const void> open_files_ = std::make_shared<const char>(0);
   mutable std::mutex mutex_;  // every call: segments are single-threaded
   std::vector<std::unique_ptr<Segment>> segments_;
   bool removed_ = false;
@@ -86,7 +94,13 @@ class SegmentLog final : public PartitionLog {
   std::int64_t active_since_ms_ = -1;  // wall time of the active segment's first batch (-1: empty)
 };
 
+// Waits up to `timeout_ms` for the folders of removed logs to be deleted; false if some remain
+// (their logs are still open, or the disk is slow). For tools and tests that clean up after.
+bool wait_for_log_deletions(int timeout_ms);
+
 // The node's OpenPartitionLog for logs kept under `data_dir`: one folder `<topic>-<partition>`
+// (folders of logs removed by an earlier run that stopped first are deleted, in the background,
+// when this is called)
 // per partition, segments rolled by the topic's segment.bytes and segment.ms. A torn tail cut
 // at recovery is logged with its offsets. `segment` sets how segments write (buffers, O_DIRECT,
 // io_uring).
