@@ -4,12 +4,17 @@
 # wire client, 1 KiB records, acks=all) against the single node and against the cluster, in the
 # same run. Everything it starts it stops by pid; its files go in a temporary folder.
 #
-# Usage: bench/cluster/weftd_cluster_perf.sh [BUILD_DIR] [RECORDS] [LATENCY_RATE]
+# Before the nodes start it measures the one disk under all four (O_DIRECT, 1 MiB writes into new
+# files): one writer, as the single node writes, and three at once, as the three replicas do.
+#
+# Usage: bench/cluster/weftd_cluster_perf.sh [BUILD_DIR] [RECORDS] [LATENCY_RATE] [LOG_WRITES]
+# (LOG_WRITES: every node's log_writes, buffered as weftd's default, or direct)
 set -euo pipefail
 
 build=${1:-build/release}
 records=${2:-300000}
 rate=${3:-10000}
+log_writes=${4:-buffered}
 weftd=$build/tools/weftd
 weft=$build/tools/weft
 for tool in "$weftd" "$weft" /usr/bin/etcd; do
@@ -37,6 +42,24 @@ for x in s: x.bind(("127.0.0.1", 0))
 print(" ".join(str(x.getsockname()[1]) for x in s))')"
 etcd_client=${ports[0]} etcd_peer=${ports[1]}
 
+# MB/s of `writers` dd processes at once, each writing `mib` MiB with O_DIRECT into its own new file.
+disk_mb_per_sec() {
+  local writers=$1 mib=$2 start end writing=()
+  start=$(date +%s%N)
+  for w in $(seq "$writers"); do
+    dd if=/dev/zero of="$work/disk$w" bs=1M count="$mib" oflag=direct status=none &
+    writing+=($!)
+  done
+  for pid in "${writing[@]}"; do wait "$pid" || { echo "dd with O_DIRECT failed under $work" >&2; return 1; }; done
+  end=$(date +%s%N)
+  rm -f "$work"/disk*
+  echo $(( writers * mib * 1048576 * 1000 / (end - start) ))
+}
+one=$(disk_mb_per_sec 1 512) || exit 1
+three=$(disk_mb_per_sec 3 256) || exit 1
+echo "== the disk under the nodes (O_DIRECT, 1 MiB writes): one writer $one MB/s, three at once $three MB/s in all"
+echo "   (replication factor 3 writes every byte three times: it is disk-bound below $((three / 3)) MB/s of records)"
+
 /usr/bin/etcd --name perf --data-dir "$work/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
@@ -54,12 +77,12 @@ for id in 1 2 3; do
   "$weftd" --node-id "$id" --etcd "http://127.0.0.1:$etcd_client" --data-dir "$work/node$id" --socket "$work/node$id.sock" \
     --kafka-listen "127.0.0.1:$kafka" --metrics-listen "127.0.0.1:${ports[$((4 + id))]}" \
     --replication-listen "127.0.0.1:${ports[$((7 + id))]}" --default-replication-factor 3 \
-    --lease-ttl-s 1 >"$work/node$id.log" 2>&1 &
+    --lease-ttl-s 1 --log-writes "$log_writes" >"$work/node$id.log" 2>&1 &
   pids+=($!)
   cluster+=("127.0.0.1:$kafka")
 done
 single_port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$weftd" --data-dir "$work/single" --socket "$work/single.sock" --kafka-listen "127.0.0.1:$single_port" --metrics-listen off \
+"$weftd" --data-dir "$work/single" --socket "$work/single.sock" --kafka-listen "127.0.0.1:$single_port" --metrics-listen off --log-writes "$log_writes" \
   >"$work/single.log" 2>&1 &
 pids+=($!)
 # Ready when etcd lists three live nodes and a controller, and every Kafka port answers

@@ -236,6 +236,28 @@ TEST_F(Cli, TopicsAndTheirOffsetsSurviveARestart) {
   EXPECT_EQ(everything.out, "a\nb\nc\nd\n") << everything.err;
 }
 
+TEST_F(Cli, LogsWrittenEitherWayServeAndSurviveARestart) {
+  start_node();  // the page cache, by default
+  ASSERT_EQ(weft({"topic", "create", "paged", "--partitions", "1"}).exit_code, 0);
+  // More than one 64 KiB flush, which direct writes would send around the page cache.
+  std::string lines;
+  for (int i = 0; i < 3000; ++i) lines += "record " + std::to_string(i) + " " + std::string(90, 'x') + "\n";
+  ASSERT_EQ(weft({"produce", "paged", "--acks", "all"}, lines).exit_code, 0);
+  EXPECT_EQ(node_->stop(SIGTERM), 0);
+  EXPECT_NE(read_file(dir_ + "/weftd.log").find("buffered writes"), std::string::npos) << read_file(dir_ + "/weftd.log");
+  // The same files, read back by a node that writes directly: the layout does not depend on it.
+  start_node({"--log-writes", "direct"});
+  ASSERT_EQ(weft({"produce", "paged"}, lines).exit_code, 0);
+  Output everything = weft({"consume", "paged", "--from", "earliest", "--count", "6000", "--timeout-ms", "5000"});
+  EXPECT_EQ(everything.out, lines + lines) << everything.err;
+  EXPECT_EQ(node_->stop(SIGTERM), 0);
+  EXPECT_NE(read_file(dir_ + "/weftd.log").find("direct writes"), std::string::npos) << read_file(dir_ + "/weftd.log");
+
+  Output refused = run({WEFTD_PATH, "--socket", dir_ + "/x.sock", "--data-dir", dir_ + "/x", "--log-writes", "sideways"}, {}, 5000);
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("log_writes must be direct or buffered, not 'sideways'"), std::string::npos) << refused.err;
+}
+
 TEST_F(Cli, DaemonAloneSaysWhyAClustersTopicTakesNoWrites) {
   start_node();
   ASSERT_EQ(weft({"topic", "create", "shared", "--partitions", "1"}).exit_code, 0);

@@ -38,6 +38,7 @@ struct PerfOptions {
   std::string data_dir;
   std::string fsync = "none";         // the perf topic's fsync policy
   bool io_uring = true;               // the log's direct writes through io_uring (else pwrite)
+  std::string log_writes = "direct";  // or "buffered": through the page cache (weftd's log_writes)
   std::uint64_t bytes = 0;            // > 0: log bytes to write in the throughput run (sets --records)
   std::uint64_t ack_records = 2'000;  // per producer in the acknowledgement run (send, then wait)
 };

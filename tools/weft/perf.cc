@@ -568,6 +568,7 @@ int run_perf(const PerfOptions& in) {
       log_dir = o.data_dir + "/weft-perf-" + std::to_string(getpid());
       storage::SegmentOptions segment;
       segment.io_uring = o.io_uring;
+      segment.direct_io = o.log_writes == "direct";
       options.open_log = storage::open_segment_logs(log_dir, segment);
     }
     Result<std::unique_ptr<Node>> started = Node::start(options);
@@ -654,7 +655,13 @@ int run_perf(const PerfOptions& in) {
   server.reset();
   if (node) node->stop();
   if (made_temp) rmdir(temp_dir);
-  if (!log_dir.empty()) std::filesystem::remove_all(log_dir);
+  if (!log_dir.empty()) {
+    // The runs' topics were deleted: their folders go on the storage's deleter thread first.
+    (void)storage::wait_for_log_deletions(10'000);
+    std::error_code ec;
+    std::filesystem::remove_all(log_dir, ec);
+    if (ec) std::fprintf(stderr, "weft perf: %s stays: %s\n", log_dir.c_str(), ec.message().c_str());
+  }
   // Again after the runs (an embedded node stopped by now): the hypervisor may move the two cpus meanwhile.
   const double pingpong_after_ns = o.baselines && bench::cpu_count() >= 2 ? bench::pingpong_one_way_ns(0, 1, 200'000) : 0;
   if (!t.ok() || !l.ok() || !a.ok()) {
@@ -697,7 +704,7 @@ int run_perf(const PerfOptions& in) {
     if (logged) {
       std::printf("\"log\":{\"fsync\":\"%s\",\"writes\":\"%s\",\"bytes\":%" PRIu64 ",\"produce_mb_per_sec\":%.1f,\"produce_vs_disk_write\":%.3f,"
                   "\"catch_up_mb_per_sec\":%.1f,\"catch_up_records_per_sec\":%.0f,\"catch_up_vs_disk_read\":%.3f},",
-                  o.fsync.c_str(), o.io_uring ? "io_uring" : "pwrite", tr.log_bytes, tr.log_mb_per_sec, write_ratio, tr.catch_up_mb_per_sec, tr.catch_up_records_per_sec, read_ratio);
+                  o.fsync.c_str(), o.log_writes == "buffered" ? "buffered" : o.io_uring ? "io_uring" : "pwrite", tr.log_bytes, tr.log_mb_per_sec, write_ratio, tr.catch_up_mb_per_sec, tr.catch_up_records_per_sec, read_ratio);
       if (run_acks)
         std::printf("\"acks_run\":{\"acks\":\"%s\",\"records_per_sec\":%.0f,\"p50_ns\":%" PRIu64 ",\"p99_ns\":%" PRIu64 ",\"max_ns\":%" PRIu64
                     ",\"p99_vs_fdatasync_p99\":%.2f},",
@@ -741,7 +748,8 @@ int run_perf(const PerfOptions& in) {
     std::printf("\n");
   }
   if (logged) {
-    std::printf("\nlog (fsync=%s, direct writes with %s) in %s:\n", o.fsync.c_str(), o.io_uring ? "io_uring where allowed" : "pwrite",
+    std::printf("\nlog (fsync=%s, %s) in %s:\n", o.fsync.c_str(),
+                o.log_writes == "buffered" ? "buffered writes" : o.io_uring ? "direct writes with io_uring where allowed" : "direct writes with pwrite",
                 o.data_dir.c_str());
     std::printf("  produced into the log          %8.1f MB/s   (%.2f GB, every record acknowledged at acks=%s)\n", tr.log_mb_per_sec,
                 static_cast<double>(tr.log_bytes) / 1e9, o.acks.c_str());

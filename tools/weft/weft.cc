@@ -293,6 +293,8 @@ int main(int argc, char** argv) {
   perf->add_option("--fsync", po.fsync, "the perf topic's fsync policy: none, always or interval=MS");
   perf->add_option("--bytes", perf_bytes, "log bytes to write in the throughput run, e.g. 4G (sets --records)");
   perf->add_option("--ack-records", po.ack_records, "records per producer in the send-then-wait run (with --data-dir and --acks 1|all)");
+  perf->add_option("--log-writes", po.log_writes, "the embedded node's log writes: direct (O_DIRECT) or buffered (the page cache), as weftd's log_writes")
+      ->check(CLI::IsMember({"direct", "buffered"}));
   perf->add_flag("!--no-io-uring", po.io_uring, "write the log's direct writes with pwrite, one at a time (to compare with io_uring)");
 
   CLI11_PARSE(app, argc, argv);

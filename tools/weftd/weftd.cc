@@ -55,6 +55,10 @@ struct Settings {
   std::int64_t default_ring_capacity = std::int64_t{4} << 20;
   std::string fsync = "none";
   bool in_memory = false;
+  // How segments reach the disk: "buffered" (through the page cache, as Kafka writes: acks=1 and a
+  // replica's acknowledgement come once the kernel holds the bytes) or "direct" (the whole blocks
+  // of large flushes with O_DIRECT, which their acknowledgements then wait for). docs/design.md.
+  std::string log_writes = "buffered";
   // The Kafka wire-protocol listener (bindings/kafka).
   bool kafka = true;
   std::string kafka_listen = "127.0.0.1:9092";
@@ -153,6 +157,7 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "default_partitions") r = want_int(s.default_partitions);
     else if (k == "default_ring_capacity") r = want_int(s.default_ring_capacity);
     else if (k == "fsync") r = want_string(s.fsync);
+    else if (k == "log_writes") r = want_string(s.log_writes);
     else if (k == "in_memory") {
       if (auto v = node.value<bool>()) s.in_memory = *v;
       else r = Error{Errc::kInvalidArgument, path + ": in_memory must be true or false"};
@@ -220,6 +225,7 @@ int main(int argc, char** argv) {
   app.add_option("--default-partitions", flags.default_partitions, "partitions of a topic created without a count (default_partitions)");
   app.add_option("--default-ring-capacity", flags.default_ring_capacity, "ring bytes per partition, a power of two (default_ring_capacity)");
   app.add_option("--fsync", flags.fsync, "fsync policy of new topics: none, always, interval=<ms> (fsync)");
+  app.add_option("--log-writes", flags.log_writes, "buffered (through the page cache, as Kafka; the default) or direct (large flushes' whole blocks with O_DIRECT) (log_writes)");
   app.add_flag("--in-memory", flags.in_memory, "keep no logs on disk: rings only, nothing survives a restart (in_memory)");
   app.add_flag("--kafka,!--no-kafka", flags.kafka, "serve Kafka clients over TCP (kafka)");
   app.add_option("--kafka-listen", flags.kafka_listen, "HOST:PORT of the Kafka listener, default 127.0.0.1:9092 (kafka_listen)");
@@ -263,6 +269,7 @@ int main(int argc, char** argv) {
   if (given("--default-ring-capacity")) s.default_ring_capacity = flags.default_ring_capacity;
   if (given("--fsync")) s.fsync = flags.fsync;
   if (given("--in-memory")) s.in_memory = flags.in_memory;
+  if (given("--log-writes")) s.log_writes = flags.log_writes;
   if (given("--kafka") || given("--no-kafka")) s.kafka = flags.kafka;
   if (given("--kafka-listen")) s.kafka_listen = flags.kafka_listen;
   if (given("--kafka-advertise")) s.kafka_advertise = flags.kafka_advertise;
@@ -289,12 +296,18 @@ int main(int argc, char** argv) {
   if (!level.ok()) return fail(level.error());
   set_log_level(*level);
 
+  if (s.log_writes != "direct" && s.log_writes != "buffered")
+    return fail(Error{Errc::kInvalidArgument, "log_writes must be direct or buffered, not '" + s.log_writes + "'"});
+  const bool direct_writes = s.log_writes == "direct";
+
   NodeOptions options;
-  // Each partition's log: <data_dir>/<topic>-<partition>/, segments in Kafka's layout. A topic
-  // created again after a restart carries on from its log's end.
   const std::string data_dir = s.data_dir;
-  if (!s.in_memory) options.open_log = storage::open_segment_logs(data_dir);
   if (!s.in_memory) {
+    // Each partition's log: <data_dir>/<topic>-<partition>/, segments in Kafka's layout. A topic
+    // created again after a restart carries on from its log's end.
+    storage::SegmentOptions segments;
+    segments.direct_io = direct_writes;
+    options.open_log = storage::open_segment_logs(data_dir, segments);
     options.metadata_dir = data_dir + "/topics";    // topics come back after a restart
     options.offsets_dir = data_dir + "/offsets";    // and consumer groups' committed offsets
   }
@@ -509,7 +522,7 @@ int main(int argc, char** argv) {
   log(LogLevel::kInfo, "weftd ready",
       {{"pid", std::to_string(getpid())}, {"socket", s.socket}, {"data_dir", s.data_dir},
        {"hugepages", s.hugepages ? "preferred" : "off"}, {"free_hugepages", std::to_string(free_hugepages())},
-       {"default_partitions", std::to_string(s.default_partitions)}, {"logs", s.in_memory ? "none (in memory)" : "on disk"},
+       {"default_partitions", std::to_string(s.default_partitions)}, {"logs", s.in_memory ? "none (in memory)" : "on disk, " + s.log_writes + " writes"},
        {"cluster", clustered ? s.cluster + " node " + std::to_string(s.node_id) + " via " + s.etcd : "none (single node)"},
        {"replication", cluster ? cluster->replication_address() : "-"}, {"startup_ms", elapsed}});
 
