@@ -245,7 +245,9 @@ Result<std::vector<EpochStart>> SegmentLog::load_epochs() const {
 namespace {
 
 constexpr std::size_t kMaxNameBytes = 255;  // NAME_MAX on Linux file systems
-constexpr std::size_t kDeleteSuffixBytes = 1 + 16 + 7;  // ".<16 hex digits>-delete"
+constexpr std::string_view kDeleteTail = "-delete";
+constexpr std::size_t kNonceDigits = 16;
+constexpr std::size_t kDeleteSuffixBytes = 1 + kNonceDigits + kDeleteTail.size();  // ".<16 hex digits>-delete"
 
 // Ends in "-delete", which no partition folder (`<topic>-<number>`) does. The clock as well as
 // the pid: a pid repeats across restarts (as pid 1 in a container), folders of earlier runs may
@@ -260,9 +262,10 @@ std::string deletion_suffix() {
 }
 
 bool is_deleted_log_folder(std::string_view name) {
-  if (name.size() <= kDeleteSuffixBytes || !name.ends_with("-delete")) return false;
-  const std::string_view nonce = name.substr(name.size() - kDeleteSuffixBytes, 17);
-  return nonce[0] == '.' && std::all_of(nonce.begin() + 1, nonce.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
+  if (name.size() <= kDeleteSuffixBytes || !name.ends_with(kDeleteTail)) return false;
+  const std::string_view dot_nonce = name.substr(name.size() - kDeleteSuffixBytes, 1 + kNonceDigits);
+  return dot_nonce[0] == '.' &&
+         std::all_of(dot_nonce.begin() + 1, dot_nonce.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
 }
 
 // One thread per process deletes removed logs' folders, each once its log has closed its files.
@@ -352,10 +355,9 @@ Result<void> SegmentLog::remove() {
   refusal_ = "was removed with its topic";
   segments_.resize(1);  // keep one so the other calls stay well defined; its files close with the log
   // The folder's name, cut so that the suffix fits NAME_MAX (a topic name may take 249 bytes).
-  const std::size_t slash = dir_.find_last_of('/');
-  const std::string parent = slash == std::string::npos ? std::string(".") : dir_.substr(0, slash);
-  const std::string name = slash == std::string::npos ? dir_ : dir_.substr(slash + 1);
-  const std::string doomed = parent + "/" + name.substr(0, std::min(name.size(), kMaxNameBytes - kDeleteSuffixBytes)) + deletion_suffix();
+  const std::filesystem::path folder(dir_);
+  const std::string name = folder.filename().string();
+  const std::string doomed = (folder.parent_path() / (name.substr(0, kMaxNameBytes - kDeleteSuffixBytes) + deletion_suffix())).string();
   if (::rename(dir_.c_str(), doomed.c_str()) != 0) {
     // In place, the point first: a crash halfway must not leave it to vouch for a new log's segments.
     ::unlink((dir_ + kRecoveryPointFile).c_str());

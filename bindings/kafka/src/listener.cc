@@ -137,7 +137,8 @@ std::size_t cached_window(OutChunk& chunk, std::size_t window) {
   const int file = chunk.file->get();
   if (!chunk.ahead_advised) {
     // A consumer of a backlog asks for the stretch after this region next: the disk reads it
-    // while this one is sent and consumed (the log is written around the page cache). Advice
+    // while this one is sent and consumed (an old backlog, or one written with O_DIRECT, is not
+    // in the page cache). Advice
     // only: failure changes nothing. At most 4 MiB: the advice allocates the pages, in the loop.
     const std::uint64_t from = chunk.file_offset + chunk.file_bytes;
     const std::uint64_t to = std::min<std::uint64_t>(chunk.readable_end, from + std::min<std::uint64_t>(2 * std::uint64_t{chunk.file_bytes}, 4u << 20));
