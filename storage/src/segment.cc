@@ -846,15 +846,22 @@ Result<std::vector<std::byte>> Segment::read_batch(std::uint64_t position) {
   return batch;
 }
 
-Result<void> Segment::remove_files() {
+Result<std::vector<std::string>> Segment::retire_files(std::string_view suffix) {
   // Nothing more reaches these files: writes in flight finish, the rest is dropped.
   wait_for_writes();
   flights_.clear();
   buffers_[filling_].reset(size_, direct_alignment_);
   filling_at_ = size_;
-  for (const std::string* path : {&log_path_, &index_path_, &time_index_path_})
-    if (::unlink(path->c_str()) != 0 && errno != ENOENT) return os_error(Errc::kIo, "deleting " + *path, errno);
-  return ok();
+  std::vector<std::string> retired;
+  for (const std::string* path : {&log_path_, &index_path_, &time_index_path_}) {
+    std::string renamed = *path + std::string(suffix);
+    if (::rename(path->c_str(), renamed.c_str()) == 0) {
+      retired.push_back(std::move(renamed));
+    } else if (errno != ENOENT && ::unlink(path->c_str()) != 0 && errno != ENOENT) {
+      return os_error(Errc::kIo, "deleting " + *path, errno);  // not renamed: deleted here, as it was
+    }
+  }
+  return retired;
 }
 
 }  // namespace weft::storage

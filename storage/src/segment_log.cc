@@ -12,6 +12,7 @@
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <cstdio>
 #include <filesystem>
@@ -65,6 +66,155 @@ Offset read_recovery_point(const std::string& dir) {
   return recovery_point_text(Offset{value}) == version + " " + offset + " " + crc + "\n" ? Offset{value} : Offset{-1};
 }
 
+constexpr std::size_t kMaxNameBytes = 255;  // NAME_MAX on Linux file systems
+constexpr std::string_view kDeleteTail = "-delete";
+constexpr std::size_t kNonceDigits = 16;
+constexpr std::size_t kDeleteSuffixBytes = 1 + kNonceDigits + kDeleteTail.size();  // ".<16 hex digits>-delete"
+
+// Ends in "-delete", which no partition folder (`<topic>-<number>`) does. The clock as well as
+// the pid: a pid repeats across restarts (as pid 1 in a container), folders of earlier runs may
+// still be there.
+std::string deletion_suffix() {
+  static std::atomic<std::uint64_t> removals{0};
+  const std::uint64_t nonce = (static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) << 16) ^
+                              (static_cast<std::uint64_t>(::getpid()) << 40) ^ removals.fetch_add(1, std::memory_order_relaxed);
+  char text[kDeleteSuffixBytes + 1];
+  std::snprintf(text, sizeof text, ".%016llx-delete", static_cast<unsigned long long>(nonce));
+  return text;
+}
+
+// Whether `name` ends in a deletion suffix (".<16 hex digits>-delete").
+bool has_deletion_suffix(std::string_view name) {
+  if (name.size() <= kDeleteSuffixBytes || !name.ends_with(kDeleteTail)) return false;
+  const std::string_view dot_nonce = name.substr(name.size() - kDeleteSuffixBytes, 1 + kNonceDigits);
+  return dot_nonce[0] == '.' &&
+         std::all_of(dot_nonce.begin() + 1, dot_nonce.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
+}
+
+// A retired segment file: a segment's name (20 digits and .log, .index or .timeindex), then the
+// deletion suffix. Nothing else in a partition folder is deleted for its name.
+bool is_retired_segment_file(std::string_view name) {
+  if (!has_deletion_suffix(name)) return false;
+  const std::string_view file = name.substr(0, name.size() - kDeleteSuffixBytes);
+  if (file.size() < 21 || !std::all_of(file.begin(), file.begin() + 20, [](char c) { return c >= '0' && c <= '9'; })) return false;
+  const std::string_view kind = file.substr(20);
+  return kind == ".log" || kind == ".index" || kind == ".timeindex";
+}
+
+// One thread per process deletes what logs put aside: removed logs' folders, each once its log
+// has closed its files, and retired segments' files after a delay. Nothing else pays for freeing
+// a large file's blocks (up to a second per GiB on a discard mount): not the node's maintenance
+// thread under a log's lock, nor a listener closing a reader's descriptor of a deleted file.
+// Never destroyed: it may still be deleting while the process exits (what is left, the next start
+// deletes).
+class LogDeleter {
+ public:
+  static LogDeleter& instance() {
+    static LogDeleter* const deleter = new LogDeleter();
+    return *deleter;
+  }
+
+  // A removed log's folder, deleted once `owner` expires.
+  void add_folder(std::string dir, std::weak_ptr<const void> owner) {
+    const auto now = Clock::now();
+    add({Pending{std::move(dir), std::move(owner), true, now, now}});
+  }
+
+  // Retired files, deleted `delay_ms` from now (or sooner, when a wait asks).
+  void add_files(std::vector<std::string> paths, std::int64_t delay_ms) {
+    const auto now = Clock::now();
+    std::vector<Pending> files;
+    for (std::string& path : paths) files.push_back(Pending{std::move(path), {}, false, now, now + std::chrono::milliseconds(delay_ms)});
+    add(std::move(files));
+  }
+
+  bool wait_until_empty(int timeout_ms) {
+    std::unique_lock lock(mutex_);
+    ++hurry_;  // the files' delays are waived meanwhile
+    changed_.notify_all();
+    const bool empty = changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return queue_.empty() && busy_ == 0; });
+    --hurry_;
+    return empty;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Pending {
+    std::string path;
+    std::weak_ptr<const void> owner;  // a folder's log (files have none)
+    bool folder = false;
+    Clock::time_point since;
+    Clock::time_point not_before;
+  };
+  static constexpr auto kMaxWait = std::chrono::minutes(1);  // then the folder goes, open or not
+
+  void add(std::vector<Pending> entries) {
+    {
+      std::lock_guard lock(mutex_);
+      for (Pending& entry : entries) queue_.push_back(std::move(entry));
+      start_locked();
+    }
+    changed_.notify_all();
+  }
+
+  void start_locked() {
+    if (started_) return;
+    try {
+      std::thread([this] { run(); }).detach();
+      started_ = true;
+    } catch (const std::system_error&) {
+      // No thread to be had: the next add tries again; wait_until_empty reports what stays.
+    }
+  }
+
+  bool ready(const Pending& p, Clock::time_point now) const {
+    if (p.folder) return p.owner.expired() || now - p.since >= kMaxWait;
+    return hurry_ > 0 || now >= p.not_before;
+  }
+
+  void run() {
+    name_this_thread("weft-delete");
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      const auto now = Clock::now();
+      auto next = std::find_if(queue_.begin(), queue_.end(), [&](const Pending& p) { return ready(p, now); });
+      if (next == queue_.end()) {
+        if (queue_.empty()) {
+          changed_.wait(lock);
+        } else {
+          // Owners expire without a word: look again every 10 ms while a folder waits for one;
+          // files wake it when their time comes.
+          auto until = now + std::chrono::hours(1);
+          for (const Pending& p : queue_) until = std::min(until, p.folder ? now + std::chrono::milliseconds(10) : p.not_before);
+          changed_.wait_until(lock, until);
+        }
+        continue;
+      }
+      const Pending doomed = std::move(*next);
+      queue_.erase(next);
+      ++busy_;
+      lock.unlock();
+      if (doomed.folder) {
+        std::error_code ec;
+        std::filesystem::remove_all(doomed.path, ec);
+        if (ec) log(LogLevel::kWarn, "a removed log's folder stays", {{"dir", doomed.path}, {"error", ec.message()}});
+      } else if (::unlink(doomed.path.c_str()) != 0 && errno != ENOENT) {  // ENOENT: its folder went first
+        log(LogLevel::kWarn, "a retired segment file stays", {{"path", doomed.path}, {"error", std::strerror(errno)}});
+      }
+      lock.lock();
+      --busy_;
+      changed_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<Pending> queue_;
+  int busy_ = 0;
+  int hurry_ = 0;  // waits under way
+  bool started_ = false;
+};
+
 }  // namespace
 
 Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Offset start, SegmentLogOptions options,
@@ -74,10 +224,13 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return Error{Errc::kIo, "creating " + dir + ": " + ec.message()};
-  // Segments by base offset, from their 20-digit names; anything else in the folder is left be.
+  // Segments by base offset, from their 20-digit names; files of segments retired by a run that
+  // stopped before deleting them go now; anything else in the folder is left be.
   std::vector<std::int64_t> bases;
+  std::vector<std::string> retired;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
+    if (is_retired_segment_file(name)) retired.push_back(entry.path().string());
     if (name.size() != 24 || !name.ends_with(".log")) continue;
     std::int64_t base = 0;
     const auto [end, parse_error] = std::from_chars(name.data(), name.data() + 20, base);
@@ -85,6 +238,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     bases.push_back(base);
   }
   if (ec) return Error{Errc::kIo, "listing " + dir + ": " + ec.message()};
+  if (!retired.empty()) LogDeleter::instance().add_files(std::move(retired), 0);
   std::sort(bases.begin(), bases.end());
   std::unique_ptr<SegmentLog> log(new SegmentLog(dir, options));
   SegmentLogRecovery local;
@@ -242,111 +396,6 @@ Result<std::vector<EpochStart>> SegmentLog::load_epochs() const {
   return epochs;
 }
 
-namespace {
-
-constexpr std::size_t kMaxNameBytes = 255;  // NAME_MAX on Linux file systems
-constexpr std::string_view kDeleteTail = "-delete";
-constexpr std::size_t kNonceDigits = 16;
-constexpr std::size_t kDeleteSuffixBytes = 1 + kNonceDigits + kDeleteTail.size();  // ".<16 hex digits>-delete"
-
-// Ends in "-delete", which no partition folder (`<topic>-<number>`) does. The clock as well as
-// the pid: a pid repeats across restarts (as pid 1 in a container), folders of earlier runs may
-// still be there.
-std::string deletion_suffix() {
-  static std::atomic<std::uint64_t> removals{0};
-  const std::uint64_t nonce = (static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) << 16) ^
-                              (static_cast<std::uint64_t>(::getpid()) << 40) ^ removals.fetch_add(1, std::memory_order_relaxed);
-  char text[kDeleteSuffixBytes + 1];
-  std::snprintf(text, sizeof text, ".%016llx-delete", static_cast<unsigned long long>(nonce));
-  return text;
-}
-
-bool is_deleted_log_folder(std::string_view name) {
-  if (name.size() <= kDeleteSuffixBytes || !name.ends_with(kDeleteTail)) return false;
-  const std::string_view dot_nonce = name.substr(name.size() - kDeleteSuffixBytes, 1 + kNonceDigits);
-  return dot_nonce[0] == '.' &&
-         std::all_of(dot_nonce.begin() + 1, dot_nonce.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
-}
-
-// One thread per process deletes removed logs' folders, each once its log has closed its files.
-// Never destroyed: it may still be deleting while the process exits (what is left, the next start
-// deletes).
-class LogDeleter {
- public:
-  static LogDeleter& instance() {
-    static LogDeleter* const deleter = new LogDeleter();
-    return *deleter;
-  }
-
-  void add(std::string dir, std::weak_ptr<const void> owner) {
-    {
-      std::lock_guard lock(mutex_);
-      queue_.push_back(Pending{std::move(dir), std::move(owner), std::chrono::steady_clock::now()});
-      start_locked();
-    }
-    changed_.notify_all();
-  }
-
-  bool wait_until_empty(int timeout_ms) {
-    std::unique_lock lock(mutex_);
-    return changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return queue_.empty() && busy_ == 0; });
-  }
-
- private:
-  struct Pending {
-    std::string dir;
-    std::weak_ptr<const void> owner;
-    std::chrono::steady_clock::time_point since;
-  };
-  static constexpr auto kMaxWait = std::chrono::minutes(1);  // then the folder goes, open or not
-
-  void start_locked() {
-    if (started_) return;
-    try {
-      std::thread([this] { run(); }).detach();
-      started_ = true;
-    } catch (const std::system_error&) {
-      // No thread to be had: the next add tries again; wait_until_empty reports what stays.
-    }
-  }
-
-  void run() {
-    name_this_thread("weft-delete");
-    std::unique_lock lock(mutex_);
-    for (;;) {
-      const auto now = std::chrono::steady_clock::now();
-      auto ready = std::find_if(queue_.begin(), queue_.end(), [&](const Pending& p) { return p.owner.expired() || now - p.since >= kMaxWait; });
-      if (ready == queue_.end()) {
-        // Owners expire without a word: look again every 10 ms while any wait.
-        if (queue_.empty()) {
-          changed_.wait(lock);
-        } else {
-          changed_.wait_for(lock, std::chrono::milliseconds(10));
-        }
-        continue;
-      }
-      const std::string dir = std::move(ready->dir);
-      queue_.erase(ready);
-      ++busy_;
-      lock.unlock();
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-      if (ec) log(LogLevel::kWarn, "a removed log's folder stays", {{"dir", dir}, {"error", ec.message()}});
-      lock.lock();
-      --busy_;
-      changed_.notify_all();
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::deque<Pending> queue_;
-  int busy_ = 0;
-  bool started_ = false;
-};
-
-}  // namespace
-
 bool wait_for_log_deletions(int timeout_ms) { return LogDeleter::instance().wait_until_empty(timeout_ms); }
 
 Result<void> SegmentLog::remove() {
@@ -366,7 +415,7 @@ Result<void> SegmentLog::remove() {
     if (ec) return Error{Errc::kIo, "removing " + dir_ + ": " + ec.message()};
     return ok();
   }
-  LogDeleter::instance().add(doomed, open_files_);
+  LogDeleter::instance().add_folder(doomed, open_files_);
   return ok();
 }
 
@@ -477,7 +526,7 @@ Result<RetentionOutcome> SegmentLog::apply_retention(std::int64_t max_bytes, std
     const bool too_old = max_age_ms >= 0 && oldest.max_timestamp() < now_ms - max_age_ms;
     if (!too_big && !too_old) break;
     // Readers holding the file keep reading it: unlinking leaves open files intact.
-    WEFT_TRY_VOID(oldest.remove_files());
+    WEFT_TRY_VOID(retire(oldest));
     total -= oldest.size_bytes();
     outcome.bytes_deleted += oldest.size_bytes();
     ++outcome.segments_deleted;
@@ -509,7 +558,7 @@ Result<Offset> SegmentLog::truncate(Offset end) {
   const Offset point = read_recovery_point(dir_);
   while (segments_.size() > 1 && segments_.back()->base_offset() >= end) {
     if (point.value >= 0 && point >= segments_.back()->base_offset()) ::unlink((dir_ + kRecoveryPointFile).c_str());
-    WEFT_TRY_VOID(segments_.back()->remove_files());
+    WEFT_TRY_VOID(retire(*segments_.back()));
     segments_.pop_back();
   }
   // The segment holding `end` is cut at the batch holding it, then opened again as the active
@@ -548,7 +597,7 @@ Result<void> SegmentLog::restart_at(Offset start) {
   ::unlink((dir_ + kRecoveryPointFile).c_str());
   for (auto& segment : segments_) {
     (void)segment->flush();  // nothing may still be written into a file being deleted
-    if (Result<void> removed = segment->remove_files(); !removed.ok()) return stop_after(removed.error());
+    if (Result<void> removed = retire(*segment); !removed.ok()) return stop_after(removed.error());
   }
   auto create = [&]() -> Result<Segment> {
     WEFT_TRY(Segment segment, Segment::create(dir_, start, options_.segment));
@@ -561,6 +610,12 @@ Result<void> SegmentLog::restart_at(Offset start) {
   segments_.push_back(std::make_unique<Segment>(std::move(first.value())));
   active_since_ms_ = -1;
   return sync_dir(dir_);
+}
+
+Result<void> SegmentLog::retire(Segment& segment) {
+  WEFT_TRY(std::vector<std::string> retired, segment.retire_files(deletion_suffix()));
+  LogDeleter::instance().add_files(std::move(retired), options_.file_delete_delay_ms);
+  return ok();
 }
 
 Error SegmentLog::stop_after(Error error) {
@@ -577,7 +632,7 @@ OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment)
   std::error_code ec;
   for (std::filesystem::directory_iterator it(data_dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::error_code type_ec;
-    if (is_deleted_log_folder(it->path().filename().string()) && it->is_directory(type_ec)) LogDeleter::instance().add(it->path().string(), {});
+    if (has_deletion_suffix(it->path().filename().string()) && it->is_directory(type_ec)) LogDeleter::instance().add_folder(it->path().string(), {});
   }
   return [data_dir = std::move(data_dir), segment](std::string_view topic, std::uint32_t partition,
                                           const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {

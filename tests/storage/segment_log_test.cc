@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -150,6 +151,95 @@ TEST(SegmentLog, ALogOfTheLongestTopicNameIsRenamedAsideToo) {
   EXPECT_EQ(doomed_folders(dir.path()).size(), 1u);  // renamed aside, not deleted in place
   log.reset();
   EXPECT_TRUE(doomed_folders_gone(dir.path()));
+}
+
+// The files in the partition's folder whose names end in "-delete" (retired segments' files not
+// yet deleted), by name.
+std::vector<std::string> retired_files(const TempDir& dir) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.partition(), ec))
+    if (entry.path().filename().string().ends_with("-delete")) found.push_back(entry.path().filename().string());
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+TEST(SegmentLog, RetentionTakesSegmentsOutAtOnceAndDeletesTheirFilesLaterOffTheCallersThread) {
+  TempDir dir;
+  SegmentLogOptions options = small_segments();
+  options.file_delete_delay_ms = 60'000;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, options).value();
+  fill(*log, 0, 400);
+  ASSERT_TRUE(log->sync().ok());
+  const std::size_t before = log->segment_count();
+  ASSERT_GE(before, 8u);
+  // Given a reader in the middle of the oldest segment
+  Result<LogSlice> reading = log->slice(Offset{0}, kLogEnd);
+  ASSERT_TRUE(reading.ok()) << reading.error().message;
+  // When retention keeps about half the log
+  const Result<RetentionOutcome> kept = log->apply_retention(static_cast<std::int64_t>(log->size_bytes() / 2), -1, 0);
+  ASSERT_TRUE(kept.ok()) << kept.error().message;
+  ASSERT_GE(kept->segments_deleted, 3u);
+  // Expect the log to start later at once, its first offsets out of range
+  EXPECT_EQ(log->segment_count(), before - kept->segments_deleted);
+  EXPECT_EQ(log->start_offset(), kept->start_offset);
+  std::vector<std::byte> out(4096);
+  EXPECT_EQ(log->read(Offset{0}, out).error().code, Errc::kOutOfRange);
+  // And the deleted segments' files renamed aside (three each), never read as segments again
+  const std::vector<std::string> retired = retired_files(dir);
+  EXPECT_EQ(retired.size(), 3u * kept->segments_deleted);
+  const std::regex retired_name("[0-9]{20}\\.(log|index|timeindex)\\.[0-9a-f]{16}-delete");
+  for (const std::string& name : retired) EXPECT_TRUE(std::regex_match(name, retired_name)) << name;
+  EXPECT_FALSE(std::filesystem::exists(dir.partition() + "/00000000000000000000.log"));
+  // And the reader reading on through what it opened
+  std::vector<std::byte> bytes(reading->end - reading->position);
+  ASSERT_EQ(::pread(reading->file.get(), bytes.data(), bytes.size(), static_cast<off_t>(reading->position)), static_cast<ssize_t>(bytes.size()));
+  EXPECT_EQ(BatchView::parse(bytes).value().base_offset(), Offset{0});
+  // And the files deleted by the deleter once their delay is over (here: waived by the wait)
+  EXPECT_TRUE(wait_for_log_deletions(10'000));
+  EXPECT_TRUE(retired_files(dir).empty());
+  // And a log reopened from the folder is the retained part alone
+  const Offset next = log->next_offset();
+  log.reset();
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, options).value();
+  EXPECT_EQ(again->start_offset(), kept->start_offset);
+  EXPECT_EQ(again->next_offset(), next);
+}
+
+TEST(SegmentLog, ATruncationsAndAResetsSegmentsAreRetiredTooAndTheirOffsetsWrittenAgainBesideThem) {
+  TempDir dir;
+  SegmentLogOptions options = small_segments();
+  options.file_delete_delay_ms = 60'000;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, options).value();
+  const std::int64_t end = fill(*log, 0, 400);
+  ASSERT_TRUE(log->sync().ok());
+  const std::size_t before = log->segment_count();
+  const Offset cut = log->truncate(Offset{end / 2}).value();
+  const std::size_t dropped = before - log->segment_count();
+  ASSERT_GE(dropped, 2u);
+  EXPECT_EQ(retired_files(dir).size(), 3u * dropped);
+  // The same offsets again, into new segments of the same names: no clash with the retired files
+  const std::int64_t refilled = fill(*log, cut.value, 200);
+  ASSERT_TRUE(log->sync().ok());
+  ASSERT_GE(log->segment_count(), before - dropped + 2);
+  const Offset cut_again = log->truncate(Offset{cut.value + (refilled - cut.value) / 2}).value();
+  EXPECT_LT(cut_again.value, refilled);
+  const std::size_t retired_before_reset = retired_files(dir).size();
+  EXPECT_GT(retired_before_reset, 3u * dropped);
+  ASSERT_TRUE(log->reset(Offset{90'000}).ok());
+  EXPECT_GT(retired_files(dir).size(), retired_before_reset);
+  ASSERT_TRUE(log->append(batch_at(90'000, 3)).ok());
+  ASSERT_TRUE(log->sync().ok());
+  log.reset();
+  // Files retired by a process that stopped before deleting them are ignored when the folder
+  // opens again, and then deleted; other files that end like them are left be.
+  const std::string foreign = dir.partition() + "/notes.00c0ffee1a2b3c4d-delete";
+  std::ofstream(foreign) << "not a segment's";
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, options).value();
+  EXPECT_EQ(again->start_offset(), Offset{90'000});
+  EXPECT_EQ(again->next_offset(), Offset{90'003});
+  EXPECT_TRUE(wait_for_log_deletions(10'000));
+  EXPECT_EQ(retired_files(dir), std::vector<std::string>{"notes.00c0ffee1a2b3c4d-delete"});
 }
 
 TEST(SegmentLog, ReopensWhereItStoppedAndCarriesOn) {

@@ -537,4 +537,32 @@ TEST_F(Cli, PerfOverKafkaRunsEveryPhaseOnTopicsWithTheRingAsked) {
   EXPECT_NE(local.err.find("--compression applies to Kafka clients"), std::string::npos) << local.out << local.err;
 }
 
+TEST_F(Cli, ProduceAndConsumeOverKafkaTakeLibrdkafkaSettingsAndRefuseBadOnes) {
+  start_node();
+  const std::string kafka = listen_address_in_log(dir_ + "/weftd.log", "kafka listener ready");
+  ASSERT_FALSE(kafka.empty()) << read_file(dir_ + "/weftd.log");
+  ASSERT_EQ(weft({"topic", "create", "wire", "--partitions", "1"}).exit_code, 0);
+  // Settings reach the clients: lines go out and come back with them
+  Output produced = weft({"produce", "wire", "--bootstrap", kafka, "-X", "linger.ms=0", "-X", "client.id=cli-test"}, "one\ntwo\nthree\n");
+  ASSERT_EQ(produced.exit_code, 0) << produced.err;
+  Output consumed = weft({"consume", "wire", "--bootstrap", kafka, "--from", "earliest", "--count", "3", "--timeout-ms", "20000", "-X",
+                          "fetch.wait.max.ms=10", "-X", "max.partition.fetch.bytes=65536"});
+  ASSERT_EQ(consumed.exit_code, 0) << consumed.err;
+  EXPECT_EQ(consumed.out, "one\ntwo\nthree\n");
+  // ... and override weft's own: a record above a message.max.bytes given here is refused by the client
+  Output too_big = weft({"produce", "wire", "--bootstrap", kafka, "-X", "message.max.bytes=1000"}, std::string(3000, 'x') + "\n");
+  EXPECT_NE(too_big.exit_code, 0);
+  EXPECT_NE(too_big.err.find("too large"), std::string::npos) << too_big.err;
+  // Bad settings are refused, naming the setting
+  Output unknown = weft({"perf", "--bootstrap", kafka, "--records", "10", "-X", "no.such.setting=1"});
+  EXPECT_NE(unknown.exit_code, 0);
+  EXPECT_NE(unknown.err.find("no.such.setting=1"), std::string::npos) << unknown.err;
+  Output shapeless = weft({"consume", "wire", "--bootstrap", kafka, "-X", "fetch.wait.max.ms"});
+  EXPECT_EQ(shapeless.exit_code, 2);
+  EXPECT_NE(shapeless.err.find("-X takes KEY=VALUE"), std::string::npos) << shapeless.err;
+  Output local = weft({"consume", "wire", "--from", "earliest", "--count", "1", "-X", "fetch.wait.max.ms=10"});
+  EXPECT_EQ(local.exit_code, 2);
+  EXPECT_NE(local.err.find("give --bootstrap"), std::string::npos) << local.err;
+}
+
 }  // namespace

@@ -55,6 +55,7 @@ int run_perf(const PerfOptions& options);
 // The commands over the Kafka protocol (--bootstrap), through librdkafka.
 struct RemoteOptions {
   std::string bootstrap;  // HOST:PORT[,HOST:PORT...]
+  std::vector<std::pair<std::string, std::string>> client_settings;  // -X KEY=VALUE, for every librdkafka client
 };
 int run_remote_produce(const RemoteOptions& o, const std::string& topic, const std::string& key_sep, const std::string& acks,
                        const std::string& file, std::int64_t partition);

@@ -46,13 +46,15 @@ int fail(const std::string& what) {
   return 1;
 }
 
-// A client with the given settings; the error names the setting librdkafka refused.
-KafkaHandle make_client(rd_kafka_type_t type, const std::vector<std::pair<std::string, std::string>>& settings, std::string& error,
+// A client with the given settings, then the user's (-X, which override ours); the error names the
+// setting librdkafka refused.
+KafkaHandle make_client(const RemoteOptions& o, rd_kafka_type_t type, std::vector<std::pair<std::string, std::string>> settings, std::string& error,
                         void (*delivered)(rd_kafka_t*, const rd_kafka_message_t*, void*) = nullptr, void* opaque = nullptr) {
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   char text[512];
   // Nagle off, as the Java client has it: a small request must not wait for the last one's ACK.
   (void)rd_kafka_conf_set(conf, "socket.nagle.disable", "true", text, sizeof text);
+  settings.insert(settings.end(), o.client_settings.begin(), o.client_settings.end());
   for (const auto& [key, value] : settings) {
     if (rd_kafka_conf_set(conf, key.c_str(), value.c_str(), text, sizeof text) != RD_KAFKA_CONF_OK) {
       error = key + "=" + value + ": " + text;
@@ -261,7 +263,7 @@ int run_remote_produce(const RemoteOptions& o, const std::string& topic, const s
                        const std::string& file, std::int64_t partition) {
   DeliveryCounts counts;
   std::string error;
-  KafkaHandle rk = make_client(RD_KAFKA_PRODUCER,
+  KafkaHandle rk = make_client(o, RD_KAFKA_PRODUCER,
                                {{"bootstrap.servers", o.bootstrap}, {"acks", acks_setting(acks)}, {"partitioner", "murmur2_random"},
                                 {"linger.ms", "5"}, {"client.id", "weft-cli"}},
                                error, count_delivery, &counts);
@@ -307,7 +309,7 @@ int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
   settings.emplace_back("group.id", c.group.empty() ? "weft-cli" : c.group);
   if (subscribe) settings.emplace_back("auto.offset.reset", c.from == "earliest" ? "earliest" : "latest");
   std::string error;
-  KafkaHandle rk = make_client(RD_KAFKA_CONSUMER, settings, error);
+  KafkaHandle rk = make_client(o, RD_KAFKA_CONSUMER, settings, error);
   if (!rk) return fail("connecting to " + o.bootstrap + ": " + error);
   rd_kafka_set_log_level(rk.get(), 3);
   rd_kafka_poll_set_consumer(rk.get());
@@ -464,7 +466,7 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
   // Before the client: librdkafka points into these values until they are delivered, and a flush
   // that times out leaves some queued, so they must outlive the client's destruction.
   const RecordValues values(p.record_size);
-  KafkaHandle rk = make_client(RD_KAFKA_PRODUCER,
+  KafkaHandle rk = make_client(o, RD_KAFKA_PRODUCER,
                                {{"bootstrap.servers", o.bootstrap},
                                 {"acks", acks_setting(p.acks)},
                                 {"linger.ms", low_latency ? "0" : "5"},
@@ -523,7 +525,7 @@ PhaseResult produce_phase(const RemoteOptions& o, const PerfOptions& p, const st
 // age. Stops after 30 s without a record.
 PhaseResult fetch_phase(const RemoteOptions& o, const PerfOptions& p, const std::string& topic, std::uint64_t records, bool from_end,
                         LatencyHistogram* latency, std::atomic<bool>* ready, std::string& error) {
-  KafkaHandle rk = make_client(RD_KAFKA_CONSUMER,
+  KafkaHandle rk = make_client(o, RD_KAFKA_CONSUMER,
                                {{"bootstrap.servers", o.bootstrap},
                                 {"group.id", "weft-perf"},
                                 {"enable.auto.commit", "false"},
@@ -784,7 +786,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   sigaction(SIGINT, &sa, nullptr);
   const double tcp = p.baselines ? weft::bench::tcp_loopback_gb_per_sec(2.0) : 0;
   std::string error;
-  KafkaHandle admin = make_client(RD_KAFKA_PRODUCER, {{"bootstrap.servers", o.bootstrap}}, error);
+  KafkaHandle admin = make_client(o, RD_KAFKA_PRODUCER, {{"bootstrap.servers", o.bootstrap}}, error);
   if (!admin) return fail("connecting to " + o.bootstrap + ": " + error);
   const std::string topic = "weft-perf-" + std::to_string(getpid());
   // The node's defaults unless --ring-bytes is given (the same pair a local run sets).
@@ -811,7 +813,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
     if (leader.empty()) {
       std::fprintf(stderr, "weft: the bare client's run is skipped: %s\n", why.c_str());
     } else {
-      const RemoteOptions at_leader{leader};
+      const RemoteOptions at_leader{leader, {}};  // the bare client has no librdkafka settings
       std::string wire_error;
       wire_produced = wire_produce_phase(at_leader, p, wire_topic, records, wire_error);
       if (wire_produced.failed > 0 || !wire_error.empty())

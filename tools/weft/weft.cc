@@ -167,6 +167,12 @@ int main(int argc, char** argv) {
   std::string socket = local::default_socket_path();
   app.add_option("--socket", socket, "weftd's Unix socket (default: $WEFT_SOCKET or weftd's default, " + socket + ")");
   std::string bootstrap;  // produce, consume and perf over the Kafka protocol instead
+  std::vector<std::string> client_settings;  // -X KEY=VALUE for the librdkafka clients, as kcat has it
+  auto client_settings_flag = [&](CLI::App* command) {
+    command->add_option("-X", client_settings,
+                        "with --bootstrap: a librdkafka setting KEY=VALUE for the Kafka clients, overriding weft's (repeatable; "
+                        "e.g. -X max.partition.fetch.bytes=8388608)");
+  };
   // The cluster commands read and write the cluster's metadata in etcd.
   cli::ClusterCliOptions cluster_options;
   if (const char* etcd = std::getenv("WEFT_ETCD"); etcd != nullptr) cluster_options.etcd = etcd;
@@ -227,6 +233,7 @@ int main(int argc, char** argv) {
   produce->add_option("--acks", acks, "0, 1 or all: what each send waits for")->check(CLI::IsMember({"0", "1", "all", "-1"}));
   produce->add_option("--file,-f", file, "read lines from this file instead of stdin")->check(CLI::ExistingFile);
   produce->add_option("--partition", partition, "send every record to this partition (default: Kafka's partitioner)");
+  client_settings_flag(produce);
 
   // ---- consume ----
   CLI::App* consume = app.add_subcommand("consume", "print records of a topic, one per line");
@@ -245,6 +252,7 @@ int main(int argc, char** argv) {
                       "consumer group: start at its committed offsets (--from earliest|latest where it has none) and commit what was printed");
   consume->add_option("--format", format, "value, key-value (key TAB value), or json")->check(CLI::IsMember({"value", "key-value", "json"}));
   consume->add_option("--partition", partition, "read only this partition (default: all)");
+  client_settings_flag(consume);
   consume->add_option("--wait", wait, "spin, yield or park while waiting for records")->check(CLI::IsMember({"spin", "yield", "park"}));
 
   // ---- dump ----
@@ -287,6 +295,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "gzip", "snappy", "lz4", "zstd"}));
   perf->add_option("--bootstrap", bootstrap,
                    "HOST:PORT of a node's Kafka listener: produce, fetch and paced-latency runs over the Kafka protocol (librdkafka)");
+  client_settings_flag(perf);
   std::string perf_bytes;
   perf->add_option("--data-dir", po.data_dir, "keep the embedded node's logs here (and measure this disk); default: rings only")
       ->check(CLI::ExistingDirectory);
@@ -300,8 +309,16 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const std::string& sock = socket;
 
+  if (!client_settings.empty() && bootstrap.empty())
+    return report(Error{Errc::kInvalidArgument, "-X sets the Kafka clients' librdkafka settings: give --bootstrap HOST:PORT too"}, "starting");
   if (!bootstrap.empty()) {
-    const cli::RemoteOptions remote{bootstrap};
+    cli::RemoteOptions remote{bootstrap, {}};
+    for (const std::string& setting : client_settings) {
+      const std::size_t equals = setting.find('=');
+      if (equals == std::string::npos || equals == 0)
+        return report(Error{Errc::kInvalidArgument, "-X takes KEY=VALUE (a librdkafka setting), not '" + setting + "'"}, "starting");
+      remote.client_settings.emplace_back(setting.substr(0, equals), setting.substr(equals + 1));
+    }
     if (*perf) {
       po.ring_bytes_given = ring_bytes->count() > 0;
       // Kafka clients send batches of up to 1 MB (librdkafka's batch.size, the bare client's), and a

@@ -153,8 +153,11 @@ class Segment {
   Result<std::size_t> read(std::uint64_t position, std::span<std::byte> out);
   // The one batch at `position`, whole, whatever its size.
   Result<std::vector<std::byte>> read_batch(std::uint64_t position);
-  // Deletes the segment's three files (retention, or its topic was deleted).
-  Result<void> remove_files();
+  // Takes the segment's three files out of the log (retention, a truncation, a reset): appends
+  // stop, and each file is renamed to its name + `suffix`. A rename is cheap whatever the size;
+  // freeing a large file's blocks is not (up to a second per GiB on a discard mount), so that is
+  // left to whoever deletes the renamed files. Returns their paths.
+  Result<std::vector<std::string>> retire_files(std::string_view suffix);
   // A closed segment takes no more appends: its direct-write handle is closed (a log of many
   // segments would otherwise hold one more descriptor each).
   void seal() noexcept;

@@ -24,6 +24,10 @@ struct SegmentLogOptions {
   std::uint64_t segment_bytes = std::uint64_t{1} << 30;  // Kafka's segment.bytes
   std::int64_t segment_ms = 7LL * 24 * 3600 * 1000;       // Kafka's segment.ms: roll a segment this old
   SegmentOptions segment;
+  // How long the files of a segment taken out of the log (retention, truncation) stay on disk,
+  // renamed, before they are deleted: a reader that opened one (a fetch being sent) finishes
+  // first and never pays for the deletion. Kafka's file.delete.delay.ms.
+  std::int64_t file_delete_delay_ms = 60'000;
 };
 
 // What opening a partition folder found (for the node's log).
@@ -80,6 +84,8 @@ class SegmentLog final : public PartitionLog {
   Segment* segment_for(Offset offset) const;
   // Deletes every segment and starts an empty one at `start`. Under mutex_.
   Result<void> restart_at(Offset start);
+  // Takes `segment`'s files out of the log, to be deleted by the deleter thread. Under mutex_.
+  Result<void> retire(Segment& segment);
   // After a failed cut or restart: the log takes nothing more; returns the error to report.
   Error stop_after(Error error);
   std::string dir_;
@@ -94,8 +100,9 @@ class SegmentLog final : public PartitionLog {
   std::int64_t active_since_ms_ = -1;  // wall time of the active segment's first batch (-1: empty)
 };
 
-// Waits up to `timeout_ms` for the folders of removed logs to be deleted; false if some remain
-// (their logs are still open, or the disk is slow). For tools and tests that clean up after.
+// Deletes retired segments' files now, without their delay, and waits up to `timeout_ms` for
+// them and the folders of removed logs to be deleted; false if some remain (their logs are still
+// open, or the disk is slow). For tools and tests that clean up after.
 bool wait_for_log_deletions(int timeout_ms);
 
 // The node's OpenPartitionLog for logs kept under `data_dir`: one folder `<topic>-<partition>`
