@@ -203,13 +203,21 @@ Result<Segment> Segment::create(const std::string& dir, Offset base, const Segme
 }
 
 Result<Segment> Segment::open(const std::string& dir, Offset base, bool last, SegmentRecovery* recovery,
-                              const SegmentOptions& options) {
+                              const SegmentOptions& options, bool unsynced) {
   if (base.value < 0) return Error{Errc::kInvalidArgument, "segment base offset must not be negative"};
   Segment s(base, options);
   WEFT_TRY_VOID(s.open_files(dir, false));
   SegmentRecovery local;
-  WEFT_TRY_VOID(s.recover(last, recovery != nullptr ? *recovery : local));
+  WEFT_TRY_VOID(s.recover(last, unsynced, recovery != nullptr ? *recovery : local));
   return s;
+}
+
+std::vector<UniqueFd> Segment::handles_to_sync(bool log) {
+  std::vector<UniqueFd> handles;
+  for (const UniqueFd* file : {log ? &log_ : nullptr, &index_file_, &time_index_file_})
+    if (file != nullptr && file->valid()) handles.emplace_back(::fcntl(file->get(), F_DUPFD_CLOEXEC, 0));
+  indexes_durable_ = true;
+  return handles;
 }
 
 Result<Segment> Segment::open_trusted(const std::string& dir, Offset base, SegmentRecovery* recovery, const SegmentOptions& options) {
@@ -369,6 +377,7 @@ Result<void> Segment::append(std::span<const std::byte> batch, std::int32_t lead
     filling_at_ = size_;
   }
   const std::span<std::byte> kept = filling->append(batch);
+  log_synced_ = false;
   if (leader_epoch >= 0 && view.partition_leader_epoch() < 0) stamp_partition_leader_epoch(kept, leader_epoch);
   note_batch(position, view.last_offset(), view.max_timestamp(), batch.size());
   recent_[recent_count_++ % kRecentBoundaries] = Boundary{size_, next_};
@@ -626,6 +635,7 @@ Result<void> Segment::sync() {
   // The log alone: the indexes are rebuilt from it whenever a segment is opened, so syncing
   // them would triple the cost of every durable acknowledgement for nothing.
   if (fdatasync(log_.get()) != 0) return os_error(Errc::kIo, "fdatasync " + log_path_, errno);
+  log_synced_ = true;
   return ok();
 }
 
@@ -708,7 +718,44 @@ Result<Walk> walk_batches(int fd, const std::string& path, std::uint64_t file_by
 
 }  // namespace
 
-Result<void> Segment::recover(bool last, SegmentRecovery& recovery) {
+namespace {
+
+// Whether the log file from `position` (where a walk stopped) ends early, as a crash leaves
+// writes that never reached the disk: a batch cut short by the file's end, or the batch there
+// running into pages that read as zeros, with nothing but zeros after them (write-back goes a
+// page at a time). Anything else (a batch whose bytes are all there and wrong) is damage.
+Result<bool> ends_early(int fd, const std::string& path, std::uint64_t position, std::uint64_t file_bytes) {
+  constexpr std::uint64_t kPage = 4096;
+  const std::uint64_t left = file_bytes - position;
+  if (left < kBatchHeaderBytes) return true;
+  std::byte header[kBatchHeaderBytes];
+  WEFT_TRY(const std::size_t got, read_at(fd, header, position, path));
+  if (got < sizeof header) return true;
+  const BatchHeader h = header_of(header);
+  const bool sane = h.total_bytes >= kBatchHeaderBytes && h.total_bytes <= kMaxBatchBytes;
+  if (sane && h.total_bytes > left) return true;
+  // Where the zeros that run to the end of the file begin.
+  std::uint64_t zeros_from = position;
+  std::vector<std::byte> window(static_cast<std::size_t>(std::min<std::uint64_t>(left, std::uint64_t{64} << 10)));
+  for (std::uint64_t at = position; at < file_bytes;) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(window.size(), file_bytes - at));
+    WEFT_TRY(const std::size_t n, read_at(fd, std::span(window.data(), want), at, path));
+    if (n == 0) break;
+    for (std::size_t i = n; i > 0; --i)
+      if (window[i - 1] != std::byte{0}) {
+        zeros_from = at + i;
+        break;
+      }
+    at += n;
+  }
+  if (zeros_from == position) return true;
+  const std::uint64_t first_zero_page = (zeros_from + kPage - 1) / kPage * kPage;
+  return sane && first_zero_page < position + h.total_bytes;
+}
+
+}  // namespace
+
+Result<void> Segment::recover(bool last, bool unsynced, SegmentRecovery& recovery) {
   struct stat st{};
   if (fstat(log_.get(), &st) != 0) return os_error(Errc::kIo, "stat " + log_path_, errno);
   const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
@@ -720,10 +767,15 @@ Result<void> Segment::recover(bool last, SegmentRecovery& recovery) {
                                       }));
   recovery.valid_bytes = w.position;
   if (!w.problem.empty()) {
-    if (!last)
+    bool cut = last;
+    if (!cut && unsynced) {
+      WEFT_TRY(cut, ends_early(log_.get(), log_path_, w.position, file_bytes));
+    }
+    if (!cut)
       return Error{Errc::kCorrupt, log_path_ + ": " + w.problem + " at byte " + std::to_string(w.position) +
                                        " of a segment that is not the last: its data cannot be trusted"};
-    // The active segment of a node that stopped mid-write: cut the torn tail.
+    // The active segment of a node that stopped mid-write, or a closed one whose last writes a
+    // crash kept from the disk: cut the torn tail.
     if (ftruncate(log_.get(), static_cast<off_t>(w.position)) != 0) return os_error(Errc::kIo, "truncating " + log_path_, errno);
     recovery.truncated_bytes = file_bytes - w.position;
     recovery.truncated_from = next_;

@@ -217,6 +217,95 @@ class LogDeleter {
 
 }  // namespace
 
+struct SegmentLog::ClosedSegmentSyncs {
+  std::mutex mutex;
+  std::condition_variable done;
+  std::uint64_t generation = 0;  // moves when the log's segments change under the syncs
+  int pending = 0;
+  // Set once a sync failed: the kernel may have dropped the pages it could not write, so the log
+  // takes nothing more (kDataLoss), as when a sync of its own fails.
+  std::atomic<bool> failed{false};
+  std::string failure;  // under mutex
+};
+
+namespace {
+
+// One thread per process syncs the segments that logs closed: fdatasync of a closed segment's
+// files, then the recovery point moved past it. At a roll the appends go on into the next
+// segment meanwhile; through the page cache a closed segment may hold a GiB not yet on the
+// disk, and syncing it inline held the log's writer (and every producer waiting on it) for
+// seconds. Never destroyed, like the deleter.
+class SegmentSyncer {
+ public:
+  struct Job {
+    std::vector<UniqueFd> files;
+    std::string dir;
+    Offset point;
+    std::uint64_t generation = 0;
+    std::shared_ptr<SegmentLog::ClosedSegmentSyncs> syncs;
+  };
+
+  static SegmentSyncer& instance() {
+    static SegmentSyncer* const syncer = new SegmentSyncer();
+    return *syncer;
+  }
+
+  // False when no thread could be started: the caller syncs inline.
+  bool add(Job job) {
+    std::lock_guard lock(mutex_);
+    if (!started_) {
+      try {
+        std::thread([this] { run(); }).detach();
+        started_ = true;
+      } catch (const std::system_error&) {
+        return false;
+      }
+    }
+    queue_.push_back(std::move(job));
+    added_.notify_one();
+    return true;
+  }
+
+ private:
+  void run() {
+    name_this_thread("weft-sync");
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      added_.wait(lock, [&] { return !queue_.empty(); });
+      Job job = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      std::string failure;
+      for (const UniqueFd& file : job.files)
+        if (failure.empty() && ::fdatasync(file.get()) != 0) failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(errno);
+      {
+        std::lock_guard state(job.syncs->mutex);
+        if (!failure.empty()) {
+          job.syncs->failure = failure;
+          job.syncs->failed.store(true, std::memory_order_release);  // pairs with the acquire in append
+          log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
+        } else if (job.generation == job.syncs->generation) {
+          // Under the mutex: a truncation or reset moves the generation first, and never sees
+          // this point land after it. Failing that, the next start reads more: nothing is lost.
+          Result<void> marked = replace_file(job.dir + kRecoveryPointFile, recovery_point_text(job.point));
+          if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", job.dir}, {"reason", marked.error().message}});
+        }
+        --job.syncs->pending;
+      }
+      job.syncs->done.notify_all();
+      job.files.clear();  // closed outside the syncer's lock
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable added_;
+  std::deque<Job> queue_;
+  bool started_ = false;
+};
+
+}  // namespace
+
 Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Offset start, SegmentLogOptions options,
                                                      SegmentLogRecovery* recovery) {
   if (options.segment_bytes < kBatchHeaderBytes || options.segment_bytes > std::uint64_t{INT32_MAX})
@@ -253,8 +342,10 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     SegmentRecovery r;
     // Whole on disk when the recovery point moved past the next segment's base.
     const bool trusted = !last && found.recovery_point.value >= bases[i + 1];
+    // Above the point, a closed segment may have lost the writes of its last seconds in a crash
+    // (its sync runs after the roll): a tail that ends early is cut there too.
     WEFT_TRY(Segment segment, trusted ? Segment::open_trusted(dir, Offset{bases[i]}, &r, options.segment)
-                                      : Segment::open(dir, Offset{bases[i]}, last, &r, options.segment));
+                                      : Segment::open(dir, Offset{bases[i]}, last, &r, options.segment, !last));
     if (r.trusted) ++found.trusted_segments;
     if (!log->segments_.empty() && segment.base_offset() < log->segments_.back()->next_offset())
       return Error{Errc::kCorrupt, segment.log_path() + " starts at offset " + std::to_string(bases[i]) +
@@ -266,6 +357,24 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
       found.truncated_bytes = r.truncated_bytes;
       found.truncated_from = r.truncated_from;
       found.reason = r.reason;
+    }
+    if (r.truncated_bytes > 0 && !last) {
+      // What follows a hole cannot be served: the later segments go, and this one is the last.
+      std::vector<std::string> dropped;
+      for (std::size_t j = i + 1; j < bases.size(); ++j)
+        for (const char* kind : {".log", ".index", ".timeindex"}) {
+          const std::string path = dir + "/" + segment_file_name(Offset{bases[j]}, kind);
+          std::string renamed = path + deletion_suffix();
+          if (::rename(path.c_str(), renamed.c_str()) == 0) {
+            dropped.push_back(std::move(renamed));
+          } else if (errno != ENOENT) {
+            return os_error(Errc::kIo, "dropping " + path + " (after the cut in " + segment.log_path() + ")", errno);
+          }
+        }
+      found.reason += "; the " + std::to_string(bases.size() - i - 1) + " later segments were dropped";
+      LogDeleter::instance().add_files(std::move(dropped), 0);
+      log->segments_.push_back(std::make_unique<Segment>(std::move(segment)));
+      break;
     }
     if (!last) segment.seal();
     log->segments_.push_back(std::make_unique<Segment>(std::move(segment)));
@@ -282,6 +391,10 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
 Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   std::lock_guard lock(mutex_);
   if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
+  if (closed_syncs_->failed.load(std::memory_order_acquire)) [[unlikely]] {  // pairs with the release in the syncer
+    std::lock_guard syncs(closed_syncs_->mutex);
+    return Error{Errc::kDataLoss, closed_syncs_->failure};
+  }
   Segment* active = segments_.back().get();
   const bool full = active->size_bytes() + batch.size() > options_.segment_bytes;
   const bool old = active_since_ms_ >= 0 && wall_clock_ms() - active_since_ms_ >= options_.segment_ms;
@@ -292,23 +405,14 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     if (base < active->next_offset())
       return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the log's next offset " +
                                                std::to_string(active->next_offset().value)};
-    // A closed segment is complete on disk before the next begins. A write that fails (a full
-    // disk) fails this append, to be offered again; a failed fdatasync is not to be retried
-    // (the kernel may have dropped the pages): kDataLoss stops the log.
+    // A closed segment is all in its file before the next begins. A write that fails (a full
+    // disk) fails this append, to be offered again. Its sync follows in the background (a crash
+    // before it ends leaves a tail the next start cuts, with what came after, as Kafka does).
     WEFT_TRY_VOID(active->flush());
-    if (Result<void> synced = active->sync(); !synced.ok()) return Error{Errc::kDataLoss, synced.error().message};
     active->seal();
     WEFT_TRY(Segment next, Segment::create(dir_, base, options_.segment));
     segments_.push_back(std::make_unique<Segment>(std::move(next)));
-    // The closed segment, synced with its indexes, needs no reading through at the next start.
-    // Failing that, the next start reads more: nothing is lost.
-    // Every closed segment below the point must have its indexes on disk: those rebuilt at open
-    // (no point yet, or one that lagged) and any whose sync failed at an earlier roll.
-    Result<void> marked = ok();
-    for (std::size_t i = 0; i + 1 < segments_.size() && marked.ok(); ++i)
-      if (!segments_[i]->indexes_durable()) marked = segments_[i]->sync_indexes();
-    if (marked.ok()) marked = replace_file(dir_ + kRecoveryPointFile, recovery_point_text(base));
-    if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", dir_}, {"reason", marked.error().message}});
+    sync_closed_segment(base);
     active = segments_.back().get();
     active_since_ms_ = -1;
   }
@@ -324,7 +428,63 @@ Result<void> SegmentLog::flush() {
 
 Result<void> SegmentLog::sync() {
   std::lock_guard lock(mutex_);
-  return segments_.back()->sync();
+  // Closed segments whose background sync may not have ended come first: everything appended
+  // is durable when this returns (an fdatasync of a synced file finds nothing to write).
+  for (auto& segment : segments_)
+    if (!segment->log_synced()) WEFT_TRY_VOID(segment->sync());
+  return ok();
+}
+
+SegmentLog::SegmentLog(std::string dir, SegmentLogOptions options)
+    : dir_(std::move(dir)), options_(options), closed_syncs_(std::make_shared<ClosedSegmentSyncs>()) {}
+
+SegmentLog::~SegmentLog() {
+  std::unique_lock lock(closed_syncs_->mutex);
+  // Bounded: a disk that takes longer leaves the next start to read the segment through.
+  closed_syncs_->done.wait_for(lock, std::chrono::seconds(30), [&] { return closed_syncs_->pending == 0; });
+}
+
+void SegmentLog::sync_closed_segment(Offset point) {
+  // The closed segment's log and indexes, and the indexes of earlier ones rebuilt at open (no
+  // point yet, or one that lagged): all on disk before the point passes them.
+  SegmentSyncer::Job job;
+  for (std::size_t i = 0; i + 1 < segments_.size(); ++i) {
+    if (i + 2 == segments_.size()) {
+      job.files = segments_[i]->handles_to_sync(true);
+    } else if (!segments_[i]->indexes_durable()) {
+      for (UniqueFd& file : segments_[i]->handles_to_sync(false)) job.files.push_back(std::move(file));
+    }
+  }
+  job.dir = dir_;
+  job.point = point;
+  job.syncs = closed_syncs_;
+  {
+    std::lock_guard lock(closed_syncs_->mutex);
+    job.generation = closed_syncs_->generation;
+    ++closed_syncs_->pending;
+  }
+  if (SegmentSyncer::instance().add(std::move(job))) return;
+  {
+    std::lock_guard lock(closed_syncs_->mutex);
+    --closed_syncs_->pending;
+  }
+  // No syncer thread to be had: the closed segment is synced here, its point moved as before.
+  Segment& closed = *segments_[segments_.size() - 2];
+  if (Result<void> synced = closed.sync(); !synced.ok()) {
+    std::lock_guard lock(closed_syncs_->mutex);
+    closed_syncs_->failure = synced.error().message;
+    closed_syncs_->failed.store(true, std::memory_order_release);
+    return;
+  }
+  Result<void> marked = ok();
+  for (std::size_t i = 0; i + 1 < segments_.size() && marked.ok(); ++i) marked = segments_[i]->sync_indexes();
+  if (marked.ok()) marked = replace_file(dir_ + kRecoveryPointFile, recovery_point_text(point));
+  if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", dir_}, {"reason", marked.error().message}});
+}
+
+void SegmentLog::cancel_closed_segment_syncs() {
+  std::lock_guard lock(closed_syncs_->mutex);
+  ++closed_syncs_->generation;
 }
 
 Result<void> SegmentLog::submit(bool more_coming) {
@@ -402,6 +562,7 @@ Result<void> SegmentLog::remove() {
   std::lock_guard lock(mutex_);
   removed_ = true;
   refusal_ = "was removed with its topic";
+  cancel_closed_segment_syncs();
   segments_.resize(1);  // keep one so the other calls stay well defined; its files close with the log
   // The folder's name, cut so that the suffix fits NAME_MAX (a topic name may take 249 bytes).
   const std::filesystem::path folder(dir_);
@@ -547,6 +708,7 @@ Result<Offset> SegmentLog::truncate(Offset end) {
   std::lock_guard lock(mutex_);
   if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
   if (end >= segments_.back()->next_offset()) return segments_.back()->next_offset();
+  cancel_closed_segment_syncs();
   if (end <= segments_.front()->base_offset()) {
     WEFT_TRY_VOID(restart_at(end));
     return end;
@@ -594,6 +756,7 @@ Result<void> SegmentLog::reset(Offset start) {
 
 Result<void> SegmentLog::restart_at(Offset start) {
   if (start.value < 0) return Error{Errc::kInvalidArgument, "a log cannot start at a negative offset"};
+  cancel_closed_segment_syncs();
   ::unlink((dir_ + kRecoveryPointFile).c_str());
   for (auto& segment : segments_) {
     (void)segment->flush();  // nothing may still be written into a file being deleted

@@ -334,6 +334,52 @@ TEST(SegmentLog, ATornLastSegmentIsCutAndACorruptEarlierOneRefused) {
   EXPECT_NE(corrupt.error().message.find(logs[1].filename().string()), std::string::npos) << corrupt.error().message;
 }
 
+// A closed segment is synced after the roll, in the background: a crash before that sync ends
+// may leave it short, or with zeros where its last batches were, while later segments hold data.
+TEST(SegmentLog, AClosedSegmentThatACrashLeftShortIsCutAndTheSegmentsAfterItDropped) {
+  for (const bool zeros : {false, true}) {
+    SCOPED_TRACE(zeros ? "zeros to the end" : "cut short");
+    TempDir dir;
+    std::vector<std::filesystem::path> logs;
+    {
+      auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+      (void)fill(*log, 0, 300);
+    }
+    for (const auto& entry : std::filesystem::directory_iterator(dir.partition()))
+      if (entry.path().extension() == ".log") logs.push_back(entry.path());
+    std::sort(logs.begin(), logs.end());
+    ASSERT_GE(logs.size(), 5u);
+    // The point had not moved past the third segment when the machine stopped
+    const std::string third = logs[2].filename().string();
+    std::filesystem::remove(dir.partition() + "/recovery-point");
+    const std::uintmax_t size = std::filesystem::file_size(logs[2]);
+    if (zeros) {
+      // Its last pages never written: they read as zeros (write-back goes a page at a time)
+      const std::uintmax_t from = (size - 1000) / 4096 * 4096;
+      const int fd = ::open(logs[2].c_str(), O_RDWR);
+      const std::vector<char> blank(size - from, 0);
+      ASSERT_EQ(pwrite(fd, blank.data(), blank.size(), static_cast<off_t>(from)), static_cast<ssize_t>(blank.size()));
+      close(fd);
+    } else {
+      std::filesystem::resize_file(logs[2], size - 700);
+    }
+    SegmentLogRecovery recovery;
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery);
+    ASSERT_TRUE(log.ok()) << log.error().message;
+    // Expect the third segment cut where its data ends, the last one now, and the rest dropped
+    EXPECT_EQ((*log)->segment_count(), 3u);
+    EXPECT_GT(recovery.truncated_bytes, 0u);
+    EXPECT_EQ((*log)->next_offset(), recovery.truncated_from);
+    EXPECT_NE(recovery.reason.find("later segments were dropped"), std::string::npos) << recovery.reason;
+    for (std::size_t i = 3; i < logs.size(); ++i) EXPECT_FALSE(std::filesystem::exists(logs[i])) << logs[i];
+    EXPECT_TRUE(std::filesystem::exists(logs[2])) << third;
+    // And every offset before the cut read back, and appends going on from it
+    for (std::int64_t o = 0; o < recovery.truncated_from.value; o += 5) EXPECT_GE(first_base(**log, Offset{o}), 0) << o;
+    ASSERT_TRUE((*log)->append(batch_at(recovery.truncated_from.value, 2)).ok());
+    EXPECT_TRUE(wait_for_log_deletions(10'000));
+  }
+}
+
 // Batches whose timestamps go up and down, so the time index keeps maxima between its entries.
 std::int64_t fill_unordered_times(SegmentLog& log, std::int64_t from, int batches) {
   std::int64_t offset = from;

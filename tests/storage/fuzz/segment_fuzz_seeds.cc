@@ -1,5 +1,5 @@
 // Writes a seed corpus for segment_fuzzer into DIR: real segments (written by Segment with small
-// index intervals, synced with their indexes) in each of the fuzzer's three modes, whole and
+// index intervals, synced with their indexes) in each of the fuzzer's four modes, whole and
 // with a torn tail, so it starts from recovery's and the trusted open's happy paths.
 //
 // usage: segment_fuzz_seeds DIR
@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     const std::vector<std::uint8_t> time = weft::fuzz::read_all(dir + "/" + weft::storage::segment_file_name(kBase, ".timeindex"));
     if (index.size() > 0xFFFF || time.size() > 0xFFFF) return 1;
     const std::span<const std::uint8_t> torn = std::span(log).first(log.size() - log.size() / 7);
-    for (std::uint8_t mode = 0; mode < 3; ++mode) {
+    for (std::uint8_t mode = 0; mode < 4; ++mode) {
       const std::string name = out_dir + "/b" + std::to_string(batches) + "-m" + std::to_string(mode);
       write_seed(name, mode, index, time, log);
       write_seed(name + "-torn", mode, index, time, torn);

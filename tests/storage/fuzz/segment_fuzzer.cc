@@ -5,7 +5,7 @@
 //
 // written as one segment's three files; mode picks how it is opened: as the active (last)
 // segment, whose torn or corrupt tail is cut off; as an older one, where any fault is an error;
-// or trusted, from its indexes. What opens is then read through: every batch, offset and
+// as an older one not yet synced, whose tail may end early; or trusted, from its indexes. What opens is then read through: every batch, offset and
 // timestamp lookups. Any crash, leak, out-of-bounds access, hang or undefined behaviour is a bug;
 // an error is the expected answer to a bad file.
 #include <unistd.h>
@@ -56,7 +56,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static const weft::fuzz::ScratchDir dir("/dev/shm/weft-segment-fuzz-");  // tmpfs: no disk I/O per input
   weft::set_log_level(weft::LogLevel::kError);  // a bad file is logged: most inputs have one
   if (size < 5) return 0;
-  const std::uint8_t mode = data[0] % 3;
+  const std::uint8_t mode = data[0] % 4;
   std::size_t index_bytes = static_cast<std::size_t>(data[1]) | static_cast<std::size_t>(data[2]) << 8;
   std::size_t time_bytes = static_cast<std::size_t>(data[3]) | static_cast<std::size_t>(data[4]) << 8;
   std::span<const std::uint8_t> rest(data + 5, size - 5);
@@ -82,6 +82,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   weft::Result<weft::storage::Segment> segment =
       mode == 0   ? weft::storage::Segment::open(dir.path(), kBase, true, &recovery, options)
       : mode == 1 ? weft::storage::Segment::open(dir.path(), kBase, false, &recovery, options)
+      : mode == 2 ? weft::storage::Segment::open(dir.path(), kBase, false, &recovery, options, true)  // closed, not yet synced
                   : weft::storage::Segment::open_trusted(dir.path(), kBase, &recovery, options);
   if (segment.ok()) read_through(*segment);
   ::unlink(log_path.c_str());

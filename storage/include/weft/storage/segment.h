@@ -75,7 +75,7 @@ class WriteBuffer {
 struct SegmentRecovery {
   std::uint64_t batches = 0;
   std::uint64_t valid_bytes = 0;
-  std::uint64_t truncated_bytes = 0;  // a torn or corrupt tail cut off (last segment only)
+  std::uint64_t truncated_bytes = 0;  // a torn or corrupt tail cut off (last or unsynced segment only)
   Offset truncated_from{-1};          // the offset where the cut began, when known
   bool index_rebuilt = false;
   bool trusted = false;  // below the log's recovery point: opened from its indexes, not read through
@@ -98,9 +98,12 @@ class Segment {
   static Result<Segment> create(const std::string& dir, Offset base, const SegmentOptions& options = {});
   // An existing segment. Every batch's length and CRC is checked and the indexes are rebuilt
   // from the log. In the last (active) segment a torn or corrupt tail is cut off and reported;
-  // in any other segment it is an error (kCorrupt): its data cannot be trusted.
+  // in any other segment it is an error (kCorrupt): its data cannot be trusted. Except, with
+  // `unsynced` (a closed segment that may not have reached the disk whole before a crash), a
+  // tail that ends early — a batch cut short by the file's end, or zeros to the end — is cut as
+  // in the last segment: what a crash leaves of writes that were never synced.
   static Result<Segment> open(const std::string& dir, Offset base, bool last, SegmentRecovery* recovery = nullptr,
-                              const SegmentOptions& options = {});
+                              const SegmentOptions& options = {}, bool unsynced = false);
   // A closed segment known to be whole (synced, with its indexes, before the log's recovery
   // point moved past it): opened from its index files and the batch headers after their last
   // entry, without reading the log through. Indexes that do not hold together fall back to
@@ -138,6 +141,11 @@ class Segment {
   Result<void> sync_indexes();
   // Its index files are on disk as they are in memory (synced, or loaded by open_trusted).
   bool indexes_durable() const noexcept { return indexes_durable_; }
+  // Nothing appended since the log file was last synced (or opened).
+  bool log_synced() const noexcept { return log_synced_; }
+  // Handles of its files for a sync elsewhere (duplicates: they outlive the segment): the log
+  // (with `log`) and the two indexes, whose sync it then counts as done.
+  std::vector<UniqueFd> handles_to_sync(bool log);
 
   // The file position of the first batch whose last offset is at or after `offset` (the batch
   // that holds it, or the next one when an aborted claim skipped it): an index lookup, then a
@@ -215,7 +223,7 @@ class Segment {
   void advance_written();
   Boundary boundary_at_or_before(std::uint64_t end) const;
   Error flight_error(const Flight& flight) const;
-  Result<void> recover(bool last, SegmentRecovery& recovery);
+  Result<void> recover(bool last, bool unsynced, SegmentRecovery& recovery);
   Result<void> write_indexes();
   std::uint64_t readable_end();  // flushes if it can; the bytes in the file
   void note_batch(std::uint64_t position, Offset last, std::int64_t max_timestamp, std::size_t bytes);
@@ -242,6 +250,7 @@ class Segment {
   std::unique_ptr<IoRing> io_ring_;     // created at the first direct write; closed at seal()
   bool io_ring_refused_ = false;
   bool indexes_durable_ = false;
+  bool log_synced_ = true;              // false from an append to the next sync
   UniqueFd direct_;                     // the log opened with O_DIRECT (invalid: buffered only)
   std::size_t direct_alignment_ = 4096;
   std::size_t index_written_ = 0;       // entries already in the index file

@@ -47,9 +47,16 @@ class SegmentLog final : public PartitionLog {
   // that closed before the folder's recovery point (`recovery-point`: moved to each new
   // segment's base once the one before is synced with its indexes) are opened from their
   // indexes; every other segment is read through and checked: a torn tail of the last one is
-  // cut; a bad batch in any other is an error (kCorrupt): the partition cannot be served.
+  // cut, and so is a tail that ends early (a crash kept its writes from the disk) in a closed
+  // one the point does not vouch for, the segments after it then dropped, as Kafka does; a bad
+  // batch in any other is an error (kCorrupt): the partition cannot be served.
   static Result<std::unique_ptr<SegmentLog>> open(const std::string& dir, Offset start, SegmentLogOptions options = {},
                                                   SegmentLogRecovery* recovery = nullptr);
+  // Waits for the sync of its last closed segment, so that the next start trusts it.
+  ~SegmentLog() override;
+  // What a log and the process's syncer thread share about the syncs of its closed segments
+  // (defined in segment_log.cc).
+  struct ClosedSegmentSyncs;
 
   Result<void> append(std::span<const std::byte> batch) override;
   Result<void> flush() override;
@@ -79,11 +86,16 @@ class SegmentLog final : public PartitionLog {
   const std::string& dir() const noexcept { return dir_; }
 
  private:
-  SegmentLog(std::string dir, SegmentLogOptions options) : dir_(std::move(dir)), options_(options) {}
+  SegmentLog(std::string dir, SegmentLogOptions options);
   // The segment holding `offset` (or the next batch after it); null past the end. Under mutex_.
   Segment* segment_for(Offset offset) const;
   // Deletes every segment and starts an empty one at `start`. Under mutex_.
   Result<void> restart_at(Offset start);
+  // At a roll: the closed segment is synced by the syncer thread, which then moves the
+  // recovery point to `point`. Under mutex_.
+  void sync_closed_segment(Offset point);
+  // The syncs under way no longer move the recovery point (the segments change). Under mutex_.
+  void cancel_closed_segment_syncs();
   // Takes `segment`'s files out of the log, to be deleted by the deleter thread. Under mutex_.
   Result<void> retire(Segment& segment);
   // After a failed cut or restart: the log takes nothing more; returns the error to report.
@@ -93,6 +105,7 @@ class SegmentLog final : public PartitionLog {
   // Expires once this log is destroyed, its segments' files closed (declared before segments_, so
   // destroyed after them): a removed folder's deletion waits for it.
   std::shared_ptr<const void> open_files_ = std::make_shared<const char>(0);
+  std::shared_ptr<ClosedSegmentSyncs> closed_syncs_;
   mutable std::mutex mutex_;  // every call: segments are single-threaded
   std::vector<std::unique_ptr<Segment>> segments_;
   bool removed_ = false;
