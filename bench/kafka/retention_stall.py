@@ -13,6 +13,8 @@ import time
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from fill import fill
+
 RATE = 2000  # records/s in the paced run
 QUIET_SECONDS = 10  # the paced run's first seconds: retention cannot act yet (RETENTION_MS >= 20 s)
 
@@ -40,19 +42,8 @@ def main():
     admin.create_topics([NewTopic(topic, 1, 1, config=config)])[topic].result(10)
     value = b"x" * 1024
     filler = Producer({"bootstrap.servers": bootstrap, "acks": "1", "linger.ms": 5, "queue.buffering.max.kbytes": 1048576})
-    started = time.time()
-    for i in range(fill_mib * 1024):
-        for _ in range(100_000):  # bounded: a queue that stays full for 100 s is an error below
-            try:
-                filler.produce(topic, value, partition=0)
-                break
-            except BufferError:
-                filler.poll(0.001)
-        if i % 1000 == 0:
-            filler.poll(0)
-    if filler.flush(60) != 0:
-        sys.exit("the fill was not acknowledged within 60 s")
-    print(f"filled {fill_mib} MiB in {time.time() - started:.1f} s; syncing", flush=True)
+    fill_seconds = fill(filler, topic, fill_mib * 1024, value)
+    print(f"filled {fill_mib} MiB in {fill_seconds:.1f} s; syncing", flush=True)
     os.sync()
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "1", "linger.ms": 0})
     acked = []  # (second of the run, latency)

@@ -12,6 +12,8 @@ import time
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from fill import fill
+
 
 def main():
     if len(sys.argv) < 2:
@@ -26,20 +28,8 @@ def main():
     value = b"x" * 1024
     acked = []  # (time sent, latency)
     start = time.perf_counter()
-    for i in range(fill_mib * 1024):
-        sent = time.perf_counter()
-        for _ in range(200_000):  # bounded: a queue full for 100 s fails the flush below
-            try:
-                producer.produce(topic, value, partition=0,
-                                 on_delivery=lambda err, msg, t=sent: acked.append((t - start, time.perf_counter() - t)))
-                break
-            except BufferError:
-                producer.poll(0.0005)
-        if i % 256 == 0:
-            producer.poll(0)
-    if producer.flush(60) != 0:
-        sys.exit("not every record was acknowledged within 60 s")
-    elapsed = time.perf_counter() - start
+    elapsed = fill(producer, topic, fill_mib * 1024, value,
+                   lambda sent: lambda err, msg: acked.append((sent - start, time.perf_counter() - sent)))
     print(f"{fill_mib} MiB in {elapsed:.2f} s = {fill_mib / elapsed:.0f} MiB/s, {segment_mib} MiB segments")
     slowest = {}
     for at, latency in acked:
