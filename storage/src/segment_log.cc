@@ -439,6 +439,7 @@ SegmentLog::SegmentLog(std::string dir, SegmentLogOptions options)
     : dir_(std::move(dir)), options_(options), closed_syncs_(std::make_shared<ClosedSegmentSyncs>()) {}
 
 SegmentLog::~SegmentLog() {
+  if (removed_) return;  // its syncs move no point and keep no data that matters
   std::unique_lock lock(closed_syncs_->mutex);
   // Bounded: a disk that takes longer leaves the next start to read the segment through.
   closed_syncs_->done.wait_for(lock, std::chrono::seconds(30), [&] { return closed_syncs_->pending == 0; });

@@ -8,11 +8,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -188,8 +188,17 @@ TEST(SegmentLog, RetentionTakesSegmentsOutAtOnceAndDeletesTheirFilesLaterOffTheC
   // And the deleted segments' files renamed aside (three each), never read as segments again
   const std::vector<std::string> retired = retired_files(dir);
   EXPECT_EQ(retired.size(), 3u * kept->segments_deleted);
-  const std::regex retired_name("[0-9]{20}\\.(log|index|timeindex)\\.[0-9a-f]{16}-delete");
-  for (const std::string& name : retired) EXPECT_TRUE(std::regex_match(name, retired_name)) << name;
+  // <20 digits>.<log|index|timeindex>.<16 hex digits>-delete
+  auto retired_name = [](const std::string& name) {
+    const std::size_t kind_end = name.find('.', 21);
+    if (name.size() < 21 || kind_end == std::string::npos || !name.ends_with("-delete")) return false;
+    const std::string kind = name.substr(20, kind_end - 20);
+    const std::string nonce = name.substr(kind_end + 1, name.size() - kind_end - 1 - 7);
+    return std::all_of(name.begin(), name.begin() + 20, [](char c) { return c >= '0' && c <= '9'; }) &&
+           (kind == ".log" || kind == ".index" || kind == ".timeindex") && nonce.size() == 16 &&
+           std::all_of(nonce.begin(), nonce.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
+  };
+  for (const std::string& name : retired) EXPECT_TRUE(retired_name(name)) << name;
   EXPECT_FALSE(std::filesystem::exists(dir.partition() + "/00000000000000000000.log"));
   // And the reader reading on through what it opened
   std::vector<std::byte> bytes(reading->end - reading->position);

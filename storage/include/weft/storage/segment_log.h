@@ -52,7 +52,8 @@ class SegmentLog final : public PartitionLog {
   // batch in any other is an error (kCorrupt): the partition cannot be served.
   static Result<std::unique_ptr<SegmentLog>> open(const std::string& dir, Offset start, SegmentLogOptions options = {},
                                                   SegmentLogRecovery* recovery = nullptr);
-  // Waits for the sync of its last closed segment, so that the next start trusts it.
+  // Waits for the sync of its last closed segment, so that the next start trusts it (a removed
+  // log does not wait).
   ~SegmentLog() override;
   // What a log and the process's syncer thread share about the syncs of its closed segments
   // (defined in segment_log.cc).
