@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <new>
 #include <optional>
@@ -904,16 +905,21 @@ Result<std::vector<std::string>> Segment::retire_files(std::string_view suffix) 
   flights_.clear();
   buffers_[filling_].reset(size_, direct_alignment_);
   filling_at_ = size_;
-  std::vector<std::string> retired;
-  for (const std::string* path : {&log_path_, &index_path_, &time_index_path_}) {
-    std::string renamed = *path + std::string(suffix);
-    if (::rename(path->c_str(), renamed.c_str()) == 0) {
-      retired.push_back(std::move(renamed));
-    } else if (errno != ENOENT && ::unlink(path->c_str()) != 0 && errno != ENOENT) {
-      return os_error(Errc::kIo, "deleting " + *path, errno);  // not renamed: deleted here, as it was
+  return rename_segment_files_aside(std::filesystem::path(log_path_).parent_path().string(), base_, suffix);
+}
+
+Result<std::vector<std::string>> rename_segment_files_aside(const std::string& dir, Offset base, std::string_view suffix) {
+  std::vector<std::string> renamed;
+  for (const char* kind : {".log", ".index", ".timeindex"}) {
+    const std::string path = dir + "/" + segment_file_name(base, kind);
+    std::string aside = path + std::string(suffix);
+    if (::rename(path.c_str(), aside.c_str()) == 0) {
+      renamed.push_back(std::move(aside));
+    } else if (errno != ENOENT && ::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return os_error(Errc::kIo, "deleting " + path, errno);  // not renamed: deleted here, as it was
     }
   }
-  return retired;
+  return renamed;
 }
 
 }  // namespace weft::storage

@@ -250,23 +250,50 @@ class SegmentSyncer {
     return *syncer;
   }
 
-  // False when no thread could be started: the caller syncs inline.
-  bool add(Job job) {
-    std::lock_guard lock(mutex_);
-    if (!started_) {
-      try {
-        std::thread([this] { run(); }).detach();
-        started_ = true;
-      } catch (const std::system_error&) {
-        return false;
+  // Queues `job`; when no thread can be had, does it here instead (as the roll once did).
+  void add(Job job) {
+    {
+      std::lock_guard lock(mutex_);
+      if (!started_) {
+        try {
+          std::thread([this] { run(); }).detach();
+          started_ = true;
+        } catch (const std::system_error&) {
+        }
+      }
+      if (started_) {
+        queue_.push_back(std::move(job));
+        added_.notify_one();
+        return;
       }
     }
-    queue_.push_back(std::move(job));
-    added_.notify_one();
-    return true;
+    carry_out(job);
   }
 
  private:
+  // The files' fdatasync, then the point moved (or the failure kept, which stops the log).
+  static void carry_out(Job& job) {
+    std::string failure;
+    for (const UniqueFd& file : job.files)
+      if (failure.empty() && ::fdatasync(file.get()) != 0) failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(errno);
+    {
+      std::lock_guard state(job.syncs->mutex);
+      if (!failure.empty()) {
+        job.syncs->failure = failure;
+        job.syncs->failed.store(true, std::memory_order_release);  // pairs with the acquire in append
+        log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
+      } else if (job.generation == job.syncs->generation) {
+        // Under the mutex: a truncation or reset moves the generation first, and never sees
+        // this point land after it. Failing that, the next start reads more: nothing is lost.
+        Result<void> marked = replace_file(job.dir + kRecoveryPointFile, recovery_point_text(job.point));
+        if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", job.dir}, {"reason", marked.error().message}});
+      }
+      --job.syncs->pending;
+    }
+    job.syncs->done.notify_all();
+    job.files.clear();
+  }
+
   void run() {
     name_this_thread("weft-sync");
     std::unique_lock lock(mutex_);
@@ -275,25 +302,7 @@ class SegmentSyncer {
       Job job = std::move(queue_.front());
       queue_.pop_front();
       lock.unlock();
-      std::string failure;
-      for (const UniqueFd& file : job.files)
-        if (failure.empty() && ::fdatasync(file.get()) != 0) failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(errno);
-      {
-        std::lock_guard state(job.syncs->mutex);
-        if (!failure.empty()) {
-          job.syncs->failure = failure;
-          job.syncs->failed.store(true, std::memory_order_release);  // pairs with the acquire in append
-          log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
-        } else if (job.generation == job.syncs->generation) {
-          // Under the mutex: a truncation or reset moves the generation first, and never sees
-          // this point land after it. Failing that, the next start reads more: nothing is lost.
-          Result<void> marked = replace_file(job.dir + kRecoveryPointFile, recovery_point_text(job.point));
-          if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", job.dir}, {"reason", marked.error().message}});
-        }
-        --job.syncs->pending;
-      }
-      job.syncs->done.notify_all();
-      job.files.clear();  // closed outside the syncer's lock
+      carry_out(job);  // the files close outside the syncer's lock
       lock.lock();
     }
   }
@@ -361,16 +370,10 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     if (r.truncated_bytes > 0 && !last) {
       // What follows a hole cannot be served: the later segments go, and this one is the last.
       std::vector<std::string> dropped;
-      for (std::size_t j = i + 1; j < bases.size(); ++j)
-        for (const char* kind : {".log", ".index", ".timeindex"}) {
-          const std::string path = dir + "/" + segment_file_name(Offset{bases[j]}, kind);
-          std::string renamed = path + deletion_suffix();
-          if (::rename(path.c_str(), renamed.c_str()) == 0) {
-            dropped.push_back(std::move(renamed));
-          } else if (errno != ENOENT) {
-            return os_error(Errc::kIo, "dropping " + path + " (after the cut in " + segment.log_path() + ")", errno);
-          }
-        }
+      for (std::size_t j = i + 1; j < bases.size(); ++j) {
+        WEFT_TRY(std::vector<std::string> renamed, rename_segment_files_aside(dir, Offset{bases[j]}, deletion_suffix()));
+        dropped.insert(dropped.end(), std::make_move_iterator(renamed.begin()), std::make_move_iterator(renamed.end()));
+      }
       found.reason += "; the " + std::to_string(bases.size() - i - 1) + " later segments were dropped";
       LogDeleter::instance().add_files(std::move(dropped), 0);
       log->segments_.push_back(std::make_unique<Segment>(std::move(segment)));
@@ -464,23 +467,7 @@ void SegmentLog::sync_closed_segment(Offset point) {
     job.generation = closed_syncs_->generation;
     ++closed_syncs_->pending;
   }
-  if (SegmentSyncer::instance().add(std::move(job))) return;
-  {
-    std::lock_guard lock(closed_syncs_->mutex);
-    --closed_syncs_->pending;
-  }
-  // No syncer thread to be had: the closed segment is synced here, its point moved as before.
-  Segment& closed = *segments_[segments_.size() - 2];
-  if (Result<void> synced = closed.sync(); !synced.ok()) {
-    std::lock_guard lock(closed_syncs_->mutex);
-    closed_syncs_->failure = synced.error().message;
-    closed_syncs_->failed.store(true, std::memory_order_release);
-    return;
-  }
-  Result<void> marked = ok();
-  for (std::size_t i = 0; i + 1 < segments_.size() && marked.ok(); ++i) marked = segments_[i]->sync_indexes();
-  if (marked.ok()) marked = replace_file(dir_ + kRecoveryPointFile, recovery_point_text(point));
-  if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", dir_}, {"reason", marked.error().message}});
+  SegmentSyncer::instance().add(std::move(job));
 }
 
 void SegmentLog::cancel_closed_segment_syncs() {
@@ -687,7 +674,7 @@ Result<RetentionOutcome> SegmentLog::apply_retention(std::int64_t max_bytes, std
     // An empty segment's max timestamp is -1: old enough to go, but only once a later one exists.
     const bool too_old = max_age_ms >= 0 && oldest.max_timestamp() < now_ms - max_age_ms;
     if (!too_big && !too_old) break;
-    // Readers holding the file keep reading it: unlinking leaves open files intact.
+    // Readers holding the files keep reading them: they are renamed, and deleted a while later.
     WEFT_TRY_VOID(retire(oldest));
     total -= oldest.size_bytes();
     outcome.bytes_deleted += oldest.size_bytes();
@@ -709,11 +696,11 @@ Result<Offset> SegmentLog::truncate(Offset end) {
   std::lock_guard lock(mutex_);
   if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
   if (end >= segments_.back()->next_offset()) return segments_.back()->next_offset();
-  cancel_closed_segment_syncs();
   if (end <= segments_.front()->base_offset()) {
     WEFT_TRY_VOID(restart_at(end));
     return end;
   }
+  cancel_closed_segment_syncs();
   // Everything appended reaches the file first: no write in flight may land past the cut.
   WEFT_TRY_VOID(segments_.back()->flush());
   // The recovery point first: it must never vouch for a segment that is about to change. It

@@ -28,6 +28,9 @@ namespace weft::storage {
 
 // "00000000000000000042.log" for base 42 and extension ".log".
 std::string segment_file_name(Offset base, std::string_view extension);
+// Renames the three files of the segment at `base` in `dir` to their names + `suffix` (one that
+// cannot be renamed is deleted in place; a missing one is skipped); returns the new paths.
+Result<std::vector<std::string>> rename_segment_files_aside(const std::string& dir, Offset base, std::string_view suffix);
 
 struct SegmentOptions {
   std::size_t index_interval_bytes = 4096;  // Kafka's index.interval.bytes
