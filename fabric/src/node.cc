@@ -163,8 +163,25 @@ std::string fsync_policy_name(const TopicConfig& c) {
 
 // ---- state ----------------------------------------------------------------------------------
 
+// Ring positions that replication writes point at (PushHold), one slot per write in flight: the
+// reuse limit never passes the lowest. Holds share it, and through it the ring's mapping, so a
+// write in flight keeps both after the ring is replaced or its topic deleted.
+struct PushPins {
+  explicit PushPins(std::shared_ptr<SharedMemory> m) : memory(std::move(m)) {
+    for (auto& slot : slots) slot.store(PushHold::kFree, std::memory_order_relaxed);
+  }
+  std::uint64_t lowest() const noexcept {
+    std::uint64_t low = PushHold::kFree;
+    // Acquire: pairs with PushHold::release, so the space is reused only after the write's reads.
+    for (const auto& slot : slots) low = std::min(low, slot.load(std::memory_order_acquire));
+    return low;
+  }
+  std::shared_ptr<SharedMemory> memory;
+  std::array<std::atomic<std::uint64_t>, 32> slots;  // taken under the partition's log_mutex
+};
+
 struct Node::Partition {
-  Partition(std::shared_ptr<SharedMemory> m, Ring r) : memory(std::move(m)), ring(r), owner(r) {}
+  Partition(std::shared_ptr<SharedMemory> m, Ring r) : memory(m), ring(r), owner(r), pins(std::make_shared<PushPins>(std::move(m))) {}
   std::shared_ptr<SharedMemory> memory;
   Ring ring;
   RingOwner owner;  // the maintenance pass alone uses it (under State::maintain_mutex)
@@ -173,6 +190,7 @@ struct Node::Partition {
   // then waits on the disk without holding up every other partition's pass. Always after
   // State::maintain_mutex when both are held.
   std::mutex log_mutex;
+  std::shared_ptr<PushPins> pins;  // replaced with the ring, under log_mutex
   Ring::Mark created_at{};
   std::int64_t last_seal_ns = 0;
   std::int64_t last_reclaim_ns = 0;
@@ -964,6 +982,10 @@ double Node::maintain_pass() {
         // It read the limit to start from: moving it now could lap it before its first read.
         if (attaching) target = limit.position.value;
       }
+      // Nor past bytes a replication write in flight points at (held for microseconds: a link
+      // completes a write once it no longer reads the bytes).
+      const std::uint64_t pinned = p->pins->lowest();
+      target = std::min(target, pinned);
       if (target > limit.position.value) {
         std::optional<Ring::Mark> release;
         while (!p->checkpoints.empty() && p->checkpoints.front().position.value <= target) {
@@ -986,7 +1008,8 @@ double Node::maintain_pass() {
           // target lies inside the oldest frame, a 1 MB batch say) producers would wait for good,
           // so it goes on to the boundary past the target, and the kept half loses that frame.
           const Ring::Mark reached = p->owner.release_to(Position{target});
-          if (reached.position == limit.position) p->owner.release_to(Position{std::min(target + max_frame, frontier.position.value)});
+          if (reached.position == limit.position)
+            p->owner.release_to(Position{std::min({target + max_frame, frontier.position.value, pinned})});
         }
       }
       const std::uint64_t claimed = tail - p->created_at.position.value;
@@ -1111,6 +1134,7 @@ Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::
     p.ring = ring;
   }
   p.owner = RingOwner(ring);
+  p.pins = std::make_shared<PushPins>(memory);  // writes in flight from the old ring keep theirs
   p.writer.emplace(std::move(writer));
   p.refused.reset();
   p.unflushed = false;
@@ -1162,66 +1186,90 @@ class Node::Replica final : public ReplicaLog {
   // write its buffer early, so the ring serves the tail. Batches a producer wrote (epoch -1) get
   // the leader's epoch in the copy, as the log stamps its own.
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) override {
-    Partition& p = partition();
-    if (reader_ring_ != p.ring.data()) {
-      for (TailReader& r : readers_) r.clear();
-      reader_ring_ = p.ring.data();
-    }
-    // One tail reader per follower stream (each reads at its own pace): the one already there,
-    // else the least recently used, moved.
-    TailReader* reader = nullptr;
-    for (TailReader& r : readers_) {
-      if (r.consumer && ((r.held && r.held->base_offset == offset) || (!r.held && r.consumer->next_offset() == offset))) reader = &r;
-    }
-    if (reader == nullptr) {
-      reader = &readers_[0];
-      for (TailReader& r : readers_) {
-        if (r.last_used < reader->last_used) reader = &r;
-      }
-      reader->held.reset();
-      if (!reader->consumer) {
-        Result<Consumer> attached = Consumer::attach(p.ring, StartAt::kLatest);
-        if (!attached.ok()) return from_log(offset, out);
-        reader->consumer.emplace(std::move(attached.value()));
-      }
-      if (reader->consumer->next_offset() != offset && !reader->consumer->seek(offset).ok()) {
-        return from_log(offset, out);  // behind the ring: the log has it
-      }
-    }
-    reader->last_used = ++reads_;
+    TailReader* reader = tail_reader_at(offset);
+    if (reader == nullptr) return from_log(offset, out);
     Consumer& consumer = *reader->consumer;
-    const std::int32_t epoch = p.log->leader_epoch();
+    const std::int32_t epoch = partition().log->leader_epoch();
     std::size_t copied = 0;
     for (;;) {
       RingBatch batch;
-      if (reader->held) {
-        batch = *reader->held;
-        reader->held.reset();
-      } else {
-        const PollStatus status = consumer.poll(batch);
+      if (const PollStatus status = next_batch(*reader, batch); status != PollStatus::kOk) {
         if (status == PollStatus::kEmpty) break;
-        if (status != PollStatus::kOk) {
-          reader->consumer.reset();
-          return copied > 0 ? Result<std::size_t>(copied) : from_log(offset, out);
-        }
-      }
-      if (batch.bytes.size() > out.size() - copied) {
-        reader->held = batch;  // the next read starts with it
-        if (copied == 0) {
-          return Error{Errc::kResourceExhausted, "the batch at offset " + std::to_string(batch.base_offset.value) + " is larger than the buffer"};
-        }
-        break;
-      }
-      std::memcpy(out.data() + copied, batch.bytes.data(), batch.bytes.size());
-      if (!consumer.validate(batch)) {  // overwritten while copied: the log has it
         reader->consumer.reset();
         return copied > 0 ? Result<std::size_t>(copied) : from_log(offset, out);
       }
-      const std::span<std::byte> copy(out.data() + copied, batch.bytes.size());
-      if (epoch >= 0 && wire::load_be32(copy.data() + batch_field::kPartitionLeaderEpoch) < 0) stamp_partition_leader_epoch(copy, epoch);
+      if (batch.bytes.size() > out.size() - copied) {
+        reader->held = batch;  // the next read starts with it
+        if (copied == 0) return too_big(batch);
+        break;
+      }
+      if (!copy_out(consumer, batch, out.data() + copied, epoch)) {  // overwritten while copied: the log has it
+        reader->consumer.reset();
+        return copied > 0 ? Result<std::size_t>(copied) : from_log(offset, out);
+      }
       copied += batch.bytes.size();
     }
     return copied;
+  }
+
+  // As read(), but a batch of kInPlaceBytes or more goes in place: its gather entry points into
+  // the ring, whose reuse limit a pin keeps behind it until the write completes (one copy less
+  // per follower; RDMA writes from the registered ring the same way). Smaller batches, and any
+  // that must be stamped with the epoch, are copied into `staging`, runs of them into one entry.
+  Result<PushRead> read_for_push(Offset offset, std::span<std::byte> staging, std::span<std::span<const std::byte>> pieces,
+                                 PushHold& hold) override {
+    TailReader* reader = tail_reader_at(offset);
+    auto from_the_log = [&]() -> Result<PushRead> {
+      WEFT_TRY(const std::size_t got, from_log(offset, staging));
+      return copied_push(staging, got, offset, pieces);
+    };
+    if (reader == nullptr) return from_the_log();
+    Consumer& consumer = *reader->consumer;
+    const std::int32_t epoch = partition().log->leader_epoch();
+    PushRead r{0, 0, offset};
+    std::size_t staged = 0;
+    bool pin_refused = false;
+    for (;;) {
+      RingBatch batch;
+      if (const PollStatus status = next_batch(*reader, batch); status != PollStatus::kOk) {
+        if (status == PollStatus::kEmpty) break;
+        reader->consumer.reset();
+        if (r.bytes > 0) return r;
+        hold.release();
+        return from_the_log();
+      }
+      const std::size_t size = batch.bytes.size();
+      if (size > staging.size() - r.bytes) {
+        reader->held = batch;
+        if (r.bytes == 0) return too_big(batch);
+        break;
+      }
+      const bool stamped = epoch < 0 || wire::load_be32(batch.bytes.data() + batch_field::kPartitionLeaderEpoch) >= 0;
+      if (size >= kInPlaceBytes && stamped && !hold && !pin_refused) pin_refused = !pin(batch, hold);
+      const std::span<const std::byte>* last = r.pieces > 0 ? &pieces[r.pieces - 1] : nullptr;
+      const bool in_place = size >= kInPlaceBytes && stamped && hold;
+      const bool extends = !in_place && last != nullptr && last->data() + last->size() == staging.data() + staged;
+      if (!extends && r.pieces == pieces.size()) {
+        reader->held = batch;  // no gather entry left: the next push starts with it
+        break;
+      }
+      if (in_place) {
+        pieces[r.pieces++] = batch.bytes;
+      } else {
+        if (!copy_out(consumer, batch, staging.data() + staged, epoch)) {
+          reader->consumer.reset();
+          if (r.bytes > 0) return r;
+          hold.release();
+          return from_the_log();
+        }
+        pieces[extends ? r.pieces - 1 : r.pieces++] =
+            std::span<const std::byte>(extends ? last->data() : staging.data() + staged, (extends ? last->size() : 0) + size);
+        staged += size;
+      }
+      r.bytes += size;
+      r.next = batch.base_offset + batch.records;
+    }
+    return r;
   }
 
   Result<std::size_t> append(std::span<const std::byte> batches) override {
@@ -1322,6 +1370,89 @@ class Node::Replica final : public ReplicaLog {
  private:
   Partition& partition() const { return *topic_->partitions[index_]; }
 
+  struct TailReader {
+    std::optional<Consumer> consumer;
+    std::optional<RingBatch> held;  // read from the ring, did not fit the last buffer
+    std::uint64_t last_used = 0;
+    void clear() noexcept {
+      consumer.reset();
+      held.reset();
+      last_used = 0;
+    }
+  };
+
+  // Below this a batch is copied into the push's staging rather than pointed at: the copy costs
+  // less than a gather entry (8 to a write) and a pin.
+  static constexpr std::size_t kInPlaceBytes = 16 * 1024;
+
+  // The tail reader positioned at `offset`, one per follower stream (each reads at its own pace):
+  // the one already there, else the least recently used, moved. nullptr when the ring no longer
+  // holds `offset` (the log does).
+  TailReader* tail_reader_at(Offset offset) {
+    Partition& p = partition();
+    if (reader_ring_ != p.ring.data()) {
+      for (TailReader& r : readers_) r.clear();
+      reader_ring_ = p.ring.data();
+    }
+    TailReader* reader = nullptr;
+    for (TailReader& r : readers_) {
+      if (r.consumer && ((r.held && r.held->base_offset == offset) || (!r.held && r.consumer->next_offset() == offset))) reader = &r;
+    }
+    if (reader == nullptr) {
+      reader = &readers_[0];
+      for (TailReader& r : readers_) {
+        if (r.last_used < reader->last_used) reader = &r;
+      }
+      reader->held.reset();
+      if (!reader->consumer) {
+        Result<Consumer> attached = Consumer::attach(p.ring, StartAt::kLatest);
+        if (!attached.ok()) return nullptr;
+        reader->consumer.emplace(std::move(attached.value()));
+      }
+      if (reader->consumer->next_offset() != offset && !reader->consumer->seek(offset).ok()) return nullptr;
+    }
+    reader->last_used = ++reads_;
+    return reader;
+  }
+
+  // The batch a read left over, else the ring's next.
+  static PollStatus next_batch(TailReader& reader, RingBatch& batch) {
+    if (!reader.held) return reader.consumer->poll(batch);
+    batch = *reader.held;
+    reader.held.reset();
+    return PollStatus::kOk;
+  }
+
+  static Error too_big(const RingBatch& batch) {
+    return Error{Errc::kResourceExhausted, "the batch at offset " + std::to_string(batch.base_offset.value) + " is larger than the buffer"};
+  }
+
+  // Copies `batch` to `to` and stamps the leader's epoch where a producer left none; false when
+  // producers overwrote it meanwhile.
+  static bool copy_out(const Consumer& consumer, const RingBatch& batch, std::byte* to, std::int32_t epoch) {
+    std::memcpy(to, batch.bytes.data(), batch.bytes.size());
+    if (!consumer.validate(batch)) return false;
+    const std::span<std::byte> copy(to, batch.bytes.size());
+    if (epoch >= 0 && wire::load_be32(copy.data() + batch_field::kPartitionLeaderEpoch) < 0) stamp_partition_leader_epoch(copy, epoch);
+    return true;
+  }
+
+  // Keeps the reuse limit behind `batch` (at or behind it now, so never overwritten) until `hold`
+  // lets go. Under the log lock, which every move of the limit takes; when the node's pass has
+  // it, or no slot is free, the push copies instead.
+  bool pin(const RingBatch& batch, PushHold& hold) {
+    Partition& p = partition();
+    std::unique_lock lock(p.log_mutex, std::try_to_lock);
+    if (!lock.owns_lock() || p.ring.data() != reader_ring_ || p.ring.reuse_limit().position.value > batch.position.value) return false;
+    for (auto& slot : p.pins->slots) {
+      if (slot.load(std::memory_order_relaxed) != PushHold::kFree) continue;
+      slot.store(batch.position.value, std::memory_order_relaxed);  // read by the pass under log_mutex
+      hold = PushHold(std::shared_ptr<std::atomic<std::uint64_t>>(p.pins, &slot));
+      return true;
+    }
+    return false;
+  }
+
   Result<std::size_t> from_log(Offset offset, std::span<std::byte> out) {
     if (offset >= read_log_progress(partition().ring).written) return std::size_t{0};
     WEFT_TRY(std::size_t got, partition().log->read(offset, out));
@@ -1372,16 +1503,6 @@ class Node::Replica final : public ReplicaLog {
   std::uint32_t index_;
   EpochHistory epochs_;
   std::optional<Producer> writer_;
-  struct TailReader {
-    std::optional<Consumer> consumer;
-    std::optional<RingBatch> held;  // read from the ring, did not fit the last buffer
-    std::uint64_t last_used = 0;
-    void clear() noexcept {
-      consumer.reset();
-      held.reset();
-      last_used = 0;
-    }
-  };
   std::array<TailReader, 4> readers_;  // the leader's, one per follower stream
   const std::byte* reader_ring_ = nullptr;
   Offset written_through_{-1};  // the ring's claimed end at the last write_through()

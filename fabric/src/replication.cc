@@ -175,6 +175,7 @@ struct Replicator::Impl {
     struct InFlight {
       std::uint16_t stream;
       Buffer buffer;
+      PushHold hold;  // ring bytes the write points at
     };
     std::deque<InFlight> in_flight;
     // Landing regions of partitions no longer followed through this link: a write may still be
@@ -185,6 +186,9 @@ struct Replicator::Impl {
     };
     std::vector<Retired> retired;
     bool up() const noexcept { return link != nullptr && link->connected(); }
+    // The link goes first: nothing may read the in-flight writes' buffers or held ring bytes
+    // after they are let go.
+    ~Connection() { link.reset(); }
   };
 
   // Frees the retired regions of a connection whose link is closed (or about to be replaced).
@@ -432,21 +436,26 @@ struct Replicator::Impl {
         // of the immediate tells the follower so).
         std::uint64_t skip = 0;
         bool too_big = false;  // the next batch needs more room than was offered
-        auto read_into = [&](std::uint64_t room) -> Result<std::size_t> {
-          if (room == 0) return std::size_t{0};
-          Result<std::size_t> got = log_.read(s.next_offset, std::span(buffer->data(), room));
+        // The write's gather list: large batches in place in the leader's ring (held from reuse
+        // until the write completes), the rest copied into the buffer.
+        std::array<std::span<const std::byte>, kLinkMaxGather> pieces;
+        PushHold hold;
+        auto read_into = [&](std::uint64_t room) -> Result<PushRead> {
+          hold.release();
+          if (room == 0) return PushRead{0, 0, s.next_offset};
+          Result<PushRead> got = log_.read_for_push(s.next_offset, std::span(buffer->data(), room), pieces, hold);
           if (!got.ok() && got.error().code == Errc::kResourceExhausted) {
             too_big = true;
-            return std::size_t{0};
+            return PushRead{0, 0, s.next_offset};
           }
           return got;
         };
         const std::uint64_t at_head = std::min<std::uint64_t>({options.max_write_bytes, free, size - s.head});
-        Result<std::size_t> read = read_into(at_head);
+        Result<PushRead> read = read_into(at_head);
         // Wrap when the next batch does not fit before the end — or nothing does (a write ended
         // exactly at the end: skip is then 0, and the wrap bit still says "from the start").
         bool wrapped = false;
-        if (read.ok() && *read == 0 && (too_big || s.head == size) && s.head != 0 && free >= size - s.head) {
+        if (read.ok() && read->bytes == 0 && (too_big || s.head == size) && s.head != 0 && free >= size - s.head) {
           skip = size - s.head;
           wrapped = true;
           too_big = false;
@@ -458,7 +467,7 @@ struct Replicator::Impl {
           c.link->close();
           return any;
         }
-        if (*read == 0) {
+        if (read->bytes == 0) {
           if (too_big && free == size && !s.stuck_reported) {
             log(LogLevel::kError, "replication: a batch is larger than one replication write (max_write_bytes); the stream waits",
                 {{"partition", to_string(s.partition)}, {"offset", std::to_string(s.next_offset.value)}});
@@ -466,26 +475,16 @@ struct Replicator::Impl {
           }
           break;  // nothing new yet, or the next batch needs more room than the follower has freed
         }
-        // Where the next push starts: the offset after the last batch read.
-        std::span<const std::byte> chunk(buffer->data(), *read);
-        Offset next = s.next_offset;
-        for (std::size_t at = 0; at < chunk.size();) {
-          Result<BatchView> batch = BatchView::parse_header(chunk.subspan(at), false);
-          if (!batch.ok()) break;
-          next = batch->last_offset() + 1;
-          at += batch->size_bytes();
-        }
         const std::uint64_t start = wrapped ? 0 : s.head;
-        const std::span<const std::byte> gather[1] = {chunk};
         const std::uint32_t immediate = id | (wrapped ? kWrapBit : 0u);
         c.poll_due = true;
-        const PostStatus posted = c.link->post_write(s.region, start, gather, immediate, id);
+        const PostStatus posted = c.link->post_write(s.region, start, std::span(pieces.data(), read->pieces), immediate, id);
         if (posted != PostStatus::kOk) break;  // a full queue: the next round; a dead link: its end is polled
-        c.in_flight.push_back(Connection::InFlight{id, std::move(buffer)});
+        c.in_flight.push_back(Connection::InFlight{id, std::move(buffer), std::move(hold)});
         s.free_buffers.pop_back();
-        s.written += skip + chunk.size();
-        s.head = start + chunk.size();
-        s.next_offset = next;
+        s.written += skip + read->bytes;
+        s.head = start + read->bytes;
+        s.next_offset = read->next;
         any = true;
       }
     }
@@ -939,6 +938,27 @@ Replicator::~Replicator() {
     impl_->release_retired(*c);
   }
   for (auto& [partition, f] : impl_->followed) (void)impl_->transport.deregister_region(f.descriptor.key);
+}
+
+Result<PushRead> ReplicaLog::read_for_push(Offset offset, std::span<std::byte> staging, std::span<std::span<const std::byte>> pieces,
+                                           PushHold& hold) {
+  (void)hold;
+  WEFT_TRY(const std::size_t got, read(offset, staging));
+  return copied_push(staging, got, offset, pieces);
+}
+
+PushRead ReplicaLog::copied_push(std::span<const std::byte> staging, std::size_t got, Offset offset,
+                                 std::span<std::span<const std::byte>> pieces) {
+  PushRead r{got, 0, offset};
+  if (got == 0) return r;
+  pieces[r.pieces++] = staging.first(got);
+  for (std::size_t at = 0; at < got;) {
+    Result<BatchView> batch = BatchView::parse_header(staging.subspan(at, got - at), false);
+    if (!batch.ok()) break;
+    r.next = batch->last_offset() + 1;
+    at += batch->size_bytes();
+  }
+  return r;
 }
 
 Result<std::unique_ptr<Replicator>> Replicator::start(Transport& transport, NodeId self, std::string_view listen_address,

@@ -5,6 +5,7 @@
 // a fresh ring from there, and a follower far behind catches up from the leader's segments.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../temp_dir.h"
@@ -246,6 +248,90 @@ TEST_F(NodeReplication, AFollowerFarBehindCatchesUpFromTheLeadersSegments) {
   EXPECT_EQ(b().log_batches(), a().log_batches());
 }
 
+
+// Batches of 16 KiB and more go to the follower from the leader's ring in place (no copy into a
+// push buffer), smaller ones copied, both in one write; the follower's log ends byte for byte
+// as the leader's while producers lap the leader's ring several times.
+TEST_F(NodeReplication, LargeBatchesGoFromTheLeadersRingInPlaceAndReachTheFollowerWhole) {
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1").ok());
+  std::int64_t end = 0;
+  for (int round = 0; round < 8; ++round) {
+    a().produce(8, 150, static_cast<std::byte>(0x40 + round));  // ~35 KiB each, 280 KiB a round
+    a().produce(20, 5, static_cast<std::byte>(0x60 + round));
+    end += 8 * 150 + 20 * 5;
+    ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == Offset{end}; }))
+        << "round " << round << ": hw " << a().replicator->high_watermark(kP)->value;
+  }
+  ASSERT_GT(a().node->open_partition(kP.topic, 0)->ring.reuse_limit().offset.value, 0) << "the leader's ring was lapped";
+  ASSERT_TRUE(run_until([&] { return b().replica->durable_end() == Offset{end}; }));
+  const auto leader = a().log_batches();
+  ASSERT_EQ(leader.size(), 8u * 28u);
+  EXPECT_EQ(b().log_batches(), leader);
+}
+
+// A push points at large batches where the ring holds them; its pin keeps producers off those
+// bytes (they are back-pressured instead) until it is released, however far the log has gone.
+TEST_F(NodeReplication, APushsPinKeepsProducersOffTheBatchesItPointsAtUntilReleased) {
+  TestNode& n = a();
+  n.produce(2, 150, std::byte{0x41});
+  n.produce(3, 5, std::byte{0x42});
+  PartitionMemory memory = n.node->open_partition(kP.topic, 0).value();
+  const std::span<const std::byte> ring_bytes = memory.memory->bytes();
+  auto in_ring = [&](std::span<const std::byte> piece) {
+    return piece.data() >= ring_bytes.data() && piece.data() + piece.size() <= ring_bytes.data() + ring_bytes.size();
+  };
+  std::vector<std::byte> staging(std::size_t{1} << 20);
+  std::array<std::span<const std::byte>, kLinkMaxGather> pieces;
+  PushHold hold;
+  PushRead read;
+  // The pin is not taken while the node's pass holds the log lock (the push copies then): ask again.
+  for (int tries = 0; tries < 1'000 && !hold; ++tries) {
+    Result<PushRead> got = n.replica->read_for_push(Offset{0}, staging, pieces, hold);
+    ASSERT_TRUE(got.ok()) << got.error().message;
+    read = *got;
+  }
+  ASSERT_TRUE(hold) << "a pin within 1 000 tries";
+  ASSERT_EQ(read.next, Offset{315});
+  ASSERT_EQ(read.pieces, 3u) << "two batches in place, three small ones copied into one entry";
+  EXPECT_TRUE(in_ring(pieces[0]));
+  EXPECT_TRUE(in_ring(pieces[1]));
+  EXPECT_EQ(pieces[2].data(), staging.data());
+  std::vector<std::byte> gathered;
+  for (std::size_t i = 0; i < read.pieces; ++i) gathered.insert(gathered.end(), pieces[i].begin(), pieces[i].end());
+  std::vector<std::byte> logged;
+  for (const auto& batch : n.log_batches()) logged.insert(logged.end(), batch.begin(), batch.end());
+  EXPECT_EQ(gathered, logged) << "the gather list is the log's bytes";
+  EXPECT_EQ(read.bytes, logged.size());
+  const std::vector<std::byte> pinned(pieces[0].begin(), pieces[0].end());
+
+  // Producers fill the ring and stop at the pin, though the log writer took everything.
+  Producer producer = Producer::attach(memory.ring).value();
+  const std::vector<std::byte> big = make_batch(0, 150, 1'800'000'000'000, 200, std::byte{0x43});
+  auto offer_until_held_back = [&](int& offered) {
+    int held_back_ms = 0;
+    for (int tries = 0; tries < 5'000 && held_back_ms < 200 && offered < 100; ++tries) {
+      if (producer.offer(big) == ClaimStatus::kOk) {
+        ++offered;
+        held_back_ms = 0;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        ++held_back_ms;
+      }
+    }
+  };
+  int offered = 0;
+  offer_until_held_back(offered);
+  EXPECT_LE(offered, 32) << "a 1 MiB ring holds ~31 such batches: producers were held back at the pin";
+  EXPECT_GT(offered, 20);
+  EXPECT_EQ(std::vector<std::byte>(pieces[0].begin(), pieces[0].end()), pinned) << "the pinned batch is intact";
+
+  // Released, the space is reused.
+  hold.release();
+  int more = 0;
+  offer_until_held_back(more);
+  EXPECT_GT(more, 10);
+}
 
 TEST_F(NodeReplication, AReplicaTakesItsSavedEpochHistoryAndReadsTheLogThroughOnlyWithoutOne) {
   ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 3, {1}, {1}).ok());

@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "link_conformance.h"
 #include "weft/fabric/socket_address.h"
 
@@ -146,6 +148,37 @@ TEST_F(TcpLinkTest, APeerProcessKilledMidWriteIsSeen) {
   EXPECT_EQ(count_kind(seen, LinkCompletion::Kind::kWriteReceived), 0u) << "a torn write is never reported as landed";
   EXPECT_FALSE(link->error().message.empty());
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the writer died as planned";
+}
+
+// A write completes when it is posted: what the socket does not take at once is copied, so a
+// peer that stops reading holds none of the writer's memory (a leader writes from its ring and
+// lets the space go on completion). The peer still gets the bytes as they were when posted.
+TEST_F(TcpLinkTest, AWriteCompletesAsPostedAndItsSourceMayChangeBeforeThePeerReads) {
+  std::vector<std::byte> region(std::size_t{16} << 20);
+  auto registered = transport->register_region(region);
+  ASSERT_TRUE(registered.ok());
+  auto connected = transport->connect(listener->address(), 2'000);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  std::unique_ptr<Link> writer = std::move(connected.value());
+  auto accepted = accept_within(5'000);
+  ASSERT_TRUE(accepted.ok()) << accepted.error().message;
+  std::unique_ptr<Link> reader = std::move(accepted.value());
+
+  std::vector<std::byte> source(region.size(), std::byte{0x5a});  // far more than a socket buffer
+  const std::span<const std::byte> pieces[2] = {std::span(source).first(source.size() / 2), std::span(source).subspan(source.size() / 2)};
+  ASSERT_EQ(writer->post_write(registered->descriptor, 0, pieces, 7, 42), PostStatus::kOk);
+  std::array<LinkCompletion, 8> done;
+  ASSERT_EQ(writer->poll(done), 1u) << "completed before the peer read a byte";
+  EXPECT_EQ(done[0].kind, LinkCompletion::Kind::kWriteDone);
+  EXPECT_EQ(done[0].context, 42u);
+  EXPECT_FALSE(done[0].flushed);
+  std::fill(source.begin(), source.end(), std::byte{0});
+
+  std::vector<LinkCompletion> seen;
+  ASSERT_TRUE(pump_until(*reader, seen, [&] { return count_kind(seen, LinkCompletion::Kind::kWriteReceived) == 1; }, writer.get()));
+  EXPECT_EQ(seen.back().immediate, 7u);
+  EXPECT_EQ(seen.back().length, region.size());
+  EXPECT_EQ(std::count(region.begin(), region.end(), std::byte{0x5a}), static_cast<std::ptrdiff_t>(region.size()));
 }
 
 TEST(TcpTransport, AddressesAreCheckedAndPortsReported) {

@@ -120,7 +120,7 @@ class TcpLink final : public Link {
                         std::uint32_t immediate, std::uint64_t context) override {
     if (gone_) return PostStatus::kPeerGone;
     if (gather.size() > kLinkMaxGather || remote.key == 0) return PostStatus::kInvalid;
-    if (posted_ - done_polled_ >= kLinkQueueDepth) return PostStatus::kQueueFull;
+    if (queue_full()) return PostStatus::kQueueFull;
     std::uint64_t length = 0;
     for (const auto& piece : gather) length += piece.size();
     if (length > UINT32_MAX || length > remote.length || offset > remote.length - length) return PostStatus::kInvalid;
@@ -134,15 +134,13 @@ class TcpLink final : public Link {
     op.iov_next = 0;
     op.context = context;
     op.is_write = true;
-    ++posted_;
-    flush();
-    return gone_ ? PostStatus::kPeerGone : PostStatus::kOk;
+    return post(op);
   }
 
   PostStatus post_send(std::span<const std::byte> message, std::uint64_t context) override {
     if (gone_) return PostStatus::kPeerGone;
     if (message.size() > kLinkMaxMessageBytes) return PostStatus::kInvalid;
-    if (posted_ - done_polled_ >= kLinkQueueDepth) return PostStatus::kQueueFull;
+    if (queue_full()) return PostStatus::kQueueFull;
     SendOp& op = ops_[posted_ % kLinkQueueDepth];
     op.header = FrameHeader{kOpSend, {}, 0, 0, static_cast<std::uint32_t>(message.size()), 0};
     if (!message.empty()) std::memcpy(op.message.data(), message.data(), message.size());
@@ -152,9 +150,7 @@ class TcpLink final : public Link {
     op.iov_next = 0;
     op.context = context;
     op.is_write = false;
-    ++posted_;
-    flush();
-    return gone_ ? PostStatus::kPeerGone : PostStatus::kOk;
+    return post(op);
   }
 
   std::size_t poll(std::span<LinkCompletion> out) override {
@@ -192,7 +188,39 @@ class TcpLink final : public Link {
     std::uint64_t context = 0;
     bool is_write = false;
     std::array<std::byte, kLinkMaxMessageBytes> message{};
+    std::vector<std::byte> owned;  // what the socket did not take at once, copied (capacity kept)
   };
+
+  // A slot is free once its completion was polled and its bytes are on the wire.
+  bool queue_full() const noexcept { return posted_ - done_polled_ >= kLinkQueueDepth || posted_ - sent_ >= kLinkQueueDepth; }
+
+  // Sends what the socket takes now; what it does not take is copied into the operation, so the
+  // operation completes at once and never reads the caller's bytes later. A follower that stops
+  // reading therefore holds no memory of the caller's (a leader's ring, which the replicator
+  // writes from), only the link's copy. Completions come in posting order.
+  PostStatus post(SendOp& op) {
+    ++posted_;
+    flush();
+    if (gone_) return PostStatus::kPeerGone;  // not posted after all: no completion comes
+    if (sent_ < posted_) {
+      std::size_t left = 0;
+      for (std::size_t k = op.iov_next; k < op.iov_count; ++k) left += op.iov[k].iov_len;
+      op.owned.resize(left);
+      std::size_t at = 0;
+      for (std::size_t k = op.iov_next; k < op.iov_count; ++k) {
+        std::memcpy(op.owned.data() + at, op.iov[k].iov_base, op.iov[k].iov_len);
+        at += op.iov[k].iov_len;
+      }
+      op.iov[0] = iovec{op.owned.data(), left};
+      op.iov_count = 1;
+      op.iov_next = 0;
+    }
+    LinkCompletion done;
+    done.kind = op.is_write ? LinkCompletion::Kind::kWriteDone : LinkCompletion::Kind::kSendDone;
+    done.context = op.context;
+    push(done);
+    return PostStatus::kOk;
+  }
 
   void push(const LinkCompletion& c) {
     completions_[cq_tail_ % kCompletionSlots] = c;
@@ -223,7 +251,7 @@ class TcpLink final : public Link {
     want_output(sent_ < posted_ && !gone_);
   }
 
-  // Trims `n` sent bytes off the oldest operations; those wholly sent complete.
+  // Trims `n` sent bytes off the oldest operations; those wholly sent free their slots.
   void consume_sent(std::size_t n) {
     while (sent_ < posted_) {
       SendOp& op = ops_[sent_ % kLinkQueueDepth];
@@ -239,11 +267,7 @@ class TcpLink final : public Link {
         }
       }
       if (op.iov_next < op.iov_count) break;
-      LinkCompletion done;
-      done.kind = op.is_write ? LinkCompletion::Kind::kWriteDone : LinkCompletion::Kind::kSendDone;
-      done.context = op.context;
-      push(done);
-      ++sent_;
+      ++sent_;  // its completion went out when it was posted
     }
   }
 
@@ -385,18 +409,11 @@ class TcpLink final : public Link {
     ::shutdown(socket_.get(), SHUT_RDWR);
   }
 
-  // After the end: every operation not yet sent completes as flushed, then kPeerGone, once.
+  // After the end: kPeerGone, once (every operation completed when it was posted; one whose
+  // post found the link ended was refused with kPeerGone).
   void drain_after_end() {
-    while (sent_ < posted_ && cq_tail_ - cq_head_ < kCompletionSlots) {
-      SendOp& op = ops_[sent_ % kLinkQueueDepth];
-      LinkCompletion done;
-      done.kind = op.is_write ? LinkCompletion::Kind::kWriteDone : LinkCompletion::Kind::kSendDone;
-      done.flushed = true;
-      done.context = op.context;
-      push(done);
-      ++sent_;
-    }
-    if (sent_ == posted_ && !gone_reported_ && cq_tail_ - cq_head_ < kCompletionSlots) {
+    sent_ = posted_;
+    if (!gone_reported_ && cq_tail_ - cq_head_ < kCompletionSlots) {
       LinkCompletion gone;
       gone.kind = LinkCompletion::Kind::kPeerGone;
       push(gone);

@@ -69,7 +69,7 @@ struct LinkCompletion {
     kPeerGone,         // the link ended (error() says why); the last completion it gives
   };
   Kind kind = Kind::kWriteDone;
-  bool flushed = false;          // kWriteDone/kSendDone: the link ended before the peer had it
+  bool flushed = false;          // kWriteDone/kSendDone: the link ended before the bytes left
   std::uint32_t immediate = 0;   // kWriteReceived
   std::uint32_t length = 0;      // kWriteReceived: bytes written
   std::uint64_t context = 0;     // kWriteDone/kSendDone: the caller's value from post_*
@@ -82,7 +82,9 @@ class Link {
 
   // Writes the concatenation of `gather` into the peer's region `remote` at `offset`, then
   // delivers `immediate` with it. The source bytes must not change until kWriteDone for
-  // `context` is polled (RDMA reads them from memory while the write is on the wire).
+  // `context` is polled (RDMA reads them from memory while the write is on the wire; TCP
+  // copies what its socket does not take at once and completes as it posts). A completion
+  // says the source may change, not that the peer has the bytes: its reply says that.
   virtual PostStatus post_write(const RegionDescriptor& remote, std::uint64_t offset,
                                 std::span<const std::span<const std::byte>> gather, std::uint32_t immediate,
                                 std::uint64_t context) = 0;
@@ -101,7 +103,8 @@ class Link {
   // Why the link ended (code kOk while it is up).
   virtual const Error& error() const noexcept = 0;
   virtual const std::string& peer_address() const noexcept = 0;
-  // Ends the link; the peer sees kPeerGone. Outstanding operations complete as flushed.
+  // Ends the link; the peer sees kPeerGone. Outstanding operations complete (as flushed where
+  // the transport still held the caller's bytes) before this side's kPeerGone.
   virtual void close() noexcept = 0;
 };
 

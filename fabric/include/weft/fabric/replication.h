@@ -17,6 +17,7 @@
 // The replicator is driven by one thread (run_once); it never blocks beyond its wait.
 #pragma once
 
+#include <atomic>
 #include <compare>
 #include <cstddef>
 #include <cstdint>
@@ -66,6 +67,46 @@ class EpochHistory {
   std::vector<Entry> entries_;
 };
 
+// Keeps bytes that a push points at (a leader's ring) from being reused until the push
+// completes: the replicator keeps it with the write and lets it go on kWriteDone. Releasing is
+// one store; what it holds (a hold slot, the memory's mapping) lives as long as the hold does.
+class PushHold {
+ public:
+  static constexpr std::uint64_t kFree = ~std::uint64_t{0};
+  PushHold() = default;
+  // `slot` holds a ring position while this lives; kFree is stored back on release.
+  explicit PushHold(std::shared_ptr<std::atomic<std::uint64_t>> slot) noexcept : slot_(std::move(slot)) {}
+  PushHold(PushHold&& other) noexcept = default;
+  PushHold& operator=(PushHold&& other) noexcept {
+    if (this != &other) {
+      release();
+      slot_ = std::move(other.slot_);
+    }
+    return *this;
+  }
+  PushHold(const PushHold&) = delete;
+  PushHold& operator=(const PushHold&) = delete;
+  ~PushHold() { release(); }
+  void release() noexcept {
+    // Release: the reader of the slot (the node's pass, under its log lock) may reuse the space
+    // once it sees kFree, after everything this thread did with the bytes.
+    if (slot_) slot_->store(kFree, std::memory_order_release);
+    slot_.reset();
+  }
+  explicit operator bool() const noexcept { return slot_ != nullptr; }
+
+ private:
+  std::shared_ptr<std::atomic<std::uint64_t>> slot_;
+};
+
+// What ReplicaLog::read_for_push gathered: `pieces` entries of the gather list, `bytes` in all,
+// whole batches up to `next` (exclusive).
+struct PushRead {
+  std::size_t bytes = 0;
+  std::size_t pieces = 0;
+  Offset next{0};
+};
+
 // One replica of a partition's log as replication sees it: the node's ring and segment log
 // together, or an in-memory log in tests. Used by the replicator's thread only.
 class ReplicaLog {
@@ -77,6 +118,12 @@ class ReplicaLog {
   // Leader: copies whole batches, from the one holding `offset`, into `out`; returns the bytes
   // (0: nothing there yet). kResourceExhausted: the next batch is larger than `out`.
   virtual Result<std::size_t> read(Offset offset, std::span<std::byte> out) = 0;
+  // Leader: what read() gives, as a gather list for one push of at most staging.size() bytes.
+  // A log may point entries at batches where it keeps them (large batches in its ring), held
+  // from reuse by `hold` until the push completes, and copy the rest into `staging`. This one
+  // copies everything (read() into staging).
+  virtual Result<PushRead> read_for_push(Offset offset, std::span<std::byte> staging,
+                                         std::span<std::span<const std::byte>> pieces, PushHold& hold);
   // Follower: appends batches (RecordBatch v2, offsets stamped, CRC checked) that start at or
   // after log_end(); returns the bytes taken, whole batches, fewer than given when the log has
   // no room now (the rest is offered again later).
@@ -100,6 +147,11 @@ class ReplicaLog {
   // replicator's thread, which then sees its own durable end move without a hand-off to
   // another thread. The replicator calls it after each round of pushes.
   virtual void write_through() {}
+
+ protected:
+  // A push of the `got` bytes read into `staging` from `offset`: one gather entry.
+  static PushRead copied_push(std::span<const std::byte> staging, std::size_t got, Offset offset,
+                              std::span<std::span<const std::byte>> pieces);
 };
 
 struct ReplicationOptions {
