@@ -222,10 +222,23 @@ struct SegmentLog::ClosedSegmentSyncs {
   std::condition_variable done;
   std::uint64_t generation = 0;  // moves when the log's segments change under the syncs
   int pending = 0;
-  // Set once a sync failed: the kernel may have dropped the pages it could not write, so the log
-  // takes nothing more (kDataLoss), as when a sync of its own fails.
+  // Set once a sync failed (the syncer's, or the log's own): the kernel may have dropped the
+  // pages it could not write, and it reports that to each open file once, so a later fdatasync
+  // may succeed over them. The log takes nothing more and no later sync succeeds (kDataLoss).
   std::atomic<bool> failed{false};
   std::string failure;  // under mutex
+
+  void fail(std::string why) {  // under mutex
+    if (failed.load(std::memory_order_relaxed)) return;
+    failure = std::move(why);
+    failed.store(true, std::memory_order_release);  // pairs with the acquire in refusal()
+  }
+  // kDataLoss once a sync failed.
+  Result<void> refusal() {
+    if (!failed.load(std::memory_order_acquire)) [[likely]] return ok();
+    std::lock_guard lock(mutex);
+    return Error{Errc::kDataLoss, failure};
+  }
 };
 
 namespace {
@@ -279,8 +292,7 @@ class SegmentSyncer {
     {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
-        job.syncs->failure = failure;
-        job.syncs->failed.store(true, std::memory_order_release);  // pairs with the acquire in append
+        job.syncs->fail(failure);
         log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
       } else if (job.generation == job.syncs->generation) {
         // Under the mutex: a truncation or reset moves the generation first, and never sees
@@ -394,10 +406,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
 Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   std::lock_guard lock(mutex_);
   if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
-  if (closed_syncs_->failed.load(std::memory_order_acquire)) [[unlikely]] {  // pairs with the release in the syncer
-    std::lock_guard syncs(closed_syncs_->mutex);
-    return Error{Errc::kDataLoss, closed_syncs_->failure};
-  }
+  WEFT_TRY_VOID(closed_syncs_->refusal());
   Segment* active = segments_.back().get();
   const bool full = active->size_bytes() + batch.size() > options_.segment_bytes;
   const bool old = active_since_ms_ >= 0 && wall_clock_ms() - active_since_ms_ >= options_.segment_ms;
@@ -431,10 +440,17 @@ Result<void> SegmentLog::flush() {
 
 Result<void> SegmentLog::sync() {
   std::lock_guard lock(mutex_);
+  WEFT_TRY_VOID(closed_syncs_->refusal());
   // Closed segments whose background sync may not have ended come first: everything appended
   // is durable when this returns (an fdatasync of a synced file finds nothing to write).
-  for (auto& segment : segments_)
-    if (!segment->log_synced()) WEFT_TRY_VOID(segment->sync());
+  for (auto& segment : segments_) {
+    if (segment->log_synced()) continue;
+    if (Result<void> synced = segment->sync(); !synced.ok()) {
+      std::lock_guard syncs(closed_syncs_->mutex);
+      closed_syncs_->fail(synced.error().message);
+      return synced;
+    }
+  }
   return ok();
 }
 

@@ -7,11 +7,14 @@
 //    stays readable and the node's other topics carry on.
 //  - A 4 KiB-sector disk: large flushes go out with O_DIRECT in whole blocks, and the log reads
 //    back whole through restarts.
+//  - A disk whose write-back fails: a rolled segment's background sync fails, and the log takes
+//    nothing more and never again says a sync succeeded (kDataLoss).
 //
 // The crash test runs its node in a child that is this test binary again (exec'd, not merely
 // forked: the node's oneTBB pool and maintenance thread must not be inherited half-alive). The
 // child reports each acknowledged record through a pipe; the parent kills it and checks the log.
-// The full-disk and sector tests need root (mount, losetup) and skip with the reason without it.
+// The full-disk, sector and failing-disk tests need root (mount, losetup) and skip with the
+// reason without it.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <limits.h>
@@ -992,10 +995,12 @@ int run_tool(const std::vector<std::string>& argv, std::string& output, millisec
 }
 
 // An ext4 file system on a loop device with `sector_bytes` logical sectors, over a sparse file
-// in /tmp, mounted for one test; unmounted, detached and deleted however the test ends.
+// in `image_dir`, made with `mkfs_options` and mounted for one test; unmounted, detached and
+// deleted however the test ends.
 class LoopDisk {
  public:
-  LoopDisk(std::size_t bytes, std::uint32_t sector_bytes) {
+  LoopDisk(std::size_t bytes, std::uint32_t sector_bytes, const std::string& image_dir = "/tmp",
+           const std::vector<std::string>& mkfs_options = {}) {
     const std::string losetup = find_tool("losetup");
     const std::string mkfs = find_tool("mkfs.ext4");
     if (losetup.empty() || mkfs.empty()) {
@@ -1003,8 +1008,8 @@ class LoopDisk {
       return;
     }
     losetup_ = losetup;
-    char image[] = "/tmp/weft-sector-XXXXXX";
-    const int fd = mkstemp(image);
+    std::string image = image_dir + "/weft-sector-XXXXXX";
+    const int fd = mkstemp(image.data());
     if (fd < 0) {
       why_not_ = std::string("mkstemp: ") + std::strerror(errno);
       return;
@@ -1024,7 +1029,10 @@ class LoopDisk {
     }
     device_ = out.substr(0, out.find('\n'));
     out.clear();
-    code = run_tool({mkfs, "-q", "-F", device_}, out, seconds(60));
+    std::vector<std::string> mkfs_argv{mkfs, "-q", "-F"};
+    mkfs_argv.insert(mkfs_argv.end(), mkfs_options.begin(), mkfs_options.end());
+    mkfs_argv.push_back(device_);
+    code = run_tool(mkfs_argv, out, seconds(60));
     if (code != 0) {
       why_not_ = "mkfs.ext4 " + device_ + " failed (" + std::to_string(code) + "): " + out;
       return;
@@ -1129,6 +1137,60 @@ TEST(SectorDisk, ALogOnA4KiBSectorDiskReadsBackWholeThroughRestarts) {
   EXPECT_EQ((*log)->next_offset().value, sent);
   EXPECT_EQ(recovery.truncated_bytes, 0u) << recovery.reason;
   EXPECT_GT(recovery.segments, 1u) << "the log never rolled";
+}
+
+// ---- 5. a disk whose write-back fails ------------------------------------------------------
+
+// ext4 without a journal on a loop device whose image lies in a tmpfs far smaller than the file
+// system: writes into the page cache succeed, and their write-back fails once the tmpfs is full
+// (the loop device answers with I/O errors), as a failing disk's would. The rolled segments'
+// fdatasync, on the syncer thread, is where the log learns it.
+TEST(FailingDisk, ARolledSegmentWhoseSyncFailsStopsTheLogAndNoLaterSyncSucceeds) {
+  TmpfsMount backing(std::size_t{40} << 20);
+  if (!backing.mounted()) GTEST_SKIP() << "failing disk: " << backing.why_not();
+  LoopDisk disk(std::size_t{256} << 20, 512, backing.path(), {"-O", "^has_journal", "-E", "lazy_itable_init=1"});
+  if (!disk.mounted()) GTEST_SKIP() << "failing disk: " << disk.why_not();
+  SegmentLogOptions options;
+  options.segment_bytes = std::uint64_t{4} << 20;
+  options.segment.direct_io = false;  // through the page cache: the failure comes with the syncs
+  Result<std::unique_ptr<SegmentLog>> opened = SegmentLog::open(disk.path() + "/log", Offset{0}, options);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  SegmentLog& log = **opened;
+
+  // When batches go on past what the disk can hold (bounded: 2 048 batches of ~60 KiB, 120 MiB,
+  // where the tmpfs under the disk takes 40 MiB, then 10 s more for the syncs to finish)
+  Result<void> refused = ok();
+  std::int64_t next = 0;
+  auto append_one = [&] {
+    const std::vector<std::byte> batch = test::make_batch(next, 60, wall_ms(), 1000, std::byte{0x5a});
+    refused = log.append(batch);
+    if (refused.ok()) next += 60;
+  };
+  for (int i = 0; i < 2048 && refused.ok(); ++i) append_one();
+  const auto deadline = Clock::now() + seconds(10);
+  while (refused.ok() && Clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(10));
+    append_one();
+  }
+
+  // Expect the log to stop with kDataLoss, saying which sync failed
+  ASSERT_FALSE(refused.ok()) << next << " records appended and synced in the background on a disk that cannot hold them";
+  EXPECT_EQ(refused.error().code, Errc::kDataLoss) << refused.error().message;
+  EXPECT_NE(refused.error().message.find("fdatasync"), std::string::npos) << refused.error().message;
+  std::printf("[ failing  ] %lld records appended before the log stopped: %s\n", static_cast<long long>(next), refused.error().message.c_str());
+  // ... and every sync from now on fails too: the kernel reports a write-back error to each open
+  // file once (the syncer took that report, a first sync of the active segment takes its own), so
+  // only the log's memory of it keeps a caller (the node acknowledging acks=all) from hearing
+  // that everything appended is durable
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const Result<void> synced = log.sync();
+    ASSERT_FALSE(synced.ok()) << "sync " << attempt << " succeeded after the disk lost a closed segment's writes";
+    EXPECT_EQ(synced.error().code, Errc::kDataLoss) << synced.error().message;
+  }
+  // ... and so does every later append
+  const Result<void> later = log.append(test::make_batch(next, 1, wall_ms()));
+  ASSERT_FALSE(later.ok());
+  EXPECT_EQ(later.error().code, Errc::kDataLoss) << later.error().message;
 }
 
 }  // namespace
