@@ -1229,6 +1229,7 @@ class Node::Replica final : public ReplicaLog {
     PushRead r{0, 0, offset};
     std::size_t staged = 0;
     bool pin_refused = false;
+    bool last_staged = false;  // the last gather entry is in staging (a copied batch may extend it)
     for (;;) {
       RingBatch batch;
       if (const PollStatus status = next_batch(*reader, batch); status != PollStatus::kOk) {
@@ -1246,9 +1247,8 @@ class Node::Replica final : public ReplicaLog {
       }
       const bool stamped = epoch < 0 || wire::load_be32(batch.bytes.data() + batch_field::kPartitionLeaderEpoch) >= 0;
       if (size >= kInPlaceBytes && stamped && !hold && !pin_refused) pin_refused = !pin(batch, hold);
-      const std::span<const std::byte>* last = r.pieces > 0 ? &pieces[r.pieces - 1] : nullptr;
       const bool in_place = size >= kInPlaceBytes && stamped && hold;
-      const bool extends = !in_place && last != nullptr && last->data() + last->size() == staging.data() + staged;
+      const bool extends = !in_place && last_staged;
       if (!extends && r.pieces == pieces.size()) {
         reader->held = batch;  // no gather entry left: the next push starts with it
         break;
@@ -1262,10 +1262,11 @@ class Node::Replica final : public ReplicaLog {
           hold.release();
           return from_the_log();
         }
-        pieces[extends ? r.pieces - 1 : r.pieces++] =
-            std::span<const std::byte>(extends ? last->data() : staging.data() + staged, (extends ? last->size() : 0) + size);
+        std::span<const std::byte>& piece = extends ? pieces[r.pieces - 1] : pieces[r.pieces++];
+        piece = std::span<const std::byte>(extends ? piece.data() : staging.data() + staged, (extends ? piece.size() : 0) + size);
         staged += size;
       }
+      last_staged = !in_place;
       r.bytes += size;
       r.next = batch.base_offset + batch.records;
     }

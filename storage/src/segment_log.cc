@@ -294,7 +294,9 @@ class SegmentSyncer {
       if (!failure.empty()) {
         job.syncs->fail(failure);
         log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
-      } else if (job.generation == job.syncs->generation) {
+      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation) {
+        // (Not after a failure: the log's own sync may have taken the kernel's one report of it
+        // for these files, and this fdatasync then succeeded over the lost pages.)
         // Under the mutex: a truncation or reset moves the generation first, and never sees
         // this point land after it. Failing that, the next start reads more: nothing is lost.
         Result<void> marked = replace_file(job.dir + kRecoveryPointFile, recovery_point_text(job.point));
@@ -443,15 +445,26 @@ Result<void> SegmentLog::sync() {
   WEFT_TRY_VOID(closed_syncs_->refusal());
   // Closed segments whose background sync may not have ended come first: everything appended
   // is durable when this returns (an fdatasync of a synced file finds nothing to write).
+  bool closed_synced = false;
   for (auto& segment : segments_) {
     if (segment->log_synced()) continue;
+    // A write that fails (a full disk) keeps its bytes for the next try; a failed sync stops the log.
+    WEFT_TRY_VOID(segment->flush());
     if (Result<void> synced = segment->sync(); !synced.ok()) {
       std::lock_guard syncs(closed_syncs_->mutex);
       closed_syncs_->fail(synced.error().message);
       return synced;
     }
+    closed_synced = closed_synced || segment.get() != segments_.back().get();
   }
-  return ok();
+  if (closed_synced) {
+    // The syncer's fdatasync of the same open files may have taken the kernel's one report of an
+    // error, so this one's success says nothing until that sync has ended too. The syncer never
+    // takes mutex_.
+    std::unique_lock syncs(closed_syncs_->mutex);
+    closed_syncs_->done.wait(syncs, [&] { return closed_syncs_->pending == 0; });
+  }
+  return closed_syncs_->refusal();
 }
 
 SegmentLog::SegmentLog(std::string dir, SegmentLogOptions options)

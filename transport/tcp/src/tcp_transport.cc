@@ -202,7 +202,7 @@ class TcpLink final : public Link {
     ++posted_;
     flush();
     if (gone_) return PostStatus::kPeerGone;  // not posted after all: no completion comes
-    if (sent_ < posted_) {
+    if (sent_ < posted_ && op.is_write) {  // a send's bytes are the operation's already
       std::size_t left = 0;
       for (std::size_t k = op.iov_next; k < op.iov_count; ++k) left += op.iov[k].iov_len;
       op.owned.resize(left);
@@ -267,6 +267,9 @@ class TcpLink final : public Link {
         }
       }
       if (op.iov_next < op.iov_count) break;
+      // A large copy is let go: 256 slots each keeping a 1 MiB write's capacity would hold 256 MiB
+      // after one stall of the peer.
+      if (op.owned.capacity() > kStagingBytes) op.owned = std::vector<std::byte>();
       ++sent_;  // its completion went out when it was posted
     }
   }
