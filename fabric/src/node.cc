@@ -1186,38 +1186,26 @@ class Node::Replica final : public ReplicaLog {
   // write its buffer early, so the ring serves the tail. Batches a producer wrote (epoch -1) get
   // the leader's epoch in the copy, as the log stamps its own.
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) override {
-    TailReader* reader = tail_reader_at(offset);
-    if (reader == nullptr) return from_log(offset, out);
-    Consumer& consumer = *reader->consumer;
-    const std::int32_t epoch = partition().log->leader_epoch();
-    std::size_t copied = 0;
-    for (;;) {
-      RingBatch batch;
-      if (const PollStatus status = next_batch(*reader, batch); status != PollStatus::kOk) {
-        if (status == PollStatus::kEmpty) break;
-        reader->consumer.reset();
-        return copied > 0 ? Result<std::size_t>(copied) : from_log(offset, out);
-      }
-      if (batch.bytes.size() > out.size() - copied) {
-        reader->held = batch;  // the next read starts with it
-        if (copied == 0) return too_big(batch);
-        break;
-      }
-      if (!copy_out(consumer, batch, out.data() + copied, epoch)) {  // overwritten while copied: the log has it
-        reader->consumer.reset();
-        return copied > 0 ? Result<std::size_t>(copied) : from_log(offset, out);
-      }
-      copied += batch.bytes.size();
-    }
-    return copied;
+    // A push's gathering with nothing in place: every batch copied, into one entry.
+    std::span<const std::byte> piece;
+    PushHold none;
+    WEFT_TRY(const PushRead got, gather(offset, out, std::span(&piece, 1), none, false));
+    return got.bytes;
   }
 
-  // As read(), but a batch of kInPlaceBytes or more goes in place: its gather entry points into
-  // the ring, whose reuse limit a pin keeps behind it until the write completes (one copy less
-  // per follower; RDMA writes from the registered ring the same way). Smaller batches, and any
-  // that must be stamped with the epoch, are copied into `staging`, runs of them into one entry.
   Result<PushRead> read_for_push(Offset offset, std::span<std::byte> staging, std::span<std::span<const std::byte>> pieces,
                                  PushHold& hold) override {
+    return gather(offset, staging, pieces, hold, true);
+  }
+
+ private:
+  // read() as a gather list. With `in_place_allowed`, a batch of kInPlaceBytes or more goes in
+  // place: its entry points into the ring, whose reuse limit a pin keeps behind it until the
+  // write completes (one copy less per follower; RDMA writes from the registered ring the same
+  // way). Other batches, and any that must be stamped with the epoch, are copied into
+  // `staging`, runs of them into one entry.
+  Result<PushRead> gather(Offset offset, std::span<std::byte> staging, std::span<std::span<const std::byte>> pieces, PushHold& hold,
+                          bool in_place_allowed) {
     TailReader* reader = tail_reader_at(offset);
     auto from_the_log = [&]() -> Result<PushRead> {
       WEFT_TRY(const std::size_t got, from_log(offset, staging));
@@ -1246,8 +1234,9 @@ class Node::Replica final : public ReplicaLog {
         break;
       }
       const bool stamped = epoch < 0 || wire::load_be32(batch.bytes.data() + batch_field::kPartitionLeaderEpoch) >= 0;
-      if (size >= kInPlaceBytes && stamped && !hold && !pin_refused) pin_refused = !pin(batch, hold);
-      const bool in_place = size >= kInPlaceBytes && stamped && hold;
+      const bool large = in_place_allowed && size >= kInPlaceBytes && stamped;
+      if (large && !hold && !pin_refused) pin_refused = !pin(batch, hold);
+      const bool in_place = large && hold;
       const bool extends = !in_place && last_staged;
       if (!extends && r.pieces == pieces.size()) {
         reader->held = batch;  // no gather entry left: the next push starts with it
@@ -1273,6 +1262,7 @@ class Node::Replica final : public ReplicaLog {
     return r;
   }
 
+ public:
   Result<std::size_t> append(std::span<const std::byte> batches) override {
     Partition& p = partition();
     if (!writer_) {

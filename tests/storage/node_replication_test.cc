@@ -249,10 +249,10 @@ TEST_F(NodeReplication, AFollowerFarBehindCatchesUpFromTheLeadersSegments) {
 }
 
 
-// Batches of 16 KiB and more go to the follower from the leader's ring in place (no copy into a
-// push buffer), smaller ones copied, both in one write; the follower's log ends byte for byte
-// as the leader's while producers lap the leader's ring several times.
-TEST_F(NodeReplication, LargeBatchesGoFromTheLeadersRingInPlaceAndReachTheFollowerWhole) {
+// Large batches (which pushes point at in the leader's ring: see the pin test below) and small
+// ones (copied) mixed in the same writes: the follower's log ends byte for byte as the leader's
+// while producers lap the leader's ring several times.
+TEST_F(NodeReplication, MixedLargeAndSmallBatchesReachTheFollowerByteForByteWhileTheLeadersRingLaps) {
   ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
   ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1").ok());
   std::int64_t end = 0;
