@@ -64,35 +64,39 @@ TEST(NodeLog, EveryRecordReachesTheLogAndTheRingWaitsForIt) {
   for (const char* fsync : {"none", "always", "interval=1"}) {
     SCOPED_TRACE(fsync);
     TempDir dir;
-    auto node = Node::start(logged_node(dir.path())).value();
-    auto client = Client::embedded(*node);
-    ASSERT_TRUE(client->create_topic("events", small(fsync)).ok());
-    ProducerOptions options;
-    options.max_block_ms = 0;  // a full ring answers at once: the test then runs a pass
-    TopicProducer producer = TopicProducer::create(client, "events", options).value();
+    std::int64_t total = 0;
+    {
+      auto node = Node::start(logged_node(dir.path())).value();
+      auto client = Client::embedded(*node);
+      ASSERT_TRUE(client->create_topic("events", small(fsync)).ok());
+      ProducerOptions options;
+      options.max_block_ms = 0;  // a full ring answers at once: the test then runs a pass
+      TopicProducer producer = TopicProducer::create(client, "events", options).value();
 
-    // Without a pass nothing is written, so producers stop at a ring's worth.
-    std::vector<std::byte> value(100, std::byte{1});
-    RecordInput record;
-    record.value = std::span<const std::byte>(value);
-    int before_full = 0;
-    while (producer.send_to(0, record).ok() && before_full < 100'000) ++before_full;
-    EXPECT_LT(before_full * 160, 65536);
-    EXPECT_GT(before_full, 100);
+      // Without a pass nothing is written, so producers stop at a ring's worth.
+      std::vector<std::byte> value(100, std::byte{1});
+      RecordInput record;
+      record.value = std::span<const std::byte>(value);
+      int before_full = 0;
+      while (producer.send_to(0, record).ok() && before_full < 100'000) ++before_full;
+      EXPECT_LT(before_full * 160, 65536);
+      EXPECT_GT(before_full, 100);
 
-    // With passes, ten rings' worth goes through and all of it is in the log.
-    const std::int64_t total = before_full + send(*node, producer, 4000);
-    if (std::string(fsync) == "interval=1") {
-      usleep(2000);
-      node->maintain();
+      // With passes, ten rings' worth goes through and all of it is in the log.
+      total = before_full + send(*node, producer, 4000);
+      if (std::string(fsync) == "interval=1") {
+        usleep(2000);
+        node->maintain();
     }
     node->maintain();
     const PartitionStats s = node->describe_topic("events")->partitions[0];
     EXPECT_EQ(s.log_end_offset, Offset{total});
     EXPECT_TRUE(s.log_error.empty()) << s.log_error;
     EXPECT_EQ(s.consumers, 0u);  // the log writer is not counted as a client
+    }
     // Every batch is in the segment files, readable by offset (read through and checked: no
-    // recovery point lets closed segments open from their indexes).
+    // recovery point lets closed segments open from their indexes). The node has stopped first:
+    // its logs wait for their background syncs, which would otherwise write a point afterwards.
     std::filesystem::remove(dir.path() + "/events-0/recovery-point");
     SegmentLogRecovery recovery;
     auto log = SegmentLog::open(dir.path() + "/events-0", Offset{0}, {}, &recovery).value();
