@@ -260,9 +260,11 @@ struct Node::State {
   std::mutex maintain_mutex;
   mutable std::mutex stats_mutex;
   std::unique_ptr<OffsetStore> offsets;  // none without NodeOptions::offsets_dir
-  bool ack_waiters = false;               // the last pass saw producers waiting (maintenance only)
-  bool replica_waiters = false;           // ... or a busy partition with a replica here
-  bool replica_news = false;              // ... and something moved there that its replicator acts on
+  // What the last pass saw, for the maintenance thread's pace and wake-ups. Relaxed atomics:
+  // hints, written by any caller of maintain() and read by the thread outside the pass's lock.
+  std::atomic<bool> ack_waiters{false};      // producers waiting
+  std::atomic<bool> replica_waiters{false};  // ... or a busy partition with a replica here
+  std::atomic<bool> replica_news{false};     // ... and something moved there that its replicator acts on
   std::mutex wake_mutex;
   std::condition_variable wake;
   bool stopping = false;
@@ -338,18 +340,20 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
       while (!self->state_->stopping) {
         lock.unlock();
         const double used = self->maintain_pass();
+        const bool ack_waiters = self->state_->ack_waiters.load(std::memory_order_relaxed);
+        const bool replica_news = self->state_->replica_news.load(std::memory_order_relaxed);
         // Relaxed: the fd is set once, before the listener that set it waits on it.
-        if (self->state_->ack_waiters || self->state_->replica_news) {
+        if (ack_waiters || replica_news) {
           // Under the mutex the setters take: once set_*_event returns, no write to the old fd
           // is under way or to come (its owner may close it, and the number be reused).
           std::lock_guard events(self->state_->event_mutex);
           const std::uint64_t one = 1;
           const int pass = self->state_->pass_event.load(std::memory_order_relaxed);
           const int replication = self->state_->replication_event.load(std::memory_order_relaxed);
-          if (self->state_->ack_waiters && pass >= 0) (void)!::write(pass, &one, sizeof one);
+          if (ack_waiters && pass >= 0) (void)!::write(pass, &one, sizeof one);
           // Only with news: three nodes on two cores woke their replicators at every paced pass
           // (every 250 µs while records flow), mostly for nothing.
-          if (self->state_->replica_news && replication >= 0) (void)!::write(replication, &one, sizeof one);
+          if (replica_news && replication >= 0) (void)!::write(replication, &one, sizeof one);
         }
         const std::int64_t now = monotonic_ns();
         const auto elapsed_us = static_cast<double>(now - last_pass) / 1000.0;
@@ -359,8 +363,8 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
         const double next = used > 0 ? elapsed_us * 0.25 / used : static_cast<double>(max_us);
         interval = std::clamp(static_cast<std::int64_t>(next), min_us, max_us);
         // Producers waiting on acknowledgements: the next pass soon, whatever the rings' pace.
-        if (self->state_->ack_waiters) interval = std::min<std::int64_t>(interval, kAckWaitIntervalUs);
-        if (self->state_->replica_waiters) interval = std::min<std::int64_t>(interval, kReplicaPaceIntervalUs);
+        if (ack_waiters) interval = std::min<std::int64_t>(interval, kAckWaitIntervalUs);
+        if (self->state_->replica_waiters.load(std::memory_order_relaxed)) interval = std::min<std::int64_t>(interval, kReplicaPaceIntervalUs);
         lock.lock();
         self->state_->wake.wait_for(lock, std::chrono::microseconds(interval), [self] { return self->state_->stopping || self->state_->hurry; });
         self->state_->hurry = false;
@@ -1072,9 +1076,9 @@ double Node::maintain_pass() {
       p->stats = std::move(s);
     }
   }
-  state_->ack_waiters = ack_waiters;
-  state_->replica_waiters = replica_waiters;
-  state_->replica_news = replica_news;
+  state_->ack_waiters.store(ack_waiters, std::memory_order_relaxed);
+  state_->replica_waiters.store(replica_waiters, std::memory_order_relaxed);
+  state_->replica_news.store(replica_news, std::memory_order_relaxed);
   return used;
 }
 

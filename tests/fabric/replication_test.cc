@@ -141,6 +141,9 @@ TEST_P(ReplicationTest, ALaggingFollowerLeavesTheInSyncSetAndComesBack) {
   MemoryReplicaLog &l1 = logs_[0], &l2 = logs_[1], &l3 = logs_[2];
   l1.produce(5, 1);
   ASSERT_TRUE(run_until([&] { return n1.high_watermark(kP) == Offset{5}; }));
+  // (A follower slow to connect on a busy machine may have been proposed out meanwhile: such a
+  // proposal is answered with the whole set, so the ones below are this test's.)
+  for (const IsrProposal& p : n1.take_isr_proposals()) n1.set_isr(kP, p.leader_epoch, {1, 2, 3});
   // Node 3 stops taking part (its thread is stuck): the high watermark stops with it...
   l1.produce(5, 1);
   std::vector<IsrProposal> seen;
@@ -360,6 +363,9 @@ TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {
     copied = same_log(led, followed) && leader->high_watermark(kP) == led.log_end();
   }
   EXPECT_TRUE(copied) << "the follower stopped at " << followed.log_end().value << " of " << led.log_end().value;
+  // (The connect runs on a thread of its own, which a busy machine may start late: waited for,
+  // bounded.)
+  for (int i = 0; i < 5'000 && transport.attempts() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_EQ(transport.attempts(), 1) << "one connect to the silent leader, still under way";
   transport.release();  // the connect's thread ends; the replicators may go
   follower.reset();

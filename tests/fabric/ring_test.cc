@@ -550,7 +550,10 @@ TEST(Ring, ParkedConsumerIsWokenByACommit) {
   while (!ready.load()) std::this_thread::yield();
   // Wait (bounded) until the reader has parked, so the commit must take the wake path.
   auto& wake = f.ring.control().wake;
-  for (int i = 0; i < 10'000 && wake.parked.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  // (Its flag, not only its count: a commit between the two would find no flag, and the reader
+  // would find the batch by its own poll.)
+  for (int i = 0; i < 10'000 && (wake.parked.load() == 0 || wake.wake_needed.load() == 0); ++i)
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
   ASSERT_EQ(wake.parked.load(), 1u) << "the reader never parked";
   const std::uint32_t before = wake.futex_sequence.load();
   ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);

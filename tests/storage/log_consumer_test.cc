@@ -138,18 +138,22 @@ TEST(Acks, WithAnIntervalDurableWaitsForTheNextSync) {
   auto node = Node::start(options_for(dir.path(), false)).value();
   auto client = Client::embedded(*node);
   TopicSettings settings = small_topic("interval=500");  // long enough for a loaded machine
+  const auto created = std::chrono::steady_clock::now();  // the interval starts with the partition
   ASSERT_TRUE(client->create_topic("lazy", settings).ok());
   TopicProducer producer = TopicProducer::create(client, "lazy").value();
   const std::string value = value_of(0);
   RecordInput record;
   record.value = std::as_bytes(std::span(value.data(), value.size()));
-  node->maintain();  // a first pass syncs nothing and starts the interval
   const SendResult sent = producer.send_to(0, record).value();
   // Given the record written by a pass inside the interval
   node->maintain();
-  // Expect it in the log at once, durable only after the interval's sync
+  const bool inside = std::chrono::steady_clock::now() - created < std::chrono::milliseconds(450);
+  // Expect it in the log at once, durable only after the interval's sync (unless this machine
+  // was so slow that the interval had already passed: then that pass synced it)
   EXPECT_TRUE(producer.await(sent, Acks::kLeader, 1000).ok());
-  EXPECT_FALSE(producer.await(sent, Acks::kAll, 10).ok());
+  if (inside) {
+    EXPECT_FALSE(producer.await(sent, Acks::kAll, 10).ok());
+  }
   usleep(520'000);
   node->maintain();
   EXPECT_TRUE(producer.await(sent, Acks::kAll, 1000).ok());

@@ -186,7 +186,8 @@ class Node {
   // The groups that have committed offsets here, in name order (none without an offset store).
   std::vector<std::string> list_groups() const;
 
-  // One maintenance pass over every partition; returns true when any ring moved.
+  // One maintenance pass over every partition; returns true when any ring moved. Safe to call
+  // beside the node's maintenance thread (passes take turns).
   bool maintain();
   // Stops the maintenance thread after a last pass. Idempotent; the destructor calls it.
   void stop();
