@@ -8,7 +8,8 @@
 //  - A 4 KiB-sector disk: large flushes go out with O_DIRECT in whole blocks, and the log reads
 //    back whole through restarts.
 //  - A disk whose write-back fails: a rolled segment's background sync fails, and the log takes
-//    nothing more and never again says a sync succeeded (kDataLoss).
+//    nothing more and never again says a sync succeeded (kDataLoss); under a node, producers
+//    waiting on acks=all are told, and nothing is acknowledged after it.
 //
 // The crash test runs its node in a child that is this test binary again (exec'd, not merely
 // forked: the node's oneTBB pool and maintenance thread must not be inherited half-alive). The
@@ -1191,6 +1192,91 @@ TEST(FailingDisk, ARolledSegmentWhoseSyncFailsStopsTheLogAndNoLaterSyncSucceeds)
   const Result<void> later = log.append(test::make_batch(next, 1, wall_ms()));
   ASSERT_FALSE(later.ok());
   EXPECT_EQ(later.error().code, Errc::kDataLoss) << later.error().message;
+}
+
+
+// The same disk under a node: what producers waiting on acks=all hear when a rolled segment's
+// background sync fails (the node's own interval syncs of the active segment may fail first;
+// either way the log stops), and that nothing is acknowledged after it.
+TEST(FailingDisk, ANodeWhoseLogCannotBeSyncedAnswersProducersWithTheErrorAndAcknowledgesNothingMore) {
+  constexpr std::uint32_t kRun = 12;
+  TmpfsMount backing(std::size_t{40} << 20);
+  if (!backing.mounted()) GTEST_SKIP() << "failing disk: " << backing.why_not();
+  LoopDisk disk(std::size_t{256} << 20, 512, backing.path(), {"-O", "^has_journal", "-E", "lazy_itable_init=1"});
+  if (!disk.mounted()) GTEST_SKIP() << "failing disk: " << disk.why_not();
+  TempDir healthy_dir;
+  // Given a node whose topic "doomed" logs, through the page cache, on that disk, and whose topic
+  // "healthy" logs on a good one; both sync every 20 ms and answer acks=all once synced
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.log_retry_interval_ms = 20;
+  options.metadata_dir = healthy_dir.path() + "/topics";
+  SegmentOptions buffered;
+  buffered.direct_io = false;
+  options.open_log = [failing = open_segment_logs(disk.path() + "/data", buffered), good = open_segment_logs(healthy_dir.path() + "/data")](
+                         std::string_view topic, std::uint32_t partition, const TopicConfig& config) {
+    return topic == "doomed" ? failing(topic, partition, config) : good(topic, partition, config);
+  };
+  Result<std::unique_ptr<Node>> node = Node::start(options);
+  ASSERT_TRUE(node.ok()) << node.error().message;
+  std::shared_ptr<Client> client = Client::embedded(**node);
+  const TopicSettings settings{{"partitions", "1"},          {"ring.capacity.bytes", "4194304"}, {"max.batch.bytes", "262144"},
+                               {"segment.bytes", "4194304"}, {"retention.ms", "-1"},            {"fsync", "interval=20"}};
+  ASSERT_TRUE(client->create_topic("doomed", settings).ok());
+  ASSERT_TRUE(client->create_topic("healthy", settings).ok());
+  ProducerOptions producer_options;
+  producer_options.acks = Acks::kAll;
+  TopicProducer doomed = TopicProducer::create(client, "doomed", producer_options).value();
+
+  // When ~64 KiB batches go on past what the disk can hold, awaited every 2 MiB (bounded: 2 048
+  // batches, 128 MiB, where the tmpfs under the disk takes 40 MiB, or 60 s)
+  const std::vector<std::byte> value(1000, std::byte{0x6b});
+  std::vector<RecordInput> batch(64);
+  for (RecordInput& record : batch) record.value = std::span<const std::byte>(value);
+  Result<void> failed = ok();
+  std::int64_t acknowledged_end = 0;
+  const auto deadline = Clock::now() + seconds(60);
+  for (int b = 0; b < 2048 && failed.ok() && Clock::now() < deadline; ++b) {
+    for (RecordInput& record : batch) record.timestamp_ms = wall_ms();
+    Result<SendResult> sent = doomed.send_batch(0, batch);
+    if (!sent.ok()) {
+      failed = sent.error();
+      break;
+    }
+    if (b % 32 != 31) continue;
+    failed = doomed.await(*sent, Acks::kAll, 10'000);
+    if (failed.ok()) acknowledged_end = sent->offset.value + static_cast<std::int64_t>(batch.size());
+  }
+
+  // Expect the producer told that the log stopped, with the disk's error (not a time-out, not a
+  // hang), after some acknowledgements
+  ASSERT_FALSE(failed.ok()) << acknowledged_end << " records acknowledged durable on a disk that cannot hold them";
+  EXPECT_TRUE(failed.error().code == Errc::kDataLoss || failed.error().code == Errc::kIo) << failed.error().message;
+  EXPECT_NE(failed.error().message.find("log stopped"), std::string::npos) << failed.error().message;
+  EXPECT_GT(acknowledged_end, 0);
+  std::printf("[ failing  ] %lld records acknowledged before the log stopped: %s\n", static_cast<long long>(acknowledged_end),
+              failed.error().message.c_str());
+  // ... and the node's description names the failed sync
+  const std::string stopped = wait_for_log_error(*client, "doomed", [](const std::string& e) { return !e.empty(); });
+  EXPECT_NE(stopped.find("fdatasync"), std::string::npos) << "log_error: " << stopped;
+  // ... and no record is acknowledged any more: not at acks=all, not at acks=1, not after the
+  // node's retry interval has passed many times
+  std::this_thread::sleep_for(milliseconds(200));
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    Result<SendResult> sent = doomed.send_to(0, batch[0]);
+    if (!sent.ok()) continue;  // refused at once is as good
+    const Result<void> durable = doomed.await(*sent, Acks::kAll, 10'000);
+    ASSERT_FALSE(durable.ok()) << "a record acknowledged durable after the log's sync failed";
+    EXPECT_NE(durable.error().code, Errc::kUnavailable) << "a time-out, where the log's error was due: " << durable.error().message;
+    const Result<void> written = doomed.await(*sent, Acks::kLeader, 10'000);
+    EXPECT_FALSE(written.ok()) << "a record acknowledged written after the log stopped";
+  }
+  // ... and the node's other topic is acknowledged and read as ever
+  TopicProducer healthy = TopicProducer::create(client, "healthy", producer_options).value();
+  std::uint64_t healthy_acked = 0;
+  const Result<void> sent = send_and_await(healthy, kRun, 0, 200, healthy_acked);
+  ASSERT_TRUE(sent.ok()) << sent.error().message;
+  expect_sequence(read_from_earliest(client, "healthy", 0, 200), 200, kRun);
 }
 
 }  // namespace
