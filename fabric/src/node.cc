@@ -342,6 +342,7 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
         const double used = self->maintain_pass();
         const bool ack_waiters = self->state_->ack_waiters.load(std::memory_order_relaxed);
         const bool replica_news = self->state_->replica_news.load(std::memory_order_relaxed);
+        const bool replica_waiters = self->state_->replica_waiters.load(std::memory_order_relaxed);
         // Relaxed: the fd is set once, before the listener that set it waits on it.
         if (ack_waiters || replica_news) {
           // Under the mutex the setters take: once set_*_event returns, no write to the old fd
@@ -364,7 +365,7 @@ Result<std::unique_ptr<Node>> Node::start(NodeOptions options) {
         interval = std::clamp(static_cast<std::int64_t>(next), min_us, max_us);
         // Producers waiting on acknowledgements: the next pass soon, whatever the rings' pace.
         if (ack_waiters) interval = std::min<std::int64_t>(interval, kAckWaitIntervalUs);
-        if (self->state_->replica_waiters.load(std::memory_order_relaxed)) interval = std::min<std::int64_t>(interval, kReplicaPaceIntervalUs);
+        if (replica_waiters) interval = std::min<std::int64_t>(interval, kReplicaPaceIntervalUs);
         lock.lock();
         self->state_->wake.wait_for(lock, std::chrono::microseconds(interval), [self] { return self->state_->stopping || self->state_->hurry; });
         self->state_->hurry = false;

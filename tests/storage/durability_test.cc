@@ -8,8 +8,9 @@
 //  - A 4 KiB-sector disk: large flushes go out with O_DIRECT in whole blocks, and the log reads
 //    back whole through restarts.
 //  - A disk whose write-back fails: a rolled segment's background sync fails, and the log takes
-//    nothing more and never again says a sync succeeded (kDataLoss); under a node, producers
-//    waiting on acks=all are told, and nothing is acknowledged after it.
+//    nothing more and never again says a sync succeeded (kDataLoss); under a node (fsync none,
+//    where only that sync runs, and an interval), producers waiting on acks=all are told, and
+//    nothing is acknowledged after it.
 //
 // The crash test runs its node in a child that is this test binary again (exec'd, not merely
 // forked: the node's oneTBB pool and maintenance thread must not be inherited half-alive). The
@@ -1195,10 +1196,12 @@ TEST(FailingDisk, ARolledSegmentWhoseSyncFailsStopsTheLogAndNoLaterSyncSucceeds)
 }
 
 
-// The same disk under a node: what producers waiting on acks=all hear when a rolled segment's
-// background sync fails (the node's own interval syncs of the active segment may fail first;
-// either way the log stops), and that nothing is acknowledged after it.
-TEST(FailingDisk, ANodeWhoseLogCannotBeSyncedAnswersProducersWithTheErrorAndAcknowledgesNothingMore) {
+// The same disk under a node: producers waiting on acks=all are told the log stopped, with the
+// disk's error, and nothing is acknowledged after it. `fsync` picks who meets the failure first:
+// with `none` only the syncer syncs (rolled segments), so the log learns it there and refuses
+// the next append (kDataLoss); with an interval the node's own sync of the active segment may
+// fail first (kIo), or the syncer's (kDataLoss).
+void expect_a_node_on_a_failing_disk_to_stop(const char* fsync, const std::vector<Errc>& codes, const std::string& cause) {
   constexpr std::uint32_t kRun = 12;
   TmpfsMount backing(std::size_t{40} << 20);
   if (!backing.mounted()) GTEST_SKIP() << "failing disk: " << backing.why_not();
@@ -1206,7 +1209,7 @@ TEST(FailingDisk, ANodeWhoseLogCannotBeSyncedAnswersProducersWithTheErrorAndAckn
   if (!disk.mounted()) GTEST_SKIP() << "failing disk: " << disk.why_not();
   TempDir healthy_dir;
   // Given a node whose topic "doomed" logs, through the page cache, on that disk, and whose topic
-  // "healthy" logs on a good one; both sync every 20 ms and answer acks=all once synced
+  // "healthy" logs on a good one, both with this fsync policy
   NodeOptions options;
   options.prefer_hugepages = false;
   options.log_retry_interval_ms = 20;
@@ -1221,7 +1224,7 @@ TEST(FailingDisk, ANodeWhoseLogCannotBeSyncedAnswersProducersWithTheErrorAndAckn
   ASSERT_TRUE(node.ok()) << node.error().message;
   std::shared_ptr<Client> client = Client::embedded(**node);
   const TopicSettings settings{{"partitions", "1"},          {"ring.capacity.bytes", "4194304"}, {"max.batch.bytes", "262144"},
-                               {"segment.bytes", "4194304"}, {"retention.ms", "-1"},            {"fsync", "interval=20"}};
+                               {"segment.bytes", "4194304"}, {"retention.ms", "-1"},            {"fsync", fsync}};
   ASSERT_TRUE(client->create_topic("doomed", settings).ok());
   ASSERT_TRUE(client->create_topic("healthy", settings).ok());
   ProducerOptions producer_options;
@@ -1251,14 +1254,14 @@ TEST(FailingDisk, ANodeWhoseLogCannotBeSyncedAnswersProducersWithTheErrorAndAckn
   // Expect the producer told that the log stopped, with the disk's error (not a time-out, not a
   // hang), after some acknowledgements
   ASSERT_FALSE(failed.ok()) << acknowledged_end << " records acknowledged durable on a disk that cannot hold them";
-  EXPECT_TRUE(failed.error().code == Errc::kDataLoss || failed.error().code == Errc::kIo) << failed.error().message;
+  EXPECT_NE(std::find(codes.begin(), codes.end(), failed.error().code), codes.end()) << failed.error().message;
   EXPECT_NE(failed.error().message.find("log stopped"), std::string::npos) << failed.error().message;
   EXPECT_GT(acknowledged_end, 0);
-  std::printf("[ failing  ] %lld records acknowledged before the log stopped: %s\n", static_cast<long long>(acknowledged_end),
-              failed.error().message.c_str());
   // ... and the node's description names the failed sync
   const std::string stopped = wait_for_log_error(*client, "doomed", [](const std::string& e) { return !e.empty(); });
-  EXPECT_NE(stopped.find("fdatasync"), std::string::npos) << "log_error: " << stopped;
+  EXPECT_NE(stopped.find(cause), std::string::npos) << "log_error: " << stopped;
+  std::printf("[ failing  ] fsync=%s: %lld records acknowledged before the log stopped: %s\n", fsync,
+              static_cast<long long>(acknowledged_end), stopped.c_str());
   // ... and no record is acknowledged any more: not at acks=all, not at acks=1, not after the
   // node's retry interval has passed many times
   std::this_thread::sleep_for(milliseconds(200));
@@ -1277,6 +1280,14 @@ TEST(FailingDisk, ANodeWhoseLogCannotBeSyncedAnswersProducersWithTheErrorAndAckn
   const Result<void> sent = send_and_await(healthy, kRun, 0, 200, healthy_acked);
   ASSERT_TRUE(sent.ok()) << sent.error().message;
   expect_sequence(read_from_earliest(client, "healthy", 0, 200), 200, kRun);
+}
+
+TEST(FailingDisk, ANodeThatSyncsNothingItselfLearnsFromTheRolledSegmentsSyncAndAcknowledgesNothingMore) {
+  expect_a_node_on_a_failing_disk_to_stop("none", {Errc::kDataLoss}, "fdatasync of a closed segment");
+}
+
+TEST(FailingDisk, ANodeWhoseIntervalSyncsFailAnswersProducersWithTheErrorAndAcknowledgesNothingMore) {
+  expect_a_node_on_a_failing_disk_to_stop("interval=20", {Errc::kIo, Errc::kDataLoss}, "fdatasync");
 }
 
 }  // namespace
