@@ -243,6 +243,9 @@ struct SegmentLog::ClosedSegmentSyncs {
 
 namespace {
 
+// Acquire/release: a hook set before a log rolls is the one its syncs call.
+std::atomic<testing::ClosedSegmentSyncHook> closed_segment_sync_hook{nullptr};
+
 // One thread per process syncs the segments that logs closed: fdatasync of a closed segment's
 // files, then the recovery point moved past it. At a roll the appends go on into the next
 // segment meanwhile; through the page cache a closed segment may hold a GiB not yet on the
@@ -287,13 +290,18 @@ class SegmentSyncer {
   // The files' fdatasync, then the point moved (or the failure kept, which stops the log).
   static void carry_out(Job& job) {
     std::string failure;
+    if (const testing::ClosedSegmentSyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr)
+      if (const int error = hook(job.dir); error != 0)
+        failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(error);
     for (const UniqueFd& file : job.files)
       if (failure.empty() && ::fdatasync(file.get()) != 0) failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(errno);
     {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
+        // Told once: after the first failure the log takes nothing more anyway.
+        if (!job.syncs->failed.load(std::memory_order_relaxed))
+          log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
         job.syncs->fail(failure);
-        log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
       } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation) {
         // (Not after a failure: the log's own sync may have taken the kernel's one report of it
         // for these files, and this fdatasync then succeeded over the lost pages.)
@@ -497,6 +505,10 @@ void SegmentLog::sync_closed_segment(Offset point) {
     ++closed_syncs_->pending;
   }
   SegmentSyncer::instance().add(std::move(job));
+}
+
+void testing::set_closed_segment_sync_hook(ClosedSegmentSyncHook hook) noexcept {
+  closed_segment_sync_hook.store(hook, std::memory_order_release);
 }
 
 void SegmentLog::cancel_closed_segment_syncs() {

@@ -717,5 +717,134 @@ TEST(SegmentLog, TruncatingBeforeTheStartOrResettingEmptiesTheLog) {
   EXPECT_EQ(again->reset(Offset{-1}).error().code, Errc::kInvalidArgument);
 }
 
+// ---- the background sync of closed segments, held or failed at will -------------------------
+
+// What the syncer thread's hook does with the syncs of the logs under `dir`: hold each until
+// released (at most ten seconds), then let it go on or fail it as a disk would (EIO).
+enum class HeldSync { kThenPass, kThenFail };
+struct SyncControl {
+  std::atomic<HeldSync> mode{HeldSync::kThenPass};
+  std::atomic<bool> released{false};
+  std::atomic<int> entered{0};
+  std::string dir;  // set before the hook is
+};
+SyncControl sync_control;
+
+int control_sync(const std::string& dir) {
+  if (dir.rfind(sync_control.dir, 0) != 0) return 0;
+  sync_control.entered.fetch_add(1);
+  for (int i = 0; i < 10'000 && !sync_control.released.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return sync_control.mode.load() == HeldSync::kThenFail ? EIO : 0;
+}
+
+// Installs the hook for one test's folder; takes it away again, releasing what it holds.
+class ControlledSyncs {
+ public:
+  ControlledSyncs(const std::string& dir, HeldSync mode) {
+    sync_control.dir = dir;
+    sync_control.mode.store(mode);
+    sync_control.released.store(false);
+    sync_control.entered.store(0);
+    testing::set_closed_segment_sync_hook(&control_sync);
+  }
+  ~ControlledSyncs() {
+    sync_control.released.store(true);
+    testing::set_closed_segment_sync_hook(nullptr);
+  }
+  ControlledSyncs(const ControlledSyncs&) = delete;
+  ControlledSyncs& operator=(const ControlledSyncs&) = delete;
+  void release() { sync_control.released.store(true); }
+  // Bounded: ten seconds for the syncer thread to reach the hook.
+  bool wait_until_entered() {
+    for (int i = 0; i < 10'000 && sync_control.entered.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return sync_control.entered.load() > 0;
+  }
+};
+
+// The offset the folder's recovery point names, or -1 without one.
+std::int64_t recovery_point_in(const std::string& dir) {
+  std::ifstream in(dir + "/recovery-point");
+  std::string version;
+  std::int64_t offset = -1;
+  if (!(in >> version >> offset)) return -1;
+  return offset;
+}
+
+TEST(SegmentLog, ASyncReturnsOnlyOnceTheBackgroundSyncOfAClosedSegmentHasEnded) {
+  TempDir dir;
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass);
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  // Given a roll whose background sync is held
+  (void)fill(*log, 0, 200);
+  const Offset end = log->next_offset();
+  ASSERT_GE(log->segment_count(), 2u);
+  ASSERT_TRUE(syncs.wait_until_entered());
+  // When the log is synced meanwhile
+  std::atomic<bool> returned{false};
+  Result<void> synced = ok();
+  std::thread syncer([&] {
+    synced = log->sync();
+    returned.store(true);
+  });
+  // Expect the sync to wait for it: the background sync may have taken the disk's one report of
+  // a failure, so the log's own fdatasync succeeding says nothing until that one has ended
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(returned.load()) << "sync() returned while a closed segment's sync was still under way";
+  EXPECT_EQ(recovery_point_in(dir.partition()), -1) << "the point moved before its segment was synced";
+  syncs.release();
+  syncer.join();
+  EXPECT_TRUE(synced.ok()) << synced.error().message;
+  log.reset();  // waits for every background sync
+  // ... and the point then past the closed segments, all of them trusted at the next start
+  EXPECT_GT(recovery_point_in(dir.partition()), 0);
+  SegmentLogRecovery recovery;
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery).value();
+  EXPECT_EQ(recovery.trusted_segments, again->segment_count() - 1);
+  EXPECT_EQ(again->next_offset(), end);
+}
+
+TEST(SegmentLog, AFailedBackgroundSyncFailsTheLogsNextSyncThoughItsOwnFdatasyncSucceeds) {
+  TempDir dir;
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenFail);
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  // Given rolls whose background syncs fail, as a disk's write-back of their pages would
+  (void)fill(*log, 0, 200);
+  ASSERT_GE(log->segment_count(), 2u);
+  ASSERT_TRUE(syncs.wait_until_entered());
+  syncs.release();
+  // When the log is synced (its own fdatasync of the same files finds nothing left to report)
+  Result<void> synced = log->sync();
+  // Expect data loss reported, and nothing taken or acknowledged after it
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.error().code, Errc::kDataLoss) << synced.error().message;
+  EXPECT_NE(synced.error().message.find("fdatasync of a closed segment"), std::string::npos) << synced.error().message;
+  Result<void> appended = log->append(batch_at(log->next_offset().value, 1));
+  ASSERT_FALSE(appended.ok());
+  EXPECT_EQ(appended.error().code, Errc::kDataLoss);
+  EXPECT_EQ(log->sync().error().code, Errc::kDataLoss) << "a later sync succeeds over the lost pages";
+  // ... and the recovery point never moved past the segment whose sync failed
+  log.reset();
+  EXPECT_EQ(recovery_point_in(dir.partition()), -1);
+}
+
+TEST(SegmentLog, ATruncationWhileAClosedSegmentSyncsKeepsThatSyncFromMovingTheRecoveryPoint) {
+  TempDir dir;
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass);
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  // Given a log whose last roll's sync (which would move the point to the new segment's base) is held
+  std::int64_t end = fill(*log, 0, 100);
+  while (log->segment_count() < 2) end = fill(*log, end, 1);
+  ASSERT_TRUE(syncs.wait_until_entered());
+  // When the log is cut inside its first segment meanwhile (a follower truncating to its new
+  // leader's epoch boundary), and the held sync then ends
+  const std::int64_t cut_at = first_base(*log, Offset{5});  // the batch holding offset 5 goes whole
+  ASSERT_EQ(log->truncate(Offset{5}).value(), Offset{cut_at});
+  syncs.release();
+  log.reset();  // waits for every background sync
+  // Expect no recovery point past the cut: it would vouch for segments that no longer hold what
+  // it was written for
+  EXPECT_LE(recovery_point_in(dir.partition()), 0);
+}
+
 }  // namespace
 }  // namespace weft::storage
