@@ -30,7 +30,7 @@ endfunction()
 # ccache caches a file compiled with a precompiled header only when told that the header's
 # macros and time stamps may be trusted (its manual, "Precompiled headers").
 function(weft_test_compiler_launcher target)
-  if(CCACHE_PROGRAM)
+  if(CCACHE_PROGRAM AND CMAKE_CXX_COMPILER_LAUNCHER STREQUAL CCACHE_PROGRAM)  # not over a launcher of the user's
     set_target_properties(${target} PROPERTIES CXX_COMPILER_LAUNCHER
       "${CMAKE_COMMAND};-E;env;CCACHE_SLOPPINESS=pch_defines,time_macros;${CCACHE_PROGRAM}")
   endif()

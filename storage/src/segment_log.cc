@@ -244,7 +244,7 @@ struct SegmentLog::ClosedSegmentSyncs {
 namespace {
 
 // Acquire/release: a hook set before a log rolls is the one its syncs call.
-std::atomic<testing::ClosedSegmentSyncHook> closed_segment_sync_hook{nullptr};
+std::atomic<test_hooks::ClosedSegmentSyncHook> closed_segment_sync_hook{nullptr};
 
 // One thread per process syncs the segments that logs closed: fdatasync of a closed segment's
 // files, then the recovery point moved past it. At a roll the appends go on into the next
@@ -290,7 +290,7 @@ class SegmentSyncer {
   // The files' fdatasync, then the point moved (or the failure kept, which stops the log).
   static void carry_out(Job& job) {
     std::string failure;
-    if (const testing::ClosedSegmentSyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr)
+    if (const test_hooks::ClosedSegmentSyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr)
       if (const int error = hook(job.dir); error != 0)
         failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(error);
     for (const UniqueFd& file : job.files)
@@ -298,7 +298,8 @@ class SegmentSyncer {
     {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
-        // Told once: after the first failure the log takes nothing more anyway.
+        // Told once: after the first failure the log takes nothing more anyway (a failure of the
+        // log's own sync() is returned to its caller instead).
         if (!job.syncs->failed.load(std::memory_order_relaxed))
           log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
         job.syncs->fail(failure);
@@ -507,7 +508,7 @@ void SegmentLog::sync_closed_segment(Offset point) {
   SegmentSyncer::instance().add(std::move(job));
 }
 
-void testing::set_closed_segment_sync_hook(ClosedSegmentSyncHook hook) noexcept {
+void test_hooks::set_closed_segment_sync_hook(ClosedSegmentSyncHook hook) noexcept {
   closed_segment_sync_hook.store(hook, std::memory_order_release);
 }
 

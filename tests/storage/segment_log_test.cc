@@ -730,14 +730,24 @@ struct SyncControl {
 };
 SyncControl sync_control;
 
+// Waits (bounded: ten seconds) until `done` holds.
+template <typename Done>
+bool wait_for(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return done();
+}
+
 int control_sync(const std::string& dir) {
   if (dir.rfind(sync_control.dir, 0) != 0) return 0;
   sync_control.entered.fetch_add(1);
-  for (int i = 0; i < 10'000 && !sync_control.released.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  (void)wait_for([] { return sync_control.released.load(); });
   return sync_control.mode.load() == HeldSync::kThenFail ? EIO : 0;
 }
 
 // Installs the hook for one test's folder; takes it away again, releasing what it holds.
+// Declared after the log: it releases the held syncs before the log's destructor waits for them
+// (even when an assertion ends the test early).
 class ControlledSyncs {
  public:
   ControlledSyncs(const std::string& dir, HeldSync mode) {
@@ -745,19 +755,17 @@ class ControlledSyncs {
     sync_control.mode.store(mode);
     sync_control.released.store(false);
     sync_control.entered.store(0);
-    testing::set_closed_segment_sync_hook(&control_sync);
+    test_hooks::set_closed_segment_sync_hook(&control_sync);
   }
   ~ControlledSyncs() {
     sync_control.released.store(true);
-    testing::set_closed_segment_sync_hook(nullptr);
+    test_hooks::set_closed_segment_sync_hook(nullptr);
   }
   ControlledSyncs(const ControlledSyncs&) = delete;
   ControlledSyncs& operator=(const ControlledSyncs&) = delete;
   void release() { sync_control.released.store(true); }
-  // Bounded: ten seconds for the syncer thread to reach the hook.
   bool wait_until_entered() {
-    for (int i = 0; i < 10'000 && sync_control.entered.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    return sync_control.entered.load() > 0;
+    return wait_for([] { return sync_control.entered.load() > 0; });
   }
 };
 
@@ -772,8 +780,8 @@ std::int64_t recovery_point_in(const std::string& dir) {
 
 TEST(SegmentLog, ASyncReturnsOnlyOnceTheBackgroundSyncOfAClosedSegmentHasEnded) {
   TempDir dir;
-  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass);
   auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass);
   // Given a roll whose background sync is held
   (void)fill(*log, 0, 200);
   const Offset end = log->next_offset();
@@ -805,15 +813,19 @@ TEST(SegmentLog, ASyncReturnsOnlyOnceTheBackgroundSyncOfAClosedSegmentHasEnded) 
 
 TEST(SegmentLog, AFailedBackgroundSyncFailsTheLogsNextSyncThoughItsOwnFdatasyncSucceeds) {
   TempDir dir;
-  ControlledSyncs syncs(dir.path(), HeldSync::kThenFail);
   auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenFail);
   // Given rolls whose background syncs fail, as a disk's write-back of their pages would
   (void)fill(*log, 0, 200);
   ASSERT_GE(log->segment_count(), 2u);
   ASSERT_TRUE(syncs.wait_until_entered());
+  // When the log is synced while the first of them is still under way (its own fdatasync of the
+  // same files succeeds: here the disk is fine), and that one then fails
+  Result<void> synced = ok();
+  std::thread syncer([&] { synced = log->sync(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   syncs.release();
-  // When the log is synced (its own fdatasync of the same files finds nothing left to report)
-  Result<void> synced = log->sync();
+  syncer.join();
   // Expect data loss reported, and nothing taken or acknowledged after it
   ASSERT_FALSE(synced.ok());
   EXPECT_EQ(synced.error().code, Errc::kDataLoss) << synced.error().message;
@@ -829,9 +841,9 @@ TEST(SegmentLog, AFailedBackgroundSyncFailsTheLogsNextSyncThoughItsOwnFdatasyncS
 
 TEST(SegmentLog, ATruncationWhileAClosedSegmentSyncsKeepsThatSyncFromMovingTheRecoveryPoint) {
   TempDir dir;
-  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass);
   auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
-  // Given a log whose last roll's sync (which would move the point to the new segment's base) is held
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass);
+  // Given a log whose first roll's sync (which would move the point to the new segment's base) is held
   std::int64_t end = fill(*log, 0, 100);
   while (log->segment_count() < 2) end = fill(*log, end, 1);
   ASSERT_TRUE(syncs.wait_until_entered());
