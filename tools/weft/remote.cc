@@ -553,14 +553,16 @@ PhaseResult fetch_phase(const RemoteOptions& o, const PerfOptions& p, const std:
   std::int64_t last = monotonic_ns();
   // The latency run takes one record a call, each timed as it comes; the backlog takes up to
   // kBatch a call, as a throughput-minded application does (confluent-kafka's consume(n)). Such a
-  // call returns early only once full, so its timeout (the run's tail) is short.
+  // call returns early only once full, so it never asks for more than are still to come (the last
+  // call would otherwise wait out its timeout inside the timed run).
   constexpr std::size_t kBatch = 1024;
   static_assert(kBatch > 1);
   std::vector<rd_kafka_message_t*> batch(latency != nullptr ? 1 : kBatch);
   rd_kafka_queue_t* queue = rd_kafka_queue_get_consumer(rk.get());
   while (result.records < records && !g_stop.load(std::memory_order_relaxed)) {
     const ssize_t got = latency != nullptr ? ((batch[0] = rd_kafka_consumer_poll(rk.get(), 100)) != nullptr ? 1 : 0)
-                                           : rd_kafka_consume_batch_queue(queue, 5, batch.data(), batch.size());
+                                           : rd_kafka_consume_batch_queue(queue, 5, batch.data(),
+                                                                          std::min<std::size_t>(batch.size(), records - result.records));
     const std::int64_t now = monotonic_ns();
     if (got <= 0) {
       if (now - last > 30'000'000'000) {
@@ -831,6 +833,11 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
     (void)admin_topic(admin.get(), paced_topic, 0, error);
   }
 
+  error.clear();  // a failure of the paced run is not the throughput run's
+  if (g_stop.load(std::memory_order_relaxed)) {  // interrupted during the paced run
+    (void)admin_topic(admin.get(), topic, 0, error);
+    return fail("interrupted");
+  }
   const std::uint64_t records = p.records;
   const PhaseResult produced = produce_phase(o, p, topic, records, p.rate, false, error);
   if (produced.records == 0) return fail("producing: " + error);
