@@ -1009,11 +1009,13 @@ double Node::maintain_pass() {
         } else if (free_space < low_water) {
           // Producers are about to run out of space and no known boundary is near the target
           // (passes too far apart, or the consumers read everything between two passes): walk.
-          // The walk stops at the boundary before the target; when that frees nothing (the
-          // target lies inside the oldest frame, a 1 MB batch say) producers would wait for good,
-          // so it goes on to the boundary past the target, and the kept half loses that frame.
-          const Ring::Mark reached = p->owner.release_to(Position{target});
-          if (reached.position == limit.position)
+          // The walk stops at the boundary before the target. When the largest claim still does
+          // not fit (the target lies inside the oldest frame, a 1 MB batch say) producers would
+          // wait for good, so it goes on to the boundary past the target, and the kept half loses
+          // that frame. Only then: a limit already at the boundary before the target frees
+          // nothing either, and going on would cut into the kept half at every idle pass.
+          (void)p->owner.release_to(Position{target});
+          if (!p->owner.room_for_largest_claim())
             p->owner.release_to(Position{std::min({target + max_frame, frontier.position.value, pinned})});
         }
       }

@@ -1023,6 +1023,13 @@ Position RingOwner::slowest_consumer() const noexcept {
   return Position{slowest};
 }
 
+bool RingOwner::room_for_largest_claim() const noexcept {
+  const std::uint64_t tail = ring_.tail_position().value;
+  const std::uint64_t frame = ring_.control_->descriptor.max_frame_bytes;
+  const std::uint64_t end = tail + padding_for(tail, frame, ring_.capacity_, ring_.mask_) + frame;
+  return end <= ring_.reuse_limit().position.value + ring_.capacity_;
+}
+
 std::optional<Ring::Mark> RingOwner::committed_frame_at(Position position) const noexcept {
   if (position.value % kFrameAlign != 0 || position > ring_.tail_position()) return std::nullopt;
   const FrameRead f = read_frame_at(ring_.data_, ring_.capacity_, position.value);

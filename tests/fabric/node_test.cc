@@ -570,6 +570,40 @@ TEST(NodeReuseLimit, OlderHalfOfTheRingStaysReadableAndALaggardIsLapped) {
   EXPECT_EQ(info->partitions[0].consumers, 2u);
 }
 
+TEST(NodeReuseLimit, PassesWithNothingNewKeepTheOlderHalfReadable) {
+  // Given a 64 KiB ring (batches up to 16 KiB) that producers filled until it pushed back, and
+  // one pass that freed space for them
+  auto node = start_node(test_node_options(false));
+  ASSERT_NE(node, nullptr);
+  ASSERT_TRUE(node->create_topic("idle", small_topic()).ok());
+  auto client = Client::embedded(*node);
+  ProducerOptions options;
+  options.max_block_ms = 0;
+  Result<TopicProducer> producer = TopicProducer::create(client, "idle", options);
+  ASSERT_TRUE(producer.ok());
+  const std::string value(200, 'v');
+  RecordInput record;
+  record.value = bytes_of(value);
+  bool pushed_back = false;
+  for (int i = 0; i < 1000 && !pushed_back; ++i) pushed_back = !producer->send_to(0, record).ok();
+  ASSERT_TRUE(pushed_back);
+  node->maintain();
+  Result<PartitionMemory> memory = node->open_partition("idle", 0);
+  ASSERT_TRUE(memory.ok());
+  const std::uint64_t half = memory->ring.capacity_bytes() / 2;
+  const std::uint64_t tail = memory->ring.tail_position().value;
+  const Ring::Mark after_first = memory->ring.reuse_limit();
+  ASSERT_GE(tail - after_first.position.value, half);
+
+  // When more passes run and nothing new is sent
+  for (int pass = 0; pass < 3; ++pass) node->maintain();
+
+  // Expect the limit where the first pass left it: the older half stays readable (a pass that
+  // found free space just under its low-water mark used to walk a largest frame past it)
+  EXPECT_EQ(memory->ring.reuse_limit().position, after_first.position);
+  EXPECT_EQ(memory->ring.tail_position().value, tail);
+}
+
 TEST(NodeReuseLimit, MaintenanceThreadKeepsProducersMoving) {
   // Given a node with its own maintenance thread
   auto node = start_node(test_node_options(true));

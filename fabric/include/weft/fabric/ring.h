@@ -272,6 +272,9 @@ class RingOwner {
   Ring::Mark release_to(Position position) noexcept;
   // The lowest position any live attached consumer has published (the tail when there is none).
   Position slowest_consumer() const noexcept;
+  // True when a claim of the largest frame, with the padding it may need at the ring's end,
+  // fits behind the reuse limit now: no producer can be waiting for space the node holds back.
+  bool room_for_largest_claim() const noexcept;
   // The mark of the committed frame that starts at `position` (a consumer's published position,
   // say), or nothing when none does. Lets the owner use a boundary a consumer walked to instead
   // of walking the frames itself.
