@@ -30,6 +30,7 @@
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/thread_name.h"
+#include "segment_log_test_hooks.h"
 
 namespace weft::storage {
 namespace {
@@ -289,12 +290,12 @@ class SegmentSyncer {
  private:
   // The files' fdatasync, then the point moved (or the failure kept, which stops the log).
   static void carry_out(Job& job) {
-    std::string failure;
+    int error = 0;
     if (const test_hooks::ClosedSegmentSyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr)
-      if (const int error = hook(job.dir); error != 0)
-        failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(error);
+      error = hook(job.dir);
     for (const UniqueFd& file : job.files)
-      if (failure.empty() && ::fdatasync(file.get()) != 0) failure = "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(errno);
+      if (error == 0 && ::fdatasync(file.get()) != 0) error = errno;
+    const std::string failure = error == 0 ? std::string() : "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(error);
     {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "weft/fabric/record_batch.h"
+#include "../../storage/src/segment_log_test_hooks.h"
 #include "../temp_dir.h"
 #include "test_batches.h"
 

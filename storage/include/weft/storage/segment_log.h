@@ -127,12 +127,4 @@ bool wait_for_log_deletions(int timeout_ms);
 // io_uring).
 OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment = {});
 
-namespace test_hooks {
-// Called in the process's syncer thread before it syncs a closed segment of the log in `dir`:
-// 0 lets the sync go on, an errno fails it as the disk would have. For tests that must hold a
-// background sync at that moment, or fail it, whatever the machine's timing; none unless set.
-using ClosedSegmentSyncHook = int (*)(const std::string& dir);
-void set_closed_segment_sync_hook(ClosedSegmentSyncHook hook) noexcept;
-}  // namespace test_hooks
-
 }  // namespace weft::storage
