@@ -477,7 +477,10 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
     if (log) {
       WEFT_TRY(Consumer writer, Consumer::attach(ring, StartAt::kEarliest));
       partition->writer.emplace(std::move(writer));
-      partition->written_offset = partition->durable_offset = log->next_offset();
+      partition->written_offset = log->next_offset();
+      // What was read back above the recovery point may be only in the page cache (the process
+      // was killed): durable once the topic's next sync, as its policy times it, has covered it.
+      partition->durable_offset = log->synced_offset();
       partition->log = std::move(log);
       partition->written_position = partition->durable_position = ring.reuse_limit().position.value;
       partition->last_sync_ns = monotonic_ns();  // an fsync interval starts with the partition

@@ -213,11 +213,19 @@ Result<Segment> Segment::open(const std::string& dir, Offset base, bool last, Se
   return s;
 }
 
-std::vector<UniqueFd> Segment::handles_to_sync(bool log) {
+Result<std::vector<UniqueFd>> Segment::handles_to_sync(bool log) {
   std::vector<UniqueFd> handles;
-  for (const UniqueFd* file : {log ? &log_ : nullptr, &index_file_, &time_index_file_})
-    if (file != nullptr && file->valid()) handles.emplace_back(::fcntl(file->get(), F_DUPFD_CLOEXEC, 0));
+  for (const UniqueFd* file : {log ? &log_ : nullptr, &index_file_, &time_index_file_}) {
+    if (file == nullptr || !file->valid()) continue;
+    UniqueFd copy(::fcntl(file->get(), F_DUPFD_CLOEXEC, 0));
+    if (copy.valid()) {
+      handles.push_back(std::move(copy));
+    } else if (::fdatasync(file->get()) != 0) {
+      return os_error(Errc::kIo, "fdatasync of a closed segment's file, " + log_path_ + " or its index", errno);
+    }
+  }
   indexes_durable_ = true;
+  if (log) read_back_unsynced_ = false;
   return handles;
 }
 
@@ -637,6 +645,7 @@ Result<void> Segment::sync() {
   // them would triple the cost of every durable acknowledgement for nothing.
   if (fdatasync(log_.get()) != 0) return os_error(Errc::kIo, "fdatasync " + log_path_, errno);
   log_synced_ = true;
+  read_back_unsynced_ = false;
   return ok();
 }
 
@@ -786,6 +795,10 @@ Result<void> Segment::recover(bool last, bool unsynced, SegmentRecovery& recover
   filling_at_ = written_ = size_;
   written_next_ = next_;
   recovery.index_rebuilt = true;
+  // What it holds may be only in the page cache (a process killed, a node stopped while a closed
+  // segment's sync was under way): synced before anything counts it durable.
+  log_synced_ = size_ == 0;
+  read_back_unsynced_ = size_ != 0;
   WEFT_TRY_VOID(write_indexes());
   if (ftruncate(index_file_.get(), static_cast<off_t>(index_.size() * 8)) != 0 ||
       ftruncate(time_index_file_.get(), static_cast<off_t>(time_index_.size() * 12)) != 0)

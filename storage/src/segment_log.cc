@@ -234,6 +234,13 @@ struct SegmentLog::ClosedSegmentSyncs {
     failure = std::move(why);
     failed.store(true, std::memory_order_release);  // pairs with the acquire in refusal()
   }
+  // As fail(), for a closed segment's sync, told once: after the first failure the log takes
+  // nothing more anyway (a failure of the log's own sync() is returned to its caller instead).
+  void fail_closed_segment(const std::string& dir, std::string why) {  // under mutex
+    if (!failed.load(std::memory_order_relaxed))
+      weft::log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", dir}, {"error", why}});
+    fail(std::move(why));
+  }
   // kDataLoss once a sync failed.
   Result<void> refusal() {
     if (!failed.load(std::memory_order_acquire)) [[likely]] return ok();
@@ -291,19 +298,18 @@ class SegmentSyncer {
   // The files' fdatasync, then the point moved (or the failure kept, which stops the log).
   static void carry_out(Job& job) {
     int error = 0;
-    if (const test_hooks::ClosedSegmentSyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr)
-      error = hook(job.dir);
+    if (const test_hooks::ClosedSegmentSyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr) {
+      std::vector<int> files;
+      for (const UniqueFd& file : job.files) files.push_back(file.get());
+      error = hook(job.dir, files);
+    }
     for (const UniqueFd& file : job.files)
       if (error == 0 && ::fdatasync(file.get()) != 0) error = errno;
     const std::string failure = error == 0 ? std::string() : "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(error);
     {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
-        // Told once: after the first failure the log takes nothing more anyway (a failure of the
-        // log's own sync() is returned to its caller instead).
-        if (!job.syncs->failed.load(std::memory_order_relaxed))
-          log(LogLevel::kError, "a closed segment could not be synced; its log takes nothing more", {{"dir", job.dir}, {"error", failure}});
-        job.syncs->fail(failure);
+        job.syncs->fail_closed_segment(job.dir, failure);
       } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation) {
         // (Not after a failure: the log's own sync may have taken the kernel's one report of it
         // for these files, and this fdatasync then succeeded over the lost pages.)
@@ -419,13 +425,27 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   std::lock_guard lock(mutex_);
   if (removed_) return Error{Errc::kFailedPrecondition, "the log at " + dir_ + " " + refusal_};
   WEFT_TRY_VOID(closed_syncs_->refusal());
+  if (batch.size() < kBatchHeaderBytes) return Error{Errc::kInvalidArgument, "a batch shorter than its header"};
+  const Offset base{wire::load_be64(batch.data() + batch_field::kBaseOffset)};
+  const std::int32_t last_delta = wire::load_be32(batch.data() + batch_field::kLastOffsetDelta);
   Segment* active = segments_.back().get();
   const bool full = active->size_bytes() + batch.size() > options_.segment_bytes;
   const bool old = active_since_ms_ >= 0 && wall_clock_ms() - active_since_ms_ >= options_.segment_ms;
-  if (active->size_bytes() > 0 && (full || old)) {
+  // A segment's indexes hold offsets as 32-bit deltas from its base (as Kafka's do): a batch
+  // ending 2^31 or more past it starts a segment of its own (a huge compressed batch, a gap).
+  const bool far = last_delta >= 0 && base.value >= active->base_offset().value &&
+                   base.value - active->base_offset().value > std::int64_t{INT32_MAX} - last_delta;
+  if (active->size_bytes() == 0 && far && base >= active->next_offset()) {
+    // An empty segment cannot roll; one named by this batch's offset takes its place (a gap
+    // between segments reads as one).
+    WEFT_TRY(Segment next, Segment::create(dir_, base, options_.segment));
+    WEFT_TRY_VOID(retire(*active));
+    segments_.back() = std::make_unique<Segment>(std::move(next));
+    active = segments_.back().get();
+    active_since_ms_ = -1;
+  }
+  if (active->size_bytes() > 0 && (full || old || far)) {
     // Roll: the new segment is named by the offset this batch starts at.
-    if (batch.size() < kBatchHeaderBytes) return Error{Errc::kInvalidArgument, "a batch shorter than its header"};
-    const Offset base{wire::load_be64(batch.data() + batch_field::kBaseOffset)};
     if (base < active->next_offset())
       return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the log's next offset " +
                                                std::to_string(active->next_offset().value)};
@@ -490,13 +510,19 @@ SegmentLog::~SegmentLog() {
 void SegmentLog::sync_closed_segment(Offset point) {
   // The closed segment's log and indexes, and the indexes of earlier ones rebuilt at open (no
   // point yet, or one that lagged): all on disk before the point passes them.
+  // Earlier segments read back at open (above the point then) have their logs synced too.
   SegmentSyncer::Job job;
   for (std::size_t i = 0; i + 1 < segments_.size(); ++i) {
-    if (i + 2 == segments_.size()) {
-      job.files = segments_[i]->handles_to_sync(true);
-    } else if (!segments_[i]->indexes_durable()) {
-      for (UniqueFd& file : segments_[i]->handles_to_sync(false)) job.files.push_back(std::move(file));
+    const bool log = i + 2 == segments_.size() || segments_[i]->read_back_unsynced();
+    if (!log && segments_[i]->indexes_durable()) continue;
+    Result<std::vector<UniqueFd>> handles = segments_[i]->handles_to_sync(log);
+    if (!handles.ok()) {
+      // As a failed background sync does: the log takes nothing more, the point stays.
+      std::lock_guard syncs(closed_syncs_->mutex);
+      closed_syncs_->fail_closed_segment(dir_, handles.error().message);
+      return;
     }
+    for (UniqueFd& file : *handles) job.files.push_back(std::move(file));
   }
   job.dir = dir_;
   job.point = point;
@@ -618,6 +644,13 @@ Offset SegmentLog::start_offset() const {
 
 Offset SegmentLog::next_offset() const {
   std::lock_guard lock(mutex_);
+  return segments_.back()->next_offset();
+}
+
+Offset SegmentLog::synced_offset() const {
+  std::lock_guard lock(mutex_);
+  for (const auto& segment : segments_)
+    if (!segment->log_synced()) return segment->base_offset();
   return segments_.back()->next_offset();
 }
 

@@ -204,17 +204,20 @@ TEST(NodeLog, ATailKeptBackForABusyPassIsWrittenWhenNoMoreComes) {
   EXPECT_EQ(node->describe_topic("burst")->partitions[0].log_end_offset, Offset{last.offset.value + 1});
 }
 
+// A node over `data_dir` takes `count` records into topic "events" (fsync as given), then stops.
+void write_and_stop(const std::string& data_dir, const char* fsync, std::int64_t count) {
+  auto node = Node::start(logged_node(data_dir)).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("events", small(fsync)).ok());
+  ProducerOptions options;
+  options.max_block_ms = 0;
+  TopicProducer producer = TopicProducer::create(client, "events", options).value();
+  EXPECT_EQ(send(*node, producer, count), count);
+}
+
 TEST(NodeLog, ARestartedNodeCarriesOnFromTheLogsEnd) {
   TempDir dir;
-  {
-    auto node = Node::start(logged_node(dir.path())).value();
-    auto client = Client::embedded(*node);
-    ASSERT_TRUE(client->create_topic("events", small()).ok());
-    ProducerOptions options;
-    options.max_block_ms = 0;
-    TopicProducer producer = TopicProducer::create(client, "events", options).value();
-    EXPECT_EQ(send(*node, producer, 1000), 1000);
-  }
+  write_and_stop(dir.path(), "none", 1000);
   auto node = Node::start(logged_node(dir.path())).value();
   auto client = Client::embedded(*node);
   ASSERT_TRUE(client->create_topic("events", small()).ok());
@@ -227,6 +230,26 @@ TEST(NodeLog, ARestartedNodeCarriesOnFromTheLogsEnd) {
   EXPECT_EQ(sent->offset, Offset{1000});
   node->maintain();
   EXPECT_EQ(node->describe_topic("events")->partitions[0].log_end_offset, Offset{1001});
+}
+
+TEST(NodeLog, AfterARestartWhatTheLogReadBackIsDurableOnlyOnceTheTopicsSyncHasCoveredIt) {
+  TempDir dir;
+  write_and_stop(dir.path(), "always", 1000);
+  // Given a node started again over that log, whose segment it read back (after a kill, its
+  // bytes could be in the page cache alone)
+  auto node = Node::start(logged_node(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("events", small("always")).ok());
+  Result<PartitionMemory> memory = node->open_partition("events", 0);
+  ASSERT_TRUE(memory.ok());
+  // Expect it written but not yet counted durable (replicas and acks=all rely on that)
+  LogProgress progress = read_log_progress(memory->ring);
+  EXPECT_EQ(progress.written, Offset{1000});
+  EXPECT_LT(progress.durable, Offset{1000});
+  // ... until the topic's next sync has covered it
+  node->maintain();
+  progress = read_log_progress(memory->ring);
+  EXPECT_EQ(progress.durable, Offset{1000});
 }
 
 TEST(NodeLog, DeletingATopicDeletesItsLogs) {

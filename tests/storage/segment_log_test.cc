@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +14,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -728,6 +731,8 @@ struct SyncControl {
   std::atomic<bool> released{false};
   std::atomic<int> entered{0};
   std::string dir;  // set before the hook is
+  std::mutex files_mutex;
+  std::vector<std::string> files;  // the paths of every file the held syncs covered
 };
 SyncControl sync_control;
 
@@ -739,8 +744,16 @@ bool wait_for(Done done) {
   return done();
 }
 
-int control_sync(const std::string& dir) {
+int control_sync(const std::string& dir, std::span<const int> files) {
   if (dir.rfind(sync_control.dir, 0) != 0) return 0;
+  {
+    std::lock_guard lock(sync_control.files_mutex);
+    for (const int fd : files) {
+      std::error_code ec;
+      const std::filesystem::path path = std::filesystem::read_symlink("/proc/self/fd/" + std::to_string(fd), ec);
+      sync_control.files.push_back(ec ? "?" : path.string());
+    }
+  }
   sync_control.entered.fetch_add(1);
   (void)wait_for([] { return sync_control.released.load(); });
   return sync_control.mode.load() == HeldSync::kThenFail ? EIO : 0;
@@ -756,6 +769,10 @@ class ControlledSyncs {
     sync_control.mode.store(mode);
     sync_control.released.store(false);
     sync_control.entered.store(0);
+    {
+      std::lock_guard lock(sync_control.files_mutex);
+      sync_control.files.clear();
+    }
     test_hooks::set_closed_segment_sync_hook(&control_sync);
   }
   ~ControlledSyncs() {
@@ -857,6 +874,137 @@ TEST(SegmentLog, ATruncationWhileAClosedSegmentSyncsKeepsThatSyncFromMovingTheRe
   // Expect no recovery point past the cut: it would vouch for segments that no longer hold what
   // it was written for
   EXPECT_LE(recovery_point_in(dir.partition()), 0);
+}
+
+TEST(SegmentLog, SegmentsReadBackAboveTheRecoveryPointCountAsSyncedOnlyOnceASyncHasCoveredThem) {
+  TempDir dir;
+  Offset end;
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    (void)fill(*log, 0, 200);
+    end = log->next_offset();
+    ASSERT_GE(log->segment_count(), 3u);
+  }
+  // Given a log reopened with no recovery point (a node killed before any roll's sync ended):
+  // every segment is read back, and its bytes may be in the page cache alone
+  std::filesystem::remove(dir.partition() + "/recovery-point");
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  ASSERT_EQ(log->next_offset(), end);
+  // Expect none of it counted as on disk
+  EXPECT_EQ(log->synced_offset(), Offset{0});
+  // ... until a sync, which covers every segment
+  ASSERT_TRUE(log->sync().ok());
+  EXPECT_EQ(log->synced_offset(), end);
+}
+
+TEST(SegmentLog, TheFirstRollAfterAReopenSyncsEverySegmentThatTheRecoveryPointWillPass) {
+  TempDir dir;
+  std::vector<std::string> logs;  // the segment files read back at the reopen
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    (void)fill(*log, 0, 200);
+    ASSERT_GE(log->segment_count(), 3u);
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(dir.partition()))
+    if (entry.path().extension() == ".log") logs.push_back(std::filesystem::canonical(entry.path()).string());
+  std::filesystem::remove(dir.partition() + "/recovery-point");
+  // Given a reopened log whose segments were all read back (no recovery point vouched for any)
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  const std::size_t before = log->segment_count();
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass);
+  // When it rolls, its new recovery point to pass all of them
+  std::int64_t next = log->next_offset().value;
+  for (int i = 0; i < 1000 && log->segment_count() == before; ++i) next = fill(*log, next, 1);
+  ASSERT_GT(log->segment_count(), before);
+  ASSERT_TRUE(syncs.wait_until_entered());
+  // Expect that roll's background sync to cover every one of their log files, not only the one
+  // just closed: the point would vouch for the others too
+  {
+    std::lock_guard lock(sync_control.files_mutex);
+    for (const std::string& file : logs)
+      EXPECT_NE(std::find(sync_control.files.begin(), sync_control.files.end(), file), sync_control.files.end())
+          << file << " is not in the sync that moves the point past it";
+    sync_control.files.clear();
+  }
+  syncs.release();
+  // ... and once only: the next roll's sync leaves them out (every roll syncing every earlier
+  // segment again ran a busy log out of descriptors)
+  sync_control.entered.store(0);
+  const std::size_t rolled = log->segment_count();
+  for (int i = 0; i < 1000 && log->segment_count() == rolled; ++i) next = fill(*log, next, 1);
+  ASSERT_GT(log->segment_count(), rolled);
+  ASSERT_TRUE(syncs.wait_until_entered());
+  std::lock_guard lock(sync_control.files_mutex);
+  EXPECT_FALSE(sync_control.files.empty());
+  for (const std::string& file : logs)
+    EXPECT_EQ(std::find(sync_control.files.begin(), sync_control.files.end(), file), sync_control.files.end())
+        << file << " is synced again at a later roll";
+}
+
+TEST(SegmentLog, ABatchEndingTwoToThe31OffsetsPastTheSegmentsBaseStartsASegmentOfItsOwn) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  // Given a segment at offset 0 with one batch in it
+  ASSERT_TRUE(log->append(batch_at(0, 2)).ok());
+  // When the next batch comes after a gap past what a segment's 32-bit index deltas reach (a
+  // follower fetching from a leader whose log starts far ahead, say)
+  constexpr std::int64_t kFar = (std::int64_t{1} << 31) + 5;
+  const Result<void> far = log->append(batch_at(kFar, 3));
+  // Expect a roll to a segment named by that offset, both readable, and the same after a reopen
+  ASSERT_TRUE(far.ok()) << far.error().message;
+  EXPECT_EQ(log->segment_count(), 2u);
+  EXPECT_EQ(log->next_offset(), Offset{kFar + 3});
+  EXPECT_EQ(first_base(*log, Offset{1}), 0);
+  EXPECT_EQ(first_base(*log, Offset{kFar + 1}), kFar);
+  log.reset();
+  auto again = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  EXPECT_EQ(again->next_offset(), Offset{kFar + 3});
+  EXPECT_EQ(first_base(*again, Offset{kFar}), kFar);
+  // And an empty log takes such a batch too: its empty segment gives way to one at that offset
+  TempDir other;
+  auto empty = SegmentLog::open(other.partition(), Offset{0}, small_segments()).value();
+  const Result<void> first = empty->append(batch_at(3 * kFar, 1));
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_EQ(empty->start_offset(), Offset{3 * kFar});
+  EXPECT_EQ(empty->next_offset(), Offset{3 * kFar + 1});
+  EXPECT_EQ(first_base(*empty, Offset{3 * kFar}), 3 * kFar);
+}
+
+TEST(SegmentLog, ARollWithNoDescriptorsLeftToHandTheSyncerSyncsTheClosedSegmentItself) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  // Given a segment one batch short of a roll (the batches are all of one size)
+  const std::size_t batch_bytes = batch_at(0, 1).size();
+  const std::int64_t fit = static_cast<std::int64_t>(small_segments().segment_bytes / batch_bytes);
+  for (std::int64_t i = 0; i < fit; ++i) ASSERT_TRUE(log->append(batch_at(i, 1)).ok());
+  ASSERT_EQ(log->segment_count(), 1u);
+  // ... in a process with only the three descriptors left that a new segment opens (a low
+  // limit, so that filling it stays quick)
+  rlimit limits{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &limits), 0);
+  const rlimit lowered{std::min<rlim_t>(limits.rlim_cur, 512), limits.rlim_max};
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  std::vector<int> fillers;
+  for (int i = 0; i < 100'000; ++i) {
+    const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) break;
+    fillers.push_back(fd);
+  }
+  ASSERT_GE(fillers.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    ::close(fillers.back());
+    fillers.pop_back();
+  }
+  // When the next batch rolls the log (its syncer cannot be handed copies of the closed files)
+  const Result<void> appended = log->append(batch_at(fit, 1));
+  for (const int fd : fillers) ::close(fd);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &limits), 0);
+  // Expect the roll done and the log still whole: the closed segment was synced in place
+  ASSERT_TRUE(appended.ok()) << appended.error().message;
+  EXPECT_EQ(log->segment_count(), 2u);
+  const Result<void> synced = log->sync();
+  EXPECT_TRUE(synced.ok()) << synced.error().message;
+  EXPECT_TRUE(log->append(batch_at(fit + 1, 1)).ok());
 }
 
 }  // namespace

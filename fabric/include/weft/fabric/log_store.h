@@ -70,6 +70,9 @@ class PartitionLog {
   // The offset below which every appended record is written (as after flush()), collecting
   // finished writes without waiting. An error: a write failed, and flush() tries it again.
   virtual Result<Offset> written_offset() { return next_offset(); }
+  // The offset below which every record is known to be on disk, not only in the page cache:
+  // all of them after sync(); after a restart, what the log could vouch for when it opened.
+  virtual Offset synced_offset() const { return next_offset(); }
   // Deletes the log's files (its topic was deleted); the log takes nothing afterwards. It may
   // finish after returning, on a thread of its own, once the log is destroyed (storage::SegmentLog).
   virtual Result<void> remove() = 0;

@@ -144,11 +144,15 @@ class Segment {
   Result<void> sync_indexes();
   // Its index files are on disk as they are in memory (synced, or loaded by open_trusted).
   bool indexes_durable() const noexcept { return indexes_durable_; }
-  // Nothing appended since the log file was last synced (or opened).
+  // Nothing appended since the log file was last synced, or opened trusted (below the recovery
+  // point); a segment read back at open may hold what only the page cache has.
   bool log_synced() const noexcept { return log_synced_; }
+  // Read back at open, and neither synced nor handed to a sync since.
+  bool read_back_unsynced() const noexcept { return read_back_unsynced_; }
   // Handles of its files for a sync elsewhere (duplicates: they outlive the segment): the log
-  // (with `log`) and the two indexes, whose sync it then counts as done.
-  std::vector<UniqueFd> handles_to_sync(bool log);
+  // (with `log`) and the two indexes, whose sync it then counts as done. A file that cannot be
+  // duplicated (no descriptors left) is synced here instead; an error if that fails.
+  Result<std::vector<UniqueFd>> handles_to_sync(bool log);
 
   // The file position of the first batch whose last offset is at or after `offset` (the batch
   // that holds it, or the next one when an aborted claim skipped it): an index lookup, then a
@@ -253,7 +257,8 @@ class Segment {
   std::unique_ptr<IoRing> io_ring_;     // created at the first direct write; closed at seal()
   bool io_ring_refused_ = false;
   bool indexes_durable_ = false;
-  bool log_synced_ = true;              // false from an append to the next sync
+  bool log_synced_ = true;              // false from an append (or a read-back open) to the next sync
+  bool read_back_unsynced_ = false;
   UniqueFd direct_;                     // the log opened with O_DIRECT (invalid: buffered only)
   std::size_t direct_alignment_ = 4096;
   std::size_t index_written_ = 0;       // entries already in the index file

@@ -64,6 +64,7 @@ class SegmentLog final : public PartitionLog {
   Result<void> sync() override;
   Result<void> submit(bool more_coming = false) override;
   Result<Offset> written_offset() override;
+  Offset synced_offset() const override;
   // Renames the folder to `<dir>.<16 hex digits>-delete` at once (a topic made again under the
   // name starts empty); the process's deleter thread deletes it once this log is destroyed (at
   // most a minute later), as Kafka does. The last close of a large log's files waits on its
