@@ -733,7 +733,8 @@ namespace {
 // Whether the log file from `position` (where a walk stopped) ends early, as a crash leaves
 // writes that never reached the disk: a batch cut short by the file's end, or the batch there
 // running into pages that read as zeros, with nothing but zeros after them (write-back goes a
-// page at a time). Anything else (a batch whose bytes are all there and wrong) is damage.
+// page at a time; when the zero pages begin inside the batch's header, its length reads as
+// nonsense). Anything else (a batch whose bytes are all there and wrong) is damage.
 Result<bool> ends_early(int fd, const std::string& path, std::uint64_t position, std::uint64_t file_bytes) {
   constexpr std::uint64_t kPage = 4096;
   const std::uint64_t left = file_bytes - position;
@@ -760,6 +761,7 @@ Result<bool> ends_early(int fd, const std::string& path, std::uint64_t position,
   }
   if (zeros_from == position) return true;
   const std::uint64_t first_zero_page = (zeros_from + kPage - 1) / kPage * kPage;
+  if (first_zero_page < position + kBatchHeaderBytes) return true;
   return sane && first_zero_page < position + h.total_bytes;
 }
 

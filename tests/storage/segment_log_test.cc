@@ -393,6 +393,48 @@ TEST(SegmentLog, AClosedSegmentThatACrashLeftShortIsCutAndTheSegmentsAfterItDrop
   }
 }
 
+TEST(SegmentLog, AClosedSegmentWhoseLostPagesBeginInsideABatchHeaderIsCutThere) {
+  TempDir dir;
+  // Given a closed segment in which a batch's header straddles a page boundary (it starts 10
+  // bytes before one: its base offset lies before it, half its length field after) ...
+  std::vector<std::byte> filler;
+  for (std::size_t value = 3'900; value < 4'200 && filler.size() != 4'086; ++value)
+    filler = test::make_batch(0, 1, 1'700'000'000'000, value, std::byte{0x42});
+  ASSERT_EQ(filler.size(), 4'086u);
+  std::string first;
+  {
+    SegmentLogOptions options;
+    options.segment_bytes = 12 * 1024;
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, options).value();
+    ASSERT_TRUE(log->append(filler).ok());
+    std::int64_t next = 1;
+    while (log->segment_count() < 2) {
+      ASSERT_TRUE(log->append(batch_at(next, 2)).ok());
+      next += 2;
+    }
+    ASSERT_TRUE(log->append(batch_at(next, 2)).ok());
+    first = log->dir() + "/00000000000000000000.log";
+  }
+  // ... and a machine that stopped before the pages from that boundary on reached the disk
+  // (they read as zeros) and before the recovery point moved past the segment
+  std::filesystem::remove(dir.partition() + "/recovery-point");
+  const std::uintmax_t size = std::filesystem::file_size(first);
+  const int fd = ::open(first.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  const std::vector<char> blank(size - 4'096, 0);
+  ASSERT_EQ(pwrite(fd, blank.data(), blank.size(), 4'096), static_cast<ssize_t>(blank.size()));
+  ::close(fd);
+  // When it opens again
+  SegmentLogRecovery recovery;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery);
+  // Expect that segment cut before the torn batch, not refused as damaged, and what followed dropped
+  ASSERT_TRUE(log.ok()) << log.error().message;
+  EXPECT_EQ((*log)->segment_count(), 1u);
+  EXPECT_EQ((*log)->next_offset(), Offset{1});
+  EXPECT_EQ(std::filesystem::file_size(first), 4'086u);
+  EXPECT_TRUE(wait_for_log_deletions(10'000));
+}
+
 // Batches whose timestamps go up and down, so the time index keeps maxima between its entries.
 std::int64_t fill_unordered_times(SegmentLog& log, std::int64_t from, int batches) {
   std::int64_t offset = from;
