@@ -62,6 +62,22 @@ std::uint64_t send_numbered(Node& node, TopicProducer& producer, std::int64_t fi
   return refusals;
 }
 
+// A producer of `topic` that the ring refuses at once when it is full (the tests run the passes).
+Result<TopicProducer> never_waiting_producer(const std::shared_ptr<Client>& client, const std::string& topic) {
+  ProducerOptions options;
+  options.max_block_ms = 0;
+  return TopicProducer::create(client, topic, options);
+}
+
+// Sends `record` to partition 0 until the ring refuses it (at most 10 000 times); returns that
+// refusal (or the last send), with the sends that went through counted in `sent`.
+Result<SendResult> send_until_refused(TopicProducer& producer, const RecordInput& record, int& sent) {
+  sent = 0;
+  Result<SendResult> last = producer.send_to(0, record);
+  for (; last.ok() && sent < 10'000; last = producer.send_to(0, record)) ++sent;
+  return last;
+}
+
 // ---- topics ----------------------------------------------------------------------------------
 
 TEST(NodeTopics, CreateListDescribeAndDelete) {
@@ -465,9 +481,7 @@ TEST(NodeCounters, BackPressureIsCountedAndAPassFreesSpace) {
   ASSERT_NE(node, nullptr);
   ASSERT_TRUE(node->create_topic("full", small_topic()).ok());
   auto client = Client::embedded(*node);
-  ProducerOptions options;
-  options.max_block_ms = 0;
-  Result<TopicProducer> producer = TopicProducer::create(client, "full", options);
+  Result<TopicProducer> producer = never_waiting_producer(client, "full");
   ASSERT_TRUE(producer.ok());
 
   // When it fills the ring
@@ -475,8 +489,7 @@ TEST(NodeCounters, BackPressureIsCountedAndAPassFreesSpace) {
   RecordInput record;
   record.value = bytes_of(value);
   int sent = 0;
-  Result<SendResult> last = producer->send_to(0, record);
-  for (; last.ok() && sent < 10'000; last = producer->send_to(0, record)) ++sent;
+  const Result<SendResult> last = send_until_refused(*producer, record, sent);
 
   // Expect a refusal that says why, counted by the next pass
   ASSERT_FALSE(last.ok());
@@ -505,9 +518,7 @@ TEST(NodeReuseLimit, OlderHalfOfTheRingStaysReadableAndALaggardIsLapped) {
   Result<TopicConsumer> laggard = TopicConsumer::create(client);
   ASSERT_TRUE(laggard.ok());
   ASSERT_TRUE(laggard->assign("busy", {0}, SeekTo::earliest()).ok());
-  ProducerOptions options;
-  options.max_block_ms = 0;
-  Result<TopicProducer> producer = TopicProducer::create(client, "busy", options);
+  Result<TopicProducer> producer = never_waiting_producer(client, "busy");
   ASSERT_TRUE(producer.ok());
   constexpr std::int64_t kRecords = 3000;  // ~270 bytes a frame: ~12 laps of 64 KiB
   EXPECT_GT(send_numbered(*node, *producer, 0, kRecords), 0u);
@@ -577,16 +588,13 @@ TEST(NodeReuseLimit, PassesWithNothingNewKeepTheOlderHalfReadable) {
   ASSERT_NE(node, nullptr);
   ASSERT_TRUE(node->create_topic("idle", small_topic()).ok());
   auto client = Client::embedded(*node);
-  ProducerOptions options;
-  options.max_block_ms = 0;
-  Result<TopicProducer> producer = TopicProducer::create(client, "idle", options);
+  Result<TopicProducer> producer = never_waiting_producer(client, "idle");
   ASSERT_TRUE(producer.ok());
   const std::string value(200, 'v');
   RecordInput record;
   record.value = bytes_of(value);
-  bool pushed_back = false;
-  for (int i = 0; i < 1000 && !pushed_back; ++i) pushed_back = !producer->send_to(0, record).ok();
-  ASSERT_TRUE(pushed_back);
+  int sent = 0;
+  ASSERT_FALSE(send_until_refused(*producer, record, sent).ok());
   node->maintain();
   Result<PartitionMemory> memory = node->open_partition("idle", 0);
   ASSERT_TRUE(memory.ok());
