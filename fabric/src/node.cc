@@ -13,7 +13,6 @@
 
 #include <cerrno>
 #include <ctime>
-#include <fstream>
 
 #include <algorithm>
 #include <array>
@@ -833,11 +832,16 @@ Result<void> Node::load_topics() {
   for_each_in_parallel(names.size(), [&](std::size_t i) {
     const std::string& name = names[i];
     // A topic that cannot be read or recovered is logged and left out; the others serve.
-    std::ifstream in(dir + "/" + name + ".topic");
+    // A topic's settings are a few short lines; anything larger is not a file the node wrote.
+    constexpr std::size_t kMaxTopicFileBytes = 64 * 1024;
+    const Result<std::string> text = read_small_file(dir + "/" + name + ".topic", kMaxTopicFileBytes);
     TopicConfig config = options_.default_topic;
-    std::string line;
-    Result<void> parsed;
-    while (parsed.ok() && std::getline(in, line)) {
+    Result<void> parsed = text.ok() ? Result<void>() : Result<void>(text.error());
+    std::string_view rest = text.ok() ? std::string_view(*text) : std::string_view();
+    while (parsed.ok() && !rest.empty()) {
+      const std::size_t eol = std::min(rest.find('\n'), rest.size());
+      const std::string line(rest.substr(0, eol));
+      rest.remove_prefix(std::min(eol + 1, rest.size()));
       const std::size_t eq = line.find('=');
       if (line.empty()) continue;
       if (eq == std::string::npos) {

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "weft/fabric/crc32c.h"
+#include "weft/fabric/file.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/shared_memory.h"
 
@@ -130,7 +131,7 @@ class Reader {
   std::size_t pos_ = 0;
 };
 
-// `file` is at most kMaxOffsetsFileBytes (read_file checks before reading).
+// `file` is at most kMaxOffsetsFileBytes (read_small_file checks before reading).
 Result<Group> parse(std::span<const std::byte> file, const std::string& path) {
   auto corrupt = [&path](const std::string& what) { return Error{Errc::kCorrupt, path + ": " + what}; };
   if (file.size() < kHeaderBytes + kCrcBytes)
@@ -171,29 +172,6 @@ Result<Group> parse(std::span<const std::byte> file, const std::string& path) {
   if (in.remaining() != 0)
     return corrupt(std::to_string(in.remaining()) + " bytes after the " + std::to_string(count) + " declared entries");
   return group;
-}
-
-Result<std::vector<std::byte>> read_file(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return os_error(Errc::kIo, "opening " + path, errno);
-  struct stat st {};
-  if (fstat(fd.get(), &st) != 0) return os_error(Errc::kIo, "examining " + path, errno);
-  if (!S_ISREG(st.st_mode)) return Error{Errc::kCorrupt, path + ": not a regular file"};
-  const auto size = static_cast<std::size_t>(st.st_size);
-  if (size > kMaxOffsetsFileBytes)
-    return Error{Errc::kCorrupt, path + ": " + std::to_string(size) + " bytes, more than the " +
-                                     std::to_string(kMaxOffsetsFileBytes) + " an offsets file may hold"};
-  std::vector<std::byte> bytes(size);
-  std::size_t got = 0;
-  while (got < size) {
-    const ssize_t n = ::read(fd.get(), bytes.data() + got, size - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return os_error(Errc::kIo, "reading " + path, errno);
-    if (n == 0) break;  // shrank since fstat: what is there is checked as it is
-    got += static_cast<std::size_t>(n);
-  }
-  bytes.resize(got);
-  return bytes;
 }
 
 // A full disk is kResourceExhausted (space may come back), anything else kIo.
@@ -318,8 +296,8 @@ Result<std::unique_ptr<OffsetStore>> OffsetStore::open(std::string dir) {
       continue;
     }
     Result<Group> loaded = [&path]() -> Result<Group> {
-      WEFT_TRY(const std::vector<std::byte> bytes, read_file(path));
-      return parse(bytes, path);
+      WEFT_TRY(const std::string text, read_small_file(path, kMaxOffsetsFileBytes));
+      return parse(std::as_bytes(std::span(text.data(), text.size())), path);
     }();
     if (loaded.ok()) {
       log(LogLevel::kDebug, "consumer group offsets loaded", {{"group", group}, {"topics", std::to_string(loaded->size())}});

@@ -170,6 +170,17 @@ Result<void> Segment::open_files(const std::string& dir, bool create) {
   log_ = UniqueFd(::open(log_path_.c_str(), log_flags, 0644));
   if (!log_.valid())
     return os_error(errno == EEXIST ? Errc::kAlreadyExists : (errno == ENOENT ? Errc::kNotFound : Errc::kIo), "opening " + log_path_, errno);
+  // Something else standing at a segment's path (a FIFO or a device put there by hand) would
+  // block a read for good or fail it later: refused here, by name.
+  auto is_regular = [](const UniqueFd& file) {
+    struct stat st {};
+    return fstat(file.get(), &st) == 0 && S_ISREG(st.st_mode);
+  };
+  auto not_a_file = [&]() {
+    if (create) ::unlink(log_path_.c_str());
+    return Error{Errc::kCorrupt, "a file of " + log_path_ + "'s segment is not a regular file; move it away to serve this partition"};
+  };
+  if (!is_regular(log_)) return not_a_file();
   if (options_.direct_io) {
     direct_alignment_ = direct_alignment(log_.get());
     if (direct_alignment_ > 0 && direct_alignment_ <= (std::size_t{1} << 16))
@@ -192,6 +203,7 @@ Result<void> Segment::open_files(const std::string& dir, bool create) {
   if (!index_file_.valid()) return undo(index_path_, errno);
   time_index_file_ = UniqueFd(::open(time_index_path_.c_str(), index_flags, 0644));
   if (!time_index_file_.valid()) return undo(time_index_path_, errno);
+  if (!is_regular(index_file_) || !is_regular(time_index_file_)) return not_a_file();
   if (create && (ftruncate(index_file_.get(), 0) != 0 || ftruncate(time_index_file_.get(), 0) != 0)) return undo(index_path_, errno);
   return ok();
 }

@@ -16,7 +16,7 @@
 #include <deque>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 #include <iterator>
 #include <mutex>
 #include <string>
@@ -45,20 +45,10 @@ std::string recovery_point_text(Offset offset) {
   return body + " " + crc + "\n";
 }
 
-// Makes unlinks and creations in `dir` durable (a cut that a crash could undo would leave a
-// deleted segment beside the one that now holds its offsets).
-Result<void> sync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return os_error(Errc::kIo, "opening " + dir, errno);
-  const int synced = ::fsync(fd);
-  const int e = errno;
-  ::close(fd);
-  if (synced != 0) return os_error(Errc::kIo, "fsync " + dir, e);
-  return ok();
-}
-
 Offset read_recovery_point(const std::string& dir) {
-  std::ifstream in(dir + kRecoveryPointFile);
+  const Result<std::string> text = read_small_file(dir + kRecoveryPointFile, 64);
+  if (!text.ok()) return Offset{-1};
+  std::istringstream in(*text);
   std::string version, offset, crc;
   if (!(in >> version >> offset >> crc) || version != "1") return Offset{-1};
   std::int64_t value = -1;
@@ -363,6 +353,13 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     std::int64_t base = 0;
     const auto [end, parse_error] = std::from_chars(name.data(), name.data() + 20, base);
     if (parse_error != std::errc{} || end != name.data() + 20 || base < 0) continue;
+    // Named like a segment but not a file (a folder, a FIFO): not the node's, and reading it
+    // would fail the partition or wait forever. Left be, as any other foreign entry.
+    std::error_code type_ec;
+    if (!entry.is_regular_file(type_ec)) {
+      log(LogLevel::kWarn, "ignored an entry named like a segment that is not a regular file", {{"path", entry.path().string()}});
+      continue;
+    }
     bases.push_back(base);
   }
   if (ec) return Error{Errc::kIo, "listing " + dir + ": " + ec.message()};
@@ -405,6 +402,8 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
         dropped.insert(dropped.end(), std::make_move_iterator(renamed.begin()), std::make_move_iterator(renamed.end()));
       }
       found.reason += "; the " + std::to_string(bases.size() - i - 1) + " later segments were dropped";
+      // Before anything is appended after the cut: a crash must not bring them back beside it.
+      WEFT_TRY_VOID(sync_directory(dir));
       LogDeleter::instance().add_files(std::move(dropped), 0);
       log->segments_.push_back(std::make_unique<Segment>(std::move(segment)));
       break;
@@ -578,10 +577,7 @@ Result<void> SegmentLog::save_epochs(std::span<const EpochStart> epochs) {
 
 Result<std::vector<EpochStart>> SegmentLog::load_epochs() const {
   const std::string path = dir_ + kEpochsFile;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{Errc::kNotFound, path + " does not exist"};
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (text.size() > kMaxEpochsFileBytes) return Error{Errc::kCorrupt, path + " is larger than an epoch history can be"};
+  WEFT_TRY(const std::string text, read_small_file(path, kMaxEpochsFileBytes));
   auto bad = [&](const std::string& why) { return Error{Errc::kCorrupt, path + ": " + why}; };
   std::string_view rest = text;
   auto next_line = [&](std::string_view& line) {
@@ -807,7 +803,7 @@ Result<Offset> SegmentLog::truncate(Offset end) {
   Result<Segment> reopened = cut_and_reopen();
   if (!reopened.ok()) return stop_after(reopened.error());
   segments_.back() = std::make_unique<Segment>(std::move(reopened.value()));
-  WEFT_TRY_VOID(sync_dir(dir_));
+  WEFT_TRY_VOID(sync_directory(dir_));
   active_since_ms_ = segments_.back()->size_bytes() > 0 ? wall_clock_ms() : -1;
   return segments_.back()->next_offset();
 }
@@ -836,7 +832,7 @@ Result<void> SegmentLog::restart_at(Offset start) {
   segments_.clear();
   segments_.push_back(std::make_unique<Segment>(std::move(first.value())));
   active_since_ms_ = -1;
-  return sync_dir(dir_);
+  return sync_directory(dir_);
 }
 
 Result<void> SegmentLog::retire(Segment& segment) {

@@ -3,6 +3,7 @@
 // restart.
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -302,6 +303,48 @@ TEST(NodeLog, ANodeStartedAgainServesItsTopicsFromWhereTheirLogsEnd) {
   EXPECT_EQ(info->partitions[0].end_offset, Offset{500});
   node->maintain();
   EXPECT_EQ(node->describe_topic("kept")->partitions[0].log_end_offset, Offset{500});
+}
+
+// Entries put by hand where the node keeps its files (FIFOs, which block a plain open for
+// reading until a writer comes, and folders) never hold its start: each is skipped or refused by
+// name, and the rest serves.
+TEST(NodeLog, FifosAndFoldersWhereTheNodeKeepsItsFilesNeverHoldItsStart) {
+  TempDir dir;
+  NodeOptions options = logged_node(dir.path());
+  options.metadata_dir = dir.path() + "/topics";
+  options.offsets_dir = dir.path() + "/offsets";
+  {
+    auto node = Node::start(options).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("kept", small()).ok());
+    ProducerOptions producer_options;
+    producer_options.max_block_ms = 0;
+    TopicProducer producer = TopicProducer::create(client, "kept", producer_options).value();
+    EXPECT_EQ(send(*node, producer, 300), 300);
+    node->maintain();
+  }
+  const std::string partition = dir.path() + "/kept-0";
+  std::filesystem::remove(partition + "/recovery-point");
+  for (const std::string& fifo : {dir.path() + "/topics/stuck.topic", dir.path() + "/offsets/group.offsets",
+                                  partition + "/recovery-point", partition + "/00000000000099999999.log"})
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << fifo;
+  ASSERT_TRUE(std::filesystem::create_directory(partition + "/00000000000088888888.log"));
+  {
+    auto node = Node::start(options);
+    ASSERT_TRUE(node.ok()) << node.error().message;
+    EXPECT_EQ((*node)->list_topics(), (std::vector<std::string>{"kept"}));
+    EXPECT_EQ((*node)->describe_topic("kept")->partitions[0].end_offset, Offset{300});
+  }
+  // A FIFO at a segment's index: that partition is refused, by name, instead of read forever.
+  const std::string index = partition + "/00000000000000000000.index";
+  ASSERT_EQ(::unlink(index.c_str()), 0);
+  ASSERT_EQ(::mkfifo(index.c_str(), 0600), 0);
+  SegmentLogOptions o;
+  o.segment_bytes = 256 * 1024;
+  Result<std::unique_ptr<SegmentLog>> log = SegmentLog::open(partition, Offset{0}, o);
+  ASSERT_FALSE(log.ok());
+  EXPECT_EQ(log.error().code, Errc::kCorrupt);
+  EXPECT_NE(log.error().message.find("not a regular file"), std::string::npos) << log.error().message;
 }
 
 // A cluster's topic takes no local producer until the replicator stamps this node's role, from

@@ -17,7 +17,6 @@
 #include <cstring>
 #include <algorithm>
 #include <chrono>
-#include <fstream>
 #include <iterator>
 #include <string>
 #include <thread>
@@ -397,14 +396,14 @@ int main(int argc, char** argv) {
   if (!s.in_memory) {
     const std::string version_path = s.data_dir + "/weft-data-version";
     const std::string expected = "weft data directory, layout 1\n";
-    std::ifstream in(version_path);
-    std::string found((std::istreambuf_iterator<char>(in)), {});
-    if (in.is_open() && found != expected)
+    Result<std::string> found = read_small_file(version_path, 4096);
+    if (!found.ok() && found.error().code != Errc::kNotFound) return fail(std::move(found).error());
+    if (found.ok() && *found != expected)
       return fail(Error{Errc::kFailedPrecondition, "the data directory " + s.data_dir + " has layout '" +
-                                                       found.substr(0, found.find('\n')) + "' (in " + version_path +
+                                                       found->substr(0, found->find('\n')) + "' (in " + version_path +
                                                        "); this weftd reads '" + expected.substr(0, expected.size() - 1) +
                                                        "'. Use the weftd that wrote it, or another --data-dir"});
-    if (!in.is_open()) {
+    if (!found.ok()) {
       // A crash leaves no file or the whole one.
       if (Result<void> written = replace_file(version_path, expected); !written.ok()) return fail(std::move(written).error());
     }

@@ -55,6 +55,7 @@ class [[nodiscard]] Result {
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
 
   const Error& error() const& { return std::get<1>(storage_); }
   Error&& error() && { return std::get<1>(std::move(storage_)); }
