@@ -743,10 +743,10 @@ Result<Walk> walk_batches(int fd, const std::string& path, std::uint64_t file_by
 namespace {
 
 // Whether the log file from `position` (where a walk stopped) ends early, as a crash leaves
-// writes that never reached the disk: a batch cut short by the file's end, or the batch there
-// running into pages that read as zeros, with nothing but zeros after them (write-back goes a
-// page at a time; when the zero pages begin inside the batch's header, its length reads as
-// nonsense). Anything else (a batch whose bytes are all there and wrong) is damage.
+// writes that never reached the disk: a batch cut short by the file's end, a whole page of
+// zeros under the batch there, or the batch running into zeros that last to the file's end
+// (write-back goes a page at a time; when the zero pages begin inside the batch's header, its
+// length reads as nonsense). Anything else (a batch whose bytes are all there and wrong) is damage.
 Result<bool> ends_early(int fd, const std::string& path, std::uint64_t position, std::uint64_t file_bytes) {
   constexpr std::uint64_t kPage = 4096;
   const std::uint64_t left = file_bytes - position;
@@ -757,6 +757,15 @@ Result<bool> ends_early(int fd, const std::string& path, std::uint64_t position,
   const BatchHeader h = header_of(header);
   const bool sane = h.total_bytes >= kBatchHeaderBytes && h.total_bytes <= kMaxBatchBytes;
   if (sane && h.total_bytes > left) return true;
+  // Write-back and direct writes in flight need not reach the disk in order: a whole page of
+  // zeros under the bad batch (under its header, when its length is nonsense) is a write that
+  // never landed, whatever came after it (which no sync can have covered either).
+  const std::uint64_t extent_end = std::min(file_bytes, position + (sane ? h.total_bytes : kBatchHeaderBytes));
+  std::vector<std::byte> page(kPage);
+  for (std::uint64_t at = position / kPage * kPage; at < extent_end && at + kPage <= file_bytes; at += kPage) {
+    WEFT_TRY(const std::size_t n, read_at(fd, page, at, path));
+    if (n == kPage && std::all_of(page.begin(), page.end(), [](std::byte b) { return b == std::byte{0}; })) return true;
+  }
   // Where the zeros that run to the end of the file begin.
   std::uint64_t zeros_from = position;
   std::vector<std::byte> window(static_cast<std::size_t>(std::min<std::uint64_t>(left, std::uint64_t{64} << 10)));

@@ -350,8 +350,9 @@ TEST(SegmentLog, ATornLastSegmentIsCutAndACorruptEarlierOneRefused) {
 // A closed segment is synced after the roll, in the background: a crash before that sync ends
 // may leave it short, or with zeros where its last batches were, while later segments hold data.
 TEST(SegmentLog, AClosedSegmentThatACrashLeftShortIsCutAndTheSegmentsAfterItDropped) {
-  for (const bool zeros : {false, true}) {
-    SCOPED_TRACE(zeros ? "zeros to the end" : "cut short");
+  enum class Lost { kTail, kZerosToTheEnd, kAPageWithDataAfterIt };
+  for (const Lost lost : {Lost::kTail, Lost::kZerosToTheEnd, Lost::kAPageWithDataAfterIt}) {
+    SCOPED_TRACE(static_cast<int>(lost));
     TempDir dir;
     std::vector<std::filesystem::path> logs;
     {
@@ -366,15 +367,18 @@ TEST(SegmentLog, AClosedSegmentThatACrashLeftShortIsCutAndTheSegmentsAfterItDrop
     const std::string third = logs[2].filename().string();
     std::filesystem::remove(dir.partition() + "/recovery-point");
     const std::uintmax_t size = std::filesystem::file_size(logs[2]);
-    if (zeros) {
-      // Its last pages never written: they read as zeros (write-back goes a page at a time)
-      const std::uintmax_t from = (size - 1000) / 4096 * 4096;
+    if (lost == Lost::kTail) {
+      std::filesystem::resize_file(logs[2], size - 700);
+    } else {
+      // Its last pages never written: they read as zeros (write-back goes a page at a time), or
+      // one page in its middle (write-back and direct writes need not land in order)
+      const std::uintmax_t from = lost == Lost::kZerosToTheEnd ? (size - 1000) / 4096 * 4096 : 4096;
+      const std::uintmax_t to = lost == Lost::kZerosToTheEnd ? size : 2 * 4096;
+      ASSERT_GT(size, 3 * 4096u);
       const int fd = ::open(logs[2].c_str(), O_RDWR);
-      const std::vector<char> blank(size - from, 0);
+      const std::vector<char> blank(to - from, 0);
       ASSERT_EQ(pwrite(fd, blank.data(), blank.size(), static_cast<off_t>(from)), static_cast<ssize_t>(blank.size()));
       close(fd);
-    } else {
-      std::filesystem::resize_file(logs[2], size - 700);
     }
     SegmentLogRecovery recovery;
     auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery);
