@@ -16,6 +16,7 @@
 #include <utility>
 #include <variant>
 
+#include "weft/fabric/offset_store.h"
 #include "weft/fabric/result.h"
 
 namespace weft {
@@ -58,6 +59,11 @@ struct Member {
   JoinDone awaiting_join;         // set while its join waits for the join phase to complete
   SyncDone awaiting_sync;         // set while its sync waits for the leader's assignment
 };
+
+constexpr std::size_t kMaxMemberIdPrefixBytes = 255;
+
+// Group ids name the offsets' files too: the offset store's rules (length, characters) hold here.
+bool valid_group_id(std::string_view id) { return validate_group_id(id).ok(); }
 
 struct Group {
   GroupState state = GroupState::kEmpty;
@@ -370,7 +376,10 @@ struct GroupCoordinator::State {
   }
 
   // Kafka's generateMemberId: the instance id (static members) or client id, '-', a random UUID.
+  // The prefix is cut short: a client id may take 32 767 bytes, and the member id goes back to
+  // every member in strings of at most that many.
   std::string new_member_id(const Group& group, std::string_view prefix) {
+    prefix = prefix.substr(0, kMaxMemberIdPrefixBytes);
     std::string id;
     do {
       id = std::string(prefix) + "-" + uuid_like(random);
@@ -485,7 +494,7 @@ struct GroupCoordinator::State {
   // ---- joins ----------------------------------------------------------------------------------
 
   void join(JoinGroupRequest request, std::int64_t now_ms, JoinDone done, Completions& out) {
-    if (request.group_id.empty()) return out.add(std::move(done), join_error(GroupError::kInvalidGroupId, request.member_id));
+    if (!valid_group_id(request.group_id)) return out.add(std::move(done), join_error(GroupError::kInvalidGroupId, request.member_id));
     if (request.session_timeout_ms < options.min_session_timeout_ms || request.session_timeout_ms > options.max_session_timeout_ms)
       return out.add(std::move(done), join_error(GroupError::kInvalidSessionTimeout, request.member_id));
     if (request.rebalance_timeout_ms < 0) request.rebalance_timeout_ms = request.session_timeout_ms;
@@ -665,7 +674,7 @@ struct GroupCoordinator::State {
   // ---- syncs, heartbeats, leaves, commits -----------------------------------------------------
 
   void sync(SyncGroupRequest request, std::int64_t now_ms, SyncDone done, Completions& out) {
-    if (request.group_id.empty()) return out.add(std::move(done), sync_error(GroupError::kInvalidGroupId));
+    if (!valid_group_id(request.group_id)) return out.add(std::move(done), sync_error(GroupError::kInvalidGroupId));
     Group* group = find(request.group_id);
     if (group == nullptr) return out.add(std::move(done), sync_error(GroupError::kUnknownMemberId));
     if (const auto error = validate_member(*group, request.member_id, request.group_instance_id))
@@ -717,7 +726,7 @@ struct GroupCoordinator::State {
 
   GroupError heartbeat(std::string_view group_id, std::int32_t generation, std::string_view member_id,
                        const std::optional<std::string>& instance_id, std::int64_t now_ms) {
-    if (group_id.empty()) return GroupError::kInvalidGroupId;
+    if (!valid_group_id(group_id)) return GroupError::kInvalidGroupId;
     Group* group = find(group_id);
     if (group == nullptr) return GroupError::kUnknownMemberId;
     if (const auto error = validate_member(*group, member_id, instance_id)) return *error;
@@ -767,7 +776,7 @@ struct GroupCoordinator::State {
   GroupError check_commit(std::string_view group_id, std::int32_t generation, std::string_view member_id,
                           const std::optional<std::string>& instance_id, std::int64_t now_ms) {
     // Kafka accepts commits to the empty group id for old clients; weft stores no such group.
-    if (group_id.empty()) return GroupError::kInvalidGroupId;
+    if (!valid_group_id(group_id)) return GroupError::kInvalidGroupId;
     const bool as_member = generation >= 0 || !member_id.empty() || instance_id.has_value();
     Group* group = find(group_id);
     if (group == nullptr) {
@@ -894,7 +903,7 @@ GroupError GroupCoordinator::heartbeat(std::string_view group_id, std::int32_t g
 std::vector<GroupError> GroupCoordinator::leave(std::string_view group_id, const std::vector<LeavingMember>& members,
                                                 std::int64_t now_ms) {
   Completions out;
-  if (group_id.empty()) return std::vector<GroupError>(members.size(), GroupError::kInvalidGroupId);
+  if (!valid_group_id(group_id)) return std::vector<GroupError>(members.size(), GroupError::kInvalidGroupId);
   if (!owns(group_id)) return std::vector<GroupError>(members.size(), GroupError::kNotCoordinator);
   Group* group = state_->find(group_id);
   if (group == nullptr) return std::vector<GroupError>(members.size(), GroupError::kUnknownMemberId);
@@ -912,7 +921,15 @@ GroupError GroupCoordinator::check_commit(std::string_view group_id, std::int32_
 
 void GroupCoordinator::tick(std::int64_t now_ms) {
   Completions out;
-  for (auto& entry : state_->groups) state_->tick(entry.second, now_ms, out);
+  for (auto it = state_->groups.begin(); it != state_->groups.end();) {
+    Group& group = it->second;
+    state_->tick(group, now_ms, out);
+    // A group that never formed (its only joins were asked for a member id, which expired) is
+    // nothing to keep: else every such first join would be held for good.
+    const bool never_formed = group.state == GroupState::kEmpty && group.generation == 0 && group.members.empty() &&
+                              group.pending_members.empty() && group.static_members.empty();
+    it = never_formed ? state_->groups.erase(it) : std::next(it);
+  }
 }
 
 std::optional<std::int64_t> GroupCoordinator::next_deadline_ms() const {

@@ -309,9 +309,29 @@ TEST(GroupCoordinator, UnusedMemberIdExpiresAfterTheSessionTimeout) {
   gc.tick(kT0 + kSessionMs - 1);
   gc.tick(kT0 + kSessionMs);
 
-  // Expect the id to be unknown
+  // Expect the id to be unknown, and the group it was the only join of gone with it (else every
+  // first join of a fresh group id would be held for good)
   EXPECT_EQ(gc.next_deadline_ms(), std::nullopt);
+  EXPECT_EQ(gc.group_count(), 0u);
   EXPECT_EQ(join(gc, join_request("a", id), kT0 + kSessionMs + 1)->result.error, GroupError::kUnknownMemberId);
+}
+
+TEST(GroupCoordinator, GroupIdsFollowTheOffsetStoresRulesAndLongClientIdsMakeShortMemberIds) {
+  GroupCoordinator gc(no_initial_delay());
+  // A group id longer than an offsets file's name may be, or with a '/', is refused everywhere
+  for (const std::string& bad : {std::string(40'000, 'g'), std::string("a/b"), std::string("..")}) {
+    JoinGroupRequest r = join_request("a");
+    r.group_id = bad;
+    EXPECT_EQ(join(gc, r, kT0)->result.error, GroupError::kInvalidGroupId) << bad.substr(0, 20);
+    EXPECT_EQ(gc.heartbeat(bad, 1, "m", kDynamic, kT0), GroupError::kInvalidGroupId);
+  }
+  EXPECT_EQ(gc.group_count(), 0u);
+  // A client id of 32 767 bytes gives a member id that fits the responses' int16 strings
+  JoinGroupRequest r = join_request(std::string(32'767, 'c'));
+  r.require_known_member_id = true;
+  const std::string id = join(gc, r, kT0)->result.member_id;
+  EXPECT_LT(id.size(), 300u);
+  EXPECT_TRUE(id.starts_with(std::string(255, 'c') + "-")) << id.substr(0, 300);
 }
 
 TEST(GroupCoordinator, JoinPhaseWaitsForMembersGivenAnId) {

@@ -1367,6 +1367,125 @@ TEST_F(KafkaListenerTest, ARequestAboveTheSizeLimitClosesItsConnection) {
   EXPECT_EQ(read_produce(7, *small).error, 0);
 }
 
+TEST_F(KafkaListenerTest, PipelinedRequestsPastTheListenersPerPassCapAreAllAnswered) {
+  // Given 3 000 requests sent at once (the listener takes 1 024 from a connection per pass, and
+  // no socket event follows for the rest) ...
+  KafkaClient c(port());
+  std::string burst;
+  for (int i = 0; i < 3'000; ++i) burst += test::kafka_frame(kApiVersions, 0, i, false, "");
+  ASSERT_TRUE(c.send_raw(burst));
+  // ... expect every one answered, in order
+  for (int i = 0; i < 3'000; ++i) {
+    std::optional<std::string> frame = c.read_frame(10'000);
+    ASSERT_TRUE(frame) << "answer " << i;
+    ASSERT_EQ(wire::load_be32(reinterpret_cast<const std::byte*>(frame->data())), i);
+  }
+}
+
+TEST_F(KafkaListenerTest, AnAcksZeroProduceThatFailsClosesItsConnectionAsKafkaDoes) {
+  ASSERT_TRUE(node_->create_topic("fire0").ok());
+  KafkaClient c(port());
+  // No response to tell the client: the closed connection makes it ask Metadata again.
+  ASSERT_TRUE(c.send_raw(test::kafka_frame(kProduce, 7, 1, false, produce_request(7, "fire0", 99, batch(2), 0))));
+  EXPECT_TRUE(c.closed_by_peer());
+  KafkaClient d(port());
+  ASSERT_TRUE(d.send_raw(test::kafka_frame(kProduce, 7, 2, false, produce_request(7, "fire0", 0, batch(2), 0))));
+  std::optional<std::string> end = d.call(kListOffsets, 1, false, list_offsets_request(1, "fire0", -1));
+  ASSERT_TRUE(end);
+  EXPECT_EQ(read_list_offsets(1, *end), 2);
+}
+
+TEST_F(KafkaListenerTest, AFetchAllowedNoBytesStillGetsTheFirstBatchWhole) {
+  ASSERT_TRUE(node_->create_topic("kip74").ok());
+  KafkaClient c(port());
+  const std::string b = batch(3);
+  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, "kip74", 0, b)));
+  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, "kip74", 0, batch(2, {}, 3))));
+  // max_bytes 0 for the response and the partition: the first batch, as Kafka answers (KIP-74)
+  std::optional<std::string> body = c.call(kFetch, 4, false, fetch_request(4, "kip74", 0, 0, 5'000, 0));
+  ASSERT_TRUE(body);
+  const FetchAnswer a = read_fetch(4, *body);
+  EXPECT_EQ(a.error, 0);
+  EXPECT_EQ(hex(a.records), hex(stored(b, 0)));
+}
+
+TEST_F(KafkaListenerTest, APartitionNamedTwiceInAFetchIsReadOnceWithTheLastEntrysOffset) {
+  ASSERT_TRUE(node_->create_topic("twice").ok());
+  KafkaClient c(port());
+  const std::string first = batch(3), second = batch(2, {}, 3);
+  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, "twice", 0, first)));
+  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, "twice", 0, second)));
+  // Fetch v4: the partition at offset 0, then again (in a second topic entry) at offset 3
+  Writer w;
+  w.i32(-1);
+  w.i32(0);
+  w.i32(1);
+  w.i32(1 << 20);
+  w.i8(0);
+  w.array(2, false);
+  for (const std::int64_t offset : {0, 3}) {
+    w.string("twice", false);
+    w.array(1, false);
+    w.i32(0);
+    w.i64(offset);
+    w.i32(1 << 20);
+  }
+  std::optional<std::string> body = c.call(kFetch, 4, false, w.take());
+  ASSERT_TRUE(body);
+  // Expect one topic with one partition (read_fetch checks the counts), from offset 3
+  const FetchAnswer a = read_fetch(4, *body);
+  EXPECT_EQ(a.error, 0);
+  EXPECT_EQ(hex(a.records), hex(stored(second, 3)));
+}
+
+TEST_F(KafkaListenerTest, AParkedFetchShortOfItsMinimumIsAnsweredOnceMoreComes) {
+  ASSERT_TRUE(node_->create_topic("short").ok());
+  KafkaClient fetcher(port()), producer(port());
+  const std::string b = batch(3);
+  ASSERT_TRUE(producer.call(kProduce, 7, false, produce_request(7, "short", 0, b)));
+  // min_bytes above what the partition holds: parked (the listener then looks again only when
+  // a producer claims more), answered when the next batch brings it past the minimum
+  Writer w;
+  w.i32(-1);
+  w.i32(20'000);
+  w.i32(static_cast<std::int32_t>(b.size() + 1));
+  w.i32(1 << 20);
+  w.i8(0);
+  w.array(1, false);
+  w.string("short", false);
+  w.array(1, false);
+  w.i32(0);
+  w.i64(0);
+  w.i32(1 << 20);
+  ASSERT_TRUE(fetcher.send_raw(test::kafka_frame(kFetch, 4, 9, false, w.take())));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string more = batch(2, {}, 3);
+  ASSERT_TRUE(producer.call(kProduce, 7, false, produce_request(7, "short", 0, more)));
+  std::optional<std::string> frame = fetcher.read_frame(15'000);  // bounded: far below the 20 s wait
+  ASSERT_TRUE(frame);
+  const FetchAnswer a = read_fetch(4, frame->substr(4));
+  EXPECT_EQ(hex(a.records), hex(stored(b, 0) + stored(more, 3)));
+}
+
+TEST_F(KafkaListenerTest, AClientThatStopsReadingItsResponsesIsClosedAfterTheIdleTimeout) {
+  kafka::KafkaListenerOptions o;
+  o.idle_timeout_ms = 1'000;
+  start(o, std::size_t{8} << 20);
+  ASSERT_TRUE(node_->create_topic("unread").ok());
+  KafkaClient c(port());
+  std::string big = large_batch(200, 4'000);  // ~800 KB
+  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, "unread", 0, big)));
+  // Fetches of it, pipelined and never read: more than the sockets' buffers hold
+  std::string burst;
+  for (int i = 0; i < 40; ++i) burst += test::kafka_frame(kFetch, 4, i, false, fetch_request(4, "unread", 0, 0));
+  ASSERT_TRUE(c.send_raw(burst));
+  const std::uint64_t before = listener_->stats().connections_closed_idle;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (listener_->stats().connections_closed_idle == before && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_GT(listener_->stats().connections_closed_idle, before) << "a client that reads nothing kept its connection";
+}
+
 // ---- In a cluster --------------------------------------------------------------------------
 // Two nodes in this process (segment logs, ClusterNodes over loopback links, an in-memory
 // metadata store), each with its Kafka listener: clients are sent to the leader, acks=all waits

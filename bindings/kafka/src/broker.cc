@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 #include "broker.h"
 #include "weft/fabric/log.h"
@@ -16,6 +17,8 @@ namespace weft::kafka::detail {
 namespace {
 
 constexpr std::int32_t kNullAuthorizedOperations = INT32_MIN;
+// Kafka's fetch.max.bytes default: the most one Fetch response holds.
+constexpr std::int32_t kMaxFetchResponseBytes = 55 * 1024 * 1024;
 
 std::int64_t monotonic_ms() noexcept { return monotonic_ns() / 1'000'000; }
 
@@ -804,12 +807,16 @@ Outcome Broker::fetch(const Request& r, Reader& in) {
   (void)in.i32();  // replica id: -1 for consumers
   const std::int32_t max_wait_ms = in.i32();
   parked->min_bytes = in.i32();
-  parked->max_bytes = v >= 3 ? in.i32() : INT32_MAX;
+  // Kafka's fetch.max.bytes: a response holds at most this much, whatever the client asks.
+  parked->max_bytes = std::min(v >= 3 ? in.i32() : INT32_MAX, kMaxFetchResponseBytes);
   if (v >= 4) (void)in.i8();  // isolation level: no transactions, so read_committed reads the same
   if (v >= 7) {
     (void)in.i32();  // session id: sessions are not kept; answering 0 makes clients send full fetches
     (void)in.i32();
   }
+  // A partition named twice is fetched once, with the last entry's fields at the first one's
+  // place, as Kafka's map of them does (each entry read again would copy the ring again).
+  std::map<std::pair<std::string_view, std::int32_t>, std::pair<std::size_t, std::size_t>> seen;
   const std::int32_t topics = in.array(flex, false, 2);
   for (std::int32_t t = 0; t < topics && in.ok(); ++t) {
     const std::string_view name = in.string(flex);
@@ -825,10 +832,18 @@ Outcome Broker::fetch(const Request& r, Reader& in) {
       if (v >= 5) (void)in.i64();
       part.max_bytes = in.i32();
       in.tagged_fields(flex);
-      parked->fetch.back().second.push_back(std::move(part));
+      const std::pair<std::size_t, std::size_t> at{parked->fetch.size() - 1, parked->fetch.back().second.size()};
+      if (const auto [it, added] = seen.try_emplace({name, part.partition}, at); !added) {
+        Parked::FetchPart& first = parked->fetch[it->second.first].second[it->second.second];
+        first.offset = part.offset;
+        first.max_bytes = part.max_bytes;
+      } else {
+        parked->fetch.back().second.push_back(std::move(part));
+      }
     }
     in.tagged_fields(flex);
   }
+  std::erase_if(parked->fetch, [](const auto& topic) { return topic.second.empty(); });  // as the map leaves them
   if (v >= 7) {
     const std::int32_t forgotten = in.array(flex, false, 2);
     for (std::int32_t i = 0; i < forgotten && in.ok(); ++i) {
@@ -859,9 +874,14 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
   read.log_start = t.has_log ? log_start(t, partition) : ring.reuse_limit().offset;
   if (offset > end.value || offset < 0) {
     read.error = error::kOffsetOutOfRange;
+    read.settled = true;
     return read;
   }
-  if (offset >= limit.value || max_bytes == 0) return read;
+  // A limit of 0 still gives the first batch of the response whole (KIP-74), as Kafka does.
+  if (offset >= limit.value || (max_bytes == 0 && !first)) {
+    read.settled = true;
+    return read;
+  }
   const Offset ring_start = ring.reuse_limit().offset;
   if (offset >= ring_start.value) {
     // From the ring: the tail reader continues where the last fetch stopped, or seeks.
@@ -880,20 +900,25 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
           const PollStatus status = p.reader->poll(batch);
           if (status != PollStatus::kOk) {
             if (status == PollStatus::kLapped) torn = true;
+            // Nothing more committed: settled if it read up to what was claimed when it began.
+            read.settled = status == PollStatus::kEmpty && p.reader->next_offset() >= end;
             break;
           }
           // A batch not taken is given back: the next fetch starts at it. (A seek would walk from
           // the ring's reuse limit, and a parked fetch looks again on every listener wake-up.)
           if (batch.base_offset.value + batch.records > limit.value) {
             p.reader->unread(batch);  // reaches the high watermark: a later fetch
+            read.settled = true;
             break;
           }
           if (!read.bytes.empty() && read.bytes.size() + batch.bytes.size() > max_bytes) {
             p.reader->unread(batch);
+            read.settled = true;  // as full as its limit lets it be
             break;
           }
           if (read.bytes.empty() && batch.bytes.size() > max_bytes && !first) {
             p.reader->unread(batch);
+            read.settled = true;
             break;
           }
           if (!read.first_batch) read.first_batch = batch;
@@ -902,7 +927,10 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
             torn = true;
             break;
           }
-          if (read.bytes.size() >= max_bytes) break;
+          if (read.bytes.size() >= max_bytes) {
+            read.settled = true;
+            break;
+          }
         }
         if (!torn) {
           // Batches committed while this fetch read are in the answer: the high watermark covers them.
@@ -949,6 +977,25 @@ Broker::PartitionRead Broker::read_partition(TopicState& t, std::uint32_t partit
   return read;
 }
 
+std::uint64_t Broker::fetch_progress(const Parked& parked) {
+  std::uint64_t sum = 0;
+  auto mix = [&sum](std::uint64_t v) { sum = (sum ^ v) * 0x9E3779B97F4A7C15ull + 1; };
+  for (const auto& [name, parts] : parked.fetch) {
+    std::shared_ptr<TopicState> state = topic(name);
+    mix(reinterpret_cast<std::uintptr_t>(state.get()));
+    for (const Parked::FetchPart& part : parts) {
+      if (cluster_ != nullptr) {
+        PartitionView view;
+        mix(static_cast<std::uint64_t>(leader_error(name, part.partition, &view)));
+        mix(static_cast<std::uint64_t>(view.high_watermark.value));
+      }
+      if (state && part.partition >= 0 && static_cast<std::size_t>(part.partition) < state->partitions.size())
+        mix(static_cast<std::uint64_t>(state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring.claimed_offset().value));
+    }
+  }
+  return sum;
+}
+
 std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool force, std::int16_t& first_error) {
   const std::int16_t v = parked.header.api_version;
   const bool flex = parked.header.flexible;
@@ -960,6 +1007,9 @@ std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool
   std::size_t budget = static_cast<std::size_t>(std::max(parked.max_bytes, 0));
   std::size_t total = 0;
   bool any_error = false;
+  bool all_settled = true;
+  // Taken before the reads: whatever is claimed after it moves it.
+  const std::uint64_t progress = force ? 0 : fetch_progress(parked);
   for (std::size_t t = 0; t < parked.fetch.size(); ++t) {
     const auto& [name, parts] = parked.fetch[t];
     std::shared_ptr<TopicState> state = topic(name);
@@ -985,10 +1035,13 @@ std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool
         any_error = true;
         if (first_error == 0) first_error = r.read.error;
       }
+      all_settled = all_settled && (r.read.settled || r.read.error != 0);
       reads[t].push_back(std::move(r));
     }
   }
   if (!force && !any_error && total < static_cast<std::size_t>(std::max(parked.min_bytes, 1))) {
+    if (all_settled) parked.fetch_progress_seen = progress;
+    else parked.fetch_progress_seen.reset();
     // Not enough yet: give back what the readers took, so the next look starts at the same place.
     for (std::size_t t = 0; t < parked.fetch.size(); ++t) {
       if (total == 0) break;
@@ -1044,9 +1097,15 @@ Outcome Broker::resume(Parked& parked, std::int64_t now_ns) {
         return out;
       }
       if (parked.acks == 0) {
+        // Kafka closes the connection of an acks=0 producer whose batch failed: the client hears
+        // of it no other way, and asks Metadata again (a moved leader) when it reconnects.
         for (const auto& part : parked.produce)
-          if (part.error != 0)
-            log(LogLevel::kDebug, "kafka: an acks=0 batch was refused", {{"topic", part.topic}, {"partition", std::to_string(part.partition)}, {"error", std::to_string(part.error)}});
+          if (part.error != 0) {
+            out.kind = Outcome::Kind::kClose;
+            out.close_reason = "an acks=0 batch for " + part.topic + "-" + std::to_string(part.partition) +
+                               " was refused (error " + std::to_string(part.error) + ")";
+            return out;
+          }
         out.kind = Outcome::Kind::kNoResponse;
         return out;
       }
@@ -1058,7 +1117,14 @@ Outcome Broker::resume(Parked& parked, std::int64_t now_ns) {
         }
       return out;
     case Parked::Kind::kFetch: {
-      std::optional<std::vector<OutChunk>> response = fetch_response(parked, now_ns >= parked.deadline_ns, out.error);
+      const bool expired = now_ns >= parked.deadline_ns;
+      // Nothing claimed and no high watermark moved since a look that read all there was: the
+      // same look again would find the same (and copy it again, every listener pass).
+      if (!expired && parked.fetch_progress_seen && fetch_progress(parked) == *parked.fetch_progress_seen) {
+        out.kind = Outcome::Kind::kParked;
+        return out;
+      }
+      std::optional<std::vector<OutChunk>> response = fetch_response(parked, expired, out.error);
       if (!response) {
         out.kind = Outcome::Kind::kParked;
         return out;
@@ -1224,7 +1290,7 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
       (void)in.i32();
       const std::int32_t brokers = in.array(flex, false, 4);
       for (std::int32_t b = 0; b < brokers && in.ok(); ++b)
-        if ((cluster_ != nullptr || in.i32() != options_.node_id) && e.error == 0) {
+        if (const std::int32_t broker = in.i32(); (cluster_ != nullptr || broker != options_.node_id) && e.error == 0) {
           e.error = error::kInvalidReplicaAssignment;
           e.message = cluster_ != nullptr ? "weft's controller assigns replicas; leave the assignment out (weft partition reassign moves them)"
                                           : "this cluster has one broker, " + std::to_string(options_.node_id);

@@ -124,6 +124,8 @@ struct Parked {
   std::int32_t min_bytes = 0;
   std::int32_t max_bytes = 0;
   std::vector<std::pair<std::string, std::vector<FetchPart>>> fetch;  // by topic, request order
+  // fetch_progress() when the last look came short of min_bytes with every partition settled.
+  std::optional<std::uint64_t> fetch_progress_seen;
 
   // Set by the coordinator's completion (maybe later, from another connection's request).
   std::shared_ptr<std::optional<std::vector<OutChunk>>> group_reply;
@@ -193,6 +195,9 @@ class Broker {
   std::vector<OutChunk> produce_response(Parked& parked);
   // Fetch: builds the response when enough is there (or `force`); nothing otherwise.
   std::optional<std::vector<OutChunk>> fetch_response(Parked& parked, bool force, std::int16_t& first_error);
+  // What a parked fetch's partitions have to offer, as one number: their claimed ends and high
+  // watermarks. Cheap (no reads), so a parked fetch looks again only when it moved.
+  std::uint64_t fetch_progress(const Parked& parked);
   struct PartitionRead {
     std::int16_t error = 0;
     std::string bytes;                 // from the ring
@@ -203,6 +208,9 @@ class Broker {
     Offset high_watermark{-1};
     Offset log_start{-1};
     std::optional<RingBatch> first_batch;  // the first batch read from the ring: given back by unread()
+    // A later look finds more only once a producer claims more or the high watermark moves (it
+    // read all that was committed, or all it may take); a log's read is never settled.
+    bool settled = false;
     std::size_t size() const noexcept { return file ? file_bytes : bytes.size(); }
   };
   // `visible`: the high watermark in a cluster (nothing at or past it is served); the ring's end

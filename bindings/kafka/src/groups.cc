@@ -449,6 +449,13 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
     Result<std::vector<CommittedOffset>> stored = node_.fetch_offsets(ask.group, "");
     std::vector<CommittedOffset> committed = stored.ok() ? std::move(*stored) : std::vector<CommittedOffset>{};
     if (!stored.ok()) answer.error = error::kCoordinatorNotAvailable;
+    const auto by_partition = [](const CommittedOffset& c, const std::pair<std::string_view, std::int64_t>& key) {
+      return std::pair<std::string_view, std::int64_t>(c.topic, c.partition) < key;
+    };
+    if (ask.topics)
+      std::sort(committed.begin(), committed.end(), [](const CommittedOffset& a, const CommittedOffset& b) {
+        return std::pair<std::string_view, std::int64_t>(a.topic, a.partition) < std::pair<std::string_view, std::int64_t>(b.topic, b.partition);
+      });
     if (!ask.topics) {
       for (const CommittedOffset& c : committed) {
         if (answer.topics.empty() || answer.topics.back().first != c.topic) answer.topics.push_back({c.topic, {}});
@@ -461,10 +468,9 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
         answer.topics.push_back({name, {}});
         for (std::int32_t p : parts) {
           Answer a{p, -1, {}, 0};
-          const auto it = std::find_if(committed.begin(), committed.end(), [&](const CommittedOffset& c) {
-            return c.topic == name && static_cast<std::int32_t>(c.partition) == p;
-          });
-          if (it != committed.end()) {
+          // Sorted above: a request may name a million partitions, against as many commits.
+          const auto it = std::lower_bound(committed.begin(), committed.end(), std::pair<std::string_view, std::int64_t>(name, p), by_partition);
+          if (it != committed.end() && it->topic == name && static_cast<std::int64_t>(it->partition) == p) {
             a.offset = it->offset.value;
             a.metadata = it->metadata;
           }

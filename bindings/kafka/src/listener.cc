@@ -45,6 +45,7 @@ constexpr std::size_t kReadChunk = 256 * 1024;
 constexpr std::size_t kMaxQueuedResponseBytes = std::size_t{8} << 20;  // stop reading requests past it
 constexpr std::size_t kMinFrameBytes = 10;
 constexpr std::size_t kMaxPipelined = 64;  // produces in flight per connection
+constexpr int kMaxRequestsPerPass = 1024;   // taken from one connection's buffer before the others' turn
 // A segment region goes out in sendfile calls of what the page cache holds of its next window,
 // looked at in steps: what is not read in yet is read ahead while the loop serves other
 // connections, instead of sendfile waiting on the disk inside the loop, and what is read in goes
@@ -87,6 +88,7 @@ struct Connection {
   bool blocked() const noexcept { return !pending.empty() && pending.back().frame_bytes > 0; }
   bool busy() const noexcept { return !pending.empty(); }
   std::int64_t last_active_ms = 0;
+  std::int64_t last_sent_ms = 0;  // when the socket last took response bytes (or they began to wait)
   std::uint32_t events = 0;  // registered with epoll
   std::int64_t disk_wait_since_ns = 0;  // the front file region is being read ahead (0: not waiting)
   std::int64_t disk_check_at_ns = 0;     // when the wait looks again
@@ -185,6 +187,9 @@ struct KafkaListener::Impl {
   std::int64_t last_tick_ms = 0;
   std::int64_t last_idle_check_ms = 0;
   std::int64_t disk_waiters = 0;  // connections whose disk_wait_since_ns is set
+  // Connections that stopped taking requests at the per-pass cap with whole ones still in their
+  // buffer: no socket event will come for those, so the next pass takes them up.
+  std::vector<std::uint64_t> more_buffered;
 
   Impl(Node& n, KafkaListenerOptions o) : node(n), options(std::move(o)) {}
 
@@ -222,6 +227,7 @@ void KafkaListener::Impl::run() {
       timeout = {0, static_cast<long>(wait * 1'000'000)};
       if (wait >= 1000) timeout = {1, 0};
     }
+    if (!more_buffered.empty()) timeout = {0, 0};
     const int n = epoll_pwait2(epoll_fd.get(), events, 64, &timeout, nullptr);
     if (n < 0 && errno != EINTR) {
       log(LogLevel::kError, "kafka: epoll failed; the listener stops", {{"error", std::strerror(errno)}});
@@ -239,6 +245,12 @@ void KafkaListener::Impl::run() {
         if (it != connections.end()) on_event(*it->second, events[i].events);
       }
     }
+    for (const std::uint64_t id : std::exchange(more_buffered, {})) {
+      auto it = connections.find(id);
+      if (it == connections.end()) continue;
+      process(*it->second);
+      if (connections.find(id) != connections.end()) update_interest(*it->second);
+    }
     const std::int64_t now_ns = monotonic_ns();
     const std::int64_t now = now_ns / 1'000'000;
     if (now - last_tick_ms >= 10) {
@@ -249,15 +261,19 @@ void KafkaListener::Impl::run() {
     if (any_disk_wait) resume_disk_waits(monotonic_ns());
     if (now - last_idle_check_ms >= 1000) {
       last_idle_check_ms = now;
-      std::vector<Connection*> idle;
-      for (auto& [id, c] : connections)
-        if (!c->busy() && c->out.empty() && now - c->last_active_ms > options.idle_timeout_ms) idle.push_back(c.get());
-      for (Connection* c : idle) {
+      std::vector<std::pair<Connection*, const char*>> idle;
+      for (auto& [id, c] : connections) {
+        if (!c->busy() && c->out.empty() && now - c->last_active_ms > options.idle_timeout_ms) idle.emplace_back(c.get(), "idle");
+        // A client that stops reading its responses holds them (and the files they send from)
+        // for as long as it stays: as long as an idle one, then.
+        if (!c->out.empty() && now - c->last_sent_ms > options.idle_timeout_ms) idle.emplace_back(c.get(), "not reading its responses");
+      }
+      for (const auto& [c, why] : idle) {
         {
           std::lock_guard lock(stats_mutex);
           ++stats.connections_closed_idle;
         }
-        close(*c, "idle", false);
+        close(*c, why, false);
       }
       std::vector<GroupListing> listed = broker->groups();
       std::lock_guard lock(stats_mutex);
@@ -364,13 +380,8 @@ bool KafkaListener::Impl::read_some(Connection& c) {
       if (c.in_end - c.in_start >= 4) {
         const auto size = static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start));
         if (c.in_end - c.in_start >= std::size_t{size} + 4 || size > options.max_request_bytes) break;
-        if (std::size_t{size} + 4 > c.in.size() - c.in_start) {
-          // A large frame: make room for all of it at once.
-          std::memmove(c.in.data(), c.in.data() + c.in_start, c.in_end - c.in_start);
-          c.in_end -= c.in_start;
-          c.in_start = 0;
-          if (std::size_t{size} + 4 > c.in.size()) c.in.resize(std::size_t{size} + 4 + kReadChunk / 4);
-        }
+        // A large frame: the buffer doubles as its bytes come (the check above), never to the
+        // size a peer declares before sending it.
       }
       continue;
     }
@@ -393,8 +404,14 @@ bool KafkaListener::Impl::read_some(Connection& c) {
 
 void KafkaListener::Impl::process(Connection& c) {
   const std::uint64_t id = c.id;
-  for (int i = 0; i < 1024 && !c.blocked() && c.pending.size() < kMaxPipelined && c.out_bytes < kMaxQueuedResponseBytes; ++i) {
+  int taken = 0;
+  for (; !c.blocked() && c.pending.size() < kMaxPipelined && c.out_bytes < kMaxQueuedResponseBytes; ++taken) {
     const std::size_t available = c.in_end - c.in_start;
+    if (taken == kMaxRequestsPerPass) {
+      // Other connections get their turn; this one goes on in the next pass.
+      if (available >= 4) more_buffered.push_back(id);
+      break;
+    }
     if (available < 4) break;
     const auto size = static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start));
     if (size > options.max_request_bytes) {
@@ -457,11 +474,16 @@ void KafkaListener::Impl::process(Connection& c) {
     }
     c.in_start += frame_bytes;
   }
-  if (c.in_start == c.in_end && !c.blocked()) c.in_start = c.in_end = 0;
+  if (c.in_start == c.in_end && !c.blocked()) {
+    c.in_start = c.in_end = 0;
+    // A large request's buffer is not kept for the small ones after it.
+    if (c.in.size() > 4 * kReadChunk) std::vector<std::byte>().swap(c.in);
+  }
   flush(c);
 }
 
 void KafkaListener::Impl::answer(Connection& c, std::vector<OutChunk>& response, std::int16_t error, std::int16_t api_key, std::int64_t arrived_ns) {
+  if (c.out.empty()) c.last_sent_ms = now_ms();  // the client's time to read starts now
   std::size_t bytes = 0;
   for (OutChunk& chunk : response) {
     bytes += chunk.size();
@@ -599,7 +621,7 @@ bool KafkaListener::Impl::flush(Connection& c) {
     while (!c.out.empty() && c.out.front().size() == 0) c.out.pop_front();  // nothing to send in it
   }
   if (sent_total > 0) {
-    c.last_active_ms = now_ms();
+    c.last_active_ms = c.last_sent_ms = now_ms();
     std::lock_guard lock(stats_mutex);
     stats.bytes_out += sent_total;
   }

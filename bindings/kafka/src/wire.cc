@@ -227,6 +227,9 @@ void Writer::uuid(std::string_view sixteen_bytes) {
   else out_.append(16, '\0');
 }
 void Writer::string(std::string_view s, bool flexible) {
+  // An int16 length holds no more: a longer string (one a flexible request brought) is cut
+  // rather than written with a negative length that no client could read past.
+  if (!flexible) s = s.substr(0, static_cast<std::size_t>(INT16_MAX));
   if (flexible) uvarint(static_cast<std::uint32_t>(s.size() + 1));
   else i16(static_cast<std::int16_t>(s.size()));
   out_.append(s);
