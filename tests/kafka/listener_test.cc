@@ -1382,6 +1382,27 @@ TEST_F(KafkaListenerTest, PipelinedRequestsPastTheListenersPerPassCapAreAllAnswe
   }
 }
 
+TEST_F(KafkaListenerTest, OneRequestAutoCreatesSixteenTopicsAndTheRestOnTheClientsRetries) {
+  KafkaClient c(port());
+  std::vector<std::string> names;
+  for (int i = 0; i < 40; ++i) names.push_back("auto-" + std::to_string(i));
+  std::size_t created = 0;
+  for (int round = 1; round <= 3; ++round) {
+    std::optional<std::string> body = c.call(kMetadata, 4, false, metadata_request(4, names, true));
+    ASSERT_TRUE(body);
+    const std::vector<MetadataTopic> topics = read_metadata(4, *body, port());
+    ASSERT_EQ(topics.size(), names.size());
+    created = 0;
+    for (const MetadataTopic& t : topics) {
+      if (t.error == 0) ++created;
+      else EXPECT_EQ(t.error, kafka::error::kLeaderNotAvailable) << t.name;  // retriable
+    }
+    // Each request creates at most sixteen more, so none holds the loop for long
+    EXPECT_EQ(created, std::min<std::size_t>(16 * static_cast<std::size_t>(round), names.size())) << "round " << round;
+  }
+  EXPECT_EQ(node_->list_topics().size(), names.size());
+}
+
 TEST_F(KafkaListenerTest, AnAcksZeroProduceThatFailsClosesItsConnectionAsKafkaDoes) {
   ASSERT_TRUE(node_->create_topic("fire0").ok());
   KafkaClient c(port());

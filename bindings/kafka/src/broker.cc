@@ -19,6 +19,7 @@ namespace {
 constexpr std::int32_t kNullAuthorizedOperations = INT32_MIN;
 // Kafka's fetch.max.bytes default: the most one Fetch response holds.
 constexpr std::int32_t kMaxFetchResponseBytes = 55 * 1024 * 1024;
+constexpr int kMaxAutoCreationsPerRequest = 16;
 
 std::int64_t monotonic_ms() noexcept { return monotonic_ns() / 1'000'000; }
 
@@ -140,6 +141,10 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
     }
     // Kafka's answer to an auto-created topic: LEADER_NOT_AVAILABLE until its leaders are elected
     // (or, with fewer live nodes than the default factor, until enough have joined).
+    if (auto_creations_left_-- <= 0) {
+      error = error::kLeaderNotAvailable;  // retriable: the client asks again, and its next request creates more
+      return nullptr;
+    }
     const std::uint32_t replication = std::max(options_.default_replication_factor, 1u);
     if (cluster_->nodes().size() < replication) {
       log(LogLevel::kWarn, "kafka: not auto-creating a topic: fewer live nodes than default_replication_factor",
@@ -161,6 +166,10 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
   }
   if (!allow_create || !options_.auto_create_topics) {
     error = error::kUnknownTopicOrPartition;
+    return nullptr;
+  }
+  if (auto_creations_left_-- <= 0) {
+    error = error::kLeaderNotAvailable;  // retriable: the client asks again, and its next request creates more
     return nullptr;
   }
   TopicConfig config = node_.options().default_topic;
@@ -255,6 +264,7 @@ void Broker::tick(std::int64_t now_ns) {
 
 Outcome Broker::handle(const Request& r) {
   const RequestHeader& h = r.header;
+  auto_creations_left_ = kMaxAutoCreationsPerRequest;
   const ApiSupport* api = find_api(h.api_key);
   if (api == nullptr) {
     return Outcome{Outcome::Kind::kClose, {}, nullptr, "unknown API key " + std::to_string(h.api_key), 0};

@@ -253,6 +253,9 @@ class Broker {
   std::int64_t next_producer_id_ = 0;
   std::int64_t last_leadership_check_ms_ = 0;
   std::uint64_t records_in_ = 0;
+  // Topics one request may still create: each costs the loop its rings' memory and files (about
+  // 8 ms here), so a request naming thousands would hold every connection that long.
+  int auto_creations_left_ = 0;
 };
 
 }  // namespace weft::kafka::detail
