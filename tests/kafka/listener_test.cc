@@ -677,6 +677,23 @@ TEST_F(KafkaListenerTest, IdempotentProducersGetDuplicatesDroppedAndGapsRefused)
     r.tagged_fields(flex);
     EXPECT_EQ(r.remaining(), 0u);
   }
+  {
+    // A client naming another producer's id (KIP-360's form, v3+) gets an id of its own, never
+    // that one at a new epoch, which would fence its holder
+    Writer w;
+    w.nullable_string(std::nullopt, true);
+    w.i32(60'000);
+    w.i64(producer_id);
+    w.i16(0);
+    w.tagged_fields(true);
+    std::optional<std::string> body = c.call(kInitProducerId, 4, true, w.buffer());
+    ASSERT_TRUE(body);
+    Reader r = reader_of(*body);
+    EXPECT_EQ(r.i32(), 0);
+    EXPECT_EQ(r.i16(), 0);
+    EXPECT_GT(r.i64(), producer_id);
+    EXPECT_EQ(r.i16(), 0);
+  }
   auto send = [&](std::int16_t epoch, std::int32_t sequence, int records) {
     BatchOptions o;
     o.producer_id = producer_id;

@@ -1142,6 +1142,13 @@ Outcome Broker::resume(Parked& parked, std::int64_t now_ns) {
       out.response = std::move(*response);
       return out;
     }
+    case Parked::Kind::kCommit:
+      if (!parked.commit->done.load(std::memory_order_acquire)) {  // acquire: pairs with the committer's release
+        out.kind = Outcome::Kind::kParked;
+        return out;
+      }
+      out.response = offset_commit_response(parked.header, *parked.commit, out.error);
+      return out;
     case Parked::Kind::kGroup:
       if (!parked.group_reply || !*parked.group_reply) {
         out.kind = Outcome::Kind::kParked;
@@ -1610,12 +1617,14 @@ Outcome Broker::init_producer_id(const Request& r, Reader& in) {
   const bool flex = r.header.flexible;
   const std::optional<std::string_view> transactional_id = in.nullable_string(flex);
   (void)in.i32();  // transaction timeout
+  if (v >= 3) {
+    // The id and epoch a producer had (KIP-360): only a transactional producer keeps them, and
+    // transactions are not served.
+    (void)in.i64();
+    (void)in.i16();
+  }
   std::int64_t producer_id = -1;
   std::int16_t epoch = -1;
-  if (v >= 3) {
-    producer_id = in.i64();
-    epoch = in.i16();
-  }
   in.tagged_fields(flex);
   if (!in.ok()) return {};
   Outcome out;
@@ -1623,11 +1632,10 @@ Outcome Broker::init_producer_id(const Request& r, Reader& in) {
   if (transactional_id) {
     err = error::kInvalidTxnState;  // non-retriable: the client learns at once that transactions are not served
     log(LogLevel::kInfo, "kafka: refused a transactional producer (not supported)", {{"transactional_id", std::string(*transactional_id)}});
-    producer_id = -1;
-    epoch = -1;
-  } else if (producer_id >= 0 && epoch >= 0 && epoch < INT16_MAX - 1) {
-    ++epoch;  // KIP-360: the producer keeps its id with a new epoch, and restarts its sequences
   } else {
+    // A producer without a transactional id gets a new id whatever it names, as from Kafka's
+    // coordinator: bumping the epoch of the id it names would let any client fence any other
+    // idempotent producer by naming its id.
     producer_id = next_producer_id_++;
     epoch = 0;
   }

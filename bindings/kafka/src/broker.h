@@ -3,15 +3,20 @@
 // thread only.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -88,10 +93,45 @@ struct TopicState {
   std::int64_t log_start_refreshed_ms = 0;
 };
 
+// An OffsetCommit whose offsets are being written (the offset store fsyncs; a cluster's mirror
+// writes to etcd) off the listener's thread. The committer sets `result`, then `done`.
+struct CommitJob {
+  std::string group;
+  std::vector<CommittedOffset> commits;
+  Result<void> result;
+  std::atomic<bool> done{false};
+  // The response, built on the listener's thread once done.
+  struct Part {
+    std::int32_t partition;
+    std::int16_t error = 0;
+  };
+  std::vector<std::pair<std::string, std::vector<Part>>> topics;
+  std::vector<std::pair<std::size_t, std::size_t>> slots;  // (topic, part) of each commit
+};
+
+// One thread that writes commits in the order they came, so the listener never waits on a disk
+// or on etcd (an fsync took 1 ms here, and every connection waited for it).
+class OffsetCommitter {
+ public:
+  explicit OffsetCommitter(Node& node);
+  ~OffsetCommitter();  // finishes the commit under way; later ones are dropped (never answered)
+  // `wake` is called (from the committer's thread) after each job is done.
+  void add(std::shared_ptr<CommitJob> job, std::function<void()> wake);
+
+ private:
+  void run();
+  Node& node_;
+  std::mutex mutex_;
+  std::condition_variable added_;
+  std::deque<std::pair<std::shared_ptr<CommitJob>, std::function<void()>>> queue_;  // guarded by mutex_
+  bool stopping_ = false;                                                          // guarded by mutex_
+  std::thread thread_;
+};
+
 // A request that waits: a produce for its acknowledgements (or ring space), a fetch for data,
-// a group join or sync for the other members.
+// a group join or sync for the other members, an offset commit for its write.
 struct Parked {
-  enum class Kind : std::uint8_t { kProduce, kFetch, kGroup };
+  enum class Kind : std::uint8_t { kProduce, kFetch, kGroup, kCommit };
   Kind kind = Kind::kProduce;
   RequestHeader header;  // client_id cleared: it pointed into the request's frame
   std::int64_t arrived_ns = 0;
@@ -129,6 +169,7 @@ struct Parked {
 
   // Set by the coordinator's completion (maybe later, from another connection's request).
   std::shared_ptr<std::optional<std::vector<OutChunk>>> group_reply;
+  std::shared_ptr<CommitJob> commit;
 };
 
 struct Request {
@@ -151,6 +192,10 @@ class Broker {
  public:
   Broker(Node& node, const KafkaListenerOptions& options, std::uint16_t bound_port);
   ~Broker();
+
+  // An eventfd the listener's loop waits on: written when work done off its thread (an offset
+  // commit) has an answer.
+  void set_wake_event(int fd) noexcept { wake_fd_ = fd; }
 
   Outcome handle(const Request& request);
   // Tries a parked request again: kParked while it must still wait. `now_ns` is monotonic.
@@ -178,6 +223,7 @@ class Broker {
   Outcome heartbeat(const Request& r, Reader& in);
   Outcome leave_group(const Request& r, Reader& in);
   Outcome offset_commit(const Request& r, Reader& in);
+  std::vector<OutChunk> offset_commit_response(const RequestHeader& header, CommitJob& job, std::int16_t& first_error);
   Outcome offset_fetch(const Request& r, Reader& in);
   Outcome list_groups(const Request& r, Reader& in);
   Outcome describe_groups(const Request& r, Reader& in);
@@ -253,6 +299,8 @@ class Broker {
   std::int64_t next_producer_id_ = 0;
   std::int64_t last_leadership_check_ms_ = 0;
   std::uint64_t records_in_ = 0;
+  std::unique_ptr<OffsetCommitter> committer_;  // started by the first commit
+  int wake_fd_ = -1;
   // Topics one request may still create: each costs the loop its rings' memory and files (about
   // 8 ms here), so a request naming thousands would hold every connection that long.
   int auto_creations_left_ = 0;

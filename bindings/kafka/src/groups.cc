@@ -1,11 +1,14 @@
 // The Broker's consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 // LeaveGroup, ListGroups, DescribeGroups (membership, in the GroupCoordinator) and OffsetCommit,
 // OffsetFetch (committed offsets, in the node's durable offset store).
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "broker.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/offset_store.h"
+#include "weft/fabric/thread_name.h"
 
 namespace weft::kafka::detail {
 
@@ -291,13 +294,11 @@ Outcome Broker::offset_commit(const Request& r, Reader& in) {
   }
   if (v >= 7) instance = owned(in.nullable_string(flex));
   if (v >= 2 && v <= 4) (void)in.i64();  // retention time: offsets are kept until deleted
-  struct Part {
-    std::int32_t partition;
-    std::int16_t error = 0;
-  };
-  std::vector<std::pair<std::string, std::vector<Part>>> topics;
-  std::vector<CommittedOffset> commits;
-  std::vector<std::pair<std::size_t, std::size_t>> commit_slots;  // (topic, part) of each commit
+  using Part = CommitJob::Part;
+  auto job = std::make_shared<CommitJob>();
+  std::vector<std::pair<std::string, std::vector<Part>>>& topics = job->topics;
+  std::vector<CommittedOffset>& commits = job->commits;
+  std::vector<std::pair<std::size_t, std::size_t>>& commit_slots = job->slots;
   const std::int64_t now = wall_clock_ms();
   const std::int32_t n = in.array(flex, false, 2);
   for (std::int32_t t = 0; t < n && in.ok(); ++t) {
@@ -346,34 +347,91 @@ Outcome Broker::offset_commit(const Request& r, Reader& in) {
   if (!validate_group_id(group).ok()) group_err = error::kInvalidGroupId;
   else group_err = group_code(groups_.check_commit(group, generation, member, instance, now_ms()));
   if (group_err == 0 && !commits.empty()) {
-    Result<void> committed = node_.commit_offsets(group, commits);
-    if (!committed.ok()) {
-      log(LogLevel::kWarn, "kafka: offset commit failed", {{"group", group}, {"error", committed.error().message}});
-      group_err = committed.error().code == Errc::kNotFound ? error::kUnknownTopicOrPartition : error::kCoordinatorNotAvailable;
-    }
+    // Written off this thread; the request waits for it, parked.
+    job->group = group;
+    if (!committer_) committer_ = std::make_unique<OffsetCommitter>(node_);
+    committer_->add(job, [fd = wake_fd_] {
+      if (fd < 0) return;
+      const std::uint64_t one = 1;
+      (void)::write(fd, &one, sizeof one);
+    });
+    auto parked = std::make_unique<Parked>();
+    parked->kind = Parked::Kind::kCommit;
+    parked->header = r.header;
+    parked->arrived_ns = r.arrived_ns;
+    parked->commit = std::move(job);
+    Outcome out;
+    out.kind = Outcome::Kind::kParked;
+    out.parked = std::move(parked);
+    return out;
   }
   if (group_err != 0)
     for (const auto& [t, p] : commit_slots) topics[t].second[p].error = group_err;
-
   Outcome out;
-  Frame f(r.header);
+  out.response = offset_commit_response(r.header, *job, out.error);
+  return out;
+}
+
+std::vector<OutChunk> Broker::offset_commit_response(const RequestHeader& header, CommitJob& job, std::int16_t& first_error) {
+  if (job.done.load(std::memory_order_acquire) && !job.result.ok()) {  // acquire: the committer's result
+    log(LogLevel::kWarn, "kafka: offset commit failed", {{"group", job.group}, {"error", job.result.error().message}});
+    const std::int16_t err = job.result.error().code == Errc::kNotFound ? error::kUnknownTopicOrPartition : error::kCoordinatorNotAvailable;
+    for (const auto& [t, p] : job.slots) job.topics[t].second[p].error = err;
+  }
+  const std::int16_t v = header.api_version;
+  const bool flex = header.flexible;
+  Frame f(header);
   Writer& w = f.w;
   if (v >= 3) w.i32(0);
-  w.array(topics.size(), flex);
-  for (const auto& [name, parts] : topics) {
+  w.array(job.topics.size(), flex);
+  for (const auto& [name, parts] : job.topics) {
     w.string(name, flex);
     w.array(parts.size(), flex);
-    for (const Part& p : parts) {
+    for (const CommitJob::Part& p : parts) {
       w.i32(p.partition);
       w.i16(p.error);
-      if (p.error != 0 && out.error == 0) out.error = p.error;
+      if (p.error != 0 && first_error == 0) first_error = p.error;
       w.tagged_fields(flex);
     }
     w.tagged_fields(flex);
   }
   w.tagged_fields(flex);
-  out.response = f.finish();
-  return out;
+  return f.finish();
+}
+
+OffsetCommitter::OffsetCommitter(Node& node) : node_(node), thread_([this] { run(); }) {}
+
+OffsetCommitter::~OffsetCommitter() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  added_.notify_one();
+  thread_.join();
+}
+
+void OffsetCommitter::add(std::shared_ptr<CommitJob> job, std::function<void()> wake) {
+  {
+    std::lock_guard lock(mutex_);
+    queue_.emplace_back(std::move(job), std::move(wake));
+  }
+  added_.notify_one();
+}
+
+void OffsetCommitter::run() {
+  name_this_thread("weft-commits");
+  std::unique_lock lock(mutex_);
+  while (true) {
+    added_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (stopping_) return;
+    auto [job, wake] = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    job->result = node_.commit_offsets(job->group, job->commits);
+    job->done.store(true, std::memory_order_release);  // release: the result before the flag
+    wake();
+    lock.lock();
+  }
 }
 
 Outcome Broker::offset_fetch(const Request& r, Reader& in) {

@@ -678,6 +678,7 @@ Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaLis
   epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, impl->wake_fd.get(), &ev);
 
   impl->broker = std::make_unique<Broker>(node, impl->options, impl->port);
+  impl->broker->set_wake_event(impl->wake_fd.get());
   node.set_pass_event(impl->wake_fd.get());  // produces waiting on the log are answered after each pass
   // acks=all and fetches at the high watermark are answered as it moves.
   if (options.cluster != nullptr) options.cluster->set_high_watermark_event(impl->wake_fd.get());
