@@ -17,6 +17,8 @@
 #include "kafka_client.h"
 #include "weft/client.h"
 #include "weft/cluster_node.h"
+#include "weft/fabric/compression.h"
+#include "weft/fabric/crc32c.h"
 #include "weft/fabric/metadata_store.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/kafka/listener.h"
@@ -649,6 +651,46 @@ TEST_F(KafkaListenerTest, AcksZeroGetsNoResponseAndItsRecordsAreStored) {
   std::optional<std::string> end = c.call(kListOffsets, 1, false, list_offsets_request(1, "fire", -1));
   ASSERT_TRUE(end);
   EXPECT_EQ(read_list_offsets(1, *end), 10);
+}
+
+// The CRC-32C recomputed over attributes..end, as a client that built the bytes would.
+void reseal(std::string& b) {
+  auto* p = reinterpret_cast<std::byte*>(b.data());
+  const std::span<const std::byte> covered(p + batch_field::kAttributes, b.size() - batch_field::kAttributes);
+  wire::store_be32(p + batch_field::kCrc, static_cast<std::int32_t>(crc32c(covered)));
+}
+
+TEST_F(KafkaListenerTest, CompressedBatchesAreStoredAsTheyCameOnlyIfTheirRecordsDecode) {
+  ASSERT_TRUE(node_->create_topic("zipped").ok());
+  KafkaClient c(port());
+  const std::string plain = batch(5);
+  std::vector<std::byte> out;
+  ASSERT_TRUE(compress_batch(Compression::kGzip, test::as_bytes(plain), out).ok());
+  const std::string gzipped(reinterpret_cast<const char*>(out.data()), out.size());
+  // A batch whose records inflate and decode: stored byte for byte
+  std::optional<std::string> body = c.call(kProduce, 7, false, produce_request(7, "zipped", 0, gzipped));
+  ASSERT_TRUE(body);
+  EXPECT_EQ(read_produce(7, *body).error, 0);
+  // Its CRC right but its records section no gzip stream: refused, as Kafka's validator does
+  std::string garbage = gzipped;
+  for (std::size_t i = kBatchHeaderBytes; i < garbage.size(); ++i) garbage[i] = static_cast<char>('x' + i % 3);
+  reseal(garbage);
+  body = c.call(kProduce, 7, false, produce_request(7, "zipped", 0, garbage));
+  ASSERT_TRUE(body);
+  EXPECT_EQ(read_produce(7, *body).error, kafka::error::kCorruptMessage);
+  // Its header counting fewer records than the stream holds: refused
+  std::string miscounted = gzipped;
+  auto* p = reinterpret_cast<std::byte*>(miscounted.data());
+  wire::store_be32(p + batch_field::kRecordCount, 4);
+  wire::store_be32(p + batch_field::kLastOffsetDelta, 3);
+  reseal(miscounted);
+  body = c.call(kProduce, 7, false, produce_request(7, "zipped", 0, miscounted));
+  ASSERT_TRUE(body);
+  EXPECT_EQ(read_produce(7, *body).error, kafka::error::kCorruptMessage);
+  // And only the first is in the log
+  std::optional<std::string> fetched = c.call(kFetch, 4, false, fetch_request(4, "zipped", 0, 0));
+  ASSERT_TRUE(fetched);
+  EXPECT_EQ(hex(read_fetch(4, *fetched).records), hex(stored(gzipped, 0)));
 }
 
 TEST_F(KafkaListenerTest, IdempotentProducersGetDuplicatesDroppedAndGapsRefused) {

@@ -571,6 +571,22 @@ Outcome Broker::produce(const Request& r, Reader& in) {
   return out;
 }
 
+Result<void> Broker::check_compressed_records(const BatchView& batch) {
+  Result<void> inflated = decompressor_.decompress(batch.compression(), batch.bytes().subspan(kBatchHeaderBytes), inflated_);
+  if (inflated.ok()) {
+    RecordReader reader(batch, inflated_);
+    RecordView record;
+    std::int32_t count = 0;
+    while (reader.next(record)) ++count;
+    if (reader.failed()) inflated = reader.error();
+    else if (count != batch.record_count())
+      inflated = Error{Errc::kCorrupt, "the batch holds " + std::to_string(count) + " records; its header says " + std::to_string(batch.record_count())};
+  }
+  // A bomb's worth of buffer is not kept for the small batches after it.
+  if (inflated_.capacity() > (std::size_t{4} << 20)) std::vector<std::byte>().swap(inflated_);
+  return inflated;
+}
+
 void Broker::append(Parked::ProducePart& part) {
   PartitionState& p = *part.state->partitions[static_cast<std::size_t>(part.partition)];
   const std::span<const std::byte> bytes = part.batch;
@@ -588,10 +604,13 @@ void Broker::append(Parked::ProducePart& part) {
       part.error_message = "the records must be exactly one batch";
       return;
     }
-    // The CRC once; every record too when they are not compressed (compressed ones are stored as
-    // they came and checked by whoever decompresses them).
+    // The CRC once, and every record; a compressed batch's records once inflated, as Kafka's
+    // validator does: a batch no consumer could decode is refused here, never stored.
     Result<BatchView> batch = BatchView::parse_header(bytes, false);
     if (batch.ok()) batch = batch->compression() == Compression::kNone ? BatchView::parse(bytes) : BatchView::parse_header(bytes, true);
+    if (batch.ok() && batch->compression() != Compression::kNone) {
+      if (Result<void> inflated = check_compressed_records(*batch); !inflated.ok()) batch = std::move(inflated).error();
+    }
     if (!batch.ok()) {
       part.error = error::kCorruptMessage;
       part.error_message = batch.error().message;

@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "weft/fabric/compression.h"
 #include "weft/fabric/group_coordinator.h"
 #include "weft/fabric/ring.h"
 #include "weft/fabric/shared_memory.h"
@@ -234,6 +235,9 @@ class Broker {
 
   // Produce.
   void append(Parked::ProducePart& part);
+  // Inflates a compressed batch's records and reads every one: kCorrupt with the reason if any
+  // does not decode or the count is not the header's.
+  Result<void> check_compressed_records(const BatchView& batch);
   // The last batches of a producer this broker has not seen on the partition, from the ring: it
   // may have written through another leader, and a retry of those batches must not land twice.
   static ProducerSequences recover_sequences(PartitionState& partition, std::int64_t producer_id);
@@ -300,6 +304,9 @@ class Broker {
   std::int64_t last_leadership_check_ms_ = 0;
   std::uint64_t records_in_ = 0;
   std::unique_ptr<OffsetCommitter> committer_;  // started by the first commit
+  // A compressed batch's records, inflated to check them before they are stored.
+  Decompressor decompressor_;
+  std::vector<std::byte> inflated_;
   int wake_fd_ = -1;
   // Topics one request may still create: each costs the loop its rings' memory and files (about
   // 8 ms here), so a request naming thousands would hold every connection that long.
