@@ -360,12 +360,12 @@ ProduceAnswer read_produce(std::int16_t v, const std::string& body) {
 }
 
 std::string fetch_request(std::int16_t v, std::string_view topic, std::int32_t partition, std::int64_t offset, std::int32_t max_wait_ms = 0,
-                          std::int32_t max_bytes = 1 << 20) {
+                          std::int32_t max_bytes = 1 << 20, std::int32_t min_bytes = 1) {
   const bool flex = v >= 12;
   Writer w;
   w.i32(-1);
   w.i32(max_wait_ms);
-  w.i32(1);
+  w.i32(min_bytes);
   w.i32(max_bytes);
   w.i8(0);
   if (v >= 7) {
@@ -629,6 +629,13 @@ std::int64_t read_list_offsets(std::int16_t v, const std::string& body) {
   return offset;
 }
 
+// The partition 0's end offset, by ListOffsets v1 (-1 when the call fails).
+std::int64_t log_end(KafkaClient& c, std::string_view topic) {
+  std::optional<std::string> end = c.call(kListOffsets, 1, false, list_offsets_request(1, topic, -1));
+  EXPECT_TRUE(end);
+  return end ? read_list_offsets(1, *end) : -1;
+}
+
 TEST_F(KafkaListenerTest, ListOffsetsInEveryVersion) {
   ASSERT_TRUE(node_->create_topic("lo").ok());
   KafkaClient c(port());
@@ -648,9 +655,7 @@ TEST_F(KafkaListenerTest, AcksZeroGetsNoResponseAndItsRecordsAreStored) {
   KafkaClient c(port());
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(c.send_raw(test::kafka_frame(kProduce, 7, 100 + i, false, produce_request(7, "fire", 0, batch(2), 0))));
   // The next answer on the connection is the ListOffsets one: the produces sent none.
-  std::optional<std::string> end = c.call(kListOffsets, 1, false, list_offsets_request(1, "fire", -1));
-  ASSERT_TRUE(end);
-  EXPECT_EQ(read_list_offsets(1, *end), 10);
+  EXPECT_EQ(log_end(c, "fire"), 10);
 }
 
 // The CRC-32C recomputed over attributes..end, as a client that built the bytes would.
@@ -758,9 +763,7 @@ TEST_F(KafkaListenerTest, IdempotentProducersGetDuplicatesDroppedAndGapsRefused)
   EXPECT_EQ(send(1, 3, 1).error, kafka::error::kOutOfOrderSequenceNumber);  // a new epoch starts at 0
   EXPECT_EQ(send(1, 0, 1).error, 0);
   EXPECT_EQ(send(0, 7, 1).error, kafka::error::kInvalidProducerEpoch);  // fenced by epoch 1
-  std::optional<std::string> end = c.call(kListOffsets, 1, false, list_offsets_request(1, "idem", -1));
-  ASSERT_TRUE(end);
-  EXPECT_EQ(read_list_offsets(1, *end), 8);
+  EXPECT_EQ(log_end(c, "idem"), 8);
 }
 
 TEST_F(KafkaListenerTest, ProduceRefusesBadBatchesAndKeepsTheConnection) {
@@ -790,9 +793,7 @@ TEST_F(KafkaListenerTest, ProduceRefusesBadBatchesAndKeepsTheConnection) {
     ASSERT_TRUE(body) << k.what;
     EXPECT_EQ(read_produce(7, *body).error, k.error) << k.what;
   }
-  std::optional<std::string> end = c.call(kListOffsets, 1, false, list_offsets_request(1, "bad", -1));
-  ASSERT_TRUE(end);
-  EXPECT_EQ(read_list_offsets(1, *end), 0) << "nothing bad was appended";
+  EXPECT_EQ(log_end(c, "bad"), 0) << "nothing bad was appended";
 }
 
 TEST_F(KafkaListenerTest, AdminCreatesDescribesAndDeletesTopics) {
@@ -1470,9 +1471,7 @@ TEST_F(KafkaListenerTest, AnAcksZeroProduceThatFailsClosesItsConnectionAsKafkaDo
   EXPECT_TRUE(c.closed_by_peer());
   KafkaClient d(port());
   ASSERT_TRUE(d.send_raw(test::kafka_frame(kProduce, 7, 2, false, produce_request(7, "fire0", 0, batch(2), 0))));
-  std::optional<std::string> end = d.call(kListOffsets, 1, false, list_offsets_request(1, "fire0", -1));
-  ASSERT_TRUE(end);
-  EXPECT_EQ(read_list_offsets(1, *end), 2);
+  EXPECT_EQ(log_end(d, "fire0"), 2);
 }
 
 TEST_F(KafkaListenerTest, AFetchAllowedNoBytesStillGetsTheFirstBatchWhole) {
@@ -1525,19 +1524,8 @@ TEST_F(KafkaListenerTest, AParkedFetchShortOfItsMinimumIsAnsweredOnceMoreComes) 
   ASSERT_TRUE(producer.call(kProduce, 7, false, produce_request(7, "short", 0, b)));
   // min_bytes above what the partition holds: parked (the listener then looks again only when
   // a producer claims more), answered when the next batch brings it past the minimum
-  Writer w;
-  w.i32(-1);
-  w.i32(20'000);
-  w.i32(static_cast<std::int32_t>(b.size() + 1));
-  w.i32(1 << 20);
-  w.i8(0);
-  w.array(1, false);
-  w.string("short", false);
-  w.array(1, false);
-  w.i32(0);
-  w.i64(0);
-  w.i32(1 << 20);
-  ASSERT_TRUE(fetcher.send_raw(test::kafka_frame(kFetch, 4, 9, false, w.take())));
+  ASSERT_TRUE(fetcher.send_raw(
+      test::kafka_frame(kFetch, 4, 9, false, fetch_request(4, "short", 0, 0, 20'000, 1 << 20, static_cast<std::int32_t>(b.size() + 1)))));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const std::string more = batch(2, {}, 3);
   ASSERT_TRUE(producer.call(kProduce, 7, false, produce_request(7, "short", 0, more)));

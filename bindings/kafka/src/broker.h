@@ -8,7 +8,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -114,17 +113,18 @@ struct CommitJob {
 // or on etcd (an fsync took 1 ms here, and every connection waited for it).
 class OffsetCommitter {
  public:
-  explicit OffsetCommitter(Node& node);
+  // `wake_fd` (an eventfd; -1: none) is written after each job is done.
+  OffsetCommitter(Node& node, int wake_fd);
   ~OffsetCommitter();  // finishes the commit under way; later ones are dropped (never answered)
-  // `wake` is called (from the committer's thread) after each job is done.
-  void add(std::shared_ptr<CommitJob> job, std::function<void()> wake);
+  void add(std::shared_ptr<CommitJob> job);
 
  private:
   void run();
   Node& node_;
+  const int wake_fd_;
   std::mutex mutex_;
   std::condition_variable added_;
-  std::deque<std::pair<std::shared_ptr<CommitJob>, std::function<void()>>> queue_;  // guarded by mutex_
+  std::deque<std::shared_ptr<CommitJob>> queue_;  // guarded by mutex_
   bool stopping_ = false;                                                          // guarded by mutex_
   std::thread thread_;
 };

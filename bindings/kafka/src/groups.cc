@@ -349,12 +349,8 @@ Outcome Broker::offset_commit(const Request& r, Reader& in) {
   if (group_err == 0 && !commits.empty()) {
     // Written off this thread; the request waits for it, parked.
     job->group = group;
-    if (!committer_) committer_ = std::make_unique<OffsetCommitter>(node_);
-    committer_->add(job, [fd = wake_fd_] {
-      if (fd < 0) return;
-      const std::uint64_t one = 1;
-      (void)::write(fd, &one, sizeof one);
-    });
+    if (!committer_) committer_ = std::make_unique<OffsetCommitter>(node_, wake_fd_);
+    committer_->add(job);
     auto parked = std::make_unique<Parked>();
     parked->kind = Parked::Kind::kCommit;
     parked->header = r.header;
@@ -399,7 +395,7 @@ std::vector<OutChunk> Broker::offset_commit_response(const RequestHeader& header
   return f.finish();
 }
 
-OffsetCommitter::OffsetCommitter(Node& node) : node_(node), thread_([this] { run(); }) {}
+OffsetCommitter::OffsetCommitter(Node& node, int wake_fd) : node_(node), wake_fd_(wake_fd), thread_([this] { run(); }) {}
 
 OffsetCommitter::~OffsetCommitter() {
   {
@@ -410,10 +406,10 @@ OffsetCommitter::~OffsetCommitter() {
   thread_.join();
 }
 
-void OffsetCommitter::add(std::shared_ptr<CommitJob> job, std::function<void()> wake) {
+void OffsetCommitter::add(std::shared_ptr<CommitJob> job) {
   {
     std::lock_guard lock(mutex_);
-    queue_.emplace_back(std::move(job), std::move(wake));
+    queue_.push_back(std::move(job));
   }
   added_.notify_one();
 }
@@ -424,12 +420,15 @@ void OffsetCommitter::run() {
   while (true) {
     added_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (stopping_) return;
-    auto [job, wake] = std::move(queue_.front());
+    std::shared_ptr<CommitJob> job = std::move(queue_.front());
     queue_.pop_front();
     lock.unlock();
     job->result = node_.commit_offsets(job->group, job->commits);
     job->done.store(true, std::memory_order_release);  // release: the result before the flag
-    wake();
+    if (wake_fd_ >= 0) {
+      const std::uint64_t one = 1;
+      (void)::write(wake_fd_, &one, sizeof one);
+    }
     lock.lock();
   }
 }
