@@ -766,6 +766,87 @@ TEST_F(KafkaListenerTest, IdempotentProducersGetDuplicatesDroppedAndGapsRefused)
   EXPECT_EQ(log_end(c, "idem"), 8);
 }
 
+TEST_F(KafkaListenerTest, IdempotentProducerStatesAreLearnedFromTheRingAndBounded) {
+  kafka::KafkaListenerOptions o;
+  o.max_producer_ids = 64;
+  start(o);
+  ASSERT_TRUE(node_->create_topic("idem").ok());
+  KafkaClient c(port());
+  auto send_by = [&](KafkaClient& client, std::int64_t producer_id, std::int32_t sequence) {
+    BatchOptions b;
+    b.producer_id = producer_id;
+    b.producer_epoch = 0;
+    b.base_sequence = sequence;
+    std::optional<std::string> body = client.call(kProduce, 7, false, produce_request(7, "idem", 0, batch(2, b), -1));
+    EXPECT_TRUE(body);
+    return body ? read_produce(7, *body) : ProduceAnswer{};
+  };
+  auto send = [&](std::int64_t producer_id, std::int32_t sequence) { return send_by(c, producer_id, sequence); };
+  // A producer that wrote before this listener started is learned from the ring: its retry is a
+  // duplicate for a second listener on the same node too.
+  EXPECT_EQ(send(1000, 0).base_offset, 0);
+  {
+    kafka::KafkaListenerOptions second_options;
+    second_options.listen_host = "127.0.0.1";
+    second_options.listen_port = 0;
+    Result<std::unique_ptr<kafka::KafkaListener>> second = kafka::KafkaListener::start(*node_, second_options);
+    ASSERT_TRUE(second.ok()) << second.error().message;
+    KafkaClient other(second.value()->port());
+    const ProduceAnswer retry = send_by(other, 1000, 0);
+    EXPECT_EQ(retry.error, 0);
+    EXPECT_EQ(retry.base_offset, 0);
+  }
+  EXPECT_EQ(log_end(c, "idem"), 2);
+  // 200 more producers through a cap of 64: the least recently used go, the one in use stays.
+  std::int32_t busy_sequence = 0;
+  EXPECT_EQ(send(2000, busy_sequence).error, 0);
+  for (std::int64_t id = 1; id <= 200; ++id) {
+    EXPECT_EQ(send(id, 0).error, 0);
+    if (id % 10 == 0) {
+      EXPECT_EQ(send(2000, busy_sequence += 2).error, 0);
+    }
+  }
+  const ProduceAnswer busy_retry = send(2000, busy_sequence);
+  EXPECT_EQ(busy_retry.error, 0);
+  EXPECT_EQ(busy_retry.base_offset, log_end(c, "idem") - 2) << "the busy producer's state was kept";
+  EXPECT_EQ(send(2000, busy_sequence + 3).error, kafka::error::kOutOfOrderSequenceNumber);
+  // The first producer's state went: its retry is taken as new and lands again (the documented
+  // cost of the cap).
+  const std::int64_t before = log_end(c, "idem");
+  EXPECT_EQ(send(1000, 0).base_offset, before);
+  for (int i = 0; i < 50 && listener_->stats().producer_ids_evicted == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const kafka::KafkaListenerStats stats = listener_->stats();
+  EXPECT_LE(stats.producer_ids, 64u);
+  EXPECT_GE(stats.producer_ids, 56u);
+  EXPECT_EQ(stats.producer_ids + stats.producer_ids_evicted, 202u + 1u);  // 1000 twice, 2000 and 1..200
+}
+
+TEST_F(KafkaListenerTest, IdempotentProducerStatesExpireUnused) {
+  kafka::KafkaListenerOptions o;
+  o.producer_id_expiration_ms = 300;
+  start(o);
+  ASSERT_TRUE(node_->create_topic("idem").ok());
+  KafkaClient c(port());
+  BatchOptions b;
+  b.producer_id = 7;
+  b.producer_epoch = 0;
+  b.base_sequence = 0;
+  const std::string request = produce_request(7, "idem", 0, batch(1, b), -1);
+  std::optional<std::string> body = c.call(kProduce, 7, false, request);
+  ASSERT_TRUE(body);
+  EXPECT_EQ(read_produce(7, *body).base_offset, 0);
+  body = c.call(kProduce, 7, false, request);  // at once: a duplicate
+  ASSERT_TRUE(body);
+  EXPECT_EQ(read_produce(7, *body).base_offset, 0);
+  // The listener's statistics are refreshed each second: wait past one refresh after the expiry.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1'100));
+  for (int i = 0; i < 50 && listener_->stats().producer_ids != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(listener_->stats().producer_ids, 0u);
+  body = c.call(kProduce, 7, false, request);  // after the expiration: a new producer's batch
+  ASSERT_TRUE(body);
+  EXPECT_EQ(read_produce(7, *body).base_offset, 1);
+}
+
 TEST_F(KafkaListenerTest, ProduceRefusesBadBatchesAndKeepsTheConnection) {
   ASSERT_TRUE(node_->create_topic("bad").ok());
   KafkaClient c(port());

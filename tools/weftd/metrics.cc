@@ -253,11 +253,14 @@ void render_kafka(Page& page, const kafka::KafkaListenerStats& k) {
       {"weft_kafka_bytes_in_total", "Bytes received from Kafka clients."},
       {"weft_kafka_bytes_out_total", "Bytes sent to Kafka clients."},
       {"weft_kafka_records_in_total", "Records Kafka clients produced."},
+      {"weft_kafka_producer_ids_evicted_total", "Idempotent producers' states dropped past kafka_max_producer_ids (least recently used first)."},
   };
   const std::uint64_t values[] = {k.connections_accepted, k.connections_refused, k.connections_closed_bad_request,
-                                  k.connections_closed_idle, k.fetch_disk_waits, k.bytes_in, k.bytes_out, k.records_in};
+                                  k.connections_closed_idle, k.fetch_disk_waits, k.bytes_in, k.bytes_out, k.records_in, k.producer_ids_evicted};
   page.family("weft_kafka_connections", "gauge", "Kafka connections open now.");
   page.sample("weft_kafka_connections", {}, num(k.connections_open));
+  page.family("weft_kafka_producer_ids", "gauge", "Idempotent producers' states the Kafka listener holds (one per producer id and partition).");
+  page.sample("weft_kafka_producer_ids", {}, num(k.producer_ids));
   for (std::size_t i = 0; i < std::size(families); ++i) {
     page.family(families[i].first, "counter", families[i].second);
     page.sample(families[i].first, {}, num(values[i]));

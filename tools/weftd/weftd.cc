@@ -65,6 +65,8 @@ struct Settings {
   std::int64_t kafka_max_request_bytes = std::int64_t{100} << 20;
   std::int64_t kafka_max_connections = 1024;
   std::int64_t kafka_idle_timeout_ms = 600'000;
+  std::int64_t kafka_max_producer_ids = 200'000;
+  std::int64_t kafka_producer_id_expiration_ms = 86'400'000;
   bool kafka_auto_create_topics = true;
   std::int64_t kafka_initial_rebalance_delay_ms = 3'000;
   std::string metrics_listen = "127.0.0.1:9644";  // Prometheus metrics over HTTP (metrics.h); "" or "off": none
@@ -169,6 +171,8 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "kafka_max_request_bytes") r = want_int(s.kafka_max_request_bytes);
     else if (k == "kafka_max_connections") r = want_int(s.kafka_max_connections);
     else if (k == "kafka_idle_timeout_ms") r = want_int(s.kafka_idle_timeout_ms);
+    else if (k == "kafka_max_producer_ids") r = want_int(s.kafka_max_producer_ids);
+    else if (k == "kafka_producer_id_expiration_ms") r = want_int(s.kafka_producer_id_expiration_ms);
     else if (k == "kafka_initial_rebalance_delay_ms") r = want_int(s.kafka_initial_rebalance_delay_ms);
     else if (k == "metrics_listen") r = want_string(s.metrics_listen);
     else if (k == "node_id") r = want_int(s.node_id);
@@ -232,6 +236,10 @@ int main(int argc, char** argv) {
   app.add_option("--kafka-max-request-bytes", flags.kafka_max_request_bytes, "largest Kafka request; a larger one closes its connection (kafka_max_request_bytes)");
   app.add_option("--kafka-max-connections", flags.kafka_max_connections, "Kafka connections at once (kafka_max_connections)");
   app.add_option("--kafka-idle-timeout-ms", flags.kafka_idle_timeout_ms, "idle Kafka connections close after this (kafka_idle_timeout_ms)");
+  app.add_option("--kafka-max-producer-ids", flags.kafka_max_producer_ids,
+                 "idempotent producers' states kept over all partitions; past it the least recently used go (kafka_max_producer_ids)");
+  app.add_option("--kafka-producer-id-expiration-ms", flags.kafka_producer_id_expiration_ms,
+                 "an idempotent producer's state goes after this long unused, as Kafka's producer.id.expiration.ms (kafka_producer_id_expiration_ms)");
   app.add_option("--kafka-auto-create-topics", flags.kafka_auto_create_topics, "create unknown topics on Metadata and Produce, true or false (kafka_auto_create_topics)");
   app.add_option("--kafka-initial-rebalance-delay-ms", flags.kafka_initial_rebalance_delay_ms, "a new consumer group's first rebalance waits this long for more members (kafka_initial_rebalance_delay_ms)");
   app.add_option("--metrics-listen", flags.metrics_listen, "HOST:PORT serving Prometheus metrics at /metrics, default 127.0.0.1:9644; off: none (metrics_listen)");
@@ -275,6 +283,8 @@ int main(int argc, char** argv) {
   if (given("--kafka-max-request-bytes")) s.kafka_max_request_bytes = flags.kafka_max_request_bytes;
   if (given("--kafka-max-connections")) s.kafka_max_connections = flags.kafka_max_connections;
   if (given("--kafka-idle-timeout-ms")) s.kafka_idle_timeout_ms = flags.kafka_idle_timeout_ms;
+  if (given("--kafka-max-producer-ids")) s.kafka_max_producer_ids = flags.kafka_max_producer_ids;
+  if (given("--kafka-producer-id-expiration-ms")) s.kafka_producer_id_expiration_ms = flags.kafka_producer_id_expiration_ms;
   if (given("--kafka-auto-create-topics")) s.kafka_auto_create_topics = flags.kafka_auto_create_topics;
   if (given("--kafka-initial-rebalance-delay-ms")) s.kafka_initial_rebalance_delay_ms = flags.kafka_initial_rebalance_delay_ms;
   if (given("--metrics-listen")) s.metrics_listen = flags.metrics_listen;
@@ -357,11 +367,15 @@ int main(int argc, char** argv) {
       kafka_options.advertised_host = advertise->first;
       kafka_options.advertised_port = advertise->second;
     }
-    if (s.kafka_max_request_bytes < 1024 || s.kafka_max_connections < 1 || s.kafka_idle_timeout_ms < 1 || s.kafka_initial_rebalance_delay_ms < 0)
-      return fail(Error{Errc::kInvalidArgument, "kafka limits: max request bytes >= 1024, max connections >= 1, idle timeout >= 1 ms, rebalance delay >= 0"});
+    if (s.kafka_max_request_bytes < 1024 || s.kafka_max_connections < 1 || s.kafka_idle_timeout_ms < 1 || s.kafka_initial_rebalance_delay_ms < 0 ||
+        s.kafka_max_producer_ids < 1 || s.kafka_producer_id_expiration_ms < 1)
+      return fail(Error{Errc::kInvalidArgument, "kafka limits: max request bytes >= 1024, max connections >= 1, idle timeout >= 1 ms, rebalance delay >= 0, "
+                                                 "max producer ids >= 1, producer id expiration >= 1 ms"});
     kafka_options.max_request_bytes = static_cast<std::size_t>(s.kafka_max_request_bytes);
     kafka_options.max_connections = static_cast<std::size_t>(s.kafka_max_connections);
     kafka_options.idle_timeout_ms = s.kafka_idle_timeout_ms;
+    kafka_options.max_producer_ids = static_cast<std::size_t>(s.kafka_max_producer_ids);
+    kafka_options.producer_id_expiration_ms = s.kafka_producer_id_expiration_ms;
     kafka_options.auto_create_topics = s.kafka_auto_create_topics;
     kafka_options.default_partitions = static_cast<std::uint32_t>(std::max<std::int64_t>(s.default_partitions, 1));
     kafka_options.groups.initial_rebalance_delay_ms = static_cast<std::int32_t>(std::min<std::int64_t>(s.kafka_initial_rebalance_delay_ms, INT32_MAX));

@@ -250,6 +250,11 @@ void Broker::tick(std::int64_t now_ns) {
   for (auto& [name, t] : topics_)
     for (auto& p : t->partitions)
       if (p->reader && now - p->reader_used_ms > 5'000) p->reader.reset();
+  // Idempotent producers idle past their expiration, looked for every minute at most.
+  if (now - last_producer_expiry_ms_ >= std::clamp<std::int64_t>(options_.producer_id_expiration_ms / 10, 1, 60'000)) {
+    last_producer_expiry_ms_ = now;
+    trim_producers(now, std::nullopt);
+  }
   // A producer the ring fenced (the node follows now, or leads at a new epoch) lets go of its
   // slot, so an idle partition's follower writes its ring alone. Every 100 ms.
   if (now - last_leadership_check_ms_ >= 100) {
@@ -532,7 +537,9 @@ Outcome Broker::produce(const Request& r, Reader& in) {
         PartitionState& ps = *state->partitions[static_cast<std::size_t>(part.partition)];
         if (cluster_ != nullptr && ps.leader_epoch != view.leader_epoch) {
           // Led anew: other leaders may have taken batches since, so producer state is learned again.
+          producer_ids_ -= std::min(producer_ids_, ps.producers.size());
           ps.producers.clear();
+          ps.producers_learned = false;
           ps.leader_epoch = view.leader_epoch;
         }
       }
@@ -642,16 +649,16 @@ void Broker::append(Parked::ProducePart& part) {
   const std::int32_t first_sequence = wire::load_be32(bytes.data() + batch_field::kBaseSequence);
   const std::int32_t last_sequence = first_sequence < 0 ? -1 : static_cast<std::int32_t>((std::int64_t{first_sequence} + records - 1) % (std::int64_t{INT32_MAX} + 1));
   if (producer_id >= 0 && first_sequence >= 0) {
-    auto known = p.producers.find(producer_id);
-    if (known == p.producers.end()) known = p.producers.emplace(producer_id, recover_sequences(p, producer_id)).first;
-    sequences = &known->second;
+    if (!p.producers_learned) learn_producers(p);
+    sequences = &producer_state(p, producer_id);
     if (sequences->epoch >= 0 && epoch < sequences->epoch) {
       part.error = error::kInvalidProducerEpoch;
       part.error_message = "producer epoch " + std::to_string(epoch) + " is older than " + std::to_string(sequences->epoch);
       return;
     }
-    if (sequences->epoch >= 0 && epoch == sequences->epoch && !sequences->recent.empty()) {
-      for (const auto& a : sequences->recent) {
+    if (sequences->epoch >= 0 && epoch == sequences->epoch && !sequences->empty()) {
+      for (std::size_t age = 0; age < sequences->count; ++age) {
+        const ProducerSequences::Appended& a = sequences->at(age);
         if (a.first_sequence == first_sequence && a.last_sequence == last_sequence) {
           part.appended = true;  // a retry of a batch already appended: its offset, no error
           part.base_offset = a.base_offset;
@@ -659,9 +666,9 @@ void Broker::append(Parked::ProducePart& part) {
           return;
         }
       }
-      if (first_sequence != next_sequence(sequences->recent.back().last_sequence)) {
+      if (first_sequence != next_sequence(sequences->back().last_sequence)) {
         part.error = error::kOutOfOrderSequenceNumber;
-        part.error_message = "expected sequence " + std::to_string(next_sequence(sequences->recent.back().last_sequence)) + ", got " + std::to_string(first_sequence);
+        part.error_message = "expected sequence " + std::to_string(next_sequence(sequences->back().last_sequence)) + ", got " + std::to_string(first_sequence);
         return;
       }
     } else if (sequences->epoch >= 0 && epoch > sequences->epoch && first_sequence != 0) {
@@ -709,31 +716,68 @@ void Broker::append(Parked::ProducePart& part) {
   records_in_ += static_cast<std::uint64_t>(records);
   if (sequences != nullptr) {
     sequences->epoch = epoch;
-    sequences->recent.push_back({first_sequence, last_sequence, claim.base_offset});
-    if (sequences->recent.size() > 5) sequences->recent.pop_front();
+    sequences->push({first_sequence, last_sequence, claim.base_offset});
   }
 }
 
-ProducerSequences Broker::recover_sequences(PartitionState& p, std::int64_t producer_id) {
-  ProducerSequences recovered;
+void Broker::learn_producers(PartitionState& p) {
+  p.producers_learned = true;
   Result<Consumer> walker = Consumer::attach(p.memory.ring, StartAt::kEarliest);
-  if (!walker.ok()) return recovered;
+  if (!walker.ok()) return;
   RingBatch batch;
-  // Bounded by what the ring holds; a walk overtaken by producers keeps what it found.
+  // Bounded by what the ring holds; a walk overtaken by producers keeps what it found. Once per
+  // partition and leadership: a new producer id after it costs no walk of its own.
   for (int i = 0; i < 1'000'000 && walker->poll(batch) == PollStatus::kOk; ++i) {
     const std::byte* header = batch.bytes.data();
-    if (batch.bytes.size() < kBatchHeaderBytes || wire::load_be64(header + batch_field::kProducerId) != producer_id) continue;
+    if (batch.bytes.size() < kBatchHeaderBytes) continue;
+    const std::int64_t producer_id = wire::load_be64(header + batch_field::kProducerId);
     const std::int16_t epoch = wire::load_be16(header + batch_field::kProducerEpoch);
     const std::int32_t first = wire::load_be32(header + batch_field::kBaseSequence);
     const std::int32_t delta = wire::load_be32(header + batch_field::kLastOffsetDelta);
-    if (first < 0 || delta < 0 || epoch < recovered.epoch || !walker->validate(batch)) continue;
-    if (epoch > recovered.epoch) recovered.recent.clear();
-    recovered.epoch = epoch;
-    const auto last = static_cast<std::int32_t>((std::int64_t{first} + delta) % (std::int64_t{INT32_MAX} + 1));
-    recovered.recent.push_back({first, last, batch.base_offset});
-    if (recovered.recent.size() > 5) recovered.recent.pop_front();
+    if (producer_id < 0 || first < 0 || delta < 0 || !walker->validate(batch)) continue;
+    ProducerSequences& sequences = producer_state(p, producer_id);
+    if (epoch < sequences.epoch) continue;
+    if (epoch > sequences.epoch) sequences.clear();
+    sequences.epoch = epoch;
+    sequences.push({first, static_cast<std::int32_t>((std::int64_t{first} + delta) % (std::int64_t{INT32_MAX} + 1)), batch.base_offset});
   }
-  return recovered;
+}
+
+ProducerSequences& Broker::producer_state(PartitionState& p, std::int64_t producer_id) {
+  auto [it, made] = p.producers.try_emplace(producer_id);
+  it->second.last_use = ++producer_use_clock_;
+  it->second.last_used_ms = now_ms();
+  if (made && ++producer_ids_ > options_.max_producer_ids) {
+    // Down to seven eighths at once, so the walk over every state comes once per cap/8 new ids.
+    trim_producers(it->second.last_used_ms, options_.max_producer_ids - options_.max_producer_ids / 8);
+  }
+  return it->second;  // the newest use: never the one evicted (the cap is at least 1)
+}
+
+void Broker::trim_producers(std::int64_t now, std::optional<std::size_t> to_keep) {
+  const std::int64_t expired_before = now - options_.producer_id_expiration_ms;
+  std::vector<std::uint64_t> uses;
+  std::size_t held = 0;
+  for (auto& [name, t] : topics_)
+    for (auto& p : t->partitions) {
+      std::erase_if(p->producers, [&](const auto& entry) { return entry.second.last_used_ms < expired_before; });
+      held += p->producers.size();
+      if (to_keep)
+        for (const auto& entry : p->producers) uses.push_back(entry.second.last_use);
+    }
+  if (to_keep && held > *to_keep) {
+    // Uses are unique (one clock): everything older than the cut goes, and `to_keep` stay.
+    const auto cut = uses.begin() + static_cast<std::ptrdiff_t>(held - *to_keep);
+    std::nth_element(uses.begin(), cut, uses.end());
+    const std::uint64_t oldest_kept = *cut;
+    for (auto& [name, t] : topics_)
+      for (auto& p : t->partitions) {
+        const std::size_t evicted = std::erase_if(p->producers, [&](const auto& entry) { return entry.second.last_use < oldest_kept; });
+        held -= evicted;
+        producer_ids_evicted_ += evicted;
+      }
+  }
+  producer_ids_ = held;
 }
 
 bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {

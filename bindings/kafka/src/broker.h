@@ -3,6 +3,7 @@
 // thread only.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -62,15 +63,31 @@ class Frame {
   std::size_t total_ = 0;
 };
 
-// Idempotent producers: the last batches of one producer id on one partition (Kafka keeps 5).
+// Idempotent producers: the last batches of one producer id on one partition (Kafka keeps 5),
+// in place (no allocation beyond the map's node: a node may hold hundreds of thousands).
 struct ProducerSequences {
-  std::int16_t epoch = -1;
   struct Appended {
     std::int32_t first_sequence;
     std::int32_t last_sequence;
     Offset base_offset;
   };
-  std::deque<Appended> recent;  // newest last, at most 5
+  static constexpr std::size_t kKept = 5;
+  std::array<Appended, kKept> recent{};  // a ring of `count`, the newest at `newest`
+  std::uint8_t count = 0;
+  std::uint8_t newest = 0;
+  std::int16_t epoch = -1;
+  std::uint64_t last_use = 0;     // the broker's use clock: the least recently used go first
+  std::int64_t last_used_ms = 0;  // producer_id_expiration_ms counts from here
+
+  bool empty() const noexcept { return count == 0; }
+  const Appended& back() const noexcept { return recent[newest]; }
+  const Appended& at(std::size_t age) const noexcept { return recent[(newest + kKept - age) % kKept]; }  // 0: newest
+  void push(const Appended& a) noexcept {
+    newest = static_cast<std::uint8_t>(count == 0 ? 0 : (newest + 1) % kKept);
+    recent[newest] = a;
+    if (count < kKept) ++count;
+  }
+  void clear() noexcept { count = 0; }
 };
 
 struct PartitionState {
@@ -79,6 +96,9 @@ struct PartitionState {
   std::optional<Consumer> reader;  // the tail reader for fetches (moved by seek when needed)
   std::int64_t reader_used_ms = 0;
   std::unordered_map<std::int64_t, ProducerSequences> producers;
+  // `producers` holds every producer whose batches the ring held when it was first needed (one
+  // walk), and all this broker appended since: an id not in it is new, with no walk of its own.
+  bool producers_learned = false;
   std::int32_t leader_epoch = -1;  // in a cluster: the epoch `producers` was learned under
 };
 
@@ -211,6 +231,8 @@ class Broker {
   std::optional<std::int64_t> next_group_deadline_ms() const { return groups_.next_deadline_ms(); }
   std::vector<GroupListing> groups() const { return groups_.list(); }
   std::uint64_t records_in() const noexcept { return records_in_; }
+  std::uint64_t producer_ids() const noexcept { return producer_ids_; }
+  std::uint64_t producer_ids_evicted() const noexcept { return producer_ids_evicted_; }
 
  private:
   Outcome api_versions(const Request& r);
@@ -238,9 +260,16 @@ class Broker {
   // Inflates a compressed batch's records and reads every one: kCorrupt with the reason if any
   // does not decode or the count is not the header's.
   Result<void> check_compressed_records(const BatchView& batch);
-  // The last batches of a producer this broker has not seen on the partition, from the ring: it
-  // may have written through another leader, and a retry of those batches must not land twice.
-  static ProducerSequences recover_sequences(PartitionState& partition, std::int64_t producer_id);
+  // Every producer's last batches in the partition's ring, read once when first needed (and again
+  // after a leader change): they may have written through another leader or before a restart,
+  // and a retry of those batches must not land twice.
+  void learn_producers(PartitionState& partition);
+  // The producer's state on the partition, made when new; marks it used. Evicts the least
+  // recently used producers (all partitions) past options_.max_producer_ids.
+  ProducerSequences& producer_state(PartitionState& partition, std::int64_t producer_id);
+  // Drops producers idle past producer_id_expiration_ms; with `to_keep`, also the least recently
+  // used until that many are left. Recounts producer_ids_.
+  void trim_producers(std::int64_t now_ms, std::optional<std::size_t> to_keep);
   bool produce_done(Parked& parked, std::int64_t now_ns);
   std::vector<OutChunk> produce_response(Parked& parked);
   // Fetch: builds the response when enough is there (or `force`); nothing otherwise.
@@ -303,6 +332,12 @@ class Broker {
   std::int64_t next_producer_id_ = 0;
   std::int64_t last_leadership_check_ms_ = 0;
   std::uint64_t records_in_ = 0;
+  // Idempotent producers' states over every partition (a count that may include states of topics
+  // dropped since; trim_producers() recounts), the use clock, and what eviction dropped.
+  std::size_t producer_ids_ = 0;
+  std::uint64_t producer_use_clock_ = 0;
+  std::uint64_t producer_ids_evicted_ = 0;
+  std::int64_t last_producer_expiry_ms_ = 0;
   std::unique_ptr<OffsetCommitter> committer_;  // started by the first commit
   // A compressed batch's records, inflated to check them before they are stored.
   Decompressor decompressor_;

@@ -279,6 +279,8 @@ void KafkaListener::Impl::run() {
       std::lock_guard lock(stats_mutex);
       groups_snapshot = std::move(listed);
       stats.records_in = broker->records_in();
+      stats.producer_ids = broker->producer_ids();
+      stats.producer_ids_evicted = broker->producer_ids_evicted();
     }
   }
 }
@@ -659,6 +661,8 @@ Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaLis
     return Error{Errc::kInvalidArgument, "kafka max request bytes must be within 1 KiB..1 GiB"};
   if (options.max_connections == 0) return Error{Errc::kInvalidArgument, "kafka max connections must be at least 1"};
   if (options.default_partitions == 0) return Error{Errc::kInvalidArgument, "kafka default partitions must be at least 1"};
+  if (options.max_producer_ids == 0 || options.producer_id_expiration_ms < 1)
+    return Error{Errc::kInvalidArgument, "kafka max producer ids and producer id expiration must be at least 1"};
   auto impl = std::make_unique<Impl>(node, std::move(options));
   const KafkaListenerOptions& o = impl->options;
 

@@ -43,6 +43,13 @@ struct KafkaListenerOptions {
   std::size_t max_connections = 1024;
   std::int64_t idle_timeout_ms = 600'000;  // connections.max.idle.ms
   bool auto_create_topics = true;          // auto.create.topics.enable
+  // Idempotent producers' states (each a producer id's last five batches on one partition, about
+  // 150 bytes): past this many over all partitions the least recently used are dropped, as
+  // Redpanda's max_concurrent_producer_ids does, and a retry from a dropped producer is no longer
+  // recognised as a duplicate. Those idle longer than the expiration are dropped too (Kafka's
+  // producer.id.expiration.ms).
+  std::size_t max_producer_ids = 200'000;
+  std::int64_t producer_id_expiration_ms = 86'400'000;
   std::uint32_t default_partitions = 1;    // num.partitions, for auto-created topics
   GroupCoordinatorOptions groups;
   // In a cluster (weft/cluster_node.h): Metadata names the cluster's brokers, leaders and
@@ -78,6 +85,8 @@ struct KafkaListenerStats {
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t records_in = 0;
+  std::uint64_t producer_ids = 0;          // idempotent producers' states held now
+  std::uint64_t producer_ids_evicted = 0;  // dropped past max_producer_ids (expiry not counted)
   std::array<KafkaApiStats, 33> apis{};  // by API key (keys this listener serves are all below 33)
 };
 
