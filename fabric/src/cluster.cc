@@ -540,6 +540,11 @@ Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_
   state.isr = isr;
   WEFT_TRY(bool written, impl_->store->compare_and_put(impl_->partition_key(partition), kv->mod_revision, encode_partition(state)));
   impl_->dirty = true;
+  // The leader waits for the state that follows its commit as a role; that state may be the one
+  // it was last given (the controller put the set back before the next read: a node that was
+  // briefly away), which would otherwise not be handed out again and leave the leader waiting
+  // for good, never proposing again.
+  if (written) impl_->given.erase(partition);
   return written;
 }
 

@@ -328,6 +328,35 @@ TEST_F(ClusterTest, ALeaderCommitsInSyncSetChangesAtItsEpochOnly) {
   EXPECT_EQ(roles.back().state.isr.size(), 2u);
 }
 
+TEST_F(ClusterTest, ALeaderIsHandedTheStateAfterItsCommitEvenWhenItIsTheOneItHadBefore) {
+  join(1);
+  join(2);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const PartitionId p{"t", 0};
+  const PartitionState s = members_[0]->partitions().at(p);
+  ASSERT_EQ(s.isr.size(), 2u);
+  ClusterMember& leader = s.leader == 1 ? *members_[0] : *members_[1];
+  (void)leader.take_assignments();
+  // The leader commits a set, and before it reads the store again the set is put back (as the
+  // controller does for a node whose registration lapsed): the state it then reads is the one it
+  // was given before its commit, and it must still be handed it, or it waits for good.
+  ASSERT_TRUE(leader.commit_isr(p, s.leader_epoch, {leader.self()}, s.isr).value());
+  const std::string key = "/weft/test/partitions/t/0";
+  Result<std::optional<KeyValue>> committed = store_->get(key);
+  ASSERT_TRUE(committed.ok() && committed->has_value());
+  ASSERT_TRUE(store_->compare_and_put(key, (*committed)->mod_revision, encode_partition(s), 0, nullptr).value());
+  std::vector<Assignment> roles;
+  ASSERT_TRUE(run_until([&] {
+    for (Assignment& a : leader.take_assignments()) roles.push_back(std::move(a));
+    return !roles.empty();
+  }, 3'000)) << "no role followed the leader's commit";
+  EXPECT_EQ(roles.back().partition, p);
+  EXPECT_EQ(roles.back().state.isr.size(), 2u);
+  EXPECT_TRUE(roles.back().leader);
+}
+
 TEST_F(ClusterTest, AReassignmentAddsReplicasThenDropsTheOldOnesOnceInSync) {
   join(1);
   join(2);
