@@ -1508,6 +1508,39 @@ TEST_F(KafkaListenerTest, ARequestAboveTheSizeLimitClosesItsConnection) {
   EXPECT_EQ(read_produce(7, *small).error, 0);
 }
 
+TEST_F(KafkaListenerTest, LargeRequestsShareOneMemoryBudgetAndWaitForItWithoutHoldingOthers) {
+  kafka::KafkaListenerOptions o;
+  o.max_request_bytes = 4 << 20;
+  o.max_buffered_request_bytes = 4 << 20;  // 1 MiB per connection is kept outside it
+  start(o);
+  ASSERT_TRUE(node_->create_topic("big").ok());
+  // Two produces of 3 and 3.5 MiB: their excess over 1 MiB, 2 and 2.5 MiB, does not fit at once.
+  const std::string first = test::kafka_frame(kProduce, 7, 1, false, produce_request(7, "big", 0, std::string(3 << 20, 'x')));
+  const std::string second = test::kafka_frame(kProduce, 7, 2, false, produce_request(7, "big", 0, std::string(7 << 19, 'y')));
+  KafkaClient a(port());
+  KafkaClient b(port());
+  ASSERT_TRUE(a.send_raw(std::string_view(first).substr(0, 2 << 20)));
+  for (int i = 0; i < 50 && listener_->stats().bytes_in < (2 << 20); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // The second's first 1.1 MiB: the listener reads its first MiB, then waits for the budget (the
+  // rest stays in the socket).
+  ASSERT_TRUE(b.send_raw(std::string_view(second).substr(0, (11 << 20) / 10)));
+  for (int i = 0; i < 50 && listener_->stats().request_memory_waits == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_GE(listener_->stats().request_memory_waits, 1u);
+  // Small requests are not held by it.
+  KafkaClient c(port());
+  std::optional<std::string> small = c.call(kProduce, 7, false, produce_request(7, "big", 0, batch(2)));
+  ASSERT_TRUE(small);
+  EXPECT_EQ(read_produce(7, *small).error, 0);
+  // The first finishes and gives its share back; the second then goes on.
+  ASSERT_TRUE(a.send_raw(std::string_view(first).substr(2 << 20)));
+  std::optional<std::string> answer = a.read_frame();
+  ASSERT_TRUE(answer);
+  ASSERT_TRUE(b.send_raw(std::string_view(second).substr((11 << 20) / 10)));
+  answer = b.read_frame();
+  ASSERT_TRUE(answer) << "the waiting request was answered once the budget came back";
+  EXPECT_EQ(log_end(c, "big"), 2);  // neither large one was a batch: refused, answered
+}
+
 TEST_F(KafkaListenerTest, PipelinedRequestsPastTheListenersPerPassCapAreAllAnswered) {
   // Given 3 000 requests sent at once (the listener takes 1 024 from a connection per pass, and
   // no socket event follows for the rest) ...

@@ -249,6 +249,7 @@ void render_kafka(Page& page, const kafka::KafkaListenerStats& k) {
       {"weft_kafka_connections_refused_total", "Kafka connections refused (over kafka_max_connections)."},
       {"weft_kafka_connections_closed_bad_request_total", "Kafka connections closed for a malformed, oversized or unsupported request."},
       {"weft_kafka_connections_closed_idle_total", "Kafka connections closed after kafka_idle_timeout_ms without a request."},
+      {"weft_kafka_request_memory_waits_total", "Times a Kafka request over 1 MiB found kafka_max_buffered_request_bytes short and waited."},
       {"weft_kafka_fetch_disk_waits_total", "Fetch responses whose segment region was read ahead before sending (not in the page cache)."},
       {"weft_kafka_bytes_in_total", "Bytes received from Kafka clients."},
       {"weft_kafka_bytes_out_total", "Bytes sent to Kafka clients."},
@@ -256,7 +257,7 @@ void render_kafka(Page& page, const kafka::KafkaListenerStats& k) {
       {"weft_kafka_producer_ids_evicted_total", "Idempotent producers' states dropped past kafka_max_producer_ids (least recently used first)."},
   };
   const std::uint64_t values[] = {k.connections_accepted, k.connections_refused, k.connections_closed_bad_request,
-                                  k.connections_closed_idle, k.fetch_disk_waits, k.bytes_in, k.bytes_out, k.records_in, k.producer_ids_evicted};
+                                  k.connections_closed_idle, k.request_memory_waits, k.fetch_disk_waits, k.bytes_in, k.bytes_out, k.records_in, k.producer_ids_evicted};
   page.family("weft_kafka_connections", "gauge", "Kafka connections open now.");
   page.sample("weft_kafka_connections", {}, num(k.connections_open));
   page.family("weft_kafka_producer_ids", "gauge", "Idempotent producers' states the Kafka listener holds (one per producer id and partition).");

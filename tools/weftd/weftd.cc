@@ -66,6 +66,7 @@ struct Settings {
   std::int64_t kafka_max_connections = 1024;
   std::int64_t kafka_idle_timeout_ms = 600'000;
   std::int64_t kafka_max_producer_ids = 200'000;
+  std::int64_t kafka_max_buffered_request_bytes = std::int64_t{1} << 30;
   std::int64_t kafka_producer_id_expiration_ms = 86'400'000;
   bool kafka_auto_create_topics = true;
   std::int64_t kafka_initial_rebalance_delay_ms = 3'000;
@@ -172,6 +173,7 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "kafka_max_connections") r = want_int(s.kafka_max_connections);
     else if (k == "kafka_idle_timeout_ms") r = want_int(s.kafka_idle_timeout_ms);
     else if (k == "kafka_max_producer_ids") r = want_int(s.kafka_max_producer_ids);
+    else if (k == "kafka_max_buffered_request_bytes") r = want_int(s.kafka_max_buffered_request_bytes);
     else if (k == "kafka_producer_id_expiration_ms") r = want_int(s.kafka_producer_id_expiration_ms);
     else if (k == "kafka_initial_rebalance_delay_ms") r = want_int(s.kafka_initial_rebalance_delay_ms);
     else if (k == "metrics_listen") r = want_string(s.metrics_listen);
@@ -236,6 +238,8 @@ int main(int argc, char** argv) {
   app.add_option("--kafka-max-request-bytes", flags.kafka_max_request_bytes, "largest Kafka request; a larger one closes its connection (kafka_max_request_bytes)");
   app.add_option("--kafka-max-connections", flags.kafka_max_connections, "Kafka connections at once (kafka_max_connections)");
   app.add_option("--kafka-idle-timeout-ms", flags.kafka_idle_timeout_ms, "idle Kafka connections close after this (kafka_idle_timeout_ms)");
+  app.add_option("--kafka-max-buffered-request-bytes", flags.kafka_max_buffered_request_bytes,
+                 "memory for requests over 1 MiB, all connections together; at least the max request bytes (kafka_max_buffered_request_bytes)");
   app.add_option("--kafka-max-producer-ids", flags.kafka_max_producer_ids,
                  "idempotent producers' states kept over all partitions; past it the least recently used go (kafka_max_producer_ids)");
   app.add_option("--kafka-producer-id-expiration-ms", flags.kafka_producer_id_expiration_ms,
@@ -284,6 +288,7 @@ int main(int argc, char** argv) {
   if (given("--kafka-max-connections")) s.kafka_max_connections = flags.kafka_max_connections;
   if (given("--kafka-idle-timeout-ms")) s.kafka_idle_timeout_ms = flags.kafka_idle_timeout_ms;
   if (given("--kafka-max-producer-ids")) s.kafka_max_producer_ids = flags.kafka_max_producer_ids;
+  if (given("--kafka-max-buffered-request-bytes")) s.kafka_max_buffered_request_bytes = flags.kafka_max_buffered_request_bytes;
   if (given("--kafka-producer-id-expiration-ms")) s.kafka_producer_id_expiration_ms = flags.kafka_producer_id_expiration_ms;
   if (given("--kafka-auto-create-topics")) s.kafka_auto_create_topics = flags.kafka_auto_create_topics;
   if (given("--kafka-initial-rebalance-delay-ms")) s.kafka_initial_rebalance_delay_ms = flags.kafka_initial_rebalance_delay_ms;
@@ -368,13 +373,14 @@ int main(int argc, char** argv) {
       kafka_options.advertised_port = advertise->second;
     }
     if (s.kafka_max_request_bytes < 1024 || s.kafka_max_connections < 1 || s.kafka_idle_timeout_ms < 1 || s.kafka_initial_rebalance_delay_ms < 0 ||
-        s.kafka_max_producer_ids < 1 || s.kafka_producer_id_expiration_ms < 1)
+        s.kafka_max_producer_ids < 1 || s.kafka_producer_id_expiration_ms < 1 || s.kafka_max_buffered_request_bytes < s.kafka_max_request_bytes)
       return fail(Error{Errc::kInvalidArgument, "kafka limits: max request bytes >= 1024, max connections >= 1, idle timeout >= 1 ms, rebalance delay >= 0, "
-                                                 "max producer ids >= 1, producer id expiration >= 1 ms"});
+                                                 "max producer ids >= 1, producer id expiration >= 1 ms, max buffered request bytes >= max request bytes"});
     kafka_options.max_request_bytes = static_cast<std::size_t>(s.kafka_max_request_bytes);
     kafka_options.max_connections = static_cast<std::size_t>(s.kafka_max_connections);
     kafka_options.idle_timeout_ms = s.kafka_idle_timeout_ms;
     kafka_options.max_producer_ids = static_cast<std::size_t>(s.kafka_max_producer_ids);
+    kafka_options.max_buffered_request_bytes = static_cast<std::size_t>(s.kafka_max_buffered_request_bytes);
     kafka_options.producer_id_expiration_ms = s.kafka_producer_id_expiration_ms;
     kafka_options.auto_create_topics = s.kafka_auto_create_topics;
     kafka_options.default_partitions = static_cast<std::uint32_t>(std::max<std::int64_t>(s.default_partitions, 1));

@@ -42,6 +42,9 @@ namespace {
 constexpr std::uint64_t kListenTag = 0;
 constexpr std::uint64_t kWakeTag = 1;
 constexpr std::size_t kReadChunk = 256 * 1024;
+// A connection keeps a buffer up to this between requests, outside the budget for large frames
+// (a client sending ~1 MB produces would otherwise fault a fresh buffer in for each).
+constexpr std::size_t kKeptBuffer = 4 * kReadChunk;
 constexpr std::size_t kMaxQueuedResponseBytes = std::size_t{8} << 20;  // stop reading requests past it
 constexpr std::size_t kMinFrameBytes = 10;
 constexpr std::size_t kMaxPipelined = 64;  // produces in flight per connection
@@ -92,7 +95,19 @@ struct Connection {
   std::uint32_t events = 0;  // registered with epoll
   std::int64_t disk_wait_since_ns = 0;  // the front file region is being read ahead (0: not waiting)
   std::int64_t disk_check_at_ns = 0;     // when the wait looks again
+  // A frame larger than the base buffer (kReadChunk) is read into a buffer grown to its size,
+  // with the excess taken from the listener's budget first (max_buffered_request_bytes): what
+  // this connection holds of it, and whether it waits for some to be given back.
+  std::size_t reserved = 0;
+  bool waiting_for_memory = false;
 };
+
+// Whether a whole frame waits in the connection's buffer for the requests before it: reading
+// more would only grow the buffer.
+bool whole_frame_buffered(const Connection& c) {
+  if (c.in_end - c.in_start < 4) return false;
+  return c.in_end - c.in_start >= std::size_t{static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start))} + 4;
+}
 
 std::int64_t now_ms() { return monotonic_ns() / 1'000'000; }
 
@@ -190,6 +205,10 @@ struct KafkaListener::Impl {
   // Connections that stopped taking requests at the per-pass cap with whole ones still in their
   // buffer: no socket event will come for those, so the next pass takes them up.
   std::vector<std::uint64_t> more_buffered;
+  // Large frames' buffers past the base, over all connections (Connection::reserved), and the
+  // connections waiting for some of it.
+  std::size_t reserved_bytes = 0;
+  std::vector<std::uint64_t> memory_waiters;
 
   Impl(Node& n, KafkaListenerOptions o) : node(n), options(std::move(o)) {}
 
@@ -197,6 +216,11 @@ struct KafkaListener::Impl {
   void accept_all();
   void on_event(Connection& c, std::uint32_t events);
   bool read_some(Connection& c);
+  // Makes room to read the frame at the front of `c.in`: false when there is none (the frame is
+  // whole, or waits for the budget).
+  bool make_room(Connection& c);
+  // Gives a connection's large-frame buffer and its share of the budget back.
+  void release_buffer(Connection& c);
   void process(Connection& c);
   void answer(Connection& c, std::vector<OutChunk>& response, std::int16_t error, std::int16_t api_key, std::int64_t arrived_ns);
   void drain_pending(Connection& c, std::int64_t now_ns);
@@ -350,41 +374,85 @@ void KafkaListener::Impl::on_event(Connection& c, std::uint32_t events) {
     if (!c.blocked()) process(c);  // responses drained: requests waiting in the buffer go on
     if (connections.find(c.id) == connections.end()) return;
   }
-  if ((events & (EPOLLIN | EPOLLRDHUP)) != 0 && !c.blocked() && c.pending.size() < kMaxPipelined) {
+  if ((events & (EPOLLIN | EPOLLRDHUP)) != 0 && !c.blocked() && c.pending.size() < kMaxPipelined && !c.waiting_for_memory &&
+      !whole_frame_buffered(c)) {
     if (!read_some(c)) return;
     process(c);
   } else if ((events & EPOLLRDHUP) != 0) {
-    close(c, "peer closed", false);  // a parked request's client went away
+    close(c, "peer closed", false);  // a client with requests waiting went away
     return;
   }
   auto it = connections.find(c.id);
   if (it != connections.end()) update_interest(c);
 }
 
+bool KafkaListener::Impl::make_room(Connection& c) {
+  if (c.in.size() - c.in_end >= kReadChunk / 4) return true;
+  if (c.in_start == c.in_end) {
+    c.in_start = c.in_end = 0;
+  } else if (c.in_start > 0 && (c.in_start > c.in.size() / 2 || c.in.size() >= kReadChunk)) {
+    // The frame moves to the front before the buffer grows, so it grows to the frame's size.
+    std::memmove(c.in.data(), c.in.data() + c.in_start, c.in_end - c.in_start);
+    c.in_end -= c.in_start;
+    c.in_start = 0;
+  }
+  if (c.in.size() - c.in_end >= kReadChunk / 4) return true;
+  // The buffer doubles as a large frame's bytes come, never to the size a peer declares before
+  // sending it.
+  std::size_t grown = std::max(c.in.size() * 2, kReadChunk);
+  if (grown > kKeptBuffer && c.in_end - c.in_start >= 4) {
+    const auto size = static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start));
+    if (size > options.max_request_bytes) return false;  // process() closes the connection
+    const std::size_t frame = std::size_t{size} + 4;   // at the front (moved above)
+    if (frame <= c.in.size()) return c.in_end < c.in.size();
+    if (frame > kKeptBuffer) {
+      // Past what every connection keeps: the excess comes out of the budget, whole, before a
+      // byte of it is read, so a frame begun is always finished (no connection holds part of
+      // the budget while it waits for more).
+      const std::size_t excess = frame - kKeptBuffer;
+      if (excess > c.reserved) {
+        if (reserved_bytes + (excess - c.reserved) > options.max_buffered_request_bytes) {
+          if (!c.waiting_for_memory) memory_waiters.push_back(c.id);
+          c.waiting_for_memory = true;
+          std::lock_guard lock(stats_mutex);
+          ++stats.request_memory_waits;
+          return false;
+        }
+        reserved_bytes += excess - c.reserved;
+        c.reserved = excess;
+      }
+    }
+    grown = std::min(grown, std::max(frame, kKeptBuffer));
+  }
+  if (grown > c.in.size()) c.in.resize(grown);
+  return c.in_end < c.in.size();
+}
+
+void KafkaListener::Impl::release_buffer(Connection& c) {
+  std::vector<std::byte>().swap(c.in);
+  c.in_start = c.in_end = 0;
+  if (c.reserved == 0) return;
+  reserved_bytes -= c.reserved;
+  c.reserved = 0;
+  // Those waiting try again (their sockets still hold the bytes, so epoll reports them at once).
+  for (const std::uint64_t id : std::exchange(memory_waiters, {})) {
+    auto it = connections.find(id);
+    if (it == connections.end()) continue;
+    it->second->waiting_for_memory = false;
+    update_interest(*it->second);
+  }
+}
+
 bool KafkaListener::Impl::read_some(Connection& c) {
   std::size_t taken = 0;
   for (int i = 0; i < 16; ++i) {  // bounded: other connections get their turn
-    if (c.in.size() - c.in_end < kReadChunk / 4) {
-      if (c.in_start > 0 && c.in_start == c.in_end) {
-        c.in_start = c.in_end = 0;
-      } else if (c.in_start > c.in.size() / 2) {
-        std::memmove(c.in.data(), c.in.data() + c.in_start, c.in_end - c.in_start);
-        c.in_end -= c.in_start;
-        c.in_start = 0;
-      }
-      if (c.in.size() - c.in_end < kReadChunk / 4) c.in.resize(std::max(c.in.size() * 2, kReadChunk));
-    }
+    if (whole_frame_buffered(c) || !make_room(c)) break;
     const ssize_t got = ::recv(c.fd.get(), c.in.data() + c.in_end, c.in.size() - c.in_end, 0);
     if (got > 0) {
       c.in_end += static_cast<std::size_t>(got);
       taken += static_cast<std::size_t>(got);
-      // Enough for the next whole frame: let it be answered before reading more.
-      if (c.in_end - c.in_start >= 4) {
-        const auto size = static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start));
-        if (c.in_end - c.in_start >= std::size_t{size} + 4 || size > options.max_request_bytes) break;
-        // A large frame: the buffer doubles as its bytes come (the check above), never to the
-        // size a peer declares before sending it.
-      }
+      // A whole frame (or one over the limit): let process() have it before reading more.
+      if (whole_frame_buffered(c) || (c.in_end - c.in_start >= 4 && static_cast<std::uint32_t>(wire::load_be32(c.in.data() + c.in_start)) > options.max_request_bytes)) break;
       continue;
     }
     if (got == 0) {
@@ -479,7 +547,7 @@ void KafkaListener::Impl::process(Connection& c) {
   if (c.in_start == c.in_end && !c.blocked()) {
     c.in_start = c.in_end = 0;
     // A large request's buffer is not kept for the small ones after it.
-    if (c.in.size() > 4 * kReadChunk) std::vector<std::byte>().swap(c.in);
+    if (c.in.size() > kKeptBuffer) release_buffer(c);
   }
   flush(c);
 }
@@ -632,7 +700,8 @@ bool KafkaListener::Impl::flush(Connection& c) {
 
 void KafkaListener::Impl::update_interest(Connection& c) {
   std::uint32_t want = EPOLLRDHUP;
-  if (!c.blocked() && c.pending.size() < kMaxPipelined && c.out_bytes < kMaxQueuedResponseBytes) want |= EPOLLIN;
+  if (!c.blocked() && c.pending.size() < kMaxPipelined && c.out_bytes < kMaxQueuedResponseBytes && !c.waiting_for_memory && !whole_frame_buffered(c))
+    want |= EPOLLIN;
   if (!c.out.empty() && c.disk_wait_since_ns == 0) want |= EPOLLOUT;  // not while the disk is read
   if (want == c.events) return;
   epoll_event ev{};
@@ -646,6 +715,8 @@ void KafkaListener::Impl::close(Connection& c, std::string_view why, bool bad_re
     if (p.parked) broker->abandon(*p.parked);
   if (c.disk_wait_since_ns != 0) --disk_waiters;
   epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+  if (c.waiting_for_memory) std::erase(memory_waiters, c.id);
+  release_buffer(c);
   log(bad_request ? LogLevel::kWarn : LogLevel::kDebug, "kafka: connection closed", {{"peer", c.peer}, {"reason", std::string(why)}});
   const std::uint64_t id = c.id;
   connections.erase(id);  // destroys c
@@ -660,6 +731,8 @@ Result<std::unique_ptr<KafkaListener>> KafkaListener::start(Node& node, KafkaLis
   if (options.max_request_bytes < 1024 || options.max_request_bytes > (std::size_t{1} << 30))
     return Error{Errc::kInvalidArgument, "kafka max request bytes must be within 1 KiB..1 GiB"};
   if (options.max_connections == 0) return Error{Errc::kInvalidArgument, "kafka max connections must be at least 1"};
+  if (options.max_buffered_request_bytes < options.max_request_bytes)
+    return Error{Errc::kInvalidArgument, "kafka max buffered request bytes must be at least the max request bytes"};
   if (options.default_partitions == 0) return Error{Errc::kInvalidArgument, "kafka default partitions must be at least 1"};
   if (options.max_producer_ids == 0 || options.producer_id_expiration_ms < 1)
     return Error{Errc::kInvalidArgument, "kafka max producer ids and producer id expiration must be at least 1"};

@@ -40,6 +40,11 @@ struct KafkaListenerOptions {
   std::int32_t node_id = 0;
   std::string cluster_id = "weft";
   std::size_t max_request_bytes = std::size_t{100} << 20;  // socket.request.max.bytes
+  // Memory for requests larger than the 1 MiB each connection keeps, over all connections
+  // (Kafka's queued.max.request.bytes, which Kafka leaves unbounded): a frame's excess is taken
+  // whole before its bytes are read, and a connection that finds too little left is not read
+  // until some comes back. At least max_request_bytes.
+  std::size_t max_buffered_request_bytes = std::size_t{1} << 30;
   std::size_t max_connections = 1024;
   std::int64_t idle_timeout_ms = 600'000;  // connections.max.idle.ms
   bool auto_create_topics = true;          // auto.create.topics.enable
@@ -79,6 +84,7 @@ struct KafkaListenerStats {
   std::uint64_t connections_refused = 0;  // over max_connections
   std::uint64_t connections_closed_bad_request = 0;  // malformed, oversized or unsupported frames
   std::uint64_t connections_closed_idle = 0;
+  std::uint64_t request_memory_waits = 0;  // times a frame over 1 MiB found max_buffered_request_bytes short
   // Fetch responses whose segment region was not in the page cache: read ahead while the loop
   // served others, instead of sendfile waiting on the disk in it.
   std::uint64_t fetch_disk_waits = 0;
