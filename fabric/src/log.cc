@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <ctime>
 #include <mutex>
+#include <utility>
 
 namespace weft {
 namespace {
@@ -83,6 +84,26 @@ void log(LogLevel level, std::string_view message, std::initializer_list<LogFiel
   line += '\n';
   std::lock_guard lock(g_mutex);
   std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+bool LogRateLimit::allow(std::int64_t now_ms, std::uint64_t& held_back) noexcept {
+  if (second_start_ms_ == INT64_MIN || now_ms - second_start_ms_ >= 1000) {
+    second_start_ms_ = now_ms;
+    in_second_ = 0;
+  }
+  if (in_second_ >= per_second_) {
+    ++held_back_;
+    return false;
+  }
+  ++in_second_;
+  held_back = held_back_;
+  held_back_ = 0;
+  return true;
+}
+
+std::uint64_t LogRateLimit::take_held_back(std::int64_t now_ms) noexcept {
+  if (held_back_ == 0 || now_ms - second_start_ms_ < 1000) return 0;
+  return std::exchange(held_back_, 0);
 }
 
 }  // namespace weft

@@ -190,6 +190,7 @@ struct KafkaListener::Impl {
   UniqueFd listen_fd;
   UniqueFd epoll_fd;
   UniqueFd wake_fd;
+  UniqueFd spare_fd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};  // given up to shed a connection when out of descriptors
   std::uint16_t port = 0;
   std::unique_ptr<Broker> broker;
   std::unordered_map<std::uint64_t, std::unique_ptr<Connection>> connections;
@@ -209,6 +210,9 @@ struct KafkaListener::Impl {
   // connections waiting for some of it.
   std::size_t reserved_bytes = 0;
   std::vector<std::uint64_t> memory_waiters;
+  // Warnings a client causes at will (the statistics count every one).
+  LogRateLimit bad_request_logs{20};
+  LogRateLimit refusal_logs{5};
 
   Impl(Node& n, KafkaListenerOptions o) : node(n), options(std::move(o)) {}
 
@@ -285,6 +289,12 @@ void KafkaListener::Impl::run() {
     if (any_disk_wait) resume_disk_waits(monotonic_ns());
     if (now - last_idle_check_ms >= 1000) {
       last_idle_check_ms = now;
+      if (const std::uint64_t held_back = bad_request_logs.take_held_back(now)) {
+        log(LogLevel::kWarn, "kafka: connections closed for bad requests, not logged one by one", {{"count", std::to_string(held_back)}});
+      }
+      if (const std::uint64_t held_back = refusal_logs.take_held_back(now)) {
+        log(LogLevel::kWarn, "kafka: connections refused at the connection limit, not logged one by one", {{"count", std::to_string(held_back)}});
+      }
       std::vector<std::pair<Connection*, const char*>> idle;
       for (auto& [id, c] : connections) {
         if (!c->busy() && c->out.empty() && now - c->last_active_ms > options.idle_timeout_ms) idle.emplace_back(c.get(), "idle");
@@ -317,6 +327,23 @@ void KafkaListener::Impl::accept_all() {
     if (fd < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       if (errno == EINTR || errno == ECONNABORTED) continue;
+      if ((errno == EMFILE || errno == ENFILE) && spare_fd.valid()) {
+        // The listener stays readable while the connection waits: epoll would wake the loop
+        // again at once, for ever. The spare descriptor lets it take the connection and close it.
+        spare_fd = UniqueFd();
+        UniqueFd dropped(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        spare_fd = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        {
+          std::lock_guard lock(stats_mutex);
+          ++stats.connections_refused;
+        }
+        if (std::uint64_t held_back = 0; refusal_logs.allow(now_ms(), held_back)) {
+          log(LogLevel::kWarn, "kafka: connection refused: weftd has no file descriptors left (raise its RLIMIT_NOFILE)",
+              {{"not_logged_before", std::to_string(held_back)}});
+        }
+        if (dropped.valid()) continue;
+        return;
+      }
       log(LogLevel::kWarn, "kafka: accept failed", {{"error", std::strerror(errno)}});
       return;
     }
@@ -337,8 +364,11 @@ void KafkaListener::Impl::accept_all() {
         std::lock_guard lock(stats_mutex);
         ++stats.connections_refused;
       }
-      log(LogLevel::kWarn, "kafka: connection refused: at the connection limit",
-          {{"peer", std::string(host) + ":" + std::to_string(peer_port)}, {"max_connections", std::to_string(options.max_connections)}});
+      if (std::uint64_t held_back = 0; refusal_logs.allow(now_ms(), held_back)) {
+        log(LogLevel::kWarn, "kafka: connection refused: at the connection limit",
+            {{"peer", std::string(host) + ":" + std::to_string(peer_port)}, {"max_connections", std::to_string(options.max_connections)},
+             {"not_logged_before", std::to_string(held_back)}});
+      }
       continue;  // closed by UniqueFd
     }
     const int one = 1;
@@ -717,7 +747,11 @@ void KafkaListener::Impl::close(Connection& c, std::string_view why, bool bad_re
   epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
   if (c.waiting_for_memory) std::erase(memory_waiters, c.id);
   release_buffer(c);
-  log(bad_request ? LogLevel::kWarn : LogLevel::kDebug, "kafka: connection closed", {{"peer", c.peer}, {"reason", std::string(why)}});
+  if (!bad_request) {
+    log(LogLevel::kDebug, "kafka: connection closed", {{"peer", c.peer}, {"reason", std::string(why)}});
+  } else if (std::uint64_t held_back = 0; bad_request_logs.allow(now_ms(), held_back)) {
+    log(LogLevel::kWarn, "kafka: connection closed", {{"peer", c.peer}, {"reason", std::string(why)}, {"not_logged_before", std::to_string(held_back)}});
+  }
   const std::uint64_t id = c.id;
   connections.erase(id);  // destroys c
   std::lock_guard lock(stats_mutex);

@@ -81,7 +81,7 @@ struct KafkaApiStats {
 struct KafkaListenerStats {
   std::uint64_t connections_open = 0;
   std::uint64_t connections_accepted = 0;
-  std::uint64_t connections_refused = 0;  // over max_connections
+  std::uint64_t connections_refused = 0;  // over max_connections, or no file descriptor left
   std::uint64_t connections_closed_bad_request = 0;  // malformed, oversized or unsupported frames
   std::uint64_t connections_closed_idle = 0;
   std::uint64_t request_memory_waits = 0;  // times a frame over 1 MiB found max_buffered_request_bytes short
