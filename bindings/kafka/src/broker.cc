@@ -1694,7 +1694,10 @@ Outcome Broker::init_producer_id(const Request& r, Reader& in) {
   std::int16_t err = 0;
   if (transactional_id) {
     err = error::kInvalidTxnState;  // non-retriable: the client learns at once that transactions are not served
-    log(LogLevel::kInfo, "kafka: refused a transactional producer (not supported)", {{"transactional_id", std::string(*transactional_id)}});
+    if (std::uint64_t held_back = 0; transactional_refusal_logs_.allow(now_ms(), held_back)) {
+      log(LogLevel::kInfo, "kafka: refused a transactional producer (not supported)",
+          {{"transactional_id", std::string(*transactional_id)}, {"not_logged_before", std::to_string(held_back)}});
+    }
   } else {
     // A producer without a transactional id gets a new id whatever it names, as from Kafka's
     // coordinator: bumping the epoch of the id it names would let any client fence any other

@@ -22,6 +22,7 @@
 
 #include "weft/fabric/compression.h"
 #include "weft/fabric/group_coordinator.h"
+#include "weft/fabric/log.h"
 #include "weft/fabric/ring.h"
 #include "weft/fabric/shared_memory.h"
 #include "weft/cluster_node.h"
@@ -343,6 +344,7 @@ class Broker {
   Decompressor decompressor_;
   std::vector<std::byte> inflated_;
   int wake_fd_ = -1;
+  LogRateLimit transactional_refusal_logs_{5};  // a client may ask again and again
   // Topics one request may still create: each costs the loop its rings' memory and files (about
   // 8 ms here), so a request naming thousands would hold every connection that long.
   int auto_creations_left_ = 0;
