@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <exception>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -426,7 +427,14 @@ struct LocalServer::Impl {
         }
         auto it = connections.find(fd);
         if (it == connections.end()) continue;
-        bool keep = (events[i].events & EPOLLIN) != 0 ? serve(it->second) : false;
+        bool keep = false;
+        try {
+          keep = (events[i].events & EPOLLIN) != 0 && serve(it->second);
+        } catch (const std::exception& e) {
+          // Out of memory, or a filesystem error thrown below a request: that client goes, the
+          // node and every other client stay.
+          log(LogLevel::kError, "local client dropped: its request failed", {{"error", e.what()}});
+        }
         if ((events[i].events & (EPOLLHUP | EPOLLERR)) != 0 && (events[i].events & EPOLLIN) == 0) keep = false;
         if (!keep) close_connection(fd);
       }

@@ -729,7 +729,7 @@ void Node::drain_to_log(Partition& p, const TopicConfig& config, std::int64_t no
     }
   }
   const bool sync_due = config.fsync == FsyncPolicy::kAlways ||
-                        (config.fsync == FsyncPolicy::kInterval && now - p.last_sync_ns >= config.fsync_interval_ms * 1'000'000);
+                        (config.fsync == FsyncPolicy::kInterval && (now - p.last_sync_ns) / 1'000'000 >= config.fsync_interval_ms);  // no product to overflow
   const bool unsynced = !p.log_writes.empty() || p.written_offset > p.durable_offset;
   if (config.fsync != FsyncPolicy::kNone && sync_due && unsynced) {
     // Writes first: one that failed (a full disk) is retried later, like any write.

@@ -304,6 +304,10 @@ TEST_F(Cli, DaemonReadsTomlAndFlagsWin) {
   Output broken = run({WEFTD_PATH, "--config", dir_ + "/broken.toml"}, {}, 5000);
   EXPECT_EQ(broken.exit_code, 1);
   EXPECT_NE(broken.err.find("line 1"), std::string::npos) << broken.err;
+  // Ring files in a hugetlbfs mount take no seals: a local client could shrink one under the node.
+  Output hugetlbfs = run({WEFTD_PATH, "--socket", dir_ + "/h.sock", "--data-dir", dir_ + "/h", "--hugetlbfs-dir", dir_}, {}, 5000);
+  EXPECT_EQ(hugetlbfs.exit_code, 1);
+  EXPECT_NE(hugetlbfs.err.find("hugetlbfs_dir: weftd cannot serve rings from hugetlbfs files"), std::string::npos) << hugetlbfs.err;
 }
 
 TEST_F(Cli, TheExampleConfigIsAcceptedAsItStands) {

@@ -225,7 +225,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-connections", flags.max_connections, "local clients at once (max_connections)");
   app.add_option("--log-level", flags.log_level, "debug, info, warn or error (log_level)");
   app.add_flag("--hugepages,!--no-hugepages", flags.hugepages, "rings in hugepages when reserved (hugepages)");
-  app.add_option("--hugetlbfs-dir", flags.hugetlbfs_dir, "a hugetlbfs mount for ring memory (hugetlbfs_dir)");
+  app.add_option("--hugetlbfs-dir", flags.hugetlbfs_dir, "refused: rings come from sealed hugetlb memfds (hugetlbfs_dir; embedded nodes only)");
   app.add_option("--ring-memory-budget", flags.ring_memory_budget, "bytes of ring memory for all topics (ring_memory_budget)");
   app.add_option("--default-partitions", flags.default_partitions, "partitions of a topic created without a count (default_partitions)");
   app.add_option("--default-ring-capacity", flags.default_ring_capacity, "ring bytes per partition, a power of two (default_ring_capacity)");
@@ -326,7 +326,11 @@ int main(int argc, char** argv) {
     options.offsets_dir = data_dir + "/offsets";    // and consumer groups' committed offsets
   }
   options.prefer_hugepages = s.hugepages;
-  options.hugetlbfs_dir = s.hugetlbfs_dir;
+  // weftd hands every ring to local clients, and a hugetlbfs file takes no seals: any client
+  // could shrink it under the node's mapping, whose next touch would kill the node with SIGBUS.
+  if (!s.hugetlbfs_dir.empty())
+    return fail(Error{Errc::kInvalidArgument, "hugetlbfs_dir: weftd cannot serve rings from hugetlbfs files, which a local client could shrink "
+                                              "under the node; leave it empty (hugepages come from sealed hugetlb memfds, hugepages = true)"});
   if (s.ring_memory_budget <= 0) return fail(Error{Errc::kInvalidArgument, "ring_memory_budget must be positive"});
   options.ring_memory_budget_bytes = static_cast<std::size_t>(s.ring_memory_budget);
   for (const auto& [key, value] : {std::pair<const char*, std::string>{"partitions", std::to_string(s.default_partitions)},
