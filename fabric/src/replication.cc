@@ -337,7 +337,9 @@ struct Replicator::Impl {
     }
     c.streams[stream] = std::move(s);
     FollowerState& f = l.followers[follower];
-    if (f.connection != nullptr && f.connection != &c) f.connection->streams.erase(f.stream);
+    // One stream per follower of a partition: a follow again (on any connection, under any stream
+    // id) replaces the last, so no peer can pile up streams and their buffers.
+    if (f.connection != nullptr && (f.connection != &c || f.stream != stream)) f.connection->streams.erase(f.stream);
     f.connection = &c;
     f.stream = stream;
     f.log_end = fetch_offset;
@@ -349,8 +351,8 @@ struct Replicator::Impl {
 
   void on_progress(Connection& c, MessageReader& r) {
     const auto stream = r.get<std::uint16_t>();
-    const Offset log_end{r.get<std::int64_t>()};
-    const Offset durable{r.get<std::int64_t>()};
+    Offset log_end{r.get<std::int64_t>()};
+    Offset durable{r.get<std::int64_t>()};
     const auto consumed = r.get<std::uint64_t>();
     auto s = c.streams.find(stream);
     if (r.failed() || s == c.streams.end()) return;
@@ -358,6 +360,10 @@ struct Replicator::Impl {
     auto l = led.find(s->second.partition);
     if (l == led.end()) return;
     FollowerState& f = l->second.followers[s->second.follower];
+    // A follower holds at most what was sent to it: a report past that (a bug, or a peer that is
+    // not what it says) must not move the high watermark over records it does not have.
+    log_end = std::min(log_end, s->second.next_offset);
+    durable = std::min(durable, log_end);
     const std::int64_t now = now_ms();
     const Offset leader_end = l->second.log->log_end();
     // Kafka's rule: caught up now if at the leader's end; else caught up as of the previous
@@ -600,19 +606,27 @@ struct Replicator::Impl {
     switch (type) {
       case MessageType::kAccepted: {
         (void)r.get<std::int32_t>();
-        f.hw = std::max(f.hw, Offset{r.get<std::int64_t>()});
+        const Offset hw{r.get<std::int64_t>()};
+        if (r.failed() || f.state != FollowState::kAwaitAccept) return;
+        f.hw = std::max(f.hw, hw);
         f.log->publish_high_watermark(f.hw);
         f.state = FollowState::kStreaming;
         f.why.clear();
         return;
       }
-      case MessageType::kHighWatermark:
-        f.hw = std::max(f.hw, Offset{r.get<std::int64_t>()});
+      case MessageType::kHighWatermark: {
+        const Offset hw{r.get<std::int64_t>()};
+        if (r.failed()) return;
+        f.hw = std::max(f.hw, hw);
         f.log->publish_high_watermark(f.hw);
         return;
+      }
       case MessageType::kDiverging: {
         const auto epoch = r.get<std::int32_t>();
         const Offset leader_end{r.get<std::int64_t>()};
+        // Only the answer to this follow, read whole: a short message would read as epoch 0 at
+        // offset 0 and cut the whole log.
+        if (r.failed() || f.state != FollowState::kAwaitAccept) return;
         // Truncate to where the epoch ends on both logs, then follow again from there.
         const Offset own_end = f.log->epochs().end_of(epoch, f.log->log_end()).second;
         const Offset to = std::max(f.log->log_start(), std::min(leader_end, own_end));
@@ -630,6 +644,7 @@ struct Replicator::Impl {
       case MessageType::kOutOfRange: {
         (void)r.get<std::int32_t>();
         const Offset start{r.get<std::int64_t>()};
+        if (r.failed() || f.state != FollowState::kAwaitAccept || start < f.log->log_end()) return;  // a leader's log starts past ours
         if (Result<void> reset = f.log->reset(start); !reset.ok()) {
           back_off(f, "reset failed: " + reset.error().message);
           return;
@@ -854,6 +869,8 @@ struct Replicator::Impl {
   // one is a syscall per record on a busy leader.
   bool listener_ready = true;
   std::int64_t last_accept_ms = 0;
+  static constexpr std::size_t kMaxIncomingLinks = 256;
+  LogRateLimit refusal_logs{5};  // anyone who can reach the port can be refused at will
 
   bool step_listener() {
     bool any = false;
@@ -867,12 +884,22 @@ struct Replicator::Impl {
       Result<std::unique_ptr<Link>> link = listener->accept();
       if (!link.ok()) {
         if (link.error().code != Errc::kUnavailable || link.error().message != "no peer is waiting") {
-          log(LogLevel::kWarn, "replication: a peer was refused", {{"error", link.error().message}});
+          if (std::uint64_t held_back = 0; refusal_logs.allow(now, held_back)) {
+            log(LogLevel::kWarn, "replication: a peer was refused", {{"error", link.error().message}, {"not_logged_before", std::to_string(held_back)}});
+          }
           continue;
         }
         break;
       }
       listener_ready = i == 15;  // more may be waiting
+      if (incoming.size() >= kMaxIncomingLinks) {
+        // Each link holds its queues (~0.6 MiB); peers are the cluster's nodes, a few links each.
+        if (std::uint64_t held_back = 0; refusal_logs.allow(now, held_back)) {
+          log(LogLevel::kWarn, "replication: a peer was refused: too many links", {{"peer", link.value()->peer_address()}, {"not_logged_before", std::to_string(held_back)}});
+        }
+        link.value()->close();
+        continue;
+      }
       auto c = std::make_unique<Connection>();
       c->link = std::move(link.value());
       incoming.push_back(std::move(c));

@@ -6,11 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -339,6 +341,64 @@ class SilentPeerTransport final : public Transport {
   bool released_ = false;
   int attempts_ = 0;
 };
+
+// A peer that speaks the replication messages by hand (their layouts: replication.cc).
+template <class... T>
+std::vector<std::byte> message(const T&... fields) {
+  std::vector<std::byte> out;
+  auto put = [&](const auto& v) {
+    const auto* b = reinterpret_cast<const std::byte*>(&v);
+    out.insert(out.end(), b, b + sizeof v);
+  };
+  (put(fields), ...);
+  return out;
+}
+
+TEST_P(ReplicationTest, AFollowerCanNeitherPileUpStreamsNorClaimMoreThanItWasSent) {
+  // Given a leader of kP for replicas 1 and 2, with more in its log than one landing region holds
+  ReplicationOptions options = small_options();
+  Replicator& leader = start(1, options);
+  ASSERT_TRUE(leader.lead(kP, &logs_[0], 1, {1, 2}, {1, 2}).ok());
+  for (int i = 0; i < 40; ++i) logs_[0].produce(50, 1);  // ~200 KiB
+  // and a peer calling itself node 2, over a link of its own, with a region of one write
+  auto link = transport_->connect(leader.address(), 2'000);
+  ASSERT_TRUE(link.ok()) << link.error().message;
+  std::vector<std::byte> landing(options.max_write_bytes);
+  auto region = transport_->register_region(landing);
+  ASSERT_TRUE(region.ok());
+  // When it asks to follow 200 times over the one link, under 200 stream ids
+  for (std::uint16_t stream = 1; stream <= 200; ++stream) {
+    std::vector<std::byte> follow = message(std::uint8_t{1}, stream, NodeId{2}, std::int32_t{1}, kP.partition, std::int64_t{0}, std::int32_t{-1},
+                                            region->descriptor, static_cast<std::uint16_t>(kP.topic.size()));
+    for (const char c : kP.topic) follow.push_back(static_cast<std::byte>(c));
+    while ((*link)->post_send(follow, stream) == PostStatus::kQueueFull) {
+      leader.run_once(0);
+      std::array<LinkCompletion, 64> batch;
+      (void)(*link)->poll(batch);
+    }
+  }
+  std::set<std::uint32_t> written_streams;
+  std::array<LinkCompletion, 64> batch;
+  ASSERT_TRUE(run_until([&] {
+    for (std::size_t n = (*link)->poll(batch), i = 0; i < n; ++i)
+      if (batch[i].kind == LinkCompletion::Kind::kWriteReceived) written_streams.insert(batch[i].immediate & 0xffff);
+    return written_streams.contains(200);
+  }));
+  // Expect one stream, the last asked for, to be pushed to (each once held buffers of its own)
+  EXPECT_EQ(written_streams, std::set<std::uint32_t>{200});
+  // And when it reports the whole log as its own, durable, having been sent one write's worth,
+  // expect the high watermark to stay within what was sent, not at the leader's end
+  const std::vector<std::byte> progress = message(std::uint8_t{2}, std::uint16_t{200}, logs_[0].log_end().value, logs_[0].log_end().value, std::uint64_t{0});
+  ASSERT_EQ((*link)->post_send(progress, 1000), PostStatus::kOk);
+  for (int i = 0; i < 200; ++i) {
+    leader.run_once(0);
+    (void)(*link)->poll(batch);
+  }
+  const std::optional<Offset> hw = leader.high_watermark(kP);
+  ASSERT_TRUE(hw.has_value());
+  EXPECT_LT(*hw, logs_[0].log_end()) << "the leader counted records the follower was never sent";
+  (*link)->close();
+}
 
 TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {
   std::unique_ptr<Transport> base = make_loopback_transport(make_loopback_network());

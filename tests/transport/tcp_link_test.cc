@@ -90,6 +90,55 @@ TEST_F(TcpLinkTest, ASilentPeerIsDroppedAfterTheHandshakeTimeout) {
   ::close(fd);
 }
 
+TEST_F(TcpLinkTest, SilentPeersDoNotHoldTheListenerFromAPeerThatSpeaks) {
+  // Given a listener whose handshakes may take 10 s, and 20 peers that connect and say nothing
+  // (port scans, health checks)
+  TcpTransportOptions options;
+  options.handshake_timeout_ms = 10'000;
+  auto patient = make_tcp_transport(options);
+  auto listening = patient->listen("127.0.0.1:0");
+  ASSERT_TRUE(listening.ok()) << listening.error().message;
+  listener = std::move(listening.value());
+  std::vector<int> silent;
+  for (int i = 0; i < 20; ++i) silent.push_back(raw_connect(listener->address()));
+  // When a node connects after them, expect its link handed out at once: accept() never waits
+  // on a peer's hello (it once waited each silent peer's timeout out in turn, stalling the
+  // replication thread that calls it)
+  auto client = patient->connect(listener->address(), 1'000);
+  ASSERT_TRUE(client.ok()) << client.error().message;
+  auto accepted = accept_within(5'000);
+  EXPECT_TRUE(accepted.ok()) << accepted.error().message;
+  for (const int fd : silent) ::close(fd);
+}
+
+TEST_F(TcpLinkTest, AWriteStillArrivingWhenItsRegionIsWithdrawnEndsTheLinkAndLandsNowhere) {
+  auto region = std::make_unique<std::vector<std::byte>>(std::size_t{1} << 20);
+  auto registered = transport->register_region(*region);
+  ASSERT_TRUE(registered.ok());
+  int fd = -1;
+  std::unique_ptr<Link> link = accept_hand_made_peer(fd);
+  ASSERT_NE(link, nullptr);
+  // A 512 KiB write, of which the first 64 KiB arrive and are taken
+  unsigned char header[24] = {1};  // a write
+  const std::uint32_t key = registered->descriptor.key, length = 512 << 10;
+  std::memcpy(header + 8, &key, 4);
+  std::memcpy(header + 12, &length, 4);
+  ASSERT_EQ(::send(fd, header, sizeof header, MSG_NOSIGNAL), 24);
+  const std::vector<unsigned char> piece(64 << 10, 0x5a);
+  ASSERT_EQ(::send(fd, piece.data(), piece.size(), MSG_NOSIGNAL), static_cast<ssize_t>(piece.size()));
+  std::vector<LinkCompletion> seen;
+  ASSERT_TRUE(pump_until(*link, seen, [&] { return (*region)[(64 << 10) - 1] == std::byte{0x5a}; }));
+  // When the region is withdrawn and its memory freed, and the rest of the write arrives
+  ASSERT_TRUE(transport->deregister_region(key).ok());
+  region.reset();
+  for (int i = 0; i < 7; ++i) ASSERT_EQ(::send(fd, piece.data(), piece.size(), MSG_NOSIGNAL), static_cast<ssize_t>(piece.size()));
+  // Expect the link ended (under AddressSanitizer: and no byte written into the freed memory)
+  ASSERT_TRUE(pump_until(*link, seen, [&] { return count_kind(seen, LinkCompletion::Kind::kPeerGone) == 1; }));
+  EXPECT_EQ(count_kind(seen, LinkCompletion::Kind::kWriteReceived), 0u);
+  EXPECT_NE(link->error().message.find("after it was withdrawn"), std::string::npos) << link->error().message;
+  ::close(fd);
+}
+
 TEST_F(TcpLinkTest, AMalformedFrameEndsTheLink) {
   int fd = -1;
   std::unique_ptr<Link> link = accept_hand_made_peer(fd);

@@ -76,17 +76,11 @@ Result<void> exchange_exactly(int fd, void* data, std::size_t length, bool sendi
   return ok();
 }
 
-// The connecting side sends its hello and checks the listener's lazily (its first bytes), so
-// connect() never waits on the peer's accept(); the accepting side checks first, bounded.
-Result<void> handshake(int fd, int timeout_ms, const std::string& peer, bool accepting) {
+// Each side sends its hello. The connecting side checks the listener's lazily (its first bytes),
+// so connect() never waits on the peer's accept(); the listener checks the peer's before it hands
+// out the link, a little at a time in accept() (TcpListener), never waiting in it.
+Result<void> send_hello(int fd, int timeout_ms, const std::string& peer) {
   const Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  if (accepting) {
-    std::array<char, 8> theirs{};
-    WEFT_TRY_VOID(exchange_exactly(fd, theirs.data(), theirs.size(), false, deadline, peer));
-    if (theirs != kHello) {
-      return Error{Errc::kCorrupt, "link handshake with " + peer + ": the peer is not a weft link (bad hello)"};
-    }
-  }
   return exchange_exactly(fd, const_cast<char*>(kHello.data()), kHello.size(), true, deadline, peer);
 }
 
@@ -314,20 +308,20 @@ class TcpLink final : public Link {
         continue;
       }
       if (payload_left_ > 0 && staged() > 0) {
+        if (!locate_payload()) return;
         const std::size_t n = std::min<std::size_t>(payload_left_, staged());
         std::memcpy(payload_at_, staging_.data() + stage_begin_, n);
         stage_begin_ += n;
-        payload_at_ += n;
-        payload_left_ -= n;
+        advance_payload(n);
       }
       if (payload_left_ > 0) {
         if (payload_left_ >= kDirectReadBytes) {
           if (socket_drained_) return;
+          if (!locate_payload()) return;
           const ssize_t n = ::recv(socket_.get(), payload_at_, payload_left_, MSG_DONTWAIT);
           if (!received(n, true)) return;
           socket_drained_ = static_cast<std::size_t>(n) < payload_left_;
-          payload_at_ += n;
-          payload_left_ -= static_cast<std::size_t>(n);
+          advance_payload(static_cast<std::size_t>(n));
           budget -= std::min<std::size_t>(budget, static_cast<std::size_t>(n));
         } else if (!fill_staging(budget)) {
           return;
@@ -341,6 +335,23 @@ class TcpLink final : public Link {
   }
 
   std::size_t staged() const noexcept { return stage_end_ - stage_begin_; }
+
+  // A write's place is looked up again before each piece lands: its region may have been
+  // withdrawn (and its memory freed) while the frame was still arriving, between two polls.
+  bool locate_payload() {
+    if (!payload_is_write_) return true;
+    payload_at_ = shared_->regions.find(payload_key_, payload_offset_, payload_left_);
+    if (payload_at_ != nullptr) return true;
+    end(Error{Errc::kCorrupt, "the peer " + peer_ + " went on writing into region key " + std::to_string(payload_key_) +
+                                  " after it was withdrawn here; the link is closed"});
+    return false;
+  }
+
+  void advance_payload(std::size_t n) noexcept {
+    payload_at_ += n;
+    payload_offset_ += n;
+    payload_left_ -= n;
+  }
 
   // False when nothing more can be read now (or the link ended).
   bool fill_staging(std::size_t& budget, std::size_t at_most = kStagingBytes) {
@@ -387,11 +398,15 @@ class TcpLink final : public Link {
       pending_.immediate = header.immediate;
       pending_.length = header.length;
       payload_at_ = at;
+      payload_is_write_ = true;
+      payload_key_ = header.key;
+      payload_offset_ = header.offset;
     } else if (header.op == kOpSend && header.length <= kLinkMaxMessageBytes) {
       auto& slot = messages_[messages_received_++ % kLinkQueueDepth];
       pending_.kind = LinkCompletion::Kind::kMessageReceived;
       pending_.message = std::span<const std::byte>(slot.data(), header.length);
       payload_at_ = slot.data();
+      payload_is_write_ = false;
     } else {
       end(Error{Errc::kCorrupt, "the peer " + peer_ + " sent a malformed frame (operation " + std::to_string(header.op) +
                                     ", length " + std::to_string(header.length) + "); the link is closed"});
@@ -455,14 +470,17 @@ class TcpLink final : public Link {
   // A recv in this poll() returned less than it asked: the socket held no more then, and one
   // more recv would only fail with EAGAIN. What arrives since keeps event_fd() readable.
   bool socket_drained_ = false;
-  std::byte* payload_at_ = nullptr;
+  std::byte* payload_at_ = nullptr;  // a write's: valid until the next poll only (locate_payload)
   std::size_t payload_left_ = 0;
+  bool payload_is_write_ = false;
+  std::uint32_t payload_key_ = 0;
+  std::uint64_t payload_offset_ = 0;
   LinkCompletion pending_;
 };
 
 Result<std::unique_ptr<Link>> make_link(const std::shared_ptr<Shared>& shared, UniqueFd socket, std::string peer, bool accepting) {
-  tune_socket(socket.get(), shared->options);
-  WEFT_TRY_VOID(handshake(socket.get(), shared->options.handshake_timeout_ms, peer, accepting));
+  if (!accepting) tune_socket(socket.get(), shared->options);  // the listener tuned it when it took it
+  WEFT_TRY_VOID(send_hello(socket.get(), shared->options.handshake_timeout_ms, peer));
   UniqueFd epoll(epoll_create1(EPOLL_CLOEXEC));
   if (!epoll.valid()) return os_error(Errc::kIo, "epoll_create1 for a link", errno);
   epoll_event event{};
@@ -478,24 +496,66 @@ class TcpListener final : public LinkListener {
       : shared_(std::move(shared)), socket_(std::move(socket)), address_(std::move(address)) {}
 
   Result<std::unique_ptr<Link>> accept() override {
-    SocketAddress peer;
-    peer.length = sizeof peer.storage;
-    const int fd = ::accept4(socket_.get(), peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) {
-        return Error{Errc::kUnavailable, "no peer is waiting"};
+    // Every peer waiting is taken into the handshake, which goes on over later calls: one that
+    // says nothing (a port scan, a health check) costs a slot until its timeout, never a wait.
+    for (int i = 0; i < 16; ++i) {
+      SocketAddress peer;
+      peer.length = sizeof peer.storage;
+      const int fd = ::accept4(socket_.get(), peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        return os_error(Errc::kIo, "accept on " + address_, errno);
       }
-      return os_error(Errc::kIo, "accept on " + address_, errno);
+      UniqueFd socket(fd);
+      if (handshaking_.size() >= kMaxHandshakes) {
+        return Error{Errc::kResourceExhausted, "link from " + peer.to_string() + " refused: " + std::to_string(kMaxHandshakes) + " others are in their handshake"};
+      }
+      tune_socket(fd, shared_->options);
+      handshaking_.push_back(Handshake{std::move(socket), peer.to_string(), {}, 0,
+                                       Clock::now() + std::chrono::milliseconds(shared_->options.handshake_timeout_ms)});
     }
-    return make_link(shared_, UniqueFd(fd), peer.to_string(), true);
+    const Clock::time_point now = Clock::now();
+    for (auto it = handshaking_.begin(); it != handshaking_.end();) {
+      Handshake& h = *it;
+      ssize_t got = 0;
+      while (h.have < h.theirs.size() && (got = ::recv(h.socket.get(), h.theirs.data() + h.have, h.theirs.size() - h.have, MSG_DONTWAIT)) > 0) {
+        h.have += static_cast<std::size_t>(got);
+      }
+      const int error = errno;
+      if (h.have == h.theirs.size()) {
+        Handshake done = std::move(h);
+        handshaking_.erase(it);
+        if (done.theirs != kHello) return Error{Errc::kCorrupt, "link handshake with " + done.peer + ": the peer is not a weft link (bad hello)"};
+        return make_link(shared_, std::move(done.socket), done.peer, true);
+      }
+      const bool closed = got == 0 || (got < 0 && error != EAGAIN && error != EWOULDBLOCK && error != EINTR);
+      if (closed || now >= h.deadline) {
+        const std::string peer = h.peer;
+        handshaking_.erase(it);
+        return Error{Errc::kUnavailable, closed ? "link handshake with " + peer + ": the peer closed the connection"
+                                                : "link handshake with " + peer + " timed out (is it a weft replication port?)"};
+      }
+      ++it;
+    }
+    return Error{Errc::kUnavailable, "no peer is waiting"};
   }
   int event_fd() const noexcept override { return socket_.get(); }
   const std::string& address() const noexcept override { return address_; }
 
  private:
+  static constexpr std::size_t kMaxHandshakes = 64;
+  struct Handshake {
+    UniqueFd socket;
+    std::string peer;
+    std::array<char, 8> theirs;
+    std::size_t have;
+    Clock::time_point deadline;
+  };
   std::shared_ptr<Shared> shared_;
   UniqueFd socket_;
   std::string address_;
+  std::vector<Handshake> handshaking_;
 };
 
 class TcpTransport final : public Transport {
