@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <exception>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -119,6 +119,8 @@ struct LocalServer::Impl {
     (void)local::send_message(fd, out);  // the peer may be gone already; nothing to do then
   }
 
+  LogRateLimit refusal_logs{5};  // a client refused may try again and again
+
   void accept_one() {
     UniqueFd fd(accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd.valid()) {
@@ -131,15 +133,18 @@ struct LocalServer::Impl {
     const std::string who = "pid=" + std::to_string(peer.pid) + " uid=" + std::to_string(peer.uid) + " gid=" + std::to_string(peer.gid);
     if (!allowed(fd.get(), peer)) {
       count(&LocalServerStats::refused);
-      log(LogLevel::kWarn, "client refused", {{"peer", who}, {"reason", "uid and gid not in the allow list"}});
+      if (std::uint64_t held_back = 0; refusal_logs.allow(monotonic_ns() / 1'000'000, held_back))
+        log(LogLevel::kWarn, "client refused", {{"peer", who}, {"reason", "uid and gid not in the allow list"}, {"not_logged_before", std::to_string(held_back)}});
       send_error(fd.get(), 0, 0,
                  Error{Errc::kPermissionDenied, "weftd does not admit uid " + std::to_string(peer.uid) + " gid " +
                                                     std::to_string(peer.gid) + "; add it to allow_uids or allow_gids in weftd's config"});
       return;
     }
-    if (connections.size() >= options.max_connections) {
+    const bool operator_uid = peer.uid == 0 || peer.uid == geteuid();
+    if (connections.size() >= options.max_connections + (operator_uid ? options.reserved_connections : 0)) {
       count(&LocalServerStats::refused);
-      log(LogLevel::kWarn, "client refused", {{"peer", who}, {"reason", "connection limit reached"}});
+      if (std::uint64_t held_back = 0; refusal_logs.allow(monotonic_ns() / 1'000'000, held_back))
+        log(LogLevel::kWarn, "client refused", {{"peer", who}, {"reason", "connection limit reached"}, {"not_logged_before", std::to_string(held_back)}});
       send_error(fd.get(), 0, 0, Error{Errc::kResourceExhausted, "weftd has its maximum of " + std::to_string(options.max_connections) + " local clients"});
       return;
     }

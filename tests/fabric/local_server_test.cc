@@ -474,6 +474,7 @@ TEST_F(LocalServerTest, AdmitsAUserThroughASupplementaryGroup) {
 TEST_F(LocalServerTest, ConnectionsBeyondTheLimitAreRefusedWithAReason) {
   LocalServerOptions options;
   options.max_connections = 1;
+  options.reserved_connections = 0;  // this test's uid is the node's own: no slots kept for it
   serve(options);
   Result<std::shared_ptr<Client>> first = Client::connect(path_);
   ASSERT_TRUE(first.ok()) << first.error().message;
@@ -487,6 +488,25 @@ TEST_F(LocalServerTest, ConnectionsBeyondTheLimitAreRefusedWithAReason) {
   first->reset();
   EXPECT_TRUE(eventually([&] { return server_->stats().connections == 0; }));
   expect_serving();
+}
+
+TEST_F(LocalServerTest, RootAndTheNodesOwnUidHaveSlotsKeptPastTheLimit) {
+  // Given a limit of one and two slots kept for the operator (this test runs as the node's uid)
+  LocalServerOptions options;
+  options.max_connections = 1;
+  options.reserved_connections = 2;
+  serve(options);
+  std::vector<std::shared_ptr<Client>> clients;
+  for (int i = 0; i < 3; ++i) {
+    Result<std::shared_ptr<Client>> c = Client::connect(path_);
+    ASSERT_TRUE(c.ok()) << "connection " << i << ": " << c.error().message;
+    clients.push_back(*c);
+  }
+  // Expect the operator's three admitted and a fourth refused
+  Result<std::shared_ptr<Client>> fourth = Client::connect(path_);
+  ASSERT_FALSE(fourth.ok());
+  EXPECT_EQ(fourth.error().code, Errc::kResourceExhausted);
+  EXPECT_TRUE(clients.back()->list_topics().ok());
 }
 
 // ---- malformed requests ----------------------------------------------------------------------

@@ -24,6 +24,9 @@ struct LocalServerOptions {
   std::vector<uid_t> allow_uids;
   std::vector<gid_t> allow_gids;
   std::size_t max_connections = 1024;
+  // Connections past max_connections kept for root and the node's own uid: an operator can still
+  // run `weft status` or `weft topic` when other clients (a leaking one) took every slot.
+  std::size_t reserved_connections = 4;
   // In a cluster, topics are created and deleted for the whole cluster (weftd sets these from its
   // ClusterNode); null: on this node. A create request's `replication.factor` setting goes to
   // create_topic (0 when not given); without the hook only 1 is accepted.
