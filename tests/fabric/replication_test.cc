@@ -9,9 +9,11 @@
 #include <array>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -398,6 +400,50 @@ TEST_P(ReplicationTest, AFollowerCanNeitherPileUpStreamsNorClaimMoreThanItWasSen
   ASSERT_TRUE(hw.has_value());
   EXPECT_LT(*hw, logs_[0].log_end()) << "the leader counted records the follower was never sent";
   (*link)->close();
+}
+
+TEST_P(ReplicationTest, AFollowerTakesALeadersTruncationOnlyWholeAndInAnswerToItsFollow) {
+  // Given a follower with records of its own, following a hand-made leader
+  auto listening = transport_->listen(GetParam().tcp ? "127.0.0.1:0" : "fake-leader");
+  ASSERT_TRUE(listening.ok()) << listening.error().message;
+  std::unique_ptr<LinkListener> listener = std::move(listening.value());
+  for (int i = 0; i < 5; ++i) logs_[1].produce(10, 1);
+  const Offset own_end = logs_[1].log_end();
+  Replicator& follower = start(2);
+  ASSERT_TRUE(follower.follow(kP, &logs_[1], 1, 1, listener->address()).ok());
+  std::unique_ptr<Link> leader;
+  std::array<LinkCompletion, 64> batch;
+  std::optional<std::uint16_t> stream;
+  ASSERT_TRUE(run_until([&] {
+    if (leader == nullptr) {
+      auto accepted = listener->accept();
+      if (accepted.ok()) leader = std::move(accepted.value());
+      return false;
+    }
+    for (std::size_t n = leader->poll(batch), i = 0; i < n; ++i) {
+      if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && batch[i].message.size() >= 3 && batch[i].message[0] == std::byte{1}) {
+        std::uint16_t id = 0;
+        std::memcpy(&id, batch[i].message.data() + 1, 2);
+        stream = id;
+      }
+    }
+    return stream.has_value();
+  })) << "no follow request came";
+  // When the leader answers with a Diverging cut short (no epoch, no offset), which read as
+  // zeros once truncated the whole log
+  ASSERT_EQ(leader->post_send(message(std::uint8_t{4}, *stream), 1), PostStatus::kOk);
+  for (int i = 0; i < 200; ++i) {
+    follower.run_once(0);
+    (void)leader->poll(batch);
+  }
+  // Expect the follower's log untouched; and a whole one, in answer to the follow, taken
+  EXPECT_EQ(logs_[1].log_end(), own_end);
+  ASSERT_EQ(leader->post_send(message(std::uint8_t{4}, *stream, std::int32_t{1}, std::int64_t{20}), 2), PostStatus::kOk);
+  EXPECT_TRUE(run_until([&] {
+    (void)leader->poll(batch);
+    return logs_[1].log_end() == Offset{20};
+  }, {}, 5'000)) << "the follower's log ends at " << logs_[1].log_end().value;
+  leader->close();
 }
 
 TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {
