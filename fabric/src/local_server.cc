@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <linux/sockios.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -215,6 +217,16 @@ struct LocalServer::Impl {
         log(LogLevel::kWarn, "closing client connection", {{"pid", std::to_string(c.peer.pid)}, {"reason", outcome.error().message}});
         return false;
       }
+      return true;
+    }
+    if (int unread = 0; fd_to_send >= 0 && ioctl(c.fd.get(), SIOCOUTQ, &unread) == 0 && unread > 0) {
+      // Descriptors in a socket's queue count against this process (and keep a deleted topic's
+      // ring alive): none go to a client that has not read its earlier responses. weft's
+      // client waits for each response, so only a broken one meets this.
+      sending.reset();
+      sending_file = UniqueFd();
+      send_error(c.fd.get(), type, header->request_id,
+                 Error{Errc::kResourceExhausted, "weftd sends no descriptors to a client that has not read its earlier responses; read them first"});
       return true;
     }
     local::finish_message(out);

@@ -443,6 +443,32 @@ TEST_F(LocalServerTest, AClientInAnotherPidNamespaceIsRefusedItsRings) {
   expect_serving();
 }
 
+TEST_F(LocalServerTest, NoDescriptorGoesToAClientThatHasNotReadItsEarlierResponses) {
+  // Given a client that asks for a partition's ring twice without reading the first answer
+  serve();
+  ASSERT_TRUE(node_->create_topic("t").ok());
+  UniqueFd fd = connect_raw(path_);
+  ASSERT_TRUE(send_raw(fd.get(), hello()));
+  EXPECT_EQ(read_reply(fd.get()).first, Errc::kOk);
+  const auto open = message(static_cast<std::uint16_t>(local::MessageType::kOpenPartition), [](local::Writer& w) {
+    w.str("t");
+    w.u32(0);
+  });
+  ASSERT_TRUE(send_raw(fd.get(), open));
+  ASSERT_TRUE(eventually([&] { return server_->stats().requests >= 2; }));
+  ASSERT_TRUE(send_raw(fd.get(), open));
+  // Expect the first answered with the ring and the second refused with the reason
+  const auto [first_code, first_message] = read_reply(fd.get());
+  EXPECT_EQ(first_code, Errc::kOk) << first_message;
+  const auto [second_code, second_message] = read_reply(fd.get());
+  EXPECT_EQ(second_code, Errc::kResourceExhausted) << second_message;
+  EXPECT_NE(second_message.find("read them first"), std::string::npos) << second_message;
+  // And, read up, the client served again
+  ASSERT_TRUE(send_raw(fd.get(), open));
+  EXPECT_EQ(read_reply(fd.get()).first, Errc::kOk);
+  expect_serving();
+}
+
 TEST_F(LocalServerTest, AdmitsAUserThroughASupplementaryGroup) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to give a child uid 65534 and a supplementary group";
   // Given gid 4242 on the allow list, and a process of uid 65534 whose primary group is 65534
