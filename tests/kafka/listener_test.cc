@@ -1572,6 +1572,48 @@ TEST_F(KafkaListenerTest, LargeRequestsShareOneMemoryBudgetAndWaitForItWithoutHo
   EXPECT_EQ(log_end(c, "big"), 2);  // neither large one was a batch: refused, answered
 }
 
+TEST_F(KafkaListenerTest, ARequestMakingManyTopicsHoldsNoOtherConnection) {
+  // Given a CreateTopics naming 300 topics (each one's rings and files take the worker a while)
+  constexpr int kTopics = 300;
+  Writer w;
+  w.array(kTopics, false);
+  for (int i = 0; i < kTopics; ++i) {
+    w.string("many" + std::to_string(i), false);
+    w.i32(1);
+    w.i16(-1);
+    w.array(0, false);
+    w.array(2, false);
+    w.string("ring.capacity.bytes", false);
+    w.nullable_string("65536", false);
+    w.string("max.batch.bytes", false);
+    w.nullable_string("16384", false);
+  }
+  w.i32(60'000);
+  KafkaClient admin(port());
+  ASSERT_TRUE(admin.send_raw(test::kafka_frame(kCreateTopics, 0, 7, false, w.buffer())));
+  // When another client asks something meanwhile, expect it answered before the topics are all
+  // made (they were made on the listener's thread, every connection waiting, before)
+  KafkaClient other(port());
+  ASSERT_TRUE(other.call(kApiVersions, 0, false, ""));
+  const std::size_t made_by_then = node_->list_topics().size();
+  std::optional<std::string> created = admin.read_frame(30'000);
+  ASSERT_TRUE(created);
+  EXPECT_LT(made_by_then, static_cast<std::size_t>(kTopics));
+  EXPECT_EQ(node_->list_topics().size(), static_cast<std::size_t>(kTopics));
+  // And a DeleteTopics of them all answered the same way, its topics gone
+  Writer d;
+  d.array(kTopics, false);
+  for (int i = 0; i < kTopics; ++i) d.string("many" + std::to_string(i), false);
+  d.i32(60'000);
+  std::optional<std::string> deleted = admin.call(kDeleteTopics, 0, false, d.buffer(), 30'000);
+  ASSERT_TRUE(deleted);
+  Reader r = reader_of(*deleted);
+  ASSERT_EQ(r.array(false), kTopics);
+  (void)r.string(false);
+  EXPECT_EQ(r.i16(), 0);
+  EXPECT_TRUE(node_->list_topics().empty());
+}
+
 TEST_F(KafkaListenerTest, PipelinedRequestsPastTheListenersPerPassCapAreAllAnswered) {
   // Given 3 000 requests sent at once (the listener takes 1 024 from a connection per pass, and
   // no socket event follows for the rest) ...

@@ -1212,6 +1212,13 @@ Outcome Broker::resume(Parked& parked, std::int64_t now_ns) {
       }
       out.response = offset_commit_response(parked.header, *parked.commit, out.error);
       return out;
+    case Parked::Kind::kTopicAdmin:
+      if (!parked.topic_admin->done.load(std::memory_order_acquire)) {  // acquire: pairs with the worker's release
+        out.kind = Outcome::Kind::kParked;
+        return out;
+      }
+      out.response = parked.topic_admin->respond(out.error);
+      return out;
     case Parked::Kind::kGroup:
       if (!parked.group_reply || !*parked.group_reply) {
         out.kind = Outcome::Kind::kParked;
@@ -1356,8 +1363,10 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
     std::int16_t error = 0;
     std::string message;
     TopicConfig config;
+    bool create = false;  // valid: the worker creates it
   };
-  std::vector<Entry> entries;
+  auto shared_entries = std::make_shared<std::vector<Entry>>();
+  std::vector<Entry>& entries = *shared_entries;
   const std::int32_t n = in.array(flex, false, 2);
   for (std::int32_t i = 0; i < n && in.ok(); ++i) {
     Entry e;
@@ -1395,7 +1404,7 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
     in.tagged_fields(flex);
     entries.push_back(std::move(e));
   }
-  (void)in.i32();  // timeout: creation is synchronous here
+  (void)in.i32();  // timeout: the request waits until its topics are made, however long
   const bool validate_only = v >= 1 && in.boolean();
   in.tagged_fields(flex);
   if (!in.ok()) return {};
@@ -1425,7 +1434,53 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
       } else if (cluster_->topic(e.name)) {
         e.error = error::kTopicAlreadyExists;
         e.message = "topic '" + e.name + "' already exists";
-      } else if (!validate_only) {
+      } else {
+        e.create = !validate_only;
+      }
+    } else {
+      e.config.partitions = e.partitions == -1 ? options_.default_partitions : static_cast<std::uint32_t>(e.partitions);
+      Result<void> valid = validate_topic_config(e.config);
+      if (!valid.ok()) {
+        e.error = error::kInvalidConfig;
+        e.message = valid.error().message;
+      } else if (topic(e.name)) {
+        e.error = error::kTopicAlreadyExists;
+        e.message = "topic '" + e.name + "' already exists";
+      } else {
+        e.create = !validate_only;
+      }
+    }
+  }
+
+  RequestHeader header = r.header;
+  header.client_id = std::nullopt;  // it points into the request's frame
+  auto respond = [this, header, v, flex, shared_entries](std::int16_t& first_error) {
+    Frame f(header);
+    Writer& w = f.w;
+    if (v >= 2) w.i32(0);
+    w.array(shared_entries->size(), flex);
+    for (const Entry& e : *shared_entries) {
+    w.string(e.name, flex);
+    if (v >= 7) w.uuid({});
+      w.i16(e.error);
+      if (e.error != 0 && first_error == 0) first_error = e.error;
+      if (v >= 1) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
+      if (v >= 5) {
+        w.i32(e.error == 0 ? static_cast<std::int32_t>(e.config.partitions) : -1);
+        w.i16(e.error == 0 ? (cluster_ != nullptr ? e.replication : std::int16_t{1}) : std::int16_t{-1});
+        w.array(0, flex);  // configs: DescribeConfigs lists them
+      }
+      w.tagged_fields(flex);
+    }
+    w.tagged_fields(flex);
+    return f.finish();
+  };
+  const bool any = std::any_of(entries.begin(), entries.end(), [](const Entry& e) { return e.create; });
+  // On the worker: node_ and cluster_ are safe from any thread; nothing else of the broker's is touched.
+  return topic_admin(r, any, std::move(respond), [this, shared_entries] {
+    for (Entry& e : *shared_entries) {
+      if (!e.create) continue;
+      if (cluster_ != nullptr) {
         Result<void> created = cluster_->create_topic(e.name, e.config.partitions, static_cast<std::uint32_t>(e.replication), e.config);
         if (!created.ok()) {
           // kFailedPrecondition: fewer live nodes than the factor (the store's count, not this
@@ -1439,51 +1494,31 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
           log(LogLevel::kInfo, "kafka: cluster topic created",
               {{"topic", e.name}, {"partitions", std::to_string(e.config.partitions)}, {"replication", std::to_string(e.replication)}});
         }
+        continue;
       }
-    } else {
-      e.config.partitions = e.partitions == -1 ? options_.default_partitions : static_cast<std::uint32_t>(e.partitions);
-      Result<void> valid = validate_topic_config(e.config);
-      if (!valid.ok()) {
-        e.error = error::kInvalidConfig;
-        e.message = valid.error().message;
-      } else if (topic(e.name)) {
-        e.error = error::kTopicAlreadyExists;
-        e.message = "topic '" + e.name + "' already exists";
-      } else if (!validate_only) {
-        Result<TopicInfo> created = node_.create_topic(e.name, e.config);
-        if (!created.ok()) {
-          e.error = created.error().code == Errc::kAlreadyExists ? error::kTopicAlreadyExists
-                    : created.error().code == Errc::kInvalidArgument ? error::kInvalidConfig
-                                                                      : error::kPolicyViolation;
-          e.message = created.error().message;
-        } else {
-          log(LogLevel::kInfo, "kafka: topic created", {{"topic", e.name}, {"partitions", std::to_string(e.config.partitions)}});
-        }
+      Result<TopicInfo> created = node_.create_topic(e.name, e.config);
+      if (!created.ok()) {
+        e.error = created.error().code == Errc::kAlreadyExists      ? error::kTopicAlreadyExists
+                  : created.error().code == Errc::kInvalidArgument ? error::kInvalidConfig
+                                                                    : error::kPolicyViolation;
+        e.message = created.error().message;
+      } else {
+        log(LogLevel::kInfo, "kafka: topic created", {{"topic", e.name}, {"partitions", std::to_string(e.config.partitions)}});
       }
     }
-  }
+  });
+}
 
-  Outcome out;
-  Frame f(r.header);
-  Writer& w = f.w;
-  if (v >= 2) w.i32(0);
-  w.array(entries.size(), flex);
-  for (const Entry& e : entries) {
-    w.string(e.name, flex);
-    if (v >= 7) w.uuid({});
-    w.i16(e.error);
-    if (e.error != 0 && out.error == 0) out.error = e.error;
-    if (v >= 1) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
-    if (v >= 5) {
-      w.i32(e.error == 0 ? static_cast<std::int32_t>(e.config.partitions) : -1);
-      w.i16(e.error == 0 ? (cluster_ != nullptr ? e.replication : std::int16_t{1}) : std::int16_t{-1});
-      w.array(0, flex);  // configs: DescribeConfigs lists them
-    }
-    w.tagged_fields(flex);
+Outcome Broker::topic_admin(const Request& r, bool any_work, std::function<std::vector<OutChunk>(std::int16_t&)> respond, std::function<void()> work) {
+  if (!any_work) {
+    Outcome out;
+    out.response = respond(out.error);
+    return out;
   }
-  w.tagged_fields(flex);
-  out.response = f.finish();
-  return out;
+  auto job = std::make_shared<TopicAdminJob>();
+  job->respond = std::move(respond);
+  job->work = std::move(work);
+  return park_for(r, std::move(job), Parked::Kind::kTopicAdmin);
 }
 
 Outcome Broker::delete_topics(const Request& r, Reader& in) {
@@ -1495,7 +1530,8 @@ Outcome Broker::delete_topics(const Request& r, Reader& in) {
     std::int16_t error = 0;
     std::string message;
   };
-  std::vector<Entry> entries;
+  auto shared_entries = std::make_shared<std::vector<Entry>>();
+  std::vector<Entry>& entries = *shared_entries;
   if (v >= 6) {
     const std::int32_t n = in.array(flex, false, 17);
     for (std::int32_t i = 0; i < n && in.ok(); ++i) {
@@ -1513,37 +1549,43 @@ Outcome Broker::delete_topics(const Request& r, Reader& in) {
   in.tagged_fields(flex);
   if (!in.ok()) return {};
   for (Entry& e : entries) {
-    if (!e.name) {
-      e.error = error::kUnknownTopicId;  // weft names topics; it has no topic ids
-      continue;
-    }
-    // In a cluster every replica's node deletes its copy when the controller drops the topic.
-    Result<void> deleted = cluster_ != nullptr ? cluster_->delete_topic(*e.name) : node_.delete_topic(*e.name);
-    if (!deleted.ok()) {
-      e.error = deleted.error().code == Errc::kNotFound ? error::kUnknownTopicOrPartition : error::kUnknownServerError;
-      e.message = deleted.error().message;
-    } else {
-      topics_.erase(*e.name);
-      log(LogLevel::kInfo, "kafka: topic deleted", {{"topic", *e.name}});
-    }
+    if (!e.name) e.error = error::kUnknownTopicId;  // weft names topics; it has no topic ids
   }
-  Outcome out;
-  Frame f(r.header);
-  Writer& w = f.w;
-  if (v >= 1) w.i32(0);
-  w.array(entries.size(), flex);
-  for (const Entry& e : entries) {
-    if (v >= 6) w.nullable_string(e.name ? std::optional<std::string_view>(*e.name) : std::nullopt, flex);
-    else w.string(e.name.value_or(""), flex);
-    if (v >= 6) w.uuid(e.id);
-    w.i16(e.error);
-    if (e.error != 0 && out.error == 0) out.error = e.error;
-    if (v >= 5) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
+  RequestHeader header = r.header;
+  header.client_id = std::nullopt;  // it points into the request's frame
+  auto respond = [this, header, v, flex, shared_entries](std::int16_t& first_error) {
+    Frame f(header);
+    Writer& w = f.w;
+    if (v >= 1) w.i32(0);
+    w.array(shared_entries->size(), flex);
+    for (const Entry& e : *shared_entries) {
+      if (e.name && e.error == 0) topics_.erase(*e.name);  // on the listener's thread: its cache
+      if (v >= 6) w.nullable_string(e.name ? std::optional<std::string_view>(*e.name) : std::nullopt, flex);
+      else w.string(e.name.value_or(""), flex);
+      if (v >= 6) w.uuid(e.id);
+      w.i16(e.error);
+      if (e.error != 0 && first_error == 0) first_error = e.error;
+      if (v >= 5) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
+      w.tagged_fields(flex);
+    }
     w.tagged_fields(flex);
-  }
-  w.tagged_fields(flex);
-  out.response = f.finish();
-  return out;
+    return f.finish();
+  };
+  const bool any = std::any_of(entries.begin(), entries.end(), [](const Entry& e) { return e.error == 0; });
+  // On the worker (a deletion waits for the node's pass and removes files): node_ and cluster_ only.
+  return topic_admin(r, any, std::move(respond), [this, shared_entries] {
+    for (Entry& e : *shared_entries) {
+      if (e.error != 0) continue;
+      // In a cluster every replica's node deletes its copy when the controller drops the topic.
+      Result<void> deleted = cluster_ != nullptr ? cluster_->delete_topic(*e.name) : node_.delete_topic(*e.name);
+      if (!deleted.ok()) {
+        e.error = deleted.error().code == Errc::kNotFound ? error::kUnknownTopicOrPartition : error::kUnknownServerError;
+        e.message = deleted.error().message;
+      } else {
+        log(LogLevel::kInfo, "kafka: topic deleted", {{"topic", *e.name}});
+      }
+    }
+  });
 }
 
 // ---- DescribeConfigs ------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -114,13 +115,21 @@ struct TopicState {
   std::int64_t log_start_refreshed_ms = 0;
 };
 
+// Work a request hands off the listener's thread, which waits for it parked: the worker runs
+// `run`, then sets `done` (release); the listener reads the outcome once it sees `done` (acquire).
+struct OffLoopJob {
+  virtual ~OffLoopJob() = default;
+  virtual void run(Node& node) = 0;
+  std::atomic<bool> done{false};
+};
+
 // An OffsetCommit whose offsets are being written (the offset store fsyncs; a cluster's mirror
-// writes to etcd) off the listener's thread. The committer sets `result`, then `done`.
-struct CommitJob {
+// writes to etcd).
+struct CommitJob final : OffLoopJob {
+  void run(Node& node) override { result = node.commit_offsets(group, commits); }
   std::string group;
   std::vector<CommittedOffset> commits;
   Result<void> result;
-  std::atomic<bool> done{false};
   // The response, built on the listener's thread once done.
   struct Part {
     std::int32_t partition;
@@ -130,14 +139,24 @@ struct CommitJob {
   std::vector<std::pair<std::size_t, std::size_t>> slots;  // (topic, part) of each commit
 };
 
-// One thread that writes commits in the order they came, so the listener never waits on a disk
-// or on etcd (an fsync took 1 ms here, and every connection waited for it).
-class OffsetCommitter {
+// CreateTopics and DeleteTopics: a topic's rings and files cost about 8 ms to make here (a
+// cluster's, a write to etcd), so a request naming hundreds held every connection for seconds.
+// `work` runs on the worker; `respond` on the listener's thread once done (it may touch the
+// broker's caches).
+struct TopicAdminJob final : OffLoopJob {
+  void run(Node&) override { work(); }
+  std::function<void()> work;
+  std::function<std::vector<OutChunk>(std::int16_t& first_error)> respond;
+};
+
+// One thread that runs jobs in the order they came, so the listener never waits on a disk, on
+// etcd or on topic creation.
+class OffLoopWorker {
  public:
   // `wake_fd` (an eventfd; -1: none) is written after each job is done.
-  OffsetCommitter(Node& node, int wake_fd);
-  ~OffsetCommitter();  // finishes the commit under way; later ones are dropped (never answered)
-  void add(std::shared_ptr<CommitJob> job);
+  OffLoopWorker(Node& node, int wake_fd);
+  ~OffLoopWorker();  // finishes the job under way; later ones are dropped (never answered)
+  void add(std::shared_ptr<OffLoopJob> job);
 
  private:
   void run();
@@ -145,15 +164,16 @@ class OffsetCommitter {
   const int wake_fd_;
   std::mutex mutex_;
   std::condition_variable added_;
-  std::deque<std::shared_ptr<CommitJob>> queue_;  // guarded by mutex_
-  bool stopping_ = false;                                                          // guarded by mutex_
+  std::deque<std::shared_ptr<OffLoopJob>> queue_;  // guarded by mutex_
+  bool stopping_ = false;                          // guarded by mutex_
   std::thread thread_;
 };
 
 // A request that waits: a produce for its acknowledgements (or ring space), a fetch for data,
-// a group join or sync for the other members, an offset commit for its write.
+// a group join or sync for the other members, an offset commit or a topic admin request for the
+// worker.
 struct Parked {
-  enum class Kind : std::uint8_t { kProduce, kFetch, kGroup, kCommit };
+  enum class Kind : std::uint8_t { kProduce, kFetch, kGroup, kCommit, kTopicAdmin };
   Kind kind = Kind::kProduce;
   RequestHeader header;  // client_id cleared: it pointed into the request's frame
   std::int64_t arrived_ns = 0;
@@ -192,6 +212,7 @@ struct Parked {
   // Set by the coordinator's completion (maybe later, from another connection's request).
   std::shared_ptr<std::optional<std::vector<OutChunk>>> group_reply;
   std::shared_ptr<CommitJob> commit;
+  std::shared_ptr<TopicAdminJob> topic_admin;
 };
 
 struct Request {
@@ -253,6 +274,9 @@ class Broker {
   Outcome describe_groups(const Request& r, Reader& in);
   Outcome create_topics(const Request& r, Reader& in);
   Outcome delete_topics(const Request& r, Reader& in);
+  // Answers at once when there is no `work`, else runs it on the worker and answers after.
+  Outcome topic_admin(const Request& r, bool any_work, std::function<std::vector<OutChunk>(std::int16_t& first_error)> respond,
+                      std::function<void()> work);
   Outcome describe_configs(const Request& r, Reader& in);
   Outcome init_producer_id(const Request& r, Reader& in);
 
@@ -339,7 +363,10 @@ class Broker {
   std::uint64_t producer_use_clock_ = 0;
   std::uint64_t producer_ids_evicted_ = 0;
   std::int64_t last_producer_expiry_ms_ = 0;
-  std::unique_ptr<OffsetCommitter> committer_;  // started by the first commit
+  std::unique_ptr<OffLoopWorker> worker_;  // started by the first job
+  OffLoopWorker& worker();
+  // Parks a request until `job` is done on the worker.
+  Outcome park_for(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
   // A compressed batch's records, inflated to check them before they are stored.
   Decompressor decompressor_;
   std::vector<std::byte> inflated_;

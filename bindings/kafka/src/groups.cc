@@ -349,17 +349,7 @@ Outcome Broker::offset_commit(const Request& r, Reader& in) {
   if (group_err == 0 && !commits.empty()) {
     // Written off this thread; the request waits for it, parked.
     job->group = group;
-    if (!committer_) committer_ = std::make_unique<OffsetCommitter>(node_, wake_fd_);
-    committer_->add(job);
-    auto parked = std::make_unique<Parked>();
-    parked->kind = Parked::Kind::kCommit;
-    parked->header = r.header;
-    parked->arrived_ns = r.arrived_ns;
-    parked->commit = std::move(job);
-    Outcome out;
-    out.kind = Outcome::Kind::kParked;
-    out.parked = std::move(parked);
-    return out;
+    return park_for(r, std::move(job), Parked::Kind::kCommit);
   }
   if (group_err != 0)
     for (const auto& [t, p] : commit_slots) topics[t].second[p].error = group_err;
@@ -395,9 +385,9 @@ std::vector<OutChunk> Broker::offset_commit_response(const RequestHeader& header
   return f.finish();
 }
 
-OffsetCommitter::OffsetCommitter(Node& node, int wake_fd) : node_(node), wake_fd_(wake_fd), thread_([this] { run(); }) {}
+OffLoopWorker::OffLoopWorker(Node& node, int wake_fd) : node_(node), wake_fd_(wake_fd), thread_([this] { run(); }) {}
 
-OffsetCommitter::~OffsetCommitter() {
+OffLoopWorker::~OffLoopWorker() {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
@@ -406,7 +396,7 @@ OffsetCommitter::~OffsetCommitter() {
   thread_.join();
 }
 
-void OffsetCommitter::add(std::shared_ptr<CommitJob> job) {
+void OffLoopWorker::add(std::shared_ptr<OffLoopJob> job) {
   {
     std::lock_guard lock(mutex_);
     queue_.push_back(std::move(job));
@@ -414,23 +404,42 @@ void OffsetCommitter::add(std::shared_ptr<CommitJob> job) {
   added_.notify_one();
 }
 
-void OffsetCommitter::run() {
-  name_this_thread("weft-commits");
+void OffLoopWorker::run() {
+  name_this_thread("weft-kafka-work");
   std::unique_lock lock(mutex_);
   while (true) {
     added_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (stopping_) return;
-    std::shared_ptr<CommitJob> job = std::move(queue_.front());
+    std::shared_ptr<OffLoopJob> job = std::move(queue_.front());
     queue_.pop_front();
     lock.unlock();
-    job->result = node_.commit_offsets(job->group, job->commits);
-    job->done.store(true, std::memory_order_release);  // release: the result before the flag
+    job->run(node_);
+    job->done.store(true, std::memory_order_release);  // release: the job's outcome before the flag
     if (wake_fd_ >= 0) {
       const std::uint64_t one = 1;
       (void)::write(wake_fd_, &one, sizeof one);
     }
     lock.lock();
   }
+}
+
+OffLoopWorker& Broker::worker() {
+  if (!worker_) worker_ = std::make_unique<OffLoopWorker>(node_, wake_fd_);
+  return *worker_;
+}
+
+Outcome Broker::park_for(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind) {
+  auto parked = std::make_unique<Parked>();
+  parked->kind = kind;
+  parked->header = r.header;
+  parked->arrived_ns = r.arrived_ns;
+  worker().add(job);
+  if (kind == Parked::Kind::kCommit) parked->commit = std::static_pointer_cast<CommitJob>(std::move(job));
+  else parked->topic_admin = std::static_pointer_cast<TopicAdminJob>(std::move(job));
+  Outcome out;
+  out.kind = Outcome::Kind::kParked;
+  out.parked = std::move(parked);
+  return out;
 }
 
 Outcome Broker::offset_fetch(const Request& r, Reader& in) {
