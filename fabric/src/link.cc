@@ -1,7 +1,9 @@
 #include "weft/fabric/link.h"
 
 #include <poll.h>
+#include <sys/random.h>
 
+#include <chrono>
 #include <string>
 
 #include "weft/fabric/region_table.h"
@@ -23,16 +25,27 @@ std::string_view post_status_name(PostStatus status) noexcept {
   return "unknown";
 }
 
-// A key is (generation << 10) | slot; generations are never 0, so neither is a key.
+// A key is ((generation ^ secret) << 10) | slot. Generations count up, so a stale key never
+// reaches a slot reused for another region; the secret (random per table) keeps keys from being
+// guessed by a peer that was never given one: a write with a wrong key ends its link, and a blind
+// guess is right once in 4 million. The masked generation is never 0, so neither is a key.
+RegionTable::RegionTable() {
+  std::uint32_t random = 0;
+  if (::getrandom(&random, sizeof random, 0) != static_cast<ssize_t>(sizeof random)) {
+    random = static_cast<std::uint32_t>(std::chrono::steady_clock::now().time_since_epoch().count());  // still not a constant
+  }
+  secret_ = random & 0x3fffff;
+}
+
 Result<LocalRegion> RegionTable::add(std::span<std::byte> bytes) {
   if (bytes.empty()) return Error{Errc::kInvalidArgument, "cannot register an empty region"};
   std::lock_guard lock(mutex_);
   for (std::uint32_t i = 0; i < kSlots; ++i) {
     Slot& slot = slots_[i];
     if (slot.key.load(std::memory_order_relaxed) != 0) continue;
-    slot.generation = (slot.generation + 1) & 0x3fffff;
-    if (slot.generation == 0) slot.generation = 1;
-    const std::uint32_t key = (slot.generation << 10) | i;
+    do slot.generation = (slot.generation + 1) & 0x3fffff;
+    while (((slot.generation ^ secret_) & 0x3fffff) == 0);
+    const std::uint32_t key = (((slot.generation ^ secret_) & 0x3fffff) << 10) | i;
     slot.base.store(bytes.data(), std::memory_order_relaxed);
     slot.length.store(bytes.size(), std::memory_order_relaxed);
     slot.key.store(key, std::memory_order_release);  // publishes base and length with the key

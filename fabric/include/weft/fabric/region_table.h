@@ -1,6 +1,7 @@
 // The regions a software transport (tcp, loopback) lets peers write into, looked up by key on
 // every received write without a lock. Registration is rare and takes a mutex; a key carries a
-// generation, so a stale key never reaches a slot that was reused for another region.
+// generation, so a stale key never reaches a slot that was reused for another region, and a
+// per-table secret, so a peer that was never given a key cannot guess one.
 #pragma once
 
 #include <array>
@@ -19,6 +20,8 @@ class RegionTable {
  public:
   static constexpr std::uint32_t kSlots = 1024;
 
+  RegionTable();
+
   Result<LocalRegion> add(std::span<std::byte> bytes);
   Result<void> remove(std::uint32_t key);
   // Where `length` bytes at `offset` of region `key` go, or nullptr when the key is unknown or
@@ -34,6 +37,7 @@ class RegionTable {
   };
   std::mutex mutex_;
   std::array<Slot, kSlots> slots_;
+  std::uint32_t secret_ = 0;  // set once, before any key is handed out
 };
 
 }  // namespace weft
