@@ -22,6 +22,7 @@
 
 #include "weft/fabric/local_protocol.h"
 #include "weft/fabric/log.h"
+#include "weft/fabric/socket_address.h"
 #include "weft/fabric/thread_name.h"
 
 namespace weft {
@@ -74,8 +75,7 @@ struct LocalServer::Impl {
   std::int64_t started_ns = monotonic_ns();
   std::vector<std::byte> in;
   std::vector<std::byte> out;
-  UniqueFd spare_fd{open("/dev/null", O_RDONLY | O_CLOEXEC)};
-  std::int64_t last_shed_log_ns = 0;
+  UniqueFd spare_fd = spare_descriptor();  // see shed_waiting_connection
   std::shared_ptr<SharedMemory> sending;  // keeps the fd being sent open until it is sent
   UniqueFd sending_file;                  // the same for a log slice's segment file
 
@@ -93,17 +93,10 @@ struct LocalServer::Impl {
     return std::any_of(groups, groups + len / sizeof(gid_t), listed_gid);
   }
 
-  // accept4 failing with EMFILE leaves the listener readable: epoll would wake this thread
-  // again at once, for ever. A spare descriptor lets it take the connection and close it.
   void shed_connection() {
-    spare_fd = UniqueFd();
-    UniqueFd dropped(accept4(listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    spare_fd = UniqueFd(open("/dev/null", O_RDONLY | O_CLOEXEC));
-    const std::int64_t now = monotonic_ns();
-    if (now - last_shed_log_ns > 1'000'000'000) {
-      last_shed_log_ns = now;
-      log(LogLevel::kWarn, "client refused", {{"reason", "weftd has no file descriptors left (raise its RLIMIT_NOFILE)"}});
-    }
+    (void)shed_waiting_connection(listen_fd.get(), spare_fd);
+    if (std::uint64_t held_back = 0; refusal_logs.allow(monotonic_ns() / 1'000'000, held_back))
+      log(LogLevel::kWarn, "client refused", {{"reason", "weftd has no file descriptors left (raise its RLIMIT_NOFILE)"}, {"not_logged_before", std::to_string(held_back)}});
     count(&LocalServerStats::refused);
   }
 

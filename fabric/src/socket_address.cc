@@ -1,6 +1,7 @@
 #include "weft/fabric/socket_address.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -84,6 +85,15 @@ Result<SocketAddress> local_address(int fd) {
   address.length = sizeof address.storage;
   if (getsockname(fd, address.get(), &address.length) != 0) return os_error(Errc::kIo, "getsockname", errno);
   return address;
+}
+
+UniqueFd spare_descriptor() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+bool shed_waiting_connection(int listen_fd, UniqueFd& spare) {
+  spare = UniqueFd();
+  const UniqueFd dropped(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
+  spare = spare_descriptor();
+  return dropped.valid();
 }
 
 }  // namespace weft

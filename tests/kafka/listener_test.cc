@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -14,6 +13,7 @@
 #include <memory>
 #include <thread>
 
+#include "../descriptors_used_up.h"
 #include "../temp_dir.h"
 #include "kafka_client.h"
 #include "weft/client.h"
@@ -1496,27 +1496,15 @@ TEST_F(KafkaListenerTest, TheConnectionLimitAndIdleTimeoutHold) {
 
 TEST_F(KafkaListenerTest, AConnectionPastTheProcesssDescriptorsIsClosedAndTheListenerGoesOn) {
   // Given a process with one descriptor left, taken by the client's socket
-  rlimit limits{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &limits), 0);
-  const rlimit lowered{std::min<rlim_t>(limits.rlim_cur, 512), limits.rlim_max};
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &lowered), 0);
-  std::vector<int> fillers;
-  for (int i = 0; i < 100'000; ++i) {
-    const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) break;
-    fillers.push_back(fd);
-  }
-  ASSERT_FALSE(fillers.empty());
-  ::close(fillers.back());
-  fillers.pop_back();
+  test::DescriptorsUsedUp used_up(1);
+  ASSERT_TRUE(used_up.ready());
   std::optional<KafkaClient> refused;
   refused.emplace(port());
   // Expect it closed (the listener sheds it with its spare descriptor) rather than left waiting
   // while the loop wakes for it again and again
   const bool closed = refused->closed_by_peer();
   refused.reset();
-  for (const int fd : fillers) ::close(fd);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &limits), 0);
+  used_up.release();
   EXPECT_TRUE(closed);
   EXPECT_GE(listener_->stats().connections_refused, 1u);
   // And the next one served once descriptors are free again

@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +21,7 @@
 
 #include "weft/fabric/record_batch.h"
 #include "../../storage/src/segment_log_test_hooks.h"
+#include "../descriptors_used_up.h"
 #include "../temp_dir.h"
 #include "test_batches.h"
 
@@ -1026,25 +1026,11 @@ TEST(SegmentLog, ARollWithNoDescriptorsLeftToHandTheSyncerSyncsTheClosedSegmentI
   ASSERT_EQ(log->segment_count(), 1u);
   // ... in a process with only the three descriptors left that a new segment opens (a low
   // limit, so that filling it stays quick)
-  rlimit limits{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &limits), 0);
-  const rlimit lowered{std::min<rlim_t>(limits.rlim_cur, 512), limits.rlim_max};
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &lowered), 0);
-  std::vector<int> fillers;
-  for (int i = 0; i < 100'000; ++i) {
-    const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) break;
-    fillers.push_back(fd);
-  }
-  ASSERT_GE(fillers.size(), 3u);
-  for (int i = 0; i < 3; ++i) {
-    ::close(fillers.back());
-    fillers.pop_back();
-  }
+  test::DescriptorsUsedUp used_up(3);
+  ASSERT_TRUE(used_up.ready());
   // When the next batch rolls the log (its syncer cannot be handed copies of the closed files)
   const Result<void> appended = log->append(batch_at(fit, 1));
-  for (const int fd : fillers) ::close(fd);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &limits), 0);
+  used_up.release();
   // Expect the roll done and the log still whole: the closed segment was synced in place
   ASSERT_TRUE(appended.ok()) << appended.error().message;
   EXPECT_EQ(log->segment_count(), 2u);

@@ -190,7 +190,7 @@ struct KafkaListener::Impl {
   UniqueFd listen_fd;
   UniqueFd epoll_fd;
   UniqueFd wake_fd;
-  UniqueFd spare_fd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};  // given up to shed a connection when out of descriptors
+  UniqueFd spare_fd = spare_descriptor();  // see shed_waiting_connection
   std::uint16_t port = 0;
   std::unique_ptr<Broker> broker;
   std::unordered_map<std::uint64_t, std::unique_ptr<Connection>> connections;
@@ -328,11 +328,7 @@ void KafkaListener::Impl::accept_all() {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if ((errno == EMFILE || errno == ENFILE) && spare_fd.valid()) {
-        // The listener stays readable while the connection waits: epoll would wake the loop
-        // again at once, for ever. The spare descriptor lets it take the connection and close it.
-        spare_fd = UniqueFd();
-        UniqueFd dropped(::accept4(listen_fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
-        spare_fd = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        const bool shed = shed_waiting_connection(listen_fd.get(), spare_fd);
         {
           std::lock_guard lock(stats_mutex);
           ++stats.connections_refused;
@@ -341,7 +337,7 @@ void KafkaListener::Impl::accept_all() {
           log(LogLevel::kWarn, "kafka: connection refused: weftd has no file descriptors left (raise its RLIMIT_NOFILE)",
               {{"not_logged_before", std::to_string(held_back)}});
         }
-        if (dropped.valid()) continue;
+        if (shed) continue;
         return;
       }
       log(LogLevel::kWarn, "kafka: accept failed", {{"error", std::strerror(errno)}});

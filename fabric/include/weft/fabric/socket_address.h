@@ -31,6 +31,13 @@ Result<SocketAddress> socket_address(std::string_view host, std::uint16_t port, 
 // A non-blocking TCP socket listening at `address` (SO_REUSEADDR). An address in use is
 // kIo saying "<what> HOST:PORT is in use; <hint>".
 Result<UniqueFd> listen_tcp(const SocketAddress& address, int backlog, std::string_view what, std::string_view hint);
+
+// Out of descriptors, accept() fails with EMFILE and leaves the listener readable: an event loop
+// would wake again at once, for ever. A server keeps `spare` open (spare_descriptor()) and, when
+// accept() says EMFILE or ENFILE, calls this: it gives the spare up, takes the waiting connection,
+// closes it and opens the spare again. False when no connection was taken.
+UniqueFd spare_descriptor();
+bool shed_waiting_connection(int listen_fd, UniqueFd& spare);
 // The local address of a bound socket.
 Result<SocketAddress> local_address(int fd);
 
