@@ -1,5 +1,7 @@
 #include "weft/fabric/local_protocol.h"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -167,6 +169,24 @@ Result<void> send_message(int socket_fd, std::span<const std::byte> message, int
   while (n < 0 && errno == EINTR);
   if (n < 0) return os_error(Errc::kUnavailable, "sending to the weft node's socket", errno);
   return ok();
+}
+
+int unread_sent_bytes(int socket_fd) {
+  if (!kernel_reports_unread_bytes()) return -1;
+  int unread = 0;
+  return ioctl(socket_fd, SIOCOUTQ, &unread) == 0 ? unread : -1;
+}
+
+bool kernel_reports_unread_bytes() {
+  static const bool reports = [] {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return false;
+    const UniqueFd sender(pair[0]), receiver(pair[1]);
+    const std::byte probe{1};
+    int unread = 0;
+    return send(sender.get(), &probe, 1, MSG_NOSIGNAL) == 1 && ioctl(sender.get(), SIOCOUTQ, &unread) == 0 && unread > 0;
+  }();
+  return reports;
 }
 
 Result<void> receive_message(int socket_fd, std::vector<std::byte>& buffer, std::size_t max_bytes, UniqueFd* fd) {

@@ -3,9 +3,7 @@
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <linux/sockios.h>
 #include <sys/file.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -212,12 +210,14 @@ struct LocalServer::Impl {
       }
       return true;
     }
-    if (int unread = 0; fd_to_send >= 0 && ioctl(c.fd.get(), SIOCOUTQ, &unread) == 0 && unread > 0) {
+    if (fd_to_send >= 0 && local::unread_sent_bytes(c.fd.get()) > 0) {
       // Descriptors in a socket's queue count against this process (and keep a deleted topic's
       // ring alive): none go to a client that has not read its earlier responses. weft's
-      // client waits for each response, so only a broken one meets this.
+      // client waits for each response, so only a broken one meets this. (Where the kernel
+      // does not report unread bytes, the connection limit is the only bound.)
       sending.reset();
       sending_file = UniqueFd();
+      count(&LocalServerStats::withheld_descriptors);
       send_error(c.fd.get(), type, header->request_id,
                  Error{Errc::kResourceExhausted, "weftd sends no descriptors to a client that has not read its earlier responses; read them first"});
       return true;
@@ -505,6 +505,9 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
     ev.data.fd = fd;
     if (epoll_ctl(impl->epoll_fd.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return os_error(Errc::kIo, "epoll_ctl", errno);
   }
+  if (!local::kernel_reports_unread_bytes())
+    log(LogLevel::kWarn, "this kernel does not report a local socket's unread bytes",
+        {{"effect", "a client that never reads its responses can hold descriptors until max_connections bounds it"}});
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] {
     name_this_thread("weft-local");

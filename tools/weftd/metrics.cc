@@ -192,6 +192,9 @@ void render_node(Page& page, const MetricsSources& s) {
   page.sample("weft_local_requests_total", {}, num(l.requests));
   page.family("weft_local_bad_requests_total", "counter", "Malformed, oversized or unknown local requests (each closed its connection).");
   page.sample("weft_local_bad_requests_total", {}, num(l.bad_requests));
+  page.family("weft_local_descriptors_withheld_total", "counter",
+              "Rings or log files not sent to a local client that had not read its earlier responses.");
+  page.sample("weft_local_descriptors_withheld_total", {}, num(l.withheld_descriptors));
 }
 
 void render_partitions(Page& page, const MetricsSources& s) {

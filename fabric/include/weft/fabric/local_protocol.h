@@ -118,6 +118,12 @@ Result<void> send_message(int socket_fd, std::span<const std::byte> message, int
 // kAborted: the peer closed the connection or it failed.
 Result<void> receive_message(int socket_fd, std::vector<std::byte>& buffer, std::size_t max_bytes, UniqueFd* fd);
 
+// Bytes this end sent that the peer has not read yet (SIOCOUTQ), or -1 where the kernel does
+// not say (some sandboxed kernels answer 0 or refuse): callers then go without the check.
+int unread_sent_bytes(int socket_fd);
+// Whether this kernel reports unread bytes on a local socket, probed once on a socket pair.
+bool kernel_reports_unread_bytes();
+
 // Where weftd listens unless told otherwise: $WEFT_SOCKET, else /run/weft/weftd.sock as root,
 // else $XDG_RUNTIME_DIR/weft/weftd.sock, else /tmp/weft-<uid>/weftd.sock.
 std::string default_socket_path();

@@ -39,6 +39,7 @@ struct LocalServerStats {
   std::uint64_t refused = 0;       // credentials not allowed, or too many connections
   std::uint64_t bad_requests = 0;  // malformed, oversized or unknown requests (the connection closed)
   std::uint64_t requests = 0;
+  std::uint64_t withheld_descriptors = 0;  // rings or files refused to a client with responses unread
   std::uint32_t connections = 0;
 };
 
