@@ -869,7 +869,6 @@ struct Replicator::Impl {
   // one is a syscall per record on a busy leader.
   bool listener_ready = true;
   std::int64_t last_accept_ms = 0;
-  static constexpr std::size_t kMaxIncomingLinks = 256;
   LogRateLimit refusal_logs{5};  // anyone who can reach the port can be refused at will
 
   bool step_listener() {
@@ -892,7 +891,7 @@ struct Replicator::Impl {
         break;
       }
       listener_ready = i == 15;  // more may be waiting
-      if (incoming.size() >= kMaxIncomingLinks) {
+      if (incoming.size() >= options.max_incoming_links) {
         // Each link holds its queues (~0.6 MiB); peers are the cluster's nodes, a few links each.
         if (std::uint64_t held_back = 0; refusal_logs.allow(now, held_back)) {
           log(LogLevel::kWarn, "replication: a peer was refused: too many links", {{"peer", link.value()->peer_address()}, {"not_logged_before", std::to_string(held_back)}});

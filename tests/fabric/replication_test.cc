@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <condition_variable>
@@ -444,6 +445,47 @@ TEST_P(ReplicationTest, AFollowerTakesALeadersTruncationOnlyWholeAndInAnswerToIt
     return logs_[1].log_end() == Offset{20};
   }, {}, 5'000)) << "the follower's log ends at " << logs_[1].log_end().value;
   leader->close();
+}
+
+TEST_P(ReplicationTest, LinksPastTheLimitAreClosedAndAPlaceIsFreedWhenOneEnds) {
+  // Given a node that takes at most three links from other nodes
+  ReplicationOptions options = small_options();
+  options.max_incoming_links = 3;
+  Replicator& node = start(1, options);
+  std::vector<std::unique_ptr<Link>> peers;
+  std::vector<bool> gone;
+  const auto connect = [&] {
+    auto link = transport_->connect(node.address(), 2'000);
+    ASSERT_TRUE(link.ok()) << link.error().message;
+    peers.push_back(std::move(link.value()));
+    gone.push_back(false);
+  };
+  std::array<LinkCompletion, 64> batch;
+  const auto count_gone = [&] {
+    for (std::size_t p = 0; p < peers.size(); ++p) {
+      if (gone[p]) continue;
+      for (std::size_t n = peers[p]->poll(batch), i = 0; i < n; ++i) gone[p] = gone[p] || batch[i].kind == LinkCompletion::Kind::kPeerGone;
+    }
+    return std::count(gone.begin(), gone.end(), true);
+  };
+  // When four connect, expect one of them closed by the node
+  for (int i = 0; i < 4; ++i) connect();
+  ASSERT_TRUE(run_until([&] { return count_gone() == 1; }, {}, 5'000)) << count_gone() << " of 4 links closed";
+  // and the other three kept (each would have been closed by now, had it been refused)
+  for (int i = 0; i < 200; ++i) node.run_once(0);
+  EXPECT_EQ(count_gone(), 1);
+  // When one of those ends and two more connect, expect one of the two taken, the other closed
+  const auto kept = static_cast<std::size_t>(std::find(gone.begin(), gone.end(), false) - gone.begin());
+  peers[kept]->close();
+  gone[kept] = true;
+  for (int i = 0; i < 20; ++i) node.run_once(0);  // its end seen, its place freed
+  connect();
+  connect();
+  ASSERT_TRUE(run_until([&] { return count_gone() == 3; }, {}, 5'000)) << count_gone() << " of 6 links ended";
+  for (int i = 0; i < 200; ++i) node.run_once(0);
+  EXPECT_EQ(count_gone(), 3);
+  EXPECT_TRUE(!gone[4] || !gone[5]) << "neither link took the freed place";
+  for (auto& p : peers) p->close();
 }
 
 TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {

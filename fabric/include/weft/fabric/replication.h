@@ -161,6 +161,9 @@ struct ReplicationOptions {
   std::int64_t replica_lag_max_ms = 10'000;             // Kafka's replica.lag.time.max.ms
   std::int64_t retry_backoff_ms = 100;                  // before reconnecting or following again
   int connect_timeout_ms = 1'000;
+  // Links other nodes opened to this one; more are closed at once. Peers are the cluster's
+  // nodes, a link each (the replication port's own limit, not a cluster's size limit).
+  std::size_t max_incoming_links = 256;
 };
 
 // A change to a partition's in-sync set that the leader wants committed.
