@@ -92,10 +92,10 @@ struct LocalServer::Impl {
   }
 
   void shed_connection() {
+    count(&LocalServerStats::refused);  // before the peer can see its connection closed
     (void)shed_waiting_connection(listen_fd.get(), spare_fd);
     if (std::uint64_t held_back = 0; refusal_logs.allow(monotonic_ns() / 1'000'000, held_back))
       log(LogLevel::kWarn, "client refused", {{"reason", "weftd has no file descriptors left (raise its RLIMIT_NOFILE)"}, {"not_logged_before", std::to_string(held_back)}});
-    count(&LocalServerStats::refused);
   }
 
   void count(std::uint64_t LocalServerStats::*field) {

@@ -328,11 +328,11 @@ void KafkaListener::Impl::accept_all() {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if ((errno == EMFILE || errno == ENFILE) && spare_fd.valid()) {
-        const bool shed = shed_waiting_connection(listen_fd.get(), spare_fd);
-        {
+        {  // counted before the peer can see its connection closed
           std::lock_guard lock(stats_mutex);
           ++stats.connections_refused;
         }
+        const bool shed = shed_waiting_connection(listen_fd.get(), spare_fd);
         if (std::uint64_t held_back = 0; refusal_logs.allow(now_ms(), held_back)) {
           log(LogLevel::kWarn, "kafka: connection refused: weftd has no file descriptors left (raise its RLIMIT_NOFILE)",
               {{"not_logged_before", std::to_string(held_back)}});
