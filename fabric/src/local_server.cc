@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -56,6 +58,28 @@ struct Connection {
   bool greeted = false;  // a hello with the right pid came first
 };
 
+// A descriptor an answer carries, and what keeps it open until the answer is sent (a topic
+// deleted meanwhile must not close its ring's fd; a log slice's file is opened for the answer).
+struct Attachment {
+  int fd = -1;
+  std::shared_ptr<SharedMemory> memory;
+  UniqueFd file;
+};
+
+// Requests that may wait on the disk or on the cluster's store (a topic made through etcd,
+// offsets committed with an fsync): the worker runs them, so no other client waits behind one.
+bool runs_on_worker(std::uint16_t type) {
+  switch (static_cast<MessageType>(type)) {
+    case MessageType::kCreateTopic:
+    case MessageType::kDeleteTopic:
+    case MessageType::kCommitOffsets:
+    case MessageType::kFetchOffsets:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 struct LocalServer::Impl {
@@ -72,10 +96,22 @@ struct LocalServer::Impl {
   LocalServerStats stats;
   std::int64_t started_ns = monotonic_ns();
   std::vector<std::byte> in;
-  std::vector<std::byte> out;
+  std::vector<std::byte> out;  // the loop's; the worker has its own
   UniqueFd spare_fd = spare_descriptor();  // see shed_waiting_connection
-  std::shared_ptr<SharedMemory> sending;  // keeps the fd being sent open until it is sent
-  UniqueFd sending_file;                  // the same for a log slice's segment file
+
+  // The worker's requests. A connection whose request it runs is out of the epoll set until the
+  // answer is sent: the loop neither reads nor closes it meanwhile, so its fd stays its own.
+  struct Job {
+    Connection* connection = nullptr;  // the map's node: stable while the loop leaves it alone
+    std::vector<std::byte> datagram;
+  };
+  std::thread worker;
+  std::mutex jobs_mutex;
+  std::condition_variable jobs_ready;
+  std::deque<Job> jobs;
+  bool worker_stopping = false;
+  std::vector<std::pair<int, bool>> finished;  // fd, and whether it stays open
+  UniqueFd finished_fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
 
   // Root, the node's own uid, a listed uid, or a listed gid among the peer's primary and
   // supplementary groups (SO_PEERGROUPS: membership in a `weft` group is the usual setup).
@@ -103,13 +139,14 @@ struct LocalServer::Impl {
     ++(stats.*field);
   }
 
-  void send_error(int fd, std::uint16_t type, std::uint32_t request_id, const Error& error) {
-    local::begin_message(out, static_cast<std::uint16_t>(type | local::kResponseBit), request_id);
-    local::Writer w(out);
+  void send_error(int fd, std::uint16_t type, std::uint32_t request_id, const Error& error) { send_error(fd, type, request_id, error, out); }
+  void send_error(int fd, std::uint16_t type, std::uint32_t request_id, const Error& error, std::vector<std::byte>& buffer) {
+    local::begin_message(buffer, static_cast<std::uint16_t>(type | local::kResponseBit), request_id);
+    local::Writer w(buffer);
     w.u8(static_cast<std::uint8_t>(error.code));
     w.str(error.message);
-    local::finish_message(out);
-    (void)local::send_message(fd, out);  // the peer may be gone already; nothing to do then
+    local::finish_message(buffer);
+    (void)local::send_message(fd, buffer);  // the peer may be gone already; nothing to do then
   }
 
   LogRateLimit refusal_logs{5};  // a client refused may try again and again
@@ -189,16 +226,31 @@ struct LocalServer::Impl {
       return false;
     }
     count(&LocalServerStats::requests);
-    const std::uint16_t type = header->type;
+    if (runs_on_worker(header->type)) {
+      epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+      {
+        std::lock_guard lock(jobs_mutex);
+        jobs.push_back(Job{&c, in});
+      }
+      jobs_ready.notify_one();
+      return true;
+    }
+    return answer(c, *header, payload, out);
+  }
+
+  // Runs one request and sends its answer; false when the request broke the protocol (the
+  // connection closes). `buffer` is the calling thread's.
+  bool answer(Connection& c, const local::Header& header, std::span<const std::byte> payload, std::vector<std::byte>& buffer) {
+    const std::uint16_t type = header.type;
     local::Reader r(payload);
-    local::begin_message(out, static_cast<std::uint16_t>(type | local::kResponseBit), header->request_id);
-    local::Writer w(out);
-    int fd_to_send = -1;
-    Result<void> outcome = handle(c, type, r, w, fd_to_send);
+    local::begin_message(buffer, static_cast<std::uint16_t>(type | local::kResponseBit), header.request_id);
+    local::Writer w(buffer);
+    Attachment attached;
+    Result<void> outcome = handle(c, type, r, w, attached);
     if (!outcome.ok()) {
       // Truncated fields, or bytes left after them: the request breaks the protocol, not a rule.
       const bool malformed = outcome.error().code == Errc::kInvalidArgument && (r.failed() || !r.at_end());
-      send_error(c.fd.get(), type, header->request_id, outcome.error());
+      send_error(c.fd.get(), type, header.request_id, outcome.error(), buffer);
       // Another protocol (an unknown request, a hello of another version) ends the connection;
       // a request the node cannot serve (a partition with no log) does not.
       const bool foreign = outcome.error().code == Errc::kUnsupported &&
@@ -210,36 +262,79 @@ struct LocalServer::Impl {
       }
       return true;
     }
-    if (fd_to_send >= 0 && local::unread_sent_bytes(c.fd.get()) > 0) {
+    if (attached.fd >= 0 && local::unread_sent_bytes(c.fd.get()) > 0) {
       // Descriptors in a socket's queue count against this process (and keep a deleted topic's
       // ring alive): none go to a client that has not read its earlier responses. weft's
       // client waits for each response, so only a broken one meets this. (Where the kernel
       // does not report unread bytes, the connection limit is the only bound.)
-      sending.reset();
-      sending_file = UniqueFd();
       count(&LocalServerStats::withheld_descriptors);
-      send_error(c.fd.get(), type, header->request_id,
-                 Error{Errc::kResourceExhausted, "weftd sends no descriptors to a client that has not read its earlier responses; read them first"});
+      send_error(c.fd.get(), type, header.request_id,
+                 Error{Errc::kResourceExhausted, "weftd sends no descriptors to a client that has not read its earlier responses; read them first"}, buffer);
       return true;
     }
-    local::finish_message(out);
-    const bool sent = out.size() <= local::kMaxMessageBytes && local::send_message(c.fd.get(), out, fd_to_send).ok();
-    sending.reset();
-    sending_file = UniqueFd();
+    local::finish_message(buffer);
+    const bool sent = buffer.size() <= local::kMaxMessageBytes && local::send_message(c.fd.get(), buffer, attached.fd).ok();
     if (sent) return true;
     // Too large for the protocol or for the socket's send buffer (or the peer is gone, and this
     // fails too): an answer that says so beats a connection closed without a word.
-    send_error(c.fd.get(), type, header->request_id,
+    send_error(c.fd.get(), type, header.request_id,
                Error{Errc::kResourceExhausted,
-                     "the response of " + std::to_string(out.size()) + " bytes is larger than weftd can send in one message (" +
-                         (out.size() > local::kMaxMessageBytes ? std::to_string(local::kMaxMessageBytes) + " bytes at most"
+                     "the response of " + std::to_string(buffer.size()) + " bytes is larger than weftd can send in one message (" +
+                         (buffer.size() > local::kMaxMessageBytes ? std::to_string(local::kMaxMessageBytes) + " bytes at most"
                                                                : std::string("the socket's send buffer; raise net.core.wmem_max")) +
-                         ")"});
+                         ")"},
+               buffer);
     return true;
   }
 
+  // The worker: runs one request at a time (in arrival order), then hands the connection back.
+  void work() {
+    std::vector<std::byte> worker_out;
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock lock(jobs_mutex);
+        jobs_ready.wait(lock, [&] { return worker_stopping || !jobs.empty(); });
+        if (worker_stopping) return;
+        job = std::move(jobs.front());
+        jobs.pop_front();
+      }
+      bool keep = false;
+      try {
+        std::span<const std::byte> payload;
+        const Result<local::Header> header = local::parse_header(job.datagram, payload);  // checked on the loop
+        keep = header.ok() && answer(*job.connection, *header, payload, worker_out);
+      } catch (const std::exception& e) {
+        log(LogLevel::kError, "local client dropped: its request failed", {{"error", e.what()}});
+      }
+      {
+        std::lock_guard lock(jobs_mutex);
+        finished.emplace_back(job.connection->fd.get(), keep);
+      }
+      const std::uint64_t one = 1;
+      (void)!write(finished_fd.get(), &one, sizeof one);  // fails only on overflow, which still wakes the loop
+    }
+  }
+
+  // The loop takes back the connections the worker is done with.
+  void take_back_finished() {
+    std::uint64_t ignored = 0;
+    (void)!read(finished_fd.get(), &ignored, sizeof ignored);
+    std::vector<std::pair<int, bool>> done;
+    {
+      std::lock_guard lock(jobs_mutex);
+      done.swap(finished);
+    }
+    for (const auto& [fd, keep] : done) {
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLRDHUP;
+      ev.data.fd = fd;
+      if (!keep || epoll_ctl(epoll_fd.get(), EPOLL_CTL_ADD, fd, &ev) != 0) close_connection(fd);
+    }
+  }
+
   // Decodes and runs one request, writing the body after an ok byte.
-  Result<void> handle(Connection& c, std::uint16_t type, local::Reader& r, local::Writer& w, int& fd_to_send) {
+  Result<void> handle(Connection& c, std::uint16_t type, local::Reader& r, local::Writer& w, Attachment& attached) {
     switch (static_cast<MessageType>(type)) {
       case MessageType::kHello: {
         const std::uint32_t client_version = r.u32();
@@ -322,12 +417,12 @@ struct LocalServer::Impl {
         WEFT_TRY_VOID(r.finish("open partition"));
         if (!c.greeted) return Error{Errc::kFailedPrecondition, "open partition: say hello first (the client's pid is checked there)"};
         WEFT_TRY(const PartitionMemory memory, node->open_partition(name, partition));
-        sending = memory.memory;  // a topic deleted meanwhile must not close the fd before it is sent
+        attached.memory = memory.memory;
         w.u8(0);
         w.u64(memory.topic_id);
         w.u32(memory.partition);
         w.u64(memory.memory->size());
-        fd_to_send = memory.memory->fd();
+        attached.fd = memory.memory->fd();
         return ok();
       }
       case MessageType::kPartitionRoute: {
@@ -354,8 +449,8 @@ struct LocalServer::Impl {
         w.u64(slice.end);
         w.i64(slice.offset.value);
         w.i64(slice.end_offset.value);
-        sending_file = std::move(slice.file);  // closed once sent
-        fd_to_send = sending_file.get();
+        attached.file = std::move(slice.file);
+        attached.fd = attached.file.get();
         return ok();
       }
       case MessageType::kLogOffsetForTimestamp: {
@@ -431,6 +526,10 @@ struct LocalServer::Impl {
       for (int i = 0; i < n; ++i) {
         const int fd = events[i].data.fd;
         if (fd == stop_fd.get()) return;
+        if (fd == finished_fd.get()) {
+          take_back_finished();
+          continue;
+        }
         if (fd == listen_fd.get()) {
           accept_one();
           continue;
@@ -499,7 +598,8 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
   impl->epoll_fd = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
   impl->stop_fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!impl->epoll_fd.valid() || !impl->stop_fd.valid()) return os_error(Errc::kIo, "epoll/eventfd", errno);
-  for (const int fd : {impl->listen_fd.get(), impl->stop_fd.get()}) {
+  if (!impl->finished_fd.valid()) return os_error(Errc::kIo, "eventfd", errno);
+  for (const int fd : {impl->listen_fd.get(), impl->stop_fd.get(), impl->finished_fd.get()}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -513,6 +613,10 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
     name_this_thread("weft-local");
     raw->run();
   });
+  impl->worker = std::thread([raw] {
+    name_this_thread("weft-local-work");
+    raw->work();
+  });
   return std::unique_ptr<LocalServer>(new LocalServer(std::move(impl)));
 }
 
@@ -523,6 +627,12 @@ void LocalServer::stop() {
     // eventfd writes fail only on overflow; the epoll timeout still ends the loop.
   }
   if (impl_->thread.joinable()) impl_->thread.join();
+  {
+    std::lock_guard lock(impl_->jobs_mutex);
+    impl_->worker_stopping = true;  // a request under way finishes first; those queued are dropped
+  }
+  impl_->jobs_ready.notify_one();
+  if (impl_->worker.joinable()) impl_->worker.join();
   impl_->connections.clear();
   unlink(impl_->options.socket_path.c_str());
   impl_->listen_fd = UniqueFd();

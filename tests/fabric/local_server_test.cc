@@ -18,9 +18,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -440,6 +442,77 @@ TEST_F(LocalServerTest, AClientInAnotherPidNamespaceIsRefusedItsRings) {
   const auto [open_code, open_message] = read_reply(fd.get());
   EXPECT_EQ(open_code, Errc::kFailedPrecondition) << open_message;
   EXPECT_NE(open_message.find("hello"), std::string::npos) << open_message;
+  expect_serving();
+}
+
+// A node whose topics are made through a store that answers slowly (a cluster's etcd): each
+// creation is held until the test lets it go.
+struct HeldCreations {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int entered = 0;
+  bool released = false;
+  bool wait_entered(int n) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, std::chrono::seconds(5), [&] { return entered >= n; });
+  }
+  void release(bool released_now = true) {
+    {
+      std::lock_guard lock(mutex);
+      released = released_now;
+    }
+    changed.notify_all();
+  }
+  ~HeldCreations() { release(); }  // a failed test must not leave the server's worker waiting
+};
+
+TEST_F(LocalServerTest, ATopicMadeSlowlyHoldsNoOtherClient) {
+  HeldCreations held;
+  LocalServerOptions options;
+  options.create_topic = [&](const std::string& name, const TopicConfig& config, std::uint32_t) -> Result<TopicInfo> {
+    std::unique_lock lock(held.mutex);
+    ++held.entered;
+    held.changed.notify_all();
+    held.changed.wait(lock, [&] { return held.released; });
+    return node_->create_topic(name, config);
+  };
+  serve(options);
+  ASSERT_TRUE(node_->create_topic("ready").ok());
+  const auto create = [](const std::string& name) {
+    return message(static_cast<std::uint16_t>(local::MessageType::kCreateTopic), [&](local::Writer& w) {
+      w.str(name);
+      w.u32(0);
+    });
+  };
+  // Given a client whose topic is being made
+  UniqueFd admin = connect_raw(path_);
+  ASSERT_TRUE(send_raw(admin.get(), hello()));
+  ASSERT_EQ(read_reply(admin.get()).first, Errc::kOk);
+  ASSERT_TRUE(send_raw(admin.get(), create("slow")));
+  ASSERT_TRUE(held.wait_entered(1));
+  // When another client asks for a ring meanwhile, expect it served
+  UniqueFd other = connect_raw(path_);
+  ASSERT_TRUE(send_raw(other.get(), hello()));
+  EXPECT_EQ(read_reply(other.get()).first, Errc::kOk);
+  ASSERT_TRUE(send_raw(other.get(), message(static_cast<std::uint16_t>(local::MessageType::kOpenPartition), [](local::Writer& w) {
+    w.str("ready");
+    w.u32(0);
+  })));
+  const auto [open_code, open_message] = read_reply(other.get());
+  EXPECT_EQ(open_code, Errc::kOk) << open_message;
+  // And the first answered once its topic is made
+  held.release();
+  const auto [created_code, created_message] = read_reply(admin.get());
+  EXPECT_EQ(created_code, Errc::kOk) << created_message;
+  EXPECT_TRUE(node_->describe_topic("slow").ok());
+  // And a client that leaves while its topic is made is forgotten, the others served
+  held.release(false);
+  ASSERT_TRUE(send_raw(admin.get(), create("slow2")));
+  ASSERT_TRUE(held.wait_entered(2));
+  admin = UniqueFd();
+  held.release();
+  EXPECT_TRUE(eventually([&] { return node_->describe_topic("slow2").ok(); }));
+  EXPECT_TRUE(eventually([&] { return server_->stats().connections == 1; })) << server_->stats().connections << " connections";
   expect_serving();
 }
 
