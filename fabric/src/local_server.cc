@@ -67,7 +67,8 @@ struct Attachment {
 };
 
 // Requests that may wait on the disk or on the cluster's store (a topic made through etcd,
-// offsets committed with an fsync): the worker runs them, so no other client waits behind one.
+// offsets committed with an fsync): the worker runs them, one at a time, so no client's ring,
+// route or status waits behind one (another of these four does).
 bool runs_on_worker(std::uint16_t type) {
   switch (static_cast<MessageType>(type)) {
     case MessageType::kCreateTopic:
@@ -110,7 +111,10 @@ struct LocalServer::Impl {
   std::condition_variable jobs_ready;
   std::deque<Job> jobs;
   bool worker_stopping = false;
-  std::vector<std::pair<int, bool>> finished;  // fd, and whether it stays open
+  // fd, and whether it stays open. Reserved for every connection at start (each has at most one
+  // request on the worker; up to 65 536), so handing one back does not allocate.
+  std::vector<std::pair<int, bool>> finished;
+  std::vector<std::pair<int, bool>> taken_back;  // the loop's copy
   UniqueFd finished_fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
 
   // Root, the node's own uid, a listed uid, or a listed gid among the peer's primary and
@@ -320,12 +324,12 @@ struct LocalServer::Impl {
   void take_back_finished() {
     std::uint64_t ignored = 0;
     (void)!read(finished_fd.get(), &ignored, sizeof ignored);
-    std::vector<std::pair<int, bool>> done;
     {
       std::lock_guard lock(jobs_mutex);
-      done.swap(finished);
+      taken_back.assign(finished.begin(), finished.end());  // keeps both reservations
+      finished.clear();
     }
-    for (const auto& [fd, keep] : done) {
+    for (const auto& [fd, keep] : taken_back) {
       epoll_event ev{};
       ev.events = EPOLLIN | EPOLLRDHUP;
       ev.data.fd = fd;
@@ -608,16 +612,21 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
   if (!local::kernel_reports_unread_bytes())
     log(LogLevel::kWarn, "this kernel does not report a local socket's unread bytes",
         {{"effect", "a client that never reads its responses can hold descriptors until max_connections bounds it"}});
+  const std::size_t most_connections = std::min<std::size_t>(options.max_connections + options.reserved_connections, 65'536);
+  impl->finished.reserve(most_connections);
+  impl->taken_back.reserve(most_connections);
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] {
-    name_this_thread("weft-local");
-    raw->run();
-  });
-  impl->worker = std::thread([raw] {
+  // Owned before the threads start: if the second cannot start, stop() joins the first.
+  std::unique_ptr<LocalServer> server(new LocalServer(std::move(impl)));
+  raw->worker = std::thread([raw] {
     name_this_thread("weft-local-work");
     raw->work();
   });
-  return std::unique_ptr<LocalServer>(new LocalServer(std::move(impl)));
+  raw->thread = std::thread([raw] {
+    name_this_thread("weft-local");
+    raw->run();
+  });
+  return server;
 }
 
 void LocalServer::stop() {

@@ -879,6 +879,13 @@ struct Replicator::Impl {
       listener_ready = false;
       last_accept_ms = now;
     }
+    // Ended incoming links go once their last completions are polled (first: their places are
+    // free for the links accepted below).
+    std::erase_if(incoming, [&](const std::unique_ptr<Connection>& c) {
+      if (c->up()) return false;
+      on_link_gone(*c);
+      return true;
+    });
     for (int i = 0; look && i < 16; ++i) {
       Result<std::unique_ptr<Link>> link = listener->accept();
       if (!link.ok()) {
@@ -904,12 +911,6 @@ struct Replicator::Impl {
       incoming.push_back(std::move(c));
       any = true;
     }
-    // Ended incoming links go once their last completions are polled.
-    std::erase_if(incoming, [&](const std::unique_ptr<Connection>& c) {
-      if (c->up()) return false;
-      on_link_gone(*c);
-      return true;
-    });
     return any;
   }
 
@@ -1128,6 +1129,8 @@ std::optional<Offset> Replicator::high_watermark(const PartitionId& partition) c
   if (auto f = impl_->followed.find(partition); f != impl_->followed.end()) return std::min(f->second.hw, f->second.log->log_end());
   return std::nullopt;
 }
+
+std::size_t Replicator::incoming_links() const noexcept { return impl_->incoming.size(); }
 
 std::vector<ReplicaStatus> Replicator::status() const {
   std::vector<ReplicaStatus> out;

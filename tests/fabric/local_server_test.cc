@@ -463,7 +463,6 @@ struct HeldCreations {
     }
     changed.notify_all();
   }
-  ~HeldCreations() { release(); }  // a failed test must not leave the server's worker waiting
 };
 
 TEST_F(LocalServerTest, ATopicMadeSlowlyHoldsNoOtherClient) {
@@ -477,6 +476,15 @@ TEST_F(LocalServerTest, ATopicMadeSlowlyHoldsNoOtherClient) {
     return node_->create_topic(name, config);
   };
   serve(options);
+  // Whatever fails below, the server (whose worker may wait in the hook) stops before `held` goes.
+  struct StopFirst {
+    HeldCreations& held;
+    std::unique_ptr<LocalServer>& server;
+    ~StopFirst() {
+      held.release();
+      server.reset();
+    }
+  } stop_first{held, server_};
   ASSERT_TRUE(node_->create_topic("ready").ok());
   const auto create = [](const std::string& name) {
     return message(static_cast<std::uint16_t>(local::MessageType::kCreateTopic), [&](local::Writer& w) {

@@ -815,7 +815,13 @@ TEST_F(KafkaListenerTest, IdempotentProducerStatesAreLearnedFromTheRingAndBounde
   // cost of the cap).
   const std::int64_t before = log_end(c, "idem");
   EXPECT_EQ(send(1000, 0).base_offset, before);
-  for (int i = 0; i < 50 && listener_->stats().producer_ids_evicted == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // (the listener copies these counts into its stats once a second: wait for a copy taken after
+  // the last produce, bounded)
+  const auto counted = [&] {
+    const kafka::KafkaListenerStats s = listener_->stats();
+    return s.producer_ids + s.producer_ids_evicted == 202u + 1u;
+  };
+  for (int i = 0; i < 50 && !counted(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const kafka::KafkaListenerStats stats = listener_->stats();
   EXPECT_LE(stats.producer_ids, 64u);
   EXPECT_GE(stats.producer_ids, 56u);

@@ -226,6 +226,8 @@ class Replicator {
   // leader). nullopt: the partition is neither led nor followed here.
   std::optional<Offset> high_watermark(const PartitionId& partition) const;
   std::vector<ReplicaStatus> status() const;
+  // Links other nodes opened to this one and not yet seen to end (at most max_incoming_links).
+  std::size_t incoming_links() const noexcept;
 
   // One round: accepts links, polls them, pushes new batches, reports progress, checks lag and
   // reconnects. Waits up to `timeout_ms` for something to happen when there is nothing to do.
