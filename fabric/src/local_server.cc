@@ -67,17 +67,22 @@ struct Attachment {
 };
 
 // Requests that may wait on the disk or on the cluster's store (a topic made through etcd,
-// offsets committed with an fsync): the worker runs them, one at a time, so no client's ring,
-// route or status waits behind one (another of these four does).
-bool runs_on_worker(std::uint16_t type) {
+// offsets committed with an fsync) run on two workers, one for topics and one for offsets,
+// each a request at a time: no client's ring, route or status waits behind one, and no
+// consumer's commit behind a topic being made.
+enum class Worker : std::uint8_t { kNone = 0, kTopics = 1, kOffsets = 2 };
+constexpr std::size_t kWorkers = 2;
+
+Worker worker_for(std::uint16_t type) {
   switch (static_cast<MessageType>(type)) {
     case MessageType::kCreateTopic:
     case MessageType::kDeleteTopic:
+      return Worker::kTopics;
     case MessageType::kCommitOffsets:
     case MessageType::kFetchOffsets:
-      return true;
+      return Worker::kOffsets;
     default:
-      return false;
+      return Worker::kNone;
   }
 }
 
@@ -97,22 +102,22 @@ struct LocalServer::Impl {
   LocalServerStats stats;
   std::int64_t started_ns = monotonic_ns();
   std::vector<std::byte> in;
-  std::vector<std::byte> out;  // the loop's; the worker has its own
+  std::vector<std::byte> out;  // the loop's; each worker has its own
   UniqueFd spare_fd = spare_descriptor();  // see shed_waiting_connection
 
-  // The worker's requests. A connection whose request it runs is out of the epoll set until the
+  // The workers' requests. A connection whose request one runs is out of the epoll set until the
   // answer is sent: the loop neither reads nor closes it meanwhile, so its fd stays its own.
   struct Job {
     Connection* connection = nullptr;  // the map's node: stable while the loop leaves it alone
     std::vector<std::byte> datagram;
   };
-  std::thread worker;
+  std::thread workers[kWorkers];
   std::mutex jobs_mutex;
-  std::condition_variable jobs_ready;
-  std::deque<Job> jobs;
-  bool worker_stopping = false;
+  std::condition_variable jobs_ready[kWorkers];
+  std::deque<Job> jobs[kWorkers];
+  bool workers_stopping = false;
   // fd, and whether it stays open. Reserved for every connection at start (each has at most one
-  // request on the worker; up to 65 536), so handing one back does not allocate.
+  // request on a worker; up to 65 536), so handing one back does not allocate.
   std::vector<std::pair<int, bool>> finished;
   std::vector<std::pair<int, bool>> taken_back;  // the loop's copy
   UniqueFd finished_fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -230,13 +235,14 @@ struct LocalServer::Impl {
       return false;
     }
     count(&LocalServerStats::requests);
-    if (runs_on_worker(header->type)) {
+    if (const Worker worker = worker_for(header->type); worker != Worker::kNone) {
+      const std::size_t w = static_cast<std::size_t>(worker) - 1;
       epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
       {
         std::lock_guard lock(jobs_mutex);
-        jobs.push_back(Job{&c, in});
+        jobs[w].push_back(Job{&c, in});
       }
-      jobs_ready.notify_one();
+      jobs_ready[w].notify_one();
       return true;
     }
     return answer(c, *header, payload, out);
@@ -291,17 +297,17 @@ struct LocalServer::Impl {
     return true;
   }
 
-  // The worker: runs one request at a time (in arrival order), then hands the connection back.
-  void work() {
+  // A worker: runs its requests one at a time (in arrival order), handing each connection back.
+  void work(std::size_t w) {
     std::vector<std::byte> worker_out;
     for (;;) {
       Job job;
       {
         std::unique_lock lock(jobs_mutex);
-        jobs_ready.wait(lock, [&] { return worker_stopping || !jobs.empty(); });
-        if (worker_stopping) return;
-        job = std::move(jobs.front());
-        jobs.pop_front();
+        jobs_ready[w].wait(lock, [&] { return workers_stopping || !jobs[w].empty(); });
+        if (workers_stopping) return;
+        job = std::move(jobs[w].front());
+        jobs[w].pop_front();
       }
       bool keep = false;
       try {
@@ -320,7 +326,7 @@ struct LocalServer::Impl {
     }
   }
 
-  // The loop takes back the connections the worker is done with.
+  // The loop takes back the connections the workers are done with.
   void take_back_finished() {
     std::uint64_t ignored = 0;
     (void)!read(finished_fd.get(), &ignored, sizeof ignored);
@@ -618,10 +624,12 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
   Impl* raw = impl.get();
   // Owned before the threads start: if the second cannot start, stop() joins the first.
   std::unique_ptr<LocalServer> server(new LocalServer(std::move(impl)));
-  raw->worker = std::thread([raw] {
-    name_this_thread("weft-local-work");
-    raw->work();
-  });
+  for (std::size_t w = 0; w < kWorkers; ++w) {
+    raw->workers[w] = std::thread([raw, w] {
+      name_this_thread(w == 0 ? "weft-local-adm" : "weft-local-ofs");
+      raw->work(w);
+    });
+  }
   raw->thread = std::thread([raw] {
     name_this_thread("weft-local");
     raw->run();
@@ -638,10 +646,12 @@ void LocalServer::stop() {
   if (impl_->thread.joinable()) impl_->thread.join();
   {
     std::lock_guard lock(impl_->jobs_mutex);
-    impl_->worker_stopping = true;  // a request under way finishes first; those queued are dropped
+    impl_->workers_stopping = true;  // a request under way finishes first; those queued are dropped
   }
-  impl_->jobs_ready.notify_one();
-  if (impl_->worker.joinable()) impl_->worker.join();
+  for (std::size_t w = 0; w < kWorkers; ++w) {
+    impl_->jobs_ready[w].notify_one();
+    if (impl_->workers[w].joinable()) impl_->workers[w].join();
+  }
   impl_->connections.clear();
   unlink(impl_->options.socket_path.c_str());
   impl_->listen_fd = UniqueFd();

@@ -466,6 +466,12 @@ struct HeldCreations {
 };
 
 TEST_F(LocalServerTest, ATopicMadeSlowlyHoldsNoOtherClient) {
+  // (a node that keeps committed offsets)
+  NodeOptions node_options = test::test_node_options(true);
+  node_options.offsets_dir = dir_.path() + "/offsets";
+  Result<std::unique_ptr<Node>> with_log = Node::start(node_options);
+  ASSERT_TRUE(with_log.ok()) << with_log.error().message;
+  node_ = std::move(with_log).value();
   HeldCreations held;
   LocalServerOptions options;
   options.create_topic = [&](const std::string& name, const TopicConfig& config, std::uint32_t) -> Result<TopicInfo> {
@@ -508,6 +514,20 @@ TEST_F(LocalServerTest, ATopicMadeSlowlyHoldsNoOtherClient) {
   })));
   const auto [open_code, open_message] = read_reply(other.get());
   EXPECT_EQ(open_code, Errc::kOk) << open_message;
+  // and a consumer's offset commit and fetch answered (by the offsets' worker)
+  {
+    Result<std::shared_ptr<Client>> consumer = Client::connect(path_);
+    ASSERT_TRUE(consumer.ok()) << consumer.error().message;
+    CommittedOffset committed;
+    committed.topic = "ready";
+    committed.offset = Offset{5};
+    const Result<void> commit = (*consumer)->commit_offsets("readers", std::span(&committed, 1));
+    const Result<std::vector<CommittedOffset>> fetched = (*consumer)->fetch_offsets("readers", "ready");
+    ASSERT_TRUE(commit.ok()) << commit.error().message;
+    ASSERT_TRUE(fetched.ok()) << fetched.error().message;
+    ASSERT_EQ(fetched->size(), 1u);
+    EXPECT_EQ((*fetched)[0].offset, Offset{5});
+  }
   // And the first answered once its topic is made
   held.release();
   const auto [created_code, created_message] = read_reply(admin.get());
@@ -752,8 +772,10 @@ TEST_F(LocalServerTest, ThousandsOfMutatedRequestsNeverCrashOrWedgeTheServer) {
       }
     }
   }
-  // Expect the server alive, serving, and the node's topics intact
+  // Expect the server alive, serving, and the node's topics intact (once it has seen every
+  // connection end: a topic made or deleted on its worker must not land between the two lists)
   EXPECT_GT(sent, 1000);
+  EXPECT_TRUE(eventually([&] { return server_->stats().connections == 0; })) << server_->stats().connections << " left";
   expect_serving();
   EXPECT_TRUE(node_->describe_topic("fuzzed").ok());
   EXPECT_TRUE(eventually([&] { return server_->stats().connections <= 1; }));

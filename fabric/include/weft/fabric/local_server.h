@@ -1,7 +1,7 @@
 // Admission of local clients: a Unix socket where weftd checks each peer's credentials
 // (SO_PEERCRED) and hands admitted clients the rings' memory as file descriptors. One thread,
-// one epoll set, and a worker for requests that may wait on the disk or the cluster's store
-// (the create_topic and delete_topic hooks run there); a bounded number of connections; a
+// one epoll set, and two workers (topics; offsets) for requests that may wait on the disk or
+// the cluster's store (the create_topic and delete_topic hooks run on the first); a bounded number of connections; a
 // malformed request closes its connection.
 #pragma once
 
