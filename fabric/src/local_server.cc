@@ -11,8 +11,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <cerrno>
 #include <cstring>
 #include <exception>
@@ -22,6 +20,7 @@
 
 #include "weft/fabric/local_protocol.h"
 #include "weft/fabric/log.h"
+#include "weft/fabric/serial_worker.h"
 #include "weft/fabric/socket_address.h"
 #include "weft/fabric/thread_name.h"
 
@@ -66,26 +65,6 @@ struct Attachment {
   UniqueFd file;
 };
 
-// Requests that may wait on the disk or on the cluster's store (a topic made through etcd,
-// offsets committed with an fsync) run on two workers, one for topics and one for offsets,
-// each a request at a time: no client's ring, route or status waits behind one, and no
-// consumer's commit behind a topic being made.
-enum class Worker : std::uint8_t { kNone = 0, kTopics = 1, kOffsets = 2 };
-constexpr std::size_t kWorkers = 2;
-
-Worker worker_for(std::uint16_t type) {
-  switch (static_cast<MessageType>(type)) {
-    case MessageType::kCreateTopic:
-    case MessageType::kDeleteTopic:
-      return Worker::kTopics;
-    case MessageType::kCommitOffsets:
-    case MessageType::kFetchOffsets:
-      return Worker::kOffsets;
-    default:
-      return Worker::kNone;
-  }
-}
-
 }  // namespace
 
 struct LocalServer::Impl {
@@ -105,22 +84,32 @@ struct LocalServer::Impl {
   std::vector<std::byte> out;  // the loop's; each worker has its own
   UniqueFd spare_fd = spare_descriptor();  // see shed_waiting_connection
 
-  // The workers' requests. A connection whose request one runs is out of the epoll set until the
+  // Requests that may wait on the disk or on the cluster's store (a topic made through etcd,
+  // offsets committed with an fsync) run on two workers, one for topics and one for offsets: no
+  // client's ring, route or status waits behind one, and no consumer's commit behind a topic
+  // being made. A connection whose request a worker runs is out of the epoll set until the
   // answer is sent: the loop neither reads nor closes it meanwhile, so its fd stays its own.
-  struct Job {
-    Connection* connection = nullptr;  // the map's node: stable while the loop leaves it alone
-    std::vector<std::byte> datagram;
-  };
-  std::thread workers[kWorkers];
-  std::mutex jobs_mutex;
-  std::condition_variable jobs_ready[kWorkers];
-  std::deque<Job> jobs[kWorkers];
-  bool workers_stopping = false;
+  UniqueFd finished_fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));  // the workers wake the loop
+  std::mutex finished_mutex;
   // fd, and whether it stays open. Reserved for every connection at start (each has at most one
   // request on a worker; up to 65 536), so handing one back does not allocate.
-  std::vector<std::pair<int, bool>> finished;
+  std::vector<std::pair<int, bool>> finished;    // guarded by finished_mutex
   std::vector<std::pair<int, bool>> taken_back;  // the loop's copy
-  UniqueFd finished_fd = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  std::unique_ptr<SerialWorker> topics_worker;   // after what they use: stop() ends them first anyway
+  std::unique_ptr<SerialWorker> offsets_worker;
+
+  SerialWorker* worker_for(std::uint16_t type) const {
+    switch (static_cast<MessageType>(type)) {
+      case MessageType::kCreateTopic:
+      case MessageType::kDeleteTopic:
+        return topics_worker.get();
+      case MessageType::kCommitOffsets:
+      case MessageType::kFetchOffsets:
+        return offsets_worker.get();
+      default:
+        return nullptr;
+    }
+  }
 
   // Root, the node's own uid, a listed uid, or a listed gid among the peer's primary and
   // supplementary groups (SO_PEERGROUPS: membership in a `weft` group is the usual setup).
@@ -235,14 +224,10 @@ struct LocalServer::Impl {
       return false;
     }
     count(&LocalServerStats::requests);
-    if (const Worker worker = worker_for(header->type); worker != Worker::kNone) {
-      const std::size_t w = static_cast<std::size_t>(worker) - 1;
+    if (SerialWorker* worker = worker_for(header->type)) {
       epoll_ctl(epoll_fd.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
-      {
-        std::lock_guard lock(jobs_mutex);
-        jobs[w].push_back(Job{&c, in});
-      }
-      jobs_ready[w].notify_one();
+      // &c: the map's node, which stays put while the loop leaves this connection alone.
+      worker->add([this, &c, datagram = in] { answer_off_loop(c, datagram); });
       return true;
     }
     return answer(c, *header, payload, out);
@@ -297,33 +282,19 @@ struct LocalServer::Impl {
     return true;
   }
 
-  // A worker: runs its requests one at a time (in arrival order), handing each connection back.
-  void work(std::size_t w) {
-    std::vector<std::byte> worker_out;
-    for (;;) {
-      Job job;
-      {
-        std::unique_lock lock(jobs_mutex);
-        jobs_ready[w].wait(lock, [&] { return workers_stopping || !jobs[w].empty(); });
-        if (workers_stopping) return;
-        job = std::move(jobs[w].front());
-        jobs[w].pop_front();
-      }
-      bool keep = false;
-      try {
-        std::span<const std::byte> payload;
-        const Result<local::Header> header = local::parse_header(job.datagram, payload);  // checked on the loop
-        keep = header.ok() && answer(*job.connection, *header, payload, worker_out);
-      } catch (const std::exception& e) {
-        log(LogLevel::kError, "local client dropped: its request failed", {{"error", e.what()}});
-      }
-      {
-        std::lock_guard lock(jobs_mutex);
-        finished.emplace_back(job.connection->fd.get(), keep);
-      }
-      const std::uint64_t one = 1;
-      (void)!write(finished_fd.get(), &one, sizeof one);  // fails only on overflow, which still wakes the loop
+  // On a worker: answers the request, then hands the connection back to the loop.
+  void answer_off_loop(Connection& c, const std::vector<std::byte>& datagram) {
+    thread_local std::vector<std::byte> buffer;  // each worker's own
+    bool keep = false;
+    try {
+      std::span<const std::byte> payload;
+      const Result<local::Header> header = local::parse_header(datagram, payload);  // checked on the loop
+      keep = header.ok() && answer(c, *header, payload, buffer);
+    } catch (const std::exception& e) {
+      log(LogLevel::kError, "local client dropped: its request failed", {{"error", e.what()}});
     }
+    std::lock_guard lock(finished_mutex);
+    finished.emplace_back(c.fd.get(), keep);  // the worker then wakes the loop through finished_fd
   }
 
   // The loop takes back the connections the workers are done with.
@@ -331,7 +302,7 @@ struct LocalServer::Impl {
     std::uint64_t ignored = 0;
     (void)!read(finished_fd.get(), &ignored, sizeof ignored);
     {
-      std::lock_guard lock(jobs_mutex);
+      std::lock_guard lock(finished_mutex);
       taken_back.assign(finished.begin(), finished.end());  // keeps both reservations
       finished.clear();
     }
@@ -622,14 +593,10 @@ Result<std::unique_ptr<LocalServer>> LocalServer::start(Node& node, LocalServerO
   impl->finished.reserve(most_connections);
   impl->taken_back.reserve(most_connections);
   Impl* raw = impl.get();
-  // Owned before the threads start: if the second cannot start, stop() joins the first.
+  // Owned before the threads start: if one cannot start, stop() ends those that did.
   std::unique_ptr<LocalServer> server(new LocalServer(std::move(impl)));
-  for (std::size_t w = 0; w < kWorkers; ++w) {
-    raw->workers[w] = std::thread([raw, w] {
-      name_this_thread(w == 0 ? "weft-local-adm" : "weft-local-ofs");
-      raw->work(w);
-    });
-  }
+  raw->topics_worker = std::make_unique<SerialWorker>("weft-local-adm", raw->finished_fd.get());
+  raw->offsets_worker = std::make_unique<SerialWorker>("weft-local-ofs", raw->finished_fd.get());
   raw->thread = std::thread([raw] {
     name_this_thread("weft-local");
     raw->run();
@@ -644,14 +611,8 @@ void LocalServer::stop() {
     // eventfd writes fail only on overflow; the epoll timeout still ends the loop.
   }
   if (impl_->thread.joinable()) impl_->thread.join();
-  {
-    std::lock_guard lock(impl_->jobs_mutex);
-    impl_->workers_stopping = true;  // a request under way finishes first; those queued are dropped
-  }
-  for (std::size_t w = 0; w < kWorkers; ++w) {
-    impl_->jobs_ready[w].notify_one();
-    if (impl_->workers[w].joinable()) impl_->workers[w].join();
-  }
+  impl_->topics_worker.reset();  // a request under way finishes first; those queued are dropped
+  impl_->offsets_worker.reset();
   impl_->connections.clear();
   unlink(impl_->options.socket_path.c_str());
   impl_->listen_fd = UniqueFd();

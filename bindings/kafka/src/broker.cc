@@ -1351,6 +1351,13 @@ bool accepted_as_is(std::string_view name, std::string_view value) {
          name == "flush.messages" || name == "flush.ms" || name == "preallocate";
 }
 
+// A request's header to answer it later, after its frame is gone (client_id points into it).
+RequestHeader owned_header(const Request& r) {
+  RequestHeader header = r.header;
+  header.client_id = std::nullopt;
+  return header;
+}
+
 }  // namespace
 
 Outcome Broker::create_topics(const Request& r, Reader& in) {
@@ -1452,16 +1459,14 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
     }
   }
 
-  RequestHeader header = r.header;
-  header.client_id = std::nullopt;  // it points into the request's frame
-  auto respond = [this, header, v, flex, shared_entries](std::int16_t& first_error) {
+  auto respond = [this, header = owned_header(r), v, flex, shared_entries](std::int16_t& first_error) {
     Frame f(header);
     Writer& w = f.w;
     if (v >= 2) w.i32(0);
     w.array(shared_entries->size(), flex);
     for (const Entry& e : *shared_entries) {
-    w.string(e.name, flex);
-    if (v >= 7) w.uuid({});
+      w.string(e.name, flex);
+      if (v >= 7) w.uuid({});
       w.i16(e.error);
       if (e.error != 0 && first_error == 0) first_error = e.error;
       if (v >= 1) w.nullable_string(e.error != 0 ? std::optional<std::string_view>(e.message) : std::nullopt, flex);
@@ -1518,7 +1523,7 @@ Outcome Broker::topic_admin(const Request& r, bool any_work, std::function<std::
   auto job = std::make_shared<TopicAdminJob>();
   job->respond = std::move(respond);
   job->work = std::move(work);
-  return park_for(r, std::move(job), Parked::Kind::kTopicAdmin);
+  return park_for(r, std::move(job));
 }
 
 Outcome Broker::delete_topics(const Request& r, Reader& in) {
@@ -1551,9 +1556,7 @@ Outcome Broker::delete_topics(const Request& r, Reader& in) {
   for (Entry& e : entries) {
     if (!e.name) e.error = error::kUnknownTopicId;  // weft names topics; it has no topic ids
   }
-  RequestHeader header = r.header;
-  header.client_id = std::nullopt;  // it points into the request's frame
-  auto respond = [this, header, v, flex, shared_entries](std::int16_t& first_error) {
+  auto respond = [this, header = owned_header(r), v, flex, shared_entries](std::int16_t& first_error) {
     Frame f(header);
     Writer& w = f.w;
     if (v >= 1) w.i32(0);

@@ -5,19 +5,15 @@
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -25,6 +21,7 @@
 #include "weft/fabric/group_coordinator.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/ring.h"
+#include "weft/fabric/serial_worker.h"
 #include "weft/fabric/shared_memory.h"
 #include "weft/cluster_node.h"
 #include "weft/kafka/listener.h"
@@ -115,8 +112,9 @@ struct TopicState {
   std::int64_t log_start_refreshed_ms = 0;
 };
 
-// Work a request hands off the listener's thread, which waits for it parked: the worker runs
-// `run`, then sets `done` (release); the listener reads the outcome once it sees `done` (acquire).
+// Work a request hands off the listener's thread (to its SerialWorker), which waits for it
+// parked: the worker runs `run`, then sets `done` (release); the listener reads the outcome once
+// it sees `done` (acquire).
 struct OffLoopJob {
   virtual ~OffLoopJob() = default;
   virtual void run(Node& node) = 0;
@@ -147,26 +145,6 @@ struct TopicAdminJob final : OffLoopJob {
   void run(Node&) override { work(); }
   std::function<void()> work;
   std::function<std::vector<OutChunk>(std::int16_t& first_error)> respond;
-};
-
-// One thread that runs jobs in the order they came, so the listener never waits on a disk, on
-// etcd or on topic creation.
-class OffLoopWorker {
- public:
-  // `wake_fd` (an eventfd; -1: none) is written after each job is done.
-  OffLoopWorker(Node& node, int wake_fd);
-  ~OffLoopWorker();  // finishes the job under way; later ones are dropped (never answered)
-  void add(std::shared_ptr<OffLoopJob> job);
-
- private:
-  void run();
-  Node& node_;
-  const int wake_fd_;
-  std::mutex mutex_;
-  std::condition_variable added_;
-  std::deque<std::shared_ptr<OffLoopJob>> queue_;  // guarded by mutex_
-  bool stopping_ = false;                          // guarded by mutex_
-  std::thread thread_;
 };
 
 // A request that waits: a produce for its acknowledgements (or ring space), a fetch for data,
@@ -363,10 +341,13 @@ class Broker {
   std::uint64_t producer_use_clock_ = 0;
   std::uint64_t producer_ids_evicted_ = 0;
   std::int64_t last_producer_expiry_ms_ = 0;
-  std::unique_ptr<OffLoopWorker> worker_;  // started by the first job
-  OffLoopWorker& worker();
+  // Runs jobs in the order they came, so the listener never waits on a disk, on etcd or on
+  // topic creation; started by the first job.
+  std::unique_ptr<SerialWorker> worker_;
   // Parks a request until `job` is done on the worker.
-  Outcome park_for(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
+  Outcome park_for(const Request& r, std::shared_ptr<CommitJob> job);
+  Outcome park_for(const Request& r, std::shared_ptr<TopicAdminJob> job);
+  std::unique_ptr<Parked> run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
   // A compressed batch's records, inflated to check them before they are stored.
   Decompressor decompressor_;
   std::vector<std::byte> inflated_;

@@ -1,14 +1,12 @@
 // The Broker's consumer-group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
 // LeaveGroup, ListGroups, DescribeGroups (membership, in the GroupCoordinator) and OffsetCommit,
 // OffsetFetch (committed offsets, in the node's durable offset store).
-#include <unistd.h>
 
 #include <algorithm>
 
 #include "broker.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/offset_store.h"
-#include "weft/fabric/thread_name.h"
 
 namespace weft::kafka::detail {
 
@@ -349,7 +347,7 @@ Outcome Broker::offset_commit(const Request& r, Reader& in) {
   if (group_err == 0 && !commits.empty()) {
     // Written off this thread; the request waits for it, parked.
     job->group = group;
-    return park_for(r, std::move(job), Parked::Kind::kCommit);
+    return park_for(r, std::move(job));
   }
   if (group_err != 0)
     for (const auto& [t, p] : commit_slots) topics[t].second[p].error = group_err;
@@ -385,60 +383,32 @@ std::vector<OutChunk> Broker::offset_commit_response(const RequestHeader& header
   return f.finish();
 }
 
-OffLoopWorker::OffLoopWorker(Node& node, int wake_fd) : node_(node), wake_fd_(wake_fd), thread_([this] { run(); }) {}
-
-OffLoopWorker::~OffLoopWorker() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-  }
-  added_.notify_one();
-  thread_.join();
-}
-
-void OffLoopWorker::add(std::shared_ptr<OffLoopJob> job) {
-  {
-    std::lock_guard lock(mutex_);
-    queue_.push_back(std::move(job));
-  }
-  added_.notify_one();
-}
-
-void OffLoopWorker::run() {
-  name_this_thread("weft-kafka-work");
-  std::unique_lock lock(mutex_);
-  while (true) {
-    added_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-    if (stopping_) return;
-    std::shared_ptr<OffLoopJob> job = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    job->run(node_);
+std::unique_ptr<Parked> Broker::run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind) {
+  if (!worker_) worker_ = std::make_unique<SerialWorker>("weft-kafka-work", wake_fd_);
+  worker_->add([job, &node = node_] {
+    job->run(node);
     job->done.store(true, std::memory_order_release);  // release: the job's outcome before the flag
-    if (wake_fd_ >= 0) {
-      const std::uint64_t one = 1;
-      (void)::write(wake_fd_, &one, sizeof one);
-    }
-    lock.lock();
-  }
-}
-
-OffLoopWorker& Broker::worker() {
-  if (!worker_) worker_ = std::make_unique<OffLoopWorker>(node_, wake_fd_);
-  return *worker_;
-}
-
-Outcome Broker::park_for(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind) {
+  });
   auto parked = std::make_unique<Parked>();
   parked->kind = kind;
   parked->header = r.header;
   parked->arrived_ns = r.arrived_ns;
-  worker().add(job);
-  if (kind == Parked::Kind::kCommit) parked->commit = std::static_pointer_cast<CommitJob>(std::move(job));
-  else parked->topic_admin = std::static_pointer_cast<TopicAdminJob>(std::move(job));
+  return parked;
+}
+
+Outcome Broker::park_for(const Request& r, std::shared_ptr<CommitJob> job) {
   Outcome out;
   out.kind = Outcome::Kind::kParked;
-  out.parked = std::move(parked);
+  out.parked = run_off_loop(r, job, Parked::Kind::kCommit);
+  out.parked->commit = std::move(job);
+  return out;
+}
+
+Outcome Broker::park_for(const Request& r, std::shared_ptr<TopicAdminJob> job) {
+  Outcome out;
+  out.kind = Outcome::Kind::kParked;
+  out.parked = run_off_loop(r, job, Parked::Kind::kTopicAdmin);
+  out.parked->topic_admin = std::move(job);
   return out;
 }
 

@@ -162,7 +162,7 @@ struct ReplicationOptions {
   std::int64_t retry_backoff_ms = 100;                  // before reconnecting or following again
   int connect_timeout_ms = 1'000;
   // Links other nodes opened to this one; more are closed at once. Peers are the cluster's
-  // nodes, a link each (the replication port's own limit, not a cluster's size limit).
+  // nodes, a few links each (the replication port's own limit, not a cluster's size limit).
   std::size_t max_incoming_links = 256;
 };
 
