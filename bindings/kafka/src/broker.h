@@ -347,7 +347,7 @@ class Broker {
   // Parks a request until `job` is done on the worker.
   Outcome park_for(const Request& r, std::shared_ptr<CommitJob> job);
   Outcome park_for(const Request& r, std::shared_ptr<TopicAdminJob> job);
-  std::unique_ptr<Parked> run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
+  Outcome run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
   // A compressed batch's records, inflated to check them before they are stored.
   Decompressor decompressor_;
   std::vector<std::byte> inflated_;

@@ -383,31 +383,29 @@ std::vector<OutChunk> Broker::offset_commit_response(const RequestHeader& header
   return f.finish();
 }
 
-std::unique_ptr<Parked> Broker::run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind) {
+Outcome Broker::run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind) {
   if (!worker_) worker_ = std::make_unique<SerialWorker>("weft-kafka-work", wake_fd_);
   worker_->add([job, &node = node_] {
     job->run(node);
     job->done.store(true, std::memory_order_release);  // release: the job's outcome before the flag
   });
-  auto parked = std::make_unique<Parked>();
-  parked->kind = kind;
-  parked->header = r.header;
-  parked->arrived_ns = r.arrived_ns;
-  return parked;
+  Outcome out;
+  out.kind = Outcome::Kind::kParked;
+  out.parked = std::make_unique<Parked>();
+  out.parked->kind = kind;
+  out.parked->header = r.header;
+  out.parked->arrived_ns = r.arrived_ns;
+  return out;
 }
 
 Outcome Broker::park_for(const Request& r, std::shared_ptr<CommitJob> job) {
-  Outcome out;
-  out.kind = Outcome::Kind::kParked;
-  out.parked = run_off_loop(r, job, Parked::Kind::kCommit);
+  Outcome out = run_off_loop(r, job, Parked::Kind::kCommit);
   out.parked->commit = std::move(job);
   return out;
 }
 
 Outcome Broker::park_for(const Request& r, std::shared_ptr<TopicAdminJob> job) {
-  Outcome out;
-  out.kind = Outcome::Kind::kParked;
-  out.parked = run_off_loop(r, job, Parked::Kind::kTopicAdmin);
+  Outcome out = run_off_loop(r, job, Parked::Kind::kTopicAdmin);
   out.parked->topic_admin = std::move(job);
   return out;
 }
