@@ -50,20 +50,27 @@ function(weft_use_test_pch target)
   endif()
 endfunction()
 
-# weft_add_test(NAME SOURCES ... LIBS ... LABELS ... [TIMEOUT s])
-# One test binary per file; GoogleTest; one ctest entry per binary.
+# weft_add_test(NAME SOURCES ... LIBS ... LABELS ... [TIMEOUT s] [ARGS ...])
+# One test binary per file; GoogleTest; one ctest entry per binary (more with weft_add_test_run).
 function(weft_add_test name)
-  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS;ARGS" ${ARGN})
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gtest GTest::gtest_main weft::warnings Threads::Threads)
   weft_use_test_pch(${name})
-  add_test(NAME ${name} COMMAND ${name} --gtest_brief=1)
+  weft_add_test_run(${name} BINARY ${name} LABELS ${T_LABELS} TIMEOUT "${T_TIMEOUT}" ARGS ${T_ARGS})
+endfunction()
+
+# weft_add_test_run(NAME BINARY target LABELS ... [TIMEOUT s] [ARGS ...]): a ctest entry that runs
+# a test binary, with its arguments (a --gtest_filter, to give part of a binary other labels).
+function(weft_add_test_run name)
+  cmake_parse_arguments(T "" "BINARY;TIMEOUT" "LABELS;ARGS" ${ARGN})
+  add_test(NAME ${name} COMMAND ${T_BINARY} --gtest_brief=1 ${T_ARGS})
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 120)
   endif()
   set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT} SKIP_RETURN_CODE 77)
   if("unit" IN_LIST T_LABELS OR "stress" IN_LIST T_LABELS)
-    add_dependencies(weft_core_tests ${name})
+    add_dependencies(weft_core_tests ${T_BINARY})
   endif()
 endfunction()
 

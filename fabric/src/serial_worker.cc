@@ -28,6 +28,11 @@ void SerialWorker::add(std::function<void()> job) {
   added_.notify_one();
 }
 
+bool SerialWorker::stopping() const {
+  std::lock_guard lock(mutex_);
+  return stopping_;
+}
+
 void SerialWorker::run(const char* name) {
   name_this_thread(name);
   std::unique_lock lock(mutex_);

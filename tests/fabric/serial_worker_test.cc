@@ -1,6 +1,5 @@
 // SerialWorker: jobs run one at a time in the order they came, each followed by a wake-up of
-// the loop's eventfd; destruction waits for the job under way. (That it drops the jobs still
-// queued is not tested: nothing outside tells when the destructor has begun.)
+// the loop's eventfd; destruction waits for the job under way and drops the jobs still queued.
 #include "weft/fabric/serial_worker.h"
 
 #include <gtest/gtest.h>
@@ -13,6 +12,7 @@
 #include <cstdint>
 #include <future>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "weft/fabric/shared_memory.h"  // UniqueFd
@@ -60,6 +60,27 @@ TEST(SerialWorker, GoingAwayWaitsForTheJobUnderWay) {
   release.set_value();
   ASSERT_EQ(gone.wait_for(std::chrono::seconds(5)), std::future_status::ready);
   EXPECT_EQ(finished.load(), 1);
+}
+
+TEST(SerialWorker, GoingAwayDropsTheJobsStillQueued) {
+  std::promise<void> started;
+  std::atomic<bool> saw_stopping{false};
+  std::atomic<int> later_jobs_run{0};
+  auto worker = std::make_unique<SerialWorker>("weft-test-work", -1);
+  SerialWorker* const raw = worker.get();
+  EXPECT_FALSE(raw->stopping());
+  worker->add([&] {
+    started.set_value();
+    // The job under way holds the worker until its destructor has begun (bounded: 5 s)
+    for (int i = 0; i < 5'000 && !raw->stopping(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    saw_stopping.store(raw->stopping());
+  });
+  for (int i = 0; i < 10; ++i) worker->add([&] { later_jobs_run.fetch_add(1); });
+  ASSERT_EQ(started.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  auto gone = std::async(std::launch::async, [&] { worker.reset(); });
+  ASSERT_EQ(gone.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(saw_stopping.load()) << "the job under way never saw the worker stopping";
+  EXPECT_EQ(later_jobs_run.load(), 0) << "jobs queued behind it ran after the destructor began";
 }
 
 }  // namespace

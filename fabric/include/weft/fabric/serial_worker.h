@@ -22,11 +22,15 @@ class SerialWorker {
 
   void add(std::function<void()> job);
 
+  // True once the destructor has begun: a long job (one polling the cluster's store) may give up
+  // early, since nothing will wait for its outcome.
+  bool stopping() const;
+
  private:
   void run(const char* name);
 
   const int wake_fd_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::condition_variable added_;
   std::deque<std::function<void()>> queue_;  // guarded by mutex_
   bool stopping_ = false;                    // guarded by mutex_
