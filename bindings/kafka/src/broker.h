@@ -341,13 +341,16 @@ class Broker {
   std::uint64_t producer_use_clock_ = 0;
   std::uint64_t producer_ids_evicted_ = 0;
   std::int64_t last_producer_expiry_ms_ = 0;
-  // Runs jobs in the order they came, so the listener never waits on a disk, on etcd or on
-  // topic creation; started by the first job.
-  std::unique_ptr<SerialWorker> worker_;
-  // Parks a request until `job` is done on the worker.
+  // Run jobs in the order they came, so the listener never waits on a disk, on etcd or on
+  // topic creation: one for offset commits, one for topic admin, so a CreateTopics of many
+  // topics (or one held by the cluster's store) holds no group's commit. Started by their
+  // first job.
+  std::unique_ptr<SerialWorker> offsets_worker_;
+  std::unique_ptr<SerialWorker> topics_worker_;
+  // Parks a request until `job` is done on its worker.
   Outcome park_for(const Request& r, std::shared_ptr<CommitJob> job);
   Outcome park_for(const Request& r, std::shared_ptr<TopicAdminJob> job);
-  Outcome run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
+  Outcome run_off_loop(const Request& r, SerialWorker& worker, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
   // A compressed batch's records, inflated to check them before they are stored.
   Decompressor decompressor_;
   std::vector<std::byte> inflated_;

@@ -383,9 +383,8 @@ std::vector<OutChunk> Broker::offset_commit_response(const RequestHeader& header
   return f.finish();
 }
 
-Outcome Broker::run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, Parked::Kind kind) {
-  if (!worker_) worker_ = std::make_unique<SerialWorker>("weft-kafka-work", wake_fd_);
-  worker_->add([job, &node = node_] {
+Outcome Broker::run_off_loop(const Request& r, SerialWorker& worker, std::shared_ptr<OffLoopJob> job, Parked::Kind kind) {
+  worker.add([job, &node = node_] {
     job->run(node);
     job->done.store(true, std::memory_order_release);  // release: the job's outcome before the flag
   });
@@ -399,13 +398,15 @@ Outcome Broker::run_off_loop(const Request& r, std::shared_ptr<OffLoopJob> job, 
 }
 
 Outcome Broker::park_for(const Request& r, std::shared_ptr<CommitJob> job) {
-  Outcome out = run_off_loop(r, job, Parked::Kind::kCommit);
+  if (!offsets_worker_) offsets_worker_ = std::make_unique<SerialWorker>("weft-kafka-ofs", wake_fd_);
+  Outcome out = run_off_loop(r, *offsets_worker_, job, Parked::Kind::kCommit);
   out.parked->commit = std::move(job);
   return out;
 }
 
 Outcome Broker::park_for(const Request& r, std::shared_ptr<TopicAdminJob> job) {
-  Outcome out = run_off_loop(r, job, Parked::Kind::kTopicAdmin);
+  if (!topics_worker_) topics_worker_ = std::make_unique<SerialWorker>("weft-kafka-adm", wake_fd_);
+  Outcome out = run_off_loop(r, *topics_worker_, job, Parked::Kind::kTopicAdmin);
   out.parked->topic_admin = std::move(job);
   return out;
 }
