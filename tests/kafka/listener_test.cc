@@ -56,6 +56,7 @@ std::string hex(std::string_view s) {
 }
 
 Reader reader_of(const std::string& s) { return Reader(test::as_bytes(s)); }
+Reader reader_of(std::string&&) = delete;  // a Reader over a temporary would outlive its bytes
 
 // One RecordBatch v2 of `count` records "v<i>" with keys "k<i>".
 std::string batch(int count, const BatchOptions& options = {}, int first = 0) {
@@ -1648,7 +1649,8 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   let_go();
   std::optional<std::string> created = admin.read_frame(10'000);
   ASSERT_TRUE(created && created->size() > 4);
-  Reader made = reader_of(created->substr(4));  // after the correlation id
+  const std::string made_body = created->substr(4);  // after the correlation id
+  Reader made = reader_of(made_body);
   ASSERT_EQ(made.array(false), 1);
   EXPECT_EQ(made.string(false), "slow");
   EXPECT_EQ(made.i16(), 0);
@@ -1665,6 +1667,88 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   EXPECT_EQ(r.string(false), "slow");
   EXPECT_EQ(r.i16(), 0);
   EXPECT_FALSE(node_->describe_topic("slow").ok());
+}
+
+TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnection) {
+  // Given offsets kept in a store that answers a fetch only when the test lets it (a cluster's
+  // etcd, slow or unreachable)
+  struct HeldMirror final : OffsetMirror {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::map<std::string, std::vector<CommittedOffset>, std::less<>> groups;
+    int fetches_entered = 0;
+    bool open = false;
+    Result<void> commit(std::string_view group, std::span<const CommittedOffset> offsets) override {
+      std::lock_guard lock(mutex);
+      std::vector<CommittedOffset>& held = groups[std::string(group)];
+      held.insert(held.end(), offsets.begin(), offsets.end());
+      return ok();
+    }
+    Result<std::vector<CommittedOffset>> fetch(std::string_view group) override {
+      std::unique_lock lock(mutex);
+      ++fetches_entered;
+      changed.notify_all();
+      changed.wait(lock, [&] { return open; });
+      auto it = groups.find(group);
+      return it == groups.end() ? std::vector<CommittedOffset>{} : it->second;
+    }
+    void let_go() {
+      {
+        std::lock_guard lock(mutex);
+        open = true;
+      }
+      changed.notify_all();
+    }
+  };
+  auto mirror = std::make_shared<HeldMirror>();
+  node_->set_offset_mirror(mirror);
+  struct OpenFirst {  // whatever fails below, the held fetch ends before the listener is stopped
+    HeldMirror& mirror;
+    ~OpenFirst() { mirror.let_go(); }
+  } open_first{*mirror};
+  ASSERT_TRUE(node_->create_topic("t").ok());
+  KafkaClient reader(port());
+  Writer commit;  // OffsetCommit v0: a group without members
+  commit.string("readers", false);
+  commit.array(1, false);
+  commit.string("t", false);
+  commit.array(1, false);
+  commit.i32(0);
+  commit.i64(42);
+  commit.nullable_string("m", false);
+  ASSERT_TRUE(reader.call(kOffsetCommit, 0, false, commit.buffer()));
+  // When a consumer asks for the group's offsets (v1: one group, its partitions named)
+  Writer ask;
+  ask.string("readers", false);
+  ask.array(1, false);
+  ask.string("t", false);
+  ask.array(1, false);
+  ask.i32(0);
+  ASSERT_TRUE(reader.send_raw(test::kafka_frame(kOffsetFetch, 1, 9, false, ask.buffer())));
+  {
+    std::unique_lock lock(mirror->mutex);
+    ASSERT_TRUE(mirror->changed.wait_for(lock, std::chrono::seconds(10), [&] { return mirror->fetches_entered == 1; }));
+  }
+  // Expect another client answered while the store holds the fetch
+  KafkaClient other(port());
+  EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
+  EXPECT_TRUE(other.call(kMetadata, 1, false, metadata_request(1, {"t"})));
+  EXPECT_FALSE(reader.read_frame(0)) << "answered before the store was";
+  // And the fetch answered once it is let go, with the offset committed before it
+  mirror->let_go();
+  std::optional<std::string> fetched = reader.read_frame(10'000);
+  ASSERT_TRUE(fetched && fetched->size() > 4);
+  EXPECT_EQ(wire::load_be32(reinterpret_cast<const std::byte*>(fetched->data())), 9);
+  const std::string fetched_body = fetched->substr(4);  // after the correlation id
+  Reader f = reader_of(fetched_body);
+  ASSERT_EQ(f.array(false), 1);
+  EXPECT_EQ(f.string(false), "t");
+  ASSERT_EQ(f.array(false), 1);
+  EXPECT_EQ(f.i32(), 0);
+  EXPECT_EQ(f.i64(), 42);
+  EXPECT_EQ(f.nullable_string(false), std::optional<std::string_view>("m"));
+  EXPECT_EQ(f.i16(), 0);
+  EXPECT_EQ(f.remaining(), 0u);
 }
 
 TEST_F(KafkaListenerTest, PipelinedRequestsPastTheListenersPerPassCapAreAllAnswered) {

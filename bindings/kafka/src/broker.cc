@@ -1212,12 +1212,12 @@ Outcome Broker::resume(Parked& parked, std::int64_t now_ns) {
       }
       out.response = offset_commit_response(parked.header, *parked.commit, out.error);
       return out;
-    case Parked::Kind::kTopicAdmin:
-      if (!parked.topic_admin->done.load(std::memory_order_acquire)) {  // acquire: pairs with the worker's release
+    case Parked::Kind::kDeferred:
+      if (!parked.deferred->done.load(std::memory_order_acquire)) {  // acquire: pairs with the worker's release
         out.kind = Outcome::Kind::kParked;
         return out;
       }
-      out.response = parked.topic_admin->respond(out.error);
+      out.response = parked.deferred->respond(out.error);
       return out;
     case Parked::Kind::kGroup:
       if (!parked.group_reply || !*parked.group_reply) {
@@ -1351,13 +1351,6 @@ bool accepted_as_is(std::string_view name, std::string_view value) {
          name == "flush.messages" || name == "flush.ms" || name == "preallocate";
 }
 
-// A request's header to answer it later, after its frame is gone (client_id points into it).
-RequestHeader owned_header(const Request& r) {
-  RequestHeader header = r.header;
-  header.client_id = std::nullopt;
-  return header;
-}
-
 }  // namespace
 
 Outcome Broker::create_topics(const Request& r, Reader& in) {
@@ -1482,7 +1475,7 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
   };
   const bool any = std::any_of(entries.begin(), entries.end(), [](const Entry& e) { return e.create; });
   // On the worker: node_ and cluster_ are safe from any thread; nothing else of the broker's is touched.
-  return topic_admin(r, any, std::move(respond), [this, shared_entries] {
+  return defer(r, Worker::kTopics, any, std::move(respond), [this, shared_entries] {
     for (Entry& e : *shared_entries) {
       if (!e.create) continue;
       if (cluster_ != nullptr) {
@@ -1514,16 +1507,17 @@ Outcome Broker::create_topics(const Request& r, Reader& in) {
   });
 }
 
-Outcome Broker::topic_admin(const Request& r, bool any_work, std::function<std::vector<OutChunk>(std::int16_t&)> respond, std::function<void()> work) {
+Outcome Broker::defer(const Request& r, Worker which, bool any_work, std::function<std::vector<OutChunk>(std::int16_t&)> respond,
+                      std::function<void()> work) {
   if (!any_work) {
     Outcome out;
     out.response = respond(out.error);
     return out;
   }
-  auto job = std::make_shared<TopicAdminJob>();
+  auto job = std::make_shared<DeferredJob>();
   job->respond = std::move(respond);
   job->work = std::move(work);
-  return park_for(r, std::move(job));
+  return park_for(r, which, std::move(job));
 }
 
 Outcome Broker::delete_topics(const Request& r, Reader& in) {
@@ -1576,7 +1570,7 @@ Outcome Broker::delete_topics(const Request& r, Reader& in) {
   };
   const bool any = std::any_of(entries.begin(), entries.end(), [](const Entry& e) { return e.error == 0; });
   // On the worker (a deletion waits for the node's pass and removes files): node_ and cluster_ only.
-  return topic_admin(r, any, std::move(respond), [this, shared_entries] {
+  return defer(r, Worker::kTopics, any, std::move(respond), [this, shared_entries] {
     for (Entry& e : *shared_entries) {
       if (e.error != 0) continue;
       // In a cluster every replica's node deletes its copy when the controller drops the topic.

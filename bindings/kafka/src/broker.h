@@ -137,21 +137,22 @@ struct CommitJob final : OffLoopJob {
   std::vector<std::pair<std::size_t, std::size_t>> slots;  // (topic, part) of each commit
 };
 
-// CreateTopics and DeleteTopics: a topic's rings and files cost about 8 ms to make here (a
-// cluster's, a write to etcd), so a request naming hundreds held every connection for seconds.
-// `work` runs on the worker; `respond` on the listener's thread once done (it may touch the
-// broker's caches).
-struct TopicAdminJob final : OffLoopJob {
+// Work done off the loop, answered on it: CreateTopics and DeleteTopics (a topic's rings and
+// files cost about 8 ms to make here, a cluster's a write to etcd, so a request naming hundreds
+// held every connection for seconds) and OffsetFetch (a cluster's read from etcd; a single
+// node's store waits for a commit's fsync). `work` runs on a worker; `respond` on the listener's
+// thread once done (it may touch the broker's caches).
+struct DeferredJob final : OffLoopJob {
   void run(Node&) override { work(); }
   std::function<void()> work;
   std::function<std::vector<OutChunk>(std::int16_t& first_error)> respond;
 };
 
 // A request that waits: a produce for its acknowledgements (or ring space), a fetch for data,
-// a group join or sync for the other members, an offset commit or a topic admin request for the
-// worker.
+// a group join or sync for the other members, an offset commit, an offset fetch or a topic
+// admin request for a worker.
 struct Parked {
-  enum class Kind : std::uint8_t { kProduce, kFetch, kGroup, kCommit, kTopicAdmin };
+  enum class Kind : std::uint8_t { kProduce, kFetch, kGroup, kCommit, kDeferred };
   Kind kind = Kind::kProduce;
   RequestHeader header;  // client_id cleared: it pointed into the request's frame
   std::int64_t arrived_ns = 0;
@@ -190,7 +191,7 @@ struct Parked {
   // Set by the coordinator's completion (maybe later, from another connection's request).
   std::shared_ptr<std::optional<std::vector<OutChunk>>> group_reply;
   std::shared_ptr<CommitJob> commit;
-  std::shared_ptr<TopicAdminJob> topic_admin;
+  std::shared_ptr<DeferredJob> deferred;
 };
 
 struct Request {
@@ -199,6 +200,13 @@ struct Request {
   std::int64_t arrived_ns = 0;
   std::string_view client_host;
 };
+
+// A request's header to answer it later, after its frame is gone (client_id points into it).
+inline RequestHeader owned_header(const Request& r) {
+  RequestHeader header = r.header;
+  header.client_id = std::nullopt;
+  return header;
+}
 
 struct Outcome {
   enum class Kind : std::uint8_t { kRespond, kParked, kNoResponse, kClose };
@@ -252,9 +260,10 @@ class Broker {
   Outcome describe_groups(const Request& r, Reader& in);
   Outcome create_topics(const Request& r, Reader& in);
   Outcome delete_topics(const Request& r, Reader& in);
-  // Answers at once when there is no `work`, else runs it on the worker and answers after.
-  Outcome topic_admin(const Request& r, bool any_work, std::function<std::vector<OutChunk>(std::int16_t& first_error)> respond,
-                      std::function<void()> work);
+  // Answers at once when there is no `work`, else runs it on `worker` and answers after.
+  enum class Worker : std::uint8_t { kOffsets, kTopics };
+  Outcome defer(const Request& r, Worker worker, bool any_work, std::function<std::vector<OutChunk>(std::int16_t& first_error)> respond,
+                std::function<void()> work);
   Outcome describe_configs(const Request& r, Reader& in);
   Outcome init_producer_id(const Request& r, Reader& in);
 
@@ -342,14 +351,15 @@ class Broker {
   std::uint64_t producer_ids_evicted_ = 0;
   std::int64_t last_producer_expiry_ms_ = 0;
   // Run jobs in the order they came, so the listener never waits on a disk, on etcd or on
-  // topic creation: one for offset commits, one for topic admin, so a CreateTopics of many
-  // topics (or one held by the cluster's store) holds no group's commit. Started by their
-  // first job.
+  // topic creation: one for offset commits and fetches (in order, so a fetch sees the commits
+  // before it), one for topic admin, so a CreateTopics of many topics (or one held by the
+  // cluster's store) holds no group's offsets. Started by their first job.
   std::unique_ptr<SerialWorker> offsets_worker_;
   std::unique_ptr<SerialWorker> topics_worker_;
   // Parks a request until `job` is done on its worker.
   Outcome park_for(const Request& r, std::shared_ptr<CommitJob> job);
-  Outcome park_for(const Request& r, std::shared_ptr<TopicAdminJob> job);
+  Outcome park_for(const Request& r, Worker worker, std::shared_ptr<DeferredJob> job);
+  SerialWorker& worker(Worker which);
   Outcome run_off_loop(const Request& r, SerialWorker& worker, std::shared_ptr<OffLoopJob> job, Parked::Kind kind);
   // A compressed batch's records, inflated to check them before they are stored.
   Decompressor decompressor_;

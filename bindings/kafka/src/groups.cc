@@ -397,17 +397,21 @@ Outcome Broker::run_off_loop(const Request& r, SerialWorker& worker, std::shared
   return out;
 }
 
+SerialWorker& Broker::worker(Worker which) {
+  std::unique_ptr<SerialWorker>& w = which == Worker::kOffsets ? offsets_worker_ : topics_worker_;
+  if (!w) w = std::make_unique<SerialWorker>(which == Worker::kOffsets ? "weft-kafka-ofs" : "weft-kafka-adm", wake_fd_);
+  return *w;
+}
+
 Outcome Broker::park_for(const Request& r, std::shared_ptr<CommitJob> job) {
-  if (!offsets_worker_) offsets_worker_ = std::make_unique<SerialWorker>("weft-kafka-ofs", wake_fd_);
-  Outcome out = run_off_loop(r, *offsets_worker_, job, Parked::Kind::kCommit);
+  Outcome out = run_off_loop(r, worker(Worker::kOffsets), job, Parked::Kind::kCommit);
   out.parked->commit = std::move(job);
   return out;
 }
 
-Outcome Broker::park_for(const Request& r, std::shared_ptr<TopicAdminJob> job) {
-  if (!topics_worker_) topics_worker_ = std::make_unique<SerialWorker>("weft-kafka-adm", wake_fd_);
-  Outcome out = run_off_loop(r, *topics_worker_, job, Parked::Kind::kTopicAdmin);
-  out.parked->topic_admin = std::move(job);
+Outcome Broker::park_for(const Request& r, Worker which, std::shared_ptr<DeferredJob> job) {
+  Outcome out = run_off_loop(r, worker(which), job, Parked::Kind::kDeferred);
+  out.parked->deferred = std::move(job);
   return out;
 }
 
@@ -458,14 +462,23 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
   };
   struct GroupAnswer {
     std::int16_t error = 0;
+    bool fetch = false;  // the group's offsets are read on the worker
+    Result<std::vector<CommittedOffset>> stored = std::vector<CommittedOffset>{};
     std::vector<std::pair<std::string, std::vector<Answer>>> topics;
   };
-  std::vector<GroupAnswer> answers;
-  for (const GroupAsk& ask : asks) {
-    GroupAnswer answer;
+  struct Fetch {
+    std::vector<GroupAsk> asks;
+    std::vector<GroupAnswer> answers;
+  };
+  auto fetch = std::make_shared<Fetch>();
+  fetch->asks = std::move(asks);
+  fetch->answers.resize(fetch->asks.size());
+  bool any = false;
+  for (std::size_t g = 0; g < fetch->asks.size(); ++g) {
+    const GroupAsk& ask = fetch->asks[g];
+    GroupAnswer& answer = fetch->answers[g];
     if (!validate_group_id(ask.group).ok()) {
       answer.error = error::kInvalidGroupId;
-      answers.push_back(std::move(answer));
       continue;
     }
     if (cluster_ != nullptr) {
@@ -477,82 +490,92 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
             answer.topics.push_back({name, {}});
             for (const std::int32_t p : parts) answer.topics.back().second.push_back(Answer{p, -1, {}, error::kNotCoordinator});
           }
-        answers.push_back(std::move(answer));
         continue;
       }
     }
-    Result<std::vector<CommittedOffset>> stored = node_.fetch_offsets(ask.group, "");
-    std::vector<CommittedOffset> committed = stored.ok() ? std::move(*stored) : std::vector<CommittedOffset>{};
-    if (!stored.ok()) answer.error = error::kCoordinatorNotAvailable;
-    const auto by_partition = [](const CommittedOffset& c, const std::pair<std::string_view, std::int64_t>& key) {
-      return std::pair<std::string_view, std::int64_t>(c.topic, c.partition) < key;
-    };
-    if (ask.topics)
-      std::sort(committed.begin(), committed.end(), [](const CommittedOffset& a, const CommittedOffset& b) {
-        return std::pair<std::string_view, std::int64_t>(a.topic, a.partition) < std::pair<std::string_view, std::int64_t>(b.topic, b.partition);
-      });
-    if (!ask.topics) {
-      for (const CommittedOffset& c : committed) {
-        if (answer.topics.empty() || answer.topics.back().first != c.topic) answer.topics.push_back({c.topic, {}});
-        answer.topics.back().second.push_back(Answer{static_cast<std::int32_t>(c.partition), c.offset.value, c.metadata, 0});
-      }
-    } else {
-      for (const auto& topic_ask : *ask.topics) {
-        const std::string& name = topic_ask.first;  // a plain reference: lambdas below capture it
-        const std::vector<std::int32_t>& parts = topic_ask.second;
-        answer.topics.push_back({name, {}});
-        for (std::int32_t p : parts) {
-          Answer a{p, -1, {}, 0};
-          // Sorted above: a request may name a million partitions, against as many commits.
-          const auto it = std::lower_bound(committed.begin(), committed.end(), std::pair<std::string_view, std::int64_t>(name, p), by_partition);
-          if (it != committed.end() && it->topic == name && static_cast<std::int64_t>(it->partition) == p) {
-            a.offset = it->offset.value;
-            a.metadata = it->metadata;
+    answer.fetch = any = true;
+  }
+
+  // On the offsets' worker, after the commits before it: node_ only.
+  auto read = [this, fetch] {
+    for (std::size_t g = 0; g < fetch->asks.size(); ++g)
+      if (fetch->answers[g].fetch) fetch->answers[g].stored = node_.fetch_offsets(fetch->asks[g].group, "");
+  };
+  auto respond = [fetch, header = owned_header(r), v, flex](std::int16_t& first_error) {
+    for (std::size_t g = 0; g < fetch->asks.size(); ++g) {
+      const GroupAsk& ask = fetch->asks[g];
+      GroupAnswer& answer = fetch->answers[g];
+      if (!answer.fetch) continue;
+      std::vector<CommittedOffset> committed = answer.stored.ok() ? std::move(*answer.stored) : std::vector<CommittedOffset>{};
+      if (!answer.stored.ok()) answer.error = error::kCoordinatorNotAvailable;
+      const auto by_partition = [](const CommittedOffset& c, const std::pair<std::string_view, std::int64_t>& key) {
+        return std::pair<std::string_view, std::int64_t>(c.topic, c.partition) < key;
+      };
+      if (ask.topics)
+        std::sort(committed.begin(), committed.end(), [](const CommittedOffset& a, const CommittedOffset& b) {
+          return std::pair<std::string_view, std::int64_t>(a.topic, a.partition) < std::pair<std::string_view, std::int64_t>(b.topic, b.partition);
+        });
+      if (!ask.topics) {
+        for (const CommittedOffset& c : committed) {
+          if (answer.topics.empty() || answer.topics.back().first != c.topic) answer.topics.push_back({c.topic, {}});
+          answer.topics.back().second.push_back(Answer{static_cast<std::int32_t>(c.partition), c.offset.value, c.metadata, 0});
+        }
+      } else {
+        for (const auto& topic_ask : *ask.topics) {
+          const std::string& name = topic_ask.first;  // a plain reference: lambdas below capture it
+          const std::vector<std::int32_t>& parts = topic_ask.second;
+          answer.topics.push_back({name, {}});
+          for (std::int32_t p : parts) {
+            Answer a{p, -1, {}, 0};
+            // Sorted above: a request may name a million partitions, against as many commits.
+            const auto it = std::lower_bound(committed.begin(), committed.end(), std::pair<std::string_view, std::int64_t>(name, p), by_partition);
+            if (it != committed.end() && it->topic == name && static_cast<std::int64_t>(it->partition) == p) {
+              a.offset = it->offset.value;
+              a.metadata = it->metadata;
+            }
+            answer.topics.back().second.push_back(std::move(a));
           }
-          answer.topics.back().second.push_back(std::move(a));
         }
       }
     }
-    answers.push_back(std::move(answer));
-  }
 
-  Outcome out;
-  Frame f(r.header);
-  Writer& w = f.w;
-  if (v >= 3) w.i32(0);
-  auto write_topics = [&](const GroupAnswer& answer) {
-    w.array(answer.topics.size(), flex);
-    for (const auto& [name, parts] : answer.topics) {
-      w.string(name, flex);
-      w.array(parts.size(), flex);
-      for (const Answer& a : parts) {
-        w.i32(a.partition);
-        w.i64(a.offset);
-        if (v >= 5) w.i32(-1);  // committed leader epoch: not kept
-        w.nullable_string(a.offset >= 0 ? std::optional<std::string_view>(a.metadata) : std::optional<std::string_view>(""), flex);
-        w.i16(a.error);
+    Frame f(header);
+    Writer& w = f.w;
+    if (v >= 3) w.i32(0);
+    auto write_topics = [&](const GroupAnswer& answer) {
+      w.array(answer.topics.size(), flex);
+      for (const auto& [name, parts] : answer.topics) {
+        w.string(name, flex);
+        w.array(parts.size(), flex);
+        for (const Answer& a : parts) {
+          w.i32(a.partition);
+          w.i64(a.offset);
+          if (v >= 5) w.i32(-1);  // committed leader epoch: not kept
+          w.nullable_string(a.offset >= 0 ? std::optional<std::string_view>(a.metadata) : std::optional<std::string_view>(""), flex);
+          w.i16(a.error);
+          w.tagged_fields(flex);
+        }
         w.tagged_fields(flex);
       }
-      w.tagged_fields(flex);
+    };
+    if (v <= 7) {
+      write_topics(fetch->answers.front());
+      if (v >= 2) w.i16(fetch->answers.front().error);
+      first_error = fetch->answers.front().error;
+    } else {
+      w.array(fetch->answers.size(), flex);
+      for (std::size_t g = 0; g < fetch->answers.size(); ++g) {
+        w.string(fetch->asks[g].group, flex);
+        write_topics(fetch->answers[g]);
+        w.i16(fetch->answers[g].error);
+        if (fetch->answers[g].error != 0 && first_error == 0) first_error = fetch->answers[g].error;
+        w.tagged_fields(flex);
+      }
     }
+    w.tagged_fields(flex);
+    return f.finish();
   };
-  if (v <= 7) {
-    write_topics(answers.front());
-    if (v >= 2) w.i16(answers.front().error);
-    out.error = answers.front().error;
-  } else {
-    w.array(answers.size(), flex);
-    for (std::size_t g = 0; g < answers.size(); ++g) {
-      w.string(asks[g].group, flex);
-      write_topics(answers[g]);
-      w.i16(answers[g].error);
-      if (answers[g].error != 0 && out.error == 0) out.error = answers[g].error;
-      w.tagged_fields(flex);
-    }
-  }
-  w.tagged_fields(flex);
-  out.response = f.finish();
-  return out;
+  return defer(r, Worker::kOffsets, any, std::move(respond), std::move(read));
 }
 
 Outcome Broker::list_groups(const Request& r, Reader& in) {
