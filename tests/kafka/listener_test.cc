@@ -1896,6 +1896,57 @@ std::uint16_t free_tcp_port() {
   return port;
 }
 
+// The cluster's store, through which writes of topic records named "held-..." wait until the
+// test lets them go (an etcd that answers slowly).
+class HoldingStore final : public MetadataStore {
+ public:
+  explicit HoldingStore(std::shared_ptr<MetadataStore> inner) : inner_(std::move(inner)) {}
+  Result<std::int64_t> put(std::string_view key, std::string_view value, std::int64_t lease) override { return inner_->put(key, value, lease); }
+  Result<std::optional<KeyValue>> get(std::string_view key) override { return inner_->get(key); }
+  Result<RangeResult> list(std::string_view prefix) override { return inner_->list(prefix); }
+  Result<bool> compare_and_put(std::string_view key, std::int64_t expected, std::string_view value, std::int64_t lease,
+                               const WriteGuard* guard) override {
+    if (key.find("/topics/held-") != std::string_view::npos) {
+      std::unique_lock lock(mutex_);
+      ++held_writes_;
+      changed_.notify_all();
+      changed_.wait(lock, [&] { return open_; });
+    }
+    return inner_->compare_and_put(key, expected, value, lease, guard);
+  }
+  Result<bool> erase(std::string_view key, std::int64_t expected, const WriteGuard* guard) override { return inner_->erase(key, expected, guard); }
+  Result<std::int64_t> grant_lease(std::int64_t ttl_seconds) override { return inner_->grant_lease(ttl_seconds); }
+  Result<void> keep_alive(std::int64_t lease) override { return inner_->keep_alive(lease); }
+  Result<void> revoke_lease(std::int64_t lease) override { return inner_->revoke_lease(lease); }
+  Result<std::unique_ptr<MetadataWatch>> watch(std::string_view prefix, std::int64_t from_revision) override {
+    return inner_->watch(prefix, from_revision);
+  }
+
+  // Waits (up to 10 s) until `n` writes have come to be held.
+  bool wait_held(int n) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, std::chrono::seconds(10), [&] { return held_writes_ >= n; });
+  }
+  int held_writes() {
+    std::lock_guard lock(mutex_);
+    return held_writes_;
+  }
+  void let_go() {
+    {
+      std::lock_guard lock(mutex_);
+      open_ = true;
+    }
+    changed_.notify_all();
+  }
+
+ private:
+  std::shared_ptr<MetadataStore> inner_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int held_writes_ = 0;
+  bool open_ = false;
+};
+
 class KafkaListenerInCluster : public ::testing::Test {
  protected:
   struct Member {
@@ -1942,6 +1993,7 @@ class KafkaListenerInCluster : public ::testing::Test {
   }
 
   void TearDown() override {
+    holding_->let_go();  // a worker may wait in the store
     for (auto& m : members_) m->listener.reset();  // before the cluster node it routes by
     for (auto& m : members_) m->cluster.reset();
   }
@@ -1983,9 +2035,31 @@ class KafkaListenerInCluster : public ::testing::Test {
   }
 
   std::shared_ptr<LoopbackNetwork> network_ = make_loopback_network();
-  std::shared_ptr<MetadataStore> store_ = make_memory_metadata_store();
+  std::shared_ptr<HoldingStore> holding_ = std::make_shared<HoldingStore>(make_memory_metadata_store());
+  std::shared_ptr<MetadataStore> store_ = holding_;
   std::vector<std::unique_ptr<Member>> members_;
 };
+
+TEST_F(KafkaListenerInCluster, AnAutoCreatedTopicIsWrittenToTheStoreOffTheLoop) {
+  // Given a store that holds the write of an auto-created topic's record
+  KafkaClient asker(member(1).listener->port());
+  // When a client's Metadata names an unknown topic, expect LEADER_NOT_AVAILABLE at once (the
+  // write waits on the topics' worker, not on the loop) and the write under way
+  ASSERT_TRUE(asker.call(kMetadata, 1, false, metadata_request(1, {"held-a"})));
+  ASSERT_TRUE(holding_->wait_held(1));
+  // And other clients served meanwhile, the same name asked for again not queued twice
+  KafkaClient other(member(1).listener->port());
+  EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
+  EXPECT_TRUE(asker.call(kMetadata, 1, false, metadata_request(1, {"held-a"})));
+  EXPECT_EQ(holding_->held_writes(), 1);
+  // And once the store answers, the topic made in the cluster
+  holding_->let_go();
+  EXPECT_TRUE(eventually([&] { return member(1).cluster->topic("held-a").has_value(); }));
+  EXPECT_TRUE(eventually([&] {
+    const std::optional<PartitionView> p = member(1).cluster->partition("held-a", 0);
+    return p && p->leader > 0;
+  }));
+}
 
 TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFollower) {
   // Given a topic with two replicas, created through the second node's listener

@@ -20,6 +20,10 @@ constexpr std::int32_t kNullAuthorizedOperations = INT32_MIN;
 // Kafka's fetch.max.bytes default: the most one Fetch response holds.
 constexpr std::int32_t kMaxFetchResponseBytes = 55 * 1024 * 1024;
 constexpr int kMaxAutoCreationsPerRequest = 16;
+// A cluster's auto-creations queued on the worker: a name is queued again after this long, and
+// at most this many names are remembered (past it, clients are answered without queueing).
+constexpr std::int64_t kAutoCreateRetryMs = 5'000;
+constexpr std::size_t kMaxAutoCreating = 4'096;
 
 std::int64_t monotonic_ms() noexcept { return monotonic_ns() / 1'000'000; }
 
@@ -152,16 +156,8 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
       error = error::kLeaderNotAvailable;
       return nullptr;
     }
-    Result<void> created = cluster_->create_topic(name, options_.default_partitions, replication, node_.options().default_topic);
-    if (!created.ok() && created.error().code != Errc::kAlreadyExists) {
-      log(LogLevel::kWarn, "kafka: auto-creating a cluster topic failed", {{"topic", std::string(name)}, {"error", created.error().message}});
-      error = error::kUnknownTopicOrPartition;
-      return nullptr;
-    }
-    if (created.ok())
-      log(LogLevel::kInfo, "kafka: cluster topic auto-created",
-          {{"topic", std::string(name)}, {"partitions", std::to_string(options_.default_partitions)}, {"replication", std::to_string(replication)}});
     error = error::kLeaderNotAvailable;
+    auto_create_in_cluster(name, replication);
     return nullptr;
   }
   if (!allow_create || !options_.auto_create_topics) {
@@ -184,6 +180,29 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
   std::shared_ptr<TopicState> t = topic(name);
   if (!t) error = error::kUnknownTopicOrPartition;
   return t;
+}
+
+void Broker::auto_create_in_cluster(std::string_view name, std::uint32_t replication) {
+  // Written to the cluster's store on the topics' worker (reading the cluster and writing the
+  // topic took two etcd round trips on the loop, each up to its 2 s timeout when etcd is slow).
+  // A name asked for again while its creation is queued, or within the retry interval, is not
+  // queued again; past that (the creation failed, or its leaders are still not seen) it is.
+  const std::int64_t now = now_ms();
+  if (auto it = auto_creating_.find(name); it != auto_creating_.end() && now - it->second < kAutoCreateRetryMs) return;
+  if (auto_creating_.size() >= kMaxAutoCreating) {
+    std::erase_if(auto_creating_, [now](const auto& entry) { return now - entry.second >= kAutoCreateRetryMs; });
+    if (auto_creating_.size() >= kMaxAutoCreating) return;  // the client retries; its topic is queued later
+  }
+  auto_creating_.insert_or_assign(std::string(name), now);
+  // On the worker: cluster_ and node_ are safe from any thread; the rest is read-only here.
+  worker(Worker::kTopics).add([this, topic = std::string(name), replication, partitions = options_.default_partitions] {
+    Result<void> created = cluster_->create_topic(topic, partitions, replication, node_.options().default_topic);
+    if (created.ok())
+      log(LogLevel::kInfo, "kafka: cluster topic auto-created",
+          {{"topic", topic}, {"partitions", std::to_string(partitions)}, {"replication", std::to_string(replication)}});
+    else if (created.error().code != Errc::kAlreadyExists)
+      log(LogLevel::kWarn, "kafka: auto-creating a cluster topic failed", {{"topic", topic}, {"error", created.error().message}});
+  });
 }
 
 std::int16_t Broker::leader_error(std::string_view topic, std::int32_t partition, PartitionView* view) const {

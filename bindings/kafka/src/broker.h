@@ -369,6 +369,9 @@ class Broker {
   // Topics one request may still create: each costs the loop its rings' memory and files (about
   // 8 ms here), so a request naming thousands would hold every connection that long.
   int auto_creations_left_ = 0;
+  // A cluster's auto-created topics queued on the topics' worker: name -> when (ms) it was queued.
+  std::map<std::string, std::int64_t, std::less<>> auto_creating_;
+  void auto_create_in_cluster(std::string_view name, std::uint32_t replication);
 };
 
 }  // namespace weft::kafka::detail
