@@ -700,6 +700,29 @@ class StoreOffsetMirror final : public OffsetMirror {
     return out;  // keys come in order, so topics do; partitions are ordered within each
   }
 
+  // One range read over every group's offsets when more than one is asked for.
+  Result<std::vector<std::vector<CommittedOffset>>> fetch_groups(std::span<const std::string> groups) override {
+    if (groups.size() <= 1) return OffsetMirror::fetch_groups(groups);
+    std::map<std::string_view, std::size_t> wanted;  // group -> index in `groups`
+    for (std::size_t i = 0; i < groups.size(); ++i) wanted.emplace(groups[i], i);
+    WEFT_TRY(const RangeResult found, store_->list(prefix_));
+    std::vector<std::vector<CommittedOffset>> out(groups.size());
+    for (const KeyValue& kv : found.kvs) {
+      const std::string_view rest = std::string_view(kv.key).substr(prefix_.size());
+      const std::size_t slash = rest.find('/');  // group ids hold no '/'
+      if (slash == std::string_view::npos) continue;
+      const auto it = wanted.find(rest.substr(0, slash));
+      if (it == wanted.end()) continue;
+      std::optional<std::map<std::uint32_t, CommittedOffset>> partitions = decode_topic_offsets(rest.substr(slash + 1), kv.value);
+      if (!partitions) {
+        log(LogLevel::kWarn, "cluster: committed offsets in the store are unreadable; left out", {{"key", kv.key}});
+        continue;
+      }
+      for (auto& [partition, o] : *partitions) out[it->second].push_back(std::move(o));
+    }
+    return out;  // keys come in order: within a group, topics do, and partitions within each
+  }
+
  private:
   std::shared_ptr<MetadataStore> store_;
   std::string prefix_;

@@ -583,6 +583,24 @@ Result<std::vector<CommittedOffset>> Node::fetch_offsets(std::string_view group,
   return all;
 }
 
+Result<std::vector<std::vector<CommittedOffset>>> Node::fetch_offsets_of(std::span<const std::string> groups) const {
+  std::vector<std::string> valid;
+  for (const std::string& group : groups)
+    if (validate_group_id(group).ok()) valid.push_back(group);
+  std::vector<std::vector<CommittedOffset>> found(valid.size());
+  if (const std::shared_ptr<OffsetMirror> mirror = state_->mirror()) {
+    WEFT_TRY(found, mirror->fetch_groups(valid));
+  }
+  std::vector<std::vector<CommittedOffset>> out(groups.size());
+  for (std::size_t i = 0, v = 0; i < groups.size(); ++i) {
+    if (v == valid.size() || valid[v] != groups[i]) continue;  // an invalid id: none
+    out[i] = std::move(found[v++]);
+    // As fetch_offsets: this node's own store answers for a group the cluster has no copy of.
+    if (out[i].empty() && state_->offsets) out[i] = state_->offsets->fetch_all(groups[i]);
+  }
+  return out;
+}
+
 std::vector<std::string> Node::list_groups() const {
   if (!state_->offsets) return {};
   return state_->offsets->groups();

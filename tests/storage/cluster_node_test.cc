@@ -256,6 +256,22 @@ TEST_F(ClusterNodeTest, CommittedOffsetsOutliveTheNodeThatTookTheCommit) {
   ASSERT_TRUE(by_id(2)->node->commit_offsets("billing", second).ok());
   const std::vector<std::pair<std::int64_t, std::string>> merged = {{50, "orders/0/"}, {7, "orders/1/"}};
   EXPECT_EQ(offsets_of(*by_id(1)), merged);
+  // And many groups read at once (a metrics scrape: one read of the store) to give each its own,
+  // a group whose id starts with another's kept apart, invalid and unknown ids given none
+  const std::vector<CommittedOffset> eu = {{"orders", 1, Offset{3}, "eu", 0}};
+  ASSERT_TRUE(by_id(2)->node->commit_offsets("billing-eu", eu).ok());
+  const std::vector<std::string> groups = {"billing-eu", "billing", "bad/group", "never"};
+  Result<std::vector<std::vector<CommittedOffset>>> many = by_id(1)->node->fetch_offsets_of(groups);
+  ASSERT_TRUE(many.ok()) << many.error().message;
+  ASSERT_EQ(many->size(), 4u);
+  ASSERT_EQ((*many)[0].size(), 1u);
+  EXPECT_EQ((*many)[0][0].offset, Offset{3});
+  EXPECT_EQ((*many)[0][0].metadata, "eu");
+  ASSERT_EQ((*many)[1].size(), 2u);
+  EXPECT_EQ((*many)[1][0].offset, Offset{50});
+  EXPECT_EQ((*many)[1][1].offset, Offset{7});
+  EXPECT_TRUE((*many)[2].empty());
+  EXPECT_TRUE((*many)[3].empty());
   // And a bad commit to write nothing anywhere
   const std::vector<CommittedOffset> bad = {{"orders", 0, Offset{-5}, "", 0}};
   EXPECT_EQ(by_id(1)->node->commit_offsets("billing", bad).error().code, Errc::kInvalidArgument);

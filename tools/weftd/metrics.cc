@@ -415,11 +415,12 @@ MetricsSources collect_metrics(const Node& node, const LocalServer* local, const
               [](const GroupListing& a, const GroupListing& b) { return a.group_id < b.group_id; });
     for (const GroupListing& g : s.group_states) groups.insert(g.group_id);
   }
-  for (const std::string& group : groups) {
-    // A Kafka group id the offset store cannot hold (not a file name) has no offsets: an error here.
-    Result<std::vector<CommittedOffset>> offsets = node.fetch_offsets(group, "");
-    if (offsets.ok() && !offsets->empty()) s.group_offsets.push_back({group, std::move(*offsets)});
-  }
+  // One read of a cluster's store for every group (a Kafka group id the offset store cannot hold
+  // has none); when the store cannot be read, this scrape shows no group's offsets.
+  const std::vector<std::string> group_list(groups.begin(), groups.end());
+  if (Result<std::vector<std::vector<CommittedOffset>>> offsets = node.fetch_offsets_of(group_list); offsets.ok())
+    for (std::size_t i = 0; i < group_list.size(); ++i)
+      if (!(*offsets)[i].empty()) s.group_offsets.push_back({group_list[i], std::move((*offsets)[i])});
   if (cluster != nullptr) {
     MetricsSources::Cluster c;
     c.node = cluster->id();

@@ -183,6 +183,9 @@ class Node {
   Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets);
   // A group's committed offsets for one topic (empty topic: every topic), by topic and partition.
   Result<std::vector<CommittedOffset>> fetch_offsets(std::string_view group, std::string_view topic) const;
+  // fetch_offsets(group, "") of each distinct group, in the order given (invalid ids get none),
+  // with one read of a cluster's store for them all (a metrics scrape) instead of one per group.
+  Result<std::vector<std::vector<CommittedOffset>>> fetch_offsets_of(std::span<const std::string> groups) const;
   // The groups that have committed offsets here, in name order (none without an offset store).
   std::vector<std::string> list_groups() const;
 

@@ -67,6 +67,17 @@ class OffsetMirror {
   virtual Result<void> commit(std::string_view group, std::span<const CommittedOffset> offsets) = 0;
   // The group's entries ordered by topic, then partition (empty for a group never committed).
   virtual Result<std::vector<CommittedOffset>> fetch(std::string_view group) = 0;
+  // fetch() of each group (distinct, valid ids), in the order given; a mirror that can read
+  // them all at once (one range of the store, for a metrics scrape) does.
+  virtual Result<std::vector<std::vector<CommittedOffset>>> fetch_groups(std::span<const std::string> groups) {
+    std::vector<std::vector<CommittedOffset>> out;
+    out.reserve(groups.size());
+    for (const std::string& group : groups) {
+      WEFT_TRY(std::vector<CommittedOffset> offsets, fetch(group));
+      out.push_back(std::move(offsets));
+    }
+    return out;
+  }
 };
 
 // Lifecycle: open() loads every group's file; the object then serves from memory and writes
