@@ -251,6 +251,9 @@ struct Node::Topic {
 };
 
 struct Node::State {
+  // Creates and deletes take turns under it (taken before topics_mutex), so a topic's file is
+  // written and removed without topics_mutex held: readers of the map never wait for its syncs.
+  std::mutex topic_admin_mutex;
   mutable std::shared_mutex topics_mutex;
   std::map<std::string, std::shared_ptr<Topic>, std::less<>> topics;
   std::uint64_t next_id = 1;
@@ -490,44 +493,55 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
     partition->stats.memory = shared->describe();
     topic->partitions.push_back(std::move(partition));
   }
-  std::unique_lock lock(state_->topics_mutex);
-  if (state_->topics.contains(name)) return Error{Errc::kAlreadyExists, "topic '" + std::string(name) + "' already exists"};
-  // Checked again: another create may have taken the budget or the last topic while the rings were made.
-  if (state_->topics.size() >= options_.max_topics)
-    return Error{Errc::kResourceExhausted, "the node holds its maximum of " + std::to_string(options_.max_topics) + " topics"};
+  std::lock_guard admin(state_->topic_admin_mutex);
   topic->ring_bytes = ring_bytes * config.partitions;
-  if (state_->ring_bytes + topic->ring_bytes > options_.ring_memory_budget_bytes)
-    return Error{Errc::kResourceExhausted, "topic '" + std::string(name) + "' needs " + std::to_string(topic->ring_bytes) +
-                                               " bytes of ring memory; the node's budget has " +
-                                               std::to_string(options_.ring_memory_budget_bytes - state_->ring_bytes) + " left"};
-  if (save) WEFT_TRY_VOID(save_topic(topic->name, config));
-  topic->id = state_->next_id++;
-  state_->ring_bytes += topic->ring_bytes;
-  state_->topics.emplace(topic->name, topic);
-  // Release: a reader that sees the new version finds the topic map changed under the mutex.
-  state_->topics_version.fetch_add(1, std::memory_order_release);
-  lock.unlock();
+  {
+    // Checked again: another create may have taken the name, the budget or the last topic while
+    // the rings were made. Only creates and deletes change these, and they wait for the admin lock.
+    std::shared_lock lock(state_->topics_mutex);
+    if (state_->topics.contains(name)) return Error{Errc::kAlreadyExists, "topic '" + std::string(name) + "' already exists"};
+    if (state_->topics.size() >= options_.max_topics)
+      return Error{Errc::kResourceExhausted, "the node holds its maximum of " + std::to_string(options_.max_topics) + " topics"};
+    if (state_->ring_bytes + topic->ring_bytes > options_.ring_memory_budget_bytes)
+      return Error{Errc::kResourceExhausted, "topic '" + std::string(name) + "' needs " + std::to_string(topic->ring_bytes) +
+                                                 " bytes of ring memory; the node's budget has " +
+                                                 std::to_string(options_.ring_memory_budget_bytes - state_->ring_bytes) + " left"};
+  }
+  if (save) WEFT_TRY_VOID(save_topic(topic->name, config));  // its syncs, with no reader waiting
+  {
+    std::unique_lock lock(state_->topics_mutex);
+    topic->id = state_->next_id++;
+    state_->ring_bytes += topic->ring_bytes;
+    state_->topics.emplace(topic->name, topic);
+    // Release: a reader that sees the new version finds the topic map changed under the mutex.
+    state_->topics_version.fetch_add(1, std::memory_order_release);
+  }
   return describe_topic(name);
 }
 
 Result<void> Node::delete_topic(std::string_view name) {
   std::shared_ptr<Topic> topic;
+  Result<void> removed;
   {
-    std::unique_lock lock(state_->topics_mutex);
-    auto it = state_->topics.find(name);
-    if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
-    topic = it->second;
-    state_->topics.erase(it);
-    state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
-    state_->ring_bytes -= topic->ring_bytes;
+    // The file goes before the admin lock does: a create of the name after this one writes a
+    // file that nothing then removes.
+    std::lock_guard admin(state_->topic_admin_mutex);
+    {
+      std::unique_lock lock(state_->topics_mutex);
+      auto it = state_->topics.find(name);
+      if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
+      topic = it->second;
+      state_->topics.erase(it);
+      state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
+      state_->ring_bytes -= topic->ring_bytes;
+    }
+    if (!options_.metadata_dir.empty()) {
+      const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
+      if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
+    }
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
-  Result<void> removed;
-  if (!options_.metadata_dir.empty()) {
-    const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
-  }
   for (const auto& p : topic->partitions) {
     std::lock_guard partition_guard(p->log_mutex);  // a follower's write-through may be under way
     if (p->log)

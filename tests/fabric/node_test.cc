@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <thread>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "../temp_dir.h"
 #include "client_fixture.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
@@ -149,6 +151,41 @@ TEST(NodeTopics, DuplicateNameIsRefused) {
   EXPECT_NE(second.error().message.find("dup"), std::string::npos) << second.error().message;
   EXPECT_EQ(node->ring_memory_bytes(), used);
   EXPECT_EQ(node->describe_topic("dup")->partitions.size(), 1u);
+}
+
+TEST(NodeTopics, ATopicsFileFollowsCreatesAndDeletesOfItsNameFromManyThreads) {
+  // Given a node that keeps its topics in files, and four threads that create and delete one name
+  test::TempDir dir;
+  ASSERT_FALSE(dir.path().empty());
+  NodeOptions options = test_node_options(false);
+  options.metadata_dir = dir.path();
+  bool exists = false;
+  {
+    auto node = start_node(options);
+    ASSERT_NE(node, nullptr);
+    std::vector<std::thread> threads;
+    std::atomic<int> created{0};
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < 100; ++i) {
+          if ((i + t) % 2 == 0) {
+            if (node->create_topic("churn", small_topic()).ok()) created.fetch_add(1);
+          } else {
+            (void)node->delete_topic("churn");
+          }
+        }
+      });
+    for (std::thread& t : threads) t.join();
+    EXPECT_GT(created.load(), 0);
+    // Expect the file there exactly when the topic is (a delete's removal of the file never
+    // takes the file of a create that came after it)
+    exists = node->describe_topic("churn").ok();
+    EXPECT_EQ(std::filesystem::exists(dir.path() + "/churn.topic"), exists);
+  }
+  // And a node started again from the files to agree
+  auto again = start_node(options);
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(again->describe_topic("churn").ok(), exists);
 }
 
 TEST(NodeTopics, NamesFollowKafkasRule) {
