@@ -1573,38 +1573,49 @@ TEST_F(KafkaListenerTest, LargeRequestsShareOneMemoryBudgetAndWaitForItWithoutHo
   EXPECT_EQ(log_end(c, "big"), 2);  // neither large one was a batch: refused, answered
 }
 
-TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
-  // Given a node whose logs for topics named "slow..." open only when the test lets them (as a
-  // slow disk or a cluster's store would hold them)
-  struct Gate {
-    std::mutex mutex;
-    std::condition_variable changed;
-    int entered = 0;
-    bool open = false;
-  } gate;
-  start({}, std::size_t{1} << 20, [&gate](OpenPartitionLog inner) -> OpenPartitionLog {
-    return [&gate, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) {
-      if (topic.starts_with("slow")) {
-        std::unique_lock lock(gate.mutex);
-        ++gate.entered;
-        gate.changed.notify_all();
-        gate.changed.wait(lock, [&] { return gate.open; });
-      }
-      return inner(topic, partition, config);
+// Holds the opening of logs of topics named "slow..." until the test lets them go (as a slow
+// disk, or a cluster's store, would hold their creation). Let go before the listener stops.
+struct HeldLogs {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int entered = 0;
+  bool open = false;
+
+  std::function<OpenPartitionLog(OpenPartitionLog)> wrapper() {
+    return [this](OpenPartitionLog inner) -> OpenPartitionLog {
+      return [this, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) {
+        if (topic.starts_with("slow")) {
+          std::unique_lock lock(mutex);
+          ++entered;
+          changed.notify_all();
+          changed.wait(lock, [&] { return open; });
+        }
+        return inner(topic, partition, config);
+      };
     };
-  });
-  const auto let_go = [&gate] {
+  }
+  bool wait_entered(int n) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, std::chrono::seconds(10), [&] { return entered >= n; });
+  }
+  void let_go() {
     {
-      std::lock_guard lock(gate.mutex);
-      gate.open = true;
+      std::lock_guard lock(mutex);
+      open = true;
     }
-    gate.changed.notify_all();
-  };
-  // (whatever fails below, the held creation ends before the listener is stopped)
-  struct OpenFirst {
-    std::function<void()> let_go;
-    ~OpenFirst() { let_go(); }
-  } open_first{let_go};
+    changed.notify_all();
+  }
+};
+
+TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
+  // Given a node whose logs for topics named "slow..." open only when the test lets them
+  HeldLogs held;
+  start({}, std::size_t{1} << 20, held.wrapper());
+  struct OpenFirst {  // whatever fails below, the held creation ends before the listener is stopped
+    HeldLogs& held;
+    ~OpenFirst() { held.let_go(); }
+  } open_first{held};
+  const auto let_go = [&held] { held.let_go(); };
   const auto create = [](const std::string& name) {
     Writer w;
     w.array(1, false);
@@ -1618,16 +1629,20 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   };
   KafkaClient admin(port());
   ASSERT_TRUE(admin.send_raw(test::kafka_frame(kCreateTopics, 0, 7, false, create("slow"))));
-  {
-    std::unique_lock lock(gate.mutex);
-    ASSERT_TRUE(gate.changed.wait_for(lock, std::chrono::seconds(10), [&] { return gate.entered == 1; }));
-  }
-  // When another client asks meanwhile: versions, a Metadata that makes a topic, and an offset
-  // commit (written on a worker of its own)
+  ASSERT_TRUE(held.wait_entered(1));
+  // When another client asks meanwhile: versions, a topic's metadata and an offset commit
+  // (written on a worker of its own)
+  ASSERT_TRUE(node_->create_topic("quick").ok());
   KafkaClient other(port());
   EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
-  EXPECT_TRUE(other.call(kMetadata, 1, false, metadata_request(1, {"quick"})));
-  EXPECT_TRUE(node_->describe_topic("quick").ok()) << "the Metadata request did not make its topic";
+  std::optional<std::string> quick = other.call(kMetadata, 1, false, metadata_request(1, {"quick"}));
+  ASSERT_TRUE(quick);
+  const std::vector<MetadataTopic> quick_topics = read_metadata(1, *quick, port());
+  ASSERT_EQ(quick_topics.size(), 1u);
+  EXPECT_EQ(quick_topics[0].error, 0);
+  // (and a third asks for a topic to be auto-created: made on the same worker, after "slow")
+  KafkaClient auto_creator(port());
+  ASSERT_TRUE(auto_creator.send_raw(test::kafka_frame(kMetadata, 1, 11, false, metadata_request(1, {"made-later"}))));
   Writer commit;  // OffsetCommit v0: a group without members
   commit.string("readers", false);
   commit.array(1, false);
@@ -1655,6 +1670,14 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   EXPECT_EQ(made.string(false), "slow");
   EXPECT_EQ(made.i16(), 0);
   EXPECT_TRUE(node_->describe_topic("slow").ok());
+  // And the auto-created topic's Metadata answered with it, made
+  std::optional<std::string> later = auto_creator.read_frame(10'000);
+  ASSERT_TRUE(later && later->size() > 4);
+  const std::vector<MetadataTopic> later_topics = read_metadata(1, later->substr(4), port());
+  ASSERT_EQ(later_topics.size(), 1u);
+  EXPECT_EQ(later_topics[0].name, "made-later");
+  EXPECT_EQ(later_topics[0].error, 0);
+  EXPECT_EQ(later_topics[0].partitions.size(), 1u);
   // And a DeleteTopics answered the same way, its topic gone
   Writer d;
   d.array(1, false);
@@ -1667,6 +1690,37 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   EXPECT_EQ(r.string(false), "slow");
   EXPECT_EQ(r.i16(), 0);
   EXPECT_FALSE(node_->describe_topic("slow").ok());
+}
+
+TEST_F(KafkaListenerTest, ATopicAutoCreatedSlowlyHoldsNoOtherConnection) {
+  // Given a node whose logs for topics named "slow..." open only when the test lets them
+  HeldLogs held;
+  start({}, std::size_t{1} << 20, held.wrapper());
+  struct OpenFirst {
+    HeldLogs& held;
+    ~OpenFirst() { held.let_go(); }
+  } open_first{held};
+  // When a Metadata names two unknown topics, one of them slow to make
+  KafkaClient asker(port());
+  ASSERT_TRUE(asker.send_raw(test::kafka_frame(kMetadata, 1, 5, false, metadata_request(1, {"slow-auto", "fast-auto"}))));
+  ASSERT_TRUE(held.wait_entered(1));
+  // Expect another client served while it is made (on the topics' worker, not the loop)
+  KafkaClient other(port());
+  EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
+  EXPECT_FALSE(asker.read_frame(0)) << "answered before its topics were made";
+  // And the Metadata answered once it is, with both topics made
+  held.let_go();
+  std::optional<std::string> answer = asker.read_frame(10'000);
+  ASSERT_TRUE(answer && answer->size() > 4);
+  EXPECT_EQ(wire::load_be32(reinterpret_cast<const std::byte*>(answer->data())), 5);
+  const std::vector<MetadataTopic> topics = read_metadata(1, answer->substr(4), port());
+  ASSERT_EQ(topics.size(), 2u);
+  EXPECT_EQ(topics[0].name, "slow-auto");
+  EXPECT_EQ(topics[0].error, 0);
+  EXPECT_EQ(topics[1].name, "fast-auto");
+  EXPECT_EQ(topics[1].error, 0);
+  EXPECT_TRUE(node_->describe_topic("slow-auto").ok());
+  EXPECT_TRUE(node_->describe_topic("fast-auto").ok());
 }
 
 TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnection) {

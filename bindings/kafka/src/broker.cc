@@ -164,6 +164,12 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
     error = error::kUnknownTopicOrPartition;
     return nullptr;
   }
+  if (auto_create_attempted_ != nullptr) {
+    // Answering a parked Metadata: its worker tried these (and logged why one failed); the
+    // others were past the request's share.
+    error = auto_create_attempted_->contains(name) ? error::kUnknownTopicOrPartition : error::kLeaderNotAvailable;
+    return nullptr;
+  }
   if (auto_creations_left_-- <= 0) {
     error = error::kLeaderNotAvailable;  // retriable: the client asks again, and its next request creates more
     return nullptr;
@@ -378,7 +384,7 @@ Outcome Broker::api_versions(const Request& r) {
 
 // ---- Metadata -------------------------------------------------------------------------------
 
-Outcome Broker::metadata(const Request& r, Reader& in) {
+Outcome Broker::metadata(const Request& r, Reader& in, const std::set<std::string, std::less<>>* attempted) {
   const std::int16_t v = r.header.api_version;
   const bool flex = r.header.flexible;
   std::vector<std::optional<std::string_view>> names;
@@ -395,6 +401,44 @@ Outcome Broker::metadata(const Request& r, Reader& in) {
   if (v >= 8) (void)in.boolean();
   in.tagged_fields(flex);
   if (!in.ok()) return {};
+
+  // A single node's topics to auto-create (a cluster's are queued by topic_or_create): made on
+  // the topics' worker, each ~8 ms of rings, files and syncs, then this request read again.
+  if (attempted == nullptr && cluster_ == nullptr && !all && allow_auto_create && options_.auto_create_topics) {
+    auto to_make = std::make_shared<std::set<std::string, std::less<>>>();
+    for (const auto& name : names)
+      if (name && to_make->size() < static_cast<std::size_t>(kMaxAutoCreationsPerRequest) && validate_topic_name(*name).ok() && !topic(*name))
+        to_make->emplace(*name);
+    if (!to_make->empty()) {
+      auto body = std::make_shared<const std::string>(reinterpret_cast<const char*>(r.body.data()), r.body.size());
+      auto respond = [this, to_make, body, header = owned_header(r), arrived_ns = r.arrived_ns](std::int16_t& first_error) {
+        Request again{header, std::span(reinterpret_cast<const std::byte*>(body->data()), body->size()), arrived_ns, {}};
+        Reader reread(again.body);
+        Outcome out = metadata(again, reread, to_make.get());
+        first_error = out.error;
+        return std::move(out.response);
+      };
+      // On the worker: node_ only (safe from any thread).
+      auto make = [this, to_make] {
+        TopicConfig config = node_.options().default_topic;
+        config.partitions = options_.default_partitions;
+        for (const std::string& name : *to_make) {
+          Result<TopicInfo> created = node_.create_topic(name, config);
+          if (created.ok())
+            log(LogLevel::kInfo, "kafka: topic auto-created", {{"topic", name}, {"partitions", std::to_string(config.partitions)}});
+          else if (created.error().code != Errc::kAlreadyExists)
+            log(LogLevel::kWarn, "kafka: auto-creating a topic failed", {{"topic", name}, {"error", created.error().message}});
+        }
+      };
+      return defer(r, Worker::kTopics, true, std::move(respond), std::move(make));
+    }
+  }
+  // Answering after the worker: topic_or_create answers for the names it tried.
+  struct AttemptedScope {
+    const std::set<std::string, std::less<>>*& slot;
+    ~AttemptedScope() { slot = nullptr; }
+  } attempted_scope{auto_create_attempted_};
+  auto_create_attempted_ = attempted;
 
   struct PartitionEntry {
     std::int16_t error = 0;

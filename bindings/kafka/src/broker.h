@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <span>
@@ -244,7 +245,10 @@ class Broker {
 
  private:
   Outcome api_versions(const Request& r);
-  Outcome metadata(const Request& r, Reader& in);
+  // A single node's auto-created topics are made on the topics' worker, the request parked
+  // meanwhile; then the request is read again and answered with `attempted` (the names tried)
+  // set, so a creation that failed is answered, never tried again on the loop.
+  Outcome metadata(const Request& r, Reader& in, const std::set<std::string, std::less<>>* attempted = nullptr);
   Outcome produce(const Request& r, Reader& in);
   Outcome fetch(const Request& r, Reader& in);
   Outcome list_offsets(const Request& r, Reader& in);
@@ -369,6 +373,8 @@ class Broker {
   // Topics one request may still create: each costs the loop its rings' memory and files (about
   // 8 ms here), so a request naming thousands would hold every connection that long.
   int auto_creations_left_ = 0;
+  // While a parked Metadata is answered: the names its worker tried to create (null otherwise).
+  const std::set<std::string, std::less<>>* auto_create_attempted_ = nullptr;
   // A cluster's auto-created topics queued on the topics' worker: name -> when (ms) it was queued.
   std::map<std::string, std::int64_t, std::less<>> auto_creating_;
   void auto_create_in_cluster(std::string_view name, std::uint32_t replication);
