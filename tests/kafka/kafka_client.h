@@ -118,9 +118,11 @@ class KafkaClient {
     std::size_t got = 0;
     while (got < n) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-      if (left <= 0) return false;
       pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+      if (::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left, 0))) <= 0) {  // a timeout of 0 still looks once
+        if (left <= 0) return false;
+        continue;
+      }
       const ssize_t r = ::recv(fd_, out.data() + got, n - got, 0);
       if (r <= 0) return false;
       got += static_cast<std::size_t>(r);

@@ -1574,21 +1574,22 @@ TEST_F(KafkaListenerTest, LargeRequestsShareOneMemoryBudgetAndWaitForItWithoutHo
 }
 
 // Holds the opening of logs of topics named "slow..." until the test lets them go (as a slow
-// disk, or a cluster's store, would hold their creation). Let go before the listener stops.
+// disk, or a cluster's store, would hold their creation). Let go before the listener stops; the
+// node's log opener keeps it alive.
 struct HeldLogs {
   std::mutex mutex;
   std::condition_variable changed;
   int entered = 0;
   bool open = false;
 
-  std::function<OpenPartitionLog(OpenPartitionLog)> wrapper() {
-    return [this](OpenPartitionLog inner) -> OpenPartitionLog {
-      return [this, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) {
+  static std::function<OpenPartitionLog(OpenPartitionLog)> wrapper(std::shared_ptr<HeldLogs> held) {
+    return [held](OpenPartitionLog inner) -> OpenPartitionLog {
+      return [held, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) {
         if (topic.starts_with("slow")) {
-          std::unique_lock lock(mutex);
-          ++entered;
-          changed.notify_all();
-          changed.wait(lock, [&] { return open; });
+          std::unique_lock lock(held->mutex);
+          ++held->entered;
+          held->changed.notify_all();
+          held->changed.wait(lock, [&] { return held->open; });
         }
         return inner(topic, partition, config);
       };
@@ -1609,13 +1610,13 @@ struct HeldLogs {
 
 TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   // Given a node whose logs for topics named "slow..." open only when the test lets them
-  HeldLogs held;
-  start({}, std::size_t{1} << 20, held.wrapper());
+  auto held = std::make_shared<HeldLogs>();
+  start({}, std::size_t{1} << 20, HeldLogs::wrapper(held));
   struct OpenFirst {  // whatever fails below, the held creation ends before the listener is stopped
     HeldLogs& held;
     ~OpenFirst() { held.let_go(); }
-  } open_first{held};
-  const auto let_go = [&held] { held.let_go(); };
+  } open_first{*held};
+  const auto let_go = [&held] { held->let_go(); };
   const auto create = [](const std::string& name) {
     Writer w;
     w.array(1, false);
@@ -1629,7 +1630,7 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   };
   KafkaClient admin(port());
   ASSERT_TRUE(admin.send_raw(test::kafka_frame(kCreateTopics, 0, 7, false, create("slow"))));
-  ASSERT_TRUE(held.wait_entered(1));
+  ASSERT_TRUE(held->wait_entered(1));
   // When another client asks meanwhile: versions, a topic's metadata and an offset commit
   // (written on a worker of its own)
   ASSERT_TRUE(node_->create_topic("quick").ok());
@@ -1660,7 +1661,7 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   EXPECT_EQ(cr.i32(), 0);
   EXPECT_EQ(cr.i16(), 0);
   // Expect them answered while the creation is held, and it answered once let go
-  EXPECT_FALSE(admin.read_frame(0)) << "answered before its topic was made";
+  EXPECT_FALSE(admin.read_frame(50)) << "answered before its topic was made";
   let_go();
   std::optional<std::string> created = admin.read_frame(10'000);
   ASSERT_TRUE(created && created->size() > 4);
@@ -1694,22 +1695,22 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
 
 TEST_F(KafkaListenerTest, ATopicAutoCreatedSlowlyHoldsNoOtherConnection) {
   // Given a node whose logs for topics named "slow..." open only when the test lets them
-  HeldLogs held;
-  start({}, std::size_t{1} << 20, held.wrapper());
+  auto held = std::make_shared<HeldLogs>();
+  start({}, std::size_t{1} << 20, HeldLogs::wrapper(held));
   struct OpenFirst {
     HeldLogs& held;
     ~OpenFirst() { held.let_go(); }
-  } open_first{held};
+  } open_first{*held};
   // When a Metadata names two unknown topics, one of them slow to make
   KafkaClient asker(port());
   ASSERT_TRUE(asker.send_raw(test::kafka_frame(kMetadata, 1, 5, false, metadata_request(1, {"slow-auto", "fast-auto"}))));
-  ASSERT_TRUE(held.wait_entered(1));
+  ASSERT_TRUE(held->wait_entered(1));
   // Expect another client served while it is made (on the topics' worker, not the loop)
   KafkaClient other(port());
   EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
-  EXPECT_FALSE(asker.read_frame(0)) << "answered before its topics were made";
+  EXPECT_FALSE(asker.read_frame(50)) << "answered before its topics were made";
   // And the Metadata answered once it is, with both topics made
-  held.let_go();
+  held->let_go();
   std::optional<std::string> answer = asker.read_frame(10'000);
   ASSERT_TRUE(answer && answer->size() > 4);
   EXPECT_EQ(wire::load_be32(reinterpret_cast<const std::byte*>(answer->data())), 5);
@@ -1787,7 +1788,7 @@ TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnecti
   KafkaClient other(port());
   EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
   EXPECT_TRUE(other.call(kMetadata, 1, false, metadata_request(1, {"t"})));
-  EXPECT_FALSE(reader.read_frame(0)) << "answered before the store was";
+  EXPECT_FALSE(reader.read_frame(50)) << "answered before the store was";
   // And the fetch answered once it is let go, with the offset committed before it
   mirror->let_go();
   std::optional<std::string> fetched = reader.read_frame(10'000);
@@ -2105,10 +2106,25 @@ TEST_F(KafkaListenerInCluster, AnAutoCreatedTopicIsWrittenToTheStoreOffTheLoop) 
   KafkaClient other(member(1).listener->port());
   EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
   EXPECT_TRUE(asker.call(kMetadata, 1, false, metadata_request(1, {"held-a"})));
+  // (also once the 5 s after which a name is queued again have passed: its creation still waits)
+  std::this_thread::sleep_for(std::chrono::milliseconds(5'200));
+  EXPECT_TRUE(asker.call(kMetadata, 1, false, metadata_request(1, {"held-a"})));
   EXPECT_EQ(holding_->held_writes(), 1);
   // And once the store answers, the topic made in the cluster
   holding_->let_go();
   EXPECT_TRUE(eventually([&] { return member(1).cluster->topic("held-a").has_value(); }));
+  // (and written once: a CreateTopics through the same worker is answered after any job queued
+  // before it, and no second write of the name came)
+  Writer w;
+  w.array(1, false);
+  w.string("after-held", false);
+  w.i32(1);
+  w.i16(2);
+  w.array(0, false);
+  w.array(0, false);
+  w.i32(10'000);
+  EXPECT_TRUE(asker.call(kCreateTopics, 0, false, w.buffer()));
+  EXPECT_EQ(holding_->held_writes(), 1);
   EXPECT_TRUE(eventually([&] {
     const std::optional<PartitionView> p = member(1).cluster->partition("held-a", 0);
     return p && p->leader > 0;

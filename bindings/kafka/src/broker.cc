@@ -24,6 +24,7 @@ constexpr int kMaxAutoCreationsPerRequest = 16;
 // at most this many names are remembered (past it, clients are answered without queueing).
 constexpr std::int64_t kAutoCreateRetryMs = 5'000;
 constexpr std::size_t kMaxAutoCreating = 4'096;
+constexpr int kMaxAutoCreationsQueued = 64;
 
 std::int64_t monotonic_ms() noexcept { return monotonic_ns() / 1'000'000; }
 
@@ -156,8 +157,7 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
       error = error::kLeaderNotAvailable;
       return nullptr;
     }
-    error = error::kLeaderNotAvailable;
-    auto_create_in_cluster(name, replication);
+    error = auto_create_in_cluster(name, replication);
     return nullptr;
   }
   if (!allow_create || !options_.auto_create_topics) {
@@ -188,27 +188,43 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
   return t;
 }
 
-void Broker::auto_create_in_cluster(std::string_view name, std::uint32_t replication) {
+std::int16_t Broker::auto_create_in_cluster(std::string_view name, std::uint32_t replication) {
   // Written to the cluster's store on the topics' worker (reading the cluster and writing the
   // topic took two etcd round trips on the loop, each up to its 2 s timeout when etcd is slow).
-  // A name asked for again while its creation is queued, or within the retry interval, is not
-  // queued again; past that (the creation failed, or its leaders are still not seen) it is.
+  // A name is queued once at a time, and again only 5 s after it was last queued (the creation
+  // failed, or its leaders are still not seen); a failure is answered until then.
   const std::int64_t now = now_ms();
-  if (auto it = auto_creating_.find(name); it != auto_creating_.end() && now - it->second < kAutoCreateRetryMs) return;
-  if (auto_creating_.size() >= kMaxAutoCreating) {
-    std::erase_if(auto_creating_, [now](const auto& entry) { return now - entry.second >= kAutoCreateRetryMs; });
-    if (auto_creating_.size() >= kMaxAutoCreating) return;  // the client retries; its topic is queued later
+  if (auto it = auto_creating_.find(name); it != auto_creating_.end()) {
+    const int state = it->second.state->load(std::memory_order_acquire);  // acquire: the worker's outcome
+    if (state == AutoCreation::kQueued) return error::kLeaderNotAvailable;
+    if (now - it->second.queued_ms < kAutoCreateRetryMs)
+      return state == AutoCreation::kFailed ? error::kUnknownTopicOrPartition : error::kLeaderNotAvailable;
   }
-  auto_creating_.insert_or_assign(std::string(name), now);
+  if (auto_creating_.size() >= kMaxAutoCreating) {
+    std::erase_if(auto_creating_, [now](const auto& entry) {
+      return entry.second.state->load(std::memory_order_acquire) != AutoCreation::kQueued && now - entry.second.queued_ms >= kAutoCreateRetryMs;
+    });
+  }
+  // Bounded: names remembered, and creations waiting on the worker (each may wait out etcd's
+  // timeouts; CreateTopics and DeleteTopics queue behind them).
+  if (auto_creating_.size() >= kMaxAutoCreating || auto_creations_queued_.load(std::memory_order_relaxed) >= kMaxAutoCreationsQueued)
+    return error::kLeaderNotAvailable;  // the client retries; its topic is queued later
+  auto state = std::make_shared<std::atomic<int>>(AutoCreation::kQueued);
+  auto_creating_.insert_or_assign(std::string(name), AutoCreation{now, state});
+  auto_creations_queued_.fetch_add(1, std::memory_order_relaxed);  // relaxed: a bound, not a hand-off
   // On the worker: cluster_ and node_ are safe from any thread; the rest is read-only here.
-  worker(Worker::kTopics).add([this, topic = std::string(name), replication, partitions = options_.default_partitions] {
+  worker(Worker::kTopics).add([this, state, topic = std::string(name), replication, partitions = options_.default_partitions] {
     Result<void> created = cluster_->create_topic(topic, partitions, replication, node_.options().default_topic);
     if (created.ok())
       log(LogLevel::kInfo, "kafka: cluster topic auto-created",
           {{"topic", topic}, {"partitions", std::to_string(partitions)}, {"replication", std::to_string(replication)}});
     else if (created.error().code != Errc::kAlreadyExists)
       log(LogLevel::kWarn, "kafka: auto-creating a cluster topic failed", {{"topic", topic}, {"error", created.error().message}});
+    const bool failed = !created.ok() && created.error().code != Errc::kAlreadyExists;
+    state->store(failed ? AutoCreation::kFailed : AutoCreation::kDone, std::memory_order_release);  // release: pairs with the loop's acquire
+    auto_creations_queued_.fetch_sub(1, std::memory_order_relaxed);
   });
+  return error::kLeaderNotAvailable;
 }
 
 std::int16_t Broker::leader_error(std::string_view topic, std::int32_t partition, PartitionView* view) const {

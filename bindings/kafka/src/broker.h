@@ -358,6 +358,9 @@ class Broker {
   // topic creation: one for offset commits and fetches (in order, so a fetch sees the commits
   // before it), one for topic admin, so a CreateTopics of many topics (or one held by the
   // cluster's store) holds no group's offsets. Started by their first job.
+  // A cluster's auto-creations queued on the topics' worker and not yet run (the worker's jobs
+  // count it down: declared before the workers, so it outlives their last job).
+  std::atomic<int> auto_creations_queued_{0};
   std::unique_ptr<SerialWorker> offsets_worker_;
   std::unique_ptr<SerialWorker> topics_worker_;
   // Parks a request until `job` is done on its worker.
@@ -375,9 +378,15 @@ class Broker {
   int auto_creations_left_ = 0;
   // While a parked Metadata is answered: the names its worker tried to create (null otherwise).
   const std::set<std::string, std::less<>>* auto_create_attempted_ = nullptr;
-  // A cluster's auto-created topics queued on the topics' worker: name -> when (ms) it was queued.
-  std::map<std::string, std::int64_t, std::less<>> auto_creating_;
-  void auto_create_in_cluster(std::string_view name, std::uint32_t replication);
+  // A cluster's auto-created topics, by name: when each was last queued on the topics' worker,
+  // and how it went (the worker stores, the loop reads). Answers the error to give the client.
+  struct AutoCreation {
+    enum : int { kQueued, kDone, kFailed };
+    std::int64_t queued_ms = 0;
+    std::shared_ptr<std::atomic<int>> state;
+  };
+  std::map<std::string, AutoCreation, std::less<>> auto_creating_;
+  std::int16_t auto_create_in_cluster(std::string_view name, std::uint32_t replication);
 };
 
 }  // namespace weft::kafka::detail
