@@ -25,6 +25,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <shared_mutex>
 #include <thread>
 
@@ -251,6 +252,11 @@ struct Node::Topic {
 };
 
 struct Node::State {
+  // Names a create or a delete is working on: another of the same name waits its turn, so a
+  // create never opens the log folders that a delete of the name is still removing.
+  std::mutex busy_names_mutex;
+  std::condition_variable busy_names_changed;
+  std::set<std::string, std::less<>> busy_names;  // guarded by busy_names_mutex
   // Creates and deletes take turns under it (taken before topics_mutex), so a topic's file is
   // written and removed without topics_mutex held: readers of the map never wait for its syncs.
   std::mutex topic_admin_mutex;
@@ -418,9 +424,33 @@ Result<TopicInfo> Node::create_topic(std::string_view name, const TopicConfig& c
   return create_topic_impl(name, config, !options_.metadata_dir.empty());
 }
 
+// Holds a topic name's turn (Node::State::busy_names) for a create or a delete.
+class Node::NameTurn {
+ public:
+  NameTurn(State& state, std::string_view name) : state_(state), name_(name) {
+    std::unique_lock lock(state_.busy_names_mutex);
+    state_.busy_names_changed.wait(lock, [&] { return !state_.busy_names.contains(name_); });
+    state_.busy_names.insert(name_);
+  }
+  ~NameTurn() {
+    {
+      std::lock_guard lock(state_.busy_names_mutex);
+      state_.busy_names.erase(name_);
+    }
+    state_.busy_names_changed.notify_all();
+  }
+  NameTurn(const NameTurn&) = delete;
+  NameTurn& operator=(const NameTurn&) = delete;
+
+ private:
+  State& state_;
+  std::string name_;
+};
+
 Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConfig& config, bool save, bool recovering) {
   WEFT_TRY_VOID(validate_topic_name(name));
   WEFT_TRY_VOID(validate_topic_config(config));
+  const NameTurn turn(*state_, name);
   const RingConfig ring_config = ring_config_for(config);
   const std::size_t ring_bytes = Ring::required_bytes(ring_config);
   {
@@ -520,6 +550,7 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
 }
 
 Result<void> Node::delete_topic(std::string_view name) {
+  const NameTurn turn(*state_, name);  // until its logs are gone, a create of the name waits
   std::shared_ptr<Topic> topic;
   Result<void> removed;
   {

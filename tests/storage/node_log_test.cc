@@ -10,6 +10,10 @@
 
 #include <atomic>
 #include <filesystem>
+#include <mutex>
+#include <future>
+#include <functional>
+#include <condition_variable>
 #include <thread>
 #include <fstream>
 #include <string>
@@ -274,6 +278,122 @@ TEST(NodeLog, DeletingATopicDeletesItsLogs) {
   ASSERT_TRUE(client->create_topic("gone", 1).ok());
   TopicProducer again = TopicProducer::create(client, "gone").value();
   EXPECT_EQ(again.send_to(0, record)->offset, Offset{0});
+}
+
+// A segment log whose remove() waits while the test holds it (a delete under way).
+struct RemovalGate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  int removals_entered = 0;
+  int opened = 0;  // logs opened since the test last counted
+  bool open = true;
+
+  bool wait(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, limit, done);
+  }
+  void set_open(bool now_open) {
+    {
+      std::lock_guard lock(mutex);
+      open = now_open;
+    }
+    changed.notify_all();
+  }
+};
+
+class HeldRemovalLog final : public PartitionLog {
+ public:
+  HeldRemovalLog(std::unique_ptr<PartitionLog> inner, std::shared_ptr<RemovalGate> gate) : inner_(std::move(inner)), gate_(std::move(gate)) {}
+  Result<void> remove() override {
+    {
+      std::unique_lock lock(gate_->mutex);
+      ++gate_->removals_entered;
+      gate_->changed.notify_all();
+      gate_->changed.wait(lock, [&] { return gate_->open; });
+    }
+    return inner_->remove();
+  }
+  Result<void> append(std::span<const std::byte> batch) override { return inner_->append(batch); }
+  Result<void> flush() override { return inner_->flush(); }
+  Result<void> sync() override { return inner_->sync(); }
+  Result<void> submit(bool more_coming) override { return inner_->submit(more_coming); }
+  Result<Offset> written_offset() override { return inner_->written_offset(); }
+  Offset synced_offset() const override { return inner_->synced_offset(); }
+  Offset start_offset() const override { return inner_->start_offset(); }
+  Offset next_offset() const override { return inner_->next_offset(); }
+  Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override { return inner_->read(offset, out); }
+  Result<LogSlice> slice(Offset offset, Offset until) override { return inner_->slice(offset, until); }
+  Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) override { return inner_->offset_for_timestamp(timestamp_ms); }
+  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override {
+    return inner_->apply_retention(max_bytes, max_age_ms, now_ms);
+  }
+  std::uint64_t size_bytes() const override { return inner_->size_bytes(); }
+  Result<Offset> truncate(Offset end) override { return inner_->truncate(end); }
+  Result<void> save_epochs(std::span<const EpochStart> epochs) override { return inner_->save_epochs(epochs); }
+  Result<std::vector<EpochStart>> load_epochs() const override { return inner_->load_epochs(); }
+  Result<void> reset(Offset start) override { return inner_->reset(start); }
+
+ private:
+  std::unique_ptr<PartitionLog> inner_;
+  std::shared_ptr<RemovalGate> gate_;
+};
+
+TEST(NodeLog, ATopicMadeAgainWhileItsDeleteIsUnderWayStartsEmptyAndKeepsItsLog) {
+  // Given a topic with records in its log, whose log's removal the test can hold
+  TempDir dir;
+  auto gate = std::make_shared<RemovalGate>();
+  NodeOptions options = logged_node(dir.path());
+  options.open_log = [inner = options.open_log, gate](std::string_view topic, std::uint32_t partition,
+                                                      const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
+    WEFT_TRY(std::unique_ptr<PartitionLog> log, inner(topic, partition, config));
+    {
+      std::lock_guard lock(gate->mutex);
+      ++gate->opened;
+    }
+    gate->changed.notify_all();
+    return std::unique_ptr<PartitionLog>(std::make_unique<HeldRemovalLog>(std::move(log), gate));
+  };
+  auto node = Node::start(options).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("again", small()).ok());
+  {
+    ProducerOptions producer_options;
+    producer_options.max_block_ms = 0;
+    TopicProducer producer = TopicProducer::create(client, "again", producer_options).value();
+    ASSERT_EQ(send(*node, producer, 5), 5);
+  }
+  ASSERT_TRUE(std::filesystem::exists(dir.path() + "/again-0/00000000000000000000.log"));
+  // When it is deleted, and made again while the delete waits to remove its log
+  gate->set_open(false);
+  {
+    std::lock_guard lock(gate->mutex);
+    gate->opened = 0;
+  }
+  auto deleting = std::async(std::launch::async, [&] { return client->delete_topic("again"); });
+  struct OpenFirst {  // whatever fails below, the held delete ends before the node goes
+    RemovalGate& gate;
+    ~OpenFirst() { gate.set_open(true); }
+  } open_first{*gate};
+  ASSERT_TRUE(gate->wait([&] { return gate->removals_entered == 1; }, std::chrono::seconds(10)));
+  auto creating = std::async(std::launch::async, [&] { return client->create_topic("again", small()); });
+  // (a create that does not wait its turn opens the old folder now; one that does, never here)
+  (void)gate->wait([&] { return gate->opened > 0; }, std::chrono::milliseconds(300));
+  gate->set_open(true);
+  ASSERT_EQ(deleting.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  ASSERT_EQ(creating.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(deleting.get().ok());
+  Result<TopicInfo> made = creating.get();
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  // Expect the new topic to start at offset 0, with a log of its own that stays
+  TopicProducer fresh = TopicProducer::create(client, "again").value();
+  RecordInput record;
+  std::vector<std::byte> value(10, std::byte{4});
+  record.value = std::span<const std::byte>(value);
+  Result<SendResult> sent = fresh.send_to(0, record);
+  ASSERT_TRUE(sent.ok()) << sent.error().message;
+  EXPECT_EQ(sent->offset, Offset{0}) << "the new topic took up the deleted one's log";
+  node->maintain();
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/again-0/00000000000000000000.log")) << "the delete removed the new topic's log";
 }
 
 TEST(NodeLog, ANodeStartedAgainServesItsTopicsFromWhereTheirLogsEnd) {

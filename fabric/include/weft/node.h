@@ -223,6 +223,7 @@ class Node {
   struct Partition;
   struct Topic;
   struct State;
+  class NameTurn;
   explicit Node(NodeOptions options);
   double maintain_pass();
   Result<TopicInfo> create_topic_impl(std::string_view name, const TopicConfig& config, bool save, bool recovering = false);
