@@ -50,6 +50,7 @@
 
 #include "../io_uring_allowed.h"
 #include "../temp_dir.h"
+#include "forwarding_log.h"
 #include "test_batches.h"
 #include "../fabric/children.h"
 #include "weft/client.h"
@@ -814,31 +815,18 @@ TEST(FullDisk, DirectWritesInFlightThatFailAreKeptAndWrittenWhenSpaceReturns) {
 
 // A real log whose sync() fails with EIO from its (good_syncs + 1)th call on; everything else
 // goes to the log it wraps.
-class FailingSyncLog final : public PartitionLog {
+class FailingSyncLog final : public test::ForwardingLog {
  public:
   FailingSyncLog(std::unique_ptr<PartitionLog> log, int good_syncs, std::shared_ptr<std::atomic<int>> syncs)
-      : log_(std::move(log)), good_syncs_(good_syncs), syncs_(std::move(syncs)) {}
+      : ForwardingLog(std::move(log)), good_syncs_(good_syncs), syncs_(std::move(syncs)) {}
 
-  Result<void> append(std::span<const std::byte> batch) override { return log_->append(batch); }
-  Result<void> flush() override { return log_->flush(); }
   Result<void> sync() override {
     // Relaxed: a count the test reads after the node acted on it; no data rides on it.
     if (syncs_->fetch_add(1, std::memory_order_relaxed) >= good_syncs_) return Error{Errc::kIo, "injected EIO"};
-    return log_->sync();
+    return inner_->sync();
   }
-  Result<void> remove() override { return log_->remove(); }
-  Offset start_offset() const override { return log_->start_offset(); }
-  Offset next_offset() const override { return log_->next_offset(); }
-  Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override { return log_->read(offset, out); }
-  Result<LogSlice> slice(Offset offset, Offset until) override { return log_->slice(offset, until); }
-  Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) override { return log_->offset_for_timestamp(timestamp_ms); }
-  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override {
-    return log_->apply_retention(max_bytes, max_age_ms, now_ms);
-  }
-  std::uint64_t size_bytes() const override { return log_->size_bytes(); }
 
  private:
-  std::unique_ptr<PartitionLog> log_;
   int good_syncs_;
   std::shared_ptr<std::atomic<int>> syncs_;
 };

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../temp_dir.h"
+#include "forwarding_log.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
 #include "weft/fabric/record_batch.h"
@@ -301,9 +302,9 @@ struct RemovalGate {
   }
 };
 
-class HeldRemovalLog final : public PartitionLog {
+class HeldRemovalLog final : public test::ForwardingLog {
  public:
-  HeldRemovalLog(std::unique_ptr<PartitionLog> inner, std::shared_ptr<RemovalGate> gate) : inner_(std::move(inner)), gate_(std::move(gate)) {}
+  HeldRemovalLog(std::unique_ptr<PartitionLog> inner, std::shared_ptr<RemovalGate> gate) : ForwardingLog(std::move(inner)), gate_(std::move(gate)) {}
   Result<void> remove() override {
     {
       std::unique_lock lock(gate_->mutex);
@@ -313,28 +314,8 @@ class HeldRemovalLog final : public PartitionLog {
     }
     return inner_->remove();
   }
-  Result<void> append(std::span<const std::byte> batch) override { return inner_->append(batch); }
-  Result<void> flush() override { return inner_->flush(); }
-  Result<void> sync() override { return inner_->sync(); }
-  Result<void> submit(bool more_coming) override { return inner_->submit(more_coming); }
-  Result<Offset> written_offset() override { return inner_->written_offset(); }
-  Offset synced_offset() const override { return inner_->synced_offset(); }
-  Offset start_offset() const override { return inner_->start_offset(); }
-  Offset next_offset() const override { return inner_->next_offset(); }
-  Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override { return inner_->read(offset, out); }
-  Result<LogSlice> slice(Offset offset, Offset until) override { return inner_->slice(offset, until); }
-  Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) override { return inner_->offset_for_timestamp(timestamp_ms); }
-  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override {
-    return inner_->apply_retention(max_bytes, max_age_ms, now_ms);
-  }
-  std::uint64_t size_bytes() const override { return inner_->size_bytes(); }
-  Result<Offset> truncate(Offset end) override { return inner_->truncate(end); }
-  Result<void> save_epochs(std::span<const EpochStart> epochs) override { return inner_->save_epochs(epochs); }
-  Result<std::vector<EpochStart>> load_epochs() const override { return inner_->load_epochs(); }
-  Result<void> reset(Offset start) override { return inner_->reset(start); }
 
  private:
-  std::unique_ptr<PartitionLog> inner_;
   std::shared_ptr<RemovalGate> gate_;
 };
 
