@@ -257,8 +257,8 @@ struct Node::State {
   std::mutex busy_names_mutex;
   std::condition_variable busy_names_changed;
   std::set<std::string, std::less<>> busy_names;  // guarded by busy_names_mutex
-  // Creates and deletes take turns under it (taken before topics_mutex), so a topic's file is
-  // written and removed without topics_mutex held: readers of the map never wait for its syncs.
+  // Creates take turns under it (before topics_mutex) for their budget and count check, the
+  // topic's file and its insert: the file's syncs then hold no reader of the map.
   std::mutex topic_admin_mutex;
   mutable std::shared_mutex topics_mutex;
   std::map<std::string, std::shared_ptr<Topic>, std::less<>> topics;
@@ -526,10 +526,10 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
   std::lock_guard admin(state_->topic_admin_mutex);
   topic->ring_bytes = ring_bytes * config.partitions;
   {
-    // Checked again: another create may have taken the name, the budget or the last topic while
-    // the rings were made. Only creates and deletes change these, and they wait for the admin lock.
+    // Checked again: another create may have taken the budget or the last topic while the rings
+    // were made (not the name: this create holds its turn). Creates wait for the admin lock;
+    // a delete only gives budget back.
     std::shared_lock lock(state_->topics_mutex);
-    if (state_->topics.contains(name)) return Error{Errc::kAlreadyExists, "topic '" + std::string(name) + "' already exists"};
     if (state_->topics.size() >= options_.max_topics)
       return Error{Errc::kResourceExhausted, "the node holds its maximum of " + std::to_string(options_.max_topics) + " topics"};
     if (state_->ring_bytes + topic->ring_bytes > options_.ring_memory_budget_bytes)
@@ -550,29 +550,26 @@ Result<TopicInfo> Node::create_topic_impl(std::string_view name, const TopicConf
 }
 
 Result<void> Node::delete_topic(std::string_view name) {
-  const NameTurn turn(*state_, name);  // until its logs are gone, a create of the name waits
+  // Until its file and logs are gone, a create of the name waits: it would write a file, and
+  // open folders, that this delete then removes.
+  const NameTurn turn(*state_, name);
   std::shared_ptr<Topic> topic;
-  Result<void> removed;
   {
-    // The file goes before the admin lock does: a create of the name after this one writes a
-    // file that nothing then removes.
-    std::lock_guard admin(state_->topic_admin_mutex);
-    {
-      std::unique_lock lock(state_->topics_mutex);
-      auto it = state_->topics.find(name);
-      if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
-      topic = it->second;
-      state_->topics.erase(it);
-      state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
-      state_->ring_bytes -= topic->ring_bytes;
-    }
-    if (!options_.metadata_dir.empty()) {
-      const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
-      if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
-    }
+    std::unique_lock lock(state_->topics_mutex);
+    auto it = state_->topics.find(name);
+    if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
+    topic = it->second;
+    state_->topics.erase(it);
+    state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
+    state_->ring_bytes -= topic->ring_bytes;
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
+  Result<void> removed;
+  if (!options_.metadata_dir.empty()) {
+    const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
+  }
   for (const auto& p : topic->partitions) {
     std::lock_guard partition_guard(p->log_mutex);  // a follower's write-through may be under way
     if (p->log)

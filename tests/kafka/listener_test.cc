@@ -58,6 +58,19 @@ std::string hex(std::string_view s) {
 Reader reader_of(const std::string& s) { return Reader(test::as_bytes(s)); }
 Reader reader_of(std::string&&) = delete;  // a Reader over a temporary would outlive its bytes
 
+// An OffsetCommit v0 body (no membership: for a group without members) of one partition, 0.
+std::string offset_commit_v0(const std::string& group, const std::string& topic, std::int64_t offset, const std::string& metadata) {
+  Writer w;
+  w.string(group, false);
+  w.array(1, false);
+  w.string(topic, false);
+  w.array(1, false);
+  w.i32(0);
+  w.i64(offset);
+  w.nullable_string(metadata, false);
+  return w.take();
+}
+
 // One RecordBatch v2 of `count` records "v<i>" with keys "k<i>".
 std::string batch(int count, const BatchOptions& options = {}, int first = 0) {
   std::vector<std::byte> out(4096);
@@ -1644,15 +1657,7 @@ TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   // (and a third asks for a topic to be auto-created: made on the same worker, after "slow")
   KafkaClient auto_creator(port());
   ASSERT_TRUE(auto_creator.send_raw(test::kafka_frame(kMetadata, 1, 11, false, metadata_request(1, {"made-later"}))));
-  Writer commit;  // OffsetCommit v0: a group without members
-  commit.string("readers", false);
-  commit.array(1, false);
-  commit.string("quick", false);
-  commit.array(1, false);
-  commit.i32(0);
-  commit.i64(5);
-  commit.nullable_string("", false);
-  std::optional<std::string> committed = other.call(kOffsetCommit, 0, false, commit.buffer());
+  std::optional<std::string> committed = other.call(kOffsetCommit, 0, false, offset_commit_v0("readers", "quick", 5, ""));
   ASSERT_TRUE(committed) << "the offset commit waited behind the held creation";
   Reader cr = reader_of(*committed);
   ASSERT_EQ(cr.array(false), 1);
@@ -1763,15 +1768,7 @@ TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnecti
   } open_first{*mirror};
   ASSERT_TRUE(node_->create_topic("t").ok());
   KafkaClient reader(port());
-  Writer commit;  // OffsetCommit v0: a group without members
-  commit.string("readers", false);
-  commit.array(1, false);
-  commit.string("t", false);
-  commit.array(1, false);
-  commit.i32(0);
-  commit.i64(42);
-  commit.nullable_string("m", false);
-  ASSERT_TRUE(reader.call(kOffsetCommit, 0, false, commit.buffer()));
+  ASSERT_TRUE(reader.call(kOffsetCommit, 0, false, offset_commit_v0("readers", "t", 42, "m")));
   // When a consumer asks for the group's offsets (v1: one group, its partitions named)
   Writer ask;
   ask.string("readers", false);

@@ -52,6 +52,13 @@ TopicSettings small(const char* fsync = "none") {
   return {{"partitions", "1"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"fsync", fsync}, {"retention.ms", "-1"}};
 }
 
+// A producer that a full ring answers at once (the test then runs a pass) instead of blocking.
+TopicProducer producer_for_passes(const std::shared_ptr<Client>& client, const std::string& topic) {
+  ProducerOptions options;
+  options.max_block_ms = 0;
+  return TopicProducer::create(client, topic, options).value();
+}
+
 // Sends `count` 100-byte records, running a maintenance pass whenever the ring is full.
 std::int64_t send(Node& node, TopicProducer& producer, std::int64_t count) {
   std::vector<std::byte> value(100, std::byte{0x33});
@@ -338,9 +345,7 @@ TEST(NodeLog, ATopicMadeAgainWhileItsDeleteIsUnderWayStartsEmptyAndKeepsItsLog) 
   auto client = Client::embedded(*node);
   ASSERT_TRUE(client->create_topic("again", small()).ok());
   {
-    ProducerOptions producer_options;
-    producer_options.max_block_ms = 0;
-    TopicProducer producer = TopicProducer::create(client, "again", producer_options).value();
+    TopicProducer producer = producer_for_passes(client, "again");
     ASSERT_EQ(send(*node, producer, 5), 5);
   }
   ASSERT_TRUE(std::filesystem::exists(dir.path() + "/again-0/00000000000000000000.log"));
@@ -388,9 +393,7 @@ TEST(NodeLog, ANodeStartedAgainServesItsTopicsFromWhereTheirLogsEnd) {
                                                           {"max.batch.bytes", "8192"}, {"fsync", "always"}}).ok());
     ASSERT_TRUE(client->create_topic("dropped", 1).ok());
     ASSERT_TRUE(client->delete_topic("dropped").ok());
-    ProducerOptions producer_options;
-    producer_options.max_block_ms = 0;
-    TopicProducer producer = TopicProducer::create(client, "kept", producer_options).value();
+    TopicProducer producer = producer_for_passes(client, "kept");
     EXPECT_EQ(send(*node, producer, 500), 500);
   }
   std::ofstream(dir.path() + "/topics/broken.topic") << "partitions=zero\n";
@@ -419,9 +422,7 @@ TEST(NodeLog, FifosAndFoldersWhereTheNodeKeepsItsFilesNeverHoldItsStart) {
     auto node = Node::start(options).value();
     auto client = Client::embedded(*node);
     ASSERT_TRUE(client->create_topic("kept", small()).ok());
-    ProducerOptions producer_options;
-    producer_options.max_block_ms = 0;
-    TopicProducer producer = TopicProducer::create(client, "kept", producer_options).value();
+    TopicProducer producer = producer_for_passes(client, "kept");
     EXPECT_EQ(send(*node, producer, 300), 300);
     node->maintain();
   }
@@ -518,9 +519,7 @@ TEST(NodeLog, APartitionWhoseLogIsCorruptInsideStaysOfflineAndTheOthersServe) {
     auto node = Node::start(options).value();
     auto client = Client::embedded(*node);
     ASSERT_TRUE(client->create_topic("mixed", settings).ok());
-    ProducerOptions producer_options;
-    producer_options.max_block_ms = 0;
-    TopicProducer producer = TopicProducer::create(client, "mixed", producer_options).value();
+    TopicProducer producer = producer_for_passes(client, "mixed");
     std::vector<std::byte> value(100, std::byte{7});
     RecordInput record;
     record.value = std::span<const std::byte>(value);

@@ -174,18 +174,20 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
     error = error::kLeaderNotAvailable;  // retriable: the client asks again, and its next request creates more
     return nullptr;
   }
-  TopicConfig config = node_.options().default_topic;
-  config.partitions = options_.default_partitions;
-  Result<TopicInfo> created = node_.create_topic(name, config);
-  if (!created.ok() && created.error().code != Errc::kAlreadyExists) {
-    log(LogLevel::kWarn, "kafka: auto-creating a topic failed", {{"topic", std::string(name)}, {"error", created.error().message}});
-    error = error::kUnknownTopicOrPartition;
-    return nullptr;
-  }
-  if (created.ok()) log(LogLevel::kInfo, "kafka: topic auto-created", {{"topic", std::string(name)}, {"partitions", std::to_string(config.partitions)}});
+  make_auto_topic(name);
   std::shared_ptr<TopicState> t = topic(name);
   if (!t) error = error::kUnknownTopicOrPartition;
   return t;
+}
+
+void Broker::make_auto_topic(std::string_view name) {
+  TopicConfig config = node_.options().default_topic;
+  config.partitions = options_.default_partitions;
+  Result<TopicInfo> created = node_.create_topic(name, config);
+  if (created.ok())
+    log(LogLevel::kInfo, "kafka: topic auto-created", {{"topic", std::string(name)}, {"partitions", std::to_string(config.partitions)}});
+  else if (created.error().code != Errc::kAlreadyExists)
+    log(LogLevel::kWarn, "kafka: auto-creating a topic failed", {{"topic", std::string(name)}, {"error", created.error().message}});
 }
 
 std::int16_t Broker::auto_create_in_cluster(std::string_view name, std::uint32_t replication) {
@@ -215,12 +217,12 @@ std::int16_t Broker::auto_create_in_cluster(std::string_view name, std::uint32_t
   // On the worker: cluster_ and node_ are safe from any thread; the rest is read-only here.
   worker(Worker::kTopics).add([this, state, topic = std::string(name), replication, partitions = options_.default_partitions] {
     Result<void> created = cluster_->create_topic(topic, partitions, replication, node_.options().default_topic);
+    const bool failed = !created.ok() && created.error().code != Errc::kAlreadyExists;
     if (created.ok())
       log(LogLevel::kInfo, "kafka: cluster topic auto-created",
           {{"topic", topic}, {"partitions", std::to_string(partitions)}, {"replication", std::to_string(replication)}});
-    else if (created.error().code != Errc::kAlreadyExists)
+    else if (failed)
       log(LogLevel::kWarn, "kafka: auto-creating a cluster topic failed", {{"topic", topic}, {"error", created.error().message}});
-    const bool failed = !created.ok() && created.error().code != Errc::kAlreadyExists;
     state->store(failed ? AutoCreation::kFailed : AutoCreation::kDone, std::memory_order_release);  // release: pairs with the loop's acquire
     auto_creations_queued_.fetch_sub(1, std::memory_order_relaxed);
   });
@@ -434,17 +436,9 @@ Outcome Broker::metadata(const Request& r, Reader& in, const std::set<std::strin
         first_error = out.error;
         return std::move(out.response);
       };
-      // On the worker: node_ only (safe from any thread).
+      // On the worker: make_auto_topic touches node_ and options_ only (safe from any thread).
       auto make = [this, to_make] {
-        TopicConfig config = node_.options().default_topic;
-        config.partitions = options_.default_partitions;
-        for (const std::string& name : *to_make) {
-          Result<TopicInfo> created = node_.create_topic(name, config);
-          if (created.ok())
-            log(LogLevel::kInfo, "kafka: topic auto-created", {{"topic", name}, {"partitions", std::to_string(config.partitions)}});
-          else if (created.error().code != Errc::kAlreadyExists)
-            log(LogLevel::kWarn, "kafka: auto-creating a topic failed", {{"topic", name}, {"error", created.error().message}});
-        }
+        for (const std::string& name : *to_make) make_auto_topic(name);
       };
       return defer(r, Worker::kTopics, true, std::move(respond), std::move(make));
     }

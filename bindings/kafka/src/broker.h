@@ -387,6 +387,9 @@ class Broker {
   };
   std::map<std::string, AutoCreation, std::less<>> auto_creating_;
   std::int16_t auto_create_in_cluster(std::string_view name, std::uint32_t replication);
+  // Makes a single node's auto-created topic with the default settings, logging what happened
+  // (on the loop for a Produce, on the topics' worker for a Metadata).
+  void make_auto_topic(std::string_view name);
 };
 
 }  // namespace weft::kafka::detail
