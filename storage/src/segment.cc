@@ -399,6 +399,7 @@ Result<void> Segment::append(std::span<const std::byte> batch, std::int32_t lead
   }
   const std::span<std::byte> kept = filling->append(batch);
   log_synced_ = false;
+  ++appends_;
   if (leader_epoch >= 0 && view.partition_leader_epoch() < 0) stamp_partition_leader_epoch(kept, leader_epoch);
   note_batch(position, view.last_offset(), view.max_timestamp(), batch.size());
   recent_[recent_count_++ % kRecentBoundaries] = Boundary{size_, next_};
@@ -659,6 +660,19 @@ Result<void> Segment::sync() {
   log_synced_ = true;
   read_back_unsynced_ = false;
   return ok();
+}
+
+Result<Segment::SyncTicket> Segment::begin_sync() {
+  WEFT_TRY_VOID(flush());
+  SyncTicket ticket{UniqueFd(::fcntl(log_.get(), F_DUPFD_CLOEXEC, 0)), appends_};
+  if (!ticket.file.valid()) WEFT_TRY_VOID(sync());
+  return ticket;
+}
+
+void Segment::end_sync(std::uint64_t covered) noexcept {
+  if (covered != appends_) return;  // appended to meanwhile: the next sync covers it
+  log_synced_ = true;
+  read_back_unsynced_ = false;
 }
 
 namespace {

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <span>
@@ -213,6 +214,7 @@ struct SegmentLog::ClosedSegmentSyncs {
   std::condition_variable done;
   std::uint64_t generation = 0;  // moves when the log's segments change under the syncs
   int pending = 0;
+  int own_syncs = 0;  // the log's own sync() under way, outside its lock
   // Set once a sync failed (the syncer's, or the log's own): the kernel may have dropped the
   // pages it could not write, and it reports that to each open file once, so a later fdatasync
   // may succeed over them. The log takes nothing more and no later sync succeeds (kDataLoss).
@@ -241,8 +243,9 @@ struct SegmentLog::ClosedSegmentSyncs {
 
 namespace {
 
-// Acquire/release: a hook set before a log rolls is the one its syncs call.
-std::atomic<test_hooks::ClosedSegmentSyncHook> closed_segment_sync_hook{nullptr};
+// Acquire/release: a hook set before a log rolls (or syncs) is the one its syncs call.
+std::atomic<test_hooks::SyncHook> closed_segment_sync_hook{nullptr};
+std::atomic<test_hooks::SyncHook> log_sync_hook{nullptr};
 
 // One thread per process syncs the segments that logs closed: fdatasync of a closed segment's
 // files, then the recovery point moved past it. At a roll the appends go on into the next
@@ -288,7 +291,7 @@ class SegmentSyncer {
   // The files' fdatasync, then the point moved (or the failure kept, which stops the log).
   static void carry_out(Job& job) {
     int error = 0;
-    if (const test_hooks::ClosedSegmentSyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr) {
+    if (const test_hooks::SyncHook hook = closed_segment_sync_hook.load(std::memory_order_acquire); hook != nullptr) {
       std::vector<int> files;
       for (const UniqueFd& file : job.files) files.push_back(file.get());
       error = hook(job.dir, files);
@@ -300,9 +303,10 @@ class SegmentSyncer {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
         job.syncs->fail_closed_segment(job.dir, failure);
-      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation) {
-        // (Not after a failure: the log's own sync may have taken the kernel's one report of it
-        // for these files, and this fdatasync then succeeded over the lost pages.)
+      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.syncs->own_syncs == 0 && job.generation == job.syncs->generation) {
+        // (Not after a failure, nor while the log's own sync is under way: that one may have
+        // taken, or be about to take, the kernel's one report of an error for these files, and
+        // this fdatasync then succeeded over the lost pages. The next roll moves the point.)
         // Under the mutex: a truncation or reset moves the generation first, and never sees
         // this point land after it. Failing that, the next start reads more: nothing is lost.
         Result<void> marked = replace_file(job.dir + kRecoveryPointFile, recovery_point_text(job.point));
@@ -470,22 +474,86 @@ Result<void> SegmentLog::flush() {
 }
 
 Result<void> SegmentLog::sync() {
-  std::lock_guard lock(mutex_);
-  WEFT_TRY_VOID(closed_syncs_->refusal());
-  // Closed segments whose background sync may not have ended come first: everything appended
-  // is durable when this returns (an fdatasync of a synced file finds nothing to write).
+  // What to sync is taken under the lock (the writes reach the files, their handles duplicated);
+  // the fdatasyncs run outside it: a slow disk then holds no reader (a Fetch behind the ring,
+  // ListOffsets on the Kafka listener's loop) and no append. Closed segments whose background
+  // sync may not have ended come too: everything appended before this call is durable when it
+  // returns (an fdatasync of a synced file finds nothing to write). One sync at a time: two at
+  // once could split the kernel's one report of an error between them, the second then
+  // succeeding over lost pages.
+  std::lock_guard one_at_a_time(sync_mutex_);
+  struct Pending {
+    std::shared_ptr<Segment> segment;  // kept alive, so never mistaken for a segment made since
+    Segment::SyncTicket ticket;
+  };
+  std::vector<Pending> pending;
+  // A segment taken out of the log meanwhile is destroyed here, under the lock, as everywhere else.
+  auto release = [&] {
+    std::lock_guard lock(mutex_);
+    pending.clear();
+  };
   bool closed_synced = false;
-  for (auto& segment : segments_) {
-    if (segment->log_synced()) continue;
-    // A write that fails (a full disk) keeps its bytes for the next try; a failed sync stops the log.
-    WEFT_TRY_VOID(segment->flush());
-    if (Result<void> synced = segment->sync(); !synced.ok()) {
-      std::lock_guard syncs(closed_syncs_->mutex);
-      closed_syncs_->fail(synced.error().message);
-      return synced;
+  {
+    std::lock_guard lock(mutex_);
+    WEFT_TRY_VOID(closed_syncs_->refusal());
+    for (const auto& segment : segments_) {
+      if (segment->log_synced()) continue;
+      // A write that fails (a full disk) keeps its bytes for the next try; once written, the
+      // ticket fails only in the fdatasync it falls back to, which stops the log.
+      WEFT_TRY_VOID(segment->flush());
+      Result<Segment::SyncTicket> ticket = segment->begin_sync();
+      if (!ticket.ok()) {
+        std::lock_guard syncs(closed_syncs_->mutex);
+        closed_syncs_->fail(ticket.error().message);
+        return ticket.error();
+      }
+      closed_synced = closed_synced || segment != segments_.back();
+      if (ticket->file.valid()) pending.push_back(Pending{segment, std::move(*ticket)});
     }
-    closed_synced = closed_synced || segment.get() != segments_.back().get();
+    // Counted under way: the syncer moves no recovery point meanwhile (a roll during this sync
+    // hands it the same files, and either fdatasync may take the kernel's one error report).
+    std::lock_guard syncs(closed_syncs_->mutex);
+    ++closed_syncs_->own_syncs;
   }
+  int error = 0;
+  const Pending* failed_on = nullptr;
+  for (const Pending& p : pending) {
+    if (const test_hooks::SyncHook hook = log_sync_hook.load(std::memory_order_acquire); hook != nullptr) {
+      const int file = p.ticket.file.get();
+      error = hook(dir_, std::span<const int>(&file, 1));
+    }
+    if (error == 0 && ::fdatasync(p.ticket.file.get()) != 0) error = errno;
+    if (error != 0) {
+      failed_on = &p;
+      break;
+    }
+  }
+  std::optional<Error> failed;
+  {
+    std::lock_guard syncs(closed_syncs_->mutex);
+    --closed_syncs_->own_syncs;
+    if (failed_on != nullptr) {
+      // Not retried, and no later sync succeeds: the kernel may have dropped the pages it could
+      // not write, and a second fdatasync would report success over them.
+      failed = os_error(Errc::kIo, "fdatasync " + failed_on->segment->log_path(), error);
+      closed_syncs_->fail(failed->message);
+    }
+  }
+  if (failed) {
+    release();
+    return *failed;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    for (Pending& p : pending) {
+      // A segment taken out meanwhile (retention, a truncation) is not the log's any more; one
+      // closed by a roll meanwhile was handed to the syncer too, whose sync this one waits for.
+      if (std::find(segments_.begin(), segments_.end(), p.segment) == segments_.end()) continue;
+      p.segment->end_sync(p.ticket.appends);
+      closed_synced = closed_synced || p.segment != segments_.back();
+    }
+  }
+  release();
   if (closed_synced) {
     // The syncer's fdatasync of the same open files may have taken the kernel's one report of an
     // error, so this one's success says nothing until that sync has ended too. The syncer never
@@ -534,9 +602,11 @@ void SegmentLog::sync_closed_segment(Offset point) {
   SegmentSyncer::instance().add(std::move(job));
 }
 
-void test_hooks::set_closed_segment_sync_hook(ClosedSegmentSyncHook hook) noexcept {
+void test_hooks::set_closed_segment_sync_hook(SyncHook hook) noexcept {
   closed_segment_sync_hook.store(hook, std::memory_order_release);
 }
+
+void test_hooks::set_log_sync_hook(SyncHook hook) noexcept { log_sync_hook.store(hook, std::memory_order_release); }
 
 void SegmentLog::cancel_closed_segment_syncs() {
   std::lock_guard lock(closed_syncs_->mutex);
@@ -659,7 +729,7 @@ Segment* SegmentLog::segment_for(Offset offset) const {
   // The last segment whose base is at or before the offset; an offset in the gap at a
   // segment's end (skipped by an aborted claim) goes on in the next segment.
   auto it = std::upper_bound(segments_.begin(), segments_.end(), offset,
-                             [](Offset o, const std::unique_ptr<Segment>& s) { return o < s->base_offset(); });
+                             [](Offset o, const std::shared_ptr<Segment>& s) { return o < s->base_offset(); });
   if (it != segments_.begin()) --it;
   if (offset >= (*it)->next_offset() && std::next(it) != segments_.end()) ++it;
   return offset >= (*it)->next_offset() ? nullptr : it->get();

@@ -6,11 +6,13 @@
 
 namespace weft::storage::test_hooks {
 
-// Called in the process's syncer thread before it syncs `files` (descriptors) for a roll of the
-// log in `dir`: 0 lets the sync go on, an errno fails it as the disk would have. For tests that
-// must hold a background sync at that moment, fail it, or see what it covers, whatever the
-// machine's timing; none unless set.
-using ClosedSegmentSyncHook = int (*)(const std::string& dir, std::span<const int> files);
-void set_closed_segment_sync_hook(ClosedSegmentSyncHook hook) noexcept;
+// Called before an fdatasync of `files` (descriptors) of the log in `dir`: 0 lets the sync go
+// on, an errno fails it as the disk would have. For tests that must hold a sync at that moment,
+// fail it, or see what it covers, whatever the machine's timing; none unless set.
+using SyncHook = int (*)(const std::string& dir, std::span<const int> files);
+// In the process's syncer thread, for a roll's sync of the segments it closed.
+void set_closed_segment_sync_hook(SyncHook hook) noexcept;
+// In the caller's thread, for each file that SegmentLog::sync() syncs (outside the log's lock).
+void set_log_sync_hook(SyncHook hook) noexcept;
 
 }  // namespace weft::storage::test_hooks

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iterator>
 #include <mutex>
 #include <span>
@@ -767,11 +768,13 @@ TEST(SegmentLog, TruncatingBeforeTheStartOrResettingEmptiesTheLog) {
   EXPECT_EQ(again->reset(Offset{-1}).error().code, Errc::kInvalidArgument);
 }
 
-// ---- the background sync of closed segments, held or failed at will -------------------------
+// ---- syncs held or failed at will: the background sync of closed segments, a log's own ---------
 
-// What the syncer thread's hook does with the syncs of the logs under `dir`: hold each until
-// released (at most ten seconds), then let it go on or fail it as a disk would (EIO).
+// What the hook does with the syncs of the logs under `dir`: hold each until released (at most
+// ten seconds), then let it go on or fail it as a disk would (EIO).
 enum class HeldSync { kThenPass, kThenFail };
+// Whose syncs: the syncer thread's of closed segments, or the fdatasyncs of SegmentLog::sync().
+enum class SyncsOf { kClosedSegments, kTheLogsOwnSync };
 struct SyncControl {
   std::atomic<HeldSync> mode{HeldSync::kThenPass};
   std::atomic<bool> released{false};
@@ -810,7 +813,7 @@ int control_sync(const std::string& dir, std::span<const int> files) {
 // (even when an assertion ends the test early).
 class ControlledSyncs {
  public:
-  ControlledSyncs(const std::string& dir, HeldSync mode) {
+  ControlledSyncs(const std::string& dir, HeldSync mode, SyncsOf whose = SyncsOf::kClosedSegments) : whose_(whose) {
     sync_control.dir = dir;
     sync_control.mode.store(mode);
     sync_control.released.store(false);
@@ -819,11 +822,11 @@ class ControlledSyncs {
       std::lock_guard lock(sync_control.files_mutex);
       sync_control.files.clear();
     }
-    test_hooks::set_closed_segment_sync_hook(&control_sync);
+    set_hook(&control_sync);
   }
   ~ControlledSyncs() {
     sync_control.released.store(true);
-    test_hooks::set_closed_segment_sync_hook(nullptr);
+    set_hook(nullptr);
   }
   ControlledSyncs(const ControlledSyncs&) = delete;
   ControlledSyncs& operator=(const ControlledSyncs&) = delete;
@@ -831,6 +834,16 @@ class ControlledSyncs {
   bool wait_until_entered() {
     return wait_for([] { return sync_control.entered.load() > 0; });
   }
+
+ private:
+  void set_hook(test_hooks::SyncHook hook) {
+    if (whose_ == SyncsOf::kClosedSegments) {
+      test_hooks::set_closed_segment_sync_hook(hook);
+    } else {
+      test_hooks::set_log_sync_hook(hook);
+    }
+  }
+  SyncsOf whose_;
 };
 
 // The offset the folder's recovery point names, or -1 without one.
@@ -901,6 +914,172 @@ TEST(SegmentLog, AFailedBackgroundSyncFailsTheLogsNextSyncThoughItsOwnFdatasyncS
   // ... and the recovery point never moved past the segment whose sync failed
   log.reset();
   EXPECT_EQ(recovery_point_in(dir.partition()), -1);
+}
+
+TEST(SegmentLog, ItsOwnSyncHoldsNoReaderAndNoAppendWhileTheDiskWorks) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}).value();
+  const std::int64_t end = fill(*log, 0, 20);
+  std::jthread syncer;  // joined after the hook below lets go, even when a check fails
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenPass, SyncsOf::kTheLogsOwnSync);
+  // Given a sync of the log whose fdatasync the disk holds (fsync=always, a slow disk)
+  std::atomic<bool> returned{false};
+  Result<void> synced = ok();
+  syncer = std::jthread([&] {
+    synced = log->sync();
+    returned.store(true);
+  });
+  ASSERT_TRUE(syncs.wait_until_entered());
+  // When readers (a Fetch behind the ring, ListOffsets) and the log writer call meanwhile
+  std::future<void> calls = std::async(std::launch::async, [&] {
+    EXPECT_EQ(log->next_offset(), Offset{end});
+    EXPECT_EQ(log->synced_offset(), Offset{0});
+    EXPECT_EQ(first_base(*log, Offset{0}), 0);
+    Result<LogSlice> slice = log->slice(Offset{0}, kLogEnd);
+    EXPECT_TRUE(slice.ok() && slice->position == 0) << (slice.ok() ? "" : slice.error().message);
+    EXPECT_TRUE(log->offset_for_timestamp(1'700'000'000'000).ok());
+    EXPECT_TRUE(log->append(batch_at(end, 1)).ok());
+    EXPECT_TRUE(log->flush().ok());
+  });
+  // Expect every one of them to return while the sync still waits for the disk
+  EXPECT_EQ(calls.wait_for(std::chrono::seconds(10)), std::future_status::ready) << "a call waited for the log's fdatasync";
+  EXPECT_FALSE(returned.load());
+  syncs.release();
+  syncer.join();
+  calls.wait();
+  ASSERT_TRUE(synced.ok()) << synced.error().message;
+  // ... and the sync to vouch only for what it covered: the batch appended during it is not on
+  // disk until the next one
+  EXPECT_EQ(log->synced_offset(), Offset{0});
+  ASSERT_TRUE(log->sync().ok());
+  EXPECT_EQ(log->synced_offset(), Offset{end + 1});
+}
+
+// A second hold, for the syncer's syncs while the log's own are held by sync_control: released
+// on its own, then passing or failing (EIO). Bounded: ten seconds.
+struct SecondHold {
+  std::atomic<bool> released{false};
+  std::atomic<bool> fail{false};
+  std::atomic<int> entered{0};
+  std::string dir;
+};
+SecondHold second_hold;
+
+int hold_closed_segment_sync(const std::string& dir, std::span<const int>) {
+  if (dir.rfind(second_hold.dir, 0) != 0) return 0;
+  second_hold.entered.fetch_add(1);
+  (void)wait_for([] { return second_hold.released.load(); });
+  return second_hold.fail.load() ? EIO : 0;
+}
+
+// Holds the syncer's syncs of logs under `dir` until release() (or the end of the test).
+class HeldClosedSegmentSyncs {
+ public:
+  explicit HeldClosedSegmentSyncs(const std::string& dir) {
+    second_hold.dir = dir;
+    second_hold.released.store(false);
+    second_hold.fail.store(false);
+    second_hold.entered.store(0);
+    test_hooks::set_closed_segment_sync_hook(&hold_closed_segment_sync);
+  }
+  ~HeldClosedSegmentSyncs() {
+    second_hold.released.store(true);
+    test_hooks::set_closed_segment_sync_hook(nullptr);
+  }
+  HeldClosedSegmentSyncs(const HeldClosedSegmentSyncs&) = delete;
+  HeldClosedSegmentSyncs& operator=(const HeldClosedSegmentSyncs&) = delete;
+  void release(bool fail) {
+    second_hold.fail.store(fail);
+    second_hold.released.store(true);
+  }
+};
+
+// Appends one-record batches from `next` until the log has rolled to more than `segments`.
+std::int64_t append_until_rolled(SegmentLog& log, std::int64_t next, std::size_t segments) {
+  for (int i = 0; i < 1000 && log.segment_count() <= segments; ++i) next = fill(log, next, 1);
+  return next;
+}
+
+TEST(SegmentLog, ASegmentRolledDuringItsOwnSyncIsVouchedForOnlyOnceTheSyncerHasSyncedItToo) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  std::int64_t next = fill(*log, 0, 5);
+  std::jthread syncer;  // joined after both holds below let go, even when a check fails
+  HeldClosedSegmentSyncs closed(dir.path());
+  ControlledSyncs own(dir.path(), HeldSync::kThenPass, SyncsOf::kTheLogsOwnSync);
+  // Given the log's own sync of its active segment, held by the disk
+  std::atomic<bool> returned{false};
+  Result<void> synced = ok();
+  syncer = std::jthread([&] {
+    synced = log->sync();
+    returned.store(true);
+  });
+  ASSERT_TRUE(own.wait_until_entered());
+  // When the log rolls past that segment meanwhile (its sync handed to the syncer as well), and
+  // the syncer's sync of it is still under way when the log's own ends
+  next = append_until_rolled(*log, next, 1);
+  ASSERT_GE(log->segment_count(), 2u);
+  ASSERT_TRUE(wait_for([] { return second_hold.entered.load() > 0; }));
+  own.release();
+  // Expect the log's sync to wait for the syncer's: either may take the kernel's one report of an
+  // error for the shared file
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(returned.load()) << "sync() returned while the syncer's sync of the same file was under way";
+  // ... and to fail when that one fails
+  closed.release(true);
+  syncer.join();
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.error().code, Errc::kDataLoss) << synced.error().message;
+  log.reset();
+  EXPECT_EQ(recovery_point_in(dir.partition()), -1);
+}
+
+TEST(SegmentLog, TheSyncerMovesNoRecoveryPointWhileTheLogsOwnSyncIsUnderWay) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  std::int64_t next = fill(*log, 0, 5);
+  std::jthread syncer;
+  ControlledSyncs own(dir.path(), HeldSync::kThenPass, SyncsOf::kTheLogsOwnSync);
+  // Given the log's own sync of its active segment, held by the disk
+  Result<void> synced = ok();
+  syncer = std::jthread([&] { synced = log->sync(); });
+  ASSERT_TRUE(own.wait_until_entered());
+  // When the log rolls past that segment meanwhile, and the syncer's sync of it succeeds
+  next = append_until_rolled(*log, next, 1);
+  ASSERT_GE(log->segment_count(), 2u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // (the syncer's job, unheld, is done by then)
+  // Expect no recovery point yet: the log's own fdatasync of that file may still take the disk's
+  // report of an error, and then the point would vouch for lost pages
+  EXPECT_EQ(recovery_point_in(dir.partition()), -1);
+  own.release();
+  syncer.join();
+  ASSERT_TRUE(synced.ok()) << synced.error().message;
+  // ... and the next roll's moving it as usual
+  next = append_until_rolled(*log, next, 2);
+  log.reset();  // waits for every background sync
+  EXPECT_GT(recovery_point_in(dir.partition()), 0);
+}
+
+TEST(SegmentLog, AFailedSyncOfItsOwnStopsTheLogForGood) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}).value();
+  const std::int64_t end = fill(*log, 0, 20);
+  ControlledSyncs syncs(dir.path(), HeldSync::kThenFail, SyncsOf::kTheLogsOwnSync);
+  syncs.release();
+  // Given a log whose fdatasync fails, as a disk's write-back of its pages would
+  Result<void> synced = log->sync();
+  // Expect the failure reported, nothing counted durable, and nothing taken or acknowledged after
+  // it: the kernel may have dropped the pages, and a second fdatasync would succeed over them
+  ASSERT_FALSE(synced.ok());
+  EXPECT_EQ(synced.error().code, Errc::kIo) << synced.error().message;
+  EXPECT_NE(synced.error().message.find("fdatasync"), std::string::npos) << synced.error().message;
+  EXPECT_EQ(log->synced_offset(), Offset{0});
+  Result<void> appended = log->append(batch_at(end, 1));
+  ASSERT_FALSE(appended.ok());
+  EXPECT_EQ(appended.error().code, Errc::kDataLoss);
+  EXPECT_EQ(log->sync().error().code, Errc::kDataLoss) << "a later sync succeeds over the lost pages";
+  // ... while what it holds is still read
+  EXPECT_EQ(first_base(*log, Offset{0}), 0);
 }
 
 TEST(SegmentLog, ATruncationWhileAClosedSegmentSyncsKeepsThatSyncFromMovingTheRecoveryPoint) {

@@ -140,6 +140,17 @@ class Segment {
   Result<void> poll_writes();
   // flush(), then fdatasync of the log (the indexes are derived: rebuilt on open).
   Result<void> sync();
+  // The same sync in two steps, so its fdatasync can run off the caller's lock: begin_sync()
+  // flushes and returns a duplicate of the log's handle with the appends it covers; once that
+  // handle is synced, end_sync(covered) counts the segment synced unless it took more meanwhile.
+  // A handle that cannot be duplicated (no descriptors left) is synced here instead: the ticket's
+  // file is then invalid and the segment already counted synced.
+  struct SyncTicket {
+    UniqueFd file;
+    std::uint64_t appends = 0;
+  };
+  Result<SyncTicket> begin_sync();
+  void end_sync(std::uint64_t covered) noexcept;
   // fdatasync of both index files, for a segment about to be trusted (open_trusted).
   Result<void> sync_indexes();
   // Its index files are on disk as they are in memory (synced, or loaded by open_trusted).
@@ -258,6 +269,7 @@ class Segment {
   bool io_ring_refused_ = false;
   bool indexes_durable_ = false;
   bool log_synced_ = true;              // false from an append (or a read-back open) to the next sync
+  std::uint64_t appends_ = 0;           // counts every append: what a sync off the lock covered
   bool read_back_unsynced_ = false;
   UniqueFd direct_;                     // the log opened with O_DIRECT (invalid: buffered only)
   std::size_t direct_alignment_ = 4096;

@@ -4,7 +4,8 @@
 //
 // Thread contract: any thread; calls are serialised by one mutex (a read holds it for its pread,
 // which is fine for the node's log writer and catch-up reads; cold reads at line rate will want
-// their own file handles).
+// their own file handles). sync() holds it to start its fdatasyncs and to count what they
+// covered, not across them (unless a file's handle cannot be duplicated: no descriptors left).
 #pragma once
 
 #include <cstdint>
@@ -108,8 +109,9 @@ class SegmentLog final : public PartitionLog {
   // destroyed after them): a removed folder's deletion waits for it.
   std::shared_ptr<const void> open_files_ = std::make_shared<const char>(0);
   std::shared_ptr<ClosedSegmentSyncs> closed_syncs_;
+  std::mutex sync_mutex_;     // one sync() at a time; taken before mutex_, never under it
   mutable std::mutex mutex_;  // every call: segments are single-threaded
-  std::vector<std::unique_ptr<Segment>> segments_;
+  std::vector<std::shared_ptr<Segment>> segments_;  // shared: a sync off the lock keeps its own alive
   bool removed_ = false;
   std::string refusal_;  // why a removed or stopped log takes nothing
   std::int64_t active_since_ms_ = -1;  // wall time of the active segment's first batch (-1: empty)
