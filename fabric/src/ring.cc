@@ -521,6 +521,10 @@ Result<Producer> Producer::attach_as(Ring ring, ProducerMode mode, std::int32_t 
   return Producer(ring, mode, slot, membarrier_protocol && register_membarrier(), epoch);
 }
 
+void prepare_producers() noexcept {
+  if (membarrier_global_supported()) (void)register_membarrier();
+}
+
 Producer::Producer(Ring ring, ProducerMode mode, ProducerSlot* slot, bool membarrier_registered, std::int32_t epoch) noexcept
     : ring_(ring), mode_(mode), slot_(slot), fence_before_wake_check_(!membarrier_registered), epoch_(epoch) {
   const Ring::Mark tail = pair_load(ring_.control_->claim.tail);

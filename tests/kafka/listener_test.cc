@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "../descriptors_used_up.h"
+#include "../held_logs.h"
 #include "../temp_dir.h"
 #include "kafka_client.h"
 #include "weft/client.h"
@@ -38,6 +39,7 @@ namespace {
 
 using kafka::Reader;
 using kafka::Writer;
+using test::HeldLogs;
 using test::KafkaClient;
 
 constexpr std::int16_t kProduce = 0, kFetch = 1, kListOffsets = 2, kMetadata = 3, kOffsetCommit = 8, kOffsetFetch = 9,
@@ -1586,49 +1588,11 @@ TEST_F(KafkaListenerTest, LargeRequestsShareOneMemoryBudgetAndWaitForItWithoutHo
   EXPECT_EQ(log_end(c, "big"), 2);  // neither large one was a batch: refused, answered
 }
 
-// Holds the opening of logs of topics named "slow..." until the test lets them go (as a slow
-// disk, or a cluster's store, would hold their creation). Let go before the listener stops; the
-// node's log opener keeps it alive.
-struct HeldLogs {
-  std::mutex mutex;
-  std::condition_variable changed;
-  int entered = 0;
-  bool open = false;
-
-  static std::function<OpenPartitionLog(OpenPartitionLog)> wrapper(std::shared_ptr<HeldLogs> held) {
-    return [held](OpenPartitionLog inner) -> OpenPartitionLog {
-      return [held, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) {
-        if (topic.starts_with("slow")) {
-          std::unique_lock lock(held->mutex);
-          ++held->entered;
-          held->changed.notify_all();
-          held->changed.wait(lock, [&] { return held->open; });
-        }
-        return inner(topic, partition, config);
-      };
-    };
-  }
-  bool wait_entered(int n) {
-    std::unique_lock lock(mutex);
-    return changed.wait_for(lock, std::chrono::seconds(10), [&] { return entered >= n; });
-  }
-  void let_go() {
-    {
-      std::lock_guard lock(mutex);
-      open = true;
-    }
-    changed.notify_all();
-  }
-};
-
 TEST_F(KafkaListenerTest, ATopicMadeSlowlyHoldsNoOtherConnection) {
   // Given a node whose logs for topics named "slow..." open only when the test lets them
   auto held = std::make_shared<HeldLogs>();
   start({}, std::size_t{1} << 20, HeldLogs::wrapper(held));
-  struct OpenFirst {  // whatever fails below, the held creation ends before the listener is stopped
-    HeldLogs& held;
-    ~OpenFirst() { held.let_go(); }
-  } open_first{*held};
+  HeldLogs::LetGoAtEnd let_go_at_end{*held};
   const auto let_go = [&held] { held->let_go(); };
   const auto create = [](const std::string& name) {
     Writer w;
@@ -1702,10 +1666,7 @@ TEST_F(KafkaListenerTest, ATopicAutoCreatedSlowlyHoldsNoOtherConnection) {
   // Given a node whose logs for topics named "slow..." open only when the test lets them
   auto held = std::make_shared<HeldLogs>();
   start({}, std::size_t{1} << 20, HeldLogs::wrapper(held));
-  struct OpenFirst {
-    HeldLogs& held;
-    ~OpenFirst() { held.let_go(); }
-  } open_first{*held};
+  HeldLogs::LetGoAtEnd let_go_at_end{*held};
   // When a Metadata names two unknown topics, one of them slow to make
   KafkaClient asker(port());
   ASSERT_TRUE(asker.send_raw(test::kafka_frame(kMetadata, 1, 5, false, metadata_request(1, {"slow-auto", "fast-auto"}))));
@@ -1727,6 +1688,40 @@ TEST_F(KafkaListenerTest, ATopicAutoCreatedSlowlyHoldsNoOtherConnection) {
   EXPECT_EQ(topics[1].error, 0);
   EXPECT_TRUE(node_->describe_topic("slow-auto").ok());
   EXPECT_TRUE(node_->describe_topic("fast-auto").ok());
+}
+
+TEST_F(KafkaListenerTest, AProduceToAnUnknownTopicHasItMadeOffTheLoopAndItsRetryStored) {
+  // Given a node whose logs for topics named "slow..." open only when the test lets them
+  auto held = std::make_shared<HeldLogs>();
+  start({}, std::size_t{1} << 20, HeldLogs::wrapper(held));
+  HeldLogs::LetGoAtEnd let_go_at_end{*held};
+  // When a Produce names a topic not made yet, slow to make
+  KafkaClient producer(port());
+  const std::string request = produce_request(7, "slow-produced", 0, batch(3));
+  std::optional<std::string> first = producer.call(kProduce, 7, false, request);
+  ASSERT_TRUE(first) << "the Produce waited for its topic to be made";
+  // Expect it answered at once with a retriable error while the topic is made on the topics'
+  // worker, another client served meanwhile, and a retry before it is made not queued again
+  EXPECT_EQ(read_produce(7, *first).error, kafka::error::kLeaderNotAvailable);
+  ASSERT_TRUE(held->wait_entered(1));
+  KafkaClient other(port());
+  EXPECT_TRUE(other.call(kApiVersions, 0, false, ""));
+  std::optional<std::string> early = producer.call(kProduce, 7, false, request);
+  ASSERT_TRUE(early);
+  EXPECT_EQ(read_produce(7, *early).error, kafka::error::kLeaderNotAvailable);
+  // And, once made, the client's retry stored at the topic's start
+  held->let_go();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!node_->describe_topic("slow-produced").ok() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(node_->describe_topic("slow-produced").ok());
+  std::optional<std::string> retried = producer.call(kProduce, 7, false, request);
+  ASSERT_TRUE(retried);
+  const ProduceAnswer stored = read_produce(7, *retried);
+  EXPECT_EQ(stored.error, 0);
+  EXPECT_EQ(stored.base_offset, 0);
+  std::lock_guard lock(held->mutex);
+  EXPECT_EQ(held->entered, 1) << "the topic was queued again while it was being made";  // (one partition: the default)
 }
 
 TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnection) {

@@ -85,6 +85,7 @@ Broker::Broker(Node& node, const KafkaListenerOptions& options, std::uint16_t bo
   // Producer ids must not repeat across restarts (producer state is not kept): start from the
   // wall clock in milliseconds, times 1024 ids per millisecond of uptime.
   next_producer_id_ = wall_clock_ms() * 1024;
+  prepare_producers();  // here, not at the loop's first Produce
 }
 
 Broker::~Broker() = default;
@@ -157,7 +158,7 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
       error = error::kLeaderNotAvailable;
       return nullptr;
     }
-    error = auto_create_in_cluster(name, replication);
+    error = auto_create_off_loop(name, replication);
     return nullptr;
   }
   if (!allow_create || !options_.auto_create_topics) {
@@ -174,13 +175,13 @@ std::shared_ptr<TopicState> Broker::topic_or_create(std::string_view name, bool 
     error = error::kLeaderNotAvailable;  // retriable: the client asks again, and its next request creates more
     return nullptr;
   }
-  make_auto_topic(name);
-  std::shared_ptr<TopicState> t = topic(name);
-  if (!t) error = error::kUnknownTopicOrPartition;
-  return t;
+  // A Produce's (a Metadata's were made before it was answered): the Produce is answered at
+  // once, and the client's retry finds the topic.
+  error = auto_create_off_loop(name, 1);
+  return nullptr;
 }
 
-void Broker::make_auto_topic(std::string_view name) {
+bool Broker::make_auto_topic(std::string_view name) {
   TopicConfig config = node_.options().default_topic;
   config.partitions = options_.default_partitions;
   Result<TopicInfo> created = node_.create_topic(name, config);
@@ -188,13 +189,15 @@ void Broker::make_auto_topic(std::string_view name) {
     log(LogLevel::kInfo, "kafka: topic auto-created", {{"topic", std::string(name)}, {"partitions", std::to_string(config.partitions)}});
   else if (created.error().code != Errc::kAlreadyExists)
     log(LogLevel::kWarn, "kafka: auto-creating a topic failed", {{"topic", std::string(name)}, {"error", created.error().message}});
+  return created.ok() || created.error().code == Errc::kAlreadyExists;
 }
 
-std::int16_t Broker::auto_create_in_cluster(std::string_view name, std::uint32_t replication) {
-  // Written to the cluster's store on the topics' worker (reading the cluster and writing the
-  // topic took two etcd round trips on the loop, each up to its 2 s timeout when etcd is slow).
-  // A name is queued once at a time, and again only 5 s after it was last queued (the creation
-  // failed, or its leaders are still not seen); a failure is answered until then.
+std::int16_t Broker::auto_create_off_loop(std::string_view name, std::uint32_t replication) {
+  // Made on the topics' worker: a topic's rings, files and syncs take ~8 ms, and a cluster's
+  // store two etcd round trips, each up to its 2 s timeout when etcd is slow; on the loop they
+  // held every connection. A name is queued once at a time, and again only 5 s after it was last
+  // queued (the creation failed, or a cluster's leaders are still not seen); a failure is
+  // answered until then.
   const std::int64_t now = now_ms();
   if (auto it = auto_creating_.find(name); it != auto_creating_.end()) {
     const int state = it->second.state->load(std::memory_order_acquire);  // acquire: the worker's outcome
@@ -216,13 +219,18 @@ std::int16_t Broker::auto_create_in_cluster(std::string_view name, std::uint32_t
   auto_creations_queued_.fetch_add(1, std::memory_order_relaxed);  // relaxed: a bound, not a hand-off
   // On the worker: cluster_ and node_ are safe from any thread; the rest is read-only here.
   worker(Worker::kTopics).add([this, state, topic = std::string(name), replication, partitions = options_.default_partitions] {
-    Result<void> created = cluster_->create_topic(topic, partitions, replication, node_.options().default_topic);
-    const bool failed = !created.ok() && created.error().code != Errc::kAlreadyExists;
-    if (created.ok())
-      log(LogLevel::kInfo, "kafka: cluster topic auto-created",
-          {{"topic", topic}, {"partitions", std::to_string(partitions)}, {"replication", std::to_string(replication)}});
-    else if (failed)
-      log(LogLevel::kWarn, "kafka: auto-creating a cluster topic failed", {{"topic", topic}, {"error", created.error().message}});
+    bool failed = false;
+    if (cluster_ == nullptr) {
+      failed = !make_auto_topic(topic);
+    } else {
+      Result<void> created = cluster_->create_topic(topic, partitions, replication, node_.options().default_topic);
+      failed = !created.ok() && created.error().code != Errc::kAlreadyExists;
+      if (created.ok())
+        log(LogLevel::kInfo, "kafka: cluster topic auto-created",
+            {{"topic", topic}, {"partitions", std::to_string(partitions)}, {"replication", std::to_string(replication)}});
+      else if (failed)
+        log(LogLevel::kWarn, "kafka: auto-creating a cluster topic failed", {{"topic", topic}, {"error", created.error().message}});
+    }
     state->store(failed ? AutoCreation::kFailed : AutoCreation::kDone, std::memory_order_release);  // release: pairs with the loop's acquire
     auto_creations_queued_.fetch_sub(1, std::memory_order_relaxed);
   });

@@ -358,8 +358,8 @@ class Broker {
   // topic creation: one for offset commits and fetches (in order, so a fetch sees the commits
   // before it), one for topic admin, so a CreateTopics of many topics (or one held by the
   // cluster's store) holds no group's offsets. Started by their first job.
-  // A cluster's auto-creations queued on the topics' worker and not yet run (the worker's jobs
-  // count it down: declared before the workers, so it outlives their last job).
+  // Auto-creations queued on the topics' worker and not yet run (the worker's jobs count it
+  // down: declared before the workers, so it outlives their last job).
   std::atomic<int> auto_creations_queued_{0};
   std::unique_ptr<SerialWorker> offsets_worker_;
   std::unique_ptr<SerialWorker> topics_worker_;
@@ -373,23 +373,27 @@ class Broker {
   std::vector<std::byte> inflated_;
   int wake_fd_ = -1;
   LogRateLimit transactional_refusal_logs_{5};  // a client may ask again and again
-  // Topics one request may still create: each costs the loop its rings' memory and files (about
-  // 8 ms here), so a request naming thousands would hold every connection that long.
+  // Topics one request may still create: each costs the topics' worker its rings' memory and
+  // files (about 8 ms here), or etcd round trips, so a request naming thousands would hold every
+  // CreateTopics and DeleteTopics behind it that long.
   int auto_creations_left_ = 0;
   // While a parked Metadata is answered: the names its worker tried to create (null otherwise).
   const std::set<std::string, std::less<>>* auto_create_attempted_ = nullptr;
-  // A cluster's auto-created topics, by name: when each was last queued on the topics' worker,
-  // and how it went (the worker stores, the loop reads). Answers the error to give the client.
+  // Topics auto-created on the topics' worker without a request waiting for them (a cluster's,
+  // and a single node's asked for by a Produce), by name: when each was last queued, and how it
+  // went (the worker stores, the loop reads). Answers the error to give the client.
   struct AutoCreation {
     enum : int { kQueued, kDone, kFailed };
     std::int64_t queued_ms = 0;
     std::shared_ptr<std::atomic<int>> state;
   };
   std::map<std::string, AutoCreation, std::less<>> auto_creating_;
-  std::int16_t auto_create_in_cluster(std::string_view name, std::uint32_t replication);
-  // Makes a single node's auto-created topic with the default settings, logging what happened
-  // (on the loop for a Produce, on the topics' worker for a Metadata).
-  void make_auto_topic(std::string_view name);
+  // Queues `name`'s creation (in the cluster's store, or on this node) and answers what the
+  // client gets meanwhile: LEADER_NOT_AVAILABLE, which it retries.
+  std::int16_t auto_create_off_loop(std::string_view name, std::uint32_t replication);
+  // Makes a single node's auto-created topic with the default settings, logging what happened;
+  // false if it failed. On the topics' worker.
+  bool make_auto_topic(std::string_view name);
 };
 
 }  // namespace weft::kafka::detail

@@ -97,6 +97,11 @@ struct Claim {
   std::uint32_t records = 0;
 };
 
+// Readies this process for its first producer: the wake protocol's one-time registration with
+// the kernel (membarrier) waits for an RCU grace period, ~10 ms here, which would otherwise fall
+// on the first attach (an event loop's first Produce). Any thread; later calls cost nothing.
+void prepare_producers() noexcept;
+
 enum class ProducerMode : std::uint8_t {
   kShared,     // any number of producers; claims with a 16-byte compare-and-swap
   kExclusive,  // the only producer; claims with plain stores
