@@ -7,11 +7,14 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
 
 #include "weft/fabric/log.h"
+#include "weft/fabric/serial_worker.h"
 #include "weft/fabric/thread_name.h"
 
 namespace weft {
@@ -68,7 +71,20 @@ struct ClusterNode::Impl {
     std::unique_ptr<ReplicaLog> log;
   };
   std::map<PartitionId, Role> taken;
-  std::vector<Assignment> retry;  // roles that could not be taken yet (the topic not created)
+  // Roles that could not be taken yet (their topic not made here yet), the newest for each
+  // partition: a later assignment replaces the one waiting (a replica moved away meanwhile).
+  std::map<PartitionId, Assignment> retry;
+
+  // Replicas' local topics are made and deleted on a worker of their own: a topic's rings, files
+  // and syncs take ~8 ms (a slow disk, far more), and on the replication thread they held every
+  // other partition's replication meanwhile (acks=all producers waited). Names with a job queued
+  // or under way take no role until it is done, so none is taken on a copy about to go or not
+  // made yet; a creation that failed is queued again a second later, not on every pass.
+  std::mutex admin_mutex;
+  std::condition_variable admin_done;
+  std::map<std::string, int, std::less<>> admin_jobs;  // under admin_mutex: jobs per name
+  std::map<std::string, std::chrono::steady_clock::time_point, std::less<>> create_failed;  // under admin_mutex
+  std::unique_ptr<SerialWorker> topics_worker;  // after what its jobs use; stopped first by ~ClusterNode
 
   Impl(Node& n, Transport& t, std::shared_ptr<MetadataStore> s, ClusterNodeOptions o)
       : node(n), transport(t), store(std::move(s)), options(std::move(o)) {}
@@ -117,8 +133,18 @@ struct ClusterNode::Impl {
     }
   }
 
-  // Creates the topic here when a role for it arrives first.
+  // The topic here, for a role of it: true once it exists; false while its creation (queued
+  // here when the role arrives first) or its deletion is on the topics' worker, the role then
+  // retried on the next pass.
   bool ensure_local_topic(const PartitionId& id, const std::map<std::string, TopicRecord>& records) {
+    {
+      std::lock_guard lock(admin_mutex);
+      if (admin_jobs.contains(id.topic)) return false;
+      if (auto failed = create_failed.find(id.topic); failed != create_failed.end()) {
+        if (std::chrono::steady_clock::now() - failed->second < std::chrono::seconds(1)) return false;
+        create_failed.erase(failed);
+      }
+    }
     if (node.describe_topic(id.topic).ok()) return true;
     auto record = records.find(id.topic);
     if (record == records.end()) return false;
@@ -129,12 +155,31 @@ struct ClusterNode::Impl {
     }
     config->partitions = record->second.partitions;
     config->replicated = true;
-    Result<TopicInfo> created = node.create_topic(id.topic, *config);
-    if (!created.ok() && created.error().code != Errc::kAlreadyExists) {
-      log(LogLevel::kError, "cluster: a replica's topic could not be created here", {{"topic", id.topic}, {"error", created.error().message}});
-      return false;
+    queue_topic_job(id.topic, [this, name = id.topic, config = *config] {
+      Result<TopicInfo> created = node.create_topic(name, config);
+      if (created.ok() || created.error().code == Errc::kAlreadyExists) return;
+      log(LogLevel::kError, "cluster: a replica's topic could not be created here", {{"topic", name}, {"error", created.error().message}});
+      std::lock_guard lock(admin_mutex);
+      create_failed[name] = std::chrono::steady_clock::now();
+    });
+    return false;
+  }
+
+  // Runs `job` on the topics' worker, the name counted busy until it is done; the worker then
+  // wakes the replication thread (its `wake` eventfd) to retry the roles waiting on it.
+  void queue_topic_job(const std::string& name, std::function<void()> job) {
+    {
+      std::lock_guard lock(admin_mutex);
+      ++admin_jobs[name];
     }
-    return true;
+    topics_worker->add([this, name, job = std::move(job)] {
+      job();
+      {
+        std::lock_guard lock(admin_mutex);
+        if (auto it = admin_jobs.find(name); it != admin_jobs.end() && --it->second == 0) admin_jobs.erase(it);
+      }
+      admin_done.notify_all();
+    });
   }
 
   void apply(const Assignment& a, const std::map<std::string, TopicRecord>& records) {
@@ -146,14 +191,15 @@ struct ClusterNode::Impl {
       // under the name starts empty.
       const bool any_left = std::any_of(taken.begin(), taken.end(), [&](const auto& t) { return t.first.topic == id.topic; });
       if (!records.contains(id.topic) && !any_left) {
-        if (Result<void> deleted = node.delete_topic(id.topic); !deleted.ok() && deleted.error().code != Errc::kNotFound) {
-          log(LogLevel::kWarn, "cluster: a deleted topic's local copy stays", {{"topic", id.topic}, {"error", deleted.error().message}});
-        }
+        queue_topic_job(id.topic, [this, name = id.topic] {
+          if (Result<void> deleted = node.delete_topic(name); !deleted.ok() && deleted.error().code != Errc::kNotFound)
+            log(LogLevel::kWarn, "cluster: a deleted topic's local copy stays", {{"topic", name}, {"error", deleted.error().message}});
+        });
       }
       return;
     }
     if (!ensure_local_topic(id, records)) {
-      retry.push_back(a);
+      retry.insert_or_assign(id, a);
       return;
     }
     Role& role = taken[id];
@@ -204,9 +250,10 @@ struct ClusterNode::Impl {
         next.swap(roles);
         if (!next.empty() || !retry.empty()) records = topics;
       }
-      std::vector<Assignment> again = std::move(retry);
+      std::map<PartitionId, Assignment> again = std::move(retry);
       retry.clear();
-      for (const Assignment& a : again) apply(a, records);
+      for (const Assignment& a : next) again.erase(a.partition);  // superseded
+      for (const auto& [id, a] : again) apply(a, records);
       for (const Assignment& a : next) apply(a, records);
       replicator->run_once(5);
       std::vector<IsrProposal> wanted = replicator->take_isr_proposals();
@@ -250,6 +297,13 @@ ClusterNode::~ClusterNode() {
   impl_->stopping = true;
   if (impl_->control.joinable()) impl_->control.join();
   if (impl_->replication.joinable()) impl_->replication.join();
+  {
+    // The jobs queued end first (bounded): a deleted topic's local copy would otherwise stay, as
+    // no role of it comes at the next start. A creation dropped is queued again then.
+    std::unique_lock lock(impl_->admin_mutex);
+    impl_->admin_done.wait_for(lock, std::chrono::seconds(10), [&] { return impl_->admin_jobs.empty(); });
+  }
+  impl_->topics_worker.reset();
   impl_->node.set_replication_event(-1);
   impl_->taken.clear();  // the replicas' logs, before the node they belong to may go
   impl_->replicator.reset();  // its connects under way write to `wake` when done: before it closes
@@ -269,6 +323,7 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   if (!impl->wake.valid()) return os_error(Errc::kIo, "eventfd for the replication thread", errno);
   node.set_replication_event(impl->wake.get());
   impl->replicator->set_wake_fd(impl->wake.get());
+  impl->topics_worker = std::make_unique<SerialWorker>("weft-cl-topics", impl->wake.get());
   Impl* raw = impl.get();
   // Local producers ask where a partition takes records: here when this node leads it, else at
   // the leader's Kafka listener (the client library re-routes there).

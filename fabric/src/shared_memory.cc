@@ -26,6 +26,23 @@ struct Mapped {
   std::byte* data = nullptr;
 };
 
+// Faults every 4 KiB page of a mapping in now, one touch a page, so the hot path takes no fault:
+// a write for memory just made (its pages allocated here), a read for memory a peer may be
+// writing. Not MAP_POPULATE: that holds the process's mmap lock across the whole range (20–50 ms
+// for 4 MiB on this busy VM), and any other thread's mmap, munmap or mprotect (malloc growing a
+// heap) waits behind it; a cluster node's replication thread stalled that way, acks=all with it,
+// while topics were made. A fault holds its VMA's lock (or the mmap lock) for that page alone.
+void fault_in(std::byte* data, std::size_t size, bool write) noexcept {
+  volatile std::byte* const pages = data;
+  for (std::size_t at = 0; at < size; at += kSmallPage) {
+    if (write) {
+      pages[at] = std::byte{0};  // fresh memory: it reads zero anyway
+    } else {
+      (void)pages[at];
+    }
+  }
+}
+
 Result<Mapped> map_memfd(const ShmOptions& options, std::size_t size, bool huge) {
   unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
   if (huge) flags |= MFD_HUGETLB | MFD_HUGE_2MB;
@@ -35,9 +52,9 @@ Result<Mapped> map_memfd(const ShmOptions& options, std::size_t size, bool huge)
     return os_error(Errc::kResourceExhausted, "ftruncate(" + std::to_string(size) + ")", errno);
   // Hugetlb pages are reserved here, so mmap fails (ENOMEM) rather than a later touch raising SIGBUS.
   // Never MAP_NORESERVE for hugetlb. 4 KiB pages are faulted in now to keep faults off the hot path.
-  const int map_flags = MAP_SHARED | (huge ? 0 : MAP_POPULATE);
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, map_flags, fd.get(), 0);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return os_error(Errc::kResourceExhausted, "mmap of " + std::to_string(size) + " bytes", errno);
+  if (!huge) fault_in(static_cast<std::byte*>(p), size, true);
   // Seal the size so a peer cannot shrink the memory under us (its touch would SIGBUS us).
   if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     const int e = errno;
@@ -142,8 +159,9 @@ Result<SharedMemory> SharedMemory::map(UniqueFd fd) {
   struct statfs fs {};
   const bool huge = fstatfs(fd.get(), &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
   const auto size = static_cast<std::size_t>(st.st_size);
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | (huge ? 0 : MAP_POPULATE), fd.get(), 0);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return os_error(Errc::kResourceExhausted, "mmap of received shared memory", errno);
+  if (!huge) fault_in(static_cast<std::byte*>(p), size, false);
   SharedMemory shm;
   shm.fd_ = std::move(fd);
   shm.data_ = static_cast<std::byte*>(p);

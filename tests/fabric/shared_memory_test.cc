@@ -19,6 +19,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -220,6 +222,37 @@ TEST(SharedMemory, WritesThroughOneMappingAreVisibleThroughASecondMapping) {
   EXPECT_EQ(first_mismatch(second->bytes(), 3), second->size());
   fill_pattern(second->bytes().subspan(4096, 4096), 4);
   EXPECT_EQ(first_mismatch(first->bytes().subspan(4096, 4096), 4), 4096u);
+}
+
+// Kilobytes of the mapping that starts at `start` with page table entries present (Rss in
+// /proc/self/smaps), or -1 when no mapping starts there.
+long resident_kib(const void* start) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::ostringstream hex;
+  hex << std::hex << reinterpret_cast<std::uintptr_t>(start) << '-';
+  bool in_mapping = false;
+  for (std::string line; std::getline(smaps, line);) {
+    if (line.rfind(hex.str(), 0) == 0) {
+      in_mapping = true;
+    } else if (in_mapping && line.rfind("Rss:", 0) == 0) {
+      return std::stol(line.substr(4));
+    }
+  }
+  return -1;
+}
+
+TEST(SharedMemory, EveryPageOfA4KiBMappingIsFaultedInBeforeItIsHandedOut) {
+  // Given 4 KiB pages (no hugepages asked for), made here and mapped again as a peer maps them
+  constexpr std::size_t kBytes = std::size_t{1} << 20;
+  Result<SharedMemory> made = SharedMemory::create(small_options(kBytes, false));
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  const int dup_fd = dup(made->fd());
+  ASSERT_GE(dup_fd, 0) << std::strerror(errno);
+  Result<SharedMemory> mapped = SharedMemory::map(UniqueFd(dup_fd));
+  ASSERT_TRUE(mapped.ok()) << mapped.error().message;
+  // Expect every page present in both mappings already: the hot path takes no page fault
+  EXPECT_EQ(resident_kib(made->data()), static_cast<long>(kBytes / 1024));
+  EXPECT_EQ(resident_kib(mapped->data()), static_cast<long>(kBytes / 1024));
 }
 
 TEST(SharedMemory, CreatedMemoryCannotBeResizedByAPeer) {

@@ -1,7 +1,8 @@
 // Three nodes in one process, each a Node with segment logs, a ClusterNode over TCP links and a
 // shared metadata store: a replicated topic is created once and lands on every replica; a
 // leader's acknowledged records (below the high watermark) survive its crash, again and again,
-// with none duplicated; and a drained node hands its leaderships over before it leaves.
+// with none duplicated; a drained node hands its leaderships over before it leaves; and a
+// replica's topic made slowly holds no other partition's replication.
 #include "weft/cluster_node.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "../held_logs.h"
 #include "../temp_dir.h"
 #include "test_batches.h"
 #include "weft/fabric/record_batch.h"
@@ -34,11 +36,13 @@ struct Member {
 
 class ClusterNodeTest : public testing::Test {
  protected:
-  void start(NodeId id) {
+  // `wrap_logs`: around the node's log opener (a test's held or failing disk).
+  void start(NodeId id, const std::function<OpenPartitionLog(OpenPartitionLog)>& wrap_logs = {}) {
     Member m;
     m.id = id;
     NodeOptions o;
     o.open_log = storage::open_segment_logs(m.dir->path() + "/data");
+    if (wrap_logs) o.open_log = wrap_logs(std::move(o.open_log));
     o.maintenance_max_interval_us = 500;
     m.node = Node::start(std::move(o)).value();
     ClusterNodeOptions c;
@@ -193,6 +197,38 @@ TEST_F(ClusterNodeTest, AcknowledgedRecordsSurviveLeaderCrashesAndNoneIsDuplicat
     acked = more;
     // The crashed node comes back empty-handed only in the next round's arithmetic: it stays down.
   }
+}
+
+TEST_F(ClusterNodeTest, AReplicasTopicMadeSlowlyHoldsNoOtherPartitionsReplication) {
+  // Given two nodes whose logs of topics named "slow..." open only when the test lets them (a
+  // slow disk), and a topic replicated on both
+  auto held = std::make_shared<HeldLogs>();
+  HeldLogs::LetGoAtEnd let_go_at_end{*held};  // before the nodes stop, whatever fails
+  for (NodeId id : {1, 2}) start(id, HeldLogs::wrapper(held));
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  ASSERT_TRUE(any().cluster->create_topic("orders", 1, 2, config).ok());
+  const auto replicated = [&](const char* topic) {
+    for (Member& m : members_) {
+      auto view = m.cluster->partition(topic, 0);
+      if (!view || view->leader < 0 || !view->replica_here || view->isr.size() != 2) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(eventually([&] { return replicated("orders"); }));
+  (void)produce_acked(0, 5, std::byte{1});
+  // When a topic is made whose logs the disk holds, on both nodes
+  ASSERT_TRUE(any().cluster->create_topic("slow", 1, 2, config).ok());
+  ASSERT_TRUE(held->wait_entered(1));
+  // Expect the other topic's records still replicated and acknowledged (acks=all) meanwhile,
+  // its follower kept in the in-sync set
+  const Offset end = produce_acked(0, 20, std::byte{2});
+  EXPECT_EQ(end, Offset{100});
+  EXPECT_EQ(any().cluster->partition("orders", 0)->isr.size(), 2u);
+  // And the held topic replicated on both once its logs open
+  held->let_go();
+  EXPECT_TRUE(eventually([&] { return replicated("slow"); }));
 }
 
 TEST_F(ClusterNodeTest, ADrainedNodeHandsItsLeadershipsOverBeforeItLeaves) {
