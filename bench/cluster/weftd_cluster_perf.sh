@@ -9,6 +9,8 @@
 #
 # Usage: bench/cluster/weftd_cluster_perf.sh [BUILD_DIR] [RECORDS] [LATENCY_RATE] [LOG_WRITES]
 # (LOG_WRITES: every node's log_writes, buffered as weftd's default, or direct)
+# With CLUSTER_JOB set, that command runs instead of `weft perf`, the three nodes' bootstrap list
+# its last argument (bench/cluster/topics_while_writing.py).
 set -euo pipefail
 
 build=${1:-build/release}
@@ -107,6 +109,10 @@ if (( ! ready )); then
   exit 1  # the EXIT trap stops what was started
 fi
 bootstrap=$(IFS=,; echo "${cluster[*]}")
+if [[ -n ${CLUSTER_JOB:-} ]]; then
+  $CLUSTER_JOB "$bootstrap"
+  exit
+fi
 
 # Latency first, on idle nodes (after the throughput runs, three replicas' writeback on one disk
 # stalls writes for a while), then throughput.
