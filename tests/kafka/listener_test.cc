@@ -1724,6 +1724,64 @@ TEST_F(KafkaListenerTest, AProduceToAnUnknownTopicHasItMadeOffTheLoopAndItsRetry
   EXPECT_EQ(held->entered, 1) << "the topic was queued again while it was being made";  // (one partition: the default)
 }
 
+TEST_F(KafkaListenerTest, AtMost64AutoCreationsWaitOnTheWorkerAndTheRestAreQueuedOnTheClientsRetries) {
+  // Given a node whose logs for topics named "slow..." open only when the test lets them
+  auto held = std::make_shared<HeldLogs>();
+  start({}, std::size_t{1} << 20, HeldLogs::wrapper(held));
+  HeldLogs::LetGoAtEnd let_go_at_end{*held};
+  // Produce v7 requests of 16 unknown topics each (the most one request may create)
+  const std::string records = batch(1);
+  const auto produce_to = [&](int request) {
+    Writer w;
+    w.nullable_string(std::nullopt, false);
+    w.i16(1);
+    w.i32(10'000);
+    w.array(16, false);
+    for (int i = 0; i < 16; ++i) {
+      w.string("slow-" + std::to_string(request) + "-" + std::to_string(i), false);
+      w.array(1, false);
+      w.i32(0);
+      w.bytes(records, false);
+    }
+    return w.take();
+  };
+  const auto made = [&] {
+    const std::vector<std::string> topics = node_->list_topics();
+    return std::count_if(topics.begin(), topics.end(), [](const std::string& t) { return t.starts_with("slow-"); });
+  };
+  KafkaClient producer(port());
+  // When five of them name 80 topics while the first creation is held
+  for (int request = 0; request < 5; ++request) {
+    std::optional<std::string> answer = producer.call(kProduce, 7, false, produce_to(request));
+    ASSERT_TRUE(answer) << "request " << request << " waited for its topics";
+    Reader r = reader_of(*answer);
+    ASSERT_EQ(r.array(false), 16);
+    for (int i = 0; i < 16; ++i) {
+      (void)r.string(false);
+      ASSERT_EQ(r.array(false), 1);
+      EXPECT_EQ(r.i32(), 0);
+      EXPECT_EQ(r.i16(), kafka::error::kLeaderNotAvailable) << "request " << request << " topic " << i;
+      (void)r.i64();  // base offset
+      (void)r.i64();  // log append time
+      (void)r.i64();  // log start offset
+    }
+    if (request == 0) {
+      ASSERT_TRUE(held->wait_entered(1));
+    }
+  }
+  // Expect 64 of them queued on the topics' worker and made once let go, no more
+  held->let_go();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (made() < 64 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(made(), 64);
+  // ... and the other 16 queued when the client asks again, the worker having room by then
+  std::optional<std::string> again = producer.call(kProduce, 7, false, produce_to(4));
+  ASSERT_TRUE(again);
+  while (made() < 80 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(made(), 80);
+}
+
 TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnection) {
   // Given offsets kept in a store that answers a fetch only when the test lets it (a cluster's
   // etcd, slow or unreachable)

@@ -2,7 +2,8 @@
 // shared metadata store: a replicated topic is created once and lands on every replica; a
 // leader's acknowledged records (below the high watermark) survive its crash, again and again,
 // with none duplicated; a drained node hands its leaderships over before it leaves; and a
-// replica's topic made slowly holds no other partition's replication.
+// replica's topic made slowly holds no other partition's replication, nor takes a role of a
+// partition moved away meanwhile.
 #include "weft/cluster_node.h"
 
 #include <gtest/gtest.h>
@@ -229,6 +230,38 @@ TEST_F(ClusterNodeTest, AReplicasTopicMadeSlowlyHoldsNoOtherPartitionsReplicatio
   // And the held topic replicated on both once its logs open
   held->let_go();
   EXPECT_TRUE(eventually([&] { return replicated("slow"); }));
+}
+
+TEST_F(ClusterNodeTest, AReplicaMovedAwayWhileItsTopicIsBeingMadeTakesNoRoleOnceItIsMade) {
+  // Given three nodes, the third of which opens logs of topics named "slow..." only when the test
+  // lets it, and a topic replicated on all three whose local copy the third is making
+  auto held = std::make_shared<HeldLogs>();
+  HeldLogs::LetGoAtEnd let_go_at_end{*held};
+  start(1);
+  start(2);
+  start(3, HeldLogs::wrapper(held));
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  ASSERT_TRUE(any().cluster->create_topic("slow", 1, 3, config).ok());
+  ASSERT_TRUE(held->wait_entered(1));
+  ASSERT_TRUE(eventually([&] {  // its role, with a leader elected, waits on the third node
+    auto view = by_id(3)->cluster->partition("slow", 0);
+    return view && view->leader >= 0;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // When the partition is moved off the third node meanwhile, and the making then ends
+  ASSERT_TRUE(reassign_partition(*store_, "test", PartitionId{"slow", 0}, {1, 2}).ok());
+  ASSERT_TRUE(eventually([&] {
+    auto view = by_id(3)->cluster->partition("slow", 0);
+    return view && view->replicas.size() == 2 && !view->replica_here;
+  }));
+  held->let_go();
+  ASSERT_TRUE(eventually([&] { return by_id(3)->node->describe_topic("slow").ok(); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // passes in which a stale role would be taken
+  // Expect no role of it taken there: the assignment that moved it replaced the one waiting
+  for (const ReplicaStatus& r : by_id(3)->cluster->replicas())
+    EXPECT_NE(r.partition.topic, "slow") << "node 3 took a role of a partition moved off it (epoch " << r.leader_epoch << ")";
 }
 
 TEST_F(ClusterNodeTest, ADrainedNodeHandsItsLeadershipsOverBeforeItLeaves) {
