@@ -214,7 +214,6 @@ struct SegmentLog::ClosedSegmentSyncs {
   std::condition_variable done;
   std::uint64_t generation = 0;  // moves when the log's segments change under the syncs
   int pending = 0;
-  int own_syncs = 0;  // the log's own sync() under way, outside its lock
   // Set once a sync failed (the syncer's, or the log's own): the kernel may have dropped the
   // pages it could not write, and it reports that to each open file once, so a later fdatasync
   // may succeed over them. The log takes nothing more and no later sync succeeds (kDataLoss).
@@ -303,10 +302,9 @@ class SegmentSyncer {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
         job.syncs->fail_closed_segment(job.dir, failure);
-      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.syncs->own_syncs == 0 && job.generation == job.syncs->generation) {
-        // (Not after a failure, nor while the log's own sync is under way: that one may have
-        // taken, or be about to take, the kernel's one report of an error for these files, and
-        // this fdatasync then succeeded over the lost pages. The next roll moves the point.)
+      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation) {
+        // (Not after a failure: the log's own sync may have taken the kernel's one report of it
+        // for these files, and this fdatasync then succeeded over the lost pages.)
         // Under the mutex: a truncation or reset moves the generation first, and never sees
         // this point land after it. Failing that, the next start reads more: nothing is lost.
         Result<void> marked = replace_file(job.dir + kRecoveryPointFile, recovery_point_text(job.point));
@@ -510,10 +508,6 @@ Result<void> SegmentLog::sync() {
       closed_synced = closed_synced || segment != segments_.back();
       if (ticket->file.valid()) pending.push_back(Pending{segment, std::move(*ticket)});
     }
-    // Counted under way: the syncer moves no recovery point meanwhile (a roll during this sync
-    // hands it the same files, and either fdatasync may take the kernel's one error report).
-    std::lock_guard syncs(closed_syncs_->mutex);
-    ++closed_syncs_->own_syncs;
   }
   int error = 0;
   const Pending* failed_on = nullptr;
@@ -529,15 +523,12 @@ Result<void> SegmentLog::sync() {
     }
   }
   std::optional<Error> failed;
-  {
+  if (failed_on != nullptr) {
+    // Not retried, and no later sync succeeds: the kernel may have dropped the pages it could
+    // not write, and a second fdatasync would report success over them.
+    failed = os_error(Errc::kIo, "fdatasync " + failed_on->segment->log_path(), error);
     std::lock_guard syncs(closed_syncs_->mutex);
-    --closed_syncs_->own_syncs;
-    if (failed_on != nullptr) {
-      // Not retried, and no later sync succeeds: the kernel may have dropped the pages it could
-      // not write, and a second fdatasync would report success over them.
-      failed = os_error(Errc::kIo, "fdatasync " + failed_on->segment->log_path(), error);
-      closed_syncs_->fail(failed->message);
-    }
+    closed_syncs_->fail(failed->message);
   }
   if (failed) {
     release();

@@ -1034,32 +1034,6 @@ TEST(SegmentLog, ASegmentRolledDuringItsOwnSyncIsVouchedForOnlyOnceTheSyncerHasS
   EXPECT_EQ(recovery_point_in(dir.partition()), -1);
 }
 
-TEST(SegmentLog, TheSyncerMovesNoRecoveryPointWhileTheLogsOwnSyncIsUnderWay) {
-  TempDir dir;
-  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
-  std::int64_t next = fill(*log, 0, 5);
-  std::jthread syncer;
-  ControlledSyncs own(dir.path(), HeldSync::kThenPass, SyncsOf::kTheLogsOwnSync);
-  // Given the log's own sync of its active segment, held by the disk
-  Result<void> synced = ok();
-  syncer = std::jthread([&] { synced = log->sync(); });
-  ASSERT_TRUE(own.wait_until_entered());
-  // When the log rolls past that segment meanwhile, and the syncer's sync of it succeeds
-  next = append_until_rolled(*log, next, 1);
-  ASSERT_GE(log->segment_count(), 2u);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // (the syncer's job, unheld, is done by then)
-  // Expect no recovery point yet: the log's own fdatasync of that file may still take the disk's
-  // report of an error, and then the point would vouch for lost pages
-  EXPECT_EQ(recovery_point_in(dir.partition()), -1);
-  own.release();
-  syncer.join();
-  ASSERT_TRUE(synced.ok()) << synced.error().message;
-  // ... and the next roll's moving it as usual
-  next = append_until_rolled(*log, next, 2);
-  log.reset();  // waits for every background sync
-  EXPECT_GT(recovery_point_in(dir.partition()), 0);
-}
-
 TEST(SegmentLog, AFailedSyncOfItsOwnStopsTheLogForGood) {
   TempDir dir;
   auto log = SegmentLog::open(dir.partition(), Offset{0}).value();
