@@ -19,7 +19,6 @@
 #include <sstream>
 #include <iterator>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <span>
@@ -509,30 +508,24 @@ Result<void> SegmentLog::sync() {
       if (ticket->file.valid()) pending.push_back(Pending{segment, std::move(*ticket)});
     }
   }
-  int error = 0;
-  const Pending* failed_on = nullptr;
   for (const Pending& p : pending) {
+    int error = 0;
     if (const test_hooks::SyncHook hook = log_sync_hook.load(std::memory_order_acquire); hook != nullptr) {
       const int file = p.ticket.file.get();
       error = hook(dir_, std::span<const int>(&file, 1));
     }
     if (error == 0 && ::fdatasync(p.ticket.file.get()) != 0) error = errno;
     if (error != 0) {
-      failed_on = &p;
-      break;
+      // Not retried, and no later sync succeeds: the kernel may have dropped the pages it could
+      // not write, and a second fdatasync would report success over them.
+      Error failed = os_error(Errc::kIo, "fdatasync " + p.segment->log_path(), error);
+      {
+        std::lock_guard syncs(closed_syncs_->mutex);
+        closed_syncs_->fail(failed.message);
+      }
+      release();
+      return failed;
     }
-  }
-  std::optional<Error> failed;
-  if (failed_on != nullptr) {
-    // Not retried, and no later sync succeeds: the kernel may have dropped the pages it could
-    // not write, and a second fdatasync would report success over them.
-    failed = os_error(Errc::kIo, "fdatasync " + failed_on->segment->log_path(), error);
-    std::lock_guard syncs(closed_syncs_->mutex);
-    closed_syncs_->fail(failed->message);
-  }
-  if (failed) {
-    release();
-    return *failed;
   }
   {
     std::lock_guard lock(mutex_);

@@ -916,19 +916,28 @@ TEST(SegmentLog, AFailedBackgroundSyncFailsTheLogsNextSyncThoughItsOwnFdatasyncS
   EXPECT_EQ(recovery_point_in(dir.partition()), -1);
 }
 
+// The log's sync() on a thread of its own, for tests that hold its fdatasync: `returned` once
+// it has, with its outcome in `synced`. Joined when destroyed.
+struct SyncInThread {
+  std::atomic<bool> returned{false};
+  Result<void> synced = ok();
+  std::jthread thread;
+  void start(SegmentLog& log) {
+    thread = std::jthread([this, &log] {
+      synced = log.sync();
+      returned.store(true);
+    });
+  }
+};
+
 TEST(SegmentLog, ItsOwnSyncHoldsNoReaderAndNoAppendWhileTheDiskWorks) {
   TempDir dir;
   auto log = SegmentLog::open(dir.partition(), Offset{0}).value();
   const std::int64_t end = fill(*log, 0, 20);
-  std::jthread syncer;  // joined after the hook below lets go, even when a check fails
+  SyncInThread syncer;  // joined after the hook below lets go, even when a check fails
   ControlledSyncs syncs(dir.path(), HeldSync::kThenPass, SyncsOf::kTheLogsOwnSync);
   // Given a sync of the log whose fdatasync the disk holds (fsync=always, a slow disk)
-  std::atomic<bool> returned{false};
-  Result<void> synced = ok();
-  syncer = std::jthread([&] {
-    synced = log->sync();
-    returned.store(true);
-  });
+  syncer.start(*log);
   ASSERT_TRUE(syncs.wait_until_entered());
   // When readers (a Fetch behind the ring, ListOffsets) and the log writer call meanwhile
   std::future<void> calls = std::async(std::launch::async, [&] {
@@ -943,11 +952,11 @@ TEST(SegmentLog, ItsOwnSyncHoldsNoReaderAndNoAppendWhileTheDiskWorks) {
   });
   // Expect every one of them to return while the sync still waits for the disk
   EXPECT_EQ(calls.wait_for(std::chrono::seconds(10)), std::future_status::ready) << "a call waited for the log's fdatasync";
-  EXPECT_FALSE(returned.load());
+  EXPECT_FALSE(syncer.returned.load());
   syncs.release();
-  syncer.join();
+  syncer.thread.join();
   calls.wait();
-  ASSERT_TRUE(synced.ok()) << synced.error().message;
+  ASSERT_TRUE(syncer.synced.ok()) << syncer.synced.error().message;
   // ... and the sync to vouch only for what it covered: the batch appended during it is not on
   // disk until the next one
   EXPECT_EQ(log->synced_offset(), Offset{0});
@@ -1004,16 +1013,11 @@ TEST(SegmentLog, ASegmentRolledDuringItsOwnSyncIsVouchedForOnlyOnceTheSyncerHasS
   TempDir dir;
   auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
   std::int64_t next = fill(*log, 0, 5);
-  std::jthread syncer;  // joined after both holds below let go, even when a check fails
+  SyncInThread syncer;  // joined after both holds below let go, even when a check fails
   HeldClosedSegmentSyncs closed(dir.path());
   ControlledSyncs own(dir.path(), HeldSync::kThenPass, SyncsOf::kTheLogsOwnSync);
   // Given the log's own sync of its active segment, held by the disk
-  std::atomic<bool> returned{false};
-  Result<void> synced = ok();
-  syncer = std::jthread([&] {
-    synced = log->sync();
-    returned.store(true);
-  });
+  syncer.start(*log);
   ASSERT_TRUE(own.wait_until_entered());
   // When the log rolls past that segment meanwhile (its sync handed to the syncer as well), and
   // the syncer's sync of it is still under way when the log's own ends
@@ -1024,12 +1028,12 @@ TEST(SegmentLog, ASegmentRolledDuringItsOwnSyncIsVouchedForOnlyOnceTheSyncerHasS
   // Expect the log's sync to wait for the syncer's: either may take the kernel's one report of an
   // error for the shared file
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_FALSE(returned.load()) << "sync() returned while the syncer's sync of the same file was under way";
+  EXPECT_FALSE(syncer.returned.load()) << "sync() returned while the syncer's sync of the same file was under way";
   // ... and to fail when that one fails
   closed.release(true);
-  syncer.join();
-  ASSERT_FALSE(synced.ok());
-  EXPECT_EQ(synced.error().code, Errc::kDataLoss) << synced.error().message;
+  syncer.thread.join();
+  ASSERT_FALSE(syncer.synced.ok());
+  EXPECT_EQ(syncer.synced.error().code, Errc::kDataLoss) << syncer.synced.error().message;
   log.reset();
   EXPECT_EQ(recovery_point_in(dir.partition()), -1);
 }
