@@ -45,7 +45,7 @@ struct Fixture {
       auto replica = node->replica_log("t", 0).value();
       replica->epochs().assign(epoch, replica->log_end());
       replica->stamp_leader_epoch(epoch);
-      replica->save_epochs();
+      replica->save_epochs(weft::EpochSave::kWithTheLog);
       weft::PartitionMemory memory = node->open_partition("t", 0).value();
       weft::Producer producer = weft::Producer::attach(memory.ring).value();
       for (; written < kLogBytes * static_cast<std::size_t>(epoch) / 4; written += buffer.size()) {

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -242,20 +243,40 @@ struct ClusterNode::Impl {
 
   void replication_loop() {
     auto last_status = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+    // Roles not yet taken, oldest first. A burst of them (a topic of many partitions, many topics
+    // made at once) is taken ~2 ms at a time with a replication round between: each role opens its
+    // log and ring (file system calls that a busy journal holds for milliseconds), and taking forty
+    // back to back held every other partition's acks=all writes for the whole burst.
+    std::deque<Assignment> waiting;
+    constexpr auto kRolesPerRound = std::chrono::milliseconds(2);
     while (!stopping.load(std::memory_order_relaxed)) {
       std::vector<Assignment> next;
       std::map<std::string, TopicRecord> records;
       {
         std::lock_guard lock(mutex);
         next.swap(roles);
-        if (!next.empty() || !retry.empty()) records = topics;
+        if (!next.empty() || !retry.empty() || !waiting.empty()) records = topics;
       }
-      std::map<PartitionId, Assignment> again = std::move(retry);
-      retry.clear();
-      for (const Assignment& a : next) again.erase(a.partition);  // superseded
-      for (const auto& [id, a] : again) apply(a, records);
-      for (const Assignment& a : next) apply(a, records);
-      replicator->run_once(5);
+      if (!next.empty() || !retry.empty()) {
+        std::map<PartitionId, Assignment> again = std::move(retry);
+        retry.clear();
+        // A later assignment of a partition supersedes one to retry or still waiting (a retry
+        // is of a role taken before any assignment that waits).
+        for (const Assignment& a : next) again.erase(a.partition);
+        for (const Assignment& w : waiting) again.erase(w.partition);
+        std::erase_if(waiting, [&](const Assignment& w) {
+          return std::any_of(next.begin(), next.end(), [&](const Assignment& a) { return a.partition == w.partition; });
+        });
+        for (auto& [id, a] : again) waiting.push_back(std::move(a));
+        for (Assignment& a : next) waiting.push_back(std::move(a));
+      }
+      const auto round_start = std::chrono::steady_clock::now();
+      while (!waiting.empty() && std::chrono::steady_clock::now() - round_start < kRolesPerRound) {
+        const Assignment a = std::move(waiting.front());
+        waiting.pop_front();
+        apply(a, records);
+      }
+      replicator->run_once(waiting.empty() ? 5 : 0);
       std::vector<IsrProposal> wanted = replicator->take_isr_proposals();
       const auto now = std::chrono::steady_clock::now();
       std::vector<ReplicaStatus> fresh;

@@ -1394,7 +1394,7 @@ class Node::Replica final : public ReplicaLog {
     for (TailReader& r : readers_) r.clear();
     WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, end, false));
     epochs_.truncate_to(cut);
-    save_epochs();
+    save_epochs(EpochSave::kNow);
     return ok();
   }
 
@@ -1403,15 +1403,15 @@ class Node::Replica final : public ReplicaLog {
     for (TailReader& r : readers_) r.clear();
     WEFT_TRY(Offset cut, node_.rewind_partition(topic_, index_, start, true));
     epochs_.truncate_to(Offset{0});
-    save_epochs();
+    save_epochs(EpochSave::kNow);
     (void)cut;
     return ok();
   }
 
   EpochHistory& epochs() override { return epochs_; }
 
-  void save_epochs() override {
-    Result<void> saved = partition().log->save_epochs(epochs_.entries());
+  void save_epochs(EpochSave how) override {
+    Result<void> saved = partition().log->save_epochs(epochs_.entries(), how);
     // Not fatal: the log leaves no stale history behind, so the next start reads the log through.
     if (!saved.ok() && saved.error().code != Errc::kUnsupported)
       log(LogLevel::kWarn, "replica: the epoch history was not saved; the next start reads the log through",
@@ -1528,7 +1528,9 @@ class Node::Replica final : public ReplicaLog {
 
   // Where each epoch starts: from the log's saved history (Kafka's leader-epoch checkpoint),
   // else from the batches' partitionLeaderEpoch, reading the log through (a log from before the
-  // history was kept, or whose history was lost), after which the history is saved.
+  // history was kept, or whose history was lost), after which the history is saved — synced
+  // with the log: a crash first leaves no file or the unreadable one, and the next start reads
+  // the log through again.
   void load_epochs() {
     PartitionLog& partition_log = *partition().log;
     Result<std::vector<EpochStart>> saved = partition_log.load_epochs();
@@ -1542,7 +1544,7 @@ class Node::Replica final : public ReplicaLog {
           {{"topic", topic_->name}, {"partition", std::to_string(index_)},
            {"error", saved.ok() ? std::string("epochs out of order") : saved.error().message}});
     scan_epochs(partition_log);
-    save_epochs();
+    save_epochs(EpochSave::kWithTheLog);
   }
 
   void scan_epochs(PartitionLog& log) {

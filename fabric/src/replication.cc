@@ -699,7 +699,8 @@ struct Replicator::Impl {
       const std::int32_t epoch = batch->partition_leader_epoch();
       if (epoch > f.log->epochs().last_epoch() && batch->last_offset() >= end) {
         f.log->epochs().assign(epoch, batch->base_offset());
-        f.log->save_epochs();  // before the batch is appended: a saved history is never behind its log
+        // Before the batch is appended; synced before the log's recovery point passes the batch.
+        f.log->save_epochs(EpochSave::kWithTheLog);
       }
     }
     f.pending.push_back(Followed::Pending{chunk.subspan(skip), done.length});
@@ -1015,7 +1016,7 @@ Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, st
   l.epoch = epoch;
   l.epoch_start = log_->log_end();
   log_->epochs().assign(epoch, l.epoch_start);
-  log_->save_epochs();
+  log_->save_epochs(EpochSave::kWithTheLog);
   l.replicas = std::move(replicas);
   l.isr = std::move(isr);
   std::sort(l.isr.begin(), l.isr.end());

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <span>
@@ -36,6 +37,7 @@ namespace weft::storage {
 namespace {
 
 constexpr const char* kRecoveryPointFile = "/recovery-point";
+constexpr const char* kEpochsFile = "/leader-epoch-checkpoint";
 
 // "1 <offset> <crc32c of the text before it, hex>": a torn or foreign file reads as none.
 std::string recovery_point_text(Offset offset) {
@@ -55,6 +57,51 @@ Offset read_recovery_point(const std::string& dir) {
   const auto [end, parse_error] = std::from_chars(offset.data(), offset.data() + offset.size(), value);
   if (parse_error != std::errc{} || end != offset.data() + offset.size() || value < 0) return Offset{-1};
   return recovery_point_text(Offset{value}) == version + " " + offset + " " + crc + "\n" ? Offset{value} : Offset{-1};
+}
+
+constexpr std::string_view kEpochsHeader = "weft-leader-epochs 1";
+constexpr std::size_t kMaxEpochsFileBytes = std::size_t{16} << 20;
+
+// A header line, the count, then `epoch start` per line.
+std::string epochs_text(std::span<const EpochStart> epochs) {
+  std::string text(kEpochsHeader);
+  text += "\n" + std::to_string(epochs.size()) + "\n";
+  for (const EpochStart& e : epochs) text += std::to_string(e.epoch) + " " + std::to_string(e.start.value) + "\n";
+  return text;
+}
+
+// kNotFound without a file; kCorrupt for one that is not exactly what epochs_text wrote.
+Result<std::vector<EpochStart>> read_epochs_file(const std::string& path) {
+  WEFT_TRY(const std::string text, read_small_file(path, kMaxEpochsFileBytes));
+  auto bad = [&](const std::string& why) { return Error{Errc::kCorrupt, path + ": " + why}; };
+  std::string_view rest = text;
+  auto next_line = [&](std::string_view& line) {
+    const std::size_t eol = rest.find('\n');
+    if (eol == std::string_view::npos) return false;
+    line = rest.substr(0, eol);
+    rest.remove_prefix(eol + 1);
+    return true;
+  };
+  auto number = [](std::string_view field, auto& out) {
+    const auto [end, error] = std::from_chars(field.data(), field.data() + field.size(), out);
+    return error == std::errc() && end == field.data() + field.size() && !field.empty();
+  };
+  std::string_view line;
+  if (!next_line(line) || line != kEpochsHeader) return bad("not an epoch history (header)");
+  std::uint64_t count = 0;
+  if (!next_line(line) || !number(line, count) || count > text.size() / 4) return bad("bad entry count");
+  std::vector<EpochStart> epochs;
+  epochs.reserve(count);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    if (!next_line(line)) return bad("fewer entries than its count");
+    const std::size_t space = line.find(' ');
+    EpochStart e;
+    if (space == std::string_view::npos || !number(line.substr(0, space), e.epoch) || !number(line.substr(space + 1), e.start.value))
+      return bad("entry " + std::to_string(i) + " is not `epoch start`");
+    epochs.push_back(e);
+  }
+  if (!rest.empty()) return bad("bytes after its last entry");
+  return epochs;
 }
 
 constexpr std::size_t kMaxNameBytes = 255;  // NAME_MAX on Linux file systems
@@ -218,6 +265,15 @@ struct SegmentLog::ClosedSegmentSyncs {
   // may succeed over them. The log takes nothing more and no later sync succeeds (kDataLoss).
   std::atomic<bool> failed{false};
   std::string failure;  // under mutex
+  // The epoch history (save_epochs, load_epochs): the newest saved, else what the folder's file
+  // and the batches read through said at opening. A kWithTheLog save stays here until the syncer
+  // writes and syncs it, before the recovery point moves past the batches it names.
+  std::mutex epochs_file_mutex;  // the file's writes, each of the newest history; before epochs_mutex
+  std::mutex epochs_mutex;
+  Result<std::vector<EpochStart>> epochs{Error{Errc::kNotFound, "no epoch history was saved"}};  // under epochs_mutex
+  bool epochs_unwritten = false;     // under epochs_mutex: the file does not hold `epochs` yet
+  bool epochs_unsynced = false;      // under epochs_mutex: nor is it (or a failed save's unlink) synced
+  std::uint64_t epochs_version = 0;  // under epochs_mutex: one more per save
 
   void fail(std::string why) {  // under mutex
     if (failed.load(std::memory_order_relaxed)) return;
@@ -244,6 +300,7 @@ namespace {
 // Acquire/release: a hook set before a log rolls (or syncs) is the one its syncs call.
 std::atomic<test_hooks::SyncHook> closed_segment_sync_hook{nullptr};
 std::atomic<test_hooks::SyncHook> log_sync_hook{nullptr};
+std::atomic<test_hooks::SyncHook> epochs_sync_hook{nullptr};
 
 // One thread per process syncs the segments that logs closed: fdatasync of a closed segment's
 // files, then the recovery point moved past it. At a roll the appends go on into the next
@@ -297,11 +354,17 @@ class SegmentSyncer {
     for (const UniqueFd& file : job.files)
       if (error == 0 && ::fdatasync(file.get()) != 0) error = errno;
     const std::string failure = error == 0 ? std::string() : "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(error);
+    bool current = false;  // the point is still the log's to move
+    if (error == 0) {
+      std::lock_guard state(job.syncs->mutex);
+      current = !job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation;
+    }
+    const bool epochs_synced = current && sync_epoch_history(job);
     {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
         job.syncs->fail_closed_segment(job.dir, failure);
-      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation) {
+      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation && epochs_synced) {
         // (Not after a failure: the log's own sync may have taken the kernel's one report of it
         // for these files, and this fdatasync then succeeded over the lost pages.)
         // Under the mutex: a truncation or reset moves the generation first, and never sees
@@ -313,6 +376,35 @@ class SegmentSyncer {
     }
     job.syncs->done.notify_all();
     job.files.clear();
+  }
+
+  // The epoch history saved with the log since its last sync, written and synced before the point
+  // moves: a start trusts the file for the segments before the point, which it does not read.
+  // False when it could not be (logged): the point stays, and the next start reads more.
+  static bool sync_epoch_history(const Job& job) {
+    SegmentLog::ClosedSegmentSyncs& s = *job.syncs;
+    std::lock_guard file_lock(s.epochs_file_mutex);  // a truncation's save (kNow) waits for this one
+    std::uint64_t version = 0;
+    std::optional<std::string> text;  // none after a failed save: its unlink is what the folder's sync makes durable
+    {
+      std::lock_guard lock(s.epochs_mutex);
+      if (!s.epochs_unsynced) return true;
+      version = s.epochs_version;
+      if (s.epochs_unwritten && s.epochs.ok()) text = epochs_text(*s.epochs);
+    }
+    int error = 0;
+    if (const test_hooks::SyncHook hook = epochs_sync_hook.load(std::memory_order_acquire); hook != nullptr) error = hook(job.dir, {});
+    Result<void> done = error != 0 ? Result<void>(Error{Errc::kIo, std::strerror(error)})
+                        : text     ? replace_file(job.dir + kEpochsFile, *text)
+                                   : sync_directory(job.dir);
+    if (!done.ok()) {
+      log(LogLevel::kWarn, "the epoch history was not written and synced; the recovery point stays",
+          {{"dir", job.dir}, {"error", done.error().message}});
+      return false;
+    }
+    std::lock_guard lock(s.epochs_mutex);
+    if (s.epochs_version == version) s.epochs_unwritten = s.epochs_unsynced = false;  // else a newer save waits for the next
+    return true;
   }
 
   void run() {
@@ -369,6 +461,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   std::unique_ptr<SegmentLog> log(new SegmentLog(dir, options));
   SegmentLogRecovery local;
   SegmentLogRecovery& found = recovery != nullptr ? *recovery : local;
+  std::vector<EpochStart> read_through_epochs;  // where each higher epoch begins past the recovery point
   found.recovery_point = read_recovery_point(dir);
   // A point is always a segment's base: any other (a file left by a log deleted halfway and
   // made again) vouches for nothing.
@@ -384,6 +477,8 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     WEFT_TRY(Segment segment, trusted ? Segment::open_trusted(dir, Offset{bases[i]}, &r, options.segment)
                                       : Segment::open(dir, Offset{bases[i]}, last, &r, options.segment, !last));
     if (r.trusted) ++found.trusted_segments;
+    for (const EpochStart& e : r.epochs)
+      if (read_through_epochs.empty() || e.epoch > read_through_epochs.back().epoch) read_through_epochs.push_back(e);
     if (!log->segments_.empty() && segment.base_offset() < log->segments_.back()->next_offset())
       return Error{Errc::kCorrupt, segment.log_path() + " starts at offset " + std::to_string(bases[i]) +
                                        ", inside the segment before it (which ends at " +
@@ -418,6 +513,19 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   }
   // A reopened active segment's age counts from now: its first batch's time is not kept.
   if (log->segments_.back()->size_bytes() > 0) log->active_since_ms_ = wall_clock_ms();
+  // The epoch history: the folder's file, and the epochs it does not name yet of the batches read
+  // through (saved with the log, a crash came before the syncer wrote them; they begin past the
+  // point, which moves only after that write), added as the replica added them: an epoch that
+  // began where the last one did replaces it, since that one held no batches.
+  Result<std::vector<EpochStart>> epochs = read_epochs_file(dir + kEpochsFile);
+  if (epochs.ok()) {
+    for (const EpochStart& seen : read_through_epochs) {
+      if (!epochs->empty() && seen.epoch <= epochs->back().epoch) continue;
+      if (!epochs->empty() && epochs->back().start == seen.start) epochs->pop_back();
+      epochs->push_back(seen);
+    }
+  }
+  log->closed_syncs_->epochs = std::move(epochs);
   return log;
 }
 
@@ -592,6 +700,8 @@ void test_hooks::set_closed_segment_sync_hook(SyncHook hook) noexcept {
 
 void test_hooks::set_log_sync_hook(SyncHook hook) noexcept { log_sync_hook.store(hook, std::memory_order_release); }
 
+void test_hooks::set_epochs_sync_hook(SyncHook hook) noexcept { epochs_sync_hook.store(hook, std::memory_order_release); }
+
 void SegmentLog::cancel_closed_segment_syncs() {
   std::lock_guard lock(closed_syncs_->mutex);
   ++closed_syncs_->generation;
@@ -610,57 +720,36 @@ Result<Offset> SegmentLog::written_offset() {
   return active.written_next_offset();
 }
 
-namespace {
-
-constexpr const char* kEpochsFile = "/leader-epoch-checkpoint";
-constexpr std::string_view kEpochsHeader = "weft-leader-epochs 1";
-constexpr std::size_t kMaxEpochsFileBytes = std::size_t{16} << 20;
-
-}  // namespace
-
-Result<void> SegmentLog::save_epochs(std::span<const EpochStart> epochs) {
-  std::string text(kEpochsHeader);
-  text += "\n" + std::to_string(epochs.size()) + "\n";
-  for (const EpochStart& e : epochs) text += std::to_string(e.epoch) + " " + std::to_string(e.start.value) + "\n";
+Result<void> SegmentLog::save_epochs(std::span<const EpochStart> epochs, EpochSave how) {
+  ClosedSegmentSyncs& s = *closed_syncs_;
+  if (how == EpochSave::kWithTheLog) {  // no file system call: the syncer writes it
+    std::lock_guard lock(s.epochs_mutex);
+    s.epochs = std::vector<EpochStart>(epochs.begin(), epochs.end());
+    s.epochs_unwritten = s.epochs_unsynced = true;
+    ++s.epochs_version;
+    return ok();
+  }
   const std::string path = dir_ + kEpochsFile;
-  Result<void> saved = replace_file(path, text);
-  // A history left from before this change would be wrong once the log moves on: none is better.
+  std::lock_guard file_lock(s.epochs_file_mutex);
+  Result<void> saved = replace_file(path, epochs_text(epochs));
+  // A history left from before this one would be wrong once the log moves on: none is better
+  // (the unlink made durable by the syncer before the recovery point moves).
   if (!saved.ok()) ::unlink(path.c_str());
+  std::lock_guard lock(s.epochs_mutex);
+  if (saved.ok()) {
+    s.epochs = std::vector<EpochStart>(epochs.begin(), epochs.end());
+  } else {
+    s.epochs = Error{Errc::kNotFound, path + ": its last save failed"};
+  }
+  s.epochs_unwritten = false;
+  s.epochs_unsynced = !saved.ok();
+  ++s.epochs_version;
   return saved;
 }
 
 Result<std::vector<EpochStart>> SegmentLog::load_epochs() const {
-  const std::string path = dir_ + kEpochsFile;
-  WEFT_TRY(const std::string text, read_small_file(path, kMaxEpochsFileBytes));
-  auto bad = [&](const std::string& why) { return Error{Errc::kCorrupt, path + ": " + why}; };
-  std::string_view rest = text;
-  auto next_line = [&](std::string_view& line) {
-    const std::size_t eol = rest.find('\n');
-    if (eol == std::string_view::npos) return false;
-    line = rest.substr(0, eol);
-    rest.remove_prefix(eol + 1);
-    return true;
-  };
-  auto number = [](std::string_view field, auto& out) {
-    const auto [end, error] = std::from_chars(field.data(), field.data() + field.size(), out);
-    return error == std::errc() && end == field.data() + field.size() && !field.empty();
-  };
-  std::string_view line;
-  if (!next_line(line) || line != kEpochsHeader) return bad("not an epoch history (header)");
-  std::uint64_t count = 0;
-  if (!next_line(line) || !number(line, count) || count > text.size() / 4) return bad("bad entry count");
-  std::vector<EpochStart> epochs;
-  epochs.reserve(count);
-  for (std::uint64_t i = 0; i < count; ++i) {
-    if (!next_line(line)) return bad("fewer entries than its count");
-    const std::size_t space = line.find(' ');
-    EpochStart e;
-    if (space == std::string_view::npos || !number(line.substr(0, space), e.epoch) || !number(line.substr(space + 1), e.start.value))
-      return bad("entry " + std::to_string(i) + " is not `epoch start`");
-    epochs.push_back(e);
-  }
-  if (!rest.empty()) return bad("bytes after its last entry");
-  return epochs;
+  std::lock_guard lock(closed_syncs_->epochs_mutex);
+  return closed_syncs_->epochs;
 }
 
 bool wait_for_log_deletions(int timeout_ms) { return LogDeleter::instance().wait_until_empty(timeout_ms); }
@@ -859,7 +948,14 @@ Result<Offset> SegmentLog::truncate(Offset end) {
   segments_.back() = std::make_unique<Segment>(std::move(reopened.value()));
   WEFT_TRY_VOID(sync_directory(dir_));
   active_since_ms_ = segments_.back()->size_bytes() > 0 ? wall_clock_ms() : -1;
-  return segments_.back()->next_offset();
+  const Offset next = segments_.back()->next_offset();
+  forget_epochs_from(next);
+  return next;
+}
+
+void SegmentLog::forget_epochs_from(Offset end) {
+  std::lock_guard lock(closed_syncs_->epochs_mutex);
+  if (closed_syncs_->epochs.ok()) std::erase_if(*closed_syncs_->epochs, [&](const EpochStart& e) { return e.start >= end; });
 }
 
 Result<void> SegmentLog::reset(Offset start) {
@@ -872,6 +968,7 @@ Result<void> SegmentLog::restart_at(Offset start) {
   if (start.value < 0) return Error{Errc::kInvalidArgument, "a log cannot start at a negative offset"};
   cancel_closed_segment_syncs();
   ::unlink((dir_ + kRecoveryPointFile).c_str());
+  forget_epochs_from(start);
   for (auto& segment : segments_) {
     (void)segment->flush();  // nothing may still be written into a file being deleted
     if (Result<void> removed = retire(*segment); !removed.ok()) return stop_after(removed.error());

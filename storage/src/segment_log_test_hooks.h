@@ -14,5 +14,8 @@ using SyncHook = int (*)(const std::string& dir, std::span<const int> files);
 void set_closed_segment_sync_hook(SyncHook hook) noexcept;
 // In the caller's thread, for each file that SegmentLog::sync() syncs (outside the log's lock).
 void set_log_sync_hook(SyncHook hook) noexcept;
+// In the syncer thread, for an epoch history saved with the log (`files` empty when a failed
+// save left none), before the recovery point moves.
+void set_epochs_sync_hook(SyncHook hook) noexcept;
 
 }  // namespace weft::storage::test_hooks

@@ -8,15 +8,20 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "../held_logs.h"
+#include "forwarding_log.h"
 #include "../temp_dir.h"
 #include "test_batches.h"
 #include "weft/fabric/record_batch.h"
@@ -70,6 +75,28 @@ class ClusterNodeTest : public testing::Test {
       if (m.cluster != nullptr) return m;
     }
     return members_.front();
+  }
+
+  // Whether every member replicates `topic`'s partition 0, a leader elected and `isr` replicas in sync.
+  bool replicated_on_all(const char* topic, std::size_t isr) {
+    for (Member& m : members_) {
+      auto view = m.cluster->partition(topic, 0);
+      if (!view || view->leader < 0 || !view->replica_here || view->isr.size() != isr) return false;
+    }
+    return true;
+  }
+
+  // Nodes 1 and 2 (their log openers wrapped) and "orders" replicated on both, five batches
+  // acknowledged; returns the small topic settings it used.
+  TopicConfig two_nodes_replicating_orders(const std::function<OpenPartitionLog(OpenPartitionLog)>& wrap_logs) {
+    for (NodeId id : {1, 2}) start(id, wrap_logs);
+    TopicConfig config;
+    config.ring_capacity_bytes = std::size_t{1} << 20;
+    config.max_batch_bytes = 64 * 1024;
+    EXPECT_TRUE(any().cluster->create_topic("orders", 1, 2, config).ok());
+    EXPECT_TRUE(eventually([&] { return replicated_on_all("orders", 2); }));
+    (void)produce_acked(0, 5, std::byte{1});
+    return config;
   }
 
   static bool eventually(const std::function<bool()>& done, int timeout_ms = 20'000) {
@@ -153,13 +180,7 @@ TEST_F(ClusterNodeTest, AcknowledgedRecordsSurviveLeaderCrashesAndNoneIsDuplicat
   config.ring_capacity_bytes = std::size_t{1} << 20;
   config.max_batch_bytes = 64 * 1024;
   ASSERT_TRUE(any().cluster->create_topic("orders", 1, 3, config).ok());
-  ASSERT_TRUE(eventually([&] {
-    for (Member& m : members_) {
-      auto view = m.cluster->partition("orders", 0);
-      if (!view || view->leader < 0 || !view->replica_here || view->isr.size() != 3) return false;
-    }
-    return true;
-  }));
+  ASSERT_TRUE(eventually([&] { return replicated_on_all("orders", 3); }));
   Offset acked = produce_acked(0, 50, std::byte{1});
   std::vector<std::vector<std::byte>> reference = log_batches(*by_id(any().cluster->partition("orders", 0)->leader), 0, acked);
   // Kill the leader twice; each time a new leader takes over, every acknowledged batch is there
@@ -205,20 +226,7 @@ TEST_F(ClusterNodeTest, AReplicasTopicMadeSlowlyHoldsNoOtherPartitionsReplicatio
   // slow disk), and a topic replicated on both
   auto held = std::make_shared<HeldLogs>();
   HeldLogs::LetGoAtEnd let_go_at_end{*held};  // before the nodes stop, whatever fails
-  for (NodeId id : {1, 2}) start(id, HeldLogs::wrapper(held));
-  TopicConfig config;
-  config.ring_capacity_bytes = std::size_t{1} << 20;
-  config.max_batch_bytes = 64 * 1024;
-  ASSERT_TRUE(any().cluster->create_topic("orders", 1, 2, config).ok());
-  const auto replicated = [&](const char* topic) {
-    for (Member& m : members_) {
-      auto view = m.cluster->partition(topic, 0);
-      if (!view || view->leader < 0 || !view->replica_here || view->isr.size() != 2) return false;
-    }
-    return true;
-  };
-  ASSERT_TRUE(eventually([&] { return replicated("orders"); }));
-  (void)produce_acked(0, 5, std::byte{1});
+  const TopicConfig config = two_nodes_replicating_orders(HeldLogs::wrapper(held));
   // When a topic is made whose logs the disk holds, on both nodes
   ASSERT_TRUE(any().cluster->create_topic("slow", 1, 2, config).ok());
   ASSERT_TRUE(held->wait_entered(1));
@@ -229,7 +237,61 @@ TEST_F(ClusterNodeTest, AReplicasTopicMadeSlowlyHoldsNoOtherPartitionsReplicatio
   EXPECT_EQ(any().cluster->partition("orders", 0)->isr.size(), 2u);
   // And the held topic replicated on both once its logs open
   held->let_go();
-  EXPECT_TRUE(eventually([&] { return replicated("slow"); }));
+  EXPECT_TRUE(eventually([&] { return replicated_on_all("slow", 2); }));
+}
+
+// Logs of topics named "burst..." whose every epoch history save takes 20 ms, as file system
+// calls do on a journal that other threads' syncs keep busy; counts the saves.
+struct SlowSaves {
+  std::atomic<int> saves{0};
+
+  class Log : public ForwardingLog {
+   public:
+    Log(std::unique_ptr<PartitionLog> inner, std::shared_ptr<SlowSaves> counts) : ForwardingLog(std::move(inner)), counts_(std::move(counts)) {}
+    Result<void> save_epochs(std::span<const EpochStart> epochs, EpochSave how) override {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      counts_->saves.fetch_add(1);
+      return ForwardingLog::save_epochs(epochs, how);
+    }
+
+   private:
+    std::shared_ptr<SlowSaves> counts_;
+  };
+
+  static std::function<OpenPartitionLog(OpenPartitionLog)> wrapper(std::shared_ptr<SlowSaves> counts) {
+    return [counts](OpenPartitionLog inner) -> OpenPartitionLog {
+      return [counts, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
+        WEFT_TRY(std::unique_ptr<PartitionLog> log, inner(topic, partition, config));
+        if (!topic.starts_with("burst")) return log;
+        return std::unique_ptr<PartitionLog>(std::make_unique<Log>(std::move(log), counts));
+      };
+    };
+  }
+};
+
+TEST_F(ClusterNodeTest, ABurstOfNewRolesTakesTurnsWithTheReplicationOfThePartitionsAlreadyServed) {
+  // Given two nodes whose logs of topics named "burst..." take 20 ms per epoch history save, and
+  // a topic replicated on both
+  auto slow = std::make_shared<SlowSaves>();
+  const TopicConfig config = two_nodes_replicating_orders(SlowSaves::wrapper(slow));
+  // When a topic of 40 partitions replicated on both is made: 120 roles' saves, 1.2 s of them on
+  // each node's replication thread
+  ASSERT_TRUE(any().cluster->create_topic("burst", 40, 2, config).ok());
+  ASSERT_TRUE(eventually([&] { return slow->saves.load() >= 1; }));
+  // Expect the other topic's writes acknowledged (acks=all) while the roles are being taken, not
+  // once they all are
+  const Offset end = produce_acked(0, 1, std::byte{2});
+  const int saves_at_ack = slow->saves.load();
+  EXPECT_EQ(end, Offset{24});
+  ASSERT_TRUE(eventually([&] {
+    for (Member& m : members_) {
+      const std::vector<ReplicaStatus> roles = m.cluster->replicas();
+      if (std::count_if(roles.begin(), roles.end(), [](const ReplicaStatus& r) { return r.partition.topic == "burst"; }) != 40) return false;
+    }
+    return true;
+  }));
+  const int saves_in_all = slow->saves.load();
+  EXPECT_LT(saves_at_ack, saves_in_all / 2) << "acknowledged after " << saves_at_ack << " of the burst's " << saves_in_all << " saves";
 }
 
 TEST_F(ClusterNodeTest, AReplicaMovedAwayWhileItsTopicIsBeingMadeTakesNoRoleOnceItIsMade) {

@@ -30,7 +30,7 @@ class ForwardingLog : public PartitionLog {
   }
   std::uint64_t size_bytes() const override { return inner_->size_bytes(); }
   Result<Offset> truncate(Offset end) override { return inner_->truncate(end); }
-  Result<void> save_epochs(std::span<const EpochStart> epochs) override { return inner_->save_epochs(epochs); }
+  Result<void> save_epochs(std::span<const EpochStart> epochs, EpochSave how) override { return inner_->save_epochs(epochs, how); }
   Result<std::vector<EpochStart>> load_epochs() const override { return inner_->load_epochs(); }
   Result<void> reset(Offset start) override { return inner_->reset(start); }
 

@@ -290,21 +290,21 @@ TEST(SegmentLog, KeepsAReplicasEpochHistoryBesideItAndRefusesAMangledOne) {
     auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
     EXPECT_EQ(log->load_epochs().error().code, Errc::kNotFound);
     const std::vector<EpochStart> history = {{1, Offset{0}}, {4, Offset{120}}, {7, Offset{120'000'000'000}}};
-    ASSERT_TRUE(log->save_epochs(history).ok());
+    ASSERT_TRUE(log->save_epochs(history, EpochSave::kNow).ok());
     EXPECT_EQ(log->load_epochs().value(), history);
-    ASSERT_TRUE(log->save_epochs({}).ok());  // a reset replica
+    ASSERT_TRUE(log->save_epochs({}, EpochSave::kNow).ok());  // a reset replica
     EXPECT_TRUE(log->load_epochs().value().empty());
-    ASSERT_TRUE(log->save_epochs(history).ok());
+    ASSERT_TRUE(log->save_epochs(history, EpochSave::kNow).ok());
   }
   // It survives the log's reopening
-  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
-  ASSERT_EQ(log->load_epochs().value().size(), 3u);
-  // And a file that is not exactly what it wrote is refused, never half read
+  ASSERT_EQ(SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value()->load_epochs().value().size(), 3u);
+  // And a file that is not exactly what it wrote is refused at the opening, never half read
   for (const std::string& mangled : {std::string("weft-leader-epochs 2\n0\n"), std::string("weft-leader-epochs 1\n2\n1 0\n"),
                                      std::string("weft-leader-epochs 1\n1\n1 0\n2 5\n"), std::string("weft-leader-epochs 1\n1\n1 x\n"),
                                      std::string("weft-leader-epochs 1\n1\n1 0"), std::string("weft-leader-epochs 1\n99999999999\n"),
                                      std::string("")}) {
     std::ofstream(path, std::ios::binary | std::ios::trunc) << mangled;
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
     Result<std::vector<EpochStart>> loaded = log->load_epochs();
     ASSERT_FALSE(loaded.ok()) << mangled;
     EXPECT_EQ(loaded.error().code, Errc::kCorrupt) << mangled;
@@ -773,8 +773,9 @@ TEST(SegmentLog, TruncatingBeforeTheStartOrResettingEmptiesTheLog) {
 // What the hook does with the syncs of the logs under `dir`: hold each until released (at most
 // ten seconds), then let it go on or fail it as a disk would (EIO).
 enum class HeldSync { kThenPass, kThenFail };
-// Whose syncs: the syncer thread's of closed segments, or the fdatasyncs of SegmentLog::sync().
-enum class SyncsOf { kClosedSegments, kTheLogsOwnSync };
+// Whose syncs: the syncer thread's of closed segments, the fdatasyncs of SegmentLog::sync(), or
+// the syncer's of an epoch history saved with the log.
+enum class SyncsOf { kClosedSegments, kTheLogsOwnSync, kEpochHistory };
 struct SyncControl {
   std::atomic<HeldSync> mode{HeldSync::kThenPass};
   std::atomic<bool> released{false};
@@ -837,10 +838,10 @@ class ControlledSyncs {
 
  private:
   void set_hook(test_hooks::SyncHook hook) {
-    if (whose_ == SyncsOf::kClosedSegments) {
-      test_hooks::set_closed_segment_sync_hook(hook);
-    } else {
-      test_hooks::set_log_sync_hook(hook);
+    switch (whose_) {
+      case SyncsOf::kClosedSegments: test_hooks::set_closed_segment_sync_hook(hook); break;
+      case SyncsOf::kTheLogsOwnSync: test_hooks::set_log_sync_hook(hook); break;
+      case SyncsOf::kEpochHistory: test_hooks::set_epochs_sync_hook(hook); break;
     }
   }
   SyncsOf whose_;
@@ -1058,6 +1059,131 @@ TEST(SegmentLog, AFailedSyncOfItsOwnStopsTheLogForGood) {
   EXPECT_EQ(log->sync().error().code, Errc::kDataLoss) << "a later sync succeeds over the lost pages";
   // ... while what it holds is still read
   EXPECT_EQ(first_base(*log, Offset{0}), 0);
+}
+
+// Appends `batches` two-record batches from `next` carrying `epoch` in their partitionLeaderEpoch.
+std::int64_t append_in_epoch(SegmentLog& log, std::int64_t next, int batches, std::int32_t epoch) {
+  for (int i = 0; i < batches; ++i, next += 2) {
+    std::vector<std::byte> batch = batch_at(next, 2);
+    stamp_partition_leader_epoch(batch, epoch);
+    EXPECT_TRUE(log.append(batch).ok());
+  }
+  return next;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(SegmentLog, AnEpochHistorySavedWithTheLogIsWrittenBeforeTheRecoveryPointPassesIt) {
+  TempDir dir;
+  const std::string history_file = dir.partition() + "/leader-epoch-checkpoint";
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  std::int64_t next = 0;
+  {
+    ControlledSyncs history(dir.path(), HeldSync::kThenPass, SyncsOf::kEpochHistory);
+    // Given a history saved with the log (a new role: no file system call on the replication
+    // thread), and answered from memory at once
+    const std::vector<EpochStart> history_3 = {{3, Offset{0}}};
+    ASSERT_TRUE(log->save_epochs(history_3, EpochSave::kWithTheLog).ok());
+    EXPECT_EQ(log->load_epochs().value(), history_3);
+    EXPECT_FALSE(std::filesystem::exists(history_file));
+    // When the log rolls past batches of its epoch
+    while (log->segment_count() < 2) next = append_in_epoch(*log, next, 1, 3);
+    // Expect the syncer to write the history first, the point not yet moved while it does
+    ASSERT_TRUE(history.wait_until_entered());
+    EXPECT_EQ(recovery_point_in(dir.partition()), -1);
+    history.release();
+    ASSERT_TRUE(log->sync().ok());  // waits for the closed segment's sync
+    const std::int64_t first_point = recovery_point_in(dir.partition());
+    EXPECT_GT(first_point, 0);
+    EXPECT_EQ(read_text(history_file), "weft-leader-epochs 1\n1\n3 0\n");
+    // ... and not again at the next roll, nothing saved since
+    while (log->segment_count() < 3) next = append_in_epoch(*log, next, 1, 3);
+    ASSERT_TRUE(log->sync().ok());
+    EXPECT_GT(recovery_point_in(dir.partition()), first_point);
+    EXPECT_EQ(sync_control.entered.load(), 1);
+    // ... nor after a save synced at once (a truncated history)
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{3, Offset{0}}}, EpochSave::kNow).ok());
+    while (log->segment_count() < 4) next = append_in_epoch(*log, next, 1, 3);
+    ASSERT_TRUE(log->sync().ok());
+    EXPECT_EQ(sync_control.entered.load(), 1);
+  }
+  EXPECT_EQ(log->load_epochs().value(), (std::vector<EpochStart>{{3, Offset{0}}}));
+}
+
+TEST(SegmentLog, AnEpochHistoryThatCouldNotBeSyncedKeepsTheRecoveryPointWhereItWasAndFailsNothingElse) {
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  std::int64_t next = 0;
+  {
+    ControlledSyncs history(dir.path(), HeldSync::kThenFail, SyncsOf::kEpochHistory);
+    history.release();
+    // Given a history saved with the log whose sync fails
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{3, Offset{0}}}, EpochSave::kWithTheLog).ok());
+    while (log->segment_count() < 2) next = append_in_epoch(*log, next, 1, 3);
+    // Expect the point left where it was, the log taking and syncing as before
+    ASSERT_TRUE(log->sync().ok());
+    EXPECT_EQ(sync_control.entered.load(), 1);
+    EXPECT_EQ(recovery_point_in(dir.partition()), -1);
+    next = append_in_epoch(*log, next, 1, 3);
+  }
+  // ... and the next roll syncs the history, then moves the point
+  while (log->segment_count() < 3) next = append_in_epoch(*log, next, 1, 3);
+  ASSERT_TRUE(log->sync().ok());
+  EXPECT_GT(recovery_point_in(dir.partition()), 0);
+}
+
+std::string epoch_history_text(const std::vector<EpochStart>& epochs) {
+  std::string text = "weft-leader-epochs 1\n" + std::to_string(epochs.size()) + "\n";
+  for (const EpochStart& e : epochs) text += std::to_string(e.epoch) + " " + std::to_string(e.start.value) + "\n";
+  return text;
+}
+
+TEST(SegmentLog, EpochsItsSavedHistoryLacksAreFoundInTheBatchesReadThroughAtItsOpening) {
+  TempDir dir;
+  const std::string history_file = dir.partition() + "/leader-epoch-checkpoint";
+  std::int64_t epoch4 = 0, epoch6 = 0;
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    // Given epoch 1's batches in segments the recovery point vouches for, its history synced
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}}, EpochSave::kNow).ok());
+    std::int64_t next = 0;
+    while (log->segment_count() < 3) next = append_in_epoch(*log, next, 1, 1);
+    ASSERT_TRUE(log->sync().ok());
+    // ... then epoch 4, epoch 5 led without a batch, and epoch 6, saved with the log, their
+    // batches in the active segment
+    epoch4 = next;
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}, {4, Offset{epoch4}}}, EpochSave::kWithTheLog).ok());
+    next = append_in_epoch(*log, next, 3, 4);
+    epoch6 = next;
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}, {4, Offset{epoch4}}, {5, Offset{epoch6}}}, EpochSave::kWithTheLog).ok());
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}, {4, Offset{epoch4}}, {6, Offset{epoch6}}}, EpochSave::kWithTheLog).ok());
+    (void)append_in_epoch(*log, next, 3, 6);
+    ASSERT_EQ(log->segment_count(), 3u);
+    EXPECT_EQ(read_text(history_file), epoch_history_text({{1, Offset{0}}}));  // no roll: not written yet
+  }
+  const std::vector<EpochStart> whole = {{1, Offset{0}}, {4, Offset{epoch4}}, {6, Offset{epoch6}}};
+  // When a crash left an older history than the last one saved (the saves after the sync never
+  // reached the disk, or only one of them did)
+  for (const std::vector<EpochStart>& left : {std::vector<EpochStart>{{1, Offset{0}}}, std::vector<EpochStart>{{1, Offset{0}}, {4, Offset{epoch4}}},
+                                               std::vector<EpochStart>{{1, Offset{0}}, {4, Offset{epoch4}}, {5, Offset{epoch6}}}, whole}) {
+    std::ofstream(history_file, std::ios::binary | std::ios::trunc) << epoch_history_text(left);
+    SegmentLogRecovery recovery;
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery).value();
+    ASSERT_EQ(recovery.trusted_segments, 2u);
+    // Expect the epochs the batches read through at the opening name added as the replica added
+    // them (epoch 5, which began where 6 did, held nothing)
+    EXPECT_EQ(log->load_epochs().value(), whole) << epoch_history_text(left);
+  }
+  // ... and none of a suffix cut since
+  std::ofstream(history_file, std::ios::binary | std::ios::trunc) << epoch_history_text({{1, Offset{0}}});
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  ASSERT_EQ(log->truncate(Offset{epoch6}).value(), Offset{epoch6});
+  EXPECT_EQ(log->load_epochs().value(), (std::vector<EpochStart>{{1, Offset{0}}, {4, Offset{epoch4}}}));
+  ASSERT_TRUE(log->reset(Offset{epoch4}).ok());
+  EXPECT_EQ(log->load_epochs().value(), (std::vector<EpochStart>{{1, Offset{0}}}));
 }
 
 TEST(SegmentLog, ATruncationWhileAClosedSegmentSyncsKeepsThatSyncFromMovingTheRecoveryPoint) {

@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
   for (std::size_t h = 0; h < histories.size(); ++h) {
     const std::string dir = scratch + "/epochs-" + std::to_string(h);
     auto log = weft::storage::SegmentLog::open(dir, weft::Offset{0});
-    if (!log.ok() || !(*log)->save_epochs(histories[h]).ok()) return 1;
+    if (!log.ok() || !(*log)->save_epochs(histories[h], weft::EpochSave::kNow).ok()) return 1;
     write_seed(out_dir + "/epochs-" + std::to_string(h), 0x01, weft::fuzz::read_all(dir + "/leader-epoch-checkpoint"));
     ++written;
   }

@@ -42,6 +42,18 @@ struct EpochStart {
   bool operator==(const EpochStart&) const = default;
 };
 
+// When save_epochs makes a history durable.
+enum class EpochSave : std::uint8_t {
+  // Before it returns: for a history cut back (a truncation, a reset), since a stale file would
+  // name epochs at offsets the log has since filled with other epochs' batches.
+  kNow,
+  // Before the log vouches for any batch of the new epoch without reading it at its next opening
+  // (a segment log's recovery point); the batches it does read name their epochs themselves. For
+  // a history that grew by an epoch starting at the log's end: a new role's fdatasyncs stay off
+  // the replication thread.
+  kWithTheLog,
+};
+
 class PartitionLog {
  public:
   virtual ~PartitionLog() = default;
@@ -108,10 +120,13 @@ class PartitionLog {
   }
   // A replica's epoch history, kept beside the log (Kafka's leader-epoch checkpoint) so a node
   // that starts learns it without reading its log through. save_epochs replaces what was saved,
-  // durably; when it fails, nothing stale is left to load. load_epochs: kNotFound when nothing
-  // was saved, kCorrupt when the file fails its checks. kUnsupported: this log keeps none.
-  virtual Result<void> save_epochs(std::span<const EpochStart> epochs) {
+  // durable as `how` says; when it fails, nothing stale is left to load. load_epochs: what was
+  // saved, with the epochs of batches the log read through at its opening that it names not
+  // (a crash came before their kWithTheLog save was synced); kNotFound when nothing was saved,
+  // kCorrupt when the file fails its checks. kUnsupported: this log keeps none.
+  virtual Result<void> save_epochs(std::span<const EpochStart> epochs, EpochSave how) {
     (void)epochs;
+    (void)how;
     return Error{Errc::kUnsupported, "this log keeps no epoch history"};
   }
   virtual Result<std::vector<EpochStart>> load_epochs() const { return Error{Errc::kUnsupported, "this log keeps no epoch history"}; }

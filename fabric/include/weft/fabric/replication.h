@@ -134,9 +134,9 @@ class ReplicaLog {
   // this log ends: retention deleted it).
   virtual Result<void> reset(Offset start) = 0;
   virtual EpochHistory& epochs() = 0;
-  // Keeps epochs() as it is now (the replicator calls it after changing it), so a restart finds
-  // it without reading the log through.
-  virtual void save_epochs() {}
+  // Keeps epochs() as it is now (the replicator calls it after changing it, with kWithTheLog:
+  // an epoch added at the log's end), so a restart finds it without reading the log through.
+  virtual void save_epochs(EpochSave how) { (void)how; }
   // Batches produced here from now on carry `epoch` in their partitionLeaderEpoch (-1: this
   // replica follows, and its batches keep their leader's). The replicator calls it on lead()
   // and follow().

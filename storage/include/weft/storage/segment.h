@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "weft/fabric/io_ring.h"
+#include "weft/fabric/log_store.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/result.h"
 #include "weft/fabric/shared_memory.h"
@@ -83,6 +84,8 @@ struct SegmentRecovery {
   bool index_rebuilt = false;
   bool trusted = false;  // below the log's recovery point: opened from its indexes, not read through
   std::string reason;  // why the tail was cut, for the log
+  // Read through: where each higher partitionLeaderEpoch than the batch before's begins.
+  std::vector<EpochStart> epochs;
 };
 
 struct IndexEntry {

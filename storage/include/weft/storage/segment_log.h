@@ -81,8 +81,11 @@ class SegmentLog final : public PartitionLog {
   std::uint64_t size_bytes() const override;
   Result<Offset> truncate(Offset end) override;
   Result<void> reset(Offset start) override;
-  // In `leader-epoch-checkpoint`: a header line, the count, then `epoch start` per line.
-  Result<void> save_epochs(std::span<const EpochStart> epochs) override;
+  // In `leader-epoch-checkpoint`: a header line, the count, then `epoch start` per line. A
+  // kWithTheLog save makes no file system call: the process's syncer thread writes and syncs it
+  // before it next moves the recovery point. load_epochs answers from memory: the newest save, or
+  // the file as it was at opening with the epochs of the batches read through then.
+  Result<void> save_epochs(std::span<const EpochStart> epochs, EpochSave how) override;
   Result<std::vector<EpochStart>> load_epochs() const override;
 
   std::size_t segment_count() const;
@@ -99,6 +102,8 @@ class SegmentLog final : public PartitionLog {
   void sync_closed_segment(Offset point);
   // The syncs under way no longer move the recovery point (the segments change). Under mutex_.
   void cancel_closed_segment_syncs();
+  // Drops the epoch history's entries that begin at or past `end` (the log was cut there).
+  void forget_epochs_from(Offset end);
   // Takes `segment`'s files out of the log, to be deleted by the deleter thread. Under mutex_.
   Result<void> retire(Segment& segment);
   // After a failed cut or restart: the log takes nothing more; returns the error to report.
