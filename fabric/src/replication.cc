@@ -51,6 +51,25 @@ bool EpochHistory::restore(std::vector<Entry> entries, Offset log_end) {
   return true;
 }
 
+// ---- a follower's landing region ------------------------------------------------------------
+
+namespace {
+
+// Heap memory left uninitialised: a page costs its fault only once a write lands on it. Zeroing
+// the 8 MiB of each followed partition's region cost ~10 ms of page faults (~4 µs a page on
+// this VM) on the replication thread per new role, while every other partition waited; the
+// follower reads only the bytes a completed write put there.
+struct LandingRegion {
+  std::unique_ptr<std::byte[]> bytes;
+  std::size_t size = 0;
+
+  static LandingRegion of(std::size_t size) { return LandingRegion{std::make_unique_for_overwrite<std::byte[]>(size), size}; }
+  std::byte* data() const noexcept { return bytes.get(); }
+  std::span<std::byte> span() const noexcept { return {bytes.get(), size}; }
+};
+
+}  // namespace
+
 // ---- the wire: control messages --------------------------------------------------------------
 
 namespace {
@@ -182,7 +201,7 @@ struct Replicator::Impl {
     // landing in them, so they stay registered and allocated until the link is gone.
     struct Retired {
       std::uint32_t key = 0;
-      std::vector<std::byte> bytes;
+      LandingRegion bytes;
     };
     std::vector<Retired> retired;
     bool up() const noexcept { return link != nullptr && link->connected(); }
@@ -230,7 +249,7 @@ struct Replicator::Impl {
     FollowState state = FollowState::kNeedFollow;
     std::string why;  // the last refusal or failure
     std::int64_t retry_at_ms = 0;
-    std::vector<std::byte> region;
+    LandingRegion region;
     RegionDescriptor descriptor;
     std::uint64_t position = 0;  // where the leader's next write lands
     std::uint64_t consumed = 0;
@@ -669,7 +688,7 @@ struct Replicator::Impl {
     if (p == followed_by_stream.end()) return;
     Followed& f = followed[p->second];
     if (f.address != c.address || f.state != FollowState::kStreaming) return;
-    const std::uint64_t size = f.region.size();
+    const std::uint64_t size = f.region.size;
     std::uint64_t start = f.position;
     if ((done.immediate & kWrapBit) != 0) {
       // The skipped tail (maybe empty) frees in order, after whatever still waits before it.
@@ -1045,8 +1064,8 @@ Result<void> Replicator::follow(const PartitionId& partition, ReplicaLog* log_, 
   f.epoch = epoch;
   f.leader = leader;
   f.address = std::move(leader_address);
-  f.region.resize(impl_->options.region_bytes);
-  WEFT_TRY(LocalRegion region, impl_->transport.register_region(f.region));
+  f.region = LandingRegion::of(impl_->options.region_bytes);
+  WEFT_TRY(LocalRegion region, impl_->transport.register_region(f.region.span()));
   f.descriptor = region.descriptor;
   for (int tries = 0; tries < 65536 && impl_->followed_by_stream.contains(impl_->next_stream); ++tries) ++impl_->next_stream;
   f.stream = impl_->next_stream++;

@@ -5,12 +5,14 @@
 #include "weft/fabric/replication.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -539,6 +541,28 @@ TEST(EpochHistory, AnswersWhereAnEpochEnds) {
   h.assign(6, Offset{150});  // epoch 4 had no batches: replaced
   ASSERT_EQ(h.entries().size(), 3u);
   EXPECT_EQ(h.entries().back().epoch, 6);
+}
+
+// This process's resident memory (/proc/self/statm: pages), in bytes.
+std::size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t total_pages = 0, resident_pages = 0;
+  statm >> total_pages >> resident_pages;
+  return resident_pages * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+TEST(Replication, AFollowedPartitionsLandingRegionTakesNoMemoryBeforeWritesLandInIt) {
+  // Given a replicator with the default regions (8 MiB per followed partition)
+  auto transport = make_loopback_transport(make_loopback_network());
+  const ReplicationOptions options;
+  std::unique_ptr<Replicator> follower = Replicator::start(*transport, 2, "", options).value();
+  std::array<MemoryReplicaLog, 16> logs;
+  // When it follows 16 partitions (a topic made: new roles on the replication thread)
+  const std::size_t before = resident_bytes();
+  for (std::uint32_t p = 0; p < logs.size(); ++p) ASSERT_TRUE(follower->follow(PartitionId{"wide", p}, &logs[p], 1, 1, "node-1").ok());
+  // Expect their regions not faulted in (zeroing them cost ~10 ms a role here, everything else waiting)
+  const std::size_t grown = resident_bytes() - std::min(before, resident_bytes());
+  EXPECT_LT(grown, logs.size() * options.region_bytes / 4) << grown / 1024 << " KiB resident after following " << logs.size() << " partitions";
 }
 
 }  // namespace
