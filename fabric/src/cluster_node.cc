@@ -184,6 +184,7 @@ struct ClusterNode::Impl {
   }
 
   void apply(const Assignment& a, const std::map<std::string, TopicRecord>& records) {
+    retry.erase(a.partition);  // an earlier assignment of the partition waiting to be retried is superseded
     const PartitionId& id = a.partition;
     if (!a.replica) {
       replicator->forget(id);

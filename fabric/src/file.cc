@@ -12,9 +12,7 @@
 
 namespace weft {
 
-namespace {
-
-Result<void> write_aside_and_rename(const std::string& path, std::string_view content, bool synced) {
+Result<void> replace_file(const std::string& path, std::string_view content) {
   const std::string temp = path + ".tmp";
   auto fail = [&](const char* what, int error) {
     ::unlink(temp.c_str());
@@ -28,20 +26,11 @@ Result<void> write_aside_and_rename(const std::string& path, std::string_view co
     if (n <= 0) return fail("writing", n < 0 ? errno : EIO);
     done += static_cast<std::size_t>(n);
   }
-  if (synced && fdatasync(fd.get()) != 0) return fail("syncing", errno);
+  if (fdatasync(fd.get()) != 0) return fail("syncing", errno);
   if (::close(fd.release()) != 0) return fail("closing", errno);
   if (::rename(temp.c_str(), path.c_str()) != 0) return fail("renaming", errno);
-  if (!synced) return ok();
   const std::string::size_type slash = path.rfind('/');
   return sync_directory(slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash)));
-}
-
-}  // namespace
-
-Result<void> replace_file(const std::string& path, std::string_view content) { return write_aside_and_rename(path, content, true); }
-
-Result<void> replace_file_unsynced(const std::string& path, std::string_view content) {
-  return write_aside_and_rename(path, content, false);
 }
 
 Result<std::string> read_small_file(const std::string& path, std::size_t max_bytes) {

@@ -1534,7 +1534,13 @@ class Node::Replica final : public ReplicaLog {
   void load_epochs() {
     PartitionLog& partition_log = *partition().log;
     Result<std::vector<EpochStart>> saved = partition_log.load_epochs();
-    if (saved.ok() && epochs_.restore(std::move(*saved), partition_log.next_offset())) return;
+    const std::size_t saved_epochs = saved.ok() ? saved->size() : 0;
+    if (saved.ok() && epochs_.restore(std::move(*saved), partition_log.next_offset())) {
+      // Epochs past the log's end (a crash took their batches, or a leader wrote none) leave the
+      // file at once: batches of other epochs may come to those offsets.
+      if (epochs_.entries().size() < saved_epochs) save_epochs(EpochSave::kNow);
+      return;
+    }
     if (!saved.ok() && saved.error().code == Errc::kUnsupported) {
       scan_epochs(partition_log);
       return;

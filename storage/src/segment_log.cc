@@ -354,21 +354,18 @@ class SegmentSyncer {
     for (const UniqueFd& file : job.files)
       if (error == 0 && ::fdatasync(file.get()) != 0) error = errno;
     const std::string failure = error == 0 ? std::string() : "fdatasync of a closed segment in " + job.dir + ": " + std::strerror(error);
-    bool current = false;  // the point is still the log's to move
-    if (error == 0) {
-      std::lock_guard state(job.syncs->mutex);
-      current = !job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation;
-    }
-    const bool epochs_synced = current && sync_epoch_history(job);
     {
       std::lock_guard state(job.syncs->mutex);
       if (!failure.empty()) {
         job.syncs->fail_closed_segment(job.dir, failure);
-      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation && epochs_synced) {
+      } else if (!job.syncs->failed.load(std::memory_order_relaxed) && job.generation == job.syncs->generation &&
+                 sync_epoch_history(job)) {
         // (Not after a failure: the log's own sync may have taken the kernel's one report of it
         // for these files, and this fdatasync then succeeded over the lost pages.)
-        // Under the mutex: a truncation or reset moves the generation first, and never sees
-        // this point land after it. Failing that, the next start reads more: nothing is lost.
+        // Under the mutex, the epoch history's write too: a truncation, reset or removal moves
+        // the generation first, and never sees this point (or an old history, in a folder made
+        // again under the name) land after it. Failing that, the next start reads more:
+        // nothing is lost.
         Result<void> marked = replace_file(job.dir + kRecoveryPointFile, recovery_point_text(job.point));
         if (!marked.ok()) log(LogLevel::kWarn, "recovery point not moved", {{"dir", job.dir}, {"reason", marked.error().message}});
       }
@@ -380,7 +377,8 @@ class SegmentSyncer {
 
   // The epoch history saved with the log since its last sync, written and synced before the point
   // moves: a start trusts the file for the segments before the point, which it does not read.
-  // False when it could not be (logged): the point stays, and the next start reads more.
+  // False when it could not be (logged): the point stays, and the next start reads more. Under
+  // the syncs' mutex.
   static bool sync_epoch_history(const Job& job) {
     SegmentLog::ClosedSegmentSyncs& s = *job.syncs;
     std::lock_guard file_lock(s.epochs_file_mutex);  // a truncation's save (kNow) waits for this one
@@ -518,14 +516,18 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   // point, which moves only after that write), added as the replica added them: an epoch that
   // began where the last one did replaces it, since that one held no batches.
   Result<std::vector<EpochStart>> epochs = read_epochs_file(dir + kEpochsFile);
+  bool added = false;
   if (epochs.ok()) {
     for (const EpochStart& seen : read_through_epochs) {
       if (!epochs->empty() && seen.epoch <= epochs->back().epoch) continue;
       if (!epochs->empty() && epochs->back().start == seen.start) epochs->pop_back();
       epochs->push_back(seen);
+      added = true;
     }
   }
+  // What was added goes to the file as a save with the log would: before the point passes it.
   log->closed_syncs_->epochs = std::move(epochs);
+  log->closed_syncs_->epochs_unwritten = log->closed_syncs_->epochs_unsynced = added;
   return log;
 }
 
@@ -732,9 +734,13 @@ Result<void> SegmentLog::save_epochs(std::span<const EpochStart> epochs, EpochSa
   const std::string path = dir_ + kEpochsFile;
   std::lock_guard file_lock(s.epochs_file_mutex);
   Result<void> saved = replace_file(path, epochs_text(epochs));
-  // A history left from before this one would be wrong once the log moves on: none is better
-  // (the unlink made durable by the syncer before the recovery point moves).
-  if (!saved.ok()) ::unlink(path.c_str());
+  // A history left from before this cut would be wrong once the log moves on, which no reading
+  // of its tail corrects: none is better, for good (else the syncer syncs the folder before the
+  // point moves, and the next start reads the log through).
+  if (!saved.ok()) {
+    ::unlink(path.c_str());
+    (void)sync_directory(dir_);
+  }
   std::lock_guard lock(s.epochs_mutex);
   if (saved.ok()) {
     s.epochs = std::vector<EpochStart>(epochs.begin(), epochs.end());
@@ -954,8 +960,12 @@ Result<Offset> SegmentLog::truncate(Offset end) {
 }
 
 void SegmentLog::forget_epochs_from(Offset end) {
-  std::lock_guard lock(closed_syncs_->epochs_mutex);
-  if (closed_syncs_->epochs.ok()) std::erase_if(*closed_syncs_->epochs, [&](const EpochStart& e) { return e.start >= end; });
+  ClosedSegmentSyncs& s = *closed_syncs_;
+  std::lock_guard lock(s.epochs_mutex);
+  if (!s.epochs.ok() || std::erase_if(*s.epochs, [&](const EpochStart& e) { return e.start >= end; }) == 0) return;
+  // Written with the log, unless (as a replica does) the caller saves the cut history at once.
+  s.epochs_unwritten = s.epochs_unsynced = true;
+  ++s.epochs_version;
 }
 
 Result<void> SegmentLog::reset(Offset start) {

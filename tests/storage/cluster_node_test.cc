@@ -240,7 +240,7 @@ TEST_F(ClusterNodeTest, AReplicasTopicMadeSlowlyHoldsNoOtherPartitionsReplicatio
   EXPECT_TRUE(eventually([&] { return replicated_on_all("slow", 2); }));
 }
 
-// Logs of topics named "burst..." whose every epoch history save takes 20 ms, as file system
+// Logs of topics named "burst..." whose every epoch history save takes 40 ms, as file system
 // calls do on a journal that other threads' syncs keep busy; counts the saves.
 struct SlowSaves {
   std::atomic<int> saves{0};
@@ -249,7 +249,7 @@ struct SlowSaves {
    public:
     Log(std::unique_ptr<PartitionLog> inner, std::shared_ptr<SlowSaves> counts) : ForwardingLog(std::move(inner)), counts_(std::move(counts)) {}
     Result<void> save_epochs(std::span<const EpochStart> epochs, EpochSave how) override {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::this_thread::sleep_for(std::chrono::milliseconds(40));
       counts_->saves.fetch_add(1);
       return ForwardingLog::save_epochs(epochs, how);
     }
@@ -270,11 +270,11 @@ struct SlowSaves {
 };
 
 TEST_F(ClusterNodeTest, ABurstOfNewRolesTakesTurnsWithTheReplicationOfThePartitionsAlreadyServed) {
-  // Given two nodes whose logs of topics named "burst..." take 20 ms per epoch history save, and
+  // Given two nodes whose logs of topics named "burst..." take 40 ms per epoch history save, and
   // a topic replicated on both
   auto slow = std::make_shared<SlowSaves>();
   const TopicConfig config = two_nodes_replicating_orders(SlowSaves::wrapper(slow));
-  // When a topic of 40 partitions replicated on both is made: 120 roles' saves, 1.2 s of them on
+  // When a topic of 40 partitions replicated on both is made: 120 roles' saves, 2.4 s of them on
   // each node's replication thread
   ASSERT_TRUE(any().cluster->create_topic("burst", 40, 2, config).ok());
   ASSERT_TRUE(eventually([&] { return slow->saves.load() >= 1; }));

@@ -1076,6 +1076,14 @@ std::string read_text(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// Appends one batch at a time in `epoch` from `next` until the log has `segments` segments (at
+// most 1 000 batches); returns the next offset.
+std::int64_t roll_in_epoch(SegmentLog& log, std::int64_t next, std::size_t segments, std::int32_t epoch) {
+  for (int i = 0; i < 1000 && log.segment_count() < segments; ++i) next = append_in_epoch(log, next, 1, epoch);
+  EXPECT_EQ(log.segment_count(), segments);
+  return next;
+}
+
 TEST(SegmentLog, AnEpochHistorySavedWithTheLogIsWrittenBeforeTheRecoveryPointPassesIt) {
   TempDir dir;
   const std::string history_file = dir.partition() + "/leader-epoch-checkpoint";
@@ -1090,7 +1098,7 @@ TEST(SegmentLog, AnEpochHistorySavedWithTheLogIsWrittenBeforeTheRecoveryPointPas
     EXPECT_EQ(log->load_epochs().value(), history_3);
     EXPECT_FALSE(std::filesystem::exists(history_file));
     // When the log rolls past batches of its epoch
-    while (log->segment_count() < 2) next = append_in_epoch(*log, next, 1, 3);
+    next = roll_in_epoch(*log, next, 2, 3);
     // Expect the syncer to write the history first, the point not yet moved while it does
     ASSERT_TRUE(history.wait_until_entered());
     EXPECT_EQ(recovery_point_in(dir.partition()), -1);
@@ -1100,13 +1108,13 @@ TEST(SegmentLog, AnEpochHistorySavedWithTheLogIsWrittenBeforeTheRecoveryPointPas
     EXPECT_GT(first_point, 0);
     EXPECT_EQ(read_text(history_file), "weft-leader-epochs 1\n1\n3 0\n");
     // ... and not again at the next roll, nothing saved since
-    while (log->segment_count() < 3) next = append_in_epoch(*log, next, 1, 3);
+    next = roll_in_epoch(*log, next, 3, 3);
     ASSERT_TRUE(log->sync().ok());
     EXPECT_GT(recovery_point_in(dir.partition()), first_point);
     EXPECT_EQ(sync_control.entered.load(), 1);
     // ... nor after a save synced at once (a truncated history)
     ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{3, Offset{0}}}, EpochSave::kNow).ok());
-    while (log->segment_count() < 4) next = append_in_epoch(*log, next, 1, 3);
+    next = roll_in_epoch(*log, next, 4, 3);
     ASSERT_TRUE(log->sync().ok());
     EXPECT_EQ(sync_control.entered.load(), 1);
   }
@@ -1122,7 +1130,7 @@ TEST(SegmentLog, AnEpochHistoryThatCouldNotBeSyncedKeepsTheRecoveryPointWhereItW
     history.release();
     // Given a history saved with the log whose sync fails
     ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{3, Offset{0}}}, EpochSave::kWithTheLog).ok());
-    while (log->segment_count() < 2) next = append_in_epoch(*log, next, 1, 3);
+    next = roll_in_epoch(*log, next, 2, 3);
     // Expect the point left where it was, the log taking and syncing as before
     ASSERT_TRUE(log->sync().ok());
     EXPECT_EQ(sync_control.entered.load(), 1);
@@ -1130,7 +1138,7 @@ TEST(SegmentLog, AnEpochHistoryThatCouldNotBeSyncedKeepsTheRecoveryPointWhereItW
     next = append_in_epoch(*log, next, 1, 3);
   }
   // ... and the next roll syncs the history, then moves the point
-  while (log->segment_count() < 3) next = append_in_epoch(*log, next, 1, 3);
+  next = roll_in_epoch(*log, next, 3, 3);
   ASSERT_TRUE(log->sync().ok());
   EXPECT_GT(recovery_point_in(dir.partition()), 0);
 }
@@ -1150,7 +1158,7 @@ TEST(SegmentLog, EpochsItsSavedHistoryLacksAreFoundInTheBatchesReadThroughAtItsO
     // Given epoch 1's batches in segments the recovery point vouches for, its history synced
     ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}}, EpochSave::kNow).ok());
     std::int64_t next = 0;
-    while (log->segment_count() < 3) next = append_in_epoch(*log, next, 1, 1);
+    next = roll_in_epoch(*log, next, 3, 1);
     ASSERT_TRUE(log->sync().ok());
     // ... then epoch 4, epoch 5 led without a batch, and epoch 6, saved with the log, their
     // batches in the active segment
@@ -1184,6 +1192,37 @@ TEST(SegmentLog, EpochsItsSavedHistoryLacksAreFoundInTheBatchesReadThroughAtItsO
   EXPECT_EQ(log->load_epochs().value(), (std::vector<EpochStart>{{1, Offset{0}}, {4, Offset{epoch4}}}));
   ASSERT_TRUE(log->reset(Offset{epoch4}).ok());
   EXPECT_EQ(log->load_epochs().value(), (std::vector<EpochStart>{{1, Offset{0}}}));
+}
+
+TEST(SegmentLog, EpochsFoundInTheBatchesReadThroughAreWrittenBeforeTheRecoveryPointPassesThem) {
+  TempDir dir;
+  const std::string history_file = dir.partition() + "/leader-epoch-checkpoint";
+  std::int64_t next = 0, epoch7 = 0;
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}}, EpochSave::kNow).ok());
+    next = roll_in_epoch(*log, next, 2, 1);
+    ASSERT_TRUE(log->sync().ok());
+    // Given epoch 7 saved with the log, its batches in the active segment, and the log closed
+    // before a roll wrote it
+    epoch7 = next;
+    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}, {7, Offset{epoch7}}}, EpochSave::kWithTheLog).ok());
+    next = append_in_epoch(*log, next, 3, 7);
+  }
+  ASSERT_EQ(read_text(history_file), epoch_history_text({{1, Offset{0}}}));
+  const std::vector<EpochStart> whole = {{1, Offset{0}}, {7, Offset{epoch7}}};
+  {
+    // When it opens again (epoch 7 found in the batches read through) and rolls past them with
+    // no save between (a follower carrying on in the same epoch)
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    ASSERT_EQ(log->load_epochs().value(), whole);
+    next = roll_in_epoch(*log, next, 3, 7);
+    ASSERT_TRUE(log->sync().ok());
+  }
+  // Expect the file to name epoch 7 once the recovery point has passed its first batch
+  EXPECT_GT(recovery_point_in(dir.partition()), epoch7);
+  EXPECT_EQ(read_text(history_file), epoch_history_text(whole));
+  EXPECT_EQ(SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value()->load_epochs().value(), whole);
 }
 
 TEST(SegmentLog, ATruncationWhileAClosedSegmentSyncsKeepsThatSyncFromMovingTheRecoveryPoint) {

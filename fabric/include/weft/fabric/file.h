@@ -13,9 +13,6 @@ namespace weft {
 // into place and the folder synced, so a crash at any point leaves the old file or the new one,
 // whole. kResourceExhausted when the disk is full, else kIo.
 Result<void> replace_file(const std::string& path, std::string_view content);
-// As replace_file without its syncs, for a file whose owner syncs it later: until then a crash
-// may leave the old file, the new one, or one that is empty or cut short.
-Result<void> replace_file_unsynced(const std::string& path, std::string_view content);
 
 // The whole of a small file the node wrote itself. Never blocks on what stands at `path` in its
 // place (a FIFO, a device): kNotFound when nothing is there, kCorrupt when it is not a regular
