@@ -4,6 +4,7 @@
 // listener scraped end to end.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 
 #include "../loopback.h"
 #include "weft/client.h"
+#include "weft/fabric/shared_memory.h"
 #include "weft/kafka/listener.h"
 #include "weft/node.h"
 #include "weft/producer.h"
@@ -387,10 +389,10 @@ std::string body_of(const std::string& response) {
   return at == std::string::npos ? std::string() : response.substr(at + 4);
 }
 
-std::unique_ptr<weft::weftd::MetricsServer> start_server(weft::weftd::MetricsServer::Render render) {
+std::unique_ptr<weft::weftd::MetricsServer> start_server(weft::weftd::MetricsServer::Render render, std::int64_t request_timeout_ms = 300) {
   weft::weftd::MetricsServerOptions options;
   options.port = 0;
-  options.request_timeout_ms = 300;
+  options.request_timeout_ms = request_timeout_ms;
   auto server = weft::weftd::MetricsServer::start(options, std::move(render));
   EXPECT_TRUE(server.ok()) << server.error().message;
   return std::move(server).value();
@@ -440,6 +442,36 @@ TEST(MetricsServer, BadRequestsGetAnErrorAndTheServerCarriesOn) {
   EXPECT_EQ(body_of(exchange(server->port(), "GET /metrics HTTP/1.1\r\n\r\n")), "weft_test 1\n");
   server->stop();
   server->stop();  // idempotent
+}
+
+// A client connected to the server on loopback that has sent `request` (and then nothing).
+weft::UniqueFd stalled_client(std::uint16_t port, const std::string& request) {
+  weft::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  if (!request.empty()) {
+    EXPECT_EQ(::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+  }
+  return fd;
+}
+
+TEST(MetricsServer, ClientsThatStallHoldNoOtherScrape) {
+  // Given a server whose clients have 30 s to send their request, and three clients connected: one
+  // silent, one half-way through its request, one that asked for the page and reads nothing
+  auto server = start_server([] { return std::string("weft_test 1\n") + std::string(1 << 20, '#'); }, 30'000);
+  const weft::UniqueFd silent = stalled_client(server->port(), "");
+  const weft::UniqueFd half = stalled_client(server->port(), "GET /metr");
+  const weft::UniqueFd unread = stalled_client(server->port(), "GET /metrics HTTP/1.1\r\n\r\n");
+  // Expect a scrape answered meanwhile, whole
+  const std::string page = exchange(server->port(), "GET /metrics HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(status_line(page), "HTTP/1.1 200 OK");
+  EXPECT_EQ(body_of(page).size(), (std::size_t{1} << 20) + 12);
+  // ... while the first two still wait for their answers (their timeout has not passed)
+  pollfd waiting[2] = {{silent.get(), POLLIN, 0}, {half.get(), POLLIN, 0}};
+  EXPECT_EQ(::poll(waiting, 2, 0), 0);
 }
 
 TEST(MetricsServer, ARenderThatThrowsIsA500) {

@@ -19,6 +19,7 @@
 #include <thread>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "weft/fabric/log.h"
 #include "weft/fabric/ring.h"
@@ -491,27 +492,89 @@ HttpRequestHead parse_request_head(std::string_view head) {
   return out;
 }
 
+// At most this many connections at once: a client that stalls holds its own connection until
+// its timeout, never another's; past the cap, new ones wait in the listen backlog.
+constexpr std::size_t kMaxConnections = 32;
+constexpr std::int64_t kLingerMs = 200;  // reading what a client still sends after its response
+
 struct MetricsServer::Impl {
+  // One client's exchange: its request head read, then the response sent, then what it still
+  // sends read and dropped until it closes (a close with unread bytes would reset the connection
+  // and could lose the response on its way).
+  struct Connection {
+    enum class Phase { kReading, kWriting, kLingering };
+    UniqueFd fd;
+    Phase phase = Phase::kReading;
+    std::string request;
+    std::string response;
+    std::size_t sent = 0;
+    std::int64_t deadline_ms = 0;  // of the phase under way
+  };
+
   MetricsServerOptions options;
   Render render;
   UniqueFd listen_fd;
   std::uint16_t port = 0;
   std::atomic<bool> stopping{false};
   std::thread thread;
+  std::vector<Connection> connections;
 
   void run();
-  void serve(int fd);
-  void respond(int fd, int status, std::string_view content_type, const std::string& body, bool head_only,
+  void accept_all();
+  // Moves `c` on as far as it can without waiting; false once it is done (to be closed).
+  bool advance(Connection& c);
+  bool read_request(Connection& c);
+  void answer(Connection& c, const std::string& head);
+  void respond(Connection& c, int status, std::string_view content_type, const std::string& body, bool head_only,
                std::string_view extra_headers = {});
+  bool write_response(Connection& c);
+  bool linger(Connection& c);
   bool stop_requested() const noexcept {
     return stopping.load(std::memory_order_relaxed);  // a flag looked at every slice; join() orders the rest
   }
 };
 
 void MetricsServer::Impl::run() {
+  std::vector<pollfd> polled;
   while (!stop_requested()) {
-    pollfd p{listen_fd.get(), POLLIN, 0};
-    if (::poll(&p, 1, kPollSliceMs) <= 0) continue;  // the slice passed, or EINTR
+    const std::int64_t now = now_ms();
+    polled.clear();
+    const bool room = connections.size() < kMaxConnections;
+    polled.push_back(pollfd{room ? listen_fd.get() : -1, POLLIN, 0});  // a negative fd is skipped
+    std::int64_t wait_ms = kPollSliceMs;
+    for (const Connection& c : connections) {
+      polled.push_back(pollfd{c.fd.get(), static_cast<short>(c.phase == Connection::Phase::kWriting ? POLLOUT : POLLIN), 0});
+      wait_ms = std::min(wait_ms, std::max<std::int64_t>(c.deadline_ms - now, 0));
+    }
+    if (::poll(polled.data(), polled.size(), static_cast<int>(wait_ms)) < 0 && errno != EINTR) {
+      log(LogLevel::kWarn, "metrics: poll failed", {{"error", std::strerror(errno)}});
+      std::this_thread::sleep_for(std::chrono::milliseconds(kPollSliceMs));
+      continue;
+    }
+    // Every connection is moved on (a deadline passes whether or not its socket is ready), then
+    // those done are closed, then new ones taken.
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < connections.size(); ++i) {
+      bool open = false;
+      try {
+        open = advance(connections[i]);
+      } catch (const std::exception& e) {
+        // Only allocation can throw here; the connection is dropped, the server carries on.
+        log(LogLevel::kWarn, "metrics: request dropped", {{"error", e.what()}});
+      }
+      if (open) {
+        if (kept != i) connections[kept] = std::move(connections[i]);
+        ++kept;
+      }
+    }
+    connections.resize(kept);
+    if (room && (polled[0].revents & POLLIN) != 0) accept_all();
+  }
+  connections.clear();
+}
+
+void MetricsServer::Impl::accept_all() {
+  while (connections.size() < kMaxConnections) {
     const int fd = ::accept4(listen_fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -519,98 +582,120 @@ void MetricsServer::Impl::run() {
         log(LogLevel::kWarn, "metrics: accept failed", {{"error", std::strerror(errno)}});
         std::this_thread::sleep_for(std::chrono::milliseconds(kPollSliceMs));
       }
-      continue;  // EAGAIN (the client went), ECONNABORTED, EINTR
+      return;  // EAGAIN (none left, or the client went), ECONNABORTED, EINTR
     }
-    UniqueFd connection(fd);
-    try {
-      serve(connection.get());
-    } catch (const std::exception& e) {
-      // Only allocation can throw here; the connection is dropped, the server carries on.
-      log(LogLevel::kWarn, "metrics: request dropped", {{"error", e.what()}});
+    Connection c;
+    c.fd = UniqueFd(fd);
+    c.deadline_ms = now_ms() + options.request_timeout_ms;
+    connections.push_back(std::move(c));
+  }
+}
+
+bool MetricsServer::Impl::advance(Connection& c) {
+  switch (c.phase) {
+    case Connection::Phase::kReading: return read_request(c);
+    case Connection::Phase::kWriting: return write_response(c);
+    case Connection::Phase::kLingering: return linger(c);
+  }
+  return false;
+}
+
+bool MetricsServer::Impl::read_request(Connection& c) {
+  char buffer[4096];
+  for (;;) {
+    // Never more than one byte past the limit, so a head that ends beyond it is told apart.
+    const std::size_t room = options.max_request_bytes + 1 - std::min(c.request.size(), options.max_request_bytes);
+    const ssize_t got = ::recv(c.fd.get(), buffer, std::min(sizeof buffer, room), 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return false;  // reset by the client
+      if (now_ms() < c.deadline_ms) return true;
+      respond(c, 408, "text/plain", "request not received in time\n", false);
+      return write_response(c);
+    }
+    if (got == 0) {
+      if (c.request.empty()) return false;  // connected and went (a port check)
+      respond(c, 400, "text/plain", "incomplete request\n", false);
+      return write_response(c);
+    }
+    const std::size_t searched_from = c.request.size() >= 3 ? c.request.size() - 3 : 0;
+    c.request.append(buffer, static_cast<std::size_t>(got));
+    // The head ends at the first empty line: CRLF CRLF, or bare LFs, which RFC 9112 lets a server accept.
+    const std::size_t crlf = c.request.find("\r\n\r\n", searched_from);
+    const std::size_t lf = c.request.find("\n\n", searched_from);
+    const std::size_t head_end = std::min(crlf == std::string::npos ? crlf : crlf + 4, lf == std::string::npos ? lf : lf + 2);
+    if ((head_end == std::string::npos && c.request.size() > options.max_request_bytes) ||
+        (head_end != std::string::npos && head_end > options.max_request_bytes)) {
+      respond(c, 431, "text/plain", "request head over " + std::to_string(options.max_request_bytes) + " bytes\n", false);
+      return write_response(c);
+    }
+    if (head_end != std::string::npos) {
+      answer(c, c.request.substr(0, head_end));
+      return write_response(c);
     }
   }
 }
 
-void MetricsServer::Impl::serve(int fd) {
-  std::string request;
-  const std::int64_t deadline = now_ms() + options.request_timeout_ms;
-  char buffer[4096];
-  std::size_t head_end = std::string::npos;
-  while (head_end == std::string::npos) {
-    if (stop_requested()) return;
-    const std::int64_t left = deadline - now_ms();
-    if (left <= 0) return respond(fd, 408, "text/plain", "request not received in time\n", false);
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left, kPollSliceMs))) <= 0) continue;
-    // Never more than one byte past the limit, so a head that ends beyond it is told apart.
-    const std::size_t room = options.max_request_bytes + 1 - std::min(request.size(), options.max_request_bytes);
-    const ssize_t got = ::recv(fd, buffer, std::min(sizeof buffer, room), 0);
-    if (got < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
-      return;  // reset by the client
-    }
-    if (got == 0) {
-      if (request.empty()) return;  // connected and went (a port check)
-      return respond(fd, 400, "text/plain", "incomplete request\n", false);
-    }
-    const std::size_t searched_from = request.size() >= 3 ? request.size() - 3 : 0;
-    request.append(buffer, static_cast<std::size_t>(got));
-    // The head ends at the first empty line: CRLF CRLF, or bare LFs, which RFC 9112 lets a server accept.
-    const std::size_t crlf = request.find("\r\n\r\n", searched_from);
-    const std::size_t lf = request.find("\n\n", searched_from);
-    head_end = std::min(crlf == std::string::npos ? crlf : crlf + 4, lf == std::string::npos ? lf : lf + 2);
-    if ((head_end == std::string::npos && request.size() > options.max_request_bytes) ||
-        (head_end != std::string::npos && head_end > options.max_request_bytes))
-      return respond(fd, 431, "text/plain", "request head over " + std::to_string(options.max_request_bytes) + " bytes\n", false);
-  }
-  const HttpRequestHead head = parse_request_head(std::string_view(request).substr(0, head_end));
-  if (head.status == 405) return respond(fd, 405, "text/plain", "only GET and HEAD\n", false, "Allow: GET, HEAD\r\n");
-  if (head.status != 200) return respond(fd, head.status, "text/plain", std::string(reason_phrase(head.status)) + "\n", false);
-  if (head.path == "/") return respond(fd, 200, "text/plain", "weftd: Prometheus metrics at /metrics\n", head.head_only);
-  if (head.path != "/metrics") return respond(fd, 404, "text/plain", "not found; weftd serves /metrics\n", head.head_only);
+void MetricsServer::Impl::answer(Connection& c, const std::string& request_head) {
+  const HttpRequestHead head = parse_request_head(request_head);
+  if (head.status == 405) return respond(c, 405, "text/plain", "only GET and HEAD\n", false, "Allow: GET, HEAD\r\n");
+  if (head.status != 200) return respond(c, head.status, "text/plain", std::string(reason_phrase(head.status)) + "\n", false);
+  if (head.path == "/") return respond(c, 200, "text/plain", "weftd: Prometheus metrics at /metrics\n", head.head_only);
+  if (head.path != "/metrics") return respond(c, 404, "text/plain", "not found; weftd serves /metrics\n", head.head_only);
   std::string page;
   try {
     page = render();
   } catch (const std::exception& e) {
     log(LogLevel::kWarn, "metrics: the page could not be built", {{"error", e.what()}});
-    return respond(fd, 500, "text/plain", "the page could not be built\n", head.head_only);
+    return respond(c, 500, "text/plain", "the page could not be built\n", head.head_only);
   }
-  respond(fd, 200, kMetricsContentType, page, head.head_only);
+  respond(c, 200, kMetricsContentType, page, head.head_only);
 }
 
-void MetricsServer::Impl::respond(int fd, int status, std::string_view content_type, const std::string& body, bool head_only,
+void MetricsServer::Impl::respond(Connection& c, int status, std::string_view content_type, const std::string& body, bool head_only,
                                   std::string_view extra_headers) {
-  std::string head = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason_phrase(status)) + "\r\nContent-Type: ";
-  head += content_type;
-  head += "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n";
-  head += extra_headers;
-  head += "\r\n";
-  const std::int64_t deadline = now_ms() + options.response_timeout_ms;
-  for (const std::string_view part : {std::string_view(head), head_only ? std::string_view() : std::string_view(body)}) {
-    std::size_t sent = 0;
-    while (sent < part.size()) {
-      if (stop_requested() || now_ms() >= deadline) return;
-      const ssize_t put = ::send(fd, part.data() + sent, part.size() - sent, MSG_NOSIGNAL);
-      if (put > 0) {
-        sent += static_cast<std::size_t>(put);
-        continue;
-      }
-      if (put < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return;  // the client went
-      pollfd p{fd, POLLOUT, 0};
-      (void)::poll(&p, 1, kPollSliceMs);
+  c.response = "HTTP/1.1 " + std::to_string(status) + " " + std::string(reason_phrase(status)) + "\r\nContent-Type: ";
+  c.response += content_type;
+  c.response += "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n";
+  c.response += extra_headers;
+  c.response += "\r\n";
+  if (!head_only) c.response += body;
+  c.request.clear();
+  c.request.shrink_to_fit();
+  c.sent = 0;
+  c.phase = Connection::Phase::kWriting;
+  c.deadline_ms = now_ms() + options.response_timeout_ms;
+}
+
+bool MetricsServer::Impl::write_response(Connection& c) {
+  while (c.sent < c.response.size()) {
+    const ssize_t put = ::send(c.fd.get(), c.response.data() + c.sent, c.response.size() - c.sent, MSG_NOSIGNAL);
+    if (put > 0) {
+      c.sent += static_cast<std::size_t>(put);
+      continue;
     }
+    if (put < 0 && errno == EINTR) continue;
+    if (put < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;  // the client went
+    return now_ms() < c.deadline_ms;  // a client that reads too slowly is dropped at the deadline
   }
-  // Close after the client has what was sent: a close with unread request bytes would reset the
-  // connection and could lose the response on its way, so read what is left, briefly.
-  ::shutdown(fd, SHUT_WR);
-  const std::int64_t linger_until = now_ms() + 200;
+  // Close after the client has what was sent, reading what it still sends, briefly.
+  ::shutdown(c.fd.get(), SHUT_WR);
+  c.response.clear();
+  c.response.shrink_to_fit();
+  c.phase = Connection::Phase::kLingering;
+  c.deadline_ms = now_ms() + kLingerMs;
+  return linger(c);
+}
+
+bool MetricsServer::Impl::linger(Connection& c) {
   char sink[1024];
-  for (int reads = 0; reads < 64 && now_ms() < linger_until && !stop_requested(); ++reads) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 50) <= 0) continue;
-    const ssize_t got = ::recv(fd, sink, sizeof sink, 0);
-    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) return;
+  for (int reads = 0; reads < 64; ++reads) {
+    const ssize_t got = ::recv(c.fd.get(), sink, sizeof sink, 0);
+    if (got == 0) return false;
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) && now_ms() < c.deadline_ms;
   }
+  return now_ms() < c.deadline_ms;
 }
 
 MetricsServer::MetricsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

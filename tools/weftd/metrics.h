@@ -92,10 +92,11 @@ struct MetricsServerOptions {
 // oversized or too slow is answered with an error and closed; nothing a client sends can stop the
 // server.
 //
-// Threads: start() binds and starts one thread, which serves one connection at a time (a scrape
-// every few seconds needs no more; a client that stalls holds the next for at most the request
-// timeout). `render` runs on that thread and must not throw across it (an exception is answered
-// with 500). stop() returns within about 100 ms plus a render in progress; the destructor calls it.
+// Threads: start() binds and starts one thread, which serves up to 32 connections at once, each
+// on its own timeouts, so a client that stalls (or never reads its response) holds only its own
+// connection; past 32, new ones wait in the listen backlog. `render` runs on that thread and must
+// not throw across it (an exception is answered with 500). stop() returns within about 100 ms
+// plus a render in progress; the destructor calls it.
 class MetricsServer {
  public:
   using Render = std::function<std::string()>;
