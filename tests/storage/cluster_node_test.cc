@@ -294,6 +294,47 @@ TEST_F(ClusterNodeTest, ABurstOfNewRolesTakesTurnsWithTheReplicationOfThePartiti
   EXPECT_LT(saves_at_ack, saves_in_all / 2) << "acknowledged after " << saves_at_ack << " of the burst's " << saves_in_all << " saves";
 }
 
+// Refuses the opening of logs of topics named "flaky..." the first time (a disk that said no),
+// counting the attempts.
+struct FlakyLogs {
+  std::atomic<int> attempts{0};
+
+  static std::function<OpenPartitionLog(OpenPartitionLog)> wrapper(std::shared_ptr<FlakyLogs> flaky) {
+    return [flaky](OpenPartitionLog inner) -> OpenPartitionLog {
+      return [flaky, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
+        if (topic.starts_with("flaky") && flaky->attempts.fetch_add(1) == 0) return Error{Errc::kIo, "the test's disk refused"};
+        return inner(topic, partition, config);
+      };
+    };
+  }
+};
+
+TEST_F(ClusterNodeTest, AReplicasTopicThatCouldNotBeMadeIsTriedAgainASecondLater) {
+  // Given two nodes, the first of which fails its first try at a "flaky..." topic's log
+  auto flaky = std::make_shared<FlakyLogs>();
+  start(1, FlakyLogs::wrapper(flaky));
+  start(2);
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  // When such a topic is made, replicated on both
+  ASSERT_TRUE(any().cluster->create_topic("flaky", 1, 2, config).ok());
+  ASSERT_TRUE(eventually([&] { return flaky->attempts.load() >= 1; }));
+  // Expect no second try for a second (not one per replication pass), then the topic made there
+  // and replicated on both
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(flaky->attempts.load(), 1);
+  EXPECT_TRUE(eventually([&] { return replicated_on_all("flaky", 2); }));
+  EXPECT_TRUE(eventually([&] {
+    for (Member& m : members_) {
+      const std::vector<ReplicaStatus> roles = m.cluster->replicas();
+      if (std::none_of(roles.begin(), roles.end(), [](const ReplicaStatus& r) { return r.partition.topic == "flaky"; })) return false;
+    }
+    return true;
+  }));
+  EXPECT_EQ(flaky->attempts.load(), 2);
+}
+
 TEST_F(ClusterNodeTest, AReplicaMovedAwayWhileItsTopicIsBeingMadeTakesNoRoleOnceItIsMade) {
   // Given three nodes, the third of which opens logs of topics named "slow..." only when the test
   // lets it, and a topic replicated on all three whose local copy the third is making
