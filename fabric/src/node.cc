@@ -679,6 +679,13 @@ Result<TopicInfo> Node::describe_topic(std::string_view name) const {
   return info;
 }
 
+std::optional<std::uint64_t> Node::topic_id(std::string_view name) const {
+  std::shared_lock lock(state_->topics_mutex);
+  auto it = state_->topics.find(name);
+  if (it == state_->topics.end()) return std::nullopt;
+  return it->second->id;
+}
+
 Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_t partition) const {
   std::shared_lock lock(state_->topics_mutex);
   auto it = state_->topics.find(name);

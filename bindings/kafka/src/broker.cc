@@ -95,11 +95,11 @@ std::int64_t Broker::now_ms() const noexcept { return monotonic_ms(); }
 std::shared_ptr<TopicState> Broker::topic(std::string_view name) {
   const std::uint64_t version = node_.topics_version();
   if (version != topics_version_) {
-    // A topic was created or deleted: drop cached topics that are gone or were recreated.
+    // A topic was created or deleted: drop cached topics that are gone or were recreated (one
+    // lookup each: describing them copied every partition's counters under the node's lock).
     topics_version_ = version;
     for (auto it = topics_.begin(); it != topics_.end();) {
-      Result<TopicInfo> info = node_.describe_topic(it->first);
-      if (!info.ok() || info->id != it->second->id) it = topics_.erase(it);
+      if (node_.topic_id(it->first) != it->second->id) it = topics_.erase(it);
       else ++it;
     }
   }

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -158,6 +159,9 @@ class Node {
   Result<void> delete_topic(std::string_view name);
   std::vector<std::string> list_topics() const;
   Result<TopicInfo> describe_topic(std::string_view name) const;
+  // The topic's id (it changes when a topic is made again under the name), without describing it:
+  // one lookup, for caches that check every topic they hold when topics_version() moves.
+  std::optional<std::uint64_t> topic_id(std::string_view name) const;
   Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) const;
   // For readers behind the ring: where `offset` (or kEarliestOffset) lies in the partition's log.
   // kUnsupported when the partition has no log; kOutOfRange before the log's start. The slice
