@@ -249,6 +249,7 @@ struct Node::Topic {
   TopicConfig config;
   std::vector<std::unique_ptr<Partition>> partitions;
   std::size_t ring_bytes = 0;  // what create_topic added to State::ring_bytes; delete takes back as much
+  std::uint64_t rings_replaced = 0;  // under State::topics_mutex: rings a rewind replaced
 };
 
 struct Node::State {
@@ -679,11 +680,11 @@ Result<TopicInfo> Node::describe_topic(std::string_view name) const {
   return info;
 }
 
-std::optional<std::uint64_t> Node::topic_id(std::string_view name) const {
+std::optional<TopicIncarnation> Node::topic_incarnation(std::string_view name) const {
   std::shared_lock lock(state_->topics_mutex);
   auto it = state_->topics.find(name);
   if (it == state_->topics.end()) return std::nullopt;
-  return it->second->id;
+  return TopicIncarnation{it->second->id, it->second->rings_replaced};
 }
 
 Result<PartitionMemory> Node::open_partition(std::string_view name, std::uint32_t partition) const {
@@ -1213,6 +1214,7 @@ Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::
     std::lock_guard stats(state_->stats_mutex);
     p.memory = memory;
     p.ring = ring;
+    ++topic->rings_replaced;
   }
   p.owner = RingOwner(ring);
   p.pins = std::make_shared<PushPins>(memory);  // writes in flight from the old ring keep theirs

@@ -102,8 +102,8 @@ TEST(NodeTopics, CreateListDescribeAndDelete) {
   Result<TopicInfo> described = node->describe_topic("orders");
   ASSERT_TRUE(described.ok()) << described.error().message;
   EXPECT_EQ(described->id, orders->id);
-  EXPECT_EQ(node->topic_id("orders"), orders->id);
-  EXPECT_EQ(node->topic_id("nope"), std::nullopt);
+  EXPECT_EQ(node->topic_incarnation("orders"), (TopicIncarnation{orders->id, 0}));
+  EXPECT_EQ(node->topic_incarnation("nope"), std::nullopt);
   EXPECT_EQ(described->config.partitions, 3u);
   EXPECT_EQ(described->config.ring_capacity_bytes, std::size_t{64} << 10);
   ASSERT_EQ(described->partitions.size(), 3u);
@@ -131,14 +131,14 @@ TEST(NodeTopics, CreateListDescribeAndDelete) {
   // Expect it gone, the other kept, and a second delete refused
   EXPECT_EQ(node->list_topics(), (std::vector<std::string>{"clicks"}));
   EXPECT_EQ(node->describe_topic("orders").error().code, Errc::kNotFound);
-  EXPECT_EQ(node->topic_id("orders"), std::nullopt);
+  EXPECT_EQ(node->topic_incarnation("orders"), std::nullopt);
   EXPECT_EQ(node->delete_topic("orders").error().code, Errc::kNotFound);
 
   // And a topic created again under the name is a new topic
   Result<TopicInfo> again = node->create_topic("orders", small_topic(1));
   ASSERT_TRUE(again.ok()) << again.error().message;
   EXPECT_NE(again->id, orders->id);
-  EXPECT_EQ(node->topic_id("orders"), again->id);
+  EXPECT_EQ(node->topic_incarnation("orders"), (TopicIncarnation{again->id, 0}));
   EXPECT_EQ(again->partitions.size(), 1u);
 }
 

@@ -1724,6 +1724,28 @@ TEST_F(KafkaListenerTest, AProduceToAnUnknownTopicHasItMadeOffTheLoopAndItsRetry
   EXPECT_EQ(held->entered, 1) << "the topic was queued again while it was being made";  // (one partition: the default)
 }
 
+TEST_F(KafkaListenerTest, AProduceAfterThePartitionWasCutBackLandsInItsFreshRing) {
+  // Given a topic that took two batches over Kafka
+  start();
+  ASSERT_TRUE(node_->create_topic("cut").ok());
+  KafkaClient producer(port());
+  for (int i = 0; i < 2; ++i) {
+    std::optional<std::string> body = producer.call(kProduce, 7, false, produce_request(7, "cut", 0, batch(3)));
+    ASSERT_TRUE(body);
+    ASSERT_EQ(read_produce(7, *body).error, 0);
+  }
+  // When the partition is cut back to offset 3, as a replica is to its leader's epoch boundary,
+  // which gives it a fresh ring and retires the old one
+  const Result<void> cut = node_->replica_log("cut", 0).value()->truncate(Offset{3});
+  ASSERT_TRUE(cut.ok()) << cut.error().message;
+  // Expect the next Produce stored there, not refused as if the node no longer led the partition
+  std::optional<std::string> body = producer.call(kProduce, 7, false, produce_request(7, "cut", 0, batch(3)));
+  ASSERT_TRUE(body);
+  const ProduceAnswer answer = read_produce(7, *body);
+  EXPECT_EQ(answer.error, 0);
+  EXPECT_EQ(answer.base_offset, 3);
+}
+
 TEST_F(KafkaListenerTest, AtMost64AutoCreationsWaitOnTheWorkerAndTheRestAreQueuedOnTheClientsRetries) {
   // Given a node whose logs for topics named "slow..." open only when the test lets them
   auto held = std::make_shared<HeldLogs>();

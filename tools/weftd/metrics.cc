@@ -535,7 +535,11 @@ struct MetricsServer::Impl {
 };
 
 void MetricsServer::Impl::run() {
+  // Reserved once: the loop's own bookkeeping never allocates (an allocation failure there would
+  // end the process; a connection's is caught below).
   std::vector<pollfd> polled;
+  polled.reserve(kMaxConnections + 1);
+  connections.reserve(kMaxConnections);
   while (!stop_requested()) {
     const std::int64_t now = now_ms();
     polled.clear();
@@ -555,6 +559,7 @@ void MetricsServer::Impl::run() {
     // those done are closed, then new ones taken.
     std::size_t kept = 0;
     for (std::size_t i = 0; i < connections.size(); ++i) {
+      if (stop_requested()) break;  // at most one render in progress holds stop()
       bool open = false;
       try {
         open = advance(connections[i]);

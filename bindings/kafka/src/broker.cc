@@ -95,21 +95,26 @@ std::int64_t Broker::now_ms() const noexcept { return monotonic_ms(); }
 std::shared_ptr<TopicState> Broker::topic(std::string_view name) {
   const std::uint64_t version = node_.topics_version();
   if (version != topics_version_) {
-    // A topic was created or deleted: drop cached topics that are gone or were recreated (one
-    // lookup each: describing them copied every partition's counters under the node's lock).
+    // A topic was created or deleted, or a partition's ring replaced (a replica cut back): drop
+    // cached topics that are gone, were recreated, or hold a retired ring, which would refuse
+    // every Produce as a follower's (one lookup each: describing them copied every partition's
+    // counters under the node's lock).
     topics_version_ = version;
     for (auto it = topics_.begin(); it != topics_.end();) {
-      if (node_.topic_id(it->first) != it->second->id) it = topics_.erase(it);
+      if (node_.topic_incarnation(it->first) != it->second->incarnation) it = topics_.erase(it);
       else ++it;
     }
   }
   auto it = topics_.find(name);
   if (it != topics_.end()) return it->second;
+  // Before the partitions are opened: a ring replaced meanwhile shows at the next check.
+  const std::optional<TopicIncarnation> incarnation = node_.topic_incarnation(name);
   Result<TopicInfo> info = node_.describe_topic(name);
-  if (!info.ok()) return nullptr;
+  if (!incarnation || !info.ok() || info->id != incarnation->id) return nullptr;
   auto state = std::make_shared<TopicState>();
   state->name = std::string(name);
   state->id = info->id;
+  state->incarnation = *incarnation;
   state->config = info->config;
   state->has_log = static_cast<bool>(node_.options().open_log);  // every partition of such a node keeps one
   for (std::uint32_t p = 0; p < info->config.partitions; ++p) {

@@ -105,6 +105,7 @@ struct PartitionState {
 struct TopicState {
   std::string name;
   std::uint64_t id = 0;
+  TopicIncarnation incarnation;  // as the node said when it was cached
   TopicConfig config;
   bool has_log = false;
   std::vector<std::unique_ptr<PartitionState>> partitions;

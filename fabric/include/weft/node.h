@@ -92,6 +92,15 @@ struct TopicInfo {
   std::vector<PartitionStats> partitions;
 };
 
+// Which incarnation of a topic a cache holds: its id, and how many times a partition's ring was
+// replaced since it was made (a replica cut back to its leader's epoch boundary, or restarted at
+// its leader's log start, gets a fresh ring; the old one is retired).
+struct TopicIncarnation {
+  std::uint64_t id = 0;
+  std::uint64_t rings_replaced = 0;
+  bool operator==(const TopicIncarnation&) const = default;
+};
+
 // Opens a partition's durable log (in weftd: storage::SegmentLog in the data directory).
 using OpenPartitionLog =
     std::function<Result<std::unique_ptr<PartitionLog>>(std::string_view topic, std::uint32_t partition, const TopicConfig& config)>;
@@ -159,9 +168,9 @@ class Node {
   Result<void> delete_topic(std::string_view name);
   std::vector<std::string> list_topics() const;
   Result<TopicInfo> describe_topic(std::string_view name) const;
-  // The topic's id (it changes when a topic is made again under the name), without describing it:
-  // one lookup, for caches that check every topic they hold when topics_version() moves.
-  std::optional<std::uint64_t> topic_id(std::string_view name) const;
+  // Without describing it (one lookup): for caches that check every topic they hold when
+  // topics_version() moves.
+  std::optional<TopicIncarnation> topic_incarnation(std::string_view name) const;
   Result<PartitionMemory> open_partition(std::string_view topic, std::uint32_t partition) const;
   // For readers behind the ring: where `offset` (or kEarliestOffset) lies in the partition's log.
   // kUnsupported when the partition has no log; kOutOfRange before the log's start. The slice
