@@ -659,13 +659,14 @@ std::vector<std::string> Node::list_topics() const {
 
 Result<TopicInfo> Node::describe_topic(std::string_view name) const {
   std::shared_ptr<Topic> topic;
+  TopicInfo info;
   {
     std::shared_lock lock(state_->topics_mutex);
     auto it = state_->topics.find(name);
     if (it == state_->topics.end()) return Error{Errc::kNotFound, "topic '" + std::string(name) + "' does not exist"};
     topic = it->second;
+    info.rings_replaced = topic->rings_replaced;
   }
-  TopicInfo info;
   info.name = topic->name;
   info.id = topic->id;
   info.config = topic->config;

@@ -20,11 +20,7 @@ namespace weft {
 
 // ---- EpochHistory ----------------------------------------------------------------------------
 
-void EpochHistory::assign(std::int32_t epoch, Offset start) {
-  if (!entries_.empty() && epoch <= entries_.back().epoch) return;
-  if (!entries_.empty() && entries_.back().start == start) entries_.pop_back();  // an epoch with no batches
-  entries_.push_back(Entry{epoch, start});
-}
+void EpochHistory::assign(std::int32_t epoch, Offset start) { (void)add_epoch(entries_, EpochStart{epoch, start}); }
 
 std::pair<std::int32_t, Offset> EpochHistory::end_of(std::int32_t epoch, Offset log_end) const noexcept {
   for (std::size_t i = entries_.size(); i-- > 0;) {

@@ -811,9 +811,8 @@ Result<void> Segment::recover(bool last, bool unsynced, SegmentRecovery& recover
                                       [&](std::uint64_t position, const BatchView& view, std::uint64_t bytes) {
                                         note_batch(position, view.last_offset(), view.max_timestamp(), bytes);
                                         ++recovery.batches;
-                                        const std::int32_t epoch = view.partition_leader_epoch();
-                                        if (epoch >= 0 && (recovery.epochs.empty() || epoch > recovery.epochs.back().epoch))
-                                          recovery.epochs.push_back(EpochStart{epoch, view.base_offset()});
+                                        if (const std::int32_t epoch = view.partition_leader_epoch(); epoch >= 0)
+                                          (void)add_epoch(recovery.epochs, EpochStart{epoch, view.base_offset()});
                                       }));
   recovery.valid_bytes = w.position;
   if (!w.problem.empty()) {

@@ -104,6 +104,13 @@ Result<std::vector<EpochStart>> read_epochs_file(const std::string& path) {
   return epochs;
 }
 
+// The folder's history file made durably `text`, or durably absent without one.
+Result<void> write_epochs_file(const std::string& dir, const std::optional<std::string>& text) {
+  if (text) return replace_file(dir + kEpochsFile, *text);
+  if (::unlink((dir + kEpochsFile).c_str()) != 0 && errno != ENOENT) return os_error(Errc::kIo, "removing " + dir + kEpochsFile, errno);
+  return sync_directory(dir);
+}
+
 constexpr std::size_t kMaxNameBytes = 255;  // NAME_MAX on Linux file systems
 constexpr std::string_view kDeleteTail = "-delete";
 constexpr std::size_t kNonceDigits = 16;
@@ -270,10 +277,11 @@ struct SegmentLog::ClosedSegmentSyncs {
   // writes and syncs it, before the recovery point moves past the batches it names.
   std::mutex epochs_file_mutex;  // the file's writes, each of the newest history; before epochs_mutex
   std::mutex epochs_mutex;
-  Result<std::vector<EpochStart>> epochs{Error{Errc::kNotFound, "no epoch history was saved"}};  // under epochs_mutex
-  bool epochs_unwritten = false;     // under epochs_mutex: the file does not hold `epochs` yet
-  bool epochs_unsynced = false;      // under epochs_mutex: nor is it (or a failed save's unlink) synced
-  std::uint64_t epochs_version = 0;  // under epochs_mutex: one more per save
+  // Under epochs_mutex: the history (an error: none), whether the file on disk, synced, may differ
+  // from it (holding another, or being there when none is), and one more per change.
+  Result<std::vector<EpochStart>> epochs{Error{Errc::kNotFound, "no epoch history was saved"}};
+  bool epochs_dirty = false;
+  std::uint64_t epochs_version = 0;
 
   void fail(std::string why) {  // under mutex
     if (failed.load(std::memory_order_relaxed)) return;
@@ -383,25 +391,23 @@ class SegmentSyncer {
     SegmentLog::ClosedSegmentSyncs& s = *job.syncs;
     std::lock_guard file_lock(s.epochs_file_mutex);  // a truncation's save (kNow) waits for this one
     std::uint64_t version = 0;
-    std::optional<std::string> text;  // none after a failed save: its unlink is what the folder's sync makes durable
+    std::optional<std::string> text;  // none: no history, so no file
     {
       std::lock_guard lock(s.epochs_mutex);
-      if (!s.epochs_unsynced) return true;
+      if (!s.epochs_dirty) return true;
       version = s.epochs_version;
-      if (s.epochs_unwritten && s.epochs.ok()) text = epochs_text(*s.epochs);
+      if (s.epochs.ok()) text = epochs_text(*s.epochs);
     }
     int error = 0;
     if (const test_hooks::SyncHook hook = epochs_sync_hook.load(std::memory_order_acquire); hook != nullptr) error = hook(job.dir, {});
-    Result<void> done = error != 0 ? Result<void>(Error{Errc::kIo, std::strerror(error)})
-                        : text     ? replace_file(job.dir + kEpochsFile, *text)
-                                   : sync_directory(job.dir);
+    Result<void> done = error != 0 ? Result<void>(Error{Errc::kIo, std::strerror(error)}) : write_epochs_file(job.dir, text);
     if (!done.ok()) {
       log(LogLevel::kWarn, "the epoch history was not written and synced; the recovery point stays",
           {{"dir", job.dir}, {"error", done.error().message}});
       return false;
     }
     std::lock_guard lock(s.epochs_mutex);
-    if (s.epochs_version == version) s.epochs_unwritten = s.epochs_unsynced = false;  // else a newer save waits for the next
+    if (s.epochs_version == version) s.epochs_dirty = false;  // else a newer save waits for the next
     return true;
   }
 
@@ -459,7 +465,12 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   std::unique_ptr<SegmentLog> log(new SegmentLog(dir, options));
   SegmentLogRecovery local;
   SegmentLogRecovery& found = recovery != nullptr ? *recovery : local;
-  std::vector<EpochStart> read_through_epochs;  // where each higher epoch begins past the recovery point
+  // The epoch history: the folder's file, and the epochs it does not name yet of the batches read
+  // through below (saved with the log, a crash came before the syncer wrote them; they begin past
+  // the point, which moves only after that write), added as the replica added them and written
+  // as a save with the log is: before the point passes them.
+  Result<std::vector<EpochStart>> epochs = read_epochs_file(dir + kEpochsFile);
+  bool epochs_added = false;
   found.recovery_point = read_recovery_point(dir);
   // A point is always a segment's base: any other (a file left by a log deleted halfway and
   // made again) vouches for nothing.
@@ -475,8 +486,8 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     WEFT_TRY(Segment segment, trusted ? Segment::open_trusted(dir, Offset{bases[i]}, &r, options.segment)
                                       : Segment::open(dir, Offset{bases[i]}, last, &r, options.segment, !last));
     if (r.trusted) ++found.trusted_segments;
-    for (const EpochStart& e : r.epochs)
-      if (read_through_epochs.empty() || e.epoch > read_through_epochs.back().epoch) read_through_epochs.push_back(e);
+    if (epochs.ok())
+      for (const EpochStart& e : r.epochs) epochs_added = add_epoch(*epochs, e) || epochs_added;
     if (!log->segments_.empty() && segment.base_offset() < log->segments_.back()->next_offset())
       return Error{Errc::kCorrupt, segment.log_path() + " starts at offset " + std::to_string(bases[i]) +
                                        ", inside the segment before it (which ends at " +
@@ -511,23 +522,8 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
   }
   // A reopened active segment's age counts from now: its first batch's time is not kept.
   if (log->segments_.back()->size_bytes() > 0) log->active_since_ms_ = wall_clock_ms();
-  // The epoch history: the folder's file, and the epochs it does not name yet of the batches read
-  // through (saved with the log, a crash came before the syncer wrote them; they begin past the
-  // point, which moves only after that write), added as the replica added them: an epoch that
-  // began where the last one did replaces it, since that one held no batches.
-  Result<std::vector<EpochStart>> epochs = read_epochs_file(dir + kEpochsFile);
-  bool added = false;
-  if (epochs.ok()) {
-    for (const EpochStart& seen : read_through_epochs) {
-      if (!epochs->empty() && seen.epoch <= epochs->back().epoch) continue;
-      if (!epochs->empty() && epochs->back().start == seen.start) epochs->pop_back();
-      epochs->push_back(seen);
-      added = true;
-    }
-  }
-  // What was added goes to the file as a save with the log would: before the point passes it.
   log->closed_syncs_->epochs = std::move(epochs);
-  log->closed_syncs_->epochs_unwritten = log->closed_syncs_->epochs_unsynced = added;
+  log->closed_syncs_->epochs_dirty = epochs_added;
   return log;
 }
 
@@ -727,28 +723,23 @@ Result<void> SegmentLog::save_epochs(std::span<const EpochStart> epochs, EpochSa
   if (how == EpochSave::kWithTheLog) {  // no file system call: the syncer writes it
     std::lock_guard lock(s.epochs_mutex);
     s.epochs = std::vector<EpochStart>(epochs.begin(), epochs.end());
-    s.epochs_unwritten = s.epochs_unsynced = true;
+    s.epochs_dirty = true;
     ++s.epochs_version;
     return ok();
   }
-  const std::string path = dir_ + kEpochsFile;
   std::lock_guard file_lock(s.epochs_file_mutex);
-  Result<void> saved = replace_file(path, epochs_text(epochs));
+  Result<void> saved = write_epochs_file(dir_, epochs_text(epochs));
   // A history left from before this cut would be wrong once the log moves on, which no reading
-  // of its tail corrects: none is better, for good (else the syncer syncs the folder before the
-  // point moves, and the next start reads the log through).
-  if (!saved.ok()) {
-    ::unlink(path.c_str());
-    (void)sync_directory(dir_);
-  }
+  // of its tail corrects: none is better, for good (if even that fails, the syncer tries again
+  // before the point moves, and the next start reads the log through).
+  const Result<void> removed = saved.ok() ? ok() : write_epochs_file(dir_, std::nullopt);
   std::lock_guard lock(s.epochs_mutex);
   if (saved.ok()) {
     s.epochs = std::vector<EpochStart>(epochs.begin(), epochs.end());
   } else {
-    s.epochs = Error{Errc::kNotFound, path + ": its last save failed"};
+    s.epochs = Error{Errc::kNotFound, dir_ + kEpochsFile + ": its last save failed"};
   }
-  s.epochs_unwritten = false;
-  s.epochs_unsynced = !saved.ok();
+  s.epochs_dirty = !removed.ok();
   ++s.epochs_version;
   return saved;
 }
@@ -964,7 +955,7 @@ void SegmentLog::forget_epochs_from(Offset end) {
   std::lock_guard lock(s.epochs_mutex);
   if (!s.epochs.ok() || std::erase_if(*s.epochs, [&](const EpochStart& e) { return e.start >= end; }) == 0) return;
   // Written with the log, unless (as a replica does) the caller saves the cut history at once.
-  s.epochs_unwritten = s.epochs_unsynced = true;
+  s.epochs_dirty = true;
   ++s.epochs_version;
 }
 

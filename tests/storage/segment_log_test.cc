@@ -1149,6 +1149,15 @@ std::string epoch_history_text(const std::vector<EpochStart>& epochs) {
   return text;
 }
 
+// An empty log given epoch 1's history (synced) and its batches from offset 0 until it has
+// `segments` segments, all but the last vouched for by the recovery point; returns the next offset.
+std::int64_t epoch_1_vouched_for(SegmentLog& log, std::size_t segments) {
+  EXPECT_TRUE(log.save_epochs(std::vector<EpochStart>{{1, Offset{0}}}, EpochSave::kNow).ok());
+  const std::int64_t next = roll_in_epoch(log, 0, segments, 1);
+  EXPECT_TRUE(log.sync().ok());
+  return next;
+}
+
 TEST(SegmentLog, EpochsItsSavedHistoryLacksAreFoundInTheBatchesReadThroughAtItsOpening) {
   TempDir dir;
   const std::string history_file = dir.partition() + "/leader-epoch-checkpoint";
@@ -1156,10 +1165,7 @@ TEST(SegmentLog, EpochsItsSavedHistoryLacksAreFoundInTheBatchesReadThroughAtItsO
   {
     auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
     // Given epoch 1's batches in segments the recovery point vouches for, its history synced
-    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}}, EpochSave::kNow).ok());
-    std::int64_t next = 0;
-    next = roll_in_epoch(*log, next, 3, 1);
-    ASSERT_TRUE(log->sync().ok());
+    std::int64_t next = epoch_1_vouched_for(*log, 3);
     // ... then epoch 4, epoch 5 led without a batch, and epoch 6, saved with the log, their
     // batches in the active segment
     epoch4 = next;
@@ -1200,9 +1206,7 @@ TEST(SegmentLog, EpochsFoundInTheBatchesReadThroughAreWrittenBeforeTheRecoveryPo
   std::int64_t next = 0, epoch7 = 0;
   {
     auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
-    ASSERT_TRUE(log->save_epochs(std::vector<EpochStart>{{1, Offset{0}}}, EpochSave::kNow).ok());
-    next = roll_in_epoch(*log, next, 2, 1);
-    ASSERT_TRUE(log->sync().ok());
+    next = epoch_1_vouched_for(*log, 2);
     // Given epoch 7 saved with the log, its batches in the active segment, and the log closed
     // before a roll wrote it
     epoch7 = next;

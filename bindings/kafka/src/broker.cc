@@ -107,14 +107,13 @@ std::shared_ptr<TopicState> Broker::topic(std::string_view name) {
   }
   auto it = topics_.find(name);
   if (it != topics_.end()) return it->second;
-  // Before the partitions are opened: a ring replaced meanwhile shows at the next check.
-  const std::optional<TopicIncarnation> incarnation = node_.topic_incarnation(name);
+  // Described before the partitions are opened: a ring replaced meanwhile shows at the next check.
   Result<TopicInfo> info = node_.describe_topic(name);
-  if (!incarnation || !info.ok() || info->id != incarnation->id) return nullptr;
+  if (!info.ok()) return nullptr;
   auto state = std::make_shared<TopicState>();
   state->name = std::string(name);
   state->id = info->id;
-  state->incarnation = *incarnation;
+  state->incarnation = TopicIncarnation{info->id, info->rings_replaced};
   state->config = info->config;
   state->has_log = static_cast<bool>(node_.options().open_log);  // every partition of such a node keeps one
   for (std::uint32_t p = 0; p < info->config.partitions; ++p) {

@@ -88,6 +88,7 @@ struct PartitionStats {
 struct TopicInfo {
   std::string name;
   std::uint64_t id = 0;  // unique per node run; a recreated topic gets a new id
+  std::uint64_t rings_replaced = 0;  // see TopicIncarnation
   TopicConfig config;
   std::vector<PartitionStats> partitions;
 };

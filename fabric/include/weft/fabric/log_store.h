@@ -42,6 +42,16 @@ struct EpochStart {
   bool operator==(const EpochStart&) const = default;
 };
 
+// Adds `e` to an epoch history as a replica does: ignored unless its epoch is above the last
+// one; an epoch that began where the last one did replaces it (that one held no batch). True
+// when the history changed.
+inline bool add_epoch(std::vector<EpochStart>& history, EpochStart e) {
+  if (!history.empty() && e.epoch <= history.back().epoch) return false;
+  if (!history.empty() && history.back().start == e.start) history.pop_back();
+  history.push_back(e);
+  return true;
+}
+
 // When save_epochs makes a history durable.
 enum class EpochSave : std::uint8_t {
   // Before it returns: for a history cut back (a truncation, a reset), since a stale file would
