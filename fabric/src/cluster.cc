@@ -99,7 +99,7 @@ Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
 
 std::string encode_partition(const PartitionState& s) {
   return "replicas=" + ids_text(s.replicas) + " leader=" + std::to_string(s.leader) + " epoch=" + std::to_string(s.leader_epoch) +
-         " isr=" + ids_text(s.isr);
+         " isr=" + ids_text(s.isr) + " topic=" + std::to_string(s.topic_revision);
 }
 
 Result<PartitionState> decode_partition(std::string_view text) {
@@ -107,6 +107,10 @@ Result<PartitionState> decode_partition(std::string_view text) {
   PartitionState s;
   if (!parse_ids(f["replicas"], s.replicas) || !parse_number(f["leader"], s.leader) || !parse_number(f["epoch"], s.leader_epoch) ||
       !parse_ids(f["isr"], s.isr) || s.replicas.empty()) {
+    return Error{Errc::kCorrupt, "unreadable partition state '" + std::string(text) + "'"};
+  }
+  // Absent in states written before the field existed.
+  if (auto topic = f.find("topic"); topic != f.end() && !parse_number(topic->second, s.topic_revision)) {
     return Error{Errc::kCorrupt, "unreadable partition state '" + std::string(text) + "'"};
   }
   return s;
@@ -276,7 +280,7 @@ struct ClusterMember::Impl {
       const bool same = before != given.end() && before->second.leader == a.leader && before->second.replica &&
                         before->second.state.leader == state.leader && before->second.state.leader_epoch == state.leader_epoch &&
                         before->second.state.isr == state.isr && before->second.state.replicas == state.replicas &&
-                        before->second.leader_address == a.leader_address;
+                        before->second.state.topic_revision == state.topic_revision && before->second.leader_address == a.leader_address;
       if (same) continue;
       given[id] = a;
       pending.push_back(a);
@@ -336,7 +340,7 @@ struct ClusterMember::Impl {
     for (const auto& [name, topic] : topics) {
       for (std::uint32_t p = 0; p < topic.partitions; ++p) {
         const PartitionId id{name, p};
-        if (partitions.contains(id)) continue;
+        if (partitions.contains(id)) continue;  // one of a deleted topic of this name goes below first
         Result<std::vector<std::vector<NodeId>>> replicas = assign_replicas(live, 1, topic.replication_factor, p);
         if (!replicas.ok()) {
           log(LogLevel::kWarn, "cluster: a partition cannot be assigned yet", {{"partition", to_string(id)}, {"error", replicas.error().message}});
@@ -347,18 +351,22 @@ struct ClusterMember::Impl {
         s.leader = s.replicas.front();
         s.leader_epoch = 1;
         s.isr = s.replicas;
+        s.topic_revision = topic.revision;
         write_state(id, s, "new partition");
       }
     }
     for (auto& [id, state] : partitions) {
-      // Partitions of deleted topics go.
-      if (!topics.contains(id.topic)) {
+      // Partitions of deleted topics go, and so do those of a topic deleted and made again under
+      // its name before this pass saw it gone (the new one's are assigned afresh on the next).
+      auto topic = topics.find(id.topic);
+      if (topic == topics.end() || (state.topic_revision != 0 && state.topic_revision != topic->second.revision)) {
         (void)store->erase(partition_key(id), state.revision, &controller_guard);
         (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)), 0, &controller_guard);
         dirty = true;
         continue;
       }
       PartitionState next = state;
+      next.topic_revision = topic->second.revision;  // a state from before the field: stamped
       // Dead replicas leave the in-sync set (the last one stays, so that it can come back).
       std::vector<NodeId> alive_isr;
       for (NodeId r : next.isr) {
@@ -420,7 +428,8 @@ struct ClusterMember::Impl {
           why = "preferred leader back";
         }
       }
-      if (next.replicas != state.replicas || next.leader != state.leader || next.leader_epoch != state.leader_epoch || next.isr != state.isr) {
+      if (next.replicas != state.replicas || next.leader != state.leader || next.leader_epoch != state.leader_epoch || next.isr != state.isr ||
+          next.topic_revision != state.topic_revision) {
         write_state(id, next, why);
       }
     }
@@ -523,11 +532,12 @@ Result<void> ClusterMember::delete_topic(std::string_view name) {
 }
 
 Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
-                                       const std::vector<NodeId>& based_on) {
+                                       const std::vector<NodeId>& based_on, std::int64_t topic_revision) {
   WEFT_TRY(std::optional<KeyValue> kv, impl_->store->get(impl_->partition_key(partition)));
   if (!kv) return false;
   WEFT_TRY(PartitionState state, decode_partition(kv->value));
   if (state.leader_epoch != epoch || state.leader != impl_->options.self.id) return false;
+  if (topic_revision != 0 && state.topic_revision != 0 && state.topic_revision != topic_revision) return false;  // the name's next topic
   // A proposal made against another set (the controller dropped a dead node meanwhile) is stale.
   std::vector<NodeId> held = state.isr;
   std::vector<NodeId> expected = based_on;
@@ -760,7 +770,10 @@ ClusterSnapshot parse_cluster_snapshot(std::string_view prefix, const std::vecto
       if (!parse_number(after("nodes/"), id)) continue;
       if (Result<NodeRecord> n = decode_node(id, kv.value); n.ok()) out.nodes[id] = *n;
     } else if (rest.starts_with("topics/")) {
-      if (Result<TopicRecord> t = decode_topic(after("topics/"), kv.value); t.ok()) out.topics[t->name] = *t;
+      if (Result<TopicRecord> t = decode_topic(after("topics/"), kv.value); t.ok()) {
+        t->revision = kv.create_revision;
+        out.topics[t->name] = *t;
+      }
     } else if (rest.starts_with("partitions/") || rest.starts_with("reassign/")) {
       const bool is_reassign = rest.starts_with("reassign/");
       const std::string_view path = after(is_reassign ? "reassign/" : "partitions/");

@@ -56,7 +56,12 @@ struct ClusterNode::Impl {
   // Between the threads and for readers, under `mutex`.
   mutable std::mutex mutex;
   std::vector<Assignment> roles;  // control -> replication: roles to take
-  std::vector<IsrProposal> proposals;  // replication -> control: in-sync set changes to commit
+  // An in-sync set change with the topic its leader's role is of (TopicRecord::revision).
+  struct Proposal {
+    IsrProposal isr;
+    std::int64_t topic_revision = 0;
+  };
+  std::vector<Proposal> proposals;  // replication -> control: in-sync set changes to commit
   std::map<std::string, TopicRecord> topics;
   std::map<PartitionId, PartitionState> partitions;
   std::map<NodeId, NodeRecord> nodes;
@@ -70,6 +75,7 @@ struct ClusterNode::Impl {
   struct Role {
     Assignment assignment;
     std::unique_ptr<ReplicaLog> log;
+    std::string topic_id;  // TopicConfig::cluster_topic_id of the topic the role was taken for
   };
   std::map<PartitionId, Role> taken;
   // Roles that could not be taken yet (their topic not made here yet), the newest for each
@@ -97,7 +103,7 @@ struct ClusterNode::Impl {
       }
       member->run_once(20);
       std::vector<Assignment> fresh = member->take_assignments();
-      std::vector<IsrProposal> wanted;
+      std::vector<Proposal> wanted;
       {
         std::lock_guard lock(mutex);
         roles.insert(roles.end(), std::make_move_iterator(fresh.begin()), std::make_move_iterator(fresh.end()));
@@ -108,8 +114,8 @@ struct ClusterNode::Impl {
         reachable = member->store_reachable();
         wanted.swap(proposals);
       }
-      for (const IsrProposal& p : wanted) {
-        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on);
+      for (const auto& [p, topic_revision] : wanted) {
+        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on, topic_revision);
         if (committed.ok() && *committed) {
           {
             std::lock_guard lock(mutex);
@@ -134,10 +140,14 @@ struct ClusterNode::Impl {
     }
   }
 
-  // The topic here, for a role of it: true once it exists; false while its creation (queued
-  // here when the role arrives first) or its deletion is on the topics' worker, the role then
-  // retried on the next pass.
-  bool ensure_local_topic(const PartitionId& id, const std::map<std::string, TopicRecord>& records) {
+  // Which topic of its name a record is (TopicConfig::cluster_topic_id of its local copies).
+  std::string topic_id_of(const TopicRecord& record) const { return options.cluster.cluster + "/" + std::to_string(record.revision); }
+
+  // The topic here, for a role of it: true once its copy of `record`'s topic exists; false while
+  // its creation (queued here when the role arrives first), its deletion, or its replacement (the
+  // copy here being of an earlier topic of the name) is on the topics' worker, the role then
+  // retried on the next pass. A copy made before copies were marked ("") is taken as it is.
+  bool ensure_local_topic(const PartitionId& id, const TopicRecord& record) {
     {
       std::lock_guard lock(admin_mutex);
       if (admin_jobs.contains(id.topic)) return false;
@@ -146,17 +156,26 @@ struct ClusterNode::Impl {
         create_failed.erase(failed);
       }
     }
-    if (node.describe_topic(id.topic).ok()) return true;
-    auto record = records.find(id.topic);
-    if (record == records.end()) return false;
-    Result<TopicConfig> config = topic_config_from_text(record->second.config, node.options().default_topic);
+    const std::string wanted = topic_id_of(record);
+    const Result<TopicInfo> local = node.describe_topic(id.topic);
+    if (local.ok() && (local->config.cluster_topic_id == wanted || local->config.cluster_topic_id.empty())) return true;
+    Result<TopicConfig> config = topic_config_from_text(record.config, node.options().default_topic);
     if (!config.ok()) {
       log(LogLevel::kError, "cluster: a topic's settings are unreadable; its replicas here wait", {{"topic", id.topic}, {"error", config.error().message}});
       return false;
     }
-    config->partitions = record->second.partitions;
+    config->partitions = record.partitions;
     config->replicated = true;
+    config->cluster_topic_id = wanted;
+    if (local.ok()) {
+      // The topic was deleted and made again under its name while this copy stayed (this node
+      // was down, or saw both at once): its records and epochs are another log's.
+      log(LogLevel::kInfo, "cluster: a local copy of an earlier topic of the name is replaced",
+          {{"topic", id.topic}, {"copy_of", local->config.cluster_topic_id}, {"now", wanted}});
+      drop_roles_of(id.topic);
+    }
     queue_topic_job(id.topic, [this, name = id.topic, config = *config] {
+      delete_local_copy(name, config.cluster_topic_id);
       Result<TopicInfo> created = node.create_topic(name, config);
       if (created.ok() || created.error().code == Errc::kAlreadyExists) return;
       log(LogLevel::kError, "cluster: a replica's topic could not be created here", {{"topic", name}, {"error", created.error().message}});
@@ -164,6 +183,40 @@ struct ClusterNode::Impl {
       create_failed[name] = std::chrono::steady_clock::now();
     });
     return false;
+  }
+
+  // On the topics' worker: deletes the local copy of `name` unless it is of the topic `keep`
+  // (a cluster_topic_id; "": whatever it is of). Copies not marked are kept when `keep` is given.
+  void delete_local_copy(const std::string& name, const std::string& keep) {
+    if (!keep.empty()) {
+      const Result<TopicInfo> local = node.describe_topic(name);
+      if (!local.ok() || local->config.cluster_topic_id == keep || local->config.cluster_topic_id.empty()) return;
+    }
+    if (Result<void> deleted = node.delete_topic(name); !deleted.ok() && deleted.error().code != Errc::kNotFound)
+      log(LogLevel::kWarn, "cluster: a deleted topic's local copy stays", {{"topic", name}, {"error", deleted.error().message}});
+  }
+
+  // The replication thread lets go of every role on `topic`'s local copy (about to go).
+  void drop_roles_of(const std::string& topic) {
+    for (auto it = taken.lower_bound(PartitionId{topic, 0}); it != taken.end() && it->first.topic == topic;) {
+      replicator->forget(it->first);
+      it = taken.erase(it);
+    }
+  }
+
+  // At start: local copies of this cluster's topics that the cluster no longer has (deleted while
+  // this node was down, or crashed before it removed them) go, as no role of them will come.
+  void remove_copies_of_deleted_topics(const std::map<std::string, TopicRecord>& records) {
+    const std::string ours = options.cluster.cluster + "/";
+    for (const std::string& name : node.list_topics()) {
+      const Result<TopicInfo> local = node.describe_topic(name);
+      if (!local.ok() || !local->config.cluster_topic_id.starts_with(ours)) continue;
+      auto record = records.find(name);
+      const std::string keep = record == records.end() ? std::string() : topic_id_of(record->second);
+      if (keep == local->config.cluster_topic_id) continue;
+      log(LogLevel::kInfo, "cluster: the local copy of a deleted topic is removed", {{"topic", name}, {"copy_of", local->config.cluster_topic_id}});
+      queue_topic_job(name, [this, name, keep] { delete_local_copy(name, keep); });
+    }
   }
 
   // Runs `job` on the topics' worker, the name counted busy until it is done; the worker then
@@ -186,25 +239,37 @@ struct ClusterNode::Impl {
   void apply(const Assignment& a, const std::map<std::string, TopicRecord>& records) {
     retry.erase(a.partition);  // an earlier assignment of the partition waiting to be retried is superseded
     const PartitionId& id = a.partition;
+    auto record = records.find(id.topic);
     if (!a.replica) {
       replicator->forget(id);
+      std::string role_of;
+      if (auto held = taken.find(id); held != taken.end()) role_of = held->second.topic_id;
       taken.erase(id);
-      // A deleted topic's local copy goes with its last replica here, so a topic made again
+      // A deleted topic's local copy goes with its last replica here (as does that of a topic
+      // made again under the name that this node does not replicate), so a topic made again
       // under the name starts empty.
       const bool any_left = std::any_of(taken.begin(), taken.end(), [&](const auto& t) { return t.first.topic == id.topic; });
-      if (!records.contains(id.topic) && !any_left) {
-        queue_topic_job(id.topic, [this, name = id.topic] {
-          if (Result<void> deleted = node.delete_topic(name); !deleted.ok() && deleted.error().code != Errc::kNotFound)
-            log(LogLevel::kWarn, "cluster: a deleted topic's local copy stays", {{"topic", name}, {"error", deleted.error().message}});
-        });
+      const std::string keep = record == records.end() ? std::string() : topic_id_of(record->second);
+      if (!any_left && (record == records.end() || (!role_of.empty() && role_of != keep))) {
+        queue_topic_job(id.topic, [this, name = id.topic, keep] { delete_local_copy(name, keep); });
       }
       return;
     }
-    if (!ensure_local_topic(id, records)) {
+    if (record == records.end()) {  // not in this view of the metadata yet
+      retry.insert_or_assign(id, a);
+      return;
+    }
+    // A state of a topic deleted and made again under the name, which the controller is
+    // removing: the new topic's own assignment follows.
+    if (a.state.topic_revision != 0 && a.state.topic_revision != record->second.revision) return;
+    const std::string topic_id = topic_id_of(record->second);
+    if (auto held = taken.find(id); held != taken.end() && held->second.topic_id != topic_id) drop_roles_of(id.topic);
+    if (!ensure_local_topic(id, record->second)) {
       retry.insert_or_assign(id, a);
       return;
     }
     Role& role = taken[id];
+    role.topic_id = topic_id;
     if (role.log == nullptr) {
       Result<std::unique_ptr<ReplicaLog>> opened = node.replica_log(id.topic, id.partition);
       if (!opened.ok()) {
@@ -278,7 +343,12 @@ struct ClusterNode::Impl {
         apply(a, records);
       }
       replicator->run_once(waiting.empty() ? 5 : 0);
-      std::vector<IsrProposal> wanted = replicator->take_isr_proposals();
+      std::vector<Proposal> wanted;
+      for (IsrProposal& p : replicator->take_isr_proposals()) {
+        auto role = taken.find(p.partition);
+        const std::int64_t topic_revision = role == taken.end() ? 0 : role->second.assignment.state.topic_revision;
+        wanted.push_back(Proposal{std::move(p), topic_revision});
+      }
       const auto now = std::chrono::steady_clock::now();
       std::vector<ReplicaStatus> fresh;
       const bool refresh = now - last_status > std::chrono::milliseconds(100);
@@ -346,6 +416,7 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   node.set_replication_event(impl->wake.get());
   impl->replicator->set_wake_fd(impl->wake.get());
   impl->topics_worker = std::make_unique<SerialWorker>("weft-cl-topics", impl->wake.get());
+  impl->remove_copies_of_deleted_topics(impl->member->topics());
   Impl* raw = impl.get();
   // Local producers ask where a partition takes records: here when this node leads it, else at
   // the leader's Kafka listener (the client library re-routes there).

@@ -566,15 +566,17 @@ Result<void> Node::delete_topic(std::string_view name) {
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
+  // The logs first, then the topic's file: a crash between leaves a topic that comes back empty,
+  // never a log folder without a topic, whose records a topic made again under the name would take up.
   Result<void> removed;
-  if (!options_.metadata_dir.empty()) {
-    const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
-  }
   for (const auto& p : topic->partitions) {
     std::lock_guard partition_guard(p->log_mutex);  // a follower's write-through may be under way
     if (p->log)
       if (Result<void> r = p->log->remove(); !r.ok() && removed.ok()) removed = r;
+  }
+  if (!options_.metadata_dir.empty()) {
+    const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT && removed.ok()) removed = os_error(Errc::kIo, "removing " + path, errno);
   }
   // A topic created again under the name starts with no group positions, as in Kafka.
   if (state_->offsets)
@@ -882,7 +884,8 @@ Result<void> Node::save_topic(const std::string& name, const TopicConfig& c) con
                      "\nsegment.ms=" + std::to_string(c.segment_ms) + "\nfsync=" + fsync_policy_name(c) +
                      "\nflow.control=" + (c.consumer_flow_control ? "consumers" : "none") +
                      "\nproducer.slots=" + std::to_string(c.producer_slots) + "\nconsumer.slots=" + std::to_string(c.consumer_slots) +
-                     "\nreplicated=" + (c.replicated ? "true" : "false") + "\n";
+                     "\nreplicated=" + (c.replicated ? "true" : "false") + "\n" +
+                     (c.cluster_topic_id.empty() ? std::string() : "cluster.topic.id=" + c.cluster_topic_id + "\n");
   return replace_file(options_.metadata_dir + "/" + name + ".topic", text);
 }
 
@@ -918,6 +921,8 @@ Result<void> Node::load_topics() {
       } else if (line.compare(0, eq, "replicated") == 0) {
         // The node's own mark (a cluster's topic), kept in its file: not a setting clients give.
         config.replicated = line.substr(eq + 1) == "true";
+      } else if (line.compare(0, eq, "cluster.topic.id") == 0) {
+        config.cluster_topic_id = line.substr(eq + 1);
       } else {
         parsed = set_topic_config(config, line.substr(0, eq), line.substr(eq + 1));
       }

@@ -120,14 +120,18 @@ TEST(ClusterRecords, RoundTripAndRefuseGarbage) {
   EXPECT_TRUE(back->draining);
   EXPECT_FALSE(decode_node(4, "kafka=x").ok());
 
-  PartitionState s{{3, 1, 2}, 1, 7, {1, 3}, 0};
+  PartitionState s{{3, 1, 2}, 1, 7, {1, 3}, 0, 42};
   Result<PartitionState> state = decode_partition(encode_partition(s));
   ASSERT_TRUE(state.ok());
   EXPECT_EQ(state->replicas, s.replicas);
   EXPECT_EQ(state->leader, 1);
   EXPECT_EQ(state->leader_epoch, 7);
   EXPECT_EQ(state->isr, s.isr);
-  for (const char* bad : {"", "replicas= leader=1 epoch=1 isr=1", "replicas=1,x leader=1 epoch=1 isr=1", "replicas=1 leader=one epoch=1 isr=1"}) {
+  EXPECT_EQ(state->topic_revision, 42);
+  // A state written before the topic's revision was recorded reads as 0 (taken as the current one).
+  EXPECT_EQ(decode_partition("replicas=1 leader=1 epoch=1 isr=1").value().topic_revision, 0);
+  for (const char* bad : {"", "replicas= leader=1 epoch=1 isr=1", "replicas=1,x leader=1 epoch=1 isr=1", "replicas=1 leader=one epoch=1 isr=1",
+                          "replicas=1 leader=1 epoch=1 isr=1 topic=x"}) {
     EXPECT_FALSE(decode_partition(bad).ok()) << bad;
   }
 
@@ -401,6 +405,42 @@ TEST_F(ClusterTest, AnUnreachableStoreFreezesTheViewAndHeals) {
   ASSERT_TRUE(run_until([&] { return members_[0]->store_reachable() && members_[1]->store_reachable(); }));
   ASSERT_TRUE(members_[1]->create_topic(TopicRecord{"u", 1, 1, ""}).ok());
   ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 3; }));
+}
+
+TEST_F(ClusterTest, ATopicMadeAgainUnderItsNameGetsPartitionsOfItsOwn) {
+  // Given a topic replicated on two nodes, its roles taken
+  join(1);
+  join(2);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  const PartitionId p{"t", 0};
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const PartitionState old = members_[0]->partitions().at(p);
+  const std::int64_t old_topic = members_[0]->topics().at("t").revision;
+  EXPECT_NE(old_topic, 0);
+  EXPECT_EQ(old.topic_revision, old_topic);
+  ClusterMember& leader = old.leader == 1 ? *members_[0] : *members_[1];
+  (void)leader.take_assignments();
+  // When it is deleted and made again before any member (the controller too) ran in between
+  ASSERT_TRUE(members_[1]->delete_topic("t").ok());
+  ASSERT_TRUE(members_[1]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  // Expect the old partition state replaced by one of the new topic's, the old leader handed the
+  // new role (its state at epoch 1 as before, but of another topic)
+  ASSERT_TRUE(run_until([&] {
+    auto now = members_[0]->partitions();
+    auto topic = members_[0]->topics();
+    return now.contains(p) && topic.contains("t") && topic.at("t").revision != old_topic && now.at(p).topic_revision == topic.at("t").revision;
+  })) << "the deleted topic's partition state was kept for the new one";
+  const PartitionState fresh = members_[0]->partitions().at(p);
+  EXPECT_EQ(fresh.leader_epoch, 1);
+  std::vector<Assignment> roles;
+  ASSERT_TRUE(run_until([&] {
+    for (Assignment& a : leader.take_assignments()) roles.push_back(std::move(a));
+    return !roles.empty() && roles.back().replica && roles.back().state.topic_revision == fresh.topic_revision;
+  }, 3'000)) << "no role of the new topic was handed out";
+  // And a leader of the old topic at the same epoch unable to change its in-sync set
+  EXPECT_FALSE(members_[0]->commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, old_topic).value());
+  EXPECT_FALSE(members_[1]->commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, old_topic).value());
 }
 
 TEST_F(ClusterTest, DeletingATopicRemovesItsPartitionsAndRoles) {

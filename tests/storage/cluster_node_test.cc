@@ -1,9 +1,10 @@
 // Three nodes in one process, each a Node with segment logs, a ClusterNode over TCP links and a
 // shared metadata store: a replicated topic is created once and lands on every replica; a
 // leader's acknowledged records (below the high watermark) survive its crash, again and again,
-// with none duplicated; a drained node hands its leaderships over before it leaves; and a
-// replica's topic made slowly holds no other partition's replication, nor takes a role of a
-// partition moved away meanwhile.
+// with none duplicated; a drained node hands its leaderships over before it leaves; a replica's
+// topic made slowly holds no other partition's replication, nor takes a role of a partition
+// moved away meanwhile; and a topic deleted (and made again) leaves nothing of itself on any
+// replica, even one that was down meanwhile.
 #include "weft/cluster_node.h"
 
 #include <gtest/gtest.h>
@@ -42,12 +43,15 @@ struct Member {
 
 class ClusterNodeTest : public testing::Test {
  protected:
-  // `wrap_logs`: around the node's log opener (a test's held or failing disk).
-  void start(NodeId id, const std::function<OpenPartitionLog(OpenPartitionLog)>& wrap_logs = {}) {
+  // `wrap_logs`: around the node's log opener (a test's held or failing disk); `dir`: the data
+  // directory of a node that ran before.
+  void start(NodeId id, const std::function<OpenPartitionLog(OpenPartitionLog)>& wrap_logs = {}, std::unique_ptr<TempDir> dir = nullptr) {
     Member m;
     m.id = id;
+    if (dir != nullptr) m.dir = std::move(dir);
     NodeOptions o;
     o.open_log = storage::open_segment_logs(m.dir->path() + "/data");
+    o.metadata_dir = m.dir->path() + "/topics";  // as weftd keeps them: topics come back after a restart
     if (wrap_logs) o.open_log = wrap_logs(std::move(o.open_log));
     o.maintenance_max_interval_us = 500;
     m.node = Node::start(std::move(o)).value();
@@ -62,6 +66,64 @@ class ClusterNodeTest : public testing::Test {
     ASSERT_TRUE(started.ok()) << started.error().message;
     m.cluster = std::move(started.value());
     members_.push_back(std::move(m));
+  }
+
+  // A crash as the cluster sees it: no drain; returns once its lease ran out (1 s). Its data
+  // directory stays.
+  void crash(NodeId id) {
+    Member* m = by_id(id);
+    ASSERT_NE(m, nullptr);
+    m->cluster.reset();
+    m->node.reset();
+    ASSERT_TRUE(eventually([&] { return !read_cluster(*store_, "test").value().nodes.contains(id); }));
+  }
+  // Starts a crashed node again on its data directory.
+  void restart(NodeId id) {
+    auto crashed = std::find_if(members_.begin(), members_.end(), [&](const Member& m) { return m.id == id && m.node == nullptr; });
+    ASSERT_NE(crashed, members_.end());
+    std::unique_ptr<TempDir> dir = std::move(crashed->dir);
+    members_.erase(crashed);
+    start(id, {}, std::move(dir));
+  }
+
+  // Whether every live member's copy of "orders" has `partitions` partitions, all empty (a topic
+  // just made).
+  bool orders_empty_on_all(std::uint32_t partitions = 1) {
+    for (Member& m : members_) {
+      if (m.node == nullptr) continue;
+      Result<TopicInfo> info = m.node->describe_topic("orders");
+      if (!info.ok() || info->partitions.size() != partitions) return false;
+      for (const PartitionStats& p : info->partitions)
+        if (p.end_offset != Offset{0} || p.log_end_offset != Offset{0}) return false;
+    }
+    return true;
+  }
+  // The end offsets of every live member's copy of "orders", for failure messages.
+  std::string orders_ends() {
+    std::string out;
+    for (Member& m : members_) {
+      if (m.node == nullptr) continue;
+      out += " node " + std::to_string(m.id) + ":";
+      if (Result<TopicInfo> info = m.node->describe_topic("orders"); info.ok())
+        for (const PartitionStats& p : info->partitions) out += " " + std::to_string(p.end_offset.value);
+    }
+    return out;
+  }
+
+  // Expects every live member's log of "orders" `partition` to hold one batch below `end`, at
+  // offset 0, with `fill`'s values and none of `stale`'s.
+  void expect_only_the_new_batch(std::uint32_t partition, Offset end, std::byte fill, std::byte stale) {
+    const std::vector<std::byte> fresh_value(100, fill);
+    const std::vector<std::byte> stale_value(100, stale);
+    for (Member& m : members_) {
+      if (m.node == nullptr) continue;
+      const std::vector<std::vector<std::byte>> held = log_batches(m, partition, end);
+      ASSERT_EQ(held.size(), 1u) << "node " << m.id;
+      EXPECT_EQ(BatchView::parse(held[0]).value().base_offset(), Offset{0}) << "node " << m.id;
+      EXPECT_NE(std::search(held[0].begin(), held[0].end(), fresh_value.begin(), fresh_value.end()), held[0].end()) << "node " << m.id;
+      EXPECT_EQ(std::search(held[0].begin(), held[0].end(), stale_value.begin(), stale_value.end()), held[0].end())
+          << "node " << m.id << " holds a record of the deleted topic";
+    }
   }
 
   Member* by_id(NodeId id) {
@@ -365,6 +427,76 @@ TEST_F(ClusterNodeTest, AReplicaMovedAwayWhileItsTopicIsBeingMadeTakesNoRoleOnce
   // Expect no role of it taken there: the assignment that moved it replaced the one waiting
   for (const ReplicaStatus& r : by_id(3)->cluster->replicas())
     EXPECT_NE(r.partition.topic, "slow") << "node 3 took a role of a partition moved off it (epoch " << r.leader_epoch << ")";
+}
+
+TEST_F(ClusterNodeTest, ATopicDeletedAndMadeAgainAtOnceStartsEmptyOnEveryReplica) {
+  // Given a topic replicated on two nodes, 20 records acknowledged
+  const TopicConfig config = two_nodes_replicating_orders({});
+  // When it is deleted and made again under its name at once (a script's `weft topic delete`
+  // then `weft topic create`), before the controller has removed the deleted one's partitions
+  ASSERT_TRUE(any().cluster->delete_topic("orders").ok());
+  ASSERT_TRUE(any().cluster->create_topic("orders", 1, 2, config).ok());
+  // Expect every replica's copy to be the new topic's, empty, and its first write at offset 0
+  EXPECT_TRUE(eventually([&] { return orders_empty_on_all() && replicated_on_all("orders", 2); }, 10'000))
+      << "a replica kept the deleted topic's log; end offsets:" << orders_ends();
+  const Offset end = produce_acked(0, 1, std::byte{9});
+  EXPECT_EQ(end, Offset{4});
+  expect_only_the_new_batch(0, end, std::byte{9}, std::byte{1});
+}
+
+TEST_F(ClusterNodeTest, ATopicDeletedWhileAReplicaWasDownLeavesNoCopyOnItOnceItIsBack) {
+  // Given a topic replicated on two nodes, the second of which crashes
+  two_nodes_replicating_orders({});
+  crash(2);
+  // When the topic is deleted meanwhile (its partitions gone from the metadata), and the node
+  // comes back on its data directory
+  ASSERT_TRUE(by_id(1)->cluster->delete_topic("orders").ok());
+  ASSERT_TRUE(eventually([&] { return read_cluster(*store_, "test").value().partitions.empty(); }));
+  restart(2);
+  // Expect its copy removed (no role of the topic will ever come to remove it)
+  EXPECT_TRUE(eventually([&] {
+    const std::vector<std::string> topics = by_id(2)->node->list_topics();
+    return std::find(topics.begin(), topics.end(), "orders") == topics.end();
+  }, 10'000));
+}
+
+TEST_F(ClusterNodeTest, ATopicMadeAgainWhileAReplicaWasDownIsNotServedFromItsOldCopy) {
+  // Given a topic of two partitions replicated on two nodes, records acknowledged on both
+  // partitions, and the second node crashed
+  for (NodeId id : {1, 2}) start(id);
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  ASSERT_TRUE(any().cluster->create_topic("orders", 2, 2, config).ok());
+  ASSERT_TRUE(eventually([&] {
+    for (Member& m : members_)
+      for (std::uint32_t p = 0; p < 2; ++p)
+        if (auto view = m.cluster->partition("orders", p); !view || view->leader < 0 || !view->replica_here || view->isr.size() != 2) return false;
+    return true;
+  }));
+  for (std::uint32_t p = 0; p < 2; ++p) produce_acked(p, 5, std::byte{1});
+  crash(2);
+  // When the topic is deleted and made again under its name meanwhile (assigned once the node is
+  // back, as it needs two live nodes: so the node with the old copy leads one of its partitions),
+  // and the node comes back on its data directory
+  ASSERT_TRUE(by_id(1)->cluster->delete_topic("orders").ok());
+  ASSERT_TRUE(eventually([&] { return read_cluster(*store_, "test").value().partitions.empty(); }));
+  // (written to the store as it is: ClusterNode::create_topic refuses a factor the live nodes lack)
+  ASSERT_TRUE(create_cluster_topic(*store_, "test", TopicRecord{"orders", 2, 2, topic_config_text(config)}).ok());
+  restart(2);
+  // Expect both copies the new topic's, and its first writes at offset 0 on both nodes
+  EXPECT_TRUE(eventually([&] {
+    if (!orders_empty_on_all(2)) return false;
+    for (Member& m : members_)
+      for (std::uint32_t p = 0; p < 2; ++p)
+        if (auto view = m.cluster->partition("orders", p); !view || view->leader < 0 || !view->replica_here || view->isr.size() != 2) return false;
+    return true;
+  }, 10'000)) << "a replica kept the deleted topic's log; end offsets:" << orders_ends();
+  for (std::uint32_t p = 0; p < 2; ++p) {
+    const Offset end = produce_acked(p, 1, std::byte{9});
+    EXPECT_EQ(end, Offset{4}) << "partition " << p;
+    expect_only_the_new_batch(p, end, std::byte{9}, std::byte{1});
+  }
 }
 
 TEST_F(ClusterNodeTest, ADrainedNodeHandsItsLeadershipsOverBeforeItLeaves) {

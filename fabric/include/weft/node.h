@@ -53,6 +53,11 @@ struct TopicConfig {
   // role in the partition is known, so nothing is acknowledged from an unreplicated log that a
   // follower's truncation would cut. A node's own topics are open at once.
   bool replicated = false;
+  // A cluster's topic: which topic of the name this copy is of ("<cluster>/<revision>", the
+  // revision of the topic's key in the cluster's store), so a copy left from a topic deleted and
+  // made again under its name is never taken for the new one. Kept in the topic's file like
+  // `replicated`; "" for a node's own topics and for copies made before it was recorded.
+  std::string cluster_topic_id;
 };
 
 // Sets one setting by its Kafka-style name (partitions, ring.capacity.bytes, max.batch.bytes,

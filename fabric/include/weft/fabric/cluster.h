@@ -7,7 +7,8 @@
 //   nodes/<id>                  a live node (leased): replication=, kafka=, rack=, draining=, metrics=
 //   controller                  the controller's node id (leased)
 //   topics/<name>               partitions=, replication=, config= (the topic's settings)
-//   partitions/<topic>/<index>  replicas=, leader=, epoch=, isr=: written by the controller, and
+//   partitions/<topic>/<index>  replicas=, leader=, epoch=, isr=, topic= (the topic's create
+//                               revision, see TopicRecord::revision): written by the controller, and
 //                               by the leader for in-sync set changes (compare-and-swap on the
 //                               key's revision, so neither overwrites the other unseen)
 //   reassign/<topic>/<index>    replicas=: a reassignment the controller carries out
@@ -45,6 +46,9 @@ struct TopicRecord {
   std::uint32_t partitions = 1;
   std::uint32_t replication_factor = 1;
   std::string config;  // the topic's settings as `key=value,key=value` (set_topic_config names)
+  // The store's create revision of the topic's key (read, never written): a topic deleted and
+  // made again under its name gets a new one, so nothing of the one before is taken for it.
+  std::int64_t revision = 0;
 };
 
 struct PartitionState {
@@ -53,6 +57,9 @@ struct PartitionState {
   std::int32_t leader_epoch = 0;
   std::vector<NodeId> isr;
   std::int64_t revision = 0;  // the store's mod revision of this state (compare-and-swap)
+  // The TopicRecord::revision of the topic this partition belongs to; 0 in states written before
+  // it was recorded (taken as the topic's current one).
+  std::int64_t topic_revision = 0;
 };
 
 // The one-line forms stored under the keys above.
@@ -155,8 +162,10 @@ class ClusterMember {
   // concurrent change): the leader re-reads and proposes again if it still wants it.
   // `based_on`: the set the proposal changed; a metadata set that differs means the proposal is
   // stale (false). Empty: not checked.
+  // `topic_revision`: the TopicRecord::revision the leader's role is of (0: not checked), so a
+  // leader of a deleted topic never changes the set of a topic made again under its name.
   Result<bool> commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
-                          const std::vector<NodeId>& based_on = {});
+                          const std::vector<NodeId>& based_on = {}, std::int64_t topic_revision = 0);
   Result<void> reassign(const PartitionId& partition, const std::vector<NodeId>& replicas);
   // Asks the controller to move every leadership off this node (a clean shutdown).
   Result<void> drain();
