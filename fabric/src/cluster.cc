@@ -1,10 +1,13 @@
 #include "weft/fabric/cluster.h"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <set>
 #include <thread>
+
+#include <sys/random.h>
 
 #include "weft/fabric/log.h"
 #include "weft/fabric/ring.h"
@@ -61,6 +64,23 @@ std::string ids_text(const std::vector<NodeId>& ids) {
 
 bool contains(const std::vector<NodeId>& ids, NodeId id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
 
+// 128 random bits as 32 hex digits (Kafka's topic ids are as wide).
+std::string fresh_topic_id() {
+  std::array<std::uint8_t, 16> bits{};
+  if (::getrandom(bits.data(), bits.size(), 0) != static_cast<ssize_t>(bits.size())) {
+    // No entropy answered (it always does once booted): the clock, still never a constant.
+    const auto now = static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+    for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<std::uint8_t>(now >> (8 * (i % 8)) ^ i);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (std::uint8_t b : bits) {
+    out += kHex[b >> 4];
+    out += kHex[b & 15];
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string encode_node(const NodeRecord& n) {
@@ -82,7 +102,8 @@ Result<NodeRecord> decode_node(NodeId id, std::string_view text) {
 }
 
 std::string encode_topic(const TopicRecord& t) {
-  return "partitions=" + std::to_string(t.partitions) + " replication=" + std::to_string(t.replication_factor) + " config=" + t.config;
+  return "partitions=" + std::to_string(t.partitions) + " replication=" + std::to_string(t.replication_factor) + " config=" + t.config +
+         (t.id.empty() ? "" : " id=" + t.id);
 }
 
 Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
@@ -90,6 +111,7 @@ Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
   TopicRecord t;
   t.name = std::string(name);
   t.config = f["config"];
+  t.id = f["id"];
   if (!parse_number(f["partitions"], t.partitions) || !parse_number(f["replication"], t.replication_factor) || t.partitions == 0 ||
       t.replication_factor == 0) {
     return Error{Errc::kCorrupt, "topic " + std::string(name) + ": unreadable record '" + std::string(text) + "'"};
@@ -99,7 +121,7 @@ Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
 
 std::string encode_partition(const PartitionState& s) {
   return "replicas=" + ids_text(s.replicas) + " leader=" + std::to_string(s.leader) + " epoch=" + std::to_string(s.leader_epoch) +
-         " isr=" + ids_text(s.isr) + " topic=" + std::to_string(s.topic_revision);
+         " isr=" + ids_text(s.isr) + (s.topic_id.empty() ? "" : " topic=" + s.topic_id);
 }
 
 Result<PartitionState> decode_partition(std::string_view text) {
@@ -109,10 +131,7 @@ Result<PartitionState> decode_partition(std::string_view text) {
       !parse_ids(f["isr"], s.isr) || s.replicas.empty()) {
     return Error{Errc::kCorrupt, "unreadable partition state '" + std::string(text) + "'"};
   }
-  // Absent in states written before the field existed.
-  if (auto topic = f.find("topic"); topic != f.end() && !parse_number(topic->second, s.topic_revision)) {
-    return Error{Errc::kCorrupt, "unreadable partition state '" + std::string(text) + "'"};
-  }
+  if (auto topic = f.find("topic"); topic != f.end()) s.topic_id = topic->second;  // absent in states written before it
   return s;
 }
 
@@ -280,7 +299,7 @@ struct ClusterMember::Impl {
       const bool same = before != given.end() && before->second.leader == a.leader && before->second.replica &&
                         before->second.state.leader == state.leader && before->second.state.leader_epoch == state.leader_epoch &&
                         before->second.state.isr == state.isr && before->second.state.replicas == state.replicas &&
-                        before->second.state.topic_revision == state.topic_revision && before->second.leader_address == a.leader_address;
+                        before->second.state.topic_id == state.topic_id && before->second.leader_address == a.leader_address;
       if (same) continue;
       given[id] = a;
       pending.push_back(a);
@@ -351,7 +370,7 @@ struct ClusterMember::Impl {
         s.leader = s.replicas.front();
         s.leader_epoch = 1;
         s.isr = s.replicas;
-        s.topic_revision = topic.revision;
+        s.topic_id = topic.id;
         write_state(id, s, "new partition");
       }
     }
@@ -359,14 +378,14 @@ struct ClusterMember::Impl {
       // Partitions of deleted topics go, and so do those of a topic deleted and made again under
       // its name before this pass saw it gone (the new one's are assigned afresh on the next).
       auto topic = topics.find(id.topic);
-      if (topic == topics.end() || (state.topic_revision != 0 && state.topic_revision != topic->second.revision)) {
+      if (topic == topics.end() || (!state.topic_id.empty() && state.topic_id != topic->second.id)) {
         (void)store->erase(partition_key(id), state.revision, &controller_guard);
         (void)store->erase(key("reassign/" + id.topic + "/" + std::to_string(id.partition)), 0, &controller_guard);
         dirty = true;
         continue;
       }
       PartitionState next = state;
-      next.topic_revision = topic->second.revision;  // a state from before the field: stamped
+      next.topic_id = topic->second.id;  // a state from before the field: stamped
       // Dead replicas leave the in-sync set (the last one stays, so that it can come back).
       std::vector<NodeId> alive_isr;
       for (NodeId r : next.isr) {
@@ -429,7 +448,7 @@ struct ClusterMember::Impl {
         }
       }
       if (next.replicas != state.replicas || next.leader != state.leader || next.leader_epoch != state.leader_epoch || next.isr != state.isr ||
-          next.topic_revision != state.topic_revision) {
+          next.topic_id != state.topic_id) {
         write_state(id, next, why);
       }
     }
@@ -508,7 +527,9 @@ Result<void> create_cluster_topic(MetadataStore& store, std::string_view cluster
     return Error{Errc::kInvalidArgument, "a topic needs at least one partition and one replica"};
   }
   const std::string key = "/weft/" + std::string(cluster) + "/topics/" + topic.name;
-  WEFT_TRY(bool created, store.compare_and_put(key, 0, encode_topic(topic)));
+  TopicRecord record = topic;
+  if (record.id.empty()) record.id = fresh_topic_id();
+  WEFT_TRY(bool created, store.compare_and_put(key, 0, encode_topic(record)));
   if (!created) return Error{Errc::kAlreadyExists, "topic " + topic.name + " already exists"};
   return ok();
 }
@@ -532,12 +553,12 @@ Result<void> ClusterMember::delete_topic(std::string_view name) {
 }
 
 Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
-                                       const std::vector<NodeId>& based_on, std::int64_t topic_revision) {
+                                       const std::vector<NodeId>& based_on, const std::string& topic_id) {
   WEFT_TRY(std::optional<KeyValue> kv, impl_->store->get(impl_->partition_key(partition)));
   if (!kv) return false;
   WEFT_TRY(PartitionState state, decode_partition(kv->value));
   if (state.leader_epoch != epoch || state.leader != impl_->options.self.id) return false;
-  if (topic_revision != 0 && state.topic_revision != 0 && state.topic_revision != topic_revision) return false;  // the name's next topic
+  if (!topic_id.empty() && !state.topic_id.empty() && state.topic_id != topic_id) return false;  // the name's next topic
   // A proposal made against another set (the controller dropped a dead node meanwhile) is stale.
   std::vector<NodeId> held = state.isr;
   std::vector<NodeId> expected = based_on;
@@ -770,10 +791,7 @@ ClusterSnapshot parse_cluster_snapshot(std::string_view prefix, const std::vecto
       if (!parse_number(after("nodes/"), id)) continue;
       if (Result<NodeRecord> n = decode_node(id, kv.value); n.ok()) out.nodes[id] = *n;
     } else if (rest.starts_with("topics/")) {
-      if (Result<TopicRecord> t = decode_topic(after("topics/"), kv.value); t.ok()) {
-        t->revision = kv.create_revision;
-        out.topics[t->name] = *t;
-      }
+      if (Result<TopicRecord> t = decode_topic(after("topics/"), kv.value); t.ok()) out.topics[t->name] = *t;
     } else if (rest.starts_with("partitions/") || rest.starts_with("reassign/")) {
       const bool is_reassign = rest.starts_with("reassign/");
       const std::string_view path = after(is_reassign ? "reassign/" : "partitions/");

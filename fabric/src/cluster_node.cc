@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "weft/fabric/log.h"
@@ -56,10 +57,10 @@ struct ClusterNode::Impl {
   // Between the threads and for readers, under `mutex`.
   mutable std::mutex mutex;
   std::vector<Assignment> roles;  // control -> replication: roles to take
-  // An in-sync set change with the topic its leader's role is of (TopicRecord::revision).
+  // An in-sync set change with the topic its leader's role is of (TopicRecord::id).
   struct Proposal {
     IsrProposal isr;
-    std::int64_t topic_revision = 0;
+    std::string topic_id;
   };
   std::vector<Proposal> proposals;  // replication -> control: in-sync set changes to commit
   std::map<std::string, TopicRecord> topics;
@@ -114,8 +115,8 @@ struct ClusterNode::Impl {
         reachable = member->store_reachable();
         wanted.swap(proposals);
       }
-      for (const auto& [p, topic_revision] : wanted) {
-        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on, topic_revision);
+      for (const auto& [p, topic_id] : wanted) {
+        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on, topic_id);
         if (committed.ok() && *committed) {
           {
             std::lock_guard lock(mutex);
@@ -140,8 +141,9 @@ struct ClusterNode::Impl {
     }
   }
 
-  // Which topic of its name a record is (TopicConfig::cluster_topic_id of its local copies).
-  std::string topic_id_of(const TopicRecord& record) const { return options.cluster.cluster + "/" + std::to_string(record.revision); }
+  // Which topic of its name a record is (TopicConfig::cluster_topic_id of its local copies): ""
+  // for a record made before records had ids.
+  std::string topic_id_of(const TopicRecord& record) const { return record.id.empty() ? std::string() : options.cluster.cluster + "/" + record.id; }
 
   // The topic here, for a role of it: true once its copy of `record`'s topic exists; false while
   // its creation (queued here when the role arrives first), its deletion, or its replacement (the
@@ -175,8 +177,10 @@ struct ClusterNode::Impl {
       drop_roles_of(id.topic);
     }
     queue_topic_job(id.topic, [this, name = id.topic, config = *config] {
-      delete_local_copy(name, config.cluster_topic_id);
-      Result<TopicInfo> created = node.create_topic(name, config);
+      // The copy of an earlier topic goes first; while any of it stays, nothing is made in its
+      // place (its log folders would be taken up).
+      Result<TopicInfo> created = delete_local_copy(name, config.cluster_topic_id) ? node.create_topic(name, config)
+                                                                                   : Result<TopicInfo>(Error{Errc::kIo, "the earlier copy stays"});
       if (created.ok() || created.error().code == Errc::kAlreadyExists) return;
       log(LogLevel::kError, "cluster: a replica's topic could not be created here", {{"topic", name}, {"error", created.error().message}});
       std::lock_guard lock(admin_mutex);
@@ -185,15 +189,17 @@ struct ClusterNode::Impl {
     return false;
   }
 
-  // On the topics' worker: deletes the local copy of `name` unless it is of the topic `keep`
-  // (a cluster_topic_id; "": whatever it is of). Copies not marked are kept when `keep` is given.
-  void delete_local_copy(const std::string& name, const std::string& keep) {
-    if (!keep.empty()) {
+  // On the topics' worker: deletes the local copy of `name` unless it is the copy of topic
+  // `keep` (a cluster_topic_id; nullopt: whatever it is of). True when no other copy stays.
+  bool delete_local_copy(const std::string& name, const std::optional<std::string>& keep) {
+    if (keep) {
       const Result<TopicInfo> local = node.describe_topic(name);
-      if (!local.ok() || local->config.cluster_topic_id == keep || local->config.cluster_topic_id.empty()) return;
+      if (!local.ok() || local->config.cluster_topic_id == *keep) return true;
     }
-    if (Result<void> deleted = node.delete_topic(name); !deleted.ok() && deleted.error().code != Errc::kNotFound)
-      log(LogLevel::kWarn, "cluster: a deleted topic's local copy stays", {{"topic", name}, {"error", deleted.error().message}});
+    Result<void> deleted = node.delete_topic(name);
+    if (deleted.ok() || deleted.error().code == Errc::kNotFound) return true;
+    log(LogLevel::kWarn, "cluster: a deleted topic's local copy stays", {{"topic", name}, {"error", deleted.error().message}});
+    return false;
   }
 
   // The replication thread lets go of every role on `topic`'s local copy (about to go).
@@ -204,18 +210,17 @@ struct ClusterNode::Impl {
     }
   }
 
-  // At start: local copies of this cluster's topics that the cluster no longer has (deleted while
-  // this node was down, or crashed before it removed them) go, as no role of them will come.
-  void remove_copies_of_deleted_topics(const std::map<std::string, TopicRecord>& records) {
+  // At start: local copies of this cluster's topics that the store does not have are named in
+  // the log and kept. The topic may have been deleted while this node was down (or crashed before
+  // it removed its copy); but a store restored from an old backup, or started empty, lacks topics
+  // that were never deleted, and deleting every copy of them would lose them for good.
+  void report_copies_the_store_lacks(const std::map<std::string, TopicRecord>& records) {
     const std::string ours = options.cluster.cluster + "/";
     for (const std::string& name : node.list_topics()) {
       const Result<TopicInfo> local = node.describe_topic(name);
-      if (!local.ok() || !local->config.cluster_topic_id.starts_with(ours)) continue;
-      auto record = records.find(name);
-      const std::string keep = record == records.end() ? std::string() : topic_id_of(record->second);
-      if (keep == local->config.cluster_topic_id) continue;
-      log(LogLevel::kInfo, "cluster: the local copy of a deleted topic is removed", {{"topic", name}, {"copy_of", local->config.cluster_topic_id}});
-      queue_topic_job(name, [this, name, keep] { delete_local_copy(name, keep); });
+      if (!local.ok() || !local->config.cluster_topic_id.starts_with(ours) || records.contains(name)) continue;
+      log(LogLevel::kWarn, "cluster: a local copy of a topic the cluster does not have is kept; delete its files once the topic is gone for good",
+          {{"topic", name}, {"copy_of", local->config.cluster_topic_id}});
     }
   }
 
@@ -249,9 +254,11 @@ struct ClusterNode::Impl {
       // made again under the name that this node does not replicate), so a topic made again
       // under the name starts empty.
       const bool any_left = std::any_of(taken.begin(), taken.end(), [&](const auto& t) { return t.first.topic == id.topic; });
-      const std::string keep = record == records.end() ? std::string() : topic_id_of(record->second);
-      if (!any_left && (record == records.end() || (!role_of.empty() && role_of != keep))) {
-        queue_topic_job(id.topic, [this, name = id.topic, keep] { delete_local_copy(name, keep); });
+      if (record == records.end() && !any_left) {
+        queue_topic_job(id.topic, [this, name = id.topic] { delete_local_copy(name, std::nullopt); });
+      } else if (!any_left && !role_of.empty() && role_of != topic_id_of(record->second)) {
+        // Its last role was of an earlier topic of the name, which this node does not replicate.
+        queue_topic_job(id.topic, [this, name = id.topic, keep = topic_id_of(record->second)] { delete_local_copy(name, keep); });
       }
       return;
     }
@@ -260,8 +267,12 @@ struct ClusterNode::Impl {
       return;
     }
     // A state of a topic deleted and made again under the name, which the controller is
-    // removing: the new topic's own assignment follows.
-    if (a.state.topic_revision != 0 && a.state.topic_revision != record->second.revision) return;
+    // removing: the new topic's own assignment follows. Whatever role the old topic has here
+    // stops taking writes now (the copy will be replaced).
+    if (!a.state.topic_id.empty() && a.state.topic_id != record->second.id) {
+      drop_roles_of(id.topic);
+      return;
+    }
     const std::string topic_id = topic_id_of(record->second);
     if (auto held = taken.find(id); held != taken.end() && held->second.topic_id != topic_id) drop_roles_of(id.topic);
     if (!ensure_local_topic(id, record->second)) {
@@ -346,8 +357,7 @@ struct ClusterNode::Impl {
       std::vector<Proposal> wanted;
       for (IsrProposal& p : replicator->take_isr_proposals()) {
         auto role = taken.find(p.partition);
-        const std::int64_t topic_revision = role == taken.end() ? 0 : role->second.assignment.state.topic_revision;
-        wanted.push_back(Proposal{std::move(p), topic_revision});
+        wanted.push_back(Proposal{std::move(p), role == taken.end() ? std::string() : role->second.assignment.state.topic_id});
       }
       const auto now = std::chrono::steady_clock::now();
       std::vector<ReplicaStatus> fresh;
@@ -416,7 +426,7 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   node.set_replication_event(impl->wake.get());
   impl->replicator->set_wake_fd(impl->wake.get());
   impl->topics_worker = std::make_unique<SerialWorker>("weft-cl-topics", impl->wake.get());
-  impl->remove_copies_of_deleted_topics(impl->member->topics());
+  impl->report_copies_the_store_lacks(impl->member->topics());
   Impl* raw = impl.get();
   // Local producers ask where a partition takes records: here when this node leads it, else at
   // the leader's Kafka listener (the client library re-routes there).
@@ -424,6 +434,8 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
     std::lock_guard lock(raw->mutex);
     auto s = raw->partitions.find(PartitionId{std::string(topic), partition});
     if (s == raw->partitions.end()) return PartitionRoute{};  // a topic of this node alone
+    if (auto t = raw->topics.find(std::string(topic)); !s->second.topic_id.empty() && (t == raw->topics.end() || t->second.id != s->second.topic_id))
+      return Error{Errc::kUnavailable, "topic '" + std::string(topic) + "' was deleted (and maybe made again): its partitions are being assigned"};
     PartitionRoute route;
     route.leader = s->second.leader;
     route.leader_epoch = s->second.leader_epoch;

@@ -566,17 +566,18 @@ Result<void> Node::delete_topic(std::string_view name) {
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
-  // The logs first, then the topic's file: a crash between leaves a topic that comes back empty,
-  // never a log folder without a topic, whose records a topic made again under the name would take up.
+  // The logs first, then the topic's file, kept when a log could not be removed: a log folder
+  // left without its topic would be taken up, records and all, by a topic made again under the
+  // name (a crash between the two brings the topic back instead, empty or with what stayed).
   Result<void> removed;
   for (const auto& p : topic->partitions) {
     std::lock_guard partition_guard(p->log_mutex);  // a follower's write-through may be under way
     if (p->log)
       if (Result<void> r = p->log->remove(); !r.ok() && removed.ok()) removed = r;
   }
-  if (!options_.metadata_dir.empty()) {
+  if (!options_.metadata_dir.empty() && removed.ok()) {
     const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT && removed.ok()) removed = os_error(Errc::kIo, "removing " + path, errno);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
   }
   // A topic created again under the name starts with no group positions, as in Kafka.
   if (state_->offsets)

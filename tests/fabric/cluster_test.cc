@@ -120,18 +120,17 @@ TEST(ClusterRecords, RoundTripAndRefuseGarbage) {
   EXPECT_TRUE(back->draining);
   EXPECT_FALSE(decode_node(4, "kafka=x").ok());
 
-  PartitionState s{{3, 1, 2}, 1, 7, {1, 3}, 0, 42};
+  PartitionState s{{3, 1, 2}, 1, 7, {1, 3}, 0, "0123456789abcdef0123456789abcdef"};
   Result<PartitionState> state = decode_partition(encode_partition(s));
   ASSERT_TRUE(state.ok());
   EXPECT_EQ(state->replicas, s.replicas);
   EXPECT_EQ(state->leader, 1);
   EXPECT_EQ(state->leader_epoch, 7);
   EXPECT_EQ(state->isr, s.isr);
-  EXPECT_EQ(state->topic_revision, 42);
-  // A state written before the topic's revision was recorded reads as 0 (taken as the current one).
-  EXPECT_EQ(decode_partition("replicas=1 leader=1 epoch=1 isr=1").value().topic_revision, 0);
-  for (const char* bad : {"", "replicas= leader=1 epoch=1 isr=1", "replicas=1,x leader=1 epoch=1 isr=1", "replicas=1 leader=one epoch=1 isr=1",
-                          "replicas=1 leader=1 epoch=1 isr=1 topic=x"}) {
+  EXPECT_EQ(state->topic_id, s.topic_id);
+  // A state written before the topic's id was recorded reads as "" (taken as the current topic's).
+  EXPECT_EQ(decode_partition("replicas=1 leader=1 epoch=1 isr=1").value().topic_id, "");
+  for (const char* bad : {"", "replicas= leader=1 epoch=1 isr=1", "replicas=1,x leader=1 epoch=1 isr=1", "replicas=1 leader=one epoch=1 isr=1"}) {
     EXPECT_FALSE(decode_partition(bad).ok()) << bad;
   }
 
@@ -141,6 +140,9 @@ TEST(ClusterRecords, RoundTripAndRefuseGarbage) {
   EXPECT_EQ(topic->partitions, 12u);
   EXPECT_EQ(topic->replication_factor, 3u);
   EXPECT_EQ(topic->config, t.config);
+  EXPECT_EQ(topic->id, "");  // a record made before records had ids
+  t.id = "00112233445566778899aabbccddeeff";
+  EXPECT_EQ(decode_topic("clicks", encode_topic(t)).value().id, t.id);
   EXPECT_FALSE(decode_topic("clicks", "partitions=0 replication=1").ok());
 }
 
@@ -416,9 +418,9 @@ TEST_F(ClusterTest, ATopicMadeAgainUnderItsNameGetsPartitionsOfItsOwn) {
   const PartitionId p{"t", 0};
   ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
   const PartitionState old = members_[0]->partitions().at(p);
-  const std::int64_t old_topic = members_[0]->topics().at("t").revision;
-  EXPECT_NE(old_topic, 0);
-  EXPECT_EQ(old.topic_revision, old_topic);
+  const std::string old_topic = members_[0]->topics().at("t").id;
+  EXPECT_EQ(old_topic.size(), 32u);
+  EXPECT_EQ(old.topic_id, old_topic);
   ClusterMember& leader = old.leader == 1 ? *members_[0] : *members_[1];
   (void)leader.take_assignments();
   // When it is deleted and made again before any member (the controller too) ran in between
@@ -429,18 +431,20 @@ TEST_F(ClusterTest, ATopicMadeAgainUnderItsNameGetsPartitionsOfItsOwn) {
   ASSERT_TRUE(run_until([&] {
     auto now = members_[0]->partitions();
     auto topic = members_[0]->topics();
-    return now.contains(p) && topic.contains("t") && topic.at("t").revision != old_topic && now.at(p).topic_revision == topic.at("t").revision;
+    return now.contains(p) && topic.contains("t") && topic.at("t").id != old_topic && now.at(p).topic_id == topic.at("t").id;
   })) << "the deleted topic's partition state was kept for the new one";
   const PartitionState fresh = members_[0]->partitions().at(p);
   EXPECT_EQ(fresh.leader_epoch, 1);
   std::vector<Assignment> roles;
   ASSERT_TRUE(run_until([&] {
     for (Assignment& a : leader.take_assignments()) roles.push_back(std::move(a));
-    return !roles.empty() && roles.back().replica && roles.back().state.topic_revision == fresh.topic_revision;
+    return !roles.empty() && roles.back().replica && roles.back().state.topic_id == fresh.topic_id;
   }, 3'000)) << "no role of the new topic was handed out";
-  // And a leader of the old topic at the same epoch unable to change its in-sync set
-  EXPECT_FALSE(members_[0]->commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, old_topic).value());
-  EXPECT_FALSE(members_[1]->commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, old_topic).value());
+  // And a leader of the old topic at the same epoch unable to change its in-sync set, where the
+  // new topic's leader can
+  ClusterMember& new_leader = fresh.leader == 1 ? *members_[0] : *members_[1];
+  EXPECT_FALSE(new_leader.commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, old_topic).value()) << "an old topic's leader changed the new one's set";
+  EXPECT_TRUE(new_leader.commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, fresh.topic_id).value());
 }
 
 TEST_F(ClusterTest, DeletingATopicRemovesItsPartitionsAndRoles) {

@@ -6,9 +6,9 @@
 // Keys, under /weft/<cluster>/ (values are one line of `key=value` fields separated by spaces):
 //   nodes/<id>                  a live node (leased): replication=, kafka=, rack=, draining=, metrics=
 //   controller                  the controller's node id (leased)
-//   topics/<name>               partitions=, replication=, config= (the topic's settings)
-//   partitions/<topic>/<index>  replicas=, leader=, epoch=, isr=, topic= (the topic's create
-//                               revision, see TopicRecord::revision): written by the controller, and
+//   topics/<name>               partitions=, replication=, config= (the topic's settings), id=
+//   partitions/<topic>/<index>  replicas=, leader=, epoch=, isr=, topic= (TopicRecord::id):
+//                               written by the controller, and
 //                               by the leader for in-sync set changes (compare-and-swap on the
 //                               key's revision, so neither overwrites the other unseen)
 //   reassign/<topic>/<index>    replicas=: a reassignment the controller carries out
@@ -46,9 +46,10 @@ struct TopicRecord {
   std::uint32_t partitions = 1;
   std::uint32_t replication_factor = 1;
   std::string config;  // the topic's settings as `key=value,key=value` (set_topic_config names)
-  // The store's create revision of the topic's key (read, never written): a topic deleted and
-  // made again under its name gets a new one, so nothing of the one before is taken for it.
-  std::int64_t revision = 0;
+  // Which topic of the name it is (Kafka's topic id): 32 random hex digits given when it is made
+  // (create_cluster_topic), so nothing of a topic deleted before under the name is taken for it.
+  // It moves with the record (a store copied elsewhere keeps it). "" in records made before.
+  std::string id{};
 };
 
 struct PartitionState {
@@ -57,9 +58,9 @@ struct PartitionState {
   std::int32_t leader_epoch = 0;
   std::vector<NodeId> isr;
   std::int64_t revision = 0;  // the store's mod revision of this state (compare-and-swap)
-  // The TopicRecord::revision of the topic this partition belongs to; 0 in states written before
-  // it was recorded (taken as the topic's current one).
-  std::int64_t topic_revision = 0;
+  // The TopicRecord::id of the topic this partition belongs to; "" in states written before it
+  // was recorded (taken as the current topic's, and stamped with it).
+  std::string topic_id{};
 };
 
 // The one-line forms stored under the keys above.
@@ -82,7 +83,8 @@ Result<std::vector<std::vector<NodeId>>> assign_replicas(const std::vector<NodeR
 NodeId choose_leader(const PartitionState& state, const std::map<NodeId, NodeRecord>& live, NodeId avoid = -1);
 
 // Topic records written straight to the store (any member, the CLI): the controller assigns
-// the partitions. kAlreadyExists / kNotFound as the topic is or is not there.
+// the partitions. kAlreadyExists / kNotFound as the topic is or is not there. A record without
+// an id is given a fresh one.
 Result<void> create_cluster_topic(MetadataStore& store, std::string_view cluster, const TopicRecord& topic);
 Result<void> delete_cluster_topic(MetadataStore& store, std::string_view cluster, std::string_view name);
 
@@ -162,10 +164,10 @@ class ClusterMember {
   // concurrent change): the leader re-reads and proposes again if it still wants it.
   // `based_on`: the set the proposal changed; a metadata set that differs means the proposal is
   // stale (false). Empty: not checked.
-  // `topic_revision`: the TopicRecord::revision the leader's role is of (0: not checked), so a
-  // leader of a deleted topic never changes the set of a topic made again under its name.
+  // `topic_id`: the TopicRecord::id the leader's role is of ("": not checked), so a leader of a
+  // deleted topic never changes the set of a topic made again under its name.
   Result<bool> commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
-                          const std::vector<NodeId>& based_on = {}, std::int64_t topic_revision = 0);
+                          const std::vector<NodeId>& based_on = {}, const std::string& topic_id = {});
   Result<void> reassign(const PartitionId& partition, const std::vector<NodeId>& replicas);
   // Asks the controller to move every leadership off this node (a clean shutdown).
   Result<void> drain();
