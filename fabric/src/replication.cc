@@ -1,6 +1,7 @@
 #include "weft/fabric/replication.h"
 
 #include <poll.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <future>
 #include <map>
 
+#include "weft/fabric/hmac_sha256.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/ring.h"
@@ -79,7 +81,41 @@ enum class MessageType : std::uint8_t {
   kHighWatermark = 6,
   kOutOfRange = 7,  // leader -> follower: I no longer hold your log end; start again at my log start
   kUnfollow = 8,    // follower -> leader: stop pushing this stream
+  // The handshake that opens every link (ReplicationOptions::secret), before anything else:
+  kChallenge = 9,  // leader -> follower, on accepting: a nonce
+  kHello = 10,     // follower -> leader: its node id, a nonce, proof over both nonces and its id
+  kWelcome = 11,   // leader -> follower: the leader's id and its proof over both nonces
 };
+
+using Nonce = std::array<std::byte, 16>;
+
+Nonce fresh_nonce() {
+  Nonce n{};
+  if (::getrandom(n.data(), n.size(), 0) != static_cast<ssize_t>(n.size())) {
+    // No entropy source answered (it always does on Linux once booted): still never a constant.
+    const std::int64_t now = monotonic_ns();
+    std::memcpy(n.data(), &now, sizeof now);
+  }
+  return n;
+}
+
+// HMAC-SHA-256 under the cluster's secret of a label and the fields, so neither side's proof can
+// be replayed as the other's (the labels differ) or on another link (the nonces do).
+Sha256Digest handshake_proof(std::string_view secret, std::string_view label, const Nonce& first, const Nonce& second, NodeId node) {
+  std::array<std::byte, 64> message{};
+  std::size_t at = 0;
+  const auto put = [&](const void* bytes, std::size_t n) {
+    std::memcpy(message.data() + at, bytes, n);
+    at += n;
+  };
+  put(label.data(), label.size());
+  put(first.data(), first.size());
+  put(second.data(), second.size());
+  put(&node, sizeof node);
+  return hmac_sha256(std::as_bytes(std::span(secret.data(), secret.size())), std::span(message.data(), at));
+}
+constexpr std::string_view kHelloLabel = "weft follower";
+constexpr std::string_view kWelcomeLabel = "weft leader";
 
 // Little-endian fixed layouts, appended and read with memcpy (both ends run the same build).
 class MessageWriter {
@@ -185,6 +221,12 @@ struct Replicator::Impl {
     // link: SYNs unanswered until connect_timeout_ms) stalls no other partition's replication
     std::future<Result<std::unique_ptr<Link>>> connecting;
     std::map<std::uint16_t, LeaderStream> streams;  // incoming: the followers' streams
+    // The handshake: nothing but its messages crosses the link until it is done.
+    bool authenticated = false;
+    Nonce nonce{};       // ours: the leader's challenge, or the follower's hello
+    Nonce peer_nonce{};  // outgoing: the leader's challenge, for its welcome's proof
+    std::int64_t handshake_deadline_ms = 0;
+    NodeId peer = -1;  // incoming: the node the follower proved to be
     // Writes posted and not yet completed, in posting order (a link completes them in order):
     // their stream and buffer, which must live until the link is done reading it.
     struct InFlight {
@@ -305,6 +347,12 @@ struct Replicator::Impl {
     const PartitionId partition{r.get_string(), partition_index};
     if (r.failed()) {
       log(LogLevel::kWarn, "replication: a malformed follow request; the link is closed", {{"peer", c.link->peer_address()}});
+      c.link->close();
+      return;
+    }
+    if (follower != c.peer) {
+      log(LogLevel::kWarn, "replication: a follow request for another node than the link's; the link is closed",
+          {{"peer", c.link->peer_address()}, {"proved", std::to_string(c.peer)}, {"claimed", std::to_string(follower)}});
       c.link->close();
       return;
     }
@@ -760,11 +808,13 @@ struct Replicator::Impl {
       case LinkCompletion::Kind::kSendDone:
         return;
       case LinkCompletion::Kind::kWriteReceived:
+        if (!c.authenticated) return handshake_failed(c, "a write before the handshake");
         on_write_received(c, done);
         return;
       case LinkCompletion::Kind::kMessageReceived: {
         MessageReader r(done.message);
         const auto type = static_cast<MessageType>(r.get<std::uint8_t>());
+        if (!c.authenticated) return on_handshake_message(c, type, r);
         if (type == MessageType::kFollow) {
           on_follow(c, r);
         } else if (type == MessageType::kProgress) {
@@ -783,6 +833,66 @@ struct Replicator::Impl {
     }
   }
 
+  // -- the handshake --
+
+  // Leader: a link just accepted is challenged at once.
+  void challenge(Connection& c) {
+    c.nonce = fresh_nonce();
+    c.handshake_deadline_ms = now_ms() + options.handshake_timeout_ms;
+    MessageWriter m;
+    m.put(static_cast<std::uint8_t>(MessageType::kChallenge)).put(c.nonce);
+    if (!send(c, m)) handshake_failed(c, "the challenge could not be sent");
+  }
+
+  void on_handshake_message(Connection& c, MessageType type, MessageReader& r) {
+    if (!c.outgoing && type == MessageType::kHello) {
+      const auto node = r.get<NodeId>();
+      const auto nonce = r.get<Nonce>();
+      const auto proof = r.get<Sha256Digest>();
+      if (r.failed()) return handshake_failed(c, "a hello cut short");
+      if (!same_digest(proof, handshake_proof(options.secret, kHelloLabel, c.nonce, nonce, node)))
+        return handshake_failed(c, "node " + std::to_string(node) + " did not prove it knows the cluster's replication secret (do both nodes have the same one?)");
+      c.authenticated = true;
+      c.peer = node;
+      MessageWriter m;
+      m.put(static_cast<std::uint8_t>(MessageType::kWelcome)).put(self).put(handshake_proof(options.secret, kWelcomeLabel, nonce, c.nonce, self));
+      if (!send(c, m)) handshake_failed(c, "the welcome could not be sent");
+      return;
+    }
+    if (c.outgoing && type == MessageType::kChallenge) {
+      c.peer_nonce = r.get<Nonce>();
+      if (r.failed()) return handshake_failed(c, "a challenge cut short");
+      c.nonce = fresh_nonce();
+      MessageWriter m;
+      m.put(static_cast<std::uint8_t>(MessageType::kHello)).put(self).put(c.nonce).put(handshake_proof(options.secret, kHelloLabel, c.peer_nonce, c.nonce, self));
+      if (!send(c, m)) handshake_failed(c, "the hello could not be sent");
+      return;
+    }
+    if (c.outgoing && type == MessageType::kWelcome) {
+      const auto leader = r.get<NodeId>();
+      const auto proof = r.get<Sha256Digest>();
+      if (r.failed()) return handshake_failed(c, "a welcome cut short");
+      if (!same_digest(proof, handshake_proof(options.secret, kWelcomeLabel, c.nonce, c.peer_nonce, leader)))
+        return handshake_failed(c, "the leader did not prove it knows the cluster's replication secret (do both nodes have the same one?)");
+      c.authenticated = true;  // the partitions followed through it send their follows next round
+      return;
+    }
+    handshake_failed(c, "message " + std::to_string(static_cast<int>(type)) + " before the handshake");
+  }
+
+  // Ends a link whose handshake failed or timed out; a follower's partitions through it say why.
+  void handshake_failed(Connection& c, const std::string& why) {
+    if (std::uint64_t held_back = 0; refusal_logs.allow(now_ms(), held_back)) {
+      log(LogLevel::kWarn, "replication: a link's handshake failed; it is closed",
+          {{"peer", c.link != nullptr ? c.link->peer_address() : c.address}, {"why", why}, {"not_logged_before", std::to_string(held_back)}});
+    }
+    if (c.outgoing) {
+      for (auto& [partition, f] : followed)
+        if (f.address == c.address) f.why = "the handshake with the leader failed: " + why;
+    }
+    if (c.link != nullptr) c.link->close();
+  }
+
   void on_link_gone(Connection& c) {
     for (auto& [partition, l] : led) {
       for (auto& [id, f] : l.followers) {
@@ -797,7 +907,11 @@ struct Replicator::Impl {
           {{"leader", c.address}, {"error", c.link != nullptr ? c.link->error().message : ""}});
       c.retry_at_ms = now_ms() + options.retry_backoff_ms;
       for (auto& [partition, f] : followed) {
-        if (f.address == c.address && f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
+        if (f.address != c.address) continue;
+        if (f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
+        // A leader ends a link whose hello it could not verify, and says nothing to a peer it
+        // does not trust.
+        if (!c.authenticated && f.why.empty()) f.why = "the leader ended the link during the handshake (is this node's replication secret the leader's?)";
       }
     }
   }
@@ -849,6 +963,8 @@ struct Replicator::Impl {
         if (link.ok()) {
           c->link = std::move(link.value());
           c->poll_due = true;
+          c->authenticated = false;  // the leader's challenge comes first
+          c->handshake_deadline_ms = now + options.handshake_timeout_ms;
           for (auto& [partition, f] : followed) {
             if (f.address == address_ && f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
           }
@@ -862,9 +978,11 @@ struct Replicator::Impl {
         }
       }
     }
+    for (auto& [address_, c] : outgoing)
+      if (c->up() && !c->authenticated && now > c->handshake_deadline_ms) handshake_failed(*c, "the leader's handshake did not end in time");
     for (auto& [partition, f] : followed) {
       auto c = outgoing.find(f.address);
-      if (c == outgoing.end() || !c->second->up()) continue;
+      if (c == outgoing.end() || !c->second->up() || !c->second->authenticated) continue;
       if (f.state == FollowState::kBackoff && now >= f.retry_at_ms) f.state = FollowState::kNeedFollow;
       if (f.state == FollowState::kNeedFollow) {
         send_follow(*c->second, f, partition);
@@ -924,9 +1042,12 @@ struct Replicator::Impl {
       }
       auto c = std::make_unique<Connection>();
       c->link = std::move(link.value());
+      challenge(*c);
       incoming.push_back(std::move(c));
       any = true;
     }
+    for (auto& c : incoming)
+      if (c->up() && !c->authenticated && now > c->handshake_deadline_ms) handshake_failed(*c, "no answer to the challenge in time");
     return any;
   }
 

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "memory_replica_log.h"
+#include "weft/fabric/hmac_sha256.h"
 #include "weft/transport/loopback.h"
 #include "weft/transport/tcp.h"
 
@@ -360,15 +361,66 @@ std::vector<std::byte> message(const T&... fields) {
   return out;
 }
 
+// The handshake that opens every link, by hand: the proofs are HMAC-SHA-256 under the secret of
+// a label, the two nonces and a node id.
+using Nonce = std::array<std::byte, 16>;
+constexpr std::uint8_t kChallenge = 9, kHello = 10, kWelcome = 11;
+Sha256Digest proof(std::string_view secret, std::string_view label, const Nonce& first, const Nonce& second, NodeId node) {
+  std::vector<std::byte> text(reinterpret_cast<const std::byte*>(label.data()), reinterpret_cast<const std::byte*>(label.data()) + label.size());
+  const std::vector<std::byte> rest = message(first, second, node);
+  text.insert(text.end(), rest.begin(), rest.end());
+  return hmac_sha256(std::as_bytes(std::span(secret.data(), secret.size())), text);
+}
+Nonce nonce_of(std::uint8_t fill) {
+  Nonce n;
+  n.fill(std::byte{fill});
+  return n;
+}
+
+// Polls `link` (running `others` meanwhile) until a message of `type` comes; its bytes, or
+// nothing when the link ended or 5 s passed.
+std::optional<std::vector<std::byte>> await_message(Link& link, std::uint8_t type, const std::function<void()>& others) {
+  std::array<LinkCompletion, 64> batch;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < deadline) {
+    others();
+    for (std::size_t n = link.poll(batch), i = 0; i < n; ++i) {
+      if (batch[i].kind == LinkCompletion::Kind::kPeerGone) return std::nullopt;
+      if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && !batch[i].message.empty() && batch[i].message[0] == std::byte{type})
+        return std::vector<std::byte>(batch[i].message.begin(), batch[i].message.end());
+    }
+  }
+  return std::nullopt;
+}
+
+// As follower `self` on a link it opened to a replicator: answers its challenge, checks its
+// welcome. True once it is done.
+bool handshake_as_follower(Link& link, NodeId self, std::string_view secret, const std::function<void()>& run_leader) {
+  const std::optional<std::vector<std::byte>> challenge = await_message(link, kChallenge, run_leader);
+  if (!challenge || challenge->size() != 1 + sizeof(Nonce)) return false;
+  Nonce leader_nonce;
+  std::memcpy(leader_nonce.data(), challenge->data() + 1, leader_nonce.size());
+  const Nonce mine = nonce_of(0x5a);
+  if (link.post_send(message(kHello, self, mine, proof(secret, "weft follower", leader_nonce, mine, self)), 0) != PostStatus::kOk) return false;
+  const std::optional<std::vector<std::byte>> welcome = await_message(link, kWelcome, run_leader);
+  if (!welcome || welcome->size() != 1 + sizeof(NodeId) + sizeof(Sha256Digest)) return false;
+  NodeId leader = -1;
+  Sha256Digest given;
+  std::memcpy(&leader, welcome->data() + 1, sizeof leader);
+  std::memcpy(given.data(), welcome->data() + 1 + sizeof leader, given.size());
+  return same_digest(given, proof(secret, "weft leader", mine, leader_nonce, leader));
+}
+
 TEST_P(ReplicationTest, AFollowerCanNeitherPileUpStreamsNorClaimMoreThanItWasSent) {
   // Given a leader of kP for replicas 1 and 2, with more in its log than one landing region holds
   ReplicationOptions options = small_options();
   Replicator& leader = start(1, options);
   ASSERT_TRUE(leader.lead(kP, &logs_[0], 1, {1, 2}, {1, 2}).ok());
   for (int i = 0; i < 40; ++i) logs_[0].produce(50, 1);  // ~200 KiB
-  // and a peer calling itself node 2, over a link of its own, with a region of one write
+  // and a peer that proved to be node 2, over a link of its own, with a region of one write
   auto link = transport_->connect(leader.address(), 2'000);
   ASSERT_TRUE(link.ok()) << link.error().message;
+  ASSERT_TRUE(handshake_as_follower(**link, 2, options.secret, [&] { leader.run_once(0); }));
   std::vector<std::byte> landing(options.max_write_bytes);
   auto region = transport_->register_region(landing);
   ASSERT_TRUE(region.ok());
@@ -419,11 +471,19 @@ TEST_P(ReplicationTest, AFollowerTakesALeadersTruncationOnlyWholeAndInAnswerToIt
   std::array<LinkCompletion, 64> batch;
   std::optional<std::uint16_t> stream;
   ASSERT_TRUE(run_until([&] {
-    if (leader == nullptr) {
-      auto accepted = listener->accept();
-      if (accepted.ok()) leader = std::move(accepted.value());
-      return false;
-    }
+    auto accepted = listener->accept();
+    if (accepted.ok()) leader = std::move(accepted.value());
+    return leader != nullptr;
+  }));
+  // (the handshake, as a leader: challenge, hello, welcome)
+  const Nonce challenge = nonce_of(0xc3);
+  ASSERT_EQ(leader->post_send(message(kChallenge, challenge), 0), PostStatus::kOk);
+  const std::optional<std::vector<std::byte>> hello = await_message(*leader, kHello, [&] { follower.run_once(0); });
+  ASSERT_TRUE(hello.has_value() && hello->size() == 1 + sizeof(NodeId) + sizeof(Nonce) + sizeof(Sha256Digest));
+  Nonce follower_nonce;
+  std::memcpy(follower_nonce.data(), hello->data() + 1 + sizeof(NodeId), follower_nonce.size());
+  ASSERT_EQ(leader->post_send(message(kWelcome, NodeId{1}, proof("", "weft leader", follower_nonce, challenge, NodeId{1})), 0), PostStatus::kOk);
+  ASSERT_TRUE(run_until([&] {
     for (std::size_t n = leader->poll(batch), i = 0; i < n; ++i) {
       if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && batch[i].message.size() >= 3 && batch[i].message[0] == std::byte{1}) {
         std::uint16_t id = 0;
@@ -491,6 +551,101 @@ TEST_P(ReplicationTest, LinksPastTheLimitAreClosedAndAPlaceIsFreedWhenOneEnds) {
   EXPECT_TRUE(!gone[4] || !gone[5]) << "neither link took the freed place";
   EXPECT_EQ(node.incoming_links(), 3u);
   for (auto& p : peers) p->close();
+}
+
+TEST_P(ReplicationTest, NodesThatShareTheSecretReplicateAndANodeWithoutItGetsNothing) {
+  // Given a leader and a follower that share the cluster's secret, and a follower with another
+  ReplicationOptions shared = small_options();
+  shared.secret = "correct horse battery staple";
+  ReplicationOptions other = shared;
+  other.secret = "correct horse battery stapler";
+  Replicator& leader = start(1, shared);
+  Replicator& good = start(2, shared);
+  Replicator& bad = start(3, other);
+  ASSERT_TRUE(leader.lead(kP, &logs_[0], 1, {1, 2, 3}, {1, 2}).ok());
+  for (int i = 0; i < 5; ++i) logs_[0].produce(10, 1);
+  ASSERT_TRUE(good.follow(kP, &logs_[1], 1, 1, leader.address()).ok());
+  ASSERT_TRUE(bad.follow(kP, &logs_[2], 1, 1, leader.address()).ok());
+  // Expect the first to copy the log, and the second to get nothing, its status saying why
+  ASSERT_TRUE(run_until([&] { return same_log(logs_[0], logs_[1]); }));
+  std::string state;
+  EXPECT_TRUE(run_until([&] {
+    for (const ReplicaStatus& r : bad.status())
+      if (r.partition == kP) state = r.state;
+    return state.find("handshake") != std::string::npos;
+  }, {}, 5'000)) << "the refused follower's state: " << state;
+  EXPECT_EQ(logs_[2].log_end(), Offset{0});
+}
+
+// Polls a hand-made peer's link until the replicator ends it: true; false if it was sent records
+// or accepted (a write, or message 3), or 5 s passed.
+bool ended_with_nothing_sent(Link& link, const std::function<void()>& run) {
+  std::array<LinkCompletion, 64> batch;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!link.connected()) return true;  // its end was already polled (a failed handshake_as_follower)
+    run();
+    for (std::size_t n = link.poll(batch), i = 0; i < n; ++i) {
+      if (batch[i].kind == LinkCompletion::Kind::kPeerGone) return true;
+      if (batch[i].kind == LinkCompletion::Kind::kWriteReceived) return false;
+      if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && !batch[i].message.empty() && batch[i].message[0] == std::byte{3}) return false;
+    }
+  }
+  return false;
+}
+
+TEST_P(ReplicationTest, APeerThatSkipsFailsOrStallsTheHandshakeOrClaimsAnotherNodeIsClosedWithNothingSent) {
+  // Given a leader of kP for nodes 1, 2 and 3 with records in its log, and a secret
+  ReplicationOptions options = small_options();
+  options.secret = "s3cret";
+  options.handshake_timeout_ms = 300;
+  Replicator& leader = start(1, options);
+  ASSERT_TRUE(leader.lead(kP, &logs_[0], 1, {1, 2, 3}, {1}).ok());
+  for (int i = 0; i < 5; ++i) logs_[0].produce(10, 1);
+  std::vector<std::byte> landing(options.max_write_bytes);
+  auto region = transport_->register_region(landing);
+  ASSERT_TRUE(region.ok());
+  const auto follow_as = [&](NodeId node) {
+    std::vector<std::byte> follow = message(std::uint8_t{1}, std::uint16_t{1}, node, std::int32_t{1}, kP.partition, std::int64_t{0}, std::int32_t{-1},
+                                            region->descriptor, static_cast<std::uint16_t>(kP.topic.size()));
+    for (const char c : kP.topic) follow.push_back(static_cast<std::byte>(c));
+    return follow;
+  };
+  const auto run_leader = [&] { leader.run_once(0); };
+  const auto connect = [&] {
+    auto link = transport_->connect(leader.address(), 2'000);
+    EXPECT_TRUE(link.ok()) << link.error().message;
+    return link.ok() ? std::move(link.value()) : nullptr;
+  };
+  // When a peer asks to follow without the handshake
+  std::unique_ptr<Link> skipper = connect();
+  ASSERT_NE(skipper, nullptr);
+  ASSERT_EQ(skipper->post_send(follow_as(2), 0), PostStatus::kOk);
+  EXPECT_TRUE(ended_with_nothing_sent(*skipper, run_leader)) << "a follow before the handshake";
+  // When a peer answers the challenge without the secret
+  std::unique_ptr<Link> guesser = connect();
+  ASSERT_NE(guesser, nullptr);
+  EXPECT_FALSE(handshake_as_follower(*guesser, 2, "guess", run_leader));
+  EXPECT_TRUE(ended_with_nothing_sent(*guesser, run_leader)) << "a wrong proof";
+  // When a peer says nothing
+  std::unique_ptr<Link> silent = connect();
+  ASSERT_NE(silent, nullptr);
+  EXPECT_TRUE(ended_with_nothing_sent(*silent, run_leader)) << "a silent peer kept its link";
+  // When a peer proves to be node 2 and asks to follow as node 3
+  std::unique_ptr<Link> impostor = connect();
+  ASSERT_NE(impostor, nullptr);
+  ASSERT_TRUE(handshake_as_follower(*impostor, 2, options.secret, run_leader));
+  ASSERT_EQ(impostor->post_send(follow_as(3), 0), PostStatus::kOk);
+  EXPECT_TRUE(ended_with_nothing_sent(*impostor, run_leader)) << "a follow as another node";
+  // Expect every one closed with nothing sent (above), and the high watermark where it was
+  EXPECT_EQ(leader.high_watermark(kP), std::optional<Offset>(logs_[0].log_end())) << "the set is the leader alone";
+  // And a peer that proves to be node 2 and follows as node 2 to be served
+  std::unique_ptr<Link> honest = connect();
+  ASSERT_NE(honest, nullptr);
+  ASSERT_TRUE(handshake_as_follower(*honest, 2, options.secret, run_leader));
+  ASSERT_EQ(honest->post_send(follow_as(2), 0), PostStatus::kOk);
+  EXPECT_TRUE(await_message(*honest, 3, run_leader).has_value()) << "the honest follower was not accepted";
+  for (Link* l : {skipper.get(), guesser.get(), silent.get(), impostor.get(), honest.get()}) l->close();
 }
 
 TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -81,11 +82,18 @@ class KafkaCluster : public ::testing::Test {
     Node& n = nodes_[id - 1];
     n.log_path = dir_.path() + "/node" + std::to_string(id) + "." + std::to_string(++n.starts) + ".log";
     const std::string prefix = dir_.path() + "/node" + std::to_string(id);
+    // The nodes share a replication secret, so every link here begins with the handshake.
+    const std::string secret = dir_.path() + "/replication.secret";
+    if (!std::filesystem::exists(secret)) {
+      std::ofstream(secret) << "the test cluster's secret\n";
+      std::filesystem::permissions(secret, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    }
     n.process = std::make_unique<Background>(
         std::vector<std::string>{WEFTD_PATH, "--node-id", std::to_string(id), "--etcd", etcd_.endpoint(), "--data-dir", prefix + ".data",
                                  "--socket", prefix + ".sock", "--kafka-listen", "127.0.0.1:" + std::to_string(n.kafka_port),
                                  "--metrics-listen", "127.0.0.1:" + std::to_string(n.metrics_port),
-                                 "--replication-listen", "127.0.0.1:" + std::to_string(n.replication_port), "--default-replication-factor", "3", "--lease-ttl-s", "1", "--kafka-initial-rebalance-delay-ms", "0",
+                                 "--replication-listen", "127.0.0.1:" + std::to_string(n.replication_port), "--replication-secret-file", secret,
+                                 "--default-replication-factor", "3", "--lease-ttl-s", "1", "--kafka-initial-rebalance-delay-ms", "0",
                                  "--log-level", "info"},
         n.log_path);
     const auto deadline = Clock::now() + std::chrono::seconds(20);

@@ -310,6 +310,33 @@ TEST_F(Cli, DaemonReadsTomlAndFlagsWin) {
   EXPECT_NE(hugetlbfs.err.find("hugetlbfs_dir: weftd cannot serve rings from hugetlbfs files"), std::string::npos) << hugetlbfs.err;
 }
 
+TEST_F(Cli, DaemonRefusesAReplicationSecretOthersMayReadOrAnEmptyOne) {
+  // Refused before the node contacts etcd (none listens at this endpoint).
+  const std::vector<std::string> cluster = {WEFTD_PATH, "--socket", dir_ + "/c.sock", "--data-dir", dir_ + "/c", "--node-id", "1",
+                                            "--etcd", "http://127.0.0.1:9", "--kafka-listen", "127.0.0.1:0", "--metrics-listen", "off"};
+  const auto with_secret = [&](const std::string& text, std::filesystem::perms mode) {
+    const std::string path = dir_ + "/secret";
+    std::filesystem::remove(path);
+    std::ofstream(path) << text;
+    std::filesystem::permissions(path, mode);
+    std::vector<std::string> args = cluster;
+    args.insert(args.end(), {"--replication-secret-file", path});
+    return run(args, {}, 5000);
+  };
+  using std::filesystem::perms;
+  Output readable = with_secret("s3cret\n", perms::owner_read | perms::owner_write | perms::group_read | perms::others_read);
+  EXPECT_EQ(readable.exit_code, 1);
+  EXPECT_NE(readable.err.find("may be read by other users: chmod 600 it"), std::string::npos) << readable.err;
+  Output empty = with_secret("\n", perms::owner_read | perms::owner_write);
+  EXPECT_EQ(empty.exit_code, 1);
+  EXPECT_NE(empty.err.find("is empty"), std::string::npos) << empty.err;
+  std::vector<std::string> missing = cluster;
+  missing.insert(missing.end(), {"--replication-secret-file", dir_ + "/no-such-file"});
+  Output absent = run(missing, {}, 5000);
+  EXPECT_EQ(absent.exit_code, 1);
+  EXPECT_NE(absent.err.find("no-such-file"), std::string::npos) << absent.err;
+}
+
 TEST_F(Cli, TheExampleConfigIsAcceptedAsItStands) {
   // Only the paths change (the example's are system paths); every other key is read from it.
   start_node({"--config", WEFTD_EXAMPLE_CONFIG});

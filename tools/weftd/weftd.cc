@@ -77,6 +77,7 @@ struct Settings {
   std::string cluster = "weft";                      // several clusters may share one etcd
   std::string rack;
   std::string replication_listen = "127.0.0.1:0";    // followers' links; port 0: any (published in etcd)
+  std::string replication_secret_file;               // the cluster's shared secret (ReplicationOptions::secret); "": none
   std::int64_t default_replication_factor = 1;       // Kafka's default.replication.factor
   std::int64_t replica_lag_max_ms = 10'000;          // Kafka's replica.lag.time.max.ms
   std::int64_t drain_timeout_ms = 10'000;            // SIGTERM: how long leadership may take to move
@@ -182,6 +183,7 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "cluster") r = want_string(s.cluster);
     else if (k == "rack") r = want_string(s.rack);
     else if (k == "replication_listen") r = want_string(s.replication_listen);
+    else if (k == "replication_secret_file") r = want_string(s.replication_secret_file);
     else if (k == "default_replication_factor") r = want_int(s.default_replication_factor);
     else if (k == "replica_lag_max_ms") r = want_int(s.replica_lag_max_ms);
     else if (k == "drain_timeout_ms") r = want_int(s.drain_timeout_ms);
@@ -192,6 +194,20 @@ Result<void> load_config(const std::string& path, Settings& s) {
     WEFT_TRY_VOID(r);
   }
   return ok();
+}
+
+// The cluster's replication secret from its file: refused when others may read the file (a
+// secret in a world-readable file proves nothing), or it is empty or larger than 4 KiB. A final
+// line break is not part of it (`echo ... > file`).
+Result<std::string> read_replication_secret(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return Error{Errc::kInvalidArgument, "replication_secret_file " + path + ": " + std::strerror(errno)};
+  if ((st.st_mode & 077) != 0)
+    return Error{Errc::kInvalidArgument, "replication_secret_file " + path + " may be read by other users: chmod 600 it"};
+  WEFT_TRY(std::string secret, read_small_file(path, 4096));
+  while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
+  if (secret.empty()) return Error{Errc::kInvalidArgument, "replication_secret_file " + path + " is empty"};
+  return secret;
 }
 
 Result<void> make_directories(const std::string& dir) {
@@ -252,6 +268,9 @@ int main(int argc, char** argv) {
   app.add_option("--cluster", flags.cluster, "cluster name: the key prefix in etcd, default weft (cluster)");
   app.add_option("--rack", flags.rack, "this node's rack: a partition's replicas spread over racks first (rack)");
   app.add_option("--replication-listen", flags.replication_listen, "HOST:PORT other nodes replicate from; port 0: any, published in etcd (replication_listen)");
+  app.add_option("--replication-secret-file", flags.replication_secret_file,
+                 "a file (mode 0600 or stricter) holding the secret every node of the cluster shares: a link to the replication port "
+                 "carries nothing until its peer proves it knows it (replication_secret_file)");
   app.add_option("--default-replication-factor", flags.default_replication_factor, "replicas of a topic created without a factor, auto-created ones too (default_replication_factor)");
   app.add_option("--replica-lag-max-ms", flags.replica_lag_max_ms, "a follower this far behind leaves the in-sync set (replica_lag_max_ms)");
   app.add_option("--drain-timeout-ms", flags.drain_timeout_ms, "on SIGTERM, how long to wait for leadership to move off this node (drain_timeout_ms)");
@@ -298,6 +317,7 @@ int main(int argc, char** argv) {
   if (given("--cluster")) s.cluster = flags.cluster;
   if (given("--rack")) s.rack = flags.rack;
   if (given("--replication-listen")) s.replication_listen = flags.replication_listen;
+  if (given("--replication-secret-file")) s.replication_secret_file = flags.replication_secret_file;
   if (given("--default-replication-factor")) s.default_replication_factor = flags.default_replication_factor;
   if (given("--replica-lag-max-ms")) s.replica_lag_max_ms = flags.replica_lag_max_ms;
   if (given("--drain-timeout-ms")) s.drain_timeout_ms = flags.drain_timeout_ms;
@@ -340,6 +360,7 @@ int main(int argc, char** argv) {
   if (Result<void> valid = validate_topic_config(options.default_topic); !valid.ok()) return fail(valid.error());
 
   const bool clustered = !s.etcd.empty() || s.node_id >= 0;
+  std::string replication_secret;
   if (clustered) {
     if (s.etcd.empty() || s.node_id < 0 || s.node_id > INT32_MAX)
       return fail(Error{Errc::kInvalidArgument, "a cluster node needs both --node-id (0.." + std::to_string(INT32_MAX) + ") and --etcd URL; a single node needs neither"});
@@ -348,7 +369,18 @@ int main(int argc, char** argv) {
     if (s.cluster.empty() || s.cluster.find('/') != std::string::npos) return fail(Error{Errc::kInvalidArgument, "cluster must be a name without '/'"});
     if (s.default_replication_factor < 1 || s.replica_lag_max_ms < 1 || s.drain_timeout_ms < 0 || s.etcd_timeout_ms < 1 || s.lease_ttl_s < 1 || s.lease_ttl_s > 3600)
       return fail(Error{Errc::kInvalidArgument, "cluster limits: default_replication_factor >= 1, replica_lag_max_ms >= 1, drain_timeout_ms >= 0, etcd_timeout_ms >= 1, lease_ttl_s 1..3600"});
-    if (Result<std::pair<std::string, std::uint16_t>> r = parse_host_port("replication_listen", s.replication_listen); !r.ok()) return fail(r.error());
+    Result<std::pair<std::string, std::uint16_t>> replication_at = parse_host_port("replication_listen", s.replication_listen);
+    if (!replication_at.ok()) return fail(replication_at.error());
+    if (s.replication_secret_file.empty()) {
+      const std::string& host = replication_at->first;
+      if (host != "127.0.0.1" && host != "::1" && host != "localhost")
+        log(LogLevel::kWarn, "the replication port takes any peer that reaches it (who can follow partitions and report progress); give the "
+                             "cluster a secret with replication_secret_file", {{"replication_listen", s.replication_listen}});
+    } else {
+      Result<std::string> secret = read_replication_secret(s.replication_secret_file);
+      if (!secret.ok()) return fail(secret.error());
+      replication_secret = std::move(*secret);
+    }
     options.offsets_for_any_topic = true;  // a group's coordinator may hold no replica of its topics
   }
 
@@ -489,6 +521,7 @@ int main(int argc, char** argv) {
     }
     cluster_options.replication_listen = s.replication_listen;
     cluster_options.replication.replica_lag_max_ms = s.replica_lag_max_ms;
+    cluster_options.replication.secret = replication_secret;
     Result<std::unique_ptr<ClusterNode>> joined =
         ClusterNode::start(**node, *transport, std::shared_ptr<MetadataStore>(std::move(*store)), std::move(cluster_options));
     if (!joined.ok()) return fail(joined.error());

@@ -164,6 +164,14 @@ struct ReplicationOptions {
   // Links other nodes opened to this one; more are closed at once. Peers are the cluster's
   // nodes, a few links each (the replication port's own limit, not a cluster's size limit).
   std::size_t max_incoming_links = 256;
+  // The cluster's shared secret: every link begins with each side proving it knows it (an
+  // HMAC-SHA-256 challenge and answer both ways), and carries nothing before, so a process that
+  // can reach the port but lacks it can neither follow a partition (reading its records, or
+  // reporting progress it never made, which would move the high watermark past records no
+  // replica holds) nor pose as the leader a follower connected to. Empty: the same handshake
+  // with an empty key, which proves nothing (a cluster on loopback or a trusted network).
+  std::string secret;
+  int handshake_timeout_ms = 5'000;  // a link whose handshake is not done by then is closed
 };
 
 // A change to a partition's in-sync set that the leader wants committed.
