@@ -81,6 +81,7 @@ void TcpLinkWrite(benchmark::State& state) {
     auto accepted = listener->accept();
     if (accepted.ok()) server = std::move(accepted.value());
   }
+  server->accept_writes();
   std::vector<std::byte> region(std::size_t{64} << 20);
   const RegionDescriptor remote = transport->register_region(region).value().descriptor;
   std::vector<std::byte> source(chunk, std::byte{1});

@@ -1,5 +1,6 @@
 #include "weft/fabric/hmac_sha256.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstring>

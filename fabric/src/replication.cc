@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <deque>
 #include <future>
 #include <map>
+#include <optional>
 
 #include "weft/fabric/hmac_sha256.h"
 #include "weft/fabric/log.h"
@@ -89,20 +91,27 @@ enum class MessageType : std::uint8_t {
 
 using Nonce = std::array<std::byte, 16>;
 
-Nonce fresh_nonce() {
+// From the kernel's random source (a guessable nonce would let a recorded proof be replayed):
+// nothing when it does not answer, and the link is not opened.
+std::optional<Nonce> fresh_nonce() {
   Nonce n{};
-  if (::getrandom(n.data(), n.size(), 0) != static_cast<ssize_t>(n.size())) {
-    // No entropy source answered (it always does on Linux once booted): still never a constant.
-    const std::int64_t now = monotonic_ns();
-    std::memcpy(n.data(), &now, sizeof now);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const ssize_t got = ::getrandom(n.data(), n.size(), 0);
+    if (got == static_cast<ssize_t>(n.size())) return n;
+    if (got >= 0 || errno != EINTR) break;
   }
-  return n;
+  return std::nullopt;
 }
+
+constexpr std::string_view kHelloLabel = "weft follower";
+constexpr std::string_view kWelcomeLabel = "weft leader";
+constexpr std::size_t kProofInputBytes = 64;
+static_assert(std::max(kHelloLabel.size(), kWelcomeLabel.size()) + 2 * sizeof(Nonce) + sizeof(NodeId) <= kProofInputBytes);
 
 // HMAC-SHA-256 under the cluster's secret of a label and the fields, so neither side's proof can
 // be replayed as the other's (the labels differ) or on another link (the nonces do).
 Sha256Digest handshake_proof(std::string_view secret, std::string_view label, const Nonce& first, const Nonce& second, NodeId node) {
-  std::array<std::byte, 64> message{};
+  std::array<std::byte, kProofInputBytes> message{};
   std::size_t at = 0;
   const auto put = [&](const void* bytes, std::size_t n) {
     std::memcpy(message.data() + at, bytes, n);
@@ -114,8 +123,6 @@ Sha256Digest handshake_proof(std::string_view secret, std::string_view label, co
   put(&node, sizeof node);
   return hmac_sha256(std::as_bytes(std::span(secret.data(), secret.size())), std::span(message.data(), at));
 }
-constexpr std::string_view kHelloLabel = "weft follower";
-constexpr std::string_view kWelcomeLabel = "weft leader";
 
 // Little-endian fixed layouts, appended and read with memcpy (both ends run the same build).
 class MessageWriter {
@@ -221,12 +228,23 @@ struct Replicator::Impl {
     // link: SYNs unanswered until connect_timeout_ms) stalls no other partition's replication
     std::future<Result<std::unique_ptr<Link>>> connecting;
     std::map<std::uint16_t, LeaderStream> streams;  // incoming: the followers' streams
-    // The handshake: nothing but its messages crosses the link until it is done.
+    // The handshake: nothing but its messages crosses the link until it is done. Reset with
+    // every new link (begin_handshake), so nothing of an earlier one is taken on the next.
     bool authenticated = false;
+    bool awaiting_welcome = false;  // outgoing: the hello is sent; only a welcome may come
     Nonce nonce{};       // ours: the leader's challenge, or the follower's hello
     Nonce peer_nonce{};  // outgoing: the leader's challenge, for its welcome's proof
     std::int64_t handshake_deadline_ms = 0;
     NodeId peer = -1;  // incoming: the node the follower proved to be
+    int handshake_failures = 0;  // outgoing: in a row, each doubling the wait before the next connect
+    void begin_handshake(std::int64_t deadline_ms) {
+      authenticated = false;
+      awaiting_welcome = false;
+      nonce = {};
+      peer_nonce = {};
+      peer = -1;
+      handshake_deadline_ms = deadline_ms;
+    }
     // Writes posted and not yet completed, in posting order (a link completes them in order):
     // their stream and buffer, which must live until the link is done reading it.
     struct InFlight {
@@ -837,8 +855,10 @@ struct Replicator::Impl {
 
   // Leader: a link just accepted is challenged at once.
   void challenge(Connection& c) {
-    c.nonce = fresh_nonce();
-    c.handshake_deadline_ms = now_ms() + options.handshake_timeout_ms;
+    c.begin_handshake(now_ms() + options.handshake_timeout_ms);
+    const std::optional<Nonce> nonce = fresh_nonce();
+    if (!nonce) return handshake_failed(c, "no random nonce (getrandom failed)");
+    c.nonce = *nonce;
     MessageWriter m;
     m.put(static_cast<std::uint8_t>(MessageType::kChallenge)).put(c.nonce);
     if (!send(c, m)) handshake_failed(c, "the challenge could not be sent");
@@ -850,6 +870,7 @@ struct Replicator::Impl {
       const auto nonce = r.get<Nonce>();
       const auto proof = r.get<Sha256Digest>();
       if (r.failed()) return handshake_failed(c, "a hello cut short");
+      if (node == self) return handshake_failed(c, "a peer calling itself this node");
       if (!same_digest(proof, handshake_proof(options.secret, kHelloLabel, c.nonce, nonce, node)))
         return handshake_failed(c, "node " + std::to_string(node) + " did not prove it knows the cluster's replication secret (do both nodes have the same one?)");
       c.authenticated = true;
@@ -859,22 +880,30 @@ struct Replicator::Impl {
       if (!send(c, m)) handshake_failed(c, "the welcome could not be sent");
       return;
     }
-    if (c.outgoing && type == MessageType::kChallenge) {
+    if (c.outgoing && type == MessageType::kChallenge && !c.awaiting_welcome) {
       c.peer_nonce = r.get<Nonce>();
       if (r.failed()) return handshake_failed(c, "a challenge cut short");
-      c.nonce = fresh_nonce();
+      const std::optional<Nonce> nonce = fresh_nonce();
+      if (!nonce) return handshake_failed(c, "no random nonce (getrandom failed)");
+      c.nonce = *nonce;
+      c.awaiting_welcome = true;
       MessageWriter m;
       m.put(static_cast<std::uint8_t>(MessageType::kHello)).put(self).put(c.nonce).put(handshake_proof(options.secret, kHelloLabel, c.peer_nonce, c.nonce, self));
       if (!send(c, m)) handshake_failed(c, "the hello could not be sent");
       return;
     }
-    if (c.outgoing && type == MessageType::kWelcome) {
+    if (c.outgoing && type == MessageType::kWelcome && c.awaiting_welcome) {
       const auto leader = r.get<NodeId>();
       const auto proof = r.get<Sha256Digest>();
       if (r.failed()) return handshake_failed(c, "a welcome cut short");
       if (!same_digest(proof, handshake_proof(options.secret, kWelcomeLabel, c.nonce, c.peer_nonce, leader)))
         return handshake_failed(c, "the leader did not prove it knows the cluster's replication secret (do both nodes have the same one?)");
+      for (const auto& [partition, f] : followed)
+        if (f.address == c.address && f.leader != leader)
+          return handshake_failed(c, "node " + std::to_string(leader) + " answered at the address of node " + std::to_string(f.leader));
       c.authenticated = true;  // the partitions followed through it send their follows next round
+      c.handshake_failures = 0;
+      c.link->accept_writes();  // before the follows that ask for them
       return;
     }
     handshake_failed(c, "message " + std::to_string(static_cast<int>(type)) + " before the handshake");
@@ -882,7 +911,7 @@ struct Replicator::Impl {
 
   // Ends a link whose handshake failed or timed out; a follower's partitions through it say why.
   void handshake_failed(Connection& c, const std::string& why) {
-    if (std::uint64_t held_back = 0; refusal_logs.allow(now_ms(), held_back)) {
+    if (std::uint64_t held_back = 0; handshake_logs.allow(now_ms(), held_back)) {
       log(LogLevel::kWarn, "replication: a link's handshake failed; it is closed",
           {{"peer", c.link != nullptr ? c.link->peer_address() : c.address}, {"why", why}, {"not_logged_before", std::to_string(held_back)}});
     }
@@ -903,9 +932,16 @@ struct Replicator::Impl {
     if (c.outgoing) {
       if (c.link != nullptr) c.link->close();
       release_retired(c);
-      log(LogLevel::kWarn, "replication: the link to a leader ended; reconnecting",
-          {{"leader", c.address}, {"error", c.link != nullptr ? c.link->error().message : ""}});
-      c.retry_at_ms = now_ms() + options.retry_backoff_ms;
+      if (std::uint64_t held_back = 0; link_logs.allow(now_ms(), held_back)) {
+        log(LogLevel::kWarn, "replication: the link to a leader ended; reconnecting",
+            {{"leader", c.address}, {"error", c.link != nullptr ? c.link->error().message : ""}, {"not_logged_before", std::to_string(held_back)}});
+      }
+      // A handshake that keeps failing (another secret) is tried again less and less often, up
+      // to every 10 s, not every retry_backoff_ms for good.
+      if (!c.authenticated) c.handshake_failures = std::min(c.handshake_failures + 1, 16);
+      const std::int64_t wait = c.authenticated ? options.retry_backoff_ms
+                                                : std::min<std::int64_t>(options.retry_backoff_ms << std::min(c.handshake_failures - 1, 10), 10'000);
+      c.retry_at_ms = now_ms() + std::max<std::int64_t>(wait, options.retry_backoff_ms);
       for (auto& [partition, f] : followed) {
         if (f.address != c.address) continue;
         if (f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
@@ -963,8 +999,7 @@ struct Replicator::Impl {
         if (link.ok()) {
           c->link = std::move(link.value());
           c->poll_due = true;
-          c->authenticated = false;  // the leader's challenge comes first
-          c->handshake_deadline_ms = now + options.handshake_timeout_ms;
+          c->begin_handshake(now + options.handshake_timeout_ms);  // the leader's challenge comes first
           for (auto& [partition, f] : followed) {
             if (f.address == address_ && f.state != FollowState::kBackoff) f.state = FollowState::kNeedFollow;
           }
@@ -1004,6 +1039,8 @@ struct Replicator::Impl {
   bool listener_ready = true;
   std::int64_t last_accept_ms = 0;
   LogRateLimit refusal_logs{5};  // anyone who can reach the port can be refused at will
+  LogRateLimit handshake_logs{5};  // ... or fail the handshake at will: apart, so neither drowns the other
+  LogRateLimit link_logs{5};  // a follower's links that end (a leader refusing its handshake, again and again)
 
   bool step_listener() {
     bool any = false;
@@ -1036,6 +1073,17 @@ struct Replicator::Impl {
         // Each link holds its queues (~0.6 MiB); peers are the cluster's nodes, a few links each.
         if (std::uint64_t held_back = 0; refusal_logs.allow(now, held_back)) {
           log(LogLevel::kWarn, "replication: a peer was refused: too many links", {{"peer", link.value()->peer_address()}, {"not_logged_before", std::to_string(held_back)}});
+        }
+        link.value()->close();
+        continue;
+      }
+      // Links still in their handshake get a few places of their own: strangers that connect and
+      // say nothing take those, not the places of the cluster's nodes.
+      constexpr std::ptrdiff_t kLinksInHandshake = 16;
+      if (std::count_if(incoming.begin(), incoming.end(), [](const auto& in) { return in->up() && !in->authenticated; }) >= kLinksInHandshake) {
+        if (std::uint64_t held_back = 0; refusal_logs.allow(now, held_back)) {
+          log(LogLevel::kWarn, "replication: a peer was refused: too many links in their handshake",
+              {{"peer", link.value()->peer_address()}, {"not_logged_before", std::to_string(held_back)}});
         }
         link.value()->close();
         continue;

@@ -421,6 +421,7 @@ TEST_P(ReplicationTest, AFollowerCanNeitherPileUpStreamsNorClaimMoreThanItWasSen
   auto link = transport_->connect(leader.address(), 2'000);
   ASSERT_TRUE(link.ok()) << link.error().message;
   ASSERT_TRUE(handshake_as_follower(**link, 2, options.secret, [&] { leader.run_once(0); }));
+  (*link)->accept_writes();
   std::vector<std::byte> landing(options.max_write_bytes);
   auto region = transport_->register_region(landing);
   ASSERT_TRUE(region.ok());
@@ -577,8 +578,8 @@ TEST_P(ReplicationTest, NodesThatShareTheSecretReplicateAndANodeWithoutItGetsNot
   EXPECT_EQ(logs_[2].log_end(), Offset{0});
 }
 
-// Polls a hand-made peer's link until the replicator ends it: true; false if it was sent records
-// or accepted (a write, or message 3), or 5 s passed.
+// Polls a hand-made peer's link until the replicator ends it: true; false if it was sent anything
+// but the handshake's messages (a write, an accept, a high watermark...), or 5 s passed.
 bool ended_with_nothing_sent(Link& link, const std::function<void()>& run) {
   std::array<LinkCompletion, 64> batch;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
@@ -588,19 +589,22 @@ bool ended_with_nothing_sent(Link& link, const std::function<void()>& run) {
     for (std::size_t n = link.poll(batch), i = 0; i < n; ++i) {
       if (batch[i].kind == LinkCompletion::Kind::kPeerGone) return true;
       if (batch[i].kind == LinkCompletion::Kind::kWriteReceived) return false;
-      if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && !batch[i].message.empty() && batch[i].message[0] == std::byte{3}) return false;
+      if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && !batch[i].message.empty() && batch[i].message[0] != std::byte{kChallenge} &&
+          batch[i].message[0] != std::byte{kWelcome})
+        return false;
     }
   }
   return false;
 }
 
 TEST_P(ReplicationTest, APeerThatSkipsFailsOrStallsTheHandshakeOrClaimsAnotherNodeIsClosedWithNothingSent) {
-  // Given a leader of kP for nodes 1, 2 and 3 with records in its log, and a secret
+  // Given a leader of kP for nodes 1, 2 and 3 with records in its log, 2 in its in-sync set, and a
+  // secret
   ReplicationOptions options = small_options();
   options.secret = "s3cret";
   options.handshake_timeout_ms = 300;
   Replicator& leader = start(1, options);
-  ASSERT_TRUE(leader.lead(kP, &logs_[0], 1, {1, 2, 3}, {1}).ok());
+  ASSERT_TRUE(leader.lead(kP, &logs_[0], 1, {1, 2, 3}, {1, 2}).ok());
   for (int i = 0; i < 5; ++i) logs_[0].produce(10, 1);
   std::vector<std::byte> landing(options.max_write_bytes);
   auto region = transport_->register_region(landing);
@@ -617,10 +621,12 @@ TEST_P(ReplicationTest, APeerThatSkipsFailsOrStallsTheHandshakeOrClaimsAnotherNo
     EXPECT_TRUE(link.ok()) << link.error().message;
     return link.ok() ? std::move(link.value()) : nullptr;
   };
-  // When a peer asks to follow without the handshake
+  // When a peer asks to follow, and reports node 2 has the whole log, without the handshake
   std::unique_ptr<Link> skipper = connect();
   ASSERT_NE(skipper, nullptr);
   ASSERT_EQ(skipper->post_send(follow_as(2), 0), PostStatus::kOk);
+  const std::int64_t end = logs_[0].log_end().value;
+  ASSERT_EQ(skipper->post_send(message(std::uint8_t{2}, std::uint16_t{1}, end, end, std::uint64_t{0}), 1), PostStatus::kOk);
   EXPECT_TRUE(ended_with_nothing_sent(*skipper, run_leader)) << "a follow before the handshake";
   // When a peer answers the challenge without the secret
   std::unique_ptr<Link> guesser = connect();
@@ -638,14 +644,89 @@ TEST_P(ReplicationTest, APeerThatSkipsFailsOrStallsTheHandshakeOrClaimsAnotherNo
   ASSERT_EQ(impostor->post_send(follow_as(3), 0), PostStatus::kOk);
   EXPECT_TRUE(ended_with_nothing_sent(*impostor, run_leader)) << "a follow as another node";
   // Expect every one closed with nothing sent (above), and the high watermark where it was
-  EXPECT_EQ(leader.high_watermark(kP), std::optional<Offset>(logs_[0].log_end())) << "the set is the leader alone";
+  EXPECT_EQ(leader.high_watermark(kP), std::optional<Offset>(Offset{0})) << "a peer's report moved the high watermark";
   // And a peer that proves to be node 2 and follows as node 2 to be served
   std::unique_ptr<Link> honest = connect();
   ASSERT_NE(honest, nullptr);
   ASSERT_TRUE(handshake_as_follower(*honest, 2, options.secret, run_leader));
+  honest->accept_writes();
   ASSERT_EQ(honest->post_send(follow_as(2), 0), PostStatus::kOk);
   EXPECT_TRUE(await_message(*honest, 3, run_leader).has_value()) << "the honest follower was not accepted";
   for (Link* l : {skipper.get(), guesser.get(), silent.get(), impostor.get(), honest.get()}) l->close();
+}
+
+TEST_P(ReplicationTest, AFollowerTakesNothingFromALeaderBeforeItsProofAndNoReplayedProof) {
+  // Given a follower of a hand-made leader, both with a secret
+  ReplicationOptions options = small_options();
+  options.secret = "s3cret";
+  auto listening = transport_->listen(GetParam().tcp ? "127.0.0.1:0" : "fake-leader");
+  ASSERT_TRUE(listening.ok()) << listening.error().message;
+  std::unique_ptr<LinkListener> listener = std::move(listening.value());
+  for (int i = 0; i < 5; ++i) logs_[1].produce(10, 1);
+  const Offset own_end = logs_[1].log_end();
+  Replicator& follower = start(2, options);
+  ASSERT_TRUE(follower.follow(kP, &logs_[1], 1, 1, listener->address()).ok());
+  const auto run_follower = [&] { follower.run_once(0); };
+  const auto next_link = [&] {
+    std::unique_ptr<Link> leader;
+    EXPECT_TRUE(run_until([&] {
+      auto accepted = listener->accept();
+      if (accepted.ok()) leader = std::move(accepted.value());
+      return leader != nullptr;
+    })) << "the follower did not connect again";
+    return leader;
+  };
+  // Whether the follower sent a follow (message 1) before it ended the link.
+  const auto ended_without_follow = [&](Link& leader) {
+    std::array<LinkCompletion, 64> batch;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline) {
+      run_follower();
+      for (std::size_t n = leader.poll(batch), i = 0; i < n; ++i) {
+        if (batch[i].kind == LinkCompletion::Kind::kPeerGone) return true;
+        if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && !batch[i].message.empty() && batch[i].message[0] == std::byte{1}) return false;
+      }
+    }
+    return false;
+  };
+  // When a leader proves itself on a first link
+  std::unique_ptr<Link> first = next_link();
+  ASSERT_NE(first, nullptr);
+  const Nonce challenge = nonce_of(0x11);
+  ASSERT_EQ(first->post_send(message(kChallenge, challenge), 0), PostStatus::kOk);
+  const std::optional<std::vector<std::byte>> hello = await_message(*first, kHello, run_follower);
+  ASSERT_TRUE(hello.has_value() && hello->size() == 1 + sizeof(NodeId) + sizeof(Nonce) + sizeof(Sha256Digest));
+  NodeId claimed = -1;
+  Nonce follower_nonce;
+  Sha256Digest follower_proof;
+  std::memcpy(&claimed, hello->data() + 1, sizeof claimed);
+  std::memcpy(follower_nonce.data(), hello->data() + 1 + sizeof(NodeId), follower_nonce.size());
+  std::memcpy(follower_proof.data(), hello->data() + 1 + sizeof(NodeId) + sizeof(Nonce), follower_proof.size());
+  EXPECT_EQ(claimed, 2);
+  EXPECT_TRUE(same_digest(follower_proof, proof(options.secret, "weft follower", challenge, follower_nonce, NodeId{2})));
+  const std::vector<std::byte> welcome = message(kWelcome, NodeId{1}, proof(options.secret, "weft leader", follower_nonce, challenge, NodeId{1}));
+  ASSERT_EQ(first->post_send(welcome, 1), PostStatus::kOk);
+  // Expect its follow
+  EXPECT_TRUE(await_message(*first, 1, run_follower).has_value()) << "no follow after a proper handshake";
+  first->close();
+  // When someone who recorded that welcome opens the next link with it, and a Diverging that
+  // would cut the follower's log
+  std::unique_ptr<Link> second = next_link();
+  ASSERT_NE(second, nullptr);
+  ASSERT_EQ(second->post_send(welcome, 0), PostStatus::kOk);
+  ASSERT_EQ(second->post_send(message(std::uint8_t{4}, std::uint16_t{1}, std::int32_t{1}, std::int64_t{0}), 1), PostStatus::kOk);
+  // Expect the link ended by the follower, no follow sent, its log untouched
+  EXPECT_TRUE(ended_without_follow(*second)) << "a recorded welcome before any challenge";
+  EXPECT_EQ(logs_[1].log_end(), own_end);
+  // When the next link's "leader" challenges as the first did and answers the hello with the
+  // recorded welcome (the follower's nonce is new)
+  std::unique_ptr<Link> third = next_link();
+  ASSERT_NE(third, nullptr);
+  ASSERT_EQ(third->post_send(message(kChallenge, challenge), 0), PostStatus::kOk);
+  ASSERT_TRUE(await_message(*third, kHello, run_follower).has_value());
+  ASSERT_EQ(third->post_send(welcome, 1), PostStatus::kOk);
+  EXPECT_TRUE(ended_without_follow(*third)) << "a replayed welcome";
+  EXPECT_EQ(logs_[1].log_end(), own_end);
 }
 
 TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {

@@ -324,12 +324,23 @@ TEST_F(Cli, DaemonRefusesAReplicationSecretOthersMayReadOrAnEmptyOne) {
     return run(args, {}, 5000);
   };
   using std::filesystem::perms;
-  Output readable = with_secret("s3cret\n", perms::owner_read | perms::owner_write | perms::group_read | perms::others_read);
+  const std::string good = "a secret of more than sixteen bytes\n";
+  Output readable = with_secret(good, perms::owner_read | perms::owner_write | perms::group_read | perms::others_read);
   EXPECT_EQ(readable.exit_code, 1);
-  EXPECT_NE(readable.err.find("may be read by other users: chmod 600 it"), std::string::npos) << readable.err;
+  EXPECT_NE(readable.err.find("has mode 0644, so other users may read or change it: chmod 600 it"), std::string::npos) << readable.err;
+  Output group = with_secret(good, perms::owner_read | perms::group_read);
+  EXPECT_EQ(group.exit_code, 1);
+  EXPECT_NE(group.err.find("has mode 0440"), std::string::npos) << group.err;
   Output empty = with_secret("\n", perms::owner_read | perms::owner_write);
   EXPECT_EQ(empty.exit_code, 1);
-  EXPECT_NE(empty.err.find("is empty"), std::string::npos) << empty.err;
+  EXPECT_NE(empty.err.find("holds 0 bytes; a secret needs at least 16"), std::string::npos) << empty.err;
+  Output short_one = with_secret("s3cret\n", perms::owner_read | perms::owner_write);
+  EXPECT_EQ(short_one.exit_code, 1);
+  EXPECT_NE(short_one.err.find("holds 6 bytes"), std::string::npos) << short_one.err;
+  // A node alone has no replication port: the key is refused, not ignored
+  Output alone = run({WEFTD_PATH, "--socket", dir_ + "/a.sock", "--data-dir", dir_ + "/a", "--replication-secret-file", dir_ + "/secret"}, {}, 5000);
+  EXPECT_EQ(alone.exit_code, 1);
+  EXPECT_NE(alone.err.find("replication_secret_file is for a cluster node"), std::string::npos) << alone.err;
   std::vector<std::string> missing = cluster;
   missing.insert(missing.end(), {"--replication-secret-file", dir_ + "/no-such-file"});
   Output absent = run(missing, {}, 5000);

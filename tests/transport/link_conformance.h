@@ -98,6 +98,9 @@ class LinkConformance : public testing::TestWithParam<TransportCase> {
     client = std::move(connected.value());
     server = accept_one();
     ASSERT_NE(server, nullptr);
+    // The suite writes both ways; one test checks a write before this.
+    client->accept_writes();
+    server->accept_writes();
   }
 
   std::unique_ptr<Link> accept_one() {
@@ -369,6 +372,31 @@ TEST_P(LinkConformance, AWriteOutsideEveryRegionEndsTheLinkNotTheNode) {
   connect_pair();
   ASSERT_EQ(client->post_send(bytes_of("again"), 0), PostStatus::kOk);
   ASSERT_TRUE(server_until([&] { return count_kind(server_seen, LinkCompletion::Kind::kMessageReceived) == 1; }));
+}
+
+TEST_P(LinkConformance, AWriteBeforeThePeerAcceptsWritesEndsTheLinkAndLandsNowhere) {
+  // Given a fresh link whose server side has not accepted writes
+  client_seen.clear();
+  server_seen.clear();
+  client->close();
+  server->close();
+  auto connected = client_transport->connect(listener->address(), 5'000);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  client = std::move(connected.value());
+  server = accept_one();
+  ASSERT_NE(server, nullptr);
+  client->accept_writes();
+  std::vector<std::byte> region(4096, std::byte{0});
+  const RegionDescriptor remote = server_region(region);
+  // When the client writes into a region it was given
+  const std::span<const std::byte> piece = bytes_of("too early");
+  ASSERT_EQ(client->post_write(remote, 0, std::span(&piece, 1), 1, 1), PostStatus::kOk);
+  // Expect the link ended with nothing landed
+  ASSERT_TRUE(server_until([&] { return count_kind(server_seen, LinkCompletion::Kind::kPeerGone) == 1; }));
+  EXPECT_EQ(server->error().code, Errc::kPermissionDenied) << server->error().message;
+  EXPECT_EQ(count_kind(server_seen, LinkCompletion::Kind::kWriteReceived), 0u);
+  EXPECT_TRUE(std::all_of(region.begin(), region.end(), [](std::byte b) { return b == std::byte{0}; }));
+  ASSERT_TRUE(client_until([&] { return count_kind(client_seen, LinkCompletion::Kind::kPeerGone) == 1; }));
 }
 
 TEST_P(LinkConformance, AWriteToADeregisteredRegionEndsTheLink) {

@@ -43,6 +43,7 @@ TEST_P(LinkStress, TwoThreadsTwoEndsAndRegionsComingAndGoing) {
     else std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   ASSERT_NE(server, nullptr);
+  server->accept_writes();
 
   constexpr std::uint32_t kWrites = 100'000;
   constexpr std::size_t kSlot = 64;

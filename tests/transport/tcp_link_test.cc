@@ -118,6 +118,7 @@ TEST_F(TcpLinkTest, AWriteStillArrivingWhenItsRegionIsWithdrawnEndsTheLinkAndLan
   int fd = -1;
   std::unique_ptr<Link> link = accept_hand_made_peer(fd);
   ASSERT_NE(link, nullptr);
+  link->accept_writes();
   // A 512 KiB write, of which the first 64 KiB arrive and are taken
   unsigned char header[24] = {1};  // a write
   const std::uint32_t key = registered->descriptor.key, length = 512 << 10;
@@ -188,6 +189,7 @@ TEST_F(TcpLinkTest, APeerProcessKilledMidWriteIsSeen) {
   auto accepted = accept_within(5'000);
   ASSERT_TRUE(accepted.ok()) << accepted.error().message;
   std::unique_ptr<Link> link = std::move(accepted.value());
+  link->accept_writes();  // before its first poll: the write is read then
   std::vector<LinkCompletion> seen;
   const bool gone = pump_until(*link, seen, [&] { return count_kind(seen, LinkCompletion::Kind::kPeerGone) == 1; }, nullptr, nullptr, 20'000);
   if (!gone) kill(child, SIGKILL);
@@ -212,6 +214,7 @@ TEST_F(TcpLinkTest, AWriteCompletesAsPostedAndItsSourceMayChangeBeforeThePeerRea
   auto accepted = accept_within(5'000);
   ASSERT_TRUE(accepted.ok()) << accepted.error().message;
   std::unique_ptr<Link> reader = std::move(accepted.value());
+  reader->accept_writes();
 
   std::vector<std::byte> source(region.size(), std::byte{0x5a});  // far more than a socket buffer
   const std::span<const std::byte> pieces[2] = {std::span(source).first(source.size() / 2), std::span(source).subspan(source.size() / 2)};

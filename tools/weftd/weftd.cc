@@ -196,17 +196,30 @@ Result<void> load_config(const std::string& path, Settings& s) {
   return ok();
 }
 
-// The cluster's replication secret from its file: refused when others may read the file (a
-// secret in a world-readable file proves nothing), or it is empty or larger than 4 KiB. A final
-// line break is not part of it (`echo ... > file`).
+// The cluster's replication secret from its file: refused unless the file is a regular file of
+// weftd's user that no other user may read or write (a secret others can read proves nothing),
+// holding 16 bytes to 4 KiB. A final line break is not part of it (`echo ... > file`). The
+// checks are made on the file opened, not on its name.
 Result<std::string> read_replication_secret(const std::string& path) {
+  const std::string key = "replication_secret_file " + path;
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd.valid()) return Error{Errc::kInvalidArgument, key + ": " + std::strerror(errno)};
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return Error{Errc::kInvalidArgument, "replication_secret_file " + path + ": " + std::strerror(errno)};
-  if ((st.st_mode & 077) != 0)
-    return Error{Errc::kInvalidArgument, "replication_secret_file " + path + " may be read by other users: chmod 600 it"};
-  WEFT_TRY(std::string secret, read_small_file(path, 4096));
+  if (::fstat(fd.get(), &st) != 0) return Error{Errc::kInvalidArgument, key + ": " + std::strerror(errno)};
+  if (!S_ISREG(st.st_mode)) return Error{Errc::kInvalidArgument, key + " is not a regular file"};
+  if (st.st_uid != ::geteuid()) return Error{Errc::kInvalidArgument, key + " belongs to another user than weftd's"};
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Error{Errc::kInvalidArgument, key + " has mode " + mode + ", so other users may read or change it: chmod 600 it"};
+  }
+  std::string secret(4097, '\0');
+  const ssize_t got = ::read(fd.get(), secret.data(), secret.size());
+  if (got < 0) return Error{Errc::kInvalidArgument, key + ": " + std::strerror(errno)};
+  if (got > 4096) return Error{Errc::kInvalidArgument, key + " is larger than 4 KiB"};
+  secret.resize(static_cast<std::size_t>(got));
   while (!secret.empty() && (secret.back() == '\n' || secret.back() == '\r')) secret.pop_back();
-  if (secret.empty()) return Error{Errc::kInvalidArgument, "replication_secret_file " + path + " is empty"};
+  if (secret.size() < 16) return Error{Errc::kInvalidArgument, key + " holds " + std::to_string(secret.size()) + " bytes; a secret needs at least 16"};
   return secret;
 }
 
@@ -361,6 +374,8 @@ int main(int argc, char** argv) {
 
   const bool clustered = !s.etcd.empty() || s.node_id >= 0;
   std::string replication_secret;
+  if (!clustered && !s.replication_secret_file.empty())
+    return fail(Error{Errc::kInvalidArgument, "replication_secret_file is for a cluster node (with --node-id and --etcd); this node runs alone"});
   if (clustered) {
     if (s.etcd.empty() || s.node_id < 0 || s.node_id > INT32_MAX)
       return fail(Error{Errc::kInvalidArgument, "a cluster node needs both --node-id (0.." + std::to_string(INT32_MAX) + ") and --etcd URL; a single node needs neither"});

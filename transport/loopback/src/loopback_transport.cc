@@ -26,6 +26,7 @@ struct End {
   std::deque<Entry> queue;
   UniqueFd event{::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)};
   bool gone = false;
+  bool writes_accepted = false;  // Link::accept_writes: until then the other end's writes end the link
   Error error{Errc::kOk, {}};
   std::shared_ptr<RegionTable> regions;  // where the other end's writes land
 };
@@ -58,7 +59,13 @@ class LoopbackLink final : public Link {
     for (const auto& piece : gather) length += piece.size();
     if (length > UINT32_MAX || length > remote.length || offset > remote.length - length) return PostStatus::kInvalid;
     ++outstanding_;
-    std::byte* at = peer.regions->find(remote.key, offset, length);
+    std::byte* at = peer.writes_accepted ? peer.regions->find(remote.key, offset, length) : nullptr;
+    if (!peer.writes_accepted) {
+      end_locked(1 - side_, Error{Errc::kPermissionDenied, "the peer wrote before this side accepted its writes; the link is closed"});
+      push_done(self, LinkCompletion::Kind::kWriteDone, context, true);
+      end_locked(side_, Error{Errc::kUnavailable, "the peer " + peer_ + " closed the link after a write it had not accepted"});
+      return PostStatus::kOk;
+    }
     if (at == nullptr) {
       // As an RDMA remote access error: the write fails and the link ends on both sides.
       end_locked(1 - side_, Error{Errc::kCorrupt, "the peer wrote " + std::to_string(length) + " bytes at offset " + std::to_string(offset) +
@@ -137,6 +144,10 @@ class LoopbackLink final : public Link {
     std::lock_guard lock(channel_->mutex);
     end_locked(side_, Error{Errc::kAborted, "the link to " + peer_ + " was closed by this side"});
     end_locked(1 - side_, Error{Errc::kUnavailable, "the peer closed the link"});
+  }
+  void accept_writes() noexcept override {
+    std::lock_guard lock(channel_->mutex);
+    channel_->ends[side_].writes_accepted = true;
   }
 
  private:

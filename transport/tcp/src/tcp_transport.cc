@@ -172,6 +172,7 @@ class TcpLink final : public Link {
   const Error& error() const noexcept override { return error_; }
   const std::string& peer_address() const noexcept override { return peer_; }
   void close() noexcept override { end(Error{Errc::kAborted, "the link to " + peer_ + " was closed by this side"}); }
+  void accept_writes() noexcept override { writes_accepted_ = true; }
 
  private:
   struct SendOp {
@@ -387,6 +388,10 @@ class TcpLink final : public Link {
   bool start_payload(const FrameHeader& header) {
     pending_ = LinkCompletion{};
     if (header.op == kOpWrite) {
+      if (!writes_accepted_) {
+        end(Error{Errc::kPermissionDenied, "the peer " + peer_ + " wrote before this side accepted its writes; the link is closed"});
+        return false;
+      }
       std::byte* at = shared_->regions.find(header.key, header.offset, header.length);
       if (at == nullptr) {
         end(Error{Errc::kCorrupt, "the peer " + peer_ + " wrote " + std::to_string(header.length) + " bytes at offset " +
@@ -473,6 +478,7 @@ class TcpLink final : public Link {
   std::byte* payload_at_ = nullptr;  // a write's: valid until the next poll only (locate_payload)
   std::size_t payload_left_ = 0;
   bool payload_is_write_ = false;
+  bool writes_accepted_ = false;  // accept_writes(): until then a write ends the link
   std::uint32_t payload_key_ = 0;
   std::uint64_t payload_offset_ = 0;
   LinkCompletion pending_;

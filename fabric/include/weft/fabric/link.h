@@ -106,6 +106,11 @@ class Link {
   // Ends the link; the peer sees kPeerGone. Outstanding operations complete (as flushed where
   // the transport still held the caller's bytes) before this side's kPeerGone.
   virtual void close() noexcept = 0;
+  // Writes from the peer into this side's regions are refused until this is called: the first
+  // one ends the link, landing nowhere (as an RDMA queue pair made without remote write access
+  // refuses them until ibv_modify_qp grants it). A side grants them once it trusts the peer
+  // (replication: a follower, after the leader's proof of the cluster's secret).
+  virtual void accept_writes() noexcept = 0;
 };
 
 class LinkListener {
