@@ -4,6 +4,7 @@
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/thread_name.h"
+#include "node_test_hooks.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -938,6 +939,12 @@ Result<void> Node::load_topics() {
   return ok();
 }
 
+namespace {
+std::atomic<test_hooks::PassHook> after_consumer_scan_hook{nullptr};  // acquire/release: the hook's code is published with it
+}  // namespace
+
+void test_hooks::set_after_consumer_scan_hook(PassHook hook) noexcept { after_consumer_scan_hook.store(hook, std::memory_order_release); }
+
 bool Node::maintain() { return maintain_pass() > 0; }
 
 double Node::maintain_pass() {
@@ -967,18 +974,22 @@ double Node::maintain_pass() {
       // node as much as a consumer's reading does. With no consumer to ask, the node walks.
       std::uint64_t slowest = UINT64_MAX, fastest = 0;
       bool attaching = false;  // a consumer that took its slot and has not said where it starts
-      for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
-        const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
-        // Acquire: pairs with the consumer's release of its position (R5 in ring.cc).
-        if (slot.owner.load(std::memory_order_acquire) == 0) continue;
-        const std::uint64_t position = slot.position.load(std::memory_order_acquire);
-        if (position == ring_layout::kNoClaim) {
-          attaching = true;
-          continue;
+      const auto scan_consumers = [&] {
+        for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
+          const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
+          // Acquire: pairs with the consumer's release of its position (R5 in ring.cc).
+          if (slot.owner.load(std::memory_order_acquire) == 0) continue;
+          const std::uint64_t position = slot.position.load(std::memory_order_acquire);
+          if (position == ring_layout::kNoClaim) {
+            attaching = true;
+            continue;
+          }
+          slowest = std::min(slowest, position);
+          fastest = std::max(fastest, position);
         }
-        slowest = std::min(slowest, position);
-        fastest = std::max(fastest, position);
-      }
+      };
+      scan_consumers();
+      if (const test_hooks::PassHook hook = after_consumer_scan_hook.load(std::memory_order_acquire); hook != nullptr) hook(topic->name, p->stats.partition);
       std::optional<Ring::Mark> hint;
       if (fastest > limit.position.value) hint = p->owner.committed_frame_at(Position{fastest});
       Ring::Mark frontier;
@@ -1065,6 +1076,11 @@ double Node::maintain_pass() {
       // an interval policy's durability is what its acknowledgements wait for.
       if (p->log) target = std::min(target, topic->config.fsync == FsyncPolicy::kAlways ? p->durable_position : p->written_position);
       if (topic->config.consumer_flow_control) {
+        // Looked at again just before the limit moves: a consumer that attached while this pass
+        // drained the log (milliseconds: segment writes, rolls, retention) was not there at the
+        // first look, and the limit would have passed the frames its first poll handed out.
+        // What is left is the time between this look and the limit's store (see design.md).
+        scan_consumers();
         target = std::min(target, slowest);
         // It read the limit to start from: moving it now could lap it before its first read.
         if (attaching) target = limit.position.value;

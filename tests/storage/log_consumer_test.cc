@@ -19,11 +19,13 @@
 #include <thread>
 #include <vector>
 
+#include "../../fabric/src/node_test_hooks.h"
 #include "../temp_dir.h"
 #include "test_batches.h"
 #include "weft/client.h"
 #include "weft/consumer.h"
 #include "weft/fabric/record_batch.h"
+#include "weft/fabric/ring.h"
 #include "weft/node.h"
 #include "weft/producer.h"
 #include "weft/storage/segment_log.h"
@@ -255,6 +257,61 @@ TEST(ColdReads, HandoffFromLogToRingUnderConcurrentProduceHasNoGapOrDuplicate) {
   ASSERT_EQ(read.offsets.size(), static_cast<std::size_t>(kTotal - 100));
   expect_contiguous(read.offsets, 100);
   EXPECT_TRUE(read.values_match);
+}
+
+// A consumer attached to the "window" topic's ring by the node's test hook, in a maintenance
+// pass between its first look at the consumers and its drain to the log, and the frame it read.
+struct AttachedDuringAPass {
+  static inline std::optional<PartitionMemory> memory;
+  static inline std::optional<Consumer> consumer;
+  static inline std::optional<std::uint64_t> read_at;  // the position of the frame it read
+  static void hook(std::string_view topic, std::uint32_t) {
+    if (topic != "window" || !memory || consumer) return;
+    Result<Consumer> attached = Consumer::attach(memory->ring, StartAt::kEarliest);
+    if (!attached.ok()) return;
+    consumer.emplace(std::move(*attached));
+    RingBatch batch;
+    if (consumer->poll(batch) != PollStatus::kOk) return;
+    consumer->hold(batch.position);  // its views are in use (a TopicConsumer's poll holds them)
+    read_at = batch.position.value;
+  }
+  ~AttachedDuringAPass() {
+    test_hooks::set_after_consumer_scan_hook(nullptr);
+    consumer.reset();
+    memory.reset();
+    read_at.reset();
+  }
+};
+
+TEST(FlowControl, AConsumerThatAttachesWhileAPassDrainsTheLogKeepsWhatItReads) {
+  // Given a flow-controlled ring whose passes the test runs, its limit moving pass by pass
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path(), false)).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic();
+  settings.emplace_back("flow.control", "consumers");
+  ASSERT_TRUE(client->create_topic("window", settings).ok());
+  TopicProducer producer = TopicProducer::create(client, "window").value();
+  std::int64_t sent = 0;
+  for (int pass = 0; pass < 6; ++pass, sent += 60) {
+    send_range(producer, sent, sent + 60);
+    node->maintain();
+  }
+  AttachedDuringAPass attached;
+  attached.memory.emplace(node->open_partition("window", 0).value());
+  const std::uint64_t limit_before = attached.memory->ring.reuse_limit().position.value;
+  ASSERT_GT(limit_before, 0u) << "the passes never moved the limit";
+  send_range(producer, sent, sent + 60);
+  // When a consumer attaches during the next pass, after the pass first looked at the consumers,
+  // and reads the oldest frame
+  test_hooks::set_after_consumer_scan_hook(&AttachedDuringAPass::hook);
+  node->maintain();
+  test_hooks::set_after_consumer_scan_hook(nullptr);
+  ASSERT_TRUE(attached.read_at.has_value()) << "the hook did not attach";
+  // Expect the limit kept at the frame it read (producers may not overwrite it), not moved on
+  // as the pass would have moved it with no consumer
+  EXPECT_LE(attached.memory->ring.reuse_limit().position.value, *attached.read_at)
+      << "the limit passed a frame a flow-controlled consumer was reading (it was at " << limit_before << ")";
 }
 
 TEST(ColdReads, ALappedConsumerReadsWhatItMissedFromTheLog) {
