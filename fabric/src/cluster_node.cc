@@ -202,9 +202,15 @@ struct ClusterNode::Impl {
     return false;
   }
 
-  // The replication thread lets go of every role on `topic`'s local copy (about to go).
-  void drop_roles_of(const std::string& topic) {
+  // The replication thread lets go of the roles on `topic`'s local copy (about to go): every one,
+  // or (`keep`) those taken for another topic of the name than `keep` (a cluster_topic_id), so
+  // roles already taken for the current topic stay when an earlier one's assignment comes late.
+  void drop_roles_of(const std::string& topic, const std::optional<std::string>& keep = std::nullopt) {
     for (auto it = taken.lower_bound(PartitionId{topic, 0}); it != taken.end() && it->first.topic == topic;) {
+      if (keep && it->second.topic_id == *keep) {
+        ++it;
+        continue;
+      }
       replicator->forget(it->first);
       it = taken.erase(it);
     }
@@ -269,12 +275,12 @@ struct ClusterNode::Impl {
     // A state of a topic deleted and made again under the name, which the controller is
     // removing: the new topic's own assignment follows. Whatever role the old topic has here
     // stops taking writes now (the copy will be replaced).
+    const std::string topic_id = topic_id_of(record->second);
     if (!a.state.topic_id.empty() && a.state.topic_id != record->second.id) {
-      drop_roles_of(id.topic);
+      drop_roles_of(id.topic, topic_id);
       return;
     }
-    const std::string topic_id = topic_id_of(record->second);
-    if (auto held = taken.find(id); held != taken.end() && held->second.topic_id != topic_id) drop_roles_of(id.topic);
+    if (auto held = taken.find(id); held != taken.end() && held->second.topic_id != topic_id) drop_roles_of(id.topic, topic_id);
     if (!ensure_local_topic(id, record->second)) {
       retry.insert_or_assign(id, a);
       return;
