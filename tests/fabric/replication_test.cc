@@ -393,6 +393,24 @@ std::optional<std::vector<std::byte>> await_message(Link& link, std::uint8_t typ
   return std::nullopt;
 }
 
+// As a hand-made leader on a link a replicator opened: sends `challenge` and reads the hello that
+// answers it (nothing when none came within 5 s or the link ended).
+struct Hello {
+  NodeId node = -1;
+  Nonce nonce{};
+  Sha256Digest proof{};
+};
+std::optional<Hello> challenge_and_read_hello(Link& link, const Nonce& challenge, const std::function<void()>& run_follower) {
+  if (link.post_send(message(kChallenge, challenge), 0) != PostStatus::kOk) return std::nullopt;
+  const std::optional<std::vector<std::byte>> bytes = await_message(link, kHello, run_follower);
+  Hello hello;
+  if (!bytes || bytes->size() != 1 + sizeof hello.node + sizeof hello.nonce + sizeof hello.proof) return std::nullopt;
+  std::memcpy(&hello.node, bytes->data() + 1, sizeof hello.node);
+  std::memcpy(hello.nonce.data(), bytes->data() + 1 + sizeof hello.node, hello.nonce.size());
+  std::memcpy(hello.proof.data(), bytes->data() + 1 + sizeof hello.node + sizeof hello.nonce, hello.proof.size());
+  return hello;
+}
+
 // As follower `self` on a link it opened to a replicator: answers its challenge, checks its
 // welcome. True once it is done.
 bool handshake_as_follower(Link& link, NodeId self, std::string_view secret, const std::function<void()>& run_leader) {
@@ -478,12 +496,9 @@ TEST_P(ReplicationTest, AFollowerTakesALeadersTruncationOnlyWholeAndInAnswerToIt
   }));
   // (the handshake, as a leader: challenge, hello, welcome)
   const Nonce challenge = nonce_of(0xc3);
-  ASSERT_EQ(leader->post_send(message(kChallenge, challenge), 0), PostStatus::kOk);
-  const std::optional<std::vector<std::byte>> hello = await_message(*leader, kHello, [&] { follower.run_once(0); });
-  ASSERT_TRUE(hello.has_value() && hello->size() == 1 + sizeof(NodeId) + sizeof(Nonce) + sizeof(Sha256Digest));
-  Nonce follower_nonce;
-  std::memcpy(follower_nonce.data(), hello->data() + 1 + sizeof(NodeId), follower_nonce.size());
-  ASSERT_EQ(leader->post_send(message(kWelcome, NodeId{1}, proof("", "weft leader", follower_nonce, challenge, NodeId{1})), 0), PostStatus::kOk);
+  const std::optional<Hello> hello = challenge_and_read_hello(*leader, challenge, [&] { follower.run_once(0); });
+  ASSERT_TRUE(hello.has_value());
+  ASSERT_EQ(leader->post_send(message(kWelcome, NodeId{1}, proof("", "weft leader", hello->nonce, challenge, NodeId{1})), 0), PostStatus::kOk);
   ASSERT_TRUE(run_until([&] {
     for (std::size_t n = leader->poll(batch), i = 0; i < n; ++i) {
       if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && batch[i].message.size() >= 3 && batch[i].message[0] == std::byte{1}) {
@@ -578,23 +593,31 @@ TEST_P(ReplicationTest, NodesThatShareTheSecretReplicateAndANodeWithoutItGetsNot
   EXPECT_EQ(logs_[2].log_end(), Offset{0});
 }
 
-// Polls a hand-made peer's link until the replicator ends it: true; false if it was sent anything
-// but the handshake's messages (a write, an accept, a high watermark...), or 5 s passed.
-bool ended_with_nothing_sent(Link& link, const std::function<void()>& run) {
+// Polls a hand-made peer's link (running `run` meanwhile) until the replicator ends it: true;
+// false if a completion `forbidden` picks came first, or 5 s passed.
+bool ended_before(Link& link, const std::function<void()>& run, const std::function<bool(const LinkCompletion&)>& forbidden) {
   std::array<LinkCompletion, 64> batch;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (std::chrono::steady_clock::now() < deadline) {
-    if (!link.connected()) return true;  // its end was already polled (a failed handshake_as_follower)
     run();
-    for (std::size_t n = link.poll(batch), i = 0; i < n; ++i) {
+    const std::size_t n = link.poll(batch);
+    for (std::size_t i = 0; i < n; ++i) {
       if (batch[i].kind == LinkCompletion::Kind::kPeerGone) return true;
-      if (batch[i].kind == LinkCompletion::Kind::kWriteReceived) return false;
-      if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && !batch[i].message.empty() && batch[i].message[0] != std::byte{kChallenge} &&
-          batch[i].message[0] != std::byte{kWelcome})
-        return false;
+      if (forbidden(batch[i])) return false;
     }
+    if (n == 0 && !link.connected()) return true;  // its end was already polled (a failed handshake_as_follower)
   }
   return false;
+}
+
+// ... before anything but the handshake's messages was sent to it (a write, an accept, a high
+// watermark...).
+bool ended_with_nothing_sent(Link& link, const std::function<void()>& run) {
+  return ended_before(link, run, [](const LinkCompletion& c) {
+    if (c.kind == LinkCompletion::Kind::kWriteReceived) return true;
+    return c.kind == LinkCompletion::Kind::kMessageReceived && !c.message.empty() && c.message[0] != std::byte{kChallenge} &&
+           c.message[0] != std::byte{kWelcome};
+  });
 }
 
 TEST_P(ReplicationTest, APeerThatSkipsFailsOrStallsTheHandshakeOrClaimsAnotherNodeIsClosedWithNothingSent) {
@@ -676,35 +699,21 @@ TEST_P(ReplicationTest, AFollowerTakesNothingFromALeaderBeforeItsProofAndNoRepla
     })) << "the follower did not connect again";
     return leader;
   };
-  // Whether the follower sent a follow (message 1) before it ended the link.
+  // Whether the follower ended the link before it sent a follow (message 1).
   const auto ended_without_follow = [&](Link& leader) {
-    std::array<LinkCompletion, 64> batch;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (std::chrono::steady_clock::now() < deadline) {
-      run_follower();
-      for (std::size_t n = leader.poll(batch), i = 0; i < n; ++i) {
-        if (batch[i].kind == LinkCompletion::Kind::kPeerGone) return true;
-        if (batch[i].kind == LinkCompletion::Kind::kMessageReceived && !batch[i].message.empty() && batch[i].message[0] == std::byte{1}) return false;
-      }
-    }
-    return false;
+    return ended_before(leader, run_follower, [](const LinkCompletion& c) {
+      return c.kind == LinkCompletion::Kind::kMessageReceived && !c.message.empty() && c.message[0] == std::byte{1};
+    });
   };
   // When a leader proves itself on a first link
   std::unique_ptr<Link> first = next_link();
   ASSERT_NE(first, nullptr);
   const Nonce challenge = nonce_of(0x11);
-  ASSERT_EQ(first->post_send(message(kChallenge, challenge), 0), PostStatus::kOk);
-  const std::optional<std::vector<std::byte>> hello = await_message(*first, kHello, run_follower);
-  ASSERT_TRUE(hello.has_value() && hello->size() == 1 + sizeof(NodeId) + sizeof(Nonce) + sizeof(Sha256Digest));
-  NodeId claimed = -1;
-  Nonce follower_nonce;
-  Sha256Digest follower_proof;
-  std::memcpy(&claimed, hello->data() + 1, sizeof claimed);
-  std::memcpy(follower_nonce.data(), hello->data() + 1 + sizeof(NodeId), follower_nonce.size());
-  std::memcpy(follower_proof.data(), hello->data() + 1 + sizeof(NodeId) + sizeof(Nonce), follower_proof.size());
-  EXPECT_EQ(claimed, 2);
-  EXPECT_TRUE(same_digest(follower_proof, proof(options.secret, "weft follower", challenge, follower_nonce, NodeId{2})));
-  const std::vector<std::byte> welcome = message(kWelcome, NodeId{1}, proof(options.secret, "weft leader", follower_nonce, challenge, NodeId{1}));
+  const std::optional<Hello> hello = challenge_and_read_hello(*first, challenge, run_follower);
+  ASSERT_TRUE(hello.has_value());
+  EXPECT_EQ(hello->node, 2);
+  EXPECT_TRUE(same_digest(hello->proof, proof(options.secret, "weft follower", challenge, hello->nonce, NodeId{2})));
+  const std::vector<std::byte> welcome = message(kWelcome, NodeId{1}, proof(options.secret, "weft leader", hello->nonce, challenge, NodeId{1}));
   ASSERT_EQ(first->post_send(welcome, 1), PostStatus::kOk);
   // Expect its follow
   EXPECT_TRUE(await_message(*first, 1, run_follower).has_value()) << "no follow after a proper handshake";
@@ -722,8 +731,7 @@ TEST_P(ReplicationTest, AFollowerTakesNothingFromALeaderBeforeItsProofAndNoRepla
   // recorded welcome (the follower's nonce is new)
   std::unique_ptr<Link> third = next_link();
   ASSERT_NE(third, nullptr);
-  ASSERT_EQ(third->post_send(message(kChallenge, challenge), 0), PostStatus::kOk);
-  ASSERT_TRUE(await_message(*third, kHello, run_follower).has_value());
+  ASSERT_TRUE(challenge_and_read_hello(*third, challenge, run_follower).has_value());
   ASSERT_EQ(third->post_send(welcome, 1), PostStatus::kOk);
   EXPECT_TRUE(ended_without_follow(*third)) << "a replayed welcome";
   EXPECT_EQ(logs_[1].log_end(), own_end);
