@@ -87,6 +87,26 @@ class ReplicationTest : public testing::TestWithParam<Case> {
   // Nodes 1, 2 and 3, with node 1 leading kP at epoch 1 and the others following it.
   bool three_replicas();
 
+  // A listener for a hand-made leader that replicators connect to.
+  std::unique_ptr<LinkListener> listen_as_leader() {
+    auto listening = transport_->listen(GetParam().tcp ? "127.0.0.1:0" : "fake-leader");
+    EXPECT_TRUE(listening.ok()) << listening.error().message;
+    return listening.ok() ? std::move(listening.value()) : nullptr;
+  }
+  // Node 2 with records of its own in logs_[1], following kP from node 1 at `listener`'s address.
+  Replicator& follow_hand_made_leader(LinkListener& listener, const ReplicationOptions& options = small_options());
+  // The next link a replicator opened to `listener` (running them all meanwhile), or nothing
+  // after 15 s.
+  std::unique_ptr<Link> accept_from(LinkListener& listener) {
+    std::unique_ptr<Link> link;
+    EXPECT_TRUE(run_until([&] {
+      auto accepted = listener.accept();
+      if (accepted.ok()) link = std::move(accepted.value());
+      return link != nullptr;
+    })) << "no replicator connected";
+    return link;
+  }
+
   std::unique_ptr<Transport> transport_;
   std::vector<std::unique_ptr<Replicator>> nodes_;
   MemoryReplicaLog logs_[3];
@@ -100,6 +120,13 @@ bool ReplicationTest::three_replicas() {
   Replicator& n3 = start(3);
   return n1.lead(kP, &logs_[0], 1, {1, 2, 3}, {1, 2, 3}).ok() && n2.follow(kP, &logs_[1], 1, 1, n1.address()).ok() &&
          n3.follow(kP, &logs_[2], 1, 1, n1.address()).ok();
+}
+
+Replicator& ReplicationTest::follow_hand_made_leader(LinkListener& listener, const ReplicationOptions& options) {
+  for (int i = 0; i < 5; ++i) logs_[1].produce(10, 1);
+  Replicator& follower = start(2, options);
+  EXPECT_TRUE(follower.follow(kP, &logs_[1], 1, 1, listener.address()).ok());
+  return follower;
 }
 
 bool same_log(const MemoryReplicaLog& a, const MemoryReplicaLog& b) { return a.log_end() == b.log_end() && a.batches() == b.batches(); }
@@ -479,21 +506,14 @@ TEST_P(ReplicationTest, AFollowerCanNeitherPileUpStreamsNorClaimMoreThanItWasSen
 
 TEST_P(ReplicationTest, AFollowerTakesALeadersTruncationOnlyWholeAndInAnswerToItsFollow) {
   // Given a follower with records of its own, following a hand-made leader
-  auto listening = transport_->listen(GetParam().tcp ? "127.0.0.1:0" : "fake-leader");
-  ASSERT_TRUE(listening.ok()) << listening.error().message;
-  std::unique_ptr<LinkListener> listener = std::move(listening.value());
-  for (int i = 0; i < 5; ++i) logs_[1].produce(10, 1);
+  std::unique_ptr<LinkListener> listener = listen_as_leader();
+  ASSERT_NE(listener, nullptr);
+  Replicator& follower = follow_hand_made_leader(*listener);
   const Offset own_end = logs_[1].log_end();
-  Replicator& follower = start(2);
-  ASSERT_TRUE(follower.follow(kP, &logs_[1], 1, 1, listener->address()).ok());
-  std::unique_ptr<Link> leader;
+  std::unique_ptr<Link> leader = accept_from(*listener);
+  ASSERT_NE(leader, nullptr);
   std::array<LinkCompletion, 64> batch;
   std::optional<std::uint16_t> stream;
-  ASSERT_TRUE(run_until([&] {
-    auto accepted = listener->accept();
-    if (accepted.ok()) leader = std::move(accepted.value());
-    return leader != nullptr;
-  }));
   // (the handshake, as a leader: challenge, hello, welcome)
   const Nonce challenge = nonce_of(0xc3);
   const std::optional<Hello> hello = challenge_and_read_hello(*leader, challenge, [&] { follower.run_once(0); });
@@ -526,47 +546,59 @@ TEST_P(ReplicationTest, AFollowerTakesALeadersTruncationOnlyWholeAndInAnswerToIt
   leader->close();
 }
 
+// Links hand-made peers opened to a replicator, and which of them it has ended.
+struct PeerLinks {
+  Transport& transport;
+  std::string address;
+  std::vector<std::unique_ptr<Link>> links{};
+  std::vector<bool> gone{};
+
+  ~PeerLinks() {
+    for (auto& l : links) l->close();
+  }
+  Link* connect() {
+    auto link = transport.connect(address, 2'000);
+    EXPECT_TRUE(link.ok()) << link.error().message;
+    if (!link.ok()) return nullptr;
+    links.push_back(std::move(link.value()));
+    gone.push_back(false);
+    return links.back().get();
+  }
+  std::ptrdiff_t count_gone() {
+    std::array<LinkCompletion, 64> batch;
+    for (std::size_t p = 0; p < links.size(); ++p) {
+      if (gone[p]) continue;
+      for (std::size_t n = links[p]->poll(batch), i = 0; i < n; ++i) gone[p] = gone[p] || batch[i].kind == LinkCompletion::Kind::kPeerGone;
+    }
+    return std::count(gone.begin(), gone.end(), true);
+  }
+};
+
 TEST_P(ReplicationTest, LinksPastTheLimitAreClosedAndAPlaceIsFreedWhenOneEnds) {
   // Given a node that takes at most three links from other nodes
   ReplicationOptions options = small_options();
   options.max_incoming_links = 3;
   Replicator& node = start(1, options);
-  std::vector<std::unique_ptr<Link>> peers;
-  std::vector<bool> gone;
-  const auto connect = [&] {
-    auto link = transport_->connect(node.address(), 2'000);
-    ASSERT_TRUE(link.ok()) << link.error().message;
-    peers.push_back(std::move(link.value()));
-    gone.push_back(false);
-  };
-  std::array<LinkCompletion, 64> batch;
-  const auto count_gone = [&] {
-    for (std::size_t p = 0; p < peers.size(); ++p) {
-      if (gone[p]) continue;
-      for (std::size_t n = peers[p]->poll(batch), i = 0; i < n; ++i) gone[p] = gone[p] || batch[i].kind == LinkCompletion::Kind::kPeerGone;
-    }
-    return std::count(gone.begin(), gone.end(), true);
-  };
+  PeerLinks peers{*transport_, node.address()};
   // When four connect, expect one of them closed by the node
-  for (int i = 0; i < 4; ++i) connect();
-  ASSERT_TRUE(run_until([&] { return count_gone() == 1; }, {}, 5'000)) << count_gone() << " of 4 links closed";
+  for (int i = 0; i < 4; ++i) ASSERT_NE(peers.connect(), nullptr);
+  ASSERT_TRUE(run_until([&] { return peers.count_gone() == 1; }, {}, 5'000)) << peers.count_gone() << " of 4 links closed";
   // and the other three kept (each would have been closed by now, had it been refused)
   for (int i = 0; i < 200; ++i) node.run_once(0);
-  EXPECT_EQ(count_gone(), 1);
+  EXPECT_EQ(peers.count_gone(), 1);
   EXPECT_EQ(node.incoming_links(), 3u);
   // When one of those ends and two more connect, expect one of the two taken, the other closed
-  const auto kept = static_cast<std::size_t>(std::find(gone.begin(), gone.end(), false) - gone.begin());
-  peers[kept]->close();
-  gone[kept] = true;
+  const auto kept = static_cast<std::size_t>(std::find(peers.gone.begin(), peers.gone.end(), false) - peers.gone.begin());
+  peers.links[kept]->close();
+  peers.gone[kept] = true;
   ASSERT_TRUE(run_until([&] { return node.incoming_links() == 2; }, {}, 5'000)) << "the ended link kept its place";
-  connect();
-  connect();
-  ASSERT_TRUE(run_until([&] { return count_gone() == 3; }, {}, 5'000)) << count_gone() << " of 6 links ended";
+  ASSERT_NE(peers.connect(), nullptr);
+  ASSERT_NE(peers.connect(), nullptr);
+  ASSERT_TRUE(run_until([&] { return peers.count_gone() == 3; }, {}, 5'000)) << peers.count_gone() << " of 6 links ended";
   for (int i = 0; i < 200; ++i) node.run_once(0);
-  EXPECT_EQ(count_gone(), 3);
-  EXPECT_TRUE(!gone[4] || !gone[5]) << "neither link took the freed place";
+  EXPECT_EQ(peers.count_gone(), 3);
+  EXPECT_TRUE(!peers.gone[4] || !peers.gone[5]) << "neither link took the freed place";
   EXPECT_EQ(node.incoming_links(), 3u);
-  for (auto& p : peers) p->close();
 }
 
 TEST_P(ReplicationTest, NodesThatShareTheSecretReplicateAndANodeWithoutItGetsNothing) {
@@ -617,6 +649,13 @@ bool ended_with_nothing_sent(Link& link, const std::function<void()>& run) {
     if (c.kind == LinkCompletion::Kind::kWriteReceived) return true;
     return c.kind == LinkCompletion::Kind::kMessageReceived && !c.message.empty() && c.message[0] != std::byte{kChallenge} &&
            c.message[0] != std::byte{kWelcome};
+  });
+}
+
+// ... before a follower sent its follow (message 1) on it.
+bool ended_without_follow(Link& link, const std::function<void()>& run) {
+  return ended_before(link, run, [](const LinkCompletion& c) {
+    return c.kind == LinkCompletion::Kind::kMessageReceived && !c.message.empty() && c.message[0] == std::byte{1};
   });
 }
 
@@ -682,31 +721,13 @@ TEST_P(ReplicationTest, AFollowerTakesNothingFromALeaderBeforeItsProofAndNoRepla
   // Given a follower of a hand-made leader, both with a secret
   ReplicationOptions options = small_options();
   options.secret = "s3cret";
-  auto listening = transport_->listen(GetParam().tcp ? "127.0.0.1:0" : "fake-leader");
-  ASSERT_TRUE(listening.ok()) << listening.error().message;
-  std::unique_ptr<LinkListener> listener = std::move(listening.value());
-  for (int i = 0; i < 5; ++i) logs_[1].produce(10, 1);
+  std::unique_ptr<LinkListener> listener = listen_as_leader();
+  ASSERT_NE(listener, nullptr);
+  Replicator& follower = follow_hand_made_leader(*listener, options);
   const Offset own_end = logs_[1].log_end();
-  Replicator& follower = start(2, options);
-  ASSERT_TRUE(follower.follow(kP, &logs_[1], 1, 1, listener->address()).ok());
   const auto run_follower = [&] { follower.run_once(0); };
-  const auto next_link = [&] {
-    std::unique_ptr<Link> leader;
-    EXPECT_TRUE(run_until([&] {
-      auto accepted = listener->accept();
-      if (accepted.ok()) leader = std::move(accepted.value());
-      return leader != nullptr;
-    })) << "the follower did not connect again";
-    return leader;
-  };
-  // Whether the follower ended the link before it sent a follow (message 1).
-  const auto ended_without_follow = [&](Link& leader) {
-    return ended_before(leader, run_follower, [](const LinkCompletion& c) {
-      return c.kind == LinkCompletion::Kind::kMessageReceived && !c.message.empty() && c.message[0] == std::byte{1};
-    });
-  };
   // When a leader proves itself on a first link
-  std::unique_ptr<Link> first = next_link();
+  std::unique_ptr<Link> first = accept_from(*listener);
   ASSERT_NE(first, nullptr);
   const Nonce challenge = nonce_of(0x11);
   const std::optional<Hello> hello = challenge_and_read_hello(*first, challenge, run_follower);
@@ -720,21 +741,87 @@ TEST_P(ReplicationTest, AFollowerTakesNothingFromALeaderBeforeItsProofAndNoRepla
   first->close();
   // When someone who recorded that welcome opens the next link with it, and a Diverging that
   // would cut the follower's log
-  std::unique_ptr<Link> second = next_link();
+  std::unique_ptr<Link> second = accept_from(*listener);
   ASSERT_NE(second, nullptr);
   ASSERT_EQ(second->post_send(welcome, 0), PostStatus::kOk);
   ASSERT_EQ(second->post_send(message(std::uint8_t{4}, std::uint16_t{1}, std::int32_t{1}, std::int64_t{0}), 1), PostStatus::kOk);
   // Expect the link ended by the follower, no follow sent, its log untouched
-  EXPECT_TRUE(ended_without_follow(*second)) << "a recorded welcome before any challenge";
+  EXPECT_TRUE(ended_without_follow(*second, run_follower)) << "a recorded welcome before any challenge";
   EXPECT_EQ(logs_[1].log_end(), own_end);
   // When the next link's "leader" challenges as the first did and answers the hello with the
   // recorded welcome (the follower's nonce is new)
-  std::unique_ptr<Link> third = next_link();
+  std::unique_ptr<Link> third = accept_from(*listener);
   ASSERT_NE(third, nullptr);
   ASSERT_TRUE(challenge_and_read_hello(*third, challenge, run_follower).has_value());
   ASSERT_EQ(third->post_send(welcome, 1), PostStatus::kOk);
-  EXPECT_TRUE(ended_without_follow(*third)) << "a replayed welcome";
+  EXPECT_TRUE(ended_without_follow(*third, run_follower)) << "a replayed welcome";
   EXPECT_EQ(logs_[1].log_end(), own_end);
+}
+
+TEST_P(ReplicationTest, AFollowerEndsALinkWhoseLeaderNeverChallengesOrProvesToBeAnotherNode) {
+  // Given a follower of node 1 at a hand-made leader's address, both with the secret, and
+  // records of its own
+  ReplicationOptions options = small_options();
+  options.secret = "s3cret";
+  options.handshake_timeout_ms = 300;
+  std::unique_ptr<LinkListener> listener = listen_as_leader();
+  ASSERT_NE(listener, nullptr);
+  Replicator& follower = follow_hand_made_leader(*listener, options);
+  const Offset own_end = logs_[1].log_end();
+  const auto run_follower = [&] { follower.run_once(0); };
+  const auto state = [&] {
+    for (const ReplicaStatus& r : follower.status())
+      if (r.partition == kP) return r.state;
+    return std::string("not followed");
+  };
+  // When the leader takes the link and never challenges
+  std::unique_ptr<Link> mute = accept_from(*listener);
+  ASSERT_NE(mute, nullptr);
+  // Expect the follower to end it once its handshake time is out, having sent nothing, and say why
+  EXPECT_TRUE(ended_before(*mute, run_follower, [](const LinkCompletion& c) { return c.kind == LinkCompletion::Kind::kMessageReceived; }))
+      << "the follower spoke first, or kept a link whose leader never challenged";
+  EXPECT_NE(state().find("did not end in time"), std::string::npos) << state();
+  // When the next link's leader challenges, and answers the hello with node 5's valid proof
+  std::unique_ptr<Link> other = accept_from(*listener);
+  ASSERT_NE(other, nullptr);
+  const Nonce challenge = nonce_of(0x77);
+  const std::optional<Hello> hello = challenge_and_read_hello(*other, challenge, run_follower);
+  ASSERT_TRUE(hello.has_value());
+  ASSERT_EQ(other->post_send(message(kWelcome, NodeId{5}, proof(options.secret, "weft leader", hello->nonce, challenge, NodeId{5})), 1), PostStatus::kOk);
+  // Expect the link ended with no follow sent, the log untouched, and the status naming both nodes
+  EXPECT_TRUE(ended_without_follow(*other, run_follower)) << "a follow sent to node 5 at node 1's address";
+  EXPECT_EQ(logs_[1].log_end(), own_end);
+  EXPECT_NE(state().find("node 5 answered at the address of node 1"), std::string::npos) << state();
+}
+
+TEST_P(ReplicationTest, StrangersInTheHandshakeHoldAtMostSixteenPlacesAndOnlyUntilTheirTimeIsUp) {
+  // Given a node with a secret and a link from a peer that proved itself
+  ReplicationOptions options = small_options();
+  options.secret = "s3cret";
+  options.handshake_timeout_ms = 3'000;
+  Replicator& node = start(1, options);
+  const auto run_node = [&] { node.run_once(0); };
+  PeerLinks peers{*transport_, node.address()};
+  Link* member = peers.connect();
+  ASSERT_NE(member, nullptr);
+  ASSERT_TRUE(handshake_as_follower(*member, 2, options.secret, run_node));
+  // When 20 strangers connect and say nothing
+  PeerLinks strangers{*transport_, node.address()};
+  for (int i = 0; i < 20; ++i) ASSERT_NE(strangers.connect(), nullptr);
+  // Expect 4 of them closed at once and 16 kept (each would have been closed by now, had it been
+  // refused), beside the member's link
+  ASSERT_TRUE(run_until([&] { return strangers.count_gone() == 4; }, {}, 2'000)) << strangers.count_gone() << " of 20 strangers closed";
+  for (int i = 0; i < 200; ++i) run_node();
+  EXPECT_EQ(strangers.count_gone(), 4);
+  EXPECT_EQ(node.incoming_links(), 17u);
+  // And once their handshake time is up, every stranger closed, the member's link kept, and a
+  // newcomer's handshake taken
+  EXPECT_TRUE(run_until([&] { return strangers.count_gone() == 20; }, {}, 10'000)) << strangers.count_gone() << " of 20 strangers closed";
+  EXPECT_EQ(peers.count_gone(), 0) << "the member's link was closed with the strangers";
+  Link* newcomer = peers.connect();
+  ASSERT_NE(newcomer, nullptr);
+  EXPECT_TRUE(handshake_as_follower(*newcomer, 3, options.secret, run_node));
+  EXPECT_EQ(node.incoming_links(), 2u);
 }
 
 TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {
@@ -767,6 +854,65 @@ TEST(ReplicatorLinks, ALeaderThatDoesNotAnswerStallsNoOtherPartition) {
   transport.release();  // the connect's thread ends; the replicators may go
   follower.reset();
   leader.reset();
+}
+
+TEST(ReplicatorLinks, AFollowerWhoseHandshakesFailConnectsLessAndLessOftenUntilOneSucceeds) {
+  // Given a follower of node 1 at a hand-made leader's address, retrying after 20 ms
+  std::unique_ptr<Transport> transport = make_loopback_transport(make_loopback_network());
+  ReplicationOptions options;
+  options.retry_backoff_ms = 20;
+  options.secret = "s3cret";
+  std::unique_ptr<LinkListener> listener = transport->listen("fake-leader").value();
+  std::unique_ptr<Replicator> follower = Replicator::start(*transport, 2, "", options).value();
+  MemoryReplicaLog log;
+  ASSERT_TRUE(follower->follow(kP, &log, 1, 1, listener->address()).ok());
+  const auto run_follower = [&] { follower->run_once(0); };
+  using Clock = std::chrono::steady_clock;
+  // The follower's next link, and when it was taken (before the follower could see the last one end).
+  const auto next_link = [&](Clock::time_point& taken) -> std::unique_ptr<Link> {
+    const auto deadline = Clock::now() + std::chrono::seconds(15);
+    while (Clock::now() < deadline) {
+      run_follower();
+      if (auto accepted = listener->accept(); accepted.ok()) {
+        taken = Clock::now();
+        return std::move(accepted.value());
+      }
+    }
+    return nullptr;
+  };
+  const auto ms = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
+  // When the leader ends seven links in a row before the handshake is done
+  // Expect each connect after the first to wait at least twice as long as the one before: 20,
+  // 40, ..., 1280 ms (1 ms of slack: the follower's clock counts whole milliseconds)
+  Clock::time_point previous, taken;
+  for (int failures = 0; failures < 7; ++failures) {
+    std::unique_ptr<Link> link = next_link(taken);
+    ASSERT_NE(link, nullptr) << "no link after " << failures << " failed handshakes";
+    if (failures > 0) {
+      EXPECT_GE(ms(taken - previous), (20 << (failures - 1)) - 1) << "after " << failures << " failed handshakes";
+    }
+    previous = taken;
+    link->close();
+  }
+  // When the next link's handshake succeeds, and the leader ends it and the one after in their handshake
+  std::unique_ptr<Link> proven = next_link(taken);
+  ASSERT_NE(proven, nullptr);
+  EXPECT_GE(ms(taken - previous), 1280 - 1);
+  const Nonce challenge = nonce_of(0x42);
+  const std::optional<Hello> hello = challenge_and_read_hello(*proven, challenge, run_follower);
+  ASSERT_TRUE(hello.has_value());
+  ASSERT_EQ(proven->post_send(message(kWelcome, NodeId{1}, proof(options.secret, "weft leader", hello->nonce, challenge, NodeId{1})), 1), PostStatus::kOk);
+  ASSERT_TRUE(await_message(*proven, 1, run_follower).has_value()) << "no follow after a proper handshake";
+  proven->close();
+  std::unique_ptr<Link> failing = next_link(previous);
+  ASSERT_NE(failing, nullptr);
+  failing->close();
+  // Expect the count of failures to start again: the next connect after about 20 ms, far sooner
+  // than the 2 560 ms an eighth failure in a row would wait
+  std::unique_ptr<Link> again = next_link(taken);
+  ASSERT_NE(again, nullptr);
+  EXPECT_LT(ms(taken - previous), 1'500) << "the failures before the proper handshake still counted";
+  again->close();
 }
 
 TEST(EpochHistory, AnswersWhereAnEpochEnds) {
