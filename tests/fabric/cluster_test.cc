@@ -7,8 +7,10 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "weft/fabric/metadata_store.h"
@@ -445,6 +447,43 @@ TEST_F(ClusterTest, ATopicMadeAgainUnderItsNameGetsPartitionsOfItsOwn) {
   ClusterMember& new_leader = fresh.leader == 1 ? *members_[0] : *members_[1];
   EXPECT_FALSE(new_leader.commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, old_topic).value()) << "an old topic's leader changed the new one's set";
   EXPECT_TRUE(new_leader.commit_isr(p, fresh.leader_epoch, {fresh.leader}, {}, fresh.topic_id).value());
+}
+
+TEST_F(ClusterTest, StatesWrittenBeforeTopicIdsAreKeptAndStampedWithTheirTopicsId) {
+  // Given a store that an earlier version wrote: a topic whose record has no id and whose
+  // partition state has no topic id, and a topic whose record has an id but whose state has
+  // none, both at leader epoch 3
+  const std::string prefix = "/weft/test/";
+  const std::string id = "0123456789abcdef0123456789abcdef";
+  PartitionState before;
+  before.replicas = {1};
+  before.leader = 1;
+  before.leader_epoch = 3;
+  before.isr = {1};
+  ASSERT_TRUE(store_->put(prefix + "topics/old", encode_topic(TopicRecord{"old", 1, 1, ""}), 0).ok());
+  ASSERT_TRUE(store_->put(prefix + "partitions/old/0", encode_partition(before), 0).ok());
+  ASSERT_TRUE(store_->put(prefix + "topics/mixed", encode_topic(TopicRecord{"mixed", 1, 1, "", id}), 0).ok());
+  ASSERT_TRUE(store_->put(prefix + "partitions/mixed/0", encode_partition(before), 0).ok());
+  // When a node of this version joins and becomes the controller
+  join(1);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  // Expect both states kept at their epoch (not taken for a deleted topic's and made afresh),
+  // the second stamped with its record's id, and a role of each handed out
+  const PartitionId old{"old", 0}, mixed{"mixed", 0};
+  ASSERT_TRUE(run_until([&] {
+    const auto now = members_[0]->partitions();
+    return now.contains(old) && now.contains(mixed) && now.at(mixed).topic_id == id;
+  })) << "a state from before topic ids was not stamped";
+  for (const PartitionId& p : {old, mixed}) EXPECT_EQ(members_[0]->partitions().at(p).leader_epoch, 3) << p.topic;
+  EXPECT_EQ(members_[0]->partitions().at(old).topic_id, "");
+  std::map<std::string, Assignment> roles;
+  ASSERT_TRUE(run_until([&] {
+    for (Assignment& a : members_[0]->take_assignments()) roles[a.partition.topic] = std::move(a);
+    return roles.contains("old") && roles.contains("mixed") && roles.at("mixed").state.topic_id == id;
+  }, 3'000)) << "no role of a topic from before ids was handed out";
+  EXPECT_TRUE(roles.at("old").replica && roles.at("old").leader);
+  EXPECT_EQ(roles.at("old").state.leader_epoch, 3);
+  EXPECT_TRUE(roles.at("mixed").replica && roles.at("mixed").leader);
 }
 
 TEST_F(ClusterTest, DeletingATopicRemovesItsPartitionsAndRoles) {

@@ -16,7 +16,9 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -504,6 +506,53 @@ TEST_F(ClusterNodeTest, ATopicMadeAgainWhileAReplicaWasDownIsNotServedFromItsOld
     EXPECT_EQ(end, Offset{4}) << "partition " << p;
     expect_only_the_new_batch(p, end, std::byte{9}, std::byte{1});
   }
+}
+
+TEST_F(ClusterNodeTest, ALateStateOfADeletedTopicsPartitionLeavesTheRolesOfTheTopicMadeAgainUnderItsName) {
+  // Given two nodes, neither of them the controller (the store says another is), and a topic of
+  // two partitions replicated on both, its states written as a controller would
+  ASSERT_TRUE(store_->put("/weft/test/controller", "99").ok());
+  for (NodeId id : {1, 2}) start(id);
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  ASSERT_TRUE(create_cluster_topic(*store_, "test", TopicRecord{"orders", 2, 2, topic_config_text(config)}).ok());
+  PartitionState state;
+  state.replicas = {1, 2};
+  state.leader = 1;
+  state.leader_epoch = 1;
+  state.isr = {1, 2};
+  state.topic_id = read_cluster(*store_, "test").value().topics.at("orders").id;
+  for (std::uint32_t p = 0; p < 2; ++p) ASSERT_TRUE(store_->put("/weft/test/partitions/orders/" + std::to_string(p), encode_partition(state)).ok());
+  const auto both_partitions_replicated = [&] {
+    for (Member& m : members_)
+      for (std::uint32_t p = 0; p < 2; ++p)
+        if (auto view = m.cluster->partition("orders", p); !view || view->leader != 1 || !view->replica_here || view->isr.size() != 2) return false;
+    return true;
+  };
+  ASSERT_TRUE(eventually(both_partitions_replicated));
+  for (std::uint32_t p = 0; p < 2; ++p) produce_acked(p, 2, std::byte{1});
+  // When a state of a third partition of an earlier topic of the name comes after them (a
+  // deleted topic's, which its controller had not yet removed)
+  PartitionState stale = state;
+  stale.topic_id = "ffffffffffffffffffffffffffffffff";
+  ASSERT_TRUE(store_->put("/weft/test/partitions/orders/2", encode_partition(stale)).ok());
+  ASSERT_TRUE(eventually([&] {
+    for (Member& m : members_)
+      if (!m.cluster->partition("orders", 2)) return false;
+    return true;
+  })) << "the late state never reached the nodes";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // passes of their replication threads
+  // Expect every role of the topic kept on both nodes and none of the stale partition taken, and
+  // acks=all writes to both partitions going on
+  for (Member& m : members_) {
+    std::set<std::uint32_t> held;
+    for (const ReplicaStatus& r : m.cluster->replicas())
+      if (r.partition.topic == "orders") held.insert(r.partition.partition);
+    EXPECT_EQ(held, (std::set<std::uint32_t>{0, 1})) << "node " << m.id;
+  }
+  EXPECT_TRUE(both_partitions_replicated());
+  for (std::uint32_t p = 0; p < 2; ++p) EXPECT_EQ(produce_acked(p, 1, std::byte{2}), Offset{12}) << "partition " << p;
 }
 
 TEST_F(ClusterNodeTest, ADrainedNodeHandsItsLeadershipsOverBeforeItLeaves) {

@@ -382,6 +382,83 @@ TEST(NodeLog, ATopicMadeAgainWhileItsDeleteIsUnderWayStartsEmptyAndKeepsItsLog) 
   EXPECT_TRUE(std::filesystem::exists(dir.path() + "/again-0/00000000000000000000.log")) << "the delete removed the new topic's log";
 }
 
+// A segment log that notes, when it is removed, whether its topic's file was still there, and
+// refuses the removal while the test says so.
+struct Removals {
+  std::mutex mutex;
+  std::vector<bool> topic_file_there;  // at each removal, in order
+  bool refuse_partition_1 = true;
+};
+
+class NotingRemovalLog final : public test::ForwardingLog {
+ public:
+  NotingRemovalLog(std::unique_ptr<PartitionLog> inner, std::uint32_t partition, std::string topic_file, std::shared_ptr<Removals> removals)
+      : ForwardingLog(std::move(inner)), partition_(partition), topic_file_(std::move(topic_file)), removals_(std::move(removals)) {}
+  Result<void> remove() override {
+    std::lock_guard lock(removals_->mutex);
+    removals_->topic_file_there.push_back(std::filesystem::exists(topic_file_));
+    if (partition_ == 1 && removals_->refuse_partition_1) return Error{Errc::kIo, "removing the log: refused by the test"};
+    return inner_->remove();
+  }
+
+ private:
+  std::uint32_t partition_;
+  std::string topic_file_;
+  std::shared_ptr<Removals> removals_;
+};
+
+TEST(NodeLog, ADeleteRemovesTheLogsBeforeTheTopicsFileAndKeepsTheFileWhileALogStays) {
+  // Given a node that keeps its topics' files, and a topic of two partitions with records in
+  // both logs, the second of which refuses to be removed
+  TempDir dir;
+  auto removals = std::make_shared<Removals>();
+  NodeOptions options = logged_node(dir.path());
+  options.metadata_dir = dir.path() + "/topics";
+  options.open_log = [inner = options.open_log, removals, topics = options.metadata_dir](
+                         std::string_view topic, std::uint32_t partition, const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
+    WEFT_TRY(std::unique_ptr<PartitionLog> log, inner(topic, partition, config));
+    const std::string topic_file = topics + "/" + std::string(topic) + ".topic";
+    return std::unique_ptr<PartitionLog>(std::make_unique<NotingRemovalLog>(std::move(log), partition, topic_file, removals));
+  };
+  const TopicSettings two = {{"partitions", "2"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"retention.ms", "-1"}};
+  const std::string topic_file = options.metadata_dir + "/held.topic";
+  {
+    auto node = Node::start(options).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("held", two).ok());
+    TopicProducer producer = producer_for_passes(client, "held");
+    std::vector<std::byte> value(100, std::byte{0x44});
+    RecordInput record;
+    record.value = std::span<const std::byte>(value);
+    record.timestamp_ms = 1'700'000'000'000;
+    for (std::uint32_t p = 0; p < 2; ++p)
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer.send_to(p, record).ok());
+    node->maintain();
+    ASSERT_TRUE(std::filesystem::exists(topic_file));
+    // When it is deleted
+    Result<void> deleted = client->delete_topic("held");
+    // Expect the delete to fail, saying why; the logs removed while the topic's file was still
+    // there; the first log gone, and the file kept with the log that stayed
+    ASSERT_FALSE(deleted.ok());
+    EXPECT_NE(deleted.error().message.find("refused by the test"), std::string::npos) << deleted.error().message;
+    EXPECT_EQ(removals->topic_file_there, (std::vector<bool>{true, true})) << "the topic's file went before its logs";
+    EXPECT_TRUE(std::filesystem::exists(topic_file)) << "the file went while a log of the topic stayed";
+    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/held-0"));
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/held-1/00000000000000000000.log"));
+  }
+  // And a node started again to serve the topic with the log that stayed, and to delete it whole
+  // once its log can be removed
+  removals->refuse_partition_1 = false;
+  auto node = Node::start(options).value();
+  Result<TopicInfo> info = node->describe_topic("held");
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  EXPECT_EQ(info->partitions[0].end_offset, Offset{0});
+  EXPECT_EQ(info->partitions[1].end_offset, Offset{3});
+  ASSERT_TRUE(node->delete_topic("held").ok());
+  EXPECT_FALSE(std::filesystem::exists(topic_file));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/held-1"));
+}
+
 TEST(NodeLog, ANodeStartedAgainServesItsTopicsFromWhereTheirLogsEnd) {
   TempDir dir;
   NodeOptions options = logged_node(dir.path());
