@@ -348,6 +348,27 @@ TEST_F(Cli, DaemonRefusesAReplicationSecretOthersMayReadOrAnEmptyOne) {
   EXPECT_NE(absent.err.find("no-such-file"), std::string::npos) << absent.err;
 }
 
+TEST_F(Cli, DaemonWarnsOfAReplicationPortWithoutASecretUnlessOnlyLoopbackReachesIt) {
+  // Each stops before it contacts etcd: a cluster node's Kafka listener needs a port.
+  const auto start_listening_at = [&](const std::string& replication_listen) {
+    return run({WEFTD_PATH, "--socket", dir_ + "/c.sock", "--data-dir", dir_ + "/c", "--node-id", "1", "--etcd", "http://127.0.0.1:9",
+                "--kafka-listen", "127.0.0.1:0", "--metrics-listen", "off", "--replication-listen", replication_listen},
+               {}, 5000);
+  };
+  const std::string warning = "give the cluster a secret with replication_secret_file";
+  for (const char* reachable : {"0.0.0.0:0", "[::]:0", "192.0.2.7:0", "128.0.0.1:0", "node-a.example:0"}) {
+    Output started = start_listening_at(reachable);
+    EXPECT_EQ(started.exit_code, 1);
+    EXPECT_NE(started.err.find(warning), std::string::npos) << reachable << ": " << started.err;
+  }
+  for (const char* loopback : {"127.0.0.1:0", "127.0.0.2:0", "[::1]:0", "localhost:0"}) {
+    Output started = start_listening_at(loopback);
+    EXPECT_EQ(started.exit_code, 1);
+    EXPECT_NE(started.err.find("kafka_listen needs a port"), std::string::npos) << loopback << ": " << started.err;
+    EXPECT_EQ(started.err.find(warning), std::string::npos) << loopback << ": " << started.err;
+  }
+}
+
 TEST_F(Cli, TheExampleConfigIsAcceptedAsItStands) {
   // Only the paths change (the example's are system paths); every other key is read from it.
   start_node({"--config", WEFTD_EXAMPLE_CONFIG});

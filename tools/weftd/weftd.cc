@@ -2,6 +2,7 @@
 //
 // Settings come from built-in defaults, then the TOML file given with --config, then flags; every
 // key of the file has a flag of the same name (underscores become dashes).
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <pwd.h>
 #include <signal.h>
@@ -196,6 +197,16 @@ Result<void> load_config(const std::string& path, Settings& s) {
   return ok();
 }
 
+// Whether `host` is this machine's loopback (127.0.0.0/8, ::1, localhost), which no other
+// machine reaches.
+bool is_loopback_host(const std::string& host) {
+  if (host == "localhost") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return ::inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
+
 // The cluster's replication secret from its file: refused unless the file is a regular file of
 // weftd's user that no other user may read or write (a secret others can read proves nothing),
 // holding 16 bytes to 4 KiB. A final line break is not part of it (`echo ... > file`). The
@@ -387,8 +398,7 @@ int main(int argc, char** argv) {
     Result<std::pair<std::string, std::uint16_t>> replication_at = parse_host_port("replication_listen", s.replication_listen);
     if (!replication_at.ok()) return fail(replication_at.error());
     if (s.replication_secret_file.empty()) {
-      const std::string& host = replication_at->first;
-      if (host != "127.0.0.1" && host != "::1" && host != "localhost")
+      if (!is_loopback_host(replication_at->first))
         log(LogLevel::kWarn, "the replication port takes any peer that reaches it (who can follow partitions and report progress); give the "
                              "cluster a secret with replication_secret_file", {{"replication_listen", s.replication_listen}});
     } else {
