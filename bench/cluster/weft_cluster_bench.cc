@@ -98,7 +98,7 @@ std::unique_ptr<BenchNode> start_node(const Settings& s) {
   NodeOptions o;
   storage::SegmentOptions segments;
   segments.direct_io = s.direct_io;
-  o.open_log = storage::open_segment_logs(n->dir + "/data", segments);
+  storage::use_segment_logs(o, n->dir + "/data", segments);
   o.maintenance_max_interval_us = 200;
   n->node = Node::start(std::move(o)).value();
   return n;

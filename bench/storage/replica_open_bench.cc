@@ -28,7 +28,7 @@ struct Fixture {
     char pattern[] = "/tmp/weft-replica-open-XXXXXX";
     dir = ::mkdtemp(pattern);
     weft::NodeOptions o;
-    o.open_log = weft::storage::open_segment_logs(dir + "/data");
+    weft::storage::use_segment_logs(o, dir + "/data");
     o.prefer_hugepages = false;
     node = weft::Node::start(std::move(o)).value();
     weft::TopicConfig config;

@@ -571,10 +571,18 @@ Result<void> Node::delete_topic(std::string_view name) {
   // left without its topic would be taken up, records and all, by a topic made again under the
   // name (a crash between the two brings the topic back instead, empty or with what stayed).
   Result<void> removed;
-  for (const auto& p : topic->partitions) {
-    std::lock_guard partition_guard(p->log_mutex);  // a follower's write-through may be under way
-    if (p->log)
-      if (Result<void> r = p->log->remove(); !r.ok() && removed.ok()) removed = r;
+  for (std::uint32_t i = 0; i < topic->partitions.size(); ++i) {
+    Partition& p = *topic->partitions[i];
+    std::lock_guard partition_guard(p.log_mutex);  // a follower's write-through may be under way
+    Result<void> r = ok();
+    if (p.log) {
+      r = p.log->remove();
+    } else if (options_.open_log) {  // offline: its log never opened, its files there all the same
+      r = options_.remove_unopened_log ? options_.remove_unopened_log(topic->name, i)
+                                       : Error{Errc::kFailedPrecondition, "partition " + std::to_string(i) +
+                                                   "'s log never opened (offline) and this node cannot remove it (NodeOptions::remove_unopened_log)"};
+    }
+    if (!r.ok() && removed.ok()) removed = r;
   }
   if (!options_.metadata_dir.empty() && removed.ok()) {
     const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";

@@ -751,26 +751,38 @@ Result<std::vector<EpochStart>> SegmentLog::load_epochs() const {
 
 bool wait_for_log_deletions(int timeout_ms) { return LogDeleter::instance().wait_until_empty(timeout_ms); }
 
+namespace {
+
+// Takes a log's folder out of its place at once (renamed aside, then deleted in the background
+// once `owner`, the files still open in it, is gone), so a log made again under the name starts
+// empty.
+Result<void> remove_log_folder(const std::string& dir, std::weak_ptr<const void> owner) {
+  // The folder's name, cut so that the suffix fits NAME_MAX (a topic name may take 249 bytes).
+  const std::filesystem::path folder(dir);
+  const std::string name = folder.filename().string();
+  const std::string doomed = (folder.parent_path() / (name.substr(0, kMaxNameBytes - kDeleteSuffixBytes) + deletion_suffix())).string();
+  if (::rename(dir.c_str(), doomed.c_str()) != 0) {
+    if (errno == ENOENT) return ok();  // never made (a log that failed to open before it had a folder)
+    // In place, the point first: a crash halfway must not leave it to vouch for a new log's segments.
+    ::unlink((dir + kRecoveryPointFile).c_str());
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+    if (ec) return Error{Errc::kIo, "removing " + dir + ": " + ec.message()};
+    return ok();
+  }
+  LogDeleter::instance().add_folder(doomed, std::move(owner));
+  return ok();
+}
+
+}  // namespace
+
 Result<void> SegmentLog::remove() {
   std::lock_guard lock(mutex_);
   removed_ = true;
   refusal_ = "was removed with its topic";
   cancel_closed_segment_syncs();
   segments_.resize(1);  // keep one so the other calls stay well defined; its files close with the log
-  // The folder's name, cut so that the suffix fits NAME_MAX (a topic name may take 249 bytes).
-  const std::filesystem::path folder(dir_);
-  const std::string name = folder.filename().string();
-  const std::string doomed = (folder.parent_path() / (name.substr(0, kMaxNameBytes - kDeleteSuffixBytes) + deletion_suffix())).string();
-  if (::rename(dir_.c_str(), doomed.c_str()) != 0) {
-    // In place, the point first: a crash halfway must not leave it to vouch for a new log's segments.
-    ::unlink((dir_ + kRecoveryPointFile).c_str());
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-    if (ec) return Error{Errc::kIo, "removing " + dir_ + ": " + ec.message()};
-    return ok();
-  }
-  LogDeleter::instance().add_folder(doomed, open_files_);
-  return ok();
+  return remove_log_folder(dir_, open_files_);
 }
 
 Offset SegmentLog::start_offset() const {
@@ -1002,6 +1014,21 @@ Error SegmentLog::stop_after(Error error) {
   return Error{Errc::kDataLoss, "the log at " + dir_ + " could not be truncated and takes nothing more: " + error.message};
 }
 
+std::string partition_log_folder(const std::string& data_dir, std::string_view topic, std::uint32_t partition) {
+  return data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
+}
+
+RemovePartitionLog remove_segment_logs(std::string data_dir) {
+  return [data_dir = std::move(data_dir)](std::string_view topic, std::uint32_t partition) -> Result<void> {
+    return remove_log_folder(partition_log_folder(data_dir, topic, partition), {});
+  };
+}
+
+void use_segment_logs(NodeOptions& options, const std::string& data_dir, SegmentOptions segment) {
+  options.open_log = open_segment_logs(data_dir, segment);
+  options.remove_unopened_log = remove_segment_logs(data_dir);
+}
+
 OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment) {
   // Folders of logs removed by an earlier run that stopped before it had deleted them.
   std::error_code ec;
@@ -1011,7 +1038,7 @@ OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment)
   }
   return [data_dir = std::move(data_dir), segment](std::string_view topic, std::uint32_t partition,
                                           const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
-    const std::string dir = data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
+    const std::string dir = partition_log_folder(data_dir, topic, partition);
     SegmentLogOptions options;
     options.segment = segment;
     options.segment_bytes = static_cast<std::uint64_t>(config.segment_bytes);

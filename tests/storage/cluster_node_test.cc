@@ -52,7 +52,7 @@ class ClusterNodeTest : public testing::Test {
     m.id = id;
     if (dir != nullptr) m.dir = std::move(dir);
     NodeOptions o;
-    o.open_log = storage::open_segment_logs(m.dir->path() + "/data");
+    storage::use_segment_logs(o, m.dir->path() + "/data");
     o.metadata_dir = m.dir->path() + "/topics";  // as weftd keeps them: topics come back after a restart
     if (wrap_logs) o.open_log = wrap_logs(std::move(o.open_log));
     o.maintenance_max_interval_us = 500;

@@ -642,5 +642,64 @@ TEST(NodeLog, APartitionWhoseLogIsCorruptInsideStaysOfflineAndTheOthersServe) {
   EXPECT_NE(unreadable.error().message.find("offline"), std::string::npos) << unreadable.error().message;
 }
 
+TEST(NodeLog, ATopicWithAnOfflinePartitionIsDeletedWholeAndMadeAgainEmpty) {
+  // Given a topic of two partitions whose second partition's log is corrupt inside, offline
+  // after a restart
+  TempDir dir;
+  NodeOptions options;
+  options.prefer_hugepages = false;
+  options.start_maintenance_thread = false;
+  options.metadata_dir = dir.path() + "/topics";
+  use_segment_logs(options, dir.path() + "/data");
+  const TopicSettings settings{{"partitions", "2"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"segment.bytes", "8192"}};
+  std::vector<std::byte> value(100, std::byte{7});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+  {
+    auto node = Node::start(options).value();
+    auto client = Client::embedded(*node);
+    ASSERT_TRUE(client->create_topic("mixed", settings).ok());
+    TopicProducer producer = producer_for_passes(client, "mixed");
+    for (int i = 0; i < 200; ++i) ASSERT_TRUE(producer.send_to(static_cast<std::uint32_t>(i % 2), record).ok());
+    node->maintain();
+  }
+  std::filesystem::remove(dir.path() + "/data/mixed-1/recovery-point");
+  {
+    std::fstream f(dir.path() + "/data/mixed-1/" + segment_file_name(Offset{0}, ".log"), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(300);
+    f.put('\x5A');
+  }
+  // When a node that cannot remove a log it never opened deletes the topic
+  NodeOptions without_remover = options;
+  without_remover.remove_unopened_log = nullptr;
+  {
+    auto node = Node::start(without_remover).value();
+    node->maintain();  // (a pass gathers the figures describe_topic answers with)
+    ASSERT_NE(node->describe_topic("mixed").value().partitions[1].log_error.find("offline"), std::string::npos);
+    // Expect a clear refusal, and the topic's file kept with the log that stayed
+    const Result<void> refused = node->delete_topic("mixed");
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.error().message.find("partition 1's log never opened (offline)"), std::string::npos) << refused.error().message;
+    EXPECT_TRUE(std::filesystem::exists(options.metadata_dir + "/mixed.topic"));
+  }
+  // When a node that can deletes it, and makes it again
+  auto node = Node::start(options).value();
+  auto client = Client::embedded(*node);
+  node->maintain();
+  ASSERT_NE(node->describe_topic("mixed").value().partitions[1].log_error.find("offline"), std::string::npos);
+  const Result<void> deleted = client->delete_topic("mixed");
+  ASSERT_TRUE(deleted.ok()) << deleted.error().message;
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/data/mixed-1")) << "the offline partition's log stayed";
+  Result<TopicInfo> made = client->create_topic("mixed", settings);
+  ASSERT_TRUE(made.ok()) << made.error().message;
+  // Expect both partitions empty and taking writes from offset 0
+  TopicProducer producer = TopicProducer::create(client, "mixed").value();
+  for (std::uint32_t p = 0; p < 2; ++p) {
+    const Result<SendResult> sent = producer.send_to(p, record);
+    ASSERT_TRUE(sent.ok()) << "partition " << p << ": " << sent.error().message;
+    EXPECT_EQ(sent->offset, Offset{0}) << "partition " << p;
+  }
+}
+
 }  // namespace
 }  // namespace weft::storage

@@ -569,7 +569,7 @@ int run_perf(const PerfOptions& in) {
       storage::SegmentOptions segment;
       segment.io_uring = o.io_uring;
       segment.direct_io = o.log_writes == "direct";
-      options.open_log = storage::open_segment_logs(log_dir, segment);
+      storage::use_segment_logs(options, log_dir, segment);
     }
     Result<std::unique_ptr<Node>> started = Node::start(options);
     if (!started.ok()) {

@@ -365,7 +365,7 @@ int main(int argc, char** argv) {
     // created again after a restart carries on from its log's end.
     storage::SegmentOptions segments;
     segments.direct_io = direct_writes;
-    options.open_log = storage::open_segment_logs(data_dir, segments);
+    storage::use_segment_logs(options, data_dir, segments);
     options.metadata_dir = data_dir + "/topics";    // topics come back after a restart
     options.offsets_dir = data_dir + "/offsets";    // and consumer groups' committed offsets
   }

@@ -111,10 +111,17 @@ struct TopicIncarnation {
 using OpenPartitionLog =
     std::function<Result<std::unique_ptr<PartitionLog>>(std::string_view topic, std::uint32_t partition, const TopicConfig& config)>;
 
+// Removes the durable log of a partition whose log was never opened (a partition offline since
+// its log was found corrupt at start) when its topic is deleted.
+using RemovePartitionLog = std::function<Result<void>(std::string_view topic, std::uint32_t partition)>;
+
 struct NodeOptions {
   // With a log, the maintenance pass drains every ring into it and producers may overwrite only
   // what it wrote (and synced, as the topic's fsync policy asks). Without one, rings only.
   OpenPartitionLog open_log;
+  // With open_log: without it, deleting a topic with an offline partition fails (its log stays,
+  // and would be found again by a topic made under the name). storage::use_segment_logs sets both.
+  RemovePartitionLog remove_unopened_log;
   // Where topics and their settings are kept (one `<topic>.topic` file each), so a node that
   // starts again serves the topics it had, each partition carrying on from its log. Empty:
   // topics live in memory only.

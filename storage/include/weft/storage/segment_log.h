@@ -135,4 +135,11 @@ bool wait_for_log_deletions(int timeout_ms);
 // io_uring).
 OpenPartitionLog open_segment_logs(std::string data_dir, SegmentOptions segment = {});
 
+// The node's RemovePartitionLog for those logs: a partition's folder taken away (renamed aside,
+// deleted in the background) when its topic is deleted and its log was never opened.
+RemovePartitionLog remove_segment_logs(std::string data_dir);
+
+// Both of the above, set in `options`: a node whose logs live under `data_dir`.
+void use_segment_logs(NodeOptions& options, const std::string& data_dir, SegmentOptions segment = {});
+
 }  // namespace weft::storage
