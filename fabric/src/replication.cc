@@ -237,7 +237,9 @@ struct Replicator::Impl {
     std::int64_t handshake_deadline_ms = 0;
     NodeId peer = -1;  // incoming: the node the follower proved to be
     int handshake_failures = 0;  // outgoing: in a row, each doubling the wait before the next connect
+    bool end_handled = false;    // on_link_gone ran for this link (once a link, polled or not)
     void begin_handshake(std::int64_t deadline_ms) {
+      end_handled = false;
       authenticated = false;
       awaiting_welcome = false;
       nonce = {};
@@ -923,6 +925,8 @@ struct Replicator::Impl {
   }
 
   void on_link_gone(Connection& c) {
+    if (c.end_handled) return;
+    c.end_handled = true;
     for (auto& [partition, l] : led) {
       for (auto& [id, f] : l.followers) {
         if (f.connection == &c) f.connection = nullptr;
@@ -978,6 +982,9 @@ struct Replicator::Impl {
       std::unique_ptr<Connection>& c = entry.second;
       const bool wanted = std::any_of(followed.begin(), followed.end(), [&](const auto& f) { return f.second.address == address_; });
       if (!wanted) continue;
+      // A link this side ended (a handshake it failed) before its end was polled: its end is
+      // handled now, so the back-off counts it before the connect below.
+      if (c->link != nullptr && !c->up()) on_link_gone(*c);
       if (!c->up() && !c->connecting.valid() && now >= c->retry_at_ms) {
         if (c->link != nullptr) {
           c->link->close();
@@ -1078,16 +1085,18 @@ struct Replicator::Impl {
         continue;
       }
       // Links still in their handshake get a few places of their own: strangers that connect and
-      // say nothing take those, not the places of the cluster's nodes.
+      // say nothing take those, not the places of the cluster's nodes. When they are all taken the
+      // oldest goes: a node's handshake takes milliseconds, so strangers that hold every place do
+      // not keep a node's new link out (they would have to open 16 links within its handshake).
       constexpr std::ptrdiff_t kLinksInHandshake = 16;
-      if (std::count_if(incoming.begin(), incoming.end(), [](const auto& in) { return in->up() && !in->authenticated; }) >= kLinksInHandshake) {
-        if (std::uint64_t held_back = 0; refusal_logs.allow(now, held_back)) {
-          log(LogLevel::kWarn, "replication: a peer was refused: too many links in their handshake",
-              {{"peer", link.value()->peer_address()}, {"not_logged_before", std::to_string(held_back)}});
-        }
-        link.value()->close();
-        continue;
+      Connection* oldest = nullptr;
+      std::ptrdiff_t in_handshake = 0;
+      for (auto& in : incoming) {
+        if (!in->up() || in->authenticated) continue;
+        ++in_handshake;
+        if (oldest == nullptr || in->handshake_deadline_ms < oldest->handshake_deadline_ms) oldest = in.get();
       }
+      if (in_handshake >= kLinksInHandshake && oldest != nullptr) handshake_failed(*oldest, "its place went to a newer link (too many links in their handshake)");
       auto c = std::make_unique<Connection>();
       c->link = std::move(link.value());
       challenge(*c);
