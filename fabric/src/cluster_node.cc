@@ -190,11 +190,13 @@ struct ClusterNode::Impl {
   }
 
   // On the topics' worker: deletes the local copy of `name` unless it is the copy of topic
-  // `keep` (a cluster_topic_id; nullopt: whatever it is of). True when no other copy stays.
+  // `keep` (a cluster_topic_id; nullopt: whatever it is of) or, with `keep`, a copy made before
+  // copies were marked (taken as any topic's of the name, as ensure_local_topic does). True
+  // when no other copy stays.
   bool delete_local_copy(const std::string& name, const std::optional<std::string>& keep) {
     if (keep) {
       const Result<TopicInfo> local = node.describe_topic(name);
-      if (!local.ok() || local->config.cluster_topic_id == *keep) return true;
+      if (!local.ok() || local->config.cluster_topic_id == *keep || local->config.cluster_topic_id.empty()) return true;
     }
     Result<void> deleted = node.delete_topic(name);
     if (deleted.ok() || deleted.error().code == Errc::kNotFound) return true;
@@ -216,17 +218,30 @@ struct ClusterNode::Impl {
     }
   }
 
-  // At start: local copies of this cluster's topics that the store does not have are named in
-  // the log and kept. The topic may have been deleted while this node was down (or crashed before
-  // it removed its copy); but a store restored from an old backup, or started empty, lacks topics
-  // that were never deleted, and deleting every copy of them would lose them for good.
-  void report_copies_the_store_lacks(const std::map<std::string, TopicRecord>& records) {
+  // At start, the local copies of this cluster's topics:
+  // - those the store does not have are named in the log and kept. The topic may have been
+  //   deleted while this node was down (or crashed before it removed its copy); but a store
+  //   restored from an old backup, or started empty, lacks topics that were never deleted, and
+  //   deleting every copy of them would lose them for good;
+  // - those of an earlier topic of a name the store has (deleted and made again while this node
+  //   was down) go: no role of that topic will come, and a role of the new one would replace the
+  //   copy anyway.
+  void sort_out_local_copies(const std::map<std::string, TopicRecord>& records) {
     const std::string ours = options.cluster.cluster + "/";
     for (const std::string& name : node.list_topics()) {
       const Result<TopicInfo> local = node.describe_topic(name);
-      if (!local.ok() || !local->config.cluster_topic_id.starts_with(ours) || records.contains(name)) continue;
-      log(LogLevel::kWarn, "cluster: a local copy of a topic the cluster does not have is kept; delete its files once the topic is gone for good",
-          {{"topic", name}, {"copy_of", local->config.cluster_topic_id}});
+      if (!local.ok() || !local->config.cluster_topic_id.starts_with(ours)) continue;
+      const auto record = records.find(name);
+      if (record == records.end()) {
+        log(LogLevel::kWarn, "cluster: a local copy of a topic the cluster does not have is kept; delete its files once the topic is gone for good",
+            {{"topic", name}, {"copy_of", local->config.cluster_topic_id}});
+        continue;
+      }
+      const std::string current = topic_id_of(record->second);
+      if (current.empty() || local->config.cluster_topic_id == current) continue;
+      log(LogLevel::kInfo, "cluster: a local copy of an earlier topic of the name is deleted",
+          {{"topic", name}, {"copy_of", local->config.cluster_topic_id}, {"now", current}});
+      queue_topic_job(name, [this, name, current] { delete_local_copy(name, current); });
     }
   }
 
@@ -253,17 +268,15 @@ struct ClusterNode::Impl {
     auto record = records.find(id.topic);
     if (!a.replica) {
       replicator->forget(id);
-      std::string role_of;
-      if (auto held = taken.find(id); held != taken.end()) role_of = held->second.topic_id;
       taken.erase(id);
       // A deleted topic's local copy goes with its last replica here (as does that of a topic
-      // made again under the name that this node does not replicate), so a topic made again
-      // under the name starts empty.
+      // made again under the name that this node does not replicate, whether or not its roles
+      // were dropped before), so a topic made again under the name starts empty.
       const bool any_left = std::any_of(taken.begin(), taken.end(), [&](const auto& t) { return t.first.topic == id.topic; });
       if (record == records.end() && !any_left) {
         queue_topic_job(id.topic, [this, name = id.topic] { delete_local_copy(name, std::nullopt); });
-      } else if (!any_left && !role_of.empty() && role_of != topic_id_of(record->second)) {
-        // Its last role was of an earlier topic of the name, which this node does not replicate.
+      } else if (!any_left && !record->second.id.empty()) {
+        // The copy goes if it is of an earlier topic of the name (delete_local_copy looks).
         queue_topic_job(id.topic, [this, name = id.topic, keep = topic_id_of(record->second)] { delete_local_copy(name, keep); });
       }
       return;
@@ -432,7 +445,7 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::start(Node& node, Transport& t
   node.set_replication_event(impl->wake.get());
   impl->replicator->set_wake_fd(impl->wake.get());
   impl->topics_worker = std::make_unique<SerialWorker>("weft-cl-topics", impl->wake.get());
-  impl->report_copies_the_store_lacks(impl->member->topics());
+  impl->sort_out_local_copies(impl->member->topics());
   Impl* raw = impl.get();
   // Local producers ask where a partition takes records: here when this node leads it, else at
   // the leader's Kafka listener (the client library re-routes there).

@@ -567,9 +567,9 @@ Result<void> Node::delete_topic(std::string_view name) {
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
-  // The logs first, then the topic's file, kept when a log could not be removed: a log folder
-  // left without its topic would be taken up, records and all, by a topic made again under the
-  // name (a crash between the two brings the topic back instead, empty or with what stayed).
+  // The logs first, then the topic's file: a log folder left without its topic would be taken
+  // up, records and all, by a topic made again under the name (a crash between the two brings
+  // the topic back instead, empty or with what stayed).
   Result<void> removed;
   for (std::uint32_t i = 0; i < topic->partitions.size(); ++i) {
     Partition& p = *topic->partitions[i];
@@ -584,7 +584,18 @@ Result<void> Node::delete_topic(std::string_view name) {
     }
     if (!r.ok() && removed.ok()) removed = r;
   }
-  if (!options_.metadata_dir.empty() && removed.ok()) {
+  if (!removed.ok()) {
+    // The topic stays, its file too, until a delete again removes what is left: gone from the
+    // node, the log that stayed would be taken up by a topic made again under the name. (The
+    // order maintain_mutex, then topics_mutex, is rewind_partition's too.)
+    std::unique_lock lock(state_->topics_mutex);
+    state_->topics.emplace(topic->name, topic);
+    state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
+    state_->ring_bytes += topic->ring_bytes;
+    return Error{removed.error().code, "topic '" + topic->name + "' stays, its logs partly removed; delete it again once the cause is gone: " +
+                                           removed.error().message};
+  }
+  if (!options_.metadata_dir.empty()) {
     const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
   }

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -553,6 +554,84 @@ TEST_F(ClusterNodeTest, ALateStateOfADeletedTopicsPartitionLeavesTheRolesOfTheTo
   }
   EXPECT_TRUE(both_partitions_replicated());
   for (std::uint32_t p = 0; p < 2; ++p) EXPECT_EQ(produce_acked(p, 1, std::byte{2}), Offset{12}) << "partition " << p;
+}
+
+TEST_F(ClusterNodeTest, ACopyOfATopicDeletedAndMadeAgainWithoutThisNodeGoesWhenItComesBack) {
+  // Given a topic replicated on two nodes, records acknowledged, and the second node crashed
+  const TopicConfig config = two_nodes_replicating_orders({});
+  const std::string copy = members_.back().dir->path() + "/data/orders-0";
+  ASSERT_TRUE(std::filesystem::exists(copy));
+  crash(2);
+  // When the topic is deleted and made again meanwhile on the first node alone, and the second
+  // comes back on its data directory
+  ASSERT_TRUE(by_id(1)->cluster->delete_topic("orders").ok());
+  ASSERT_TRUE(eventually([&] { return read_cluster(*store_, "test").value().partitions.empty(); }));
+  ASSERT_TRUE(by_id(1)->cluster->create_topic("orders", 1, 1, config).ok());
+  ASSERT_TRUE(eventually([&] {
+    auto view = by_id(1)->cluster->partition("orders", 0);
+    return view && view->leader == 1;
+  }));
+  restart(2);
+  // Expect its copy of the deleted topic gone, its log with it (no role of the new topic comes
+  // to it to replace the copy)
+  EXPECT_TRUE(eventually([&] { return !by_id(2)->node->describe_topic("orders").ok(); }, 10'000)) << "the copy of the deleted topic stayed";
+  EXPECT_FALSE(std::filesystem::exists(copy));
+}
+
+TEST_F(ClusterNodeTest, ACopyWhoseRolesALateStateDroppedGoesWhenTheTopicMadeAgainLeavesThisNodeOut) {
+  // Given two nodes, neither of them the controller (the store says another is), and a topic
+  // replicated on both, its state written as a controller would
+  ASSERT_TRUE(store_->put("/weft/test/controller", "99").ok());
+  for (NodeId id : {1, 2}) start(id);
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  ASSERT_TRUE(create_cluster_topic(*store_, "test", TopicRecord{"orders", 1, 2, topic_config_text(config)}).ok());
+  PartitionState old;
+  old.replicas = {1, 2};
+  old.leader = 1;
+  old.leader_epoch = 1;
+  old.isr = {1, 2};
+  old.topic_id = read_cluster(*store_, "test").value().topics.at("orders").id;
+  const std::string state_key = "/weft/test/partitions/orders/0";
+  ASSERT_TRUE(store_->put(state_key, encode_partition(old)).ok());
+  ASSERT_TRUE(eventually([&] { return replicated_on_all("orders", 2); }));
+  produce_acked(0, 2, std::byte{1});
+  const std::string copy = by_id(2)->dir->path() + "/data/orders-0";
+  ASSERT_TRUE(std::filesystem::exists(copy));
+  // When the topic is made again under its name (its new record), a late state of the old
+  // topic's partition comes (an in-sync set its leader committed; the second node lets go of its
+  // role), and then the new topic's state, on the first node alone
+  const std::string fresh_id = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+  ASSERT_TRUE(store_->put("/weft/test/topics/orders", encode_topic(TopicRecord{"orders", 1, 1, topic_config_text(config), fresh_id})).ok());
+  ASSERT_TRUE(eventually([&] {
+    for (Member& m : members_)
+      if (auto record = m.cluster->topic("orders"); !record || record->id != fresh_id) return false;
+    return true;
+  }));
+  PartitionState late = old;
+  late.isr = {1};
+  ASSERT_TRUE(store_->put(state_key, encode_partition(late)).ok());
+  ASSERT_TRUE(eventually([&] {
+    auto view = by_id(2)->cluster->partition("orders", 0);
+    return view && view->isr.size() == 1;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // passes of the replication threads
+  PartitionState fresh;
+  fresh.replicas = {1};
+  fresh.leader = 1;
+  fresh.leader_epoch = 1;
+  fresh.isr = {1};
+  fresh.topic_id = fresh_id;
+  ASSERT_TRUE(store_->put(state_key, encode_partition(fresh)).ok());
+  // Expect the second node's copy gone, its log with it, and the first node's replaced by an
+  // empty copy of the new topic
+  EXPECT_TRUE(eventually([&] { return !by_id(2)->node->describe_topic("orders").ok(); }, 10'000)) << "the copy of the deleted topic stayed";
+  EXPECT_FALSE(std::filesystem::exists(copy));
+  EXPECT_TRUE(eventually([&] {
+    Result<TopicInfo> info = by_id(1)->node->describe_topic("orders");
+    return info.ok() && info->config.cluster_topic_id == "test/" + fresh_id && info->partitions[0].end_offset == Offset{0};
+  }, 10'000));
 }
 
 TEST_F(ClusterNodeTest, ADrainedNodeHandsItsLeadershipsOverBeforeItLeaves) {

@@ -407,7 +407,7 @@ class NotingRemovalLog final : public test::ForwardingLog {
   std::shared_ptr<Removals> removals_;
 };
 
-TEST(NodeLog, ADeleteRemovesTheLogsBeforeTheTopicsFileAndKeepsTheFileWhileALogStays) {
+TEST(NodeLog, ADeleteRemovesTheLogsBeforeTheTopicsFileAndKeepsTheTopicWhileALogStays) {
   // Given a node that keeps its topics' files, and a topic of two partitions with records in
   // both logs, the second of which refuses to be removed
   TempDir dir;
@@ -422,41 +422,53 @@ TEST(NodeLog, ADeleteRemovesTheLogsBeforeTheTopicsFileAndKeepsTheFileWhileALogSt
   };
   const TopicSettings two = {{"partitions", "2"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"retention.ms", "-1"}};
   const std::string topic_file = options.metadata_dir + "/held.topic";
+  auto node = Node::start(options).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("held", two).ok());
+  std::vector<std::byte> value(100, std::byte{0x44});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+  record.timestamp_ms = 1'700'000'000'000;
   {
-    auto node = Node::start(options).value();
-    auto client = Client::embedded(*node);
-    ASSERT_TRUE(client->create_topic("held", two).ok());
     TopicProducer producer = producer_for_passes(client, "held");
-    std::vector<std::byte> value(100, std::byte{0x44});
-    RecordInput record;
-    record.value = std::span<const std::byte>(value);
-    record.timestamp_ms = 1'700'000'000'000;
     for (std::uint32_t p = 0; p < 2; ++p)
       for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer.send_to(p, record).ok());
-    node->maintain();
-    ASSERT_TRUE(std::filesystem::exists(topic_file));
-    // When it is deleted
-    Result<void> deleted = client->delete_topic("held");
-    // Expect the delete to fail, saying why; the logs removed while the topic's file was still
-    // there; the first log gone, and the file kept with the log that stayed
-    ASSERT_FALSE(deleted.ok());
-    EXPECT_NE(deleted.error().message.find("refused by the test"), std::string::npos) << deleted.error().message;
-    EXPECT_EQ(removals->topic_file_there, (std::vector<bool>{true, true})) << "the topic's file went before its logs";
-    EXPECT_TRUE(std::filesystem::exists(topic_file)) << "the file went while a log of the topic stayed";
-    EXPECT_FALSE(std::filesystem::exists(dir.path() + "/held-0"));
-    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/held-1/00000000000000000000.log"));
   }
-  // And a node started again to serve the topic with the log that stayed, and to delete it whole
-  // once its log can be removed
-  removals->refuse_partition_1 = false;
-  auto node = Node::start(options).value();
-  Result<TopicInfo> info = node->describe_topic("held");
-  ASSERT_TRUE(info.ok()) << info.error().message;
-  EXPECT_EQ(info->partitions[0].end_offset, Offset{0});
-  EXPECT_EQ(info->partitions[1].end_offset, Offset{3});
-  ASSERT_TRUE(node->delete_topic("held").ok());
+  node->maintain();
+  ASSERT_TRUE(std::filesystem::exists(topic_file));
+  // When it is deleted
+  const Result<void> deleted = client->delete_topic("held");
+  // Expect the delete to fail, saying why; the logs removed while the topic's file was still
+  // there; the first log gone; and the topic kept, its file and the log that stayed with it, so
+  // that a topic made under the name cannot take that log up
+  ASSERT_FALSE(deleted.ok());
+  EXPECT_NE(deleted.error().message.find("refused by the test"), std::string::npos) << deleted.error().message;
+  EXPECT_NE(deleted.error().message.find("delete it again"), std::string::npos) << deleted.error().message;
+  EXPECT_EQ(removals->topic_file_there, (std::vector<bool>{true, true})) << "the topic's file went before its logs";
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/held-0"));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/held-1/00000000000000000000.log"));
+  EXPECT_TRUE(std::filesystem::exists(topic_file)) << "the file went while a log of the topic stayed";
+  EXPECT_EQ(node->list_topics(), (std::vector<std::string>{"held"}));
+  const Result<TopicInfo> taken = client->create_topic("held", two);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.error().code, Errc::kAlreadyExists);
+  // And once the log can go, a delete again to remove the rest, and a topic made under the name
+  // to start empty
+  {
+    std::lock_guard lock(removals->mutex);
+    removals->refuse_partition_1 = false;
+  }
+  const Result<void> again = client->delete_topic("held");
+  ASSERT_TRUE(again.ok()) << again.error().message;
   EXPECT_FALSE(std::filesystem::exists(topic_file));
   EXPECT_FALSE(std::filesystem::exists(dir.path() + "/held-1"));
+  ASSERT_TRUE(client->create_topic("held", two).ok());
+  TopicProducer fresh = TopicProducer::create(client, "held").value();
+  for (std::uint32_t p = 0; p < 2; ++p) {
+    const Result<SendResult> sent = fresh.send_to(p, record);
+    ASSERT_TRUE(sent.ok()) << sent.error().message;
+    EXPECT_EQ(sent->offset, Offset{0}) << "partition " << p << " took up the deleted topic's log";
+  }
 }
 
 TEST(NodeLog, ANodeStartedAgainServesItsTopicsFromWhereTheirLogsEnd) {

@@ -56,7 +56,7 @@ class TcpLinkTest : public testing::Test {
   std::unique_ptr<Link> accept_hand_made_peer(int& fd) {
     fd = raw_connect(listener->address());
     if (fd < 0) return nullptr;
-    const char hello[8] = {'W', 'E', 'F', 'T', 'L', 'N', 'K', '1'};
+    const char hello[8] = {'W', 'E', 'F', 'T', 'L', 'N', 'K', '2'};
     if (::send(fd, hello, sizeof hello, MSG_NOSIGNAL) != 8) return nullptr;
     auto accepted = accept_within(5'000);
     EXPECT_TRUE(accepted.ok()) << accepted.error().message;
@@ -79,6 +79,45 @@ TEST_F(TcpLinkTest, AStrangerIsRefusedAtAcceptAndTheListenerGoesOn) {
   auto client = transport->connect(listener->address(), 1'000);
   ASSERT_TRUE(client.ok()) << client.error().message;
   EXPECT_TRUE(accept_within(5'000).ok());
+}
+
+TEST_F(TcpLinkTest, ANodeOfAnotherLinkProtocolIsRefusedSayingSoOnBothSides) {
+  // A listener refuses a peer of version 1 at accept
+  const int fd = raw_connect(listener->address());
+  ASSERT_GE(fd, 0);
+  const char old_hello[8] = {'W', 'E', 'F', 'T', 'L', 'N', 'K', '1'};
+  ASSERT_EQ(::send(fd, old_hello, sizeof old_hello, MSG_NOSIGNAL), 8);
+  auto refused = accept_within(5'000);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("speaks weft link protocol 1, this node 2: every node of a cluster must run the same weft release"),
+            std::string::npos)
+      << refused.error().message;
+  ::close(fd);
+  // A link to a listener of version 1 ends at its first poll
+  const int server = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(server, 0);
+  sockaddr_in at{};
+  at.sin_family = AF_INET;
+  at.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof at;
+  ASSERT_EQ(::bind(server, reinterpret_cast<sockaddr*>(&at), sizeof at), 0);
+  ASSERT_EQ(::listen(server, 1), 0);
+  ASSERT_EQ(::getsockname(server, reinterpret_cast<sockaddr*>(&at), &length), 0);
+  auto link = transport->connect("127.0.0.1:" + std::to_string(ntohs(at.sin_port)), 1'000);
+  const int peer = ::accept4(server, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(peer, 0);
+  ASSERT_EQ(::send(peer, old_hello, sizeof old_hello, MSG_NOSIGNAL), 8);
+  ASSERT_TRUE(link.ok()) << link.error().message;
+  std::array<LinkCompletion, 8> batch;
+  bool gone = false;
+  for (int i = 0; i < 500 && !gone; ++i) {
+    for (std::size_t n = (*link)->poll(batch), k = 0; k < n; ++k) gone = gone || batch[k].kind == LinkCompletion::Kind::kPeerGone;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(gone);
+  EXPECT_NE((*link)->error().message.find("speaks weft link protocol 1, this node 2"), std::string::npos) << (*link)->error().message;
+  ::close(peer);
+  ::close(server);
 }
 
 TEST_F(TcpLinkTest, ASilentPeerIsDroppedAfterTheHandshakeTimeout) {

@@ -177,7 +177,8 @@ class Node {
 
   Result<TopicInfo> create_topic(std::string_view name, const TopicConfig& config);
   Result<TopicInfo> create_topic(std::string_view name) { return create_topic(name, options_.default_topic); }
-  // The rings stay mapped in clients that hold them; nothing new reaches them.
+  // The rings stay mapped in clients that hold them; nothing new reaches them. When a log cannot
+  // be removed the topic stays (an error says why; deleting it again retries what is left).
   Result<void> delete_topic(std::string_view name);
   std::vector<std::string> list_topics() const;
   Result<TopicInfo> describe_topic(std::string_view name) const;

@@ -24,7 +24,17 @@
 namespace weft {
 namespace {
 
-constexpr std::array<char, 8> kHello = {'W', 'E', 'F', 'T', 'L', 'N', 'K', '1'};
+// The last byte is the link protocol's version: 2 since the replication handshake (a node of
+// version 1 neither sends nor answers its messages, so the two could not replicate anyway).
+constexpr std::array<char, 8> kHello = {'W', 'E', 'F', 'T', 'L', 'N', 'K', '2'};
+
+// Why `theirs` is not our hello, for the error that ends the link.
+std::string bad_hello(const char* theirs, const std::string& peer) {
+  if (std::memcmp(theirs, kHello.data(), kHello.size() - 1) == 0)
+    return "the peer " + peer + " speaks weft link protocol " + std::string(1, theirs[kHello.size() - 1]) + ", this node " +
+           std::string(1, kHello.back()) + ": every node of a cluster must run the same weft release";
+  return "the peer " + peer + " is not a weft link (bad hello)";
+}
 
 enum : std::uint8_t { kOpWrite = 1, kOpSend = 2 };
 
@@ -288,7 +298,7 @@ class TcpLink final : public Link {
           continue;
         }
         if (std::memcmp(staging_.data() + stage_begin_, kHello.data(), kHello.size()) != 0) {
-          end(Error{Errc::kCorrupt, "the peer " + peer_ + " is not a weft link (bad hello)"});
+          end(Error{Errc::kCorrupt, bad_hello(reinterpret_cast<const char*>(staging_.data() + stage_begin_), peer_)});
           return;
         }
         stage_begin_ += kHello.size();
@@ -532,7 +542,7 @@ class TcpListener final : public LinkListener {
       if (h.have == h.theirs.size()) {
         Handshake done = std::move(h);
         handshaking_.erase(it);
-        if (done.theirs != kHello) return Error{Errc::kCorrupt, "link handshake with " + done.peer + ": the peer is not a weft link (bad hello)"};
+        if (done.theirs != kHello) return Error{Errc::kCorrupt, "link handshake: " + bad_hello(done.theirs.data(), done.peer)};
         return make_link(shared_, std::move(done.socket), done.peer, true);
       }
       const bool closed = got == 0 || (got < 0 && error != EAGAIN && error != EWOULDBLOCK && error != EINTR);
