@@ -164,6 +164,26 @@ class ClusterNodeTest : public testing::Test {
     return config;
   }
 
+  // Nodes 1 and 2 with no controller among them (the store says node 99 is, for good), and
+  // "orders" of `partitions` partitions replicated on both, its record and states (`state`: node
+  // 1 leading at epoch 1) written by hand as a controller would. Returns its settings.
+  TopicConfig orders_by_hand_on_two_nodes(std::uint32_t partitions, PartitionState& state) {
+    TopicConfig config;
+    config.ring_capacity_bytes = std::size_t{1} << 20;
+    config.max_batch_bytes = 64 * 1024;
+    EXPECT_TRUE(store_->put("/weft/test/controller", "99").ok());
+    for (NodeId id : {1, 2}) start(id);
+    EXPECT_TRUE(create_cluster_topic(*store_, "test", TopicRecord{"orders", partitions, 2, topic_config_text(config)}).ok());
+    state.replicas = {1, 2};
+    state.leader = 1;
+    state.leader_epoch = 1;
+    state.isr = {1, 2};
+    state.topic_id = read_cluster(*store_, "test").value().topics.at("orders").id;
+    for (std::uint32_t p = 0; p < partitions; ++p)
+      EXPECT_TRUE(store_->put("/weft/test/partitions/orders/" + std::to_string(p), encode_partition(state)).ok());
+    return config;
+  }
+
   static bool eventually(const std::function<bool()>& done, int timeout_ms = 20'000) {
     const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
     while (!done()) {
@@ -512,19 +532,8 @@ TEST_F(ClusterNodeTest, ATopicMadeAgainWhileAReplicaWasDownIsNotServedFromItsOld
 TEST_F(ClusterNodeTest, ALateStateOfADeletedTopicsPartitionLeavesTheRolesOfTheTopicMadeAgainUnderItsName) {
   // Given two nodes, neither of them the controller (the store says another is), and a topic of
   // two partitions replicated on both, its states written as a controller would
-  ASSERT_TRUE(store_->put("/weft/test/controller", "99").ok());
-  for (NodeId id : {1, 2}) start(id);
-  TopicConfig config;
-  config.ring_capacity_bytes = std::size_t{1} << 20;
-  config.max_batch_bytes = 64 * 1024;
-  ASSERT_TRUE(create_cluster_topic(*store_, "test", TopicRecord{"orders", 2, 2, topic_config_text(config)}).ok());
   PartitionState state;
-  state.replicas = {1, 2};
-  state.leader = 1;
-  state.leader_epoch = 1;
-  state.isr = {1, 2};
-  state.topic_id = read_cluster(*store_, "test").value().topics.at("orders").id;
-  for (std::uint32_t p = 0; p < 2; ++p) ASSERT_TRUE(store_->put("/weft/test/partitions/orders/" + std::to_string(p), encode_partition(state)).ok());
+  ASSERT_NO_FATAL_FAILURE(orders_by_hand_on_two_nodes(2, state));
   const auto both_partitions_replicated = [&] {
     for (Member& m : members_)
       for (std::uint32_t p = 0; p < 2; ++p)
@@ -581,20 +590,10 @@ TEST_F(ClusterNodeTest, ACopyOfATopicDeletedAndMadeAgainWithoutThisNodeGoesWhenI
 TEST_F(ClusterNodeTest, ACopyWhoseRolesALateStateDroppedGoesWhenTheTopicMadeAgainLeavesThisNodeOut) {
   // Given two nodes, neither of them the controller (the store says another is), and a topic
   // replicated on both, its state written as a controller would
-  ASSERT_TRUE(store_->put("/weft/test/controller", "99").ok());
-  for (NodeId id : {1, 2}) start(id);
-  TopicConfig config;
-  config.ring_capacity_bytes = std::size_t{1} << 20;
-  config.max_batch_bytes = 64 * 1024;
-  ASSERT_TRUE(create_cluster_topic(*store_, "test", TopicRecord{"orders", 1, 2, topic_config_text(config)}).ok());
   PartitionState old;
-  old.replicas = {1, 2};
-  old.leader = 1;
-  old.leader_epoch = 1;
-  old.isr = {1, 2};
-  old.topic_id = read_cluster(*store_, "test").value().topics.at("orders").id;
+  const TopicConfig config = orders_by_hand_on_two_nodes(1, old);
+  ASSERT_FALSE(old.topic_id.empty());
   const std::string state_key = "/weft/test/partitions/orders/0";
-  ASSERT_TRUE(store_->put(state_key, encode_partition(old)).ok());
   ASSERT_TRUE(eventually([&] { return replicated_on_all("orders", 2); }));
   produce_acked(0, 2, std::byte{1});
   const std::string copy = by_id(2)->dir->path() + "/data/orders-0";
