@@ -87,11 +87,16 @@ struct ClusterNode::Impl {
   // and syncs take ~8 ms (a slow disk, far more), and on the replication thread they held every
   // other partition's replication meanwhile (acks=all producers waited). Names with a job queued
   // or under way take no role until it is done, so none is taken on a copy about to go or not
-  // made yet; a creation that failed is queued again a second later, not on every pass.
+  // made yet; a creation that failed is queued again a second later, not on every pass, and
+  // one that keeps failing (a copy that cannot be removed) twice as late each time, up to a minute.
   std::mutex admin_mutex;
   std::condition_variable admin_done;
   std::map<std::string, int, std::less<>> admin_jobs;  // under admin_mutex: jobs per name
-  std::map<std::string, std::chrono::steady_clock::time_point, std::less<>> create_failed;  // under admin_mutex
+  struct CreateFailures {
+    std::chrono::steady_clock::time_point retry_at;
+    int in_a_row = 0;
+  };
+  std::map<std::string, CreateFailures, std::less<>> create_failed;  // under admin_mutex
   std::unique_ptr<SerialWorker> topics_worker;  // after what its jobs use; stopped first by ~ClusterNode
 
   Impl(Node& n, Transport& t, std::shared_ptr<MetadataStore> s, ClusterNodeOptions o)
@@ -153,10 +158,8 @@ struct ClusterNode::Impl {
     {
       std::lock_guard lock(admin_mutex);
       if (admin_jobs.contains(id.topic)) return false;
-      if (auto failed = create_failed.find(id.topic); failed != create_failed.end()) {
-        if (std::chrono::steady_clock::now() - failed->second < std::chrono::seconds(1)) return false;
-        create_failed.erase(failed);
-      }
+      if (auto failed = create_failed.find(id.topic); failed != create_failed.end() && std::chrono::steady_clock::now() < failed->second.retry_at)
+        return false;
     }
     const std::string wanted = topic_id_of(record);
     const Result<TopicInfo> local = node.describe_topic(id.topic);
@@ -181,10 +184,16 @@ struct ClusterNode::Impl {
       // place (its log folders would be taken up).
       Result<TopicInfo> created = delete_local_copy(name, config.cluster_topic_id) ? node.create_topic(name, config)
                                                                                    : Result<TopicInfo>(Error{Errc::kIo, "the earlier copy stays"});
-      if (created.ok() || created.error().code == Errc::kAlreadyExists) return;
-      log(LogLevel::kError, "cluster: a replica's topic could not be created here", {{"topic", name}, {"error", created.error().message}});
       std::lock_guard lock(admin_mutex);
-      create_failed[name] = std::chrono::steady_clock::now();
+      if (created.ok() || created.error().code == Errc::kAlreadyExists) {
+        create_failed.erase(name);
+        return;
+      }
+      CreateFailures& failed = create_failed[name];
+      failed.in_a_row = std::min(failed.in_a_row + 1, 7);
+      failed.retry_at = std::chrono::steady_clock::now() + std::chrono::seconds(std::min(1 << (failed.in_a_row - 1), 60));
+      log(LogLevel::kError, "cluster: a replica's topic could not be created here",
+          {{"topic", name}, {"error", created.error().message}, {"failures_in_a_row", std::to_string(failed.in_a_row)}});
     });
     return false;
   }

@@ -563,15 +563,16 @@ Result<void> Node::delete_topic(std::string_view name) {
     topic = it->second;
     state_->topics.erase(it);
     state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
-    state_->ring_bytes -= topic->ring_bytes;
+    // Its rings stay counted in the budget until its logs are gone: it may come back below.
   }
   // The maintenance pass may still hold the topic; the last reference unmaps its rings here or there.
   std::lock_guard guard(state_->maintain_mutex);
   // The logs first, then the topic's file: a log folder left without its topic would be taken
   // up, records and all, by a topic made again under the name (a crash between the two brings
-  // the topic back instead, empty or with what stayed).
+  // the topic back instead, empty or with what stayed). The first failure stops the removals,
+  // so the partitions after it stay whole.
   Result<void> removed;
-  for (std::uint32_t i = 0; i < topic->partitions.size(); ++i) {
+  for (std::uint32_t i = 0; i < topic->partitions.size() && removed.ok(); ++i) {
     Partition& p = *topic->partitions[i];
     std::lock_guard partition_guard(p.log_mutex);  // a follower's write-through may be under way
     Result<void> r = ok();
@@ -582,18 +583,21 @@ Result<void> Node::delete_topic(std::string_view name) {
                                        : Error{Errc::kFailedPrecondition, "partition " + std::to_string(i) +
                                                    "'s log never opened (offline) and this node cannot remove it (NodeOptions::remove_unopened_log)"};
     }
-    if (!r.ok() && removed.ok()) removed = r;
+    removed = r;
   }
-  if (!removed.ok()) {
-    // The topic stays, its file too, until a delete again removes what is left: gone from the
-    // node, the log that stayed would be taken up by a topic made again under the name. (The
-    // order maintain_mutex, then topics_mutex, is rewind_partition's too.)
+  {
+    // The order maintain_mutex, then topics_mutex, is rewind_partition's too.
     std::unique_lock lock(state_->topics_mutex);
-    state_->topics.emplace(topic->name, topic);
-    state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
-    state_->ring_bytes += topic->ring_bytes;
-    return Error{removed.error().code, "topic '" + topic->name + "' stays, its logs partly removed; delete it again once the cause is gone: " +
-                                           removed.error().message};
+    if (!removed.ok()) {
+      // The topic stays, its file too, until a delete again removes what is left: gone from the
+      // node, the log that stayed would be taken up by a topic made again under the name. Its
+      // partitions whose logs went take no more writes.
+      state_->topics.emplace(topic->name, topic);
+      state_->topics_version.fetch_add(1, std::memory_order_release);  // as in create_topic_impl
+      return Error{removed.error().code, "topic '" + topic->name + "' stays, its logs partly removed; delete it again once the cause is gone: " +
+                                             removed.error().message};
+    }
+    state_->ring_bytes -= topic->ring_bytes;
   }
   if (!options_.metadata_dir.empty()) {
     const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";

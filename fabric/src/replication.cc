@@ -1086,9 +1086,11 @@ struct Replicator::Impl {
       }
       // Links still in their handshake get a few places of their own: strangers that connect and
       // say nothing take those, not the places of the cluster's nodes. When they are all taken the
-      // oldest goes: a node's handshake takes milliseconds, so strangers that hold every place do
-      // not keep a node's new link out (they would have to open 16 links within its handshake).
+      // oldest goes if it had 100 ms (a node's handshake takes milliseconds), so strangers that
+      // sit on every place do not keep a node's new link out; younger ones keep theirs, so a burst
+      // of strangers does not push out a node's link before its hello could come.
       constexpr std::ptrdiff_t kLinksInHandshake = 16;
+      constexpr std::int64_t kHandshakeHeldMs = 100;
       Connection* oldest = nullptr;
       std::ptrdiff_t in_handshake = 0;
       for (auto& in : incoming) {
@@ -1096,7 +1098,18 @@ struct Replicator::Impl {
         ++in_handshake;
         if (oldest == nullptr || in->handshake_deadline_ms < oldest->handshake_deadline_ms) oldest = in.get();
       }
-      if (in_handshake >= kLinksInHandshake && oldest != nullptr) handshake_failed(*oldest, "its place went to a newer link (too many links in their handshake)");
+      if (in_handshake >= kLinksInHandshake) {
+        if (oldest != nullptr && now - (oldest->handshake_deadline_ms - options.handshake_timeout_ms) >= kHandshakeHeldMs) {
+          handshake_failed(*oldest, "its place went to a newer link (too many links in their handshake)");
+        } else {
+          if (std::uint64_t held_back = 0; refusal_logs.allow(now, held_back)) {
+            log(LogLevel::kWarn, "replication: a peer was refused: too many links in their handshake",
+                {{"peer", link.value()->peer_address()}, {"not_logged_before", std::to_string(held_back)}});
+          }
+          link.value()->close();
+          continue;
+        }
+      }
       auto c = std::make_unique<Connection>();
       c->link = std::move(link.value());
       challenge(*c);

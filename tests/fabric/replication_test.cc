@@ -814,18 +814,22 @@ TEST_P(ReplicationTest, StrangersInTheHandshakeHoldAtMostSixteenPlacesAndNeither
   // When 20 strangers connect and say nothing
   PeerLinks strangers{*transport_, node.address()};
   for (int i = 0; i < 20; ++i) ASSERT_NE(strangers.connect(), nullptr);
-  // Expect the 4 oldest closed at once and 16 kept (each would have been closed by now, had it
+  // Expect the 4 newest refused at once and 16 kept (each would have been closed by now, had it
   // lost its place), beside the member's link
   ASSERT_TRUE(run_until([&] { return strangers.count_gone() == 4; }, {}, 2'000)) << strangers.count_gone() << " of 20 strangers closed";
   for (int i = 0; i < 200; ++i) run_node();
   EXPECT_EQ(strangers.count_gone(), 4);
-  EXPECT_EQ(std::vector<bool>(strangers.gone.begin(), strangers.gone.begin() + 4), std::vector<bool>(4, true)) << "a newer stranger lost its place before an older one";
+  EXPECT_EQ(std::vector<bool>(strangers.gone.begin() + 16, strangers.gone.end()), std::vector<bool>(4, true))
+      << "a stranger of the first 16 lost its place to a newer one within its first 100 ms";
   EXPECT_EQ(node.incoming_links(), 17u);
-  // And a node's new link taken while strangers hold every place, in place of the oldest
+  // And, once they held their places 100 ms, a node's new link taken in place of the oldest
+  const auto held_from = std::chrono::steady_clock::now();
+  ASSERT_TRUE(run_until([&] { return std::chrono::steady_clock::now() - held_from > std::chrono::milliseconds(150); }));
   Link* newcomer = peers.connect();
   ASSERT_NE(newcomer, nullptr);
   EXPECT_TRUE(handshake_as_follower(*newcomer, 3, options.secret, run_node)) << "strangers kept a node's link out";
   EXPECT_EQ(strangers.count_gone(), 5);
+  EXPECT_TRUE(strangers.gone[0]) << "not the oldest stranger lost its place";
   // And once their handshake time is up, every stranger closed and the nodes' links kept
   EXPECT_TRUE(run_until([&] { return strangers.count_gone() == 20; }, {}, 10'000)) << strangers.count_gone() << " of 20 strangers closed";
   EXPECT_EQ(peers.count_gone(), 0) << "a node's link was closed with the strangers";

@@ -337,6 +337,21 @@ TEST_F(Cli, DaemonRefusesAReplicationSecretOthersMayReadOrAnEmptyOne) {
   Output short_one = with_secret("s3cret\n", perms::owner_read | perms::owner_write);
   EXPECT_EQ(short_one.exit_code, 1);
   EXPECT_NE(short_one.err.find("holds 6 bytes"), std::string::npos) << short_one.err;
+  // Through a symbolic link (as secret stores mount them) the file it leads to is checked: taken
+  // when it is good (the node then stops at its next check: a cluster node's Kafka listener needs
+  // a port), refused when others may read it
+  (void)with_secret(good, perms::owner_read | perms::owner_write);
+  std::filesystem::remove(dir_ + "/linked");
+  std::filesystem::create_symlink(dir_ + "/secret", dir_ + "/linked");
+  std::vector<std::string> linked = cluster;
+  linked.insert(linked.end(), {"--replication-secret-file", dir_ + "/linked"});
+  Output through_link = run(linked, {}, 5000);
+  EXPECT_EQ(through_link.exit_code, 1);
+  EXPECT_NE(through_link.err.find("kafka_listen needs a port"), std::string::npos) << through_link.err;
+  std::filesystem::permissions(dir_ + "/secret", perms::owner_read | perms::owner_write | perms::others_read);
+  Output readable_through_link = run(linked, {}, 5000);
+  EXPECT_EQ(readable_through_link.exit_code, 1);
+  EXPECT_NE(readable_through_link.err.find("has mode 0604"), std::string::npos) << readable_through_link.err;
   // A node alone has no replication port: the key is refused, not ignored
   Output alone = run({WEFTD_PATH, "--socket", dir_ + "/a.sock", "--data-dir", dir_ + "/a", "--replication-secret-file", dir_ + "/secret"}, {}, 5000);
   EXPECT_EQ(alone.exit_code, 1);

@@ -210,10 +210,11 @@ bool is_loopback_host(const std::string& host) {
 // The cluster's replication secret from its file: refused unless the file is a regular file of
 // weftd's user that no other user may read or write (a secret others can read proves nothing),
 // holding 16 bytes to 4 KiB. A final line break is not part of it (`echo ... > file`). The
-// checks are made on the file opened, not on its name.
+// checks are made on the file opened, not on its name, so a symbolic link is followed (secret
+// stores such as Kubernetes' mount their files so) and the file it leads to is checked.
 Result<std::string> read_replication_secret(const std::string& path) {
   const std::string key = "replication_secret_file " + path;
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
   if (!fd.valid()) return Error{Errc::kInvalidArgument, key + ": " + std::strerror(errno)};
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return Error{Errc::kInvalidArgument, key + ": " + std::strerror(errno)};
