@@ -150,6 +150,14 @@ struct ClusterNode::Impl {
   // for a record made before records had ids.
   std::string topic_id_of(const TopicRecord& record) const { return record.id.empty() ? std::string() : options.cluster.cluster + "/" + record.id; }
 
+  // Which topic of its name this node's copy of `name` is (its TopicConfig::cluster_topic_id: ""
+  // for a copy made before copies were marked), or nothing when there is no copy.
+  std::optional<std::string> local_copy_of(const std::string& name) const {
+    Result<TopicInfo> local = node.describe_topic(name);
+    if (!local.ok()) return std::nullopt;
+    return std::move(local->config.cluster_topic_id);
+  }
+
   // The topic here, for a role of it: true once its copy of `record`'s topic exists; false while
   // its creation (queued here when the role arrives first), its deletion, or its replacement (the
   // copy here being of an earlier topic of the name) is on the topics' worker, the role then
@@ -162,8 +170,8 @@ struct ClusterNode::Impl {
         return false;
     }
     const std::string wanted = topic_id_of(record);
-    const Result<TopicInfo> local = node.describe_topic(id.topic);
-    if (local.ok() && (local->config.cluster_topic_id == wanted || local->config.cluster_topic_id.empty())) return true;
+    const std::optional<std::string> local = local_copy_of(id.topic);
+    if (local && (*local == wanted || local->empty())) return true;
     Result<TopicConfig> config = topic_config_from_text(record.config, node.options().default_topic);
     if (!config.ok()) {
       log(LogLevel::kError, "cluster: a topic's settings are unreadable; its replicas here wait", {{"topic", id.topic}, {"error", config.error().message}});
@@ -172,11 +180,11 @@ struct ClusterNode::Impl {
     config->partitions = record.partitions;
     config->replicated = true;
     config->cluster_topic_id = wanted;
-    if (local.ok()) {
+    if (local) {
       // The topic was deleted and made again under its name while this copy stayed (this node
       // was down, or saw both at once): its records and epochs are another log's.
       log(LogLevel::kInfo, "cluster: a local copy of an earlier topic of the name is replaced",
-          {{"topic", id.topic}, {"copy_of", local->config.cluster_topic_id}, {"now", wanted}});
+          {{"topic", id.topic}, {"copy_of", *local}, {"now", wanted}});
       drop_roles_of(id.topic);
     }
     queue_topic_job(id.topic, [this, name = id.topic, config = *config] {
@@ -204,8 +212,8 @@ struct ClusterNode::Impl {
   // when no other copy stays.
   bool delete_local_copy(const std::string& name, const std::optional<std::string>& keep) {
     if (keep) {
-      const Result<TopicInfo> local = node.describe_topic(name);
-      if (!local.ok() || local->config.cluster_topic_id == *keep || local->config.cluster_topic_id.empty()) return true;
+      const std::optional<std::string> local = local_copy_of(name);
+      if (!local || *local == *keep || local->empty()) return true;
     }
     Result<void> deleted = node.delete_topic(name);
     if (deleted.ok() || deleted.error().code == Errc::kNotFound) return true;
@@ -238,18 +246,17 @@ struct ClusterNode::Impl {
   void sort_out_local_copies(const std::map<std::string, TopicRecord>& records) {
     const std::string ours = options.cluster.cluster + "/";
     for (const std::string& name : node.list_topics()) {
-      const Result<TopicInfo> local = node.describe_topic(name);
-      if (!local.ok() || !local->config.cluster_topic_id.starts_with(ours)) continue;
+      const std::optional<std::string> local = local_copy_of(name);
+      if (!local || !local->starts_with(ours)) continue;
       const auto record = records.find(name);
       if (record == records.end()) {
         log(LogLevel::kWarn, "cluster: a local copy of a topic the cluster does not have is kept; delete its files once the topic is gone for good",
-            {{"topic", name}, {"copy_of", local->config.cluster_topic_id}});
+            {{"topic", name}, {"copy_of", *local}});
         continue;
       }
       const std::string current = topic_id_of(record->second);
-      if (current.empty() || local->config.cluster_topic_id == current) continue;
-      log(LogLevel::kInfo, "cluster: a local copy of an earlier topic of the name is deleted",
-          {{"topic", name}, {"copy_of", local->config.cluster_topic_id}, {"now", current}});
+      if (current.empty() || *local == current) continue;
+      log(LogLevel::kInfo, "cluster: a local copy of an earlier topic of the name is deleted", {{"topic", name}, {"copy_of", *local}, {"now", current}});
       queue_topic_job(name, [this, name, current] { delete_local_copy(name, current); });
     }
   }

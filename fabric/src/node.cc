@@ -575,15 +575,13 @@ Result<void> Node::delete_topic(std::string_view name) {
   for (std::uint32_t i = 0; i < topic->partitions.size() && removed.ok(); ++i) {
     Partition& p = *topic->partitions[i];
     std::lock_guard partition_guard(p.log_mutex);  // a follower's write-through may be under way
-    Result<void> r = ok();
     if (p.log) {
-      r = p.log->remove();
+      removed = p.log->remove();
     } else if (options_.open_log) {  // offline: its log never opened, its files there all the same
-      r = options_.remove_unopened_log ? options_.remove_unopened_log(topic->name, i)
-                                       : Error{Errc::kFailedPrecondition, "partition " + std::to_string(i) +
-                                                   "'s log never opened (offline) and this node cannot remove it (NodeOptions::remove_unopened_log)"};
+      removed = options_.remove_unopened_log ? options_.remove_unopened_log(topic->name, i)
+                                             : Error{Errc::kFailedPrecondition, "partition " + std::to_string(i) +
+                                                         "'s log never opened (offline) and this node cannot remove it (NodeOptions::remove_unopened_log)"};
     }
-    removed = r;
   }
   {
     // The order maintain_mutex, then topics_mutex, is rewind_partition's too.

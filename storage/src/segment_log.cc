@@ -774,6 +774,11 @@ Result<void> remove_log_folder(const std::string& dir, std::weak_ptr<const void>
   return ok();
 }
 
+// Where open_segment_logs keeps a partition's log.
+std::string partition_log_folder(const std::string& data_dir, std::string_view topic, std::uint32_t partition) {
+  return data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
+}
+
 }  // namespace
 
 Result<void> SegmentLog::remove() {
@@ -1012,10 +1017,6 @@ Error SegmentLog::stop_after(Error error) {
   removed_ = true;
   refusal_ = "takes nothing more: a truncation failed (" + error.message + ")";
   return Error{Errc::kDataLoss, "the log at " + dir_ + " could not be truncated and takes nothing more: " + error.message};
-}
-
-std::string partition_log_folder(const std::string& data_dir, std::string_view topic, std::uint32_t partition) {
-  return data_dir + "/" + std::string(topic) + "-" + std::to_string(partition);
 }
 
 RemovePartitionLog remove_segment_logs(std::string data_dir) {

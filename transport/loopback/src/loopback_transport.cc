@@ -59,13 +59,13 @@ class LoopbackLink final : public Link {
     for (const auto& piece : gather) length += piece.size();
     if (length > UINT32_MAX || length > remote.length || offset > remote.length - length) return PostStatus::kInvalid;
     ++outstanding_;
-    std::byte* at = peer.writes_accepted ? peer.regions->find(remote.key, offset, length) : nullptr;
     if (!peer.writes_accepted) {
       end_locked(1 - side_, Error{Errc::kPermissionDenied, "the peer wrote before this side accepted its writes; the link is closed"});
       push_done(self, LinkCompletion::Kind::kWriteDone, context, true);
       end_locked(side_, Error{Errc::kUnavailable, "the peer " + peer_ + " closed the link after a write it had not accepted"});
       return PostStatus::kOk;
     }
+    std::byte* at = peer.regions->find(remote.key, offset, length);
     if (at == nullptr) {
       // As an RDMA remote access error: the write fails and the link ends on both sides.
       end_locked(1 - side_, Error{Errc::kCorrupt, "the peer wrote " + std::to_string(length) + " bytes at offset " + std::to_string(offset) +
