@@ -962,9 +962,11 @@ Result<void> Node::load_topics() {
 
 namespace {
 std::atomic<test_hooks::PassHook> after_consumer_scan_hook{nullptr};  // acquire/release: the hook's code is published with it
+std::atomic<test_hooks::PassHook> after_second_consumer_look_hook{nullptr};  // as above
 }  // namespace
 
 void test_hooks::set_after_consumer_scan_hook(PassHook hook) noexcept { after_consumer_scan_hook.store(hook, std::memory_order_release); }
+void test_hooks::set_after_second_consumer_look_hook(PassHook hook) noexcept { after_second_consumer_look_hook.store(hook, std::memory_order_release); }
 
 bool Node::maintain() { return maintain_pass() > 0; }
 
@@ -998,9 +1000,11 @@ double Node::maintain_pass() {
       const auto scan_consumers = [&] {
         for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
           const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
-          // Acquire: pairs with the consumer's release of its position (R5 in ring.cc).
-          if (slot.owner.load(std::memory_order_acquire) == 0) continue;
-          const std::uint64_t position = slot.position.load(std::memory_order_acquire);
+          // Acquire: pairs with the consumer's release of its position (R5 in ring.cc). seq_cst:
+          // under flow control, the look's half of the Dekker pair with a starting consumer
+          // (RingOwner::FlowControlledMove); a plain load on x86, as acquire is.
+          if (slot.owner.load(std::memory_order_seq_cst) == 0) continue;
+          const std::uint64_t position = slot.position.load(std::memory_order_seq_cst);
           if (position == ring_layout::kNoClaim) {
             attaching = true;
             continue;
@@ -1096,12 +1100,16 @@ double Node::maintain_pass() {
       // until a sync protects nothing more; only `always` does (it syncs every pass anyway), and
       // an interval policy's durability is what its acknowledgements wait for.
       if (p->log) target = std::min(target, topic->config.fsync == FsyncPolicy::kAlways ? p->durable_position : p->written_position);
+      // Flow control: the second look and the limit's move in one window, which a consumer that
+      // starts meanwhile waits out (design.md).
+      std::optional<RingOwner::FlowControlledMove> flow_window;
       if (topic->config.consumer_flow_control) {
         // Looked at again just before the limit moves: a consumer that attached while this pass
         // drained the log (milliseconds: segment writes, rolls, retention) was not there at the
         // first look, and the limit would have passed the frames its first poll handed out.
-        // What is left is the time between this look and the limit's store (see design.md).
+        flow_window.emplace(p->owner);
         scan_consumers();
+        if (const test_hooks::PassHook hook = after_second_consumer_look_hook.load(std::memory_order_acquire); hook != nullptr) hook(topic->name, p->stats.partition);
         target = std::min(target, slowest);
         // It read the limit to start from: moving it now could lap it before its first read.
         if (attaching) target = limit.position.value;
@@ -1134,10 +1142,13 @@ double Node::maintain_pass() {
           // that frame. Only then: a limit already at the boundary before the target frees
           // nothing either, and going on would cut into the kept half at every idle pass.
           (void)p->owner.release_to(Position{target});
+          // Never past a flow-controlled consumer: it stalls producers instead.
+          const std::uint64_t past = topic->config.consumer_flow_control ? slowest : UINT64_MAX;
           if (!p->owner.room_for_largest_claim())
-            p->owner.release_to(Position{std::min({target + max_frame, frontier.position.value, pinned})});
+            p->owner.release_to(Position{std::min({target + max_frame, frontier.position.value, pinned, past})});
         }
       }
+      flow_window.reset();
       const std::uint64_t claimed = tail - p->created_at.position.value;
       const std::uint64_t moved = claimed - std::min(claimed, p->stats.bytes);
       used = std::max(used, static_cast<double>(moved) / static_cast<double>(keep));

@@ -12,5 +12,8 @@ namespace weft::test_hooks {
 // that window whatever the machine's timing; none unless set.
 using PassHook = void (*)(std::string_view topic, std::uint32_t partition);
 void set_after_consumer_scan_hook(PassHook hook) noexcept;
+// Called in a pass over a flow-controlled partition right after its second look at the
+// consumers, inside the window in which it moves the reuse limit (the same lock applies).
+void set_after_second_consumer_look_hook(PassHook hook) noexcept;
 
 }  // namespace weft::test_hooks

@@ -49,6 +49,8 @@ constexpr std::int64_t kParkSliceNs = 100'000'000;
 // Polls (each after a pause) a parking reader makes before it parks: a few microseconds.
 constexpr std::uint32_t kPollsBeforePark = 512;
 constexpr std::int64_t kUnsafeParkSliceNs = 1'000'000;
+// How long a starting consumer waits for a flow-controlled owner's window to close.
+constexpr std::int64_t kFlowMoveWaitNs = 1'000'000'000;
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__)
@@ -245,8 +247,9 @@ Slot* take_slot(Slot* slots, std::uint32_t count) noexcept {
   const std::uint64_t me = self_owner();
   for (std::uint32_t i = 0; i < count; ++i) {
     std::uint64_t expected = 0;
-    // acq_rel: acquire the slot after its previous owner's release when it let go.
-    if (slots[i].owner.compare_exchange_strong(expected, me, std::memory_order_acq_rel)) return &slots[i];
+    // Acquires the slot after its previous owner's release when it let go. seq_cst: a consumer's
+    // slot is part of its start's Dekker pair with the owner (wait_out_flow_controlled_move).
+    if (slots[i].owner.compare_exchange_strong(expected, me, std::memory_order_seq_cst)) return &slots[i];
   }
   return nullptr;
 }
@@ -725,6 +728,7 @@ Result<Consumer> Consumer::attach(Ring ring, StartAt start) {
     return Error{Errc::kResourceExhausted,
                  "ring: all " + std::to_string(c.descriptor.consumer_slots) + " consumer slots are taken"};
   Consumer consumer(ring, slot);
+  consumer.wait_out_flow_controlled_move();
   const Ring::Mark mark = start == StartAt::kLatest ? walk(ring, Offset{INT64_MAX}) : ring.reuse_limit();
   consumer.position_ = mark.position.value;
   consumer.next_offset_ = mark.offset;
@@ -763,6 +767,22 @@ void Consumer::publish_position(std::uint64_t in_use_from) noexcept {
   // R5 release: this consumer is done with every frame before `in_use_from` (the batch it
   // hands out now is still being read); pairs with A5 in RingOwner::slowest_consumer.
   slot_->position.store(std::min(in_use_from, hold_), std::memory_order_release);
+}
+
+void Consumer::wait_out_flow_controlled_move() noexcept {
+  // Says "starting" first: a flow-controlled owner that sees it holds the limit where it is.
+  // seq_cst, as the load after it: this consumer's half of the Dekker pair with
+  // FlowControlledMove (all four accesses in one total order): either the owner's look at the
+  // slots sees "starting", or the load below sees its window open.
+  slot_->position.store(kNoClaim, std::memory_order_seq_cst);
+  const std::atomic<std::uint64_t>& moves = ring_.control().reuse.flow_moves;
+  // A6 (seq_cst, so acquire too): pairs with R6; once the window reads closed, the limit read
+  // next is at least the one the owner set inside it.
+  if ((moves.load(std::memory_order_seq_cst) & 1) == 0) return;
+  // Windows last microseconds. Bounded all the same: an owner that died inside one never
+  // closes it, and then nothing moves the limit either.
+  const std::int64_t give_up_at = monotonic_ns() + kFlowMoveWaitNs;
+  while ((moves.load(std::memory_order_acquire) & 1) != 0 && monotonic_ns() < give_up_at) sched_yield();
 }
 
 bool Consumer::overwritten(std::uint64_t position) const noexcept { return lapped_past(ring_, position); }
@@ -930,6 +950,7 @@ PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
 
 Offset Consumer::rejoin() noexcept {
   hold_ = ~0ull;
+  wait_out_flow_controlled_move();
   const Ring::Mark mark = ring_.reuse_limit();
   position_ = mark.position.value;
   next_offset_ = mark.offset;
@@ -940,10 +961,17 @@ Offset Consumer::rejoin() noexcept {
 }
 
 Result<void> Consumer::seek(Offset offset) {
+  // Relaxed: this consumer alone writes its slot.
+  const std::uint64_t published = slot_->position.load(std::memory_order_relaxed);
+  wait_out_flow_controlled_move();
   const Ring::Mark limit = ring_.reuse_limit();
-  if (offset < limit.offset)
+  if (offset < limit.offset) {
+    // Stays where it was. Release: as R5 (what it held is held again; no pass moved past it
+    // meanwhile, since every pass that looked saw it starting or there).
+    slot_->position.store(published, std::memory_order_release);
     return Error{Errc::kOutOfRange, "ring: offset " + std::to_string(offset.value) +
                                         " is no longer in the ring; the earliest is " + std::to_string(limit.offset.value)};
+  }
   const Ring::Mark mark = walk(ring_, offset);
   hold_ = ~0ull;
   position_ = mark.position.value;
@@ -1014,6 +1042,18 @@ Ring::Mark RingOwner::release_to(Position position) noexcept {
   const Ring::Mark mark{Position{at}, offset};
   (void)advance_reuse_limit(mark);
   return ring_.reuse_limit();
+}
+
+RingOwner::FlowControlledMove::FlowControlledMove(RingOwner& owner) noexcept
+    : moves_(owner.ring_.control_->reuse.flow_moves) {
+  // seq_cst: the owner's half of the Dekker pair with Consumer::wait_out_flow_controlled_move;
+  // its look at the slots that follows reads them seq_cst too.
+  moves_.fetch_add(1, std::memory_order_seq_cst);
+}
+
+RingOwner::FlowControlledMove::~FlowControlledMove() {
+  // R6 release: the limit stored inside the window is seen by a consumer that reads it closed.
+  moves_.store(moves_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
 Position RingOwner::slowest_consumer() const noexcept {

@@ -6,7 +6,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -683,6 +686,55 @@ TEST(Ring, ReuseLimitNeverMovesBackwardsOrPastTheTail) {
   EXPECT_FALSE(owner.advance_reuse_limit({Position{0}, Offset{0}}));
   EXPECT_EQ(f.ring.reuse_limit().position, frontier.position);
   EXPECT_EQ(f.ring.reuse_limit().offset, Offset{3});
+}
+
+TEST(RingOwner, ConsumersThatStartDuringAFlowControlledMoveStartFromTheLimitItLeaves) {
+  // Given ten one-record batches, a consumer at the first, and the mark of the sixth
+  RingFixture f = RingFixture::make(small_ring(1 << 16));
+  Producer producer = Producer::attach(f.ring).value();
+  for (std::uint64_t i = 0; i < 10; ++i) ASSERT_EQ(produce(producer, {1, i}), ClaimStatus::kOk);
+  Consumer seeker = Consumer::attach(f.ring).value();
+  Consumer lapped = Consumer::attach(f.ring).value();
+  Ring::Mark sixth;
+  {
+    Consumer probe = Consumer::attach(f.ring).value();
+    RingBatch batch;
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(probe.poll(batch), PollStatus::kOk);
+    sixth = Ring::Mark{probe.position(), probe.next_offset()};
+  }
+  RingOwner owner(f.ring);
+
+  // When consumers attach, seek and rejoin while the owner is inside a move's window (after its
+  // look at the slots, so it saw none of this)
+  std::optional<RingOwner::FlowControlledMove> window(std::in_place, owner);
+  std::atomic<bool> done{false};
+  Offset attached_at, rejoined_at;
+  Errc seek_code = Errc::kOk;
+  std::string seek_message;
+  std::jthread starting([&] {
+    Consumer late = Consumer::attach(f.ring).value();
+    attached_at = late.next_offset();
+    Result<void> back = seeker.seek(Offset{2});
+    if (!back.ok()) {
+      seek_code = back.error().code;
+      seek_message = back.error().message;
+    }
+    rejoined_at = lapped.rejoin();
+    done = true;
+  });
+  for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_FALSE(done) << "a consumer started inside the window without waiting for it";
+  ASSERT_TRUE(owner.advance_reuse_limit(sixth));
+  window.reset();
+  starting.join();
+
+  // Expect each to start from the limit the move left, none behind it
+  EXPECT_EQ(attached_at, Offset{5});
+  EXPECT_EQ(seek_code, Errc::kOutOfRange);
+  EXPECT_NE(seek_message.find("earliest is 5"), std::string::npos) << seek_message;
+  EXPECT_EQ(rejoined_at, Offset{5});
+  EXPECT_EQ(seeker.slot()->position.load(), 0u) << "a failed seek leaves the consumer where it was";
+  EXPECT_EQ(lapped.slot()->position.load(), sixth.position.value);
 }
 
 // A pid that certainly belonged to a process that is gone.

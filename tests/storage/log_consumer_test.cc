@@ -314,6 +314,114 @@ TEST(FlowControl, AConsumerThatAttachesWhileAPassDrainsTheLogKeepsWhatItReads) {
       << "the limit passed a frame a flow-controlled consumer was reading (it was at " << limit_before << ")";
 }
 
+// A consumer that starts on the "moving" topic's ring from another thread while a pass is
+// between its second look at the consumers and the limit's move (the node's test hook), and
+// the frame it read.
+struct StartedDuringAMove {
+  static inline std::optional<PartitionMemory> memory;
+  static inline std::optional<Consumer> consumer;
+  static inline std::atomic<std::uint64_t> read_at{~0ull};  // the position of the frame it read
+  static inline std::atomic<bool> started{false};
+  static inline std::optional<std::jthread> starter;
+  static void hook(std::string_view topic, std::uint32_t) {
+    if (topic != "moving" || !memory || starter) return;
+    starter.emplace([] {
+      Result<Consumer> attached = Consumer::attach(memory->ring, StartAt::kEarliest);
+      if (!attached.ok()) return;
+      consumer.emplace(std::move(*attached));
+      RingBatch batch;
+      if (consumer->poll(batch) != PollStatus::kOk) return;
+      consumer->hold(batch.position);  // its views are in use
+      read_at = batch.position.value;
+      started = true;
+    });
+    // Gives it time to start inside the window: it does at once unless the ring makes it wait.
+    for (int i = 0; i < 200 && !started; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ~StartedDuringAMove() {
+    test_hooks::set_after_second_consumer_look_hook(nullptr);
+    starter.reset();
+    consumer.reset();
+    memory.reset();
+    read_at = ~0ull;
+    started = false;
+  }
+};
+
+TEST(FlowControl, AConsumerThatStartsWhileAPassMovesTheLimitStartsAtTheLimitItMovedTo) {
+  // Given a flow-controlled ring whose passes the test runs, its limit moving pass by pass
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path(), false)).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic();
+  settings.emplace_back("flow.control", "consumers");
+  ASSERT_TRUE(client->create_topic("moving", settings).ok());
+  TopicProducer producer = TopicProducer::create(client, "moving").value();
+  std::int64_t sent = 0;
+  for (int pass = 0; pass < 6; ++pass, sent += 60) {
+    send_range(producer, sent, sent + 60);
+    node->maintain();
+  }
+  StartedDuringAMove started;
+  started.memory.emplace(node->open_partition("moving", 0).value());
+  const std::uint64_t limit_before = started.memory->ring.reuse_limit().position.value;
+  ASSERT_GT(limit_before, 0u) << "the passes never moved the limit";
+  send_range(producer, sent, sent + 60);
+  // When a consumer starts during the next pass, after the pass looked at the consumers for the
+  // last time and before it moves the limit, and reads the oldest frame
+  test_hooks::set_after_second_consumer_look_hook(&StartedDuringAMove::hook);
+  node->maintain();
+  test_hooks::set_after_second_consumer_look_hook(nullptr);
+  ASSERT_TRUE(started.starter.has_value()) << "the hook never ran";
+  started.starter.reset();  // joins
+  ASSERT_TRUE(started.started) << "the consumer did not start";
+  // Expect the move made, and the consumer started at or past it: producers may overwrite
+  // nothing it read
+  const std::uint64_t limit_after = started.memory->ring.reuse_limit().position.value;
+  EXPECT_GT(limit_after, limit_before) << "the pass did not move the limit, so this tests nothing";
+  EXPECT_LE(limit_after, started.read_at.load())
+      << "the limit passed a frame a flow-controlled consumer was reading (it was at " << limit_before << ")";
+}
+
+TEST(FlowControl, AStalledConsumerHoldsProducersBackRatherThanBeingOverwritten) {
+  // Given a flow-controlled ring whose passes the test runs, and a consumer that read the
+  // oldest frame and then stalled, holding it
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path(), false)).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic();
+  settings.emplace_back("flow.control", "consumers");
+  ASSERT_TRUE(client->create_topic("stalled", settings).ok());
+  PartitionMemory memory = node->open_partition("stalled", 0).value();
+  Producer producer = Producer::attach(memory.ring).value();
+  const std::string value = value_of(0);
+  RecordInput record;
+  record.value = std::as_bytes(std::span(value.data(), value.size()));
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(producer.offer_record(record), ClaimStatus::kOk);
+  node->maintain();
+  Consumer consumer = Consumer::attach(memory.ring, StartAt::kEarliest).value();
+  RingBatch batch;
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  consumer.hold(batch.position);
+  const std::uint64_t held = batch.position.value;
+
+  // When producers offer far more than the ring holds, a pass after every refusal
+  std::uint64_t offered = 100, refused = 0;
+  for (int i = 0; i < 20'000 && refused < 200; ++i) {
+    if (producer.offer_record(record) == ClaimStatus::kOk) {
+      ++offered;
+    } else {
+      ++refused;
+      node->maintain();
+    }
+  }
+
+  // Expect the producers held back and the held frame never released for reuse
+  EXPECT_GT(refused, 0u) << "the ring never filled";
+  EXPECT_LE(memory.ring.reuse_limit().position.value, held) << "after " << offered << " records";
+  EXPECT_TRUE(consumer.validate(batch)) << "the frame a stalled consumer holds was overwritten";
+}
+
 TEST(ColdReads, ALappedConsumerReadsWhatItMissedFromTheLog) {
   TempDir dir;
   auto node = Node::start(options_for(dir.path())).value();

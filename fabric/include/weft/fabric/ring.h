@@ -238,6 +238,7 @@ class Consumer {
   PollStatus park(RingBatch& out, std::int64_t deadline_ns) noexcept;
   void pause_after_data() noexcept;
   void publish_position(std::uint64_t in_use_from) noexcept;
+  void wait_out_flow_controlled_move() noexcept;
   Ring ring_;
   ring_layout::ConsumerSlot* slot_;
   std::uint64_t position_ = 0;
@@ -284,6 +285,20 @@ class RingOwner {
   // say), or nothing when none does. Lets the owner use a boundary a consumer walked to instead
   // of walking the frames itself.
   std::optional<Ring::Mark> committed_frame_at(Position position) const noexcept;
+  // Flow control's window (consumer flow control, design.md): the owner looks at the consumer
+  // slots and moves the limit inside one. A consumer that starts meanwhile (attach, seek,
+  // rejoin) waits for the window to close and starts from the limit it left; one that started
+  // before is in the slots the owner reads. So a move never passes a consumer it did not see.
+  class FlowControlledMove {
+   public:
+    explicit FlowControlledMove(RingOwner& owner) noexcept;
+    ~FlowControlledMove();
+    FlowControlledMove(const FlowControlledMove&) = delete;
+    FlowControlledMove& operator=(const FlowControlledMove&) = delete;
+
+   private:
+    std::atomic<std::uint64_t>& moves_;
+  };
   // Seals claims whose producer died between claim and commit, so readers move past them.
   std::vector<SealedRange> seal_dead_claims();
   // Frees slots of producers and consumers that died, once their claims are sealed.

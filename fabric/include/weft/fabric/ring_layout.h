@@ -18,7 +18,7 @@
 namespace weft::ring_layout {
 
 inline constexpr std::uint64_t kRingMagic = 0x474E495254464557ull;  // "WEFTRING" in memory order
-inline constexpr std::uint32_t kRingVersion = 5;
+inline constexpr std::uint32_t kRingVersion = 6;
 inline constexpr std::size_t kFrameAlign = 8;
 inline constexpr std::size_t kFrameHeaderBytes = 16;
 inline constexpr std::size_t kDataAlign = 4096;
@@ -76,6 +76,9 @@ struct alignas(kNoShare) ClaimLine {
 // `limit.offset` starts. Written by the owner.
 struct alignas(kNoShare) ReuseLine {
   PositionPair limit;
+  // Odd while a flow-controlled owner is between looking at the consumer slots and moving the
+  // limit: a consumer that starts then waits for the move, so it never starts behind it.
+  std::atomic<std::uint64_t> flow_moves;
 };
 
 struct alignas(kNoShare) WakeLine {
@@ -172,6 +175,7 @@ static_assert(std::is_standard_layout_v<RingControl> && std::is_standard_layout_
               std::is_standard_layout_v<ConsumerSlot> && std::is_standard_layout_v<FrameHeader>);
 static_assert(offsetof(RingControl, claim) == 128);
 static_assert(offsetof(RingControl, reuse) == 256);
+static_assert(offsetof(ReuseLine, flow_moves) == 16);
 static_assert(offsetof(RingControl, wake) == 384);
 static_assert(offsetof(RingControl, mode) == 512);
 static_assert(offsetof(RingControl, log) == 640);
