@@ -1,8 +1,11 @@
 // The node with a log: every ring drained into segment files, producers allowed to overwrite
 // only what the log holds (and, with fsync=always, what it synced), offsets carried on after a
 // restart.
+#include <fcntl.h>
+#include <linux/fs.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -465,6 +468,100 @@ TEST(NodeLog, ADeleteRemovesTheLogsBeforeTheTopicsFileAndKeepsTheTopicWhileALogS
   ASSERT_TRUE(client->create_topic("held", two).ok());
   TopicProducer fresh = TopicProducer::create(client, "held").value();
   for (std::uint32_t p = 0; p < 2; ++p) {
+    const Result<SendResult> sent = fresh.send_to(p, record);
+    ASSERT_TRUE(sent.ok()) << sent.error().message;
+    EXPECT_EQ(sent->offset, Offset{0}) << "partition " << p << " took up the deleted topic's log";
+  }
+}
+
+// Marks a folder immutable (FS_IMMUTABLE_FL) while it lives: not even root may rename it or
+// remove what it holds, so a real log's removal fails there.
+class ImmutableFolder {
+ public:
+  explicit ImmutableFolder(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+    int flags = 0;
+    if (fd_ < 0 || ::ioctl(fd_, FS_IOC_GETFLAGS, &flags) != 0) return;
+    flags |= FS_IMMUTABLE_FL;
+    set_ = ::ioctl(fd_, FS_IOC_SETFLAGS, &flags) == 0;
+  }
+  ~ImmutableFolder() { release(); }
+  ImmutableFolder(const ImmutableFolder&) = delete;
+  ImmutableFolder& operator=(const ImmutableFolder&) = delete;
+  bool set() const { return set_; }
+  void release() {
+    int flags = 0;
+    if (set_ && ::ioctl(fd_, FS_IOC_GETFLAGS, &flags) == 0) {
+      flags &= ~FS_IMMUTABLE_FL;
+      set_ = ::ioctl(fd_, FS_IOC_SETFLAGS, &flags) != 0;
+    }
+    if (!set_ && fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  bool set_ = false;
+};
+
+TEST(NodeLog, ADeleteWhoseLogFolderCannotGoKeepsTheTopicUntilADeleteAgainRemovesTheRest) {
+  // Given a topic of three partitions with records in each segment log, the second log's
+  // folder immutable (the file system refuses to rename it or remove what it holds)
+  TempDir dir;
+  NodeOptions options = logged_node(dir.path());
+  options.metadata_dir = dir.path() + "/topics";
+  const TopicSettings three = {{"partitions", "3"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"retention.ms", "-1"}};
+  auto node = Node::start(options).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("stuck", three).ok());
+  std::vector<std::byte> value(100, std::byte{0x45});
+  RecordInput record;
+  record.value = std::span<const std::byte>(value);
+  record.timestamp_ms = 1'700'000'000'000;
+  {
+    TopicProducer producer = producer_for_passes(client, "stuck");
+    for (std::uint32_t p = 0; p < 3; ++p)
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer.send_to(p, record).ok());
+  }
+  node->maintain();
+  ImmutableFolder immutable(dir.path() + "/stuck-1");
+  if (!immutable.set()) GTEST_SKIP() << "this file system or user cannot mark a folder immutable (needs ext4 or the like, and CAP_LINUX_IMMUTABLE)";
+
+  // When it is deleted
+  const Result<void> deleted = client->delete_topic("stuck");
+
+  // Expect the delete to fail with the system's reason; the first log gone, the second and third
+  // there with their records, and the topic kept with its file
+  ASSERT_FALSE(deleted.ok());
+  EXPECT_EQ(deleted.error().code, Errc::kIo) << deleted.error().message;
+  EXPECT_NE(deleted.error().message.find("stuck-1"), std::string::npos) << deleted.error().message;
+  EXPECT_NE(deleted.error().message.find("delete it again"), std::string::npos) << deleted.error().message;
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/stuck-0"));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/stuck-1/00000000000000000000.log"));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() + "/stuck-2/00000000000000000000.log"));
+  EXPECT_TRUE(std::filesystem::exists(options.metadata_dir + "/stuck.topic"));
+  EXPECT_EQ(node->list_topics(), (std::vector<std::string>{"stuck"}));
+  // And the third partition, whose log the delete never reached, still taking records
+  {
+    TopicProducer producer = producer_for_passes(client, "stuck");
+    const Result<SendResult> sent = producer.send_to(2, record);
+    ASSERT_TRUE(sent.ok()) << sent.error().message;
+    EXPECT_EQ(sent->offset, Offset{3});
+  }
+  node->maintain();
+
+  // When the cause is gone and it is deleted again, expect the rest removed and a topic made
+  // under the name to start empty
+  immutable.release();
+  const Result<void> again = client->delete_topic("stuck");
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/stuck-1"));
+  EXPECT_FALSE(std::filesystem::exists(dir.path() + "/stuck-2"));
+  EXPECT_FALSE(std::filesystem::exists(options.metadata_dir + "/stuck.topic"));
+  ASSERT_TRUE(client->create_topic("stuck", three).ok());
+  TopicProducer fresh = TopicProducer::create(client, "stuck").value();
+  for (std::uint32_t p = 0; p < 3; ++p) {
     const Result<SendResult> sent = fresh.send_to(p, record);
     ASSERT_TRUE(sent.ok()) << sent.error().message;
     EXPECT_EQ(sent->offset, Offset{0}) << "partition " << p << " took up the deleted topic's log";
