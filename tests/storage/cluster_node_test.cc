@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
@@ -379,24 +380,39 @@ TEST_F(ClusterNodeTest, ABurstOfNewRolesTakesTurnsWithTheReplicationOfThePartiti
   EXPECT_LT(saves_at_ack, saves_in_all / 2) << "acknowledged after " << saves_at_ack << " of the burst's " << saves_in_all << " saves";
 }
 
-// Refuses the opening of logs of topics named "flaky..." the first time (a disk that said no),
-// counting the attempts.
+// Refuses the opening of logs of topics named "flaky..." the first `refusals` times (a disk that
+// said no), noting when each attempt came.
 struct FlakyLogs {
+  int refusals = 1;
   std::atomic<int> attempts{0};
+  std::mutex mutex;
+  std::vector<std::chrono::steady_clock::time_point> attempted_at;
 
   static std::function<OpenPartitionLog(OpenPartitionLog)> wrapper(std::shared_ptr<FlakyLogs> flaky) {
     return [flaky](OpenPartitionLog inner) -> OpenPartitionLog {
       return [flaky, inner](std::string_view topic, std::uint32_t partition, const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
-        if (topic.starts_with("flaky") && flaky->attempts.fetch_add(1) == 0) return Error{Errc::kIo, "the test's disk refused"};
+        if (topic.starts_with("flaky")) {
+          {
+            std::lock_guard lock(flaky->mutex);
+            flaky->attempted_at.push_back(std::chrono::steady_clock::now());
+          }
+          if (flaky->attempts.fetch_add(1) < flaky->refusals) return Error{Errc::kIo, "the test's disk refused"};
+        }
         return inner(topic, partition, config);
       };
     };
   }
+  // The time between attempt `i` and the one before it.
+  std::chrono::milliseconds gap_before(std::size_t i) {
+    std::lock_guard lock(mutex);
+    return std::chrono::duration_cast<std::chrono::milliseconds>(attempted_at.at(i) - attempted_at.at(i - 1));
+  }
 };
 
-TEST_F(ClusterNodeTest, AReplicasTopicThatCouldNotBeMadeIsTriedAgainASecondLater) {
-  // Given two nodes, the first of which fails its first try at a "flaky..." topic's log
+TEST_F(ClusterNodeTest, AReplicasTopicThatCouldNotBeMadeIsTriedAgainLessAndLessOften) {
+  // Given two nodes, the first of which fails its first two tries at a "flaky..." topic's log
   auto flaky = std::make_shared<FlakyLogs>();
+  flaky->refusals = 2;
   start(1, FlakyLogs::wrapper(flaky));
   start(2);
   TopicConfig config;
@@ -405,8 +421,8 @@ TEST_F(ClusterNodeTest, AReplicasTopicThatCouldNotBeMadeIsTriedAgainASecondLater
   // When such a topic is made, replicated on both
   ASSERT_TRUE(any().cluster->create_topic("flaky", 1, 2, config).ok());
   ASSERT_TRUE(eventually([&] { return flaky->attempts.load() >= 1; }));
-  // Expect no second try for a second (not one per replication pass), then the topic made there
-  // and replicated on both
+  // Expect no second try for a second (not one per replication pass), a third no sooner than two
+  // seconds after that, then the topic made there and replicated on both
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_EQ(flaky->attempts.load(), 1);
   EXPECT_TRUE(eventually([&] { return replicated_on_all("flaky", 2); }));
@@ -417,7 +433,9 @@ TEST_F(ClusterNodeTest, AReplicasTopicThatCouldNotBeMadeIsTriedAgainASecondLater
     }
     return true;
   }));
-  EXPECT_EQ(flaky->attempts.load(), 2);
+  ASSERT_EQ(flaky->attempts.load(), 3);
+  EXPECT_GE(flaky->gap_before(1), std::chrono::seconds(1));
+  EXPECT_GE(flaky->gap_before(2), std::chrono::seconds(2));
 }
 
 TEST_F(ClusterNodeTest, AReplicaMovedAwayWhileItsTopicIsBeingMadeTakesNoRoleOnceItIsMade) {
