@@ -143,8 +143,16 @@ struct TopicConsumer::State {
     return nullptr;
   }
 
-  // Forgets what this poll took from `a` (it was overwritten); returns the first offset lost, or
-  // `otherwise` when nothing was taken.
+  // Drops a partition whose topic is gone. Only while no record or notice points into the
+  // assignments: they move.
+  void unassign(const Assignment* gone) {
+    std::deque<Assignment> kept;
+    for (Assignment& a : assignments)
+      if (&a != gone) kept.push_back(std::move(a));
+    assignments.swap(kept);
+    if (next_assignment >= assignments.size()) next_assignment = 0;
+  }
+
   // Forgets what this poll took from `a` (it was overwritten). Returns where the loss begins
   // as a notice reports it (the oldest polled batch's base, or `otherwise`), and where a reader
   // of the log resumes (the first record this poll took: a batch cut by an earlier poll or a
@@ -713,6 +721,42 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
   const std::size_t n = s.assignments.size();
 
   std::optional<Error> failure;  // reading the log failed: the poll returns it
+  Assignment* deleted = nullptr;  // its topic was deleted: unassigned as the poll returns the failure
+  auto fail = [&] {
+    if (deleted != nullptr) s.unassign(deleted);
+    return std::move(*failure);
+  };
+  // The node retired the ring `a` reads: a replica's truncation replaced it, or its topic was
+  // deleted. Reads on in the partition's ring now from the same offset, or gives the partition up.
+  auto follow_retired_ring = [&](Assignment& a) {
+    // This poll's records and notices point into the assignments and the old ring: next poll.
+    if (!s.records.empty() || !s.polled.empty() || !s.notices.empty()) return;
+    const std::string where = "topic '" + a.topic + "' partition " + std::to_string(a.partition);
+    Result<PartitionMemory> reopened = s.client->open_partition(a.topic, a.partition);
+    if (reopened.ok() && reopened->topic_id == a.memory.topic_id) {
+      if (leader_epoch(reopened->ring) == ring_layout::kRetired) return;  // not replaced yet: look again later
+      Result<Offset> next = position(a.topic, a.partition);
+      if (!next.ok()) {
+        failure = std::move(next).error();
+        return;
+      }
+      // The old ring's reader and views first: the old memory may go with the assignment's hold.
+      a.consumer.reset();
+      a.pending.reset();
+      a.memory = std::move(*reopened);
+      if (Result<void> moved = seek(a.topic, a.partition, SeekTo::offset(next->value)); !moved.ok())
+        failure = Error{moved.error().code, where + ": its ring was replaced (its log was cut back to the new leader's) and reading on from offset " +
+                                                std::to_string(next->value) + " failed: " + moved.error().message};
+      return;
+    }
+    if (!reopened.ok() && reopened.error().code != Errc::kNotFound) {
+      failure = std::move(reopened).error();
+      return;
+    }
+    failure = Error{Errc::kNotFound, where + " is no longer assigned: the topic was deleted" +
+                                         std::string(reopened.ok() ? " (a topic made again under its name is another: assign it to read it)" : "")};
+    deleted = &a;
+  };
   // Handles one poll status of assignment `a`; false when that partition has nothing more now.
   auto handle = [&](Assignment& a, PollStatus status, const RingBatch& batch) {
     Consumer& c = *a.consumer;
@@ -752,7 +796,10 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         s.notices.push_back(PollNotice{PollNotice::Kind::kCorrupt, a.topic, a.partition, from, resumed});
         return false;
       }
-      case PollStatus::kEmpty: return false;
+      case PollStatus::kEmpty:
+        if (leader_epoch(a.memory.ring) == ring_layout::kRetired) [[unlikely]]
+          follow_retired_ring(a);
+        return false;
     }
     return false;
   };
@@ -785,7 +832,14 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         if (a.consumer->validate(rest)) {
           a.pending.reset();
           handle(a, PollStatus::kOk, rest);
-          if (a.pending) continue;  // still past the high watermark (or cut short again)
+          if (a.pending) {  // still past the high watermark (or cut short again)
+            // Past it for good if the ring was retired: the partition reads on in its successor.
+            if (leader_epoch(a.memory.ring) == ring_layout::kRetired) [[unlikely]] {
+              follow_retired_ring(a);
+              if (failure) return fail();
+            }
+            continue;
+          }
         } else {
           const State::Dropped missed = s.drop_polled(a, a.skip_below);
           WEFT_TRY_VOID(s.lapped(a, missed));
@@ -800,7 +854,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         if (!handle(a, status, batch)) break;
       }
       if (failure) {
-        if (s.records.empty()) return std::move(*failure);
+        if (s.records.empty()) return fail();
         s.deferred = std::move(*failure);
         break;
       }
@@ -825,13 +879,13 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       RingBatch batch;
       const PollStatus status = a.consumer->wait(batch, s.options.wait, deadline - now);
       handle(a, status, batch);
-      if (failure) return std::move(*failure);
+      if (failure) return fail();
     } else if (s.options.wait == WaitKind::kPark && s.assignments[s.next_assignment].consumer && !s.assignments[s.next_assignment].cold) {
       // A futex waits on one ring; with several, sleep in short slices on the first.
       Assignment& a = s.assignments[s.next_assignment];
       RingBatch batch;
       handle(a, a.consumer->wait(batch, WaitKind::kPark, std::min<std::int64_t>(deadline - now, 1'000'000)), batch);
-      if (failure) return std::move(*failure);
+      if (failure) return fail();
     } else if (s.options.wait == WaitKind::kYield || s.options.wait == WaitKind::kPark) {
       sched_yield();
     }

@@ -597,6 +597,16 @@ Result<void> Node::delete_topic(std::string_view name) {
     }
     state_->ring_bytes -= topic->ring_bytes;
   }
+  // Clients that hold its rings learn of it at their next claim, acknowledgement or empty poll
+  // (they open the partition again and are told the topic is gone), rather than writing into
+  // rings nothing reads any more.
+  for (const auto& p : topic->partitions) {
+    std::lock_guard partition_guard(p->log_mutex);  // as above
+    LogProgress gone = read_log_progress(p->ring);
+    gone.error = Errc::kNotFound;
+    publish_log_progress(p->ring, gone);
+    retire_ring(p->ring);
+  }
   if (!options_.metadata_dir.empty()) {
     const std::string path = options_.metadata_dir + "/" + topic->name + ".topic";
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) removed = os_error(Errc::kIo, "removing " + path, errno);
@@ -1094,12 +1104,13 @@ double Node::maintain_pass() {
         p->checkpoints.push_back(frontier);
       const std::uint64_t max_frame = d.max_frame_bytes;
       const std::uint64_t ahead = std::max(tail, frontier.position.value);
-      std::uint64_t target = ahead > keep ? ahead - keep : 0;
-      target = std::min(target, frontier.position.value);
+      // Where the limit may go at most: bounds that protect records (the frontier, the log, a
+      // flow-controlled consumer, a replication write in flight), which nothing moves it past.
+      std::uint64_t ceiling = frontier.position.value;
       // Never past what is not in the log. The ring is memory like the page cache, so holding it
       // until a sync protects nothing more; only `always` does (it syncs every pass anyway), and
       // an interval policy's durability is what its acknowledgements wait for.
-      if (p->log) target = std::min(target, topic->config.fsync == FsyncPolicy::kAlways ? p->durable_position : p->written_position);
+      if (p->log) ceiling = std::min(ceiling, topic->config.fsync == FsyncPolicy::kAlways ? p->durable_position : p->written_position);
       // Flow control: the second look and the limit's move in one window, which a consumer that
       // starts meanwhile waits out (design.md).
       std::optional<RingOwner::FlowControlledMove> flow_window;
@@ -1110,14 +1121,16 @@ double Node::maintain_pass() {
         flow_window.emplace(p->owner);
         scan_consumers();
         if (const test_hooks::PassHook hook = after_second_consumer_look_hook.load(std::memory_order_acquire); hook != nullptr) hook(topic->name, p->stats.partition);
-        target = std::min(target, slowest);
+        ceiling = std::min(ceiling, slowest);
         // It read the limit to start from: moving it now could lap it before its first read.
-        if (attaching) target = limit.position.value;
+        if (attaching) ceiling = limit.position.value;
       }
       // Nor past bytes a replication write in flight points at (held for microseconds: a link
       // completes a write once it no longer reads the bytes).
       const std::uint64_t pinned = p->pins->lowest();
-      target = std::min(target, pinned);
+      ceiling = std::min(ceiling, pinned);
+      // Within it, the older half stays: the target the limit moves to.
+      const std::uint64_t target = std::min(ahead > keep ? ahead - keep : 0, ceiling);
       if (target > limit.position.value) {
         std::optional<Ring::Mark> release;
         while (!p->checkpoints.empty() && p->checkpoints.front().position.value <= target) {
@@ -1139,13 +1152,11 @@ double Node::maintain_pass() {
           // The walk stops at the boundary before the target. When the largest claim still does
           // not fit (the target lies inside the oldest frame, a 1 MB batch say) producers would
           // wait for good, so it goes on to the boundary past the target, and the kept half loses
-          // that frame. Only then: a limit already at the boundary before the target frees
-          // nothing either, and going on would cut into the kept half at every idle pass.
+          // that frame, never anything the ceiling protects. Only then: a limit already at the
+          // boundary before the target frees nothing either, and going on would cut into the kept
+          // half at every idle pass.
           (void)p->owner.release_to(Position{target});
-          // Never past a flow-controlled consumer: it stalls producers instead.
-          const std::uint64_t past = topic->config.consumer_flow_control ? slowest : UINT64_MAX;
-          if (!p->owner.room_for_largest_claim())
-            p->owner.release_to(Position{std::min({target + max_frame, frontier.position.value, pinned, past})});
+          if (!p->owner.room_for_largest_claim()) p->owner.release_to(Position{std::min(target + max_frame, ceiling)});
         }
       }
       flow_window.reset();
@@ -1258,7 +1269,7 @@ Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::
   // the old one are fenced for good and open the partition again.
   set_leader_epoch(ring, leader_epoch(p.ring));
   publish_high_watermark(ring, read_log_progress(p.ring).replicated);
-  set_leader_epoch(p.ring, ring_layout::kRetired);
+  retire_ring(p.ring);
   // The old log writer leaves its slot in the old ring while that is still mapped.
   const std::shared_ptr<SharedMemory> old_memory = p.memory;
   p.writer.reset();

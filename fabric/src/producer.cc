@@ -488,6 +488,7 @@ Result<void> TopicProducer::wait_for_log(std::uint32_t partition, Offset end, Ac
       return Error{Errc::kUnavailable, where + ": not acknowledged in time (is the node running and its disk keeping up?" +
                                            (read_log_progress(ring).replicated.value != ring_layout::kNoLog ? " are the in-sync replicas?)" : ")")};
     case AckStatus::kFenced:
+      if (read_log_progress(ring).error == Errc::kNotFound) break;  // the topic was deleted
       return Error{Errc::kAborted, where + ": leadership moved off this node before the records were acknowledged; they may or "
                                            "may not be in the log (Kafka's NOT_LEADER_OR_FOLLOWER)"};
     case AckStatus::kLogError: break;
@@ -500,6 +501,7 @@ Error TopicProducer::log_stopped_error(std::uint32_t partition) const {
   const std::string where = "topic '" + state_->topic + "' partition " + std::to_string(partition) + ": ";
   if (code == Errc::kResourceExhausted)
     return Error{code, where + "the log is out of disk space; the node keeps what it has, retries, and takes records again when space returns"};
+  if (code == Errc::kNotFound) return Error{code, where + "the topic was deleted; records not acknowledged by then went with it"};
   return Error{code, where + "the log stopped taking records (" + std::string(errc_name(code)) + "); see the node's log"};
 }
 

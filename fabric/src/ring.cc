@@ -944,7 +944,8 @@ PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
     futex(&wake.futex_sequence, FUTEX_WAIT, sequence, &timeout);
     wake.parked.fetch_sub(1, std::memory_order_relaxed);
     status = poll(out);
-    if (status != PollStatus::kEmpty || monotonic_ns() >= deadline_ns) return status;
+    // A retired ring takes nothing more: back to the caller, who reads on in its successor.
+    if (status != PollStatus::kEmpty || monotonic_ns() >= deadline_ns || leader_epoch(ring_) == kRetired) return status;
   }
 }
 
@@ -1269,6 +1270,13 @@ std::int32_t leader_epoch(const Ring& ring) noexcept {
   return ring.control().mode.leader_epoch.load(std::memory_order_acquire);  // pairs with set_leader_epoch
 }
 
+void retire_ring(const Ring& ring) noexcept {
+  set_leader_epoch(ring, kRetired);
+  // Rare: wake every sleeper unconditionally, as sealing does.
+  ring.control().wake.wake_needed.store(0, std::memory_order_relaxed);
+  wake_all(ring.control().wake);
+}
+
 std::uint32_t log_waiters(const Ring& ring) noexcept {
   return ring.control().log.waiters.load(std::memory_order_relaxed);  // a hint for the writer's pace
 }
@@ -1334,6 +1342,7 @@ Offset visible_end(const Ring& ring) noexcept {
 bool wait_for_visible(const Ring& ring, Offset end, std::int64_t deadline_ns) noexcept {
   return wait_on_log_line(ring, deadline_ns, [&]() -> std::optional<AckStatus> {
     if (visible_end(ring) >= end) return AckStatus::kOk;
+    if (leader_epoch(ring) == kRetired) return AckStatus::kFenced;  // its high watermark moves no more
     return std::nullopt;
   }) == AckStatus::kOk;
 }

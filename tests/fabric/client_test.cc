@@ -6,8 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <map>
 #include <optional>
 #include <set>
@@ -857,6 +859,70 @@ TEST_P(ClientTest, PollWithNothingToReadReturnsEmpty) {
     EXPECT_TRUE(polled.notices.empty());
   }
   EXPECT_TRUE(consumer.views_intact());
+}
+
+TEST_P(ClientTest, ProducersAndConsumersOfADeletedTopicAreToldAndItsPartitionIsUnassigned) {
+  // Given a producer of a topic and a consumer that read what it sent, then waits for more,
+  // parked, in a poll of up to a minute
+  create("doomed", 1);
+  create("kept", 1);
+  ASSERT_OK_AND_ASSIGN(TopicProducer producer, TopicProducer::create(client_, "doomed"));
+  ASSERT_TRUE(producer.send_to(0, value_record("before")).ok());
+  ConsumerOptions options;
+  options.wait = WaitKind::kPark;
+  ASSERT_OK_AND_ASSIGN(TopicConsumer consumer, TopicConsumer::create(client_, options));
+  ASSERT_TRUE(consumer.assign("doomed", {0}, SeekTo::earliest()).ok());
+  ASSERT_EQ(test::drain(consumer, 1).records.size(), 1u);
+  auto waiting = std::async(std::launch::async, [&] { return consumer.poll(60'000); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // most likely asleep by then
+
+  // When the topic is deleted
+  ASSERT_TRUE(client_->delete_topic("doomed").ok());
+
+  // Expect the poll to end with the news and the partition no longer assigned
+  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(30)), std::future_status::ready) << "the consumer slept on through the delete";
+  const Result<PollResult> polled = waiting.get();
+  ASSERT_FALSE(polled.ok());
+  EXPECT_EQ(polled.error().code, Errc::kNotFound);
+  EXPECT_NE(polled.error().message.find("was deleted"), std::string::npos) << polled.error().message;
+  EXPECT_EQ(consumer.assigned_partitions(), 0u);
+  // And the producer's next send to fail rather than go into a ring nothing reads
+  const Result<SendResult> sent = producer.send_to(0, value_record("after"));
+  ASSERT_FALSE(sent.ok());
+  EXPECT_EQ(sent.error().code, Errc::kNotFound) << sent.error().message;
+}
+
+TEST_P(ClientTest, ATopicMadeAgainUnderItsNameIsAnotherToConsumersAndTheNameToProducers) {
+  // Given a producer and a consumer of a topic, and the consumer's other partition
+  create("again", 1);
+  create("kept", 1);
+  ASSERT_OK_AND_ASSIGN(TopicProducer producer, TopicProducer::create(client_, "again"));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer.send_to(0, value_record("old")).ok());
+  ASSERT_OK_AND_ASSIGN(TopicConsumer consumer, TopicConsumer::create(client_));
+  ASSERT_TRUE(consumer.assign("again", {0}, SeekTo::earliest()).ok());
+  ASSERT_TRUE(consumer.assign("kept", {0}, SeekTo::earliest()).ok());
+  ASSERT_EQ(test::drain(consumer, 3).records.size(), 3u);
+
+  // When the topic is deleted and made again under its name
+  ASSERT_TRUE(client_->delete_topic("again").ok());
+  create("again", 1);
+
+  // Expect the consumer told the topic it read is gone, and left with its other partition
+  std::optional<Error> told;
+  for (int polls = 0; polls < 100 && !told; ++polls) {
+    Result<PollResult> polled = consumer.poll(10);
+    if (!polled.ok()) told = polled.error();
+  }
+  ASSERT_TRUE(told.has_value()) << "no poll said the topic was deleted";
+  EXPECT_EQ(told->code, Errc::kNotFound);
+  EXPECT_NE(told->message.find("made again"), std::string::npos) << told->message;
+  EXPECT_EQ(consumer.assigned_partitions(), 1u);
+  ASSERT_TRUE(consumer.poll(0).ok());
+  // And the producer sending to the topic of the name now, from its first offset (as Kafka's
+  // producers, which address topics by name)
+  const Result<SendResult> sent = producer.send_to(0, value_record("new"));
+  ASSERT_TRUE(sent.ok()) << sent.error().message;
+  EXPECT_EQ(sent->offset, Offset{0});
 }
 
 TEST_P(ClientTest, ALappedConsumerIsToldWhatItMissedAndContinues) {

@@ -704,29 +704,36 @@ TEST(RingOwner, ConsumersThatStartDuringAFlowControlledMoveStartFromTheLimitItLe
   }
   RingOwner owner(f.ring);
 
-  // When consumers attach, seek and rejoin while the owner is inside a move's window (after its
-  // look at the slots, so it saw none of this)
+  // When consumers attach, seek and rejoin, each on a thread of its own, while the owner is
+  // inside a move's window (after its look at the slots, so it saw none of this)
   std::optional<RingOwner::FlowControlledMove> window(std::in_place, owner);
-  std::atomic<bool> done{false};
+  std::atomic<int> done{0};
   Offset attached_at, rejoined_at;
   Errc seek_code = Errc::kOk;
   std::string seek_message;
-  std::jthread starting([&] {
-    Consumer late = Consumer::attach(f.ring).value();
-    attached_at = late.next_offset();
-    Result<void> back = seeker.seek(Offset{2});
-    if (!back.ok()) {
-      seek_code = back.error().code;
-      seek_message = back.error().message;
-    }
-    rejoined_at = lapped.rejoin();
-    done = true;
-  });
-  for (int i = 0; i < 50 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  EXPECT_FALSE(done) << "a consumer started inside the window without waiting for it";
-  ASSERT_TRUE(owner.advance_reuse_limit(sixth));
-  window.reset();
-  starting.join();
+  {
+    std::jthread attaching([&] {
+      Consumer late = Consumer::attach(f.ring).value();
+      attached_at = late.next_offset();
+      ++done;
+    });
+    std::jthread seeking([&] {
+      Result<void> back = seeker.seek(Offset{2});
+      if (!back.ok()) {
+        seek_code = back.error().code;
+        seek_message = back.error().message;
+      }
+      ++done;
+    });
+    std::jthread rejoining([&] {
+      rejoined_at = lapped.rejoin();
+      ++done;
+    });
+    for (int i = 0; i < 50 && done == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_EQ(done.load(), 0) << "a consumer started inside the window without waiting for it";
+    ASSERT_TRUE(owner.advance_reuse_limit(sixth));
+    window.reset();
+  }  // joins
 
   // Expect each to start from the limit the move left, none behind it
   EXPECT_EQ(attached_at, Offset{5});

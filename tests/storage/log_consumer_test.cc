@@ -335,8 +335,9 @@ struct StartedDuringAMove {
       read_at = batch.position.value;
       started = true;
     });
-    // Gives it time to start inside the window: it does at once unless the ring makes it wait.
-    for (int i = 0; i < 200 && !started; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // Gives it time to start inside the window: it does at once unless the ring makes it wait
+    // (a consumer waits at most 1 s, so the window stays well short of that).
+    for (int i = 0; i < 50 && !started; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ~StartedDuringAMove() {
     test_hooks::set_after_second_consumer_look_hook(nullptr);

@@ -474,6 +474,86 @@ TEST(NodeLog, ADeleteRemovesTheLogsBeforeTheTopicsFileAndKeepsTheTopicWhileALogS
   }
 }
 
+// A log that refuses appends, as a full disk does, while the test says so.
+class FullDiskLog final : public test::ForwardingLog {
+ public:
+  FullDiskLog(std::unique_ptr<PartitionLog> inner, std::shared_ptr<std::atomic<bool>> full)
+      : ForwardingLog(std::move(inner)), full_(std::move(full)) {}
+  Result<void> append(std::span<const std::byte> batch) override {
+    if (full_->load()) return Error{Errc::kResourceExhausted, "no space left on the test's disk"};
+    return inner_->append(batch);
+  }
+
+ private:
+  std::shared_ptr<std::atomic<bool>> full_;
+};
+
+TEST(NodeLog, WhileTheLogTakesNothingProducersNeverOverwriteWhatItHasNotTaken) {
+  // Given a node whose passes the test runs, over a log that takes records until its disk fills,
+  // and a ring of 64 KiB taking batches of up to 8 KiB
+  TempDir dir;
+  auto full = std::make_shared<std::atomic<bool>>(false);
+  NodeOptions options = logged_node(dir.path());
+  options.log_retry_interval_ms = 0;  // every pass tries the log again
+  options.open_log = [inner = options.open_log, full](std::string_view topic, std::uint32_t partition,
+                                                      const TopicConfig& config) -> Result<std::unique_ptr<PartitionLog>> {
+    WEFT_TRY(std::unique_ptr<PartitionLog> log, inner(topic, partition, config));
+    return std::unique_ptr<PartitionLog>(std::make_unique<FullDiskLog>(std::move(log), full));
+  };
+  auto node = Node::start(options).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("full", small()).ok());
+  PartitionMemory memory = node->open_partition("full", 0).value();
+  Producer producer = Producer::attach(memory.ring).value();
+  auto value_of = [](std::int64_t i) { return "record-" + std::to_string(i) + std::string(90, '.'); };
+  auto offer = [&](std::int64_t i) {
+    const std::string value = value_of(i);
+    RecordInput record;
+    record.value = std::as_bytes(std::span(value.data(), value.size()));
+    record.timestamp_ms = 1'700'000'000'000 + i;
+    return producer.offer_record(record);
+  };
+  std::int64_t sent = 0;
+  for (; sent < 100; ++sent) ASSERT_EQ(offer(sent), ClaimStatus::kOk);
+  node->maintain();
+  ASSERT_EQ(read_log_progress(memory.ring).written, Offset{100});
+
+  // When the disk fills and producers keep offering, a pass after each refusal
+  full->store(true);
+  int refusals = 0;
+  for (int i = 0; i < 20'000 && refusals < 100; ++i) {
+    if (offer(sent) == ClaimStatus::kOk) {
+      ++sent;
+    } else {
+      ++refusals;
+      node->maintain();
+    }
+  }
+  ASSERT_EQ(refusals, 100) << "the ring never filled";
+
+  // Expect, once space returns, every record offered in the log, in order and intact: the ring
+  // held producers back rather than let them overwrite what the log had not taken
+  full->store(false);
+  for (int i = 0; i < 1'000 && read_log_progress(memory.ring).written.value < sent; ++i) node->maintain();
+  EXPECT_EQ(read_log_progress(memory.ring).error, Errc::kOk);
+  ASSERT_EQ(read_log_progress(memory.ring).written, Offset{sent}) << "the log stopped: " << node->describe_topic("full")->partitions[0].log_error;
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  ASSERT_TRUE(consumer.assign("full", {0}, SeekTo::earliest()).ok());
+  std::int64_t next = 0;
+  for (int polls = 0; polls < 10'000 && next < sent; ++polls) {
+    Result<PollResult> polled = consumer.poll(10);
+    ASSERT_TRUE(polled.ok()) << polled.error().message;
+    for (const ConsumedRecord& r : polled->records) {
+      ASSERT_EQ(r.offset, Offset{next});
+      ASSERT_TRUE(r.value.has_value());
+      const std::string value(reinterpret_cast<const char*>(r.value->data()), r.value->size());
+      ASSERT_EQ(value, value_of(next));
+      ++next;
+    }
+  }
+  EXPECT_EQ(next, sent);
+}
+
 // Marks a folder immutable (FS_IMMUTABLE_FL) while it lives: not even root may rename it or
 // remove what it holds, so a real log's removal fails there.
 class ImmutableFolder {

@@ -12,12 +12,16 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../temp_dir.h"
 #include "test_batches.h"
+#include "weft/client.h"
+#include "weft/consumer.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/fabric/replication.h"
 #include "weft/node.h"
@@ -232,6 +236,59 @@ TEST_F(NodeReplication, ANodeThatLedAndDivergedIsCutBackToItsNewLeadersEpoch) {
     if (local.poll(batch) == PollStatus::kOk) first = BatchView::parse(batch.bytes).value().base_offset().value;
   }
   EXPECT_EQ(first, 500);
+}
+
+TEST_F(NodeReplication, ALocalConsumerOfANodeCutBackReadsOnInItsNewRingFromTheNewLeader) {
+  // Given node 1 leading, and a local consumer on node 1 that read all the in-sync replicas hold
+  ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(b().replicator->follow(kP, b().replica.get(), 1, 1, "node-1").ok());
+  a().produce(100, 5, std::byte{0x11});
+  ASSERT_TRUE(run_until([&] { return a().replicator->high_watermark(kP) == Offset{500}; }));
+  std::shared_ptr<Client> client = Client::embedded(*a().node);
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  ASSERT_TRUE(consumer.assign(kP.topic, {0}, SeekTo::earliest()).ok());
+  std::vector<std::pair<std::int64_t, std::byte>> read;  // each record's offset and first value byte
+  std::optional<Error> failed;
+  auto poll_some = [&] {
+    Result<PollResult> polled = consumer.poll(0);
+    if (!polled.ok()) {
+      failed = polled.error();
+      return;
+    }
+    for (const ConsumedRecord& r : polled->records)
+      read.emplace_back(r.offset.value, r.value && !r.value->empty() ? r.value->front() : std::byte{0});
+  };
+  ASSERT_TRUE(run_until([&] {
+    poll_some();
+    return read.size() >= 500 || failed;
+  }));
+  ASSERT_FALSE(failed) << failed->message;
+
+  // When node 1 takes 20 batches no other node gets (past the high watermark: the consumer sees
+  // none), then node 2 leads at epoch 2 with 30 of its own and node 1 follows it, cut back to 500
+  b().replicator->forget(kP);
+  a().produce(20, 5, std::byte{0xee});
+  ASSERT_TRUE(run_until([&] {
+    poll_some();
+    return read_log_progress(a().node->open_partition(kP.topic, 0)->ring).written == Offset{600};
+  }));
+  a().replicator->forget(kP);
+  ASSERT_TRUE(b().replicator->lead(kP, b().replica.get(), 2, {1, 2}, {2}).ok());
+  b().produce(30, 3, std::byte{0x22});
+  ASSERT_TRUE(a().replicator->follow(kP, a().replica.get(), 2, 2, "node-2").ok());
+
+  // Expect the consumer to read on in node 1's new ring: the new leader's records from 500, and
+  // nothing of the suffix that was cut
+  ASSERT_TRUE(run_until([&] {
+    poll_some();
+    return read.size() >= 590 || failed;
+  })) << "the consumer read " << read.size() << " records and stopped (still on the ring the cut replaced?)";
+  ASSERT_FALSE(failed) << failed->message;
+  ASSERT_EQ(read.size(), 590u);
+  for (std::size_t i = 0; i < read.size(); ++i) {
+    ASSERT_EQ(read[i].first, static_cast<std::int64_t>(i));
+    ASSERT_EQ(read[i].second, i < 500 ? std::byte{0x11} : std::byte{0x22}) << "offset " << i;
+  }
 }
 
 TEST_F(NodeReplication, AFollowerFarBehindCatchesUpFromTheLeadersSegments) {

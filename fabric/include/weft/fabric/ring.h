@@ -328,6 +328,9 @@ void publish_high_watermark(const Ring& ring, Offset high_watermark) noexcept;
 // kRetired, or the epoch this node now leads at) and wakes their waiters to see it.
 void set_leader_epoch(const Ring& ring, std::int32_t epoch) noexcept;
 std::int32_t leader_epoch(const Ring& ring) noexcept;
+// Owner side: nothing more comes to this ring (the node replaced it, or deleted its topic).
+// Fences its producers (kRetired) and wakes its parked readers, so both open the partition again.
+void retire_ring(const Ring& ring) noexcept;
 // Producers waiting now (the owner writes the log sooner while there are any).
 std::uint32_t log_waiters(const Ring& ring) noexcept;
 // Counts a waiter that polls read_log_progress instead of sleeping in wait_for_log (an event
@@ -353,7 +356,7 @@ AckStatus wait_for_log(const Ring& ring, Offset end, bool durable, std::int64_t 
 // (none while it is not known yet), everything (INT64_MAX) on a node alone. Kafka's rule:
 // consumers never see what the in-sync replicas do not all hold.
 Offset visible_end(const Ring& ring) noexcept;
-// Waits until visible_end(ring) >= end; false at the deadline.
+// Waits until visible_end(ring) >= end; false at the deadline, or at once for a retired ring.
 bool wait_for_visible(const Ring& ring, Offset end, std::int64_t deadline_ns) noexcept;
 
 // False only when the process (pid, start_time) is certainly gone: exited, a zombie, or its pid
