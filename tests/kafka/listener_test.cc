@@ -1464,6 +1464,18 @@ TEST_F(KafkaListenerTest, MalformedFramesCloseOnlyTheirConnection) {
   long_string.raw(std::string_view("abc"));
   Writer bad_varint;
   bad_varint.raw(std::string_view("\xff\xff\xff\xff\xff\xff", 6));
+  Writer many_protocols;  // JoinGroup v5, listing 65 protocols
+  many_protocols.string("g", false);
+  many_protocols.i32(10'000);
+  many_protocols.i32(10'000);
+  many_protocols.string("", false);
+  many_protocols.nullable_string(std::nullopt, false);
+  many_protocols.string("consumer", false);
+  many_protocols.array(65, false);
+  for (int i = 0; i < 65; ++i) {
+    many_protocols.string("p" + std::to_string(i), false);
+    many_protocols.bytes(std::string_view("m"), false);
+  }
   Writer tags_out_of_order;
   tags_out_of_order.uvarint(1);  // topics: none
   tags_out_of_order.boolean(true);
@@ -1490,6 +1502,7 @@ TEST_F(KafkaListenerTest, MalformedFramesCloseOnlyTheirConnection) {
       {"a varint of six bytes", header_only(kMetadata, 9, bad_varint.buffer(), true)},
       {"tagged fields out of order", header_only(kMetadata, 9, tags_out_of_order.buffer(), true)},
       {"a body cut short", header_only(kProduce, 7, std::string("\xff\xff\x00\x01", 4))},
+      {"a JoinGroup listing more protocols than any client does", header_only(kJoinGroup, 5, many_protocols.buffer())},
   };
   kafka::KafkaListenerStats before = listener_->stats();
   for (const auto& k : cases) {

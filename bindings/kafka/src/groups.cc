@@ -14,6 +14,10 @@ namespace {
 
 constexpr std::int32_t kNullAuthorizedOperations = INT32_MIN;
 constexpr std::int8_t kCoordinatorGroup = 0;
+// Protocols one JoinGroup may list (clients list their assignors: one to three). Kafka sets no
+// bound, but the coordinator compares every member's list with every other's; a request of a
+// million names would hold the event loop for hours.
+constexpr std::int32_t kMaxJoinProtocols = 64;
 
 std::optional<std::string> owned(const std::optional<std::string_view>& s) {
   return s ? std::optional<std::string>(std::string(*s)) : std::nullopt;
@@ -113,6 +117,8 @@ Outcome Broker::join_group(const Request& r, Reader& in) {
   if (v >= 5) join.group_instance_id = owned(in.nullable_string(flex));
   join.protocol_type = std::string(in.string(flex));
   const std::int32_t n = in.array(flex, false, 2);
+  if (n > kMaxJoinProtocols)
+    in.fail("JoinGroup lists " + std::to_string(n) + " protocols; at most " + std::to_string(kMaxJoinProtocols) + " are taken");
   for (std::int32_t i = 0; i < n && in.ok(); ++i) {
     GroupProtocol protocol;
     protocol.name = std::string(in.string(flex));
