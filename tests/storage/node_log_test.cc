@@ -385,6 +385,30 @@ TEST(NodeLog, ATopicMadeAgainWhileItsDeleteIsUnderWayStartsEmptyAndKeepsItsLog) 
   EXPECT_TRUE(std::filesystem::exists(dir.path() + "/again-0/00000000000000000000.log")) << "the delete removed the new topic's log";
 }
 
+// A topic of `partitions` partitions in 64 KiB rings, kept whole (no time retention).
+TopicSettings kept_partitions(std::uint32_t partitions) {
+  return {{"partitions", std::to_string(partitions)}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"retention.ms", "-1"}};
+}
+
+// A record of `value` (which must outlive it), stamped in 2023.
+RecordInput record_of(std::span<const std::byte> value) {
+  RecordInput record;
+  record.value = value;
+  record.timestamp_ms = 1'700'000'000'000;
+  return record;
+}
+
+// Sends `record` three times to each of the topic's first `partitions` partitions, then runs a pass.
+void send_three_to_each(Node& node, const std::shared_ptr<Client>& client, const std::string& topic, std::uint32_t partitions,
+                        const RecordInput& record) {
+  {
+    TopicProducer producer = producer_for_passes(client, topic);
+    for (std::uint32_t p = 0; p < partitions; ++p)
+      for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer.send_to(p, record).ok());
+  }
+  node.maintain();
+}
+
 // A segment log that notes, when it is removed, whether its topic's file was still there, and
 // refuses the removal while the test says so.
 struct Removals {
@@ -423,21 +447,14 @@ TEST(NodeLog, ADeleteRemovesTheLogsBeforeTheTopicsFileAndKeepsTheTopicWhileALogS
     const std::string topic_file = topics + "/" + std::string(topic) + ".topic";
     return std::unique_ptr<PartitionLog>(std::make_unique<NotingRemovalLog>(std::move(log), partition, topic_file, removals));
   };
-  const TopicSettings two = {{"partitions", "2"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"retention.ms", "-1"}};
+  const TopicSettings two = kept_partitions(2);
   const std::string topic_file = options.metadata_dir + "/held.topic";
   auto node = Node::start(options).value();
   auto client = Client::embedded(*node);
   ASSERT_TRUE(client->create_topic("held", two).ok());
   std::vector<std::byte> value(100, std::byte{0x44});
-  RecordInput record;
-  record.value = std::span<const std::byte>(value);
-  record.timestamp_ms = 1'700'000'000'000;
-  {
-    TopicProducer producer = producer_for_passes(client, "held");
-    for (std::uint32_t p = 0; p < 2; ++p)
-      for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer.send_to(p, record).ok());
-  }
-  node->maintain();
+  const RecordInput record = record_of(value);
+  ASSERT_NO_FATAL_FAILURE(send_three_to_each(*node, client, "held", 2, record));
   ASSERT_TRUE(std::filesystem::exists(topic_file));
   // When it is deleted
   const Result<void> deleted = client->delete_topic("held");
@@ -591,20 +608,13 @@ TEST(NodeLog, ADeleteWhoseLogFolderCannotGoKeepsTheTopicUntilADeleteAgainRemoves
   TempDir dir;
   NodeOptions options = logged_node(dir.path());
   options.metadata_dir = dir.path() + "/topics";
-  const TopicSettings three = {{"partitions", "3"}, {"ring.capacity.bytes", "65536"}, {"max.batch.bytes", "8192"}, {"retention.ms", "-1"}};
+  const TopicSettings three = kept_partitions(3);
   auto node = Node::start(options).value();
   auto client = Client::embedded(*node);
   ASSERT_TRUE(client->create_topic("stuck", three).ok());
   std::vector<std::byte> value(100, std::byte{0x45});
-  RecordInput record;
-  record.value = std::span<const std::byte>(value);
-  record.timestamp_ms = 1'700'000'000'000;
-  {
-    TopicProducer producer = producer_for_passes(client, "stuck");
-    for (std::uint32_t p = 0; p < 3; ++p)
-      for (int i = 0; i < 3; ++i) ASSERT_TRUE(producer.send_to(p, record).ok());
-  }
-  node->maintain();
+  const RecordInput record = record_of(value);
+  ASSERT_NO_FATAL_FAILURE(send_three_to_each(*node, client, "stuck", 3, record));
   ImmutableFolder immutable(dir.path() + "/stuck-1");
   if (!immutable.set()) GTEST_SKIP() << "this file system or user cannot mark a folder immutable (needs ext4 or the like, and CAP_LINUX_IMMUTABLE)";
 
