@@ -721,7 +721,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
   const std::size_t n = s.assignments.size();
 
   std::optional<Error> failure;  // reading the log failed: the poll returns it
-  Assignment* deleted = nullptr;  // its topic was deleted: unassigned as the poll returns the failure
+  Assignment* deleted = nullptr;  // gone (its topic deleted, or lost its place): unassigned as the poll returns the failure
   auto fail = [&] {
     if (deleted != nullptr) s.unassign(deleted);
     return std::move(*failure);
@@ -743,10 +743,15 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       // The old ring's reader and views first: the old memory may go with the assignment's hold.
       a.consumer.reset();
       a.pending.reset();
+      a.cold.reset();
       a.memory = std::move(*reopened);
-      if (Result<void> moved = seek(a.topic, a.partition, SeekTo::offset(next->value)); !moved.ok())
-        failure = Error{moved.error().code, where + ": its ring was replaced (its log was cut back to the new leader's) and reading on from offset " +
+      a.visible_end = Offset{0};  // the new ring's high watermark, read afresh
+      if (Result<void> moved = seek(a.topic, a.partition, SeekTo::offset(next->value)); !moved.ok()) {
+        // Not left wherever seek's fallback put it: the caller assigns it again where it wants.
+        failure = Error{moved.error().code, where + " is no longer assigned: its ring was replaced (its log was cut back to the new leader's) and reading on from offset " +
                                                 std::to_string(next->value) + " failed: " + moved.error().message};
+        deleted = &a;
+      }
       return;
     }
     if (!reopened.ok() && reopened.error().code != Errc::kNotFound) {
@@ -815,6 +820,11 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     std::size_t index = s.next_assignment;
     for (std::size_t k = 0; look_first && k < n && !s.full(); ++k, index = index + 1 == n ? 0 : index + 1) {
       Assignment& a = s.assignments[index];
+      if (a.cold && leader_epoch(a.memory.ring) == ring_layout::kRetired) [[unlikely]] {
+        // The log it reads went with its topic, or was cut back: as for a ring reader (below).
+        follow_retired_ring(a);
+        if (failure) return fail();
+      }
       if (a.cold) {
         Result<bool> hot = s.poll_cold(a);
         if (!hot.ok()) {

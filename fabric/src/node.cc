@@ -251,6 +251,7 @@ struct Node::Topic {
   std::vector<std::unique_ptr<Partition>> partitions;
   std::size_t ring_bytes = 0;  // what create_topic added to State::ring_bytes; delete takes back as much
   std::uint64_t rings_replaced = 0;  // under State::topics_mutex: rings a rewind replaced
+  bool deleted = false;  // under State::maintain_mutex: a pass that took it before its delete leaves it be
 };
 
 struct Node::State {
@@ -600,6 +601,7 @@ Result<void> Node::delete_topic(std::string_view name) {
   // Clients that hold its rings learn of it at their next claim, acknowledgement or empty poll
   // (they open the partition again and are told the topic is gone), rather than writing into
   // rings nothing reads any more.
+  topic->deleted = true;
   for (const auto& p : topic->partitions) {
     std::lock_guard partition_guard(p->log_mutex);  // as above
     LogProgress gone = read_log_progress(p->ring);
@@ -994,6 +996,7 @@ double Node::maintain_pass() {
   bool replica_news = false;
   const std::int64_t now = monotonic_ns();
   for (const auto& topic : topics) {
+    if (topic->deleted) continue;  // its rings are retired; publishing progress there would hide why
     for (const auto& p : topic->partitions) {
       std::lock_guard partition_guard(p->log_mutex);
       const std::uint64_t keep = p->ring.capacity_bytes() / 2;

@@ -134,10 +134,17 @@ Result<Producer*> TopicProducer::attach_or_route(std::uint32_t partition) {
   const std::string where = "topic '" + s.topic + "' partition " + std::to_string(partition);
   const std::int64_t deadline = monotonic_ns() + std::min<std::int64_t>(s.options.max_block_ms, std::int64_t{1} << 40) * 1'000'000;
   for (;;) {
-    // The node replaced the ring (a replica's truncation): the partition lives in a new one.
+    // The node retired the ring: a replica's truncation moved the partition to a new one, or
+    // the topic was deleted. A producer stays with the topic it was made for (as a consumer
+    // does): one made again under the name is another, whose offsets its sends and
+    // acknowledgements must not be taken for.
     if (leader_epoch(p.memory.ring) == ring_layout::kRetired) {
-      WEFT_TRY(PartitionMemory reopened, s.client->open_partition(s.topic, partition));
-      p.memory = std::move(reopened);
+      Result<PartitionMemory> reopened = s.client->open_partition(s.topic, partition);
+      if (!reopened.ok() && reopened.error().code != Errc::kNotFound) return std::move(reopened).error();
+      if (!reopened.ok() || reopened->topic_id != p.memory.topic_id)
+        return Error{Errc::kNotFound, "topic '" + s.topic + "' was deleted" +
+                                          std::string(reopened.ok() ? " (a topic made again under its name is another: make a producer for it)" : "")};
+      p.memory = std::move(*reopened);
     }
     if (read_log_progress(p.memory.ring).error == Errc::kCorrupt)
       return Error{Errc::kUnavailable, where + " is offline: its log failed its checks at the node's start (see the node's log)"};

@@ -909,7 +909,8 @@ PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns
     if (paused) pause_shift_ = 0;
     if (looks % 64 == 0) {
       if (deadline == 0) deadline = deadline_after(timeout_ns);
-      if (monotonic_ns() >= deadline) return PollStatus::kEmpty;
+      // A retired ring takes nothing more: back to the caller, who reads on in its successor.
+      if (monotonic_ns() >= deadline || leader_epoch(ring_) == kRetired) return PollStatus::kEmpty;
     }
   }
 }
@@ -935,7 +936,7 @@ PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
     }  // else: the seq_cst exchange above pairs with the producers' read-modify-write
     PollStatus status = poll(out);
     const std::int64_t now = monotonic_ns();
-    if (status != PollStatus::kEmpty || now >= deadline_ns) {
+    if (status != PollStatus::kEmpty || now >= deadline_ns || leader_epoch(ring_) == kRetired) {
       wake.parked.fetch_sub(1, std::memory_order_relaxed);
       return status;
     }

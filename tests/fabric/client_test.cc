@@ -862,37 +862,40 @@ TEST_P(ClientTest, PollWithNothingToReadReturnsEmpty) {
 }
 
 TEST_P(ClientTest, ProducersAndConsumersOfADeletedTopicAreToldAndItsPartitionIsUnassigned) {
-  // Given a producer of a topic and a consumer that read what it sent, then waits for more,
-  // parked, in a poll of up to a minute
-  create("doomed", 1);
-  create("kept", 1);
-  ASSERT_OK_AND_ASSIGN(TopicProducer producer, TopicProducer::create(client_, "doomed"));
-  ASSERT_TRUE(producer.send_to(0, value_record("before")).ok());
-  ConsumerOptions options;
-  options.wait = WaitKind::kPark;
-  ASSERT_OK_AND_ASSIGN(TopicConsumer consumer, TopicConsumer::create(client_, options));
-  ASSERT_TRUE(consumer.assign("doomed", {0}, SeekTo::earliest()).ok());
-  ASSERT_EQ(test::drain(consumer, 1).records.size(), 1u);
-  auto waiting = std::async(std::launch::async, [&] { return consumer.poll(60'000); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // most likely asleep by then
+  for (const WaitKind wait : {WaitKind::kPark, WaitKind::kSpin, WaitKind::kYield}) {
+    const std::string topic = "doomed-" + std::to_string(static_cast<int>(wait));
+    SCOPED_TRACE(topic);
+    // Given a producer of a topic and a consumer that read what it sent, then waits for more in
+    // a poll of up to a minute (parked, spinning or yielding)
+    create(topic, 1);
+    ASSERT_OK_AND_ASSIGN(TopicProducer producer, TopicProducer::create(client_, topic));
+    ASSERT_TRUE(producer.send_to(0, value_record("before")).ok());
+    ConsumerOptions options;
+    options.wait = wait;
+    ASSERT_OK_AND_ASSIGN(TopicConsumer consumer, TopicConsumer::create(client_, options));
+    ASSERT_TRUE(consumer.assign(topic, {0}, SeekTo::earliest()).ok());
+    ASSERT_EQ(test::drain(consumer, 1).records.size(), 1u);
+    auto waiting = std::async(std::launch::async, [&] { return consumer.poll(60'000); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // most likely waiting by then
 
-  // When the topic is deleted
-  ASSERT_TRUE(client_->delete_topic("doomed").ok());
+    // When the topic is deleted
+    ASSERT_TRUE(client_->delete_topic(topic).ok());
 
-  // Expect the poll to end with the news and the partition no longer assigned
-  ASSERT_EQ(waiting.wait_for(std::chrono::seconds(30)), std::future_status::ready) << "the consumer slept on through the delete";
-  const Result<PollResult> polled = waiting.get();
-  ASSERT_FALSE(polled.ok());
-  EXPECT_EQ(polled.error().code, Errc::kNotFound);
-  EXPECT_NE(polled.error().message.find("was deleted"), std::string::npos) << polled.error().message;
-  EXPECT_EQ(consumer.assigned_partitions(), 0u);
-  // And the producer's next send to fail rather than go into a ring nothing reads
-  const Result<SendResult> sent = producer.send_to(0, value_record("after"));
-  ASSERT_FALSE(sent.ok());
-  EXPECT_EQ(sent.error().code, Errc::kNotFound) << sent.error().message;
+    // Expect the poll to end with the news and the partition no longer assigned
+    ASSERT_EQ(waiting.wait_for(std::chrono::seconds(30)), std::future_status::ready) << "the consumer waited on through the delete";
+    const Result<PollResult> polled = waiting.get();
+    ASSERT_FALSE(polled.ok());
+    EXPECT_EQ(polled.error().code, Errc::kNotFound);
+    EXPECT_NE(polled.error().message.find("was deleted"), std::string::npos) << polled.error().message;
+    EXPECT_EQ(consumer.assigned_partitions(), 0u);
+    // And the producer's next send to fail rather than go into a ring nothing reads
+    const Result<SendResult> sent = producer.send_to(0, value_record("after"));
+    ASSERT_FALSE(sent.ok());
+    EXPECT_EQ(sent.error().code, Errc::kNotFound) << sent.error().message;
+  }
 }
 
-TEST_P(ClientTest, ATopicMadeAgainUnderItsNameIsAnotherToConsumersAndTheNameToProducers) {
+TEST_P(ClientTest, ATopicMadeAgainUnderItsNameIsAnotherToTheConsumersAndProducersOfTheFirst) {
   // Given a producer and a consumer of a topic, and the consumer's other partition
   create("again", 1);
   create("kept", 1);
@@ -918,11 +921,16 @@ TEST_P(ClientTest, ATopicMadeAgainUnderItsNameIsAnotherToConsumersAndTheNameToPr
   EXPECT_NE(told->message.find("made again"), std::string::npos) << told->message;
   EXPECT_EQ(consumer.assigned_partitions(), 1u);
   ASSERT_TRUE(consumer.poll(0).ok());
-  // And the producer sending to the topic of the name now, from its first offset (as Kafka's
-  // producers, which address topics by name)
+  // And the producer told so too (its acknowledgements must not be taken from the new topic's
+  // offsets), while a producer made for the new topic sends from its first offset
   const Result<SendResult> sent = producer.send_to(0, value_record("new"));
-  ASSERT_TRUE(sent.ok()) << sent.error().message;
-  EXPECT_EQ(sent->offset, Offset{0});
+  ASSERT_FALSE(sent.ok());
+  EXPECT_EQ(sent.error().code, Errc::kNotFound);
+  EXPECT_NE(sent.error().message.find("made again"), std::string::npos) << sent.error().message;
+  ASSERT_OK_AND_ASSIGN(TopicProducer fresh, TopicProducer::create(client_, "again"));
+  const Result<SendResult> first = fresh.send_to(0, value_record("new"));
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_EQ(first->offset, Offset{0});
 }
 
 TEST_P(ClientTest, ALappedConsumerIsToldWhatItMissedAndContinues) {

@@ -423,6 +423,44 @@ TEST(FlowControl, AStalledConsumerHoldsProducersBackRatherThanBeingOverwritten) 
   EXPECT_TRUE(consumer.validate(batch)) << "the frame a stalled consumer holds was overwritten";
 }
 
+TEST(ColdReads, AConsumerReadingTheLogOfADeletedTopicIsToldAndThePartitionUnassigned) {
+  // Given a consumer reading a topic's log (the ring long since lapped), part way through it,
+  // and a partition of another topic
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("cold", small_topic()).ok());
+  ASSERT_TRUE(client->create_topic("other", small_topic()).ok());
+  TopicProducer producer = TopicProducer::create(client, "cold").value();
+  send_range(producer, 0, 3000);
+  ASSERT_TRUE(producer.flush().ok());
+  ConsumerOptions options;
+  options.max_poll_records = 16;
+  TopicConsumer consumer = TopicConsumer::create(client, options).value();
+  ASSERT_TRUE(consumer.assign("cold", {0}, SeekTo::earliest()).ok());
+  ASSERT_TRUE(consumer.assign("other", {0}, SeekTo::earliest()).ok());
+  Read first = read_records(consumer, 32);
+  ASSERT_GE(first.offsets.size(), 32u);
+
+  // When the topic is deleted
+  ASSERT_TRUE(client->delete_topic("cold").ok());
+
+  // Expect a poll to say so (not to go on reading the removed log), once, and the partition of
+  // the other topic to stay assigned
+  std::optional<Error> told;
+  std::size_t read_after = 0;
+  for (int polls = 0; polls < 100 && !told; ++polls) {
+    Result<PollResult> polled = consumer.poll(10);
+    if (!polled.ok()) told = polled.error();
+    else read_after += polled->records.size();
+  }
+  ASSERT_TRUE(told.has_value()) << "no poll said the topic was deleted (" << read_after << " records read after it)";
+  EXPECT_EQ(told->code, Errc::kNotFound) << told->message;
+  EXPECT_NE(told->message.find("was deleted"), std::string::npos) << told->message;
+  EXPECT_EQ(consumer.assigned_partitions(), 1u);
+  EXPECT_TRUE(consumer.poll(0).ok());
+}
+
 TEST(ColdReads, ALappedConsumerReadsWhatItMissedFromTheLog) {
   TempDir dir;
   auto node = Node::start(options_for(dir.path())).value();

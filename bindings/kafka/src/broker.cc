@@ -888,7 +888,11 @@ bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {
     const Ring& ring = part.state->partitions[static_cast<std::size_t>(part.partition)]->memory.ring;
     const LogProgress progress = read_log_progress(ring);
     bool acknowledged = progress.written.value == ring_layout::kNoLog || (parked.acks == -1 ? progress.durable : progress.written) >= part.end_offset;
-    if (!acknowledged && progress.error != Errc::kOk) {
+    if (!acknowledged && progress.error == Errc::kNotFound) {
+      part.error = error::kUnknownTopicOrPartition;  // deleted while the batch waited
+      part.error_message = "the topic was deleted before the batch reached its log";
+      acknowledged = true;
+    } else if (!acknowledged && progress.error != Errc::kOk) {
       part.error = error::kKafkaStorageError;
       part.error_message = std::string("the partition's log takes no writes: ") + std::string(errc_name(progress.error));
       acknowledged = true;

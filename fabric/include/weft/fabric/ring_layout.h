@@ -77,8 +77,10 @@ struct alignas(kNoShare) ClaimLine {
 struct alignas(kNoShare) ReuseLine {
   PositionPair limit;
   // Odd while a flow-controlled owner is between looking at the consumer slots and moving the
-  // limit: a consumer that starts then waits for the move, so it never starts behind it.
-  std::atomic<std::uint64_t> flow_moves;
+  // limit: a consumer that starts then waits for the move, so it never starts behind it. In the
+  // line's second 64 bytes: written every flow-controlled pass, it must not invalidate the
+  // limit's bytes that every consumer reads on every poll.
+  alignas(64) std::atomic<std::uint64_t> flow_moves;
 };
 
 struct alignas(kNoShare) WakeLine {
@@ -99,9 +101,9 @@ struct alignas(kNoShare) ModeLine {
   std::atomic<std::uint64_t> producers;
   std::atomic<std::int32_t> leader_epoch;  // >= 0: this node leads at that epoch; or one below
 };
-inline constexpr std::int32_t kNotReplicated = -2;  // a node alone: producers are never fenced
+inline constexpr std::int32_t kNotReplicated = -2;  // a node alone: producers are fenced only by kRetired
 inline constexpr std::int32_t kFollowing = -1;      // only the replica's own writer may attach
-inline constexpr std::int32_t kRetired = -3;        // the node replaced this ring (a truncation)
+inline constexpr std::int32_t kRetired = -3;        // nothing more comes here: a truncation replaced the ring, or its topic was deleted
 inline constexpr std::uint64_t kExclusiveProducer = 1ull << 63;
 inline constexpr std::uint32_t kMaxProducerSlots = 63;
 inline constexpr std::uint32_t kMaxConsumerSlots = 4096;
@@ -175,7 +177,7 @@ static_assert(std::is_standard_layout_v<RingControl> && std::is_standard_layout_
               std::is_standard_layout_v<ConsumerSlot> && std::is_standard_layout_v<FrameHeader>);
 static_assert(offsetof(RingControl, claim) == 128);
 static_assert(offsetof(RingControl, reuse) == 256);
-static_assert(offsetof(ReuseLine, flow_moves) == 16);
+static_assert(offsetof(ReuseLine, flow_moves) == 64 && sizeof(ReuseLine) == kNoShare);
 static_assert(offsetof(RingControl, wake) == 384);
 static_assert(offsetof(RingControl, mode) == 512);
 static_assert(offsetof(RingControl, log) == 640);
