@@ -746,7 +746,13 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       a.cold.reset();
       a.memory = std::move(*reopened);
       a.visible_end = Offset{0};  // the new ring's high watermark, read afresh
-      if (Result<void> moved = seek(a.topic, a.partition, SeekTo::offset(next->value)); !moved.ok()) {
+      Result<void> moved = seek(a.topic, a.partition, SeekTo::offset(next->value));
+      if (!moved.ok() && moved.error().code == Errc::kOutOfRange && !a.no_log && *next < a.memory.ring.reuse_limit().offset) {
+        // Below the log's start now (a replica reset to its leader's start): as after retention,
+        // a kOutOfRange notice and the log's start.
+        if (Result<bool> cold = s.go_cold(a, *next); cold.ok() && *cold) return;
+      }
+      if (!moved.ok()) {
         // Not left wherever seek's fallback put it: the caller assigns it again where it wants.
         failure = Error{moved.error().code, where + " is no longer assigned: its ring was replaced (its log was cut back to the new leader's) and reading on from offset " +
                                                 std::to_string(next->value) + " failed: " + moved.error().message};

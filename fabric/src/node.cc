@@ -1246,6 +1246,8 @@ void Node::write_through(const std::shared_ptr<Topic>& topic, std::uint32_t inde
 Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::uint32_t index, Offset end, bool reset) {
   Partition& p = *topic->partitions[index];
   std::lock_guard guard(state_->maintain_mutex);
+  // A replica view that outlived its topic's delete: its rings are retired, its logs gone.
+  if (topic->deleted) return Error{Errc::kNotFound, "topic '" + topic->name + "' was deleted"};
   std::lock_guard partition_guard(p.log_mutex);
   // Whatever the ring still holds goes to the log first, so that the cut sees all of it.
   for (int pass = 0; pass < 1'000; ++pass) {

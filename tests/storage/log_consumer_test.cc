@@ -434,6 +434,7 @@ TEST(ColdReads, AConsumerReadingTheLogOfADeletedTopicIsToldAndThePartitionUnassi
   TopicProducer producer = TopicProducer::create(client, "cold").value();
   send_range(producer, 0, 3000);
   ASSERT_TRUE(producer.flush().ok());
+  ASSERT_GT(node->open_partition("cold", 0)->ring.reuse_limit().offset.value, 48) << "the ring still holds what the consumer reads first";
   ConsumerOptions options;
   options.max_poll_records = 16;
   TopicConsumer consumer = TopicConsumer::create(client, options).value();
