@@ -118,6 +118,8 @@ class TopicConsumer {
   Result<void> assign(std::string_view topic, std::vector<std::uint32_t> partitions = {}, SeekTo start = SeekTo::latest());
   Result<void> seek(std::string_view topic, std::uint32_t partition, SeekTo to);
   // Waits up to `timeout_ms` (0: not at all) for records; returns at most max_poll_records.
+  // kNotFound once for a partition whose topic was deleted (or made again under its name: that
+  // is another topic), which is then no longer assigned.
   Result<PollResult> poll(std::int64_t timeout_ms);
   // True when nothing the last poll returned has been overwritten since.
   bool views_intact() const noexcept;

@@ -103,6 +103,8 @@ class TopicProducer {
   TopicProducer& operator=(TopicProducer&&) noexcept;
   ~TopicProducer();
 
+  // kNotFound once the topic is deleted, also when one is made again under its name: a producer
+  // stays with the topic it was made for.
   Result<SendResult> send(const RecordInput& record);
   Result<SendResult> send_to(std::uint32_t partition, const RecordInput& record);
   // All records in one batch, with consecutive offsets from the result's offset.
