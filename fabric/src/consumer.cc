@@ -726,9 +726,12 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     if (deleted != nullptr) s.unassign(deleted);
     return std::move(*failure);
   };
-  // The node retired the ring `a` reads: a replica's truncation replaced it, or its topic was
-  // deleted. Reads on in the partition's ring now from the same offset, or gives the partition up.
-  auto follow_retired_ring = [&](Assignment& a) {
+  // When the node retired the ring `a` reads (a replica's truncation replaced it, or its topic
+  // was deleted): reads on in the partition's ring now from the same offset, or gives the
+  // partition up. One load of the read-mostly mode line otherwise.
+  auto leave_retired_ring = [&](Assignment& a) {
+    if (leader_epoch(a.memory.ring) != ring_layout::kRetired) [[likely]]
+      return;
     // This poll's records and notices point into the assignments and the old ring: next poll.
     if (!s.records.empty() || !s.polled.empty() || !s.notices.empty()) return;
     const std::string where = "topic '" + a.topic + "' partition " + std::to_string(a.partition);
@@ -808,8 +811,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         return false;
       }
       case PollStatus::kEmpty:
-        if (leader_epoch(a.memory.ring) == ring_layout::kRetired) [[unlikely]]
-          follow_retired_ring(a);
+        leave_retired_ring(a);
         return false;
     }
     return false;
@@ -826,9 +828,9 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     std::size_t index = s.next_assignment;
     for (std::size_t k = 0; look_first && k < n && !s.full(); ++k, index = index + 1 == n ? 0 : index + 1) {
       Assignment& a = s.assignments[index];
-      if (a.cold && leader_epoch(a.memory.ring) == ring_layout::kRetired) [[unlikely]] {
-        // The log it reads went with its topic, or was cut back: as for a ring reader (below).
-        follow_retired_ring(a);
+      if (a.cold) {
+        // The log it reads may have gone with its topic, or been cut back.
+        leave_retired_ring(a);
         if (failure) return fail();
       }
       if (a.cold) {
@@ -848,12 +850,9 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         if (a.consumer->validate(rest)) {
           a.pending.reset();
           handle(a, PollStatus::kOk, rest);
-          if (a.pending) {  // still past the high watermark (or cut short again)
-            // Past it for good if the ring was retired: the partition reads on in its successor.
-            if (leader_epoch(a.memory.ring) == ring_layout::kRetired) [[unlikely]] {
-              follow_retired_ring(a);
-              if (failure) return fail();
-            }
+          if (a.pending) {  // still past the high watermark (or cut short again), for good if retired
+            leave_retired_ring(a);
+            if (failure) return fail();
             continue;
           }
         } else {

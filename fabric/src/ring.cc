@@ -167,6 +167,13 @@ void wake_all(WakeLine& wake) noexcept {
   futex(&wake.futex_sequence, FUTEX_WAKE, INT_MAX, nullptr);
 }
 
+// For rare events (a sealed claim, a retired ring): wakes every sleeper unconditionally rather
+// than reason about the wake_needed flag.
+void wake_every_reader(WakeLine& wake) noexcept {
+  wake.wake_needed.store(0, std::memory_order_relaxed);  // the wake below covers whoever set it
+  wake_all(wake);
+}
+
 bool membarrier_global_supported() noexcept {
 #if defined(__SANITIZE_THREAD__)
   return false;  // TSan cannot see membarrier; use the fence protocol it understands
@@ -1093,11 +1100,7 @@ std::vector<SealedRange> RingOwner::seal_dead_claims() {
     if (!seal_at_frontier(range)) break;
     sealed.push_back(range);
   }
-  if (!sealed.empty()) {
-    // Sealing is rare: wake every sleeper unconditionally rather than reason about the flag.
-    ring_.control_->wake.wake_needed.store(0, std::memory_order_relaxed);
-    wake_all(ring_.control_->wake);
-  }
+  if (!sealed.empty()) wake_every_reader(ring_.control_->wake);
   return sealed;
 }
 
@@ -1273,9 +1276,7 @@ std::int32_t leader_epoch(const Ring& ring) noexcept {
 
 void retire_ring(const Ring& ring) noexcept {
   set_leader_epoch(ring, kRetired);
-  // Rare: wake every sleeper unconditionally, as sealing does.
-  ring.control().wake.wake_needed.store(0, std::memory_order_relaxed);
-  wake_all(ring.control().wake);
+  wake_every_reader(ring.control().wake);
 }
 
 std::uint32_t log_waiters(const Ring& ring) noexcept {

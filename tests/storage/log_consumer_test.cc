@@ -58,6 +58,13 @@ TopicSettings small_topic(const char* fsync = "none") {
           {"segment.bytes", "16384"}, {"fsync", fsync}};
 }
 
+// small_topic() under consumer flow control: nothing a live consumer has not read is overwritten.
+TopicSettings flow_controlled_topic() {
+  TopicSettings settings = small_topic();
+  settings.emplace_back("flow.control", "consumers");
+  return settings;
+}
+
 std::string value_of(std::int64_t i) { return "record-" + std::to_string(i) + std::string(80, '.'); }
 
 // Sends records [from, to) with values value_of(i) and timestamps base + i.
@@ -231,9 +238,7 @@ TEST(ColdReads, HandoffFromLogToRingUnderConcurrentProduceHasNoGapOrDuplicate) {
   auto client = Client::embedded(*node);
   // Flow control: once in the ring, the consumer's views stay intact until its next poll, so
   // the test may read them while the producer runs (without it, a lap could tear them).
-  TopicSettings settings = small_topic();
-  settings.emplace_back("flow.control", "consumers");
-  ASSERT_TRUE(client->create_topic("busy", settings).ok());
+  ASSERT_TRUE(client->create_topic("busy", flow_controlled_topic()).ok());
   TopicProducer producer = TopicProducer::create(client, "busy").value();
   send_range(producer, 0, 3000);
   ASSERT_TRUE(producer.flush().ok());
@@ -257,6 +262,17 @@ TEST(ColdReads, HandoffFromLogToRingUnderConcurrentProduceHasNoGapOrDuplicate) {
   ASSERT_EQ(read.offsets.size(), static_cast<std::size_t>(kTotal - 100));
   expect_contiguous(read.offsets, 100);
   EXPECT_TRUE(read.values_match);
+}
+
+// Sends 360 records, a maintenance pass after every 60, so that the ring's limit moves pass by
+// pass (the node runs no passes of its own); returns how many were sent.
+std::int64_t send_with_passes(Node& node, TopicProducer& producer) {
+  std::int64_t sent = 0;
+  for (int pass = 0; pass < 6; ++pass, sent += 60) {
+    send_range(producer, sent, sent + 60);
+    node.maintain();
+  }
+  return sent;
 }
 
 // A consumer attached to the "window" topic's ring by the node's test hook, in a maintenance
@@ -288,15 +304,9 @@ TEST(FlowControl, AConsumerThatAttachesWhileAPassDrainsTheLogKeepsWhatItReads) {
   TempDir dir;
   auto node = Node::start(options_for(dir.path(), false)).value();
   auto client = Client::embedded(*node);
-  TopicSettings settings = small_topic();
-  settings.emplace_back("flow.control", "consumers");
-  ASSERT_TRUE(client->create_topic("window", settings).ok());
+  ASSERT_TRUE(client->create_topic("window", flow_controlled_topic()).ok());
   TopicProducer producer = TopicProducer::create(client, "window").value();
-  std::int64_t sent = 0;
-  for (int pass = 0; pass < 6; ++pass, sent += 60) {
-    send_range(producer, sent, sent + 60);
-    node->maintain();
-  }
+  const std::int64_t sent = send_with_passes(*node, producer);
   AttachedDuringAPass attached;
   attached.memory.emplace(node->open_partition("window", 0).value());
   const std::uint64_t limit_before = attached.memory->ring.reuse_limit().position.value;
@@ -354,15 +364,9 @@ TEST(FlowControl, AConsumerThatStartsWhileAPassMovesTheLimitStartsAtTheLimitItMo
   TempDir dir;
   auto node = Node::start(options_for(dir.path(), false)).value();
   auto client = Client::embedded(*node);
-  TopicSettings settings = small_topic();
-  settings.emplace_back("flow.control", "consumers");
-  ASSERT_TRUE(client->create_topic("moving", settings).ok());
+  ASSERT_TRUE(client->create_topic("moving", flow_controlled_topic()).ok());
   TopicProducer producer = TopicProducer::create(client, "moving").value();
-  std::int64_t sent = 0;
-  for (int pass = 0; pass < 6; ++pass, sent += 60) {
-    send_range(producer, sent, sent + 60);
-    node->maintain();
-  }
+  const std::int64_t sent = send_with_passes(*node, producer);
   StartedDuringAMove started;
   started.memory.emplace(node->open_partition("moving", 0).value());
   const std::uint64_t limit_before = started.memory->ring.reuse_limit().position.value;
@@ -390,9 +394,7 @@ TEST(FlowControl, AStalledConsumerHoldsProducersBackRatherThanBeingOverwritten) 
   TempDir dir;
   auto node = Node::start(options_for(dir.path(), false)).value();
   auto client = Client::embedded(*node);
-  TopicSettings settings = small_topic();
-  settings.emplace_back("flow.control", "consumers");
-  ASSERT_TRUE(client->create_topic("stalled", settings).ok());
+  ASSERT_TRUE(client->create_topic("stalled", flow_controlled_topic()).ok());
   PartitionMemory memory = node->open_partition("stalled", 0).value();
   Producer producer = Producer::attach(memory.ring).value();
   const std::string value = value_of(0);
