@@ -29,8 +29,8 @@ using SyncDone = GroupCoordinator::SyncDone;
 // a client that gave up and joined again as someone new must not linger as a defunct member.
 constexpr std::int64_t kNewMemberJoinTimeoutMs = 5 * 60 * 1000;
 
-// Kafka's Dead is not a state here: groups are never forgotten, and describe() of a group that
-// does not exist answers "Dead" as Kafka does.
+// Kafka's Dead is not a state here: a group that is Empty is forgotten at the next tick, and
+// describe() of a group that does not exist answers "Dead" as Kafka does.
 enum class GroupState : std::uint8_t { kEmpty, kPreparingRebalance, kCompletingRebalance, kStable };
 
 std::string_view state_name(GroupState state) noexcept {
@@ -75,6 +75,10 @@ struct Group {
   std::map<std::string, std::string, std::less<>> static_members;   // group instance id -> member id
   std::map<std::string, std::int64_t, std::less<>> pending_members; // member id -> expiry (kMemberIdRequired sent)
   std::set<std::string, std::less<>> pending_sync;  // members that have not synced in this generation
+  // Counts kept as members change, so that a join costs the same in a group of any size (a
+  // group of N members forms with N joins: counting them on each join made that N²).
+  std::size_t awaiting_joins = 0;  // members whose join waits (Member::awaiting_join set)
+  std::map<std::string, std::size_t, std::less<>> protocol_support;  // protocol name -> members listing it
   // PreparingRebalance: when the join phase completes even if members are missing.
   std::optional<std::int64_t> join_deadline_ms;
   // The join deadline is Kafka's InitialDelayedJoin: it never completes early, and is extended
@@ -182,15 +186,49 @@ std::int32_t rebalance_timeout_ms(const Group& group) {
   return timeout;
 }
 
-std::size_t awaiting_join_count(const Group& group) {
-  return static_cast<std::size_t>(std::count_if(group.members.begin(), group.members.end(),
-                                                [](const auto& entry) { return static_cast<bool>(entry.second.awaiting_join); }));
+// Kafka's hasAllMembersJoined: every member rejoined and no member id handed out is still unused.
+bool all_joined(const Group& group) { return group.pending_members.empty() && group.awaiting_joins == group.members.size(); }
+
+// How many members list the protocol.
+std::size_t support_of(const Group& group, std::string_view protocol) {
+  const auto it = group.protocol_support.find(protocol);
+  return it == group.protocol_support.end() ? 0 : it->second;
 }
 
-// Kafka's hasAllMembersJoined: every member rejoined and no member id handed out is still unused.
-bool all_joined(const Group& group) {
-  return group.pending_members.empty() && awaiting_join_count(group) == group.members.size();
+// Adds (or takes away) the member's protocols to the group's support counts.
+void count_protocols(Group& group, const std::vector<GroupProtocol>& protocols, bool add) {
+  for (const GroupProtocol& p : protocols) {
+    if (add) {
+      ++group.protocol_support[p.name];
+    } else if (const auto it = group.protocol_support.find(p.name); it != group.protocol_support.end() && --it->second == 0) {
+      group.protocol_support.erase(it);
+    }
+  }
 }
+
+void set_protocols(Group& group, Member& member, std::vector<GroupProtocol> protocols) {
+  count_protocols(group, member.protocols, false);
+  member.protocols = std::move(protocols);
+  count_protocols(group, member.protocols, true);
+}
+
+void await_join(Group& group, Member& member, JoinDone done) {
+  if (!member.awaiting_join) ++group.awaiting_joins;
+  member.awaiting_join = std::move(done);
+}
+
+#ifndef NDEBUG
+// The counts against a recount (debug builds, each tick).
+bool counts_hold(const Group& group) {
+  std::size_t awaiting = 0;
+  std::map<std::string, std::size_t, std::less<>> support;
+  for (const auto& [id, member] : group.members) {
+    if (member.awaiting_join) ++awaiting;
+    for (const GroupProtocol& p : member.protocols) ++support[p.name];
+  }
+  return awaiting == group.awaiting_joins && support == group.protocol_support;
+}
+#endif
 
 // When the member's session ends, if it is running. A member waiting in a join or a sync keeps
 // its session (Kafka's hasSatisfiedHeartbeat), except a new member, whose first join may wait
@@ -228,9 +266,12 @@ bool protocols_fit(const Group& group, std::string_view protocol_type, const std
                    std::string_view self) {
   if (group.members.empty()) return !protocol_type.empty() && !protocols.empty();
   if (protocol_type != group.protocol_type) return false;
+  const auto me = group.members.find(self);
+  const Member* const member = me == group.members.end() ? nullptr : &me->second;
+  const std::size_t others = group.members.size() - (member != nullptr ? 1 : 0);
   return std::any_of(protocols.begin(), protocols.end(), [&](const GroupProtocol& p) {
-    return std::all_of(group.members.begin(), group.members.end(),
-                       [&](const auto& entry) { return entry.first == self || supports(entry.second, p.name); });
+    const std::size_t mine = member != nullptr && supports(*member, p.name) ? 1 : 0;
+    return support_of(group, p.name) - mine == others;
   });
 }
 
@@ -242,9 +283,7 @@ std::string select_protocol(const Group& group) {
   const Member& leader = leader_it != group.members.end() ? leader_it->second : *in_join_order(group).front();
   std::vector<const std::string*> candidates;  // in the leader's order of preference
   for (const GroupProtocol& p : leader.protocols) {
-    const bool everyone = std::all_of(group.members.begin(), group.members.end(),
-                                      [&p](const auto& entry) { return supports(entry.second, p.name); });
-    if (everyone) candidates.push_back(&p.name);
+    if (support_of(group, p.name) == group.members.size()) candidates.push_back(&p.name);
   }
   WEFT_CHECK(!candidates.empty(), "every join checks that the members share a protocol");
   std::vector<std::size_t> votes(candidates.size(), 0);
@@ -280,10 +319,11 @@ JoinGroupResult generation_result(const Group& group, const Member& member) {
   return result;
 }
 
-void complete_join(Member& member, JoinGroupResult result, Completions& out) {
+void complete_join(Group& group, Member& member, JoinGroupResult result, Completions& out) {
   if (!member.awaiting_join) return;
   out.add(std::move(member.awaiting_join), std::move(result));
   member.awaiting_join = nullptr;
+  --group.awaiting_joins;
 }
 
 void complete_sync(Member& member, SyncGroupResult result, Completions& out) {
@@ -298,8 +338,9 @@ void remove_member(Group& group, const std::string& member_id, GroupError error,
   const auto it = group.members.find(member_id);
   if (it == group.members.end()) return;
   Member& member = it->second;
-  complete_join(member, join_error(error, std::string()), out);
+  complete_join(group, member, join_error(error, std::string()), out);
   complete_sync(member, sync_error(error), out);
+  count_protocols(group, member.protocols, false);
   if (member.instance_id.has_value()) {
     if (const auto s = group.static_members.find(*member.instance_id); s != group.static_members.end()) group.static_members.erase(s);
   }
@@ -396,7 +437,7 @@ struct GroupCoordinator::State {
       case GroupState::kEmpty: return true;
       // Counting the members that rejoined lets the last ones to rejoin be turned away when
       // new members filled the group meanwhile.
-      case GroupState::kPreparingRebalance: return (known && it->second.awaiting_join) || awaiting_join_count(group) < max;
+      case GroupState::kPreparingRebalance: return (known && it->second.awaiting_join) || group.awaiting_joins < max;
       case GroupState::kCompletingRebalance:
       case GroupState::kStable: return known || group.members.size() < max;
       default: return false;
@@ -483,7 +524,7 @@ struct GroupCoordinator::State {
     group.protocol_name = select_protocol(group);
     group.state = GroupState::kCompletingRebalance;
     for (Member* member : in_join_order(group)) {
-      complete_join(*member, generation_result(group, *member), out);
+      complete_join(group, *member, generation_result(group, *member), out);
       member->last_seen_ms = now_ms;
       member->is_new = false;
       group.pending_sync.insert(member->id);
@@ -560,12 +601,12 @@ struct GroupCoordinator::State {
     member.last_seen_ms = now_ms;
     switch (group.state) {
       case GroupState::kPreparingRebalance:
-        update_member(member, std::move(request), std::move(done), out);
+        update_member(group, member, std::move(request), std::move(done), out);
         break;
       case GroupState::kCompletingRebalance:
         // The same metadata: it probably missed the join answer, which it gets again.
         if (same_protocols(member, request.protocols)) return out.add(std::move(done), generation_result(group, member));
-        update_member(member, std::move(request), std::move(done), out);
+        update_member(group, member, std::move(request), std::move(done), out);
         prepare_rebalance(group, now_ms, out);
         break;
       case GroupState::kStable:
@@ -575,7 +616,7 @@ struct GroupCoordinator::State {
           JoinGroupResult result = generation_result(group, member);
           return out.add(std::move(done), std::move(result));
         }
-        update_member(member, std::move(request), std::move(done), out);
+        update_member(group, member, std::move(request), std::move(done), out);
         prepare_rebalance(group, now_ms, out);
         break;
       default:  // an Empty group has no members
@@ -585,13 +626,13 @@ struct GroupCoordinator::State {
   }
 
   // A join of a member that is in the group: it waits for the join phase.
-  static void update_member(Member& member, JoinGroupRequest request, JoinDone done, Completions& out) {
+  static void update_member(Group& group, Member& member, JoinGroupRequest request, JoinDone done, Completions& out) {
     // Its earlier join, if one still waits, is superseded; its client no longer waits for it.
-    complete_join(member, join_error(GroupError::kRebalanceInProgress, member.id), out);
-    member.protocols = std::move(request.protocols);
+    complete_join(group, member, join_error(GroupError::kRebalanceInProgress, member.id), out);
+    set_protocols(group, member, std::move(request.protocols));
     member.session_timeout_ms = request.session_timeout_ms;
     member.rebalance_timeout_ms = request.rebalance_timeout_ms;
-    member.awaiting_join = std::move(done);
+    await_join(group, member, std::move(done));
   }
 
   void add_member(Group& group, std::string id, JoinGroupRequest request, std::int64_t now_ms, JoinDone done, Completions& out) {
@@ -607,6 +648,8 @@ struct GroupCoordinator::State {
     member.joined_ms = now_ms;
     member.last_seen_ms = now_ms;
     member.awaiting_join = std::move(done);
+    ++group.awaiting_joins;
+    count_protocols(group, member.protocols, true);
 
     // New members during a new group's initial delay extend it.
     if (group.state == GroupState::kPreparingRebalance && group.generation == 0) group.new_member_added = true;
@@ -626,11 +669,11 @@ struct GroupCoordinator::State {
     auto node = group.members.extract(old_id);
     WEFT_CHECK(!node.empty(), "a static member's id is in the group");
     Member& old = node.mapped();
-    complete_join(old, join_error(GroupError::kFencedInstanceId, old_id), out);
+    complete_join(group, old, join_error(GroupError::kFencedInstanceId, old_id), out);
     complete_sync(old, sync_error(GroupError::kFencedInstanceId), out);
     node.key() = new_id;
     old.id = new_id;
-    old.protocols = std::move(request.protocols);
+    set_protocols(group, old, std::move(request.protocols));
     old.session_timeout_ms = request.session_timeout_ms;
     old.rebalance_timeout_ms = request.rebalance_timeout_ms;
     old.client_id = std::move(request.client_id);  // the new instance may run elsewhere
@@ -655,16 +698,16 @@ struct GroupCoordinator::State {
           result.members.clear();
           return out.add(std::move(done), std::move(result));
         }
-        member.awaiting_join = std::move(done);
+        await_join(group, member, std::move(done));
         prepare_rebalance(group, now_ms, out);
         break;
       case GroupState::kCompletingRebalance:
         // The leader may have assigned to the old id: rebalance so the assignment names the new one.
-        member.awaiting_join = std::move(done);
+        await_join(group, member, std::move(done));
         prepare_rebalance(group, now_ms, out);
         break;
       case GroupState::kPreparingRebalance:
-        member.awaiting_join = std::move(done);
+        await_join(group, member, std::move(done));
         break;
       default:
         WEFT_CHECK(false, "a group with a static member is not Empty");
@@ -873,7 +916,7 @@ GroupCoordinator::~GroupCoordinator() {
   Completions out;  // declared first: runs last, once every group is gone
   for (auto& entry : state_->groups) {
     for (Member* member : in_join_order(entry.second)) {
-      complete_join(*member, join_error(GroupError::kCoordinatorNotAvailable, member->id), out);
+      complete_join(entry.second, *member, join_error(GroupError::kCoordinatorNotAvailable, member->id), out);
       complete_sync(*member, sync_error(GroupError::kCoordinatorNotAvailable), out);
     }
   }
@@ -883,20 +926,20 @@ GroupCoordinator::~GroupCoordinator() {
 void GroupCoordinator::join(JoinGroupRequest request, std::int64_t now_ms, JoinDone done) {
   Completions out;
   if (!done) done = [](JoinGroupResult) {};  // a waiting join is marked by its completion
-  if (!owns(request.group_id)) return done(join_error(GroupError::kNotCoordinator, request.member_id));
+  if (!coordinates(request.group_id)) return done(join_error(GroupError::kNotCoordinator, request.member_id));
   state_->join(std::move(request), now_ms, std::move(done), out);
 }
 
 void GroupCoordinator::sync(SyncGroupRequest request, std::int64_t now_ms, SyncDone done) {
   Completions out;
   if (!done) done = [](SyncGroupResult) {};
-  if (!owns(request.group_id)) return done(sync_error(GroupError::kNotCoordinator));
+  if (!coordinates(request.group_id)) return done(sync_error(GroupError::kNotCoordinator));
   state_->sync(std::move(request), now_ms, std::move(done), out);
 }
 
 GroupError GroupCoordinator::heartbeat(std::string_view group_id, std::int32_t generation, std::string_view member_id,
                                        const std::optional<std::string>& group_instance_id, std::int64_t now_ms) {
-  if (!owns(group_id)) return GroupError::kNotCoordinator;
+  if (!coordinates(group_id)) return GroupError::kNotCoordinator;
   return state_->heartbeat(group_id, generation, member_id, group_instance_id, now_ms);
 }
 
@@ -904,7 +947,7 @@ std::vector<GroupError> GroupCoordinator::leave(std::string_view group_id, const
                                                 std::int64_t now_ms) {
   Completions out;
   if (!valid_group_id(group_id)) return std::vector<GroupError>(members.size(), GroupError::kInvalidGroupId);
-  if (!owns(group_id)) return std::vector<GroupError>(members.size(), GroupError::kNotCoordinator);
+  if (!coordinates(group_id)) return std::vector<GroupError>(members.size(), GroupError::kNotCoordinator);
   Group* group = state_->find(group_id);
   if (group == nullptr) return std::vector<GroupError>(members.size(), GroupError::kUnknownMemberId);
   std::vector<GroupError> errors;
@@ -915,7 +958,7 @@ std::vector<GroupError> GroupCoordinator::leave(std::string_view group_id, const
 
 GroupError GroupCoordinator::check_commit(std::string_view group_id, std::int32_t generation, std::string_view member_id,
                                           const std::optional<std::string>& group_instance_id, std::int64_t now_ms) {
-  if (!owns(group_id)) return GroupError::kNotCoordinator;
+  if (!coordinates(group_id)) return GroupError::kNotCoordinator;
   return state_->check_commit(group_id, generation, member_id, group_instance_id, now_ms);
 }
 
@@ -924,11 +967,16 @@ void GroupCoordinator::tick(std::int64_t now_ms) {
   for (auto it = state_->groups.begin(); it != state_->groups.end();) {
     Group& group = it->second;
     state_->tick(group, now_ms, out);
-    // A group that never formed (its only joins were asked for a member id, which expired) is
-    // nothing to keep: else every such first join would be held for good.
-    const bool never_formed = group.state == GroupState::kEmpty && group.generation == 0 && group.members.empty() &&
-                              group.pending_members.empty() && group.static_members.empty();
-    it = never_formed ? state_->groups.erase(it) : std::next(it);
+#ifndef NDEBUG
+    WEFT_CHECK(counts_hold(group), "a group's join and protocol counts match its members");
+#endif
+    // An Empty group is forgotten: membership is all the coordinator keeps, and committed offsets
+    // live in the offset store, which the Kafka listener reads to describe and list a group that
+    // has them (as Kafka keeps an Empty group only while it has offsets). Else every group id
+    // ever joined, or asked for a member id, would be held for good.
+    const bool empty = group.state == GroupState::kEmpty && group.members.empty() && group.pending_members.empty() &&
+                       group.static_members.empty();
+    it = empty ? state_->groups.erase(it) : std::next(it);
   }
 }
 
@@ -979,7 +1027,7 @@ GroupDescription GroupCoordinator::describe(std::string_view group_id) const {
   return out;
 }
 
-bool GroupCoordinator::owns(std::string_view group_id) const { return !state_->options.owns_group || state_->options.owns_group(group_id); }
+bool GroupCoordinator::coordinates(std::string_view group_id) const { return !state_->options.owns_group || state_->options.owns_group(group_id); }
 
 std::size_t GroupCoordinator::group_count() const noexcept { return state_->groups.size(); }
 

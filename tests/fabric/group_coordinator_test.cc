@@ -388,12 +388,18 @@ TEST(GroupCoordinator, SessionExpiryRemovesMemberAndRebalances) {
   EXPECT_EQ(a->result.generation, 3);
   EXPECT_EQ(member_ids(a->result.members), std::vector<std::string>{pair.a});
 
-  // And when a's session passes too, the group is Empty (and kept)
+  // And when a's session passes too, the group empties and that tick forgets it: membership is
+  // all the coordinator keeps (committed offsets are the offset store's)
   gc.tick(kT0 + kSessionMs + 1 + kSessionMs);
-  EXPECT_EQ(gc.describe("g").state, "Empty");
-  EXPECT_EQ(gc.describe("g").generation, 4);
-  EXPECT_EQ(gc.group_count(), 1u);
+  EXPECT_EQ(gc.describe("g").state, "Dead");
+  EXPECT_EQ(gc.group_count(), 0u);
   EXPECT_EQ(gc.next_deadline_ms(), std::nullopt);
+
+  // And the id names a new group to the next member, from the first generation
+  const JoinProbe again = join(gc, join_request("c"), kT0 + 3 * kSessionMs);
+  ASSERT_EQ(again->calls, 1);
+  EXPECT_EQ(again->result.generation, 1);
+  EXPECT_EQ(join(gc, join_request("a", pair.a), kT0 + 3 * kSessionMs)->result.error, GroupError::kUnknownMemberId);
 }
 
 TEST(GroupCoordinator, RebalanceTimeoutRemovesMemberThatNeverRejoined) {
@@ -475,10 +481,15 @@ TEST(GroupCoordinator, LeaveRemovesMembersAndRebalances) {
   // When the last member leaves
   EXPECT_EQ(gc.leave("g", {{pair.a, kDynamic}}, kT0 + 40), std::vector<GroupError>{GroupError::kNone});
 
-  // Expect an Empty group in the next generation
+  // Expect an Empty group in the next generation, until the next tick forgets it
   EXPECT_EQ(gc.describe("g").state, "Empty");
   EXPECT_EQ(gc.describe("g").generation, 4);
   EXPECT_EQ(gc.check_commit("g", -1, "", kDynamic, kT0 + 50), GroupError::kNone);
+  gc.tick(kT0 + 60);
+  EXPECT_EQ(gc.describe("g").state, "Dead");
+  EXPECT_EQ(gc.group_count(), 0u);
+  EXPECT_EQ(gc.check_commit("g", -1, "", kDynamic, kT0 + 70), GroupError::kNone);
+  EXPECT_EQ(gc.check_commit("g", 4, pair.b, kDynamic, kT0 + 70), GroupError::kIllegalGeneration);
 }
 
 TEST(GroupCoordinator, LeaveCompletesTheLeaversWaitingJoin) {
@@ -554,6 +565,90 @@ TEST(GroupCoordinator, ProtocolVoteTieGoesToTheLeadersPreference) {
   ASSERT_EQ(b->calls, 1);
   EXPECT_EQ(b->result.leader_id, a->result.member_id);
   EXPECT_EQ(b->result.protocol_name, "range");
+}
+
+TEST(GroupCoordinator, AMembersProtocolsCountAsItsLatestJoinListsThem) {
+  // Given a and b, both listing range and roundrobin, Stable
+  GroupCoordinator gc(no_initial_delay());
+  const std::vector<GroupProtocol> both{{"range", "r"}, {"roundrobin", "rr"}};
+  const JoinProbe a = join(gc, join_request("a", "", both), kT0);
+  const JoinProbe b = join(gc, join_request("b", "", both), kT0);
+  const JoinProbe a2 = join(gc, join_request("a", a->result.member_id, both), kT0);
+  ASSERT_EQ(b->calls, 1);
+  ASSERT_EQ(a2->result.generation, 2);
+  const std::string ida = a->result.member_id;
+  const std::string idb = b->result.member_id;
+
+  // When b rejoins listing roundrobin only
+  const JoinProbe b3 = join(gc, join_request("b", idb, {{"roundrobin", "rr"}}), kT0 + 10);
+
+  // Expect a newcomer listing range only refused (b no longer supports it), one listing
+  // roundrobin only let in
+  EXPECT_EQ(join(gc, join_request("c", "", {{"range", "r"}}), kT0 + 10)->result.error, GroupError::kInconsistentGroupProtocol);
+  const JoinProbe d = join(gc, join_request("d", "", {{"roundrobin", "rr"}}), kT0 + 10);
+  const JoinProbe a3 = join(gc, join_request("a", ida, both), kT0 + 10);
+  ASSERT_EQ(a3->calls, 1);
+  EXPECT_EQ(a3->result.error, GroupError::kNone);
+  EXPECT_EQ(a3->result.protocol_name, "roundrobin");
+  EXPECT_EQ(b3->result.generation, 3);
+  EXPECT_EQ(d->result.generation, 3);
+
+  // When b and d leave
+  EXPECT_EQ(gc.leave("g", {{idb, kDynamic}, {d->result.member_id, kDynamic}}, kT0 + 20),
+            (std::vector<GroupError>{GroupError::kNone, GroupError::kNone}));
+
+  // Expect range-only members fit again (a, the one left, lists it) and win the vote
+  const JoinProbe e = join(gc, join_request("e", "", {{"range", "r"}}), kT0 + 20);
+  const JoinProbe a4 = join(gc, join_request("a", ida, both), kT0 + 20);
+  ASSERT_EQ(a4->calls, 1);
+  ASSERT_EQ(e->calls, 1);
+  EXPECT_EQ(e->result.error, GroupError::kNone);
+  EXPECT_EQ(a4->result.protocol_name, "range");
+}
+
+TEST(GroupCoordinator, AGroupOfThousandsFormsInOneJoinPhaseAndRebalancesOnTheLastRejoin) {
+  // Given 3 000 members joining within the initial delay
+  GroupCoordinatorOptions options;
+  options.initial_rebalance_delay_ms = 100;
+  GroupCoordinator gc(options);
+  constexpr std::size_t kMembers = 3'000;
+  std::vector<JoinProbe> joins;
+  for (std::size_t i = 0; i < kMembers; ++i) joins.push_back(join(gc, join_request("m" + std::to_string(i)), kT0));
+
+  // When the delay passes (twice: members kept arriving during the first)
+  std::int64_t now = kT0;
+  for (; now <= kT0 + 1'000 && joins[0]->calls == 0; now += 50) gc.tick(now);
+
+  // Expect one generation of all of them, the first to join leading and given every member
+  std::vector<std::string> ids;
+  for (const JoinProbe& j : joins) {
+    ASSERT_EQ(j->calls, 1);
+    ASSERT_EQ(j->result.generation, 1);
+    ids.push_back(j->result.member_id);
+  }
+  EXPECT_EQ(joins[0]->result.leader_id, ids[0]);
+  ASSERT_EQ(joins[0]->result.members.size(), kMembers);
+  EXPECT_EQ(joins[1]->result.members.size(), 0u);
+  const SyncProbe leader_sync = sync(gc, sync_request(ids[0], 1, {{ids[0], "x"}}), now);
+  for (std::size_t i = 1; i < kMembers; ++i) sync(gc, sync_request(ids[i], 1), now);
+  EXPECT_EQ(leader_sync->result.assignment, "x");
+  EXPECT_EQ(gc.describe("g").state, "Stable");
+
+  // When the last member leaves and the others rejoin
+  EXPECT_EQ(gc.leave("g", {{ids.back(), kDynamic}}, now + 100), std::vector<GroupError>{GroupError::kNone});
+  ids.pop_back();
+  std::vector<JoinProbe> rejoins;
+  for (std::size_t i = 0; i + 1 < ids.size(); ++i) rejoins.push_back(join(gc, join_request("m", ids[i]), now + 200));
+
+  // Expect the join phase to complete on the last rejoin, not before
+  for (const JoinProbe& j : rejoins) ASSERT_EQ(j->calls, 0);
+  rejoins.push_back(join(gc, join_request("m", ids.back()), now + 200));
+  for (const JoinProbe& j : rejoins) {
+    ASSERT_EQ(j->calls, 1);
+    EXPECT_EQ(j->result.generation, 2);
+  }
+  EXPECT_EQ(rejoins[0]->result.members.size(), kMembers - 1);
+  gc.tick(now + 300);  // debug builds recount the group's counts here
 }
 
 TEST(GroupCoordinator, JoinArgumentsAreChecked) {

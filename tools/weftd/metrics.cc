@@ -422,6 +422,17 @@ MetricsSources collect_metrics(const Node& node, const LocalServer* local, const
   if (Result<std::vector<std::vector<CommittedOffset>>> offsets = node.fetch_offsets_of(group_list); offsets.ok())
     for (std::size_t i = 0; i < group_list.size(); ++i)
       if (!(*offsets)[i].empty()) s.group_offsets.push_back({group_list[i], std::move((*offsets)[i])});
+  if (kafka != nullptr && cluster == nullptr) {
+    // The coordinator forgets a group once it empties; with offsets it is Empty, as Kafka says.
+    std::set<std::string_view> stated;
+    for (const GroupListing& g : s.group_states) stated.insert(g.group_id);
+    std::vector<GroupListing> emptied;
+    for (const auto& g : s.group_offsets)
+      if (!stated.contains(g.group)) emptied.push_back(GroupListing{g.group, "", "Empty"});
+    s.group_states.insert(s.group_states.end(), emptied.begin(), emptied.end());
+    std::sort(s.group_states.begin(), s.group_states.end(),
+              [](const GroupListing& a, const GroupListing& b) { return a.group_id < b.group_id; });
+  }
   if (cluster != nullptr) {
     MetricsSources::Cluster c;
     c.node = cluster->id();

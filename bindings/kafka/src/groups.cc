@@ -3,6 +3,8 @@
 // OffsetFetch (committed offsets, in the node's durable offset store).
 
 #include <algorithm>
+#include <memory>
+#include <set>
 
 #include "broker.h"
 #include "weft/fabric/log.h"
@@ -584,6 +586,10 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
   return defer(r, Worker::kOffsets, any, std::move(respond), std::move(read));
 }
 
+// The coordinator keeps groups with members only; a group that emptied, or that only ever
+// committed offsets (assign() with commits), lives on in the offset store, and Kafka lists and
+// describes it as Empty. The store is read on the offsets' worker (its lock is held across a
+// commit's fsync), the answer written back on the loop.
 Outcome Broker::list_groups(const Request& r, Reader& in) {
   const std::int16_t v = r.header.api_version;
   const bool flex = r.header.flexible;
@@ -594,70 +600,107 @@ Outcome Broker::list_groups(const Request& r, Reader& in) {
   }
   in.tagged_fields(flex);
   if (!in.ok()) return {};
-  std::vector<GroupListing> listed = groups_.list();
-  if (!states.empty()) {
-    std::erase_if(listed, [&](const GroupListing& g) {
-      return std::none_of(states.begin(), states.end(), [&](const std::string& s) {
-        return s.size() == g.state.size() && std::equal(s.begin(), s.end(), g.state.begin(), [](char a, char b) { return std::tolower(a) == std::tolower(b); });
+  auto stored = std::make_shared<std::vector<std::string>>();
+  auto read = [this, stored] { *stored = node_.list_groups(); };
+  auto respond = [this, stored, states = std::move(states), header = owned_header(r), v, flex](std::int16_t&) {
+    std::vector<GroupListing> listed = groups_.list();
+    std::set<std::string, std::less<>> known;
+    for (const GroupListing& g : listed) known.insert(g.group_id);
+    for (const std::string& id : *stored)
+      if (!known.contains(id) && groups_.coordinates(id)) listed.push_back(GroupListing{id, "", "Empty"});
+    if (!states.empty()) {
+      std::erase_if(listed, [&](const GroupListing& g) {
+        return std::none_of(states.begin(), states.end(), [&](const std::string& s) {
+          return s.size() == g.state.size() && std::equal(s.begin(), s.end(), g.state.begin(), [](char a, char b) { return std::tolower(a) == std::tolower(b); });
+        });
       });
-    });
-  }
-  Outcome out;
-  Frame f(r.header);
-  Writer& w = f.w;
-  if (v >= 1) w.i32(0);
-  w.i16(0);
-  w.array(listed.size(), flex);
-  for (const GroupListing& g : listed) {
-    w.string(g.group_id, flex);
-    w.string(g.protocol_type, flex);
-    if (v >= 4) w.string(g.state, flex);
+    }
+    Frame f(header);
+    Writer& w = f.w;
+    if (v >= 1) w.i32(0);
+    w.i16(0);
+    w.array(listed.size(), flex);
+    for (const GroupListing& g : listed) {
+      w.string(g.group_id, flex);
+      w.string(g.protocol_type, flex);
+      if (v >= 4) w.string(g.state, flex);
+      w.tagged_fields(flex);
+    }
     w.tagged_fields(flex);
-  }
-  w.tagged_fields(flex);
-  out.response = f.finish();
-  return out;
+    return f.finish();
+  };
+  return defer(r, Worker::kOffsets, true, std::move(respond), std::move(read));
 }
 
 Outcome Broker::describe_groups(const Request& r, Reader& in) {
   const std::int16_t v = r.header.api_version;
   const bool flex = r.header.flexible;
-  std::vector<std::string> names;
+  struct Described {
+    std::string name;
+    std::int16_t error = 0;
+    GroupDescription group;
+    bool look_in_store = false;  // the coordinator does not know it: Empty if it has offsets, else Dead
+    Result<std::vector<CommittedOffset>> stored = std::vector<CommittedOffset>{};
+  };
+  auto described = std::make_shared<std::vector<Described>>();
   const std::int32_t n = in.array(flex, false, 1);
-  for (std::int32_t i = 0; i < n && in.ok(); ++i) names.push_back(std::string(in.string(flex)));
+  for (std::int32_t i = 0; i < n && in.ok(); ++i) {
+    described->emplace_back();
+    described->back().name = std::string(in.string(flex));
+  }
   if (v >= 3) (void)in.boolean();
   in.tagged_fields(flex);
   if (!in.ok()) return {};
-  Outcome out;
-  Frame f(r.header);
-  Writer& w = f.w;
-  if (v >= 1) w.i32(0);
-  w.array(names.size(), flex);
-  for (const std::string& name : names) {
-    const GroupDescription d = groups_.describe(name);
-    const std::int16_t err = validate_group_id(name).ok() ? group_code(d.error) : error::kInvalidGroupId;
-    if (err != 0 && out.error == 0) out.error = err;
-    w.i16(err);
-    w.string(name, flex);
-    w.string(d.state, flex);
-    w.string(d.protocol_type, flex);
-    w.string(d.protocol_name, flex);
-    w.array(d.members.size(), flex);
-    for (const GroupMemberDescription& m : d.members) {
-      w.string(m.member_id, flex);
-      if (v >= 4) w.nullable_string(view(m.group_instance_id), flex);
-      w.string(m.client_id, flex);
-      w.string(m.client_host, flex);
-      w.bytes(m.metadata, flex);
-      w.bytes(m.assignment, flex);
+  bool any = false;
+  for (Described& d : *described) {
+    d.group.group_id = d.name;
+    if (!validate_group_id(d.name).ok()) {
+      d.error = error::kInvalidGroupId;
+      d.group.state = "Dead";
+    } else if (!groups_.coordinates(d.name)) {
+      d.error = error::kNotCoordinator;  // Kafka's answer leaves the state empty
+    } else {
+      d.group = groups_.describe(d.name);
+      d.look_in_store = any = d.group.state == "Dead";
+    }
+  }
+  auto read = [this, described] {
+    for (Described& d : *described)
+      if (d.look_in_store) d.stored = node_.fetch_offsets(d.name, "");
+  };
+  auto respond = [described, header = owned_header(r), v, flex](std::int16_t& first_error) {
+    Frame f(header);
+    Writer& w = f.w;
+    if (v >= 1) w.i32(0);
+    w.array(described->size(), flex);
+    for (Described& d : *described) {
+      if (d.look_in_store) {
+        if (!d.stored.ok()) d.error = error::kCoordinatorNotAvailable;
+        else if (!d.stored->empty()) d.group.state = "Empty";
+      }
+      if (d.error != 0 && first_error == 0) first_error = d.error;
+      w.i16(d.error);
+      w.string(d.name, flex);
+      w.string(d.group.state, flex);
+      w.string(d.group.protocol_type, flex);
+      w.string(d.group.protocol_name, flex);
+      w.array(d.group.members.size(), flex);
+      for (const GroupMemberDescription& m : d.group.members) {
+        w.string(m.member_id, flex);
+        if (v >= 4) w.nullable_string(view(m.group_instance_id), flex);
+        w.string(m.client_id, flex);
+        w.string(m.client_host, flex);
+        w.bytes(m.metadata, flex);
+        w.bytes(m.assignment, flex);
+        w.tagged_fields(flex);
+      }
+      if (v >= 3) w.i32(kNullAuthorizedOperations);
       w.tagged_fields(flex);
     }
-    if (v >= 3) w.i32(kNullAuthorizedOperations);
     w.tagged_fields(flex);
-  }
-  w.tagged_fields(flex);
-  out.response = f.finish();
-  return out;
+    return f.finish();
+  };
+  return defer(r, Worker::kOffsets, any, std::move(respond), std::move(read));
 }
 
 }  // namespace weft::kafka::detail

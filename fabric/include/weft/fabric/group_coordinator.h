@@ -5,8 +5,11 @@
 //
 // States (Kafka's names): Empty -> PreparingRebalance -> CompletingRebalance -> Stable, back to
 // PreparingRebalance on any membership change, Empty again (next generation) when the last member
-// left. Groups are kept when Empty, as Kafka keeps them while they have offsets; "Dead" is only
-// what describe() says of a group the coordinator does not know. A rebalance completes when every
+// left. The next tick() forgets a group that is Empty with no member id outstanding (its committed
+// offsets live in the offset store, which the Kafka listener consults to describe and list such
+// a group, as Kafka keeps an Empty group only while it has offsets); "Dead" is what describe()
+// says of a group the coordinator does not know. Each join costs the same whatever the group's
+// size (support counts per protocol, a count of waiting joins). A rebalance completes when every
 // known member has rejoined (and every member id handed out with kMemberIdRequired has been used
 // or has expired) or when the largest rebalance timeout of the members passes: dynamic members
 // that did not rejoin are removed, static ones stay until their session ends. Members that got
@@ -183,9 +186,10 @@ class GroupCoordinator {
   GroupDescription describe(std::string_view group_id) const;
   // Groups the coordinator knows, members included (for metrics).
   std::size_t group_count() const noexcept;
+  // Whether this coordinator answers for the group (GroupCoordinatorOptions::owns_group).
+  bool coordinates(std::string_view group_id) const;
 
  private:
-  bool owns(std::string_view group_id) const;
   struct State;
   std::unique_ptr<State> state_;
 };
