@@ -787,6 +787,18 @@ TEST_F(KafkaListenerTest, IdempotentProducersGetDuplicatesDroppedAndGapsRefused)
   EXPECT_EQ(send(1, 0, 1).error, 0);
   EXPECT_EQ(send(0, 7, 1).error, kafka::error::kInvalidProducerEpoch);  // fenced by epoch 1
   EXPECT_EQ(log_end(c, "idem"), 8);
+
+  // A producer that bumps its own epoch (the Java client's answer to a delivery timeout)
+  // restarts its sequences at 0: the batches of the old epoch, one record each, must not be
+  // taken for the new epoch's batches of the same sequences
+  for (std::int32_t sequence = 1; sequence <= 3; ++sequence) EXPECT_EQ(send(1, sequence, 1).error, 0);
+  EXPECT_EQ(send(2, 0, 1).base_offset, 11);
+  for (std::int32_t sequence = 1; sequence <= 3; ++sequence) {
+    const ProduceAnswer bumped = send(2, sequence, 1);
+    EXPECT_EQ(bumped.error, 0) << sequence;
+    EXPECT_EQ(bumped.base_offset, 11 + sequence) << sequence;  // before, the old epoch's offsets: dropped
+  }
+  EXPECT_EQ(log_end(c, "idem"), 15);
 }
 
 TEST_F(KafkaListenerTest, IdempotentProducerStatesAreLearnedFromTheRingAndBounded) {

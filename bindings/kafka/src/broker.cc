@@ -800,6 +800,8 @@ void Broker::append(Parked::ProducePart& part) {
   part.end_offset = claim.base_offset + records;
   records_in_ += static_cast<std::uint64_t>(records);
   if (sequences != nullptr) {
+    // A new epoch's sequences start again at 0: the old epoch's batches are no duplicates of them.
+    if (epoch != sequences->epoch) sequences->clear();
     sequences->epoch = epoch;
     sequences->push({first_sequence, last_sequence, claim.base_offset});
   }
