@@ -504,6 +504,19 @@ TEST_F(KafkaListenerTest, AParkedFetchIsAnsweredWhenAnotherConnectionProduces) {
   EXPECT_EQ(hex(a.records), hex(stored(b, 0)));
 }
 
+TEST_F(KafkaListenerTest, AFetchWithNoMinimumIsAnsweredAtOnceAsKafkaDoes) {
+  ASSERT_TRUE(node_->create_topic("lp").ok());
+  KafkaClient fetcher(port());
+  // An empty partition, a wait of up to 60 s, min_bytes 0: answered at once, empty (before, it
+  // waited out max_wait as if min_bytes were 1)
+  ASSERT_TRUE(fetcher.send_raw(test::kafka_frame(kFetch, 11, 1, false, fetch_request(11, "lp", 0, 0, 60'000, 1 << 20, 0))));
+  std::optional<std::string> frame = fetcher.read_frame(30'000);
+  ASSERT_TRUE(frame);
+  const FetchAnswer a = read_fetch(11, frame->substr(4));
+  EXPECT_EQ(a.error, 0);
+  EXPECT_TRUE(a.records.empty());
+}
+
 // Fetches partition 0 of `topic` from offset 0 up to `end` in fetches of `max_bytes`, appending
 // the batches to `read` (whole batches only: a trailing partial one is read again, as clients do).
 void fetch_all(KafkaClient& c, std::string_view topic, std::int64_t end, std::int32_t max_bytes, std::string& read) {

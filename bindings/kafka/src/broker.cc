@@ -1203,7 +1203,9 @@ std::optional<std::vector<OutChunk>> Broker::fetch_response(Parked& parked, bool
       reads[t].push_back(std::move(r));
     }
   }
-  if (!force && !any_error && total < static_cast<std::size_t>(std::max(parked.min_bytes, 1))) {
+  // As Kafka: a fetch of no partitions, or with min_bytes 0, is answered at once.
+  const bool enough = parked.fetch.empty() || total >= static_cast<std::size_t>(std::max(parked.min_bytes, 0));
+  if (!force && !any_error && !enough) {
     if (all_settled) parked.fetch_progress_seen = progress;
     else parked.fetch_progress_seen.reset();
     // Not enough yet: give back what the readers took, so the next look starts at the same place.
