@@ -58,7 +58,8 @@ class EmbeddedClient final : public Client {
     return node_.open_log_slice(topic, partition, offset);
   }
   Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) override {
-    return node_.log_offset_for_timestamp(topic, partition, timestamp_ms);
+    WEFT_TRY(const TimedOffset found, node_.log_offset_for_timestamp(topic, partition, timestamp_ms));
+    return found.offset;
   }
   Result<void> commit_offsets(std::string_view group, std::span<const CommittedOffset> offsets) override {
     return node_.commit_offsets(group, offsets);

@@ -439,9 +439,9 @@ struct LocalServer::Impl {
         const std::uint32_t partition = r.u32();
         const std::int64_t timestamp = r.i64();
         WEFT_TRY_VOID(r.finish("log offset for timestamp"));
-        WEFT_TRY(const Offset offset, node->log_offset_for_timestamp(name, partition, timestamp));
+        WEFT_TRY(const TimedOffset found, node->log_offset_for_timestamp(name, partition, timestamp));
         w.u8(0);
-        w.i64(offset.value);
+        w.i64(found.offset.value);
         return ok();
       }
       case MessageType::kCommitOffsets: {

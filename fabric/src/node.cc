@@ -904,7 +904,7 @@ Result<LogSlice> Node::open_log_slice(std::string_view topic, std::uint32_t part
   return log->slice(offset, until);
 }
 
-Result<Offset> Node::log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const {
+Result<TimedOffset> Node::log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const {
   std::shared_ptr<Topic> keep;
   WEFT_TRY(PartitionLog * log, partition_log(topic, partition, keep));
   return log->offset_for_timestamp(timestamp_ms);

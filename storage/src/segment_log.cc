@@ -1,5 +1,7 @@
 #include "weft/storage/segment_log.h"
 
+#include "weft/fabric/compression.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -874,19 +876,24 @@ Result<LogSlice> SegmentLog::slice(Offset offset, Offset until) {
   return slice;
 }
 
-Result<Offset> SegmentLog::offset_for_timestamp(std::int64_t timestamp_ms) {
+Result<TimedOffset> SegmentLog::offset_for_timestamp(std::int64_t timestamp_ms) {
   std::lock_guard lock(mutex_);
   for (const auto& segment : segments_) {
     if (segment->max_timestamp() < timestamp_ms) continue;  // every batch in it is earlier
     WEFT_TRY(const std::uint64_t position, segment->find_time(timestamp_ms));
-    // Kafka's ListOffsets answers with the first record at or after the time, not its batch.
+    // Kafka's ListOffsets answers with the first record at or after the time, not its batch; a
+    // compressed batch (stored as the client sent it) is read inflated for that.
     WEFT_TRY(const std::vector<std::byte> bytes, segment->read_batch(position));
-    WEFT_TRY(const BatchView view, BatchView::parse(bytes));
-    RecordReader reader(view);
+    WEFT_TRY(const BatchView view, BatchView::parse_header(bytes, true));
+    std::vector<std::byte> inflated;
+    if (view.compression() != Compression::kNone)
+      WEFT_TRY_VOID(decompress_records(view.compression(), view.bytes().subspan(kBatchHeaderBytes), inflated));
+    RecordReader reader = view.compression() != Compression::kNone ? RecordReader(view, inflated) : RecordReader(view);
     RecordView r;
     while (reader.next(r))
-      if (r.timestamp_ms >= timestamp_ms) return r.offset;
-    return view.last_offset();
+      if (r.timestamp_ms >= timestamp_ms) return TimedOffset{r.offset, r.timestamp_ms};
+    if (reader.failed()) return Error{Errc::kCorrupt, segment->log_path() + ": a batch's records do not decode at offset " + std::to_string(view.base_offset().value)};
+    return TimedOffset{view.last_offset(), view.max_timestamp()};
   }
   return Error{Errc::kNotFound, "no record in the log has a timestamp at or after " + std::to_string(timestamp_ms)};
 }

@@ -546,7 +546,7 @@ class MemoryLog final : public PartitionLog {
     if (!slice.file.valid()) return Error{Errc::kIo, "reopening the memfd"};
     return slice;
   }
-  Result<Offset> offset_for_timestamp(std::int64_t) override { return Error{Errc::kNotFound, "no time index in this test"}; }
+  Result<TimedOffset> offset_for_timestamp(std::int64_t) override { return Error{Errc::kNotFound, "no time index in this test"}; }
   Result<RetentionOutcome> apply_retention(std::int64_t, std::int64_t, std::int64_t) override {
     return RetentionOutcome{0, 0, start_offset()};
   }

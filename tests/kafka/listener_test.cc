@@ -686,6 +686,58 @@ TEST_F(KafkaListenerTest, ListOffsetsInEveryVersion) {
   }
 }
 
+TEST_F(KafkaListenerTest, ListOffsetsByTimeAnswersTheFirstRecordAtOrAfterItEvenInACompressedBatch) {
+  ASSERT_TRUE(node_->create_topic("timed").ok());
+  KafkaClient c(port());
+  // Records 0-4 at T..T+4 in one gzip batch as a client sends it, then 5-7 at T..T+2 plain
+  constexpr std::int64_t kT = 1'700'000'000'000;
+  std::vector<std::byte> zipped;
+  ASSERT_TRUE(compress_batch(Compression::kGzip, test::as_bytes(batch(5)), zipped).ok());
+  std::optional<std::string> body =
+      c.call(kProduce, 7, false, produce_request(7, "timed", 0, std::string(reinterpret_cast<const char*>(zipped.data()), zipped.size())));
+  ASSERT_TRUE(body);
+  ASSERT_EQ(read_produce(7, *body).error, 0);
+  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, "timed", 0, batch(3))));
+  struct Found {
+    std::int16_t error = -100;
+    std::int64_t timestamp = 0;
+    std::int64_t offset = 0;
+  };
+  auto by_time = [&](std::int64_t t) {
+    Found f;
+    std::optional<std::string> answer = c.call(kListOffsets, 4, false, list_offsets_request(4, "timed", t));
+    if (!answer) return f;
+    Reader r = reader_of(*answer);
+    (void)r.i32();
+    (void)r.array(false);
+    (void)r.string(false);
+    (void)r.array(false);
+    (void)r.i32();
+    f.error = r.i16();
+    f.timestamp = r.i64();
+    f.offset = r.i64();
+    return f;
+  };
+  // The lookup reads the log, which the node writes behind the ring
+  for (int i = 0; i < 500 && by_time(kT + 2).offset == -1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+
+  // Each time finds the first record at or after it, with that record's own timestamp (before,
+  // a compressed batch answered its last offset, and every answer the asked time)
+  for (std::int64_t i = 0; i < 5; ++i) {
+    const Found f = by_time(kT + i);
+    EXPECT_EQ(f.error, 0) << i;
+    EXPECT_EQ(f.offset, i) << i;
+    EXPECT_EQ(f.timestamp, kT + i) << i;
+  }
+  const Found between = by_time(kT - 1'000);
+  EXPECT_EQ(between.offset, 0);
+  EXPECT_EQ(between.timestamp, kT);
+  const Found none = by_time(kT + 5);
+  EXPECT_EQ(none.error, 0);
+  EXPECT_EQ(none.offset, -1);
+  EXPECT_EQ(none.timestamp, -1);
+}
+
 TEST_F(KafkaListenerTest, AcksZeroGetsNoResponseAndItsRecordsAreStored) {
   ASSERT_TRUE(node_->create_topic("fire").ok());
   KafkaClient c(port());

@@ -478,11 +478,12 @@ TEST(SegmentLog, SegmentsBeforeTheRecoveryPointOpenFromTheirIndexesAndAnswerAsAF
   EXPECT_EQ(trusted->size_bytes(), full->size_bytes());
   for (std::int64_t o = 0; o < full->next_offset().value; ++o) ASSERT_EQ(first_base(*trusted, Offset{o}), first_base(*full, Offset{o})) << o;
   for (std::int64_t t = 1'700'000'000'000 - 5; t < 1'700'000'000'000 + 10'010; t += 7) {
-    Result<Offset> a = trusted->offset_for_timestamp(t);
-    Result<Offset> b = full->offset_for_timestamp(t);
+    Result<TimedOffset> a = trusted->offset_for_timestamp(t);
+    Result<TimedOffset> b = full->offset_for_timestamp(t);
     ASSERT_EQ(a.ok(), b.ok()) << t;
     if (a.ok()) {
-      ASSERT_EQ(*a, *b) << t;
+      ASSERT_EQ(a->offset, b->offset) << t;
+      ASSERT_EQ(a->timestamp_ms, b->timestamp_ms) << t;
     }
   }
   // ... and a recovery point that names no segment's base, or is not one at all, trusted for

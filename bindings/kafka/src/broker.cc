@@ -1384,11 +1384,13 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
         } else if (timestamp < 0) {
           part.error = error::kInvalidTimestamp;  // -3 (max timestamp) and -4 come with v7 and v8
         } else if (state->has_log) {
-          Result<Offset> found = node_.log_offset_for_timestamp(name, p, timestamp);
-          if (found.ok()) {
-            part.offset = found->value;
-            part.timestamp = timestamp;  // at or before the found record's own timestamp
-          } else if (found.error().code != Errc::kNotFound) {
+          Result<TimedOffset> found = node_.log_offset_for_timestamp(name, p, timestamp);
+          // A cluster answers only what consumers may read: a record past the high watermark is
+          // not found yet (Kafka's lastFetchableOffset).
+          if (found.ok() && (cluster_ == nullptr || found->offset < view.high_watermark)) {
+            part.offset = found->offset.value;
+            part.timestamp = found->timestamp_ms;  // the record's own, as Kafka answers
+          } else if (!found.ok() && found.error().code != Errc::kNotFound) {
             part.error = error::kKafkaStorageError;
           }
         }

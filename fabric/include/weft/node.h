@@ -192,7 +192,7 @@ class Node {
   Result<LogSlice> open_log_slice(std::string_view topic, std::uint32_t partition, Offset offset, Offset until = kLogEnd) const;
   // The first offset in the partition's log with a timestamp at or after `timestamp_ms`
   // (kNotFound: none in the log; the ring may hold later ones). kUnsupported: no log.
-  Result<Offset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const;
+  Result<TimedOffset> log_offset_for_timestamp(std::string_view topic, std::uint32_t partition, std::int64_t timestamp_ms) const;
 
   // Where producers of the partition write now (here, without a router). kNotFound: no such
   // topic or partition. kFailedPrecondition: a cluster's partition (its ring fenced until a role

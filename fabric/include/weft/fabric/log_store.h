@@ -14,6 +14,12 @@
 
 namespace weft {
 
+// The first record at or after a time: its offset and its own timestamp (ListOffsets answers both).
+struct TimedOffset {
+  Offset offset;
+  std::int64_t timestamp_ms = -1;
+};
+
 // A stretch of one segment file for a reader behind the ring to read itself (pread): the batch
 // holding the wanted offset starts at `position`, whole batches follow up to `end`.
 struct LogSlice {
@@ -111,9 +117,10 @@ class PartitionLog {
   // before the first batch whose last offset is at or after `until` (a replicated partition's
   // high watermark: what followers do not all hold yet is not served); kLogEnd: no bound.
   virtual Result<LogSlice> slice(Offset offset, Offset until) = 0;
-  // The offset of the first batch whose max timestamp is at or after `timestamp_ms` (the time
-  // index, then a scan); kNotFound when no batch is that late.
-  virtual Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) = 0;
+  // The first record whose timestamp is at or after `timestamp_ms`, in the first batch whose max
+  // timestamp is (the time index, then a scan; a compressed batch's records are read inflated);
+  // kNotFound when no batch is that late.
+  virtual Result<TimedOffset> offset_for_timestamp(std::int64_t timestamp_ms) = 0;
   // Deletes whole closed segments, oldest first, while the log holds more than `max_bytes` or
   // their newest record is older than `max_age_ms` before `now_ms` (-1: no limit). The active
   // segment stays, as in Kafka.

@@ -76,7 +76,7 @@ class SegmentLog final : public PartitionLog {
   Offset next_offset() const override;
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override;
   Result<LogSlice> slice(Offset offset, Offset until) override;
-  Result<Offset> offset_for_timestamp(std::int64_t timestamp_ms) override;
+  Result<TimedOffset> offset_for_timestamp(std::int64_t timestamp_ms) override;
   Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override;
   std::uint64_t size_bytes() const override;
   Result<Offset> truncate(Offset end) override;
