@@ -1295,12 +1295,17 @@ Result<Offset> Node::rewind_partition(const std::shared_ptr<Topic>& topic, std::
   p.log_writes.clear();
   p.checkpoints.clear();
   p.created_at = ring.reuse_limit();
-  p.written_offset = p.durable_offset = next;
+  // Durable is what was (or what the log synced since, such as a cut segment), never more than
+  // the new end: a cut that removes nothing must not make the unsynced tail durable, which the
+  // leader's high watermark would count. The next due sync covers the rest.
+  const Offset durable = topic->config.fsync == FsyncPolicy::kNone ? next : std::min(next, std::max(p.durable_offset, p.log->synced_offset()));
+  p.written_offset = next;
+  p.durable_offset = durable;
   p.written_position = p.durable_position = ring.reuse_limit().position.value;
   p.published_written = p.published_durable = Offset{-1};
   p.waited_claim = -1;
   p.log_backlog = false;
-  publish_log_progress(ring, LogProgress{next, next, Errc::kOk});
+  publish_log_progress(ring, LogProgress{next, durable, Errc::kOk});
   {
     std::lock_guard lock(state_->stats_mutex);
     p.stats.memory = memory->describe();

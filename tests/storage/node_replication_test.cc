@@ -238,6 +238,42 @@ TEST_F(NodeReplication, ANodeThatLedAndDivergedIsCutBackToItsNewLeadersEpoch) {
   EXPECT_EQ(first, 500);
 }
 
+TEST(NodeReplicationDurability, ACutBackLeavesWhatWasNotSyncedUnsynced) {
+  // Given a partition synced at most once an hour (its interval starts with it), ten records
+  // written and none synced
+  TempDir dir;
+  NodeOptions o;
+  o.open_log = storage::open_segment_logs(dir.path() + "/data");
+  o.maintenance_max_interval_us = 500;
+  std::unique_ptr<Node> node = Node::start(std::move(o)).value();
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{1} << 20;
+  config.max_batch_bytes = 64 * 1024;
+  config.fsync = FsyncPolicy::kInterval;
+  config.fsync_interval_ms = 3'600'000;
+  ASSERT_TRUE(node->create_topic("hourly", config).ok());
+  std::unique_ptr<ReplicaLog> replica = node->replica_log("hourly", 0).value();
+  PartitionMemory memory = node->open_partition("hourly", 0).value();
+  Producer producer = Producer::attach(memory.ring).value();
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(producer.offer(make_batch(0, 5, 1'700'000'000'000 + i, 200, std::byte{1})), ClaimStatus::kOk);
+  for (int i = 0; i < 2'000 && read_log_progress(memory.ring).written != Offset{10}; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(read_log_progress(memory.ring).written, Offset{10});
+  EXPECT_EQ(replica->durable_end(), Offset{0});
+
+  // When a truncation to the log's end cuts nothing (the leader knew no epoch past it)
+  ASSERT_TRUE(replica->truncate(Offset{10}).ok());
+
+  // Expect the ten still not durable (before, the rewind called them durable, and the leader's
+  // high watermark counted records that were in this node's page cache only), passes after it too
+  EXPECT_EQ(replica->durable_end(), Offset{0});
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(replica->durable_end(), Offset{0});
+
+  // And a cut, which syncs the segment it cuts, leaves the new end durable
+  ASSERT_TRUE(replica->truncate(Offset{5}).ok());
+  EXPECT_EQ(replica->durable_end(), Offset{5});
+}
+
 TEST_F(NodeReplication, ALocalConsumerOfANodeCutBackReadsOnInItsNewRingFromTheNewLeader) {
   // Given node 1 leading, and a local consumer on node 1 that read all the in-sync replicas hold
   ASSERT_TRUE(a().replicator->lead(kP, a().replica.get(), 1, {1, 2}, {1, 2}).ok());
