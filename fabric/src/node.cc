@@ -1086,7 +1086,12 @@ double Node::maintain_pass() {
         if (now - p->last_retention_ns >= options_.retention_check_interval_ms * 1'000'000 &&
             (topic->config.retention_bytes >= 0 || topic->config.retention_ms >= 0)) {
           p->last_retention_ns = now;
-          Result<RetentionOutcome> kept = p->log->apply_retention(topic->config.retention_bytes, topic->config.retention_ms, wall_clock_ms());
+          // A replicated partition keeps what its high watermark has not passed: a follower far
+          // behind must find it (else it restarts at the new log start, and the high watermark
+          // could count records no replica holds).
+          const Offset replicated = read_log_progress(p->ring).replicated;
+          const Offset keep_from = replicated.value == ring_layout::kNoLog ? kLogEnd : replicated;
+          Result<RetentionOutcome> kept = p->log->apply_retention(topic->config.retention_bytes, topic->config.retention_ms, wall_clock_ms(), keep_from);
           if (!kept.ok()) {
             log(LogLevel::kWarn, "retention failed", {{"topic", topic->name}, {"reason", kept.error().message}});
           } else if (kept->segments_deleted > 0) {

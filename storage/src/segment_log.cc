@@ -898,7 +898,7 @@ Result<TimedOffset> SegmentLog::offset_for_timestamp(std::int64_t timestamp_ms) 
   return Error{Errc::kNotFound, "no record in the log has a timestamp at or after " + std::to_string(timestamp_ms)};
 }
 
-Result<RetentionOutcome> SegmentLog::apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) {
+Result<RetentionOutcome> SegmentLog::apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms, Offset keep_from) {
   std::lock_guard lock(mutex_);
   RetentionOutcome outcome;
   std::uint64_t total = 0;
@@ -910,6 +910,7 @@ Result<RetentionOutcome> SegmentLog::apply_retention(std::int64_t max_bytes, std
     // An empty segment's max timestamp is -1: old enough to go, but only once a later one exists.
     const bool too_old = max_age_ms >= 0 && oldest.max_timestamp() < now_ms - max_age_ms;
     if (!too_big && !too_old) break;
+    if (segments_[1]->base_offset() > keep_from) break;  // it holds records past the bound
     // Readers holding the files keep reading them: they are renamed, and deleted a while later.
     WEFT_TRY_VOID(retire(oldest));
     total -= oldest.size_bytes();

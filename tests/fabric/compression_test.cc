@@ -547,7 +547,7 @@ class MemoryLog final : public PartitionLog {
     return slice;
   }
   Result<TimedOffset> offset_for_timestamp(std::int64_t) override { return Error{Errc::kNotFound, "no time index in this test"}; }
-  Result<RetentionOutcome> apply_retention(std::int64_t, std::int64_t, std::int64_t) override {
+  Result<RetentionOutcome> apply_retention(std::int64_t, std::int64_t, std::int64_t, Offset) override {
     return RetentionOutcome{0, 0, start_offset()};
   }
   std::uint64_t size_bytes() const override {

@@ -25,8 +25,8 @@ class ForwardingLog : public PartitionLog {
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override { return inner_->read(offset, out); }
   Result<LogSlice> slice(Offset offset, Offset until) override { return inner_->slice(offset, until); }
   Result<TimedOffset> offset_for_timestamp(std::int64_t timestamp_ms) override { return inner_->offset_for_timestamp(timestamp_ms); }
-  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override {
-    return inner_->apply_retention(max_bytes, max_age_ms, now_ms);
+  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms, Offset keep_from) override {
+    return inner_->apply_retention(max_bytes, max_age_ms, now_ms, keep_from);
   }
   std::uint64_t size_bytes() const override { return inner_->size_bytes(); }
   Result<Offset> truncate(Offset end) override { return inner_->truncate(end); }

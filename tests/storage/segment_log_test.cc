@@ -182,7 +182,7 @@ TEST(SegmentLog, RetentionTakesSegmentsOutAtOnceAndDeletesTheirFilesLaterOffTheC
   Result<LogSlice> reading = log->slice(Offset{0}, kLogEnd);
   ASSERT_TRUE(reading.ok()) << reading.error().message;
   // When retention keeps about half the log
-  const Result<RetentionOutcome> kept = log->apply_retention(static_cast<std::int64_t>(log->size_bytes() / 2), -1, 0);
+  const Result<RetentionOutcome> kept = log->apply_retention(static_cast<std::int64_t>(log->size_bytes() / 2), -1, 0, kLogEnd);
   ASSERT_TRUE(kept.ok()) << kept.error().message;
   ASSERT_GE(kept->segments_deleted, 3u);
   // Expect the log to start later at once, its first offsets out of range
@@ -218,6 +218,34 @@ TEST(SegmentLog, RetentionTakesSegmentsOutAtOnceAndDeletesTheirFilesLaterOffTheC
   auto again = SegmentLog::open(dir.partition(), Offset{0}, options).value();
   EXPECT_EQ(again->start_offset(), kept->start_offset);
   EXPECT_EQ(again->next_offset(), next);
+}
+
+TEST(SegmentLog, RetentionNeverDeletesASegmentHoldingRecordsAtOrPastItsBound) {
+  // Given a log of many segments, and a bound (a high watermark) inside the fourth
+  TempDir dir;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+  fill(*log, 0, 400);
+  ASSERT_GE(log->segment_count(), 8u);
+  std::vector<Offset> bases;  // each segment's base, from its file's name (<20 digits>.log)
+  for (const auto& entry : std::filesystem::directory_iterator(dir.partition())) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() == 24 && name.ends_with(".log")) bases.push_back(Offset{std::stoll(name.substr(0, 20))});
+  }
+  std::sort(bases.begin(), bases.end());
+  ASSERT_EQ(bases.size(), log->segment_count());
+  ASSERT_GE(bases.size(), 5u);
+  const Offset bound{bases[3].value + 1};
+
+  // When retention would keep nothing (0 bytes)
+  const Result<RetentionOutcome> kept = log->apply_retention(0, -1, 0, bound);
+  ASSERT_TRUE(kept.ok()) << kept.error().message;
+
+  // Expect only the three segments wholly below the bound gone: the one holding it stays
+  EXPECT_EQ(kept->segments_deleted, 3u);
+  EXPECT_EQ(log->start_offset(), bases[3]);
+  // And a bound at a segment's base lets the segment before it go
+  EXPECT_EQ(log->apply_retention(0, -1, 0, bases[4]).value().segments_deleted, 1u);
+  EXPECT_EQ(log->start_offset(), bases[4]);
 }
 
 TEST(SegmentLog, ATruncationsAndAResetsSegmentsAreRetiredTooAndTheirOffsetsWrittenAgainBesideThem) {

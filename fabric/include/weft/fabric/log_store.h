@@ -123,8 +123,11 @@ class PartitionLog {
   virtual Result<TimedOffset> offset_for_timestamp(std::int64_t timestamp_ms) = 0;
   // Deletes whole closed segments, oldest first, while the log holds more than `max_bytes` or
   // their newest record is older than `max_age_ms` before `now_ms` (-1: no limit). The active
-  // segment stays, as in Kafka.
-  virtual Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) = 0;
+  // segment stays, as in Kafka, and so does every segment holding an offset at or past
+  // `keep_from` (a replicated partition's high watermark: what not every in-sync replica holds
+  // yet is never deleted, as Kafka bounds retention by it; kLogEnd: no bound).
+  virtual Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms,
+                                                   Offset keep_from) = 0;
   // Bytes the log holds on disk.
   virtual std::uint64_t size_bytes() const = 0;
   // Drops every batch at or after `end` — whole batches: one that holds `end` goes too — and

@@ -77,7 +77,7 @@ class SegmentLog final : public PartitionLog {
   Result<std::size_t> read(Offset offset, std::span<std::byte> out) const override;
   Result<LogSlice> slice(Offset offset, Offset until) override;
   Result<TimedOffset> offset_for_timestamp(std::int64_t timestamp_ms) override;
-  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms) override;
+  Result<RetentionOutcome> apply_retention(std::int64_t max_bytes, std::int64_t max_age_ms, std::int64_t now_ms, Offset keep_from) override;
   std::uint64_t size_bytes() const override;
   Result<Offset> truncate(Offset end) override;
   Result<void> reset(Offset start) override;
