@@ -738,6 +738,54 @@ TEST_F(KafkaListenerTest, ListOffsetsByTimeAnswersTheFirstRecordAtOrAfterItEvenI
   EXPECT_EQ(none.timestamp, -1);
 }
 
+std::string large_batch(int records, std::size_t value_bytes);
+
+TEST_F(KafkaListenerTest, ProducesWaitingOnATopicThatIsDeletedAreToldTheTopicIsUnknown) {
+  // Given a topic synced once an hour, where an acks=all batch waits for its log's sync
+  TopicConfig hourly = node_->options().default_topic;
+  hourly.fsync = FsyncPolicy::kInterval;
+  hourly.fsync_interval_ms = 3'600'000;
+  ASSERT_TRUE(node_->create_topic("hourly", hourly).ok());
+  KafkaClient waits_for_sync(port());
+  ASSERT_TRUE(waits_for_sync.send_raw(test::kafka_frame(kProduce, 7, 1, false, produce_request(7, "hourly", 0, batch(2), -1))));
+  // And a topic whose consumer never reads holds its producers back (flow control), where a
+  // batch waits for ring space
+  TopicConfig held = node_->options().default_topic;
+  held.consumer_flow_control = true;
+  ASSERT_TRUE(node_->create_topic("held", held).ok());
+  PartitionMemory memory = node_->open_partition("held", 0).value();
+  Consumer stalled = Consumer::attach(memory.ring, StartAt::kEarliest).value();
+  KafkaClient waits_for_space(port());
+  const std::string large = large_batch(100, 2'000);  // ~200 KiB: a few fill the 1 MiB ring
+  for (int i = 0; i < 8; ++i)
+    ASSERT_TRUE(waits_for_space.send_raw(test::kafka_frame(kProduce, 7, 10 + i, false, produce_request(7, "held", 0, large, 1))));
+  std::optional<std::string> first = waits_for_space.read_frame(15'000);  // the first fits
+  ASSERT_TRUE(first);
+  EXPECT_EQ(read_produce(7, first->substr(4)).error, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the others reach the full ring
+
+  // When both topics are deleted
+  ASSERT_TRUE(node_->delete_topic("hourly").ok());
+  ASSERT_TRUE(node_->delete_topic("held").ok());
+
+  // Expect both waits answered UNKNOWN_TOPIC_OR_PARTITION (before, the one waiting for space
+  // was told NOT_LEADER_OR_FOLLOWER, and its client looked for a leader of a deleted topic)
+  std::optional<std::string> synced = waits_for_sync.read_frame(15'000);
+  ASSERT_TRUE(synced);
+  EXPECT_EQ(read_produce(7, synced->substr(4)).error, kafka::error::kUnknownTopicOrPartition);
+  int unknown = 0;
+  for (int i = 1; i < 8; ++i) {
+    std::optional<std::string> answer = waits_for_space.read_frame(15'000);
+    ASSERT_TRUE(answer) << i;
+    const ProduceAnswer a = read_produce(7, answer->substr(4));
+    // Those read after the delete auto-create the topic again: LEADER_NOT_AVAILABLE meanwhile, then taken
+    EXPECT_TRUE(a.error == 0 || a.error == kafka::error::kUnknownTopicOrPartition || a.error == kafka::error::kLeaderNotAvailable)
+        << a.error;
+    if (a.error == kafka::error::kUnknownTopicOrPartition) ++unknown;
+  }
+  EXPECT_GT(unknown, 0);
+}
+
 TEST_F(KafkaListenerTest, AcksZeroGetsNoResponseAndItsRecordsAreStored) {
   ASSERT_TRUE(node_->create_topic("fire").ok());
   KafkaClient c(port());
@@ -2415,6 +2463,78 @@ TEST_F(KafkaListenerInCluster, AnAutoCreatedTopicIsWrittenToTheStoreOffTheLoop) 
     const std::optional<PartitionView> p = member(1).cluster->partition("held-a", 0);
     return p && p->leader > 0;
   }));
+}
+
+TEST_F(KafkaListenerInCluster, EveryNodeDescribesATopicsConfigsAlsoWhereItHoldsNoReplica) {
+  // Given a topic of one replica, with a retention of its own, made through the first node
+  KafkaClient c(member(1).listener->port());
+  Writer create;
+  create.array(1, false);
+  create.string("single", false);
+  create.i32(1);
+  create.i16(1);
+  create.array(0, false);
+  create.array(1, false);
+  create.string("retention.ms", false);
+  create.nullable_string("3600000", false);
+  create.i32(10'000);
+  std::optional<std::string> made = c.call(kCreateTopics, 0, false, create.buffer());
+  ASSERT_TRUE(made);
+  ASSERT_TRUE(eventually([&] {
+    const auto p1 = member(1).cluster->partition("single", 0);
+    const auto p2 = member(2).cluster->partition("single", 0);
+    return p1 && p2 && p1->leader > 0 && (p1->replica_here || p2->replica_here);
+  }));
+  const NodeId holder = member(1).cluster->partition("single", 0)->replica_here ? 1 : 2;
+  const NodeId other = holder == 1 ? 2 : 1;
+
+  // When each node is asked for its configs (DescribeConfigs v1, every key)
+  auto describe = [&](NodeId id) {
+    KafkaClient asker(member(id).listener->port());
+    Writer w;
+    w.array(1, false);
+    w.i8(2);  // a topic
+    w.string("single", false);
+    w.i32(-1);  // every key
+    w.boolean(false);
+    std::optional<std::string> body = asker.call(kDescribeConfigs, 1, false, w.buffer());
+    std::map<std::string, std::string> configs;
+    if (!body) return std::make_pair(std::int16_t{-100}, configs);
+    Reader r = reader_of(*body);
+    (void)r.i32();
+    EXPECT_EQ(r.array(false), 1);
+    const std::int16_t error = r.i16();
+    (void)r.nullable_string(false);
+    (void)r.i8();
+    EXPECT_EQ(r.string(false), "single");
+    const std::int32_t n = r.array(false);
+    for (std::int32_t i = 0; i < n && r.ok(); ++i) {
+      std::string name(r.string(false));
+      const std::optional<std::string_view> value = r.nullable_string(false);
+      configs[name] = value ? std::string(*value) : "(null)";
+      (void)r.boolean();
+      (void)r.i8();
+      (void)r.boolean();
+      const std::int32_t synonyms = r.array(false);
+      for (std::int32_t j = 0; j < synonyms && r.ok(); ++j) {
+        (void)r.string(false);
+        (void)r.nullable_string(false);
+        (void)r.i8();
+      }
+    }
+    EXPECT_TRUE(r.ok());
+    return std::make_pair(error, configs);
+  };
+
+  // Expect the same answer from both (before, the node without a replica said
+  // UNKNOWN_TOPIC_OR_PARTITION), the topic's own retention in it
+  const auto from_holder = describe(holder);
+  const auto from_other = describe(other);
+  EXPECT_EQ(from_holder.first, 0);
+  EXPECT_EQ(from_other.first, 0);
+  EXPECT_EQ(from_other.second, from_holder.second);
+  ASSERT_TRUE(from_other.second.contains("retention.ms"));
+  EXPECT_EQ(from_other.second.at("retention.ms"), "3600000");
 }
 
 TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFollower) {

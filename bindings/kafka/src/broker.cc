@@ -763,6 +763,9 @@ void Broker::append(Parked::ProducePart& part) {
     }
     // An unknown producer (its state was never here, or this node restarted) starts where it says.
   }
+  // A deleted topic's ring is retired with kNotFound on its log line: the topic is unknown now,
+  // not led elsewhere (a batch that waited for ring space across the delete lands here).
+  const auto deleted = [&] { return read_log_progress(p.memory.ring).error == Errc::kNotFound; };
   if (!p.producer) {
     Result<Producer> producer = Producer::attach(p.memory.ring, ProducerMode::kShared);
     if (!producer.ok()) {
@@ -770,6 +773,10 @@ void Broker::append(Parked::ProducePart& part) {
       const std::int32_t fence = leader_epoch(p.memory.ring);
       part.error = fence == ring_layout::kFollowing || fence == ring_layout::kRetired ? error::kNotLeaderOrFollower : error::kKafkaStorageError;
       part.error_message = producer.error().message;
+      if (fence == ring_layout::kRetired && deleted()) {
+        part.error = error::kUnknownTopicOrPartition;
+        part.error_message = "the topic was deleted";
+      }
       return;
     }
     p.producer.emplace(std::move(*producer));
@@ -781,6 +788,10 @@ void Broker::append(Parked::ProducePart& part) {
     p.producer.reset();  // leadership moved since it attached; the client re-routes
     part.error = error::kNotLeaderOrFollower;
     part.error_message = "leadership of the partition moved";
+    if (deleted()) {
+      part.error = error::kUnknownTopicOrPartition;
+      part.error_message = "the topic was deleted while the batch waited for ring space";
+    }
     return;
   }
   if (status != ClaimStatus::kOk) {
@@ -1755,11 +1766,21 @@ Outcome Broker::describe_configs(const Request& r, Reader& in) {
     std::int8_t source = kSourceDynamicTopic;
     if (res.type == kResourceTopic) {
       std::shared_ptr<TopicState> t = topic(res.name);
-      if (!t) {
+      // A cluster's node answers for any topic from its record, as every Kafka broker does from
+      // its metadata (clients ask the least loaded node): it holds a copy only of its replicas.
+      std::optional<TopicRecord> record = !t && cluster_ != nullptr ? cluster_->topic(res.name) : std::nullopt;
+      Result<TopicConfig> recorded = record ? topic_config_from_text(record->config, node_.options().default_topic)
+                                            : Result<TopicConfig>(Error{Errc::kNotFound, ""});
+      if (t) {
+        configs = topic_configs(t->config, node_.options().default_topic);
+      } else if (recorded.ok()) {
+        configs = topic_configs(*recorded, node_.options().default_topic);
+      } else if (record) {
+        err = error::kUnknownServerError;
+        message = "topic '" + res.name + "': its cluster record's settings do not read: " + recorded.error().message;
+      } else {
         err = error::kUnknownTopicOrPartition;
         message = "topic '" + res.name + "' does not exist";
-      } else {
-        configs = topic_configs(t->config, node_.options().default_topic);
       }
     } else if (res.type == kResourceBroker) {
       source = kSourceStaticBroker;
