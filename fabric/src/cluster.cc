@@ -754,6 +754,26 @@ class StoreOffsetMirror final : public OffsetMirror {
     return out;  // keys come in order: within a group, topics do, and partitions within each
   }
 
+  Result<std::vector<std::string>> groups() override {
+    WEFT_TRY(const RangeResult found, store_->list(prefix_));
+    std::vector<std::string> out;
+    for (const KeyValue& kv : found.kvs) {
+      const std::string_view rest = std::string_view(kv.key).substr(prefix_.size());
+      const std::string_view group = rest.substr(0, rest.find('/'));  // group ids hold no '/'
+      if (out.empty() || out.back() != group) out.emplace_back(group);
+    }
+    return out;
+  }
+
+  Result<void> delete_group(std::string_view group) override {
+    WEFT_TRY(const RangeResult found, store_->list(prefix_ + std::string(group) + "/"));
+    for (const KeyValue& kv : found.kvs) {
+      WEFT_TRY(const bool erased, store_->erase(kv.key));
+      (void)erased;
+    }
+    return ok();
+  }
+
  private:
   std::shared_ptr<MetadataStore> store_;
   std::string prefix_;

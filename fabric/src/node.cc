@@ -686,6 +686,43 @@ std::vector<std::string> Node::list_groups() const {
   return state_->offsets->groups();
 }
 
+Result<std::vector<std::string>> Node::expire_offsets(std::int64_t now_ms, std::int64_t retention_ms,
+                                                      const std::function<bool(std::string_view group)>& keep,
+                                                      const std::function<bool(std::string_view group)>& shared) {
+  const std::shared_ptr<OffsetMirror> mirror = state_->mirror();
+  std::set<std::string> groups;
+  if (state_->offsets)
+    for (std::string& g : state_->offsets->groups()) groups.insert(std::move(g));
+  if (mirror) {
+    WEFT_TRY(std::vector<std::string> stored, mirror->groups());
+    for (std::string& g : stored) groups.insert(std::move(g));
+  }
+  std::vector<std::string> expired;
+  for (const std::string& group : groups) {
+    if (!validate_group_id(group).ok() || (keep && keep(group))) continue;
+    // The newest commit of either copy: a group another node coordinates may commit there, and
+    // this node's old copy then stays.
+    std::vector<CommittedOffset> offsets;
+    if (mirror) {
+      WEFT_TRY(offsets, mirror->fetch(group));
+    }
+    const std::size_t in_store = offsets.size();
+    if (state_->offsets)
+      for (CommittedOffset& o : state_->offsets->fetch_all(group)) offsets.push_back(std::move(o));
+    const bool here = offsets.size() > in_store;
+    std::int64_t newest = INT64_MIN;
+    for (const CommittedOffset& o : offsets) newest = std::max(newest, o.commit_time_ms);
+    if (!offsets.empty() && newest >= now_ms - retention_ms) continue;
+    const bool from_store = in_store > 0 && shared && shared(group);
+    if (!from_store && !here) continue;  // another node's group, in the store only: its sweep
+    // The cluster's copy first, as commits write it: a failure leaves both.
+    if (from_store) WEFT_TRY_VOID(mirror->delete_group(group));
+    if (here) WEFT_TRY_VOID(state_->offsets->delete_group(group));
+    expired.push_back(group);
+  }
+  return expired;
+}
+
 std::vector<std::string> Node::list_topics() const {
   std::shared_lock lock(state_->topics_mutex);
   std::vector<std::string> names;

@@ -1650,6 +1650,35 @@ TEST_F(KafkaListenerTest, AGroupThatEmptiedIsEmptyWhileItHasOffsetsAndDeadWithou
   EXPECT_EQ(describe("with-offsets").protocol_type, "consumer");
 }
 
+TEST_F(KafkaListenerTest, CommittedOffsetsOfAGroupWithoutMembersExpireAfterTheirRetention) {
+  // Given offsets kept 300 ms (Kafka's offsets.retention.minutes, shortened), looked at every 50 ms
+  kafka::KafkaListenerOptions o;
+  o.offsets_retention_ms = 300;
+  o.offsets_retention_check_interval_ms = 50;
+  start(o);
+  ASSERT_TRUE(node_->create_topic("gt").ok());
+  KafkaClient c(port());
+  // And a group with a member, and one without (a consumer with assign()), both with offsets
+  std::optional<std::string> body = c.call(kJoinGroup, 3, false, join_request(3, "active", ""));
+  ASSERT_TRUE(body);
+  ASSERT_EQ(read_join(3, *body).error, 0);
+  const CommittedOffset offset{"gt", 0, Offset{9}, "", 0};
+  ASSERT_TRUE(node_->commit_offsets("active", std::span(&offset, 1)).ok());
+  ASSERT_TRUE(node_->commit_offsets("assigned", std::span(&offset, 1)).ok());
+
+  // When the retention passes
+  bool gone = false;
+  for (int i = 0; i < 500 && !gone; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    gone = node_->fetch_offsets("assigned", "").value().empty();
+  }
+
+  // Expect the memberless group's offsets gone, the other's kept
+  EXPECT_TRUE(gone);
+  EXPECT_EQ(node_->list_groups(), std::vector<std::string>{"active"});
+  ASSERT_EQ(node_->fetch_offsets("active", "").value().size(), 1u);
+}
+
 // A batch of `records` values of `value_bytes` each (no keys), up to a few hundred KiB.
 std::string large_batch(int records, std::size_t value_bytes) {
   std::vector<std::byte> out(static_cast<std::size_t>(records) * (value_bytes + 64) + 1024);
@@ -2072,12 +2101,12 @@ TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnecti
   struct HeldMirror final : OffsetMirror {
     std::mutex mutex;
     std::condition_variable changed;
-    std::map<std::string, std::vector<CommittedOffset>, std::less<>> groups;
+    std::map<std::string, std::vector<CommittedOffset>, std::less<>> stored;
     int fetches_entered = 0;
     bool open = false;
     Result<void> commit(std::string_view group, std::span<const CommittedOffset> offsets) override {
       std::lock_guard lock(mutex);
-      std::vector<CommittedOffset>& held = groups[std::string(group)];
+      std::vector<CommittedOffset>& held = stored[std::string(group)];
       held.insert(held.end(), offsets.begin(), offsets.end());
       return ok();
     }
@@ -2086,8 +2115,19 @@ TEST_F(KafkaListenerTest, AnOffsetFetchHeldByTheClusterStoreHoldsNoOtherConnecti
       ++fetches_entered;
       changed.notify_all();
       changed.wait(lock, [&] { return open; });
-      auto it = groups.find(group);
-      return it == groups.end() ? std::vector<CommittedOffset>{} : it->second;
+      auto it = stored.find(group);
+      return it == stored.end() ? std::vector<CommittedOffset>{} : it->second;
+    }
+    Result<std::vector<std::string>> groups() override {
+      std::lock_guard lock(mutex);
+      std::vector<std::string> out;
+      for (const auto& entry : stored) out.push_back(entry.first);
+      return out;
+    }
+    Result<void> delete_group(std::string_view group) override {
+      std::lock_guard lock(mutex);
+      if (auto it = stored.find(group); it != stored.end()) stored.erase(it);
+      return ok();
     }
     void let_go() {
       {

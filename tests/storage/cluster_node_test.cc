@@ -735,6 +735,31 @@ TEST_F(ClusterNodeTest, CommittedOffsetsOutliveTheNodeThatTookTheCommit) {
   EXPECT_EQ(by_id(1)->node->commit_offsets("billing", bad).error().code, Errc::kInvalidArgument);
   EXPECT_EQ(by_id(1)->node->commit_offsets("bad/group", second).error().code, Errc::kInvalidArgument);
 
+  // When a week and a day have passed, the coordinator of billing-eu (node 2 here) sweeps with
+  // billing kept (it has members)
+  constexpr std::int64_t kWeek = 7 * 86'400'000LL;
+  const std::int64_t later = wall_clock_ms() + kWeek + 86'400'000LL;
+  auto keep_billing = [](std::string_view g) { return g == "billing"; };
+  auto all_mine = [](std::string_view) { return true; };
+  Result<std::vector<std::string>> expired = by_id(2)->node->expire_offsets(later, kWeek, keep_billing, all_mine);
+  ASSERT_TRUE(expired.ok()) << expired.error().message;
+  // Expect billing-eu's offsets gone from the store (node 1 sees none) and billing's kept
+  EXPECT_EQ(*expired, std::vector<std::string>{"billing-eu"});
+  EXPECT_TRUE(by_id(1)->node->fetch_offsets("billing-eu", "").value().empty());
+  EXPECT_EQ(offsets_of(*by_id(1)), merged);
+  // And a node that does not coordinate a group leaves the store's copy to the one that does
+  // (these nodes keep no copy of their own: no offsets_dir)
+  auto none_mine = [](std::string_view) { return false; };
+  expired = by_id(1)->node->expire_offsets(later, kWeek, {}, none_mine);
+  ASSERT_TRUE(expired.ok()) << expired.error().message;
+  EXPECT_TRUE(expired->empty());
+  EXPECT_EQ(offsets_of(*by_id(1)), merged);
+  // And nothing younger than the retention goes
+  expired = by_id(2)->node->expire_offsets(wall_clock_ms(), kWeek, {}, all_mine);
+  ASSERT_TRUE(expired.ok());
+  EXPECT_TRUE(expired->empty());
+  EXPECT_EQ(offsets_of(*by_id(2)), merged);
+
   // When node 1 is gone for good, node 2 still has every committed offset
   Member& one = *by_id(1);
   one.cluster.reset();

@@ -69,6 +69,7 @@ struct Settings {
   std::int64_t kafka_max_producer_ids = 200'000;
   std::int64_t kafka_max_buffered_request_bytes = std::int64_t{1} << 30;
   std::int64_t kafka_producer_id_expiration_ms = 86'400'000;
+  std::int64_t offsets_retention_minutes = 10'080;  // Kafka's offsets.retention.minutes; <= 0: for good
   bool kafka_auto_create_topics = true;
   std::int64_t kafka_initial_rebalance_delay_ms = 3'000;
   std::string metrics_listen = "127.0.0.1:9644";  // Prometheus metrics over HTTP (metrics.h); "" or "off": none
@@ -177,6 +178,7 @@ Result<void> load_config(const std::string& path, Settings& s) {
     else if (k == "kafka_max_producer_ids") r = want_int(s.kafka_max_producer_ids);
     else if (k == "kafka_max_buffered_request_bytes") r = want_int(s.kafka_max_buffered_request_bytes);
     else if (k == "kafka_producer_id_expiration_ms") r = want_int(s.kafka_producer_id_expiration_ms);
+    else if (k == "offsets_retention_minutes") r = want_int(s.offsets_retention_minutes);
     else if (k == "kafka_initial_rebalance_delay_ms") r = want_int(s.kafka_initial_rebalance_delay_ms);
     else if (k == "metrics_listen") r = want_string(s.metrics_listen);
     else if (k == "node_id") r = want_int(s.node_id);
@@ -285,6 +287,9 @@ int main(int argc, char** argv) {
                  "idempotent producers' states kept over all partitions; past it the least recently used go (kafka_max_producer_ids)");
   app.add_option("--kafka-producer-id-expiration-ms", flags.kafka_producer_id_expiration_ms,
                  "an idempotent producer's state goes after this long unused, as Kafka's producer.id.expiration.ms (kafka_producer_id_expiration_ms)");
+  app.add_option("--offsets-retention-minutes", flags.offsets_retention_minutes,
+                 "a consumer group without members loses its committed offsets this long after its last commit, as Kafka's "
+                 "offsets.retention.minutes; 0 keeps them (offsets_retention_minutes)");
   app.add_option("--kafka-auto-create-topics", flags.kafka_auto_create_topics, "create unknown topics on Metadata and Produce, true or false (kafka_auto_create_topics)");
   app.add_option("--kafka-initial-rebalance-delay-ms", flags.kafka_initial_rebalance_delay_ms, "a new consumer group's first rebalance waits this long for more members (kafka_initial_rebalance_delay_ms)");
   app.add_option("--metrics-listen", flags.metrics_listen, "HOST:PORT serving Prometheus metrics at /metrics, default 127.0.0.1:9644; off: none (metrics_listen)");
@@ -334,6 +339,7 @@ int main(int argc, char** argv) {
   if (given("--kafka-max-producer-ids")) s.kafka_max_producer_ids = flags.kafka_max_producer_ids;
   if (given("--kafka-max-buffered-request-bytes")) s.kafka_max_buffered_request_bytes = flags.kafka_max_buffered_request_bytes;
   if (given("--kafka-producer-id-expiration-ms")) s.kafka_producer_id_expiration_ms = flags.kafka_producer_id_expiration_ms;
+  if (given("--offsets-retention-minutes")) s.offsets_retention_minutes = flags.offsets_retention_minutes;
   if (given("--kafka-auto-create-topics")) s.kafka_auto_create_topics = flags.kafka_auto_create_topics;
   if (given("--kafka-initial-rebalance-delay-ms")) s.kafka_initial_rebalance_delay_ms = flags.kafka_initial_rebalance_delay_ms;
   if (given("--metrics-listen")) s.metrics_listen = flags.metrics_listen;
@@ -444,6 +450,8 @@ int main(int argc, char** argv) {
     kafka_options.max_producer_ids = static_cast<std::size_t>(s.kafka_max_producer_ids);
     kafka_options.max_buffered_request_bytes = static_cast<std::size_t>(s.kafka_max_buffered_request_bytes);
     kafka_options.producer_id_expiration_ms = s.kafka_producer_id_expiration_ms;
+    // Minutes to milliseconds, capped so the product cannot overflow (a century is for good anyway).
+    kafka_options.offsets_retention_ms = std::min<std::int64_t>(s.offsets_retention_minutes, 60LL * 24 * 365 * 100) * 60'000;
     kafka_options.auto_create_topics = s.kafka_auto_create_topics;
     kafka_options.default_partitions = static_cast<std::uint32_t>(std::max<std::int64_t>(s.default_partitions, 1));
     kafka_options.groups.initial_rebalance_delay_ms = static_cast<std::int32_t>(std::min<std::int64_t>(s.kafka_initial_rebalance_delay_ms, INT32_MAX));

@@ -305,6 +305,26 @@ void Broker::tick(std::int64_t now_ns) {
   for (auto& [name, t] : topics_)
     for (auto& p : t->partitions)
       if (p->reader && now - p->reader_used_ms > 5'000) p->reader.reset();
+  // Committed offsets past their retention, on the offsets' worker (after the commits before it):
+  // groups with members keep theirs, and in a cluster only this node's groups are looked at.
+  if (options_.offsets_retention_ms > 0 && now - last_offsets_expiry_ms_ >= options_.offsets_retention_check_interval_ms) {
+    last_offsets_expiry_ms_ = now;
+    auto active = std::make_shared<std::set<std::string, std::less<>>>();
+    for (const GroupListing& g : groups_.list()) active->insert(g.group_id);
+    worker(Worker::kOffsets).add([this, active, cluster = cluster_, self = options_.node_id, retention = options_.offsets_retention_ms] {
+      auto keep = [&](std::string_view group) { return active->contains(group); };
+      auto mine = [&](std::string_view group) {
+        const NodeId coordinator = cluster != nullptr ? cluster->group_coordinator(group) : -1;
+        return coordinator < 0 || coordinator == self;
+      };
+      Result<std::vector<std::string>> expired = node_.expire_offsets(wall_clock_ms(), retention, keep, mine);
+      if (!expired.ok()) {
+        log(LogLevel::kWarn, "kafka: expiring committed offsets failed", {{"reason", expired.error().message}});
+      } else if (!expired->empty()) {
+        log(LogLevel::kInfo, "kafka: committed offsets expired", {{"groups", std::to_string(expired->size())}, {"first", expired->front()}});
+      }
+    });
+  }
   // Idempotent producers idle past their expiration, looked for every minute at most.
   if (now - last_producer_expiry_ms_ >= std::clamp<std::int64_t>(options_.producer_id_expiration_ms / 10, 1, 60'000)) {
     last_producer_expiry_ms_ = now;

@@ -215,6 +215,15 @@ class Node {
   Result<std::vector<std::vector<CommittedOffset>>> fetch_offsets_of(std::span<const std::string> groups) const;
   // The groups that have committed offsets here, in name order (none without an offset store).
   std::vector<std::string> list_groups() const;
+  // Kafka's offsets.retention.minutes: deletes the offsets of every group whose newest commit
+  // (here or in the cluster's store) is older than `retention_ms` before `now_ms` (wall clock),
+  // except those `keep` names (groups with members: Kafka expires a group's offsets only once it
+  // is Empty). This node's copy goes; the cluster's store's too for a group `shared` names (the
+  // groups this node coordinates). Returns the groups whose offsets went; the first failure
+  // stops the sweep.
+  Result<std::vector<std::string>> expire_offsets(std::int64_t now_ms, std::int64_t retention_ms,
+                                                  const std::function<bool(std::string_view group)>& keep,
+                                                  const std::function<bool(std::string_view group)>& shared);
 
   // One maintenance pass over every partition; returns true when any ring moved. Safe to call
   // beside the node's maintenance thread (passes take turns).

@@ -78,6 +78,10 @@ class OffsetMirror {
     }
     return out;
   }
+  // Every group with offsets here, in name order.
+  virtual Result<std::vector<std::string>> groups() = 0;
+  // Removes every entry of the group (none there is no error).
+  virtual Result<void> delete_group(std::string_view group) = 0;
 };
 
 // Lifecycle: open() loads every group's file; the object then serves from memory and writes

@@ -57,6 +57,11 @@ struct KafkaListenerOptions {
   std::int64_t producer_id_expiration_ms = 86'400'000;
   std::uint32_t default_partitions = 1;    // num.partitions, for auto-created topics
   GroupCoordinatorOptions groups;
+  // Kafka's offsets.retention.minutes (7 days): a group without members whose newest commit is
+  // older loses its committed offsets (here and in a cluster's store); <= 0 keeps them for good.
+  // Looked for every offsets_retention_check_interval_ms (offsets.retention.check.interval.ms).
+  std::int64_t offsets_retention_ms = 7 * 24 * 3'600'000LL;
+  std::int64_t offsets_retention_check_interval_ms = 600'000;
   // In a cluster (weft/cluster_node.h): Metadata names the cluster's brokers, leaders and
   // in-sync sets; produce, fetch and ListOffsets go to leaders only (NOT_LEADER_OR_FOLLOWER
   // elsewhere); acks=all waits for the high watermark and fetches stop at it; topics are created
