@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "weft/fabric/io_ring.h"
+#include "weft/fabric/time_lookup.h"
 
 namespace weft {
 namespace {
@@ -629,34 +630,10 @@ Result<void> TopicConsumer::seek_to(std::string_view topic, std::uint32_t partit
       // walk the ring's batches by their max timestamp, then the records of the one that holds it.
       WEFT_TRY_VOID(attach(StartAt::kEarliest));
       Consumer& c = *a->consumer;
-      RingBatch batch;
-      for (std::size_t steps = 0; steps < ring.capacity_bytes(); ++steps) {
-        const PollStatus status = c.poll(batch);
-        if (status == PollStatus::kEmpty) break;
-        if (status == PollStatus::kLapped) {
-          c.rejoin();
-          continue;
-        }
-        if (status != PollStatus::kOk) return Error{Errc::kCorrupt, "partition " + std::to_string(partition) + ": corrupt frame while seeking"};
-        Result<BatchView> view = BatchView::parse_header(batch.bytes, false);
-        if (!view.ok() || view->max_timestamp() < to.value) continue;
-        // A compressed batch is read decompressed, into a buffer no record of the last poll uses.
-        std::optional<std::span<const std::byte>> decompressed;
-        if (view->compression() != Compression::kNone) decompressed = state_->inflate(*view, true);
-        RecordReader reader = decompressed ? RecordReader(*view, *decompressed) : RecordReader(*view);
-        RecordView r;
-        Offset found = view->last_offset();
-        while (reader.next(r))
-          if (r.timestamp_ms >= to.value) {
-            found = r.offset;
-            break;
-          }
-        if (!c.validate(batch)) {  // overwritten while read: start again from the oldest
-          c.rejoin();
-          continue;
-        }
-        WEFT_TRY_VOID(c.seek(found));
-        a->skip_below = found;
+      WEFT_TRY(const std::optional<TimedOffset> found, find_in_ring_by_timestamp(c, to.value, state_->decompressor, ring.capacity_bytes()));
+      if (found) {
+        WEFT_TRY_VOID(c.seek(found->offset));
+        a->skip_below = found->offset;
         return ok();
       }
       return attach(StartAt::kLatest);  // no record that late yet: wait for the next one

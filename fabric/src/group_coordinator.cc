@@ -405,6 +405,7 @@ std::string_view group_error_name(GroupError error) noexcept {
 struct GroupCoordinator::State {
   GroupCoordinatorOptions options;
   std::map<std::string, Group, std::less<>> groups;
+  std::map<std::string, std::string, std::less<>> forgotten_types;  // group id -> protocol type
   std::mt19937_64 random{random_seed()};
 
   Group* find(std::string_view group_id) {
@@ -547,6 +548,7 @@ struct GroupCoordinator::State {
       // A member id given for a group that does not exist is stale.
       if (!request.member_id.empty()) return out.add(std::move(done), join_error(GroupError::kUnknownMemberId, request.member_id));
       it = groups.emplace(request.group_id, Group{}).first;
+      if (const auto f = forgotten_types.find(request.group_id); f != forgotten_types.end()) forgotten_types.erase(f);
     }
     Group& group = it->second;
 
@@ -976,6 +978,10 @@ void GroupCoordinator::tick(std::int64_t now_ms) {
     // ever joined, or asked for a member id, would be held for good.
     const bool empty = group.state == GroupState::kEmpty && group.members.empty() && group.pending_members.empty() &&
                        group.static_members.empty();
+    if (empty && group.generation > 0 && !group.protocol_type.empty()) {
+      if (state_->forgotten_types.size() >= kMaxForgottenGroupTypes) state_->forgotten_types.clear();
+      state_->forgotten_types.insert_or_assign(it->first, group.protocol_type);
+    }
     it = empty ? state_->groups.erase(it) : std::next(it);
   }
 }
@@ -1025,6 +1031,11 @@ GroupDescription GroupCoordinator::describe(std::string_view group_id) const {
     out.members.push_back(std::move(d));
   }
   return out;
+}
+
+std::string GroupCoordinator::forgotten_protocol_type(std::string_view group_id) const {
+  const auto it = state_->forgotten_types.find(group_id);
+  return it == state_->forgotten_types.end() ? std::string() : it->second;
 }
 
 bool GroupCoordinator::coordinates(std::string_view group_id) const { return !state_->options.owns_group || state_->options.owns_group(group_id); }

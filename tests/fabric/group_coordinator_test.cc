@@ -394,11 +394,13 @@ TEST(GroupCoordinator, SessionExpiryRemovesMemberAndRebalances) {
   EXPECT_EQ(gc.describe("g").state, "Dead");
   EXPECT_EQ(gc.group_count(), 0u);
   EXPECT_EQ(gc.next_deadline_ms(), std::nullopt);
+  EXPECT_EQ(gc.forgotten_protocol_type("g"), "consumer");  // for listing it while it has offsets
 
   // And the id names a new group to the next member, from the first generation
   const JoinProbe again = join(gc, join_request("c"), kT0 + 3 * kSessionMs);
   ASSERT_EQ(again->calls, 1);
   EXPECT_EQ(again->result.generation, 1);
+  EXPECT_EQ(gc.forgotten_protocol_type("g"), "");
   EXPECT_EQ(join(gc, join_request("a", pair.a), kT0 + 3 * kSessionMs)->result.error, GroupError::kUnknownMemberId);
 }
 

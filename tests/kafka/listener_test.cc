@@ -686,18 +686,18 @@ TEST_F(KafkaListenerTest, ListOffsetsInEveryVersion) {
   }
 }
 
-TEST_F(KafkaListenerTest, ListOffsetsByTimeAnswersTheFirstRecordAtOrAfterItEvenInACompressedBatch) {
-  ASSERT_TRUE(node_->create_topic("timed").ok());
-  KafkaClient c(port());
-  // Records 0-4 at T..T+4 in one gzip batch as a client sends it, then 5-7 at T..T+2 plain
+// Produces records 0-4 at kT..kT+4 in one gzip batch as a client sends it, then 5-7 at
+// kT..kT+2 plain, and checks ListOffsets by time (v4) finds the first record at or after each
+// time with its own timestamp, waiting (bounded) until the first answer comes.
+void check_lookups_by_time(KafkaClient& c, std::string_view topic) {
   constexpr std::int64_t kT = 1'700'000'000'000;
   std::vector<std::byte> zipped;
   ASSERT_TRUE(compress_batch(Compression::kGzip, test::as_bytes(batch(5)), zipped).ok());
   std::optional<std::string> body =
-      c.call(kProduce, 7, false, produce_request(7, "timed", 0, std::string(reinterpret_cast<const char*>(zipped.data()), zipped.size())));
+      c.call(kProduce, 7, false, produce_request(7, topic, 0, std::string(reinterpret_cast<const char*>(zipped.data()), zipped.size())));
   ASSERT_TRUE(body);
   ASSERT_EQ(read_produce(7, *body).error, 0);
-  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, "timed", 0, batch(3))));
+  ASSERT_TRUE(c.call(kProduce, 7, false, produce_request(7, topic, 0, batch(3))));
   struct Found {
     std::int16_t error = -100;
     std::int64_t timestamp = 0;
@@ -705,7 +705,7 @@ TEST_F(KafkaListenerTest, ListOffsetsByTimeAnswersTheFirstRecordAtOrAfterItEvenI
   };
   auto by_time = [&](std::int64_t t) {
     Found f;
-    std::optional<std::string> answer = c.call(kListOffsets, 4, false, list_offsets_request(4, "timed", t));
+    std::optional<std::string> answer = c.call(kListOffsets, 4, false, list_offsets_request(4, topic, t));
     if (!answer) return f;
     Reader r = reader_of(*answer);
     (void)r.i32();
@@ -718,11 +718,11 @@ TEST_F(KafkaListenerTest, ListOffsetsByTimeAnswersTheFirstRecordAtOrAfterItEvenI
     f.offset = r.i64();
     return f;
   };
-  // The lookup reads the log, which the node writes behind the ring
   for (int i = 0; i < 500 && by_time(kT + 2).offset == -1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
 
   // Each time finds the first record at or after it, with that record's own timestamp (before,
-  // a compressed batch answered its last offset, and every answer the asked time)
+  // a compressed batch in the log answered its last offset, every answer the asked time, and
+  // nothing was found in the ring)
   for (std::int64_t i = 0; i < 5; ++i) {
     const Found f = by_time(kT + i);
     EXPECT_EQ(f.error, 0) << i;
@@ -736,6 +736,19 @@ TEST_F(KafkaListenerTest, ListOffsetsByTimeAnswersTheFirstRecordAtOrAfterItEvenI
   EXPECT_EQ(none.error, 0);
   EXPECT_EQ(none.offset, -1);
   EXPECT_EQ(none.timestamp, -1);
+}
+
+TEST_F(KafkaListenerTest, ListOffsetsByTimeAnswersTheFirstRecordAtOrAfterItEvenInACompressedBatch) {
+  ASSERT_TRUE(node_->create_topic("timed").ok());
+  KafkaClient c(port());
+  check_lookups_by_time(c, "timed");  // from the log's time index, once the log has them
+}
+
+TEST_F(KafkaListenerTest, ListOffsetsByTimeFindsWhatOnlyTheRingHolds) {
+  start({}, std::size_t{1} << 20, [](OpenPartitionLog) { return OpenPartitionLog{}; });  // a node without logs
+  ASSERT_TRUE(node_->create_topic("timed").ok());
+  KafkaClient c(port());
+  check_lookups_by_time(c, "timed");
 }
 
 std::string large_batch(int records, std::size_t value_bytes);
@@ -1503,9 +1516,9 @@ TEST_F(KafkaListenerTest, AGroupMemberJoinsSyncsCommitsAndLeavesInEveryVersion) 
     if (hv >= 1) (void)gone.i32();
     EXPECT_EQ(gone.i16(), kafka::error::kUnknownMemberId);
   }
-  // The coordinator forgets each emptied group at its next tick (every 10 ms); the groups with
-  // offsets (all but g0, whose v0 commit was refused) are then listed from the offset store,
-  // which keeps no protocol type (Kafka's admin takes "" for a consumer group).
+  // The coordinator forgets each emptied group at its next tick (every 10 ms), remembering its
+  // protocol type; the groups with offsets (all but g0, whose v0 commit was refused) are then
+  // listed from the offset store, Empty with that type, as Kafka lists them.
   auto list_groups = [&](std::int16_t v) {
     const bool flex = v >= 3;
     Writer w;
@@ -1532,7 +1545,7 @@ TEST_F(KafkaListenerTest, AGroupMemberJoinsSyncsCommitsAndLeavesInEveryVersion) 
     return listed;
   };
   std::vector<std::string> expected;
-  for (int g = 1; g <= 9; ++g) expected.push_back("g" + std::to_string(g) + "  Empty");
+  for (int g = 1; g <= 9; ++g) expected.push_back("g" + std::to_string(g) + " consumer Empty");
   for (int i = 0; i < 500 && list_groups(4) != expected; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   for (std::int16_t v = 0; v <= 4; ++v) EXPECT_EQ(list_groups(v), expected) << "ListGroups v" << v;
 }
@@ -1626,18 +1639,19 @@ TEST_F(KafkaListenerTest, AGroupThatEmptiedIsEmptyWhileItHasOffsetsAndDeadWithou
   // Expect the group without offsets Dead and unlisted, as Kafka drops an Empty group that has none
   EXPECT_EQ(without.error, 0);
   EXPECT_EQ(without.state, "Dead");
-  // And the groups with offsets described and listed Empty, from the offset store
+  // And the groups with offsets described and listed Empty, from the offset store, with the
+  // protocol type the group had (none for one that never formed)
   for (const std::string group : {"with-offsets", "assigned"}) {
     const Described d = describe(group);
     EXPECT_EQ(d.error, 0) << group;
     EXPECT_EQ(d.state, "Empty") << group;
-    EXPECT_EQ(d.protocol_type, "") << group;
+    EXPECT_EQ(d.protocol_type, group == "assigned" ? "" : "consumer") << group;
   }
   const auto groups = listed();
   EXPECT_FALSE(groups.contains("without"));
   ASSERT_TRUE(groups.contains("with-offsets"));
   ASSERT_TRUE(groups.contains("assigned"));
-  EXPECT_EQ(groups.at("with-offsets"), (std::pair<std::string, std::string>{"", "Empty"}));
+  EXPECT_EQ(groups.at("with-offsets"), (std::pair<std::string, std::string>{"consumer", "Empty"}));
   EXPECT_EQ(groups.at("assigned"), (std::pair<std::string, std::string>{"", "Empty"}));
   EXPECT_EQ(describe("never-was").state, "Dead");
 

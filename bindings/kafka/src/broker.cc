@@ -9,6 +9,8 @@
 #include <map>
 
 #include "broker.h"
+
+#include "weft/fabric/time_lookup.h"
 #include "weft/fabric/log.h"
 #include "weft/fabric/record_batch.h"
 
@@ -1414,8 +1416,19 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
           part.offset = earliest(*state, p).value;
         } else if (timestamp < 0) {
           part.error = error::kInvalidTimestamp;  // -3 (max timestamp) and -4 come with v7 and v8
-        } else if (state->has_log) {
-          Result<TimedOffset> found = node_.log_offset_for_timestamp(name, p, timestamp);
+        } else {
+          Result<TimedOffset> found = state->has_log ? node_.log_offset_for_timestamp(name, p, timestamp)
+                                                     : Result<TimedOffset>(Error{Errc::kNotFound, "no log"});
+          if (!found.ok() && found.error().code == Errc::kNotFound) {
+            // What the log does not hold yet (or a node without logs): the ring, from the log's end.
+            const Ring& ring = state->partitions[p]->memory.ring;
+            if (Result<Consumer> walker = Consumer::attach(ring, StartAt::kEarliest); walker.ok()) {
+              const Offset written = read_log_progress(ring).written;
+              if (state->has_log && written.value != ring_layout::kNoLog) (void)walker->seek(written);  // else from the oldest
+              Result<std::optional<TimedOffset>> in_ring = find_in_ring_by_timestamp(*walker, timestamp, decompressor_, ring.capacity_bytes());
+              if (in_ring.ok() && in_ring->has_value()) found = **in_ring;
+            }
+          }
           // A cluster answers only what consumers may read: a record past the high watermark is
           // not found yet (Kafka's lastFetchableOffset).
           if (found.ok() && (cluster_ == nullptr || found->offset < view.high_watermark)) {

@@ -607,7 +607,7 @@ Outcome Broker::list_groups(const Request& r, Reader& in) {
     std::set<std::string, std::less<>> known;
     for (const GroupListing& g : listed) known.insert(g.group_id);
     for (const std::string& id : *stored)
-      if (!known.contains(id) && groups_.coordinates(id)) listed.push_back(GroupListing{id, "", "Empty"});
+      if (!known.contains(id) && groups_.coordinates(id)) listed.push_back(GroupListing{id, groups_.forgotten_protocol_type(id), "Empty"});
     if (!states.empty()) {
       std::erase_if(listed, [&](const GroupListing& g) {
         return std::none_of(states.begin(), states.end(), [&](const std::string& s) {
@@ -668,15 +668,19 @@ Outcome Broker::describe_groups(const Request& r, Reader& in) {
     for (Described& d : *described)
       if (d.look_in_store) d.stored = node_.fetch_offsets(d.name, "");
   };
-  auto respond = [described, header = owned_header(r), v, flex](std::int16_t& first_error) {
+  auto respond = [this, described, header = owned_header(r), v, flex](std::int16_t& first_error) {
     Frame f(header);
     Writer& w = f.w;
     if (v >= 1) w.i32(0);
     w.array(described->size(), flex);
     for (Described& d : *described) {
       if (d.look_in_store) {
-        if (!d.stored.ok()) d.error = error::kCoordinatorNotAvailable;
-        else if (!d.stored->empty()) d.group.state = "Empty";
+        if (!d.stored.ok()) {
+          d.error = error::kCoordinatorNotAvailable;
+        } else if (!d.stored->empty()) {
+          d.group.state = "Empty";
+          d.group.protocol_type = groups_.forgotten_protocol_type(d.name);
+        }
       }
       if (d.error != 0 && first_error == 0) first_error = d.error;
       w.i16(d.error);

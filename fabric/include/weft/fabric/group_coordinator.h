@@ -188,6 +188,11 @@ class GroupCoordinator {
   std::size_t group_count() const noexcept;
   // Whether this coordinator answers for the group (GroupCoordinatorOptions::owns_group).
   bool coordinates(std::string_view group_id) const;
+  // The protocol type a group had when it emptied and was forgotten ("" when not known): Kafka
+  // keeps an Empty group's type while it has offsets, and clients list groups by it. At most
+  // kMaxForgottenGroupTypes are remembered (past it the memory starts again empty).
+  std::string forgotten_protocol_type(std::string_view group_id) const;
+  static constexpr std::size_t kMaxForgottenGroupTypes = 100'000;
 
  private:
   struct State;
