@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -434,6 +435,22 @@ class SegmentSyncer {
 
 }  // namespace
 
+namespace {
+
+// The first batch's last offset delta in a segment's log file; nullopt when the file holds no
+// whole batch header (a segment made just before a crash).
+Result<std::optional<std::int32_t>> first_batch_last_delta(const std::string& path) {
+  UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!file.valid()) return os_error(Errc::kIo, "opening " + path, errno);
+  std::array<std::byte, kBatchHeaderBytes> header{};
+  const ssize_t got = ::pread(file.get(), header.data(), header.size(), 0);
+  if (got < 0) return os_error(Errc::kIo, "reading " + path, errno);
+  if (static_cast<std::size_t>(got) < header.size()) return std::optional<std::int32_t>();
+  return std::optional<std::int32_t>(static_cast<std::int32_t>(wire::load_be32(header.data() + batch_field::kLastOffsetDelta)));
+}
+
+}  // namespace
+
 Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Offset start, SegmentLogOptions options,
                                                      SegmentLogRecovery* recovery) {
   if (options.segment_bytes < kBatchHeaderBytes || options.segment_bytes > std::uint64_t{INT32_MAX})
@@ -501,10 +518,30 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
       found.truncated_from = r.truncated_from;
       found.reason = r.reason;
     }
-    if (r.truncated_bytes > 0 && !last) {
+    // A closed segment above the point that ends at a batch boundary short of the next one's
+    // base lost its last batches in a crash (write-back extends a file a batch at a time), since
+    // a roll starts the next segment where the closed one ends; only a batch too far for the
+    // indexes names its own segment, past a gap.
+    bool lost_tail = false;
+    if (!last && !trusted && r.truncated_bytes == 0 && segment.next_offset().value < bases[i + 1]) {
+      WEFT_TRY(const std::optional<std::int32_t> delta, first_batch_last_delta(dir + "/" + segment_file_name(Offset{bases[i + 1]}, ".log")));
+      const bool far = delta && bases[i + 1] - bases[i] > std::int64_t{INT32_MAX} - std::max(*delta, 0);
+      if (!far) {
+        lost_tail = true;
+        found.truncated_from = segment.next_offset();
+        found.reason = segment.log_path() + " ends at offset " + std::to_string(segment.next_offset().value) +
+                       ", before the next segment's base " + std::to_string(bases[i + 1]) + ": its last batches were lost";
+      }
+    }
+    if ((r.truncated_bytes > 0 || lost_tail) && !last) {
       // What follows a hole cannot be served: the later segments go, and this one is the last.
       std::vector<std::string> dropped;
       for (std::size_t j = i + 1; j < bases.size(); ++j) {
+        if (lost_tail) {  // what is cut is the later segments' bytes (reported, and logged by the opener)
+          std::error_code size_error;
+          const std::uintmax_t size = std::filesystem::file_size(dir + "/" + segment_file_name(Offset{bases[j]}, ".log"), size_error);
+          if (!size_error) found.truncated_bytes += size;
+        }
         WEFT_TRY(std::vector<std::string> renamed, rename_segment_files_aside(dir, Offset{bases[j]}, deletion_suffix()));
         dropped.insert(dropped.end(), std::make_move_iterator(renamed.begin()), std::make_move_iterator(renamed.end()));
       }
@@ -553,18 +590,23 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
     active_since_ms_ = -1;
   }
   if (active->size_bytes() > 0 && (full || old || far)) {
-    // Roll: the new segment is named by the offset this batch starts at.
+    // Roll: the new segment starts where the closed one ends, so that segments meet and a closed
+    // segment a crash left short is told from a gap (an aborted claim's offsets at the roll lie
+    // in the new segment's head). Only a batch too far for the indexes' 32-bit deltas from there
+    // names its own segment.
     if (base < active->next_offset())
       return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the log's next offset " +
                                                std::to_string(active->next_offset().value)};
+    const Offset closed_end = active->next_offset();
+    const Offset new_base = base.value - closed_end.value > std::int64_t{INT32_MAX} - std::max(last_delta, 0) ? base : closed_end;
     // A closed segment is all in its file before the next begins. A write that fails (a full
     // disk) fails this append, to be offered again. Its sync follows in the background (a crash
     // before it ends leaves a tail the next start cuts, with what came after, as Kafka does).
     WEFT_TRY_VOID(active->flush());
     active->seal();
-    WEFT_TRY(Segment next, Segment::create(dir_, base, options_.segment));
+    WEFT_TRY(Segment next, Segment::create(dir_, new_base, options_.segment));
     segments_.push_back(std::make_unique<Segment>(std::move(next)));
-    sync_closed_segment(base);
+    sync_closed_segment(new_base);
     active = segments_.back().get();
     active_since_ms_ = -1;
   }

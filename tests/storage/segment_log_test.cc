@@ -426,6 +426,100 @@ TEST(SegmentLog, AClosedSegmentThatACrashLeftShortIsCutAndTheSegmentsAfterItDrop
   }
 }
 
+// The segments of a log's folder, by base: each one's .log file.
+std::vector<std::filesystem::path> segment_logs(const TempDir& dir) {
+  std::vector<std::filesystem::path> logs;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.partition()))
+    if (entry.path().extension() == ".log") logs.push_back(entry.path());
+  std::sort(logs.begin(), logs.end());
+  return logs;
+}
+
+std::int64_t base_of(const std::filesystem::path& log) { return std::stoll(log.filename().string().substr(0, 20)); }
+
+TEST(SegmentLog, ARollStartsTheNextSegmentWhereTheClosedOneEndsAcrossAGap) {
+  // Given batches with three offsets skipped after each (aborted claims), so every roll falls
+  // on a gap
+  TempDir dir;
+  std::vector<std::int64_t> batch_bases;
+  std::int64_t end = 0;
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    std::int64_t offset = 0;
+    for (int i = 0; i < 300; ++i) {
+      ASSERT_TRUE(log->append(batch_at(offset, 2)).ok());
+      batch_bases.push_back(offset);
+      end = offset + 2;
+      offset += 5;
+    }
+    ASSERT_GE(log->segment_count(), 5u);
+    // Expect each segment after the first named by where the one before ends (a batch's end),
+    // not by the batch that opened it
+    for (const std::filesystem::path& p : segment_logs(dir)) {
+      const std::int64_t base = base_of(p);
+      if (base == 0) continue;
+      EXPECT_EQ((base - 2) % 5, 0) << p;  // the end of the batch at base - 2
+    }
+    // And an offset in a gap at a roll read as the next batch, as any gap is
+    const std::int64_t roll = base_of(segment_logs(dir)[1]);
+    EXPECT_EQ(first_base(*log, Offset{roll}), roll + 3);
+    EXPECT_EQ(log->next_offset(), Offset{end});
+  }
+  // When the log is opened again with no recovery point (a crash before any closed segment's
+  // sync ended), expect nothing cut: the segments meet
+  std::filesystem::remove(dir.partition() + "/recovery-point");
+  SegmentLogRecovery recovery;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery).value();
+  EXPECT_EQ(recovery.truncated_bytes, 0u) << recovery.reason;
+  EXPECT_EQ(log->next_offset(), Offset{end});
+  for (const std::int64_t base : batch_bases) ASSERT_EQ(first_base(*log, Offset{base}), base);
+}
+
+TEST(SegmentLog, AClosedSegmentACrashLeftShortAtABatchBoundaryIsCutAndTheSegmentsAfterItDropped) {
+  // Given a log of several segments whose third lost its last batch in a crash, its file ending
+  // at the batch before (write-back extends a file a batch write at a time), and no recovery
+  // point past it
+  TempDir dir;
+  {
+    auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments()).value();
+    (void)fill(*log, 0, 300);
+  }
+  const std::vector<std::filesystem::path> logs = segment_logs(dir);
+  ASSERT_GE(logs.size(), 5u);
+  std::filesystem::remove(dir.partition() + "/recovery-point");
+  std::uintmax_t last_start = 0;
+  std::int64_t last_base = -1;
+  {
+    std::ifstream in(logs[2], std::ios::binary);
+    const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (std::size_t pos = 0; pos + kBatchHeaderBytes <= bytes.size();) {
+      const auto* p = reinterpret_cast<const std::byte*>(bytes.data() + pos);
+      last_start = pos;
+      last_base = static_cast<std::int64_t>(wire::load_be64(p));
+      pos += static_cast<std::uint32_t>(wire::load_be32(p + batch_field::kBatchLength)) + kBatchLogOverhead;
+    }
+  }
+  ASSERT_GT(last_start, 0u);
+  std::filesystem::resize_file(logs[2], last_start);
+
+  // When it opens
+  SegmentLogRecovery recovery;
+  auto log = SegmentLog::open(dir.partition(), Offset{0}, small_segments(), &recovery);
+  ASSERT_TRUE(log.ok()) << log.error().message;
+
+  // Expect the log to end where the third segment now ends, the later segments dropped (before,
+  // they were served after a hole nothing would fill)
+  EXPECT_EQ((*log)->segment_count(), 3u);
+  EXPECT_EQ((*log)->next_offset(), Offset{last_base});
+  EXPECT_EQ(recovery.truncated_from, Offset{last_base});
+  EXPECT_NE(recovery.reason.find("last batches were lost"), std::string::npos) << recovery.reason;
+  EXPECT_NE(recovery.reason.find("later segments were dropped"), std::string::npos) << recovery.reason;
+  for (std::size_t i = 3; i < logs.size(); ++i) EXPECT_FALSE(std::filesystem::exists(logs[i])) << logs[i];
+  // And appends going on from the cut
+  ASSERT_TRUE((*log)->append(batch_at(last_base, 2)).ok());
+  EXPECT_TRUE(wait_for_log_deletions(10'000));
+}
+
 TEST(SegmentLog, AClosedSegmentWhoseLostPagesBeginInsideABatchHeaderIsCutThere) {
   TempDir dir;
   // Given a closed segment in which a batch's header straddles a page boundary (it starts 10
