@@ -405,7 +405,7 @@ std::string_view group_error_name(GroupError error) noexcept {
 struct GroupCoordinator::State {
   GroupCoordinatorOptions options;
   std::map<std::string, Group, std::less<>> groups;
-  std::map<std::string, std::string, std::less<>> forgotten_types;  // group id -> protocol type
+  std::map<std::string, GroupCoordinator::ForgottenGroup, std::less<>> forgotten_groups;
   std::mt19937_64 random{random_seed()};
 
   Group* find(std::string_view group_id) {
@@ -548,7 +548,6 @@ struct GroupCoordinator::State {
       // A member id given for a group that does not exist is stale.
       if (!request.member_id.empty()) return out.add(std::move(done), join_error(GroupError::kUnknownMemberId, request.member_id));
       it = groups.emplace(request.group_id, Group{}).first;
-      if (const auto f = forgotten_types.find(request.group_id); f != forgotten_types.end()) forgotten_types.erase(f);
     }
     Group& group = it->second;
 
@@ -562,6 +561,10 @@ struct GroupCoordinator::State {
       join_known_member(group, std::move(request), now_ms, std::move(done), out);
     }
     if (group.state == GroupState::kPreparingRebalance) try_complete_join(group, now_ms, out);
+    // A member in it again: the group is no longer one the coordinator forgot (a refused join
+    // or one only given a member id leaves that memory as it was).
+    if (!group.members.empty())
+      if (const auto f = forgotten_groups.find(it->first); f != forgotten_groups.end()) forgotten_groups.erase(f);
 
     // A refused first join leaves nothing behind.
     if (created && group.state == GroupState::kEmpty && group.members.empty() && group.pending_members.empty() &&
@@ -978,9 +981,9 @@ void GroupCoordinator::tick(std::int64_t now_ms) {
     // ever joined, or asked for a member id, would be held for good.
     const bool empty = group.state == GroupState::kEmpty && group.members.empty() && group.pending_members.empty() &&
                        group.static_members.empty();
-    if (empty && group.generation > 0 && !group.protocol_type.empty()) {
-      if (state_->forgotten_types.size() >= kMaxForgottenGroupTypes) state_->forgotten_types.clear();
-      state_->forgotten_types.insert_or_assign(it->first, group.protocol_type);
+    if (empty && group.generation > 0) {
+      if (state_->forgotten_groups.size() >= kMaxForgottenGroups) state_->forgotten_groups.clear();
+      state_->forgotten_groups.insert_or_assign(it->first, ForgottenGroup{group.protocol_type, now_ms});
     }
     it = empty ? state_->groups.erase(it) : std::next(it);
   }
@@ -1033,9 +1036,17 @@ GroupDescription GroupCoordinator::describe(std::string_view group_id) const {
   return out;
 }
 
-std::string GroupCoordinator::forgotten_protocol_type(std::string_view group_id) const {
-  const auto it = state_->forgotten_types.find(group_id);
-  return it == state_->forgotten_types.end() ? std::string() : it->second;
+std::vector<std::string> GroupCoordinator::forgotten_since(std::int64_t since_ms) const {
+  std::vector<std::string> out;
+  for (const auto& [id, f] : state_->forgotten_groups)
+    if (f.emptied_ms >= since_ms) out.push_back(id);
+  return out;
+}
+
+std::optional<GroupCoordinator::ForgottenGroup> GroupCoordinator::forgotten(std::string_view group_id) const {
+  const auto it = state_->forgotten_groups.find(group_id);
+  if (it == state_->forgotten_groups.end()) return std::nullopt;
+  return it->second;
 }
 
 bool GroupCoordinator::coordinates(std::string_view group_id) const { return !state_->options.owns_group || state_->options.owns_group(group_id); }

@@ -686,17 +686,22 @@ std::vector<std::string> Node::list_groups() const {
   return state_->offsets->groups();
 }
 
+Result<std::vector<std::string>> Node::groups_with_offsets() const {
+  std::set<std::string> groups;
+  if (state_->offsets)
+    for (std::string& g : state_->offsets->groups()) groups.insert(std::move(g));
+  if (const std::shared_ptr<OffsetMirror> mirror = state_->mirror()) {
+    WEFT_TRY(std::vector<std::string> stored, mirror->groups());
+    for (std::string& g : stored) groups.insert(std::move(g));
+  }
+  return std::vector<std::string>(groups.begin(), groups.end());
+}
+
 Result<std::vector<std::string>> Node::expire_offsets(std::int64_t now_ms, std::int64_t retention_ms,
                                                       const std::function<bool(std::string_view group)>& keep,
                                                       const std::function<bool(std::string_view group)>& shared) {
   const std::shared_ptr<OffsetMirror> mirror = state_->mirror();
-  std::set<std::string> groups;
-  if (state_->offsets)
-    for (std::string& g : state_->offsets->groups()) groups.insert(std::move(g));
-  if (mirror) {
-    WEFT_TRY(std::vector<std::string> stored, mirror->groups());
-    for (std::string& g : stored) groups.insert(std::move(g));
-  }
+  WEFT_TRY(const std::vector<std::string> groups, groups_with_offsets());
   std::vector<std::string> expired;
   for (const std::string& group : groups) {
     if (!validate_group_id(group).ok() || (keep && keep(group))) continue;

@@ -394,14 +394,24 @@ TEST(GroupCoordinator, SessionExpiryRemovesMemberAndRebalances) {
   EXPECT_EQ(gc.describe("g").state, "Dead");
   EXPECT_EQ(gc.group_count(), 0u);
   EXPECT_EQ(gc.next_deadline_ms(), std::nullopt);
-  EXPECT_EQ(gc.forgotten_protocol_type("g"), "consumer");  // for listing it while it has offsets
+  // What it remembers: the type, for listing the group while it has offsets, and when it emptied
+  ASSERT_TRUE(gc.forgotten("g").has_value());
+  EXPECT_EQ(gc.forgotten("g")->protocol_type, "consumer");
+  EXPECT_EQ(gc.forgotten("g")->emptied_ms, kT0 + kSessionMs + 1 + kSessionMs);
+  // ... kept through a join that only got a member id and never came back
+  JoinGroupRequest asks_for_id = join_request("d");
+  asks_for_id.require_known_member_id = true;
+  EXPECT_EQ(join(gc, asks_for_id, kT0 + 2 * kSessionMs + 2)->result.error, GroupError::kMemberIdRequired);
+  gc.tick(kT0 + 3 * kSessionMs + 2);
+  EXPECT_EQ(gc.group_count(), 0u);
+  ASSERT_TRUE(gc.forgotten("g").has_value());
 
   // And the id names a new group to the next member, from the first generation
-  const JoinProbe again = join(gc, join_request("c"), kT0 + 3 * kSessionMs);
+  const JoinProbe again = join(gc, join_request("c"), kT0 + 4 * kSessionMs);
   ASSERT_EQ(again->calls, 1);
   EXPECT_EQ(again->result.generation, 1);
-  EXPECT_EQ(gc.forgotten_protocol_type("g"), "");
-  EXPECT_EQ(join(gc, join_request("a", pair.a), kT0 + 3 * kSessionMs)->result.error, GroupError::kUnknownMemberId);
+  EXPECT_FALSE(gc.forgotten("g").has_value());
+  EXPECT_EQ(join(gc, join_request("a", pair.a), kT0 + 4 * kSessionMs)->result.error, GroupError::kUnknownMemberId);
 }
 
 TEST(GroupCoordinator, RebalanceTimeoutRemovesMemberThatNeverRejoined) {

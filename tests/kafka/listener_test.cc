@@ -25,6 +25,7 @@
 #include "weft/fabric/compression.h"
 #include "weft/fabric/crc32c.h"
 #include "weft/fabric/metadata_store.h"
+#include "weft/fabric/offset_store.h"
 #include "weft/fabric/record_batch.h"
 #include "weft/kafka/listener.h"
 #include "weft/kafka/remote_producer.h"
@@ -1662,6 +1663,23 @@ TEST_F(KafkaListenerTest, AGroupThatEmptiedIsEmptyWhileItHasOffsetsAndDeadWithou
   EXPECT_EQ(again.error, 0);
   EXPECT_EQ(again.generation, 1);
   EXPECT_EQ(describe("with-offsets").protocol_type, "consumer");
+  {
+    // Several groups in one DescribeGroups: the first looked up in the store although the last has members
+    Writer w;
+    w.array(2, true);
+    w.string("assigned", true);
+    w.string("with-offsets", true);
+    w.boolean(false);
+    w.tagged_fields(true);
+    std::optional<std::string> answer = c.call(kDescribeGroups, 5, true, w.buffer());
+    ASSERT_TRUE(answer);
+    Reader r = reader_of(*answer);
+    (void)r.i32();
+    ASSERT_EQ(r.array(true), 2);
+    EXPECT_EQ(r.i16(), 0);
+    EXPECT_EQ(r.string(true), "assigned");
+    EXPECT_EQ(r.string(true), "Empty");
+  }
 }
 
 TEST_F(KafkaListenerTest, CommittedOffsetsOfAGroupWithoutMembersExpireAfterTheirRetention) {
@@ -1691,6 +1709,32 @@ TEST_F(KafkaListenerTest, CommittedOffsetsOfAGroupWithoutMembersExpireAfterTheir
   EXPECT_TRUE(gone);
   EXPECT_EQ(node_->list_groups(), std::vector<std::string>{"active"});
   ASSERT_EQ(node_->fetch_offsets("active", "").value().size(), 1u);
+}
+
+TEST_F(KafkaListenerTest, NoCommittedOffsetsExpireBeforeARetentionHasPassedSinceTheListenerStarted) {
+  // Given a group whose last commit was ten days ago, and a listener just started again (it
+  // knows no group's members yet: its consumers may be reconnecting)
+  listener_.reset();
+  node_.reset();
+  {
+    auto store = OffsetStore::open(dir_.path() + "/offsets").value();
+    const CommittedOffset old{"gt", 0, Offset{5}, "", wall_clock_ms() - 10 * 86'400'000LL};
+    ASSERT_TRUE(store->commit("quiet", std::span(&old, 1)).ok());
+  }
+  kafka::KafkaListenerOptions o;
+  o.offsets_retention_ms = 3'600'000;
+  o.offsets_retention_check_interval_ms = 10;
+  start(o);
+
+  // When its ticks have run a while (each request makes the loop turn; idle, it waits up to 1 s)
+  KafkaClient c(port());
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(c.call(kApiVersions, 0, false, ""));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+
+  // Expect the offsets still there (before, the first tick's sweep deleted them)
+  ASSERT_EQ(node_->fetch_offsets("quiet", "").value().size(), 1u);
 }
 
 // A batch of `records` values of `value_bytes` each (no keys), up to a few hundred KiB.

@@ -87,6 +87,7 @@ Broker::Broker(Node& node, const KafkaListenerOptions& options, std::uint16_t bo
   // Producer ids must not repeat across restarts (producer state is not kept): start from the
   // wall clock in milliseconds, times 1024 ids per millisecond of uptime.
   next_producer_id_ = wall_clock_ms() * 1024;
+  started_ms_ = now_ms();
   prepare_producers();  // here, not at the loop's first Produce
 }
 
@@ -307,13 +308,18 @@ void Broker::tick(std::int64_t now_ns) {
   for (auto& [name, t] : topics_)
     for (auto& p : t->partitions)
       if (p->reader && now - p->reader_used_ms > 5'000) p->reader.reset();
-  // Committed offsets past their retention, on the offsets' worker (after the commits before it):
-  // groups with members keep theirs, and in a cluster only this node's groups are looked at.
-  if (options_.offsets_retention_ms > 0 && now - last_offsets_expiry_ms_ >= options_.offsets_retention_check_interval_ms) {
+  // Committed offsets past their retention, on the offsets' worker (after the commits before it).
+  // Kafka counts a group's retention from when it emptied: groups with members keep theirs, and
+  // so do those that emptied within the retention. Membership is not kept across a restart, so
+  // nothing expires before a whole retention has passed since this listener started (a group
+  // whose consumers reconnect after a restart is not taken for an abandoned one).
+  const std::int64_t retention = options_.offsets_retention_ms;
+  if (retention > 0 && now - started_ms_ >= retention && now - last_offsets_expiry_ms_ >= options_.offsets_retention_check_interval_ms) {
     last_offsets_expiry_ms_ = now;
     auto active = std::make_shared<std::set<std::string, std::less<>>>();
     for (const GroupListing& g : groups_.list()) active->insert(g.group_id);
-    worker(Worker::kOffsets).add([this, active, cluster = cluster_, self = options_.node_id, retention = options_.offsets_retention_ms] {
+    for (std::string& g : groups_.forgotten_since(now - retention)) active->insert(std::move(g));
+    worker(Worker::kOffsets).add([this, active, cluster = cluster_, self = options_.node_id, retention] {
       auto keep = [&](std::string_view group) { return active->contains(group); };
       auto mine = [&](std::string_view group) {
         const NodeId coordinator = cluster != nullptr ? cluster->group_coordinator(group) : -1;
@@ -1419,11 +1425,14 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
         } else {
           Result<TimedOffset> found = state->has_log ? node_.log_offset_for_timestamp(name, p, timestamp)
                                                      : Result<TimedOffset>(Error{Errc::kNotFound, "no log"});
-          if (!found.ok() && found.error().code == Errc::kNotFound) {
-            // What the log does not hold yet (or a node without logs): the ring, from the log's end.
-            const Ring& ring = state->partitions[p]->memory.ring;
+          const Ring& ring = state->partitions[p]->memory.ring;
+          const Offset written = read_log_progress(ring).written;
+          // In a cluster what the log does not hold yet is past the high watermark: not answered.
+          const bool ring_may_answer = cluster_ == nullptr || !state->has_log || written < view.high_watermark;
+          if (!found.ok() && found.error().code == Errc::kNotFound && ring_may_answer) {
+            // What the log does not hold yet (or a node without logs): the ring, from the log's
+            // end. On the loop: one look at each batch header, a ring's worth at most.
             if (Result<Consumer> walker = Consumer::attach(ring, StartAt::kEarliest); walker.ok()) {
-              const Offset written = read_log_progress(ring).written;
               if (state->has_log && written.value != ring_layout::kNoLog) (void)walker->seek(written);  // else from the oldest
               Result<std::optional<TimedOffset>> in_ring = find_in_ring_by_timestamp(*walker, timestamp, decompressor_, ring.capacity_bytes());
               if (in_ring.ok() && in_ring->has_value()) found = **in_ring;

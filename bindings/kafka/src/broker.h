@@ -356,6 +356,7 @@ class Broker {
   std::uint64_t producer_ids_evicted_ = 0;
   std::int64_t last_producer_expiry_ms_ = 0;
   std::int64_t last_offsets_expiry_ms_ = 0;
+  std::int64_t started_ms_ = 0;  // when the listener started (the loop's clock)
   // Run jobs in the order they came, so the listener never waits on a disk, on etcd or on
   // topic creation: one for offset commits and fetches (in order, so a fetch sees the commits
   // before it), one for topic admin, so a CreateTopics of many topics (or one held by the

@@ -601,13 +601,20 @@ Outcome Broker::list_groups(const Request& r, Reader& in) {
   in.tagged_fields(flex);
   if (!in.ok()) return {};
   auto stored = std::make_shared<std::vector<std::string>>();
-  auto read = [this, stored] { *stored = node_.list_groups(); };
+  auto read = [this, stored] {
+    // A cluster's store too: a group committed through an earlier coordinator is there only.
+    Result<std::vector<std::string>> all = node_.groups_with_offsets();
+    *stored = all.ok() ? std::move(*all) : node_.list_groups();
+  };
   auto respond = [this, stored, states = std::move(states), header = owned_header(r), v, flex](std::int16_t&) {
     std::vector<GroupListing> listed = groups_.list();
     std::set<std::string, std::less<>> known;
     for (const GroupListing& g : listed) known.insert(g.group_id);
     for (const std::string& id : *stored)
-      if (!known.contains(id) && groups_.coordinates(id)) listed.push_back(GroupListing{id, groups_.forgotten_protocol_type(id), "Empty"});
+      if (!known.contains(id) && groups_.coordinates(id)) {
+        const std::optional<GroupCoordinator::ForgottenGroup> f = groups_.forgotten(id);
+        listed.push_back(GroupListing{id, f ? f->protocol_type : std::string(), "Empty"});
+      }
     if (!states.empty()) {
       std::erase_if(listed, [&](const GroupListing& g) {
         return std::none_of(states.begin(), states.end(), [&](const std::string& s) {
@@ -661,7 +668,8 @@ Outcome Broker::describe_groups(const Request& r, Reader& in) {
       d.error = error::kNotCoordinator;  // Kafka's answer leaves the state empty
     } else {
       d.group = groups_.describe(d.name);
-      d.look_in_store = any = d.group.state == "Dead";
+      d.look_in_store = d.group.state == "Dead";
+      any = any || d.look_in_store;
     }
   }
   auto read = [this, described] {
@@ -679,7 +687,8 @@ Outcome Broker::describe_groups(const Request& r, Reader& in) {
           d.error = error::kCoordinatorNotAvailable;
         } else if (!d.stored->empty()) {
           d.group.state = "Empty";
-          d.group.protocol_type = groups_.forgotten_protocol_type(d.name);
+          const std::optional<GroupCoordinator::ForgottenGroup> forgotten = groups_.forgotten(d.name);
+          d.group.protocol_type = forgotten ? forgotten->protocol_type : std::string();
         }
       }
       if (d.error != 0 && first_error == 0) first_error = d.error;

@@ -215,6 +215,9 @@ class Node {
   Result<std::vector<std::vector<CommittedOffset>>> fetch_offsets_of(std::span<const std::string> groups) const;
   // The groups that have committed offsets here, in name order (none without an offset store).
   std::vector<std::string> list_groups() const;
+  // The groups with committed offsets here or in the cluster's store (one range read), in name
+  // order. Errors: the store's.
+  Result<std::vector<std::string>> groups_with_offsets() const;
   // Kafka's offsets.retention.minutes: deletes the offsets of every group whose newest commit
   // (here or in the cluster's store) is older than `retention_ms` before `now_ms` (wall clock),
   // except those `keep` names (groups with members: Kafka expires a group's offsets only once it

@@ -188,11 +188,18 @@ class GroupCoordinator {
   std::size_t group_count() const noexcept;
   // Whether this coordinator answers for the group (GroupCoordinatorOptions::owns_group).
   bool coordinates(std::string_view group_id) const;
-  // The protocol type a group had when it emptied and was forgotten ("" when not known): Kafka
-  // keeps an Empty group's type while it has offsets, and clients list groups by it. At most
-  // kMaxForgottenGroupTypes are remembered (past it the memory starts again empty).
-  std::string forgotten_protocol_type(std::string_view group_id) const;
-  static constexpr std::size_t kMaxForgottenGroupTypes = 100'000;
+  // What the coordinator remembers of a group it forgot once it emptied: its protocol type (Kafka
+  // keeps an Empty group's type while it has offsets, and clients list groups by it) and when it
+  // emptied (Kafka's offsets retention counts from then). Until a member joins it again; at most
+  // kMaxForgottenGroups are remembered (past it the memory starts again empty).
+  struct ForgottenGroup {
+    std::string protocol_type;
+    std::int64_t emptied_ms = 0;  // the now_ms of the tick that forgot it
+  };
+  std::optional<ForgottenGroup> forgotten(std::string_view group_id) const;
+  // The forgotten groups that emptied at or after `since_ms`.
+  std::vector<std::string> forgotten_since(std::int64_t since_ms) const;
+  static constexpr std::size_t kMaxForgottenGroups = 100'000;
 
  private:
   struct State;
