@@ -1655,6 +1655,23 @@ TEST_F(KafkaListenerTest, AGroupThatEmptiedIsEmptyWhileItHasOffsetsAndDeadWithou
   EXPECT_EQ(groups.at("with-offsets"), (std::pair<std::string, std::string>{"consumer", "Empty"}));
   EXPECT_EQ(groups.at("assigned"), (std::pair<std::string, std::string>{"", "Empty"}));
   EXPECT_EQ(describe("never-was").state, "Dead");
+  {
+    // A LeaveGroup naming a group id no group may have: the top-level error, no member listed
+    Writer leave;
+    leave.string("a/b", true);
+    leave.array(1, true);
+    leave.string("someone", true);
+    leave.nullable_string(std::nullopt, true);
+    leave.nullable_string(std::nullopt, true);
+    leave.tagged_fields(true);
+    leave.tagged_fields(true);
+    std::optional<std::string> answer = c.call(kLeaveGroup, 5, true, leave.buffer());
+    ASSERT_TRUE(answer);
+    Reader r = reader_of(*answer);
+    (void)r.i32();
+    EXPECT_EQ(r.i16(), kafka::error::kInvalidGroupId);
+    EXPECT_EQ(r.array(true), 0);
+  }
 
   // And a member joining again starts the group afresh, from the first generation
   std::optional<std::string> body = c.call(kJoinGroup, 3, false, join_request(3, "with-offsets", ""));

@@ -263,15 +263,22 @@ Outcome Broker::leave_group(const Request& r, Reader& in) {
   in.tagged_fields(flex);
   if (!in.ok()) return {};
   const std::vector<GroupError> results = groups_.leave(group, members, now_ms());
+  // A group-wide refusal (the id, or another node coordinates it) is the top-level error with no
+  // member listed, as Kafka answers it (clients look for NOT_COORDINATOR there).
+  std::int16_t group_error = 0;
+  if (!validate_group_id(group).ok()) group_error = error::kInvalidGroupId;
+  else if (!groups_.coordinates(group)) group_error = error::kNotCoordinator;
   Outcome out;
   Frame f(r.header);
   Writer& w = f.w;
   if (v >= 1) w.i32(0);
-  std::int16_t top = 0;
+  std::int16_t top = group_error;
   if (v <= 2 && !results.empty()) top = group_code(results.front());
   w.i16(top);
   out.error = top;
-  if (v >= 3) {
+  if (v >= 3 && group_error != 0) {
+    w.array(0, flex);
+  } else if (v >= 3) {
     w.array(members.size(), flex);
     for (std::size_t i = 0; i < members.size(); ++i) {
       w.string(members[i].member_id, flex);
