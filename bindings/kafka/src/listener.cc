@@ -251,7 +251,10 @@ void KafkaListener::Impl::run() {
       if (any_disk_wait) ns = std::clamp<std::int64_t>(next_disk_check_ns - monotonic_ns(), 0, ns);
       timeout = {0, static_cast<long>(ns)};
     } else if (const auto deadline = broker->next_group_deadline_ms()) {
-      const std::int64_t wait = std::clamp<std::int64_t>(*deadline - now_ms(), 0, 1000);
+      // Groups' timers run on the tick, every 10 ms at most: a deadline that passed before the
+      // next tick is due waits for it rather than spinning the loop with no timeout until then.
+      const std::int64_t due = std::max(*deadline, last_tick_ms + 10);
+      const std::int64_t wait = std::clamp<std::int64_t>(due - now_ms(), 0, 1000);
       timeout = {0, static_cast<long>(wait * 1'000'000)};
       if (wait >= 1000) timeout = {1, 0};
     }
