@@ -701,16 +701,21 @@ Result<std::vector<std::string>> Node::expire_offsets(std::int64_t now_ms, std::
                                                       const std::function<bool(std::string_view group)>& keep,
                                                       const std::function<bool(std::string_view group)>& shared) {
   const std::shared_ptr<OffsetMirror> mirror = state_->mirror();
-  WEFT_TRY(const std::vector<std::string> groups, groups_with_offsets());
+  WEFT_TRY(const std::vector<std::string> listed, groups_with_offsets());
+  std::vector<std::string> groups;
+  for (const std::string& group : listed)
+    if (validate_group_id(group).ok() && !(keep && keep(group))) groups.push_back(group);
+  // The cluster's copies of them all in one read of its store, not one per group.
+  std::vector<std::vector<CommittedOffset>> stored(groups.size());
+  if (mirror) {
+    WEFT_TRY(stored, mirror->fetch_groups(groups));
+  }
   std::vector<std::string> expired;
-  for (const std::string& group : groups) {
-    if (!validate_group_id(group).ok() || (keep && keep(group))) continue;
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const std::string& group = groups[i];
     // The newest commit of either copy: a group another node coordinates may commit there, and
     // this node's old copy then stays.
-    std::vector<CommittedOffset> offsets;
-    if (mirror) {
-      WEFT_TRY(offsets, mirror->fetch(group));
-    }
+    std::vector<CommittedOffset> offsets = std::move(stored[i]);
     const std::size_t in_store = offsets.size();
     if (state_->offsets)
       for (CommittedOffset& o : state_->offsets->fetch_all(group)) offsets.push_back(std::move(o));

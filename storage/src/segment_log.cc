@@ -437,6 +437,12 @@ class SegmentSyncer {
 
 namespace {
 
+// A segment's indexes hold offsets as 32-bit deltas from its base (as Kafka's do): whether a batch
+// at `base` whose last offset delta is `last_delta` ends beyond that reach of a segment at `from`.
+bool beyond_index_reach(std::int64_t from, std::int64_t base, std::int32_t last_delta) {
+  return base - from > std::int64_t{INT32_MAX} - std::max(last_delta, 0);
+}
+
 // The first batch's last offset delta in a segment's log file; nullopt when the file holds no
 // whole batch header (a segment made just before a crash).
 Result<std::optional<std::int32_t>> first_batch_last_delta(const std::string& path) {
@@ -525,7 +531,7 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::open(const std::string& dir, Off
     bool lost_tail = false;
     if (!last && !trusted && r.truncated_bytes == 0 && segment.next_offset().value < bases[i + 1]) {
       WEFT_TRY(const std::optional<std::int32_t> delta, first_batch_last_delta(dir + "/" + segment_file_name(Offset{bases[i + 1]}, ".log")));
-      const bool far = delta && bases[i + 1] - bases[i] > std::int64_t{INT32_MAX} - std::max(*delta, 0);
+      const bool far = delta && beyond_index_reach(bases[i], bases[i + 1], *delta);
       if (!far) {
         lost_tail = true;
         found.truncated_from = segment.next_offset();
@@ -576,10 +582,9 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
   Segment* active = segments_.back().get();
   const bool full = active->size_bytes() + batch.size() > options_.segment_bytes;
   const bool old = active_since_ms_ >= 0 && wall_clock_ms() - active_since_ms_ >= options_.segment_ms;
-  // A segment's indexes hold offsets as 32-bit deltas from its base (as Kafka's do): a batch
-  // ending 2^31 or more past it starts a segment of its own (a huge compressed batch, a gap).
-  const bool far = last_delta >= 0 && base.value >= active->base_offset().value &&
-                   base.value - active->base_offset().value > std::int64_t{INT32_MAX} - last_delta;
+  // A batch beyond the reach of the active segment's indexes starts a segment of its own (a huge
+  // compressed batch, a gap).
+  const bool far = last_delta >= 0 && base >= active->base_offset() && beyond_index_reach(active->base_offset().value, base.value, last_delta);
   if (active->size_bytes() == 0 && far && base >= active->next_offset()) {
     // An empty segment cannot roll; one named by this batch's offset takes its place (a gap
     // between segments reads as one).
@@ -598,7 +603,7 @@ Result<void> SegmentLog::append(std::span<const std::byte> batch) {
       return Error{Errc::kInvalidArgument, "batch at offset " + std::to_string(base.value) + " is behind the log's next offset " +
                                                std::to_string(active->next_offset().value)};
     const Offset closed_end = active->next_offset();
-    const Offset new_base = base.value - closed_end.value > std::int64_t{INT32_MAX} - std::max(last_delta, 0) ? base : closed_end;
+    const Offset new_base = beyond_index_reach(closed_end.value, base.value, last_delta) ? base : closed_end;
     // A closed segment is all in its file before the next begins. A write that fails (a full
     // disk) fails this append, to be offered again. Its sync follows in the background (a crash
     // before it ends leaves a tail the next start cuts, with what came after, as Kafka does).

@@ -791,19 +791,23 @@ void Broker::append(Parked::ProducePart& part) {
     }
     // An unknown producer (its state was never here, or this node restarted) starts where it says.
   }
-  // A deleted topic's ring is retired with kNotFound on its log line: the topic is unknown now,
-  // not led elsewhere (a batch that waited for ring space across the delete lands here).
-  const auto deleted = [&] { return read_log_progress(p.memory.ring).error == Errc::kNotFound; };
+  // A fenced ring: the client asks Metadata for the leader, unless the ring is a deleted topic's,
+  // retired with kNotFound on its log line (a batch that waited for ring space across the delete
+  // lands here too): that topic is unknown now, not led elsewhere.
+  const auto fenced = [&](std::string why) {
+    const bool deleted = read_log_progress(p.memory.ring).error == Errc::kNotFound;
+    part.error = deleted ? error::kUnknownTopicOrPartition : error::kNotLeaderOrFollower;
+    part.error_message = deleted ? "the topic was deleted" : std::move(why);
+  };
   if (!p.producer) {
     Result<Producer> producer = Producer::attach(p.memory.ring, ProducerMode::kShared);
     if (!producer.ok()) {
-      // A ring fenced for a follower (or replaced): the client asks Metadata for the leader.
       const std::int32_t fence = leader_epoch(p.memory.ring);
-      part.error = fence == ring_layout::kFollowing || fence == ring_layout::kRetired ? error::kNotLeaderOrFollower : error::kKafkaStorageError;
-      part.error_message = producer.error().message;
-      if (fence == ring_layout::kRetired && deleted()) {
-        part.error = error::kUnknownTopicOrPartition;
-        part.error_message = "the topic was deleted";
+      if (fence == ring_layout::kFollowing || fence == ring_layout::kRetired) {
+        fenced(producer.error().message);
+      } else {
+        part.error = error::kKafkaStorageError;
+        part.error_message = producer.error().message;
       }
       return;
     }
@@ -813,13 +817,8 @@ void Broker::append(Parked::ProducePart& part) {
   const ClaimStatus status = p.producer->try_claim(bytes.size(), static_cast<std::uint32_t>(records), claim);
   if (status == ClaimStatus::kBackPressured) return;  // tried again from resume()
   if (status == ClaimStatus::kFenced) {
-    p.producer.reset();  // leadership moved since it attached; the client re-routes
-    part.error = error::kNotLeaderOrFollower;
-    part.error_message = "leadership of the partition moved";
-    if (deleted()) {
-      part.error = error::kUnknownTopicOrPartition;
-      part.error_message = "the topic was deleted while the batch waited for ring space";
-    }
+    p.producer.reset();  // leadership moved since it attached (or the topic went)
+    fenced("leadership of the partition moved");
     return;
   }
   if (status != ClaimStatus::kOk) {
@@ -1811,15 +1810,16 @@ Outcome Broker::describe_configs(const Request& r, Reader& in) {
       // A cluster's node answers for any topic from its record, as every Kafka broker does from
       // its metadata (clients ask the least loaded node): it holds a copy only of its replicas.
       std::optional<TopicRecord> record = !t && cluster_ != nullptr ? cluster_->topic(res.name) : std::nullopt;
-      Result<TopicConfig> recorded = record ? topic_config_from_text(record->config, node_.options().default_topic)
-                                            : Result<TopicConfig>(Error{Errc::kNotFound, ""});
       if (t) {
         configs = topic_configs(t->config, node_.options().default_topic);
-      } else if (recorded.ok()) {
-        configs = topic_configs(*recorded, node_.options().default_topic);
       } else if (record) {
-        err = error::kUnknownServerError;
-        message = "topic '" + res.name + "': its cluster record's settings do not read: " + recorded.error().message;
+        Result<TopicConfig> recorded = topic_config_from_text(record->config, node_.options().default_topic);
+        if (recorded.ok()) {
+          configs = topic_configs(*recorded, node_.options().default_topic);
+        } else {
+          err = error::kUnknownServerError;
+          message = "topic '" + res.name + "': its cluster record's settings do not read: " + recorded.error().message;
+        }
       } else {
         err = error::kUnknownTopicOrPartition;
         message = "topic '" + res.name + "' does not exist";
