@@ -647,7 +647,9 @@ Result<Offset> TopicConsumer::position(std::string_view topic, std::uint32_t par
   if (a == nullptr || (!a->consumer && !a->cold))
     return Error{Errc::kFailedPrecondition, "partition " + std::to_string(partition) + " of topic '" + std::string(topic) + "' is not assigned"};
   if (a->pending || a->cold) return a->skip_below;  // the rest of a batch the last poll cut short, or the log's next
-  return a->consumer->next_offset();
+  // The ring's next offset is a batch's start; a seek into that batch returns nothing before
+  // skip_below, so that is where the consumer stands (and what a commit saves).
+  return std::max(a->consumer->next_offset(), a->skip_below);
 }
 
 Result<void> TopicConsumer::commit() {
@@ -748,6 +750,17 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
                                          std::string(reopened.ok() ? " (a topic made again under its name is another: assign it to read it)" : "")};
     deleted = &a;
   };
+  // Producers overwrote what `a` was reading: what this poll took of it goes, and it reads on
+  // from the log (or the ring's oldest intact batch) at the oldest record lost, else `otherwise`.
+  // False when that partition has nothing more now.
+  auto overrun = [&](Assignment& a, Offset otherwise) {
+    const State::Dropped missed = s.drop_polled(a, otherwise);
+    if (Result<void> moved = s.lapped(a, missed); !moved.ok()) {
+      failure = std::move(moved).error();
+      return false;
+    }
+    return a.consumer.has_value();  // none: reading the log
+  };
   // Handles one poll status of assignment `a`; false when that partition has nothing more now.
   auto handle = [&](Assignment& a, PollStatus status, const RingBatch& batch) {
     Consumer& c = *a.consumer;
@@ -759,6 +772,8 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
           return false;
         }
         if (!s.take(a, batch)) {
+          // Overwritten while it was decoded: the records are in the log, not corrupt.
+          if (!c.validate(batch)) return overrun(a, std::max(batch.base_offset, a.skip_below));
           s.notices.push_back(PollNotice{PollNotice::Kind::kCorrupt, a.topic, a.partition, batch.base_offset,
                                          Offset{batch.base_offset.value + batch.records}});
           return true;
@@ -771,15 +786,15 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
         }
         return true;
       }
-      case PollStatus::kLapped: {
-        // What this poll already took from the partition is older still, so overwritten too.
-        const State::Dropped missed = s.drop_polled(a, c.lapped_offset());
-        if (Result<void> moved = s.lapped(a, missed); !moved.ok()) {
-          failure = std::move(moved).error();
+      case PollStatus::kLapped:
+        if (leader_epoch(a.memory.ring) == ring_layout::kRetired) {
+          // Its log may have gone with its topic, or be a new topic's by now: the ring is left
+          // as an empty one is (the partition's new ring from the same offset, or given up).
+          leave_retired_ring(a);
           return false;
         }
-        return a.consumer.has_value();  // on from the oldest intact batch; none: reading the log
-      }
+        // What this poll already took from the partition is older still, so overwritten too.
+        return overrun(a, c.lapped_offset());
       case PollStatus::kCorrupt: {
         // A frame written by another process makes no sense: skip to the oldest intact one.
         const Offset from = c.next_offset();
@@ -832,9 +847,13 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
             if (failure) return fail();
             continue;
           }
+        } else if (!overrun(a, a.skip_below) && failure) {
+          // What other partitions gave this poll goes out; the error comes with the next poll.
+          if (s.records.empty()) return fail();
+          s.deferred = std::move(*failure);
+          failure.reset();
+          break;
         } else {
-          const State::Dropped missed = s.drop_polled(a, a.skip_below);
-          WEFT_TRY_VOID(s.lapped(a, missed));
           continue;
         }
       }
@@ -848,6 +867,7 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
       if (failure) {
         if (s.records.empty()) return fail();
         s.deferred = std::move(*failure);
+        failure.reset();
         break;
       }
       if (!a.consumer) continue;  // lapped: reading the log now
@@ -888,8 +908,13 @@ Result<PollResult> TopicConsumer::poll(std::int64_t timeout_ms) {
     const State::Polled& p = s.polled[i];
     if (p.from->consumer->validate(p.batch)) continue;
     Assignment& from = *p.from;  // `p` moves when drop_polled erases
-    const State::Dropped missed = s.drop_polled(from, from.consumer->next_offset());
-    WEFT_TRY_VOID(s.lapped(from, missed));
+    if (!overrun(from, from.consumer->next_offset()) && failure) {
+      // The other partitions' records still go out (their consumers moved past them); the error
+      // comes with the next poll.
+      if (s.records.empty()) return fail();
+      if (!s.deferred) s.deferred = std::move(*failure);
+      failure.reset();
+    }
     i = static_cast<std::size_t>(-1);  // start over: the list changed
   }
   return PollResult{s.records, s.notices};

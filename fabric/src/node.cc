@@ -1049,7 +1049,6 @@ double Node::maintain_pass() {
       const std::uint64_t keep = p->ring.capacity_bytes() / 2;
       const Ring::Mark limit = p->ring.reuse_limit();
       const std::uint64_t tail = p->ring.tail_position().value;
-      const auto& d = p->ring.control().descriptor;
 
       // Frame boundaries come from the consumers when there are any: every frame before a
       // consumer's published position was committed, aborted or padding when it walked past,
@@ -1058,7 +1057,7 @@ double Node::maintain_pass() {
       std::uint64_t slowest = UINT64_MAX, fastest = 0;
       bool attaching = false;  // a consumer that took its slot and has not said where it starts
       const auto scan_consumers = [&] {
-        for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
+        for (std::uint32_t i = 0; i < p->ring.consumer_slot_count(); ++i) {
           const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
           // Acquire: pairs with the consumer's release of its position (R5 in ring.cc). seq_cst:
           // under flow control, the look's half of the Dekker pair with a starting consumer
@@ -1095,7 +1094,7 @@ double Node::maintain_pass() {
         // whose last claim lies ahead of every consumer and whose process is gone.
         p->last_seal_ns = now;
         bool dead = false;
-        for (std::uint32_t i = 0; i < d.producer_slots && !dead; ++i) {
+        for (std::uint32_t i = 0; i < p->ring.producer_slot_count() && !dead; ++i) {
           const ring_layout::ProducerSlot& slot = p->ring.producer_slots()[i];
           const std::uint64_t owner = slot.owner.load(std::memory_order_acquire);
           const std::uint64_t pending = slot.pending_position.load(std::memory_order_acquire);
@@ -1157,7 +1156,7 @@ double Node::maintain_pass() {
           (frontier.position.value > p->checkpoints.back().position.value &&
            frontier.position.value - p->checkpoints.back().position.value >= keep / 256))
         p->checkpoints.push_back(frontier);
-      const std::uint64_t max_frame = d.max_frame_bytes;
+      const std::uint64_t max_frame = p->ring.max_frame_bytes();
       const std::uint64_t ahead = std::max(tail, frontier.position.value);
       // Where the limit may go at most: bounds that protect records (the frontier, the log, a
       // flow-controlled consumer, a replication write in flight), which nothing moves it past.
@@ -1255,14 +1254,14 @@ double Node::maintain_pass() {
         }
         s.log_error = p->log_error;
       }
-      for (std::uint32_t i = 0; i < d.producer_slots; ++i) {
+      for (std::uint32_t i = 0; i < p->ring.producer_slot_count(); ++i) {
         // Relaxed: statistics, each word written by its producer alone.
         const ring_layout::ProducerSlot& slot = p->ring.producer_slots()[i];
         if (slot.owner.load(std::memory_order_relaxed) == 0) continue;
         ++s.producers;
         s.back_pressure_events += slot.back_pressure_events.load(std::memory_order_relaxed);
       }
-      for (std::uint32_t i = 0; i < d.consumer_slots; ++i) {
+      for (std::uint32_t i = 0; i < p->ring.consumer_slot_count(); ++i) {
         const ring_layout::ConsumerSlot& slot = p->ring.consumer_slots()[i];
         if (slot.owner.load(std::memory_order_relaxed) == 0) continue;
         if (p->writer && &slot == p->writer->slot()) continue;  // the log writer is not a client

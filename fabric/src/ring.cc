@@ -454,17 +454,21 @@ Result<Ring> Ring::attach(std::span<std::byte> memory) {
   ring.data_ = memory.data() + d.data_offset;
   ring.capacity_ = d.capacity_bytes;
   ring.mask_ = d.capacity_bytes - 1;
+  ring.max_frame_bytes_ = d.max_frame_bytes;
+  ring.producer_slot_count_ = d.producer_slots;
+  ring.consumer_slot_count_ = d.consumer_slots;
+  ring.membarrier_wake_ = d.wake_protocol == kWakeMembarrier;
   return ring;
 }
 
-std::size_t Ring::max_batch_bytes() const noexcept { return control_->descriptor.max_frame_bytes - kFrameHeaderBytes; }
+std::size_t Ring::max_batch_bytes() const noexcept { return max_frame_bytes_ - kFrameHeaderBytes; }
 
 ProducerSlot* Ring::producer_slots() const noexcept {
   return reinterpret_cast<ProducerSlot*>(reinterpret_cast<std::byte*>(control_) + sizeof(RingControl));
 }
 
 ConsumerSlot* Ring::consumer_slots() const noexcept {
-  return reinterpret_cast<ConsumerSlot*>(producer_slots() + control_->descriptor.producer_slots);
+  return reinterpret_cast<ConsumerSlot*>(producer_slots() + producer_slot_count_);
 }
 
 Position Ring::tail_position() const noexcept { return Position{load_position(control_->claim.tail)}; }
@@ -497,10 +501,10 @@ Result<Producer> Producer::attach_follower(Ring ring) {
 
 Result<Producer> Producer::attach_as(Ring ring, ProducerMode mode, std::int32_t epoch) {
   RingControl& c = ring.control();
-  ProducerSlot* slot = take_slot(ring.producer_slots(), c.descriptor.producer_slots);
+  ProducerSlot* slot = take_slot(ring.producer_slots(), ring.producer_slot_count());
   if (slot == nullptr)
     return Error{Errc::kResourceExhausted,
-                 "ring: all " + std::to_string(c.descriptor.producer_slots) + " producer slots are taken"};
+                 "ring: all " + std::to_string(ring.producer_slot_count()) + " producer slots are taken"};
   // Relaxed: the owner reads these only for a dead slot, and only after our first claim's
   // full barrier has published them.
   slot->pending_position.store(kNoClaim, std::memory_order_relaxed);
@@ -527,7 +531,7 @@ Result<Producer> Producer::attach_as(Ring ring, ProducerMode mode, std::int32_t 
                      : "ring: cannot hold the ring exclusively while " +
                            std::to_string(std::popcount(seen)) + " other producer(s) are attached"};
   }
-  const bool membarrier_protocol = c.descriptor.wake_protocol == kWakeMembarrier;
+  const bool membarrier_protocol = ring.membarrier_wake_;
   return Producer(ring, mode, slot, membarrier_protocol && register_membarrier(), epoch);
 }
 
@@ -575,7 +579,7 @@ ClaimStatus Producer::try_claim(std::size_t batch_bytes, std::uint32_t records, 
   // acknowledged.
   if (ring_.control_->mode.leader_epoch.load(std::memory_order_relaxed) != epoch_) [[unlikely]]
     return ClaimStatus::kFenced;
-  const std::uint32_t max_frame = ring_.control_->descriptor.max_frame_bytes;
+  const std::uint32_t max_frame = ring_.max_frame_bytes_;
   if (batch_bytes > max_frame) return ClaimStatus::kTooLarge;
   const std::uint64_t frame = align_frame(kFrameHeaderBytes + batch_bytes);
   if (frame > max_frame) return ClaimStatus::kTooLarge;
@@ -729,11 +733,10 @@ std::uint64_t Producer::back_pressure_events() const noexcept {
 // ---- Consumer -------------------------------------------------------------------------------
 
 Result<Consumer> Consumer::attach(Ring ring, StartAt start) {
-  const RingControl& c = ring.control();
-  ConsumerSlot* slot = take_slot(ring.consumer_slots(), c.descriptor.consumer_slots);
+  ConsumerSlot* slot = take_slot(ring.consumer_slots(), ring.consumer_slot_count());
   if (slot == nullptr)
     return Error{Errc::kResourceExhausted,
-                 "ring: all " + std::to_string(c.descriptor.consumer_slots) + " consumer slots are taken"};
+                 "ring: all " + std::to_string(ring.consumer_slot_count()) + " consumer slots are taken"};
   Consumer consumer(ring, slot);
   consumer.wait_out_flow_controlled_move();
   const Ring::Mark mark = start == StartAt::kLatest ? walk(ring, Offset{INT64_MAX}) : ring.reuse_limit();
@@ -924,7 +927,7 @@ PollStatus Consumer::wait(RingBatch& out, WaitKind kind, std::int64_t timeout_ns
 
 PollStatus Consumer::park(RingBatch& out, std::int64_t deadline_ns) noexcept {
   WakeLine& wake = ring_.control_->wake;
-  const bool membarrier_protocol = ring_.control_->descriptor.wake_protocol == kWakeMembarrier;
+  const bool membarrier_protocol = ring_.membarrier_wake_;
   for (;;) {
     wake.parked.fetch_add(1, std::memory_order_relaxed);  // a statistic
     // Acquire, and before the flag is set: a producer that clears the flag bumps the sequence
@@ -1068,7 +1071,7 @@ RingOwner::FlowControlledMove::~FlowControlledMove() {
 Position RingOwner::slowest_consumer() const noexcept {
   std::uint64_t slowest = ring_.tail_position().value;
   ConsumerSlot* consumers = ring_.consumer_slots();
-  for (std::uint32_t i = 0; i < ring_.control_->descriptor.consumer_slots; ++i) {
+  for (std::uint32_t i = 0; i < ring_.consumer_slot_count_; ++i) {
     if (consumers[i].owner.load(std::memory_order_acquire) == 0) continue;
     // A5 acquire: pairs with R5 in Consumer::publish_position.
     slowest = std::min(slowest, consumers[i].position.load(std::memory_order_acquire));
@@ -1078,7 +1081,7 @@ Position RingOwner::slowest_consumer() const noexcept {
 
 bool RingOwner::room_for_largest_claim() const noexcept {
   const std::uint64_t tail = ring_.tail_position().value;
-  const std::uint64_t frame = ring_.control_->descriptor.max_frame_bytes;
+  const std::uint64_t frame = ring_.max_frame_bytes_;
   const std::uint64_t end = tail + padding_for(tail, frame, ring_.capacity_, ring_.mask_) + frame;
   return end <= ring_.reuse_limit().position.value + ring_.capacity_;
 }
@@ -1093,7 +1096,7 @@ std::optional<Ring::Mark> RingOwner::committed_frame_at(Position position) const
 std::vector<SealedRange> RingOwner::seal_dead_claims() {
   std::vector<SealedRange> sealed;
   // Each pass seals at most one claim; the slots bound how many can be open at once.
-  const std::uint32_t max_passes = ring_.control_->descriptor.producer_slots * 2 + 2;
+  const std::uint32_t max_passes = ring_.producer_slot_count_ * 2 + 2;
   for (std::uint32_t pass = 0; pass < max_passes; ++pass) {
     scan();
     SealedRange range;
@@ -1110,9 +1113,9 @@ bool RingOwner::seal_at_frontier(SealedRange& sealed) {
   if (frontier >= tail) return false;
   const std::uint64_t capacity = ring_.capacity_;
   const std::uint64_t mask = ring_.mask_;
-  const std::uint32_t max_frame = ring_.control_->descriptor.max_frame_bytes;
+  const std::uint32_t max_frame = ring_.max_frame_bytes_;
   ProducerSlot* slots = ring_.producer_slots();
-  const std::uint32_t slot_count = ring_.control_->descriptor.producer_slots;
+  const std::uint32_t slot_count = ring_.producer_slot_count_;
 
   // A frame boundary is real if a claim ended there: the tail, a frame tagged with its own
   // position, or a claim some producer named.
@@ -1182,7 +1185,7 @@ std::size_t RingOwner::reclaim_dead_slots() {
   const std::uint64_t tail = ring_.tail_position().value;
   ProducerSlot* producers = ring_.producer_slots();
   std::atomic<std::uint64_t>& mode = ring_.control_->mode.producers;
-  for (std::uint32_t i = 0; i < ring_.control_->descriptor.producer_slots; ++i) {
+  for (std::uint32_t i = 0; i < ring_.producer_slot_count_; ++i) {
     ProducerSlot& s = producers[i];
     const std::uint64_t owner = s.owner.load(std::memory_order_acquire);
     if (owner == 0 || liveness(owner) != Liveness::kDead) continue;
@@ -1205,7 +1208,7 @@ std::size_t RingOwner::reclaim_dead_slots() {
     if (s.owner.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) ++freed;
   }
   ConsumerSlot* consumers = ring_.consumer_slots();
-  for (std::uint32_t i = 0; i < ring_.control_->descriptor.consumer_slots; ++i) {
+  for (std::uint32_t i = 0; i < ring_.consumer_slot_count_; ++i) {
     ConsumerSlot& s = consumers[i];
     const std::uint64_t owner = s.owner.load(std::memory_order_acquire);
     if (owner == 0 || liveness(owner) != Liveness::kDead) continue;

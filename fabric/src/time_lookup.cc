@@ -29,7 +29,7 @@ Result<std::optional<TimedOffset>> find_in_ring_by_timestamp(Consumer& consumer,
     }
     Result<BatchView> view = BatchView::parse_header(copy, false);
     if (!view.ok()) continue;
-    TimedOffset found{view->last_offset(), view->max_timestamp()};
+    TimedOffset found{view->last_offset(), view->max_timestamp(), view->partition_leader_epoch()};
     bool readable = true;
     if (view->compression() != Compression::kNone)
       readable = decompressor.decompress(view->compression(), std::span<const std::byte>(copy).subspan(kBatchHeaderBytes), inflated).ok();
@@ -38,11 +38,11 @@ Result<std::optional<TimedOffset>> find_in_ring_by_timestamp(Consumer& consumer,
       RecordView r;
       while (reader.next(r))
         if (r.timestamp_ms >= timestamp_ms) {
-          found = TimedOffset{r.offset, r.timestamp_ms};
+          found = TimedOffset{r.offset, r.timestamp_ms, view->partition_leader_epoch()};
           break;
         }
     } else {
-      found = TimedOffset{view->base_offset(), view->max_timestamp()};  // its records are unreadable: the batch's start
+      found = TimedOffset{view->base_offset(), view->max_timestamp(), view->partition_leader_epoch()};  // its records are unreadable: the batch's start
     }
     return std::optional<TimedOffset>(found);
   }

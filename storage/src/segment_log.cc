@@ -938,9 +938,9 @@ Result<TimedOffset> SegmentLog::offset_for_timestamp(std::int64_t timestamp_ms) 
     RecordReader reader = view.compression() != Compression::kNone ? RecordReader(view, inflated) : RecordReader(view);
     RecordView r;
     while (reader.next(r))
-      if (r.timestamp_ms >= timestamp_ms) return TimedOffset{r.offset, r.timestamp_ms};
+      if (r.timestamp_ms >= timestamp_ms) return TimedOffset{r.offset, r.timestamp_ms, view.partition_leader_epoch()};
     if (reader.failed()) return Error{Errc::kCorrupt, segment->log_path() + ": a batch's records do not decode at offset " + std::to_string(view.base_offset().value)};
-    return TimedOffset{view.last_offset(), view.max_timestamp()};
+    return TimedOffset{view.last_offset(), view.max_timestamp(), view.partition_leader_epoch()};
   }
   return Error{Errc::kNotFound, "no record in the log has a timestamp at or after " + std::to_string(timestamp_ms)};
 }

@@ -705,6 +705,9 @@ TEST_P(ClientTest, SeekIntoTheMiddleOfABatchStartsAtThatOffset) {
   ASSERT_TRUE(producer.send_batch(0, records).ok());
   ASSERT_OK_AND_ASSIGN(TopicConsumer consumer, TopicConsumer::create(client_));
   ASSERT_TRUE(consumer.assign("mid-batch", {}, SeekTo::offset(4)).ok());
+  // Its position, and so what a commit before the first poll saves, is where it was moved to, not
+  // the batch's start (before: 0, and a restart read records 0-3 again)
+  EXPECT_EQ(consumer.position("mid-batch", 0).value(), Offset{4});
 
   // Kafka's consumers never return records before the position they were moved to.
   const Drained got = drain(consumer, 6);
@@ -714,6 +717,7 @@ TEST_P(ClientTest, SeekIntoTheMiddleOfABatchStartsAtThatOffset) {
 
   // Likewise for a timestamp inside the batch: the first record at or after it.
   ASSERT_TRUE(consumer.seek("mid-batch", 0, SeekTo::timestamp(450)).ok());
+  EXPECT_EQ(consumer.position("mid-batch", 0).value(), Offset{4});
   const Drained by_time = drain(consumer, 6);
   EXPECT_EQ(offsets_of(by_time), range(4, 10));
   ASSERT_FALSE(by_time.records.empty());

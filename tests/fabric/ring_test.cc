@@ -82,6 +82,40 @@ TEST(RingLayout, AttachRejectsMemoryThatHoldsNoRing) {
   EXPECT_NE(zeroed.error().message.find("magic"), std::string::npos);
 }
 
+TEST(RingLayout, ADescriptorRewrittenAfterAttachIsNeverReadAgain) {
+  RingFixture f = RingFixture::make(small_ring());
+  RingOwner owner(f.ring);
+  Producer producer = Producer::attach(f.ring).value();
+  Consumer consumer = Consumer::attach(f.ring).value();
+  ASSERT_EQ(produce(producer, {1, 0}), ClaimStatus::kOk);
+  // Given a client that maps the ring (read-write, as every client does) and rewrites its shape
+  auto& descriptor = f.ring.control().descriptor;
+  const std::uint32_t producer_slots = descriptor.producer_slots, consumer_slots = descriptor.consumer_slots;
+  descriptor.producer_slots = 0xFFFFFFFF;
+  descriptor.consumer_slots = 0xFFFFFFFF;
+  descriptor.max_frame_bytes = 0xFFFFFFF0;
+  // When the owner passes over the ring, and producers and consumers attach and work
+  EXPECT_TRUE(owner.seal_dead_claims().empty());
+  EXPECT_EQ(owner.reclaim_dead_slots(), 0u);
+  (void)owner.scan();
+  Producer second = Producer::attach(f.ring).value();
+  ASSERT_EQ(produce(second, {2, 0}), ClaimStatus::kOk);
+  Claim claim;
+  EXPECT_EQ(second.try_claim(f.ring.capacity_bytes(), 1, claim), ClaimStatus::kTooLarge) << "the forged frame size was taken";
+  Consumer late = Consumer::attach(f.ring).value();
+  // Expect every count to be the one checked at attach (before, the owner and every attach walked
+  // 4 billion slots past the mapping), and the records read as written
+  EXPECT_EQ(f.ring.producer_slot_count(), producer_slots);
+  EXPECT_EQ(f.ring.consumer_slot_count(), consumer_slots);
+  RingBatch batch;
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{0});
+  ASSERT_EQ(consumer.poll(batch), PollStatus::kOk);
+  EXPECT_EQ(batch.base_offset, Offset{1});
+  // And a ring attached again after the rewrite is refused, as bad memory always is
+  EXPECT_EQ(Ring::attach(f.memory.bytes()).error().code, Errc::kCorrupt);
+}
+
 TEST(Ring, CommittedBatchIsReadInPlaceWithItsOffsetStamped) {
   RingConfig config = small_ring();
   config.initial_offset = Offset{1000};
@@ -773,7 +807,7 @@ TEST(RingOwner, ReclaimsAProducerThatDiedBeforeItsClaimReachedTheTail) {
 
 // Makes the producer slot that names `claim_start` look owned by a process that died.
 void mark_claimer_dead(Ring ring, std::uint64_t claim_start) {
-  for (std::uint32_t i = 0; i < ring.control().descriptor.producer_slots; ++i) {
+  for (std::uint32_t i = 0; i < ring.producer_slot_count(); ++i) {
     ring_layout::ProducerSlot& slot = ring.producer_slots()[i];
     if (slot.owner.load() != 0 && slot.pending_position.load() == claim_start) {
       slot.owner.store(ring_layout::slot_owner(dead_pid(), 1));

@@ -646,7 +646,8 @@ std::string list_offsets_request(std::int16_t v, std::string_view topic, std::in
   return w.take();
 }
 
-std::int64_t read_list_offsets(std::int16_t v, const std::string& body) {
+// The one partition's offset; a v4+ answer's leader epoch is checked against `leader_epoch`.
+std::int64_t read_list_offsets(std::int16_t v, const std::string& body, std::int32_t leader_epoch = 0) {
   const bool flex = v >= 6;
   Reader r = reader_of(body);
   if (v >= 2) { EXPECT_EQ(r.i32(), 0); }
@@ -657,7 +658,7 @@ std::int64_t read_list_offsets(std::int16_t v, const std::string& body) {
   EXPECT_EQ(r.i16(), 0);
   (void)r.i64();
   const std::int64_t offset = r.i64();
-  if (v >= 4) { EXPECT_EQ(r.i32(), 0); }
+  if (v >= 4) { EXPECT_EQ(r.i32(), leader_epoch) << "leader epoch"; }
   r.tagged_fields(flex);
   r.tagged_fields(flex);
   r.tagged_fields(flex);
@@ -1023,26 +1024,73 @@ TEST_F(KafkaListenerTest, ProduceRefusesBadBatchesAndKeepsTheConnection) {
   std::string old_magic = batch(2);
   old_magic[batch_field::kMagic] = 1;
   const std::string two = batch(1) + batch(1);
+  std::vector<std::byte> zstd;
+  ASSERT_TRUE(compress_batch(Compression::kZstd, test::as_bytes(batch(2)), zstd).ok());
+  const std::string zstd_batch(reinterpret_cast<const char*>(zstd.data()), zstd.size());
   struct Case {
     const char* what;
+    std::int16_t version;
     std::string request;
     std::int16_t error;
   };
+  // The errors Kafka's Produce gives each (ProduceRequest.validateRecords for the versioned ones).
   const Case cases[] = {
-      {"a flipped bit (CRC)", produce_request(7, "bad", 0, flipped), kafka::error::kCorruptMessage},
-      {"message format v1", produce_request(7, "bad", 0, old_magic), kafka::error::kUnsupportedForMessageFormat},
-      {"two batches", produce_request(7, "bad", 0, two), kafka::error::kInvalidRecord},
-      {"a few bytes", produce_request(7, "bad", 0, "abc"), kafka::error::kCorruptMessage},
-      {"acks 2", produce_request(7, "bad", 0, batch(1), 2), kafka::error::kInvalidRequiredAcks},
-      {"a missing partition", produce_request(7, "bad", 3, batch(1)), kafka::error::kUnknownTopicOrPartition},
-      {"a transaction", produce_request(7, "bad", 0, batch(1), 1, "tx"), kafka::error::kInvalidTxnState},
+      {"a flipped bit (CRC)", 7, produce_request(7, "bad", 0, flipped), kafka::error::kCorruptMessage},
+      {"message format v1 in Produce v3+", 7, produce_request(7, "bad", 0, old_magic), kafka::error::kInvalidRecord},
+      {"message format v1 in Produce v2", 2, produce_request(2, "bad", 0, old_magic), kafka::error::kUnsupportedForMessageFormat},
+      {"zstd before Produce v7", 6, produce_request(6, "bad", 0, zstd_batch), kafka::error::kUnsupportedCompressionType},
+      {"two batches", 7, produce_request(7, "bad", 0, two), kafka::error::kInvalidRecord},
+      {"a few bytes", 7, produce_request(7, "bad", 0, "abc"), kafka::error::kCorruptMessage},
+      {"acks 2", 7, produce_request(7, "bad", 0, batch(1), 2), kafka::error::kInvalidRequiredAcks},
+      {"a missing partition", 7, produce_request(7, "bad", 3, batch(1)), kafka::error::kUnknownTopicOrPartition},
+      {"a transaction", 7, produce_request(7, "bad", 0, batch(1), 1, "tx"), kafka::error::kInvalidTxnState},
   };
   for (const Case& k : cases) {
-    std::optional<std::string> body = c.call(kProduce, 7, false, k.request);
+    std::optional<std::string> body = c.call(kProduce, k.version, false, k.request);
     ASSERT_TRUE(body) << k.what;
-    EXPECT_EQ(read_produce(7, *body).error, k.error) << k.what;
+    EXPECT_EQ(read_produce(k.version, *body).error, k.error) << k.what;
   }
   EXPECT_EQ(log_end(c, "bad"), 0) << "nothing bad was appended";
+  // The same zstd batch from Produce v7 is taken
+  std::optional<std::string> body = c.call(kProduce, 7, false, produce_request(7, "bad", 0, zstd_batch));
+  ASSERT_TRUE(body);
+  EXPECT_EQ(read_produce(7, *body).error, 0);
+  EXPECT_EQ(log_end(c, "bad"), 2);
+}
+
+TEST_F(KafkaListenerTest, OffsetFetchV0AndV1SayAGroupErrorOnEachPartitionAsked) {
+  KafkaClient c(port());
+  for (std::int16_t v = 0; v <= 2; ++v) {
+    // When a consumer asks for the offsets of a group id no group may have
+    Writer ask;
+    ask.string("a/b", false);
+    ask.array(1, false);
+    ask.string("t", false);
+    ask.array(2, false);
+    ask.i32(0);
+    ask.i32(1);
+    std::optional<std::string> body = c.call(kOffsetFetch, v, false, ask.buffer());
+    ASSERT_TRUE(body) << "v" << v;
+    // Expect v0 and v1, which have no group-level error, to say it on each partition asked (before,
+    // they answered no partitions and no error); v2 says it once, for the group
+    Reader r = reader_of(*body);
+    if (v < 2) {
+      ASSERT_EQ(r.array(false), 1);
+      EXPECT_EQ(r.string(false), "t");
+      ASSERT_EQ(r.array(false), 2);
+      for (std::int32_t p = 0; p < 2; ++p) {
+        EXPECT_EQ(r.i32(), p);
+        EXPECT_EQ(r.i64(), -1);
+        (void)r.nullable_string(false);
+        EXPECT_EQ(r.i16(), kafka::error::kInvalidGroupId) << "v" << v;
+      }
+    } else {
+      EXPECT_EQ(r.array(false), 0);
+      EXPECT_EQ(r.i16(), kafka::error::kInvalidGroupId);
+    }
+    EXPECT_TRUE(r.ok()) << r.error();
+    EXPECT_EQ(r.remaining(), 0u) << "v" << v;
+  }
 }
 
 TEST_F(KafkaListenerTest, AdminCreatesDescribesAndDeletesTopics) {
@@ -2721,6 +2769,16 @@ TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFol
   std::optional<std::string> latest = to_leader.call(kListOffsets, 2, false, list_offsets_request(2, "rep", -1));
   ASSERT_TRUE(latest);
   EXPECT_EQ(read_list_offsets(2, *latest), 4);
+  // v4 and later name the leader epoch: the partition's for its end, the batch's for a time (the
+  // epoch the leader stamped; before, every answer said 0)
+  const std::int32_t epoch = l.cluster->partition("rep", 0)->leader_epoch;
+  ASSERT_GE(epoch, 1);
+  latest = to_leader.call(kListOffsets, 4, false, list_offsets_request(4, "rep", -1));
+  ASSERT_TRUE(latest);
+  EXPECT_EQ(read_list_offsets(4, *latest, epoch), 4);
+  std::optional<std::string> by_time = to_leader.call(kListOffsets, 4, false, list_offsets_request(4, "rep", 0));
+  ASSERT_TRUE(by_time);
+  EXPECT_EQ(read_list_offsets(4, *by_time, epoch), 0);
 
   // A group has one coordinator: FindCoordinator names it on both nodes, the other refuses joins
   const NodeId coordinator = l.cluster->group_coordinator("billing");

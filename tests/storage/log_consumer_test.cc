@@ -464,6 +464,41 @@ TEST(ColdReads, AConsumerReadingTheLogOfADeletedTopicIsToldAndThePartitionUnassi
   EXPECT_TRUE(consumer.poll(0).ok());
 }
 
+TEST(ColdReads, AConsumerLappedInTheRingOfADeletedTopicIsToldAndThePartitionUnassigned) {
+  // Given a consumer that read the first records in the ring, a partition of another topic, and
+  // producers that then lapped it many times over
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  ASSERT_TRUE(client->create_topic("lapped", small_topic()).ok());
+  ASSERT_TRUE(client->create_topic("other", small_topic()).ok());
+  TopicProducer producer = TopicProducer::create(client, "lapped").value();
+  TopicConsumer consumer = TopicConsumer::create(client).value();
+  ASSERT_TRUE(consumer.assign("lapped", {0}, SeekTo::earliest()).ok());
+  ASSERT_TRUE(consumer.assign("other", {0}, SeekTo::earliest()).ok());
+  send_range(producer, 0, 10);
+  ASSERT_EQ(read_records(consumer, 10).offsets.size(), 10u);
+  send_range(producer, 10, 6000);
+  ASSERT_TRUE(producer.flush().ok());
+
+  // When the topic is deleted before the consumer looks again
+  ASSERT_TRUE(client->delete_topic("lapped").ok());
+
+  // Expect a poll to say so once and give the partition up, the other topic's staying assigned
+  // (before, the lapped read went to the deleted topic's log, and every poll failed for good)
+  std::optional<Error> told;
+  for (int polls = 0; polls < 100 && !told; ++polls) {
+    Result<PollResult> polled = consumer.poll(10);
+    if (!polled.ok()) told = polled.error();
+  }
+  ASSERT_TRUE(told.has_value()) << "no poll said the topic was deleted";
+  EXPECT_EQ(told->code, Errc::kNotFound) << told->message;
+  EXPECT_NE(told->message.find("was deleted"), std::string::npos) << told->message;
+  EXPECT_EQ(consumer.assigned_partitions(), 1u);
+  EXPECT_TRUE(consumer.poll(0).ok());
+  EXPECT_TRUE(consumer.poll(0).ok());
+}
+
 TEST(ColdReads, ALappedConsumerReadsWhatItMissedFromTheLog) {
   TempDir dir;
   auto node = Node::start(options_for(dir.path())).value();
@@ -646,6 +681,36 @@ TEST(Retention, BySizeDeletesTheOldestSegmentsAndOlderOffsetsAreOutOfRange) {
   EXPECT_EQ(polled->notices[0].from, Offset{0});
   ASSERT_FALSE(polled->records.empty());
   EXPECT_EQ(polled->records[0].offset, polled->notices[0].to);
+}
+
+TEST(Retention, AReplicatedPartitionKeepsEverySegmentFromItsHighWatermarkOn) {
+  TempDir dir;
+  auto node = Node::start(options_for(dir.path())).value();
+  auto client = Client::embedded(*node);
+  TopicSettings settings = small_topic();
+  settings.emplace_back("retention.bytes", "65536");
+  ASSERT_TRUE(client->create_topic("bounded", settings).ok());
+  // Given the partition's high watermark at 1000, published on its ring as a leader's replicator does
+  const PartitionMemory memory = node->open_partition("bounded", 0).value();
+  publish_high_watermark(memory.ring, Offset{1000});
+  TopicProducer producer = TopicProducer::create(client, "bounded").value();
+  // When ten times the retained size is written, and the log holds it all
+  send_range(producer, 0, 6000);
+  auto stats = [&] { return node->describe_topic("bounded")->partitions[0]; };
+  for (int i = 0; i < 500 && stats().log_end_offset != Offset{6000}; ++i) usleep(10'000);
+  ASSERT_EQ(stats().log_end_offset, Offset{6000});
+  usleep(100'000);  // ten retention checks
+  // Expect the segment holding offset 1000 kept, and those before it deleted (without the node's
+  // bound, retention would keep only the last 64 KiB: a follower behind would lose its place)
+  PartitionStats bounded = stats();
+  EXPECT_GT(bounded.log_start_offset.value, 0);
+  EXPECT_LE(bounded.log_start_offset.value, 1000);
+  EXPECT_GT(bounded.log_bytes, 65536u + 16384u);
+  // And once the high watermark passes every record, the log falls within the limit
+  publish_high_watermark(memory.ring, Offset{6000});
+  for (int i = 0; i < 500 && stats().log_bytes > 65536 + 16384; ++i) usleep(10'000);
+  EXPECT_LE(stats().log_bytes, 65536u + 16384u);
+  EXPECT_GT(stats().log_start_offset.value, 1000);
 }
 
 TEST(Retention, ByTimeDeletesSegmentsWhoseRecordsAreAllOlder) {

@@ -609,6 +609,24 @@ namespace {
 
 std::int32_t next_sequence(std::int32_t s) noexcept { return s == INT32_MAX ? 0 : s + 1; }
 
+// What Kafka's Produce refuses by the request's version before looking at a batch: v3 and later
+// carry RecordBatch v2 only (INVALID_RECORD), and zstd needs v7 (KIP-110). Older versions with an
+// older format get UNSUPPORTED_FOR_MESSAGE_FORMAT from append: weft stores v2 batches only.
+std::int16_t refused_for_version(std::int16_t version, std::span<const std::byte> records, std::string& why) {
+  if (records.size() <= batch_field::kMagic) return error::kNone;  // too short: append says so
+  const bool v2 = records[batch_field::kMagic] == std::byte{kBatchMagicV2};
+  if (version >= 3 && !v2) {
+    why = "Produce v3 and later carry RecordBatch v2 only";
+    return error::kInvalidRecord;
+  }
+  if (version < 7 && v2 && records.size() >= kBatchHeaderBytes &&
+      (wire::load_be16(records.data() + batch_field::kAttributes) & batch_attr::kCompressionMask) == static_cast<std::int16_t>(Compression::kZstd)) {
+    why = "zstd needs Produce v7 or later";
+    return error::kUnsupportedCompressionType;
+  }
+  return error::kNone;
+}
+
 }  // namespace
 
 Outcome Broker::produce(const Request& r, Reader& in) {
@@ -644,6 +662,8 @@ Outcome Broker::produce(const Request& r, Reader& in) {
       } else if (!records || records->empty()) {
         part.error = error::kInvalidRecord;
         part.error_message = "no records";
+      } else if (const std::int16_t refused = refused_for_version(r.header.api_version, *records, part.error_message); refused != 0) {
+        part.error = refused;
       } else {
         part.state = state;
         part.batch = *records;
@@ -1391,6 +1411,7 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
     std::int16_t error = 0;
     std::int64_t timestamp = -1;
     std::int64_t offset = -1;
+    std::int32_t leader_epoch = -1;  // unknown, as Kafka answers when it has none
   };
   std::vector<std::pair<std::string, std::vector<Part>>> topics;
   const std::int32_t n = in.array(flex, false, 2);
@@ -1413,12 +1434,17 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
         part.error = cluster_ != nullptr ? error::kLeaderNotAvailable : error::kUnknownTopicOrPartition;
       } else {
         const auto p = static_cast<std::uint32_t>(part.partition);
+        // A node alone leads every partition at epoch 0, as its Metadata says; a cluster's
+        // earliest offset may lie in any earlier leader's epoch, which the broker does not know.
+        const std::int32_t epoch_alone = cluster_ != nullptr ? -1 : 0;
         if (timestamp == -1) {
           // Latest: the high watermark in a cluster (what consumers may read), the ring's end alone.
           const Offset end = state->partitions[p]->memory.ring.claimed_offset();
           part.offset = (cluster_ != nullptr ? std::min(end, view.high_watermark) : end).value;
+          part.leader_epoch = cluster_ != nullptr ? view.leader_epoch : 0;
         } else if (timestamp == -2) {
           part.offset = earliest(*state, p).value;
+          part.leader_epoch = epoch_alone;
         } else if (timestamp < 0) {
           part.error = error::kInvalidTimestamp;  // -3 (max timestamp) and -4 come with v7 and v8
         } else {
@@ -1442,6 +1468,7 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
           if (found.ok() && (cluster_ == nullptr || found->offset < view.high_watermark)) {
             part.offset = found->offset.value;
             part.timestamp = found->timestamp_ms;  // the record's own, as Kafka answers
+            part.leader_epoch = found->leader_epoch >= 0 ? found->leader_epoch : epoch_alone;  // its batch's
           } else if (!found.ok() && found.error().code != Errc::kNotFound) {
             part.error = error::kKafkaStorageError;
           }
@@ -1467,7 +1494,7 @@ Outcome Broker::list_offsets(const Request& r, Reader& in) {
       if (part.error != 0 && out.error == 0) out.error = part.error;
       w.i64(part.timestamp);
       w.i64(part.offset);
-      if (v >= 4) w.i32(0);
+      if (v >= 4) w.i32(part.leader_epoch);
       w.tagged_fields(flex);
     }
     w.tagged_fields(flex);

@@ -500,11 +500,6 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
       const NodeId coordinator = cluster_->group_coordinator(ask.group);
       if (coordinator >= 0 && coordinator != options_.node_id) {
         answer.error = error::kNotCoordinator;
-        if (ask.topics)  // v0 and v1 have no group-level error: each partition says it
-          for (const auto& [name, parts] : *ask.topics) {
-            answer.topics.push_back({name, {}});
-            for (const std::int32_t p : parts) answer.topics.back().second.push_back(Answer{p, -1, {}, error::kNotCoordinator});
-          }
         continue;
       }
     }
@@ -550,6 +545,18 @@ Outcome Broker::offset_fetch(const Request& r, Reader& in) {
             }
             answer.topics.back().second.push_back(std::move(a));
           }
+        }
+      }
+    }
+
+    if (v < 2) {
+      // v0 and v1 have no group-level error: each partition asked says it, as Kafka answers.
+      GroupAnswer& answer = fetch->answers.front();
+      if (answer.error != error::kNone && fetch->asks.front().topics) {
+        answer.topics.clear();
+        for (const auto& [name, parts] : *fetch->asks.front().topics) {
+          answer.topics.push_back({name, {}});
+          for (const std::int32_t p : parts) answer.topics.back().second.push_back(Answer{p, -1, {}, answer.error});
         }
       }
     }

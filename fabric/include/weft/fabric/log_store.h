@@ -18,6 +18,7 @@ namespace weft {
 struct TimedOffset {
   Offset offset;
   std::int64_t timestamp_ms = -1;
+  std::int32_t leader_epoch = -1;  // the batch's stamped partition leader epoch (-1: none)
 };
 
 // A stretch of one segment file for a reader behind the ring to read itself (pread): the batch

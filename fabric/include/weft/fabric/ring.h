@@ -45,8 +45,13 @@ class Ring {
   // Checks and opens a ring another process formatted; bad memory gets an error, never a crash.
   static Result<Ring> attach(std::span<std::byte> memory);
 
+  // The descriptor's shape as checked at attach: every process that maps the ring can write its
+  // memory, so nothing reads these fields there again (a forged count would walk past the slots).
   std::size_t capacity_bytes() const noexcept { return capacity_; }
   std::size_t max_batch_bytes() const noexcept;
+  std::uint32_t max_frame_bytes() const noexcept { return max_frame_bytes_; }
+  std::uint32_t producer_slot_count() const noexcept { return producer_slot_count_; }
+  std::uint32_t consumer_slot_count() const noexcept { return consumer_slot_count_; }
   ring_layout::RingControl& control() const noexcept { return *control_; }
   std::byte* data() const noexcept { return data_; }
   ring_layout::ProducerSlot* producer_slots() const noexcept;
@@ -69,6 +74,10 @@ class Ring {
   std::byte* data_ = nullptr;
   std::size_t capacity_ = 0;
   std::uint64_t mask_ = 0;
+  std::uint32_t max_frame_bytes_ = 0;
+  std::uint32_t producer_slot_count_ = 0;
+  std::uint32_t consumer_slot_count_ = 0;
+  bool membarrier_wake_ = false;  // the descriptor's wake protocol
   friend class Producer;
   friend class Consumer;
   friend class RingOwner;

@@ -93,6 +93,7 @@ inline constexpr std::int16_t kKafkaStorageError = 56;
 inline constexpr std::int16_t kUnknownProducerId = 59;
 inline constexpr std::int16_t kNonEmptyGroup = 68;
 inline constexpr std::int16_t kGroupIdNotFound = 69;
+inline constexpr std::int16_t kUnsupportedCompressionType = 76;
 inline constexpr std::int16_t kMemberIdRequired = 79;
 inline constexpr std::int16_t kGroupMaxSizeReached = 81;
 inline constexpr std::int16_t kFencedInstanceId = 82;
