@@ -513,6 +513,11 @@ Result<void> ClusterNode::create_topic(std::string_view name, std::uint32_t part
   TopicConfig checked = config;
   checked.partitions = partitions;
   WEFT_TRY_VOID(validate_topic_config(checked));
+  // A leader pushes whole batches, one write at most max_write_bytes long: a larger batch would
+  // stop every follower's stream for good, and the partition would go on with its leader alone.
+  if (const std::size_t write = impl_->options.replication.max_write_bytes; checked.max_batch_bytes > write)
+    return Error{Errc::kInvalidArgument, "max.batch.bytes " + std::to_string(checked.max_batch_bytes) + " is larger than one replication write (" +
+                                             std::to_string(write) + " bytes): a replicated topic's batches must fit one"};
   // The store's own list, not this node's view of it (which trails a node that just joined).
   WEFT_TRY(const ClusterSnapshot now, read_cluster(*impl_->store, impl_->options.cluster.cluster));
   const std::size_t live = now.nodes.size();

@@ -87,6 +87,9 @@ enum class MessageType : std::uint8_t {
   kChallenge = 9,  // leader -> follower, on accepting: a nonce
   kHello = 10,     // follower -> leader: its node id, a nonce, proof over both nonces and its id
   kWelcome = 11,   // leader -> follower: the leader's id and its proof over both nonces
+  // leader -> follower, the answer to kUnfollow: no write of that stream comes after it (a link
+  // delivers in order), so its landing region may go.
+  kUnfollowed = 12,
 };
 
 using Nonce = std::array<std::byte, 16>;
@@ -255,11 +258,17 @@ struct Replicator::Impl {
       PushHold hold;  // ring bytes the write points at
     };
     std::deque<InFlight> in_flight;
+    // Control messages the link's full queue did not take (a follower reading slower than its
+    // leader pushes keeps it full): sent first, in order, before any write; a reply dropped there
+    // left its follower waiting for good. Only for this link: a new one starts empty.
+    std::deque<std::vector<std::byte>> unsent;
     // Landing regions of partitions no longer followed through this link: a write may still be
-    // landing in them, so they stay registered and allocated until the link is gone.
+    // landing in them, so they stay registered and allocated until the leader answers the
+    // stream's kUnfollow (or the link is gone).
     struct Retired {
       std::uint32_t key = 0;
       LandingRegion bytes;
+      std::uint16_t stream = 0;
     };
     std::vector<Retired> retired;
     bool up() const noexcept { return link != nullptr && link->connected(); }
@@ -342,10 +351,33 @@ struct Replicator::Impl {
 
   // -- sending --
 
+  // More control messages than this waiting on one link: its peer reads nothing, and the link ends.
+  static constexpr std::size_t kMaxUnsentMessages = 65'536;
+
+  // Sends now, or after what waits for the link's queue; false when the link is down.
   static bool send(Connection& c, const MessageWriter& m) {
     if (!c.up()) return false;
     c.poll_due = true;
-    return c.link->post_send(m.bytes(), 0) == PostStatus::kOk;
+    if (c.unsent.empty()) {
+      const PostStatus posted = c.link->post_send(m.bytes(), 0);
+      if (posted != PostStatus::kQueueFull) return posted == PostStatus::kOk;
+    }
+    if (c.unsent.size() >= kMaxUnsentMessages) {
+      c.link->close();
+      return false;
+    }
+    c.unsent.emplace_back(m.bytes().begin(), m.bytes().end());
+    return true;
+  }
+
+  // Posts the waiting control messages, in order; true when none waits.
+  static bool send_unsent(Connection& c) {
+    while (!c.unsent.empty() && c.up()) {
+      if (c.link->post_send(c.unsent.front(), 0) != PostStatus::kOk) return false;
+      c.unsent.pop_front();
+      c.poll_due = true;
+    }
+    return c.unsent.empty();
   }
 
   void refuse(Connection& c, std::uint16_t stream, MessageType type, std::int32_t epoch, std::int64_t offset, std::string_view why) {
@@ -498,6 +530,7 @@ struct Replicator::Impl {
   // Pushes what the log holds past each stream's position, while the region has room.
   bool push(Connection& c) {
     bool any = false;
+    if (!c.unsent.empty() && !send_unsent(c)) return false;  // the queue is still full: nothing goes before them
     for (auto& entry : c.streams) {
       // Named, not structured bindings: the lambda below captures them (clang 14 cannot).
       const std::uint16_t id = entry.first;
@@ -567,6 +600,7 @@ struct Replicator::Impl {
         const std::uint64_t start = wrapped ? 0 : s.head;
         const std::uint32_t immediate = id | (wrapped ? kWrapBit : 0u);
         c.poll_due = true;
+        if (!c.unsent.empty()) break;  // a message queued above goes first
         const PostStatus posted = c.link->post_write(s.region, start, std::span(pieces.data(), read->pieces), immediate, id);
         if (posted != PostStatus::kOk) break;  // a full queue: the next round; a dead link: its end is polled
         c.in_flight.push_back(Connection::InFlight{id, std::move(buffer), std::move(hold)});
@@ -678,6 +712,17 @@ struct Replicator::Impl {
     f.state = FollowState::kBackoff;
     f.retry_at_ms = now_ms() + options.retry_backoff_ms;
     f.why = std::move(why);
+  }
+
+  // The leader's answer to an unfollow: the stream's oldest retired region on this link goes
+  // (a stream id may have been retired twice; the answers come in order).
+  void on_unfollowed(Connection& c, MessageReader& r) {
+    const auto stream = r.get<std::uint16_t>();
+    if (r.failed() || !c.outgoing) return;
+    const auto it = std::find_if(c.retired.begin(), c.retired.end(), [&](const Connection::Retired& x) { return x.stream == stream; });
+    if (it == c.retired.end()) return;
+    (void)transport.deregister_region(it->key);
+    c.retired.erase(it);
   }
 
   void on_leader_message(Connection& c, MessageType type, MessageReader& r) {
@@ -841,7 +886,13 @@ struct Replicator::Impl {
           on_progress(c, r);
         } else if (type == MessageType::kUnfollow) {
           const auto stream = r.get<std::uint16_t>();
+          if (r.failed()) return;
           c.streams.erase(stream);
+          MessageWriter m;
+          m.put(static_cast<std::uint8_t>(MessageType::kUnfollowed)).put(stream);
+          send(c, m);
+        } else if (type == MessageType::kUnfollowed) {
+          on_unfollowed(c, r);
         } else {
           on_leader_message(c, type, r);
         }
@@ -933,6 +984,7 @@ struct Replicator::Impl {
       }
     }
     c.streams.clear();
+    c.unsent.clear();
     if (c.outgoing) {
       if (c.link != nullptr) c.link->close();
       release_retired(c);
@@ -1005,6 +1057,7 @@ struct Replicator::Impl {
         Result<std::unique_ptr<Link>> link = c->connecting.get();
         if (link.ok()) {
           c->link = std::move(link.value());
+          c->unsent.clear();
           c->poll_due = true;
           c->begin_handshake(now + options.handshake_timeout_ms);  // the leader's challenge comes first
           for (auto& [partition, f] : followed) {
@@ -1022,6 +1075,8 @@ struct Replicator::Impl {
     }
     for (auto& [address_, c] : outgoing)
       if (c->up() && !c->authenticated && now > c->handshake_deadline_ms) handshake_failed(*c, "the leader's handshake did not end in time");
+    for (auto& [address_, c] : outgoing)
+      if (c->up() && c->authenticated && !c->unsent.empty()) any = send_unsent(*c) || any;
     for (auto& [partition, f] : followed) {
       auto c = outgoing.find(f.address);
       if (c == outgoing.end() || !c->second->up() || !c->second->authenticated) continue;
@@ -1279,15 +1334,14 @@ void Replicator::forget(const PartitionId& partition) {
   }
   if (auto f = impl_->followed.find(partition); f != impl_->followed.end()) {
     auto c = impl_->outgoing.find(f->second.address);
-    if (c != impl_->outgoing.end() && c->second->up()) {
-      MessageWriter m;
-      m.put(static_cast<std::uint8_t>(MessageType::kUnfollow)).put(f->second.stream);
-      Impl::send(*c->second, m);
-    }
-    // A write may still be landing in the region: it stays registered and allocated with the
-    // link until that ends (a write for the old stream lands there harmlessly meanwhile).
-    if (c != impl_->outgoing.end() && c->second->link != nullptr) {
-      c->second->retired.push_back(Impl::Connection::Retired{f->second.descriptor.key, std::move(f->second.region)});
+    // A write may still be landing in the region: it stays registered and allocated until the
+    // leader answers the unfollow or the link ends (a write for the old stream lands there
+    // harmlessly meanwhile). A link that is down, or still in its handshake (no stream yet, and
+    // nothing but the handshake may cross it), lands nothing more.
+    MessageWriter m;
+    m.put(static_cast<std::uint8_t>(MessageType::kUnfollow)).put(f->second.stream);
+    if (c != impl_->outgoing.end() && c->second->authenticated && Impl::send(*c->second, m)) {
+      c->second->retired.push_back(Impl::Connection::Retired{f->second.descriptor.key, std::move(f->second.region), f->second.stream});
     } else {
       (void)impl_->transport.deregister_region(f->second.descriptor.key);
     }

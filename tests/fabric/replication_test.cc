@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -319,6 +320,36 @@ TEST_P(ReplicationTest, APromotedFollowerLeadsFromWhereItIs) {
   ASSERT_TRUE(run_until([&] { return same_log(l2, l3) && n2.high_watermark(kP) == Offset{55}; }));
 }
 
+std::string follow_state(Replicator& r, const PartitionId& partition) {
+  for (const ReplicaStatus& s : r.status())
+    if (s.partition == partition) return s.state;
+  return "";
+}
+
+TEST_P(ReplicationTest, ALandingRegionLeftBehindGoesOnceItsLeaderAnswersTheUnfollowWhileTheLinkStaysUp) {
+  // Given node 2 following two partitions of node 1 (one keeps their link up throughout)
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  const PartitionId kOther{"events", 4};
+  MemoryReplicaLog other_leader, other_follower;
+  ASSERT_TRUE(n1.lead(kP, &logs_[0], 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(n1.lead(kOther, &other_leader, 1, {1, 2}, {1, 2}).ok());
+  ASSERT_TRUE(n2.follow(kOther, &other_follower, 1, 1, n1.address()).ok());
+  // When node 2 follows kP anew more times than the transport has region slots (each role
+  // change of a partition makes a new landing region and leaves the last one behind)
+  for (int round = 0; round < 1100; ++round) {
+    const Result<void> followed = n2.follow(kP, &logs_[1], 1, 1, n1.address());
+    // Expect every follow to get its region (before, the regions left behind stayed registered
+    // while the link was up, and the 1 023rd follow failed: the partition unfollowed for good)
+    ASSERT_TRUE(followed.ok()) << "round " << round << ": " << followed.error().message;
+    ASSERT_TRUE(run_until([&] { return follow_state(n2, kP) == "streaming"; }, {}, 5'000)) << "round " << round << ": " << follow_state(n2, kP);
+  }
+  // And the partitions replicate as before
+  logs_[0].produce(10, 1);
+  other_leader.produce(5, 1);
+  ASSERT_TRUE(run_until([&] { return logs_[1].log_end() == Offset{10} && other_follower.log_end() == Offset{5}; }));
+}
+
 TEST_P(ReplicationTest, WritesThatEndExactlyAtTheRegionsEndWrapAndGoOn) {
   // Batches of one size B, writes of 2B into a region of 8B: every fourth write ends exactly at
   // the region's end, and the next must start it again (a stall here once stopped the stream).
@@ -375,6 +406,103 @@ class SilentPeerTransport final : public Transport {
   bool released_ = false;
   int attempts_ = 0;
 };
+
+// Delegates to another transport, except that the first control message of type `full_for` a
+// link is asked to send meets a full queue (as under a follower that reads slower than its leader
+// pushes), once per link: the caller must send it later.
+class FullQueueTransport final : public Transport {
+ public:
+  FullQueueTransport(Transport& inner, std::uint8_t full_for) : inner_(inner), full_for_(full_for) {}
+  std::string_view name() const noexcept override { return inner_.name(); }
+  Result<LocalRegion> register_region(std::span<std::byte> bytes) override { return inner_.register_region(bytes); }
+  Result<void> deregister_region(std::uint32_t key) override { return inner_.deregister_region(key); }
+  Result<std::unique_ptr<LinkListener>> listen(std::string_view address) override {
+    WEFT_TRY(std::unique_ptr<LinkListener> listener, inner_.listen(address));
+    return std::unique_ptr<LinkListener>(std::make_unique<Listener>(std::move(listener), *this));
+  }
+  Result<std::unique_ptr<Link>> connect(std::string_view address, int timeout_ms) override {
+    WEFT_TRY(std::unique_ptr<Link> link, inner_.connect(address, timeout_ms));
+    return std::unique_ptr<Link>(std::make_unique<Wrapped>(std::move(link), *this));
+  }
+  int refused() const { return refused_.load(); }
+
+ private:
+  class Wrapped final : public Link {
+   public:
+    Wrapped(std::unique_ptr<Link> inner, FullQueueTransport& t) : inner_(std::move(inner)), t_(t) {}
+    PostStatus post_write(const RegionDescriptor& remote, std::uint64_t offset, std::span<const std::span<const std::byte>> gather,
+                          std::uint32_t immediate, std::uint64_t context) override {
+      return inner_->post_write(remote, offset, gather, immediate, context);
+    }
+    PostStatus post_send(std::span<const std::byte> message, std::uint64_t context) override {
+      if (!refused_once_ && !message.empty() && static_cast<std::uint8_t>(message[0]) == t_.full_for_) {
+        refused_once_ = true;
+        ++t_.refused_;
+        return PostStatus::kQueueFull;
+      }
+      return inner_->post_send(message, context);
+    }
+    std::size_t poll(std::span<LinkCompletion> out) override { return inner_->poll(out); }
+    int event_fd() const noexcept override { return inner_->event_fd(); }
+    bool connected() const noexcept override { return inner_->connected(); }
+    const Error& error() const noexcept override { return inner_->error(); }
+    const std::string& peer_address() const noexcept override { return inner_->peer_address(); }
+    void close() noexcept override { inner_->close(); }
+    void accept_writes() noexcept override { inner_->accept_writes(); }
+
+   private:
+    std::unique_ptr<Link> inner_;
+    FullQueueTransport& t_;
+    bool refused_once_ = false;
+  };
+  class Listener final : public LinkListener {
+   public:
+    Listener(std::unique_ptr<LinkListener> inner, FullQueueTransport& t) : inner_(std::move(inner)), t_(t) {}
+    Result<std::unique_ptr<Link>> accept() override {
+      WEFT_TRY(std::unique_ptr<Link> link, inner_->accept());
+      return std::unique_ptr<Link>(std::make_unique<Wrapped>(std::move(link), t_));
+    }
+    int event_fd() const noexcept override { return inner_->event_fd(); }
+    const std::string& address() const noexcept override { return inner_->address(); }
+
+   private:
+    std::unique_ptr<LinkListener> inner_;
+    FullQueueTransport& t_;
+  };
+  Transport& inner_;
+  std::uint8_t full_for_;
+  std::atomic<int> refused_{0};
+};
+
+TEST_P(ReplicationTest, ALeadersAnswerThatMeetsAFullQueueIsSentOnceTheQueueHasRoom) {
+  for (const std::uint8_t answer : {std::uint8_t{3} /* accepted */, std::uint8_t{12} /* unfollowed */}) {
+    // Given a leader whose link's queue is full when it first answers with `answer`
+    FullQueueTransport full(*transport_, answer);
+    std::unique_ptr<Replicator> leader = Replicator::start(full, 1, GetParam().tcp ? "127.0.0.1:0" : "", small_options()).value();
+    std::unique_ptr<Replicator> follower = Replicator::start(*transport_, 2, GetParam().tcp ? "127.0.0.1:0" : "", small_options()).value();
+    MemoryReplicaLog leader_log, follower_log;
+    ASSERT_TRUE(leader->lead(kP, &leader_log, 1, {1, 2}, {1, 2}).ok());
+    ASSERT_TRUE(follower->follow(kP, &follower_log, 1, 1, leader->address()).ok());
+    leader_log.produce(10, 1);
+    auto run = [&](const std::function<bool()>& done) {
+      for (int i = 0; i < 20'000 && !done(); ++i) {
+        leader->run_once(0);
+        follower->run_once(0);
+      }
+      return done();
+    };
+    if (answer == 12) {
+      ASSERT_TRUE(run([&] { return follower_log.log_end() == Offset{10}; }));
+      ASSERT_TRUE(follower->follow(kP, &follower_log, 1, 1, leader->address()).ok());  // follows anew: the last region is unfollowed
+    }
+    // Expect the follower to stream and copy the leader's records (before, the answer was lost,
+    // and the follower waited for it for good)
+    EXPECT_TRUE(run([&] { return follow_state(*follower, kP) == "streaming"; })) << follow_state(*follower, kP);
+    leader_log.produce(5, 1);
+    EXPECT_TRUE(run([&] { return follower_log.log_end() == Offset{15}; })) << follower_log.log_end().value;
+    EXPECT_EQ(full.refused(), 1);
+  }
+}
 
 // A peer that speaks the replication messages by hand (their layouts: replication.cc).
 template <class... T>

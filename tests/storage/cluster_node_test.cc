@@ -485,6 +485,21 @@ TEST_F(ClusterNodeTest, ATopicDeletedAndMadeAgainAtOnceStartsEmptyOnEveryReplica
   expect_only_the_new_batch(0, end, std::byte{9}, std::byte{1});
 }
 
+TEST_F(ClusterNodeTest, ATopicWhoseBatchesCannotFitOneReplicationWriteIsRefused) {
+  start(1, {});
+  TopicConfig config;
+  config.ring_capacity_bytes = std::size_t{16} << 20;
+  config.max_batch_bytes = (std::size_t{1} << 20) + 4096;  // past the 1 MiB write
+  // Expect the create refused, saying why (before, it was made, and its first batch over 1 MiB
+  // stopped every follower's stream for good)
+  const Result<void> refused = any().cluster->create_topic("huge", 1, 1, config);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(refused.error().message.find("replication write"), std::string::npos) << refused.error().message;
+  config.max_batch_bytes = std::size_t{1} << 20;
+  EXPECT_TRUE(any().cluster->create_topic("large", 1, 1, config).ok());
+}
+
 TEST_F(ClusterNodeTest, ANodeKeepsItsCopyOfATopicTheStoreLacksAndMakesNoWritesToIt) {
   // Given a topic replicated on two nodes, the second of which crashes
   two_nodes_replicating_orders({});
