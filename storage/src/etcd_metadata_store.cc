@@ -179,7 +179,9 @@ Error stream_error(const std::string& label, std::string_view path, const json& 
   if (const auto it = error.find("grpc_code"); it != error.end() && it->is_number_integer())
     code = from_grpc(it->get<std::int64_t>());
   std::string message = string_field(error, "message");
-  return Error{code, label + ": " + std::string(path) + ": " + (message.empty() ? error.dump() : message)};
+  // Never the value itself: a deeply nested one would overflow the stack of dump(), which recurses.
+  if (message.empty()) message = error.is_string() ? error.get<std::string>().substr(0, 200) : std::string("an error without a message (a JSON ") + error.type_name() + ")";
+  return Error{code, label + ": " + std::string(path) + ": " + message};
 }
 
 int ms_until(Clock::time_point deadline) {
@@ -290,8 +292,14 @@ class EtcdWatch final : public MetadataWatch {
       }
     }
     text_.erase(0, start);
+    // etcd's lines are an event batch each (a few MiB at most); one that never ends is not etcd,
+    // and would grow without bound.
+    if (result.ok() && text_.size() > kMaxLineBytes)
+      result = bad_answer(label, kPath, "a line of the stream is longer than " + std::to_string(kMaxLineBytes >> 20) + " MiB");
     return result;
   }
+
+  static constexpr std::size_t kMaxLineBytes = std::size_t{64} << 20;
 
   HttpConnection connection_;
   std::int64_t from_revision_;

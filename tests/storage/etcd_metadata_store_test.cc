@@ -12,11 +12,14 @@
 
 #include <arpa/inet.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../etcd_server.h"
@@ -157,6 +160,115 @@ TEST(EtcdMetadataStore, ServerThatNeverAnswersIsUnavailableWithinTheTimeout) {
   EXPECT_EQ(put.error().code, Errc::kUnavailable);
   EXPECT_NE(put.error().message.find("300 ms"), std::string::npos) << put.error().message;
   ::close(listener);
+}
+
+// Something that is not etcd on etcd's port: answers each request on the connections it accepts
+// (at most 4, for at most 10 s) with `answer` as it comes, then closes.
+class ScriptedServer {
+ public:
+  explicit ScriptedServer(std::function<void(int fd)> answer) : answer_(std::move(answer)) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t size = sizeof(address);
+    EXPECT_EQ(::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    EXPECT_EQ(::listen(listener_, 8), 0);
+    EXPECT_EQ(::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &size), 0);
+    endpoint_ = "127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+    thread_ = std::thread([this] {
+      const auto deadline = Clock::now() + std::chrono::seconds(10);
+      for (int served = 0; served < 4 && Clock::now() < deadline; ++served) {
+        pollfd p{listener_, POLLIN, 0};
+        if (::poll(&p, 1, 200) <= 0) {
+          if (stop_) return;
+          --served;
+          continue;
+        }
+        const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) continue;
+        std::string request;  // the head and a body of the length it names
+        char buffer[4096];
+        for (int reads = 0; reads < 1000; ++reads) {
+          const std::size_t head_end = request.find("\r\n\r\n");
+          if (head_end != std::string::npos) {
+            const std::size_t at = request.find("Content-Length: ");
+            const std::size_t length = at == std::string::npos ? 0 : std::stoul(request.substr(at + 16));
+            if (request.size() >= head_end + 4 + length) break;
+          }
+          const ssize_t n = ::read(fd, buffer, sizeof buffer);
+          if (n <= 0) break;
+          request.append(buffer, static_cast<std::size_t>(n));
+        }
+        answer_(fd);
+        ::close(fd);
+      }
+    });
+  }
+  ~ScriptedServer() {
+    stop_ = true;
+    thread_.join();
+    ::close(listener_);
+  }
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  std::function<void(int)> answer_;
+  int listener_ = -1;
+  std::string endpoint_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+void write_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);  // the client may have gone
+    if (n <= 0) return;
+    bytes.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+TEST(EtcdMetadataStore, AnErrorNestedTooDeepToPrintIsAnErrorNotACrash) {
+  // Given something on etcd's port that answers with an error value 100 000 arrays deep
+  const std::string nested = "{\"error\":" + std::string(100'000, '[') + std::string(100'000, ']') + "}";
+  ScriptedServer server([&](int fd) {
+    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(nested.size()) + "\r\n\r\n" + nested);
+  });
+  Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(server.endpoint(), {2000});
+  ASSERT_TRUE(store.ok()) << store.error().message;
+  // Expect the keep-alive to fail, saying the answer had no message (before, printing the value
+  // overflowed the stack and took the node down)
+  const Result<void> renewed = (*store)->keep_alive(1);
+  ASSERT_FALSE(renewed.ok());
+  EXPECT_NE(renewed.error().message.find("without a message"), std::string::npos) << renewed.error().message.substr(0, 300);
+}
+
+TEST(EtcdMetadataStore, AWatchLineThatNeverEndsEndsTheWatchWithBoundedMemory) {
+  // Given something on etcd's port that confirms a watch, then streams 80 MiB with no line's end
+  ScriptedServer server([](int fd) {
+    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    const std::string created = "{\"result\":{\"created\":true}}\n";
+    char size[32];
+    std::snprintf(size, sizeof size, "%zx\r\n", created.size());
+    write_all(fd, std::string(size) + created + "\r\n");
+    const std::string chunk(std::size_t{1} << 20, 'x');
+    std::snprintf(size, sizeof size, "%zx\r\n", chunk.size());
+    for (int i = 0; i < 80; ++i) write_all(fd, std::string(size) + chunk + "\r\n");
+  });
+  Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(server.endpoint(), {2000});
+  ASSERT_TRUE(store.ok()) << store.error().message;
+  Result<std::unique_ptr<MetadataWatch>> watch = (*store)->watch("/k", 0);
+  // Expect the watch to end once the line passes 64 MiB (before, it kept every byte, for ever):
+  // at its start when the bytes came with etcd's confirmation, else at a next()
+  std::optional<Error> ended;
+  if (!watch.ok()) ended = watch.error();
+  for (int i = 0; i < 200 && !ended; ++i) {
+    std::vector<WatchEvent> events;
+    if (Result<void> next = (*watch)->next(events, 100); !next.ok()) ended = next.error();
+  }
+  ASSERT_TRUE(ended.has_value()) << "the watch took 80 MiB without a line's end";
+  EXPECT_EQ(ended->code, Errc::kCorrupt) << ended->message;
+  EXPECT_NE(ended->message.find("longer than"), std::string::npos) << ended->message;
 }
 
 TEST(EtcdMetadataStore, CallsFailUnavailableWhileEtcdIsStoppedAndWorkOnceItIsBack) {

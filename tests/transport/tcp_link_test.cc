@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 
+#include "../descriptors_used_up.h"
 #include "link_conformance.h"
 #include "weft/fabric/socket_address.h"
 
@@ -148,6 +151,58 @@ TEST_F(TcpLinkTest, SilentPeersDoNotHoldTheListenerFromAPeerThatSpeaks) {
   auto accepted = accept_within(5'000);
   EXPECT_TRUE(accepted.ok()) << accepted.error().message;
   for (const int fd : silent) ::close(fd);
+}
+
+TEST_F(TcpLinkTest, AFullHandshakeTableStillTimesItsSilentPeersOutWhileNewcomersKeepComing) {
+  // Given 64 peers that connect and say nothing, taken into the handshake (the table is full)
+  std::vector<int> silent;
+  for (int i = 0; i < 64; ++i) silent.push_back(raw_connect(listener->address()));
+  for (int i = 0; i < 10; ++i) (void)listener->accept();
+  // When newcomers keep arriving (a scanner, a health check reconnecting), one before every
+  // accept(), and a node connects after the silent peers' timeout (300 ms) has passed
+  bool node_connected = false, node_accepted = false;
+  std::unique_ptr<Link> client;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 300 && !node_accepted; ++i) {
+    const int newcomer = raw_connect(listener->address());
+    if (newcomer >= 0) ::close(newcomer);
+    if (!node_connected && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(600)) {
+      auto connected = transport->connect(listener->address(), 1'000);
+      ASSERT_TRUE(connected.ok()) << connected.error().message;
+      client = std::move(connected.value());
+      node_connected = true;
+    }
+    Result<std::unique_ptr<Link>> accepted = listener->accept();
+    node_accepted = accepted.ok();
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  // Expect the node's link handed out (before, every accept() returned at the first newcomer it
+  // refused, so the silent peers never timed out and the port stayed closed to nodes)
+  EXPECT_TRUE(node_connected);
+  EXPECT_TRUE(node_accepted);
+  for (const int fd : silent) ::close(fd);
+}
+
+TEST_F(TcpLinkTest, OutOfDescriptorsAWaitingPeerIsClosedSoTheListenerStopsWakingItsCaller) {
+  // Given a peer waiting to be accepted, and a process with no descriptor left
+  const int peer = raw_connect(listener->address());
+  ASSERT_GE(peer, 0);
+  DescriptorsUsedUp used_up(0);
+  ASSERT_TRUE(used_up.ready());
+  // When the listener is asked to accept
+  Result<std::unique_ptr<Link>> accepted = listener->accept();
+  pollfd readable{listener->event_fd(), POLLIN, 0};
+  const int still_readable = ::poll(&readable, 1, 0);
+  used_up.release();
+  // Expect it to say so, and to have closed the peer's connection, so that the listener is no
+  // longer readable (before, the connection stayed queued: the replication thread, woken by the
+  // listener, spun on a failing accept for as long as descriptors ran short)
+  ASSERT_FALSE(accepted.ok());
+  EXPECT_EQ(accepted.error().code, Errc::kResourceExhausted) << accepted.error().message;
+  EXPECT_EQ(still_readable, 0);
+  char byte = 0;
+  EXPECT_EQ(::recv(peer, &byte, 1, 0), 0) << "the peer's connection was closed";
+  ::close(peer);
 }
 
 TEST_F(TcpLinkTest, AWriteStillArrivingWhenItsRegionIsWithdrawnEndsTheLinkAndLandsNowhere) {

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -514,6 +515,9 @@ class TcpListener final : public LinkListener {
   Result<std::unique_ptr<Link>> accept() override {
     // Every peer waiting is taken into the handshake, which goes on over later calls: one that
     // says nothing (a port scan, a health check) costs a slot until its timeout, never a wait.
+    // Refusals are said only after the handshakes under way had their turn: a steady trickle of
+    // newcomers must not keep those from finishing or timing out.
+    std::optional<Error> refused;
     for (int i = 0; i < 16; ++i) {
       SocketAddress peer;
       peer.length = sizeof peer.storage;
@@ -521,17 +525,29 @@ class TcpListener final : public LinkListener {
       if (fd < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EMFILE || errno == ENFILE) {
+          // The connection stays queued and the listener readable: its caller would wake at once,
+          // for ever. It is taken and closed with the spare descriptor instead.
+          const int error = errno;
+          (void)shed_waiting_connection(socket_.get(), spare_);
+          refused = os_error(Errc::kResourceExhausted, "accept on " + address_ + " (a waiting link was closed)", error);
+          break;
+        }
         return os_error(Errc::kIo, "accept on " + address_, errno);
       }
       UniqueFd socket(fd);
       if (handshaking_.size() >= kMaxHandshakes) {
-        return Error{Errc::kResourceExhausted, "link from " + peer.to_string() + " refused: " + std::to_string(kMaxHandshakes) + " others are in their handshake"};
+        refused = Error{Errc::kResourceExhausted, "link from " + peer.to_string() + " refused: " + std::to_string(kMaxHandshakes) + " others are in their handshake"};
+        continue;  // closed
       }
       tune_socket(fd, shared_->options);
       handshaking_.push_back(Handshake{std::move(socket), peer.to_string(), {}, 0,
                                        Clock::now() + std::chrono::milliseconds(shared_->options.handshake_timeout_ms)});
     }
+    // One pass drops every handshake that ended or timed out (one a call let newcomers take the
+    // freed places as fast as they went), and hands out the first link whose hello came.
     const Clock::time_point now = Clock::now();
+    std::optional<Error> dropped;
     for (auto it = handshaking_.begin(); it != handshaking_.end();) {
       Handshake& h = *it;
       ssize_t got = 0;
@@ -541,19 +557,23 @@ class TcpListener final : public LinkListener {
       const int error = errno;
       if (h.have == h.theirs.size()) {
         Handshake done = std::move(h);
-        handshaking_.erase(it);
-        if (done.theirs != kHello) return Error{Errc::kCorrupt, "link handshake: " + bad_hello(done.theirs.data(), done.peer)};
-        return make_link(shared_, std::move(done.socket), done.peer, true);
+        it = handshaking_.erase(it);
+        if (done.theirs == kHello) return make_link(shared_, std::move(done.socket), done.peer, true);
+        if (!dropped) dropped = Error{Errc::kCorrupt, "link handshake: " + bad_hello(done.theirs.data(), done.peer)};
+        continue;
       }
       const bool closed = got == 0 || (got < 0 && error != EAGAIN && error != EWOULDBLOCK && error != EINTR);
       if (closed || now >= h.deadline) {
-        const std::string peer = h.peer;
-        handshaking_.erase(it);
-        return Error{Errc::kUnavailable, closed ? "link handshake with " + peer + ": the peer closed the connection"
-                                                : "link handshake with " + peer + " timed out (is it a weft replication port?)"};
+        if (!dropped)
+          dropped = Error{Errc::kUnavailable, closed ? "link handshake with " + h.peer + ": the peer closed the connection"
+                                                     : "link handshake with " + h.peer + " timed out (is it a weft replication port?)"};
+        it = handshaking_.erase(it);
+        continue;
       }
       ++it;
     }
+    if (refused) return std::move(*refused);
+    if (dropped) return std::move(*dropped);
     return Error{Errc::kUnavailable, "no peer is waiting"};
   }
   int event_fd() const noexcept override { return socket_.get(); }
@@ -572,6 +592,7 @@ class TcpListener final : public LinkListener {
   UniqueFd socket_;
   std::string address_;
   std::vector<Handshake> handshaking_;
+  UniqueFd spare_ = spare_descriptor();  // see shed_waiting_connection
 };
 
 class TcpTransport final : public Transport {
