@@ -316,6 +316,7 @@ class SocketClient final : public Client {
       WEFT_TRY(header, local::parse_header(buffer_, payload));
       if (header.request_id == id || header.request_id == 0 || stale >= 64) break;
     }
+    if (payload.empty()) return Error{Errc::kCorrupt, "weftd answered with an empty message"};
     local::Reader r(payload);
     const auto code = static_cast<Errc>(r.u8());
     if (code != Errc::kOk) {
@@ -342,7 +343,8 @@ class SocketClient final : public Client {
 }  // namespace
 
 Result<std::shared_ptr<Client>> Client::connect(std::string socket_path) {
-  if (socket_path.empty()) {
+  const bool default_path = socket_path.empty();
+  if (default_path) {
     // The default path may be the shared /tmp fallback, where another user could plant a socket.
     socket_path = local::default_socket_path();
     if (Result<void> trusted = local::check_socket_directory(socket_path); !trusted.ok() && trusted.error().code != Errc::kNotFound)
@@ -362,6 +364,16 @@ Result<std::shared_ptr<Client>> Client::connect(std::string socket_path) {
     if (error == EACCES)
       return Error{Errc::kPermissionDenied, "not allowed to open " + socket_path + " (check its file mode and weftd's socket_mode)"};
     return os_error(Errc::kUnavailable, "connecting to " + socket_path, error);
+  }
+  if (default_path) {
+    // And whoever listens there must be this user or root: a node another user started at the
+    // default place would get this user's records.
+    ucred server{};
+    socklen_t size = sizeof server;
+    if (getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &server, &size) != 0) return os_error(Errc::kIo, "SO_PEERCRED of " + socket_path, errno);
+    if (server.uid != geteuid() && server.uid != 0)
+      return Error{Errc::kPermissionDenied, "the node at " + socket_path + " runs as uid " + std::to_string(server.uid) +
+                                                ", not as this user or root: refusing it (pass --socket PATH to use it anyway)"};
   }
   // A receive that outlives a hung node fails instead of blocking the caller forever.
   timeval timeout{30, 0};

@@ -241,11 +241,16 @@ std::string default_socket_path() {
 Result<void> check_socket_directory(const std::string& socket_path) {
   const std::size_t slash = socket_path.rfind('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : socket_path.substr(0, slash));
+  // The entry and what it leads to: a symbolic link another user made (to /tmp, say) would
+  // otherwise pass as the root-owned, sticky directory it points at.
+  struct stat entry{};
   struct stat st{};
-  if (stat(dir.c_str(), &st) != 0) return os_error(Errc::kNotFound, "socket directory " + dir, errno);
-  if (st.st_uid != geteuid() && st.st_uid != 0)
-    return Error{Errc::kPermissionDenied, "socket directory " + dir + " belongs to uid " + std::to_string(st.st_uid) +
-                                              ", not to this user or root: refusing a socket someone else may have planted"};
+  if (lstat(dir.c_str(), &entry) != 0 || stat(dir.c_str(), &st) != 0) return os_error(Errc::kNotFound, "socket directory " + dir, errno);
+  for (const struct stat* owned : {&entry, &st})
+    if (owned->st_uid != geteuid() && owned->st_uid != 0)
+      return Error{Errc::kPermissionDenied, "socket directory " + dir + (owned == &entry && S_ISLNK(entry.st_mode) ? " is a link that" : "") +
+                                                " belongs to uid " + std::to_string(owned->st_uid) +
+                                                ", not to this user or root: refusing a socket someone else may have planted"};
   if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0)
     return Error{Errc::kPermissionDenied, "socket directory " + dir + " is writable by other users and not sticky: refusing it"};
   return ok();

@@ -318,6 +318,55 @@ TEST_F(LocalServerProcessTest, AdmitsItsOwnUidWhenNotRoot) {
   EXPECT_EQ(children_.reap(child, std::chrono::seconds(10)), kChildOk);
 }
 
+TEST_F(LocalServerProcessTest, TheDefaultPlaceRefusesADirectoryLinkOrANodeOfAnotherUser) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to act as uid 65534";
+  // Given a root-owned directory, and links to it made by root and by another user
+  const std::string real = dir_.path() + "/real", link = dir_.path() + "/link", own_link = dir_.path() + "/own-link";
+  ASSERT_EQ(mkdir(real.c_str(), 0755), 0);
+  ASSERT_EQ(symlink(real.c_str(), link.c_str()), 0);
+  ASSERT_EQ(lchown(link.c_str(), kNobody, kNobody), 0) << std::strerror(errno);
+  ASSERT_EQ(symlink(real.c_str(), own_link.c_str()), 0);
+  // Expect the other user's link refused (before, the check followed it to the directory it
+  // names and passed), root's taken
+  const Result<void> planted = local::check_socket_directory(link + "/weftd.sock");
+  ASSERT_FALSE(planted.ok());
+  EXPECT_EQ(planted.error().code, Errc::kPermissionDenied);
+  EXPECT_NE(planted.error().message.find("is a link that belongs to uid 65534"), std::string::npos) << planted.error().message;
+  EXPECT_TRUE(local::check_socket_directory(own_link + "/weftd.sock").ok());
+
+  // Given a socket another user listens on at the default place (a shared, sticky directory)
+  const std::string shared = dir_.path() + "/shared", path = shared + "/weftd.sock";
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);  // the other user reaches it
+  ASSERT_EQ(mkdir(shared.c_str(), 0777), 0);
+  ASSERT_EQ(chmod(shared.c_str(), 01777), 0);
+  Pipe ready = Pipe::make();
+  const pid_t child = children_.spawn([&]() -> int {
+    ready.read_end = UniqueFd();
+    if (!become(kNobody)) return kChildSetuidFailed;
+    const UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 || listen(fd.get(), 4) != 0) return kChildUnexpected;
+    const char one = 1;
+    (void)write_all(ready.write_end.get(), &one, 1);
+    std::this_thread::sleep_for(std::chrono::seconds(10));  // stopped by PID before then
+    return kChildOk;
+  });
+  ready.write_end = UniqueFd();
+  char byte = 0;
+  ASSERT_EQ(read(ready.read_end.get(), &byte, 1), 1) << "the other user's socket is not listening";
+  // When a client connects to the default place, which names that socket
+  ASSERT_EQ(setenv("WEFT_SOCKET", path.c_str(), 1), 0);
+  Result<std::shared_ptr<Client>> client = Client::connect("");
+  unsetenv("WEFT_SOCKET");
+  // Expect it refused, naming the node's uid (before, it spoke to whoever listened there)
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.error().code, Errc::kPermissionDenied) << client.error().message;
+  EXPECT_NE(client.error().message.find("runs as uid 65534"), std::string::npos) << client.error().message;
+  EXPECT_EQ(children_.reap(child, std::chrono::milliseconds(10)), test::Children::kTimedOut);
+}
+
 TEST_F(LocalServerTest, RefusesAnUnlistedUidClearlyAndKeepsServing) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to setuid() a child to 65534";
   // Given a socket any user can reach, and no allow list

@@ -128,8 +128,9 @@ bool kernel_reports_unread_bytes();
 // else $XDG_RUNTIME_DIR/weft/weftd.sock, else /tmp/weft-<uid>/weftd.sock.
 std::string default_socket_path();
 
-// Refuses a socket whose directory another user could have planted it in: the directory must
-// belong to this user or root, and be writable by nobody else unless it is sticky (as /tmp is).
+// Refuses a socket whose directory another user could have planted it in: the directory (and
+// the link, when it is one) must belong to this user or root, and be writable by nobody else
+// unless it is sticky (as /tmp is).
 Result<void> check_socket_directory(const std::string& socket_path);
 
 }  // namespace weft::local
