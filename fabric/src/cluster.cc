@@ -335,6 +335,9 @@ struct ClusterMember::Impl {
 
   // Writes a partition state if nobody changed it since it was read; a lost race re-reads.
   bool write_state(const PartitionId& id, const PartitionState& state, const char* why) {
+    // A pass after a node with hundreds of partitions died writes as many states, a round trip
+    // each: the lease is renewed between them when due, or it would lapse during the pass.
+    keep_alive();
     Result<bool> written = store->compare_and_put(partition_key(id), state.revision, encode_partition(state), 0, &controller_guard);
     dirty = true;
     if (!written.ok()) {
@@ -554,6 +557,7 @@ Result<void> ClusterMember::delete_topic(std::string_view name) {
 
 Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
                                        const std::vector<NodeId>& based_on, const std::string& topic_id) {
+  impl_->keep_alive();  // when due: a burst of commits takes two round trips each
   WEFT_TRY(std::optional<KeyValue> kv, impl_->store->get(impl_->partition_key(partition)));
   if (!kv) return false;
   WEFT_TRY(PartitionState state, decode_partition(kv->value));

@@ -314,7 +314,8 @@ class EtcdMetadataStore final : public MetadataStore {
       : endpoint_(std::move(endpoint)),
         label_("etcd at " + endpoint_.name),
         options_(options),
-        connection_(endpoint_, label_) {}
+        kv_(endpoint_, label_),
+        leases_(endpoint_, label_) {}
 
   Result<std::int64_t> put(std::string_view key, std::string_view value, std::int64_t lease) override {
     static constexpr std::string_view kPath = "/v3/kv/put";
@@ -399,7 +400,7 @@ class EtcdMetadataStore final : public MetadataStore {
       return Error{Errc::kInvalidArgument, label_ + ": a lease lasts at least 1 s (asked for " + std::to_string(ttl_seconds) + " s)"};
     json request = json::object();
     request["TTL"] = std::to_string(ttl_seconds);
-    WEFT_TRY(const json answer, call(kPath, request));
+    WEFT_TRY(const json answer, call(kPath, request, leases_));
     if (std::string refused = string_field(answer, "error"); !refused.empty())
       return Error{Errc::kUnavailable, label_ + ": " + std::string(kPath) + ": " + refused};
     WEFT_TRY(const std::int64_t id, int64_field(answer, "ID", label_, kPath));
@@ -412,7 +413,7 @@ class EtcdMetadataStore final : public MetadataStore {
     json request = json::object();
     request["ID"] = std::to_string(lease);
     // A stream of one answer: {"result": {...}} or {"error": {...}}.
-    WEFT_TRY(const json answer, call(kPath, request));
+    WEFT_TRY(const json answer, call(kPath, request, leases_));
     if (const auto error = answer.find("error"); error != answer.end()) return stream_error(label_, kPath, *error);
     const auto result = answer.find("result");
     if (result == answer.end() || !result->is_object()) return bad_answer(label_, kPath, "no result in the answer");
@@ -425,7 +426,7 @@ class EtcdMetadataStore final : public MetadataStore {
     static constexpr std::string_view kPath = "/v3/lease/revoke";
     json request = json::object();
     request["ID"] = std::to_string(lease);
-    Result<json> answer = call(kPath, request);  // kNotFound (gRPC 5) for a lease that ended
+    Result<json> answer = call(kPath, request, leases_);  // kNotFound (gRPC 5) for a lease that ended
     if (!answer.ok()) return std::move(answer).error();
     return ok();
   }
@@ -447,13 +448,26 @@ class EtcdMetadataStore final : public MetadataStore {
  private:
   Error empty_key() const { return Error{Errc::kInvalidArgument, label_ + ": a key cannot be empty"}; }
 
-  // One request, its answer parsed; a non-2xx answer becomes the error etcd's code says.
-  Result<json> call(std::string_view path, const json& request) {
+  // One connection and the requests that take turns on it.
+  struct Channel {
+    Channel(const HttpEndpoint& endpoint, const std::string& label) : connection(endpoint, label) {}
+    std::timed_mutex mutex;  // one request at a time
+    HttpConnection connection;
+  };
+
+  // One request, its answer parsed; a non-2xx answer becomes the error etcd's code says. The
+  // wait for the channel counts against the request's time.
+  Result<json> call(std::string_view path, const json& request) { return call(path, request, kv_); }
+  Result<json> call(std::string_view path, const json& request, Channel& channel) {
     const std::string body = request.dump();
-    Result<HttpResponse> response = [&] {
-      std::lock_guard lock(mutex_);
-      return connection_.post(path, body, options_.request_timeout_ms);
-    }();
+    const auto start = std::chrono::steady_clock::now();
+    std::unique_lock lock(channel.mutex, std::defer_lock);
+    if (!lock.try_lock_for(std::chrono::milliseconds(options_.request_timeout_ms)))
+      return Error{Errc::kUnavailable, label_ + ": " + std::string(path) + ": other requests held the connection for " +
+                                           std::to_string(options_.request_timeout_ms) + " ms"};
+    const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+    Result<HttpResponse> response = channel.connection.post(path, body, static_cast<int>(std::max<std::int64_t>(options_.request_timeout_ms - waited, 1)));
+    lock.unlock();
     if (!response.ok()) return std::move(response).error();
     if (response->status < 200 || response->status >= 300) return gateway_error(label_, path, *response);
     json answer = json::parse(response->body, nullptr, false);
@@ -502,8 +516,11 @@ class EtcdMetadataStore final : public MetadataStore {
   const HttpEndpoint endpoint_;
   const std::string label_;
   const EtcdOptions options_;
-  std::mutex mutex_;  // one request at a time on connection_
-  HttpConnection connection_;
+  // Leases have a connection of their own: a renewal must not queue behind the key-value
+  // requests of other threads (etcd renews a lease without a consensus round; a renewal late
+  // behind a slow commit let a healthy node's lease lapse).
+  Channel kv_;
+  Channel leases_;
 };
 
 }  // namespace

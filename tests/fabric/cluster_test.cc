@@ -11,6 +11,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "weft/fabric/metadata_store.h"
@@ -23,6 +24,7 @@ class FlakyStore final : public MetadataStore {
  public:
   explicit FlakyStore(std::shared_ptr<MetadataStore> inner) : inner_(std::move(inner)) {}
   bool down = false;
+  std::chrono::milliseconds write_delay{0};
   Error gone() const { return Error{Errc::kUnavailable, "the store is unreachable (test)"}; }
   Result<std::int64_t> put(std::string_view k, std::string_view v, std::int64_t lease) override {
     if (down) return gone();
@@ -38,6 +40,7 @@ class FlakyStore final : public MetadataStore {
   }
   Result<bool> compare_and_put(std::string_view k, std::int64_t r, std::string_view v, std::int64_t lease, const WriteGuard* guard) override {
     if (down) return gone();
+    std::this_thread::sleep_for(write_delay);  // an etcd whose disk syncs slowly
     return inner_->compare_and_put(k, r, v, lease, guard);
   }
   Result<bool> erase(std::string_view k, std::int64_t r, const WriteGuard* guard) override {
@@ -299,6 +302,25 @@ TEST_F(ClusterTest, TheControllerRoleMovesWhenTheControllerLeaves) {
   }
   ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
   EXPECT_NE(controller()->self(), first);
+}
+
+TEST_F(ClusterTest, AControllerPassLongerThanTheLeaseRenewsTheLeaseOnTheWay) {
+  ClusterMember& one = join(1);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  Result<std::unique_ptr<MetadataWatch>> registrations = store_->watch("/weft/test/nodes/", 0);
+  ASSERT_TRUE(registrations.ok()) << registrations.error().message;
+  // Given a store that takes 10 ms a write, and a topic of 250 partitions: the controller's pass
+  // writes 250 states, 2.5 s against a lease of 1 s
+  store_->write_delay = std::chrono::milliseconds(10);
+  ASSERT_TRUE(create_cluster_topic(*store_, "test", TopicRecord{"wide", 250, 1, ""}).ok());
+  // When the pass runs
+  ASSERT_TRUE(run_until([&] { return one.partitions().size() == 250; }, 30'000));
+  // Expect the node's registration never to have gone (before, its lease lapsed during the pass:
+  // its key vanished, and its leaderships would have failed over while it was alive)
+  std::vector<WatchEvent> events;
+  ASSERT_TRUE((*registrations)->next(events, 0).ok());
+  for (const WatchEvent& e : events) EXPECT_NE(e.type, WatchEvent::Type::kDelete) << e.kv.key << " went";
+  EXPECT_EQ(controller(), &one);
 }
 
 TEST_F(ClusterTest, ADrainingNodeHandsOverItsLeadershipsFirst) {
