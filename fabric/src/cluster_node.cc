@@ -36,7 +36,9 @@ Result<TopicConfig> topic_config_from_text(std::string_view text, TopicConfig ba
 std::string topic_config_text(const TopicConfig& c) {
   return "ring.capacity.bytes=" + std::to_string(c.ring_capacity_bytes) + ",max.batch.bytes=" + std::to_string(c.max_batch_bytes) +
          ",retention.bytes=" + std::to_string(c.retention_bytes) + ",retention.ms=" + std::to_string(c.retention_ms) +
-         ",segment.bytes=" + std::to_string(c.segment_bytes) + ",segment.ms=" + std::to_string(c.segment_ms) + ",fsync=" + fsync_policy_name(c);
+         ",segment.bytes=" + std::to_string(c.segment_bytes) + ",segment.ms=" + std::to_string(c.segment_ms) + ",fsync=" + fsync_policy_name(c) +
+         // Only when set: a record without it reads the same, on nodes from before it too.
+         (c.min_insync_replicas == 1 ? std::string() : ",min.insync.replicas=" + std::to_string(c.min_insync_replicas));
 }
 
 struct ClusterNode::Impl {
@@ -550,6 +552,7 @@ std::optional<PartitionView> ClusterNode::view_of(std::string_view topic, std::u
   PartitionView view;
   view.leader = s->second.leader;
   view.leader_epoch = s->second.leader_epoch;
+  view.isr_size = static_cast<std::uint32_t>(s->second.isr.size());
   if (with_sets) {
     view.replicas = s->second.replicas;
     view.isr = s->second.isr;

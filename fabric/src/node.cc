@@ -96,6 +96,8 @@ Result<void> validate_topic_config(const TopicConfig& c) {
   if (c.fsync == FsyncPolicy::kInterval && c.fsync_interval_ms <= 0)
     return Error{Errc::kInvalidArgument, "fsync=interval needs a positive interval in milliseconds"};
   if (c.producer_slots < 1 || c.producer_slots > 63) return Error{Errc::kInvalidArgument, "producer.slots must be between 1 and 63"};
+  if (c.min_insync_replicas < 1 || c.min_insync_replicas > 64)
+    return Error{Errc::kInvalidArgument, "min.insync.replicas must be between 1 and 64"};
   if (c.consumer_slots < 1 || c.consumer_slots > 4096)
     return Error{Errc::kInvalidArgument, "consumer.slots must be between 1 and 4096"};
   return ok();
@@ -123,6 +125,9 @@ Result<void> set_topic_config(TopicConfig& c, std::string_view key, std::string_
   } else if (key == "segment.ms") {
     WEFT_TRY(const auto v, parse_int<std::int64_t>(key, value));
     c.segment_ms = v;
+  } else if (key == "min.insync.replicas") {
+    WEFT_TRY(const auto v, parse_int<std::uint32_t>(key, value));
+    c.min_insync_replicas = v;
   } else if (key == "producer.slots") {
     WEFT_TRY(const auto v, parse_int<std::uint32_t>(key, value));
     c.producer_slots = v;
@@ -148,7 +153,8 @@ Result<void> set_topic_config(TopicConfig& c, std::string_view key, std::string_
   } else {
     return Error{Errc::kInvalidArgument, "unknown topic config '" + std::string(key) +
                                              "' (known: partitions, ring.capacity.bytes, max.batch.bytes, retention.bytes, "
-                                             "retention.ms, segment.bytes, segment.ms, fsync, flow.control, producer.slots, consumer.slots)"};
+                                             "retention.ms, segment.bytes, segment.ms, fsync, flow.control, min.insync.replicas, producer.slots, "
+                                             "consumer.slots)"};
   }
   return ok();
 }
@@ -967,6 +973,8 @@ Result<void> Node::save_topic(const std::string& name, const TopicConfig& c) con
                      "\nflow.control=" + (c.consumer_flow_control ? "consumers" : "none") +
                      "\nproducer.slots=" + std::to_string(c.producer_slots) + "\nconsumer.slots=" + std::to_string(c.consumer_slots) +
                      "\nreplicated=" + (c.replicated ? "true" : "false") + "\n" +
+                     // Only when set: a file without it reads the same, in builds from before it too.
+                     (c.min_insync_replicas == 1 ? std::string() : "min.insync.replicas=" + std::to_string(c.min_insync_replicas) + "\n") +
                      (c.cluster_topic_id.empty() ? std::string() : "cluster.topic.id=" + c.cluster_topic_id + "\n");
   return replace_file(options_.metadata_dir + "/" + name + ".topic", text);
 }

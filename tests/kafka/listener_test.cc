@@ -2563,7 +2563,7 @@ class KafkaListenerInCluster : public ::testing::Test {
 
   // A topic of one partition on both nodes, created through the second node's listener; waits
   // until both hold it and both are in sync.
-  void create_replicated_topic(const std::string& name) {
+  void create_replicated_topic(const std::string& name, std::optional<int> min_insync_replicas = std::nullopt) {
     KafkaClient c(member(2).listener->port());
     Writer w;
     w.array(1, false);
@@ -2571,7 +2571,13 @@ class KafkaListenerInCluster : public ::testing::Test {
     w.i32(1);
     w.i16(2);
     w.array(0, false);
-    w.array(0, false);
+    if (min_insync_replicas) {
+      w.array(1, false);
+      w.string("min.insync.replicas", false);
+      w.nullable_string(std::to_string(*min_insync_replicas), false);
+    } else {
+      w.array(0, false);
+    }
     w.i32(10'000);
     std::optional<std::string> body = c.call(kCreateTopics, 0, false, w.buffer());
     ASSERT_TRUE(body);
@@ -2801,6 +2807,32 @@ TEST_F(KafkaListenerInCluster, ClientsAreSentToTheLeaderAndAcksAllWaitsForTheFol
   EXPECT_EQ(read_join(5, *joined).error, kafka::error::kNotCoordinator);
 }
 
+
+TEST_F(KafkaListenerInCluster, AcksAllIsRefusedWhileFewerReplicasAreInSyncThanMinInsyncReplicas) {
+  // Given a topic on two replicas that asks for three in sync, and one that asks for two
+  ASSERT_NO_FATAL_FAILURE(create_replicated_topic("strict", 3));
+  ASSERT_NO_FATAL_FAILURE(create_replicated_topic("two", 2));
+  for (const char* topic : {"strict", "two"}) {
+    const NodeId leader = member(1).cluster->partition(topic, 0)->leader;
+    KafkaClient c(member(leader).listener->port());
+    // When acks=all and acks=1 batches are sent to its leader
+    std::optional<std::string> all = c.call(kProduce, 7, false, produce_request(7, topic, 0, batch(2), -1));
+    std::optional<std::string> one = c.call(kProduce, 7, false, produce_request(7, topic, 0, batch(2), 1));
+    ASSERT_TRUE(all && one);
+    const bool strict = std::string_view(topic) == "strict";
+    // Expect acks=all refused with NOT_ENOUGH_REPLICAS and nothing appended where the set is too
+    // small (before, min.insync.replicas was accepted and ignored), taken where it is not; acks=1
+    // taken in both (Kafka's rule concerns acks=all only)
+    const ProduceAnswer all_answer = read_produce(7, *all);
+    EXPECT_EQ(all_answer.error, strict ? kafka::error::kNotEnoughReplicas : 0) << topic;
+    EXPECT_EQ(all_answer.base_offset, strict ? -1 : 0) << topic;
+    const ProduceAnswer one_answer = read_produce(7, *one);
+    EXPECT_EQ(one_answer.error, 0) << topic;
+    EXPECT_EQ(one_answer.base_offset, strict ? 0 : 2) << topic;
+  }
+  // And DescribeConfigs says what the topic asks
+  EXPECT_EQ(member(1).node->describe_topic("strict")->config.min_insync_replicas, 3u);
+}
 
 TEST_F(KafkaListenerInCluster, LocalProducersFollowThePartitionLeaderAcrossALeaderChange) {
   ASSERT_NO_FATAL_FAILURE(create_replicated_topic("routed"));

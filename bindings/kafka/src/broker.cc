@@ -689,6 +689,18 @@ Outcome Broker::produce(const Request& r, Reader& in) {
       part.error = error::kInvalidTxnState;
       part.error_message = "weft does not support transactions";
     }
+  } else if (parked->acks == -1 && cluster_ != nullptr) {
+    // Kafka's min.insync.replicas: acks=all is refused, before anything is appended, while fewer
+    // replicas are in sync than the topic asks.
+    for (auto& part : parked->produce) {
+      if (part.error != 0 || !part.state) continue;
+      PartitionView view;
+      if (leader_error(part.topic, part.partition, &view) == error::kNone && view.isr_size < part.state->config.min_insync_replicas) {
+        part.error = error::kNotEnoughReplicas;
+        part.error_message = std::to_string(view.isr_size) + " replica(s) in sync; the topic's min.insync.replicas is " +
+                             std::to_string(part.state->config.min_insync_replicas);
+      }
+    }
   }
   bool appended = false;
   for (auto& part : parked->produce)
@@ -942,6 +954,12 @@ bool Broker::produce_done(Parked& parked, std::int64_t now_ns) {
       part.error = leader_error(part.topic, part.partition, &view);
       part.waiting_for_replicas = part.error == error::kNone && view.high_watermark < part.end_offset;
       if (part.error != error::kNone) part.error_message = "leadership moved while the batch waited for the in-sync replicas";
+      if (part.error == error::kNone && !part.waiting_for_replicas && view.isr_size < part.state->config.min_insync_replicas) {
+        // In the log of every replica in sync, but the set shrank below the topic's minimum
+        // meanwhile: Kafka's answer, which the producer retries.
+        part.error = error::kNotEnoughReplicasAfterAppend;
+        part.error_message = "the in-sync set shrank to " + std::to_string(view.isr_size) + " below min.insync.replicas while the batch waited";
+      }
       if (part.waiting_for_replicas) done = false;
       continue;
     }
@@ -1511,7 +1529,8 @@ namespace {
 // Kafka topic configs: the ones weft keeps under its own names, and the ones that describe what
 // weft does anyway (accepted, nothing to store).
 std::optional<std::string_view> weft_config_name(std::string_view kafka) {
-  if (kafka == "retention.ms" || kafka == "retention.bytes" || kafka == "segment.bytes" || kafka == "segment.ms") return kafka;
+  if (kafka == "retention.ms" || kafka == "retention.bytes" || kafka == "segment.bytes" || kafka == "segment.ms" || kafka == "min.insync.replicas")
+    return kafka;
   if (kafka == "max.message.bytes") return std::string_view("max.batch.bytes");
   return std::nullopt;
 }
@@ -1520,7 +1539,7 @@ bool accepted_as_is(std::string_view name, std::string_view value) {
   if (name == "cleanup.policy") return value == "delete";
   if (name == "compression.type") return value == "producer";
   if (name == "message.timestamp.type") return value == "CreateTime";
-  return name == "min.insync.replicas" || name == "unclean.leader.election.enable" || name == "message.downconversion.enable" ||
+  return name == "unclean.leader.election.enable" || name == "message.downconversion.enable" ||
          name == "index.interval.bytes" || name == "segment.index.bytes" || name == "file.delete.delay.ms" ||
          name == "flush.messages" || name == "flush.ms" || name == "preallocate";
 }
@@ -1786,7 +1805,7 @@ std::vector<ConfigEntry> topic_configs(const TopicConfig& c, const TopicConfig& 
       {"cleanup.policy", "delete", true, 2},
       {"compression.type", "producer", true, 2},
       {"message.timestamp.type", "CreateTime", true, 2},
-      {"min.insync.replicas", "1", true, 3},
+      {"min.insync.replicas", std::to_string(c.min_insync_replicas), c.min_insync_replicas == defaults.min_insync_replicas, 3},
       {"ring.capacity.bytes", std::to_string(c.ring_capacity_bytes), c.ring_capacity_bytes == defaults.ring_capacity_bytes, 5},
       {"fsync", fsync_policy_name(c), fsync_policy_name(c) == fsync_policy_name(defaults), 2},
       {"flow.control", c.consumer_flow_control ? "consumers" : "none", c.consumer_flow_control == defaults.consumer_flow_control, 2},

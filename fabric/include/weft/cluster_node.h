@@ -37,6 +37,7 @@ struct PartitionView {
   std::int32_t leader_epoch = 0;
   std::vector<NodeId> replicas;
   std::vector<NodeId> isr;
+  std::uint32_t isr_size = 0;  // the in-sync set's, even in a view without the sets
   Offset high_watermark{0};  // known only where this node is a replica (0 elsewhere)
   bool replica_here = false;
 };

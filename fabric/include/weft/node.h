@@ -47,6 +47,9 @@ struct TopicConfig {
   // not read is overwritten, and a stalled consumer stalls the producers. Off by default: a slow
   // consumer then never slows a producer and is lapped instead.
   bool consumer_flow_control = false;
+  // A replicated partition takes acks=all writes only while at least this many replicas (the
+  // leader counted) are in sync, as Kafka's min.insync.replicas; 1 lets the leader alone answer.
+  std::uint32_t min_insync_replicas = 1;
   std::uint32_t producer_slots = 32;   // live producers per partition, at most 63
   std::uint32_t consumer_slots = 64;   // live consumers per partition, at most 4096
   // A cluster's topic (ClusterNode sets it): its rings take no local producer until this node's
@@ -62,7 +65,8 @@ struct TopicConfig {
 
 // Sets one setting by its Kafka-style name (partitions, ring.capacity.bytes, max.batch.bytes,
 // retention.bytes, retention.ms, segment.bytes, segment.ms, fsync = none|always|interval=<ms>,
-// flow.control = none|consumers, producer.slots, consumer.slots). The error says which key or value is wrong.
+// flow.control = none|consumers, min.insync.replicas, producer.slots, consumer.slots). The error says
+// which key or value is wrong.
 Result<void> set_topic_config(TopicConfig& config, std::string_view key, std::string_view value);
 // Checks a whole config; the error names the offending setting and its limits.
 Result<void> validate_topic_config(const TopicConfig& config);
