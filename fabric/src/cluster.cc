@@ -352,6 +352,32 @@ struct ClusterMember::Impl {
     return *written;
   }
 
+  bool held_already = false;  // the last try_commit_isr found the set made (an earlier try's answer lost)
+
+  // commit_isr's checks and write, given the partition's state as read (none: it went).
+  Result<bool> try_commit_isr(const PartitionId& partition, const std::optional<KeyValue>& kv, std::int32_t epoch,
+                              const std::vector<NodeId>& isr, const std::vector<NodeId>& based_on, const std::string& topic_id) {
+    held_already = false;
+    if (!kv) return false;
+    WEFT_TRY(PartitionState state, decode_partition(kv->value));
+    if (state.leader_epoch != epoch || state.leader != options.self.id) return false;
+    if (!topic_id.empty() && !state.topic_id.empty() && state.topic_id != topic_id) return false;  // the name's next topic
+    std::vector<NodeId> held = state.isr;
+    std::vector<NodeId> expected = based_on;
+    std::vector<NodeId> wanted = isr;
+    std::sort(held.begin(), held.end());
+    std::sort(expected.begin(), expected.end());
+    std::sort(wanted.begin(), wanted.end());
+    if (held == wanted && held != expected) return held_already = true;  // made already: an earlier try's answer was lost
+    // A proposal made against another set (the controller dropped a dead node meanwhile) is stale.
+    if (!based_on.empty() && held != expected) return false;
+    for (NodeId id : isr) {
+      if (!contains(state.replicas, id)) return false;  // a reassignment dropped it
+    }
+    state.isr = isr;
+    return store->compare_and_put(partition_key(partition), kv->mod_revision, encode_partition(state));
+  }
+
   void controller_duties() {
     const std::int64_t now = now_ms();
     const bool rebalance = options.leader_rebalance_interval_ms > 0 && now - last_rebalance_ms >= options.leader_rebalance_interval_ms;
@@ -556,31 +582,19 @@ Result<void> ClusterMember::delete_topic(std::string_view name) {
 }
 
 Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
-                                       const std::vector<NodeId>& based_on, const std::string& topic_id) {
+                                       const std::vector<NodeId>& based_on, const std::string& topic_id, std::int64_t* settled_from) {
   impl_->keep_alive();  // when due: a burst of commits takes two round trips each
   WEFT_TRY(std::optional<KeyValue> kv, impl_->store->get(impl_->partition_key(partition)));
-  if (!kv) return false;
-  WEFT_TRY(PartitionState state, decode_partition(kv->value));
-  if (state.leader_epoch != epoch || state.leader != impl_->options.self.id) return false;
-  if (!topic_id.empty() && !state.topic_id.empty() && state.topic_id != topic_id) return false;  // the name's next topic
-  // A proposal made against another set (the controller dropped a dead node meanwhile) is stale.
-  std::vector<NodeId> held = state.isr;
-  std::vector<NodeId> expected = based_on;
-  std::sort(held.begin(), held.end());
-  std::sort(expected.begin(), expected.end());
-  if (!based_on.empty() && held != expected) return false;
-  for (NodeId id : isr) {
-    if (!contains(state.replicas, id)) return false;  // a reassignment dropped it
-  }
-  state.isr = isr;
-  WEFT_TRY(bool written, impl_->store->compare_and_put(impl_->partition_key(partition), kv->mod_revision, encode_partition(state)));
+  WEFT_TRY(const bool committed, impl_->try_commit_isr(partition, kv, epoch, isr, based_on, topic_id));
+  // Answered either way: the leader waits for a state from `settled_from` on, which the next read
+  // of the metadata hands out as a role even when it is the one last given (the controller put the
+  // set back before the next read: a node that was briefly away, or a refusal by a state equal to
+  // an earlier one), else the leader would wait for good, never proposing again. Without a state
+  // (the partition went), its role goes with it.
+  if (settled_from != nullptr) *settled_from = !kv ? 0 : kv->mod_revision + (committed && !impl_->held_already ? 1 : 0);
+  if (kv) impl_->given.erase(partition);  // (a partition gone is told as such from `given`)
   impl_->dirty = true;
-  // The leader waits for the state that follows its commit as a role; that state may be the one
-  // it was last given (the controller put the set back before the next read: a node that was
-  // briefly away), which would otherwise not be handed out again and leave the leader waiting
-  // for good, never proposing again.
-  if (written) impl_->given.erase(partition);
-  return written;
+  return committed;
 }
 
 namespace {

@@ -65,6 +65,15 @@ struct ClusterNode::Impl {
     std::string topic_id;
   };
   std::vector<Proposal> proposals;  // replication -> control: in-sync set changes to commit
+  // control -> replication: proposals answered, and the revision from which states say so
+  struct Settled {
+    PartitionId partition;
+    std::int32_t epoch = 0;
+    std::uint64_t sequence = 0;
+    std::int64_t from_revision = 0;
+  };
+  std::vector<Settled> settled;
+  std::vector<Proposal> unanswered;  // control thread: commits whose answer was lost, tried again
   std::map<std::string, TopicRecord> topics;
   std::map<PartitionId, PartitionState> partitions;
   std::map<NodeId, NodeRecord> nodes;
@@ -122,28 +131,33 @@ struct ClusterNode::Impl {
         reachable = member->store_reachable();
         wanted.swap(proposals);
       }
-      for (const auto& [p, topic_id] : wanted) {
-        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on, topic_id);
-        if (committed.ok() && *committed) {
+      wanted.insert(wanted.begin(), std::make_move_iterator(unanswered.begin()), std::make_move_iterator(unanswered.end()));
+      unanswered.clear();
+      for (auto& proposal : wanted) {
+        const IsrProposal& p = proposal.isr;
+        std::int64_t settled_from = -1;
+        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on, proposal.topic_id, &settled_from);
+        if (!committed.ok()) {
+          // The store is away, or its answer was lost after the write: the commit may be made.
+          // Until one try answers, the leader keeps counting the members it would add (handing it
+          // the metadata's set now could stop them counting while the metadata holds them).
+          unanswered.push_back(std::move(proposal));
+          continue;
+        }
+        {
+          std::lock_guard lock(mutex);
+          settled.push_back(Settled{p.partition, p.leader_epoch, p.sequence, settled_from});
+        }
+        if (*committed) {
           {
             std::lock_guard lock(mutex);
             (p.isr.size() < p.based_on.size() ? isr_changes.shrinks : isr_changes.expands) += 1;
           }
           log(LogLevel::kInfo, "cluster: in-sync set changed", {{"partition", to_string(p.partition)}, {"why", p.reason}});
-          continue;  // the new state comes back as a role change
         }
-        // Refused (the partition moved on) or the store is away: hand the leader the set the
-        // metadata holds, which ends its proposal; it proposes again if it still wants to.
-        std::lock_guard lock(mutex);
-        if (auto s = partitions.find(p.partition); s != partitions.end()) {
-          Assignment again;
-          again.partition = p.partition;
-          again.state = s->second;
-          again.leader = s->second.leader == options.cluster.self.id;
-          again.replica = true;
-          if (auto n = nodes.find(s->second.leader); n != nodes.end()) again.leader_address = n->second.replication_address;
-          roles.push_back(again);
-        }
+        // Committed or refused (the partition moved on), the state that says so comes back as a
+        // role with the next read of the metadata (commit_isr sees to it), and with it the
+        // leader's proposal ends; it proposes again if it still wants to.
       }
     }
   }
@@ -334,10 +348,10 @@ struct ClusterNode::Impl {
     if (a.leader) {
       if (same_epoch && before.leader) {
         replicator->set_replicas(id, a.state.leader_epoch, a.state.replicas);
-        replicator->set_isr(id, a.state.leader_epoch, a.state.isr);
+        replicator->set_isr(id, a.state.leader_epoch, a.state.isr, a.state.revision);
         return;
       }
-      if (Result<void> led = replicator->lead(id, role.log.get(), a.state.leader_epoch, a.state.replicas, a.state.isr); !led.ok()) {
+      if (Result<void> led = replicator->lead(id, role.log.get(), a.state.leader_epoch, a.state.replicas, a.state.isr, a.state.revision); !led.ok()) {
         log(LogLevel::kError, "cluster: cannot lead a partition", {{"partition", to_string(id)}, {"error", led.error().message}});
       } else {
         log(LogLevel::kInfo, "cluster: leading", {{"partition", to_string(id)}, {"epoch", std::to_string(a.state.leader_epoch)}});
@@ -366,9 +380,11 @@ struct ClusterNode::Impl {
     while (!stopping.load(std::memory_order_relaxed)) {
       std::vector<Assignment> next;
       std::map<std::string, TopicRecord> records;
+      std::vector<Settled> answered;
       {
         std::lock_guard lock(mutex);
         next.swap(roles);
+        answered.swap(settled);
         if (!next.empty() || !retry.empty() || !waiting.empty()) records = topics;
       }
       if (!next.empty() || !retry.empty()) {
@@ -384,6 +400,7 @@ struct ClusterNode::Impl {
         for (auto& [id, a] : again) waiting.push_back(std::move(a));
         for (Assignment& a : next) waiting.push_back(std::move(a));
       }
+      for (const Settled& s : answered) replicator->proposal_settled(s.partition, s.epoch, s.sequence, s.from_revision);
       const auto round_start = std::chrono::steady_clock::now();
       while (!waiting.empty() && std::chrono::steady_clock::now() - round_start < kRolesPerRound) {
         const Assignment a = std::move(waiting.front());

@@ -303,6 +303,15 @@ struct Replicator::Impl {
     std::map<NodeId, FollowerState> followers;
     bool proposal_pending = false;
     std::vector<NodeId> proposed_additions;  // members a pending proposal adds
+    std::uint64_t proposal_sequence = 0;      // the last proposal's
+    std::int64_t isr_revision = -1;           // the metadata's revision of the set applied (-1: unknown)
+    std::int64_t settled_from = -1;           // states from this revision on answer the pending proposal
+    // The proposal is answered: nothing of it counts any more, and another may follow.
+    void settle() {
+      proposal_pending = false;
+      proposed_additions.clear();
+      settled_from = -1;
+    }
   };
 
   enum class FollowState : std::uint8_t { kNeedFollow, kAwaitAccept, kStreaming, kBackoff };
@@ -657,8 +666,9 @@ struct Replicator::Impl {
         for (NodeId id : isr) {
           if (!contains(l.isr, id)) l.proposed_additions.push_back(id);
         }
-        proposals.push_back(IsrProposal{partition, l.epoch, isr, reason, l.isr});
+        proposals.push_back(IsrProposal{partition, l.epoch, isr, reason, l.isr, ++l.proposal_sequence});
         l.proposal_pending = true;
+        l.settled_from = -1;
       }
     }
   }
@@ -1265,7 +1275,7 @@ const std::string& Replicator::address() const noexcept { return impl_->address;
 NodeId Replicator::self() const noexcept { return impl_->self; }
 
 Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, std::int32_t epoch, std::vector<NodeId> replicas,
-                              std::vector<NodeId> isr) {
+                              std::vector<NodeId> isr, std::int64_t revision) {
   if (log_ == nullptr) return Error{Errc::kInvalidArgument, "replication: no log for " + to_string(partition)};
   // A follower promoted keeps the high watermark it had learned; followers in the set give
   // theirs soon, and it only moves up from there.
@@ -1281,6 +1291,7 @@ Result<void> Replicator::lead(const PartitionId& partition, ReplicaLog* log_, st
   l.replicas = std::move(replicas);
   l.isr = std::move(isr);
   std::sort(l.isr.begin(), l.isr.end());
+  l.isr_revision = revision;
   l.hw = std::max(hw, log_->log_start());
   // The high watermark before the ring opens to producers: their acks=all waits read it.
   log_->publish_high_watermark(l.hw);
@@ -1350,20 +1361,35 @@ void Replicator::forget(const PartitionId& partition) {
   }
 }
 
-void Replicator::set_isr(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> isr) {
+void Replicator::set_isr(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> isr, std::int64_t revision) {
   auto l = impl_->led.find(partition);
   if (l == impl_->led.end() || l->second.epoch != epoch) return;
+  Impl::Led& led = l->second;
+  if (revision >= 0 && revision < led.isr_revision) return;  // older than the state applied
   std::sort(isr.begin(), isr.end());
-  l->second.isr = std::move(isr);
-  l->second.proposal_pending = false;
-  l->second.proposed_additions.clear();
+  led.isr = std::move(isr);
+  if (revision >= 0) led.isr_revision = revision;
+  // Answered when the set holds what the proposal adds, or the state is from after its outcome;
+  // a state from before it (a role queued before the commit, or the metadata read when the
+  // commit's answer was lost) may lack members the metadata holds by now, and they keep counting.
+  const bool holds_additions = std::all_of(led.proposed_additions.begin(), led.proposed_additions.end(),
+                                           [&](NodeId id) { return std::binary_search(led.isr.begin(), led.isr.end(), id); });
+  if (revision < 0 || holds_additions || (led.settled_from >= 0 && revision >= led.settled_from)) led.settle();
   const std::int64_t now = now_ms();
-  for (NodeId id : l->second.isr) {
+  for (NodeId id : led.isr) {
     if (id == impl_->self) continue;
-    auto& f = l->second.followers[id];
+    auto& f = led.followers[id];
     if (f.last_caught_up_ms == 0) f.last_caught_up_ms = now;
   }
-  impl_->update_hw(partition, l->second);
+  impl_->update_hw(partition, led);
+}
+
+void Replicator::proposal_settled(const PartitionId& partition, std::int32_t epoch, std::uint64_t sequence, std::int64_t from_revision) {
+  auto l = impl_->led.find(partition);
+  if (l == impl_->led.end() || l->second.epoch != epoch || !l->second.proposal_pending || l->second.proposal_sequence != sequence) return;
+  Impl::Led& led = l->second;
+  led.settled_from = from_revision;
+  if (led.isr_revision >= from_revision) led.settle();  // the state applied already says it
 }
 
 void Replicator::set_replicas(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> replicas) {

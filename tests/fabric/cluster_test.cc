@@ -358,6 +358,34 @@ TEST_F(ClusterTest, ALeaderCommitsInSyncSetChangesAtItsEpochOnly) {
   EXPECT_EQ(roles.back().state.isr.size(), 2u);
 }
 
+TEST_F(ClusterTest, ACommitTriedAgainAfterItsAnswerWasLostIsAnsweredAsMadeWithTheRevisionThatSaysSo) {
+  join(1);
+  join(2);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const PartitionId p{"t", 0};
+  const PartitionState s = members_[0]->partitions().at(p);
+  ClusterMember& leader = s.leader == 1 ? *members_[0] : *members_[1];
+  // Given a commit made, whose answer said where states reflect it
+  std::int64_t first = -1;
+  ASSERT_TRUE(leader.commit_isr(p, s.leader_epoch, {leader.self()}, s.isr, "", &first).value());
+  std::optional<KeyValue> written = store_->get("/weft/test/partitions/t/0").value();
+  ASSERT_TRUE(written.has_value());
+  EXPECT_GT(first, s.revision) << "past the state it changed";
+  EXPECT_LE(first, written->mod_revision) << "the state written, and later ones";
+  // When it is tried again (its answer was lost: a timeout after etcd applied it)
+  std::int64_t again = -1;
+  // Expect it answered as made, from the state that holds it (before, it was refused as stale,
+  // and the leader handed the set from before it, ending its proposal wrongly)
+  EXPECT_TRUE(leader.commit_isr(p, s.leader_epoch, {leader.self()}, s.isr, "", &again).value());
+  EXPECT_EQ(again, written->mod_revision);
+  // And a refusal says from where the state that refused it stands
+  std::int64_t refused = -1;
+  EXPECT_FALSE(leader.commit_isr(p, s.leader_epoch, {1, 2}, {1, 2}, "", &refused).value());
+  EXPECT_EQ(refused, written->mod_revision);
+}
+
 TEST_F(ClusterTest, ALeaderIsHandedTheStateAfterItsCommitEvenWhenItIsTheOneItHadBefore) {
   join(1);
   join(2);

@@ -205,6 +205,52 @@ TEST_P(ReplicationTest, ALaggingFollowerLeavesTheInSyncSetAndComesBack) {
   EXPECT_TRUE(same_log(l1, l3));
 }
 
+TEST_P(ReplicationTest, AProposedMemberCountsInTheHighWatermarkUntilAStateFromAfterTheCommitsAnswerComes) {
+  // Given a leader whose in-sync set is itself alone (metadata revision 4), and a follower that
+  // writes but syncs only when told
+  Replicator& n1 = start(1);
+  Replicator& n2 = start(2);
+  MemoryReplicaLog& l1 = logs_[0];
+  MemoryReplicaLog l2(Offset{0}, /*auto_sync=*/false);
+  ASSERT_TRUE(n1.lead(kP, &l1, 1, {1, 2}, {1}, 4).ok());
+  ASSERT_TRUE(n2.follow(kP, &l2, 1, 1, n1.address()).ok());
+  l1.produce(10, 1);
+  ASSERT_TRUE(run_until([&] { return l2.log_end() == Offset{10}; }));
+  l2.sync();
+  // When the caught-up follower is proposed into the set
+  std::vector<IsrProposal> proposed;
+  ASSERT_TRUE(run_until([&] {
+    for (IsrProposal& p : n1.take_isr_proposals()) proposed.push_back(std::move(p));
+    return !proposed.empty();
+  }));
+  ASSERT_EQ(proposed.back().isr, (std::vector<NodeId>{1, 2}));
+  // and a state from before the commit's answer is applied (a role queued before the commit, or
+  // the metadata as read when the commit's answer was lost: revision 5, the set without node 2),
+  // while records arrive that node 2 writes and does not sync
+  n1.set_isr(kP, 1, {1}, 5);
+  l1.produce(10, 1);
+  ASSERT_TRUE(run_until([&] { return l2.log_end() == Offset{20}; }));
+  for (int i = 0; i < 20; ++i) n1.run_once(0);
+  // Expect node 2 still counted: the high watermark waits for its durable end (before, the
+  // stale state ended the proposal, and the high watermark passed records that a replica the
+  // metadata may already hold in sync does not have durably)
+  EXPECT_EQ(n1.high_watermark(kP), Offset{10});
+  // And once the commit is answered (states from revision 7 on say so), a state from before it
+  // still changes nothing, and the committed state ends the proposal
+  n1.proposal_settled(kP, 1, proposed.back().sequence, 7);
+  n1.set_isr(kP, 1, {1}, 6);
+  for (int i = 0; i < 5; ++i) n1.run_once(0);
+  EXPECT_EQ(n1.high_watermark(kP), Offset{10});
+  n1.set_isr(kP, 1, {1, 2}, 7);
+  l2.sync();
+  ASSERT_TRUE(run_until([&] { return n1.high_watermark(kP) == Offset{20}; }));
+  // And a state older than the one applied is ignored
+  n1.set_isr(kP, 1, {1}, 6);
+  std::vector<ReplicaStatus> status = n1.status();
+  ASSERT_EQ(status.size(), 1u);
+  EXPECT_EQ(status[0].isr, (std::vector<NodeId>{1, 2}));
+}
+
 TEST_P(ReplicationTest, ADivergentFollowerIsTruncatedToTheLeadersEpochBoundary) {
   Replicator& n1 = start(1);
   Replicator& n2 = start(2);

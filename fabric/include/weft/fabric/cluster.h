@@ -166,8 +166,13 @@ class ClusterMember {
   // stale (false). Empty: not checked.
   // `topic_id`: the TopicRecord::id the leader's role is of ("": not checked), so a leader of a
   // deleted topic never changes the set of a topic made again under its name.
+  // True too when the metadata holds the set already (a commit whose answer was lost, tried
+  // again). `settled_from`, when given and the call answers: the metadata's states from this
+  // revision on reflect the answer (Replicator::proposal_settled). An error may leave the commit
+  // made or not: try it again.
   Result<bool> commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
-                          const std::vector<NodeId>& based_on = {}, const std::string& topic_id = {});
+                          const std::vector<NodeId>& based_on = {}, const std::string& topic_id = {},
+                          std::int64_t* settled_from = nullptr);
   Result<void> reassign(const PartitionId& partition, const std::vector<NodeId>& replicas);
   // Asks the controller to move every leadership off this node (a clean shutdown).
   Result<void> drain();

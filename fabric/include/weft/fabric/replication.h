@@ -181,6 +181,7 @@ struct IsrProposal {
   std::vector<NodeId> isr;
   std::string reason;
   std::vector<NodeId> based_on;  // the set it changes: commit only if the metadata still holds it
+  std::uint64_t sequence = 0;     // names it in proposal_settled
 };
 
 struct ReplicaStatus {
@@ -216,15 +217,23 @@ class Replicator {
 
   // Leads `partition` from `epoch` on (which starts at the log's end). `replicas` may follow;
   // `isr` is the in-sync set the metadata holds (this node included).
+  // `revision`: the metadata's revision of that state (-1: unknown).
   Result<void> lead(const PartitionId& partition, ReplicaLog* log, std::int32_t epoch, std::vector<NodeId> replicas,
-                    std::vector<NodeId> isr);
+                    std::vector<NodeId> isr, std::int64_t revision = -1);
   // Follows `leader` (reached at `leader_address`) for `partition` at `epoch`.
   Result<void> follow(const PartitionId& partition, ReplicaLog* log, std::int32_t epoch, NodeId leader,
                       std::string leader_address);
   // Stops leading or following `partition` (its log may then be dropped).
   void forget(const PartitionId& partition);
-  // The in-sync set the metadata now holds for a partition led here.
-  void set_isr(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> isr);
+  // The in-sync set the metadata holds for a partition led here, as of `revision` (-1: unknown,
+  // taken as the answer to any proposal). A state older than the one applied is ignored. While
+  // an expansion is proposed, its members are counted in the high watermark (KIP-497) until a
+  // state holds them, or a state at or past the revision its outcome was settled at comes
+  // (proposal_settled): one from before the outcome, which may lack them while the metadata
+  // already holds them, never stops them counting.
+  void set_isr(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> isr, std::int64_t revision = -1);
+  // The proposal `sequence` was committed or refused, and states from `from_revision` on say so.
+  void proposal_settled(const PartitionId& partition, std::int32_t epoch, std::uint64_t sequence, std::int64_t from_revision);
   // The replicas the metadata now names (a reassignment adds or drops some) for a partition led
   // here; a dropped replica's stream ends.
   void set_replicas(const PartitionId& partition, std::int32_t epoch, std::vector<NodeId> replicas);
