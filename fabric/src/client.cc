@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <algorithm>
 #include <mutex>
@@ -173,9 +174,10 @@ class SocketClient final : public Client {
     const std::uint64_t size = r.u64();
     WEFT_TRY_VOID(r.finish("open partition response"));
     if (!fd.valid()) return Error{Errc::kCorrupt, "weftd answered open partition without the ring's memory"};
-    WEFT_TRY(SharedMemory mapped, SharedMemory::map(std::move(fd)));
-    if (mapped.size() != size)
-      return Error{Errc::kCorrupt, "ring memory is " + std::to_string(mapped.size()) + " bytes, weftd said " + std::to_string(size)};
+    if (size == 0) return Error{Errc::kCorrupt, "weftd answered open partition with memory of 0 bytes"};
+    // Its size checked before anything is mapped or faulted in: memory larger than said would cost
+    // this process a touch of every page first.
+    WEFT_TRY(SharedMemory mapped, SharedMemory::map(std::move(fd), size));
     memory.memory = std::make_shared<SharedMemory>(std::move(mapped));
     WEFT_TRY(memory.ring, Ring::attach(memory.memory->bytes()));
     return memory;
@@ -343,7 +345,10 @@ class SocketClient final : public Client {
 }  // namespace
 
 Result<std::shared_ptr<Client>> Client::connect(std::string socket_path) {
+  // The built-in default only: WEFT_SOCKET names a place as --socket does, the user's choice.
+  const char* named = std::getenv("WEFT_SOCKET");
   const bool default_path = socket_path.empty();
+  const bool builtin_path = default_path && (named == nullptr || *named == '\0');
   if (default_path) {
     // The default path may be the shared /tmp fallback, where another user could plant a socket.
     socket_path = local::default_socket_path();
@@ -365,7 +370,7 @@ Result<std::shared_ptr<Client>> Client::connect(std::string socket_path) {
       return Error{Errc::kPermissionDenied, "not allowed to open " + socket_path + " (check its file mode and weftd's socket_mode)"};
     return os_error(Errc::kUnavailable, "connecting to " + socket_path, error);
   }
-  if (default_path) {
+  if (builtin_path) {
     // And whoever listens there must be this user or root: a node another user started at the
     // default place would get this user's records.
     ucred server{};

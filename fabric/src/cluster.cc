@@ -103,7 +103,7 @@ Result<NodeRecord> decode_node(NodeId id, std::string_view text) {
 
 std::string encode_topic(const TopicRecord& t) {
   return "partitions=" + std::to_string(t.partitions) + " replication=" + std::to_string(t.replication_factor) + " config=" + t.config +
-         (t.id.empty() ? "" : " id=" + t.id);
+         (t.id.empty() ? "" : " id=" + t.id) + (t.min_insync_replicas == 1 ? "" : " min_isr=" + std::to_string(t.min_insync_replicas));
 }
 
 Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
@@ -112,8 +112,9 @@ Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
   t.name = std::string(name);
   t.config = f["config"];
   t.id = f["id"];
+  const bool min_isr_read = f["min_isr"].empty() || (parse_number(f["min_isr"], t.min_insync_replicas) && t.min_insync_replicas > 0);
   if (!parse_number(f["partitions"], t.partitions) || !parse_number(f["replication"], t.replication_factor) || t.partitions == 0 ||
-      t.replication_factor == 0) {
+      t.replication_factor == 0 || !min_isr_read) {
     return Error{Errc::kCorrupt, "topic " + std::string(name) + ": unreadable record '" + std::string(text) + "'"};
   }
   return t;
@@ -352,30 +353,42 @@ struct ClusterMember::Impl {
     return *written;
   }
 
-  bool held_already = false;  // the last try_commit_isr found the set made (an earlier try's answer lost)
+  // A commit's answer: whether the set is the metadata's now, and the revision from which the
+  // metadata's states say so.
+  struct IsrAnswer {
+    bool committed = false;
+    std::int64_t settled_from = 0;
+  };
 
-  // commit_isr's checks and write, given the partition's state as read (none: it went).
-  Result<bool> try_commit_isr(const PartitionId& partition, const std::optional<KeyValue>& kv, std::int32_t epoch,
-                              const std::vector<NodeId>& isr, const std::vector<NodeId>& based_on, const std::string& topic_id) {
-    held_already = false;
-    if (!kv) return false;
-    WEFT_TRY(PartitionState state, decode_partition(kv->value));
-    if (state.leader_epoch != epoch || state.leader != options.self.id) return false;
-    if (!topic_id.empty() && !state.topic_id.empty() && state.topic_id != topic_id) return false;  // the name's next topic
+  // commit_isr's checks and write, given the partition's state as read (none: it went). An error
+  // is no answer: the write may have been made. `write` false only looks whether it was.
+  Result<IsrAnswer> try_commit_isr(const PartitionId& partition, const std::optional<KeyValue>& kv, std::int32_t epoch,
+                                   const std::vector<NodeId>& isr, const std::vector<NodeId>& based_on, const std::string& topic_id,
+                                   bool write) {
+    if (!kv) return IsrAnswer{false, 0};
+    const IsrAnswer refused{false, kv->mod_revision};
+    Result<PartitionState> decoded = decode_partition(kv->value);
+    if (!decoded.ok()) return refused;  // the controller writes it again
+    PartitionState& state = *decoded;
+    if (state.leader_epoch != epoch || state.leader != options.self.id) return refused;
+    if (!topic_id.empty() && !state.topic_id.empty() && state.topic_id != topic_id) return refused;  // the name's next topic
     std::vector<NodeId> held = state.isr;
     std::vector<NodeId> expected = based_on;
     std::vector<NodeId> wanted = isr;
     std::sort(held.begin(), held.end());
     std::sort(expected.begin(), expected.end());
     std::sort(wanted.begin(), wanted.end());
-    if (held == wanted && held != expected) return held_already = true;  // made already: an earlier try's answer was lost
+    if (held == wanted && held != expected) return IsrAnswer{true, kv->mod_revision};  // made already: an earlier try's answer was lost
     // A proposal made against another set (the controller dropped a dead node meanwhile) is stale.
-    if (!based_on.empty() && held != expected) return false;
+    if (!write || (!based_on.empty() && held != expected)) return refused;
     for (NodeId id : isr) {
-      if (!contains(state.replicas, id)) return false;  // a reassignment dropped it
+      if (!contains(state.replicas, id)) return refused;  // a reassignment dropped it
     }
     state.isr = isr;
-    return store->compare_and_put(partition_key(partition), kv->mod_revision, encode_partition(state));
+    WEFT_TRY(const bool written, store->compare_and_put(partition_key(partition), kv->mod_revision, encode_partition(state)));
+    // Written: that state on. Not: another write came between (maybe this proposal's own earlier
+    // try, landing late), so only states after the one read say how it ended.
+    return IsrAnswer{written, kv->mod_revision + 1};
   }
 
   void controller_duties() {
@@ -582,19 +595,20 @@ Result<void> ClusterMember::delete_topic(std::string_view name) {
 }
 
 Result<bool> ClusterMember::commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
-                                       const std::vector<NodeId>& based_on, const std::string& topic_id, std::int64_t* settled_from) {
+                                       const std::vector<NodeId>& based_on, const std::string& topic_id, std::int64_t* settled_from,
+                                       bool tried_before) {
   impl_->keep_alive();  // when due: a burst of commits takes two round trips each
   WEFT_TRY(std::optional<KeyValue> kv, impl_->store->get(impl_->partition_key(partition)));
-  WEFT_TRY(const bool committed, impl_->try_commit_isr(partition, kv, epoch, isr, based_on, topic_id));
+  WEFT_TRY(const Impl::IsrAnswer answer, impl_->try_commit_isr(partition, kv, epoch, isr, based_on, topic_id, !tried_before));
+  if (settled_from != nullptr) *settled_from = answer.settled_from;
   // Answered either way: the leader waits for a state from `settled_from` on, which the next read
-  // of the metadata hands out as a role even when it is the one last given (the controller put the
-  // set back before the next read: a node that was briefly away, or a refusal by a state equal to
-  // an earlier one), else the leader would wait for good, never proposing again. Without a state
-  // (the partition went), its role goes with it.
-  if (settled_from != nullptr) *settled_from = !kv ? 0 : kv->mod_revision + (committed && !impl_->held_already ? 1 : 0);
-  if (kv) impl_->given.erase(partition);  // (a partition gone is told as such from `given`)
+  // of the metadata hands out as a role even when it equals the one last given (the controller
+  // put the set back before the next read: a node that was briefly away, or a refusal by a state
+  // equal to an earlier one), else the leader would wait for good, never proposing again. The
+  // entry stays, marked, so a partition that no longer names this node is still told "gone".
+  if (auto given = impl_->given.find(partition); given != impl_->given.end()) given->second.replica = false;
   impl_->dirty = true;
-  return committed;
+  return answer.committed;
 }
 
 namespace {

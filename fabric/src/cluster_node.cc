@@ -36,9 +36,13 @@ Result<TopicConfig> topic_config_from_text(std::string_view text, TopicConfig ba
 std::string topic_config_text(const TopicConfig& c) {
   return "ring.capacity.bytes=" + std::to_string(c.ring_capacity_bytes) + ",max.batch.bytes=" + std::to_string(c.max_batch_bytes) +
          ",retention.bytes=" + std::to_string(c.retention_bytes) + ",retention.ms=" + std::to_string(c.retention_ms) +
-         ",segment.bytes=" + std::to_string(c.segment_bytes) + ",segment.ms=" + std::to_string(c.segment_ms) + ",fsync=" + fsync_policy_name(c) +
-         // Only when set: a record without it reads the same, on nodes from before it too.
-         (c.min_insync_replicas == 1 ? std::string() : ",min.insync.replicas=" + std::to_string(c.min_insync_replicas));
+         ",segment.bytes=" + std::to_string(c.segment_bytes) + ",segment.ms=" + std::to_string(c.segment_ms) + ",fsync=" + fsync_policy_name(c);
+}
+
+Result<TopicConfig> topic_config_of(const TopicRecord& record, TopicConfig base) {
+  WEFT_TRY(TopicConfig config, topic_config_from_text(record.config, std::move(base)));
+  config.min_insync_replicas = record.min_insync_replicas;
+  return config;
 }
 
 struct ClusterNode::Impl {
@@ -63,6 +67,7 @@ struct ClusterNode::Impl {
   struct Proposal {
     IsrProposal isr;
     std::string topic_id;
+    bool tried = false;  // a try went unanswered: the next only looks whether it was made
   };
   std::vector<Proposal> proposals;  // replication -> control: in-sync set changes to commit
   // control -> replication: proposals answered, and the revision from which states say so
@@ -133,16 +138,21 @@ struct ClusterNode::Impl {
       }
       wanted.insert(wanted.begin(), std::make_move_iterator(unanswered.begin()), std::make_move_iterator(unanswered.end()));
       unanswered.clear();
-      for (auto& proposal : wanted) {
-        const IsrProposal& p = proposal.isr;
+      for (std::size_t i = 0; i < wanted.size(); ++i) {
+        const IsrProposal& p = wanted[i].isr;
         std::int64_t settled_from = -1;
-        Result<bool> committed = member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on, proposal.topic_id, &settled_from);
+        Result<bool> committed =
+            member->commit_isr(p.partition, p.leader_epoch, p.isr, p.based_on, wanted[i].topic_id, &settled_from, wanted[i].tried);
         if (!committed.ok()) {
           // The store is away, or its answer was lost after the write: the commit may be made.
           // Until one try answers, the leader keeps counting the members it would add (handing it
-          // the metadata's set now could stop them counting while the metadata holds them).
-          unanswered.push_back(std::move(proposal));
-          continue;
+          // the metadata's set now could stop them counting while the metadata holds them). The
+          // rest wait too: each try would wait out the store's timeout.
+          for (std::size_t j = i; j < wanted.size(); ++j) {
+            wanted[j].tried = wanted[j].tried || j == i;
+            unanswered.push_back(std::move(wanted[j]));
+          }
+          break;
         }
         {
           std::lock_guard lock(mutex);
@@ -188,7 +198,7 @@ struct ClusterNode::Impl {
     const std::string wanted = topic_id_of(record);
     const std::optional<std::string> local = local_copy_of(id.topic);
     if (local && (*local == wanted || local->empty())) return true;
-    Result<TopicConfig> config = topic_config_from_text(record.config, node.options().default_topic);
+    Result<TopicConfig> config = topic_config_of(record, node.options().default_topic);
     if (!config.ok()) {
       log(LogLevel::kError, "cluster: a topic's settings are unreadable; its replicas here wait", {{"topic", id.topic}, {"error", config.error().message}});
       return false;
@@ -544,7 +554,7 @@ Result<void> ClusterNode::create_topic(std::string_view name, std::uint32_t part
     return Error{Errc::kFailedPrecondition, "replication factor " + std::to_string(replication_factor) + " needs that many live nodes; the cluster has " +
                                              std::to_string(live)};
   return create_cluster_topic(*impl_->store, impl_->options.cluster.cluster,
-                              TopicRecord{std::string(name), partitions, replication_factor, topic_config_text(config)});
+                              TopicRecord{std::string(name), partitions, replication_factor, topic_config_text(config), {}, config.min_insync_replicas});
 }
 
 Result<void> ClusterNode::delete_topic(std::string_view name) {

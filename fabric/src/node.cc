@@ -1509,7 +1509,8 @@ class Node::Replica final : public ReplicaLog {
         if (status != ClaimStatus::kOk) return Error{Errc::kInternal, "replica: a gap of offsets could not be claimed"};
         writer_->abort(gap);
       }
-      const auto records = static_cast<std::uint32_t>(batch.last_offset_delta() + 1);
+      // In 64 bits: a hostile leader's INT32_MAX delta must not overflow (parse_header bounds it below).
+      const auto records = static_cast<std::uint32_t>(std::int64_t{batch.last_offset_delta()} + 1);
       Claim claim;
       const ClaimStatus status = writer_->try_claim(batch.size_bytes(), records, claim);
       if (status == ClaimStatus::kBackPressured) break;  // the log writer frees room; offered again

@@ -354,6 +354,7 @@ struct Replicator::Impl {
   std::map<std::uint16_t, PartitionId> followed_by_stream;
   std::uint16_t next_stream = 1;
   std::vector<IsrProposal> proposals;
+  std::uint64_t proposal_sequences = 0;
   std::int64_t last_lag_check_ms = 0;
 
   Impl(Transport& t, NodeId id, ReplicationOptions o) : transport(t), self(id), options(o) {}
@@ -666,7 +667,10 @@ struct Replicator::Impl {
         for (NodeId id : isr) {
           if (!contains(l.isr, id)) l.proposed_additions.push_back(id);
         }
-        proposals.push_back(IsrProposal{partition, l.epoch, isr, reason, l.isr, ++l.proposal_sequence});
+        // Numbered across the replicator: a partition led anew at the same epoch (its topic made
+        // again) must not take an answer meant for its last leadership's proposal.
+        l.proposal_sequence = ++proposal_sequences;
+        proposals.push_back(IsrProposal{partition, l.epoch, isr, reason, l.isr, l.proposal_sequence});
         l.proposal_pending = true;
         l.settled_from = -1;
       }

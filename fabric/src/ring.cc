@@ -434,10 +434,12 @@ Result<Ring> Ring::attach(std::span<std::byte> memory) {
   if (memory.size() < sizeof(RingControl) + kNoShare * 2)
     return Error{Errc::kInvalidArgument, "ring: memory of " + std::to_string(memory.size()) + " bytes is too small"};
   auto* control = reinterpret_cast<RingControl*>(memory.data());
-  const Descriptor& d = control->descriptor;
   // Acquire: pairs with the release of the magic in format().
-  if (std::atomic_ref<const std::uint64_t>(d.magic).load(std::memory_order_acquire) != kRingMagic)
+  if (std::atomic_ref<const std::uint64_t>(control->descriptor.magic).load(std::memory_order_acquire) != kRingMagic)
     return Error{Errc::kCorrupt, "ring: bad magic, this memory holds no weft ring"};
+  // One copy, checked and then cached: another process may rewrite the shared one meanwhile.
+  Descriptor d;
+  std::memcpy(static_cast<void*>(&d), &control->descriptor, sizeof d);
   if (d.version != kRingVersion)
     return Error{Errc::kFailedPrecondition,
                  "ring: layout version " + std::to_string(d.version) + ", this build reads " + std::to_string(kRingVersion)};

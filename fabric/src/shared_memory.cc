@@ -146,18 +146,21 @@ Result<SharedMemory> SharedMemory::create(const ShmOptions& options) {
   return shm;
 }
 
-Result<SharedMemory> SharedMemory::map(UniqueFd fd) {
+Result<SharedMemory> SharedMemory::map(UniqueFd fd, std::size_t expected_bytes) {
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) return os_error(Errc::kInvalidArgument, "fstat of shared memory fd", errno);
   if (st.st_size <= 0) return Error{Errc::kInvalidArgument, "shared memory fd has size 0"};
-  // A memfd that can still shrink could be cut under this mapping by a peer (a touch past the
-  // new end raises SIGBUS). Files that cannot take seals (other files report none; hugetlbfs
-  // files report F_SEAL_SEAL alone) are accepted as they are.
-  const int seals = fcntl(fd.get(), F_GET_SEALS);
-  if (seals >= 0 && (seals & (F_SEAL_SHRINK | F_SEAL_SEAL)) == 0)
-    return Error{Errc::kFailedPrecondition, "shared memory fd is not sealed against shrinking (F_SEAL_SHRINK)"};
+  if (expected_bytes != 0 && static_cast<std::uint64_t>(st.st_size) != expected_bytes)
+    return Error{Errc::kCorrupt, "shared memory is " + std::to_string(st.st_size) + " bytes, " + std::to_string(expected_bytes) + " expected"};
+  // Memory that can still shrink could be cut under this mapping by a peer (a touch past the new
+  // end raises SIGBUS): a memfd must carry F_SEAL_SHRINK. One made without sealing, or a tmpfs
+  // file, reports F_SEAL_SEAL alone and could be cut; only hugetlbfs files, which take no seals,
+  // are accepted as they are.
   struct statfs fs {};
   const bool huge = fstatfs(fd.get(), &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC;
+  const int seals = fcntl(fd.get(), F_GET_SEALS);
+  if (!huge && (seals < 0 || (seals & F_SEAL_SHRINK) == 0))
+    return Error{Errc::kFailedPrecondition, "shared memory fd is not sealed against shrinking (F_SEAL_SHRINK)"};
   const auto size = static_cast<std::size_t>(st.st_size);
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return os_error(Errc::kResourceExhausted, "mmap of received shared memory", errno);

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -14,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "weft/cluster_node.h"
 #include "weft/fabric/metadata_store.h"
 
 namespace weft::test {
@@ -149,6 +151,15 @@ TEST(ClusterRecords, RoundTripAndRefuseGarbage) {
   t.id = "00112233445566778899aabbccddeeff";
   EXPECT_EQ(decode_topic("clicks", encode_topic(t)).value().id, t.id);
   EXPECT_FALSE(decode_topic("clicks", "partitions=0 replication=1").ok());
+  // min.insync.replicas is a field of its own, never in the settings text (which nodes from
+  // before it refuse whole), and a record without it reads as 1
+  EXPECT_EQ(topic->min_insync_replicas, 1u);
+  t.min_insync_replicas = 2;
+  EXPECT_EQ(encode_topic(t).find("min.insync"), std::string::npos) << encode_topic(t);
+  EXPECT_EQ(decode_topic("clicks", encode_topic(t)).value().min_insync_replicas, 2u);
+  EXPECT_EQ(topic_config_of(decode_topic("clicks", encode_topic(t)).value(), TopicConfig{}).value().min_insync_replicas, 2u);
+  EXPECT_FALSE(decode_topic("clicks", "partitions=1 replication=1 min_isr=0").ok());
+  EXPECT_FALSE(decode_topic("clicks", "partitions=1 replication=1 min_isr=two").ok());
 }
 
 TEST(AssignReplicas, SpreadsRacksFirstAndLeadersEvenly) {
@@ -384,6 +395,38 @@ TEST_F(ClusterTest, ACommitTriedAgainAfterItsAnswerWasLostIsAnsweredAsMadeWithTh
   std::int64_t refused = -1;
   EXPECT_FALSE(leader.commit_isr(p, s.leader_epoch, {1, 2}, {1, 2}, "", &refused).value());
   EXPECT_EQ(refused, written->mod_revision);
+}
+
+TEST_F(ClusterTest, ALeaderWhoseCommitWasRefusedIsToldItsRoleIsGoneWhenThePartitionDropsIt) {
+  join(1);
+  join(2);
+  join(3);
+  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
+  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[2]->partitions().size() == 1; }));
+  const PartitionId p{"t", 0};
+  const PartitionState s = members_[0]->partitions().at(p);
+  ClusterMember& leader = *members_[static_cast<std::size_t>(s.leader - 1)];
+  (void)leader.take_assignments();
+  // Given the leader's in-sync proposal refused (made against a set the metadata does not hold)
+  std::int64_t settled_from = -1;
+  ASSERT_FALSE(leader.commit_isr(p, s.leader_epoch, {s.leader}, {s.leader, 99}, s.topic_id, &settled_from).value());
+  // When the partition then moves to the two other nodes in one write (a reassignment's last step)
+  PartitionState moved = s;
+  moved.replicas.clear();
+  for (NodeId id : {1, 2, 3})
+    if (id != s.leader) moved.replicas.push_back(id);
+  moved.isr = moved.replicas;
+  moved.leader = moved.replicas.front();
+  ++moved.leader_epoch;
+  ASSERT_TRUE(store_->compare_and_put("/weft/test/partitions/t/0", s.revision, encode_partition(moved), 0, nullptr).value());
+  // Expect the old leader told its role is gone (before, the refusal forgot what it had been
+  // given, so no "gone" came: it led on, unreplicated, and its proposal waited for good)
+  std::vector<Assignment> roles;
+  ASSERT_TRUE(run_until([&] {
+    for (Assignment& a : leader.take_assignments()) roles.push_back(std::move(a));
+    return std::any_of(roles.begin(), roles.end(), [&](const Assignment& a) { return a.partition == p && !a.replica; });
+  }, 3'000)) << "no 'gone' role for the partition";
 }
 
 TEST_F(ClusterTest, ALeaderIsHandedTheStateAfterItsCommitEvenWhenItIsTheOneItHadBefore) {

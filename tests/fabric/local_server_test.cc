@@ -334,15 +334,18 @@ TEST_F(LocalServerProcessTest, TheDefaultPlaceRefusesADirectoryLinkOrANodeOfAnot
   EXPECT_NE(planted.error().message.find("is a link that belongs to uid 65534"), std::string::npos) << planted.error().message;
   EXPECT_TRUE(local::check_socket_directory(own_link + "/weftd.sock").ok());
 
-  // Given a socket another user listens on at the default place (a shared, sticky directory)
-  const std::string shared = dir_.path() + "/shared", path = shared + "/weftd.sock";
-  ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);  // the other user reaches it
+  // Given a node's socket that uid 65534 listens on at uid 65533's default place
+  // ($XDG_RUNTIME_DIR/weft, here a shared, sticky directory)
+  const std::string runtime = dir_.path() + "/runtime", shared = runtime + "/weft", path = shared + "/weftd.sock";
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0755), 0);  // the other users reach it
+  ASSERT_EQ(mkdir(runtime.c_str(), 0755), 0);
   ASSERT_EQ(mkdir(shared.c_str(), 0777), 0);
   ASSERT_EQ(chmod(shared.c_str(), 01777), 0);
   Pipe ready = Pipe::make();
-  const pid_t child = children_.spawn([&]() -> int {
+  const pid_t node = children_.spawn([&]() -> int {
     ready.read_end = UniqueFd();
     if (!become(kNobody)) return kChildSetuidFailed;
+    umask(0);  // a socket every user may connect to
     const UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -356,15 +359,24 @@ TEST_F(LocalServerProcessTest, TheDefaultPlaceRefusesADirectoryLinkOrANodeOfAnot
   ready.write_end = UniqueFd();
   char byte = 0;
   ASSERT_EQ(read(ready.read_end.get(), &byte, 1), 1) << "the other user's socket is not listening";
-  // When a client connects to the default place, which names that socket
-  ASSERT_EQ(setenv("WEFT_SOCKET", path.c_str(), 1), 0);
-  Result<std::shared_ptr<Client>> client = Client::connect("");
-  unsetenv("WEFT_SOCKET");
+  // When a client of uid 65533 connects to its default place (no WEFT_SOCKET)
+  Pipe result = Pipe::make();
+  const pid_t client = children_.spawn([&]() -> int {
+    result.read_end = UniqueFd();
+    if (!become(kNobody - 1)) return kChildSetuidFailed;
+    unsetenv("WEFT_SOCKET");
+    setenv("XDG_RUNTIME_DIR", runtime.c_str(), 1);
+    report(result.write_end.get(), Client::connect(""));
+    return kChildOk;
+  });
+  result.write_end = UniqueFd();
+  const std::optional<Reported> reported = read_report(result.read_end.get());
+  EXPECT_EQ(children_.reap(client, std::chrono::seconds(10)), kChildOk);
   // Expect it refused, naming the node's uid (before, it spoke to whoever listened there)
-  ASSERT_FALSE(client.ok());
-  EXPECT_EQ(client.error().code, Errc::kPermissionDenied) << client.error().message;
-  EXPECT_NE(client.error().message.find("runs as uid 65534"), std::string::npos) << client.error().message;
-  EXPECT_EQ(children_.reap(child, std::chrono::milliseconds(10)), test::Children::kTimedOut);
+  ASSERT_TRUE(reported.has_value());
+  EXPECT_EQ(reported->code, Errc::kPermissionDenied) << reported->message;
+  EXPECT_NE(reported->message.find("runs as uid 65534"), std::string::npos) << reported->message;
+  EXPECT_EQ(children_.reap(node, std::chrono::milliseconds(10)), test::Children::kTimedOut);
 }
 
 TEST_F(LocalServerTest, RefusesAnUnlistedUidClearlyAndKeepsServing) {

@@ -1859,7 +1859,7 @@ Outcome Broker::describe_configs(const Request& r, Reader& in) {
       if (t) {
         configs = topic_configs(t->config, node_.options().default_topic);
       } else if (record) {
-        Result<TopicConfig> recorded = topic_config_from_text(record->config, node_.options().default_topic);
+        Result<TopicConfig> recorded = topic_config_of(*record, node_.options().default_topic);
         if (recorded.ok()) {
           configs = topic_configs(*recorded, node_.options().default_topic);
         } else {

@@ -107,5 +107,7 @@ class ClusterNode {
 // "key=value,key=value" (a cluster topic record's settings) into a TopicConfig, from `base`.
 Result<TopicConfig> topic_config_from_text(std::string_view text, TopicConfig base);
 std::string topic_config_text(const TopicConfig& config);
+// A cluster topic record's settings (its text and the fields kept apart) into a TopicConfig.
+Result<TopicConfig> topic_config_of(const TopicRecord& record, TopicConfig base);
 
 }  // namespace weft

@@ -50,6 +50,9 @@ struct TopicRecord {
   // (create_cluster_topic), so nothing of a topic deleted before under the name is taken for it.
   // It moves with the record (a store copied elsewhere keeps it). "" in records made before.
   std::string id{};
+  // min.insync.replicas, a field of its own rather than in `config`: nodes from before it read a
+  // record that carries it (they ignore a field they do not know, and refuse an unknown setting).
+  std::uint32_t min_insync_replicas = 1;
 };
 
 struct PartitionState {
@@ -169,10 +172,11 @@ class ClusterMember {
   // True too when the metadata holds the set already (a commit whose answer was lost, tried
   // again). `settled_from`, when given and the call answers: the metadata's states from this
   // revision on reflect the answer (Replicator::proposal_settled). An error may leave the commit
-  // made or not: try it again.
+  // made or not: call again with `tried_before`, which only looks whether it was (a leader that
+  // proposed it may have moved on since; it proposes again if it still wants the change).
   Result<bool> commit_isr(const PartitionId& partition, std::int32_t epoch, const std::vector<NodeId>& isr,
                           const std::vector<NodeId>& based_on = {}, const std::string& topic_id = {},
-                          std::int64_t* settled_from = nullptr);
+                          std::int64_t* settled_from = nullptr, bool tried_before = false);
   Result<void> reassign(const PartitionId& partition, const std::vector<NodeId>& replicas);
   // Asks the controller to move every leadership off this node (a clean shutdown).
   Result<void> drain();

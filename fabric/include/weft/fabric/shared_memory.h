@@ -53,8 +53,10 @@ struct ShmOptions {
 class SharedMemory {
  public:
   static Result<SharedMemory> create(const ShmOptions& options);
-  // Maps memory another process created (an fd received with receive_fd, or inherited).
-  static Result<SharedMemory> map(UniqueFd fd);
+  // Maps memory another process created (an fd received with receive_fd, or inherited): a memfd
+  // sealed against shrinking, or a hugetlbfs file (which takes no seals). `expected_bytes`, when
+  // not 0, is the size it must have, checked before anything is mapped or faulted in.
+  static Result<SharedMemory> map(UniqueFd fd, std::size_t expected_bytes = 0);
 
   SharedMemory(SharedMemory&& other) noexcept;
   SharedMemory& operator=(SharedMemory&& other) noexcept;
