@@ -135,6 +135,23 @@ TEST_F(Cli, AGroupCarriesOnWhereItsLastConsumerStoppedAcrossRestarts) {
   EXPECT_EQ(other.out, "a\n");
 }
 
+TEST_F(Cli, AGroupCommitsOnlyTheRecordsThatReachedStdout) {
+  start_node();
+  ASSERT_EQ(weft({"topic", "create", "jobs", "--partitions", "1"}).exit_code, 0);
+  ASSERT_EQ(weft({"produce", "jobs"}, "a\nb\nc\nd\ne\n").exit_code, 0);
+  // When a group's consumer prints to an output that takes nothing (a full disk)
+  Output full = run({"/bin/sh", "-c",
+                     std::string("exec ") + WEFT_PATH + " --socket " + socket_ +
+                         " consume jobs --group billing --from earliest --count 5 --timeout-ms 5000 > /dev/full"});
+  // Expect it to fail saying so (before, it went on, committed every record and exited 0)
+  EXPECT_EQ(full.exit_code, 1) << full.err;
+  EXPECT_NE(full.err.find("No space left on device"), std::string::npos) << full.err;
+  // And the group to start again at the first record: nothing it did not deliver was committed
+  Output again = weft({"consume", "jobs", "--group", "billing", "--from", "earliest", "--count", "1", "--timeout-ms", "5000"});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(again.out, "a\n");
+}
+
 TEST_F(Cli, ConsumeFromOffsetTimestampAndLatest) {
   start_node();
   ASSERT_EQ(weft({"topic", "create", "log", "--partitions", "1"}).exit_code, 0);
@@ -381,6 +398,21 @@ TEST_F(Cli, DaemonWarnsOfAReplicationPortWithoutASecretUnlessOnlyLoopbackReaches
     EXPECT_EQ(started.exit_code, 1);
     EXPECT_NE(started.err.find("kafka_listen needs a port"), std::string::npos) << loopback << ": " << started.err;
     EXPECT_EQ(started.err.find(warning), std::string::npos) << loopback << ": " << started.err;
+  }
+}
+
+TEST_F(Cli, DaemonRefusesToAdvertiseAKafkaListenerOnEveryAddressWithoutAHost) {
+  // Given a Kafka listener on every address with no advertised address, or an advertised wildcard
+  for (const std::vector<std::string>& flags : {std::vector<std::string>{"--kafka-listen", "0.0.0.0:0"},
+                                                std::vector<std::string>{"--kafka-listen", "[::]:0"},
+                                                std::vector<std::string>{"--kafka-listen", "0.0.0.0:0", "--kafka-advertise", "0.0.0.0:9092"}}) {
+    std::vector<std::string> args{WEFTD_PATH, "--socket", dir_ + "/k.sock", "--data-dir", dir_ + "/k", "--metrics-listen", "off"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    Output started = run(args, {}, 5000);
+    // Expect a refusal naming the setting to give (before, it advertised 127.0.0.1: clients on
+    // other hosts were sent to themselves)
+    EXPECT_EQ(started.exit_code, 1) << flags[1];
+    EXPECT_NE(started.err.find("kafka_advertise"), std::string::npos) << flags[1] << ": " << started.err;
   }
 }
 

@@ -2,8 +2,11 @@
 // (shared-memory) and the remote (Kafka protocol) paths.
 #pragma once
 
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <cerrno>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -71,6 +74,32 @@ inline int consumed_too_few(std::int64_t printed, std::int64_t count, std::int64
   std::fprintf(stderr, "weft: consuming: %lld of the %lld records asked for (--count) arrived before %lld ms passed without one (--timeout-ms)\n",
                static_cast<long long>(printed), static_cast<long long>(count), static_cast<long long>(timeout_ms));
   return 4;
+}
+
+// `weft consume --count N` stopped by SIGINT or SIGTERM with fewer: says so, and returns the
+// status a shell gives a process those signals end (a supervisor's stop is not a success).
+inline int interrupted_with_too_few(std::int64_t printed, std::int64_t count) {
+  std::fprintf(stderr, "weft: consuming: interrupted after %lld of the %lld records asked for (--count)\n", static_cast<long long>(printed),
+               static_cast<long long>(count));
+  return 128 + SIGINT;
+}
+
+// Flushes the records printed so far; false (with the error) when they did not all reach stdout
+// (its reader went away, a full disk): a group's offsets are committed only for records flushed.
+inline bool flush_records(int& error) {
+  errno = 0;
+  if (std::fflush(stdout) == 0 && std::ferror(stdout) == 0) return true;
+  error = errno != 0 ? errno : EIO;
+  return false;
+}
+
+// The exit status once stdout failed: quiet for a reader that went away (`| head`), as a shell
+// reports a process SIGPIPE ended; said otherwise.
+inline int records_not_written(int error, std::int64_t printed) {
+  if (error == EPIPE) return 128 + SIGPIPE;
+  std::fprintf(stderr, "weft: consuming: writing the records failed after %lld of them: %s (a group's offsets cover only what was written)\n",
+               static_cast<long long>(printed), std::strerror(error));
+  return 1;
 }
 
 }  // namespace weft::cli

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -364,9 +365,36 @@ int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
   std::int64_t idle_since = monotonic_ns();
   std::string line;
   int status = 0;
+  // With a group, what was printed and flushed is committed (each partition's next offset), every
+  // second and at the end; records written but not flushed are not.
+  std::map<std::int32_t, std::int64_t> next_offsets;  // printed since the last flush
+  std::map<std::int32_t, std::int64_t> flushed;       // flushed, not yet committed
+  std::int64_t last_commit = monotonic_ns();
+  int write_error = 0;
+  auto flush = [&] {
+    if (!flush_records(write_error)) return false;
+    for (const auto& [p, next] : next_offsets) flushed[p] = next;
+    next_offsets.clear();
+    return true;
+  };
+  auto commit = [&] {
+    if (c.group.empty() || flushed.empty()) return;
+    rd_kafka_topic_partition_list_t* offsets = rd_kafka_topic_partition_list_new(static_cast<int>(flushed.size()));
+    for (const auto& [p, next] : flushed) rd_kafka_topic_partition_list_add(offsets, c.topic.c_str(), p)->offset = next;
+    if (const rd_kafka_resp_err_t err = rd_kafka_commit(rk.get(), offsets, 0); err != RD_KAFKA_RESP_ERR_NO_ERROR)
+      std::fprintf(stderr, "weft: committing group '%s': %s\n", c.group.c_str(), rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(offsets);
+    flushed.clear();
+  };
   while (!g_stop.load(std::memory_order_relaxed) && (c.count < 0 || printed < c.count)) {
+    if (!c.group.empty() && monotonic_ns() - last_commit > 1'000'000'000) {
+      if (!flush()) break;
+      commit();
+      last_commit = monotonic_ns();
+    }
     rd_kafka_message_t* m = rd_kafka_consumer_poll(rk.get(), 100);
     if (m == nullptr) {
+      if (!flush()) break;
       if (c.timeout_ms >= 0 && monotonic_ns() - idle_since >= std::min<std::int64_t>(c.timeout_ms, std::int64_t{1} << 40) * 1'000'000) break;
       continue;
     }
@@ -393,14 +421,16 @@ int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
     std::fwrite(line.data(), 1, line.size(), stdout);
     ++printed;
     idle_since = monotonic_ns();
-    if (!c.group.empty()) rd_kafka_commit_message(rk.get(), m, 1);  // what was printed, asynchronously
+    if (!c.group.empty()) next_offsets[m->partition] = m->offset + 1;
     rd_kafka_message_destroy(m);
+    if (std::ferror(stdout) != 0 && !flush()) break;
   }
-  std::fflush(stdout);
-  if (!c.group.empty()) (void)rd_kafka_commit(rk.get(), nullptr, 0);
+  const bool written = write_error == 0 && flush();
+  commit();
   rd_kafka_consumer_close(rk.get());
-  if (status == 0 && !g_stop.load(std::memory_order_relaxed) && c.count >= 0 && printed < c.count)
-    return consumed_too_few(printed, c.count, c.timeout_ms);
+  if (!written) return records_not_written(write_error, printed);
+  if (status == 0 && c.count >= 0 && printed < c.count)
+    return g_stop.load(std::memory_order_relaxed) ? interrupted_with_too_few(printed, c.count) : consumed_too_few(printed, c.count, c.timeout_ms);
   return status;
 }
 

@@ -563,14 +563,22 @@ int main(int argc, char** argv) {
     std::int64_t printed = 0;
     std::int64_t idle_since = monotonic_ns();
     std::string line;
-    // With a group, what was printed is committed (each partition's next offset): every second,
-    // and at the end.
-    std::map<std::uint32_t, Offset> next_offsets;
+    // With a group, what was printed and flushed is committed (each partition's next offset):
+    // every second, and at the end. Records written but not flushed are not.
+    std::map<std::uint32_t, Offset> next_offsets;  // printed since the last flush
+    std::map<std::uint32_t, Offset> flushed;       // flushed, not yet committed
     std::int64_t last_commit = monotonic_ns();
-    auto commit = [&]() -> Result<void> {
-      if (group.empty() || next_offsets.empty()) return ok();
-      for (const auto& [p, next] : next_offsets) WEFT_TRY_VOID(consumer->commit(topic_name, p, next));
+    int write_error = 0;
+    auto flush = [&] {
+      if (!cli::flush_records(write_error)) return false;
+      for (const auto& [p, next] : next_offsets) flushed[p] = next;
       next_offsets.clear();
+      return true;
+    };
+    auto commit = [&]() -> Result<void> {
+      if (group.empty() || flushed.empty()) return ok();
+      for (const auto& [p, next] : flushed) WEFT_TRY_VOID(consumer->commit(topic_name, p, next));
+      flushed.clear();
       return ok();
     };
     while (!g_interrupted.load(std::memory_order_relaxed) && (count < 0 || printed < count)) {
@@ -593,22 +601,25 @@ int main(int argc, char** argv) {
         ++printed;
         if (!group.empty()) next_offsets[r.partition] = Offset{r.offset.value + 1};
       }
+      if (!polled->records.empty()) {
+        if (!flush()) break;
+        idle_since = monotonic_ns();
+      }
       if (!group.empty() && monotonic_ns() - last_commit > 1'000'000'000) {
-        std::fflush(stdout);  // committed only once printed
         if (Result<void> c = commit(); !c.ok()) return report(c.error(), "committing group '" + group + "'");
         last_commit = monotonic_ns();
       }
-      if (!polled->records.empty()) {
-        std::fflush(stdout);
-        idle_since = monotonic_ns();
-      } else if (timeout_ms >= 0 && monotonic_ns() - idle_since >= std::min<std::int64_t>(timeout_ms, std::int64_t{1} << 40) * 1'000'000) {
+      if (polled->records.empty() && timeout_ms >= 0 &&
+          monotonic_ns() - idle_since >= std::min<std::int64_t>(timeout_ms, std::int64_t{1} << 40) * 1'000'000)
         break;
-      }
     }
-    std::fflush(stdout);
+    const bool written = write_error == 0 && flush();
     if (Result<void> c = commit(); !c.ok()) return report(c.error(), "committing group '" + group + "'");
+    if (!written) return cli::records_not_written(write_error, printed);
     // A script that asked for --count records must not take fewer for all of them.
-    if (!g_interrupted.load(std::memory_order_relaxed) && count >= 0 && printed < count) return cli::consumed_too_few(printed, count, timeout_ms);
+    if (count >= 0 && printed < count)
+      return g_interrupted.load(std::memory_order_relaxed) ? cli::interrupted_with_too_few(printed, count)
+                                                           : cli::consumed_too_few(printed, count, timeout_ms);
     return 0;
   }
   return 0;

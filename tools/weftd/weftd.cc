@@ -437,8 +437,16 @@ int main(int argc, char** argv) {
     if (!s.kafka_advertise.empty()) {
       Result<std::pair<std::string, std::uint16_t>> advertise = parse_host_port("kafka_advertise", s.kafka_advertise);
       if (!advertise.ok()) return fail(advertise.error());
+      if (advertise->first == "0.0.0.0" || advertise->first == "::")
+        return fail(Error{Errc::kInvalidArgument, "kafka_advertise " + s.kafka_advertise + " names no host clients can reach: give this node's address"});
       kafka_options.advertised_host = advertise->first;
       kafka_options.advertised_port = advertise->second;
+    } else if (listen->first == "0.0.0.0" || listen->first == "::") {
+      // Clients reach a node where Metadata says it is: advertising localhost to other hosts sends
+      // their produces and fetches to themselves (Kafka refuses this setting too).
+      return fail(Error{Errc::kInvalidArgument, "kafka_listen " + s.kafka_listen +
+                                                    " listens on every address: set kafka_advertise HOST:PORT (--kafka-advertise) to the address "
+                                                    "clients on other hosts reach this node at"});
     }
     if (s.kafka_max_request_bytes < 1024 || s.kafka_max_connections < 1 || s.kafka_idle_timeout_ms < 1 || s.kafka_initial_rebalance_delay_ms < 0 ||
         s.kafka_max_producer_ids < 1 || s.kafka_producer_id_expiration_ms < 1 || s.kafka_max_buffered_request_bytes < s.kafka_max_request_bytes)
@@ -544,14 +552,15 @@ int main(int argc, char** argv) {
     const std::string advertised_host = kafka_options.advertised_host.empty() ? kafka_options.listen_host : kafka_options.advertised_host;
     const std::uint16_t advertised_port = kafka_options.advertised_port != 0 ? kafka_options.advertised_port : kafka_options.listen_port;
     const bool v6 = advertised_host.find(':') != std::string::npos;
-    cluster_options.cluster.self.kafka_address =
-        (v6 ? "[" + advertised_host + "]" : (advertised_host == "0.0.0.0" ? std::string("127.0.0.1") : advertised_host)) + ":" + std::to_string(advertised_port);
-    // Where `weft cluster status` reads this node's replication lag (a fixed port only).
+    cluster_options.cluster.self.kafka_address = (v6 ? "[" + advertised_host + "]" : advertised_host) + ":" + std::to_string(advertised_port);
+    // Where `weft cluster status` reads this node's replication lag (a fixed port only); on every
+    // address, at the host clients reach the node at (localhost would send another host's look to
+    // its own node).
     if (!metrics_listen.first.empty() && metrics_listen.second != 0) {
-      const std::string& host = metrics_listen.first;
+      const bool everywhere = metrics_listen.first == "0.0.0.0" || metrics_listen.first == "::";
+      const std::string& host = everywhere ? advertised_host : metrics_listen.first;
       cluster_options.cluster.self.metrics_address =
-          (host.find(':') != std::string::npos ? "[" + host + "]" : (host == "0.0.0.0" ? std::string("127.0.0.1") : host)) + ":" +
-          std::to_string(metrics_listen.second);
+          (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(metrics_listen.second);
     }
     cluster_options.replication_listen = s.replication_listen;
     cluster_options.replication.replica_lag_max_ms = s.replica_lag_max_ms;
