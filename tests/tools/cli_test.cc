@@ -606,6 +606,18 @@ TEST_F(Cli, PerfEmbeddedAndAgainstWeftd) {
   EXPECT_NE(report.out.find("p99.9"), std::string::npos);
 }
 
+TEST_F(Cli, PerfOverKafkaRefusesTheSettingsOfLocalRunsInsteadOfIgnoringThem) {
+  for (const std::vector<std::string>& local : {std::vector<std::string>{"--duration", "1"}, std::vector<std::string>{"--producers", "2"},
+                                                std::vector<std::string>{"--bytes", "1G"}, std::vector<std::string>{"--no-flow-control"}}) {
+    std::vector<std::string> args{WEFT_PATH, "perf", "--bootstrap", "127.0.0.1:9"};
+    args.insert(args.end(), local.begin(), local.end());
+    Output refused = run(args, {}, 5000);
+    // Expect a refusal before anything runs (before, a --duration 1 run ran 10 million records)
+    EXPECT_EQ(refused.exit_code, 2) << local[0];  // a usage error
+    EXPECT_NE(refused.err.find(local[0] + " applies to runs on this host's node"), std::string::npos) << refused.err;
+  }
+}
+
 TEST_F(Cli, PerfOverKafkaRunsEveryPhaseOnTopicsWithTheRingAsked) {
   start_node();
   const std::string kafka = listen_address_in_log(dir_ + "/weftd.log", "kafka listener ready");

@@ -871,7 +871,11 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   const std::uint64_t records = p.records;
   const PhaseResult produced = produce_phase(o, p, topic, records, p.rate, false, error);
   if (produced.records == 0) return fail("producing: " + error);
-  const PhaseResult fetched = fetch_phase(o, p, topic, produced.records, false, nullptr, nullptr, error);
+  std::string fetch_error;
+  const PhaseResult fetched = fetch_phase(o, p, topic, produced.records, false, nullptr, nullptr, fetch_error);
+  // A run that did not read back all it sent, or was interrupted, is not a measurement: it fails.
+  const bool interrupted = g_stop.load(std::memory_order_relaxed);
+  const bool complete = produced.failed == 0 && fetched.records >= produced.records && !interrupted;
 
   // The same again with a bare client: what the listener takes without librdkafka's cost per record.
   const std::string wire_topic = topic + "-wire";
@@ -919,7 +923,8 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 static_cast<double>(latency.max()) / 1000.0, static_cast<unsigned long long>(acked.count()),
                 static_cast<double>(acked.percentile(0.5)) / 1000.0, static_cast<double>(acked.percentile(0.99)) / 1000.0,
                 static_cast<double>(acked.percentile(0.999)) / 1000.0, static_cast<double>(acked.max()) / 1000.0);
-    return produced.failed == 0 ? 0 : 1;
+    if (fetched.records < produced.records && !fetch_error.empty()) std::fprintf(stderr, "weft: perf: %s\n", fetch_error.c_str());
+    return complete ? 0 : 1;
   }
   const std::string ring = std::to_string(ring_bytes) + "-byte rings" + (p.ring_bytes_given ? "" : " (the node's default)");
   std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, %s, acks=%s, compression=%s (librdkafka %s)\n",
@@ -949,7 +954,11 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 static_cast<double>(acked.percentile(0.5)) / 1000.0, static_cast<double>(acked.percentile(0.99)) / 1000.0,
                 static_cast<double>(acked.percentile(0.999)) / 1000.0, static_cast<double>(acked.max()) / 1000.0);
   if (produced.failed > 0) std::printf("  %llu records were not delivered: %s\n", static_cast<unsigned long long>(produced.failed), error.c_str());
-  return produced.failed == 0 ? 0 : 1;
+  if (fetched.records < produced.records)
+    std::printf("  %llu of the %llu records produced were fetched back%s%s\n", static_cast<unsigned long long>(fetched.records),
+                static_cast<unsigned long long>(produced.records), fetch_error.empty() ? "" : ": ", fetch_error.c_str());
+  if (interrupted) std::printf("  interrupted: the figures cover part of the run\n");
+  return complete ? 0 : 1;
 }
 
 }  // namespace weft::cli

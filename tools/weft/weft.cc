@@ -320,6 +320,13 @@ int main(int argc, char** argv) {
       remote.client_settings.emplace_back(setting.substr(0, equals), setting.substr(equals + 1));
     }
     if (*perf) {
+      // What the Kafka runs do not take is refused, not ignored (a --duration run that ran its
+      // 10 million records instead looked like a measurement of something else).
+      for (const char* local_only : {"--producers", "--consumers", "--duration", "--batch-records", "--wait", "--threads", "--shared",
+                                     "--no-hugepages", "--no-flow-control", "--data-dir", "--fsync", "--bytes", "--ack-records", "--log-writes",
+                                     "--no-io-uring"})
+        if (perf->count(local_only) > 0)
+          return report(Error{Errc::kInvalidArgument, std::string(local_only) + " applies to runs on this host's node, not with --bootstrap"}, "perf");
       po.ring_bytes_given = ring_bytes->count() > 0;
       // Kafka clients send batches of up to 1 MB (librdkafka's batch.size, the bare client's), and a
       // ring takes batches of at most a quarter of itself.

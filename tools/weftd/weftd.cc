@@ -423,8 +423,15 @@ int main(int argc, char** argv) {
   if (s.socket_mode.empty() || *mode_end != '\0' || mode > 0777)
     return fail(Error{Errc::kInvalidArgument, "socket_mode must be an octal file mode such as 0660, not '" + s.socket_mode + "'"});
   server_options.socket_mode = static_cast<mode_t>(mode);
-  for (const std::int64_t uid : s.allow_uids) server_options.allow_uids.push_back(static_cast<uid_t>(uid));
-  for (const std::int64_t gid : s.allow_gids) server_options.allow_gids.push_back(static_cast<gid_t>(gid));
+  // Checked, not cast: 4294967296 would wrap to 0 and admit root's group.
+  for (const std::int64_t uid : s.allow_uids) {
+    if (uid < 0 || uid >= std::int64_t{UINT32_MAX}) return fail(Error{Errc::kInvalidArgument, "allow_uids: " + std::to_string(uid) + " is not a uid"});
+    server_options.allow_uids.push_back(static_cast<uid_t>(uid));
+  }
+  for (const std::int64_t gid : s.allow_gids) {
+    if (gid < 0 || gid >= std::int64_t{UINT32_MAX}) return fail(Error{Errc::kInvalidArgument, "allow_gids: " + std::to_string(gid) + " is not a gid"});
+    server_options.allow_gids.push_back(static_cast<gid_t>(gid));
+  }
   if (s.max_connections < 1) return fail(Error{Errc::kInvalidArgument, "max_connections must be at least 1"});
   server_options.max_connections = static_cast<std::size_t>(s.max_connections);
 
