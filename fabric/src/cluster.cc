@@ -112,7 +112,8 @@ Result<TopicRecord> decode_topic(std::string_view name, std::string_view text) {
   t.name = std::string(name);
   t.config = f["config"];
   t.id = f["id"];
-  const bool min_isr_read = f["min_isr"].empty() || (parse_number(f["min_isr"], t.min_insync_replicas) && t.min_insync_replicas > 0);
+  const bool min_isr_read =
+      f["min_isr"].empty() || (parse_number(f["min_isr"], t.min_insync_replicas) && t.min_insync_replicas > 0 && t.min_insync_replicas <= 64);
   if (!parse_number(f["partitions"], t.partitions) || !parse_number(f["replication"], t.replication_factor) || t.partitions == 0 ||
       t.replication_factor == 0 || !min_isr_read) {
     return Error{Errc::kCorrupt, "topic " + std::string(name) + ": unreadable record '" + std::string(text) + "'"};
@@ -379,8 +380,17 @@ struct ClusterMember::Impl {
     std::sort(expected.begin(), expected.end());
     std::sort(wanted.begin(), wanted.end());
     if (held == wanted && held != expected) return IsrAnswer{true, kv->mod_revision};  // made already: an earlier try's answer was lost
+    if (!write) {
+      // Looking after a try went unanswered: a state as it was may still take that try's write,
+      // in flight in the store. The same state written again at its revision fences it off
+      // (that write can no longer match), and only then is the proposal refused.
+      if (held != expected) return refused;
+      WEFT_TRY(const bool fenced, store->compare_and_put(partition_key(partition), kv->mod_revision, kv->value));
+      if (!fenced) return Error{Errc::kUnavailable, "the partition's state changed while it was looked at"};  // look again
+      return IsrAnswer{false, kv->mod_revision + 1};
+    }
     // A proposal made against another set (the controller dropped a dead node meanwhile) is stale.
-    if (!write || (!based_on.empty() && held != expected)) return refused;
+    if (!based_on.empty() && held != expected) return refused;
     for (NodeId id : isr) {
       if (!contains(state.replicas, id)) return refused;  // a reassignment dropped it
     }

@@ -41,7 +41,7 @@ std::string topic_config_text(const TopicConfig& c) {
 
 Result<TopicConfig> topic_config_of(const TopicRecord& record, TopicConfig base) {
   WEFT_TRY(TopicConfig config, topic_config_from_text(record.config, std::move(base)));
-  config.min_insync_replicas = record.min_insync_replicas;
+  if (record.min_insync_replicas != 1) config.min_insync_replicas = record.min_insync_replicas;  // else the text's, if it names one
   return config;
 }
 

@@ -105,6 +105,19 @@ class ClusterTest : public testing::Test {
     return true;
   }
 
+  // Nodes 1..`nodes`, a controller among them, and topic "t" of one partition on two of them,
+  // known to every member: its state.
+  PartitionState topic_t_on(NodeId nodes) {
+    for (NodeId id = 1; id <= nodes; ++id) join(id);
+    EXPECT_TRUE(run_until([&] { return controller() != nullptr; }));
+    EXPECT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
+    EXPECT_TRUE(run_until([&] {
+      return std::all_of(members_.begin(), members_.end(), [](const auto& m) { return m->partitions().size() == 1; });
+    }));
+    return members_[0]->partitions().at(PartitionId{"t", 0});
+  }
+  ClusterMember& member(NodeId id) { return *members_[static_cast<std::size_t>(id - 1)]; }
+
   ClusterMember* controller() {
     for (auto& m : members_) {
       if (m != nullptr && m->is_controller()) return m.get();
@@ -348,15 +361,10 @@ TEST_F(ClusterTest, ADrainingNodeHandsOverItsLeadershipsFirst) {
 }
 
 TEST_F(ClusterTest, ALeaderCommitsInSyncSetChangesAtItsEpochOnly) {
-  join(1);
-  join(2);
-  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
-  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
-  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const PartitionState s = topic_t_on(2);
   const PartitionId p{"t", 0};
-  const PartitionState s = members_[0]->partitions().at(p);
-  ClusterMember& leader = s.leader == 1 ? *members_[0] : *members_[1];
-  ClusterMember& follower = s.leader == 1 ? *members_[1] : *members_[0];
+  ClusterMember& leader = member(s.leader);
+  ClusterMember& follower = member(s.leader == 1 ? 2 : 1);
   EXPECT_FALSE(follower.commit_isr(p, s.leader_epoch, {follower.self()}).value()) << "only the leader commits";
   EXPECT_FALSE(leader.commit_isr(p, s.leader_epoch + 1, {leader.self()}).value()) << "a stale or future epoch is refused";
   ASSERT_TRUE(leader.commit_isr(p, s.leader_epoch, {leader.self()}).value());
@@ -370,13 +378,8 @@ TEST_F(ClusterTest, ALeaderCommitsInSyncSetChangesAtItsEpochOnly) {
 }
 
 TEST_F(ClusterTest, ACommitTriedAgainAfterItsAnswerWasLostIsAnsweredAsMadeWithTheRevisionThatSaysSo) {
-  join(1);
-  join(2);
-  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
-  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
-  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const PartitionState s = topic_t_on(2);
   const PartitionId p{"t", 0};
-  const PartitionState s = members_[0]->partitions().at(p);
   ClusterMember& leader = s.leader == 1 ? *members_[0] : *members_[1];
   // Given a commit made, whose answer said where states reflect it
   std::int64_t first = -1;
@@ -395,18 +398,20 @@ TEST_F(ClusterTest, ACommitTriedAgainAfterItsAnswerWasLostIsAnsweredAsMadeWithTh
   std::int64_t refused = -1;
   EXPECT_FALSE(leader.commit_isr(p, s.leader_epoch, {1, 2}, {1, 2}, "", &refused).value());
   EXPECT_EQ(refused, written->mod_revision);
+  // And a look after an unanswered try, at a state as the try found it, fences that try off (its
+  // write, maybe still in the store, can no longer match) before it answers "not made"
+  std::int64_t looked = -1;
+  EXPECT_FALSE(leader.commit_isr(p, s.leader_epoch, {1, 2}, {leader.self()}, "", &looked, /*tried_before=*/true).value());
+  EXPECT_EQ(looked, written->mod_revision + 1);
+  EXPECT_FALSE(store_->compare_and_put("/weft/test/partitions/t/0", written->mod_revision, "late", 0, nullptr).value())
+      << "the unanswered try's write could still land";
+  EXPECT_EQ(decode_partition(store_->get("/weft/test/partitions/t/0").value()->value).value().isr, std::vector<NodeId>{leader.self()});
 }
 
 TEST_F(ClusterTest, ALeaderWhoseCommitWasRefusedIsToldItsRoleIsGoneWhenThePartitionDropsIt) {
-  join(1);
-  join(2);
-  join(3);
-  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
-  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
-  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[2]->partitions().size() == 1; }));
+  const PartitionState s = topic_t_on(3);
   const PartitionId p{"t", 0};
-  const PartitionState s = members_[0]->partitions().at(p);
-  ClusterMember& leader = *members_[static_cast<std::size_t>(s.leader - 1)];
+  ClusterMember& leader = member(s.leader);
   (void)leader.take_assignments();
   // Given the leader's in-sync proposal refused (made against a set the metadata does not hold)
   std::int64_t settled_from = -1;
@@ -430,13 +435,8 @@ TEST_F(ClusterTest, ALeaderWhoseCommitWasRefusedIsToldItsRoleIsGoneWhenThePartit
 }
 
 TEST_F(ClusterTest, ALeaderIsHandedTheStateAfterItsCommitEvenWhenItIsTheOneItHadBefore) {
-  join(1);
-  join(2);
-  ASSERT_TRUE(run_until([&] { return controller() != nullptr; }));
-  ASSERT_TRUE(members_[0]->create_topic(TopicRecord{"t", 1, 2, ""}).ok());
-  ASSERT_TRUE(run_until([&] { return members_[0]->partitions().size() == 1 && members_[1]->partitions().size() == 1; }));
+  const PartitionState s = topic_t_on(2);
   const PartitionId p{"t", 0};
-  const PartitionState s = members_[0]->partitions().at(p);
   ASSERT_EQ(s.isr.size(), 2u);
   ClusterMember& leader = s.leader == 1 ? *members_[0] : *members_[1];
   (void)leader.take_assignments();

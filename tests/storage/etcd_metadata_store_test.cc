@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "../etcd_server.h"
+#include "scripted_server.h"
 #include "../fabric/metadata_store_conformance.h"
 #include "../temp_dir.h"
 
@@ -162,79 +163,14 @@ TEST(EtcdMetadataStore, ServerThatNeverAnswersIsUnavailableWithinTheTimeout) {
   ::close(listener);
 }
 
-// Something that is not etcd on etcd's port: answers each request on the connections it accepts
-// (at most 4, for at most 10 s) with `answer` as it comes, then closes.
-class ScriptedServer {
- public:
-  explicit ScriptedServer(std::function<void(int fd)> answer) : answer_(std::move(answer)) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t size = sizeof(address);
-    EXPECT_EQ(::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-    EXPECT_EQ(::listen(listener_, 8), 0);
-    EXPECT_EQ(::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &size), 0);
-    endpoint_ = "127.0.0.1:" + std::to_string(ntohs(address.sin_port));
-    thread_ = std::thread([this] {
-      const auto deadline = Clock::now() + std::chrono::seconds(10);
-      for (int served = 0; served < 4 && Clock::now() < deadline; ++served) {
-        pollfd p{listener_, POLLIN, 0};
-        if (::poll(&p, 1, 200) <= 0) {
-          if (stop_) return;
-          --served;
-          continue;
-        }
-        const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd < 0) continue;
-        std::string request;  // the head and a body of the length it names
-        char buffer[4096];
-        for (int reads = 0; reads < 1000; ++reads) {
-          const std::size_t head_end = request.find("\r\n\r\n");
-          if (head_end != std::string::npos) {
-            const std::size_t at = request.find("Content-Length: ");
-            const std::size_t length = at == std::string::npos ? 0 : std::stoul(request.substr(at + 16));
-            if (request.size() >= head_end + 4 + length) break;
-          }
-          const ssize_t n = ::read(fd, buffer, sizeof buffer);
-          if (n <= 0) break;
-          request.append(buffer, static_cast<std::size_t>(n));
-        }
-        answer_(fd);
-        ::close(fd);
-      }
-    });
-  }
-  ~ScriptedServer() {
-    stop_ = true;
-    thread_.join();
-    ::close(listener_);
-  }
-  const std::string& endpoint() const { return endpoint_; }
-
- private:
-  std::function<void(int)> answer_;
-  int listener_ = -1;
-  std::string endpoint_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
-
-void write_all(int fd, std::string_view bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);  // the client may have gone
-    if (n <= 0) return;
-    bytes.remove_prefix(static_cast<std::size_t>(n));
-  }
-}
-
 TEST(EtcdMetadataStore, AnErrorNestedTooDeepToPrintIsAnErrorNotACrash) {
   // Given something on etcd's port that answers with an error value 100 000 arrays deep
   const std::string nested = "{\"error\":" + std::string(100'000, '[') + std::string(100'000, ']') + "}";
-  ScriptedServer server([&](int fd) {
-    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(nested.size()) + "\r\n\r\n" + nested);
+  ScriptedServer server([&](int fd, int) {
+    while (ScriptedServer::read_request(fd))
+      ScriptedServer::write(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(nested.size()) + "\r\n\r\n" + nested);
   });
-  Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(server.endpoint(), {2000});
+  Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(server.endpoint().name, {2000});
   ASSERT_TRUE(store.ok()) << store.error().message;
   // Expect the keep-alive to fail, saying the answer had no message (before, printing the value
   // overflowed the stack and took the node down)
@@ -245,17 +181,19 @@ TEST(EtcdMetadataStore, AnErrorNestedTooDeepToPrintIsAnErrorNotACrash) {
 
 TEST(EtcdMetadataStore, AWatchLineThatNeverEndsEndsTheWatchWithBoundedMemory) {
   // Given something on etcd's port that confirms a watch, then streams 80 MiB with no line's end
-  ScriptedServer server([](int fd) {
-    write_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+  ScriptedServer server([](int fd, int) {
+    if (!ScriptedServer::read_request(fd)) return;
     const std::string created = "{\"result\":{\"created\":true}}\n";
     char size[32];
     std::snprintf(size, sizeof size, "%zx\r\n", created.size());
-    write_all(fd, std::string(size) + created + "\r\n");
+    (void)ScriptedServer::write_while_read(fd, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                                                   std::string(size) + created + "\r\n");
     const std::string chunk(std::size_t{1} << 20, 'x');
     std::snprintf(size, sizeof size, "%zx\r\n", chunk.size());
-    for (int i = 0; i < 80; ++i) write_all(fd, std::string(size) + chunk + "\r\n");
+    for (int i = 0; i < 80 && ScriptedServer::write_while_read(fd, std::string(size) + chunk + "\r\n"); ++i) {
+    }
   });
-  Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(server.endpoint(), {2000});
+  Result<std::unique_ptr<MetadataStore>> store = storage::open_etcd_metadata_store(server.endpoint().name, {2000});
   ASSERT_TRUE(store.ok()) << store.error().message;
   Result<std::unique_ptr<MetadataWatch>> watch = (*store)->watch("/k", 0);
   // Expect the watch to end once the line passes 64 MiB (before, it kept every byte, for ever):

@@ -122,6 +122,7 @@ int run_cluster_topic_create(const ClusterCliOptions& o, const std::string& name
   std::string text;
   for (const auto& [key, value] : settings) {
     if (Result<void> set = set_topic_config(config, key, value); !set.ok()) return fail(set.error(), "creating topic '" + name + "'");
+    if (key == "min.insync.replicas") continue;  // a field of the record's own (nodes from before it refuse it in the text)
     text += (text.empty() ? "" : ",") + key + "=" + value;
   }
   if (partitions == 0) partitions = 1;
@@ -137,7 +138,8 @@ int run_cluster_topic_create(const ClusterCliOptions& o, const std::string& name
                                                   o.cluster + "' has " + std::to_string(cluster->nodes.size())},
                 "creating topic '" + name + "'");
   // Only the settings given travel: each replica's node fills the rest from its own defaults.
-  Result<void> created = create_cluster_topic(**store, o.cluster, TopicRecord{name, partitions, replication_factor, text});
+  Result<void> created =
+      create_cluster_topic(**store, o.cluster, TopicRecord{name, partitions, replication_factor, text, {}, config.min_insync_replicas});
   if (!created.ok()) return fail(created.error(), "creating topic '" + name + "'");
   std::printf("created topic %s with %u partitions, %u replicas each (the controller assigns them)\n", name.c_str(), partitions, replication_factor);
   return 0;

@@ -78,10 +78,10 @@ inline int consumed_too_few(std::int64_t printed, std::int64_t count, std::int64
 
 // `weft consume --count N` stopped by SIGINT or SIGTERM with fewer: says so, and returns the
 // status a shell gives a process those signals end (a supervisor's stop is not a success).
-inline int interrupted_with_too_few(std::int64_t printed, std::int64_t count) {
+inline int interrupted_with_too_few(std::int64_t printed, std::int64_t count, int signal) {
   std::fprintf(stderr, "weft: consuming: interrupted after %lld of the %lld records asked for (--count)\n", static_cast<long long>(printed),
                static_cast<long long>(count));
-  return 128 + SIGINT;
+  return 128 + signal;
 }
 
 // Flushes the records printed so far; false (with the error) when they did not all reach stdout
@@ -89,7 +89,16 @@ inline int interrupted_with_too_few(std::int64_t printed, std::int64_t count) {
 inline bool flush_records(int& error) {
   errno = 0;
   if (std::fflush(stdout) == 0 && std::ferror(stdout) == 0) return true;
-  error = errno != 0 ? errno : EIO;
+  if (error == 0) error = errno != 0 ? errno : EIO;  // a failed write_record's said it first
+  return false;
+}
+
+// Writes one printed record; false (with the error) when stdout refused it. The error is kept
+// here: a flush after a write that failed inside fwrite has nothing left to say why.
+inline bool write_record(const std::string& line, int& error) {
+  errno = 0;
+  if (std::fwrite(line.data(), 1, line.size(), stdout) == line.size()) return true;
+  if (error == 0) error = errno != 0 ? errno : EIO;
   return false;
 }
 

@@ -36,7 +36,7 @@
 namespace weft::cli {
 namespace {
 
-std::atomic<bool> g_stop{false};
+std::atomic<int> g_stop{0};  // the signal that asked to stop (0: none)
 
 struct KafkaDeleter {
   void operator()(rd_kafka_t* rk) const noexcept { rd_kafka_destroy(rk); }
@@ -358,7 +358,7 @@ int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
   }
 
   struct sigaction sa{};
-  sa.sa_handler = [](int) { g_stop.store(true, std::memory_order_relaxed); };
+  sa.sa_handler = [](int signal) { g_stop.store(signal, std::memory_order_relaxed); };
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   std::int64_t printed = 0;
@@ -377,14 +377,26 @@ int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
     next_offsets.clear();
     return true;
   };
+  // True when nothing is left to commit. A failure keeps the offsets for the next try; a partition
+  // a rebalance took away is dropped (its new owner commits it).
   auto commit = [&] {
-    if (c.group.empty() || flushed.empty()) return;
+    if (c.group.empty() || flushed.empty()) return true;
+    rd_kafka_topic_partition_list_t* owned = nullptr;
+    if (rd_kafka_assignment(rk.get(), &owned) == RD_KAFKA_RESP_ERR_NO_ERROR && owned != nullptr) {
+      std::erase_if(flushed, [&](const auto& entry) { return rd_kafka_topic_partition_list_find(owned, c.topic.c_str(), entry.first) == nullptr; });
+      rd_kafka_topic_partition_list_destroy(owned);
+    }
+    if (flushed.empty()) return true;
     rd_kafka_topic_partition_list_t* offsets = rd_kafka_topic_partition_list_new(static_cast<int>(flushed.size()));
     for (const auto& [p, next] : flushed) rd_kafka_topic_partition_list_add(offsets, c.topic.c_str(), p)->offset = next;
-    if (const rd_kafka_resp_err_t err = rd_kafka_commit(rk.get(), offsets, 0); err != RD_KAFKA_RESP_ERR_NO_ERROR)
-      std::fprintf(stderr, "weft: committing group '%s': %s\n", c.group.c_str(), rd_kafka_err2str(err));
+    const rd_kafka_resp_err_t err = rd_kafka_commit(rk.get(), offsets, 0);
     rd_kafka_topic_partition_list_destroy(offsets);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      std::fprintf(stderr, "weft: committing group '%s': %s\n", c.group.c_str(), rd_kafka_err2str(err));
+      return false;
+    }
     flushed.clear();
+    return true;
   };
   while (!g_stop.load(std::memory_order_relaxed) && (c.count < 0 || printed < c.count)) {
     if (!c.group.empty() && monotonic_ns() - last_commit > 1'000'000'000) {
@@ -418,19 +430,23 @@ int run_remote_consume(const RemoteOptions& o, const RemoteConsume& c) {
     if (m->payload != nullptr) r.value = std::string_view(static_cast<const char*>(m->payload), m->len);
     line.clear();
     format_record(line, c.format, r);
-    std::fwrite(line.data(), 1, line.size(), stdout);
-    ++printed;
-    idle_since = monotonic_ns();
-    if (!c.group.empty()) next_offsets[m->partition] = m->offset + 1;
+    const bool taken = write_record(line, write_error);
+    if (taken) {
+      ++printed;
+      idle_since = monotonic_ns();
+      if (!c.group.empty()) next_offsets[m->partition] = m->offset + 1;
+    }
     rd_kafka_message_destroy(m);
-    if (std::ferror(stdout) != 0 && !flush()) break;
+    if (!taken) break;
   }
   const bool written = write_error == 0 && flush();
-  commit();
+  const bool committed = commit();
   rd_kafka_consumer_close(rk.get());
   if (!written) return records_not_written(write_error, printed);
+  if (!committed && status == 0) status = 4;  // said above; the next run reads those records again
   if (status == 0 && c.count >= 0 && printed < c.count)
-    return g_stop.load(std::memory_order_relaxed) ? interrupted_with_too_few(printed, c.count) : consumed_too_few(printed, c.count, c.timeout_ms);
+    return g_stop.load(std::memory_order_relaxed) != 0 ? interrupted_with_too_few(printed, c.count, g_stop.load())
+                                                       : consumed_too_few(printed, c.count, c.timeout_ms);
   return status;
 }
 
@@ -825,7 +841,7 @@ PhaseResult wire_fetch_phase(const RemoteOptions& o, const PerfOptions& p, const
 
 int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   struct sigaction sa{};
-  sa.sa_handler = [](int) { g_stop.store(true, std::memory_order_relaxed); };
+  sa.sa_handler = [](int signal) { g_stop.store(signal, std::memory_order_relaxed); };
   sigaction(SIGINT, &sa, nullptr);
   const double tcp = p.baselines ? weft::bench::tcp_loopback_gb_per_sec(2.0) : 0;
   std::string error;
@@ -848,6 +864,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   LatencyHistogram latency;
   LatencyHistogram acked;
   PhaseResult paced;
+  std::uint64_t paced_fetched = 0;
   if (p.latency_records > 0) {
     const std::string paced_topic = topic + "-paced";
     if (!admin_topic(admin.get(), paced_topic, static_cast<int>(p.partitions), error, configs)) return fail("creating " + paced_topic + ": " + error);
@@ -859,6 +876,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
     for (int i = 0; i < 2000 && !ready.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     paced = produce_phase(o, p, paced_topic, p.latency_records, p.latency_rate, true, error, &acked);
     reader.join();
+    paced_fetched = seen.records;
     if (!fetch_error.empty()) std::fprintf(stderr, "weft: latency run: %s\n", fetch_error.c_str());
     (void)admin_topic(admin.get(), paced_topic, 0, error);
   }
@@ -873,9 +891,12 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   if (produced.records == 0) return fail("producing: " + error);
   std::string fetch_error;
   const PhaseResult fetched = fetch_phase(o, p, topic, produced.records, false, nullptr, nullptr, fetch_error);
-  // A run that did not read back all it sent, or was interrupted, is not a measurement: it fails.
-  const bool interrupted = g_stop.load(std::memory_order_relaxed);
-  const bool complete = produced.failed == 0 && fetched.records >= produced.records && !interrupted;
+  // A run that did not read back all it sent, or was interrupted, is not a measurement: it fails
+  // (read again at the end: the bare client's phases come after).
+  const auto complete = [&] {
+    return produced.failed == 0 && fetched.records >= produced.records && g_stop.load(std::memory_order_relaxed) == 0 &&
+           paced_fetched >= (p.latency_records > 0 ? paced.records : 0);
+  };
 
   // The same again with a bare client: what the listener takes without librdkafka's cost per record.
   const std::string wire_topic = topic + "-wire";
@@ -924,7 +945,7 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
                 static_cast<double>(acked.percentile(0.5)) / 1000.0, static_cast<double>(acked.percentile(0.99)) / 1000.0,
                 static_cast<double>(acked.percentile(0.999)) / 1000.0, static_cast<double>(acked.max()) / 1000.0);
     if (fetched.records < produced.records && !fetch_error.empty()) std::fprintf(stderr, "weft: perf: %s\n", fetch_error.c_str());
-    return complete ? 0 : 1;
+    return complete() ? 0 : 1;
   }
   const std::string ring = std::to_string(ring_bytes) + "-byte rings" + (p.ring_bytes_given ? "" : " (the node's default)");
   std::printf("weft perf over the Kafka protocol: %s, %u-byte records, %u partitions, %s, acks=%s, compression=%s (librdkafka %s)\n",
@@ -957,8 +978,11 @@ int run_remote_perf(const RemoteOptions& o, const PerfOptions& p) {
   if (fetched.records < produced.records)
     std::printf("  %llu of the %llu records produced were fetched back%s%s\n", static_cast<unsigned long long>(fetched.records),
                 static_cast<unsigned long long>(produced.records), fetch_error.empty() ? "" : ": ", fetch_error.c_str());
-  if (interrupted) std::printf("  interrupted: the figures cover part of the run\n");
-  return complete ? 0 : 1;
+  if (g_stop.load(std::memory_order_relaxed) != 0) std::printf("  interrupted: the figures cover part of the run\n");
+  if (paced_fetched < (p.latency_records > 0 ? paced.records : 0))
+    std::printf("  latency run: %llu of the %llu records produced were fetched\n", static_cast<unsigned long long>(paced_fetched),
+                static_cast<unsigned long long>(paced.records));
+  return complete() ? 0 : 1;
 }
 
 }  // namespace weft::cli

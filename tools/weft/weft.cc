@@ -31,7 +31,7 @@ namespace {
 
 using namespace weft;
 
-std::atomic<bool> g_interrupted{false};
+std::atomic<int> g_interrupted{0};  // the signal that asked to stop (0: none)
 
 int report(const Error& e, std::string_view doing) {
   std::fprintf(stderr, "weft: %.*s: %s\n", static_cast<int>(doing.size()), doing.data(), e.message.c_str());
@@ -564,7 +564,7 @@ int main(int argc, char** argv) {
     if (partition >= 0) parts.push_back(static_cast<std::uint32_t>(partition));
     if (Result<void> a = consumer->assign(topic_name, parts, start); !a.ok()) return report(a.error(), "reading topic '" + topic_name + "'");
     struct sigaction sa{};
-    sa.sa_handler = [](int) { g_interrupted.store(true, std::memory_order_relaxed); };
+    sa.sa_handler = [](int signal) { g_interrupted.store(signal, std::memory_order_relaxed); };
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
     std::int64_t printed = 0;
@@ -604,10 +604,11 @@ int main(int argc, char** argv) {
                                           r.key ? std::optional<std::string_view>(as_text(r.key)) : std::nullopt,
                                           r.value ? std::optional<std::string_view>(as_text(r.value)) : std::nullopt};
         cli::format_record(line, format, printed_record);
-        std::fwrite(line.data(), 1, line.size(), stdout);
+        if (!cli::write_record(line, write_error)) break;
         ++printed;
         if (!group.empty()) next_offsets[r.partition] = Offset{r.offset.value + 1};
       }
+      if (write_error != 0) break;
       if (!polled->records.empty()) {
         if (!flush()) break;
         idle_since = monotonic_ns();
@@ -625,7 +626,7 @@ int main(int argc, char** argv) {
     if (!written) return cli::records_not_written(write_error, printed);
     // A script that asked for --count records must not take fewer for all of them.
     if (count >= 0 && printed < count)
-      return g_interrupted.load(std::memory_order_relaxed) ? cli::interrupted_with_too_few(printed, count)
+      return g_interrupted.load(std::memory_order_relaxed) != 0 ? cli::interrupted_with_too_few(printed, count, g_interrupted.load())
                                                            : cli::consumed_too_few(printed, count, timeout_ms);
     return 0;
   }

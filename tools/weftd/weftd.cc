@@ -209,6 +209,16 @@ bool is_loopback_host(const std::string& host) {
   return ::inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
+// Whether `host` is the address of every interface (0.0.0.0, ::, and their other spellings),
+// which names no host a client can be sent to.
+bool is_unspecified_host(const std::string& host) {
+  in_addr v4{};
+  if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return v4.s_addr == htonl(INADDR_ANY);
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, host.c_str(), &v6) != 1) return false;
+  return IN6_IS_ADDR_UNSPECIFIED(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 0 && v6.s6_addr[13] == 0 && v6.s6_addr[14] == 0 && v6.s6_addr[15] == 0);
+}
+
 // The cluster's replication secret from its file: refused unless the file is a regular file of
 // weftd's user that no other user may read or write (a secret others can read proves nothing),
 // holding 16 bytes to 4 KiB. A final line break is not part of it (`echo ... > file`). The
@@ -444,11 +454,11 @@ int main(int argc, char** argv) {
     if (!s.kafka_advertise.empty()) {
       Result<std::pair<std::string, std::uint16_t>> advertise = parse_host_port("kafka_advertise", s.kafka_advertise);
       if (!advertise.ok()) return fail(advertise.error());
-      if (advertise->first == "0.0.0.0" || advertise->first == "::")
+      if (is_unspecified_host(advertise->first))
         return fail(Error{Errc::kInvalidArgument, "kafka_advertise " + s.kafka_advertise + " names no host clients can reach: give this node's address"});
       kafka_options.advertised_host = advertise->first;
       kafka_options.advertised_port = advertise->second;
-    } else if (listen->first == "0.0.0.0" || listen->first == "::") {
+    } else if (is_unspecified_host(listen->first)) {
       // Clients reach a node where Metadata says it is: advertising localhost to other hosts sends
       // their produces and fetches to themselves (Kafka refuses this setting too).
       return fail(Error{Errc::kInvalidArgument, "kafka_listen " + s.kafka_listen +
@@ -564,7 +574,7 @@ int main(int argc, char** argv) {
     // address, at the host clients reach the node at (localhost would send another host's look to
     // its own node).
     if (!metrics_listen.first.empty() && metrics_listen.second != 0) {
-      const bool everywhere = metrics_listen.first == "0.0.0.0" || metrics_listen.first == "::";
+      const bool everywhere = is_unspecified_host(metrics_listen.first);
       const std::string& host = everywhere ? advertised_host : metrics_listen.first;
       cluster_options.cluster.self.metrics_address =
           (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(metrics_listen.second);
