@@ -129,7 +129,7 @@ constexpr PartitionFamily kPartitionFamilies[] = {
      [](const PartitionStats& p) -> std::optional<std::string> { return num(p.start_offset.value); }},
     {"weft_partition_end_offset", "gauge", "The next offset producers will be given (Kafka's log end offset).",
      [](const PartitionStats& p) -> std::optional<std::string> { return num(p.end_offset.value); }},
-    {"weft_partition_records_total", "counter", "Records published to the partition since its topic was created.",
+    {"weft_partition_records_total", "counter", "Records published to the partition's ring on this node since it was made (at the node's start, or anew after a replica's truncation).",
      [](const PartitionStats& p) -> std::optional<std::string> { return num(p.records); }},
     {"weft_partition_bytes_total", "counter", "Ring bytes those records took, frame headers and padding included.",
      [](const PartitionStats& p) -> std::optional<std::string> { return num(p.bytes); }},
