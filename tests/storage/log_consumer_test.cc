@@ -425,6 +425,24 @@ TEST(FlowControl, AStalledConsumerHoldsProducersBackRatherThanBeingOverwritten) 
   EXPECT_TRUE(consumer.validate(batch)) << "the frame a stalled consumer holds was overwritten";
 }
 
+// A consumer of a deleted topic and of one other partition: a poll within 100 says the topic was
+// deleted (kNotFound), once; the other partition stays assigned and later polls succeed.
+void expect_told_once_the_topic_was_deleted(TopicConsumer& consumer) {
+  std::optional<Error> told;
+  std::size_t read_after = 0;
+  for (int polls = 0; polls < 100 && !told; ++polls) {
+    Result<PollResult> polled = consumer.poll(10);
+    if (!polled.ok()) told = polled.error();
+    else read_after += polled->records.size();
+  }
+  ASSERT_TRUE(told.has_value()) << "no poll said the topic was deleted (" << read_after << " records read after it)";
+  EXPECT_EQ(told->code, Errc::kNotFound) << told->message;
+  EXPECT_NE(told->message.find("was deleted"), std::string::npos) << told->message;
+  EXPECT_EQ(consumer.assigned_partitions(), 1u);
+  EXPECT_TRUE(consumer.poll(0).ok());
+  EXPECT_TRUE(consumer.poll(0).ok());
+}
+
 TEST(ColdReads, AConsumerReadingTheLogOfADeletedTopicIsToldAndThePartitionUnassigned) {
   // Given a consumer reading a topic's log (the ring long since lapped), part way through it,
   // and a partition of another topic
@@ -450,18 +468,7 @@ TEST(ColdReads, AConsumerReadingTheLogOfADeletedTopicIsToldAndThePartitionUnassi
 
   // Expect a poll to say so (not to go on reading the removed log), once, and the partition of
   // the other topic to stay assigned
-  std::optional<Error> told;
-  std::size_t read_after = 0;
-  for (int polls = 0; polls < 100 && !told; ++polls) {
-    Result<PollResult> polled = consumer.poll(10);
-    if (!polled.ok()) told = polled.error();
-    else read_after += polled->records.size();
-  }
-  ASSERT_TRUE(told.has_value()) << "no poll said the topic was deleted (" << read_after << " records read after it)";
-  EXPECT_EQ(told->code, Errc::kNotFound) << told->message;
-  EXPECT_NE(told->message.find("was deleted"), std::string::npos) << told->message;
-  EXPECT_EQ(consumer.assigned_partitions(), 1u);
-  EXPECT_TRUE(consumer.poll(0).ok());
+  expect_told_once_the_topic_was_deleted(consumer);
 }
 
 TEST(ColdReads, AConsumerLappedInTheRingOfADeletedTopicIsToldAndThePartitionUnassigned) {
@@ -486,17 +493,7 @@ TEST(ColdReads, AConsumerLappedInTheRingOfADeletedTopicIsToldAndThePartitionUnas
 
   // Expect a poll to say so once and give the partition up, the other topic's staying assigned
   // (before, the lapped read went to the deleted topic's log, and every poll failed for good)
-  std::optional<Error> told;
-  for (int polls = 0; polls < 100 && !told; ++polls) {
-    Result<PollResult> polled = consumer.poll(10);
-    if (!polled.ok()) told = polled.error();
-  }
-  ASSERT_TRUE(told.has_value()) << "no poll said the topic was deleted";
-  EXPECT_EQ(told->code, Errc::kNotFound) << told->message;
-  EXPECT_NE(told->message.find("was deleted"), std::string::npos) << told->message;
-  EXPECT_EQ(consumer.assigned_partitions(), 1u);
-  EXPECT_TRUE(consumer.poll(0).ok());
-  EXPECT_TRUE(consumer.poll(0).ok());
+  expect_told_once_the_topic_was_deleted(consumer);
 }
 
 TEST(ColdReads, ALappedConsumerReadsWhatItMissedFromTheLog) {

@@ -664,6 +664,12 @@ Outcome Broker::produce(const Request& r, Reader& in) {
         part.error_message = "no records";
       } else if (const std::int16_t refused = refused_for_version(r.header.api_version, *records, part.error_message); refused != 0) {
         part.error = refused;
+      } else if (parked->acks == -1 && cluster_ != nullptr && view.isr_size < state->config.min_insync_replicas) {
+        // Kafka's min.insync.replicas: acks=all is refused, before anything is appended, while
+        // fewer replicas are in sync than the topic asks.
+        part.error = error::kNotEnoughReplicas;
+        part.error_message = std::to_string(view.isr_size) + " replica(s) in sync; the topic's min.insync.replicas is " +
+                             std::to_string(state->config.min_insync_replicas);
       } else {
         part.state = state;
         part.batch = *records;
@@ -688,18 +694,6 @@ Outcome Broker::produce(const Request& r, Reader& in) {
     for (auto& part : parked->produce) {
       part.error = error::kInvalidTxnState;
       part.error_message = "weft does not support transactions";
-    }
-  } else if (parked->acks == -1 && cluster_ != nullptr) {
-    // Kafka's min.insync.replicas: acks=all is refused, before anything is appended, while fewer
-    // replicas are in sync than the topic asks.
-    for (auto& part : parked->produce) {
-      if (part.error != 0 || !part.state) continue;
-      PartitionView view;
-      if (leader_error(part.topic, part.partition, &view) == error::kNone && view.isr_size < part.state->config.min_insync_replicas) {
-        part.error = error::kNotEnoughReplicas;
-        part.error_message = std::to_string(view.isr_size) + " replica(s) in sync; the topic's min.insync.replicas is " +
-                             std::to_string(part.state->config.min_insync_replicas);
-      }
     }
   }
   bool appended = false;
